@@ -1,0 +1,103 @@
+"""The ``monitor`` command: one small function per subcommand, each a thin wrapper over the library.
+
+Heavy modules (torch, visdom) are imported inside commands, never here, so ``monitor --help`` is
+instant. A command reports expected failures as one line through :class:`click.ClickException`.
+To add a command, write a function decorated with ``@main.command()`` below.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+DEFAULT_PORT = 8097  # the same as monitor.server.DEFAULT_PORT, kept here so --help imports nothing
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """A live Visdom dashboard for plain PyTorch training loops."""
+
+
+@main.command()
+@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, envvar="VISDOM_PORT",
+              show_envvar=True, metavar="PORT", help="Port to serve on; 0 picks a free one.")
+@click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST",
+              help="Interface to bind: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface, "
+                   "reachable from other machines; prints a warning).")
+@click.option("--env-path", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Folder where the server keeps its envs.  [default: ~/.monitor/visdom]")
+@click.option("--login", is_flag=True,
+              help="Require a login; the credentials come from $VISDOM_USERNAME and $VISDOM_PASSWORD.")
+def serve(port: int, host: str, env_path: Path | None, login: bool) -> None:
+    """Start a Visdom server and keep it running until Ctrl-C.
+
+    Installs the dashboard assets first if they are missing (see `monitor assets`).
+    """
+    from monitor.assets import AssetsError
+    from monitor.server import ServerError, start
+
+    _log_progress()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            server = start(port=port, host=host, env_path=env_path, login=login)
+        except (ServerError, AssetsError) as exc:
+            raise click.ClickException(str(exc)) from None
+    for warning in caught:
+        click.secho(f"Warning: {warning.message}", fg="yellow", err=True)
+    # A supervisor's SIGTERM stops the server the same way Ctrl-C does.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        click.echo(f"Visdom dashboard at {server.url} (envs in {server.env_path}); Ctrl-C to stop.")
+        code = server.process.wait()
+    except KeyboardInterrupt:
+        click.echo("Stopping the server.", err=True)
+        code = None
+    finally:
+        server.stop()
+    if code is not None:
+        raise click.ClickException(f"the Visdom server exited unexpectedly (code {code}); see {server.log_path}")
+
+
+@main.command()
+@click.option("--static-dir", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+              help="Folder to check and fill.  [default: the installed visdom's static/]")
+@click.option("--no-visdom-download", is_flag=True,
+              help="Skip visdom's own download from its CDNs and go straight to npm.")
+def assets(static_dir: Path | None, no_visdom_download: bool) -> None:
+    """Install the dashboard's scripts, styles and fonts if any are missing.
+
+    Tries visdom's own download (needs internet access to its CDNs), then `npm pack` from the npm
+    registry, and marks the folder built so visdom never tries to download again.
+    """
+    from monitor.assets import AssetsError, ensure_assets, visdom_static_dir
+
+    _log_progress()
+    target = static_dir if static_dir is not None else visdom_static_dir()
+    try:
+        installed = ensure_assets(target, visdom_download=not no_visdom_download)
+    except AssetsError as exc:
+        raise click.ClickException(str(exc)) from None
+    if installed:
+        click.echo(f"Installed {len(installed)} dashboard asset(s) into {target}.")
+    else:
+        click.echo(f"Dashboard assets are complete in {target}.")
+
+
+def _log_progress() -> None:
+    """Show the library's progress messages (asset installs) on stderr, without log decoration."""
+    logger = logging.getLogger("monitor")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
+if __name__ == "__main__":
+    main()
