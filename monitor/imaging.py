@@ -1,0 +1,112 @@
+"""Turns a batch of images into one captioned PNG grid; runs on the sink's worker thread.
+
+    png = encode_grid(torch.rand(8, 3, 32, 32), captions=["cat", "dog", ...])
+    Path("grid.png").write_bytes(png)
+"""
+from __future__ import annotations
+
+import functools
+import io
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+PAD = 2                 # pixels between tiles and around the grid
+BACKGROUND = 255        # white padding and caption bands, black caption text
+CAPTION_ROOM = 64       # a tile narrower than this is widened up to it (or to 2x) for its caption
+
+
+def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
+                columns: int | None = None) -> bytes:
+    """PNG bytes of ``pixels`` (NCHW, 1 or 3 channels, any dtype and device) tiled in a grid.
+
+    Display values: uint8 as is; floats (or bools) whose finite values lie in [0, 1] times 255;
+    anything else stretched to 0-255 per image from its finite min and max (a constant image
+    is mid grey). Non-finite pixels are black. ``columns`` defaults to ceil(sqrt(N)); each
+    caption is drawn under its tile, which is widened for it up to twice its width (or 64
+    pixels); a caption longer than that is cut and ends in "..".
+    """
+    if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[1] not in (1, 3) \
+            or 0 in pixels.shape:
+        got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+        raise ValueError(f"pixels must be a non-empty NCHW tensor with 1 or 3 channels, got {got}")
+    count, channels, height, width = pixels.shape
+    if captions is not None and len(captions) != count:
+        raise ValueError(f"captions must have one entry per image ({count}), got {len(captions)}")
+    if columns is None:
+        columns = math.ceil(math.sqrt(count))
+    elif isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"columns must be an int >= 1, got {columns!r}")
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+
+    tiles = _to_uint8(pixels).transpose(0, 2, 3, 1)  # NHWC
+    font = _font()
+    cell_width, band = width, 0
+    if captions:
+        widest = max(font.getlength(str(c)) for c in captions)
+        cell_width = max(width, min(math.ceil(widest) + 2 * PAD, max(2 * width, CAPTION_ROOM)))
+        band = font.getbbox("Ag")[3] + 2 * PAD
+    cell_height = height + band
+    canvas = np.full((PAD + rows * (cell_height + PAD), PAD + columns * (cell_width + PAD), channels),
+                     BACKGROUND, dtype=np.uint8)
+    for i in range(count):
+        top, left = _corner(i, columns, cell_width, cell_height)
+        left += (cell_width - width) // 2
+        canvas[top:top + height, left:left + width] = tiles[i]
+
+    image = Image.fromarray(canvas[..., 0] if channels == 1 else canvas, "L" if channels == 1 else "RGB")
+    if captions:
+        draw = ImageDraw.Draw(image)
+        ink = 0 if channels == 1 else (0, 0, 0)
+        for i, caption in enumerate(captions):
+            text = _fit(str(caption), font, cell_width)
+            top, left = _corner(i, columns, cell_width, cell_height)
+            left += (cell_width - math.ceil(font.getlength(text))) // 2
+            draw.text((left, top + height + PAD), text, fill=ink, font=font)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """``pixels`` (N, ...) as uint8 display values on the CPU, by the rules of :func:`encode_grid`."""
+    pixels = pixels.detach().to("cpu")
+    if pixels.dtype == torch.uint8:
+        return pixels.numpy()
+    wide = pixels.dtype in (torch.float64, torch.int64, torch.int32)
+    unit_range = pixels.is_floating_point() or pixels.dtype == torch.bool
+    values = pixels.to(torch.float64 if wide else torch.float32).numpy()
+    finite = np.isfinite(values)
+    low = np.where(finite, values, np.inf).reshape(len(values), -1).min(axis=1)
+    high = np.where(finite, values, -np.inf).reshape(len(values), -1).max(axis=1)
+    if unit_range and (low >= 0).all() and (high <= 1).all():
+        scaled = values * 255.0
+    else:
+        shape = (-1,) + (1,) * (values.ndim - 1)
+        span = (high - low).reshape(shape)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            scaled = np.where(span > 0, (values - low.reshape(shape)) / span * 255.0, 128.0)
+    scaled = np.where(finite, scaled, 0.0)
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _corner(i: int, columns: int, cell_width: int, cell_height: int) -> tuple[int, int]:
+    row, column = divmod(i, columns)
+    return PAD + row * (cell_height + PAD), PAD + column * (cell_width + PAD)
+
+
+def _fit(text: str, font: ImageFont.ImageFont, width: int) -> str:
+    if font.getlength(text) <= width:
+        return text
+    while text and font.getlength(text + "..") > width:
+        text = text[:-1]
+    return text + ".."
+
+
+@functools.lru_cache(maxsize=1)
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default()

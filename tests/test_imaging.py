@@ -1,0 +1,103 @@
+"""encode_grid: batches of any dtype and range become one readable, captioned PNG grid."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from monitor.imaging import PAD, encode_grid
+
+
+def decode(png: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    return np.asarray(image)
+
+
+def tile(grid: np.ndarray, i: int, columns: int, height: int, width: int) -> np.ndarray:
+    row, column = divmod(i, columns)
+    top, left = PAD + row * (height + PAD), PAD + column * (width + PAD)
+    return grid[top:top + height, left:left + width]
+
+
+def test_grid_tiles_images_in_rows_of_ceil_sqrt_n_columns_by_default():
+    grid = decode(encode_grid(torch.zeros(8, 3, 10, 12, dtype=torch.uint8)))
+    assert grid.shape == (PAD + 3 * (10 + PAD), PAD + 3 * (12 + PAD), 3)
+
+
+def test_grid_takes_the_number_of_columns_asked_for():
+    grid = decode(encode_grid(torch.zeros(5, 1, 4, 4), columns=5))
+    assert grid.shape == (PAD + 4 + PAD, PAD + 5 * (4 + PAD))
+
+
+def test_uint8_pixels_are_shown_as_they_are():
+    pixels = torch.randint(0, 256, (4, 3, 6, 5), dtype=torch.uint8)
+    grid = decode(encode_grid(pixels))
+    for i in range(4):
+        assert np.array_equal(tile(grid, i, 2, 6, 5), pixels[i].permute(1, 2, 0).numpy())
+
+
+def test_floats_in_the_unit_range_are_scaled_by_255_as_a_batch():
+    pixels = torch.tensor([0.0, 0.5, 1.0, 0.2]).reshape(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    pixels[1] *= 0.5  # a darker image stays darker: no per-image stretch
+    grid = decode(encode_grid(pixels))
+    assert tile(grid, 0, 2, 2, 2).tolist() == [[0, 128], [255, 51]]
+    assert tile(grid, 1, 2, 2, 2).tolist() == [[0, 64], [128, 26]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.int64, torch.int16])
+def test_other_ranges_and_dtypes_are_stretched_per_image(dtype):
+    pixels = torch.stack([torch.tensor([[-4, 0], [2, 4]]), torch.tensor([[100, 300], [500, 200]])])[:, None]
+    grid = decode(encode_grid(pixels.to(dtype)))
+    assert tile(grid, 0, 2, 2, 2).tolist() == [[0, 128], [191, 255]]
+    assert tile(grid, 1, 2, 2, 2).tolist() == [[0, 128], [255, 64]]
+
+
+def test_a_constant_image_is_mid_grey_and_non_finite_pixels_are_black():
+    pixels = torch.tensor([[[[7.0, 7.0], [7.0, 7.0]]], [[[float("nan"), 2.0], [float("inf"), 4.0]]]])
+    grid = decode(encode_grid(pixels))
+    assert tile(grid, 0, 2, 2, 2).tolist() == [[128, 128], [128, 128]]
+    assert tile(grid, 1, 2, 2, 2).tolist() == [[0, 0], [0, 255]]
+
+
+def test_grayscale_batches_make_a_grayscale_png_and_colour_ones_an_rgb_png():
+    assert Image.open(io.BytesIO(encode_grid(torch.rand(2, 1, 4, 4)))).mode == "L"
+    assert Image.open(io.BytesIO(encode_grid(torch.rand(2, 3, 4, 4)))).mode == "RGB"
+
+
+def test_captions_are_drawn_in_a_band_under_their_own_tiles():
+    pixels = torch.ones(2, 1, 8, 8)
+    plain = decode(encode_grid(pixels, columns=2))
+    captioned = decode(encode_grid(pixels, ["cat", ""], columns=2))
+    assert captioned.shape[0] > plain.shape[0]
+    band = captioned[PAD + 8:-PAD]
+    middle = captioned.shape[1] // 2
+    assert (band[:, :middle] < 128).any(), "the first caption is drawn"
+    assert not (band[:, middle:] < 128).any(), "an empty caption draws nothing"
+
+
+def test_a_long_caption_is_cut_to_its_tile():
+    grid = decode(encode_grid(torch.ones(1, 3, 8, 8), ["a caption far longer than any tile is wide"]))
+    assert grid.shape[1] <= PAD + 64 + PAD
+
+
+def test_non_contiguous_pixels_are_read_as_they_look():
+    pixels = torch.rand(4, 3, 8, 8, device="cpu").permute(0, 1, 3, 2)  # not contiguous
+    expected = (pixels[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+    assert np.array_equal(tile(decode(encode_grid(pixels)), 0, 2, 8, 8), expected)
+
+
+@pytest.mark.parametrize("pixels, captions, columns, match", [
+    (torch.rand(3, 4, 4), None, None, "NCHW tensor with 1 or 3 channels, got \\(3, 4, 4\\)"),
+    (torch.rand(2, 4, 4, 4), None, None, "1 or 3 channels, got \\(2, 4, 4, 4\\)"),
+    (torch.rand(0, 3, 4, 4), None, None, "non-empty"),
+    ([[0.5]], None, None, "got list"),
+    (torch.rand(2, 3, 4, 4), ["one"], None, "one entry per image \\(2\\), got 1"),
+    (torch.rand(2, 3, 4, 4), None, 0, "columns must be an int >= 1, got 0"),
+])
+def test_bad_pixels_captions_or_columns_raise(pixels, captions, columns, match):
+    with pytest.raises(ValueError, match=match):
+        encode_grid(pixels, captions, columns)
