@@ -1,0 +1,12 @@
+"""The callbacks that decide what to log; one per file, each a few lines in the user's loop.
+
+    from monitor import Monitor, Scalars, LearningRate, GradNorms, Images, Summary
+    monitor = Monitor([Summary(), Scalars(), LearningRate(), GradNorms(every=10), Images()], env="run")
+"""
+from monitor.callbacks.grad_norms import GradNorms
+from monitor.callbacks.images import Images
+from monitor.callbacks.learning_rate import LearningRate
+from monitor.callbacks.scalars import Scalars
+from monitor.callbacks.summary import Summary
+
+__all__ = ["GradNorms", "Images", "LearningRate", "Scalars", "Summary"]

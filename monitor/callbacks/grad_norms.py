@@ -1,0 +1,143 @@
+"""GradNorms: the L2 norm of each layer's gradients and of all of them, computed on the device."""
+from __future__ import annotations
+
+import torch
+
+from monitor.callbacks._every import is_due, positive_int
+from monitor.core import Callback, LoopState
+from monitor.log import Log
+
+_YLABELS = {"grad norm": "L2 norm of the gradients", "weight norm": "L2 norm of the weights",
+            "update ratio": "norm of the update / norm of the weights"}
+
+
+class GradNorms(Callback):
+    """Plots per-layer and total gradient norms at ``after_backward``, in window ``grad norm``.
+
+        monitor = Monitor([GradNorms(every=10, update_ratio=True)], env="mnist")
+        loss.backward(); monitor.after_backward()     # before optimizer.step() and zero_grad()
+        optimizer.step(); monitor.step_end(loss=loss)
+
+    A layer is a module that owns parameters directly; its trace is the module's qualified name
+    (``fc1``, ``encoder.attn``), with the class added where the name ends in a number, as in
+    ``nn.Sequential`` (``0.Linear``, ``layers.3.Conv2d``); the root module's own parameters go
+    under its class name. Trace ``total`` is the norm of all gradients, as
+    ``clip_grad_norm_`` computes it. Parameters whose ``grad`` is None are left out that step.
+
+    All norms of a step come from one foreach pass and are logged as one tensor that stays on
+    the device until the sink's worker reads it. ``weights=True`` adds ``weight norm``;
+    ``update_ratio=True`` adds ``update ratio``, ||w_after - w_before|| / ||w_before|| per layer,
+    which costs a copy of the weights on the device between after_backward and step_end on the
+    steps it logs. With gradient accumulation, call ``after_backward`` once, after the last backward.
+    """
+
+    def __init__(self, every: int = 1, weights: bool = False, update_ratio: bool = False) -> None:
+        self.every = positive_int("every", every)
+        for argument, value in (("weights", weights), ("update_ratio", update_ratio)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{argument} must be True or False, got {value!r}")
+        self.weights, self.update_ratio = weights, update_ratio
+        self._model: torch.nn.Module | None = None
+        self._params: list[torch.nn.Parameter] = []
+        self._layer_of: list[int] = []      # self._params[i] belongs to layer self._layer_of[i]
+        self._layers: list[str] = []        # trace names, one per layer
+        self._groupings: dict[tuple, tuple[list[str], torch.Tensor, int]] = {}
+        self._before: list[torch.Tensor] | None = None
+        self._laid_out: set[str] = set()
+
+    def on_train_start(self, state: LoopState, log: Log) -> None:
+        self._parameters(state)
+
+    def on_after_backward(self, state: LoopState, log: Log) -> None:
+        if not is_due(state.step, self.every):
+            return
+        params = self._parameters(state)
+        present = tuple(i for i, p in enumerate(params) if p.grad is not None)
+        if present:
+            self._write(log, "grad norm", state.step, [params[i].grad for i in present], present)
+        if self.weights:
+            self._write(log, "weight norm", state.step, params)
+        if self.update_ratio:
+            with torch.no_grad():
+                self._before = torch._foreach_mul(params, 1.0)
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        before, self._before = self._before, None
+        if before is None or not is_due(state.step, self.every):
+            return
+        with torch.no_grad():
+            updates = torch._foreach_sub(self._params, before)
+            traces, index, layers = self._grouping(tuple(range(len(self._params))), before[0].device)
+            ratio = _norms(updates, index, layers) / _norms(before, index, layers)
+        self._put(log, "update ratio", state.step, traces, ratio)
+
+    def _write(self, log: Log, window: str, x: int, tensors: list[torch.Tensor],
+               present: tuple[int, ...] | None = None) -> None:
+        present = tuple(range(len(tensors))) if present is None else present
+        traces, index, layers = self._grouping(present, tensors[0].device)
+        with torch.no_grad():
+            self._put(log, window, x, traces, _norms(tensors, index, layers))
+
+    def _put(self, log: Log, window: str, x: int, traces: list[str], values: torch.Tensor) -> None:
+        if window not in self._laid_out:
+            log.window(window, title=window, xlabel="step", ylabel=_YLABELS[window], ytype="log")
+            self._laid_out.add(window)
+        log.vector(window, x, traces, values)
+
+    def _parameters(self, state: LoopState) -> list[torch.nn.Parameter]:
+        """The model's parameters; the layer grouping is rebuilt when they change."""
+        model = state.model
+        if model is None:
+            raise ValueError("GradNorms needs the model: pass it to monitor.train_start(model, optimizer), "
+                             "got model=None")
+        current = list(model.parameters())
+        if model is not self._model or len(current) != len(self._params) or \
+                any(a is not b for a, b in zip(current, self._params)):
+            self._build(model)
+        return self._params
+
+    def _build(self, model: torch.nn.Module) -> None:
+        self._model, self._params, self._layer_of, self._layers = model, [], [], []
+        self._groupings.clear()
+        self._before = None
+        seen: set[int] = set()
+        for name, module in model.named_modules():
+            owned = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+            if not owned:
+                continue
+            seen.update(id(p) for p in owned)
+            self._params.extend(owned)
+            self._layer_of.extend([len(self._layers)] * len(owned))
+            self._layers.append(_trace_name(name, module))
+
+    def _grouping(self, present: tuple[int, ...], device: torch.device) -> tuple[list[str], torch.Tensor, int]:
+        """Trace names and the layer index of each present parameter, cached per set present."""
+        key = (present, device)
+        if key not in self._groupings:
+            layers = sorted({self._layer_of[i] for i in present})
+            position = {layer: n for n, layer in enumerate(layers)}
+            index = torch.tensor([position[self._layer_of[i]] for i in present], device=device)
+            if len(self._groupings) >= 16:
+                self._groupings.clear()
+            self._groupings[key] = ([self._layers[layer] for layer in layers] + ["total"], index, len(layers))
+        return self._groupings[key]
+
+
+def _norms(tensors: list[torch.Tensor], index: torch.Tensor, layers: int) -> torch.Tensor:
+    """Per-layer L2 norms then the total, as one float32 tensor on the device of ``index``."""
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    try:
+        squares = torch.stack(norms) ** 2
+    except RuntimeError:  # parameters on several devices: gather the norms on one
+        squares = torch.stack([n.to(index.device) for n in norms]) ** 2
+    per_layer = torch.zeros(layers, dtype=torch.float32, device=index.device).index_add_(0, index, squares)
+    return torch.cat([per_layer, squares.sum().reshape(1)]).sqrt()
+
+
+def _trace_name(name: str, module: torch.nn.Module) -> str:
+    kind = type(module).__name__
+    if not name:
+        return kind
+    if name.rsplit(".", 1)[-1].isdigit() or name == "total":
+        return f"{name}.{kind}"
+    return name

@@ -1,0 +1,97 @@
+"""Images: a grid of the first images of a batch, captioned with their labels or predictions."""
+from __future__ import annotations
+
+from numbers import Integral, Real
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from monitor.callbacks._every import is_due, one_of, positive_int
+from monitor.core import Callback, LoopState
+from monitor.log import Log
+
+
+class Images(Callback):
+    """Shows the first ``count`` images of ``state.inputs`` (or ``outputs``) every ``every`` steps.
+
+        monitor = Monitor([Images(every=100, captions="both", class_names=CLASSES)], env="cifar")
+        monitor.step_end(loss=loss, inputs=x, targets=y, outputs=logits)
+        # window "inputs": 8 images captioned "cat / dog" (target / predicted)
+
+    Images are NCHW, CHW, NHW or HW, with 1 or 3 channels, float or uint8 in any range (the sink
+    normalises them for display). Only the first ``count`` are copied. ``captions`` is
+    ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
+    over dim 1 of 2-d outputs, or 1-d outputs as they are), ``"both"`` or None; a source that
+    is not one label per image (masks, None) gives no caption. Integer labels are looked up in
+    ``class_names`` (a sequence or a mapping) when given. Captions are read from the device
+    once per grid, so on an accelerator each logged grid waits for its step to finish.
+    """
+
+    def __init__(self, every: int = 50, count: int = 8, source: str = "inputs",
+                 captions: str | None = "targets",
+                 class_names: Sequence[str] | Mapping[int, str] | None = None) -> None:
+        self.every = positive_int("every", every)
+        self.count = positive_int("count", count)
+        self.source = one_of("source", source, ("inputs", "outputs"))
+        self.captions = one_of("captions", captions, ("targets", "predictions", "both", None))
+        if class_names is not None and (isinstance(class_names, (str, bytes))
+                                        or not isinstance(class_names, (Sequence, Mapping))):
+            raise TypeError(f"class_names must be a sequence or a mapping of label to name, "
+                            f"got {type(class_names).__name__}")
+        self.class_names = class_names
+        self._laid_out = False
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        if not is_due(state.step, self.every):
+            return
+        images = getattr(state, self.source)
+        if images is None:
+            raise ValueError(f"Images needs the batch: pass {self.source}= to monitor.step_end(...), "
+                             f"got {self.source}=None")
+        batched = isinstance(images, torch.Tensor) and (
+            images.dim() == 4 or (images.dim() == 3 and images.shape[0] not in (1, 3)))
+        if batched:
+            images = images[: self.count]  # a view: Log copies only these
+        count = images.shape[0] if batched else 1
+        if not self._laid_out:
+            log.window(self.source, title=self.source)
+            self._laid_out = True
+        log.images(self.source, state.step, images, self._caption(state, count))
+
+    def _caption(self, state: LoopState, count: int) -> list[str] | None:
+        parts = []
+        if self.captions in ("targets", "both"):
+            parts.append(_labels(state.targets, count))
+        if self.captions in ("predictions", "both"):
+            outputs = state.outputs
+            if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.shape[1] > 1:
+                outputs = outputs[:count].detach().argmax(1)
+            parts.append(_labels(outputs, count))
+        parts = [[self._name(v) for v in labels] for labels in parts if labels is not None]
+        if not parts:
+            return None
+        return [" / ".join(names) for names in zip(*parts)]
+
+    def _name(self, label: Any) -> str:
+        if isinstance(label, Integral) and self.class_names is not None:
+            if isinstance(self.class_names, Mapping):
+                return str(self.class_names.get(label, label))
+            if 0 <= label < len(self.class_names):
+                return str(self.class_names[label])
+        if isinstance(label, Real) and not isinstance(label, Integral):
+            return f"{label:.3g}"
+        return str(label)
+
+
+def _labels(source: Any, count: int) -> list[Any] | None:
+    """The first ``count`` labels, if ``source`` holds one label per image."""
+    if isinstance(source, torch.Tensor):
+        if source.dim() == 2 and source.shape[1] == 1:
+            source = source[:, 0]
+        if source.dim() != 1:
+            return None
+        return source[:count].tolist()
+    if isinstance(source, (list, tuple)) and all(not isinstance(v, (list, tuple, torch.Tensor))
+                                                  for v in source[:count]):
+        return list(source[:count])
+    return None

@@ -1,0 +1,49 @@
+"""LearningRate: what the optimizer's schedule actually did, one trace per parameter group."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from monitor.callbacks._every import is_due, positive_int
+from monitor.core import Callback, LoopState
+from monitor.log import Log
+
+WINDOW = "learning rate"
+
+
+class LearningRate(Callback):
+    """Plots each parameter group's ``lr`` after the step, in window ``learning rate``.
+
+        monitor = Monitor([LearningRate()], env="mnist")
+        monitor.train_start(model, optimizer)           # the optimizer is required
+        ...; scheduler.step(); monitor.step_end(loss=loss)
+
+    One group gives trace ``lr``; several give ``group 0``, ``group 1``, ... or the group's own
+    ``name`` entry where the loop set one (``{"params": ..., "name": "backbone"}``). A tensor
+    ``lr`` (capturable optimizers) is copied on its device, not read here.
+    """
+
+    def __init__(self, every: int = 1) -> None:
+        self.every = positive_int("every", every)
+        self._laid_out = False
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        if not is_due(state.step, self.every):
+            return
+        if state.optimizer is None:
+            raise ValueError("LearningRate needs the optimizer: pass it to "
+                             "monitor.train_start(model, optimizer), got optimizer=None")
+        groups = state.optimizer.param_groups
+        if not self._laid_out:
+            log.window(WINDOW, title=WINDOW, xlabel="step", ylabel="learning rate")
+            self._laid_out = True
+        log.scalars(WINDOW, state.step, dict(zip(_trace_names(groups), (g["lr"] for g in groups))))
+
+
+def _trace_names(groups: Sequence[dict[str, Any]]) -> list[str]:
+    if len(groups) == 1:
+        return ["lr"]
+    names = [g.get("name") if isinstance(g.get("name"), str) and g.get("name") else f"group {i}"
+             for i, g in enumerate(groups)]
+    if len(set(names)) != len(names):  # two groups named alike: numbers keep them apart
+        names = [f"group {i}" for i in range(len(groups))]
+    return names

@@ -1,0 +1,117 @@
+"""Scalars: the loss and the loop's metrics as curves, train and validation in one window."""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, Mapping
+
+import torch
+
+from monitor.callbacks._every import is_due, one_of, positive_int
+from monitor.core import Callback, LoopState
+from monitor.log import Log
+
+
+class Scalars(Callback):
+    """Plots the loss and every metric the loop passes; one window per name.
+
+        monitor = Monitor([Scalars()], env="mnist")
+        monitor.step_end(loss=loss, metrics={"accuracy": acc})    # window "accuracy", trace "train"
+        monitor.validation_end({"accuracy": val_acc})              # same window, trace "validation"
+
+    ``x="step"`` plots every ``every``-th step (1, 1 + every, ...) at its step number.
+    ``x="epoch"`` plots the mean of the epoch's steps (every ``every``-th one) at its epoch_end,
+    at x = the number of epochs done (1 after the first epoch, as TensorBoard and Keras users
+    read it); a validation is plotted at the number of epochs done when it ran, counting the
+    current epoch once it had a step (so a check before training sits at 0). Metrics passed to
+    ``epoch_end`` are plotted at the epoch's last step in trace ``epoch`` (``x="step"``), or
+    replace that epoch's mean in trace ``train`` (``x="epoch"``).
+
+    Values are numbers or one-element tensors; a tensor on an accelerator is summed and copied
+    on its device, never read here. NaN and Inf are passed on: the sink shows them as gaps and
+    counts them. A value of another type (a string, a list, a tensor of several elements)
+    raises, naming the metric, once the call's other names are written; the Monitor reports it.
+    """
+
+    def __init__(self, every: int = 1, x: str = "step") -> None:
+        self.every = positive_int("every", every)
+        self.x = one_of("x", x, ("step", "epoch"))
+        self._windows: set[str] = set()
+        self._sums: dict[str, Any] = {}
+        self._counts: dict[str, int] = {}
+
+    def on_epoch_start(self, state: LoopState, log: Log) -> None:
+        self._sums.clear()
+        self._counts.clear()
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        if not is_due(state.step, self.every):
+            return
+        values = dict(state.metrics)
+        if state.loss is not None:
+            values["loss"] = state.loss
+        if self.x == "step":
+            self._write(log, state.step, "train", values)
+            return
+        failure = None
+        for name, value in values.items():
+            try:
+                self._sums[name] = _add(self._sums.get(name), value, name)
+            except (TypeError, ValueError) as error:
+                failure = failure or error
+                continue
+            self._counts[name] = self._counts.get(name, 0) + 1
+        if failure is not None:
+            raise failure
+
+    def on_epoch_end(self, state: LoopState, log: Log) -> None:
+        if self.x == "step":
+            self._write(log, state.step, "epoch", state.metrics)
+            return
+        means = {name: total / self._counts[name] for name, total in self._sums.items()}
+        means.update(state.metrics)
+        self._sums.clear()
+        self._counts.clear()
+        self._write(log, state.epoch + 1, "train", means)
+
+    def on_validation_end(self, state: LoopState, log: Log) -> None:
+        if self.x == "step":
+            x = state.step
+        else:
+            x = state.epoch + 1 if state.batch else state.epoch
+        self._write(log, x, "validation", state.metrics)
+
+    def _write(self, log: Log, x: float, trace: str, values: Mapping[str, Any]) -> None:
+        """One point per name; a bad value is raised after the good ones are written."""
+        failure = None
+        for name, value in values.items():
+            try:
+                if name not in self._windows:
+                    log.window(name, title=name, xlabel=self.x, ylabel=name)
+                    self._windows.add(name)
+                log.scalar(name, trace, x, value)
+            except (TypeError, ValueError) as error:
+                failure = failure or type(error)(f"metric {name!r}: {error}")
+        if failure is not None:
+            raise failure
+
+
+def _add(total: Any, value: Any, name: str) -> Any:
+    """``total + value`` without reading the device: tensors stay tensors, numbers floats."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"metric {name!r} must be a number or a one-element real tensor, "
+                             f"got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}")
+        if value.device.type == "cpu":
+            value = float(value.item())
+        else:
+            value = value.detach().reshape(()).to(torch.float32, copy=True)
+    elif isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"metric {name!r} must be a number or a one-element tensor, got {value!r}")
+    else:
+        value = float(value)
+    if total is None:
+        return value
+    if isinstance(total, torch.Tensor) and isinstance(value, torch.Tensor) and total.device != value.device:
+        value = value.to(total.device)
+    return total + value

@@ -1,0 +1,66 @@
+"""Summary: what was trained, with what, on what: one text pane written at train start."""
+from __future__ import annotations
+
+import platform
+from html import escape
+from typing import Any, Mapping
+
+import torch
+
+from monitor.core import Callback, LoopState
+from monitor.log import Log
+
+WINDOW = "summary"
+
+
+class Summary(Callback):
+    """Writes the model's structure, parameter counts, hyper-parameters and torch/device facts.
+
+        monitor = Monitor([Summary(hparams={"batch_size": 64})], env="mnist")
+        monitor.train_start(model, optimizer, hparams={"lr": 0.1})
+        # pane "summary": the model, 1,199,882 parameters (all trainable), batch_size and lr, ...
+
+    ``hparams`` given here are merged with those given to ``train_start``, which win on a clash.
+    Everything the user supplied (the model's repr, names, values) is HTML-escaped.
+    """
+
+    def __init__(self, hparams: Mapping[str, Any] | None = None) -> None:
+        if hparams is not None and not isinstance(hparams, Mapping):
+            raise TypeError(f"hparams must be a mapping of name to value, got {type(hparams).__name__}")
+        self.hparams = dict(hparams or {})
+
+    def on_train_start(self, state: LoopState, log: Log) -> None:
+        log.window(WINDOW, title=WINDOW)
+        log.text(WINDOW, state.step, _summary_html(state.model, state.optimizer, {**self.hparams, **state.hparams}))
+
+
+def _summary_html(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
+                 hparams: Mapping[str, Any]) -> str:
+    """The pane's HTML: facts as a table, the model's repr in ``<pre>``."""
+    facts: list[tuple[str, Any]] = []
+    if model is not None:
+        params = list(model.parameters())
+        total = sum(p.numel() for p in params)
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        facts.append(("model", type(model).__name__))
+        facts.append(("parameters", f"{total:,} ({trainable:,} trainable)"))
+        devices = sorted({str(p.device) for p in params})
+        facts.append(("devices", ", ".join(devices) or "none (no parameters)"))
+        facts.append(("dtypes", ", ".join(sorted({str(p.dtype).replace("torch.", "") for p in params}))))
+        for device in sorted({p.device for p in params if p.device.type == "cuda"}, key=str):
+            facts.append((str(device), torch.cuda.get_device_name(device)))
+    if optimizer is not None:
+        facts.append(("optimizer", type(optimizer).__name__))
+    facts.append(("torch", torch.__version__))
+    facts.append(("python", platform.python_version()))
+    parts = ["<h4>Run</h4>", _table(facts)]
+    if hparams:
+        parts += ["<h4>Hyper-parameters</h4>", _table(sorted(hparams.items(), key=lambda kv: str(kv[0])))]
+    if model is not None:
+        parts += ["<h4>Model</h4>", f"<pre>{escape(repr(model))}</pre>"]
+    return "\n".join(parts)
+
+
+def _table(rows: list[tuple[Any, Any]]) -> str:
+    cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{cells}</table>"
