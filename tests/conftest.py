@@ -1,0 +1,140 @@
+"""Shared fixtures: real Visdom servers started through ``monitor.server.start`` and readers for
+what they hold. visdom (and with it torch) is imported only inside the helpers that need it.
+
+- ``visdom_server``: one server for the whole session (free loopback port, its own env dir).
+  Use your own env name per test; do not kill it.
+- ``fresh_server``: a server for one test, which it may ``kill()``, ``pause()``/``resume()`` and
+  ``start()`` again on the same port and env dir.
+- ``connect_client(server, **kwargs)``: a visdom client that raises on errors and opens no socket.
+- ``read_window(server, env, win)``: ``{trace name: (xs, ys)}`` of a plot window.
+- ``read_window_raw(server, env, win)``: the window's full dict (type, content, ...), e.g. for
+  image and text panes.
+- ``monitor_serve(*args, env=None)``: ``monitor serve ARGS`` as a background command, with
+  ``.url()`` (waits for the printed URL) and ``.finish(signal)`` (exit code, stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from monitor.server import VisdomServer, start
+
+
+@pytest.fixture(scope="session")
+def visdom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VisdomServer]:
+    """A real server shared by the session; isolate tests by env name."""
+    with start(port=0, env_path=tmp_path_factory.mktemp("visdom-env")) as server:
+        yield server
+
+
+@pytest.fixture
+def fresh_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VisdomServer]:
+    """A real server for one test, free to be killed, paused and restarted; stopped afterwards."""
+    with start(port=0, env_path=tmp_path_factory.mktemp("visdom-env")) as server:
+        yield server
+
+
+def _connect_client(server: VisdomServer, **kwargs: Any) -> Any:
+    from visdom import Visdom
+
+    options = {"use_incoming_socket": False, "raise_exceptions": True, **kwargs}
+    return Visdom(server=f"http://{server.host if server.host != '0.0.0.0' else '127.0.0.1'}",
+                  port=server.port, **options)
+
+
+def _read_window_raw(server: VisdomServer, env: str, win: str, **client_kwargs: Any) -> dict:
+    reply = _connect_client(server, **client_kwargs).get_window_data(win, env)
+    try:
+        return json.loads(reply)  # a missing env/window answers an HTML error page (status ignored)
+    except (TypeError, ValueError):
+        raise LookupError(f"no window {win!r} in env {env!r} on {server.url}") from None
+
+
+def _read_window(server: VisdomServer, env: str, win: str, **client_kwargs: Any) -> dict[str, tuple[list, list]]:
+    traces = _read_window_raw(server, env, win, **client_kwargs)["content"]["data"]
+    return {trace.get("name", str(i)): (list(trace["x"]), list(trace["y"])) for i, trace in enumerate(traces)}
+
+
+@pytest.fixture(scope="session")
+def connect_client() -> Callable[..., Any]:
+    """``connect_client(server, **kwargs) -> visdom.Visdom``; kwargs override the defaults."""
+    return _connect_client
+
+
+@pytest.fixture(scope="session")
+def read_window() -> Callable[..., dict[str, tuple[list, list]]]:
+    """``read_window(server, env, win) -> {trace name: (xs, ys)}``; raises LookupError if absent."""
+    return _read_window
+
+
+@pytest.fixture(scope="session")
+def read_window_raw() -> Callable[..., dict]:
+    """``read_window_raw(server, env, win) -> dict`` as the server stores the window."""
+    return _read_window_raw
+
+
+_MONITOR = Path(sys.executable).with_name("monitor")  # the console script beside this Python
+MONITOR_COMMAND = [str(_MONITOR)] if _MONITOR.exists() else [sys.executable, "-m", "monitor.cli"]
+
+
+class ServeCommand:
+    """``monitor serve`` running in the background, its stdout collected on a thread."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [*MONITOR_COMMAND, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+            # A shell may start background jobs with SIGINT ignored, which Python would keep.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
+
+    def url(self, timeout: float = 60) -> str:
+        """The dashboard URL the command printed once its server answered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if match := re.search(r"http://127\.0\.0\.1:\d+", line):
+                    return match.group(0)
+            if self.process.poll() is not None:
+                raise AssertionError(f"monitor serve exited {self.process.returncode}: {self.process.stderr.read()}")
+            time.sleep(0.05)
+        raise AssertionError(f"monitor serve printed no URL within {timeout} s: {self.lines}")
+
+    def finish(self, sig: int = signal.SIGINT) -> tuple[int, str]:
+        """Send ``sig`` (SIGINT: Ctrl-C), wait; return the exit code and everything on stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=15)
+        return code, self.process.stderr.read()
+
+
+@pytest.fixture
+def monitor_serve() -> Iterator[Callable[..., ServeCommand]]:
+    """``monitor_serve(*args, env=None) -> ServeCommand``; whatever is still running is killed after."""
+    started: list[ServeCommand] = []
+
+    def run(*args: str, env: dict[str, str] | None = None) -> ServeCommand:
+        started.append(ServeCommand(*args, env=env))
+        return started[-1]
+
+    yield run
+    for command in started:
+        try:
+            command.finish(signal.SIGTERM)  # lets the command stop its server; a SIGKILL would orphan it
+        except subprocess.TimeoutExpired:
+            command.process.kill()
+            command.process.wait()

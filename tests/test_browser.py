@@ -1,0 +1,75 @@
+"""The dashboard that ``monitor serve`` serves, rendered by headless Chromium (Debian's chromium and
+chromium-driver; ``make test`` installs them). Nothing here needs internet access."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ENV = "browser_check"
+
+pytestmark = pytest.mark.skipif(
+    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
+    reason="chromium and chromedriver are not installed (`make browser` installs them)",
+)
+
+
+@pytest.fixture
+def browser() -> Iterator[object]:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    with tempfile.TemporaryDirectory(prefix="monitor-chromium-") as profile:
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1280,900", f"--user-data-dir={profile}"):
+            options.add_argument(flag)
+        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        try:
+            yield driver
+        finally:
+            driver.quit()
+
+
+def test_served_dashboard_renders_a_plot_and_an_image(monitor_serve, tmp_path: Path, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from visdom import Visdom
+
+    command = monitor_serve("--port", "0", "--env-path", str(tmp_path))
+    url = command.url()
+    port = int(url.rsplit(":", 1)[1])
+    client = Visdom(server="http://127.0.0.1", port=port, use_incoming_socket=False, raise_exceptions=True)
+    steps = np.arange(50)
+    client.line(X=steps, Y=np.exp(-steps / 20), win="loss", env=ENV, opts={"title": "loss", "legend": ["train"]})
+    ramp = np.linspace(0, 1, 64)
+    client.image(np.stack([np.outer(ramp, ramp), np.outer(ramp[::-1], ramp), np.ones((64, 64)) * 0.5]),
+                 win="sample", env=ENV, opts={"caption": "sample"})
+
+    browser.get(f"{url}/env/{ENV}")
+    wait = WebDriverWait(browser, 20)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.main-svg"))
+    wait.until(lambda d: d.execute_script(
+        "const img = document.querySelector('img.content-image'); return img && img.complete && img.naturalWidth > 0;"
+    ))
+    assert browser.find_elements(By.CSS_SELECTOR, "svg.main-svg path.js-line")  # the trace was drawn
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], "console errors (missing assets?):\n" + "\n".join(severe)
+
+    code, stderr = command.finish(signal.SIGINT)
+    assert code == 0, stderr

@@ -1,0 +1,111 @@
+"""The ``monitor`` command, run as a user runs it: a subprocess, reading its output and exit code."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+_MONITOR = Path(sys.executable).with_name("monitor")  # the console script beside this Python
+COMMAND = [str(_MONITOR)] if _MONITOR.exists() else [sys.executable, "-m", "monitor.cli"]
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr + result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert re.match(f"Error: {pattern}", last), result.stderr
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def test_help_is_fast_and_imports_neither_torch_nor_visdom() -> None:
+    code = "import sys, monitor.cli; print('torch' in sys.modules, 'visdom' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+    began = time.monotonic()
+    result = _run("--help")
+    assert result.returncode == 0 and "serve" in result.stdout and "assets" in result.stdout
+    assert time.monotonic() - began < 3
+
+
+def test_serve_prints_the_url_and_ctrl_c_stops_cleanly(monitor_serve, tmp_path: Path) -> None:
+    running = monitor_serve("--port", "0", "--env-path", str(tmp_path))
+    url = running.url()
+    assert _answers(url)
+    code, stderr = running.finish(signal.SIGINT)
+    assert code == 0 and "Traceback" not in stderr
+    assert not _answers(url)  # the server went down with the command
+
+
+def test_serve_takes_the_port_from_visdom_port_and_stops_on_sigterm(monitor_serve, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    running = monitor_serve("--env-path", str(tmp_path), env={"VISDOM_PORT": str(port)})
+    url = running.url()
+    assert url == f"http://127.0.0.1:{port}"
+    code, stderr = running.finish(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in stderr
+    assert not _answers(url)
+
+
+def test_serve_on_all_interfaces_prints_a_warning(monitor_serve, tmp_path: Path) -> None:
+    running = monitor_serve("--port", "0", "--host", "0.0.0.0", "--env-path", str(tmp_path))
+    running.url()
+    _, stderr = running.finish(signal.SIGINT)
+    assert "Warning: the Visdom server on port" in stderr and "every network interface" in stderr
+
+
+def test_serve_port_in_use_is_a_one_line_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run("serve", "--port", str(port), "--env-path", str(tmp_path))
+    _assert_one_line_error(result, f"port {port} is already in use on 127.0.0.1")
+
+
+def test_serve_unwritable_env_path_is_a_one_line_error(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    result = _run("serve", "--port", "0", "--env-path", str(tmp_path / "a-file" / "envs"))
+    _assert_one_line_error(result, "env_path must be a writable folder .*Not a directory")
+
+
+def test_serve_login_without_credentials_is_a_one_line_error(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("VISDOM_USERNAME", "VISDOM_PASSWORD")}
+    result = subprocess.run([*COMMAND, "serve", "--login", "--port", "0", "--env-path", str(tmp_path)],
+                            capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    _assert_one_line_error(result, "login needs a username and a password: set VISDOM_USERNAME and VISDOM_PASSWORD")
+
+
+def test_assets_without_npm_is_a_one_line_error(tmp_path: Path) -> None:
+    # An empty static folder, no npm on PATH, visdom's CDN download skipped: nothing can install them.
+    result = _run("assets", "--static-dir", str(tmp_path / "static"), "--no-visdom-download",
+                  env={"PATH": str(tmp_path)})
+    _assert_one_line_error(result, r"30 dashboard asset\(s\) missing .*`npm` is not on PATH")
+
+
+def test_assets_on_a_complete_folder_says_so() -> None:
+    result = _run("assets")
+    assert result.returncode == 0 and "Dashboard assets are complete" in result.stdout
