@@ -147,11 +147,12 @@ def ensure_assets(
     _check_writable(static)
     _log.info("Installing %d dashboard asset(s) into %s", len(missing), static)
     files = [p for p in missing if p != VERSION_MARKER]
-    if files and visdom_download and static.name == "static":
+    tried_visdom = bool(files) and visdom_download and static.name == "static"
+    if tried_visdom:
         _run_visdom_download(static, timeout=min(timeout, 90.0))
         files = [p for p in missing_assets(static) if p != VERSION_MARKER]
     if files:
-        _install_from_npm(static, files, npm=npm, timeout=timeout)
+        _install_from_npm(static, files, npm=npm, timeout=timeout, tried_visdom=tried_visdom)
     _write_atomic(static / VERSION_MARKER, visdom_version().encode())
     still = missing_assets(static)
     if still:
@@ -186,14 +187,15 @@ def _run_visdom_download(static: Path, *, timeout: float) -> None:
         _log.info("visdom's download did not finish in %.0f s", timeout)
 
 
-def _install_from_npm(static: Path, files: list[str], *, npm: str, timeout: float) -> None:
+def _install_from_npm(static: Path, files: list[str], *, npm: str, timeout: float, tried_visdom: bool) -> None:
     wanted = [a for a in ASSETS if a.path in files]
     npm_path = shutil.which(npm)
     if npm_path is None:
+        visdom_failed = "visdom's own download did not get them (no internet access to its CDNs?) and " if tried_visdom else ""
         raise AssetsError(
-            f"{len(wanted)} dashboard asset(s) missing in {static} (e.g. {wanted[0].path}); visdom's own "
-            f"download did not get them (no internet access to its CDNs?) and `{npm}` is not on PATH. "
-            "Install Node.js with npm (Debian: apt-get install npm) and run `monitor assets` again."
+            f"{len(wanted)} dashboard asset(s) missing in {static} (e.g. {wanted[0].path}); {visdom_failed}"
+            f"`{npm}` is not on PATH. Install Node.js with npm (Debian: apt-get install npm) and run "
+            "`monitor assets` again."
         )
     packages = sorted({a.package for a in wanted})
     _log.info("Fetching %s with npm pack", ", ".join(packages))
