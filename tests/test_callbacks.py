@@ -180,17 +180,34 @@ def test_scalars_keep_the_loss_value_of_logging_time_when_the_loop_changes_it_in
 
 
 # --- LearningRate -------------------------------------------------------------------------------
-def test_learning_rate_follows_the_schedule_of_a_single_group_as_trace_lr():
+def test_learning_rate_shows_the_rate_each_step_used_even_when_the_scheduler_steps_first():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    used = []
+    for _ in range(4):
+        monitor.after_backward()
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        monitor.step_end()
+    assert used == [0.1, 0.1, 0.05, 0.05]
+    assert sink.points("learning rate") == {"lr": [(1, 0.1), (2, 0.1), (3, 0.05), (4, 0.05)]}
+
+
+def test_learning_rate_is_read_at_step_end_in_a_loop_without_after_backward():
     model = small_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
     monitor, sink = monitor_with(LearningRate())
     monitor.train_start(model, optimizer)
     for _ in range(4):
+        monitor.step_end()
         optimizer.step()
         scheduler.step()
-        monitor.step_end()
-    assert sink.points("learning rate") == {"lr": [(1, 0.1), (2, 0.05), (3, 0.05), (4, 0.025)]}
+    assert sink.points("learning rate") == {"lr": [(1, 0.1), (2, 0.1), (3, 0.05), (4, 0.05)]}
 
 
 def test_learning_rate_has_a_trace_per_group_named_by_number_or_by_the_groups_name():

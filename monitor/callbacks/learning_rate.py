@@ -11,22 +11,33 @@ WINDOW = "learning rate"
 
 
 class LearningRate(Callback):
-    """Plots each parameter group's ``lr`` after the step, in window ``learning rate``.
+    """Plots the ``lr`` each step used, per parameter group, in window ``learning rate``.
 
         monitor = Monitor([LearningRate()], env="mnist")
-        monitor.train_start(model, optimizer)           # the optimizer is required
-        ...; scheduler.step(); monitor.step_end(loss=loss)
+        monitor.train_start(model, optimizer)            # the optimizer is required
+        loss.backward(); monitor.after_backward(); optimizer.step(); scheduler.step(); monitor.step_end()
 
-    One group gives trace ``lr``; several give ``group 0``, ``group 1``, ... or the group's own
-    ``name`` entry where the loop set one (``{"params": ..., "name": "backbone"}``). A tensor
-    ``lr`` (capturable optimizers) is copied on its device, not read here.
+    The rate is read at ``after_backward``, before ``optimizer.step()`` uses it, so a scheduler
+    stepped before ``step_end`` does not shift the curve by one step; a loop that does not call
+    ``after_backward`` gets the rate at ``step_end``. One group gives trace ``lr``; several give
+    ``group 0``, ``group 1``, ... or the group's own ``name`` entry where the loop set one
+    (``{"params": ..., "name": "backbone"}``). A tensor ``lr`` (capturable optimizers) is copied
+    on its device, not read here.
     """
 
     def __init__(self, every: int = 1) -> None:
         self.every = positive_int("every", every)
         self._laid_out = False
+        self._logged_step: int | None = None
+
+    def on_after_backward(self, state: LoopState, log: Log) -> None:
+        self._write(state, log)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
+        if self._logged_step != state.step:
+            self._write(state, log)
+
+    def _write(self, state: LoopState, log: Log) -> None:
         if not is_due(state.step, self.every):
             return
         if state.optimizer is None:
@@ -36,6 +47,7 @@ class LearningRate(Callback):
         if not self._laid_out:
             log.window(WINDOW, title=WINDOW, xlabel="step", ylabel="learning rate")
             self._laid_out = True
+        self._logged_step = state.step
         log.scalars(WINDOW, state.step, dict(zip(_trace_names(groups), (g["lr"] for g in groups))))
 
 
