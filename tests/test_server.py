@@ -199,6 +199,8 @@ def test_login_refuses_data_without_credentials_and_serves_them_with(
 
         status, body = _post(f"{server.url}/win_data", {"win": "loss", "eid": "private"})
         assert status == 400 and b"0.5" not in body
+        assert _get(f"{server.url}/env/private")[0] == 400
+        assert b"Visdom Login" in _get(server.url)[1]
         assert connect_client(server).line(X=[2], Y=[9.0], win="loss", env="private", update="append") == ""
         assert read_window(server, "private", "loss", **user) == {"train": ([0, 1], [1.0, 0.5])}
 

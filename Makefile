@@ -1,0 +1,45 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   for now: a local Visdom server (`monitor serve`); the training demo comes later
+#   make test   the test suite, against a real Visdom server and a headless browser
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+PIP     = $(BIN)/python -m pip install --quiet --constraint constraints.txt
+
+.PHONY: demo test bench install assets browser clean
+
+demo: install assets
+	$(BIN)/monitor serve
+
+test: install assets browser
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install assets
+	$(BIN)/python bench/run_all.py
+
+install: $(VENV)/.installed
+
+# visdom 0.2.4 ships an sdist whose setup.py needs pkg_resources: build it with the venv's own
+# setuptools (<81, from constraints.txt) instead of pip's isolated, newest one.
+$(VENV)/.installed: setup.py setup.cfg constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) "setuptools<81" wheel
+	$(PIP) --no-build-isolation -e ".[test]"
+	touch $@
+
+# The dashboard's scripts and fonts, fetched once (visdom's own download when online, else npm;
+# npm itself from Debian's packages when it is missing).
+assets: install
+	@$(BIN)/monitor assets || { command -v npm >/dev/null && exit 1; \
+	  echo "npm is missing: installing Debian's npm for the dashboard assets"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq npm && $(BIN)/monitor assets; }
+
+# Debian's chromium and its driver for the browser tests, installed when missing.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+clean:
+	rm -rf $(VENV) *.egg-info
