@@ -317,11 +317,33 @@ def test_grad_norms_follow_a_model_whose_parameters_changed():
     model.zero_grad()
     model(torch.randn(5, 4)).sum().backward()
     monitor.after_backward()
+    monitor.step_end()
     second = sink.of(Points, "grad norm")[1]
     assert second.traces == ("0.Linear", "2.0.Linear", "3.Linear", "4.Linear", "total")
     expected = expected_norms(model, {"0.Linear": model[0], "2.0.Linear": model[2][0],
                                       "3.Linear": model[3], "4.Linear": model[4]})
     assert second.values.tolist() == pytest.approx([expected[t] for t in second.traces], rel=1e-5)
+    del model[4]  # a deletion registers nothing: it is noticed at the next epoch
+    model[3] = nn.Linear(8, 2)
+    monitor.epoch_start()
+    model.zero_grad()
+    model(torch.randn(5, 4)).sum().backward()
+    monitor.after_backward()
+    assert sink.of(Points, "grad norm")[2].traces == ("0.Linear", "2.0.Linear", "3.Linear", "total")
+
+
+def test_grad_norms_do_not_look_for_new_parameters_while_none_were_registered(monkeypatch):
+    model = small_model()
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model)
+    walks = []
+    original = nn.Module.parameters
+    monkeypatch.setattr(nn.Module, "parameters", lambda self, *a, **k: walks.append(1) or original(self, *a, **k))
+    for _ in range(3):
+        model(torch.randn(5, 4)).sum().backward()
+        monitor.after_backward()
+        monitor.step_end()
+    assert walks == [] and len(sink.of(Points, "grad norm")) == 3
 
 
 def test_grad_norms_keep_the_values_of_logging_time_when_gradients_change_in_place():

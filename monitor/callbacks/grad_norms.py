@@ -1,7 +1,11 @@
 """GradNorms: the L2 norm of each layer's gradients and of all of them, computed on the device."""
 from __future__ import annotations
 
+import weakref
+
 import torch
+from torch.nn.modules.module import (register_module_module_registration_hook,
+                                     register_module_parameter_registration_hook)
 
 from monitor.callbacks._every import is_due, positive_int
 from monitor.core import Callback, LoopState
@@ -23,6 +27,8 @@ class GradNorms(Callback):
     ``nn.Sequential`` (``0.Linear``, ``layers.3.Conv2d``); the root module's own parameters go
     under its class name. Trace ``total`` is the norm of all gradients, as
     ``clip_grad_norm_`` computes it. Parameters whose ``grad`` is None are left out that step.
+    The grouping is built at train_start and rebuilt when a module or parameter is registered
+    (a new head, a grown network); a module deleted mid-epoch is noticed at the next epoch_start.
 
     All norms of a step come from one foreach pass and are logged as one tensor that stays on
     the device until the sink's worker reads it. ``weights=True`` adds ``weight norm``;
@@ -44,9 +50,29 @@ class GradNorms(Callback):
         self._groupings: dict[tuple, tuple[list[str], torch.Tensor, int]] = {}
         self._before: list[torch.Tensor] | None = None
         self._laid_out: set[str] = set()
+        self._stale = True  # the parameters may have changed since the grouping was built
+        self._hooks: list = []
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
+        if not self._hooks:
+            me = weakref.ref(self)
+
+            def registered(*_) -> None:
+                if me() is not None:
+                    me()._stale = True
+
+            self._hooks = [register_module_module_registration_hook(registered),
+                           register_module_parameter_registration_hook(registered)]
+        self._stale = True
         self._parameters(state)
+
+    def on_epoch_start(self, state: LoopState, log: Log) -> None:
+        self._stale = True
+
+    def on_train_end(self, state: LoopState, log: Log) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         if not is_due(state.step, self.every):
@@ -90,10 +116,12 @@ class GradNorms(Callback):
         if model is None:
             raise ValueError("GradNorms needs the model: pass it to monitor.train_start(model, optimizer), "
                              "got model=None")
-        current = list(model.parameters())
-        if model is not self._model or len(current) != len(self._params) or \
-                any(a is not b for a, b in zip(current, self._params)):
-            self._build(model)
+        if model is not self._model or self._stale:
+            self._stale = False
+            current = list(model.parameters())
+            if model is not self._model or len(current) != len(self._params) or \
+                    any(a is not b for a, b in zip(current, self._params)):
+                self._build(model)
         return self._params
 
     def _build(self, model: torch.nn.Module) -> None:
