@@ -5,6 +5,7 @@ runs the same callbacks against a real Visdom server.
 """
 from __future__ import annotations
 
+import io
 import logging
 import math
 
@@ -107,6 +108,27 @@ def test_scalars_per_epoch_average_the_epoch_at_the_number_of_epochs_done():
     assert sink.points("loss") == {"validation": [(0, 2.0), (1, 1.0), (2, 0.5)],
                                    "train": [(1, 2.0), (2, 1.0)]}
     assert sink.points("accuracy") == {"train": [(1, pytest.approx(0.2)), (2, pytest.approx(0.15))]}
+
+
+def test_scalars_per_epoch_carry_a_half_done_epoch_through_a_checkpoint():
+    monitor, _ = monitor_with(Scalars(x="epoch"))
+    monitor.epoch_start(0)
+    monitor.step_end(loss=torch.tensor(1.0))
+    monitor.step_end(loss=2.0)
+    saved = torch.load(_saved(monitor.state_dict()), weights_only=True)
+    resumed, sink = monitor_with(Scalars(x="epoch"))
+    resumed.load_state_dict(saved)
+    resumed.epoch_start(0)  # the resumed loop enters the same epoch again
+    resumed.step_end(loss=6.0)
+    resumed.epoch_end()
+    assert sink.points("loss") == {"train": [(1, 3.0)]}
+
+
+def _saved(state) -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def test_scalars_per_epoch_take_metrics_given_to_epoch_end_over_the_mean():

@@ -40,9 +40,12 @@ class Scalars(Callback):
         self._sums: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
 
-    def on_epoch_start(self, state: LoopState, log: Log) -> None:
-        self._sums.clear()
-        self._counts.clear()
+    def state_dict(self) -> dict[str, Any]:
+        """The running sums of a checkpoint taken mid-epoch (``x="epoch"``), as plain floats."""
+        return {"sums": {name: float(total) for name, total in self._sums.items()}, "counts": dict(self._counts)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._sums, self._counts = dict(state["sums"]), dict(state["counts"])
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if not is_due(state.step, self.every):
