@@ -401,6 +401,14 @@ def test_grad_norms_optionally_show_weight_norms_and_the_update_to_weight_ratio(
     assert set(sink.points("update ratio")) == {"0.Linear", "2.0.Linear", "3.Linear", "total"}
 
 
+def test_grad_norms_of_a_model_without_parameters_log_nothing():
+    monitor, sink = monitor_with(GradNorms(weights=True, update_ratio=True))
+    monitor.train_start(nn.ReLU())
+    monitor.after_backward()
+    monitor.step_end()
+    assert sink.of(Points) == []
+
+
 def test_grad_norms_without_a_model_say_where_to_pass_it():
     monitor, _ = monitor_with(GradNorms())
     with pytest.raises(ValueError, match=r"pass it to monitor.train_start\(model, optimizer\)"):

@@ -58,8 +58,9 @@ class GradNorms(Callback):
             me = weakref.ref(self)
 
             def registered(*_) -> None:
-                if me() is not None:
-                    me()._stale = True
+                owner = me()
+                if owner is not None:
+                    owner._stale = True
 
             self._hooks = [register_module_module_registration_hook(registered),
                            register_module_parameter_registration_hook(registered)]
@@ -78,6 +79,8 @@ class GradNorms(Callback):
         if not is_due(state.step, self.every):
             return
         params = self._parameters(state)
+        if not params:
+            return
         present = tuple(i for i, p in enumerate(params) if p.grad is not None)
         if present:
             self._write(log, "grad norm", state.step, [params[i].grad for i in present], present)
