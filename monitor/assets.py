@@ -100,7 +100,9 @@ class AssetsError(RuntimeError):
 def _visdom_package_dir() -> Path:
     spec = importlib.util.find_spec("visdom")
     if spec is None or not spec.submodule_search_locations:
-        raise AssetsError("visdom is not installed in this Python environment; install monitor's requirements first")
+        raise AssetsError(
+            "visdom is not installed in this Python environment; install monitor's requirements first"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -191,7 +193,9 @@ def _install_from_npm(static: Path, files: list[str], *, npm: str, timeout: floa
     wanted = [a for a in ASSETS if a.path in files]
     npm_path = shutil.which(npm)
     if npm_path is None:
-        visdom_failed = "visdom's own download did not get them (no internet access to its CDNs?) and " if tried_visdom else ""
+        visdom_failed = (
+            "visdom's own download did not get them (no internet access to its CDNs?) and " if tried_visdom else ""
+        )
         raise AssetsError(
             f"{len(wanted)} dashboard asset(s) missing in {static} (e.g. {wanted[0].path}); {visdom_failed}"
             f"`{npm}` is not on PATH. Install Node.js with npm (Debian: apt-get install npm) and run "
@@ -210,10 +214,14 @@ def _install_from_npm(static: Path, files: list[str], *, npm: str, timeout: floa
                 timeout=timeout,
             )
         except subprocess.TimeoutExpired:
-            raise AssetsError(f"`npm pack` did not finish in {timeout:.0f} s; check npm's registry access") from None
+            raise AssetsError(
+                f"`npm pack` did not finish in {timeout:.0f} s; check npm's registry access"
+            ) from None
         if result.returncode != 0:
             tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
-            raise AssetsError(f"`npm pack {' '.join(packages)}` failed (exit {result.returncode}): " + " | ".join(tail))
+            raise AssetsError(
+                f"`npm pack {' '.join(packages)}` failed (exit {result.returncode}): " + " | ".join(tail)
+            )
         for asset in wanted:
             name, _, version = asset.package.rpartition("@")
             tarball = Path(tmp) / f"{name.lstrip('@').replace('/', '-')}-{version}.tgz"

@@ -90,7 +90,9 @@ class VisdomServer:
         log_level: str = "WARNING",
     ) -> None:
         if host not in (*_LOOPBACK_HOSTS, _ALL_INTERFACES):
-            raise ServerError(f"host must be 127.0.0.1, localhost or 0.0.0.0 (visdom can bind nothing else), got {host!r}")
+            raise ServerError(
+                f"host must be 127.0.0.1, localhost or 0.0.0.0 (visdom can bind nothing else), got {host!r}"
+            )
         if not isinstance(port, int) or not 0 <= port <= 65535:
             raise ServerError(f"port must be an int in 0..65535 (0: pick a free one), got {port!r}")
         if wait <= 0:
@@ -279,7 +281,8 @@ def _credentials(username: str | None, password: str | None) -> tuple[str, str]:
     username = username or os.environ.get("VISDOM_USERNAME")
     password = password or os.environ.get("VISDOM_PASSWORD")
     if not (username and password):
-        unset = [name for name, value in (("VISDOM_USERNAME", username), ("VISDOM_PASSWORD", password)) if not value]
+        given = {"VISDOM_USERNAME": username, "VISDOM_PASSWORD": password}
+        unset = [name for name, value in given.items() if not value]
         raise ServerError(f"login needs a username and a password: set {' and '.join(unset)} in the environment")
     return username, password
 
