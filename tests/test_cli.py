@@ -109,3 +109,15 @@ def test_assets_without_npm_is_a_one_line_error(tmp_path: Path) -> None:
 def test_assets_on_a_complete_folder_says_so() -> None:
     result = _run("assets")
     assert result.returncode == 0 and "Dashboard assets are complete" in result.stdout
+
+
+def test_serve_exits_non_zero_when_its_server_dies(monitor_serve, tmp_path: Path) -> None:
+    running = monitor_serve("--port", "0", "--env-path", str(tmp_path))
+    running.url()
+    pid = running.process.pid
+    server_pid = int(Path(f"/proc/{pid}/task/{pid}/children").read_text().split()[0])
+    os.kill(server_pid, signal.SIGKILL)
+    code = running.process.wait(timeout=15)
+    stderr = running.process.stderr.read()
+    assert code == 1 and "Traceback" not in stderr
+    assert re.search(r"Error: the Visdom server exited unexpectedly \(code -9\); see .*server\.log", stderr)
