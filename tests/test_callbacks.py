@@ -466,6 +466,15 @@ def test_images_reject_what_is_not_an_image_batch(inputs, error, match):
         monitor.step_end(inputs=inputs)
 
 
+def test_images_that_are_not_images_are_reported_once_and_training_goes_on(caplog):
+    monitor, sink = monitor_with(Images(every=1), Scalars(), raise_errors=False)
+    with caplog.at_level(logging.WARNING, logger="monitor"):
+        for _ in range(4):
+            monitor.step_end(loss=1.0, inputs=torch.rand(8, 5, 2, 2), targets=torch.zeros(8))
+    assert len(caplog.records) == 1 and "Images" in caplog.text and "1 or 3 channels" in caplog.text
+    assert len(sink.points("loss")["train"]) == 4 and sink.of(ImageRecord) == []
+
+
 def test_images_every_logs_the_first_step_and_each_every_th_after_it():
     monitor, sink = monitor_with(Images(every=50, captions=None))
     for _ in range(120):
