@@ -1,0 +1,41 @@
+"""monitor: a live Visdom dashboard for plain PyTorch training loops.
+
+    monitor = Monitor([Scalars(), GradNorms()], env="mnist")
+    monitor.train_start(model, optimizer)
+    ...  # your loop, calling monitor.after_backward() and monitor.step_end(loss=loss)
+
+Names are imported on first use, so ``monitor --help`` does not wait for torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Monitor": "monitor.core",
+    "Callback": "monitor.core",
+    "LoopState": "monitor.core",
+    "Log": "monitor.log",
+    "VisdomSink": "monitor.sink",
+    "RunLog": "monitor.runlog",
+    "Scalars": "monitor.callbacks",
+    "LearningRate": "monitor.callbacks",
+    "GradNorms": "monitor.callbacks",
+    "Images": "monitor.callbacks",
+    "Summary": "monitor.callbacks",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'monitor' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

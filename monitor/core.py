@@ -1,0 +1,262 @@
+"""Monitor, Callback and LoopState: the few lines a user adds to their own training loop.
+
+The loop stays the user's. It calls the monitor's hooks at the points it already has (after
+``loss.backward()``, at the end of a step, after validation, ...); the monitor keeps one small
+loop state and fans each hook out to the callbacks, which decide what to log. A callback that
+fails is reported once, by name, and training goes on.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from monitor.log import Log, NullSink, Sink
+
+_log = logging.getLogger("monitor")
+
+HOOKS = ("on_train_start", "on_epoch_start", "on_after_backward", "on_step_end",
+         "on_validation_end", "on_epoch_end", "on_train_end", "on_exception")
+
+
+@dataclass
+class LoopState:
+    """What the loop is doing now; callbacks read it, only the Monitor writes it.
+
+    ``step`` is the 1-based number of the optimizer step in progress or just finished (the x of
+    per-step curves); ``epoch`` is 0-based, as in ``for epoch in range(epochs)``; ``batch`` counts
+    the steps of the current epoch. ``loss``, ``metrics``, ``inputs``, ``targets`` and ``outputs``
+    are what the loop passed to the latest hook; they are the loop's own objects, so a callback
+    that keeps any of them must log a snapshot (``Log`` does).
+    """
+
+    model: torch.nn.Module | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+    epoch: int = 0
+    step: int = 0
+    batch: int = 0
+    loss: Any = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    inputs: Any = None
+    targets: Any = None
+    outputs: Any = None
+
+
+class Callback:
+    """Decides what to log at some of the loop's hooks; every hook is a no-op by default.
+
+    Subclasses override the hooks they need and write through ``log``:
+
+        class PrintLoss(Callback):
+            def on_step_end(self, state, log):
+                log.scalar("loss", "train", state.step, state.loss)
+
+    A callback with state worth keeping across a resume (a best score, a counter) returns it
+    from ``state_dict()`` and takes it back in ``load_state_dict()``, under ``state_key``.
+    """
+
+    @property
+    def state_key(self) -> str:
+        return type(self).__name__
+
+    def on_train_start(self, state: LoopState, log: Log) -> None:
+        """The loop is about to start (or resume) training."""
+
+    def on_epoch_start(self, state: LoopState, log: Log) -> None:
+        """An epoch begins; ``state.epoch`` is its 0-based number."""
+
+    def on_after_backward(self, state: LoopState, log: Log) -> None:
+        """Gradients are ready: after ``loss.backward()``, before ``optimizer.step()``."""
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        """A step is done; ``state.loss``, ``state.metrics`` and the batch are this step's."""
+
+    def on_validation_end(self, state: LoopState, log: Log) -> None:
+        """Validation is done; ``state.metrics`` holds its results."""
+
+    def on_epoch_end(self, state: LoopState, log: Log) -> None:
+        """An epoch is done; ``state.metrics`` holds what the loop passed, if anything."""
+
+    def on_train_end(self, state: LoopState, log: Log) -> None:
+        """Training finished (also after an exception)."""
+
+    def on_exception(self, state: LoopState, log: Log, error: BaseException) -> None:
+        """The loop raised ``error``; it will be re-raised after the callbacks ran."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Monitor:
+    """Calls its callbacks from the user's loop and owns the sink they write to.
+
+    Add a few lines to an ordinary loop:
+
+        monitor = Monitor([Scalars(), LearningRate(), GradNorms(), Images(every=50)], env="mnist")
+        with monitor:
+            monitor.train_start(model, optimizer, hparams={"lr": 0.1})
+            for epoch in range(epochs):
+                monitor.epoch_start(epoch)
+                for x, y in loader:
+                    loss = loss_fn(model(x), y)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    monitor.after_backward()
+                    optimizer.step()
+                    monitor.step_end(loss=loss, inputs=x, targets=y)
+                monitor.validation_end({"loss": val_loss, "accuracy": val_acc})
+
+    ``sink`` defaults to a :class:`monitor.VisdomSink` built from ``env`` and ``sink_options``
+    (server, port, run_dir, ...). ``raise_errors=True`` makes a callback's exception propagate
+    (for tests); by default it is reported once and training goes on.
+    """
+
+    def __init__(self, callbacks: Iterable[Callback] = (), *, env: str | None = None,
+                 sink: Sink | None = None, raise_errors: bool = False, **sink_options: Any) -> None:
+        self.callbacks = list(callbacks)
+        for i, callback in enumerate(self.callbacks):
+            if not isinstance(callback, Callback):
+                raise TypeError(f"callbacks[{i}] must be a monitor.Callback, got {type(callback).__name__}")
+        keys = [c.state_key for c in self.callbacks]
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        if duplicates:
+            raise ValueError(f"callbacks must have distinct state_key values, got {duplicates} more than once")
+        if sink is None:
+            from monitor.sink import VisdomSink
+            sink = VisdomSink(env=env, **sink_options)
+        elif env is not None or sink_options:
+            raise TypeError("env and sink options are the sink's: pass them to the sink, not with sink=")
+        self.sink = sink
+        self.log = Log(sink)
+        self.state = LoopState()
+        self.raise_errors = raise_errors
+        self._in_step = False
+        self._started = False
+        self._reported: set[tuple[str, str]] = set()
+        # Only the callbacks that override a hook are called for it.
+        self._subscribers = {hook: [c for c in self.callbacks
+                                    if getattr(type(c), hook) is not getattr(Callback, hook)]
+                             for hook in HOOKS}
+
+    # --- the hooks the loop calls ------------------------------------------------------------
+    def train_start(self, model: torch.nn.Module | None = None,
+                    optimizer: torch.optim.Optimizer | None = None,
+                    hparams: Mapping[str, Any] | None = None) -> None:
+        """Call once before the first epoch (and again after a resume)."""
+        if model is not None and not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        self.state.model, self.state.optimizer = model, optimizer
+        self.state.hparams = dict(hparams or {})
+        self._started = True
+        self._fire("on_train_start")
+
+    def epoch_start(self, epoch: int | None = None) -> None:
+        """Call at the start of each epoch; ``epoch`` is 0-based (default: the next one)."""
+        if epoch is not None:
+            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+                raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+            self.state.epoch = epoch
+        elif self._started and self.state.batch:
+            self.state.epoch += 1
+        self.state.batch = 0
+        self._fire("on_epoch_start")
+
+    def after_backward(self) -> None:
+        """Call after ``loss.backward()`` and before ``optimizer.step()`` / ``zero_grad()``."""
+        self._begin_step()
+        self._fire("on_after_backward")
+
+    def step_end(self, loss: Any = None, metrics: Mapping[str, Any] | None = None,
+                 inputs: Any = None, targets: Any = None, outputs: Any = None) -> None:
+        """Call after ``optimizer.step()`` with this step's loss, metrics and (optionally) batch."""
+        self._begin_step()
+        self.state.batch += 1
+        state = self.state
+        state.loss, state.inputs, state.targets, state.outputs = loss, inputs, targets, outputs
+        state.metrics = dict(metrics) if metrics else {}
+        self._fire("on_step_end")
+        self._in_step = False
+
+    def validation_end(self, metrics: Mapping[str, Any]) -> None:
+        """Call after validation with its results, e.g. ``{"loss": 0.41, "accuracy": 0.87}``."""
+        if not isinstance(metrics, Mapping):
+            raise TypeError(f"metrics must be a mapping of name to number, got {type(metrics).__name__}")
+        self.state.metrics = dict(metrics)
+        self._fire("on_validation_end")
+
+    def epoch_end(self, metrics: Mapping[str, Any] | None = None) -> None:
+        """Call at the end of each epoch, optionally with metrics of the epoch."""
+        self.state.metrics = dict(metrics) if metrics else {}
+        self._fire("on_epoch_end")
+
+    def train_end(self) -> None:
+        """Call once after training; the sink keeps delivering until :meth:`close`."""
+        self._fire("on_train_end")
+        self._started = False
+
+    def exception(self, error: BaseException) -> None:
+        """Call from the loop's ``except`` block (the context-manager form does this for you)."""
+        for callback in self._subscribers["on_exception"]:
+            self._call(callback, "on_exception", error)
+
+    # --- lifetime -----------------------------------------------------------------------------
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Waits until everything logged so far reached the dashboard (or ``timeout`` passed)."""
+        return self.sink.flush(timeout)
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Delivers what is pending (for up to ``timeout`` s), then stops the sink; safe to call twice."""
+        return self.sink.close(timeout)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is not None:
+            self.exception(error)
+        if self._started:
+            self.train_end()
+        self.close()
+
+    # --- callback state, for checkpoints ------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The loop position and every callback's own state, keyed by ``state_key``."""
+        return {"step": self.state.step, "epoch": self.state.epoch, "batch": self.state.batch,
+                "callbacks": {c.state_key: c.state_dict() for c in self.callbacks}}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.state.step, self.state.epoch, self.state.batch = state["step"], state["epoch"], state["batch"]
+        saved = state.get("callbacks", {})
+        for callback in self.callbacks:
+            if callback.state_key in saved:
+                callback.load_state_dict(saved[callback.state_key])
+
+    # --- internals ----------------------------------------------------------------------------
+    def _begin_step(self) -> None:
+        if not self._in_step:
+            self._in_step = True
+            self.state.step += 1
+
+    def _fire(self, hook: str) -> None:
+        for callback in self._subscribers[hook]:
+            self._call(callback, hook)
+
+    def _call(self, callback: Callback, hook: str, *args: Any) -> None:
+        try:
+            getattr(callback, hook)(self.state, self.log, *args)
+        except Exception as error:
+            if self.raise_errors:
+                raise
+            key = (type(callback).__name__, hook)
+            if key not in self._reported:
+                self._reported.add(key)
+                _log.warning("callback %s failed in %s and is skipped there until it works again "
+                             "(reported once): %s: %s", key[0], hook, type(error).__name__, error)

@@ -1,0 +1,141 @@
+"""Log: the training thread's side of the sink. Checks input at the door, snapshots it, queues it.
+
+Everything here runs on the training thread, so it stays cheap: no encoding, no file or
+network work, and no device synchronisation (a tensor on an accelerator is copied on its
+device and read later by the sink's worker).
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, Mapping, Protocol, Sequence
+
+import torch
+
+from monitor.records import Images, Layout, Points, Text
+
+
+class Sink(Protocol):
+    """Where records go: ``put`` must never block on the network."""
+
+    def put(self, record: Any) -> None: ...
+    def flush(self, timeout: float | None = None) -> bool: ...
+    def close(self, timeout: float | None = None) -> bool: ...
+
+
+class NullSink:
+    """Takes records and drops them: for processes that must not log (e.g. ranks other than 0)."""
+
+    def put(self, record: Any) -> None:
+        pass
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def close(self, timeout: float | None = None) -> bool:
+        return True
+
+
+class Log:
+    """Writes scalars, image grids and text panes to a sink, as snapshots taken now.
+
+    Callbacks use it through ``Monitor.log``; so can the user's loop:
+
+        monitor.log.scalar("loss", "train", step, loss)
+        monitor.log.scalars("accuracy", epoch, {"train": 0.91, "validation": 0.88})
+        monitor.log.images("inputs", step, batch[:8], captions=["cat", "dog", ...])
+    """
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    def scalar(self, window: str, trace: str, x: float, value: Any) -> None:
+        """One point of one trace; ``value`` is a number or a one-element tensor."""
+        self.sink.put(Points(_name("window", window), _x(x), (_name("trace", trace),),
+                             (_snapshot(value, "value"),)))
+
+    def scalars(self, window: str, x: float, values: Mapping[str, Any]) -> None:
+        """One point for each trace named in ``values`` (trace -> number or one-element tensor)."""
+        if not isinstance(values, Mapping):
+            raise TypeError(f"values must be a mapping of trace name to number, got {type(values).__name__}")
+        if not values:
+            return
+        traces = tuple(_name("trace", t) for t in values)
+        snapshots = tuple(_snapshot(v, f"values[{t!r}]") for t, v in values.items())
+        self.sink.put(Points(_name("window", window), _x(x), traces, snapshots))
+
+    def vector(self, window: str, x: float, traces: Sequence[str], values: torch.Tensor) -> None:
+        """One point per trace from a 1-d tensor (``values[i]`` for ``traces[i]``), read later."""
+        if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
+            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")
+        self.sink.put(Points(_name("window", window), _x(x), tuple(traces),
+                             values.detach().to(torch.float32).clone()))
+
+    def images(self, window: str, x: float, images: torch.Tensor,
+               captions: Sequence[str] | None = None) -> None:
+        """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels; any float or uint8 range."""
+        batch = _as_nchw(images)
+        if captions is not None:
+            captions = [str(c) for c in captions]
+            if len(captions) != batch.shape[0]:
+                raise ValueError(f"captions must have one entry per image ({batch.shape[0]}), "
+                                 f"got {len(captions)}")
+        self.sink.put(Images(_name("window", window), _x(x), batch.detach().clone(), captions))
+
+    def text(self, window: str, x: float, html: str) -> None:
+        """A text pane (HTML); a later call for the same window replaces it."""
+        if not isinstance(html, str):
+            raise TypeError(f"html must be a str, got {type(html).__name__}")
+        self.sink.put(Text(_name("window", window), _x(x), html))
+
+    def window(self, window: str, **opts: Any) -> None:
+        """Sets a window's display options: ``title``, ``xlabel``, ``ylabel``, ``ytype="log"``..."""
+        self.sink.put(Layout(_name("window", window), dict(opts)))
+
+
+def _name(argument: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"{argument} must be a non-empty str, got {value!r}")
+    return value
+
+
+def _x(x: Any) -> float:
+    if isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_cuda:
+        x = x.item()
+    if isinstance(x, bool) or not isinstance(x, Real) or not math.isfinite(x):
+        raise TypeError(f"x must be a finite number (a step or an epoch), got {x!r}")
+    return x
+
+
+def _snapshot(value: Any, argument: str) -> Any:
+    """A float now, or a copy on the tensor's own device when reading it would wait for the device."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{argument} must be a number or a one-element tensor, "
+                             f"got a tensor of shape {tuple(value.shape)}")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{argument} must be a real number, got a tensor of dtype {value.dtype}")
+        if value.device.type == "cpu":
+            return float(value.item())
+        return value.detach().reshape(()).to(torch.float32).clone()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{argument} must be a number or a one-element tensor, got {value!r}")
+    return float(value)
+
+
+def _as_nchw(images: Any) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"images must be a torch.Tensor (NCHW, CHW, NHW or HW), got {type(images).__name__}")
+    if images.is_complex() or images.dtype == torch.bool:
+        raise TypeError(f"images must hold real numbers, got dtype {images.dtype}")
+    shape = tuple(images.shape)
+    if images.dim() == 2:  # HW
+        images = images[None, None]
+    elif images.dim() == 3:  # CHW with 1 or 3 channels, else NHW
+        images = images[None] if shape[0] in (1, 3) else images[:, None]
+    elif images.dim() != 4:
+        raise ValueError(f"images must be NCHW, CHW, NHW or HW, got shape {shape}")
+    if images.shape[1] not in (1, 3) or images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise ValueError(f"images must have 1 or 3 channels and a non-empty batch, got shape {shape}")
+    return images
