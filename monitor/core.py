@@ -182,8 +182,10 @@ class Monitor:
         state = self.state
         state.loss, state.inputs, state.targets, state.outputs = loss, inputs, targets, outputs
         state.metrics = dict(metrics) if metrics else {}
-        self._fire("on_step_end")
-        self._in_step = False
+        try:
+            self._fire("on_step_end")
+        finally:
+            self._in_step = False
 
     def validation_end(self, metrics: Mapping[str, Any]) -> None:
         """Call after validation with its results, e.g. ``{"loss": 0.41, "accuracy": 0.87}``."""
