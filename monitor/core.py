@@ -113,7 +113,8 @@ class Monitor:
                 monitor.validation_end({"loss": val_loss, "accuracy": val_acc})
 
     ``sink`` defaults to a :class:`monitor.VisdomSink` built from ``env`` and ``sink_options``
-    (server, port, run_dir, ...). ``raise_errors=True`` makes a callback's exception propagate
+    (server, port, run_dir, ...). Under ``torch.distributed`` the callbacks run in every process
+    (so collectives they make match) but only rank 0 has a sink; the others drop what they log. ``raise_errors=True`` makes a callback's exception propagate
     (for tests); by default it is reported once and training goes on.
     """
 
@@ -127,11 +128,14 @@ class Monitor:
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
             raise ValueError(f"callbacks must have distinct state_key values, got {duplicates} more than once")
+        self.rank, self.world_size = _distributed_rank()
+        if sink is not None and (env is not None or sink_options):
+            raise TypeError("env and sink options are the sink's: pass them to the sink, not with sink=")
+        if sink is None and self.rank != 0:
+            sink = NullSink()  # under torch.distributed only rank 0 talks to Visdom
         if sink is None:
             from monitor.sink import VisdomSink
             sink = VisdomSink(env=env, **sink_options)
-        elif env is not None or sink_options:
-            raise TypeError("env and sink options are the sink's: pass them to the sink, not with sink=")
         self.sink = sink
         self.log = Log(sink)
         self.state = LoopState()
@@ -143,6 +147,11 @@ class Monitor:
         self._subscribers = {hook: [c for c in self.callbacks
                                     if getattr(type(c), hook) is not getattr(Callback, hook)]
                              for hook in HOOKS}
+
+    @property
+    def is_main(self) -> bool:
+        """True in the process that logs and saves: rank 0, or the only process."""
+        return self.rank == 0
 
     # --- the hooks the loop calls ------------------------------------------------------------
     def train_start(self, model: torch.nn.Module | None = None,
@@ -262,3 +271,11 @@ class Monitor:
                 self._reported.add(key)
                 _log.warning("callback %s failed in %s and is skipped there until it works again "
                              "(reported once): %s: %s", key[0], hook, type(error).__name__, error)
+
+
+def _distributed_rank() -> tuple[int, int]:
+    """(rank, world size) under an initialised torch.distributed, else (0, 1)."""
+    distributed = torch.distributed
+    if distributed.is_available() and distributed.is_initialized():
+        return distributed.get_rank(), distributed.get_world_size()
+    return 0, 1
