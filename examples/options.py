@@ -1,0 +1,35 @@
+"""The command-line options every example takes, so each example's file is about its loop."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import click
+
+
+def example_options(env: str, epochs: int, samples: int) -> Callable:
+    """Adds the common options, with this example's defaults, to a click command."""
+    options = [
+        click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True,
+                     help="Passes over the training set."),
+        click.option("--samples", type=click.IntRange(min=2), default=samples, show_default=True,
+                     help="Training images (a fifth as many for validation); small for a quick run."),
+        click.option("--server", default=None, metavar="URL", envvar="VISDOM_SERVER_URL",
+                     help="Visdom server.  [default: http://127.0.0.1]"),
+        click.option("--port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+                     envvar="VISDOM_PORT", help="Visdom port.  [default: 8097]"),
+        click.option("--env", default=env, show_default=True, help="Visdom env (dashboard page) of the run."),
+        click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     metavar="DIR", help="Save checkpoints here (none without it)."),
+        click.option("--resume", is_flag=True,
+                     help="Continue from the latest checkpoint in --checkpoint-dir, curves included."),
+        click.option("--seed", type=int, default=0, show_default=True,
+                     help="Seed of the weights' initialisation and the batches' order."),
+    ]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate

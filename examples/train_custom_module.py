@@ -1,0 +1,122 @@
+"""Train a custom ``nn.Module`` (its own ``forward``) on circles, squares and triangles, live.
+
+    monitor serve &                                    # a Visdom server (or: monitor demo)
+    python examples/train_custom_module.py
+    python examples/train_custom_module.py --epochs 1 --samples 500 --env quick
+
+Then open http://127.0.0.1:8097/env/shapes-custom-module. The loop is the same as in
+train_sequential.py; what differs is the model, and a forward hook that measures how sure the
+model is. The model is always called as ``model(x)``: that goes through ``nn.Module.__call__``,
+which runs the module's hooks around ``forward``. Calling ``model.forward(x)`` would skip them,
+and the "confidence" curve would stay empty.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+
+from monitor import GradNorms, Images, LearningRate, Monitor, Scalars, Summary
+from options import example_options
+from shapes import CLASSES, Shapes
+
+
+class ShapeNet(nn.Module):
+    """Three convolutions, each feature's maximum over the image, and a linear head."""
+
+    def __init__(self, classes: int = len(CLASSES), width: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(width, 2 * width, kernel_size=3, padding=1)
+        self.conv3 = nn.Conv2d(2 * width, 4 * width, kernel_size=3, padding=1)
+        self.head = nn.Linear(4 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)     # width x 16 x 16
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)     # 2 width x 8 x 8
+        x = F.relu(self.conv3(x)).amax(dim=(2, 3))     # 4 width: each feature's maximum
+        return self.head(x)
+
+
+def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> dict[str, float]:
+    """Mean loss and accuracy over ``loader``, without building a graph."""
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for images, labels in loader:
+            outputs = model(images)
+            total_loss += loss_fn(outputs, labels).item() * len(labels)
+            correct += (outputs.argmax(1) == labels).sum().item()
+    model.train()
+    return {"loss": total_loss / len(loader.dataset), "accuracy": correct / len(loader.dataset)}
+
+
+def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, port: int | None = None,
+          env: str = "shapes-custom-module", checkpoint_dir: Path | None = None, resume: bool = False,
+          seed: int = 0, batch_size: int = 32, lr: float = 5e-3) -> nn.Module:
+    """Trains the model and returns it; the dashboard is in ``env`` on the given Visdom server."""
+    torch.manual_seed(seed)
+    train_set = Shapes(samples, seed=0)
+    val_set = Shapes(max(samples // 5, 1), seed=1)
+    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(seed))
+    val_loader = DataLoader(val_set, batch_size=256)
+
+    model = ShapeNet()
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
+
+    # A forward hook runs after every model(x): here it keeps the mean top-class probability.
+    seen: dict[str, torch.Tensor] = {}
+
+    def record_confidence(module: nn.Module, inputs: tuple, outputs: torch.Tensor) -> None:
+        seen["confidence"] = outputs.detach().softmax(dim=1).amax(dim=1).mean()
+
+    model.register_forward_hook(record_confidence)
+
+    monitor = Monitor([                                                       # monitor
+        Summary(hparams={"epochs": epochs, "samples": samples, "batch_size": batch_size, "seed": seed}),
+        Scalars(),                              # loss, accuracy, confidence: one window each
+        LearningRate(),
+        GradNorms(),                            # conv1, conv2, conv3, head and total
+        Images(every=50, count=16, captions="predictions", class_names=CLASSES),
+    ], env=env, server=server, port=port, rewind_to=0)                        # a new run: fresh curves
+
+    with monitor:                                                             # monitor
+        monitor.train_start(model, optimizer, hparams={"lr": lr})             # monitor
+        for epoch in range(epochs):
+            monitor.epoch_start(epoch)                                        # monitor
+            with click.progressbar(length=len(loader), label=f"epoch {epoch + 1}/{epochs}",
+                                   item_show_func=lambda text: text) as bar:
+                for images, labels in loader:
+                    outputs = model(images)          # __call__: hooks, then forward, then hooks
+                    loss = loss_fn(outputs, labels)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    monitor.after_backward()                                  # monitor
+                    optimizer.step()
+                    scheduler.step()
+                    accuracy = (outputs.argmax(1) == labels).float().mean()
+                    monitor.step_end(loss=loss, metrics={"accuracy": accuracy,    # monitor
+                                                         "confidence": seen["confidence"]},
+                                     inputs=images, targets=labels, outputs=outputs)
+                    bar.update(1, f"step {monitor.state.step}  loss {loss.item():.3f}")
+            monitor.validation_end(evaluate(model, val_loader, loss_fn))     # monitor
+            monitor.epoch_end()                                               # monitor
+    return model
+
+
+@click.command()
+@example_options(env="shapes-custom-module", epochs=6, samples=8000)
+def main(**options) -> None:
+    """Train a custom nn.Module on the Shapes dataset with a live Visdom dashboard."""
+    train(**options)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The examples, run as a newcomer runs them (``python examples/NAME.py ...``) against a real server,
+with short settings: what their env holds afterwards. And the Shapes dataset they train on."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+from shapes import CLASSES, Shapes  # noqa: E402  (the examples' folder is not a package)
+
+SEQUENTIAL_LAYERS = ["0.Conv2d", "3.Conv2d", "7.Linear", "9.Linear"]
+CUSTOM_LAYERS = ["conv1", "conv2", "conv3", "head"]
+
+
+def run_example(name: str, server, env: str, cwd: Path, *args: str, timeout: float = 120
+                ) -> subprocess.CompletedProcess:
+    """``python examples/NAME --port P --env ENV ARGS`` in ``cwd``; fails the test on a non-zero exit."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / name), "--port", str(server.port), "--env", env, *args],
+        cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        env={**os.environ, "VISDOM_SERVER_URL": "http://127.0.0.1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+# --- the dataset ------------------------------------------------------------------------------
+def test_shapes_is_a_dataset_of_small_colour_images_with_three_labels() -> None:
+    shapes = Shapes(samples=90, seed=0)
+    assert isinstance(shapes, Dataset) and len(shapes) == 90
+    image, label = shapes[0]
+    assert image.shape == (3, 32, 32) and image.dtype == torch.float32
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    labels = [shapes[i][1] for i in range(len(shapes))]
+    assert set(labels) == {0, 1, 2} and len(CLASSES) == 3
+    assert min(labels.count(k) for k in range(3)) >= 15  # roughly balanced
+
+
+def test_shapes_draws_the_same_image_for_the_same_index_and_seed_only() -> None:
+    first, again, other = Shapes(10, seed=0), Shapes(10, seed=0), Shapes(10, seed=1)
+    assert torch.equal(first[3][0], again[3][0]) and first[3][1] == again[3][1]
+    assert not torch.equal(first[3][0], first[4][0])
+    assert not torch.equal(first[3][0], other[3][0])
+    assert torch.equal(first[-1][0], first[9][0])
+
+
+def test_shapes_batches_through_a_dataloader() -> None:
+    images, labels = next(iter(DataLoader(Shapes(20), batch_size=8)))
+    assert images.shape == (8, 3, 32, 32) and labels.shape == (8,) and labels.dtype == torch.int64
+
+
+def test_shapes_checks_its_arguments_and_indices() -> None:
+    with pytest.raises(ValueError, match="samples must be an int >= 1, got 0"):
+        Shapes(samples=0)
+    with pytest.raises(ValueError, match="size must be an int >= 8"):
+        Shapes(size=4)
+    with pytest.raises(IndexError, match=r"index must be in \[-5, 5\), got 5"):
+        Shapes(5)[5]
+
+
+# --- the examples on a real dashboard ---------------------------------------------------------
+@pytest.mark.parametrize("example, layers", [("train_sequential.py", SEQUENTIAL_LAYERS),
+                                             ("train_custom_module.py", CUSTOM_LAYERS)])
+def test_each_example_fills_its_env_with_every_window(example, layers, visdom_server, read_window,
+                                                       read_window_raw, tmp_path) -> None:
+    env = f"example-{Path(example).stem}"
+    # 64 images in batches of 32: 2 steps per epoch, validation after steps 2 and 4.
+    result = run_example(example, visdom_server, env, tmp_path, "--samples", "64", "--epochs", "2")
+    assert "epoch 2/2" in result.stdout  # the progress bar's label
+
+    steps = [1, 2, 3, 4]
+    for window in ("loss", "accuracy"):
+        traces = read_window(visdom_server, env, window)
+        assert set(traces) == {"train", "validation"}, window
+        assert traces["train"][0] == steps and traces["validation"][0] == [2, 4]
+    assert read_window(visdom_server, env, "learning rate")["lr"][0] == steps
+    grad_norms = read_window(visdom_server, env, "grad norm")
+    assert list(grad_norms) == [*layers, "total"]
+    assert all(xs == steps and all(y > 0 for y in ys) for xs, ys in grad_norms.values())
+
+    grid = read_window_raw(visdom_server, env, "inputs")
+    assert grid["type"] == "image" and grid["content"]["src"].startswith("data:image/png;base64,")
+    summary = read_window_raw(visdom_server, env, "summary")
+    assert summary["type"] == "text"
+    model_class = "Sequential" if "sequential" in example else "ShapeNet"
+    assert f"<td><b>model</b></td><td>{model_class}</td>" in summary["content"]
+    assert "<td><b>samples</b></td><td>64</td>" in summary["content"]
+
+
+def test_the_custom_module_forward_hook_fires_because_the_model_is_called(visdom_server, read_window,
+                                                                           tmp_path) -> None:
+    run_example("train_custom_module.py", visdom_server, "example-hook", tmp_path, "--samples", "64",
+                "--epochs", "1")
+    xs, ys = read_window(visdom_server, "example-hook", "confidence")["train"]
+    assert xs == [1, 2] and all(1 / 3 <= y <= 1 for y in ys)  # a mean top-class probability
+
+
+def test_a_new_run_in_the_same_env_replaces_the_curves(visdom_server, read_window, tmp_path) -> None:
+    for samples in ("96", "64"):
+        run_example("train_sequential.py", visdom_server, "example-again", tmp_path, "--samples", samples,
+                    "--epochs", "1")
+    assert read_window(visdom_server, "example-again", "loss")["train"][0] == [1, 2]
