@@ -1,5 +1,5 @@
 # Two commands do all the set-up on a fresh machine:
-#   make demo   for now: a local Visdom server (`monitor serve`); the training demo comes later
+#   make demo   a small model trained live on a dashboard (`monitor demo`: starts a local server if none runs)
 #   make test   the test suite, against a real Visdom server and a headless browser
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,7 +9,7 @@ PIP     = $(BIN)/python -m pip install --quiet --constraint constraints.txt
 .PHONY: demo test bench install assets browser clean
 
 demo: install assets
-	$(BIN)/monitor serve
+	$(BIN)/monitor demo
 
 test: install assets browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

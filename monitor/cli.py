@@ -65,6 +65,40 @@ def serve(port: int, host: str, env_path: Path | None, login: bool) -> None:
 
 
 @main.command()
+@click.option("--server", default=None, metavar="URL", envvar="VISDOM_SERVER_URL", show_envvar=True,
+              help="Visdom server to use.  [default: http://127.0.0.1]")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, metavar="PORT", envvar="VISDOM_PORT",
+              show_envvar=True, help="Its port; 0 starts a local server on a free port.  [default: 8097]")
+@click.option("--env", default="demo", show_default=True, metavar="ENV", help="Env (dashboard page) of the run.")
+@click.option("--env-path", type=click.Path(path_type=Path), default=None, metavar="DIR",
+              help="Where a server started by the demo keeps its envs.  [default: ~/.monitor/visdom]")
+@click.option("--keep/--no-keep", default=True, show_default=True,
+              help="Keep a server started by the demo up after training, until Ctrl-C.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, hidden=True)
+@click.option("--samples", type=click.IntRange(min=2), default=None, hidden=True)
+def demo(server: str | None, port: int | None, env: str, env_path: Path | None, keep: bool,
+         epochs: int | None, samples: int | None) -> None:
+    """Train a small model live on a Visdom dashboard (about a minute on a CPU).
+
+    Prints the dashboard URL first. Uses the server at --server/--port when one answers there,
+    else starts a local one (offline too), and keeps it up after training until Ctrl-C.
+    """
+    from monitor.assets import AssetsError
+    from monitor.demo import DemoError, run_demo
+    from monitor.server import ServerError
+
+    _log_progress()
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # stops a server the demo started
+    try:
+        run_demo(server, port, env=env, keep=keep, env_path=env_path, epochs=epochs, samples=samples,
+                 echo=click.echo)
+    except (DemoError, ServerError, AssetsError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@main.command()
 @click.option("--static-dir", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
               help="Folder to check and fill.  [default: the installed visdom's static/]")
 @click.option("--no-visdom-download", is_flag=True,

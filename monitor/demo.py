@@ -1,0 +1,128 @@
+"""The demo behind ``monitor demo``: the Sequential example, trained live on a dashboard.
+
+It uses the Visdom server it is given (``server``/``port``, else ``$VISDOM_SERVER_URL`` and
+``$VISDOM_PORT``, else http://127.0.0.1:8097). When nothing answers there and the address is
+this machine, it starts a local server (:func:`monitor.server.start`, which works offline),
+and keeps it up after training until Ctrl-C, so the dashboard can still be looked at.
+
+    from monitor.demo import run_demo
+    run_demo(port=8097, keep=False)      # prints the dashboard URL, then trains for about a minute
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+from urllib.parse import urlparse
+
+__all__ = ["DEMO_ENV", "DemoError", "EXAMPLES", "run_demo"]
+
+DEMO_ENV = "demo"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # in the source checkout
+_THIS_MACHINE = ("127.0.0.1", "localhost")
+
+
+class DemoError(RuntimeError):
+    """The demo could not reach or start a server, or could not find its example."""
+
+
+def run_demo(server: str | None = None, port: int | None = None, *, env: str = DEMO_ENV, keep: bool = True,
+             env_path: str | os.PathLike | None = None, epochs: int | None = None, samples: int | None = None,
+             echo: Callable[[str], None] = print) -> str:
+    """Trains ``examples/train_sequential.py`` live in ``env`` and returns the dashboard's URL.
+
+    ``echo`` gets the URL first, then one line on each change of state. ``port=0`` starts a
+    local server on a free port. ``env_path`` is where a server started here keeps its envs.
+    ``keep`` holds a server started here up after training until Ctrl-C (a server that was
+    already running stays up anyway). ``epochs`` and ``samples`` shorten the run (the
+    example's defaults otherwise). Raises :class:`DemoError` or :class:`monitor.server.ServerError`.
+    """
+    from monitor.server import DEFAULT_PORT, VisdomServer
+
+    base, port = _address(server, port, DEFAULT_PORT)
+    host = urlparse(base).hostname
+    example = _load_example("train_sequential")
+    local = None
+    if port == 0 or not _answers(f"{base}:{port}"):
+        if host not in _THIS_MACHINE:
+            raise DemoError(f"server must answer or be this machine (127.0.0.1 or localhost) for the demo "
+                            f"to start one, got nothing answering at {base}:{port}")
+        local = VisdomServer(port=port, host=host, env_path=env_path)
+        base, port = f"http://{host}", local.port
+    url = f"{base}:{port}/env/{env}"
+    echo(f"Dashboard: {url}")
+    try:
+        if local is not None:
+            echo(f"Starting a local Visdom server on port {port} (nothing answered there)...")
+            local.start()
+        options = {k: v for k, v in (("epochs", epochs), ("samples", samples)) if v is not None}
+        echo("Training an nn.Sequential on the Shapes dataset (examples/train_sequential.py)...")
+        example.train(server=base, port=port, env=env, **options)
+        if local is None:
+            echo(f"Done. The run stays on the server at {url}")
+        elif keep:
+            echo(f"Done. The dashboard stays at {url} until Ctrl-C.")
+            _wait_for_ctrl_c(local)
+        else:
+            echo("Done. Stopping the local server (--no-keep).")
+    finally:
+        if local is not None:
+            local.stop()
+    return url
+
+
+def _address(server: str | None, port: int | None, default_port: int) -> tuple[str, int]:
+    """``("http://host", port)`` from the arguments, else the environment, else the default."""
+    server = server or os.environ.get("VISDOM_SERVER_URL") or "http://127.0.0.1"
+    parsed = urlparse(server if "://" in server else f"http://{server}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise DemoError(f"server must be a URL like http://127.0.0.1, got {server!r}")
+    if port is None:
+        port = os.environ.get("VISDOM_PORT") or parsed.port or default_port
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise DemoError(f"port must be an int in 0..65535 (0: start a server on a free port), got {port!r}") from None
+    if not 0 <= port <= 65535:
+        raise DemoError(f"port must be an int in 0..65535 (0: start a server on a free port), got {port}")
+    return f"{parsed.scheme}://{parsed.hostname}", port
+
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2.0):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP status (a login page, an error) means a server is there
+    except (OSError, ValueError):
+        return False
+
+
+def _load_example(name: str) -> ModuleType:
+    """Imports ``examples/<name>.py`` of the source checkout (with its folder on ``sys.path``)."""
+    path = EXAMPLES / f"{name}.py"
+    if not path.is_file():
+        raise DemoError(f"the demo runs {path.name} from the examples/ folder of a source checkout, got no file "
+                        f"at {path}: install monitor from its repository (pip install -e .)")
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))  # the examples import their neighbours (shapes, options)
+    spec = importlib.util.spec_from_file_location(f"monitor_example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _wait_for_ctrl_c(server) -> None:
+    try:
+        code = server.process.wait()
+    except KeyboardInterrupt:
+        return
+    raise DemoError(f"the local Visdom server exited unexpectedly (code {code}); see {server.log_path}")

@@ -1,0 +1,105 @@
+"""``monitor demo``, the project's first command, run as a user runs it with short settings."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from demo_command import COMMAND, DemoCommand
+from monitor.demo import DemoError, run_demo
+
+SHORT = ("--samples", "64", "--epochs", "1")  # 2 steps: a few seconds
+WINDOWS = {"loss", "accuracy", "learning rate", "grad norm", "inputs", "summary"}
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with _DIRECT.open(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def run_log_windows(cwd: Path, env: str) -> set[str]:
+    """The windows the run's log (runs/ENV/runlog.jsonl, beside where the demo ran) has data for."""
+    lines = (cwd / "runs" / env / "runlog.jsonl").read_text().splitlines()
+    return {entry["win"] for entry in map(json.loads, lines) if entry.get("k") in ("points", "image", "text")}
+
+
+def test_with_no_server_running_the_demo_starts_one_prints_its_url_first_and_no_keep_stops_it(tmp_path):
+    port = free_port()
+    demo = DemoCommand("--port", str(port), "--env-path", str(tmp_path / "envs"), "--no-keep", *SHORT,
+                       cwd=tmp_path)
+    code, stderr = demo.finish(None)
+    assert code == 0, "".join(demo.lines) + stderr
+    assert demo.lines[0] == f"Dashboard: http://127.0.0.1:{port}/env/demo\n"
+    assert "Starting a local Visdom server" in demo.lines[1]
+    assert any("epoch 1/1" in line for line in demo.lines)  # the example's progress bar
+    assert "did not reach" not in stderr and "Traceback" not in stderr  # every window was delivered
+    assert run_log_windows(tmp_path, "demo") == WINDOWS
+    assert not answers(f"http://127.0.0.1:{port}")  # --no-keep: the server it started is gone
+
+
+def test_the_demo_keeps_the_server_it_started_until_ctrl_c(tmp_path, read_window, read_window_raw):
+    demo = DemoCommand("--port", "0", "--env-path", str(tmp_path / "envs"), "--env", "kept", *SHORT, cwd=tmp_path)
+    try:
+        url = demo.url()
+        demo.wait_for("until Ctrl-C")
+        port = int(re.search(r":(\d+)/", url).group(1))
+        server = SimpleNamespace(host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}")
+        assert read_window(server, "kept", "loss")["train"][0] == [1, 2]
+        assert read_window_raw(server, "kept", "inputs")["type"] == "image"
+        assert demo.process.poll() is None  # still serving the dashboard
+        code, stderr = demo.finish(signal.SIGINT)
+    finally:
+        demo.kill()
+    assert code == 0 and "Traceback" not in stderr, stderr
+    assert not answers(server.url)
+
+
+def test_the_demo_uses_a_server_that_answers_and_leaves_it_running(visdom_server, read_window, tmp_path):
+    demo = DemoCommand("--port", str(visdom_server.port), "--env", "demo-existing", *SHORT, cwd=tmp_path)
+    code, stderr = demo.finish(None)  # without --no-keep too: the server is not the demo's to keep
+    assert code == 0, stderr
+    assert demo.lines[0] == f"Dashboard: {visdom_server.url}/env/demo-existing\n"
+    assert not any("Starting a local" in line for line in demo.lines)
+    traces = read_window(visdom_server, "demo-existing", "loss")
+    assert traces["train"][0] == [1, 2] and traces["validation"][0] == [2]
+    assert answers(visdom_server.url)
+
+
+def test_a_remote_server_that_does_not_answer_is_a_one_line_error() -> None:
+    result = subprocess.run([*COMMAND, "demo", "--server", "http://192.0.2.1", "--port", "9"],
+                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: server must answer or be this machine (127.0.0.1 or localhost) for the demo to start one, "
+        "got nothing answering at http://192.0.2.1:9")
+
+
+def test_run_demo_checks_its_address_at_the_door() -> None:
+    with pytest.raises(DemoError, match=r"server must be a URL like http://127.0.0.1, got 'ftp://x'"):
+        run_demo("ftp://x")
+    with pytest.raises(DemoError, match=r"port must be an int in 0..65535 .*, got 70000"):
+        run_demo(port=70000)
+
+
+def test_make_demo_runs_monitor_demo() -> None:
+    makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
+    recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
+    assert recipe.strip() == "$(BIN)/monitor demo"
