@@ -1,8 +1,13 @@
-"""The dashboard that ``monitor serve`` serves, rendered by headless Chromium (Debian's chromium and
-chromium-driver; ``make test`` installs them). Nothing here needs internet access."""
+"""The dashboard that ``monitor serve`` and ``monitor demo`` serve, rendered by headless Chromium
+(Debian's chromium and chromium-driver; ``make test`` installs them). Nothing here needs internet access.
+
+The README's screenshot comes from the demo test: ``DEMO_SCREENSHOT=docs/dashboard.png pytest
+tests/test_browser.py -k demo`` runs the demo at full length and saves it there.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import tempfile
@@ -11,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from demo_command import DemoCommand
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -72,4 +79,38 @@ def test_served_dashboard_renders_a_plot_and_an_image(monitor_serve, tmp_path: P
     assert severe == [], "console errors (missing assets?):\n" + "\n".join(severe)
 
     code, stderr = command.finish(signal.SIGINT)
+    assert code == 0, stderr
+
+
+def test_the_demo_dashboard_shows_its_line_plots_and_the_image_grid(tmp_path: Path, browser) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    screenshot = os.environ.get("DEMO_SCREENSHOT")  # the README's picture: the demo at full length
+    short = () if screenshot else ("--samples", "640", "--epochs", "2")
+    demo = DemoCommand("--port", "0", "--env-path", str(tmp_path / "envs"), *short, cwd=tmp_path)
+    try:
+        url = demo.url()
+        demo.wait_for("until Ctrl-C", timeout=300)
+        browser.set_window_size(1500, 1000)
+        browser.get(url)
+        wait = WebDriverWait(browser, 30)
+        # loss (train, validation), accuracy (same), learning rate (lr), grad norm (4 layers, total)
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg.main-svg g.trace path.js-line")) >= 10)
+        wait.until(lambda d: d.execute_script(
+            "const img = document.querySelector('img.content-image'); return img && img.complete && img.naturalWidth > 0;"
+        ))
+        titles = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".window .bar div.pull-right")}
+        assert {"loss", "accuracy", "learning rate", "grad norm", "inputs", "summary"} <= titles, titles
+        assert "Sequential" in browser.find_element(By.TAG_NAME, "body").text  # the summary pane
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "demo-dashboard.png"))
+        if screenshot:
+            browser.save_screenshot(screenshot)
+        severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert severe == [], "console errors:\n" + "\n".join(severe)
+        code, stderr = demo.finish(signal.SIGINT)
+    finally:
+        demo.kill()
     assert code == 0, stderr
