@@ -1,0 +1,238 @@
+"""One checkpoint file: its fixed schema, an atomic write, and a load that runs no code.
+
+The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
+
+    format, version, time, torch      what wrote it, and when
+    loop        {"epoch", "step", "batch", "epoch_done"}: where the loop was
+    model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
+    optimizer, scheduler, scaler      their state_dicts, or None
+    classes     the class names of model, optimizer, scheduler, scaler (for people and checks)
+    rng         monitor.rng.capture_rng(): Python, NumPy, torch CPU and every CUDA device
+    callbacks   each callback's state_dict, by state_key (Monitor.state_dict()["callbacks"])
+    run         {"env", "run_id", "runlog_position"}: the dashboard run it continues
+    metric      {"name", "value", "mode"}: what best-k retention ranks it by
+    extras      the user's own tensors and primitives
+
+Only tensors and primitives go in, so :func:`load_checkpoint` can use
+``torch.load(weights_only=True)``; a file that needs more (a whole pickled model, a payload) is
+refused with the reason, unless ``trust=True``. The seed notes of this project contrast
+``torch.save(model)`` with ``torch.save(model.state_dict())``: only the second is safe to load.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import secrets
+import time
+import warnings
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from monitor.pickle_scan import describe_unsafe
+
+FORMAT = "monitor.checkpoint"
+VERSION = 1
+KEYS = ("format", "version", "time", "torch", "loop", "model", "optimizer", "scheduler", "scaler", "classes",
+        "rng", "callbacks", "run", "metric", "extras")
+# Exact types: a subclass (numpy.float64, defaultdict, a namedtuple) pickles as a global that
+# weights_only refuses.
+_PLAIN = {type(None), bool, int, float, str, bytes, torch.Tensor, torch.nn.Parameter, torch.dtype,
+          torch.device, torch.Size}
+
+
+class CheckpointError(Exception):
+    """A path that does not hold a usable checkpoint: not one, refused or damaged."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A checkpoint file that is truncated or corrupt (a resume falls back to an older one)."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A file that only loads by running code from it: a whole pickled model or worse."""
+
+
+class CheckpointWriteError(BaseException):
+    """A checkpoint could not be written; training must stop rather than go on unprotected.
+
+    Like ``KeyboardInterrupt`` it is not an ``Exception``, so neither the Monitor's containment
+    of callback errors nor a broad ``except Exception`` in the loop swallows it; its
+    ``__cause__`` is the original error (a full disk, a permission, a value that is not plain).
+    """
+
+
+def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside DDP/DataParallel (``.module``) and torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimizer: Any = None,
+                     scheduler: Any = None, scaler: Any = None, rng: Mapping[str, Any],
+                     callbacks: Mapping[str, Any] | None = None, run: Mapping[str, Any] | None = None,
+                     metric: Mapping[str, Any] | None = None,
+                     extras: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The schema's dict; raises TypeError naming the first value that is not a tensor or primitive.
+
+    ``run`` and ``metric`` may leave out keys (they become None; the mode "min").
+    """
+    run, metric = run or {}, metric or {}
+    model = unwrap_model(model)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    checkpoint = {
+        "format": FORMAT, "version": VERSION, "time": time.time(), "torch": str(torch.__version__),
+        "loop": {key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "classes": {name: type(part).__name__ if part is not None else None for name, part in parts.items()},
+        "rng": dict(rng), "callbacks": dict(callbacks or {}),
+        "run": {key: run.get(key) for key in ("env", "run_id", "runlog_position")},
+        "metric": {"name": metric.get("name"), "value": metric.get("value"), "mode": metric.get("mode", "min")},
+        "extras": dict(extras or {}),
+    }
+    _check_plain(checkpoint, "checkpoint")
+    return checkpoint
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> None:
+    """Writes ``checkpoint`` so that ``path`` holds either the old file or the new one, whole.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsynced, moved into
+    place with ``os.replace``, and the folder is fsynced so the new name is durable too.
+    """
+    crc = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(True)  # load_checkpoint verifies every entry's CRC
+    try:
+        write_atomic(Path(path), lambda file: torch.save(dict(checkpoint), file))
+    finally:
+        torch.serialization.set_crc32_options(crc)
+
+
+def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
+    """Calls ``write(file)`` on a temporary sibling of ``path``, then makes it ``path`` durably."""
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temporary, "xb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Makes the names in ``directory`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, map_location: Any = "cpu",
+                    verify: bool = True, mmap: bool = False) -> dict[str, Any]:
+    """Reads a checkpoint written by :func:`save_checkpoint`, running no code from the file.
+
+        checkpoint = load_checkpoint("checkpoints/step-000000120.pt")
+        model.load_state_dict(checkpoint["model"])
+
+    Raises FileNotFoundError, :class:`DamagedCheckpointError` (truncated, or an entry fails its
+    CRC), :class:`UnsafeCheckpointError` (needs unpickling beyond tensors and primitives; pass
+    ``trust=True`` only for a file you trust) or :class:`CheckpointError` (not a checkpoint).
+    """
+    return check_schema(load_file(path, trust=trust, map_location=map_location, verify=verify, mmap=mmap), path)
+
+
+def check_schema(data: Any, path: str | os.PathLike) -> dict[str, Any]:
+    """``data`` if it is a checkpoint of a format version this code reads; else CheckpointError."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        got = f"a dict with keys {sorted(map(str, data))[:8]}" if isinstance(data, dict) else type(data).__name__
+        raise CheckpointError(f"path must be a monitor checkpoint (a dict with format={FORMAT!r}), "
+                              f"got {got} in {path}")
+    if not isinstance(data.get("version"), int) or data["version"] > VERSION:
+        raise CheckpointError(f"path must be a checkpoint of format version <= {VERSION}, got version "
+                              f"{data.get('version')!r} in {path}: upgrade monitor to read it")
+    missing = [key for key in KEYS if key not in data]
+    if missing:
+        raise CheckpointError(f"path must be a checkpoint with every key of the schema, got {path} "
+                              f"without {missing}")
+    return data
+
+
+def load_file(path: str | os.PathLike, *, trust: bool = False, map_location: Any = "cpu",
+              verify: bool = True, mmap: bool = False) -> Any:
+    """Whatever ``torch.save`` put in ``path``, checked for damage and loaded without running code.
+
+    ``verify`` checks every zip entry's CRC first (reads the whole file); ``mmap`` leaves tensor
+    data on disk until used (a quick look at the metadata).
+    """
+    path = Path(path)
+    if not path.is_file():
+        what = "a folder" if path.is_dir() else "nothing (no such file)"
+        raise FileNotFoundError(f"path must be a checkpoint file, got {str(path)!r}, which is {what}")
+    with open(path, "rb") as file:
+        head = file.read(4)
+    if head.startswith(b"PK\x03\x04"):
+        if verify:
+            _verify_zip(path)
+    elif not head.startswith(b"\x80"):  # neither torch's zip format nor a (legacy) pickle
+        raise CheckpointError(f"path must be a file written by torch.save, got {str(path)!r}, which is "
+                              f"neither a zip archive nor a pickle (it starts with {head!r})")
+    try:
+        with warnings.catch_warnings():  # torch's note on a foreign pickle protocol: our refusal says more
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=not trust,
+                              mmap=mmap and head.startswith(b"PK"))
+    except pickle.UnpicklingError as error:
+        if trust:
+            raise DamagedCheckpointError(f"{path} could not be unpickled: {error}") from None
+        raise UnsafeCheckpointError(f"refused to load {path}: {describe_unsafe(path)}; loading it would run "
+                                    f"code from the file. Load it with trust=True (--trust) only if you "
+                                    f"trust its source") from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        raise DamagedCheckpointError(f"{path} is damaged and cannot be read: {error}") from None
+
+
+def _verify_zip(path: Path) -> None:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise DamagedCheckpointError(f"{path} is damaged (truncated or not a whole zip archive): {error}") from None
+    if bad is not None:
+        raise DamagedCheckpointError(f"{path} is damaged: its entry {bad!r} fails its CRC check")
+
+
+def _check_plain(value: Any, where: str) -> None:
+    kind = type(value)
+    if kind in _PLAIN:
+        return
+    if kind in (list, tuple, set):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+    elif kind in (dict, OrderedDict):
+        for key, item in value.items():
+            _check_plain(key, f"{where} key {key!r}")
+            _check_plain(item, f"{where}[{key!r}]")
+    else:
+        raise TypeError(f"{where} must hold only tensors and primitives (so the checkpoint loads with "
+                        f"weights_only=True), got {kind.__module__}.{kind.__qualname__}")

@@ -1,0 +1,71 @@
+"""Every random generator a training loop draws from, captured as tensors and primitives.
+
+A resumed run only continues *exactly* if dropout, augmentations and shuffles draw the same
+numbers they would have drawn without the interruption, so a checkpoint keeps the state of
+Python's ``random``, NumPy's global generator, torch's CPU generator and every CUDA device's.
+The captured dict holds only ints, floats, strings and tensors, so it loads with
+``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from typing import Any
+
+import torch
+
+
+def capture_rng() -> dict[str, Any]:
+    """The state of every global generator, as tensors and primitives.
+
+        state = capture_rng()
+        torch.rand(3)                       # draws...
+        restore_rng(state)                  # ...and the same draws again
+    """
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": _numpy_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": [s.cpu() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    """Puts back what :func:`capture_rng` took; devices the state has no entry for are left alone."""
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["state"].tolist()), python["gauss"]))
+    if state.get("numpy") is not None:
+        _set_numpy_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    saved = state.get("cuda") or []
+    if saved and not torch.cuda.is_available():
+        warnings.warn(f"the checkpoint holds the random state of {len(saved)} CUDA device(s) but CUDA is "
+                      "not available here; GPU random draws will not repeat the interrupted run's", stacklevel=3)
+    elif saved:
+        count = torch.cuda.device_count()
+        if count != len(saved):
+            warnings.warn(f"the checkpoint holds the random state of {len(saved)} CUDA device(s), this machine "
+                          f"has {count}; the first {min(count, len(saved))} are restored", stacklevel=3)
+        for device, device_state in enumerate(saved[:count]):
+            torch.cuda.set_rng_state(device_state, device)
+
+
+def _numpy_state() -> dict[str, Any] | None:
+    try:
+        import numpy
+    except ImportError:
+        return None
+    kind, keys, position, has_gauss, gauss = numpy.random.get_state(legacy=True)
+    return {"kind": kind, "keys": torch.from_numpy(keys.astype(numpy.int64)), "position": int(position),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def _set_numpy_state(state: dict[str, Any]) -> None:
+    try:
+        import numpy
+    except ImportError:
+        return  # nothing here can draw from it
+    keys = state["keys"].numpy().astype(numpy.uint32)
+    numpy.random.set_state((state["kind"], keys, state["position"], state["has_gauss"], state["gauss"]))

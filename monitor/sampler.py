@@ -1,0 +1,77 @@
+"""EpochBatchSampler: a DataLoader order fixed by (seed, epoch) alone, which can start part-way in.
+
+A plain ``DataLoader(shuffle=True)`` draws its order from the global torch generator when an
+epoch starts, so a run resumed in the middle of an epoch sees another order, and skipping the
+batches already done by iterating would load them all. This sampler computes each epoch's order
+from its own seed, skips done batches without loading them, and owns the ``generator`` the
+DataLoader should use for its workers' seeds, so augmentations in workers repeat too.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sized
+
+import torch
+from torch.utils.data import Sampler
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Batches of indices in an order that depends only on ``seed`` and the epoch.
+
+        batches = EpochBatchSampler(train_set, batch_size=32, seed=0)
+        loader = DataLoader(train_set, batch_sampler=batches, generator=batches.generator)
+        batches.set_epoch(epoch, skip=start.batches_done(epoch))    # before iterating each epoch
+
+    ``skip`` leaves out the epoch's first ``skip`` batches (those a resumed run already did);
+    ``len()`` counts the batches still to come.
+    """
+
+    def __init__(self, data: Sized | int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = False) -> None:
+        size = data if isinstance(data, int) and not isinstance(data, bool) else None
+        if size is None:
+            if not isinstance(data, Sized):
+                raise TypeError(f"data must be a dataset with a length or an int, got {type(data).__name__}")
+            size = len(data)
+        if size < 0:
+            raise ValueError(f"data must have a length >= 0, got {size}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
+            raise ValueError(f"seed must be an int between 0 and 2**62, got {seed!r}")
+        self.size, self.batch_size, self.seed = size, batch_size, seed
+        self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
+        self.epoch, self.skip = 0, 0
+        self.generator = torch.Generator()
+        self.set_epoch(0)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.size, self.batch_size)
+        return full if self.drop_last or not rest else full + 1
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Use ``epoch``'s order from now on, leaving out its first ``skip`` batches."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
+        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip <= self.batches_per_epoch:
+            raise ValueError(f"skip must be an int between 0 and {self.batches_per_epoch} "
+                             f"(the batches of an epoch), got {skip!r}")
+        self.epoch, self.skip = epoch, skip
+        # The DataLoader draws its workers' base seed from this generator when an epoch's
+        # iteration starts: reseeding it here makes that draw depend on the epoch alone.
+        self.generator.manual_seed(2 * (self.seed + epoch) + 1)
+
+    def order(self) -> torch.Tensor:
+        """The indices of the current epoch, in the order they are visited (no batches skipped)."""
+        if not self.shuffle:
+            return torch.arange(self.size)
+        generator = torch.Generator().manual_seed(2 * (self.seed + self.epoch))
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        indices = self.order().tolist()
+        for batch in range(self.skip, self.batches_per_epoch):
+            yield indices[batch * self.batch_size:(batch + 1) * self.batch_size]
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.skip
