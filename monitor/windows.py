@@ -1,77 +1,145 @@
 """What each Visdom window should show, built from run-log entries and kept small.
 
-A line window holds at most ``points_per_trace`` points per trace however long the run: when a
-trace outgrows it, neighbouring buckets of points merge, each bucket keeping its lowest and
-highest point (and a gap where a value was not finite). So the curve keeps its shape and its
-extremes while the server's cost per update stays flat; full resolution stays in the run log.
+A line window holds at most ``points_per_trace`` points per trace however long the run. Up to
+that many points a trace is exact; beyond, neighbouring buckets of points merge, each bucket
+keeping its lowest and highest point (and its first gap, where a value was not finite). So the
+curve keeps its shape and its extremes while the server's cost per update stays flat; the full
+resolution stays in the run log.
 
-Every update sends a window whole (Visdom's append costs the server ~10x more per point
-than a replace, and a replace is idempotent, so a retry can never duplicate a point).
+Every update sends a window whole (Visdom's append costs the server ~10x more per point than a
+replace, and a replace is idempotent, so a retry can never duplicate a point).
 """
 from __future__ import annotations
 
+import base64
 import math
 import struct
 from typing import Any, Iterable
 
-Point = tuple[float, Any]  # (x, y); y is None for a gap
+Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
+
+
+class _Summary:
+    """A bucket of raw points reduced to its lowest, highest and first non-finite point."""
+
+    __slots__ = ("low", "high", "gap", "count")
+
+    def __init__(self) -> None:
+        self.low: Point | None = None
+        self.high: Point | None = None
+        self.gap: Point | None = None
+        self.count = 0  # raw points it stands for
+
+    def add(self, point: Point) -> None:
+        self.count += 1
+        y = point[2]
+        if y is None:
+            if self.gap is None:
+                self.gap = point
+        else:
+            if self.low is None or y < self.low[2]:
+                self.low = point
+            if self.high is None or y > self.high[2]:
+                self.high = point
+
+    def merge(self, other: _Summary) -> None:
+        """Takes in a later bucket: the result is the summary of both buckets' raw points."""
+        self.count += other.count
+        if other.gap is not None and self.gap is None:
+            self.gap = other.gap
+        if other.low is not None and (self.low is None or other.low[2] < self.low[2]):
+            self.low = other.low
+        if other.high is not None and (self.high is None or other.high[2] > self.high[2]):
+            self.high = other.high
+
+    def points(self) -> list[Point]:
+        """The kept points (at most 3), in arrival order."""
+        kept = {p for p in (self.low, self.high, self.gap) if p is not None}
+        return sorted(kept)
 
 
 class Trace:
-    """One curve's points, thinned by min/max buckets to stay within ``budget`` points."""
+    """One curve: exact up to ``budget`` points, then min/max buckets that stay within it.
+
+    The first and the latest point are always shown, so the curve spans the whole run and ends
+    at the value just logged.
+    """
 
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.width = 1  # raw points per bucket
         self.buckets: list[list[Point]] = []
-        self.partial: list[Point] = []
-        self.partial_count = 0  # raw points the partial bucket stands for
+        self.kept = 0  # points in self.buckets
+        self.partial = _Summary()  # the bucket being filled
+        self.first: Point | None = None
+        self.last: Point | None = None
         self.count = 0  # raw points seen
         self.nonfinite = 0
 
-    def add(self, x: float, y: float) -> None:
+    def add(self, x: float, y: float | None) -> None:
         self.count += 1
-        if not math.isfinite(y):
+        if y is None or not math.isfinite(y):
             self.nonfinite += 1
             y = None
-        self.partial.append((x, y))
-        self.partial_count += 1
-        if self.partial_count == self.width:
-            self.buckets.append(_summarise(self.partial))
-            self.partial, self.partial_count = [], 0
-            if (len(self.buckets) + 1) * 3 > self.budget:  # a bucket keeps at most 3 points
-                self._halve()
+        point = (self.count, x, y)
+        self.last = point
+        if self.first is None:
+            self.first = point
+        self.partial.add(point)
+        if self.partial.count == self.width:
+            done = self.partial.points()
+            self.buckets.append(done)
+            self.kept += len(done)
+            self.partial = _Summary()
+        while self.kept + 5 > self.budget and len(self) > self.budget:
+            self._merge()
 
-    def _halve(self) -> None:
+    def _merge(self) -> None:
         """Merges neighbouring buckets: twice the width, half the buckets."""
-        odd = self.buckets.pop() if len(self.buckets) % 2 else None
-        self.buckets = [_summarise(a + b) for a, b in zip(self.buckets[::2], self.buckets[1::2])]
-        if odd is not None:  # half a bucket at the new width
-            self.partial, self.partial_count = odd, self.width
+        summaries = []
+        for bucket in self.buckets:
+            summary = _Summary()
+            for point in bucket:
+                summary.add(point)
+            summaries.append(summary)
+        if len(summaries) % 2:  # the odd one out is a part of a bucket at the new width
+            odd = summaries.pop()
+            odd.count = self.width
+            odd.merge(self.partial)
+            self.partial = odd
+        self.buckets = []
+        for first, second in zip(summaries[::2], summaries[1::2]):
+            first.merge(second)
+            self.buckets.append(first.points())
+        self.kept = sum(len(b) for b in self.buckets)
         self.width *= 2
+
+    def __len__(self) -> int:
+        """The number of points shown."""
+        partial = self.partial.points()
+        if self.first is None:
+            return 0
+        head = self.buckets[0][0] if self.buckets else partial[0]
+        tail = partial[-1] if partial else self.buckets[-1][-1]
+        return self.kept + len(partial) + (head != self.first) + (tail != self.last)
 
     def points(self) -> tuple[list, list]:
         """The x and y lists to draw (y is None at a gap)."""
-        kept = [p for bucket in self.buckets for p in bucket] + _summarise(self.partial)
-        return [p[0] for p in kept], [p[1] for p in kept]
-
-
-def _summarise(points: list[Point]) -> list[Point]:
-    """The lowest and highest point of a bucket, and its first gap, in x order."""
-    if len(points) <= 2:
-        return list(points)
-    finite = [p for p in points if p[1] is not None]
-    kept = []
-    if finite:
-        kept = [min(finite, key=lambda p: p[1]), max(finite, key=lambda p: p[1])]
-    gap = next((p for p in points if p[1] is None), None)
-    if gap is not None:
-        kept.append(gap)
-    return sorted(set(kept), key=lambda p: p[0]) if len(kept) > 1 else kept
+        kept = [p for bucket in self.buckets for p in bucket] + self.partial.points()
+        if self.first is not None:
+            if kept[0] != self.first:
+                kept.insert(0, self.first)
+            if kept[-1] != self.last:
+                kept.append(self.last)
+        return [p[1] for p in kept], [p[2] for p in kept]
 
 
 class Window:
-    """One pane: a line plot, an image grid or a text; ``message(env)`` is its full content."""
+    """One pane: a line plot, an image grid or a text; ``message(env)`` is its full content.
+
+    ``changed`` says the server's copy may differ from this one; ``sent`` that it was delivered
+    at least once (so the server should have it).
+    """
 
     def __init__(self, name: str, points_per_trace: int) -> None:
         self.name = name
@@ -81,6 +149,7 @@ class Window:
         self.budget = points_per_trace
         self.content: Any = None  # the latest image or text entry
         self.changed = True
+        self.sent = False
 
     def apply(self, entry: dict[str, Any]) -> None:
         kind = entry["k"]
@@ -90,7 +159,7 @@ class Window:
                 trace = self.traces.get(name)
                 if trace is None:
                     trace = self.traces[name] = Trace(self.budget)
-                trace.add(entry["x"], float(y))
+                trace.add(entry["x"], None if y is None else float(y))
         elif kind in ("image", "text"):
             self.kind, self.content = kind, entry
         elif kind == "layout":
@@ -160,7 +229,6 @@ class Windows:
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:
-    import base64
     header = base64.b64decode(png_base64[:32])
     return struct.unpack(">II", header[16:24])
 

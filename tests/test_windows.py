@@ -1,0 +1,82 @@
+"""Windows: what a pane shows is exact up to its point budget, then thinned but true to its extremes."""
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from monitor.windows import Trace, Window, Windows
+
+
+def test_a_trace_is_exact_up_to_its_budget():
+    trace = Trace(1000)
+    for step in range(1, 1001):
+        trace.add(step, step / 7)
+    assert trace.points() == (list(range(1, 1001)), [step / 7 for step in range(1, 1001)])
+
+
+def test_a_long_trace_stays_within_its_budget_and_keeps_its_extremes_in_order():
+    random.seed(0)
+    trace = Trace(1000)
+    values = [random.gauss(0, 1) for _ in range(200_000)]
+    values[12_345], values[99_999] = 50.0, -50.0
+    for step, value in enumerate(values, 1):
+        trace.add(step, value)
+        if step % 997 == 0:
+            assert len(trace) <= 1000
+    xs, ys = trace.points()
+    assert len(xs) == len(trace) <= 1000
+    assert len(xs) >= 250  # thinning leaves a usable curve, not a handful of points
+    assert xs == sorted(xs) and len(set(xs)) == len(xs)
+    assert (12_346, 50.0) in zip(xs, ys) and (100_000, -50.0) in zip(xs, ys)
+    assert (xs[0], xs[-1]) == (1, 200_000) and ys[-1] == values[-1]  # the whole run, ending at the latest value
+
+
+def test_a_thinned_trace_keeps_a_gap_where_a_value_was_not_finite():
+    trace = Trace(10)
+    for step in range(1, 101):
+        trace.add(step, math.nan if step == 42 else 1.0)
+    xs, ys = trace.points()
+    assert len(xs) <= 10 and ys.count(None) == 1 and trace.nonfinite == 1
+
+
+def test_a_trace_holds_bounded_memory_however_long_it_gets():
+    trace = Trace(100)
+    for step in range(100_000):
+        trace.add(step, float(step % 13))
+    assert sum(len(bucket) for bucket in trace.buckets) <= 100
+    assert len(trace.partial.points()) <= 3  # the bucket being filled is a summary, not a list
+
+
+def test_a_line_window_is_sent_whole_with_every_trace_and_counts_its_gaps():
+    window = Window("loss", 1000)
+    window.apply({"k": "layout", "win": "loss", "opts": {"title": "training loss", "ytype": "log"}})
+    window.apply({"k": "points", "win": "loss", "x": 1, "y": {"train": 1.0, "validation": math.inf}})
+    window.apply({"k": "points", "win": "loss", "x": 2, "y": {"train": 0.5}})
+    endpoint, message = window.message("mnist")
+    assert endpoint == "events" and message["win"] == "loss" and message["eid"] == "mnist"
+    assert [(t["name"], t["x"], t["y"]) for t in message["data"]] == [
+        ("train", [1, 2], [1.0, 0.5]), ("validation", [1], [None])]
+    assert message["opts"]["title"] == "training loss (1 non-finite shown as gaps)"
+    assert message["layout"]["yaxis"]["type"] == "log"
+
+
+def test_a_window_with_only_its_layout_has_nothing_to_send():
+    windows = Windows(1000)
+    windows.apply([{"k": "run", "env": "e"}, {"k": "layout", "win": "loss", "opts": {"xlabel": "epoch"}}])
+    assert windows.by_name["loss"].message("e") is None
+
+
+def test_a_text_window_shows_its_latest_text():
+    windows = Windows(1000)
+    windows.apply([{"k": "text", "win": "notes", "x": 1, "html": "old"},
+                   {"k": "text", "win": "notes", "x": 2, "html": "new"}])
+    endpoint, message = windows.by_name["notes"].message("e")
+    assert message["data"] == [{"content": "new", "type": "text"}]
+
+
+@pytest.mark.parametrize("budget", [9, 10.0, True, "1000"])
+def test_points_per_trace_must_be_an_int_of_at_least_10(budget):
+    with pytest.raises(ValueError, match=r"points_per_trace must be an int >= 10, got"):
+        Windows(budget)
