@@ -23,6 +23,10 @@ _EXPORTS = {
     "GradNorms": "monitor.callbacks",
     "Images": "monitor.callbacks",
     "Summary": "monitor.callbacks",
+    "Checkpoint": "monitor.callbacks",
+    "resume": "monitor.resume_point",
+    "ResumePoint": "monitor.resume_point",
+    "EpochBatchSampler": "monitor.sampler",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -3,10 +3,11 @@
     from monitor import Monitor, Scalars, LearningRate, GradNorms, Images, Summary
     monitor = Monitor([Summary(), Scalars(), LearningRate(), GradNorms(every=10), Images()], env="run")
 """
+from monitor.callbacks.checkpoint import Checkpoint
 from monitor.callbacks.grad_norms import GradNorms
 from monitor.callbacks.images import Images
 from monitor.callbacks.learning_rate import LearningRate
 from monitor.callbacks.scalars import Scalars
 from monitor.callbacks.summary import Summary
 
-__all__ = ["GradNorms", "Images", "LearningRate", "Scalars", "Summary"]
+__all__ = ["Checkpoint", "GradNorms", "Images", "LearningRate", "Scalars", "Summary"]

@@ -1,0 +1,230 @@
+"""Checkpoint: saves everything a run needs to continue exactly, atomically, keeping the last and best few."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+
+from monitor.callbacks._every import one_of, positive_int
+from monitor.checkpoint import CheckpointWriteError, build_checkpoint, save_checkpoint
+from monitor.checkpoint_dir import (MANIFEST, checkpoint_files, checkpoint_name, read_manifest, retain,
+                                    temporary_files, write_manifest)
+from monitor.core import Callback, LoopState, Monitor
+from monitor.log import Log
+from monitor.rng import capture_rng
+
+_log = logging.getLogger("monitor")
+
+
+class Checkpoint(Callback):
+    """Writes the model, optimizer, scheduler, scaler, RNG, loop position and every callback's state.
+
+        checkpoint = Checkpoint("runs/mnist/checkpoints", every_epochs=1, metric="loss", keep_best=2)
+        monitor = Monitor([Scalars(), checkpoint], env="mnist")   # last, so it holds what the others logged
+        checkpoint.bind(monitor)                                   # resume(..., monitor=) binds it too
+
+    Saves every ``every_steps`` steps (at step_end), every ``every_epochs`` epochs (at
+    epoch_end) and at train_end (``at_end``; not after an exception). Keeps the last
+    ``keep_last`` files and the best ``keep_best`` by ``metric`` (``mode`` "min" or "max"),
+    read from the metrics the loop passes at ``metric_from``: "validation", "step" (where
+    "loss" is the step's loss) or "epoch". ``extras()`` returns the user's own tensors and
+    primitives to keep. A folder belongs to one run: a fresh run refuses a folder that holds
+    another run's checkpoints instead of mixing with or deleting them.
+
+    A write that fails raises :class:`monitor.checkpoint.CheckpointWriteError` out of the hook.
+    It is not an ``Exception``, so the Monitor's containment of callback errors lets it through
+    and the loop stops: going on without the checkpoints one asked for is worse than stopping.
+    """
+
+    def __init__(self, directory: str | Path, *, every_steps: int | None = None, every_epochs: int | None = None,
+                 at_end: bool = True, keep_last: int = 2, keep_best: int | None = None, metric: str | None = None,
+                 mode: str = "min", metric_from: str = "validation", scheduler: Any = None, scaler: Any = None,
+                 extras: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        if not isinstance(directory, (str, Path)) or not str(directory):
+            raise TypeError(f"directory must be a non-empty str or Path, got {directory!r}")
+        self.directory = Path(directory)
+        self.every_steps = positive_int("every_steps", every_steps) if every_steps is not None else None
+        self.every_epochs = positive_int("every_epochs", every_epochs) if every_epochs is not None else None
+        if self.every_steps is None and self.every_epochs is None and not at_end:
+            raise ValueError("every_steps, every_epochs or at_end must ask for a checkpoint, got none of them")
+        self.at_end = bool(at_end)
+        self.keep_last = positive_int("keep_last", keep_last)
+        if metric is not None and (not isinstance(metric, str) or not metric):
+            raise TypeError(f"metric must be a non-empty str (a name the loop passes), got {metric!r}")
+        if keep_best is None:
+            keep_best = 1 if metric else 0
+        if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
+            raise ValueError(f"keep_best must be an int >= 0, got {keep_best!r}")
+        if keep_best and metric is None:
+            raise ValueError(f"metric must be given to rank checkpoints for keep_best={keep_best}, got None")
+        self.keep_best, self.metric = keep_best, metric
+        self.mode = one_of("mode", mode, ("min", "max"))
+        self.metric_from = one_of("metric_from", metric_from, ("validation", "step", "epoch"))
+        for name, part in (("scheduler", scheduler), ("scaler", scaler)):
+            if part is not None and not callable(getattr(part, "state_dict", None)):
+                raise TypeError(f"{name} must have state_dict()/load_state_dict(), got {type(part).__name__}")
+        if extras is not None and not callable(extras):
+            raise TypeError(f"extras must be a function returning a dict, got {type(extras).__name__}")
+        self.scheduler, self.scaler, self.extras = scheduler, scaler, extras
+        self.run_id: str | None = None
+        self._monitor: Monitor | None = None
+        self._records: list[dict[str, Any]] = []
+        self._metric_value: float | None = None
+        self._epoch_done = False
+        self._last_saved: list | None = None
+        self._aborted = False
+        self._claimed = False
+
+    def bind(self, monitor: Monitor) -> Checkpoint:
+        """Lets this callback save the state of ``monitor``'s loop and of all its callbacks."""
+        if not isinstance(monitor, Monitor):
+            raise TypeError(f"monitor must be a monitor.Monitor, got {type(monitor).__name__}")
+        if not monitor.callbacks or monitor.callbacks[-1] is not self:
+            where = next((i for i, c in enumerate(monitor.callbacks) if c is self), None)
+            raise ValueError(f"this Checkpoint must be the last of the monitor's callbacks, so that a checkpoint "
+                             f"holds what the others logged for its step; got it at index {where} of "
+                             f"{len(monitor.callbacks)}")
+        self._monitor = monitor
+        return self
+
+    # --- hooks --------------------------------------------------------------------------------
+    def on_train_start(self, state: LoopState, log: Log) -> None:
+        self._aborted = False
+        if self._require_monitor().is_main:
+            self._claim_directory()
+
+    def on_epoch_start(self, state: LoopState, log: Log) -> None:
+        self._epoch_done = False
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        self._epoch_done = False
+        if self.metric_from == "step":
+            self._note_metric(state.metrics, state.loss)
+        if self.every_steps and state.step % self.every_steps == 0:
+            self.save()
+
+    def on_validation_end(self, state: LoopState, log: Log) -> None:
+        if self.metric_from == "validation":
+            self._note_metric(state.metrics)
+
+    def on_epoch_end(self, state: LoopState, log: Log) -> None:
+        self._epoch_done = True
+        if self.metric_from == "epoch":
+            self._note_metric(state.metrics)
+        if self.every_epochs and (state.epoch + 1) % self.every_epochs == 0:
+            self.save()
+
+    def on_exception(self, state: LoopState, log: Log, error: BaseException) -> None:
+        self._aborted = True  # the loop may be half-way through a step: nothing consistent to save
+
+    def on_train_end(self, state: LoopState, log: Log) -> None:
+        position = [state.step, state.epoch, self._epoch_done]
+        if self.at_end and not self._aborted and position != self._last_saved:
+            self.save()
+
+    # --- saving -------------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        """Writes a checkpoint of the loop as it is now and prunes old ones; returns its path.
+
+        Returns None in processes other than rank 0; raises CheckpointWriteError on failure.
+        """
+        monitor = self._require_monitor()
+        if not monitor.is_main:
+            return None  # every rank holds the same weights: one writer is enough
+        self._claim_directory()
+        state = monitor.state
+        if state.model is None:
+            raise CheckpointWriteError("a checkpoint needs the model: pass it to monitor.train_start(model, "
+                                       "optimizer), got None")
+        path = self.directory / checkpoint_name(state.step)
+        record = {"file": path.name, "step": state.step, "epoch": state.epoch, "batch": state.batch,
+                  "epoch_done": self._epoch_done, "metric": self._metric_value, "time": time.time()}
+        if record["metric"] is not None and not math.isfinite(record["metric"]):
+            record["metric"] = None
+        kept, last, best = retain([*self._records, record], self.keep_last, self.keep_best, self.mode)
+        # This checkpoint's own state must already say what the folder holds once it is written.
+        self._records, self._last_saved = kept, [state.step, state.epoch, self._epoch_done]
+        try:
+            sync = getattr(monitor.sink, "sync", None)
+            position = sync() if callable(sync) else None
+            checkpoint = build_checkpoint(
+                model=state.model, optimizer=state.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                loop={"epoch": state.epoch, "step": state.step, "batch": state.batch, "epoch_done": self._epoch_done},
+                rng=capture_rng(), callbacks=monitor.state_dict()["callbacks"],
+                run={"env": getattr(monitor.sink, "env", None), "run_id": self.run_id, "runlog_position": position},
+                metric={"name": self.metric, "value": self._metric_value, "mode": self.mode},
+                extras=self.extras() if self.extras is not None else None)
+            save_checkpoint(path, checkpoint)
+            write_manifest(self.directory, {
+                "format": "monitor.checkpoints", "version": 1, "run_id": self.run_id, "latest": path.name,
+                "env": checkpoint["run"]["env"], "metric": {"name": self.metric, "mode": self.mode},
+                "last": last, "best": best, "checkpoints": kept})
+        except Exception as error:
+            raise CheckpointWriteError(f"checkpoint {path} could not be written: {type(error).__name__}: "
+                                       f"{error}") from error
+        self._prune({r["file"] for r in kept})
+        return path
+
+    def _prune(self, keep: set[str]) -> None:
+        """Deletes this run's files that left the last and best sets (only once the new one is durable)."""
+        for old in checkpoint_files(self.directory):
+            if old.name not in keep:
+                try:
+                    old.unlink()
+                except OSError as error:
+                    _log.warning("monitor: old checkpoint %s could not be deleted: %s", old, error)
+
+    def _claim_directory(self) -> None:
+        """Makes the folder this run's, cleaning temporary files of killed writes; refuses another run's."""
+        if self._claimed:
+            return
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            for temporary in temporary_files(self.directory):
+                temporary.unlink(missing_ok=True)
+        except OSError as error:
+            raise CheckpointWriteError(f"directory {self.directory} cannot hold checkpoints: {error}") from error
+        self.run_id = self.run_id or uuid.uuid4().hex
+        manifest = read_manifest(self.directory, warn=False)
+        present = {p.name for p in checkpoint_files(self.directory)}
+        # Resumed from an older checkpoint, the records may name files the abandoned run pruned.
+        self._records = [r for r in self._records if r["file"] in present]
+        known = {r["file"] for r in self._records}
+        foreign = sorted(present - known)
+        if foreign and (manifest is None or manifest.get("run_id") != self.run_id):
+            raise CheckpointWriteError(
+                f"directory must be empty or hold this run's checkpoints, got {self.directory} with "
+                f"{len(foreign)} checkpoint(s) of another run ({', '.join(foreign[:3])}...; see its {MANIFEST}): "
+                f"resume from them with monitor.resume(..., monitor=monitor), or choose another folder")
+        self._claimed = True
+
+    def _require_monitor(self) -> Monitor:
+        if self._monitor is None:
+            raise CheckpointWriteError("Checkpoint needs its Monitor to save every callback's state: call "
+                                       "checkpoint.bind(monitor) (monitor.resume(..., monitor=monitor) does it), "
+                                       "got an unbound Checkpoint")
+        return self._monitor
+
+    def _note_metric(self, metrics: Mapping[str, Any], loss: Any = None) -> None:
+        value = metrics.get(self.metric) if self.metric else None
+        if value is None and self.metric == "loss":
+            value = loss
+        if value is not None:
+            self._metric_value = float(value.item() if isinstance(value, torch.Tensor) else value)
+
+    # --- state, for the checkpoint itself -----------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "records": [dict(r) for r in self._records], "metric": self._metric_value,
+                "epoch_done": self._epoch_done, "last_saved": self._last_saved}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.run_id, self._records = state["run_id"], [dict(r) for r in state["records"]]
+        self._metric_value, self._epoch_done = state["metric"], state["epoch_done"]
+        self._last_saved = list(state["last_saved"]) if state["last_saved"] is not None else None
+        self._claimed = False
+

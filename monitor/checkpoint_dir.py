@@ -1,0 +1,126 @@
+"""A folder of checkpoints: names, the ``latest.json`` pointer, retention and the fallback on damage.
+
+    checkpoints/
+        step-000000040.pt     one file per saved step (saving the same step again replaces it)
+        step-000000050.pt
+        latest.json           the pointer: {"latest": "step-000000050.pt", "run_id": ..., "best": [...],
+                              "last": [...], "checkpoints": [records of the files kept]}
+
+``latest.json`` is replaced atomically after each new file is durable, so it always names a
+whole file; a reader that finds that file damaged anyway (a disk error, a copy cut short) falls
+back to the previous good one and warns, naming the bad file.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+from pathlib import Path
+from typing import Any, Iterable
+
+from monitor.checkpoint import (CheckpointError, DamagedCheckpointError, load_checkpoint, write_atomic)
+
+MANIFEST = "latest.json"
+_NAME = re.compile(r"^step-(\d+)\.pt$")
+_TEMPORARY = re.compile(r"^\.(step-\d+\.pt|latest\.json)\.[0-9a-f]+\.tmp$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:09d}.pt"
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The checkpoint files in ``directory``, oldest step first."""
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.fullmatch(p.name)) and p.is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def temporary_files(directory: Path) -> list[Path]:
+    """Temporary files of writes that never finished (their process was killed)."""
+    return sorted(p for p in directory.iterdir() if _TEMPORARY.fullmatch(p.name))
+
+
+def retain(records: Iterable[dict[str, Any]], keep_last: int, keep_best: int,
+           mode: str) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+    """(the records to keep, oldest first; the last ``keep_last`` names; the best ``keep_best`` names).
+
+    Best ranks by ``metric`` (lowest first for ``mode="min"``), an earlier step winning a tie;
+    a record without a finite metric is never best.
+    """
+    by_step = sorted({r["file"]: r for r in records}.values(), key=lambda r: r["step"])
+    last = [r["file"] for r in by_step[-keep_last:]] if keep_last else []
+    sign = 1.0 if mode == "min" else -1.0
+    scored = [r for r in by_step if r.get("metric") is not None and math.isfinite(r["metric"])]
+    best = [r["file"] for r in sorted(scored, key=lambda r: (sign * r["metric"], r["step"]))[:keep_best]]
+    kept = [r for r in by_step if r["file"] in set(last) | set(best)]
+    return kept, last, best
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    data = json.dumps(manifest, indent=1, allow_nan=False).encode()
+    write_atomic(directory / MANIFEST, lambda file: file.write(data))
+
+
+def read_manifest(directory: Path, *, warn: bool = True) -> dict[str, Any] | None:
+    """The folder's ``latest.json``, or None if it is missing or damaged (with a warning)."""
+    path = directory / MANIFEST
+    try:
+        manifest = json.loads(path.read_bytes())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("latest"), str):
+            raise ValueError("it has no 'latest' entry")
+        return manifest
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        if warn:
+            warnings.warn(f"{path} is damaged ({error}); looking for checkpoints by step instead", stacklevel=3)
+        return None
+
+
+def find_checkpoint(path: str | Path, *, trust: bool = False,
+                    missing_ok: bool = False) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint to resume from: ``path`` itself, or a folder's latest good one.
+
+    In a folder, ``latest.json``'s file comes first, then the others newest first; a damaged
+    one is skipped with a warning naming it. A missing path or a folder without checkpoints
+    raises FileNotFoundError, or returns None with ``missing_ok``.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path, load_checkpoint(path, trust=trust)
+    if not path.is_dir() or not (candidates := _candidates(path)):
+        if missing_ok:
+            return None
+        what = "a folder without checkpoints" if path.is_dir() else "nothing (no such file or folder)"
+        raise FileNotFoundError(f"path must be a checkpoint file or a folder of checkpoints written by "
+                                f"monitor.Checkpoint (step-*.pt, {MANIFEST}), got {str(path)!r}, which is {what}")
+    skipped = []
+    for candidate in candidates:
+        try:
+            return candidate, load_checkpoint(candidate, trust=trust)
+        except (FileNotFoundError, DamagedCheckpointError) as error:
+            skipped.append(f"{candidate.name} ({error})")
+            warnings.warn(f"checkpoint {candidate} cannot be used ({error}); falling back to the previous one",
+                          stacklevel=3)
+        except CheckpointError as error:
+            if type(error) is not CheckpointError:
+                raise  # unsafe files are refused, not skipped
+            skipped.append(f"{candidate.name} ({error})")
+            warnings.warn(f"checkpoint {candidate} is not a checkpoint ({error}); falling back to the previous one",
+                          stacklevel=3)
+    raise DamagedCheckpointError(f"{path} holds no usable checkpoint; tried {'; '.join(skipped)}")
+
+
+def _candidates(directory: Path) -> list[Path]:
+    manifest = read_manifest(directory)
+    names = []
+    if manifest is not None:
+        names.append(manifest["latest"])
+        listed = manifest.get("checkpoints")
+        records = [r for r in listed if isinstance(r, dict) and type(r.get("step")) is int] \
+            if isinstance(listed, list) else []
+        names += [r.get("file") for r in sorted(records, key=lambda r: -r["step"])]
+    names += [p.name for p in reversed(checkpoint_files(directory))]
+    # Only plain names of checkpoint files: a pointer cannot lead outside the folder.
+    return [directory / n for n in dict.fromkeys(names) if isinstance(n, str) and _NAME.fullmatch(n)]

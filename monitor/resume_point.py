@@ -1,0 +1,120 @@
+"""resume(): puts a run back exactly where its checkpoint left it, and says where the loop goes on."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monitor.checkpoint import unwrap_model
+from monitor.checkpoint_dir import find_checkpoint
+from monitor.core import Monitor
+from monitor.rng import restore_rng
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where the loop continues: a fresh start when ``path`` is None.
+
+        start = resume("checkpoints", model, optimizer, missing_ok=True)
+        monitor = Monitor([Scalars(), checkpoint], env="mnist", rewind_to=start.runlog_position)
+        start.restore(monitor)
+
+    ``epoch`` is the epoch to run next; ``skip_batches`` how many of its batches are done
+    (``batches_done(epoch)`` says it per epoch). When ``skip_batches`` is 0 the loop calls
+    ``monitor.epoch_start(epoch)`` as usual; when it is not, the epoch had started before the
+    checkpoint, so the loop skips ``epoch_start`` and those batches (EpochBatchSampler does).
+    ``runlog_position`` is where the run log is cut back to (``rewind_to``): 0 on a fresh
+    start, which clears a log left by a run that never saved a checkpoint.
+    """
+
+    path: Path | None
+    epoch: int = 0
+    skip_batches: int = 0
+    step: int = 0
+    env: str | None = None
+    run_id: str | None = None
+    runlog_position: int | None = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+    monitor_state: dict[str, Any] = field(default_factory=dict)
+
+    def batches_done(self, epoch: int) -> int:
+        """The batches of ``epoch`` done before the checkpoint (0 for every later epoch)."""
+        return self.skip_batches if epoch == self.epoch else 0
+
+    def restore(self, monitor: Monitor) -> None:
+        """Gives ``monitor`` its loop position and callback states back, and binds its Checkpoint callbacks.
+
+        Warns (the dashboard is not the training) when the monitor writes to another env, or its
+        run log was not cut back to the checkpoint with ``rewind_to=start.runlog_position``.
+        """
+        from monitor.callbacks.checkpoint import Checkpoint
+
+        if not isinstance(monitor, Monitor):
+            raise TypeError(f"monitor must be a monitor.Monitor, got {type(monitor).__name__}")
+        if self.path is not None:
+            env, runlog = getattr(monitor.sink, "env", None), getattr(monitor.sink, "runlog", None)
+            if self.env is not None and env is not None and env != self.env:
+                warnings.warn(f"the monitor writes to env {env!r}, the checkpoint's run to {self.env!r}: the "
+                              f"curves start over there instead of continuing", stacklevel=2)
+            elif self.runlog_position is not None and runlog is not None and runlog.position != self.runlog_position:
+                warnings.warn(f"the monitor's run log ends at byte {runlog.position}, the checkpoint at "
+                              f"{self.runlog_position}: build the Monitor with rewind_to=start.runlog_position, "
+                              f"or curves may repeat steps", stacklevel=2)
+            monitor.load_state_dict(self.monitor_state)
+        for callback in monitor.callbacks:
+            if isinstance(callback, Checkpoint):
+                callback.bind(monitor)
+
+
+def resume(source: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,
+           scheduler: Any = None, scaler: Any = None, monitor: Monitor | None = None, *,
+           missing_ok: bool = False, trust: bool = False, strict: bool = True) -> ResumePoint:
+    """Restores model, optimizer, scheduler, scaler and every RNG from a checkpoint file or folder.
+
+        start = resume("runs/mnist/checkpoints", model, optimizer, scheduler, missing_ok=True)
+        for epoch in range(start.epoch, epochs): ...
+
+    A folder gives its latest good checkpoint (a damaged one is skipped with a warning naming
+    it). ``missing_ok`` turns a missing folder or file into a fresh start. ``monitor``, if
+    given, is restored too (see :meth:`ResumePoint.restore`): pass it when its sink needs no
+    rewinding, else build it with ``rewind_to=start.runlog_position`` and call ``restore``.
+    ``trust=True`` loads a file that needs unsafe unpickling: only for files you trust.
+    """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    found = find_checkpoint(source, trust=trust, missing_ok=missing_ok)
+    if found is None:
+        point = ResumePoint(path=None)
+    else:
+        path, checkpoint = found
+        parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+        for name, part in parts.items():
+            saved_class = checkpoint["classes"].get(name)
+            if part is not None and checkpoint[name] is None:
+                raise ValueError(f"{name} must be None for {path}, which holds no {name} state, "
+                                 f"got a {type(part).__name__}")
+            if part is None and checkpoint[name] is not None:
+                warnings.warn(f"{path} holds a {saved_class} {name} state that is not restored: pass {name}=",
+                              stacklevel=2)
+            elif part is not None and saved_class != type(part).__name__:
+                warnings.warn(f"{path} holds a {saved_class} {name} state, loaded into a {type(part).__name__}",
+                              stacklevel=2)
+        unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
+        for name, part in parts.items():
+            if part is not None:
+                part.load_state_dict(checkpoint[name])
+        restore_rng(checkpoint["rng"])
+        loop, run = checkpoint["loop"], checkpoint["run"]
+        done = bool(loop["epoch_done"])
+        point = ResumePoint(
+            path=path, epoch=loop["epoch"] + done, skip_batches=0 if done else loop["batch"], step=loop["step"],
+            env=run["env"], run_id=run["run_id"], runlog_position=run["runlog_position"],
+            extras=checkpoint["extras"],
+            monitor_state={"step": loop["step"], "epoch": loop["epoch"], "batch": loop["batch"],
+                           "callbacks": checkpoint["callbacks"]})
+    if monitor is not None:
+        point.restore(monitor)
+    return point

@@ -1,0 +1,187 @@
+"""The Checkpoint callback in a loop: when it saves, what it keeps, and how it fails loudly."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from checkpoint_loop import BATCHES, attach, build, train
+from monitor import Checkpoint, Monitor, Scalars, resume
+from monitor.checkpoint import CheckpointWriteError, load_checkpoint
+from monitor.checkpoint_dir import MANIFEST, checkpoint_name
+from monitor.log import NullSink
+
+
+def files(directory) -> set[str]:
+    return {p.name for p in directory.glob("step-*.pt")}
+
+
+def expected(history: dict[int, float], keep_last: int, keep_best: int, mode: str) -> tuple[list, list]:
+    """(last names, best names) over every save so far, computed the slow, obvious way."""
+    steps = sorted(history)
+    last = [checkpoint_name(s) for s in steps[-keep_last:]]
+    sign = 1 if mode == "min" else -1
+    best = [checkpoint_name(s) for s in sorted(steps, key=lambda s: (sign * history[s], s))[:keep_best]]
+    return last, best
+
+
+def run_and_check(parts, directory, mode, stop_at=None, history=None, source=None, exact=True):
+    """Trains with saves every 2 steps; after every save the folder must hold exactly last ∪ best."""
+    options = dict(every_steps=2, at_end=False, keep_last=2, keep_best=3, metric="noisy",
+                   metric_from="step", mode=mode)
+    checkpoint = Checkpoint(directory, scheduler=parts.scheduler, **options)
+    start = resume(source or directory, parts.model, parts.optimizer, parts.scheduler, missing_ok=True)
+    monitor = Monitor([checkpoint], sink=NullSink(), raise_errors=True)
+    start.restore(monitor)
+    history = {s: m for s, m in (history or {}).items() if s <= start.step}
+    monitor.train_start(parts.model, parts.optimizer)
+    for epoch in range(start.epoch, 4):
+        skip = start.batches_done(epoch)
+        if not skip:
+            monitor.epoch_start(epoch)
+        for _ in range(skip, BATCHES):
+            loss = parts.model(torch.randn(3, 4)).pow(2).mean()
+            parts.optimizer.zero_grad()
+            loss.backward()
+            monitor.after_backward()
+            parts.optimizer.step()
+            noisy = round(random.uniform(0, 1), 1)  # ties happen: the earlier step must win them
+            monitor.step_end(loss=loss, metrics={"noisy": noisy})
+            step = monitor.state.step
+            if step % 2 == 0:
+                history[step] = noisy
+                last, best = expected(history, 2, 3, mode)
+                manifest = json.loads((directory / MANIFEST).read_text())
+                if exact:
+                    assert files(directory) == set(last) | set(best), f"after step {step}"
+                    assert (manifest["latest"], manifest["last"], manifest["best"]) == (last[-1], last, best)
+                else:
+                    assert files(directory) == set(manifest["last"]) | set(manifest["best"])
+            if step == stop_at:
+                return history
+        monitor.epoch_end()
+    return history
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+def test_best_k_and_last_k_are_kept_over_a_run_with_a_noisy_metric_including_after_a_resume(tmp_path, mode):
+    straight = run_and_check(build(), tmp_path / "straight", mode)
+    assert len(straight) == 10
+    seed = random.SystemRandom().randrange(10**6)
+    stop_at = random.Random(seed).randrange(3, 19)
+    interrupted = run_and_check(build(), tmp_path / "resumed", mode, stop_at=stop_at)
+    resumed = run_and_check(build(seed=99), tmp_path / "resumed", mode, history=interrupted)
+    assert resumed == straight, f"seed {seed}: the metric after resuming at {stop_at} differs"
+    assert files(tmp_path / "resumed") == files(tmp_path / "straight")
+    manifests = [json.loads((tmp_path / d / MANIFEST).read_text()) for d in ("straight", "resumed")]
+    assert [(m["last"], m["best"]) for m in manifests][0] == [(m["last"], m["best"]) for m in manifests][1]
+
+
+def test_resuming_from_an_older_checkpoint_prunes_the_later_ones_it_abandons(tmp_path):
+    directory = tmp_path / "ckpt"
+    history = run_and_check(build(), directory, "min")
+    older = sorted(directory.glob("step-*.pt"))[0]
+    step = load_checkpoint(older)["loop"]["step"]
+    kept_then = {r["file"] for r in load_checkpoint(older)["callbacks"]["Checkpoint"]["records"]}
+    parts = build(seed=5)
+    stop_at = step + 2  # one more save, then look
+    # The abandoned run may have pruned files the older checkpoint kept: those are gone for good.
+    run_and_check(parts, directory, "min", stop_at=stop_at, history=history, source=older, exact=False)
+    assert all(int(name[5:14]) <= stop_at for name in files(directory))
+    assert checkpoint_name(stop_at) in files(directory)
+    assert files(directory) <= kept_then | {checkpoint_name(stop_at)}
+
+
+def test_saves_every_n_steps_every_n_epochs_and_once_at_the_end(tmp_path):
+    parts = build()
+    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=3, every_epochs=2, keep_last=100)
+    train(parts, monitor, start, epochs=4)
+    saved = sorted((load_checkpoint(p)["loop"]["step"], load_checkpoint(p)["loop"]["epoch_done"])
+                   for p in (tmp_path / "ckpt").glob("step-*.pt"))
+    # every 3 steps; epochs 2 and 4 end at steps 10 and 20; train_end at 20 is the same position
+    assert saved == [(3, False), (6, False), (9, False), (10, True), (12, False), (15, False), (18, False), (20, True)]
+
+
+def test_no_checkpoint_is_saved_at_train_end_after_an_exception(tmp_path):
+    parts = build()
+    checkpoint = Checkpoint(tmp_path / "ckpt")
+    monitor = Monitor([checkpoint], sink=NullSink())
+    checkpoint.bind(monitor)
+    with pytest.raises(RuntimeError, match="diverged"):
+        with monitor:
+            monitor.train_start(parts.model, parts.optimizer)
+            monitor.step_end(loss=1.0)
+            raise RuntimeError("diverged")
+    assert files(tmp_path / "ckpt") == set()
+
+
+def test_a_failed_write_stops_the_loop_although_the_monitor_contains_callback_errors(tmp_path, monkeypatch):
+    parts = build()
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1)
+    monitor = Monitor([Scalars(), checkpoint], sink=NullSink())  # raise_errors=False: errors are contained
+    checkpoint.bind(monitor)
+    monitor.train_start(parts.model, parts.optimizer)
+    monitor.step_end(loss=1.0)
+    good = (tmp_path / "ckpt" / MANIFEST).read_bytes()
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(CheckpointWriteError, match="step-000000002.pt could not be written: OSError.*No space") as caught:
+        monitor.step_end(loss=1.0)
+    assert isinstance(caught.value.__cause__, OSError)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [MANIFEST, "step-000000001.pt"]  # no temp left
+    assert (tmp_path / "ckpt" / MANIFEST).read_bytes() == good
+
+
+def test_extras_that_are_not_tensors_or_primitives_are_refused_when_saving(tmp_path):
+    parts = build()
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, extras=lambda: {"callback": print})
+    monitor = Monitor([checkpoint], sink=NullSink())
+    checkpoint.bind(monitor)
+    monitor.train_start(parts.model, parts.optimizer)
+    with pytest.raises(CheckpointWriteError, match=r"checkpoint\['extras'\]\['callback'\] must hold only tensors "
+                                                   r"and primitives .* got builtins.builtin_function_or_method"):
+        monitor.step_end(loss=1.0)
+
+
+def test_an_unbound_checkpoint_stops_the_loop_at_train_start(tmp_path):
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt")], sink=NullSink())
+    with pytest.raises(CheckpointWriteError, match=r"call checkpoint.bind\(monitor\)"):
+        monitor.train_start(build().model)
+
+
+def test_a_checkpoint_must_be_the_last_callback(tmp_path):
+    checkpoint = Checkpoint(tmp_path / "ckpt")
+    monitor = Monitor([checkpoint, Scalars()], sink=NullSink())
+    with pytest.raises(ValueError, match="must be the last of the monitor's callbacks.*got it at index 0 of 2"):
+        checkpoint.bind(monitor)
+
+
+def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_them(tmp_path):
+    parts = build()
+    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=5)
+    train(parts, monitor, start, epochs=1)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=5)
+    monitor = Monitor([checkpoint], sink=NullSink())
+    checkpoint.bind(monitor)
+    with pytest.raises(CheckpointWriteError, match="directory must be empty or hold this run's checkpoints"):
+        monitor.train_start(parts.model, parts.optimizer)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"every_steps": 0}, "every_steps must be >= 1, got 0"),
+    ({"at_end": False}, "every_steps, every_epochs or at_end must ask for a checkpoint"),
+    ({"keep_best": 2}, "metric must be given to rank checkpoints for keep_best=2, got None"),
+    ({"metric": "loss", "mode": "lowest"}, "mode must be 'min' or 'max', got 'lowest'"),
+    ({"metric": "loss", "metric_from": "train"}, "metric_from must be 'validation' or 'step' or 'epoch'"),
+    ({"keep_last": 0}, "keep_last must be >= 1, got 0"),
+])
+def test_arguments_are_checked_at_the_door(tmp_path, options, message):
+    with pytest.raises(ValueError, match=message):
+        Checkpoint(tmp_path, **options)

@@ -1,0 +1,50 @@
+"""SIGKILL in the middle of checkpoint writes, again and again: the latest checkpoint always loads."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+from monitor.checkpoint import load_checkpoint
+from monitor.checkpoint_dir import find_checkpoint, read_manifest, temporary_files
+
+HELPER = Path(__file__).with_name("checkpoint_writer.py")
+ROUNDS = 24
+
+
+def test_sigkill_at_random_moments_of_checkpoint_writes_always_leaves_a_latest_that_loads(tmp_path):
+    folder = tmp_path / "ckpt"
+    seed = random.SystemRandom().randrange(10**6)
+    delays = random.Random(seed)
+    writer = subprocess.Popen([sys.executable, str(HELPER), str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    steps: list[int] = []
+    mid_write = 0
+    try:
+        for round_ in range(ROUNDS):
+            writer.stdin.write(f"{delays.uniform(0.1, 0.4):.3f}\n")
+            writer.stdin.flush()
+            reply = writer.stdout.readline().split()
+            about = f"round {round_}, random seed {seed}"
+            assert reply[1:] == ["SIGKILL"], f"{about}: the writer died by itself: {reply} {writer.stderr.read()}"
+            mid_write += folder.exists() and bool(temporary_files(folder))  # a write was cut short
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # the latest must load as it is: no fallback, no warning
+                found = find_checkpoint(folder, missing_ok=True)
+            if found is None:
+                assert not steps, f"{about}: the checkpoints are gone"
+                continue
+            path, checkpoint = found
+            assert path.name == read_manifest(folder)["latest"], about
+            assert checkpoint["loop"]["step"] >= (steps[-1] if steps else 1), f"{about}: progress was lost"
+            steps.append(checkpoint["loop"]["step"])
+            for record in read_manifest(folder)["checkpoints"]:  # nothing kept was deleted too early
+                assert load_checkpoint(folder / record["file"])["loop"]["step"] == record["step"], about
+    finally:
+        writer.stdin.write("quit\n")
+        writer.stdin.close()
+        writer.wait(timeout=30)
+    assert len(steps) >= ROUNDS - 2 and steps[-1] > ROUNDS, f"too little progress: {steps} (seed {seed})"
+    assert mid_write >= 3, f"only {mid_write} of {ROUNDS} kills landed inside a write (seed {seed})"
