@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # writes NaN/Infinity as Python's json does; json.loads reads them
 
 
 class RunLog:
@@ -44,7 +46,7 @@ class RunLog:
 
     def append(self, entries: Iterable[dict[str, Any]]) -> None:
         """Writes the entries and hands them to the operating system (a crash of ours loses none)."""
-        data = b"".join(json.dumps(e, separators=(",", ":")).encode() + b"\n" for e in entries)
+        data = "".join(_ENCODER.encode(e) + "\n" for e in entries).encode()
         if data:
             self._file.write(data)
             self._file.flush()
@@ -62,13 +64,32 @@ class RunLog:
             self._file.close()
 
     @staticmethod
-    def read(path: str | os.PathLike, end: int | None = None) -> Iterator[dict[str, Any]]:
-        """The entries of a log, up to byte ``end`` if given; a torn last line is skipped."""
+    def read(path: str | os.PathLike, end: int | None = None,
+             progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+        """The entries of a log, up to byte ``end`` if given; a torn last line is skipped.
+
+        Reads line by line (a log full of images need not fit in memory); ``progress(bytes)`` is
+        told how far it got, about every MiB and at the end. A line that is not JSON raises
+        ValueError naming the file and the line.
+        """
+        done, told = 0, 0
         with open(path, "rb") as file:
-            data = file.read() if end is None else file.read(end)
-        for line in data.splitlines(keepends=True):
-            if line.endswith(b"\n") and line.strip():
-                yield json.loads(line)
+            for number, line in enumerate(file, 1):
+                if end is not None and done + len(line) > end:
+                    break
+                done += len(line)
+                if not line.endswith(b"\n"):
+                    break  # torn by a crash
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError as error:
+                        raise ValueError(f"run log {path} line {number} is not a JSON entry: {error}") from None
+                if progress is not None and done - told >= 1 << 20:
+                    progress(done)
+                    told = done
+        if progress is not None:
+            progress(done)
 
 
 def _last_complete_line_end(file) -> int:

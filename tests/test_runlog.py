@@ -1,0 +1,68 @@
+"""RunLog: every entry of a run, in order, at full resolution; a crash loses at most a torn line."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from monitor.runlog import RunLog
+
+ENTRIES = [{"k": "run", "env": "e", "time": 1.0},
+           {"k": "points", "win": "loss", "x": 1, "y": {"train": 0.5, "validation": math.nan}},
+           {"k": "points", "win": "loss", "x": 2, "y": {"train": math.inf}},
+           {"k": "text", "win": "notes", "x": 2, "html": "<b>hi</b>\nthere"}]
+
+
+def test_entries_read_back_in_order_with_non_finite_values(tmp_path):
+    log = RunLog(tmp_path / "run" / RunLog.FILENAME)
+    log.append(ENTRIES[:2])
+    log.append(ENTRIES[2:])
+    log.close()
+    read = list(RunLog.read(log.path))
+    assert [e["k"] for e in read] == ["run", "points", "points", "text"]
+    assert math.isnan(read[1]["y"]["validation"]) and read[2]["y"]["train"] == math.inf
+    assert read[3] == ENTRIES[3]
+
+
+def test_a_line_torn_by_a_crash_is_skipped_and_dropped_on_the_next_open(tmp_path):
+    path = tmp_path / RunLog.FILENAME
+    log = RunLog(path)
+    log.append(ENTRIES)
+    log.close()
+    with open(path, "ab") as file:
+        file.write(b'{"k": "points", "win": "lo')
+    assert len(list(RunLog.read(path))) == 4
+    reopened = RunLog(path)
+    reopened.append([{"k": "points", "win": "loss", "x": 3, "y": {"train": 0.1}}])
+    reopened.close()
+    assert [e.get("x") for e in RunLog.read(path)][-2:] == [2, 3]
+
+
+def test_rewind_cuts_the_log_back_to_a_position(tmp_path):
+    path = tmp_path / RunLog.FILENAME
+    log = RunLog(path)
+    log.append(ENTRIES[:2])
+    position = log.sync()
+    log.append(ENTRIES[2:])
+    log.close()
+    assert len(list(RunLog.read(path, end=position))) == 2
+    RunLog(path, rewind_to=position).close()
+    assert len(list(RunLog.read(path))) == 2
+    with pytest.raises(ValueError, match=rf"rewind_to must be between 0 and {position} .*, got 99999"):
+        RunLog(path, rewind_to=99999)
+
+
+def test_reading_reports_progress_in_bytes(tmp_path):
+    log = RunLog(tmp_path / RunLog.FILENAME)
+    log.append(ENTRIES)
+    log.close()
+    seen = []
+    list(RunLog.read(log.path, progress=seen.append))
+    assert seen[-1] == log.path.stat().st_size
+
+
+def test_a_line_that_is_not_json_is_named(tmp_path):
+    path = tmp_path / RunLog.FILENAME
+    path.write_bytes(b'{"k": "run", "env": "e"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"runlog.jsonl line 2 is not a JSON entry"):
+        list(RunLog.read(path))
