@@ -123,6 +123,63 @@ def assets(static_dir: Path | None, no_visdom_download: bool) -> None:
         click.echo(f"Dashboard assets are complete in {target}.")
 
 
+class _ListsByDefault(click.Group):
+    """`monitor checkpoints DIR` means `monitor checkpoints list DIR`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["list", *args]
+        return super().resolve_command(ctx, args)
+
+
+@main.group(cls=_ListsByDefault)
+def checkpoints() -> None:
+    """List a folder of checkpoints (`monitor checkpoints DIR`) or show one (`inspect FILE`)."""
+
+
+@checkpoints.command("list")
+@click.argument("directory", type=click.Path(path_type=Path), metavar="DIR")
+def checkpoints_list(directory: Path) -> None:
+    """List the checkpoints in DIR: step, epoch, metric, size, time, and which are latest/best/last."""
+    import time
+
+    from monitor.checkpoint_listing import list_checkpoints
+
+    try:
+        infos = list_checkpoints(directory)
+    except FileNotFoundError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not infos:
+        raise click.ClickException(f"DIR must hold checkpoints (step-*.pt), got {str(directory)!r}, which holds none")
+    click.echo(f"{'file':<20} {'step':>8} {'epoch':>5} {'metric':>18} {'size':>10}  {'time':<19}  kept as")
+    for info in infos:
+        metric = f"{info.metric_name}={info.metric:.6g}" if info.metric is not None else "-"
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.time)) if info.time else "-"
+        kept = [w for w, on in (("latest", info.latest), (f"best #{info.best_rank}", info.best_rank),
+                                ("last", info.last)) if on]
+        epoch = "-" if info.epoch is None else info.epoch
+        click.echo(f"{info.path.name:<20} {info.step:>8} {epoch:>5} {metric:>18} {info.size:>10,}  {when:<19}  "
+                   + (f"UNREADABLE: {info.problem}" if info.problem else ", ".join(kept) or "-"))
+
+
+@checkpoints.command("inspect")
+@click.argument("file", type=click.Path(path_type=Path), metavar="FILE")
+@click.option("--trust", is_flag=True,
+              help="Load a file that needs unsafe unpickling (a whole pickled model): runs code from it, "
+                   "so only for files you trust.")
+def checkpoints_inspect(file: Path, trust: bool) -> None:
+    """Show what a checkpoint FILE holds: loop position, run, metric, model, optimizer, RNG, callbacks."""
+    from monitor.checkpoint import CheckpointError
+    from monitor.checkpoint_listing import describe_checkpoint
+
+    try:
+        rows = describe_checkpoint(file, trust=trust)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for label, text in rows:
+        click.echo(f"{label:<10} {text}")
+
+
 def _log_progress() -> None:
     """Show the library's progress messages (asset installs) on stderr, without log decoration."""
     logger = logging.getLogger("monitor")
