@@ -65,10 +65,10 @@ def serve(port: int, host: str, env_path: Path | None, login: bool) -> None:
 
 
 @main.command()
-@click.option("--server", default=None, metavar="URL", envvar="VISDOM_SERVER_URL", show_envvar=True,
-              help="Visdom server to use.  [default: http://127.0.0.1]")
-@click.option("--port", type=click.IntRange(0, 65535), default=None, metavar="PORT", envvar="VISDOM_PORT",
-              show_envvar=True, help="Its port; 0 starts a local server on a free port.  [default: 8097]")
+@click.option("--server", default=None, metavar="URL",
+              help="Visdom server to use.  [default: $VISDOM_SERVER_URL or http://127.0.0.1]")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Its port; 0 starts a local server on a free port.  [default: $VISDOM_PORT or 8097]")
 @click.option("--env", default="demo", show_default=True, metavar="ENV", help="Env (dashboard page) of the run.")
 @click.option("--env-path", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Where a server started by the demo keeps its envs.  [default: ~/.monitor/visdom]")

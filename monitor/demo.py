@@ -77,13 +77,19 @@ def run_demo(server: str | None = None, port: int | None = None, *, env: str = D
 
 
 def _address(server: str | None, port: int | None, default_port: int) -> tuple[str, int]:
-    """``("http://host", port)`` from the arguments, else the environment, else the default."""
+    """``("http://host", port)`` as the sink's connection reads them: the arguments (a port in
+    ``server`` included), else ``$VISDOM_PORT`` and ``$VISDOM_SERVER_URL``, else the default."""
+    given = server
     server = server or os.environ.get("VISDOM_SERVER_URL") or "http://127.0.0.1"
     parsed = urlparse(server if "://" in server else f"http://{server}")
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+    try:
+        url_port = parsed.port
+    except ValueError:
+        url_port = -1
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1:
         raise DemoError(f"server must be a URL like http://127.0.0.1, got {server!r}")
     if port is None:
-        port = os.environ.get("VISDOM_PORT") or parsed.port or default_port
+        port = (url_port if given else None) or os.environ.get("VISDOM_PORT") or url_port or default_port
     try:
         port = int(port)
     except (TypeError, ValueError):

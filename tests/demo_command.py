@@ -15,17 +15,17 @@ COMMAND = [str(_MONITOR)] if _MONITOR.exists() else [sys.executable, "-m", "moni
 
 
 class DemoCommand:
-    """``monitor demo ARGS`` in ``cwd``, its stdout collected line by line on a thread.
+    """``monitor demo ARGS`` in ``cwd`` (``env`` added to the environment), its output collected.
 
         demo = DemoCommand("--port", "0", cwd=tmp_path)
         url = demo.wait_for("until Ctrl-C") and demo.url()
         code, stderr = demo.finish(signal.SIGINT)
     """
 
-    def __init__(self, *args: str, cwd: Path) -> None:
+    def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
             [*COMMAND, "demo", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            stdin=subprocess.DEVNULL, env=dict(os.environ),
+            stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
             # A shell may start background jobs with SIGINT ignored, which Python would keep.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []

@@ -73,7 +73,8 @@ def test_the_demo_keeps_the_server_it_started_until_ctrl_c(tmp_path, read_window
 
 
 def test_the_demo_uses_a_server_that_answers_and_leaves_it_running(visdom_server, read_window, tmp_path):
-    demo = DemoCommand("--port", str(visdom_server.port), "--env", "demo-existing", *SHORT, cwd=tmp_path)
+    demo = DemoCommand("--env", "demo-existing", *SHORT, cwd=tmp_path,
+                       env={"VISDOM_SERVER_URL": "http://127.0.0.1", "VISDOM_PORT": str(visdom_server.port)})
     code, stderr = demo.finish(None)  # without --no-keep too: the server is not the demo's to keep
     assert code == 0, stderr
     assert demo.lines[0] == f"Dashboard: {visdom_server.url}/env/demo-existing\n"
