@@ -4,9 +4,14 @@ The training thread only puts snapshots on a queue. One daemon worker does the r
 tensors, encodes images, appends every entry to the run log, keeps each window's bounded view
 (monitor/windows.py) and, about every ``flush_every`` seconds, sends each changed window whole,
 one request per window. Requests have timeouts; while the server is down or hung the worker
-retries with backoff and reports the trouble once. When the server comes back without the
-run's env (a restart), every window is sent again. This is the only module that talks to
-Visdom.
+keeps draining the queue into the run log and the windows, retries with backoff and reports the
+trouble once. When the server comes back without the run's env (a restart), every window is
+sent again. This is the only module that talks to Visdom.
+
+Memory: the windows are bounded (``points_per_trace``) and the queue is drained whether the
+server answers or not, so an outage costs disk (the run log), not memory. The queue only grows
+while the worker is behind: during one hung request (at most ``timeout``), or under a synthetic
+loop that logs faster than the worker reads (~50k scalar records a second here).
 """
 from __future__ import annotations
 
@@ -15,30 +20,50 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import os
 import queue
 import secrets
 import threading
 import time
 import weakref
+from collections import deque
+from numbers import Real
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 from urllib.parse import urlparse
 
 import requests
 import torch
 
+from monitor.imaging import encode_grid
 from monitor.records import Images, Layout, Points, Text
 from monitor.runlog import RunLog
-from monitor.windows import Windows
+from monitor.windows import Window, Windows
 
 _log = logging.getLogger("monitor")
 _STOP = object()
+_RECORDS = (Points, Images, Text, Layout)
+# The worker works in short slices and pauses between them while a backlog remains: it shares
+# the GIL with the training thread, and a long burst (or being preempted in one) makes a hook
+# that releases the GIL (any tensor op) wait for it. Measured here: after a 5 s outage, a
+# catch-up in one burst delayed step_end by up to 90 ms; in 2 ms slices, by 5-20 ms at most.
+_SLICE = 0.002  # seconds of draining per cycle
+_PAUSE = 0.0005  # seconds between slices while the queue is not empty
 _open_sinks: "weakref.WeakSet[VisdomSink]" = weakref.WeakSet()
 
 
 class DashboardError(Exception):
     """The Visdom server could not be reached, refused a request or answered an error."""
+
+
+class FlushTiming(NamedTuple):
+    """One flush that sent something: ``seconds`` is the wall time of its HTTP requests only."""
+
+    when: float  # time.monotonic() at its end
+    windows: int
+    points: int
+    seconds: float
 
 
 class Connection:
@@ -47,24 +72,32 @@ class Connection:
         connection = Connection("http://127.0.0.1", 8097)
         connection.post("win_exists", {"win": "loss", "eid": "mnist"})
 
-    Settings not given come from ``VISDOM_SERVER_URL`` (may include the port), ``VISDOM_PORT``,
-    ``VISDOM_USERNAME`` and ``VISDOM_PASSWORD``; the default is http://127.0.0.1:8097.
+    Arguments beat environment variables: the port is ``port``, else the port in ``server``,
+    else ``VISDOM_PORT``, else the port in ``VISDOM_SERVER_URL``, else 8097; the server is
+    ``server``, else ``VISDOM_SERVER_URL``, else http://127.0.0.1. ``username``/``password``
+    default to ``VISDOM_USERNAME``/``VISDOM_PASSWORD``.
     """
 
     def __init__(self, server: str | None = None, port: int | None = None, *, base_url: str = "",
                  username: str | None = None, password: str | None = None, timeout: float = 5.0) -> None:
+        given = server
         server = server or os.environ.get("VISDOM_SERVER_URL") or "http://127.0.0.1"
         parsed = urlparse(server if "://" in server else f"http://{server}")
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ValueError(f"server must be a URL like http://127.0.0.1, got {server!r}")
-        port = port or os.environ.get("VISDOM_PORT") or parsed.port or 8097
         try:
-            self.port = int(port)
+            url_port = parsed.port
         except ValueError:
-            raise ValueError(f"port must be an int between 1 and 65535, got {port!r}") from None
+            url_port = -1
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1:
+            raise ValueError(f"server must be a URL like http://127.0.0.1, got {server!r}")
+        if port is None:
+            port = (url_port if given else None) or os.environ.get("VISDOM_PORT") or url_port or 8097
+        try:
+            self.port = int(port) if not isinstance(port, bool) else 0
+        except (TypeError, ValueError):
+            self.port = 0
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be an int between 1 and 65535, got {port!r}")
-        if not isinstance(timeout, (int, float)) or timeout <= 0:
+        if isinstance(timeout, bool) or not isinstance(timeout, Real) or not timeout > 0:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
         host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
         self.url = f"{parsed.scheme}://{host}:{self.port}{base_url.rstrip('/')}"
@@ -72,20 +105,29 @@ class Connection:
         self.password = password or os.environ.get("VISDOM_PASSWORD")
         if self.username and not self.password:
             raise ValueError("password must be given with username (or VISDOM_PASSWORD set), got none")
-        self.timeout = timeout
+        self.timeout = float(timeout)
+        self.last_seconds = 0.0  # wall time of the latest request
         self._session: requests.Session | None = None
 
-    def post(self, endpoint: str, message: dict[str, Any]) -> str:
-        """Sends one request and returns the answer's text; raises DashboardError on any trouble."""
+    def post(self, endpoint: str, message: dict[str, Any], timeout: float | None = None) -> str:
+        """Sends one request and returns the answer's text; raises DashboardError on any trouble.
+
+        A message that is not valid JSON (NaN, an object) raises ValueError or TypeError instead.
+        """
         body = json.dumps(message, allow_nan=False, separators=(",", ":"))
+        timeout = self.timeout if timeout is None else min(self.timeout, max(timeout, 0.05))
         try:
-            answer = self._logged_in().post(f"{self.url}/{endpoint}", data=body, timeout=self.timeout)
+            session = self._logged_in(timeout)
+            started = time.perf_counter()
+            answer = session.post(f"{self.url}/{endpoint}", data=body, timeout=timeout)
+            self.last_seconds = time.perf_counter() - started
         except requests.RequestException as error:
             self._session = None
             raise DashboardError(f"{self.url} is unreachable ({type(error).__name__})") from None
         if answer.status_code != 200:
             self._session = None
-            raise DashboardError(f"{self.url}/{endpoint} answered HTTP {answer.status_code}")
+            hint = " (a server with login: check VISDOM_USERNAME/VISDOM_PASSWORD)" if answer.status_code == 400 else ""
+            raise DashboardError(f"{self.url}/{endpoint} answered HTTP {answer.status_code}{hint}")
         return answer.text
 
     def close(self) -> None:
@@ -93,22 +135,32 @@ class Connection:
             self._session.close()
             self._session = None
 
-    def _logged_in(self) -> requests.Session:
+    def _logged_in(self, timeout: float) -> requests.Session:
         if self._session is None:
             session = requests.Session()
             session.trust_env = False  # a loopback dashboard must not go through an HTTP proxy
             if self.username:
                 digest = hashlib.sha256(self.password.encode()).hexdigest()
-                try:
-                    answer = session.post(f"{self.url}/", timeout=self.timeout,
-                                          json={"username": self.username, "password": digest})
-                except requests.RequestException as error:
-                    raise DashboardError(f"{self.url} is unreachable ({type(error).__name__})") from None
-                if answer.status_code != 200:
+                answer = session.post(f"{self.url}/", timeout=timeout,
+                                      json={"username": self.username, "password": digest})
+                if answer.status_code == 400:
                     raise DashboardError(f"{self.url} refused the login of {self.username!r} "
-                                         f"(HTTP {answer.status_code}): check VISDOM_USERNAME/VISDOM_PASSWORD")
+                                         f"(HTTP 400): check VISDOM_USERNAME/VISDOM_PASSWORD")
+                # Any other answer (a server without login answers 500) leaves the data requests
+                # to say whether a login was needed.
             self._session = session
         return self._session
+
+
+class _Waiter:
+    """A flush() or sync() call waiting on the worker; forgotten once its caller gave up."""
+
+    __slots__ = ("event", "deadline", "durable")
+
+    def __init__(self, timeout: float | None, durable: bool = False) -> None:
+        self.event = threading.Event()
+        self.deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
+        self.durable = durable
 
 
 class VisdomSink:
@@ -118,10 +170,14 @@ class VisdomSink:
         Monitor(callbacks, sink=sink)
         sink.close()                                    # delivers what is pending; windows stay
 
-    ``run_dir`` (default ``runs/<env>``) keeps the run log; if it already holds one, the windows
-    continue from it (``rewind_to`` first cuts it back to a checkpoint's position). Each window
-    keeps at most ``points_per_trace`` points per trace on the server.
+    ``env`` names the run's one env (default: ``run-<date>-<time>-<random>``). ``run_dir``
+    (default ``runs/<env>``) keeps the run log; if it already holds one, the windows continue
+    from it (``rewind_to`` first cuts it back to a checkpoint's position). Each window keeps at
+    most ``points_per_trace`` points per trace on the server. Connection settings: see
+    :class:`Connection`. ``timings`` keeps the request time of the latest 1000 flushes.
     """
+
+    HEARTBEAT = 2.0  # seconds between checks that the server still holds the env
 
     def __init__(self, env: str | None = None, *, server: str | None = None, port: int | None = None,
                  base_url: str = "", username: str | None = None, password: str | None = None,
@@ -129,7 +185,7 @@ class VisdomSink:
                  points_per_trace: int = 1000, timeout: float = 5.0, rewind_to: int | None = None) -> None:
         if env is not None and (not isinstance(env, str) or not env.strip()):
             raise ValueError(f"env must be a non-empty str, got {env!r}")
-        if not isinstance(flush_every, (int, float)) or flush_every <= 0:
+        if isinstance(flush_every, bool) or not isinstance(flush_every, Real) or not flush_every > 0:
             raise ValueError(f"flush_every must be a number of seconds > 0, got {flush_every!r}")
         self.env = env or time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         self.connection = Connection(server, port, base_url=base_url, username=username,
@@ -139,14 +195,19 @@ class VisdomSink:
         self.runlog = RunLog(self.run_dir / RunLog.FILENAME, rewind_to=rewind_to)
         self.flush_every = float(flush_every)
         self.delivered = True  # every window on the server equals ours
+        self.timings: deque[FlushTiming] = deque(maxlen=1000)
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._closed = False
+        self._stopping = False
+        self._asked = False  # a flush() or close() arrived since the last send
         self._lock = threading.Lock()
+        self._waiting: list[_Waiter] = []
+        self._next_send = 0.0
         self._down_since: float | None = None
         self._retry_at = 0.0
-        self._backoff = flush_every
-        self._last_check = 0.0
-        self._close_deadline = float("inf")
+        self._backoff = self.flush_every
+        self._last_check = time.monotonic()
+        self._close_deadline = math.inf
         self._reported: set[str] = set()
         self._load_runlog()
         self._worker = threading.Thread(target=self._run, name=f"monitor-sink-{self.env}", daemon=True)
@@ -158,150 +219,221 @@ class VisdomSink:
         """The dashboard page of this run's env."""
         return f"{self.connection.url}/env/{self.env}"
 
+    @property
+    def pending(self) -> int:
+        """Records put but not yet taken by the worker (approximate)."""
+        return self._queue.qsize()
+
     # --- the training thread's side ----------------------------------------------------------
-    def put(self, record: Any) -> None:
+    def put(self, record: Points | Images | Text | Layout) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
+        if not isinstance(record, _RECORDS):
+            raise TypeError(f"record must be a monitor.records Points, Images, Text or Layout, "
+                            f"got {type(record).__name__}")
         if self._closed:
             _report_once(self, "closed", "a record was logged after close() and is dropped")
             return
         self._queue.put(record)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        """Waits until everything put so far is in the run log and on the server; False on timeout."""
-        done = threading.Event()
+        """Waits until everything put so far is in the run log and on the server.
+
+        Returns False if that did not happen within ``timeout`` seconds (the worker keeps trying).
+        """
         if self._closed or not self._worker.is_alive():
-            return self.delivered
-        self._queue.put(done)
-        return done.wait(timeout) and self.delivered
+            return self.delivered and self.pending == 0
+        waiter = _Waiter(timeout)
+        self._queue.put(waiter)
+        return waiter.event.wait(timeout) and self.delivered
 
     def sync(self, timeout: float | None = 10.0) -> int:
         """Waits until everything put so far is durable in the run log; returns the log position."""
-        done = threading.Event()
-        done.sync = True
         if self._worker.is_alive():
-            self._queue.put(done)
-            done.wait(timeout)
+            waiter = _Waiter(timeout, durable=True)
+            self._queue.put(waiter)
+            waiter.event.wait(timeout)
         return self.runlog.position
 
     def close(self, timeout: float | None = 10.0) -> bool:
-        """Delivers what is pending (for up to ``timeout`` seconds), then stops. Idempotent."""
+        """Delivers what is pending (for up to ``timeout`` seconds), then stops. Idempotent.
+
+        Never deletes a window. Returns whether the server holds everything.
+        """
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._close_deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+                self._close_deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
                 self._queue.put(_STOP)
         self._worker.join(timeout)
         _open_sinks.discard(self)
-        if not self.delivered:
+        if not self.delivered and not self._reported_close():
             _log.warning("monitor: some windows of env %r did not reach %s; everything is in %s - "
                          "send it later with `monitor replay %s`", self.env, self.connection.url,
                          self.runlog.path, self.runlog.path)
         return self.delivered
 
+    def _reported_close(self) -> bool:
+        reported = "close" in self._reported
+        self._reported.add("close")
+        return reported
+
     # --- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
-        waiting: list[threading.Event] = []
-        next_send = time.monotonic()
-        stopping = False
-        while True:
-            timeout = max(0.0, next_send - time.monotonic())
-            entries, waiting_now, stopping = self._drain(timeout, stopping)
-            waiting += waiting_now
-            if entries:
-                self.runlog.append(entries)
-                self.windows.apply(entries)
-            for event in [e for e in waiting if getattr(e, "sync", False)]:
-                self.runlog.sync()
-                event.set()
-                waiting.remove(event)
-            now = time.monotonic()
-            if now >= next_send or waiting or stopping:
-                self._send(force=bool(waiting) or stopping)
-                next_send = now + self.flush_every
-                if self.delivered:
-                    for event in waiting:
-                        event.set()
-                    waiting = []
-            if stopping and (self.delivered or time.monotonic() >= self._close_deadline):
-                break
-            if stopping:
-                time.sleep(min(0.1, self.flush_every))
-        self.runlog.close()
-        self.connection.close()
-        for event in waiting:
-            event.set()
+        try:
+            while not (self._stopping and (self.delivered or time.monotonic() >= self._close_deadline)):
+                try:
+                    self._cycle()
+                except Exception as error:  # a bug or a full disk must not end delivery
+                    _report_once(self, f"worker-{type(error).__name__}",
+                                 f"the sink's worker hit {type(error).__name__}: {error}; it goes on")
+                    time.sleep(min(self.flush_every, 0.5))
+        finally:
+            for close in (self.runlog.close, self.connection.close):
+                try:
+                    close()
+                except Exception as error:
+                    _report_once(self, "closing", f"closing the sink failed: {error}")
+            for waiter in self._waiting:
+                waiter.event.set()
 
-    def _drain(self, timeout: float, stopping: bool) -> tuple[list, list, bool]:
-        """Takes what is queued (waiting up to ``timeout`` for the first item) and makes entries."""
-        entries, waiting = [], []
+    def _cycle(self) -> None:
+        """Takes what is queued into the run log and the windows; sends when it is time."""
+        timeout = max(0.0, self._next_send - time.monotonic())
+        entries = self._drain(timeout)
+        if entries:
+            self.runlog.append(entries)
+            self.windows.apply(entries)
+        durable = [w for w in self._waiting if w.durable]
+        if durable:
+            self.runlog.sync()
+        now = time.monotonic()
+        for waiter in [w for w in self._waiting if w.durable or w.deadline < now]:
+            waiter.event.set()  # a flush whose caller gave up no longer forces sends
+            self._waiting.remove(waiter)
+        # A new flush() or close() sends at once; while one waits, retries keep the flush pace.
+        if now >= self._next_send or self._asked:
+            self._asked = False
+            self._send(force=bool(self._waiting) or self._stopping)
+            self._next_send = time.monotonic() + self.flush_every
+            if self.delivered:
+                for waiter in self._waiting:
+                    waiter.event.set()
+                self._waiting.clear()
+        if self._queue.qsize():
+            time.sleep(_PAUSE)
+
+    def _drain(self, timeout: float) -> list[dict[str, Any]]:
+        """Takes queued items for one slice (waiting up to ``timeout`` for the first one)."""
+        entries: list[dict[str, Any]] = []
         try:
             item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            ends = time.perf_counter() + _SLICE
+            taken = 0
             while True:
                 if item is _STOP:
-                    stopping = True
-                elif isinstance(item, threading.Event):
-                    waiting.append(item)
+                    self._stopping = self._asked = True
+                elif isinstance(item, _Waiter):
+                    self._waiting.append(item)
+                    self._asked = self._asked or not item.durable
                 else:
                     entry = self._entry(item)
                     if entry is not None:
                         entries.append(entry)
+                taken += 1
+                if taken % 16 == 0 and time.perf_counter() > ends:
+                    break
                 item = self._queue.get_nowait()
         except queue.Empty:
             pass
-        return entries, waiting, stopping
+        return entries
 
     def _entry(self, record: Any) -> dict[str, Any] | None:
+        """The run-log entry of a record, or None (reported once) for a record that cannot be read."""
         try:
+            if not isinstance(record.window, str) or not record.window:
+                raise TypeError(f"window must be a non-empty str, got {record.window!r}")
+            if isinstance(record, Layout):
+                json.dumps(record.opts, allow_nan=False)
+                return {"k": "layout", "win": record.window, "opts": dict(record.opts)}
+            x = record.x
+            if type(x) not in (int, float):
+                if isinstance(x, bool) or not isinstance(x, Real):
+                    raise TypeError(f"x must be a finite number, got {x!r}")
+                x = int(x) if isinstance(x, int) else float(x)
+            if not math.isfinite(x):
+                raise TypeError(f"x must be a finite number, got {x!r}")
             if isinstance(record, Points):
                 values = record.values
                 if isinstance(values, torch.Tensor):
                     values = values.tolist()
                 else:
                     values = [v.item() if isinstance(v, torch.Tensor) else v for v in values]
-                return {"k": "points", "win": record.window, "x": record.x, "y": dict(zip(record.traces, values))}
+                if len(values) != len(record.traces):
+                    raise ValueError(f"{len(record.traces)} traces need as many values, got {len(values)}")
+                y = {}
+                for trace, value in zip(record.traces, values):
+                    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, Real)):
+                        raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
+                    y[trace if type(trace) is str else str(trace)] = float(value)
+                return {"k": "points", "win": record.window, "x": x, "y": y}
             if isinstance(record, Images):
-                from monitor.imaging import encode_grid
                 png = encode_grid(record.pixels, record.captions)
-                return {"k": "image", "win": record.window, "x": record.x, "png": base64.b64encode(png).decode()}
-            if isinstance(record, Text):
-                return {"k": "text", "win": record.window, "x": record.x, "html": record.html}
-            if isinstance(record, Layout):
-                return {"k": "layout", "win": record.window, "opts": record.opts}
-            raise TypeError(f"records must be Points, Images, Text or Layout, got {type(record).__name__}")
+                return {"k": "image", "win": record.window, "x": x, "png": base64.b64encode(png).decode()}
+            if not isinstance(record.html, str):
+                raise TypeError(f"html must be a str, got {type(record.html).__name__}")
+            return {"k": "text", "win": record.window, "x": x, "html": record.html}
         except Exception as error:  # a bad record must not stop the worker
-            _report_once(self, f"record-{type(error).__name__}",
-                         f"a {type(record).__name__} record for window "
-                         f"{getattr(record, 'window', '?')!r} could not be read and is skipped: {error}")
+            _report_once(self, f"record-{type(record).__name__}-{type(error).__name__}",
+                         f"a {type(record).__name__} record for window {getattr(record, 'window', '?')!r} "
+                         f"could not be read and is skipped: {type(error).__name__}: {error}")
             return None
 
     def _send(self, force: bool) -> None:
-        """Sends every changed window whole; on trouble, keeps them for the next try."""
+        """Sends every changed window whole; on trouble, keeps them all for the next try."""
         now = time.monotonic()
         if self._down_since is not None and now < self._retry_at and not force:
             return
-        changed = self.windows.changed()
+        limit = self._close_deadline - now if self._stopping else None
+        seconds, sent, points = 0.0, 0, 0
         try:
-            if not changed and now - self._last_check > 2.0:
-                self._check_env()
-            for window in changed:
+            if force or now - self._last_check >= self.HEARTBEAT:  # flush() and close() check too
+                self._check_env(limit)
+            for window in self.windows.changed():
                 message = window.message(self.env)
                 if message is not None:
-                    self.connection.post(*message)
+                    try:
+                        self.connection.post(*message, timeout=limit)
+                    except (TypeError, ValueError) as error:  # e.g. opts that are not JSON
+                        _report_once(self, f"window-{window.name}",
+                                     f"window {window.name!r} cannot be sent and is skipped: {error}")
+                    else:
+                        window.sent = True
+                        seconds += self.connection.last_seconds
+                        sent += 1
+                        points += sum(len(t) for t in window.traces.values())
                 window.changed = False
         except DashboardError as error:
             self._went_down(str(error))
             return
+        finally:
+            if sent:
+                self.timings.append(FlushTiming(time.monotonic(), sent, points, seconds))
         if self._down_since is not None:
-            _log.warning("monitor: %s is reachable again; the dashboard is being brought up to date",
-                         self.connection.url)
+            _log.info("monitor: %s is reachable again; the dashboard is being brought up to date",
+                      self.connection.url)
         self._down_since, self._backoff = None, self.flush_every
         self.delivered = not self.windows.changed()
 
-    def _check_env(self) -> None:
-        """Notices a server that lost this env (restarted, env deleted) and resends every window."""
+    def _check_env(self, limit: float | None) -> None:
+        """Notices a server that lost this env (restarted, env deleted) and resends every window.
+
+        It asks about a window that was delivered and has not changed since: one whose content
+        the server should hold.
+        """
         self._last_check = time.monotonic()
-        first = next(iter(self.windows.by_name), None)
-        if first is not None and self.connection.post("win_exists", {"win": first, "eid": self.env}) != "true":
+        probe: Window | None = next((w for w in self.windows.by_name.values() if w.sent and not w.changed), None)
+        if probe is not None and self.connection.post(
+                "win_exists", {"win": probe.name, "eid": self.env}, timeout=limit) != "true":
             self.windows.mark_all_changed()
 
     def _went_down(self, reason: str) -> None:
@@ -324,28 +456,36 @@ class VisdomSink:
             self.runlog.append([{"k": "run", "env": self.env, "time": time.time()}])
 
 
-def replay(path: str | os.PathLike, env: str | None = None, *, progress: Callable[[int], None] | None = None,
-           points_per_trace: int = 1000, **connection: Any) -> str:
-    """Sends a run log to a server, whole window by whole window; replaying twice changes nothing.
+def replay(path: str | os.PathLike, env: str | None = None, *,
+           progress: Callable[[str, int, int], None] | None = None, points_per_trace: int = 1000,
+           **connection: Any) -> str:
+    """Sends a run log to a server, window by window, whole; replaying twice changes nothing.
 
-    Returns the env it filled (``env``, else the one named in the log). ``progress(n)`` is called
-    as entries are read and as windows are sent.
+        replay("runs/mnist/runlog.jsonl", port=8097)          # fills the env named in the log
+
+    Returns the env it filled (``env``, else the one named in the log). ``connection`` takes
+    :class:`Connection`'s arguments (server, port, username, ...). ``progress(stage, done, total)``
+    is called while reading (stage "read", in bytes) and sending (stage "send", in windows).
+    Raises DashboardError when the server cannot take a window.
     """
+    sender = Connection(**connection)  # bad settings fail before a long read
     windows = Windows(points_per_trace)
-    for entry in RunLog.read(path):
+    total = os.path.getsize(path)
+    on_bytes = (lambda done: progress("read", done, total)) if progress else None
+    for entry in RunLog.read(path, progress=on_bytes):
         if entry.get("k") == "run":
             env = env or entry.get("env")
         windows.apply([entry])
-        if progress:
-            progress(1)
     if not env:
         raise ValueError(f"env must be given: the run log {path} names none")
-    sender = Connection(**connection)
-    for window in windows.by_name.values():
-        message = window.message(env)
-        if message is not None:
+    messages = [m for m in (w.message(env) for w in windows.by_name.values()) if m is not None]
+    try:
+        for done, message in enumerate(messages, 1):
             sender.post(*message)
-    sender.close()
+            if progress:
+                progress("send", done, len(messages))
+    finally:
+        sender.close()
     return env
 
 

@@ -1,0 +1,485 @@
+"""VisdomSink against real Visdom servers: nothing logged is lost or doubled, and the loop never waits.
+
+Servers: ``visdom_server`` is shared (one env per test); ``fresh_server`` is killed, paused and
+restarted; a few tests start their own (never started until late, with login).
+"""
+from __future__ import annotations
+
+import base64
+import gc
+import logging
+import math
+import re
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from monitor import Callback, Monitor
+from monitor.cli import main as cli
+from monitor.imaging import encode_grid
+from monitor.log import Log
+from monitor.records import Points, Text
+from monitor.server import VisdomServer, start
+from monitor.sink import Connection, VisdomSink
+
+FAST = {"flush_every": 0.05}
+
+
+def sink_for(server, env: str, tmp_path: Path, **options) -> VisdomSink:
+    return VisdomSink(env, server="http://127.0.0.1", port=server.port, run_dir=tmp_path / env,
+                      **{**FAST, **options})
+
+
+def warnings_in(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+class LogLoss(Callback):
+    """Logs the loss and this step's metrics, the way a user's own callback would."""
+
+    def on_step_end(self, state, log):
+        log.scalar("loss", "train", state.step, state.loss)
+        log.scalars("metrics", state.step, state.metrics)
+
+
+def plain_loop(monitor: Monitor, steps: range, expected: dict) -> None:
+    """A small real model trained by a plain loop; ``expected[(window, trace)]`` gets (x, y)."""
+    torch.manual_seed(steps.start)
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = torch.randn(32, 4), torch.randn(32, 1)
+    for _ in steps:
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        monitor.after_backward()
+        optimizer.step()
+        error = (model(x) - y).abs().max()
+        monitor.step_end(loss=loss, metrics={"max error": error, "bias": model.bias[0]})
+        step = monitor.state.step
+        expected.setdefault(("loss", "train"), []).append((step, loss.item()))
+        expected.setdefault(("metrics", "max error"), []).append((step, error.item()))
+        expected.setdefault(("metrics", "bias"), []).append((step, model.bias[0].item()))
+        if step % 50 == 0:
+            value = float(loss.item()) / 2
+            monitor.log.scalar("loss", "validation", step, value)
+            expected.setdefault(("loss", "validation"), []).append((step, value))
+
+
+def assert_dashboard_holds(server, env: str, expected: dict, read_window, **client) -> None:
+    """Every (window, trace) on the server holds exactly the expected points, in order, once."""
+    for window in {w for w, _ in expected}:
+        shown = read_window(server, env, window, **client)
+        wanted = {t: expected[(w, t)] for w, t in expected if w == window}
+        assert set(shown) == set(wanted), window
+        for trace, points in wanted.items():
+            xs, ys = shown[trace]
+            assert xs == [x for x, _ in points], (window, trace)
+            assert ys == pytest.approx([y for _, y in points], rel=1e-6), (window, trace)
+
+
+# --- a plain loop ---------------------------------------------------------------------------
+def test_a_plain_loop_delivers_every_scalar_once_in_step_order_to_its_window_and_trace(
+        visdom_server, read_window, tmp_path):
+    expected: dict = {}
+    with Monitor([LogLoss()], sink=sink_for(visdom_server, "plain-loop", tmp_path), raise_errors=True) as monitor:
+        plain_loop(monitor, range(300), expected)  # fewer steps than points_per_trace: nothing thinned
+        assert monitor.flush(timeout=10)
+    assert_dashboard_holds(visdom_server, "plain-loop", expected, read_window)
+    assert len(expected[("loss", "train")]) == 300
+
+
+# --- server trouble ---------------------------------------------------------------------------
+def test_a_server_never_started_costs_the_loop_nothing_and_gets_everything_once_it_starts(
+        tmp_path, read_window, caplog, capfd):
+    server = VisdomServer(0, env_path=tmp_path / "visdom")  # a free port where nothing listens yet
+    expected: dict = {}
+    caplog.set_level(logging.DEBUG)
+    try:
+        sink = sink_for(server, "never-started", tmp_path)
+        monitor = Monitor([LogLoss()], sink=sink, raise_errors=True)
+        started = time.perf_counter()
+        plain_loop(monitor, range(200), expected)
+        time.sleep(0.5)  # several flushes fail meanwhile
+        assert time.perf_counter() - started < 10
+        assert monitor.flush(timeout=0.3) is False
+        reports = warnings_in(caplog)
+        out, err = capfd.readouterr()
+        assert len(reports) <= 1 and "unreachable" in reports[0], reports
+        assert out == "" and len(err.splitlines()) <= 3, err  # the one report, nothing per step
+
+        server.start()
+        assert monitor.flush(timeout=10)
+        assert_dashboard_holds(server, "never-started", expected, read_window)
+        assert monitor.close(timeout=10)
+
+        replayed = CliRunner().invoke(cli, ["replay", str(sink.runlog.path), "--env", "never-started-replay",
+                                            "--port", str(server.port)])
+        assert replayed.exit_code == 0, replayed.output
+        assert_dashboard_holds(server, "never-started-replay", expected, read_window)
+    finally:
+        server.stop()
+
+
+def test_a_server_killed_and_restarted_mid_run_ends_with_every_point_once(
+        fresh_server, read_window, read_window_raw, tmp_path):
+    expected: dict = {}
+    with Monitor([LogLoss()], sink=sink_for(fresh_server, "killed", tmp_path), raise_errors=True) as monitor:
+        monitor.log.text("notes", 0, "logged once, before the crashes")
+        plain_loop(monitor, range(0, 100), expected)
+        assert monitor.flush(timeout=10)
+
+        fresh_server.kill()  # the env is gone with it: it was never saved
+        plain_loop(monitor, range(100, 200), expected)
+        time.sleep(0.3)  # sends fail meanwhile
+        fresh_server.start()  # same port
+        plain_loop(monitor, range(200, 300), expected)
+        assert monitor.flush(timeout=15)
+        assert_dashboard_holds(fresh_server, "killed", expected, read_window)
+        assert read_window_raw(fresh_server, "killed", "notes")["content"] == "logged once, before the crashes"
+
+        fresh_server.kill()  # a restart between two flushes: no request failed
+        fresh_server.start()
+        assert monitor.flush(timeout=15)
+    assert_dashboard_holds(fresh_server, "killed", expected, read_window)
+    assert read_window_raw(fresh_server, "killed", "notes")["content"] == "logged once, before the crashes"
+    assert [s for s, _ in expected[("loss", "train")]] == list(range(1, 301))
+
+
+def test_a_server_that_lost_the_env_gets_every_window_again_even_while_others_change(
+        visdom_server, read_window, read_window_raw, connect_client, tmp_path):
+    sink = sink_for(visdom_server, "lost-env", tmp_path)
+    sink.HEARTBEAT = 0.2
+    log = Log(sink)
+    log.text("notes", 0, "logged once")
+    log.scalar("loss", "train", 1, 1.0)
+    assert sink.flush(timeout=5)
+    connect_client(visdom_server).delete_env("lost-env")  # as a restart or a user would
+    step, deadline = 1, time.monotonic() + 10
+    while True:  # "loss" changes at every flush and recreates the env; "notes" never changes again
+        step += 1
+        log.scalar("loss", "train", step, 1.0 / step)
+        time.sleep(0.02)
+        try:
+            if read_window_raw(visdom_server, "lost-env", "notes")["content"] == "logged once":
+                break
+        except LookupError:
+            assert time.monotonic() < deadline, "the unchanged window never came back"
+    assert sink.close(timeout=5)
+    steps = list(range(1, step + 1))
+    assert read_window(visdom_server, "lost-env", "loss") == {"train": (steps, [1.0 / s for s in steps])}
+
+
+def test_a_server_stopped_for_5_s_never_slows_a_hook_and_gets_everything_after(
+        fresh_server, read_window, read_window_raw, tmp_path):
+    class Busy(Callback):
+        def on_step_end(self, state, log):
+            log.scalar("loss", "train", state.step, state.loss)
+            log.scalars("metrics", state.step, state.metrics)
+            if state.step % 25 == 0:
+                log.images("inputs", state.step, state.inputs)
+
+    # The defaults a user gets (a flush every 0.5 s, requests that time out after 5 s), with
+    # room for every step so the check below is exact.
+    sink = VisdomSink("stopped", port=fresh_server.port, run_dir=tmp_path / "stopped", points_per_trace=20_000)
+    monitor = Monitor([Busy()], sink=sink, raise_errors=True)
+    losses, hook_seconds = [], []
+    images = torch.rand(4, 3, 16, 16)
+    paused_at = resumed_at = None
+    # Start from a clean heap: a full collection of this test process (torch, visdom, pytest and
+    # the earlier tests' leftovers) takes 100-280 ms here and lands in whichever call allocates
+    # next, monitor or not. The sink's own objects stay counted.
+    gc.collect()
+    started = time.monotonic()
+    while time.monotonic() - started < 8.0:  # 1.5 s running, 5 s stopped, then running again
+        now = time.monotonic() - started
+        if paused_at is None and now > 1.5:
+            fresh_server.pause()
+            paused_at = now
+        if paused_at is not None and resumed_at is None and now > paused_at + 5.0:
+            fresh_server.resume()
+            resumed_at = now
+        loss = torch.tensor(1.0 / (len(losses) + 1))
+        time.sleep(0.002)  # the step's own work
+        before = time.perf_counter()
+        monitor.step_end(loss=loss, metrics={"lr": 0.1, "step": float(len(losses))}, inputs=images)
+        hook_seconds.append(time.perf_counter() - before)
+        losses.append(loss.item())
+    assert monitor.flush(timeout=20)
+    assert monitor.close()
+    worst = max(hook_seconds)
+    ordered = sorted(hook_seconds)
+    print(f"\nSIGSTOP 5 s: {len(hook_seconds)} step_end calls, max {worst * 1e3:.2f} ms, "
+          f"99.9th percentile {ordered[int(len(ordered) * 0.999)] * 1e3:.2f} ms, "
+          f"median {statistics.median(hook_seconds) * 1e3:.3f} ms")
+    slowest = sorted(range(len(hook_seconds)), key=hook_seconds.__getitem__)[-3:]
+    assert worst < 0.05, f"slowest step_end calls (index, ms): {[(i, hook_seconds[i] * 1e3) for i in slowest]}"
+    steps = list(range(1, len(losses) + 1))
+    assert read_window(fresh_server, "stopped", "loss") == {"train": (steps, losses)}
+    assert read_window(fresh_server, "stopped", "metrics")["step"][0] == steps
+    caption = read_window_raw(fresh_server, "stopped", "inputs")["content"]["caption"]
+    assert caption == f"inputs, step {len(losses) // 25 * 25}"
+
+
+# --- snapshots ---------------------------------------------------------------------------------
+def test_a_tensor_changed_in_place_after_logging_shows_its_value_at_logging_time(
+        visdom_server, read_window, read_window_raw, tmp_path):
+    sink = sink_for(visdom_server, "snapshots", tmp_path)
+    log = Log(sink)
+    loss, norms, batch = torch.tensor(0.25), torch.tensor([1.0, 2.0]), torch.rand(2, 1, 8, 8)
+    logged_batch = batch.clone()
+    log.scalar("loss", "train", 1, loss)
+    log.scalars("accuracy", 1, {"train": loss * 2})
+    log.vector("grad norm", 1, ["a", "b"], norms)
+    log.images("inputs", 1, batch)
+    loss.fill_(-1.0)
+    norms.mul_(100)
+    batch.zero_()
+    assert sink.close(timeout=10)
+    assert read_window(visdom_server, "snapshots", "loss") == {"train": ([1], [0.25])}
+    assert read_window(visdom_server, "snapshots", "accuracy") == {"train": ([1], [0.5])}
+    assert read_window(visdom_server, "snapshots", "grad norm") == {"a": ([1], [1.0]), "b": ([1], [2.0])}
+    src = read_window_raw(visdom_server, "snapshots", "inputs")["content"]["src"]
+    assert base64.b64decode(src.split(",", 1)[1]) == encode_grid(logged_batch)
+
+
+# --- a long run --------------------------------------------------------------------------------
+def _server_cpu_seconds(server) -> float:
+    """CPU time the server process used so far, all threads (Linux /proc, nanosecond resolution)."""
+    tasks = Path(f"/proc/{server.process.pid}/task")
+    return sum(int((task / "schedstat").read_text().split()[0]) for task in tasks.iterdir()) / 1e9
+
+
+@pytest.mark.skipif(not Path("/proc/self/schedstat").exists(), reason="needs Linux /proc schedstat")
+def test_a_200k_step_run_keeps_every_window_within_budget_and_the_server_cost_flat(
+        visdom_server, read_window, tmp_path):
+    """200k steps, 6 traces in 3 windows, fed straight through Log (no model).
+
+    The server's time per flush is the CPU time the server process spent (from /proc, so the
+    client's own Python work and its GIL do not blur it) divided by the flushes that sent
+    something, over the first and the last 10% of the run. Windows fill their budget after 1000
+    steps, so the first 10% already includes full windows; the point is that the cost does not
+    keep growing with the run, as visdom's append does (2.3 s per append at 100k points).
+    """
+    budget, steps, segment = 1000, 200_000, 20_000
+    sink = sink_for(visdom_server, "long-run", tmp_path, points_per_trace=budget)
+    log = Log(sink)
+    per_flush = []
+    for first in (1, steps - segment + 1):
+        if first > 1:  # the middle of the run, not measured
+            for step in range(segment + 1, first):
+                feed(log, step)
+                if step % 500 == 0:
+                    wait_for_worker(sink)
+        assert sink.flush(timeout=30)
+        cpu, since = _server_cpu_seconds(visdom_server), time.monotonic()
+        for step in range(first, first + segment):
+            feed(log, step)
+            if step % 500 == 0:
+                wait_for_worker(sink)  # a loop slower than the worker, as any real one is
+        assert sink.flush(timeout=30)
+        flushes = [t for t in sink.timings if t.when >= since]
+        per_flush.append(((_server_cpu_seconds(visdom_server) - cpu) / len(flushes),
+                          statistics.median(t.seconds for t in flushes),
+                          statistics.mean(t.points for t in flushes), len(flushes)))
+        for window in sink.windows.by_name.values():
+            assert all(len(trace) <= budget for trace in window.traces.values())
+    for name in ("loss", "lr", "grad norm"):
+        for trace, (xs, ys) in read_window(visdom_server, "long-run", name).items():
+            assert len(xs) <= budget and xs[0] == 1 and xs[-1] == steps, (name, trace)
+    assert sink.close()
+    (start_cpu, start_wall, start_points, n0), (end_cpu, end_wall, end_points, n1) = per_flush
+    print(f"\n200k steps: server CPU per flush {start_cpu * 1e3:.2f} ms at the start ({n0} flushes, "
+          f"{start_points:.0f} points each), {end_cpu * 1e3:.2f} ms at the end ({n1} flushes, "
+          f"{end_points:.0f} points); median request time {start_wall * 1e3:.2f} / {end_wall * 1e3:.2f} ms")
+    assert end_cpu <= 2 * start_cpu
+
+
+def feed(log: Log, step: int) -> None:
+    log.scalars("loss", step, {"train": math.sin(step / 1000), "validation": math.cos(step / 700)})
+    log.scalar("lr", "lr", step, 0.1 * 0.99999 ** step)
+    log.scalars("grad norm", step, {"layer 1": step % 17 / 17, "layer 2": step % 23 / 23, "total": 1.0})
+
+
+def wait_for_worker(sink: VisdomSink) -> None:
+    while sink.pending:
+        time.sleep(0.001)
+
+
+# --- bad input ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("call, message", [
+    (lambda log: log.scalar("loss", "train", 1, "0.5"), r"value must be a number or a one-element tensor, got '0.5'"),
+    (lambda log: log.scalar("loss", "train", 1, torch.ones(3)), r"value must be a number .* shape \(3,\)"),
+    (lambda log: log.scalar("loss", "train", 1, torch.tensor(1 + 2j)), r"value must be a real number, got .*complex"),
+    (lambda log: log.scalar("loss", "train", math.nan, 1.0), r"x must be a finite number"),
+    (lambda log: log.scalar("", "train", 1, 1.0), r"window must be a non-empty str, got ''"),
+    (lambda log: log.scalars("loss", 1, [1.0]), r"values must be a mapping of trace name to number, got list"),
+    (lambda log: log.images("inputs", 1, torch.rand(2, 5, 8, 8)), r"images must have 1 or 3 channels"),
+    (lambda log: log.images("inputs", 1, torch.rand(8)), r"images must be NCHW, CHW, NHW or HW, got shape \(8,\)"),
+    (lambda log: log.images("inputs", 1, "a picture"), r"images must be a torch.Tensor"),
+    (lambda log: log.images("inputs", 1, torch.ones(2, 2, dtype=torch.bool)), r"images must hold real numbers"),
+    (lambda log: log.text("notes", 1, 42), r"html must be a str, got int"),
+    (lambda log: log.sink.put({"window": "loss"}), r"record must be a monitor.records Points, .* got dict"),
+])
+def test_bad_input_is_refused_at_the_door_naming_the_argument(visdom_server, tmp_path, call, message):
+    sink = sink_for(visdom_server, "bad-input-door", tmp_path)
+    with pytest.raises((TypeError, ValueError), match=message):
+        call(Log(sink))
+    assert sink.close()
+
+
+def test_a_bad_record_past_the_door_is_reported_once_and_the_rest_arrives(
+        visdom_server, read_window, tmp_path, caplog):
+    sink = sink_for(visdom_server, "bad-input-worker", tmp_path)
+    for step in range(1, 6):
+        sink.put(Points("loss", step, ("train",), (float(step),)))
+        sink.put(Points("loss", step, ("train",), ("not a number",)))  # put directly, skipping Log's checks
+        sink.put(Points("loss", step, ("train", "validation"), (1.0,)))
+        sink.put(Text("notes", step, html=None))
+    assert sink.close(timeout=10)
+    reports = warnings_in(caplog)
+    assert len(reports) == 3, reports  # one per kind of trouble, not one per record
+    assert any("trace 'train' must be a number, got 'not a number'" in r for r in reports)
+    assert read_window(visdom_server, "bad-input-worker", "loss") == {"train": ([1, 2, 3, 4, 5], [1.0, 2.0, 3.0, 4.0, 5.0])}
+
+
+def test_non_finite_values_show_as_gaps_and_are_counted_in_the_title(
+        visdom_server, read_window_raw, tmp_path):
+    sink = sink_for(visdom_server, "non-finite", tmp_path)
+    log = Log(sink)
+    for step, value in enumerate([1.0, math.nan, math.inf, -math.inf, 0.5], 1):
+        log.scalar("loss", "train", step, torch.tensor(value))
+    assert sink.close(timeout=10)
+    window = read_window_raw(visdom_server, "non-finite", "loss")
+    assert window["content"]["data"][0]["y"] == [1.0, None, None, None, 0.5]
+    assert window["title"] == "loss (3 non-finite shown as gaps)"
+
+
+def test_a_callback_logging_bad_input_never_crashes_the_loop(visdom_server, read_window, tmp_path, caplog):
+    class Careless(Callback):
+        def on_step_end(self, state, log):
+            log.scalar("loss", "train", state.step, state.loss)
+            log.images("inputs", state.step, state.inputs)  # not images: raises at the door
+
+    with Monitor([Careless()], sink=sink_for(visdom_server, "careless", tmp_path)) as monitor:
+        for step in range(1, 21):
+            monitor.step_end(loss=1.0 / step, inputs=torch.rand(10))
+        assert monitor.flush(timeout=10)
+    assert len(warnings_in(caplog)) == 1
+    assert read_window(visdom_server, "careless", "loss")["train"][0] == list(range(1, 21))
+
+
+# --- memory -------------------------------------------------------------------------------------
+def test_a_long_outage_keeps_the_sinks_memory_bounded(tmp_path):
+    port = VisdomServer(0).port  # free, and nothing will listen there
+    sink = VisdomSink("outage", port=port, run_dir=tmp_path / "outage", points_per_trace=200, **FAST)
+    log = Log(sink)
+    for step in range(1, 50_001):
+        log.scalars("loss", step, {"train": 1 / step, "validation": math.sin(step)})
+        log.scalar("lr", "lr", step, 0.1)
+        if step % 10_000 == 0:
+            assert sink.flush(timeout=0.01) is False  # callers that give up leave nothing behind
+    sink.sync(timeout=30)
+    assert sink.pending == 0  # the worker drained the queue while the server was down
+    assert len(sink._waiting) == 0
+    assert sink.runlog.position == sink.runlog.path.stat().st_size  # everything is in the run log
+    for window in sink.windows.by_name.values():
+        for trace in window.traces.values():
+            assert trace.count == 50_000 and len(trace) <= 200
+            assert sum(map(len, trace.buckets)) + len(trace.partial.points()) <= 200
+    assert sink.close(timeout=0.2) is False
+
+
+# --- flush, close, settings -------------------------------------------------------------------
+def test_flush_and_close_deliver_what_is_pending_then_stop_and_are_idempotent(
+        visdom_server, read_window, tmp_path, caplog):
+    sink = sink_for(visdom_server, "closing", tmp_path, flush_every=30)  # no timed flush would come
+    log = Log(sink)
+    log.scalar("loss", "train", 1, 1.0)
+    assert sink.flush(timeout=5)
+    assert read_window(visdom_server, "closing", "loss") == {"train": ([1], [1.0])}
+    log.scalar("loss", "train", 2, 0.5)
+    assert sink.close(timeout=5) and sink.close(timeout=5) and sink.flush(timeout=5)
+    assert not sink._worker.is_alive()
+    assert read_window(visdom_server, "closing", "loss") == {"train": ([1, 2], [1.0, 0.5])}  # never deleted
+    log.scalar("loss", "train", 3, 0.1)
+    log.scalar("loss", "train", 4, 0.1)
+    assert [r for r in warnings_in(caplog) if "after close()" in r] == [
+        "monitor: a record was logged after close() and is dropped (reported once)"]
+
+
+def test_flush_returns_false_in_time_while_the_server_is_down(tmp_path):
+    sink = VisdomSink("down", port=VisdomServer(0).port, run_dir=tmp_path, **FAST)
+    Log(sink).scalar("loss", "train", 1, 1.0)
+    started = time.monotonic()
+    assert sink.flush(timeout=0.5) is False
+    assert time.monotonic() - started < 1.0
+    started = time.monotonic()
+    assert sink.close(timeout=0.5) is False
+    assert time.monotonic() - started < 1.5
+
+
+def test_connection_settings_come_from_arguments_before_environment_variables(monkeypatch):
+    for name in ("VISDOM_SERVER_URL", "VISDOM_PORT", "VISDOM_USERNAME", "VISDOM_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    assert Connection().url == "http://127.0.0.1:8097"
+    monkeypatch.setenv("VISDOM_SERVER_URL", "http://dashboard.example:9000")
+    assert Connection().url == "http://dashboard.example:9000"
+    monkeypatch.setenv("VISDOM_PORT", "9001")
+    assert Connection().url == "http://dashboard.example:9001"
+    monkeypatch.setenv("VISDOM_USERNAME", "ada")
+    monkeypatch.setenv("VISDOM_PASSWORD", "secret")
+    connection = Connection()
+    assert (connection.username, connection.password) == ("ada", "secret")
+    connection = Connection("http://127.0.0.1:8200", username="bob", password="pw")
+    assert connection.url == "http://127.0.0.1:8200" and connection.username == "bob"
+    assert Connection("localhost", 8300).url == "http://localhost:8300"
+    with pytest.raises(ValueError, match=r"port must be an int between 1 and 65535, got 0"):
+        Connection(port=0)
+    with pytest.raises(ValueError, match=r"server must be a URL like http://127.0.0.1, got 'ftp://x'"):
+        Connection("ftp://x")
+    with pytest.raises(ValueError, match=r"timeout must be a number of seconds > 0, got 0"):
+        Connection(timeout=0)
+
+
+def test_a_sink_finds_its_server_through_environment_variables(
+        visdom_server, read_window, tmp_path, monkeypatch):
+    monkeypatch.setenv("VISDOM_SERVER_URL", "http://127.0.0.1")
+    monkeypatch.setenv("VISDOM_PORT", str(visdom_server.port))
+    sink = VisdomSink("from-env-vars", run_dir=tmp_path, **FAST)
+    Log(sink).scalar("loss", "train", 1, 2.0)
+    assert sink.close(timeout=5)
+    assert read_window(visdom_server, "from-env-vars", "loss") == {"train": ([1], [2.0])}
+
+
+def test_each_run_has_one_env_named_or_generated(visdom_server, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = (VisdomSink(port=visdom_server.port, **FAST) for _ in range(2))
+    assert re.fullmatch(r"run-\d{8}-\d{6}-[0-9a-f]{4}", first.env) and first.env != second.env
+    assert first.runlog.path == Path("runs") / first.env / "runlog.jsonl"
+    assert first.url == f"http://127.0.0.1:{visdom_server.port}/env/{first.env}"
+    assert first.close() and second.close()
+    with pytest.raises(ValueError, match=r"env must be a non-empty str, got ' '"):
+        VisdomSink(" ", port=visdom_server.port)
+    with pytest.raises(ValueError, match=r"flush_every must be a number of seconds > 0, got 0"):
+        VisdomSink("x", port=visdom_server.port, flush_every=0)
+
+
+def test_a_login_server_receives_data_from_a_sink_with_the_right_credentials(
+        tmp_path, read_window, caplog):
+    credentials = {"username": "ada", "password": "a long passphrase"}
+    with start(port=0, env_path=tmp_path / "visdom", login=True, **credentials) as server:
+        sink = sink_for(server, "login", tmp_path, **credentials)
+        Log(sink).scalar("loss", "train", 1, 3.0)
+        assert sink.close(timeout=10)
+        assert read_window(server, "login", "loss", **credentials) == {"train": ([1], [3.0])}
+
+        wrong = sink_for(server, "login-wrong", tmp_path, username="ada", password="wrong")
+        Log(wrong).scalar("loss", "train", 1, 3.0)
+        assert wrong.flush(timeout=0.5) is False
+        assert wrong.close(timeout=0.5) is False
+        assert any("refused the login of 'ada'" in r for r in warnings_in(caplog))
