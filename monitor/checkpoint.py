@@ -22,16 +22,16 @@ from __future__ import annotations
 
 import os
 import pickle
-import secrets
 import time
 import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
+from monitor.atomic import write_atomic
 from monitor.pickle_scan import describe_unsafe
 
 FORMAT = "monitor.checkpoint"
@@ -117,35 +117,6 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> N
         write_atomic(Path(path), lambda file: torch.save(dict(checkpoint), file))
     finally:
         torch.serialization.set_crc32_options(crc)
-
-
-def write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    """Calls ``write(file)`` on a temporary sibling of ``path``, then makes it ``path`` durably."""
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "xb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Makes the names in ``directory`` durable (a no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | os.PathLike, *, trust: bool = False, map_location: Any = "cpu",

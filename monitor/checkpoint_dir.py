@@ -19,7 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-from monitor.checkpoint import (CheckpointError, DamagedCheckpointError, load_checkpoint, write_atomic)
+from monitor.atomic import write_atomic
+from monitor.checkpoint import CheckpointError, DamagedCheckpointError, load_checkpoint
 
 MANIFEST = "latest.json"
 _NAME = re.compile(r"^step-(\d+)\.pt$")

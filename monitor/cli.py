@@ -180,6 +180,41 @@ def checkpoints_inspect(file: Path, trust: bool) -> None:
         click.echo(f"{label:<10} {text}")
 
 
+@main.command("replay")
+@click.argument("run_log", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="RUN_LOG")
+@click.option("--env", default=None, metavar="ENV", help="Env to fill.  [default: the env named in the run log]")
+@click.option("--server", default=None, metavar="URL",
+              help="Visdom server.  [default: $VISDOM_SERVER_URL or http://127.0.0.1]")
+@click.option("--port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
+              help="Visdom port.  [default: $VISDOM_PORT or 8097]")
+def replay_command(run_log: Path, env: str | None, server: str | None, port: int | None) -> None:
+    """Send a run log (runs/ENV/runlog.jsonl) to a Visdom server.
+
+    For a run trained without a dashboard, or an env the server lost. Windows are sent whole, so
+    replaying twice leaves the same windows. A server with login takes $VISDOM_USERNAME and
+    $VISDOM_PASSWORD.
+    """
+    from monitor.sink import DashboardError, replay
+
+    bars: dict[str, object] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            label = f"Reading {run_log.name}" if stage == "read" else f"Sending {total} window(s)"
+            bars[stage] = click.progressbar(length=total, label=label, file=sys.stderr).__enter__()
+        bar = bars[stage]
+        bar.update(done - bar.pos)
+
+    try:
+        filled = replay(run_log, env, progress=progress, server=server, port=port)
+    except (DashboardError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        for bar in bars.values():
+            bar.__exit__(None, None, None)
+    click.echo(f"Replayed {run_log} into env {filled!r}.")
+
+
 def _log_progress() -> None:
     """Show the library's progress messages (asset installs) on stderr, without log decoration."""
     logger = logging.getLogger("monitor")

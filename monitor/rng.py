@@ -27,7 +27,8 @@ def capture_rng() -> dict[str, Any]:
         "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
         "numpy": _numpy_state(),
         "torch": torch.get_rng_state(),
-        "cuda": [s.cpu() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+        # A process that never touched CUDA has nothing to save there (and saving would start it).
+        "cuda": [s.cpu() for s in torch.cuda.get_rng_state_all()] if _cuda_started() else [],
     }
     return state
 
@@ -50,6 +51,10 @@ def restore_rng(state: dict[str, Any]) -> None:
                           f"has {count}; the first {min(count, len(saved))} are restored", stacklevel=3)
         for device, device_state in enumerate(saved[:count]):
             torch.cuda.set_rng_state(device_state, device)
+
+
+def _cuda_started() -> bool:
+    return torch.cuda.is_available() and torch.cuda.is_initialized()
 
 
 def _numpy_state() -> dict[str, Any] | None:
