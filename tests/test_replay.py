@@ -1,0 +1,103 @@
+"""``monitor replay``: a run log sent to a server, idempotently, with progress; against a real server."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from monitor.cli import main as cli
+from monitor.log import Log
+from monitor.runlog import RunLog
+from monitor.server import VisdomServer
+from monitor.sink import DashboardError, VisdomSink, replay
+
+WINDOWS = ("loss", "lr", "inputs", "notes")
+
+
+@pytest.fixture(scope="module")
+def offline_run(tmp_path_factory) -> VisdomSink:
+    """A run trained where no dashboard was reachable: 3000 steps (thinned on replay), an image, a text."""
+    run_dir = tmp_path_factory.mktemp("offline")
+    sink = VisdomSink("offline-run", port=VisdomServer(0).port, run_dir=run_dir, flush_every=0.05)
+    log = Log(sink)
+    log.window("loss", ytype="log", ylabel="loss")
+    log.text("notes", 0, "<b>trained offline</b>")
+    for step in range(1, 3001):
+        log.scalars("loss", step, {"train": 1 / step, "validation": math.nan if step == 7 else 2 / step})
+        log.scalar("lr", "lr", step, 0.1)
+    log.images("inputs", 3000, torch.rand(4, 1, 8, 8))
+    assert sink.close(timeout=0.2) is False  # nothing reached a server
+    return sink
+
+
+def shown(server, env, read_window_raw) -> dict:
+    """What each window shows (its content and title; not visdom's random ids)."""
+    return {w: (read_window_raw(server, env, w)["content"], read_window_raw(server, env, w)["title"])
+            for w in WINDOWS}
+
+
+def test_replay_twice_leaves_the_same_windows_and_shows_progress(
+        visdom_server, read_window_raw, offline_run):
+    args = ["replay", str(offline_run.runlog.path), "--env", "replayed-twice", "--port", str(visdom_server.port)]
+    first = CliRunner().invoke(cli, args)
+    assert first.exit_code == 0, first.output
+    assert "Reading runlog.jsonl" in first.output and "Sending 4 window(s)" in first.output
+    assert "Replayed" in first.output and "'replayed-twice'" in first.output
+    once = shown(visdom_server, "replayed-twice", read_window_raw)
+    second = CliRunner().invoke(cli, args)
+    assert second.exit_code == 0, second.output
+    assert shown(visdom_server, "replayed-twice", read_window_raw) == once
+    loss = once["loss"][0]["data"]
+    assert [t["name"] for t in loss] == ["train", "validation"]
+    assert all(len(t["x"]) <= 1000 for t in loss) and loss[0]["x"][-1] == 3000
+
+
+def test_replay_fills_the_env_named_in_the_run_log(visdom_server, read_window, offline_run):
+    env = replay(offline_run.runlog.path, port=visdom_server.port)
+    assert env == "offline-run"
+    assert read_window(visdom_server, "offline-run", "lr")["lr"][0][-1] == 3000
+
+
+def test_replay_shows_what_the_live_sink_showed(visdom_server, read_window_raw, tmp_path):
+    sink = VisdomSink("live-then-replayed", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
+    log = Log(sink)
+    log.text("notes", 0, "live")
+    for step in range(1, 2501):
+        log.scalar("loss", "train", step, math.sin(step / 50))
+    log.images("inputs", 1, torch.rand(2, 3, 4, 4))
+    log.scalar("lr", "lr", 1, 0.1)
+    assert sink.close(timeout=10)
+    live = shown(visdom_server, "live-then-replayed", read_window_raw)
+    replay(sink.runlog.path, "live-then-replayed-copy", port=visdom_server.port)
+    assert shown(visdom_server, "live-then-replayed-copy", read_window_raw) == live
+
+
+def test_replay_reports_progress_while_reading_and_sending(visdom_server, offline_run):
+    calls = []
+    replay(offline_run.runlog.path, "replay-progress", port=visdom_server.port,
+           progress=lambda stage, done, total: calls.append((stage, done, total)))
+    size = offline_run.runlog.path.stat().st_size
+    assert calls[[c[0] for c in calls].index("send") - 1] == ("read", size, size)
+    assert [c for c in calls if c[0] == "send"] == [("send", n, 4) for n in range(1, 5)]
+
+
+def test_replay_to_a_server_that_is_down_is_a_one_line_error(offline_run):
+    result = CliRunner().invoke(cli, ["replay", str(offline_run.runlog.path), "--port", str(VisdomServer(0).port)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: http://127.0.0.1:")
+    assert "is unreachable" in result.output
+    with pytest.raises(DashboardError, match=r"is unreachable \(ConnectionError\)"):
+        replay(offline_run.runlog.path, port=VisdomServer(0).port)
+
+
+def test_replay_of_a_log_that_names_no_env_needs_one(visdom_server, tmp_path):
+    log = RunLog(tmp_path / RunLog.FILENAME)
+    log.append([{"k": "points", "win": "loss", "x": 1, "y": {"train": 1.0}}])
+    log.close()
+    result = CliRunner().invoke(cli, ["replay", str(log.path), "--port", str(visdom_server.port)])
+    assert result.exit_code == 1 and "Error: env must be given: the run log" in result.output
+    assert CliRunner().invoke(cli, ["replay", str(log.path), "--env", "named",
+                                    "--port", str(visdom_server.port)]).exit_code == 0
