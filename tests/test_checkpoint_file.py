@@ -189,6 +189,17 @@ def test_every_random_generator_draws_the_same_numbers_after_a_restore():
     assert torch.equal(torch.rand(3), first[2])
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_cuda_device_draws_the_same_numbers_after_a_restore():
+    devices = [torch.device("cuda", d) for d in range(torch.cuda.device_count())]
+    torch.rand(1, device=devices[0])  # starts CUDA: only then is its state saved
+    state = capture_rng()
+    assert len(state["cuda"]) == len(devices)
+    first = [torch.rand(3, device=d) for d in devices]
+    restore_rng(state)
+    assert all(torch.equal(torch.rand(3, device=d), f) for d, f in zip(devices, first))
+
+
 def test_the_epoch_batch_sampler_order_depends_on_seed_and_epoch_alone_and_skips_without_loading():
     batches = EpochBatchSampler(10, batch_size=3, seed=4)
     batches.set_epoch(2)
