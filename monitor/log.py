@@ -70,7 +70,7 @@ class Log:
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")
         self.sink.put(Points(_name("window", window), _x(x), tuple(traces),
-                             values.detach().to(torch.float32).clone()))
+                             values.detach().to(torch.float32, copy=True)))
 
     def images(self, window: str, x: float, images: torch.Tensor,
                captions: Sequence[str] | None = None) -> None:

@@ -47,7 +47,7 @@ class GradNorms(Callback):
         self._params: list[torch.nn.Parameter] = []
         self._layer_of: list[int] = []      # self._params[i] belongs to layer self._layer_of[i]
         self._layers: list[str] = []        # trace names, one per layer
-        self._groupings: dict[tuple, tuple[list[str], torch.Tensor, int]] = {}
+        self._groupings: dict[tuple, tuple[list[str], torch.Tensor]] = {}
         self._before: list[torch.Tensor] | None = None
         self._laid_out: set[str] = set()
         self._stale = True  # the parameters may have changed since the grouping was built
@@ -96,16 +96,16 @@ class GradNorms(Callback):
             return
         with torch.no_grad():
             updates = torch._foreach_sub(self._params, before)
-            traces, index, layers = self._grouping(tuple(range(len(self._params))), before[0].device)
-            ratio = _norms(updates, index, layers) / _norms(before, index, layers)
+            traces, sums = self._grouping(tuple(range(len(self._params))), before[0].device)
+            ratio = _norms(updates, sums, len(traces)) / _norms(before, sums, len(traces))
         self._put(log, "update ratio", state.step, traces, ratio)
 
     def _write(self, log: Log, window: str, x: int, tensors: list[torch.Tensor],
                present: tuple[int, ...] | None = None) -> None:
         present = tuple(range(len(tensors))) if present is None else present
-        traces, index, layers = self._grouping(present, tensors[0].device)
+        traces, sums = self._grouping(present, tensors[0].device)
         with torch.no_grad():
-            self._put(log, window, x, traces, _norms(tensors, index, layers))
+            self._put(log, window, x, traces, _norms(tensors, sums, len(traces)))
 
     def _put(self, log: Log, window: str, x: int, traces: list[str], values: torch.Tensor) -> None:
         if window not in self._laid_out:
@@ -141,28 +141,50 @@ class GradNorms(Callback):
             self._layer_of.extend([len(self._layers)] * len(owned))
             self._layers.append(_trace_name(name, module))
 
-    def _grouping(self, present: tuple[int, ...], device: torch.device) -> tuple[list[str], torch.Tensor, int]:
-        """Trace names and the layer index of each present parameter, cached per set present."""
+    def _grouping(self, present: tuple[int, ...], device: torch.device) -> tuple[list[str], torch.Tensor]:
+        """Trace names and how to add the present parameters' squared norms up into each trace.
+
+        Usually a 0/1 matrix: row ``r`` picks the parameters of the ``r``-th layer present, the
+        last row picks them all. Its size grows with layers x parameters, so for a very large model
+        it is instead each parameter's row, then the total's row once per parameter (see _norms).
+        Cached per set of parameters present.
+        """
         key = (present, device)
         if key not in self._groupings:
             layers = sorted({self._layer_of[i] for i in present})
-            position = {layer: n for n, layer in enumerate(layers)}
-            index = torch.tensor([position[self._layer_of[i]] for i in present], device=device)
+            row = {layer: n for n, layer in enumerate(layers)}
+            rows = [row[self._layer_of[i]] for i in present]
+            if (len(layers) + 1) * len(present) <= _MATRIX_LIMIT:
+                sums = torch.zeros(len(layers) + 1, len(present), dtype=torch.float32)
+                sums[rows, list(range(len(present)))] = 1.0
+                sums[-1] = 1.0
+            else:
+                sums = torch.tensor(rows + [len(layers)] * len(present))
             if len(self._groupings) >= 16:
                 self._groupings.clear()
-            self._groupings[key] = ([self._layers[layer] for layer in layers] + ["total"], index, len(layers))
+            self._groupings[key] = ([self._layers[layer] for layer in layers] + ["total"], sums.to(device))
         return self._groupings[key]
 
 
-def _norms(tensors: list[torch.Tensor], index: torch.Tensor, layers: int) -> torch.Tensor:
-    """Per-layer L2 norms then the total, as one float32 tensor on the device of ``index``."""
+_MATRIX_LIMIT = 1 << 16  # elements of the summing matrix (256 KB); beyond it, an index
+
+
+def _norms(tensors: list[torch.Tensor], sums: torch.Tensor, rows: int) -> torch.Tensor:
+    """``rows`` L2 norms (per layer, then the total) as one float32 tensor on the device of ``sums``.
+
+    Few operations on purpose: on a small model each one costs about as much as its arithmetic,
+    hence the matrix product that adds up every layer and the total at once.
+    """
     norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
     try:
-        squares = torch.stack(norms) ** 2
+        squares = torch.stack(norms)
     except RuntimeError:  # parameters on several devices: gather the norms on one
-        squares = torch.stack([n.to(index.device) for n in norms]) ** 2
-    per_layer = torch.zeros(layers, dtype=torch.float32, device=index.device).index_add_(0, index, squares)
-    return torch.cat([per_layer, squares.sum().reshape(1)]).sqrt()
+        squares = torch.stack([n.to(sums.device) for n in norms])
+    squares.mul_(squares)
+    if sums.dim() == 2:
+        return torch.mv(sums, squares).sqrt_()
+    per_row = torch.zeros(rows, dtype=torch.float32, device=sums.device)
+    return per_row.index_add_(0, sums, squares.repeat(2)).sqrt_()
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:
