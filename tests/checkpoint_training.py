@@ -19,6 +19,7 @@ import json
 import os
 import random
 import signal
+import sys
 
 import numpy as np
 import torch
@@ -95,7 +96,8 @@ def main() -> None:
 
 def _maybe_die(args: argparse.Namespace, monitor: Monitor, phase: str) -> None:
     if monitor.state.step == args.kill_at and phase == args.kill_phase:
-        monitor.flush(timeout=20)  # the dashboard now shows steps after the checkpoint, to be taken back
+        if not monitor.flush(timeout=20):  # the dashboard shows steps after the checkpoint, to be taken back
+            print("the dashboard was not up to date when the run was killed", file=sys.stderr, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -33,7 +33,7 @@ def train(server, root: Path, name: str, env: str, options: list[str], kill: tup
     done = subprocess.run(command, capture_output=True, text=True, timeout=180)
     expected = -signal.SIGKILL if kill else 0
     assert done.returncode == expected, f"{name} exited {done.returncode}: {done.stderr[-3000:]}"
-    return json.loads(done.stdout.splitlines()[0])
+    return {**json.loads(done.stdout.splitlines()[0]), "stderr": done.stderr[-3000:]}
 
 
 def windows(server, env: str, connect_client) -> dict[str, dict[str, tuple[list, list]]]:
@@ -81,8 +81,9 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_ends_bit_identical_with_the
     straight_env, resumed_env = f"ckpt-{case}-straight", f"ckpt-{case}-resumed"
 
     train(visdom_server, tmp_path, "straight", straight_env, options)
-    train(visdom_server, tmp_path, "resumed", resumed_env, options, kill=kill)
+    killed = train(visdom_server, tmp_path, "resumed", resumed_env, options, kill=kill)
     shown = windows(visdom_server, resumed_env, connect_client)
+    assert "grad norm" in shown, f"{about}: the killed run showed {sorted(shown)}; {killed['stderr']}"
     assert max(shown["grad norm"]["total"][0]) == kill[0] > checkpoint_step, about  # points to take back
     start = train(visdom_server, tmp_path, "resumed", resumed_env, options)
 
