@@ -14,7 +14,9 @@ demo: install assets
 test: install assets browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The benchmarks, and the alternatives they compare against (TensorBoard, pytorch-ignite).
 bench: install assets
+	$(PIP) --no-build-isolation -e ".[bench]"
 	$(BIN)/python bench/run_all.py
 
 install: $(VENV)/.installed

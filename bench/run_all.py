@@ -1,0 +1,137 @@
+"""Runs every benchmark and rewrites the results section of bench/README.md (``make bench``).
+
+Each benchmark gets a fresh Visdom server of its own on a free loopback port. The section between
+the two ``results`` markers in the README is replaced with the machine, the date, the commands
+and the tables, and the targets of issue 6 are checked against the numbers; the text outside the
+markers (how to read the numbers, what profiling found) is left as it is.
+
+    .venv/bin/python bench/run_all.py                   # full run, about 10 minutes on 2 cores
+    .venv/bin/python bench/run_all.py --smoke --output /tmp/results.md   # seconds, tiny sizes
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import harness
+import latency
+import overhead
+import server_scaling
+
+START = "<!-- results: written by bench/run_all.py, do not edit by hand -->"
+END = "<!-- /results -->"
+
+FULL = {"overhead": {"steps": 300, "warmup": 30, "repeats": 3},
+        "scaling": {"steps": 200_000, "naive_seconds": 60.0},
+        "latency": {"steps": 900}}
+SMOKE = {"overhead": {"steps": 8, "warmup": 2, "repeats": 1},
+         "scaling": {"steps": 2_000, "naive_seconds": 2.0},
+         "latency": {"steps": 20}}
+
+TARGET_RATIO = {"mlp": 1.10, "cnn": 1.03}
+TARGET_CLOSE_S = 2.0
+TARGET_LATENCY_P95_S = 1.0
+TARGET_FLATNESS = 2.0
+
+
+def _load() -> str:
+    try:
+        return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def targets(summaries: list[overhead.Summary], scaling: server_scaling.Result,
+            lat: latency.Result) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each target of issue 6."""
+    checks = []
+    for s in summaries:
+        if s.mode != "monitor":
+            continue
+        goal = TARGET_RATIO.get(s.workload)
+        if goal is not None:
+            checks.append((f"{s.workload.upper()} overhead <= {goal:.2f}x (median step)", f"{s.ratio:.3f}x",
+                           s.ratio <= goal))
+        checks.append((f"{s.workload.upper()} every point delivered", f"{s.delivered}/{s.expected}",
+                       s.delivered == s.expected))
+        checks.append((f"{s.workload.upper()} close() within {TARGET_CLOSE_S:g} s of the loop's end",
+                       f"{s.close_s:.3f} s", s.close_s <= TARGET_CLOSE_S))
+    checks.append((f"latency p95 <= {TARGET_LATENCY_P95_S:g} s", f"{lat.p95_s:.3f} s",
+                   lat.p95_s <= TARGET_LATENCY_P95_S and lat.seen == lat.steps))
+    flat = server_scaling.flatness(scaling)
+    first, last = scaling.monitor.checkpoints[0].step, scaling.monitor.checkpoints[-1].step
+    checks.append((f"server time per flush at {last:,} steps <= {TARGET_FLATNESS:g}x that at {first:,}",
+                   f"{flat:.2f}x", flat <= TARGET_FLATNESS))
+    return checks
+
+
+def report(machine: dict[str, str], load: tuple[str, str], command: str, summaries: list[overhead.Summary],
+           scaling: server_scaling.Result, lat: latency.Result, sizes: dict, minutes: float) -> str:
+    o, s, l = sizes["overhead"], sizes["scaling"], sizes["latency"]
+    lines = [START, "", f"## Results ({machine['date']})", ""]
+    lines += [harness.markdown_table(["", ""], [[k, v] for k, v in machine.items()] +
+                                     [["load average (1, 5, 15 min)",
+                                       f"before: {load[0]}; after: {load[1]} (other work on the machine "
+                                       "shows here)"]]), ""]
+    lines += ["Commands (all of them ran from the repository root, in this order, in "
+              f"{minutes:.0f} minutes):", "", "```bash", command,
+              f"# = .venv/bin/python bench/overhead.py --steps {o['steps']} --warmup {o['warmup']} "
+              f"--repeats {o['repeats']}",
+              f"#   .venv/bin/python bench/server_scaling.py --steps {s['steps']} "
+              f"--naive-seconds {s['naive_seconds']:g}",
+              f"#   .venv/bin/python bench/latency.py --steps {l['steps']}", "```", ""]
+    lines += ["### Targets", "", harness.markdown_table(
+        ["target", "measured", "met"],
+        [[name, value, "yes" if met else "**no**"] for name, value, met in targets(summaries, scaling, lat)]), ""]
+    lines += ["### Overhead (bench/overhead.py)", "",
+              f"{o['steps']} timed steps after {o['warmup']} warm-up steps per run, {o['repeats']} interleaved "
+              "repetitions; step times pooled over a mode's runs; ratios against every bare run of the "
+              "same model. CPU per step counts every thread of the training process (loop, sink worker, "
+              "writer threads) and the Visdom server process.", "", overhead.table(summaries), ""]
+    lines += ["### Server scaling (bench/server_scaling.py)", "",
+              f"{s['steps']:,} steps of {scaling.traces} scalars in one window, a flush every "
+              f"{scaling.block} steps.", "", server_scaling.table(scaling), ""]
+    lines += ["### Latency (bench/latency.py)", "", latency.table(lat), "", END]
+    return "\n".join(lines)
+
+
+def write_results(path: Path, section: str) -> None:
+    """Replaces the results section of ``path`` (or appends one) and keeps the rest."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if START in text and END in text:
+        before, rest = text.split(START, 1)
+        after = rest.split(END, 1)[1]
+        text = before + section + after
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that everything runs")
+    parser.add_argument("--output", type=Path, default=harness.BENCH_DIR / "README.md",
+                        help="the file whose results section is rewritten (default bench/README.md)")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    command = "make bench   # = .venv/bin/python bench/run_all.py" + (" --smoke" if args.smoke else "")
+    began, load_before = time.monotonic(), _load()
+    machine = harness.machine()
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    with harness.local_server() as server:
+        summaries = overhead.run(server, progress=log, **sizes["overhead"])
+    with harness.local_server() as server:
+        scaling = server_scaling.run(server, progress=log, **sizes["scaling"])
+    with harness.local_server() as server:
+        lat = latency.run(server, progress=log, **sizes["latency"])
+    section = report(machine, (load_before, _load()), command, summaries, scaling, lat, sizes,
+                     (time.monotonic() - began) / 60)
+    write_results(args.output, section)
+    print(section)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""The benchmarks in bench/ run and give sane answers, at tiny sizes (the timings mean nothing here).
+
+The full runs are ``make bench``; these only check that every script still works against a real
+Visdom server and that what it reports hangs together.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import latency  # noqa: E402
+import overhead  # noqa: E402
+import run_all  # noqa: E402
+import server_scaling  # noqa: E402
+
+# visdom 0.2.4 warns about "PyTorch less than 0.4" whenever it is handed a tensor; ignite and
+# tensorboard import torch.jit helpers that torch 2.13 calls deprecated.
+pytestmark = [pytest.mark.filterwarnings("ignore:Support for versions of PyTorch:DeprecationWarning"),
+              pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")]
+
+
+def test_overhead_delivers_every_point_in_every_mode(visdom_server):
+    summaries = overhead.run(visdom_server, ("mlp", "cnn"), steps=4, warmup=2, repeats=1, progress=lambda _: None)
+    assert {(s.workload, s.mode) for s in summaries} == {
+        (w, m) for w in ("mlp", "cnn") for m in ["bare", *overhead.available_modes()]}
+    for s in summaries:
+        assert s.median_ms > 0 and s.ratio > 0 and s.cpu_ms > 0 and 0 <= s.close_s < 10
+        if s.mode == "bare":
+            assert s.delivered is None
+        else:
+            assert s.expected > 0 and s.delivered == s.expected, s
+    assert "| mlp | monitor |" in overhead.table(summaries)
+
+
+def test_server_scaling_keeps_the_monitor_window_bounded_and_naive_growing(visdom_server):
+    result = server_scaling.run(visdom_server, steps=1500, block=250, naive_seconds=1.0, progress=lambda _: None)
+    assert [c.step for c in result.monitor.checkpoints] == [1000, 1500]
+    assert all(0 < c.points_per_trace <= 1000 and c.server_ms >= 0 for c in result.monitor.checkpoints)
+    assert result.naive.checkpoints[-1].points_per_trace == result.naive.steps_done > 0
+    assert "server time per flush" in server_scaling.table(result)
+
+
+def test_latency_sees_every_point_within_seconds(visdom_server):
+    result = latency.run(visdom_server, steps=10, workload="mlp", progress=lambda _: None)
+    assert result.seen == result.steps == 10
+    assert 0 < result.p50_s <= result.p95_s <= result.max_s < 5
+    assert "p95" in latency.table(result)
+
+
+def test_run_all_rewrites_only_the_results_section(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Benchmarks\n\nbefore\n\n{run_all.START}\nold numbers\n{run_all.END}\n\nafter\n")
+    done = subprocess.run([sys.executable, str(BENCH / "run_all.py"), "--smoke", "--output", str(readme)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = readme.read_text()
+    assert text.startswith("# Benchmarks\n\nbefore\n\n") and text.endswith("\n\nafter\n")
+    assert "old numbers" not in text and text.count(run_all.START) == 1
+    for heading in ("### Targets", "### Overhead", "### Server scaling", "### Latency"):
+        assert heading in text
+    assert "| MLP every point delivered |" in text and "| CNN every point delivered |" in text
