@@ -194,7 +194,8 @@ def replay_command(run_log: Path, env: str | None, server: str | None, port: int
     replaying twice leaves the same windows. A server with login takes $VISDOM_USERNAME and
     $VISDOM_PASSWORD.
     """
-    from monitor.sink import DashboardError, replay
+    from monitor.connection import DashboardError
+    from monitor.replay import replay
 
     bars: dict[str, object] = {}
 

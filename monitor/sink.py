@@ -6,7 +6,7 @@ tensors, encodes images, appends every entry to the run log, keeps each window's
 one request per window. Requests have timeouts; while the server is down or hung the worker
 keeps draining the queue into the run log and the windows, retries with backoff and reports the
 trouble once. When the server comes back without the run's env (a restart), every window is
-sent again. This is the only module that talks to Visdom.
+sent again. Requests go through monitor/connection.py; window contents come from windows.py.
 
 Memory: the windows are bounded (``points_per_trace``) and the queue is drained whether the
 server answers or not, so an outage costs disk (the run log), not memory. The queue only grows
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import base64
-import hashlib
 import json
 import logging
 import math
@@ -30,12 +29,11 @@ import weakref
 from collections import deque
 from numbers import Real
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
-from urllib.parse import urlparse
+from typing import Any, NamedTuple
 
-import requests
 import torch
 
+from monitor.connection import Connection, DashboardError
 from monitor.imaging import encode_grid
 from monitor.records import Images, Layout, Points, Text
 from monitor.runlog import RunLog
@@ -53,10 +51,6 @@ _PAUSE = 0.0005  # seconds between slices while the queue is not empty
 _open_sinks: "weakref.WeakSet[VisdomSink]" = weakref.WeakSet()
 
 
-class DashboardError(Exception):
-    """The Visdom server could not be reached, refused a request or answered an error."""
-
-
 class FlushTiming(NamedTuple):
     """One flush that sent something: ``seconds`` is the wall time of its HTTP requests only."""
 
@@ -64,92 +58,6 @@ class FlushTiming(NamedTuple):
     windows: int
     points: int
     seconds: float
-
-
-class Connection:
-    """Posts Visdom's JSON requests with timeouts, logging in when credentials are given.
-
-        connection = Connection("http://127.0.0.1", 8097)
-        connection.post("win_exists", {"win": "loss", "eid": "mnist"})
-
-    Arguments beat environment variables: the port is ``port``, else the port in ``server``,
-    else ``VISDOM_PORT``, else the port in ``VISDOM_SERVER_URL``, else 8097; the server is
-    ``server``, else ``VISDOM_SERVER_URL``, else http://127.0.0.1. ``username``/``password``
-    default to ``VISDOM_USERNAME``/``VISDOM_PASSWORD``.
-    """
-
-    def __init__(self, server: str | None = None, port: int | None = None, *, base_url: str = "",
-                 username: str | None = None, password: str | None = None, timeout: float = 5.0) -> None:
-        given = server
-        server = server or os.environ.get("VISDOM_SERVER_URL") or "http://127.0.0.1"
-        parsed = urlparse(server if "://" in server else f"http://{server}")
-        try:
-            url_port = parsed.port
-        except ValueError:
-            url_port = -1
-        if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1:
-            raise ValueError(f"server must be a URL like http://127.0.0.1, got {server!r}")
-        if port is None:
-            port = (url_port if given else None) or os.environ.get("VISDOM_PORT") or url_port or 8097
-        try:
-            self.port = int(port) if not isinstance(port, bool) else 0
-        except (TypeError, ValueError):
-            self.port = 0
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port must be an int between 1 and 65535, got {port!r}")
-        if isinstance(timeout, bool) or not isinstance(timeout, Real) or not timeout > 0:
-            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-        self.url = f"{parsed.scheme}://{host}:{self.port}{base_url.rstrip('/')}"
-        self.username = username or os.environ.get("VISDOM_USERNAME")
-        self.password = password or os.environ.get("VISDOM_PASSWORD")
-        if self.username and not self.password:
-            raise ValueError("password must be given with username (or VISDOM_PASSWORD set), got none")
-        self.timeout = float(timeout)
-        self.last_seconds = 0.0  # wall time of the latest request
-        self._session: requests.Session | None = None
-
-    def post(self, endpoint: str, message: dict[str, Any], timeout: float | None = None) -> str:
-        """Sends one request and returns the answer's text; raises DashboardError on any trouble.
-
-        A message that is not valid JSON (NaN, an object) raises ValueError or TypeError instead.
-        """
-        body = json.dumps(message, allow_nan=False, separators=(",", ":"))
-        timeout = self.timeout if timeout is None else min(self.timeout, max(timeout, 0.05))
-        try:
-            session = self._logged_in(timeout)
-            started = time.perf_counter()
-            answer = session.post(f"{self.url}/{endpoint}", data=body, timeout=timeout)
-            self.last_seconds = time.perf_counter() - started
-        except requests.RequestException as error:
-            self._session = None
-            raise DashboardError(f"{self.url} is unreachable ({type(error).__name__})") from None
-        if answer.status_code != 200:
-            self._session = None
-            hint = " (a server with login: check VISDOM_USERNAME/VISDOM_PASSWORD)" if answer.status_code == 400 else ""
-            raise DashboardError(f"{self.url}/{endpoint} answered HTTP {answer.status_code}{hint}")
-        return answer.text
-
-    def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
-
-    def _logged_in(self, timeout: float) -> requests.Session:
-        if self._session is None:
-            session = requests.Session()
-            session.trust_env = False  # a loopback dashboard must not go through an HTTP proxy
-            if self.username:
-                digest = hashlib.sha256(self.password.encode()).hexdigest()
-                answer = session.post(f"{self.url}/", timeout=timeout,
-                                      json={"username": self.username, "password": digest})
-                if answer.status_code == 400:
-                    raise DashboardError(f"{self.url} refused the login of {self.username!r} "
-                                         f"(HTTP 400): check VISDOM_USERNAME/VISDOM_PASSWORD")
-                # Any other answer (a server without login answers 500) leaves the data requests
-                # to say whether a login was needed.
-            self._session = session
-        return self._session
 
 
 class _Waiter:
@@ -454,39 +362,6 @@ class VisdomSink:
             self.delivered = not self.windows.changed()
         else:
             self.runlog.append([{"k": "run", "env": self.env, "time": time.time()}])
-
-
-def replay(path: str | os.PathLike, env: str | None = None, *,
-           progress: Callable[[str, int, int], None] | None = None, points_per_trace: int = 1000,
-           **connection: Any) -> str:
-    """Sends a run log to a server, window by window, whole; replaying twice changes nothing.
-
-        replay("runs/mnist/runlog.jsonl", port=8097)          # fills the env named in the log
-
-    Returns the env it filled (``env``, else the one named in the log). ``connection`` takes
-    :class:`Connection`'s arguments (server, port, username, ...). ``progress(stage, done, total)``
-    is called while reading (stage "read", in bytes) and sending (stage "send", in windows).
-    Raises DashboardError when the server cannot take a window.
-    """
-    sender = Connection(**connection)  # bad settings fail before a long read
-    windows = Windows(points_per_trace)
-    total = os.path.getsize(path)
-    on_bytes = (lambda done: progress("read", done, total)) if progress else None
-    for entry in RunLog.read(path, progress=on_bytes):
-        if entry.get("k") == "run":
-            env = env or entry.get("env")
-        windows.apply([entry])
-    if not env:
-        raise ValueError(f"env must be given: the run log {path} names none")
-    messages = [m for m in (w.message(env) for w in windows.by_name.values()) if m is not None]
-    try:
-        for done, message in enumerate(messages, 1):
-            sender.post(*message)
-            if progress:
-                progress("send", done, len(messages))
-    finally:
-        sender.close()
-    return env
 
 
 def _report_once(sink: VisdomSink, key: str, message: str) -> None:

@@ -11,7 +11,9 @@ from monitor.cli import main as cli
 from monitor.log import Log
 from monitor.runlog import RunLog
 from monitor.server import VisdomServer
-from monitor.sink import DashboardError, VisdomSink, replay
+from monitor.connection import DashboardError
+from monitor.replay import replay
+from monitor.sink import VisdomSink
 
 WINDOWS = ("loss", "lr", "inputs", "notes")
 

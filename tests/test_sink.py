@@ -24,7 +24,8 @@ from monitor.imaging import encode_grid
 from monitor.log import Log
 from monitor.records import Points, Text
 from monitor.server import VisdomServer, start
-from monitor.sink import Connection, VisdomSink
+from monitor.connection import Connection
+from monitor.sink import VisdomSink
 
 FAST = {"flush_every": 0.05}
 
