@@ -1,6 +1,7 @@
 """The command-line options every example takes, so each example's file is about its loop."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -21,15 +22,23 @@ def example_options(env: str, epochs: int, samples: int) -> Callable:
         click.option("--env", default=env, show_default=True, help="Visdom env (dashboard page) of the run."),
         click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      metavar="DIR", help="Save checkpoints here (none without it)."),
-        click.option("--resume", is_flag=True,
+        click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True,
+                     metavar="STEPS", help="Save one every STEPS steps, besides after each epoch."),
+        click.option("--resume", "resume_latest", is_flag=True,
                      help="Continue from the latest checkpoint in --checkpoint-dir, curves included."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of the weights' initialisation and the batches' order."),
     ]
 
     def decorate(command: Callable) -> Callable:
+        @functools.wraps(command)
+        def checked(**values):
+            if values["resume_latest"] and values["checkpoint_dir"] is None:
+                raise click.UsageError("--resume needs --checkpoint-dir DIR, the folder of the checkpoints")
+            return command(**values)
+
         for option in reversed(options):
-            command = option(command)
-        return command
+            checked = option(checked)
+        return checked
 
     return decorate

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from monitor import GradNorms, Images, LearningRate, Monitor, Scalars, Summary
+from monitor import (Checkpoint, EpochBatchSampler, GradNorms, Images, LearningRate, Monitor, ResumePoint,
+                     Scalars, Summary, resume)
+from monitor.checkpoint import CheckpointWriteError
 from options import example_options
 from shapes import CLASSES, Shapes
 
@@ -47,33 +49,54 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> dict[s
 
 
 def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, port: int | None = None,
-          env: str = "shapes-sequential", checkpoint_dir: Path | None = None, resume: bool = False,
-          seed: int = 0, batch_size: int = 32, lr: float = 5e-3) -> nn.Module:
-    """Trains the model and returns it; the dashboard is in ``env`` on the given Visdom server."""
+          env: str = "shapes-sequential", checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
+          resume_latest: bool = False, seed: int = 0, batch_size: int = 32, lr: float = 5e-3) -> nn.Module:
+    """Trains the model and returns it; the dashboard is in ``env`` on the given Visdom server.
+
+    With ``checkpoint_dir``, a checkpoint is saved every ``checkpoint_every`` steps, after each
+    epoch and at the end; ``resume_latest`` continues from the latest one there.
+    """
     torch.manual_seed(seed)
     train_set = Shapes(samples, seed=0)
     val_set = Shapes(max(samples // 5, 1), seed=1)
-    loader = DataLoader(train_set, batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed))
+    # Like shuffle=True, but each epoch's order depends on (seed, epoch) alone: a resumed run
+    # sees the same batches, and skips those it already did.
+    batches = EpochBatchSampler(train_set, batch_size=batch_size, seed=seed)
+    loader = DataLoader(train_set, batch_sampler=batches, generator=batches.generator)
     val_loader = DataLoader(val_set, batch_size=256)
 
     model = build_model()
     loss_fn = nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=epochs * len(loader))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr,
+                                                    total_steps=epochs * batches.batches_per_epoch)
 
-    monitor = Monitor([                                                       # monitor
+    # Where to start: epoch 0 with fresh curves, or (--resume) where the latest checkpoint left
+    # off, with the weights, optimizer, scheduler and random numbers restored from it.
+    start = ResumePoint(path=None)                                            # monitor
+    if resume_latest:                                                         # monitor
+        start = resume(checkpoint_dir, model, optimizer, scheduler, missing_ok=True)
+
+    callbacks = [                                                             # monitor
         Summary(hparams={"epochs": epochs, "samples": samples, "batch_size": batch_size, "seed": seed}),
         Scalars(),                              # loss and accuracy: train per step, validation per epoch
         LearningRate(),
         GradNorms(),                            # per layer and in total, after backward()
         Images(every=50, count=16, captions="predictions", class_names=CLASSES),
-    ], env=env, server=server, port=port, rewind_to=0)                        # a new run: fresh curves
+    ]
+    if checkpoint_dir is not None:     # last, so that a checkpoint holds what the others logged
+        callbacks.append(Checkpoint(checkpoint_dir, every_steps=checkpoint_every, every_epochs=1,  # monitor
+                                    scheduler=scheduler, metric="accuracy", mode="max"))
+    monitor = Monitor(callbacks, env=env, server=server, port=port,          # monitor
+                      rewind_to=start.runlog_position)     # the curves: cut back to the checkpoint
+    start.restore(monitor)                                 # the loop position and callback states
 
     with monitor:                                                             # monitor
         monitor.train_start(model, optimizer, hparams={"lr": lr})             # monitor
-        for epoch in range(epochs):
-            monitor.epoch_start(epoch)                                        # monitor
+        for epoch in range(start.epoch, epochs):
+            batches.set_epoch(epoch, skip=start.batches_done(epoch))
+            if not start.batches_done(epoch):  # else it began before the checkpoint we resumed from
+                monitor.epoch_start(epoch)                                    # monitor
             with click.progressbar(length=len(loader), label=f"epoch {epoch + 1}/{epochs}",
                                    item_show_func=lambda text: text) as bar:
                 for images, labels in loader:
@@ -97,7 +120,10 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
 @example_options(env="shapes-sequential", epochs=6, samples=8000)
 def main(**options) -> None:
     """Train an nn.Sequential on the Shapes dataset with a live Visdom dashboard."""
-    train(**options)
+    try:
+        train(**options)
+    except CheckpointWriteError as error:  # e.g. --checkpoint-dir holds another run's checkpoints
+        raise click.ClickException(str(error)) from None
 
 
 if __name__ == "__main__":

@@ -2,9 +2,12 @@
 with short settings: what their env holds afterwards. And the Shapes dataset they train on."""
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,15 +23,24 @@ SEQUENTIAL_LAYERS = ["0.Conv2d", "3.Conv2d", "7.Linear", "9.Linear"]
 CUSTOM_LAYERS = ["conv1", "conv2", "conv3", "head"]
 
 
+def example_command(name: str, server, env: str, *args: str) -> list[str]:
+    return [sys.executable, str(EXAMPLES / name), "--server", "http://127.0.0.1", "--port", str(server.port),
+            "--env", env, *args]
+
+
 def run_example(name: str, server, env: str, cwd: Path, *args: str, timeout: float = 120
                 ) -> subprocess.CompletedProcess:
     """``python examples/NAME --port P --env ENV ARGS`` in ``cwd``; fails the test on a non-zero exit."""
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), "--port", str(server.port), "--env", env, *args],
-        cwd=cwd, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
-        env={**os.environ, "VISDOM_SERVER_URL": "http://127.0.0.1"})
+    cwd.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(example_command(name, server, env, *args), cwd=cwd, capture_output=True, text=True,
+                            timeout=timeout, stdin=subprocess.DEVNULL)
     assert result.returncode == 0, result.stdout + result.stderr
     return result
+
+
+def latest_checkpoint(directory: Path) -> Path:
+    """The file ``latest.json`` points at."""
+    return directory / json.loads((directory / "latest.json").read_text())["latest"]
 
 
 # --- the dataset ------------------------------------------------------------------------------
@@ -84,6 +96,9 @@ def test_each_example_fills_its_env_with_every_window(example, layers, visdom_se
     grad_norms = read_window(visdom_server, env, "grad norm")
     assert list(grad_norms) == [*layers, "total"]
     assert all(xs == steps and all(y > 0 for y in ys) for xs, ys in grad_norms.values())
+    if example == "train_custom_module.py":  # its forward hook fired: the model is called as model(x)
+        xs, ys = read_window(visdom_server, env, "confidence")["train"]
+        assert xs == steps and all(1 / 3 <= y <= 1 for y in ys)  # a mean top-class probability
 
     grid = read_window_raw(visdom_server, env, "inputs")
     assert grid["type"] == "image" and grid["content"]["src"].startswith("data:image/png;base64,")
@@ -94,16 +109,65 @@ def test_each_example_fills_its_env_with_every_window(example, layers, visdom_se
     assert "<td><b>samples</b></td><td>64</td>" in summary["content"]
 
 
-def test_the_custom_module_forward_hook_fires_because_the_model_is_called(visdom_server, read_window,
-                                                                           tmp_path) -> None:
-    run_example("train_custom_module.py", visdom_server, "example-hook", tmp_path, "--samples", "64",
-                "--epochs", "1")
-    xs, ys = read_window(visdom_server, "example-hook", "confidence")["train"]
-    assert xs == [1, 2] and all(1 / 3 <= y <= 1 for y in ys)  # a mean top-class probability
-
-
 def test_a_new_run_in_the_same_env_replaces_the_curves(visdom_server, read_window, tmp_path) -> None:
     for samples in ("96", "64"):
         run_example("train_sequential.py", visdom_server, "example-again", tmp_path, "--samples", samples,
                     "--epochs", "1")
     assert read_window(visdom_server, "example-again", "loss")["train"][0] == [1, 2]
+
+
+def test_an_example_killed_after_its_first_checkpoint_resumes_with_continuous_curves_and_the_same_weights(
+        visdom_server, read_window, tmp_path) -> None:
+    # 640 images in batches of 32: 20 steps per epoch, 40 in all; a checkpoint every 3 steps
+    # (inside epochs too) and after each epoch.
+    args = ("--samples", "640", "--epochs", "2", "--checkpoint-dir", "checkpoints", "--checkpoint-every", "3")
+    run_example("train_sequential.py", visdom_server, "resume-straight", tmp_path / "straight", *args)
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    process = subprocess.Popen(example_command("train_sequential.py", visdom_server, "resume-killed", *args),
+                               cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not (killed / "checkpoints" / "latest.json").exists() and process.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint within 60 s"
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.kill()
+        stderr = process.communicate(timeout=30)[1]
+    assert process.returncode == -signal.SIGKILL, f"the run ended before it could be killed: {stderr}"
+    killed_at = json.loads((killed / "checkpoints" / "latest.json").read_text())["checkpoints"][-1]["step"]
+    assert killed_at < 40
+
+    resumed_run = run_example("train_sequential.py", visdom_server, "resume-killed", killed, *args, "--resume")
+    assert "epoch 1/2" not in resumed_run.stdout or killed_at < 20  # a finished epoch is not run again
+
+    steps = list(range(1, 41))
+    for window in ("loss", "accuracy", "learning rate", "grad norm"):
+        resumed, straight = (read_window(visdom_server, env, window) for env in ("resume-killed", "resume-straight"))
+        for trace, (xs, _) in resumed.items():  # no x repeated or going back
+            assert xs == (steps if trace != "validation" else [20, 40]), (window, trace, resumed_run.stderr)
+        assert resumed == straight, window  # and the same values as the run that was never killed
+
+    weights = [torch.load(latest_checkpoint(folder / "checkpoints"), weights_only=True)["model"]
+               for folder in (tmp_path / "straight", killed)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][name], weights[1][name]) for name in weights[0])
+
+
+def test_resume_needs_a_checkpoint_dir(visdom_server, tmp_path) -> None:
+    result = subprocess.run(example_command("train_sequential.py", visdom_server, "resume-usage", "--resume"),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 2
+    assert result.stderr.strip().endswith("Error: --resume needs --checkpoint-dir DIR, the folder of the checkpoints")
+
+
+def test_a_fresh_run_refuses_a_checkpoint_dir_of_another_run_in_one_line(visdom_server, tmp_path) -> None:
+    args = ("--samples", "64", "--epochs", "1", "--checkpoint-dir", "checkpoints")
+    run_example("train_sequential.py", visdom_server, "refuse", tmp_path, *args)
+    again = subprocess.run(example_command("train_sequential.py", visdom_server, "refuse", *args), cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert again.returncode == 1 and "Traceback" not in again.stderr
+    assert again.stderr.startswith("Error: directory must be empty or hold this run's checkpoints")
