@@ -171,3 +171,46 @@ def test_a_fresh_run_refuses_a_checkpoint_dir_of_another_run_in_one_line(visdom_
                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert again.returncode == 1 and "Traceback" not in again.stderr
     assert again.stderr.startswith("Error: directory must be empty or hold this run's checkpoints")
+
+
+# --- the README's code, as written -------------------------------------------------------------
+def readme_python_blocks() -> list[str]:
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    return [block.split("```", 1)[0] for block in readme.split("```python\n")[1:]]
+
+
+def test_the_readme_quick_start_and_custom_callback_run_as_written(visdom_server, read_window, read_window_raw,
+                                                                    tmp_path, monkeypatch) -> None:
+    from torch import nn
+
+    quick_start, custom = (b for b in readme_python_blocks() if "env=\"my-run\"" in b)
+    monkeypatch.chdir(tmp_path)  # the run log goes to runs/my-run here
+    monkeypatch.setenv("VISDOM_SERVER_URL", "http://127.0.0.1")
+    monkeypatch.setenv("VISDOM_PORT", str(visdom_server.port))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 3))
+    loss_fn = nn.CrossEntropyLoss()
+
+    def evaluate(model, loader):
+        images, labels = next(iter(loader))
+        outputs = model(images)
+        return loss_fn(outputs, labels).item(), (outputs.argmax(1) == labels).float().mean().item()
+
+    loader = DataLoader(Shapes(64), batch_size=32)
+    names = {"model": model, "optimizer": torch.optim.SGD(model.parameters(), lr=0.1), "loss_fn": loss_fn,
+             "loader": loader, "val_loader": loader, "evaluate": evaluate, "epochs": 2}
+    exec(quick_start, names)
+    exec(custom, names)
+    second = names["monitor"]  # the custom callback's monitor, in the same env
+    second.epoch_start(0)
+    second.epoch_end()
+    second.close()
+
+    assert read_window(visdom_server, "my-run", "loss")["validation"][0] == [2, 4]
+    assert set(read_window(visdom_server, "my-run", "accuracy")) == {"train", "validation"}
+    assert set(read_window(visdom_server, "my-run", "grad norm")) == {"1.Linear", "total"}
+    assert read_window(visdom_server, "my-run", "learning rate")["lr"][0] == [1, 2, 3, 4]
+    assert read_window_raw(visdom_server, "my-run", "inputs")["type"] == "image"
+    assert read_window_raw(visdom_server, "my-run", "notes")["content"] == "<b>baseline</b>, lr 0.1"
+    xs, ys = read_window(visdom_server, "my-run", "epoch time")["seconds"]
+    assert xs == [1] and ys[0] >= 0
