@@ -62,6 +62,9 @@ class Callback:
     def state_key(self) -> str:
         return type(self).__name__
 
+    def on_attach(self, monitor: Monitor) -> None:
+        """Called once by the Monitor this callback was given to (e.g. to save its whole state)."""
+
     def on_train_start(self, state: LoopState, log: Log) -> None:
         """The loop is about to start (or resume) training."""
 
@@ -147,6 +150,8 @@ class Monitor:
         self._subscribers = {hook: [c for c in self.callbacks
                                     if getattr(type(c), hook) is not getattr(Callback, hook)]
                              for hook in HOOKS}
+        for callback in self.callbacks:
+            callback.on_attach(self)
 
     @property
     def is_main(self) -> bool:

@@ -45,13 +45,11 @@ class ResumePoint:
         return self.skip_batches if epoch == self.epoch else 0
 
     def restore(self, monitor: Monitor) -> None:
-        """Gives ``monitor`` its loop position and callback states back, and binds its Checkpoint callbacks.
+        """Gives ``monitor`` its loop position and its callbacks' states back.
 
         Warns (the dashboard is not the training) when the monitor writes to another env, or its
         run log was not cut back to the checkpoint with ``rewind_to=start.runlog_position``.
         """
-        from monitor.callbacks.checkpoint import Checkpoint
-
         if not isinstance(monitor, Monitor):
             raise TypeError(f"monitor must be a monitor.Monitor, got {type(monitor).__name__}")
         if self.path is not None:
@@ -64,9 +62,6 @@ class ResumePoint:
                               f"{self.runlog_position}: build the Monitor with rewind_to=start.runlog_position, "
                               f"or curves may repeat steps", stacklevel=2)
             monitor.load_state_dict(self.monitor_state)
-        for callback in monitor.callbacks:
-            if isinstance(callback, Checkpoint):
-                callback.bind(monitor)
 
 
 def resume(source: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None,

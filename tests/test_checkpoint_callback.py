@@ -108,7 +108,6 @@ def test_no_checkpoint_is_saved_at_train_end_after_an_exception(tmp_path):
     parts = build()
     checkpoint = Checkpoint(tmp_path / "ckpt")
     monitor = Monitor([checkpoint], sink=NullSink())
-    checkpoint.bind(monitor)
     with pytest.raises(RuntimeError, match="diverged"):
         with monitor:
             monitor.train_start(parts.model, parts.optimizer)
@@ -121,7 +120,6 @@ def test_a_failed_write_stops_the_loop_although_the_monitor_contains_callback_er
     parts = build()
     checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1)
     monitor = Monitor([Scalars(), checkpoint], sink=NullSink())  # raise_errors=False: errors are contained
-    checkpoint.bind(monitor)
     monitor.train_start(parts.model, parts.optimizer)
     monitor.step_end(loss=1.0)
     good = (tmp_path / "ckpt" / MANIFEST).read_bytes()
@@ -141,25 +139,22 @@ def test_extras_that_are_not_tensors_or_primitives_are_refused_when_saving(tmp_p
     parts = build()
     checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, extras=lambda: {"callback": print})
     monitor = Monitor([checkpoint], sink=NullSink())
-    checkpoint.bind(monitor)
     monitor.train_start(parts.model, parts.optimizer)
     with pytest.raises(CheckpointWriteError, match=r"checkpoint\['extras'\]\['callback'\] must hold only tensors "
                                                    r"and primitives .* got builtins.builtin_function_or_method"):
         monitor.step_end(loss=1.0)
 
 
-def test_an_unbound_checkpoint_stops_the_loop_at_train_start(tmp_path):
-    monitor = Monitor([Checkpoint(tmp_path / "ckpt")], sink=NullSink())
-    with pytest.raises(CheckpointWriteError, match=r"call checkpoint.bind\(monitor\)"):
-        monitor.train_start(build().model)
+def test_a_checkpoint_used_without_a_monitor_refuses_to_save(tmp_path):
+    checkpoint = Checkpoint(tmp_path / "ckpt")
+    with pytest.raises(CheckpointWriteError, match=r"give it to Monitor\(\[\.\.\., checkpoint\]\)"):
+        checkpoint.save()
 
 
 def test_a_checkpoint_must_be_the_last_callback(tmp_path):
     checkpoint = Checkpoint(tmp_path / "ckpt")
-    monitor = Monitor([checkpoint, Scalars()], sink=NullSink())
     with pytest.raises(ValueError, match="must be the last of the monitor's callbacks.*got it at index 0 of 2"):
-        checkpoint.bind(monitor)
-
+        Monitor([checkpoint, Scalars()], sink=NullSink())
 
 def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_them(tmp_path):
     parts = build()
@@ -168,7 +163,6 @@ def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_t
     before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
     checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=5)
     monitor = Monitor([checkpoint], sink=NullSink())
-    checkpoint.bind(monitor)
     with pytest.raises(CheckpointWriteError, match="directory must be empty or hold this run's checkpoints"):
         monitor.train_start(parts.model, parts.optimizer)
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before

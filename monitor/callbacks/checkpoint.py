@@ -26,7 +26,6 @@ class Checkpoint(Callback):
 
         checkpoint = Checkpoint("runs/mnist/checkpoints", every_epochs=1, metric="loss", keep_best=2)
         monitor = Monitor([Scalars(), checkpoint], env="mnist")   # last, so it holds what the others logged
-        checkpoint.bind(monitor)                                   # resume(..., monitor=) binds it too
 
     Saves every ``every_steps`` steps (at step_end), every ``every_epochs`` epochs (at
     epoch_end) and at train_end (``at_end``; not after an exception). Keeps the last
@@ -80,7 +79,7 @@ class Checkpoint(Callback):
         self._aborted = False
         self._claimed = False
 
-    def bind(self, monitor: Monitor) -> Checkpoint:
+    def on_attach(self, monitor: Monitor) -> None:
         """Lets this callback save the state of ``monitor``'s loop and of all its callbacks."""
         if not isinstance(monitor, Monitor):
             raise TypeError(f"monitor must be a monitor.Monitor, got {type(monitor).__name__}")
@@ -90,7 +89,6 @@ class Checkpoint(Callback):
                              f"holds what the others logged for its step; got it at index {where} of "
                              f"{len(monitor.callbacks)}")
         self._monitor = monitor
-        return self
 
     # --- hooks --------------------------------------------------------------------------------
     def on_train_start(self, state: LoopState, log: Log) -> None:
@@ -205,9 +203,8 @@ class Checkpoint(Callback):
 
     def _require_monitor(self) -> Monitor:
         if self._monitor is None:
-            raise CheckpointWriteError("Checkpoint needs its Monitor to save every callback's state: call "
-                                       "checkpoint.bind(monitor) (monitor.resume(..., monitor=monitor) does it), "
-                                       "got an unbound Checkpoint")
+            raise CheckpointWriteError("Checkpoint needs its Monitor to save every callback's state: give it "
+                                       "to Monitor([..., checkpoint]), got a Checkpoint used without one")
         return self._monitor
 
     def _note_metric(self, metrics: Mapping[str, Any], loss: Any = None) -> None:
