@@ -100,7 +100,10 @@ class VisdomSink:
                                      password=password, timeout=timeout)
         self.windows = Windows(points_per_trace)
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.env
-        self.runlog = RunLog(self.run_dir / RunLog.FILENAME, rewind_to=rewind_to)
+        path = self.run_dir / RunLog.FILENAME
+        # Windows that only the rewound part of the log wrote are closed on the server.
+        self._stale = _windows_after(path, rewind_to) if rewind_to is not None else set()
+        self.runlog = RunLog(path, rewind_to=rewind_to)
         self.flush_every = float(flush_every)
         self.delivered = True  # every window on the server equals ours
         self.timings: deque[FlushTiming] = deque(maxlen=1000)
@@ -154,12 +157,14 @@ class VisdomSink:
         self._queue.put(waiter)
         return waiter.event.wait(timeout) and self.delivered
 
-    def sync(self, timeout: float | None = 10.0) -> int:
-        """Waits until everything put so far is durable in the run log; returns the log position."""
+    def sync(self, timeout: float | None = 10.0) -> int | None:
+        """Waits until everything put so far is durable in the run log and returns the log's
+        position (what a checkpoint rewinds to); None if that did not happen within ``timeout``."""
         if self._worker.is_alive():
             waiter = _Waiter(timeout, durable=True)
             self._queue.put(waiter)
-            waiter.event.wait(timeout)
+            if not waiter.event.wait(timeout):
+                return None
         return self.runlog.position
 
     def close(self, timeout: float | None = 10.0) -> bool:
@@ -306,6 +311,9 @@ class VisdomSink:
         try:
             if force or now - self._last_check >= self.HEARTBEAT:  # flush() and close() check too
                 self._check_env(limit)
+            for name in sorted(self._stale):
+                self.connection.post("close", {"win": name, "eid": self.env}, timeout=limit)
+                self._stale.discard(name)
             for window in self.windows.changed():
                 message = window.message(self.env)
                 if message is not None:
@@ -359,9 +367,26 @@ class VisdomSink:
         """Continues the windows of an existing run log, or starts a new one with its header."""
         if self.runlog.position:
             self.windows.apply(RunLog.read(self.runlog.path, end=self.runlog.position))
-            self.delivered = not self.windows.changed()
+            self._stale -= set(self.windows.by_name)
+            self.delivered = not self.windows.changed() and not self._stale
         else:
             self.runlog.append([{"k": "run", "env": self.env, "time": time.time()}])
+
+
+def _windows_after(path: Path, position: int) -> set[str]:
+    """The windows that entries after byte ``position`` of a run log write to."""
+    if not path.exists():
+        return set()
+    with open(path, "rb") as file:
+        file.seek(position)
+        tail = file.read()
+    names = set()
+    for line in tail.splitlines():
+        try:
+            names.add(json.loads(line)["win"])
+        except (ValueError, KeyError, TypeError):
+            pass  # the header, or a line torn by a crash
+    return names
 
 
 def _report_once(sink: VisdomSink, key: str, message: str) -> None:

@@ -484,3 +484,30 @@ def test_a_login_server_receives_data_from_a_sink_with_the_right_credentials(
         assert wrong.flush(timeout=0.5) is False
         assert wrong.close(timeout=0.5) is False
         assert any("refused the login of 'ada'" in r for r in warnings_in(caplog))
+
+
+def test_a_rewound_run_closes_the_windows_only_its_dropped_steps_wrote(visdom_server, read_window, tmp_path):
+    first = sink_for(visdom_server, "rewound", tmp_path)
+    log = Log(first)
+    for step in range(1, 6):
+        log.scalar("loss", "train", step, 1.0 / step)
+    checkpoint = first.sync()
+    for step in range(6, 9):
+        log.scalar("loss", "train", step, 1.0 / step)
+        log.scalar("late", "train", step, float(step))
+    assert first.flush() and first.close()
+    assert set(read_window(visdom_server, "rewound", "late")) == {"train"}
+
+    resumed = sink_for(visdom_server, "rewound", tmp_path, rewind_to=checkpoint)
+    assert resumed.flush() and resumed.close()
+    assert read_window(visdom_server, "rewound", "loss")["train"][0] == [1, 2, 3, 4, 5]
+    with pytest.raises(LookupError):
+        read_window(visdom_server, "rewound", "late")
+
+
+def test_sync_says_when_the_run_log_did_not_catch_up_in_time(tmp_path):
+    sink = VisdomSink("slow", port=9, run_dir=tmp_path, flush_every=0.05)
+    assert sink.sync(timeout=5) == sink.runlog.position
+    Log(sink).scalar("loss", "train", 1, 1.0)
+    assert sink.sync(timeout=0) is None  # no time to wait for the worker
+    sink.close(timeout=0.5)

@@ -150,6 +150,9 @@ class Checkpoint(Callback):
         try:
             sync = getattr(monitor.sink, "sync", None)
             position = sync() if callable(sync) else None
+            if callable(sync) and position is None:
+                _log.warning("monitor: the run log did not reach the disk in time for checkpoint %s; "
+                             "after a resume from it the dashboard may show steps twice", path.name)
             checkpoint = build_checkpoint(
                 model=state.model, optimizer=state.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                 loop={"epoch": state.epoch, "step": state.step, "batch": state.batch, "epoch_done": self._epoch_done},
