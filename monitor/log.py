@@ -7,8 +7,9 @@ device and read later by the sink's worker).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from numbers import Real
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 
@@ -69,8 +70,11 @@ class Log:
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")
-        self.sink.put(Points(_name("window", window), _x(x), tuple(traces),
-                             values.detach().to(torch.float32, copy=True)))
+        if values.requires_grad:
+            values = values.detach()
+        # clone() when it is float32 already: a third of the cost of .to(..., copy=True) here
+        snapshot = values.clone() if values.dtype == torch.float32 else values.to(torch.float32)
+        self.sink.put(Points(_name("window", window), _x(x), tuple(traces), snapshot))
 
     def images(self, window: str, x: float, images: torch.Tensor,
                captions: Sequence[str] | None = None) -> None:
@@ -101,6 +105,8 @@ def _name(argument: str, value: Any) -> str:
 
 
 def _x(x: Any) -> float:
+    if type(x) is int:  # the usual step number: finite, nothing to check
+        return x
     if isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_cuda:
         x = x.item()
     if isinstance(x, bool) or not isinstance(x, Real) or not math.isfinite(x):
@@ -110,6 +116,8 @@ def _x(x: Any) -> float:
 
 def _snapshot(value: Any, argument: str) -> Any:
     """A float now, or a copy on the tensor's own device when reading it would wait for the device."""
+    if type(value) is float:  # a learning rate, a metric already read: the common case, kept cheap
+        return value
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{argument} must be a number or a one-element tensor, "

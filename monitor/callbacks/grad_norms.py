@@ -104,8 +104,14 @@ class GradNorms(Callback):
                present: tuple[int, ...] | None = None) -> None:
         present = tuple(range(len(tensors))) if present is None else present
         traces, sums = self._grouping(present, tensors[0].device)
-        with torch.no_grad():
-            self._put(log, window, x, traces, _norms(tensors, sums, len(traces)))
+        if window == "grad norm" and not tensors[0].requires_grad:
+            # Plain gradients (no backward(create_graph=True)) build no graph, and no_grad()
+            # would cost as much as one of the few operations below.
+            norms = _norms(tensors, sums, len(traces))
+        else:
+            with torch.no_grad():
+                norms = _norms(tensors, sums, len(traces))
+        self._put(log, window, x, traces, norms)
 
     def _put(self, log: Log, window: str, x: int, traces: list[str], values: torch.Tensor) -> None:
         if window not in self._laid_out:
