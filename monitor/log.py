@@ -61,20 +61,29 @@ class Log:
             raise TypeError(f"values must be a mapping of trace name to number, got {type(values).__name__}")
         if not values:
             return
-        traces = tuple(_name("trace", t) for t in values)
-        snapshots = tuple(_snapshot(v, f"values[{t!r}]") for t, v in values.items())
-        self.sink.put(Points(_name("window", window), _x(x), traces, snapshots))
+        traces, snapshots = [], []
+        for trace, value in values.items():
+            traces.append(_name("trace", trace))
+            snapshots.append(_snapshot(value, "values", trace))
+        self.sink.put(Points(_name("window", window), _x(x), tuple(traces), tuple(snapshots)))
 
-    def vector(self, window: str, x: float, traces: Sequence[str], values: torch.Tensor) -> None:
-        """One point per trace from a 1-d tensor (``values[i]`` for ``traces[i]``), read later."""
+    def vector(self, window: str, x: float, traces: Sequence[str], values: torch.Tensor, *,
+               copy: bool = True) -> None:
+        """One point per trace from a 1-d tensor (``values[i]`` for ``traces[i]``), read later.
+
+        ``copy=False`` skips the snapshot, for a tensor made for this call that nothing changes
+        afterwards (a device operation saved per call).
+        """
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")
         if values.requires_grad:
             values = values.detach()
-        # clone() when it is float32 already: a third of the cost of .to(..., copy=True) here
-        snapshot = values.clone() if values.dtype == torch.float32 else values.to(torch.float32)
-        self.sink.put(Points(_name("window", window), _x(x), tuple(traces), snapshot))
+        if values.dtype != torch.float32:
+            values = values.to(torch.float32)  # a copy
+        elif copy:
+            values = values.clone()  # a third of the cost of .to(..., copy=True) here
+        self.sink.put(Points(_name("window", window), _x(x), tuple(traces), values))
 
     def images(self, window: str, x: float, images: torch.Tensor,
                captions: Sequence[str] | None = None) -> None:
@@ -114,10 +123,15 @@ def _x(x: Any) -> float:
     return x
 
 
-def _snapshot(value: Any, argument: str) -> Any:
-    """A float now, or a copy on the tensor's own device when reading it would wait for the device."""
+def _snapshot(value: Any, argument: str, key: str | None = None) -> Any:
+    """A float now, or a copy on the tensor's own device when reading it would wait for the device.
+
+    Errors name ``argument`` (``argument[key]`` when ``key`` is given).
+    """
     if type(value) is float:  # a learning rate, a metric already read: the common case, kept cheap
         return value
+    if key is not None:
+        argument = f"{argument}[{key!r}]"
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:
             raise ValueError(f"{argument} must be a number or a one-element tensor, "

@@ -117,7 +117,7 @@ class GradNorms(Callback):
         if window not in self._laid_out:
             log.window(window, title=window, xlabel="step", ylabel=_YLABELS[window], ytype="log")
             self._laid_out.add(window)
-        log.vector(window, x, traces, values)
+        log.vector(window, x, traces, values, copy=False)  # values is ours, made just now
 
     def _parameters(self, state: LoopState) -> list[torch.nn.Parameter]:
         """The model's parameters; the layer grouping is rebuilt when they change."""
@@ -178,17 +178,19 @@ _MATRIX_LIMIT = 1 << 16  # elements of the summing matrix (256 KB); beyond it, a
 def _norms(tensors: list[torch.Tensor], sums: torch.Tensor, rows: int) -> torch.Tensor:
     """``rows`` L2 norms (per layer, then the total) as one float32 tensor on the device of ``sums``.
 
-    Few operations on purpose: on a small model each one costs about as much as its arithmetic,
-    hence the matrix product that adds up every layer and the total at once.
+    Few operations on purpose: right after a backward pass the caches are cold, and each small
+    operation costs 10-40 us on a CPU (measured in bench/overhead.py's loops). With the 0/1
+    matrix, row r of ``sums * norms`` holds the norms of trace r's parameters, and one
+    vector_norm over the rows gives every layer and the total.
     """
     norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
     try:
-        squares = torch.stack(norms)
+        norms = torch.stack(norms)
     except RuntimeError:  # parameters on several devices: gather the norms on one
-        squares = torch.stack([n.to(sums.device) for n in norms])
-    squares.mul_(squares)
+        norms = torch.stack([n.to(sums.device) for n in norms])
     if sums.dim() == 2:
-        return torch.mv(sums, squares).sqrt_()
+        return torch.linalg.vector_norm(sums * norms, dim=1)
+    squares = norms.mul_(norms)
     per_row = torch.zeros(rows, dtype=torch.float32, device=sums.device)
     return per_row.index_add_(0, sums, squares.repeat(2)).sqrt_()
 
