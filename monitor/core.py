@@ -13,6 +13,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from monitor.distributed import rank_and_world_size
 from monitor.log import Log, NullSink, Sink
 
 _log = logging.getLogger("monitor")
@@ -117,8 +118,10 @@ class Monitor:
 
     ``sink`` defaults to a :class:`monitor.VisdomSink` built from ``env`` and ``sink_options``
     (server, port, run_dir, ...). Under ``torch.distributed`` the callbacks run in every process
-    (so collectives they make match) but only rank 0 has a sink; the others drop what they log. ``raise_errors=True`` makes a callback's exception propagate
-    (for tests); by default it is reported once and training goes on.
+    (so collectives they make match) but only rank 0 has a sink; the others drop what they log.
+    Build it after ``init_process_group``: that is where it learns its rank. ``raise_errors=True``
+    makes a callback's exception propagate (for tests); by default it is reported once and
+    training goes on.
     """
 
     def __init__(self, callbacks: Iterable[Callback] = (), *, env: str | None = None,
@@ -131,7 +134,7 @@ class Monitor:
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
             raise ValueError(f"callbacks must have distinct state_key values, got {duplicates} more than once")
-        self.rank, self.world_size = _distributed_rank()
+        self.rank, self.world_size = rank_and_world_size()
         if sink is not None and (env is not None or sink_options):
             raise TypeError("env and sink options are the sink's: pass them to the sink, not with sink=")
         if sink is None and self.rank != 0:
@@ -276,11 +279,3 @@ class Monitor:
                 self._reported.add(key)
                 _log.warning("callback %s failed in %s and is skipped there until it works again "
                              "(reported once): %s: %s", key[0], hook, type(error).__name__, error)
-
-
-def _distributed_rank() -> tuple[int, int]:
-    """(rank, world size) under an initialised torch.distributed, else (0, 1)."""
-    distributed = torch.distributed
-    if distributed.is_available() and distributed.is_initialized():
-        return distributed.get_rank(), distributed.get_world_size()
-    return 0, 1

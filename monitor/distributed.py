@@ -1,0 +1,109 @@
+"""The monitor across the processes of a ``torch.distributed`` job: who it is, averaging, agreeing.
+
+Every function that takes part in a collective says so; it must then be called by every rank,
+in the same order and with the same metric names, as DDP's own collectives are. With a single
+process (or no process group initialised) nothing here talks to anybody.
+
+    rank, world_size = rank_and_world_size()          # (0, 1) without torch.distributed
+    means = mean_across_ranks({"loss": loss})         # one all_reduce for all the values
+    path = on_main(write_file)       # rank 0 writes; the others wait for its outcome
+"""
+from __future__ import annotations
+
+import math
+import pickle
+from numbers import Real
+from typing import Any, Callable, Mapping, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def rank_and_world_size() -> tuple[int, int]:
+    """(rank, world size) under an initialised torch.distributed, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Each value's mean over the ranks, from one ``all_reduce`` of all of them stacked (a collective).
+
+    Values are numbers or one-element tensors; the means are 0-d float64 tensors on the device
+    the reduction ran on (the values' accelerator, the backend's device, else the CPU), read
+    later by whoever logs them. A value that is neither (a string, a longer tensor) still takes
+    part, as NaN, so every rank's collective matches; it is returned unchanged, for the caller's
+    own check to name it.
+    """
+    if not values:
+        return {}
+    device = _device(values.values())
+    slots = [_as_scalar(value, device) for value in values.values()]
+    stacked = torch.stack([torch.full((), math.nan, dtype=torch.float64, device=device) if s is None else s
+                           for s in slots])
+    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    stacked.div_(dist.get_world_size())
+    return {name: value if slot is None else mean
+            for (name, value), slot, mean in zip(values.items(), slots, stacked.unbind())}
+
+
+def gather_on_main(value: Any) -> list[Any] | None:
+    """Every rank's ``value``, by rank, on rank 0; None on the others (a collective, pickled)."""
+    rank, world_size = rank_and_world_size()
+    if world_size == 1:
+        return [value]
+    gathered: list[Any] | None = [None] * world_size if rank == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered
+
+
+def on_main(action: Callable[[], T]) -> T:
+    """Runs ``action`` on rank 0 only; every rank returns its result or raises its exception.
+
+    The other ranks wait for rank 0 (a broadcast, so also a barrier): a checkpoint is on disk
+    before any rank goes on, and a write that failed stops every rank instead of leaving them
+    waiting for rank 0 at their next collective. The result and the exception travel pickled;
+    an exception that does not survive pickling arrives as a RuntimeError naming it.
+    """
+    rank, world_size = rank_and_world_size()
+    if world_size == 1:
+        return action()
+    outcome: list[Any] = [None, None]
+    if rank == 0:
+        try:
+            outcome[0] = action()
+        except BaseException as error:
+            outcome[1] = error
+            try:
+                pickle.loads(pickle.dumps(error))
+            except Exception:
+                outcome[1] = RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
+            dist.broadcast_object_list(outcome, src=0)
+            raise
+    dist.broadcast_object_list(outcome, src=0)
+    if outcome[1] is not None:
+        raise outcome[1]
+    return outcome[0]
+
+
+def _device(values: Any) -> torch.device:
+    """Where the reduction runs: the values' accelerator, else what the backend needs."""
+    for value in values:
+        if isinstance(value, torch.Tensor) and value.device.type != "cpu":
+            return value.device
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _as_scalar(value: Any, device: torch.device) -> torch.Tensor | None:
+    """``value`` as a 0-d float64 tensor on ``device`` (copied there, never read), or None if it is no number."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
+            return None
+        return value.detach().reshape(()).to(device=device, dtype=torch.float64)
+    if isinstance(value, bool) or not isinstance(value, Real):
+        return None
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
