@@ -8,6 +8,7 @@ from torch.nn.modules.module import (register_module_module_registration_hook,
                                      register_module_parameter_registration_hook)
 
 from monitor.callbacks._every import is_due, positive_int
+from monitor.checkpoint import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 
@@ -35,6 +36,12 @@ class GradNorms(Callback):
     ``update_ratio=True`` adds ``update ratio``, ||w_after - w_before|| / ||w_before|| per layer,
     which costs a copy of the weights on the device between after_backward and step_end on the
     steps it logs. With gradient accumulation, call ``after_backward`` once, after the last backward.
+
+    A model wrapped in DistributedDataParallel (or torch.compile) is read through the wrapper,
+    so its traces are named as the plain model's (``0.Linear``, not ``module.0.Linear``). DDP
+    averages the gradients over the ranks during ``backward()``, so the norms at
+    ``after_backward`` are the same on every rank: those of one process training on the global
+    batch (inside ``no_sync()`` they would be each rank's own).
     """
 
     def __init__(self, every: int = 1, weights: bool = False, update_ratio: bool = False) -> None:
@@ -121,10 +128,10 @@ class GradNorms(Callback):
 
     def _parameters(self, state: LoopState) -> list[torch.nn.Parameter]:
         """The model's parameters; the layer grouping is rebuilt when they change."""
-        model = state.model
-        if model is None:
+        if state.model is None:
             raise ValueError("GradNorms needs the model: pass it to monitor.train_start(model, optimizer), "
                              "got model=None")
+        model = unwrap_model(state.model)
         if model is not self._model or self._stale:
             self._stale = False
             current = list(model.parameters())

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 from numbers import Real
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import torch
 
 from monitor.callbacks._every import is_due, one_of, positive_int
-from monitor.core import Callback, LoopState
+from monitor.core import Callback, LoopState, Monitor
+from monitor.distributed import mean_across_ranks
 from monitor.log import Log
 
 
@@ -31,11 +32,21 @@ class Scalars(Callback):
     on its device, never read here. NaN and Inf are passed on: the sink shows them as gaps and
     counts them. A value of another type (a string, a list, a tensor of several elements)
     raises, naming the metric, once the call's other names are written; the Monitor reports it.
+
+    Under torch.distributed each rank sees its own batches; ``average=("loss", "accuracy")``
+    (or ``True`` for every name) plots those names' mean over the ranks instead of rank 0's
+    value. It costs one ``all_reduce`` per logged step, for all the names together (and one per
+    ``validation_end`` or ``epoch_end`` with metrics), none in a single process or without
+    ``average``; every rank must then pass the same names::
+
+        monitor = Monitor([Scalars(average=("loss", "accuracy"))], env="ddp")   # on every rank
     """
 
-    def __init__(self, every: int = 1, x: str = "step") -> None:
+    def __init__(self, every: int = 1, x: str = "step", average: bool | Iterable[str] = False) -> None:
         self.every = positive_int("every", every)
         self.x = one_of("x", x, ("step", "epoch"))
+        self.average = _names_to_average(average)
+        self._world_size = 1
         self._windows: set[str] = set()
         self._sums: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
@@ -47,12 +58,16 @@ class Scalars(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._sums, self._counts = dict(state["sums"]), dict(state["counts"])
 
+    def on_attach(self, monitor: Monitor) -> None:
+        self._world_size = monitor.world_size
+
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if not is_due(state.step, self.every):
             return
         values = dict(state.metrics)
         if state.loss is not None:
             values["loss"] = state.loss
+        values = self._averaged(values)  # per step, so a checkpoint's running sums are every rank's
         if self.x == "step":
             self._write(log, state.step, "train", values)
             return
@@ -68,11 +83,12 @@ class Scalars(Callback):
             raise failure
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
+        metrics = self._averaged(state.metrics)
         if self.x == "step":
-            self._write(log, state.step, "epoch", state.metrics)
+            self._write(log, state.step, "epoch", metrics)
             return
         means = {name: total / self._counts[name] for name, total in self._sums.items()}
-        means.update(state.metrics)
+        means.update(metrics)
         self._sums.clear()
         self._counts.clear()
         self._write(log, state.epoch + 1, "train", means)
@@ -82,7 +98,14 @@ class Scalars(Callback):
             x = state.step
         else:
             x = state.epoch + 1 if state.batch else state.epoch
-        self._write(log, x, "validation", state.metrics)
+        self._write(log, x, "validation", self._averaged(state.metrics))
+
+    def _averaged(self, values: Mapping[str, Any]) -> dict[str, Any]:
+        """``values``, those named in ``average`` replaced by their mean over the ranks."""
+        if self._world_size == 1 or self.average is False:
+            return dict(values)
+        chosen = {name: value for name, value in values.items() if self.average is True or name in self.average}
+        return {**values, **mean_across_ranks(chosen)} if chosen else dict(values)
 
     def _write(self, log: Log, x: float, trace: str, values: Mapping[str, Any]) -> None:
         """One point per name; a bad value is raised after the good ones are written."""
@@ -97,6 +120,16 @@ class Scalars(Callback):
                 failure = failure or type(error)(f"metric {name!r}: {error}")
         if failure is not None:
             raise failure
+
+
+def _names_to_average(average: Any) -> bool | frozenset[str]:
+    if isinstance(average, bool):
+        return average
+    names = list(average) if isinstance(average, Iterable) and not isinstance(average, (str, bytes)) else None
+    if names is None or not all(isinstance(n, str) and n for n in names):
+        raise TypeError(f"average must be True, False or metric names such as (\"loss\", \"accuracy\"), "
+                        f"got {average!r}")
+    return frozenset(names)
 
 
 def _add(total: Any, value: Any, name: str) -> Any:

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
+from monitor.checkpoint import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 
@@ -31,7 +32,8 @@ class Summary(Callback):
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         log.window(WINDOW, title=WINDOW)
-        log.text(WINDOW, state.step, _summary_html(state.model, state.optimizer, {**self.hparams, **state.hparams}))
+        model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
+        log.text(WINDOW, state.step, _summary_html(model, state.optimizer, {**self.hparams, **state.hparams}))
 
 
 def _summary_html(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
