@@ -84,7 +84,8 @@ def describe_checkpoint(path: str | Path, *, trust: bool = False) -> list[tuple[
     for part in ("optimizer", "scheduler", "scaler"):
         rows.append((part, _part(classes.get(part), data[part])))
     rows.append(("rng", f"python, {'numpy, ' if rng.get('numpy') else ''}torch CPU, "
-                        f"{len(rng.get('cuda') or [])} CUDA device(s)"))
+                        f"{len(rng.get('cuda') or [])} CUDA device(s)"
+                        + (f"; for each of {len(rng['ranks'])} ranks" if rng.get("ranks") else "")))
     rows.append(("callbacks", ", ".join(data["callbacks"]) or "none"))
     rows.append(("extras", ", ".join(map(str, data["extras"])) or "none"))
     return rows

@@ -8,10 +8,11 @@ from typing import Any
 
 import torch
 
-from monitor.checkpoint import unwrap_model
+from monitor.checkpoint import load_checkpoint, unwrap_model
 from monitor.checkpoint_dir import find_checkpoint
 from monitor.core import Monitor
-from monitor.rng import restore_rng
+from monitor.distributed import on_main, rank_and_world_size
+from monitor.rng import restore_rng, rng_of_rank
 
 
 @dataclass(frozen=True)
@@ -77,14 +78,27 @@ def resume(source: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
     given, is restored too (see :meth:`ResumePoint.restore`): pass it when its sink needs no
     rewinding, else build it with ``rewind_to=start.runlog_position`` and call ``restore``.
     ``trust=True`` loads a file that needs unsafe unpickling: only for files you trust.
+
+    Under torch.distributed every rank calls it: rank 0 picks the file, every rank loads that
+    one (so ``source`` must be readable by all) and restores its own random state from it. The
+    model may be wrapped in DDP or not, whichever way the checkpoint was saved.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    found = find_checkpoint(source, trust=trust, missing_ok=missing_ok)
-    if found is None:
+    rank, world_size = rank_and_world_size()
+    chosen: dict[str, Any] = {}
+
+    def choose() -> Path | None:
+        found = find_checkpoint(source, trust=trust, missing_ok=missing_ok)
+        if found is not None:
+            chosen["checkpoint"] = found[1]
+        return found[0] if found is not None else None
+
+    path = on_main(choose)  # every rank loads the file rank 0 chose, even if the folder changes meanwhile
+    if path is None:
         point = ResumePoint(path=None)
     else:
-        path, checkpoint = found
+        checkpoint = chosen.get("checkpoint") or load_checkpoint(path, trust=trust)
         parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
         for name, part in parts.items():
             saved_class = checkpoint["classes"].get(name)
@@ -101,7 +115,7 @@ def resume(source: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
         for name, part in parts.items():
             if part is not None:
                 part.load_state_dict(checkpoint[name])
-        restore_rng(checkpoint["rng"])
+        restore_rng(rng_of_rank(checkpoint["rng"], rank, world_size))
         loop, run = checkpoint["loop"], checkpoint["run"]
         done = bool(loop["epoch_done"])
         point = ResumePoint(

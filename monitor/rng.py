@@ -4,7 +4,9 @@ A resumed run only continues *exactly* if dropout, augmentations and shuffles dr
 numbers they would have drawn without the interruption, so a checkpoint keeps the state of
 Python's ``random``, NumPy's global generator, torch's CPU generator and every CUDA device's.
 The captured dict holds only ints, floats, strings and tensors, so it loads with
-``torch.load(weights_only=True)``.
+``torch.load(weights_only=True)``. A checkpoint of a torch.distributed job holds rank 0's state
+and, under ``ranks``, every rank's: each rank draws its own dropout masks and augmentations, so
+each gets its own state back (:func:`rng_of_rank`).
 """
 from __future__ import annotations
 
@@ -51,6 +53,21 @@ def restore_rng(state: dict[str, Any]) -> None:
                           f"has {count}; the first {min(count, len(saved))} are restored", stacklevel=3)
         for device, device_state in enumerate(saved[:count]):
             torch.cuda.set_rng_state(device_state, device)
+
+
+def rng_of_rank(state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+    """The state rank ``rank`` restores from a checkpoint's ``rng`` entry.
+
+    A job of another size than the one that saved it gets rank ``rank``'s state where there is
+    one and rank 0's otherwise, with a warning (from rank 0): its random draws will not repeat
+    the saving job's.
+    """
+    ranks = state.get("ranks") or [state]
+    if len(ranks) != world_size and rank == 0:
+        warnings.warn(f"the checkpoint holds the random state of {len(ranks)} process(es), this job has "
+                      f"{world_size}: ranks without a state of their own restore rank 0's, so random draws "
+                      f"differ from the saving job's", stacklevel=3)
+    return ranks[rank] if rank < len(ranks) else ranks[0]
 
 
 def _cuda_started() -> bool:

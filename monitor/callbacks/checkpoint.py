@@ -15,6 +15,7 @@ from monitor.checkpoint import CheckpointWriteError, build_checkpoint, save_chec
 from monitor.checkpoint_dir import (MANIFEST, checkpoint_files, checkpoint_name, read_manifest, retain,
                                     temporary_files, write_manifest)
 from monitor.core import Callback, LoopState, Monitor
+from monitor.distributed import gather_on_main, on_main
 from monitor.log import Log
 from monitor.rng import capture_rng
 
@@ -38,6 +39,10 @@ class Checkpoint(Callback):
     A write that fails raises :class:`monitor.checkpoint.CheckpointWriteError` out of the hook.
     It is not an ``Exception``, so the Monitor's containment of callback errors lets it through
     and the loop stops: going on without the checkpoints one asked for is worse than stopping.
+
+    Under torch.distributed it runs on every rank: rank 0 writes the file (the model unwrapped
+    from DDP, every rank's random state) while the others wait for it, and a failed write stops
+    every rank. ``directory`` must be one folder all ranks can read, for ``resume``.
     """
 
     def __init__(self, directory: str | Path, *, every_steps: int | None = None, every_epochs: int | None = None,
@@ -93,8 +98,8 @@ class Checkpoint(Callback):
     # --- hooks --------------------------------------------------------------------------------
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._aborted = False
-        if self._require_monitor().is_main:
-            self._claim_directory()
+        self._require_monitor()
+        on_main(self._claim_directory)  # another run's folder stops every rank, not just rank 0
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._epoch_done = False
@@ -126,14 +131,26 @@ class Checkpoint(Callback):
             self.save()
 
     # --- saving -------------------------------------------------------------------------------
-    def save(self) -> Path | None:
+    def save(self) -> Path:
         """Writes a checkpoint of the loop as it is now and prunes old ones; returns its path.
 
-        Returns None in processes other than rank 0; raises CheckpointWriteError on failure.
+        Raises CheckpointWriteError on failure. Under torch.distributed every rank must call it
+        (the hooks do): rank 0 writes, as every rank holds the same weights, and each rank's
+        random state goes with them; the others return once the file is on disk.
         """
         monitor = self._require_monitor()
-        if not monitor.is_main:
-            return None  # every rank holds the same weights: one writer is enough
+        state = monitor.state
+        # On every rank, so that all of them agree on whether train_end still has to save.
+        self._last_saved = [state.step, state.epoch, self._epoch_done]
+        rng = capture_rng()
+        if monitor.world_size > 1:
+            every_rank = gather_on_main(rng)
+            if every_rank is not None:
+                every_rank[0] = rng  # the same tensors as the top level: stored once
+                rng = {**rng, "ranks": every_rank}
+        return on_main(lambda: self._write(monitor, rng))
+
+    def _write(self, monitor: Monitor, rng: dict[str, Any]) -> Path:
         self._claim_directory()
         state = monitor.state
         if state.model is None:
@@ -146,7 +163,7 @@ class Checkpoint(Callback):
             record["metric"] = None
         kept, last, best = retain([*self._records, record], self.keep_last, self.keep_best, self.mode)
         # This checkpoint's own state must already say what the folder holds once it is written.
-        self._records, self._last_saved = kept, [state.step, state.epoch, self._epoch_done]
+        self._records = kept
         try:
             sync = getattr(monitor.sink, "sync", None)
             position = sync() if callable(sync) else None
@@ -156,7 +173,7 @@ class Checkpoint(Callback):
             checkpoint = build_checkpoint(
                 model=state.model, optimizer=state.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                 loop={"epoch": state.epoch, "step": state.step, "batch": state.batch, "epoch_done": self._epoch_done},
-                rng=capture_rng(), callbacks=monitor.state_dict()["callbacks"],
+                rng=rng, callbacks=monitor.state_dict()["callbacks"],
                 run={"env": getattr(monitor.sink, "env", None), "run_id": self.run_id, "runlog_position": position},
                 metric={"name": self.metric, "value": self._metric_value, "mode": self.mode},
                 extras=self.extras() if self.extras is not None else None)
