@@ -5,13 +5,21 @@ epoch starts, so a run resumed in the middle of an epoch sees another order, and
 batches already done by iterating would load them all. This sampler computes each epoch's order
 from its own seed, skips done batches without loading them, and owns the ``generator`` the
 DataLoader should use for its workers' seeds, so augmentations in workers repeat too.
+
+Under torch.distributed it also does what ``DistributedSampler`` does: each rank gets its share
+of every batch. The job's batch ``k`` is what one process with ``batch_size * world_size`` would
+see as its batch ``k``, split between the ranks, so a DDP run trains on the same global batches
+as a single-process run of the same seed, and a resumed rank skips without loading.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Iterator, Sized
 
 import torch
 from torch.utils.data import Sampler
+
+from monitor.distributed import rank_and_world_size
 
 
 class EpochBatchSampler(Sampler[list[int]]):
@@ -23,10 +31,16 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     ``skip`` leaves out the epoch's first ``skip`` batches (those a resumed run already did);
     ``len()`` counts the batches still to come.
+
+    ``batch_size`` is per rank. ``rank`` and ``world_size`` default to the job's under an
+    initialised torch.distributed (else 0 and 1): rank ``r`` gets the ``r``-th slice of each
+    global batch of ``batch_size * world_size`` indices. A last, partial global batch is split
+    into equal slices, padded with the epoch's first indices as DistributedSampler pads, so
+    every rank runs the same number of steps (``drop_last=True`` drops it instead).
     """
 
     def __init__(self, data: Sized | int, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False) -> None:
+                 drop_last: bool = False, rank: int | None = None, world_size: int | None = None) -> None:
         size = data if isinstance(data, int) and not isinstance(data, bool) else None
         if size is None:
             if not isinstance(data, Sized):
@@ -38,6 +52,14 @@ class EpochBatchSampler(Sampler[list[int]]):
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
             raise ValueError(f"seed must be an int between 0 and 2**62, got {seed!r}")
+        job_rank, job_size = rank_and_world_size()
+        world_size = job_size if world_size is None else world_size
+        rank = job_rank if rank is None else rank
+        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+            raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be an int between 0 and world_size - 1 = {world_size - 1}, got {rank!r}")
+        self.rank, self.world_size = rank, world_size
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
         self.epoch, self.skip = 0, 0
@@ -46,7 +68,7 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     @property
     def batches_per_epoch(self) -> int:
-        full, rest = divmod(self.size, self.batch_size)
+        full, rest = divmod(self.size, self.batch_size * self.world_size)
         return full if self.drop_last or not rest else full + 1
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
@@ -62,7 +84,7 @@ class EpochBatchSampler(Sampler[list[int]]):
         self.generator.manual_seed(2 * (self.seed + epoch) + 1)
 
     def order(self) -> torch.Tensor:
-        """The indices of the current epoch, in the order they are visited (no batches skipped)."""
+        """The indices of the current epoch, in the order the job visits them (every rank's; no batch skipped)."""
         if not self.shuffle:
             return torch.arange(self.size)
         generator = torch.Generator().manual_seed(2 * (self.seed + self.epoch))
@@ -70,8 +92,12 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         indices = self.order().tolist()
+        size = self.batch_size * self.world_size
         for batch in range(self.skip, self.batches_per_epoch):
-            yield indices[batch * self.batch_size:(batch + 1) * self.batch_size]
+            chunk = indices[batch * size:(batch + 1) * size]
+            share = -(-len(chunk) // self.world_size)  # batch_size, except in a last, partial batch
+            chunk += itertools.islice(itertools.cycle(indices), share * self.world_size - len(chunk))
+            yield chunk[self.rank * share:(self.rank + 1) * share]
 
     def __len__(self) -> int:
         return self.batches_per_epoch - self.skip
