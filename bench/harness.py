@@ -139,6 +139,11 @@ def machine() -> dict[str, str]:
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip() or "unknown"
+    changed = subprocess.run(["git", "status", "--porcelain", "--", "monitor"], cwd=REPO, capture_output=True,
+                             text=True).stdout.split("\n")
+    changed = sorted(line[3:] for line in changed if line.strip())
+    if changed:  # what was measured is not exactly the commit
+        commit += f" with uncommitted changes to {', '.join(changed)}"
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "commit": commit,

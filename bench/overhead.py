@@ -20,7 +20,8 @@ steps (steps 1, 51, 101, ...) a grid of the batch's first 8 images. The modes:
   ``OptimizerParamsHandler`` (lr) and ``GradsScalarHandler`` (its own per-parameter norms; ignite
   has no per-layer or total norm), called from the same plain loop through a bare ``Engine``
   whose state carries the step; ignite has no image handler, so the grid goes through the
-  logger's own client (``logger.vis.images``).
+  logger's own client (``logger.vis.images``). Its client is made without the incoming socket,
+  which ignite does not use.
 
 Runs are interleaved, ``bare, A, bare, B, ...``, and the whole sequence repeated (3 times by
 default), each run on a fresh model with the same seed. Each run does ``warmup`` untimed steps,
@@ -235,7 +236,10 @@ class IgniteMode(Mode):
                                                    OutputHandler, VisdomLogger)
         self.event = Events.ITERATION_COMPLETED
         self.engine = Engine(lambda engine, batch: None)
-        self.logger = VisdomLogger(server="http://127.0.0.1", port=self.server.port, env=self.env)
+        # Without the incoming socket: ignite never uses it, and after the server stops, the socket's
+        # thread would keep reconnecting for the rest of the process.
+        self.logger = VisdomLogger(server="http://127.0.0.1", port=self.server.port, env=self.env,
+                                   use_incoming_socket=False)
         self.loss_handler = OutputHandler(tag="training", output_transform=lambda loss: {"loss": loss})
         self.lr_handler = OptimizerParamsHandler(optimizer)
         self.grads_handler = GradsScalarHandler(model)

@@ -76,8 +76,8 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
                                      [["load average (1, 5, 15 min)",
                                        f"before: {load[0]}; after: {load[1]} (other work on the machine "
                                        "shows here)"]]), ""]
-    lines += ["Commands (all of them ran from the repository root, in this order, in "
-              f"{minutes:.0f} minutes):", "", "```bash", command,
+    lines += ["Commands (from the repository root; `make bench` runs the first, which ran the others' "
+              f"equivalents in order, in {minutes:.0f} minutes):", "", "```bash", command,
               f"# = .venv/bin/python bench/overhead.py --steps {o['steps']} --warmup {o['warmup']} "
               f"--repeats {o['repeats']}",
               f"#   .venv/bin/python bench/server_scaling.py --steps {s['steps']} "
@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the file whose results section is rewritten (default bench/README.md)")
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
-    command = "make bench   # = .venv/bin/python bench/run_all.py" + (" --smoke" if args.smoke else "")
+    command = " ".join([os.path.relpath(sys.executable), *sys.argv])
+    if os.nice(0):
+        command = f"nice -n {os.nice(0)} {command}   # a higher priority than other work on the machine"
     began, load_before = time.monotonic(), _load()
     machine = harness.machine()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
