@@ -24,8 +24,8 @@ _EXPORTS = {
     "Images": "monitor.callbacks",
     "Summary": "monitor.callbacks",
     "Checkpoint": "monitor.callbacks",
-    "resume": "monitor.resume_point",
-    "ResumePoint": "monitor.resume_point",
+    "resume": "monitor.checkpoint.resume",
+    "ResumePoint": "monitor.checkpoint.resume",
     "EpochBatchSampler": "monitor.sampler",
 }
 

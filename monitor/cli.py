@@ -143,7 +143,7 @@ def checkpoints_list(directory: Path) -> None:
     """List the checkpoints in DIR: step, epoch, metric, size, time, and which are latest/best/last."""
     import time
 
-    from monitor.checkpoint_listing import list_checkpoints
+    from monitor.checkpoint.listing import list_checkpoints
 
     try:
         infos = list_checkpoints(directory)
@@ -170,7 +170,7 @@ def checkpoints_list(directory: Path) -> None:
 def checkpoints_inspect(file: Path, trust: bool) -> None:
     """Show what a checkpoint FILE holds: loop position, run, metric, model, optimizer, RNG, callbacks."""
     from monitor.checkpoint import CheckpointError
-    from monitor.checkpoint_listing import describe_checkpoint
+    from monitor.checkpoint.listing import describe_checkpoint
 
     try:
         rows = describe_checkpoint(file, trust=trust)

@@ -10,7 +10,7 @@ import torch
 from checkpoint_loop import BATCHES, attach, build, train
 from monitor import Checkpoint, Monitor, Scalars, resume
 from monitor.checkpoint import CheckpointWriteError, load_checkpoint
-from monitor.checkpoint_dir import MANIFEST, checkpoint_name
+from monitor.checkpoint.folder import MANIFEST, checkpoint_name
 from monitor.log import NullSink
 
 

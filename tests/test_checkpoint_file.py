@@ -16,9 +16,9 @@ from checkpoint_loop import attach, build, train
 from monitor import EpochBatchSampler, Monitor, resume
 from monitor.checkpoint import (KEYS, CheckpointError, DamagedCheckpointError, UnsafeCheckpointError,
                                 build_checkpoint, load_checkpoint, save_checkpoint)
-from monitor.checkpoint_dir import MANIFEST
+from monitor.checkpoint.folder import MANIFEST
 from monitor.log import NullSink
-from monitor.rng import capture_rng, restore_rng
+from monitor.checkpoint.rng import capture_rng, restore_rng
 
 
 def trained_folder(tmp_path: Path, epochs: int = 2) -> Path:

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 from monitor.checkpoint import load_checkpoint
-from monitor.checkpoint_dir import find_checkpoint, read_manifest, temporary_files
+from monitor.checkpoint.folder import find_checkpoint, read_manifest, temporary_files
 
 HELPER = Path(__file__).with_name("checkpoint_writer.py")
 ROUNDS = 24

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from monitor.checkpoint_dir import MANIFEST
+from monitor.checkpoint.folder import MANIFEST
 from monitor.runlog import RunLog
 
 SCRIPT = Path(__file__).with_name("checkpoint_training.py")

@@ -18,7 +18,7 @@ import torch
 
 from monitor import Scalars
 from monitor.checkpoint import load_checkpoint
-from monitor.rng import rng_of_rank
+from monitor.checkpoint.rng import rng_of_rank
 from monitor.runlog import RunLog
 from monitor.sampler import EpochBatchSampler
 

@@ -3,7 +3,6 @@ with short settings: what their env holds afterwards. And the Shapes dataset the
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

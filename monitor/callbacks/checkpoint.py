@@ -12,12 +12,12 @@ import torch
 
 from monitor.callbacks._every import one_of, positive_int
 from monitor.checkpoint import CheckpointWriteError, build_checkpoint, save_checkpoint
-from monitor.checkpoint_dir import (MANIFEST, checkpoint_files, checkpoint_name, read_manifest, retain,
+from monitor.checkpoint.folder import (MANIFEST, checkpoint_files, checkpoint_name, read_manifest, retain,
                                     temporary_files, write_manifest)
 from monitor.core import Callback, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main
 from monitor.log import Log
-from monitor.rng import capture_rng
+from monitor.checkpoint.rng import capture_rng
 
 _log = logging.getLogger("monitor")
 

@@ -1,7 +1,6 @@
 """Scalars: the loss and the loop's metrics as curves, train and validation in one window."""
 from __future__ import annotations
 
-import math
 from numbers import Real
 from typing import Any, Iterable, Mapping
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
-from monitor.checkpoint import FORMAT, CheckpointError, check_schema, load_checkpoint, load_file
-from monitor.checkpoint_dir import checkpoint_files, read_manifest
+from monitor.checkpoint.file import FORMAT, CheckpointError, check_schema, load_checkpoint, load_file
+from monitor.checkpoint.folder import checkpoint_files, read_manifest
 
 
 @dataclass(frozen=True)

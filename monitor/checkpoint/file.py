@@ -7,7 +7,7 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
     optimizer, scheduler, scaler      their state_dicts, or None
     classes     the class names of model, optimizer, scheduler, scaler (for people and checks)
-    rng         monitor.rng.capture_rng(): Python, NumPy, torch CPU and every CUDA device; under
+    rng         monitor.checkpoint.rng.capture_rng(): Python, NumPy, torch CPU and every CUDA device; under
                 torch.distributed rank 0's, plus ``ranks``: every rank's, by rank (restored per rank)
     callbacks   each callback's state_dict, by state_key (Monitor.state_dict()["callbacks"])
     run         {"env", "run_id", "runlog_position"}: the dashboard run it continues
@@ -32,8 +32,8 @@ from typing import Any, Mapping
 
 import torch
 
-from monitor.atomic import write_atomic
-from monitor.pickle_scan import describe_unsafe
+from monitor.checkpoint.atomic import write_atomic
+from monitor.checkpoint.pickle_scan import describe_unsafe
 
 FORMAT = "monitor.checkpoint"
 VERSION = 1

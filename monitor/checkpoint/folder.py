@@ -19,8 +19,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-from monitor.atomic import write_atomic
-from monitor.checkpoint import CheckpointError, DamagedCheckpointError, load_checkpoint
+from monitor.checkpoint.atomic import write_atomic
+from monitor.checkpoint.file import CheckpointError, DamagedCheckpointError, load_checkpoint
 
 MANIFEST = "latest.json"
 _NAME = re.compile(r"^step-(\d+)\.pt$")

@@ -8,11 +8,11 @@ from typing import Any
 
 import torch
 
-from monitor.checkpoint import load_checkpoint, unwrap_model
-from monitor.checkpoint_dir import find_checkpoint
+from monitor.checkpoint.file import load_checkpoint, unwrap_model
+from monitor.checkpoint.folder import find_checkpoint
 from monitor.core import Monitor
 from monitor.distributed import on_main, rank_and_world_size
-from monitor.rng import restore_rng, rng_of_rank
+from monitor.checkpoint.rng import restore_rng, rng_of_rank
 
 
 @dataclass(frozen=True)
