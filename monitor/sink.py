@@ -21,7 +21,6 @@ import json
 import logging
 import math
 import os
-import queue
 import secrets
 import threading
 import time
@@ -48,6 +47,10 @@ _RECORDS = (Points, Images, Text, Layout)
 # catch-up in one burst delayed step_end by up to 90 ms; in 2 ms slices, by 5-20 ms at most.
 _SLICE = 0.002  # seconds of draining per cycle
 _PAUSE = 0.0005  # seconds between slices while the queue is not empty
+# Records do not wake the worker: it looks at the queue every _POLL seconds (at once for
+# flush/sync/close). Waking it for each record cost the MLP benchmark's loop 200-300 us of
+# worker CPU and GIL hand-offs per step; polling costs ~50-90 us (bench/README.md).
+_POLL = 0.1
 _open_sinks: "weakref.WeakSet[VisdomSink]" = weakref.WeakSet()
 
 
@@ -107,7 +110,8 @@ class VisdomSink:
         self.flush_every = float(flush_every)
         self.delivered = True  # every window on the server equals ours
         self.timings: deque[FlushTiming] = deque(maxlen=1000)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: deque = deque()  # append and popleft are atomic: no lock, no wake-up
+        self._wake = threading.Event()
         self._closed = False
         self._stopping = False
         self._asked = False  # a flush() or close() arrived since the last send
@@ -133,7 +137,7 @@ class VisdomSink:
     @property
     def pending(self) -> int:
         """Records put but not yet taken by the worker (approximate)."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     # --- the training thread's side ----------------------------------------------------------
     def put(self, record: Points | Images | Text | Layout) -> None:
@@ -144,7 +148,7 @@ class VisdomSink:
         if self._closed:
             _report_once(self, "closed", "a record was logged after close() and is dropped")
             return
-        self._queue.put(record)
+        self._queue.append(record)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Waits until everything put so far is in the run log and on the server.
@@ -154,7 +158,8 @@ class VisdomSink:
         if self._closed or not self._worker.is_alive():
             return self.delivered and self.pending == 0
         waiter = _Waiter(timeout)
-        self._queue.put(waiter)
+        self._queue.append(waiter)
+        self._wake.set()
         return waiter.event.wait(timeout) and self.delivered
 
     def sync(self, timeout: float | None = 10.0) -> int | None:
@@ -162,7 +167,8 @@ class VisdomSink:
         position (what a checkpoint rewinds to); None if that did not happen within ``timeout``."""
         if self._worker.is_alive():
             waiter = _Waiter(timeout, durable=True)
-            self._queue.put(waiter)
+            self._queue.append(waiter)
+            self._wake.set()
             if not waiter.event.wait(timeout):
                 return None
         return self.runlog.position
@@ -176,7 +182,8 @@ class VisdomSink:
             if not self._closed:
                 self._closed = True
                 self._close_deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
-                self._queue.put(_STOP)
+                self._queue.append(_STOP)
+                self._wake.set()
         self._worker.join(timeout)
         _open_sinks.discard(self)
         if not self.delivered and not self._reported_close():
@@ -232,14 +239,17 @@ class VisdomSink:
                 for waiter in self._waiting:
                     waiter.event.set()
                 self._waiting.clear()
-        if self._queue.qsize():
+        if self._queue:
             time.sleep(_PAUSE)
 
     def _drain(self, timeout: float) -> list[dict[str, Any]]:
-        """Takes queued items for one slice (waiting up to ``timeout`` for the first one)."""
+        """Takes queued items for one slice (looking again within ``timeout`` if there are none)."""
         entries: list[dict[str, Any]] = []
+        if not self._queue and timeout > 0:
+            self._wake.wait(min(timeout, _POLL))
+            self._wake.clear()
         try:
-            item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            item = self._queue.popleft()
             ends = time.perf_counter() + _SLICE
             taken = 0
             while True:
@@ -255,8 +265,8 @@ class VisdomSink:
                 taken += 1
                 if taken % 16 == 0 and time.perf_counter() > ends:
                     break
-                item = self._queue.get_nowait()
-        except queue.Empty:
+                item = self._queue.popleft()
+        except IndexError:
             pass
         return entries
 
