@@ -34,27 +34,12 @@ class Connection:
 
     def __init__(self, server: str | None = None, port: int | None = None, *, base_url: str = "",
                  username: str | None = None, password: str | None = None, timeout: float = 5.0) -> None:
-        given = server
-        server = server or os.environ.get("VISDOM_SERVER_URL") or "http://127.0.0.1"
-        parsed = urlparse(server if "://" in server else f"http://{server}")
-        try:
-            url_port = parsed.port
-        except ValueError:
-            url_port = -1
-        if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1:
-            raise ValueError(f"server must be a URL like http://127.0.0.1, got {server!r}")
-        if port is None:
-            port = (url_port if given else None) or os.environ.get("VISDOM_PORT") or url_port or 8097
-        try:
-            self.port = int(port) if not isinstance(port, bool) else 0
-        except (TypeError, ValueError):
-            self.port = 0
+        address, self.port = resolve_address(server, port)
         if not 0 < self.port < 65536:
-            raise ValueError(f"port must be an int between 1 and 65535, got {port!r}")
+            raise ValueError(f"port must be an int between 1 and 65535, got {self.port}")
         if isinstance(timeout, bool) or not isinstance(timeout, Real) or not timeout > 0:
             raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-        self.url = f"{parsed.scheme}://{host}:{self.port}{base_url.rstrip('/')}"
+        self.url = f"{address}:{self.port}{base_url.rstrip('/')}"
         self.username = username or os.environ.get("VISDOM_USERNAME")
         self.password = password or os.environ.get("VISDOM_PASSWORD")
         if self.username and not self.password:
@@ -104,3 +89,32 @@ class Connection:
                 # to say whether a login was needed.
             self._session = session
         return self._session
+
+
+def resolve_address(server: str | None = None, port: int | str | None = None,
+                    default_port: int = 8097) -> tuple[str, int]:
+    """``("http://host", port)`` from the arguments, else the environment, else the defaults.
+
+    The port is ``port``, else the one in ``server``, else ``$VISDOM_PORT``, else the one in
+    ``$VISDOM_SERVER_URL``, else ``default_port``. Raises ValueError for a server that is not
+    an http(s) URL or a port that is not an int (its range is the caller's to check).
+    """
+    given = server
+    server = server or os.environ.get("VISDOM_SERVER_URL") or "http://127.0.0.1"
+    parsed = urlparse(server if "://" in server else f"http://{server}")
+    try:
+        url_port = parsed.port
+    except ValueError:
+        url_port = -1
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1:
+        raise ValueError(f"server must be a URL like http://127.0.0.1, got {server!r}")
+    if port is None:
+        port = (url_port if given else None) or os.environ.get("VISDOM_PORT") or url_port or default_port
+    if isinstance(port, bool):
+        raise ValueError(f"port must be an int, got {port!r}")
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"port must be an int, got {port!r}") from None
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{parsed.scheme}://{host}", port

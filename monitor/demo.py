@@ -20,6 +20,8 @@ from types import ModuleType
 from typing import Callable
 from urllib.parse import urlparse
 
+from monitor.connection import resolve_address
+
 __all__ = ["DEMO_ENV", "DemoError", "EXAMPLES", "run_demo"]
 
 DEMO_ENV = "demo"
@@ -77,26 +79,14 @@ def run_demo(server: str | None = None, port: int | None = None, *, env: str = D
 
 
 def _address(server: str | None, port: int | None, default_port: int) -> tuple[str, int]:
-    """``("http://host", port)`` as the sink's connection reads them: the arguments (a port in
-    ``server`` included), else ``$VISDOM_PORT`` and ``$VISDOM_SERVER_URL``, else the default."""
-    given = server
-    server = server or os.environ.get("VISDOM_SERVER_URL") or "http://127.0.0.1"
-    parsed = urlparse(server if "://" in server else f"http://{server}")
+    """The server and port as the sink's connection reads them; port 0 starts one on a free port."""
     try:
-        url_port = parsed.port
-    except ValueError:
-        url_port = -1
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1:
-        raise DemoError(f"server must be a URL like http://127.0.0.1, got {server!r}")
-    if port is None:
-        port = (url_port if given else None) or os.environ.get("VISDOM_PORT") or url_port or default_port
-    try:
-        port = int(port)
-    except (TypeError, ValueError):
-        raise DemoError(f"port must be an int in 0..65535 (0: start a server on a free port), got {port!r}") from None
+        base, port = resolve_address(server, port, default_port)
+    except ValueError as error:
+        raise DemoError(str(error)) from None
     if not 0 <= port <= 65535:
         raise DemoError(f"port must be an int in 0..65535 (0: start a server on a free port), got {port}")
-    return f"{parsed.scheme}://{parsed.hostname}", port
+    return base, port
 
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
