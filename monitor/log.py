@@ -13,7 +13,7 @@ from typing import Any, Protocol, Sequence
 
 import torch
 
-from monitor.records import Images, Layout, Points, Text
+from monitor.records import Images, LabelCaptions, Layout, Points, Text
 
 
 class Sink(Protocol):
@@ -90,7 +90,8 @@ class Log:
         """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels; any float or uint8 range."""
         batch = _as_nchw(images)
         if captions is not None:
-            captions = [str(c) for c in captions]
+            if not isinstance(captions, LabelCaptions):  # those are read by the worker
+                captions = [str(c) for c in captions]
             if len(captions) != batch.shape[0]:
                 raise ValueError(f"captions must have one entry per image ({batch.shape[0]}), "
                                  f"got {len(captions)}")

@@ -7,7 +7,8 @@ never waits for the device.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from numbers import Integral, Real
+from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
 
 class Points(NamedTuple):
@@ -28,7 +29,43 @@ class Images(NamedTuple):
     window: str
     x: float
     pixels: Any
-    captions: Sequence[str] | None
+    captions: Sequence[str] | LabelCaptions | None
+
+
+class LabelCaptions:
+    """Captions made from labels by the worker, so that logging a grid never waits for the device.
+
+        LabelCaptions([targets[:8].clone(), logits[:8].argmax(1)], class_names=["cat", "dog"])
+        # iterates (on the worker) as "cat / dog", "dog / dog", ...
+
+    Each part holds one label per image (a tensor snapshot or a list); an image's parts are
+    joined with " / ", and integer labels are named through ``class_names`` when given.
+    """
+
+    __slots__ = ("parts", "class_names", "count")
+
+    def __init__(self, parts: Sequence[Any], class_names: Sequence[str] | Mapping[int, str] | None,
+                 count: int) -> None:
+        self.parts, self.class_names, self.count = tuple(parts), class_names, count
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[str]:
+        lists = [part.tolist() if hasattr(part, "tolist") else list(part) for part in self.parts]
+        for labels in zip(*lists):
+            yield " / ".join(self._name(label) for label in labels)
+
+    def _name(self, label: Any) -> str:
+        names = self.class_names
+        if isinstance(label, Integral) and names is not None:
+            if isinstance(names, Mapping):
+                return str(names.get(label, label))
+            if 0 <= label < len(names):
+                return str(names[label])
+        if isinstance(label, Real) and not isinstance(label, Integral):
+            return f"{label:.3g}"
+        return str(label)
 
 
 class Text(NamedTuple):

@@ -300,7 +300,8 @@ class VisdomSink:
                     y[trace if type(trace) is str else str(trace)] = float(value)
                 return {"k": "points", "win": record.window, "x": x, "y": y}
             if isinstance(record, Images):
-                png = encode_grid(record.pixels, record.captions)
+                captions = None if record.captions is None else list(record.captions)
+                png = encode_grid(record.pixels, captions)
                 return {"k": "image", "win": record.window, "x": x, "png": base64.b64encode(png).decode()}
             if not isinstance(record.html, str):
                 raise TypeError(f"html must be a str, got {type(record.html).__name__}")

@@ -1,7 +1,6 @@
 """Images: a grid of the first images of a batch, captioned with their labels or predictions."""
 from __future__ import annotations
 
-from numbers import Integral, Real
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -9,6 +8,7 @@ import torch
 from monitor.callbacks._every import is_due, one_of, positive_int
 from monitor.core import Callback, LoopState
 from monitor.log import Log
+from monitor.records import LabelCaptions
 
 
 class Images(Callback):
@@ -23,8 +23,8 @@ class Images(Callback):
     ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
     over dim 1 of 2-d outputs, or 1-d outputs as they are), ``"both"`` or None; a source that
     is not one label per image (masks, None) gives no caption. Integer labels are looked up in
-    ``class_names`` (a sequence or a mapping) when given. Captions are read from the device
-    once per grid, so on an accelerator each logged grid waits for its step to finish.
+    ``class_names`` (a sequence or a mapping) when given. Labels are copied on their device and
+    turned into captions by the sink's worker, so logging a grid never waits for the device.
     """
 
     def __init__(self, every: int = 50, count: int = 8, source: str = "inputs",
@@ -58,7 +58,7 @@ class Images(Callback):
             self._laid_out = True
         log.images(self.source, state.step, images, self._caption(state, count))
 
-    def _caption(self, state: LoopState, count: int) -> list[str] | None:
+    def _caption(self, state: LoopState, count: int) -> LabelCaptions | None:
         parts = []
         if self.captions in ("targets", "both"):
             parts.append(_labels(state.targets, count))
@@ -67,20 +67,8 @@ class Images(Callback):
             if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.shape[1] > 1:
                 outputs = outputs[:count].detach().argmax(1)
             parts.append(_labels(outputs, count))
-        parts = [[self._name(v) for v in labels] for labels in parts if labels is not None]
-        if not parts:
-            return None
-        return [" / ".join(names) for names in zip(*parts)]
-
-    def _name(self, label: Any) -> str:
-        if isinstance(label, Integral) and self.class_names is not None:
-            if isinstance(self.class_names, Mapping):
-                return str(self.class_names.get(label, label))
-            if 0 <= label < len(self.class_names):
-                return str(self.class_names[label])
-        if isinstance(label, Real) and not isinstance(label, Integral):
-            return f"{label:.3g}"
-        return str(label)
+        parts = [labels for labels in parts if labels is not None]
+        return LabelCaptions(parts, self.class_names, count) if parts else None
 
 
 def _labels(source: Any, count: int) -> list[Any] | None:
@@ -88,10 +76,10 @@ def _labels(source: Any, count: int) -> list[Any] | None:
     if isinstance(source, torch.Tensor):
         if source.dim() == 2 and source.shape[1] == 1:
             source = source[:, 0]
-        if source.dim() != 1:
+        if source.dim() != 1 or source.shape[0] < count:
             return None
-        return source[:count].tolist()
-    if isinstance(source, (list, tuple)) and all(not isinstance(v, (list, tuple, torch.Tensor))
-                                                  for v in source[:count]):
+        return source[:count].detach().clone()  # read by the sink's worker, not here
+    if isinstance(source, (list, tuple)) and len(source) >= count and all(
+            not isinstance(v, (list, tuple, torch.Tensor)) for v in source[:count]):
         return list(source[:count])
     return None
