@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from numbers import Real
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
@@ -67,13 +67,20 @@ class Log:
             snapshots.append(_snapshot(value, "values", trace))
         self.sink.put(Points(_name("window", window), _x(x), tuple(traces), tuple(snapshots)))
 
-    def vector(self, window: str, x: float, traces: Sequence[str], values: torch.Tensor, *,
+    def vector(self, window: str, x: float, traces: Sequence[str],
+               values: torch.Tensor | Callable[[], Sequence[float] | torch.Tensor], *,
                copy: bool = True) -> None:
         """One point per trace from a 1-d tensor (``values[i]`` for ``traces[i]``), read later.
 
         ``copy=False`` skips the snapshot, for a tensor made for this call that nothing changes
-        afterwards (a device operation saved per call).
+        afterwards (a device operation saved per call). ``values`` may also be a function of no
+        arguments returning the values (floats or a 1-d tensor), called on the sink's worker:
+        work that can wait, kept off the training thread. It must only use what nothing changes
+        afterwards, such as tensors made for this call.
         """
+        if callable(values):
+            self.sink.put(Points(_name("window", window), _x(x), tuple(traces), values))
+            return
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")

@@ -14,7 +14,9 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 class Points(NamedTuple):
     """One x and a value for each of a window's traces (``values[i]`` belongs to ``traces[i]``).
 
-    ``values`` is a tuple of floats, or a 1-d tensor snapshot read by the worker.
+    ``values`` is a tuple of floats, a 1-d tensor snapshot read by the worker, or a function of
+    no arguments the worker calls to get either (work that can wait, such as adding up a step's
+    gradient norms into layers).
     """
 
     window: str

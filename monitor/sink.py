@@ -287,6 +287,8 @@ class VisdomSink:
                 raise TypeError(f"x must be a finite number, got {x!r}")
             if isinstance(record, Points):
                 values = record.values
+                if callable(values):
+                    values = values()
                 if isinstance(values, torch.Tensor):
                     values = values.tolist()
                 else:

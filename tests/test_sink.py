@@ -341,9 +341,10 @@ def test_a_bad_record_past_the_door_is_reported_once_and_the_rest_arrives(
         sink.put(Points("loss", step, ("train",), ("not a number",)))  # put directly, skipping Log's checks
         sink.put(Points("loss", step, ("train", "validation"), (1.0,)))
         sink.put(Text("notes", step, html=None))
+        sink.put(Points("loss", step, ("train",), lambda: 1 / 0))  # work left to the worker fails there
     assert sink.close(timeout=10)
     reports = warnings_in(caplog)
-    assert len(reports) == 3, reports  # one per kind of trouble, not one per record
+    assert len(reports) == 4, reports  # one per kind of trouble, not one per record
     assert any("trace 'train' must be a number, got 'not a number'" in r for r in reports)
     assert read_window(visdom_server, "bad-input-worker", "loss") == {"train": ([1, 2, 3, 4, 5], [1.0, 2.0, 3.0, 4.0, 5.0])}
 

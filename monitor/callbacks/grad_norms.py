@@ -1,7 +1,10 @@
 """GradNorms: the L2 norm of each layer's gradients and of all of them, computed on the device."""
 from __future__ import annotations
 
+import math
 import weakref
+from functools import partial
+from typing import Callable
 
 import torch
 from torch.nn.modules.module import (register_module_module_registration_hook,
@@ -31,11 +34,11 @@ class GradNorms(Callback):
     The grouping is built at train_start and rebuilt when a module or parameter is registered
     (a new head, a grown network); a module deleted mid-epoch is noticed at the next epoch_start.
 
-    All norms of a step come from one foreach pass and are logged as one tensor that stays on
-    the device until the sink's worker reads it. ``weights=True`` adds ``weight norm``;
-    ``update_ratio=True`` adds ``update ratio``, ||w_after - w_before|| / ||w_before|| per layer,
-    which costs a copy of the weights on the device between after_backward and step_end on the
-    steps it logs. With gradient accumulation, call ``after_backward`` once, after the last backward.
+    The training thread only takes each parameter's norm, in one foreach pass on the device;
+    the sink's worker reads them and adds them up into layers and the total. ``weights=True``
+    adds ``weight norm``; ``update_ratio=True`` adds ``update ratio``, ||w_after - w_before|| /
+    ||w_before|| per layer, which costs a copy of the weights on the device between
+    after_backward and step_end on the steps it logs. With gradient accumulation, call ``after_backward`` once, after the last backward.
 
     A model wrapped in DistributedDataParallel (or torch.compile) is read through the wrapper,
     so its traces are named as the plain model's (``0.Linear``, not ``module.0.Linear``). DDP
@@ -50,11 +53,13 @@ class GradNorms(Callback):
             if not isinstance(value, bool):
                 raise TypeError(f"{argument} must be True or False, got {value!r}")
         self.weights, self.update_ratio = weights, update_ratio
+        self._wrapped: torch.nn.Module | None = None   # the model as passed, maybe in a wrapper
         self._model: torch.nn.Module | None = None
         self._params: list[torch.nn.Parameter] = []
         self._layer_of: list[int] = []      # self._params[i] belongs to layer self._layer_of[i]
         self._layers: list[str] = []        # trace names, one per layer
-        self._groupings: dict[tuple, tuple[list[str], torch.Tensor]] = {}
+        self._all: tuple[int, ...] = ()     # every parameter's index: the usual set present
+        self._groupings: dict[tuple[int, ...], tuple[list[str], tuple[tuple[int, ...], ...]]] = {}
         self._before: list[torch.Tensor] | None = None
         self._laid_out: set[str] = set()
         self._stale = True  # the parameters may have changed since the grouping was built
@@ -88,11 +93,15 @@ class GradNorms(Callback):
         params = self._parameters(state)
         if not params:
             return
-        present = tuple(i for i, p in enumerate(params) if p.grad is not None)
-        if present:
-            self._write(log, "grad norm", state.step, [params[i].grad for i in present], present)
+        grads = [p.grad for p in params]
+        present = self._all
+        if any(g is None for g in grads):  # not `None in grads`: that calls Tensor.__eq__
+            present = tuple(i for i, g in enumerate(grads) if g is not None)
+            grads = [grads[i] for i in present]
+        if grads:
+            self._write(log, "grad norm", state.step, grads, present)
         if self.weights:
-            self._write(log, "weight norm", state.step, params)
+            self._write(log, "weight norm", state.step, params, self._all)
         if self.update_ratio:
             with torch.no_grad():
                 self._before = torch._foreach_mul(params, 1.0)
@@ -102,38 +111,39 @@ class GradNorms(Callback):
         if before is None or not is_due(state.step, self.every):
             return
         with torch.no_grad():
-            updates = torch._foreach_sub(self._params, before)
-            traces, sums = self._grouping(tuple(range(len(self._params))), before[0].device)
-            ratio = _norms(updates, sums, len(traces)) / _norms(before, sums, len(traces))
-        self._put(log, "update ratio", state.step, traces, ratio)
+            updates = _each_norm(torch._foreach_sub(self._params, before))
+            before = _each_norm(before)
+        traces, groups = self._grouping(self._all)
+        self._put(log, "update ratio", state.step, traces, partial(_update_ratios, updates, before, groups))
 
     def _write(self, log: Log, window: str, x: int, tensors: list[torch.Tensor],
-               present: tuple[int, ...] | None = None) -> None:
-        present = tuple(range(len(tensors))) if present is None else present
-        traces, sums = self._grouping(present, tensors[0].device)
+               present: tuple[int, ...]) -> None:
+        traces, groups = self._grouping(present)
         if window == "grad norm" and not tensors[0].requires_grad:
             # Plain gradients (no backward(create_graph=True)) build no graph, and no_grad()
-            # would cost as much as one of the few operations below.
-            norms = _norms(tensors, sums, len(traces))
+            # would cost as much as the norms' own Python.
+            norms = _each_norm(tensors)
         else:
             with torch.no_grad():
-                norms = _norms(tensors, sums, len(traces))
-        self._put(log, window, x, traces, norms)
+                norms = _each_norm(tensors)
+        # The norms are new tensors nothing else holds; adding them up can wait for the worker.
+        self._put(log, window, x, traces, partial(_layer_norms, norms, groups))
 
-    def _put(self, log: Log, window: str, x: int, traces: list[str], values: torch.Tensor) -> None:
+    def _put(self, log: Log, window: str, x: int, traces: list[str],
+             values: Callable[[], list[float]]) -> None:
         if window not in self._laid_out:
             log.window(window, title=window, xlabel="step", ylabel=_YLABELS[window], ytype="log")
             self._laid_out.add(window)
-        log.vector(window, x, traces, values, copy=False)  # values is ours, made just now
+        log.vector(window, x, traces, values)
 
     def _parameters(self, state: LoopState) -> list[torch.nn.Parameter]:
         """The model's parameters; the layer grouping is rebuilt when they change."""
         if state.model is None:
             raise ValueError("GradNorms needs the model: pass it to monitor.train_start(model, optimizer), "
                              "got model=None")
-        model = unwrap_model(state.model)
-        if model is not self._model or self._stale:
+        if state.model is not self._wrapped or self._stale:
             self._stale = False
+            self._wrapped, model = state.model, unwrap_model(state.model)
             current = list(model.parameters())
             if model is not self._model or len(current) != len(self._params) or \
                     any(a is not b for a, b in zip(current, self._params)):
@@ -153,53 +163,49 @@ class GradNorms(Callback):
             self._params.extend(owned)
             self._layer_of.extend([len(self._layers)] * len(owned))
             self._layers.append(_trace_name(name, module))
+        self._all = tuple(range(len(self._params)))
 
-    def _grouping(self, present: tuple[int, ...], device: torch.device) -> tuple[list[str], torch.Tensor]:
-        """Trace names and how to add the present parameters' squared norms up into each trace.
+    def _grouping(self, present: tuple[int, ...]) -> tuple[list[str], tuple[tuple[int, ...], ...]]:
+        """Trace names, and for each layer present the positions of its parameters in ``present``.
 
-        Usually a 0/1 matrix: row ``r`` picks the parameters of the ``r``-th layer present, the
-        last row picks them all. Its size grows with layers x parameters, so for a very large model
-        it is instead each parameter's row, then the total's row once per parameter (see _norms).
-        Cached per set of parameters present.
+        Cached per set of parameters present (usually all of them, every step).
         """
-        key = (present, device)
-        if key not in self._groupings:
-            layers = sorted({self._layer_of[i] for i in present})
-            row = {layer: n for n, layer in enumerate(layers)}
-            rows = [row[self._layer_of[i]] for i in present]
-            if (len(layers) + 1) * len(present) <= _MATRIX_LIMIT:
-                sums = torch.zeros(len(layers) + 1, len(present), dtype=torch.float32)
-                sums[rows, list(range(len(present)))] = 1.0
-                sums[-1] = 1.0
-            else:
-                sums = torch.tensor(rows + [len(layers)] * len(present))
+        if present not in self._groupings:
+            layers: dict[int, list[int]] = {}
+            for position, i in enumerate(present):
+                layers.setdefault(self._layer_of[i], []).append(position)
+            order = sorted(layers)
             if len(self._groupings) >= 16:
                 self._groupings.clear()
-            self._groupings[key] = ([self._layers[layer] for layer in layers] + ["total"], sums.to(device))
-        return self._groupings[key]
+            self._groupings[present] = ([self._layers[layer] for layer in order] + ["total"],
+                                        tuple(tuple(layers[layer]) for layer in order))
+        return self._groupings[present]
 
 
-_MATRIX_LIMIT = 1 << 16  # elements of the summing matrix (256 KB); beyond it, an index
+def _each_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's L2 norm as a float32 scalar on its device, in one foreach pass.
 
-
-def _norms(tensors: list[torch.Tensor], sums: torch.Tensor, rows: int) -> torch.Tensor:
-    """``rows`` L2 norms (per layer, then the total) as one float32 tensor on the device of ``sums``.
-
-    Few operations on purpose: right after a backward pass the caches are cold, and each small
-    operation costs 10-40 us on a CPU (measured in bench/overhead.py's loops). With the 0/1
-    matrix, row r of ``sums * norms`` holds the norms of trace r's parameters, and one
-    vector_norm over the rows gives every layer and the total.
+    This is all that runs on the training thread: right after a backward pass caches are cold,
+    and each small operation costs 10-40 us on a CPU (measured in bench/overhead.py's loops).
     """
-    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    return torch._foreach_norm(tensors, 2, dtype=torch.float32)
+
+
+def _layer_norms(norms: list[torch.Tensor], groups: tuple[tuple[int, ...], ...]) -> list[float]:
+    """Each layer's L2 norm, then the total, from each parameter's norm; read on the sink's worker."""
     try:
-        norms = torch.stack(norms)
-    except RuntimeError:  # parameters on several devices: gather the norms on one
-        norms = torch.stack([n.to(sums.device) for n in norms])
-    if sums.dim() == 2:
-        return torch.linalg.vector_norm(sums * norms, dim=1)
-    squares = norms.mul_(norms)
-    per_row = torch.zeros(rows, dtype=torch.float32, device=sums.device)
-    return per_row.index_add_(0, sums, squares.repeat(2)).sqrt_()
+        values = torch.stack(norms).tolist()  # one read of the device
+    except RuntimeError:  # parameters on several devices
+        values = [n.item() for n in norms]
+    squares = [v * v for v in values]
+    return [math.sqrt(sum(squares[i] for i in group)) for group in groups] + [math.sqrt(sum(squares))]
+
+
+def _update_ratios(updates: list[torch.Tensor], before: list[torch.Tensor],
+                   groups: tuple[tuple[int, ...], ...]) -> list[float]:
+    """||update|| / ||weights before it||, per layer and in total; infinite or NaN where the weights are 0."""
+    return [u / w if w else (math.inf if u else math.nan)
+            for u, w in zip(_layer_norms(updates, groups), _layer_norms(before, groups))]
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:
