@@ -70,10 +70,11 @@ class Log:
     def vector(self, window: str, x: float, traces: Sequence[str],
                values: torch.Tensor | Callable[[], Sequence[float] | torch.Tensor], *,
                copy: bool = True) -> None:
-        """One point per trace from a 1-d tensor (``values[i]`` for ``traces[i]``), read later.
+        """One point per trace from a 1-d tensor (``values[i]`` for ``traces[i]``).
 
-        ``copy=False`` skips the snapshot, for a tensor made for this call that nothing changes
-        afterwards (a device operation saved per call). ``values`` may also be a function of no
+        A CPU tensor is read now; one on an accelerator is copied on its device and read by the
+        sink's worker. ``copy=False`` skips that copy, for a tensor made for this call that
+        nothing changes afterwards (a device operation saved per call). ``values`` may also be a function of no
         arguments returning the values (floats or a 1-d tensor), called on the sink's worker:
         work that can wait, kept off the training thread. It must only use what nothing changes
         afterwards, such as tensors made for this call.
@@ -84,12 +85,15 @@ class Log:
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")
-        if values.requires_grad:
-            values = values.detach()
-        if values.dtype != torch.float32:
-            values = values.to(torch.float32)  # a copy
-        elif copy:
-            values = values.clone()  # a third of the cost of .to(..., copy=True) here
+        if values.device.type == "cpu":  # read now, as _snapshot does: no tensor to free on the worker
+            values = tuple(values.tolist())
+        else:
+            if values.requires_grad:
+                values = values.detach()
+            if values.dtype != torch.float32:
+                values = values.to(torch.float32)  # a copy
+            elif copy:
+                values = values.clone()  # a third of the cost of .to(..., copy=True) here
         self.sink.put(Points(_name("window", window), _x(x), tuple(traces), values))
 
     def images(self, window: str, x: float, images: torch.Tensor,

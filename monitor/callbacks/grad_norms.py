@@ -34,11 +34,13 @@ class GradNorms(Callback):
     The grouping is built at train_start and rebuilt when a module or parameter is registered
     (a new head, a grown network); a module deleted mid-epoch is noticed at the next epoch_start.
 
-    The training thread only takes each parameter's norm, in one foreach pass on the device;
-    the sink's worker reads them and adds them up into layers and the total. ``weights=True``
+    The training thread only takes each parameter's norm, in one foreach pass (and reads them
+    if they are on the CPU); the sink's worker reads device norms and adds them up into layers
+    and the total. ``weights=True``
     adds ``weight norm``; ``update_ratio=True`` adds ``update ratio``, ||w_after - w_before|| /
     ||w_before|| per layer, which costs a copy of the weights on the device between
-    after_backward and step_end on the steps it logs. With gradient accumulation, call ``after_backward`` once, after the last backward.
+    after_backward and step_end on the steps it logs. With gradient accumulation, call
+    ``after_backward`` once, after the last backward.
 
     A model wrapped in DistributedDataParallel (or torch.compile) is read through the wrapper,
     so its traces are named as the plain model's (``0.Linear``, not ``module.0.Linear``). DDP
@@ -126,7 +128,7 @@ class GradNorms(Callback):
         else:
             with torch.no_grad():
                 norms = _each_norm(tensors)
-        # The norms are new tensors nothing else holds; adding them up can wait for the worker.
+        # The norms are floats or new tensors nothing else holds: adding them up can wait.
         self._put(log, window, x, traces, partial(_layer_norms, norms, groups))
 
     def _put(self, log: Log, window: str, x: int, traces: list[str],
@@ -182,27 +184,39 @@ class GradNorms(Callback):
         return self._groupings[present]
 
 
-def _each_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Each tensor's L2 norm as a float32 scalar on its device, in one foreach pass.
+Norms = list[float] | list[torch.Tensor]  # each parameter's norm: read already, or on the device
 
-    This is all that runs on the training thread: right after a backward pass caches are cold,
-    and each small operation costs 10-40 us on a CPU (measured in bench/overhead.py's loops).
+
+def _each_norm(tensors: list[torch.Tensor]) -> Norms:
+    """Each tensor's L2 norm, from one foreach pass: floats on a CPU, device scalars elsewhere.
+
+    This is the work of the training thread: right after a backward pass caches are cold, and
+    each small operation costs 10-40 us on a CPU (measured in bench/overhead.py's loops). CPU
+    norms are read at once, as the Log reads CPU scalars: left to the worker, these small
+    tensors of the training thread were freed there in bunches, and glibc then gave heap back
+    to the system and the next backward faulted it in again (30-100 page faults a step in the
+    MLP benchmark). Device norms wait for the worker, whose read would wait for the device.
     """
-    return torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
+    return _read(norms) if norms[0].device.type == "cpu" else norms
 
 
-def _layer_norms(norms: list[torch.Tensor], groups: tuple[tuple[int, ...], ...]) -> list[float]:
-    """Each layer's L2 norm, then the total, from each parameter's norm; read on the sink's worker."""
+def _read(norms: Norms) -> list[float]:
+    if not norms or not isinstance(norms[0], torch.Tensor):
+        return norms
     try:
-        values = torch.stack(norms).tolist()  # one read of the device
+        return torch.stack(norms).tolist()  # one read of the device
     except RuntimeError:  # parameters on several devices
-        values = [n.item() for n in norms]
-    squares = [v * v for v in values]
+        return [n.item() for n in norms]
+
+
+def _layer_norms(norms: Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
+    """Each layer's L2 norm, then the total, from each parameter's norm; run on the sink's worker."""
+    squares = [v * v for v in _read(norms)]
     return [math.sqrt(sum(squares[i] for i in group)) for group in groups] + [math.sqrt(sum(squares))]
 
 
-def _update_ratios(updates: list[torch.Tensor], before: list[torch.Tensor],
-                   groups: tuple[tuple[int, ...], ...]) -> list[float]:
+def _update_ratios(updates: Norms, before: Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
     """||update|| / ||weights before it||, per layer and in total; infinite or NaN where the weights are 0."""
     return [u / w if w else (math.inf if u else math.nan)
             for u, w in zip(_layer_norms(updates, groups), _layer_norms(before, groups))]
