@@ -38,13 +38,12 @@ end until ``close()`` returns.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -276,6 +275,7 @@ class Run:
     mode: str
     step_times: list[float]
     cpu_s: float           # CPU per timed step: this process's threads and the server, together
+    faults: float          # minor page faults of this process per timed step
     close_s: float
     delivered: tuple[int, int] | None
 
@@ -294,10 +294,10 @@ def train(workload: Workload, mode: Mode, steps: int, warmup: int, server: Visdo
                for _ in range(8)]
     mode.start(model, optimizer)
     times = []
-    cpu_before = 0.0
+    cpu_before, faults_before = 0.0, 0
     for step in range(1, warmup + steps + 1):
         if step == warmup + 1:
-            cpu_before = _cpu(server)
+            cpu_before, faults_before = _cpu(server), harness.page_faults()
         inputs, targets = batches[step % len(batches)]
         began = time.perf_counter()
         loss = nn.functional.cross_entropy(model(inputs), targets)
@@ -309,10 +309,10 @@ def train(workload: Workload, mode: Mode, steps: int, warmup: int, server: Visdo
         mode.step_end(step, loss, inputs.view(workload.image_shape), targets)
         times.append(time.perf_counter() - began)
     loop_end = time.perf_counter()
-    cpu = (_cpu(server) - cpu_before) / steps
+    cpu, faults = (_cpu(server) - cpu_before) / steps, (harness.page_faults() - faults_before) / steps
     mode.close()
     close_s = time.perf_counter() - loop_end - getattr(mode, "reading_s", 0.0)
-    return Run(mode.name, times[warmup:], cpu, close_s, mode.delivered())
+    return Run(mode.name, times[warmup:], cpu, faults, close_s, mode.delivered())
 
 
 def _cpu(server: VisdomServer | None) -> float:
@@ -354,6 +354,7 @@ class Summary:
     ratio: float          # median step time / bare's
     mean_ratio: float     # mean step time / bare's
     cpu_ms: float         # median over runs of CPU per step (loop process + server)
+    faults: float         # median over runs of page faults per step (loop process)
     delivered: int | None
     expected: int | None
     close_s: float        # worst run
@@ -395,6 +396,7 @@ def run(server: VisdomServer, workloads: tuple[str, ...] = ("mlp", "cnn"), modes
                     workload_name, name, harness.median(times) * 1e3, _mean(times) * 1e3,
                     harness.median(times) / harness.median(bare_times), _mean(times) / _mean(bare_times),
                     harness.median([r.cpu_s for r in runs[name]]) * 1e3,
+                    harness.median([r.faults for r in runs[name]]),
                     sum(d[0] for d in delivered) if delivered else None,
                     sum(d[1] for d in delivered) if delivered else None,
                     max(r.close_s for r in runs[name]), len(runs[name])))
@@ -410,10 +412,10 @@ def table(summaries: list[Summary]) -> str:
     for s in summaries:
         delivered = "-" if s.expected is None else f"{s.delivered}/{s.expected}"
         rows.append([s.workload, s.mode, f"{s.median_ms:.3f}", f"**{s.ratio:.2f}x**", f"{s.mean_ratio:.2f}x",
-                     f"{s.cpu_ms:.2f}", delivered, f"{s.close_s:.3f}"])
+                     f"{s.cpu_ms:.2f}", f"{s.faults:.1f}", delivered, f"{s.close_s:.3f}"])
     return harness.markdown_table(["model", "mode", "median step ms", "ratio to bare (median)", "ratio (mean)",
-                                   "CPU ms/step (loop process + server)", "points delivered/expected",
-                                   "close() s (worst run)"], rows)
+                                   "CPU ms/step (loop process + server)", "page faults/step",
+                                   "points delivered/expected", "close() s (worst run)"], rows)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -425,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
                         help="default: monitor, naive, and tensorboard/ignite when installed")
     args = parser.parse_args(argv)
+    harness.steady_allocator()
     with harness.local_server() as server:
         summaries = run(server, tuple(args.models), args.modes, args.steps, args.warmup, args.repeats)
     print(table(summaries))
