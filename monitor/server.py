@@ -45,9 +45,15 @@ _STATE_DIR = ".monitor-server"  # inside env_path: the server's log and its priv
 # blocked because the server never uses it and importing it costs ~1-3 s per start. visdom runs
 # tornado in debug mode, whose autoreload re-executes the process (losing every unsaved env, and
 # failing under -c) whenever an imported module's file changes, e.g. during a pip install.
+# The child runs in its own session, so Ctrl-C reaches only the parent; a thread ends it once
+# the parent is gone, even a parent SIGKILLed before it could stop it (the port would stay taken).
 _CHILD = (
-    "import sys; sys.modules['torch'] = None; "
-    "from visdom.server import app; app.tornado_settings['autoreload'] = False; "
+    "import os, signal, sys, threading, time; sys.modules['torch'] = None\n"
+    "def _watch(parent=int(os.environ.pop('MONITOR_SERVER_PARENT'))):\n"
+    "    while os.getppid() == parent: time.sleep(0.5)\n"
+    "    os.kill(os.getpid(), signal.SIGTERM)\n"
+    "threading.Thread(target=_watch, daemon=True).start()\n"
+    "from visdom.server import app; app.tornado_settings['autoreload'] = False\n"
     "from visdom.server.run_server import main; main()"
 )
 
@@ -138,7 +144,7 @@ class VisdomServer:
                 "-logging_level", self.log_level]
         if self.host != _ALL_INTERFACES:
             args.append("-bind_local")
-        env = dict(os.environ)
+        env = dict(os.environ, MONITOR_SERVER_PARENT=str(os.getpid()))
         if self._credentials:
             args.append("-enable_login")
             env.update(self._login_env(state))

@@ -6,6 +6,8 @@ import importlib.util
 import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -52,6 +54,14 @@ def _listening_addresses(port: int) -> set[str]:
             raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # per-word little endian
             found.add(socket.inet_ntop(family, raw))
     return found
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not exited (a zombie waiting to be reaped has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _non_loopback_ipv4() -> str | None:
@@ -134,6 +144,24 @@ def test_context_manager_stops_the_server(tmp_path: Path) -> None:
     with start(port=0, env_path=tmp_path) as server:
         process = server.process
     assert process.poll() is not None and not server.running
+
+
+def test_a_server_outlives_no_parent_even_one_killed_with_sigkill(tmp_path: Path) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from monitor.server import start\n"
+        f"server = start(port=0, env_path={str(tmp_path)!r}); print(server.process.pid, server.port, flush=True)\n"
+        "time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    server_pid, port = map(int, parent.stdout.readline().split())
+    assert _get(f"http://127.0.0.1:{port}/")[0] == 200
+    parent.kill()  # no atexit, no stop(): only the server's own watch can end it
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(server_pid), "the server outlived its SIGKILLed parent"
+    with socket.socket() as sock:  # and the port is free for the next run
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
 
 
 def test_killed_server_restarts_on_same_port_with_saved_envs(fresh_server: VisdomServer, connect_client,
