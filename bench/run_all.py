@@ -24,7 +24,7 @@ import server_scaling
 START = "<!-- results: written by bench/run_all.py, do not edit by hand -->"
 END = "<!-- /results -->"
 
-FULL = {"overhead": {"steps": 300, "warmup": 30, "repeats": 3},
+FULL = {"overhead": {"steps": 300, "warmup": 30, "repeats": 5},
         "scaling": {"steps": 200_000, "naive_seconds": 60.0},
         "latency": {"steps": 900}}
 SMOKE = {"overhead": {"steps": 8, "warmup": 2, "repeats": 1},
