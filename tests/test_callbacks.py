@@ -418,6 +418,50 @@ def test_the_update_ratio_of_a_layer_whose_weights_are_zero_is_infinite_not_an_e
     assert math.isinf(ratios["0.Linear"]) and math.isfinite(ratios["1.Linear"]) and math.isfinite(ratios["total"])
 
 
+def test_grad_norms_of_a_model_with_many_parameters_equal_vector_norm():
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(12)])  # 24 parameters: one stack, not item()s
+    layers = {f"{i}.Linear": model[i] for i in range(12)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model, optimizer)
+    seen = []
+    x = torch.randn(8, 4)
+    model(x).square().mean().backward()
+    monitor.after_backward()
+    seen.append(expected_norms(model, layers))
+    traces = sink.points("grad norm")
+    assert list(traces) == [*layers, "total"]
+    assert {t: v for t, [(_, v)] in traces.items()} == pytest.approx(seen[0], rel=1e-5)
+
+
+def test_grad_norms_of_parameters_on_several_devices_read_only_the_cpu_ones_on_the_training_thread(monkeypatch):
+    """A meta tensor stands in for a GPU's: reading one raises, so only the worker may try.
+
+    There is no GPU here, and _foreach_norm over CPU and meta tensors together computes the CPU
+    one wrongly, so the foreach pass is replaced by what it returns on a CPU + GPU model.
+    """
+    from monitor.callbacks import grad_norms
+    on_devices = [torch.tensor(5.0), torch.tensor(2.0, device="meta")]
+    monkeypatch.setattr(grad_norms.torch, "_foreach_norm", lambda tensors, *_, **__: on_devices)
+    norms = grad_norms._each_norm([torch.ones(1), torch.ones(1, device="meta")])
+    assert norms[0] == 5.0 and isinstance(norms[0], float) and norms[1] is on_devices[1]
+    with pytest.raises(RuntimeError, match="meta"):  # the worker's read: where a GPU's would wait
+        grad_norms._read(norms)
+
+
+def test_the_update_ratio_of_a_layer_that_neither_has_weights_nor_moves_is_nan():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 3))
+    nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)
+    model[0].requires_grad_(False)  # frozen at zero: no update, no weights
+    optimizer = torch.optim.SGD(model[1].parameters(), lr=0.1)
+    monitor, sink = monitor_with(GradNorms(update_ratio=True))
+    monitor.train_start(model, optimizer)
+    train(monitor, model, optimizer, 1)
+    record = sink.of(Points, "update ratio")[0]
+    ratios = dict(zip(record.traces, values_of(record)))
+    assert math.isnan(ratios["0.Linear"]) and ratios["1.Linear"] > 0
+
+
 def test_grad_norms_of_a_model_without_parameters_log_nothing():
     monitor, sink = monitor_with(GradNorms(weights=True, update_ratio=True))
     monitor.train_start(nn.ReLU())

@@ -1,4 +1,4 @@
-"""GradNorms: the L2 norm of each layer's gradients and of all of them, computed on the device."""
+"""GradNorms: the L2 norm of each layer's gradients and of all of them, at after_backward."""
 from __future__ import annotations
 
 import math
@@ -34,13 +34,13 @@ class GradNorms(Callback):
     The grouping is built at train_start and rebuilt when a module or parameter is registered
     (a new head, a grown network); a module deleted mid-epoch is noticed at the next epoch_start.
 
-    The training thread only takes each parameter's norm, in one foreach pass (and reads them
-    if they are on the CPU); the sink's worker reads device norms and adds them up into layers
-    and the total. ``weights=True``
-    adds ``weight norm``; ``update_ratio=True`` adds ``update ratio``, ||w_after - w_before|| /
-    ||w_before|| per layer, which costs a copy of the weights on the device between
-    after_backward and step_end on the steps it logs. With gradient accumulation, call
-    ``after_backward`` once, after the last backward.
+    The training thread only takes each parameter's norm, in one foreach pass, and reads those
+    on the CPU; the sink's worker reads the others and adds them up into layers and the total.
+
+    ``weights=True`` adds ``weight norm``; ``update_ratio=True`` adds ``update ratio``,
+    ||w_after - w_before|| / ||w_before|| per layer, which costs a copy of the weights on the
+    device between after_backward and step_end on the steps it logs. With gradient
+    accumulation, call ``after_backward`` once, after the last backward.
 
     A model wrapped in DistributedDataParallel (or torch.compile) is read through the wrapper,
     so its traces are named as the plain model's (``0.Linear``, not ``module.0.Linear``). DDP
@@ -184,10 +184,10 @@ class GradNorms(Callback):
         return self._groupings[present]
 
 
-Norms = list[float] | list[torch.Tensor]  # each parameter's norm: read already, or on the device
+_Norms = list[float | torch.Tensor]  # each parameter's norm: a float once read, else a device scalar
 
 
-def _each_norm(tensors: list[torch.Tensor]) -> Norms:
+def _each_norm(tensors: list[torch.Tensor]) -> _Norms:
     """Each tensor's L2 norm, from one foreach pass: floats on a CPU, device scalars elsewhere.
 
     This is the work of the training thread: right after a backward pass caches are cold, and
@@ -198,30 +198,38 @@ def _each_norm(tensors: list[torch.Tensor]) -> Norms:
     MLP benchmark). Device norms wait for the worker, whose read would wait for the device.
     """
     norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
-    return _read(norms) if norms[0].device.type == "cpu" else norms
+    if len(norms) <= 16:  # item() beats one more tensor operation, for a few
+        return [n.item() if n.is_cpu else n for n in norms]
+    return torch.stack(norms).tolist() if all(n.is_cpu for n in norms) else norms
 
 
-def _read(norms: Norms) -> list[float]:
-    if not norms or not isinstance(norms[0], torch.Tensor):
+def _read(norms: _Norms) -> list[float]:
+    """The norms as floats; on the worker, this reads what the training thread left on a device."""
+    tensors = [n for n in norms if isinstance(n, torch.Tensor)]
+    if not tensors:
         return norms
-    if len(norms) <= 16 and norms[0].device.type == "cpu":
-        return [n.item() for n in norms]  # cheaper than one more tensor operation, for a few
     try:
-        return torch.stack(norms).tolist()  # one read of the device
+        values = iter(torch.stack(tensors).tolist())  # one read of the device
     except RuntimeError:  # parameters on several devices
-        return [n.item() for n in norms]
+        values = iter([n.item() for n in tensors])
+    return [next(values) if isinstance(n, torch.Tensor) else n for n in norms]
 
 
-def _layer_norms(norms: Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
+def _layer_norms(norms: _Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
     """Each layer's L2 norm, then the total, from each parameter's norm; run on the sink's worker."""
-    squares = [v * v for v in _read(norms)]
+    return _added_up(_read(norms), groups)
+
+
+def _update_ratios(updates: _Norms, before: _Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
+    """||update|| / ||weights before it||, per layer and in total; inf or NaN where the weights are 0."""
+    values = _read(updates + before)  # one read of the device for both
+    ratios = zip(_added_up(values[:len(updates)], groups), _added_up(values[len(updates):], groups))
+    return [u / w if w else (math.inf if u else math.nan) for u, w in ratios]
+
+
+def _added_up(norms: list[float], groups: tuple[tuple[int, ...], ...]) -> list[float]:
+    squares = [v * v for v in norms]
     return [math.sqrt(sum(squares[i] for i in group)) for group in groups] + [math.sqrt(sum(squares))]
-
-
-def _update_ratios(updates: Norms, before: Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
-    """||update|| / ||weights before it||, per layer and in total; infinite or NaN where the weights are 0."""
-    return [u / w if w else (math.inf if u else math.nan)
-            for u, w in zip(_layer_norms(updates, groups), _layer_norms(before, groups))]
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:
