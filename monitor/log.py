@@ -70,14 +70,13 @@ class Log:
     def vector(self, window: str, x: float, traces: Sequence[str],
                values: torch.Tensor | Callable[[], Sequence[float] | torch.Tensor], *,
                copy: bool = True) -> None:
-        """One point per trace from a 1-d tensor (``values[i]`` for ``traces[i]``).
+        """One point per trace: ``values[i]`` for ``traces[i]``, from a 1-d real tensor or a function.
 
         A CPU tensor is read now; one on an accelerator is copied on its device and read by the
-        sink's worker. ``copy=False`` skips that copy, for a tensor made for this call that
-        nothing changes afterwards (a device operation saved per call). ``values`` may also be a function of no
-        arguments returning the values (floats or a 1-d tensor), called on the sink's worker:
-        work that can wait, kept off the training thread. It must only use what nothing changes
-        afterwards, such as tensors made for this call.
+        sink's worker (``copy=False`` skips the copy, for a tensor made for this call that
+        nothing changes afterwards). A function of no arguments is called on the sink's worker
+        and returns the values (floats or a 1-d tensor): work that can wait, kept off the
+        training thread; it must only use what nothing changes afterwards.
         """
         if callable(values):
             self.sink.put(Points(_name("window", window), _x(x), tuple(traces), values))
@@ -85,8 +84,10 @@ class Log:
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")
+        if values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(f"values must hold real numbers, got a tensor of dtype {values.dtype}")
         if values.device.type == "cpu":  # read now, as _snapshot does: no tensor to free on the worker
-            values = tuple(values.tolist())
+            values = tuple(float(v) for v in values.tolist())
         else:
             if values.requires_grad:
                 values = values.detach()

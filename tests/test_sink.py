@@ -323,6 +323,8 @@ def wait_for_worker(sink: VisdomSink) -> None:
     (lambda log: log.images("inputs", 1, torch.rand(8)), r"images must be NCHW, CHW, NHW or HW, got shape \(8,\)"),
     (lambda log: log.images("inputs", 1, "a picture"), r"images must be a torch.Tensor"),
     (lambda log: log.images("inputs", 1, torch.ones(2, 2, dtype=torch.bool)), r"images must hold real numbers"),
+    (lambda log: log.vector("grad norm", 1, ["a", "b"], torch.ones(3)), r"values must be a 1-d tensor of 2 elements"),
+    (lambda log: log.vector("grad norm", 1, ["a"], torch.ones(1, dtype=torch.bool)), r"values must hold real numbers"),
     (lambda log: log.text("notes", 1, 42), r"html must be a str, got int"),
     (lambda log: log.sink.put({"window": "loss"}), r"record must be a monitor.records Points, .* got dict"),
 ])
@@ -342,6 +344,7 @@ def test_a_bad_record_past_the_door_is_reported_once_and_the_rest_arrives(
         sink.put(Points("loss", step, ("train", "validation"), (1.0,)))
         sink.put(Text("notes", step, html=None))
         sink.put(Points("loss", step, ("train",), lambda: 1 / 0))  # work left to the worker fails there
+        sink.put(Points("loss", step, ("train",), lambda: [1.0, 2.0]))  # or gives too many values
     assert sink.close(timeout=10)
     reports = warnings_in(caplog)
     assert len(reports) == 4, reports  # one per kind of trouble, not one per record
