@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -151,17 +152,23 @@ def test_a_server_outlives_no_parent_even_one_killed_with_sigkill(tmp_path: Path
         "import sys, time; from monitor.server import start\n"
         f"server = start(port=0, env_path={str(tmp_path)!r}); print(server.process.pid, server.port, flush=True)\n"
         "time.sleep(60)")], stdout=subprocess.PIPE, text=True)
-    server_pid, port = map(int, parent.stdout.readline().split())
-    assert _get(f"http://127.0.0.1:{port}/")[0] == 200
-    parent.kill()  # no atexit, no stop(): only the server's own watch can end it
-    parent.wait()
-    deadline = time.monotonic() + 10
-    while _alive(server_pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(server_pid), "the server outlived its SIGKILLed parent"
-    with socket.socket() as sock:  # and the port is free for the next run
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
+    with parent, parent.stdout:
+        server_pid, port = map(int, parent.stdout.readline().split())
+        try:
+            assert _get(f"http://127.0.0.1:{port}/")[0] == 200
+            parent.kill()  # no atexit, no stop(): only the server's own watch can end it
+            parent.wait()
+            deadline = time.monotonic() + 10
+            while _alive(server_pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert not _alive(server_pid), "the server outlived its SIGKILLed parent"
+            with socket.socket() as sock:  # and the port is free for the next run
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", port))
+        finally:
+            parent.kill()
+            if _alive(server_pid):
+                os.kill(server_pid, signal.SIGKILL)
 
 
 def test_killed_server_restarts_on_same_port_with_saved_envs(fresh_server: VisdomServer, connect_client,
