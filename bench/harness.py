@@ -103,6 +103,9 @@ def page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+_steady = False  # whether steady_allocator() took effect in this process
+
+
 def steady_allocator() -> bool:
     """Keeps glibc from handing freed heap back to the system between training steps.
 
@@ -119,8 +122,11 @@ def steady_allocator() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
+    global _steady
     m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 32 << 20))
+    _steady = bool(mallopt(m_trim_threshold, 1 << 30)) and bool(mallopt(m_mmap_threshold, 32 << 20))
+    return _steady
+
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -180,6 +186,8 @@ def machine() -> dict[str, str]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "torch": f"{torch.__version__}, torch.set_num_threads(1)",
+        "allocator": "glibc, trim and mmap thresholds raised for every mode (harness.steady_allocator)"
+                     if _steady else "the system's defaults",
         "visdom": installed("visdom"),
         "tensorboard": installed("tensorboard"),
         "pytorch-ignite": installed("pytorch-ignite"),

@@ -24,8 +24,8 @@ steps (steps 1, 51, 101, ...) a grid of the batch's first 8 images. The modes:
   which ignite does not use.
 
 Runs are interleaved, ``bare, A, bare, B, ...``, and the whole sequence repeated (5 times by
-default: the issue asks for 3, but a run's median moved by up to +-0.04 from one run of the
-whole benchmark to the next with 3), each run on a fresh model with the same seed. Each run does ``warmup`` untimed steps,
+default: with 3, a mode's median moved by up to +-0.04 from one run of the benchmark to the
+next), each run on a fresh model with the same seed. Each run does ``warmup`` untimed steps,
 then ``steps`` timed ones; a step's time covers the whole step including its logging calls. We
 report the median step time over every timed step of a mode's runs and its ratio to the median
 of all bare runs (the mean too: periodic costs such as a grid every 50 steps hide from a
