@@ -1,0 +1,92 @@
+"""Hook cost: what each callback adds to one MLP step, timed on alternate steps of one loop.
+
+Comparing separate runs mixes the logging's cost with each run's own luck (memory layout, the
+machine's other work), which moves an MLP step by several percent. Here one process trains one
+model, calls the hooks on even steps only, and reports the median even step minus the median
+odd step: the cost of the hooks, with everything else shared. (It slightly underestimates: an
+odd step also pays for some of the cache the even step before it disturbed.) ``norms inline``
+is the floor of any gradient-norm logging: the norms' arithmetic with no Python around it.
+
+    .venv/bin/python bench/hook_cost.py                 # NullSink; --live adds a real sink and server
+    .venv/bin/python bench/hook_cost.py --steps 500 --repeats 1
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+import harness
+from monitor import GradNorms, Images, LearningRate, Monitor, Scalars
+from monitor.log import NullSink
+
+CASES: dict[str, Callable[[], list] | None] = {
+    "norms inline": None,
+    "a Monitor with no callbacks": lambda: [],
+    "GradNorms()": lambda: [GradNorms()],
+    "Scalars()": lambda: [Scalars()],
+    "LearningRate()": lambda: [LearningRate()],
+    "the benchmark's four callbacks": lambda: [Scalars(), LearningRate(), GradNorms(), Images(every=50, count=8)],
+}
+
+
+def added_us(callbacks: Callable[[], list] | None, steps: int, sink_options: dict | None) -> float:
+    """Median even step (hooks called) minus median odd step (not called), in microseconds."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    batches = [(torch.rand(64, 784), torch.randint(0, 10, (64,))) for _ in range(8)]
+    params = list(model.parameters())
+    monitor = None
+    if callbacks is not None:
+        monitor = Monitor(callbacks(), **(sink_options or {"sink": NullSink()}))
+        monitor.train_start(model, optimizer)
+    timed: tuple[list[int], list[int]] = ([], [])
+    for step in range(steps):
+        inputs, targets = batches[step % len(batches)]
+        hooks = step % 2 == 0
+        began = time.perf_counter_ns()
+        loss = nn.functional.cross_entropy(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        if hooks and monitor is not None:
+            monitor.after_backward()
+        elif hooks:
+            [n.item() for n in torch._foreach_norm([p.grad for p in params], 2)]
+        optimizer.step()
+        if hooks and monitor is not None:
+            monitor.step_end(loss=loss, inputs=inputs.view(64, 1, 28, 28), targets=targets)
+        timed[0 if hooks else 1].append(time.perf_counter_ns() - began)
+    if monitor is not None:
+        monitor.train_end()
+        monitor.close()
+    skip = steps // 20  # warm-up
+    return (harness.median(timed[0][skip:]) - harness.median(timed[1][skip:])) / 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=4000, help="steps per run, half of them with hooks")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--live", action="store_true", help="a VisdomSink and a local server instead of a NullSink")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    harness.steady_allocator()
+    with harness.local_server() as server, tempfile.TemporaryDirectory() as scratch:
+        rows = []
+        for number, (name, callbacks) in enumerate(CASES.items()):
+            added = []
+            for repeat in range(args.repeats):
+                sink_options = ({"env": f"hook-cost-{number}-{repeat}", "server": "http://127.0.0.1",
+                                 "port": server.port, "run_dir": scratch} if args.live else None)
+                added.append(added_us(callbacks, args.steps, sink_options))
+            rows.append([name, ", ".join(f"{a:.0f}" for a in added)])
+    print(harness.markdown_table(["on the even steps", "us added to the step, per run"], rows))
+
+
+if __name__ == "__main__":
+    main()
