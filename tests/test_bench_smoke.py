@@ -14,6 +14,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import hook_cost  # noqa: E402
 import latency  # noqa: E402
 import overhead  # noqa: E402
 import run_all  # noqa: E402
@@ -51,6 +52,13 @@ def test_latency_sees_every_point_within_seconds(visdom_server):
     assert result.seen == result.steps == 10
     assert 0 < result.p50_s <= result.p95_s <= result.max_s < 5
     assert "p95" in latency.table(result)
+
+
+def test_hook_cost_times_every_case_with_a_null_and_a_live_sink(capsys):
+    for live in ([], ["--live"]):
+        hook_cost.main(["--steps", "40", "--repeats", "1", *live])
+        table = capsys.readouterr().out
+        assert all(f"| {case} |" in table for case in hook_cost.CASES), table
 
 
 def test_run_all_rewrites_only_the_results_section(tmp_path):
