@@ -149,8 +149,8 @@ class Monitor:
         self._in_step = False
         self._started = False
         self._reported: set[tuple[str, str]] = set()
-        # Only the callbacks that override a hook are called for it.
-        self._subscribers = {hook: [c for c in self.callbacks
+        # Only the callbacks that override a hook are called for it, through bound methods.
+        self._subscribers = {hook: [(c, getattr(c, hook)) for c in self.callbacks
                                     if getattr(type(c), hook) is not getattr(Callback, hook)]
                              for hook in HOOKS}
         for callback in self.callbacks:
@@ -223,8 +223,7 @@ class Monitor:
 
     def exception(self, error: BaseException) -> None:
         """Call from the loop's ``except`` block (the context-manager form does this for you)."""
-        for callback in self._subscribers["on_exception"]:
-            self._call(callback, "on_exception", error)
+        self._fire("on_exception", error)
 
     # --- lifetime -----------------------------------------------------------------------------
     def flush(self, timeout: float | None = 10.0) -> bool:
@@ -264,18 +263,19 @@ class Monitor:
             self._in_step = True
             self.state.step += 1
 
-    def _fire(self, hook: str) -> None:
-        for callback in self._subscribers[hook]:
-            self._call(callback, hook)
+    def _fire(self, hook: str, *args: Any) -> None:
+        state, log = self.state, self.log
+        for callback, method in self._subscribers[hook]:
+            try:
+                method(state, log, *args)
+            except Exception as error:
+                if self.raise_errors:
+                    raise
+                self._report(callback, hook, error)
 
-    def _call(self, callback: Callback, hook: str, *args: Any) -> None:
-        try:
-            getattr(callback, hook)(self.state, self.log, *args)
-        except Exception as error:
-            if self.raise_errors:
-                raise
-            key = (type(callback).__name__, hook)
-            if key not in self._reported:
-                self._reported.add(key)
-                _log.warning("callback %s failed in %s and is skipped there until it works again "
-                             "(reported once): %s: %s", key[0], hook, type(error).__name__, error)
+    def _report(self, callback: Callback, hook: str, error: Exception) -> None:
+        key = (type(callback).__name__, hook)
+        if key not in self._reported:
+            self._reported.add(key)
+            _log.warning("callback %s failed in %s and is skipped there until it works again "
+                         "(reported once): %s: %s", key[0], hook, type(error).__name__, error)

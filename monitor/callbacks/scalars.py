@@ -63,9 +63,7 @@ class Scalars(Callback):
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if not is_due(state.step, self.every):
             return
-        values = dict(state.metrics)
-        if state.loss is not None:
-            values["loss"] = state.loss
+        values = state.metrics if state.loss is None else {**state.metrics, "loss": state.loss}
         values = self._averaged(values)  # per step, so a checkpoint's running sums are every rank's
         if self.x == "step":
             self._write(log, state.step, "train", values)
@@ -99,12 +97,12 @@ class Scalars(Callback):
             x = state.epoch + 1 if state.batch else state.epoch
         self._write(log, x, "validation", self._averaged(state.metrics))
 
-    def _averaged(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """``values``, those named in ``average`` replaced by their mean over the ranks."""
+    def _averaged(self, values: Mapping[str, Any]) -> Mapping[str, Any]:
+        """``values`` (not copied), or a copy with those named in ``average`` averaged over the ranks."""
         if self._world_size == 1 or self.average is False:
-            return dict(values)
+            return values
         chosen = {name: value for name, value in values.items() if self.average is True or name in self.average}
-        return {**values, **mean_across_ranks(chosen)} if chosen else dict(values)
+        return {**values, **mean_across_ranks(chosen)} if chosen else values
 
     def _write(self, log: Log, x: float, trace: str, values: Mapping[str, Any]) -> None:
         """One point per name; a bad value is raised after the good ones are written."""
