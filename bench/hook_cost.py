@@ -1,4 +1,4 @@
-"""Hook cost: what each callback adds to one MLP step, timed on alternate steps of one loop.
+"""Hook cost: what each callback adds to a training step, timed on alternate steps of one loop.
 
 Comparing separate runs mixes the logging's cost with each run's own luck (memory layout, the
 machine's other work), which moves an MLP step by several percent. Here one process trains one
@@ -8,7 +8,7 @@ odd step also pays for some of the cache the even step before it disturbed.) ``n
 is the floor of any gradient-norm logging: the norms' arithmetic with no Python around it.
 
     .venv/bin/python bench/hook_cost.py                 # NullSink; --live adds a real sink and server
-    .venv/bin/python bench/hook_cost.py --steps 500 --repeats 1
+    .venv/bin/python bench/hook_cost.py --model cnn --steps 1000 --repeats 2
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import harness
+from overhead import WORKLOADS, Workload
 from monitor import GradNorms, Images, LearningRate, Monitor, Scalars
 from monitor.log import NullSink
 
@@ -34,12 +35,14 @@ CASES: dict[str, Callable[[], list] | None] = {
 }
 
 
-def added_us(callbacks: Callable[[], list] | None, steps: int, sink_options: dict | None) -> float:
+def added_us(workload: Workload, callbacks: Callable[[], list] | None, steps: int,
+             sink_options: dict | None) -> float:
     """Median even step (hooks called) minus median odd step (not called), in microseconds."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
+    model = workload.build()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    batches = [(torch.rand(64, 784), torch.randint(0, 10, (64,))) for _ in range(8)]
+    batch = workload.input_shape[0]
+    batches = [(torch.rand(workload.input_shape), torch.randint(0, 10, (batch,))) for _ in range(8)]
     params = list(model.parameters())
     monitor = None
     if callbacks is not None:
@@ -59,7 +62,7 @@ def added_us(callbacks: Callable[[], list] | None, steps: int, sink_options: dic
             [n.item() for n in torch._foreach_norm([p.grad for p in params], 2)]
         optimizer.step()
         if hooks and monitor is not None:
-            monitor.step_end(loss=loss, inputs=inputs.view(64, 1, 28, 28), targets=targets)
+            monitor.step_end(loss=loss, inputs=inputs.view(workload.image_shape), targets=targets)
         timed[0 if hooks else 1].append(time.perf_counter_ns() - began)
     if monitor is not None:
         monitor.train_end()
@@ -70,6 +73,7 @@ def added_us(callbacks: Callable[[], list] | None, steps: int, sink_options: dic
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="mlp", choices=sorted(WORKLOADS))
     parser.add_argument("--steps", type=int, default=4000, help="steps per run, half of them with hooks")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--live", action="store_true", help="a VisdomSink and a local server instead of a NullSink")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             for repeat in range(args.repeats):
                 sink_options = ({"env": f"hook-cost-{number}-{repeat}", "server": "http://127.0.0.1",
                                  "port": server.port, "run_dir": scratch} if args.live else None)
-                added.append(added_us(callbacks, args.steps, sink_options))
+                added.append(added_us(WORKLOADS[args.model], callbacks, args.steps, sink_options))
             rows.append([name, ", ".join(f"{a:.0f}" for a in added)])
     print(harness.markdown_table(["on the even steps", "us added to the step, per run"], rows))
 
