@@ -198,9 +198,9 @@ def _each_norm(tensors: list[torch.Tensor]) -> _Norms:
     MLP benchmark). Device norms wait for the worker, whose read would wait for the device.
     """
     norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
-    if len(norms) <= 16:  # item() beats one more tensor operation, for a few
-        return [n.item() if n.is_cpu else n for n in norms]
-    return torch.stack(norms).tolist() if all(n.is_cpu for n in norms) else norms
+    if len(norms) > 16 and all(n.is_cpu for n in norms):  # for a few, item() beats one more operation
+        return torch.stack(norms).tolist()
+    return [n.item() if n.is_cpu else n for n in norms]
 
 
 def _read(norms: _Norms) -> list[float]:
