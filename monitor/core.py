@@ -188,15 +188,18 @@ class Monitor:
 
     def after_backward(self) -> None:
         """Call after ``loss.backward()`` and before ``optimizer.step()`` / ``zero_grad()``."""
-        self._begin_step()
+        if not self._in_step:
+            self._in_step = True
+            self.state.step += 1
         self._fire("on_after_backward")
 
     def step_end(self, loss: Any = None, metrics: Mapping[str, Any] | None = None,
                  inputs: Any = None, targets: Any = None, outputs: Any = None) -> None:
         """Call after ``optimizer.step()`` with this step's loss, metrics and (optionally) batch."""
-        self._begin_step()
-        self.state.batch += 1
         state = self.state
+        if not self._in_step:  # a loop that does not call after_backward
+            state.step += 1
+        state.batch += 1
         state.loss, state.inputs, state.targets, state.outputs = loss, inputs, targets, outputs
         state.metrics = dict(metrics) if metrics else {}
         try:
@@ -258,11 +261,6 @@ class Monitor:
                 callback.load_state_dict(saved[callback.state_key])
 
     # --- internals ----------------------------------------------------------------------------
-    def _begin_step(self) -> None:
-        if not self._in_step:
-            self._in_step = True
-            self.state.step += 1
-
     def _fire(self, hook: str, *args: Any) -> None:
         state, log = self.state, self.log
         for callback, method in self._subscribers[hook]:

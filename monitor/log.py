@@ -52,19 +52,20 @@ class Log:
 
     def scalar(self, window: str, trace: str, x: float, value: Any) -> None:
         """One point of one trace; ``value`` is a number or a one-element tensor."""
-        self.sink.put(Points(_name("window", window), _x(x), (_name("trace", trace),),
-                             (_snapshot(value, "value"),)))
+        if type(value) is not float:
+            value = _snapshot(value, "value")
+        self.sink.put(Points(_name("window", window), _x(x), (_name("trace", trace),), (value,)))
 
     def scalars(self, window: str, x: float, values: Mapping[str, Any]) -> None:
         """One point for each trace named in ``values`` (trace -> number or one-element tensor)."""
-        if not isinstance(values, Mapping):
+        if type(values) is not dict and not isinstance(values, Mapping):
             raise TypeError(f"values must be a mapping of trace name to number, got {type(values).__name__}")
         if not values:
             return
         traces, snapshots = [], []
         for trace, value in values.items():
             traces.append(_name("trace", trace))
-            snapshots.append(_snapshot(value, "values", trace))
+            snapshots.append(value if type(value) is float else _snapshot(value, "values", trace))
         self.sink.put(Points(_name("window", window), _x(x), tuple(traces), tuple(snapshots)))
 
     def vector(self, window: str, x: float, traces: Sequence[str],
@@ -121,6 +122,8 @@ class Log:
 
 
 def _name(argument: str, value: Any) -> str:
+    if type(value) is str and value:  # the usual case, kept cheap
+        return value
     if not isinstance(value, str) or not value:
         raise TypeError(f"{argument} must be a non-empty str, got {value!r}")
     return value
@@ -143,17 +146,21 @@ def _snapshot(value: Any, argument: str, key: str | None = None) -> Any:
     """
     if type(value) is float:  # a learning rate, a metric already read: the common case, kept cheap
         return value
-    if key is not None:
-        argument = f"{argument}[{key!r}]"
     if isinstance(value, torch.Tensor):
+        if value.is_cpu and value.numel() == 1:  # a loss: read now, in as few tensor calls as we can
+            number = value.item()
+            if type(number) is float or type(number) is int:
+                return float(number)
+        if key is not None:
+            argument = f"{argument}[{key!r}]"
         if value.numel() != 1:
             raise ValueError(f"{argument} must be a number or a one-element tensor, "
                              f"got a tensor of shape {tuple(value.shape)}")
         if value.is_complex() or value.dtype == torch.bool:
             raise TypeError(f"{argument} must be a real number, got a tensor of dtype {value.dtype}")
-        if value.device.type == "cpu":
-            return float(value.item())
         return value.detach().reshape(()).to(torch.float32).clone()
+    if key is not None:
+        argument = f"{argument}[{key!r}]"
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{argument} must be a number or a one-element tensor, got {value!r}")
     return float(value)

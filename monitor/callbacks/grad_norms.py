@@ -61,7 +61,7 @@ class GradNorms(Callback):
         self._layer_of: list[int] = []      # self._params[i] belongs to layer self._layer_of[i]
         self._layers: list[str] = []        # trace names, one per layer
         self._all: tuple[int, ...] = ()     # every parameter's index: the usual set present
-        self._groupings: dict[tuple[int, ...], tuple[list[str], tuple[tuple[int, ...], ...]]] = {}
+        self._groupings: dict[tuple[int, ...], tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]] = {}
         self._before: list[torch.Tensor] | None = None
         self._laid_out: set[str] = set()
         self._stale = True  # the parameters may have changed since the grouping was built
@@ -97,9 +97,11 @@ class GradNorms(Callback):
             return
         grads = [p.grad for p in params]
         present = self._all
-        if any(g is None for g in grads):  # not `None in grads`: that calls Tensor.__eq__
-            present = tuple(i for i, g in enumerate(grads) if g is not None)
-            grads = [grads[i] for i in present]
+        for grad in grads:  # a plain loop: `None in grads` would call Tensor.__eq__
+            if grad is None:
+                present = tuple(i for i, g in enumerate(grads) if g is not None)
+                grads = [grads[i] for i in present]
+                break
         if grads:
             self._write(log, "grad norm", state.step, grads, present)
         if self.weights:
@@ -120,7 +122,7 @@ class GradNorms(Callback):
 
     def _write(self, log: Log, window: str, x: int, tensors: list[torch.Tensor],
                present: tuple[int, ...]) -> None:
-        traces, groups = self._grouping(present)
+        traces, groups = self._groupings.get(present) or self._grouping(present)
         if window == "grad norm" and not tensors[0].requires_grad:
             # Plain gradients (no backward(create_graph=True)) build no graph, and no_grad()
             # would cost as much as the norms' own Python.
@@ -131,7 +133,7 @@ class GradNorms(Callback):
         # The norms are floats or new tensors nothing else holds: adding them up can wait.
         self._put(log, window, x, traces, partial(_layer_norms, norms, groups))
 
-    def _put(self, log: Log, window: str, x: int, traces: list[str],
+    def _put(self, log: Log, window: str, x: int, traces: tuple[str, ...],
              values: Callable[[], list[float]]) -> None:
         if window not in self._laid_out:
             log.window(window, title=window, xlabel="step", ylabel=_YLABELS[window], ytype="log")
@@ -167,19 +169,19 @@ class GradNorms(Callback):
             self._layers.append(_trace_name(name, module))
         self._all = tuple(range(len(self._params)))
 
-    def _grouping(self, present: tuple[int, ...]) -> tuple[list[str], tuple[tuple[int, ...], ...]]:
+    def _grouping(self, present: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
         """Trace names, and for each layer present the positions of its parameters in ``present``.
 
         Cached per set of parameters present (usually all of them, every step).
         """
-        if present not in self._groupings:
+        if present not in self._groupings:  # a set not seen before (the callers look first)
             layers: dict[int, list[int]] = {}
             for position, i in enumerate(present):
                 layers.setdefault(self._layer_of[i], []).append(position)
             order = sorted(layers)
             if len(self._groupings) >= 16:
                 self._groupings.clear()
-            self._groupings[present] = ([self._layers[layer] for layer in order] + ["total"],
+            self._groupings[present] = (tuple([self._layers[layer] for layer in order] + ["total"]),
                                         tuple(tuple(layers[layer]) for layer in order))
         return self._groupings[present]
 

@@ -29,6 +29,7 @@ class LearningRate(Callback):
         self.every = positive_int("every", every)
         self._laid_out = False
         self._logged_step: int | None = None
+        self._names: list[str] = []  # the groups' traces as last named
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         self._write(state, log)
@@ -36,6 +37,9 @@ class LearningRate(Callback):
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if self._logged_step != state.step:
             self._write(state, log)
+
+    def on_epoch_start(self, state: LoopState, log: Log) -> None:
+        self._names = []  # a group may have been renamed: name them again
 
     def _write(self, state: LoopState, log: Log) -> None:
         if not is_due(state.step, self.every):
@@ -47,8 +51,13 @@ class LearningRate(Callback):
         if not self._laid_out:
             log.window(WINDOW, title=WINDOW, xlabel="step", ylabel="learning rate")
             self._laid_out = True
+        if len(groups) != len(self._names):  # the first step, add_param_group() or a new epoch
+            self._names = _trace_names(groups)
         self._logged_step = state.step
-        log.scalars(WINDOW, state.step, dict(zip(_trace_names(groups), (g["lr"] for g in groups))))
+        if len(groups) == 1:
+            log.scalar(WINDOW, self._names[0], state.step, groups[0]["lr"])
+        else:
+            log.scalars(WINDOW, state.step, {name: group["lr"] for name, group in zip(self._names, groups)})
 
 
 def _trace_names(groups: Sequence[dict[str, Any]]) -> list[str]:

@@ -63,6 +63,11 @@ class Scalars(Callback):
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if not is_due(state.step, self.every):
             return
+        if not state.metrics and self.x == "step" and (self._world_size == 1 or self.average is False):
+            # The usual step: the loss alone, kept cheap
+            if state.loss is not None:
+                self._write_one(log, state.step, "loss", state.loss)
+            return
         values = state.metrics if state.loss is None else {**state.metrics, "loss": state.loss}
         values = self._averaged(values)  # per step, so a checkpoint's running sums are every rank's
         if self.x == "step":
@@ -109,14 +114,20 @@ class Scalars(Callback):
         failure = None
         for name, value in values.items():
             try:
-                if name not in self._windows:
-                    log.window(name, title=name, xlabel=self.x, ylabel=name)
-                    self._windows.add(name)
-                log.scalar(name, trace, x, value)
+                self._write_one(log, x, name, value, trace)
             except (TypeError, ValueError) as error:
-                failure = failure or type(error)(f"metric {name!r}: {error}")
+                failure = failure or error
         if failure is not None:
             raise failure
+
+    def _write_one(self, log: Log, x: float, name: str, value: Any, trace: str = "train") -> None:
+        try:
+            if name not in self._windows:
+                log.window(name, title=name, xlabel=self.x, ylabel=name)
+                self._windows.add(name)
+            log.scalar(name, trace, x, value)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"metric {name!r}: {error}") from None
 
 
 def _names_to_average(average: Any) -> bool | frozenset[str]:
