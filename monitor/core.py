@@ -28,9 +28,10 @@ class LoopState:
 
     ``step`` is the 1-based number of the optimizer step in progress or just finished (the x of
     per-step curves); ``epoch`` is 0-based, as in ``for epoch in range(epochs)``; ``batch`` counts
-    the steps of the current epoch. ``loss``, ``metrics``, ``inputs``, ``targets`` and ``outputs``
-    are what the loop passed to the latest hook; they are the loop's own objects, so a callback
-    that keeps any of them must log a snapshot (``Log`` does).
+    the steps of the current epoch. ``metrics`` is what the loop passed to the latest hook;
+    ``loss``, ``inputs``, ``targets`` and ``outputs`` are set only while ``on_step_end`` runs, so
+    the monitor never keeps a batch alive. They are the loop's own objects: a callback that keeps
+    any of them must log a snapshot (``Log`` does).
     """
 
     model: torch.nn.Module | None = None
@@ -206,6 +207,8 @@ class Monitor:
             self._fire("on_step_end")
         finally:
             self._in_step = False
+            # Keep no batch, output or graph alive past the hook: the loop decides their lifetime.
+            state.loss = state.inputs = state.targets = state.outputs = None
 
     def validation_end(self, metrics: Mapping[str, Any]) -> None:
         """Call after validation with its results, e.g. ``{"loss": 0.41, "accuracy": 0.87}``."""

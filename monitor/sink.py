@@ -291,14 +291,15 @@ class VisdomSink:
                     values = values()
                 if isinstance(values, torch.Tensor):
                     values = values.tolist()
-                else:
-                    values = [v.item() if isinstance(v, torch.Tensor) else v for v in values]
                 if len(values) != len(record.traces):
                     raise ValueError(f"{len(record.traces)} traces need as many values, got {len(values)}")
                 y = {}
                 for trace, value in zip(record.traces, values):
-                    if type(value) is not float and (isinstance(value, bool) or not isinstance(value, Real)):
-                        raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
+                    if type(value) is not float:
+                        if isinstance(value, torch.Tensor):
+                            value = value.item()
+                        if isinstance(value, bool) or not isinstance(value, Real):
+                            raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
                     y[trace if type(trace) is str else str(trace)] = float(value)
                 return {"k": "points", "win": record.window, "x": x, "y": y}
             if isinstance(record, Images):

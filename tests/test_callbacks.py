@@ -73,6 +73,25 @@ def train(monitor: Monitor, model: nn.Module, optimizer: torch.optim.Optimizer, 
         monitor.step_end(loss=loss)
 
 
+# --- Monitor ------------------------------------------------------------------------------------
+def test_the_monitor_keeps_no_batch_or_loss_alive_after_step_end():
+    import weakref
+    seen = []
+
+    class Peek(Scalars):
+        def on_step_end(self, state, log):
+            seen.append((state.loss is loss, state.inputs is inputs))
+
+    monitor, _ = monitor_with(Peek())
+    inputs = torch.rand(4, 3)
+    loss = inputs.sum()
+    monitor.step_end(loss=loss, inputs=inputs)
+    batch = weakref.ref(inputs)
+    del inputs, loss
+    assert seen == [(True, True)] and batch() is None
+    assert (monitor.state.loss, monitor.state.inputs) == (None, None)
+
+
 # --- Scalars ------------------------------------------------------------------------------------
 def test_scalars_log_loss_and_each_metric_per_step_in_their_own_windows():
     monitor, sink = monitor_with(Scalars())
@@ -250,6 +269,17 @@ def test_learning_rate_has_a_trace_per_group_named_by_number_or_by_the_groups_na
         for _ in range(3):
             monitor.step_end()
         assert sink.points("learning rate") == {t: [(1, lr), (3, lr)] for t, lr in traces.items()}
+
+
+def test_learning_rate_gives_a_group_added_mid_run_its_own_trace():
+    model = small_model()
+    optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    monitor.step_end()
+    optimizer.add_param_group({"params": model[3].parameters(), "lr": 0.5, "name": "head"})
+    monitor.step_end()
+    assert sink.points("learning rate") == {"lr": [(1, 0.1)], "group 0": [(2, 0.1)], "head": [(2, 0.5)]}
 
 
 def test_learning_rate_without_an_optimizer_says_where_to_pass_it():
