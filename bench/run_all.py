@@ -88,7 +88,8 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
         [[name, value, "yes" if met else "**no**"] for name, value, met in targets(summaries, scaling, lat)]), ""]
     lines += ["### Overhead (bench/overhead.py)", "",
               f"{o['steps']} timed steps after {o['warmup']} warm-up steps per run, {o['repeats']} interleaved "
-              "repetitions; step times pooled over a mode's runs; ratios against every bare run of the "
+              f"repetitions, each with {overhead.MONITOR_RUNS} monitor runs (each after a bare run) and one of "
+              "every other mode; step times pooled over a mode's runs; ratios against every bare run of the "
               "same model. CPU per step counts every thread of the training process (loop, sink worker, "
               "writer threads) and the Visdom server process.", "", overhead.table(summaries), ""]
     lines += ["### Server scaling (bench/server_scaling.py)", "",
