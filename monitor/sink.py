@@ -291,6 +291,8 @@ class VisdomSink:
                     values = values()
                 if isinstance(values, torch.Tensor):
                     values = values.tolist()
+                elif type(values) not in (list, tuple):
+                    values = list(values)
                 if len(values) != len(record.traces):
                     raise ValueError(f"{len(record.traces)} traces need as many values, got {len(values)}")
                 y = {}

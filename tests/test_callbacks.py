@@ -271,6 +271,31 @@ def test_learning_rate_has_a_trace_per_group_named_by_number_or_by_the_groups_na
         assert sink.points("learning rate") == {t: [(1, lr), (3, lr)] for t, lr in traces.items()}
 
 
+def test_learning_rate_names_the_groups_of_an_optimizer_given_at_a_later_train_start():
+    model = small_model()
+    first = torch.optim.SGD([{"params": model[0].parameters(), "name": "encoder"},
+                             {"params": model[3].parameters(), "name": "decoder"}], lr=0.1)
+    second = torch.optim.SGD([{"params": model[0].parameters(), "name": "backbone"},
+                              {"params": model[3].parameters(), "name": "head"}], lr=0.01)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, first)
+    monitor.step_end()
+    monitor.train_start(model, second)  # e.g. a second stage, without an epoch_start
+    monitor.step_end()
+    assert sink.points("learning rate") == {"encoder": [(1, 0.1)], "decoder": [(1, 0.1)],
+                                            "backbone": [(2, 0.01)], "head": [(2, 0.01)]}
+
+
+def test_learning_rate_that_is_not_a_number_is_named_in_the_error():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.param_groups[0]["lr"] = "fast"
+    monitor, _ = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    with pytest.raises(TypeError, match=r"values\['lr'\] must be a number or a one-element tensor, got 'fast'"):
+        monitor.step_end()
+
+
 def test_learning_rate_gives_a_group_added_mid_run_its_own_trace():
     model = small_model()
     optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)

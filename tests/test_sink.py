@@ -352,6 +352,13 @@ def test_a_bad_record_past_the_door_is_reported_once_and_the_rest_arrives(
     assert read_window(visdom_server, "bad-input-worker", "loss") == {"train": ([1, 2, 3, 4, 5], [1.0, 2.0, 3.0, 4.0, 5.0])}
 
 
+def test_a_function_left_to_the_worker_may_give_its_values_as_any_iterable(visdom_server, read_window, tmp_path):
+    sink = sink_for(visdom_server, "iterable-values", tmp_path)
+    sink.put(Points("norms", 1, ("a", "b"), lambda: (v for v in (1.0, 2.0))))
+    assert sink.close(timeout=10)
+    assert read_window(visdom_server, "iterable-values", "norms") == {"a": ([1], [1.0]), "b": ([1], [2.0])}
+
+
 def test_non_finite_values_show_as_gaps_and_are_counted_in_the_title(
         visdom_server, read_window_raw, tmp_path):
     sink = sink_for(visdom_server, "non-finite", tmp_path)

@@ -38,6 +38,9 @@ class LearningRate(Callback):
         if self._logged_step != state.step:
             self._write(state, log)
 
+    def on_train_start(self, state: LoopState, log: Log) -> None:
+        self._names = []  # maybe another optimizer: name its groups again
+
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._names = []  # a group may have been renamed: name them again
 
@@ -54,7 +57,7 @@ class LearningRate(Callback):
         if len(groups) != len(self._names):  # the first step, add_param_group() or a new epoch
             self._names = _trace_names(groups)
         self._logged_step = state.step
-        if len(groups) == 1:
+        if len(groups) == 1 and type(groups[0]["lr"]) is float:  # the usual case, kept cheap
             log.scalar(WINDOW, self._names[0], state.step, groups[0]["lr"])
         else:
             log.scalars(WINDOW, state.step, {name: group["lr"] for name, group in zip(self._names, groups)})
