@@ -54,7 +54,7 @@ class LearningRate(Callback):
         if not self._laid_out:
             log.window(WINDOW, title=WINDOW, xlabel="step", ylabel="learning rate")
             self._laid_out = True
-        if len(groups) != len(self._names):  # the first step, add_param_group() or a new epoch
+        if len(groups) != len(self._names):  # first step, train_start, epoch_start, add_param_group()
             self._names = _trace_names(groups)
         self._logged_step = state.step
         if len(groups) == 1 and type(groups[0]["lr"]) is float:  # the usual case, kept cheap
