@@ -66,7 +66,7 @@ class Scalars(Callback):
         if not state.metrics and self.x == "step" and (self._world_size == 1 or self.average is False):
             # The usual step: the loss alone, kept cheap
             if state.loss is not None:
-                self._write_one(log, state.step, "loss", state.loss)
+                self._write_one(log, state.step, "train", "loss", state.loss)
             return
         values = state.metrics if state.loss is None else {**state.metrics, "loss": state.loss}
         values = self._averaged(values)  # per step, so a checkpoint's running sums are every rank's
@@ -114,13 +114,14 @@ class Scalars(Callback):
         failure = None
         for name, value in values.items():
             try:
-                self._write_one(log, x, name, value, trace)
+                self._write_one(log, x, trace, name, value)
             except (TypeError, ValueError) as error:
                 failure = failure or error
         if failure is not None:
             raise failure
 
-    def _write_one(self, log: Log, x: float, name: str, value: Any, trace: str = "train") -> None:
+    def _write_one(self, log: Log, x: float, trace: str, name: str, value: Any) -> None:
+        """One point of metric ``name`` in its window (laid out the first time), naming it in errors."""
         try:
             if name not in self._windows:
                 log.window(name, title=name, xlabel=self.x, ylabel=name)
