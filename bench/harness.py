@@ -128,7 +128,6 @@ def steady_allocator() -> bool:
     return _steady
 
 
-
 def percentile(values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0-100) by linear interpolation; NaN for no values."""
     ordered = sorted(values)

@@ -27,11 +27,11 @@ Runs are interleaved, ``bare, A, bare, B, ...``, and the whole sequence repeated
 default: with 3, a mode's median moved by up to +-0.04 from one run of the benchmark to the
 next), each run on a fresh model with the same seed. The monitor, whose targets the benchmark
 checks, gets ``MONITOR_RUNS`` pairs ``bare, monitor`` per repetition: one run's median step
-scatters by +-6% here whatever the mode, so 5 runs leave its ratio +-3% off, 15 about +-1.5%. Each run does ``warmup`` untimed steps,
-then ``steps`` timed ones; a step's time covers the whole step including its logging calls. We
-report the median step time over every timed step of a mode's runs and its ratio to the median
-of all bare runs (the mean too: periodic costs such as a grid every 50 steps hide from a
-median), the points delivered/expected, read back from the Visdom server after ``close()`` for
+scatters by +-6% here whatever the mode, so 5 runs leave its ratio +-3% off, 15 about +-1.5%.
+Each run does ``warmup`` untimed steps, then ``steps`` timed ones; a step's time covers the
+whole step including its logging calls. We report the median step time over every timed step
+of a mode's runs and its ratio to the median of all bare runs (the mean too: periodic costs
+such as a grid every 50 steps hide from a median), the points delivered/expected, read back from the Visdom server after ``close()`` for
 visdom-based modes and counted in the event files for TensorBoard, and the time from the loop's
 end until ``close()`` returns.
 
@@ -371,6 +371,7 @@ def run(server: VisdomServer, workloads: tuple[str, ...] = ("mlp", "cnn"), modes
     """Runs every workload in every mode, interleaved with bare runs; one Summary per (workload, mode)."""
     torch.set_num_threads(1)
     modes = modes or available_modes()
+    pairs = [(name, pair) for name in modes for pair in range(MONITOR_RUNS if name == "monitor" else 1)]
     summaries = []
     with tempfile.TemporaryDirectory(prefix="monitor-bench-overhead-") as scratch:
         for workload_name in workloads:
@@ -382,8 +383,7 @@ def run(server: VisdomServer, workloads: tuple[str, ...] = ("mlp", "cnn"), modes
                 harness.delete_env(server, f"bench-{label}")
             runs: dict[str, list[Run]] = {name: [] for name in ["bare", *modes]}
             for repeat in range(repeats):
-                for name, pair in [(name, pair) for name in modes
-                                   for pair in range(MONITOR_RUNS if name == "monitor" else 1)]:
+                for name, pair in pairs:
                     for current in ("bare", name):
                         label = f"{workload_name}-{current}-{name}-{repeat}-{pair}"
                         result = train(workload, make_mode(current, server, label, Path(scratch)), steps, warmup,
