@@ -9,11 +9,12 @@ import hashlib
 import json
 import os
 import time
-from numbers import Real
 from typing import Any
 from urllib.parse import urlparse
 
 import requests
+
+from monitor import checks
 
 
 class DashboardError(Exception):
@@ -37,14 +38,12 @@ class Connection:
         address, self.port = resolve_address(server, port)
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be an int between 1 and 65535, got {self.port}")
-        if isinstance(timeout, bool) or not isinstance(timeout, Real) or not timeout > 0:
-            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self.timeout = checks.seconds("timeout", timeout)
         self.url = f"{address}:{self.port}{base_url.rstrip('/')}"
         self.username = username or os.environ.get("VISDOM_USERNAME")
         self.password = password or os.environ.get("VISDOM_PASSWORD")
         if self.username and not self.password:
             raise ValueError("password must be given with username (or VISDOM_PASSWORD set), got none")
-        self.timeout = float(timeout)
         self.last_seconds = 0.0  # wall time of the latest request
         self._session: requests.Session | None = None
 

@@ -7,16 +7,16 @@ fails is reported once, by name, and training goes on.
 """
 from __future__ import annotations
 
-import logging
+import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import torch
 
+from monitor import checks
 from monitor.distributed import rank_and_world_size
 from monitor.log import Log, NullSink, Sink
-
-_log = logging.getLogger("monitor")
+from monitor.reports import Reports
 
 HOOKS = ("on_train_start", "on_epoch_start", "on_after_backward", "on_step_end",
          "on_validation_end", "on_epoch_end", "on_train_end", "on_exception")
@@ -57,12 +57,18 @@ class Callback:
                 log.scalar("loss", "train", state.step, state.loss)
 
     A callback with state worth keeping across a resume (a best score, a counter) returns it
-    from ``state_dict()`` and takes it back in ``load_state_dict()``, under ``state_key``.
+    from ``state_dict()`` and takes it back in ``load_state_dict()``, under ``state_key`` (set
+    it to tell two of one class apart: ``epochs = Scalars(x="epoch"); epochs.state_key = "epochs"``).
     """
 
     @property
     def state_key(self) -> str:
-        return type(self).__name__
+        """The name its state is saved under in checkpoints: the class name, unless set."""
+        return self.__dict__.get("_state_key") or type(self).__name__
+
+    @state_key.setter
+    def state_key(self, key: str) -> None:
+        self._state_key = checks.text("state_key", key)
 
     def on_attach(self, monitor: Monitor) -> None:
         """Called once by the Monitor this callback was given to (e.g. to save its whole state)."""
@@ -117,39 +123,62 @@ class Monitor:
                     monitor.step_end(loss=loss, inputs=x, targets=y)
                 monitor.validation_end({"loss": val_loss, "accuracy": val_acc})
 
-    ``sink`` defaults to a :class:`monitor.VisdomSink` built from ``env`` and ``sink_options``
-    (server, port, run_dir, ...). Under ``torch.distributed`` the callbacks run in every process
-    (so collectives they make match) but only rank 0 has a sink; the others drop what they log.
-    Build it after ``init_process_group``: that is where it learns its rank. ``raise_errors=True``
-    makes a callback's exception propagate (for tests); by default it is reported once and
-    training goes on.
+    ``sink`` defaults to a :class:`monitor.VisdomSink` of ``env``, configured by the other
+    keywords (each None: the sink's default): ``server``, ``port``, ``username``,
+    ``password`` (default: the environment variables, else http://127.0.0.1:8097), ``run_dir``
+    (``runs/ENV``), ``flush_every`` (0.5 s between sends), ``points_per_trace`` (1000),
+    ``timeout`` (5 s per request) and ``rewind_to`` (a checkpoint's run-log position). Under
+    ``torch.distributed`` the callbacks run in every process (so collectives they make match)
+    but only rank 0 has a sink; the others drop what they log. Build it after
+    ``init_process_group``: that is where it learns its rank. ``raise_errors=True`` makes a
+    callback's exception propagate (for tests); by default it is reported once and training
+    goes on.
+
+    Callbacks that keep state for checkpoints need distinct ``state_key`` values; stateless
+    ones may repeat (``[Images(), Images(source="outputs")]``).
     """
 
     def __init__(self, callbacks: Iterable[Callback] = (), *, env: str | None = None,
-                 sink: Sink | None = None, raise_errors: bool = False, **sink_options: Any) -> None:
+                 server: str | None = None, port: int | None = None, username: str | None = None,
+                 password: str | None = None, run_dir: str | os.PathLike | None = None,
+                 flush_every: float | None = None, points_per_trace: int | None = None,
+                 timeout: float | None = None, rewind_to: int | None = None, sink: Sink | None = None,
+                 raise_errors: bool = False) -> None:
         self.callbacks = list(callbacks)
         for i, callback in enumerate(self.callbacks):
             if not isinstance(callback, Callback):
                 raise TypeError(f"callbacks[{i}] must be a monitor.Callback, got {type(callback).__name__}")
-        keys = [c.state_key for c in self.callbacks]
+        keys = [c.state_key for c in self.callbacks if _has_state(c)]
         duplicates = sorted({k for k in keys if keys.count(k) > 1})
         if duplicates:
-            raise ValueError(f"callbacks must have distinct state_key values, got {duplicates} more than once")
+            raise ValueError(f"callbacks that keep state must have distinct state_key values, got "
+                             f"{duplicates} more than once: give each its own state_key")
+        options = {name: value for name, value in (
+            ("server", server), ("port", port), ("username", username), ("password", password),
+            ("run_dir", run_dir), ("flush_every", flush_every), ("points_per_trace", points_per_trace),
+            ("timeout", timeout), ("rewind_to", rewind_to)) if value is not None}
         self.rank, self.world_size = rank_and_world_size()
-        if sink is not None and (env is not None or sink_options):
-            raise TypeError("env and sink options are the sink's: pass them to the sink, not with sink=")
-        if sink is None and self.rank != 0:
+        if sink is not None:
+            if env is not None or options:
+                raise TypeError(f"env and sink options are the sink's: pass them to the sink, not with "
+                                f"sink=, got {sorted(options) + (['env'] if env is not None else [])}")
+            if not isinstance(sink, Sink):
+                missing = [name for name in ("put", "flush", "sync", "close", "env", "position")
+                           if not hasattr(sink, name)]
+                raise TypeError(f"sink must provide monitor.log.Sink's put, flush, sync, close, env and "
+                                f"position, got a {type(sink).__name__} without {missing}")
+        elif self.rank != 0:
             sink = NullSink()  # under torch.distributed only rank 0 talks to Visdom
-        if sink is None:
+        else:
             from monitor.sink import VisdomSink
-            sink = VisdomSink(env=env, **sink_options)
+            sink = VisdomSink(env=env, **options)
         self.sink = sink
         self.log = Log(sink)
         self.state = LoopState()
         self.raise_errors = raise_errors
         self._in_step = False
         self._started = False
-        self._reported: set[tuple[str, str]] = set()
+        self._reports = Reports()
         # Only the callbacks that override a hook are called for it, through bound methods.
         self._subscribers = {hook: [(c, getattr(c, hook)) for c in self.callbacks
                                     if getattr(type(c), hook) is not getattr(Callback, hook)]
@@ -179,9 +208,7 @@ class Monitor:
     def epoch_start(self, epoch: int | None = None) -> None:
         """Call at the start of each epoch; ``epoch`` is 0-based (default: the next one)."""
         if epoch is not None:
-            if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-                raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-            self.state.epoch = epoch
+            self.state.epoch = checks.integer("epoch", epoch, minimum=0)
         elif self._started and self.state.batch:
             self.state.epoch += 1
         self.state.batch = 0
@@ -275,8 +302,11 @@ class Monitor:
                 self._report(callback, hook, error)
 
     def _report(self, callback: Callback, hook: str, error: Exception) -> None:
-        key = (type(callback).__name__, hook)
-        if key not in self._reported:
-            self._reported.add(key)
-            _log.warning("callback %s failed in %s and is skipped there until it works again "
-                         "(reported once): %s: %s", key[0], hook, type(error).__name__, error)
+        name = type(callback).__name__
+        self._reports.once((name, hook), f"callback {name} failed in {hook}: {type(error).__name__}: {error}. "
+                                         f"Training goes on, and {name} is called again at the next {hook}")
+
+
+def _has_state(callback: Callback) -> bool:
+    """Whether ``callback`` keeps state for checkpoints (it overrides ``state_dict``)."""
+    return type(callback).state_dict is not Callback.state_dict

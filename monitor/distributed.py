@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import pickle
-from numbers import Real
 from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 import torch.distributed as dist
+
+from monitor.checks import is_scalar
 
 T = TypeVar("T")
 
@@ -100,10 +101,8 @@ def _device(values: Any) -> torch.device:
 
 def _as_scalar(value: Any, device: torch.device) -> torch.Tensor | None:
     """``value`` as a 0-d float64 tensor on ``device`` (copied there, never read), or None if it is no number."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
-            return None
-        return value.detach().reshape(()).to(device=device, dtype=torch.float64)
-    if isinstance(value, bool) or not isinstance(value, Real):
+    if not is_scalar(value):
         return None
+    if isinstance(value, torch.Tensor):
+        return value.detach().reshape(()).to(device=device, dtype=torch.float64)
     return torch.tensor(float(value), dtype=torch.float64, device=device)

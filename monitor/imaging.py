@@ -14,20 +14,23 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from monitor import checks
+
 PAD = 2                 # pixels between tiles and around the grid
 BACKGROUND = 255        # white padding and caption bands, black caption text
 CAPTION_ROOM = 64       # a tile narrower than this is widened up to it (or to 2x) for its caption
 
 
 def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
-                columns: int | None = None) -> bytes:
+                columns: int | None = None, heading: str | None = None) -> bytes:
     """PNG bytes of ``pixels`` (NCHW, 1 or 3 channels, any dtype and device) tiled in a grid.
 
     Display values: uint8 as is; floats (or bools) whose finite values lie in [0, 1] times 255;
     anything else stretched to 0-255 per image from its finite min and max (a constant image
     is mid grey). Non-finite pixels are black. ``columns`` defaults to ceil(sqrt(N)); each
     caption is drawn under its tile, which is widened for it up to twice its width (or 64
-    pixels); a caption longer than that is cut and ends in "..".
+    pixels); a caption longer than that is cut and ends in "..". ``heading`` (e.g. "step 50")
+    is drawn in a band above the grid.
     """
     if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[1] not in (1, 3) \
             or 0 in pixels.shape:
@@ -38,8 +41,8 @@ def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
         raise ValueError(f"captions must have one entry per image ({count}), got {len(captions)}")
     if columns is None:
         columns = math.ceil(math.sqrt(count))
-    elif isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
-        raise ValueError(f"columns must be an int >= 1, got {columns!r}")
+    else:
+        checks.positive_int("columns", columns)
     columns = min(columns, count)
     rows = math.ceil(count / columns)
 
@@ -51,20 +54,23 @@ def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
         cell_width = max(width, min(math.ceil(widest) + 2 * PAD, max(2 * width, CAPTION_ROOM)))
         band = font.getbbox("Ag")[3] + 2 * PAD
     cell_height = height + band
-    canvas = np.full((PAD + rows * (cell_height + PAD), PAD + columns * (cell_width + PAD), channels),
+    top_band = font.getbbox("Ag")[3] + PAD if heading else 0
+    canvas = np.full((top_band + PAD + rows * (cell_height + PAD), PAD + columns * (cell_width + PAD), channels),
                      BACKGROUND, dtype=np.uint8)
     for i in range(count):
-        top, left = _corner(i, columns, cell_width, cell_height)
+        top, left = _corner(i, columns, cell_width, cell_height, top_band)
         left += (cell_width - width) // 2
         canvas[top:top + height, left:left + width] = tiles[i]
 
     image = Image.fromarray(canvas[..., 0] if channels == 1 else canvas, "L" if channels == 1 else "RGB")
+    draw = ImageDraw.Draw(image)
+    ink = 0 if channels == 1 else (0, 0, 0)
+    if heading:
+        draw.text((PAD, PAD), _fit(heading, font, canvas.shape[1] - 2 * PAD), fill=ink, font=font)
     if captions:
-        draw = ImageDraw.Draw(image)
-        ink = 0 if channels == 1 else (0, 0, 0)
         for i, caption in enumerate(captions):
             text = _fit(str(caption), font, cell_width)
-            top, left = _corner(i, columns, cell_width, cell_height)
+            top, left = _corner(i, columns, cell_width, cell_height, top_band)
             left += (cell_width - math.ceil(font.getlength(text))) // 2
             draw.text((left, top + height + PAD), text, fill=ink, font=font)
     buffer = io.BytesIO()
@@ -94,9 +100,9 @@ def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _corner(i: int, columns: int, cell_width: int, cell_height: int) -> tuple[int, int]:
+def _corner(i: int, columns: int, cell_width: int, cell_height: int, top: int) -> tuple[int, int]:
     row, column = divmod(i, columns)
-    return PAD + row * (cell_height + PAD), PAD + column * (cell_width + PAD)
+    return top + PAD + row * (cell_height + PAD), PAD + column * (cell_width + PAD)
 
 
 def _fit(text: str, font: ImageFont.ImageFont, width: int) -> str:

@@ -6,34 +6,51 @@ device and read later by the sink's worker).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from numbers import Real
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from monitor.records import Images, LabelCaptions, Layout, Points, Text
+from monitor import checks
+from monitor.records import ImageGrid, LabelCaptions, Layout, Order, Points, Text
 
 
+@runtime_checkable
 class Sink(Protocol):
-    """Where records go: ``put`` must never block on the network."""
+    """Where records go; :class:`monitor.VisdomSink` is the one that reaches a dashboard.
 
+    ``put`` must never block on the network. A sink with a run log says where it ends:
+    ``position`` now, and ``sync`` once it is durable (what a checkpoint records, to rewind the
+    log to on resume); ``env`` names the run's dashboard page. A sink without a run log
+    returns None for all three.
+    """
+
+    env: str | None
+
+    @property
+    def position(self) -> int | None: ...
     def put(self, record: Any) -> None: ...
-    def flush(self, timeout: float | None = None) -> bool: ...
-    def close(self, timeout: float | None = None) -> bool: ...
+    def flush(self, timeout: float | None = 10.0) -> bool: ...
+    def sync(self, timeout: float | None = 10.0) -> int | None: ...
+    def close(self, timeout: float | None = 10.0) -> bool: ...
 
 
 class NullSink:
     """Takes records and drops them: for processes that must not log (e.g. ranks other than 0)."""
 
+    env = None
+    position = None
+
     def put(self, record: Any) -> None:
         pass
 
-    def flush(self, timeout: float | None = None) -> bool:
+    def flush(self, timeout: float | None = 10.0) -> bool:
         return True
 
-    def close(self, timeout: float | None = None) -> bool:
+    def sync(self, timeout: float | None = 10.0) -> int | None:
+        return None
+
+    def close(self, timeout: float | None = 10.0) -> bool:
         return True
 
 
@@ -49,6 +66,7 @@ class Log:
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
+        self._layouts: dict[str, tuple[int, dict[str, Any]]] = {}  # what window() sent last
 
     def scalar(self, window: str, trace: str, x: float, value: Any) -> None:
         """One point of one trace; ``value`` is a number or a one-element tensor."""
@@ -85,8 +103,7 @@ class Log:
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")
-        if values.is_complex() or values.dtype == torch.bool:
-            raise TypeError(f"values must hold real numbers, got a tensor of dtype {values.dtype}")
+        checks.real_tensor("values", values)
         if values.device.type == "cpu":  # read now, as _snapshot does: no tensor to free on the worker
             values = tuple(float(v) for v in values.tolist())
         else:
@@ -108,7 +125,7 @@ class Log:
             if len(captions) != batch.shape[0]:
                 raise ValueError(f"captions must have one entry per image ({batch.shape[0]}), "
                                  f"got {len(captions)}")
-        self.sink.put(Images(_name("window", window), _x(x), batch.detach().clone(), captions))
+        self.sink.put(ImageGrid(_name("window", window), _x(x), batch.detach().clone(), captions))
 
     def text(self, window: str, x: float, html: str) -> None:
         """A text pane (HTML); a later call for the same window replaces it."""
@@ -116,17 +133,23 @@ class Log:
             raise TypeError(f"html must be a str, got {type(html).__name__}")
         self.sink.put(Text(_name("window", window), _x(x), html))
 
-    def window(self, window: str, **opts: Any) -> None:
-        """Sets a window's display options: ``title``, ``xlabel``, ``ylabel``, ``ytype="log"``..."""
-        self.sink.put(Layout(_name("window", window), dict(opts)))
+    def window(self, window: str, order: int = Order.METRICS, **opts: Any) -> None:
+        """Sets a window's display options (``xlabel``, ``ylabel``, ``ytype="log"``...) and place.
+
+        ``order`` places it on the page (:class:`monitor.records.Order`: summary, loss, metrics,
+        learning rate, gradients, images). Calling it again with the same options sends
+        nothing, so a callback may call it wherever it writes to the window.
+        """
+        if self._layouts.get(window) == (order, opts):
+            return
+        self._layouts[_name("window", window)] = (order, opts)
+        self.sink.put(Layout(window, dict(opts), checks.integer("order", order)))
 
 
 def _name(argument: str, value: Any) -> str:
     if type(value) is str and value:  # the usual case, kept cheap
         return value
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{argument} must be a non-empty str, got {value!r}")
-    return value
+    return checks.text(argument, value)
 
 
 def _x(x: Any) -> float:
@@ -134,9 +157,7 @@ def _x(x: Any) -> float:
         return x
     if isinstance(x, torch.Tensor) and x.numel() == 1 and not x.is_cuda:
         x = x.item()
-    if isinstance(x, bool) or not isinstance(x, Real) or not math.isfinite(x):
-        raise TypeError(f"x must be a finite number (a step or an epoch), got {x!r}")
-    return x
+    return checks.finite("x", x)
 
 
 def _snapshot(value: Any, argument: str, key: str | None = None) -> Any:
@@ -151,26 +172,15 @@ def _snapshot(value: Any, argument: str, key: str | None = None) -> Any:
             number = value.item()
             if type(number) is float or type(number) is int:
                 return float(number)
-        if key is not None:
-            argument = f"{argument}[{key!r}]"
-        if value.numel() != 1:
-            raise ValueError(f"{argument} must be a number or a one-element tensor, "
-                             f"got a tensor of shape {tuple(value.shape)}")
-        if value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{argument} must be a real number, got a tensor of dtype {value.dtype}")
+        checks.scalar(argument if key is None else f"{argument}[{key!r}]", value)
         return value.detach().reshape(()).to(torch.float32).clone()
-    if key is not None:
-        argument = f"{argument}[{key!r}]"
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{argument} must be a number or a one-element tensor, got {value!r}")
-    return float(value)
+    return float(checks.scalar(argument if key is None else f"{argument}[{key!r}]", value))
 
 
 def _as_nchw(images: Any) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor (NCHW, CHW, NHW or HW), got {type(images).__name__}")
-    if images.is_complex() or images.dtype == torch.bool:
-        raise TypeError(f"images must hold real numbers, got dtype {images.dtype}")
+    checks.real_tensor("images", images)
     shape = tuple(images.shape)
     if images.dim() == 2:  # HW
         images = images[None, None]

@@ -25,7 +25,7 @@ class Points(NamedTuple):
     values: Any
 
 
-class Images(NamedTuple):
+class ImageGrid(NamedTuple):
     """A batch of images (NCHW snapshot, any dtype and range) shown as one grid."""
 
     window: str
@@ -78,8 +78,20 @@ class Text(NamedTuple):
     html: str
 
 
+class Order:
+    """Where a window goes on the page: the order a person reads a run (ties: the order they came)."""
+
+    SUMMARY = 0
+    LOSS = 10
+    METRICS = 20  # also the windows a loop lays out itself
+    LEARNING_RATE = 30
+    GRADIENTS = 40
+    IMAGES = 50
+
+
 class Layout(NamedTuple):
-    """Display options of a window (title, axis labels, ...), sent once before its data."""
+    """Display options of a window (title, axis labels, ...) and its place on the page."""
 
     window: str
     opts: dict
+    order: int = Order.METRICS

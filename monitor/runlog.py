@@ -1,13 +1,8 @@
 """RunLog: every record of a run, in order, at full resolution, one JSON object per line.
 
 It is the truth the dashboard is built from: a live run, a replay, a server that lost its envs
-and a resumed run all send what the log says. Entries are plain dicts:
-
-    {"k": "run", "env": "mnist", "time": 1764300000.0}                 (first line)
-    {"k": "layout", "win": "loss", "opts": {"xlabel": "step"}}
-    {"k": "points", "win": "loss", "x": 12, "y": {"train": 0.53, "validation": NaN}}
-    {"k": "image", "win": "inputs", "x": 50, "png": "<base64>"}
-    {"k": "text", "win": "summary", "x": 0, "html": "<pre>...</pre>"}
+and a resumed run all send what the log says. Entries are plain dicts (``{"k": "points",
+"win": "loss", "x": 12, "y": {"train": 0.53}}``); :mod:`monitor.entries` owns their schema.
 
 Only the sink's worker writes it. A line torn by a crash is dropped on the next open.
 """

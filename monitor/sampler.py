@@ -19,6 +19,7 @@ from typing import Iterator, Sized
 import torch
 from torch.utils.data import Sampler
 
+from monitor.checks import integer, positive_int
 from monitor.distributed import rank_and_world_size
 
 
@@ -48,17 +49,12 @@ class EpochBatchSampler(Sampler[list[int]]):
             size = len(data)
         if size < 0:
             raise ValueError(f"data must have a length >= 0, got {size}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
-            raise ValueError(f"seed must be an int between 0 and 2**62, got {seed!r}")
+        positive_int("batch_size", batch_size)
+        integer("seed", seed, 0, 2**62 - 1, expected="an int between 0 and 2**62")
         job_rank, job_size = rank_and_world_size()
-        world_size = job_size if world_size is None else world_size
-        rank = job_rank if rank is None else rank
-        if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
-            raise ValueError(f"world_size must be an int >= 1, got {world_size!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-            raise ValueError(f"rank must be an int between 0 and world_size - 1 = {world_size - 1}, got {rank!r}")
+        world_size = positive_int("world_size", job_size if world_size is None else world_size)
+        rank = integer("rank", job_rank if rank is None else rank, 0, world_size - 1,
+                       expected=f"an int between 0 and world_size - 1 = {world_size - 1}")
         self.rank, self.world_size = rank, world_size
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.shuffle, self.drop_last = bool(shuffle), bool(drop_last)
@@ -73,11 +69,9 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         """Use ``epoch``'s order from now on, leaving out its first ``skip`` batches."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"epoch must be an int >= 0, got {epoch!r}")
-        if isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip <= self.batches_per_epoch:
-            raise ValueError(f"skip must be an int between 0 and {self.batches_per_epoch} "
-                             f"(the batches of an epoch), got {skip!r}")
+        integer("epoch", epoch, minimum=0)
+        integer("skip", skip, 0, self.batches_per_epoch,
+                expected=f"an int between 0 and {self.batches_per_epoch} (the batches of an epoch)")
         self.epoch, self.skip = epoch, skip
         # The DataLoader draws its workers' base seed from this generator when an epoch's
         # iteration starts: reseeding it here makes that draw depend on the epoch alone.

@@ -1,12 +1,11 @@
 """VisdomSink: takes records from the training thread and gets them onto a Visdom server.
 
-The training thread only puts snapshots on a queue. One daemon worker does the rest: it reads
-tensors, encodes images, appends every entry to the run log, keeps each window's bounded view
-(monitor/windows.py) and, about every ``flush_every`` seconds, sends each changed window whole,
-one request per window. Requests have timeouts; while the server is down or hung the worker
-keeps draining the queue into the run log and the windows, retries with backoff and reports the
-trouble once. When the server comes back without the run's env (a restart), every window is
-sent again. Requests go through monitor/connection.py; window contents come from windows.py.
+The training thread only puts snapshots on a queue. One daemon worker does the rest: it turns
+records into run-log entries (monitor/entries.py owns that schema), appends them to the run log,
+keeps each window's bounded view (monitor/windows.py) and, about every ``flush_every`` seconds,
+hands the changed windows to the delivery policy (monitor/delivery.py: requests with timeouts,
+backoff while the server is down, every window again after it lost the env). This module keeps
+the queue, the worker and the callers waiting on it (``flush``, ``sync``, ``close``).
 
 Memory: the windows are bounded (``points_per_trace``) and the queue is drained whether the
 server answers or not, so an outage costs disk (the run log), not memory. The queue only grows
@@ -16,9 +15,6 @@ loop that logs faster than the worker reads (~50k scalar records a second here).
 from __future__ import annotations
 
 import atexit
-import base64
-import json
-import logging
 import math
 import os
 import secrets
@@ -26,21 +22,22 @@ import threading
 import time
 import weakref
 from collections import deque
-from numbers import Real
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import torch
-
-from monitor.connection import Connection, DashboardError
-from monitor.imaging import encode_grid
-from monitor.records import Images, Layout, Points, Text
+from monitor import checks
+from monitor.connection import Connection
+from monitor.delivery import Delivery, FlushTiming
+from monitor.records import ImageGrid, Layout, Points, Text
+from monitor.reports import Reports
+from monitor.entries import encode, header, windows_after
 from monitor.runlog import RunLog
-from monitor.windows import Window, Windows
+from monitor.windows import Windows
 
-_log = logging.getLogger("monitor")
+__all__ = ["FlushTiming", "VisdomSink"]
+
 _STOP = object()
-_RECORDS = (Points, Images, Text, Layout)
+_RECORDS = (Points, ImageGrid, Text, Layout)
 # The worker works in short slices and pauses between them while a backlog remains: it shares
 # the GIL with the training thread, and a long burst (or being preempted in one) makes a hook
 # that releases the GIL (any tensor op) wait for it. Measured here: after a 5 s outage, a
@@ -52,15 +49,6 @@ _PAUSE = 0.0005  # seconds between slices while the queue is not empty
 # worker CPU and GIL hand-offs per step; polling costs ~50-90 us (bench/README.md).
 _POLL = 0.1
 _open_sinks: "weakref.WeakSet[VisdomSink]" = weakref.WeakSet()
-
-
-class FlushTiming(NamedTuple):
-    """One flush that sent something: ``seconds`` is the wall time of its HTTP requests only."""
-
-    when: float  # time.monotonic() at its end
-    windows: int
-    points: int
-    seconds: float
 
 
 class _Waiter:
@@ -84,20 +72,18 @@ class VisdomSink:
     ``env`` names the run's one env (default: ``run-<date>-<time>-<random>``). ``run_dir``
     (default ``runs/<env>``) keeps the run log; if it already holds one, the windows continue
     from it (``rewind_to`` first cuts it back to a checkpoint's position). Each window keeps at
-    most ``points_per_trace`` points per trace on the server. Connection settings: see
-    :class:`Connection`. ``timings`` keeps the request time of the latest 1000 flushes.
+    most ``points_per_trace`` points per trace on the server. ``server``, ``port``,
+    ``base_url``, ``username``, ``password`` and ``timeout`` (per request) are
+    :class:`Connection`'s. ``timings`` keeps the request time of the latest 1000 sends.
     """
-
-    HEARTBEAT = 2.0  # seconds between checks that the server still holds the env
 
     def __init__(self, env: str | None = None, *, server: str | None = None, port: int | None = None,
                  base_url: str = "", username: str | None = None, password: str | None = None,
                  run_dir: str | os.PathLike | None = None, flush_every: float = 0.5,
                  points_per_trace: int = 1000, timeout: float = 5.0, rewind_to: int | None = None) -> None:
-        if env is not None and (not isinstance(env, str) or not env.strip()):
-            raise ValueError(f"env must be a non-empty str, got {env!r}")
-        if isinstance(flush_every, bool) or not isinstance(flush_every, Real) or not flush_every > 0:
-            raise ValueError(f"flush_every must be a number of seconds > 0, got {flush_every!r}")
+        if env is not None:
+            checks.text("env", env)
+        self.flush_every = checks.seconds("flush_every", flush_every)
         self.env = env or time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         self.connection = Connection(server, port, base_url=base_url, username=username,
                                      password=password, timeout=timeout)
@@ -105,11 +91,15 @@ class VisdomSink:
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.env
         path = self.run_dir / RunLog.FILENAME
         # Windows that only the rewound part of the log wrote are closed on the server.
-        self._stale = _windows_after(path, rewind_to) if rewind_to is not None else set()
+        stale = windows_after(path, rewind_to) if rewind_to is not None else set()
         self.runlog = RunLog(path, rewind_to=rewind_to)
-        self.flush_every = float(flush_every)
-        self.delivered = True  # every window on the server equals ours
-        self.timings: deque[FlushTiming] = deque(maxlen=1000)
+        if self.runlog.position:  # the windows continue from the log
+            self.windows.apply(RunLog.read(self.runlog.path, end=self.runlog.position))
+        else:
+            self.runlog.append([header(self.env)])
+        self.reports = Reports()
+        self.delivery = Delivery(self.connection, self.windows, self.env, interval=self.flush_every,
+                                 stale=stale, reports=self.reports, kept_in=self.runlog.path)
         self._queue: deque = deque()  # append and popleft are atomic: no lock, no wake-up
         self._wake = threading.Event()
         self._closed = False
@@ -118,13 +108,7 @@ class VisdomSink:
         self._lock = threading.Lock()
         self._waiting: list[_Waiter] = []
         self._next_send = 0.0
-        self._down_since: float | None = None
-        self._retry_at = 0.0
-        self._backoff = self.flush_every
-        self._last_check = time.monotonic()
         self._close_deadline = math.inf
-        self._reported: set[str] = set()
-        self._load_runlog()
         self._worker = threading.Thread(target=self._run, name=f"monitor-sink-{self.env}", daemon=True)
         self._worker.start()
         _open_sinks.add(self)
@@ -139,14 +123,29 @@ class VisdomSink:
         """Records put but not yet taken by the worker (approximate)."""
         return len(self._queue)
 
+    @property
+    def position(self) -> int:
+        """The run log's size in bytes: what a checkpoint taken now rewinds to, once synced."""
+        return self.runlog.position
+
+    @property
+    def delivered(self) -> bool:
+        """Whether the server holds every window as this sink has it."""
+        return self.delivery.delivered
+
+    @property
+    def timings(self):
+        """The latest sends (:class:`FlushTiming`), oldest first."""
+        return self.delivery.timings
+
     # --- the training thread's side ----------------------------------------------------------
-    def put(self, record: Points | Images | Text | Layout) -> None:
+    def put(self, record: Points | ImageGrid | Text | Layout) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
         if not isinstance(record, _RECORDS):
-            raise TypeError(f"record must be a monitor.records Points, Images, Text or Layout, "
+            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text or Layout, "
                             f"got {type(record).__name__}")
         if self._closed:
-            _report_once(self, "closed", "a record was logged after close() and is dropped")
+            self.reports.once("closed", "a record was logged after close() and is dropped")
             return
         self._queue.append(record)
 
@@ -186,16 +185,11 @@ class VisdomSink:
                 self._wake.set()
         self._worker.join(timeout)
         _open_sinks.discard(self)
-        if not self.delivered and not self._reported_close():
-            _log.warning("monitor: some windows of env %r did not reach %s; everything is in %s - "
-                         "send it later with `monitor replay %s`", self.env, self.connection.url,
-                         self.runlog.path, self.runlog.path)
+        if not self.delivered:
+            self.reports.once("close", f"some windows of env {self.env!r} did not reach {self.connection.url}; "
+                                       f"everything is in {self.runlog.path} - send it later with "
+                                       f"`monitor replay {self.runlog.path}`")
         return self.delivered
-
-    def _reported_close(self) -> bool:
-        reported = "close" in self._reported
-        self._reported.add("close")
-        return reported
 
     # --- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
@@ -204,15 +198,15 @@ class VisdomSink:
                 try:
                     self._cycle()
                 except Exception as error:  # a bug or a full disk must not end delivery
-                    _report_once(self, f"worker-{type(error).__name__}",
-                                 f"the sink's worker hit {type(error).__name__}: {error}; it goes on")
+                    self.reports.once(f"worker-{type(error).__name__}",
+                                      f"the sink's worker hit {type(error).__name__}: {error}; it goes on")
                     time.sleep(min(self.flush_every, 0.5))
         finally:
             for close in (self.runlog.close, self.connection.close):
                 try:
                     close()
                 except Exception as error:
-                    _report_once(self, "closing", f"closing the sink failed: {error}")
+                    self.reports.once("closing", f"closing the sink failed: {error}")
             for waiter in self._waiting:
                 waiter.event.set()
 
@@ -233,7 +227,8 @@ class VisdomSink:
         # A new flush() or close() sends at once; while one waits, retries keep the flush pace.
         if now >= self._next_send or self._asked:
             self._asked = False
-            self._send(force=bool(self._waiting) or self._stopping)
+            limit = self._close_deadline - time.monotonic() if self._stopping else None
+            self.delivery.send(force=bool(self._waiting) or self._stopping, limit=limit)
             self._next_send = time.monotonic() + self.flush_every
             if self.delivered:
                 for waiter in self._waiting:
@@ -273,142 +268,12 @@ class VisdomSink:
     def _entry(self, record: Any) -> dict[str, Any] | None:
         """The run-log entry of a record, or None (reported once) for a record that cannot be read."""
         try:
-            if not isinstance(record.window, str) or not record.window:
-                raise TypeError(f"window must be a non-empty str, got {record.window!r}")
-            if isinstance(record, Layout):
-                json.dumps(record.opts, allow_nan=False)
-                return {"k": "layout", "win": record.window, "opts": dict(record.opts)}
-            x = record.x
-            if type(x) not in (int, float):
-                if isinstance(x, bool) or not isinstance(x, Real):
-                    raise TypeError(f"x must be a finite number, got {x!r}")
-                x = int(x) if isinstance(x, int) else float(x)
-            if not math.isfinite(x):
-                raise TypeError(f"x must be a finite number, got {x!r}")
-            if isinstance(record, Points):
-                values = record.values
-                if callable(values):
-                    values = values()
-                if isinstance(values, torch.Tensor):
-                    values = values.tolist()
-                elif type(values) not in (list, tuple):
-                    values = list(values)
-                if len(values) != len(record.traces):
-                    raise ValueError(f"{len(record.traces)} traces need as many values, got {len(values)}")
-                y = {}
-                for trace, value in zip(record.traces, values):
-                    if type(value) is not float:
-                        if isinstance(value, torch.Tensor):
-                            value = value.item()
-                        if isinstance(value, bool) or not isinstance(value, Real):
-                            raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
-                    y[trace if type(trace) is str else str(trace)] = float(value)
-                return {"k": "points", "win": record.window, "x": x, "y": y}
-            if isinstance(record, Images):
-                captions = None if record.captions is None else list(record.captions)
-                png = encode_grid(record.pixels, captions)
-                return {"k": "image", "win": record.window, "x": x, "png": base64.b64encode(png).decode()}
-            if not isinstance(record.html, str):
-                raise TypeError(f"html must be a str, got {type(record.html).__name__}")
-            return {"k": "text", "win": record.window, "x": x, "html": record.html}
+            return encode(record)
         except Exception as error:  # a bad record must not stop the worker
-            _report_once(self, f"record-{type(record).__name__}-{type(error).__name__}",
-                         f"a {type(record).__name__} record for window {getattr(record, 'window', '?')!r} "
-                         f"could not be read and is skipped: {type(error).__name__}: {error}")
+            self.reports.once(f"record-{type(record).__name__}-{type(error).__name__}",
+                              f"a {type(record).__name__} record for window {getattr(record, 'window', '?')!r} "
+                              f"could not be read and is skipped: {type(error).__name__}: {error}")
             return None
-
-    def _send(self, force: bool) -> None:
-        """Sends every changed window whole; on trouble, keeps them all for the next try."""
-        now = time.monotonic()
-        if self._down_since is not None and now < self._retry_at and not force:
-            return
-        limit = self._close_deadline - now if self._stopping else None
-        seconds, sent, points = 0.0, 0, 0
-        try:
-            if force or now - self._last_check >= self.HEARTBEAT:  # flush() and close() check too
-                self._check_env(limit)
-            for name in sorted(self._stale):
-                self.connection.post("close", {"win": name, "eid": self.env}, timeout=limit)
-                self._stale.discard(name)
-            for window in self.windows.changed():
-                message = window.message(self.env)
-                if message is not None:
-                    try:
-                        self.connection.post(*message, timeout=limit)
-                    except (TypeError, ValueError) as error:  # e.g. opts that are not JSON
-                        _report_once(self, f"window-{window.name}",
-                                     f"window {window.name!r} cannot be sent and is skipped: {error}")
-                    else:
-                        window.sent = True
-                        seconds += self.connection.last_seconds
-                        sent += 1
-                        points += sum(len(t) for t in window.traces.values())
-                window.changed = False
-        except DashboardError as error:
-            self._went_down(str(error))
-            return
-        finally:
-            if sent:
-                self.timings.append(FlushTiming(time.monotonic(), sent, points, seconds))
-        if self._down_since is not None:
-            _log.info("monitor: %s is reachable again; the dashboard is being brought up to date",
-                      self.connection.url)
-        self._down_since, self._backoff = None, self.flush_every
-        self.delivered = not self.windows.changed()
-
-    def _check_env(self, limit: float | None) -> None:
-        """Notices a server that lost this env (restarted, env deleted) and resends every window.
-
-        It asks about a window that was delivered and has not changed since: one whose content
-        the server should hold.
-        """
-        self._last_check = time.monotonic()
-        probe: Window | None = next((w for w in self.windows.by_name.values() if w.sent and not w.changed), None)
-        if probe is not None and self.connection.post(
-                "win_exists", {"win": probe.name, "eid": self.env}, timeout=limit) != "true":
-            self.windows.mark_all_changed()
-
-    def _went_down(self, reason: str) -> None:
-        self.delivered = False
-        self.windows.mark_all_changed()  # what the server holds is unknown now
-        now = time.monotonic()
-        if self._down_since is None:
-            self._down_since = now
-            _log.warning("monitor: dashboard trouble: %s. Training goes on; retrying in the "
-                         "background, and everything is kept in %s", reason, self.runlog.path)
-        self._retry_at = now + self._backoff
-        self._backoff = min(self._backoff * 2, 10.0)
-
-    def _load_runlog(self) -> None:
-        """Continues the windows of an existing run log, or starts a new one with its header."""
-        if self.runlog.position:
-            self.windows.apply(RunLog.read(self.runlog.path, end=self.runlog.position))
-            self._stale -= set(self.windows.by_name)
-            self.delivered = not self.windows.changed() and not self._stale
-        else:
-            self.runlog.append([{"k": "run", "env": self.env, "time": time.time()}])
-
-
-def _windows_after(path: Path, position: int) -> set[str]:
-    """The windows that entries after byte ``position`` of a run log write to."""
-    if not path.exists():
-        return set()
-    with open(path, "rb") as file:
-        file.seek(position)
-        tail = file.read()
-    names = set()
-    for line in tail.splitlines():
-        try:
-            names.add(json.loads(line)["win"])
-        except (ValueError, KeyError, TypeError):
-            pass  # the header, or a line torn by a crash
-    return names
-
-
-def _report_once(sink: VisdomSink, key: str, message: str) -> None:
-    if key not in sink._reported:
-        sink._reported.add(key)
-        _log.warning("monitor: %s (reported once)", message)
 
 
 @atexit.register

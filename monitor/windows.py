@@ -16,6 +16,9 @@ import math
 import struct
 from typing import Any, Iterable
 
+from monitor import checks
+from monitor.records import Order
+
 Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
 
 
@@ -138,7 +141,8 @@ class Window:
     """One pane: a line plot, an image grid or a text; ``message(env)`` is its full content.
 
     ``changed`` says the server's copy may differ from this one; ``sent`` that it was delivered
-    at least once (so the server should have it).
+    at least once (so the server should have it). Only the window flips them: ``apply`` and
+    ``mark_changed`` make it changed, ``mark_sent`` says the server took its message.
     """
 
     def __init__(self, name: str, points_per_trace: int) -> None:
@@ -148,6 +152,7 @@ class Window:
         self.traces: dict[str, Trace] = {}
         self.budget = points_per_trace
         self.content: Any = None  # the latest image or text entry
+        self.order = Order.METRICS  # its place on the page
         self.changed = True
         self.sent = False
 
@@ -164,7 +169,24 @@ class Window:
             self.kind, self.content = kind, entry
         elif kind == "layout":
             self.opts.update(entry["opts"])
+            self.order = entry.get("order", self.order)
         self.changed = True
+
+    def mark_sent(self) -> None:
+        """The server took this window's latest message."""
+        self.changed, self.sent = False, True
+
+    def mark_skipped(self) -> None:
+        """Nothing to send until this window changes again (it is empty, or its message is not JSON)."""
+        self.changed = False
+
+    def mark_changed(self) -> None:
+        """The server's copy may differ from this one (it lost the env, or went down)."""
+        self.changed = True
+
+    def mark_closed(self) -> None:
+        """The server no longer has this window (it was closed to be placed again)."""
+        self.changed, self.sent = True, False
 
     @property
     def nonfinite(self) -> int:
@@ -182,17 +204,18 @@ class Window:
             for name, trace in self.traces.items():
                 xs, ys = trace.points()
                 data.append({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines"})
-            layout = {"title": title, "showlegend": True, "margin": {"l": 60, "r": 30, "t": 50, "b": 50},
+            # No title inside the plot: the pane's header shows it, where Visdom's toolbar would cover it.
+            layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
                       "xaxis": {"title": self.opts.get("xlabel", "step")},
                       "yaxis": {"title": self.opts.get("ylabel", ""), "type": self.opts.get("ytype", "linear")}}
             opts = {**self.opts, "title": title}
             return "events", {"data": data, "win": self.name, "eid": env, "layout": layout, "opts": opts}
         if self.kind == "image":
-            png, x = self.content["png"], self.content["x"]
+            png = self.content["png"]
             width, height = _png_size(png)
-            caption = f"{title}, step {_number(x)}"
-            content = {"src": "data:image/png;base64," + png, "caption": caption}
-            opts = {**self.opts, "title": title, "caption": caption, "width": width, "height": height}
+            # The step is drawn in the grid: Visdom would show a caption twice, above and below it.
+            content = {"src": "data:image/png;base64," + png}
+            opts = {**self.opts, "title": title, "width": width, "height": height}
             return "events", {"data": [{"content": content, "type": "image"}], "win": self.name,
                               "eid": env, "opts": opts}
         if self.kind == "text":
@@ -205,9 +228,7 @@ class Windows:
     """All windows of one env, in the order they first appeared."""
 
     def __init__(self, points_per_trace: int = 1000) -> None:
-        if isinstance(points_per_trace, bool) or not isinstance(points_per_trace, int) or points_per_trace < 10:
-            raise ValueError(f"points_per_trace must be an int >= 10, got {points_per_trace!r}")
-        self.points_per_trace = points_per_trace
+        self.points_per_trace = checks.integer("points_per_trace", points_per_trace, minimum=10)
         self.by_name: dict[str, Window] = {}
 
     def apply(self, entries: Iterable[dict[str, Any]]) -> None:
@@ -221,17 +242,15 @@ class Windows:
             window.apply(entry)
 
     def changed(self) -> list[Window]:
-        return [w for w in self.by_name.values() if w.changed]
+        """The windows to send, in their order on the page."""
+        return sorted((w for w in self.by_name.values() if w.changed), key=lambda w: w.order)
 
     def mark_all_changed(self) -> None:
         for window in self.by_name.values():
-            window.changed = True
+            window.mark_changed()
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:
     header = base64.b64decode(png_base64[:32])
     return struct.unpack(">II", header[16:24])
 
-
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"

@@ -15,21 +15,16 @@ import torch
 from torch import nn
 
 from monitor import Callback, GradNorms, Images, LearningRate, Monitor, Scalars, Summary
-from monitor.records import Images as ImageRecord, Layout, Points, Text
+from monitor.log import NullSink
+from monitor.records import ImageGrid as ImageRecord, Layout, Points, Text
 
 
-class ListSink:
+class ListSink(NullSink):
     def __init__(self) -> None:
         self.records: list = []
 
     def put(self, record) -> None:
         self.records.append(record)
-
-    def flush(self, timeout=None) -> bool:
-        return True
-
-    def close(self, timeout=None) -> bool:
-        return True
 
     def points(self, window: str) -> dict[str, list[tuple[float, float]]]:
         """``{trace: [(x, value), ...]}`` of a window, in the order logged."""
@@ -628,15 +623,15 @@ def test_summary_escapes_everything_the_user_supplied():
 
 # --- At the door --------------------------------------------------------------------------------
 @pytest.mark.parametrize("make, error, match", [
-    (lambda: Scalars(every=0), ValueError, "every must be >= 1, got 0"),
+    (lambda: Scalars(every=0), ValueError, "every must be an int >= 1, got 0"),
     (lambda: Scalars(every=2.5), TypeError, "every must be an int >= 1, got 2.5"),
     (lambda: Scalars(x="batch"), ValueError, "x must be 'step' or 'epoch', got 'batch'"),
-    (lambda: LearningRate(every=0), ValueError, "every must be >= 1, got 0"),
-    (lambda: GradNorms(every=-1), ValueError, "every must be >= 1, got -1"),
+    (lambda: LearningRate(every=0), ValueError, "every must be an int >= 1, got 0"),
+    (lambda: GradNorms(every=-1), ValueError, "every must be an int >= 1, got -1"),
     (lambda: GradNorms(weights="yes"), TypeError, "weights must be True or False, got 'yes'"),
     (lambda: GradNorms(update_ratio=1), TypeError, "update_ratio must be True or False, got 1"),
-    (lambda: Images(every=0), ValueError, "every must be >= 1, got 0"),
-    (lambda: Images(count=0), ValueError, "count must be >= 1, got 0"),
+    (lambda: Images(every=0), ValueError, "every must be an int >= 1, got 0"),
+    (lambda: Images(count=0), ValueError, "count must be an int >= 1, got 0"),
     (lambda: Images(source="targets"), ValueError, "source must be 'inputs' or 'outputs', got 'targets'"),
     (lambda: Images(captions="labels"), ValueError, "captions must be 'targets' or .* got 'labels'"),
     (lambda: Images(class_names="cat dog"), TypeError, "class_names must be a sequence or a mapping"),

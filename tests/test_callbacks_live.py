@@ -100,7 +100,7 @@ def test_the_image_grid_arrives_with_its_captions(visdom_server, read_window_raw
         assert monitor.flush(timeout=10)
     content = read_window_raw(visdom_server, "live-images", "inputs")["content"]
     png = base64.b64decode(content["src"].removeprefix("data:image/png;base64,"))
-    assert png == encode_grid(x[:4], [names[i] for i in y[:4].tolist()])
+    assert png == encode_grid(x[:4], [names[i] for i in y[:4].tolist()], heading="step 1")
 
 
 def test_the_summary_pane_arrives(visdom_server, read_window_raw, tmp_path):
@@ -143,4 +143,4 @@ def test_tensors_changed_in_place_after_logging_arrive_as_they_were_logged(
     assert read_window(visdom_server, "live-snapshots", "grad norm")["total"][1] == pytest.approx(
         logged_total, rel=1e-5)
     content = read_window_raw(visdom_server, "live-snapshots", "inputs")["content"]
-    assert base64.b64decode(content["src"].split(",", 1)[1]) == encode_grid(x[:2] + 2)
+    assert base64.b64decode(content["src"].split(",", 1)[1]) == encode_grid(x[:2] + 2, heading="step 1")

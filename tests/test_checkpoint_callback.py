@@ -169,12 +169,12 @@ def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_t
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"every_steps": 0}, "every_steps must be >= 1, got 0"),
+    ({"every_steps": 0}, "every_steps must be an int >= 1, got 0"),
     ({"at_end": False}, "every_steps, every_epochs or at_end must ask for a checkpoint"),
     ({"keep_best": 2}, "metric must be given to rank checkpoints for keep_best=2, got None"),
     ({"metric": "loss", "mode": "lowest"}, "mode must be 'min' or 'max', got 'lowest'"),
     ({"metric": "loss", "metric_from": "train"}, "metric_from must be 'validation' or 'step' or 'epoch'"),
-    ({"keep_last": 0}, "keep_last must be >= 1, got 0"),
+    ({"keep_last": 0}, "keep_last must be an int >= 1, got 0"),
 ])
 def test_arguments_are_checked_at_the_door(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):

@@ -101,3 +101,12 @@ def test_non_contiguous_pixels_are_read_as_they_look():
 def test_bad_pixels_captions_or_columns_raise(pixels, captions, columns, match):
     with pytest.raises(ValueError, match=match):
         encode_grid(pixels, captions, columns)
+
+
+def test_a_heading_is_drawn_in_a_band_above_the_tiles():
+    pixels = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    plain, headed = decode(encode_grid(pixels)), decode(encode_grid(pixels, heading="step 50"))
+    band = headed.shape[0] - plain.shape[0]
+    assert band > 0 and headed.shape[1] == plain.shape[1]
+    assert np.array_equal(headed[band:], plain)  # the grid itself is unchanged, below the band
+    assert (headed[:band] < 128).any()  # the heading's ink

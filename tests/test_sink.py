@@ -23,6 +23,7 @@ from monitor.cli import main as cli
 from monitor.imaging import encode_grid
 from monitor.log import Log
 from monitor.records import Points, Text
+from monitor.runlog import RunLog
 from monitor.server import VisdomServer, start
 from monitor.connection import Connection
 from monitor.sink import VisdomSink
@@ -154,7 +155,7 @@ def test_a_server_killed_and_restarted_mid_run_ends_with_every_point_once(
 def test_a_server_that_lost_the_env_gets_every_window_again_even_while_others_change(
         visdom_server, read_window, read_window_raw, connect_client, tmp_path):
     sink = sink_for(visdom_server, "lost-env", tmp_path)
-    sink.HEARTBEAT = 0.2
+    sink.delivery.heartbeat = 0.2
     log = Log(sink)
     log.text("notes", 0, "logged once")
     log.scalar("loss", "train", 1, 1.0)
@@ -222,8 +223,9 @@ def test_a_server_stopped_for_5_s_never_slows_a_hook_and_gets_everything_after(
     steps = list(range(1, len(losses) + 1))
     assert read_window(fresh_server, "stopped", "loss") == {"train": (steps, losses)}
     assert read_window(fresh_server, "stopped", "metrics")["step"][0] == steps
-    caption = read_window_raw(fresh_server, "stopped", "inputs")["content"]["caption"]
-    assert caption == f"inputs, step {len(losses) // 25 * 25}"
+    shown = read_window_raw(fresh_server, "stopped", "inputs")["content"]["src"]
+    grids = [e for e in RunLog.read(sink.runlog.path) if e.get("win") == "inputs"]
+    assert grids[-1]["x"] == len(losses) // 25 * 25 and shown.endswith(grids[-1]["png"])  # the latest grid
 
 
 # --- snapshots ---------------------------------------------------------------------------------
@@ -245,7 +247,7 @@ def test_a_tensor_changed_in_place_after_logging_shows_its_value_at_logging_time
     assert read_window(visdom_server, "snapshots", "accuracy") == {"train": ([1], [0.5])}
     assert read_window(visdom_server, "snapshots", "grad norm") == {"a": ([1], [1.0]), "b": ([1], [2.0])}
     src = read_window_raw(visdom_server, "snapshots", "inputs")["content"]["src"]
-    assert base64.b64decode(src.split(",", 1)[1]) == encode_grid(logged_batch)
+    assert base64.b64decode(src.split(",", 1)[1]) == encode_grid(logged_batch, heading="step 1")
 
 
 # --- a long run --------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ def test_a_text_window_shows_its_latest_text():
     assert message["data"] == [{"content": "new", "type": "text"}]
 
 
-@pytest.mark.parametrize("budget", [9, 10.0, True, "1000"])
-def test_points_per_trace_must_be_an_int_of_at_least_10(budget):
-    with pytest.raises(ValueError, match=r"points_per_trace must be an int >= 10, got"):
+@pytest.mark.parametrize("budget, error", [(9, ValueError), (10.0, TypeError), (True, TypeError),
+                                           ("1000", TypeError)])
+def test_points_per_trace_must_be_an_int_of_at_least_10(budget, error):
+    with pytest.raises(error, match=r"points_per_trace must be an int >= 10, got"):
         Windows(budget)

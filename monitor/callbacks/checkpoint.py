@@ -10,7 +10,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from monitor.callbacks._every import one_of, positive_int
+from monitor.checks import integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointWriteError, build_checkpoint, save_checkpoint
 from monitor.checkpoint.folder import (MANIFEST, checkpoint_files, checkpoint_name, read_manifest, retain,
                                     temporary_files, write_manifest)
@@ -58,12 +58,9 @@ class Checkpoint(Callback):
             raise ValueError("every_steps, every_epochs or at_end must ask for a checkpoint, got none of them")
         self.at_end = bool(at_end)
         self.keep_last = positive_int("keep_last", keep_last)
-        if metric is not None and (not isinstance(metric, str) or not metric):
-            raise TypeError(f"metric must be a non-empty str (a name the loop passes), got {metric!r}")
-        if keep_best is None:
-            keep_best = 1 if metric else 0
-        if isinstance(keep_best, bool) or not isinstance(keep_best, int) or keep_best < 0:
-            raise ValueError(f"keep_best must be an int >= 0, got {keep_best!r}")
+        if metric is not None:
+            text("metric", metric)
+        keep_best = integer("keep_best", 1 if metric and keep_best is None else keep_best or 0, minimum=0)
         if keep_best and metric is None:
             raise ValueError(f"metric must be given to rank checkpoints for keep_best={keep_best}, got None")
         self.keep_best, self.metric = keep_best, metric
@@ -165,16 +162,15 @@ class Checkpoint(Callback):
         # This checkpoint's own state must already say what the folder holds once it is written.
         self._records = kept
         try:
-            sync = getattr(monitor.sink, "sync", None)
-            position = sync() if callable(sync) else None
-            if callable(sync) and position is None:
+            position = monitor.sink.sync()
+            if position is None and monitor.sink.position is not None:
                 _log.warning("monitor: the run log did not reach the disk in time for checkpoint %s; "
                              "after a resume from it the dashboard may show steps twice", path.name)
             checkpoint = build_checkpoint(
                 model=state.model, optimizer=state.optimizer, scheduler=self.scheduler, scaler=self.scaler,
                 loop={"epoch": state.epoch, "step": state.step, "batch": state.batch, "epoch_done": self._epoch_done},
                 rng=rng, callbacks=monitor.state_dict()["callbacks"],
-                run={"env": getattr(monitor.sink, "env", None), "run_id": self.run_id, "runlog_position": position},
+                run={"env": monitor.sink.env, "run_id": self.run_id, "runlog_position": position},
                 metric={"name": self.metric, "value": self._metric_value, "mode": self.mode},
                 extras=self.extras() if self.extras is not None else None)
             save_checkpoint(path, checkpoint)

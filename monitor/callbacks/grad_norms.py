@@ -10,10 +10,12 @@ import torch
 from torch.nn.modules.module import (register_module_module_registration_hook,
                                      register_module_parameter_registration_hook)
 
-from monitor.callbacks._every import is_due, positive_int
+from monitor.callbacks._every import is_due
+from monitor.checks import boolean, positive_int
 from monitor.checkpoint import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
+from monitor.records import Order
 
 _YLABELS = {"grad norm": "L2 norm of the gradients", "weight norm": "L2 norm of the weights",
             "update ratio": "norm of the update / norm of the weights"}
@@ -51,10 +53,7 @@ class GradNorms(Callback):
 
     def __init__(self, every: int = 1, weights: bool = False, update_ratio: bool = False) -> None:
         self.every = positive_int("every", every)
-        for argument, value in (("weights", weights), ("update_ratio", update_ratio)):
-            if not isinstance(value, bool):
-                raise TypeError(f"{argument} must be True or False, got {value!r}")
-        self.weights, self.update_ratio = weights, update_ratio
+        self.weights, self.update_ratio = boolean("weights", weights), boolean("update_ratio", update_ratio)
         self._wrapped: torch.nn.Module | None = None   # the model as passed, maybe in a wrapper
         self._model: torch.nn.Module | None = None
         self._params: list[torch.nn.Parameter] = []
@@ -63,7 +62,6 @@ class GradNorms(Callback):
         self._all: tuple[int, ...] = ()     # every parameter's index: the usual set present
         self._groupings: dict[tuple[int, ...], tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]] = {}
         self._before: list[torch.Tensor] | None = None
-        self._laid_out: set[str] = set()
         self._stale = True  # the parameters may have changed since the grouping was built
         self._hooks: list = []
 
@@ -135,9 +133,7 @@ class GradNorms(Callback):
 
     def _put(self, log: Log, window: str, x: int, traces: tuple[str, ...],
              values: Callable[[], list[float]]) -> None:
-        if window not in self._laid_out:
-            log.window(window, title=window, xlabel="step", ylabel=_YLABELS[window], ytype="log")
-            self._laid_out.add(window)
+        log.window(window, order=Order.GRADIENTS, title=window, xlabel="step", ylabel=_YLABELS[window], ytype="log")
         log.vector(window, x, traces, values)
 
     def _parameters(self, state: LoopState) -> list[torch.nn.Parameter]:

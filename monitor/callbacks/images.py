@@ -5,10 +5,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from monitor.callbacks._every import is_due, one_of, positive_int
+from monitor.callbacks._every import is_due
+from monitor.checks import one_of, positive_int
 from monitor.core import Callback, LoopState
 from monitor.log import Log
-from monitor.records import LabelCaptions
+from monitor.records import LabelCaptions, Order
 
 
 class Images(Callback):
@@ -39,7 +40,6 @@ class Images(Callback):
             raise TypeError(f"class_names must be a sequence or a mapping of label to name, "
                             f"got {type(class_names).__name__}")
         self.class_names = class_names
-        self._laid_out = False
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if not is_due(state.step, self.every):
@@ -53,9 +53,7 @@ class Images(Callback):
         if batched:
             images = images[: self.count]  # a view: Log copies only these
         count = images.shape[0] if batched else 1
-        if not self._laid_out:
-            log.window(self.source, title=self.source)
-            self._laid_out = True
+        log.window(self.source, order=Order.IMAGES, title=self.source)
         log.images(self.source, state.step, images, self._caption(state, count))
 
     def _caption(self, state: LoopState, count: int) -> LabelCaptions | None:

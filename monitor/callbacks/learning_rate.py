@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from monitor.callbacks._every import is_due, positive_int
+from monitor.callbacks._every import is_due
+from monitor.checks import positive_int
 from monitor.core import Callback, LoopState
 from monitor.log import Log
+from monitor.records import Order
 
 WINDOW = "learning rate"
 
@@ -27,7 +29,6 @@ class LearningRate(Callback):
 
     def __init__(self, every: int = 1) -> None:
         self.every = positive_int("every", every)
-        self._laid_out = False
         self._logged_step: int | None = None
         self._names: list[str] = []  # the groups' traces as last named
 
@@ -51,9 +52,7 @@ class LearningRate(Callback):
             raise ValueError("LearningRate needs the optimizer: pass it to "
                              "monitor.train_start(model, optimizer), got optimizer=None")
         groups = state.optimizer.param_groups
-        if not self._laid_out:
-            log.window(WINDOW, title=WINDOW, xlabel="step", ylabel="learning rate")
-            self._laid_out = True
+        log.window(WINDOW, order=Order.LEARNING_RATE, title=WINDOW, xlabel="step", ylabel="learning rate")
         if len(groups) != len(self._names):  # first step, train_start, epoch_start, add_param_group()
             self._names = _trace_names(groups)
         self._logged_step = state.step

@@ -1,15 +1,16 @@
 """Scalars: the loss and the loop's metrics as curves, train and validation in one window."""
 from __future__ import annotations
 
-from numbers import Real
 from typing import Any, Iterable, Mapping
 
 import torch
 
-from monitor.callbacks._every import is_due, one_of, positive_int
+from monitor.callbacks._every import is_due
+from monitor.checks import one_of, positive_int, scalar
 from monitor.core import Callback, LoopState, Monitor
 from monitor.distributed import mean_across_ranks
 from monitor.log import Log
+from monitor.records import Order
 
 
 class Scalars(Callback):
@@ -46,7 +47,6 @@ class Scalars(Callback):
         self.x = one_of("x", x, ("step", "epoch"))
         self.average = _names_to_average(average)
         self._world_size = 1
-        self._windows: set[str] = set()
         self._sums: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
 
@@ -123,9 +123,7 @@ class Scalars(Callback):
     def _write_one(self, log: Log, x: float, trace: str, name: str, value: Any) -> None:
         """One point of metric ``name`` in its window (laid out the first time), naming it in errors."""
         try:
-            if name not in self._windows:
-                log.window(name, title=name, xlabel=self.x, ylabel=name)
-                self._windows.add(name)
+            log.window(name, order=Order.LOSS if name == "loss" else Order.METRICS, title=name, xlabel=self.x, ylabel=name)
             log.scalar(name, trace, x, value)
         except (TypeError, ValueError) as error:
             raise type(error)(f"metric {name!r}: {error}") from None
@@ -143,18 +141,13 @@ def _names_to_average(average: Any) -> bool | frozenset[str]:
 
 def _add(total: Any, value: Any, name: str) -> Any:
     """``total + value`` without reading the device: tensors stay tensors, numbers floats."""
-    if isinstance(value, torch.Tensor):
-        if value.numel() != 1 or value.is_complex() or value.dtype == torch.bool:
-            raise ValueError(f"metric {name!r} must be a number or a one-element real tensor, "
-                             f"got a tensor of shape {tuple(value.shape)} and dtype {value.dtype}")
-        if value.device.type == "cpu":
-            value = float(value.item())
-        else:
-            value = value.detach().reshape(()).to(torch.float32, copy=True)
-    elif isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"metric {name!r} must be a number or a one-element tensor, got {value!r}")
-    else:
+    scalar(f"metric {name!r}", value)
+    if not isinstance(value, torch.Tensor):
         value = float(value)
+    elif value.device.type == "cpu":
+        value = float(value.item())
+    else:
+        value = value.detach().reshape(()).to(torch.float32, copy=True)
     if total is None:
         return value
     if isinstance(total, torch.Tensor) and isinstance(value, torch.Tensor) and total.device != value.device:

@@ -10,6 +10,7 @@ import torch
 from monitor.checkpoint import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
+from monitor.records import Order
 
 WINDOW = "summary"
 
@@ -31,7 +32,7 @@ class Summary(Callback):
         self.hparams = dict(hparams or {})
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
-        log.window(WINDOW, title=WINDOW)
+        log.window(WINDOW, order=Order.SUMMARY, title=WINDOW)
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
         log.text(WINDOW, state.step, _summary_html(model, state.optimizer, {**self.hparams, **state.hparams}))
 

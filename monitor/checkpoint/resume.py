@@ -54,12 +54,12 @@ class ResumePoint:
         if not isinstance(monitor, Monitor):
             raise TypeError(f"monitor must be a monitor.Monitor, got {type(monitor).__name__}")
         if self.path is not None:
-            env, runlog = getattr(monitor.sink, "env", None), getattr(monitor.sink, "runlog", None)
+            env, position = monitor.sink.env, monitor.sink.position
             if self.env is not None and env is not None and env != self.env:
                 warnings.warn(f"the monitor writes to env {env!r}, the checkpoint's run to {self.env!r}: the "
                               f"curves start over there instead of continuing", stacklevel=2)
-            elif self.runlog_position is not None and runlog is not None and runlog.position != self.runlog_position:
-                warnings.warn(f"the monitor's run log ends at byte {runlog.position}, the checkpoint at "
+            elif self.runlog_position is not None and position is not None and position != self.runlog_position:
+                warnings.warn(f"the monitor's run log ends at byte {position}, the checkpoint at "
                               f"{self.runlog_position}: build the Monitor with rewind_to=start.runlog_position, "
                               f"or curves may repeat steps", stacklevel=2)
             monitor.load_state_dict(self.monitor_state)

@@ -1,0 +1,128 @@
+"""Checks at the door, one vocabulary for every module: each error names the argument, says what
+was expected and shows what was received.
+
+    every = integer("every", every, minimum=1)          # TypeError for "2", ValueError for 0
+    flush_every = seconds("flush_every", flush_every)   # a number > 0
+    mode = one_of("mode", mode, ("min", "max"))
+
+A value of the wrong type raises TypeError; a value of the right type but out of range raises
+ValueError.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+
+def integer(argument: str, value: Any, minimum: int | None = None, maximum: int | None = None, *,
+            expected: str | None = None) -> int:
+    """``value`` if it is an int (not a bool) within ``[minimum, maximum]``.
+
+    ``expected`` replaces the generated description ("an int >= 1") in the message.
+    """
+    if expected is None:
+        expected = _int_range(minimum, maximum)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{argument} must be {expected}, got {value!r}")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"{argument} must be {expected}, got {value!r}")
+    return value
+
+
+def positive_int(argument: str, value: Any) -> int:
+    """``value`` if it is an int >= 1: a stride, a count."""
+    return integer(argument, value, minimum=1)
+
+
+def seconds(argument: str, value: Any) -> float:
+    """``value`` as a float if it is a real number > 0 (a duration)."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{argument} must be a number of seconds > 0, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{argument} must be a number of seconds > 0, got {value!r}")
+    return float(value)
+
+
+def boolean(argument: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{argument} must be True or False, got {value!r}")
+    return value
+
+
+def one_of(argument: str, value: Any, choices: tuple) -> Any:
+    """``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{argument} must be {' or '.join(repr(c) for c in choices)}, got {value!r}")
+    return value
+
+
+def text(argument: str, value: Any) -> str:
+    """``value`` if it is a str with something in it besides spaces."""
+    if type(value) is str and value.strip():  # the usual case, kept cheap
+        return value
+    if not isinstance(value, str):
+        raise TypeError(f"{argument} must be a non-empty str, got {value!r}")
+    raise ValueError(f"{argument} must be a non-empty str, got {value!r}")
+
+
+def real_tensor(argument: str, value: torch.Tensor) -> torch.Tensor:
+    """``value`` if the tensor holds real numbers (not bool, not complex)."""
+    if value.is_complex() or value.dtype is _torch().bool:
+        raise TypeError(f"{argument} must hold real numbers, got a tensor of dtype {value.dtype}")
+    return value
+
+
+def scalar(argument: str, value: Any) -> Any:
+    """``value`` if it is a real number or a one-element real tensor (which is not read here)."""
+    if _is_tensor(value):
+        if value.numel() != 1:
+            raise ValueError(f"{argument} must be a number or a one-element tensor, "
+                             f"got a tensor of shape {tuple(value.shape)}")
+        if value.is_complex() or value.dtype is _torch().bool:
+            raise TypeError(f"{argument} must be a real number, got a tensor of dtype {value.dtype}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{argument} must be a number or a one-element tensor, got {value!r}")
+    return value
+
+
+def is_scalar(value: Any) -> bool:
+    """Whether :func:`scalar` would accept ``value``."""
+    if _is_tensor(value):
+        return value.numel() == 1 and not value.is_complex() and value.dtype is not _torch().bool
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def finite(argument: str, value: Any) -> float:
+    """``value`` if it is a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{argument} must be a finite number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{argument} must be a finite number, got {value!r}")
+    return value
+
+
+def _torch():
+    import torch  # here, so that checking plain arguments (a CLI's, a server's) does not load torch
+
+    return torch
+
+
+def _is_tensor(value: Any) -> bool:
+    torch = sys.modules.get("torch")  # no tensor exists before torch is imported
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
+def _int_range(minimum: int | None, maximum: int | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"an int between {minimum} and {maximum}"
+    if minimum is not None:
+        return f"an int >= {minimum}"
+    if maximum is not None:
+        return f"an int <= {maximum}"
+    return "an int"

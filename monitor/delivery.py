@@ -1,0 +1,138 @@
+"""Delivery: the policy that gets a run's windows onto the Visdom server and keeps them there.
+
+Each changed window is sent whole, one request per window (Visdom's append costs the server
+more per point than a replace, and a replace is idempotent, so a retry never duplicates a
+point). A server that does not answer is retried with backoff and reported once; a server that
+lost the env (restarted, env deleted) is noticed by a heartbeat and gets every window again;
+windows that only a rewound part of the run log wrote are closed. The HTTP is
+:class:`monitor.connection.Connection`'s, the windows' content :class:`monitor.windows.Windows`'.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Iterable, NamedTuple
+
+from monitor.connection import Connection, DashboardError
+from monitor.reports import Reports
+from monitor.windows import Window, Windows
+
+_log = logging.getLogger("monitor")
+
+
+class FlushTiming(NamedTuple):
+    """One send that delivered something: ``seconds`` is the wall time of its HTTP requests only."""
+
+    when: float  # time.monotonic() at its end
+    windows: int
+    points: int
+    seconds: float
+
+
+class Delivery:
+    """Brings the server's copy of an env up to date with ``windows``, whatever the server does.
+
+        delivery = Delivery(Connection(port=8097), windows, "mnist", interval=0.5)
+        delivery.send()             # on the sink's worker, about every ``interval`` seconds
+        delivery.delivered          # True once the server holds every window as it is here
+
+    ``stale`` names windows to close on the server (those only a rewound run log wrote).
+    ``kept_in`` is where the records are safe meanwhile, for the outage warning.
+    """
+
+    def __init__(self, connection: Connection, windows: Windows, env: str, *, interval: float,
+                 stale: Iterable[str] = (), reports: Reports | None = None, kept_in: object = None) -> None:
+        self.connection, self.windows, self.env = connection, windows, env
+        self.interval = interval
+        self.heartbeat = 2.0  # seconds between checks that the server still holds the env
+        self.timings: deque[FlushTiming] = deque(maxlen=1000)  # the latest sends, for benchmarks
+        self.reports = reports or Reports()
+        self.kept_in = kept_in
+        self._stale = set(stale) - set(windows.by_name)
+        self.delivered = not windows.changed() and not self._stale
+        self._down_since: float | None = None
+        self._retry_at = 0.0
+        self._backoff = interval
+        self._last_check = time.monotonic()
+
+    def send(self, force: bool = False, limit: float | None = None) -> None:
+        """Sends every changed window whole; on trouble keeps them all for the next try.
+
+        While the server is down, waits out the backoff unless ``force`` (a flush or a close
+        asked). ``limit`` caps each request's timeout (a close's deadline).
+        """
+        now = time.monotonic()
+        if self._down_since is not None and now < self._retry_at and not force:
+            return
+        seconds, sent, points = 0.0, 0, 0
+        try:
+            if force or now - self._last_check >= self.heartbeat:
+                self._check_env(limit)
+            for name in sorted(self._stale):
+                self.connection.post("close", {"win": name, "eid": self.env}, timeout=limit)
+                self._stale.discard(name)
+            for window in self._placed_in_order(limit):
+                message = window.message(self.env)
+                if message is None:
+                    window.mark_skipped()
+                    continue
+                try:
+                    self.connection.post(*message, timeout=limit)
+                except (TypeError, ValueError) as error:  # e.g. opts that are not JSON
+                    self.reports.once(f"window-{window.name}", f"window {window.name!r} cannot be sent and "
+                                                               f"is skipped: {error}")
+                    window.mark_skipped()
+                    continue
+                window.mark_sent()
+                seconds += self.connection.last_seconds
+                sent += 1
+                points += sum(len(t) for t in window.traces.values())
+        except DashboardError as error:
+            self._went_down(str(error))
+            return
+        finally:
+            if sent:
+                self.timings.append(FlushTiming(time.monotonic(), sent, points, seconds))
+        if self._down_since is not None:
+            _log.info("monitor: %s is reachable again; the dashboard is being brought up to date",
+                      self.connection.url)
+        self._down_since, self._backoff = None, self.interval
+        self.delivered = not self.windows.changed()
+
+    def _placed_in_order(self, limit: float | None = None) -> list[Window]:
+        """The changed windows, in page order; sent windows that a new one must precede are
+        closed first, so that they are created again after it (Visdom adds a pane at the end)."""
+        changed = self.windows.changed()
+        new = [w for w in changed if not w.sent]
+        if new:
+            after = [w for w in self.windows.by_name.values() if w.sent and w.order > new[0].order]
+            for window in after:
+                self.connection.post("close", {"win": window.name, "eid": self.env}, timeout=limit)
+                window.mark_closed()
+            if after:
+                changed = self.windows.changed()
+        return changed
+
+    def _check_env(self, limit: float | None) -> None:
+        """Notices a server that lost this env (restarted, env deleted) and resends every window.
+
+        It asks about a window that was delivered and has not changed since: one whose content
+        the server should hold.
+        """
+        self._last_check = time.monotonic()
+        probe: Window | None = next((w for w in self.windows.by_name.values() if w.sent and not w.changed), None)
+        if probe is not None and self.connection.post(
+                "win_exists", {"win": probe.name, "eid": self.env}, timeout=limit) != "true":
+            self.windows.mark_all_changed()
+
+    def _went_down(self, reason: str) -> None:
+        self.delivered = False
+        self.windows.mark_all_changed()  # what the server holds is unknown now
+        now = time.monotonic()
+        if self._down_since is None:
+            self._down_since = now
+            _log.warning("monitor: dashboard trouble: %s. Training goes on; retrying in the "
+                         "background, and everything is kept in %s", reason, self.kept_in)
+        self._retry_at = now + self._backoff
+        self._backoff = min(self._backoff * 2, 10.0)

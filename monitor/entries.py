@@ -1,0 +1,98 @@
+"""The run log's entries: the schema, and the one place that makes entries from records.
+
+    {"k": "run", "env": "mnist", "time": 1764300000.0}                 (first line: header())
+    {"k": "layout", "win": "loss", "opts": {"xlabel": "step"}, "order": 10}
+    {"k": "points", "win": "loss", "x": 12, "y": {"train": 0.53, "validation": NaN}}
+    {"k": "image", "win": "inputs", "x": 50, "png": "<base64>"}
+    {"k": "text", "win": "summary", "x": 0, "html": "<pre>...</pre>"}
+
+``encode`` runs on the sink's worker: it reads tensors and encodes image grids, so the training
+thread never does. ``windows_after`` says which windows a part of a log wrote (what a rewind
+takes off the dashboard).
+"""
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import time
+from numbers import Real
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from monitor import checks
+from monitor.imaging import encode_grid
+from monitor.records import ImageGrid, Layout, Points, Text
+
+
+def header(env: str) -> dict[str, Any]:
+    """The first entry of a run's log."""
+    return {"k": "run", "env": env, "time": time.time()}
+
+
+def encode(record: Points | ImageGrid | Text | Layout) -> dict[str, Any]:
+    """The entry of a record: values read, images encoded. Runs on the sink's worker.
+
+    Checks again what the Log checked at the door (a record may be put on a sink directly, and
+    a function left to the worker may return anything); raises TypeError or ValueError.
+    """
+    if not isinstance(record.window, str) or not record.window:
+        raise TypeError(f"window must be a non-empty str, got {record.window!r}")
+    if isinstance(record, Layout):
+        json.dumps(record.opts, allow_nan=False)
+        return {"k": "layout", "win": record.window, "opts": dict(record.opts), "order": record.order}
+    x = record.x
+    if type(x) not in (int, float):  # a numpy or other Real: plain JSON numbers in the log
+        x = int(x) if isinstance(x, int) else float(checks.finite("x", x))
+    elif not math.isfinite(x):
+        raise ValueError(f"x must be a finite number, got {x!r}")
+    if isinstance(record, Points):
+        values = record.values
+        if callable(values):
+            values = values()
+        if isinstance(values, torch.Tensor):
+            values = values.tolist()
+        elif type(values) not in (list, tuple):
+            values = list(values)
+        if len(values) != len(record.traces):
+            raise ValueError(f"{len(record.traces)} traces need as many values, got {len(values)}")
+        y = {}
+        for trace, value in zip(record.traces, values):
+            if type(value) is not float:
+                if isinstance(value, torch.Tensor):
+                    value = value.item()
+                if isinstance(value, bool) or not isinstance(value, Real):
+                    raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
+            y[trace if type(trace) is str else str(trace)] = float(value)
+        return {"k": "points", "win": record.window, "x": x, "y": y}
+    if isinstance(record, ImageGrid):
+        captions = None if record.captions is None else list(record.captions)
+        png = encode_grid(record.pixels, captions, heading=f"step {_number(x)}")
+        return {"k": "image", "win": record.window, "x": x, "png": base64.b64encode(png).decode()}
+    if not isinstance(record.html, str):
+        raise TypeError(f"html must be a str, got {type(record.html).__name__}")
+    return {"k": "text", "win": record.window, "x": x, "html": record.html}
+
+
+def windows_after(path: str | os.PathLike, position: int) -> set[str]:
+    """The windows that entries after byte ``position`` of a run log write to."""
+    path = Path(path)
+    if not path.exists():
+        return set()
+    with open(path, "rb") as file:
+        file.seek(position)
+        tail = file.read()
+    names = set()
+    for line in tail.splitlines():
+        try:
+            names.add(json.loads(line)["win"])
+        except (ValueError, KeyError, TypeError):
+            pass  # the header, or a line torn by a crash
+    return names
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
