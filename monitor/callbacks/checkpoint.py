@@ -12,8 +12,7 @@ import torch
 
 from monitor.checks import integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointWriteError, build_checkpoint, save_checkpoint
-from monitor.checkpoint.folder import (MANIFEST, checkpoint_files, checkpoint_name, read_manifest, retain,
-                                    temporary_files, write_manifest)
+from monitor.checkpoint.folder import checkpoint_name, claim, prune, retain, write_manifest
 from monitor.core import Callback, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main
 from monitor.log import Log
@@ -174,48 +173,19 @@ class Checkpoint(Callback):
                 metric={"name": self.metric, "value": self._metric_value, "mode": self.mode},
                 extras=self.extras() if self.extras is not None else None)
             save_checkpoint(path, checkpoint)
-            write_manifest(self.directory, {
-                "format": "monitor.checkpoints", "version": 1, "run_id": self.run_id, "latest": path.name,
-                "env": checkpoint["run"]["env"], "metric": {"name": self.metric, "mode": self.mode},
-                "last": last, "best": best, "checkpoints": kept})
+            write_manifest(self.directory, run_id=self.run_id, latest=path.name, env=checkpoint["run"]["env"],
+                           metric={"name": self.metric, "mode": self.mode}, last=last, best=best, records=kept)
         except Exception as error:
             raise CheckpointWriteError(f"checkpoint {path} could not be written: {type(error).__name__}: "
                                        f"{error}") from error
-        self._prune({r["file"] for r in kept})
+        prune(self.directory, {r["file"] for r in kept})
         return path
 
-    def _prune(self, keep: set[str]) -> None:
-        """Deletes this run's files that left the last and best sets (only once the new one is durable)."""
-        for old in checkpoint_files(self.directory):
-            if old.name not in keep:
-                try:
-                    old.unlink()
-                except OSError as error:
-                    _log.warning("monitor: old checkpoint %s could not be deleted: %s", old, error)
-
     def _claim_directory(self) -> None:
-        """Makes the folder this run's, cleaning temporary files of killed writes; refuses another run's."""
-        if self._claimed:
-            return
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            for temporary in temporary_files(self.directory):
-                temporary.unlink(missing_ok=True)
-        except OSError as error:
-            raise CheckpointWriteError(f"directory {self.directory} cannot hold checkpoints: {error}") from error
-        self.run_id = self.run_id or uuid.uuid4().hex
-        manifest = read_manifest(self.directory, warn=False)
-        present = {p.name for p in checkpoint_files(self.directory)}
-        # Resumed from an older checkpoint, the records may name files the abandoned run pruned.
-        self._records = [r for r in self._records if r["file"] in present]
-        known = {r["file"] for r in self._records}
-        foreign = sorted(present - known)
-        if foreign and (manifest is None or manifest.get("run_id") != self.run_id):
-            raise CheckpointWriteError(
-                f"directory must be empty or hold this run's checkpoints, got {self.directory} with "
-                f"{len(foreign)} checkpoint(s) of another run ({', '.join(foreign[:3])}...; see its {MANIFEST}): "
-                f"resume from them with monitor.resume(..., monitor=monitor), or choose another folder")
-        self._claimed = True
+        if not self._claimed:
+            self.run_id = self.run_id or uuid.uuid4().hex
+            self._records = claim(self.directory, self.run_id, self._records)
+            self._claimed = True
 
     def _require_monitor(self) -> Monitor:
         if self._monitor is None:

@@ -12,7 +12,7 @@ from torch.nn.modules.module import (register_module_module_registration_hook,
 
 from monitor.callbacks._every import is_due
 from monitor.checks import boolean, positive_int
-from monitor.checkpoint import unwrap_model
+from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.records import Order

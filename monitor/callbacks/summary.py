@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 import torch
 
-from monitor.checkpoint import unwrap_model
+from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.records import Order

@@ -8,7 +8,7 @@
 """
 from monitor.checkpoint.file import (FORMAT, KEYS, VERSION, CheckpointError, CheckpointWriteError,
                                      DamagedCheckpointError, UnsafeCheckpointError, build_checkpoint,
-                                     load_checkpoint, save_checkpoint, unwrap_model)
+                                     load_checkpoint, save_checkpoint)
 
 __all__ = ["FORMAT", "KEYS", "VERSION", "CheckpointError", "CheckpointWriteError", "DamagedCheckpointError",
-           "UnsafeCheckpointError", "build_checkpoint", "load_checkpoint", "save_checkpoint", "unwrap_model"]
+           "UnsafeCheckpointError", "build_checkpoint", "load_checkpoint", "save_checkpoint"]

@@ -33,6 +33,7 @@ from typing import Any, Mapping
 import torch
 
 from monitor.checkpoint.atomic import write_atomic
+from monitor.models import unwrap_model
 from monitor.checkpoint.pickle_scan import describe_unsafe
 
 FORMAT = "monitor.checkpoint"
@@ -64,17 +65,6 @@ class CheckpointWriteError(BaseException):
     of callback errors nor a broad ``except Exception`` in the loop swallows it; its
     ``__cause__`` is the original error (a full disk, a permission, a value that is not plain).
     """
-
-
-def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The module inside DDP/DataParallel (``.module``) and torch.compile (``._orig_mod``) wrappers."""
-    while True:
-        if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimizer: Any = None,

@@ -13,6 +13,7 @@ back to the previous good one and warns, naming the bad file.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import warnings
@@ -20,7 +21,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from monitor.checkpoint.atomic import write_atomic
-from monitor.checkpoint.file import CheckpointError, DamagedCheckpointError, load_checkpoint
+from monitor.checkpoint.file import CheckpointError, CheckpointWriteError, DamagedCheckpointError, load_checkpoint
+
+_log = logging.getLogger("monitor")
 
 MANIFEST = "latest.json"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -58,7 +61,46 @@ def retain(records: Iterable[dict[str, Any]], keep_last: int, keep_best: int,
     return kept, last, best
 
 
-def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Makes ``directory`` run ``run_id``'s, cleaning temporary files of killed writes; refuses another run's.
+
+    Returns the ``records`` (the run's checkpoints, as it saved them) whose files are present:
+    resumed from an older checkpoint, a run may list files the abandoned run pruned.
+    Raises CheckpointWriteError.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        for temporary in temporary_files(directory):
+            temporary.unlink(missing_ok=True)
+    except OSError as error:
+        raise CheckpointWriteError(f"directory {directory} cannot hold checkpoints: {error}") from error
+    manifest = read_manifest(directory, warn=False)
+    present = {p.name for p in checkpoint_files(directory)}
+    records = [r for r in records if r["file"] in present]
+    foreign = sorted(present - {r["file"] for r in records})
+    if foreign and (manifest is None or manifest.get("run_id") != run_id):
+        raise CheckpointWriteError(
+            f"directory must be empty or hold this run's checkpoints, got {directory} with "
+            f"{len(foreign)} checkpoint(s) of another run ({', '.join(foreign[:3])}...; see its {MANIFEST}): "
+            f"resume from them with monitor.resume(..., monitor=monitor), or choose another folder")
+    return records
+
+
+def prune(directory: Path, keep: set[str]) -> None:
+    """Deletes the checkpoint files not named in ``keep`` (call it once the newest one is durable)."""
+    for old in checkpoint_files(directory):
+        if old.name not in keep:
+            try:
+                old.unlink()
+            except OSError as error:
+                _log.warning("monitor: old checkpoint %s could not be deleted: %s", old, error)
+
+
+def write_manifest(directory: Path, *, run_id: str | None, latest: str, env: str | None, metric: dict[str, Any],
+                   last: list[str], best: list[str], records: list[dict[str, Any]]) -> None:
+    """Replaces ``latest.json`` atomically: the pointer to ``latest`` and what the folder keeps."""
+    manifest = {"format": "monitor.checkpoints", "version": 1, "run_id": run_id, "latest": latest, "env": env,
+                "metric": metric, "last": last, "best": best, "checkpoints": records}
     data = json.dumps(manifest, indent=1, allow_nan=False).encode()
     write_atomic(directory / MANIFEST, lambda file: file.write(data))
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import torch
 
-from monitor.checkpoint.file import load_checkpoint, unwrap_model
+from monitor.checkpoint.file import load_checkpoint
+from monitor.models import unwrap_model
 from monitor.checkpoint.folder import find_checkpoint
 from monitor.core import Monitor
 from monitor.distributed import on_main, rank_and_world_size
