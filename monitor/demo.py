@@ -25,7 +25,10 @@ from monitor.connection import resolve_address
 __all__ = ["DEMO_ENV", "DemoError", "EXAMPLES", "run_demo"]
 
 DEMO_ENV = "demo"
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"  # in the source checkout
+_PACKAGE = Path(__file__).resolve().parent
+# Installed, the examples are monitor/examples/ (setup.py maps the repository's examples/ there); in a
+# source checkout (an editable install, or the tree on sys.path) they are examples/ beside the package.
+EXAMPLES = _PACKAGE / "examples" if (_PACKAGE / "examples").is_dir() else _PACKAGE.parent / "examples"
 _THIS_MACHINE = ("127.0.0.1", "localhost")
 
 
@@ -103,11 +106,11 @@ def _answers(url: str) -> bool:
 
 
 def _load_example(name: str) -> ModuleType:
-    """Imports ``examples/<name>.py`` of the source checkout (with its folder on ``sys.path``)."""
+    """Imports ``EXAMPLES/<name>.py`` (with its folder on ``sys.path``)."""
     path = EXAMPLES / f"{name}.py"
     if not path.is_file():
-        raise DemoError(f"the demo runs {path.name} from the examples/ folder of a source checkout, got no file "
-                        f"at {path}: install monitor from its repository (pip install -e .)")
+        raise DemoError(f"the demo runs {path.name} from the examples installed with monitor, got no file "
+                        f"at {path}: reinstall monitor (pip install .)")
     if str(EXAMPLES) not in sys.path:
         sys.path.insert(0, str(EXAMPLES))  # the examples import their neighbours (shapes, options)
     spec = importlib.util.spec_from_file_location(f"monitor_example_{name}", path)
