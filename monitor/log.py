@@ -7,6 +7,7 @@ device and read later by the sink's worker).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from html import escape
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -127,11 +128,18 @@ class Log:
                                  f"got {len(captions)}")
         self.sink.put(ImageGrid(_name("window", window), _x(x), batch.detach().clone(), captions))
 
-    def text(self, window: str, x: float, html: str) -> None:
-        """A text pane (HTML); a later call for the same window replaces it."""
-        if not isinstance(html, str):
-            raise TypeError(f"html must be a str, got {type(html).__name__}")
-        self.sink.put(Text(_name("window", window), _x(x), html))
+    def text(self, window: str, x: float, text: str, *, html: bool = False) -> None:
+        """A text pane; a later call for the same window replaces it.
+
+        ``text`` is shown as written: escaped, with its line breaks kept, so a string from a
+        dataset or a config cannot inject markup into the dashboard. ``html=True`` sends it as
+        HTML, for markup you wrote yourself.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        if not checks.boolean("html", html):
+            text = escape(text).replace("\n", "<br>")
+        self.sink.put(Text(_name("window", window), _x(x), text))
 
     def window(self, window: str, order: int = Order.METRICS, **opts: Any) -> None:
         """Sets a window's display options (``xlabel``, ``ylabel``, ``ytype="log"``...) and place.

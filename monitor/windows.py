@@ -198,8 +198,6 @@ class Window:
         if self.kind == "line":
             if not self.traces:
                 return None
-            if self.nonfinite:
-                title = f"{title} ({self.nonfinite} non-finite shown as gaps)"
             data = []
             for name, trace in self.traces.items():
                 xs, ys = trace.points()
@@ -208,6 +206,8 @@ class Window:
             layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
                       "xaxis": {"title": self.opts.get("xlabel", "step")},
                       "yaxis": {"title": self.opts.get("ylabel", ""), "type": self.opts.get("ytype", "linear")}}
+            if self.nonfinite:  # said in the legend: the title stays the name, which compare views match on
+                layout["legend"] = {"title": {"text": f"{self.nonfinite} non-finite shown as gaps"}}
             opts = {**self.opts, "title": title}
             return "events", {"data": data, "win": self.name, "eid": env, "layout": layout, "opts": opts}
         if self.kind == "image":

@@ -25,7 +25,7 @@ def offline_run(tmp_path_factory) -> VisdomSink:
     sink = VisdomSink("offline-run", port=VisdomServer(0).port, run_dir=run_dir, flush_every=0.05)
     log = Log(sink)
     log.window("loss", ytype="log", ylabel="loss")
-    log.text("notes", 0, "<b>trained offline</b>")
+    log.text("notes", 0, "<b>trained offline</b>", html=True)
     for step in range(1, 3001):
         log.scalars("loss", step, {"train": 1 / step, "validation": math.nan if step == 7 else 2 / step})
         log.scalar("lr", "lr", step, 0.1)

@@ -327,7 +327,7 @@ def wait_for_worker(sink: VisdomSink) -> None:
     (lambda log: log.images("inputs", 1, torch.ones(2, 2, dtype=torch.bool)), r"images must hold real numbers"),
     (lambda log: log.vector("grad norm", 1, ["a", "b"], torch.ones(3)), r"values must be a 1-d tensor of 2 elements"),
     (lambda log: log.vector("grad norm", 1, ["a"], torch.ones(1, dtype=torch.bool)), r"values must hold real numbers"),
-    (lambda log: log.text("notes", 1, 42), r"html must be a str, got int"),
+    (lambda log: log.text("notes", 1, 42), r"text must be a str, got int"),
     (lambda log: log.sink.put({"window": "loss"}), r"record must be a monitor.records Points, .* got dict"),
 ])
 def test_bad_input_is_refused_at_the_door_naming_the_argument(visdom_server, tmp_path, call, message):
@@ -361,7 +361,7 @@ def test_a_function_left_to_the_worker_may_give_its_values_as_any_iterable(visdo
     assert read_window(visdom_server, "iterable-values", "norms") == {"a": ([1], [1.0]), "b": ([1], [2.0])}
 
 
-def test_non_finite_values_show_as_gaps_and_are_counted_in_the_title(
+def test_non_finite_values_show_as_gaps_and_are_counted_in_the_legend_not_the_title(
         visdom_server, read_window_raw, tmp_path):
     sink = sink_for(visdom_server, "non-finite", tmp_path)
     log = Log(sink)
@@ -370,7 +370,8 @@ def test_non_finite_values_show_as_gaps_and_are_counted_in_the_title(
     assert sink.close(timeout=10)
     window = read_window_raw(visdom_server, "non-finite", "loss")
     assert window["content"]["data"][0]["y"] == [1.0, None, None, None, 0.5]
-    assert window["title"] == "loss (3 non-finite shown as gaps)"
+    assert window["title"] == "loss"
+    assert window["content"]["layout"]["legend"]["title"]["text"] == "3 non-finite shown as gaps"
 
 
 def test_a_callback_logging_bad_input_never_crashes_the_loop(visdom_server, read_window, tmp_path, caplog):

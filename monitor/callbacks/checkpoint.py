@@ -74,7 +74,7 @@ class Checkpoint(Callback):
         self.run_id: str | None = None
         self._monitor: Monitor | None = None
         self._records: list[dict[str, Any]] = []
-        self._metric_value: float | None = None
+        self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
         self._epoch_done = False
         self._last_saved: list | None = None
         self._aborted = False
@@ -153,6 +153,8 @@ class Checkpoint(Callback):
             raise CheckpointWriteError("a checkpoint needs the model: pass it to monitor.train_start(model, "
                                        "optimizer), got None")
         path = self.directory / checkpoint_name(state.step)
+        if isinstance(self._metric_value, torch.Tensor):  # saving reads the device anyway
+            self._metric_value = float(self._metric_value)
         record = {"file": path.name, "step": state.step, "epoch": state.epoch, "batch": state.batch,
                   "epoch_done": self._epoch_done, "metric": self._metric_value, "time": time.time()}
         if record["metric"] is not None and not math.isfinite(record["metric"]):
@@ -198,11 +200,16 @@ class Checkpoint(Callback):
         if value is None and self.metric == "loss":
             value = loss
         if value is not None:
-            self._metric_value = float(value.item() if isinstance(value, torch.Tensor) else value)
+            if isinstance(value, torch.Tensor) and not value.is_cpu:
+                # Read when a checkpoint is written, never here: a read would wait for the device every step.
+                self._metric_value = value.detach().reshape(()).to(torch.float32, copy=True)
+            else:
+                self._metric_value = float(value)
 
     # --- state, for the checkpoint itself -----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "records": [dict(r) for r in self._records], "metric": self._metric_value,
+        metric = float(self._metric_value) if isinstance(self._metric_value, torch.Tensor) else self._metric_value
+        return {"run_id": self.run_id, "records": [dict(r) for r in self._records], "metric": metric,
                 "epoch_done": self._epoch_done, "last_saved": self._last_saved}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

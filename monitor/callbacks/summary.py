@@ -34,7 +34,8 @@ class Summary(Callback):
     def on_train_start(self, state: LoopState, log: Log) -> None:
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW)
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
-        log.text(WINDOW, state.step, _summary_html(model, state.optimizer, {**self.hparams, **state.hparams}))
+        log.text(WINDOW, state.step, _summary_html(model, state.optimizer, {**self.hparams, **state.hparams}),
+                 html=True)
 
 
 def _summary_html(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
