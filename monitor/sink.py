@@ -216,7 +216,8 @@ class VisdomSink:
         entries = self._drain(timeout)
         if entries:
             self.runlog.append(entries)
-            self.windows.apply(entries)
+            for point in self.windows.apply(entries):
+                self.reports.once(("backwards", point.window, point.trace), str(point))
         durable = [w for w in self._waiting if w.durable]
         if durable:
             self.runlog.sync()

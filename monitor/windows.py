@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from monitor import checks
 from monitor.records import Order
@@ -61,6 +61,19 @@ class _Summary:
         return sorted(kept)
 
 
+class Backwards(NamedTuple):
+    """A point not drawn because its x is not after its trace's last x (a zigzag otherwise)."""
+
+    window: str
+    trace: str
+    x: float
+    last: float
+
+    def __str__(self) -> str:
+        return (f"window {self.window!r}, trace {self.trace!r}: x={self.x} is not after the trace's last "
+                f"x={self.last}; the point is kept in the run log but not drawn")
+
+
 class Trace:
     """One curve: exact up to ``budget`` points, then min/max buckets that stay within it.
 
@@ -79,7 +92,10 @@ class Trace:
         self.count = 0  # raw points seen
         self.nonfinite = 0
 
-    def add(self, x: float, y: float | None) -> None:
+    def add(self, x: float, y: float | None) -> bool:
+        """Adds a point after the last one; a point whose x is not after the last x is refused (False)."""
+        if self.last is not None and not x > self.last[1]:
+            return False
         self.count += 1
         if y is None or not math.isfinite(y):
             self.nonfinite += 1
@@ -96,6 +112,7 @@ class Trace:
             self.partial = _Summary()
         while self.kept + 5 > self.budget and len(self) > self.budget:
             self._merge()
+        return True
 
     def _merge(self) -> None:
         """Merges neighbouring buckets: twice the width, half the buckets."""
@@ -156,21 +173,26 @@ class Window:
         self.changed = True
         self.sent = False
 
-    def apply(self, entry: dict[str, Any]) -> None:
+    def apply(self, entry: dict[str, Any]) -> list[Backwards]:
+        """Takes in a run-log entry; returns the points refused for going back in x (none, mostly)."""
+        refused = []
         kind = entry["k"]
         if kind == "points":
             self.kind = "line"
+            x = entry["x"]
             for name, y in entry["y"].items():
                 trace = self.traces.get(name)
                 if trace is None:
                     trace = self.traces[name] = Trace(self.budget)
-                trace.add(entry["x"], None if y is None else float(y))
+                if not trace.add(x, None if y is None else float(y)):
+                    refused.append(Backwards(self.name, name, x, trace.last[1]))
         elif kind in ("image", "text"):
             self.kind, self.content = kind, entry
         elif kind == "layout":
             self.opts.update(entry["opts"])
             self.order = entry.get("order", self.order)
         self.changed = True
+        return refused
 
     def mark_sent(self) -> None:
         """The server took this window's latest message."""
@@ -231,7 +253,9 @@ class Windows:
         self.points_per_trace = checks.integer("points_per_trace", points_per_trace, minimum=10)
         self.by_name: dict[str, Window] = {}
 
-    def apply(self, entries: Iterable[dict[str, Any]]) -> None:
+    def apply(self, entries: Iterable[dict[str, Any]]) -> list[Backwards]:
+        """Takes in run-log entries; returns the points refused for going back in x."""
+        refused = []
         for entry in entries:
             name = entry.get("win")
             if name is None:
@@ -239,7 +263,8 @@ class Windows:
             window = self.by_name.get(name)
             if window is None:
                 window = self.by_name[name] = Window(name, self.points_per_trace)
-            window.apply(entry)
+            refused += window.apply(entry)
+        return refused
 
     def changed(self) -> list[Window]:
         """The windows to send, in their order on the page."""
