@@ -70,6 +70,26 @@ def text(argument: str, value: Any) -> str:
     raise ValueError(f"{argument} must be a non-empty str, got {value!r}")
 
 
+MAX_NAME = 100  # characters in an env, window or trace name
+
+
+def name(argument: str, value: Any, *, path: bool = False) -> str:
+    """``value`` if it is a usable name: a str of 1 to 100 characters, not blank, no control characters.
+
+    ``path=True`` (an env, which names a folder of the run and a file of the server) also
+    refuses what could lead out of a folder: ``/``, ``\\``, ``.`` and ``..``.
+    """
+    text(argument, value)
+    if len(value) > MAX_NAME:
+        raise ValueError(f"{argument} must be at most {MAX_NAME} characters, got {len(value)}: {value[:20]!r}...")
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+        raise ValueError(f"{argument} must have no control characters, got {value!r}")
+    if path and ("/" in value or "\\" in value or value in (".", "..")):
+        raise ValueError(f"{argument} must not be a path (no '/', '\\', '.' or '..'): it names a folder, "
+                         f"got {value!r}")
+    return value
+
+
 def real_tensor(argument: str, value: torch.Tensor) -> torch.Tensor:
     """``value`` if the tensor holds real numbers (not bool, not complex)."""
     if value.is_complex() or value.dtype is _torch().bool:

@@ -68,12 +68,30 @@ class Log:
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
         self._layouts: dict[str, tuple[int, dict[str, Any]]] = {}  # what window() sent last
+        self._names: set[str] = set()  # window and trace names already checked
+        self._checked_traces: tuple[str, ...] = ()
+
+    def _name(self, argument: str, value: Any) -> str:
+        """``value`` if it is a usable window or trace name (checked once per name)."""
+        if type(value) is str and value in self._names:  # the usual case, kept cheap
+            return value
+        self._names.add(checks.name(argument, value))
+        return value
+
+    def _traces(self, traces: Sequence[str]) -> tuple[str, ...]:
+        """``traces`` as a checked tuple; a caller that passes the same tuple again is not checked again."""
+        if traces is not self._checked_traces:
+            traces = tuple(traces)
+            for trace in traces:
+                self._name("trace", trace)
+            self._checked_traces = traces
+        return traces
 
     def scalar(self, window: str, trace: str, x: float, value: Any) -> None:
         """One point of one trace; ``value`` is a number or a one-element tensor."""
         if type(value) is not float:
             value = _snapshot(value, "value")
-        self.sink.put(Points(_name("window", window), _x(x), (_name("trace", trace),), (value,)))
+        self.sink.put(Points(self._name("window", window), _x(x), (self._name("trace", trace),), (value,)))
 
     def scalars(self, window: str, x: float, values: Mapping[str, Any]) -> None:
         """One point for each trace named in ``values`` (trace -> number or one-element tensor)."""
@@ -83,9 +101,9 @@ class Log:
             return
         traces, snapshots = [], []
         for trace, value in values.items():
-            traces.append(_name("trace", trace))
+            traces.append(self._name("trace", trace))
             snapshots.append(value if type(value) is float else _snapshot(value, "values", trace))
-        self.sink.put(Points(_name("window", window), _x(x), tuple(traces), tuple(snapshots)))
+        self.sink.put(Points(self._name("window", window), _x(x), tuple(traces), tuple(snapshots)))
 
     def vector(self, window: str, x: float, traces: Sequence[str],
                values: torch.Tensor | Callable[[], Sequence[float] | torch.Tensor], *,
@@ -99,7 +117,7 @@ class Log:
         training thread; it must only use what nothing changes afterwards.
         """
         if callable(values):
-            self.sink.put(Points(_name("window", window), _x(x), tuple(traces), values))
+            self.sink.put(Points(self._name("window", window), _x(x), self._traces(traces), values))
             return
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
@@ -114,7 +132,7 @@ class Log:
                 values = values.to(torch.float32)  # a copy
             elif copy:
                 values = values.clone()  # a third of the cost of .to(..., copy=True) here
-        self.sink.put(Points(_name("window", window), _x(x), tuple(traces), values))
+        self.sink.put(Points(self._name("window", window), _x(x), self._traces(traces), values))
 
     def images(self, window: str, x: float, images: torch.Tensor,
                captions: Sequence[str] | None = None) -> None:
@@ -126,7 +144,7 @@ class Log:
             if len(captions) != batch.shape[0]:
                 raise ValueError(f"captions must have one entry per image ({batch.shape[0]}), "
                                  f"got {len(captions)}")
-        self.sink.put(ImageGrid(_name("window", window), _x(x), batch.detach().clone(), captions))
+        self.sink.put(ImageGrid(self._name("window", window), _x(x), batch.detach().clone(), captions))
 
     def text(self, window: str, x: float, text: str, *, html: bool = False) -> None:
         """A text pane; a later call for the same window replaces it.
@@ -139,7 +157,7 @@ class Log:
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if not checks.boolean("html", html):
             text = escape(text).replace("\n", "<br>")
-        self.sink.put(Text(_name("window", window), _x(x), text))
+        self.sink.put(Text(self._name("window", window), _x(x), text))
 
     def window(self, window: str, order: int = Order.METRICS, **opts: Any) -> None:
         """Sets a window's display options (``xlabel``, ``ylabel``, ``ytype="log"``...) and place.
@@ -150,14 +168,10 @@ class Log:
         """
         if self._layouts.get(window) == (order, opts):
             return
-        self._layouts[_name("window", window)] = (order, opts)
+        self._layouts[self._name("window", window)] = (order, opts)
         self.sink.put(Layout(window, dict(opts), checks.integer("order", order)))
 
 
-def _name(argument: str, value: Any) -> str:
-    if type(value) is str and value:  # the usual case, kept cheap
-        return value
-    return checks.text(argument, value)
 
 
 def _x(x: Any) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable
 
+from monitor import checks
 from monitor.connection import Connection
 from monitor.runlog import RunLog
 from monitor.windows import Windows
@@ -21,13 +22,15 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
     is called while reading (stage "read", in bytes) and sending (stage "send", in windows).
     Raises DashboardError when the server cannot take a window.
     """
+    if env is not None:
+        checks.name("env", env, path=True)
     sender = Connection(**connection)  # bad settings fail before a long read
     windows = Windows(points_per_trace)
     total = os.path.getsize(path)
     on_bytes = (lambda done: progress("read", done, total)) if progress else None
     for entry in RunLog.read(path, progress=on_bytes):
         if entry.get("k") == "run":
-            env = env or entry.get("env")
+            env = env if env is not None else entry.get("env")
         windows.apply([entry])
     if not env:
         raise ValueError(f"env must be given: the run log {path} names none")

@@ -82,7 +82,7 @@ class VisdomSink:
                  run_dir: str | os.PathLike | None = None, flush_every: float = 0.5,
                  points_per_trace: int = 1000, timeout: float = 5.0, rewind_to: int | None = None) -> None:
         if env is not None:
-            checks.text("env", env)
+            checks.name("env", env, path=True)
         self.flush_every = checks.seconds("flush_every", flush_every)
         self.env = env or time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         self.connection = Connection(server, port, base_url=base_url, username=username,

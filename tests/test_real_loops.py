@@ -1,7 +1,13 @@
 """Loops written the way users write them: re-runs, names from anywhere, text from a dataset."""
 from __future__ import annotations
 
-from monitor.log import Log
+import pytest
+import torch
+
+from monitor import Monitor
+from monitor.log import Log, NullSink
+from monitor.replay import replay
+from monitor.server import VisdomServer
 from monitor.sink import VisdomSink
 
 
@@ -28,3 +34,41 @@ def test_a_point_that_goes_back_in_x_is_reported_once_and_not_drawn(visdom_serve
     reports = [r.getMessage() for r in caplog.records if "not after" in r.getMessage()]
     assert reports == ["monitor: window 'loss', trace 'train': x=3 is not after the trace's last x=5; "
                        "the point is kept in the run log but not drawn (reported once)"]
+
+
+BAD_NAMES = ["../x", "/abs", "a/b", "a\\b", "..", "a\0b", "tab\tin", "x" * 300, "", " "]
+
+
+@pytest.mark.parametrize("bad", BAD_NAMES)
+def test_an_env_that_is_not_a_plain_name_is_refused_and_nothing_is_written(tmp_path, monkeypatch, bad):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    with pytest.raises(ValueError, match=r"^env must "):
+        Monitor([], env=bad, port=VisdomServer(0).port)
+    with pytest.raises(ValueError, match=r"^env must "):
+        replay_env(tmp_path, bad)
+    assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")] == ["work", "work/run.jsonl"]
+
+
+def replay_env(tmp_path, env):
+    """``replay`` of a small run log into ``env`` (refused before anything is sent)."""
+    path = tmp_path / "work" / "run.jsonl"
+    path.write_text('{"k": "run", "env": "fine"}\n')
+    return replay(path, env, port=VisdomServer(0).port)
+
+
+@pytest.mark.parametrize("bad", ["a\0b", "line\nbreak", "x" * 300, "", " "])
+def test_window_and_trace_names_are_checked_at_the_door(bad):
+    log = Log(NullSink())
+    with pytest.raises(ValueError, match=r"^window must "):
+        log.scalar(bad, "train", 1, 1.0)
+    with pytest.raises(ValueError, match=r"^trace must "):
+        log.scalars("loss", 1, {bad: 1.0})
+    with pytest.raises(ValueError, match=r"^trace must "):
+        log.vector("norms", 1, ["total", bad], torch.ones(2))
+
+
+def test_window_and_trace_names_may_hold_a_slash_they_name_no_file():
+    log = Log(NullSink())
+    log.scalar("loss/train", "D/total", 1, 1.0)
