@@ -163,10 +163,10 @@ class Monitor:
                 raise TypeError(f"env and sink options are the sink's: pass them to the sink, not with "
                                 f"sink=, got {sorted(options) + (['env'] if env is not None else [])}")
             if not isinstance(sink, Sink):
-                missing = [name for name in ("put", "flush", "sync", "close", "env", "position")
+                missing = [name for name in ("put", "flush", "sync", "close", "env", "run_id", "position")
                            if not hasattr(sink, name)]
-                raise TypeError(f"sink must provide monitor.log.Sink's put, flush, sync, close, env and "
-                                f"position, got a {type(sink).__name__} without {missing}")
+                raise TypeError(f"sink must provide monitor.log.Sink's put, flush, sync, close, env, run_id "
+                                f"and position, got a {type(sink).__name__} without {missing}")
         elif self.rank != 0:
             sink = NullSink()  # under torch.distributed only rank 0 talks to Visdom
         else:

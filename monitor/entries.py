@@ -1,6 +1,6 @@
 """The run log's entries: the schema, and the one place that makes entries from records.
 
-    {"k": "run", "env": "mnist", "time": 1764300000.0}                 (first line: header())
+    {"k": "run", "env": "mnist", "run_id": "5f2a...", "time": 1764300000.0, "pid": 4242, "host": "gpu1"}
     {"k": "layout", "win": "loss", "opts": {"xlabel": "step"}, "order": 10}
     {"k": "points", "win": "loss", "x": 12, "y": {"train": 0.53, "validation": NaN}}
     {"k": "image", "win": "inputs", "x": 50, "png": "<base64>"}
@@ -16,6 +16,8 @@ import base64
 import json
 import math
 import os
+import re
+import socket
 import time
 from numbers import Real
 from pathlib import Path
@@ -28,9 +30,10 @@ from monitor.imaging import encode_grid
 from monitor.records import ImageGrid, Layout, Points, Text
 
 
-def header(env: str) -> dict[str, Any]:
-    """The first entry of a run's log."""
-    return {"k": "run", "env": env, "time": time.time()}
+def header(env: str, run_id: str) -> dict[str, Any]:
+    """The first entry of a run's log: which run, where, since when."""
+    return {"k": "run", "env": env, "run_id": run_id, "time": time.time(), "pid": os.getpid(),
+            "host": socket.gethostname()}
 
 
 def encode(record: Points | ImageGrid | Text | Layout) -> dict[str, Any]:
@@ -78,20 +81,23 @@ def encode(record: Points | ImageGrid | Text | Layout) -> dict[str, Any]:
 
 
 def windows_after(path: str | os.PathLike, position: int) -> set[str]:
-    """The windows that entries after byte ``position`` of a run log write to."""
+    """The windows that entries after byte ``position`` of a run log write to (read line by line)."""
     path = Path(path)
     if not path.exists():
         return set()
+    names = set()
     with open(path, "rb") as file:
         file.seek(position)
-        tail = file.read()
-    names = set()
-    for line in tail.splitlines():
-        try:
-            names.add(json.loads(line)["win"])
-        except (ValueError, KeyError, TypeError):
-            pass  # the header, or a line torn by a crash
+        for line in file:
+            head = _WINDOW.match(line)  # entries start with their kind and window: no need to parse an image
+            try:
+                names.add(json.loads(head.group(1)) if head else json.loads(line)["win"])
+            except (ValueError, KeyError, TypeError):
+                pass  # the header, or a line torn by a crash
     return names
+
+
+_WINDOW = re.compile(rb'^\{"k":"[a-z]+","win":("(?:[^"\\]|\\.)*")')
 
 
 def _number(x: float) -> str:

@@ -22,11 +22,12 @@ class Sink(Protocol):
 
     ``put`` must never block on the network. A sink with a run log says where it ends:
     ``position`` now, and ``sync`` once it is durable (what a checkpoint records, to rewind the
-    log to on resume); ``env`` names the run's dashboard page. A sink without a run log
-    returns None for all three.
+    log to on resume); ``env`` names the run's dashboard page and ``run_id`` the run. A sink
+    without a run log returns None for all four.
     """
 
     env: str | None
+    run_id: str | None
 
     @property
     def position(self) -> int | None: ...
@@ -40,6 +41,7 @@ class NullSink:
     """Takes records and drops them: for processes that must not log (e.g. ranks other than 0)."""
 
     env = None
+    run_id = None
     position = None
 
     def put(self, record: Any) -> None:

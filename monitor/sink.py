@@ -18,8 +18,10 @@ import atexit
 import math
 import os
 import secrets
+import logging
 import threading
 import time
+import uuid
 import weakref
 from collections import deque
 from pathlib import Path
@@ -30,12 +32,14 @@ from monitor.connection import Connection
 from monitor.delivery import Delivery, FlushTiming
 from monitor.records import ImageGrid, Layout, Points, Text
 from monitor.reports import Reports
+from monitor.rundir import RunDir
 from monitor.entries import encode, header, windows_after
 from monitor.runlog import RunLog
 from monitor.windows import Windows
 
 __all__ = ["FlushTiming", "VisdomSink"]
 
+_log = logging.getLogger("monitor")
 _STOP = object()
 _RECORDS = (Points, ImageGrid, Text, Layout)
 # The worker works in short slices and pauses between them while a backlog remains: it shares
@@ -89,14 +93,30 @@ class VisdomSink:
                                      password=password, timeout=timeout)
         self.windows = Windows(points_per_trace)
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.env
-        path = self.run_dir / RunLog.FILENAME
-        # Windows that only the rewound part of the log wrote are closed on the server.
-        stale = windows_after(path, rewind_to) if rewind_to is not None else set()
-        self.runlog = RunLog(path, rewind_to=rewind_to)
-        if self.runlog.position:  # the windows continue from the log
-            self.windows.apply(RunLog.read(self.runlog.path, end=self.runlog.position))
-        else:
-            self.runlog.append([header(self.env)])
+        if rewind_to is not None:
+            checks.integer("rewind_to", rewind_to, minimum=0)
+        for other in list(_open_sinks):  # a notebook cell run again: the previous monitor of this run ends
+            if other.run_dir.resolve() == self.run_dir.resolve():
+                _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
+                other.close(timeout=2.0)
+        self.folder = RunDir(self.run_dir)
+        self.run_id = uuid.uuid4().hex
+        self.folder.lock(self.run_id, self.env)
+        path = self.folder.log_path
+        if rewind_to:  # a resume: the run goes on, from its checkpoint's position in the log
+            stale = windows_after(path, rewind_to)  # windows only the dropped part wrote are closed
+            self.runlog = RunLog(path, rewind_to=rewind_to)
+            entries = RunLog.read(path, end=self.runlog.position)
+            first = next(entries, {})
+            self.run_id = first.get("run_id") or self.run_id
+            self.windows.apply(entries)
+        else:  # a new run: the env's earlier one is set aside and its windows are closed
+            earlier = self.folder.set_aside()
+            stale = windows_after(earlier, 0) if earlier is not None else set()
+            if earlier is not None:
+                _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)
+            self.runlog = RunLog(path)
+            self.runlog.append([header(self.env, self.run_id)])
         self.reports = Reports()
         self.delivery = Delivery(self.connection, self.windows, self.env, interval=self.flush_every,
                                  stale=stale, reports=self.reports, kept_in=self.runlog.path)
@@ -202,7 +222,7 @@ class VisdomSink:
                                       f"the sink's worker hit {type(error).__name__}: {error}; it goes on")
                     time.sleep(min(self.flush_every, 0.5))
         finally:
-            for close in (self.runlog.close, self.connection.close):
+            for close in (self.runlog.close, self.connection.close, self.folder.unlock):
                 try:
                     close()
                 except Exception as error:

@@ -72,7 +72,7 @@ def test_a_sink_that_cannot_say_where_its_run_log_ends_is_refused():
         def close(self, timeout=None):
             return True
 
-    with pytest.raises(TypeError, match=r"sink must provide .* without \['sync', 'env', 'position'\]"):
+    with pytest.raises(TypeError, match=r"sink must provide .* without \['sync', 'env', 'run_id', 'position'\]"):
         Monitor([], sink=PrintingSink())
     Monitor([], sink=NullSink())  # what a sink without a run log says: None for all three
 

@@ -185,7 +185,7 @@ class Checkpoint(Callback):
 
     def _claim_directory(self) -> None:
         if not self._claimed:
-            self.run_id = self.run_id or uuid.uuid4().hex
+            self.run_id = self.run_id or self._monitor.sink.run_id or uuid.uuid4().hex
             self._records = claim(self.directory, self.run_id, self._records)
             self._claimed = True
 

@@ -1,0 +1,101 @@
+"""RunDir: a run's folder: the log of the run in progress, the earlier runs' logs kept aside, a lock.
+
+    runs/mnist/
+        runlog.jsonl            the run in progress (or the latest one)
+        earlier/<run id>.jsonl  earlier runs of this env, set aside when a new run started
+        .lock                   held by the live process writing runlog.jsonl
+
+One env is one run at a time: a new run in an env starts its windows afresh and sets the
+earlier run's log aside instead of appending to it (running a script twice with the same env
+would otherwise draw both runs into one zigzag), and a second live process is refused,
+naming the first. The lock is the operating system's (``flock``): it goes with the process
+that held it, even a SIGKILLed one, so a killed run never leaves its env locked.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+
+from monitor.runlog import RunLog
+
+
+class RunInUseError(RuntimeError):
+    """Another live process is writing this run folder (the same env, in the same place)."""
+
+
+class RunDir:
+    """The folder of one env's runs; the sink takes it with :meth:`lock` and lets go in :meth:`unlock`.
+
+        folder = RunDir("runs/mnist")
+        folder.lock(run_id, "mnist")        # RunInUseError if another live process holds it
+        kept = folder.set_aside()           # runs/mnist/earlier/<its run id>.jsonl, or None
+    """
+
+    EARLIER = "earlier"
+    LOCK = ".lock"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.log_path = self.path / RunLog.FILENAME
+        self._lock: int | None = None
+
+    def lock(self, run_id: str, env: str) -> None:
+        """Makes this process the folder's only writer; raises RunInUseError naming the one that is."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace")
+            os.close(fd)
+            raise RunInUseError(f"env {env!r} must have one live run at a time, got another one "
+                                f"writing to {self.path}: {_describe(holder)}; stop it, or use another env") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id,
+                                 "since": time.time()}).encode())
+        self._lock = fd
+
+    def unlock(self) -> None:
+        """Lets another process write here (closing the file releases the lock). Idempotent."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
+    def set_aside(self) -> Path | None:
+        """Moves the latest run's log to ``earlier/<its run id>.jsonl``; returns where, or None if
+        there was no run (no log, or only its first line)."""
+        try:
+            with open(self.log_path, "rb") as file:
+                first, second = file.readline(), file.readline()
+        except FileNotFoundError:
+            return None
+        if not second:
+            self.log_path.unlink()
+            return None
+        try:
+            header = json.loads(first)
+        except ValueError:
+            header = {}
+        run_id = header.get("run_id") if isinstance(header, dict) else None
+        name = run_id if isinstance(run_id, str) and run_id.isalnum() else f"before-{int(self.log_path.stat().st_mtime)}"
+        kept = self.path / self.EARLIER / f"{name}.jsonl"
+        kept.parent.mkdir(exist_ok=True)
+        os.replace(self.log_path, kept)
+        return kept
+
+    def earlier(self) -> list[Path]:
+        """The logs of the env's earlier runs, oldest first."""
+        folder = self.path / self.EARLIER
+        return sorted(folder.glob("*.jsonl"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+
+
+def _describe(holder: str) -> str:
+    try:
+        facts = json.loads(holder)
+        return f"pid {facts['pid']} on {facts['host']} (run {facts['run_id']})"
+    except (ValueError, KeyError, TypeError):
+        return "a process that did not say which"

@@ -1,0 +1,136 @@
+"""One env, one run at a time: a script run again starts afresh, the earlier run is kept aside."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from monitor import Checkpoint, Monitor, Scalars
+from monitor.checkpoint import load_checkpoint
+from monitor.log import Log
+from monitor.replay import replay
+from monitor.rundir import RunInUseError
+from monitor.runlog import RunLog
+from monitor.sink import VisdomSink
+
+HELPER = Path(__file__).parent / "helpers" / "quick_start.py"
+_spec = importlib.util.spec_from_file_location("quick_start", HELPER)
+quick_start = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(quick_start)
+
+
+def logged_points(path: Path) -> dict[tuple[str, str], tuple[list, list]]:
+    """``{(window, trace): (xs, ys)}`` of a run log, every point as logged."""
+    points: dict[tuple[str, str], tuple[list, list]] = {}
+    for entry in RunLog.read(path):
+        if entry.get("k") == "points":
+            for trace, y in entry["y"].items():
+                xs, ys = points.setdefault((entry["win"], trace), ([], []))
+                xs.append(entry["x"])
+                ys.append(y)
+    return points
+
+
+def assert_the_dashboard_shows_exactly(server, env, points, read_window) -> None:
+    for (window, trace), (xs, ys) in points.items():
+        shown_xs, shown_ys = read_window(server, env, window)[trace]
+        assert shown_xs == xs and shown_ys == pytest.approx(ys), (window, trace)
+        assert all(a < b for a, b in zip(shown_xs, shown_xs[1:])), (window, trace)  # no zigzag
+
+
+def check_two_runs(server, env, run_dir: Path, read_window) -> None:
+    """The dashboard shows the second run only; the first, replayed elsewhere, shows itself only."""
+    (earlier,) = (run_dir / "earlier").glob("*.jsonl")
+    first, second = logged_points(earlier), logged_points(run_dir / "runlog.jsonl")
+    assert first.keys() == second.keys() and first != second  # two seeds: two different runs
+    assert_the_dashboard_shows_exactly(server, env, second, read_window)
+    first_id = next(RunLog.read(earlier))["run_id"]
+    second_id = next(RunLog.read(run_dir / "runlog.jsonl"))["run_id"]
+    assert earlier.stem == first_id != second_id  # listed by its id
+    replay(earlier, f"{env}-first", port=server.port)
+    assert_the_dashboard_shows_exactly(server, f"{env}-first", first, read_window)
+
+
+def test_the_quick_start_run_twice_in_one_process_shows_only_the_second_run(visdom_server, read_window, tmp_path):
+    for seed in (1, 2):
+        quick_start.train("twice-in-process", visdom_server.port, str(tmp_path), seed)
+    check_two_runs(visdom_server, "twice-in-process", tmp_path, read_window)
+
+
+def test_the_quick_start_run_twice_as_two_processes_shows_only_the_second_run(visdom_server, read_window, tmp_path):
+    for seed in (1, 2):
+        subprocess.run([sys.executable, str(HELPER), "--env", "twice-as-processes", "--port", str(visdom_server.port),
+                        "--run-dir", str(tmp_path), "--seed", str(seed)], check=True, timeout=120)
+    check_two_runs(visdom_server, "twice-as-processes", tmp_path, read_window)
+
+
+def test_a_new_run_closes_the_windows_only_the_earlier_run_had(visdom_server, read_window, tmp_path):
+    earlier = VisdomSink("closes-earlier", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
+    Log(earlier).scalar("only earlier", "train", 1, 1.0)
+    Log(earlier).scalar("loss", "train", 1, 1.0)
+    assert earlier.close(timeout=10)
+    later = VisdomSink("closes-earlier", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
+    Log(later).scalar("loss", "train", 1, 0.5)
+    assert later.close(timeout=10)
+    assert read_window(visdom_server, "closes-earlier", "loss") == {"train": ([1], [0.5])}
+    with pytest.raises(LookupError):
+        read_window(visdom_server, "closes-earlier", "only earlier")
+
+
+def test_a_second_live_process_on_one_env_is_refused_naming_the_first(visdom_server, tmp_path):
+    first = subprocess.Popen([sys.executable, str(HELPER), "--env", "busy", "--port", str(visdom_server.port),
+                              "--run-dir", str(tmp_path), "--sleep", "5"])
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / ".lock").exists() or str(first.pid) not in (tmp_path / ".lock").read_text():
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.1)
+        with pytest.raises(RunInUseError, match=rf"env 'busy' must have one live run at a time, got another one "
+                                                rf"writing to .*: pid {first.pid} on {os.uname().nodename}"):
+            Monitor([Scalars()], env="busy", port=visdom_server.port, run_dir=tmp_path)
+        before = (tmp_path / "runlog.jsonl").read_bytes()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    assert (tmp_path / "runlog.jsonl").read_bytes().startswith(before)  # the refused run wrote nothing
+    with Monitor([Scalars()], env="busy", port=visdom_server.port, run_dir=tmp_path) as monitor:  # killed: free
+        monitor.step_end(loss=1.0)
+    assert len(list((tmp_path / "earlier").glob("*.jsonl"))) == 1
+
+
+def test_a_notebook_cell_run_again_closes_the_previous_monitor_and_starts_clean(visdom_server, read_window, tmp_path):
+    def cell() -> Monitor:  # a cell that builds a monitor and trains, never closing it
+        monitor = Monitor([Scalars()], env="notebook", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
+        for _ in range(3):
+            monitor.step_end(loss=torch.tensor(1.0))
+        return monitor
+
+    first = cell()
+    second = cell()
+    assert not first.sink._worker.is_alive()  # closed, its thread gone
+    assert [t.name for t in threading.enumerate()].count("monitor-sink-notebook") == 1
+    assert second.flush(timeout=10)
+    assert read_window(visdom_server, "notebook", "loss") == {"train": ([1, 2, 3], [1.0, 1.0, 1.0])}
+    assert first.sink.run_id != second.sink.run_id
+    second.close()
+
+
+def test_a_checkpoint_names_the_run_its_log_names(visdom_server, tmp_path):
+    model = torch.nn.Linear(2, 1)
+    checkpoint = Checkpoint(tmp_path / "checkpoints")
+    with Monitor([Scalars(), checkpoint], env="run-id", port=visdom_server.port, run_dir=tmp_path) as monitor:
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        monitor.step_end(loss=1.0)
+    header = next(RunLog.read(tmp_path / "runlog.jsonl"))
+    (saved,) = (tmp_path / "checkpoints").glob("step-*.pt")
+    assert load_checkpoint(saved)["run"]["run_id"] == header["run_id"] == monitor.sink.run_id
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["run_id"] == header["run_id"]
