@@ -18,7 +18,14 @@ from monitor import checks
 
 
 class DashboardError(Exception):
-    """The Visdom server could not be reached, refused a request or answered an error."""
+    """The Visdom server could not be reached, refused a request or answered an error.
+
+    ``status`` is the HTTP status of an answer, None when there was none.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Connection:
@@ -65,7 +72,8 @@ class Connection:
         if answer.status_code != 200:
             self._session = None
             hint = " (a server with login: check VISDOM_USERNAME/VISDOM_PASSWORD)" if answer.status_code == 400 else ""
-            raise DashboardError(f"{self.url}/{endpoint} answered HTTP {answer.status_code}{hint}")
+            raise DashboardError(f"{self.url}/{endpoint} answered HTTP {answer.status_code}{hint}",
+                                 answer.status_code)
         return answer.text
 
     def close(self) -> None:

@@ -70,7 +70,7 @@ class Delivery:
             if force or now - self._last_check >= self.heartbeat:
                 self._check_env(limit)
             for name in sorted(self._stale):
-                self.connection.post("close", {"win": name, "eid": self.env}, timeout=limit)
+                self._close(name, limit)
                 self._stale.discard(name)
             for window in self._placed_in_order(limit):
                 message = window.message(self.env)
@@ -108,11 +108,19 @@ class Delivery:
         if new:
             after = [w for w in self.windows.by_name.values() if w.sent and w.order > new[0].order]
             for window in after:
-                self.connection.post("close", {"win": window.name, "eid": self.env}, timeout=limit)
+                self._close(window.name, limit)
                 window.mark_closed()
             if after:
                 changed = self.windows.changed()
         return changed
+
+    def _close(self, window: str, limit: float | None) -> None:
+        """Closes a window on the server; one that is not there (a new env, a restart) is closed already."""
+        try:
+            self.connection.post("close", {"win": window, "eid": self.env}, timeout=limit)
+        except DashboardError as error:
+            if error.status != 500:  # Visdom answers 500 for a window or env it does not have
+                raise
 
     def _check_env(self, limit: float | None) -> None:
         """Notices a server that lost this env (restarted, env deleted) and resends every window.

@@ -99,6 +99,7 @@ class VisdomSink:
             if other.run_dir.resolve() == self.run_dir.resolve():
                 _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
                 other.close(timeout=2.0)
+                other._worker.join(5.0)  # its last request (at most the close's 2 s) and the folder's lock
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
         self.folder.lock(self.run_id, self.env)
@@ -204,7 +205,6 @@ class VisdomSink:
                 self._queue.append(_STOP)
                 self._wake.set()
         self._worker.join(timeout)
-        _open_sinks.discard(self)
         if not self.delivered:
             self.reports.once("close", f"some windows of env {self.env!r} did not reach {self.connection.url}; "
                                        f"everything is in {self.runlog.path} - send it later with "
@@ -229,6 +229,7 @@ class VisdomSink:
                     self.reports.once("closing", f"closing the sink failed: {error}")
             for waiter in self._waiting:
                 waiter.event.set()
+            _open_sinks.discard(self)  # only now: its run folder is free once this thread ends
 
     def _cycle(self) -> None:
         """Takes what is queued into the run log and the windows; sends when it is time."""

@@ -20,6 +20,7 @@ from monitor.log import Log
 from monitor.replay import replay
 from monitor.rundir import RunInUseError
 from monitor.runlog import RunLog
+from monitor.server import VisdomServer
 from monitor.sink import VisdomSink
 
 HELPER = Path(__file__).parent / "helpers" / "quick_start.py"
@@ -91,7 +92,8 @@ def test_a_second_live_process_on_one_env_is_refused_naming_the_first(visdom_ser
                               "--run-dir", str(tmp_path), "--sleep", "5"])
     try:
         deadline = time.monotonic() + 60
-        while not (tmp_path / ".lock").exists() or str(first.pid) not in (tmp_path / ".lock").read_text():
+        log = tmp_path / "runlog.jsonl"
+        while not (log.exists() and log.read_bytes().count(b"\n") > 1):  # it took the env and logged a step
             assert time.monotonic() < deadline and first.poll() is None
             time.sleep(0.1)
         with pytest.raises(RunInUseError, match=rf"env 'busy' must have one live run at a time, got another one "
@@ -134,3 +136,16 @@ def test_a_checkpoint_names_the_run_its_log_names(visdom_server, tmp_path):
     (saved,) = (tmp_path / "checkpoints").glob("step-*.pt")
     assert load_checkpoint(saved)["run"]["run_id"] == header["run_id"] == monitor.sink.run_id
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["run_id"] == header["run_id"]
+
+
+def test_a_new_run_whose_env_the_server_never_had_is_delivered_without_trouble(visdom_server, read_window, tmp_path,
+                                                                                caplog):
+    offline = VisdomSink("never-there", port=VisdomServer(0).port, run_dir=tmp_path, flush_every=0.05)
+    Log(offline).scalar("loss", "train", 1, 1.0)  # an earlier run trained without a dashboard
+    assert offline.close(timeout=0.2) is False
+    caplog.clear()
+    later = VisdomSink("never-there", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
+    Log(later).scalar("loss", "train", 1, 0.5)
+    assert later.close(timeout=10)  # closing the earlier run's windows, which the server never had, is no trouble
+    assert read_window(visdom_server, "never-there", "loss") == {"train": ([1], [0.5])}
+    assert not [r for r in caplog.records if "trouble" in r.getMessage()]
