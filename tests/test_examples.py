@@ -182,7 +182,7 @@ def test_the_readme_quick_start_and_custom_callback_run_as_written(visdom_server
                                                                     tmp_path, monkeypatch) -> None:
     from torch import nn
 
-    quick_start, custom = (b for b in readme_python_blocks() if "env=\"my-run\"" in b)
+    quick_start, custom = (b for b in readme_python_blocks() if "env=\"my-run\"" in b or "env=\"my-timed-run\"" in b)
     monkeypatch.chdir(tmp_path)  # the run log goes to runs/my-run here
     monkeypatch.setenv("VISDOM_SERVER_URL", "http://127.0.0.1")
     monkeypatch.setenv("VISDOM_PORT", str(visdom_server.port))
@@ -200,7 +200,7 @@ def test_the_readme_quick_start_and_custom_callback_run_as_written(visdom_server
              "loader": loader, "val_loader": loader, "evaluate": evaluate, "epochs": 2}
     exec(quick_start, names)
     exec(custom, names)
-    second = names["monitor"]  # the custom callback's monitor, in the same env
+    second = names["monitor"]  # the custom callback's monitor, in an env of its own
     second.epoch_start(0)
     second.epoch_end()
     second.close()
@@ -210,6 +210,6 @@ def test_the_readme_quick_start_and_custom_callback_run_as_written(visdom_server
     assert set(read_window(visdom_server, "my-run", "grad norm")) == {"1.Linear", "total"}
     assert read_window(visdom_server, "my-run", "learning rate")["lr"][0] == [1, 2, 3, 4]
     assert read_window_raw(visdom_server, "my-run", "inputs")["type"] == "image"
-    assert read_window_raw(visdom_server, "my-run", "notes")["content"] == "<b>baseline</b>, lr 0.1"
-    xs, ys = read_window(visdom_server, "my-run", "epoch time")["seconds"]
+    assert read_window_raw(visdom_server, "my-timed-run", "notes")["content"] == "baseline, lr 0.1"
+    xs, ys = read_window(visdom_server, "my-timed-run", "epoch time")["seconds"]
     assert xs == [1] and ys[0] >= 0
