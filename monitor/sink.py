@@ -74,8 +74,9 @@ class VisdomSink:
         sink.close()                                    # delivers what is pending; windows stay
 
     ``env`` names the run's one env (default: ``run-<date>-<time>-<random>``). ``run_dir``
-    (default ``runs/<env>``) keeps the run log; if it already holds one, the windows continue
-    from it (``rewind_to`` first cuts it back to a checkpoint's position). Each window keeps at
+    (default ``runs/<env>``) keeps the run log (:class:`monitor.rundir.RunDir`): a new run sets
+    the log of the env's earlier run aside and closes its windows; ``rewind_to`` (a checkpoint's
+    position in the log) continues the run instead, cut back to that point. Each window keeps at
     most ``points_per_trace`` points per trace on the server. ``server``, ``port``,
     ``base_url``, ``username``, ``password`` and ``timeout`` (per request) are
     :class:`Connection`'s. ``timings`` keeps the request time of the latest 1000 sends.
@@ -103,21 +104,11 @@ class VisdomSink:
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
         self.folder.lock(self.run_id, self.env)
-        path = self.folder.log_path
-        if rewind_to:  # a resume: the run goes on, from its checkpoint's position in the log
-            stale = windows_after(path, rewind_to)  # windows only the dropped part wrote are closed
-            self.runlog = RunLog(path, rewind_to=rewind_to)
-            entries = RunLog.read(path, end=self.runlog.position)
-            first = next(entries, {})
-            self.run_id = first.get("run_id") or self.run_id
-            self.windows.apply(entries)
-        else:  # a new run: the env's earlier one is set aside and its windows are closed
-            earlier = self.folder.set_aside()
-            stale = windows_after(earlier, 0) if earlier is not None else set()
-            if earlier is not None:
-                _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)
-            self.runlog = RunLog(path)
-            self.runlog.append([header(self.env, self.run_id)])
+        try:
+            stale = self._open_runlog(rewind_to)
+        except BaseException:
+            self.folder.unlock()
+            raise
         self.reports = Reports()
         self.delivery = Delivery(self.connection, self.windows, self.env, interval=self.flush_every,
                                  stale=stale, reports=self.reports, kept_in=self.runlog.path)
@@ -133,6 +124,23 @@ class VisdomSink:
         self._worker = threading.Thread(target=self._run, name=f"monitor-sink-{self.env}", daemon=True)
         self._worker.start()
         _open_sinks.add(self)
+
+    def _open_runlog(self, rewind_to: int | None) -> set[str]:
+        """Continues the run (``rewind_to`` > 0) or starts a new one; returns the windows to close."""
+        path = self.folder.log_path
+        if rewind_to:  # a resume: the run goes on, from its checkpoint's position in the log
+            dropped = windows_after(path, rewind_to)  # before the log is cut there
+            self.runlog = RunLog(path, rewind_to=rewind_to)
+            entries = RunLog.read(path, end=self.runlog.position)
+            self.run_id = next(entries, {}).get("run_id") or self.run_id
+            self.windows.apply(entries)
+            return dropped
+        earlier = self.folder.set_aside()  # a new run: the env's earlier one is kept aside, its windows closed
+        if earlier is not None:
+            _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)
+        self.runlog = RunLog(path)
+        self.runlog.append([header(self.env, self.run_id)])
+        return windows_after(earlier, 0) if earlier is not None else set()
 
     @property
     def url(self) -> str:
