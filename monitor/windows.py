@@ -237,7 +237,8 @@ class Window:
             width, height = _png_size(png)
             # The step is drawn in the grid: Visdom would show a caption twice, above and below it.
             content = {"src": "data:image/png;base64," + png}
-            opts = {**self.opts, "title": title, "width": width, "height": height}
+            # Room for the pane's own margins: sized to the PNG alone, Visdom cuts off its last rows.
+            opts = {**self.opts, "title": title, "width": width + _IMAGE_MARGIN, "height": height + _IMAGE_MARGIN}
             return "events", {"data": [{"content": content, "type": "image"}], "win": self.name,
                               "eid": env, "opts": opts}
         if self.kind == "text":
@@ -273,6 +274,9 @@ class Windows:
     def mark_all_changed(self) -> None:
         for window in self.by_name.values():
             window.mark_changed()
+
+
+_IMAGE_MARGIN = 32  # pixels
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:
