@@ -7,6 +7,8 @@ from typing import Callable
 
 import click
 
+from monitor.cli import server_options
+
 
 def example_options(env: str, epochs: int, samples: int) -> Callable:
     """Adds the common options, with this example's defaults, to a click command."""
@@ -15,10 +17,7 @@ def example_options(env: str, epochs: int, samples: int) -> Callable:
                      help="Passes over the training set."),
         click.option("--samples", type=click.IntRange(min=2), default=samples, show_default=True,
                      help="Training images (a fifth as many for validation); small for a quick run."),
-        click.option("--server", default=None, metavar="URL",
-                     help="Visdom server.  [default: $VISDOM_SERVER_URL or http://127.0.0.1]"),
-        click.option("--port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
-                     help="Visdom port.  [default: $VISDOM_PORT or 8097]"),
+        server_options(),
         click.option("--env", default=env, show_default=True, help="Visdom env (dashboard page) of the run."),
         click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      metavar="DIR", help="Save checkpoints here (none without it)."),

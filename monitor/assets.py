@@ -28,6 +28,8 @@ import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
+from monitor.atomic import write_atomic
+
 __all__ = ["ASSETS", "AssetsError", "Asset", "ensure_assets", "missing_assets", "visdom_static_dir"]
 
 _log = logging.getLogger(__name__)
@@ -85,12 +87,7 @@ ASSETS: tuple[Asset, ...] = (
 
 VERSION_MARKER = "version.built"
 
-# Runs visdom's own download in a child process: it imports visdom (torch blocked: not needed here,
-# ~3 s saved) and bounds every request, since offline it may hang or raise half-way.
-_VISDOM_DOWNLOAD = (
-    "import socket, sys; socket.setdefaulttimeout(10); sys.modules['torch'] = None; "
-    "from visdom.server.build import download_scripts; download_scripts(install_dir=sys.argv[1])"
-)
+_CHILD = Path(__file__).with_name("visdom_child.py")  # runs visdom's own download, by path
 
 
 class AssetsError(RuntimeError):
@@ -155,7 +152,7 @@ def ensure_assets(
         files = [p for p in missing_assets(static) if p != VERSION_MARKER]
     if files:
         _install_from_npm(static, files, npm=npm, timeout=timeout, tried_visdom=tried_visdom)
-    _write_atomic(static / VERSION_MARKER, visdom_version().encode())
+    _write(static / VERSION_MARKER, visdom_version().encode())
     still = missing_assets(static)
     if still:
         raise AssetsError(f"dashboard assets still missing in {static} after installing: {', '.join(still)}")
@@ -178,7 +175,7 @@ def _run_visdom_download(static: Path, *, timeout: float) -> None:
     _log.info("Trying visdom's own download (needs internet access to its CDNs)...")
     try:
         subprocess.run(
-            [sys.executable, "-c", _VISDOM_DOWNLOAD, str(static.parent)],
+            [sys.executable, str(_CHILD), "download", str(static.parent)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -229,17 +226,9 @@ def _install_from_npm(static: Path, files: list[str], *, npm: str, timeout: floa
                 member = archive.extractfile(f"package/{asset.member}")
                 if member is None:
                     raise AssetsError(f"{asset.package} has no file {asset.member}")
-                _write_atomic(static / asset.path, member.read())
+                _write(static / asset.path, member.read())
 
 
-def _write_atomic(target: Path, data: bytes) -> None:
+def _write(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(target, lambda file: file.write(data))

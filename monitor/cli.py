@@ -12,10 +12,26 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import click
 
-DEFAULT_PORT = 8097  # the same as monitor.server.DEFAULT_PORT, kept here so --help imports nothing
+from monitor.address import DEFAULT_PORT, DEFAULT_SERVER, resolve_address
+
+
+def server_options(*, port_zero: str | None = None) -> Callable[[Callable], Callable]:
+    """``--server URL`` and ``--port PORT``, as every command that talks to a Visdom server takes them.
+
+    ``port_zero`` says what ``--port 0`` does where it is allowed (e.g. "starts a local server on a
+    free port"). Both default to None: :func:`monitor.address.resolve_address` reads the environment.
+    """
+    zero = f"; 0 {port_zero}" if port_zero else ""
+    server = click.option("--server", default=None, metavar="URL",
+                          help=f"Visdom server.  [default: $VISDOM_SERVER_URL or {DEFAULT_SERVER}]")
+    port = click.option("--port", type=click.IntRange(0 if port_zero else 1, 65535), default=None, metavar="PORT",
+                        help=f"Its port{zero}.  [default: $VISDOM_PORT, or the one in $VISDOM_SERVER_URL, "
+                             f"or {DEFAULT_PORT}]")
+    return lambda command: server(port(command))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -24,8 +40,9 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--port", type=int, default=DEFAULT_PORT, show_default=True, envvar="VISDOM_PORT",
-              show_envvar=True, metavar="PORT", help="Port to serve on; 0 picks a free one.")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
+              help="Port to serve on; 0 picks a free one.  [default: $VISDOM_PORT, or the one in "
+                   f"$VISDOM_SERVER_URL, or {DEFAULT_PORT}]")
 @click.option("--host", default="127.0.0.1", show_default=True, metavar="HOST",
               help="Interface to bind: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface, "
                    "reachable from other machines; prints a warning).")
@@ -33,14 +50,21 @@ def main() -> None:
               help="Folder where the server keeps its envs.  [default: ~/.monitor/visdom]")
 @click.option("--login", is_flag=True,
               help="Require a login; the credentials come from $VISDOM_USERNAME and $VISDOM_PASSWORD.")
-def serve(port: int, host: str, env_path: Path | None, login: bool) -> None:
+def serve(port: int | None, host: str, env_path: Path | None, login: bool) -> None:
     """Start a Visdom server and keep it running until Ctrl-C.
 
+    Serves where clients look by default: the port in $VISDOM_PORT or $VISDOM_SERVER_URL.
     Installs the dashboard assets first if they are missing (see `monitor assets`).
     """
     from monitor.assets import AssetsError
     from monitor.server import ServerError, start
 
+    try:
+        _, port = resolve_address(port=port)
+    except ValueError as exc:
+        raise click.UsageError(f"{exc} (from $VISDOM_PORT / $VISDOM_SERVER_URL)") from None
+    if not 0 <= port <= 65535:
+        raise click.UsageError(f"port must be in 0..65535, got {port} (from $VISDOM_PORT / $VISDOM_SERVER_URL)")
     _log_progress()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -65,10 +89,7 @@ def serve(port: int, host: str, env_path: Path | None, login: bool) -> None:
 
 
 @main.command()
-@click.option("--server", default=None, metavar="URL",
-              help="Visdom server to use.  [default: $VISDOM_SERVER_URL or http://127.0.0.1]")
-@click.option("--port", type=click.IntRange(0, 65535), default=None, metavar="PORT",
-              help="Its port; 0 starts a local server on a free port.  [default: $VISDOM_PORT or 8097]")
+@server_options(port_zero="starts a local server on a free port")
 @click.option("--env", default="demo", show_default=True, metavar="ENV", help="Env (dashboard page) of the run.")
 @click.option("--env-path", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Where a server started by the demo keeps its envs.  [default: ~/.monitor/visdom]")
@@ -183,10 +204,7 @@ def checkpoints_inspect(file: Path, trust: bool) -> None:
 @main.command("replay")
 @click.argument("run_log", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="RUN_LOG")
 @click.option("--env", default=None, metavar="ENV", help="Env to fill.  [default: the env named in the run log]")
-@click.option("--server", default=None, metavar="URL",
-              help="Visdom server.  [default: $VISDOM_SERVER_URL or http://127.0.0.1]")
-@click.option("--port", type=click.IntRange(1, 65535), default=None, metavar="PORT",
-              help="Visdom port.  [default: $VISDOM_PORT or 8097]")
+@server_options()
 def replay_command(run_log: Path, env: str | None, server: str | None, port: int | None) -> None:
     """Send a run log (runs/ENV/runlog.jsonl) to a Visdom server.
 

@@ -10,11 +10,11 @@ import json
 import os
 import time
 from typing import Any
-from urllib.parse import urlparse
 
 import requests
 
 from monitor import checks
+from monitor.address import resolve_address
 
 
 class DashboardError(Exception):
@@ -35,7 +35,8 @@ class Connection:
         connection.post("win_exists", {"win": "loss", "eid": "mnist"})
 
     Arguments beat environment variables: the port is ``port``, else the port in ``server``,
-    else ``VISDOM_PORT``, else the port in ``VISDOM_SERVER_URL``, else 8097; the server is
+    else ``VISDOM_PORT``, else the port in ``VISDOM_SERVER_URL``, else 8097
+    (:mod:`monitor.address`); the server is
     ``server``, else ``VISDOM_SERVER_URL``, else http://127.0.0.1. ``username``/``password``
     default to ``VISDOM_USERNAME``/``VISDOM_PASSWORD``.
     """
@@ -98,30 +99,15 @@ class Connection:
         return self._session
 
 
-def resolve_address(server: str | None = None, port: int | str | None = None,
-                    default_port: int = 8097) -> tuple[str, int]:
-    """``("http://host", port)`` from the arguments, else the environment, else the defaults.
+def answers(url: str, timeout: float = 1.0) -> bool:
+    """Whether an HTTP server answers at ``url`` with any status (a login page, an error).
 
-    The port is ``port``, else the one in ``server``, else ``$VISDOM_PORT``, else the one in
-    ``$VISDOM_SERVER_URL``, else ``default_port``. Raises ValueError for a server that is not
-    an http(s) URL or a port that is not an int (its range is the caller's to check).
+    Never through an HTTP proxy: the dashboard is usually on this machine.
     """
-    given = server
-    server = server or os.environ.get("VISDOM_SERVER_URL") or "http://127.0.0.1"
-    parsed = urlparse(server if "://" in server else f"http://{server}")
-    try:
-        url_port = parsed.port
-    except ValueError:
-        url_port = -1
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1:
-        raise ValueError(f"server must be a URL like http://127.0.0.1, got {server!r}")
-    if port is None:
-        port = (url_port if given else None) or os.environ.get("VISDOM_PORT") or url_port or default_port
-    if isinstance(port, bool):
-        raise ValueError(f"port must be an int, got {port!r}")
-    try:
-        port = int(port)
-    except (TypeError, ValueError):
-        raise ValueError(f"port must be an int, got {port!r}") from None
-    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
-    return f"{parsed.scheme}://{host}", port
+    with requests.Session() as session:
+        session.trust_env = False
+        try:
+            session.get(url, timeout=timeout, allow_redirects=False, stream=True).close()
+        except requests.RequestException:
+            return False
+    return True

@@ -13,14 +13,13 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
 from urllib.parse import urlparse
 
-from monitor.connection import resolve_address
+from monitor.address import resolve_address
+from monitor.connection import answers
 
 __all__ = ["DEMO_ENV", "DemoError", "EXAMPLES", "run_demo"]
 
@@ -47,13 +46,13 @@ def run_demo(server: str | None = None, port: int | None = None, *, env: str = D
     already running stays up anyway). ``epochs`` and ``samples`` shorten the run (the
     example's defaults otherwise). Raises :class:`DemoError` or :class:`monitor.server.ServerError`.
     """
-    from monitor.server import DEFAULT_PORT, VisdomServer
+    from monitor.server import VisdomServer
 
-    base, port = _address(server, port, DEFAULT_PORT)
+    base, port = _address(server, port)
     host = urlparse(base).hostname
     example = _load_example("train_sequential")
     local = None
-    if port == 0 or not _answers(f"{base}:{port}"):
+    if port == 0 or not answers(f"{base}:{port}", timeout=2.0):
         if host not in _THIS_MACHINE:
             raise DemoError(f"server must answer or be this machine (127.0.0.1 or localhost) for the demo "
                             f"to start one, got nothing answering at {base}:{port}")
@@ -81,28 +80,15 @@ def run_demo(server: str | None = None, port: int | None = None, *, env: str = D
     return url
 
 
-def _address(server: str | None, port: int | None, default_port: int) -> tuple[str, int]:
+def _address(server: str | None, port: int | None) -> tuple[str, int]:
     """The server and port as the sink's connection reads them; port 0 starts one on a free port."""
     try:
-        base, port = resolve_address(server, port, default_port)
+        base, port = resolve_address(server, port)
     except ValueError as error:
         raise DemoError(str(error)) from None
     if not 0 <= port <= 65535:
         raise DemoError(f"port must be an int in 0..65535 (0: start a server on a free port), got {port}")
     return base, port
-
-
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
-
-
-def _answers(url: str) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=2.0):
-            return True
-    except urllib.error.HTTPError:
-        return True  # any HTTP status (a login page, an error) means a server is there
-    except (OSError, ValueError):
-        return False
 
 
 def _load_example(name: str) -> ModuleType:

@@ -1,10 +1,11 @@
 """A local Visdom server in a child process: loopback by default, assets installed, optional login.
 
 Visdom 0.2.4's own entry point downloads its page assets from CDNs on every start (and crashes
-offline), listens on every interface unless told otherwise and keeps its login cookie secret in
-``~/.visdom`` whatever ``-env_path`` says. :func:`start` installs the assets once
-(:mod:`monitor.assets`), runs visdom's server without that download step, binds 127.0.0.1 unless
-asked otherwise, keeps login state inside the env folder, and returns once the server answers HTTP.
+offline), listens on every interface unless told otherwise and keeps state in ``~/.visdom``
+(its login cookie secret; the envs its compare view lists) whatever ``-env_path`` says.
+:func:`start` installs the assets once (:mod:`monitor.assets`), runs visdom's server without that
+download step (:mod:`monitor.visdom_child`), binds 127.0.0.1 unless asked otherwise, gives it a
+private home inside the env folder, and returns once the server answers HTTP.
 
 Example::
 
@@ -25,37 +26,22 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import warnings
 import weakref
 from pathlib import Path
 
+from monitor.address import DEFAULT_PORT
 from monitor.assets import ensure_assets
+from monitor.connection import answers
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "ServerError", "VisdomServer", "default_env_path", "start"]
 
-DEFAULT_PORT = 8097
 DEFAULT_HOST = "127.0.0.1"
 _LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
 _ALL_INTERFACES = "0.0.0.0"
-_STATE_DIR = ".monitor-server"  # inside env_path: the server's log and its private HOME (login)
+_STATE_DIR = ".monitor-server"  # inside env_path: the server's log and its private HOME
 
-# The child process: visdom's argument parser and server, without its CDN download step. torch is
-# blocked because the server never uses it and importing it costs ~1-3 s per start. visdom runs
-# tornado in debug mode, whose autoreload re-executes the process (losing every unsaved env, and
-# failing under -c) whenever an imported module's file changes, e.g. during a pip install.
-# The child runs in its own session, so Ctrl-C reaches only the parent; a thread ends it once
-# the parent is gone, even a parent SIGKILLed before it could stop it (the port would stay taken).
-_CHILD = (
-    "import os, signal, sys, threading, time; sys.modules['torch'] = None\n"
-    "def _watch(parent=int(os.environ.pop('MONITOR_SERVER_PARENT'))):\n"
-    "    while os.getppid() == parent: time.sleep(0.5)\n"
-    "    os.kill(os.getpid(), signal.SIGTERM)\n"
-    "threading.Thread(target=_watch, daemon=True).start()\n"
-    "from visdom.server import app; app.tornado_settings['autoreload'] = False\n"
-    "from visdom.server.run_server import main; main()"
-)
+_CHILD = Path(__file__).with_name("visdom_child.py")  # run by path: see that module
 
 _running: weakref.WeakSet[VisdomServer] = weakref.WeakSet()
 
@@ -140,11 +126,11 @@ class VisdomServer:
                 "reach this machine can read and change its envs" + ("" if self.login else " (no --login)"),
                 stacklevel=3,
             )
-        args = [sys.executable, "-c", _CHILD, "-port", str(self.port), "-env_path", str(self.env_path),
+        args = [sys.executable, str(_CHILD), "serve", "-port", str(self.port), "-env_path", str(self.env_path),
                 "-logging_level", self.log_level]
         if self.host != _ALL_INTERFACES:
             args.append("-bind_local")
-        env = dict(os.environ, MONITOR_SERVER_PARENT=str(os.getpid()))
+        env = dict(os.environ, MONITOR_SERVER_PARENT=str(os.getpid()), **self._home(state))
         if self._credentials:
             args.append("-enable_login")
             env.update(self._login_env(state))
@@ -212,20 +198,23 @@ class VisdomServer:
             ) from None
         return state
 
-    def _login_env(self, state: Path) -> dict[str, str]:
-        # visdom reads the cookie secret from ~/.visdom/COOKIE_SECRET (and crashes if ~/.visdom is
-        # missing): give the child a private HOME under env_path, with a secret that survives restarts
-        # so a browser stays logged in. The user's config dir is kept for their style.css.
+    def _home(self, state: Path) -> dict[str, str]:
+        # visdom keeps state in ~/.visdom whatever -env_path says: its login cookie secret (it crashes
+        # if ~/.visdom is missing) and the env folder its compare view lists. A private HOME under
+        # env_path keeps both beside the envs; the user's config dir is kept for their style.css.
         home = state / "home"
-        secret = home / ".visdom" / "COOKIE_SECRET"
+        (home / ".visdom").mkdir(parents=True, exist_ok=True, mode=0o700)
+        return {"HOME": str(home),
+                "XDG_CONFIG_HOME": os.environ.get("XDG_CONFIG_HOME", str(Path.home() / ".config"))}
+
+    def _login_env(self, state: Path) -> dict[str, str]:
+        # A cookie secret that survives restarts, so a browser stays logged in.
+        secret = state / "home" / ".visdom" / "COOKIE_SECRET"
         if not secret.is_file():
-            secret.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             secret.write_text(secrets.token_urlsafe(32))
             secret.chmod(0o600)
         username, password = self._credentials
         return {
-            "HOME": str(home),
-            "XDG_CONFIG_HOME": os.environ.get("XDG_CONFIG_HOME", str(Path.home() / ".config")),
             "VISDOM_USE_ENV_CREDENTIALS": "1",
             "VISDOM_USERNAME": username,
             "VISDOM_PASSWORD": password,
@@ -239,7 +228,7 @@ class VisdomServer:
                     f"the Visdom server exited on start (code {self.process.returncode}); "
                     f"last lines of {self.log_path}:\n{self._log_tail(log_offset)}"
                 )
-            if _answers_http(self.url):
+            if answers(self.url):
                 return
             time.sleep(0.05)
         self.kill()
@@ -312,19 +301,6 @@ def _check_port_free(host: str, port: int) -> None:
                     "port (--port / VISDOM_PORT)"
                 ) from None
             raise ServerError(f"cannot bind port {port} on {address}: {exc.strerror}") from None
-
-
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via an HTTP proxy
-
-
-def _answers_http(url: str) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=1.0):
-            return True
-    except urllib.error.HTTPError:
-        return True  # any HTTP status means the server is up
-    except (OSError, ValueError):
-        return False
 
 
 @atexit.register

@@ -69,6 +69,23 @@ def test_serve_takes_the_port_from_visdom_port_and_stops_on_sigterm(monitor_serv
     assert not _answers(url)
 
 
+def test_serve_takes_the_port_from_visdom_server_url_where_clients_look(monitor_serve, tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url_env = {"VISDOM_SERVER_URL": f"http://127.0.0.1:{port}", "VISDOM_PORT": ""}
+    running = monitor_serve("--env-path", str(tmp_path), env=url_env)
+    assert running.url() == f"http://127.0.0.1:{port}"
+    code, _ = running.finish(signal.SIGTERM)
+    assert code == 0
+
+
+def test_serve_names_a_bad_port_in_the_environment(tmp_path: Path) -> None:
+    result = _run("serve", "--env-path", str(tmp_path), env={"VISDOM_PORT": "eighty"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "port must be an int, got 'eighty'" in result.stderr and "$VISDOM_PORT" in result.stderr
+
+
 def test_serve_on_all_interfaces_prints_a_warning(monitor_serve, tmp_path: Path) -> None:
     running = monitor_serve("--port", "0", "--host", "0.0.0.0", "--env-path", str(tmp_path))
     running.url()

@@ -32,7 +32,7 @@ from typing import Any, Mapping
 
 import torch
 
-from monitor.checkpoint.atomic import write_atomic
+from monitor.atomic import write_atomic
 from monitor.models import unwrap_model
 from monitor.checkpoint.pickle_scan import describe_unsafe
 

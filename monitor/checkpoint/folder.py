@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-from monitor.checkpoint.atomic import write_atomic
+from monitor.atomic import write_atomic
 from monitor.checkpoint.file import CheckpointError, CheckpointWriteError, DamagedCheckpointError, load_checkpoint
 
 _log = logging.getLogger("monitor")

@@ -1,0 +1,46 @@
+"""Where the Visdom server is: arguments first, then the environment, then the defaults.
+
+Every part of monitor that talks to a server (the sink, replay, the demo, ``monitor serve``)
+reads its address here, the way Visdom's own client does: ``$VISDOM_SERVER_URL`` and
+``$VISDOM_PORT``. This module imports nothing heavy, so the CLI can show the defaults in
+``--help`` at once.
+
+    resolve_address("http://10.0.0.2:9000")   # ("http://10.0.0.2", 9000)
+    resolve_address(port=8098)                 # ("http://127.0.0.1", 8098) unless $VISDOM_SERVER_URL says otherwise
+"""
+from __future__ import annotations
+
+import os
+from urllib.parse import urlparse
+
+DEFAULT_SERVER = "http://127.0.0.1"
+DEFAULT_PORT = 8097
+
+
+def resolve_address(server: str | None = None, port: int | str | None = None,
+                    default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``("http://host", port)`` from the arguments, else the environment, else the defaults.
+
+    The port is ``port``, else the one in ``server``, else ``$VISDOM_PORT``, else the one in
+    ``$VISDOM_SERVER_URL``, else ``default_port``. Raises ValueError for a server that is not
+    an http(s) URL or a port that is not an int (its range is the caller's to check).
+    """
+    given = server
+    server = server or os.environ.get("VISDOM_SERVER_URL") or DEFAULT_SERVER
+    parsed = urlparse(server if "://" in server else f"http://{server}")
+    try:
+        url_port = parsed.port
+    except ValueError:
+        url_port = -1
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1:
+        raise ValueError(f"server must be a URL like http://127.0.0.1, got {server!r}")
+    if port is None:
+        port = (url_port if given else None) or os.environ.get("VISDOM_PORT") or url_port or default_port
+    if isinstance(port, bool):
+        raise ValueError(f"port must be an int, got {port!r}")
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"port must be an int, got {port!r}") from None
+    host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    return f"{parsed.scheme}://{host}", port
