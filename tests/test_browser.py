@@ -114,3 +114,27 @@ def test_the_demo_dashboard_shows_its_line_plots_and_the_image_grid(tmp_path: Pa
     finally:
         demo.kill()
     assert code == 0, stderr
+
+
+def test_the_compare_view_overlays_two_runs_in_one_loss_window_even_with_a_nan(visdom_server, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor.log import Log
+    from monitor.sink import VisdomSink
+
+    for env, nan_at in (("compare_a", None), ("compare_b", 3)):
+        sink = VisdomSink(env, port=visdom_server.port, run_dir=tmp_path / env, flush_every=0.05)
+        log = Log(sink)
+        for step in range(1, 11):
+            log.scalar("loss", "train", step, float("nan") if step == nan_at else 1.0 / step)
+        assert sink.close(timeout=10)
+
+    browser.get(f"{visdom_server.url}/compare/compare_a+compare_b")
+    legend = "svg.main-svg g.legend text.legendtext"
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, legend)) >= 2)
+    titles = [e.text for e in browser.find_elements(By.CSS_SELECTOR, ".window .bar div.pull-right")]
+    names = sorted(e.text for e in browser.find_elements(By.CSS_SELECTOR, legend))
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "compare.png"))
+    assert "loss" in titles and names == ["0_train", "1_train"]  # both runs' traces, one window
