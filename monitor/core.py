@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 
 import torch
 
@@ -17,6 +17,7 @@ from monitor import checks
 from monitor.distributed import rank_and_world_size
 from monitor.log import Log, NullSink, Sink
 from monitor.reports import Reports
+from monitor.resumable import Resumable
 
 HOOKS = ("on_train_start", "on_epoch_start", "on_after_backward", "on_step_end",
          "on_validation_end", "on_epoch_end", "on_train_end", "on_exception")
@@ -69,6 +70,14 @@ class Callback:
     @state_key.setter
     def state_key(self, key: str) -> None:
         self._state_key = checks.text("state_key", key)
+
+    def continues_run(self) -> int | None:
+        """The run-log position of the run this callback continues (``Checkpoint(resume=True)``), else None.
+
+        Asked once, before the Monitor builds its sink: a position rewinds the run log to it,
+        0 starts a new run.
+        """
+        return None
 
     def on_attach(self, monitor: Monitor) -> None:
         """Called once by the Monitor this callback was given to (e.g. to save its whole state)."""
@@ -158,6 +167,9 @@ class Monitor:
             ("run_dir", run_dir), ("flush_every", flush_every), ("points_per_trace", points_per_trace),
             ("timeout", timeout), ("rewind_to", rewind_to)) if value is not None}
         self.rank, self.world_size = rank_and_world_size()
+        continued = [p for c in self.callbacks if (p := c.continues_run()) is not None]
+        if continued and rewind_to is None and sink is None:
+            options["rewind_to"] = continued[0]
         if sink is not None:
             if env is not None or options:
                 raise TypeError(f"env and sink options are the sink's: pass them to the sink, not with "
@@ -178,6 +190,8 @@ class Monitor:
         self.raise_errors = raise_errors
         self._in_step = False
         self._started = False
+        self._epoch_open = False
+        self._resumable = Resumable()
         self._reports = Reports()
         # Only the callbacks that override a hook are called for it, through bound methods.
         self._subscribers = {hook: [(c, getattr(c, hook)) for c in self.callbacks
@@ -246,6 +260,7 @@ class Monitor:
 
     def epoch_end(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Call at the end of each epoch, optionally with metrics of the epoch."""
+        self._epoch_open = False
         self.state.metrics = dict(metrics) if metrics else {}
         self._fire("on_epoch_end")
 
@@ -257,6 +272,39 @@ class Monitor:
     def exception(self, error: BaseException) -> None:
         """Call from the loop's ``except`` block (the context-manager form does this for you)."""
         self._fire("on_exception", error)
+
+    # --- iteration that resumes ----------------------------------------------------------------
+    def epochs(self, count: int) -> Iterator[int]:
+        """``range(count)``, from the epoch a resumed run continues; calls epoch_start and epoch_end.
+
+            for epoch in monitor.epochs(10):
+                for x, y in monitor.batches(loader): ...
+                monitor.validation_end(evaluate(model))
+
+        ``epoch_end()`` is called after each epoch unless the loop called it itself (to pass
+        metrics). An epoch that a checkpoint interrupted gets no second ``epoch_start``.
+        """
+        checks.integer("count", count, minimum=0)
+        first, began = self._resumable.start()
+        for epoch in range(first, count):
+            if epoch == first and began:
+                self.state.epoch = epoch
+            else:
+                self.epoch_start(epoch)
+            self._epoch_open = True
+            yield epoch
+            if self._epoch_open:
+                self.epoch_end()
+
+    def batches(self, loader: Iterable) -> Iterator[Any]:
+        """Iterates ``loader`` for this epoch, from the batch a resumed run continues with.
+
+        Tells the loader's sampler the epoch (``EpochBatchSampler``, ``DistributedSampler``).
+        After a resume in the middle of an epoch it skips the batches done, in the order the
+        interrupted run drew them, ``DataLoader(shuffle=True)`` included (see
+        :mod:`monitor.resumable`).
+        """
+        return self._resumable.batches(self, loader)
 
     # --- lifetime -----------------------------------------------------------------------------
     def flush(self, timeout: float | None = 10.0) -> bool:
@@ -281,10 +329,16 @@ class Monitor:
     def state_dict(self) -> dict[str, Any]:
         """The loop position and every callback's own state, keyed by ``state_key``."""
         return {"step": self.state.step, "epoch": self.state.epoch, "batch": self.state.batch,
+                **self._resumable.state_dict(),
                 "callbacks": {c.state_key: c.state_dict() for c in self.callbacks}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Puts back a loop position and the callbacks' states; ``epoch_done``, ``order_rng`` and
+        ``rng`` (optional) tell :meth:`epochs` and :meth:`batches` where to continue."""
         self.state.step, self.state.epoch, self.state.batch = state["step"], state["epoch"], state["batch"]
+        done = bool(state.get("epoch_done", False))
+        self._resumable.continue_from(state["epoch"] + done, 0 if done else state["batch"],
+                                      state.get("order_rng"), state.get("rng"))
         saved = state.get("callbacks", {})
         for callback in self.callbacks:
             if callback.state_key in saved:

@@ -9,7 +9,7 @@ import torch
 
 from checkpoint_loop import BATCHES, attach, build, train
 from monitor import Checkpoint, Monitor, Scalars, resume
-from monitor.checkpoint import CheckpointWriteError, load_checkpoint
+from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, load_checkpoint
 from monitor.checkpoint.folder import MANIFEST, checkpoint_name
 from monitor.log import NullSink
 
@@ -179,3 +179,22 @@ def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_t
 def test_arguments_are_checked_at_the_door(tmp_path, options, message):
     with pytest.raises(ValueError, match=message):
         Checkpoint(tmp_path, **options)
+
+
+def test_resume_and_fresh_are_checked_at_the_door(tmp_path):
+    with pytest.raises(TypeError, match="resume must be True or False, got .yes."):
+        Checkpoint(tmp_path, resume="yes")
+    with pytest.raises(TypeError, match="fresh must be True or False, got 1"):
+        Checkpoint(tmp_path, fresh=1)
+
+
+def test_a_resume_that_cannot_put_the_run_back_stops_the_loop_and_leaves_the_folder(tmp_path):
+    parts = build()
+    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=5)
+    train(parts, monitor, start, epochs=2, stop_at=7)  # killed: a run to continue
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=5, scheduler=parts.scheduler, resume=True)],
+                      sink=NullSink())
+    with pytest.raises(CheckpointResumeError, match="could not be put back from .*step-000000005.pt: RuntimeError"):
+        monitor.train_start(torch.nn.Linear(3, 3), parts.optimizer)  # another model
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -10,15 +12,20 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from monitor.checks import integer, one_of, positive_int, text
-from monitor.checkpoint import CheckpointWriteError, build_checkpoint, save_checkpoint
-from monitor.checkpoint.folder import checkpoint_name, claim, prune, retain, write_manifest
+from monitor.checks import boolean, integer, one_of, positive_int, text
+from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
+from monitor.checkpoint.folder import (checkpoint_name, claim, is_finished, mark_finished, prune, retain,
+                                       set_aside, write_manifest)
+from monitor.checkpoint.resume import ResumePoint, find_start, restore_parts
 from monitor.core import Callback, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main
 from monitor.log import Log
 from monitor.checkpoint.rng import capture_rng
 
 _log = logging.getLogger("monitor")
+
+REQUEUE_EXIT_STATUS = 75  # EX_TEMPFAIL: "try again", what a job saved on a pre-emption signal exits with
+_PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's stop, SLURM's time-limit warning
 
 
 class Checkpoint(Callback):
@@ -35,6 +42,15 @@ class Checkpoint(Callback):
     primitives to keep. A folder belongs to one run: a fresh run refuses a folder that holds
     another run's checkpoints instead of mixing with or deleting them.
 
+    ``resume=True`` makes a re-run of the same command continue: the Monitor rewinds the run
+    log to the latest checkpoint, ``train_start`` restores the model, optimizer, ``scheduler``,
+    ``scaler``, every random generator and the callbacks' states, and ``monitor.epochs`` /
+    ``monitor.batches`` go on from the next batch. A folder whose run finished (``train_end``
+    without an exception), or ``fresh=True``, starts a new run instead: the earlier run's files
+    move to ``DIR/earlier/<run id>/``. With ``resume``, SIGTERM or SIGUSR1 (a scheduler's
+    pre-emption) saves a checkpoint at the next step's end and exits with status 75
+    (``REQUEUE_EXIT_STATUS``), for the job to be run again.
+
     A write that fails raises :class:`monitor.checkpoint.CheckpointWriteError` out of the hook.
     It is not an ``Exception``, so the Monitor's containment of callback errors lets it through
     and the loop stops: going on without the checkpoints one asked for is worse than stopping.
@@ -47,7 +63,8 @@ class Checkpoint(Callback):
     def __init__(self, directory: str | Path, *, every_steps: int | None = None, every_epochs: int | None = None,
                  at_end: bool = True, keep_last: int = 2, keep_best: int | None = None, metric: str | None = None,
                  mode: str = "min", metric_from: str = "validation", scheduler: Any = None, scaler: Any = None,
-                 extras: Callable[[], Mapping[str, Any]] | None = None) -> None:
+                 extras: Callable[[], Mapping[str, Any]] | None = None, resume: bool = False,
+                 fresh: bool = False) -> None:
         if not isinstance(directory, (str, Path)) or not str(directory):
             raise TypeError(f"directory must be a non-empty str or Path, got {directory!r}")
         self.directory = Path(directory)
@@ -71,6 +88,11 @@ class Checkpoint(Callback):
         if extras is not None and not callable(extras):
             raise TypeError(f"extras must be a function returning a dict, got {type(extras).__name__}")
         self.scheduler, self.scaler, self.extras = scheduler, scaler, extras
+        self.resume, self.fresh = boolean("resume", resume), boolean("fresh", fresh)
+        self.start: ResumePoint | None = None  # where a resume continues (resume or fresh only)
+        self._saved: dict[str, Any] | None = None  # the checkpoint train_start restores
+        self._stop_signal: int | None = None
+        self._handlers: dict[int, Any] = {}
         self.run_id: str | None = None
         self._monitor: Monitor | None = None
         self._records: list[dict[str, Any]] = []
@@ -79,6 +101,23 @@ class Checkpoint(Callback):
         self._last_saved: list | None = None
         self._aborted = False
         self._claimed = False
+
+    def continues_run(self) -> int | None:
+        """With ``resume`` or ``fresh``: finds where the run continues, and says where its run log does."""
+        if not (self.resume or self.fresh):
+            return None
+
+        def set_aside_if_done() -> bool:
+            new_run = self.fresh or is_finished(self.directory)
+            if new_run and (earlier := set_aside(self.directory)) is not None:
+                _log.info("monitor: a new run in %s; the earlier run's checkpoints are in %s", self.directory, earlier)
+            return new_run
+
+        if on_main(set_aside_if_done):
+            self.start, self._saved = ResumePoint(path=None), None
+        else:
+            self.start, self._saved = find_start(self.directory, missing_ok=True)
+        return self.start.runlog_position or 0
 
     def on_attach(self, monitor: Monitor) -> None:
         """Lets this callback save the state of ``monitor``'s loop and of all its callbacks."""
@@ -90,12 +129,18 @@ class Checkpoint(Callback):
                              f"holds what the others logged for its step; got it at index {where} of "
                              f"{len(monitor.callbacks)}")
         self._monitor = monitor
+        if self.start is not None and self.start.path is not None:
+            self.start.restore(monitor)
 
     # --- hooks --------------------------------------------------------------------------------
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._aborted = False
         self._require_monitor()
+        if self._saved is not None:
+            self._restore(state)
         on_main(self._claim_directory)  # another run's folder stops every rank, not just rank 0
+        if self.resume:
+            self._catch_preemption()
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._epoch_done = False
@@ -106,6 +151,8 @@ class Checkpoint(Callback):
             self._note_metric(state.metrics, state.loss)
         if self.every_steps and state.step % self.every_steps == 0:
             self.save()
+        if self._stop_signal is not None:
+            self._stop_for_requeue(state)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if self.metric_from == "validation":
@@ -122,9 +169,12 @@ class Checkpoint(Callback):
         self._aborted = True  # the loop may be half-way through a step: nothing consistent to save
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
+        self._release_signals()
         position = [state.step, state.epoch, self._epoch_done]
         if self.at_end and not self._aborted and position != self._last_saved:
             self.save()
+        if not self._aborted and self._claimed:
+            on_main(lambda: mark_finished(self.directory))  # a re-run of the command starts a new run
 
     # --- saving -------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -167,10 +217,10 @@ class Checkpoint(Callback):
             if position is None and monitor.sink.position is not None:
                 _log.warning("monitor: the run log did not reach the disk in time for checkpoint %s; "
                              "after a resume from it the dashboard may show steps twice", path.name)
+            loop = monitor.state_dict()
             checkpoint = build_checkpoint(
                 model=state.model, optimizer=state.optimizer, scheduler=self.scheduler, scaler=self.scaler,
-                loop={"epoch": state.epoch, "step": state.step, "batch": state.batch, "epoch_done": self._epoch_done},
-                rng=rng, callbacks=monitor.state_dict()["callbacks"],
+                loop={**loop, "epoch_done": self._epoch_done}, rng=rng, callbacks=loop["callbacks"],
                 run={"env": monitor.sink.env, "run_id": self.run_id, "runlog_position": position},
                 metric={"name": self.metric, "value": self._metric_value, "mode": self.mode},
                 extras=self.extras() if self.extras is not None else None)
@@ -182,6 +232,44 @@ class Checkpoint(Callback):
                                        f"{error}") from error
         prune(self.directory, {r["file"] for r in kept})
         return path
+
+    def _restore(self, state: LoopState) -> None:
+        checkpoint, self._saved = self._saved, None
+        if state.model is None:
+            raise CheckpointResumeError(f"resuming from {self.start.path} needs the model: pass it to "
+                                        f"monitor.train_start(model, optimizer), got None")
+        try:
+            restore_parts(self.start.path, checkpoint, state.model, state.optimizer, self.scheduler, self.scaler)
+        except Exception as error:
+            raise CheckpointResumeError(f"the run could not be put back from {self.start.path}: "
+                                        f"{type(error).__name__}: {error}") from error
+        _log.info("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
+
+    def _catch_preemption(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for number in _PREEMPTION_SIGNALS:
+            if signal.getsignal(number) is signal.SIG_DFL:  # never take a signal the program handles itself
+                self._handlers[number] = signal.signal(number, self._note_signal)
+
+    def _note_signal(self, number: int, frame: Any) -> None:
+        self._stop_signal = number
+
+    def _release_signals(self) -> None:
+        for number, previous in self._handlers.items():
+            signal.signal(number, previous)
+        self._handlers.clear()
+
+    def _stop_for_requeue(self, state: LoopState) -> None:
+        name = signal.Signals(self._stop_signal).name
+        self._stop_signal = None
+        self._release_signals()
+        if self._last_saved != [state.step, state.epoch, self._epoch_done]:
+            self.save()
+        self._monitor.flush(timeout=10.0)
+        _log.warning("monitor: %s: checkpoint of step %d saved in %s; exiting with status %d to be run again",
+                     name, state.step, self.directory, REQUEUE_EXIT_STATUS)
+        raise SystemExit(REQUEUE_EXIT_STATUS)
 
     def _claim_directory(self) -> None:
         if not self._claimed:

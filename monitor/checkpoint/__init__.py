@@ -6,9 +6,9 @@
     from monitor.checkpoint import load_checkpoint
     data = load_checkpoint("runs/mnist/checkpoints/step-000000500.pt")   # weights_only, no code runs
 """
-from monitor.checkpoint.file import (FORMAT, KEYS, VERSION, CheckpointError, CheckpointWriteError,
+from monitor.checkpoint.file import (FORMAT, KEYS, VERSION, CheckpointError, CheckpointResumeError, CheckpointWriteError,
                                      DamagedCheckpointError, UnsafeCheckpointError, build_checkpoint,
                                      load_checkpoint, save_checkpoint)
 
-__all__ = ["FORMAT", "KEYS", "VERSION", "CheckpointError", "CheckpointWriteError", "DamagedCheckpointError",
+__all__ = ["FORMAT", "KEYS", "VERSION", "CheckpointError", "CheckpointResumeError", "CheckpointWriteError", "DamagedCheckpointError",
            "UnsafeCheckpointError", "build_checkpoint", "load_checkpoint", "save_checkpoint"]

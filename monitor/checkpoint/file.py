@@ -3,7 +3,8 @@
 The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
 
     format, version, time, torch      what wrote it, and when
-    loop        {"epoch", "step", "batch", "epoch_done"}: where the loop was
+    loop        {"epoch", "step", "batch", "epoch_done", "order_rng"}: where the loop was, and torch's
+                random state as its epoch's batches were drawn (None when unknown)
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
     optimizer, scheduler, scaler      their state_dicts, or None
     classes     the class names of model, optimizer, scheduler, scaler (for people and checks)
@@ -67,6 +68,14 @@ class CheckpointWriteError(BaseException):
     """
 
 
+class CheckpointResumeError(BaseException):
+    """A run could not be put back from its checkpoint; training must not start over in its folder.
+
+    Not an ``Exception``, for the reason :class:`CheckpointWriteError` is not: a run that went on
+    from scratch would overwrite the checkpoints it failed to continue from.
+    """
+
+
 def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimizer: Any = None,
                      scheduler: Any = None, scaler: Any = None, rng: Mapping[str, Any],
                      callbacks: Mapping[str, Any] | None = None, run: Mapping[str, Any] | None = None,
@@ -81,7 +90,8 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     checkpoint = {
         "format": FORMAT, "version": VERSION, "time": time.time(), "torch": str(torch.__version__),
-        "loop": {key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
+        "loop": {**{key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
+                 "order_rng": loop.get("order_rng")},
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,

@@ -4,7 +4,8 @@
         step-000000040.pt     one file per saved step (saving the same step again replaces it)
         step-000000050.pt
         latest.json           the pointer: {"latest": "step-000000050.pt", "run_id": ..., "best": [...],
-                              "last": [...], "checkpoints": [records of the files kept]}
+                              "last": [...], "checkpoints": [records of the files kept], "finished": false}
+        earlier/<run id>/     an earlier run's files, set aside by a new run
 
 ``latest.json`` is replaced atomically after each new file is durable, so it always names a
 whole file; a reader that finds that file damaged anyway (a disk error, a copy cut short) falls
@@ -26,6 +27,7 @@ from monitor.checkpoint.file import CheckpointError, CheckpointWriteError, Damag
 _log = logging.getLogger("monitor")
 
 MANIFEST = "latest.json"
+EARLIER = "earlier"  # where a new run sets aside the checkpoints of the folder's earlier run
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 _TEMPORARY = re.compile(r"^\.(step-\d+\.pt|latest\.json)\.[0-9a-f]+\.tmp$")
 
@@ -97,10 +99,56 @@ def prune(directory: Path, keep: set[str]) -> None:
 
 
 def write_manifest(directory: Path, *, run_id: str | None, latest: str, env: str | None, metric: dict[str, Any],
-                   last: list[str], best: list[str], records: list[dict[str, Any]]) -> None:
-    """Replaces ``latest.json`` atomically: the pointer to ``latest`` and what the folder keeps."""
+                   last: list[str], best: list[str], records: list[dict[str, Any]], finished: bool = False) -> None:
+    """Replaces ``latest.json`` atomically: the pointer to ``latest``, what the folder keeps, and
+    whether the run finished (a resume then starts a new run instead of continuing it)."""
     manifest = {"format": "monitor.checkpoints", "version": 1, "run_id": run_id, "latest": latest, "env": env,
-                "metric": metric, "last": last, "best": best, "checkpoints": records}
+                "metric": metric, "last": last, "best": best, "checkpoints": records, "finished": finished}
+    _write_manifest(directory, manifest)
+
+
+def mark_finished(directory: Path) -> None:
+    """Records in ``latest.json`` that the run finished (its last checkpoint is already there)."""
+    manifest = read_manifest(directory, warn=False)
+    if manifest is not None and not manifest.get("finished"):
+        _write_manifest(directory, {**manifest, "finished": True})
+
+
+def is_finished(directory: Path) -> bool:
+    """Whether ``directory`` holds the checkpoints of a run that finished."""
+    manifest = read_manifest(directory, warn=False)
+    return bool(manifest and manifest.get("finished"))
+
+
+def set_aside(directory: Path) -> Path | None:
+    """Moves the checkpoints and ``latest.json`` of ``directory`` into ``earlier/<run id>/``; returns that folder.
+
+    What a new run in the folder keeps of the earlier one, instead of deleting it. None when
+    there was nothing to move.
+    """
+    files = [*checkpoint_files(directory), *[p for p in (directory / MANIFEST,) if p.is_file()]] \
+        if directory.is_dir() else []
+    if not files:
+        return None
+    manifest = read_manifest(directory, warn=False) or {}
+    run_id = manifest.get("run_id")
+    name = run_id if isinstance(run_id, str) and re.fullmatch(r"[0-9A-Za-z_-]{1,64}", run_id) else "unknown"
+    target = directory / EARLIER / name
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = directory / EARLIER / f"{name}-{suffix}"
+    try:
+        target.mkdir(parents=True)
+        for file in files:
+            file.rename(target / file.name)
+    except OSError as error:
+        raise CheckpointWriteError(f"directory {directory} could not set the earlier run's checkpoints "
+                                   f"aside into {target}: {error}") from error
+    return target
+
+
+def _write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     data = json.dumps(manifest, indent=1, allow_nan=False).encode()
     write_atomic(directory / MANIFEST, lambda file: file.write(data))
 

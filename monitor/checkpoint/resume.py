@@ -74,11 +74,12 @@ def resume(source: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
         start = resume("runs/mnist/checkpoints", model, optimizer, scheduler, missing_ok=True)
         for epoch in range(start.epoch, epochs): ...
 
-    A folder gives its latest good checkpoint (a damaged one is skipped with a warning naming
-    it). ``missing_ok`` turns a missing folder or file into a fresh start. ``monitor``, if
-    given, is restored too (see :meth:`ResumePoint.restore`): pass it when its sink needs no
-    rewinding, else build it with ``rewind_to=start.runlog_position`` and call ``restore``.
-    ``trust=True`` loads a file that needs unsafe unpickling: only for files you trust.
+    The low-level form of ``Checkpoint(..., resume=True)``. A folder gives its latest good
+    checkpoint (a damaged one is skipped with a warning naming it). ``missing_ok`` turns a
+    missing folder or file into a fresh start. ``monitor``, if given, is restored too (see
+    :meth:`ResumePoint.restore`): pass it when its sink needs no rewinding, else build it with
+    ``rewind_to=start.runlog_position`` and call ``restore``. ``trust=True`` loads a file that
+    needs unsafe unpickling: only for files you trust.
 
     Under torch.distributed every rank calls it: rank 0 picks the file, every rank loads that
     one (so ``source`` must be readable by all) and restores its own random state from it. The
@@ -86,7 +87,20 @@ def resume(source: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    rank, world_size = rank_and_world_size()
+    point, checkpoint = find_start(source, missing_ok=missing_ok, trust=trust)
+    if checkpoint is not None:
+        restore_parts(point.path, checkpoint, model, optimizer, scheduler, scaler, strict=strict, stacklevel=3)
+    if monitor is not None:
+        point.restore(monitor)
+    return point
+
+
+def find_start(source: str | Path, *, missing_ok: bool = False,
+               trust: bool = False) -> tuple[ResumePoint, dict[str, Any] | None]:
+    """The resume point of ``source``'s latest good checkpoint, and that checkpoint (None, None: a fresh start).
+
+    Under torch.distributed rank 0 picks the file and every rank loads that one.
+    """
     chosen: dict[str, Any] = {}
 
     def choose() -> Path | None:
@@ -97,34 +111,37 @@ def resume(source: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
 
     path = on_main(choose)  # every rank loads the file rank 0 chose, even if the folder changes meanwhile
     if path is None:
-        point = ResumePoint(path=None)
-    else:
-        checkpoint = chosen.get("checkpoint") or load_checkpoint(path, trust=trust)
-        parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
-        for name, part in parts.items():
-            saved_class = checkpoint["classes"].get(name)
-            if part is not None and checkpoint[name] is None:
-                raise ValueError(f"{name} must be None for {path}, which holds no {name} state, "
-                                 f"got a {type(part).__name__}")
-            if part is None and checkpoint[name] is not None:
-                warnings.warn(f"{path} holds a {saved_class} {name} state that is not restored: pass {name}=",
-                              stacklevel=2)
-            elif part is not None and saved_class != type(part).__name__:
-                warnings.warn(f"{path} holds a {saved_class} {name} state, loaded into a {type(part).__name__}",
-                              stacklevel=2)
-        unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
-        for name, part in parts.items():
-            if part is not None:
-                part.load_state_dict(checkpoint[name])
-        restore_rng(rng_of_rank(checkpoint["rng"], rank, world_size))
-        loop, run = checkpoint["loop"], checkpoint["run"]
-        done = bool(loop["epoch_done"])
-        point = ResumePoint(
-            path=path, epoch=loop["epoch"] + done, skip_batches=0 if done else loop["batch"], step=loop["step"],
-            env=run["env"], run_id=run["run_id"], runlog_position=run["runlog_position"],
-            extras=checkpoint["extras"],
-            monitor_state={"step": loop["step"], "epoch": loop["epoch"], "batch": loop["batch"],
-                           "callbacks": checkpoint["callbacks"]})
-    if monitor is not None:
-        point.restore(monitor)
-    return point
+        return ResumePoint(path=None), None
+    checkpoint = chosen.get("checkpoint") or load_checkpoint(path, trust=trust)
+    loop, run = checkpoint["loop"], checkpoint["run"]
+    done = bool(loop["epoch_done"])
+    point = ResumePoint(
+        path=path, epoch=loop["epoch"] + done, skip_batches=0 if done else loop["batch"], step=loop["step"],
+        env=run["env"], run_id=run["run_id"], runlog_position=run["runlog_position"],
+        extras=checkpoint["extras"],
+        monitor_state={"step": loop["step"], "epoch": loop["epoch"], "batch": loop["batch"], "epoch_done": done,
+                       "order_rng": loop.get("order_rng"), "rng": rng_of_rank(checkpoint["rng"], *rank_and_world_size()),
+                       "callbacks": checkpoint["callbacks"]})
+    return point, checkpoint
+
+
+def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module, optimizer: Any = None,
+                  scheduler: Any = None, scaler: Any = None, *, strict: bool = True, stacklevel: int = 2) -> None:
+    """Loads ``checkpoint`` (read from ``path``) into the parts given, and this rank's random state."""
+    parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    for name, part in parts.items():
+        saved_class = checkpoint["classes"].get(name)
+        if part is not None and checkpoint[name] is None:
+            raise ValueError(f"{name} must be None for {path}, which holds no {name} state, "
+                             f"got a {type(part).__name__}")
+        if part is None and checkpoint[name] is not None:
+            warnings.warn(f"{path} holds a {saved_class} {name} state that is not restored: pass {name}=",
+                          stacklevel=stacklevel)
+        elif part is not None and saved_class != type(part).__name__:
+            warnings.warn(f"{path} holds a {saved_class} {name} state, loaded into a {type(part).__name__}",
+                          stacklevel=stacklevel)
+    unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
+    for name, part in parts.items():
+        if part is not None:
+            part.load_state_dict(checkpoint[name])
+    restore_rng(rng_of_rank(checkpoint["rng"], *rank_and_world_size()))

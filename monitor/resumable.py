@@ -1,0 +1,72 @@
+"""Epochs and batches that start where a resumed run left off: ``monitor.epochs`` and ``monitor.batches``.
+
+    for epoch in monitor.epochs(10):
+        for x, y in monitor.batches(loader):
+            ...
+
+A run resumed from a checkpoint taken in the middle of an epoch continues with that epoch's next
+batch, in the order the interrupted run would have seen. A loader whose batch sampler is
+:class:`monitor.EpochBatchSampler` skips the batches done without loading them; any other
+(``DataLoader(shuffle=True)`` included) is iterated as it was, from the random state the epoch
+began with, and the batches done are loaded and dropped. Then every generator is put back to
+where the checkpoint left it.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+
+import torch
+
+
+if TYPE_CHECKING:
+    from monitor.core import Monitor
+
+
+class Resumable:
+    """The loop position a resume starts from, and the random state each epoch's order came from."""
+
+    def __init__(self) -> None:
+        self.first_epoch = 0
+        self.skip = 0                             # batches of the first epoch done before the checkpoint
+        self.order_rng: torch.Tensor | None = None  # torch's CPU state as the current epoch's iteration began
+        self.rng: Mapping[str, Any] | None = None  # every generator, as the checkpoint left it
+
+    def start(self) -> tuple[int, bool]:
+        """(the epoch to run first, whether it began before the checkpoint); asked once per run."""
+        first, self.first_epoch = self.first_epoch, 0
+        return first, self.skip > 0
+
+    def batches(self, monitor: Monitor, loader: Iterable) -> Iterator[Any]:
+        from monitor.sampler import EpochBatchSampler
+
+        epoch, skip, rng = monitor.state.epoch, self.skip, self.rng
+        self.skip, self.rng = 0, None
+        resuming = skip > 0
+        for part in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
+            if isinstance(part, EpochBatchSampler):
+                part.set_epoch(epoch, skip=skip)
+                skip = 0
+            elif callable(getattr(part, "set_epoch", None)):  # DistributedSampler
+                part.set_epoch(epoch)
+        if resuming and self.order_rng is not None:
+            torch.set_rng_state(self.order_rng)  # the order the interrupted epoch was drawn in
+        self.order_rng = torch.get_rng_state()
+        iterator = iter(loader)  # a DataLoader draws its order and its workers' seed here
+        for _ in range(skip):
+            if next(iterator, _END) is _END:
+                break
+        if resuming and rng is not None:
+            from monitor.checkpoint.rng import restore_rng
+
+            restore_rng(rng)  # every generator as the checkpoint left it, for the batches to come
+        yield from iterator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order_rng": self.order_rng}
+
+    def continue_from(self, epoch: int, skip: int, order_rng: torch.Tensor | None,
+                      rng: Mapping[str, Any] | None) -> None:
+        self.first_epoch, self.skip, self.order_rng, self.rng = epoch, skip, order_rng, rng
+
+
+_END = object()

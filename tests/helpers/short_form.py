@@ -1,0 +1,72 @@
+"""A loop that resumes in two lines, as a user writes it: re-run the same command and it continues.
+
+    python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
+        --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler] [--fresh]
+
+Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
+``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
+test knows when to kill it.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from monitor import Checkpoint, EpochBatchSampler, GradNorms, LearningRate, Monitor, Scalars
+
+EPOCHS, SAMPLES, BATCH = 4, 96, 16  # 6 batches an epoch, 24 steps
+
+
+def train(options: argparse.Namespace) -> None:
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(SAMPLES, 8), torch.randint(0, 3, (SAMPLES,)))
+    held_out = TensorDataset(torch.randn(32, 8), torch.randint(0, 3, (32,)))
+    if options.loader == "sampler":
+        loader = DataLoader(data, batch_sampler=EpochBatchSampler(data, batch_size=BATCH, seed=0))
+    else:
+        loader = DataLoader(data, batch_size=BATCH, shuffle=True)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.7)
+    loss_fn = nn.CrossEntropyLoss()
+
+    checkpoint = Checkpoint(options.checkpoints, every_steps=3, scheduler=scheduler,
+                            resume=True, fresh=options.fresh)
+    monitor = Monitor([Scalars(), LearningRate(), GradNorms(), checkpoint], env=options.env, port=options.port,
+                      run_dir=options.run_dir, flush_every=0.05)
+    with monitor:
+        monitor.train_start(model, optimizer)
+        for epoch in monitor.epochs(EPOCHS):
+            for x, y in monitor.batches(loader):
+                loss = loss_fn(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                monitor.after_backward()
+                optimizer.step()
+                scheduler.step()
+                monitor.step_end(loss=loss)
+                print(f"step {monitor.state.step}", flush=True)
+                time.sleep(options.sleep)
+            model.eval()
+            with torch.no_grad():
+                inputs, targets = held_out.tensors
+                monitor.validation_end({"loss": loss_fn(model(inputs), targets).item()})
+            model.train()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, options.out)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--env", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--checkpoints", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--loader", choices=("shuffle", "sampler"), default="shuffle")
+    parser.add_argument("--fresh", action="store_true", help="start a new run even after a kill")
+    parser.add_argument("--sleep", type=float, default=0.0, help="seconds per step (a run that lasts)")
+    train(parser.parse_args())

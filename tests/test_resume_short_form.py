@@ -1,0 +1,149 @@
+"""Resume in two lines: the same command, run again after a kill, continues the run exactly.
+
+tests/helpers/short_form.py is a user's loop with ``Checkpoint(..., resume=True)``,
+``monitor.epochs`` and ``monitor.batches``; each test runs it as a process against a real Visdom
+server and compares it with an uninterrupted run: weights bit-identical, every window equal.
+"""
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from monitor.callbacks.checkpoint import REQUEUE_EXIT_STATUS
+
+SCRIPT = Path(__file__).parent / "helpers" / "short_form.py"
+STEPS = 24  # 4 epochs of 6 batches, a checkpoint every 3 steps
+
+pytestmark = pytest.mark.slow
+
+
+class Job:
+    """One run folder and env, and the one command that (re)runs its job."""
+
+    def __init__(self, server, root: Path, name: str, loader: str = "shuffle") -> None:
+        self.env, self.folder = f"short-{name}-{loader}", root / name
+        self.command = [sys.executable, str(SCRIPT), "--env", self.env, "--port", str(server.port),
+                        "--run-dir", str(self.folder / "runs"), "--checkpoints", str(self.folder / "ckpt"),
+                        "--out", str(self.folder / "final.pt"), "--loader", loader]
+
+    def run(self, *extra: str) -> list[int]:
+        done = subprocess.run([*self.command, *extra], capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return _steps(done.stdout)
+
+    def start(self, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen([*self.command, "--sleep", "0.05", *extra], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def weights(self) -> dict:
+        return torch.load(self.folder / "final.pt", weights_only=True)
+
+
+def _steps(stdout: str) -> list[int]:
+    return [int(line.split()[1]) for line in stdout.splitlines() if line.startswith("step ")]
+
+
+def _wait_for_step(process: subprocess.Popen, step: int) -> list[int]:
+    seen = []
+    for line in process.stdout:
+        if line.startswith("step "):
+            seen.append(int(line.split()[1]))
+            if seen[-1] >= step:
+                return seen
+    raise AssertionError(f"the job ended before step {step}: {process.stderr.read()[-3000:]}")
+
+
+def _windows(server, env: str, connect_client) -> dict[str, dict[str, tuple[list, list]]]:
+    data = json.loads(connect_client(server).get_window_data(None, env))
+    shown = {}
+    for win, window in data.items():
+        window = json.loads(window) if isinstance(window, str) else window
+        shown[win] = {t.get("name"): (t["x"], t["y"]) for t in window["content"]["data"]}
+    return shown
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(
+        _same(a[k], b[k]) if isinstance(a[k], dict) else
+        torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+@pytest.fixture(scope="module")
+def straight(visdom_server, connect_client, tmp_path_factory):
+    """An uninterrupted run of each loader: its weights and windows."""
+    runs = {}
+    for loader in ("shuffle", "sampler"):
+        job = Job(visdom_server, tmp_path_factory.mktemp("straight"), "straight", loader)
+        assert job.run() == list(range(1, STEPS + 1))
+        runs[loader] = (job.weights(), _windows(visdom_server, job.env, connect_client))
+    return runs
+
+
+@pytest.mark.parametrize("loader", ["shuffle", "sampler"])
+def test_killed_at_five_random_moments_and_rerun_with_the_same_command_ends_as_if_never_killed(
+        visdom_server, connect_client, tmp_path, straight, loader):
+    seed = random.SystemRandom().randrange(10**6)
+    chooser = random.Random(seed)
+    job = Job(visdom_server, tmp_path, "killed", loader)
+    for target in sorted(chooser.sample(range(2, STEPS), 5)):
+        process = job.start()
+        _wait_for_step(process, target)
+        time.sleep(chooser.uniform(0, 0.05))  # anywhere in the step: forward, backward, a save
+        process.kill()
+        process.communicate()
+    job.run()
+    weights, windows = straight[loader]
+    about = f"{loader}, kills from random seed {seed}"
+    assert _same(job.weights(), weights), about
+    shown = _windows(visdom_server, job.env, connect_client)
+    assert shown == windows, about
+    for trace in shown["loss"].values():  # each step once, in order
+        assert trace[0] == sorted(set(trace[0])), about
+
+
+def test_sigterm_in_mid_epoch_saves_that_step_exits_for_requeue_and_the_rerun_continues(
+        visdom_server, connect_client, tmp_path, straight):
+    job = Job(visdom_server, tmp_path, "sigterm")
+    process = job.start()
+    _wait_for_step(process, 7)  # epoch 2 of 4, its first step; checkpoints are every 3 steps
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == REQUEUE_EXIT_STATUS, stderr[-3000:]
+    assert _steps(stdout) in ([], [8])  # the step in progress ends; no other starts
+    saved = max(int(p.stem.split("-")[1]) for p in (job.folder / "ckpt").glob("step-*.pt"))
+    assert saved in (7, 8) and "SIGTERM: checkpoint of step" in stderr
+    assert job.run()[0] == saved + 1
+    assert _same(job.weights(), straight["shuffle"][0])
+    assert _windows(visdom_server, job.env, connect_client) == straight["shuffle"][1]
+
+
+def test_a_finished_run_rerun_starts_fresh_and_keeps_the_earlier_run(visdom_server, connect_client, tmp_path,
+                                                                      straight):
+    job = Job(visdom_server, tmp_path, "finished")
+    first = job.run()
+    again = job.run()
+    assert first == again == list(range(1, STEPS + 1))
+    assert _windows(visdom_server, job.env, connect_client) == straight["shuffle"][1]  # no zigzag: one run
+    (earlier,) = (job.folder / "ckpt" / "earlier").iterdir()
+    assert sorted(p.name for p in earlier.iterdir()) == ["latest.json", "step-000000021.pt", "step-000000024.pt"]
+    assert [p.name for p in (job.folder / "runs" / "earlier").iterdir()] == [f"{earlier.name}.jsonl"]
+
+
+def test_fresh_starts_a_new_run_even_after_a_kill(visdom_server, connect_client, tmp_path, straight):
+    job = Job(visdom_server, tmp_path, "fresh")
+    process = job.start()
+    _wait_for_step(process, 10)
+    process.kill()
+    process.communicate()
+    assert job.run("--fresh") == list(range(1, STEPS + 1))
+    assert _same(job.weights(), straight["shuffle"][0])
+    assert _windows(visdom_server, job.env, connect_client) == straight["shuffle"][1]
+    assert len(list((job.folder / "ckpt" / "earlier").iterdir())) == 1
