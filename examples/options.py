@@ -23,8 +23,9 @@ def example_options(env: str, epochs: int, samples: int) -> Callable:
                      metavar="DIR", help="Save checkpoints here (none without it)."),
         click.option("--checkpoint-every", type=click.IntRange(min=1), default=100, show_default=True,
                      metavar="STEPS", help="Save one every STEPS steps, besides after each epoch."),
-        click.option("--resume", "resume_latest", is_flag=True,
-                     help="Continue from the latest checkpoint in --checkpoint-dir, curves included."),
+        click.option("--fresh", is_flag=True,
+                     help="Start a new run even where --checkpoint-dir holds a killed run's checkpoints "
+                          "(without it, that run continues, curves included)."),
         click.option("--seed", type=int, default=0, show_default=True,
                      help="Seed of the weights' initialisation and the batches' order."),
     ]
@@ -32,8 +33,8 @@ def example_options(env: str, epochs: int, samples: int) -> Callable:
     def decorate(command: Callable) -> Callable:
         @functools.wraps(command)
         def checked(**values):
-            if values["resume_latest"] and values["checkpoint_dir"] is None:
-                raise click.UsageError("--resume needs --checkpoint-dir DIR, the folder of the checkpoints")
+            if values["fresh"] and values["checkpoint_dir"] is None:
+                raise click.UsageError("--fresh needs --checkpoint-dir DIR, the folder of the checkpoints")
             return command(**values)
 
         for option in reversed(options):

@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from monitor import (Checkpoint, EpochBatchSampler, GradNorms, Images, LearningRate, Monitor, ResumePoint,
-                     Scalars, Summary, resume)
+from monitor import (Checkpoint, EpochBatchSampler, GradNorms, Images, LearningRate, Monitor, Scalars,
+                     Summary)
 from monitor.checkpoint import CheckpointWriteError
 from options import example_options
 from shapes import CLASSES, Shapes
@@ -59,11 +59,12 @@ def evaluate(model: nn.Module, loader: DataLoader, loss_fn: nn.Module) -> dict[s
 
 def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, port: int | None = None,
           env: str = "shapes-custom-module", checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
-          resume_latest: bool = False, seed: int = 0, batch_size: int = 32, lr: float = 5e-3) -> nn.Module:
+          fresh: bool = False, seed: int = 0, batch_size: int = 32, lr: float = 5e-3) -> nn.Module:
     """Trains the model and returns it; the dashboard is in ``env`` on the given Visdom server.
 
     With ``checkpoint_dir``, a checkpoint is saved every ``checkpoint_every`` steps, after each
-    epoch and at the end; ``resume_latest`` continues from the latest one there.
+    epoch and at the end, and a run killed before its end continues from the latest one there
+    when run again (``fresh`` starts a new run instead).
     """
     torch.manual_seed(seed)
     train_set = Shapes(samples, seed=0)
@@ -88,12 +89,6 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
 
     model.register_forward_hook(record_confidence)
 
-    # Where to start: epoch 0 with fresh curves, or (--resume) where the latest checkpoint left
-    # off, with the weights, optimizer, scheduler and random numbers restored from it.
-    start = ResumePoint(path=None)                                            # monitor
-    if resume_latest:                                                         # monitor
-        start = resume(checkpoint_dir, model, optimizer, scheduler, missing_ok=True)
-
     callbacks = [                                                             # monitor
         Summary(hparams={"epochs": epochs, "samples": samples, "batch_size": batch_size, "seed": seed}),
         Scalars(),                              # loss, accuracy, confidence: one window each
@@ -103,20 +98,16 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
     ]
     if checkpoint_dir is not None:     # last, so that a checkpoint holds what the others logged
         callbacks.append(Checkpoint(checkpoint_dir, every_steps=checkpoint_every, every_epochs=1,  # monitor
-                                    scheduler=scheduler, metric="accuracy", mode="max"))
-    monitor = Monitor(callbacks, env=env, server=server, port=port,          # monitor
-                      rewind_to=start.runlog_position)     # the curves: cut back to the checkpoint
-    start.restore(monitor)                                 # the loop position and callback states
+                                    scheduler=scheduler, metric="accuracy", mode="max",
+                                    resume=True, fresh=fresh))  # a re-run continues a killed run
+    monitor = Monitor(callbacks, env=env, server=server, port=port)          # monitor
 
     with monitor:                                                             # monitor
         monitor.train_start(model, optimizer, hparams={"lr": lr})             # monitor
-        for epoch in range(start.epoch, epochs):
-            batches.set_epoch(epoch, skip=start.batches_done(epoch))
-            if not start.batches_done(epoch):  # else it began before the checkpoint we resumed from
-                monitor.epoch_start(epoch)                                    # monitor
+        for epoch in monitor.epochs(epochs):     # monitor: from where a killed run left off
             with click.progressbar(length=len(loader), label=f"epoch {epoch + 1}/{epochs}",
                                    item_show_func=lambda text: text) as bar:
-                for images, labels in loader:
+                for images, labels in monitor.batches(loader):                # monitor
                     outputs = model(images)          # __call__: hooks, then forward, then hooks
                     loss = loss_fn(outputs, labels)
                     optimizer.zero_grad()
@@ -130,7 +121,6 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
                                      inputs=images, targets=labels, outputs=outputs)
                     bar.update(1, f"step {monitor.state.step}  loss {loss.item():.3f}")
             monitor.validation_end(evaluate(model, val_loader, loss_fn))     # monitor
-            monitor.epoch_end()                                               # monitor
     return model
 
 

@@ -24,8 +24,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from monitor import (Checkpoint, EpochBatchSampler, GradNorms, Images, LearningRate, Monitor, ResumePoint,
-                     Scalars, Summary, resume)
+from monitor import (Checkpoint, EpochBatchSampler, GradNorms, Images, LearningRate, Monitor, Scalars,
+                     Summary)
 from monitor.checkpoint import CheckpointWriteError
 from options import example_options
 from shapes import CLASSES, Shapes
@@ -34,12 +34,13 @@ from train_sequential import build_model, evaluate
 
 def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, port: int | None = None,
           env: str = "shapes-ddp", checkpoint_dir: Path | None = None, checkpoint_every: int = 100,
-          resume_latest: bool = False, seed: int = 0, batch_size: int = 32, lr: float = 5e-3) -> nn.Module:
+          fresh: bool = False, seed: int = 0, batch_size: int = 32, lr: float = 5e-3) -> nn.Module:
     """Trains the model in this process's rank of the job and returns it (unwrapped from DDP).
 
     ``batch_size`` is the global batch, split between the ranks. With ``checkpoint_dir``, rank 0
     saves a checkpoint every ``checkpoint_every`` steps, after each epoch and at the end;
-    ``resume_latest`` continues every rank from the latest one there.
+    a run killed before its end continues
+    every rank from the latest one there when run again (``fresh`` starts a new run instead).
     """
     world_size = dist.get_world_size()                                        # ddp
     torch.manual_seed(seed)
@@ -58,12 +59,6 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr,
                                                     total_steps=epochs * batches.batches_per_epoch)
 
-    # Every rank resumes from the file rank 0 picks: the plain model's weights (a checkpoint of
-    # train_sequential.py does too), the optimizer, the scheduler and this rank's random numbers.
-    start = ResumePoint(path=None)                                            # monitor
-    if resume_latest:                                                         # monitor
-        start = resume(checkpoint_dir, model, optimizer, scheduler, missing_ok=True)
-
     callbacks = [                                                             # monitor
         Summary(hparams={"epochs": epochs, "samples": samples, "batch_size": batch_size, "seed": seed,
                          "processes": world_size}),
@@ -74,21 +69,17 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
     ]
     if checkpoint_dir is not None:     # last, so that a checkpoint holds what the others logged
         callbacks.append(Checkpoint(checkpoint_dir, every_steps=checkpoint_every, every_epochs=1,  # monitor
-                                    scheduler=scheduler, metric="accuracy", mode="max"))
-    monitor = Monitor(callbacks, env=env, server=server, port=port,          # monitor: a dashboard on rank 0 only
-                      rewind_to=start.runlog_position)     # the curves: cut back to the checkpoint
-    start.restore(monitor)                                 # the loop position and callback states
+                                    scheduler=scheduler, metric="accuracy", mode="max",
+                                    resume=True, fresh=fresh))  # a re-run continues a killed run
+    monitor = Monitor(callbacks, env=env, server=server, port=port)          # monitor: a dashboard on rank 0 only
 
     with monitor:                                                             # monitor
         monitor.train_start(model, optimizer, hparams={"lr": lr})             # monitor
-        for epoch in range(start.epoch, epochs):
-            batches.set_epoch(epoch, skip=start.batches_done(epoch))
-            if not start.batches_done(epoch):  # else it began before the checkpoint we resumed from
-                monitor.epoch_start(epoch)                                    # monitor
+        for epoch in monitor.epochs(epochs):     # monitor: from where a killed run left off
             with click.progressbar(length=len(loader), label=f"epoch {epoch + 1}/{epochs}",
                                    item_show_func=lambda text: text,
                                    hidden=not monitor.is_main) as bar:        # ddp: rank 0's bar only
-                for images, labels in loader:
+                for images, labels in monitor.batches(loader):                # monitor
                     outputs = model(images)
                     loss = loss_fn(outputs, labels)
                     optimizer.zero_grad()
@@ -103,7 +94,6 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
             # ddp: every rank evaluates the whole (small) validation set with the plain model, so
             # all agree; for a large one, give each rank a share and let Scalars average.
             monitor.validation_end(evaluate(model.module, val_loader, loss_fn))  # monitor
-            monitor.epoch_end()                                               # monitor
     return model.module
 
 

@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--random-draws", action="store_true")
     parser.add_argument("--checkpoints", default=None)
     parser.add_argument("--every-steps", type=int, default=None)
+    parser.add_argument("--no-resume", action="store_true", help="a fresh run, whatever --checkpoints holds")
     parser.add_argument("--pause-at", type=int, default=None)
     args = parser.parse_args()
 
@@ -85,7 +86,8 @@ def train(args: argparse.Namespace, distributed: bool) -> None:
     start = ResumePoint(path=None)
     callbacks = [Scalars(average=("loss", "accuracy") if args.average else False), LearningRate(), GradNorms()]
     if args.checkpoints:
-        start = resume(args.checkpoints, model, optimizer, scheduler, missing_ok=True)
+        if not args.no_resume:
+            start = resume(args.checkpoints, model, optimizer, scheduler, missing_ok=True)
         callbacks.append(Checkpoint(args.checkpoints, every_steps=args.every_steps, keep_last=2,
                                     scheduler=scheduler))
     (out / f"start-rank{rank}.json").write_text(json.dumps(

@@ -140,7 +140,7 @@ def test_an_example_killed_after_its_first_checkpoint_resumes_with_continuous_cu
     killed_at = json.loads((killed / "checkpoints" / "latest.json").read_text())["checkpoints"][-1]["step"]
     assert killed_at < 40
 
-    resumed_run = run_example("train_sequential.py", visdom_server, "resume-killed", killed, *args, "--resume")
+    resumed_run = run_example("train_sequential.py", visdom_server, "resume-killed", killed, *args)  # the same command
     assert "epoch 1/2" not in resumed_run.stdout or killed_at < 20  # a finished epoch is not run again
 
     steps = list(range(1, 41))
@@ -157,19 +157,21 @@ def test_an_example_killed_after_its_first_checkpoint_resumes_with_continuous_cu
 
 
 def test_resume_needs_a_checkpoint_dir(visdom_server, tmp_path) -> None:
-    result = subprocess.run(example_command("train_sequential.py", visdom_server, "resume-usage", "--resume"),
+    result = subprocess.run(example_command("train_sequential.py", visdom_server, "resume-usage", "--fresh"),
                             cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
-    assert result.stderr.strip().endswith("Error: --resume needs --checkpoint-dir DIR, the folder of the checkpoints")
+    assert result.stderr.strip().endswith("Error: --fresh needs --checkpoint-dir DIR, the folder of the checkpoints")
 
 
-def test_a_fresh_run_refuses_a_checkpoint_dir_of_another_run_in_one_line(visdom_server, tmp_path) -> None:
+def test_a_finished_example_run_again_starts_a_new_run_and_keeps_the_earlier_checkpoints(visdom_server, read_window,
+                                                                                         tmp_path) -> None:
     args = ("--samples", "64", "--epochs", "1", "--checkpoint-dir", "checkpoints")
-    run_example("train_sequential.py", visdom_server, "refuse", tmp_path, *args)
-    again = subprocess.run(example_command("train_sequential.py", visdom_server, "refuse", *args), cwd=tmp_path,
-                           capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert again.returncode == 1 and "Traceback" not in again.stderr
-    assert again.stderr.startswith("Error: directory must be empty or hold this run's checkpoints")
+    run_example("train_sequential.py", visdom_server, "again", tmp_path, *args)
+    first = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    again = run_example("train_sequential.py", visdom_server, "again", tmp_path, *args)
+    assert "epoch 1/1" in again.stdout  # trained again from the start
+    assert [p.name for p in (tmp_path / "checkpoints" / "earlier").iterdir()] == [first["run_id"]]
+    assert read_window(visdom_server, "again", "loss")["train"][0] == [1, 2]  # one run's curve, no zigzag
 
 
 # --- the README's code, as written -------------------------------------------------------------

@@ -49,7 +49,8 @@ class Checkpoint(Callback):
     without an exception), or ``fresh=True``, starts a new run instead: the earlier run's files
     move to ``DIR/earlier/<run id>/``. With ``resume``, SIGTERM or SIGUSR1 (a scheduler's
     pre-emption) saves a checkpoint at the next step's end and exits with status 75
-    (``REQUEUE_EXIT_STATUS``), for the job to be run again.
+    (``REQUEUE_EXIT_STATUS``), for the job to be run again (single-process runs; a signal the
+    program handles itself is left to it).
 
     A write that fails raises :class:`monitor.checkpoint.CheckpointWriteError` out of the hook.
     It is not an ``Exception``, so the Monitor's containment of callback errors lets it through
@@ -173,8 +174,8 @@ class Checkpoint(Callback):
         position = [state.step, state.epoch, self._epoch_done]
         if self.at_end and not self._aborted and position != self._last_saved:
             self.save()
-        if not self._aborted and self._claimed:
-            on_main(lambda: mark_finished(self.directory))  # a re-run of the command starts a new run
+        if not self._aborted:  # a re-run of the command starts a new run
+            on_main(lambda: self._claimed and mark_finished(self.directory))
 
     # --- saving -------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -246,7 +247,8 @@ class Checkpoint(Callback):
         _log.info("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
 
     def _catch_preemption(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
+        # Under torch.distributed the ranks would have to agree on the step to stop at: not yet.
+        if threading.current_thread() is not threading.main_thread() or self._monitor.world_size > 1:
             return
         for number in _PREEMPTION_SIGNALS:
             if signal.getsignal(number) is signal.SIG_DFL:  # never take a signal the program handles itself
