@@ -144,7 +144,9 @@ class Monitor:
     goes on.
 
     Callbacks that keep state for checkpoints need distinct ``state_key`` values; stateless
-    ones may repeat (``[Images(), Images(source="outputs")]``).
+    ones may repeat (``[Images(), Images(source="outputs")]``). With a
+    ``Checkpoint(..., resume=True)`` among them, iterate ``monitor.epochs(n)`` and
+    ``monitor.batches(loader)``: a killed run, started again, continues where it left off.
     """
 
     def __init__(self, callbacks: Iterable[Callback] = (), *, env: str | None = None,
