@@ -50,7 +50,10 @@ def main() -> None:
               help="Folder where the server keeps its envs.  [default: ~/.monitor/visdom]")
 @click.option("--login", is_flag=True,
               help="Require a login; the credentials come from $VISDOM_USERNAME and $VISDOM_PASSWORD.")
-def serve(port: int | None, host: str, env_path: Path | None, login: bool) -> None:
+@click.option("--runs", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
+              help="Rebuild the env of every run under DIR (DIR/ENV/runlog.jsonl) once the server answers: "
+                   "a restarted server shows finished runs again.")
+def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs: Path | None) -> None:
     """Start a Visdom server and keep it running until Ctrl-C.
 
     Serves where clients look by default: the port in $VISDOM_PORT or $VISDOM_SERVER_URL.
@@ -78,6 +81,8 @@ def serve(port: int | None, host: str, env_path: Path | None, login: bool) -> No
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         click.echo(f"Visdom dashboard at {server.url} (envs in {server.env_path}); Ctrl-C to stop.")
+        if runs is not None:
+            _rebuild(runs, server)
         code = server.process.wait()
     except KeyboardInterrupt:
         click.echo("Stopping the server.", err=True)
@@ -232,6 +237,16 @@ def replay_command(run_log: Path, env: str | None, server: str | None, port: int
         for bar in bars.values():
             bar.__exit__(None, None, None)
     click.echo(f"Replayed {run_log} into env {filled!r}.")
+
+
+def _rebuild(runs: Path, server) -> None:
+    from monitor.replay import rebuild
+
+    outcome = rebuild(runs, server=server.url)
+    rebuilt = sorted(env for env, what in outcome.items() if what == "rebuilt")
+    live = sorted(env for env, what in outcome.items() if what == "live")
+    click.echo(f"Rebuilt {len(rebuilt)} env(s) from the run logs in {runs}" + (f": {', '.join(rebuilt)}" if rebuilt else "")
+               + (f"; left {len(live)} live run(s) to themselves" if live else "") + ".")
 
 
 def _log_progress() -> None:

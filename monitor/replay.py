@@ -1,11 +1,18 @@
-"""replay: send a run log to a Visdom server, for a run trained without a dashboard or a lost env."""
+"""replay: send a run log to a Visdom server, for a run trained without a dashboard or a lost env.
+
+:func:`replay` sends one run log; :func:`rebuild` sends every finished run's log under a folder,
+which is how ``monitor serve --runs runs/`` gives a restarted server its dashboards back.
+"""
 from __future__ import annotations
 
+import logging
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 from monitor import checks
-from monitor.connection import Connection
+from monitor.connection import Connection, DashboardError
+from monitor.rundir import RunDir
 from monitor.runlog import RunLog
 from monitor.windows import Windows
 
@@ -43,3 +50,29 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
     finally:
         sender.close()
     return env
+
+
+_log = logging.getLogger("monitor")
+
+
+def rebuild(runs: str | os.PathLike, **connection: Any) -> dict[str, str]:
+    """Replays the run log of every run under ``runs`` (``runs/<env>/runlog.jsonl``) into its env.
+
+        rebuild("runs", port=8097)      # {"mnist": "rebuilt", "sweep-3": "live", ...}
+
+    A live run (its process holds the folder) is left to its own sink, which resends its
+    windows itself. Returns what happened to each env: "rebuilt", "live" or the trouble met;
+    trouble with one run does not stop the others.
+    """
+    outcome: dict[str, str] = {}
+    for path in sorted(Path(runs).glob(f"*/{RunLog.FILENAME}")):
+        name = path.parent.name
+        if RunDir(path.parent).is_live():
+            outcome[name] = "live"
+            continue
+        try:
+            outcome[replay(path, **connection)] = "rebuilt"
+        except (DashboardError, ValueError, OSError) as error:
+            outcome[name] = f"not rebuilt: {error}"
+            _log.warning("monitor: the run log %s was not replayed: %s", path, error)
+    return outcome

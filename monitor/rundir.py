@@ -65,6 +65,20 @@ class RunDir:
             os.close(self._lock)
             self._lock = None
 
+    def is_live(self) -> bool:
+        """Whether a live process holds the folder (one that is writing its run log now)."""
+        try:
+            fd = os.open(self.path / self.LOCK, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
     def set_aside(self) -> Path | None:
         """Moves the latest run's log to ``earlier/<its run id>.jsonl``; returns where, or None if
         there was no run (no log, or only its first line)."""

@@ -138,3 +138,31 @@ def test_the_compare_view_overlays_two_runs_in_one_loss_window_even_with_a_nan(v
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "compare.png"))
     assert "loss" in titles and names == ["0_train", "1_train"]  # both runs' traces, one window
+
+
+def test_a_server_killed_and_started_again_with_runs_shows_the_finished_run(fresh_server, monitor_serve, tmp_path,
+                                                                             browser):
+    import subprocess
+    import sys
+    import time
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    quick_start = Path(__file__).parent / "helpers" / "quick_start.py"
+    subprocess.run([sys.executable, str(quick_start), "--env", "outlived", "--port", str(fresh_server.port),
+                    "--run-dir", str(tmp_path / "runs" / "outlived")], check=True, capture_output=True, timeout=120)
+    port = fresh_server.port
+    fresh_server.kill()
+    serving = monitor_serve("--port", str(port), "--env-path", str(tmp_path / "envs"), "--runs", str(tmp_path / "runs"))
+    url = serving.url()
+    deadline = time.monotonic() + 60
+    while not any("Rebuilt" in line for line in serving.lines):
+        assert time.monotonic() < deadline, serving.lines
+        time.sleep(0.05)
+
+    browser.get(f"{url}/env/outlived")
+    titles = ".window .bar div.pull-right"
+    WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg.main-svg")) >= 3)
+    shown = {e.text for e in browser.find_elements(By.CSS_SELECTOR, titles)}
+    assert {"summary", "loss", "learning rate", "grad norm"} <= shown, shown

@@ -1,0 +1,69 @@
+"""Dashboards that outlive their server: ``monitor serve --runs DIR`` rebuilds every finished run's env."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from monitor.replay import rebuild, replay
+
+QUICK_START = Path(__file__).parent / "helpers" / "quick_start.py"
+
+
+def _train(server, runs: Path, env: str) -> None:
+    subprocess.run([sys.executable, str(QUICK_START), "--env", env, "--port", str(server.port),
+                    "--run-dir", str(runs / env)], check=True, capture_output=True, timeout=120)
+
+
+def _windows(client, env: str) -> dict:
+    data = json.loads(client.get_window_data(None, env))
+    windows = {}
+    for name, window in data.items():
+        window = json.loads(window) if isinstance(window, str) else window
+        windows[name] = (window["title"], window["content"])
+    return windows
+
+
+def _wait_for_line(command, text: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in command.lines:
+            if text in line:
+                return line
+        time.sleep(0.05)
+    raise AssertionError(f"no line with {text!r} within {timeout} s: {command.lines}")
+
+
+def test_a_killed_server_started_again_with_runs_shows_every_finished_run_as_a_replay_would(
+        fresh_server, monitor_serve, connect_client, tmp_path):
+    runs = tmp_path / "runs"
+    for env in ("rebuild-a", "rebuild-b"):
+        _train(fresh_server, runs, env)
+    port = fresh_server.port
+    fresh_server.kill()  # a crash: visdom saved nothing
+
+    serving = monitor_serve("--port", str(port), "--env-path", str(tmp_path / "new-envs"), "--runs", str(runs))
+    url = serving.url()
+    assert "Rebuilt 2 env(s)" in _wait_for_line(serving, "Rebuilt")
+    client = connect_client(fresh_server)
+    for env in ("rebuild-a", "rebuild-b"):
+        rebuilt = _windows(client, env)
+        assert {"loss", "learning rate", "grad norm", "summary"} <= set(rebuilt)
+        replay(runs / env / "runlog.jsonl", f"{env}-replayed", server=url)
+        assert rebuilt == _windows(client, f"{env}-replayed")
+
+
+def test_rebuild_leaves_a_live_run_to_its_own_sink(visdom_server, tmp_path):
+    from monitor.rundir import RunDir
+
+    runs = tmp_path / "runs"
+    _train(visdom_server, runs, "rebuild-live")
+    holder = RunDir(runs / "rebuild-live")
+    holder.lock("someone", "rebuild-live")
+    try:
+        assert rebuild(runs, port=visdom_server.port) == {"rebuild-live": "live"}
+    finally:
+        holder.unlock()
+    assert rebuild(runs, port=visdom_server.port) == {"rebuild-live": "rebuilt"}
