@@ -53,6 +53,7 @@ class Connection:
         if self.username and not self.password:
             raise ValueError("password must be given with username (or VISDOM_PASSWORD set), got none")
         self.last_seconds = 0.0  # wall time of the latest request
+        self.last_bytes = 0  # size of the latest request's body
         self._session: requests.Session | None = None
 
     def post(self, endpoint: str, message: dict[str, Any], timeout: float | None = None) -> str:
@@ -61,6 +62,7 @@ class Connection:
         A message that is not valid JSON (NaN, an object) raises ValueError or TypeError instead.
         """
         body = json.dumps(message, allow_nan=False, separators=(",", ":"))
+        self.last_bytes = len(body)
         timeout = self.timeout if timeout is None else min(self.timeout, max(timeout, 0.05))
         try:
             session = self._logged_in(timeout)

@@ -4,7 +4,11 @@ Each changed window is sent whole, one request per window (Visdom's append costs
 more per point than a replace, and a replace is idempotent, so a retry never duplicates a
 point). A server that does not answer is retried with backoff and reported once; a server that
 lost the env (restarted, env deleted) is noticed by a heartbeat and gets every window again;
-windows that only a rewound part of the run log wrote are closed. The HTTP is
+windows that only a rewound part of the run log wrote are closed. A window is paced by what
+it costs: after a send, it waits at least ``interval``, ten times the request's time (so one
+window takes at most about a tenth of the server) and a second per megabyte, so a large window from
+a deep model never crowds the server or the browsers, while small windows still arrive within
+a second. A flush or a close sends everything at once. The HTTP is
 :class:`monitor.connection.Connection`'s, the windows' content :class:`monitor.windows.Windows`'.
 """
 from __future__ import annotations
@@ -19,6 +23,9 @@ from monitor.reports import Reports
 from monitor.windows import Window, Windows
 
 _log = logging.getLogger("monitor")
+
+_SERVER_SHARE = 0.1  # of the server's time that one window may take, at most
+_BYTES_PER_SECOND = 1_000_000  # of one window's messages, at most
 
 
 class FlushTiming(NamedTuple):
@@ -55,6 +62,8 @@ class Delivery:
         self._retry_at = 0.0
         self._backoff = interval
         self._last_check = time.monotonic()
+        self.pacing: dict[str, float] = {}  # seconds each window waits after a send, by name
+        self._due: dict[str, float] = {}
 
     def send(self, force: bool = False, limit: float | None = None) -> None:
         """Sends every changed window whole; on trouble keeps them all for the next try.
@@ -73,6 +82,8 @@ class Delivery:
                 self._close(name, limit)
                 self._stale.discard(name)
             for window in self._placed_in_order(limit):
+                if not force and window.sent and now < self._due.get(window.name, 0.0):
+                    continue  # paced: its latest state goes out when its turn comes
                 message = window.message(self.env)
                 if message is None:
                     window.mark_skipped()
@@ -85,6 +96,7 @@ class Delivery:
                     window.mark_skipped()
                     continue
                 window.mark_sent()
+                self._pace(window.name)
                 seconds += self.connection.last_seconds
                 sent += 1
                 points += sum(len(t) for t in window.traces.values())
@@ -99,6 +111,11 @@ class Delivery:
                       self.connection.url)
         self._down_since, self._backoff = None, self.interval
         self.delivered = not self.windows.changed()
+
+    def _pace(self, name: str) -> None:
+        cost = self.connection
+        self.pacing[name] = max(self.interval, cost.last_seconds / _SERVER_SHARE, cost.last_bytes / _BYTES_PER_SECOND)
+        self._due[name] = time.monotonic() + self.pacing[name]
 
     def _placed_in_order(self, limit: float | None = None) -> list[Window]:
         """The changed windows, in page order; sent windows that a new one must precede are

@@ -1,0 +1,37 @@
+"""Pacing by cost: a window's sends are spaced by what they cost the server; nothing is lost."""
+from __future__ import annotations
+
+import json
+
+import torch
+
+from monitor.log import Log
+from monitor.runlog import RunLog
+from monitor.sink import VisdomSink
+from monitor.windows import Windows
+
+
+def test_a_large_window_waits_in_proportion_to_its_size_while_small_ones_keep_the_interval(
+        visdom_server, connect_client, tmp_path):
+    sink = VisdomSink("pacing", port=visdom_server.port, run_dir=tmp_path / "run", flush_every=0.05)
+    log = Log(sink)
+    layers = [f"layer{i}" for i in range(160)]
+    for step in range(1, 301):
+        log.vector("grad norm", step, layers, torch.arange(160.0) + step)  # a deep model's window
+        log.scalar("loss", "train", step, 1.0 / step)
+        if step % 100 == 0:
+            assert sink.flush(timeout=30)
+    pacing = dict(sink.delivery.pacing)
+    assert sink.close(timeout=30)
+
+    assert pacing["loss"] < 0.5  # small: the flush interval, or ten times a slow request
+    assert pacing["grad norm"] >= 0.3 and pacing["grad norm"] > pacing["loss"]  # about 0.5 MB: half a second
+    expected = Windows(1000)
+    expected.apply(RunLog.read(tmp_path / "run" / RunLog.FILENAME))
+    shown = json.loads(connect_client(visdom_server).get_window_data(None, "pacing"))
+    for name in ("grad norm", "loss"):  # the latest state of every window arrived in the end
+        window = json.loads(shown[name]) if isinstance(shown[name], str) else shown[name]
+        sent = window["content"]["data"]
+        logged = expected.by_name[name].message("pacing")[1]["data"]
+        assert [(t["name"], t["x"], t["y"]) for t in sent] == [(t["name"], t["x"], t["y"]) for t in logged]
+        assert sent[0]["x"][-1] == 300
