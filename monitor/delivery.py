@@ -6,7 +6,7 @@ point). A server that does not answer is retried with backoff and reported once;
 lost the env (restarted, env deleted) is noticed by a heartbeat and gets every window again;
 windows that only a rewound part of the run log wrote are closed. A window is paced by what
 it costs: after a send, it waits at least ``interval``, ten times the request's time (so one
-window takes at most about a tenth of the server) and a second per megabyte, so a large window from
+window takes at most about a tenth of the server) and a second per 100 KB, so a large window from
 a deep model never crowds the server or the browsers, while small windows still arrive within
 a second. A flush or a close sends everything at once. The HTTP is
 :class:`monitor.connection.Connection`'s, the windows' content :class:`monitor.windows.Windows`'.
@@ -25,7 +25,7 @@ from monitor.windows import Window, Windows
 _log = logging.getLogger("monitor")
 
 _SERVER_SHARE = 0.1  # of the server's time that one window may take, at most
-_BYTES_PER_SECOND = 1_000_000  # of one window's messages, at most
+_BYTES_PER_SECOND = 100_000  # of one window's messages, at most: a 300 KB window every 3 s
 
 
 class FlushTiming(NamedTuple):

@@ -1,6 +1,8 @@
 """What each Visdom window should show, built from run-log entries and kept small.
 
-A line window holds at most ``points_per_trace`` points per trace however long the run. Up to
+A line window holds at most ``points_per_trace`` points per trace, and ``WINDOW_POINTS`` in all
+(about 300 KB of JSON), however long the run and however many traces: a model with 160 layers
+gets about 75 points per layer trace. Up to
 that many points a trace is exact; beyond, neighbouring buckets of points merge, each bucket
 keeping its lowest and highest point (and its first gap, where a value was not finite). So the
 curve keeps its shape and its extremes while the server's cost per update stays flat; the full
@@ -20,6 +22,9 @@ from monitor import checks
 from monitor.records import Order
 
 Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
+
+WINDOW_POINTS = 12_000  # points a line window shows in all: its message stays under about 300 KB
+_MIN_TRACE_POINTS = 10
 
 
 class _Summary:
@@ -110,9 +115,18 @@ class Trace:
             self.buckets.append(done)
             self.kept += len(done)
             self.partial = _Summary()
-        while self.kept + 5 > self.budget and len(self) > self.budget:
-            self._merge()
+        self._fit()
         return True
+
+    def shrink(self, budget: int) -> None:
+        """Shows at most ``budget`` points from now on (a window that gained traces shares its points)."""
+        if budget < self.budget:
+            self.budget = budget
+            self._fit()
+
+    def _fit(self) -> None:
+        while self.kept + 5 > self.budget and len(self) > self.budget and self.buckets:
+            self._merge()
 
     def _merge(self) -> None:
         """Merges neighbouring buckets: twice the width, half the buckets."""
@@ -183,7 +197,7 @@ class Window:
             for name, y in entry["y"].items():
                 trace = self.traces.get(name)
                 if trace is None:
-                    trace = self.traces[name] = Trace(self.budget)
+                    trace = self._new_trace(name)
                 if not trace.add(x, None if y is None else float(y)):
                     refused.append(Backwards(self.name, name, x, trace.last[1]))
         elif kind in ("image", "text"):
@@ -193,6 +207,13 @@ class Window:
             self.order = entry.get("order", self.order)
         self.changed = True
         return refused
+
+    def _new_trace(self, name: str) -> Trace:
+        share = max(_MIN_TRACE_POINTS, min(self.budget, WINDOW_POINTS // (len(self.traces) + 1)))
+        for trace in self.traces.values():
+            trace.shrink(share)
+        trace = self.traces[name] = Trace(share)
+        return trace
 
     def mark_sent(self) -> None:
         """The server took this window's latest message."""

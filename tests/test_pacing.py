@@ -25,7 +25,7 @@ def test_a_large_window_waits_in_proportion_to_its_size_while_small_ones_keep_th
     assert sink.close(timeout=30)
 
     assert pacing["loss"] < 0.5  # small: the flush interval, or ten times a slow request
-    assert pacing["grad norm"] >= 0.3 and pacing["grad norm"] > pacing["loss"]  # about 0.5 MB: half a second
+    assert pacing["grad norm"] >= 0.5 > pacing["loss"]  # about 80 KB (160 traces of 42 points): 0.8 s
     expected = Windows(1000)
     expected.apply(RunLog.read(tmp_path / "run" / RunLog.FILENAME))
     shown = json.loads(connect_client(visdom_server).get_window_data(None, "pacing"))

@@ -82,3 +82,23 @@ def test_a_text_window_shows_its_latest_text():
 def test_points_per_trace_must_be_an_int_of_at_least_10(budget, error):
     with pytest.raises(error, match=r"points_per_trace must be an int >= 10, got"):
         Windows(budget)
+
+
+def test_a_window_of_161_traces_stays_under_300_kb_and_keeps_every_trace_s_extremes():
+    import json
+
+    rng = random.Random(161)
+    names = [f"features.{i}.conv" for i in range(161)]
+    windows = Windows(1000)
+    lowest, highest = {}, {}
+    for step in range(1, 5001):
+        values = {n: rng.uniform(0.0, 1.0) * 10 ** rng.uniform(-4, 1) for n in names}
+        for n, y in values.items():
+            lowest[n] = min(lowest.get(n, math.inf), y)
+            highest[n] = max(highest.get(n, -math.inf), y)
+        windows.apply([{"k": "points", "win": "grad norm", "x": step, "y": values}])
+    endpoint, message = windows.by_name["grad norm"].message("e")
+    assert len(json.dumps(message, separators=(",", ":"))) < 300_000
+    for trace in message["data"]:
+        assert min(trace["y"]) == lowest[trace["name"]] and max(trace["y"]) == highest[trace["name"]]
+        assert trace["x"][0] == 1 and trace["x"][-1] == 5000
