@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
 
 import torch
 
@@ -33,10 +33,18 @@ class LoopState:
     ``loss``, ``inputs``, ``targets`` and ``outputs`` are set only while ``on_step_end`` runs, so
     the monitor never keeps a batch alive. They are the loop's own objects: a callback that keeps
     any of them must log a snapshot (``Log`` does).
+
+    ``optimizers`` names every optimizer the loop gave ``train_start``; ``optimizer`` is the one
+    when there is one (None with several). ``backward_pass`` is the optimizer whose gradients
+    the latest ``after_backward(optimizer=...)`` said are ready (None: the model's, all of them).
+    ``scaler`` is the loop's ``torch.amp.GradScaler``, if it gave one.
     """
 
     model: torch.nn.Module | None = None
     optimizer: torch.optim.Optimizer | None = None
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    scaler: Any = None
+    backward_pass: str | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
     step: int = 0
@@ -209,14 +217,23 @@ class Monitor:
 
     # --- the hooks the loop calls ------------------------------------------------------------
     def train_start(self, model: torch.nn.Module | None = None,
-                    optimizer: torch.optim.Optimizer | None = None,
-                    hparams: Mapping[str, Any] | None = None) -> None:
-        """Call once before the first epoch (and again after a resume)."""
+                    optimizer: Optimizers | None = None,
+                    hparams: Mapping[str, Any] | None = None, *, scaler: Any = None) -> None:
+        """Call once before the first epoch (and again after a resume).
+
+        ``optimizer`` is one optimizer, a list of them, or a mapping of names to them (a GAN's
+        ``{"G": opt_g, "D": opt_d}``); ``scaler`` the ``torch.amp.GradScaler`` of a mixed-precision
+        loop, so that gradient norms are those of the true, unscaled gradients.
+        """
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        if optimizer is not None and not isinstance(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        self.state.model, self.state.optimizer = model, optimizer
+        optimizers = _named_optimizers(optimizer)
+        if scaler is not None and not all(callable(getattr(scaler, name, None))
+                                          for name in ("scale", "unscale_", "get_scale", "is_enabled")):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+        state = self.state
+        state.model, state.optimizers, state.scaler = model, optimizers, scaler
+        state.optimizer = next(iter(optimizers.values())) if len(optimizers) == 1 else None
         self.state.hparams = dict(hparams or {})
         self._started = True
         self._fire("on_train_start")
@@ -230,8 +247,15 @@ class Monitor:
         self.state.batch = 0
         self._fire("on_epoch_start")
 
-    def after_backward(self) -> None:
-        """Call after ``loss.backward()`` and before ``optimizer.step()`` / ``zero_grad()``."""
+    def after_backward(self, optimizer: str | torch.optim.Optimizer | None = None) -> None:
+        """Call after ``loss.backward()`` and before ``optimizer.step()`` / ``zero_grad()``.
+
+        With several optimizers and a backward pass each (a GAN), say whose gradients are ready:
+        ``after_backward("D")`` or ``after_backward(opt_d)``; their norms get a window of their
+        own. With gradient accumulation, calling it after every micro-batch or only after the
+        last gives the same single point per step: the last call's, the accumulated gradients.
+        """
+        self.state.backward_pass = self._pass_of(optimizer)
         if not self._in_step:
             self._in_step = True
             self.state.step += 1
@@ -274,6 +298,21 @@ class Monitor:
     def exception(self, error: BaseException) -> None:
         """Call from the loop's ``except`` block (the context-manager form does this for you)."""
         self._fire("on_exception", error)
+
+    def _pass_of(self, optimizer: str | torch.optim.Optimizer | None) -> str | None:
+        if optimizer is None:
+            return None
+        named = self.state.optimizers
+        if isinstance(optimizer, str):
+            if optimizer in named:
+                return optimizer
+        else:
+            for name, known in named.items():
+                if known is optimizer:
+                    return name
+        given = repr(optimizer) if isinstance(optimizer, str) else f"a {type(optimizer).__name__} not given to it"
+        raise ValueError(f"optimizer must name one of those given to train_start ({', '.join(named) or 'none'}), "
+                         f"got {given}")
 
     # --- iteration that resumes ----------------------------------------------------------------
     def epochs(self, count: int) -> Iterator[int]:
@@ -361,6 +400,33 @@ class Monitor:
         name = type(callback).__name__
         self._reports.once((name, hook), f"callback {name} failed in {hook}: {type(error).__name__}: {error}. "
                                          f"Training goes on, and {name} is called again at the next {hook}")
+
+
+Optimizers = Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer], Mapping[str, torch.optim.Optimizer]]
+
+
+def _named_optimizers(optimizer: Optimizers | None) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer, a list or a mapping, as names to optimizers (a list's are numbered by class)."""
+    if optimizer is None:
+        return {}
+    if isinstance(optimizer, torch.optim.Optimizer):
+        return {type(optimizer).__name__: optimizer}
+    if isinstance(optimizer, Mapping):
+        named = dict(optimizer)
+        for name in named:
+            checks.name("optimizer name", name)
+    elif isinstance(optimizer, (list, tuple)):
+        classes = [type(o).__name__ for o in optimizer]
+        named = {(c if classes.count(c) == 1 else f"{c} {i}"): o for i, (c, o) in enumerate(zip(classes, optimizer))}
+    else:
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer, a list of them or a mapping of names to them, "
+                        f"got {type(optimizer).__name__}")
+    for name, value in named.items():
+        if not isinstance(value, torch.optim.Optimizer):
+            raise TypeError(f"optimizer {name!r} must be a torch.optim.Optimizer, got {type(value).__name__}")
+    if not named:
+        raise ValueError("optimizer must hold at least one optimizer, got an empty collection")
+    return named
 
 
 def _has_state(callback: Callback) -> bool:

@@ -220,7 +220,8 @@ class Checkpoint(Callback):
                              "after a resume from it the dashboard may show steps twice", path.name)
             loop = monitor.state_dict()
             checkpoint = build_checkpoint(
-                model=state.model, optimizer=state.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+                model=state.model, optimizer=_optimizers(state), scheduler=self.scheduler,
+                scaler=self.scaler or state.scaler,
                 loop={**loop, "epoch_done": self._epoch_done}, rng=rng, callbacks=loop["callbacks"],
                 run={"env": monitor.sink.env, "run_id": self.run_id, "runlog_position": position},
                 metric={"name": self.metric, "value": self._metric_value, "mode": self.mode},
@@ -240,7 +241,8 @@ class Checkpoint(Callback):
             raise CheckpointResumeError(f"resuming from {self.start.path} needs the model: pass it to "
                                         f"monitor.train_start(model, optimizer), got None")
         try:
-            restore_parts(self.start.path, checkpoint, state.model, state.optimizer, self.scheduler, self.scaler)
+            restore_parts(self.start.path, checkpoint, state.model, _optimizers(state), self.scheduler,
+                          self.scaler or state.scaler)
         except Exception as error:
             raise CheckpointResumeError(f"the run could not be put back from {self.start.path}: "
                                         f"{type(error).__name__}: {error}") from error
@@ -308,3 +310,8 @@ class Checkpoint(Callback):
         self._last_saved = list(state["last_saved"]) if state["last_saved"] is not None else None
         self._claimed = False
 
+
+
+def _optimizers(state: LoopState) -> Any:
+    """The one optimizer, or several by name (saved as a dict of their state_dicts)."""
+    return state.optimizers if len(state.optimizers) > 1 else state.optimizer

@@ -10,6 +10,7 @@ import torch
 from torch.nn.modules.module import (register_module_module_registration_hook,
                                      register_module_parameter_registration_hook)
 
+from monitor.amp import current_scale, scale_of
 from monitor.callbacks._every import is_due
 from monitor.checks import boolean, positive_int
 from monitor.models import unwrap_model
@@ -18,7 +19,7 @@ from monitor.log import Log
 from monitor.records import Order
 
 _YLABELS = {"grad norm": "L2 norm of the gradients", "weight norm": "L2 norm of the weights",
-            "update ratio": "norm of the update / norm of the weights"}
+            "update ratio": "norm of the update / norm of the weights", "loss scale": "GradScaler's scale"}
 
 
 class GradNorms(Callback):
@@ -41,8 +42,17 @@ class GradNorms(Callback):
 
     ``weights=True`` adds ``weight norm``; ``update_ratio=True`` adds ``update ratio``,
     ||w_after - w_before|| / ||w_before|| per layer, which costs a copy of the weights on the
-    device between after_backward and step_end on the steps it logs. With gradient
-    accumulation, call ``after_backward`` once, after the last backward.
+    device between after_backward and step_end on the steps it logs.
+
+    The norms are taken at ``after_backward`` and logged at ``step_end``, one point a step: with
+    gradient accumulation the last call of the step counts (the accumulated gradients), whether
+    the loop calls ``after_backward`` after every micro-batch or only the last. Called before
+    ``clip_grad_norm_``, ``total`` is the norm it clips (what it returns). With a GradScaler
+    given to ``train_start(..., scaler=scaler)`` the norms are those of the unscaled gradients,
+    before or after ``scaler.unscale_``; a step the scaler skips (inf or NaN gradients) shows as
+    a gap, counted in the legend, and ``loss_scale=True`` plots the scale in ``loss scale``.
+    With several optimizers, ``after_backward(optimizer=name)`` gives each backward pass its own
+    window, ``grad norm NAME``, holding only that optimizer's parameters.
 
     A model wrapped in DistributedDataParallel (or torch.compile) is read through the wrapper,
     so its traces are named as the plain model's (``0.Linear``, not ``module.0.Linear``). DDP
@@ -51,9 +61,13 @@ class GradNorms(Callback):
     batch (inside ``no_sync()`` they would be each rank's own).
     """
 
-    def __init__(self, every: int = 1, weights: bool = False, update_ratio: bool = False) -> None:
+    def __init__(self, every: int = 1, weights: bool = False, update_ratio: bool = False,
+                 loss_scale: bool = False) -> None:
         self.every = positive_int("every", every)
         self.weights, self.update_ratio = boolean("weights", weights), boolean("update_ratio", update_ratio)
+        self.loss_scale = boolean("loss_scale", loss_scale)
+        self._pending: dict[str, tuple[str, tuple[str, ...], Callable[[], list[float]]]] = {}  # window: kind, ...
+        self._passes: dict[str, tuple[int, ...]] = {}  # an optimizer's parameters, as indices into _params
         self._wrapped: torch.nn.Module | None = None   # the model as passed, maybe in a wrapper
         self._model: torch.nn.Module | None = None
         self._params: list[torch.nn.Parameter] = []
@@ -77,6 +91,7 @@ class GradNorms(Callback):
             self._hooks = [register_module_module_registration_hook(registered),
                            register_module_parameter_registration_hook(registered)]
         self._stale = True
+        self._passes.clear()  # maybe other optimizers
         self._parameters(state)
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
@@ -93,22 +108,37 @@ class GradNorms(Callback):
         params = self._parameters(state)
         if not params:
             return
-        grads = [p.grad for p in params]
-        present = self._all
+        name = state.backward_pass
+        indices = self._all if name is None else self._pass(state, name)
+        grads = [p.grad for p in params] if indices is self._all else [params[i].grad for i in indices]
+        present = indices
         for grad in grads:  # a plain loop: `None in grads` would call Tensor.__eq__
             if grad is None:
-                present = tuple(i for i, g in enumerate(grads) if g is not None)
-                grads = [grads[i] for i in present]
+                present = tuple(i for i, g in zip(indices, grads) if g is not None)
+                grads = [g for g in grads if g is not None]
                 break
+        suffix = "" if name is None else f" {name}"
         if grads:
-            self._write(log, "grad norm", state.step, grads, present)
+            optimizers = state.optimizers.values() if name is None else (state.optimizers[name],)
+            scale = scale_of(state.scaler, optimizers) if state.scaler is not None else None
+            self._write("grad norm", suffix, grads, present, scale)
         if self.weights:
-            self._write(log, "weight norm", state.step, params, self._all)
+            self._write("weight norm", suffix, [params[i] for i in indices], indices, None)
         if self.update_ratio:
             with torch.no_grad():
                 self._before = torch._foreach_mul(params, 1.0)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
+        pending, self._pending = self._pending, {}
+        for window, (kind, traces, values) in pending.items():  # the step's last after_backward counts
+            self._put(log, window, _YLABELS[kind], state.step, traces, values)
+        if self.loss_scale and is_due(state.step, self.every) and (scale := current_scale(state.scaler)) is not None:
+            log.window("loss scale", order=Order.GRADIENTS, title="loss scale", xlabel="step",
+                       ylabel=_YLABELS["loss scale"], ytype="log")
+            if isinstance(scale, float):
+                log.scalar("loss scale", "scale", state.step, scale)
+            else:
+                log.vector("loss scale", state.step, ("scale",), scale, copy=False)
         before, self._before = self._before, None
         if before is None or not is_due(state.step, self.every):
             return
@@ -116,12 +146,13 @@ class GradNorms(Callback):
             updates = _each_norm(torch._foreach_sub(self._params, before))
             before = _each_norm(before)
         traces, groups = self._grouping(self._all)
-        self._put(log, "update ratio", state.step, traces, partial(_update_ratios, updates, before, groups))
+        self._put(log, "update ratio", _YLABELS["update ratio"], state.step, traces,
+                  partial(_update_ratios, updates, before, groups))
 
-    def _write(self, log: Log, window: str, x: int, tensors: list[torch.Tensor],
-               present: tuple[int, ...]) -> None:
+    def _write(self, kind: str, suffix: str, tensors: list[torch.Tensor], present: tuple[int, ...],
+               scale: float | torch.Tensor | None) -> None:
         traces, groups = self._groupings.get(present) or self._grouping(present)
-        if window == "grad norm" and not tensors[0].requires_grad:
+        if kind == "grad norm" and not tensors[0].requires_grad:
             # Plain gradients (no backward(create_graph=True)) build no graph, and no_grad()
             # would cost as much as the norms' own Python.
             norms = _each_norm(tensors)
@@ -129,12 +160,22 @@ class GradNorms(Callback):
             with torch.no_grad():
                 norms = _each_norm(tensors)
         # The norms are floats or new tensors nothing else holds: adding them up can wait.
-        self._put(log, window, x, traces, partial(_layer_norms, norms, groups))
+        values = partial(_layer_norms, norms, groups)
+        self._pending[kind + suffix] = (kind, traces, values if scale is None else partial(_unscaled, values, scale))
 
-    def _put(self, log: Log, window: str, x: int, traces: tuple[str, ...],
+    def _put(self, log: Log, window: str, ylabel: str, x: int, traces: tuple[str, ...],
              values: Callable[[], list[float]]) -> None:
-        log.window(window, order=Order.GRADIENTS, title=window, xlabel="step", ylabel=_YLABELS[window], ytype="log")
+        log.window(window, order=Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log")
         log.vector(window, x, traces, values)
+
+    def _pass(self, state: LoopState, name: str) -> tuple[int, ...]:
+        """The indices in ``_params`` of the parameters optimizer ``name`` updates."""
+        if name not in self._passes:
+            index = {id(p): i for i, p in enumerate(self._params)}
+            found = {index[id(p)] for group in state.optimizers[name].param_groups for p in group["params"]
+                     if id(p) in index}
+            self._passes[name] = tuple(sorted(found))
+        return self._passes[name]
 
     def _parameters(self, state: LoopState) -> list[torch.nn.Parameter]:
         """The model's parameters; the layer grouping is rebuilt when they change."""
@@ -153,6 +194,7 @@ class GradNorms(Callback):
     def _build(self, model: torch.nn.Module) -> None:
         self._model, self._params, self._layer_of, self._layers = model, [], [], []
         self._groupings.clear()
+        self._passes.clear()
         self._before = None
         seen: set[int] = set()
         for name, module in model.named_modules():
@@ -211,6 +253,11 @@ def _read(norms: _Norms) -> list[float]:
     except RuntimeError:  # parameters on several devices
         values = iter([n.item() for n in tensors])
     return [next(values) if isinstance(n, torch.Tensor) else n for n in norms]
+
+
+def _unscaled(values: Callable[[], list[float]], scale: float | torch.Tensor) -> list[float]:
+    divisor = float(scale)
+    return [v / divisor for v in values()]
 
 
 def _layer_norms(norms: _Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:

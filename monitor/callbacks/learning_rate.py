@@ -23,8 +23,10 @@ class LearningRate(Callback):
     stepped before ``step_end`` does not shift the curve by one step; a loop that does not call
     ``after_backward`` gets the rate at ``step_end``. One group gives trace ``lr``; several give
     ``group 0``, ``group 1``, ... or the group's own ``name`` entry where the loop set one
-    (``{"params": ..., "name": "backbone"}``). A tensor ``lr`` (capturable optimizers) is copied
-    on its device, not read here.
+    (``{"params": ..., "name": "backbone"}``); with several optimizers each trace starts with the
+    optimizer's name (``G``, ``D/backbone``). One point a step, however many times the loop
+    calls ``after_backward`` in it. A tensor ``lr`` (capturable optimizers) is copied on its
+    device, not read here.
     """
 
     def __init__(self, every: int = 1) -> None:
@@ -33,7 +35,8 @@ class LearningRate(Callback):
         self._names: list[str] = []  # the groups' traces as last named
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
-        self._write(state, log)
+        if self._logged_step != state.step:  # several backward passes or micro-batches: the first
+            self._write(state, log)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if self._logged_step != state.step:
@@ -48,18 +51,25 @@ class LearningRate(Callback):
     def _write(self, state: LoopState, log: Log) -> None:
         if not is_due(state.step, self.every):
             return
-        if state.optimizer is None:
+        if state.optimizer is None and not state.optimizers:
             raise ValueError("LearningRate needs the optimizer: pass it to "
                              "monitor.train_start(model, optimizer), got optimizer=None")
-        groups = state.optimizer.param_groups
         log.window(WINDOW, order=Order.LEARNING_RATE, title=WINDOW, xlabel="step", ylabel="learning rate")
-        if len(groups) != len(self._names):  # first step, train_start, epoch_start, add_param_group()
-            self._names = _trace_names(groups)
         self._logged_step = state.step
-        if len(groups) == 1 and type(groups[0]["lr"]) is float:  # the usual case, kept cheap
-            log.scalar(WINDOW, self._names[0], state.step, groups[0]["lr"])
+        if state.optimizer is not None:
+            groups = state.optimizer.param_groups
+            if len(groups) != len(self._names):  # first step, train_start, epoch_start, add_param_group()
+                self._names = _trace_names(groups)
+            if len(groups) == 1 and type(groups[0]["lr"]) is float:  # the usual case, kept cheap
+                log.scalar(WINDOW, self._names[0], state.step, groups[0]["lr"])
+                return
         else:
-            log.scalars(WINDOW, state.step, {name: group["lr"] for name, group in zip(self._names, groups)})
+            groups = [g for optimizer in state.optimizers.values() for g in optimizer.param_groups]
+            if len(groups) != len(self._names):
+                self._names = [name if len(optimizer.param_groups) == 1 else f"{name}/{group}"
+                               for name, optimizer in state.optimizers.items()
+                               for group in _trace_names(optimizer.param_groups)]
+        log.scalars(WINDOW, state.step, {name: group["lr"] for name, group in zip(self._names, groups)})
 
 
 def _trace_names(groups: Sequence[dict[str, Any]]) -> list[str]:

@@ -34,11 +34,11 @@ class Summary(Callback):
     def on_train_start(self, state: LoopState, log: Log) -> None:
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW)
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
-        log.text(WINDOW, state.step, _summary_html(model, state.optimizer, {**self.hparams, **state.hparams}),
+        log.text(WINDOW, state.step, _summary_html(model, state.optimizers, {**self.hparams, **state.hparams}),
                  html=True)
 
 
-def _summary_html(model: torch.nn.Module | None, optimizer: torch.optim.Optimizer | None,
+def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.optim.Optimizer],
                  hparams: Mapping[str, Any]) -> str:
     """The pane's HTML: facts as a table, the model's repr in ``<pre>``."""
     facts: list[tuple[str, Any]] = []
@@ -53,8 +53,10 @@ def _summary_html(model: torch.nn.Module | None, optimizer: torch.optim.Optimize
         facts.append(("dtypes", ", ".join(sorted({str(p.dtype).replace("torch.", "") for p in params}))))
         for device in sorted({p.device for p in params if p.device.type == "cuda"}, key=str):
             facts.append((str(device), torch.cuda.get_device_name(device)))
-    if optimizer is not None:
-        facts.append(("optimizer", type(optimizer).__name__))
+    if len(optimizers) == 1:
+        facts.append(("optimizer", type(next(iter(optimizers.values()))).__name__))
+    elif optimizers:
+        facts.append(("optimizers", ", ".join(f"{name}: {type(o).__name__}" for name, o in optimizers.items())))
     facts.append(("torch", torch.__version__))
     facts.append(("python", platform.python_version()))
     parts = ["<h4>Run</h4>", _table(facts)]

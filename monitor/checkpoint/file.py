@@ -6,7 +6,8 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
     loop        {"epoch", "step", "batch", "epoch_done", "order_rng"}: where the loop was, and torch's
                 random state as its epoch's batches were drawn (None when unknown)
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
-    optimizer, scheduler, scaler      their state_dicts, or None
+    optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) are a
+                dict of their state_dicts by name
     classes     the class names of model, optimizer, scheduler, scaler (for people and checks)
     rng         monitor.checkpoint.rng.capture_rng(): Python, NumPy, torch CPU and every CUDA device; under
                 torch.distributed rank 0's, plus ``ranks``: every rank's, by rank (restored per rank)
@@ -93,10 +94,10 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
         "loop": {**{key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
                  "order_rng": loop.get("order_rng")},
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "optimizer": _state_of(optimizer),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict() if scaler is not None else None,
-        "classes": {name: type(part).__name__ if part is not None else None for name, part in parts.items()},
+        "classes": {name: _class_of(part) for name, part in parts.items()},
         "rng": dict(rng), "callbacks": dict(callbacks or {}),
         "run": {key: run.get(key) for key in ("env", "run_id", "runlog_position")},
         "metric": {"name": metric.get("name"), "value": metric.get("value"), "mode": metric.get("mode", "min")},
@@ -104,6 +105,18 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
     }
     _check_plain(checkpoint, "checkpoint")
     return checkpoint
+
+
+def _state_of(optimizer: Any) -> Any:
+    if isinstance(optimizer, Mapping):
+        return {name: o.state_dict() for name, o in optimizer.items()}
+    return optimizer.state_dict() if optimizer is not None else None
+
+
+def _class_of(part: Any) -> Any:
+    if isinstance(part, Mapping):
+        return {name: type(p).__name__ for name, p in part.items()}
+    return type(part).__name__ if part is not None else None
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: Mapping[str, Any]) -> None:

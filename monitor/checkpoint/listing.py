@@ -99,9 +99,11 @@ def _tensors(state: dict[str, Any]) -> str:
     return f"{len(tensors)} tensors, {count:,} numbers ({', '.join(dtypes) or 'none'}), {_size(size)}"
 
 
-def _part(name: str | None, state: Any) -> str:
+def _part(name: Any, state: Any) -> str:
     if state is None:
         return "none"
+    if isinstance(name, dict):  # several optimizers, by name
+        return "; ".join(f"{key}: {_part(name[key], state.get(key))}" for key in name)
     if isinstance(state, dict) and "param_groups" in state:
         return f"{name}: {len(state['param_groups'])} parameter group(s), state for {len(state.get('state', {}))} tensors"
     return f"{name}: {', '.join(map(str, state))[:120]}" if isinstance(state, dict) else str(name)

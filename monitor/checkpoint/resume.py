@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -129,8 +129,18 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
                   scheduler: Any = None, scaler: Any = None, *, strict: bool = True, stacklevel: int = 2) -> None:
     """Loads ``checkpoint`` (read from ``path``) into the parts given, and this rank's random state."""
     parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    if isinstance(optimizer, Mapping) and len(optimizer) == 1 and not isinstance(checkpoint["classes"].get("optimizer"), dict):
+        parts["optimizer"] = next(iter(optimizer.values()))  # one optimizer, saved as one
+    if isinstance(parts["optimizer"], Mapping):
+        saved = checkpoint["optimizer"]
+        if not isinstance(saved, dict) or set(saved) != set(parts["optimizer"]):
+            raise ValueError(f"optimizer must be the optimizers {path} holds "
+                             f"({', '.join(saved) if isinstance(saved, dict) else 'one, not named'}), "
+                             f"got {', '.join(parts['optimizer'])}")
     for name, part in parts.items():
         saved_class = checkpoint["classes"].get(name)
+        if isinstance(part, Mapping):
+            continue
         if part is not None and checkpoint[name] is None:
             raise ValueError(f"{name} must be None for {path}, which holds no {name} state, "
                              f"got a {type(part).__name__}")
@@ -142,6 +152,9 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
                           stacklevel=stacklevel)
     unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
     for name, part in parts.items():
-        if part is not None:
+        if isinstance(part, Mapping):
+            for key, one in part.items():
+                one.load_state_dict(checkpoint[name][key])
+        elif part is not None:
             part.load_state_dict(checkpoint[name])
     restore_rng(rng_of_rank(checkpoint["rng"], *rank_and_world_size()))

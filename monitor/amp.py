@@ -1,0 +1,46 @@
+"""What a ``torch.amp.GradScaler`` has done to the gradients, read without waiting for the device.
+
+Under mixed precision ``loss.backward()`` leaves gradients multiplied by the scaler's scale
+(65536 at first) until ``scaler.unscale_(optimizer)`` divides them, which ``scaler.step`` does
+if the loop did not. Gradient norms must be those of the true gradients, whichever order the
+loop calls ``monitor.after_backward()`` and ``unscale_`` in.
+
+GradScaler says neither whether an optimizer's gradients were unscaled nor its scale without a
+device sync (``get_scale()`` calls ``.item()``). This module reads its ``_per_optimizer_states``
+and ``_scale``, the two private attributes torch's own ``step``/``update`` use, here alone.
+
+    divisor = scale_of(scaler, [optimizer])   # None: the gradients are unscaled already
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+
+
+def scale_of(scaler: Any, optimizers: Iterable[torch.optim.Optimizer]) -> float | torch.Tensor | None:
+    """The scale the gradients of ``optimizers`` are multiplied by now, or None if they are not.
+
+    A float for a scaler on the CPU; on an accelerator a copy of its scale tensor (taken on the
+    device, read later), since ``scaler.update()`` changes the scale in place after the step.
+    """
+    if scaler is None or not scaler.is_enabled():
+        return None
+    scale = getattr(scaler, "_scale", None)
+    if scale is None:  # scaler.scale() never ran: no gradient was scaled
+        return None
+    states = getattr(scaler, "_per_optimizer_states", {})
+    from torch.amp.grad_scaler import OptState
+
+    optimizers = list(optimizers)
+    if optimizers and all(id(o) in states and states[id(o)]["stage"] is not OptState.READY for o in optimizers):
+        return None  # unscale_ (or step) already divided them
+    return float(scale) if scale.device.type == "cpu" else scale.detach().clone()
+
+
+def current_scale(scaler: Any) -> float | torch.Tensor | None:
+    """The scaler's scale as it is now (after ``update()``), without a device sync; None if disabled."""
+    if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
+        return None
+    scale = scaler._scale
+    return float(scale) if scale.device.type == "cpu" else scale.detach().reshape(1).to(torch.float32, copy=True)

@@ -1,0 +1,216 @@
+"""Gradient norms in the loops people write: AMP with a GradScaler, accumulation, clipping, a GAN.
+
+Each loop is written as a user writes it; the norms the monitor logs are compared with what
+torch computes at the same moment (``clip_grad_norm_``, ``torch.linalg.vector_norm``).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from monitor import Checkpoint, GradNorms, LearningRate, Monitor, Summary
+from monitor.checkpoint import load_checkpoint
+from monitor.log import NullSink
+from monitor.records import Points, Text
+from monitor.sink import VisdomSink
+
+
+class ListSink(NullSink):
+    """Keeps every record, and reads their values as the sink's worker would."""
+
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def put(self, record) -> None:
+        self.records.append(record)
+
+    def points(self, window: str) -> dict[str, list[tuple[float, float]]]:
+        traces: dict[str, list] = {}
+        for record in self.records:
+            if isinstance(record, Points) and record.window == window:
+                values = record.values() if callable(record.values) else record.values
+                values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
+                for trace, value in zip(record.traces, values):
+                    traces.setdefault(trace, []).append((record.x, value))
+        return traces
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _norm(parameters) -> float:
+    return torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in parameters])).item()
+
+
+@pytest.mark.parametrize("order", ["after_backward, then unscale_", "unscale_, then after_backward"])
+def test_amp_norms_are_of_the_unscaled_gradients_whichever_the_order(order):
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    sink = ListSink()
+    monitor = Monitor([GradNorms()], sink=sink, raise_errors=True)
+    monitor.train_start(model, optimizer, scaler=scaler)
+    clipped = []
+    for _ in range(4):
+        x = torch.randn(8, 6)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(x).float().square().mean()
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        if order.startswith("after_backward"):
+            monitor.after_backward()
+            scaler.unscale_(optimizer)
+        else:
+            scaler.unscale_(optimizer)
+            monitor.after_backward()
+        clipped.append(nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0).item())  # the pre-clip norm
+        scaler.step(optimizer)
+        scaler.update()
+        monitor.step_end(loss=loss)
+    logged = sink.points("grad norm")["total"]
+    assert [x for x, _ in logged] == [1, 2, 3, 4]
+    assert [v for _, v in logged] == pytest.approx(clipped, rel=1e-5)
+
+
+@pytest.mark.parametrize("pattern", ["after every micro-batch", "after the last micro-batch"])
+def test_accumulation_gives_one_point_a_step_holding_the_accumulated_gradients(pattern):
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    sink = ListSink()
+    monitor = Monitor([LearningRate(), GradNorms()], sink=sink, raise_errors=True)
+    monitor.train_start(model, optimizer)
+    expected, rates = [], []
+    for _ in range(3):
+        optimizer.zero_grad()
+        for micro in range(4):
+            (model(torch.randn(4, 6)).square().mean() / 4).backward()
+            if pattern == "after every micro-batch" or micro == 3:
+                monitor.after_backward()
+        expected.append({"0.Linear": _norm(model[0].parameters()), "2.Linear": _norm(model[2].parameters()),
+                         "total": _norm(model.parameters())})
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        monitor.step_end()
+    logged = sink.points("grad norm")
+    for trace in ("0.Linear", "2.Linear", "total"):
+        assert [x for x, _ in logged[trace]] == [1, 2, 3]
+        assert [v for _, v in logged[trace]] == pytest.approx([e[trace] for e in expected], rel=1e-5)
+    assert sink.points("learning rate")["lr"] == [(1, rates[0]), (2, rates[1]), (3, rates[2])]
+
+
+def _gan(sink, seed: int = 0):
+    torch.manual_seed(seed)
+    generator = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6))
+    discriminator = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1))
+    model = nn.ModuleDict({"G": generator, "D": discriminator})
+    opt_g = torch.optim.Adam(generator.parameters(), lr=2e-4)
+    opt_d = torch.optim.SGD(discriminator.parameters(), lr=1e-3)
+    monitor = Monitor([Summary(), LearningRate(), GradNorms()], sink=sink, raise_errors=True)
+    monitor.train_start(model, {"G": opt_g, "D": opt_d})
+    return monitor, generator, discriminator, opt_g, opt_d
+
+
+def _gan_steps(monitor, generator, discriminator, opt_g, opt_d, steps: int) -> dict[str, list[float]]:
+    bce = nn.BCEWithLogitsLoss()
+    seen = {"D": [], "G": []}
+    for _ in range(steps):
+        real, noise = torch.randn(8, 6), torch.randn(8, 4)
+        opt_d.zero_grad()
+        fake = generator(noise)
+        d_loss = bce(discriminator(real), torch.ones(8, 1)) + bce(discriminator(fake.detach()), torch.zeros(8, 1))
+        d_loss.backward()
+        monitor.after_backward("D")
+        seen["D"].append(_norm(discriminator.parameters()))
+        opt_d.step()
+        opt_g.zero_grad()
+        g_loss = bce(discriminator(fake), torch.ones(8, 1))
+        g_loss.backward()  # also leaves gradients in D, which only G's pass is not about
+        monitor.after_backward(opt_g)
+        seen["G"].append(_norm(generator.parameters()))
+        opt_g.step()
+        monitor.step_end(loss=g_loss)
+    return seen
+
+
+def test_a_gan_step_shows_each_pass_in_its_own_window_one_point_a_step(visdom_server, read_window, tmp_path):
+    sink = VisdomSink("gan-passes", port=visdom_server.port, run_dir=tmp_path / "run", flush_every=0.05)
+    monitor, *parts = _gan(sink)
+    seen = _gan_steps(monitor, *parts, steps=3)
+    assert sink.close(timeout=10)
+    for name in ("D", "G"):
+        window = read_window(visdom_server, "gan-passes", f"grad norm {name}")
+        xs, ys = window["total"]
+        assert xs == [1, 2, 3] and ys == pytest.approx(seen[name], rel=1e-5)
+        assert set(window) == {f"{name}.0.Linear", f"{name}.2.Linear", "total"}  # only that network's layers
+    assert read_window(visdom_server, "gan-passes", "learning rate") == {"G": ([1, 2, 3], [2e-4] * 3),
+                                                                          "D": ([1, 2, 3], [1e-3] * 3)}
+
+
+def test_a_gan_is_summarised_and_checkpointed_with_both_optimizers_and_its_scaler(tmp_path):
+    sink = ListSink()
+    monitor, generator, discriminator, opt_g, opt_d = _gan(sink)
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=2)
+    monitor = Monitor([Summary(), checkpoint], sink=sink, raise_errors=True)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    monitor.train_start(nn.ModuleDict({"G": generator, "D": discriminator}), {"G": opt_g, "D": opt_d},
+                        scaler=scaler)
+    _gan_steps(monitor, generator, discriminator, opt_g, opt_d, steps=2)
+    summary = [r for r in sink.records if isinstance(r, Text)][-1]
+    assert "optimizers" in summary.html and "G: Adam, D: SGD" in summary.html
+    saved = load_checkpoint(tmp_path / "ckpt" / "step-000000002.pt")
+    assert set(saved["optimizer"]) == {"G", "D"} and saved["classes"]["optimizer"] == {"G": "Adam", "D": "SGD"}
+    assert saved["optimizer"]["G"]["state"] and saved["scaler"]["scale"] == 1024.0
+
+    again = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True)], sink=NullSink())
+    fresh_g, fresh_d = torch.optim.Adam(generator.parameters(), lr=1.0), torch.optim.SGD(discriminator.parameters(), lr=1.0)
+    again.train_start(nn.ModuleDict({"G": generator, "D": discriminator}), {"G": fresh_g, "D": fresh_d},
+                      scaler=torch.amp.GradScaler("cpu"))
+    assert fresh_g.param_groups[0]["lr"] == 2e-4 and fresh_d.param_groups[0]["lr"] == 1e-3
+    assert again.state.step == 2
+
+
+def test_an_overflow_step_is_a_counted_gap_and_the_loss_scale_drops_at_it(visdom_server, read_window,
+                                                                          read_window_raw, tmp_path):
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    sink = VisdomSink("amp-overflow", port=visdom_server.port, run_dir=tmp_path / "run", flush_every=0.05)
+    monitor = Monitor([GradNorms(loss_scale=True)], sink=sink, raise_errors=True)
+    monitor.train_start(model, optimizer, scaler=scaler)
+    for step in range(1, 6):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(torch.randn(8, 6)).float().square().mean()
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        if step == 3:
+            model[0].weight.grad[0, 0] = float("inf")  # an overflow: the scaler skips this step
+        monitor.after_backward()
+        scaler.step(optimizer)
+        scaler.update()
+        monitor.step_end(loss=loss)
+    assert sink.close(timeout=10)
+    norms = read_window(visdom_server, "amp-overflow", "grad norm")
+    assert norms["total"][0] == [1, 2, 3, 4, 5] and norms["total"][1][2] is None  # a gap at step 3
+    layout = read_window_raw(visdom_server, "amp-overflow", "grad norm")["content"]["layout"]
+    assert layout["legend"]["title"]["text"] == "2 non-finite shown as gaps"  # 0.Linear and total
+    xs, scales = read_window(visdom_server, "amp-overflow", "loss scale")["scale"]
+    assert xs == [1, 2, 3, 4, 5] and scales[2] == scales[1] / 2 == 2.0**15
+
+
+def test_after_backward_names_an_optimizer_given_to_train_start():
+    monitor = Monitor([GradNorms()], sink=NullSink(), raise_errors=True)
+    model = _model()
+    monitor.train_start(model, {"G": torch.optim.SGD(model.parameters(), lr=0.1)})
+    with pytest.raises(ValueError, match=r"optimizer must name one of those given to train_start \(G\), got 'D'"):
+        monitor.after_backward("D")
+    with pytest.raises(TypeError, match="optimizer must be a torch.optim.Optimizer, a list of them or a mapping"):
+        monitor.train_start(model, "sgd")
+    with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler, got float"):
+        monitor.train_start(model, scaler=65536.0)
