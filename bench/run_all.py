@@ -19,6 +19,7 @@ from pathlib import Path
 import harness
 import latency
 import overhead
+import responsiveness
 import server_scaling
 
 START = "<!-- results: written by bench/run_all.py, do not edit by hand -->"
@@ -26,15 +27,19 @@ END = "<!-- /results -->"
 
 FULL = {"overhead": {"steps": 300, "warmup": 30, "repeats": 5},
         "scaling": {"steps": 200_000, "naive_seconds": 60.0},
-        "latency": {"steps": 900}}
+        "latency": {"steps": 900},
+        "responsiveness": {"seconds_before": 1.5, "stopped": 5.0, "seconds_after": 1.5}}
 SMOKE = {"overhead": {"steps": 8, "warmup": 2, "repeats": 1},
          "scaling": {"steps": 2_000, "naive_seconds": 2.0},
-         "latency": {"steps": 20}}
+         "latency": {"steps": 20},
+         "responsiveness": {"seconds_before": 0.3, "stopped": 0.5, "seconds_after": 0.3}}
 
 TARGET_RATIO = {"mlp": 1.10, "cnn": 1.03}
 TARGET_CLOSE_S = 2.0
 TARGET_LATENCY_P95_S = 1.0
 TARGET_FLATNESS = 2.0
+TARGET_HELP_S = 3.0
+TARGET_STOPPED_MS = 50.0
 
 
 def _load() -> str:
@@ -45,7 +50,7 @@ def _load() -> str:
 
 
 def targets(summaries: list[overhead.Summary], scaling: server_scaling.Result,
-            lat: latency.Result) -> list[tuple[str, str, bool]]:
+            lat: latency.Result, quick: responsiveness.Result) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for each target of issue 6."""
     checks = []
     for s in summaries:
@@ -65,11 +70,16 @@ def targets(summaries: list[overhead.Summary], scaling: server_scaling.Result,
     first, last = scaling.monitor.checkpoints[0].step, scaling.monitor.checkpoints[-1].step
     checks.append((f"server time per flush at {last:,} steps <= {TARGET_FLATNESS:g}x that at {first:,}",
                    f"{flat:.2f}x", flat <= TARGET_FLATNESS))
+    checks.append((f"`monitor --help` within {TARGET_HELP_S:g} s", f"{quick.help_s:.2f} s",
+                   quick.help_s <= TARGET_HELP_S))
+    checks.append((f"slowest step_end < {TARGET_STOPPED_MS:g} ms with the server stopped (SIGSTOP)",
+                   f"{quick.worst_ms:.2f} ms", quick.worst_ms < TARGET_STOPPED_MS and quick.delivered))
     return checks
 
 
 def report(machine: dict[str, str], load: tuple[str, str], command: str, summaries: list[overhead.Summary],
-           scaling: server_scaling.Result, lat: latency.Result, sizes: dict, minutes: float) -> str:
+           scaling: server_scaling.Result, lat: latency.Result, quick: responsiveness.Result, sizes: dict,
+           minutes: float) -> str:
     o, s, l = sizes["overhead"], sizes["scaling"], sizes["latency"]
     lines = [START, "", f"## Results ({machine['date']})", ""]
     lines += [harness.markdown_table(["", ""], [[k, v] for k, v in machine.items()] +
@@ -82,10 +92,11 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
               f"--repeats {o['repeats']}",
               f"#   .venv/bin/python bench/server_scaling.py --steps {s['steps']} "
               f"--naive-seconds {s['naive_seconds']:g}",
-              f"#   .venv/bin/python bench/latency.py --steps {l['steps']}", "```", ""]
+              f"#   .venv/bin/python bench/latency.py --steps {l['steps']}",
+              "#   .venv/bin/python bench/responsiveness.py", "```", ""]
     lines += ["### Targets", "", harness.markdown_table(
         ["target", "measured", "met"],
-        [[name, value, "yes" if met else "**no**"] for name, value, met in targets(summaries, scaling, lat)]), ""]
+        [[name, value, "yes" if met else "**no**"] for name, value, met in targets(summaries, scaling, lat, quick)]), ""]
     lines += ["### Overhead (bench/overhead.py)", "",
               f"{o['steps']} timed steps after {o['warmup']} warm-up steps per run, {o['repeats']} interleaved "
               f"repetitions, each with {overhead.MONITOR_RUNS} monitor runs (each after a bare run) and one of "
@@ -95,7 +106,8 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
     lines += ["### Server scaling (bench/server_scaling.py)", "",
               f"{s['steps']:,} steps of {scaling.traces} scalars in one window, a flush every "
               f"{scaling.block} steps.", "", server_scaling.table(scaling), ""]
-    lines += ["### Latency (bench/latency.py)", "", latency.table(lat), "", END]
+    lines += ["### Latency (bench/latency.py)", "", latency.table(lat), ""]
+    lines += ["### Responsiveness (bench/responsiveness.py)", "", responsiveness.table(quick), "", END]
     return "\n".join(lines)
 
 
@@ -131,7 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         scaling = server_scaling.run(server, progress=log, **sizes["scaling"])
     with harness.local_server() as server:
         lat = latency.run(server, progress=log, **sizes["latency"])
-    section = report(machine, (load_before, _load()), command, summaries, scaling, lat, sizes,
+    with harness.local_server() as server:
+        quick = responsiveness.run(server, progress=log, **sizes["responsiveness"])
+    section = report(machine, (load_before, _load()), command, summaries, scaling, lat, quick, sizes,
                      (time.monotonic() - began) / 60)
     write_results(args.output, section)
     print(section)
