@@ -16,19 +16,14 @@ what they hold. visdom (and with it torch) is imported only inside the helpers t
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from helpers.commands import ServeCommand
 from monitor.server import VisdomServer, start
 
 
@@ -83,43 +78,6 @@ def read_window() -> Callable[..., dict[str, tuple[list, list]]]:
 def read_window_raw() -> Callable[..., dict]:
     """``read_window_raw(server, env, win) -> dict`` as the server stores the window."""
     return _read_window_raw
-
-
-_MONITOR = Path(sys.executable).with_name("monitor")  # the console script beside this Python
-MONITOR_COMMAND = [str(_MONITOR)] if _MONITOR.exists() else [sys.executable, "-m", "monitor.cli"]
-
-
-class ServeCommand:
-    """``monitor serve`` running in the background, its stdout collected on a thread."""
-
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.process = subprocess.Popen(
-            [*MONITOR_COMMAND, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
-            # A shell may start background jobs with SIGINT ignored, which Python would keep.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
-
-    def url(self, timeout: float = 60) -> str:
-        """The dashboard URL the command printed once its server answered."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for line in self.lines:
-                if match := re.search(r"http://127\.0\.0\.1:\d+", line):
-                    return match.group(0)
-            if self.process.poll() is not None:
-                raise AssertionError(f"monitor serve exited {self.process.returncode}: {self.process.stderr.read()}")
-            time.sleep(0.05)
-        raise AssertionError(f"monitor serve printed no URL within {timeout} s: {self.lines}")
-
-    def finish(self, sig: int = signal.SIGINT) -> tuple[int, str]:
-        """Send ``sig`` (SIGINT: Ctrl-C), wait; return the exit code and everything on stderr."""
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-        code = self.process.wait(timeout=15)
-        return code, self.process.stderr.read()
 
 
 @pytest.fixture

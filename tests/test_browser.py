@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from demo_command import DemoCommand
+from helpers.commands import DemoCommand
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 ENV = "browser_check"
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
     reason="chromium and chromedriver are not installed (`make browser` installs them)",
-)
+)]
 
 
 @pytest.fixture

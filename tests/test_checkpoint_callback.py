@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from checkpoint_loop import BATCHES, attach, build, train
+from helpers.checkpoint_loop import BATCHES, attach, build, train
 from monitor import Checkpoint, Monitor, Scalars, resume
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, load_checkpoint
 from monitor.checkpoint.folder import MANIFEST, checkpoint_name

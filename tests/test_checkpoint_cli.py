@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from checkpoint_loop import attach, build, train
+from helpers.checkpoint_loop import attach, build, train
 from monitor.cli import main
 
 

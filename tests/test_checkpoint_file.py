@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from checkpoint_loop import attach, build, train
+from helpers.checkpoint_loop import attach, build, train
 from monitor import EpochBatchSampler, Monitor, resume
 from monitor.checkpoint import (KEYS, CheckpointError, DamagedCheckpointError, UnsafeCheckpointError,
                                 build_checkpoint, load_checkpoint, save_checkpoint)

@@ -1,6 +1,6 @@
 """Exact resume: a run killed with SIGKILL and resumed ends where the uninterrupted run ends.
 
-Each case runs tests/checkpoint_training.py three times against a real Visdom server: straight
+Each case runs tests/helpers/checkpoint_training.py three times against a real Visdom server: straight
 through; killed at a random step after a checkpoint; resumed from the killed run's folder. The
 final weights must be bit-identical, and so must every window's (x, y), the run log's points and
 the checkpoints kept.
@@ -20,7 +20,9 @@ import torch
 from monitor.checkpoint.folder import MANIFEST
 from monitor.runlog import RunLog
 
-SCRIPT = Path(__file__).with_name("checkpoint_training.py")
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).parent / "helpers" / "checkpoint_training.py"
 STEPS, BATCHES = 24, 6  # 4 epochs of 6 batches
 
 

@@ -8,14 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-
-_MONITOR = Path(sys.executable).with_name("monitor")  # the console script beside this Python
-COMMAND = [str(_MONITOR)] if _MONITOR.exists() else [sys.executable, "-m", "monitor.cli"]
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+from helpers.commands import MONITOR_COMMAND as COMMAND
+from helpers.probes import answers, free_port
 
 
 def _run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -30,49 +26,38 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, pattern: str) ->
     assert re.match(f"Error: {pattern}", last), result.stderr
 
 
-def _answers(url: str) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
 
 
-def test_help_is_fast_and_imports_neither_torch_nor_visdom() -> None:
+def test_help_imports_neither_torch_nor_visdom() -> None:
+    # How fast it is, is measured in bench/responsiveness.py.
     code = "import sys, monitor.cli; print('torch' in sys.modules, 'visdom' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
-    began = time.monotonic()
     result = _run("--help")
     assert result.returncode == 0 and "serve" in result.stdout and "assets" in result.stdout
-    assert time.monotonic() - began < 3
 
 
 def test_serve_prints_the_url_and_ctrl_c_stops_cleanly(monitor_serve, tmp_path: Path) -> None:
     running = monitor_serve("--port", "0", "--env-path", str(tmp_path))
     url = running.url()
-    assert _answers(url)
+    assert answers(url)
     code, stderr = running.finish(signal.SIGINT)
     assert code == 0 and "Traceback" not in stderr
-    assert not _answers(url)  # the server went down with the command
+    assert not answers(url)  # the server went down with the command
 
 
 def test_serve_takes_the_port_from_visdom_port_and_stops_on_sigterm(monitor_serve, tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     running = monitor_serve("--env-path", str(tmp_path), env={"VISDOM_PORT": str(port)})
     url = running.url()
     assert url == f"http://127.0.0.1:{port}"
     code, stderr = running.finish(signal.SIGTERM)
     assert code == 0 and "Traceback" not in stderr
-    assert not _answers(url)
+    assert not answers(url)
 
 
 def test_serve_takes_the_port_from_visdom_server_url_where_clients_look(monitor_serve, tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     url_env = {"VISDOM_SERVER_URL": f"http://127.0.0.1:{port}", "VISDOM_PORT": ""}
     running = monitor_serve("--env-path", str(tmp_path), env=url_env)
     assert running.url() == f"http://127.0.0.1:{port}"

@@ -4,34 +4,20 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import subprocess
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from demo_command import COMMAND, DemoCommand
+from helpers.commands import MONITOR_COMMAND, DemoCommand
+from helpers.probes import answers, free_port
 from monitor.demo import DemoError, run_demo
+
+pytestmark = pytest.mark.slow
 
 SHORT = ("--samples", "64", "--epochs", "1")  # 2 steps: a few seconds
 WINDOWS = {"loss", "accuracy", "learning rate", "grad norm", "inputs", "summary"}
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with _DIRECT.open(url, timeout=2):
-            return True
-    except OSError:
-        return False
 
 
 def run_log_windows(cwd: Path, env: str) -> set[str]:
@@ -84,7 +70,7 @@ def test_the_demo_uses_a_server_that_answers_and_leaves_it_running(visdom_server
 
 
 def test_a_remote_server_that_does_not_answer_is_a_one_line_error() -> None:
-    result = subprocess.run([*COMMAND, "demo", "--server", "http://192.0.2.1", "--port", "9"],
+    result = subprocess.run([*MONITOR_COMMAND, "demo", "--server", "http://192.0.2.1", "--port", "9"],
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (

@@ -1,6 +1,6 @@
 """Distributed training: two processes started by torchrun on the CPU (gloo), against a real server.
 
-tests/ddp_training.py is a small DDP run that records what each rank saw; the examples are run
+tests/helpers/ddp_training.py is a small DDP run that records what each rank saw; the examples are run
 as a user runs them. Each launch takes a few seconds (three Python processes start torch).
 """
 from __future__ import annotations
@@ -22,7 +22,9 @@ from monitor.checkpoint.rng import rng_of_rank
 from monitor.runlog import RunLog
 from monitor.sampler import EpochBatchSampler
 
-SCRIPT = Path(__file__).with_name("ddp_training.py")
+pytestmark = pytest.mark.slow
+
+SCRIPT = Path(__file__).parent / "helpers" / "ddp_training.py"
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
 STEPS = 12  # 3 epochs of 32 samples in global batches of 8: 4 steps an epoch
@@ -31,7 +33,7 @@ LAYERS = ["0.Linear", "3.Linear", "total"]
 
 def script_command(server, out: Path, env: str, *options: str, ranks: int = 2,
                    run_dir: Path | None = None) -> list[str]:
-    """tests/ddp_training.py under torchrun (or one plain process), recording into ``out``."""
+    """tests/helpers/ddp_training.py under torchrun (or one plain process), recording into ``out``."""
     launcher = TORCHRUN if ranks == 2 else [sys.executable]
     return [*launcher, str(SCRIPT), "--env", env, "--port", str(server.port),
             "--run-dir", str(run_dir or out / "runs"), "--out", str(out), *options]

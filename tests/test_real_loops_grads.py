@@ -5,7 +5,6 @@ torch computes at the same moment (``clip_grad_norm_``, ``torch.linalg.vector_no
 """
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch

@@ -1,9 +1,9 @@
 """A small deterministic DDP training run for the distributed tests, launched by torchrun.
 
-    torchrun --standalone --nproc_per_node=2 tests/ddp_training.py --env ENV --port PORT \
+    torchrun --standalone --nproc_per_node=2 tests/helpers/ddp_training.py --env ENV --port PORT \
         --run-dir RUNS --out OUT [--batch-size 4] [--average] [--random-draws] \
         [--checkpoints DIR --every-steps N] [--pause-at STEP]
-    python tests/ddp_training.py ... --batch-size 8       # one process, the same global batches
+    python tests/helpers/ddp_training.py ... --batch-size 8       # one process, the same global batches
 
 Under torchrun it joins a gloo process group and wraps the model in DistributedDataParallel;
 run by plain ``python`` it is the single-process run on the same global batches. Every run

@@ -1,6 +1,6 @@
 """A small deterministic training run for the checkpoint tests, run as a subprocess.
 
-    python tests/checkpoint_training.py --checkpoints DIR --env ENV --run-dir RUNS --port PORT \
+    python tests/helpers/checkpoint_training.py --checkpoints DIR --env ENV --run-dir RUNS --port PORT \
         --out FINAL.pt [--every-steps N] [--every-epochs N] [--kill-at STEP --kill-phase PHASE]
 
 Every run resumes from DIR when it holds a checkpoint (a fresh start otherwise), so one command

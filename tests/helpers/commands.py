@@ -1,4 +1,4 @@
-"""``monitor demo`` running in the background, as a user starts it; used by test_demo and test_browser."""
+"""The ``monitor`` command run as a user runs it, in the background: ``serve`` and ``demo``."""
 from __future__ import annotations
 
 import os
@@ -11,7 +11,40 @@ import time
 from pathlib import Path
 
 _MONITOR = Path(sys.executable).with_name("monitor")  # the console script beside this Python
-COMMAND = [str(_MONITOR)] if _MONITOR.exists() else [sys.executable, "-m", "monitor.cli"]
+MONITOR_COMMAND = [str(_MONITOR)] if _MONITOR.exists() else [sys.executable, "-m", "monitor.cli"]
+
+
+class ServeCommand:
+    """``monitor serve`` running in the background, its stdout collected on a thread."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.process = subprocess.Popen(
+            [*MONITOR_COMMAND, "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL,
+            # A shell may start background jobs with SIGINT ignored, which Python would keep.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
+        self.lines: list[str] = []
+        threading.Thread(target=lambda: self.lines.extend(self.process.stdout), daemon=True).start()
+
+    def url(self, timeout: float = 60) -> str:
+        """The dashboard URL the command printed once its server answered."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if match := re.search(r"http://127\.0\.0\.1:\d+", line):
+                    return match.group(0)
+            if self.process.poll() is not None:
+                raise AssertionError(f"monitor serve exited {self.process.returncode}: {self.process.stderr.read()}")
+            time.sleep(0.05)
+        raise AssertionError(f"monitor serve printed no URL within {timeout} s: {self.lines}")
+
+    def finish(self, sig: int = signal.SIGINT) -> tuple[int, str]:
+        """Send ``sig`` (SIGINT: Ctrl-C), wait; return the exit code and everything on stderr."""
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=15)
+        return code, self.process.stderr.read()
 
 
 class DemoCommand:
@@ -24,7 +57,7 @@ class DemoCommand:
 
     def __init__(self, *args: str, cwd: Path, env: dict[str, str] | None = None) -> None:
         self.process = subprocess.Popen(
-            [*COMMAND, "demo", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [*MONITOR_COMMAND, "demo", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
             # A shell may start background jobs with SIGINT ignored, which Python would keep.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))

@@ -1,0 +1,250 @@
+"""GradNorms: per-layer and total gradient norms, equal to torch's, on the dashboard too."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from monitor import GradNorms
+from monitor.records import Points
+from helpers.monitors import (expected_norms, live_monitor, model_and_data, monitor_with, small_model, train,
+                              values_of)
+
+
+def test_grad_norms_equal_vector_norm_of_gradients_per_layer_and_in_total():
+    model = small_model()
+    layers = {"0.Linear": model[0], "2.0.Linear": model[2][0], "3.Linear": model[3]}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model, optimizer)
+    seen = []
+    train(monitor, model, optimizer, 3, on_backward=lambda: seen.append(expected_norms(model, layers)))
+    traces = sink.points("grad norm")
+    assert list(traces) == ["0.Linear", "2.0.Linear", "3.Linear", "total"]
+    for trace, points in traces.items():
+        assert [x for x, _ in points] == [1, 2, 3]
+        assert [v for _, v in points] == pytest.approx([s[trace] for s in seen], rel=1e-5)
+
+
+def test_grad_norms_are_one_record_per_logged_step_added_up_by_the_worker():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(GradNorms(every=2))
+    monitor.train_start(model, optimizer)
+    train(monitor, model, optimizer, 5)
+    records = sink.of(Points, "grad norm")
+    assert [r.x for r in records] == [1, 3, 5]
+    assert all(callable(r.values) for r in records)  # the training thread only took each parameter's norm
+    assert all(len(values_of(r)) == 4 for r in records)
+
+
+def test_grad_norms_name_traces_after_the_modules_that_own_the_parameters():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(1))
+            self.fc1 = nn.Linear(4, 4)
+            self.blocks = nn.ModuleList([nn.Linear(4, 4), nn.LayerNorm(4)])
+            self.head = nn.Linear(4, 2)
+            self.tied = self.head  # the same module twice is one layer
+
+        def forward(self, x):
+            return self.head(self.blocks[1](self.blocks[0](self.fc1(x)))) * self.scale
+
+    model = Net()
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model)
+    model(torch.randn(2, 4)).sum().backward()
+    monitor.after_backward()
+    monitor.step_end()  # the norms taken at after_backward are logged at step_end
+    assert sink.of(Points, "grad norm")[0].traces == ("Net", "fc1", "blocks.0.Linear", "blocks.1.LayerNorm",
+                                                      "head", "total")
+
+
+def test_grad_norms_leave_out_parameters_without_gradients_that_step():
+    model = small_model()
+    model[0].requires_grad_(False)
+    model[3].bias.requires_grad_(False)
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model)
+    model(torch.randn(5, 4)).sum().backward()
+    monitor.after_backward()
+    monitor.step_end()
+    record = sink.of(Points, "grad norm")[0]
+    assert record.traces == ("2.0.Linear", "3.Linear", "total")
+    expected = expected_norms(model, {"2.0.Linear": model[2][0], "3.Linear": model[3]})
+    assert values_of(record) == pytest.approx([expected[t] for t in record.traces], rel=1e-5)
+
+
+def test_grad_norms_follow_a_model_whose_parameters_changed():
+    model = small_model()
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model)
+    model(torch.randn(5, 4)).sum().backward()
+    monitor.after_backward()
+    monitor.step_end()
+    model[3] = nn.Linear(8, 5)  # a new head mid-run
+    model.append(nn.Linear(5, 2))
+    model.zero_grad()
+    model(torch.randn(5, 4)).sum().backward()
+    monitor.after_backward()
+    monitor.step_end()
+    second = sink.of(Points, "grad norm")[1]
+    assert second.traces == ("0.Linear", "2.0.Linear", "3.Linear", "4.Linear", "total")
+    expected = expected_norms(model, {"0.Linear": model[0], "2.0.Linear": model[2][0],
+                                      "3.Linear": model[3], "4.Linear": model[4]})
+    assert values_of(second) == pytest.approx([expected[t] for t in second.traces], rel=1e-5)
+    del model[4]  # a deletion registers nothing: it is noticed at the next epoch
+    model[3] = nn.Linear(8, 2)
+    monitor.epoch_start()
+    model.zero_grad()
+    model(torch.randn(5, 4)).sum().backward()
+    monitor.after_backward()
+    monitor.step_end()
+    assert sink.of(Points, "grad norm")[2].traces == ("0.Linear", "2.0.Linear", "3.Linear", "total")
+
+
+def test_grad_norms_do_not_look_for_new_parameters_while_none_were_registered(monkeypatch):
+    model = small_model()
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model)
+    walks = []
+    original = nn.Module.parameters
+    monkeypatch.setattr(nn.Module, "parameters", lambda self, *a, **k: walks.append(1) or original(self, *a, **k))
+    for _ in range(3):
+        model(torch.randn(5, 4)).sum().backward()
+        monitor.after_backward()
+        monitor.step_end()
+    assert walks == [] and len(sink.of(Points, "grad norm")) == 3
+
+
+def test_grad_norms_keep_the_values_of_logging_time_when_gradients_change_in_place():
+    model = small_model()
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model)
+    model(torch.randn(5, 4)).sum().backward()
+    expected = expected_norms(model, {})["total"]
+    monitor.after_backward()
+    for p in model.parameters():
+        p.grad.mul_(1000.0)
+    monitor.step_end()
+    assert sink.points("grad norm")["total"] == [(1, pytest.approx(expected, rel=1e-5))]
+
+
+def test_grad_norms_optionally_show_weight_norms_and_the_update_to_weight_ratio():
+    model = small_model()
+    lr = 0.01
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    monitor, sink = monitor_with(GradNorms(weights=True, update_ratio=True))
+    monitor.train_start(model, optimizer)
+    weights, grads = [], []
+
+    def remember():  # layer 0 before its update: the norm of weight and bias, and of their gradients
+        layer = [p.detach().flatten() for p in model[0].parameters()]
+        weights.append(torch.linalg.vector_norm(torch.cat(layer)).item())
+        grads.append(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model[0].parameters()])).item())
+
+    train(monitor, model, optimizer, 2, on_backward=remember)
+    assert [v for _, v in sink.points("weight norm")["0.Linear"]] == pytest.approx(weights, rel=1e-5)
+    expected_ratio = [lr * g / w for g, w in zip(grads, weights)]  # plain SGD: update = lr * grad
+    assert sink.points("update ratio")["0.Linear"] == [(1, pytest.approx(expected_ratio[0], rel=1e-4)),
+                                                       (2, pytest.approx(expected_ratio[1], rel=1e-4))]
+    assert set(sink.points("update ratio")) == {"0.Linear", "2.0.Linear", "3.Linear", "total"}
+
+
+def test_the_update_ratio_of_a_layer_whose_weights_are_zero_is_infinite_not_an_error():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 3))
+    nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(GradNorms(update_ratio=True))
+    monitor.train_start(model, optimizer)
+    train(monitor, model, optimizer, 1)
+    ratios = dict(zip(sink.of(Points, "update ratio")[0].traces, values_of(sink.of(Points, "update ratio")[0])))
+    assert math.isinf(ratios["0.Linear"]) and math.isfinite(ratios["1.Linear"]) and math.isfinite(ratios["total"])
+
+
+def test_grad_norms_of_a_model_with_many_parameters_equal_vector_norm():
+    model = nn.Sequential(*[nn.Linear(4, 4) for _ in range(12)])  # 24 parameters: one stack, not item()s
+    layers = {f"{i}.Linear": model[i] for i in range(12)}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model, optimizer)
+    seen = []
+    x = torch.randn(8, 4)
+    model(x).square().mean().backward()
+    monitor.after_backward()
+    seen.append(expected_norms(model, layers))
+    monitor.step_end()
+    traces = sink.points("grad norm")
+    assert list(traces) == [*layers, "total"]
+    assert {t: v for t, [(_, v)] in traces.items()} == pytest.approx(seen[0], rel=1e-5)
+
+
+def test_grad_norms_of_parameters_on_several_devices_read_only_the_cpu_ones_on_the_training_thread(monkeypatch):
+    """A meta tensor stands in for a GPU's: reading one raises, so only the worker may try.
+
+    There is no GPU here, and _foreach_norm over CPU and meta tensors together computes the CPU
+    one wrongly, so the foreach pass is replaced by what it returns on a CPU + GPU model.
+    """
+    from monitor.callbacks import grad_norms
+    on_devices = [torch.tensor(5.0), torch.tensor(2.0, device="meta")]
+    monkeypatch.setattr(grad_norms.torch, "_foreach_norm", lambda tensors, *_, **__: on_devices)
+    norms = grad_norms._each_norm([torch.ones(1), torch.ones(1, device="meta")])
+    assert norms[0] == 5.0 and isinstance(norms[0], float) and norms[1] is on_devices[1]
+    with pytest.raises(RuntimeError, match="meta"):  # the worker's read: where a GPU's would wait
+        grad_norms._read(norms)
+
+
+def test_the_update_ratio_of_a_layer_that_neither_has_weights_nor_moves_is_nan():
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 3))
+    nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)
+    model[0].requires_grad_(False)  # frozen at zero: no update, no weights
+    optimizer = torch.optim.SGD(model[1].parameters(), lr=0.1)
+    monitor, sink = monitor_with(GradNorms(update_ratio=True))
+    monitor.train_start(model, optimizer)
+    train(monitor, model, optimizer, 1)
+    record = sink.of(Points, "update ratio")[0]
+    ratios = dict(zip(record.traces, values_of(record)))
+    assert math.isnan(ratios["0.Linear"]) and ratios["1.Linear"] > 0
+
+
+def test_grad_norms_of_a_model_without_parameters_log_nothing():
+    monitor, sink = monitor_with(GradNorms(weights=True, update_ratio=True))
+    monitor.train_start(nn.ReLU())
+    monitor.after_backward()
+    monitor.step_end()
+    assert sink.of(Points) == []
+
+
+def test_grad_norms_without_a_model_say_where_to_pass_it():
+    monitor, _ = monitor_with(GradNorms())
+    with pytest.raises(ValueError, match=r"pass it to monitor.train_start\(model, optimizer\)"):
+        monitor.train_start()
+
+
+# --- on a real server ---------------------------------------------------------------------------
+def test_grad_norms_on_the_dashboard_equal_vector_norm_of_gradients(visdom_server, read_window, tmp_path):
+    model, x, y = model_and_data()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    expected: dict[str, list[float]] = {"1.Linear": [], "3.Linear": [], "total": []}
+    with live_monitor(visdom_server, "live-grads", tmp_path, GradNorms()) as monitor:
+        monitor.train_start(model, optimizer)
+        for _ in range(5):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            monitor.after_backward()
+            for name, layer in (("1.Linear", model[1]), ("3.Linear", model[3])):
+                expected[name].append(torch.linalg.vector_norm(
+                    torch.cat([layer.weight.grad.flatten(), layer.bias.grad.flatten()])).item())
+            expected["total"].append(torch.linalg.vector_norm(
+                torch.cat([p.grad.flatten() for p in model.parameters()])).item())
+            optimizer.step()
+            monitor.step_end()
+        assert monitor.flush(timeout=10)
+    shown = read_window(visdom_server, "live-grads", "grad norm")
+    assert set(shown) == set(expected)
+    for trace, values in expected.items():
+        assert shown[trace][0] == [1, 2, 3, 4, 5]
+        assert shown[trace][1] == pytest.approx(values, rel=1e-5)

@@ -1,0 +1,93 @@
+"""Images: a grid of the batch's first images, captioned."""
+from __future__ import annotations
+
+import base64
+import logging
+
+import pytest
+import torch
+
+from monitor import Images, Scalars
+from monitor.imaging import encode_grid
+from monitor.records import ImageGrid as ImageRecord, Layout
+from helpers.monitors import live_monitor, model_and_data, monitor_with
+
+
+def test_images_log_a_copy_of_the_first_count_images_captioned_with_class_names():
+    monitor, sink = monitor_with(Images(every=1, count=4, class_names=["zero", "one", "two"]))
+    inputs, targets = torch.rand(16, 1, 8, 8), torch.tensor([0, 1, 2, 7] * 4)
+    monitor.step_end(inputs=inputs, targets=targets)
+    expected = inputs[:4].clone()
+    inputs.fill_(0.0)  # the loop reuses its batch buffers
+    targets.fill_(1)
+    (record,) = sink.of(ImageRecord, "inputs")
+    assert record.x == 1 and torch.equal(record.pixels, expected)
+    assert list(record.captions) == ["zero", "one", "two", "7"]
+    assert sink.of(Layout, "inputs")[0].opts == {"title": "inputs"}
+
+
+def test_images_caption_predictions_or_both_targets_and_predictions():
+    logits = torch.tensor([[0.1, 2.0], [3.0, 0.0], [0.0, 1.0]])
+    for captions, expected in (("predictions", ["dog", "cat", "dog"]),
+                               ("both", ["cat / dog", "cat / cat", "dog / dog"])):
+        monitor, sink = monitor_with(Images(captions=captions, class_names={0: "cat", 1: "dog"}))
+        monitor.step_end(inputs=torch.rand(3, 3, 4, 4), targets=[0, 0, 1], outputs=logits)
+        assert list(sink.of(ImageRecord)[0].captions) == expected
+
+
+def test_images_of_outputs_go_to_window_outputs_without_captions_when_none_fit():
+    monitor, sink = monitor_with(Images(source="outputs", count=2))
+    outputs = torch.randn(5, 3, 6, 6)
+    monitor.step_end(outputs=outputs, targets=torch.zeros(5, 6, 6))  # masks: no label per image
+    (record,) = sink.of(ImageRecord, "outputs")
+    assert torch.equal(record.pixels, outputs[:2]) and record.captions is None
+
+
+@pytest.mark.parametrize("shape, logged", [((6, 3, 5, 7), (4, 3, 5, 7)), ((3, 5, 7), (1, 3, 5, 7)),
+                                           ((6, 5, 7), (4, 1, 5, 7)), ((5, 7), (1, 1, 5, 7))])
+def test_images_accept_nchw_chw_nhw_and_hw(shape, logged):
+    monitor, sink = monitor_with(Images(count=4, captions=None))
+    monitor.step_end(inputs=torch.randint(0, 255, shape, dtype=torch.uint8))
+    assert tuple(sink.of(ImageRecord)[0].pixels.shape) == logged
+
+
+@pytest.mark.parametrize("inputs, error, match", [
+    (torch.rand(2, 4, 5, 5), ValueError, "1 or 3 channels"),
+    (torch.rand(2, 1, 1, 5, 5), ValueError, "NCHW, CHW, NHW or HW"),
+    ([[0.0, 1.0]], TypeError, "must be a torch.Tensor"),
+    (torch.ones(2, 3, 4, 4, dtype=torch.bool), TypeError, "real numbers"),
+    (None, ValueError, r"pass inputs= to monitor.step_end"),
+])
+def test_images_reject_what_is_not_an_image_batch(inputs, error, match):
+    monitor, _ = monitor_with(Images(captions=None))
+    with pytest.raises(error, match=match):
+        monitor.step_end(inputs=inputs)
+
+
+def test_images_that_are_not_images_are_reported_once_and_training_goes_on(caplog):
+    monitor, sink = monitor_with(Images(every=1), Scalars(), raise_errors=False)
+    with caplog.at_level(logging.WARNING, logger="monitor"):
+        for _ in range(4):
+            monitor.step_end(loss=1.0, inputs=torch.rand(8, 5, 2, 2), targets=torch.zeros(8))
+    assert len(caplog.records) == 1 and "Images" in caplog.text and "1 or 3 channels" in caplog.text
+    assert len(sink.points("loss")["train"]) == 4 and sink.of(ImageRecord) == []
+
+
+def test_images_every_logs_the_first_step_and_each_every_th_after_it():
+    monitor, sink = monitor_with(Images(every=50, captions=None))
+    for _ in range(120):
+        monitor.step_end(inputs=torch.rand(2, 1, 4, 4))
+    assert [r.x for r in sink.of(ImageRecord)] == [1, 51, 101]
+
+
+# --- on a real server ---------------------------------------------------------------------------
+def test_the_image_grid_arrives_with_its_captions(visdom_server, read_window_raw, tmp_path):
+    _, x, y = model_and_data()
+    names = ["zero", "one", "two"]
+    with live_monitor(visdom_server, "live-images", tmp_path,
+                      Images(every=1, count=4, class_names=names)) as monitor:
+        monitor.step_end(inputs=x, targets=y)
+        assert monitor.flush(timeout=10)
+    content = read_window_raw(visdom_server, "live-images", "inputs")["content"]
+    png = base64.b64decode(content["src"].removeprefix("data:image/png;base64,"))
+    assert png == encode_grid(x[:4], [names[i] for i in y[:4].tolist()], heading="step 1")

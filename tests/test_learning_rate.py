@@ -1,0 +1,97 @@
+"""LearningRate: the rate each step used, per parameter group."""
+from __future__ import annotations
+
+
+import pytest
+import torch
+
+from monitor import LearningRate
+from helpers.monitors import monitor_with, small_model
+
+
+def test_learning_rate_shows_the_rate_each_step_used_even_when_the_scheduler_steps_first():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    used = []
+    for _ in range(4):
+        monitor.after_backward()
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+        monitor.step_end()
+    assert used == [0.1, 0.1, 0.05, 0.05]
+    assert sink.points("learning rate") == {"lr": [(1, 0.1), (2, 0.1), (3, 0.05), (4, 0.05)]}
+
+
+def test_learning_rate_is_read_at_step_end_in_a_loop_without_after_backward():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    for _ in range(4):
+        monitor.step_end()
+        optimizer.step()
+        scheduler.step()
+    assert sink.points("learning rate") == {"lr": [(1, 0.1), (2, 0.1), (3, 0.05), (4, 0.05)]}
+
+
+def test_learning_rate_has_a_trace_per_group_named_by_number_or_by_the_groups_name():
+    model = small_model()
+    numbered = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.1},
+                                {"params": model[3].parameters()}], lr=0.01)
+    named = torch.optim.SGD([{"params": model[0].parameters(), "name": "backbone"},
+                             {"params": model[3].parameters(), "name": "head", "lr": 0.5}], lr=0.01)
+    for optimizer, traces in ((numbered, {"group 0": 0.1, "group 1": 0.01}),
+                              (named, {"backbone": 0.01, "head": 0.5})):
+        monitor, sink = monitor_with(LearningRate(every=2))
+        monitor.train_start(model, optimizer)
+        for _ in range(3):
+            monitor.step_end()
+        assert sink.points("learning rate") == {t: [(1, lr), (3, lr)] for t, lr in traces.items()}
+
+
+def test_learning_rate_names_the_groups_of_an_optimizer_given_at_a_later_train_start():
+    model = small_model()
+    first = torch.optim.SGD([{"params": model[0].parameters(), "name": "encoder"},
+                             {"params": model[3].parameters(), "name": "decoder"}], lr=0.1)
+    second = torch.optim.SGD([{"params": model[0].parameters(), "name": "backbone"},
+                              {"params": model[3].parameters(), "name": "head"}], lr=0.01)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, first)
+    monitor.step_end()
+    monitor.train_start(model, second)  # e.g. a second stage, without an epoch_start
+    monitor.step_end()
+    assert sink.points("learning rate") == {"encoder": [(1, 0.1)], "decoder": [(1, 0.1)],
+                                            "backbone": [(2, 0.01)], "head": [(2, 0.01)]}
+
+
+def test_learning_rate_that_is_not_a_number_is_named_in_the_error():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.param_groups[0]["lr"] = "fast"
+    monitor, _ = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    with pytest.raises(TypeError, match=r"values\['lr'\] must be a number or a one-element tensor, got 'fast'"):
+        monitor.step_end()
+
+
+def test_learning_rate_gives_a_group_added_mid_run_its_own_trace():
+    model = small_model()
+    optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    monitor.step_end()
+    optimizer.add_param_group({"params": model[3].parameters(), "lr": 0.5, "name": "head"})
+    monitor.step_end()
+    assert sink.points("learning rate") == {"lr": [(1, 0.1)], "group 0": [(2, 0.1)], "head": [(2, 0.5)]}
+
+
+def test_learning_rate_without_an_optimizer_says_where_to_pass_it():
+    monitor, _ = monitor_with(LearningRate())
+    monitor.train_start(small_model())
+    with pytest.raises(ValueError, match=r"pass it to monitor.train_start\(model, optimizer\)"):
+        monitor.step_end()

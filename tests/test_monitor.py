@@ -1,0 +1,98 @@
+"""The Monitor: hooks, loop state and what it lets go of; callbacks together on a real server."""
+from __future__ import annotations
+
+import base64
+import weakref
+
+import pytest
+import torch
+from torch import nn
+
+from monitor import Callback, GradNorms, Images, LearningRate, Scalars
+from monitor.imaging import encode_grid
+from helpers.monitors import live_monitor, model_and_data, monitor_with
+
+
+def test_the_monitor_keeps_no_batch_or_loss_alive_after_step_end():
+    seen = []
+
+    class Peek(Callback):
+        def on_step_end(self, state, log):
+            seen.append((id(state.loss), id(state.inputs)))
+
+    monitor, _ = monitor_with(Peek())
+    inputs = torch.rand(4, 3)
+    loss = inputs.sum()
+    monitor.step_end(loss=loss, inputs=inputs)
+    assert seen == [(id(loss), id(inputs))]  # the callbacks see this step's
+    batch = weakref.ref(inputs)
+    del inputs, loss
+    assert batch() is None
+    assert (monitor.state.loss, monitor.state.inputs) == (None, None)
+
+
+# --- on a real server ---------------------------------------------------------------------------
+def test_tensors_changed_in_place_after_logging_arrive_as_they_were_logged(
+        visdom_server, read_window, read_window_raw, tmp_path):
+    model, x, y = model_and_data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss_buffer, batch_buffer = torch.zeros(()), torch.zeros_like(x)
+    logged_losses, logged_total = [], []
+    with live_monitor(visdom_server, "live-snapshots", tmp_path,
+                      Scalars(), GradNorms(), Images(every=1, count=2, captions=None)) as monitor:
+        monitor.train_start(model, optimizer)
+        for step in range(3):
+            batch_buffer.copy_(x + step)  # the loop refills one buffer, as a pinned loader does
+            optimizer.zero_grad(set_to_none=False)
+            loss = nn.functional.cross_entropy(model(batch_buffer), y)
+            loss.backward()
+            monitor.after_backward()
+            logged_total.append(torch.linalg.vector_norm(
+                torch.cat([p.grad.flatten() for p in model.parameters()])).item())
+            optimizer.step()
+            loss_buffer.copy_(loss.detach())
+            monitor.step_end(loss=loss_buffer, inputs=batch_buffer)
+            logged_losses.append(loss_buffer.item())
+            loss_buffer.fill_(-1.0)  # changed in place right after logging
+        for p in model.parameters():
+            p.grad.zero_()
+        batch_buffer.fill_(0.0)
+        assert monitor.flush(timeout=10)
+    assert read_window(visdom_server, "live-snapshots", "loss")["train"] == ([1, 2, 3], logged_losses)
+    assert read_window(visdom_server, "live-snapshots", "grad norm")["total"][1] == pytest.approx(
+        logged_total, rel=1e-5)
+    content = read_window_raw(visdom_server, "live-snapshots", "inputs")["content"]
+    assert base64.b64decode(content["src"].split(",", 1)[1]) == encode_grid(x[:2] + 2, heading="step 1")
+
+
+def test_a_plain_loop_shows_every_scalar_once_in_step_order_in_its_window_and_trace(
+        visdom_server, read_window, tmp_path):
+    model, x, y = model_and_data()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=4, gamma=0.5)
+    losses, accuracies, validation, rates = [], [], [], []
+    with live_monitor(visdom_server, "live-scalars", tmp_path, Scalars(), LearningRate()) as monitor:
+        monitor.train_start(model, optimizer)
+        for epoch in range(2):
+            monitor.epoch_start(epoch)
+            for _ in range(6):
+                outputs = model(x)
+                loss = nn.functional.cross_entropy(outputs, y)
+                optimizer.zero_grad()
+                loss.backward()
+                monitor.after_backward()
+                rates.append(optimizer.param_groups[0]["lr"])
+                optimizer.step()
+                scheduler.step()
+                accuracy = (outputs.argmax(1) == y).float().mean()
+                monitor.step_end(loss=loss, metrics={"accuracy": accuracy})
+                losses.append(loss.item())
+                accuracies.append(accuracy.item())
+            validation.append(0.5 / (epoch + 1))
+            monitor.validation_end({"accuracy": validation[-1]})
+        assert monitor.flush(timeout=10)
+    steps = list(range(1, 13))
+    assert read_window(visdom_server, "live-scalars", "loss") == {"train": (steps, losses)}
+    assert read_window(visdom_server, "live-scalars", "accuracy") == {
+        "train": (steps, accuracies), "validation": ([6, 12], validation)}
+    assert read_window(visdom_server, "live-scalars", "learning rate") == {"lr": (steps, rates)}

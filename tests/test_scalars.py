@@ -1,0 +1,156 @@
+"""Scalars: the loss and metrics, per step or per epoch, train and validation in one window."""
+from __future__ import annotations
+
+import io
+import logging
+import math
+
+import pytest
+import torch
+
+from monitor import Scalars
+from monitor.records import Layout, Points
+from helpers.monitors import live_monitor, monitor_with
+
+
+def test_scalars_log_loss_and_each_metric_per_step_in_their_own_windows():
+    monitor, sink = monitor_with(Scalars())
+    for step, loss in enumerate([0.9, 0.7, 0.5], start=1):
+        monitor.step_end(loss=torch.tensor(loss), metrics={"accuracy": step / 10, "top5": torch.tensor([0.5])})
+    assert sink.points("loss") == {"train": [(1, pytest.approx(0.9)), (2, pytest.approx(0.7)),
+                                             (3, pytest.approx(0.5))]}
+    assert sink.points("accuracy") == {"train": [(1, 0.1), (2, 0.2), (3, 0.3)]}
+    assert sink.points("top5") == {"train": [(1, 0.5), (2, 0.5), (3, 0.5)]}
+
+
+def test_scalars_every_logs_the_first_step_and_each_every_th_after_it():
+    monitor, sink = monitor_with(Scalars(every=3))
+    for step in range(1, 8):
+        monitor.step_end(loss=float(step))
+    assert sink.points("loss") == {"train": [(1, 1.0), (4, 4.0), (7, 7.0)]}
+
+
+def test_scalars_put_validation_in_the_train_metrics_window_as_a_second_trace():
+    monitor, sink = monitor_with(Scalars())
+    monitor.step_end(loss=1.0, metrics={"accuracy": 0.5})
+    monitor.step_end(loss=0.8, metrics={"accuracy": 0.6})
+    monitor.validation_end({"loss": 0.9, "accuracy": 0.55})
+    assert sink.points("accuracy") == {"train": [(1, 0.5), (2, 0.6)], "validation": [(2, 0.55)]}
+    assert sink.points("loss") == {"train": [(1, 1.0), (2, 0.8)], "validation": [(2, 0.9)]}
+
+
+def test_scalars_per_epoch_average_the_epoch_at_the_number_of_epochs_done():
+    monitor, sink = monitor_with(Scalars(x="epoch"))
+    monitor.train_start()
+    monitor.validation_end({"loss": 2.0})  # before any training: 0 epochs done
+    for epoch, losses in enumerate([[1.0, 2.0, 3.0], [0.5, 1.5]]):
+        monitor.epoch_start(epoch)
+        for i, loss in enumerate(losses):  # tensors and numbers alike
+            monitor.step_end(loss=torch.tensor(loss) if i % 2 else loss, metrics={"accuracy": 0.1 * (i + 1)})
+        monitor.epoch_end()
+        monitor.validation_end({"loss": 1.0 / (epoch + 1)})
+    assert sink.points("loss") == {"validation": [(0, 2.0), (1, 1.0), (2, 0.5)],
+                                   "train": [(1, 2.0), (2, 1.0)]}
+    assert sink.points("accuracy") == {"train": [(1, pytest.approx(0.2)), (2, pytest.approx(0.15))]}
+
+
+def test_scalars_per_epoch_carry_a_half_done_epoch_through_a_checkpoint():
+    monitor, _ = monitor_with(Scalars(x="epoch"))
+    monitor.epoch_start(0)
+    monitor.step_end(loss=torch.tensor(1.0))
+    monitor.step_end(loss=2.0)
+    saved = torch.load(_saved(monitor.state_dict()), weights_only=True)
+    resumed, sink = monitor_with(Scalars(x="epoch"))
+    resumed.load_state_dict(saved)
+    resumed.epoch_start(0)  # the resumed loop enters the same epoch again
+    resumed.step_end(loss=6.0)
+    resumed.epoch_end()
+    assert sink.points("loss") == {"train": [(1, 3.0)]}
+
+
+def _saved(state) -> io.BytesIO:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_scalars_per_epoch_take_metrics_given_to_epoch_end_over_the_mean():
+    monitor, sink = monitor_with(Scalars(x="epoch"))
+    monitor.epoch_start(0)
+    monitor.step_end(loss=1.0, metrics={"accuracy": 0.1})
+    monitor.epoch_end({"accuracy": 0.9})
+    assert sink.points("accuracy") == {"train": [(1, 0.9)]}
+
+
+def test_scalars_per_step_show_epoch_end_metrics_as_an_epoch_trace():
+    monitor, sink = monitor_with(Scalars())
+    monitor.step_end(loss=1.0, metrics={"accuracy": 0.1})
+    monitor.step_end(loss=1.0, metrics={"accuracy": 0.3})
+    monitor.epoch_end({"accuracy": 0.2})
+    assert sink.points("accuracy") == {"train": [(1, 0.1), (2, 0.3)], "epoch": [(2, 0.2)]}
+
+
+def test_scalars_set_each_windows_title_and_axis_labels_once():
+    monitor, sink = monitor_with(Scalars(x="epoch"))
+    for epoch in range(3):
+        monitor.epoch_start(epoch)
+        monitor.step_end(loss=1.0, metrics={"accuracy": 0.5})
+        monitor.epoch_end()
+        monitor.validation_end({"accuracy": 0.5})
+    layouts = sink.of(Layout)
+    assert sorted(r.window for r in layouts) == ["accuracy", "loss"]
+    assert {r.window: r.opts for r in layouts}["loss"] == {"title": "loss", "xlabel": "epoch", "ylabel": "loss"}
+    for layout in layouts:  # each before its window's first points
+        first = next(i for i, r in enumerate(sink.records) if isinstance(r, Points) and r.window == layout.window)
+        assert sink.records.index(layout) < first
+
+
+def test_scalars_pass_nan_and_inf_through_for_the_sink_to_show_as_gaps():
+    monitor, sink = monitor_with(Scalars())
+    monitor.step_end(loss=float("nan"), metrics={"grad": torch.tensor(float("inf"))})
+    assert math.isnan(sink.points("loss")["train"][0][1])
+    assert sink.points("grad") == {"train": [(1, math.inf)]}
+
+
+@pytest.mark.parametrize("x", ["step", "epoch"])
+@pytest.mark.parametrize("bad, error", [("high", TypeError), ([0.1, 0.2], TypeError),
+                                        (torch.ones(3), ValueError), (None, TypeError)])
+def test_scalars_reject_unknown_metric_types_naming_the_metric_after_logging_the_rest(x, bad, error):
+    monitor, sink = monitor_with(Scalars(x=x))
+    monitor.epoch_start(0)
+    with pytest.raises(error, match="metric 'mood'"):
+        monitor.step_end(loss=1.0, metrics={"mood": bad, "accuracy": 0.5})
+    monitor.epoch_end()
+    assert sink.points("accuracy")["train"] == [(1, 0.5)]
+
+
+def test_scalars_unknown_metric_is_reported_once_and_training_goes_on(caplog):
+    monitor, sink = monitor_with(Scalars(), raise_errors=False)
+    with caplog.at_level(logging.WARNING, logger="monitor"):
+        for _ in range(5):
+            monitor.step_end(loss=1.0, metrics={"note": "warming up"})
+    assert len(caplog.records) == 1 and "metric 'note'" in caplog.text
+    assert len(sink.points("loss")["train"]) == 5
+
+
+def test_scalars_keep_the_loss_value_of_logging_time_when_the_loop_changes_it_in_place():
+    for x in ("step", "epoch"):
+        monitor, sink = monitor_with(Scalars(x=x))
+        monitor.epoch_start(0)
+        loss = torch.tensor(1.5)
+        monitor.step_end(loss=loss)
+        loss.fill_(99.0)
+        monitor.epoch_end()
+        assert sink.points("loss")["train"] == [(1, 1.5)]
+
+
+# --- on a real server ---------------------------------------------------------------------------
+def test_non_finite_values_arrive_as_gaps_at_their_step(visdom_server, read_window, tmp_path):
+    with live_monitor(visdom_server, "live-gaps", tmp_path, Scalars()) as monitor:
+        for loss in (1.0, math.nan, math.inf, 0.5):
+            monitor.step_end(loss=torch.tensor(loss))
+        assert monitor.flush(timeout=10)
+    xs, ys = read_window(visdom_server, "live-gaps", "loss")["train"]
+    assert xs == [1, 2, 3, 4] and ys[0] == 1.0 and ys[3] == 0.5
+    assert all(y is None or not math.isfinite(y) for y in ys[1:3])

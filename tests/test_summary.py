@@ -1,0 +1,46 @@
+"""Summary: one pane with the model, its counts, the hyper-parameters and versions."""
+from __future__ import annotations
+
+
+import torch
+from torch import nn
+
+from monitor import Summary
+from monitor.records import Text
+from helpers.monitors import live_monitor, model_and_data, monitor_with, small_model
+
+
+def test_summary_shows_model_counts_hparams_and_versions_in_one_pane():
+    model = small_model()
+    model[0].requires_grad_(False)
+    monitor, sink = monitor_with(Summary(hparams={"batch_size": 64, "lr": 1.0}))
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1), hparams={"lr": 0.1})
+    (pane,) = sink.of(Text, "summary")
+    total, frozen = sum(p.numel() for p in model.parameters()), 4 * 8 + 8
+    assert f"{total:,} ({total - frozen:,} trainable)" in pane.html
+    assert "<td><b>lr</b></td><td>0.1</td>" in pane.html and "<td>64</td>" in pane.html
+    assert "(3): Linear(in_features=8, out_features=3, bias=True)" in pane.html
+    assert torch.__version__ in pane.html and "<td>cpu</td>" in pane.html and "SGD" in pane.html
+
+
+def test_summary_escapes_everything_the_user_supplied():
+    class Odd(nn.Module):
+        def extra_repr(self):
+            return "<script>alert(1)</script>"
+
+    monitor, sink = monitor_with(Summary(hparams={"<b>note</b>": "<i>&</i>"}))
+    monitor.train_start(Odd())
+    html = sink.of(Text, "summary")[0].html
+    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "&lt;b&gt;note&lt;/b&gt;" in html and "&lt;i&gt;&amp;&lt;/i&gt;" in html
+
+
+# --- on a real server ---------------------------------------------------------------------------
+def test_the_summary_pane_arrives(visdom_server, read_window_raw, tmp_path):
+    model, _, _ = model_and_data()
+    with live_monitor(visdom_server, "live-summary", tmp_path, Summary(hparams={"batch_size": 12})) as monitor:
+        monitor.train_start(model, hparams={"lr": 0.1})
+        assert monitor.flush(timeout=10)
+    html = read_window_raw(visdom_server, "live-summary", "summary")["content"]
+    assert "(1): Linear(in_features=16, out_features=8, bias=True)" in html
+    assert "<td><b>batch_size</b></td><td>12</td>" in html and "<td><b>lr</b></td><td>0.1</td>" in html
