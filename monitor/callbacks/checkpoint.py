@@ -296,7 +296,7 @@ class Checkpoint(Callback):
                 # Read when a checkpoint is written, never here: a read would wait for the device every step.
                 self._metric_value = value.detach().reshape(()).to(torch.float32, copy=True)
             else:
-                self._metric_value = float(value)
+                self._metric_value = float(value.detach() if isinstance(value, torch.Tensor) else value)
 
     # --- state, for the checkpoint itself -----------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -1,0 +1,111 @@
+"""A deep model: 161 parameter layers, GradNorms every step. Step-time ratio and bytes per message.
+
+    .venv/bin/python bench/deep_model.py [--steps 300] [--repeats 3]
+
+The model is built here (no download): 80 blocks of Linear(64, 64) + LayerNorm(64) and a head,
+161 modules that own parameters, as many as ResNet-50 or GPT-2 small. Bare runs and monitor runs
+(Scalars and GradNorms every step, a live server) alternate; the ratio is of median step times,
+every monitor run against every bare run. The message size is the grad-norm window's, as the
+sink last sent it (its largest: the window only grows until its budget is reached).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import harness
+
+BLOCKS = 80
+
+
+def deep_model() -> nn.Module:
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    for _ in range(BLOCKS):
+        layers += [nn.Linear(64, 64), nn.LayerNorm(64), nn.GELU()]
+    return nn.Sequential(*layers, nn.Linear(64, 10))
+
+
+@dataclass
+class Result:
+    layers: int
+    steps: int
+    bare_ms: float
+    monitor_ms: float
+    ratio: float
+    message_kb: float
+    points_per_layer: int
+
+
+def _steps(model: nn.Module, steps: int, monitor=None) -> list[float]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    loss_fn = nn.CrossEntropyLoss()
+    if monitor is not None:
+        monitor.train_start(model, optimizer)
+    times = []
+    for _ in range(steps):
+        began = time.perf_counter()
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        if monitor is not None:
+            monitor.after_backward()
+        optimizer.step()
+        if monitor is not None:
+            monitor.step_end(loss=loss)
+        times.append(time.perf_counter() - began)
+    return times
+
+
+def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, progress=print) -> Result:
+    from monitor import GradNorms, Monitor, Scalars
+
+    torch.set_num_threads(1)
+    model = deep_model()
+    layers = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
+    bare, monitored, message = [], [], 0
+    _steps(model, warmup)
+    for repeat in range(repeats):
+        progress(f"deep model: repetition {repeat + 1} of {repeats}")
+        bare += _steps(model, steps)
+        with tempfile.TemporaryDirectory(prefix="monitor-bench-") as run_dir:
+            monitor = Monitor([Scalars(), GradNorms()], env=f"deep-{repeat}", port=server.port, run_dir=run_dir)
+            monitored += _steps(model, steps + warmup, monitor)[warmup:]
+            monitor.flush(timeout=60)
+            window = monitor.sink.windows.by_name["grad norm"]
+            message = max(message, len(json.dumps(window.message("e")[1], separators=(",", ":"))))
+            points = max(len(t) for name, t in window.traces.items() if name != "total")
+            monitor.close()
+    bare_ms, monitor_ms = statistics.median(bare) * 1e3, statistics.median(monitored) * 1e3
+    return Result(layers, steps * repeats, bare_ms, monitor_ms, monitor_ms / bare_ms, message / 1e3, points)
+
+
+def table(result: Result) -> str:
+    return harness.markdown_table(
+        ["model", "steps timed (each mode)", "bare median ms", "monitor median ms", "ratio", "grad-norm message",
+         "points per layer trace"],
+        [[f"{result.layers} layers (Linear + LayerNorm)", result.steps, f"{result.bare_ms:.2f}",
+          f"{result.monitor_ms:.2f}", f"{result.ratio:.3f}x", f"{result.message_kb:.0f} KB",
+          result.points_per_layer]])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    harness.steady_allocator()
+    with harness.local_server() as server:
+        print(table(run(server, steps=args.steps, repeats=args.repeats)))
+
+
+if __name__ == "__main__":
+    main()
