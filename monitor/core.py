@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
 
 import torch
 
@@ -21,6 +21,13 @@ from monitor.resumable import Resumable
 
 HOOKS = ("on_train_start", "on_epoch_start", "on_after_backward", "on_step_end",
          "on_validation_end", "on_epoch_end", "on_train_end", "on_exception")
+
+
+class Continuation(NamedTuple):
+    """Where a continued run's log goes on: its env (None: a new run names its own) and byte position."""
+
+    env: str | None
+    position: int
 
 
 @dataclass
@@ -79,11 +86,11 @@ class Callback:
     def state_key(self, key: str) -> None:
         self._state_key = checks.text("state_key", key)
 
-    def continues_run(self) -> int | None:
-        """The run-log position of the run this callback continues (``Checkpoint(resume=True)``), else None.
+    def continues_run(self) -> Continuation | None:
+        """The run this callback continues (``Checkpoint(resume=True)``), else None.
 
-        Asked once, before the Monitor builds its sink: a position rewinds the run log to it,
-        0 starts a new run.
+        Asked once, before the Monitor builds its sink: a position rewinds the run log to it
+        (0: a new run), in the run's env unless the Monitor was given one.
         """
         return None
 
@@ -179,7 +186,8 @@ class Monitor:
         self.rank, self.world_size = rank_and_world_size()
         continued = [p for c in self.callbacks if (p := c.continues_run()) is not None]
         if continued and rewind_to is None and sink is None:
-            options["rewind_to"] = continued[0]
+            options["rewind_to"] = continued[0].position
+            env = env if env is not None else continued[0].env
         if sink is not None:
             if env is not None or options:
                 raise TypeError(f"env and sink options are the sink's: pass them to the sink, not with "
@@ -201,6 +209,7 @@ class Monitor:
         self._in_step = False
         self._started = False
         self._epoch_open = False
+        self._failed = False
         self._resumable = Resumable()
         self._reports = Reports()
         # Only the callbacks that override a hook are called for it, through bound methods.
@@ -235,7 +244,7 @@ class Monitor:
         state.model, state.optimizers, state.scaler = model, optimizers, scaler
         state.optimizer = next(iter(optimizers.values())) if len(optimizers) == 1 else None
         self.state.hparams = dict(hparams or {})
-        self._started = True
+        self._started, self._failed = True, False
         self._fire("on_train_start")
 
     def epoch_start(self, epoch: int | None = None) -> None:
@@ -292,11 +301,14 @@ class Monitor:
 
     def train_end(self) -> None:
         """Call once after training; the sink keeps delivering until :meth:`close`."""
+        if self._epoch_open and not self._failed:  # a loop that broke out of monitor.epochs()
+            self.epoch_end()
         self._fire("on_train_end")
         self._started = False
 
     def exception(self, error: BaseException) -> None:
         """Call from the loop's ``except`` block (the context-manager form does this for you)."""
+        self._failed = True
         self._fire("on_exception", error)
 
     def _pass_of(self, optimizer: str | torch.optim.Optimizer | None) -> str | None:

@@ -1,6 +1,7 @@
 """replay: send a run log to a Visdom server, for a run trained without a dashboard or a lost env.
 
-:func:`replay` sends one run log; :func:`rebuild` sends every finished run's log under a folder,
+:func:`replay` sends one run log; :func:`rebuild` sends the log of every run under a folder
+that no live process writes (finished or killed),
 which is how ``monitor serve --runs runs/`` gives a restarted server its dashboards back.
 """
 from __future__ import annotations

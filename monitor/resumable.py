@@ -7,9 +7,10 @@
 A run resumed from a checkpoint taken in the middle of an epoch continues with that epoch's next
 batch, in the order the interrupted run would have seen. A loader whose batch sampler is
 :class:`monitor.EpochBatchSampler` skips the batches done without loading them; any other
-(``DataLoader(shuffle=True)`` included) is iterated as it was, from the random state the epoch
-began with, and the batches done are loaded and dropped. Then every generator is put back to
-where the checkpoint left it.
+(``DataLoader(shuffle=True)`` included, with or without a ``generator=`` of its own) is iterated
+as it was, from the random state the epoch began with, and the batches done are loaded and
+dropped. Then every generator is put back to where the checkpoint left it. Not exact:
+``persistent_workers=True`` (its workers' seed is drawn once, not each epoch).
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class Resumable:
     def __init__(self) -> None:
         self.first_epoch = 0
         self.skip = 0                             # batches of the first epoch done before the checkpoint
-        self.order_rng: torch.Tensor | None = None  # torch's CPU state as the current epoch's iteration began
+        # torch's CPU state and the loader's own generator's as the current epoch's iteration began
+        self.order_rng: dict[str, torch.Tensor | None] | None = None
         self.rng: Mapping[str, Any] | None = None  # every generator, as the checkpoint left it
 
     def start(self) -> tuple[int, bool]:
@@ -48,9 +50,13 @@ class Resumable:
                 skip = 0
             elif callable(getattr(part, "set_epoch", None)):  # DistributedSampler
                 part.set_epoch(epoch)
-        if resuming and self.order_rng is not None:
-            torch.set_rng_state(self.order_rng)  # the order the interrupted epoch was drawn in
-        self.order_rng = torch.get_rng_state()
+        generator = getattr(loader, "generator", None)  # DataLoader(generator=g) draws from g, not torch's
+        own = generator if isinstance(generator, torch.Generator) else None
+        if resuming and self.order_rng is not None:  # the order the interrupted epoch was drawn in
+            torch.set_rng_state(self.order_rng["torch"])
+            if own is not None and self.order_rng.get("loader") is not None:
+                own.set_state(self.order_rng["loader"])
+        self.order_rng = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None}
         iterator = iter(loader)  # a DataLoader draws its order and its workers' seed here
         for _ in range(skip):
             if next(iterator, _END) is _END:
@@ -64,7 +70,7 @@ class Resumable:
     def state_dict(self) -> dict[str, Any]:
         return {"order_rng": self.order_rng}
 
-    def continue_from(self, epoch: int, skip: int, order_rng: torch.Tensor | None,
+    def continue_from(self, epoch: int, skip: int, order_rng: dict[str, torch.Tensor | None] | None,
                       rng: Mapping[str, Any] | None) -> None:
         self.first_epoch, self.skip, self.order_rng, self.rng = epoch, skip, order_rng, rng
 

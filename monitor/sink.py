@@ -128,6 +128,11 @@ class VisdomSink:
     def _open_runlog(self, rewind_to: int | None) -> set[str]:
         """Continues the run (``rewind_to`` > 0) or starts a new one; returns the windows to close."""
         path = self.folder.log_path
+        size = path.stat().st_size if path.is_file() else 0
+        if rewind_to and size < rewind_to:  # moved, deleted, or another working directory
+            _log.warning("monitor: the run log %s holds %d bytes, the checkpoint continues it at byte %d: the "
+                         "curves of env %r start over from here", path, size, rewind_to, self.env)
+            rewind_to = None
         if rewind_to:  # a resume: the run goes on, from its checkpoint's position in the log
             dropped = windows_after(path, rewind_to)  # before the log is cut there
             self.runlog = RunLog(path, rewind_to=rewind_to)

@@ -7,6 +7,7 @@ what they hold. visdom (and with it torch) is imported only inside the helpers t
   ``start()`` again on the same port and env dir.
 - ``connect_client(server, **kwargs)``: a visdom client that raises on errors and opens no socket.
 - ``read_window(server, env, win)``: ``{trace name: (xs, ys)}`` of a plot window.
+- ``read_env(server, env)``: ``{window: {trace name: (xs, ys)}}`` of every plot window of an env.
 - ``read_window_raw(server, env, win)``: the window's full dict (type, content, ...), e.g. for
   image and text panes.
 - ``monitor_serve(*args, env=None)``: ``monitor serve ARGS`` as a background command, with
@@ -60,6 +61,21 @@ def _read_window_raw(server: VisdomServer, env: str, win: str, **client_kwargs: 
 def _read_window(server: VisdomServer, env: str, win: str, **client_kwargs: Any) -> dict[str, tuple[list, list]]:
     traces = _read_window_raw(server, env, win, **client_kwargs)["content"]["data"]
     return {trace.get("name", str(i)): (list(trace["x"]), list(trace["y"])) for i, trace in enumerate(traces)}
+
+
+def _read_env(server: VisdomServer, env: str) -> dict[str, dict[str, tuple[list, list]]]:
+    data = json.loads(_connect_client(server).get_window_data(None, env))
+    shown = {}
+    for win, window in data.items():
+        window = json.loads(window) if isinstance(window, str) else window
+        shown[win] = {t.get("name"): (t["x"], t["y"]) for t in window["content"]["data"]}
+    return shown
+
+
+@pytest.fixture(scope="session")
+def read_env() -> Callable[..., dict[str, dict[str, tuple[list, list]]]]:
+    """``read_env(server, env) -> {window: {trace name: (xs, ys)}}``: every plot window of an env."""
+    return _read_env
 
 
 @pytest.fixture(scope="session")

@@ -38,16 +38,6 @@ def train(server, root: Path, name: str, env: str, options: list[str], kill: tup
     return {**json.loads(done.stdout.splitlines()[0]), "stderr": done.stderr[-3000:]}
 
 
-def windows(server, env: str, connect_client) -> dict[str, dict[str, tuple[list, list]]]:
-    """Every window of ``env`` on the server: {window: {trace: (xs, ys)}}."""
-    data = json.loads(connect_client(server).get_window_data(None, env))
-    shown = {}
-    for win, window in data.items():
-        window = json.loads(window) if isinstance(window, str) else window
-        shown[win] = {t.get("name"): (t["x"], t["y"]) for t in window["content"]["data"]}
-    return shown
-
-
 def points(root: Path, name: str) -> list[tuple]:
     log = root / name / "runs" / RunLog.FILENAME
     return [(e["win"], e["x"], e["y"]) for e in RunLog.read(log) if e["k"] == "points"]
@@ -68,7 +58,7 @@ def mid_epoch_kills() -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("case", ["epoch-boundary", "mid-epoch"])
 def test_a_run_killed_after_a_checkpoint_and_resumed_ends_bit_identical_with_the_same_curves(
-        visdom_server, connect_client, tmp_path, case):
+        visdom_server, read_env, tmp_path, case):
     seed = random.SystemRandom().randrange(10**6)
     chooser = random.Random(seed)
     if case == "epoch-boundary":
@@ -84,7 +74,7 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_ends_bit_identical_with_the
 
     train(visdom_server, tmp_path, "straight", straight_env, options)
     killed = train(visdom_server, tmp_path, "resumed", resumed_env, options, kill=kill)
-    shown = windows(visdom_server, resumed_env, connect_client)
+    shown = read_env(visdom_server, resumed_env)
     assert "learning rate" in shown, f"{about}: the killed run showed {sorted(shown)}; {killed['stderr']}"
     # Points to take back: the rate is logged at after_backward (grad norms wait for step_end).
     assert max(shown["learning rate"]["lr"][0]) == kill[0] > checkpoint_step, about
@@ -99,9 +89,9 @@ def test_a_run_killed_after_a_checkpoint_and_resumed_ends_bit_identical_with_the
     final = {name: torch.load(tmp_path / name / "final.pt", weights_only=True) for name in ("straight", "resumed")}
     for part in ("model", "optimizer"):
         assert _equal(final["straight"][part], final["resumed"][part]), f"{part} differs: {about}"
-    expected = windows(visdom_server, straight_env, connect_client)
+    expected = read_env(visdom_server, straight_env)
     assert set(expected) == {"loss", "learning rate", "grad norm"}
-    assert windows(visdom_server, resumed_env, connect_client) == expected, about
+    assert read_env(visdom_server, resumed_env) == expected, about
     assert points(tmp_path, "resumed") == points(tmp_path, "straight"), about
     manifests = [json.loads((tmp_path / n / "ckpt" / MANIFEST).read_text()) for n in ("straight", "resumed")]
     assert [(m["last"], m["best"]) for m in manifests][0] == [(m["last"], m["best"]) for m in manifests][1], about

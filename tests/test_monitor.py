@@ -96,3 +96,36 @@ def test_a_plain_loop_shows_every_scalar_once_in_step_order_in_its_window_and_tr
     assert read_window(visdom_server, "live-scalars", "accuracy") == {
         "train": (steps, accuracies), "validation": ([6, 12], validation)}
     assert read_window(visdom_server, "live-scalars", "learning rate") == {"lr": (steps, rates)}
+
+
+def test_breaking_out_of_monitor_epochs_still_ends_the_last_epoch_at_train_end():
+    ended = []
+
+    class Ends(Callback):
+        def on_epoch_end(self, state, log):
+            ended.append(state.epoch)
+
+    monitor, _ = monitor_with(Ends())
+    monitor.train_start()
+    for epoch in monitor.epochs(5):
+        monitor.step_end()
+        if epoch == 1:
+            break  # early stopping
+    monitor.train_end()
+    assert ended == [0, 1]
+
+
+def test_an_epoch_a_loop_failed_in_is_not_ended():
+    ended = []
+
+    class Ends(Callback):
+        def on_epoch_end(self, state, log):
+            ended.append(state.epoch)
+
+    monitor, _ = monitor_with(Ends())
+    with pytest.raises(RuntimeError):
+        with monitor:
+            monitor.train_start()
+            for _ in monitor.epochs(5):
+                raise RuntimeError("a bug in the loop")
+    assert ended == []

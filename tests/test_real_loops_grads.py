@@ -13,28 +13,9 @@ from torch import nn
 from monitor import Checkpoint, GradNorms, LearningRate, Monitor, Summary
 from monitor.checkpoint import load_checkpoint
 from monitor.log import NullSink
-from monitor.records import Points, Text
+from monitor.records import Text
 from monitor.sink import VisdomSink
-
-
-class ListSink(NullSink):
-    """Keeps every record, and reads their values as the sink's worker would."""
-
-    def __init__(self) -> None:
-        self.records: list = []
-
-    def put(self, record) -> None:
-        self.records.append(record)
-
-    def points(self, window: str) -> dict[str, list[tuple[float, float]]]:
-        traces: dict[str, list] = {}
-        for record in self.records:
-            if isinstance(record, Points) and record.window == window:
-                values = record.values() if callable(record.values) else record.values
-                values = values.tolist() if isinstance(values, torch.Tensor) else list(values)
-                for trace, value in zip(record.traces, values):
-                    traces.setdefault(trace, []).append((record.x, value))
-        return traces
+from helpers.monitors import ListSink
 
 
 def _model(seed: int = 0) -> nn.Module:
@@ -213,3 +194,25 @@ def test_after_backward_names_an_optimizer_given_to_train_start():
         monitor.train_start(model, "sgd")
     with pytest.raises(TypeError, match="scaler must be a torch.amp.GradScaler, got float"):
         monitor.train_start(model, scaler=65536.0)
+
+
+def test_the_update_ratio_of_a_gan_covers_both_optimizers_steps():
+    sink = ListSink()
+    torch.manual_seed(0)
+    generator, discriminator = nn.Linear(4, 6), nn.Linear(6, 1)
+    model = nn.ModuleDict({"G": generator, "D": discriminator})
+    opt_g, opt_d = torch.optim.SGD(generator.parameters(), lr=0.1), torch.optim.SGD(discriminator.parameters(), lr=0.1)
+    monitor = Monitor([GradNorms(update_ratio=True)], sink=sink, raise_errors=True)
+    monitor.train_start(model, {"G": opt_g, "D": opt_d})
+    for _ in range(2):
+        opt_d.zero_grad()
+        discriminator(generator(torch.randn(8, 4)).detach()).mean().backward()
+        monitor.after_backward("D")
+        opt_d.step()
+        opt_g.zero_grad()
+        discriminator(generator(torch.randn(8, 4))).mean().backward()
+        monitor.after_backward("G")
+        opt_g.step()
+        monitor.step_end()
+    ratios = sink.points("update ratio")
+    assert all(v > 0 for _, v in ratios["D"]) and all(v > 0 for _, v in ratios["G"])  # D was 0 before its fix

@@ -6,7 +6,6 @@ server and compares it with an uninterrupted run: weights bit-identical, every w
 """
 from __future__ import annotations
 
-import json
 import random
 import signal
 import subprocess
@@ -61,15 +60,6 @@ def _wait_for_step(process: subprocess.Popen, step: int) -> list[int]:
     raise AssertionError(f"the job ended before step {step}: {process.stderr.read()[-3000:]}")
 
 
-def _windows(server, env: str, connect_client) -> dict[str, dict[str, tuple[list, list]]]:
-    data = json.loads(connect_client(server).get_window_data(None, env))
-    shown = {}
-    for win, window in data.items():
-        window = json.loads(window) if isinstance(window, str) else window
-        shown[win] = {t.get("name"): (t["x"], t["y"]) for t in window["content"]["data"]}
-    return shown
-
-
 def _same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(
         _same(a[k], b[k]) if isinstance(a[k], dict) else
@@ -77,19 +67,19 @@ def _same(a: dict, b: dict) -> bool:
 
 
 @pytest.fixture(scope="module")
-def straight(visdom_server, connect_client, tmp_path_factory):
+def straight(visdom_server, read_env, tmp_path_factory):
     """An uninterrupted run of each loader: its weights and windows."""
     runs = {}
-    for loader in ("shuffle", "sampler"):
+    for loader in ("shuffle", "sampler", "generator"):
         job = Job(visdom_server, tmp_path_factory.mktemp("straight"), "straight", loader)
         assert job.run() == list(range(1, STEPS + 1))
-        runs[loader] = (job.weights(), _windows(visdom_server, job.env, connect_client))
+        runs[loader] = (job.weights(), read_env(visdom_server, job.env))
     return runs
 
 
-@pytest.mark.parametrize("loader", ["shuffle", "sampler"])
+@pytest.mark.parametrize("loader", ["shuffle", "sampler", "generator"])
 def test_killed_at_five_random_moments_and_rerun_with_the_same_command_ends_as_if_never_killed(
-        visdom_server, connect_client, tmp_path, straight, loader):
+        visdom_server, read_env, tmp_path, straight, loader):
     seed = random.SystemRandom().randrange(10**6)
     chooser = random.Random(seed)
     job = Job(visdom_server, tmp_path, "killed", loader)
@@ -103,14 +93,14 @@ def test_killed_at_five_random_moments_and_rerun_with_the_same_command_ends_as_i
     weights, windows = straight[loader]
     about = f"{loader}, kills from random seed {seed}"
     assert _same(job.weights(), weights), about
-    shown = _windows(visdom_server, job.env, connect_client)
+    shown = read_env(visdom_server, job.env)
     assert shown == windows, about
     for trace in shown["loss"].values():  # each step once, in order
         assert trace[0] == sorted(set(trace[0])), about
 
 
 def test_sigterm_in_mid_epoch_saves_that_step_exits_for_requeue_and_the_rerun_continues(
-        visdom_server, connect_client, tmp_path, straight):
+        visdom_server, read_env, tmp_path, straight):
     job = Job(visdom_server, tmp_path, "sigterm")
     process = job.start()
     _wait_for_step(process, 7)  # epoch 2 of 4, its first step; checkpoints are every 3 steps
@@ -122,22 +112,22 @@ def test_sigterm_in_mid_epoch_saves_that_step_exits_for_requeue_and_the_rerun_co
     assert saved in (7, 8) and "SIGTERM: checkpoint of step" in stderr
     assert job.run()[0] == saved + 1
     assert _same(job.weights(), straight["shuffle"][0])
-    assert _windows(visdom_server, job.env, connect_client) == straight["shuffle"][1]
+    assert read_env(visdom_server, job.env) == straight["shuffle"][1]
 
 
-def test_a_finished_run_rerun_starts_fresh_and_keeps_the_earlier_run(visdom_server, connect_client, tmp_path,
+def test_a_finished_run_rerun_starts_fresh_and_keeps_the_earlier_run(visdom_server, read_env, tmp_path,
                                                                       straight):
     job = Job(visdom_server, tmp_path, "finished")
     first = job.run()
     again = job.run()
     assert first == again == list(range(1, STEPS + 1))
-    assert _windows(visdom_server, job.env, connect_client) == straight["shuffle"][1]  # no zigzag: one run
+    assert read_env(visdom_server, job.env) == straight["shuffle"][1]  # no zigzag: one run
     (earlier,) = (job.folder / "ckpt" / "earlier").iterdir()
     assert sorted(p.name for p in earlier.iterdir()) == ["latest.json", "step-000000021.pt", "step-000000024.pt"]
     assert [p.name for p in (job.folder / "runs" / "earlier").iterdir()] == [f"{earlier.name}.jsonl"]
 
 
-def test_fresh_starts_a_new_run_even_after_a_kill(visdom_server, connect_client, tmp_path, straight):
+def test_fresh_starts_a_new_run_even_after_a_kill(visdom_server, read_env, tmp_path, straight):
     job = Job(visdom_server, tmp_path, "fresh")
     process = job.start()
     _wait_for_step(process, 10)
@@ -145,5 +135,44 @@ def test_fresh_starts_a_new_run_even_after_a_kill(visdom_server, connect_client,
     process.communicate()
     assert job.run("--fresh") == list(range(1, STEPS + 1))
     assert _same(job.weights(), straight["shuffle"][0])
-    assert _windows(visdom_server, job.env, connect_client) == straight["shuffle"][1]
+    assert read_env(visdom_server, job.env) == straight["shuffle"][1]
     assert len(list((job.folder / "ckpt" / "earlier").iterdir())) == 1
+
+
+def test_a_resume_without_an_env_continues_in_the_checkpoints_env(visdom_server, read_env, tmp_path, monkeypatch):
+    from monitor import Checkpoint, Monitor, Scalars
+
+    monkeypatch.chdir(tmp_path)  # the run log goes to runs/<env>/, as by default
+
+    def run(stop_at: int | None) -> Monitor:
+        monitor = Monitor([Scalars(), Checkpoint("ckpt", every_steps=2, resume=True)],
+                          port=visdom_server.port, flush_every=0.05)
+        model = torch.nn.Linear(2, 1)
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        for _ in monitor.epochs(2):
+            for x in monitor.batches([torch.ones(1, 2)] * 3):
+                monitor.step_end(loss=model(x).sum())
+                if monitor.state.step == stop_at:
+                    monitor.flush()
+                    return monitor  # killed: no train_end
+        monitor.train_end()
+        monitor.close()
+        return monitor
+
+    first = run(stop_at=5)
+    second = run(stop_at=None)  # no env given: the checkpoint's, not a new random one
+    assert second.sink.env == first.sink.env
+    assert read_env(visdom_server, first.sink.env)["loss"]["train"][0] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_resume_whose_run_log_is_gone_starts_the_curves_over_and_trains_on(visdom_server, read_env, tmp_path,
+                                                                             caplog):
+    job = Job(visdom_server, tmp_path, "lost-log")
+    process = job.start()
+    _wait_for_step(process, 10)
+    process.kill()
+    process.communicate()
+    (job.folder / "runs" / "runlog.jsonl").unlink()  # runs/ deleted, or another working directory
+    steps = job.run()
+    assert steps[0] - 1 in (9, 12) and steps[-1] == STEPS  # continued from its latest checkpoint
+    assert read_env(visdom_server, job.env)["loss"]["train"][0] == list(range(steps[0], STEPS + 1))

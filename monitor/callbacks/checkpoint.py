@@ -17,7 +17,7 @@ from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, buil
 from monitor.checkpoint.folder import (checkpoint_name, claim, is_finished, mark_finished, prune, retain,
                                        set_aside, write_manifest)
 from monitor.checkpoint.resume import ResumePoint, find_start, restore_parts
-from monitor.core import Callback, LoopState, Monitor
+from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main
 from monitor.log import Log
 from monitor.checkpoint.rng import capture_rng
@@ -94,6 +94,7 @@ class Checkpoint(Callback):
         self._saved: dict[str, Any] | None = None  # the checkpoint train_start restores
         self._stop_signal: int | None = None
         self._handlers: dict[int, Any] = {}
+        self._set_aside = False  # a new run: the folder's earlier checkpoints move at train_start
         self.run_id: str | None = None
         self._monitor: Monitor | None = None
         self._records: list[dict[str, Any]] = []
@@ -103,22 +104,20 @@ class Checkpoint(Callback):
         self._aborted = False
         self._claimed = False
 
-    def continues_run(self) -> int | None:
-        """With ``resume`` or ``fresh``: finds where the run continues, and says where its run log does."""
+    def continues_run(self) -> Continuation | None:
+        """With ``resume`` or ``fresh``: finds where the run continues, and says where its run log does.
+
+        A new run's earlier checkpoints are set aside only at train_start, once the Monitor's
+        sink holds the run's folder: a second process of a live run moves nothing.
+        """
         if not (self.resume or self.fresh):
             return None
-
-        def set_aside_if_done() -> bool:
-            new_run = self.fresh or is_finished(self.directory)
-            if new_run and (earlier := set_aside(self.directory)) is not None:
-                _log.info("monitor: a new run in %s; the earlier run's checkpoints are in %s", self.directory, earlier)
-            return new_run
-
-        if on_main(set_aside_if_done):
+        self._set_aside = on_main(lambda: self.fresh or is_finished(self.directory))
+        if self._set_aside:
             self.start, self._saved = ResumePoint(path=None), None
         else:
             self.start, self._saved = find_start(self.directory, missing_ok=True)
-        return self.start.runlog_position or 0
+        return Continuation(self.start.env, self.start.runlog_position or 0)
 
     def on_attach(self, monitor: Monitor) -> None:
         """Lets this callback save the state of ``monitor``'s loop and of all its callbacks."""
@@ -139,6 +138,9 @@ class Checkpoint(Callback):
         self._require_monitor()
         if self._saved is not None:
             self._restore(state)
+        if self._set_aside:
+            self._set_aside = False
+            on_main(self._set_earlier_aside)
         on_main(self._claim_directory)  # another run's folder stops every rank, not just rank 0
         if self.resume:
             self._catch_preemption()
@@ -248,6 +250,11 @@ class Checkpoint(Callback):
                                         f"{type(error).__name__}: {error}") from error
         _log.info("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
 
+    def _set_earlier_aside(self) -> None:
+        earlier = set_aside(self.directory)
+        if earlier is not None:
+            _log.info("monitor: a new run in %s; the earlier run's checkpoints are in %s", self.directory, earlier)
+
     def _catch_preemption(self) -> None:
         # Under torch.distributed the ranks would have to agree on the step to stop at: not yet.
         if threading.current_thread() is not threading.main_thread() or self._monitor.world_size > 1:
@@ -266,11 +273,11 @@ class Checkpoint(Callback):
 
     def _stop_for_requeue(self, state: LoopState) -> None:
         name = signal.Signals(self._stop_signal).name
-        self._stop_signal = None
-        self._release_signals()
+        self._stop_signal = None  # a second signal while saving changes nothing
         if self._last_saved != [state.step, state.epoch, self._epoch_done]:
             self.save()
-        self._monitor.flush(timeout=10.0)
+        self._monitor.flush(timeout=2.0)  # a scheduler's grace period is short; the run log has it all
+        self._release_signals()
         _log.warning("monitor: %s: checkpoint of step %d saved in %s; exiting with status %d to be run again",
                      name, state.step, self.directory, REQUEUE_EXIT_STATUS)
         raise SystemExit(REQUEUE_EXIT_STATUS)

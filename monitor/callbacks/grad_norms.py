@@ -124,7 +124,7 @@ class GradNorms(Callback):
             self._write("grad norm", suffix, grads, present, scale)
         if self.weights:
             self._write("weight norm", suffix, [params[i] for i in indices], indices, None)
-        if self.update_ratio:
+        if self.update_ratio and self._before is None:  # before any of the step's updates
             with torch.no_grad():
                 self._before = torch._foreach_mul(params, 1.0)
 

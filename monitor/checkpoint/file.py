@@ -3,8 +3,8 @@
 The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
 
     format, version, time, torch      what wrote it, and when
-    loop        {"epoch", "step", "batch", "epoch_done", "order_rng"}: where the loop was, and torch's
-                random state as its epoch's batches were drawn (None when unknown)
+    loop        {"epoch", "step", "batch", "epoch_done", "order_rng"}: where the loop was, and the
+                random state its epoch's batches were drawn from ({"torch", "loader"}; None if unknown)
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
     optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) are a
                 dict of their state_dicts by name

@@ -84,7 +84,7 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
         raise CheckpointWriteError(
             f"directory must be empty or hold this run's checkpoints, got {directory} with "
             f"{len(foreign)} checkpoint(s) of another run ({', '.join(foreign[:3])}...; see its {MANIFEST}): "
-            f"resume from them with monitor.resume(..., monitor=monitor), or choose another folder")
+            f"continue that run with Checkpoint(..., resume=True), start a new one with fresh=True, or choose another folder")
     return records
 
 

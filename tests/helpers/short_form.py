@@ -1,7 +1,7 @@
 """A loop that resumes in two lines, as a user writes it: re-run the same command and it continues.
 
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
-        --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler] [--fresh]
+        --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
 ``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
@@ -27,6 +27,8 @@ def train(options: argparse.Namespace) -> None:
     held_out = TensorDataset(torch.randn(32, 8), torch.randint(0, 3, (32,)))
     if options.loader == "sampler":
         loader = DataLoader(data, batch_sampler=EpochBatchSampler(data, batch_size=BATCH, seed=0))
+    elif options.loader == "generator":  # as torch's reproducibility notes suggest
+        loader = DataLoader(data, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(7))
     else:
         loader = DataLoader(data, batch_size=BATCH, shuffle=True)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
@@ -66,7 +68,7 @@ if __name__ == "__main__":
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--checkpoints", required=True)
     parser.add_argument("--out", required=True)
-    parser.add_argument("--loader", choices=("shuffle", "sampler"), default="shuffle")
+    parser.add_argument("--loader", choices=("shuffle", "sampler", "generator"), default="shuffle")
     parser.add_argument("--fresh", action="store_true", help="start a new run even after a kill")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds per step (a run that lasts)")
     train(parser.parse_args())
