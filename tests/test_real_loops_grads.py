@@ -216,3 +216,17 @@ def test_the_update_ratio_of_a_gan_covers_both_optimizers_steps():
         monitor.step_end()
     ratios = sink.points("update ratio")
     assert all(v > 0 for _, v in ratios["D"]) and all(v > 0 for _, v in ratios["G"])  # D was 0 before its fix
+
+
+def test_resuming_a_one_optimizer_checkpoint_with_two_says_what_it_holds(tmp_path):
+    model = _model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=1)], sink=NullSink(), raise_errors=True)
+    monitor.train_start(model, optimizer)
+    model(torch.randn(2, 6)).sum().backward()
+    monitor.after_backward()
+    optimizer.step()
+    monitor.step_end()
+    from monitor import resume
+    with pytest.raises(ValueError, match=r"optimizer must be the optimizers .* holds \(one SGD, not named\), got G, D"):
+        resume(tmp_path / "ckpt", model, {"G": optimizer, "D": torch.optim.SGD(model.parameters(), lr=0.1)})

@@ -132,10 +132,10 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
     if isinstance(optimizer, Mapping) and len(optimizer) == 1 and not isinstance(checkpoint["classes"].get("optimizer"), dict):
         parts["optimizer"] = next(iter(optimizer.values()))  # one optimizer, saved as one
     if isinstance(parts["optimizer"], Mapping):
-        saved = checkpoint["optimizer"]
+        saved = checkpoint["classes"].get("optimizer")
         if not isinstance(saved, dict) or set(saved) != set(parts["optimizer"]):
-            raise ValueError(f"optimizer must be the optimizers {path} holds "
-                             f"({', '.join(saved) if isinstance(saved, dict) else 'one, not named'}), "
+            held = ", ".join(saved) if isinstance(saved, dict) else f"one {saved}, not named"
+            raise ValueError(f"optimizer must be the optimizers {path} holds ({held}), "
                              f"got {', '.join(parts['optimizer'])}")
     for name, part in parts.items():
         saved_class = checkpoint["classes"].get(name)
