@@ -8,20 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from helpers.checkpoint_loop import attach, build, train
+from helpers.checkpoint_loop import trained_folder
 from monitor import resume
 from monitor.checkpoint import (KEYS, CheckpointError, UnsafeCheckpointError, build_checkpoint,
                                 load_checkpoint, save_checkpoint)
 from monitor.checkpoint.folder import MANIFEST
 from monitor.checkpoint.rng import capture_rng
-
-
-def trained_folder(tmp_path: Path, epochs: int = 2) -> Path:
-    parts = build()
-    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=2, keep_last=3, metric="loss",
-                                        extras=lambda: {"note": "hi", "table": torch.arange(3)})
-    train(parts, monitor, start, epochs=epochs)
-    return tmp_path / "ckpt"
 
 
 def test_a_checkpoint_has_the_fixed_schema_and_loads_with_weights_only(tmp_path):

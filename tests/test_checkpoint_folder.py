@@ -2,24 +2,15 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from helpers.checkpoint_loop import attach, build, train
+from helpers.checkpoint_loop import build, trained_folder
 from monitor import resume
 from monitor.checkpoint import (CheckpointError, DamagedCheckpointError, load_checkpoint)
 from monitor.checkpoint.folder import MANIFEST
-
-
-def trained_folder(tmp_path: Path, epochs: int = 2) -> Path:
-    parts = build()
-    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=2, keep_last=3, metric="loss",
-                                        extras=lambda: {"note": "hi", "table": torch.arange(3)})
-    train(parts, monitor, start, epochs=epochs)
-    return tmp_path / "ckpt"
 
 
 def test_a_truncated_latest_falls_back_to_the_previous_checkpoint_with_a_warning_naming_it(tmp_path):

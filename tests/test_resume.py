@@ -1,22 +1,13 @@
 """resume(): what it could not restore, and a monitor of another env, said plainly."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
 
-from helpers.checkpoint_loop import attach, build, train
+from helpers.checkpoint_loop import build, trained_folder
 from monitor import Monitor, resume
 from monitor.log import NullSink
-
-
-def trained_folder(tmp_path: Path, epochs: int = 2) -> Path:
-    parts = build()
-    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=2, keep_last=3, metric="loss",
-                                        extras=lambda: {"note": "hi", "table": torch.arange(3)})
-    train(parts, monitor, start, epochs=epochs)
-    return tmp_path / "ckpt"
 
 
 def test_resume_says_which_parts_it_could_not_restore(tmp_path):

@@ -70,3 +70,12 @@ def train(parts: Parts, monitor: Monitor, start, epochs: int, stop_at: int | Non
         monitor.validation_end({"loss": 1.0 / (epoch + 1) + random.uniform(0, 0.5)})
         monitor.epoch_end()
     monitor.train_end()
+
+
+def trained_folder(tmp_path: Path, epochs: int = 2) -> Path:
+    """A folder of checkpoints every 2 steps (the last 3 kept, ranked by loss, with extras) after ``epochs``."""
+    parts = build()
+    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=2, keep_last=3, metric="loss",
+                                        extras=lambda: {"note": "hi", "table": torch.arange(3)})
+    train(parts, monitor, start, epochs=epochs)
+    return tmp_path / "ckpt"
