@@ -113,8 +113,8 @@ class Delivery:
         self.delivered = not self.windows.changed()
 
     def _pace(self, name: str) -> None:
-        cost = self.connection
-        self.pacing[name] = max(self.interval, cost.last_seconds / _SERVER_SHARE, cost.last_bytes / _BYTES_PER_SECOND)
+        sent = self.connection  # its latest request: this window's
+        self.pacing[name] = max(self.interval, sent.last_seconds / _SERVER_SHARE, sent.last_bytes / _BYTES_PER_SECOND)
         self._due[name] = time.monotonic() + self.pacing[name]
 
     def _placed_in_order(self, limit: float | None = None) -> list[Window]:

@@ -123,7 +123,8 @@ class GradNorms(Callback):
             scale = scale_of(state.scaler, optimizers) if state.scaler is not None else None
             self._write("grad norm", suffix, grads, present, scale)
         if self.weights:
-            self._write("weight norm", suffix, [params[i] for i in indices], indices, None)
+            weights = params if indices is self._all else [params[i] for i in indices]
+            self._write("weight norm", suffix, weights, indices, None)
         if self.update_ratio and self._before is None:  # before any of the step's updates
             with torch.no_grad():
                 self._before = torch._foreach_mul(params, 1.0)
