@@ -18,7 +18,7 @@ import math
 import struct
 from typing import Any, Iterable, NamedTuple
 
-from monitor import checks
+from monitor import checks, heatmap
 from monitor.records import Order
 
 Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
@@ -184,6 +184,7 @@ class Window:
         self.budget = points_per_trace
         self.content: Any = None  # the latest image or text entry
         self.order = Order.METRICS  # its place on the page
+        self.grid: heatmap.Grid | None = None  # in the heatmap form: every trace, steps in columns
         self.changed = True
         self.sent = False
 
@@ -194,7 +195,11 @@ class Window:
         if kind == "points":
             self.kind = "line"
             x = entry["x"]
-            for name, y in entry["y"].items():
+            values = entry["y"]
+            if self.grid is not None:  # every trace in the grid; only the total as a line of its own
+                self.grid.add(x, values)
+                values = {"total": values["total"]} if "total" in values else {}
+            for name, y in values.items():
                 trace = self.traces.get(name)
                 if trace is None:
                     trace = self._new_trace(name)
@@ -205,10 +210,15 @@ class Window:
         elif kind == "layout":
             self.opts.update(entry["opts"])
             self.order = entry.get("order", self.order)
+            if self.opts.get("form") == "heatmap" and self.grid is None:
+                self.grid = heatmap.Grid()
         self.changed = True
         return refused
 
     def _new_trace(self, name: str) -> Trace:
+        if self.grid is not None:  # the total, beside the grid
+            trace = self.traces[name] = Trace(self.budget)
+            return trace
         share = max(_MIN_TRACE_POINTS, min(self.budget, WINDOW_POINTS // (len(self.traces) + 1)))
         for trace in self.traces.values():
             trace.shrink(share)
@@ -233,18 +243,19 @@ class Window:
 
     @property
     def nonfinite(self) -> int:
+        if self.grid is not None:
+            return self.grid.nonfinite
         return sum(t.nonfinite for t in self.traces.values())
 
     def message(self, env: str) -> tuple[str, dict[str, Any]] | None:
         """The request that makes the server's window equal this one (None: nothing to show)."""
         title = self.opts.get("title", self.name)
         if self.kind == "line":
+            if self.grid is not None and self.grid.traces:
+                return self._heatmap_message(env, title)
             if not self.traces:
                 return None
-            data = []
-            for name, trace in self.traces.items():
-                xs, ys = trace.points()
-                data.append({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines"})
+            data = [self._line(name) for name in self.traces]
             # No title inside the plot: the pane's header shows it, where Visdom's toolbar would cover it.
             layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
                       "xaxis": {"title": self.opts.get("xlabel", "step")},
@@ -266,6 +277,23 @@ class Window:
             return "events", {"data": [{"content": self.content["html"], "type": "text"}],
                               "win": self.name, "eid": env, "opts": {**self.opts, "title": title}}
         return None
+
+
+    def _line(self, name: str) -> dict[str, Any]:
+        xs, ys = self.traces[name].points()
+        return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines"}
+
+    def _heatmap_message(self, env: str, title: str) -> tuple[str, dict[str, Any]]:
+        grid = self.grid
+        lines = [self._line("total")] if "total" in self.traces else []
+        for name in heatmap.top(grid.latest, self.opts.get("top", 5)):
+            xs, ys = grid.points(name)
+            lines.append({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines"})
+        data, layout = heatmap.figure(grid, lines, self.opts)
+        if self.nonfinite:
+            layout["legend"]["title"] = {"text": f"{self.nonfinite} non-finite shown as gaps"}
+        opts = {"height": 640, "width": 720, **self.opts, "title": title}
+        return "events", {"data": data, "win": self.name, "eid": env, "layout": layout, "opts": opts}
 
 
 class Windows:

@@ -12,12 +12,13 @@ from torch.nn.modules.module import (register_module_module_registration_hook,
 
 from monitor.amp import current_scale, scale_of
 from monitor.callbacks._every import is_due
-from monitor.checks import boolean, positive_int
+from monitor.checks import boolean, one_of, positive_int
 from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.records import Order
 
+LINES_UP_TO = 16  # layers drawn as lines by form="auto"; more make a heatmap
 _YLABELS = {"grad norm": "L2 norm of the gradients", "weight norm": "L2 norm of the weights",
             "update ratio": "norm of the update / norm of the weights", "loss scale": "GradScaler's scale"}
 
@@ -54,6 +55,12 @@ class GradNorms(Callback):
     With several optimizers, ``after_backward(optimizer=name)`` gives each backward pass its own
     window, ``grad norm NAME``, holding only that optimizer's parameters.
 
+    ``form`` chooses how the layers are drawn: ``"lines"``, a curve per layer; ``"heatmap"``,
+    layers x steps on a log colour scale (each cell the highest norm of its steps), with
+    ``total`` and the ``top`` layers largest at the latest step as curves above it; ``"auto"``
+    (the default), lines up to 16 layers and the heatmap beyond, where curves become
+    unreadable and slow to draw. Either way the run log keeps every norm of every step.
+
     A model wrapped in DistributedDataParallel (or torch.compile) is read through the wrapper,
     so its traces are named as the plain model's (``0.Linear``, not ``module.0.Linear``). DDP
     averages the gradients over the ranks during ``backward()``, so the norms at
@@ -62,8 +69,10 @@ class GradNorms(Callback):
     """
 
     def __init__(self, every: int = 1, weights: bool = False, update_ratio: bool = False,
-                 loss_scale: bool = False) -> None:
+                 loss_scale: bool = False, form: str = "auto", top: int = 5) -> None:
         self.every = positive_int("every", every)
+        self.form = one_of("form", form, ("auto", "lines", "heatmap"))
+        self.top = positive_int("top", top)
         self.weights, self.update_ratio = boolean("weights", weights), boolean("update_ratio", update_ratio)
         self.loss_scale = boolean("loss_scale", loss_scale)
         self._pending: dict[str, tuple[str, tuple[str, ...], Callable[[], list[float]]]] = {}  # window: kind, ...
@@ -166,7 +175,12 @@ class GradNorms(Callback):
 
     def _put(self, log: Log, window: str, ylabel: str, x: int, traces: tuple[str, ...],
              values: Callable[[], list[float]]) -> None:
-        log.window(window, order=Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log")
+        form = self.form if self.form != "auto" else "heatmap" if len(traces) > LINES_UP_TO + 1 else "lines"
+        if form == "heatmap":
+            log.window(window, order=Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log",
+                       form="heatmap", top=self.top)
+        else:
+            log.window(window, order=Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log")
         log.vector(window, x, traces, values)
 
     def _pass(self, state: LoopState, name: str) -> tuple[int, ...]:
