@@ -84,20 +84,23 @@ class Delivery:
             for window in self._placed_in_order(limit):
                 if not force and window.sent and now < self._due.get(window.name, 0.0):
                     continue  # paced: its latest state goes out when its turn comes
-                message = window.message(self.env)
-                if message is None:
+                messages = window.messages(self.env)
+                if not messages:
                     window.mark_skipped()
                     continue
+                took, size = 0.0, 0
                 try:
-                    self.connection.post(*message, timeout=limit)
+                    for message in messages:
+                        self.connection.post(*message, timeout=limit)
+                        took, size = took + self.connection.last_seconds, size + self.connection.last_bytes
                 except (TypeError, ValueError) as error:  # e.g. opts that are not JSON
                     self.reports.once(f"window-{window.name}", f"window {window.name!r} cannot be sent and "
                                                                f"is skipped: {error}")
                     window.mark_skipped()
                     continue
                 window.mark_sent()
-                self._pace(window.name)
-                seconds += self.connection.last_seconds
+                self._pace(window.name, took, size)
+                seconds += took
                 sent += 1
                 points += sum(len(t) for t in window.traces.values())
         except DashboardError as error:
@@ -112,9 +115,9 @@ class Delivery:
         self._down_since, self._backoff = None, self.interval
         self.delivered = not self.windows.changed()
 
-    def _pace(self, name: str) -> None:
-        sent = self.connection  # its latest request: this window's
-        self.pacing[name] = max(self.interval, sent.last_seconds / _SERVER_SHARE, sent.last_bytes / _BYTES_PER_SECOND)
+    def _pace(self, name: str, seconds: float, size: int) -> None:
+        """The window waits in proportion to what its requests cost: the server's time and bytes."""
+        self.pacing[name] = max(self.interval, seconds / _SERVER_SHARE, size / _BYTES_PER_SECOND)
         self._due[name] = time.monotonic() + self.pacing[name]
 
     def _placed_in_order(self, limit: float | None = None) -> list[Window]:

@@ -3,7 +3,8 @@
     {"k": "run", "env": "mnist", "run_id": "5f2a...", "time": 1764300000.0, "pid": 4242, "host": "gpu1"}
     {"k": "layout", "win": "loss", "opts": {"xlabel": "step"}, "order": 10}
     {"k": "points", "win": "loss", "x": 12, "y": {"train": 0.53, "validation": NaN}}
-    {"k": "image", "win": "inputs", "x": 50, "png": "<base64>"}
+    {"k": "image", "win": "inputs", "x": 50, "n": 1, "file": "images/5f2a.../inputs/0000001.png"}
+    {"k": "image", "win": "inputs", "x": 50, "png": "<base64>"}       (without an image store)
     {"k": "text", "win": "summary", "x": 0, "html": "<pre>...</pre>"}
 
 ``encode`` runs on the sink's worker: it reads tensors and encodes image grids, so the training
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 
 from monitor import checks
+from monitor.imagestore import ImageStore
 from monitor.imaging import encode_grid
 from monitor.records import ImageGrid, Layout, Points, Text
 
@@ -36,8 +38,9 @@ def header(env: str, run_id: str) -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
-def encode(record: Points | ImageGrid | Text | Layout) -> dict[str, Any]:
-    """The entry of a record: values read, images encoded. Runs on the sink's worker.
+def encode(record: Points | ImageGrid | Text | Layout, images: ImageStore | None = None) -> dict[str, Any]:
+    """The entry of a record: values read, images encoded (into ``images`` where given, else
+    inline). Runs on the sink's worker.
 
     Checks again what the Log checked at the door (a record may be put on a sink directly, and
     a function left to the worker may return anything); raises TypeError or ValueError.
@@ -74,6 +77,9 @@ def encode(record: Points | ImageGrid | Text | Layout) -> dict[str, Any]:
     if isinstance(record, ImageGrid):
         captions = None if record.captions is None else list(record.captions)
         png = encode_grid(record.pixels, captions, heading=f"step {_number(x)}")
+        if images is not None:
+            n, file = images.add(record.window, png)
+            return {"k": "image", "win": record.window, "x": x, "n": n, "file": file}
         return {"k": "image", "win": record.window, "x": x, "png": base64.b64encode(png).decode()}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from monitor import checks
 from monitor.connection import Connection, DashboardError
+from monitor.imagestore import run_dir_of
 from monitor.rundir import RunDir
 from monitor.runlog import RunLog
 from monitor.windows import Windows
@@ -33,7 +34,7 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
     if env is not None:
         checks.name("env", env, path=True)
     sender = Connection(**connection)  # bad settings fail before a long read
-    windows = Windows(points_per_trace)
+    windows = Windows(points_per_trace, run_dir=run_dir_of(path))
     total = os.path.getsize(path)
     on_bytes = (lambda done: progress("read", done, total)) if progress else None
     for entry in RunLog.read(path, progress=on_bytes):
@@ -42,7 +43,7 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
         windows.apply([entry])
     if not env:
         raise ValueError(f"env must be given: the run log {path} names none")
-    messages = [m for m in (w.message(env) for w in windows.by_name.values()) if m is not None]
+    messages = [m for w in windows.by_name.values() for m in w.messages(env)]
     try:
         for done, message in enumerate(messages, 1):
             sender.post(*message)

@@ -34,6 +34,7 @@ from monitor.records import ImageGrid, Layout, Points, Text
 from monitor.reports import Reports
 from monitor.rundir import RunDir
 from monitor.entries import encode, header, windows_after
+from monitor.imagestore import ImageStore
 from monitor.runlog import RunLog
 from monitor.windows import Windows
 
@@ -92,8 +93,8 @@ class VisdomSink:
         self.env = env or time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
         self.connection = Connection(server, port, base_url=base_url, username=username,
                                      password=password, timeout=timeout)
-        self.windows = Windows(points_per_trace)
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.env
+        self.windows = Windows(points_per_trace, run_dir=self.run_dir)
         if rewind_to is not None:
             checks.integer("rewind_to", rewind_to, minimum=0)
         for other in list(_open_sinks):  # a notebook cell run again: the previous monitor of this run ends
@@ -139,12 +140,16 @@ class VisdomSink:
             entries = RunLog.read(path, end=self.runlog.position)
             self.run_id = next(entries, {}).get("run_id") or self.run_id
             self.windows.apply(entries)
+            self.images = ImageStore(self.run_dir, self.run_id)
+            self.images.restore({w.name: w.history[-1]["n"] if w.history else 0
+                                 for w in self.windows.by_name.values() if w.kind == "history"})
             return dropped
         earlier = self.folder.set_aside()  # a new run: the env's earlier one is kept aside, its windows closed
         if earlier is not None:
             _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)
         self.runlog = RunLog(path)
         self.runlog.append([header(self.env, self.run_id)])
+        self.images = ImageStore(self.run_dir, self.run_id)
         return windows_after(earlier, 0) if earlier is not None else set()
 
     @property
@@ -303,7 +308,7 @@ class VisdomSink:
     def _entry(self, record: Any) -> dict[str, Any] | None:
         """The run-log entry of a record, or None (reported once) for a record that cannot be read."""
         try:
-            return encode(record)
+            return encode(record, self.images)
         except Exception as error:  # a bad record must not stop the worker
             self.reports.once(f"record-{type(record).__name__}-{type(error).__name__}",
                               f"a {type(record).__name__} record for window {getattr(record, 'window', '?')!r} "

@@ -18,7 +18,10 @@ import math
 import struct
 from typing import Any, Iterable, NamedTuple
 
+from pathlib import Path
+
 from monitor import checks, heatmap
+from monitor.imagestore import kept
 from monitor.records import Order
 
 Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
@@ -176,8 +179,9 @@ class Window:
     ``mark_changed`` make it changed, ``mark_sent`` says the server took its message.
     """
 
-    def __init__(self, name: str, points_per_trace: int) -> None:
+    def __init__(self, name: str, points_per_trace: int, run_dir: Path | None = None) -> None:
         self.name = name
+        self.run_dir = run_dir  # where the image files an entry names are
         self.kind = "line"
         self.opts: dict[str, Any] = {}
         self.traces: dict[str, Trace] = {}
@@ -185,6 +189,9 @@ class Window:
         self.content: Any = None  # the latest image or text entry
         self.order = Order.METRICS  # its place on the page
         self.grid: heatmap.Grid | None = None  # in the heatmap form: every trace, steps in columns
+        self.history: list[dict[str, Any]] = []  # the kept image entries of a history pane, oldest first
+        self.on_server: list[int] | None = None  # the grid numbers the server's history pane holds
+        self._sending: list[int] = []  # what the server's pane holds once the latest messages are taken
         self.changed = True
         self.sent = False
 
@@ -205,6 +212,11 @@ class Window:
                     trace = self._new_trace(name)
                 if not trace.add(x, None if y is None else float(y)):
                     refused.append(Backwards(self.name, name, x, trace.last[1]))
+        elif kind == "image" and "file" in entry:  # a grid in the image store: a pane to step through
+            self.kind = "history"
+            self.history.append(entry)
+            stays = set(kept([e["n"] for e in self.history]))
+            self.history = [e for e in self.history if e["n"] in stays]
         elif kind in ("image", "text"):
             self.kind, self.content = kind, entry
         elif kind == "layout":
@@ -226,8 +238,10 @@ class Window:
         return trace
 
     def mark_sent(self) -> None:
-        """The server took this window's latest message."""
+        """The server took this window's latest messages."""
         self.changed, self.sent = False, True
+        if self.kind == "history":
+            self.on_server = self._sending
 
     def mark_skipped(self) -> None:
         """Nothing to send until this window changes again (it is empty, or its message is not JSON)."""
@@ -235,11 +249,11 @@ class Window:
 
     def mark_changed(self) -> None:
         """The server's copy may differ from this one (it lost the env, or went down)."""
-        self.changed = True
+        self.changed, self.on_server = True, None
 
     def mark_closed(self) -> None:
         """The server no longer has this window (it was closed to be placed again)."""
-        self.changed, self.sent = True, False
+        self.changed, self.sent, self.on_server = True, False, None
 
     @property
     def nonfinite(self) -> int:
@@ -247,8 +261,38 @@ class Window:
             return self.grid.nonfinite
         return sum(t.nonfinite for t in self.traces.values())
 
+    def messages(self, env: str) -> list[tuple[str, dict[str, Any]]]:
+        """The requests that make the server's window equal this one (none: nothing to show).
+
+        A history pane is created with its first grid and appended to one grid a request; while
+        the server holds a prefix of the kept grids, only the new ones are sent.
+        """
+        if self.kind != "history":
+            message = self.message(env)
+            return [] if message is None else [message]
+        numbers = [e["n"] for e in self.history]
+        held = self.on_server
+        fresh = held is None or numbers[:len(held)] != held
+        requests, self._sending = [], [] if fresh else list(held)
+        for entry in self.history if fresh else self.history[len(held):]:
+            try:
+                png = (self.run_dir / entry["file"]).read_bytes()
+            except (OSError, TypeError):  # removed since (a resumed run, a copied log): not shown
+                continue
+            content = {"content": {"src": "data:image/png;base64," + base64.b64encode(png).decode()},
+                       "type": "image_history"}
+            if not self._sending:
+                width, height = _png_size(base64.b64encode(png[:24]).decode())
+                opts = {**self.opts, "title": self.opts.get("title", self.name), "show_slider": True,
+                        "width": max(width + _IMAGE_MARGIN, _SLIDER_WIDTH), "height": height + _IMAGE_MARGIN + _SLIDER}
+                requests.append(("events", {"data": [content], "win": self.name, "eid": env, "opts": opts}))
+            else:
+                requests.append(("update", {"data": [content], "win": self.name, "eid": env}))
+            self._sending.append(entry["n"])
+        return requests
+
     def message(self, env: str) -> tuple[str, dict[str, Any]] | None:
-        """The request that makes the server's window equal this one (None: nothing to show)."""
+        """The request that makes the server's line, image or text window equal this one (None: nothing)."""
         title = self.opts.get("title", self.name)
         if self.kind == "line":
             if self.grid is not None and self.grid.traces:
@@ -299,8 +343,9 @@ class Window:
 class Windows:
     """All windows of one env, in the order they first appeared."""
 
-    def __init__(self, points_per_trace: int = 1000) -> None:
+    def __init__(self, points_per_trace: int = 1000, run_dir: str | Path | None = None) -> None:
         self.points_per_trace = checks.integer("points_per_trace", points_per_trace, minimum=10)
+        self.run_dir = None if run_dir is None else Path(run_dir)
         self.by_name: dict[str, Window] = {}
 
     def apply(self, entries: Iterable[dict[str, Any]]) -> list[Backwards]:
@@ -312,7 +357,7 @@ class Windows:
                 continue  # the run header
             window = self.by_name.get(name)
             if window is None:
-                window = self.by_name[name] = Window(name, self.points_per_trace)
+                window = self.by_name[name] = Window(name, self.points_per_trace, self.run_dir)
             refused += window.apply(entry)
         return refused
 
@@ -326,6 +371,8 @@ class Windows:
 
 
 _IMAGE_MARGIN = 32  # pixels
+_SLIDER = 40  # pixels: a history pane's slider below the grid
+_SLIDER_WIDTH = 320  # pixels: a history pane is at least this wide, for its slider to be usable
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:

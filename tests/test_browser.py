@@ -166,3 +166,36 @@ def test_a_server_killed_and_started_again_with_runs_shows_the_finished_run(fres
     WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg.main-svg")) >= 3)
     shown = {e.text for e in browser.find_elements(By.CSS_SELECTOR, titles)}
     assert {"summary", "loss", "learning rate", "grad norm"} <= shown, shown
+
+
+def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_path, browser):
+    import base64
+
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import Images, Monitor
+
+    with Monitor([Images(every=1, count=1, captions=None)], env="history_check", port=visdom_server.port,
+                 run_dir=tmp_path, raise_errors=True) as monitor:
+        for step in range(1, 41):  # 40 grids: 10 kept (every 4th, the latest among them)
+            monitor.step_end(inputs=torch.full((1, 1, 16, 16), step / 40))
+        assert monitor.flush(timeout=10)
+    files = sorted(tmp_path.joinpath("images").rglob("*.png"))
+    sources = ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in files]
+
+    browser.get(f"{visdom_server.url}/env/history_check")
+    wait = WebDriverWait(browser, 30)
+    shown = "return document.querySelector('img.content-image') && document.querySelector('img.content-image').src"
+    wait.until(lambda d: d.execute_script(shown) == sources[-1])  # opens at the latest grid
+    slider = browser.find_element(By.CSS_SELECTOR, "input[type=range]")
+    assert int(slider.get_attribute("max")) == len(sources) - 1
+    width = slider.size["width"]  # the pane takes keys for itself: the slider is clicked, as a person would
+    ActionChains(browser).move_to_element_with_offset(slider, -width // 2 + 1, 0).click().perform()
+    wait.until(lambda d: d.execute_script(shown) == sources[0])  # the earliest kept grid
+    ActionChains(browser).move_to_element_with_offset(slider, width // 2 - 1, 0).click().perform()
+    wait.until(lambda d: d.execute_script(shown) == sources[-1])
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "image-history.png"))

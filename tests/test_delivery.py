@@ -62,7 +62,7 @@ def test_two_image_callbacks_show_two_windows(visdom_server, read_window_raw, tm
             monitor.step_end(inputs=torch.rand(4, 1, 6, 6), outputs=torch.rand(4, 3, 6, 6))
         assert monitor.flush(timeout=10)
     for window in ("inputs", "outputs"):
-        assert read_window_raw(visdom_server, "two-grids", window)["type"] == "image"
+        assert read_window_raw(visdom_server, "two-grids", window)["type"] == "image_history"
 
 
 def test_a_title_is_in_the_pane_header_only_and_a_grid_has_no_second_caption(visdom_server, read_window_raw,

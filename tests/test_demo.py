@@ -48,7 +48,7 @@ def test_the_demo_keeps_the_server_it_started_until_ctrl_c(tmp_path, read_window
         port = int(re.search(r":(\d+)/", url).group(1))
         server = SimpleNamespace(host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}")
         assert read_window(server, "kept", "loss")["train"][0] == [1, 2]
-        assert read_window_raw(server, "kept", "inputs")["type"] == "image"
+        assert read_window_raw(server, "kept", "inputs")["type"] == "image_history"
         assert demo.process.poll() is None  # still serving the dashboard
         code, stderr = demo.finish(signal.SIGINT)
     finally:

@@ -100,7 +100,7 @@ def test_each_example_fills_its_env_with_every_window(example, layers, visdom_se
         assert xs == steps and all(1 / 3 <= y <= 1 for y in ys)  # a mean top-class probability
 
     grid = read_window_raw(visdom_server, env, "inputs")
-    assert grid["type"] == "image" and grid["content"]["src"].startswith("data:image/png;base64,")
+    assert grid["type"] == "image_history" and grid["content"][-1]["src"].startswith("data:image/png;base64,")
     summary = read_window_raw(visdom_server, env, "summary")
     assert summary["type"] == "text"
     model_class = "Sequential" if "sequential" in example else "ShapeNet"
@@ -222,7 +222,7 @@ def test_the_readme_quick_start_and_custom_callback_run_as_written(visdom_server
     assert set(read_window(visdom_server, "my-run", "accuracy")) == {"train", "validation"}
     assert set(read_window(visdom_server, "my-run", "grad norm")) == {"1.Linear", "total"}
     assert read_window(visdom_server, "my-run", "learning rate")["lr"][0] == [1, 2, 3, 4]
-    assert read_window_raw(visdom_server, "my-run", "inputs")["type"] == "image"
+    assert read_window_raw(visdom_server, "my-run", "inputs")["type"] == "image_history"
     assert read_window_raw(visdom_server, "my-timed-run", "notes")["content"] == "baseline, lr 0.1"
     xs, ys = read_window(visdom_server, "my-timed-run", "epoch time")["seconds"]
     assert xs == [1] and ys[0] >= 0

@@ -13,7 +13,7 @@ from monitor import GradNorms
 from monitor.heatmap import Grid
 from monitor.replay import replay
 from monitor.windows import Windows
-from tests.helpers.monitors import live_monitor
+from helpers.monitors import live_monitor
 
 
 def deep_model(blocks: int) -> nn.Module:

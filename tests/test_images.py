@@ -1,7 +1,6 @@
 """Images: a grid of the batch's first images, captioned."""
 from __future__ import annotations
 
-import base64
 import logging
 
 import pytest
@@ -10,7 +9,7 @@ import torch
 from monitor import Images, Scalars
 from monitor.imaging import encode_grid
 from monitor.records import ImageGrid as ImageRecord, Layout
-from helpers.monitors import live_monitor, model_and_data, monitor_with
+from helpers.monitors import live_monitor, model_and_data, monitor_with, shown_grid
 
 
 def test_images_log_a_copy_of_the_first_count_images_captioned_with_class_names():
@@ -88,6 +87,5 @@ def test_the_image_grid_arrives_with_its_captions(visdom_server, read_window_raw
                       Images(every=1, count=4, class_names=names)) as monitor:
         monitor.step_end(inputs=x, targets=y)
         assert monitor.flush(timeout=10)
-    content = read_window_raw(visdom_server, "live-images", "inputs")["content"]
-    png = base64.b64decode(content["src"].removeprefix("data:image/png;base64,"))
+    png = shown_grid(read_window_raw(visdom_server, "live-images", "inputs"))
     assert png == encode_grid(x[:4], [names[i] for i in y[:4].tolist()], heading="step 1")

@@ -2,6 +2,8 @@
 monitor on a real server."""
 from __future__ import annotations
 
+import base64
+
 import torch
 from torch import nn
 
@@ -79,3 +81,11 @@ def model_and_data(seed: int = 0):
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3))
     return model, torch.rand(12, 1, 4, 4), torch.randint(0, 3, (12,))
+
+
+def shown_grid(window: dict) -> bytes:
+    """The PNG a pane read back from the server shows: an image pane's, or a history pane's selected grid."""
+    content = window["content"]
+    if window["type"] == "image_history":
+        content = content[window["selected"]]
+    return base64.b64decode(content["src"].split(",", 1)[1])

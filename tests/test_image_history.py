@@ -1,0 +1,81 @@
+"""Images over time: a bounded store of grids beside the run log, and a pane to step through them."""
+from __future__ import annotations
+
+import torch
+
+from helpers.monitors import shown_grid
+from monitor import Images, Monitor
+from monitor.imagestore import KEEP, ImageStore, kept
+from monitor.replay import replay
+from monitor.runlog import RunLog
+
+
+def test_the_kept_grids_are_evenly_spread_and_always_include_the_latest():
+    assert kept(list(range(1, 11))) == list(range(1, 11))  # up to KEEP, every one
+    for latest in (17, 100, 2000, 2001):
+        stays = kept(list(range(1, latest + 1)))
+        assert len(stays) <= KEEP + 1 and stays[-1] == latest
+        stride = stays[1] - stays[0]
+        assert stays[:-1] == list(range(stride, latest + 1, stride))[:len(stays) - 1]  # even steps
+
+
+def test_the_store_keeps_a_bounded_number_of_files_and_a_resume_removes_those_it_cut_off(tmp_path):
+    store = ImageStore(tmp_path, run_id="r1")
+    for _ in range(500):
+        n, file = store.add("inputs/train", b"\x89PNG" + bytes(100))
+    files = sorted((tmp_path / file).parent.glob("*.png"))
+    assert [int(p.stem) for p in files] == kept(list(range(1, 501)))
+    assert file.startswith("images/r1/inputs_train-") and (tmp_path / file).exists()  # a safe folder name
+
+    resumed = ImageStore(tmp_path, run_id="r1")
+    resumed.restore({"inputs/train": 300})  # the checkpoint's part of the log holds 300 grids
+    assert max(int(p.stem) for p in (tmp_path / file).parent.glob("*.png")) <= 300
+    assert resumed.add("inputs/train", b"\x89PNG")[0] == 301
+
+
+def test_100k_steps_of_grids_stay_within_a_fixed_size_and_the_pane_ends_at_the_latest(
+        visdom_server, read_window_raw, tmp_path):
+    run_dir = tmp_path / "long"
+    sizes = []
+    with Monitor([Images(every=50, count=2, captions=None)], env="image-history", port=visdom_server.port,
+                 run_dir=run_dir, raise_errors=True) as monitor:
+        for step in range(1, 100_001):
+            if (step - 1) % 50 == 0:  # Images(every=50) logs steps 1, 51, 101, ...
+                monitor.step_end(inputs=torch.full((2, 1, 8, 8), (step // 50 % 256) / 255.0))
+            else:
+                monitor.state.step += 1  # a step that logs nothing: only the step count matters here
+            if step % 25_000 == 0:
+                assert monitor.flush(timeout=30)
+                images = sum(p.stat().st_size for p in (run_dir / "images").rglob("*.png"))
+                sizes.append((images, (run_dir / RunLog.FILENAME).stat().st_size))
+                pane = read_window_raw(visdom_server, "image-history", "inputs")
+                files = sorted((run_dir / "images").rglob("*.png"))
+                assert len(pane["content"]) == len(files) <= KEEP + 1
+                assert pane["selected"] == len(pane["content"]) - 1  # the latest is the one shown
+                assert shown_grid(pane) == files[-1].read_bytes()
+                assert [int(p.stem) for p in files] == kept(list(range(1, step // 50 + 1)))  # 500 grids every 25k steps
+    grid_size = max(p.stat().st_size for p in (run_dir / "images").rglob("*.png"))
+    for images, log in sizes:
+        assert images <= (KEEP + 1) * grid_size  # the store: bounded, whatever the run's length
+        assert log <= 2000 * 150  # the log: a line of about 100 bytes per grid, no pixels
+    entries = [e for e in RunLog.read(run_dir / RunLog.FILENAME) if e.get("k") == "image"]
+    assert len(entries) == 2000 and entries[-1]["x"] == 99_951
+
+    replay(run_dir / RunLog.FILENAME, "image-history-replayed", port=visdom_server.port)
+    replayed = read_window_raw(visdom_server, "image-history-replayed", "inputs")
+    assert replayed["content"] == read_window_raw(visdom_server, "image-history", "inputs")["content"]
+
+
+def test_a_server_that_lost_the_env_gets_the_whole_history_again(fresh_server, read_window_raw, tmp_path):
+    with Monitor([Images(every=1, count=1, captions=None)], env="history-lost", port=fresh_server.port,
+                 run_dir=tmp_path, raise_errors=True) as monitor:
+        for step in range(1, 6):
+            monitor.step_end(inputs=torch.rand(1, 1, 4, 4))
+        assert monitor.flush(timeout=10)
+        before = read_window_raw(fresh_server, "history-lost", "inputs")["content"]
+        fresh_server.kill()  # the env is gone with it: it was never saved
+        fresh_server.start()  # same port
+        monitor.step_end(inputs=torch.rand(1, 1, 4, 4))
+        assert monitor.flush(timeout=20)
+        after = read_window_raw(fresh_server, "history-lost", "inputs")["content"]
+    assert len(before) == 5 and len(after) == 6 and after[:5] == before  # no grid twice, none missing
