@@ -214,14 +214,15 @@ def _wait(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     return value
 
 
-def measure(server, driver, layers: int, seconds: float, settle: float, progress=print) -> Result:
+def measure(server, driver, layers: int, seconds: float, settle: float, progress=print,
+            flush_every: float = 0.5) -> Result:
     from monitor import GradNorms, Images, LearningRate, Monitor, Scalars, Summary
 
     torch.set_num_threads(1)
     env = f"browser-{layers}"
     with tempfile.TemporaryDirectory(prefix="monitor-bench-") as run_dir:
         monitor = Monitor([Summary(), Scalars(), LearningRate(), GradNorms(), Images(every=50)], env=env,
-                          port=server.port, run_dir=run_dir)
+                          port=server.port, run_dir=run_dir, flush_every=flush_every)
         model = MODELS[layers]()
         found = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
         assert found == layers, f"the model has {found} parameter layers, not {layers}"
@@ -309,11 +310,12 @@ def _result(layers, bench, began, ended, before, after, steps, load_s, loaded) -
         sum(m["bytes"] for m in messages) / 1e3 / seconds, windows)
 
 
-def run(server, layers=(5, 161), seconds: float = 20.0, settle: float = 3.0, progress=print) -> list[Result]:
+def run(server, layers=(5, 161), seconds: float = 20.0, settle: float = 3.0, progress=print,
+        flush_every: float = 0.5) -> list[Result]:
     with tempfile.TemporaryDirectory(prefix="monitor-chromium-") as profile:
         driver = browser(profile)
         try:
-            return [measure(server, driver, n, seconds, settle, progress) for n in layers]
+            return [measure(server, driver, n, seconds, settle, progress, flush_every) for n in layers]
         finally:
             driver.quit()
 
@@ -346,13 +348,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="live training measured per model (20)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between the page load and the measuring (3)")
     parser.add_argument("--layers", type=int, nargs="+", default=[5, 161], choices=sorted(MODELS))
+    parser.add_argument("--flush-every", type=float, default=0.5, help="the monitor's flush_every (0.5 s)")
     args = parser.parse_args()
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
         parser.error("needs Debian's chromium and chromium-driver (`make browser` installs them)")
     harness.steady_allocator()
     load = os.getloadavg()
     with harness.local_server() as server:
-        results = run(server, args.layers, args.seconds, args.settle)
+        results = run(server, args.layers, args.seconds, args.settle, flush_every=args.flush_every)
     print(table(results))
     print(f"\nload average (1, 5, 15 min) before: {', '.join(f'{v:.2f}' for v in load)}; "
           f"after: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")

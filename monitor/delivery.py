@@ -6,9 +6,13 @@ point). A server that does not answer is retried with backoff and reported once;
 lost the env (restarted, env deleted) is noticed by a heartbeat and gets every window again;
 windows that only a rewound part of the run log wrote are closed. A window is paced by what
 it costs: after a send, it waits at least ``interval``, ten times the request's time (so one
-window takes at most about a tenth of the server) and a second per 100 KB, so a large window from
-a deep model never crowds the server or the browsers, while small windows still arrive within
-a second. A flush or a close sends everything at once. The HTTP is
+window takes at most about a tenth of the server) and a second per 30 KB (an open page redraws
+a plot from scratch for every message: about 40 ms for a small one, 150 ms for a 161-layer
+heatmap, on a busy 2-core laptop), so a large window from a deep model never crowds the
+server or the browsers, while small windows still arrive within a second. Between flushes,
+windows go one at a time, ``SPREAD`` apart: Visdom's page draws the messages that arrive
+within 100 ms in one task, which several redraws would make long enough to freeze it. A flush
+or a close sends everything at once. The HTTP is
 :class:`monitor.connection.Connection`'s, the windows' content :class:`monitor.windows.Windows`'.
 """
 from __future__ import annotations
@@ -25,7 +29,8 @@ from monitor.windows import Window, Windows
 _log = logging.getLogger("monitor")
 
 _SERVER_SHARE = 0.1  # of the server's time that one window may take, at most
-_BYTES_PER_SECOND = 100_000  # of one window's messages, at most: a 300 KB window every 3 s
+_BYTES_PER_SECOND = 30_000  # of one window's messages, at most: a 90 KB window every 3 s
+SPREAD = 0.15  # seconds between two windows' sends, unless a flush or a close asks for all at once
 
 
 class FlushTiming(NamedTuple):
@@ -63,6 +68,7 @@ class Delivery:
         self._backoff = interval
         self._last_check = time.monotonic()
         self.pacing: dict[str, float] = {}  # seconds each window waits after a send, by name
+        self.more = False  # windows are due that this send left for the next, SPREAD later
         self._due: dict[str, float] = {}
 
     def send(self, force: bool = False, limit: float | None = None) -> None:
@@ -75,6 +81,7 @@ class Delivery:
         if self._down_since is not None and now < self._retry_at and not force:
             return
         seconds, sent, points = 0.0, 0, 0
+        self.more = False
         try:
             if force or now - self._last_check >= self.heartbeat:
                 self._check_env(limit)
@@ -84,6 +91,9 @@ class Delivery:
             for window in self._placed_in_order(limit):
                 if not force and window.sent and now < self._due.get(window.name, 0.0):
                     continue  # paced: its latest state goes out when its turn comes
+                if sent and not force and window.sent:
+                    self.more = True  # one update per send, SPREAD apart: one redraw per page task
+                    continue  # (new panes all go now, in their order on the page)
                 messages = window.messages(self.env)
                 if not messages:
                     window.mark_skipped()
@@ -91,7 +101,10 @@ class Delivery:
                 took, size = 0.0, 0
                 try:
                     for message in messages:
-                        self.connection.post(*message, timeout=limit)
+                        if message[0] == "close":
+                            self._close(window.name, limit)
+                        else:
+                            self.connection.post(*message, timeout=limit)
                         took, size = took + self.connection.last_seconds, size + self.connection.last_bytes
                 except (TypeError, ValueError) as error:  # e.g. opts that are not JSON
                     self.reports.once(f"window-{window.name}", f"window {window.name!r} cannot be sent and "

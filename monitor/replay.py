@@ -43,7 +43,7 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
         windows.apply([entry])
     if not env:
         raise ValueError(f"env must be given: the run log {path} names none")
-    messages = [m for w in windows.by_name.values() for m in w.messages(env)]
+    messages = [m for w in windows.by_name.values() for m in w.messages(env)]  # first sends: no close
     try:
         for done, message in enumerate(messages, 1):
             sender.post(*message)

@@ -29,7 +29,7 @@ from typing import Any
 
 from monitor import checks
 from monitor.connection import Connection
-from monitor.delivery import Delivery, FlushTiming
+from monitor.delivery import SPREAD, Delivery, FlushTiming
 from monitor.records import ImageGrid, Layout, Points, Text
 from monitor.reports import Reports
 from monitor.rundir import RunDir
@@ -269,7 +269,8 @@ class VisdomSink:
             self._asked = False
             limit = self._close_deadline - time.monotonic() if self._stopping else None
             self.delivery.send(force=bool(self._waiting) or self._stopping, limit=limit)
-            self._next_send = time.monotonic() + self.flush_every
+            self._next_send = time.monotonic() + (min(SPREAD, self.flush_every) if self.delivery.more
+                                                  else self.flush_every)
             if self.delivered:
                 for waiter in self._waiting:
                     waiter.event.set()

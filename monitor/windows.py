@@ -265,7 +265,8 @@ class Window:
         """The requests that make the server's window equal this one (none: nothing to show).
 
         A history pane is created with its first grid and appended to one grid a request; while
-        the server holds a prefix of the kept grids, only the new ones are sent.
+        the server holds a prefix of the kept grids, only the new ones are sent, else it is
+        closed and created again.
         """
         if self.kind != "history":
             message = self.message(env)
@@ -274,6 +275,10 @@ class Window:
         held = self.on_server
         fresh = held is None or numbers[:len(held)] != held
         requests, self._sending = [], [] if fresh else list(held)
+        if fresh and self.sent:
+            # Closed first: an open page keeps its slider's place, and a pane recreated with fewer
+            # grids than that place breaks Visdom's page (it reads a grid that is not there).
+            requests.append(("close", {"win": self.name, "eid": env}))
         for entry in self.history if fresh else self.history[len(held):]:
             try:
                 png = (self.run_dir / entry["file"]).read_bytes()

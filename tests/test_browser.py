@@ -178,24 +178,37 @@ def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_
 
     from monitor import Images, Monitor
 
-    with Monitor([Images(every=1, count=1, captions=None)], env="history_check", port=visdom_server.port,
-                 run_dir=tmp_path, raise_errors=True) as monitor:
-        for step in range(1, 41):  # 40 grids: 10 kept (every 4th, the latest among them)
-            monitor.step_end(inputs=torch.full((1, 1, 16, 16), step / 40))
-        assert monitor.flush(timeout=10)
-    files = sorted(tmp_path.joinpath("images").rglob("*.png"))
-    sources = ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in files]
+    monitor = Monitor([Images(every=1, count=1, captions=None)], env="history_check", port=visdom_server.port,
+                      run_dir=tmp_path, raise_errors=True)
+    for step in range(1, 41):  # 40 grids: 10 kept (every 4th, the latest among them)
+        monitor.step_end(inputs=torch.full((1, 1, 16, 16), step / 80))
+    assert monitor.flush(timeout=10)
+
+    def sources() -> list[str]:
+        files = sorted(tmp_path.joinpath("images").rglob("*.png"))
+        return ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in files]
 
     browser.get(f"{visdom_server.url}/env/history_check")
     wait = WebDriverWait(browser, 30)
     shown = "return document.querySelector('img.content-image') && document.querySelector('img.content-image').src"
-    wait.until(lambda d: d.execute_script(shown) == sources[-1])  # opens at the latest grid
+    kept = sources()
+    wait.until(lambda d: d.execute_script(shown) == kept[-1])  # opens at the latest grid
     slider = browser.find_element(By.CSS_SELECTOR, "input[type=range]")
-    assert int(slider.get_attribute("max")) == len(sources) - 1
+    assert int(slider.get_attribute("max")) == len(kept) - 1
     width = slider.size["width"]  # the pane takes keys for itself: the slider is clicked, as a person would
     ActionChains(browser).move_to_element_with_offset(slider, -width // 2 + 1, 0).click().perform()
-    wait.until(lambda d: d.execute_script(shown) == sources[0])  # the earliest kept grid
+    wait.until(lambda d: d.execute_script(shown) == kept[0])  # the earliest kept grid
     ActionChains(browser).move_to_element_with_offset(slider, width // 2 - 1, 0).click().perform()
-    wait.until(lambda d: d.execute_script(shown) == sources[-1])
+    wait.until(lambda d: d.execute_script(shown) == kept[-1])
+    ActionChains(browser).move_to_element_with_offset(slider, -width // 2 + 1, 0).click().perform()
+
+    for step in range(41, 81):  # thinned while the page looks at its first grid: the pane is made again
+        monitor.step_end(inputs=torch.full((1, 1, 16, 16), step / 80))
+    assert monitor.close(timeout=10)
+    kept = sources()
+    wait.until(lambda d: d.execute_script(shown) == kept[-1])
+    assert int(browser.find_element(By.CSS_SELECTOR, "input[type=range]").get_attribute("max")) == len(kept) - 1
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], "console errors:\n" + "\n".join(severe)
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "image-history.png"))
