@@ -3,6 +3,7 @@
 It uses the Visdom server it is given (``server``/``port``, else ``$VISDOM_SERVER_URL`` and
 ``$VISDOM_PORT``, else http://127.0.0.1:8097). When nothing answers there and the address is
 this machine, it starts a local server (:func:`monitor.server.start`, which works offline),
+gives it back the envs of the finished runs under ``runs/`` (as ``monitor serve --runs runs/``),
 and keeps it up after training until Ctrl-C, so the dashboard can still be looked at.
 
     from monitor.demo import run_demo
@@ -64,6 +65,7 @@ def run_demo(server: str | None = None, port: int | None = None, *, env: str = D
         if local is not None:
             echo(f"Starting a local Visdom server on port {port} (nothing answered there)...")
             local.start()
+            _rebuild(Path("runs"), f"{base}:{port}", echo)
         options = {k: v for k, v in (("epochs", epochs), ("samples", samples)) if v is not None}
         echo("Training an nn.Sequential on the Shapes dataset (examples/train_sequential.py)...")
         example.train(server=base, port=port, env=env, **options)
@@ -103,6 +105,16 @@ def _load_example(name: str) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _rebuild(runs: Path, url: str, echo: Callable[[str], None]) -> None:
+    """Replays the finished runs under ``runs`` into the fresh server, as ``monitor serve --runs`` does."""
+    from monitor.replay import rebuild
+
+    if runs.is_dir():
+        rebuilt = sorted(env for env, what in rebuild(runs, server=url).items() if what == "rebuilt")
+        if rebuilt:
+            echo(f"Rebuilt {len(rebuilt)} earlier run(s) from {runs}/: {', '.join(rebuilt)}")
 
 
 def _wait_for_ctrl_c(server) -> None:

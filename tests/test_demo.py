@@ -13,6 +13,8 @@ import pytest
 from helpers.commands import MONITOR_COMMAND, DemoCommand
 from helpers.probes import answers, free_port
 from monitor.demo import DemoError, run_demo
+from monitor.log import Log
+from monitor.sink import VisdomSink
 
 pytestmark = pytest.mark.slow
 
@@ -41,6 +43,9 @@ def test_with_no_server_running_the_demo_starts_one_prints_its_url_first_and_no_
 
 
 def test_the_demo_keeps_the_server_it_started_until_ctrl_c(tmp_path, read_window, read_window_raw):
+    finished = VisdomSink("earlier", port=free_port(), run_dir=tmp_path / "runs" / "earlier")  # no server: offline
+    Log(finished).scalar("loss", "train", 1, 0.5)
+    finished.close(timeout=0.1)
     demo = DemoCommand("--port", "0", "--env-path", str(tmp_path / "envs"), "--env", "kept", *SHORT, cwd=tmp_path)
     try:
         url = demo.url()
@@ -49,6 +54,7 @@ def test_the_demo_keeps_the_server_it_started_until_ctrl_c(tmp_path, read_window
         server = SimpleNamespace(host="127.0.0.1", port=port, url=f"http://127.0.0.1:{port}")
         assert read_window(server, "kept", "loss")["train"][0] == [1, 2]
         assert read_window_raw(server, "kept", "inputs")["type"] == "image_history"
+        assert read_window(server, "earlier", "loss") == {"train": ([1], [0.5])}  # a finished run, rebuilt
         assert demo.process.poll() is None  # still serving the dashboard
         code, stderr = demo.finish(signal.SIGINT)
     finally:

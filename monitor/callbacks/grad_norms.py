@@ -253,8 +253,8 @@ def _each_norm(tensors: list[torch.Tensor]) -> _Norms:
     MLP benchmark). Device norms wait for the worker, whose read would wait for the device.
     """
     norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
-    if len(norms) > 16 and all(n.is_cpu for n in norms):  # for a few, item() beats one more operation
-        return torch.stack(norms).tolist()
+    # item() each beats torch.stack(norms).tolist() at any count (3 us against 7 for 4 norms,
+    # 174 against 258 for 322, measured on one CPU thread).
     return [n.item() if n.is_cpu else n for n in norms]
 
 
