@@ -212,3 +212,42 @@ def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_
     assert severe == [], "console errors:\n" + "\n".join(severe)
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "image-history.png"))
+
+
+def test_a_deep_model_s_grad_norms_show_as_a_heatmap_with_layer_names_and_a_log_colour_scale(
+        visdom_server, tmp_path, browser):
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+    from torch import nn
+
+    from monitor import GradNorms, Monitor
+
+    torch.manual_seed(0)
+    model = nn.Sequential(*[nn.Sequential(nn.Linear(8, 8), nn.Tanh()) for _ in range(30)], nn.Linear(8, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    with Monitor([GradNorms()], env="heatmap_check", port=visdom_server.port, run_dir=tmp_path,
+                 raise_errors=True) as monitor:
+        monitor.train_start(model, optimizer)
+        for _ in range(50):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            monitor.after_backward()
+            optimizer.step()
+            monitor.step_end()
+        assert monitor.flush(timeout=10)
+
+    browser.get(f"{visdom_server.url}/env/heatmap_check")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.main-svg g.hm image"))  # the heatmap drawn
+    ticks = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.y2tick text")}
+    assert {"0.0.Linear", "30.Linear"} & ticks, ticks  # layer names on its axis
+    colour_ticks = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.cbaxis text")]
+    assert colour_ticks and all(t.startswith("1e") for t in colour_ticks), colour_ticks  # a log colour scale
+    legend = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.legend text.legendtext")}
+    assert "total" in legend and len(legend) == 6, legend  # total and the 5 largest layers as curves
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "heatmap.png"))
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], "console errors:\n" + "\n".join(severe)
