@@ -14,6 +14,9 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import browser_updates  # noqa: E402
+import concurrent_runs  # noqa: E402
+import deep_model  # noqa: E402
 import hook_cost  # noqa: E402
 import latency  # noqa: E402
 import overhead  # noqa: E402
@@ -73,3 +76,22 @@ def test_run_all_rewrites_only_the_results_section(tmp_path):
     for heading in ("### Targets", "### Overhead", "### Server scaling", "### Latency"):
         assert heading in text
     assert "| MLP every point delivered |" in text and "| CNN every point delivered |" in text
+
+
+def test_deep_model_times_three_modes_and_shows_a_heatmap(visdom_server):
+    result = deep_model.run(visdom_server, steps=3, repeats=1, warmup=2, progress=lambda _: None)
+    assert result.layers == 161 and result.shown.startswith("heatmap") and result.message_kb < 300
+    assert "floor ratio" in deep_model.table(result)
+
+
+def test_concurrent_runs_lose_nothing():
+    result = concurrent_runs.run((2,), seconds=1.5, progress=lambda _: None)
+    assert [row.lost for row in result.rows] == [0] and result.rows[0].logged > 0
+    assert "p95" in concurrent_runs.table(result)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(browser_updates.CHROMEDRIVER).exists(), reason="needs chromium-driver")
+def test_browser_updates_reads_the_page_s_long_tasks(visdom_server):
+    results = browser_updates.run(visdom_server, layers=(5,), seconds=1.0, settle=0.5, progress=lambda _: None)
+    assert results[0].layers == 5 and 0.0 <= results[0].long_task_share <= 1.0
