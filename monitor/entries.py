@@ -6,6 +6,7 @@
     {"k": "image", "win": "inputs", "x": 50, "n": 1, "file": "images/5f2a.../inputs/0000001.png"}
     {"k": "image", "win": "inputs", "x": 50, "png": "<base64>"}       (without an image store)
     {"k": "text", "win": "summary", "x": 0, "html": "<pre>...</pre>"}
+    {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
 
 ``encode`` runs on the sink's worker: it reads tensors and encodes image grids, so the training
 thread never does. ``windows_after`` says which windows a part of a log wrote (what a rewind
@@ -27,9 +28,10 @@ from typing import Any
 import torch
 
 from monitor import checks
+from monitor.distribution import trimmed
 from monitor.imagestore import ImageStore
 from monitor.imaging import encode_grid
-from monitor.records import ImageGrid, Layout, Points, Text
+from monitor.records import Histogram, ImageGrid, Layout, Points, Text
 
 
 def header(env: str, run_id: str) -> dict[str, Any]:
@@ -38,7 +40,7 @@ def header(env: str, run_id: str) -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
-def encode(record: Points | ImageGrid | Text | Layout, images: ImageStore | None = None) -> dict[str, Any]:
+def encode(record: Points | ImageGrid | Text | Layout | Histogram, images: ImageStore | None = None) -> dict[str, Any]:
     """The entry of a record: values read, images encoded (into ``images`` where given, else
     inline). Runs on the sink's worker.
 
@@ -76,11 +78,17 @@ def encode(record: Points | ImageGrid | Text | Layout, images: ImageStore | None
         return {"k": "points", "win": record.window, "x": x, "y": y}
     if isinstance(record, ImageGrid):
         captions = None if record.captions is None else list(record.captions)
-        png = encode_grid(record.pixels, captions, heading=f"step {_number(x)}")
+        pixels = record.pixels() if callable(record.pixels) else record.pixels
+        png = encode_grid(pixels, captions, heading=f"step {_number(x)}")
         if images is not None:
             n, file = images.add(record.window, png)
             return {"k": "image", "win": record.window, "x": x, "n": n, "file": file}
         return {"k": "image", "win": record.window, "x": x, "png": base64.b64encode(png).decode()}
+    if isinstance(record, Histogram):
+        values = record.values() if callable(record.values) else record.values
+        edges, counts, n = values
+        edges, counts = trimmed(*(v.tolist() if isinstance(v, torch.Tensor) else v for v in (edges, counts)))
+        return {"k": "histogram", "win": record.window, "x": x, "edges": edges, "counts": counts, "n": int(n)}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     return {"k": "text", "win": record.window, "x": x, "html": record.html}

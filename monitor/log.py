@@ -12,8 +12,8 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
 
-from monitor import checks
-from monitor.records import ImageGrid, LabelCaptions, Layout, Order, Points, Text
+from monitor import checks, distribution
+from monitor.records import Histogram, ImageGrid, LabelCaptions, Layout, Order, Points, Text
 
 
 @runtime_checkable
@@ -148,6 +148,29 @@ class Log:
                                  f"got {len(captions)}")
         self.sink.put(ImageGrid(self._name("window", window), _x(x), batch.detach().clone(), captions))
 
+    def histogram(self, window: str, x: float, values: torch.Tensor | Sequence[torch.Tensor],
+                  bins: int | Sequence[float] = 30) -> None:
+        """The distribution of ``values`` (a tensor, or several pooled: a model's gradients) at ``x``.
+
+        Binned where the values are, so nothing on an accelerator is read here: ``bins`` equal
+        bins over the finite values' range, or the bin edges (increasing numbers); a value is
+        in a bin as in ``numpy.histogram``. The window draws the percentiles over ``x``, as
+        TensorBoard's distributions view does, and the latest histogram.
+        """
+        tensors = [values] if isinstance(values, torch.Tensor) else values
+        if not isinstance(tensors, (list, tuple)) or not tensors or \
+                not all(isinstance(t, torch.Tensor) for t in tensors):
+            raise TypeError(f"values must be a tensor or a non-empty list of tensors, got {type(values).__name__}")
+        for tensor in tensors:
+            checks.real_tensor("values", tensor)
+        if len({t.device for t in tensors}) > 1:
+            raise ValueError(f"values must be on one device, got {sorted({str(t.device) for t in tensors})}")
+        n = sum(t.numel() for t in tensors)
+        if not n:
+            raise ValueError("values must hold at least one number, got none")
+        self.sink.put(Histogram(self._name("window", window), _x(x),
+                                (*distribution.binned(tensors, _bins(bins)), n)))
+
     def text(self, window: str, x: float, text: str, *, html: bool = False) -> None:
         """A text pane; a later call for the same window replaces it.
 
@@ -199,6 +222,19 @@ def _snapshot(value: Any, argument: str, key: str | None = None) -> Any:
         checks.scalar(argument if key is None else f"{argument}[{key!r}]", value)
         return value.detach().reshape(()).to(torch.float32).clone()
     return float(checks.scalar(argument if key is None else f"{argument}[{key!r}]", value))
+
+
+def _bins(bins: Any) -> int | torch.Tensor:
+    """A number of bins, or the edges as a CPU float64 tensor (checked: at least two, increasing)."""
+    if isinstance(bins, int) and not isinstance(bins, bool):
+        return checks.positive_int("bins", bins)
+    try:
+        edges = torch.as_tensor(bins, dtype=torch.float64, device="cpu")
+    except (TypeError, ValueError, RuntimeError):
+        edges = None
+    if edges is None or edges.dim() != 1 or edges.numel() < 2 or not bool((edges[1:] > edges[:-1]).all()):
+        raise ValueError(f"bins must be a number of bins or at least two increasing edges, got {bins!r}"[:200])
+    return edges
 
 
 def _as_nchw(images: Any) -> torch.Tensor:

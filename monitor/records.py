@@ -26,7 +26,8 @@ class Points(NamedTuple):
 
 
 class ImageGrid(NamedTuple):
-    """A batch of images (NCHW snapshot, any dtype and range) shown as one grid."""
+    """A batch of images (NCHW snapshot, any dtype and range) shown as one grid; ``pixels`` may be a
+    function of no arguments the worker calls to get them (a figure to draw)."""
 
     window: str
     x: float
@@ -76,6 +77,15 @@ class Text(NamedTuple):
     window: str
     x: float
     html: str
+
+
+class Histogram(NamedTuple):
+    """A distribution: ``values`` is (edges, counts, n), tensors maybe still on their device, or a
+    function of no arguments the worker calls to get them; ``n`` counts every value given."""
+
+    window: str
+    x: float
+    values: Any
 
 
 class Order:

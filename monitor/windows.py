@@ -20,7 +20,7 @@ from typing import Any, Iterable, NamedTuple
 
 from pathlib import Path
 
-from monitor import checks, heatmap
+from monitor import checks, distribution, heatmap
 from monitor.imagestore import kept
 from monitor.records import Order
 
@@ -172,7 +172,7 @@ class Trace:
 
 
 class Window:
-    """One pane: a line plot, an image grid or a text; ``message(env)`` is its full content.
+    """One pane: a line plot, distributions, an image grid or a text; ``message(env)`` is its full content.
 
     ``changed`` says the server's copy may differ from this one; ``sent`` that it was delivered
     at least once (so the server should have it). Only the window flips them: ``apply`` and
@@ -217,6 +217,12 @@ class Window:
             self.history.append(entry)
             stays = set(kept([e["n"] for e in self.history]))
             self.history = [e for e in self.history if e["n"] in stays]
+        elif kind == "histogram":  # percentile bands as traces, and the latest histogram
+            self.kind, self.content = "distribution", entry
+            for name, y in distribution.bands(entry).items():
+                trace = self.traces.get(name) or self._new_trace(name)
+                if not trace.add(entry["x"], y):
+                    refused.append(Backwards(self.name, name, entry["x"], trace.last[1]))
         elif kind in ("image", "text"):
             self.kind, self.content = kind, entry
         elif kind == "layout":
@@ -312,6 +318,13 @@ class Window:
             if self.nonfinite:  # said in the legend: the title stays the name, which compare views match on
                 layout["legend"] = {"title": {"text": f"{self.nonfinite} non-finite shown as gaps"}}
             opts = {**self.opts, "title": title}
+            return "events", {"data": data, "win": self.name, "eid": env, "layout": layout, "opts": opts}
+        if self.kind == "distribution":
+            if not self.traces:
+                return None
+            data, layout = distribution.figure({name: trace.points() for name, trace in self.traces.items()},
+                                               self.content, self.opts)
+            opts = {"height": 480, **self.opts, "title": title}
             return "events", {"data": data, "win": self.name, "eid": env, "layout": layout, "opts": opts}
         if self.kind == "image":
             png = self.content["png"]

@@ -1,0 +1,94 @@
+"""Histograms: how the model's gradients and weights are distributed, over the steps."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from monitor import checks
+from monitor.callbacks._every import is_due
+from monitor.core import Callback, LoopState
+from monitor.distribution import binned
+from monitor.log import Log
+from monitor.models import unwrap_model
+from monitor.records import Histogram, Order
+
+_KINDS = {"grads": ("grad distribution", "gradient value"), "weights": ("weight distribution", "weight value")}
+
+
+class Histograms(Callback):
+    """Distributions of the gradients and weights, drawn as TensorBoard's distributions view draws them.
+
+        monitor = Monitor([Histograms(every=100)], env="mnist")
+        loss.backward(); monitor.after_backward()      # the gradients are binned here
+        optimizer.step(); monitor.step_end(loss=loss)  # the weights here, after the update
+
+    Windows ``grad distribution`` and ``weight distribution`` pool every parameter of the model;
+    ``layers=["encoder", "head"]`` gives each named module (as in ``model.named_modules()``) its
+    own windows instead, e.g. ``grad distribution encoder``. ``of`` picks the kinds. Each
+    histogram has ``bins`` equal bins over the values' range and is binned on the parameters'
+    device: nothing is read on the training thread. As with GradNorms, with gradient
+    accumulation the last ``after_backward`` of a step counts.
+    """
+
+    def __init__(self, every: int = 100, of: Sequence[str] = ("grads", "weights"),
+                 layers: Sequence[str] | None = None, bins: int = 30) -> None:
+        self.every = checks.positive_int("every", every)
+        if isinstance(of, str) or not of or any(kind not in _KINDS for kind in of):
+            raise ValueError(f"of must be a non-empty list of {sorted(_KINDS)}, got {of!r}")
+        self.of = tuple(of)
+        if layers is not None and (isinstance(layers, str) or not all(isinstance(n, str) for n in layers)):
+            raise TypeError(f"layers must be a list of module names or None, got {layers!r}")
+        self.layers = None if layers is None else tuple(layers)
+        self.bins = checks.positive_int("bins", bins)
+        self._groups: dict[str, list[torch.nn.Parameter]] = {}  # window suffix: parameters
+        self._pending: dict[str, Histogram] = {}
+
+    def on_train_start(self, state: LoopState, log: Log) -> None:
+        if state.model is None:
+            raise ValueError("Histograms needs the model: pass it to monitor.train_start(model, optimizer), "
+                             "got model=None")
+        model = unwrap_model(state.model)
+        if self.layers is None:
+            self._groups = {"": list(model.parameters())}
+            return
+        modules = dict(model.named_modules())
+        missing = [name for name in self.layers if name not in modules]
+        if missing:
+            known = [name for name in modules if name][:8]
+            raise ValueError(f"layers must name modules of the model, got {missing}; it has {known}...")
+        self._groups = {f" {name}": list(modules[name].parameters()) for name in self.layers}
+
+    def on_after_backward(self, state: LoopState, log: Log) -> None:
+        if "grads" not in self.of or not is_due(state.step, self.every):
+            return
+        for suffix, params in self._groups.items():
+            grads = [p.grad for p in params if p.grad is not None]
+            if grads:  # kept until step_end: a later after_backward of the step replaces it
+                self._pending[suffix] = _histogram(_KINDS["grads"][0] + suffix, state.step, grads, self.bins)
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        pending, self._pending = self._pending, {}
+        if not is_due(state.step, self.every):
+            return
+        if pending or "weights" in self.of:
+            self._lay_out(log)
+        for record in pending.values():
+            log.sink.put(record)
+        if "weights" in self.of:
+            for suffix, params in self._groups.items():
+                if params:
+                    log.sink.put(_histogram(_KINDS["weights"][0] + suffix, state.step, params, self.bins))
+
+    def _lay_out(self, log: Log) -> None:
+        for kind in self.of:
+            window, ylabel = _KINDS[kind]
+            for suffix in self._groups:
+                log.window(window + suffix, order=Order.GRADIENTS, title=window + suffix, xlabel="step",
+                           ylabel=ylabel)
+
+
+def _histogram(window: str, step: int, tensors: list[torch.Tensor], bins: int) -> Histogram:
+    with torch.no_grad():
+        edges, counts = binned(tensors, bins)
+    return Histogram(window, step, (edges, counts, sum(t.numel() for t in tensors)))

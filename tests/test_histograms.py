@@ -1,0 +1,128 @@
+"""Distributions: Log.histogram, the Histograms callback, and the window that draws them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from monitor import Histograms, Monitor
+from monitor.distribution import BANDS, bands, evenly
+from monitor.entries import encode
+from monitor.log import Log
+from monitor.records import Histogram
+from monitor.windows import WINDOW_POINTS, Windows
+from helpers.monitors import ListSink, monitor_with, small_model, train
+
+
+def _entry(values, bins=30) -> dict:
+    sink = ListSink()
+    Log(sink).histogram("h", 1, values, bins=bins)
+    return encode(sink.records[0])
+
+
+@pytest.mark.parametrize("values", [torch.randn(10_000), torch.randint(-5, 5, (7, 9)), torch.full((4,), 2.5),
+                                    torch.randn(100, dtype=torch.float64) * 1e6, torch.rand(3, 5).half()])
+def test_counts_sum_to_numel_and_equal_numpy_on_the_same_edges(values):
+    sink = ListSink()
+    Log(sink).histogram("h", 1, values, bins=17)
+    edges, counts, n = sink.records[0].values
+    expected, _ = np.histogram(values.double().numpy(), bins=edges.double().numpy())
+    assert counts.tolist() == expected.tolist()
+    assert sum(encode(sink.records[0])["counts"]) == n == values.numel()
+
+
+def test_given_edges_count_as_numpy_does_and_values_outside_are_in_no_bin():
+    values = torch.tensor([-1.0, 0.0, 0.1, 0.5, 0.9999, 1.0, 2.0, float("nan"), float("inf")])
+    entry = _entry(values, bins=[0, 0.5, 1])
+    expected, _ = np.histogram(values.numpy()[np.isfinite(values.numpy())], bins=[0, 0.5, 1])
+    assert entry["counts"] == expected.tolist() == [2, 3] and entry["n"] == 9
+    pooled = _entry([torch.zeros(3), torch.ones(2, 2)], bins=4)
+    assert sum(pooled["counts"]) == pooled["n"] == 7
+
+
+def test_bad_histogram_input_is_named():
+    log = Log(ListSink())
+    with pytest.raises(TypeError, match="values must be a tensor or a non-empty list of tensors, got str"):
+        log.histogram("h", 1, "weights")
+    with pytest.raises(ValueError, match="values must hold at least one number"):
+        log.histogram("h", 1, torch.zeros(0))
+    with pytest.raises(ValueError, match=r"bins must be a number of bins or at least two increasing edges, got \[1, 0\]"):
+        log.histogram("h", 1, torch.zeros(3), bins=[1, 0])
+    with pytest.raises(ValueError, match="bins must be an int >= 1, got 0|bins must be"):
+        log.histogram("h", 1, torch.zeros(3), bins=0)
+    with pytest.raises(ValueError, match="of must be a non-empty list of"):
+        Histograms(of=("gradients",))
+
+
+def test_no_accelerator_tensor_is_read_on_the_training_thread():
+    """Meta tensors stand in for a GPU's: reading one raises, so only the worker may try."""
+    model = small_model().to("meta")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Histograms(every=1, layers=["0", "2"]))
+    monitor.train_start(model, optimizer)
+    monitor.log.histogram("activations", 1, torch.randn(8, 4, device="meta"))
+    for _ in range(2):
+        loss = model(torch.randn(8, 4, device="meta")).sum()
+        loss.backward()
+        monitor.after_backward()
+        optimizer.step()
+        monitor.step_end(loss=loss)
+    records = sink.of(Histogram)
+    assert {r.window for r in records} == {"activations", "grad distribution 0", "grad distribution 2",
+                                           "weight distribution 0", "weight distribution 2"}
+    assert all(t.device.type == "meta" for r in records for t in r.values[:2])
+
+
+def test_percentile_bands_follow_the_histogram():
+    entry = {"edges": [0.0, 1.0, 2.0, 3.0, 4.0], "counts": [25, 25, 25, 25], "n": 100, "x": 1}
+    values = bands(entry)
+    assert list(values) == list(BANDS)
+    assert values["min"] == 0.0 and values["max"] == 4.0 and values["median"] == 2.0
+    assert values["16%"] == pytest.approx(0.64) and values["84%"] == pytest.approx(3.36)
+    assert bands({"edges": [], "counts": [], "n": 3}) == {}
+
+
+def test_uneven_bins_are_drawn_over_even_ones_and_even_bins_as_they_are():
+    assert evenly([0, 1, 2], [3, 4], bins=2) == ([0, 1, 2], [3, 4])
+    edges, counts = evenly([0.0, 1.0, 4.0], [2, 6], bins=4)
+    assert edges == [0.0, 1.0, 2.0, 3.0, 4.0] and counts == [2, 2, 2, 2]
+
+
+def test_a_long_run_keeps_the_distribution_window_within_budget():
+    windows = Windows()
+    edges = np.linspace(-3, 3, 31).tolist()
+    rng = np.random.default_rng(0)
+    for step in range(1, 200_001, 1):
+        if step % 1000 == 1:
+            counts = rng.integers(0, 50, 30).tolist()
+        windows.apply([{"k": "histogram", "win": "w", "x": step, "edges": edges, "counts": counts,
+                        "n": sum(counts)}])
+    message = windows.by_name["w"].message("env")[1]
+    assert len(json.dumps(message)) < 300_000
+    bands_shown = [t for t in message["data"] if t["type"] == "scatter"]
+    assert [t["name"] for t in bands_shown] == list(BANDS)
+    assert sum(len(t["x"]) for t in bands_shown) <= WINDOW_POINTS
+    assert all(t["x"][0] == 1 and t["x"][-1] == 200_000 for t in bands_shown)
+    assert message["data"][-1]["y"] == counts  # the latest histogram
+
+
+def test_the_histograms_callback_draws_bands_and_the_latest_histogram(visdom_server, tmp_path, read_window_raw):
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor([Histograms(every=2)], env="histograms", port=visdom_server.port, run_dir=tmp_path / "run")
+    monitor.train_start(model, optimizer)
+    train(monitor, model, optimizer, steps=5)
+    assert monitor.flush()
+    grads = read_window_raw(visdom_server, "histograms", "grad distribution")["content"]
+    weights = read_window_raw(visdom_server, "histograms", "weight distribution")["content"]
+    for shown in (grads, weights):
+        lines = [t for t in shown["data"] if t["type"] == "scatter"]
+        assert [t["name"] for t in lines] == list(BANDS) and lines[0]["x"] == [1, 3, 5]
+        bars = shown["data"][-1]
+        assert bars["type"] == "bar" and sum(bars["y"]) == sum(p.numel() for p in model.parameters())
+    final = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert weights["data"][0]["y"][-1] == pytest.approx(final.min().item())
+    assert weights["data"][-2]["y"][-1] == pytest.approx(final.max().item())
+    monitor.close()
