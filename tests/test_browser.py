@@ -251,3 +251,30 @@ def test_a_deep_model_s_grad_norms_show_as_a_heatmap_with_layer_names_and_a_log_
     browser.save_screenshot(str(ARTIFACTS / "heatmap.png"))
     severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == [], "console errors:\n" + "\n".join(severe)
+
+
+def test_distributions_show_percentile_bands_over_the_steps_and_the_latest_histogram(visdom_server, tmp_path,
+                                                                                     browser):
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import SummaryWriter
+
+    with SummaryWriter(log_dir=tmp_path / "distribution_check", port=visdom_server.port) as writer:
+        for step in range(40):
+            writer.add_histogram("weights", torch.randn(2000) * (1 + step / 10), step)
+            writer.add_scalar("Loss/train", 1 / (step + 1), step)
+        writer.flush()
+
+    browser.get(f"{visdom_server.url}/env/distribution_check")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.main-svg g.barlayer path"))  # the latest histogram
+    fills = browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.scatterlayer path.js-fill")
+    assert len(fills) >= 8, len(fills)  # the bands between the nine percentiles
+    axis_titles = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg text.x2title")}
+    assert "latest histogram, step 39" in axis_titles, axis_titles
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "distribution.png"))
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], "console errors:\n" + "\n".join(severe)

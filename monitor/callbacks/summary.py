@@ -67,6 +67,12 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
     return "\n".join(parts)
 
 
+def hparams_html(hparams: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """A run's hyper-parameters and its metrics, as tables (escaped)."""
+    return "\n".join(["<h4>Hyper-parameters</h4>", _table(list(hparams.items())),
+                      "<h4>Metrics</h4>", _table(list(metrics.items()))])
+
+
 def _table(rows: list[tuple[Any, Any]]) -> str:
     cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"

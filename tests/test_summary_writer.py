@@ -1,0 +1,214 @@
+"""monitor.SummaryWriter beside torch.utils.tensorboard's: the same calls, the same numbers.
+
+TensorBoard's side is a real event file read back with its EventAccumulator; ours is read back
+from the Visdom server (and, for what a window draws from, the run log).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+from html import escape
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter as TensorBoardWriter
+
+from monitor import Monitor, Scalars, SummaryWriter
+from monitor.imaging import PAD, _font
+from monitor.runlog import RunLog
+from monitor.writer import split_tag
+from helpers.monitors import ListSink, shown_grid
+
+matplotlib.use("Agg")
+from matplotlib import pyplot  # noqa: E402
+
+STEPS = 6
+
+
+def _figure(step: int):
+    figure = pyplot.figure(figsize=(2, 1.5), dpi=50)
+    pyplot.plot([0, 1, 2], [step, step * step, 1])
+    return figure
+
+
+def _calls(writer, step: int) -> None:
+    """What a TensorBoard loop logs; the same for both writers."""
+    g = torch.Generator().manual_seed(step)
+    writer.add_scalar("Loss/train", 1.0 / (step + 1), step)
+    writer.add_scalar("Loss/test", torch.tensor(2.0 / (step + 1)), step)
+    writer.add_scalar("lr", np.float32(0.1 * 0.9 ** step), step)
+    writer.add_scalars("accuracy", {"train": 0.5 + step / 20, "test": 0.4 + step / 30}, step)
+    writer.add_histogram("weights", torch.randn(1000, generator=g) * (step + 1), step)
+    writer.add_histogram("sizes", np.random.default_rng(step).random(300), step, bins=np.linspace(0, 1, 11))
+    writer.add_histogram("auto", torch.randn(500, generator=g), step, bins="auto", max_bins=7)
+    writer.add_image("image", torch.rand(3, 10, 12, generator=g), step)
+    writer.add_image("hwc", (torch.rand(10, 12, 3, generator=g) * 255).to(torch.uint8), step, dataformats="HWC")
+    writer.add_images("batch", torch.rand(4, 1, 8, 8, generator=g) * 1.4 - 0.2, step)
+    writer.add_text("notes", f"step {step}: <b>not bold</b>", step)
+    writer.add_figure("figure", _figure(step), step)
+
+
+def _tensorboard(path: Path) -> dict:
+    with TensorBoardWriter(log_dir=str(path)) as writer:
+        for step in range(STEPS):
+            _calls(writer, step)
+    read = {}
+    for folder in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:  # add_scalars writes sub-runs
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "histograms": 0,
+                                                              "tensors": 0})
+        events.Reload()
+        read[folder.name if folder != path else ""] = events
+    return read
+
+
+def _tile(png: bytes, index: int, count: int, height: int, width: int) -> np.ndarray:
+    """Image ``index`` of a grid of ``count`` (no captions, a heading), cut out of our PNG."""
+    columns = int(np.ceil(np.sqrt(count)))
+    row, column = divmod(index, columns)
+    top = _font().getbbox("Ag")[3] + PAD + PAD + row * (height + PAD)
+    left = PAD + column * (width + PAD)
+    pixels = np.asarray(Image.open(io.BytesIO(png)))
+    return pixels[top:top + height, left:left + width]
+
+
+def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, read_window, read_window_raw,
+                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tensorboard = _tensorboard(tmp_path / "tensorboard")
+    with SummaryWriter(log_dir="runs/side-by-side", port=visdom_server.port) as writer:
+        for step in range(STEPS):
+            _calls(writer, step)
+        writer.flush()
+        env = "side-by-side"
+        shown = {window: read_window(visdom_server, env, window) for window in ("Loss", "lr", "accuracy")}
+        panes = {window: read_window_raw(visdom_server, env, window)
+                 for window in ("image", "hwc", "batch", "notes", "figure", "weights", "sizes", "auto")}
+    events = tensorboard[""]
+
+    # Scalars: every value at every step (TensorBoard keeps float32).
+    for tag, (window, trace) in {"Loss/train": ("Loss", "train"), "Loss/test": ("Loss", "test"),
+                                 "lr": ("lr", "lr")}.items():
+        expected = [(e.step, e.value) for e in events.Scalars(tag)]
+        xs, ys = shown[window][trace]
+        assert list(zip(xs, np.float32(ys).tolist())) == expected
+    for trace in ("train", "test"):
+        expected = [(e.step, e.value) for e in tensorboard[f"accuracy_{trace}"].Scalars("accuracy")]
+        xs, ys = shown["accuracy"][trace]
+        assert list(zip(xs, np.float32(ys).tolist())) == expected
+
+    # Histograms: the same counts in the same bins at every step; the window draws the latest.
+    entries = list(RunLog.read(Path("runs/side-by-side", RunLog.FILENAME)))
+    for tag in ("weights", "sizes", "auto"):
+        ours = [e for e in entries if e.get("k") == "histogram" and e["win"] == tag]
+        theirs = events.Histograms(tag)
+        assert [e["x"] for e in ours] == [e.step for e in theirs] == list(range(STEPS))
+        for entry, event in zip(ours, theirs):
+            value = event.histogram_value
+            assert entry["n"] == value.num
+            expected = {limit: count for limit, count in zip(value.bucket_limit, value.bucket) if count}
+            assert {edge: count for edge, count in zip(entry["edges"][1:], entry["counts"]) if count} == expected
+        bars = panes[tag]["content"]["data"][-1]
+        assert bars["type"] == "bar" and sum(bars["y"]) == pytest.approx(sum(ours[-1]["counts"]), abs=0.1)
+
+    # Images: every pixel of the latest of each, as TensorBoard encoded it (grey shown as one channel).
+    for tag, count in (("image", 1), ("hwc", 1), ("batch", 4), ("figure", 1)):
+        theirs = np.asarray(Image.open(io.BytesIO(events.Images(tag)[-1].encoded_image_string)))
+        png = shown_grid(panes[tag])
+        if count == 1:
+            height, width = theirs.shape[:2]
+            assert np.array_equal(_tile(png, 0, 1, height, width), theirs[..., :3])
+        else:  # TensorBoard tiles a batch 8 across, without gaps
+            for i in range(count):
+                tile = _tile(png, i, count, 8, 8)
+                assert np.array_equal(tile, theirs[:8, 8 * i:8 * i + 8, 0])
+
+    # Text: as written, escaped.
+    text = events.Tensors("notes/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert panes["notes"]["content"] == escape(text).replace("\n", "<br>")
+
+
+def test_a_tag_names_a_window_and_a_trace():
+    assert split_tag("Loss/train") == ("Loss", "train")
+    assert split_tag("model/fc1/grad") == ("model/fc1", "grad")
+    assert split_tag("lr") == ("lr", "lr")
+    assert split_tag("odd/") == ("odd/", "odd/")
+
+
+def test_steps_left_out_count_per_tag_and_a_monitor_shares_its_env(visdom_server, tmp_path, read_window):
+    monitor = Monitor([Scalars()], env="shared-writer", port=visdom_server.port, run_dir=tmp_path / "run")
+    writer = SummaryWriter(monitor=monitor)
+    for value in (3.0, 2.0, 1.0):
+        writer.add_scalar("extra", value)
+    writer.add_scalar("other", 5.0)
+    monitor.log.scalar("loss", "train", 1, 0.5)
+    writer.close()
+    assert monitor.flush()
+    assert read_window(visdom_server, "shared-writer", "extra")["extra"] == ([0, 1, 2], [3.0, 2.0, 1.0])
+    assert read_window(visdom_server, "shared-writer", "other")["other"] == ([0], [5.0])
+    assert read_window(visdom_server, "shared-writer", "loss")["train"] == ([1], [0.5])
+    monitor.close()
+
+
+def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, caplog):
+    monitor = Monitor([], sink=ListSink())
+    writer = SummaryWriter(monitor=monitor)
+    writer.add_scalar("a", 1.0, 1, walltime=123.0, new_style=True, double_precision=True)
+    writer.add_hparams({"lr": 0.1, "optimizer": "<sgd>"}, {"hparam/accuracy": 0.9}, hparam_domain_discrete={},
+                       run_name="x")
+    with caplog.at_level(logging.WARNING, logger="monitor"):
+        writer.add_embedding(torch.randn(3, 2))
+        writer.add_embedding(torch.randn(3, 2))
+        writer.add_graph(torch.nn.Linear(2, 2), torch.randn(1, 2))
+    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_embedding", "add_graph"]
+    html = [r.html for r in monitor.sink.records if getattr(r, "window", None) == "hparams" and hasattr(r, "html")]
+    assert "&lt;sgd&gt;" in html[0] and "hparam/accuracy" in html[0]
+    with pytest.raises(AttributeError, match="add_nothing"):
+        writer.add_nothing
+
+
+def test_bad_image_layouts_are_named(tmp_path):
+    writer = SummaryWriter(monitor=Monitor([], sink=ListSink()))
+    with pytest.raises(ValueError, match=r"dataformats must name .* got 'CHW' for shape \(4, 4\)"):
+        writer.add_image("x", torch.rand(4, 4))
+    with pytest.raises(ValueError, match="dataformats"):
+        writer.add_images("x", torch.rand(3, 4, 4), dataformats="CHW")
+    with pytest.raises(TypeError, match="img_tensor must be a torch.Tensor or a numpy array, got str"):
+        writer.add_image("x", "cat.png")
+    writer.add_image("x", np.random.rand(4, 4), dataformats="HW")
+    writer.add_images("y", torch.rand(4, 4, 2), dataformats="HWN")
+
+
+def test_add_figure_without_matplotlib_names_the_extra(monkeypatch):
+    writer = SummaryWriter(monitor=Monitor([], sink=ListSink()))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # what a machine without it does on import
+    with pytest.raises(ImportError, match=r"add_figure needs matplotlib: pip install 'monitor\[figures\]'"):
+        writer.add_figure("f", object())
+
+
+def test_a_tensorboard_script_runs_with_only_its_import_changed(visdom_server, tmp_path, connect_client,
+                                                                read_window):
+    script = (Path(__file__).parent / "helpers" / "tensorboard_tutorial.py").read_text()
+    changed = script.replace("from torch.utils.tensorboard import SummaryWriter", "from monitor import SummaryWriter")
+    assert changed.count("\n") == script.count("\n") and changed != script
+    (tmp_path / "train.py").write_text(changed)
+    env = {**os.environ, "VISDOM_PORT": str(visdom_server.port)}
+    done = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    env = "fashion_mnist_experiment_1"
+    shown = json.loads(connect_client(visdom_server).get_window_data(None, env))
+    assert {"training loss", "loss", "fc1.weight", "four_fashion_mnist_images", "predictions vs. actuals",
+            "hparams"} <= set(shown)
+    assert set(read_window(visdom_server, env, "loss")) == {"train", "scaled"}
+    assert len(read_window(visdom_server, env, "training loss")["training loss"][0]) == 8
+    entries = [json.loads(line) for line in (tmp_path / "runs/fashion_mnist_experiment_1" / RunLog.FILENAME).open()]
+    assert sum(e["k"] == "histogram" for e in entries) == 8
