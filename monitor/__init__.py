@@ -24,6 +24,7 @@ _EXPORTS = {
     "GradNorms": "monitor.callbacks",
     "Images": "monitor.callbacks",
     "Histograms": "monitor.callbacks",
+    "Graph": "monitor.callbacks",
     "Summary": "monitor.callbacks",
     "Checkpoint": "monitor.callbacks",
     "resume": "monitor.checkpoint.resume",

@@ -59,9 +59,9 @@ class SummaryWriter:
     order; here each tag counts its own calls (0, 1, 2, ...). ``walltime`` is accepted and not
     shown (the run log keeps the order). ``purge_step``, ``max_queue``, ``flush_secs``,
     ``filename_suffix``, ``new_style``, ``double_precision`` and ``hparam_domain_discrete`` are
-    accepted and change nothing: the sink sends within a second and writes one run log.
-    TensorBoard methods not drawn here (audio, video, embeddings, PR curves, meshes, custom
-    scalars) are accepted and say so once.
+    accepted and change nothing (the sink sends within a second and writes one run log), as are
+    ``add_graph``'s ``verbose`` and ``use_strict_trace``. TensorBoard methods not drawn here
+    (audio, video, embeddings, PR curves, meshes, custom scalars) are accepted and say so once.
     """
 
     def __init__(self, log_dir: str | os.PathLike | None = None, comment: str = "", purge_step: int | None = None,
@@ -174,8 +174,13 @@ class SummaryWriter:
 
     def add_graph(self, model: torch.nn.Module, input_to_model: Any = None, verbose: bool = False,
                   use_strict_trace: bool = True) -> None:
-        """Accepted; the model's graph is not drawn yet (said once)."""
-        self._not_drawn("add_graph")
+        """The model as a diagram in pane ``graph`` (see :class:`monitor.Graph`), traced on ``input_to_model``."""
+        from monitor.callbacks.graph import _as_tuple, show
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if input_to_model is None:
+            raise ValueError("input_to_model must be a tensor or a tuple of tensors to trace the model with, got None")
+        show(self.log, model, _as_tuple(input_to_model, "input_to_model"), self._step("graph", None))
 
     def flush(self) -> None:
         """Waits (up to 10 s) until what was logged is in the run log and on the dashboard."""

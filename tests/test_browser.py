@@ -278,3 +278,40 @@ def test_distributions_show_percentile_bands_over_the_steps_and_the_latest_histo
     browser.save_screenshot(str(ARTIFACTS / "distribution.png"))
     severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == [], "console errors:\n" + "\n".join(severe)
+
+
+def test_the_graph_pane_draws_a_sequential_a_skip_connection_and_two_inputs(visdom_server, tmp_path, browser):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import Monitor
+    from monitor.callbacks.graph import show
+    from monitor.graph import traced
+    from helpers.graph_models import models_and_inputs
+
+    expected = {}
+    with Monitor([], env="graph_check", port=visdom_server.port, run_dir=tmp_path) as monitor:
+        for name, model, inputs in models_and_inputs():
+            show(monitor.log, model, inputs, window=f"graph {name}")
+            nodes, _ = traced(model, inputs)
+            expected[f"graph {name}"] = (len(nodes), {n.shape for n in nodes if n.shape})
+        assert monitor.flush(timeout=10)
+
+    browser.get(f"{visdom_server.url}/env/graph_check")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "div.react-grid-item svg g.node")) >=
+               sum(count for count, _ in expected.values()))
+    for pane in browser.find_elements(By.CSS_SELECTOR, "div.react-grid-item"):
+        titles = pane.find_elements(By.CSS_SELECTOR, ".window .bar div.pull-right")
+        title = titles[0].text.strip() if titles else ""
+        if title not in expected:
+            continue
+        count, shapes = expected.pop(title)
+        assert len(pane.find_elements(By.CSS_SELECTOR, "svg g.node")) == count
+        drawn_shapes = {e.get_attribute("textContent") for e in pane.find_elements(By.CSS_SELECTOR, "svg text.shape")}
+        assert drawn_shapes <= shapes and drawn_shapes, (title, drawn_shapes, shapes)
+    assert not expected, f"panes not found: {sorted(expected)}"
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "graph.png"))
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], "console errors:\n" + "\n".join(severe)

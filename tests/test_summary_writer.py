@@ -167,8 +167,8 @@ def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="monitor"):
         writer.add_embedding(torch.randn(3, 2))
         writer.add_embedding(torch.randn(3, 2))
-        writer.add_graph(torch.nn.Linear(2, 2), torch.randn(1, 2))
-    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_embedding", "add_graph"]
+        writer.add_pr_curve("pr", torch.ones(3), torch.rand(3))
+    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_embedding", "add_pr_curve"]
     html = [r.html for r in monitor.sink.records if getattr(r, "window", None) == "hparams" and hasattr(r, "html")]
     assert "&lt;sgd&gt;" in html[0] and "hparam/accuracy" in html[0]
     with pytest.raises(AttributeError, match="add_nothing"):
@@ -207,7 +207,7 @@ def test_a_tensorboard_script_runs_with_only_its_import_changed(visdom_server, t
     env = "fashion_mnist_experiment_1"
     shown = json.loads(connect_client(visdom_server).get_window_data(None, env))
     assert {"training loss", "loss", "fc1.weight", "four_fashion_mnist_images", "predictions vs. actuals",
-            "hparams"} <= set(shown)
+            "hparams", "graph"} <= set(shown)
     assert set(read_window(visdom_server, env, "loss")) == {"train", "scaled"}
     assert len(read_window(visdom_server, env, "training loss")["training loss"][0]) == 8
     entries = [json.loads(line) for line in (tmp_path / "runs/fashion_mnist_experiment_1" / RunLog.FILENAME).open()]

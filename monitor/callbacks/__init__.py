@@ -5,10 +5,11 @@
 """
 from monitor.callbacks.checkpoint import Checkpoint
 from monitor.callbacks.grad_norms import GradNorms
+from monitor.callbacks.graph import Graph
 from monitor.callbacks.histograms import Histograms
 from monitor.callbacks.images import Images
 from monitor.callbacks.learning_rate import LearningRate
 from monitor.callbacks.scalars import Scalars
 from monitor.callbacks.summary import Summary
 
-__all__ = ["Checkpoint", "GradNorms", "Histograms", "Images", "LearningRate", "Scalars", "Summary"]
+__all__ = ["Checkpoint", "GradNorms", "Graph", "Histograms", "Images", "LearningRate", "Scalars", "Summary"]

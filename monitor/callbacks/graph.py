@@ -1,0 +1,66 @@
+"""Graph: the model drawn as a diagram in pane ``graph``, traced from one forward pass."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from monitor.core import Callback, LoopState
+from monitor.graph import drawn, traced
+from monitor.log import Log
+from monitor.models import unwrap_model
+from monitor.records import Order
+
+WINDOW = "graph"
+
+
+class Graph(Callback):
+    """Draws the model in pane ``graph``: its modules in their hierarchy, the shapes between them.
+
+        monitor = Monitor([Graph()], env="mnist")
+        monitor.step_end(loss=loss, inputs=x)    # the first step's inputs are traced, once
+
+    ``inputs`` (a tensor, or a tuple of them for a model of several inputs) draws it at
+    ``train_start`` instead. The trace runs the model once more, in eval mode and without
+    gradients; a model ``torch.fx`` cannot trace is drawn from its modules in the order they ran.
+    """
+
+    def __init__(self, inputs: Any = None) -> None:
+        self.inputs = None if inputs is None else _as_tuple(inputs, "inputs")
+        self._drawn = False
+
+    def on_train_start(self, state: LoopState, log: Log) -> None:
+        if self.inputs is not None and not self._drawn:
+            self._draw(state, log, self.inputs)
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        if not self._drawn and state.inputs is not None:
+            self._draw(state, log, _as_tuple(state.inputs, "step_end(inputs=...)"))
+
+    def _draw(self, state: LoopState, log: Log, inputs: tuple) -> None:
+        self._drawn = True
+        if state.model is None:
+            raise ValueError("Graph needs the model: pass it to monitor.train_start(model, optimizer), got None")
+        show(log, unwrap_model(state.model), inputs, state.step)
+
+
+def show(log: Log, model: torch.nn.Module, inputs: tuple, x: float = 0, window: str = WINDOW) -> None:
+    """Traces ``model`` on ``inputs`` and writes its diagram to text pane ``window``."""
+    nodes, how = traced(model, inputs)
+    title = type(model).__name__ + ("" if how == "fx" else " (modules in the order they ran)")
+    svg = drawn(nodes, title)
+    log.window(window, order=Order.SUMMARY, title=window, width=min(_size(svg, "width") + 40, 640),
+               height=min(_size(svg, "height") + 60, 720))
+    log.text(window, x, f'<div style="overflow:auto">{svg}</div>', html=True)
+
+
+def _as_tuple(inputs: Any, argument: str) -> tuple:
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    if not inputs or not all(isinstance(i, torch.Tensor) for i in inputs):
+        raise TypeError(f"{argument} must be a tensor or a tuple of tensors to trace the model with, "
+                        f"got {[type(i).__name__ for i in inputs]}")
+    return inputs
+
+
+def _size(svg: str, attribute: str) -> int:
+    return int(float(svg.split(f' {attribute}="', 1)[1].split('"', 1)[0]))

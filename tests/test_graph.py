@@ -1,0 +1,90 @@
+"""The model's graph: traced shapes, skip connections, several inputs, and the pane that shows it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from monitor import Graph, SummaryWriter
+from monitor.graph import drawn, traced
+from helpers.graph_models import SkipNet, models_and_inputs
+from helpers.monitors import monitor_with
+from monitor.records import Text
+
+
+def _shapes_by_hooks(model: nn.Module, inputs: tuple) -> dict[str, str]:
+    """Each leaf module's output shape, as a forward pass really gives it."""
+    seen = {}
+    handles = [m.register_forward_hook(lambda m, i, o, path=path: seen.__setitem__(path, str(list(o.shape))))
+               for path, m in model.named_modules() if not any(True for _ in m.children())]
+    with torch.no_grad():
+        model.eval()
+        model(*inputs)
+    for handle in handles:
+        handle.remove()
+    return seen
+
+
+@pytest.mark.parametrize("name, model, inputs", models_and_inputs())
+def test_the_shapes_drawn_are_the_traced_ones(name, model, inputs):
+    nodes, how = traced(model, inputs)
+    assert how == "fx"
+    shown = {n.module: n.shape for n in nodes if n.name == n.module and n.module}
+    assert shown == _shapes_by_hooks(model, inputs)
+    assert [n.shape for n in nodes if n.kind == "input"] == [str(list(x.shape)) for x in inputs]
+    svg = drawn(nodes)
+    assert all(f">{shape}<" in svg for shape in shown.values())
+
+
+def test_a_skip_connection_is_an_edge_that_jumps_and_modules_are_boxed_in_their_parents():
+    nodes, _ = traced(SkipNet(), (torch.randn(2, 4),))
+    adds = [(i, n) for i, n in enumerate(nodes) if n.kind == "add"]
+    assert len(adds) == 2 and all(min(n.inputs) < i - 1 for i, n in adds)  # x jumps over fc and norm
+    assert [n.module for _, n in adds] == ["blocks.0.add", "blocks.1.add_1"]
+    svg = drawn(nodes)
+    assert svg.count(">blocks.0<") == 1 and svg.count(">blocks<") == 1 and " C" in svg  # boxes, an arc
+
+
+def test_two_inputs_both_feed_the_model():
+    _, model, inputs = models_and_inputs()[2]
+    nodes, _ = traced(model, inputs)
+    cat = next(n for n in nodes if n.kind == "cat")
+    assert [n.kind for n in nodes[:2]] == ["input", "input"] and cat.shape == "[8, 150]"
+
+
+def test_a_model_fx_cannot_trace_is_drawn_from_its_modules_and_tracing_changes_nothing():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.norm = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.norm(self.fc(x)) if x.sum() > 0 else self.fc(x)
+
+    model = Branchy().train()
+    before = model.norm.running_mean.clone()
+    nodes, how = traced(model, (torch.ones(3, 4),))
+    assert how == "hooks" and [n.name for n in nodes] == ["input 0", "fc", "norm", "output"]
+    assert model.training and torch.equal(model.norm.running_mean, before)
+
+
+def test_the_graph_callback_draws_the_first_step_s_inputs_once():
+    model = SkipNet()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Graph())
+    monitor.train_start(model, optimizer)
+    for _ in range(3):
+        x = torch.randn(4, 4)
+        loss = model(x).sum()
+        loss.backward()
+        optimizer.step()
+        monitor.step_end(loss=loss, inputs=x)
+    panes = sink.of(Text, "graph")
+    assert len(panes) == 1 and "<svg" in panes[0].html and "[4, 8]" in panes[0].html
+    with pytest.raises(TypeError, match=r"inputs must be a tensor or a tuple of tensors .* got \['str'\]"):
+        Graph(inputs="x")
+    writer = SummaryWriter(monitor=monitor)
+    with pytest.raises(ValueError, match="input_to_model must be a tensor"):
+        writer.add_graph(model)
+    writer.add_graph(model, torch.randn(2, 4))
+    assert len(sink.of(Text, "graph")) == 2
