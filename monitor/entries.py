@@ -6,6 +6,7 @@
     {"k": "image", "win": "inputs", "x": 50, "n": 1, "file": "images/5f2a.../inputs/0000001.png"}
     {"k": "image", "win": "inputs", "x": 50, "png": "<base64>"}       (without an image store)
     {"k": "text", "win": "summary", "x": 0, "html": "<pre>...</pre>"}
+    {"k": "hparams", "win": "hparams", "x": 0, "hparams": {"lr": 0.1}, "metrics": {"accuracy": 0.91}}
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
 
 ``encode`` runs on the sink's worker: it reads tensors and encodes image grids, so the training
@@ -31,7 +32,7 @@ from monitor import checks
 from monitor.distribution import trimmed
 from monitor.imagestore import ImageStore
 from monitor.imaging import encode_grid
-from monitor.records import Histogram, ImageGrid, Layout, Points, Text
+from monitor.records import Histogram, Hparams, ImageGrid, Layout, Points, Text
 
 
 def header(env: str, run_id: str) -> dict[str, Any]:
@@ -40,7 +41,7 @@ def header(env: str, run_id: str) -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
-def encode(record: Points | ImageGrid | Text | Layout | Histogram, images: ImageStore | None = None) -> dict[str, Any]:
+def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams, images: ImageStore | None = None) -> dict[str, Any]:
     """The entry of a record: values read, images encoded (into ``images`` where given, else
     inline). Runs on the sink's worker.
 
@@ -84,6 +85,10 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram, images: Image
             n, file = images.add(record.window, png)
             return {"k": "image", "win": record.window, "x": x, "n": n, "file": file}
         return {"k": "image", "win": record.window, "x": x, "png": base64.b64encode(png).decode()}
+    if isinstance(record, Hparams):
+        metrics = {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.metrics.items()}
+        json.dumps(record.hparams)  # plain values only
+        return {"k": "hparams", "win": record.window, "x": x, "hparams": dict(record.hparams), "metrics": metrics}
     if isinstance(record, Histogram):
         values = record.values() if callable(record.values) else record.values
         edges, counts, n = values

@@ -6,6 +6,7 @@ device and read later by the sink's worker).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from html import escape
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -13,7 +14,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import torch
 
 from monitor import checks, distribution
-from monitor.records import Histogram, ImageGrid, LabelCaptions, Layout, Order, Points, Text
+from monitor.records import Histogram, Hparams, ImageGrid, LabelCaptions, Layout, Order, Points, Text
 
 
 @runtime_checkable
@@ -171,18 +172,38 @@ class Log:
         self.sink.put(Histogram(self._name("window", window), _x(x),
                                 (*distribution.binned(tensors, _bins(bins)), n)))
 
-    def text(self, window: str, x: float, text: str, *, html: bool = False) -> None:
+    def text(self, window: str, x: float, text: str, *, html: bool = False, markdown: bool = False) -> None:
         """A text pane; a later call for the same window replaces it.
 
         ``text`` is shown as written: escaped, with its line breaks kept, so a string from a
-        dataset or a config cannot inject markup into the dashboard. ``html=True`` sends it as
-        HTML, for markup you wrote yourself.
+        dataset or a config cannot inject markup into the dashboard. ``markdown=True`` renders
+        it as Markdown (CommonMark and tables, as TensorBoard's text view does), any HTML in it
+        still escaped. ``html=True`` sends it as HTML, for markup you wrote yourself.
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if not checks.boolean("html", html):
+        if checks.boolean("markdown", markdown):
+            text = _markdown().render(text)
+        elif not checks.boolean("html", html):
             text = escape(text).replace("\n", "<br>")
         self.sink.put(Text(self._name("window", window), _x(x), text))
+
+    def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, Any] | None = None, x: float = 0, *,
+                window: str = "hparams") -> None:
+        """The run's hyper-parameters and the metrics it reached, as a table in pane ``window`` and
+        as one ``hparams`` entry of the run log (what a comparison of runs reads).
+
+        Values that are not numbers, strings, booleans or None are shown as their ``str``;
+        metrics are numbers or one-element tensors (one on an accelerator is read by the worker).
+        """
+        for argument, value in (("hparams", hparams), ("metrics", metrics or {})):
+            if not isinstance(value, Mapping):
+                raise TypeError(f"{argument} must be a mapping of name to value, got {type(value).__name__}")
+        plain = {str(k): v if v is None or isinstance(v, (str, bool, int, float)) else str(v)
+                 for k, v in hparams.items()}
+        numbers = {str(k): _snapshot(v, "metrics", k) for k, v in (metrics or {}).items()}
+        self.window(window, order=Order.SUMMARY, title=window)
+        self.sink.put(Hparams(window, _x(x), plain, numbers))
 
     def window(self, window: str, order: int = Order.METRICS, **opts: Any) -> None:
         """Sets a window's display options (``xlabel``, ``ylabel``, ``ytype="log"``...) and place.
@@ -222,6 +243,13 @@ def _snapshot(value: Any, argument: str, key: str | None = None) -> Any:
         checks.scalar(argument if key is None else f"{argument}[{key!r}]", value)
         return value.detach().reshape(()).to(torch.float32).clone()
     return float(checks.scalar(argument if key is None else f"{argument}[{key!r}]", value))
+
+
+@functools.lru_cache(maxsize=1)
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML is escaped
 
 
 def _bins(bins: Any) -> int | torch.Tensor:

@@ -88,6 +88,15 @@ class Histogram(NamedTuple):
     values: Any
 
 
+class Hparams(NamedTuple):
+    """A run's hyper-parameters (JSON values) and the metrics it ended with (numbers); the newest counts."""
+
+    window: str
+    x: float
+    hparams: dict
+    metrics: dict
+
+
 class Order:
     """Where a window goes on the page: the order a person reads a run (ties: the order they came)."""
 

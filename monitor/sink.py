@@ -30,7 +30,7 @@ from typing import Any
 from monitor import checks
 from monitor.connection import Connection
 from monitor.delivery import SPREAD, Delivery, FlushTiming
-from monitor.records import Histogram, ImageGrid, Layout, Points, Text
+from monitor.records import Histogram, Hparams, ImageGrid, Layout, Points, Text
 from monitor.reports import Reports
 from monitor.rundir import RunDir
 from monitor.entries import encode, header, windows_after
@@ -42,7 +42,7 @@ __all__ = ["FlushTiming", "VisdomSink"]
 
 _log = logging.getLogger("monitor")
 _STOP = object()
-_RECORDS = (Points, ImageGrid, Text, Layout, Histogram)
+_RECORDS = (Points, ImageGrid, Text, Layout, Histogram, Hparams)
 # The worker works in short slices and pauses between them while a backlog remains: it shares
 # the GIL with the training thread, and a long burst (or being preempted in one) makes a hook
 # that releases the GIL (any tensor op) wait for it. Measured here: after a 5 s outage, a
@@ -178,10 +178,10 @@ class VisdomSink:
         return self.delivery.timings
 
     # --- the training thread's side ----------------------------------------------------------
-    def put(self, record: Points | ImageGrid | Text | Layout | Histogram) -> None:
+    def put(self, record: Points | ImageGrid | Text | Layout | Histogram | Hparams) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
         if not isinstance(record, _RECORDS):
-            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout or Histogram, "
+            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram or Hparams, "
                             f"got {type(record).__name__}")
         if self._closed:
             self.reports.once("closed", "a record was logged after close() and is dropped")

@@ -14,6 +14,7 @@ replace, and a replace is idempotent, so a retry can never duplicate a point).
 from __future__ import annotations
 
 import base64
+from html import escape
 import math
 import struct
 from typing import Any, Iterable, NamedTuple
@@ -223,6 +224,8 @@ class Window:
                 trace = self.traces.get(name) or self._new_trace(name)
                 if not trace.add(entry["x"], y):
                     refused.append(Backwards(self.name, name, entry["x"], trace.last[1]))
+        elif kind == "hparams":  # shown as a text pane of two tables
+            self.kind, self.content = "text", {**entry, "html": _hparams_html(entry)}
         elif kind in ("image", "text"):
             self.kind, self.content = kind, entry
         elif kind == "layout":
@@ -391,6 +394,14 @@ class Windows:
 _IMAGE_MARGIN = 32  # pixels
 _SLIDER = 40  # pixels: a history pane's slider below the grid
 _SLIDER_WIDTH = 320  # pixels: a history pane is at least this wide, for its slider to be usable
+
+
+def _hparams_html(entry: dict[str, Any]) -> str:
+    def table(rows: dict[str, Any]) -> str:
+        cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>" for k, v in rows.items())
+        return f"<table>{cells}</table>"
+
+    return f"<h4>Hyper-parameters</h4>{table(entry['hparams'])}<h4>Metrics</h4>{table(entry['metrics'])}"
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:

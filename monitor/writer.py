@@ -135,9 +135,9 @@ class SummaryWriter:
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
                  walltime: float | None = None) -> None:
-        """A text pane (escaped: shown as written, line breaks kept); a later call replaces it."""
+        """A text pane rendered from Markdown as TensorBoard does (any HTML in it escaped); a later call replaces it."""
         self._lay_out(tag, Order.METRICS)
-        self.log.text(tag, self._step(tag, global_step), text_string)
+        self.log.text(tag, self._step(tag, global_step), text_string, markdown=True)
 
     def add_figure(self, tag: str, figure: Any, global_step: int | None = None, close: bool = True,
                    walltime: float | None = None) -> None:
@@ -162,15 +162,10 @@ class SummaryWriter:
     def add_hparams(self, hparam_dict: Mapping[str, Any], metric_dict: Mapping[str, Any],
                     hparam_domain_discrete: Any = None, run_name: str | None = None,
                     global_step: int | None = None) -> None:
-        """The run's hyper-parameters and final metrics, as a table in pane ``hparams``."""
-        for argument, value in (("hparam_dict", hparam_dict), ("metric_dict", metric_dict)):
-            if not isinstance(value, Mapping):
-                raise TypeError(f"{argument} must be a dict, got {type(value).__name__}")
-        from monitor.callbacks.summary import hparams_html
-        self._lay_out("hparams", Order.SUMMARY)
-        self.log.text("hparams", self._step("hparams", global_step),
-                      hparams_html(dict(hparam_dict), {k: _number(v, f"metric_dict[{k!r}]")
-                                                       for k, v in metric_dict.items()}), html=True)
+        """The run's hyper-parameters and final metrics: pane ``hparams`` and an entry of the run log."""
+        metrics = {k: _number(v, f"metric_dict[{k!r}]") for k, v in metric_dict.items()} \
+            if isinstance(metric_dict, Mapping) else metric_dict
+        self.log.hparams(hparam_dict, metrics, self._step("hparams", global_step))
 
     def add_graph(self, model: torch.nn.Module, input_to_model: Any = None, verbose: bool = False,
                   use_strict_trace: bool = True) -> None:

@@ -61,3 +61,15 @@ def test_callbacks_never_read_accelerator_tensors_on_the_training_thread():
         assert any(callable(v) for v in values)  # norms added up later, by the worker
         captions = [r.captions for r in sink.of(ImageRecord)]
         assert captions and all(p.device.type == "meta" for c in captions for p in c.parts)  # read later
+
+
+def test_the_final_metrics_of_a_run_are_read_by_the_worker():
+    from monitor.records import Hparams
+
+    model = small_model().to("meta")
+    monitor, sink = monitor_with(Summary(hparams={"lr": 0.1}))
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    monitor.validation_end({"loss": torch.zeros((), device="meta")})
+    monitor.train_end()
+    [record] = sink.of(Hparams)
+    assert record.metrics["loss"].device.type == "meta"

@@ -44,3 +44,27 @@ def test_the_summary_pane_arrives(visdom_server, read_window_raw, tmp_path):
     html = read_window_raw(visdom_server, "live-summary", "summary")["content"]
     assert "(1): Linear(in_features=16, out_features=8, bias=True)" in html
     assert "<td><b>batch_size</b></td><td>12</td>" in html and "<td><b>lr</b></td><td>0.1</td>" in html
+
+
+def test_a_run_ends_with_its_hparams_and_final_metrics_in_a_pane_and_the_run_log(visdom_server, tmp_path,
+                                                                               read_window_raw):
+    import json
+
+    from monitor import Monitor, Summary
+    from monitor.runlog import RunLog
+    from helpers.monitors import small_model
+
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor([Summary(hparams={"batch_size": 16, "note": "<baseline>"})], env="hparams-run",
+                 port=visdom_server.port, run_dir=tmp_path) as monitor:
+        monitor.train_start(model, optimizer, hparams={"lr": 0.1, "layers": [4, 8]})
+        monitor.validation_end({"accuracy": torch.tensor(0.75), "confusion": [[1, 0], [0, 1]]})
+        monitor.train_end()
+        assert monitor.flush()
+        html = read_window_raw(visdom_server, "hparams-run", "hparams")["content"]
+    assert "&lt;baseline&gt;" in html and "accuracy" in html and "confusion" not in html
+    entries = [json.loads(line) for line in (tmp_path / RunLog.FILENAME).open()]
+    [entry] = [e for e in entries if e["k"] == "hparams"]
+    assert entry["hparams"] == {"batch_size": 16, "note": "<baseline>", "lr": 0.1, "layers": "[4, 8]"}
+    assert entry["metrics"] == {"accuracy": 0.75}

@@ -11,7 +11,6 @@ import logging
 import os
 import subprocess
 import sys
-from html import escape
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +23,10 @@ from torch.utils.tensorboard import SummaryWriter as TensorBoardWriter
 
 from monitor import Monitor, Scalars, SummaryWriter
 from monitor.imaging import PAD, _font
+from monitor.entries import encode
+from monitor.records import Hparams
 from monitor.runlog import RunLog
+from monitor.windows import Windows
 from monitor.writer import split_tag
 from helpers.monitors import ListSink, shown_grid
 
@@ -53,7 +55,7 @@ def _calls(writer, step: int) -> None:
     writer.add_image("image", torch.rand(3, 10, 12, generator=g), step)
     writer.add_image("hwc", (torch.rand(10, 12, 3, generator=g) * 255).to(torch.uint8), step, dataformats="HWC")
     writer.add_images("batch", torch.rand(4, 1, 8, 8, generator=g) * 1.4 - 0.2, step)
-    writer.add_text("notes", f"step {step}: <b>not bold</b>", step)
+    writer.add_text("notes", f"step {step}: **bold** <b>not bold</b>\n\n| a | b |\n|---|---|\n| {step} | 2 |", step)
     writer.add_figure("figure", _figure(step), step)
 
 
@@ -131,9 +133,12 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
                 tile = _tile(png, i, count, 8, 8)
                 assert np.array_equal(tile, theirs[:8, 8 * i:8 * i + 8, 0])
 
-    # Text: as written, escaped.
+    # Text: the same string, rendered from Markdown with its HTML escaped.
     text = events.Tensors("notes/text_summary")[-1].tensor_proto.string_val[0].decode()
-    assert panes["notes"]["content"] == escape(text).replace("\n", "<br>")
+    assert text.startswith(f"step {STEPS - 1}: **bold**")
+    html = panes["notes"]["content"]
+    assert f"step {STEPS - 1}: <strong>bold</strong> &lt;b&gt;not bold&lt;/b&gt;" in html
+    assert "<table>" in html and f"<td>{STEPS - 1}</td>" in html
 
 
 def test_a_tag_names_a_window_and_a_trace():
@@ -169,8 +174,11 @@ def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, c
         writer.add_embedding(torch.randn(3, 2))
         writer.add_pr_curve("pr", torch.ones(3), torch.rand(3))
     assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_embedding", "add_pr_curve"]
-    html = [r.html for r in monitor.sink.records if getattr(r, "window", None) == "hparams" and hasattr(r, "html")]
-    assert "&lt;sgd&gt;" in html[0] and "hparam/accuracy" in html[0]
+    [record] = monitor.sink.of(Hparams)
+    assert record.hparams == {"lr": 0.1, "optimizer": "<sgd>"} and record.metrics == {"hparam/accuracy": 0.9}
+    windows = Windows()
+    windows.apply([encode(record)])
+    assert "&lt;sgd&gt;" in windows.by_name["hparams"].message("env")[1]["data"][0]["content"]
     with pytest.raises(AttributeError, match="add_nothing"):
         writer.add_nothing
 

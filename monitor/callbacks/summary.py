@@ -23,7 +23,9 @@ class Summary(Callback):
         # pane "summary": the model, 1,199,882 parameters (all trainable), batch_size and lr, ...
 
     ``hparams`` given here are merged with those given to ``train_start``, which win on a clash.
-    Everything the user supplied (the model's repr, names, values) is HTML-escaped.
+    At ``train_end`` (when there are any) they go with the metrics the loop passed last (``validation_end``,
+    ``epoch_end``) to pane ``hparams`` and to the run log's ``hparams`` entry, the run's record
+    for comparing runs. Everything the user supplied (the model's repr, names, values) is HTML-escaped.
     """
 
     def __init__(self, hparams: Mapping[str, Any] | None = None) -> None:
@@ -36,6 +38,12 @@ class Summary(Callback):
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
         log.text(WINDOW, state.step, _summary_html(model, state.optimizers, {**self.hparams, **state.hparams}),
                  html=True)
+
+    def on_train_end(self, state: LoopState, log: Log) -> None:
+        hparams = {**self.hparams, **state.hparams}
+        metrics = {name: value for name, value in state.metrics.items() if _is_number(value)}
+        if hparams:  # a run given no hyper-parameters gets no pane of them
+            log.hparams(hparams, metrics, state.step)
 
 
 def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.optim.Optimizer],
@@ -67,12 +75,12 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
     return "\n".join(parts)
 
 
-def hparams_html(hparams: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
-    """A run's hyper-parameters and its metrics, as tables (escaped)."""
-    return "\n".join(["<h4>Hyper-parameters</h4>", _table(list(hparams.items())),
-                      "<h4>Metrics</h4>", _table(list(metrics.items()))])
-
-
 def _table(rows: list[tuple[Any, Any]]) -> str:
     cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
+
+
+def _is_number(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
