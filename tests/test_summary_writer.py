@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,15 +20,18 @@ import pytest
 import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
 from torch.utils.tensorboard import SummaryWriter as TensorBoardWriter
 
 from monitor import Monitor, Scalars, SummaryWriter
 from monitor.imaging import PAD, _font
 from monitor.entries import encode
-from monitor.records import Hparams
+from monitor.graph import traced
+from monitor.records import Hparams, Text
 from monitor.runlog import RunLog
 from monitor.windows import Windows
 from monitor.writer import split_tag
+from helpers.graph_models import models_and_inputs
 from helpers.monitors import ListSink, shown_grid
 
 matplotlib.use("Agg")
@@ -59,10 +63,14 @@ def _calls(writer, step: int) -> None:
     writer.add_figure("figure", _figure(step), step)
 
 
+HPARAMS, METRICS = {"lr": 0.1, "optimizer": "sgd", "batch_size": 16}, {"hparam/accuracy": 0.9}
+
+
 def _tensorboard(path: Path) -> dict:
     with TensorBoardWriter(log_dir=str(path)) as writer:
         for step in range(STEPS):
             _calls(writer, step)
+        writer.add_hparams(HPARAMS, METRICS)
     read = {}
     for folder in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:  # add_scalars writes sub-runs
         events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "histograms": 0,
@@ -89,6 +97,7 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
     with SummaryWriter(log_dir="runs/side-by-side", port=visdom_server.port) as writer:
         for step in range(STEPS):
             _calls(writer, step)
+        writer.add_hparams(HPARAMS, METRICS)
         writer.flush()
         env = "side-by-side"
         shown = {window: read_window(visdom_server, env, window) for window in ("Loss", "lr", "accuracy")}
@@ -132,6 +141,16 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
             for i in range(count):
                 tile = _tile(png, i, count, 8, 8)
                 assert np.array_equal(tile, theirs[:8, 8 * i:8 * i + 8, 0])
+
+    # hparams: the same values, the same final metric (TensorBoard writes them to a run of their own).
+    [run] = [events for events in tensorboard.values() if events.Tags()["scalars"] == ["hparam/accuracy"]]
+    [data] = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in run.PluginTagToContent("hparams").values()
+              if plugin_data_pb2.HParamsPluginData.FromString(c).HasField("session_start_info")]
+    theirs = {k: v.string_value or v.number_value for k, v in data.session_start_info.hparams.items()}
+    [ours] = [e for e in entries if e["k"] == "hparams"]
+    assert ours["hparams"] == theirs == HPARAMS
+    assert {k: float(np.float32(v)) for k, v in ours["metrics"].items()} == \
+        {"hparam/accuracy": run.Scalars("hparam/accuracy")[0].value}
 
     # Text: the same string, rendered from Markdown with its HTML escaped.
     text = events.Tensors("notes/text_summary")[-1].tensor_proto.string_val[0].decode()
@@ -220,3 +239,22 @@ def test_a_tensorboard_script_runs_with_only_its_import_changed(visdom_server, t
     assert len(read_window(visdom_server, env, "training loss")["training loss"][0]) == 8
     entries = [json.loads(line) for line in (tmp_path / "runs/fashion_mnist_experiment_1" / RunLog.FILENAME).open()]
     assert sum(e["k"] == "histogram" for e in entries) == 8
+
+
+@pytest.mark.parametrize("name, model, inputs", models_and_inputs())
+def test_add_graph_shows_the_modules_and_shapes_tensorboard_traces(name, model, inputs, tmp_path):
+    with TensorBoardWriter(log_dir=str(tmp_path)) as writer:
+        writer.add_graph(model, inputs)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    leaves = {path for path, m in model.named_modules() if not any(True for _ in m.children())}
+    theirs = {}  # leaf module's path -> the shape of the last operation TensorBoard traced inside it
+    for node in events.Graph().node:
+        path = ".".join(re.findall(r"\[([^\]]+)\]", "/".join(node.name.split("/")[1:-1])))
+        if node.op.startswith("aten::") and path in leaves:
+            theirs[path] = str([d.size for d in node.attr["_output_shapes"].list.shape[0].dim])
+    sink = ListSink()
+    SummaryWriter(monitor=Monitor([], sink=sink)).add_graph(model, inputs)
+    nodes, _ = traced(model, inputs)
+    assert {n.module: n.shape for n in nodes if n.name == n.module} == theirs
+    assert all(f">{shape}<" in sink.of(Text, "graph")[0].html for shape in theirs.values())
