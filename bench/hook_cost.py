@@ -22,7 +22,7 @@ from torch import nn
 
 import harness
 from overhead import WORKLOADS, Workload
-from monitor import GradNorms, Images, LearningRate, Monitor, Scalars
+from monitor import GradNorms, Images, LearningRate, Monitor, Scalars, Timing
 from monitor.log import NullSink
 
 CASES: dict[str, Callable[[], list] | None] = {
@@ -31,6 +31,8 @@ CASES: dict[str, Callable[[], list] | None] = {
     "GradNorms()": lambda: [GradNorms()],
     "Scalars()": lambda: [Scalars()],
     "LearningRate()": lambda: [LearningRate()],
+    "Timing(every=1)": lambda: [Timing(every=1)],
+    "Timing()": lambda: [Timing()],
     "the benchmark's four callbacks": lambda: [Scalars(), LearningRate(), GradNorms(), Images(every=50, count=8)],
 }
 

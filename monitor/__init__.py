@@ -25,6 +25,7 @@ _EXPORTS = {
     "Images": "monitor.callbacks",
     "Histograms": "monitor.callbacks",
     "Graph": "monitor.callbacks",
+    "Timing": "monitor.callbacks",
     "Summary": "monitor.callbacks",
     "Checkpoint": "monitor.callbacks",
     "resume": "monitor.checkpoint.resume",

@@ -44,7 +44,9 @@ class LoopState:
     ``optimizers`` names every optimizer the loop gave ``train_start``; ``optimizer`` is the one
     when there is one (None with several). ``backward_pass`` is the optimizer whose gradients
     the latest ``after_backward(optimizer=...)`` said are ready (None: the model's, all of them).
-    ``scaler`` is the loop's ``torch.amp.GradScaler``, if it gave one.
+    ``scaler`` is the loop's ``torch.amp.GradScaler``, if it gave one. ``data_wait`` is the
+    seconds ``monitor.batches(loader)`` waited for the current batch (None for a loop that
+    iterates its loader itself).
     """
 
     model: torch.nn.Module | None = None
@@ -61,6 +63,7 @@ class LoopState:
     inputs: Any = None
     targets: Any = None
     outputs: Any = None
+    data_wait: float | None = None
 
 
 class Callback:

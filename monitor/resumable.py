@@ -14,6 +14,7 @@ dropped. Then every generator is put back to where the checkpoint left it. Not e
 """
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import torch
@@ -65,7 +66,15 @@ class Resumable:
             from monitor.checkpoint.rng import restore_rng
 
             restore_rng(rng)  # every generator as the checkpoint left it, for the batches to come
-        yield from iterator
+        state = monitor.state
+        while True:  # the wait for each batch is the step's data wait (Timing shows it)
+            began = time.perf_counter()
+            batch = next(iterator, _END)
+            state.data_wait = time.perf_counter() - began
+            if batch is _END:
+                state.data_wait = None
+                return
+            yield batch
 
     def state_dict(self) -> dict[str, Any]:
         return {"order_rng": self.order_rng}

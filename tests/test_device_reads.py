@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from monitor import Checkpoint, GradNorms, Images, LearningRate, Monitor, Scalars, Summary
+from monitor import Checkpoint, GradNorms, Images, LearningRate, Monitor, Scalars, Summary, Timing
 from monitor.log import NullSink
 from monitor.records import ImageGrid as ImageRecord, Points
 from helpers.monitors import monitor_with, small_model
@@ -40,7 +40,8 @@ def test_callbacks_never_read_accelerator_tensors_on_the_training_thread():
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     for x in ("step", "epoch"):
         monitor, sink = monitor_with(Scalars(x=x), LearningRate(), GradNorms(weights=True, update_ratio=True),
-                                     Images(every=1, captions="both", class_names=["a", "b"]), Summary())
+                                     Images(every=1, captions="both", class_names=["a", "b"]), Summary(),
+                                     Timing(every=1))
         monitor.train_start(model, optimizer)
         monitor.epoch_start(0)
         batch = torch.randn(8, 4, device="meta")

@@ -11,5 +11,6 @@ from monitor.callbacks.images import Images
 from monitor.callbacks.learning_rate import LearningRate
 from monitor.callbacks.scalars import Scalars
 from monitor.callbacks.summary import Summary
+from monitor.callbacks.timing import Timing
 
-__all__ = ["Checkpoint", "GradNorms", "Graph", "Histograms", "Images", "LearningRate", "Scalars", "Summary"]
+__all__ = ["Checkpoint", "GradNorms", "Graph", "Histograms", "Images", "LearningRate", "Scalars", "Summary", "Timing"]

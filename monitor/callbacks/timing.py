@@ -1,0 +1,117 @@
+"""Timing: where a step's time goes (compute or waiting for data), throughput, and memory."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+import torch
+
+from monitor.callbacks._every import is_due
+from monitor.checks import positive_int
+from monitor.core import Callback, LoopState
+from monitor.log import Log
+from monitor.records import Order
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class Timing(Callback):
+    """Plots step time, the part of it spent waiting for data, samples per second, and memory.
+
+        monitor = Monitor([Timing(every=10)], env="mnist")
+        for x, y in monitor.batches(loader):     # the wait for each batch is timed here
+            ...; monitor.step_end(loss=loss, inputs=x)
+
+    Windows: ``step time`` (ms; trace ``step``, from one ``step_end`` to the next, and ``data
+    wait``, the time ``monitor.batches(loader)`` spent getting the batch: with a loop that
+    iterates its loader itself there is no data wait trace); ``throughput`` (samples per second,
+    from the first dimension of ``inputs`` given to ``step_end``; steps per second without
+    them); ``memory`` (MB: the process's resident memory and, on CUDA, memory allocated,
+    reserved and the peak allocated since the last point). On CUDA the trace ``device`` is the
+    time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
+    worker: the training thread never synchronizes. Logged every ``every`` steps.
+    """
+
+    def __init__(self, every: int = 10) -> None:
+        self.every = positive_int("every", every)
+        self._last: float | None = None  # perf_counter at the previous step_end
+        self._event: Any = None  # the CUDA event recorded at the previous step_end
+        self._device: torch.device | None = None
+
+    def on_train_start(self, state: LoopState, log: Log) -> None:
+        self._last = None
+        parameter = next(state.model.parameters(), None) if state.model is not None else None
+        self._device = parameter.device if parameter is not None and parameter.device.type == "cuda" else None
+        log.window("step time", order=Order.METRICS, title="step time", xlabel="step", ylabel="milliseconds")
+        log.window("throughput", order=Order.METRICS, title="throughput", xlabel="step",
+                   ylabel="samples per second")
+        log.window("memory", order=Order.METRICS, title="memory", xlabel="step", ylabel="MB")
+
+    def on_epoch_start(self, state: LoopState, log: Log) -> None:
+        self._last = self._event = None  # validation and the epoch's end are not a step's time
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        now = time.perf_counter()
+        last, self._last = self._last, now
+        due = is_due(state.step, self.every)
+        event = previous = None
+        if self._device is not None and (due or is_due(state.step + 1, self.every)):
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            previous, self._event = self._event, event
+        if not due or last is None:
+            return
+        seconds = now - last
+        times = {"step": seconds * 1000}
+        if state.data_wait is not None:
+            times["data wait"] = state.data_wait * 1000
+        log.scalars("step time", state.step, times)
+        if previous is not None:
+            log.vector("step time", state.step, ("device",), lambda: [_elapsed_ms(previous, event)])
+        count = _batch_size(state.inputs)
+        trace = "samples" if count else "steps"
+        log.scalar("throughput", trace, state.step, (count or 1) / seconds if seconds > 0 else float("nan"))
+        device = self._device
+        log.vector("memory", state.step, _MEMORY_TRACES[device is not None], lambda: _memory_mb(device))
+
+
+_MEMORY_TRACES = {False: ("resident",), True: ("resident", "allocated", "reserved", "peak")}
+
+
+def _elapsed_ms(start: Any, end: Any) -> float:
+    """On the worker: waits for the device to pass ``end`` (this thread only), then the time between."""
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _memory_mb(device: torch.device | None) -> list[float]:
+    """On the worker: resident memory, and the CUDA allocator's figures (host-side counters, no sync)."""
+    values = [_resident_bytes() / 2**20]
+    if device is not None:
+        values += [torch.cuda.memory_allocated(device) / 2**20, torch.cuda.memory_reserved(device) / 2**20,
+                   torch.cuda.max_memory_allocated(device) / 2**20]
+        torch.cuda.reset_peak_memory_stats(device)
+    return values
+
+
+def _resident_bytes() -> float:
+    try:
+        with open("/proc/self/statm", "rb") as file:
+            return int(file.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):  # not Linux: the peak is what there is
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _batch_size(inputs: Any) -> int | None:
+    if isinstance(inputs, (tuple, list)) and inputs:
+        inputs = inputs[0]
+    elif isinstance(inputs, dict) and inputs:
+        inputs = next(iter(inputs.values()))
+    if isinstance(inputs, torch.Tensor) and inputs.dim() > 0:
+        return inputs.shape[0]
+    return None

@@ -1,0 +1,68 @@
+"""Timing: step time, data wait, throughput and memory, against the loop's own clock."""
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from monitor import Monitor, Timing
+from helpers.monitors import monitor_with, small_model
+
+BATCH = 5
+
+
+class SlowData(Dataset):
+    """50 ms per batch of 5: a loader that makes the loop wait."""
+
+    def __len__(self) -> int:
+        return 60
+
+    def __getitem__(self, index: int):
+        time.sleep(0.010)
+        return torch.randn(4), index % 3
+
+
+def test_data_wait_step_time_and_throughput_match_the_loop_s_own_clock(visdom_server, tmp_path, read_window):
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ends = []
+    with Monitor([Timing(every=1)], env="timing", port=visdom_server.port, run_dir=tmp_path) as monitor:
+        monitor.train_start(model, optimizer)
+        for epoch in monitor.epochs(1):
+            for x, y in monitor.batches(DataLoader(SlowData(), batch_size=BATCH)):
+                loss = nn.functional.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                monitor.step_end(loss=loss, inputs=x)
+                ends.append(time.perf_counter())
+        assert monitor.flush()
+        times = read_window(visdom_server, "timing", "step time")
+        throughput = read_window(visdom_server, "timing", "throughput")["samples"]
+        memory = read_window(visdom_server, "timing", "memory")["resident"]
+    steps, waits = times["data wait"]
+    assert steps == list(range(2, 13)) and all(abs(w - 50) <= 10 for w in waits), waits
+    loop_ms = [(b - a) * 1000 for a, b in zip(ends, ends[1:])]
+    assert times["step"][0] == steps
+    assert all(abs(shown - own) <= max(2.0, 0.05 * own) for shown, own in zip(times["step"][1], loop_ms))
+    assert all(step > wait for step, wait in zip(times["step"][1], waits))  # the wait is part of the step
+    assert throughput[1] == pytest.approx([BATCH / (ms / 1000) for ms in times["step"][1]])
+    resident = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+    assert all(0.5 * resident < mb < 2 * resident for mb in memory[1])
+
+
+def test_without_the_loader_wrapper_or_inputs_there_is_no_data_wait_and_steps_per_second():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Timing(every=2))
+    monitor.train_start(model, optimizer)
+    for _ in range(5):
+        monitor.step_end(loss=torch.tensor(1.0))
+    assert set(sink.points("step time")) == {"step"}
+    assert [x for x, _ in sink.points("step time")["step"]] == [3, 5]
+    assert set(sink.points("throughput")) == {"steps"}
+    with pytest.raises(ValueError, match="every must be"):
+        Timing(every=0)
