@@ -26,6 +26,7 @@ _EXPORTS = {
     "Histograms": "monitor.callbacks",
     "Graph": "monitor.callbacks",
     "Timing": "monitor.callbacks",
+    "Profile": "monitor.callbacks",
     "Summary": "monitor.callbacks",
     "Checkpoint": "monitor.callbacks",
     "resume": "monitor.checkpoint.resume",

@@ -9,8 +9,9 @@ from monitor.callbacks.graph import Graph
 from monitor.callbacks.histograms import Histograms
 from monitor.callbacks.images import Images
 from monitor.callbacks.learning_rate import LearningRate
+from monitor.callbacks.profile import Profile
 from monitor.callbacks.scalars import Scalars
 from monitor.callbacks.summary import Summary
 from monitor.callbacks.timing import Timing
 
-__all__ = ["Checkpoint", "GradNorms", "Graph", "Histograms", "Images", "LearningRate", "Scalars", "Summary", "Timing"]
+__all__ = ["Checkpoint", "GradNorms", "Graph", "Histograms", "Images", "LearningRate", "Profile", "Scalars", "Summary", "Timing"]

@@ -1,0 +1,162 @@
+"""Profile: torch.profiler over a few steps; the top operators in a pane, the trace in the run dir."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from html import escape
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from monitor import checks
+from monitor.core import Callback, LoopState
+from monitor.log import Log
+from monitor.records import Order
+
+WINDOW = "profile"
+TOP = 15
+
+
+class Profile(Callback):
+    """Runs ``torch.profiler`` over steps ``first`` to ``last`` and shows where their time went.
+
+        monitor = Monitor([Profile(steps=(10, 14))], env="mnist")
+        # pane "profile": the top operators, the time per step by phase, and where the trace is
+
+    The steps before ``first`` are the profiler's wait and (one step) warm-up, as in
+    ``torch.profiler.schedule``. When the last step ends, the Chrome trace is written to
+    ``directory`` (default: the run's folder, ``runs/ENV/profile/``; open it in Perfetto or
+    chrome://tracing) with ``table.json``, the pane's table, which ``monitor profile RUN_DIR``
+    prints. The table lists the operators with the most self time (self and total CPU time,
+    device time where there is a device, calls, input shapes); the phases are each step's data
+    wait (with ``monitor.batches``), up to ``after_backward`` (forward and backward), and the
+    rest (the optimizer). Writing the trace takes the training thread a moment, once.
+    """
+
+    def __init__(self, steps: Sequence[int] = (10, 14), directory: str | os.PathLike | None = None,
+                 top: int = TOP) -> None:
+        if isinstance(steps, range):
+            steps = (steps.start, steps.stop - 1)
+        if not isinstance(steps, (tuple, list)) or len(steps) != 2 or \
+                not all(isinstance(s, int) and not isinstance(s, bool) for s in steps) or not 1 <= steps[0] <= steps[1]:
+            raise ValueError(f"steps must be (first, last) with 1 <= first <= last, or a range, got {steps!r}")
+        self.first, self.last = steps
+        self.directory = None if directory is None else Path(directory)
+        self.top = checks.positive_int("top", top)
+        self._profiler: Any = None
+        self._phases: list[dict[str, float]] = []
+        self._began = self._backward = 0.0
+        self._done = False
+
+    def on_train_start(self, state: LoopState, log: Log) -> None:
+        if self._done or self._profiler is not None or state.step >= self.last:
+            return
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        ahead = self.first - 1 - state.step  # profiler steps before the first profiled one
+        warmup = 1 if ahead >= 1 else 0
+        self._profiler = profile(activities=activities, record_shapes=True,
+                                 schedule=schedule(wait=max(ahead - warmup, 0), warmup=warmup,
+                                                   active=self.last - max(self.first, state.step + 1) + 1, repeat=1),
+                                 on_trace_ready=lambda p: self._ready(p, state, log))
+        self._profiler.start()
+        self._began = time.perf_counter()
+
+    def on_after_backward(self, state: LoopState, log: Log) -> None:
+        if self._profiler is not None:
+            self._backward = time.perf_counter()
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        if self._profiler is None:
+            return
+        now = time.perf_counter()
+        if self.first <= state.step <= self.last:
+            wait = state.data_wait or 0.0
+            backward = self._backward if self._backward > self._began else now
+            self._phases.append({"step": state.step, "data wait": wait * 1000,
+                                 "forward and backward": (backward - self._began - wait) * 1000,
+                                 "optimizer and the rest": (now - backward) * 1000})
+        self._profiler.step()  # calls _ready after the last profiled step
+        self._began = time.perf_counter()
+        if self._done:
+            self._profiler.stop()
+            self._profiler = None
+
+    def on_train_end(self, state: LoopState, log: Log) -> None:
+        if self._profiler is not None:  # the run ended inside the window: the steps done are shown
+            self._profiler.stop()
+            self._profiler = None
+
+    def _ready(self, profiler: Any, state: LoopState, log: Log) -> None:
+        self._done = True
+        directory = self.directory or Path(getattr(log.sink, "run_dir", None) or "runs") / "profile"
+        directory.mkdir(parents=True, exist_ok=True)
+        first, last = (self._phases[0]["step"], self._phases[-1]["step"]) if self._phases else (self.first, self.last)
+        trace = directory / f"trace-steps-{first}-{last}.json"
+        profiler.export_chrome_trace(str(trace))
+        table = operator_table(profiler, self._phases, str(trace))
+        (directory / "table.json").write_text(json.dumps(table, indent=1))
+        log.window(WINDOW, order=Order.SUMMARY, title=WINDOW, width=760, height=560)
+        log.text(WINDOW, state.step, table_html(table, self.top), html=True)
+
+
+def operator_table(profiler: Any, phases: list[dict[str, float]], trace: str) -> dict[str, Any]:
+    """The profiled steps' operators (every one, the most self time first), phases and trace path."""
+    rows = []
+    for event in profiler.key_averages(group_by_input_shape=True):
+        if event.key.startswith("ProfilerStep"):
+            continue
+        device = getattr(event, "self_device_time_total", 0.0) or 0.0
+        rows.append({"name": event.key, "self_cpu_ms": event.self_cpu_time_total / 1000,
+                     "cpu_ms": event.cpu_time_total / 1000, "device_ms": device / 1000, "calls": event.count,
+                     "input_shapes": str(event.input_shapes) if event.input_shapes else ""})
+    rows.sort(key=lambda r: -r["self_cpu_ms"])
+    steps = [e for e in profiler.events() if e.name.startswith("ProfilerStep")]
+    profiled_ms = sum(e.time_range.elapsed_us() for e in steps) / 1000
+    outside = profiled_ms - sum(r["self_cpu_ms"] for r in rows)  # Python, and gaps between operators
+    return {"trace": trace, "profiled_ms": profiled_ms, "outside_operators_ms": outside, "steps": len(steps),
+            "operators": rows, "phases": phases}
+
+
+def table_html(table: dict[str, Any], top: int = TOP) -> str:
+    """The pane: where the trace is, the top operators, the phases of each step."""
+    device = any(r["device_ms"] for r in table["operators"])
+    head = ["operator", "self CPU ms", "CPU ms"] + (["device ms"] if device else []) + ["calls", "input shapes"]
+    rows = []
+    for r in table["operators"][:top]:
+        cells = [r["name"], f"{r['self_cpu_ms']:.3f}", f"{r['cpu_ms']:.3f}"] + \
+            ([f"{r['device_ms']:.3f}"] if device else []) + [str(r["calls"]), r["input_shapes"]]
+        rows.append(cells)
+    phases = [[str(p["step"])] + [f"{p[k]:.2f}" for k in ("data wait", "forward and backward", "optimizer and the rest")]
+              for p in table["phases"]]
+    return (f"<p>{table['steps']} steps profiled, {table['profiled_ms']:.1f} ms, of which "
+            f"{table['outside_operators_ms']:.1f} ms outside any operator (Python, gaps); trace (Perfetto, "
+            f"chrome://tracing): <code>{escape(table['trace'])}</code></p>"
+            + _html_table(head, rows)
+            + "<h4>Time per step (ms)</h4>"
+            + _html_table(["step", "data wait", "forward and backward", "optimizer and the rest"], phases))
+
+
+def text_table(table: dict[str, Any], top: int = TOP) -> str:
+    """The same table as plain text, for ``monitor profile``."""
+    lines = [f"{table['steps']} steps profiled, {table['profiled_ms']:.1f} ms, of which "
+             f"{table['outside_operators_ms']:.1f} ms outside any operator; trace: {table['trace']}",
+             f"{'operator':<32} {'self CPU ms':>12} {'CPU ms':>10} {'device ms':>10} {'calls':>7}  input shapes"]
+    for r in table["operators"][:top]:
+        lines.append(f"{r['name'][:32]:<32} {r['self_cpu_ms']:>12.3f} {r['cpu_ms']:>10.3f} {r['device_ms']:>10.3f} "
+                     f"{r['calls']:>7}  {r['input_shapes']}")
+    lines.append("")
+    lines.append(f"{'step':>6} {'data wait':>10} {'forward+backward':>17} {'optimizer+rest':>15}  (ms)")
+    for p in table["phases"]:
+        lines.append(f"{p['step']:>6} {p['data wait']:>10.2f} {p['forward and backward']:>17.2f} "
+                     f"{p['optimizer and the rest']:>15.2f}")
+    return "\n".join(lines)
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    header = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table style="font-size:11px"><tr>{header}</tr>{body}</table>'

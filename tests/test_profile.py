@@ -1,0 +1,77 @@
+"""Profile: torch.profiler over steps 10-14, its trace, the table of operators, the CLI."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from monitor import Monitor, Profile
+from monitor.cli import main
+from monitor.log import NullSink
+
+
+def _conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 28 * 28, 3))
+
+
+def _train(monitor: Monitor | None, steps: int = 20) -> nn.Module:
+    model = _conv_net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    if monitor is not None:
+        monitor.train_start(model, optimizer)
+    for _ in range(steps):
+        x, y = torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 3, (32,), generator=g)
+        loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        if monitor is not None:
+            monitor.after_backward()
+        optimizer.step()
+        if monitor is not None:
+            monitor.step_end(loss=loss, inputs=x)
+    return model
+
+
+def test_steps_10_to_14_are_profiled_and_training_is_unaffected(visdom_server, tmp_path, read_window_raw):
+    with Monitor([Profile(steps=(10, 14))], env="profiled", port=visdom_server.port, run_dir=tmp_path) as monitor:
+        profiled = _train(monitor)
+        assert monitor.flush()
+        pane = read_window_raw(visdom_server, "profiled", "profile")["content"]
+    plain = _train(None)
+    assert all(torch.equal(a, b) for a, b in zip(profiled.state_dict().values(), plain.state_dict().values()))
+
+    trace = json.loads((tmp_path / "profile" / "trace-steps-10-14.json").read_text())
+    steps = sorted({e["name"] for e in trace["traceEvents"] if e.get("name", "").startswith("ProfilerStep#")})
+    assert len(steps) == 5, steps
+    table = json.loads((tmp_path / "profile" / "table.json").read_text())
+    names = [r["name"] for r in table["operators"]]
+    assert "aten::addmm" in names and "aten::convolution" in names
+    top_level = sum(r["self_cpu_ms"] for r in table["operators"])
+    assert top_level == pytest.approx(table["profiled_ms"], rel=0.10), (top_level, table["profiled_ms"])
+    assert [p["step"] for p in table["phases"]] == [10, 11, 12, 13, 14]
+    assert "aten::addmm" in pane and "trace-steps-10-14.json" in pane and "Time per step" in pane
+
+    printed = CliRunner().invoke(main, ["profile", str(tmp_path)])
+    assert printed.exit_code == 0 and "aten::addmm" in printed.output and "forward+backward" in printed.output
+    missing = CliRunner().invoke(main, ["profile", str(tmp_path / "profile" / "..")  + "/nothing"])
+    assert missing.exit_code != 0
+
+
+def test_bad_steps_are_named():
+    with pytest.raises(ValueError, match=r"steps must be \(first, last\) with 1 <= first <= last, or a range, got \(5, 2\)"):
+        Profile(steps=(5, 2))
+    assert (Profile(steps=range(3, 6)).first, Profile(steps=range(3, 6)).last) == (3, 5)
+
+
+def test_a_run_that_ends_inside_the_window_shows_the_steps_it_profiled(tmp_path):
+    monitor = Monitor([Profile(steps=(3, 50), directory=tmp_path)], sink=NullSink())
+    _train(monitor, steps=5)
+    monitor.train_end()
+    assert [p["step"] for p in json.loads((tmp_path / "table.json").read_text())["phases"]] == [3, 4, 5]
+    assert (tmp_path / "trace-steps-3-5.json").is_file()
+    assert not torch.autograd.profiler._is_profiler_enabled
