@@ -27,6 +27,8 @@ _EXPORTS = {
     "Graph": "monitor.callbacks",
     "Timing": "monitor.callbacks",
     "Profile": "monitor.callbacks",
+    "Guard": "monitor.callbacks",
+    "TrainingDiverged": "monitor.callbacks",
     "Summary": "monitor.callbacks",
     "Checkpoint": "monitor.callbacks",
     "resume": "monitor.checkpoint.resume",

@@ -41,7 +41,8 @@ def header(env: str, run_id: str) -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
-def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams, images: ImageStore | None = None) -> dict[str, Any]:
+def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams,
+           images: ImageStore | None = None) -> dict[str, Any]:
     """The entry of a record: values read, images encoded (into ``images`` where given, else
     inline). Runs on the sink's worker.
 

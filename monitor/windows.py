@@ -346,6 +346,9 @@ class Window:
 
     def _line(self, name: str) -> dict[str, Any]:
         xs, ys = self.traces[name].points()
+        if name in self.opts.get("markers", ()):  # marks on steps (a Guard's), not a curve
+            return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "markers",
+                    "marker": {"symbol": "x", "size": 12, "color": "#d62728"}}
         return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines"}
 
     def _heatmap_message(self, env: str, title: str) -> tuple[str, dict[str, Any]]:

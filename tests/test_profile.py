@@ -15,7 +15,8 @@ from monitor.log import NullSink
 
 def _conv_net() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 28 * 28, 3))
+    return nn.Sequential(nn.Conv2d(3, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(32 * 28 * 28, 3))
 
 
 def _train(monitor: Monitor | None, steps: int = 20) -> nn.Module:
@@ -63,7 +64,7 @@ def test_steps_10_to_14_are_profiled_and_training_is_unaffected(visdom_server, t
 
 
 def test_bad_steps_are_named():
-    with pytest.raises(ValueError, match=r"steps must be \(first, last\) with 1 <= first <= last, or a range, got \(5, 2\)"):
+    with pytest.raises(ValueError, match=r"steps must be \(first, last\) with 1 <= first <= last, .* got \(5, 2\)"):
         Profile(steps=(5, 2))
     assert (Profile(steps=range(3, 6)).first, Profile(steps=range(3, 6)).last) == (3, 5)
 

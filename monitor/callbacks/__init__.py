@@ -6,6 +6,7 @@
 from monitor.callbacks.checkpoint import Checkpoint
 from monitor.callbacks.grad_norms import GradNorms
 from monitor.callbacks.graph import Graph
+from monitor.callbacks.guard import Guard, TrainingDiverged
 from monitor.callbacks.histograms import Histograms
 from monitor.callbacks.images import Images
 from monitor.callbacks.learning_rate import LearningRate
@@ -14,4 +15,5 @@ from monitor.callbacks.scalars import Scalars
 from monitor.callbacks.summary import Summary
 from monitor.callbacks.timing import Timing
 
-__all__ = ["Checkpoint", "GradNorms", "Graph", "Histograms", "Images", "LearningRate", "Profile", "Scalars", "Summary", "Timing"]
+__all__ = ["Checkpoint", "GradNorms", "Graph", "Guard", "Histograms", "Images", "LearningRate", "Profile", "Scalars",
+           "Summary", "Timing", "TrainingDiverged"]

@@ -199,6 +199,15 @@ class Checkpoint(Callback):
                 rng = {**rng, "ranks": every_rank}
         return on_main(lambda: self._write(monitor, rng))
 
+    def keep_before(self, step: int, reason: str) -> str | None:
+        """Keeps the latest checkpoint from before ``step`` out of pruning for good; returns its file name."""
+        earlier = [r for r in self._records if r["step"] < step]
+        if not earlier:
+            return None
+        record = max(earlier, key=lambda r: r["step"])
+        record["kept"] = reason
+        return record["file"]
+
     def _write(self, monitor: Monitor, rng: dict[str, Any]) -> Path:
         self._claim_directory()
         state = monitor.state

@@ -130,8 +130,8 @@ def table_html(table: dict[str, Any], top: int = TOP) -> str:
         cells = [r["name"], f"{r['self_cpu_ms']:.3f}", f"{r['cpu_ms']:.3f}"] + \
             ([f"{r['device_ms']:.3f}"] if device else []) + [str(r["calls"]), r["input_shapes"]]
         rows.append(cells)
-    phases = [[str(p["step"])] + [f"{p[k]:.2f}" for k in ("data wait", "forward and backward", "optimizer and the rest")]
-              for p in table["phases"]]
+    parts = ("data wait", "forward and backward", "optimizer and the rest")
+    phases = [[str(p["step"])] + [f"{p[k]:.2f}" for k in parts] for p in table["phases"]]
     return (f"<p>{table['steps']} steps profiled, {table['profiled_ms']:.1f} ms, of which "
             f"{table['outside_operators_ms']:.1f} ms outside any operator (Python, gaps); trace (Perfetto, "
             f"chrome://tracing): <code>{escape(table['trace'])}</code></p>"

@@ -52,14 +52,15 @@ def retain(records: Iterable[dict[str, Any]], keep_last: int, keep_best: int,
     """(the records to keep, oldest first; the last ``keep_last`` names; the best ``keep_best`` names).
 
     Best ranks by ``metric`` (lowest first for ``mode="min"``), an earlier step winning a tie;
-    a record without a finite metric is never best.
+    a record without a finite metric is never best. A record marked ``"kept"`` (the last good
+    checkpoint before a Guard saw training go wrong) is kept whatever its rank.
     """
     by_step = sorted({r["file"]: r for r in records}.values(), key=lambda r: r["step"])
     last = [r["file"] for r in by_step[-keep_last:]] if keep_last else []
     sign = 1.0 if mode == "min" else -1.0
     scored = [r for r in by_step if r.get("metric") is not None and math.isfinite(r["metric"])]
     best = [r["file"] for r in sorted(scored, key=lambda r: (sign * r["metric"], r["step"]))[:keep_best]]
-    kept = [r for r in by_step if r["file"] in set(last) | set(best)]
+    kept = [r for r in by_step if r["file"] in set(last) | set(best) or r.get("kept")]
     return kept, last, best
 
 

@@ -1,0 +1,123 @@
+"""Guard: notices the first step where training goes wrong, marks it, and keeps the evidence."""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+from collections import deque
+from typing import Any
+
+import torch
+
+from monitor.checks import one_of, positive_int
+from monitor.core import Callback, LoopState, Monitor
+from monitor.log import Log
+from monitor.records import Order
+
+_log = logging.getLogger("monitor")
+MARKER = "guard"
+
+
+class TrainingDiverged(BaseException):
+    """Raised by ``Guard(action="stop")`` at the first bad step. Like ``KeyboardInterrupt`` it is
+    not an ``Exception``, so the Monitor's containment of callback errors lets it end the loop."""
+
+
+class Guard(Callback):
+    """Watches the loss and the gradients for non-finite values (and, optionally, spikes).
+
+        monitor = Monitor([Scalars(), Guard(action="stop"), Checkpoint("ckpt", every_steps=100, resume=True)])
+        # a NaN loss at step 37: a mark at x=37 in "loss", the checkpoint before it kept, the loop stopped
+
+    At the first bad step it puts a mark (trace ``guard``) in window ``loss`` at that step, keeps
+    the latest checkpoint from before it out of the Checkpoint callback's pruning (the run's
+    evidence: resuming from it replays the failing step exactly), logs a warning, and then goes
+    on (``action="warn"``) or raises :class:`TrainingDiverged` (``"stop"``). Bad means a loss or,
+    with ``grads=True``, a total gradient norm that is NaN or infinite, or with ``spike=k`` a loss
+    more than k standard deviations above the mean of the last ``window`` good steps.
+
+    A loss on the CPU is checked at once. One on an accelerator is copied to pinned memory
+    without waiting and checked at a later step, when the device has got there: the training
+    thread never synchronizes, and the mark still goes at the bad step.
+    """
+
+    def __init__(self, action: str = "warn", spike: float | None = None, window: int = 100,
+                 grads: bool = True) -> None:
+        self.action = one_of("action", action, ("warn", "stop"))
+        if spike is not None and (isinstance(spike, bool) or not isinstance(spike, (int, float)) or spike <= 0):
+            raise ValueError(f"spike must be a number of standard deviations > 0 or None, got {spike!r}")
+        self.spike = spike
+        self.window = positive_int("window", window)
+        self.grads = bool(grads)
+        self.bad_step: int | None = None
+        self._checkpoint: Any = None
+        self._history: deque[float] = deque(maxlen=self.window)
+        self._grad_norm: Any = None
+        self._pending: deque = deque()  # (step, values on pinned host memory, event) from a device
+
+    def on_attach(self, monitor: Monitor) -> None:
+        from monitor.callbacks.checkpoint import Checkpoint
+
+        self._checkpoint = next((c for c in monitor.callbacks if isinstance(c, Checkpoint)), None)
+
+    def on_after_backward(self, state: LoopState, log: Log) -> None:
+        if not self.grads or self.bad_step is not None or state.model is None:
+            return
+        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        if grads:
+            with torch.no_grad():
+                self._grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+
+    def on_step_end(self, state: LoopState, log: Log) -> None:
+        if self.bad_step is not None:
+            return
+        values = [v for v in (state.loss, self._grad_norm) if v is not None]
+        self._grad_norm = None
+        if values and all(not isinstance(v, torch.Tensor) or v.device.type != "cuda" for v in values):
+            # On the CPU: read at once.
+            self._check(state.step, [v.item() if isinstance(v, torch.Tensor) else float(v) for v in values], log)
+        elif values:
+            self._queue(state.step, values)
+        while self._pending and self.bad_step is None and self._pending[0][2].query():
+            step, host, _ = self._pending.popleft()
+            self._check(step, host.tolist(), log)
+
+    def _queue(self, step: int, values: list[Any]) -> None:
+        on_device = torch.stack([v.detach().reshape(()).to(torch.float32) if isinstance(v, torch.Tensor)
+                                 else torch.tensor(float(v)) for v in values])
+        host = torch.empty(on_device.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(on_device, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._pending.append((step, host, event))
+
+    def _check(self, step: int, values: list[float], log: Log) -> None:
+        loss = values[0]
+        reason = None
+        if not all(math.isfinite(v) for v in values):
+            reason = f"the loss is {loss}" if not math.isfinite(loss) else "a gradient is not finite"
+        elif self.spike is not None and len(self._history) >= 10:
+            mean, spread = statistics.fmean(self._history), statistics.pstdev(self._history)
+            if spread > 0 and loss > mean + self.spike * spread:
+                reason = f"the loss {loss:.4g} is {(loss - mean) / spread:.1f} standard deviations above its mean"
+        if reason is None:
+            self._history.append(loss)
+            return
+        self.bad_step = step
+        at = loss if math.isfinite(loss) else (self._history[-1] if self._history else 0.0)
+        log.window("loss", order=Order.LOSS, markers=[MARKER])
+        log.scalar("loss", MARKER, step, at)
+        kept = self._checkpoint.keep_before(step, f"last good step before step {step}") \
+            if self._checkpoint is not None else None
+        message = (f"monitor: Guard: {reason} at step {step}; "
+                   + (f"checkpoint {kept} is kept to replay it" if kept else "no checkpoint from before it to keep"))
+        _log.warning(message)
+        if self.action == "stop":
+            raise TrainingDiverged(message.removeprefix("monitor: ") + "; training stopped")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bad_step": self.bad_step, "history": list(self._history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bad_step = state.get("bad_step")
+        self._history = deque(state.get("history", []), maxlen=self.window)
