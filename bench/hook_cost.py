@@ -38,8 +38,8 @@ CASES: dict[str, Callable[[], list] | None] = {
 
 
 def added_us(workload: Workload, callbacks: Callable[[], list] | None, steps: int,
-             sink_options: dict | None) -> float:
-    """Median even step (hooks called) minus median odd step (not called), in microseconds."""
+             sink_options: dict | None) -> tuple[float, float]:
+    """Median even step (hooks called) minus median odd step (not called), and that odd step, in us."""
     torch.manual_seed(0)
     model = workload.build()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -70,7 +70,8 @@ def added_us(workload: Workload, callbacks: Callable[[], list] | None, steps: in
         monitor.train_end()
         monitor.close()
     skip = steps // 20  # warm-up
-    return (harness.median(timed[0][skip:]) - harness.median(timed[1][skip:])) / 1e3
+    bare = harness.median(timed[1][skip:])
+    return (harness.median(timed[0][skip:]) - bare) / 1e3, bare / 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,19 +80,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=4000, help="steps per run, half of them with hooks")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--live", action="store_true", help="a VisdomSink and a local server instead of a NullSink")
+    parser.add_argument("--cases", default="", metavar="TEXT", help="only the cases whose name contains TEXT")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     harness.steady_allocator()
     with harness.local_server() as server, tempfile.TemporaryDirectory() as scratch:
         rows = []
         for number, (name, callbacks) in enumerate(CASES.items()):
-            added = []
+            if args.cases not in name:
+                continue
+            added, bare = [], []
             for repeat in range(args.repeats):
                 sink_options = ({"env": f"hook-cost-{number}-{repeat}", "server": "http://127.0.0.1",
                                  "port": server.port, "run_dir": scratch} if args.live else None)
-                added.append(added_us(WORKLOADS[args.model], callbacks, args.steps, sink_options))
-            rows.append([name, ", ".join(f"{a:.0f}" for a in added)])
-    print(harness.markdown_table(["on the even steps", "us added to the step, per run"], rows))
+                cost, step = added_us(WORKLOADS[args.model], callbacks, args.steps, sink_options)
+                added.append(cost)
+                bare.append(step)
+            rows.append([name, ", ".join(f"{a:.0f}" for a in added),
+                         ", ".join(f"{100 * a / b:.2f}%" for a, b in zip(added, bare))])
+    print(harness.markdown_table(["on the even steps", "us added to the step, per run", "share of a step"], rows))
 
 
 if __name__ == "__main__":

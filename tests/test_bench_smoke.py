@@ -22,6 +22,7 @@ import latency  # noqa: E402
 import overhead  # noqa: E402
 import run_all  # noqa: E402
 import server_scaling  # noqa: E402
+import timing_cost  # noqa: E402
 
 # visdom 0.2.4 warns about "PyTorch less than 0.4" whenever it is handed a tensor; ignite and
 # tensorboard import torch.jit helpers that torch 2.13 calls deprecated.
@@ -62,6 +63,12 @@ def test_hook_cost_times_every_case_with_a_null_and_a_live_sink(capsys):
         hook_cost.main(["--steps", "40", "--repeats", "1", *live])
         table = capsys.readouterr().out
         assert all(f"| {case} |" in table for case in hook_cost.CASES), table
+
+
+def test_timing_cost_reports_both_workloads(capsys):
+    timing_cost.main(["--calls", "50", "--steps", "10"])
+    table = capsys.readouterr().out
+    assert "| Timing(every=1) |" in table and "| Timing(every=10) |" in table and table.count("% of") == 4
 
 
 def test_run_all_rewrites_only_the_results_section(tmp_path):
