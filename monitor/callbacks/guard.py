@@ -35,6 +35,8 @@ class Guard(Callback):
     on (``action="warn"``) or raises :class:`TrainingDiverged` (``"stop"``). Bad means a loss or,
     with ``grads=True``, a total gradient norm that is NaN or infinite, or with ``spike=k`` a loss
     more than k standard deviations above the mean of the last ``window`` good steps.
+    ``grads=True`` takes the norm of every gradient once a step (what GradNorms costs);
+    ``grads=False`` watches the loss alone, at almost no cost.
 
     A loss on the CPU is checked at once. One on an accelerator is copied to pinned memory
     without waiting and checked at a later step, when the device has got there: the training
@@ -83,8 +85,9 @@ class Guard(Callback):
             self._check(step, host.tolist(), log)
 
     def _queue(self, step: int, values: list[Any]) -> None:
+        device = next(v.device for v in values if isinstance(v, torch.Tensor) and v.device.type == "cuda")
         on_device = torch.stack([v.detach().reshape(()).to(torch.float32) if isinstance(v, torch.Tensor)
-                                 else torch.tensor(float(v)) for v in values])
+                                 else torch.full((), float(v), device=device) for v in values])  # a fill, no copy
         host = torch.empty(on_device.shape, dtype=torch.float32, pin_memory=True)
         host.copy_(on_device, non_blocking=True)
         event = torch.cuda.Event()
