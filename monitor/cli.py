@@ -259,6 +259,27 @@ def profile_command(run_dir: Path, top: int) -> None:
                                f"the Profile callback writes when its last step ends")
 
 
+@main.group()
+def runs() -> None:
+    """The runs on disk: export a run's points (more to come: list, compare, clean up)."""
+
+
+@runs.command("export")
+@click.argument("run", type=click.Path(exists=True, path_type=Path), metavar="RUN")
+@click.option("--format", "form", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
+              help="csv: window,trace,x,y rows; json: {window: {trace: {x: [...], y: [...]}}}.")
+@click.option("--window", "windows", multiple=True, metavar="WINDOW", help="Only this window (repeatable).")
+def runs_export(run: Path, form: str, windows: tuple[str, ...]) -> None:
+    """Print every point of RUN (runs/ENV or its run log) at full resolution."""
+    from monitor.runs import exported, write_csv, write_json
+
+    try:
+        points = exported(run, windows or None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    (write_csv if form == "csv" else write_json)(points, click.get_text_stream("stdout"))
+
+
 def _rebuild(runs: Path, server) -> None:
     from monitor.replay import rebuild
 
