@@ -259,9 +259,33 @@ def profile_command(run_dir: Path, top: int) -> None:
                                f"the Profile callback writes when its last step ends")
 
 
-@main.group()
-def runs() -> None:
-    """The runs on disk: export a run's points (more to come: list, compare, clean up)."""
+@main.group(invoke_without_command=True)
+@click.pass_context
+def runs(context: click.Context) -> None:
+    """The runs on disk: list them (the default, for runs/), export a run's points."""
+    if context.invoked_subcommand is None:
+        context.invoke(runs_list)
+
+
+@runs.command("list")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), metavar="[DIR]")
+@click.option("--sort", metavar="METRIC", help="Best first by METRIC (window/trace, e.g. loss/validation).")
+@click.option("--where", multiple=True, metavar="NAME=VALUE", help="Only runs with this hparam value (repeatable).")
+def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tuple[str, ...] = ()) -> None:
+    """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
+    from monitor.runs import listed, selected, table
+
+    conditions = {}
+    for condition in where:
+        name, equals, value = condition.partition("=")
+        if not equals or not name:
+            raise click.BadParameter(f"must be NAME=VALUE, got {condition!r}", param_hint="--where")
+        conditions[name] = value
+    found = selected(listed(directory), conditions, sort)
+    if not found:
+        click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else ""))
+        return
+    click.echo(table(found))
 
 
 @runs.command("export")

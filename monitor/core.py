@@ -213,6 +213,8 @@ class Monitor:
         self._started = False
         self._epoch_open = False
         self._failed = False
+        self._error: str | None = None
+        self._ended = False
         self._resumable = Resumable()
         self._reports = Reports()
         # Only the callbacks that override a hook are called for it, through bound methods.
@@ -312,6 +314,7 @@ class Monitor:
     def exception(self, error: BaseException) -> None:
         """Call from the loop's ``except`` block (the context-manager form does this for you)."""
         self._failed = True
+        self._error = f"{type(error).__name__}: {error}"
         self._fire("on_exception", error)
 
     def _pass_of(self, optimizer: str | torch.optim.Optimizer | None) -> str | None:
@@ -369,6 +372,10 @@ class Monitor:
 
     def close(self, timeout: float | None = 10.0) -> bool:
         """Delivers what is pending (for up to ``timeout`` s), then stops the sink; safe to call twice."""
+        if not self._ended:  # the run log says how the run ended (a killed run says nothing)
+            self._ended = True
+            from monitor.records import RunEnd
+            self.sink.put(RunEnd("crashed" if self._failed else "finished", self._error))
         return self.sink.close(timeout)
 
     def __enter__(self) -> Monitor:

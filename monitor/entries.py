@@ -7,6 +7,7 @@
     {"k": "image", "win": "inputs", "x": 50, "png": "<base64>"}       (without an image store)
     {"k": "text", "win": "summary", "x": 0, "html": "<pre>...</pre>"}
     {"k": "hparams", "win": "hparams", "x": 0, "hparams": {"lr": 0.1}, "metrics": {"accuracy": 0.91}}
+    {"k": "end", "status": "crashed", "error": "RuntimeError: CUDA out of memory", "time": 1764300500.0}
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
 
 ``encode`` runs on the sink's worker: it reads tensors and encodes image grids, so the training
@@ -32,7 +33,7 @@ from monitor import checks
 from monitor.distribution import trimmed
 from monitor.imagestore import ImageStore
 from monitor.imaging import encode_grid
-from monitor.records import Histogram, Hparams, ImageGrid, Layout, Points, Text
+from monitor.records import Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, Text
 
 
 def header(env: str, run_id: str) -> dict[str, Any]:
@@ -41,7 +42,7 @@ def header(env: str, run_id: str) -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
-def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams,
+def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunEnd,
            images: ImageStore | None = None) -> dict[str, Any]:
     """The entry of a record: values read, images encoded (into ``images`` where given, else
     inline). Runs on the sink's worker.
@@ -49,6 +50,8 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams,
     Checks again what the Log checked at the door (a record may be put on a sink directly, and
     a function left to the worker may return anything); raises TypeError or ValueError.
     """
+    if isinstance(record, RunEnd):
+        return {"k": "end", "status": record.status, "error": record.error, "time": time.time()}
     if not isinstance(record.window, str) or not record.window:
         raise TypeError(f"window must be a non-empty str, got {record.window!r}")
     if isinstance(record, Layout):

@@ -97,6 +97,13 @@ class Hparams(NamedTuple):
     metrics: dict
 
 
+class RunEnd(NamedTuple):
+    """How the run ended: "finished", or "crashed" with the error (a killed run leaves none)."""
+
+    status: str
+    error: str | None = None
+
+
 class Order:
     """Where a window goes on the page: the order a person reads a run (ties: the order they came)."""
 
@@ -104,6 +111,7 @@ class Order:
     LOSS = 10
     METRICS = 20  # also the windows a loop lays out itself
     LEARNING_RATE = 30
+    TIMING = 35
     GRADIENTS = 40
     IMAGES = 50
 

@@ -1,5 +1,6 @@
 """Runs on disk: what each run log holds, for managing runs from the command line and Python.
 
+    for run in listed("runs"): print(run.env, run.status, run.steps, run.metrics)
     points = exported("runs/mnist")                   # {window: {trace: [(x, y), ...]}}, every point
     write_csv(points, sys.stdout)                     # window,trace,x,y
 
@@ -12,9 +13,12 @@ import csv
 import json
 import math
 import os
+import time
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Iterable, NamedTuple
 
+from monitor.records import Order
+from monitor.rundir import RunDir
 from monitor.runlog import RunLog
 
 Points = dict[str, dict[str, list[tuple[float, float]]]]
@@ -29,6 +33,110 @@ def run_log_of(run: str | os.PathLike) -> Path:
         raise ValueError(f"run must be a run folder holding {RunLog.FILENAME} or a run log, got {str(run)!r} "
                          f"(no {path})")
     return path
+
+
+class Run(NamedTuple):
+    """One run as its folder tells it."""
+
+    path: Path
+    env: str
+    run_id: str
+    started: float          # seconds since the epoch
+    steps: int              # the highest step of its loss and metric curves
+    status: str             # running, finished, crashed (closed by an exception) or killed (never closed)
+    error: str | None       # what a crashed run raised
+    metrics: dict[str, tuple[float, float]]  # "window/trace": (last, best) of its loss and metric curves
+    hparams: dict[str, Any]
+    size: int               # bytes in its folder
+    checkpoints: int        # checkpoint files in its folder
+
+
+def best_is_lowest(metric: str) -> bool:
+    """Whether lower is better: losses and errors; anything else (accuracy, F1, ...) is best highest."""
+    name = metric.lower()
+    return any(word in name for word in ("loss", "error", "perplexity", "mse", "mae"))
+
+
+def listed(root: str | os.PathLike = "runs") -> list[Run]:
+    """Every run under ``root`` (each folder with a run log; runs set aside under ``earlier/`` too)."""
+    runs = []
+    for path in sorted(Path(root).rglob(RunLog.FILENAME)):
+        try:
+            runs.append(described(path.parent))
+        except (OSError, ValueError, KeyError):
+            continue  # a log torn at its first line: not a run yet
+    return runs
+
+
+def described(run: str | os.PathLike) -> Run:
+    """What one run's folder says: its header, curves, hparams, how it ended, its size."""
+    log = run_log_of(run)
+    folder = log.parent
+    header, end, hparams = None, None, {}
+    orders: dict[str, int] = {}
+    curves: dict[str, list[float]] = {}
+    steps = 0
+    for entry in RunLog.read(log):
+        kind = entry.get("k")
+        if kind == "run" and header is None:
+            header = entry
+        elif kind == "layout":
+            orders[entry["win"]] = entry.get("order", Order.METRICS)
+        elif kind == "points" and orders.get(entry["win"], Order.METRICS) in (Order.LOSS, Order.METRICS):
+            for trace, y in entry["y"].items():
+                curves.setdefault(f"{entry['win']}/{trace}", []).append(y)
+            if float(entry["x"]).is_integer():
+                steps = max(steps, int(entry["x"]))
+        elif kind == "hparams":
+            hparams = entry["hparams"]
+        elif kind == "end":
+            end = entry
+    if header is None:
+        raise ValueError(f"{log} has no run header")
+    if RunDir(folder).is_live():
+        status = "running"
+    else:
+        status = end["status"] if end is not None else "killed"
+    metrics = {}
+    for name, values in curves.items():
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        if finite:
+            metrics[name] = (values[-1], min(finite) if best_is_lowest(name) else max(finite))
+    files = [p for p in folder.rglob("*") if p.is_file()]
+    return Run(folder, header["env"], header["run_id"], header["time"], steps, status,
+               end.get("error") if end is not None else None, metrics, hparams,
+               sum(p.stat().st_size for p in files), sum(1 for p in files if p.suffix == ".pt"))
+
+
+def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None) -> list[Run]:
+    """The runs whose hparams match ``where`` (values compared as text, or as numbers when both
+    are), best first by metric ``sort`` (``window/trace``; runs without it last)."""
+    def matches(run: Run) -> bool:
+        for name, wanted in (where or {}).items():
+            if name not in run.hparams or not _same(run.hparams[name], wanted):
+                return False
+        return True
+
+    kept = [run for run in runs if matches(run)]
+    if sort is not None:
+        sign = 1.0 if best_is_lowest(sort) else -1.0
+        kept.sort(key=lambda r: (sort not in r.metrics, sign * r.metrics[sort][1] if sort in r.metrics else 0.0))
+    return kept
+
+
+def table(runs: list[Run], metrics: int = 4) -> str:
+    """The runs as a plain-text table: env, status, steps, start, size, checkpoints, metrics, hparams."""
+    names = sorted({m for run in runs for m in run.metrics})[:metrics]
+    head = ["env", "status", "steps", "started", "size", "ckpts"] + [f"{m} last (best)" for m in names] + ["hparams"]
+    rows = [head]
+    for run in runs:
+        cells = [run.env, run.status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
+                 _size(run.size), str(run.checkpoints)]
+        cells += [f"{run.metrics[m][0]:.4g} ({run.metrics[m][1]:.4g})" if m in run.metrics else "-" for m in names]
+        cells.append(" ".join(f"{k}={v}" for k, v in run.hparams.items()))
+        rows.append(cells)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Points:
@@ -65,6 +173,23 @@ def write_json(points: Points, out: IO[str]) -> None:
               for window, traces in points.items()}
     json.dump(shaped, out, allow_nan=False)
     out.write("\n")
+
+
+def _same(value: Any, wanted: str) -> bool:
+    if str(value) == wanted:
+        return True
+    try:
+        return float(value) == float(wanted)
+    except (TypeError, ValueError):
+        return False
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"
 
 
 def _number(value: Any) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 from monitor import checks
 from monitor.connection import Connection
 from monitor.delivery import SPREAD, Delivery, FlushTiming
-from monitor.records import Histogram, Hparams, ImageGrid, Layout, Points, Text
+from monitor.records import Histogram, Hparams, ImageGrid, Layout, Points, RunEnd, Text
 from monitor.reports import Reports
 from monitor.rundir import RunDir
 from monitor.entries import encode, header, windows_after
@@ -42,7 +42,7 @@ __all__ = ["FlushTiming", "VisdomSink"]
 
 _log = logging.getLogger("monitor")
 _STOP = object()
-_RECORDS = (Points, ImageGrid, Text, Layout, Histogram, Hparams)
+_RECORDS = (Points, ImageGrid, Text, Layout, Histogram, Hparams, RunEnd)
 # The worker works in short slices and pauses between them while a backlog remains: it shares
 # the GIL with the training thread, and a long burst (or being preempted in one) makes a hook
 # that releases the GIL (any tensor op) wait for it. Measured here: after a 5 s outage, a

@@ -6,12 +6,14 @@ import io
 import json
 import math
 
+import pytest
 import torch
 from click.testing import CliRunner
 
 from monitor import GradNorms, Monitor, Scalars
 from monitor.cli import main
 from monitor.runlog import RunLog
+from monitor.runs import listed, selected
 from helpers.monitors import small_model, train
 
 
@@ -50,3 +52,74 @@ def test_export_gives_every_point_of_every_window_as_the_run_log_holds_it(tmp_pa
 def test_export_names_what_is_missing(tmp_path):
     done = CliRunner().invoke(main, ["runs", "export", str(tmp_path)])
     assert done.exit_code != 0 and "run must be a run folder holding runlog.jsonl" in done.output
+
+
+KILLED = """
+import sys, time, torch
+from monitor import Monitor, Scalars
+with Monitor([Scalars()], env="killed", run_dir=sys.argv[1], port=int(sys.argv[2])) as monitor:
+    step = 0
+    while True:
+        step += 1
+        monitor.step_end(loss=torch.tensor(1.0 / step))
+        if step % 10 == 0:
+            monitor.flush()
+        time.sleep(0.01)
+"""
+
+
+def _finished_or_crashed(root, env: str, port: int, lr: float, losses: list[float], crash: bool) -> None:
+    from monitor import Summary
+
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    try:
+        with Monitor([Summary(hparams={"lr": lr, "batch": 16}), Scalars()], env=env, run_dir=root / env,
+                     port=port) as monitor:
+            monitor.train_start(model, optimizer, hparams={"optimizer": "sgd"})
+            for loss in losses:
+                monitor.step_end(loss=torch.tensor(loss), metrics={"accuracy": 1 - loss})
+            monitor.validation_end({"loss": losses[-1] + 0.1})
+            if crash:
+                raise RuntimeError("the data ran out")
+    except RuntimeError:
+        pass
+
+
+def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters(visdom_server, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    root = tmp_path / "runs"
+    _finished_or_crashed(root, "good", visdom_server.port, 0.1, [0.9, 0.5, 0.3, 0.4], crash=False)
+    _finished_or_crashed(root, "broken", visdom_server.port, 0.3, [0.8, 0.2, 0.6], crash=True)
+    process = subprocess.Popen([sys.executable, "-c", KILLED, str(root / "killed"), str(visdom_server.port)])
+    try:
+        log = root / "killed" / RunLog.FILENAME
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not log.exists() or log.read_text().count('"points"') < 20):
+            time.sleep(0.1)
+    finally:
+        process.kill()
+        process.wait()
+
+    runs = {run.env: run for run in listed(root)}
+    assert {env: run.status for env, run in runs.items()} == {"good": "finished", "broken": "crashed",
+                                                              "killed": "killed"}
+    assert runs["broken"].error == "RuntimeError: the data ran out"
+    assert runs["good"].steps == 4 and runs["broken"].steps == 3 and runs["killed"].steps >= 20
+    assert runs["good"].metrics["loss/train"] == pytest.approx((0.4, 0.3))  # last, best (lowest)
+    assert runs["good"].metrics["accuracy/train"] == pytest.approx((0.6, 0.7))  # best is highest
+    assert runs["good"].hparams == {"lr": 0.1, "batch": 16, "optimizer": "sgd"}
+
+    assert [r.env for r in selected(list(runs.values()), sort="loss/train")] == ["killed", "broken", "good"]
+    assert [r.env for r in selected(list(runs.values()), sort="accuracy/train")] == ["broken", "good", "killed"]
+    assert [r.env for r in selected(list(runs.values()), where={"lr": "0.10"})] == ["good"]
+
+    done = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "loss/validation", "--where", "batch=16"])
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    assert lines[0].startswith("env") and [line.split()[0] for line in lines[1:]] == ["good", "broken"]
+    bad = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "lr"])
+    assert bad.exit_code == 2 and "must be NAME=VALUE, got 'lr'" in bad.output

@@ -44,10 +44,10 @@ class Timing(Callback):
         self._last = None
         parameter = next(state.model.parameters(), None) if state.model is not None else None
         self._device = parameter.device if parameter is not None and parameter.device.type == "cuda" else None
-        log.window("step time", order=Order.METRICS, title="step time", xlabel="step", ylabel="milliseconds")
-        log.window("throughput", order=Order.METRICS, title="throughput", xlabel="step",
+        log.window("step time", order=Order.TIMING, title="step time", xlabel="step", ylabel="milliseconds")
+        log.window("throughput", order=Order.TIMING, title="throughput", xlabel="step",
                    ylabel="samples per second")
-        log.window("memory", order=Order.METRICS, title="memory", xlabel="step", ylabel="MB")
+        log.window("memory", order=Order.TIMING, title="memory", xlabel="step", ylabel="MB")
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._last = self._event = None  # validation and the epoch's end are not a step's time
