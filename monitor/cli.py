@@ -288,6 +288,23 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
     click.echo(table(found))
 
 
+@runs.command("compare")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="RUN...")
+@click.option("--into", default=None, metavar="ENV", help="Env to fill.  [default: compare_ and the runs' envs]")
+@server_options()
+def runs_compare(run_dirs: tuple[Path, ...], into: str | None, server: str | None, port: int | None) -> None:
+    """Fill an env with RUN... side by side: a trace per run in each window they share, named by
+    the hparams that differ, and a table of the runs. Built from the run logs alone."""
+    from monitor.connection import DashboardError
+    from monitor.runs import compare
+
+    try:
+        env = compare(list(run_dirs), into, server=server, port=port)
+    except (DashboardError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"Compared {len(run_dirs)} runs in env {env!r}.")
+
+
 @runs.command("export")
 @click.argument("run", type=click.Path(exists=True, path_type=Path), metavar="RUN")
 @click.option("--format", "form", type=click.Choice(["csv", "json"]), default="csv", show_default=True,

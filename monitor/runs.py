@@ -139,6 +139,69 @@ def table(runs: list[Run], metrics: int = 4) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
+def labels(runs: list[Run]) -> tuple[list[str], list[str]]:
+    """Each run's name in a comparison, by the hparams that differ between the runs that have
+    them (``lr=0.1``), or its env where those do not tell it apart; and the names of those hparams."""
+    names = sorted({k for run in runs for k in run.hparams})
+    differing = [k for k in names if len({json.dumps(run.hparams[k], sort_keys=True, default=str)
+                                          for run in runs if k in run.hparams}) > 1]
+    named = [",".join(f"{k}={run.hparams[k]}" for k in differing if k in run.hparams) or run.env for run in runs]
+    if len(set(named)) < len(named):
+        named = [f"{run.env}:{name}" if name != run.env else name for run, name in zip(runs, named)]
+    return named, differing
+
+
+def compare(runs: list[str | os.PathLike], into: str | None = None, **connection: Any) -> str:
+    """Fills env ``into`` with the runs side by side, from their run logs; returns the env.
+
+    Each line window the runs share holds one trace per run and original trace, named
+    ``LABEL/TRACE`` (:func:`labels`); pane ``runs`` is a table of the runs, the hparams that
+    differ and their final metrics. ``connection`` takes :class:`monitor.connection.Connection`'s
+    arguments. The server needs none of the runs' envs (a restarted server is fine).
+    """
+    from html import escape
+
+    from monitor import checks
+    from monitor.connection import Connection
+    from monitor.windows import Windows
+
+    if len(runs) < 2:
+        raise ValueError(f"runs must name at least two runs to compare, got {len(runs)}")
+    found = [described(run) for run in runs]
+    named, differing = labels(found)
+    env = checks.name("into", into or "compare_" + "_".join(run.env for run in found)[:80], path=True)
+    entries = [list(RunLog.read(run_log_of(run.path))) for run in found]
+    lines = [{e["win"] for e in log if e.get("k") == "points"} - {e["win"] for e in log if e.get("k") == "layout"
+                                                                 and e["opts"].get("form") == "heatmap"}
+             for log in entries]
+    shared = set.intersection(*lines)
+    windows = Windows()
+    for label, log in zip(named, entries):
+        for entry in log:
+            if entry.get("win") not in shared:
+                continue
+            if entry["k"] == "points":
+                entry = {**entry, "y": {f"{label}/{trace}": y for trace, y in entry["y"].items()}}
+            if entry["k"] in ("points", "layout"):
+                windows.apply([entry])
+    head = ["run", "env", "status", "steps"] + differing + sorted({m for run in found for m in run.metrics})
+    rows = [[label, run.env, run.status, str(run.steps)] + [str(run.hparams.get(k, "-")) for k in differing]
+            + [f"{run.metrics[m][0]:.4g}" if m in run.metrics else "-" for m in head[4 + len(differing):]]
+            for label, run in zip(named, found)]
+    html = "<table>" + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
+                               for row in [head, *rows]) + "</table>"
+    windows.apply([{"k": "layout", "win": "runs", "opts": {"title": "runs (last values)"}, "order": Order.SUMMARY},
+                   {"k": "text", "win": "runs", "x": 0, "html": html}])
+    sender = Connection(**connection)
+    try:
+        for window in windows.changed():
+            for message in window.messages(env):
+                sender.post(*message)
+    finally:
+        sender.close()
+    return env
+
+
 def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Points:
     """Every point of the run, in the order logged: ``{window: {trace: [(x, y), ...]}}``."""
     wanted = None if windows is None else set(windows)

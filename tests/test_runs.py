@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from monitor import GradNorms, Monitor, Scalars
 from monitor.cli import main
 from monitor.runlog import RunLog
-from monitor.runs import listed, selected
+from monitor.runs import exported, listed, selected
 from helpers.monitors import small_model, train
 
 
@@ -86,12 +86,14 @@ def _finished_or_crashed(root, env: str, port: int, lr: float, losses: list[floa
         pass
 
 
-def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters(visdom_server, tmp_path):
+@pytest.fixture(scope="module")
+def three_runs(visdom_server, tmp_path_factory):
+    """runs/good (finished, lr 0.1), runs/broken (raised, lr 0.3), runs/killed (SIGKILLed, no hparams)."""
     import subprocess
     import sys
     import time
 
-    root = tmp_path / "runs"
+    root = tmp_path_factory.mktemp("three") / "runs"
     _finished_or_crashed(root, "good", visdom_server.port, 0.1, [0.9, 0.5, 0.3, 0.4], crash=False)
     _finished_or_crashed(root, "broken", visdom_server.port, 0.3, [0.8, 0.2, 0.6], crash=True)
     process = subprocess.Popen([sys.executable, "-c", KILLED, str(root / "killed"), str(visdom_server.port)])
@@ -103,7 +105,11 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     finally:
         process.kill()
         process.wait()
+    return root
 
+
+def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters(three_runs):
+    root = three_runs
     runs = {run.env: run for run in listed(root)}
     assert {env: run.status for env, run in runs.items()} == {"good": "finished", "broken": "crashed",
                                                               "killed": "killed"}
@@ -123,3 +129,24 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     assert lines[0].startswith("env") and [line.split()[0] for line in lines[1:]] == ["good", "broken"]
     bad = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "lr"])
     assert bad.exit_code == 2 and "must be NAME=VALUE, got 'lr'" in bad.output
+
+
+def test_compare_puts_a_trace_per_run_in_each_shared_window_on_a_server_that_never_saw_them(
+        three_runs, fresh_server, read_window, read_window_raw):
+    root = three_runs
+    done = CliRunner().invoke(main, ["runs", "compare", str(root / "good"), str(root / "broken"), str(root / "killed"),
+                                     "--into", "cmp", "--port", str(fresh_server.port)])
+    assert done.exit_code == 0, done.output
+    shown = read_window(fresh_server, "cmp", "loss")
+    labels = {"good": "lr=0.1", "broken": "lr=0.3", "killed": "killed"}
+    expected = {}
+    for env, label in labels.items():
+        for window, traces in exported(root / env, ["loss"]).items():
+            for trace, points in traces.items():
+                expected[f"{label}/{trace}"] = ([x for x, _ in points], [y for _, y in points])
+    assert shown == expected
+    table = read_window_raw(fresh_server, "cmp", "runs")["content"]
+    header = table.split("</tr>")[0]
+    assert "<td>lr</td>" in header and "batch" not in header and "optimizer" not in header
+    with pytest.raises(LookupError):  # the shared windows only:
+        read_window(fresh_server, "cmp", "accuracy")  # the killed run logged no accuracy
