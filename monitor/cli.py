@@ -305,6 +305,65 @@ def runs_compare(run_dirs: tuple[Path, ...], into: str | None, server: str | Non
     click.echo(f"Compared {len(run_dirs)} runs in env {env!r}.")
 
 
+@runs.command("rm")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+                metavar="RUN...")
+@click.option("--yes", is_flag=True, help="Do not ask for a confirmation.")
+@server_options()
+def runs_rm(run_dirs: tuple[Path, ...], yes: bool, server: str | None, port: int | None) -> None:
+    """Delete RUN... (runs/ENV): the folder with its run log, images and checkpoints, and the env on
+    the server."""
+    from monitor.runs import described
+
+    try:
+        doomed = [described(path) for path in run_dirs]
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    _remove(doomed, yes, server, port)
+
+
+@runs.command("gc")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), metavar="[DIR]")
+@click.option("--older-than", type=click.DateTime(), default=None, metavar="DATE",
+              help="Finished runs started before DATE (YYYY-MM-DD).")
+@click.option("--keep-best", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Finished runs beyond the N best by --metric.")
+@click.option("--metric", default=None, metavar="METRIC", help="window/trace ranking --keep-best.")
+@click.option("--yes", is_flag=True, help="Do not ask for a confirmation.")
+@server_options()
+def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | None, yes: bool,
+            server: str | None, port: int | None) -> None:
+    """Delete finished runs under DIR that are older than a date or beyond the N best (crashed,
+    killed and running runs are kept)."""
+    from monitor.runs import collectable, listed
+
+    if older_than is None and keep_best is None:
+        raise click.UsageError("say what to collect: --older-than DATE and/or --keep-best N --metric METRIC")
+    try:
+        doomed = collectable(listed(directory), older_than.timestamp() if older_than else None, keep_best, metric)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--metric") from None
+    if not doomed:
+        click.echo("nothing to collect")
+        return
+    _remove(doomed, yes, server, port)
+
+
+def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
+    from monitor.runs import remove
+
+    for run in doomed:
+        click.echo(f"{run.path}  (env {run.env}, {run.status}, {run.checkpoints} checkpoint files)")
+    if not yes:
+        click.confirm(f"Delete these {len(doomed)} run(s), their checkpoints and their envs?", abort=True)
+    for run in doomed:
+        try:
+            remove(run, server=server, port=port)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from None
+    click.echo(f"Deleted {len(doomed)} run(s).")
+
+
 @runs.command("export")
 @click.argument("run", type=click.Path(exists=True, path_type=Path), metavar="RUN")
 @click.option("--format", "form", type=click.Choice(["csv", "json"]), default="csv", show_default=True,

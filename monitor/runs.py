@@ -202,6 +202,44 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     return env
 
 
+def remove(run: Run, dashboard: bool = True, **connection: Any) -> None:
+    """Deletes the run's folder (run log, images, checkpoints kept in it) and its env on the server.
+
+    Refuses a running run. ``connection`` takes Connection's arguments; ``dashboard=False``
+    leaves the server alone. Visdom answers an error for an
+    env it never saved to disk even as it drops it, so the server's answer is not checked.
+    """
+    import shutil
+
+    from monitor.connection import Connection, DashboardError
+
+    if RunDir(run.path).is_live():
+        raise ValueError(f"run must not be running: {run.path} is held by a live process")
+    if dashboard:
+        sender = Connection(**connection)
+        try:
+            sender.post("delete_env", {"eid": run.env})
+        except DashboardError:
+            pass  # not on the server, or not saved there
+        finally:
+            sender.close()
+    shutil.rmtree(run.path)
+
+
+def collectable(runs: list[Run], older_than: float | None = None, keep_best: int | None = None,
+                metric: str | None = None) -> list[Run]:
+    """The finished runs to clean up: started before ``older_than`` (seconds since the epoch), or
+    not among the ``keep_best`` best by ``metric``. Running, crashed and killed runs are kept."""
+    finished = [run for run in runs if run.status == "finished"]
+    doomed = {run.path for run in finished if older_than is not None and run.started < older_than}
+    if keep_best is not None:
+        if metric is None:
+            raise ValueError("metric must be given with keep_best, got None")
+        ranked = selected(finished, sort=metric)
+        doomed |= {run.path for run in ranked[keep_best:]}
+    return [run for run in finished if run.path in doomed]
+
+
 def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Points:
     """Every point of the run, in the order logged: ``{window: {trace: [(x, y), ...]}}``."""
     wanted = None if windows is None else set(windows)

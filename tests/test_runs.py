@@ -150,3 +150,42 @@ def test_compare_puts_a_trace_per_run_in_each_shared_window_on_a_server_that_nev
     assert "<td>lr</td>" in header and "batch" not in header and "optimizer" not in header
     with pytest.raises(LookupError):  # the shared windows only:
         read_window(fresh_server, "cmp", "accuracy")  # the killed run logged no accuracy
+
+
+def _finished(root, env: str, port: int, loss: float) -> None:
+    from monitor import Checkpoint
+
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor([Scalars(), Checkpoint(root / env / "checkpoints")], env=env, run_dir=root / env,
+                 port=port) as monitor:
+        monitor.train_start(model, optimizer)
+        monitor.step_end(loss=torch.tensor(loss))
+
+
+def test_rm_leaves_no_folder_no_checkpoints_and_no_env(visdom_server, tmp_path, connect_client):
+    root = tmp_path / "runs"
+    _finished(root, "doomed", visdom_server.port, 0.5)
+    assert list((root / "doomed" / "checkpoints").glob("*.pt")) and "doomed" in connect_client(
+        visdom_server).get_env_list()
+    asked = CliRunner().invoke(main, ["runs", "rm", str(root / "doomed"), "--port", str(visdom_server.port)],
+                               input="n\n")
+    assert asked.exit_code == 1 and "1 checkpoint files" in asked.output and (root / "doomed").exists()
+    done = CliRunner().invoke(main, ["runs", "rm", str(root / "doomed"), "--yes", "--port", str(visdom_server.port)])
+    assert done.exit_code == 0, done.output
+    assert not (root / "doomed").exists() and "doomed" not in connect_client(visdom_server).get_env_list()
+
+
+def test_gc_keeps_the_best_finished_runs_and_every_other_run(visdom_server, tmp_path):
+    root = tmp_path / "runs"
+    for env, loss in (("first", 0.3), ("second", 0.1), ("third", 0.2)):
+        _finished(root, env, visdom_server.port, loss)
+    _finished_or_crashed(root, "crashed", visdom_server.port, 0.3, [0.9], crash=True)
+    done = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1", "--metric", "loss/train", "--yes",
+                                     "--port", str(visdom_server.port)])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in root.iterdir()) == ["crashed", "second"]
+    nothing = CliRunner().invoke(main, ["runs", "gc", str(root), "--older-than", "2000-01-01", "--yes"])
+    assert "nothing to collect" in nothing.output
+    bad = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1"])
+    assert bad.exit_code == 2 and "metric must be given with keep_best" in bad.output
