@@ -52,7 +52,8 @@ def main() -> None:
               help="Require a login; the credentials come from $VISDOM_USERNAME and $VISDOM_PASSWORD.")
 @click.option("--runs", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
               help="Rebuild the env of every run under DIR (DIR/ENV/runlog.jsonl) once the server answers: "
-                   "a restarted server shows finished runs again.")
+                   "a restarted server shows finished runs again; env 'runs' lists them, updated as runs "
+                   "start and end.")
 def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs: Path | None) -> None:
     """Start a Visdom server and keep it running until Ctrl-C.
 
@@ -82,7 +83,12 @@ def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs:
     try:
         click.echo(f"Visdom dashboard at {server.url} (envs in {server.env_path}); Ctrl-C to stop.")
         if runs is not None:
+            from monitor.runs import RunsPane
+
             _rebuild(runs, server)
+            pane = RunsPane(runs, server=server.url)
+            pane.start()
+            click.echo(f"The runs in {runs}: {server.url}/env/{RunsPane.ENV}")
         code = server.process.wait()
     except KeyboardInterrupt:
         click.echo("Stopping the server.", err=True)

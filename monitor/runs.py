@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import time
@@ -22,6 +23,7 @@ from monitor.rundir import RunDir
 from monitor.runlog import RunLog
 
 Points = dict[str, dict[str, list[tuple[float, float]]]]
+_log = logging.getLogger("monitor")
 
 
 def run_log_of(run: str | os.PathLike) -> Path:
@@ -238,6 +240,85 @@ def collectable(runs: list[Run], older_than: float | None = None, keep_best: int
         ranked = selected(finished, sort=metric)
         doomed |= {run.path for run in ranked[keep_best:]}
     return [run for run in finished if run.path in doomed]
+
+
+class RunsPane:
+    """Keeps pane ``runs`` of env ``runs`` listing the runs under a folder, as they start and end.
+
+        pane = RunsPane("runs", server="http://127.0.0.1:8097")
+        pane.start()     # a daemon thread looks every ``every`` seconds; pane.stop() ends it
+
+    Each row links to the run's env. A run log is read again only when it has grown, so a
+    folder of long runs costs a look at their sizes. ``monitor serve --runs DIR`` runs one.
+    """
+
+    ENV = WINDOW = "runs"
+
+    def __init__(self, root: str | os.PathLike, every: float = 3.0, **connection: Any) -> None:
+        import threading
+
+        self.root, self.every, self.connection = Path(root), every, connection
+        self._cache: dict[Path, tuple[tuple, Run]] = {}
+        self._shown: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="monitor-runs-pane", daemon=True)
+
+    def update(self) -> bool:
+        """Lists the runs and sends the pane if it changed; True when it sent."""
+        from monitor.connection import Connection
+
+        runs = []
+        for log in sorted(self.root.rglob(RunLog.FILENAME)):
+            try:
+                stat = log.stat()
+                key = (stat.st_size, stat.st_mtime_ns, RunDir(log.parent).is_live())
+                if self._cache.get(log, (None,))[0] != key:
+                    self._cache[log] = (key, described(log.parent))
+                runs.append(self._cache[log][1])
+            except (OSError, ValueError, KeyError):
+                continue
+        html = runs_html(runs)
+        if html == self._shown:
+            return False
+        sender = Connection(**self.connection)
+        try:
+            sender.post("events", {"data": [{"content": html, "type": "text"}], "win": self.WINDOW, "eid": self.ENV,
+                                   "opts": {"title": f"runs in {self.root}", "width": 720, "height": 320}})
+        finally:
+            sender.close()
+        self._shown = html
+        return True
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.update()
+            except Exception as error:  # the server is down: try again later
+                _log.debug("monitor: the runs pane was not updated: %s", error)
+            self._stop.wait(self.every)
+
+
+def runs_html(runs: list[Run], metrics: int = 3) -> str:
+    """The runs as an HTML table, each env a link to its page (relative: /env/runs -> /env/ENV)."""
+    from html import escape
+    from urllib.parse import quote
+
+    names = sorted({m for run in runs for m in run.metrics})[:metrics]
+    head = "".join(f"<th>{escape(h)}</th>" for h in ["env", "status", "steps", "started", *names, "hparams"])
+    rows = []
+    for run in sorted(runs, key=lambda r: -r.started):
+        cells = [f'<a href="{quote(run.env)}">{escape(run.env)}</a>', escape(run.status), str(run.steps),
+                 time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started))]
+        cells += [f"{run.metrics[m][0]:.4g}" if m in run.metrics else "-" for m in names]
+        cells.append(escape(" ".join(f"{k}={v}" for k, v in run.hparams.items())))
+        rows.append('<tr class="run">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f'<table><tr>{head}</tr>{"".join(rows)}</table>' if runs else "<p>no runs yet</p>"
 
 
 def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Points:

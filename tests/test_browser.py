@@ -315,3 +315,37 @@ def test_the_graph_pane_draws_a_sequential_a_skip_connection_and_two_inputs(visd
     browser.save_screenshot(str(ARTIFACTS / "graph.png"))
     severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == [], "console errors:\n" + "\n".join(severe)
+
+
+def test_the_runs_pane_lists_each_run_and_its_link_opens_the_run(fresh_server, monitor_serve, tmp_path, browser):
+    import time
+
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import Monitor, Scalars
+
+    for env in ("alpha", "beta"):
+        with Monitor([Scalars()], env=env, port=fresh_server.port, run_dir=tmp_path / "runs" / env) as monitor:
+            for step in range(5):
+                monitor.step_end(loss=torch.tensor(1.0 / (step + 1)))
+    port = fresh_server.port
+    fresh_server.kill()
+    serving = monitor_serve("--port", str(port), "--env-path", str(tmp_path / "envs"), "--runs", str(tmp_path / "runs"))
+    url = serving.url()
+    deadline = time.monotonic() + 60
+    while not any("/env/runs" in line for line in serving.lines):
+        assert time.monotonic() < deadline, serving.lines
+        time.sleep(0.05)
+
+    browser.get(f"{url}/env/runs")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "tr.run")) == 2)
+    rows = {row.find_element(By.CSS_SELECTOR, "a").text: row.text for row in browser.find_elements(By.CSS_SELECTOR, "tr.run")}
+    assert set(rows) == {"alpha", "beta"} and all("finished" in text for text in rows.values()), rows
+    browser.find_element(By.LINK_TEXT, "alpha").click()
+    wait.until(lambda d: d.current_url.endswith("/env/alpha"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.main-svg"))  # the run's own loss pane
+    titles = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".window .bar div.pull-right")}
+    assert "loss" in titles, titles

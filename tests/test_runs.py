@@ -189,3 +189,15 @@ def test_gc_keeps_the_best_finished_runs_and_every_other_run(visdom_server, tmp_
     assert "nothing to collect" in nothing.output
     bad = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1"])
     assert bad.exit_code == 2 and "metric must be given with keep_best" in bad.output
+
+
+def test_the_runs_pane_changes_only_when_a_run_does(visdom_server, tmp_path, read_window_raw):
+    from monitor.runs import RunsPane
+
+    root = tmp_path / "runs"
+    pane = RunsPane(root, port=visdom_server.port)
+    assert pane.update() and "no runs yet" in read_window_raw(visdom_server, "runs", "runs")["content"]
+    _finished(root, "first", visdom_server.port, 0.5)
+    assert pane.update() and not pane.update()
+    html = read_window_raw(visdom_server, "runs", "runs")["content"]
+    assert '<a href="first">first</a>' in html and "finished" in html
