@@ -31,6 +31,8 @@ _log = logging.getLogger("monitor")
 _SERVER_SHARE = 0.1  # of the server's time that one window may take, at most
 _BYTES_PER_SECOND = 30_000  # of one window's messages, at most: a 90 KB window every 3 s
 SPREAD = 0.15  # seconds between two windows' sends, unless a flush or a close asks for all at once
+REOPEN = 1.0  # seconds a closed window waits before it is created again (see Delivery._reopen)
+_VERIFY = 10.0  # seconds after its creation again that the heartbeat checks a window is still there
 
 
 class FlushTiming(NamedTuple):
@@ -70,6 +72,8 @@ class Delivery:
         self.pacing: dict[str, float] = {}  # seconds each window waits after a send, by name
         self.more = False  # windows are due that this send left for the next, SPREAD later
         self._due: dict[str, float] = {}
+        self._reopen_at: dict[str, float] = {}  # closed windows, by name: when they may be created again
+        self._reopened: dict[str, float] = {}  # windows created again, by name: when
 
     def send(self, force: bool = False, limit: float | None = None) -> None:
         """Sends every changed window whole; on trouble keeps them all for the next try.
@@ -94,6 +98,16 @@ class Delivery:
                 if sent and not force and window.sent:
                     self.more = True  # one update per send, SPREAD apart: one redraw per page task
                     continue  # (new panes all go now, in their order on the page)
+                if window.sent and window.must_reopen():
+                    self._reopen(window, limit)
+                wait = self._reopen_at.get(window.name, 0.0) - time.monotonic()
+                if wait > 0:
+                    if not force:
+                        self.more = True
+                        continue
+                    time.sleep(wait if limit is None else min(wait, limit))
+                if self._reopen_at.pop(window.name, None) is not None:
+                    self._reopened[window.name] = time.monotonic()
                 messages = window.messages(self.env)
                 if not messages:
                     window.mark_skipped()
@@ -101,10 +115,7 @@ class Delivery:
                 took, size = 0.0, 0
                 try:
                     for message in messages:
-                        if message[0] == "close":
-                            self._close(window.name, limit)
-                        else:
-                            self.connection.post(*message, timeout=limit)
+                        self.connection.post(*message, timeout=limit)
                         took, size = took + self.connection.last_seconds, size + self.connection.last_bytes
                 except (TypeError, ValueError) as error:  # e.g. opts that are not JSON
                     self.reports.once(f"window-{window.name}", f"window {window.name!r} cannot be sent and "
@@ -141,11 +152,21 @@ class Delivery:
         if new:
             after = [w for w in self.windows.by_name.values() if w.sent and w.order > new[0].order]
             for window in after:
-                self._close(window.name, limit)
-                window.mark_closed()
+                self._reopen(window, limit)
             if after:
                 changed = self.windows.changed()
         return changed
+
+    def _reopen(self, window: Window, limit: float | None) -> None:
+        """Closes a window to create it again, ``REOPEN`` seconds later at the earliest.
+
+        Visdom's page answers a close from the server with a close of its own, which the server
+        obeys whenever it arrives: a window created again at once would be deleted by it. The
+        heartbeat checks for a while that a window created again is still there.
+        """
+        self._close(window.name, limit)
+        window.mark_closed()
+        self._reopen_at[window.name] = time.monotonic() + REOPEN
 
     def _close(self, window: str, limit: float | None) -> None:
         """Closes a window on the server; one that is not there (a new env, a restart) is closed already."""
@@ -161,7 +182,14 @@ class Delivery:
         It asks about a window that was delivered and has not changed since: one whose content
         the server should hold.
         """
-        self._last_check = time.monotonic()
+        self._last_check = now = time.monotonic()
+        for name, when in list(self._reopened.items()):
+            window = self.windows.by_name.get(name)
+            if now - when > _VERIFY or window is None:
+                del self._reopened[name]
+            elif window.sent and self.connection.post(
+                    "win_exists", {"win": name, "eid": self.env}, timeout=limit) != "true":
+                window.mark_closed()  # a page's late close took it: it is created again
         probe: Window | None = next((w for w in self.windows.by_name.values() if w.sent and not w.changed), None)
         if probe is not None and self.connection.post(
                 "win_exists", {"win": probe.name, "eid": self.env}, timeout=limit) != "true":

@@ -264,6 +264,17 @@ class Window:
         """The server no longer has this window (it was closed to be placed again)."""
         self.changed, self.sent, self.on_server = True, False, None
 
+    def must_reopen(self) -> bool:
+        """The server's history pane is not a prefix of this one: it must be closed and created again.
+
+        Not replaced in place: an open page keeps its slider's place, and a pane created again with
+        fewer grids than that place breaks Visdom's page (it reads a grid that is not there).
+        """
+        if self.kind != "history":
+            return False
+        held = self.on_server  # None: unknown (the server went down, or lost the env)
+        return held is None or [e["n"] for e in self.history][:len(held)] != held
+
     @property
     def nonfinite(self) -> int:
         if self.grid is not None:
@@ -274,8 +285,8 @@ class Window:
         """The requests that make the server's window equal this one (none: nothing to show).
 
         A history pane is created with its first grid and appended to one grid a request; while
-        the server holds a prefix of the kept grids, only the new ones are sent, else it is
-        closed and created again.
+        the server holds a prefix of the kept grids, only the new ones are sent, else
+        (``must_reopen``) it is closed and created again.
         """
         if self.kind != "history":
             message = self.message(env)
@@ -284,10 +295,6 @@ class Window:
         held = self.on_server
         fresh = held is None or numbers[:len(held)] != held
         requests, self._sending = [], [] if fresh else list(held)
-        if fresh and self.sent:
-            # Closed first: an open page keeps its slider's place, and a pane recreated with fewer
-            # grids than that place breaks Visdom's page (it reads a grid that is not there).
-            requests.append(("close", {"win": self.name, "eid": env}))
         for entry in self.history if fresh else self.history[len(held):]:
             try:
                 png = (self.run_dir / entry["file"]).read_bytes()

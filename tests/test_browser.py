@@ -168,8 +168,6 @@ def test_a_server_killed_and_started_again_with_runs_shows_the_finished_run(fres
     assert {"summary", "loss", "learning rate", "grad norm"} <= shown, shown
 
 
-@pytest.mark.xfail(strict=False, reason="known race: an open Visdom page echoes a 'close' back to the server, "
-                   "which can delete the pane Delivery recreates right after closing it (fails about 1 run in 2)")
 def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_path, browser):
     import base64
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import torch
 from torch import nn
@@ -53,6 +54,31 @@ def test_a_window_that_comes_later_still_takes_its_place_on_the_page(visdom_serv
     assert sink.close(timeout=10)
     assert env_windows(visdom_server, "late-window", connect_client) == ["loss", "learning rate"]
     assert read_window(visdom_server, "late-window", "learning rate") == {"lr": ([1, 2], [0.1, 0.05])}
+
+
+def test_a_window_created_again_survives_the_page_s_late_close(visdom_server, connect_client, read_window,
+                                                              tmp_path):
+    # Visdom's page answers a close with a close of its own: the window is created again only a
+    # while later, and the heartbeat brings it back if a slow page's close took it even so.
+    sink = VisdomSink("late-close", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
+    sink.delivery.heartbeat = 0.1
+    log = Log(sink)
+    log.window("summary", order=1)  # the heartbeat's probe of the env: it stays
+    log.text("summary", 0, "a run")
+    log.window("learning rate", order=30)
+    log.scalar("learning rate", "lr", 1, 0.1)
+    assert sink.flush(timeout=10)
+    log.window("loss", order=10)  # placed before it: "learning rate" is closed and created again
+    log.scalar("loss", "train", 1, 2.0)
+    assert sink.flush(timeout=10)
+    connect_client(visdom_server).close("learning rate", env="late-close")  # the page's late close
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "learning rate" not in env_windows(visdom_server, "late-close",
+                                                                                connect_client):
+        time.sleep(0.1)
+    assert sink.close(timeout=10)
+    assert env_windows(visdom_server, "late-close", connect_client) == ["summary", "loss", "learning rate"]
+    assert read_window(visdom_server, "late-close", "learning rate") == {"lr": ([1], [0.1])}
 
 
 def test_two_image_callbacks_show_two_windows(visdom_server, read_window_raw, tmp_path):
