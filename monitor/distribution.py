@@ -31,28 +31,52 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
     """
     device = tensors[0].device
     given = isinstance(bins, torch.Tensor)
-    # With given edges, values are compared in float64, as numpy compares them.
-    dtype = torch.float64 if given or any(t.dtype == torch.float64 for t in tensors) else torch.float32
-    flats = [t.detach().reshape(-1).to(dtype) for t in tensors]
+    # With given edges, values are compared in float64, as numpy compares them (where the device has it).
+    wide = given and device.type != "mps" or any(t.dtype == torch.float64 for t in tensors)
+    dtype = torch.float64 if wide else torch.float32
+    tensors = [t.detach() for t in tensors if t.numel()]  # one float copy at a time, below
     if given:
-        edges = bins.to(device=device, dtype=dtype)
+        edges = _on(bins, device, dtype)
+    elif not tensors:
+        edges = torch.linspace(-0.5, 0.5, bins + 1, dtype=dtype, device=device)
     else:
-        inf = torch.tensor(math.inf, dtype=dtype, device=device)
-        low = torch.stack([torch.where(torch.isfinite(f), f, inf).amin() for f in flats]).amin()
-        high = torch.stack([torch.where(torch.isfinite(f), f, -inf).amax() for f in flats]).amax()
+        low = torch.stack([torch.where(torch.isfinite(f), f, math.inf).amin()
+                           for f in (t.reshape(-1).to(dtype) for t in tensors)]).amin()
+        high = torch.stack([torch.where(torch.isfinite(f), f, -math.inf).amax()
+                            for f in (t.reshape(-1).to(dtype) for t in tensors)]).amax()
         same = low == high
         low, high = torch.where(same, low - 0.5, low), torch.where(same, high + 0.5, high)
         steps = torch.linspace(0, 1, bins + 1, dtype=dtype, device=device)
-        edges = torch.cat([low + (high - low) * steps[:-1], high[None]])
+        edges = low * (1 - steps) + high * steps  # not low + (high - low) * steps: that overflows a wide range
+        edges[-1] = high
     count = edges.numel() - 1
     counts = torch.zeros(count + 1, dtype=torch.int64, device=device)  # the last: values in no bin
-    for flat in flats:
+    for tensor in tensors:
+        flat = tensor.reshape(-1).to(dtype)
         index = torch.bucketize(flat, edges, right=True) - 1
         index = torch.where(index == count, count - 1, index)  # the last edge closes the last bin
         inside = (flat >= edges[0]) & (flat <= edges[-1])  # False for NaN
         index = torch.where(inside, index, count)
         counts.scatter_add_(0, index, torch.ones_like(index))
     return edges, counts[:count]
+
+
+_EDGES: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _on(edges: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """CPU ``edges`` on ``device``: copied there once per tensor, device and dtype, not at every call
+    (a copy from pageable memory waits for the device)."""
+    if device.type == "cpu":
+        return edges.to(dtype)
+    key = (id(edges), device, dtype)
+    cached = _EDGES.get(key)
+    if cached is None or cached[0] is not edges:
+        while len(_EDGES) >= 16:  # edges made afresh at every call are copied at every call
+            del _EDGES[next(iter(_EDGES))]
+        source = edges.to(dtype).pin_memory() if torch.cuda.is_available() else edges.to(dtype)
+        cached = _EDGES[key] = (edges, source.to(device, non_blocking=True))
+    return cached[1]
 
 
 def trimmed(edges: Sequence[float], counts: Sequence[int]) -> tuple[list[float], list[int]]:

@@ -260,8 +260,10 @@ def _bins(bins: Any) -> int | torch.Tensor:
         edges = torch.as_tensor(bins, dtype=torch.float64, device="cpu")
     except (TypeError, ValueError, RuntimeError):
         edges = None
-    if edges is None or edges.dim() != 1 or edges.numel() < 2 or not bool((edges[1:] > edges[:-1]).all()):
-        raise ValueError(f"bins must be a number of bins or at least two increasing edges, got {bins!r}"[:200])
+    if edges is None or edges.dim() != 1 or edges.numel() < 2 or not bool((edges[1:] > edges[:-1]).all()) \
+            or not bool(torch.isfinite(edges).all()):
+        raise ValueError(f"bins must be a number of bins or at least two increasing finite edges, "
+                         f"got {bins!r}"[:200])
     return edges
 
 

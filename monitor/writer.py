@@ -30,6 +30,7 @@ while _edge < 1e20:
     _edge *= 1.1
 _TENSORFLOW_BINS = [-e for e in reversed(_TENSORFLOW_BINS)] + [0.0] + _TENSORFLOW_BINS
 del _edge
+_TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one tensor: copied to a device once
 
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
 _NOT_DRAWN = ("add_audio", "add_video", "add_embedding", "add_pr_curve", "add_pr_curve_raw", "add_mesh",
@@ -116,7 +117,7 @@ class SummaryWriter:
         self._lay_out(tag, Order.GRADIENTS, xlabel="step", ylabel="value")
         step = self._step(tag, global_step)
         if max_bins is None and (isinstance(bins, str) and bins == "tensorflow" or not isinstance(bins, (str, int))):
-            self.log.histogram(tag, step, tensor, _TENSORFLOW_BINS if isinstance(bins, str) else bins)
+            self.log.histogram(tag, step, tensor, _TENSORFLOW_EDGES if isinstance(bins, str) else bins)
             return
         if max_bins is not None:
             checks.positive_int("max_bins", max_bins)

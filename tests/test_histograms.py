@@ -42,14 +42,45 @@ def test_given_edges_count_as_numpy_does_and_values_outside_are_in_no_bin():
     assert sum(pooled["counts"]) == pooled["n"] == 7
 
 
+def test_empty_tensors_among_others_and_float32_ranges_near_the_limit_are_binned():
+    pooled = _entry([torch.zeros(0), torch.tensor([1.0, 2.0]), torch.zeros(0, 3)], bins=2)
+    assert pooled["counts"] == [1, 1] and pooled["n"] == 2
+    huge = torch.tensor([-3e38, 0.0, 3e38])  # high - low overflows float32
+    entry = _entry(huge, bins=4)
+    assert all(np.isfinite(entry["edges"])) and sum(entry["counts"]) == 3
+    assert entry["edges"][0] == pytest.approx(-3e38) and entry["edges"][-1] == pytest.approx(3e38)
+
+
+def test_gradients_under_a_grad_scaler_are_shown_unscaled():
+    torch.manual_seed(0)
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    monitor, sink = monitor_with(Histograms(every=1, of=("grads",)))
+    monitor.train_start(model, optimizer, scaler=scaler)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    scaler.scale(torch.nn.functional.cross_entropy(model(x), y)).backward()
+    monitor.after_backward()  # before unscale_: the gradients are 1024 times too large here
+    scaled = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    scaler.step(optimizer)
+    scaler.update()
+    monitor.step_end()
+    edges, counts, n = sink.of(Histogram)[0].values
+    assert edges[0].item() == pytest.approx(scaled.min().item() / 1024)
+    assert edges[-1].item() == pytest.approx(scaled.max().item() / 1024)
+    assert int(counts.sum()) == n == scaled.numel()
+
+
 def test_bad_histogram_input_is_named():
     log = Log(ListSink())
     with pytest.raises(TypeError, match="values must be a tensor or a non-empty list of tensors, got str"):
         log.histogram("h", 1, "weights")
     with pytest.raises(ValueError, match="values must hold at least one number"):
         log.histogram("h", 1, torch.zeros(0))
-    with pytest.raises(ValueError, match=r"bins must be a number of bins or at least two increasing edges, got \[1, 0\]"):
+    with pytest.raises(ValueError, match=r"bins must be a number of bins or at least two increasing finite edges, got \[1, 0\]"):
         log.histogram("h", 1, torch.zeros(3), bins=[1, 0])
+    with pytest.raises(ValueError, match=r"increasing finite edges, got \[0, inf\]"):  # not strict JSON
+        log.histogram("h", 1, torch.zeros(3), bins=[0, float("inf")])
     with pytest.raises(ValueError, match="bins must be an int >= 1, got 0|bins must be"):
         log.histogram("h", 1, torch.zeros(3), bins=0)
     with pytest.raises(ValueError, match="of must be a non-empty list of"):

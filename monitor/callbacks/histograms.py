@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 
 from monitor import checks
+from monitor.amp import scale_of
 from monitor.callbacks._every import is_due
 from monitor.core import Callback, LoopState
 from monitor.distribution import binned
@@ -28,7 +29,8 @@ class Histograms(Callback):
     own windows instead, e.g. ``grad distribution encoder``. ``of`` picks the kinds. Each
     histogram has ``bins`` equal bins over the values' range and is binned on the parameters'
     device: nothing is read on the training thread. As with GradNorms, with gradient
-    accumulation the last ``after_backward`` of a step counts.
+    accumulation the last ``after_backward`` of a step counts, and under a GradScaler given to
+    ``train_start`` the gradients are shown unscaled.
     """
 
     def __init__(self, every: int = 100, of: Sequence[str] = ("grads", "weights"),
@@ -65,7 +67,8 @@ class Histograms(Callback):
         for suffix, params in self._groups.items():
             grads = [p.grad for p in params if p.grad is not None]
             if grads:  # kept until step_end: a later after_backward of the step replaces it
-                self._pending[suffix] = _histogram(_KINDS["grads"][0] + suffix, state.step, grads, self.bins)
+                scale = scale_of(state.scaler, state.optimizers.values()) if state.scaler is not None else None
+                self._pending[suffix] = _histogram(_KINDS["grads"][0] + suffix, state.step, grads, self.bins, scale)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         pending, self._pending = self._pending, {}
@@ -88,7 +91,12 @@ class Histograms(Callback):
                            ylabel=ylabel)
 
 
-def _histogram(window: str, step: int, tensors: list[torch.Tensor], bins: int) -> Histogram:
+def _histogram(window: str, step: int, tensors: list[torch.Tensor], bins: int,
+               scale: float | torch.Tensor | None = None) -> Histogram:
+    """``scale``: what the gradients are multiplied by under a GradScaler; equal bins of the
+    scaled values are those of the true ones, with the edges divided by it."""
     with torch.no_grad():
         edges, counts = binned(tensors, bins)
+        if scale is not None:
+            edges = edges / scale
     return Histogram(window, step, (edges, counts, sum(t.numel() for t in tensors)))
