@@ -1,6 +1,8 @@
 """Guard: the first bad step marked, its evidence kept, the loop stopped, the failure replayed."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -12,7 +14,8 @@ from monitor.log import NullSink
 BAD_STEP = 37
 
 
-def _run(tmp_path, port: int | None, action: str, steps_seen: dict, epochs: int = 3, keep_last: int = 1):
+def _run(tmp_path, port: int | None, action: str, steps_seen: dict, epochs: int = 3, keep_last: int = 1,
+         bad: int = BAD_STEP):
     """A resumable loop whose loss turns NaN at step 37 (the data's fault: it happens again on a replay)."""
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(160, 4), torch.randint(0, 3, (160,)))
@@ -27,7 +30,7 @@ def _run(tmp_path, port: int | None, action: str, steps_seen: dict, epochs: int 
         for _ in monitor.epochs(epochs):
             for x, y in monitor.batches(loader):
                 loss = nn.functional.cross_entropy(model(x), y)
-                if monitor.state.step + 1 == BAD_STEP:
+                if monitor.state.step + 1 == bad:
                     loss = loss * float("nan")
                 optimizer.zero_grad()
                 loss.backward()
@@ -63,6 +66,64 @@ def test_the_last_good_checkpoint_survives_later_pruning(tmp_path, caplog):
     files = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt"))
     assert files == ["step-000000030.pt", "step-000000060.pt"]
     assert sum("Guard: the loss is nan at step 37" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_nan_at_a_saving_step_keeps_the_checkpoint_before_it(tmp_path):
+    _run(tmp_path, None, "warn", {}, bad=40)  # step 40's save would prune step 30 if it were not kept first
+    files = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt"))
+    assert files == ["step-000000030.pt", "step-000000060.pt"]
+    manifest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert [r["step"] for r in manifest["checkpoints"] if r.get("kept")] == [30]
+
+
+def test_the_kept_mark_is_in_the_folder_at_once(tmp_path):
+    # Killed right after the bad step: the folder already says what to keep.
+    with pytest.raises(TrainingDiverged):
+        _run(tmp_path, None, "stop", {})
+    manifest = json.loads((tmp_path / "checkpoints" / "latest.json").read_text())
+    assert [r["step"] for r in manifest["checkpoints"] if r.get("kept")] == [30]
+
+
+def test_without_a_loss_the_gradients_alone_are_watched_and_no_spike_is_read_into_them():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor([Guard(spike=2.0)], sink=NullSink())
+    guard = monitor.callbacks[0]
+    monitor.train_start(model, optimizer)
+    for step in range(1, 31):  # the gradient grows tenfold at step 25: not a loss spike
+        optimizer.zero_grad()
+        (model(torch.ones(2, 4)).sum() * (10.0 if step >= 25 else 1.0)).backward()
+        monitor.after_backward()
+        monitor.step_end()
+    assert guard.bad_step is None
+    optimizer.zero_grad()
+    (model(torch.ones(2, 4)).sum() * float("inf")).backward()
+    monitor.after_backward()
+    monitor.step_end()
+    assert guard.bad_step == 31
+
+
+def test_overflowing_gradients_under_a_grad_scaler_are_the_scaler_s_to_skip():
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127)  # float32 overflows: the first steps are skipped
+    monitor = Monitor([Guard()], sink=NullSink())
+    guard = monitor.callbacks[0]
+    monitor.train_start(model, optimizer, scaler=scaler)
+    skipped = 0
+    for _ in range(40):
+        loss = nn.functional.cross_entropy(model(torch.randn(8, 4)), torch.randint(0, 3, (8,))) * 1e6
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        monitor.after_backward()
+        before = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped += scaler.get_scale() < before
+        monitor.step_end(loss=loss)
+    assert skipped > 0 and guard.bad_step is None
 
 
 def test_a_spike_and_bad_arguments():

@@ -14,11 +14,11 @@ import torch
 
 from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
-from monitor.checkpoint.folder import (checkpoint_name, claim, is_finished, mark_finished, prune, retain,
-                                       set_aside, write_manifest)
+from monitor.checkpoint.folder import (checkpoint_name, claim, is_finished, mark_finished, mark_kept, prune,
+                                       retain, set_aside, write_manifest)
 from monitor.checkpoint.resume import ResumePoint, find_start, restore_parts
 from monitor.core import Callback, Continuation, LoopState, Monitor
-from monitor.distributed import gather_on_main, on_main
+from monitor.distributed import gather_on_main, on_main, rank_and_world_size
 from monitor.log import Log
 from monitor.checkpoint.rng import capture_rng
 
@@ -98,6 +98,7 @@ class Checkpoint(Callback):
         self.run_id: str | None = None
         self._monitor: Monitor | None = None
         self._records: list[dict[str, Any]] = []
+        self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
         self._epoch_done = False
         self._last_saved: list | None = None
@@ -188,6 +189,8 @@ class Checkpoint(Callback):
         random state goes with them; the others return once the file is on disk.
         """
         monitor = self._require_monitor()
+        for hook in self.before_save:
+            hook()
         state = monitor.state
         # On every rank, so that all of them agree on whether train_end still has to save.
         self._last_saved = [state.step, state.epoch, self._epoch_done]
@@ -206,6 +209,8 @@ class Checkpoint(Callback):
             return None
         record = max(earlier, key=lambda r: r["step"])
         record["kept"] = reason
+        if rank_and_world_size()[0] == 0 and self._claimed:  # said in the folder at once: a crash keeps it too
+            mark_kept(self.directory, self._records)
         return record["file"]
 
     def _write(self, monitor: Monitor, rng: dict[str, Any]) -> Path:

@@ -36,9 +36,10 @@ class Guard(Callback):
     with ``grads=True``, a total gradient norm that is NaN or infinite, or with ``spike=k`` a loss
     more than k standard deviations above the mean of the last ``window`` good steps.
     ``grads=True`` takes the norm of every gradient once a step (what GradNorms costs);
-    ``grads=False`` watches the loss alone, at almost no cost.
+    ``grads=False`` watches the loss alone, at almost no cost. Under a GradScaler given to
+    ``train_start`` the gradients are not watched: an overflow there is the scaler's to skip.
 
-    A loss on the CPU is checked at once. One on an accelerator is copied to pinned memory
+    A loss on the CPU is checked at once. One on an accelerator is copied to host memory
     without waiting and checked at a later step, when the device has got there: the training
     thread never synchronizes, and the mark still goes at the bad step.
     """
@@ -55,59 +56,75 @@ class Guard(Callback):
         self._checkpoint: Any = None
         self._history: deque[float] = deque(maxlen=self.window)
         self._grad_norm: Any = None
-        self._pending: deque = deque()  # (step, values on pinned host memory, event) from a device
+        self._pending: deque = deque()  # (step, names, values on host memory, event) from a device
+        self._taken: int | None = None  # the step whose values were checked or queued last
 
     def on_attach(self, monitor: Monitor) -> None:
         from monitor.callbacks.checkpoint import Checkpoint
 
         self._checkpoint = next((c for c in monitor.callbacks if isinstance(c, Checkpoint)), None)
+        if self._checkpoint is not None:  # whichever comes first in the list: a save sees this step checked
+            self._checkpoint.before_save.append(lambda: self._take(monitor.state, monitor.log, settle=True))
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
-        if not self.grads or self.bad_step is not None or state.model is None:
+        if not self.grads or self.bad_step is not None or state.model is None or \
+                state.scaler is not None and state.scaler.is_enabled():
             return
         grads = [p.grad for p in state.model.parameters() if p.grad is not None]
         if grads:
-            with torch.no_grad():
-                self._grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            with torch.no_grad():  # in float32: a float16 norm overflows long before the gradients do
+                self._grad_norm = torch.linalg.vector_norm(torch.stack(
+                    torch._foreach_norm(grads, 2, dtype=torch.float32)))
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
-        if self.bad_step is not None:
+        self._take(state, log, settle=False)
+
+    def _take(self, state: LoopState, log: Log, settle: bool) -> None:
+        """Checks the step's values, or queues them from a device; ``settle`` (before a checkpoint is
+        written, which waits for the device anyway) waits for every queued one."""
+        if self.bad_step is not None or self._taken == state.step:
             return
-        values = [v for v in (state.loss, self._grad_norm) if v is not None]
+        self._taken = state.step
+        watched = {name: v for name, v in (("loss", state.loss), ("grads", self._grad_norm)) if v is not None}
         self._grad_norm = None
-        if values and all(not isinstance(v, torch.Tensor) or v.device.type != "cuda" for v in values):
-            # On the CPU: read at once.
-            self._check(state.step, [v.item() if isinstance(v, torch.Tensor) else float(v) for v in values], log)
-        elif values:
-            self._queue(state.step, values)
-        while self._pending and self.bad_step is None and self._pending[0][2].query():
-            step, host, _ = self._pending.popleft()
-            self._check(step, host.tolist(), log)
+        device = next((v.device for v in watched.values() if isinstance(v, torch.Tensor) and v.device.type != "cpu"),
+                      None)
+        if watched and device is None:  # on the CPU: read at once
+            self._check(state.step, {name: v.item() if isinstance(v, torch.Tensor) else float(v)
+                                     for name, v in watched.items()}, log)
+        elif watched:
+            self._queue(state.step, watched, device)
+        while self._pending and self.bad_step is None and (settle or self._pending[0][3].query()):
+            step, names, host, event = self._pending.popleft()
+            event.synchronize()
+            self._check(step, dict(zip(names, host.tolist())), log)
 
-    def _queue(self, step: int, values: list[Any]) -> None:
-        device = next(v.device for v in values if isinstance(v, torch.Tensor) and v.device.type == "cuda")
-        on_device = torch.stack([v.detach().reshape(()).to(torch.float32) if isinstance(v, torch.Tensor)
-                                 else torch.full((), float(v), device=device) for v in values])  # a fill, no copy
-        host = torch.empty(on_device.shape, dtype=torch.float32, pin_memory=True)
+    def _queue(self, step: int, watched: dict[str, Any], device: torch.device) -> None:
+        on_device = torch.stack([v.detach().reshape(()).to(device, torch.float32) if isinstance(v, torch.Tensor)
+                                 else torch.full((), float(v), device=device) for v in watched.values()])
+        host = torch.empty(on_device.shape, dtype=torch.float32, pin_memory=device.type == "cuda")
         host.copy_(on_device, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self._pending.append((step, host, event))
+        event = torch.Event(device=device)
+        event.record(torch.accelerator.current_stream(device))  # the values' device, whichever is current
+        self._pending.append((step, tuple(watched), host, event))
 
-    def _check(self, step: int, values: list[float], log: Log) -> None:
-        loss = values[0]
+    def _check(self, step: int, values: dict[str, float], log: Log) -> None:
+        loss = values.get("loss")
         reason = None
-        if not all(math.isfinite(v) for v in values):
-            reason = f"the loss is {loss}" if not math.isfinite(loss) else "a gradient is not finite"
-        elif self.spike is not None and len(self._history) >= 10:
+        if loss is not None and not math.isfinite(loss):
+            reason = f"the loss is {loss}"
+        elif not math.isfinite(values.get("grads", 0.0)):
+            reason = "a gradient is not finite"
+        elif loss is not None and self.spike is not None and len(self._history) >= 10:
             mean, spread = statistics.fmean(self._history), statistics.pstdev(self._history)
             if spread > 0 and loss > mean + self.spike * spread:
                 reason = f"the loss {loss:.4g} is {(loss - mean) / spread:.1f} standard deviations above its mean"
         if reason is None:
-            self._history.append(loss)
+            if loss is not None:
+                self._history.append(loss)
             return
         self.bad_step = step
-        at = loss if math.isfinite(loss) else (self._history[-1] if self._history else 0.0)
+        at = loss if loss is not None and math.isfinite(loss) else (self._history[-1] if self._history else 0.0)
         log.window("loss", order=Order.LOSS, markers=[MARKER])
         log.scalar("loss", MARKER, step, at)
         kept = self._checkpoint.keep_before(step, f"last good step before step {step}") \

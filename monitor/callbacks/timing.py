@@ -29,7 +29,8 @@ class Timing(Callback):
     iterates its loader itself there is no data wait trace); ``throughput`` (samples per second,
     from the first dimension of ``inputs`` given to ``step_end``; steps per second without
     them); ``memory`` (MB: the process's resident memory and, on CUDA, memory allocated,
-    reserved and the peak allocated since the last point). On CUDA the trace ``device`` is the
+    reserved and the peak allocated, as ``torch.cuda.max_memory_allocated`` says: never reset
+    here, so a loop's own ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
     time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
     worker: the training thread never synchronizes. Logged every ``every`` steps.
     """
@@ -59,7 +60,7 @@ class Timing(Callback):
         event = previous = None
         if self._device is not None and (due or is_due(state.step + 1, self.every)):
             event = torch.cuda.Event(enable_timing=True)
-            event.record()
+            event.record(torch.cuda.current_stream(self._device))  # the model's device, whichever is current
             previous, self._event = self._event, event
         if not due or last is None:
             return
@@ -92,7 +93,6 @@ def _memory_mb(device: torch.device | None) -> list[float]:
     if device is not None:
         values += [torch.cuda.memory_allocated(device) / 2**20, torch.cuda.memory_reserved(device) / 2**20,
                    torch.cuda.max_memory_allocated(device) / 2**20]
-        torch.cuda.reset_peak_memory_stats(device)
     return values
 
 

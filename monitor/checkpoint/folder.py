@@ -108,6 +108,13 @@ def write_manifest(directory: Path, *, run_id: str | None, latest: str, env: str
     _write_manifest(directory, manifest)
 
 
+def mark_kept(directory: Path, records: list[dict[str, Any]]) -> None:
+    """Records in ``latest.json`` which checkpoints are kept for good (``records`` with ``"kept"``)."""
+    manifest = read_manifest(directory, warn=False)
+    if manifest is not None:
+        _write_manifest(directory, {**manifest, "checkpoints": records})
+
+
 def mark_finished(directory: Path) -> None:
     """Records in ``latest.json`` that the run finished (its last checkpoint is already there)."""
     manifest = read_manifest(directory, warn=False)
