@@ -7,6 +7,7 @@ device and read later by the sink's worker).
 from __future__ import annotations
 
 import functools
+import numbers
 from collections.abc import Mapping
 from html import escape
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -254,8 +255,8 @@ def _markdown() -> Any:
 
 def _bins(bins: Any) -> int | torch.Tensor:
     """A number of bins, or the edges as a CPU float64 tensor (checked: at least two, increasing)."""
-    if isinstance(bins, int) and not isinstance(bins, bool):
-        return checks.positive_int("bins", bins)
+    if isinstance(bins, numbers.Integral) and not isinstance(bins, bool):  # numpy's ints too
+        return checks.positive_int("bins", int(bins))
     try:
         edges = torch.as_tensor(bins, dtype=torch.float64, device="cpu")
     except (TypeError, ValueError, RuntimeError):

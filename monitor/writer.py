@@ -18,7 +18,7 @@ import torch
 
 from monitor import checks
 from monitor.log import Log
-from monitor.records import Histogram, ImageGrid, Order
+from monitor.records import Histogram, Order
 
 _log = logging.getLogger("monitor")
 
@@ -112,6 +112,10 @@ class SummaryWriter:
         device; numpy's rules (``"auto"``, a number of bins) and ``max_bins`` on the sink's worker.
         """
         tensor = _tensor(values, "values")
+        if tensor.dtype == torch.bool:  # numpy counts them as 0 and 1
+            tensor = tensor.to(torch.uint8)
+        if isinstance(bins, np.integer):
+            bins = int(bins)
         if tensor.numel() == 0:
             raise ValueError("values must hold at least one number, got an empty tensor")
         self._lay_out(tag, Order.GRADIENTS, xlabel="step", ylabel="value")
@@ -144,21 +148,18 @@ class SummaryWriter:
                    walltime: float | None = None) -> None:
         """A matplotlib figure (or a list of them, as a grid), as a PNG (needs ``pip install monitor[figures]``).
 
-        With ``close=True`` the figure is closed here and drawn by the sink's worker, off the
-        training thread; with ``close=False`` it is drawn now, as the loop may change it later.
+        Drawn here, as TensorBoard draws it, so a figure the loop reuses shows as it was at this
+        call; ``close=True`` then closes it.
         """
         from monitor import figures as matplotlib_figures
         matplotlib_figures.require_matplotlib()
         figures = list(figure) if isinstance(figure, (list, tuple)) else [figure]
+        close = checks.boolean("close", close)
         self._lay_out(tag, Order.IMAGES)
-        step = self._step(tag, global_step)
-        if not checks.boolean("close", close):
-            self.log.images(tag, step, torch.stack([matplotlib_figures.rendered(f) for f in figures]))
-            return
-        for each in figures:
-            matplotlib_figures.close(each)
-        self.log.sink.put(ImageGrid(tag, step, lambda: torch.stack([matplotlib_figures.rendered(f) for f in figures]),
-                                    None))
+        self.log.images(tag, self._step(tag, global_step), torch.stack([matplotlib_figures.rendered(f) for f in figures]))
+        if close:
+            for each in figures:
+                matplotlib_figures.close(each)
 
     def add_hparams(self, hparam_dict: Mapping[str, Any], metric_dict: Mapping[str, Any],
                     hparam_domain_discrete: Any = None, run_name: str | None = None,
@@ -224,6 +225,9 @@ class SummaryWriter:
         pixels = _as_nchw(tensor, dataformats, batch)
         if pixels.dtype != torch.uint8:  # TensorBoard's rule: 0-1 floats times 255, clipped, truncated
             pixels = (pixels.to(torch.float32) * 255).clamp_(0, 255).to(torch.uint8)
+        if pixels.shape[1] == 4:  # RGBA: laid over white, as a page shows a transparent PNG
+            alpha = pixels[:, 3:].to(torch.float32) / 255
+            pixels = (pixels[:, :3] * alpha + 255 * (1 - alpha)).round_().to(torch.uint8)
         self._lay_out(tag, Order.IMAGES)
         self.log.images(tag, self._step(tag, global_step), pixels)
 

@@ -27,7 +27,7 @@ from monitor import Monitor, Scalars, SummaryWriter
 from monitor.imaging import PAD, _font
 from monitor.entries import encode
 from monitor.graph import traced
-from monitor.records import Hparams, Text
+from monitor.records import Histogram, Hparams, ImageGrid, Text
 from monitor.runlog import RunLog
 from monitor.windows import Windows
 from monitor.writer import split_tag
@@ -212,6 +212,29 @@ def test_bad_image_layouts_are_named(tmp_path):
         writer.add_image("x", "cat.png")
     writer.add_image("x", np.random.rand(4, 4), dataformats="HW")
     writer.add_images("y", torch.rand(4, 4, 2), dataformats="HWN")
+
+
+def test_what_tensorboard_also_takes_a_reused_figure_rgba_numpy_ints_and_bools():
+    sink = ListSink()
+    writer = SummaryWriter(monitor=Monitor([], sink=sink))
+    figure = pyplot.figure(figsize=(1, 1), dpi=20)
+    drawn = []
+    for colour in ("red", "blue"):  # one figure, changed between calls: each call shows it as it was
+        figure.clear()
+        figure.patch.set_facecolor(colour)
+        writer.add_figure("reused", figure, close=False)
+        drawn.append(sink.of(ImageGrid, "reused")[-1].pixels[0, :, 0, 0].tolist())
+    assert drawn == [[255, 0, 0], [0, 0, 255]]
+    pyplot.close(figure)
+    rgba = torch.zeros(4, 2, 2)
+    rgba[0], rgba[3, 0] = 1.0, 1.0  # red, opaque in the top row and transparent below
+    writer.add_image("rgba", rgba)
+    pixels = sink.of(ImageGrid, "rgba")[-1].pixels
+    assert pixels.shape == (1, 3, 2, 2) and pixels[0, :, 0, 0].tolist() == [255, 0, 0]
+    assert pixels[0, :, 1, 0].tolist() == [255, 255, 255]  # laid over white
+    writer.add_histogram("flags", torch.tensor([True, False, True]), bins=np.int64(2))
+    edges, counts, n = sink.of(Histogram, "flags")[-1].values()  # numpy's rule: binned on the worker
+    assert list(counts) == [1, 2] and n == 3
 
 
 def test_add_figure_without_matplotlib_names_the_extra(monkeypatch):
