@@ -105,15 +105,21 @@ def bands(entry: Mapping[str, Any]) -> dict[str, float]:
     return values
 
 
+_MOST_BARS = 200  # even bins drawn as they are, up to this many: a message stays small
+
+
 def evenly(edges: list[float], counts: list[int], bins: int = 30) -> tuple[list[float], list[float]]:
     """The histogram drawn over even bins: uneven ones (TensorBoard's default) are spread over
-    them in proportion to their overlap, as TensorBoard draws its histograms; even ones as they are."""
+    ``bins`` in proportion to their overlap, as TensorBoard draws its histograms; even ones as
+    they are, or merged into ``_MOST_BARS`` when there are more."""
     if not counts:
         return edges, counts
     widths = [b - a for a, b in zip(edges, edges[1:])]
     low, high = edges[0], edges[-1]
     if max(widths) - min(widths) <= 1e-6 * (high - low):
-        return edges, counts
+        if len(counts) <= _MOST_BARS:
+            return edges, counts
+        bins = _MOST_BARS
     step = (high - low) / bins
     spread = [0.0] * bins
     for a, b, count in zip(edges, edges[1:], counts):

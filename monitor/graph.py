@@ -111,6 +111,68 @@ def _shape(value: Any) -> str:
     return ""
 
 
+# --- fitting a big model into a message -----------------------------------------------------------
+MESSAGE_BYTES = 300_000  # what a drawing may take, as any other window's message
+
+
+def fitted(nodes: list[Node], model: torch.nn.Module, title: str = "") -> str:
+    """``drawn(nodes)``, or, when that passes ``MESSAGE_BYTES``, the modules folded into boxes of
+    their own, the deepest first; a model still too long is drawn from both ends."""
+    svg = drawn(nodes, title)
+    depth = max((n.module.count(".") + 1 for n in nodes if n.module), default=0)
+    while len(svg) > MESSAGE_BYTES and depth > 1:
+        depth -= 1
+        svg = drawn(collapsed(nodes, depth, model), f"{title} (modules below depth {depth} folded)")
+    if len(svg) > MESSAGE_BYTES:
+        folded = collapsed(nodes, 1, model) if depth else nodes
+        keep = len(folded) * MESSAGE_BYTES // len(svg) // 2
+        svg = drawn(shortened(folded, keep), f"{title} (the first and last {keep} nodes)")
+    return svg
+
+
+def collapsed(nodes: list[Node], depth: int, model: torch.nn.Module) -> list[Node]:
+    """The nodes with each run of nodes inside one module at ``depth`` (``layer1.0`` is at 2) as
+    one node: that module, its class, its parameters and the shape it gave last."""
+    groups: list[list[int]] = []
+    keys: list[str] = []
+    for i, node in enumerate(nodes):
+        parts = node.module.split(".") if node.module else []
+        if node.name != node.module:  # a function: its last part is its own name, not a module's
+            parts = parts[:-1]
+        key = ".".join(parts[:depth]) if len(parts) >= depth and node.kind not in ("input", "output") else ""
+        if key and keys and keys[-1] == key:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+            keys.append(key)
+    where = {i: g for g, members in enumerate(groups) for i in members}
+    folded = []
+    for g, (key, members) in enumerate(zip(keys, groups)):
+        inputs = tuple(dict.fromkeys(where[s] for i in members for s in nodes[i].inputs if where[s] != g))
+        if not key or len(members) == 1 and nodes[members[0]].name == key:
+            folded.append(nodes[members[0]]._replace(inputs=inputs))
+            continue
+        try:
+            module = model.get_submodule(key)
+            kind, parameters = type(module).__name__, sum(p.numel() for p in module.parameters())
+        except AttributeError:  # a path that names no module (a model traced by hooks under other names)
+            kind, parameters = "module", 0
+        folded.append(Node(key, kind, key, parameters, nodes[members[-1]].shape, inputs))
+    return folded
+
+
+def shortened(nodes: list[Node], keep: int) -> list[Node]:
+    """The first and last ``keep`` nodes, with one node between them saying how many are left out."""
+    if len(nodes) <= 2 * keep + 1:
+        return nodes
+    cut = len(nodes) - 2 * keep
+    gap = Node(f"... {cut} nodes not drawn", "", "", 0, "", (keep - 1,))
+    moved = [n._replace(inputs=tuple(dict.fromkeys(s if s < keep else keep if s < len(nodes) - keep else s - cut + 1
+                                                   for s in n.inputs)))
+             for n in nodes[len(nodes) - keep:]]
+    return [*nodes[:keep], gap, *moved]
+
+
 # --- drawing ------------------------------------------------------------------------------------
 _BOX_W, _BOX_H, _GAP, _INDENT, _LABEL, _LANE = 240, 34, 26, 12, 16, 12
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from monitor import Graph, SummaryWriter
-from monitor.graph import drawn, traced
+from monitor.graph import MESSAGE_BYTES, collapsed, drawn, fitted, traced
 from helpers.graph_models import SkipNet, models_and_inputs
 from helpers.monitors import monitor_with
 from monitor.records import Text
@@ -50,6 +50,31 @@ def test_two_inputs_both_feed_the_model():
     nodes, _ = traced(model, inputs)
     cat = next(n for n in nodes if n.kind == "cat")
     assert [n.kind for n in nodes[:2]] == ["input", "input"] and cat.shape == "[8, 150]"
+
+
+def test_a_big_model_s_drawing_stays_within_a_message_folding_modules_then_cutting_the_middle():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc1, self.fc2, self.norm = nn.Linear(4, 4), nn.Linear(4, 4), nn.LayerNorm(4)
+
+        def forward(self, x):
+            return self.norm(x + self.fc2(torch.relu(self.fc1(x))))
+
+    deep = nn.Sequential(*[nn.Sequential(*[Block() for _ in range(40)]) for _ in range(6)], nn.Linear(4, 2))
+    nodes, _ = traced(deep, (torch.randn(2, 4),))
+    assert len(drawn(nodes)) > MESSAGE_BYTES  # 1450 nodes
+    svg = fitted(nodes, deep, "Deep")
+    assert len(svg) <= MESSAGE_BYTES and "modules below depth 2 folded" in svg
+    assert ">0.39: Block<" in svg and ">[2, 4]<" in svg  # a block as one box, with its parameters and shape
+    folded = collapsed(nodes, 2, deep)
+    assert len(folded) == 1 + 6 * 40 + 2 and sum(n.parameters for n in folded if n.kind == "Block") == sum(
+        p.numel() for p in deep[:6].parameters())
+    assert all(n.inputs == (i - 1,) for i, n in enumerate(folded) if i)  # a chain again
+    chain = nn.Sequential(*[nn.Linear(4, 4) for _ in range(2000)])
+    nodes, _ = traced(chain, (torch.randn(2, 4),))
+    svg = fitted(nodes, chain, "Chain")
+    assert len(svg) <= MESSAGE_BYTES and "nodes not drawn" in svg and ">1999: Linear<" in svg
 
 
 def test_a_model_fx_cannot_trace_is_drawn_from_its_modules_and_tracing_changes_nothing():

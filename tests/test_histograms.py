@@ -121,6 +121,13 @@ def test_uneven_bins_are_drawn_over_even_ones_and_even_bins_as_they_are():
     assert edges == [0.0, 1.0, 2.0, 3.0, 4.0] and counts == [2, 2, 2, 2]
 
 
+def test_many_even_bins_are_drawn_merged():
+    edges, counts = [i / 1000 for i in range(1001)], [1] * 1000
+    drawn_edges, drawn_counts = evenly(edges, counts)
+    assert len(drawn_counts) == 200 and sum(drawn_counts) == pytest.approx(1000)
+    assert evenly(edges[:101], counts[:100]) == (edges[:101], counts[:100])  # up to 200: as they are
+
+
 def test_a_long_run_keeps_the_distribution_window_within_budget():
     windows = Windows()
     edges = np.linspace(-3, 3, 31).tolist()

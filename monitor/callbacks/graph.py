@@ -6,7 +6,7 @@ from typing import Any
 import torch
 
 from monitor.core import Callback, LoopState
-from monitor.graph import drawn, traced
+from monitor.graph import fitted, traced
 from monitor.log import Log
 from monitor.models import unwrap_model
 from monitor.records import Order
@@ -48,7 +48,7 @@ def show(log: Log, model: torch.nn.Module, inputs: tuple, x: float = 0, window: 
     """Traces ``model`` on ``inputs`` and writes its diagram to text pane ``window``."""
     nodes, how = traced(model, inputs)
     title = type(model).__name__ + ("" if how == "fx" else " (modules in the order they ran)")
-    svg = drawn(nodes, title)
+    svg = fitted(nodes, model, title)
     log.window(window, order=Order.SUMMARY, title=window, width=min(_size(svg, "width") + 40, 640),
                height=min(_size(svg, "height") + 60, 720))
     log.text(window, x, f'<div style="overflow:auto">{svg}</div>', html=True)
