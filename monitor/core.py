@@ -269,10 +269,11 @@ class Monitor:
         own. With gradient accumulation, calling it after every micro-batch or only after the
         last gives the same single point per step: the last call's, the accumulated gradients.
         """
-        self.state.backward_pass = self._pass_of(optimizer)
+        state = self.state
+        state.backward_pass = None if optimizer is None else self._pass_of(optimizer)
         if not self._in_step:
             self._in_step = True
-            self.state.step += 1
+            state.step += 1
         self._fire("on_after_backward")
 
     def step_end(self, loss: Any = None, metrics: Mapping[str, Any] | None = None,

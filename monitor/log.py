@@ -71,7 +71,9 @@ class Log:
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        self._layouts: dict[str, tuple[int, dict[str, Any]]] = {}  # what window() sent last
+        # What window() sent last, by window: a callback that lays a window out once looks here
+        # (``name in log.layouts``) instead of calling window() every step.
+        self.layouts: dict[str, tuple[int, dict[str, Any]]] = {}
         self._names: set[str] = set()  # window and trace names already checked
         self._checked_traces: tuple[str, ...] = ()
 
@@ -95,7 +97,10 @@ class Log:
         """One point of one trace; ``value`` is a number or a one-element tensor."""
         if type(value) is not float:
             value = _snapshot(value, "value")
-        self.sink.put(Points(self._name("window", window), _x(x), (self._name("trace", trace),), (value,)))
+        names = self._names
+        if type(window) is not str or window not in names or type(trace) is not str or trace not in names:
+            self._name("window", window), self._name("trace", trace)  # checked once per name
+        self.sink.put(Points(window, x if type(x) is int else _x(x), (trace,), (value,)))
 
     def scalars(self, window: str, x: float, values: Mapping[str, Any]) -> None:
         """One point for each trace named in ``values`` (trace -> number or one-element tensor)."""
@@ -121,7 +126,11 @@ class Log:
         training thread; it must only use what nothing changes afterwards.
         """
         if callable(values):
-            self.sink.put(Points(self._name("window", window), _x(x), self._traces(traces), values))
+            if type(window) is not str or window not in self._names:
+                self._name("window", window)
+            if traces is not self._checked_traces:
+                traces = self._traces(traces)
+            self.sink.put(Points(window, x if type(x) is int else _x(x), traces, values))
             return
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
@@ -213,9 +222,9 @@ class Log:
         learning rate, gradients, images). Calling it again with the same options sends
         nothing, so a callback may call it wherever it writes to the window.
         """
-        if self._layouts.get(window) == (order, opts):
+        if self.layouts.get(window) == (order, opts):
             return
-        self._layouts[self._name("window", window)] = (order, opts)
+        self.layouts[self._name("window", window)] = (order, opts)
         self.sink.put(Layout(window, dict(opts), checks.integer("order", order)))
 
 

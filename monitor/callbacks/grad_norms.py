@@ -76,6 +76,7 @@ class GradNorms(Callback):
         self.weights, self.update_ratio = boolean("weights", weights), boolean("update_ratio", update_ratio)
         self.loss_scale = boolean("loss_scale", loss_scale)
         self._pending: dict[str, tuple[str, tuple[str, ...], Callable[[], list[float]]]] = {}  # window: kind, ...
+        self._forms: dict[str, str] = {}  # each window's form as last laid out
         self._passes: dict[str, tuple[int, ...]] = {}  # an optimizer's parameters, as indices into _params
         self._wrapped: torch.nn.Module | None = None   # the model as passed, maybe in a wrapper
         self._model: torch.nn.Module | None = None
@@ -83,6 +84,7 @@ class GradNorms(Callback):
         self._layer_of: list[int] = []      # self._params[i] belongs to layer self._layer_of[i]
         self._layers: list[str] = []        # trace names, one per layer
         self._all: tuple[int, ...] = ()     # every parameter's index: the usual set present
+        self._all_grouping: tuple[tuple[str, ...], tuple[tuple[int, ...], ...]] | None = None  # its grouping
         self._groupings: dict[tuple[int, ...], tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]] = {}
         self._before: list[torch.Tensor] | None = None
         self._stale = True  # the parameters may have changed since the grouping was built
@@ -112,9 +114,9 @@ class GradNorms(Callback):
         self._hooks = []
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
-        if not is_due(state.step, self.every):
+        if self.every != 1 and not is_due(state.step, self.every):
             return
-        params = self._parameters(state)
+        params = self._params if state.model is self._wrapped and not self._stale else self._parameters(state)
         if not params:
             return
         name = state.backward_pass
@@ -161,7 +163,9 @@ class GradNorms(Callback):
 
     def _write(self, kind: str, suffix: str, tensors: list[torch.Tensor], present: tuple[int, ...],
                scale: float | torch.Tensor | None) -> None:
-        traces, groups = self._groupings.get(present) or self._grouping(present)
+        # Every parameter, the usual case, skips hashing the tuple of their indices.
+        traces, groups = self._groupings.get(present) or self._grouping(present) if present is not self._all \
+            else self._all_grouping or self._grouping(present)
         if kind == "grad norm" and not tensors[0].requires_grad:
             # Plain gradients (no backward(create_graph=True)) build no graph, and no_grad()
             # would cost as much as the norms' own Python.
@@ -176,6 +180,10 @@ class GradNorms(Callback):
     def _put(self, log: Log, window: str, ylabel: str, x: int, traces: tuple[str, ...],
              values: Callable[[], list[float]]) -> None:
         form = self.form if self.form != "auto" else "heatmap" if len(traces) > LINES_UP_TO + 1 else "lines"
+        if self._forms.get(window) == form and window in log.layouts:  # laid out as it is already
+            log.vector(window, x, traces, values)
+            return
+        self._forms[window] = form
         if form == "heatmap":
             log.window(window, order=Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log",
                        form="heatmap", top=self.top)
@@ -209,6 +217,7 @@ class GradNorms(Callback):
     def _build(self, model: torch.nn.Module) -> None:
         self._model, self._params, self._layer_of, self._layers = model, [], [], []
         self._groupings.clear()
+        self._all_grouping = None
         self._passes.clear()
         self._before = None
         seen: set[int] = set()
@@ -236,6 +245,8 @@ class GradNorms(Callback):
                 self._groupings.clear()
             self._groupings[present] = (tuple([self._layers[layer] for layer in order] + ["total"]),
                                         tuple(tuple(layers[layer]) for layer in order))
+        if present is self._all:
+            self._all_grouping = self._groupings[present]
         return self._groupings[present]
 
 

@@ -49,12 +49,13 @@ class LearningRate(Callback):
         self._names = []  # a group may have been renamed: name them again
 
     def _write(self, state: LoopState, log: Log) -> None:
-        if not is_due(state.step, self.every):
+        if self.every != 1 and not is_due(state.step, self.every):
             return
         if state.optimizer is None and not state.optimizers:
             raise ValueError("LearningRate needs the optimizer: pass it to "
                              "monitor.train_start(model, optimizer), got optimizer=None")
-        log.window(WINDOW, order=Order.LEARNING_RATE, title=WINDOW, xlabel="step", ylabel="learning rate")
+        if WINDOW not in log.layouts:
+            log.window(WINDOW, order=Order.LEARNING_RATE, title=WINDOW, xlabel="step", ylabel="learning rate")
         self._logged_step = state.step
         if state.optimizer is not None:
             groups = state.optimizer.param_groups

@@ -61,7 +61,7 @@ class Scalars(Callback):
         self._world_size = monitor.world_size
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
-        if not is_due(state.step, self.every):
+        if self.every != 1 and not is_due(state.step, self.every):
             return
         if not state.metrics and self.x == "step" and (self._world_size == 1 or self.average is False):
             # The usual step: the loss alone, kept cheap
@@ -123,7 +123,9 @@ class Scalars(Callback):
     def _write_one(self, log: Log, x: float, trace: str, name: str, value: Any) -> None:
         """One point of metric ``name`` in its window (laid out the first time), naming it in errors."""
         try:
-            log.window(name, order=Order.LOSS if name == "loss" else Order.METRICS, title=name, xlabel=self.x, ylabel=name)
+            if name not in log.layouts:  # laid out once: the training thread's path stays short
+                log.window(name, order=Order.LOSS if name == "loss" else Order.METRICS, title=name, xlabel=self.x,
+                           ylabel=name)
             log.scalar(name, trace, x, value)
         except (TypeError, ValueError) as error:
             raise type(error)(f"metric {name!r}: {error}") from None
