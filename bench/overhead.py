@@ -14,6 +14,9 @@ steps (steps 1, 51, 101, ...) a grid of the batch's first 8 images. The modes:
 - ``monitor``: ``Monitor([Scalars(), LearningRate(), GradNorms(), Images(every=50)])``;
 - ``naive``: direct visdom client calls on the loop's thread, as a first script would do them:
   ``vis.line(..., update="append")`` per window per step, ``vis.images`` for the grid;
+- ``batched``: the small batched Visdom logger of ``reference_logger.py`` (about 80 lines: the
+  norms in one ``_foreach_norm`` and one ``stack``, read on the loop's thread, sent by a thread
+  every 0.5 s as one append per window), the bar a careful user sets in an afternoon;
 - ``tensorboard``: ``torch.utils.tensorboard.SummaryWriter``: ``add_scalar`` per value,
   ``add_images`` for the grid;
 - ``ignite``: pytorch-ignite's ``VisdomLogger`` with its ``OutputHandler`` (loss),
@@ -56,7 +59,7 @@ from monitor.server import VisdomServer
 
 GRID_EVERY = 50
 GRID_COUNT = 8
-MODES = ("monitor", "naive", "tensorboard", "ignite")
+MODES = ("monitor", "batched", "naive", "tensorboard", "ignite")
 MONITOR_RUNS = 3  # pairs (bare, monitor) per repetition; the other modes get one
 
 
@@ -182,6 +185,42 @@ class NaiveVisdomMode(Mode):
         if grid_due(step):
             self.vis.images(images[:GRID_COUNT], win="inputs", opts={"title": "inputs"})
         self.steps = step
+
+    def delivered(self) -> tuple[int, int]:
+        return harness.count_points(harness.window_data(self.server, self.env)), self.steps * self.traces
+
+
+class BatchedMode(Mode):
+    """The small batched logger of ``reference_logger.py``."""
+
+    name = "batched"
+
+    def __init__(self, server: VisdomServer, env: str) -> None:
+        self.server, self.env = server, env
+        self.steps = 0
+
+    def start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        from visdom import Visdom
+
+        from reference_logger import BatchedLogger
+        vis = Visdom(server="http://127.0.0.1", port=self.server.port, env=self.env, use_incoming_socket=False,
+                     raise_exceptions=True)
+        self.logger = BatchedLogger(vis)
+        self.optimizer, self.layers = optimizer, layers_of(model)
+        self.traces = 2 + len(self.layers) + 1
+
+    def after_backward(self, step: int) -> None:
+        self.logger.norms(step, self.layers)
+
+    def step_end(self, step: int, loss: torch.Tensor, images: torch.Tensor, targets: torch.Tensor) -> None:
+        self.logger.scalars("loss", step, {"loss": loss.item()})
+        self.logger.scalars("learning rate", step, {"lr": self.optimizer.param_groups[0]["lr"]})
+        if grid_due(step):
+            self.logger.images("inputs", images[:GRID_COUNT])
+        self.steps = step
+
+    def close(self) -> None:
+        self.logger.close()
 
     def delivered(self) -> tuple[int, int]:
         return harness.count_points(harness.window_data(self.server, self.env)), self.steps * self.traces
@@ -325,7 +364,7 @@ def _cpu(server: VisdomServer | None) -> float:
 
 
 def available_modes() -> list[str]:
-    modes = ["monitor", "naive"]
+    modes = ["monitor", "batched", "naive"]
     for name, module in (("tensorboard", "tensorboard"), ("ignite", "ignite")):
         try:
             __import__(module)
@@ -342,6 +381,8 @@ def make_mode(name: str, server: VisdomServer, label: str, scratch: Path) -> Mod
         return MonitorMode(server, f"bench-{label}", scratch / label)
     if name == "naive":
         return NaiveVisdomMode(server, f"bench-{label}")
+    if name == "batched":
+        return BatchedMode(server, f"bench-{label}")
     if name == "tensorboard":
         return TensorBoardMode(scratch / label)
     if name == "ignite":
@@ -356,6 +397,7 @@ class Summary:
     median_ms: float
     mean_ms: float
     ratio: float          # median step time / bare's
+    paired: float         # median over runs of: the run's median step / its neighbouring bare runs'
     mean_ratio: float     # mean step time / bare's
     cpu_ms: float         # median over runs of CPU per step (loop process + server)
     faults: float         # median over runs of page faults per step (loop process)
@@ -382,6 +424,7 @@ def run(server: VisdomServer, workloads: tuple[str, ...] = ("mlp", "cnn"), modes
                 train(workload, make_mode(name, server, label, Path(scratch)), 5, 5, server)
                 harness.delete_env(server, f"bench-{label}")
             runs: dict[str, list[Run]] = {name: [] for name in ["bare", *modes]}
+            order: list[Run] = []  # every run in the order it ran, for the pairing
             for repeat in range(repeats):
                 for name, pair in pairs:
                     for current in ("bare", name):
@@ -389,23 +432,40 @@ def run(server: VisdomServer, workloads: tuple[str, ...] = ("mlp", "cnn"), modes
                         result = train(workload, make_mode(current, server, label, Path(scratch)), steps, warmup,
                                        server)
                         runs[current].append(result)
+                        order.append(result)
                         harness.delete_env(server, f"bench-{label}")
                         progress(f"{label}: median {harness.median(result.step_times) * 1e3:.3f} ms/step, "
                                  f"CPU {result.cpu_s * 1e3:.3f} ms/step, close {result.close_s:.3f} s, "
                                  f"delivered {result.delivered}")
             bare_times = [t for r in runs["bare"] for t in r.step_times]
+            paired = _paired(order)
             for name in ["bare", *modes]:
                 times = [t for r in runs[name] for t in r.step_times]
                 delivered = [r.delivered for r in runs[name] if r.delivered is not None]
                 summaries.append(Summary(
                     workload_name, name, harness.median(times) * 1e3, _mean(times) * 1e3,
-                    harness.median(times) / harness.median(bare_times), _mean(times) / _mean(bare_times),
+                    harness.median(times) / harness.median(bare_times),
+                    harness.median(paired[name]) if paired.get(name) else 1.0, _mean(times) / _mean(bare_times),
                     harness.median([r.cpu_s for r in runs[name]]) * 1e3,
                     harness.median([r.faults for r in runs[name]]),
                     sum(d[0] for d in delivered) if delivered else None,
                     sum(d[1] for d in delivered) if delivered else None,
                     max(r.close_s for r in runs[name]), len(runs[name])))
     return summaries
+
+
+def _paired(order: list[Run]) -> dict[str, list[float]]:
+    """Each run's median step over the mean of the bare runs just before and after it (those
+    that exist): a ratio the machine's drift over the benchmark hardly moves."""
+    ratios: dict[str, list[float]] = {}
+    for i, run in enumerate(order):
+        if run.mode == "bare":
+            continue
+        before = next((r for r in reversed(order[:i]) if r.mode == "bare"), None)
+        after = next((r for r in order[i + 1:] if r.mode == "bare"), None)
+        neighbours = [harness.median(r.step_times) for r in (before, after) if r is not None]
+        ratios.setdefault(run.mode, []).append(harness.median(run.step_times) / _mean(neighbours))
+    return ratios
 
 
 def _mean(values: list[float]) -> float:
@@ -416,9 +476,11 @@ def table(summaries: list[Summary]) -> str:
     rows = []
     for s in summaries:
         delivered = "-" if s.expected is None else f"{s.delivered}/{s.expected}"
-        rows.append([s.workload, s.mode, f"{s.median_ms:.3f}", f"**{s.ratio:.2f}x**", f"{s.mean_ratio:.2f}x",
+        rows.append([s.workload, s.mode, f"{s.median_ms:.3f}", f"**{s.ratio:.2f}x**", f"**{s.paired:.3f}x**",
+                     f"{s.mean_ratio:.2f}x",
                      f"{s.cpu_ms:.2f}", f"{s.faults:.1f}", delivered, f"{s.close_s:.3f}"])
-    return harness.markdown_table(["model", "mode", "median step ms", "ratio to bare (median)", "ratio (mean)",
+    return harness.markdown_table(["model", "mode", "median step ms", "ratio to bare (median)",
+                                   "paired ratio (median of runs)", "ratio (mean)",
                                    "CPU ms/step (loop process + server)", "page faults/step",
                                    "points delivered/expected", "close() s (worst run)"], rows)
 
@@ -431,8 +493,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=sorted(WORKLOADS))
     parser.add_argument("--modes", nargs="+", default=None, choices=MODES,
                         help="default: monitor, naive, and tensorboard/ignite when installed")
+    parser.add_argument("--allocator", default="steady", choices=("steady", "default"),
+                        help="raise glibc's trim and mmap thresholds first (steady, the default) or not")
     args = parser.parse_args(argv)
-    harness.steady_allocator()
+    if args.allocator == "steady":
+        harness.steady_allocator()
     with harness.local_server() as server:
         summaries = run(server, tuple(args.models), args.modes, args.steps, args.warmup, args.repeats)
     print(table(summaries))
