@@ -190,24 +190,15 @@ class NaiveVisdomMode(Mode):
         return harness.count_points(harness.window_data(self.server, self.env)), self.steps * self.traces
 
 
-class BatchedMode(Mode):
-    """The small batched logger of ``reference_logger.py``."""
+class BatchedMode(NaiveVisdomMode):
+    """The small batched logger of ``reference_logger.py``, on the naive mode's client."""
 
     name = "batched"
 
-    def __init__(self, server: VisdomServer, env: str) -> None:
-        self.server, self.env = server, env
-        self.steps = 0
-
     def start(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-        from visdom import Visdom
-
         from reference_logger import BatchedLogger
-        vis = Visdom(server="http://127.0.0.1", port=self.server.port, env=self.env, use_incoming_socket=False,
-                     raise_exceptions=True)
-        self.logger = BatchedLogger(vis)
-        self.optimizer, self.layers = optimizer, layers_of(model)
-        self.traces = 2 + len(self.layers) + 1
+        super().start(model, optimizer)
+        self.logger = BatchedLogger(self.vis)
 
     def after_backward(self, step: int) -> None:
         self.logger.norms(step, self.layers)
@@ -221,9 +212,6 @@ class BatchedMode(Mode):
 
     def close(self) -> None:
         self.logger.close()
-
-    def delivered(self) -> tuple[int, int]:
-        return harness.count_points(harness.window_data(self.server, self.env)), self.steps * self.traces
 
 
 class TensorBoardMode(Mode):
