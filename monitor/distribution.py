@@ -40,10 +40,13 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
     elif not tensors:
         edges = torch.linspace(-0.5, 0.5, bins + 1, dtype=dtype, device=device)
     else:
-        low = torch.stack([torch.where(torch.isfinite(f), f, math.inf).amin()
-                           for f in (t.reshape(-1).to(dtype) for t in tensors)]).amin()
-        high = torch.stack([torch.where(torch.isfinite(f), f, -math.inf).amax()
-                            for f in (t.reshape(-1).to(dtype) for t in tensors)]).amax()
+        lows, highs = [], []
+        for tensor in tensors:
+            flat = tensor.reshape(-1).to(dtype)
+            finite = torch.isfinite(flat)
+            lows.append(torch.where(finite, flat, math.inf).amin())
+            highs.append(torch.where(finite, flat, -math.inf).amax())
+        low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
         same = low == high
         low, high = torch.where(same, low - 0.5, low), torch.where(same, high + 0.5, high)
         steps = torch.linspace(0, 1, bins + 1, dtype=dtype, device=device)
@@ -74,7 +77,7 @@ def _on(edges: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.
     if cached is None or cached[0] is not edges:
         while len(_EDGES) >= 16:  # edges made afresh at every call are copied at every call
             del _EDGES[next(iter(_EDGES))]
-        source = edges.to(dtype).pin_memory() if torch.cuda.is_available() else edges.to(dtype)
+        source = edges.to(dtype).pin_memory() if device.type == "cuda" else edges.to(dtype)
         cached = _EDGES[key] = (edges, source.to(device, non_blocking=True))
     return cached[1]
 

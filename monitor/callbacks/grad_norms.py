@@ -163,9 +163,7 @@ class GradNorms(Callback):
 
     def _write(self, kind: str, suffix: str, tensors: list[torch.Tensor], present: tuple[int, ...],
                scale: float | torch.Tensor | None) -> None:
-        # Every parameter, the usual case, skips hashing the tuple of their indices.
-        traces, groups = self._groupings.get(present) or self._grouping(present) if present is not self._all \
-            else self._all_grouping or self._grouping(present)
+        traces, groups = self._grouping(present)
         if kind == "grad norm" and not tensors[0].requires_grad:
             # Plain gradients (no backward(create_graph=True)) build no graph, and no_grad()
             # would cost as much as the norms' own Python.
@@ -234,20 +232,24 @@ class GradNorms(Callback):
     def _grouping(self, present: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
         """Trace names, and for each layer present the positions of its parameters in ``present``.
 
-        Cached per set of parameters present (usually all of them, every step).
+        Cached per set of parameters present; every parameter, the usual case, without hashing
+        the tuple of their indices.
         """
-        if present not in self._groupings:  # a set not seen before (the callers look first)
+        if present is self._all and self._all_grouping is not None:
+            return self._all_grouping
+        grouping = self._groupings.get(present)
+        if grouping is None:  # a set not seen before
             layers: dict[int, list[int]] = {}
             for position, i in enumerate(present):
                 layers.setdefault(self._layer_of[i], []).append(position)
             order = sorted(layers)
             if len(self._groupings) >= 16:
                 self._groupings.clear()
-            self._groupings[present] = (tuple([self._layers[layer] for layer in order] + ["total"]),
-                                        tuple(tuple(layers[layer]) for layer in order))
+            grouping = self._groupings[present] = (tuple([self._layers[layer] for layer in order] + ["total"]),
+                                                   tuple(tuple(layers[layer]) for layer in order))
         if present is self._all:
-            self._all_grouping = self._groupings[present]
-        return self._groupings[present]
+            self._all_grouping = grouping
+        return grouping
 
 
 _Norms = list[float | torch.Tensor]  # each parameter's norm: a float once read, else a device scalar

@@ -67,8 +67,8 @@ class Histograms(Callback):
         for suffix, params in self._groups.items():
             grads = [p.grad for p in params if p.grad is not None]
             if grads:  # kept until step_end: a later after_backward of the step replaces it
-                scale = scale_of(state.scaler, state.optimizers.values()) if state.scaler is not None else None
-                self._pending[suffix] = _histogram(_KINDS["grads"][0] + suffix, state.step, grads, self.bins, scale)
+                self._pending[suffix] = _histogram(_KINDS["grads"][0] + suffix, state.step, grads, self.bins,
+                                                   scale_of(state.scaler, state.optimizers.values()))
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         pending, self._pending = self._pending, {}
