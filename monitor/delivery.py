@@ -127,6 +127,8 @@ class Delivery:
                 seconds += took
                 sent += 1
                 points += sum(len(t) for t in window.traces.values())
+            if force:
+                self._verify_reopened(limit, settle=True)
         except DashboardError as error:
             self._went_down(str(error))
             return
@@ -182,18 +184,30 @@ class Delivery:
         It asks about a window that was delivered and has not changed since: one whose content
         the server should hold.
         """
-        self._last_check = now = time.monotonic()
-        for name, when in list(self._reopened.items()):
-            window = self.windows.by_name.get(name)
-            if now - when > _VERIFY or window is None:
-                del self._reopened[name]
-            elif window.sent and self.connection.post(
-                    "win_exists", {"win": name, "eid": self.env}, timeout=limit) != "true":
-                window.mark_closed()  # a page's late close took it: it is created again
+        self._last_check = time.monotonic()
+        self._verify_reopened(limit)
         probe: Window | None = next((w for w in self.windows.by_name.values() if w.sent and not w.changed), None)
         if probe is not None and self.connection.post(
                 "win_exists", {"win": probe.name, "eid": self.env}, timeout=limit) != "true":
             self.windows.mark_all_changed()
+
+    def _verify_reopened(self, limit: float | None, settle: bool = False) -> None:
+        """Creates again the windows created again lately that a page's late close took.
+
+        ``settle`` (a flush or a close, after which no heartbeat may come) first waits until each
+        has been there ``REOPEN`` seconds, when a page's answer has arrived.
+        """
+        for name, when in list(self._reopened.items()):
+            window = self.windows.by_name.get(name)
+            if time.monotonic() - when > _VERIFY or window is None:
+                del self._reopened[name]
+                continue
+            if settle:
+                wait = when + REOPEN - time.monotonic()
+                time.sleep(max(0.0, wait if limit is None else min(wait, limit)))
+            if window.sent and self.connection.post(
+                    "win_exists", {"win": name, "eid": self.env}, timeout=limit) != "true":
+                window.mark_closed()  # created again at the next send
 
     def _went_down(self, reason: str) -> None:
         self.delivered = False
