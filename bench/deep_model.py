@@ -5,8 +5,8 @@
 The model is built here (no download): 80 blocks of Linear(64, 64) + LayerNorm(64) and a head,
 161 modules that own parameters, as many as ResNet-50 or GPT-2 small; small layers, so a step is
 short and a per-layer cost shows. Three modes alternate: bare; the floor, a bare loop that itself
-takes every parameter's gradient norm as GradNorms does (one ``torch._foreach_norm`` and a read
-of each, on the training thread), what no per-layer gradient norm can go below; and the monitor
+takes every parameter's gradient norm as GradNorms does (``monitor.norms.each_norm``: stacks of
+the small parameters alike, read on the training thread), what no per-layer gradient norm can go below; and the monitor
 (Scalars and GradNorms every step, a live server). Ratios are of median step times against the
 bare runs. The message size is the grad-norm window's, as the sink would send it at the end.
 """
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 import harness
+from monitor.norms import each_norm, stacks_of
 
 BLOCKS = 80
 
@@ -52,6 +53,8 @@ def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False) -> l
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
     loss_fn = nn.CrossEntropyLoss()
+    parameters = list(model.parameters())
+    stacks = stacks_of(parameters)
     if monitor is not None:
         monitor.train_start(model, optimizer)
     times = []
@@ -63,8 +66,7 @@ def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False) -> l
         if monitor is not None:
             monitor.after_backward()
         if floor:
-            norms = [n.item() for n in torch._foreach_norm([p.grad for p in model.parameters()], 2, dtype=torch.float32)]
-            assert norms
+            assert each_norm([p.grad for p in parameters], stacks)
         optimizer.step()
         if monitor is not None:
             monitor.step_end(loss=loss)

@@ -1,6 +1,6 @@
 """Distributions over time: tensors binned on their own device, shown as TensorBoard shows them.
 
-    edges, counts = binned([p.grad for p in model.parameters()], bins=30)   # device tensors, nothing read
+    edges, counts, n = binned([p.grad for p in model.parameters()], bins=30)   # device tensors, nothing read
     bands({"edges": [0, 1, 2], "counts": [3, 1], "n": 4})   # {"min": 0.0, ..., "median": 0.67, ..., "max": 2.0}
 
 A histogram entry of the run log holds the bins that have values (``edges`` one longer than
@@ -17,24 +17,29 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from monitor.norms import stored_values
+
 BANDS = {"min": 0.0, "7%": 0.07, "16%": 0.16, "31%": 0.31, "median": 0.5, "69%": 0.69, "84%": 0.84,
          "93%": 0.93, "max": 1.0}
 
 
-def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bin edges and counts of all the values of ``tensors``, computed on their device (no read).
+def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Bin edges and counts of all the values of ``tensors``, computed on their device (no read),
+    and how many values there are.
 
     ``bins`` is a number of equal bins over the finite values' range (one unit wide around a
     constant, as ``numpy.histogram`` does), or the edges themselves (1-d, increasing). A value
     is in bin i when ``edges[i] <= value < edges[i + 1]``, the last bin closed on the right, as
-    in ``numpy.histogram``; values outside the edges and non-finite values are in none.
+    in ``numpy.histogram``; values outside the edges and non-finite values are in none. A sparse
+    tensor (``nn.Embedding(sparse=True)``'s gradient) gives the values it stores.
     """
     device = tensors[0].device
     given = isinstance(bins, torch.Tensor)
     # With given edges, values are compared in float64, as numpy compares them (where the device has it).
     wide = given and device.type != "mps" or any(t.dtype == torch.float64 for t in tensors)
     dtype = torch.float64 if wide else torch.float32
-    tensors = [t.detach() for t in tensors if t.numel()]  # one float copy at a time, below
+    tensors = [t for t in (stored_values(t.detach()) for t in tensors) if t.numel()]  # one float copy at a time
+    n = sum(t.numel() for t in tensors)
     if given:
         edges = _on(bins, device, dtype)
     elif not tensors:
@@ -61,7 +66,7 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
         inside = (flat >= edges[0]) & (flat <= edges[-1])  # False for NaN
         index = torch.where(inside, index, count)
         counts.scatter_add_(0, index, torch.ones_like(index))
-    return edges, counts[:count]
+    return edges, counts[:count], n
 
 
 _EDGES: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}

@@ -176,11 +176,10 @@ class Log:
             checks.real_tensor("values", tensor)
         if len({t.device for t in tensors}) > 1:
             raise ValueError(f"values must be on one device, got {sorted({str(t.device) for t in tensors})}")
-        n = sum(t.numel() for t in tensors)
+        edges, counts, n = distribution.binned(tensors, _bins(bins))
         if not n:
             raise ValueError("values must hold at least one number, got none")
-        self.sink.put(Histogram(self._name("window", window), _x(x),
-                                (*distribution.binned(tensors, _bins(bins)), n)))
+        self.sink.put(Histogram(self._name("window", window), _x(x), (edges, counts, n)))
 
     def text(self, window: str, x: float, text: str, *, html: bool = False, markdown: bool = False) -> None:
         """A text pane; a later call for the same window replaces it.

@@ -188,13 +188,13 @@ def test_grad_norms_of_parameters_on_several_devices_read_only_the_cpu_ones_on_t
     There is no GPU here, and _foreach_norm over CPU and meta tensors together computes the CPU
     one wrongly, so the foreach pass is replaced by what it returns on a CPU + GPU model.
     """
-    from monitor.callbacks import grad_norms
+    from monitor import norms as module
     on_devices = [torch.tensor(5.0), torch.tensor(2.0, device="meta")]
-    monkeypatch.setattr(grad_norms.torch, "_foreach_norm", lambda tensors, *_, **__: on_devices)
-    norms = grad_norms._each_norm([torch.ones(1), torch.ones(1, device="meta")])
+    monkeypatch.setattr(module.torch, "_foreach_norm", lambda tensors, *_, **__: on_devices)
+    norms = module.each_norm([torch.ones(1), torch.ones(1, device="meta")])
     assert norms[0] == 5.0 and isinstance(norms[0], float) and norms[1] is on_devices[1]
     with pytest.raises(RuntimeError, match="meta"):  # the worker's read: where a GPU's would wait
-        grad_norms._read(norms)
+        module.read(norms)
 
 
 def test_the_update_ratio_of_a_layer_that_neither_has_weights_nor_moves_is_nan():

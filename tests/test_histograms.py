@@ -51,6 +51,19 @@ def test_empty_tensors_among_others_and_float32_ranges_near_the_limit_are_binned
     assert entry["edges"][0] == pytest.approx(-3e38) and entry["edges"][-1] == pytest.approx(3e38)
 
 
+def test_a_sparse_gradient_gives_the_values_it_stores():
+    embedding = torch.nn.EmbeddingBag(10, 4, sparse=True)
+    embedding(torch.tensor([[1, 1, 3]])).sum().backward()  # row 1 looked up twice: stored twice, uncoalesced
+    monitor, sink = monitor_with(Histograms(of=("grads",), bins=5))
+    monitor.train_start(embedding)
+    monitor.after_backward()
+    monitor.step_end()
+    entry = encode(sink.of(Histogram)[0])
+    rows = embedding.weight.grad.to_dense()[[1, 3]]
+    expected, _ = np.histogram(rows.numpy(), bins=np.array(entry["edges"]))
+    assert entry["n"] == 8 and sum(entry["counts"]) == 8 and entry["counts"] == expected.tolist()
+
+
 def test_gradients_under_a_grad_scaler_are_shown_unscaled():
     torch.manual_seed(0)
     model = small_model()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from monitor import Checkpoint, GradNorms, LearningRate, Monitor, Summary
+from monitor import Checkpoint, GradNorms, Guard, LearningRate, Monitor, Summary
 from monitor.checkpoint import load_checkpoint
 from monitor.log import NullSink
 from monitor.records import Text
@@ -230,3 +230,55 @@ def test_resuming_a_one_optimizer_checkpoint_with_two_says_what_it_holds(tmp_pat
     from monitor import resume
     with pytest.raises(ValueError, match=r"optimizer must be the optimizers .* holds \(one SGD, not named\), got G, D"):
         resume(tmp_path / "ckpt", model, {"G": optimizer, "D": torch.optim.SGD(model.parameters(), lr=0.1)})
+
+
+def test_a_float64_model_s_norms_are_taken_in_float64():
+    model = _model().double()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    sink = ListSink()
+    monitor = Monitor([GradNorms(weights=True, update_ratio=True), Guard()], sink=sink, raise_errors=True)
+    monitor.train_start(model, optimizer)
+    clipped = []
+    for _ in range(3):
+        loss = model(torch.randn(8, 6, dtype=torch.float64)).square().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        monitor.after_backward()
+        clipped.append(nn.utils.clip_grad_norm_(model.parameters(), max_norm=1.0).item())
+        optimizer.step()
+        monitor.step_end(loss=loss)
+    assert [v for _, v in sink.points("grad norm")["total"]] == pytest.approx(clipped, rel=1e-12)
+    assert len(sink.points("update ratio")["total"]) == 3
+
+
+def test_sparse_embedding_gradients_are_normed_as_their_dense_equivalent():
+    class Bag(nn.Module):  # a recommender's shape: sparse embeddings, a dense head
+        def __init__(self):
+            super().__init__()
+            self.users, self.items = nn.Embedding(50, 8, sparse=True), nn.Embedding(80, 8, sparse=True)
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, users, items):
+            return self.head(torch.cat([self.users(users), self.items(items)], dim=1)).squeeze(1)
+
+    torch.manual_seed(0)
+    model = Bag()
+    sparse = torch.optim.SparseAdam([*model.users.parameters(), *model.items.parameters()], lr=0.01)
+    dense = torch.optim.Adam(model.head.parameters(), lr=0.01)
+    sink = ListSink()
+    monitor = Monitor([GradNorms(), Guard()], sink=sink, raise_errors=True)
+    monitor.train_start(model, {"sparse": sparse, "dense": dense})
+    seen = []
+    for _ in range(3):
+        users, items = torch.randint(0, 50, (16,)), torch.randint(0, 80, (16,))  # repeated ids: uncoalesced
+        loss = (model(users, items) - 1).square().mean()
+        sparse.zero_grad(), dense.zero_grad()
+        loss.backward()
+        monitor.after_backward()
+        seen.append({name: torch.linalg.vector_norm(torch.cat([p.grad.to_dense().flatten() for p in module.parameters()])).item()
+                     for name, module in (("users", model.users), ("items", model.items), ("head", model.head))})
+        sparse.step(), dense.step()
+        monitor.step_end(loss=loss)
+    traces = sink.points("grad norm")
+    for name in ("users", "items", "head"):
+        assert [v for _, v in traces[name]] == pytest.approx([s[name] for s in seen], rel=1e-5)

@@ -14,6 +14,7 @@ from monitor.amp import current_scale, scale_of
 from monitor.callbacks._every import is_due
 from monitor.checks import boolean, one_of, positive_int
 from monitor.models import unwrap_model
+from monitor.norms import Norms, Stacks, each_norm, read, stacks_of
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.records import Order
@@ -38,8 +39,10 @@ class GradNorms(Callback):
     The grouping is built at train_start and rebuilt when a module or parameter is registered
     (a new head, a grown network); a module deleted mid-epoch is noticed at the next epoch_start.
 
-    The training thread only takes each parameter's norm, in one foreach pass, and reads those
-    on the CPU; the sink's worker reads the others and adds them up into layers and the total.
+    The training thread only takes each parameter's norm, in one foreach pass (on a CPU, small
+    parameters alike in shape are stacked: a model of many small layers), and reads those on the
+    CPU; the sink's worker reads the others and adds them up into layers and the total. A sparse
+    gradient (``nn.Embedding(sparse=True)``) counts each value it stores.
 
     ``weights=True`` adds ``weight norm``; ``update_ratio=True`` adds ``update ratio``,
     ||w_after - w_before|| / ||w_before|| per layer, which costs a copy of the weights on the
@@ -84,8 +87,8 @@ class GradNorms(Callback):
         self._layer_of: list[int] = []      # self._params[i] belongs to layer self._layer_of[i]
         self._layers: list[str] = []        # trace names, one per layer
         self._all: tuple[int, ...] = ()     # every parameter's index: the usual set present
-        self._all_grouping: tuple[tuple[str, ...], tuple[tuple[int, ...], ...]] | None = None  # its grouping
-        self._groupings: dict[tuple[int, ...], tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]] = {}
+        self._all_grouping: _Grouping | None = None  # its grouping
+        self._groupings: dict[tuple[int, ...], _Grouping] = {}
         self._before: list[torch.Tensor] | None = None
         self._stale = True  # the parameters may have changed since the grouping was built
         self._hooks: list = []
@@ -154,23 +157,23 @@ class GradNorms(Callback):
         before, self._before = self._before, None
         if before is None or not is_due(state.step, self.every):
             return
+        traces, groups, stacks = self._grouping(self._all)
         with torch.no_grad():
-            updates = _each_norm(torch._foreach_sub(self._params, before))
-            before = _each_norm(before)
-        traces, groups = self._grouping(self._all)
+            updates = each_norm(torch._foreach_sub(self._params, before), stacks)
+            before = each_norm(before, stacks)
         self._put(log, "update ratio", _YLABELS["update ratio"], state.step, traces,
                   partial(_update_ratios, updates, before, groups))
 
     def _write(self, kind: str, suffix: str, tensors: list[torch.Tensor], present: tuple[int, ...],
                scale: float | torch.Tensor | None) -> None:
-        traces, groups = self._grouping(present)
+        traces, groups, stacks = self._grouping(present)
         if kind == "grad norm" and not tensors[0].requires_grad:
             # Plain gradients (no backward(create_graph=True)) build no graph, and no_grad()
             # would cost as much as the norms' own Python.
-            norms = _each_norm(tensors)
+            norms = each_norm(tensors, stacks)
         else:
             with torch.no_grad():
-                norms = _each_norm(tensors)
+                norms = each_norm(tensors, stacks)
         # The norms are floats or new tensors nothing else holds: adding them up can wait.
         values = partial(_layer_norms, norms, groups)
         self._pending[kind + suffix] = (kind, traces, values if scale is None else partial(_unscaled, values, scale))
@@ -229,8 +232,9 @@ class GradNorms(Callback):
             self._layers.append(_trace_name(name, module))
         self._all = tuple(range(len(self._params)))
 
-    def _grouping(self, present: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[tuple[int, ...], ...]]:
-        """Trace names, and for each layer present the positions of its parameters in ``present``.
+    def _grouping(self, present: tuple[int, ...]) -> _Grouping:
+        """Trace names, for each layer present the positions of its parameters in ``present``,
+        and the positions whose norms a CPU takes in stacks (see ``_stacks``).
 
         Cached per set of parameters present; every parameter, the usual case, without hashing
         the tuple of their indices.
@@ -246,41 +250,14 @@ class GradNorms(Callback):
             if len(self._groupings) >= 16:
                 self._groupings.clear()
             grouping = self._groupings[present] = (tuple([self._layers[layer] for layer in order] + ["total"]),
-                                                   tuple(tuple(layers[layer]) for layer in order))
+                                                   tuple(tuple(layers[layer]) for layer in order),
+                                                   stacks_of([self._params[i] for i in present]))
         if present is self._all:
             self._all_grouping = grouping
         return grouping
 
 
-_Norms = list[float | torch.Tensor]  # each parameter's norm: a float once read, else a device scalar
-
-
-def _each_norm(tensors: list[torch.Tensor]) -> _Norms:
-    """Each tensor's L2 norm, from one foreach pass: floats on a CPU, device scalars elsewhere.
-
-    This is the work of the training thread: right after a backward pass caches are cold, and
-    each small operation costs 10-40 us on a CPU (measured in bench/overhead.py's loops). CPU
-    norms are read at once, as the Log reads CPU scalars: left to the worker, these small
-    tensors of the training thread were freed there in bunches, and glibc then gave heap back
-    to the system and the next backward faulted it in again (30-100 page faults a step in the
-    MLP benchmark). Device norms wait for the worker, whose read would wait for the device.
-    """
-    norms = torch._foreach_norm(tensors, 2, dtype=torch.float32)
-    # item() each beats torch.stack(norms).tolist() at any count (3 us against 7 for 4 norms,
-    # 174 against 258 for 322, measured on one CPU thread).
-    return [n.item() if n.is_cpu else n for n in norms]
-
-
-def _read(norms: _Norms) -> list[float]:
-    """The norms as floats; on the worker, this reads what the training thread left on a device."""
-    tensors = [n for n in norms if isinstance(n, torch.Tensor)]
-    if not tensors:
-        return norms
-    try:
-        values = iter(torch.stack(tensors).tolist())  # one read of the device
-    except RuntimeError:  # parameters on several devices
-        values = iter([n.item() for n in tensors])
-    return [next(values) if isinstance(n, torch.Tensor) else n for n in norms]
+_Grouping = tuple[tuple[str, ...], tuple[tuple[int, ...], ...], "Stacks | None"]
 
 
 def _unscaled(values: Callable[[], list[float]], scale: float | torch.Tensor) -> list[float]:
@@ -288,14 +265,14 @@ def _unscaled(values: Callable[[], list[float]], scale: float | torch.Tensor) ->
     return [v / divisor for v in values()]
 
 
-def _layer_norms(norms: _Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
+def _layer_norms(norms: Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
     """Each layer's L2 norm, then the total, from each parameter's norm; run on the sink's worker."""
-    return _added_up(_read(norms), groups)
+    return _added_up(read(norms), groups)
 
 
-def _update_ratios(updates: _Norms, before: _Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
+def _update_ratios(updates: Norms, before: Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
     """||update|| / ||weights before it||, per layer and in total; inf or NaN where the weights are 0."""
-    values = _read(updates + before)  # one read of the device for both
+    values = read(updates + before)  # one read of the device for both
     ratios = zip(_added_up(values[:len(updates)], groups), _added_up(values[len(updates):], groups))
     return [u / w if w else (math.inf if u else math.nan) for u, w in ratios]
 

@@ -12,6 +12,7 @@ import torch
 from monitor.checks import one_of, positive_int
 from monitor.core import Callback, LoopState, Monitor
 from monitor.log import Log
+from monitor.norms import foreach_norm
 from monitor.records import Order
 
 _log = logging.getLogger("monitor")
@@ -73,8 +74,7 @@ class Guard(Callback):
         grads = [p.grad for p in state.model.parameters() if p.grad is not None]
         if grads:
             with torch.no_grad():  # in float32: a float16 norm overflows long before the gradients do
-                self._grad_norm = torch.linalg.vector_norm(torch.stack(
-                    torch._foreach_norm(grads, 2, dtype=torch.float32)))
+                self._grad_norm = torch.linalg.vector_norm(torch.stack(foreach_norm(grads)))
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         self._take(state, log, settle=False)

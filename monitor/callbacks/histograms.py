@@ -96,7 +96,7 @@ def _histogram(window: str, step: int, tensors: list[torch.Tensor], bins: int,
     """``scale``: what the gradients are multiplied by under a GradScaler; equal bins of the
     scaled values are those of the true ones, with the edges divided by it."""
     with torch.no_grad():
-        edges, counts = binned(tensors, bins)
+        edges, counts, n = binned(tensors, bins)
         if scale is not None:
             edges = edges / scale
-    return Histogram(window, step, (edges, counts, sum(t.numel() for t in tensors)))
+    return Histogram(window, step, (edges, counts, n))
