@@ -1,6 +1,6 @@
 """A deep model: 161 parameter layers, GradNorms every step. Step-time ratio and bytes per message.
 
-    .venv/bin/python bench/deep_model.py [--steps 300] [--repeats 3]
+    .venv/bin/python bench/deep_model.py [--steps 300] [--repeats 3] [--width 64]
 
 The model is built here (no download): 80 blocks of Linear(64, 64) + LayerNorm(64) and a head,
 161 modules that own parameters, as many as ResNet-50 or GPT-2 small; small layers, so a step is
@@ -28,17 +28,18 @@ from monitor.norms import each_norm, stacks_of
 BLOCKS = 80
 
 
-def deep_model() -> nn.Module:
+def deep_model(width: int = 64) -> nn.Module:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     for _ in range(BLOCKS):
-        layers += [nn.Linear(64, 64), nn.LayerNorm(64), nn.GELU()]
-    return nn.Sequential(*layers, nn.Linear(64, 10))
+        layers += [nn.Linear(width, width), nn.LayerNorm(width), nn.GELU()]
+    return nn.Sequential(*layers, nn.Linear(width, 10))
 
 
 @dataclass
 class Result:
     layers: int
+    width: int
     steps: int
     bare_ms: float
     floor_ms: float
@@ -51,7 +52,7 @@ class Result:
 
 def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False) -> list[float]:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x, y = torch.randn(32, 64), torch.randint(0, 10, (32,))
+    x, y = torch.randn(32, model[0].in_features), torch.randint(0, 10, (32,))
     loss_fn = nn.CrossEntropyLoss()
     parameters = list(model.parameters())
     stacks = stacks_of(parameters)
@@ -74,11 +75,11 @@ def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False) -> l
     return times
 
 
-def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, progress=print) -> Result:
+def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, width: int = 64, progress=print) -> Result:
     from monitor import GradNorms, Monitor, Scalars
 
     torch.set_num_threads(1)
-    model = deep_model()
+    model = deep_model(width)
     layers = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
     bare, floor, monitored, message, shown = [], [], [], 0, ""
     _steps(model, warmup)
@@ -97,7 +98,7 @@ def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, progress=p
             monitor.close()
     bare_ms, floor_ms = statistics.median(bare) * 1e3, statistics.median(floor) * 1e3
     monitor_ms = statistics.median(monitored) * 1e3
-    return Result(layers, steps * repeats, bare_ms, floor_ms, monitor_ms, monitor_ms / bare_ms, floor_ms / bare_ms,
+    return Result(layers, width, steps * repeats, bare_ms, floor_ms, monitor_ms, monitor_ms / bare_ms, floor_ms / bare_ms,
                   message / 1e3, shown)
 
 
@@ -105,7 +106,7 @@ def table(result: Result) -> str:
     return harness.markdown_table(
         ["model", "steps timed (each mode)", "bare median ms", "floor (norms alone) ms", "monitor median ms",
          "floor ratio", "monitor ratio", "grad-norm message", "window shows"],
-        [[f"{result.layers} layers (Linear + LayerNorm)", result.steps, f"{result.bare_ms:.2f}",
+        [[f"{result.layers} layers (Linear({result.width}, {result.width}) + LayerNorm)", result.steps, f"{result.bare_ms:.2f}",
           f"{result.floor_ms:.2f}", f"{result.monitor_ms:.2f}", f"{result.floor_ratio:.3f}x",
           f"**{result.ratio:.3f}x**", f"{result.message_kb:.0f} KB", result.shown]])
 
@@ -114,10 +115,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--width", type=int, default=64, help="the layers' width (64: short steps, the hardest case)")
     args = parser.parse_args()
     harness.steady_allocator()
     with harness.local_server() as server:
-        print(table(run(server, steps=args.steps, repeats=args.repeats)))
+        print(table(run(server, steps=args.steps, repeats=args.repeats, width=args.width)))
 
 
 if __name__ == "__main__":

@@ -14,9 +14,9 @@ from monitor.amp import current_scale, scale_of
 from monitor.callbacks._every import is_due
 from monitor.checks import boolean, one_of, positive_int
 from monitor.models import unwrap_model
-from monitor.norms import Norms, Stacks, each_norm, read, stacks_of
 from monitor.core import Callback, LoopState
 from monitor.log import Log
+from monitor.norms import Norms, Stacks, each_norm, read, stacks_of
 from monitor.records import Order
 
 LINES_UP_TO = 16  # layers drawn as lines by form="auto"; more make a heatmap
@@ -234,7 +234,7 @@ class GradNorms(Callback):
 
     def _grouping(self, present: tuple[int, ...]) -> _Grouping:
         """Trace names, for each layer present the positions of its parameters in ``present``,
-        and the positions whose norms a CPU takes in stacks (see ``_stacks``).
+        and the positions whose norms a CPU takes in stacks (``monitor.norms.stacks_of``).
 
         Cached per set of parameters present; every parameter, the usual case, without hashing
         the tuple of their indices.
