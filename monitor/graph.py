@@ -14,9 +14,11 @@ wherever a loop runs.
 """
 from __future__ import annotations
 
+import random
 from html import escape
 from typing import Any, NamedTuple, Sequence
 
+import numpy
 import torch
 
 
@@ -35,19 +37,26 @@ class Node(NamedTuple):
 def traced(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], str]:
     """The nodes of one forward pass of ``model`` on ``inputs``, and how they were traced ("fx", "hooks").
 
-    The model runs in eval mode without gradients (so no running statistics change) and is put
-    back in the mode it was in.
+    The model runs in eval mode without gradients (so no running statistics change), each module
+    is put back in the mode it was in (a frozen BatchNorm stays in eval), and the random number
+    generators are left as they were: a forward pass that draws noise must not move the loop's
+    RNG, or a resumed run would no longer repeat the one it continues.
     """
-    training = model.training
+    modes = [(module, module.training) for module in model.modules()]
+    devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    python_state, numpy_state = random.getstate(), numpy.random.get_state()
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
             try:
                 return _by_fx(model, inputs), "fx"
             except Exception:  # control flow on values, unsupported calls: the modules as they run
                 return _by_hooks(model, inputs), "hooks"
     finally:
-        model.train(training)
+        for module, training in modes:
+            module.training = training
+        random.setstate(python_state)
+        numpy.random.set_state(numpy_state)
 
 
 def _by_fx(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:

@@ -1,6 +1,9 @@
 """The model's graph: traced shapes, skip connections, several inputs, and the pane that shows it."""
 from __future__ import annotations
 
+import random
+
+import numpy
 import pytest
 import torch
 from torch import nn
@@ -91,6 +94,25 @@ def test_a_model_fx_cannot_trace_is_drawn_from_its_modules_and_tracing_changes_n
     nodes, how = traced(model, (torch.ones(3, 4),))
     assert how == "hooks" and [n.name for n in nodes] == ["input 0", "fc", "norm", "output"]
     assert model.training and torch.equal(model.norm.running_mean, before)
+
+
+def test_tracing_leaves_frozen_modules_in_eval_and_the_random_generators_where_they_were():
+    class Noisy(nn.Module):  # a VAE's reparameterisation: the forward pass draws noise
+        def __init__(self):
+            super().__init__()
+            self.fc, self.frozen = nn.Linear(4, 4), nn.BatchNorm1d(4)
+
+        def forward(self, x):
+            return self.frozen(self.fc(x) + torch.randn_like(x) + random.random() + numpy.random.rand())
+
+    model = Noisy().train()
+    model.frozen.eval()  # fine-tuning: the BatchNorm's statistics stay as they were
+    torch.manual_seed(0), random.seed(0), numpy.random.seed(0)
+    expected = [*torch.rand(3).tolist(), random.random(), numpy.random.rand()]
+    torch.manual_seed(0), random.seed(0), numpy.random.seed(0)
+    traced(model, (torch.ones(3, 4),))
+    assert model.training and model.fc.training and not model.frozen.training
+    assert [*torch.rand(3).tolist(), random.random(), numpy.random.rand()] == expected
 
 
 def test_the_graph_callback_draws_the_first_step_s_inputs_once():
