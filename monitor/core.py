@@ -259,6 +259,7 @@ class Monitor:
         elif self._started and self.state.batch:
             self.state.epoch += 1
         self.state.batch = 0
+        self._resumable.drawn = None  # until monitor.batches draws this epoch's
         self._fire("on_epoch_start")
 
     def after_backward(self, optimizer: str | torch.optim.Optimizer | None = None) -> None:
@@ -401,7 +402,8 @@ class Monitor:
         ``rng`` (optional) tell :meth:`epochs` and :meth:`batches` where to continue."""
         self.state.step, self.state.epoch, self.state.batch = state["step"], state["epoch"], state["batch"]
         done = bool(state.get("epoch_done", False))
-        self._resumable.continue_from(state["epoch"] + done, 0 if done else state["batch"],
+        drawn = state.get("batches_drawn")  # with gradient accumulation a step takes several batches
+        self._resumable.continue_from(state["epoch"] + done, 0 if done else state["batch"] if drawn is None else drawn,
                                       state.get("order_rng"), state.get("rng"))
         saved = state.get("callbacks", {})
         for callback in self.callbacks:

@@ -30,6 +30,7 @@ class Resumable:
     def __init__(self) -> None:
         self.first_epoch = 0
         self.skip = 0                             # batches of the first epoch done before the checkpoint
+        self.drawn: int | None = None             # batches this epoch's monitor.batches gave (None: not used)
         # torch's CPU state and the loader's own generator's as the current epoch's iteration began
         self.order_rng: dict[str, torch.Tensor | None] | None = None
         self.rng: Mapping[str, Any] | None = None  # every generator, as the checkpoint left it
@@ -43,7 +44,7 @@ class Resumable:
         from monitor.sampler import EpochBatchSampler
 
         epoch, skip, rng = monitor.state.epoch, self.skip, self.rng
-        self.skip, self.rng = 0, None
+        self.skip, self.rng, self.drawn = 0, None, skip
         resuming = skip > 0
         for part in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
             if isinstance(part, EpochBatchSampler):
@@ -74,10 +75,11 @@ class Resumable:
             if batch is _END:
                 state.data_wait = None
                 return
+            self.drawn += 1
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"order_rng": self.order_rng}
+        return {"order_rng": self.order_rng, "batches_drawn": self.drawn}
 
     def continue_from(self, epoch: int, skip: int, order_rng: dict[str, torch.Tensor | None] | None,
                       rng: Mapping[str, Any] | None) -> None:

@@ -32,3 +32,42 @@ def test_restoring_a_monitor_with_another_env_warns_that_curves_start_over(tmp_p
     with pytest.warns(UserWarning, match="writes to env 'mnist', the checkpoint's run to 'elsewhere'"):
         start.restore(monitor)
     assert monitor.state.step == start.step == 5
+
+
+class _Killed(Exception):
+    pass
+
+
+def _accumulating_run(folder, seen, kill_at_step=None):
+    """Two loader batches a step (gradient accumulation), a checkpoint every step, resumed by the same command."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from monitor import Checkpoint
+
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.arange(32.0).unsqueeze(1)), batch_size=2, shuffle=True)
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = Monitor([Checkpoint(folder, every_steps=1, resume=True)], sink=NullSink(), raise_errors=True)
+    monitor.train_start(model, optimizer)
+    for epoch in monitor.epochs(2):
+        for i, (x,) in enumerate(monitor.batches(loader)):
+            seen.append(x.flatten().tolist())
+            model(x).sum().backward()
+            if i % 2 == 1:
+                monitor.after_backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                monitor.step_end(loss=1.0)
+                if monitor.state.step == kill_at_step:
+                    raise _Killed
+    monitor.train_end()
+
+
+def test_a_loop_accumulating_over_loader_batches_resumes_with_the_batch_after_the_checkpoint(tmp_path):
+    whole, seen = [], []
+    _accumulating_run(tmp_path / "whole", whole)
+    with pytest.raises(_Killed):
+        _accumulating_run(tmp_path / "killed", seen, kill_at_step=3)
+    assert len(seen) == 6  # three steps of two batches
+    _accumulating_run(tmp_path / "killed", seen)
+    assert seen == whole
