@@ -202,14 +202,14 @@ class Log:
         """The run's hyper-parameters and the metrics it reached, as a table in pane ``window`` and
         as one ``hparams`` entry of the run log (what a comparison of runs reads).
 
-        Values that are not numbers, strings, booleans or None are shown as their ``str``;
+        Numpy scalars and one-element CPU tensors are numbers; other values that are not numbers,
+        strings, booleans or None are shown as their ``str``;
         metrics are numbers or one-element tensors (one on an accelerator is read by the worker).
         """
         for argument, value in (("hparams", hparams), ("metrics", metrics or {})):
             if not isinstance(value, Mapping):
                 raise TypeError(f"{argument} must be a mapping of name to value, got {type(value).__name__}")
-        plain = {str(k): v if v is None or isinstance(v, (str, bool, int, float)) else str(v)
-                 for k, v in hparams.items()}
+        plain = {str(k): _plain(v) for k, v in hparams.items()}
         numbers = {str(k): _snapshot(v, "metrics", k) for k, v in (metrics or {}).items()}
         self.window(window, order=Order.SUMMARY, title=window)
         self.sink.put(Hparams(window, _x(x), plain, numbers))
@@ -259,6 +259,16 @@ def _markdown() -> Any:
     from markdown_it import MarkdownIt
 
     return MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML is escaped
+
+
+def _plain(value: Any) -> Any:
+    """A hyper-parameter as JSON holds it: ``np.float32(0.1)`` and ``torch.tensor(3)`` as numbers."""
+    if isinstance(value, torch.Tensor):
+        if value.is_cpu and value.numel() == 1:
+            value = value.item()
+    elif getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):  # numpy scalars
+        value = value.item()
+    return value if value is None or isinstance(value, (str, bool, int, float)) else str(value)
 
 
 def _bins(bins: Any) -> int | torch.Tensor:

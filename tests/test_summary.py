@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -33,6 +34,26 @@ def test_summary_escapes_everything_the_user_supplied():
     html = sink.of(Text, "summary")[0].html
     assert "<script>" not in html and "&lt;script&gt;" in html
     assert "&lt;b&gt;note&lt;/b&gt;" in html and "&lt;i&gt;&amp;&lt;/i&gt;" in html
+
+
+def test_a_lazy_model_is_summarised_with_its_parameters_still_to_come():
+    model = nn.Sequential(nn.LazyLinear(8), nn.ReLU(), nn.Linear(8, 3))
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert "27 (27 trainable), and 2 lazy tensors not yet initialized" in sink.of(Text, "summary")[0].html
+
+
+def test_numpy_and_tensor_hyper_parameters_are_numbers_in_the_run_log():
+    from monitor.entries import encode
+    from monitor.records import Hparams
+
+    monitor, sink = monitor_with(Summary(hparams={"lr": np.float32(0.5), "layers": np.int64(3),
+                                                  "decay": torch.tensor(0.25), "shape": torch.ones(2)}))
+    monitor.train_start(small_model())
+    monitor.train_end()
+    hparams = encode(sink.of(Hparams)[0])["hparams"]
+    assert hparams == {"lr": 0.5, "layers": 3, "decay": 0.25, "shape": "tensor([1., 1.])"}
+    assert type(hparams["layers"]) is int
 
 
 # --- on a real server ---------------------------------------------------------------------------

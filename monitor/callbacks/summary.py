@@ -6,6 +6,7 @@ from html import escape
 from typing import Any, Mapping
 
 import torch
+from torch.nn.parameter import is_lazy
 
 from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState
@@ -52,10 +53,12 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
     facts: list[tuple[str, Any]] = []
     if model is not None:
         params = list(model.parameters())
-        total = sum(p.numel() for p in params)
-        trainable = sum(p.numel() for p in params if p.requires_grad)
+        lazy = sum(1 for p in params if is_lazy(p))  # nn.LazyLinear's, until the first forward pass
+        total = sum(p.numel() for p in params if not is_lazy(p))
+        trainable = sum(p.numel() for p in params if p.requires_grad and not is_lazy(p))
         facts.append(("model", type(model).__name__))
-        facts.append(("parameters", f"{total:,} ({trainable:,} trainable)"))
+        facts.append(("parameters", f"{total:,} ({trainable:,} trainable)"
+                      + (f", and {lazy} lazy tensors not yet initialized" if lazy else "")))
         devices = sorted({str(p.device) for p in params})
         facts.append(("devices", ", ".join(devices) or "none (no parameters)"))
         facts.append(("dtypes", ", ".join(sorted({str(p.dtype).replace("torch.", "") for p in params}))))
