@@ -64,6 +64,22 @@ def test_a_sparse_gradient_gives_the_values_it_stores():
     assert entry["n"] == 8 and sum(entry["counts"]) == 8 and entry["counts"] == expected.tolist()
 
 
+def test_the_histograms_follow_the_model_s_parameters_as_they_are_at_each_step_logged():
+    model = torch.nn.Sequential(torch.nn.LazyLinear(3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Histograms(every=1, of=("weights",)))
+    monitor.train_start(model, optimizer)
+    model(torch.ones(2, 4))  # the lazy layer takes its shape: 12 + 3 weights
+    monitor.step_end()
+    model.add_module("head", torch.nn.Linear(3, 2))  # 6 + 2 more
+    monitor.step_end()
+    model.load_state_dict({k: torch.full_like(v, 7.0) for k, v in model.state_dict().items()}, assign=True)
+    monitor.step_end()
+    entries = [encode(record) for record in sink.of(Histogram)]
+    assert [entry["n"] for entry in entries] == [15, 23, 23]
+    assert entries[-1]["edges"][0] <= 7.0 <= entries[-1]["edges"][-1] and entries[-1]["counts"] == [23]
+
+
 def test_gradients_under_a_grad_scaler_are_shown_unscaled():
     torch.manual_seed(0)
     model = small_model()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+from torch.nn.parameter import is_lazy
 
 from monitor import checks
 from monitor.amp import scale_of
@@ -50,30 +51,41 @@ class Histograms(Callback):
         if state.model is None:
             raise ValueError("Histograms needs the model: pass it to monitor.train_start(model, optimizer), "
                              "got model=None")
-        model = unwrap_model(state.model)
-        if self.layers is None:
-            self._groups = {"": list(model.parameters())}
-            return
-        modules = dict(model.named_modules())
-        missing = [name for name in self.layers if name not in modules]
+        modules = dict(unwrap_model(state.model).named_modules())
+        missing = [name for name in self.layers or () if name not in modules]
         if missing:
             known = [name for name in modules if name][:8]
             raise ValueError(f"layers must name modules of the model, got {missing}; it has {known}...")
-        self._groups = {f" {name}": list(modules[name].parameters()) for name in self.layers}
+        self._group(state)
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         if "grads" not in self.of or not is_due(state.step, self.every):
             return
-        for suffix, params in self._groups.items():
+        for suffix, params in self._group(state).items():
             grads = [p.grad for p in params if p.grad is not None]
             if grads:  # kept until step_end: a later after_backward of the step replaces it
                 self._pending[suffix] = _histogram(_KINDS["grads"][0] + suffix, state.step, grads, self.bins,
                                                    scale_of(state.scaler, state.optimizers.values()))
 
+    def _group(self, state: LoopState) -> dict[str, list[torch.nn.Parameter]]:
+        """The parameters of each window, as the model has them now: asked at each step logged,
+        so a head added later, weights loaded with ``assign=True`` and lazy modules once
+        initialized are the ones shown."""
+        model = unwrap_model(state.model)
+        if self.layers is None:
+            self._groups = {"": [p for p in model.parameters() if not is_lazy(p)]}
+        else:
+            modules = dict(model.named_modules())
+            self._groups = {f" {name}": [p for p in modules[name].parameters() if not is_lazy(p)]
+                            for name in self.layers if name in modules}
+        return self._groups
+
     def on_step_end(self, state: LoopState, log: Log) -> None:
         pending, self._pending = self._pending, {}
         if not is_due(state.step, self.every):
             return
+        if "weights" in self.of:
+            self._group(state)
         if pending or "weights" in self.of:
             self._lay_out(log)
         for record in pending.values():
