@@ -50,6 +50,19 @@ def test_images_accept_nchw_chw_nhw_and_hw(shape, logged):
     assert tuple(sink.of(ImageRecord)[0].pixels.shape) == logged
 
 
+@pytest.mark.parametrize("count, batch, targets, logged", [
+    (3, 16, torch.arange(16), (3, 1, 28, 28)),  # the first 3 of an NHW batch: three images, three captions
+    (8, 3, torch.arange(3), (3, 1, 28, 28)),    # a last batch of 3, told apart by its 3 labels
+    (8, 3, None, (1, 3, 28, 28)),               # no labels: one CHW image
+])
+def test_a_grayscale_nhw_batch_stays_a_batch_whatever_its_length(count, batch, targets, logged):
+    monitor, sink = monitor_with(Images(every=1, count=count))
+    monitor.step_end(inputs=torch.rand(batch, 28, 28), targets=targets)
+    (record,) = sink.of(ImageRecord)
+    assert tuple(record.pixels.shape) == logged
+    assert (record.captions is None) == (targets is None)
+
+
 @pytest.mark.parametrize("inputs, error, match", [
     (torch.rand(2, 4, 5, 5), ValueError, "1 or 3 channels"),
     (torch.rand(2, 1, 1, 5, 5), ValueError, "NCHW, CHW, NHW or HW"),

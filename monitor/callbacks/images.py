@@ -20,7 +20,8 @@ class Images(Callback):
         # window "inputs": 8 images captioned "cat / dog" (target / predicted)
 
     Images are NCHW, CHW, NHW or HW, with 1 or 3 channels, float or uint8 in any range (the sink
-    normalises them for display). Only the first ``count`` are copied. ``captions`` is
+    normalises them for display); a 3-d batch of 3 is three NHW images where the targets give 3
+    labels, else one CHW image. Only the first ``count`` are copied. ``captions`` is
     ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
     over dim 1 of 2-d outputs, or 1-d outputs as they are), ``"both"`` or None; a source that
     is not one label per image (masks, None) gives no caption. Integer labels are looked up in
@@ -49,9 +50,12 @@ class Images(Callback):
             raise ValueError(f"Images needs the batch: pass {self.source}= to monitor.step_end(...), "
                              f"got {self.source}=None")
         batched = isinstance(images, torch.Tensor) and (
-            images.dim() == 4 or (images.dim() == 3 and images.shape[0] not in (1, 3)))
+            images.dim() == 4 or images.dim() == 3 and (images.shape[0] not in (1, 3) or
+                                                          _one_label_each(state.targets, images.shape[0])))
         if batched:
             images = images[: self.count]  # a view: Log copies only these
+            if images.dim() == 3:  # NHW: say so, or the first 3 would read as one RGB image
+                images = images[:, None]
         count = images.shape[0] if batched else 1
         log.window(self.source, order=Order.IMAGES, title=self.source)
         log.images(self.source, state.step, images, self._caption(state, count))
@@ -67,6 +71,12 @@ class Images(Callback):
             parts.append(_labels(outputs, count))
         parts = [labels for labels in parts if labels is not None]
         return LabelCaptions(parts, self.class_names, count) if parts else None
+
+
+def _one_label_each(targets: Any, count: int) -> bool:
+    if isinstance(targets, torch.Tensor):
+        return targets.dim() == 1 and targets.shape[0] == count
+    return isinstance(targets, (list, tuple)) and len(targets) == count
 
 
 def _labels(source: Any, count: int) -> list[Any] | None:
