@@ -246,7 +246,7 @@ def split_tag(tag: str) -> tuple[str, str]:
 
 def _number(value: Any, argument: str) -> Any:
     if isinstance(value, np.ndarray) and value.size == 1 or isinstance(value, np.generic):
-        return float(value)
+        return float(value.item())  # float(array) refuses a 1-d array of one element in numpy 2
     return value
 
 

@@ -52,6 +52,7 @@ def _calls(writer, step: int) -> None:
     writer.add_scalar("Loss/train", 1.0 / (step + 1), step)
     writer.add_scalar("Loss/test", torch.tensor(2.0 / (step + 1)), step)
     writer.add_scalar("lr", np.float32(0.1 * 0.9 ** step), step)
+    writer.add_scalar("momentum", np.array([0.9]), step)  # a one-element array, as numpy code leaves it
     writer.add_scalars("accuracy", {"train": 0.5 + step / 20, "test": 0.4 + step / 30}, step)
     writer.add_histogram("weights", torch.randn(1000, generator=g) * (step + 1), step)
     writer.add_histogram("sizes", np.random.default_rng(step).random(300), step, bins=np.linspace(0, 1, 11))
