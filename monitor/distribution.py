@@ -31,14 +31,15 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
     constant, as ``numpy.histogram`` does), or the edges themselves (1-d, increasing). A value
     is in bin i when ``edges[i] <= value < edges[i + 1]``, the last bin closed on the right, as
     in ``numpy.histogram``; values outside the edges and non-finite values are in none. A sparse
-    tensor (``nn.Embedding(sparse=True)``'s gradient) gives the values it stores.
+    tensor (``nn.Embedding(sparse=True)``'s gradient) gives the values it stores; a complex one, its
+    real and imaginary parts.
     """
     device = tensors[0].device
     given = isinstance(bins, torch.Tensor)
     # With given edges, values are compared in float64, as numpy compares them (where the device has it).
     wide = given and device.type != "mps" or any(t.dtype == torch.float64 for t in tensors)
     dtype = torch.float64 if wide else torch.float32
-    tensors = [t for t in (stored_values(t.detach()) for t in tensors) if t.numel()]  # one float copy at a time
+    tensors = [t for t in (_real(stored_values(t.detach())) for t in tensors) if t.numel()]  # one float copy at a time
     n = sum(t.numel() for t in tensors)
     if given:
         edges = _on(bins, device, dtype)
@@ -67,6 +68,10 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
         index = torch.where(inside, index, count)
         counts.scatter_add_(0, index, torch.ones_like(index))
     return edges, counts[:count], n
+
+
+def _real(tensor: torch.Tensor) -> torch.Tensor:
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
 
 
 _EDGES: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}

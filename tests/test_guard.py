@@ -132,6 +132,10 @@ def test_a_spike_and_bad_arguments():
     for loss in [1.0, 1.1, 0.9, 1.05, 0.95] * 4 + [9.0]:
         monitor.step_end(loss=loss)  # steps 1 to 21
     assert guard.bad_step == 21
+    monitor = Monitor([Guard(spike=4.0, grads=False)], sink=NullSink())
+    for loss in [1.0] * 20 + [1.0000001, 100.0]:  # after a constant loss: rounding, then a spike
+        monitor.step_end(loss=loss)
+    assert monitor.callbacks[0].bad_step == 22
     with pytest.raises(ValueError, match="action must be .warn. or .stop., got .halt."):
         Guard(action="halt")
     with pytest.raises(ValueError, match="spike must be a number of standard deviations > 0 or None, got -1"):

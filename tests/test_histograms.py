@@ -193,3 +193,15 @@ def test_the_histograms_callback_draws_bands_and_the_latest_histogram(visdom_ser
     assert weights["data"][0]["y"][-1] == pytest.approx(final.min().item())
     assert weights["data"][-2]["y"][-1] == pytest.approx(final.max().item())
     monitor.close()
+
+
+def test_complex_parameters_are_binned_by_their_real_and_imaginary_parts(recwarn):
+    layer = torch.nn.Linear(2, 2, dtype=torch.complex64)
+    monitor, sink = monitor_with(Histograms(every=1, of=("weights",)))
+    monitor.train_start(layer)
+    monitor.step_end()
+    entry = encode(sink.of(Histogram)[0])
+    parts = torch.view_as_real(torch.cat([layer.weight.detach().flatten(), layer.bias.detach()])).flatten()
+    assert entry["n"] == sum(entry["counts"]) == 12
+    assert entry["edges"][0] == pytest.approx(parts.min().item()) and entry["edges"][-1] == pytest.approx(parts.max().item())
+    assert not [w for w in recwarn if "ComplexHalf" in str(w.message) or "imaginary" in str(w.message)]
