@@ -40,6 +40,10 @@ def test_images_of_outputs_go_to_window_outputs_without_captions_when_none_fit()
     monitor.step_end(outputs=outputs, targets=torch.zeros(5, 6, 6))  # masks: no label per image
     (record,) = sink.of(ImageRecord, "outputs")
     assert torch.equal(record.pixels, outputs[:2]) and record.captions is None
+    monitor, sink = monitor_with(Images(count=2))
+    boxes = [{"boxes": torch.rand(2, 4), "labels": torch.tensor([1, 2])} for _ in range(5)]
+    monitor.step_end(inputs=outputs, targets=boxes)  # a detector's targets: no label per image
+    assert sink.of(ImageRecord)[0].captions is None
 
 
 @pytest.mark.parametrize("shape, logged", [((6, 3, 5, 7), (4, 3, 5, 7)), ((3, 5, 7), (1, 3, 5, 7)),

@@ -1,6 +1,7 @@
 """Images: a grid of the first images of a batch, captioned with their labels or predictions."""
 from __future__ import annotations
 
+import numbers
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -74,9 +75,7 @@ class Images(Callback):
 
 
 def _one_label_each(targets: Any, count: int) -> bool:
-    if isinstance(targets, torch.Tensor):
-        return targets.dim() == 1 and targets.shape[0] == count
-    return isinstance(targets, (list, tuple)) and len(targets) == count
+    return _labels(targets, count) is not None and len(targets) == count
 
 
 def _labels(source: Any, count: int) -> list[Any] | None:
@@ -88,6 +87,6 @@ def _labels(source: Any, count: int) -> list[Any] | None:
             return None
         return source[:count].detach().clone()  # read by the sink's worker, not here
     if isinstance(source, (list, tuple)) and len(source) >= count and all(
-            not isinstance(v, (list, tuple, torch.Tensor)) for v in source[:count]):
+            isinstance(v, (str, numbers.Number)) for v in source[:count]):  # not a detector's dicts of boxes
         return list(source[:count])
     return None
