@@ -59,6 +59,9 @@ class NullSink:
         return True
 
 
+LARGEST_SIDE = 1024  # pixels: larger images are shrunk before they are logged
+
+
 class Log:
     """Writes scalars, image grids and text panes to a sink, as snapshots taken now.
 
@@ -149,7 +152,12 @@ class Log:
 
     def images(self, window: str, x: float, images: torch.Tensor,
                captions: Sequence[str] | None = None) -> None:
-        """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels; any float or uint8 range."""
+        """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels; any float or uint8 range.
+
+        An image larger than ``LARGEST_SIDE`` pixels on a side is shrunk to it (each pixel the
+        average of those it covers), on its device, before the copy: a grid of 8 images of
+        2048 x 2048 made a 100 MB PNG that no browser page draws.
+        """
         batch = _as_nchw(images)
         if captions is not None:
             if not isinstance(captions, LabelCaptions):  # those are read by the worker
@@ -157,7 +165,9 @@ class Log:
             if len(captions) != batch.shape[0]:
                 raise ValueError(f"captions must have one entry per image ({batch.shape[0]}), "
                                  f"got {len(captions)}")
-        self.sink.put(ImageGrid(self._name("window", window), _x(x), batch.detach().clone(), captions))
+        shrunk = _shrunk(batch)
+        self.sink.put(ImageGrid(self._name("window", window), _x(x),
+                                batch.detach().clone() if shrunk is batch else shrunk, captions))
 
     def histogram(self, window: str, x: float, values: torch.Tensor | Sequence[torch.Tensor],
                   bins: int | Sequence[float] = 30) -> None:
@@ -259,6 +269,18 @@ def _markdown() -> Any:
     from markdown_it import MarkdownIt
 
     return MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML is escaped
+
+
+def _shrunk(batch: torch.Tensor) -> torch.Tensor:
+    """NCHW images no larger than ``LARGEST_SIDE`` on a side, in their dtype; ``batch`` if they are."""
+    height, width = batch.shape[2], batch.shape[3]
+    side = max(height, width)
+    if side <= LARGEST_SIDE:
+        return batch
+    size = (max(1, round(height * LARGEST_SIDE / side)), max(1, round(width * LARGEST_SIDE / side)))
+    with torch.no_grad():
+        small = torch.nn.functional.interpolate(batch.float(), size=size, mode="area")
+    return small.to(batch.dtype) if batch.is_floating_point() else small.round().to(batch.dtype)
 
 
 def _plain(value: Any) -> Any:

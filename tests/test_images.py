@@ -106,3 +106,17 @@ def test_the_image_grid_arrives_with_its_captions(visdom_server, read_window_raw
         assert monitor.flush(timeout=10)
     png = shown_grid(read_window_raw(visdom_server, "live-images", "inputs"))
     assert png == encode_grid(x[:4], [names[i] for i in y[:4].tolist()], heading="step 1")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_images_larger_than_the_largest_side_are_shrunk_before_they_are_copied(dtype):
+    from monitor.log import LARGEST_SIDE
+
+    monitor, sink = monitor_with(Images(every=1, count=2, captions=None))
+    big = torch.zeros(4, 3, 2 * LARGEST_SIDE, LARGEST_SIDE, dtype=dtype)
+    big[:, :, :LARGEST_SIDE] = 200  # the top half bright
+    monitor.step_end(inputs=big)
+    (record,) = sink.of(ImageRecord)
+    pixels = record.pixels
+    assert pixels.dtype == dtype and tuple(pixels.shape) == (2, 3, LARGEST_SIDE, LARGEST_SIDE // 2)
+    assert pixels[:, :, : LARGEST_SIDE // 2].eq(200).all() and pixels[:, :, LARGEST_SIDE // 2:].eq(0).all()
