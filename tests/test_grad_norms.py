@@ -248,3 +248,16 @@ def test_grad_norms_on_the_dashboard_equal_vector_norm_of_gradients(visdom_serve
     for trace, values in expected.items():
         assert shown[trace][0] == [1, 2, 3, 4, 5]
         assert shown[trace][1] == pytest.approx(values, rel=1e-5)
+
+
+def test_a_lazy_layer_s_trace_is_named_as_the_layer_it_becomes_so_a_resumed_run_continues_it():
+    lazy = nn.Sequential(nn.LazyLinear(3), nn.ReLU(), nn.Linear(3, 3))
+    ready = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 3))  # as a resumed run has it
+    names = []
+    for model in (lazy, ready):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor, sink = monitor_with(GradNorms())
+        monitor.train_start(model, optimizer)
+        train(monitor, model, optimizer, 1)
+        names.append(list(sink.points("grad norm")))
+    assert names[0] == names[1] == ["0.Linear", "2.Linear", "total"]

@@ -283,7 +283,9 @@ def _added_up(norms: list[float], groups: tuple[tuple[int, ...], ...]) -> list[f
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:
-    kind = type(module).__name__
+    # A lazy module is named as what it becomes (LazyLinear: Linear), so a run resumed with the
+    # module initialized continues the same curves.
+    kind = (getattr(module, "cls_to_become", None) or type(module)).__name__
     if not name:
         return kind
     if name.rsplit(".", 1)[-1].isdigit() or name == "total":
