@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,3 +121,23 @@ def test_images_larger_than_the_largest_side_are_shrunk_before_they_are_copied(d
     pixels = record.pixels
     assert pixels.dtype == dtype and tuple(pixels.shape) == (2, 3, LARGEST_SIDE, LARGEST_SIDE // 2)
     assert pixels[:, :, : LARGEST_SIDE // 2].eq(200).all() and pixels[:, :, LARGEST_SIDE // 2:].eq(0).all()
+
+
+@pytest.mark.parametrize("targets", [7, torch.tensor(7), np.int64(7)])
+def test_one_image_is_captioned_with_its_one_label(targets):
+    monitor, sink = monitor_with(Images(every=1, class_names={7: "horse"}))
+    monitor.step_end(inputs=torch.rand(3, 8, 8), targets=targets)
+    assert list(sink.of(ImageRecord)[0].captions) == ["horse"]
+
+
+def test_labels_in_a_numpy_array_caption_the_images():
+    monitor, sink = monitor_with(Images(every=1, count=2))
+    monitor.step_end(inputs=torch.rand(4, 1, 8, 8), targets=np.array([3, 1, 4, 1]))
+    assert list(sink.of(ImageRecord)[0].captions) == ["3", "1"]
+
+
+def test_one_grayscale_image_with_its_label_is_one_captioned_image():
+    monitor, sink = monitor_with(Images(every=1))
+    monitor.step_end(inputs=torch.rand(1, 8, 8), targets=torch.tensor(2))
+    (record,) = sink.of(ImageRecord)
+    assert tuple(record.pixels.shape) == (1, 1, 8, 8) and list(record.captions) == ["2"]

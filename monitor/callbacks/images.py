@@ -75,12 +75,23 @@ class Images(Callback):
 
 
 def _one_label_each(targets: Any, count: int) -> bool:
-    return _labels(targets, count) is not None and len(targets) == count
+    if _labels(targets, count) is None:
+        return False
+    try:
+        return len(targets) == count
+    except TypeError:  # one label: an int, a 0-d tensor
+        return count == 1
 
 
 def _labels(source: Any, count: int) -> list[Any] | None:
     """The first ``count`` labels, if ``source`` holds one label per image."""
+    if count == 1 and isinstance(source, (str, numbers.Number)):  # one image, its label
+        return [source]
+    if type(source).__module__ == "numpy" and getattr(source, "ndim", None) in (0, 1, 2):  # labels as an array
+        source = torch.as_tensor(source)
     if isinstance(source, torch.Tensor):
+        if source.dim() == 0 and count == 1:
+            source = source.reshape(1)
         if source.dim() == 2 and source.shape[1] == 1:
             source = source[:, 0]
         if source.dim() != 1 or source.shape[0] < count:
