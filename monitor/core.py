@@ -259,7 +259,7 @@ class Monitor:
         elif self._started and self.state.batch:
             self.state.epoch += 1
         self.state.batch = 0
-        self._resumable.drawn = None  # until monitor.batches draws this epoch's
+        self._resumable.drawn = self._resumable.drawn_at_step = None  # until monitor.batches draws this epoch's
         self._fire("on_epoch_start")
 
     def after_backward(self, optimizer: str | torch.optim.Optimizer | None = None) -> None:
@@ -284,6 +284,8 @@ class Monitor:
         if not self._in_step:  # a loop that does not call after_backward
             state.step += 1
         state.batch += 1
+        resumable = self._resumable
+        resumable.drawn_at_step = resumable.drawn  # the batches this step and those before it took
         state.loss, state.inputs, state.targets, state.outputs = loss, inputs, targets, outputs
         state.metrics = dict(metrics) if metrics else {}
         try:

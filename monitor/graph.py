@@ -53,8 +53,10 @@ def traced(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], s
             except Exception:  # control flow on values, unsupported calls: the modules as they run
                 return _by_hooks(model, inputs), "hooks"
     finally:
+        model.train(modes[0][1])  # the model's own train() may do more than set the flag
         for module, training in modes:
-            module.training = training
+            if module.training != training:
+                module.train(training)
         random.setstate(python_state)
         numpy.random.set_state(numpy_state)
 

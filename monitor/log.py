@@ -287,9 +287,12 @@ def _plain(value: Any) -> Any:
     """A hyper-parameter as JSON holds it: ``np.float32(0.1)`` and ``torch.tensor(3)`` as numbers."""
     if isinstance(value, torch.Tensor):
         if value.is_cpu and value.numel() == 1:
-            value = value.item()
+            value = value.detach().reshape(())
+            value = float(str(value.float().numpy())) if value.is_floating_point() else value.item()
     elif getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):  # numpy scalars
-        value = value.item()
+        # np.float32(0.1) as 0.1, its shortest form, not 0.10000000149011612
+        value = float(str(value)) if getattr(value, "dtype", None) is not None and value.dtype.kind == "f" \
+            else value.item()
     return value if value is None or isinstance(value, (str, bool, int, float)) else str(value)
 
 

@@ -23,8 +23,8 @@ Stacks = tuple[tuple[int, ...], tuple[tuple[int, ...], ...]]  # positions normed
 
 
 def stacks_of(tensors: list[torch.Tensor]) -> Stacks | None:
-    """The positions of the small CPU tensors alike in shape and dtype, in groups, and the others;
-    None where no two tensors make a group.
+    """The positions of the tensors taken one by one, and of the small CPU tensors alike in shape
+    and dtype, in groups; None where no two tensors make a group.
 
     A CPU's foreach norm is a loop of single norms, each a microsecond or two of calls whatever
     its size: for 80 tensors of 4,096 floats, stacking them and taking their norms in one
@@ -93,11 +93,11 @@ def _stacked(tensors: list[torch.Tensor], stacks: Stacks) -> list[float | torch.
     for group in groups:
         try:
             stacked = torch.stack([tensors[position] for position in group])
+            if not stacked.is_cpu or stacked.layout is not torch.strided:
+                return None
+            values = _norm(stacked.reshape(len(group), -1), dim=1).tolist()  # channels_last: a copy
         except (RuntimeError, NotImplementedError):  # not alike as the parameters were
             return None
-        if not stacked.is_cpu or stacked.layout is not torch.strided:
-            return None
-        values = _norm(stacked.view(len(group), -1), dim=1).tolist()
         for position, value in zip(group, values):
             norms[position] = value
     if singles:

@@ -30,7 +30,12 @@ class Resumable:
     def __init__(self) -> None:
         self.first_epoch = 0
         self.skip = 0                             # batches of the first epoch done before the checkpoint
-        self.drawn: int | None = None             # batches this epoch's monitor.batches gave (None: not used)
+        # (batches given, order_rng) of the monitor.batches generator that yielded last, and as it
+        # was at the latest step_end: what a checkpoint keeps (None: monitor.batches not used this
+        # epoch). A validation loader's generator in between, or a save at validation_end, leaves
+        # it be.
+        self.drawn: tuple[int, dict[str, torch.Tensor | None]] | None = None
+        self.drawn_at_step: tuple[int, dict[str, torch.Tensor | None]] | None = None
         # torch's CPU state and the loader's own generator's as the current epoch's iteration began
         self.order_rng: dict[str, torch.Tensor | None] | None = None
         self.rng: Mapping[str, Any] | None = None  # every generator, as the checkpoint left it
@@ -44,7 +49,8 @@ class Resumable:
         from monitor.sampler import EpochBatchSampler
 
         epoch, skip, rng = monitor.state.epoch, self.skip, self.rng
-        self.skip, self.rng, self.drawn = 0, None, skip
+        self.skip, self.rng = 0, None
+        drawn = skip
         resuming = skip > 0
         for part in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
             if isinstance(part, EpochBatchSampler):
@@ -58,7 +64,7 @@ class Resumable:
             torch.set_rng_state(self.order_rng["torch"])
             if own is not None and self.order_rng.get("loader") is not None:
                 own.set_state(self.order_rng["loader"])
-        self.order_rng = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None}
+        order = self.order_rng = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None}
         iterator = iter(loader)  # a DataLoader draws its order and its workers' seed here
         for _ in range(skip):
             if next(iterator, _END) is _END:
@@ -75,11 +81,15 @@ class Resumable:
             if batch is _END:
                 state.data_wait = None
                 return
-            self.drawn += 1
+            drawn += 1
+            self.drawn = (drawn, order)
             yield batch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"order_rng": self.order_rng, "batches_drawn": self.drawn}
+        if self.drawn_at_step is None:
+            return {"order_rng": self.order_rng, "batches_drawn": None}
+        drawn, order = self.drawn_at_step
+        return {"order_rng": order, "batches_drawn": drawn}
 
     def continue_from(self, epoch: int, skip: int, order_rng: dict[str, torch.Tensor | None] | None,
                       rng: Mapping[str, Any] | None) -> None:

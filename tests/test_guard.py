@@ -136,6 +136,10 @@ def test_a_spike_and_bad_arguments():
     for loss in [1.0] * 20 + [1.0000001, 100.0]:  # after a constant loss: rounding, then a spike
         monitor.step_end(loss=loss)
     assert monitor.callbacks[0].bad_step == 22
+    monitor = Monitor([Guard(spike=6.0, grads=False)], sink=NullSink())
+    for loss in [0.0] * 20 + [0.5]:  # a loss held at 0 while a buffer fills, then real: no spike
+        monitor.step_end(loss=loss)
+    assert monitor.callbacks[0].bad_step is None
     with pytest.raises(ValueError, match="action must be .warn. or .stop., got .halt."):
         Guard(action="halt")
     with pytest.raises(ValueError, match="spike must be a number of standard deviations > 0 or None, got -1"):

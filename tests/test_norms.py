@@ -53,3 +53,9 @@ def test_sparse_tensors_count_each_stored_value_once():
     assert each_norm([coo, csr, dense]) == pytest.approx([5.0, *_expected([csr, dense])])
     assert each_norm([coo, coo], stacks_of([torch.zeros(6), torch.zeros(6)])) == pytest.approx([5.0, 5.0])
     assert read(foreach_norm([coo])) == pytest.approx([5.0])
+
+
+def test_channels_last_tensors_are_stacked_too():
+    tensors = [torch.randn(8, 4, 3, 3).to(memory_format=torch.channels_last) for _ in range(3)]
+    stacks = stacks_of(tensors)
+    assert stacks is not None and each_norm(tensors, stacks) == pytest.approx(_expected(tensors))

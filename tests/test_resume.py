@@ -39,12 +39,14 @@ class _Killed(Exception):
 
 
 def _accumulating_run(folder, seen, kill_at_step=None):
-    """Two loader batches a step (gradient accumulation), a checkpoint every step, resumed by the same command."""
+    """Two loader batches a step (gradient accumulation), validation every second step, a checkpoint
+    every step, resumed by the same command."""
     from torch.utils.data import DataLoader, TensorDataset
     from monitor import Checkpoint
 
     torch.manual_seed(0)
     loader = DataLoader(TensorDataset(torch.arange(32.0).unsqueeze(1)), batch_size=2, shuffle=True)
+    validation = DataLoader(TensorDataset(torch.zeros(6, 1)), batch_size=2)
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = Monitor([Checkpoint(folder, every_steps=1, resume=True)], sink=NullSink(), raise_errors=True)
@@ -58,6 +60,10 @@ def _accumulating_run(folder, seen, kill_at_step=None):
                 optimizer.step()
                 optimizer.zero_grad()
                 monitor.step_end(loss=1.0)
+                if monitor.state.step % 2 == 0:  # validation mid-epoch, through monitor.batches too
+                    with torch.no_grad():
+                        losses = [model(v).sum().item() for (v,) in monitor.batches(validation)]
+                    monitor.validation_end({"loss": sum(losses)})
                 if monitor.state.step == kill_at_step:
                     raise _Killed
     monitor.train_end()

@@ -117,10 +117,10 @@ class Guard(Callback):
             reason = "a gradient is not finite"
         elif loss is not None and self.spike is not None and len(self._history) >= 10:
             mean, spread = statistics.fmean(self._history), statistics.pstdev(self._history)
-            if not spread:  # a constant loss (clamped, or a plateau): a jump beyond rounding is a spike
-                if loss > mean + max(abs(mean) * 1e-6, 1e-12):
-                    reason = f"the loss {loss:.4g} jumped from {mean:.4g}, where it had stayed"
-            elif loss > mean + self.spike * spread:
+            # A constant loss (clamped, a plateau) has no spread: a thousandth of its level stands
+            # in, so a jump from it counts, and a loss held at 0 (a buffer filling) is left alone.
+            spread = max(spread, abs(mean) * 1e-3)
+            if spread and loss > mean + self.spike * spread:
                 reason = f"the loss {loss:.4g} is {(loss - mean) / spread:.1f} standard deviations above its mean"
         if reason is None:
             if loss is not None:
