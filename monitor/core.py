@@ -17,7 +17,7 @@ from monitor import checks
 from monitor.distributed import rank_and_world_size
 from monitor.log import Log, NullSink, Sink
 from monitor.reports import Reports
-from monitor.resumable import Resumable
+from monitor.resumable import Resumable, batches_done
 
 HOOKS = ("on_train_start", "on_epoch_start", "on_after_backward", "on_step_end",
          "on_validation_end", "on_epoch_end", "on_train_end", "on_exception")
@@ -259,7 +259,7 @@ class Monitor:
         elif self._started and self.state.batch:
             self.state.epoch += 1
         self.state.batch = 0
-        self._resumable.drawn = self._resumable.drawn_at_step = None  # until monitor.batches draws this epoch's
+        self._resumable.new_epoch()
         self._fire("on_epoch_start")
 
     def after_backward(self, optimizer: str | torch.optim.Optimizer | None = None) -> None:
@@ -400,13 +400,12 @@ class Monitor:
                 "callbacks": {c.state_key: c.state_dict() for c in self.callbacks}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Puts back a loop position and the callbacks' states; ``epoch_done``, ``order_rng`` and
-        ``rng`` (optional) tell :meth:`epochs` and :meth:`batches` where to continue."""
+        """Puts back a loop position and the callbacks' states; ``epoch_done``, ``batches_drawn``,
+        ``order_rng`` and ``rng`` (optional) tell :meth:`epochs` and :meth:`batches` where to continue."""
         self.state.step, self.state.epoch, self.state.batch = state["step"], state["epoch"], state["batch"]
         done = bool(state.get("epoch_done", False))
-        drawn = state.get("batches_drawn")  # with gradient accumulation a step takes several batches
-        self._resumable.continue_from(state["epoch"] + done, 0 if done else state["batch"] if drawn is None else drawn,
-                                      state.get("order_rng"), state.get("rng"))
+        self._resumable.continue_from(state["epoch"] + done, batches_done(state), state.get("order_rng"),
+                                      state.get("rng"))
         saved = state.get("callbacks", {})
         for callback in self.callbacks:
             if callback.state_key in saved:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
+import numpy as np
 import torch
 
 from monitor import checks, distribution
@@ -285,14 +286,15 @@ def _shrunk(batch: torch.Tensor) -> torch.Tensor:
 
 def _plain(value: Any) -> Any:
     """A hyper-parameter as JSON holds it: ``np.float32(0.1)`` and ``torch.tensor(3)`` as numbers."""
-    if isinstance(value, torch.Tensor):
-        if value.is_cpu and value.numel() == 1:
-            value = value.detach().reshape(())
-            value = float(str(value.float().numpy())) if value.is_floating_point() else value.item()
-    elif getattr(value, "shape", None) == () and callable(getattr(value, "item", None)):  # numpy scalars
-        # np.float32(0.1) as 0.1, its shortest form, not 0.10000000149011612
-        value = float(str(value)) if getattr(value, "dtype", None) is not None and value.dtype.kind == "f" \
-            else value.item()
+    if isinstance(value, torch.Tensor) and value.is_cpu and value.numel() == 1:
+        value = value.detach().reshape(())
+        value = (value.float() if value.dtype is torch.bfloat16 else value).numpy()  # a numpy scalar, below
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, np.floating):
+        value = float(str(value))  # its shortest form: np.float32(0.1) as 0.1, not 0.10000000149011612
+    elif isinstance(value, np.generic):
+        value = value.item()
     return value if value is None or isinstance(value, (str, bool, int, float)) else str(value)
 
 

@@ -30,14 +30,14 @@ class Resumable:
     def __init__(self) -> None:
         self.first_epoch = 0
         self.skip = 0                             # batches of the first epoch done before the checkpoint
-        # (batches given, order_rng) of the monitor.batches generator that yielded last, and as it
-        # was at the latest step_end: what a checkpoint keeps (None: monitor.batches not used this
-        # epoch). A validation loader's generator in between, or a save at validation_end, leaves
-        # it be.
+        # (batches given, the random state they were drawn from: torch's CPU state and the loader's
+        # own generator's as the iteration began) of the monitor.batches generator that yielded
+        # last, and as it was at the latest step_end: what a checkpoint keeps (None: monitor.batches
+        # not used this epoch). A validation loader's generator in between, or a save at
+        # validation_end, leaves it be.
         self.drawn: tuple[int, dict[str, torch.Tensor | None]] | None = None
         self.drawn_at_step: tuple[int, dict[str, torch.Tensor | None]] | None = None
-        # torch's CPU state and the loader's own generator's as the current epoch's iteration began
-        self.order_rng: dict[str, torch.Tensor | None] | None = None
+        self.order_rng: dict[str, torch.Tensor | None] | None = None  # the interrupted epoch's, to resume
         self.rng: Mapping[str, Any] | None = None  # every generator, as the checkpoint left it
 
     def start(self) -> tuple[int, bool]:
@@ -64,7 +64,7 @@ class Resumable:
             torch.set_rng_state(self.order_rng["torch"])
             if own is not None and self.order_rng.get("loader") is not None:
                 own.set_state(self.order_rng["loader"])
-        order = self.order_rng = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None}
+        order = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None}
         iterator = iter(loader)  # a DataLoader draws its order and its workers' seed here
         for _ in range(skip):
             if next(iterator, _END) is _END:
@@ -85,10 +85,11 @@ class Resumable:
             self.drawn = (drawn, order)
             yield batch
 
+    def new_epoch(self) -> None:
+        self.drawn = self.drawn_at_step = None  # until monitor.batches draws this epoch's
+
     def state_dict(self) -> dict[str, Any]:
-        if self.drawn_at_step is None:
-            return {"order_rng": self.order_rng, "batches_drawn": None}
-        drawn, order = self.drawn_at_step
+        drawn, order = self.drawn_at_step or (None, None)
         return {"order_rng": order, "batches_drawn": drawn}
 
     def continue_from(self, epoch: int, skip: int, order_rng: dict[str, torch.Tensor | None] | None,
@@ -97,3 +98,13 @@ class Resumable:
 
 
 _END = object()
+
+
+def batches_done(loop: Mapping[str, Any]) -> int:
+    """The batches of its epoch a checkpoint's loop position had used: none once the epoch was
+    done; those ``monitor.batches`` gave (more than the steps under gradient accumulation); else,
+    for a loop that iterates its loader itself or an older checkpoint, one a step."""
+    if loop.get("epoch_done"):
+        return 0
+    drawn = loop.get("batches_drawn")
+    return loop["batch"] if drawn is None else drawn

@@ -84,8 +84,7 @@ class Histograms(Callback):
         pending, self._pending = self._pending, {}
         if not is_due(state.step, self.every):
             return
-        if "weights" in self.of:
-            self._group(state)
+        self._group(state)
         if pending or "weights" in self.of:
             self._lay_out(log)
         for record in pending.values():

@@ -13,6 +13,7 @@ from monitor.models import unwrap_model
 from monitor.checkpoint.folder import find_checkpoint
 from monitor.core import Monitor
 from monitor.distributed import on_main, rank_and_world_size
+from monitor.resumable import batches_done
 from monitor.checkpoint.rng import restore_rng, rng_of_rank
 
 
@@ -114,14 +115,14 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
         return ResumePoint(path=None), None
     checkpoint = chosen.get("checkpoint") or load_checkpoint(path, trust=trust)
     loop, run = checkpoint["loop"], checkpoint["run"]
-    done, drawn = bool(loop["epoch_done"]), loop.get("batches_drawn")
+    done = bool(loop["epoch_done"])
     point = ResumePoint(
-        path=path, epoch=loop["epoch"] + done, skip_batches=0 if done else loop["batch"] if drawn is None else drawn,
-        step=loop["step"],
+        path=path, epoch=loop["epoch"] + done, skip_batches=batches_done(loop), step=loop["step"],
         env=run["env"], run_id=run["run_id"], runlog_position=run["runlog_position"],
         extras=checkpoint["extras"],
         monitor_state={"step": loop["step"], "epoch": loop["epoch"], "batch": loop["batch"], "epoch_done": done,
-                       "order_rng": loop.get("order_rng"), "batches_drawn": drawn, "rng": rng_of_rank(checkpoint["rng"], *rank_and_world_size()),
+                       "order_rng": loop.get("order_rng"), "batches_drawn": loop.get("batches_drawn"),
+                       "rng": rng_of_rank(checkpoint["rng"], *rank_and_world_size()),
                        "callbacks": checkpoint["callbacks"]})
     return point, checkpoint
 
