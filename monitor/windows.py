@@ -22,7 +22,7 @@ from typing import Any, Iterable, NamedTuple
 from pathlib import Path
 
 from monitor import checks, distribution, heatmap
-from monitor.imagestore import kept
+from monitor.imagestore import KEEP, kept
 from monitor.records import Order
 
 Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
@@ -265,15 +265,22 @@ class Window:
         self.changed, self.sent, self.on_server = True, False, None
 
     def must_reopen(self) -> bool:
-        """The server's history pane is not a prefix of this one: it must be closed and created again.
+        """The server's history pane cannot take the new grids as appends: it must be closed and
+        created again with the kept grids only.
 
-        Not replaced in place: an open page keeps its slider's place, and a pane created again with
-        fewer grids than that place breaks Visdom's page (it reads a grid that is not there).
+        A pane grows by appends while it holds at most ``PANE_GRIDS`` grids: it keeps showing
+        grids the store has since thinned out, until that bound, rather than be created again
+        for each grid (every grid after the ``KEEP``-th thins the store). Not replaced in place:
+        an open page keeps its slider's place, and a pane created again with fewer grids than
+        that place breaks Visdom's page (it reads a grid that is not there).
         """
         if self.kind != "history":
             return False
         held = self.on_server  # None: unknown (the server went down, or lost the env)
-        return held is None or [e["n"] for e in self.history][:len(held)] != held
+        if not held:
+            return held is None
+        new = [e["n"] for e in self.history if e["n"] > held[-1]]
+        return self.history[-1]["n"] < held[-1] or len(held) + len(new) > PANE_GRIDS
 
     @property
     def nonfinite(self) -> int:
@@ -284,18 +291,17 @@ class Window:
     def messages(self, env: str) -> list[tuple[str, dict[str, Any]]]:
         """The requests that make the server's window equal this one (none: nothing to show).
 
-        A history pane is created with its first grid and appended to one grid a request; while
-        the server holds a prefix of the kept grids, only the new ones are sent, else
-        (``must_reopen``) it is closed and created again.
+        A history pane is created with its first grid and appended to one grid a request; only
+        the grids newer than the server's latest are sent, unless the pane must be created
+        again (``must_reopen``).
         """
         if self.kind != "history":
             message = self.message(env)
             return [] if message is None else [message]
-        numbers = [e["n"] for e in self.history]
         held = self.on_server
-        fresh = held is None or numbers[:len(held)] != held
+        fresh = not held or self.must_reopen()
         requests, self._sending = [], [] if fresh else list(held)
-        for entry in self.history if fresh else self.history[len(held):]:
+        for entry in self.history if fresh else [e for e in self.history if e["n"] > held[-1]]:
             try:
                 png = (self.run_dir / entry["file"]).read_bytes()
             except (OSError, TypeError):  # removed since (a resumed run, a copied log): not shown
@@ -402,6 +408,7 @@ class Windows:
 
 
 _IMAGE_MARGIN = 32  # pixels
+PANE_GRIDS = 2 * (KEEP + 1)  # grids a history pane on the server holds at most
 _SLIDER = 40  # pixels: a history pane's slider below the grid
 _SLIDER_WIDTH = 320  # pixels: a history pane is at least this wide, for its slider to be usable
 

@@ -1,6 +1,8 @@
 """Images over time: a bounded store of grids beside the run log, and a pane to step through them."""
 from __future__ import annotations
 
+import base64
+
 import torch
 
 from helpers.monitors import shown_grid
@@ -8,6 +10,7 @@ from monitor import Images, Monitor
 from monitor.imagestore import KEEP, ImageStore, kept
 from monitor.replay import replay
 from monitor.runlog import RunLog
+from monitor.windows import PANE_GRIDS
 
 
 def test_the_kept_grids_are_evenly_spread_and_always_include_the_latest():
@@ -50,7 +53,8 @@ def test_100k_steps_of_grids_stay_within_a_fixed_size_and_the_pane_ends_at_the_l
                 sizes.append((images, (run_dir / RunLog.FILENAME).stat().st_size))
                 pane = read_window_raw(visdom_server, "image-history", "inputs")
                 files = sorted((run_dir / "images").rglob("*.png"))
-                assert len(pane["content"]) == len(files) <= KEEP + 1
+                assert len(files) <= KEEP + 1 and len(pane["content"]) <= PANE_GRIDS
+                assert _in_order(grids_of(files), grids_of(pane))  # every kept grid, maybe some thinned out since
                 assert pane["selected"] == len(pane["content"]) - 1  # the latest is the one shown
                 assert shown_grid(pane) == files[-1].read_bytes()
                 assert [int(p.stem) for p in files] == kept(list(range(1, step // 50 + 1)))  # 500 grids every 25k steps
@@ -63,7 +67,45 @@ def test_100k_steps_of_grids_stay_within_a_fixed_size_and_the_pane_ends_at_the_l
 
     replay(run_dir / RunLog.FILENAME, "image-history-replayed", port=visdom_server.port)
     replayed = read_window_raw(visdom_server, "image-history-replayed", "inputs")
-    assert replayed["content"] == read_window_raw(visdom_server, "image-history", "inputs")["content"]
+    assert grids_of(replayed) == grids_of(sorted((run_dir / "images").rglob("*.png")))  # the kept ones, exactly
+    assert _in_order(grids_of(replayed), grids_of(read_window_raw(visdom_server, "image-history", "inputs")))
+
+
+def test_the_pane_grows_by_appends_and_is_created_again_only_past_its_bound(visdom_server, read_window_raw, tmp_path):
+    # Every grid after the KEEP-th thins the store; creating the pane again for each (a close, a
+    # second's wait for the page's answer, a new pane) made it vanish once a grid, and close() wait 2 s.
+    with Monitor([Images(every=1, count=1, captions=None)], env="history-appends", port=visdom_server.port,
+                 run_dir=tmp_path, raise_errors=True) as monitor:
+        posted = []
+        post = monitor.sink.connection.post
+        monitor.sink.connection.post = lambda endpoint, *rest, **options: (posted.append(endpoint),
+                                                                           post(endpoint, *rest, **options))[1]
+        for grid in range(1, PANE_GRIDS + 1):
+            monitor.step_end(inputs=torch.full((1, 1, 4, 4), grid / 255))
+            assert monitor.flush(timeout=10)
+        pane = read_window_raw(visdom_server, "history-appends", "inputs")
+        assert "close" not in posted and len(pane["content"]) == PANE_GRIDS  # one append a grid
+        assert shown_grid(pane)[-1] != 0 and pane["selected"] == PANE_GRIDS - 1
+
+        monitor.step_end(inputs=torch.rand(1, 1, 4, 4))  # one more than the pane may hold
+        assert monitor.flush(timeout=10)
+        pane = read_window_raw(visdom_server, "history-appends", "inputs")
+        files = sorted((tmp_path / "images").rglob("*.png"))
+        assert posted.count("close") == 1 and grids_of(pane) == grids_of(files)  # created again: the kept ones
+        assert [int(p.stem) for p in files] == kept(list(range(1, PANE_GRIDS + 2)))
+
+
+def grids_of(pane_or_files) -> list[bytes]:
+    """The PNGs of a history pane read back from the server, or of image files, in order."""
+    if isinstance(pane_or_files, dict):
+        return [base64.b64decode(c["src"].split(",", 1)[1]) for c in pane_or_files["content"]]
+    return [path.read_bytes() for path in pane_or_files]
+
+
+def _in_order(part: list, whole: list) -> bool:
+    """Whether ``part`` is ``whole`` with some items left out, ending with its last."""
+    rest = iter(whole)
+    return bool(part) and part[-1] == whole[-1] and all(item in rest for item in part)
 
 
 def test_a_server_that_lost_the_env_gets_the_whole_history_again(fresh_server, read_window_raw, tmp_path):
