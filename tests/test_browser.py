@@ -177,6 +177,7 @@ def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_
     from selenium.webdriver.support.ui import WebDriverWait
 
     from monitor import Images, Monitor
+    from monitor.windows import PANE_GRIDS
 
     monitor = Monitor([Images(every=1, count=1, captions=None)], env="history_check", port=visdom_server.port,
                       run_dir=tmp_path, raise_errors=True)
@@ -202,8 +203,11 @@ def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_
     wait.until(lambda d: d.execute_script(shown) == kept[-1])
     ActionChains(browser).move_to_element_with_offset(slider, -width // 2 + 1, 0).click().perform()
 
-    for step in range(41, 81):  # thinned while the page looks at its first grid: the pane is made again
+    # Grids appended one at a time while the page looks at its first grid, until the pane holds
+    # more than it may: it is made again, with the kept grids only.
+    for step in range(41, 41 + PANE_GRIDS - len(kept) + 1):
         monitor.step_end(inputs=torch.full((1, 1, 16, 16), step / 80))
+        assert monitor.flush(timeout=10)
     assert monitor.close(timeout=10)
     kept = sources()
     wait.until(lambda d: d.execute_script(shown) == kept[-1])
