@@ -91,7 +91,7 @@ def test_replay_to_a_server_that_is_down_is_a_one_line_error(offline_run):
     assert "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith("Error: http://127.0.0.1:")
     assert "is unreachable" in result.output
-    with pytest.raises(DashboardError, match=r"is unreachable \(ConnectionError\)"):
+    with pytest.raises(DashboardError, match=r"is unreachable \(ConnectionRefusedError\)"):
         replay(offline_run.runlog.path, port=VisdomServer(0).port)
 
 
