@@ -24,7 +24,7 @@ from monitor.log import Log
 from monitor.records import Points, Text
 from monitor.runlog import RunLog
 from monitor.server import VisdomServer, start
-from monitor.connection import Connection
+from monitor.connection import Connection, DashboardError
 from monitor.sink import VisdomSink
 from helpers.monitors import shown_grid
 
@@ -526,3 +526,19 @@ def test_sync_says_when_the_run_log_did_not_catch_up_in_time(tmp_path):
     Log(sink).scalar("loss", "train", 1, 1.0)
     assert sink.sync(timeout=0) is None  # no time to wait for the worker
     sink.close(timeout=0.5)
+
+
+def test_a_connection_goes_on_over_a_new_socket_after_the_server_restarted(fresh_server):
+    connection = Connection("http://127.0.0.1", fresh_server.port)
+    assert connection.post("win_exists", {"win": "loss", "eid": "main"}) == "false"
+    fresh_server.kill()
+    with pytest.raises(DashboardError, match=r"is unreachable \((ConnectionRefusedError|RemoteDisconnected)\)"):
+        connection.post("win_exists", {"win": "loss", "eid": "main"})
+    fresh_server.start()  # same port
+    assert connection.post("win_exists", {"win": "loss", "eid": "main"}) == "false"
+
+    kept_alive = connection._http.sock
+    fresh_server.kill()
+    fresh_server.start()  # the socket kept alive is dead now: the next request opens another, once
+    assert connection.post("win_exists", {"win": "loss", "eid": "main"}) == "false"
+    assert connection._http.sock is not kept_alive
