@@ -383,7 +383,7 @@ def runs_export(run: Path, form: str, windows: tuple[str, ...]) -> None:
         points = exported(run, windows or None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    (write_csv if form == "csv" else write_json)(points, click.get_text_stream("stdout"))
+    (write_csv if form == "csv" else write_json)(points, sys.stdout)
 
 
 def _rebuild(runs: Path, server) -> None:
