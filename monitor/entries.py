@@ -72,6 +72,8 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
             values = list(values)
         if len(values) != len(record.traces):
             raise ValueError(f"{len(record.traces)} traces need as many values, got {len(values)}")
+        if set(map(type, values)) == _FLOATS and set(map(type, record.traces)) == _NAMES:  # the usual record
+            return {"k": "points", "win": record.window, "x": x, "y": dict(zip(record.traces, values))}
         y = {}
         for trace, value in zip(record.traces, values):
             if type(value) is not float:
@@ -101,6 +103,9 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     return {"k": "text", "win": record.window, "x": x, "html": record.html}
+
+
+_FLOATS, _NAMES = {float}, {str}
 
 
 def windows_after(path: str | os.PathLike, position: int) -> set[str]:

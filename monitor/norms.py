@@ -69,9 +69,9 @@ def foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def read(norms: Norms) -> list[float]:
     """The norms as floats; on the worker, this reads what the training thread left on a device."""
-    tensors = [n for n in norms if isinstance(n, torch.Tensor)]
-    if not tensors:
+    if set(map(type, norms)) <= _READ:  # a CPU's: read already
         return norms
+    tensors = [n for n in norms if isinstance(n, torch.Tensor)]
     try:
         values = iter(torch.stack(tensors).tolist())  # one read of the device
     except RuntimeError:  # tensors on several devices
@@ -112,3 +112,4 @@ def _norm(tensor: torch.Tensor, dim: int | None = None) -> torch.Tensor:
 
 
 _NARROW = (torch.float16, torch.bfloat16)
+_READ = {float}

@@ -261,3 +261,23 @@ def test_a_lazy_layer_s_trace_is_named_as_the_layer_it_becomes_so_a_resumed_run_
         train(monitor, model, optimizer, 1)
         names.append(list(sink.points("grad norm")))
     assert names[0] == names[1] == ["0.Linear", "2.Linear", "total"]
+
+
+def test_a_layer_with_a_non_finite_gradient_shows_it_and_the_total_follows_torch():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 1))
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model)
+    expected = []
+    for first, second in ((math.inf, 1.0), (math.inf, math.nan), (1.0, math.nan)):  # an inf and a NaN: NaN
+        model(torch.randn(4, 3)).sum().backward()
+        model[0].weight.grad[0, 0], model[1].bias.grad[0] = first, second
+        monitor.after_backward()
+        monitor.step_end()
+        norms = [torch.linalg.vector_norm(p.grad) for p in model.parameters()]
+        layers = [torch.linalg.vector_norm(torch.stack(norms[i:i + 2])) for i in (0, 2, 4)]
+        expected.append([n.item() for n in layers] + [torch.linalg.vector_norm(torch.stack(norms)).item()])
+        model.zero_grad()
+    shown = [values_of(r) for r in sink.of(Points, "grad norm")]
+    for step, torch_s in zip(shown, expected):
+        assert step == pytest.approx(torch_s, rel=1e-5, nan_ok=True)
+    assert [str(step[3]) for step in shown] == ["inf", "nan", "nan"]

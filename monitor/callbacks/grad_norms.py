@@ -278,8 +278,13 @@ def _update_ratios(updates: Norms, before: Norms, groups: tuple[tuple[int, ...],
 
 
 def _added_up(norms: list[float], groups: tuple[tuple[int, ...], ...]) -> list[float]:
-    squares = [v * v for v in norms]
-    return [math.sqrt(sum(squares[i] for i in group)) for group in groups] + [math.sqrt(sum(squares))]
+    get = norms.__getitem__
+    added = [math.hypot(*map(get, group)) for group in groups]
+    added.append(math.hypot(*norms))
+    if added[-1] == math.inf:  # hypot(inf, nan) is inf; a NaN among the norms makes the sum NaN, as in torch
+        squares = [v * v for v in norms]
+        return [math.sqrt(sum(squares[i] for i in group)) for group in groups] + [math.sqrt(sum(squares))]
+    return added
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:
