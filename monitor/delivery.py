@@ -141,6 +141,11 @@ class Delivery:
         self._down_since, self._backoff = None, self.interval
         self.delivered = not self.windows.changed()
 
+    @property
+    def down(self) -> bool:
+        """Whether the latest try to reach the server failed."""
+        return self._down_since is not None
+
     def _pace(self, name: str, seconds: float, size: int) -> None:
         """The window waits in proportion to what its requests cost: the server's time and bytes."""
         self.pacing[name] = max(self.interval, seconds / _SERVER_SHARE, size / _BYTES_PER_SECOND)

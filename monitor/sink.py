@@ -117,6 +117,7 @@ class VisdomSink:
         self._wake = threading.Event()
         self._closed = False
         self._stopping = False
+        self._gave_up = False  # a close found the server down
         self._asked = False  # a flush() or close() arrived since the last send
         self._lock = threading.Lock()
         self._waiting: list[_Waiter] = []
@@ -191,7 +192,8 @@ class VisdomSink:
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Waits until everything put so far is in the run log and on the server.
 
-        Returns False if that did not happen within ``timeout`` seconds (the worker keeps trying).
+        Returns False if that did not happen within ``timeout`` seconds, or at once when the
+        server could not be reached (the worker keeps trying).
         """
         if self._closed or not self._worker.is_alive():
             return self.delivered and self.pending == 0
@@ -214,7 +216,8 @@ class VisdomSink:
     def close(self, timeout: float | None = 10.0) -> bool:
         """Delivers what is pending (for up to ``timeout`` seconds), then stops. Idempotent.
 
-        Never deletes a window. Returns whether the server holds everything.
+        A server that does not answer gets one try, not the whole ``timeout``. Never deletes a
+        window. Returns whether the server holds everything.
         """
         with self._lock:
             if not self._closed:
@@ -232,7 +235,8 @@ class VisdomSink:
     # --- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            while not (self._stopping and (self.delivered or time.monotonic() >= self._close_deadline)):
+            while not (self._stopping and (self.delivered or self._gave_up
+                                           or time.monotonic() >= self._close_deadline)):
                 try:
                     self._cycle()
                 except Exception as error:  # a bug or a full disk must not end delivery
@@ -269,9 +273,13 @@ class VisdomSink:
             self._asked = False
             limit = self._close_deadline - time.monotonic() if self._stopping else None
             self.delivery.send(force=bool(self._waiting) or self._stopping, limit=limit)
+            # A close does not wait out its timeout for a server that is not there: the run log
+            # keeps everything, and `monitor replay` or `monitor serve --runs` sends it later.
+            # A flush does not wait on it either (it returns False).
+            self._gave_up = self._stopping and self.delivery.down
             self._next_send = time.monotonic() + (min(SPREAD, self.flush_every) if self.delivery.more
                                                   else self.flush_every)
-            if self.delivered:
+            if self.delivered or self.delivery.down:
                 for waiter in self._waiting:
                     waiter.event.set()
                 self._waiting.clear()

@@ -542,3 +542,13 @@ def test_a_connection_goes_on_over_a_new_socket_after_the_server_restarted(fresh
     fresh_server.start()  # the socket kept alive is dead now: the next request opens another, once
     assert connection.post("win_exists", {"win": "loss", "eid": "main"}) == "false"
     assert connection._http.sock is not kept_alive
+
+
+def test_close_gives_a_server_that_is_not_there_one_try_not_its_whole_timeout(tmp_path, caplog):
+    sink = VisdomSink("gone", port=VisdomServer(0).port, run_dir=tmp_path, **FAST)
+    Log(sink).scalar("loss", "train", 1, 1.0)
+    started = time.monotonic()
+    assert sink.close(timeout=30) is False
+    assert time.monotonic() - started < 10  # one refused connection, then the run log keeps it
+    assert [e["y"] for e in RunLog.read(sink.runlog.path) if e["k"] == "points"] == [{"train": 1.0}]
+    assert any("monitor replay" in r for r in warnings_in(caplog))
