@@ -59,6 +59,12 @@ class RunLog:
             self._file.close()
 
     @staticmethod
+    def end_of(path: str | os.PathLike) -> int:
+        """The byte just after a log's last complete line (a line torn by a crash is not counted)."""
+        with open(path, "rb") as file:
+            return _last_complete_line_end(file)
+
+    @staticmethod
     def read(path: str | os.PathLike, end: int | None = None,
              progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
         """The entries of a log, up to byte ``end`` if given; a torn last line is skipped.

@@ -5,6 +5,8 @@ through the same non-blocking, lossless sink and run log as the callbacks.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import socket
@@ -18,7 +20,8 @@ import torch
 
 from monitor import checks
 from monitor.log import Log
-from monitor.records import Histogram, Order
+from monitor.records import Histogram, Order, RunEnd
+from monitor.runlog import RunLog
 
 _log = logging.getLogger("monitor")
 
@@ -52,13 +55,23 @@ class SummaryWriter:
     of window ``main_tag``. Images, histograms, texts and figures use the whole tag as window.
 
     **Runs.** ``log_dir`` is the run's folder (its run log, images, checkpoints), by default
-    ``runs/<Mon><DD>_<HH>-<MM>-<SS>_<host><comment>`` as TensorBoard names it; the env is its
-    last part. ``monitor=`` writes to that Monitor's env instead (its sink, its run). Other
-    keyword arguments go to :class:`monitor.VisdomSink` (``server``, ``port``, ...).
+    ``runs/<Mon><DD>_<HH>-<MM>-<SS>_<host><comment>`` as TensorBoard names it. The env is its
+    path below ``runs/`` with ``_`` for ``/`` (``runs/resnet/train``: ``resnet_train``), else
+    its last part, shortened with a hash past 100 characters. As with TensorBoard's event files,
+    a ``log_dir`` keeps what was written to it: writers open on it in one process share its run,
+    and a writer opened on it later (a resumed script) continues that run's curves; with
+    ``purge_step`` the run log is cut at the first point logged at that step or later. Logging
+    after ``close()`` opens the run again. ``close()`` (or leaving a ``with`` block) records
+    that the run finished, or crashed with the block's exception. ``monitor=`` writes to that
+    Monitor's env instead (its sink, its run). Other keyword arguments go to
+    :class:`monitor.VisdomSink` (``server``, ``port``, ...), for the first writer of a ``log_dir``.
+
+    **Windows.** A tag used for two kinds of data (a scalar ``weights/norm`` and a histogram
+    ``weights``) gets a window for each, the later one named ``weights (histogram)``.
 
     **Steps.** ``global_step=None``: TensorBoard records step 0 and draws the values in their
     order; here each tag counts its own calls (0, 1, 2, ...). ``walltime`` is accepted and not
-    shown (the run log keeps the order). ``purge_step``, ``max_queue``, ``flush_secs``,
+    shown (the run log keeps the order). ``max_queue``, ``flush_secs``,
     ``filename_suffix``, ``new_style``, ``double_precision`` and ``hparam_domain_discrete`` are
     accepted and change nothing (the sink sends within a second and writes one run log), as are
     ``add_graph``'s ``verbose`` and ``use_strict_trace``. TensorBoard methods not drawn here
@@ -72,17 +85,18 @@ class SummaryWriter:
             if log_dir is not None or sink_options:
                 raise TypeError(f"a writer on a Monitor's env writes to its run: pass log_dir and sink options "
                                 f"to the Monitor, got log_dir={log_dir!r} and {sorted(sink_options)}")
-            self.log, self._owns_sink = monitor.log, False
+            self.log, self._run = monitor.log, None
+            self._kinds: dict[str, str] = {}
             self.log_dir = str(getattr(monitor.sink, "run_dir", ""))
         else:
-            if log_dir is None:
+            if not log_dir:  # None or "", as TensorBoard reads it
                 comment = checks.text("comment", comment) if comment else ""
                 log_dir = Path("runs") / (time.strftime("%b%d_%H-%M-%S_") + socket.gethostname() + comment)
-            from monitor.sink import VisdomSink
-            path = Path(log_dir)
-            self.log = Log(VisdomSink(env=path.name, run_dir=path, **sink_options))
-            self._owns_sink = True
-            self.log_dir = str(path)
+            if purge_step is not None:
+                checks.integer("purge_step", purge_step, minimum=0)
+            self.log_dir = str(log_dir)
+            self._sink_options = sink_options
+            self._open(purge_step)
         self._steps: Counter[str] = Counter()  # calls without a global_step, per tag
         self._said: set[str] = set()
         self._closed = False
@@ -92,17 +106,18 @@ class SummaryWriter:
                    new_style: bool = False, double_precision: bool = False) -> None:
         """One point: window and trace from ``tag`` (``Loss/train``: window ``Loss``, trace ``train``)."""
         window, trace = split_tag(tag)
-        self._lay_out(window, Order.METRICS, xlabel="step")
-        self.log.scalar(window, trace, self._step(tag, global_step), _number(scalar_value, "scalar_value"))
+        value = _number(scalar_value, "scalar_value")
+        window = self._lay_out(window, "scalars", Order.METRICS, xlabel="step")
+        self.log.scalar(window, _window_name(trace), self._step(tag, global_step), value)
 
     def add_scalars(self, main_tag: str, tag_scalar_dict: Mapping[str, Any], global_step: int | None = None,
                     walltime: float | None = None) -> None:
         """A point for each key of ``tag_scalar_dict``, as traces of window ``main_tag``."""
         if not isinstance(tag_scalar_dict, Mapping):
             raise TypeError(f"tag_scalar_dict must be a dict of name to number, got {type(tag_scalar_dict).__name__}")
-        self._lay_out(main_tag, Order.METRICS, xlabel="step")
-        values = {str(k): _number(v, f"tag_scalar_dict[{k!r}]") for k, v in tag_scalar_dict.items()}
-        self.log.scalars(main_tag, self._step(main_tag, global_step), values)
+        values = {_window_name(str(k)): _number(v, f"tag_scalar_dict[{k!r}]") for k, v in tag_scalar_dict.items()}
+        window = self._lay_out(main_tag, "scalars", Order.METRICS, xlabel="step")
+        self.log.scalars(window, self._step(main_tag, global_step), values)
 
     def add_histogram(self, tag: str, values: Any, global_step: int | None = None, bins: Any = "tensorflow",
                       walltime: float | None = None, max_bins: int | None = None) -> None:
@@ -118,15 +133,16 @@ class SummaryWriter:
             bins = int(bins)
         if tensor.numel() == 0:
             raise ValueError("values must hold at least one number, got an empty tensor")
-        self._lay_out(tag, Order.GRADIENTS, xlabel="step", ylabel="value")
+        bins = _checked_bins(bins)
+        if max_bins is not None:
+            checks.positive_int("max_bins", int(max_bins) if isinstance(max_bins, np.integer) else max_bins)
+        window = self._lay_out(tag, "histogram", Order.GRADIENTS, xlabel="step", ylabel="value")
         step = self._step(tag, global_step)
         if max_bins is None and (isinstance(bins, str) and bins == "tensorflow" or not isinstance(bins, (str, int))):
-            self.log.histogram(tag, step, tensor, _TENSORFLOW_EDGES if isinstance(bins, str) else bins)
+            self.log.histogram(window, step, tensor, _TENSORFLOW_EDGES if isinstance(bins, str) else bins)
             return
-        if max_bins is not None:
-            checks.positive_int("max_bins", max_bins)
         snapshot = tensor.detach().clone()  # read by the worker, as numpy reads it for TensorBoard
-        self.log.sink.put(Histogram(tag, step, lambda: _numpy_histogram(snapshot, bins, max_bins)))
+        self.log.sink.put(Histogram(window, step, lambda: _numpy_histogram(snapshot, bins, max_bins)))
 
     def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
                   dataformats: str = "CHW") -> None:
@@ -141,8 +157,8 @@ class SummaryWriter:
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
                  walltime: float | None = None) -> None:
         """A text pane rendered from Markdown as TensorBoard does (any HTML in it escaped); a later call replaces it."""
-        self._lay_out(tag, Order.METRICS)
-        self.log.text(tag, self._step(tag, global_step), text_string, markdown=True)
+        window = self._lay_out(tag, "text", Order.METRICS)
+        self.log.text(window, self._step(tag, global_step), text_string, markdown=True)
 
     def add_figure(self, tag: str, figure: Any, global_step: int | None = None, close: bool = True,
                    walltime: float | None = None) -> None:
@@ -155,8 +171,9 @@ class SummaryWriter:
         matplotlib_figures.require_matplotlib()
         figures = list(figure) if isinstance(figure, (list, tuple)) else [figure]
         close = checks.boolean("close", close)
-        self._lay_out(tag, Order.IMAGES)
-        self.log.images(tag, self._step(tag, global_step), torch.stack([matplotlib_figures.rendered(f) for f in figures]))
+        window = self._lay_out(tag, "images", Order.IMAGES)
+        self.log.images(window, self._step(tag, global_step),
+                        torch.stack([matplotlib_figures.rendered(f) for f in figures]))
         if close:
             for each in figures:
                 matplotlib_figures.close(each)
@@ -165,9 +182,12 @@ class SummaryWriter:
                     hparam_domain_discrete: Any = None, run_name: str | None = None,
                     global_step: int | None = None) -> None:
         """The run's hyper-parameters and final metrics: pane ``hparams`` and an entry of the run log."""
-        metrics = {k: _number(v, f"metric_dict[{k!r}]") for k, v in metric_dict.items()} \
-            if isinstance(metric_dict, Mapping) else metric_dict
-        self.log.hparams(hparam_dict, metrics, self._step("hparams", global_step))
+        for argument, given in (("hparam_dict", hparam_dict), ("metric_dict", metric_dict)):
+            if not isinstance(given, Mapping):
+                raise TypeError(f"{argument} must be a dict of name to value, got {type(given).__name__}")
+        metrics = {k: _number(v, f"metric_dict[{k!r}]") for k, v in metric_dict.items()}
+        window = self._claim("hparams", "hparams")
+        self.log.hparams(hparam_dict, metrics, self._step("hparams", global_step), window=window)
 
     def add_graph(self, model: torch.nn.Module, input_to_model: Any = None, verbose: bool = False,
                   use_strict_trace: bool = True) -> None:
@@ -177,21 +197,18 @@ class SummaryWriter:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if input_to_model is None:
             raise ValueError("input_to_model must be a tensor or a tuple of tensors to trace the model with, got None")
-        show(self.log, model, _as_tuple(input_to_model, "input_to_model"), self._step("graph", None))
+        window = self._claim("graph", "graph")
+        show(self.log, model, _as_tuple(input_to_model, "input_to_model"), self._step("graph", None), window)
 
     def flush(self) -> None:
-        """Waits (up to 10 s) until what was logged is in the run log and on the dashboard."""
+        """Waits (up to 10 s) until what was logged is in the run log and on the dashboard; not for
+        a dashboard that cannot be reached."""
         self.log.sink.flush()
 
     def close(self) -> None:
-        """Delivers what is pending and ends the run (a writer on a Monitor's env only flushes)."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._owns_sink:
-            self.log.sink.close()
-        else:
-            self.log.sink.flush()
+        """Delivers what is pending and records that the run finished (a writer on a Monitor's env
+        only makes what it logged durable)."""
+        self._close("finished", None)
 
     def get_logdir(self) -> str:
         return self.log_dir
@@ -199,8 +216,11 @@ class SummaryWriter:
     def __enter__(self) -> SummaryWriter:
         return self
 
-    def __exit__(self, *_: Any) -> None:
-        self.close()
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        if error is None:
+            self.close()
+        else:
+            self._close("crashed", f"{type(error).__name__}: {error}")
 
     def __getattr__(self, name: str) -> Any:
         if name in _NOT_DRAWN:
@@ -208,17 +228,48 @@ class SummaryWriter:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     # --- the rest ---------------------------------------------------------------------------------
+    def _open(self, purge_step: int | None) -> None:
+        self._run = _run_of(Path(self.log_dir), purge_step, self._sink_options)
+        self.log, self._kinds = self._run.log, self._run.kinds
+
+    def _close(self, status: str, error: str | None) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._run is None:
+            self.log.sink.sync()
+        else:
+            self._run.leave(status, error)
+
     def _step(self, tag: str, global_step: Any) -> float:
         if global_step is None:
             step = self._steps[tag]
             self._steps[tag] += 1
             return step
-        if isinstance(global_step, torch.Tensor):
-            global_step = global_step.item()
-        return global_step
+        if isinstance(global_step, (torch.Tensor, np.ndarray, np.generic)) and global_step.ndim <= 1:
+            global_step = global_step.item()  # one element, or item() says how many it has
+        return checks.finite("global_step", global_step)
 
-    def _lay_out(self, window: str, order: int, **opts: Any) -> None:
-        self.log.window(window, order=order, title=window, **opts)
+    def _claim(self, window: str, kind: str) -> str:
+        """The window of ``kind`` for a tag: the tag itself, unless another kind drew there first.
+
+        Every ``add_*`` call comes here first: after close(), it opens the run again, as
+        TensorBoard's writer does.
+        """
+        if self._closed and self._run is not None:
+            self._closed = False
+            self._open(None)
+        window = _window_name(window)
+        first = self._kinds.setdefault(window, kind)
+        if first == kind:
+            return window
+        return self._claim(f"{window} ({kind})", kind)
+
+    def _lay_out(self, window: str, kind: str, order: int, **opts: Any) -> str:
+        window = self._claim(window, kind)
+        if window not in self.log.layouts:
+            self.log.window(window, order=order, title=window, **opts)
+        return window
 
     def _images(self, tag: str, img_tensor: Any, global_step: Any, dataformats: str, batch: bool) -> None:
         tensor = _tensor(img_tensor, "img_tensor")
@@ -228,13 +279,108 @@ class SummaryWriter:
         if pixels.shape[1] == 4:  # RGBA: laid over white, as a page shows a transparent PNG
             alpha = pixels[:, 3:].to(torch.float32) / 255
             pixels = (pixels[:, :3] * alpha + 255 * (1 - alpha)).round_().to(torch.uint8)
-        self._lay_out(tag, Order.IMAGES)
-        self.log.images(tag, self._step(tag, global_step), pixels)
+        window = self._lay_out(tag, "images", Order.IMAGES)
+        self.log.images(window, self._step(tag, global_step), pixels)
 
     def _not_drawn(self, method: str) -> None:
         if method not in self._said:
             self._said.add(method)
             _log.warning("monitor: SummaryWriter.%s is accepted but not drawn on the dashboard yet", method)
+
+
+class _Run:
+    """A log_dir's run in this process: its sink, and the writers open on it."""
+
+    def __init__(self, path: Path, purge_step: int | None, sink_options: dict[str, Any]) -> None:
+        from monitor.sink import VisdomSink
+        self.path = path
+        self.log = Log(VisdomSink(env=_env_of(path), run_dir=path, rewind_to=_continued_at(path, purge_step),
+                                  **sink_options))
+        self.kinds: dict[str, str] = {}  # window -> the kind of data it shows
+        self.writers = 0
+
+    def leave(self, status: str, error: str | None) -> None:
+        """One writer closed; the last one ends the run."""
+        self.writers -= 1
+        if self.writers == 0:
+            _runs.pop(self.path.resolve(), None)
+            self.log.sink.put(RunEnd(status, error))
+            self.log.sink.close()
+
+
+_runs: dict[Path, _Run] = {}
+
+
+def _run_of(path: Path, purge_step: int | None, sink_options: dict[str, Any]) -> _Run:
+    run = _runs.get(path.resolve())
+    if run is None:
+        run = _runs[path.resolve()] = _Run(path, purge_step, sink_options)
+    run.writers += 1
+    return run
+
+
+def _continued_at(path: Path, purge_step: int | None) -> int | None:
+    """Where a writer continues the run log a log_dir holds: at its end, or at its first point
+    at ``purge_step`` or later (None: no run log there yet)."""
+    log = path / RunLog.FILENAME
+    if not log.is_file():
+        return None
+    end = RunLog.end_of(log)
+    if purge_step is None or not end:
+        return end or None
+    position = 0
+    with open(log, "rb") as file:
+        for line in file:
+            if position + len(line) > end:
+                break
+            entry = json.loads(line)
+            if entry.get("k") != "run" and isinstance(entry.get("x"), (int, float)) and entry["x"] >= purge_step:
+                break
+            position += len(line)
+    return position or None
+
+
+def _env_of(path: Path) -> str:
+    """The env of a log_dir: its path below ``runs/`` joined with ``_``, else its last part."""
+    parts = path.absolute().parts
+    below = parts[len(parts) - parts[::-1].index("runs"):] if "runs" in parts[:-1] else parts[-1:]
+    return _window_name("_".join(below) or "runs")
+
+
+def _window_name(name: str) -> str:
+    """A tag as a usable env, window or trace name: control characters as spaces, at most 100 characters."""
+    checks.text("tag", name)
+    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
+        name = "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in name)
+    if len(name) > checks.MAX_NAME:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[:checks.MAX_NAME - 9]}-{digest}"
+    return name
+
+
+_ESTIMATORS = ("tensorflow", "auto", "fd", "doane", "scott", "stone", "rice", "sturges", "sqrt")
+
+
+def _checked_bins(bins: Any) -> Any:
+    """TensorBoard's ``bins``: "tensorflow", one of numpy's estimators, a number of bins or the edges."""
+    if isinstance(bins, np.integer):
+        bins = int(bins)
+    if isinstance(bins, str):
+        if bins not in _ESTIMATORS:
+            raise ValueError(f"bins must be one of {', '.join(map(repr, _ESTIMATORS))}, a number of bins or the "
+                             f"bin edges, got {bins!r}")
+    elif isinstance(bins, int) and not isinstance(bins, bool):
+        if bins < 1:
+            raise ValueError(f"bins must be a positive number of bins, got {bins}")
+    else:
+        try:
+            edges = np.asarray(bins.cpu() if isinstance(bins, torch.Tensor) else bins, dtype=float)
+        except (TypeError, ValueError):
+            edges = None
+        if edges is None or edges.ndim != 1 or len(edges) < 2 or not np.all(np.diff(edges) > 0):
+            raise ValueError(f"bins must be one of {', '.join(map(repr, _ESTIMATORS))}, a number of bins or "
+                             f"increasing bin edges, got {bins!r}")
+    return bins
 
 
 def split_tag(tag: str) -> tuple[str, str]:
@@ -245,9 +391,14 @@ def split_tag(tag: str) -> tuple[str, str]:
 
 
 def _number(value: Any, argument: str) -> Any:
+    """A number or a one-element tensor, as TensorBoard takes it (a bool as 0 or 1); errors name ``argument``."""
     if isinstance(value, np.ndarray) and value.size == 1 or isinstance(value, np.generic):
-        return float(value.item())  # float(array) refuses a 1-d array of one element in numpy 2
-    return value
+        value = value.item()  # float(array) refuses a 1-d array of one element in numpy 2
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
+        return value.to(torch.float32)
+    return checks.scalar(argument, value)
 
 
 def _tensor(value: Any, argument: str) -> torch.Tensor:
@@ -275,7 +426,7 @@ def _as_nchw(tensor: torch.Tensor, dataformats: str, batch: bool) -> torch.Tenso
 
 def _numpy_histogram(values: torch.Tensor, bins: Any, max_bins: int | None) -> tuple[list, list, int]:
     """TensorBoard's histogram of ``values``: numpy's bins, then at most ``max_bins`` of them."""
-    array = values.detach().cpu().numpy().reshape(-1).astype(float)
+    array = values.detach().cpu().to(torch.float64).numpy().reshape(-1)  # numpy has no bfloat16
     counts, edges = np.histogram(array, bins=_TENSORFLOW_BINS if isinstance(bins, str) and bins == "tensorflow"
                                  else bins)
     if max_bins is not None and len(counts) > max_bins:

@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +28,7 @@ from monitor import Monitor, Scalars, SummaryWriter
 from monitor.imaging import PAD, _font
 from monitor.entries import encode
 from monitor.graph import traced
-from monitor.records import Histogram, Hparams, ImageGrid, Text
+from monitor.records import Histogram, Hparams, ImageGrid, Layout, Text
 from monitor.runlog import RunLog
 from monitor.windows import Windows
 from monitor.writer import split_tag
@@ -282,3 +283,106 @@ def test_add_graph_shows_the_modules_and_shapes_tensorboard_traces(name, model, 
     nodes, _ = traced(model, inputs)
     assert {n.module: n.shape for n in nodes if n.name == n.module} == theirs
     assert all(f">{shape}<" in sink.of(Text, "graph")[0].html for shape in theirs.values())
+
+
+# --- what a TensorBoard user's loop does with its writers and folders ---------------------------
+def _points(log_dir: Path, window: str, trace: str) -> list[tuple[float, float]]:
+    return [(e["x"], e["y"][trace]) for e in RunLog.read(log_dir / RunLog.FILENAME)
+            if e.get("k") == "points" and e["win"] == window and trace in e["y"]]
+
+
+def test_a_log_dir_keeps_what_every_writer_wrote_to_it_as_tensorboard_s_folders_do(
+        visdom_server, tmp_path, read_window, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first = SummaryWriter("runs/exp1", port=visdom_server.port)
+    first.add_scalar("Loss/train", 1.0, 0)
+    second = SummaryWriter("runs/exp1", port=visdom_server.port)  # one per trial, or a helper's own
+    second.add_scalar("Acc/val", 0.5, 0)
+    first.add_scalar("Loss/train", 0.9, 1)
+    first.close()
+    second.add_scalar("Acc/val", 0.6, 1)  # the other writer is still open
+    second.close()
+    second.add_scalar("Acc/val", 0.7, 2)  # after close(): TensorBoard's writer opens again
+    second.flush()
+    assert read_window(visdom_server, "exp1", "Loss") == {"train": ([0, 1], [1.0, 0.9])}
+    assert read_window(visdom_server, "exp1", "Acc") == {"val": ([0, 1, 2], [0.5, 0.6, 0.7])}
+    second.close()
+
+    resumed = SummaryWriter("runs/exp1", purge_step=1, port=visdom_server.port)  # a requeued script
+    resumed.add_scalar("Loss/train", 0.5, 1)
+    resumed.close()
+    assert _points(Path("runs/exp1"), "Loss", "train") == [(0, 1.0), (1, 0.5)]  # step 1 on: the new run's
+    assert read_window(visdom_server, "exp1", "Loss") == {"train": ([0, 1], [1.0, 0.5])}
+    from monitor.runs import described
+    assert described(Path("runs/exp1")).status == "finished"
+
+
+def test_runs_in_nested_folders_get_envs_of_their_own(visdom_server, tmp_path, read_window, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for model, value in (("resnet", 1.0), ("vgg", 2.0)):
+        with SummaryWriter(f"runs/{model}/train", port=visdom_server.port) as writer:
+            writer.add_scalar("loss", value, 0)
+    assert read_window(visdom_server, "resnet_train", "loss") == {"loss": ([0], [1.0])}
+    assert read_window(visdom_server, "vgg_train", "loss") == {"loss": ([0], [2.0])}
+    long = SummaryWriter(comment="_resnet50_imagenet_lr0.1_bs256_wd1e-4_cosine_warmup5_ep90_mixup0.2_cutmix1.0_"
+                                 "ls0.1_ema", port=visdom_server.port)
+    long.add_scalar("x" * 150, True, 0)  # a bool is 1, as TensorBoard takes it
+    long.close()
+    assert len(long.log.sink.env) == 100 and long.log_dir.startswith("runs/") and not long.log.sink.pending
+    with pytest.raises(RuntimeError):
+        with SummaryWriter("", port=visdom_server.port) as default:  # "" is TensorBoard's default folder too
+            default.add_scalar("loss", 1.0, 0)
+            raise RuntimeError("diverged")
+    from monitor.runs import described
+    crashed = described(Path(default.log_dir))
+    assert default.log_dir.startswith("runs/") and (crashed.status, crashed.error) == ("crashed", "RuntimeError: diverged")
+
+
+def test_a_tag_used_for_two_kinds_of_data_gets_a_window_for_each(tmp_path):
+    sink = ListSink()
+    writer = SummaryWriter(monitor=Monitor([], sink=sink))
+    writer.add_scalar("weights/norm", 1.0, 0)
+    writer.add_histogram("weights", torch.randn(100), 0)
+    writer.add_text("hparams", "my notes", 0)
+    writer.add_hparams({"lr": 0.1}, {"acc": 0.5})
+    assert [r.window for r in sink.records if not isinstance(r, Layout)] == [
+        "weights", "weights (histogram)", "hparams", "hparams (hparams)"]
+
+
+def test_tensorboard_s_bins_and_steps_are_checked_at_the_call_and_errors_name_its_arguments(tmp_path):
+    sink = ListSink()
+    writer = SummaryWriter(monitor=Monitor([], sink=sink))
+    for bins, message in (("foo", r"bins must be one of 'tensorflow', 'auto'.*got 'foo'"),
+                          (0, "bins must be a positive number of bins, got 0"),
+                          ([3, 2, 1], r"bins must be .* increasing bin edges, got \[3, 2, 1\]")):
+        with pytest.raises(ValueError, match=message):
+            writer.add_histogram("h", torch.randn(10), 0, bins=bins)
+    with pytest.raises(TypeError, match="global_step must be a finite number, got 'five'"):
+        writer.add_histogram("h", torch.randn(10), "five", bins="auto")
+    with pytest.raises(TypeError, match="scalar_value must be a number or a one-element tensor, got 'abc'"):
+        writer.add_scalar("x", "abc")
+    with pytest.raises(TypeError, match=r"tag_scalar_dict\['a'\] must be a number"):
+        writer.add_scalars("x", {"a": "abc"})
+    with pytest.raises(TypeError, match="hparam_dict must be a dict of name to value, got list"):
+        writer.add_hparams([], {})
+    writer.add_scalar("y", 0.5)
+    with pytest.raises(TypeError):
+        writer.add_scalar("y", "refused")
+    writer.add_scalar("y", torch.tensor(True))
+    assert sink.points("y") == {"y": [(0, 0.5), (1, 1.0)]}  # a refused call takes no step
+    writer.add_histogram("bf16", torch.randn(100).bfloat16(), 0, bins="auto")  # numpy has no bfloat16
+    edges, counts, n = sink.of(Histogram, "bf16")[-1].values()
+    assert n == 100 and sum(counts) == 100
+
+
+def test_flush_and_close_do_not_wait_on_a_dashboard_that_is_not_there(tmp_path, monkeypatch):
+    from monitor.server import VisdomServer
+    monkeypatch.chdir(tmp_path)
+    writer = SummaryWriter("runs/offline", port=VisdomServer(0).port)  # nothing listens there
+    started = time.monotonic()
+    for epoch in range(3):
+        writer.add_scalar("Loss/train", 1.0 / (epoch + 1), epoch)
+        writer.flush()
+    writer.close()
+    assert time.monotonic() - started < 5  # each used to wait its 10 s
+    assert _points(Path("runs/offline"), "Loss", "train") == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
