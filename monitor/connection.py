@@ -12,11 +12,12 @@ import hashlib
 import http.client
 import json
 import os
+import select
 import time
 from functools import partial
 from http.cookies import SimpleCookie
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from monitor import checks
 from monitor.address import resolve_address
@@ -52,17 +53,18 @@ class Connection:
         if not 0 < self.port < 65536:
             raise ValueError(f"port must be an int between 1 and 65535, got {self.port}")
         self.timeout = checks.seconds("timeout", timeout)
-        self.url = f"{address}:{self.port}{base_url.rstrip('/')}"
         self.username = username or os.environ.get("VISDOM_USERNAME")
         self.password = password or os.environ.get("VISDOM_PASSWORD")
         if self.username and not self.password:
             raise ValueError("password must be given with username (or VISDOM_PASSWORD set), got none")
         self.last_seconds = 0.0  # wall time of the latest request
         self.last_bytes = 0  # size of the latest request's body
-        parts = urlsplit(self.url)
+        parts = urlsplit(f"{address}:{self.port}")
         self._open = partial(http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection,
                              parts.hostname, parts.port)
-        self._path = parts.path
+        path = base_url.strip().rstrip("/")
+        self._path = quote(path if not path or path.startswith("/") else f"/{path}")
+        self.url = f"{address}:{self.port}{self._path}"
         self._http: http.client.HTTPConnection | None = None
         self._cookie = ""  # the login's session cookie, sent with every request
 
@@ -89,26 +91,27 @@ class Connection:
             self._http = None
 
     def _request(self, endpoint: str, body: bytes, timeout: float) -> tuple[int, str]:
-        """One POST on the open connection (opened, and logged in, first if need be)."""
-        for attempt in (1, 2):
-            reused = self._http is not None and self._http.sock is not None
-            try:
-                connection = self._connected(timeout)
-                connection.request("POST", f"{self._path}/{endpoint}", body=body, headers=self._headers())
-                answer = connection.getresponse()
-                return answer.status, answer.read().decode("utf-8", "replace")
-            except (OSError, http.client.HTTPException) as error:
-                self.close()
-                # A kept-alive connection the server has since closed fails before it is read:
-                # one more try, on a new connection.
-                if not (reused and attempt == 1 and isinstance(error, _DROPPED)):
-                    raise DashboardError(f"{self.url} is unreachable ({type(error).__name__})") from None
-        raise AssertionError("unreachable")
+        """One POST on the open connection (opened, and logged in, first if need be).
+
+        Never sent twice: a request that failed may have been applied (an append).
+        """
+        try:
+            connection = self._connected(timeout)
+            connection.request("POST", f"{self._path}/{endpoint}", body=body, headers=self._headers())
+            answer = connection.getresponse()
+            return answer.status, answer.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as error:
+            self.close()
+            raise DashboardError(f"{self.url} is unreachable ({type(error).__name__})") from None
 
     def _connected(self, timeout: float) -> http.client.HTTPConnection:
+        """The kept-alive connection, or a new one where the server closed it meanwhile (a
+        restart, an idle timeout): a socket with something to read between requests has ended."""
         if self._http is not None and self._http.sock is not None:  # None: the server said it closes
-            self._http.sock.settimeout(timeout)
-            return self._http
+            if not select.select([self._http.sock], [], [], 0)[0]:
+                self._http.sock.settimeout(timeout)
+                return self._http
+            self.close()
         self._http = self._open(timeout=timeout)
         self._http.connect()
         if self.username:
@@ -137,7 +140,6 @@ class Connection:
         return headers
 
 
-_DROPPED = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 def answers(url: str, timeout: float = 1.0) -> bool:

@@ -32,6 +32,7 @@ _SERVER_SHARE = 0.1  # of the server's time that one window may take, at most
 _BYTES_PER_SECOND = 30_000  # of one window's messages, at most: a 90 KB window every 3 s
 SPREAD = 0.15  # seconds between two windows' sends, unless a flush or a close asks for all at once
 REOPEN = 1.0  # seconds a closed window waits before it is created again (see Delivery._reopen)
+_GONE = "win does not exist"  # Visdom's answer to an append to a window it does not have
 _VERIFY = 10.0  # seconds after its creation again that the heartbeat checks a window is still there
 
 
@@ -66,6 +67,7 @@ class Delivery:
         self._stale = set(stale) - set(windows.by_name)
         self.delivered = not windows.changed() and not self._stale
         self._down_since: float | None = None
+        self._unreachable = False
         self._retry_at = 0.0
         self._backoff = interval
         self._last_check = time.monotonic()
@@ -112,15 +114,22 @@ class Delivery:
                 if not messages:
                     window.mark_skipped()
                     continue
-                took, size = 0.0, 0
+                took, size, gone = 0.0, 0, False
                 try:
                     for message in messages:
-                        self.connection.post(*message, timeout=limit)
+                        answer = self.connection.post(*message, timeout=limit)
                         took, size = took + self.connection.last_seconds, size + self.connection.last_bytes
+                        if message[0] == "update" and answer == _GONE:  # closed on the page, or the env lost
+                            gone = True
+                            break
                 except (TypeError, ValueError) as error:  # e.g. opts that are not JSON
                     self.reports.once(f"window-{window.name}", f"window {window.name!r} cannot be sent and "
                                                                f"is skipped: {error}")
                     window.mark_skipped()
+                    continue
+                if gone:
+                    window.mark_closed()  # created whole at the next send
+                    self.more = True
                     continue
                 window.mark_sent()
                 self._pace(window.name, took, size)
@@ -130,6 +139,7 @@ class Delivery:
             if force:
                 self._verify_reopened(limit, settle=True)
         except DashboardError as error:
+            self._unreachable = error.status is None
             self._went_down(str(error))
             return
         finally:
@@ -142,9 +152,10 @@ class Delivery:
         self.delivered = not self.windows.changed()
 
     @property
-    def down(self) -> bool:
-        """Whether the latest try to reach the server failed."""
-        return self._down_since is not None
+    def unreachable(self) -> bool:
+        """Whether the latest try found no server answering (not one that answered an error,
+        such as a restarted server's for an env it lost, which the next try mends)."""
+        return self._down_since is not None and self._unreachable
 
     def _pace(self, name: str, seconds: float, size: int) -> None:
         """The window waits in proportion to what its requests cost: the server's time and bytes."""

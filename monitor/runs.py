@@ -80,6 +80,8 @@ def described(run: str | os.PathLike) -> Run:
     steps = 0
     for entry in RunLog.read(log):
         kind = entry.get("k")
+        if end is not None and kind != "end":  # the run went on after an end (a writer opened it again)
+            end = None
         if kind == "run" and header is None:
             header = entry
         elif kind == "layout":

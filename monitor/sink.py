@@ -276,10 +276,10 @@ class VisdomSink:
             # A close does not wait out its timeout for a server that is not there: the run log
             # keeps everything, and `monitor replay` or `monitor serve --runs` sends it later.
             # A flush does not wait on it either (it returns False).
-            self._gave_up = self._stopping and self.delivery.down
+            self._gave_up = self._stopping and self.delivery.unreachable
             self._next_send = time.monotonic() + (min(SPREAD, self.flush_every) if self.delivery.more
                                                   else self.flush_every)
-            if self.delivered or self.delivery.down:
+            if self.delivered or self.delivery.unreachable:
                 for waiter in self._waiting:
                     waiter.event.set()
                 self._waiting.clear()

@@ -9,7 +9,9 @@ import hashlib
 import json
 import logging
 import os
+import math
 import socket
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -109,6 +111,7 @@ class SummaryWriter:
         value = _number(scalar_value, "scalar_value")
         window = self._lay_out(window, "scalars", Order.METRICS, xlabel="step")
         self.log.scalar(window, _window_name(trace), self._step(tag, global_step), value)
+        self._stepped(tag, global_step)
 
     def add_scalars(self, main_tag: str, tag_scalar_dict: Mapping[str, Any], global_step: int | None = None,
                     walltime: float | None = None) -> None:
@@ -118,6 +121,7 @@ class SummaryWriter:
         values = {_window_name(str(k)): _number(v, f"tag_scalar_dict[{k!r}]") for k, v in tag_scalar_dict.items()}
         window = self._lay_out(main_tag, "scalars", Order.METRICS, xlabel="step")
         self.log.scalars(window, self._step(main_tag, global_step), values)
+        self._stepped(main_tag, global_step)
 
     def add_histogram(self, tag: str, values: Any, global_step: int | None = None, bins: Any = "tensorflow",
                       walltime: float | None = None, max_bins: int | None = None) -> None:
@@ -140,9 +144,10 @@ class SummaryWriter:
         step = self._step(tag, global_step)
         if max_bins is None and (isinstance(bins, str) and bins == "tensorflow" or not isinstance(bins, (str, int))):
             self.log.histogram(window, step, tensor, _TENSORFLOW_EDGES if isinstance(bins, str) else bins)
-            return
-        snapshot = tensor.detach().clone()  # read by the worker, as numpy reads it for TensorBoard
-        self.log.sink.put(Histogram(window, step, lambda: _numpy_histogram(snapshot, bins, max_bins)))
+        else:
+            snapshot = tensor.detach().clone()  # read by the worker, as numpy reads it for TensorBoard
+            self.log.sink.put(Histogram(window, step, lambda: _numpy_histogram(snapshot, bins, max_bins)))
+        self._stepped(tag, global_step)
 
     def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
                   dataformats: str = "CHW") -> None:
@@ -159,6 +164,7 @@ class SummaryWriter:
         """A text pane rendered from Markdown as TensorBoard does (any HTML in it escaped); a later call replaces it."""
         window = self._lay_out(tag, "text", Order.METRICS)
         self.log.text(window, self._step(tag, global_step), text_string, markdown=True)
+        self._stepped(tag, global_step)
 
     def add_figure(self, tag: str, figure: Any, global_step: int | None = None, close: bool = True,
                    walltime: float | None = None) -> None:
@@ -174,6 +180,7 @@ class SummaryWriter:
         window = self._lay_out(tag, "images", Order.IMAGES)
         self.log.images(window, self._step(tag, global_step),
                         torch.stack([matplotlib_figures.rendered(f) for f in figures]))
+        self._stepped(tag, global_step)
         if close:
             for each in figures:
                 matplotlib_figures.close(each)
@@ -188,6 +195,7 @@ class SummaryWriter:
         metrics = {k: _number(v, f"metric_dict[{k!r}]") for k, v in metric_dict.items()}
         window = self._claim("hparams", "hparams")
         self.log.hparams(hparam_dict, metrics, self._step("hparams", global_step), window=window)
+        self._stepped("hparams", global_step)
 
     def add_graph(self, model: torch.nn.Module, input_to_model: Any = None, verbose: bool = False,
                   use_strict_trace: bool = True) -> None:
@@ -199,6 +207,7 @@ class SummaryWriter:
             raise ValueError("input_to_model must be a tensor or a tuple of tensors to trace the model with, got None")
         window = self._claim("graph", "graph")
         show(self.log, model, _as_tuple(input_to_model, "input_to_model"), self._step("graph", None), window)
+        self._stepped("graph", None)
 
     def flush(self) -> None:
         """Waits (up to 10 s) until what was logged is in the run log and on the dashboard; not for
@@ -242,13 +251,17 @@ class SummaryWriter:
             self._run.leave(status, error)
 
     def _step(self, tag: str, global_step: Any) -> float:
+        """The call's x: ``global_step``, or the tag's count of calls without one (after those
+        of the run this writer continues); ``_stepped`` counts the call once it is logged."""
         if global_step is None:
-            step = self._steps[tag]
-            self._steps[tag] += 1
-            return step
+            return self._steps[tag] + (self._run.next_step if self._run is not None else 0)
         if isinstance(global_step, (torch.Tensor, np.ndarray, np.generic)) and global_step.ndim <= 1:
             global_step = global_step.item()  # one element, or item() says how many it has
         return checks.finite("global_step", global_step)
+
+    def _stepped(self, tag: str, global_step: Any) -> None:
+        if global_step is None:
+            self._steps[tag] += 1
 
     def _claim(self, window: str, kind: str) -> str:
         """The window of ``kind`` for a tag: the tag itself, unless another kind drew there first.
@@ -257,8 +270,9 @@ class SummaryWriter:
         TensorBoard's writer does.
         """
         if self._closed and self._run is not None:
-            self._closed = False
             self._open(None)
+            self._closed = False
+            self._steps.clear()  # the continued run's next step counts them
         window = _window_name(window)
         first = self._kinds.setdefault(window, kind)
         if first == kind:
@@ -281,6 +295,7 @@ class SummaryWriter:
             pixels = (pixels[:, :3] * alpha + 255 * (1 - alpha)).round_().to(torch.uint8)
         window = self._lay_out(tag, "images", Order.IMAGES)
         self.log.images(window, self._step(tag, global_step), pixels)
+        self._stepped(tag, global_step)
 
     def _not_drawn(self, method: str) -> None:
         if method not in self._said:
@@ -293,65 +308,76 @@ class _Run:
 
     def __init__(self, path: Path, purge_step: int | None, sink_options: dict[str, Any]) -> None:
         from monitor.sink import VisdomSink
-        self.path = path
-        self.log = Log(VisdomSink(env=_env_of(path), run_dir=path, rewind_to=_continued_at(path, purge_step),
-                                  **sink_options))
-        self.kinds: dict[str, str] = {}  # window -> the kind of data it shows
+        self.key = path.resolve()
+        position, self.next_step, self.kinds = _continued(path / RunLog.FILENAME, purge_step)
+        self.log = Log(VisdomSink(env=_env_of(path), run_dir=path, rewind_to=position, **sink_options))
         self.writers = 0
 
     def leave(self, status: str, error: str | None) -> None:
         """One writer closed; the last one ends the run."""
-        self.writers -= 1
-        if self.writers == 0:
-            _runs.pop(self.path.resolve(), None)
-            self.log.sink.put(RunEnd(status, error))
-            self.log.sink.close()
+        with _runs_lock:
+            self.writers -= 1
+            if self.writers:
+                return
+            if _runs.get(self.key) is self:
+                del _runs[self.key]
+        self.log.sink.put(RunEnd(status, error))
+        self.log.sink.close()
 
 
 _runs: dict[Path, _Run] = {}
+_runs_lock = threading.Lock()
 
 
 def _run_of(path: Path, purge_step: int | None, sink_options: dict[str, Any]) -> _Run:
-    run = _runs.get(path.resolve())
-    if run is None:
-        run = _runs[path.resolve()] = _Run(path, purge_step, sink_options)
-    run.writers += 1
-    return run
+    with _runs_lock:  # two threads opening one log_dir share one sink
+        run = _runs.get(path.resolve())
+        if run is None:
+            run = _runs[path.resolve()] = _Run(path, purge_step, sink_options)
+        run.writers += 1
+        return run
 
 
-def _continued_at(path: Path, purge_step: int | None) -> int | None:
-    """Where a writer continues the run log a log_dir holds: at its end, or at its first point
-    at ``purge_step`` or later (None: no run log there yet)."""
-    log = path / RunLog.FILENAME
+_KINDS = {"points": "scalars", "histogram": "histogram", "image": "images", "text": "text", "hparams": "hparams"}
+
+
+def _continued(log: Path, purge_step: int | None) -> tuple[int | None, float, dict[str, str]]:
+    """How a writer continues the run log of a log_dir: where (its end, or its first point at
+    ``purge_step`` or later; None: no run there yet), the step after the last one logged (where
+    ``global_step=None`` counts from), and the kind of data each window shows."""
     if not log.is_file():
-        return None
-    end = RunLog.end_of(log)
-    if purge_step is None or not end:
-        return end or None
-    position = 0
+        return None, 0, {}
+    end, position, last, kinds = RunLog.end_of(log), 0, -1.0, {}
     with open(log, "rb") as file:
         for line in file:
             if position + len(line) > end:
                 break
-            entry = json.loads(line)
-            if entry.get("k") != "run" and isinstance(entry.get("x"), (int, float)) and entry["x"] >= purge_step:
+            entry = json.loads(line) if line.strip() else {}
+            x = entry.get("x") if entry.get("k") != "run" else None
+            if purge_step is not None and isinstance(x, (int, float)) and x >= purge_step:
                 break
             position += len(line)
-    return position or None
+            if isinstance(x, (int, float)):
+                last = max(last, x)
+            kind = _KINDS.get(entry.get("k"))
+            if kind is not None:
+                kinds.setdefault(entry["win"], "graph" if entry["win"] == "graph" and kind == "text" else kind)
+    return position or None, math.floor(last) + 1, kinds
 
 
 def _env_of(path: Path) -> str:
     """The env of a log_dir: its path below ``runs/`` joined with ``_``, else its last part."""
-    parts = path.absolute().parts
+    parts = path.resolve().parts
     below = parts[len(parts) - parts[::-1].index("runs"):] if "runs" in parts[:-1] else parts[-1:]
-    return _window_name("_".join(below) or "runs")
+    name = "_".join(below).replace("/", "_").replace("\\", "_")
+    return _window_name(name if name.strip("._ ") else "runs", "log_dir")
 
 
-def _window_name(name: str) -> str:
+def _window_name(name: str, argument: str = "tag") -> str:
     """A tag as a usable env, window or trace name: control characters as spaces, at most 100 characters."""
-    checks.text("tag", name)
     if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
         name = "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in name)
+    checks.text(argument, name)
     if len(name) > checks.MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         name = f"{name[:checks.MAX_NAME - 9]}-{digest}"

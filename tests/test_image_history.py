@@ -121,3 +121,17 @@ def test_a_server_that_lost_the_env_gets_the_whole_history_again(fresh_server, r
         assert monitor.flush(timeout=20)
         after = read_window_raw(fresh_server, "history-lost", "inputs")["content"]
     assert len(before) == 5 and len(after) == 6 and after[:5] == before  # no grid twice, none missing
+
+
+def test_a_pane_closed_on_the_page_comes_back_with_the_next_grid(visdom_server, read_window_raw, connect_client,
+                                                                 tmp_path):
+    with Monitor([Images(every=1, count=1, captions=None)], env="history-closed", port=visdom_server.port,
+                 run_dir=tmp_path, raise_errors=True) as monitor:
+        for _ in range(3):
+            monitor.step_end(inputs=torch.rand(1, 1, 4, 4))
+        assert monitor.flush(timeout=10)
+        connect_client(visdom_server).close(win="inputs", env="history-closed")  # the pane's X
+        monitor.step_end(inputs=torch.rand(1, 1, 4, 4))  # appended to a pane the server no longer has
+        assert monitor.flush(timeout=10)
+        pane = read_window_raw(visdom_server, "history-closed", "inputs")
+        assert grids_of(pane) == grids_of(sorted((tmp_path / "images").rglob("*.png")))  # all four, at once

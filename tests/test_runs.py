@@ -201,3 +201,15 @@ def test_the_runs_pane_changes_only_when_a_run_does(visdom_server, tmp_path, rea
     assert pane.update() and not pane.update()
     html = read_window_raw(visdom_server, "runs", "runs")["content"]
     assert '<a href="first">first</a>' in html and "finished" in html
+
+
+def test_a_run_that_went_on_after_an_end_and_stopped_without_one_was_killed(tmp_path):
+    # A SummaryWriter logging again after close() continues its run: the earlier end no longer says how it ended.
+    log = RunLog(tmp_path / "reopened" / RunLog.FILENAME)
+    log.append([{"k": "run", "env": "reopened", "run_id": "r", "time": 0.0, "pid": 1, "host": "h"},
+                {"k": "points", "win": "loss", "x": 1, "y": {"loss": 1.0}},
+                {"k": "end", "status": "finished", "error": None, "time": 1.0},
+                {"k": "points", "win": "loss", "x": 2, "y": {"loss": 0.5}}])
+    log.close()
+    from monitor.runs import described
+    assert described(tmp_path / "reopened").status == "killed"

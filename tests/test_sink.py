@@ -552,3 +552,8 @@ def test_close_gives_a_server_that_is_not_there_one_try_not_its_whole_timeout(tm
     assert time.monotonic() - started < 10  # one refused connection, then the run log keeps it
     assert [e["y"] for e in RunLog.read(sink.runlog.path) if e["k"] == "points"] == [{"train": 1.0}]
     assert any("monitor replay" in r for r in warnings_in(caplog))
+
+
+def test_a_base_url_is_a_path_with_or_without_its_slash():
+    assert Connection("http://127.0.0.1", 8097, base_url="visdom").url == "http://127.0.0.1:8097/visdom"
+    assert Connection("http://127.0.0.1", 8097, base_url="/visdom/").url == "http://127.0.0.1:8097/visdom"

@@ -386,3 +386,53 @@ def test_flush_and_close_do_not_wait_on_a_dashboard_that_is_not_there(tmp_path, 
     writer.close()
     assert time.monotonic() - started < 5  # each used to wait its 10 s
     assert _points(Path("runs/offline"), "Loss", "train") == [(0, 1.0), (1, 0.5), (2, 1 / 3)]
+
+
+def test_a_continued_log_dir_counts_on_from_its_last_step_and_keeps_its_windows_kinds(tmp_path, monkeypatch):
+    from monitor.server import VisdomServer
+    monkeypatch.chdir(tmp_path)
+    port = VisdomServer(0).port  # no dashboard needed: the run log says it all
+    with SummaryWriter("runs/counted", port=port) as writer:
+        for value in (3.0, 2.0):
+            writer.add_scalar("w", value)  # no global_step: 0, 1
+        writer.add_histogram("w", torch.randn(10))  # "w (histogram)"
+        with pytest.raises(TypeError, match="values must hold real numbers"):
+            writer.add_histogram("w", torch.randn(4, dtype=torch.complex64))  # refused: takes no step
+    with SummaryWriter("runs/counted", port=port) as again:  # the script run again
+        again.add_histogram("w", torch.randn(10))
+        again.add_scalar("w", 1.0)
+    entries = list(RunLog.read(Path("runs/counted", RunLog.FILENAME)))
+    # Calls without a global_step count per tag (0, 1, 2), then on from the run's last step (3, 4).
+    assert [(e["x"], e["y"]["w"]) for e in entries if e["k"] == "points"] == [(0, 3.0), (1, 2.0), (4, 1.0)]
+    assert [(e["win"], e["x"]) for e in entries if e["k"] == "histogram"] == [("w (histogram)", 2),
+                                                                              ("w (histogram)", 3)]
+
+
+def test_writers_opened_together_in_threads_share_one_run(tmp_path, monkeypatch):
+    import threading
+    from monitor.server import VisdomServer
+    from monitor.writer import _runs
+    monkeypatch.chdir(tmp_path)
+    port, writers = VisdomServer(0).port, []
+    threads = [threading.Thread(target=lambda: writers.append(SummaryWriter("runs/threads", port=port)))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(writers) == 4 and len({id(w.log) for w in writers}) == 1
+    monkeypatch.chdir(tmp_path / "runs")  # a script that changes folders before it closes
+    for writer in writers:
+        writer.close()
+    assert not _runs and not writers[0].log.sink._worker.is_alive()
+
+
+def test_odd_log_dirs_still_name_an_env(tmp_path, monkeypatch):
+    from monitor.writer import _env_of
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    assert _env_of(Path("runs/a/b")) == "a_b" and _env_of(Path("runs")) == "runs"
+    assert _env_of(Path("/")) == "runs" and _env_of(Path("runs/x\\y")) == "x_y"
+    assert _env_of(Path("runs/..")) == tmp_path.name  # resolved: the folder it names
+    with pytest.raises(ValueError, match="log_dir must be a non-empty str"):
+        _env_of(Path("runs/\t"))
