@@ -73,6 +73,11 @@ def text(argument: str, value: Any) -> str:
 MAX_NAME = 100  # characters in an env, window or trace name
 
 
+def is_control(character: str) -> bool:
+    """Whether a character is a control character (C0, DEL or C1), which no name may hold."""
+    return ord(character) < 32 or 127 <= ord(character) < 160
+
+
 def name(argument: str, value: Any, *, path: bool = False) -> str:
     """``value`` if it is a usable name: a str of 1 to 100 characters, not blank, no control characters.
 
@@ -82,7 +87,7 @@ def name(argument: str, value: Any, *, path: bool = False) -> str:
     text(argument, value)
     if len(value) > MAX_NAME:
         raise ValueError(f"{argument} must be at most {MAX_NAME} characters, got {len(value)}: {value[:20]!r}...")
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in value):
+    if any(map(is_control, value)):
         raise ValueError(f"{argument} must have no control characters, got {value!r}")
     if path and ("/" in value or "\\" in value or value in (".", "..")):
         raise ValueError(f"{argument} must not be a path (no '/', '\\', '.' or '..'): it names a folder, "

@@ -59,9 +59,7 @@ class Connection:
             raise ValueError("password must be given with username (or VISDOM_PASSWORD set), got none")
         self.last_seconds = 0.0  # wall time of the latest request
         self.last_bytes = 0  # size of the latest request's body
-        parts = urlsplit(f"{address}:{self.port}")
-        self._open = partial(http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection,
-                             parts.hostname, parts.port)
+        self._open = partial(_http, f"{address}:{self.port}")
         path = base_url.strip().rstrip("/")
         self._path = quote(path if not path or path.startswith("/") else f"/{path}")
         self.url = f"{address}:{self.port}{self._path}"
@@ -147,14 +145,19 @@ def answers(url: str, timeout: float = 1.0) -> bool:
 
     Never through an HTTP proxy: the dashboard is usually on this machine.
     """
-    parts = urlsplit(url)
-    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    connection = kind(parts.hostname, parts.port, timeout=timeout)
+    connection = _http(url, timeout)
     try:
-        connection.request("GET", parts.path or "/")
+        connection.request("GET", urlsplit(url).path or "/")
         connection.getresponse()
     except (OSError, http.client.HTTPException):
         return False
     finally:
         connection.close()
     return True
+
+
+def _http(url: str, timeout: float) -> http.client.HTTPConnection:
+    """An unopened connection to the host and port of ``url``, over TLS for https."""
+    parts = urlsplit(url)
+    kind = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    return kind(parts.hostname, parts.port, timeout=timeout)

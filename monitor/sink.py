@@ -117,7 +117,6 @@ class VisdomSink:
         self._wake = threading.Event()
         self._closed = False
         self._stopping = False
-        self._gave_up = False  # a close found the server down
         self._asked = False  # a flush() or close() arrived since the last send
         self._lock = threading.Lock()
         self._waiting: list[_Waiter] = []
@@ -235,7 +234,10 @@ class VisdomSink:
     # --- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
         try:
-            while not (self._stopping and (self.delivered or self._gave_up
+            # A close does not wait out its timeout for a server that is not there (its forced
+            # send, in the cycle that took the close, found none): the run log keeps everything,
+            # and `monitor replay` or `monitor serve --runs` sends it later.
+            while not (self._stopping and (self.delivered or self.delivery.unreachable
                                            or time.monotonic() >= self._close_deadline)):
                 try:
                     self._cycle()
@@ -273,13 +275,9 @@ class VisdomSink:
             self._asked = False
             limit = self._close_deadline - time.monotonic() if self._stopping else None
             self.delivery.send(force=bool(self._waiting) or self._stopping, limit=limit)
-            # A close does not wait out its timeout for a server that is not there: the run log
-            # keeps everything, and `monitor replay` or `monitor serve --runs` sends it later.
-            # A flush does not wait on it either (it returns False).
-            self._gave_up = self._stopping and self.delivery.unreachable
             self._next_send = time.monotonic() + (min(SPREAD, self.flush_every) if self.delivery.more
                                                   else self.flush_every)
-            if self.delivered or self.delivery.unreachable:
+            if self.delivered or self.delivery.unreachable:  # a flush does not wait on a server not there
                 for waiter in self._waiting:
                     waiter.event.set()
                 self._waiting.clear()

@@ -375,8 +375,8 @@ def _env_of(path: Path) -> str:
 
 def _window_name(name: str, argument: str = "tag") -> str:
     """A tag as a usable env, window or trace name: control characters as spaces, at most 100 characters."""
-    if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in name):
-        name = "".join(" " if ord(c) < 32 or 127 <= ord(c) < 160 else c for c in name)
+    if any(map(checks.is_control, name)):
+        name = "".join(" " if checks.is_control(c) else c for c in name)
     checks.text(argument, name)
     if len(name) > checks.MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
