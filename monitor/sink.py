@@ -225,11 +225,12 @@ class VisdomSink:
                 self._queue.append(_STOP)
                 self._wake.set()
         self._worker.join(timeout)
-        if not self.delivered:
+        delivered = self.delivered and not self._queue  # records the worker has not taken yet are not
+        if not delivered:
             self.reports.once("close", f"some windows of env {self.env!r} did not reach {self.connection.url}; "
                                        f"everything is in {self.runlog.path} - send it later with "
                                        f"`monitor replay {self.runlog.path}`")
-        return self.delivered
+        return delivered
 
     # --- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
