@@ -122,6 +122,7 @@ class VisdomSink:
         self._waiting: list[_Waiter] = []
         self._next_send = 0.0
         self._close_deadline = math.inf
+        self._logged = threading.Event()  # set once everything put before close() is in the run log
         self._worker = threading.Thread(target=self._run, name=f"monitor-sink-{self.env}", daemon=True)
         self._worker.start()
         _open_sinks.add(self)
@@ -215,8 +216,9 @@ class VisdomSink:
     def close(self, timeout: float | None = 10.0) -> bool:
         """Delivers what is pending (for up to ``timeout`` seconds), then stops. Idempotent.
 
-        A server that does not answer gets one try, not the whole ``timeout``. Never deletes a
-        window. Returns whether the server holds everything.
+        Everything put before it is in the run log when it returns, however short ``timeout``:
+        the timeout bounds the sending. A server that does not answer gets one try, not the
+        whole ``timeout``. Never deletes a window. Returns whether the server holds everything.
         """
         with self._lock:
             if not self._closed:
@@ -224,8 +226,10 @@ class VisdomSink:
                 self._close_deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
                 self._queue.append(_STOP)
                 self._wake.set()
-        self._worker.join(timeout)
-        delivered = self.delivered and not self._queue  # records the worker has not taken yet are not
+        started = time.monotonic()
+        self._logged.wait()  # a local append: even a backlog of thousands of records takes well under a second
+        self._worker.join(None if timeout is None else max(0.0, timeout - (time.monotonic() - started)))
+        delivered = self.delivered and not self._queue
         if not delivered:
             self.reports.once("close", f"some windows of env {self.env!r} did not reach {self.connection.url}; "
                                        f"everything is in {self.runlog.path} - send it later with "
@@ -254,6 +258,7 @@ class VisdomSink:
                     self.reports.once("closing", f"closing the sink failed: {error}")
             for waiter in self._waiting:
                 waiter.event.set()
+            self._logged.set()
             _open_sinks.discard(self)  # only now: its run folder is free once this thread ends
 
     def _cycle(self) -> None:
@@ -264,6 +269,8 @@ class VisdomSink:
             self.runlog.append(entries)
             for point in self.windows.apply(entries):
                 self.reports.once(("backwards", point.window, point.trace), str(point))
+        if self._stopping:
+            self._logged.set()
         durable = [w for w in self._waiting if w.durable]
         if durable:
             self.runlog.sync()

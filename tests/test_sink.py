@@ -559,11 +559,12 @@ def test_a_base_url_is_a_path_with_or_without_its_slash():
     assert Connection("http://127.0.0.1", 8097, base_url="/visdom/").url == "http://127.0.0.1:8097/visdom"
 
 
-def test_close_that_runs_out_of_time_before_the_worker_took_the_records_says_they_were_not_delivered(tmp_path):
+def test_close_with_a_short_timeout_still_leaves_every_record_in_the_run_log(tmp_path):
     sink = VisdomSink("behind", port=VisdomServer(0).port, run_dir=tmp_path, flush_every=0.05)
     log = Log(sink)
     for step in range(1, 3001):
         log.scalar("lr", "lr", step, 0.1)
+    log.images("inputs", 3000, torch.rand(4, 1, 8, 8))
     assert sink.close(timeout=0.001) is False  # it said True while no send had happened yet
-    sink._worker.join(10)
-    assert sum(1 for e in RunLog.read(sink.runlog.path) if e["k"] == "points") == 3000  # the worker went on
+    kinds = [e["k"] for e in RunLog.read(sink.runlog.path)]  # at once: a script may exit right after close()
+    assert kinds.count("points") == 3000 and kinds.count("image") == 1
