@@ -71,7 +71,7 @@ class _Summary:
 
 
 class Backwards(NamedTuple):
-    """A point not drawn because its x is not after its trace's last x (a zigzag otherwise)."""
+    """A point not drawn because its x is before its trace's last x (a zigzag otherwise)."""
 
     window: str
     trace: str
@@ -79,7 +79,7 @@ class Backwards(NamedTuple):
     last: float
 
     def __str__(self) -> str:
-        return (f"window {self.window!r}, trace {self.trace!r}: x={self.x} is not after the trace's last "
+        return (f"window {self.window!r}, trace {self.trace!r}: x={self.x} is before the trace's last "
                 f"x={self.last}; the point is kept in the run log but not drawn")
 
 
@@ -102,8 +102,12 @@ class Trace:
         self.nonfinite = 0
 
     def add(self, x: float, y: float | None) -> bool:
-        """Adds a point after the last one; a point whose x is not after the last x is refused (False)."""
-        if self.last is not None and not x > self.last[1]:
+        """Adds a point at or after the last one's x; one before it is refused (False).
+
+        Points at one x (a learning rate logged every batch at the epoch's number) are all
+        drawn, one above the other, as TensorBoard draws them.
+        """
+        if self.last is not None and not x >= self.last[1]:
             return False
         self.count += 1
         if y is None or not math.isfinite(y):

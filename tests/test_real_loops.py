@@ -31,8 +31,8 @@ def test_a_point_that_goes_back_in_x_is_reported_once_and_not_drawn(visdom_serve
     assert sink.close(timeout=10)
     assert read_window(visdom_server, "backwards", "loss") == {"train": ([1, 5, 6], [1.0, 0.5, 0.4]),
                                                               "validation": ([2], [0.9])}
-    reports = [r.getMessage() for r in caplog.records if "not after" in r.getMessage()]
-    assert reports == ["monitor: window 'loss', trace 'train': x=3 is not after the trace's last x=5; "
+    reports = [r.getMessage() for r in caplog.records if "is before" in r.getMessage()]
+    assert reports == ["monitor: window 'loss', trace 'train': x=3 is before the trace's last x=5; "
                        "the point is kept in the run log but not drawn (reported once)"]
 
 

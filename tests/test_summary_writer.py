@@ -291,6 +291,24 @@ def _points(log_dir: Path, window: str, trace: str) -> list[tuple[float, float]]
             if e.get("k") == "points" and e["win"] == window and trace in e["y"]]
 
 
+def test_scalars_logged_at_one_step_are_all_drawn_as_tensorboard_records_them(visdom_server, tmp_path, read_window):
+    logged = []
+    ours, theirs = SummaryWriter(tmp_path / "ours", port=visdom_server.port), TensorBoardWriter(tmp_path / "tb")
+    for epoch in range(2):
+        for batch in range(3):  # the epoch as the step, every batch: a common loop
+            lr = 0.1 / (1 + epoch * 3 + batch)
+            logged.append((epoch, lr))
+            for writer in (ours, theirs):
+                writer.add_scalar("lr", lr, epoch)
+    ours.close()
+    theirs.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("lr")] == [(x, pytest.approx(y)) for x, y in logged]
+    xs, ys = read_window(visdom_server, "ours", "lr")["lr"]
+    assert list(zip(xs, ys)) == [(x, pytest.approx(y)) for x, y in logged]
+
+
 def test_a_log_dir_keeps_what_every_writer_wrote_to_it_as_tensorboard_s_folders_do(
         visdom_server, tmp_path, read_window, monkeypatch):
     monkeypatch.chdir(tmp_path)
