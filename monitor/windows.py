@@ -14,6 +14,7 @@ replace, and a replace is idempotent, so a retry can never duplicate a point).
 from __future__ import annotations
 
 import base64
+import json
 from html import escape
 import math
 import struct
@@ -27,6 +28,7 @@ from monitor.records import Order
 
 Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
 
+TRIALS = 500  # rows of an hparams pane (the run log keeps every entry)
 WINDOW_POINTS = 12_000  # points a line window shows in all: its message stays under about 300 KB
 _MIN_TRACE_POINTS = 10
 
@@ -195,6 +197,7 @@ class Window:
         self.order = Order.METRICS  # its place on the page
         self.grid: heatmap.Grid | None = None  # in the heatmap form: every trace, steps in columns
         self.history: list[dict[str, Any]] = []  # the kept image entries of a history pane, oldest first
+        self.trials: dict[str, dict[str, Any]] = {}  # an hparams pane's latest entry per set of hparams
         self.on_server: list[int] | None = None  # the grid numbers the server's history pane holds
         self._sending: list[int] = []  # what the server's pane holds once the latest messages are taken
         self.changed = True
@@ -228,8 +231,12 @@ class Window:
                 trace = self.traces.get(name) or self._new_trace(name)
                 if not trace.add(entry["x"], y):
                     refused.append(Backwards(self.name, name, entry["x"], trace.last[1]))
-        elif kind == "hparams":  # shown as a text pane of two tables
-            self.kind, self.content = "text", {**entry, "html": _hparams_html(entry)}
+        elif kind == "hparams":  # a text pane: the hparams and metrics, a row per trial when several
+            trials = self.trials
+            trials[json.dumps(entry["hparams"], sort_keys=True, default=str)] = entry
+            if len(trials) > TRIALS:
+                del trials[next(iter(trials))]
+            self.kind, self.content = "text", {**entry, "html": _hparams_html(list(trials.values()))}
         elif kind in ("image", "text"):
             self.kind, self.content = kind, entry
         elif kind == "layout":
@@ -417,12 +424,24 @@ _SLIDER = 40  # pixels: a history pane's slider below the grid
 _SLIDER_WIDTH = 320  # pixels: a history pane is at least this wide, for its slider to be usable
 
 
-def _hparams_html(entry: dict[str, Any]) -> str:
-    def table(rows: dict[str, Any]) -> str:
-        cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>" for k, v in rows.items())
-        return f"<table>{cells}</table>"
+def _hparams_html(trials: list[dict[str, Any]]) -> str:
+    """One trial: its hparams and metrics as two tables of name and value. Several (one writer's
+    ``add_hparams`` per trial, as in TensorBoard's HPARAMS table): a row each, oldest first."""
+    if len(trials) == 1:
+        def table(rows: dict[str, Any]) -> str:
+            cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>"
+                            for k, v in rows.items())
+            return f"<table>{cells}</table>"
 
-    return f"<h4>Hyper-parameters</h4>{table(entry['hparams'])}<h4>Metrics</h4>{table(entry['metrics'])}"
+        (entry,) = trials
+        return f"<h4>Hyper-parameters</h4>{table(entry['hparams'])}<h4>Metrics</h4>{table(entry['metrics'])}"
+    hparams = list(dict.fromkeys(k for trial in trials for k in trial["hparams"]))
+    metrics = list(dict.fromkeys(k for trial in trials for k in trial["metrics"]))
+    head = "".join(f"<th>{escape(str(name))}</th>" for name in hparams + metrics)
+    rows = "".join("<tr>" + "".join(f"<td>{escape(str(trial[part].get(name, '-')))}</td>"
+                                    for part, names in (("hparams", hparams), ("metrics", metrics)) for name in names)
+                   + "</tr>" for trial in trials)
+    return f"<h4>Trials ({len(trials)})</h4><table><tr>{head}</tr>{rows}</table>"
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:
