@@ -1,10 +1,13 @@
 """A deep model: 161 parameter layers, GradNorms every step. Step-time ratio and bytes per message.
 
-    .venv/bin/python bench/deep_model.py [--steps 300] [--repeats 3] [--width 64]
+    .venv/bin/python bench/deep_model.py [--steps 300] [--repeats 3] [--width 64] [--kind conv]
 
 The model is built here (no download): 80 blocks of Linear(64, 64) + LayerNorm(64) and a head,
 161 modules that own parameters, as many as ResNet-50 or GPT-2 small; small layers, so a step is
-short and a per-layer cost shows. Three modes alternate: bare; the floor, a bare loop that itself
+short and a per-layer cost shows: the hardest case, with few operations per parameter (a batch
+of 32 rows). ``--kind conv`` builds 80 blocks of Conv2d(16, 16, 3) + BatchNorm2d(16) on 8 x 8
+images and a head instead, each weight used at every pixel as in a ResNet (a batch of 8), and
+``--width`` is then the channels. Three modes alternate: bare; the floor, a bare loop that itself
 takes every parameter's gradient norm as GradNorms does (``monitor.norms.each_norm``: stacks of
 the small parameters alike, read on the training thread), what no per-layer gradient norm can go below; and the monitor
 (Scalars and GradNorms every step, a live server). Ratios are of median step times against the
@@ -28,18 +31,33 @@ from monitor.norms import each_norm, stacks_of
 BLOCKS = 80
 
 
-def deep_model(width: int = 64) -> nn.Module:
+SIDE = 8  # pixels of the conv model's images
+
+
+def deep_model(width: int = 64, kind: str = "linear") -> nn.Module:
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     for _ in range(BLOCKS):
-        layers += [nn.Linear(width, width), nn.LayerNorm(width), nn.GELU()]
-    return nn.Sequential(*layers, nn.Linear(width, 10))
+        if kind == "conv":
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()]
+        else:
+            layers += [nn.Linear(width, width), nn.LayerNorm(width), nn.GELU()]
+    head = [nn.Flatten(), nn.Linear(width * SIDE * SIDE, 10)] if kind == "conv" else [nn.Linear(width, 10)]
+    return nn.Sequential(*layers, *head)
+
+
+def _batch(model: nn.Module) -> torch.Tensor:
+    first = model[0]
+    if isinstance(first, nn.Conv2d):
+        return torch.randn(8, first.in_channels, SIDE, SIDE)
+    return torch.randn(32, first.in_features)
 
 
 @dataclass
 class Result:
     layers: int
     width: int
+    kind: str
     steps: int
     bare_ms: float
     floor_ms: float
@@ -52,7 +70,8 @@ class Result:
 
 def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False) -> list[float]:
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-    x, y = torch.randn(32, model[0].in_features), torch.randint(0, 10, (32,))
+    x = _batch(model)
+    y = torch.randint(0, 10, (len(x),))
     loss_fn = nn.CrossEntropyLoss()
     parameters = list(model.parameters())
     stacks = stacks_of(parameters)
@@ -75,11 +94,12 @@ def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False) -> l
     return times
 
 
-def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, width: int = 64, progress=print) -> Result:
+def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, width: int = 64, kind: str = "linear",
+        progress=print) -> Result:
     from monitor import GradNorms, Monitor, Scalars
 
     torch.set_num_threads(1)
-    model = deep_model(width)
+    model = deep_model(width, kind)
     layers = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
     bare, floor, monitored, message, shown = [], [], [], 0, ""
     _steps(model, warmup)
@@ -98,7 +118,7 @@ def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, width: int
             monitor.close()
     bare_ms, floor_ms = statistics.median(bare) * 1e3, statistics.median(floor) * 1e3
     monitor_ms = statistics.median(monitored) * 1e3
-    return Result(layers, width, steps * repeats, bare_ms, floor_ms, monitor_ms, monitor_ms / bare_ms, floor_ms / bare_ms,
+    return Result(layers, width, kind, steps * repeats, bare_ms, floor_ms, monitor_ms, monitor_ms / bare_ms, floor_ms / bare_ms,
                   message / 1e3, shown)
 
 
@@ -106,20 +126,29 @@ def table(result: Result) -> str:
     return harness.markdown_table(
         ["model", "steps timed (each mode)", "bare median ms", "floor (norms alone) ms", "monitor median ms",
          "floor ratio", "monitor ratio", "grad-norm message", "window shows"],
-        [[f"{result.layers} layers (Linear({result.width}, {result.width}) + LayerNorm)", result.steps, f"{result.bare_ms:.2f}",
+        [[f"{result.layers} layers ({_blocks(result)})", result.steps, f"{result.bare_ms:.2f}",
           f"{result.floor_ms:.2f}", f"{result.monitor_ms:.2f}", f"{result.floor_ratio:.3f}x",
           f"**{result.ratio:.3f}x**", f"{result.message_kb:.0f} KB", result.shown]])
+
+
+def _blocks(result: Result) -> str:
+    if result.kind == "conv":
+        return f"Conv2d({result.width}, {result.width}, 3) + BatchNorm2d on {SIDE} x {SIDE}"
+    return f"Linear({result.width}, {result.width}) + LayerNorm"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--width", type=int, default=64, help="the layers' width (64: short steps, the hardest case)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="the layers' width, or the conv model's channels (default 64, or 16 for conv)")
+    parser.add_argument("--kind", default="linear", choices=("linear", "conv"))
     args = parser.parse_args()
+    width = args.width or (16 if args.kind == "conv" else 64)
     harness.steady_allocator()
     with harness.local_server() as server:
-        print(table(run(server, steps=args.steps, repeats=args.repeats, width=args.width)))
+        print(table(run(server, steps=args.steps, repeats=args.repeats, width=width, kind=args.kind)))
 
 
 if __name__ == "__main__":

@@ -85,8 +85,10 @@ def test_run_all_rewrites_only_the_results_section(tmp_path):
     assert "| MLP every point delivered |" in text and "| CNN every point delivered |" in text
 
 
-def test_deep_model_times_three_modes_and_shows_a_heatmap(visdom_server):
-    result = deep_model.run(visdom_server, steps=3, repeats=1, warmup=2, progress=lambda _: None)
+@pytest.mark.parametrize("kind, width", [("linear", 64), ("conv", 4)])
+def test_deep_model_times_three_modes_and_shows_a_heatmap(visdom_server, kind, width):
+    result = deep_model.run(visdom_server, steps=3, repeats=1, warmup=2, width=width, kind=kind,
+                            progress=lambda _: None)
     assert result.layers == 161 and result.shown.startswith("heatmap") and result.message_kb < 300
     assert "floor ratio" in deep_model.table(result)
 
