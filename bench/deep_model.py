@@ -122,13 +122,13 @@ def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, width: int
                   message / 1e3, shown)
 
 
-def table(result: Result) -> str:
+def table(results: list[Result]) -> str:
     return harness.markdown_table(
         ["model", "steps timed (each mode)", "bare median ms", "floor (norms alone) ms", "monitor median ms",
          "floor ratio", "monitor ratio", "grad-norm message", "window shows"],
         [[f"{result.layers} layers ({_blocks(result)})", result.steps, f"{result.bare_ms:.2f}",
           f"{result.floor_ms:.2f}", f"{result.monitor_ms:.2f}", f"{result.floor_ratio:.3f}x",
-          f"**{result.ratio:.3f}x**", f"{result.message_kb:.0f} KB", result.shown]])
+          f"**{result.ratio:.3f}x**", f"{result.message_kb:.0f} KB", result.shown] for result in results])
 
 
 def _blocks(result: Result) -> str:
@@ -148,7 +148,7 @@ def main() -> None:
     width = args.width or (16 if args.kind == "conv" else 64)
     harness.steady_allocator()
     with harness.local_server() as server:
-        print(table(run(server, steps=args.steps, repeats=args.repeats, width=width, kind=args.kind)))
+        print(table([run(server, steps=args.steps, repeats=args.repeats, width=width, kind=args.kind)]))
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import deep_model
 import harness
 import latency
 import overhead
@@ -28,11 +29,14 @@ END = "<!-- /results -->"
 FULL = {"overhead": {"steps": 300, "warmup": 30, "repeats": 5},
         "scaling": {"steps": 200_000, "naive_seconds": 60.0},
         "latency": {"steps": 900},
-        "responsiveness": {"seconds_before": 1.5, "stopped": 5.0, "seconds_after": 1.5}}
+        "responsiveness": {"seconds_before": 1.5, "stopped": 5.0, "seconds_after": 1.5},
+        "deep": {"steps": 200, "repeats": 5}}
 SMOKE = {"overhead": {"steps": 8, "warmup": 2, "repeats": 1},
          "scaling": {"steps": 2_000, "naive_seconds": 2.0},
          "latency": {"steps": 20},
-         "responsiveness": {"seconds_before": 0.3, "stopped": 0.5, "seconds_after": 0.3}}
+         "responsiveness": {"seconds_before": 0.3, "stopped": 0.5, "seconds_after": 0.3},
+         "deep": {"steps": 3, "repeats": 1, "warmup": 2}}
+DEEP_MODELS = {"conv": 16, "linear": 64}  # kind: width (channels)
 
 TARGET_RATIO = {"mlp": 1.06, "cnn": 1.02}  # paired, a steady allocator (issue 19)
 TARGET_CLOSE_S = 2.0
@@ -40,6 +44,8 @@ TARGET_LATENCY_P95_S = 1.0
 TARGET_FLATNESS = 2.0
 TARGET_HELP_S = 3.0
 TARGET_STOPPED_MS = 50.0
+TARGET_DEEP_RATIO = 1.03  # the 161-layer model as a ResNet's shape (issue 15); the Linear one is reported
+TARGET_MESSAGE_KB = 300
 
 
 def _load() -> str:
@@ -50,8 +56,9 @@ def _load() -> str:
 
 
 def targets(summaries: list[overhead.Summary], scaling: server_scaling.Result,
-            lat: latency.Result, quick: responsiveness.Result) -> list[tuple[str, str, bool]]:
-    """(target, measured, met) for each target of issues 6 and 19."""
+            lat: latency.Result, quick: responsiveness.Result,
+            deep: list[deep_model.Result]) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for each target of issues 6, 15 and 19."""
     checks = []
     for s in summaries:
         if s.mode != "monitor":
@@ -74,13 +81,19 @@ def targets(summaries: list[overhead.Summary], scaling: server_scaling.Result,
                    quick.help_s <= TARGET_HELP_S))
     checks.append((f"slowest step_end < {TARGET_STOPPED_MS:g} ms with the server stopped (SIGSTOP)",
                    f"{quick.worst_ms:.2f} ms", quick.worst_ms < TARGET_STOPPED_MS and quick.delivered))
+    for result in deep:
+        if result.kind == "conv":
+            checks.append((f"{result.layers}-layer conv model, GradNorms every step: <= {TARGET_DEEP_RATIO:.2f}x",
+                           f"{result.ratio:.3f}x", result.ratio <= TARGET_DEEP_RATIO))
+        checks.append((f"{result.layers}-layer {result.kind} model: grad-norm message <= {TARGET_MESSAGE_KB} KB",
+                       f"{result.message_kb:.0f} KB", result.message_kb <= TARGET_MESSAGE_KB))
     return checks
 
 
 def report(machine: dict[str, str], load: tuple[str, str], command: str, summaries: list[overhead.Summary],
-           scaling: server_scaling.Result, lat: latency.Result, quick: responsiveness.Result, sizes: dict,
-           minutes: float) -> str:
-    o, s, l = sizes["overhead"], sizes["scaling"], sizes["latency"]
+           scaling: server_scaling.Result, lat: latency.Result, quick: responsiveness.Result,
+           deep: list[deep_model.Result], sizes: dict, minutes: float) -> str:
+    o, s, l, d = sizes["overhead"], sizes["scaling"], sizes["latency"], sizes["deep"]
     lines = [START, "", f"## Results ({machine['date']})", ""]
     lines += [harness.markdown_table(["", ""], [[k, v] for k, v in machine.items()] +
                                      [["load average (1, 5, 15 min)",
@@ -93,10 +106,13 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
               f"#   .venv/bin/python bench/server_scaling.py --steps {s['steps']} "
               f"--naive-seconds {s['naive_seconds']:g}",
               f"#   .venv/bin/python bench/latency.py --steps {l['steps']}",
-              "#   .venv/bin/python bench/responsiveness.py", "```", ""]
+              "#   .venv/bin/python bench/responsiveness.py",
+              *(f"#   .venv/bin/python bench/deep_model.py --kind {kind} --width {width} --steps {d['steps']} "
+                f"--repeats {d['repeats']}" for kind, width in DEEP_MODELS.items()), "```", ""]
     lines += ["### Targets", "", harness.markdown_table(
         ["target", "measured", "met"],
-        [[name, value, "yes" if met else "**no**"] for name, value, met in targets(summaries, scaling, lat, quick)]), ""]
+        [[name, value, "yes" if met else "**no**"]
+         for name, value, met in targets(summaries, scaling, lat, quick, deep)]), ""]
     lines += ["### Overhead (bench/overhead.py)", "",
               f"{o['steps']} timed steps after {o['warmup']} warm-up steps per run, {o['repeats']} interleaved "
               f"repetitions, each with {overhead.MONITOR_RUNS} monitor runs (each after a bare run) and one of "
@@ -107,7 +123,13 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
               f"{s['steps']:,} steps of {scaling.traces} scalars in one window, a flush every "
               f"{scaling.block} steps.", "", server_scaling.table(scaling), ""]
     lines += ["### Latency (bench/latency.py)", "", latency.table(lat), ""]
-    lines += ["### Responsiveness (bench/responsiveness.py)", "", responsiveness.table(quick), "", END]
+    lines += ["### Responsiveness (bench/responsiveness.py)", "", responsiveness.table(quick), ""]
+    lines += ["### A deep model (bench/deep_model.py)", "",
+              f"161 parameter layers, `Scalars` and `GradNorms` every step (a heatmap of the layers), "
+              f"{d['repeats']} repetitions of {d['steps']} steps per mode (bare, the floor: the norms alone, the "
+              "monitor), live server. The conv model uses each weight at every pixel, as a ResNet does; the "
+              "Linear model, 32 rows per weight, is the hardest case for any per-layer norm.", "",
+              deep_model.table(deep), "", END]
     return "\n".join(lines)
 
 
@@ -145,7 +167,10 @@ def main(argv: list[str] | None = None) -> None:
         lat = latency.run(server, progress=log, **sizes["latency"])
     with harness.local_server() as server:
         quick = responsiveness.run(server, progress=log, **sizes["responsiveness"])
-    section = report(machine, (load_before, _load()), command, summaries, scaling, lat, quick, sizes,
+    with harness.local_server() as server:
+        deep = [deep_model.run(server, width=width, kind=kind, progress=log, **sizes["deep"])
+                for kind, width in DEEP_MODELS.items()]
+    section = report(machine, (load_before, _load()), command, summaries, scaling, lat, quick, deep, sizes,
                      (time.monotonic() - began) / 60)
     write_results(args.output, section)
     print(section)

@@ -90,7 +90,7 @@ def test_deep_model_times_three_modes_and_shows_a_heatmap(visdom_server, kind, w
     result = deep_model.run(visdom_server, steps=3, repeats=1, warmup=2, width=width, kind=kind,
                             progress=lambda _: None)
     assert result.layers == 161 and result.shown.startswith("heatmap") and result.message_kb < 300
-    assert "floor ratio" in deep_model.table(result)
+    assert "floor ratio" in deep_model.table([result])
 
 
 def test_concurrent_runs_lose_nothing():
