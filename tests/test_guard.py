@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,3 +148,14 @@ def test_a_spike_and_bad_arguments():
         Guard(action="halt")
     with pytest.raises(ValueError, match="spike must be a number of standard deviations > 0 or None, got -1"):
         Guard(spike=-1)
+
+
+@pytest.mark.parametrize("bad", ["nan", "spike"])
+def test_under_ddp_a_loss_gone_bad_on_one_rank_stops_every_rank_at_that_step(tmp_path, bad):
+    script = Path(__file__).parent / "helpers" / "ddp_guard.py"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           str(script), "--out", str(tmp_path), "--bad", bad], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]  # a rank left alone fails at the group's timeout
+    stopped = [json.loads((tmp_path / f"rank{rank}.json").read_text())["stopped"] for rank in (0, 1)]
+    assert stopped == [30, 30]

@@ -11,6 +11,7 @@ import torch
 
 from monitor.checks import one_of, positive_int
 from monitor.core import Callback, LoopState, Monitor
+from monitor.distributed import mean_across_ranks
 from monitor.log import Log
 from monitor.norms import foreach_norm
 from monitor.records import Order
@@ -43,6 +44,10 @@ class Guard(Callback):
     A loss on the CPU is checked at once. One on an accelerator is copied to host memory
     without waiting and checked at a later step, when the device has got there: the training
     thread never synchronizes, and the mark still goes at the bad step.
+
+    Under ``torch.distributed`` with ``action="stop"``, every rank watches the loss averaged over
+    the ranks (one ``all_reduce`` a step, on the loss's device): every rank then stops at the
+    same step, where a rank stopping alone would leave the others waiting at their next collective.
     """
 
     def __init__(self, action: str = "warn", spike: float | None = None, window: int = 100,
@@ -59,10 +64,12 @@ class Guard(Callback):
         self._grad_norm: Any = None
         self._pending: deque = deque()  # (step, names, values on host memory, event) from a device
         self._taken: int | None = None  # the step whose values were checked or queued last
+        self._agree = False  # several ranks, which must stop together: watch the loss averaged over them
 
     def on_attach(self, monitor: Monitor) -> None:
         from monitor.callbacks.checkpoint import Checkpoint
 
+        self._agree = monitor.world_size > 1 and self.action == "stop"
         self._checkpoint = next((c for c in monitor.callbacks if isinstance(c, Checkpoint)), None)
         if self._checkpoint is not None:  # whichever comes first in the list: a save sees this step checked
             self._checkpoint.before_save.append(lambda: self._take(monitor.state, monitor.log, settle=True))
@@ -85,7 +92,10 @@ class Guard(Callback):
         if self.bad_step is not None or self._taken == state.step:
             return
         self._taken = state.step
-        watched = {name: v for name, v in (("loss", state.loss), ("grads", self._grad_norm)) if v is not None}
+        loss = state.loss
+        if self._agree and loss is not None:  # a collective: every rank takes each step once, here
+            loss = mean_across_ranks({"loss": loss})["loss"]
+        watched = {name: v for name, v in (("loss", loss), ("grads", self._grad_norm)) if v is not None}
         self._grad_norm = None
         device = next((v.device for v in watched.values() if isinstance(v, torch.Tensor) and v.device.type != "cpu"),
                       None)
