@@ -9,7 +9,9 @@ One env is one run at a time: a new run in an env starts its windows afresh and 
 earlier run's log aside instead of appending to it (running a script twice with the same env
 would otherwise draw both runs into one zigzag), and a second live process is refused,
 naming the first. The lock is the operating system's (``flock``): it goes with the process
-that held it, even a SIGKILLed one, so a killed run never leaves its env locked.
+that held it, even a SIGKILLed one, so a killed run never leaves its env locked. A forked
+child (a DataLoader worker) closes its copy of the lock at once: a ``flock`` lasts while any
+copy is open, and workers that outlive their run, or persist into the next, held it.
 """
 from __future__ import annotations
 
@@ -21,6 +23,22 @@ import time
 from pathlib import Path
 
 from monitor.runlog import RunLog
+
+
+_held: set[int] = set()  # the lock files' descriptors this process holds
+
+
+def _close_inherited_locks() -> None:
+    """In a forked child: lets go of the parent's locks (the parent keeps holding them)."""
+    for fd in _held:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 class RunInUseError(RuntimeError):
@@ -58,10 +76,12 @@ class RunDir:
         os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id,
                                  "since": time.time()}).encode())
         self._lock = fd
+        _held.add(fd)
 
     def unlock(self) -> None:
         """Lets another process write here (closing the file releases the lock). Idempotent."""
         if self._lock is not None:
+            _held.discard(self._lock)
             os.close(self._lock)
             self._lock = None
 

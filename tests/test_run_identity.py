@@ -20,6 +20,7 @@ from monitor.log import Log
 from monitor.replay import replay
 from monitor.rundir import RunInUseError
 from monitor.runlog import RunLog
+from monitor.runs import described
 from monitor.server import VisdomServer
 from monitor.sink import VisdomSink
 
@@ -107,6 +108,18 @@ def test_a_second_live_process_on_one_env_is_refused_naming_the_first(visdom_ser
     with Monitor([Scalars()], env="busy", port=visdom_server.port, run_dir=tmp_path) as monitor:  # killed: free
         monitor.step_end(loss=1.0)
     assert len(list((tmp_path / "earlier").glob("*.jsonl"))) == 1
+
+
+def test_data_loader_workers_that_outlive_a_run_do_not_keep_its_env_locked(visdom_server, tmp_path):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.randn(32, 4), torch.randn(32, 1))
+    loader = DataLoader(data, batch_size=8, num_workers=2, persistent_workers=True)  # forked once, kept
+    for lr in (0.1, 0.01):  # a sweep in one process: the workers started in the first run live on
+        with Monitor([Scalars()], env="workers", port=visdom_server.port, run_dir=tmp_path) as monitor:
+            for _, y in loader:
+                monitor.step_end(loss=float(y.mean()) * lr)
+        assert described(tmp_path).status == "finished"  # not "running": nothing holds the lock
 
 
 def test_a_notebook_cell_run_again_closes_the_previous_monitor_and_starts_clean(visdom_server, read_window, tmp_path):
