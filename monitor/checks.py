@@ -103,7 +103,10 @@ def real_tensor(argument: str, value: torch.Tensor) -> torch.Tensor:
 
 
 def scalar(argument: str, value: Any) -> Any:
-    """``value`` if it is a real number or a one-element real tensor (which is not read here)."""
+    """``value`` if it is a real number or a one-element real tensor (which is not read here); a
+    0-d numpy array (``loss.detach().numpy()``) as the number it holds."""
+    if _is_array_0d(value):
+        return value.item()
     if _is_tensor(value):
         if value.numel() != 1:
             raise ValueError(f"{argument} must be a number or a one-element tensor, "
@@ -118,6 +121,8 @@ def scalar(argument: str, value: Any) -> Any:
 
 def is_scalar(value: Any) -> bool:
     """Whether :func:`scalar` would accept ``value``."""
+    if _is_array_0d(value):
+        return True
     if _is_tensor(value):
         return value.numel() == 1 and not value.is_complex() and value.dtype is not _torch().bool
     return isinstance(value, Real) and not isinstance(value, bool)
@@ -151,3 +156,8 @@ def _int_range(minimum: int | None, maximum: int | None) -> str:
     if maximum is not None:
         return f"an int <= {maximum}"
     return "an int"
+
+
+def _is_array_0d(value: Any) -> bool:
+    """A 0-d numpy array of real numbers (numpy is not imported for it)."""
+    return type(value).__name__ == "ndarray" and value.ndim == 0 and value.dtype.kind in "iuf"

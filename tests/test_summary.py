@@ -89,3 +89,19 @@ def test_a_run_ends_with_its_hparams_and_final_metrics_in_a_pane_and_the_run_log
     [entry] = [e for e in entries if e["k"] == "hparams"]
     assert entry["hparams"] == {"batch_size": 16, "note": "<baseline>", "lr": 0.1, "layers": "[4, 8]"}
     assert entry["metrics"] == {"accuracy": 0.75}
+
+
+def test_the_final_metrics_are_the_latest_passed_even_when_epoch_end_passes_none():
+    from monitor.records import Hparams
+    from helpers.monitors import monitor_with
+
+    model = small_model()
+    monitor, sink = monitor_with(Summary(hparams={"lr": 0.1}))
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    for epoch in monitor.epochs(2):  # calls epoch_end() itself, without metrics
+        monitor.validation_end({"acc32": np.float32(0.5 + epoch / 4), "n64": np.int64(3), "arr": np.array(0.25),
+                                "t": torch.tensor(0.75), "note": "fine"})
+    monitor.epoch_end({"train_loss": 0.125})  # the README's loop ends its epoch with its own metrics
+    monitor.train_end()
+    [record] = [r for r in sink.records if isinstance(r, Hparams)]
+    assert record.metrics == {"acc32": 0.75, "n64": 3.0, "arr": 0.25, "t": 0.75, "train_loss": 0.125}

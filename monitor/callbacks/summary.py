@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import torch
 from torch.nn.parameter import is_lazy
 
+from monitor.checks import is_scalar
 from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
@@ -24,8 +25,8 @@ class Summary(Callback):
         # pane "summary": the model, 1,199,882 parameters (all trainable), batch_size and lr, ...
 
     ``hparams`` given here are merged with those given to ``train_start``, which win on a clash.
-    At ``train_end`` (when there are any) they go with the metrics the loop passed last (``validation_end``,
-    ``epoch_end``) to pane ``hparams`` and to the run log's ``hparams`` entry, the run's record
+    At ``train_end`` (when there are any) they go with the latest value of each metric the loop passed
+    to ``validation_end`` or ``epoch_end`` to pane ``hparams`` and to the run log's ``hparams`` entry, the run's record
     for comparing runs. Everything the user supplied (the model's repr, names, values) is HTML-escaped.
     """
 
@@ -33,6 +34,7 @@ class Summary(Callback):
         if hparams is not None and not isinstance(hparams, Mapping):
             raise TypeError(f"hparams must be a mapping of name to value, got {type(hparams).__name__}")
         self.hparams = dict(hparams or {})
+        self._metrics: dict[str, Any] = {}  # the latest number of each metric validation_end or epoch_end passed
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW)
@@ -40,9 +42,14 @@ class Summary(Callback):
         log.text(WINDOW, state.step, _summary_html(model, state.optimizers, {**self.hparams, **state.hparams}),
                  html=True)
 
+    def on_validation_end(self, state: LoopState, log: Log) -> None:
+        self._metrics.update((name, value) for name, value in state.metrics.items() if is_scalar(value))
+
+    on_epoch_end = on_validation_end  # an epoch_end() without metrics leaves them as they were
+
     def on_train_end(self, state: LoopState, log: Log) -> None:
         hparams = {**self.hparams, **state.hparams}
-        metrics = {name: value for name, value in state.metrics.items() if _is_number(value)}
+        metrics, self._metrics = self._metrics, {}
         if hparams:  # a run given no hyper-parameters gets no pane of them
             log.hparams(hparams, metrics, state.step)
 
@@ -82,8 +89,3 @@ def _table(rows: list[tuple[Any, Any]]) -> str:
     cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
 
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, torch.Tensor):
-        return value.numel() == 1 and not value.is_complex() and value.dtype != torch.bool
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
