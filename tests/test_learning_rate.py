@@ -95,3 +95,14 @@ def test_learning_rate_without_an_optimizer_says_where_to_pass_it():
     monitor.train_start(small_model())
     with pytest.raises(ValueError, match=r"pass it to monitor.train_start\(model, optimizer\)"):
         monitor.step_end()
+
+
+def test_a_named_group_keeps_its_curve_when_the_backbone_is_unfrozen_into_the_optimizer():
+    model = small_model()
+    optimizer = torch.optim.AdamW([{"params": model[3].parameters(), "lr": 1e-2, "name": "head"}])
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    monitor.step_end()
+    optimizer.add_param_group({"params": model[0].parameters(), "lr": 1e-3, "name": "backbone"})  # unfreeze
+    monitor.step_end()
+    assert sink.points("learning rate") == {"head": [(1, 1e-2), (2, 1e-2)], "backbone": [(2, 1e-3)]}

@@ -21,9 +21,9 @@ class LearningRate(Callback):
 
     The rate is read at ``after_backward``, before ``optimizer.step()`` uses it, so a scheduler
     stepped before ``step_end`` does not shift the curve by one step; a loop that does not call
-    ``after_backward`` gets the rate at ``step_end``. One group gives trace ``lr``; several give
-    ``group 0``, ``group 1``, ... or the group's own ``name`` entry where the loop set one
-    (``{"params": ..., "name": "backbone"}``); with several optimizers each trace starts with the
+    ``after_backward`` gets the rate at ``step_end``. A group's trace is its own ``name`` entry
+    where the loop set one (``{"params": ..., "name": "backbone"}``); otherwise one group gives
+    trace ``lr`` and several ``group 0``, ``group 1``, ...; with several optimizers each trace starts with the
     optimizer's name (``G``, ``D/backbone``). One point a step, however many times the loop
     calls ``after_backward`` in it. A tensor ``lr`` (capturable optimizers) is copied on its
     device, not read here.
@@ -74,10 +74,12 @@ class LearningRate(Callback):
 
 
 def _trace_names(groups: Sequence[dict[str, Any]]) -> list[str]:
+    """Each group's own name where it has one (so a group added later leaves the curves there
+    alone); ``lr`` for a single group without one, else ``group N``."""
+    own = [g.get("name") if isinstance(g.get("name"), str) and g.get("name") else None for g in groups]
     if len(groups) == 1:
-        return ["lr"]
-    names = [g.get("name") if isinstance(g.get("name"), str) and g.get("name") else f"group {i}"
-             for i, g in enumerate(groups)]
+        return [own[0] or "lr"]
+    names = [name or f"group {i}" for i, name in enumerate(own)]
     if len(set(names)) != len(names):  # two groups named alike: numbers keep them apart
         names = [f"group {i}" for i in range(len(groups))]
     return names
