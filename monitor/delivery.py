@@ -65,7 +65,6 @@ class Delivery:
         self.reports = reports or Reports()
         self.kept_in = kept_in
         self._stale = set(stale) - set(windows.by_name)
-        self.delivered = not windows.changed() and not self._stale
         self._down_since: float | None = None
         self._unreachable = False
         self._retry_at = 0.0
@@ -149,7 +148,12 @@ class Delivery:
             _log.info("monitor: %s is reachable again; the dashboard is being brought up to date",
                       self.connection.url)
         self._down_since, self._backoff = None, self.interval
-        self.delivered = not self.windows.changed()
+
+    @property
+    def delivered(self) -> bool:
+        """Whether the server holds every window as it is here (nothing changed since it took it)."""
+        return self._down_since is None and not self._stale and \
+            not any(window.changed for window in self.windows.by_name.values())
 
     @property
     def unreachable(self) -> bool:
@@ -226,7 +230,6 @@ class Delivery:
                 window.mark_closed()  # created again at the next send
 
     def _went_down(self, reason: str) -> None:
-        self.delivered = False
         self.windows.mark_all_changed()  # what the server holds is unknown now
         now = time.monotonic()
         if self._down_since is None:
