@@ -340,7 +340,7 @@ def runs_rm(run_dirs: tuple[Path, ...], yes: bool, server: str | None, port: int
 def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | None, yes: bool,
             server: str | None, port: int | None) -> None:
     """Delete finished runs under DIR that are older than a date or beyond the N best (crashed,
-    killed and running runs are kept)."""
+    interrupted, killed and running runs are kept)."""
     from monitor.runs import collectable, listed
 
     if older_than is None and keep_best is None:

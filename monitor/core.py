@@ -7,7 +7,11 @@ fails is reported once, by name, and training goes on.
 """
 from __future__ import annotations
 
+import atexit
+import importlib
 import os
+import sys
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
 
@@ -16,6 +20,7 @@ import torch
 from monitor import checks
 from monitor.distributed import rank_and_world_size
 from monitor.log import Log, NullSink, Sink
+from monitor.records import RunEnd, ending_of
 from monitor.reports import Reports
 from monitor.resumable import Resumable, batches_done
 
@@ -206,6 +211,7 @@ class Monitor:
             from monitor.sink import VisdomSink
             sink = VisdomSink(env=env, **options)
         self.sink = sink
+        _watch_until_exit(self)
         self.log = Log(sink)
         self.state = LoopState()
         self.raise_errors = raise_errors
@@ -213,7 +219,7 @@ class Monitor:
         self._started = False
         self._epoch_open = False
         self._failed = False
-        self._error: str | None = None
+        self._ending = RunEnd("finished")  # what close() records; exception() changes it
         self._ended = False
         self._resumable = Resumable()
         self._reports = Reports()
@@ -249,7 +255,7 @@ class Monitor:
         state.model, state.optimizers, state.scaler = model, optimizers, scaler
         state.optimizer = next(iter(optimizers.values())) if len(optimizers) == 1 else None
         self.state.hparams = dict(hparams or {})
-        self._started, self._failed = True, False
+        self._started, self._failed, self._ending = True, False, RunEnd("finished")
         self._fire("on_train_start")
 
     def epoch_start(self, epoch: int | None = None) -> None:
@@ -318,7 +324,7 @@ class Monitor:
     def exception(self, error: BaseException) -> None:
         """Call from the loop's ``except`` block (the context-manager form does this for you)."""
         self._failed = True
-        self._error = f"{type(error).__name__}: {error}"
+        self._ending = ending_of(error)
         self._fire("on_exception", error)
 
     def _pass_of(self, optimizer: str | torch.optim.Optimizer | None) -> str | None:
@@ -378,8 +384,8 @@ class Monitor:
         """Delivers what is pending (for up to ``timeout`` s), then stops the sink; safe to call twice."""
         if not self._ended:  # the run log says how the run ended (a killed run says nothing)
             self._ended = True
-            from monitor.records import RunEnd
-            self.sink.put(RunEnd("crashed" if self._failed else "finished", self._error))
+            _unclosed.discard(self)
+            self.sink.put(self._ending)
         return self.sink.close(timeout)
 
     def __enter__(self) -> Monitor:
@@ -453,6 +459,32 @@ def _named_optimizers(optimizer: Optimizers | None) -> dict[str, torch.optim.Opt
     if not named:
         raise ValueError("optimizer must hold at least one optimizer, got an empty collection")
     return named
+
+
+_unclosed: "weakref.WeakSet[Monitor]" = weakref.WeakSet()  # monitors whose close() is still to come
+_closed_at_exit = False  # whether _close_unclosed is registered
+
+
+def _watch_until_exit(watched: Monitor) -> None:
+    """Has the monitor closed at the interpreter's exit if the script does not close it, its run
+    log saying how the script ended (an uncaught exception: crashed or interrupted)."""
+    global _closed_at_exit
+    if not _closed_at_exit:
+        importlib.import_module("monitor.sink")  # registers its exit hook first: it runs after ours
+        atexit.register(_close_unclosed)
+        _closed_at_exit = True
+    _unclosed.add(watched)
+
+
+def _close_unclosed() -> None:
+    error = getattr(sys, "last_value", None)  # what ended the script, if an exception did
+    for monitor in list(_unclosed):
+        if not monitor._failed:
+            monitor._ending = ending_of(error)
+        try:
+            monitor.close(timeout=2.0)
+        except Exception:  # the interpreter is going: nothing to raise into
+            pass
 
 
 def _has_state(callback: Callback) -> bool:

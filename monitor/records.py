@@ -98,10 +98,19 @@ class Hparams(NamedTuple):
 
 
 class RunEnd(NamedTuple):
-    """How the run ended: "finished", or "crashed" with the error (a killed run leaves none)."""
+    """How the run ended: "finished", or "crashed" or "interrupted" with the error (a killed run leaves none)."""
 
     status: str
     error: str | None = None
+
+
+def ending_of(error: BaseException | None) -> RunEnd:
+    """How a run that raised ``error`` (None: nothing) ended: ``sys.exit(0)`` finishes it; Ctrl-C
+    and another ``sys.exit`` (a pre-empted job's 75) interrupt it; anything else crashes it."""
+    if error is None or isinstance(error, SystemExit) and error.code in (0, None):
+        return RunEnd("finished")
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return RunEnd("interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "crashed", text)
 
 
 class Order:

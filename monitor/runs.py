@@ -45,8 +45,9 @@ class Run(NamedTuple):
     run_id: str
     started: float          # seconds since the epoch
     steps: int              # the highest step of its loss and metric curves
-    status: str             # running, finished, crashed (closed by an exception) or killed (never closed)
-    error: str | None       # what a crashed run raised
+    status: str             # running, finished, crashed (an exception), interrupted (Ctrl-C, sys.exit(N)),
+                            # or killed (never closed)
+    error: str | None       # what a crashed or interrupted run raised
     metrics: dict[str, tuple[float, float]]  # "window/trace": (last, best) of its loss and metric curves
     hparams: dict[str, Any]
     size: int               # bytes in its folder
@@ -233,7 +234,7 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> None:
 def collectable(runs: list[Run], older_than: float | None = None, keep_best: int | None = None,
                 metric: str | None = None) -> list[Run]:
     """The finished runs to clean up: started before ``older_than`` (seconds since the epoch), or
-    not among the ``keep_best`` best by ``metric``. Running, crashed and killed runs are kept."""
+    not among the ``keep_best`` best by ``metric``. Running, crashed, interrupted and killed runs are kept."""
     finished = [run for run in runs if run.status == "finished"]
     doomed = {run.path for run in finished if older_than is not None and run.started < older_than}
     if keep_best is not None:

@@ -5,12 +5,14 @@ through the same non-blocking, lossless sink and run log as the callbacks.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
 import os
 import math
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -22,7 +24,7 @@ import torch
 
 from monitor import checks
 from monitor.log import Log
-from monitor.records import Histogram, Order, RunEnd
+from monitor.records import Histogram, Order, RunEnd, ending_of
 from monitor.runlog import RunLog
 
 _log = logging.getLogger("monitor")
@@ -216,7 +218,7 @@ class SummaryWriter:
 
     def close(self) -> None:
         """Delivers what is pending and records that the run finished (a writer on a Monitor's env
-        only makes what it logged durable)."""
+        only makes what it logged durable). A writer left open is closed at the script's exit."""
         self._close("finished", None)
 
     def get_logdir(self) -> str:
@@ -226,10 +228,7 @@ class SummaryWriter:
         return self
 
     def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
-        if error is None:
-            self.close()
-        else:
-            self._close("crashed", f"{type(error).__name__}: {error}")
+        self._close(*ending_of(error))
 
     def __getattr__(self, name: str) -> Any:
         if name in _NOT_DRAWN:
@@ -330,12 +329,30 @@ _runs_lock = threading.Lock()
 
 
 def _run_of(path: Path, purge_step: int | None, sink_options: dict[str, Any]) -> _Run:
+    global _ended_at_exit
     with _runs_lock:  # two threads opening one log_dir share one sink
         run = _runs.get(path.resolve())
         if run is None:
             run = _runs[path.resolve()] = _Run(path, purge_step, sink_options)
+            if not _ended_at_exit:  # registered after the sinks' own exit hook: runs before it
+                atexit.register(_end_open_runs)
+                _ended_at_exit = True
         run.writers += 1
         return run
+
+
+_ended_at_exit = False
+
+
+def _end_open_runs() -> None:
+    """At the interpreter's exit: the end of every run whose writers the script never closed, as
+    the script ended (an uncaught exception: crashed or interrupted)."""
+    with _runs_lock:
+        runs = list(_runs.values())
+        _runs.clear()
+    for run in runs:
+        run.log.sink.put(ending_of(getattr(sys, "last_value", None)))
+        run.log.sink.close(timeout=2.0)
 
 
 _KINDS = {"points": "scalars", "histogram": "histogram", "image": "images", "text": "text", "hparams": "hparams"}

@@ -213,3 +213,31 @@ def test_a_run_that_went_on_after_an_end_and_stopped_without_one_was_killed(tmp_
     log.close()
     from monitor.runs import described
     assert described(tmp_path / "reopened").status == "killed"
+
+
+ENDINGS = {  # a script's last lines -> (status, error) in the run log
+    "monitor.train_end()": ("finished", None),  # and no close(): the script's exit closes it
+    "raise RuntimeError('the data ran out')": ("crashed", "RuntimeError: the data ran out"),
+    "raise KeyboardInterrupt": ("interrupted", "KeyboardInterrupt"),
+    "with monitor:\n    sys.exit(0)": ("finished", None),
+    "with monitor:\n    sys.exit(75)": ("interrupted", "SystemExit: 75"),  # a pre-empted job, to run again
+    "writer = SummaryWriter(sys.argv[1] + '/w', port=int(sys.argv[2]))\nwriter.add_scalar('x', 1.0, 0)\n"
+    "raise ValueError('bad batch')": ("crashed", "ValueError: bad batch"),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_a_script_s_exit_records_how_its_run_ended_whether_or_not_it_closed_the_monitor(
+        visdom_server, tmp_path, ending):
+    import subprocess
+    import sys
+
+    script = ("import sys\nfrom monitor import Monitor, Scalars, SummaryWriter\n"
+              "monitor = Monitor([Scalars()], env='ending', run_dir=sys.argv[1] + '/m', port=int(sys.argv[2]))\n"
+              "monitor.step_end(loss=0.5)\n" + ending + "\n")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path), str(visdom_server.port)],
+                          capture_output=True, text=True, timeout=60)
+    from monitor.runs import described
+
+    run = described(tmp_path / ("w" if "SummaryWriter(" in ending else "m"))
+    assert (run.status, run.error) == ENDINGS[ending], done.stderr[-2000:]
