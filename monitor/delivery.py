@@ -18,6 +18,7 @@ or a close sends everything at once. The HTTP is
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from typing import Iterable, NamedTuple
@@ -66,6 +67,7 @@ class Delivery:
         self.kept_in = kept_in
         self._stale = set(stale) - set(windows.by_name)
         self._down_since: float | None = None
+        self.failed_at = -math.inf  # when the latest request failed (time.monotonic)
         self._unreachable = False
         self._retry_at = 0.0
         self._backoff = interval
@@ -231,7 +233,7 @@ class Delivery:
 
     def _went_down(self, reason: str) -> None:
         self.windows.mark_all_changed()  # what the server holds is unknown now
-        now = time.monotonic()
+        now = self.failed_at = time.monotonic()
         if self._down_since is None:
             self._down_since = now
             _log.warning("monitor: dashboard trouble: %s. Training goes on; retrying in the "

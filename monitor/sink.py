@@ -122,6 +122,7 @@ class VisdomSink:
         self._waiting: list[_Waiter] = []
         self._next_send = 0.0
         self._close_deadline = math.inf
+        self._close_asked = math.inf  # when close() was called
         self._logged = threading.Event()  # set once everything put before close() is in the run log
         self._worker = threading.Thread(target=self._run, name=f"monitor-sink-{self.env}", daemon=True)
         self._worker.start()
@@ -223,7 +224,8 @@ class VisdomSink:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self._close_deadline = time.monotonic() + (timeout if timeout is not None else math.inf)
+                self._close_asked = time.monotonic()
+                self._close_deadline = self._close_asked + (timeout if timeout is not None else math.inf)
                 self._queue.append(_STOP)
                 self._wake.set()
         started = time.monotonic()
@@ -303,8 +305,9 @@ class VisdomSink:
             ends = time.perf_counter() + _SLICE
             taken = 0
             while True:
-                if item is _STOP:
-                    self._stopping = self._asked = True
+                if item is _STOP:  # a request in flight when close() came that found no server was its one try
+                    self._stopping = True
+                    self._asked = not (self.delivery.unreachable and self.delivery.failed_at >= self._close_asked)
                 elif isinstance(item, _Waiter):
                     self._waiting.append(item)
                     self._asked = self._asked or not item.durable

@@ -554,6 +554,24 @@ def test_close_gives_a_server_that_is_not_there_one_try_not_its_whole_timeout(tm
     assert any("monitor replay" in r for r in warnings_in(caplog))
 
 
+def test_close_while_a_request_hangs_on_a_stopped_server_waits_for_that_request_only(fresh_server, tmp_path):
+    sink = VisdomSink("hung", port=fresh_server.port, run_dir=tmp_path, flush_every=0.05, timeout=3.0)
+    log = Log(sink)
+    log.scalar("loss", "train", 1, 1.0)
+    assert sink.flush(timeout=10)
+    fresh_server.pause()  # SIGSTOP: connections are taken, never answered
+    try:
+        log.scalar("loss", "train", 2, 0.5)
+        time.sleep(0.5)  # the worker's send of it waits on the stopped server
+        started = time.monotonic()
+        assert sink.close(timeout=30) is False
+        took = time.monotonic() - started
+    finally:
+        fresh_server.resume()
+    assert took < 4.5  # the request in flight (3 s at most) was the one try; a second one made it 5.5
+    assert [e["x"] for e in RunLog.read(sink.runlog.path) if e["k"] == "points"] == [1, 2]
+
+
 def test_a_base_url_is_a_path_with_or_without_its_slash():
     assert Connection("http://127.0.0.1", 8097, base_url="visdom").url == "http://127.0.0.1:8097/visdom"
     assert Connection("http://127.0.0.1", 8097, base_url="/visdom/").url == "http://127.0.0.1:8097/visdom"
