@@ -71,6 +71,7 @@ def text(argument: str, value: Any) -> str:
 
 
 MAX_NAME = 100  # characters in an env, window or trace name
+MAX_PATH_BYTES = 200  # bytes of an env in UTF-8: a folder's name, and with ".json" a server's file (255 at most)
 
 
 def is_control(character: str) -> bool:
@@ -82,7 +83,8 @@ def name(argument: str, value: Any, *, path: bool = False) -> str:
     """``value`` if it is a usable name: a str of 1 to 100 characters, not blank, no control characters.
 
     ``path=True`` (an env, which names a folder of the run and a file of the server) also
-    refuses what could lead out of a folder: ``/``, ``\\``, ``.`` and ``..``.
+    refuses what could lead out of a folder: ``/``, ``\\``, ``.`` and ``..``, and more than 200
+    bytes in UTF-8 (what a file system takes in a name, less room for the server's suffix).
     """
     text(argument, value)
     if len(value) > MAX_NAME:
@@ -92,6 +94,9 @@ def name(argument: str, value: Any, *, path: bool = False) -> str:
     if path and ("/" in value or "\\" in value or value in (".", "..")):
         raise ValueError(f"{argument} must not be a path (no '/', '\\', '.' or '..'): it names a folder, "
                          f"got {value!r}")
+    if path and len(value.encode()) > MAX_PATH_BYTES:
+        raise ValueError(f"{argument} must be at most {MAX_PATH_BYTES} bytes in UTF-8 (it names a folder), "
+                         f"got {len(value.encode())}: {value[:20]!r}...")
     return value
 
 

@@ -36,7 +36,7 @@ def test_a_point_that_goes_back_in_x_is_reported_once_and_not_drawn(visdom_serve
                        "the point is kept in the run log but not drawn (reported once)"]
 
 
-BAD_NAMES = ["../x", "/abs", "a/b", "a\\b", "..", "a\0b", "tab\tin", "x" * 300, "", " "]
+BAD_NAMES = ["../x", "/abs", "a/b", "a\\b", "..", "a\0b", "tab\tin", "x" * 300, "日" * 90, "", " "]
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES)
