@@ -82,7 +82,8 @@ class Callback:
 
     A callback with state worth keeping across a resume (a best score, a counter) returns it
     from ``state_dict()`` and takes it back in ``load_state_dict()``, under ``state_key`` (set
-    it to tell two of one class apart: ``epochs = Scalars(x="epoch"); epochs.state_key = "epochs"``).
+    it to tell two of one class apart: ``best = Checkpoint("ckpt/best", every_epochs=1, metric="loss",
+    keep_best=1); best.state_key = "best"``).
     """
 
     @property

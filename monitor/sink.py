@@ -26,6 +26,7 @@ import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from monitor import checks
 from monitor.connection import Connection
@@ -157,7 +158,7 @@ class VisdomSink:
     @property
     def url(self) -> str:
         """The dashboard page of this run's env."""
-        return f"{self.connection.url}/env/{self.env}"
+        return f"{self.connection.url}/env/{quote(self.env, safe='')}"
 
     @property
     def pending(self) -> int:
