@@ -73,16 +73,15 @@ class Scalars(Callback):
         if self.x == "step":
             self._write(log, state.step, "train", values)
             return
-        failure = None
+        failures = []
         for name, value in values.items():
             try:
                 self._sums[name] = _add(self._sums.get(name), value, name)
             except (TypeError, ValueError) as error:
-                failure = failure or error
+                failures.append(error)
                 continue
             self._counts[name] = self._counts.get(name, 0) + 1
-        if failure is not None:
-            raise failure
+        _raise_together(failures)
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
         metrics = self._averaged(state.metrics)
@@ -110,15 +109,14 @@ class Scalars(Callback):
         return {**values, **mean_across_ranks(chosen)} if chosen else values
 
     def _write(self, log: Log, x: float, trace: str, values: Mapping[str, Any]) -> None:
-        """One point per name; a bad value is raised after the good ones are written."""
-        failure = None
+        """One point per name; the bad values are raised together after the good ones are written."""
+        failures = []
         for name, value in values.items():
             try:
                 self._write_one(log, x, trace, name, value)
             except (TypeError, ValueError) as error:
-                failure = failure or error
-        if failure is not None:
-            raise failure
+                failures.append(error)
+        _raise_together(failures)
 
     def _write_one(self, log: Log, x: float, trace: str, name: str, value: Any) -> None:
         """One point of metric ``name`` in its window (laid out the first time), naming it in errors."""
@@ -129,6 +127,12 @@ class Scalars(Callback):
             log.scalar(name, trace, x, value)
         except (TypeError, ValueError) as error:
             raise type(error)(f"metric {name!r}: {error}") from None
+
+
+def _raise_together(failures: list[Exception]) -> None:
+    """One error naming every bad metric of a call (the Monitor reports a hook's failure once)."""
+    if failures:
+        raise type(failures[0])("; ".join(map(str, failures)))
 
 
 def _names_to_average(average: Any) -> bool | frozenset[str]:
