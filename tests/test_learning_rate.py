@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import logging
+
 import pytest
 import torch
 
@@ -95,6 +97,16 @@ def test_learning_rate_without_an_optimizer_says_where_to_pass_it():
     monitor.train_start(small_model())
     with pytest.raises(ValueError, match=r"pass it to monitor.train_start\(model, optimizer\)"):
         monitor.step_end()
+
+
+def test_learning_rate_without_an_optimizer_is_reported_once_not_once_a_hook(caplog):
+    monitor, _ = monitor_with(LearningRate(), raise_errors=False)
+    monitor.train_start(small_model())
+    with caplog.at_level(logging.WARNING, logger="monitor"):
+        for _ in range(3):
+            monitor.after_backward()
+            monitor.step_end()
+    assert len(caplog.records) == 1 and "LearningRate needs the optimizer" in caplog.text
 
 
 def test_a_named_group_keeps_its_curve_when_the_backbone_is_unfrozen_into_the_optimizer():

@@ -51,12 +51,12 @@ class LearningRate(Callback):
     def _write(self, state: LoopState, log: Log) -> None:
         if self.every != 1 and not is_due(state.step, self.every):
             return
+        self._logged_step = state.step  # tried once a step: without an optimizer, one report, not one a hook
         if state.optimizer is None and not state.optimizers:
             raise ValueError("LearningRate needs the optimizer: pass it to "
                              "monitor.train_start(model, optimizer), got optimizer=None")
         if WINDOW not in log.layouts:
             log.window(WINDOW, order=Order.LEARNING_RATE, title=WINDOW, xlabel="step", ylabel="learning rate")
-        self._logged_step = state.step
         if state.optimizer is not None:
             groups = state.optimizer.param_groups
             if len(groups) != len(self._names):  # first step, train_start, epoch_start, add_param_group()
