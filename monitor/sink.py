@@ -101,6 +101,8 @@ class VisdomSink:
         for other in list(_open_sinks):  # a notebook cell run again: the previous monitor of this run ends
             if other.run_dir.resolve() == self.run_dir.resolve():
                 _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
+                other.put(RunEnd("interrupted", "a newer run of its env in this process replaced it"))
+                other._replaced = True
                 other.close(timeout=2.0)
                 other._worker.join(5.0)  # its last request (at most the close's 2 s) and the folder's lock
         self.folder = RunDir(self.run_dir)
@@ -117,6 +119,7 @@ class VisdomSink:
         self._queue: deque = deque()  # append and popleft are atomic: no lock, no wake-up
         self._wake = threading.Event()
         self._closed = False
+        self._replaced = False  # closed by a newer sink of its run folder in this process
         self._stopping = False
         self._asked = False  # a flush() or close() arrived since the last send
         self._lock = threading.Lock()
@@ -187,7 +190,8 @@ class VisdomSink:
             raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram or Hparams, "
                             f"got {type(record).__name__}")
         if self._closed:
-            self.reports.once("closed", "a record was logged after close() and is dropped")
+            self.reports.once("closed", "a record was logged after close() and is dropped" + (
+                f": a newer monitor of env {self.env!r} in this process took its run folder" if self._replaced else ""))
             return
         self._queue.append(record)
 
