@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 from pathlib import Path
 
@@ -52,6 +53,8 @@ def main() -> None:
     except TrainingDiverged:
         stopped = monitor.state.step
     Path(args.out, f"rank{rank}.json").write_text(json.dumps({"stopped": stopped}))
+    del model, optimizer, monitor
+    gc.collect()  # the DDP model holds the process group: gone first, its threads are idle at exit
     dist.destroy_process_group()
 
 
