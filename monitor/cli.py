@@ -273,11 +273,18 @@ def runs(context: click.Context) -> None:
         context.invoke(runs_list)
 
 
+MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
+                    help="Whether the lowest or the highest METRIC is best.  [default: lowest for losses and "
+                         "errors, by their name, else highest]")
+
+
 @runs.command("list")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), metavar="[DIR]")
 @click.option("--sort", metavar="METRIC", help="Best first by METRIC (window/trace, e.g. loss/validation).")
+@MODE
 @click.option("--where", multiple=True, metavar="NAME=VALUE", help="Only runs with this hparam value (repeatable).")
-def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tuple[str, ...] = ()) -> None:
+def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tuple[str, ...] = (),
+              mode: str | None = None) -> None:
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
     from monitor.runs import listed, selected, table
 
@@ -287,11 +294,16 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
         if not equals or not name:
             raise click.BadParameter(f"must be NAME=VALUE, got {condition!r}", param_hint="--where")
         conditions[name] = value
-    found = selected(listed(directory), conditions, sort)
+    every = listed(directory)
+    known = sorted({m for run in every for m in run.metrics})
+    if sort is not None and every and sort not in known:
+        raise click.BadParameter(f"must be one of the runs' metrics ({', '.join(known)}), got {sort!r}",
+                                 param_hint="--sort")
+    found = selected(every, conditions, sort, mode)
     if not found:
         click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else ""))
         return
-    click.echo(table(found))
+    click.echo(table(found, first=sort))
 
 
 @runs.command("compare")
@@ -335,20 +347,27 @@ def runs_rm(run_dirs: tuple[Path, ...], yes: bool, server: str | None, port: int
 @click.option("--keep-best", type=click.IntRange(min=0), default=None, metavar="N",
               help="Finished runs beyond the N best by --metric.")
 @click.option("--metric", default=None, metavar="METRIC", help="window/trace ranking --keep-best.")
+@MODE
 @click.option("--yes", is_flag=True, help="Do not ask for a confirmation.")
 @server_options()
-def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | None, yes: bool,
+def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | None, mode: str | None, yes: bool,
             server: str | None, port: int | None) -> None:
     """Delete finished runs under DIR that are older than a date or beyond the N best (crashed,
-    interrupted, killed and running runs are kept)."""
-    from monitor.runs import collectable, listed
+    interrupted, killed and running runs are kept, and so are runs without --metric and folders
+    holding other runs)."""
+    from monitor.runs import best_is_lowest, collectable, listed
 
     if older_than is None and keep_best is None:
         raise click.UsageError("say what to collect: --older-than DATE and/or --keep-best N --metric METRIC")
     try:
-        doomed = collectable(listed(directory), older_than.timestamp() if older_than else None, keep_best, metric)
+        doomed = collectable(listed(directory), older_than.timestamp() if older_than else None, keep_best, metric,
+                             mode)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--metric") from None
+    if keep_best is not None and metric is not None:
+        lowest = (mode or ("min" if best_is_lowest(metric) else "max")) == "min"
+        click.echo(f"Best by {metric}: the {'lowest' if lowest else 'highest'}"
+                   + ("" if mode else f" (guessed from its name; --mode {'max' if lowest else 'min'} says otherwise)"))
     if not doomed:
         click.echo("nothing to collect")
         return
@@ -356,18 +375,24 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
 
 
 def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
-    from monitor.runs import remove
+    from monitor.runs import check_removable, holds_other_runs, remove
 
+    doomed = list({run.path.resolve(): run for run in doomed}.values())  # a run named twice goes once
+    try:
+        for run in doomed:  # all of them, before anything is asked or deleted
+            check_removable(run)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     for run in doomed:
         click.echo(f"{run.path}  (env {run.env}, {run.status}, {run.checkpoints} checkpoint files)")
+        for other in holds_other_runs(run):
+            click.echo(f"  with the run in it: {other}")
     if not yes:
         click.confirm(f"Delete these {len(doomed)} run(s), their checkpoints and their envs?", abort=True)
-    for run in doomed:
-        try:
-            remove(run, server=server, port=port)
-        except ValueError as exc:
-            raise click.ClickException(str(exc)) from None
+    kept_envs = [run.env for run in doomed if not remove(run, server=server, port=port)]
     click.echo(f"Deleted {len(doomed)} run(s).")
+    if kept_envs:
+        click.echo(f"The dashboard could not be reached: env(s) {', '.join(kept_envs)} are still on it.", err=True)
 
 
 @runs.command("export")

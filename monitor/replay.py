@@ -43,12 +43,13 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
         windows.apply([entry])
     if not env:
         raise ValueError(f"env must be given: the run log {path} names none")
-    messages = [m for w in windows.by_name.values() for m in w.messages(env)]  # first sends: no close
+    shown = windows.changed()  # in their order on the page, as the live run placed them
     try:
-        for done, message in enumerate(messages, 1):
-            sender.post(*message)
+        for done, window in enumerate(shown, 1):
+            for message in window.messages(env):  # first sends: nothing to close
+                sender.post(*message)
             if progress:
-                progress("send", done, len(messages))
+                progress("send", done, len(shown))
     finally:
         sender.close()
     return env
@@ -58,7 +59,8 @@ _log = logging.getLogger("monitor")
 
 
 def rebuild(runs: str | os.PathLike, **connection: Any) -> dict[str, str]:
-    """Replays the run log of every run under ``runs`` (``runs/<env>/runlog.jsonl``) into its env.
+    """Replays the run log of every run under ``runs`` (``runs/<env>/runlog.jsonl``, and in folders
+    below, as SummaryWriter's ``runs/resnet/lr0.1``) into its env.
 
         rebuild("runs", port=8097)      # {"mnist": "rebuilt", "sweep-3": "live", ...}
 
@@ -67,8 +69,8 @@ def rebuild(runs: str | os.PathLike, **connection: Any) -> dict[str, str]:
     trouble with one run does not stop the others.
     """
     outcome: dict[str, str] = {}
-    for path in sorted(Path(runs).glob(f"*/{RunLog.FILENAME}")):
-        name = path.parent.name
+    for path in sorted(Path(runs).rglob(RunLog.FILENAME)):
+        name = str(path.parent.relative_to(runs))
         if RunDir(path.parent).is_live():
             outcome[name] = "live"
             continue

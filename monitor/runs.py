@@ -52,6 +52,7 @@ class Run(NamedTuple):
     hparams: dict[str, Any]
     size: int               # bytes in its folder
     checkpoints: int        # checkpoint files in its folder
+    log: Path               # the run log it was read from (runlog.jsonl, or an earlier run's log)
 
 
 def best_is_lowest(metric: str) -> bool:
@@ -61,7 +62,8 @@ def best_is_lowest(metric: str) -> bool:
 
 
 def listed(root: str | os.PathLike = "runs") -> list[Run]:
-    """Every run under ``root`` (each folder with a run log; runs set aside under ``earlier/`` too)."""
+    """Every run under ``root``: each folder with a run log (the earlier runs set aside in a
+    folder's ``earlier/`` are not listed; :func:`described` reads one given its log)."""
     runs = []
     for path in sorted(Path(root).rglob(RunLog.FILENAME)):
         try:
@@ -110,12 +112,14 @@ def described(run: str | os.PathLike) -> Run:
     files = [p for p in folder.rglob("*") if p.is_file()]
     return Run(folder, header["env"], header["run_id"], header["time"], steps, status,
                end.get("error") if end is not None else None, metrics, hparams,
-               sum(p.stat().st_size for p in files), sum(1 for p in files if p.suffix == ".pt"))
+               sum(p.stat().st_size for p in files), sum(1 for p in files if p.suffix == ".pt"), log)
 
 
-def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None) -> list[Run]:
+def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
+             mode: str | None = None) -> list[Run]:
     """The runs whose hparams match ``where`` (values compared as text, or as numbers when both
-    are), best first by metric ``sort`` (``window/trace``; runs without it last)."""
+    are), best first by metric ``sort`` (``window/trace``; runs without it last): lowest first
+    with ``mode="min"``, highest with ``"max"``, by default as :func:`best_is_lowest` guesses."""
     def matches(run: Run) -> bool:
         for name, wanted in (where or {}).items():
             if name not in run.hparams or not _same(run.hparams[name], wanted):
@@ -124,18 +128,20 @@ def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | N
 
     kept = [run for run in runs if matches(run)]
     if sort is not None:
-        sign = 1.0 if best_is_lowest(sort) else -1.0
+        sign = 1.0 if (mode or ("min" if best_is_lowest(sort) else "max")) == "min" else -1.0
         kept.sort(key=lambda r: (sort not in r.metrics, sign * r.metrics[sort][1] if sort in r.metrics else 0.0))
     return kept
 
 
-def table(runs: list[Run], metrics: int = 4) -> str:
-    """The runs as a plain-text table: env, status, steps, start, size, checkpoints, metrics, hparams."""
-    names = sorted({m for run in runs for m in run.metrics})[:metrics]
+def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
+    """The runs as a plain-text table: env, status (and what a crashed run raised), steps, start,
+    size, checkpoints, ``metrics`` metrics (``first`` first, then the loss, the rest by name), hparams."""
+    names = _shown_metrics(runs, metrics, first)
     head = ["env", "status", "steps", "started", "size", "ckpts"] + [f"{m} last (best)" for m in names] + ["hparams"]
     rows = [head]
     for run in runs:
-        cells = [run.env, run.status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
+        status = f"{run.status}: {run.error[:40]}" if run.error else run.status
+        cells = [run.env, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
                  _size(run.size), str(run.checkpoints)]
         cells += [f"{run.metrics[m][0]:.4g} ({run.metrics[m][1]:.4g})" if m in run.metrics else "-" for m in names]
         cells.append(" ".join(f"{k}={v}" for k, v in run.hparams.items()))
@@ -175,7 +181,7 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     found = [described(run) for run in runs]
     named, differing = labels(found)
     env = checks.name("into", into or "compare_" + "_".join(run.env for run in found)[:80], path=True)
-    entries = [list(RunLog.read(run_log_of(run.path))) for run in found]
+    entries = [list(RunLog.read(run.log)) for run in found]
     lines = [{e["win"] for e in log if e.get("k") == "points"} - {e["win"] for e in log if e.get("k") == "layout"
                                                                  and e["opts"].get("form") == "heatmap"}
              for log in entries]
@@ -207,42 +213,65 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     return env
 
 
-def remove(run: Run, dashboard: bool = True, **connection: Any) -> None:
-    """Deletes the run's folder (run log, images, checkpoints kept in it) and its env on the server.
+def remove(run: Run, dashboard: bool = True, **connection: Any) -> bool:
+    """Deletes the run's folder (run log, images, checkpoints kept in it, and any run inside it:
+    see :func:`holds_other_runs`) and its env on the server; returns False where the server
+    could not be reached (its env is still there).
 
-    Refuses a running run. ``connection`` takes Connection's arguments; ``dashboard=False``
-    leaves the server alone. Visdom answers an error for an
-    env it never saved to disk even as it drops it, so the server's answer is not checked.
+    Refuses a running run, or a folder with a running run inside. ``connection`` takes
+    Connection's arguments; ``dashboard=False`` leaves the server alone. Visdom answers an
+    error for an env it never saved to disk even as it drops it, so that answer is not checked.
     """
     import shutil
 
     from monitor.connection import Connection, DashboardError
 
-    if RunDir(run.path).is_live():
-        raise ValueError(f"run must not be running: {run.path} is held by a live process")
+    check_removable(run)
+    reached = True
     if dashboard:
         sender = Connection(**connection)
         try:
             sender.post("delete_env", {"eid": run.env})
-        except DashboardError:
-            pass  # not on the server, or not saved there
+        except DashboardError as error:
+            reached = error.status is not None  # an answer: not on the server, or not saved there
         finally:
             sender.close()
     shutil.rmtree(run.path)
+    return reached
+
+
+def check_removable(run: Run) -> None:
+    """Raises ValueError if a live process writes the run's folder or a run folder inside it."""
+    for folder in [run.path, *(log.parent for log in holds_other_runs(run))]:
+        if RunDir(folder).is_live():
+            raise ValueError(f"run must not be running: {folder} is held by a live process")
 
 
 def collectable(runs: list[Run], older_than: float | None = None, keep_best: int | None = None,
-                metric: str | None = None) -> list[Run]:
+                metric: str | None = None, mode: str | None = None) -> list[Run]:
     """The finished runs to clean up: started before ``older_than`` (seconds since the epoch), or
-    not among the ``keep_best`` best by ``metric``. Running, crashed, interrupted and killed runs are kept."""
-    finished = [run for run in runs if run.status == "finished"]
+    with ``metric`` and not among the ``keep_best`` best by it (``mode`` as in :func:`selected`).
+
+    Running, crashed, interrupted and killed runs are kept, and so is a run whose folder holds
+    another run (an earlier run of its env, a run in a folder below it): deleting the folder
+    would take that run too.
+    """
+    finished = [run for run in runs if run.status == "finished" and not holds_other_runs(run)]
     doomed = {run.path for run in finished if older_than is not None and run.started < older_than}
     if keep_best is not None:
         if metric is None:
             raise ValueError("metric must be given with keep_best, got None")
-        ranked = selected(finished, sort=metric)
+        known = sorted({m for run in runs for m in run.metrics})
+        if metric not in known:
+            raise ValueError(f"metric must be one of the runs' metrics ({', '.join(known) or 'none'}), got {metric!r}")
+        ranked = selected([run for run in finished if metric in run.metrics], sort=metric, mode=mode)
         doomed |= {run.path for run in ranked[keep_best:]}
     return [run for run in finished if run.path in doomed]
+
+
+def holds_other_runs(run: Run) -> list[Path]:
+    """The logs of other runs inside the run's folder: earlier runs of its env, runs in folders below."""
+    return sorted(log for log in run.path.rglob("*.jsonl") if log != run.log)
 
 
 class RunsPane:
@@ -312,7 +341,7 @@ def runs_html(runs: list[Run], metrics: int = 3) -> str:
     from html import escape
     from urllib.parse import quote
 
-    names = sorted({m for run in runs for m in run.metrics})[:metrics]
+    names = _shown_metrics(runs, metrics)
     head = "".join(f"<th>{escape(h)}</th>" for h in ["env", "status", "steps", "started", *names, "hparams"])
     rows = []
     for run in sorted(runs, key=lambda r: -r.started):
@@ -358,6 +387,16 @@ def write_json(points: Points, out: IO[str]) -> None:
               for window, traces in points.items()}
     json.dump(shaped, out, allow_nan=False)
     out.write("\n")
+
+
+def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> list[str]:
+    """The metrics a table has room for: ``first``, then losses, then the most common, by name."""
+    seen: dict[str, int] = {}
+    for run in runs:
+        for name in run.metrics:
+            seen[name] = seen.get(name, 0) + 1
+    ranked = sorted(seen, key=lambda name: (name != first, not best_is_lowest(name), -seen[name], name))
+    return ranked[:count]
 
 
 def _same(value: Any, wanted: str) -> bool:

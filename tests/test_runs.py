@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -241,3 +242,80 @@ def test_a_script_s_exit_records_how_its_run_ended_whether_or_not_it_closed_the_
 
     run = described(tmp_path / ("w" if "SummaryWriter(" in ending else "m"))
     assert (run.status, run.error) == ENDINGS[ending], done.stderr[-2000:]
+
+
+def test_compare_reads_each_run_log_it_is_given_even_two_in_one_folder(three_runs, fresh_server, read_window,
+                                                                       tmp_path):
+    import shutil
+
+    logs = tmp_path / "logs_only"
+    logs.mkdir()
+    shutil.copy(three_runs / "good" / RunLog.FILENAME, logs / RunLog.FILENAME)
+    shutil.copy(three_runs / "broken" / RunLog.FILENAME, logs / "broken.jsonl")
+    done = CliRunner().invoke(main, ["runs", "compare", str(logs / RunLog.FILENAME), str(logs / "broken.jsonl"),
+                                     "--into", "cmp-files", "--port", str(fresh_server.port)])
+    assert done.exit_code == 0, done.output
+    shown = read_window(fresh_server, "cmp-files", "loss")
+    for label, env in (("lr=0.1", "good"), ("lr=0.3", "broken")):  # each label shows its own run's curves
+        for trace, points in exported(three_runs / env, ["loss"])["loss"].items():
+            assert shown[f"{label}/{trace}"] == ([x for x, _ in points], [y for _, y in points])
+
+
+def test_gc_and_rm_never_take_a_run_they_keep_with_the_folder_of_one_they_delete(visdom_server, tmp_path):
+    root = tmp_path / "runs"
+    _finished_or_crashed(root, "again", visdom_server.port, 0.1, [0.9, 0.5], crash=True)  # set aside by the next
+    _finished(root, "again", visdom_server.port, 0.5)
+    _finished(root, "sweep", visdom_server.port, 0.4)
+    _finished_or_crashed(root / "sweep", "trial1", visdom_server.port, 0.1, [0.9], crash=True)  # a run inside a run
+    _finished(root, "plain", visdom_server.port, 0.3)
+    done = CliRunner().invoke(main, ["runs", "gc", str(root), "--older-than", "2999-01-01", "--yes",
+                                     "--port", str(visdom_server.port)])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in root.iterdir()) == ["again", "sweep"]  # only the plain one was all finished
+    assert list((root / "again" / "earlier").glob("*.jsonl")) and (root / "sweep" / "trial1").is_dir()
+    asked = CliRunner().invoke(main, ["runs", "rm", str(root / "sweep"), str(root / "sweep"),
+                                      "--port", str(visdom_server.port)], input="y\n")  # named twice
+    assert asked.exit_code == 0, asked.output
+    assert "with the run in it: " + str(root / "sweep" / "trial1" / RunLog.FILENAME) in asked.output
+    assert "Deleted 1 run(s)." in asked.output and not (root / "sweep").exists()
+
+
+def test_rm_refuses_a_running_run_before_asking_and_deletes_nothing(visdom_server, tmp_path):
+    root = tmp_path / "runs"
+    _finished(root, "done", visdom_server.port, 0.5)
+    live = Monitor([Scalars()], env="live", run_dir=root / "live", port=visdom_server.port)
+    try:
+        done = CliRunner().invoke(main, ["runs", "rm", str(root / "done"), str(root / "live"), "--yes",
+                                         "--port", str(visdom_server.port)])
+        assert done.exit_code == 1 and "run must not be running" in done.output
+        assert (root / "done").exists()  # nothing deleted: the check comes first
+    finally:
+        live.close()
+    gone = CliRunner().invoke(main, ["runs", "rm", str(root / "done"), "--yes", "--port", "1"])
+    assert gone.exit_code == 0 and not (root / "done").exists()
+    assert "could not be reached: env(s) done are still on it" in gone.output
+
+
+def test_gc_keep_best_ranks_only_runs_with_the_metric_and_refuses_one_no_run_has(visdom_server, tmp_path):
+    root = tmp_path / "runs"
+    for env, loss in (("a", 0.1), ("b", 0.5), ("c", 2.0)):
+        _finished(root, env, visdom_server.port, loss)
+    with Monitor([Scalars()], env="other", run_dir=root / "other", port=visdom_server.port) as monitor:
+        monitor.step_end(metrics={"wer": 0.3})  # no loss: not ranked by it, so kept
+    typo = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1", "--metric", "loss/valid"])
+    assert typo.exit_code == 2 and "metric must be one of the runs' metrics (loss/train, wer/train)" in typo.output
+    done = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1", "--metric", "loss/train",
+                                     "--mode", "max", "--yes", "--port", str(visdom_server.port)])
+    assert done.exit_code == 0, done.output
+    assert "Best by loss/train: the highest" in done.output
+    assert sorted(p.name for p in root.iterdir()) == ["c", "other"]
+
+
+def test_list_shows_the_sorted_metric_and_what_a_crash_raised_and_refuses_an_unknown_sort(three_runs):
+    done = CliRunner().invoke(main, ["runs", "list", str(three_runs), "--sort", "accuracy/train"])
+    assert done.exit_code == 0, done.output
+    head, *rows = done.output.splitlines()
+    assert re.split(r"\s{2,}", head)[6] == "accuracy/train last (best)"  # the sorted-by metric is shown first
+    assert any("crashed: RuntimeError: the data ran out" in row for row in rows)
+    bad = CliRunner().invoke(main, ["runs", "list", str(three_runs), "--sort", "bogus"])
+    assert bad.exit_code == 2 and "must be one of the runs' metrics" in bad.output

@@ -25,9 +25,10 @@ class Summary(Callback):
         # pane "summary": the model, 1,199,882 parameters (all trainable), batch_size and lr, ...
 
     ``hparams`` given here are merged with those given to ``train_start``, which win on a clash.
-    At ``train_end`` (when there are any) they go with the latest value of each metric the loop passed
-    to ``validation_end`` or ``epoch_end`` to pane ``hparams`` and to the run log's ``hparams`` entry, the run's record
-    for comparing runs. Everything the user supplied (the model's repr, names, values) is HTML-escaped.
+    They are the run's record for comparing runs from ``train_start`` on (pane ``hparams`` and
+    the run log's ``hparams`` entry, so a killed run keeps them); ``train_end`` records them
+    again with the latest value of each metric the loop passed to ``validation_end`` or
+    ``epoch_end``. Everything the user supplied (the model's repr, names, values) is HTML-escaped.
     """
 
     def __init__(self, hparams: Mapping[str, Any] | None = None) -> None:
@@ -39,8 +40,10 @@ class Summary(Callback):
     def on_train_start(self, state: LoopState, log: Log) -> None:
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW)
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
-        log.text(WINDOW, state.step, _summary_html(model, state.optimizers, {**self.hparams, **state.hparams}),
-                 html=True)
+        hparams = {**self.hparams, **state.hparams}
+        log.text(WINDOW, state.step, _summary_html(model, state.optimizers, hparams), html=True)
+        if hparams:  # the run's record from the start: a run killed before train_end still has its hparams
+            log.hparams(hparams, {}, state.step)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         self._metrics.update((name, value) for name, value in state.metrics.items() if is_scalar(value))
