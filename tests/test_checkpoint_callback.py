@@ -145,6 +145,25 @@ def test_extras_that_are_not_tensors_or_primitives_are_refused_when_saving(tmp_p
         monitor.step_end(loss=1.0)
 
 
+def test_a_multistep_scheduler_and_what_else_weights_only_loads_are_saved_and_resumed(tmp_path):
+    from collections import Counter
+
+    parts = build()
+    milestones = torch.optim.lr_scheduler.MultiStepLR(parts.optimizer, [2, 4])  # its milestones are a Counter
+    extras = {"phase": 1 + 2j, "raw": bytearray(b"ab"), "seen": Counter({"cat": 2})}
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, scheduler=milestones, extras=lambda: extras)
+    monitor = Monitor([checkpoint], sink=NullSink(), raise_errors=True)
+    monitor.train_start(parts.model, parts.optimizer)
+    for _ in range(3):
+        milestones.step()
+        monitor.step_end(loss=1.0)
+    saved = torch.load(tmp_path / "ckpt" / checkpoint_name(3), weights_only=True)
+    assert saved["scheduler"]["milestones"] == Counter({2: 1, 4: 1}) and saved["extras"] == extras
+    again = torch.optim.lr_scheduler.MultiStepLR(parts.optimizer, [9])
+    resume(tmp_path / "ckpt", parts.model, parts.optimizer, again)
+    assert again.milestones == Counter({2: 1, 4: 1}) and again.last_epoch == 3
+
+
 def test_a_checkpoint_used_without_a_monitor_refuses_to_save(tmp_path):
     checkpoint = Checkpoint(tmp_path / "ckpt")
     with pytest.raises(CheckpointWriteError, match=r"give it to Monitor\(\[\.\.\., checkpoint\]\)"):

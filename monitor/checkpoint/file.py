@@ -31,7 +31,7 @@ import pickle
 import time
 import warnings
 import zipfile
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,8 +47,9 @@ KEYS = ("format", "version", "time", "torch", "loop", "model", "optimizer", "sch
         "rng", "callbacks", "run", "metric", "extras")
 # Exact types: a subclass (numpy.float64, defaultdict, a namedtuple) pickles as a global that
 # weights_only refuses.
-_PLAIN = {type(None), bool, int, float, str, bytes, torch.Tensor, torch.nn.Parameter, torch.dtype,
-          torch.device, torch.Size}
+# What torch.load(weights_only=True) takes (complex and bytearray; a Counter: MultiStepLR's milestones).
+_PLAIN = {type(None), bool, int, float, complex, str, bytes, bytearray, torch.Tensor, torch.nn.Parameter,
+          torch.dtype, torch.device, torch.Size}
 
 
 class CheckpointError(Exception):
@@ -217,7 +218,7 @@ def _check_plain(value: Any, where: str) -> None:
     if kind in (list, tuple, set):
         for i, item in enumerate(value):
             _check_plain(item, f"{where}[{i}]")
-    elif kind in (dict, OrderedDict):
+    elif kind in (dict, OrderedDict, Counter):
         for key, item in value.items():
             _check_plain(key, f"{where} key {key!r}")
             _check_plain(item, f"{where}[{key!r}]")
