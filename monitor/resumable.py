@@ -30,13 +30,16 @@ class Resumable:
     def __init__(self) -> None:
         self.first_epoch = 0
         self.skip = 0                             # batches of the first epoch done before the checkpoint
+        self.skip_epoch = 0                       # that epoch
+        self.skip_call = 0                        # ... and which of its monitor.batches calls gave them
+        self.calls = 0                            # monitor.batches calls made this epoch
         # (batches given, the random state they were drawn from: torch's CPU state and the loader's
-        # own generator's as the iteration began) of the monitor.batches generator that yielded
-        # last, and as it was at the latest step_end: what a checkpoint keeps (None: monitor.batches
-        # not used this epoch). A validation loader's generator in between, or a save at
-        # validation_end, leaves it be.
-        self.drawn: tuple[int, dict[str, torch.Tensor | None]] | None = None
-        self.drawn_at_step: tuple[int, dict[str, torch.Tensor | None]] | None = None
+        # own generator's as the iteration began, which call of the epoch it is) of the
+        # monitor.batches generator that yielded last, and as it was at the latest step_end: what a
+        # checkpoint keeps (None: monitor.batches not used this epoch). A validation loader's
+        # generator in between, or a save at validation_end, leaves it be.
+        self.drawn: tuple[int, dict[str, torch.Tensor | None], int] | None = None
+        self.drawn_at_step: tuple[int, dict[str, torch.Tensor | None], int] | None = None
         self.order_rng: dict[str, torch.Tensor | None] | None = None  # the interrupted epoch's, to resume
         self.rng: Mapping[str, Any] | None = None  # every generator, as the checkpoint left it
 
@@ -48,8 +51,13 @@ class Resumable:
     def batches(self, monitor: Monitor, loader: Iterable) -> Iterator[Any]:
         from monitor.sampler import EpochBatchSampler
 
-        epoch, skip, rng = monitor.state.epoch, self.skip, self.rng
-        self.skip, self.rng = 0, None
+        epoch, call = monitor.state.epoch, self.calls
+        self.calls += 1
+        # Only the loader the steps drew from takes the batches done: the same call of the same
+        # epoch (a validation loader iterated first in an epoch is another call).
+        skip, rng = (self.skip, self.rng) if (epoch, call) == (self.skip_epoch, self.skip_call) else (0, None)
+        if skip:
+            self.skip, self.rng = 0, None
         drawn = skip
         resuming = skip > 0
         for part in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
@@ -82,19 +90,21 @@ class Resumable:
                 state.data_wait = None
                 return
             drawn += 1
-            self.drawn = (drawn, order)
+            self.drawn = (drawn, order, call)
             yield batch
 
     def new_epoch(self) -> None:
         self.drawn = self.drawn_at_step = None  # until monitor.batches draws this epoch's
+        self.calls = 0
 
     def state_dict(self) -> dict[str, Any]:
-        drawn, order = self.drawn_at_step or (None, None)
-        return {"order_rng": order, "batches_drawn": drawn}
+        drawn, order, call = self.drawn_at_step or (None, None, None)
+        return {"order_rng": order, "batches_drawn": drawn, "batches_call": call}
 
     def continue_from(self, epoch: int, skip: int, order_rng: dict[str, torch.Tensor | None] | None,
-                      rng: Mapping[str, Any] | None) -> None:
+                      rng: Mapping[str, Any] | None, call: int | None = None) -> None:
         self.first_epoch, self.skip, self.order_rng, self.rng = epoch, skip, order_rng, rng
+        self.skip_epoch, self.skip_call = epoch, call or 0
 
 
 _END = object()

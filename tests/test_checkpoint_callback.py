@@ -155,6 +155,7 @@ def test_a_multistep_scheduler_and_what_else_weights_only_loads_are_saved_and_re
     monitor = Monitor([checkpoint], sink=NullSink(), raise_errors=True)
     monitor.train_start(parts.model, parts.optimizer)
     for _ in range(3):
+        parts.optimizer.step()
         milestones.step()
         monitor.step_end(loss=1.0)
     saved = torch.load(tmp_path / "ckpt" / checkpoint_name(3), weights_only=True)

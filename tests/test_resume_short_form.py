@@ -99,6 +99,19 @@ def test_killed_at_five_random_moments_and_rerun_with_the_same_command_ends_as_i
         assert trace[0] == sorted(set(trace[0])), about
 
 
+def test_a_loop_that_validates_through_monitor_batches_first_each_epoch_resumes_exactly(
+        visdom_server, tmp_path):
+    reference = Job(visdom_server, tmp_path, "validated")
+    assert reference.run("--validate-first") == list(range(1, STEPS + 1))
+    job = Job(visdom_server, tmp_path, "validated-killed")
+    process = job.start("--validate-first")
+    _wait_for_step(process, 10)  # epoch 2, after its validation: its training loader is its second
+    process.kill()
+    process.communicate()
+    assert job.run("--validate-first")[-1] == STEPS  # resumed from step 9 or 10: not the whole epoch again
+    assert _same(job.weights(), reference.weights())
+
+
 def test_sigterm_in_mid_epoch_saves_that_step_exits_for_requeue_and_the_rerun_continues(
         visdom_server, read_env, tmp_path, straight):
     job = Job(visdom_server, tmp_path, "sigterm")

@@ -3,11 +3,12 @@
 The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
 
     format, version, time, torch      what wrote it, and when
-    loop        {"epoch", "step", "batch", "epoch_done", "order_rng", "batches_drawn"}: where the loop
-                was ("batch": the epoch's steps; "batches_drawn": the batches monitor.batches gave in
-                it, more than its steps under gradient accumulation, None for a loop that iterates
-                its loader itself), and the random state its epoch's batches were drawn from
-                ({"torch", "loader"}; None if unknown)
+    loop        {"epoch", "step", "batch", "epoch_done", "order_rng", "batches_drawn", "batches_call"}:
+                where the loop was ("batch": the epoch's steps; "batches_drawn": the batches
+                monitor.batches gave in it, more than its steps under gradient accumulation, None
+                for a loop that iterates its loader itself; "batches_call": which of the epoch's
+                monitor.batches calls gave them, 0 for the first, None as for batches_drawn), and
+                the random state its epoch's batches were drawn from ({"torch", "loader"}; None if unknown)
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
     optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) are a
                 dict of their state_dicts by name
@@ -96,7 +97,7 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
     checkpoint = {
         "format": FORMAT, "version": VERSION, "time": time.time(), "torch": str(torch.__version__),
         "loop": {**{key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
-                 "order_rng": loop.get("order_rng"), "batches_drawn": loop.get("batches_drawn")},
+                 **{key: loop.get(key) for key in ("order_rng", "batches_drawn", "batches_call")}},
         "model": model.state_dict(),
         "optimizer": _state_of(optimizer),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,

@@ -121,7 +121,7 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
         env=run["env"], run_id=run["run_id"], runlog_position=run["runlog_position"],
         extras=checkpoint["extras"],
         monitor_state={"step": loop["step"], "epoch": loop["epoch"], "batch": loop["batch"], "epoch_done": done,
-                       "order_rng": loop.get("order_rng"), "batches_drawn": loop.get("batches_drawn"),
+                       **{key: loop.get(key) for key in ("order_rng", "batches_drawn", "batches_call")},
                        "rng": rng_of_rank(checkpoint["rng"], *rank_and_world_size()),
                        "callbacks": checkpoint["callbacks"]})
     return point, checkpoint

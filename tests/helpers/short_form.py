@@ -1,11 +1,13 @@
 """A loop that resumes in two lines, as a user writes it: re-run the same command and it continues.
 
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
-        --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh]
+        --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
+        [--validate-first]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
 ``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
-test knows when to kill it.
+test knows when to kill it. ``--validate-first`` validates at the start of each epoch instead of
+its end, on a shuffled loader iterated through ``monitor.batches`` too.
 """
 from __future__ import annotations
 
@@ -43,6 +45,13 @@ def train(options: argparse.Namespace) -> None:
     with monitor:
         monitor.train_start(model, optimizer)
         for epoch in monitor.epochs(EPOCHS):
+            if options.validate_first:
+                model.eval()
+                with torch.no_grad():
+                    losses = [loss_fn(model(x), y).item() for x, y in
+                              monitor.batches(DataLoader(held_out, batch_size=8, shuffle=True))]
+                monitor.validation_end({"loss": sum(losses) / len(losses)})
+                model.train()
             for x, y in monitor.batches(loader):
                 loss = loss_fn(model(x), y)
                 optimizer.zero_grad()
@@ -53,11 +62,12 @@ def train(options: argparse.Namespace) -> None:
                 monitor.step_end(loss=loss)
                 print(f"step {monitor.state.step}", flush=True)
                 time.sleep(options.sleep)
-            model.eval()
-            with torch.no_grad():
-                inputs, targets = held_out.tensors
-                monitor.validation_end({"loss": loss_fn(model(inputs), targets).item()})
-            model.train()
+            if not options.validate_first:
+                model.eval()
+                with torch.no_grad():
+                    inputs, targets = held_out.tensors
+                    monitor.validation_end({"loss": loss_fn(model(inputs), targets).item()})
+                model.train()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, options.out)
 
 
@@ -71,4 +81,5 @@ if __name__ == "__main__":
     parser.add_argument("--loader", choices=("shuffle", "sampler", "generator"), default="shuffle")
     parser.add_argument("--fresh", action="store_true", help="start a new run even after a kill")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds per step (a run that lasts)")
+    parser.add_argument("--validate-first", action="store_true", help="validate at each epoch's start")
     train(parser.parse_args())
