@@ -218,3 +218,77 @@ def test_a_resume_that_cannot_put_the_run_back_stops_the_loop_and_leaves_the_fol
     with pytest.raises(CheckpointResumeError, match="could not be put back from .*step-000000005.pt: RuntimeError"):
         monitor.train_start(torch.nn.Linear(3, 3), parts.optimizer)  # another model
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
+
+
+def _epochs(monitor: Monitor, losses: list[float], steps: int = 4) -> None:
+    for epoch, loss in enumerate(losses):
+        monitor.epoch_start(epoch)
+        for _ in range(steps):
+            monitor.step_end(loss=1.0)
+        monitor.validation_end({"loss": loss, "accuracy": 1 - loss})
+        monitor.epoch_end()
+
+
+def test_a_checkpoint_is_ranked_by_the_value_measured_for_it_and_the_mode_follows_the_metric(tmp_path, caplog):
+    parts = build()
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=3, every_epochs=1, keep_last=1, keep_best=3, metric="loss")
+    monitor = Monitor([checkpoint], sink=NullSink(), raise_errors=True)
+    monitor.train_start(parts.model, parts.optimizer)
+    _epochs(monitor, [0.5, 0.3, 0.4, 0.2])
+    # The best three are the epochs' saves at 16, 8 and 12; step 9, saved after the 0.3 of step 8, has no value.
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*.pt")) == [checkpoint_name(s) for s in (8, 12, 16)]
+    assert Checkpoint(tmp_path / "a", metric="accuracy").mode == "max"
+    assert Checkpoint(tmp_path / "b", metric="val_loss").mode == "min"
+    named = Checkpoint(tmp_path / "c", every_epochs=1, metric="val_loss")
+    monitor = Monitor([named], sink=NullSink(), raise_errors=True)
+    monitor.train_start(parts.model, parts.optimizer)
+    with caplog.at_level("WARNING", logger="monitor"):
+        _epochs(monitor, [0.5, 0.3])
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: Checkpoint's metric 'val_loss' is not among the metrics the loop passed at validation, got "
+        "['accuracy', 'loss']: its checkpoints are not ranked"]
+
+
+def test_extras_that_are_not_a_dict_and_a_full_disk_say_what_went_wrong(tmp_path, monkeypatch):
+    parts = build()
+    monitor = Monitor([Checkpoint(tmp_path / "a", every_steps=1, extras=lambda: 5)], sink=NullSink())
+    monitor.train_start(parts.model, parts.optimizer)
+    with pytest.raises(CheckpointWriteError, match="extras must return a dict of name to value, got int"):
+        monitor.step_end(loss=1.0)
+
+    def full_disk(*args, **kwargs):
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 20480 vs 20368")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    monitor = Monitor([Checkpoint(tmp_path / "b", every_steps=1)], sink=NullSink())
+    monitor.train_start(parts.model, parts.optimizer)
+    with pytest.raises(CheckpointWriteError, match=r"could not be written: OSError: \[Errno 28\] No space left"):
+        monitor.step_end(loss=1.0)
+
+
+def test_a_relative_directory_stays_where_it_was_named_after_a_chdir(tmp_path, monkeypatch):
+    (tmp_path / "job").mkdir()
+    (tmp_path / "outputs").mkdir()
+    monkeypatch.chdir(tmp_path / "job")
+    checkpoint = Checkpoint("ckpt", every_steps=1)
+    monkeypatch.chdir(tmp_path / "outputs")  # as Hydra does once the script runs
+    parts = build()
+    monitor = Monitor([checkpoint], sink=NullSink(), raise_errors=True)
+    monitor.train_start(parts.model, parts.optimizer)
+    monitor.step_end(loss=1.0)
+    assert (tmp_path / "job" / "ckpt" / checkpoint_name(1)).is_file() and not (tmp_path / "outputs" / "ckpt").exists()
+
+
+def test_resuming_into_an_optimizer_of_another_class_names_both(tmp_path):
+    parts = build()
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=1)], sink=NullSink(), raise_errors=True)
+    monitor.train_start(parts.model, parts.optimizer)
+    parts.model(torch.ones(2, 4)).sum().backward()
+    parts.optimizer.step()  # SGD's momentum buffers: no state AdamW can take
+    monitor.step_end(loss=1.0)
+    other = torch.optim.AdamW(parts.model.parameters())
+    with pytest.raises(Exception, match="optimizer must be a SGD to take the optimizer state .* got a AdamW"):
+        resume(tmp_path / "ckpt", parts.model, other)

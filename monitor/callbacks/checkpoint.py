@@ -36,9 +36,10 @@ class Checkpoint(Callback):
 
     Saves every ``every_steps`` steps (at step_end), every ``every_epochs`` epochs (at
     epoch_end) and at train_end (``at_end``; not after an exception). Keeps the last
-    ``keep_last`` files and the best ``keep_best`` by ``metric`` (``mode`` "min" or "max"),
-    read from the metrics the loop passes at ``metric_from``: "validation", "step" (where
-    "loss" is the step's loss) or "epoch". ``extras()`` returns the user's own tensors and
+    ``keep_last`` files and the best ``keep_best`` by ``metric`` (``mode`` "min" or "max"; by
+    default "min" for a loss or an error, by its name, else "max"), read from the metrics the
+    loop passes at ``metric_from``: "validation", "step" (where "loss" is the step's loss) or
+    "epoch"; a checkpoint gets the value measured since the one before it, if any. ``extras()`` returns the user's own tensors and
     primitives to keep. A folder belongs to one run: a fresh run refuses a folder that holds
     another run's checkpoints instead of mixing with or deleting them.
 
@@ -63,12 +64,12 @@ class Checkpoint(Callback):
 
     def __init__(self, directory: str | Path, *, every_steps: int | None = None, every_epochs: int | None = None,
                  at_end: bool = True, keep_last: int = 2, keep_best: int | None = None, metric: str | None = None,
-                 mode: str = "min", metric_from: str = "validation", scheduler: Any = None, scaler: Any = None,
+                 mode: str | None = None, metric_from: str = "validation", scheduler: Any = None, scaler: Any = None,
                  extras: Callable[[], Mapping[str, Any]] | None = None, resume: bool = False,
                  fresh: bool = False) -> None:
         if not isinstance(directory, (str, Path)) or not str(directory):
             raise TypeError(f"directory must be a non-empty str or Path, got {directory!r}")
-        self.directory = Path(directory)
+        self.directory = Path(directory).absolute()  # a later chdir (Hydra's) must not move it
         self.every_steps = positive_int("every_steps", every_steps) if every_steps is not None else None
         self.every_epochs = positive_int("every_epochs", every_epochs) if every_epochs is not None else None
         if self.every_steps is None and self.every_epochs is None and not at_end:
@@ -81,6 +82,9 @@ class Checkpoint(Callback):
         if keep_best and metric is None:
             raise ValueError(f"metric must be given to rank checkpoints for keep_best={keep_best}, got None")
         self.keep_best, self.metric = keep_best, metric
+        if mode is None:  # as `monitor runs` ranks: lowest best for losses and errors, by their name
+            from monitor.runs import best_is_lowest
+            mode = "min" if metric is None or best_is_lowest(metric) else "max"
         self.mode = one_of("mode", mode, ("min", "max"))
         self.metric_from = one_of("metric_from", metric_from, ("validation", "step", "epoch"))
         for name, part in (("scheduler", scheduler), ("scaler", scaler)):
@@ -100,6 +104,7 @@ class Checkpoint(Callback):
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
+        self._told_missing = False  # that the metric is not among those the loop passes
         self._epoch_done = False
         self._last_saved: list | None = None
         self._aborted = False
@@ -220,10 +225,13 @@ class Checkpoint(Callback):
             raise CheckpointWriteError("a checkpoint needs the model: pass it to monitor.train_start(model, "
                                        "optimizer), got None")
         path = self.directory / checkpoint_name(state.step)
-        if isinstance(self._metric_value, torch.Tensor):  # saving reads the device anyway
-            self._metric_value = float(self._metric_value)
+        # The value measured since the last save is this checkpoint's; a save after it, before the
+        # next measurement, has none (it would claim a validation it was not given).
+        metric, self._metric_value = self._metric_value, None
+        if isinstance(metric, torch.Tensor):  # saving reads the device anyway
+            metric = float(metric)
         record = {"file": path.name, "step": state.step, "epoch": state.epoch, "batch": state.batch,
-                  "epoch_done": self._epoch_done, "metric": self._metric_value, "time": time.time()}
+                  "epoch_done": self._epoch_done, "metric": metric, "time": time.time()}
         if record["metric"] is not None and not math.isfinite(record["metric"]):
             record["metric"] = None
         kept, last, best = retain([*self._records, record], self.keep_last, self.keep_best, self.mode)
@@ -240,16 +248,25 @@ class Checkpoint(Callback):
                 scaler=self.scaler or state.scaler,
                 loop={**loop, "epoch_done": self._epoch_done}, rng=rng, callbacks=loop["callbacks"],
                 run={"env": monitor.sink.env, "run_id": self.run_id, "runlog_position": position},
-                metric={"name": self.metric, "value": self._metric_value, "mode": self.mode},
-                extras=self.extras() if self.extras is not None else None)
+                metric={"name": self.metric, "value": metric, "mode": self.mode},
+                extras=self._extras())
             save_checkpoint(path, checkpoint)
             write_manifest(self.directory, run_id=self.run_id, latest=path.name, env=checkpoint["run"]["env"],
                            metric={"name": self.metric, "mode": self.mode}, last=last, best=best, records=kept)
         except Exception as error:
-            raise CheckpointWriteError(f"checkpoint {path} could not be written: {type(error).__name__}: "
-                                       f"{error}") from error
+            cause = _os_error_in(error) or error  # a full disk shows as torch's own error around it
+            raise CheckpointWriteError(f"checkpoint {path} could not be written: {type(cause).__name__}: "
+                                       f"{cause}") from error
         prune(self.directory, {r["file"] for r in kept})
         return path
+
+    def _extras(self) -> dict[str, Any] | None:
+        if self.extras is None:
+            return None
+        extras = self.extras()
+        if not isinstance(extras, Mapping):
+            raise TypeError(f"extras must return a dict of name to value, got {type(extras).__name__}")
+        return dict(extras)
 
     def _restore(self, state: LoopState) -> None:
         checkpoint, self._saved = self._saved, None
@@ -312,6 +329,10 @@ class Checkpoint(Callback):
         value = metrics.get(self.metric) if self.metric else None
         if value is None and self.metric == "loss":
             value = loss
+        if value is None and self.metric and metrics and not self._told_missing:
+            self._told_missing = True
+            _log.warning("monitor: Checkpoint's metric %r is not among the metrics the loop passed at %s, got %s: "
+                         "its checkpoints are not ranked", self.metric, self.metric_from, sorted(map(str, metrics)))
         if value is not None:
             if isinstance(value, torch.Tensor) and not value.is_cpu:
                 # Read when a checkpoint is written, never here: a read would wait for the device every step.
@@ -336,3 +357,14 @@ class Checkpoint(Callback):
 def _optimizers(state: LoopState) -> Any:
     """The one optimizer, or several by name (saved as a dict of their state_dicts)."""
     return state.optimizers if len(state.optimizers) > 1 else state.optimizer
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The OSError (a full disk, a read-only folder) an error was raised from or while handling."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None

@@ -158,5 +158,12 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
             for key, one in part.items():
                 one.load_state_dict(checkpoint[name][key])
         elif part is not None:
-            part.load_state_dict(checkpoint[name])
+            try:
+                part.load_state_dict(checkpoint[name])
+            except (KeyError, ValueError, TypeError, RuntimeError) as error:
+                saved_class = checkpoint["classes"].get(name)
+                if saved_class == type(part).__name__:
+                    raise
+                raise ValueError(f"{name} must be a {saved_class} to take the {name} state {path} holds, got a "
+                                 f"{type(part).__name__} ({type(error).__name__}: {error})") from error
     restore_rng(rng_of_rank(checkpoint["rng"], *rank_and_world_size()))
