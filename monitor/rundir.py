@@ -41,6 +41,69 @@ def _close_inherited_locks() -> None:
 os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
+class FolderLock:
+    """The operating system's lock on a file of a folder, held by the one live process writing there.
+
+        lock = FolderLock(Path("runs/mnist/.lock"))
+        holder = lock.take({"run_id": run_id})    # None: taken; else who holds it ("pid 42 on gpu1 ...")
+        lock.release()
+    """
+
+    _mine: dict[Path, "FolderLock"] = {}  # the locks this process holds, by file
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def take(self, facts: dict[str, object], take_over: bool = False) -> str | None:
+        """Takes the lock, writing who holds it; returns None, or who holds it if another does.
+
+        ``take_over``: a lock this process holds on the same file through another FolderLock (a
+        notebook cell run again) is let go of and taken.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        earlier = FolderLock._mine.get(self.path.resolve())
+        if take_over and earlier is not None and earlier is not self:
+            earlier.release()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode(errors="replace")
+            os.close(fd)
+            return _describe(holder)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), **facts,
+                                 "since": time.time()}).encode())
+        self.fd = fd
+        _held.add(fd)
+        FolderLock._mine[self.path.resolve()] = self
+        return None
+
+    def release(self) -> None:
+        """Lets another process take it (closing the file releases the lock). Idempotent."""
+        if self.fd is not None:
+            _held.discard(self.fd)
+            os.close(self.fd)
+            self.fd = None
+            if FolderLock._mine.get(self.path.resolve()) is self:
+                del FolderLock._mine[self.path.resolve()]
+
+    def is_held(self) -> bool:
+        """Whether a live process holds the lock."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+
+
 class RunInUseError(RuntimeError):
     """Another live process is writing this run folder (the same env, in the same place)."""
 
@@ -59,45 +122,22 @@ class RunDir:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.log_path = self.path / RunLog.FILENAME
-        self._lock: int | None = None
+        self._lock = FolderLock(self.path / self.LOCK)
 
     def lock(self, run_id: str, env: str) -> None:
         """Makes this process the folder's only writer; raises RunInUseError naming the one that is."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path / self.LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 4096).decode(errors="replace")
-            os.close(fd)
+        holder = self._lock.take({"run_id": run_id})
+        if holder is not None:
             raise RunInUseError(f"env {env!r} must have one live run at a time, got another one "
-                                f"writing to {self.path}: {_describe(holder)}; stop it, or use another env") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "run_id": run_id,
-                                 "since": time.time()}).encode())
-        self._lock = fd
-        _held.add(fd)
+                                f"writing to {self.path}: {holder}; stop it, or use another env")
 
     def unlock(self) -> None:
-        """Lets another process write here (closing the file releases the lock). Idempotent."""
-        if self._lock is not None:
-            _held.discard(self._lock)
-            os.close(self._lock)
-            self._lock = None
+        """Lets another process write here. Idempotent."""
+        self._lock.release()
 
     def is_live(self) -> bool:
         """Whether a live process holds the folder (one that is writing its run log now)."""
-        try:
-            fd = os.open(self.path / self.LOCK, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
+        return self._lock.is_held()
 
     def set_aside(self) -> Path | None:
         """Moves the latest run's log to ``earlier/<its run id>.jsonl``; returns where, or None if
@@ -130,6 +170,6 @@ class RunDir:
 def _describe(holder: str) -> str:
     try:
         facts = json.loads(holder)
-        return f"pid {facts['pid']} on {facts['host']} (run {facts['run_id']})"
+        return f"pid {facts['pid']} on {facts['host']}" + (f" (run {facts['run_id']})" if facts.get("run_id") else "")
     except (ValueError, KeyError, TypeError):
         return "a process that did not say which"

@@ -190,6 +190,8 @@ class VisdomSink:
             raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram or Hparams, "
                             f"got {type(record).__name__}")
         if self._closed:
+            if isinstance(record, RunEnd):  # its owner closing after the sink was: the log says how it ended
+                return
             self.reports.once("closed", "a record was logged after close() and is dropped" + (
                 f": a newer monitor of env {self.env!r} in this process took its run folder" if self._replaced else ""))
             return

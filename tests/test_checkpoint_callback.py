@@ -10,7 +10,7 @@ import torch
 from helpers.checkpoint_loop import BATCHES, attach, build, train
 from monitor import Checkpoint, Monitor, Scalars, resume
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, load_checkpoint
-from monitor.checkpoint.folder import MANIFEST, checkpoint_name
+from monitor.checkpoint.folder import LOCK, MANIFEST, checkpoint_name
 from monitor.log import NullSink
 
 
@@ -131,7 +131,7 @@ def test_a_failed_write_stops_the_loop_although_the_monitor_contains_callback_er
     with pytest.raises(CheckpointWriteError, match="step-000000002.pt could not be written: OSError.*No space") as caught:
         monitor.step_end(loss=1.0)
     assert isinstance(caught.value.__cause__, OSError)
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [MANIFEST, "step-000000001.pt"]  # no temp left
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [LOCK, MANIFEST, "step-000000001.pt"]  # no temp
     assert (tmp_path / "ckpt" / MANIFEST).read_bytes() == good
 
 
@@ -180,12 +180,12 @@ def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_t
     parts = build()
     checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=5)
     train(parts, monitor, start, epochs=1)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK}
     checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=5)
     monitor = Monitor([checkpoint], sink=NullSink())
     with pytest.raises(CheckpointWriteError, match="directory must be empty or hold this run's checkpoints"):
         monitor.train_start(parts.model, parts.optimizer)
-    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK} == before
 
 
 @pytest.mark.parametrize("options, message", [
@@ -212,12 +212,12 @@ def test_a_resume_that_cannot_put_the_run_back_stops_the_loop_and_leaves_the_fol
     parts = build()
     checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=5)
     train(parts, monitor, start, epochs=2, stop_at=7)  # killed: a run to continue
-    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK}
     monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=5, scheduler=parts.scheduler, resume=True)],
                       sink=NullSink())
     with pytest.raises(CheckpointResumeError, match="could not be put back from .*step-000000005.pt: RuntimeError"):
         monitor.train_start(torch.nn.Linear(3, 3), parts.optimizer)  # another model
-    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK} == before
 
 
 def _epochs(monitor: Monitor, losses: list[float], steps: int = 4) -> None:

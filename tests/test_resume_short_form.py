@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from monitor import Monitor, Scalars
 from monitor.callbacks.checkpoint import REQUEUE_EXIT_STATUS
 
 SCRIPT = Path(__file__).parent / "helpers" / "short_form.py"
@@ -110,6 +111,26 @@ def test_a_loop_that_validates_through_monitor_batches_first_each_epoch_resumes_
     process.communicate()
     assert job.run("--validate-first")[-1] == STEPS  # resumed from step 9 or 10: not the whole epoch again
     assert _same(job.weights(), reference.weights())
+
+
+def test_a_second_job_on_a_live_job_s_checkpoint_folder_is_refused_before_it_takes_anything(
+        visdom_server, tmp_path):
+    from monitor import Checkpoint
+    from monitor.checkpoint import CheckpointWriteError
+
+    job = Job(visdom_server, tmp_path, "shared")
+    process = job.start()
+    try:
+        _wait_for_step(process, 4)  # it holds its folder, a checkpoint is in it
+        before = sorted((job.folder / "ckpt").glob("step-*.pt"))
+        with pytest.raises(CheckpointWriteError, match=rf"directory must be used by one live run at a time, got "
+                                                       rf".*ckpt in use by pid {process.pid} "):
+            Monitor([Scalars(), Checkpoint(job.folder / "ckpt", resume=True)], env="another-sweep-point",
+                    port=visdom_server.port, run_dir=tmp_path / "other")
+        assert before and all(p.exists() for p in before)
+    finally:
+        process.kill()
+        process.communicate()
 
 
 def test_sigterm_in_mid_epoch_saves_that_step_exits_for_requeue_and_the_rerun_continues(

@@ -14,12 +14,13 @@ import torch
 
 from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
-from monitor.checkpoint.folder import (checkpoint_name, claim, is_finished, mark_finished, mark_kept, prune,
-                                       retain, set_aside, write_manifest)
+from monitor.checkpoint.folder import (LOCK, checkpoint_name, claim, is_finished, mark_finished, mark_kept,
+                                       prune, retain, set_aside, write_manifest)
 from monitor.checkpoint.resume import ResumePoint, find_start, restore_parts
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
 from monitor.log import Log
+from monitor.rundir import FolderLock
 from monitor.checkpoint.rng import capture_rng
 
 _log = logging.getLogger("monitor")
@@ -109,6 +110,7 @@ class Checkpoint(Callback):
         self._last_saved: list | None = None
         self._aborted = False
         self._claimed = False
+        self._lock = FolderLock(self.directory / LOCK)  # held by the writing process while the run lasts
 
     def continues_run(self) -> Continuation | None:
         """With ``resume`` or ``fresh``: finds where the run continues, and says where its run log does.
@@ -118,6 +120,7 @@ class Checkpoint(Callback):
         """
         if not (self.resume or self.fresh):
             return None
+        on_main(self._lock_directory)  # before reading it: another live job's checkpoints are not ours to take
         self._set_aside = on_main(lambda: self.fresh or is_finished(self.directory))
         if self._set_aside:
             self.start, self._saved = ResumePoint(path=None), None
@@ -184,6 +187,7 @@ class Checkpoint(Callback):
             self.save()
         if not self._aborted:  # a re-run of the command starts a new run
             on_main(lambda: self._claimed and mark_finished(self.directory))
+        self._lock.release()
 
     # --- saving -------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -313,7 +317,15 @@ class Checkpoint(Callback):
                      name, state.step, self.directory, REQUEUE_EXIT_STATUS)
         raise SystemExit(REQUEUE_EXIT_STATUS)
 
+    def _lock_directory(self) -> None:
+        if self._lock.fd is None:
+            holder = self._lock.take({}, take_over=True)  # held by this process already: a notebook cell run again
+            if holder is not None:
+                raise CheckpointWriteError(f"directory must be used by one live run at a time, got {self.directory} "
+                                           f"in use by {holder}: give each job a folder of its own")
+
     def _claim_directory(self) -> None:
+        self._lock_directory()
         if not self._claimed:
             self.run_id = self.run_id or self._monitor.sink.run_id or uuid.uuid4().hex
             self._records = claim(self.directory, self.run_id, self._records)

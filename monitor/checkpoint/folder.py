@@ -27,6 +27,7 @@ from monitor.checkpoint.file import CheckpointError, CheckpointWriteError, Damag
 _log = logging.getLogger("monitor")
 
 MANIFEST = "latest.json"
+LOCK = ".checkpoints.lock"  # held by the live process writing the folder (monitor.rundir.FolderLock)
 EARLIER = "earlier"  # where a new run sets aside the checkpoints of the folder's earlier run
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 _TEMPORARY = re.compile(r"^\.(step-\d+\.pt|latest\.json)\.[0-9a-f]+\.tmp$")
