@@ -263,6 +263,10 @@ class Monitor:
         """Call at the start of each epoch; ``epoch`` is 0-based (default: the next one)."""
         if epoch is not None:
             self.state.epoch = checks.integer("epoch", epoch, minimum=0)
+            if epoch < self._resumable.first_epoch:  # a resumed run whose loop counts its own epochs
+                self._reports.once("epoch-back", f"epoch_start({epoch}) goes back from epoch "
+                                   f"{self._resumable.first_epoch}, where the resumed run continues: iterate "
+                                   f"monitor.epochs(n) and monitor.batches(loader) to continue there")
         elif self._started and self.state.batch:
             self.state.epoch += 1
         self.state.batch = 0

@@ -51,7 +51,7 @@ class Run(NamedTuple):
     metrics: dict[str, tuple[float, float]]  # "window/trace": (last, best) of its loss and metric curves
     hparams: dict[str, Any]
     size: int               # bytes in its folder
-    checkpoints: int        # checkpoint files in its folder
+    checkpoints: int        # checkpoint files in its folder (not those of earlier runs, set aside)
     log: Path               # the run log it was read from (runlog.jsonl, or an earlier run's log)
 
 
@@ -112,7 +112,8 @@ def described(run: str | os.PathLike) -> Run:
     files = [p for p in folder.rglob("*") if p.is_file()]
     return Run(folder, header["env"], header["run_id"], header["time"], steps, status,
                end.get("error") if end is not None else None, metrics, hparams,
-               sum(p.stat().st_size for p in files), sum(1 for p in files if p.suffix == ".pt"), log)
+               sum(p.stat().st_size for p in files),
+               sum(1 for p in files if p.suffix == ".pt" and "earlier" not in p.relative_to(folder).parts), log)
 
 
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,

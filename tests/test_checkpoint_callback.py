@@ -292,3 +292,28 @@ def test_resuming_into_an_optimizer_of_another_class_names_both(tmp_path):
     other = torch.optim.AdamW(parts.model.parameters())
     with pytest.raises(Exception, match="optimizer must be a SGD to take the optimizer state .* got a AdamW"):
         resume(tmp_path / "ckpt", parts.model, other)
+
+
+def test_a_scheduler_not_given_to_the_checkpoint_and_a_loop_that_counts_its_own_epochs_are_told(tmp_path, caplog):
+    parts = build()  # its ExponentialLR steps the optimizer
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)
+    monitor = Monitor([checkpoint], sink=NullSink(), raise_errors=True)
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.train_start(parts.model, parts.optimizer)
+        monitor.epoch_start(0)
+        monitor.epoch_start(1)
+        for _ in range(3):
+            monitor.step_end(loss=1.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: an lr scheduler steps optimizer SGD, and Checkpoint was given no scheduler=: its state is not "
+        "saved, so a resumed run starts its schedule over"]
+    caplog.clear()
+    again = build()
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)
+    monitor = Monitor([checkpoint], sink=NullSink(), raise_errors=True)  # continues at epoch 1, step 3
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.train_start(again.model, again.optimizer)
+        monitor.epoch_start(0)  # for epoch in range(epochs): the loop's own count, from 0 again
+    assert [r.getMessage() for r in caplog.records if "epoch_start" in r.getMessage()] == [
+        "monitor: epoch_start(0) goes back from epoch 1, where the resumed run continues: iterate "
+        "monitor.epochs(n) and monitor.batches(loader) to continue there (reported once)"]

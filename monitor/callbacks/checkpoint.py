@@ -151,6 +151,12 @@ class Checkpoint(Callback):
             self._set_aside = False
             on_main(self._set_earlier_aside)
         on_main(self._claim_directory)  # another run's folder stops every rank, not just rank 0
+        scheduled = [name for name, optimizer in state.optimizers.items()
+                     if any("initial_lr" in group for group in optimizer.param_groups)]  # an LRScheduler's mark
+        if scheduled and self.scheduler is None:
+            _log.warning("monitor: an lr scheduler steps optimizer %s, and Checkpoint was given no scheduler=: "
+                         "its state is not saved, so a resumed run starts its schedule over",
+                         ", ".join(scheduled))
         if self.resume:
             self._catch_preemption()
 
