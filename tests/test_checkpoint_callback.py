@@ -317,3 +317,26 @@ def test_a_scheduler_not_given_to_the_checkpoint_and_a_loop_that_counts_its_own_
     assert [r.getMessage() for r in caplog.records if "epoch_start" in r.getMessage()] == [
         "monitor: epoch_start(0) goes back from epoch 1, where the resumed run continues: iterate "
         "monitor.epochs(n) and monitor.batches(loader) to continue there (reported once)"]
+
+
+def test_a_gan_s_optimizer_outside_the_model_is_reported_and_a_read_only_folder_fails_at_train_start(
+        tmp_path, caplog, monkeypatch):
+    from pathlib import Path
+
+    generator, discriminator = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    optimizers = {"G": torch.optim.Adam(generator.parameters()), "D": torch.optim.Adam(discriminator.parameters())}
+    monitor = Monitor([Checkpoint(tmp_path / "gan", every_steps=1)], sink=NullSink(), raise_errors=True)
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.train_start(generator, optimizers)  # the model is G alone: D's weights are in no checkpoint
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: optimizer D updates parameters outside the model given to train_start: their values are not in "
+        "the checkpoints (give train_start a module holding them all)"]
+
+    def read_only(self, data):  # as root here, a chmod cannot make a folder read-only
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(Path, "write_bytes", read_only)
+    parts = build()
+    monitor = Monitor([Checkpoint(tmp_path / "ro", every_steps=500, scheduler=parts.scheduler)], sink=NullSink())
+    with pytest.raises(CheckpointWriteError, match=r"directory .*ro cannot hold checkpoints: .*Read-only file system"):
+        monitor.train_start(parts.model, parts.optimizer)  # not 500 steps later, at the first save

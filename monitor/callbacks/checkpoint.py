@@ -151,6 +151,13 @@ class Checkpoint(Callback):
             self._set_aside = False
             on_main(self._set_earlier_aside)
         on_main(self._claim_directory)  # another run's folder stops every rank, not just rank 0
+        held = {id(p) for p in state.model.parameters()} if state.model is not None else set()
+        outside = [name for name, optimizer in state.optimizers.items()
+                   if any(id(p) not in held for group in optimizer.param_groups for p in group["params"])]
+        if outside and state.model is not None:  # a GAN's train_start(G, {"G": opt_g, "D": opt_d})
+            _log.warning("monitor: optimizer %s updates parameters outside the model given to train_start: their "
+                         "values are not in the checkpoints (give train_start a module holding them all)",
+                         ", ".join(outside))
         scheduled = [name for name, optimizer in state.optimizers.items()
                      if any("initial_lr" in group for group in optimizer.param_groups)]  # an LRScheduler's mark
         if scheduled and self.scheduler is None:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import re
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterable
@@ -76,6 +77,9 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
         directory.mkdir(parents=True, exist_ok=True)
         for temporary in temporary_files(directory):
             temporary.unlink(missing_ok=True)
+        probe = directory / f".{MANIFEST}.{uuid.uuid4().hex[:8]}.tmp"  # read-only: said now, not at the first save
+        probe.write_bytes(b"")
+        probe.unlink()
     except OSError as error:
         raise CheckpointWriteError(f"directory {directory} cannot hold checkpoints: {error}") from error
     manifest = read_manifest(directory, warn=False)
