@@ -10,8 +10,10 @@ images and a head instead, each weight used at every pixel as in a ResNet (a bat
 ``--width`` is then the channels. Three modes alternate: bare; the floor, a bare loop that itself
 takes every parameter's gradient norm as GradNorms does (``monitor.norms.each_norm``: stacks of
 the small parameters alike, read on the training thread), what no per-layer gradient norm can go below; and the monitor
-(Scalars and GradNorms every step, a live server). Ratios are of median step times against the
-bare runs. The message size is the grad-norm window's, as the sink would send it at the end.
+(Scalars and GradNorms every step, a live server). Each repetition runs a floor and a monitor
+block between two bare blocks; a ratio is the median over repetitions of the block's median step
+over the mean of the two bare medians beside it (paired: the machine's drift between blocks cancels).
+The step times in the table are the modes' medians, pooled. The message size is the grad-norm window's, as the sink would send it at the end.
 """
 from __future__ import annotations
 
@@ -103,23 +105,29 @@ def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, width: int
     layers = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
     bare, floor, monitored, message, shown = [], [], [], 0, ""
     _steps(model, warmup)
+    bare.append(_steps(model, steps))
     for repeat in range(repeats):
         progress(f"deep model: repetition {repeat + 1} of {repeats}")
-        bare += _steps(model, steps)
-        floor += _steps(model, steps, floor=True)
+        floor.append(_steps(model, steps, floor=True))
         with tempfile.TemporaryDirectory(prefix="monitor-bench-") as run_dir:
             monitor = Monitor([Scalars(), GradNorms()], env=f"deep-{repeat}", port=server.port, run_dir=run_dir)
-            monitored += _steps(model, steps + warmup, monitor)[warmup:]
+            monitored.append(_steps(model, steps + warmup, monitor)[warmup:])
             monitor.flush(timeout=60)
             window = monitor.sink.windows.by_name["grad norm"]
             message = max(message, len(json.dumps(window.message("e")[1], separators=(",", ":"))))
             shown = (f"heatmap of {len(window.grid.xs)} columns" if window.grid is not None else
                      f"{max(len(t) for name, t in window.traces.items() if name != 'total')} points per layer")
             monitor.close()
-    bare_ms, floor_ms = statistics.median(bare) * 1e3, statistics.median(floor) * 1e3
-    monitor_ms = statistics.median(monitored) * 1e3
-    return Result(layers, width, kind, steps * repeats, bare_ms, floor_ms, monitor_ms, monitor_ms / bare_ms, floor_ms / bare_ms,
-                  message / 1e3, shown)
+        bare.append(_steps(model, steps))
+    median = statistics.median
+    # Each repetition's floor and monitor blocks against the bare blocks either side of them.
+    around = [(median(before) + median(after)) / 2 for before, after in zip(bare, bare[1:])]
+    ratio = median(median(block) / base for block, base in zip(monitored, around))
+    floor_ratio = median(median(block) / base for block, base in zip(floor, around))
+    pooled = {name: median([t for block in blocks for t in block]) * 1e3
+              for name, blocks in (("bare", bare), ("floor", floor), ("monitor", monitored))}
+    return Result(layers, width, kind, steps * repeats, pooled["bare"], pooled["floor"], pooled["monitor"], ratio,
+                  floor_ratio, message / 1e3, shown)
 
 
 def table(results: list[Result]) -> str:

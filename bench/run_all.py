@@ -127,7 +127,8 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
     lines += ["### A deep model (bench/deep_model.py)", "",
               f"161 parameter layers, `Scalars` and `GradNorms` every step (a heatmap of the layers), "
               f"{d['repeats']} repetitions of {d['steps']} steps per mode (bare, the floor: the norms alone, the "
-              "monitor), live server. The conv model uses each weight at every pixel, as a ResNet does; the "
+              "monitor), live server; ratios paired: each floor and monitor block against the bare blocks either "
+              "side of it, the median over repetitions. The conv model uses each weight at every pixel, as a ResNet does; the "
               "Linear model, 32 rows per weight, is the hardest case for any per-layer norm.", "",
               deep_model.table(deep), "", END]
     return "\n".join(lines)
