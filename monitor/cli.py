@@ -286,7 +286,7 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
 def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tuple[str, ...] = (),
               mode: str | None = None) -> None:
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
-    from monitor.runs import listed, selected, table
+    from monitor.runs import check_metric, listed, selected, table
 
     conditions = {}
     for condition in where:
@@ -295,10 +295,11 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
             raise click.BadParameter(f"must be NAME=VALUE, got {condition!r}", param_hint="--where")
         conditions[name] = value
     every = listed(directory)
-    known = sorted({m for run in every for m in run.metrics})
-    if sort is not None and every and sort not in known:
-        raise click.BadParameter(f"must be one of the runs' metrics ({', '.join(known)}), got {sort!r}",
-                                 param_hint="--sort")
+    if sort is not None and every:
+        try:
+            check_metric(every, sort, "sort")
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--sort") from None
     found = selected(every, conditions, sort, mode)
     if not found:
         click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else ""))
@@ -355,7 +356,7 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
     """Delete finished runs under DIR that are older than a date or beyond the N best (crashed,
     interrupted, killed and running runs are kept, and so are runs without --metric and folders
     holding other runs)."""
-    from monitor.runs import best_is_lowest, collectable, listed
+    from monitor.runs import best_mode, collectable, listed
 
     if older_than is None and keep_best is None:
         raise click.UsageError("say what to collect: --older-than DATE and/or --keep-best N --metric METRIC")
@@ -365,7 +366,7 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--metric") from None
     if keep_best is not None and metric is not None:
-        lowest = (mode or ("min" if best_is_lowest(metric) else "max")) == "min"
+        lowest = best_mode(metric, mode) == "min"
         click.echo(f"Best by {metric}: the {'lowest' if lowest else 'highest'}"
                    + ("" if mode else f" (guessed from its name; --mode {'max' if lowest else 'min'} says otherwise)"))
     if not doomed:

@@ -61,6 +61,19 @@ def best_is_lowest(metric: str) -> bool:
     return any(word in name for word in ("loss", "error", "perplexity", "mse", "mae"))
 
 
+def best_mode(metric: str, mode: str | None = None) -> str:
+    """``mode`` ("min": lowest is best, "max"), or the one :func:`best_is_lowest` guesses for ``metric``."""
+    return mode or ("min" if best_is_lowest(metric) else "max")
+
+
+def check_metric(runs: list[Run], metric: str, argument: str = "metric") -> str:
+    """``metric`` if some run has it; ValueError naming ``argument`` and the metrics the runs have."""
+    known = sorted({m for run in runs for m in run.metrics})
+    if metric not in known:
+        raise ValueError(f"{argument} must be one of the runs' metrics ({', '.join(known) or 'none'}), got {metric!r}")
+    return metric
+
+
 def listed(root: str | os.PathLike = "runs") -> list[Run]:
     """Every run under ``root``: each folder with a run log (the earlier runs set aside in a
     folder's ``earlier/`` are not listed; :func:`described` reads one given its log)."""
@@ -129,7 +142,7 @@ def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | N
 
     kept = [run for run in runs if matches(run)]
     if sort is not None:
-        sign = 1.0 if (mode or ("min" if best_is_lowest(sort) else "max")) == "min" else -1.0
+        sign = 1.0 if best_mode(sort, mode) == "min" else -1.0
         kept.sort(key=lambda r: (sort not in r.metrics, sign * r.metrics[sort][1] if sort in r.metrics else 0.0))
     return kept
 
@@ -262,9 +275,7 @@ def collectable(runs: list[Run], older_than: float | None = None, keep_best: int
     if keep_best is not None:
         if metric is None:
             raise ValueError("metric must be given with keep_best, got None")
-        known = sorted({m for run in runs for m in run.metrics})
-        if metric not in known:
-            raise ValueError(f"metric must be one of the runs' metrics ({', '.join(known) or 'none'}), got {metric!r}")
+        check_metric(runs, metric)
         ranked = selected([run for run in finished if metric in run.metrics], sort=metric, mode=mode)
         doomed |= {run.path for run in ranked[keep_best:]}
     return [run for run in finished if run.path in doomed]

@@ -40,8 +40,8 @@ class Checkpoint(Callback):
     ``keep_last`` files and the best ``keep_best`` by ``metric`` (``mode`` "min" or "max"; by
     default "min" for a loss or an error, by its name, else "max"), read from the metrics the
     loop passes at ``metric_from``: "validation", "step" (where "loss" is the step's loss) or
-    "epoch"; a checkpoint gets the value measured since the one before it, if any. ``extras()`` returns the user's own tensors and
-    primitives to keep. A folder belongs to one run: a fresh run refuses a folder that holds
+    "epoch"; a checkpoint gets the value measured since the one before it, if any.
+    ``extras()`` returns the user's own tensors and primitives to keep. A folder belongs to one run: a fresh run refuses a folder that holds
     another run's checkpoints instead of mixing with or deleting them.
 
     ``resume=True`` makes a re-run of the same command continue: the Monitor rewinds the run
@@ -83,10 +83,10 @@ class Checkpoint(Callback):
         if keep_best and metric is None:
             raise ValueError(f"metric must be given to rank checkpoints for keep_best={keep_best}, got None")
         self.keep_best, self.metric = keep_best, metric
-        if mode is None:  # as `monitor runs` ranks: lowest best for losses and errors, by their name
-            from monitor.runs import best_is_lowest
-            mode = "min" if metric is None or best_is_lowest(metric) else "max"
-        self.mode = one_of("mode", mode, ("min", "max"))
+        if mode is None and metric is not None:  # as `monitor runs` ranks: losses and errors lowest, by name
+            from monitor.runs import best_mode
+            mode = best_mode(metric)
+        self.mode = one_of("mode", mode or "min", ("min", "max"))
         self.metric_from = one_of("metric_from", metric_from, ("validation", "step", "epoch"))
         for name, part in (("scheduler", scheduler), ("scaler", scaler)):
             if part is not None and not callable(getattr(part, "state_dict", None)):
@@ -151,19 +151,7 @@ class Checkpoint(Callback):
             self._set_aside = False
             on_main(self._set_earlier_aside)
         on_main(self._claim_directory)  # another run's folder stops every rank, not just rank 0
-        held = {id(p) for p in state.model.parameters()} if state.model is not None else set()
-        outside = [name for name, optimizer in state.optimizers.items()
-                   if any(id(p) not in held for group in optimizer.param_groups for p in group["params"])]
-        if outside and state.model is not None:  # a GAN's train_start(G, {"G": opt_g, "D": opt_d})
-            _log.warning("monitor: optimizer %s updates parameters outside the model given to train_start: their "
-                         "values are not in the checkpoints (give train_start a module holding them all)",
-                         ", ".join(outside))
-        scheduled = [name for name, optimizer in state.optimizers.items()
-                     if any("initial_lr" in group for group in optimizer.param_groups)]  # an LRScheduler's mark
-        if scheduled and self.scheduler is None:
-            _log.warning("monitor: an lr scheduler steps optimizer %s, and Checkpoint was given no scheduler=: "
-                         "its state is not saved, so a resumed run starts its schedule over",
-                         ", ".join(scheduled))
+        self._say_what_is_not_kept(state)
         if self.resume:
             self._catch_preemption()
 
@@ -201,6 +189,23 @@ class Checkpoint(Callback):
         if not self._aborted:  # a re-run of the command starts a new run
             on_main(lambda: self._claimed and mark_finished(self.directory))
         self._lock.release()
+
+    def _say_what_is_not_kept(self, state: LoopState) -> None:
+        """Warns of state the loop has and no checkpoint will hold: a GAN's ``train_start(G, {"G":
+        opt_g, "D": opt_d})`` (D's weights), a scheduler the Checkpoint was not given."""
+        if state.model is not None:
+            held = {id(p) for p in state.model.parameters()}
+            outside = [name for name, optimizer in state.optimizers.items()
+                       if any(id(p) not in held for group in optimizer.param_groups for p in group["params"])]
+            if outside:
+                _log.warning("monitor: optimizer %s updates parameters outside the model given to train_start: "
+                             "their values are not in the checkpoints (give train_start a module holding them all)",
+                             ", ".join(outside))
+        scheduled = [name for name, optimizer in state.optimizers.items()
+                     if any("initial_lr" in group for group in optimizer.param_groups)]  # an LRScheduler's mark
+        if scheduled and self.scheduler is None:
+            _log.warning("monitor: an lr scheduler steps optimizer %s, and Checkpoint was given no scheduler=: "
+                         "its state is not saved, so a resumed run starts its schedule over", ", ".join(scheduled))
 
     # --- saving -------------------------------------------------------------------------------
     def save(self) -> Path:
