@@ -11,6 +11,7 @@ from torch import nn
 from monitor import Monitor, Profile
 from monitor.cli import main
 from monitor.log import NullSink
+from helpers.devices import DEVICES
 
 
 def _conv_net() -> nn.Module:
@@ -19,14 +20,15 @@ def _conv_net() -> nn.Module:
                          nn.Linear(32 * 28 * 28, 3))
 
 
-def _train(monitor: Monitor | None, steps: int = 20) -> nn.Module:
-    model = _conv_net()
+def _train(monitor: Monitor | None, steps: int = 20, device: str = "cpu") -> nn.Module:
+    model = _conv_net().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(1)
     if monitor is not None:
         monitor.train_start(model, optimizer)
     for _ in range(steps):
         x, y = torch.randn(32, 3, 32, 32, generator=g), torch.randint(0, 3, (32,), generator=g)
+        x, y = x.to(device), y.to(device)
         loss = nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -38,12 +40,16 @@ def _train(monitor: Monitor | None, steps: int = 20) -> nn.Module:
     return model
 
 
-def test_steps_10_to_14_are_profiled_and_training_is_unaffected(visdom_server, tmp_path, read_window_raw):
-    with Monitor([Profile(steps=(10, 14))], env="profiled", port=visdom_server.port, run_dir=tmp_path) as monitor:
-        profiled = _train(monitor)
+@pytest.mark.parametrize("device", DEVICES)
+def test_steps_10_to_14_are_profiled_and_training_is_unaffected(visdom_server, tmp_path, read_window_raw, device,
+                                                                 monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)  # two runs to compare bit for bit
+    env = f"profiled-{device}"
+    with Monitor([Profile(steps=(10, 14))], env=env, port=visdom_server.port, run_dir=tmp_path) as monitor:
+        profiled = _train(monitor, device=device)
         assert monitor.flush()
-        pane = read_window_raw(visdom_server, "profiled", "profile")["content"]
-    plain = _train(None)
+        pane = read_window_raw(visdom_server, env, "profile")["content"]
+    plain = _train(None, device=device)
     assert all(torch.equal(a, b) for a, b in zip(profiled.state_dict().values(), plain.state_dict().values()))
 
     trace = json.loads((tmp_path / "profile" / "trace-steps-10-14.json").read_text())
@@ -56,6 +62,8 @@ def test_steps_10_to_14_are_profiled_and_training_is_unaffected(visdom_server, t
     assert top_level == pytest.approx(table["profiled_ms"], rel=0.10), (top_level, table["profiled_ms"])
     assert [p["step"] for p in table["phases"]] == [10, 11, 12, 13, 14]
     assert "aten::addmm" in pane and "trace-steps-10-14.json" in pane and "Time per step" in pane
+    device_ms = sum(r["device_ms"] for r in table["operators"])
+    assert (device_ms > 0 and "device ms" in pane) if device == "cuda" else device_ms == 0, table["operators"][:5]
 
     printed = CliRunner().invoke(main, ["profile", str(tmp_path)])
     assert printed.exit_code == 0 and "aten::addmm" in printed.output and "forward+backward" in printed.output

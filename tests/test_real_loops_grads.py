@@ -15,6 +15,7 @@ from monitor.checkpoint import load_checkpoint
 from monitor.log import NullSink
 from monitor.records import Text
 from monitor.sink import VisdomSink
+from helpers.devices import DEVICES
 from helpers.monitors import ListSink
 
 
@@ -27,18 +28,20 @@ def _norm(parameters) -> float:
     return torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in parameters])).item()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("order", ["after_backward, then unscale_", "unscale_, then after_backward"])
-def test_amp_norms_are_of_the_unscaled_gradients_whichever_the_order(order):
-    model = _model()
+def test_amp_norms_are_of_the_unscaled_gradients_whichever_the_order(order, device):
+    model = _model().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    scaler = torch.amp.GradScaler(device, init_scale=2.0**16)
+    half = torch.bfloat16 if device == "cpu" else torch.float16  # what each device's AMP uses
     sink = ListSink()
     monitor = Monitor([GradNorms()], sink=sink, raise_errors=True)
     monitor.train_start(model, optimizer, scaler=scaler)
     clipped = []
     for _ in range(4):
-        x = torch.randn(8, 6)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.randn(8, 6, device=device)
+        with torch.autocast(device, dtype=half):
             loss = model(x).float().square().mean()
         optimizer.zero_grad()
         scaler.scale(loss).backward()

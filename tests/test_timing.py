@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from monitor import Monitor, Timing
+from helpers.devices import DEVICES, never_synchronizing
 from helpers.monitors import monitor_with, small_model
 
 BATCH = 5
@@ -25,24 +26,29 @@ class SlowData(Dataset):
         return torch.randn(4), index % 3
 
 
-def test_data_wait_step_time_and_throughput_match_the_loop_s_own_clock(visdom_server, tmp_path, read_window):
-    model = small_model()
+@pytest.mark.parametrize("device", DEVICES)
+def test_data_wait_step_time_and_throughput_match_the_loop_s_own_clock(visdom_server, tmp_path, read_window, device):
+    model = small_model().to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ends = []
-    with Monitor([Timing(every=1)], env="timing", port=visdom_server.port, run_dir=tmp_path) as monitor:
+    env = f"timing-{device}"
+    loader = DataLoader(SlowData(), batch_size=BATCH, pin_memory=device == "cuda")
+    with Monitor([Timing(every=1)], env=env, port=visdom_server.port, run_dir=tmp_path) as monitor:
         monitor.train_start(model, optimizer)
-        for epoch in monitor.epochs(1):
-            for x, y in monitor.batches(DataLoader(SlowData(), batch_size=BATCH)):
-                loss = nn.functional.cross_entropy(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                monitor.step_end(loss=loss, inputs=x)
-                ends.append(time.perf_counter())
+        with never_synchronizing(device):
+            for epoch in monitor.epochs(1):
+                for x, y in monitor.batches(loader):
+                    x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                    loss = nn.functional.cross_entropy(model(x), y)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    monitor.step_end(loss=loss, inputs=x)
+                    ends.append(time.perf_counter())
         assert monitor.flush()
-        times = read_window(visdom_server, "timing", "step time")
-        throughput = read_window(visdom_server, "timing", "throughput")["samples"]
-        memory = read_window(visdom_server, "timing", "memory")["resident"]
+        times = read_window(visdom_server, env, "step time")
+        throughput = read_window(visdom_server, env, "throughput")["samples"]
+        memory = read_window(visdom_server, env, "memory")
     steps, waits = times["data wait"]
     assert steps == list(range(2, 13)) and all(abs(w - 50) <= 10 for w in waits), waits
     loop_ms = [(b - a) * 1000 for a, b in zip(ends, ends[1:])]
@@ -51,7 +57,15 @@ def test_data_wait_step_time_and_throughput_match_the_loop_s_own_clock(visdom_se
     assert all(step > wait for step, wait in zip(times["step"][1], waits))  # the wait is part of the step
     assert throughput[1] == pytest.approx([BATCH / (ms / 1000) for ms in times["step"][1]])
     resident = int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
-    assert all(0.5 * resident < mb < 2 * resident for mb in memory[1])
+    assert all(0.5 * resident < mb < 2 * resident for mb in memory["resident"][1])
+    if device == "cuda":  # the device's own clock, read on the worker from events, agrees with the loop's
+        assert times["device"][0] == steps
+        assert all(abs(on_device - step) <= max(5.0, 0.1 * step)
+                   for on_device, step in zip(times["device"][1], times["step"][1])), times["device"]
+        allocated, reserved, peak = (memory[name][1] for name in ("allocated", "reserved", "peak"))
+        assert all(0 < a <= p <= r for a, p, r in zip(allocated, peak, reserved)), memory
+    else:
+        assert set(times) == {"step", "data wait"} and set(memory) == {"resident"}
 
 
 def test_without_the_loader_wrapper_or_inputs_there_is_no_data_wait_and_steps_per_second():
