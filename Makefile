@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 PIP     = $(BIN)/python -m pip install --quiet --constraint constraints.txt
 
-.PHONY: demo test bench install assets browser clean
+.PHONY: demo test bench install assets browser gpu-carry clean
 
 demo: install assets
 	$(BIN)/monitor demo
@@ -42,6 +42,13 @@ browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	    $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
+# For .ci/gpu on a lent GPU machine, whose python3 has torch but not visdom: visdom with its assets
+# and the packages it lacks there (pure Python, tornado's abi3 speedups), copied into .gpu/site.
+gpu-carry: install assets
+	rm -rf .gpu/site && mkdir -p .gpu/site
+	cd "$$($(BIN)/python -c 'import pathlib, visdom; print(pathlib.Path(visdom.__file__).parents[1])')" && \
+	  cp -r visdom tornado websocket jsonpatch.py jsonpointer.py "$(CURDIR)/.gpu/site/"
 
 clean:
 	rm -rf $(VENV) *.egg-info
