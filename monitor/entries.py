@@ -31,6 +31,7 @@ import torch
 
 from monitor import checks
 from monitor.distribution import trimmed
+from monitor.host import on_host
 from monitor.imagestore import ImageStore
 from monitor.imaging import encode_grid
 from monitor.records import Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, Text
@@ -67,7 +68,7 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
         if callable(values):
             values = values()
         if isinstance(values, torch.Tensor):
-            values = values.tolist()
+            values = on_host(values).tolist()
         elif type(values) not in (list, tuple):
             values = list(values)
         if len(values) != len(record.traces):
@@ -78,7 +79,7 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
         for trace, value in zip(record.traces, values):
             if type(value) is not float:
                 if isinstance(value, torch.Tensor):
-                    value = value.item()
+                    value = on_host(value).item()
                 if isinstance(value, bool) or not isinstance(value, Real):
                     raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
             y[trace if type(trace) is str else str(trace)] = float(value)
@@ -92,13 +93,13 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
             return {"k": "image", "win": record.window, "x": x, "n": n, "file": file}
         return {"k": "image", "win": record.window, "x": x, "png": base64.b64encode(png).decode()}
     if isinstance(record, Hparams):
-        metrics = {k: float(v.item() if isinstance(v, torch.Tensor) else v) for k, v in record.metrics.items()}
+        metrics = {k: float(on_host(v).item() if isinstance(v, torch.Tensor) else v) for k, v in record.metrics.items()}
         json.dumps(record.hparams)  # plain values only
         return {"k": "hparams", "win": record.window, "x": x, "hparams": dict(record.hparams), "metrics": metrics}
     if isinstance(record, Histogram):
         values = record.values() if callable(record.values) else record.values
         edges, counts, n = values
-        edges, counts = trimmed(*(v.tolist() if isinstance(v, torch.Tensor) else v for v in (edges, counts)))
+        edges, counts = trimmed(*(on_host(v).tolist() if isinstance(v, torch.Tensor) else v for v in (edges, counts)))
         return {"k": "histogram", "win": record.window, "x": x, "edges": edges, "counts": counts, "n": int(n)}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from monitor import checks
+from monitor.host import on_host
 
 PAD = 2                 # pixels between tiles and around the grid
 BACKGROUND = 255        # white padding and caption bands, black caption text
@@ -80,7 +81,7 @@ def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
 
 def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
     """``pixels`` (N, ...) as uint8 display values on the CPU, by the rules of :func:`encode_grid`."""
-    pixels = pixels.detach().to("cpu")
+    pixels = on_host(pixels.detach())
     if pixels.dtype == torch.uint8:
         return pixels.numpy()
     wide = pixels.dtype in (torch.float64, torch.int64, torch.int32)

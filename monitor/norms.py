@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from monitor.host import on_host
+
 STACKED_UP_TO = 4096  # elements: a CPU takes the norms of smaller tensors of one shape in a stack
 
 Norms = list[float | torch.Tensor]  # each tensor's norm: a float once read, else a device scalar
@@ -73,9 +75,9 @@ def read(norms: Norms) -> list[float]:
         return norms
     tensors = [n for n in norms if isinstance(n, torch.Tensor)]
     try:
-        values = iter(torch.stack(tensors).tolist())  # one read of the device
+        values = iter(on_host(torch.stack(tensors)).tolist())  # one read of the device
     except RuntimeError:  # tensors on several devices
-        values = iter([n.item() for n in tensors])
+        values = iter([on_host(n).item() for n in tensors])
     return [next(values) if isinstance(n, torch.Tensor) else n for n in norms]
 
 

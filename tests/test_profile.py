@@ -59,11 +59,12 @@ def test_steps_10_to_14_are_profiled_and_training_is_unaffected(visdom_server, t
     names = [r["name"] for r in table["operators"]]
     assert "aten::addmm" in names and "aten::convolution" in names
     top_level = sum(r["self_cpu_ms"] for r in table["operators"])
-    assert top_level == pytest.approx(table["profiled_ms"], rel=0.10), (top_level, table["profiled_ms"])
+    if device == "cpu":  # on CUDA the host's share is kernel launches and Python, the work is the device's
+        assert top_level == pytest.approx(table["profiled_ms"], rel=0.10), (top_level, table["profiled_ms"])
     assert [p["step"] for p in table["phases"]] == [10, 11, 12, 13, 14]
     assert "aten::addmm" in pane and "trace-steps-10-14.json" in pane and "Time per step" in pane
-    device_ms = sum(r["device_ms"] for r in table["operators"])
-    assert (device_ms > 0 and "device ms" in pane) if device == "cuda" else device_ms == 0, table["operators"][:5]
+    on_device = [r for r in table["operators"] if r["device_ms"] > 0]
+    assert (on_device and "device ms" in pane) if device == "cuda" else not on_device, on_device[:5]
 
     printed = CliRunner().invoke(main, ["profile", str(tmp_path)])
     assert printed.exit_code == 0 and "aten::addmm" in printed.output and "forward+backward" in printed.output
