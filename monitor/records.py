@@ -55,7 +55,12 @@ class LabelCaptions:
         return self.count
 
     def __iter__(self) -> Iterator[str]:
-        lists = [part.tolist() if hasattr(part, "tolist") else list(part) for part in self.parts]
+        import torch  # only where a record is read
+
+        from monitor.host import on_host
+
+        lists = [on_host(part).tolist() if isinstance(part, torch.Tensor) else
+                 part.tolist() if hasattr(part, "tolist") else list(part) for part in self.parts]
         for labels in zip(*lists):
             yield " / ".join(self._name(label) for label in labels)
 
