@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping
 
+import numpy as np
+
 HEATMAP_CELLS = 10_000  # a heatmap's cells in all: 62 columns for 161 layers, a page redraw of ~150 ms
 _MIN_COLUMNS = 20
 _MAX_COLUMNS = 400
@@ -31,54 +33,68 @@ class Grid:
 
     Up to ``limit`` columns a column is a step; beyond, neighbouring columns merge. One grid
     stands for all the traces of a window (a layer's curve is drawn from it when it is among the
-    largest), which costs a few comparisons per trace and step.
+    largest). A column holds an array per extreme, a trace's row in each: a step of 161 layers
+    is a few array operations (on the sink's worker, whose time a Python-heavy loop shares).
     """
 
     def __init__(self, cells: int = HEATMAP_CELLS) -> None:
         self.cells = cells
-        self.traces: dict[str, None] = {}  # every trace seen, in order
+        self.traces: dict[str, int] = {}  # every trace seen, in order: its row
         self.width = 1  # steps per column
         self.xs: list[float] = []  # each column's first x
-        self.lows: list[dict[str, tuple[float, float]]] = []  # per column: trace -> (y, x) of its lowest
-        self.highs: list[dict[str, tuple[float, float]]] = []
         self.counts: list[int] = []  # steps in each column
-        self.first: dict[str, tuple[float, float]] = {}  # trace -> (x, y) of its first and latest finite point
-        self.latest: dict[str, tuple[float, float]] = {}
         self.nonfinite = 0
-        self._log_columns: list[list[float | None]] = []  # log10 of each full column's highs, in traces' order
+        # Per column: the lowest and highest value of each row, and the x of each (NaN: none yet).
+        self._columns: list[list[np.ndarray]] = []  # [low y, low x, high y, high x]
+        self._ends = np.full((4, 0), np.nan)  # per row: first x, first y, latest x, latest y
+        self._names: tuple[str, ...] = ()  # the keys of the last add, and their rows
+        self._rows = np.zeros(0, dtype=np.intp)
+        self._log_columns: list[list[float | None]] = []  # log10 of each full column's highs in these rows:
+        self._logged_rows: list[int] = []
 
     @property
     def limit(self) -> int:
         """The columns this grid may hold, given how many traces it has."""
         return max(_MIN_COLUMNS, min(_MAX_COLUMNS, self.cells // max(1, len(self.traces))))
 
+    @property
+    def first(self) -> dict[str, tuple[float, float]]:
+        """Each trace's first finite point, (x, y)."""
+        return self._points_at(0)
+
+    @property
+    def latest(self) -> dict[str, tuple[float, float]]:
+        """Each trace's latest finite point, (x, y)."""
+        return self._points_at(2)
+
     def add(self, x: float, values: Mapping[str, float | None]) -> None:
         """Takes in one step: a value (None where not finite) for some or all traces."""
+        names = tuple(values)
+        if names != self._names:
+            self._names, self._rows = names, np.fromiter(map(self._row, names), dtype=np.intp, count=len(names))
+        rows, ys = self._rows, np.array(list(values.values()), dtype=float)  # None: NaN
+        finite = np.isfinite(ys)
+        if not finite.all():
+            self.nonfinite += len(ys) - int(np.count_nonzero(finite))
+            rows, ys = rows[finite], ys[finite]
         if not self.counts or self.counts[-1] >= self.width:
             self.xs.append(x)
-            self.lows.append({})
-            self.highs.append({})
+            self._columns.append([np.full(self._ends.shape[1], np.nan) for _ in range(4)])
             self.counts.append(0)
         self.counts[-1] += 1
-        lows, highs, latest, first = self.lows[-1], self.highs[-1], self.latest, self.first
-        for name, y in values.items():
-            if y is None or not math.isfinite(y):
-                self.nonfinite += 1
-                if name not in self.traces:
-                    self.traces[name] = None
-                continue
-            point = (y, x)
-            low = lows.get(name)
-            if low is None:
-                lows[name] = highs[name] = point
-                if name not in first:
-                    first[name] = (x, y)
-                    self.traces[name] = None
-            elif y < low[0]:
-                lows[name] = point
-            elif y > highs[name][0]:
-                highs[name] = point
-            latest[name] = (x, y)
+        low, low_x, high, high_x = self._columns[-1]
+        for extreme, at, kept_instead in ((low, low_x, low[rows] <= ys), (high, high_x, high[rows] >= ys)):
+            if not kept_instead.all():  # NaN (nothing yet) compares False: the point is taken
+                taken = rows[~kept_instead]
+                extreme[taken] = ys[~kept_instead]
+                at[taken] = x
+        ends = self._ends
+        new = np.isnan(ends[0, rows])
+        if new.any():
+            ends[0, rows[new]] = x
+            ends[1, rows[new]] = ys[new]
+        ends[2, rows] = x
+        ends[3, rows] = ys
         while len(self.xs) > self.limit:
             self._merge()
 
@@ -87,41 +103,68 @@ class Grid:
 
         A full column's logarithms are computed once (until columns merge or traces are added).
         """
+        rows = [self.traces[name] for name in names]
         cached = self._log_columns
-        if cached and len(cached[0]) != len(names):
+        if rows != self._logged_rows:
             cached.clear()
-        while len(cached) < len(self.highs) - 1:
-            cached.append(_log_column(self.highs[len(cached)], names))
-        columns = cached + [_log_column(self.highs[-1], names)] if self.highs else []
+            self._logged_rows = rows
+        while len(cached) < len(self._columns) - 1:
+            cached.append(_log_column(self._columns[len(cached)][2], rows))
+        columns = cached + [_log_column(self._columns[-1][2], rows)] if self._columns else []
         return list(zip(*columns)) if columns else [() for _ in names]
 
     def points(self, name: str) -> tuple[list[float], list[float]]:
         """The trace as a curve: its lowest and highest point in each column, its first and latest."""
-        kept = {(x, y) for column in (*self.lows, *self.highs) if (point := column.get(name)) for y, x in (point,)}
-        kept.update(p for p in (self.first.get(name), self.latest.get(name)) if p is not None)
+        row = self.traces[name]
+        kept = {(_plain(x), y) for low, low_x, high, high_x in self._columns
+                for y, x in ((low[row], low_x[row]), (high[row], high_x[row])) if y == y}
+        kept.update((_plain(self._ends[i, row]), float(self._ends[i + 1, row])) for i in (0, 2)
+                    if self._ends[i, row] == self._ends[i, row])
         ordered = sorted(kept)
-        return [p[0] for p in ordered], [p[1] for p in ordered]
+        return [p[0] for p in ordered], [float(p[1]) for p in ordered]
+
+    def _row(self, name: str) -> int:
+        row = self.traces.get(name)
+        if row is None:
+            row = self.traces[name] = len(self.traces)
+            if row == self._ends.shape[1]:  # room for more rows in every array: twice as many
+                grow = max(8, row)
+                self._ends = _padded(self._ends, grow)
+                self._columns = [[_padded(array, grow) for array in column] for column in self._columns]
+        return row
+
+    def _points_at(self, i: int) -> dict[str, tuple[float, float]]:
+        xs, ys = self._ends[i].tolist(), self._ends[i + 1].tolist()
+        return {name: (_plain(xs[row]), ys[row]) for name, row in self.traces.items() if xs[row] == xs[row]}
 
     def _merge(self) -> None:
         """Merges neighbouring columns: twice the steps, half the columns."""
-        xs, lows, highs, counts = [], [], [], []
+        columns, counts = [], []
         for i in range(0, len(self.xs), 2):
-            low, high, count = dict(self.lows[i]), dict(self.highs[i]), self.counts[i]
-            if i + 1 < len(self.xs):
-                for name, point in self.lows[i + 1].items():
-                    if name not in low or point[0] < low[name][0]:
-                        low[name] = point
-                for name, point in self.highs[i + 1].items():
-                    if name not in high or point[0] > high[name][0]:
-                        high[name] = point
-                count += self.counts[i + 1]
-            xs.append(self.xs[i])
-            lows.append(low)
-            highs.append(high)
-            counts.append(count)
-        self.xs, self.lows, self.highs, self.counts = xs, lows, highs, counts
+            if i + 1 == len(self.xs):
+                columns.append(self._columns[i])
+                counts.append(self.counts[i])
+                continue
+            (low, low_x, high, high_x), (low2, low2_x, high2, high2_x) = self._columns[i], self._columns[i + 1]
+            lower = ~(low <= low2) & (low2 == low2)  # the second column's point, where it is lower
+            higher = ~(high >= high2) & (high2 == high2)
+            columns.append([np.where(lower, low2, low), np.where(lower, low2_x, low_x),
+                            np.where(higher, high2, high), np.where(higher, high2_x, high_x)])
+            counts.append(self.counts[i] + self.counts[i + 1])
+        self.xs, self._columns, self.counts = self.xs[::2], columns, counts
         self.width *= 2
         self._log_columns.clear()
+
+
+def _padded(array: np.ndarray, more: int) -> np.ndarray:
+    """``array`` with ``more`` NaN rows (its last axis) after its own."""
+    return np.concatenate([array, np.full((*array.shape[:-1], more), np.nan)], axis=-1)
+
+
+def _plain(x: float) -> float:
+    """An x as the loop gave it: a step number stays an int."""
+    x = float(x)
+    return int(x) if x.is_integer() else x
 
 
 def figure(grid: Grid, lines: list[dict[str, Any]], opts: Mapping[str, Any]) -> tuple[list, dict]:
@@ -154,10 +197,7 @@ def top(latest: Mapping[str, tuple[float, float]], count: int) -> list[str]:
     return [name for _, name in ranked[:count]]
 
 
-def _log_column(highs: Mapping[str, tuple[float, float]], names: list[str]) -> list[float | None]:
-    """log10 of each trace's highest value in a column, to 3 decimals (None: absent or not positive)."""
-    column = []
-    for name in names:
-        point = highs.get(name)
-        column.append(round(math.log10(point[0]), 3) if point is not None and point[0] > 0 else None)
-    return column
+def _log_column(highs: np.ndarray, rows: list[int]) -> list[float | None]:
+    """log10 of each row's highest value in a column, to 3 decimals (None: absent or not positive)."""
+    log10 = math.log10
+    return [round(log10(y), 3) if y > 0 else None for y in highs[rows].tolist()]

@@ -6,6 +6,7 @@ import weakref
 from functools import partial
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.nn.modules.module import (register_module_module_registration_hook,
                                      register_module_parameter_registration_hook)
@@ -250,14 +251,14 @@ class GradNorms(Callback):
             if len(self._groupings) >= 16:
                 self._groupings.clear()
             grouping = self._groupings[present] = (tuple([self._layers[layer] for layer in order] + ["total"]),
-                                                   tuple(tuple(layers[layer]) for layer in order),
+                                                   LayerSums(tuple(tuple(layers[layer]) for layer in order)),
                                                    stacks_of([self._params[i] for i in present]))
         if present is self._all:
             self._all_grouping = grouping
         return grouping
 
 
-_Grouping = tuple[tuple[str, ...], tuple[tuple[int, ...], ...], "Stacks | None"]
+_Grouping = tuple[tuple[str, ...], "LayerSums", "Stacks | None"]
 
 
 def _unscaled(values: Callable[[], list[float]], scale: float | torch.Tensor) -> list[float]:
@@ -265,26 +266,51 @@ def _unscaled(values: Callable[[], list[float]], scale: float | torch.Tensor) ->
     return [v / divisor for v in values()]
 
 
-def _layer_norms(norms: Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
+def _layer_norms(norms: Norms, layer_sums: LayerSums) -> list[float]:
     """Each layer's L2 norm, then the total, from each parameter's norm; run on the sink's worker."""
-    return _added_up(read(norms), groups)
+    return layer_sums(read(norms))
 
 
-def _update_ratios(updates: Norms, before: Norms, groups: tuple[tuple[int, ...], ...]) -> list[float]:
+def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums) -> list[float]:
     """||update|| / ||weights before it||, per layer and in total; inf or NaN where the weights are 0."""
     values = read(updates + before)  # one read of the device for both
-    ratios = zip(_added_up(values[:len(updates)], groups), _added_up(values[len(updates):], groups))
+    ratios = zip(layer_sums(values[:len(updates)]), layer_sums(values[len(updates):]))
     return [u / w if w else (math.inf if u else math.nan) for u, w in ratios]
 
 
-def _added_up(norms: list[float], groups: tuple[tuple[int, ...], ...]) -> list[float]:
-    get = norms.__getitem__
-    added = [math.hypot(*map(get, group)) for group in groups]
-    added.append(math.hypot(*norms))
-    if added[-1] == math.inf:  # hypot(inf, nan) is inf; a NaN among the norms makes the sum NaN, as in torch
-        squares = [v * v for v in norms]
-        return [math.sqrt(sum(squares[i] for i in group)) for group in groups] + [math.sqrt(sum(squares))]
-    return added
+class LayerSums:
+    """Each layer's L2 norm, then the total, from the norms of its parameters (on the sink's worker).
+
+        LayerSums(((0, 1), (2,)))([3.0, 4.0, 12.0])   # [5.0, 12.0, 13.0]
+
+    ``groups`` holds each layer's positions among the norms. In arrays: for a 161-layer model a
+    fifth of the Python a layer at a time took, time that a Python-heavy loop shares with the worker.
+    """
+
+    def __init__(self, groups: tuple[tuple[int, ...], ...]) -> None:
+        self.groups = groups
+        self._layer = np.zeros(sum(map(len, groups)), dtype=np.intp)  # each norm's layer
+        for layer, group in enumerate(groups):
+            self._layer[list(group)] = layer
+
+    def __call__(self, norms: list[float]) -> list[float]:
+        with np.errstate(over="ignore"):
+            squares = np.square(np.array(norms, dtype=np.float64))
+        total = math.sqrt(squares.sum())
+        if not math.isfinite(total):  # a norm not finite, or too large to square: a layer at a time
+            return self._one_by_one(norms)
+        added = np.sqrt(np.bincount(self._layer, weights=squares, minlength=len(self.groups))).tolist()
+        added.append(total)
+        return added
+
+    def _one_by_one(self, norms: list[float]) -> list[float]:
+        get = norms.__getitem__
+        added = [math.hypot(*map(get, group)) for group in self.groups]
+        added.append(math.hypot(*norms))
+        if added[-1] == math.inf:  # hypot(inf, nan) is inf; a NaN among the norms makes the sum NaN, as in torch
+            squares = [v * v for v in norms]
+            return [math.sqrt(sum(squares[i] for i in group)) for group in self.groups] + [math.sqrt(sum(squares))]
+        return added
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:
