@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
 
 import torch
 
+from monitor.preemption import shield_workers
 
 if TYPE_CHECKING:
     from monitor.core import Monitor
@@ -73,6 +74,7 @@ class Resumable:
             if own is not None and self.order_rng.get("loader") is not None:
                 own.set_state(self.order_rng["loader"])
         order = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None}
+        shield_workers(loader)  # a scheduler's SIGTERM to the whole job is the loop's to act on
         iterator = iter(loader)  # a DataLoader draws its order and its workers' seed here
         for _ in range(skip):
             if next(iterator, _END) is _END:

@@ -6,6 +6,7 @@ server and compares it with an uninterrupted run: weights bit-identical, every w
 """
 from __future__ import annotations
 
+import os
 import random
 import signal
 import subprocess
@@ -39,9 +40,10 @@ class Job:
         assert done.returncode == 0, done.stderr[-3000:]
         return _steps(done.stdout)
 
-    def start(self, *extra: str) -> subprocess.Popen:
+    def start(self, *extra: str, session: bool = False) -> subprocess.Popen:
+        """The job in the background; ``session``: in a process group of its own, as a scheduler runs it."""
         return subprocess.Popen([*self.command, "--sleep", "0.05", *extra], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=session)
 
     def weights(self) -> dict:
         return torch.load(self.folder / "final.pt", weights_only=True)
@@ -145,6 +147,23 @@ def test_sigterm_in_mid_epoch_saves_that_step_exits_for_requeue_and_the_rerun_co
     saved = max(int(p.stem.split("-")[1]) for p in (job.folder / "ckpt").glob("step-*.pt"))
     assert saved in (7, 8) and "SIGTERM: checkpoint of step" in stderr
     assert job.run()[0] == saved + 1
+    assert _same(job.weights(), straight["shuffle"][0])
+    assert read_env(visdom_server, job.env) == straight["shuffle"][1]
+
+
+def test_sigterm_to_the_job_s_process_group_with_loader_workers_saves_and_requeues_all_the_same(
+        visdom_server, read_env, tmp_path, straight):
+    # A scheduler (SLURM's scancel or pre-emption, Kubernetes) signals every process of the job:
+    # the DataLoader's worker processes too, which must not die under the loop before it saves.
+    job = Job(visdom_server, tmp_path, "group")
+    process = job.start("--workers", "2", session=True)
+    _wait_for_step(process, 7)
+    os.killpg(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == REQUEUE_EXIT_STATUS, stderr[-3000:]
+    saved = max(int(p.stem.split("-")[1]) for p in (job.folder / "ckpt").glob("step-*.pt"))
+    assert saved in (7, 8) and "SIGTERM: checkpoint of step" in stderr
+    assert job.run("--workers", "2")[0] == saved + 1
     assert _same(job.weights(), straight["shuffle"][0])
     assert read_env(visdom_server, job.env) == straight["shuffle"][1]
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from monitor import preemption
 from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
 from monitor.checkpoint.folder import (LOCK, checkpoint_name, claim, is_finished, mark_finished, mark_kept,
@@ -26,7 +27,6 @@ from monitor.checkpoint.rng import capture_rng
 _log = logging.getLogger("monitor")
 
 REQUEUE_EXIT_STATUS = 75  # EX_TEMPFAIL: "try again", what a job saved on a pre-emption signal exits with
-_PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's stop, SLURM's time-limit warning
 
 
 class Checkpoint(Callback):
@@ -312,14 +312,18 @@ class Checkpoint(Callback):
         # Under torch.distributed the ranks would have to agree on the step to stop at: not yet.
         if threading.current_thread() is not threading.main_thread() or self._monitor.world_size > 1:
             return
-        for number in _PREEMPTION_SIGNALS:
+        for number in preemption.SIGNALS:
             if signal.getsignal(number) is signal.SIG_DFL:  # never take a signal the program handles itself
                 self._handlers[number] = signal.signal(number, self._note_signal)
+        preemption.caught = preemption.caught or bool(self._handlers)  # loaders' workers leave them to us
 
     def _note_signal(self, number: int, frame: Any) -> None:
         self._stop_signal = number
 
+
     def _release_signals(self) -> None:
+        if self._handlers:
+            preemption.caught = False
         for number, previous in self._handlers.items():
             signal.signal(number, previous)
         self._handlers.clear()
@@ -381,6 +385,7 @@ class Checkpoint(Callback):
         self._metric_value, self._epoch_done = state["metric"], state["epoch_done"]
         self._last_saved = list(state["last_saved"]) if state["last_saved"] is not None else None
         self._claimed = False
+
 
 
 
