@@ -340,3 +340,33 @@ def test_a_gan_s_optimizer_outside_the_model_is_reported_and_a_read_only_folder_
     monitor = Monitor([Checkpoint(tmp_path / "ro", every_steps=500, scheduler=parts.scheduler)], sink=NullSink())
     with pytest.raises(CheckpointWriteError, match=r"directory .*ro cannot hold checkpoints: .*Read-only file system"):
         monitor.train_start(parts.model, parts.optimizer)  # not 500 steps later, at the first save
+
+
+_INITIALIZED = []  # in a DataLoader worker: what the loader's own worker_init_fn did
+
+
+def _own_init(worker_id: int) -> None:
+    _INITIALIZED.append(worker_id)
+
+
+class _WhatWorkersSee(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import signal
+        return torch.tensor([signal.getsignal(signal.SIGTERM) is signal.SIG_IGN,
+                             signal.getsignal(signal.SIGUSR1) is signal.SIG_IGN, _INITIALIZED == [0]])
+
+
+def test_loader_workers_ignore_the_stop_signals_while_a_checkpoint_catches_them_and_keep_their_own_init(
+        tmp_path):
+    loader = torch.utils.data.DataLoader(_WhatWorkersSee(), batch_size=4, num_workers=1, worker_init_fn=_own_init)
+    plain = torch.utils.data.DataLoader(_WhatWorkersSee(), batch_size=4, num_workers=1)
+    with Monitor([Checkpoint(tmp_path, resume=True)], sink=NullSink()) as monitor:
+        monitor.train_start(torch.nn.Linear(2, 2))
+        for _ in monitor.epochs(1):
+            (seen,) = list(monitor.batches(loader))
+        assert seen.all()  # both ignored, and the loader's own worker_init_fn ran
+    (outside,) = list(plain)  # a loader not iterated through monitor.batches is left as it was
+    assert not outside[:, :2].any()
