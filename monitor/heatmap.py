@@ -44,6 +44,7 @@ class Grid:
         self.xs: list[float] = []  # each column's first x
         self.counts: list[int] = []  # steps in each column
         self.nonfinite = 0
+        self._latest_x = -math.inf
         # Per column: the lowest and highest value of each row, and the x of each (NaN: none yet).
         self._columns: list[list[np.ndarray]] = []  # [low y, low x, high y, high x]
         self._ends = np.full((4, 0), np.nan)  # per row: first x, first y, latest x, latest y
@@ -68,7 +69,14 @@ class Grid:
         return self._points_at(2)
 
     def add(self, x: float, values: Mapping[str, float | None]) -> None:
-        """Takes in one step: a value (None where not finite) for some or all traces."""
+        """Takes in one step: a value (None where not finite) for some or all traces.
+
+        A step at the latest step's x joins its column; one before it is left out, as a line
+        window refuses it.
+        """
+        if x < self._latest_x:
+            return
+        again, self._latest_x = x == self._latest_x, x
         names = tuple(values)
         if names != self._names:
             self._names, self._rows = names, np.fromiter(map(self._row, names), dtype=np.intp, count=len(names))
@@ -77,7 +85,7 @@ class Grid:
         if not finite.all():
             self.nonfinite += len(ys) - int(np.count_nonzero(finite))
             rows, ys = rows[finite], ys[finite]
-        if not self.counts or self.counts[-1] >= self.width:
+        if not self.counts or self.counts[-1] >= self.width and not again:
             self.xs.append(x)
             self._columns.append([np.full(self._ends.shape[1], np.nan) for _ in range(4)])
             self.counts.append(0)

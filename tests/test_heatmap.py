@@ -120,3 +120,12 @@ def test_a_deep_model_s_heatmap_on_the_dashboard_equals_a_replay_of_its_run_log(
 def test_grad_norms_name_a_bad_form():
     with pytest.raises(ValueError, match="form must be 'auto' or 'lines' or 'heatmap', got 'bars'"):
         GradNorms(form="bars")
+
+
+def test_steps_at_one_x_share_a_column_and_a_step_before_the_latest_is_left_out():
+    # A loop that logs grad norms at each micro-batch of an accumulated step, with the step's number.
+    grid = Grid()
+    for x, values in [(1, {"a": 1.0}), (2, {"a": 4.0}), (2, {"a": 0.5}), (3, {"a": 2.0}), (2, {"a": 99.0})]:
+        grid.add(x, values)
+    assert grid.xs == [1, 2, 3]
+    assert grid.points("a") == ([1, 2, 2, 3], [1.0, 0.5, 4.0, 2.0])  # step 2's lowest and highest
