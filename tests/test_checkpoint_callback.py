@@ -370,3 +370,31 @@ def test_loader_workers_ignore_the_stop_signals_while_a_checkpoint_catches_them_
         assert seen.all()  # both ignored, and the loader's own worker_init_fn ran
     (outside,) = list(plain)  # a loader not iterated through monitor.batches is left as it was
     assert not outside[:, :2].any()
+
+
+def _two_schedulers() -> tuple[torch.nn.Module, torch.optim.Optimizer, list]:
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=3)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=0)
+    return model, optimizer, [warmup, plateau]
+
+
+def test_a_list_of_schedulers_is_saved_and_each_restored_to_its_own(tmp_path):
+    model, optimizer, schedulers = _two_schedulers()
+    with Monitor([Checkpoint(tmp_path, scheduler=schedulers)], sink=NullSink()) as monitor:
+        monitor.train_start(model, optimizer)
+        for step in range(5):
+            optimizer.step()
+            schedulers[0].step()
+            schedulers[1].step(1.0 + step)  # a rising validation loss: the plateau cuts the rate
+            monitor.step_end(loss=torch.tensor(1.0))
+    assert schedulers[1].num_bad_epochs == 0 and optimizer.param_groups[0]["lr"] < 0.5
+
+    model, optimizer, again = _two_schedulers()
+    resume(tmp_path, model, optimizer, again)
+    assert [s.state_dict() for s in again] == [s.state_dict() for s in schedulers]
+    with pytest.raises(ValueError, match=r"scheduler must be the schedulers .* holds \(0, 1\), got a, b"):
+        resume(tmp_path, model, optimizer, {"a": again[0], "b": again[1]})
+    with pytest.raises(TypeError, match=r"scheduler\['1'\] must have state_dict\(\)/load_state_dict\(\), got int"):
+        Checkpoint(tmp_path, scheduler=[again[0], 3])

@@ -17,7 +17,7 @@ from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
 from monitor.checkpoint.folder import (LOCK, checkpoint_name, claim, is_finished, mark_finished, mark_kept,
                                        prune, retain, set_aside, write_manifest)
-from monitor.checkpoint.resume import ResumePoint, find_start, restore_parts
+from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers, restore_parts
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
 from monitor.log import Log
@@ -41,7 +41,8 @@ class Checkpoint(Callback):
     default "min" for a loss or an error, by its name, else "max"), read from the metrics the
     loop passes at ``metric_from``: "validation", "step" (where "loss" is the step's loss) or
     "epoch"; a checkpoint gets the value measured since the one before it, if any.
-    ``extras()`` returns the user's own tensors and primitives to keep. A folder belongs to one run: a fresh run refuses a folder that holds
+    ``scheduler`` is one lr scheduler or several (a list, a warm-up's and a plateau's, or a dict
+    by name). ``extras()`` returns the user's own tensors and primitives to keep. A folder belongs to one run: a fresh run refuses a folder that holds
     another run's checkpoints instead of mixing with or deleting them.
 
     ``resume=True`` makes a re-run of the same command continue: the Monitor rewinds the run
@@ -88,7 +89,10 @@ class Checkpoint(Callback):
             mode = best_mode(metric)
         self.mode = one_of("mode", mode or "min", ("min", "max"))
         self.metric_from = one_of("metric_from", metric_from, ("validation", "step", "epoch"))
-        for name, part in (("scheduler", scheduler), ("scaler", scaler)):
+        scheduler = named_schedulers(scheduler)
+        several = scheduler.items() if isinstance(scheduler, Mapping) else ()
+        for name, part in [("scheduler", None if several else scheduler),
+                           *((f"scheduler[{key!r}]", one) for key, one in several), ("scaler", scaler)]:
             if part is not None and not callable(getattr(part, "state_dict", None)):
                 raise TypeError(f"{name} must have state_dict()/load_state_dict(), got {type(part).__name__}")
         if extras is not None and not callable(extras):

@@ -10,8 +10,8 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
                 monitor.batches calls gave them, 0 for the first, None as for batches_drawn), and
                 the random state its epoch's batches were drawn from ({"torch", "loader"}; None if unknown)
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
-    optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) are a
-                dict of their state_dicts by name
+    optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) or
+                schedulers (a warm-up's and a plateau's) are a dict of their state_dicts by name
     classes     the class names of model, optimizer, scheduler, scaler (for people and checks)
     rng         monitor.checkpoint.rng.capture_rng(): Python, NumPy, torch CPU and every CUDA device; under
                 torch.distributed rank 0's, plus ``ranks``: every rank's, by rank (restored per rank)
@@ -100,7 +100,7 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
                  **{key: loop.get(key) for key in ("order_rng", "batches_drawn", "batches_call")}},
         "model": model.state_dict(),
         "optimizer": _state_of(optimizer),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scheduler": _state_of(scheduler),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "classes": {name: _class_of(part) for name, part in parts.items()},
         "rng": dict(rng), "callbacks": dict(callbacks or {}),
@@ -112,10 +112,10 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
     return checkpoint
 
 
-def _state_of(optimizer: Any) -> Any:
-    if isinstance(optimizer, Mapping):
-        return {name: o.state_dict() for name, o in optimizer.items()}
-    return optimizer.state_dict() if optimizer is not None else None
+def _state_of(part: Any) -> Any:
+    if isinstance(part, Mapping):  # several optimizers or schedulers, by name
+        return {name: one.state_dict() for name, one in part.items()}
+    return part.state_dict() if part is not None else None
 
 
 def _class_of(part: Any) -> Any:

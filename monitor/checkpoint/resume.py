@@ -127,18 +127,29 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
     return point, checkpoint
 
 
+def named_schedulers(scheduler: Any) -> Any:
+    """Several schedulers (a list, as a warm-up's and a plateau's, or a mapping) as names to
+    schedulers, a list's named by position; one, or a list of one, as itself (saved unnamed)."""
+    if isinstance(scheduler, (list, tuple)):
+        scheduler = dict(enumerate(scheduler))
+    if isinstance(scheduler, Mapping):
+        named = {str(name): one for name, one in scheduler.items()}
+        return next(iter(named.values())) if len(named) == 1 else named
+    return scheduler
+
+
 def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module, optimizer: Any = None,
                   scheduler: Any = None, scaler: Any = None, *, strict: bool = True, stacklevel: int = 2) -> None:
     """Loads ``checkpoint`` (read from ``path``) into the parts given, and this rank's random state."""
-    parts = {"optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    parts = {"optimizer": optimizer, "scheduler": named_schedulers(scheduler), "scaler": scaler}
     if isinstance(optimizer, Mapping) and len(optimizer) == 1 and not isinstance(checkpoint["classes"].get("optimizer"), dict):
         parts["optimizer"] = next(iter(optimizer.values()))  # one optimizer, saved as one
-    if isinstance(parts["optimizer"], Mapping):
-        saved = checkpoint["classes"].get("optimizer")
-        if not isinstance(saved, dict) or set(saved) != set(parts["optimizer"]):
-            held = ", ".join(saved) if isinstance(saved, dict) else f"one {saved}, not named"
-            raise ValueError(f"optimizer must be the optimizers {path} holds ({held}), "
-                             f"got {', '.join(parts['optimizer'])}")
+    for name in ("optimizer", "scheduler"):
+        if isinstance(parts[name], Mapping):
+            saved = checkpoint["classes"].get(name)
+            if not isinstance(saved, dict) or set(saved) != set(parts[name]):
+                held = ", ".join(saved) if isinstance(saved, dict) else f"one {saved}, not named"
+                raise ValueError(f"{name} must be the {name}s {path} holds ({held}), got {', '.join(parts[name])}")
     for name, part in parts.items():
         saved_class = checkpoint["classes"].get(name)
         if isinstance(part, Mapping):
