@@ -15,7 +15,8 @@ dropped. Then every generator is put back to where the checkpoint left it. Not e
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping
+import logging
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -23,6 +24,8 @@ from monitor.preemption import shield_workers
 
 if TYPE_CHECKING:
     from monitor.core import Monitor
+
+_log = logging.getLogger("monitor")
 
 
 class Resumable:
@@ -33,14 +36,16 @@ class Resumable:
         self.skip = 0                             # batches of the first epoch done before the checkpoint
         self.skip_epoch = 0                       # that epoch
         self.skip_call = 0                        # ... and which of its monitor.batches calls gave them
+        self.skip_of: tuple[int | None, int | None] | None = None  # ... from a loader of (samples, batch size)
         self.calls = 0                            # monitor.batches calls made this epoch
         # (batches given, the random state they were drawn from: torch's CPU state and the loader's
-        # own generator's as the iteration began, which call of the epoch it is) of the
+        # own generator's as the iteration began, which call of the epoch it is, the loader's
+        # samples and batch size) of the
         # monitor.batches generator that yielded last, and as it was at the latest step_end: what a
         # checkpoint keeps (None: monitor.batches not used this epoch). A validation loader's
         # generator in between, or a save at validation_end, leaves it be.
-        self.drawn: tuple[int, dict[str, torch.Tensor | None], int] | None = None
-        self.drawn_at_step: tuple[int, dict[str, torch.Tensor | None], int] | None = None
+        self.drawn: tuple[int, dict[str, torch.Tensor | None], int, tuple] | None = None
+        self.drawn_at_step: tuple[int, dict[str, torch.Tensor | None], int, tuple] | None = None
         self.order_rng: dict[str, torch.Tensor | None] | None = None  # the interrupted epoch's, to resume
         self.rng: Mapping[str, Any] | None = None  # every generator, as the checkpoint left it
 
@@ -59,6 +64,9 @@ class Resumable:
         skip, rng = (self.skip, self.rng) if (epoch, call) == (self.skip_epoch, self.skip_call) else (0, None)
         if skip:
             self.skip, self.rng = 0, None
+        shape = _shape(loader)
+        if skip and self.skip_of is not None and tuple(self.skip_of) != shape:
+            skip = _skip_in(loader, skip, tuple(self.skip_of), shape)
         drawn = skip
         resuming = skip > 0
         for part in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
@@ -92,7 +100,7 @@ class Resumable:
                 state.data_wait = None
                 return
             drawn += 1
-            self.drawn = (drawn, order, call)
+            self.drawn = (drawn, order, call, shape)
             yield batch
 
     def new_epoch(self) -> None:
@@ -100,13 +108,43 @@ class Resumable:
         self.calls = 0
 
     def state_dict(self) -> dict[str, Any]:
-        drawn, order, call = self.drawn_at_step or (None, None, None)
-        return {"order_rng": order, "batches_drawn": drawn, "batches_call": call}
+        drawn, order, call, shape = self.drawn_at_step or (None, None, None, None)
+        return {"order_rng": order, "batches_drawn": drawn, "batches_call": call,
+                "batches_of": None if shape is None else list(shape)}
 
     def continue_from(self, epoch: int, skip: int, order_rng: dict[str, torch.Tensor | None] | None,
-                      rng: Mapping[str, Any] | None, call: int | None = None) -> None:
+                      rng: Mapping[str, Any] | None, call: int | None = None,
+                      batches_of: Sequence[int | None] | None = None) -> None:
         self.first_epoch, self.skip, self.order_rng, self.rng = epoch, skip, order_rng, rng
-        self.skip_epoch, self.skip_call = epoch, call or 0
+        self.skip_epoch, self.skip_call, self.skip_of = epoch, call or 0, batches_of
+
+
+def _shape(loader: Iterable) -> tuple[int | None, int | None]:
+    """(samples in the loader's dataset, its batch size), each None where the loader does not say."""
+    try:
+        samples = len(loader.dataset)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        samples = None
+    size = getattr(loader, "batch_size", None) or getattr(getattr(loader, "batch_sampler", None), "batch_size", None)
+    return samples, size if isinstance(size, int) else None
+
+
+def _skip_in(loader: Iterable, skip: int, then: tuple, now: tuple) -> int:
+    """The batches of ``loader`` (samples, batch size: ``now``) to skip for ``skip`` batches of a
+    loader of ``then``: by samples where only the batch size changed (the order of the samples
+    is drawn the same), else as many batches as before, the order no longer the interrupted one's."""
+    (samples, size), (samples_now, size_now) = then, now
+    if samples == samples_now and size and size_now:
+        done = min(skip * size, samples)
+        batches = done // size_now
+        _log.warning("monitor: the resumed epoch's loader has batches of %d, the interrupted one's had %d: "
+                     "it goes on after the %d samples done (%d batches now%s)", size_now, size, done, batches,
+                     f"; {done - batches * size_now} of them are trained again" if done % size_now else "")
+        return batches
+    _log.warning("monitor: the resumed epoch's loader holds %s samples in batches of %s, the interrupted one's "
+                 "held %s in batches of %s: it skips the %d batches done as before, but its order is not the "
+                 "interrupted one's", samples_now, size_now, samples, size, skip)
+    return skip
 
 
 _END = object()

@@ -168,6 +168,22 @@ def test_sigterm_to_the_job_s_process_group_with_loader_workers_saves_and_requeu
     assert read_env(visdom_server, job.env) == straight["shuffle"][1]
 
 
+def test_a_run_resumed_with_another_batch_size_goes_on_after_the_samples_done(visdom_server, tmp_path):
+    # Out of memory at 16 a batch: the user halves it and runs again; the epoch's order is the same.
+    job = Job(visdom_server, tmp_path, "halved")
+    process = job.start()
+    _wait_for_step(process, 7)  # the second epoch's first step (6 batches of 16 an epoch)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    saved = max(int(p.stem.split("-")[1]) for p in (job.folder / "ckpt").glob("step-*.pt"))
+    done = (saved - 6) * 16  # of the second epoch's samples
+    rerun = subprocess.run([*job.command, "--batch", "8"], capture_output=True, text=True, timeout=180)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"the resumed epoch's loader has batches of 8, the interrupted one's had 16: it goes on after the " \
+           f"{done} samples done ({done // 8} batches now)" in rerun.stderr
+    assert len(_steps(rerun.stdout)) == (96 - done) // 8 + 2 * 12  # the epoch's rest, then two of 12 batches
+
+
 def test_a_finished_run_rerun_starts_fresh_and_keeps_the_earlier_run(visdom_server, read_env, tmp_path,
                                                                       straight):
     job = Job(visdom_server, tmp_path, "finished")

@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import torch
 
-from monitor.checkpoint.file import load_checkpoint
+from monitor.checkpoint.file import RESUME_KEYS, load_checkpoint
 from monitor.models import unwrap_model
 from monitor.checkpoint.folder import find_checkpoint
 from monitor.core import Monitor
@@ -121,7 +121,7 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
         env=run["env"], run_id=run["run_id"], runlog_position=run["runlog_position"],
         extras=checkpoint["extras"],
         monitor_state={"step": loop["step"], "epoch": loop["epoch"], "batch": loop["batch"], "epoch_done": done,
-                       **{key: loop.get(key) for key in ("order_rng", "batches_drawn", "batches_call")},
+                       **{key: loop.get(key) for key in RESUME_KEYS},
                        "rng": rng_of_rank(checkpoint["rng"], *rank_and_world_size()),
                        "callbacks": checkpoint["callbacks"]})
     return point, checkpoint
