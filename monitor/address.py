@@ -26,21 +26,25 @@ def resolve_address(server: str | None = None, port: int | str | None = None,
     an http(s) URL or a port that is not an int (its range is the caller's to check).
     """
     given = server
+    server_from = "server" if server else "$VISDOM_SERVER_URL"
     server = server or os.environ.get("VISDOM_SERVER_URL") or DEFAULT_SERVER
     parsed = urlparse(server if "://" in server else f"http://{server}")
     try:
         url_port = parsed.port
     except ValueError:
         url_port = -1
-    if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1:
-        raise ValueError(f"server must be a URL like http://127.0.0.1, got {server!r}")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1 or \
+            "://" not in server and (parsed.path or parsed.query):  # "htp:/x": a scheme misspelt, not a host
+        raise ValueError(f"{server_from} must be a URL like http://127.0.0.1, got {server!r}")
+    port_from = "port"
     if port is None:
         port = (url_port if given else None) or os.environ.get("VISDOM_PORT") or url_port or default_port
+        port_from = "$VISDOM_PORT" if port == os.environ.get("VISDOM_PORT") else "port"
     if isinstance(port, bool):
-        raise ValueError(f"port must be an int, got {port!r}")
+        raise ValueError(f"{port_from} must be an int, got {port!r}")
     try:
         port = int(port)
     except (TypeError, ValueError):
-        raise ValueError(f"port must be an int, got {port!r}") from None
+        raise ValueError(f"{port_from} must be an int, got {port!r}") from None
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     return f"{parsed.scheme}://{host}", port

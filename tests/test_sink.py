@@ -458,8 +458,16 @@ def test_connection_settings_come_from_arguments_before_environment_variables(mo
         Connection(port=0)
     with pytest.raises(ValueError, match=r"server must be a URL like http://127.0.0.1, got 'ftp://x'"):
         Connection("ftp://x")
+    with pytest.raises(ValueError, match=r"server must be a URL like http://127.0.0.1, got 'htp:/x'"):
+        Connection("htp:/x")  # a misspelt scheme, not a host named htp
     with pytest.raises(ValueError, match=r"timeout must be a number of seconds > 0, got 0"):
         Connection(timeout=0)
+    monkeypatch.setenv("VISDOM_PORT", "80x")
+    with pytest.raises(ValueError, match=r"\$VISDOM_PORT must be an int, got '80x'"):
+        Connection()
+    monkeypatch.setenv("VISDOM_SERVER_URL", "ftp://y")
+    with pytest.raises(ValueError, match=r"\$VISDOM_SERVER_URL must be a URL like http://127.0.0.1, got 'ftp://y'"):
+        Connection()
 
 
 def test_a_sink_finds_its_server_through_environment_variables(
