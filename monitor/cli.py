@@ -66,7 +66,7 @@ def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs:
     try:
         _, port = resolve_address(port=port)
     except ValueError as exc:
-        raise click.UsageError(f"{exc} (from $VISDOM_PORT / $VISDOM_SERVER_URL)") from None
+        raise click.UsageError(str(exc)) from None  # names $VISDOM_PORT or $VISDOM_SERVER_URL
     if not 0 <= port <= 65535:
         raise click.UsageError(f"port must be in 0..65535, got {port} (from $VISDOM_PORT / $VISDOM_SERVER_URL)")
     _log_progress()
