@@ -294,7 +294,10 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
         if not equals or not name:
             raise click.BadParameter(f"must be NAME=VALUE, got {condition!r}", param_hint="--where")
         conditions[name] = value
-    every = listed(directory)
+    unreadable: list[str] = []
+    every = listed(directory, unreadable)
+    for message in unreadable:
+        click.echo(f"monitor: left out {message}", err=True)
     if sort is not None and every:
         try:
             check_metric(every, sort, "sort")

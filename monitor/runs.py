@@ -74,15 +74,18 @@ def check_metric(runs: list[Run], metric: str, argument: str = "metric") -> str:
     return metric
 
 
-def listed(root: str | os.PathLike = "runs") -> list[Run]:
+def listed(root: str | os.PathLike = "runs", unreadable: list[str] | None = None) -> list[Run]:
     """Every run under ``root``: each folder with a run log (the earlier runs set aside in a
-    folder's ``earlier/`` are not listed; :func:`described` reads one given its log)."""
+    folder's ``earlier/`` are not listed; :func:`described` reads one given its log). A log that
+    cannot be read is left out and, given ``unreadable``, said there (one torn at its first
+    line is no run yet)."""
     runs = []
     for path in sorted(Path(root).rglob(RunLog.FILENAME)):
         try:
             runs.append(described(path.parent))
-        except (OSError, ValueError, KeyError):
-            continue  # a log torn at its first line: not a run yet
+        except (OSError, ValueError, KeyError) as error:
+            if unreadable is not None and not str(error).endswith("has no run header"):
+                unreadable.append(f"{path.parent}: {type(error).__name__}: {error}")
     return runs
 
 

@@ -319,3 +319,18 @@ def test_list_shows_the_sorted_metric_and_what_a_crash_raised_and_refuses_an_unk
     assert any("crashed: RuntimeError: the data ran out" in row for row in rows)
     bad = CliRunner().invoke(main, ["runs", "list", str(three_runs), "--sort", "bogus"])
     assert bad.exit_code == 2 and "must be one of the runs' metrics" in bad.output
+
+
+def test_list_says_which_run_log_it_could_not_read_instead_of_hiding_it(three_runs, tmp_path):
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(three_runs / "good", root / "good")
+    shutil.copytree(three_runs / "good", root / "damaged")
+    log = root / "damaged" / RunLog.FILENAME
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:3] + [b"{not json\n"] + lines[3:]))  # a line in the middle, not torn
+    done = CliRunner().invoke(main, ["runs", "list", str(root)])
+    assert done.exit_code == 0 and len(done.stdout.splitlines()) == 2  # the head and the good run
+    assert f"monitor: left out {root / 'damaged'}: ValueError: run log {log} line 4 is not a JSON entry" \
+        in done.stderr
