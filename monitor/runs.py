@@ -176,6 +176,9 @@ def labels(runs: list[Run]) -> tuple[list[str], list[str]]:
     named = [",".join(f"{k}={run.hparams[k]}" for k in differing if k in run.hparams) or run.env for run in runs]
     if len(set(named)) < len(named):
         named = [f"{run.env}:{name}" if name != run.env else name for run, name in zip(runs, named)]
+    if len(set(named)) < len(named):  # one env in two places (runs/a/x, runs/b/x): the logs' paths tell them apart
+        common = Path(os.path.commonpath([run.log.parent for run in runs]))
+        named = [run.log.relative_to(common).with_suffix("").as_posix() for run in runs]
     return named, differing
 
 
@@ -222,12 +225,32 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
                    {"k": "text", "win": "runs", "x": 0, "html": html}])
     sender = Connection(**connection)
     try:
+        _empty_for_comparison(sender, env)
         for window in windows.changed():
             for message in window.messages(env):
                 sender.post(*message)
     finally:
         sender.close()
     return env
+
+
+def _empty_for_comparison(sender: Any, env: str) -> None:
+    """Deletes an earlier comparison in ``env`` (its windows would stay beside the new ones);
+    an env holding anything else is refused, not emptied."""
+    from monitor.connection import DashboardError
+
+    try:
+        held = json.loads(sender.post("win_data", {"win": None, "eid": env}))
+    except (DashboardError, ValueError):  # no such env: Visdom answers an error page
+        return
+    if held and "runs" not in held:
+        raise ValueError(f"into must be a new env or an earlier comparison's, got {env!r}, which holds "
+                         f"{len(held)} other windows")
+    if held:
+        try:
+            sender.post("delete_env", {"eid": env})
+        except DashboardError:  # Visdom answers an error for an env it never saved, even as it drops it
+            pass
 
 
 def remove(run: Run, dashboard: bool = True, **connection: Any) -> bool:

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from monitor import GradNorms, Monitor, Scalars
 from monitor.cli import main
 from monitor.runlog import RunLog
-from monitor.runs import exported, listed, selected
+from monitor.runs import described, exported, listed, selected
 from helpers.monitors import small_model, train
 
 
@@ -334,3 +334,34 @@ def test_list_says_which_run_log_it_could_not_read_instead_of_hiding_it(three_ru
     assert done.exit_code == 0 and len(done.stdout.splitlines()) == 2  # the head and the good run
     assert f"monitor: left out {root / 'damaged'}: ValueError: run log {log} line 4 is not a JSON entry" \
         in done.stderr
+
+
+def test_compare_again_into_an_env_replaces_the_earlier_comparison_and_refuses_a_run_s_env(
+        three_runs, fresh_server, visdom_server, read_window, tmp_path):
+    root = three_runs
+    port = ["--port", str(fresh_server.port)]
+    first = CliRunner().invoke(main, ["runs", "compare", str(root / "good"), str(root / "broken"), "--into", "again",
+                                      *port])
+    assert first.exit_code == 0, first.output
+    assert read_window(fresh_server, "again", "accuracy")  # both logged accuracy
+    second = CliRunner().invoke(main, ["runs", "compare", str(root / "good"), str(root / "killed"), "--into", "again",
+                                       *port])
+    assert second.exit_code == 0, second.output
+    with pytest.raises(LookupError):  # the earlier comparison's window is gone
+        read_window(fresh_server, "again", "accuracy")
+    assert {trace.split("/")[0] for trace in read_window(fresh_server, "again", "loss")} == {"good", "killed"}
+    refused = CliRunner().invoke(main, ["runs", "compare", str(root / "good"), str(root / "broken"), "--into", "good",
+                                        "--port", str(visdom_server.port)])  # the live run's own env
+    assert refused.exit_code != 0 and "into must be a new env or an earlier comparison's, got 'good'" in refused.output
+    assert read_window(visdom_server, "good", "loss")  # untouched
+
+
+def test_compare_tells_apart_two_runs_of_one_env_in_two_folders(three_runs, tmp_path):
+    import shutil
+
+    from monitor.runs import labels
+
+    for place in ("a", "b"):
+        shutil.copytree(three_runs / "good", tmp_path / place / "good")
+    named, _ = labels([described(tmp_path / place / "good") for place in ("a", "b")])
+    assert named == ["a/good/runlog", "b/good/runlog"]
