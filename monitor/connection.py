@@ -145,15 +145,25 @@ def answers(url: str, timeout: float = 1.0) -> bool:
 
     Never through an HTTP proxy: the dashboard is usually on this machine.
     """
+    return _page(url, timeout) is not None
+
+
+def is_visdom(url: str, timeout: float = 1.0) -> bool:
+    """Whether what answers at ``url`` is a Visdom server: its page (or its login page) says so."""
+    page = _page(url, timeout)
+    return page is not None and b"visdom" in page.lower()
+
+
+def _page(url: str, timeout: float) -> bytes | None:
+    """The start of the answer to a GET of ``url`` (any status), or None where nothing answers."""
     connection = _http(url, timeout)
     try:
         connection.request("GET", urlsplit(url).path or "/")
-        connection.getresponse()
+        return connection.getresponse().read(1 << 16)
     except (OSError, http.client.HTTPException):
-        return False
+        return None
     finally:
         connection.close()
-    return True
 
 
 def _http(url: str, timeout: float) -> http.client.HTTPConnection:

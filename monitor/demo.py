@@ -20,7 +20,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from monitor.address import resolve_address
-from monitor.connection import answers
+from monitor.connection import answers, is_visdom
 
 __all__ = ["DEMO_ENV", "DemoError", "EXAMPLES", "run_demo"]
 
@@ -59,6 +59,9 @@ def run_demo(server: str | None = None, port: int | None = None, *, env: str = D
                             f"to start one, got nothing answering at {base}:{port}")
         local = VisdomServer(port=port, host=host, env_path=env_path)
         base, port = f"http://{host}", local.port
+    elif not is_visdom(f"{base}:{port}", timeout=2.0):
+        raise DemoError(f"server must be a Visdom server, got something else answering at {base}:{port}: "
+                        f"give the demo another --port")
     url = f"{base}:{port}/env/{env}"
     echo(f"Dashboard: {url}")
     try:

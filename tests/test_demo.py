@@ -91,6 +91,23 @@ def test_run_demo_checks_its_address_at_the_door() -> None:
         run_demo(port=70000)
 
 
+def test_the_demo_refuses_a_server_that_is_not_visdom(tmp_path) -> None:
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # another tool's page on that port
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(DemoError, match=r"server must be a Visdom server, got something else answering at "
+                                            rf"http://127.0.0.1:{other.server_port}"):
+            run_demo(port=other.server_port, echo=lambda line: None)
+    finally:
+        other.shutdown()
+        other.server_close()
+
+
 def test_make_demo_runs_monitor_demo() -> None:
     makefile = (Path(__file__).resolve().parent.parent / "Makefile").read_text()
     recipe = re.search(r"^demo:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE).group(1)
