@@ -156,7 +156,7 @@ def assets(static_dir: Path | None, no_visdom_download: bool) -> None:
 
 
 class _ListsByDefault(click.Group):
-    """`monitor checkpoints DIR` means `monitor checkpoints list DIR`."""
+    """`monitor checkpoints DIR` means `monitor checkpoints list DIR` (and `monitor runs DIR`, `runs list DIR`)."""
 
     def resolve_command(self, ctx: click.Context, args: list[str]):
         if args and args[0] not in self.commands and not args[0].startswith("-"):
@@ -265,10 +265,10 @@ def profile_command(run_dir: Path, top: int) -> None:
                                f"the Profile callback writes when its last step ends")
 
 
-@main.group(invoke_without_command=True)
+@main.group(cls=_ListsByDefault, invoke_without_command=True)
 @click.pass_context
 def runs(context: click.Context) -> None:
-    """The runs on disk: list them (the default, for runs/), export a run's points."""
+    """The runs on disk: list them (the default: `monitor runs [DIR]`), export a run's points."""
     if context.invoked_subcommand is None:
         context.invoke(runs_list)
 

@@ -317,6 +317,8 @@ def test_list_shows_the_sorted_metric_and_what_a_crash_raised_and_refuses_an_unk
     head, *rows = done.output.splitlines()
     assert re.split(r"\s{2,}", head)[6] == "accuracy/train last (best)"  # the sorted-by metric is shown first
     assert any("crashed: RuntimeError: the data ran out" in row for row in rows)
+    short = CliRunner().invoke(main, ["runs", str(three_runs), "--sort", "accuracy/train"])  # list, by default
+    assert short.exit_code == 0 and short.output == done.output
     bad = CliRunner().invoke(main, ["runs", "list", str(three_runs), "--sort", "bogus"])
     assert bad.exit_code == 2 and "must be one of the runs' metrics" in bad.output
 
