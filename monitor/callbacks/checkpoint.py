@@ -42,8 +42,9 @@ class Checkpoint(Callback):
     loop passes at ``metric_from``: "validation", "step" (where "loss" is the step's loss) or
     "epoch"; a checkpoint gets the value measured since the one before it, if any.
     ``scheduler`` is one lr scheduler or several (a list, a warm-up's and a plateau's, or a dict
-    by name). ``extras()`` returns the user's own tensors and primitives to keep. A folder belongs to one run: a fresh run refuses a folder that holds
-    another run's checkpoints instead of mixing with or deleting them.
+    by name). ``extras()`` returns the user's own tensors and primitives to keep. A folder
+    belongs to one run: a fresh run refuses a folder that holds another run's checkpoints
+    instead of mixing with or deleting them.
 
     ``resume=True`` makes a re-run of the same command continue: the Monitor rewinds the run
     log to the latest checkpoint, ``train_start`` restores the model, optimizer, ``scheduler``,
