@@ -278,13 +278,16 @@ def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums) -> list
     return [u / w if w else (math.inf if u else math.nan) for u, w in ratios]
 
 
+_IN_PYTHON_UP_TO = 24  # norms: fewer are added up faster one layer at a time (1.2 us for 8, against 3.6)
+
+
 class LayerSums:
     """Each layer's L2 norm, then the total, from the norms of its parameters (on the sink's worker).
 
         LayerSums(((0, 1), (2,)))([3.0, 4.0, 12.0])   # [5.0, 12.0, 13.0]
 
-    ``groups`` holds each layer's positions among the norms. In arrays: for a 161-layer model a
-    fifth of the Python a layer at a time took, time that a Python-heavy loop shares with the worker.
+    ``groups`` holds each layer's positions among the norms. In arrays beyond a few layers: for a
+    161-layer model 10 us against 34 a layer at a time, time a Python-heavy loop shares with the worker.
     """
 
     def __init__(self, groups: tuple[tuple[int, ...], ...]) -> None:
@@ -294,6 +297,8 @@ class LayerSums:
             self._layer[list(group)] = layer
 
     def __call__(self, norms: list[float]) -> list[float]:
+        if len(norms) <= _IN_PYTHON_UP_TO:
+            return self._one_by_one(norms)
         with np.errstate(over="ignore"):
             squares = np.square(np.array(norms, dtype=np.float64))
         total = math.sqrt(squares.sum())
