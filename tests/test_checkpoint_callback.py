@@ -398,3 +398,11 @@ def test_a_list_of_schedulers_is_saved_and_each_restored_to_its_own(tmp_path):
         resume(tmp_path, model, optimizer, {"a": again[0], "b": again[1]})
     with pytest.raises(TypeError, match=r"scheduler\['1'\] must have state_dict\(\)/load_state_dict\(\), got int"):
         Checkpoint(tmp_path, scheduler=[again[0], 3])
+
+
+def test_extend_needs_resume_and_not_fresh(tmp_path):
+    with pytest.raises(ValueError, match=r"extend continues a finished run: it needs resume=True and not fresh, "
+                                         r"got resume=False, fresh=False"):
+        Checkpoint(tmp_path, extend=True)
+    with pytest.raises(ValueError, match=r"got resume=True, fresh=True"):
+        Checkpoint(tmp_path, resume=True, fresh=True, extend=True)

@@ -184,6 +184,16 @@ def test_a_run_resumed_with_another_batch_size_goes_on_after_the_samples_done(vi
     assert len(_steps(rerun.stdout)) == (96 - done) // 8 + 2 * 12  # the epoch's rest, then two of 12 batches
 
 
+def test_a_finished_run_trained_further_with_extend_ends_as_a_run_that_was_never_stopped(
+        visdom_server, read_env, tmp_path, straight):
+    job = Job(visdom_server, tmp_path, "extended")
+    assert job.run("--epochs", "2") == list(range(1, 13))  # finished after 2 epochs
+    assert job.run("--epochs", "4", "--extend") == list(range(13, STEPS + 1))  # 2 more, not 4 from scratch
+    assert _same(job.weights(), straight["shuffle"][0])
+    assert read_env(visdom_server, job.env) == straight["shuffle"][1]
+    assert not (job.folder / "ckpt" / "earlier").exists()
+
+
 def test_a_finished_run_rerun_starts_fresh_and_keeps_the_earlier_run(visdom_server, read_env, tmp_path,
                                                                       straight):
     job = Job(visdom_server, tmp_path, "finished")

@@ -51,7 +51,8 @@ class Checkpoint(Callback):
     ``scaler``, every random generator and the callbacks' states, and ``monitor.epochs`` /
     ``monitor.batches`` go on from the next batch. A folder whose run finished (``train_end``
     without an exception), or ``fresh=True``, starts a new run instead: the earlier run's files
-    move to ``DIR/earlier/<run id>/``. With ``resume``, SIGTERM or SIGUSR1 (a scheduler's
+    move to ``DIR/earlier/<run id>/``. ``extend=True`` continues a finished run too: train it
+    further by raising ``monitor.epochs(n)`` and running the command again. With ``resume``, SIGTERM or SIGUSR1 (a scheduler's
     pre-emption) saves a checkpoint at the next step's end and exits with status 75
     (``REQUEUE_EXIT_STATUS``), for the job to be run again (single-process runs; a signal the
     program handles itself is left to it).
@@ -69,7 +70,7 @@ class Checkpoint(Callback):
                  at_end: bool = True, keep_last: int = 2, keep_best: int | None = None, metric: str | None = None,
                  mode: str | None = None, metric_from: str = "validation", scheduler: Any = None, scaler: Any = None,
                  extras: Callable[[], Mapping[str, Any]] | None = None, resume: bool = False,
-                 fresh: bool = False) -> None:
+                 fresh: bool = False, extend: bool = False) -> None:
         if not isinstance(directory, (str, Path)) or not str(directory):
             raise TypeError(f"directory must be a non-empty str or Path, got {directory!r}")
         self.directory = Path(directory).absolute()  # a later chdir (Hydra's) must not move it
@@ -100,6 +101,10 @@ class Checkpoint(Callback):
             raise TypeError(f"extras must be a function returning a dict, got {type(extras).__name__}")
         self.scheduler, self.scaler, self.extras = scheduler, scaler, extras
         self.resume, self.fresh = boolean("resume", resume), boolean("fresh", fresh)
+        self.extend = boolean("extend", extend)
+        if self.extend and (self.fresh or not self.resume):
+            raise ValueError(f"extend continues a finished run: it needs resume=True and not fresh, got "
+                             f"resume={self.resume}, fresh={self.fresh}")
         self.start: ResumePoint | None = None  # where a resume continues (resume or fresh only)
         self._saved: dict[str, Any] | None = None  # the checkpoint train_start restores
         self._stop_signal: int | None = None
@@ -126,7 +131,7 @@ class Checkpoint(Callback):
         if not (self.resume or self.fresh):
             return None
         on_main(self._lock_directory)  # before reading it: another live job's checkpoints are not ours to take
-        self._set_aside = on_main(lambda: self.fresh or is_finished(self.directory))
+        self._set_aside = on_main(lambda: self.fresh or is_finished(self.directory) and not self.extend)
         if self._set_aside:
             self.start, self._saved = ResumePoint(path=None), None
         else:
@@ -310,8 +315,10 @@ class Checkpoint(Callback):
 
     def _set_earlier_aside(self) -> None:
         earlier = set_aside(self.directory)
-        if earlier is not None:
-            _log.info("monitor: a new run in %s; the earlier run's checkpoints are in %s", self.directory, earlier)
+        if earlier is not None:  # said louder than info: a re-run that meant to go on starts from scratch here
+            _log.warning("monitor: a new run in %s (the earlier run %s); its checkpoints are in %s%s", self.directory,
+                         "was started afresh" if self.fresh else "had finished", earlier,
+                         "" if self.fresh else ": to train a finished run further, pass Checkpoint(extend=True)")
 
     def _catch_preemption(self) -> None:
         # Under torch.distributed the ranks would have to agree on the step to stop at: not yet.

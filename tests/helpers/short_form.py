@@ -2,7 +2,7 @@
 
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
         --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
-        [--validate-first] [--workers 2] [--batch 8]
+        [--validate-first] [--workers 2] [--batch 8] [--epochs 2] [--extend]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
 ``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
@@ -39,12 +39,12 @@ def train(options: argparse.Namespace) -> None:
     loss_fn = nn.CrossEntropyLoss()
 
     checkpoint = Checkpoint(options.checkpoints, every_steps=3, scheduler=scheduler,
-                            resume=True, fresh=options.fresh)
+                            resume=True, fresh=options.fresh, extend=options.extend)
     monitor = Monitor([Scalars(), LearningRate(), GradNorms(), checkpoint], env=options.env, port=options.port,
                       run_dir=options.run_dir, flush_every=0.05)
     with monitor:
         monitor.train_start(model, optimizer)
-        for epoch in monitor.epochs(EPOCHS):
+        for epoch in monitor.epochs(options.epochs):
             if options.validate_first:
                 model.eval()
                 with torch.no_grad():
@@ -84,4 +84,6 @@ if __name__ == "__main__":
     parser.add_argument("--validate-first", action="store_true", help="validate at each epoch's start")
     parser.add_argument("--workers", type=int, default=0, help="the shuffled loader's worker processes")
     parser.add_argument("--batch", type=int, default=BATCH, help="the shuffled loader's batch size")
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--extend", action="store_true", help="continue a finished run too")
     train(parser.parse_args())
