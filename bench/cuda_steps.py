@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 import harness
 from deep_model import SIDE, deep_model
-from overhead import WORKLOADS, Mode, Workload, make_mode
+from overhead import WORKLOADS, Mode, Workload, make_mode, plain_step
 
 DEEP = Workload("deep", lambda: deep_model(16, "conv"), (8, 16, SIDE, SIDE), (128, 1, SIDE, SIDE))
 MODELS = {**WORKLOADS, "deep": DEEP}
@@ -46,13 +45,7 @@ def block(workload: Workload, mode: Mode, steps: int, warmup: int) -> float:
             torch.cuda.synchronize()
             began = time.perf_counter()
         inputs, targets = batches[step % len(batches)]
-        loss = nn.functional.cross_entropy(model(inputs), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        mode.after_backward(step)
-        optimizer.step()
-        scheduler.step()
-        mode.step_end(step, loss, inputs.view(workload.image_shape), targets)
+        plain_step(workload, model, optimizer, scheduler, mode, step, inputs, targets)
     torch.cuda.synchronize()
     elapsed = time.perf_counter() - began
     mode.close()

@@ -49,7 +49,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -331,19 +331,25 @@ def train(workload: Workload, mode: Mode, steps: int, warmup: int, server: Visdo
             cpu_before, faults_before = _cpu(server), harness.page_faults()
         inputs, targets = batches[step % len(batches)]
         began = time.perf_counter()
-        loss = nn.functional.cross_entropy(model(inputs), targets)
-        optimizer.zero_grad()
-        loss.backward()
-        mode.after_backward(step)
-        optimizer.step()
-        scheduler.step()
-        mode.step_end(step, loss, inputs.view(workload.image_shape), targets)
+        plain_step(workload, model, optimizer, scheduler, mode, step, inputs, targets)
         times.append(time.perf_counter() - began)
     loop_end = time.perf_counter()
     cpu, faults = (_cpu(server) - cpu_before) / steps, (harness.page_faults() - faults_before) / steps
     mode.close()
     close_s = time.perf_counter() - loop_end - getattr(mode, "reading_s", 0.0)
     return Run(mode.name, times[warmup:], cpu, faults, close_s, mode.delivered())
+
+
+def plain_step(workload: Workload, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, mode: Mode,
+               step: int, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """One step of the plain loop, ``mode``'s hooks where a user puts them."""
+    loss = nn.functional.cross_entropy(model(inputs), targets)
+    optimizer.zero_grad()
+    loss.backward()
+    mode.after_backward(step)
+    optimizer.step()
+    scheduler.step()
+    mode.step_end(step, loss, inputs.view(workload.image_shape), targets)
 
 
 def _cpu(server: VisdomServer | None) -> float:
