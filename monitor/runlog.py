@@ -4,6 +4,12 @@ It is the truth the dashboard is built from: a live run, a replay, a server that
 and a resumed run all send what the log says. Entries are plain dicts (``{"k": "points",
 "win": "loss", "x": 12, "y": {"train": 0.53}}``); :mod:`monitor.entries` owns their schema.
 
+On disk, a points entry of ``WIDE`` traces or more whose traces are those of its window's last
+such entry is written as ``"v"``, the values in that order (a 161-layer model's grad norms: 3.4
+KB a step instead of 5.9, and half the worker's JSON time); :meth:`RunLog.read` gives it back
+with its ``"y"``. Each writer writes its first one of a window whole, so a log cut at any
+position (a rewind) reads back.
+
 Only the sink's worker writes it. A line torn by a crash is dropped on the next open.
 """
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # writes NaN/Infinity as Python's json does; json.loads reads them
+WIDE = 16  # traces: a points entry with as many or more names them once, then gives values alone
 
 
 class RunLog:
@@ -38,14 +45,26 @@ class RunLog:
         self._file.truncate(end)
         self._file.seek(end)
         self.position = end
+        self._traces: dict[str, tuple[str, ...]] = {}  # per window: the traces of its last wide entry written
 
     def append(self, entries: Iterable[dict[str, Any]]) -> None:
         """Writes the entries and hands them to the operating system (a crash of ours loses none)."""
-        data = "".join(_ENCODER.encode(e) + "\n" for e in entries).encode()
+        data = "".join(_ENCODER.encode(self._compact(e)) + "\n" for e in entries).encode()
         if data:
             self._file.write(data)
             self._file.flush()
             self.position += len(data)
+
+    def _compact(self, entry: dict[str, Any]) -> dict[str, Any]:
+        if entry.get("k") != "points" or len(entry["y"]) < WIDE:
+            return entry
+        traces = tuple(entry["y"])
+        if self._traces.get(entry["win"]) != traces:
+            self._traces[entry["win"]] = traces
+            return entry
+        compact = {key: value for key, value in entry.items() if key != "y"}
+        compact["v"] = list(entry["y"].values())
+        return compact
 
     def sync(self) -> int:
         """Makes what was appended durable (fsync) and returns the position."""
@@ -74,6 +93,7 @@ class RunLog:
         ValueError naming the file and the line.
         """
         done, told = 0, 0
+        traces: dict[str, tuple[str, ...]] = {}  # per window: the traces of its last wide entry
         with open(path, "rb") as file:
             for number, line in enumerate(file, 1):
                 if end is not None and done + len(line) > end:
@@ -83,9 +103,15 @@ class RunLog:
                     break  # torn by a crash
                 if line.strip():
                     try:
-                        yield json.loads(line)
-                    except ValueError as error:
+                        entry = json.loads(line)
+                        if entry.get("k") == "points":
+                            if "v" in entry:
+                                entry["y"] = dict(zip(traces[entry["win"]], entry.pop("v"), strict=True))
+                            elif len(entry["y"]) >= WIDE:
+                                traces[entry["win"]] = tuple(entry["y"])
+                    except (ValueError, KeyError, AttributeError, TypeError) as error:
                         raise ValueError(f"run log {path} line {number} is not a JSON entry: {error}") from None
+                    yield entry
                 if progress is not None and done - told >= 1 << 20:
                     progress(done)
                     told = done

@@ -66,3 +66,29 @@ def test_a_line_that_is_not_json_is_named(tmp_path):
     path.write_bytes(b'{"k": "run", "env": "e"}\nnot json\n')
     with pytest.raises(ValueError, match=r"runlog.jsonl line 2 is not a JSON entry"):
         list(RunLog.read(path))
+
+
+def test_wide_entries_name_their_traces_once_and_read_back_whole_after_a_rewind(tmp_path):
+    names = [f"{i}.Conv2d" for i in range(40)]
+    wide = [{"k": "points", "win": "grad norm", "x": x, "y": {n: x + i / 100 for i, n in enumerate(names)}}
+            for x in range(1, 7)]
+    narrow = {"k": "points", "win": "loss", "x": 1, "y": {"train": 0.5}}
+    path = tmp_path / "runlog.jsonl"
+    log = RunLog(path)
+    log.append(wide[:2] + [narrow])
+    cut = log.position
+    log.append(wide[2:4])
+    log.close()
+    lines = path.read_bytes().splitlines()
+    assert b'"y"' in lines[0] and b'"v"' in lines[1] and b'"y"' in lines[2]  # names once; a narrow entry whole
+    assert len(lines[1]) < len(lines[0]) * 0.6
+    assert list(RunLog.read(path)) == wide[:2] + [narrow] + wide[2:4]
+    again = RunLog(path, rewind_to=cut)  # a resumed run: its writer names them again first
+    again.append(wide[4:])
+    again.close()
+    assert list(RunLog.read(path)) == wide[:2] + [narrow] + wide[4:]
+    renamed = {**wide[0], "y": {f"layer {n}": v for n, v in wide[0]["y"].items()}}  # other traces: whole again
+    log = RunLog(path)
+    log.append([wide[0], renamed, renamed])
+    log.close()
+    assert list(RunLog.read(path))[-3:] == [wide[0], renamed, renamed]
