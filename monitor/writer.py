@@ -42,7 +42,7 @@ _TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one t
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
 _NOT_DRAWN = ("add_audio", "add_video", "add_embedding", "add_pr_curve", "add_pr_curve_raw", "add_mesh",
               "add_custom_scalars", "add_custom_scalars_multilinechart", "add_custom_scalars_marginchart",
-              "add_onnx_graph", "add_histogram_raw", "add_image_with_boxes", "add_tensor")
+              "add_onnx_graph", "add_histogram_raw", "add_tensor")
 
 
 class SummaryWriter:
@@ -160,6 +160,24 @@ class SummaryWriter:
                    dataformats: str = "NCHW") -> None:
         """A batch of images as one grid (``dataformats``: NCHW, NHWC, ...)."""
         self._images(tag, img_tensor, global_step, dataformats, batch=True)
+
+    def add_image_with_boxes(self, tag: str, img_tensor: Any, box_tensor: Any, global_step: int | None = None,
+                             walltime: float | None = None, rescale: float = 1, dataformats: str = "CHW",
+                             labels: list[str] | None = None) -> None:
+        """One image with boxes drawn on it (``box_tensor``: N x 4, x1 y1 x2 y2 in pixels) and their
+        ``labels`` above them, as TensorBoard draws them; ``rescale`` scales the image and its boxes."""
+        boxes = _tensor(box_tensor, "box_tensor").detach().to("cpu", torch.float64)
+        if boxes.dim() != 2 or boxes.shape[1] != 4:
+            raise ValueError(f"box_tensor must be N x 4 (x1, y1, x2, y2 each), got shape {tuple(boxes.shape)}")
+        if labels is not None and (isinstance(labels, str) or len(labels) != len(boxes)):
+            raise ValueError(f"labels must be a list of {len(boxes)} labels, one a box, got {labels!r}")
+        if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 < rescale <= 16:
+            raise ValueError(f"rescale must be a number in (0, 16], got {rescale!r}")
+        pixels = self._pixels(img_tensor, dataformats, batch=False)
+        drawn = _with_boxes(pixels[0], boxes * rescale, None if labels is None else [str(x) for x in labels], rescale)
+        window = self._lay_out(tag, "images", Order.IMAGES)
+        self.log.images(window, self._step(tag, global_step), drawn)
+        self._stepped(tag, global_step)
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
                  walltime: float | None = None) -> None:
@@ -285,16 +303,21 @@ class SummaryWriter:
         return window
 
     def _images(self, tag: str, img_tensor: Any, global_step: Any, dataformats: str, batch: bool) -> None:
-        tensor = _tensor(img_tensor, "img_tensor")
-        pixels = _as_nchw(tensor, dataformats, batch)
+        pixels = self._pixels(img_tensor, dataformats, batch)
+        window = self._lay_out(tag, "images", Order.IMAGES)
+        self.log.images(window, self._step(tag, global_step), pixels)
+        self._stepped(tag, global_step)
+
+    @staticmethod
+    def _pixels(img_tensor: Any, dataformats: str, batch: bool) -> torch.Tensor:
+        """The images as uint8 NCHW, 1 or 3 channels, by TensorBoard's rules."""
+        pixels = _as_nchw(_tensor(img_tensor, "img_tensor"), dataformats, batch)
         if pixels.dtype != torch.uint8:  # TensorBoard's rule: 0-1 floats times 255, clipped, truncated
             pixels = (pixels.to(torch.float32) * 255).clamp_(0, 255).to(torch.uint8)
         if pixels.shape[1] == 4:  # RGBA: laid over white, as a page shows a transparent PNG
             alpha = pixels[:, 3:].to(torch.float32) / 255
             pixels = (pixels[:, :3] * alpha + 255 * (1 - alpha)).round_().to(torch.uint8)
-        window = self._lay_out(tag, "images", Order.IMAGES)
-        self.log.images(window, self._step(tag, global_step), pixels)
-        self._stepped(tag, global_step)
+        return pixels
 
     def _not_drawn(self, method: str) -> None:
         if method not in self._said:
@@ -450,6 +473,24 @@ def _tensor(value: Any, argument: str) -> torch.Tensor:
     if isinstance(value, (np.ndarray, list, tuple)):
         return torch.as_tensor(np.asarray(value))
     raise TypeError(f"{argument} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
+
+
+def _with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | None, rescale: float) -> torch.Tensor:
+    """``image`` (uint8 CHW) scaled by ``rescale``, with red boxes and their labels on it, as 1 x 3 x H x W."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    picture = Image.fromarray(image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0).numpy())
+    if rescale != 1:
+        picture = picture.resize((max(1, round(picture.width * rescale)), max(1, round(picture.height * rescale))))
+    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        draw.rectangle((x1, y1, x2, y2), outline=(255, 0, 0), width=2)
+        if labels is not None and labels[i]:
+            left, top, right, bottom = draw.textbbox((x1, y1), labels[i], font=font)
+            above = max(0, y1 - (bottom - top) - 2)  # above the box, inside the image
+            draw.rectangle((x1, above, x1 + right - left + 2, above + bottom - top + 2), fill=(255, 0, 0))
+            draw.text((x1 + 1, above + 1 - (top - y1)), labels[i], fill=(255, 255, 255), font=font)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).unsqueeze(0)
 
 
 def _as_nchw(tensor: torch.Tensor, dataformats: str, batch: bool) -> torch.Tensor:

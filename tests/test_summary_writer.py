@@ -470,3 +470,22 @@ def test_odd_log_dirs_still_name_an_env(tmp_path, monkeypatch):
     assert _env_of(Path("runs/..")) == tmp_path.name  # resolved: the folder it names
     with pytest.raises(ValueError, match="log_dir must be a non-empty str"):
         _env_of(Path("runs/\t"))
+
+
+def test_boxes_are_drawn_on_the_image_with_their_labels(visdom_server, tmp_path, read_window_raw):
+    image = torch.zeros(3, 40, 48)
+    with SummaryWriter(log_dir=tmp_path / "runs" / "boxes", port=visdom_server.port) as writer:
+        writer.add_image_with_boxes("detections", image, torch.tensor([[4, 16, 30, 36]]), 0, labels=["cat"])
+        writer.add_image_with_boxes("doubled", image[:1, :20, :24], np.array([[2, 8, 15, 18]]), 0, rescale=2)
+        writer.flush()
+        boxes = _tile(shown_grid(read_window_raw(visdom_server, "boxes", "detections")), 0, 1, 40, 48)
+        doubled = _tile(shown_grid(read_window_raw(visdom_server, "boxes", "doubled")), 0, 1, 40, 48)
+        with pytest.raises(ValueError, match=r"box_tensor must be N x 4 \(x1, y1, x2, y2 each\), got shape \(4,\)"):
+            writer.add_image_with_boxes("x", image, torch.zeros(4))
+        with pytest.raises(ValueError, match=r"labels must be a list of 1 labels, one a box, got 'cat'"):
+            writer.add_image_with_boxes("x", image, torch.zeros(1, 4), labels="cat")
+    red = [255, 0, 0]
+    assert boxes[16, 10].tolist() == boxes[36, 10].tolist() == boxes[25, 4].tolist() == red  # the box's edges
+    assert boxes[25, 15].tolist() == [0, 0, 0]  # inside it, the image
+    assert (boxes[:15, 4:30] == red).all(axis=-1).sum() > 20  # the label's band, above the box
+    assert doubled[16, 10].tolist() == doubled[36, 10].tolist() == red  # the image and its boxes scaled by 2
