@@ -14,8 +14,8 @@ dropped. Then every generator is put back to where the checkpoint left it. Not e
 """
 from __future__ import annotations
 
-import time
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -66,7 +66,7 @@ class Resumable:
             self.skip, self.rng = 0, None
         shape = _shape(loader)
         if skip and self.skip_of is not None and tuple(self.skip_of) != shape:
-            skip = _skip_in(loader, skip, tuple(self.skip_of), shape)
+            skip = _skip_in(skip, tuple(self.skip_of), shape)
         drawn = skip
         resuming = skip > 0
         for part in (getattr(loader, "sampler", None), getattr(loader, "batch_sampler", None)):
@@ -129,10 +129,10 @@ def _shape(loader: Iterable) -> tuple[int | None, int | None]:
     return samples, size if isinstance(size, int) else None
 
 
-def _skip_in(loader: Iterable, skip: int, then: tuple, now: tuple) -> int:
-    """The batches of ``loader`` (samples, batch size: ``now``) to skip for ``skip`` batches of a
-    loader of ``then``: by samples where only the batch size changed (the order of the samples
-    is drawn the same), else as many batches as before, the order no longer the interrupted one's."""
+def _skip_in(skip: int, then: tuple, now: tuple) -> int:
+    """The batches to skip of a loader of ``now`` (samples, batch size) for ``skip`` batches of one
+    of ``then``: by samples where only the batch size changed (the samples' order is drawn the
+    same), else as many batches as before, the order no longer the interrupted one's."""
     (samples, size), (samples_now, size_now) = then, now
     if samples == samples_now and size and size_now:
         done = min(skip * size, samples)
