@@ -35,5 +35,10 @@ class WorkerInit:
 
 def shield_workers(loader: Any) -> None:
     """Gives ``loader``'s workers started from now on a :class:`WorkerInit`, while the signals are caught."""
-    if caught and getattr(loader, "num_workers", 0) > 0 and not isinstance(loader.worker_init_fn, WorkerInit):
-        loader.worker_init_fn = WorkerInit(loader.worker_init_fn)
+    workers, init = getattr(loader, "num_workers", 0), getattr(loader, "worker_init_fn", _ABSENT)
+    if caught and isinstance(workers, int) and workers > 0 and (init is None or callable(init)) and \
+            init is not _ABSENT and not isinstance(init, WorkerInit):  # a DataLoader's, not any iterable's
+        loader.worker_init_fn = WorkerInit(init)
+
+
+_ABSENT = object()

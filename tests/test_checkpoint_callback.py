@@ -368,6 +368,12 @@ def test_loader_workers_ignore_the_stop_signals_while_a_checkpoint_catches_them_
         for _ in monitor.epochs(1):
             (seen,) = list(monitor.batches(loader))
         assert seen.all()  # both ignored, and the loader's own worker_init_fn ran
+        from types import SimpleNamespace
+
+        from monitor.preemption import shield_workers
+        other = SimpleNamespace(num_workers=2)  # an iterable with workers of its own, not a DataLoader
+        shield_workers(other)
+        assert not hasattr(other, "worker_init_fn")
     (outside,) = list(plain)  # a loader not iterated through monitor.batches is left as it was
     assert not outside[:, :2].any()
 
