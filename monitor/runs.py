@@ -151,14 +151,19 @@ def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | N
 
 
 def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
-    """The runs as a plain-text table: env, status (and what a crashed run raised), steps, start,
-    size, checkpoints, ``metrics`` metrics (``first`` first, then the loss, the rest by name), hparams."""
+    """The runs as a plain-text table: env (and the folder, where two runs share an env), status
+    (and what a crashed run raised), steps, start, size, checkpoints, ``metrics`` metrics
+    (``first`` first, then the loss, the rest by name), hparams."""
     names = _shown_metrics(runs, metrics, first)
-    head = ["env", "status", "steps", "started", "size", "ckpts"] + [f"{m} last (best)" for m in names] + ["hparams"]
+    shared = len({run.env for run in runs}) < len(runs)
+    common = Path(os.path.commonpath([run.path for run in runs])) if shared else None
+    head = ["env", *(["folder"] if shared else []), "status", "steps", "started", "size", "ckpts"] + \
+        [f"{m} last (best)" for m in names] + ["hparams"]
     rows = [head]
     for run in runs:
         status = f"{run.status}: {run.error[:40]}" if run.error else run.status
-        cells = [run.env, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
+        folder = [run.path.relative_to(common).as_posix() or "."] if common is not None else []
+        cells = [run.env, *folder, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
                  _size(run.size), str(run.checkpoints)]
         cells += [f"{run.metrics[m][0]:.4g} ({run.metrics[m][1]:.4g})" if m in run.metrics else "-" for m in names]
         cells.append(" ".join(f"{k}={v}" for k, v in run.hparams.items()))

@@ -367,3 +367,6 @@ def test_compare_tells_apart_two_runs_of_one_env_in_two_folders(three_runs, tmp_
         shutil.copytree(three_runs / "good", tmp_path / place / "good")
     named, _ = labels([described(tmp_path / place / "good") for place in ("a", "b")])
     assert named == ["a/good/runlog", "b/good/runlog"]
+    head, *rows = CliRunner().invoke(main, ["runs", str(tmp_path)]).output.splitlines()  # list tells them apart too
+    assert re.split(r"\s{2,}", head)[:2] == ["env", "folder"]
+    assert [re.split(r"\s{2,}", row)[:2] for row in rows] == [["good", "a/good"], ["good", "b/good"]]
