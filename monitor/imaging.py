@@ -1,4 +1,5 @@
-"""Turns a batch of images into one captioned PNG grid; runs on the sink's worker thread.
+"""Turns a batch of images into one captioned PNG grid; runs on the sink's worker thread. Also
+draws boxes and their labels on an image (``SummaryWriter.add_image_with_boxes``).
 
     png = encode_grid(torch.rand(8, 3, 32, 32), captions=["cat", "dog", ...])
     Path("grid.png").write_bytes(png)
@@ -77,6 +78,22 @@ def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
+
+
+def with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | None, rescale: float) -> torch.Tensor:
+    """``image`` (uint8 CHW) scaled by ``rescale``, with red boxes and their labels on it, as 1 x 3 x H x W."""
+    picture = Image.fromarray(image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0).numpy())
+    if rescale != 1:
+        picture = picture.resize((max(1, round(picture.width * rescale)), max(1, round(picture.height * rescale))))
+    draw, font = ImageDraw.Draw(picture), _font()
+    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
+        draw.rectangle((x1, y1, x2, y2), outline=(255, 0, 0), width=2)
+        if labels is not None and labels[i]:
+            left, top, right, bottom = draw.textbbox((x1, y1), labels[i], font=font)
+            above = max(0, y1 - (bottom - top) - 2)  # above the box, inside the image
+            draw.rectangle((x1, above, x1 + right - left + 2, above + bottom - top + 2), fill=(255, 0, 0))
+            draw.text((x1 + 1, above + 1 - (top - y1)), labels[i], fill=(255, 255, 255), font=font)
+    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).unsqueeze(0)
 
 
 def _to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -162,7 +162,7 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
     rows = [head]
     for run in runs:
         status = f"{run.status}: {run.error[:40]}" if run.error else run.status
-        folder = [run.path.relative_to(common).as_posix() or "."] if common is not None else []
+        folder = [run.path.relative_to(common).as_posix()] if common is not None else []
         cells = [run.env, *folder, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
                  _size(run.size), str(run.checkpoints)]
         cells += [f"{run.metrics[m][0]:.4g} ({run.metrics[m][1]:.4g})" if m in run.metrics else "-" for m in names]

@@ -173,8 +173,10 @@ class SummaryWriter:
             raise ValueError(f"labels must be a list of {len(boxes)} labels, one a box, got {labels!r}")
         if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 < rescale <= 16:
             raise ValueError(f"rescale must be a number in (0, 16], got {rescale!r}")
+        from monitor.imaging import with_boxes  # PIL, only where boxes are drawn
+
         pixels = self._pixels(img_tensor, dataformats, batch=False)
-        drawn = _with_boxes(pixels[0], boxes * rescale, None if labels is None else [str(x) for x in labels], rescale)
+        drawn = with_boxes(pixels[0], boxes * rescale, None if labels is None else [str(x) for x in labels], rescale)
         window = self._lay_out(tag, "images", Order.IMAGES)
         self.log.images(window, self._step(tag, global_step), drawn)
         self._stepped(tag, global_step)
@@ -473,24 +475,6 @@ def _tensor(value: Any, argument: str) -> torch.Tensor:
     if isinstance(value, (np.ndarray, list, tuple)):
         return torch.as_tensor(np.asarray(value))
     raise TypeError(f"{argument} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
-
-
-def _with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | None, rescale: float) -> torch.Tensor:
-    """``image`` (uint8 CHW) scaled by ``rescale``, with red boxes and their labels on it, as 1 x 3 x H x W."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    picture = Image.fromarray(image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0).numpy())
-    if rescale != 1:
-        picture = picture.resize((max(1, round(picture.width * rescale)), max(1, round(picture.height * rescale))))
-    draw, font = ImageDraw.Draw(picture), ImageFont.load_default()
-    for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
-        draw.rectangle((x1, y1, x2, y2), outline=(255, 0, 0), width=2)
-        if labels is not None and labels[i]:
-            left, top, right, bottom = draw.textbbox((x1, y1), labels[i], font=font)
-            above = max(0, y1 - (bottom - top) - 2)  # above the box, inside the image
-            draw.rectangle((x1, above, x1 + right - left + 2, above + bottom - top + 2), fill=(255, 0, 0))
-            draw.text((x1 + 1, above + 1 - (top - y1)), labels[i], fill=(255, 255, 255), font=font)
-    return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).unsqueeze(0)
 
 
 def _as_nchw(tensor: torch.Tensor, dataformats: str, batch: bool) -> torch.Tensor:

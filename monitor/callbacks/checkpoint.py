@@ -52,10 +52,10 @@ class Checkpoint(Callback):
     ``monitor.batches`` go on from the next batch. A folder whose run finished (``train_end``
     without an exception), or ``fresh=True``, starts a new run instead: the earlier run's files
     move to ``DIR/earlier/<run id>/``. ``extend=True`` continues a finished run too: train it
-    further by raising ``monitor.epochs(n)`` and running the command again. With ``resume``, SIGTERM or SIGUSR1 (a scheduler's
-    pre-emption) saves a checkpoint at the next step's end and exits with status 75
-    (``REQUEUE_EXIT_STATUS``), for the job to be run again (single-process runs; a signal the
-    program handles itself is left to it).
+    further by raising ``monitor.epochs(n)`` and running the command again. With ``resume``,
+    SIGTERM or SIGUSR1 (a scheduler's pre-emption) saves a checkpoint at the next step's end
+    and exits with status 75 (``REQUEUE_EXIT_STATUS``), for the job to be run again
+    (single-process runs; a signal the program handles itself is left to it).
 
     A write that fails raises :class:`monitor.checkpoint.CheckpointWriteError` out of the hook.
     It is not an ``Exception``, so the Monitor's containment of callback errors lets it through
@@ -332,7 +332,6 @@ class Checkpoint(Callback):
     def _note_signal(self, number: int, frame: Any) -> None:
         self._stop_signal = number
 
-
     def _release_signals(self) -> None:
         if self._handlers:
             preemption.caught = False
@@ -397,8 +396,6 @@ class Checkpoint(Callback):
         self._metric_value, self._epoch_done = state["metric"], state["epoch_done"]
         self._last_saved = list(state["last_saved"]) if state["last_saved"] is not None else None
         self._claimed = False
-
-
 
 
 def _optimizers(state: LoopState) -> Any:
