@@ -5,19 +5,23 @@ and a resumed run all send what the log says. Entries are plain dicts (``{"k": "
 "win": "loss", "x": 12, "y": {"train": 0.53}}``); :mod:`monitor.entries` owns their schema.
 
 On disk, a points entry of ``WIDE`` traces or more whose traces are those of its window's last
-such entry is written as ``"v"``, the values in that order (a 161-layer model's grad norms: 3.4
-KB a step instead of 5.9, and half the worker's JSON time); :meth:`RunLog.read` gives it back
-with its ``"y"``. Each writer writes its first one of a window whole, so a log cut at any
-position (a rewind) reads back.
+such entry is written as ``"f64"``, its values in that order as little-endian float64 bytes in
+base64 (a 161-layer model's grad norms: 1.8 KB a step instead of 5.9, and exact; writing 162
+floats as JSON text took the worker about 80 us a step, this 5). :meth:`RunLog.read` gives it
+back with its ``"y"``, as it does the ``"v"`` (values as a JSON list) of older logs. Each writer
+writes its first one of a window whole, so a log cut at any position (a rewind) reads back.
 
 Only the sink's worker writes it. A line torn by a crash is dropped on the next open.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # writes NaN/Infinity as Python's json does; json.loads reads them
 WIDE = 16  # traces: a points entry with as many or more names them once, then gives values alone
@@ -62,8 +66,12 @@ class RunLog:
         if self._traces.get(entry["win"]) != traces:
             self._traces[entry["win"]] = traces
             return entry
+        try:
+            values = np.fromiter(entry["y"].values(), dtype="<f8", count=len(traces))
+        except (TypeError, ValueError):  # not all numbers: written whole
+            return entry
         compact = {key: value for key, value in entry.items() if key != "y"}
-        compact["v"] = list(entry["y"].values())
+        compact["f64"] = base64.b64encode(values.tobytes()).decode("ascii")
         return compact
 
     def sync(self) -> int:
@@ -105,7 +113,10 @@ class RunLog:
                     try:
                         entry = json.loads(line)
                         if entry.get("k") == "points":
-                            if "v" in entry:
+                            if "f64" in entry:
+                                values = np.frombuffer(base64.b64decode(entry.pop("f64")), dtype="<f8").tolist()
+                                entry["y"] = dict(zip(traces[entry["win"]], values, strict=True))
+                            elif "v" in entry:  # a log written before the values were bytes
                                 entry["y"] = dict(zip(traces[entry["win"]], entry.pop("v"), strict=True))
                             elif len(entry["y"]) >= WIDE:
                                 traces[entry["win"]] = tuple(entry["y"])

@@ -1,6 +1,7 @@
 """RunLog: every entry of a run, in order, at full resolution; a crash loses at most a torn line."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -70,7 +71,7 @@ def test_a_line_that_is_not_json_is_named(tmp_path):
 
 def test_wide_entries_name_their_traces_once_and_read_back_whole_after_a_rewind(tmp_path):
     names = [f"{i}.Conv2d" for i in range(40)]
-    wide = [{"k": "points", "win": "grad norm", "x": x, "y": {n: x + i / 100 for i, n in enumerate(names)}}
+    wide = [{"k": "points", "win": "grad norm", "x": x, "y": {n: (x + i) / 7 for i, n in enumerate(names)}}
             for x in range(1, 7)]
     narrow = {"k": "points", "win": "loss", "x": 1, "y": {"train": 0.5}}
     path = tmp_path / "runlog.jsonl"
@@ -80,7 +81,7 @@ def test_wide_entries_name_their_traces_once_and_read_back_whole_after_a_rewind(
     log.append(wide[2:4])
     log.close()
     lines = path.read_bytes().splitlines()
-    assert b'"y"' in lines[0] and b'"v"' in lines[1] and b'"y"' in lines[2]  # names once; a narrow entry whole
+    assert b'"y"' in lines[0] and b'"f64"' in lines[1] and b'"y"' in lines[2]  # names once; a narrow entry whole
     assert len(lines[1]) < len(lines[0]) * 0.6
     assert list(RunLog.read(path)) == wide[:2] + [narrow] + wide[2:4]
     again = RunLog(path, rewind_to=cut)  # a resumed run: its writer names them again first
@@ -92,3 +93,20 @@ def test_wide_entries_name_their_traces_once_and_read_back_whole_after_a_rewind(
     log.append([wide[0], renamed, renamed])
     log.close()
     assert list(RunLog.read(path))[-3:] == [wide[0], renamed, renamed]
+
+
+def test_wide_entries_keep_every_value_exactly_and_older_logs_with_value_lists_still_read(tmp_path):
+    names = [f"{i}.Linear" for i in range(20)]
+    odd = [0.1, 1e-300, 5e-324, -0.0, float("inf"), float("-inf"), 1 / 3, 2.0 ** 60] + [i / 7 for i in range(12)]
+    entries = [{"k": "points", "win": "w", "x": x, "y": dict(zip(names, odd))} for x in (1, 2)]
+    nan = {"k": "points", "win": "w", "x": 3, "y": dict(zip(names, [float("nan")] * 20))}
+    path = tmp_path / "runlog.jsonl"
+    log = RunLog(path)
+    log.append(entries + [nan])
+    log.close()
+    read = list(RunLog.read(path))
+    assert read[:2] == entries and [repr(v) for v in read[1]["y"].values()] == [repr(v) for v in odd]
+    assert all(math.isnan(v) for v in read[2]["y"].values())
+    older = tmp_path / "older.jsonl"  # the "v" form: values as a JSON list
+    older.write_text(json.dumps(entries[0]) + "\n" + json.dumps({"k": "points", "win": "w", "x": 2, "v": odd}) + "\n")
+    assert list(RunLog.read(older)) == entries
