@@ -14,6 +14,12 @@ the small parameters alike, read on the training thread), what no per-layer grad
 block between two bare blocks; a ratio is the median over repetitions of the block's median step
 over the mean of the two bare medians beside it (paired: the machine's drift between blocks cancels).
 The step times in the table are the modes' medians, pooled. The message size is the grad-norm window's, as the sink would send it at the end.
+
+``loop off-CPU`` is, per step, the wall time less the training thread's own CPU time, averaged:
+the time the loop waited, for the GIL (held by the sink's worker, in the same process) or for a
+core (taken by the worker, the server or the machine's other work). A bare loop's is about 0;
+the monitor's says what its worker takes from the loop, and is far less disturbed by the
+machine's drift than a ratio of step times, which moved by 5% between blocks a few seconds apart.
 """
 from __future__ import annotations
 
@@ -64,13 +70,17 @@ class Result:
     bare_ms: float
     floor_ms: float
     monitor_ms: float
+    bare_off_us: float
+    monitor_off_us: float
     ratio: float
     floor_ratio: float
     message_kb: float
     shown: str
 
 
-def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False) -> list[float]:
+def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False,
+           off_cpu: list[float] | None = None) -> list[float]:
+    """Step times in seconds; ``off_cpu`` (if given) gets each step's wall time less the thread's CPU time."""
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     x = _batch(model)
     y = torch.randint(0, 10, (len(x),))
@@ -81,7 +91,7 @@ def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False) -> l
         monitor.train_start(model, optimizer)
     times = []
     for _ in range(steps):
-        began = time.perf_counter()
+        began, cpu = time.perf_counter(), time.thread_time()
         loss = loss_fn(model(x), y)
         optimizer.zero_grad()
         loss.backward()
@@ -93,6 +103,8 @@ def _steps(model: nn.Module, steps: int, monitor=None, floor: bool = False) -> l
         if monitor is not None:
             monitor.step_end(loss=loss)
         times.append(time.perf_counter() - began)
+        if off_cpu is not None:
+            off_cpu.append(times[-1] - (time.thread_time() - cpu))
     return times
 
 
@@ -104,21 +116,25 @@ def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, width: int
     model = deep_model(width, kind)
     layers = sum(1 for m in model.modules() if any(True for _ in m.parameters(recurse=False)))
     bare, floor, monitored, message, shown = [], [], [], 0, ""
+    bare_off: list[float] = []
+    monitor_off: list[float] = []
     _steps(model, warmup)
-    bare.append(_steps(model, steps))
+    bare.append(_steps(model, steps, off_cpu=bare_off))
     for repeat in range(repeats):
         progress(f"deep model: repetition {repeat + 1} of {repeats}")
         floor.append(_steps(model, steps, floor=True))
         with tempfile.TemporaryDirectory(prefix="monitor-bench-") as run_dir:
             monitor = Monitor([Scalars(), GradNorms()], env=f"deep-{repeat}", port=server.port, run_dir=run_dir)
-            monitored.append(_steps(model, steps + warmup, monitor)[warmup:])
+            off: list[float] = []
+            monitored.append(_steps(model, steps + warmup, monitor, off_cpu=off)[warmup:])
+            monitor_off += off[warmup:]
             monitor.flush(timeout=60)
             window = monitor.sink.windows.by_name["grad norm"]
             message = max(message, len(json.dumps(window.message("e")[1], separators=(",", ":"))))
             shown = (f"heatmap of {len(window.grid.xs)} columns" if window.grid is not None else
                      f"{max(len(t) for name, t in window.traces.items() if name != 'total')} points per layer")
             monitor.close()
-        bare.append(_steps(model, steps))
+        bare.append(_steps(model, steps, off_cpu=bare_off))
     median = statistics.median
     # Each repetition's floor and monitor blocks against the bare blocks either side of them.
     around = [(median(before) + median(after)) / 2 for before, after in zip(bare, bare[1:])]
@@ -126,17 +142,19 @@ def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, width: int
     floor_ratio = median(median(block) / base for block, base in zip(floor, around))
     pooled = {name: median([t for block in blocks for t in block]) * 1e3
               for name, blocks in (("bare", bare), ("floor", floor), ("monitor", monitored))}
-    return Result(layers, width, kind, steps * repeats, pooled["bare"], pooled["floor"], pooled["monitor"], ratio,
-                  floor_ratio, message / 1e3, shown)
+    return Result(layers, width, kind, steps * repeats, pooled["bare"], pooled["floor"], pooled["monitor"],
+                  statistics.mean(bare_off) * 1e6, statistics.mean(monitor_off) * 1e6, ratio, floor_ratio,
+                  message / 1e3, shown)
 
 
 def table(results: list[Result]) -> str:
     return harness.markdown_table(
         ["model", "steps timed (each mode)", "bare median ms", "floor (norms alone) ms", "monitor median ms",
-         "floor ratio", "monitor ratio", "grad-norm message", "window shows"],
+         "floor ratio", "monitor ratio", "loop off-CPU us/step (bare, monitor)", "grad-norm message", "window shows"],
         [[f"{result.layers} layers ({_blocks(result)})", result.steps, f"{result.bare_ms:.2f}",
           f"{result.floor_ms:.2f}", f"{result.monitor_ms:.2f}", f"{result.floor_ratio:.3f}x",
-          f"**{result.ratio:.3f}x**", f"{result.message_kb:.0f} KB", result.shown] for result in results])
+          f"**{result.ratio:.3f}x**", f"{max(0.0, result.bare_off_us):.0f}, {max(0.0, result.monitor_off_us):.0f}",
+          f"{result.message_kb:.0f} KB", result.shown] for result in results])
 
 
 def _blocks(result: Result) -> str:

@@ -36,7 +36,9 @@ whole step including its logging calls. We report the median step time over ever
 of a mode's runs and its ratio to the median of all bare runs (the mean too: periodic costs
 such as a grid every 50 steps hide from a median), the points delivered/expected, read back from the Visdom server after ``close()`` for
 visdom-based modes and counted in the event files for TensorBoard, and the time from the loop's
-end until ``close()`` returns.
+end until ``close()`` returns. ``loop off-CPU`` is, per step, the wall time less the loop
+thread's CPU time, averaged: what a logger's threads take from the loop (the GIL they hold, a
+core), measured inside each run, so the machine's drift between runs hardly moves it.
 
     .venv/bin/python bench/overhead.py                   # full run, prints a markdown table
     .venv/bin/python bench/overhead.py --steps 20 --warmup 5 --repeats 1   # a quick look
@@ -306,6 +308,7 @@ class Run:
     mode: str
     step_times: list[float]
     cpu_s: float           # CPU per timed step: this process's threads and the server, together
+    off_cpu_us: float      # per timed step, the wall time less the loop thread's CPU time, averaged
     faults: float          # minor page faults of this process per timed step
     close_s: float
     delivered: tuple[int, int] | None
@@ -324,20 +327,22 @@ def train(workload: Workload, mode: Mode, steps: int, warmup: int, server: Visdo
     batches = [(torch.rand(workload.input_shape), torch.randint(0, 10, (workload.input_shape[0],)))
                for _ in range(8)]
     mode.start(model, optimizer)
-    times = []
+    times, off_cpu = [], []
     cpu_before, faults_before = 0.0, 0
     for step in range(1, warmup + steps + 1):
         if step == warmup + 1:
             cpu_before, faults_before = _cpu(server), harness.page_faults()
         inputs, targets = batches[step % len(batches)]
-        began = time.perf_counter()
+        began, thread_cpu = time.perf_counter(), time.thread_time()
         plain_step(workload, model, optimizer, scheduler, mode, step, inputs, targets)
         times.append(time.perf_counter() - began)
+        off_cpu.append(times[-1] - (time.thread_time() - thread_cpu))
     loop_end = time.perf_counter()
     cpu, faults = (_cpu(server) - cpu_before) / steps, (harness.page_faults() - faults_before) / steps
     mode.close()
     close_s = time.perf_counter() - loop_end - getattr(mode, "reading_s", 0.0)
-    return Run(mode.name, times[warmup:], cpu, faults, close_s, mode.delivered())
+    return Run(mode.name, times[warmup:], cpu, max(0.0, _mean(off_cpu[warmup:]) * 1e6), faults, close_s,
+               mode.delivered())
 
 
 def plain_step(workload: Workload, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, mode: Mode,
@@ -394,6 +399,7 @@ class Summary:
     paired: float         # median over runs of: the run's median step / its neighbouring bare runs'
     mean_ratio: float     # mean step time / bare's
     cpu_ms: float         # median over runs of CPU per step (loop process + server)
+    off_cpu_us: float     # median over runs of the loop thread's off-CPU time per step
     faults: float         # median over runs of page faults per step (loop process)
     delivered: int | None
     expected: int | None
@@ -441,6 +447,7 @@ def run(server: VisdomServer, workloads: tuple[str, ...] = ("mlp", "cnn"), modes
                     harness.median(times) / harness.median(bare_times),
                     harness.median(paired[name]) if paired.get(name) else 1.0, _mean(times) / _mean(bare_times),
                     harness.median([r.cpu_s for r in runs[name]]) * 1e3,
+                    harness.median([r.off_cpu_us for r in runs[name]]),
                     harness.median([r.faults for r in runs[name]]),
                     sum(d[0] for d in delivered) if delivered else None,
                     sum(d[1] for d in delivered) if delivered else None,
@@ -472,10 +479,10 @@ def table(summaries: list[Summary]) -> str:
         delivered = "-" if s.expected is None else f"{s.delivered}/{s.expected}"
         rows.append([s.workload, s.mode, f"{s.median_ms:.3f}", f"**{s.ratio:.2f}x**", f"**{s.paired:.3f}x**",
                      f"{s.mean_ratio:.2f}x",
-                     f"{s.cpu_ms:.2f}", f"{s.faults:.1f}", delivered, f"{s.close_s:.3f}"])
+                     f"{s.cpu_ms:.2f}", f"{s.off_cpu_us:.0f}", f"{s.faults:.1f}", delivered, f"{s.close_s:.3f}"])
     return harness.markdown_table(["model", "mode", "median step ms", "ratio to bare (median)",
                                    "paired ratio (median of runs)", "ratio (mean)",
-                                   "CPU ms/step (loop process + server)", "page faults/step",
+                                   "CPU ms/step (loop process + server)", "loop off-CPU us/step", "page faults/step",
                                    "points delivered/expected", "close() s (worst run)"], rows)
 
 

@@ -118,7 +118,8 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
               f"repetitions, each with {overhead.MONITOR_RUNS} monitor runs (each after a bare run) and one of "
               "every other mode; step times pooled over a mode's runs; ratios against every bare run of the "
               "same model. CPU per step counts every thread of the training process (loop, sink worker, "
-              "writer threads) and the Visdom server process.", "", overhead.table(summaries), ""]
+              "writer threads) and the Visdom server process; loop off-CPU is the time a step's thread waited (for the "
+              "GIL or a core), per step.", "", overhead.table(summaries), ""]
     lines += ["### Server scaling (bench/server_scaling.py)", "",
               f"{s['steps']:,} steps of {scaling.traces} scalars in one window, a flush every "
               f"{scaling.block} steps.", "", server_scaling.table(scaling), ""]
@@ -129,7 +130,9 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
               f"{d['repeats']} repetitions of {d['steps']} steps per mode (bare, the floor: the norms alone, the "
               "monitor), live server; ratios paired: each floor and monitor block against the bare blocks either "
               "side of it, the median over repetitions. The conv model uses each weight at every pixel, as a ResNet does; the "
-              "Linear model, 32 rows per weight, is the hardest case for any per-layer norm.", "",
+              "Linear model, 32 rows per weight, is the hardest case for any per-layer norm. Loop off-CPU: per step, the "
+              "wall time less the training thread's CPU time (waiting for the GIL or a core: what the sink's worker "
+              "takes from the loop), averaged.", "",
               deep_model.table(deep), "", END]
     return "\n".join(lines)
 
