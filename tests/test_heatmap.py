@@ -44,6 +44,20 @@ def test_a_grid_keeps_each_trace_s_extremes_in_order_within_its_columns():
         assert highest == round(math.log10(max(ys)), 3)
 
 
+def test_each_cell_is_the_log10_of_its_highest_value_to_3_decimals_and_empty_where_none_is_positive():
+    rng = random.Random(1)
+    grid = Grid(cells=10_000)  # 30 traces: a column a step for these 40 steps
+    names = [f"{i}.Linear" for i in range(30)]
+    steps = []
+    for step in range(1, 41):
+        values = {name: rng.choice([0.0, -1.0, math.nan, math.inf, rng.uniform(1e-9, 1e4)]) for name in names}
+        grid.add(step, values)
+        steps.append(values)
+    for name, row in zip(names, grid.log_rows(names)):
+        expected = [round(math.log10(v[name]), 3) if v[name] > 0 and math.isfinite(v[name]) else None for v in steps]
+        assert list(row) == expected
+
+
 def test_a_161_layer_window_stays_under_300_kb_and_every_layer_keeps_its_highest_value():
     rng = random.Random(161)
     names = [f"features.{i}.conv" for i in range(161)]
