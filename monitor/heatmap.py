@@ -208,8 +208,8 @@ def top(latest: Mapping[str, tuple[float, float]], count: int) -> list[str]:
 def _log_column(highs: np.ndarray, rows: list[int]) -> list[float | None]:
     """log10 of each row's highest value in a column, to 3 decimals (None: absent or not positive).
 
-    In arrays: for 161 layers a column took the sink's worker 170 us a value at a time (a
-    merge of columns recomputes them all).
+    In arrays: a column of 161 layers takes 13 us, against 67 a value at a time (a merge of
+    columns recomputes them all).
     """
     values = highs[rows]
     positive = values > 0  # NaN (absent) is not

@@ -74,6 +74,10 @@ def check_metric(runs: list[Run], metric: str, argument: str = "metric") -> str:
     return metric
 
 
+class NoRunYet(ValueError):
+    """A run log without its header line (torn at its first line): not a run yet."""
+
+
 def listed(root: str | os.PathLike = "runs", unreadable: list[str] | None = None) -> list[Run]:
     """Every run under ``root``: each folder with a run log (the earlier runs set aside in a
     folder's ``earlier/`` are not listed; :func:`described` reads one given its log). A log that
@@ -83,8 +87,10 @@ def listed(root: str | os.PathLike = "runs", unreadable: list[str] | None = None
     for path in sorted(Path(root).rglob(RunLog.FILENAME)):
         try:
             runs.append(described(path.parent))
+        except NoRunYet:
+            continue
         except (OSError, ValueError, KeyError) as error:
-            if unreadable is not None and not str(error).endswith("has no run header"):
+            if unreadable is not None:
                 unreadable.append(f"{path.parent}: {type(error).__name__}: {error}")
     return runs
 
@@ -115,7 +121,7 @@ def described(run: str | os.PathLike) -> Run:
         elif kind == "end":
             end = entry
     if header is None:
-        raise ValueError(f"{log} has no run header")
+        raise NoRunYet(f"{log} has no run header")
     if RunDir(folder).is_live():
         status = "running"
     else:

@@ -177,9 +177,7 @@ class SummaryWriter:
 
         pixels = self._pixels(img_tensor, dataformats, batch=False)
         drawn = with_boxes(pixels[0], boxes * rescale, None if labels is None else [str(x) for x in labels], rescale)
-        window = self._lay_out(tag, "images", Order.IMAGES)
-        self.log.images(window, self._step(tag, global_step), drawn)
-        self._stepped(tag, global_step)
+        self._show(tag, global_step, drawn)
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
                  walltime: float | None = None) -> None:
@@ -305,7 +303,10 @@ class SummaryWriter:
         return window
 
     def _images(self, tag: str, img_tensor: Any, global_step: Any, dataformats: str, batch: bool) -> None:
-        pixels = self._pixels(img_tensor, dataformats, batch)
+        self._show(tag, global_step, self._pixels(img_tensor, dataformats, batch))
+
+    def _show(self, tag: str, global_step: Any, pixels: torch.Tensor) -> None:
+        """Logs ``pixels`` (NCHW) as the grid of ``tag``'s image window at its step."""
         window = self._lay_out(tag, "images", Order.IMAGES)
         self.log.images(window, self._step(tag, global_step), pixels)
         self._stepped(tag, global_step)

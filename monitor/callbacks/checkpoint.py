@@ -92,9 +92,9 @@ class Checkpoint(Callback):
         self.mode = one_of("mode", mode or "min", ("min", "max"))
         self.metric_from = one_of("metric_from", metric_from, ("validation", "step", "epoch"))
         scheduler = named_schedulers(scheduler)
-        several = scheduler.items() if isinstance(scheduler, Mapping) else ()
-        for name, part in [("scheduler", None if several else scheduler),
-                           *((f"scheduler[{key!r}]", one) for key, one in several), ("scaler", scaler)]:
+        parts = ({f"scheduler[{key!r}]": one for key, one in scheduler.items()} if isinstance(scheduler, Mapping)
+                 else {"scheduler": scheduler})
+        for name, part in {**parts, "scaler": scaler}.items():
             if part is not None and not callable(getattr(part, "state_dict", None)):
                 raise TypeError(f"{name} must have state_dict()/load_state_dict(), got {type(part).__name__}")
         if extras is not None and not callable(extras):
