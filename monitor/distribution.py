@@ -1,6 +1,6 @@
-"""Distributions over time: tensors binned on their own device, shown as TensorBoard shows them.
+"""Distributions over time: histograms (binned by :mod:`monitor.binning`) shown as TensorBoard shows them.
 
-    edges, counts, n = binned([p.grad for p in model.parameters()], bins=30)   # device tensors, nothing read
+    edges, counts, n = binned([p.grad for p in model.parameters()], bins=30)   # monitor.binning, on the device
     bands({"edges": [0, 1, 2], "counts": [3, 1], "n": 4})   # {"min": 0.0, ..., "median": 0.67, ..., "max": 2.0}
 
 A histogram entry of the run log holds the bins that have values (``edges`` one longer than
@@ -15,81 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-import torch
-
-from monitor.norms import stored_values
-
 BANDS = {"min": 0.0, "7%": 0.07, "16%": 0.16, "31%": 0.31, "median": 0.5, "69%": 0.69, "84%": 0.84,
          "93%": 0.93, "max": 1.0}
-
-
-def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Bin edges and counts of all the values of ``tensors``, computed on their device (no read),
-    and how many values there are.
-
-    ``bins`` is a number of equal bins over the finite values' range (one unit wide around a
-    constant, as ``numpy.histogram`` does), or the edges themselves (1-d, increasing). A value
-    is in bin i when ``edges[i] <= value < edges[i + 1]``, the last bin closed on the right, as
-    in ``numpy.histogram``; values outside the edges and non-finite values are in none. A sparse
-    tensor (``nn.Embedding(sparse=True)``'s gradient) gives the values it stores; a complex one, its
-    real and imaginary parts.
-    """
-    device = tensors[0].device
-    given = isinstance(bins, torch.Tensor)
-    # With given edges, values are compared in float64, as numpy compares them (where the device has it).
-    wide = given and device.type != "mps" or any(t.dtype == torch.float64 for t in tensors)
-    dtype = torch.float64 if wide else torch.float32
-    tensors = [t for t in (_real(stored_values(t.detach())) for t in tensors) if t.numel()]  # one float copy at a time
-    n = sum(t.numel() for t in tensors)
-    if given:
-        edges = _on(bins, device, dtype)
-    elif not tensors:
-        edges = torch.linspace(-0.5, 0.5, bins + 1, dtype=dtype, device=device)
-    else:
-        lows, highs = [], []
-        for tensor in tensors:
-            flat = tensor.reshape(-1).to(dtype)
-            finite = torch.isfinite(flat)
-            lows.append(torch.where(finite, flat, math.inf).amin())
-            highs.append(torch.where(finite, flat, -math.inf).amax())
-        low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
-        same = low == high
-        low, high = torch.where(same, low - 0.5, low), torch.where(same, high + 0.5, high)
-        steps = torch.linspace(0, 1, bins + 1, dtype=dtype, device=device)
-        edges = low * (1 - steps) + high * steps  # not low + (high - low) * steps: that overflows a wide range
-        edges[-1] = high
-    count = edges.numel() - 1
-    counts = torch.zeros(count + 1, dtype=torch.int64, device=device)  # the last: values in no bin
-    for tensor in tensors:
-        flat = tensor.reshape(-1).to(dtype)
-        index = torch.bucketize(flat, edges, right=True) - 1
-        index = torch.where(index == count, count - 1, index)  # the last edge closes the last bin
-        inside = (flat >= edges[0]) & (flat <= edges[-1])  # False for NaN
-        index = torch.where(inside, index, count)
-        counts.scatter_add_(0, index, torch.ones_like(index))
-    return edges, counts[:count], n
-
-
-def _real(tensor: torch.Tensor) -> torch.Tensor:
-    return torch.view_as_real(tensor) if tensor.is_complex() else tensor
-
-
-_EDGES: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def _on(edges: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """CPU ``edges`` on ``device``: copied there once per tensor, device and dtype, not at every call
-    (a copy from pageable memory waits for the device)."""
-    if device.type == "cpu":
-        return edges.to(dtype)
-    key = (id(edges), device, dtype)
-    cached = _EDGES.get(key)
-    if cached is None or cached[0] is not edges:
-        while len(_EDGES) >= 16:  # edges made afresh at every call are copied at every call
-            del _EDGES[next(iter(_EDGES))]
-        source = edges.to(dtype).pin_memory() if device.type == "cuda" else edges.to(dtype)
-        cached = _EDGES[key] = (edges, source.to(device, non_blocking=True))
-    return cached[1]
 
 
 def trimmed(edges: Sequence[float], counts: Sequence[int]) -> tuple[list[float], list[int]]:

@@ -10,9 +10,11 @@
     {"k": "end", "status": "crashed", "error": "RuntimeError: CUDA out of memory", "time": 1764300500.0}
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
 
-``encode`` runs on the sink's worker: it reads tensors and encodes image grids, so the training
-thread never does. ``windows_after`` says which windows a part of a log wrote (what a rewind
-takes off the dashboard).
+``read`` brings a record's values to the host (deferred values called, tensors read, labels
+named), off the training thread; ``encode`` makes the entry of a record read so, encoding image
+grids. A sink in a process of its own reads in the training process and encodes in its own,
+which never imports torch. ``windows_after`` says which windows a part of a log wrote (what a
+rewind takes off the dashboard).
 """
 from __future__ import annotations
 
@@ -27,13 +29,10 @@ from numbers import Real
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from monitor import checks
 from monitor.distribution import trimmed
-from monitor.host import on_host
 from monitor.imagestore import ImageStore
-from monitor.imaging import encode_grid
+from monitor.imaging import display_values, encode_grid
 from monitor.records import Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, Text
 
 
@@ -43,10 +42,36 @@ def header(env: str, run_id: str) -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
+def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunEnd
+         ) -> Points | ImageGrid | Text | Layout | Histogram | Hparams | RunEnd:
+    """The record with plain values: functions called, tensors read (waiting for their device),
+    pixels as uint8 display values, captions as strings. Runs off the training thread, where
+    torch is; what it returns pickles without torch."""
+    if isinstance(record, Points):
+        values = record.values() if callable(record.values) else record.values
+        if checks._is_tensor(values):
+            values = _on_host(values).tolist()
+        elif type(values) not in (list, tuple) or not set(map(type, values)) <= _PLAIN:
+            values = [_on_host(v).item() if checks._is_tensor(v) else v for v in values]
+        return record if values is record.values else record._replace(values=values)
+    if isinstance(record, ImageGrid):
+        pixels = record.pixels() if callable(record.pixels) else record.pixels
+        captions = None if record.captions is None else [str(c) for c in record.captions]
+        return record._replace(pixels=display_values(pixels), captions=captions)
+    if isinstance(record, Histogram):
+        edges, counts, n = record.values() if callable(record.values) else record.values
+        edges, counts = (_on_host(v).tolist() if checks._is_tensor(v) else v for v in (edges, counts))
+        return record._replace(values=(edges, counts, int(n)))
+    if isinstance(record, Hparams):
+        metrics = {k: _on_host(v).item() if checks._is_tensor(v) else v for k, v in record.metrics.items()}
+        return record._replace(metrics=metrics)
+    return record
+
+
 def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunEnd,
            images: ImageStore | None = None) -> dict[str, Any]:
-    """The entry of a record: values read, images encoded (into ``images`` where given, else
-    inline). Runs on the sink's worker.
+    """The entry of a record: values read (``read``), images encoded (into ``images`` where
+    given, else inline). Runs on the sink's worker.
 
     Checks again what the Log checked at the door (a record may be put on a sink directly, and
     a function left to the worker may return anything); raises TypeError or ValueError.
@@ -63,50 +88,45 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
         x = int(x) if isinstance(x, int) else float(checks.finite("x", x))
     elif not math.isfinite(x):
         raise ValueError(f"x must be a finite number, got {x!r}")
+    record = read(record)
     if isinstance(record, Points):
         values = record.values
-        if callable(values):
-            values = values()
-        if isinstance(values, torch.Tensor):
-            values = on_host(values).tolist()
-        elif type(values) not in (list, tuple):
-            values = list(values)
         if len(values) != len(record.traces):
             raise ValueError(f"{len(record.traces)} traces need as many values, got {len(values)}")
         if set(map(type, values)) == _FLOATS and set(map(type, record.traces)) == _NAMES:  # the usual record
             return {"k": "points", "win": record.window, "x": x, "y": dict(zip(record.traces, values))}
         y = {}
         for trace, value in zip(record.traces, values):
-            if type(value) is not float:
-                if isinstance(value, torch.Tensor):
-                    value = on_host(value).item()
-                if isinstance(value, bool) or not isinstance(value, Real):
-                    raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
+            if type(value) is not float and (isinstance(value, bool) or not isinstance(value, Real)):
+                raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
             y[trace if type(trace) is str else str(trace)] = float(value)
         return {"k": "points", "win": record.window, "x": x, "y": y}
     if isinstance(record, ImageGrid):
-        captions = None if record.captions is None else list(record.captions)
-        pixels = record.pixels() if callable(record.pixels) else record.pixels
-        png = encode_grid(pixels, captions, heading=f"step {_number(x)}")
+        png = encode_grid(record.pixels, record.captions, heading=f"step {_number(x)}")
         if images is not None:
             n, file = images.add(record.window, png)
             return {"k": "image", "win": record.window, "x": x, "n": n, "file": file}
         return {"k": "image", "win": record.window, "x": x, "png": base64.b64encode(png).decode()}
     if isinstance(record, Hparams):
-        metrics = {k: float(on_host(v).item() if isinstance(v, torch.Tensor) else v) for k, v in record.metrics.items()}
+        metrics = {k: float(v) for k, v in record.metrics.items()}
         json.dumps(record.hparams)  # plain values only
         return {"k": "hparams", "win": record.window, "x": x, "hparams": dict(record.hparams), "metrics": metrics}
     if isinstance(record, Histogram):
-        values = record.values() if callable(record.values) else record.values
-        edges, counts, n = values
-        edges, counts = trimmed(*(on_host(v).tolist() if isinstance(v, torch.Tensor) else v for v in (edges, counts)))
+        edges, counts, n = record.values
+        edges, counts = trimmed(edges, counts)
         return {"k": "histogram", "win": record.window, "x": x, "edges": edges, "counts": counts, "n": int(n)}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     return {"k": "text", "win": record.window, "x": x, "html": record.html}
 
 
-_FLOATS, _NAMES = {float}, {str}
+def _on_host(tensor: Any) -> Any:
+    from monitor.host import on_host  # torch: only where a tensor is read
+
+    return on_host(tensor)
+
+
+_FLOATS, _NAMES, _PLAIN = {float}, {str}, {float, int}
 
 
 def windows_after(path: str | os.PathLike, position: int) -> set[str]:

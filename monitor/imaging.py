@@ -1,8 +1,11 @@
-"""Turns a batch of images into one captioned PNG grid; runs on the sink's worker thread. Also
-draws boxes and their labels on an image (``SummaryWriter.add_image_with_boxes``).
+"""Turns a batch of images into one captioned PNG grid, in the sink's process. Also draws boxes
+and their labels on an image (``SummaryWriter.add_image_with_boxes``).
 
     png = encode_grid(torch.rand(8, 3, 32, 32), captions=["cat", "dog", ...])
     Path("grid.png").write_bytes(png)
+
+A tensor becomes display values (``display_values``) where it can be read; the grid and its PNG
+need only numpy and PIL, so a sink in a process of its own draws them without torch.
 """
 from __future__ import annotations
 
@@ -12,20 +15,19 @@ import math
 from typing import Sequence
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from monitor import checks
-from monitor.host import on_host
 
 PAD = 2                 # pixels between tiles and around the grid
 BACKGROUND = 255        # white padding and caption bands, black caption text
 CAPTION_ROOM = 64       # a tile narrower than this is widened up to it (or to 2x) for its caption
 
 
-def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
+def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | None = None,
                 columns: int | None = None, heading: str | None = None) -> bytes:
-    """PNG bytes of ``pixels`` (NCHW, 1 or 3 channels, any dtype and device) tiled in a grid.
+    """PNG bytes of ``pixels`` (NCHW, 1 or 3 channels: a tensor of any dtype and device, or a
+    numpy array) tiled in a grid.
 
     Display values: uint8 as is; floats (or bools) whose finite values lie in [0, 1] times 255;
     anything else stretched to 0-255 per image from its finite min and max (a constant image
@@ -34,10 +36,10 @@ def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
     pixels); a caption longer than that is cut and ends in "..". ``heading`` (e.g. "step 50")
     is drawn in a band above the grid.
     """
-    if not isinstance(pixels, torch.Tensor) or pixels.dim() != 4 or pixels.shape[1] not in (1, 3) \
-            or 0 in pixels.shape:
-        got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
-        raise ValueError(f"pixels must be a non-empty NCHW tensor with 1 or 3 channels, got {got}")
+    if not (checks._is_tensor(pixels) or isinstance(pixels, np.ndarray)) or pixels.ndim != 4 \
+            or pixels.shape[1] not in (1, 3) or 0 in pixels.shape:
+        got = tuple(pixels.shape) if hasattr(pixels, "shape") else type(pixels).__name__
+        raise ValueError(f"pixels must be a non-empty NCHW tensor or array with 1 or 3 channels, got {got}")
     count, channels, height, width = pixels.shape
     if captions is not None and len(captions) != count:
         raise ValueError(f"captions must have one entry per image ({count}), got {len(captions)}")
@@ -48,7 +50,7 @@ def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
     columns = min(columns, count)
     rows = math.ceil(count / columns)
 
-    tiles = _to_uint8(pixels).transpose(0, 2, 3, 1)  # NHWC
+    tiles = display_values(pixels).transpose(0, 2, 3, 1)  # NHWC
     font = _font()
     cell_width, band = width, 0
     if captions:
@@ -82,6 +84,8 @@ def encode_grid(pixels: torch.Tensor, captions: Sequence[str] | None = None,
 
 def with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | None, rescale: float) -> torch.Tensor:
     """``image`` (uint8 CHW) scaled by ``rescale``, with red boxes and their labels on it, as 1 x 3 x H x W."""
+    import torch
+
     picture = Image.fromarray(image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0).numpy())
     if rescale != 1:
         picture = picture.resize((max(1, round(picture.width * rescale)), max(1, round(picture.height * rescale))))
@@ -96,9 +100,15 @@ def with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | Non
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).unsqueeze(0)
 
 
-def _to_uint8(pixels: torch.Tensor) -> np.ndarray:
+def display_values(pixels: "torch.Tensor | np.ndarray") -> np.ndarray:
     """``pixels`` (N, ...) as uint8 display values on the CPU, by the rules of :func:`encode_grid`."""
-    pixels = on_host(pixels.detach())
+    if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8:
+        return pixels  # display values already: what a record brings to the sink's process
+    import torch
+
+    from monitor.host import on_host
+
+    pixels = on_host(torch.as_tensor(pixels).detach())
     if pixels.dtype == torch.uint8:
         return pixels.numpy()
     wide = pixels.dtype in (torch.float64, torch.int64, torch.int32)

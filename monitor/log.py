@@ -15,7 +15,8 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from monitor import checks, distribution
+from monitor import checks
+from monitor.binning import binned
 from monitor.records import Histogram, Hparams, ImageGrid, LabelCaptions, Layout, Order, Points, Text
 
 
@@ -187,7 +188,7 @@ class Log:
             checks.real_tensor("values", tensor)
         if len({t.device for t in tensors}) > 1:
             raise ValueError(f"values must be on one device, got {sorted({str(t.device) for t in tensors})}")
-        edges, counts, n = distribution.binned(tensors, _bins(bins))
+        edges, counts, n = binned(tensors, _bins(bins))
         if not n:
             raise ValueError("values must hold at least one number, got none")
         self.sink.put(Histogram(self._name("window", window), _x(x), (edges, counts, n)))

@@ -10,7 +10,7 @@ from monitor import checks
 from monitor.amp import scale_of
 from monitor.callbacks._every import is_due
 from monitor.core import Callback, LoopState
-from monitor.distribution import binned
+from monitor.binning import binned
 from monitor.log import Log
 from monitor.models import unwrap_model
 from monitor.records import Histogram, Order
