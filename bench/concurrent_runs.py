@@ -70,9 +70,10 @@ def _values(run: int, step: int) -> dict[str, float]:
 def _one_run(run: int, env: str, port: int, run_dir: str, seconds: float, step_s: float, busy_s: float,
              go: Any, out: Any) -> None:
     """One training run, in a process of its own: ready, wait for ``go``, loop, close, report."""
-    from monitor import Monitor, Scalars
+    from monitor import Monitor, Scalars, VisdomSink
 
-    monitor = Monitor([Scalars()], env=env, server="http://127.0.0.1", port=port, run_dir=run_dir)
+    # The sink in the run's own process (not the default SinkProcess's child), so its requests can be timed here.
+    monitor = Monitor([Scalars()], sink=VisdomSink(env, server="http://127.0.0.1", port=port, run_dir=run_dir))
     connection = monitor.sink.connection
     post = connection.post
     answered: dict[str, list[tuple[float, float]]] = {name: [] for name in WINDOWS}

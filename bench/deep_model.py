@@ -29,12 +29,15 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 
 import harness
 from monitor.norms import each_norm, stacks_of
+from monitor.runlog import RunLog
+from monitor.windows import Windows
 
 BLOCKS = 80
 
@@ -128,12 +131,13 @@ def run(server, steps: int = 300, repeats: int = 3, warmup: int = 30, width: int
             off: list[float] = []
             monitored.append(_steps(model, steps + warmup, monitor, off_cpu=off)[warmup:])
             monitor_off += off[warmup:]
-            monitor.flush(timeout=60)
-            window = monitor.sink.windows.by_name["grad norm"]
+            monitor.close(timeout=60)
+            windows = Windows(run_dir=run_dir)  # as the sink's process held them: built from the run log
+            windows.apply(RunLog.read(Path(run_dir) / RunLog.FILENAME))
+            window = windows.by_name["grad norm"]
             message = max(message, len(json.dumps(window.message("e")[1], separators=(",", ":"))))
             shown = (f"heatmap of {len(window.grid.xs)} columns" if window.grid is not None else
                      f"{max(len(t) for name, t in window.traces.items() if name != 'total')} points per layer")
-            monitor.close()
         bare.append(_steps(model, steps, off_cpu=bare_off))
     median = statistics.median
     # Each repetition's floor and monitor blocks against the bare blocks either side of them.

@@ -17,6 +17,7 @@ _EXPORTS = {
     "LoopState": "monitor.core",
     "Log": "monitor.log",
     "VisdomSink": "monitor.sink",
+    "SinkProcess": "monitor.sink_process",
     "RunLog": "monitor.runlog",
     "SummaryWriter": "monitor.writer",
     "Scalars": "monitor.callbacks",

@@ -156,7 +156,8 @@ class Monitor:
                     monitor.step_end(loss=loss, inputs=x, targets=y)
                 monitor.validation_end({"loss": val_loss, "accuracy": val_acc})
 
-    ``sink`` defaults to a :class:`monitor.VisdomSink` of ``env``, configured by the other
+    ``sink`` defaults to a :class:`monitor.SinkProcess` of ``env`` (a :class:`monitor.VisdomSink`
+    in a process of its own; pass ``sink=VisdomSink(...)`` to keep it in this one), configured by the other
     keywords (each None: the sink's default): ``server``, ``port``, ``username``,
     ``password`` (default: the environment variables, else http://127.0.0.1:8097), ``run_dir``
     (``runs/ENV``), ``flush_every`` (0.5 s between sends), ``points_per_trace`` (1000),
@@ -209,8 +210,8 @@ class Monitor:
         elif self.rank != 0:
             sink = NullSink()  # under torch.distributed only rank 0 talks to Visdom
         else:
-            from monitor.sink import VisdomSink
-            sink = VisdomSink(env=env, **options)
+            from monitor.sink_process import SinkProcess
+            sink = SinkProcess(env=env, **options)
         self.sink = sink
         _watch_until_exit(self)
         self.log = Log(sink)

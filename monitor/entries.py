@@ -36,9 +36,9 @@ from monitor.imaging import display_values, encode_grid
 from monitor.records import Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, Text
 
 
-def header(env: str, run_id: str) -> dict[str, Any]:
-    """The first entry of a run's log: which run, where, since when."""
-    return {"k": "run", "env": env, "run_id": run_id, "time": time.time(), "pid": os.getpid(),
+def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
+    """The first entry of a run's log: which run, where (``pid``: the training process, by default this one), since when."""
+    return {"k": "run", "env": env, "run_id": run_id, "time": time.time(), "pid": pid or os.getpid(),
             "host": socket.gethostname()}
 
 

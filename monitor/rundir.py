@@ -124,9 +124,10 @@ class RunDir:
         self.log_path = self.path / RunLog.FILENAME
         self._lock = FolderLock(self.path / self.LOCK)
 
-    def lock(self, run_id: str, env: str) -> None:
-        """Makes this process the folder's only writer; raises RunInUseError naming the one that is."""
-        holder = self._lock.take({"run_id": run_id})
+    def lock(self, run_id: str, env: str, pid: int | None = None) -> None:
+        """Makes this process the folder's only writer, for the training process ``pid`` (by default
+        this one); raises RunInUseError naming the one that is."""
+        holder = self._lock.take({"run_id": run_id, "pid": pid or os.getpid()})
         if holder is not None:
             raise RunInUseError(f"env {env!r} must have one live run at a time, got another one "
                                 f"writing to {self.path}: {holder}; stop it, or use another env")

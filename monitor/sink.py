@@ -43,7 +43,7 @@ __all__ = ["FlushTiming", "VisdomSink"]
 
 _log = logging.getLogger("monitor")
 _STOP = object()
-_RECORDS = (Points, ImageGrid, Text, Layout, Histogram, Hparams, RunEnd)
+RECORDS = (Points, ImageGrid, Text, Layout, Histogram, Hparams, RunEnd)
 # The worker works in short slices and pauses between them while a backlog remains: it shares
 # the GIL with the training thread, and a long burst (or being preempted in one) makes a hook
 # that releases the GIL (any tensor op) wait for it. Measured here: after a 5 s outage, a
@@ -54,7 +54,7 @@ _PAUSE = 0.0005  # seconds between slices while the queue is not empty
 # flush/sync/close). Waking it for each record cost the MLP benchmark's loop 200-300 us of
 # worker CPU and GIL hand-offs per step; polling costs ~50-90 us (bench/README.md).
 _POLL = 0.1
-_open_sinks: "weakref.WeakSet[VisdomSink]" = weakref.WeakSet()
+open_sinks: "weakref.WeakSet[Any]" = weakref.WeakSet()  # sinks of this process not closed yet
 
 
 class _Waiter:
@@ -81,33 +81,31 @@ class VisdomSink:
     position in the log) continues the run instead, cut back to that point. Each window keeps at
     most ``points_per_trace`` points per trace on the server. ``server``, ``port``,
     ``base_url``, ``username``, ``password`` and ``timeout`` (per request) are
-    :class:`Connection`'s. ``timings`` keeps the request time of the latest 1000 sends.
+    :class:`Connection`'s. ``timings`` keeps the request time of the latest 1000 sends. ``pid``
+    is the training process's, where that is another (:class:`monitor.SinkProcess` runs this
+    sink in a process of its own): the run log's header and the run folder's lock name it.
     """
 
     def __init__(self, env: str | None = None, *, server: str | None = None, port: int | None = None,
                  base_url: str = "", username: str | None = None, password: str | None = None,
                  run_dir: str | os.PathLike | None = None, flush_every: float = 0.5,
-                 points_per_trace: int = 1000, timeout: float = 5.0, rewind_to: int | None = None) -> None:
+                 points_per_trace: int = 1000, timeout: float = 5.0, rewind_to: int | None = None,
+                 pid: int | None = None) -> None:
         if env is not None:
             checks.name("env", env, path=True)
         self.flush_every = checks.seconds("flush_every", flush_every)
-        self.env = env or time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+        self.env = env or default_env()
         self.connection = Connection(server, port, base_url=base_url, username=username,
                                      password=password, timeout=timeout)
         self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.env
         self.windows = Windows(points_per_trace, run_dir=self.run_dir)
         if rewind_to is not None:
             checks.integer("rewind_to", rewind_to, minimum=0)
-        for other in list(_open_sinks):  # a notebook cell run again: the previous monitor of this run ends
-            if other.run_dir.resolve() == self.run_dir.resolve():
-                _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
-                other.put(RunEnd("interrupted", "a newer run of its env in this process replaced it"))
-                other._replaced = True
-                other.close(timeout=2.0)
-                other._worker.join(5.0)  # its last request (at most the close's 2 s) and the folder's lock
+        replace_earlier(self.run_dir)
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
-        self.folder.lock(self.run_id, self.env)
+        self.pid = pid or os.getpid()
+        self.folder.lock(self.run_id, self.env, self.pid)
         try:
             stale = self._open_runlog(rewind_to)
         except BaseException:
@@ -130,7 +128,7 @@ class VisdomSink:
         self._logged = threading.Event()  # set once everything put before close() is in the run log
         self._worker = threading.Thread(target=self._run, name=f"monitor-sink-{self.env}", daemon=True)
         self._worker.start()
-        _open_sinks.add(self)
+        open_sinks.add(self)
 
     def _open_runlog(self, rewind_to: int | None) -> set[str]:
         """Continues the run (``rewind_to`` > 0) or starts a new one; returns the windows to close."""
@@ -154,7 +152,7 @@ class VisdomSink:
         if earlier is not None:
             _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)
         self.runlog = RunLog(path)
-        self.runlog.append([header(self.env, self.run_id)])
+        self.runlog.append([header(self.env, self.run_id, self.pid)])
         self.images = ImageStore(self.run_dir, self.run_id)
         return windows_after(earlier, 0) if earlier is not None else set()
 
@@ -186,7 +184,7 @@ class VisdomSink:
     # --- the training thread's side ----------------------------------------------------------
     def put(self, record: Points | ImageGrid | Text | Layout | Histogram | Hparams) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
-        if not isinstance(record, _RECORDS):
+        if not isinstance(record, RECORDS):
             raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram or Hparams, "
                             f"got {type(record).__name__}")
         if self._closed:
@@ -245,6 +243,10 @@ class VisdomSink:
                                        f"`monitor replay {self.runlog.path}`")
         return delivered
 
+    def _join(self, timeout: float | None) -> None:
+        """Waits for the worker to end (the run folder is free then)."""
+        self._worker.join(timeout)
+
     # --- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
         try:
@@ -268,7 +270,7 @@ class VisdomSink:
             for waiter in self._waiting:
                 waiter.event.set()
             self._logged.set()
-            _open_sinks.discard(self)  # only now: its run folder is free once this thread ends
+            open_sinks.discard(self)  # only now: its run folder is free once this thread ends
 
     def _cycle(self) -> None:
         """Takes what is queued into the run log and the windows; sends when it is time."""
@@ -341,8 +343,24 @@ class VisdomSink:
             return None
 
 
+def default_env() -> str:
+    """A new run's env name: ``run-<date>-<time>-<random>``."""
+    return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+def replace_earlier(run_dir: Path) -> None:
+    """A notebook cell run again: the previous sink of ``run_dir`` in this process ends."""
+    for other in list(open_sinks):
+        if other.run_dir.resolve() == run_dir.resolve():
+            _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
+            other.put(RunEnd("interrupted", "a newer run of its env in this process replaced it"))
+            other._replaced = True
+            other.close(timeout=2.0)
+            other._join(5.0)  # its last request (at most the close's 2 s) and the folder's lock
+
+
 @atexit.register
 def _close_open_sinks() -> None:
     """A run that forgot close() still gets its last records into the run log and, briefly, sent."""
-    for sink in list(_open_sinks):
+    for sink in list(open_sinks):
         sink.close(timeout=2.0)

@@ -68,7 +68,7 @@ class SummaryWriter:
     after ``close()`` opens the run again. ``close()`` (or leaving a ``with`` block) records
     that the run finished, or crashed with the block's exception. ``monitor=`` writes to that
     Monitor's env instead (its sink, its run). Other keyword arguments go to
-    :class:`monitor.VisdomSink` (``server``, ``port``, ...), for the first writer of a ``log_dir``.
+    :class:`monitor.SinkProcess` (``server``, ``port``, ...), for the first writer of a ``log_dir``.
 
     **Windows.** A tag used for two kinds of data (a scalar ``weights/norm`` and a histogram
     ``weights``) gets a window for each, the later one named ``weights (histogram)``.
@@ -332,10 +332,10 @@ class _Run:
     """A log_dir's run in this process: its sink, and the writers open on it."""
 
     def __init__(self, path: Path, purge_step: int | None, sink_options: dict[str, Any]) -> None:
-        from monitor.sink import VisdomSink
+        from monitor.sink_process import SinkProcess
         self.key = path.resolve()
         position, self.next_step, self.kinds = _continued(path / RunLog.FILENAME, purge_step)
-        self.log = Log(VisdomSink(env=_env_of(path), run_dir=path, rewind_to=position, **sink_options))
+        self.log = Log(SinkProcess(env=_env_of(path), run_dir=path, rewind_to=position, **sink_options))
         self.writers = 0
 
     def leave(self, status: str, error: str | None) -> None:

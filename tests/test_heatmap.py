@@ -124,7 +124,7 @@ def test_a_deep_model_s_heatmap_on_the_dashboard_equals_a_replay_of_its_run_log(
             optimizer.step()
             monitor.step_end()
         assert monitor.flush(timeout=10)
-        run_log = monitor.sink.runlog.path
+        run_log = monitor.sink.run_dir / "runlog.jsonl"
     live = read_window_raw(visdom_server, "heatmap-live", "grad norm")["content"]
     replay(run_log, "heatmap-replayed", port=visdom_server.port)
     assert read_window_raw(visdom_server, "heatmap-replayed", "grad norm")["content"] == live

@@ -6,7 +6,7 @@ import base64
 import torch
 
 from helpers.monitors import shown_grid
-from monitor import Images, Monitor
+from monitor import Images, Monitor, VisdomSink
 from monitor.imagestore import KEEP, ImageStore, kept
 from monitor.replay import replay
 from monitor.runlog import RunLog
@@ -74,8 +74,8 @@ def test_100k_steps_of_grids_stay_within_a_fixed_size_and_the_pane_ends_at_the_l
 def test_the_pane_grows_by_appends_and_is_created_again_only_past_its_bound(visdom_server, read_window_raw, tmp_path):
     # Every grid after the KEEP-th thins the store; creating the pane again for each (a close, a
     # second's wait for the page's answer, a new pane) made it vanish once a grid, and close() wait 2 s.
-    with Monitor([Images(every=1, count=1, captions=None)], env="history-appends", port=visdom_server.port,
-                 run_dir=tmp_path, raise_errors=True) as monitor:
+    sink = VisdomSink("history-appends", port=visdom_server.port, run_dir=tmp_path)  # here: its requests are counted
+    with Monitor([Images(every=1, count=1, captions=None)], sink=sink, raise_errors=True) as monitor:
         posted = []
         post = monitor.sink.connection.post
         monitor.sink.connection.post = lambda endpoint, *rest, **options: (posted.append(endpoint),

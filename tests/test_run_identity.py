@@ -132,8 +132,8 @@ def test_a_notebook_cell_run_again_closes_the_previous_monitor_and_starts_clean(
 
     first = cell()
     second = cell()
-    assert not first.sink._worker.is_alive()  # closed, its thread gone
-    assert [t.name for t in threading.enumerate()].count("monitor-sink-notebook") == 1
+    assert first.sink._child.poll() is not None and not first.sink._forwarder.is_alive()  # closed, its process gone
+    assert [t.name for t in threading.enumerate()].count("monitor-forward-notebook") == 1
     assert second.flush(timeout=10)
     assert read_window(visdom_server, "notebook", "loss") == {"train": ([1, 2, 3], [1.0, 1.0, 1.0])}
     assert first.sink.run_id != second.sink.run_id

@@ -458,7 +458,7 @@ def test_writers_opened_together_in_threads_share_one_run(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path / "runs")  # a script that changes folders before it closes
     for writer in writers:
         writer.close()
-    assert not _runs and not writers[0].log.sink._worker.is_alive()
+    assert not _runs and writers[0].log.sink._child.poll() is not None
 
 
 def test_odd_log_dirs_still_name_an_env(tmp_path, monkeypatch):

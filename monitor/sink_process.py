@@ -1,0 +1,450 @@
+"""SinkProcess: a VisdomSink in a process of its own; the training process only hands it records.
+
+    sink = SinkProcess(env="mnist", port=8097)     # what Monitor(env="mnist") builds
+    Monitor(callbacks, sink=sink)
+
+In the training process, a :class:`monitor.sink.VisdomSink`'s worker holds the GIL for all it
+does (encoding, the run log, the windows, the requests) and the training thread waits for it:
+about 75% of the worker's time landed on the loop (bench/README.md). Here the training process
+keeps one thread that reads the records (``entries.read``: deferred values called, tensors
+read from their device) and pickles them, every ``_POLL`` seconds, into a pipe to a child
+process that runs the VisdomSink and never imports torch.
+
+The child outlives its parent. It runs in a session of its own, so a Ctrl-C or a scheduler's
+signal to the job's process group does not reach it; when the training process ends, however
+it ends, the pipe closes and the child puts what it has into the run log, sends it (within
+its close timeout) and exits. A child that dies on its own is replaced by a VisdomSink in the
+training process that continues the run log; records in the pipe then are reported lost.
+Where no child starts, the sink runs in the training process from the beginning.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from monitor import checks
+from monitor.delivery import FlushTiming
+from monitor.entries import read
+from monitor.records import RunEnd
+from monitor.reports import Reports
+from monitor.runlog import RunLog
+from monitor.sink import RECORDS, VisdomSink, default_env, open_sinks, replace_earlier
+
+__all__ = ["SinkProcess"]
+
+_log = logging.getLogger("monitor")
+_POLL = 0.1  # seconds between the forwarder's looks at the queue (at once for flush, sync, close)
+_START = 300.0  # seconds a child may take to open the run (a resume reads the log); then the sink runs here
+_BACKLOG = 30.0  # seconds beyond its timeout a close waits for the child to write its backlog to the run log
+_LENGTH = struct.Struct("<Q")
+
+
+class _Request:
+    """A flush, sync or close waiting on the child's answer."""
+
+    __slots__ = ("kind", "timeout", "event", "result")
+
+    def __init__(self, kind: str, timeout: float | None) -> None:
+        self.kind, self.timeout = kind, timeout
+        self.event = threading.Event()
+        self.result: Any = None
+
+
+class SinkProcess:
+    """Delivers a run's records to one Visdom env from a process of its own; never blocks the loop.
+
+        sink = SinkProcess(env="mnist", port=8097)
+        Monitor(callbacks, sink=sink)
+        sink.close()                      # everything put is in the run log; the child exits
+
+    Takes :class:`monitor.sink.VisdomSink`'s arguments and behaves as it does (``put``,
+    ``flush``, ``sync``, ``close``, ``position``, ``delivered``, ``url``, ``run_id``);
+    ``position``, ``delivered`` and ``timings`` are as of the child's latest answer.
+    """
+
+    def __init__(self, env: str | None = None, *, server: str | None = None, port: int | None = None,
+                 base_url: str = "", username: str | None = None, password: str | None = None,
+                 run_dir: str | os.PathLike | None = None, flush_every: float = 0.5,
+                 points_per_trace: int = 1000, timeout: float = 5.0, rewind_to: int | None = None) -> None:
+        if env is not None:
+            checks.name("env", env, path=True)
+        self.env = env or default_env()
+        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.env
+        self._options = dict(env=self.env, server=server, port=port, base_url=base_url, username=username,
+                             password=password, run_dir=str(self.run_dir.absolute()), flush_every=flush_every,
+                             points_per_trace=points_per_trace, timeout=timeout, rewind_to=rewind_to,
+                             pid=os.getpid())
+        self.reports = Reports()
+        self._queue: deque = deque()
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._closing: _Request | None = None
+        self._replaced = False
+        self._asked: dict[int, _Request] = {}  # sent to the child, not answered yet, by number
+        self._numbers = itertools.count()
+        self._status: dict[str, Any] = {}
+        self._broken = False  # the child ended without being asked to
+        self._local: VisdomSink | None = None
+        replace_earlier(self.run_dir)
+        self._child = self._start()
+        if self._child is None:
+            self._local = VisdomSink(**self._options)
+            self.run_id, self.url = self._local.run_id, self._local.url
+        self._forwarder = threading.Thread(target=self._forward, name=f"monitor-forward-{self.env}", daemon=True)
+        self._forwarder.start()
+        open_sinks.add(self)
+
+    def _start(self) -> subprocess.Popen | None:
+        """The child, once it holds the run (None where it could not start); raises what it raised."""
+        try:
+            options = pickle.dumps(self._options, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:  # an argument that does not pickle: the VisdomSink here names it
+            return None
+        package = str(Path(__file__).resolve().parent.parent)
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))}
+        try:
+            child = subprocess.Popen([sys.executable, "-m", "monitor.sink_process"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=environment, start_new_session=True)
+        except OSError as error:
+            _log.info("monitor: the sink runs in this process (no process of its own: %s)", error)
+            return None
+        try:
+            _send(child.stdin, ("open", options, _log.getEffectiveLevel()))
+            answer = _answer_of(child, _START)
+        except OSError:
+            answer = None
+        if answer is not None and answer[0] == "failed":
+            child.wait()
+            raise answer[1]
+        if answer is None or answer[0] != "ready":
+            child.kill()
+            child.wait()
+            _log.info("monitor: the sink runs in this process (its own process did not start in %.0f s)", _START)
+            return None
+        self.run_id, self.url, self._status = answer[1]["run_id"], answer[1]["url"], answer[1]
+        self._reader = threading.Thread(target=self._read_answers, args=(child.stdout,),
+                                        name=f"monitor-answers-{self.env}", daemon=True)
+        self._reader.start()
+        return child
+
+    @property
+    def pending(self) -> int:
+        """Records put and not yet handed to the child (approximate)."""
+        return self._local.pending if self._local is not None else len(self._queue)
+
+    @property
+    def position(self) -> int | None:
+        """The run log's size in bytes as of the child's latest answer (``sync`` makes it durable)."""
+        return self._local.position if self._local is not None else self._status.get("position")
+
+    @property
+    def delivered(self) -> bool:
+        """Whether the server held every window as of the child's latest answer."""
+        if self._local is not None:
+            return self._local.delivered
+        return bool(self._status.get("delivered")) and not self._queue
+
+    @property
+    def timings(self) -> list[FlushTiming]:
+        """The latest sends, oldest first, as of the child's latest answer."""
+        return list(self._local.timings) if self._local is not None else list(self._status.get("timings", ()))
+
+    # --- the training thread's side ----------------------------------------------------------
+    def put(self, record: Any) -> None:
+        """Queues a record; never blocks. Records put after close() are dropped with a warning."""
+        if not isinstance(record, RECORDS):
+            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram or Hparams, "
+                            f"got {type(record).__name__}")
+        if self._closed:
+            if not isinstance(record, RunEnd):
+                self.reports.once("closed", "a record was logged after close() and is dropped" + (
+                    f": a newer monitor of env {self.env!r} in this process took its run folder"
+                    if self._replaced else ""))
+            return
+        self._queue.append(record)
+
+    def flush(self, timeout: float | None = 10.0) -> bool:
+        """Waits until everything put so far is in the run log and on the server (False if not
+        within ``timeout`` seconds, or at once when the server could not be reached)."""
+        if self._closed:
+            return self.delivered
+        return bool(self._ask("flush", timeout))
+
+    def sync(self, timeout: float | None = 10.0) -> int | None:
+        """Waits until everything put so far is durable in the run log and returns the log's
+        position; None if that did not happen within ``timeout``."""
+        if self._closed:
+            return self.position
+        return self._ask("sync", timeout)
+
+    def close(self, timeout: float | None = 10.0) -> bool:
+        """Delivers what is pending (for up to ``timeout`` seconds), then stops; idempotent.
+        Everything put before it is in the run log when it returns. Returns whether the server
+        holds everything."""
+        with self._lock:
+            if self._closing is None:
+                self._closed = True
+                self._closing = _Request("close", timeout)
+                self._queue.append(self._closing)
+                self._wake.set()
+        # The child answers once everything is in the run log, sending for at most ``timeout``.
+        self._closing.event.wait(None if timeout is None else timeout + _BACKLOG)
+        self._join(None if timeout is None else timeout + _BACKLOG)
+        return bool(self._closing.result)
+
+    def _ask(self, kind: str, timeout: float | None) -> Any:
+        request = _Request(kind, timeout)
+        self._queue.append(request)
+        self._wake.set()
+        request.event.wait(timeout)
+        return request.result
+
+    def _join(self, timeout: float | None) -> None:
+        """Waits for the forwarder and the child to end (the run folder is free then)."""
+        self._forwarder.join(timeout)
+        if self._child is not None:
+            try:
+                self._child.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+
+    # --- the forwarder -------------------------------------------------------------------------
+    def _forward(self) -> None:
+        """Reads the queued records and hands them on in batches, with the requests in order."""
+        try:
+            while True:
+                self._wake.wait(_POLL)
+                self._wake.clear()
+                records: list = []
+                while self._queue:
+                    item = self._queue.popleft()
+                    if type(item) is _Request:
+                        self._hand_on(records)
+                        records = []
+                        self._request(item)
+                        if item.kind == "close":
+                            return
+                    else:
+                        plain = self._read(item)
+                        if plain is not None:
+                            records.append(plain)
+                self._hand_on(records)
+                if self._broken and self._local is None:
+                    self._fall_back([])
+        except Exception as error:  # a bug here must not leave a flush or a close waiting forever
+            self.reports.once("forwarder", f"the sink's forwarder stopped on {type(error).__name__}: {error}")
+            for request in [*self._asked.values(), *[i for i in self._queue if type(i) is _Request]]:
+                request.event.set()
+        finally:
+            open_sinks.discard(self)
+
+    def _read(self, record: Any) -> Any:
+        if self._local is not None:
+            return record  # the VisdomSink here reads it (and reports what it cannot read)
+        try:
+            return read(record)
+        except Exception as error:  # a bad record must not stop the others
+            self.reports.once(f"record-{type(record).__name__}-{type(error).__name__}",
+                              f"a {type(record).__name__} record for window {getattr(record, 'window', '?')!r} "
+                              f"could not be read and is skipped: {type(error).__name__}: {error}")
+            return None
+
+    def _hand_on(self, records: list) -> None:
+        if not records:
+            return
+        if self._local is None:
+            try:
+                _send(self._child.stdin, ("records", _picklable(records, self.reports)))
+                return
+            except OSError:  # the child is gone
+                self._fall_back(records)
+                return
+        for record in records:
+            self._local.put(record)
+
+    def _request(self, request: _Request) -> None:
+        if self._local is None:
+            number = next(self._numbers)
+            self._asked[number] = request
+            try:
+                _send(self._child.stdin, ("ask", number, request.kind, request.timeout))
+                if request.kind == "close":
+                    self._child.stdin.close()  # the child exits once it answered
+                return
+            except OSError:
+                self._fall_back([])
+                return
+        self._answer_here(request)
+
+    def _answer_here(self, request: _Request) -> None:
+        if self._local is None:  # no sink at all: the child died and none could start here
+            request.result = False if request.kind != "sync" else None
+        else:
+            request.result = getattr(self._local, request.kind)(request.timeout)
+        request.event.set()
+
+    def _fall_back(self, records: list) -> None:
+        """The child died: a VisdomSink here continues the run log, and answers what was asked."""
+        self._broken = True
+        try:
+            self._child.wait(5.0)
+        except subprocess.TimeoutExpired:  # it closed its pipe and hangs: its run folder is needed
+            self._child.kill()
+            self._child.wait()
+        log_path = Path(self._options["run_dir"]) / RunLog.FILENAME
+        self.reports.once("child", f"the sink's process ended unexpectedly (exit status {self._child.returncode}); "
+                                   f"the sink goes on in the training process, from {log_path}; records logged "
+                                   f"just before may be missing")
+        try:
+            end = RunLog.end_of(log_path) if log_path.is_file() else 0
+            open_sinks.discard(self)  # not an earlier sink of its folder for the new one to close
+            self._local = VisdomSink(**{**self._options, "rewind_to": end or None})
+        except Exception as error:
+            self.reports.once("fallback", f"the sink could not go on in the training process, and what is "
+                                          f"logged from now on is dropped: {type(error).__name__}: {error}")
+        finally:
+            open_sinks.add(self)
+        if self._local is not None:
+            for record in records:
+                self._local.put(record)
+        for number in sorted(self._asked):
+            self._answer_here(self._asked.pop(number))
+
+    def _read_answers(self, answers: BinaryIO) -> None:
+        """The child's answers and log messages, until it ends."""
+        while True:
+            try:
+                message = _receive(answers)
+            except (OSError, pickle.UnpicklingError, EOFError):
+                message = None
+            if message is None:
+                break
+            if message[0] == "log":
+                _log.log(message[1], "%s", message[2])
+            elif message[0] == "answer":
+                _, number, result, self._status = message
+                request = self._asked.pop(number, None)
+                if request is not None:
+                    request.result = result
+                    request.event.set()
+        if self._asked or not self._closed:  # it ended without being asked to
+            self._broken = True
+            self._wake.set()
+
+
+def _picklable(records: list, reports: Reports) -> list:
+    """``records``, less any that does not pickle (reported once each kind)."""
+    try:
+        pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
+        return records
+    except Exception:
+        kept = []
+        for record in records:
+            try:
+                pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+                kept.append(record)
+            except Exception as error:
+                reports.once(f"pickle-{type(record).__name__}", f"a {type(record).__name__} record for window "
+                             f"{getattr(record, 'window', '?')!r} cannot reach the sink's process and is skipped: "
+                             f"{type(error).__name__}: {error}")
+        return kept
+
+
+def _send(pipe: BinaryIO, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    pipe.write(_LENGTH.pack(len(data)))
+    pipe.write(data)
+    pipe.flush()
+
+
+def _receive(pipe: BinaryIO) -> Any:
+    """The next message, or None at the pipe's end."""
+    head = pipe.read(_LENGTH.size)
+    if len(head) < _LENGTH.size:
+        return None
+    (size,) = _LENGTH.unpack(head)
+    data = pipe.read(size)
+    return pickle.loads(data) if len(data) == size else None
+
+
+def _answer_of(child: subprocess.Popen, seconds: float) -> Any:
+    """The child's first message, if it comes within ``seconds`` while the child lives."""
+    import select
+
+    deadline = time.monotonic() + seconds
+    while not select.select([child.stdout], [], [], 1.0)[0]:
+        if child.poll() is not None or time.monotonic() > deadline:
+            return None
+    return _receive(child.stdout)
+
+
+# --- the child ---------------------------------------------------------------------------------
+class _ToParent(logging.Handler):
+    """Hands the child's log messages to the training process, which logs them as its own."""
+
+    def __init__(self, send) -> None:
+        super().__init__()
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.send(("log", record.levelno, record.getMessage()))
+        except Exception:  # the training process is gone: say it here
+            sys.stderr.write(record.getMessage() + "\n")
+
+
+def _child() -> None:
+    """Runs a VisdomSink for the training process on the other end of stdin and stdout."""
+    commands = sys.stdin.buffer
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print must not break the messages
+    lock = threading.Lock()
+
+    def send(message: Any) -> None:
+        with lock:
+            _send(answers, message)
+
+    opened = _receive(commands)
+    if opened is None:
+        return
+    options, level = pickle.loads(opened[1]), opened[2]
+    _log.setLevel(level)
+    _log.propagate = False
+    _log.addHandler(_ToParent(send))
+    try:
+        sink = VisdomSink(**options)
+    except BaseException as error:
+        send(("failed", error))
+        return
+    status = lambda: {"run_id": sink.run_id, "url": sink.url, "position": sink.position,  # noqa: E731
+                      "delivered": sink.delivered, "timings": list(sink.timings)}
+    send(("ready", status()))
+    while True:
+        message = _receive(commands)
+        if message is None:  # the training process ended without a close: everything into the run log
+            sink.close(options["timeout"] * 2)
+            return
+        if message[0] == "records":
+            for record in message[1]:
+                sink.put(record)
+            continue
+        _, number, kind, timeout = message
+        result = getattr(sink, kind)(timeout)
+        send(("answer", number, result, status()))
+        if kind == "close":
+            return
+
+
+if __name__ == "__main__":
+    _child()

@@ -1,0 +1,141 @@
+"""The default sink runs in a process of its own: what the training process hands it is kept and
+delivered however the training process ends, and the training goes on if it dies."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from monitor import Monitor, Scalars, SinkProcess
+from monitor.log import Log
+from monitor.records import Points
+from monitor.runlog import RunLog
+
+# A user's loop that logs a step every 20 ms and waits for a signal after ``--ready`` steps.
+LOOP = textwrap.dedent("""
+    import sys, time
+    import torch
+    from torch import nn
+    from monitor import GradNorms, Monitor, Scalars
+
+    port, run_dir, steps = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = Monitor([Scalars(), GradNorms()], env=sys.argv[4], port=port, run_dir=run_dir)
+    monitor.train_start(model, optimizer)
+    for step in range(1, 100000):
+        loss = model(torch.randn(16, 4)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        monitor.after_backward()
+        optimizer.step()
+        if step <= steps:
+            monitor.step_end(loss=float(step))
+        if step == steps:
+            time.sleep(0.5)  # the forwarder has handed everything on
+            print("ready", flush=True)
+        time.sleep(0.02)
+""")
+
+
+def _points(run_dir: Path, window: str = "loss") -> list[float]:
+    return [e["x"] for e in RunLog.read(run_dir / "runlog.jsonl") if e["k"] == "points" and e["win"] == window]
+
+
+def _until(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def _start(tmp_path: Path, visdom_server, env: str, steps: int) -> subprocess.Popen:
+    script = tmp_path / "train.py"
+    script.write_text(LOOP)
+    loop = subprocess.Popen([sys.executable, str(script), str(visdom_server.port), str(tmp_path / "run"), str(steps),
+                             env], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert loop.stdout.readline().strip() == "ready"
+    return loop
+
+
+def test_the_default_sink_runs_apart_without_torch_and_names_the_training_process(visdom_server, read_window,
+                                                                                   tmp_path):
+    with Monitor([Scalars()], env="apart", port=visdom_server.port, run_dir=tmp_path) as monitor:
+        assert isinstance(monitor.sink, SinkProcess)
+        child = monitor.sink._child.pid
+        assert child != os.getpid()
+        maps = Path(f"/proc/{child}/maps").read_text()
+        assert "libtorch" not in maps and "numpy" in maps  # it draws and encodes with numpy and PIL alone
+        for step in range(1, 6):
+            monitor.step_end(loss=torch.tensor(float(step)))
+        assert monitor.flush(timeout=10) and monitor.sink.delivered
+        assert monitor.sink.sync() == (tmp_path / "runlog.jsonl").stat().st_size == monitor.sink.position
+    assert read_window(visdom_server, "apart", "loss") == {"train": ([1, 2, 3, 4, 5], [1.0, 2.0, 3.0, 4.0, 5.0])}
+    assert next(RunLog.read(tmp_path / "runlog.jsonl"))["pid"] == os.getpid()  # the run is this process's
+    assert monitor.sink._child.poll() == 0
+
+
+def test_a_training_process_killed_with_sigkill_leaves_what_it_handed_on_in_the_log_and_on_the_server(
+        visdom_server, read_window, tmp_path):
+    loop = _start(tmp_path, visdom_server, "killed-loop", steps=40)
+    loop.send_signal(signal.SIGKILL)  # no atexit, no close: only the sink's process is left
+    loop.wait()
+    _until(lambda: _points(tmp_path / "run") == list(range(1, 41)))
+    _until(lambda: read_window(visdom_server, "killed-loop", "loss")["train"][0] == list(range(1, 41)))
+    assert _points(tmp_path / "run", "grad norm") == list(range(1, 41))
+
+
+def test_a_ctrl_c_to_the_job_s_process_group_ends_the_loop_and_the_sink_still_delivers(visdom_server, read_window,
+                                                                                     tmp_path):
+    loop = _start(tmp_path, visdom_server, "ctrl-c-loop", steps=30)
+    os.killpg(loop.pid, signal.SIGINT)  # what a terminal's Ctrl-C (or a scheduler's signal) reaches
+    loop.wait(timeout=30)
+    ends = [e for e in RunLog.read(tmp_path / "run" / "runlog.jsonl") if e["k"] == "end"]
+    assert [e["status"] for e in ends] == ["interrupted"]
+    assert _points(tmp_path / "run") == list(range(1, 31))
+    assert read_window(visdom_server, "ctrl-c-loop", "loss")["train"][0] == list(range(1, 31))
+
+
+def test_a_sink_process_that_dies_is_replaced_in_the_training_process_and_the_run_goes_on(
+        visdom_server, read_window, tmp_path, caplog):
+    with Monitor([Scalars()], env="child-dies", port=visdom_server.port, run_dir=tmp_path) as monitor:
+        for step in range(1, 11):
+            monitor.step_end(loss=float(step))
+        assert monitor.flush(timeout=10)
+        monitor.sink._child.kill()
+        monitor.sink._child.wait()
+        for step in range(11, 21):
+            monitor.step_end(loss=float(step))
+        assert monitor.flush(timeout=10)
+    assert caplog.text.count("the sink's process ended unexpectedly") == 1
+    assert _points(tmp_path) == list(range(1, 21))  # one run log, continued
+    assert read_window(visdom_server, "child-dies", "loss")["train"][0] == list(range(1, 21))
+
+
+def test_bad_arguments_are_named_as_the_sink_in_this_process_names_them(tmp_path):
+    with pytest.raises(ValueError, match="flush_every must be"):
+        SinkProcess("bad", run_dir=tmp_path, flush_every=-1)
+    with pytest.raises(ValueError, match="points_per_trace must be"):
+        SinkProcess("bad", run_dir=tmp_path, points_per_trace=1)
+    with pytest.raises(TypeError, match="record must be a monitor.records"):
+        SinkProcess("bad", run_dir=tmp_path, port=1).put("loss")
+
+
+def test_a_record_that_cannot_be_read_is_reported_once_and_the_others_arrive(visdom_server, read_window,
+                                                                              tmp_path, caplog):
+    sink = SinkProcess("unreadable", port=visdom_server.port, run_dir=tmp_path)
+    log = Log(sink)
+    log.scalar("loss", "train", 1, 1.0)
+    sink.put(Points("loss", 2, ("train",), lambda: 1 / 0))
+    sink.put(Points("loss", 3, ("train",), lambda: 1 / 0))
+    log.scalar("loss", "train", 4, 4.0)
+    assert sink.close(timeout=10)
+    assert caplog.text.count("could not be read and is skipped: ZeroDivisionError") == 1
+    assert read_window(visdom_server, "unreadable", "loss") == {"train": ([1, 4], [1.0, 4.0])}
