@@ -86,16 +86,31 @@ def server_rss_mb(server: VisdomServer) -> float:
 
 def server_cpu_s(server: VisdomServer) -> float:
     """CPU seconds the server process has used so far, all its threads (Linux schedstat, in ns)."""
+    return _cpu_of(server.process.pid)
+
+
+def process_cpu_s() -> float:
+    """CPU seconds of this process, all threads together, and of its live sink processes
+    (:class:`monitor.SinkProcess`'s children: the training process's logging, done elsewhere)."""
+    return time.process_time() + sum(_cpu_of(pid) for pid in _sink_processes())
+
+
+def _cpu_of(pid: int) -> float:
     total = 0
-    for task in Path(f"/proc/{server.process.pid}/task").glob("*"):
+    for task in Path(f"/proc/{pid}/task").glob("*"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
 
 
-def process_cpu_s() -> float:
-    """CPU seconds of this process, all threads together."""
-    return time.process_time()
+def _sink_processes() -> list[int]:
+    mine = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid() and \
+                    b"monitor.sink_process" in (stat.parent / "cmdline").read_bytes():
+                mine.append(int(stat.parent.name))
+    return mine
 
 
 def page_faults() -> int:
@@ -180,7 +195,7 @@ def machine() -> dict[str, str]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M %Z"),
         "commit": commit,
-        "cpu": f"{cpu}, {os.cpu_count()} cores (training loop, sink worker and Visdom server share them)",
+        "cpu": f"{cpu}, {os.cpu_count()} cores (training loop, sink process and Visdom server share them)",
         "memory": memory,
         "os": platform.platform(),
         "python": platform.python_version(),

@@ -307,7 +307,7 @@ class IgniteMode(Mode):
 class Run:
     mode: str
     step_times: list[float]
-    cpu_s: float           # CPU per timed step: this process's threads and the server, together
+    cpu_s: float           # CPU per timed step: this process's threads, its sink process and the server, together
     off_cpu_us: float      # per timed step, the wall time less the loop thread's CPU time, averaged
     faults: float          # minor page faults of this process per timed step
     close_s: float
@@ -398,7 +398,7 @@ class Summary:
     ratio: float          # median step time / bare's
     paired: float         # median over runs of: the run's median step / its neighbouring bare runs'
     mean_ratio: float     # mean step time / bare's
-    cpu_ms: float         # median over runs of CPU per step (loop process + server)
+    cpu_ms: float         # median over runs of CPU per step (loop and sink processes + server)
     off_cpu_us: float     # median over runs of the loop thread's off-CPU time per step
     faults: float         # median over runs of page faults per step (loop process)
     delivered: int | None
@@ -482,7 +482,7 @@ def table(summaries: list[Summary]) -> str:
                      f"{s.cpu_ms:.2f}", f"{s.off_cpu_us:.0f}", f"{s.faults:.1f}", delivered, f"{s.close_s:.3f}"])
     return harness.markdown_table(["model", "mode", "median step ms", "ratio to bare (median)",
                                    "paired ratio (median of runs)", "ratio (mean)",
-                                   "CPU ms/step (loop process + server)", "loop off-CPU us/step", "page faults/step",
+                                   "CPU ms/step (loop and sink processes + server)", "loop off-CPU us/step", "page faults/step",
                                    "points delivered/expected", "close() s (worst run)"], rows)
 
 

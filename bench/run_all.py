@@ -117,8 +117,8 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
               f"{o['steps']} timed steps after {o['warmup']} warm-up steps per run, {o['repeats']} interleaved "
               f"repetitions, each with {overhead.MONITOR_RUNS} monitor runs (each after a bare run) and one of "
               "every other mode; step times pooled over a mode's runs; ratios against every bare run of the "
-              "same model. CPU per step counts every thread of the training process (loop, sink worker, "
-              "writer threads) and the Visdom server process; loop off-CPU is the time a step's thread waited (for the "
+              "same model. CPU per step counts every thread of the training process (loop, forwarder, "
+              "writer threads), of its sink process and of the Visdom server process; loop off-CPU is the time a step's thread waited (for the "
               "GIL or a core), per step.", "", overhead.table(summaries), ""]
     lines += ["### Server scaling (bench/server_scaling.py)", "",
               f"{s['steps']:,} steps of {scaling.traces} scalars in one window, a flush every "

@@ -33,6 +33,7 @@ from monitor import checks
 from monitor.distribution import trimmed
 from monitor.imagestore import ImageStore
 from monitor.imaging import display_values, encode_grid
+from monitor.layer_sums import LayerNorms
 from monitor.records import Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, Text
 
 
@@ -48,7 +49,15 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunE
     pixels as uint8 display values, captions as strings. Runs off the training thread, where
     torch is; what it returns pickles without torch."""
     if isinstance(record, Points):
-        values = record.values() if callable(record.values) else record.values
+        values = record.values
+        if type(values) is LayerNorms:
+            if set(map(type, values.norms)) <= _PLAIN:
+                return record  # a CPU's norms: added up where the entry is made (encode)
+            from monitor.norms import read as read_norms  # torch: device norms, read here
+
+            return record._replace(values=values.layer_sums(read_norms(values.norms)))
+        if callable(values):
+            values = values()
         if checks._is_tensor(values):
             values = _on_host(values).tolist()
         elif type(values) not in (list, tuple) or not set(map(type, values)) <= _PLAIN:
@@ -90,7 +99,7 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
         raise ValueError(f"x must be a finite number, got {x!r}")
     record = read(record)
     if isinstance(record, Points):
-        values = record.values
+        values = record.values() if type(record.values) is LayerNorms else record.values
         if len(values) != len(record.traces):
             raise ValueError(f"{len(record.traces)} traces need as many values, got {len(values)}")
         if set(map(type, values)) == _FLOATS and set(map(type, record.traces)) == _NAMES:  # the usual record

@@ -265,7 +265,7 @@ class SinkProcess:
             return
         if self._local is None:
             try:
-                _send(self._child.stdin, ("records", _picklable(records, self.reports)))
+                _send(self._child.stdin, ("records", records), self.reports)
                 return
             except OSError:  # the child is gone
                 self._fall_back(records)
@@ -343,14 +343,16 @@ class SinkProcess:
             self._wake.set()
 
 
-def _picklable(records: list, reports: Reports) -> list:
-    """``records``, less any that does not pickle (reported once each kind)."""
+def _send(pipe: BinaryIO, message: tuple, reports: Reports | None = None) -> None:
+    """Writes one message; a batch of records that does not pickle goes without the records that
+    do not (reported once each kind, to ``reports``)."""
     try:
-        pickle.dumps(records, protocol=pickle.HIGHEST_PROTOCOL)
-        return records
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
+        if reports is None:
+            raise
         kept = []
-        for record in records:
+        for record in message[1]:
             try:
                 pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
                 kept.append(record)
@@ -358,11 +360,7 @@ def _picklable(records: list, reports: Reports) -> list:
                 reports.once(f"pickle-{type(record).__name__}", f"a {type(record).__name__} record for window "
                              f"{getattr(record, 'window', '?')!r} cannot reach the sink's process and is skipped: "
                              f"{type(error).__name__}: {error}")
-        return kept
-
-
-def _send(pipe: BinaryIO, message: Any) -> None:
-    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps((message[0], kept), protocol=pickle.HIGHEST_PROTOCOL)
     pipe.write(_LENGTH.pack(len(data)))
     pipe.write(data)
     pipe.flush()
