@@ -8,8 +8,8 @@ odd step also pays for some of the cache the even step before it disturbed.) ``n
 is the floor of any gradient-norm logging: the norms' arithmetic with no Python around it.
 The second measure times the hook calls themselves on the even steps (``after_backward`` and
 ``step_end``, median of the steps): the training thread's time inside the monitor, which the
-first measure's noise (some 5 us) hides; it leaves out what the sink's worker takes from the
-loop by sharing the GIL, which only ``overhead.py`` sees.
+first measure's noise (some 5 us) hides; it leaves out what the sink's forwarder thread takes
+from the loop by sharing the GIL, which only ``overhead.py`` sees.
 
     .venv/bin/python bench/hook_cost.py                 # NullSink; --live adds a real sink and server
     .venv/bin/python bench/hook_cost.py --model cnn --steps 1000 --repeats 2

@@ -1,11 +1,11 @@
-"""Reading a tensor left on a device, on the sink's worker.
+"""Reading a tensor left on a device, by the sink (off the training thread).
 
-    values = on_host(snapshot).tolist()   # waits for the device: on the worker, never the loop
+    values = on_host(snapshot).tolist()   # waits for the device: in the sink, never the loop
 
-On CUDA the tensor is copied into pinned memory without blocking and the worker then waits on an
+On CUDA the tensor is copied into pinned memory without blocking and the sink's thread then waits on an
 event recorded after the copy: the wait ``.cpu()`` would make, but not one that
 ``torch.cuda.set_sync_debug_mode`` counts. A user hunting the synchronizes of their own loop with
-it sees theirs alone, and under ``"error"`` the worker's reads still succeed (with ``.cpu()`` they
+it sees theirs alone, and under ``"error"`` the sink's reads still succeed (with ``.cpu()`` they
 raised there and what was logged was skipped).
 """
 from __future__ import annotations

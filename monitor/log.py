@@ -2,7 +2,7 @@
 
 Everything here runs on the training thread, so it stays cheap: no encoding, no file or
 network work, and no device synchronisation (a tensor on an accelerator is copied on its
-device and read later by the sink's worker).
+device and read later by the sink, off the training thread).
 """
 from __future__ import annotations
 
@@ -125,8 +125,8 @@ class Log:
         """One point per trace: ``values[i]`` for ``traces[i]``, from a 1-d real tensor or a function.
 
         A CPU tensor is read now; one on an accelerator is copied on its device and read by the
-        sink's worker (``copy=False`` skips the copy, for a tensor made for this call that
-        nothing changes afterwards). A function of no arguments is called on the sink's worker
+        sink (``copy=False`` skips the copy, for a tensor made for this call that
+        nothing changes afterwards). A function of no arguments is called by the sink
         and returns the values (floats or a 1-d tensor): work that can wait, kept off the
         training thread; it must only use what nothing changes afterwards.
         """
@@ -141,7 +141,7 @@ class Log:
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")
         checks.real_tensor("values", values)
-        if values.device.type == "cpu":  # read now, as _snapshot does: no tensor to free on the worker
+        if values.device.type == "cpu":  # read now, as _snapshot does: no tensor to free on another thread
             values = tuple(float(v) for v in values.tolist())
         else:
             if values.requires_grad:
@@ -162,7 +162,7 @@ class Log:
         """
         batch = _as_nchw(images)
         if captions is not None:
-            if not isinstance(captions, LabelCaptions):  # those are read by the worker
+            if not isinstance(captions, LabelCaptions):  # those are read by the sink
                 captions = [str(c) for c in captions]
             if len(captions) != batch.shape[0]:
                 raise ValueError(f"captions must have one entry per image ({batch.shape[0]}), "
@@ -216,7 +216,7 @@ class Log:
 
         Numpy scalars and one-element CPU tensors are numbers; other values that are not numbers,
         strings, booleans or None are shown as their ``str``;
-        metrics are numbers or one-element tensors (one on an accelerator is read by the worker).
+        metrics are numbers or one-element tensors (one on an accelerator is read by the sink).
         """
         for argument, value in (("hparams", hparams), ("metrics", metrics or {})):
             if not isinstance(value, Mapping):

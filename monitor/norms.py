@@ -3,14 +3,14 @@
 Right after a backward pass caches are cold, and each small operation costs 10-40 us on a CPU
 (measured in bench/overhead.py's loops), so the norms are taken in as few operations as can be:
 one foreach pass, and on a CPU, stacks of small tensors alike. CPU norms are read at once, as
-the Log reads CPU scalars: left to the sink's worker, these small tensors of the training
+the Log reads CPU scalars: left to the sink, these small tensors of the training
 thread were freed there in bunches, and glibc then gave heap back to the system and the next
 backward faulted it in again (30-100 page faults a step in the MLP benchmark). Device norms
-stay device scalars for the worker, whose read would wait for the device.
+stay device scalars for the sink, whose read would wait for the device.
 
     stacks = stacks_of(list(model.parameters()))             # once per set of parameters
     norms = each_norm([p.grad for p in model.parameters()], stacks)  # each step
-    values = read(norms)                                     # on the worker
+    values = read(norms)                                     # by the sink
 """
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ def foreach_norm(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def read(norms: Norms) -> list[float]:
-    """The norms as floats; on the worker, this reads what the training thread left on a device."""
+    """The norms as floats; in the sink, this reads what the training thread left on a device."""
     if set(map(type, norms)) <= _READ:  # a CPU's: read already
         return norms
     tensors = [n for n in norms if isinstance(n, torch.Tensor)]

@@ -1,8 +1,8 @@
 """The records callbacks hand to the sink: small immutable snapshots, never live tensors.
 
-A record is made on the training thread and read on the sink's worker. Anything in it that
+A record is made on the training thread and read by the sink, off the training thread. Anything in it that
 the loop could change afterwards (a loss tensor, a batch of images) is a copy taken at
-logging time; tensors may stay on their device until the worker reads them, so logging
+logging time; tensors may stay on their device until the sink reads them, so logging
 never waits for the device.
 """
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 class Points(NamedTuple):
     """One x and a value for each of a window's traces (``values[i]`` belongs to ``traces[i]``).
 
-    ``values`` is a tuple of floats, a 1-d tensor snapshot read by the worker, or a function of
-    no arguments the worker calls to get either (work that can wait, such as adding up a step's
+    ``values`` is a tuple of floats, a 1-d tensor snapshot read by the sink, or a function of
+    no arguments the sink calls to get either (work that can wait, such as adding up a step's
     gradient norms into layers).
     """
 
@@ -27,7 +27,7 @@ class Points(NamedTuple):
 
 class ImageGrid(NamedTuple):
     """A batch of images (NCHW snapshot, any dtype and range) shown as one grid; ``pixels`` may be a
-    function of no arguments the worker calls to get them (a figure to draw)."""
+    function of no arguments the sink calls to get them (a figure to draw)."""
 
     window: str
     x: float
@@ -36,10 +36,10 @@ class ImageGrid(NamedTuple):
 
 
 class LabelCaptions:
-    """Captions made from labels by the worker, so that logging a grid never waits for the device.
+    """Captions made from labels by the sink, so that logging a grid never waits for the device.
 
         LabelCaptions([targets[:8].clone(), logits[:8].argmax(1)], class_names=["cat", "dog"])
-        # iterates (on the worker) as "cat / dog", "dog / dog", ...
+        # iterates (in the sink) as "cat / dog", "dog / dog", ...
 
     Each part holds one label per image (a tensor snapshot or a list); an image's parts are
     joined with " / ", and integer labels are named through ``class_names`` when given.
@@ -86,7 +86,7 @@ class Text(NamedTuple):
 
 class Histogram(NamedTuple):
     """A distribution: ``values`` is (edges, counts, n), tensors maybe still on their device, or a
-    function of no arguments the worker calls to get them; ``n`` counts every value given."""
+    function of no arguments the sink calls to get them; ``n`` counts every value given."""
 
     window: str
     x: float

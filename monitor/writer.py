@@ -130,7 +130,7 @@ class SummaryWriter:
         """The distribution of ``values`` with TensorBoard's bins: the same counts as its event file.
 
         ``bins="tensorflow"`` (the default) and explicit edges are binned on the tensor's
-        device; numpy's rules (``"auto"``, a number of bins) and ``max_bins`` on the sink's worker.
+        device; numpy's rules (``"auto"``, a number of bins) and ``max_bins`` by the sink.
         """
         tensor = _tensor(values, "values")
         if tensor.dtype == torch.bool:  # numpy counts them as 0 and 1
@@ -147,7 +147,7 @@ class SummaryWriter:
         if max_bins is None and (isinstance(bins, str) and bins == "tensorflow" or not isinstance(bins, (str, int))):
             self.log.histogram(window, step, tensor, _TENSORFLOW_EDGES if isinstance(bins, str) else bins)
         else:
-            snapshot = tensor.detach().clone()  # read by the worker, as numpy reads it for TensorBoard
+            snapshot = tensor.detach().clone()  # read by the sink, as numpy reads it for TensorBoard
             self.log.sink.put(Histogram(window, step, lambda: _numpy_histogram(snapshot, bins, max_bins)))
         self._stepped(tag, global_step)
 

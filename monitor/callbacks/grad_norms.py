@@ -42,7 +42,7 @@ class GradNorms(Callback):
 
     The training thread only takes each parameter's norm, in one foreach pass (on a CPU, small
     parameters alike in shape are stacked: a model of many small layers), and reads those on the
-    CPU; the sink's worker reads the others and adds them up into layers and the total. A sparse
+    CPU; the sink reads the others and adds them all up into layers and the total. A sparse
     gradient (``nn.Embedding(sparse=True)``) counts each value it stores.
 
     ``weights=True`` adds ``weight norm``; ``update_ratio=True`` adds ``update ratio``,
@@ -268,7 +268,7 @@ def _unscaled(values: Callable[[], list[float]], scale: float | torch.Tensor) ->
 
 
 def _layer_norms(norms: Norms, layer_sums: LayerSums) -> list[float]:
-    """Each layer's L2 norm, then the total, from each parameter's norm; run on the sink's worker."""
+    """Each layer's L2 norm, then the total, from each parameter's norm; run by the sink."""
     return layer_sums(read(norms))
 
 

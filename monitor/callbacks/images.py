@@ -27,7 +27,7 @@ class Images(Callback):
     over dim 1 of 2-d outputs, or 1-d outputs as they are), ``"both"`` or None; a source that
     is not one label per image (masks, None) gives no caption. Integer labels are looked up in
     ``class_names`` (a sequence or a mapping) when given. Labels are copied on their device and
-    turned into captions by the sink's worker, so logging a grid never waits for the device.
+    turned into captions by the sink, so logging a grid never waits for the device.
     """
 
     def __init__(self, every: int = 50, count: int = 8, source: str = "inputs",
@@ -96,7 +96,7 @@ def _labels(source: Any, count: int) -> list[Any] | None:
             source = source[:, 0]
         if source.dim() != 1 or source.shape[0] < count:
             return None
-        return source[:count].detach().clone()  # read by the sink's worker, not here
+        return source[:count].detach().clone()  # read by the sink, not here
     if isinstance(source, (list, tuple)) and len(source) >= count and all(
             isinstance(v, (str, numbers.Number)) for v in source[:count]):  # not a detector's dicts of boxes
         return list(source[:count])

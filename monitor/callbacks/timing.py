@@ -82,13 +82,13 @@ _MEMORY_TRACES = {False: ("resident",), True: ("resident", "allocated", "reserve
 
 
 def _elapsed_ms(start: Any, end: Any) -> float:
-    """On the worker: waits for the device to pass ``end`` (this thread only), then the time between."""
+    """In the sink: waits for the device to pass ``end`` (this thread only), then the time between."""
     end.synchronize()
     return start.elapsed_time(end)
 
 
 def _memory_mb(device: torch.device | None) -> list[float]:
-    """On the worker: resident memory, and the CUDA allocator's figures (host-side counters, no sync)."""
+    """In the sink: resident memory, and the CUDA allocator's figures (host-side counters, no sync)."""
     values = [_resident_bytes() / 2**20]
     if device is not None:
         values += [torch.cuda.memory_allocated(device) / 2**20, torch.cuda.memory_reserved(device) / 2**20,
