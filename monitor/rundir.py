@@ -89,6 +89,20 @@ class FolderLock:
             if FolderLock._mine.get(self.path.resolve()) is self:
                 del FolderLock._mine[self.path.resolve()]
 
+    def holder_ended(self) -> bool:
+        """Whether the training process the lock names, on this host, has ended (its holder, a
+        sink's process, is finishing on its own)."""
+        try:
+            facts = json.loads(self.path.read_text())
+            if facts["host"] != socket.gethostname():
+                return False
+            os.kill(int(facts["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+        return False
+
     def is_held(self) -> bool:
         """Whether a live process holds the lock."""
         try:
@@ -118,6 +132,7 @@ class RunDir:
 
     EARLIER = "earlier"
     LOCK = ".lock"
+    ENDING = 15.0  # seconds: a sink whose training process ended sends for at most 10 s (twice its timeout)
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
@@ -126,8 +141,18 @@ class RunDir:
 
     def lock(self, run_id: str, env: str, pid: int | None = None) -> None:
         """Makes this process the folder's only writer, for the training process ``pid`` (by default
-        this one); raises RunInUseError naming the one that is."""
-        holder = self._lock.take({"run_id": run_id, "pid": pid or os.getpid()})
+        this one); raises RunInUseError naming the one that is.
+
+        A holder whose training process has ended (killed: its sink's process still writes and
+        sends what it was handed) is waited for, up to ``ENDING`` seconds: a killed job started
+        again at once continues its run.
+        """
+        facts = {"run_id": run_id, "pid": pid or os.getpid()}
+        deadline = time.monotonic() + self.ENDING
+        holder = self._lock.take(facts)
+        while holder is not None and time.monotonic() < deadline and self._lock.holder_ended():
+            time.sleep(0.1)
+            holder = self._lock.take(facts)
         if holder is not None:
             raise RunInUseError(f"env {env!r} must have one live run at a time, got another one "
                                 f"writing to {self.path}: {holder}; stop it, or use another env")

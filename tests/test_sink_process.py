@@ -139,3 +139,22 @@ def test_a_record_that_cannot_be_read_is_reported_once_and_the_others_arrive(vis
     assert sink.close(timeout=10)
     assert caplog.text.count("could not be read and is skipped: ZeroDivisionError") == 1
     assert read_window(visdom_server, "unreadable", "loss") == {"train": ([1, 4], [1.0, 4.0])}
+
+
+def test_a_run_started_again_at_once_waits_for_the_sink_of_its_killed_training_process(visdom_server, tmp_path):
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(ended.stdout)  # a training process that was killed: its sink's process still holds the run
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from monitor.rundir import RunDir
+        RunDir(Path({str(tmp_path)!r})).lock("killed", "again", pid={dead})
+        print("held", flush=True)
+        time.sleep(1.5)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    began = time.monotonic()
+    with Monitor([Scalars()], env="again", port=visdom_server.port, run_dir=tmp_path) as monitor:
+        monitor.step_end(loss=1.0)
+    assert holder.wait() == 0 and 0.5 < time.monotonic() - began < 15  # waited for it, then took the run
+    assert _points(tmp_path) == [1]
