@@ -98,6 +98,7 @@ class SinkProcess:
         self._numbers = itertools.count()
         self._status: dict[str, Any] = {}
         self._broken = False  # the child ended without being asked to
+        self._fell_back = False
         self._local: VisdomSink | None = None
         replace_earlier(self.run_dir)
         self._child = self._start()
@@ -300,6 +301,10 @@ class SinkProcess:
 
     def _fall_back(self, records: list) -> None:
         """The child died: a VisdomSink here continues the run log, and answers what was asked."""
+        with self._lock:  # the forwarder's, or the reader's once the forwarder handed on a close
+            if self._fell_back:
+                return
+            self._fell_back = True
         self._broken = True
         try:
             self._child.wait(5.0)
@@ -345,6 +350,8 @@ class SinkProcess:
         if self._asked or not self._closed:  # it ended without being asked to
             self._broken = True
             self._wake.set()
+            if self._closing is not None and any(r is self._closing for r in list(self._asked.values())):
+                self._fall_back([])  # the forwarder handed on the close and ended: answered here
 
 
 def _send(pipe: BinaryIO, message: tuple, reports: Reports | None = None) -> None:

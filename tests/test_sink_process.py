@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -158,3 +159,26 @@ def test_a_run_started_again_at_once_waits_for_the_sink_of_its_killed_training_p
         monitor.step_end(loss=1.0)
     assert holder.wait() == 0 and 0.5 < time.monotonic() - began < 15  # waited for it, then took the run
     assert _points(tmp_path) == [1]
+
+
+def test_a_close_whose_sink_process_dies_before_answering_returns_and_the_log_stays_whole(visdom_server, tmp_path,
+                                                                                         caplog):
+    sink = SinkProcess("dies-in-close", port=visdom_server.port, run_dir=tmp_path)
+    log = Log(sink)
+    for step in range(1, 6):
+        log.scalar("loss", "train", step, float(step))
+    assert sink.flush(timeout=10)
+    sink._child.send_signal(signal.SIGSTOP)  # handed the next records and the close, it never reads them
+    for step in range(6, 11):
+        log.scalar("loss", "train", step, float(step))
+    began = time.monotonic()
+    closed = []
+    closer = threading.Thread(target=lambda: closed.append(sink.close(timeout=5)))
+    closer.start()
+    time.sleep(0.5)
+    sink._child.kill()
+    closer.join(30)
+    assert closed and time.monotonic() - began < 10  # answered by the sink that took over, not after 35 s
+    assert caplog.text.count("the sink's process ended unexpectedly") == 1
+    assert _points(tmp_path)[:5] == [1, 2, 3, 4, 5]  # what it wrote is kept, and the log goes on whole
+    assert [e["k"] for e in RunLog.read(tmp_path / "runlog.jsonl")][0] == "run"
