@@ -150,7 +150,7 @@ class RunDir:
         facts = {"run_id": run_id, "pid": pid or os.getpid()}
         deadline = time.monotonic() + self.ENDING
         holder = self._lock.take(facts)
-        while holder is not None and time.monotonic() < deadline and self._lock.holder_ended():
+        while holder is not None and time.monotonic() < deadline and self.training_ended():
             time.sleep(0.1)
             holder = self._lock.take(facts)
         if holder is not None:
@@ -164,6 +164,11 @@ class RunDir:
     def is_live(self) -> bool:
         """Whether a live process holds the folder (one that is writing its run log now)."""
         return self._lock.is_held()
+
+    def training_ended(self) -> bool:
+        """Whether the folder's holder is the sink of a training process that has ended (killed:
+        the sink's process still writes and sends what it was handed)."""
+        return self._lock.holder_ended()
 
     def set_aside(self) -> Path | None:
         """Moves the latest run's log to ``earlier/<its run id>.jsonl``; returns where, or None if

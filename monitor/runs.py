@@ -122,7 +122,8 @@ def described(run: str | os.PathLike) -> Run:
             end = entry
     if header is None:
         raise NoRunYet(f"{log} has no run header")
-    if RunDir(folder).is_live():
+    run_dir = RunDir(folder)
+    if run_dir.is_live() and not run_dir.training_ended():  # a killed run's sink may still be sending
         status = "running"
     else:
         status = end["status"] if end is not None else "killed"
