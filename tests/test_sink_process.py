@@ -21,8 +21,10 @@ from monitor.runlog import RunLog
 
 # A user's loop that logs a step every 20 ms and waits for a signal after ``--ready`` steps.
 LOOP = textwrap.dedent("""
-    import sys, time
+    import faulthandler, signal, sys, time
     import torch
+
+    faulthandler.register(signal.SIGUSR1)  # the test asks for the stacks of a loop that does not end
     from torch import nn
     from monitor import GradNorms, Monitor, Scalars
 
@@ -61,7 +63,8 @@ def _start(tmp_path: Path, visdom_server, env: str, steps: int) -> subprocess.Po
     script = tmp_path / "train.py"
     script.write_text(LOOP)
     loop = subprocess.Popen([sys.executable, str(script), str(visdom_server.port), str(tmp_path / "run"), str(steps),
-                             env], stdout=subprocess.PIPE, text=True, start_new_session=True)
+                             env], stdout=subprocess.PIPE, stderr=open(tmp_path / "stderr", "w"), text=True,
+                            start_new_session=True)
     assert loop.stdout.readline().strip() == "ready"
     return loop
 
@@ -97,7 +100,13 @@ def test_a_ctrl_c_to_the_job_s_process_group_ends_the_loop_and_the_sink_still_de
                                                                                      tmp_path):
     loop = _start(tmp_path, visdom_server, "ctrl-c-loop", steps=30)
     os.killpg(loop.pid, signal.SIGINT)  # what a terminal's Ctrl-C (or a scheduler's signal) reaches
-    loop.wait(timeout=30)
+    try:
+        loop.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        loop.send_signal(signal.SIGUSR1)
+        time.sleep(1)
+        loop.kill()
+        pytest.fail("the loop did not end after a Ctrl-C; its stacks:\n" + (tmp_path / "stderr").read_text())
     ends = [e for e in RunLog.read(tmp_path / "run" / "runlog.jsonl") if e["k"] == "end"]
     assert [e["status"] for e in ends] == ["interrupted"]
     assert _points(tmp_path / "run") == list(range(1, 31))
