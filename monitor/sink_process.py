@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import struct
 import subprocess
 import sys
@@ -104,6 +105,7 @@ class SinkProcess:
         self._child = self._start()
         if self._child is None:
             self._local = VisdomSink(**self._options)
+            open_sinks.discard(self._local)  # closed through this sink, after what it still holds
             self.run_id, self.url = self._local.run_id, self._local.url
         self._forwarder = threading.Thread(target=self._forward, name=f"monitor-forward-{self.env}", daemon=True)
         self._forwarder.start()
@@ -126,7 +128,7 @@ class SinkProcess:
         try:
             _send(child.stdin, ("open", options, _log.getEffectiveLevel()))
             answer = _answer_of(child, _START)
-        except OSError:
+        except Exception:  # the pipe, or an error of its that does not unpickle: the sink here will say
             answer = None
         if answer is not None and answer[0] == "failed":
             child.wait()
@@ -137,7 +139,7 @@ class SinkProcess:
             _log.info("monitor: the sink runs in this process (its own process did not start in %.0f s)", _START)
             return None
         self.run_id, self.url, self._status = answer[1]["run_id"], answer[1]["url"], answer[1]
-        self._reader = threading.Thread(target=self._read_answers, args=(child.stdout,),
+        self._reader = threading.Thread(target=self._read_answers, args=(child.stdout.raw,),
                                         name=f"monitor-answers-{self.env}", daemon=True)
         self._reader.start()
         return child
@@ -217,6 +219,8 @@ class SinkProcess:
     def _join(self, timeout: float | None) -> None:
         """Waits for the forwarder and the child to end (the run folder is free then)."""
         self._forwarder.join(timeout)
+        if self._local is not None:
+            self._local._join(timeout)
         if self._child is not None:
             try:
                 self._child.wait(timeout)
@@ -248,7 +252,7 @@ class SinkProcess:
                     self._fall_back([])
         except Exception as error:  # a bug here must not leave a flush or a close waiting forever
             self.reports.once("forwarder", f"the sink's forwarder stopped on {type(error).__name__}: {error}")
-            for request in [*self._asked.values(), *[i for i in self._queue if type(i) is _Request]]:
+            for request in [*list(self._asked.values()), *[i for i in list(self._queue) if type(i) is _Request]]:
                 request.event.set()
         finally:
             open_sinks.discard(self)
@@ -265,7 +269,7 @@ class SinkProcess:
             return None
 
     def _hand_on(self, records: list) -> None:
-        if not records:
+        if not records or self._fell_back and self._local is None:  # no sink left: reported once
             return
         if self._local is None:
             try:
@@ -279,7 +283,7 @@ class SinkProcess:
             self._local.put(record)
 
     def _request(self, request: _Request) -> None:
-        if self._local is None:
+        if self._local is None and not self._fell_back:
             number = next(self._numbers)
             self._asked[number] = request
             try:
@@ -319,23 +323,27 @@ class SinkProcess:
             end = RunLog.end_of(log_path) if log_path.is_file() else 0
             open_sinks.discard(self)  # not an earlier sink of its folder for the new one to close
             self._local = VisdomSink(**{**self._options, "rewind_to": end or None})
+            open_sinks.discard(self._local)  # closed through this sink, after what it still holds
         except Exception as error:
             self.reports.once("fallback", f"the sink could not go on in the training process, and what is "
                                           f"logged from now on is dropped: {type(error).__name__}: {error}")
         finally:
-            open_sinks.add(self)
+            if not self._closed:
+                open_sinks.add(self)
         if self._local is not None:
             for record in records:
                 self._local.put(record)
         for number in sorted(self._asked):
-            self._answer_here(self._asked.pop(number))
+            request = self._asked.pop(number, None)  # the reader may have had its answer meanwhile
+            if request is not None:
+                self._answer_here(request)
 
     def _read_answers(self, answers: BinaryIO) -> None:
         """The child's answers and log messages, until it ends."""
         while True:
             try:
                 message = _receive(answers)
-            except (OSError, pickle.UnpicklingError, EOFError):
+            except Exception:  # the pipe, or an answer that does not unpickle: the child is no use now
                 message = None
             if message is None:
                 break
@@ -379,23 +387,38 @@ def _send(pipe: BinaryIO, message: tuple, reports: Reports | None = None) -> Non
 
 def _receive(pipe: BinaryIO) -> Any:
     """The next message, or None at the pipe's end."""
-    head = pipe.read(_LENGTH.size)
-    if len(head) < _LENGTH.size:
+    head = _exactly(pipe, _LENGTH.size)
+    if head is None:
         return None
-    (size,) = _LENGTH.unpack(head)
-    data = pipe.read(size)
-    return pickle.loads(data) if len(data) == size else None
+    data = _exactly(pipe, _LENGTH.unpack(head)[0])
+    return None if data is None else pickle.loads(data)
+
+
+def _exactly(pipe: BinaryIO, size: int) -> bytes | None:
+    """``size`` bytes (a raw pipe may give fewer at a time), or None at the pipe's end."""
+    parts, left = [], size
+    while left:
+        part = pipe.read(left)
+        if not part:
+            return None
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def _answer_of(child: subprocess.Popen, seconds: float) -> Any:
-    """The child's first message, if it comes within ``seconds`` while the child lives."""
-    import select
-
+    """The child's first answer, if it comes within ``seconds`` while the child lives (the log
+    messages it sends before, as it opens the run, are logged here)."""
+    answers = child.stdout.raw
     deadline = time.monotonic() + seconds
-    while not select.select([child.stdout], [], [], 1.0)[0]:
-        if child.poll() is not None or time.monotonic() > deadline:
-            return None
-    return _receive(child.stdout)
+    while True:
+        while not select.select([answers], [], [], 1.0)[0]:
+            if child.poll() is not None or time.monotonic() > deadline:
+                return None
+        message = _receive(answers)
+        if message is None or message[0] != "log":
+            return message
+        _log.log(message[1], "%s", message[2])
 
 
 # --- the child ---------------------------------------------------------------------------------
@@ -436,11 +459,14 @@ def _child() -> None:
     except BaseException as error:
         send(("failed", error))
         return
-    status = lambda: {"run_id": sink.run_id, "url": sink.url, "position": sink.position,  # noqa: E731
-                      "delivered": sink.delivered, "timings": list(sink.timings)}
-    send(("ready", status()))
+    send(("ready", _status(sink)))
     while True:
-        message = _receive(commands)
+        try:
+            message = _receive(commands)
+        except Exception as error:  # a record of a class only the training script knows: read whole, skipped
+            sink.reports.once(f"unpickle-{type(error).__name__}", f"a batch of records could not be read in the "
+                                                                 f"sink's process and is skipped: {error}")
+            continue
         if message is None:  # the training process ended without a close: everything into the run log
             sink.close(options["timeout"] * 2)
             return
@@ -450,9 +476,17 @@ def _child() -> None:
             continue
         _, number, kind, timeout = message
         result = getattr(sink, kind)(timeout)
-        send(("answer", number, result, status()))
+        try:
+            send(("answer", number, result, _status(sink)))
+        except OSError:  # the training process is gone: what is still in the pipe goes in too, until its end
+            pass
         if kind == "close":
             return
+
+
+def _status(sink: VisdomSink) -> dict[str, Any]:
+    return {"run_id": sink.run_id, "url": sink.url, "position": sink.position, "delivered": sink.delivered,
+            "timings": list(sink.timings)}
 
 
 if __name__ == "__main__":

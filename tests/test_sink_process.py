@@ -25,6 +25,7 @@ LOOP = textwrap.dedent("""
     import torch
 
     faulthandler.register(signal.SIGUSR1)  # the test asks for the stacks of a loop that does not end
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a shell's background job starts with it ignored
     from torch import nn
     from monitor import GradNorms, Monitor, Scalars
 
