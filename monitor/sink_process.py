@@ -4,11 +4,11 @@
     Monitor(callbacks, sink=sink)
 
 In the training process, a :class:`monitor.sink.VisdomSink`'s worker holds the GIL for all it
-does (encoding, the run log, the windows, the requests) and the training thread waits for it:
-about 75% of the worker's time landed on the loop (bench/README.md). Here the training process
-keeps one thread that reads the records (``entries.read``: deferred values called, tensors
-read from their device) and pickles them, every ``_POLL`` seconds, into a pipe to a child
-process that runs the VisdomSink and never imports torch.
+does (encoding, the run log, the windows, the requests) and the training thread waits for it
+(bench/README.md, "What the numbers say"). Here the training process keeps one thread that
+reads the records (``entries.read``: deferred values called, tensors read from their device)
+and pickles them, every ``_POLL`` seconds, into a pipe to a child process that runs the
+VisdomSink and never imports torch.
 
 The child outlives its parent. It runs in a session of its own, so a Ctrl-C or a scheduler's
 signal to the job's process group does not reach it; when the training process ends, however
@@ -49,7 +49,7 @@ _START = 300.0  # seconds a child may take to open the run (a resume reads the l
 _BACKLOG = 30.0  # seconds beyond its timeout a close waits for the child to write its backlog to the run log
 _LENGTH = struct.Struct("<Q")
 # Records cross the pipe as plain tuples, (kind, *fields): pickle reduces a NamedTuple through
-# Python (its __getnewargs__), 0.62 us a record against 0.07 for a tuple, on the forwarder's GIL time.
+# Python (its __getnewargs__), several times a tuple's cost, on the forwarder's GIL time.
 _KIND = {kind: number for number, kind in enumerate(RECORDS)}
 
 
