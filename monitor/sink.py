@@ -337,10 +337,15 @@ class VisdomSink:
         try:
             return encode(record, self.images)
         except Exception as error:  # a bad record must not stop the worker
-            self.reports.once(f"record-{type(record).__name__}-{type(error).__name__}",
-                              f"a {type(record).__name__} record for window {getattr(record, 'window', '?')!r} "
-                              f"could not be read and is skipped: {type(error).__name__}: {error}")
+            report_unreadable(self.reports, record, error)
             return None
+
+
+def report_unreadable(reports: Reports, record: Any, error: Exception) -> None:
+    """Says once per kind of record and error that a record could not be read and is skipped."""
+    reports.once(f"record-{type(record).__name__}-{type(error).__name__}",
+                 f"a {type(record).__name__} record for window {getattr(record, 'window', '?')!r} "
+                 f"could not be read and is skipped: {type(error).__name__}: {error}")
 
 
 def default_env() -> str:

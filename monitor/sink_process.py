@@ -39,7 +39,7 @@ from monitor.entries import read
 from monitor.records import RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
-from monitor.sink import RECORDS, VisdomSink, default_env, open_sinks, replace_earlier
+from monitor.sink import RECORDS, VisdomSink, default_env, open_sinks, replace_earlier, report_unreadable
 
 __all__ = ["SinkProcess"]
 
@@ -263,9 +263,7 @@ class SinkProcess:
         try:
             return read(record)
         except Exception as error:  # a bad record must not stop the others
-            self.reports.once(f"record-{type(record).__name__}-{type(error).__name__}",
-                              f"a {type(record).__name__} record for window {getattr(record, 'window', '?')!r} "
-                              f"could not be read and is skipped: {type(error).__name__}: {error}")
+            report_unreadable(self.reports, record, error)
             return None
 
     def _hand_on(self, records: list) -> None:
