@@ -7,12 +7,15 @@ The Checkpoint callback catches SIGTERM and SIGUSR1 in the training process, sav
 end and exits for requeue. A DataLoader worker would die at once instead (torch's worker turns a
 SIGTERM not sent by its parent into its death, and SIGUSR1 kills by default), and the loader
 would then raise in the loop before it saved. So while a Checkpoint catches them, the workers
-of a loader iterated through ``monitor.batches`` ignore both: the loop shuts them down as it
-exits, as it does at every epoch's end.
+of a loader iterated through ``monitor.batches`` ignore both, save a SIGTERM from their parent:
+the loop shuts them down as it exits, as it does at every epoch's end, and at the interpreter's
+exit ``multiprocessing`` ends persistent workers with a SIGTERM of its own.
 """
 from __future__ import annotations
 
+import os
 import signal
+import threading
 from typing import Any, Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's stop, SLURM's time-limit warning
@@ -27,10 +30,19 @@ class WorkerInit:
         self.init = init
 
     def __call__(self, worker_id: int) -> None:
-        for number in SIGNALS:
-            signal.signal(number, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below alone
+        threading.Thread(target=_end_on_parent_s_sigterm, args=(os.getppid(),), name="monitor-sigterm",
+                         daemon=True).start()
         if self.init is not None:
             self.init(worker_id)
+
+
+def _end_on_parent_s_sigterm(parent: int) -> None:
+    """Ends the worker on a SIGTERM its parent sent, as torch's worker does; ignores anyone else's."""
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+            os._exit(0)
 
 
 def shield_workers(loader: Any) -> None:

@@ -168,6 +168,12 @@ def test_sigterm_to_the_job_s_process_group_with_loader_workers_saves_and_requeu
     assert read_env(visdom_server, job.env) == straight["shuffle"][1]
 
 
+def test_a_run_with_persistent_loader_workers_ends_with_them(visdom_server, tmp_path):
+    # multiprocessing ends persistent workers at exit with a SIGTERM, which they must not ignore.
+    job = Job(visdom_server, tmp_path, "persistent")
+    assert job.run("--workers", "2", "--persistent") == list(range(1, STEPS + 1))  # exit 0 within its timeout
+
+
 def test_a_run_resumed_with_another_batch_size_goes_on_after_the_samples_done(visdom_server, tmp_path):
     # Out of memory at 16 a batch: the user halves it and runs again; the epoch's order is the same.
     job = Job(visdom_server, tmp_path, "halved")

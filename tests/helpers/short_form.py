@@ -2,7 +2,7 @@
 
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
         --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
-        [--validate-first] [--workers 2] [--batch 8] [--epochs 2] [--extend]
+        [--validate-first] [--workers 2 [--persistent]] [--batch 8] [--epochs 2] [--extend]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
 ``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
@@ -32,7 +32,8 @@ def train(options: argparse.Namespace) -> None:
     elif options.loader == "generator":  # as torch's reproducibility notes suggest
         loader = DataLoader(data, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(7))
     else:
-        loader = DataLoader(data, batch_size=options.batch, shuffle=True, num_workers=options.workers)
+        loader = DataLoader(data, batch_size=options.batch, shuffle=True, num_workers=options.workers,
+                            persistent_workers=options.persistent)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.7)
@@ -83,6 +84,7 @@ if __name__ == "__main__":
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds per step (a run that lasts)")
     parser.add_argument("--validate-first", action="store_true", help="validate at each epoch's start")
     parser.add_argument("--workers", type=int, default=0, help="the shuffled loader's worker processes")
+    parser.add_argument("--persistent", action="store_true", help="the workers last the run")
     parser.add_argument("--batch", type=int, default=BATCH, help="the shuffled loader's batch size")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--extend", action="store_true", help="continue a finished run too")
