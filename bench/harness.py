@@ -108,7 +108,7 @@ def _sink_processes() -> list[int]:
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, ValueError, IndexError):
             if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == os.getpid() and \
-                    b"monitor.sink_process" in (stat.parent / "cmdline").read_bytes():
+                    b"monitor.sink_child" in (stat.parent / "cmdline").read_bytes():
                 mine.append(int(stat.parent.name))
     return mine
 

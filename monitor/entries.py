@@ -25,7 +25,7 @@ import os
 import re
 import socket
 import time
-from numbers import Real
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,17 @@ def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
 def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunEnd
          ) -> Points | ImageGrid | Text | Layout | Histogram | Hparams | RunEnd:
     """The record with plain values: functions called, tensors read (waiting for their device),
-    pixels as uint8 display values, captions as strings. Runs off the training thread, where
-    torch is; what it returns pickles without torch."""
+    numbers as int or float, trace names and captions as strings, pixels as uint8 display values.
+    Runs off the training thread, where torch is; what it returns unpickles anywhere (without
+    torch, or a class only the training script defines). Raises TypeError or ValueError."""
+    if isinstance(record, (Layout, RunEnd)):
+        return record
+    x = record.x
+    if type(x) not in (int, float) or not math.isfinite(x):  # a numpy or other Real: plain JSON numbers
+        record = record._replace(x=int(x) if isinstance(x, Integral) else float(checks.finite("x", x)))
     if isinstance(record, Points):
+        if set(map(type, record.traces)) != _NAMES:
+            record = record._replace(traces=tuple(map(str, record.traces)))
         values = record.values
         if type(values) is LayerNorms:
             if set(map(type, values.norms)) <= _PLAIN:
@@ -61,7 +69,7 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunE
         if checks._is_tensor(values):
             values = _on_host(values).tolist()
         elif type(values) not in (list, tuple) or not set(map(type, values)) <= _PLAIN:
-            values = [_on_host(v).item() if checks._is_tensor(v) else v for v in values]
+            values = [_plain(record.traces, i, v) for i, v in enumerate(values)]
         return record if values is record.values else record._replace(values=values)
     if isinstance(record, ImageGrid):
         pixels = record.pixels() if callable(record.pixels) else record.pixels
@@ -72,7 +80,7 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunE
         edges, counts = (_on_host(v).tolist() if checks._is_tensor(v) else v for v in (edges, counts))
         return record._replace(values=(edges, counts, int(n)))
     if isinstance(record, Hparams):
-        metrics = {k: _on_host(v).item() if checks._is_tensor(v) else v for k, v in record.metrics.items()}
+        metrics = {str(k): float(_on_host(v).item() if checks._is_tensor(v) else v) for k, v in record.metrics.items()}
         return record._replace(metrics=metrics)
     return record
 
@@ -92,24 +100,18 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
     if isinstance(record, Layout):
         json.dumps(record.opts, allow_nan=False)
         return {"k": "layout", "win": record.window, "opts": dict(record.opts), "order": record.order}
-    x = record.x
-    if type(x) not in (int, float):  # a numpy or other Real: plain JSON numbers in the log
-        x = int(x) if isinstance(x, int) else float(checks.finite("x", x))
-    elif not math.isfinite(x):
-        raise ValueError(f"x must be a finite number, got {x!r}")
     record = read(record)
+    x = record.x
     if isinstance(record, Points):
         values = record.values() if type(record.values) is LayerNorms else record.values
         if len(values) != len(record.traces):
             raise ValueError(f"{len(record.traces)} traces need as many values, got {len(values)}")
         if set(map(type, values)) == _FLOATS and set(map(type, record.traces)) == _NAMES:  # the usual record
             return {"k": "points", "win": record.window, "x": x, "y": dict(zip(record.traces, values))}
-        y = {}
         for trace, value in zip(record.traces, values):
-            if type(value) is not float and (isinstance(value, bool) or not isinstance(value, Real)):
+            if isinstance(value, bool) or not isinstance(value, Real):
                 raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
-            y[trace if type(trace) is str else str(trace)] = float(value)
-        return {"k": "points", "win": record.window, "x": x, "y": y}
+        return {"k": "points", "win": record.window, "x": x, "y": dict(zip(record.traces, map(float, values)))}
     if isinstance(record, ImageGrid):
         png = encode_grid(record.pixels, record.captions, heading=f"step {_number(x)}")
         if images is not None:
@@ -127,6 +129,18 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     return {"k": "text", "win": record.window, "x": x, "html": record.html}
+
+
+def _plain(traces: tuple[str, ...], i: int, value: Any) -> Any:
+    """A trace's value as a plain int or float, read from its device (a bool stays, for encode to refuse)."""
+    if type(value) in _PLAIN or type(value) is bool:
+        return value
+    if checks._is_tensor(value):
+        return _on_host(value).item()
+    if isinstance(value, Real):
+        return int(value) if isinstance(value, Integral) else float(value)
+    trace = traces[i] if i < len(traces) else i
+    raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
 
 
 def _on_host(tensor: Any) -> Any:

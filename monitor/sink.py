@@ -55,6 +55,7 @@ _PAUSE = 0.0005  # seconds between slices while the queue is not empty
 # worker CPU and GIL hand-offs per step; polling costs ~50-90 us (bench/README.md).
 _POLL = 0.1
 open_sinks: "weakref.WeakSet[Any]" = weakref.WeakSet()  # sinks of this process not closed yet
+os.register_at_fork(after_in_child=open_sinks.clear)  # a fork neither owns nor closes them
 
 
 class _Waiter:

@@ -8,12 +8,12 @@ does (encoding, the run log, the windows, the requests) and the training thread 
 (bench/README.md, "What the numbers say"). Here the training process keeps one thread that
 reads the records (``entries.read``: deferred values called, tensors read from their device)
 and pickles them, every ``_POLL`` seconds, into a pipe to a child process that runs the
-VisdomSink and never imports torch.
+VisdomSink and never imports torch (:mod:`monitor.sink_child`).
 
-The child outlives its parent. It runs in a session of its own, so a Ctrl-C or a scheduler's
-signal to the job's process group does not reach it; when the training process ends, however
-it ends, the pipe closes and the child puts what it has into the run log, sends it (within
-its close timeout) and exits. A child that dies on its own is replaced by a VisdomSink in the
+The child outlives its parent. It runs in a session of its own and ignores SIGTERM and SIGINT,
+so a Ctrl-C or a scheduler's signal to the job does not end it; when the training process ends,
+however it ends, the pipe closes (forks of it hold /dev/null in its place) and the child puts
+what it has into the run log, sends it (within its close timeout) and exits. A child that dies on its own is replaced by a VisdomSink in the
 training process that continues the run log; records in the pipe then are reported lost.
 Where no child starts, the sink runs in the training process from the beginning.
 """
@@ -24,7 +24,6 @@ import logging
 import os
 import pickle
 import select
-import struct
 import subprocess
 import sys
 import threading
@@ -33,13 +32,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from monitor import checks
+from monitor import checks, pipe
 from monitor.delivery import FlushTiming
 from monitor.entries import read
 from monitor.records import RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
 from monitor.sink import RECORDS, VisdomSink, default_env, open_sinks, replace_earlier, report_unreadable
+from monitor.sink_child import LAUNCH
 
 __all__ = ["SinkProcess"]
 
@@ -47,10 +47,26 @@ _log = logging.getLogger("monitor")
 _POLL = 0.1  # seconds between the forwarder's looks at the queue (at once for flush, sync, close)
 _START = 300.0  # seconds a child may take to open the run (a resume reads the log); then the sink runs here
 _BACKLOG = 30.0  # seconds beyond its timeout a close waits for the child to write its backlog to the run log
-_LENGTH = struct.Struct("<Q")
 # Records cross the pipe as plain tuples, (kind, *fields): pickle reduces a NamedTuple through
 # Python (its __getnewargs__), several times a tuple's cost, on the forwarder's GIL time.
 _KIND = {kind: number for number, kind in enumerate(RECORDS)}
+
+
+_pipe_ends: set[int] = set()  # this process's ends of the pipes to its sinks' processes, open
+
+
+def _let_go_in_fork() -> None:
+    """In a forked child (a DataLoader's or a Pool's worker): /dev/null where the parent holds the
+    pipes to its sinks' processes. Holding them, it would keep the sink of a killed training process
+    waiting for their end for as long as it lives."""
+    if _pipe_ends:
+        null = os.open(os.devnull, os.O_RDWR)
+        for end in _pipe_ends:
+            os.dup2(null, end)
+        os.close(null)
+
+
+os.register_at_fork(after_in_child=_let_go_in_fork)
 
 
 class _Request:
@@ -118,24 +134,26 @@ class SinkProcess:
         except Exception:  # an argument that does not pickle: the VisdomSink here names it
             return None
         package = str(Path(__file__).resolve().parent.parent)
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")]))}
         try:
-            child = subprocess.Popen([sys.executable, "-m", "monitor.sink_process"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=environment, start_new_session=True)
+            child = subprocess.Popen([sys.executable, "-c", LAUNCH, package], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, start_new_session=True)
         except OSError as error:
             _log.info("monitor: the sink runs in this process (no process of its own: %s)", error)
             return None
+        _pipe_ends.update((child.stdin.fileno(), child.stdout.fileno()))
+        pipe.widen(child.stdin)
         try:
-            _send(child.stdin, ("open", options, _log.getEffectiveLevel()))
+            pipe.send(child.stdin, ("open", options, _log.getEffectiveLevel()))
             answer = _answer_of(child, _START)
         except Exception:  # the pipe, or an error of its that does not unpickle: the sink here will say
             answer = None
-        if answer is not None and answer[0] == "failed":
-            child.wait()
-            raise answer[1]
         if answer is None or answer[0] != "ready":
-            child.kill()
+            if answer is None or answer[0] != "failed":
+                child.kill()
             child.wait()
+            _let_go(child.stdin, child.stdout)
+            if answer is not None and answer[0] == "failed":
+                raise answer[1]
             _log.info("monitor: the sink runs in this process (its own process did not start in %.0f s)", _START)
             return None
         self.run_id, self.url, self._status = answer[1]["run_id"], answer[1]["url"], answer[1]
@@ -205,8 +223,9 @@ class SinkProcess:
                 self._queue.append(self._closing)
                 self._wake.set()
         # The child answers once everything is in the run log, sending for at most ``timeout``.
-        self._closing.event.wait(None if timeout is None else timeout + _BACKLOG)
-        self._join(None if timeout is None else timeout + _BACKLOG)
+        deadline = None if timeout is None else time.monotonic() + timeout + _BACKLOG
+        self._closing.event.wait(None if deadline is None else deadline - time.monotonic())
+        self._join(None if deadline is None else max(0.1, deadline - time.monotonic()))
         return bool(self._closing.result)
 
     def _ask(self, kind: str, timeout: float | None) -> Any:
@@ -271,8 +290,8 @@ class SinkProcess:
             return
         if self._local is None:
             try:
-                _send(self._child.stdin, ("records", [(_KIND[type(r)], *r) if type(r) in _KIND else r
-                                                      for r in records]), self.reports)
+                _send_records(self._child.stdin, [(_KIND[type(r)] if type(r) in _KIND else _kind_of(r), *r)
+                                                      for r in records], self.reports)
                 return
             except OSError:  # the child is gone
                 self._fall_back(records)
@@ -285,9 +304,9 @@ class SinkProcess:
             number = next(self._numbers)
             self._asked[number] = request
             try:
-                _send(self._child.stdin, ("ask", number, request.kind, request.timeout))
+                pipe.send(self._child.stdin, ("ask", number, request.kind, request.timeout))
                 if request.kind == "close":
-                    self._child.stdin.close()  # the child exits once it answered
+                    _let_go(self._child.stdin)  # the child exits once it answered
                 return
             except OSError:
                 self._fall_back([])
@@ -308,6 +327,7 @@ class SinkProcess:
                 return
             self._fell_back = True
         self._broken = True
+        _let_go(self._child.stdin)
         try:
             self._child.wait(5.0)
         except subprocess.TimeoutExpired:  # it closed its pipe and hangs: its run folder is needed
@@ -340,7 +360,7 @@ class SinkProcess:
         """The child's answers and log messages, until it ends."""
         while True:
             try:
-                message = _receive(answers)
+                message = pipe.receive(answers)
             except Exception:  # the pipe, or an answer that does not unpickle: the child is no use now
                 message = None
             if message is None:
@@ -353,6 +373,7 @@ class SinkProcess:
                 if request is not None:
                     request.result = result
                     request.event.set()
+        _let_go(self._child.stdout)
         if self._asked or not self._closed:  # it ended without being asked to
             self._broken = True
             self._wake.set()
@@ -360,48 +381,37 @@ class SinkProcess:
                 self._fall_back([])  # the forwarder handed on the close and ended: answered here
 
 
-def _send(pipe: BinaryIO, message: tuple, reports: Reports | None = None) -> None:
-    """Writes one message; a batch of records that does not pickle goes without the records that
-    do not (reported once each kind, to ``reports``)."""
+def _send_records(end: BinaryIO, records: list, reports: Reports) -> None:
+    """Writes a batch of plain records; one that does not pickle is left out (reported once a kind)."""
     try:
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = pickle.dumps(("records", records), protocol=pickle.HIGHEST_PROTOCOL)
     except Exception:
-        if reports is None:
-            raise
         kept = []
-        for record in message[1]:  # each alone, to find the ones that do not pickle
+        for record in records:  # each alone, to find the ones that do not pickle
             try:
                 pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
                 kept.append(record)
             except Exception as error:
-                reports.once(f"pickle-{type(record).__name__}", f"a {type(record).__name__} record for window "
-                             f"{getattr(record, 'window', '?')!r} cannot reach the sink's process and is skipped: "
-                             f"{type(error).__name__}: {error}")
-        data = pickle.dumps((message[0], kept), protocol=pickle.HIGHEST_PROTOCOL)
-    pipe.write(_LENGTH.pack(len(data)))
-    pipe.write(data)
-    pipe.flush()
+                kind = RECORDS[record[0]].__name__
+                reports.once(f"pickle-{kind}", f"a {kind} record for window {record[1]!r} cannot reach the sink's "
+                                               f"process and is skipped: {type(error).__name__}: {error}")
+        data = pickle.dumps(("records", kept), protocol=pickle.HIGHEST_PROTOCOL)
+    pipe.write(end, data)
 
 
-def _receive(pipe: BinaryIO) -> Any:
-    """The next message, or None at the pipe's end."""
-    head = _exactly(pipe, _LENGTH.size)
-    if head is None:
-        return None
-    data = _exactly(pipe, _LENGTH.unpack(head)[0])
-    return None if data is None else pickle.loads(data)
+def _kind_of(record: Any) -> int:
+    """The number of a record's kind, for a record of a subclass of one."""
+    return next(number for number, kind in enumerate(RECORDS) if isinstance(record, kind))
 
 
-def _exactly(pipe: BinaryIO, size: int) -> bytes | None:
-    """``size`` bytes (a raw pipe may give fewer at a time), or None at the pipe's end."""
-    parts, left = [], size
-    while left:
-        part = pipe.read(left)
-        if not part:
-            return None
-        parts.append(part)
-        left -= len(part)
-    return b"".join(parts)
+def _let_go(*ends: BinaryIO) -> None:
+    """Closes this process's ends of pipes to a sink's process (forks no longer stand in for them)."""
+    for end in ends:
+        try:
+            _pipe_ends.discard(end.fileno())
+            end.close()
+        except (OSError, ValueError):  # closed already, or its last write failed
+            pass
 
 
 def _answer_of(child: subprocess.Popen, seconds: float) -> Any:
@@ -413,79 +423,8 @@ def _answer_of(child: subprocess.Popen, seconds: float) -> Any:
         while not select.select([answers], [], [], 1.0)[0]:
             if child.poll() is not None or time.monotonic() > deadline:
                 return None
-        message = _receive(answers)
+        message = pipe.receive(answers)
         if message is None or message[0] != "log":
             return message
         _log.log(message[1], "%s", message[2])
 
-
-# --- the child ---------------------------------------------------------------------------------
-class _ToParent(logging.Handler):
-    """Hands the child's log messages to the training process, which logs them as its own."""
-
-    def __init__(self, send) -> None:
-        super().__init__()
-        self.send = send
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.send(("log", record.levelno, record.getMessage()))
-        except Exception:  # the training process is gone: say it here
-            sys.stderr.write(record.getMessage() + "\n")
-
-
-def _child() -> None:
-    """Runs a VisdomSink for the training process on the other end of stdin and stdout."""
-    commands = sys.stdin.buffer
-    answers = os.fdopen(os.dup(1), "wb")
-    os.dup2(2, 1)  # a stray print must not break the messages
-    lock = threading.Lock()
-
-    def send(message: Any) -> None:
-        with lock:
-            _send(answers, message)
-
-    opened = _receive(commands)
-    if opened is None:
-        return
-    options, level = pickle.loads(opened[1]), opened[2]
-    _log.setLevel(level)
-    _log.propagate = False
-    _log.addHandler(_ToParent(send))
-    try:
-        sink = VisdomSink(**options)
-    except BaseException as error:
-        send(("failed", error))
-        return
-    send(("ready", _status(sink)))
-    while True:
-        try:
-            message = _receive(commands)
-        except Exception as error:  # a record of a class only the training script knows: read whole, skipped
-            sink.reports.once(f"unpickle-{type(error).__name__}", f"a batch of records could not be read in the "
-                                                                 f"sink's process and is skipped: {error}")
-            continue
-        if message is None:  # the training process ended without a close: everything into the run log
-            sink.close(options["timeout"] * 2)
-            return
-        if message[0] == "records":
-            for record in message[1]:
-                sink.put(RECORDS[record[0]]._make(record[1:]) if type(record) is tuple else record)
-            continue
-        _, number, kind, timeout = message
-        result = getattr(sink, kind)(timeout)
-        try:
-            send(("answer", number, result, _status(sink)))
-        except OSError:  # the training process is gone: what is still in the pipe goes in too, until its end
-            pass
-        if kind == "close":
-            return
-
-
-def _status(sink: VisdomSink) -> dict[str, Any]:
-    return {"run_id": sink.run_id, "url": sink.url, "position": sink.position, "delivered": sink.delivered,
-            "timings": list(sink.timings)}
-
-
-if __name__ == "__main__":
-    _child()

@@ -192,3 +192,93 @@ def test_a_close_whose_sink_process_dies_before_answering_returns_and_the_log_st
     assert caplog.text.count("the sink's process ended unexpectedly") == 1
     assert _points(tmp_path)[:5] == [1, 2, 3, 4, 5]  # what it wrote is kept, and the log goes on whole
     assert [e["k"] for e in RunLog.read(tmp_path / "runlog.jsonl")][0] == "run"
+
+
+# A training script with a forked worker, a value of its own class and a folder called monitor where it runs.
+USER_SCRIPT = textwrap.dedent("""
+    import enum, os, sys, time
+    from monitor import SinkProcess
+    from monitor.log import Log
+
+    class Metric(float):  # a class only this script knows: the sink's process could not unpickle it
+        pass
+
+    class Step(enum.IntEnum):
+        FIRST = 1
+
+    port, run_dir = int(sys.argv[1]), sys.argv[2]
+    sink = SinkProcess("user-script", port=port, run_dir=run_dir)
+    worker = os.fork()  # a DataLoader's or a Pool's worker, forked after the monitor started
+    if worker == 0:
+        time.sleep(60)
+        os._exit(0)
+    log = Log(sink)
+    log.scalar("loss", "train", Step.FIRST, Metric(1.0))
+    for step in range(2, 6):
+        log.scalar("loss", "train", step, Metric(step) if step % 2 else float(step))
+    assert sink.flush(timeout=10), "not delivered"
+    print(worker, sink._child.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_killed_script_s_forked_worker_does_not_hold_its_sink_and_its_own_classes_arrive(visdom_server, read_window,
+                                                                                            tmp_path):
+    (tmp_path / "cwd" / "monitor").mkdir(parents=True)  # where the job runs: not the monitor package
+    (tmp_path / "cwd" / "monitor" / "__init__.py").write_text("raise ImportError('a folder called monitor')\n")
+    (tmp_path / "train.py").write_text(USER_SCRIPT)
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    loop = subprocess.Popen([sys.executable, str(tmp_path / "train.py"), str(visdom_server.port), str(tmp_path / "run")],
+                            cwd=tmp_path / "cwd", env=environment, stdout=subprocess.PIPE, text=True)
+    worker, child = map(int, loop.stdout.readline().split())
+    try:
+        loop.kill()
+        loop.wait()
+        _until(lambda: not Path(f"/proc/{child}").exists() or b"(Z)" in Path(f"/proc/{child}/stat").read_bytes(),
+               seconds=10)  # the pipe ended for it, though the worker still holds what the script held
+        assert Path(f"/proc/{worker}").exists()
+    finally:
+        os.kill(worker, signal.SIGKILL)
+    assert _points(tmp_path / "run") == [1, 2, 3, 4, 5]
+    assert read_window(visdom_server, "user-script", "loss") == {"train": ([1, 2, 3, 4, 5], [1.0, 2.0, 3.0, 4.0, 5.0])}
+
+
+def test_a_scheduler_s_sigterm_to_every_process_of_the_job_leaves_the_sink_to_deliver(visdom_server, read_window,
+                                                                                    tmp_path):
+    loop = _start(tmp_path, visdom_server, "sigterm-all", steps=25)
+    child = next(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _is_sink_of(p, loop.pid))
+    for pid in (loop.pid, child):  # what scancel does: every process of the job step, whatever its session
+        os.kill(pid, signal.SIGTERM)
+    loop.wait(timeout=30)
+    _until(lambda: _points(tmp_path / "run") == list(range(1, 26)))
+    _until(lambda: read_window(visdom_server, "sigterm-all", "loss")["train"][0] == list(range(1, 26)))
+
+
+def _is_sink_of(process: Path, parent: int) -> bool:
+    try:
+        return (b"monitor.sink_child" in (process / "cmdline").read_bytes()
+                and int((process / "stat").read_text().rsplit(")", 1)[1].split()[1]) == parent)
+    except (OSError, ValueError):
+        return False
+
+
+def test_a_flush_waiting_on_a_hung_server_does_not_stop_records_reaching_the_sink_s_process(tmp_path):
+    import socket
+
+    hung = socket.socket()  # accepts connections, never answers
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(64)
+    sink = SinkProcess("hung", port=hung.getsockname()[1], run_dir=tmp_path, timeout=5.0)
+    try:
+        log = Log(sink)
+        log.text("notes", 0, "first")
+        threading.Thread(target=sink.flush, args=(8.0,), daemon=True).start()
+        time.sleep(0.3)
+        for step in range(1, 80):  # 1.6 MB: more than a pipe holds
+            log.text("notes", step, "y" * 20000)
+            time.sleep(0.02)
+        _until(lambda: sink.pending == 0, seconds=3)  # the forwarder is not stuck writing to a full pipe
+    finally:
+        sink._child.kill()
+        sink.close(timeout=1)
+        hung.close()
