@@ -38,6 +38,11 @@ the bottleneck, named from the CPU shares (the server's one thread, or the machi
 
     .venv/bin/python bench/concurrent_runs.py                       # 1, 8, 32, 64 runs, about 2.5 minutes
     .venv/bin/python bench/concurrent_runs.py --runs 1,4 --seconds 5  # a quick look
+    .venv/bin/python bench/concurrent_runs.py --sink process          # each run with the default SinkProcess
+
+With ``--sink process`` each run has the default sink, a process of its own (two processes a run),
+whose requests cannot be timed from the run: the latency is the poller's, for run 0, and the
+request columns count its sends.
 """
 from __future__ import annotations
 
@@ -68,15 +73,19 @@ def _values(run: int, step: int) -> dict[str, float]:
 
 
 def _one_run(run: int, env: str, port: int, run_dir: str, seconds: float, step_s: float, busy_s: float,
-             go: Any, out: Any) -> None:
+             apart: bool, go: Any, out: Any) -> None:
     """One training run, in a process of its own: ready, wait for ``go``, loop, close, report."""
     from monitor import Monitor, Scalars, VisdomSink
 
-    # The sink in the run's own process (not the default SinkProcess's child), so its requests can be timed here.
+    answered: dict[str, list[tuple[float, float]]] = {name: [] for name in WINDOWS}
+    if apart:  # the default SinkProcess: its requests are made in its own process, where they cannot be timed
+        monitor = Monitor([Scalars()], env=env, server="http://127.0.0.1", port=port, run_dir=run_dir)
+        _loop(monitor, run, seconds, step_s, busy_s, go, out, answered, [])
+        return
+    # The sink in the run's own process, so that its requests can be timed here.
     monitor = Monitor([Scalars()], sink=VisdomSink(env, server="http://127.0.0.1", port=port, run_dir=run_dir))
     connection = monitor.sink.connection
     post = connection.post
-    answered: dict[str, list[tuple[float, float]]] = {name: [] for name in WINDOWS}
     request_s: list[float] = []
 
     def noted_post(endpoint: str, message: dict, *args: Any, **kwargs: Any) -> str:
@@ -90,10 +99,20 @@ def _one_run(run: int, env: str, port: int, run_dir: str, seconds: float, step_s
         return answer
 
     connection.post = noted_post  # the worker's requests: when the server answered, and up to which x
+    _loop(monitor, run, seconds, step_s, busy_s, go, out, answered, request_s)
+
+
+def _loop(monitor: Any, run: int, seconds: float, step_s: float, busy_s: float, go: Any, out: Any,
+          answered: dict[str, list[tuple[float, float]]], request_s: list[float]) -> None:
+    child = getattr(getattr(monitor.sink, "_child", None), "pid", None)  # a SinkProcess's: its CPU is the run's
+
+    def cpu_s() -> float:
+        return time.process_time() + (harness._cpu_of(child) if child else 0.0)
+
     out.put(("ready", run, None))
     go.wait()
     logged: list[float] = []
-    began, cpu = time.monotonic(), time.process_time()
+    began, cpu = time.monotonic(), cpu_s()
     due = began
     for step in range(1, MAX_STEPS + 1):
         if time.monotonic() - began >= seconds:
@@ -111,8 +130,10 @@ def _one_run(run: int, env: str, port: int, run_dir: str, seconds: float, step_s
         else:  # behind: go on from now, no burst of steps to catch up
             due = time.monotonic()
     looped = time.monotonic()
-    out.put(("looped", run, {"seconds": looped - began, "cpu_s": time.process_time() - cpu}))
+    out.put(("looped", run, {"seconds": looped - began, "cpu_s": cpu_s() - cpu}))
     monitor.close(timeout=30)  # whether it all arrived is read back from the server
+    if child:  # its sends (not each request), as of the close
+        request_s += [timing.seconds for timing in monitor.sink.timings]
     out.put(("done", run, {"logged": logged, "answered": answered, "request_s": request_s,
                            "close_s": time.monotonic() - looped}))
 
@@ -192,7 +213,7 @@ class Row:
 
 
 def measure(server: VisdomServer, runs: int, seconds: float = 30.0, step_ms: float = 30.0, busy_ms: float = 0.1,
-            poll_every: float = 0.1, progress: Callable[[str], None] = print) -> Row:
+            poll_every: float = 0.1, progress: Callable[[str], None] = print, apart: bool = False) -> Row:
     """``runs`` runs at once against ``server``; see the module docstring for what is timed."""
     import monitor.callbacks  # noqa: F401  (imported once here, before the fork, not in every run)
 
@@ -203,7 +224,7 @@ def measure(server: VisdomServer, runs: int, seconds: float = 30.0, step_ms: flo
     with tempfile.TemporaryDirectory(prefix="monitor-bench-concurrent-") as runs_dir:
         processes = [context.Process(target=_one_run, name=f"run-{i}", daemon=True,
                                      args=(i, env, server.port, os.path.join(runs_dir, env), seconds,
-                                           step_ms / 1e3, busy_ms / 1e3, go, messages))
+                                           step_ms / 1e3, busy_ms / 1e3, apart, go, messages))
                      for i, env in enumerate(envs)]
         poller = Poller(server, envs[0], "loss", poll_every)
         for process in processes:
@@ -260,20 +281,27 @@ class Result:
     step_ms: float
     busy_ms: float
     cores: int
+    apart: bool = False
 
 
 def run(counts: tuple[int, ...] = (1, 8, 32, 64), seconds: float = 30.0, step_ms: float = 30.0,
-        busy_ms: float = 0.1, poll_every: float = 0.1, progress: Callable[[str], None] = print) -> Result:
+        busy_ms: float = 0.1, poll_every: float = 0.1, progress: Callable[[str], None] = print,
+        apart: bool = False) -> Result:
     """Each count of runs against a fresh server of its own."""
     rows = []
     for runs in counts:
         with harness.local_server() as server:
-            rows.append(measure(server, runs, seconds, step_ms, busy_ms, poll_every, progress))
-    return Result(rows, seconds, step_ms, busy_ms, os.cpu_count() or 1)
+            rows.append(measure(server, runs, seconds, step_ms, busy_ms, poll_every, progress, apart))
+    return Result(rows, seconds, step_ms, busy_ms, os.cpu_count() or 1, apart)
+
+
+def p95_s(row: Row) -> float:
+    """Every point's p95; run 0's, polled, where the requests could not be timed (SinkProcess)."""
+    return row.polled_p95_s if math.isnan(row.p95_s) else row.p95_s
 
 
 def holds(row: Row) -> bool:
-    return row.p95_s <= TARGET_P95_S and row.lost == 0
+    return p95_s(row) <= TARGET_P95_S and row.lost == 0
 
 
 def load(row: Row, cores: int) -> str:
@@ -299,10 +327,10 @@ def verdict(result: Result) -> str:
     failed = next((row for row in result.rows if not holds(row)), None)
     if failed is None:
         top = result.rows[-1]
-        return (f"**{top.runs} runs hold**: p95 {top.p95_s:.2f} s (at most {TARGET_P95_S:g} s), "
+        return (f"**{top.runs} runs hold**: p95 {p95_s(top):.2f} s (at most {TARGET_P95_S:g} s), "
                 f"{top.lost} of {top.logged:,} points lost; {load(top, result.cores)}.")
     passed = [row.runs for row in result.rows if row.runs < failed.runs and holds(row)]
-    return (f"**Fails at {failed.runs} runs** (p95 {failed.p95_s:.2f} s, {failed.lost} of {failed.logged:,} "
+    return (f"**Fails at {failed.runs} runs** (p95 {p95_s(failed):.2f} s, {failed.lost} of {failed.logged:,} "
             f"points lost){f'; {passed[-1]} runs hold' if passed else ''}. Bottleneck: "
             f"{bottleneck(failed, result.cores)}: {load(failed, result.cores)}.")
 
@@ -321,7 +349,10 @@ def table(result: Result) -> str:
              "median request ms", "slowest close() s"], rows),
         "",
         f"Each run: a {result.step_ms:g} ms step ({result.busy_ms:g} ms of it CPU), 3 scalars a step in 3 "
-        f"windows, for {result.seconds:g} s; CPU shares over the loops' wall time.",
+        f"windows, for {result.seconds:g} s; CPU shares over the loops' wall time. "
+        + ("Each run's sink in a process of its own (SinkProcess, the default; its CPU counted with its run's): "
+           "latency from the poller alone, requests are its sends." if result.apart else
+           "Each run's sink in the run's process (VisdomSink), so that its requests can be timed."),
         "",
         verdict(result)])
 
@@ -335,6 +366,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--busy-ms", type=float, default=0.1, help="CPU a run burns per step, in ms (default 0.1)")
     parser.add_argument("--poll-every", type=float, default=0.1,
                         help="seconds between the poller's reads of run 0's loss window (default 0.1)")
+    parser.add_argument("--sink", choices=("thread", "process"), default="thread",
+                        help="each run's sink in its own process (process: the default SinkProcess) or in a thread of "
+                             "the run (thread: VisdomSink, whose requests are timed); default thread")
     args = parser.parse_args(argv)
     try:
         counts = tuple(int(n) for n in args.runs.split(","))
@@ -347,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.seconds <= 0 or args.seconds * 1e3 / args.step_ms > MAX_STEPS:
         parser.error(f"--seconds must be > 0 and at most {MAX_STEPS} steps of --step-ms "
                      f"({MAX_STEPS * args.step_ms / 1e3:g} s: a window's points per trace), got {args.seconds:g}")
-    print(table(run(counts, args.seconds, args.step_ms, args.busy_ms, args.poll_every)))
+    print(table(run(counts, args.seconds, args.step_ms, args.busy_ms, args.poll_every, apart=args.sink == "process")))
 
 
 if __name__ == "__main__":
