@@ -9,8 +9,10 @@ batch, in the order the interrupted run would have seen. A loader whose batch sa
 :class:`monitor.EpochBatchSampler` skips the batches done without loading them; any other
 (``DataLoader(shuffle=True)`` included, with or without a ``generator=`` of its own) is iterated
 as it was, from the random state the epoch began with, and the batches done are loaded and
-dropped. Then every generator is put back to where the checkpoint left it. Not exact:
-``persistent_workers=True`` (its workers' seed is drawn once, not each epoch).
+dropped. Then every generator is put back to where the checkpoint left it. A loader with
+``persistent_workers=True`` draws its workers' seed once, before its first epoch's order: where
+the interrupted epoch reused the workers, the resumed one starts them first, then draws its
+order from that state (the workers' own random streams are new ones).
 """
 from __future__ import annotations
 
@@ -77,13 +79,18 @@ class Resumable:
                 part.set_epoch(epoch)
         generator = getattr(loader, "generator", None)  # DataLoader(generator=g) draws from g, not torch's
         own = generator if isinstance(generator, torch.Generator) else None
+        shield_workers(loader)  # a scheduler's SIGTERM to the whole job is the loop's to act on
+        kept = _keeps_workers(loader)
         if resuming and self.order_rng is not None:  # the order the interrupted epoch was drawn in
+            if self.order_rng.get("kept_workers") and not kept and _keeps_workers(loader, started=False):
+                iter(loader)  # the workers start, drawing their seed, as in the interrupted run's first epoch
+                kept = True
             torch.set_rng_state(self.order_rng["torch"])
             if own is not None and self.order_rng.get("loader") is not None:
                 own.set_state(self.order_rng["loader"])
-        order = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None}
-        shield_workers(loader)  # a scheduler's SIGTERM to the whole job is the loop's to act on
-        iterator = iter(loader)  # a DataLoader draws its order and its workers' seed here
+        order = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None,
+                 "kept_workers": kept}
+        iterator = iter(loader)  # a DataLoader draws its order here, and its workers' seed unless kept
         for _ in range(skip):
             if next(iterator, _END) is _END:
                 break
@@ -117,6 +124,14 @@ class Resumable:
                       batches_of: Sequence[int | None] | None = None) -> None:
         self.first_epoch, self.skip, self.order_rng, self.rng = epoch, skip, order_rng, rng
         self.skip_epoch, self.skip_call, self.skip_of = epoch, call or 0, batches_of
+
+
+def _keeps_workers(loader: Iterable, started: bool = True) -> bool:
+    """Whether ``loader`` keeps its worker processes between epochs (``persistent_workers``) and,
+    with ``started``, has them already: its next epoch then draws no seed for them."""
+    if not (getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0)):
+        return False
+    return not started or getattr(loader, "_iterator", None) is not None
 
 
 def _shape(loader: Iterable) -> tuple[int | None, int | None]:

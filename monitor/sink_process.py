@@ -13,8 +13,9 @@ VisdomSink and never imports torch (:mod:`monitor.sink_child`).
 The child outlives its parent. It runs in a session of its own and ignores SIGTERM and SIGINT,
 so a Ctrl-C or a scheduler's signal to the job does not end it; when the training process ends,
 however it ends, the pipe closes (forks of it hold /dev/null in its place) and the child puts
-what it has into the run log, sends it (within its close timeout) and exits. A child that dies on its own is replaced by a VisdomSink in the
-training process that continues the run log; records in the pipe then are reported lost.
+what it has into the run log, sends it (within its close timeout) and exits. A child that dies
+on its own is replaced by a VisdomSink in the training process that continues the run log;
+records in the pipe then are reported lost.
 Where no child starts, the sink runs in the training process from the beginning.
 """
 from __future__ import annotations

@@ -168,10 +168,21 @@ def test_sigterm_to_the_job_s_process_group_with_loader_workers_saves_and_requeu
     assert read_env(visdom_server, job.env) == straight["shuffle"][1]
 
 
-def test_a_run_with_persistent_loader_workers_ends_with_them(visdom_server, tmp_path):
-    # multiprocessing ends persistent workers at exit with a SIGTERM, which they must not ignore.
+def test_a_run_with_persistent_loader_workers_killed_and_run_again_ends_as_if_never_killed(visdom_server, read_env,
+                                                                                          tmp_path):
+    # persistent_workers=True: the workers' seed is drawn once, before the first epoch's order, not each
+    # epoch; and at the exit multiprocessing ends them with a SIGTERM they must not ignore.
+    options = ("--workers", "2", "--persistent")
+    straight = Job(visdom_server, tmp_path, "persistent-straight")
+    assert straight.run(*options) == list(range(1, STEPS + 1))  # and it exited, within the run's timeout
     job = Job(visdom_server, tmp_path, "persistent")
-    assert job.run("--workers", "2", "--persistent") == list(range(1, STEPS + 1))  # exit 0 within its timeout
+    process = job.start(*options)
+    _wait_for_step(process, 15)  # the third epoch, whose workers the first started
+    process.kill()
+    process.wait()
+    assert job.run(*options)[0] in (13, 14, 15, 16)
+    assert _same(job.weights(), straight.weights())
+    assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)
 
 
 def test_a_run_resumed_with_another_batch_size_goes_on_after_the_samples_done(visdom_server, tmp_path):

@@ -9,7 +9,8 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
                 for a loop that iterates its loader itself; "batches_call": which of the epoch's
                 monitor.batches calls gave them, 0 for the first, None as for batches_drawn;
                 "batches_of": [samples in that loader's dataset, its batch size], each None if unknown),
-                and the random state its epoch's batches were drawn from ({"torch", "loader"}; None if unknown)
+                and the random state its epoch's batches were drawn from ({"torch", "loader", "kept_workers":
+                whether a persistent loader's workers were already there}; None if unknown)
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
     optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) or
                 schedulers (a warm-up's and a plateau's) are a dict of their state_dicts by name
