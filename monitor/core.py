@@ -11,6 +11,7 @@ import atexit
 import importlib
 import os
 import sys
+import threading
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
@@ -213,6 +214,7 @@ class Monitor:
             from monitor.sink_process import SinkProcess
             sink = SinkProcess(env=env, **options)
         self.sink = sink
+        self._end = [RunEnd("finished")]  # what close() records (exception() changes it), shared with _end_dropped
         _watch_until_exit(self)
         self.log = Log(sink)
         self.state = LoopState()
@@ -221,7 +223,6 @@ class Monitor:
         self._started = False
         self._epoch_open = False
         self._failed = False
-        self._ending = RunEnd("finished")  # what close() records; exception() changes it
         self._ended = False
         self._resumable = Resumable()
         self._reports = Reports()
@@ -391,8 +392,17 @@ class Monitor:
         if not self._ended:  # the run log says how the run ended (a killed run says nothing)
             self._ended = True
             _unclosed.discard(self)
+            self._dropped.detach()
             self.sink.put(self._ending)
         return self.sink.close(timeout)
+
+    @property
+    def _ending(self) -> RunEnd:
+        return self._end[0]
+
+    @_ending.setter
+    def _ending(self, record: RunEnd) -> None:
+        self._end[0] = record
 
     def __enter__(self) -> Monitor:
         return self
@@ -474,13 +484,26 @@ _closed_at_exit = False  # whether _close_unclosed is registered
 
 def _watch_until_exit(watched: Monitor) -> None:
     """Has the monitor closed at the interpreter's exit if the script does not close it, its run
-    log saying how the script ended (an uncaught exception: crashed or interrupted)."""
+    log saying how the script ended (an uncaught exception: crashed or interrupted); or, if the
+    script lets go of it before (``_end_dropped``), then."""
     global _closed_at_exit
     if not _closed_at_exit:
         importlib.import_module("monitor.sink")  # registers its exit hook first: it runs after ours
         atexit.register(_close_unclosed)
         _closed_at_exit = True
     _unclosed.add(watched)
+    watched._dropped = weakref.finalize(watched, _end_dropped, watched.sink, watched._end, os.getpid())
+    watched._dropped.atexit = False  # at the exit, _close_unclosed closes those still there
+
+
+def _end_dropped(sink: Sink, end: list[RunEnd], pid: int) -> None:
+    """A monitor the script let go of without close() (a sweep making one a trial, a function's
+    own): its run log records how it ended, as close() would, and its sink closes in the
+    background (its process, its run folder), not at the script's exit."""
+    if os.getpid() != pid:  # a fork's copy of it
+        return
+    sink.put(end[0])
+    threading.Thread(target=sink.close, name="monitor-close-dropped", daemon=True).start()
 
 
 def _close_unclosed() -> None:

@@ -90,6 +90,7 @@ class SummaryWriter:
                 raise TypeError(f"a writer on a Monitor's env writes to its run: pass log_dir and sink options "
                                 f"to the Monitor, got log_dir={log_dir!r} and {sorted(sink_options)}")
             self.log, self._run = monitor.log, None
+            self._monitor = monitor  # its run is the monitor's: kept open while the writer writes to it
             self._kinds: dict[str, str] = {}
             self.log_dir = str(getattr(monitor.sink, "run_dir", ""))
         else:

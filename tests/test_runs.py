@@ -221,6 +221,7 @@ ENDINGS = {  # a script's last lines -> (status, error) in the run log
     "raise RuntimeError('the data ran out')": ("crashed", "RuntimeError: the data ran out"),
     "raise KeyboardInterrupt": ("interrupted", "KeyboardInterrupt"),
     "with monitor:\n    sys.exit(0)": ("finished", None),
+    "monitor = None  # let go of, never closed (a sweep's loop)\nimport gc; gc.collect()": ("finished", None),
     "with monitor:\n    sys.exit(75)": ("interrupted", "SystemExit: 75"),  # a pre-empted job, to run again
     "writer = SummaryWriter(sys.argv[1] + '/w', port=int(sys.argv[2]))\nwriter.add_scalar('x', 1.0, 0)\n"
     "raise ValueError('bad batch')": ("crashed", "ValueError: bad batch"),

@@ -282,3 +282,17 @@ def test_a_flush_waiting_on_a_hung_server_does_not_stop_records_reaching_the_sin
         sink._child.kill()
         sink.close(timeout=1)
         hung.close()
+
+
+def test_a_monitor_let_go_of_without_close_ends_its_run_and_its_sink_s_process(visdom_server, read_window, tmp_path):
+    import gc
+
+    monitor = Monitor([Scalars()], env="let-go", port=visdom_server.port, run_dir=tmp_path)  # a sweep's trial
+    child = monitor.sink._child
+    for step in range(1, 4):
+        monitor.step_end(loss=float(step))
+    del monitor  # the next trial's Monitor takes the name
+    gc.collect()
+    assert child.wait(timeout=20) == 0  # not at the script's exit: a sweep of 64 does not keep 64 processes
+    assert [e["status"] for e in RunLog.read(tmp_path / "runlog.jsonl") if e["k"] == "end"] == ["finished"]
+    assert read_window(visdom_server, "let-go", "loss")["train"][0] == [1, 2, 3]
