@@ -7,7 +7,7 @@ The Checkpoint callback catches SIGTERM and SIGUSR1 in the training process, sav
 end and exits for requeue. A DataLoader worker would die at once instead (torch's worker turns a
 SIGTERM not sent by its parent into its death, and SIGUSR1 kills by default), and the loader
 would then raise in the loop before it saved. So while a Checkpoint catches them, the workers
-of a loader iterated through ``monitor.batches`` ignore both, save a SIGTERM from their parent:
+of a loader iterated through ``monitor.batches`` ignore both, save a SIGTERM from the loop's process:
 the loop shuts them down as it exits, as it does at every epoch's end, and at the interpreter's
 exit ``multiprocessing`` ends persistent workers with a SIGTERM of its own.
 """
@@ -28,20 +28,22 @@ class WorkerInit:
 
     def __init__(self, init: Callable[[int], Any] | None) -> None:
         self.init = init
+        self.loop = os.getpid()  # the training process (a forkserver worker's parent is the forkserver)
 
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below alone
-        threading.Thread(target=_end_on_parent_s_sigterm, args=(os.getppid(),), name="monitor-sigterm",
+        threading.Thread(target=_end_on_loop_s_sigterm, args=(self.loop,), name="monitor-sigterm",
                          daemon=True).start()
         if self.init is not None:
             self.init(worker_id)
 
 
-def _end_on_parent_s_sigterm(parent: int) -> None:
-    """Ends the worker on a SIGTERM its parent sent, as torch's worker does; ignores anyone else's."""
+def _end_on_loop_s_sigterm(loop: int) -> None:
+    """Ends the worker on a SIGTERM the training process sent, as torch's worker does on its
+    parent's; ignores anyone else's."""
     while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == loop:
             os._exit(0)
 
 
