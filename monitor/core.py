@@ -479,6 +479,7 @@ def _named_optimizers(optimizer: Optimizers | None) -> dict[str, torch.optim.Opt
 
 
 _unclosed: "weakref.WeakSet[Monitor]" = weakref.WeakSet()  # monitors whose close() is still to come
+os.register_at_fork(after_in_child=_unclosed.clear)  # a fork's exit closes none of them (nor waits on them)
 _closed_at_exit = False  # whether _close_unclosed is registered
 
 

@@ -49,8 +49,12 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunE
     numbers as int or float, trace names and captions as strings, pixels as uint8 display values.
     Runs off the training thread, where torch is; what it returns unpickles anywhere (without
     torch, or a class only the training script defines). Raises TypeError or ValueError."""
-    if isinstance(record, (Layout, RunEnd)):
+    if isinstance(record, RunEnd):
         return record
+    if type(record.window) is not str and isinstance(record.window, str):  # a str Enum, say
+        record = record._replace(window=str.__str__(record.window))
+    if isinstance(record, Layout):
+        return record if _plain_json(record.opts) else record._replace(opts=json.loads(json.dumps(record.opts)))
     x = record.x
     if type(x) not in (int, float) or not math.isfinite(x):  # a numpy or other Real: plain JSON numbers
         record = record._replace(x=int(x) if isinstance(x, Integral) else float(checks.finite("x", x)))
@@ -79,9 +83,13 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunE
         edges, counts, n = record.values() if callable(record.values) else record.values
         edges, counts = (_on_host(v).tolist() if checks._is_tensor(v) else v for v in (edges, counts))
         return record._replace(values=(edges, counts, int(n)))
+    if isinstance(record, Text):
+        html = record.html
+        return record._replace(html=str.__str__(html)) if type(html) is not str and isinstance(html, str) else record
     if isinstance(record, Hparams):
         metrics = {str(k): float(_on_host(v).item() if checks._is_tensor(v) else v) for k, v in record.metrics.items()}
-        return record._replace(metrics=metrics)
+        hparams = record.hparams if _plain_json(record.hparams) else json.loads(json.dumps(record.hparams))
+        return record._replace(metrics=metrics, hparams=hparams)
     return record
 
 
@@ -129,6 +137,15 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     return {"k": "text", "win": record.window, "x": x, "html": record.html}
+
+
+def _plain_json(value: Any) -> bool:
+    """Whether ``value`` is made of JSON's own types alone (what unpickles without the script's classes)."""
+    if type(value) is dict:
+        return all(type(k) is str and _plain_json(v) for k, v in value.items())
+    if type(value) in (list, tuple):
+        return all(map(_plain_json, value))
+    return value is None or type(value) in (str, int, float, bool)
 
 
 def _plain(traces: tuple[str, ...], i: int, value: Any) -> Any:

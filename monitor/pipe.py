@@ -10,7 +10,9 @@ import struct
 from typing import Any, BinaryIO
 
 _LENGTH = struct.Struct("<Q")
-_WIDE = 1 << 20  # bytes a pipe holds where Linux lets it (64 KiB by default): the writer seldom waits
+# Bytes a pipe holds where Linux lets it (64 KiB by default), so that its writer seldom waits; all
+# of a user's pipes share a budget (64 MiB by default): 64 runs take a quarter of it.
+_WIDE = 1 << 18
 
 
 def send(pipe: BinaryIO, message: Any) -> None:

@@ -7,15 +7,16 @@ The Checkpoint callback catches SIGTERM and SIGUSR1 in the training process, sav
 end and exits for requeue. A DataLoader worker would die at once instead (torch's worker turns a
 SIGTERM not sent by its parent into its death, and SIGUSR1 kills by default), and the loader
 would then raise in the loop before it saved. So while a Checkpoint catches them, the workers
-of a loader iterated through ``monitor.batches`` ignore both, save a SIGTERM from the loop's process:
-the loop shuts them down as it exits, as it does at every epoch's end, and at the interpreter's
-exit ``multiprocessing`` ends persistent workers with a SIGTERM of its own.
+of a loader iterated through ``monitor.batches`` ignore both: the loop shuts them down as it
+exits, as it does at every epoch's end. Persistent workers outlive the loop; the interpreter's
+exit would end them with ``multiprocessing``'s SIGTERM, which they ignore, and wait for them
+forever: an exit hook shuts them down first, as the loader does.
 """
 from __future__ import annotations
 
-import os
+import atexit
 import signal
-import threading
+import weakref
 from typing import Any, Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's stop, SLURM's time-limit warning
@@ -28,23 +29,12 @@ class WorkerInit:
 
     def __init__(self, init: Callable[[int], Any] | None) -> None:
         self.init = init
-        self.loop = os.getpid()  # the training process (a forkserver worker's parent is the forkserver)
 
     def __call__(self, worker_id: int) -> None:
-        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # taken by the thread below alone
-        threading.Thread(target=_end_on_loop_s_sigterm, args=(self.loop,), name="monitor-sigterm",
-                         daemon=True).start()
+        for number in SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
         if self.init is not None:
             self.init(worker_id)
-
-
-def _end_on_loop_s_sigterm(loop: int) -> None:
-    """Ends the worker on a SIGTERM the training process sent, as torch's worker does on its
-    parent's; ignores anyone else's."""
-    while True:
-        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == loop:
-            os._exit(0)
 
 
 def shield_workers(loader: Any) -> None:
@@ -53,6 +43,22 @@ def shield_workers(loader: Any) -> None:
     if caught and isinstance(workers, int) and workers > 0 and (init is None or callable(init)) and \
             init is not _ABSENT and not isinstance(init, WorkerInit):  # a DataLoader's, not any iterable's
         loader.worker_init_fn = WorkerInit(init)
+        if getattr(loader, "persistent_workers", False):
+            if not _shielded:  # registered after multiprocessing's exit hook (torch imported it): runs before it
+                atexit.register(_shut_down_persistent_workers)
+            _shielded.add(loader)
 
 
+def _shut_down_persistent_workers() -> None:
+    """Ends the persistent workers of shielded loaders the way the loader does (they ignore SIGTERM)."""
+    for loader in list(_shielded):
+        shut_down = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
+        if callable(shut_down):
+            try:
+                shut_down()
+            except Exception:  # the interpreter is going: nothing to raise into
+                pass
+
+
+_shielded: "weakref.WeakSet[Any]" = weakref.WeakSet()  # loaders with persistent workers that ignore SIGTERM
 _ABSENT = object()

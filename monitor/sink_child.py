@@ -20,7 +20,7 @@ from monitor.sink import RECORDS, VisdomSink
 
 # What the training process runs: the monitor package of the training process, not a folder
 # called monitor in the working directory (``-m`` and ``-c`` put that first on the path).
-LAUNCH = ("import sys; package = sys.argv[1]; del sys.path[0]; "
+LAUNCH = ("import sys; package = sys.argv[1]; sys.path[:1] = [p for p in sys.path[:1] if p]; "
           "package in sys.path or sys.path.insert(0, package); "
           "import monitor.sink_child; monitor.sink_child.main()")
 
@@ -55,6 +55,10 @@ def main() -> None:
         with lock:
             pipe.send(answers, message)
 
+    def send_answer(number: int, result: Any) -> None:
+        with lock:  # the status as it is when sent: the training process keeps the last one it reads
+            pipe.send(answers, ("answer", number, result, status(sink)))
+
     opened = pipe.receive(commands)
     if opened is None:
         return
@@ -73,7 +77,7 @@ def main() -> None:
     def answer(number: int, kind: str, timeout: float | None) -> None:
         result = getattr(sink, kind)(timeout)
         try:
-            send(("answer", number, result, status(sink)))
+            send_answer(number, result)
         except OSError:  # the training process is gone: the pipe's end closes the sink
             pass
 
@@ -101,7 +105,7 @@ def main() -> None:
         for thread in waiting:  # a close answers what waits on the sink: they go before its answer
             thread.join(_ANSWERED)
         try:
-            send(("answer", number, result, status(sink)))
+            send_answer(number, result)
         except OSError:
             pass
         return

@@ -63,7 +63,7 @@ def _let_go_in_fork() -> None:
     if _pipe_ends:
         null = os.open(os.devnull, os.O_RDWR)
         for end in _pipe_ends:
-            os.dup2(null, end)
+            os.dup2(null, end, inheritable=False)
         os.close(null)
 
 
@@ -148,6 +148,11 @@ class SinkProcess:
             answer = _answer_of(child, _START)
         except Exception:  # the pipe, or an error of its that does not unpickle: the sink here will say
             answer = None
+        except BaseException:  # a Ctrl-C while it opens the run: it must not keep the run folder
+            child.kill()
+            child.wait()
+            _let_go(child.stdin, child.stdout)
+            raise
         if answer is None or answer[0] != "ready":
             if answer is None or answer[0] != "failed":
                 child.kill()
