@@ -8,15 +8,15 @@ end and exits for requeue. A DataLoader worker would die at once instead (torch'
 SIGTERM not sent by its parent into its death, and SIGUSR1 kills by default), and the loader
 would then raise in the loop before it saved. So while a Checkpoint catches them, the workers
 of a loader iterated through ``monitor.batches`` ignore both: the loop shuts them down as it
-exits, as it does at every epoch's end. Persistent workers outlive the loop; the interpreter's
-exit would end them with ``multiprocessing``'s SIGTERM, which they ignore, and wait for them
-forever: an exit hook shuts them down first, as the loader does.
+exits, as it does at every epoch's end. Workers still running at the interpreter's exit
+(persistent ones, or those of an iterator the script still holds) would get ``multiprocessing``'s
+SIGTERM, which they ignore, and be waited for forever: an exit hook ends them first.
 """
 from __future__ import annotations
 
 import atexit
+import multiprocessing
 import signal
-import weakref
 from typing import Any, Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's stop, SLURM's time-limit warning
@@ -43,22 +43,30 @@ def shield_workers(loader: Any) -> None:
     if caught and isinstance(workers, int) and workers > 0 and (init is None or callable(init)) and \
             init is not _ABSENT and not isinstance(init, WorkerInit):  # a DataLoader's, not any iterable's
         loader.worker_init_fn = WorkerInit(init)
-        if getattr(loader, "persistent_workers", False):
-            if not _shielded:  # registered after multiprocessing's exit hook (torch imported it): runs before it
-                atexit.register(_shut_down_persistent_workers)
-            _shielded.add(loader)
+        global _ending_at_exit
+        if not _ending_at_exit:  # registered after multiprocessing's exit hook (torch imported it): runs before it
+            atexit.register(_end_shielded_workers)
+            _ending_at_exit = True
 
 
-def _shut_down_persistent_workers() -> None:
-    """Ends the persistent workers of shielded loaders the way the loader does (they ignore SIGTERM)."""
-    for loader in list(_shielded):
-        shut_down = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
-        if callable(shut_down):
-            try:
-                shut_down()
-            except Exception:  # the interpreter is going: nothing to raise into
-                pass
+def _end_shielded_workers() -> None:
+    """Ends this process's daemonic children that ignore SIGTERM (shielded workers still running):
+    multiprocessing's exit hook ends daemonic children with a SIGTERM and waits for them."""
+    for process in multiprocessing.active_children():
+        if process.daemon and _ignores_sigterm(process.pid):
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise on the worker's end
+            process.kill()
+            process.join(5.0)
 
 
-_shielded: "weakref.WeakSet[Any]" = weakref.WeakSet()  # loaders with persistent workers that ignore SIGTERM
+def _ignores_sigterm(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            ignored = next(line for line in status if line.startswith("SigIgn:"))
+    except (OSError, StopIteration):  # gone, or not Linux
+        return False
+    return bool(int(ignored.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+
+
+_ending_at_exit = False  # whether _end_shielded_workers is registered
 _ABSENT = object()

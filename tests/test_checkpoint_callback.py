@@ -414,3 +414,31 @@ def test_extend_needs_resume_and_not_fresh(tmp_path):
         Checkpoint(tmp_path, extend=True)
     with pytest.raises(ValueError, match=r"got resume=True, fresh=True"):
         Checkpoint(tmp_path, resume=True, fresh=True, extend=True)
+
+
+# A max-steps script: it iterates its loader by hand and ends before the epoch does, workers still running.
+_HELD_ITERATOR = """
+import sys, torch
+from torch.utils.data import DataLoader, TensorDataset
+from monitor import Checkpoint, Monitor
+from monitor.log import NullSink
+loader = DataLoader(TensorDataset(torch.randn(256, 4)), batch_size=8, num_workers=2,
+                    persistent_workers=sys.argv[2] == "persistent")
+monitor = Monitor([Checkpoint(sys.argv[1], resume=True)], sink=NullSink())
+monitor.train_start(torch.nn.Linear(4, 1))
+batches = monitor.batches(loader)
+for step in range(5):
+    next(batches)
+    monitor.step_end()
+print("trained", flush=True)
+"""
+
+
+@pytest.mark.parametrize("workers", ["persistent", "per-epoch"])
+def test_a_script_ends_while_its_shielded_loader_workers_still_run(tmp_path, workers):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _HELD_ITERATOR, str(tmp_path), workers], capture_output=True,
+                          text=True, timeout=60)  # multiprocessing's exit waited forever on workers ignoring SIGTERM
+    assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
