@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import multiprocessing.util  # noqa: F401  (registers its exit hook on import: _end_shielded_workers, later, runs first)
 import signal
 from typing import Any, Callable
 
@@ -44,7 +45,7 @@ def shield_workers(loader: Any) -> None:
             init is not _ABSENT and not isinstance(init, WorkerInit):  # a DataLoader's, not any iterable's
         loader.worker_init_fn = WorkerInit(init)
         global _ending_at_exit
-        if not _ending_at_exit:  # registered after multiprocessing's exit hook (torch imported it): runs before it
+        if not _ending_at_exit:  # registered after multiprocessing's exit hook: runs before it
             atexit.register(_end_shielded_workers)
             _ending_at_exit = True
 

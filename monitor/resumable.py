@@ -80,9 +80,10 @@ class Resumable:
         generator = getattr(loader, "generator", None)  # DataLoader(generator=g) draws from g, not torch's
         own = generator if isinstance(generator, torch.Generator) else None
         shield_workers(loader)  # a scheduler's SIGTERM to the whole job is the loop's to act on
-        kept = _keeps_workers(loader)
+        persistent = bool(getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0))
+        kept = persistent and getattr(loader, "_iterator", None) is not None  # its workers draw no seed now
         if resuming and self.order_rng is not None:  # the order the interrupted epoch was drawn in
-            if self.order_rng.get("kept_workers") and not kept and _keeps_workers(loader, started=False):
+            if self.order_rng.get("kept_workers") and persistent and not kept:
                 iter(loader)  # the workers start, drawing their seed, as in the interrupted run's first epoch
                 kept = True
             torch.set_rng_state(self.order_rng["torch"])
@@ -124,14 +125,6 @@ class Resumable:
                       batches_of: Sequence[int | None] | None = None) -> None:
         self.first_epoch, self.skip, self.order_rng, self.rng = epoch, skip, order_rng, rng
         self.skip_epoch, self.skip_call, self.skip_of = epoch, call or 0, batches_of
-
-
-def _keeps_workers(loader: Iterable, started: bool = True) -> bool:
-    """Whether ``loader`` keeps its worker processes between epochs (``persistent_workers``) and,
-    with ``started``, has them already: its next epoch then draws no seed for them."""
-    if not (getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0)):
-        return False
-    return not started or getattr(loader, "_iterator", None) is not None
 
 
 def _shape(loader: Iterable) -> tuple[int | None, int | None]:

@@ -56,8 +56,11 @@ def main() -> None:
             pipe.send(answers, message)
 
     def send_answer(number: int, result: Any) -> None:
-        with lock:  # the status as it is when sent: the training process keeps the last one it reads
-            pipe.send(answers, ("answer", number, result, status(sink)))
+        try:
+            with lock:  # the status as it is when sent: the training process keeps the last one it reads
+                pipe.send(answers, ("answer", number, result, status(sink)))
+        except OSError:  # the training process is gone: the pipe's end closes the sink
+            pass
 
     opened = pipe.receive(commands)
     if opened is None:
@@ -75,11 +78,7 @@ def main() -> None:
     waiting: list[threading.Thread] = []  # flushes and syncs: answered apart, so that reading goes on
 
     def answer(number: int, kind: str, timeout: float | None) -> None:
-        result = getattr(sink, kind)(timeout)
-        try:
-            send_answer(number, result)
-        except OSError:  # the training process is gone: the pipe's end closes the sink
-            pass
+        send_answer(number, getattr(sink, kind)(timeout))
 
     while True:
         try:
@@ -93,7 +92,7 @@ def main() -> None:
             return
         if message[0] == "records":
             for record in message[1]:
-                sink.put(RECORDS[record[0]]._make(record[1:]) if type(record) is tuple else record)
+                sink.put(RECORDS[record[0]]._make(record[1:]))
             continue
         _, number, kind, timeout = message
         if kind != "close":
@@ -104,10 +103,7 @@ def main() -> None:
         result = sink.close(timeout)
         for thread in waiting:  # a close answers what waits on the sink: they go before its answer
             thread.join(_ANSWERED)
-        try:
-            send_answer(number, result)
-        except OSError:
-            pass
+        send_answer(number, result)
         return
 
 
