@@ -110,3 +110,22 @@ def test_wide_entries_keep_every_value_exactly_and_older_logs_with_value_lists_s
     older = tmp_path / "older.jsonl"  # the "v" form: values as a JSON list
     older.write_text(json.dumps(entries[0]) + "\n" + json.dumps({"k": "points", "win": "w", "x": 2, "v": odd}) + "\n")
     assert list(RunLog.read(older)) == entries
+
+
+def test_a_histogram_of_many_edges_writes_them_as_bytes_and_reads_them_back_exactly(tmp_path):
+    edges = [-(1e-12 * 1.1 ** k) for k in range(300, 0, -1)] + [0.0] + [1e-12 * 1.1 ** k for k in range(1, 301)]
+    counts = [k % 5 for k in range(len(edges) - 1)]
+    wide = {"k": "histogram", "win": "fc1.weight", "x": 3, "edges": edges, "counts": counts, "n": sum(counts)}
+    narrow = {"k": "histogram", "win": "bias", "x": 3, "edges": [0.0, 0.5, 1.0], "counts": [1, 2], "n": 3}
+    path = tmp_path / "runlog.jsonl"
+    log = RunLog(path)
+    log.append([wide, narrow])
+    log.close()
+    lines = path.read_bytes().splitlines()
+    assert b'"e64"' in lines[0] and b'"edges"' in lines[1]
+    assert len(lines[0]) < len(json.dumps(wide, separators=(",", ":"))) * 0.7
+    read = list(RunLog.read(path))
+    assert read == [wide, narrow] and [repr(e) for e in read[0]["edges"]] == [repr(e) for e in edges]
+    older = tmp_path / "older.jsonl"  # a log written before: edges as JSON text
+    older.write_text(json.dumps(wide) + "\n")
+    assert list(RunLog.read(older)) == [wide]
