@@ -42,7 +42,10 @@ class LoopState:
 
     ``step`` is the 1-based number of the optimizer step in progress or just finished (the x of
     per-step curves); ``epoch`` is 0-based, as in ``for epoch in range(epochs)``; ``batch`` counts
-    the steps of the current epoch. ``metrics`` is what the loop passed to the latest hook;
+    the steps of the current epoch. ``batch_index`` is the 0-based index in its epoch of the batch
+    ``monitor.batches(loader)`` gave last, counted as in a run never stopped: after a resume,
+    where ``enumerate`` counts from 0 again, it goes on from the batches done (None for a loop that
+    iterates its loader itself). Under gradient accumulation it is the micro-batch's index. ``metrics`` is what the loop passed to the latest hook;
     ``loss``, ``inputs``, ``targets`` and ``outputs`` are set only while ``on_step_end`` runs, so
     the monitor never keeps a batch alive. They are the loop's own objects: a callback that keeps
     any of them must log a snapshot (``Log`` does).
@@ -70,6 +73,7 @@ class LoopState:
     targets: Any = None
     outputs: Any = None
     data_wait: float | None = None
+    batch_index: int | None = None
 
 
 class Callback:

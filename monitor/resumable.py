@@ -107,6 +107,7 @@ class Resumable:
             if batch is _END:
                 state.data_wait = None
                 return
+            state.batch_index = drawn
             drawn += 1
             self.drawn = (drawn, order, call, shape)
             yield batch

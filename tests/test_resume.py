@@ -77,3 +77,44 @@ def test_a_loop_accumulating_over_loader_batches_resumes_with_the_batch_after_th
     assert len(seen) == 6  # three steps of two batches
     _accumulating_run(tmp_path / "killed", seen)
     assert seen == whole
+
+
+def _odd_epoch_run(folder, seen, kill_at_step=None):
+    """Seven batches an epoch, a step every two and one for the last batch alone, tested on
+    monitor.state.batch_index; killed mid-epoch, then the same command again."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from monitor import Checkpoint
+
+    torch.manual_seed(0)
+    loader = DataLoader(TensorDataset(torch.arange(14.0).unsqueeze(1)), batch_size=2, shuffle=True)
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    monitor = Monitor([Checkpoint(folder, every_steps=1, resume=True)], sink=NullSink(), raise_errors=True)
+    monitor.train_start(model, optimizer)
+    for epoch in monitor.epochs(2):
+        for (x,) in monitor.batches(loader):
+            index = monitor.state.batch_index
+            seen.append((epoch, index, x.flatten().tolist()))
+            model(x).sum().backward()
+            if (index + 1) % 2 == 0 or index + 1 == len(loader):
+                monitor.after_backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                monitor.step_end(loss=1.0)
+                if monitor.state.step == kill_at_step:
+                    raise _Killed
+    monitor.train_end()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_batch_index_goes_on_after_a_resume_where_enumerate_starts_again(tmp_path):
+    whole = []
+    expected = _odd_epoch_run(tmp_path / "whole", whole)
+    assert [index for _, index, _ in whole] == list(range(7)) * 2
+    seen = []
+    with pytest.raises(_Killed):
+        _odd_epoch_run(tmp_path / "killed", seen, kill_at_step=6)  # epoch 1, after its batch 3
+    again = []
+    weights = _odd_epoch_run(tmp_path / "killed", again)
+    assert again == whole[11:]  # batch 4 of epoch 1 on, numbered as in the straight run
+    assert all(torch.equal(a, b) for a, b in zip(weights, expected))
