@@ -9,6 +9,7 @@
     {"k": "hparams", "win": "hparams", "x": 0, "hparams": {"lr": 0.1}, "metrics": {"accuracy": 0.91}}
     {"k": "end", "status": "crashed", "error": "RuntimeError: CUDA out of memory", "time": 1764300500.0}
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
+    {"k": "pr_curve", "win": "pr/cat", "x": 3, "tp": [5, 4, 0], "fp": [5, 1, 0], "tn": [0, 4, 5], "fn": [0, 1, 5]}
 
 ``read`` brings a record's values to the host (deferred values called, tensors read, labels
 named), off the training thread; ``encode`` makes the entry of a record read so, encoding image
@@ -34,7 +35,7 @@ from monitor.distribution import trimmed
 from monitor.imagestore import ImageStore
 from monitor.imaging import display_values, encode_grid
 from monitor.layer_sums import LayerNorms
-from monitor.records import Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, Text
+from monitor.records import Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, PrCurve, Text
 
 
 def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
@@ -43,8 +44,8 @@ def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
-def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunEnd
-         ) -> Points | ImageGrid | Text | Layout | Histogram | Hparams | RunEnd:
+def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hparams | RunEnd
+         ) -> Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hparams | RunEnd:
     """The record with plain values: functions called, tensors read (waiting for their device),
     numbers as int or float, trace names and captions as strings, pixels as uint8 display values.
     Runs off the training thread, where torch is; what it returns unpickles anywhere (without
@@ -83,6 +84,11 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunE
         edges, counts, n = record.values() if callable(record.values) else record.values
         edges, counts = (_on_host(v).tolist() if checks._is_tensor(v) else v for v in (edges, counts))
         return record._replace(values=(edges, counts, int(n)))
+    if isinstance(record, PrCurve):
+        counts = record.counts() if callable(record.counts) else record.counts
+        counts = [_on_host(part).reshape(-1).tolist() if checks._is_tensor(part) else
+                  part.tolist() if hasattr(part, "tolist") else part for part in counts]  # torch, numpy
+        return record._replace(counts=tuple([_plain(_PR_KEYS, i, v) for v in part] for i, part in enumerate(counts)))
     if isinstance(record, Text):
         html = record.html
         return record._replace(html=str.__str__(html)) if type(html) is not str and isinstance(html, str) else record
@@ -93,7 +99,7 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunE
     return record
 
 
-def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | RunEnd,
+def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hparams | RunEnd,
            images: ImageStore | None = None) -> dict[str, Any]:
     """The entry of a record: values read (``read``), images encoded (into ``images`` where
     given, else inline). Runs on the sink's worker.
@@ -134,6 +140,16 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | Hparams | Ru
         edges, counts, n = record.values
         edges, counts = trimmed(edges, counts)
         return {"k": "histogram", "win": record.window, "x": x, "edges": edges, "counts": counts, "n": int(n)}
+    if isinstance(record, PrCurve):
+        if len(record.counts) not in (4, 6) or len({len(part) for part in record.counts}) != 1 \
+                or len(record.counts[0]) < 2:
+            raise ValueError(f"counts must be 4 lists (TP, FP, TN, FN), or 6 with precision and recall, of one "
+                             f"value per threshold, at least 2, got {[len(part) for part in record.counts]}")
+        for key, part in zip(_PR_KEYS, record.counts):  # a loop's own precision may be NaN (0 / 0): a gap
+            if not all(isinstance(v, Real) and not isinstance(v, bool) and (math.isfinite(v) or key in _PR_KEYS[4:])
+                       for v in part):
+                raise TypeError(f"the {key} values must be finite numbers, got {list(part)[:5]}")
+        return {"k": "pr_curve", "win": record.window, "x": x, **dict(zip(_PR_KEYS, map(list, record.counts)))}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     return {"k": "text", "win": record.window, "x": x, "html": record.html}
@@ -167,6 +183,7 @@ def _on_host(tensor: Any) -> Any:
 
 
 _FLOATS, _NAMES, _PLAIN = {float}, {str}, {float, int}
+_PR_KEYS = ("tp", "fp", "tn", "fn", "precision", "recall")
 
 
 def windows_after(path: str | os.PathLike, position: int) -> set[str]:

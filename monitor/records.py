@@ -93,6 +93,17 @@ class Histogram(NamedTuple):
     values: Any
 
 
+class PrCurve(NamedTuple):
+    """A precision-recall curve at one step: ``counts`` is (true positives, false positives, true
+    negatives, false negatives), a list each with one count per threshold ``i / (len - 1)``, maybe
+    followed by the precision and recall the loop computed, or a function of no arguments the
+    sink calls to get them."""
+
+    window: str
+    x: float
+    counts: Any
+
+
 class Hparams(NamedTuple):
     """A run's hyper-parameters (JSON values) and the metrics it ended with (numbers); the newest counts."""
 

@@ -22,7 +22,7 @@ from typing import Any, Iterable, NamedTuple
 
 from pathlib import Path
 
-from monitor import checks, distribution, heatmap
+from monitor import checks, distribution, heatmap, pr_curve
 from monitor.imagestore import KEEP, kept
 from monitor.records import Order
 
@@ -179,7 +179,7 @@ class Trace:
 
 
 class Window:
-    """One pane: a line plot, distributions, an image grid or a text; ``message(env)`` is its full content.
+    """One pane: a line plot, distributions, PR curves, an image grid or a text; ``message(env)`` is its full content.
 
     ``changed`` says the server's copy may differ from this one; ``sent`` that it was delivered
     at least once (so the server should have it). Only the window flips them: ``apply`` and
@@ -197,6 +197,7 @@ class Window:
         self.order = Order.METRICS  # its place on the page
         self.grid: heatmap.Grid | None = None  # in the heatmap form: every trace, steps in columns
         self.history: list[dict[str, Any]] = []  # the kept image entries of a history pane, oldest first
+        self.curves: list[dict[str, Any]] = []  # a PR-curve pane's latest entries, oldest first
         self.trials: dict[str, dict[str, Any]] = {}  # an hparams pane's latest entry per set of hparams
         self.on_server: list[int] | None = None  # the grid numbers the server's history pane holds
         self._sending: list[int] = []  # what the server's pane holds once the latest messages are taken
@@ -237,6 +238,9 @@ class Window:
             if len(trials) > TRIALS:
                 del trials[next(iter(trials))]
             self.kind, self.content = "text", {**entry, "html": _hparams_html(list(trials.values()))}
+        elif kind == "pr_curve":  # the latest steps' curves
+            self.kind = "pr_curve"
+            self.curves = [*self.curves[1 - pr_curve.CURVES:], entry]
         elif kind in ("image", "text"):
             self.kind, self.content = kind, entry
         elif kind == "layout":
@@ -330,7 +334,8 @@ class Window:
         return requests
 
     def message(self, env: str) -> tuple[str, dict[str, Any]] | None:
-        """The request that makes the server's line, image or text window equal this one (None: nothing)."""
+        """The request that makes the server's line, distribution, PR-curve, image or text window equal this
+        one (None: nothing)."""
         title = self.opts.get("title", self.name)
         if self.kind == "line":
             if self.grid is not None and self.grid.traces:
@@ -353,6 +358,10 @@ class Window:
                                                self.content, self.opts)
             opts = {"height": 480, **self.opts, "title": title}
             return "events", {"data": data, "win": self.name, "eid": env, "layout": layout, "opts": opts}
+        if self.kind == "pr_curve":
+            data, layout = pr_curve.figure(self.curves)
+            return "events", {"data": data, "win": self.name, "eid": env, "layout": layout,
+                              "opts": {**self.opts, "title": title}}
         if self.kind == "image":
             png = self.content["png"]
             width, height = _png_size(png)

@@ -22,9 +22,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from monitor import checks
+from monitor import checks, pr_curve
+from monitor.host import on_host
 from monitor.log import Log
-from monitor.records import Histogram, Order, RunEnd, ending_of
+from monitor.records import Histogram, Order, PrCurve, RunEnd, ending_of
 from monitor.runlog import RunLog
 
 _log = logging.getLogger("monitor")
@@ -40,7 +41,7 @@ del _edge
 _TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one tensor: copied to a device once
 
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
-_NOT_DRAWN = ("add_audio", "add_video", "add_embedding", "add_pr_curve", "add_pr_curve_raw", "add_mesh",
+_NOT_DRAWN = ("add_audio", "add_video", "add_embedding", "add_mesh",
               "add_custom_scalars", "add_custom_scalars_multilinechart", "add_custom_scalars_marginchart",
               "add_onnx_graph", "add_histogram_raw", "add_tensor")
 
@@ -79,7 +80,7 @@ class SummaryWriter:
     ``filename_suffix``, ``new_style``, ``double_precision`` and ``hparam_domain_discrete`` are
     accepted and change nothing (the sink sends within a second and writes one run log), as are
     ``add_graph``'s ``verbose`` and ``use_strict_trace``. TensorBoard methods not drawn here
-    (audio, video, embeddings, PR curves, meshes, custom scalars) are accepted and say so once.
+    (audio, video, embeddings, meshes, custom scalars) are accepted and say so once.
     """
 
     def __init__(self, log_dir: str | os.PathLike | None = None, comment: str = "", purge_step: int | None = None,
@@ -150,6 +151,40 @@ class SummaryWriter:
         else:
             snapshot = tensor.detach().clone()  # read by the sink, as numpy reads it for TensorBoard
             self.log.sink.put(Histogram(window, step, lambda: _numpy_histogram(snapshot, bins, max_bins)))
+        self._stepped(tag, global_step)
+
+    def add_pr_curve(self, tag: str, labels: Any, predictions: Any, global_step: int | None = None,
+                     num_thresholds: int = 127, weights: Any = None, walltime: float | None = None) -> None:
+        """A precision-recall curve of ``predictions`` (probabilities, 0 to 1) against ``labels``
+        (0/1 or bools) at ``num_thresholds`` thresholds (at most 127, as TensorBoard): window
+        ``tag``, the latest steps' curves. Counted by the sink, as TensorBoard counts them."""
+        labels, predictions = _tensor(labels, "labels"), _tensor(predictions, "predictions")
+        if labels.numel() != predictions.numel():
+            raise ValueError(f"labels and predictions must have as many values, got {labels.numel()} and "
+                             f"{predictions.numel()}")
+        thresholds = min(checks.integer("num_thresholds", num_thresholds, minimum=2), pr_curve.MOST_THRESHOLDS)
+        weights = None if weights is None else _tensor(weights, "weights").detach().clone()
+        labels, predictions = labels.detach().clone(), predictions.detach().clone()  # as they are now
+        window = self._lay_out(tag, "pr_curve", Order.METRICS)
+        self.log.sink.put(PrCurve(window, self._step(tag, global_step), lambda: pr_curve.counts(
+            _numpy(labels), _numpy(predictions), thresholds, None if weights is None else _numpy(weights))))
+        self._stepped(tag, global_step)
+
+    def add_pr_curve_raw(self, tag: str, true_positive_counts: Any, false_positive_counts: Any,
+                         true_negative_counts: Any, false_negative_counts: Any, precision: Any, recall: Any,
+                         global_step: int | None = None, num_thresholds: int = 127, weights: Any = None,
+                         walltime: float | None = None) -> None:
+        """A precision-recall curve from counts and values computed by the loop, one of each per threshold."""
+        parts = {"true_positive_counts": true_positive_counts, "false_positive_counts": false_positive_counts,
+                 "true_negative_counts": true_negative_counts, "false_negative_counts": false_negative_counts,
+                 "precision": precision, "recall": recall}
+        parts = {name: _tensor(part, name).detach().reshape(-1).clone() for name, part in parts.items()}
+        sizes = {part.numel() for part in parts.values()}
+        if len(sizes) != 1 or min(sizes) < 2:
+            raise ValueError(f"the counts, precision and recall must have one value per threshold, at least 2, got "
+                             f"{ {name: part.numel() for name, part in parts.items()} }")
+        window = self._lay_out(tag, "pr_curve", Order.METRICS)
+        self.log.sink.put(PrCurve(window, self._step(tag, global_step), tuple(parts.values())))
         self._stepped(tag, global_step)
 
     def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
@@ -382,7 +417,8 @@ def _end_open_runs() -> None:
         run.log.sink.close(timeout=2.0)
 
 
-_KINDS = {"points": "scalars", "histogram": "histogram", "image": "images", "text": "text", "hparams": "hparams"}
+_KINDS = {"points": "scalars", "histogram": "histogram", "image": "images", "text": "text", "hparams": "hparams",
+          "pr_curve": "pr_curve"}
 
 
 def _continued(log: Path, purge_step: int | None) -> tuple[int | None, float, dict[str, str]]:
@@ -469,6 +505,12 @@ def _number(value: Any, argument: str) -> Any:
     if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
         return value.to(torch.float32)
     return checks.scalar(argument, value)
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    """A snapshot's values for numpy (read from its device; bfloat16, which numpy lacks, as float32)."""
+    tensor = on_host(tensor)
+    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
 
 def _tensor(value: Any, argument: str) -> torch.Tensor:

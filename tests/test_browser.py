@@ -312,6 +312,33 @@ def test_distributions_show_percentile_bands_over_the_steps_and_the_latest_histo
     assert severe == [], "console errors:\n" + "\n".join(severe)
 
 
+def test_pr_curves_show_the_latest_steps_with_recall_and_precision_axes(visdom_server, tmp_path, browser):
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import SummaryWriter
+
+    g = torch.Generator().manual_seed(0)
+    with SummaryWriter(log_dir=tmp_path / "pr_check", port=visdom_server.port) as writer:
+        for step in range(8):  # a classifier getting better: positives drawn further from negatives
+            labels = torch.randint(0, 2, (400,), generator=g)
+            writer.add_pr_curve("pr/cat", labels, torch.rand(400, generator=g) * 0.6 + labels * step / 20, step)
+        writer.flush()
+
+    browser.get(f"{visdom_server.url}/env/pr_check")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg.main-svg g.scatterlayer g.trace")) == 5)
+    legend = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.legend text.legendtext")]
+    assert legend == [f"step {step}" for step in range(3, 8)], legend
+    titles = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg text.xtitle, svg.main-svg text.ytitle")}
+    assert {"recall", "precision"} <= titles, titles
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "pr_curve.png"))
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], "console errors:\n" + "\n".join(severe)
+
+
 def test_the_graph_pane_draws_a_sequential_a_skip_connection_and_two_inputs(visdom_server, tmp_path, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

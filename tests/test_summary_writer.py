@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import re
 import subprocess
@@ -22,13 +23,14 @@ import torch
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
+from tensorboard.util import tensor_util
 from torch.utils.tensorboard import SummaryWriter as TensorBoardWriter
 
-from monitor import Monitor, Scalars, SummaryWriter
+from monitor import Monitor, Scalars, SummaryWriter, pr_curve
 from monitor.imaging import PAD, _font
 from monitor.entries import encode
 from monitor.graph import traced
-from monitor.records import Histogram, Hparams, ImageGrid, Layout, Text
+from monitor.records import Histogram, Hparams, ImageGrid, Layout, PrCurve, Text
 from monitor.runlog import RunLog
 from monitor.windows import Windows
 from monitor.writer import split_tag
@@ -63,6 +65,14 @@ def _calls(writer, step: int) -> None:
     writer.add_images("batch", torch.rand(4, 1, 8, 8, generator=g) * 1.4 - 0.2, step)
     writer.add_text("notes", f"step {step}: **bold** <b>not bold</b>\n\n| a | b |\n|---|---|\n| {step} | 2 |", step)
     writer.add_figure("figure", _figure(step), step)
+    labels = torch.randint(0, 2, (300,), generator=g)
+    writer.add_pr_curve("pr", labels, torch.rand(300, generator=g) * 0.7 + labels * 0.3, step)
+    rng = np.random.default_rng(step)
+    writer.add_pr_curve("pr/weighted", labels.numpy().astype(bool), rng.random(300) * 1.2 - 0.1, step,
+                        num_thresholds=40, weights=rng.random(300))  # some predictions outside 0-1: in no bucket
+    counts = np.array([[9, 5, 2], [9, 3, 0], [0, 6, 9], [0, 4, 7]], dtype=float)  # TP, FP, TN, FN
+    writer.add_pr_curve_raw("pr/raw", *counts, counts[0] / (counts[0] + counts[1] + 1e-7),
+                            counts[0] / (counts[0] + counts[3]), step, num_thresholds=3)
 
 
 HPARAMS, METRICS = {"lr": 0.1, "optimizer": "sgd", "batch_size": 16}, {"hparam/accuracy": 0.9}
@@ -104,7 +114,7 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
         env = "side-by-side"
         shown = {window: read_window(visdom_server, env, window) for window in ("Loss", "lr", "accuracy")}
         panes = {window: read_window_raw(visdom_server, env, window)
-                 for window in ("image", "hwc", "batch", "notes", "figure", "weights", "sizes", "auto")}
+                 for window in ("image", "hwc", "batch", "notes", "figure", "weights", "sizes", "auto", "pr")}
     events = tensorboard[""]
 
     # Scalars: every value at every step (TensorBoard keeps float32).
@@ -131,6 +141,22 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
             assert {edge: count for edge, count in zip(entry["edges"][1:], entry["counts"]) if count} == expected
         bars = panes[tag]["content"]["data"][-1]
         assert bars["type"] == "bar" and sum(bars["y"]) == pytest.approx(sum(ours[-1]["counts"]), abs=0.1)
+
+    # PR curves: the same counts, precision and recall at every threshold of every step; the pane
+    # draws the latest steps' curves, the latest last.
+    for tag in ("pr", "pr/weighted", "pr/raw"):
+        ours = [e for e in entries if e.get("k") == "pr_curve" and e["win"] == tag]
+        theirs = events.Tensors(tag)
+        assert [e["x"] for e in ours] == [e.step for e in theirs] == list(range(STEPS))
+        for entry, event in zip(ours, theirs):
+            expected = tensor_util.make_ndarray(event.tensor_proto)  # rows: TP, FP, TN, FN, precision, recall
+            assert np.array_equal(np.float32([entry[k] for k in ("tp", "fp", "tn", "fn")]), expected[:4])
+            assert np.allclose(pr_curve.precision_recall(entry), expected[4:], rtol=1e-6, atol=1e-7)
+    curves = panes["pr"]["content"]["data"]
+    assert [c["name"] for c in curves] == [f"step {step}" for step in range(STEPS - 5, STEPS)]
+    precision, recall = pr_curve.precision_recall(ours_pr := [e for e in entries if e.get("win") == "pr"][-1])
+    assert curves[-1]["x"] == pytest.approx(recall) and curves[-1]["y"] == pytest.approx(precision)
+    assert len(curves[-1]["x"]) == 127 and ours_pr["x"] == STEPS - 1
 
     # Images: every pixel of the latest of each, as TensorBoard encoded it (grey shown as one channel).
     for tag, count in (("image", 1), ("hwc", 1), ("batch", 4), ("figure", 1)):
@@ -193,8 +219,8 @@ def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="monitor"):
         writer.add_embedding(torch.randn(3, 2))
         writer.add_embedding(torch.randn(3, 2))
-        writer.add_pr_curve("pr", torch.ones(3), torch.rand(3))
-    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_embedding", "add_pr_curve"]
+        writer.add_audio("sound", torch.rand(1, 100))
+    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_embedding", "add_audio"]
     [record] = monitor.sink.of(Hparams)
     assert record.hparams == {"lr": 0.1, "optimizer": "<sgd>"} and record.metrics == {"hparam/accuracy": 0.9}
     windows = Windows()
@@ -214,6 +240,35 @@ def test_bad_image_layouts_are_named(tmp_path):
         writer.add_image("x", "cat.png")
     writer.add_image("x", np.random.rand(4, 4), dataformats="HW")
     writer.add_images("y", torch.rand(4, 4, 2), dataformats="HWN")
+
+
+def test_pr_curves_name_bad_arguments_and_count_the_values_as_they_were_at_the_call():
+    monitor = Monitor([], sink=ListSink())
+    writer = SummaryWriter(monitor=monitor)
+    with pytest.raises(ValueError, match="labels and predictions must have as many values, got 3 and 4"):
+        writer.add_pr_curve("pr", torch.ones(3), torch.rand(4))
+    with pytest.raises(ValueError, match="num_thresholds must be .*got 1"):
+        writer.add_pr_curve("pr", torch.ones(3), torch.rand(3), num_thresholds=1)
+    with pytest.raises(TypeError, match="predictions must be a torch.Tensor or a numpy array, got str"):
+        writer.add_pr_curve("pr", torch.ones(3), "0.5")
+    with pytest.raises(ValueError, match=r"one value per threshold, at least 2, got .*'recall': 2"):
+        writer.add_pr_curve_raw("raw", *[[1.0, 0.0, 0.0]] * 5, [1.0, 0.0], 0)
+    labels, predictions = torch.tensor([1, 0, 1, 0]), torch.tensor([0.9, 0.8, 0.3, 0.1])
+    writer.add_pr_curve("pr", labels, predictions, 0, num_thresholds=3)
+    predictions.fill_(0.0)  # after the call: not what the curve counts
+    writer.add_pr_curve("classes", torch.tensor([0, 2, 1]), torch.rand(3), 0)  # class indices, not 0/1
+    writer.add_pr_curve_raw("raw", [2, 1, 0], [2, 0, 0], [0, 2, 2], [0, 1, 2], [0.5, 1.0, math.nan],
+                            [1.0, 0.5, 0.0], 0, num_thresholds=3)
+    good, wrong, raw = monitor.sink.of(PrCurve)
+    # thresholds 0, 0.5, 1: buckets floor(p * 2) = 1, 1, 0, 0
+    assert encode(good) == {"k": "pr_curve", "win": "pr", "x": 0, "tp": [2.0, 1.0, 0.0], "fp": [2.0, 1.0, 0.0],
+                            "tn": [0.0, 1.0, 2.0], "fn": [0.0, 1.0, 2.0]}
+    with pytest.raises(ValueError, match=r"labels must be 0 or 1 \(or bools\), got \[2\]"):
+        encode(wrong)  # counted off the training thread: the sink reports it once and goes on
+    entry = encode(raw)
+    assert entry["precision"][:2] == [0.5, 1.0] and math.isnan(entry["precision"][2])
+    data, _ = pr_curve.figure([entry])
+    assert data[0]["y"] == [0.5, 1.0, None] and data[0]["x"] == [1.0, 0.5, 0.0]  # NaN: a gap
 
 
 def test_what_tensorboard_also_takes_a_reused_figure_rgba_numpy_ints_and_bools():
