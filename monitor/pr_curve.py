@@ -56,15 +56,17 @@ def precision_recall(entry: dict[str, Any]) -> tuple[list[float], list[float]]:
 
 def figure(entries: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Plotly traces and layout: precision against recall for each entry (a step), the latest
-    opaque; hovering a point shows its threshold and counts."""
+    opaque, or for each run of a comparison (entries with a ``run`` label); hovering a point
+    shows its threshold and counts."""
     data = []
     for age, entry in enumerate(reversed(entries)):
         precision, recall = ([v if math.isfinite(v) else None for v in part] for part in precision_recall(entry))
         thresholds = len(precision) - 1
         text = [f"threshold {i / thresholds:.3f}<br>TP {tp:g}, FP {fp:g}, TN {tn:g}, FN {fn:g}"
                 for i, (tp, fp, tn, fn) in enumerate(zip(entry["tp"], entry["fp"], entry["tn"], entry["fn"]))]
-        data.append({"x": recall, "y": precision, "text": text, "name": f"step {_number(entry['x'])}",
-                     "type": "scatter", "mode": "lines", "opacity": 1.0 if age == 0 else 0.6 - 0.1 * age,
+        name = f"step {_number(entry['x'])}" if "run" not in entry else f"{entry['run']}, step {_number(entry['x'])}"
+        data.append({"x": recall, "y": precision, "text": text, "name": name, "type": "scatter", "mode": "lines",
+                     "opacity": 1.0 if age == 0 or "run" in entry else 0.6 - 0.1 * age,
                      "hovertemplate": "recall %{x:.3f}, precision %{y:.3f}<br>%{text}<extra>%{fullData.name}</extra>"})
     data.reverse()  # the latest last: drawn on top
     layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},

@@ -198,8 +198,8 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     """Fills env ``into`` with the runs side by side, from their run logs; returns the env.
 
     Each line window the runs share holds one trace per run and original trace, named
-    ``LABEL/TRACE`` (:func:`labels`); pane ``runs`` is a table of the runs, the hparams that
-    differ and their final metrics. ``connection`` takes :class:`monitor.connection.Connection`'s
+    ``LABEL/TRACE`` (:func:`labels`); each PR-curve window they share, each run's latest curve;
+    pane ``runs`` is a table of the runs, the hparams that differ and their final metrics. ``connection`` takes :class:`monitor.connection.Connection`'s
     arguments. The server needs none of the runs' envs (a restarted server is fine).
     """
     from html import escape
@@ -217,9 +217,11 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     lines = [{e["win"] for e in log if e.get("k") == "points"} - {e["win"] for e in log if e.get("k") == "layout"
                                                                  and e["opts"].get("form") == "heatmap"}
              for log in entries]
-    shared = set.intersection(*lines)
+    curves = set.intersection(*({e["win"] for e in log if e.get("k") == "pr_curve"} for log in entries))
+    shared = set.intersection(*lines) | curves
     windows = Windows()
     for label, log in zip(named, entries):
+        latest = {}  # each PR-curve window's last entry
         for entry in log:
             if entry.get("win") not in shared:
                 continue
@@ -227,6 +229,9 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
                 entry = {**entry, "y": {f"{label}/{trace}": y for trace, y in entry["y"].items()}}
             if entry["k"] in ("points", "layout"):
                 windows.apply([entry])
+            elif entry["k"] == "pr_curve":
+                latest[entry["win"]] = {**entry, "run": label}
+        windows.apply(list(latest.values()))
     head = ["run", "env", "status", "steps"] + differing + sorted({m for run in found for m in run.metrics})
     rows = [[label, run.env, run.status, str(run.steps)] + [str(run.hparams.get(k, "-")) for k in differing]
             + [f"{run.metrics[m][0]:.4g}" if m in run.metrics else "-" for m in head[4 + len(differing):]]

@@ -238,9 +238,12 @@ class Window:
             if len(trials) > TRIALS:
                 del trials[next(iter(trials))]
             self.kind, self.content = "text", {**entry, "html": _hparams_html(list(trials.values()))}
-        elif kind == "pr_curve":  # the latest steps' curves
+        elif kind == "pr_curve":  # the latest steps' curves; in a comparison, each run's latest
             self.kind = "pr_curve"
-            self.curves = [*self.curves[1 - pr_curve.CURVES:], entry]
+            if "run" in entry:
+                self.curves = [*(c for c in self.curves if c.get("run") != entry["run"]), entry]
+            else:
+                self.curves = [*self.curves[1 - pr_curve.CURVES:], entry]
         elif kind in ("image", "text"):
             self.kind, self.content = kind, entry
         elif kind == "layout":

@@ -371,3 +371,26 @@ def test_compare_tells_apart_two_runs_of_one_env_in_two_folders(three_runs, tmp_
     head, *rows = CliRunner().invoke(main, ["runs", str(tmp_path)]).output.splitlines()  # list tells them apart too
     assert re.split(r"\s{2,}", head)[:2] == ["env", "folder"]
     assert [re.split(r"\s{2,}", row)[:2] for row in rows] == [["good", "a/good"], ["good", "b/good"]]
+
+
+def test_compare_draws_each_run_s_latest_pr_curve_in_the_window_they_share(fresh_server, tmp_path, read_window_raw):
+    from monitor import SummaryWriter
+
+    for env, spread in (("sharp", 0.6), ("blurred", 0.1)):
+        g = torch.Generator().manual_seed(0)
+        with SummaryWriter(tmp_path / "runs" / env, port=1, timeout=0.2) as writer:
+            for step in range(3):
+                labels = torch.randint(0, 2, (200,), generator=g)
+                writer.add_pr_curve("pr", labels, torch.rand(200, generator=g) * (1 - spread) + labels * spread, step)
+                writer.add_scalar("loss", 1.0 / (step + 1), step)
+    done = CliRunner().invoke(main, ["runs", "compare", str(tmp_path / "runs" / "sharp"),
+                                     str(tmp_path / "runs" / "blurred"), "--into", "cmp_pr", "--port",
+                                     str(fresh_server.port)])
+    assert done.exit_code == 0, done.output
+    curves = read_window_raw(fresh_server, "cmp_pr", "pr")["content"]["data"]
+    assert [c["name"] for c in curves] == ["sharp, step 2", "blurred, step 2"]
+    from monitor.pr_curve import precision_recall
+    for curve, env in zip(curves, ("sharp", "blurred")):
+        [*_, last] = [e for e in RunLog.read(tmp_path / "runs" / env / RunLog.FILENAME) if e["k"] == "pr_curve"]
+        precision, recall = precision_recall(last)
+        assert curve["x"] == pytest.approx(recall) and curve["y"] == pytest.approx(precision)
