@@ -40,6 +40,7 @@ class Resumable:
         self.skip_call = 0                        # ... and which of its monitor.batches calls gave them
         self.skip_of: tuple[int | None, int | None] | None = None  # ... from a loader of (samples, batch size)
         self.calls = 0                            # monitor.batches calls made this epoch
+        self.iterating = 0                        # monitor.batches generators started and not ended
         # (batches given, the random state they were drawn from: torch's CPU state and the loader's
         # own generator's as the iteration began, which call of the epoch it is, the loader's
         # samples and batch size) of the
@@ -100,17 +101,26 @@ class Resumable:
 
             restore_rng(rng)  # every generator as the checkpoint left it, for the batches to come
         state = monitor.state
-        while True:  # the wait for each batch is the step's data wait (Timing shows it)
-            began = time.perf_counter()
-            batch = next(iterator, _END)
-            state.data_wait = time.perf_counter() - began
-            if batch is _END:
-                state.data_wait = None
-                return
-            state.batch_index = drawn
-            drawn += 1
-            self.drawn = (drawn, order, call, shape)
-            yield batch
+        # A loader iterated inside another's loop (validation in the middle of a step, say) leaves
+        # the outer loader's position as it found it: its batch_index, and what a checkpoint keeps.
+        outer = (state.batch_index, self.drawn) if self.iterating else None
+        self.iterating += 1
+        try:
+            while True:  # the wait for each batch is the step's data wait (Timing shows it)
+                began = time.perf_counter()
+                batch = next(iterator, _END)
+                state.data_wait = time.perf_counter() - began
+                if batch is _END:
+                    state.data_wait = None
+                    return
+                state.batch_index = drawn
+                drawn += 1
+                self.drawn = (drawn, order, call, shape)
+                yield batch
+        finally:
+            self.iterating -= 1
+            if outer is not None:
+                state.batch_index, self.drawn = outer
 
     def new_epoch(self) -> None:
         self.drawn = self.drawn_at_step = None  # until monitor.batches draws this epoch's

@@ -79,14 +79,16 @@ def test_a_loop_accumulating_over_loader_batches_resumes_with_the_batch_after_th
     assert seen == whole
 
 
-def _odd_epoch_run(folder, seen, kill_at_step=None):
+def _odd_epoch_run(folder, seen, kill_at_step=None, validate_inside=False):
     """Seven batches an epoch, a step every two and one for the last batch alone, tested on
-    monitor.state.batch_index; killed mid-epoch, then the same command again."""
+    monitor.state.batch_index; killed mid-epoch, then the same command again. With
+    ``validate_inside``, each step validates through monitor.batches before its step_end."""
     from torch.utils.data import DataLoader, TensorDataset
     from monitor import Checkpoint
 
     torch.manual_seed(0)
     loader = DataLoader(TensorDataset(torch.arange(14.0).unsqueeze(1)), batch_size=2, shuffle=True)
+    validation = DataLoader(TensorDataset(torch.zeros(6, 1)), batch_size=2)
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = Monitor([Checkpoint(folder, every_steps=1, resume=True)], sink=NullSink(), raise_errors=True)
@@ -96,7 +98,10 @@ def _odd_epoch_run(folder, seen, kill_at_step=None):
             index = monitor.state.batch_index
             seen.append((epoch, index, x.flatten().tolist()))
             model(x).sum().backward()
-            if (index + 1) % 2 == 0 or index + 1 == len(loader):
+            if validate_inside:
+                with torch.no_grad():
+                    [model(v) for (v,) in monitor.batches(validation)]
+            if (monitor.state.batch_index + 1) % 2 == 0 or monitor.state.batch_index + 1 == len(loader):
                 monitor.after_backward()
                 optimizer.step()
                 optimizer.zero_grad()
@@ -107,14 +112,15 @@ def _odd_epoch_run(folder, seen, kill_at_step=None):
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_batch_index_goes_on_after_a_resume_where_enumerate_starts_again(tmp_path):
+@pytest.mark.parametrize("validate_inside", [False, True], ids=["plain", "validation-inside-the-step"])
+def test_batch_index_goes_on_after_a_resume_where_enumerate_starts_again(tmp_path, validate_inside):
     whole = []
-    expected = _odd_epoch_run(tmp_path / "whole", whole)
+    expected = _odd_epoch_run(tmp_path / "whole", whole, validate_inside=validate_inside)
     assert [index for _, index, _ in whole] == list(range(7)) * 2
     seen = []
-    with pytest.raises(_Killed):
-        _odd_epoch_run(tmp_path / "killed", seen, kill_at_step=6)  # epoch 1, after its batch 3
+    with pytest.raises(_Killed):  # epoch 1, after its batch 3
+        _odd_epoch_run(tmp_path / "killed", seen, kill_at_step=6, validate_inside=validate_inside)
     again = []
-    weights = _odd_epoch_run(tmp_path / "killed", again)
+    weights = _odd_epoch_run(tmp_path / "killed", again, validate_inside=validate_inside)
     assert again == whole[11:]  # batch 4 of epoch 1 on, numbered as in the straight run
     assert all(torch.equal(a, b) for a, b in zip(weights, expected))
