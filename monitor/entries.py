@@ -203,7 +203,7 @@ def windows_after(path: str | os.PathLike, position: int) -> set[str]:
     return names
 
 
-_WINDOW = re.compile(rb'^\{"k":"[a-z]+","win":("(?:[^"\\]|\\.)*")')
+_WINDOW = re.compile(rb'^\{"k":"[a-z_]+","win":("(?:[^"\\]|\\.)*")')
 
 
 def _number(x: float) -> str:

@@ -4,9 +4,10 @@
     data, layout = figure(entries)                                      # the latest steps' curves
 
 A prediction is positive at threshold ``i / (thresholds - 1)`` when its bucket,
-``floor(p * (thresholds - 1))`` computed in the predictions' own precision, is ``i`` or more: the
-same buckets as TensorBoard's PR curves, so the counts equal those in its event file. Predictions
-outside [0, 1] (logits, say) and NaN are in no bucket.
+``floor(p * (thresholds - 1))`` computed in the predictions' own precision (bfloat16 as float16),
+is ``i`` or more: the same buckets as TensorBoard's PR curves, so the counts equal those in its
+event file. Predictions below 0, from ``1 + 1 / (thresholds - 1)`` up (logits, say) and NaN are
+in no bucket.
 """
 from __future__ import annotations
 
@@ -23,19 +24,18 @@ _SMALLEST = 1e-7  # a denominator of no predictions: precision and recall 0, as 
 def counts(labels: Any, predictions: Any, thresholds: int = MOST_THRESHOLDS,
            weights: Any = None) -> tuple[list[float], list[float], list[float], list[float]]:
     """True positives, false positives, true negatives and false negatives at each threshold,
-    each weighted by ``weights`` (1 by default). ``labels`` are 0/1 or bools."""
-    truth = np.asarray(labels).reshape(-1)
-    scores = np.asarray(predictions).reshape(-1)
+    each weighted by ``weights`` (1 by default; broadcast to the predictions' shape). ``labels``
+    are 0 to 1 (bools, 0/1, or soft labels: a label of 0.3 counts 0.3 positive, 0.7 negative)."""
+    scores = np.asarray(predictions)
+    weight = np.broadcast_to(np.asarray(1.0 if weights is None else weights, dtype=np.float64), scores.shape)
+    truth, scores, weight = np.asarray(labels).reshape(-1), scores.reshape(-1), weight.reshape(-1)
     if truth.size != scores.size:
         raise ValueError(f"labels and predictions must have as many values, got {truth.size} and {scores.size}")
-    if truth.size and not np.isin(truth, (0, 1)).all():
-        raise ValueError(f"labels must be 0 or 1 (or bools), got {sorted(set(np.unique(truth).tolist()) - {0, 1})[:5]}")
+    outside = truth[~((truth >= 0) & (truth <= 1))]
+    if outside.size:
+        raise ValueError(f"labels must be 0 to 1 (0/1 or bools: which are positives), got {outside[:5].tolist()}")
     if not np.issubdtype(scores.dtype, np.floating):
         scores = scores.astype(np.float64)
-    weight = np.asarray(1.0 if weights is None else weights, dtype=np.float64)
-    if weight.size not in (1, scores.size):
-        raise ValueError(f"weights must be one number or one per prediction ({scores.size}), got {weight.size}")
-    weight = np.broadcast_to(weight.reshape(-1), scores.shape)
     buckets = np.floor(scores * (thresholds - 1))
     inside = (buckets >= 0) & (buckets <= thresholds - 1)  # NaN is in none
     where = buckets[inside].astype(np.int64)

@@ -156,14 +156,26 @@ class SummaryWriter:
     def add_pr_curve(self, tag: str, labels: Any, predictions: Any, global_step: int | None = None,
                      num_thresholds: int = 127, weights: Any = None, walltime: float | None = None) -> None:
         """A precision-recall curve of ``predictions`` (probabilities, 0 to 1) against ``labels``
-        (0/1 or bools) at ``num_thresholds`` thresholds (at most 127, as TensorBoard): window
-        ``tag``, the latest steps' curves. Counted by the sink, as TensorBoard counts them."""
-        labels, predictions = _tensor(labels, "labels"), _tensor(predictions, "predictions")
+        (0/1 or bools) at ``num_thresholds`` thresholds (at most 127, as TensorBoard), each
+        prediction counted ``weights`` times (broadcast to the predictions' shape): window ``tag``,
+        the latest steps' curves. Counted from a snapshot off the training thread, as TensorBoard
+        counts them; labels that are not 0 to 1 are reported then, once per window."""
+        labels, predictions = _array(labels, "labels"), _array(predictions, "predictions")
         if labels.numel() != predictions.numel():
             raise ValueError(f"labels and predictions must have as many values, got {labels.numel()} and "
                              f"{predictions.numel()}")
+        if isinstance(num_thresholds, np.integer):
+            num_thresholds = int(num_thresholds)
         thresholds = min(checks.integer("num_thresholds", num_thresholds, minimum=2), pr_curve.MOST_THRESHOLDS)
-        weights = None if weights is None else _tensor(weights, "weights").detach().clone()
+        if weights is not None:
+            weights = _array(weights, "weights").detach().clone()
+            try:
+                fits = torch.broadcast_shapes(weights.shape, predictions.shape) == predictions.shape
+            except RuntimeError:
+                fits = False
+            if not fits:
+                raise ValueError(f"weights must be one number or broadcast to the predictions' shape "
+                                 f"{tuple(predictions.shape)}, got shape {tuple(weights.shape)}")
         labels, predictions = labels.detach().clone(), predictions.detach().clone()  # as they are now
         window = self._lay_out(tag, "pr_curve", Order.METRICS)
         self.log.sink.put(PrCurve(window, self._step(tag, global_step), lambda: pr_curve.counts(
@@ -174,7 +186,9 @@ class SummaryWriter:
                          true_negative_counts: Any, false_negative_counts: Any, precision: Any, recall: Any,
                          global_step: int | None = None, num_thresholds: int = 127, weights: Any = None,
                          walltime: float | None = None) -> None:
-        """A precision-recall curve from counts and values computed by the loop, one of each per threshold."""
+        """A precision-recall curve from counts, precision and recall the loop computed, one of
+        each per threshold; ``num_thresholds`` and ``weights`` are accepted and not used (their
+        length gives the thresholds), as TensorBoard's drawing does not use them."""
         parts = {"true_positive_counts": true_positive_counts, "false_positive_counts": false_positive_counts,
                  "true_negative_counts": true_negative_counts, "false_negative_counts": false_negative_counts,
                  "precision": precision, "recall": recall}
@@ -508,9 +522,17 @@ def _number(value: Any, argument: str) -> Any:
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
-    """A snapshot's values for numpy (read from its device; bfloat16, which numpy lacks, as float32)."""
+    """A snapshot's values for numpy (read from its device; bfloat16, which numpy lacks, as float16,
+    as TensorBoard's writer reads it)."""
     tensor = on_host(tensor)
-    return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+    return (tensor.half() if tensor.dtype == torch.bfloat16 else tensor).numpy()
+
+
+def _array(value: Any, argument: str) -> torch.Tensor:
+    """``_tensor``, a single number too (a numpy scalar, a float)."""
+    if isinstance(value, (bool, int, float, np.generic)):
+        return torch.as_tensor(np.asarray(value))
+    return _tensor(value, argument)
 
 
 def _tensor(value: Any, argument: str) -> torch.Tensor:

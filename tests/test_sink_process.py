@@ -146,9 +146,11 @@ def test_a_record_that_cannot_be_read_is_reported_once_and_the_others_arrive(vis
     log.scalar("loss", "train", 1, 1.0)
     sink.put(Points("loss", 2, ("train",), lambda: 1 / 0))
     sink.put(Points("loss", 3, ("train",), lambda: 1 / 0))
+    sink.put(Points("accuracy", 3, ("train",), lambda: 1 / 0))  # another window's trouble is said too
     log.scalar("loss", "train", 4, 4.0)
     assert sink.close(timeout=10)
-    assert caplog.text.count("could not be read and is skipped: ZeroDivisionError") == 1
+    assert caplog.text.count("could not be read and is skipped: ZeroDivisionError") == 2
+    assert "window 'loss'" in caplog.text and "window 'accuracy'" in caplog.text
     assert read_window(visdom_server, "unreadable", "loss") == {"train": ([1, 4], [1.0, 4.0])}
 
 

@@ -263,12 +263,56 @@ def test_pr_curves_name_bad_arguments_and_count_the_values_as_they_were_at_the_c
     # thresholds 0, 0.5, 1: buckets floor(p * 2) = 1, 1, 0, 0
     assert encode(good) == {"k": "pr_curve", "win": "pr", "x": 0, "tp": [2.0, 1.0, 0.0], "fp": [2.0, 1.0, 0.0],
                             "tn": [0.0, 1.0, 2.0], "fn": [0.0, 1.0, 2.0]}
-    with pytest.raises(ValueError, match=r"labels must be 0 or 1 \(or bools\), got \[2\]"):
+    with pytest.raises(ValueError, match=r"labels must be 0 to 1 \(0/1 or bools: which are positives\), got \[2\]"):
         encode(wrong)  # counted off the training thread: the sink reports it once and goes on
     entry = encode(raw)
     assert entry["precision"][:2] == [0.5, 1.0] and math.isnan(entry["precision"][2])
     data, _ = pr_curve.figure([entry])
     assert data[0]["y"] == [0.5, 1.0, None] and data[0]["x"] == [1.0, 0.5, 0.0]  # NaN: a gap
+
+
+@pytest.mark.parametrize("case", ["float16", "bfloat16", "float64", "ints", "on-thresholds", "nan-and-logits",
+                                  "2-d-with-row-weights", "scalar-weight", "soft-labels", "numpy-scalars"])
+def test_pr_curve_counts_equal_tensorboard_s_on_awkward_inputs(case):
+    from torch.utils.tensorboard.summary import compute_curve
+    from torch.utils.tensorboard._convert_np import make_np
+
+    g = torch.Generator().manual_seed(3)
+    labels, predictions = torch.randint(0, 2, (64,), generator=g).bool(), torch.rand(64, generator=g)
+    weights, thresholds = None, 127
+    if case in ("float16", "bfloat16", "float64"):
+        predictions = predictions.to(getattr(torch, case))
+    elif case == "ints":
+        predictions = (predictions > 0.5).long()
+    elif case == "on-thresholds":
+        thresholds = np.int64(11)
+        predictions = torch.arange(64) % 11 / 10.0
+    elif case == "nan-and-logits":
+        predictions = predictions * 4 - 2
+        predictions[::7] = math.nan
+    elif case == "2-d-with-row-weights":
+        labels, predictions, weights = labels.reshape(16, 4), predictions.reshape(16, 4), np.arange(4.0)
+    elif case == "scalar-weight":
+        weights = 2.5
+    elif case == "soft-labels":
+        labels = torch.rand(64, generator=g)
+    elif case == "numpy-scalars":
+        labels, predictions, weights = np.bool_(True), np.float32(0.7), np.float64(3.0)
+    monitor = Monitor([], sink=ListSink())
+    SummaryWriter(monitor=monitor).add_pr_curve("pr", labels, predictions, 0, num_thresholds=thresholds,
+                                                weights=weights)
+    entry = encode(monitor.sink.of(PrCurve)[0])
+    expected = compute_curve(make_np(labels), make_np(predictions), num_thresholds=int(thresholds),
+                             weights=None if weights is None else np.asarray(weights))
+    assert np.array_equal([entry[k] for k in ("tp", "fp", "tn", "fn")], expected[:4])
+    assert np.allclose(pr_curve.precision_recall(entry), expected[4:], rtol=1e-12, atol=0)
+
+
+def test_pr_curve_weights_that_do_not_fit_the_predictions_are_named_at_the_call():
+    writer = SummaryWriter(monitor=Monitor([], sink=ListSink()))
+    with pytest.raises(ValueError, match=r"weights must be one number or broadcast to the predictions' shape "
+                                         r"\(4, 2\), got shape \(3,\)"):
+        writer.add_pr_curve("pr", torch.ones(4, 2), torch.rand(4, 2), weights=np.ones(3))
 
 
 def test_what_tensorboard_also_takes_a_reused_figure_rgba_numpy_ints_and_bools():
