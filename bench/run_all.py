@@ -130,8 +130,10 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
               "same model. CPU per step counts every thread of the training process (loop, forwarder, "
               "writer threads), of its sink process and of the Visdom server process; loop off-CPU is the time a step's thread waited (for the "
               "GIL or a core), per step.", "", overhead.table(summaries), ""]
+    tuned = [name for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_") if name in os.environ]
     lines += ["With glibc's default allocator (the run's first benchmark, before the thresholds are raised; "
-              "the same sizes):", "", overhead.table(default), ""]
+              "the same sizes" + (f"; but {' and '.join(tuned)} set in the environment" if tuned else "") + "):",
+              "", overhead.table(default), ""]
     lines += ["### Server scaling (bench/server_scaling.py)", "",
               f"{s['steps']:,} steps of {scaling.traces} scalars in one window, a flush every "
               f"{scaling.block} steps.", "", server_scaling.table(scaling), ""]
@@ -173,9 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         command = f"nice -n {os.nice(0)} {command}   # a higher priority than other work on the machine"
     began, load_before = time.monotonic(), _load()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    modes = [mode for mode in DEFAULT_ALLOCATOR_MODES if mode in overhead.available_modes()]
     with harness.local_server() as server:  # first: glibc's thresholds, once raised, stay raised
-        default = overhead.run(server, workloads=("mlp",), modes=DEFAULT_ALLOCATOR_MODES, progress=log,
-                               **sizes["overhead"])
+        default = overhead.run(server, workloads=("mlp",), modes=modes, progress=log, **sizes["overhead"])
     harness.steady_allocator()  # every mode alike from here on: see its docstring
     machine = harness.machine()
     with harness.local_server() as server:
