@@ -38,19 +38,26 @@ class _Killed(Exception):
     pass
 
 
-def _accumulating_run(folder, seen, kill_at_step=None):
-    """Two loader batches a step (gradient accumulation), validation every second step, a checkpoint
-    every step, resumed by the same command."""
+def _resumable_loop(folder, samples: int):
+    """A shuffled loader of ``samples`` numbers in batches of 2, a validation loader, a model, its
+    optimizer and a started Monitor checkpointing every step with resume=True."""
     from torch.utils.data import DataLoader, TensorDataset
     from monitor import Checkpoint
 
     torch.manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.arange(32.0).unsqueeze(1)), batch_size=2, shuffle=True)
+    loader = DataLoader(TensorDataset(torch.arange(float(samples)).unsqueeze(1)), batch_size=2, shuffle=True)
     validation = DataLoader(TensorDataset(torch.zeros(6, 1)), batch_size=2)
     model = torch.nn.Linear(1, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     monitor = Monitor([Checkpoint(folder, every_steps=1, resume=True)], sink=NullSink(), raise_errors=True)
     monitor.train_start(model, optimizer)
+    return loader, validation, model, optimizer, monitor
+
+
+def _accumulating_run(folder, seen, kill_at_step=None):
+    """Two loader batches a step (gradient accumulation), validation every second step, a checkpoint
+    every step, resumed by the same command."""
+    loader, validation, model, optimizer, monitor = _resumable_loop(folder, samples=32)
     for epoch in monitor.epochs(2):
         for i, (x,) in enumerate(monitor.batches(loader)):
             seen.append(x.flatten().tolist())
@@ -83,16 +90,7 @@ def _odd_epoch_run(folder, seen, kill_at_step=None, validate_inside=False):
     """Seven batches an epoch, a step every two and one for the last batch alone, tested on
     monitor.state.batch_index; killed mid-epoch, then the same command again. With
     ``validate_inside``, each step validates through monitor.batches before its step_end."""
-    from torch.utils.data import DataLoader, TensorDataset
-    from monitor import Checkpoint
-
-    torch.manual_seed(0)
-    loader = DataLoader(TensorDataset(torch.arange(14.0).unsqueeze(1)), batch_size=2, shuffle=True)
-    validation = DataLoader(TensorDataset(torch.zeros(6, 1)), batch_size=2)
-    model = torch.nn.Linear(1, 1)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    monitor = Monitor([Checkpoint(folder, every_steps=1, resume=True)], sink=NullSink(), raise_errors=True)
-    monitor.train_start(model, optimizer)
+    loader, validation, model, optimizer, monitor = _resumable_loop(folder, samples=14)
     for epoch in monitor.epochs(2):
         for (x,) in monitor.batches(loader):
             index = monitor.state.batch_index
