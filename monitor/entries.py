@@ -10,6 +10,8 @@
     {"k": "end", "status": "crashed", "error": "RuntimeError: CUDA out of memory", "time": 1764300500.0}
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
     {"k": "pr_curve", "win": "pr/cat", "x": 3, "tp": [5, 4, 0], "fp": [5, 1, 0], "tn": [0, 4, 5], "fn": [0, 1, 5]}
+    {"k": "embedding", "win": "features", "x": 3, "points": [[0.1, 0.0, 0.2], ...], "explained": [0.5, 0.2, 0.1],
+     "labels": ["cat", ...]}
 
 ``read`` brings a record's values to the host (deferred values called, tensors read, labels
 named), off the training thread; ``encode`` makes the entry of a record read so, encoding image
@@ -35,7 +37,7 @@ from monitor.distribution import trimmed
 from monitor.imagestore import ImageStore
 from monitor.imaging import display_values, encode_grid
 from monitor.layer_sums import LayerNorms
-from monitor.records import Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, PrCurve, Text
+from monitor.records import Embedding, Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, PrCurve, Text
 
 
 def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
@@ -89,6 +91,10 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hpar
         counts = [_on_host(part).reshape(-1).tolist() if checks._is_tensor(part) else
                   part.tolist() if hasattr(part, "tolist") else part for part in counts]  # torch, numpy
         return record._replace(counts=tuple([_plain(_PR_KEYS, i, v) for v in part] for i, part in enumerate(counts)))
+    if isinstance(record, Embedding):
+        points, explained, labels = record.values() if callable(record.values) else record.values
+        return record._replace(values=(points, [float(v) for v in explained],
+                                       None if labels is None else [str(label) for label in labels]))
     if isinstance(record, Text):
         html = record.html
         return record._replace(html=str.__str__(html)) if type(html) is not str and isinstance(html, str) else record
@@ -150,6 +156,12 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hp
                        for v in part):
                 raise TypeError(f"the {key} values must be finite numbers, got {list(part)[:5]}")
         return {"k": "pr_curve", "win": record.window, "x": x, **dict(zip(_PR_KEYS, map(list, record.counts)))}
+    if isinstance(record, Embedding):
+        points, explained, labels = record.values
+        if labels is not None and len(labels) != len(points):
+            raise ValueError(f"metadata must have one label per vector ({len(points)}), got {len(labels)}")
+        return {"k": "embedding", "win": record.window, "x": x, "points": points, "explained": explained,
+                "labels": labels}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     return {"k": "text", "win": record.window, "x": x, "html": record.html}

@@ -104,6 +104,16 @@ class PrCurve(NamedTuple):
     counts: Any
 
 
+class Embedding(NamedTuple):
+    """Vectors projected to three dimensions at one step: ``values`` is (points, the variance each
+    dimension explains, a label per point or None), or a function of no arguments the sink calls
+    to get them."""
+
+    window: str
+    x: float
+    values: Any
+
+
 class Hparams(NamedTuple):
     """A run's hyper-parameters (JSON values) and the metrics it ended with (numbers); the newest counts."""
 

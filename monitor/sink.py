@@ -31,7 +31,7 @@ from urllib.parse import quote
 from monitor import checks
 from monitor.connection import Connection
 from monitor.delivery import SPREAD, Delivery, FlushTiming
-from monitor.records import Histogram, Hparams, ImageGrid, Layout, Points, PrCurve, RunEnd, Text
+from monitor.records import Embedding, Histogram, Hparams, ImageGrid, Layout, Points, PrCurve, RunEnd, Text
 from monitor.reports import Reports
 from monitor.rundir import RunDir
 from monitor.entries import encode, header, windows_after
@@ -43,7 +43,7 @@ __all__ = ["FlushTiming", "VisdomSink"]
 
 _log = logging.getLogger("monitor")
 _STOP = object()
-RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Hparams, RunEnd)
+RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Embedding, Hparams, RunEnd)
 # The worker works in short slices and pauses between them while a backlog remains: it shares
 # the GIL with the training thread, and a long burst (or being preempted in one) makes a hook
 # that releases the GIL (any tensor op) wait for it. Measured here: after a 5 s outage, a
@@ -183,10 +183,11 @@ class VisdomSink:
         return self.delivery.timings
 
     # --- the training thread's side ----------------------------------------------------------
-    def put(self, record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hparams) -> None:
+    def put(self, record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
         if not isinstance(record, RECORDS):
-            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram, PrCurve or Hparams, "
+            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram, PrCurve, "
+                            f"Embedding or Hparams, "
                             f"got {type(record).__name__}")
         if self._closed:
             if isinstance(record, RunEnd):  # its owner closing after the sink was: the log says how it ended

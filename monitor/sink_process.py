@@ -194,7 +194,8 @@ class SinkProcess:
     def put(self, record: Any) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
         if not isinstance(record, RECORDS):
-            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram, PrCurve or Hparams, "
+            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram, PrCurve, "
+                            f"Embedding or Hparams, "
                             f"got {type(record).__name__}")
         if self._closed:
             if not isinstance(record, RunEnd):

@@ -22,7 +22,7 @@ from typing import Any, Iterable, NamedTuple
 
 from pathlib import Path
 
-from monitor import checks, distribution, heatmap, pr_curve
+from monitor import checks, distribution, embedding, heatmap, pr_curve
 from monitor.imagestore import KEEP, kept
 from monitor.records import Order
 
@@ -179,7 +179,8 @@ class Trace:
 
 
 class Window:
-    """One pane: a line plot, distributions, PR curves, an image grid or a text; ``message(env)`` is its full content.
+    """One pane: a line plot, distributions, PR curves, an embedding, an image grid or a text; ``message(env)``
+    is its full content.
 
     ``changed`` says the server's copy may differ from this one; ``sent`` that it was delivered
     at least once (so the server should have it). Only the window flips them: ``apply`` and
@@ -244,7 +245,7 @@ class Window:
                 self.curves = [*(c for c in self.curves if c.get("run") != entry["run"]), entry]
             else:
                 self.curves = [*self.curves[1 - pr_curve.CURVES:], entry]
-        elif kind in ("image", "text"):
+        elif kind in ("image", "text", "embedding"):  # the latest
             self.kind, self.content = kind, entry
         elif kind == "layout":
             self.opts.update(entry["opts"])
@@ -337,8 +338,8 @@ class Window:
         return requests
 
     def message(self, env: str) -> tuple[str, dict[str, Any]] | None:
-        """The request that makes the server's line, distribution, PR-curve, image or text window equal this
-        one (None: nothing)."""
+        """The request that makes the server's line, distribution, PR-curve, embedding, image or text window
+        equal this one (None: nothing)."""
         title = self.opts.get("title", self.name)
         if self.kind == "line":
             if self.grid is not None and self.grid.traces:
@@ -365,6 +366,10 @@ class Window:
             data, layout = pr_curve.figure(self.curves)
             return "events", {"data": data, "win": self.name, "eid": env, "layout": layout,
                               "opts": {**self.opts, "title": title}}
+        if self.kind == "embedding":
+            data, layout = embedding.figure(self.content)
+            return "events", {"data": data, "win": self.name, "eid": env, "layout": layout,
+                              "opts": {"height": 480, "width": 560, **self.opts, "title": title}}
         if self.kind == "image":
             png = self.content["png"]
             width, height = _png_size(png)

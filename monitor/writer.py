@@ -22,10 +22,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from monitor import checks, pr_curve
+from monitor import checks, embedding, pr_curve
 from monitor.host import on_host
 from monitor.log import Log
-from monitor.records import Histogram, Order, PrCurve, RunEnd, ending_of
+from monitor.records import Embedding, Histogram, Order, PrCurve, RunEnd, ending_of
 from monitor.runlog import RunLog
 
 _log = logging.getLogger("monitor")
@@ -41,7 +41,7 @@ del _edge
 _TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one tensor: copied to a device once
 
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
-_NOT_DRAWN = ("add_audio", "add_video", "add_embedding", "add_mesh",
+_NOT_DRAWN = ("add_audio", "add_video", "add_mesh",
               "add_custom_scalars", "add_custom_scalars_multilinechart", "add_custom_scalars_marginchart",
               "add_onnx_graph", "add_histogram_raw", "add_tensor")
 
@@ -80,7 +80,7 @@ class SummaryWriter:
     ``filename_suffix``, ``new_style``, ``double_precision`` and ``hparam_domain_discrete`` are
     accepted and change nothing (the sink sends within a second and writes one run log), as are
     ``add_graph``'s ``verbose`` and ``use_strict_trace``. TensorBoard methods not drawn here
-    (audio, video, embeddings, meshes, custom scalars) are accepted and say so once.
+    (audio, video, meshes, custom scalars) are accepted and say so once.
     """
 
     def __init__(self, log_dir: str | os.PathLike | None = None, comment: str = "", purge_step: int | None = None,
@@ -199,6 +199,32 @@ class SummaryWriter:
                              f"{ {name: part.numel() for name, part in parts.items()} }")
         window = self._lay_out(tag, "pr_curve", Order.METRICS)
         self.log.sink.put(PrCurve(window, self._step(tag, global_step), tuple(parts.values())))
+        self._stepped(tag, global_step)
+
+    def add_embedding(self, mat: Any, metadata: list | None = None, label_img: Any = None,
+                      global_step: int | None = None, tag: str = "default",
+                      metadata_header: list | None = None) -> None:
+        """The rows of ``mat`` (N x D) on their first three principal components, as TensorBoard's
+        projector opens them: window ``tag`` (``embedding`` for the default tag), a 3-D scatter
+        coloured by ``metadata`` (a label per row; with ``metadata_header``, a list of columns per
+        row, joined). Projected from a snapshot off the training thread; ``label_img`` is accepted
+        and not drawn."""
+        matrix = _array(mat, "mat")
+        if matrix.dim() != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
+            raise ValueError(f"mat must be a matrix of one vector per row (N x D), got shape {tuple(matrix.shape)}")
+        labels = None
+        if metadata is not None:
+            if isinstance(metadata, (str, bytes)) or not hasattr(metadata, "__len__"):
+                raise TypeError(f"metadata must be a list of one label per row, got {type(metadata).__name__}")
+            if len(metadata) != matrix.shape[0]:
+                raise ValueError(f"metadata must have one label per row of mat ({matrix.shape[0]}), "
+                                 f"got {len(metadata)}")
+            labels = [" / ".join(map(str, row)) if metadata_header is not None and isinstance(row, (list, tuple))
+                      else str(row.item() if isinstance(row, (torch.Tensor, np.generic)) else row) for row in metadata]
+        snapshot = matrix.detach().clone()
+        window = self._lay_out("embedding" if tag == "default" else tag, "embedding", Order.METRICS)
+        self.log.sink.put(Embedding(window, self._step(tag, global_step),
+                                    lambda: (*embedding.projected(_numpy(snapshot)), labels)))
         self._stepped(tag, global_step)
 
     def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
@@ -432,7 +458,7 @@ def _end_open_runs() -> None:
 
 
 _KINDS = {"points": "scalars", "histogram": "histogram", "image": "images", "text": "text", "hparams": "hparams",
-          "pr_curve": "pr_curve"}
+          "pr_curve": "pr_curve", "embedding": "embedding"}
 
 
 def _continued(log: Path, purge_step: int | None) -> tuple[int | None, float, dict[str, str]]:

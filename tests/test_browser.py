@@ -38,8 +38,9 @@ def browser() -> Iterator[object]:
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     with tempfile.TemporaryDirectory(prefix="monitor-chromium-") as profile:
-        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        # WebGL (an embedding's 3-D scatter) in software: there is no GPU here.
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader", "--disable-quic",
+                     "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                      "--window-size=1280,900", f"--user-data-dir={profile}"):
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -335,6 +336,32 @@ def test_pr_curves_show_the_latest_steps_with_recall_and_precision_axes(visdom_s
     assert {"recall", "precision"} <= titles, titles
     ARTIFACTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "pr_curve.png"))
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], "console errors:\n" + "\n".join(severe)
+
+
+def test_an_embedding_shows_as_a_3d_scatter_coloured_by_label(visdom_server, tmp_path, browser):
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import SummaryWriter
+
+    g = torch.Generator().manual_seed(0)
+    with SummaryWriter(log_dir=tmp_path / "embedding_check", port=visdom_server.port) as writer:
+        vectors = torch.randn(300, 8, generator=g) + (torch.arange(300) % 3)[:, None] * 2.0
+        writer.add_embedding(vectors, metadata=[["cat", "dog", "bird"][i % 3] for i in range(300)])
+        writer.flush()
+
+    browser.get(f"{visdom_server.url}/env/embedding_check")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "div.gl-container canvas"))  # WebGL drew the scene
+    legend = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.legend text.legendtext")]
+    assert legend == ["cat", "dog", "bird"], legend
+    notes = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.annotation text")]
+    assert notes == ["step 0: PCA of 300 vectors"], notes
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "embedding.png"))
     severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == [], "console errors:\n" + "\n".join(severe)
 

@@ -217,10 +217,10 @@ def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, c
     writer.add_hparams({"lr": 0.1, "optimizer": "<sgd>"}, {"hparam/accuracy": 0.9}, hparam_domain_discrete={},
                        run_name="x")
     with caplog.at_level(logging.WARNING, logger="monitor"):
-        writer.add_embedding(torch.randn(3, 2))
-        writer.add_embedding(torch.randn(3, 2))
+        writer.add_video("clip", torch.rand(1, 2, 3, 4, 4))
+        writer.add_video("clip", torch.rand(1, 2, 3, 4, 4))
         writer.add_audio("sound", torch.rand(1, 100))
-    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_embedding", "add_audio"]
+    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_video", "add_audio"]
     [record] = monitor.sink.of(Hparams)
     assert record.hparams == {"lr": 0.1, "optimizer": "<sgd>"} and record.metrics == {"hparam/accuracy": 0.9}
     windows = Windows()
@@ -306,6 +306,41 @@ def test_pr_curve_counts_equal_tensorboard_s_on_awkward_inputs(case):
                              weights=None if weights is None else np.asarray(weights))
     assert np.array_equal([entry[k] for k in ("tp", "fp", "tn", "fn")], expected[:4])
     assert np.allclose(pr_curve.precision_recall(entry), expected[4:], rtol=1e-12, atol=0)
+
+
+def test_add_embedding_draws_the_principal_components_of_what_tensorboard_stores_coloured_by_label(
+        visdom_server, tmp_path, read_window_raw, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    g = torch.Generator().manual_seed(0)
+    coordinates = torch.randn(200, 3, generator=g) * torch.tensor([5.0, 2.0, 0.5])
+    matrix = coordinates @ torch.randn(3, 10, generator=g) + 1.0  # 10-d vectors on a 3-d plane
+    labels = torch.arange(200) % 4
+    with TensorBoardWriter(log_dir=str(tmp_path / "tensorboard")) as theirs:
+        theirs.add_embedding(matrix, metadata=labels.tolist(), label_img=torch.rand(200, 1, 4, 4))
+    stored = np.loadtxt(next((tmp_path / "tensorboard").glob("*/default/tensors.tsv")), delimiter="\t")
+    with SummaryWriter(log_dir="runs/embedded", port=visdom_server.port) as writer:
+        writer.add_embedding(matrix, metadata=labels, label_img=torch.rand(200, 1, 4, 4))
+        writer.add_embedding(torch.randn(5000, 2, generator=g), global_step=1, tag="wide")
+        writer.flush()
+        pane = read_window_raw(visdom_server, "embedded", "embedding")
+        wide = read_window_raw(visdom_server, "embedded", "wide")
+    [entry] = [e for e in RunLog.read(Path("runs/embedded", RunLog.FILENAME))
+               if e["k"] == "embedding" and e["win"] == "embedding"]
+    points = np.array(entry["points"])
+    distances = lambda rows: np.linalg.norm(rows[:, None] - rows[None], axis=-1)  # noqa: E731
+    assert np.allclose(distances(points), distances(stored), atol=1e-4)  # all of the plane, nothing else
+    assert entry["explained"] == sorted(entry["explained"], reverse=True)
+    assert sum(entry["explained"]) == pytest.approx(1)
+    traces = pane["content"]["data"]
+    assert [t["name"] for t in traces] == ["0", "1", "2", "3"] and {t["type"] for t in traces} == {"scatter3d"}
+    assert all(len(t["x"]) == 50 and set(t["text"]) == {t["name"]} for t in traces)
+    assert pane["content"]["layout"]["scene"]["xaxis"]["title"].startswith("PC1 (")
+    [shown] = wide["content"]["data"]  # no labels: one trace, at most 3000 of the 5000 points
+    assert len(shown["x"]) == 3000 and shown["z"] == [0.0] * 3000  # two dimensions: the third is 0
+    with pytest.raises(ValueError, match=r"mat must be a matrix of one vector per row \(N x D\), got shape \(4,\)"):
+        writer.add_embedding(torch.rand(4))
+    with pytest.raises(ValueError, match=r"metadata must have one label per row of mat \(4\), got 3"):
+        writer.add_embedding(torch.rand(4, 2), metadata=["a", "b", "c"])
 
 
 def test_pr_curve_weights_that_do_not_fit_the_predictions_are_named_at_the_call():
