@@ -99,9 +99,10 @@ def targets(summaries: list[overhead.Summary], default: list[overhead.Summary], 
 
 
 def report(machine: dict[str, str], load: tuple[str, str], command: str, summaries: list[overhead.Summary],
-           default: list[overhead.Summary], scaling: server_scaling.Result, lat: latency.Result, quick: responsiveness.Result,
-           deep: list[deep_model.Result], sizes: dict, minutes: float) -> str:
+           default: list[overhead.Summary], scaling: server_scaling.Result, lat: latency.Result,
+           quick: responsiveness.Result, deep: list[deep_model.Result], sizes: dict, minutes: float) -> str:
     o, s, l, d = sizes["overhead"], sizes["scaling"], sizes["latency"], sizes["deep"]
+    default_modes = " ".join(dict.fromkeys(summary.mode for summary in default if summary.mode != "bare"))
     lines = [START, "", f"## Results ({machine['date']})", ""]
     lines += [harness.markdown_table(["", ""], [[k, v] for k, v in machine.items()] +
                                      [["load average (1, 5, 15 min)",
@@ -110,7 +111,7 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
     lines += ["Commands (from the repository root; `make bench` runs the first, which ran the others' "
               f"equivalents in order, in {minutes:.0f} minutes):", "", "```bash", command,
               f"# = .venv/bin/python bench/overhead.py --steps {o['steps']} --warmup {o['warmup']} "
-              f"--repeats {o['repeats']} --models mlp --modes {' '.join(DEFAULT_ALLOCATOR_MODES)} --allocator default",
+              f"--repeats {o['repeats']} --models mlp --modes {default_modes} --allocator default",
               f"#   .venv/bin/python bench/overhead.py --steps {o['steps']} --warmup {o['warmup']} "
               f"--repeats {o['repeats']}",
               f"#   .venv/bin/python bench/server_scaling.py --steps {s['steps']} "
@@ -131,6 +132,7 @@ def report(machine: dict[str, str], load: tuple[str, str], command: str, summari
               "writer threads), of its sink process and of the Visdom server process; loop off-CPU is the time a step's thread waited (for the "
               "GIL or a core), per step.", "", overhead.table(summaries), ""]
     tuned = [name for name in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_") if name in os.environ]
+    tuned += ["GLIBC_TUNABLES"] if "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") else []
     lines += ["With glibc's default allocator (the run's first benchmark, before the thresholds are raised; "
               "the same sizes" + (f"; but {' and '.join(tuned)} set in the environment" if tuned else "") + "):",
               "", overhead.table(default), ""]

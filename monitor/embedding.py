@@ -4,53 +4,73 @@
     data, layout = figure(entry)                       # a 3-D scatter, a colour per label
 
 What TensorBoard's projector opens with (PCA, three components): the run log keeps every
-point's projection and label; the pane shows at most ``SHOWN`` of them, evenly spread, so its
-message stays within a window's budget whatever the number of vectors.
+point's projection (six significant digits of the largest) and label; the pane shows at most
+``SHOWN`` points, evenly spread, and labels of at most ``LABEL_CHARS`` characters, so its message
+stays within a window's budget (about 300 KB). The projection costs about N x D x min(N, D)
+multiply-adds: 0.04 s for 50,000 vectors of 64, about 2 s for 20,000 of 2,048.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
-SHOWN = 3000  # points in the pane: about 150 KB of JSON with their labels
+SHOWN = 3000  # points in the pane
 COLOURED = 20  # labels drawn as traces of their own (a colour each); more share one trace
+LABEL_CHARS = 40  # a label's characters shown on hover
 
 
 def projected(vectors: Any) -> tuple[list[list[float]], list[float]]:
     """Each row of ``vectors`` (N x D) on the first three principal components, and the share of
     the variance each explains. Fewer than three dimensions or rows give zeros for the rest."""
-    matrix = np.asarray(vectors, dtype=np.float64)
-    centred = matrix - matrix.mean(axis=0)
-    _, singular, components = np.linalg.svd(centred, full_matrices=False)
-    points = centred @ components[:3].T
-    variance = singular ** 2
+    matrix = np.asarray(vectors)
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"mat must hold finite numbers, got {int((~np.isfinite(matrix)).sum())} NaN or infinite")
+    centred = matrix.astype(np.float64) - matrix.mean(axis=0, dtype=np.float64)
+    scale = float(np.abs(centred).max()) or 1.0
+    centred = (centred / scale).astype(np.float32)  # directions as they are; float32 sums: half the time
+    rows, columns = centred.shape
+    if rows >= columns:  # the D x D covariance: its eigenvectors are the components
+        variance, vectors_of = np.linalg.eigh((centred.T @ centred).astype(np.float64))
+        top = np.argsort(variance)[::-1][:3]
+        points = centred.astype(np.float64) @ vectors_of[:, top]
+    else:  # fewer vectors than dimensions: the N x N Gram matrix gives the projections directly
+        variance, vectors_of = np.linalg.eigh((centred @ centred.T).astype(np.float64))
+        top = np.argsort(variance)[::-1][:3]
+        points = vectors_of[:, top] * np.sqrt(np.clip(variance[top], 0, None))
+    variance = np.clip(variance, 0, None)
     total = variance.sum()
-    explained = (variance[:3] / total if total > 0 else np.zeros(min(3, len(variance)))).tolist()
+    explained = (variance[top] / total if total > 0 else np.zeros(len(top))).tolist()
     padding = 3 - points.shape[1]
     if padding:
         points = np.pad(points, ((0, 0), (0, padding)))
         explained += [0.0] * padding
-    return np.round(points, 6).tolist(), explained
+    points *= scale
+    largest = float(np.abs(points).max())
+    digits = 5 - math.floor(math.log10(largest)) if largest > 0 else 0  # six significant digits of the largest
+    return np.round(points, digits).tolist(), explained
 
 
 def figure(entry: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Plotly traces and layout: the entry's points in 3-D, a trace per label (up to ``COLOURED``),
-    each point's label on hover."""
-    points, labels = entry["points"], entry.get("labels")
+    each point's label (or its ``hover`` text) on hover."""
+    points, labels, hover = entry["points"], entry.get("labels"), entry.get("hover")
     shown = np.linspace(0, len(points) - 1, min(len(points), SHOWN)).round().astype(int).tolist() if points else []
     groups: dict[str, list[int]] = {}
     for i in shown:
-        groups.setdefault("points" if labels is None else str(labels[i]), []).append(i)
+        groups.setdefault("points" if labels is None else _short(labels[i]), []).append(i)
     if len(groups) > COLOURED:
         groups = {"points": shown}
+    texts = hover if hover is not None else labels if len(groups) == 1 else None  # else the trace's name says it
     data = []
     for name, rows in groups.items():
-        data.append({"type": "scatter3d", "mode": "markers", "name": name, "marker": {"size": 3},
-                     "x": [points[i][0] for i in rows], "y": [points[i][1] for i in rows],
-                     "z": [points[i][2] for i in rows],
-                     "text": None if labels is None else [str(labels[i]) for i in rows],
-                     "hoverinfo": "text+name" if labels is not None else "x+y+z"})
+        trace = {"type": "scatter3d", "mode": "markers", "name": name, "marker": {"size": 3},
+                 "x": [points[i][0] for i in rows], "y": [points[i][1] for i in rows],
+                 "z": [points[i][2] for i in rows], "hoverinfo": "name"}
+        if texts is not None:
+            trace.update(text=[_short(texts[i]) for i in rows], hoverinfo="text")
+        data.append(trace)
     axes = {f"{axis}axis": {"title": f"PC{n} ({share:.0%})"}
             for n, (axis, share) in enumerate(zip("xyz", entry["explained"]), 1)}
     note = "" if len(shown) == len(points) else f", {len(shown)} of {len(points)} shown"
@@ -59,3 +79,7 @@ def figure(entry: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]
                                "xref": "paper", "yref": "paper", "x": 0, "y": 0, "xanchor": "left",
                                "yanchor": "bottom", "font": {"size": 11}}]}
     return data, layout
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= LABEL_CHARS else label[:LABEL_CHARS - 1] + "…"

@@ -11,7 +11,7 @@
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
     {"k": "pr_curve", "win": "pr/cat", "x": 3, "tp": [5, 4, 0], "fp": [5, 1, 0], "tn": [0, 4, 5], "fn": [0, 1, 5]}
     {"k": "embedding", "win": "features", "x": 3, "points": [[0.1, 0.0, 0.2], ...], "explained": [0.5, 0.2, 0.1],
-     "labels": ["cat", ...]}
+     "labels": ["cat", ...], "hover": null}
 
 ``read`` brings a record's values to the host (deferred values called, tensors read, labels
 named), off the training thread; ``encode`` makes the entry of a record read so, encoding image
@@ -46,8 +46,8 @@ def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
             "host": socket.gethostname()}
 
 
-def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hparams | RunEnd
-         ) -> Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hparams | RunEnd:
+def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams | RunEnd
+         ) -> Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams | RunEnd:
     """The record with plain values: functions called, tensors read (waiting for their device),
     numbers as int or float, trace names and captions as strings, pixels as uint8 display values.
     Runs off the training thread, where torch is; what it returns unpickles anywhere (without
@@ -92,9 +92,10 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hpar
                   part.tolist() if hasattr(part, "tolist") else part for part in counts]  # torch, numpy
         return record._replace(counts=tuple([_plain(_PR_KEYS, i, v) for v in part] for i, part in enumerate(counts)))
     if isinstance(record, Embedding):
-        points, explained, labels = record.values() if callable(record.values) else record.values
-        return record._replace(values=(points, [float(v) for v in explained],
-                                       None if labels is None else [str(label) for label in labels]))
+        points, explained, labels, hover = record.values() if callable(record.values) else record.values
+        texts = [None if part is None else [str(text) for text in part] for part in (labels, hover)]
+        return record._replace(values=(points.tolist() if hasattr(points, "tolist") else points,
+                                       [float(v) for v in explained], *texts))
     if isinstance(record, Text):
         html = record.html
         return record._replace(html=str.__str__(html)) if type(html) is not str and isinstance(html, str) else record
@@ -105,7 +106,7 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hpar
     return record
 
 
-def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hparams | RunEnd,
+def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams | RunEnd,
            images: ImageStore | None = None) -> dict[str, Any]:
     """The entry of a record: values read (``read``), images encoded (into ``images`` where
     given, else inline). Runs on the sink's worker.
@@ -157,11 +158,15 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Hp
                 raise TypeError(f"the {key} values must be finite numbers, got {list(part)[:5]}")
         return {"k": "pr_curve", "win": record.window, "x": x, **dict(zip(_PR_KEYS, map(list, record.counts)))}
     if isinstance(record, Embedding):
-        points, explained, labels = record.values
-        if labels is not None and len(labels) != len(points):
-            raise ValueError(f"metadata must have one label per vector ({len(points)}), got {len(labels)}")
+        points, explained, labels, hover = record.values
+        if type(points) is not list or not all(type(p) is list and len(p) == 3 for p in points) \
+                or len(explained) != 3:
+            raise ValueError("an embedding needs a list of 3 coordinates per point and 3 shares of the variance")
+        for name, texts in (("labels", labels), ("hover", hover)):
+            if texts is not None and len(texts) != len(points):
+                raise ValueError(f"{name} must have one text per point ({len(points)}), got {len(texts)}")
         return {"k": "embedding", "win": record.window, "x": x, "points": points, "explained": explained,
-                "labels": labels}
+                "labels": labels, "hover": hover}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     return {"k": "text", "win": record.window, "x": x, "html": record.html}

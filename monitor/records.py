@@ -106,8 +106,8 @@ class PrCurve(NamedTuple):
 
 class Embedding(NamedTuple):
     """Vectors projected to three dimensions at one step: ``values`` is (points, the variance each
-    dimension explains, a label per point or None), or a function of no arguments the sink calls
-    to get them."""
+    dimension explains, a label per point or None, a hover text per point or None), or a function
+    of no arguments the sink calls to get them."""
 
     window: str
     x: float

@@ -346,7 +346,7 @@ class VisdomSink:
 def report_unreadable(reports: Reports, record: Any, error: Exception) -> None:
     """Says once per kind of record, window and error that a record could not be read and is skipped."""
     reports.once(f"record-{type(record).__name__}-{getattr(record, 'window', '?')}-{type(error).__name__}",
-                 f"a {type(record).__name__} record for window {getattr(record, 'window', '?')!r} "
+                 f"a record ({type(record).__name__}) for window {getattr(record, 'window', '?')!r} "
                  f"could not be read and is skipped: {type(error).__name__}: {error}")
 
 

@@ -57,7 +57,8 @@ class SummaryWriter:
     **Tags.** A scalar's tag is split at its last ``/``: the window, then the trace, so
     ``Loss/train`` and ``Loss/test`` are two curves of window ``Loss``; a tag without ``/`` is
     both. ``add_scalars(main_tag, {"train": ..., "test": ...})`` draws the dict's keys as traces
-    of window ``main_tag``. Images, histograms, texts and figures use the whole tag as window.
+    of window ``main_tag``. Images, histograms, texts, figures, PR curves and embeddings use the
+    whole tag as window.
 
     **Runs.** ``log_dir`` is the run's folder (its run log, images, checkpoints), by default
     ``runs/<Mon><DD>_<HH>-<MM>-<SS>_<host><comment>`` as TensorBoard names it. The env is its
@@ -206,25 +207,18 @@ class SummaryWriter:
                       metadata_header: list | None = None) -> None:
         """The rows of ``mat`` (N x D) on their first three principal components, as TensorBoard's
         projector opens them: window ``tag`` (``embedding`` for the default tag), a 3-D scatter
-        coloured by ``metadata`` (a label per row; with ``metadata_header``, a list of columns per
-        row, joined). Projected from a snapshot off the training thread; ``label_img`` is accepted
-        and not drawn."""
+        coloured by ``metadata`` (a label per row; with ``metadata_header``, a row of columns per
+        vector, coloured by the first and all of them on hover). Projected from a snapshot off the
+        training thread (metadata given as a tensor is read at the call, as TensorBoard reads it);
+        ``label_img`` is accepted and not drawn."""
         matrix = _array(mat, "mat")
         if matrix.dim() != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
             raise ValueError(f"mat must be a matrix of one vector per row (N x D), got shape {tuple(matrix.shape)}")
-        labels = None
-        if metadata is not None:
-            if isinstance(metadata, (str, bytes)) or not hasattr(metadata, "__len__"):
-                raise TypeError(f"metadata must be a list of one label per row, got {type(metadata).__name__}")
-            if len(metadata) != matrix.shape[0]:
-                raise ValueError(f"metadata must have one label per row of mat ({matrix.shape[0]}), "
-                                 f"got {len(metadata)}")
-            labels = [" / ".join(map(str, row)) if metadata_header is not None and isinstance(row, (list, tuple))
-                      else str(row.item() if isinstance(row, (torch.Tensor, np.generic)) else row) for row in metadata]
+        labels, hover = _embedding_labels(metadata, metadata_header, matrix.shape[0])
         snapshot = matrix.detach().clone()
         window = self._lay_out("embedding" if tag == "default" else tag, "embedding", Order.METRICS)
         self.log.sink.put(Embedding(window, self._step(tag, global_step),
-                                    lambda: (*embedding.projected(_numpy(snapshot)), labels)))
+                                    lambda: (*embedding.projected(_numpy(snapshot)), labels, hover)))
         self._stepped(tag, global_step)
 
     def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
@@ -545,6 +539,36 @@ def _number(value: Any, argument: str) -> Any:
     if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
         return value.to(torch.float32)
     return checks.scalar(argument, value)
+
+
+def _embedding_labels(metadata: Any, header: Any, rows: int) -> tuple[list[str] | None, list[str] | None]:
+    """add_embedding's metadata as a colour label per vector and, with a header, the hover text
+    ("name: value, ..."), each checked against ``rows`` vectors."""
+    if metadata is None:
+        return None, None
+    if isinstance(metadata, (torch.Tensor, np.ndarray)):
+        metadata = (on_host(metadata) if isinstance(metadata, torch.Tensor) else metadata).tolist()  # one read
+    if isinstance(metadata, (str, bytes)) or not hasattr(metadata, "__len__"):
+        raise TypeError(f"metadata must be a list of one label per row of mat, got {type(metadata).__name__}")
+    if len(metadata) != rows:
+        raise ValueError(f"metadata must have one label per row of mat ({rows}), got {len(metadata)}")
+    if header is None:
+        return [_label(value) for value in metadata], None
+    names = [str(name) for name in header]
+    columns = [row.tolist() if hasattr(row, "tolist") else row for row in metadata]
+    columns = [list(row) if isinstance(row, (list, tuple)) else [row] for row in columns]
+    for row in columns:
+        if len(row) != len(names):
+            raise ValueError(f"metadata_header must name each column of metadata's rows ({len(row)}), "
+                             f"got {len(names)}: {names}")
+    return ([_label(row[0]) for row in columns],
+            [", ".join(f"{name}: {_label(value)}" for name, value in zip(names, row)) for row in columns])
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, (torch.Tensor, np.generic)):
+        value = value.item()
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
