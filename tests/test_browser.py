@@ -30,6 +30,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 )]
 
 
+def _screenshot_without_console_errors(browser, name: str) -> None:
+    """Saves the page as artifacts/NAME and checks its console logged no error."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / name))
+    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert severe == [], "console errors:\n" + "\n".join(severe)
+
+
 @pytest.fixture
 def browser() -> Iterator[object]:
     from selenium import webdriver
@@ -280,10 +288,7 @@ def test_a_deep_model_s_grad_norms_show_as_a_heatmap_with_layer_names_and_a_log_
     assert colour_ticks and all(t.startswith("1e") for t in colour_ticks), colour_ticks  # a log colour scale
     legend = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.legend text.legendtext")}
     assert "total" in legend and len(legend) == 6, legend  # total and the 5 largest layers as curves
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "heatmap.png"))
-    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-    assert severe == [], "console errors:\n" + "\n".join(severe)
+    _screenshot_without_console_errors(browser, "heatmap.png")
 
 
 def test_distributions_show_percentile_bands_over_the_steps_and_the_latest_histogram(visdom_server, tmp_path,
@@ -307,10 +312,7 @@ def test_distributions_show_percentile_bands_over_the_steps_and_the_latest_histo
     assert len(fills) >= 8, len(fills)  # the bands between the nine percentiles
     axis_titles = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg text.x2title")}
     assert "latest histogram, step 39" in axis_titles, axis_titles
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "distribution.png"))
-    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-    assert severe == [], "console errors:\n" + "\n".join(severe)
+    _screenshot_without_console_errors(browser, "distribution.png")
 
 
 def test_pr_curves_show_the_latest_steps_with_recall_and_precision_axes(visdom_server, tmp_path, browser):
@@ -334,10 +336,7 @@ def test_pr_curves_show_the_latest_steps_with_recall_and_precision_axes(visdom_s
     assert legend == [f"step {step}" for step in range(3, 8)], legend
     titles = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg text.xtitle, svg.main-svg text.ytitle")}
     assert {"recall", "precision"} <= titles, titles
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "pr_curve.png"))
-    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-    assert severe == [], "console errors:\n" + "\n".join(severe)
+    _screenshot_without_console_errors(browser, "pr_curve.png")
 
 
 def test_an_embedding_shows_as_a_3d_scatter_coloured_by_label(visdom_server, tmp_path, browser):
@@ -360,10 +359,7 @@ def test_an_embedding_shows_as_a_3d_scatter_coloured_by_label(visdom_server, tmp
     assert legend == ["cat", "dog", "bird"], legend
     notes = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.annotation text")]
     assert notes == ["step 0: PCA of 300 vectors"], notes
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "embedding.png"))
-    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-    assert severe == [], "console errors:\n" + "\n".join(severe)
+    _screenshot_without_console_errors(browser, "embedding.png")
 
 
 def test_the_graph_pane_draws_a_sequential_a_skip_connection_and_two_inputs(visdom_server, tmp_path, browser):
@@ -397,10 +393,7 @@ def test_the_graph_pane_draws_a_sequential_a_skip_connection_and_two_inputs(visd
         drawn_shapes = {e.get_attribute("textContent") for e in pane.find_elements(By.CSS_SELECTOR, "svg text.shape")}
         assert drawn_shapes <= shapes and drawn_shapes, (title, drawn_shapes, shapes)
     assert not expected, f"panes not found: {sorted(expected)}"
-    ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "graph.png"))
-    severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
-    assert severe == [], "console errors:\n" + "\n".join(severe)
+    _screenshot_without_console_errors(browser, "graph.png")
 
 
 def test_the_runs_pane_lists_each_run_and_its_link_opens_the_run(fresh_server, monitor_serve, tmp_path, browser):
