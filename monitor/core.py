@@ -44,11 +44,12 @@ class LoopState:
     per-step curves); ``epoch`` is 0-based, as in ``for epoch in range(epochs)``; ``batch`` counts
     the steps of the current epoch. ``batch_index`` is the 0-based index in its epoch of the batch
     ``monitor.batches(loader)`` gave last, counted as in a run never stopped: after a resume,
-    where ``enumerate`` counts from 0 again, it goes on from the batches done (in batches of the
-    size the loop now draws, where a resumed run changed it) (None for a loop that
-    iterates its loader itself, and until the epoch's first batch). Under gradient accumulation it
-    is the micro-batch's index; a loader iterated through ``monitor.batches`` inside the loop
-    (validation mid-epoch) sets it while it runs and gives the outer loader's back when it ends. ``metrics`` is what the loop passed to the latest hook;
+    where ``enumerate`` counts from 0 again, it goes on from the batches done, counted in batches
+    of the size the loop now draws. It is None for a loop that iterates its loader itself, and
+    until the epoch's first batch. Under gradient accumulation it is the micro-batch's index; a
+    loader iterated through ``monitor.batches`` inside the loop (validation mid-epoch) sets it
+    while it runs and gives the outer loader's back when it ends. ``metrics`` is what the loop
+    passed to the latest hook;
     ``loss``, ``inputs``, ``targets`` and ``outputs`` are set only while ``on_step_end`` runs, so
     the monitor never keeps a batch alive. They are the loop's own objects: a callback that keeps
     any of them must log a snapshot (``Log`` does).

@@ -199,8 +199,9 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
 
     Each line window the runs share holds one trace per run and original trace, named
     ``LABEL/TRACE`` (:func:`labels`); each PR-curve window they share, each run's latest curve;
-    pane ``runs`` is a table of the runs, the hparams that differ and their final metrics. ``connection`` takes :class:`monitor.connection.Connection`'s
-    arguments. The server needs none of the runs' envs (a restarted server is fine).
+    pane ``runs`` is a table of the runs, the hparams that differ and their final metrics.
+    ``connection`` takes :class:`monitor.connection.Connection`'s arguments. The server needs none
+    of the runs' envs (a restarted server is fine).
     """
     from html import escape
 

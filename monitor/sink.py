@@ -186,9 +186,7 @@ class VisdomSink:
     def put(self, record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
         if not isinstance(record, RECORDS):
-            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram, PrCurve, "
-                            f"Embedding or Hparams, "
-                            f"got {type(record).__name__}")
+            raise not_a_record(record)
         if self._closed:
             if isinstance(record, RunEnd):  # its owner closing after the sink was: the log says how it ended
                 return
@@ -343,10 +341,17 @@ class VisdomSink:
             return None
 
 
+def not_a_record(record: Any) -> TypeError:
+    """The error for a put of something that is not a record, naming the kinds there are."""
+    kinds = ", ".join(kind.__name__ for kind in RECORDS if kind is not RunEnd)
+    return TypeError(f"record must be a monitor.records {kinds}; got {type(record).__name__}")
+
+
 def report_unreadable(reports: Reports, record: Any, error: Exception) -> None:
     """Says once per kind of record, window and error that a record could not be read and is skipped."""
-    reports.once(f"record-{type(record).__name__}-{getattr(record, 'window', '?')}-{type(error).__name__}",
-                 f"a record ({type(record).__name__}) for window {getattr(record, 'window', '?')!r} "
+    window = getattr(record, "window", "?")
+    reports.once(f"record-{type(record).__name__}-{window}-{type(error).__name__}",
+                 f"a record ({type(record).__name__}) for window {window!r} "
                  f"could not be read and is skipped: {type(error).__name__}: {error}")
 
 

@@ -39,7 +39,8 @@ from monitor.entries import read
 from monitor.records import RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
-from monitor.sink import RECORDS, VisdomSink, default_env, open_sinks, replace_earlier, report_unreadable
+from monitor.sink import (RECORDS, VisdomSink, default_env, not_a_record, open_sinks, replace_earlier,
+                          report_unreadable)
 from monitor.sink_child import LAUNCH
 
 __all__ = ["SinkProcess"]
@@ -194,9 +195,7 @@ class SinkProcess:
     def put(self, record: Any) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
         if not isinstance(record, RECORDS):
-            raise TypeError(f"record must be a monitor.records Points, ImageGrid, Text, Layout, Histogram, PrCurve, "
-                            f"Embedding or Hparams, "
-                            f"got {type(record).__name__}")
+            raise not_a_record(record)
         if self._closed:
             if not isinstance(record, RunEnd):
                 self.reports.once("closed", "a record was logged after close() and is dropped" + (
