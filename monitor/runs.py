@@ -48,7 +48,8 @@ class Run(NamedTuple):
     status: str             # running, finished, crashed (an exception), interrupted (Ctrl-C, sys.exit(N)),
                             # or killed (never closed)
     error: str | None       # what a crashed or interrupted run raised
-    metrics: dict[str, tuple[float, float]]  # "window/trace": (last, best) of its loss and metric curves
+    metrics: dict[str, tuple[float, float]]  # "window/trace": (last, best) of its loss and metric curves,
+                                             # and the final metrics given with its hparams
     hparams: dict[str, Any]
     size: int               # bytes in its folder
     checkpoints: int        # checkpoint files in its folder (not those of earlier runs, set aside)
@@ -99,7 +100,7 @@ def described(run: str | os.PathLike) -> Run:
     """What one run's folder says: its header, curves, hparams, how it ended, its size."""
     log = run_log_of(run)
     folder = log.parent
-    header, end, hparams = None, None, {}
+    header, end, hparams, declared = None, None, {}, {}
     orders: dict[str, int] = {}
     curves: dict[str, list[float]] = {}
     steps = 0
@@ -117,7 +118,7 @@ def described(run: str | os.PathLike) -> Run:
             if float(entry["x"]).is_integer():
                 steps = max(steps, int(entry["x"]))
         elif kind == "hparams":
-            hparams = entry["hparams"]
+            hparams, declared = entry["hparams"], entry.get("metrics") or {}
         elif kind == "end":
             end = entry
     if header is None:
@@ -132,6 +133,9 @@ def described(run: str | os.PathLike) -> Run:
         finite = [v for v in values if v is not None and math.isfinite(v)]
         if finite:
             metrics[name] = (values[-1], min(finite) if best_is_lowest(name) else max(finite))
+    for name, value in declared.items():  # add_hparams' final metrics; a curve of that name goes first
+        if name not in metrics and value is not None and math.isfinite(value):
+            metrics[name] = (value, value)
     files = [p for p in folder.rglob("*") if p.is_file()]
     return Run(folder, header["env"], header["run_id"], header["time"], steps, status,
                end.get("error") if end is not None else None, metrics, hparams,

@@ -394,3 +394,25 @@ def test_compare_draws_each_run_s_latest_pr_curve_in_the_window_they_share(fresh
         [*_, last] = [e for e in RunLog.read(tmp_path / "runs" / env / RunLog.FILENAME) if e["k"] == "pr_curve"]
         precision, recall = precision_recall(last)
         assert curve["x"] == pytest.approx(recall) and curve["y"] == pytest.approx(precision)
+
+
+def test_the_final_metrics_add_hparams_gives_rank_and_compare_runs_as_their_curves_do(fresh_server, tmp_path,
+                                                                                      read_window_raw):
+    from monitor import SummaryWriter
+
+    root = tmp_path / "runs"
+    for lr, accuracy in ((0.1, 0.81), (0.3, 0.92), (1.0, 0.55)):
+        with SummaryWriter(root / f"lr{lr}", port=1, timeout=0.2) as writer:
+            writer.add_scalar("loss", 1.0 / lr, 0)
+            writer.add_hparams({"lr": lr}, {"hparam/accuracy": accuracy, "loss/loss": 99.0})
+    runs = {run.env: run for run in listed(root)}
+    assert runs["lr0.3"].metrics["hparam/accuracy"] == (0.92, 0.92)
+    assert runs["lr0.3"].metrics["loss/loss"] == (1.0 / 0.3, 1.0 / 0.3)  # its curve goes first
+    done = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "hparam/accuracy"])
+    assert done.exit_code == 0, done.output
+    assert [line.split()[0] for line in done.output.splitlines()[1:]] == ["lr0.3", "lr0.1", "lr1.0"]
+    done = CliRunner().invoke(main, ["runs", "compare", *(str(root / f"lr{lr}") for lr in (0.1, 0.3)),
+                                     "--into", "cmp_hparams", "--port", str(fresh_server.port)])
+    assert done.exit_code == 0, done.output
+    header, *rows = read_window_raw(fresh_server, "cmp_hparams", "runs")["content"].split("</tr>")
+    assert "<td>hparam/accuracy</td>" in header and "0.92" in "".join(rows)
