@@ -4,7 +4,7 @@
     svg = drawn(nodes)                   # one column, top to bottom, as Netron draws a model
 
 ``torch.fx`` gives the data flow (a skip connection is an edge that jumps rows) and
-``ShapeProp`` the shapes of the one pass; a model fx cannot trace (control flow on values) is
+one run of the traced module the shapes; a model fx cannot trace (control flow on values) is
 traced with forward hooks instead, its leaf modules in the order they ran, each feeding the next.
 Modules that hold others are drawn as nested boxes around their parts, named on top.
 
@@ -62,15 +62,23 @@ def traced(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], s
 
 
 def _by_fx(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:
-    from torch.fx import symbolic_trace
-    from torch.fx.passes.shape_prop import ShapeProp
+    from torch.fx import Interpreter, symbolic_trace
+
+    class Shapes(Interpreter):
+        """Runs the traced module, noting each node's output shape: fx's ShapeProp, without the
+        traceback it prints where the pass fails (the modules are drawn as they run instead)."""
+
+        def run_node(self, node: Any) -> Any:
+            result = super().run_node(node)
+            node.meta["shape"] = _shape(result)
+            return result
 
     module = symbolic_trace(model)
-    ShapeProp(module).propagate(*inputs)
+    Shapes(module).run(*inputs)
     nodes: list[Node] = []
     index: dict[Any, int] = {}
     for node in module.graph.nodes:
-        shape = _shape(node.meta.get("tensor_meta"))
+        shape = node.meta.get("shape", "")
         if node.op == "placeholder":
             kind, path, count = "input", "", 0
         elif node.op == "output":
@@ -114,7 +122,7 @@ def _by_hooks(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:
 
 
 def _shape(value: Any) -> str:
-    shape = getattr(value, "shape", None)  # a tensor, or fx's TensorMetadata (itself a tuple)
+    shape = getattr(value, "shape", None)
     if shape is not None:
         return str(list(shape))
     if isinstance(value, (tuple, list)):

@@ -135,3 +135,18 @@ def test_the_graph_callback_draws_the_first_step_s_inputs_once():
         writer.add_graph(model)
     writer.add_graph(model, torch.randn(2, 4))
     assert len(sink.of(Text, "graph")) == 2
+
+
+def test_a_forward_with_an_argument_left_out_is_drawn_without_a_traceback_on_stderr(capfd):
+    class Masked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+
+        def forward(self, x, mask=None):
+            out = self.fc(x)
+            return out if mask is None else out * mask  # fx traces the mask's branch; run, it fails
+
+    nodes, how = traced(Masked(), (torch.ones(3, 4),))
+    assert how == "hooks" and [n.name for n in nodes] == ["input 0", "fc", "output"]
+    assert capfd.readouterr().err == ""
