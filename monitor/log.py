@@ -7,6 +7,7 @@ device and read later by the sink, off the training thread).
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Mapping
 from html import escape
@@ -61,7 +62,7 @@ class NullSink:
         return True
 
 
-LARGEST_SIDE = 1024  # pixels: larger images are shrunk before they are logged
+MOST_PIXELS = 2048 * 2048  # in one grid: a batch with more is shrunk, each image alike, before it is logged
 
 
 class Log:
@@ -156,9 +157,10 @@ class Log:
                captions: Sequence[str] | None = None) -> None:
         """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels; any float or uint8 range.
 
-        An image larger than ``LARGEST_SIDE`` pixels on a side is shrunk to it (each pixel the
-        average of those it covers), on its device, before the copy: a grid of 8 images of
-        2048 x 2048 made a 100 MB PNG that no browser page draws.
+        A batch of more than ``MOST_PIXELS`` pixels (2048 x 2048) is shrunk to fit, each image
+        by the same factor (each pixel the average of those it covers), on its device, before
+        the copy: a grid of 8 images of 2048 x 2048 made a 100 MB PNG that no browser page
+        draws. A figure or a photo of a few megapixels is kept whole.
         """
         batch = _as_nchw(images)
         if captions is not None:
@@ -274,12 +276,12 @@ def _markdown() -> Any:
 
 
 def _shrunk(batch: torch.Tensor) -> torch.Tensor:
-    """NCHW images no larger than ``LARGEST_SIDE`` on a side, in their dtype; ``batch`` if they are."""
-    height, width = batch.shape[2], batch.shape[3]
-    side = max(height, width)
-    if side <= LARGEST_SIDE:
+    """NCHW images of at most ``MOST_PIXELS`` in all, in their dtype; ``batch`` if they are."""
+    count, height, width = batch.shape[0], batch.shape[2], batch.shape[3]
+    if count * height * width <= MOST_PIXELS:
         return batch
-    size = (max(1, round(height * LARGEST_SIDE / side)), max(1, round(width * LARGEST_SIDE / side)))
+    scale = math.sqrt(MOST_PIXELS / (count * height * width))
+    size = (max(1, int(height * scale)), max(1, int(width * scale)))
     with torch.no_grad():
         small = torch.nn.functional.interpolate(batch.float(), size=size, mode="area")
     return small.to(batch.dtype) if batch.is_floating_point() else small.round().to(batch.dtype)

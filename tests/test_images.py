@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -110,17 +111,21 @@ def test_the_image_grid_arrives_with_its_captions(visdom_server, read_window_raw
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-def test_images_larger_than_the_largest_side_are_shrunk_before_they_are_copied(dtype):
-    from monitor.log import LARGEST_SIDE
+def test_a_grid_of_more_than_the_most_pixels_is_shrunk_before_it_is_copied_and_a_big_figure_is_not(dtype):
+    from monitor.log import MOST_PIXELS
 
     monitor, sink = monitor_with(Images(every=1, count=2, captions=None))
-    big = torch.zeros(4, 3, 2 * LARGEST_SIDE, LARGEST_SIDE, dtype=dtype)
-    big[:, :, :LARGEST_SIDE] = 200  # the top half bright
+    side = math.isqrt(MOST_PIXELS)
+    big = torch.zeros(4, 3, 2 * side, side, dtype=dtype)
+    big[:, :, :side] = 200  # the top half bright
     monitor.step_end(inputs=big)
     (record,) = sink.of(ImageRecord)
     pixels = record.pixels
-    assert pixels.dtype == dtype and tuple(pixels.shape) == (2, 3, LARGEST_SIDE, LARGEST_SIDE // 2)
-    assert pixels[:, :, : LARGEST_SIDE // 2].eq(200).all() and pixels[:, :, LARGEST_SIDE // 2:].eq(0).all()
+    assert pixels.dtype == dtype and tuple(pixels.shape) == (2, 3, side, side // 2)  # 2 of 2 x 1: half a side
+    assert pixels[:, :, : side // 2].eq(200).all() and pixels[:, :, side // 2:].eq(0).all()
+    figure = torch.rand(3, 1200, 2400)  # a matplotlib figure of 24 x 12 inches at 100 dpi
+    monitor.log.images("figure", 1, figure)
+    assert torch.equal(sink.of(ImageRecord)[-1].pixels[0], figure)
 
 
 @pytest.mark.parametrize("targets", [7, torch.tensor(7), np.int64(7)])
