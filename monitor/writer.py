@@ -401,11 +401,12 @@ class SummaryWriter:
 class _Run:
     """A log_dir's run in this process: its sink, and the writers open on it."""
 
-    def __init__(self, path: Path, purge_step: int | None, sink_options: dict[str, Any]) -> None:
+    def __init__(self, path: Path, purge_step: int | None, sink_options: dict[str, Any], taken: set[str]) -> None:
         from monitor.sink_process import SinkProcess
         self.key = path.resolve()
-        position, self.next_step, self.kinds = _continued(path / RunLog.FILENAME, purge_step)
-        self.log = Log(SinkProcess(env=_env_of(path), run_dir=path, rewind_to=position, **sink_options))
+        position, self.next_step, self.kinds, env = _continued(path / RunLog.FILENAME, purge_step)
+        self.env = env or _env_apart(_env_of(path), taken, path)
+        self.log = Log(SinkProcess(env=self.env, run_dir=path, rewind_to=position, **sink_options))
         self.writers = 0
 
     def leave(self, status: str, error: str | None) -> None:
@@ -429,7 +430,7 @@ def _run_of(path: Path, purge_step: int | None, sink_options: dict[str, Any]) ->
     with _runs_lock:  # two threads opening one log_dir share one sink
         run = _runs.get(path.resolve())
         if run is None:
-            run = _runs[path.resolve()] = _Run(path, purge_step, sink_options)
+            run = _runs[path.resolve()] = _Run(path, purge_step, sink_options, {r.env for r in _runs.values()})
             if not _ended_at_exit:  # registered after the sinks' own exit hook: runs before it
                 atexit.register(_end_open_runs)
                 _ended_at_exit = True
@@ -455,13 +456,13 @@ _KINDS = {"points": "scalars", "histogram": "histogram", "image": "images", "tex
           "pr_curve": "pr_curve", "embedding": "embedding"}
 
 
-def _continued(log: Path, purge_step: int | None) -> tuple[int | None, float, dict[str, str]]:
+def _continued(log: Path, purge_step: int | None) -> tuple[int | None, float, dict[str, str], str | None]:
     """How a writer continues the run log of a log_dir: where (its end, or its first point at
     ``purge_step`` or later; None: no run there yet), the step after the last one logged (where
-    ``global_step=None`` counts from), and the kind of data each window shows."""
+    ``global_step=None`` counts from), the kind of data each window shows, and the run's env."""
     if not log.is_file():
-        return None, 0, {}
-    end, position, last, kinds = RunLog.end_of(log), 0, -1.0, {}
+        return None, 0, {}, None
+    end, position, last, kinds, env = RunLog.end_of(log), 0, -1.0, {}, None
     with open(log, "rb") as file:
         for line in file:
             if position + len(line) > end:
@@ -476,15 +477,37 @@ def _continued(log: Path, purge_step: int | None) -> tuple[int | None, float, di
             kind = _KINDS.get(entry.get("k"))
             if kind is not None:
                 kinds.setdefault(entry["win"], "graph" if entry["win"] == "graph" and kind == "text" else kind)
-    return position or None, math.floor(last) + 1, kinds
+            elif entry.get("k") == "run" and env is None:
+                env = entry.get("env")
+    return position or None, math.floor(last) + 1, kinds, env if position else None
 
 
 def _env_of(path: Path) -> str:
-    """The env of a log_dir: its path below ``runs/`` joined with ``_``, else its last part."""
-    parts = path.resolve().parts
-    below = parts[len(parts) - parts[::-1].index("runs"):] if "runs" in parts[:-1] else parts[-1:]
+    """The env of a new log_dir: its path below ``runs/``, else below the working directory,
+    joined with ``_``; else its last part (``logs/exp1/train``: ``logs_exp1_train``)."""
+    resolved = path.resolve()
+    parts = resolved.parts
+    if "runs" in parts[:-1]:
+        below = parts[len(parts) - parts[::-1].index("runs"):]
+    elif resolved.is_relative_to(Path.cwd().resolve()):
+        below = resolved.relative_to(Path.cwd().resolve()).parts or parts[-1:]
+    else:
+        below = parts[-1:]
     name = "_".join(below).replace("/", "_").replace("\\", "_")
     return _window_name(name if name.strip("._ ") else "runs", "log_dir")
+
+
+def _env_apart(env: str, taken: set[str], path: Path) -> str:
+    """``env``, or where a run open in this process shows there already (``runs/a/b`` and
+    ``runs/a_b``), ``env (2)``, said once: two runs in one env would mix their curves."""
+    if env not in taken:
+        return env
+    number = 2
+    while f"{env} ({number})" in taken:
+        number += 1
+    _log.warning("monitor: log_dir %s would show in env %r, where another SummaryWriter of this process "
+                 "draws: it shows in env %r", path, env, f"{env} ({number})")
+    return f"{env} ({number})"
 
 
 def _window_name(name: str, argument: str = "tag") -> str:

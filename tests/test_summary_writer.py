@@ -630,6 +630,25 @@ def test_odd_log_dirs_still_name_an_env(tmp_path, monkeypatch):
         _env_of(Path("runs/\t"))
 
 
+def test_log_dirs_outside_runs_are_named_by_their_path_and_two_alike_in_one_process_get_envs_apart(
+        tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    envs = {}
+    for place in ("logs/exp1/train", "logs/exp2/train", "runs/a/b", "runs/a_b"):
+        writer = SummaryWriter(place, port=1, timeout=0.2)
+        writer.add_scalar("loss", 1.0, 0)
+        envs[place] = writer
+    assert {place: w.log.sink.env for place, w in envs.items()} == {
+        "logs/exp1/train": "logs_exp1_train", "logs/exp2/train": "logs_exp2_train", "runs/a/b": "a_b",
+        "runs/a_b": "a_b (2)"}
+    assert "log_dir runs/a_b would show in env 'a_b'" in caplog.text
+    for writer in envs.values():
+        writer.close()
+    monkeypatch.chdir(tmp_path / "logs")  # a requeued script started elsewhere: the run's env goes on
+    with SummaryWriter("exp1/train", port=1, timeout=0.2) as writer:
+        assert writer.log.sink.env == "logs_exp1_train"
+
+
 def test_boxes_are_drawn_on_the_image_with_their_labels(visdom_server, tmp_path, read_window_raw):
     image = torch.zeros(3, 40, 48)
     with SummaryWriter(log_dir=tmp_path / "runs" / "boxes", port=visdom_server.port) as writer:
