@@ -390,6 +390,11 @@ class Monitor:
         """
         return self._resumable.batches(self, loader)
 
+    @property
+    def in_batches(self) -> bool:
+        """Whether the loop is inside a ``monitor.batches`` loop, with batches still to come."""
+        return self._resumable.iterating > 0
+
     # --- lifetime -----------------------------------------------------------------------------
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Waits until everything logged so far reached the dashboard (or ``timeout`` passed)."""

@@ -249,6 +249,22 @@ def test_a_checkpoint_is_ranked_by_the_value_measured_for_it_and_the_mode_follow
         "['accuracy', 'loss']: its checkpoints are not ranked"]
 
 
+def test_a_validation_after_a_step_s_checkpoint_ranks_that_checkpoint(tmp_path):
+    parts = build()
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=2, keep_last=1, keep_best=1, metric="loss")
+    monitor = Monitor([checkpoint], sink=NullSink(), raise_errors=True)
+    monitor.train_start(parts.model, parts.optimizer)
+    losses = iter([5.0, 1.0, 9.0, 7.0])
+    for _ in monitor.batches(range(8)):
+        monitor.step_end(loss=1.0)
+        if monitor.state.step % 2 == 0:
+            monitor.validation_end({"loss": next(losses)})  # measured on the weights of this step's checkpoint
+    monitor.train_end()
+    manifest = json.loads((tmp_path / "ckpt" / MANIFEST).read_text())
+    assert manifest["best"] == [checkpoint_name(4)] and manifest["latest"] == checkpoint_name(8)
+    assert load_checkpoint(tmp_path / "ckpt" / checkpoint_name(4))["metric"]["value"] == 1.0
+
+
 def test_extras_that_are_not_a_dict_and_a_full_disk_say_what_went_wrong(tmp_path, monkeypatch):
     parts = build()
     monitor = Monitor([Checkpoint(tmp_path / "a", every_steps=1, extras=lambda: 5)], sink=NullSink())

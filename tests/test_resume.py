@@ -56,7 +56,7 @@ def _resumable_loop(folder, samples: int):
 
 def _accumulating_run(folder, seen, kill_at_step=None):
     """Two loader batches a step (gradient accumulation), validation every second step, a checkpoint
-    every step, resumed by the same command."""
+    every step, resumed by the same command; killed as the step after ``kill_at_step`` began."""
     loader, validation, model, optimizer, monitor = _resumable_loop(folder, samples=32)
     for epoch in monitor.epochs(2):
         for i, (x,) in enumerate(monitor.batches(loader)):
@@ -64,6 +64,8 @@ def _accumulating_run(folder, seen, kill_at_step=None):
             model(x).sum().backward()
             if i % 2 == 1:
                 monitor.after_backward()
+                if kill_at_step is not None and monitor.state.step == kill_at_step + 1:
+                    raise _Killed
                 optimizer.step()
                 optimizer.zero_grad()
                 monitor.step_end(loss=1.0)
@@ -71,8 +73,6 @@ def _accumulating_run(folder, seen, kill_at_step=None):
                     with torch.no_grad():
                         losses = [model(v).sum().item() for (v,) in monitor.batches(validation)]
                     monitor.validation_end({"loss": sum(losses)})
-                if monitor.state.step == kill_at_step:
-                    raise _Killed
     monitor.train_end()
 
 
@@ -81,9 +81,10 @@ def test_a_loop_accumulating_over_loader_batches_resumes_with_the_batch_after_th
     _accumulating_run(tmp_path / "whole", whole)
     with pytest.raises(_Killed):
         _accumulating_run(tmp_path / "killed", seen, kill_at_step=3)
-    assert len(seen) == 6  # three steps of two batches
-    _accumulating_run(tmp_path / "killed", seen)
-    assert seen == whole
+    assert len(seen) == 8  # three steps of two batches, and the batches of the step it died in
+    again = []
+    _accumulating_run(tmp_path / "killed", again)
+    assert seen[:6] + again == whole
 
 
 def _odd_epoch_run(folder, seen, kill_at_step=None, validate_inside=False):
@@ -121,4 +122,46 @@ def test_batch_index_goes_on_after_a_resume_where_enumerate_starts_again(tmp_pat
     again = []
     weights = _odd_epoch_run(tmp_path / "killed", again, validate_inside=validate_inside)
     assert again == whole[11:]  # batch 4 of epoch 1 on, numbered as in the straight run
+    assert all(torch.equal(a, b) for a, b in zip(weights, expected))
+
+
+def _validating_run(folder, validated, kill=None):
+    """Validation after every second step's step_end, on a fresh shuffled loader (which draws from
+    torch's generator), training on noisy inputs, a checkpoint every step; killed where ``kill``
+    says: ("validation", step) during that step's validation, ("next step", step) in that step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    loader, _, model, optimizer, monitor = _resumable_loop(folder, samples=16)
+    validation = DataLoader(TensorDataset(torch.linspace(0, 1, 6).unsqueeze(1)), batch_size=2, shuffle=True)
+    for epoch in monitor.epochs(2):
+        for (x,) in monitor.batches(loader):
+            model(x + torch.rand_like(x)).sum().backward()
+            monitor.after_backward()
+            if kill == ("next step", monitor.state.step):
+                raise _Killed
+            optimizer.step()
+            optimizer.zero_grad()
+            monitor.step_end(loss=1.0)
+            if monitor.state.step % 2 == 0:
+                with torch.no_grad():
+                    loss = sum(model(v).sum().item() * (i + 1) for i, (v,) in enumerate(validation))
+                if kill == ("validation", monitor.state.step):
+                    raise _Killed
+                monitor.validation_end({"loss": loss})
+                validated.append((monitor.state.step, loss))
+    monitor.train_end()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("kill", [("validation", 4), ("next step", 5), ("validation", 10)],
+                         ids=["during-a-validation", "after-it", "during-one-in-the-next-epoch"])
+def test_a_run_killed_during_or_after_a_validation_that_follows_a_step_s_checkpoint_resumes_exactly(tmp_path,
+                                                                                                    kill):
+    straight: list = []
+    expected = _validating_run(tmp_path / "straight", straight)
+    validated: list = []
+    with pytest.raises(_Killed):
+        _validating_run(tmp_path / "killed", validated, kill)
+    weights = _validating_run(tmp_path / "killed", validated)
+    assert validated == straight  # each validation once, with the same loss: the same numbers drawn
     assert all(torch.equal(a, b) for a, b in zip(weights, expected))

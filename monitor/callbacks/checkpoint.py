@@ -15,8 +15,8 @@ import torch
 from monitor import preemption
 from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
-from monitor.checkpoint.folder import (LOCK, checkpoint_name, claim, is_finished, mark_finished, mark_kept,
-                                       prune, retain, set_aside, write_manifest)
+from monitor.checkpoint.folder import (LOCK, MANIFEST, checkpoint_name, claim, is_finished, mark_finished,
+                                       mark_kept, prune, retain, set_aside, write_manifest)
 from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers, restore_parts
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
@@ -118,6 +118,9 @@ class Checkpoint(Callback):
         self._told_missing = False  # that the metric is not among those the loop passes
         self._epoch_done = False
         self._last_saved: list | None = None
+        self._unpointed = False  # a scheduled checkpoint written, latest.json not yet at it (every rank)
+        self._validates_after_saving = False  # seen a validation_end at the step of a scheduled save
+        self._pointer: tuple | None = None  # what latest.json is to say of it (rank 0)
         self._aborted = False
         self._claimed = False
         self._lock = FolderLock(self.directory / LOCK)  # held by the writing process while the run lasts
@@ -166,27 +169,40 @@ class Checkpoint(Callback):
             self._catch_preemption()
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
+        self._point_at_written()
         self._epoch_done = False
 
+    def on_after_backward(self, state: LoopState, log: Log) -> None:
+        self._point_at_written()  # the next step has begun: no validation of the last one follows
+
     def on_step_end(self, state: LoopState, log: Log) -> None:
+        self._point_at_written()  # a loop without after_backward
         self._epoch_done = False
         if self.metric_from == "step":
             self._note_metric(state.metrics, state.loss)
         if self.every_steps and state.step % self.every_steps == 0:
-            self.save()
+            self._save(point=not self._validates_after_saving)
         if self._stop_signal is not None:
             self._stop_for_requeue(state)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if self.metric_from == "validation":
             self._note_metric(state.metrics)
+        if self._last_saved == [state.step, state.epoch, self._epoch_done] and self._monitor.in_batches:
+            # A validation inside the epoch's batches loop, after the step's checkpoint: that
+            # again, with the validation (its random numbers, its point, the metric it ranks by),
+            # or a resume would go on with the next batch and skip it. (One after the loop runs
+            # again on a resume, as the rest of the epoch does.)
+            self._validates_after_saving = True
+            self.save()
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
+        self._point_at_written()  # a resume from the last step's checkpoint ends the epoch again
         self._epoch_done = True
         if self.metric_from == "epoch":
             self._note_metric(state.metrics)
         if self.every_epochs and (state.epoch + 1) % self.every_epochs == 0:
-            self.save()
+            self._save(point=not self._validates_after_saving)
 
     def on_exception(self, state: LoopState, log: Log, error: BaseException) -> None:
         self._aborted = True  # the loop may be half-way through a step: nothing consistent to save
@@ -196,6 +212,8 @@ class Checkpoint(Callback):
         position = [state.step, state.epoch, self._epoch_done]
         if self.at_end and not self._aborted and position != self._last_saved:
             self.save()
+        elif not self._aborted:
+            self._point_at_written()
         if not self._aborted:  # a re-run of the command starts a new run
             on_main(lambda: self._claimed and mark_finished(self.directory))
         self._lock.release()
@@ -224,7 +242,15 @@ class Checkpoint(Callback):
         Raises CheckpointWriteError on failure. Under torch.distributed every rank must call it
         (the hooks do): rank 0 writes, as every rank holds the same weights, and each rank's
         random state goes with them; the others return once the file is on disk.
+
+        A ``validation_end`` inside a ``monitor.batches`` loop, at the step of a checkpoint the
+        hooks wrote, writes it again with the validation done; from then on, such a checkpoint
+        becomes the latest (in ``latest.json``) only once the loop goes on past its step, so a
+        run killed during the validation resumes from the checkpoint before and validates again.
         """
+        return self._save(point=True)
+
+    def _save(self, point: bool) -> Path:
         monitor = self._require_monitor()
         for hook in self.before_save:
             hook()
@@ -237,7 +263,9 @@ class Checkpoint(Callback):
             if every_rank is not None:
                 every_rank[0] = rng  # the same tensors as the top level: stored once
                 rng = {**rng, "ranks": every_rank}
-        return on_main(lambda: self._write(monitor, rng))
+        path = on_main(lambda: self._write(monitor, rng, point))
+        self._unpointed = not point
+        return path
 
     def keep_before(self, step: int, reason: str) -> str | None:
         """Keeps the latest checkpoint from before ``step`` out of pruning for good; returns its file name."""
@@ -250,7 +278,7 @@ class Checkpoint(Callback):
             mark_kept(self.directory, self._records)
         return record["file"]
 
-    def _write(self, monitor: Monitor, rng: dict[str, Any]) -> Path:
+    def _write(self, monitor: Monitor, rng: dict[str, Any], point: bool) -> Path:
         self._claim_directory()
         state = monitor.state
         if state.model is None:
@@ -262,6 +290,8 @@ class Checkpoint(Callback):
         metric, self._metric_value = self._metric_value, None
         if isinstance(metric, torch.Tensor):  # saving reads the device anyway
             metric = float(metric)
+        if metric is None:  # the step's checkpoint written again (its epoch_end after its validation)
+            metric = next((r["metric"] for r in self._records if r["file"] == path.name), None)
         record = {"file": path.name, "step": state.step, "epoch": state.epoch, "batch": state.batch,
                   "epoch_done": self._epoch_done, "metric": metric, "time": time.time()}
         if record["metric"] is not None and not math.isfinite(record["metric"]):
@@ -283,14 +313,35 @@ class Checkpoint(Callback):
                 metric={"name": self.metric, "value": metric, "mode": self.mode},
                 extras=self._extras())
             save_checkpoint(path, checkpoint)
-            write_manifest(self.directory, run_id=self.run_id, latest=path.name, env=checkpoint["run"]["env"],
-                           metric={"name": self.metric, "mode": self.mode}, last=last, best=best, records=kept)
         except Exception as error:
             cause = _os_error_in(error) or error  # a full disk shows as torch's own error around it
             raise CheckpointWriteError(f"checkpoint {path} could not be written: {type(cause).__name__}: "
                                        f"{cause}") from error
-        prune(self.directory, {r["file"] for r in kept})
+        self._pointer = (path, checkpoint["run"]["env"], last, best, kept)
+        if point:
+            self._point()
         return path
+
+    def _point_at_written(self) -> None:
+        """Makes the checkpoint written last the latest, if it is not yet (every rank calls it)."""
+        if self._unpointed:
+            self._unpointed = False
+            on_main(self._point)
+
+    def _point(self) -> None:
+        """``latest.json`` at the checkpoint written last, then the files it no longer keeps pruned."""
+        pointer, self._pointer = self._pointer, None
+        if pointer is None:
+            return
+        path, env, last, best, kept = pointer
+        try:
+            write_manifest(self.directory, run_id=self.run_id, latest=path.name, env=env,
+                           metric={"name": self.metric, "mode": self.mode}, last=last, best=best, records=kept)
+        except Exception as error:
+            cause = _os_error_in(error) or error
+            raise CheckpointWriteError(f"{self.directory / MANIFEST} could not be written to point at {path}: "
+                                       f"{type(cause).__name__}: {cause}") from error
+        prune(self.directory, {r["file"] for r in kept})
 
     def _extras(self) -> dict[str, Any] | None:
         if self.extras is None:
@@ -344,6 +395,7 @@ class Checkpoint(Callback):
         self._stop_signal = None  # a second signal while saving changes nothing
         if self._last_saved != [state.step, state.epoch, self._epoch_done]:
             self.save()
+        self._point_at_written()
         self._monitor.flush(timeout=2.0)  # a scheduler's grace period is short; the run log has it all
         self._release_signals()
         _log.warning("monitor: %s: checkpoint of step %d saved in %s; exiting with status %d to be run again",
@@ -389,12 +441,14 @@ class Checkpoint(Callback):
     def state_dict(self) -> dict[str, Any]:
         metric = float(self._metric_value) if isinstance(self._metric_value, torch.Tensor) else self._metric_value
         return {"run_id": self.run_id, "records": [dict(r) for r in self._records], "metric": metric,
-                "epoch_done": self._epoch_done, "last_saved": self._last_saved}
+                "epoch_done": self._epoch_done, "last_saved": self._last_saved,
+                "validates_after_saving": self._validates_after_saving}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run_id, self._records = state["run_id"], [dict(r) for r in state["records"]]
         self._metric_value, self._epoch_done = state["metric"], state["epoch_done"]
         self._last_saved = list(state["last_saved"]) if state["last_saved"] is not None else None
+        self._validates_after_saving = state.get("validates_after_saving", False)
         self._claimed = False
 
 
