@@ -416,3 +416,26 @@ def test_the_final_metrics_add_hparams_gives_rank_and_compare_runs_as_their_curv
     assert done.exit_code == 0, done.output
     header, *rows = read_window_raw(fresh_server, "cmp_hparams", "runs")["content"].split("</tr>")
     assert "<td>hparam/accuracy</td>" in header and "0.92" in "".join(rows)
+
+
+def test_close_from_a_finally_or_except_block_records_the_exception_on_its_way(tmp_path):
+    def trial(env: str, close_in: str) -> None:
+        monitor = Monitor([Scalars()], env=env, run_dir=tmp_path / env, port=1, timeout=0.2)
+        try:
+            try:
+                monitor.step_end(loss=1.0)
+                raise RuntimeError("out of memory")
+            except RuntimeError:
+                if close_in == "except":
+                    monitor.close()
+                raise
+            finally:
+                monitor.close()
+        except RuntimeError:
+            pass  # the sweep goes on with its next trial
+
+    trial("finally", "finally")
+    trial("except", "except")
+    for env in ("finally", "except"):
+        run = described(tmp_path / env)
+        assert (run.status, run.error) == ("crashed", "RuntimeError: out of memory")
