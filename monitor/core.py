@@ -95,6 +95,8 @@ class Callback:
     keep_best=1); best.state_key = "best"``).
     """
 
+    records_hparams = False  # whether it records train_start's hparams itself (Summary); else the Monitor does
+
     @property
     def state_key(self) -> str:
         """The name its state is saved under in checkpoints: the class name, unless set."""
@@ -267,6 +269,11 @@ class Monitor:
         state.optimizer = next(iter(optimizers.values())) if len(optimizers) == 1 else None
         self.state.hparams = dict(hparams or {})
         self._started, self._failed, self._ending = True, False, RunEnd("finished")
+        if state.hparams and not any(c.records_hparams for c in self.callbacks):
+            try:  # the run's record for comparing runs (monitor runs --where, compare), pane hparams
+                self.log.hparams(state.hparams, {}, state.step)
+            except (TypeError, ValueError) as error:
+                self._reports.once("hparams", f"the hparams given to train_start are not recorded: {error}")
         self._fire("on_train_start")
 
     def epoch_start(self, epoch: int | None = None) -> None:

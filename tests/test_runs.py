@@ -439,3 +439,13 @@ def test_close_from_a_finally_or_except_block_records_the_exception_on_its_way(t
     for env in ("finally", "except"):
         run = described(tmp_path / env)
         assert (run.status, run.error) == ("crashed", "RuntimeError: out of memory")
+
+
+def test_hparams_given_to_train_start_are_recorded_without_a_summary_callback(tmp_path):
+    for lr in (0.1, 0.3):
+        with Monitor([Scalars()], env=f"lr{lr}", run_dir=tmp_path / f"lr{lr}", port=1, timeout=0.2) as monitor:
+            monitor.train_start(hparams={"lr": lr, "layers": [16, 16]})
+            monitor.step_end(loss=lr)
+    runs = {run.env: run for run in listed(tmp_path)}
+    assert runs["lr0.1"].hparams == {"lr": 0.1, "layers": "[16, 16]"}  # as the hparams pane shows a list
+    assert [r.env for r in selected(list(runs.values()), where={"lr": "0.3"})] == ["lr0.3"]

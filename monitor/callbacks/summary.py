@@ -31,6 +31,8 @@ class Summary(Callback):
     ``epoch_end``. Everything the user supplied (the model's repr, names, values) is HTML-escaped.
     """
 
+    records_hparams = True
+
     def __init__(self, hparams: Mapping[str, Any] | None = None) -> None:
         if hparams is not None and not isinstance(hparams, Mapping):
             raise TypeError(f"hparams must be a mapping of name to value, got {type(hparams).__name__}")
