@@ -10,6 +10,7 @@ keeps every point at full resolution, whatever the dashboard shows.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import math
@@ -216,8 +217,12 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     if len(runs) < 2:
         raise ValueError(f"runs must name at least two runs to compare, got {len(runs)}")
     found = [described(run) for run in runs]
+    logs = [run.log.resolve() for run in found]
+    twice = next((run for run, log in zip(found, logs) if logs.count(log) > 1), None)
+    if twice is not None:
+        raise ValueError(f"runs must name each run once, got the run log {twice.log} twice")
     named, differing = labels(found)
-    env = checks.name("into", into or "compare_" + "_".join(run.env for run in found)[:80], path=True)
+    env = checks.name("into", into or _comparison_env([run.env for run in found]), path=True)
     entries = [list(RunLog.read(run.log)) for run in found]
     lines = [{e["win"] for e in log if e.get("k") == "points"} - {e["win"] for e in log if e.get("k") == "layout"
                                                                  and e["opts"].get("form") == "heatmap"}
@@ -254,6 +259,14 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     finally:
         sender.close()
     return env
+
+
+def _comparison_env(envs: list[str]) -> str:
+    """``compare_`` and the envs joined; past 80 characters, cut and told apart by a hash of them all."""
+    name = "compare_" + "_".join(envs)
+    if len(name) <= 80:
+        return name
+    return f"{name[:71]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 def _empty_for_comparison(sender: Any, env: str) -> None:

@@ -449,3 +449,15 @@ def test_hparams_given_to_train_start_are_recorded_without_a_summary_callback(tm
     runs = {run.env: run for run in listed(tmp_path)}
     assert runs["lr0.1"].hparams == {"lr": 0.1, "layers": "[16, 16]"}  # as the hparams pane shows a list
     assert [r.env for r in selected(list(runs.values()), where={"lr": "0.3"})] == ["lr0.3"]
+
+
+def test_compare_refuses_a_run_given_twice_and_tells_long_default_envs_apart(three_runs):
+    root = three_runs
+    done = CliRunner().invoke(main, ["runs", "compare", str(root / "good"), str(root / "good" / RunLog.FILENAME),
+                                     "--port", "1"])
+    assert done.exit_code != 0 and "runs must name each run once, got the run log" in done.output
+    from monitor.runs import _comparison_env
+    sweep = [f"sweep-resnet50-imagenet-lr{lr}" for lr in ("0.1", "0.2", "0.3", "0.4")]
+    first, second = _comparison_env(sweep[:3]), _comparison_env(sweep[:2] + sweep[3:])
+    assert first != second and len(first) == len(second) == 80
+    assert _comparison_env(["a", "b"]) == "compare_a_b"
