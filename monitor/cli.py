@@ -156,12 +156,13 @@ def assets(static_dir: Path | None, no_visdom_download: bool) -> None:
 
 
 class _ListsByDefault(click.Group):
-    """`monitor checkpoints DIR` means `monitor checkpoints list DIR` (and `monitor runs DIR`, `runs list DIR`)."""
+    """`monitor checkpoints DIR` means `monitor checkpoints list DIR` (and `monitor runs DIR`,
+    `runs list DIR`; `monitor runs --sort M`, `runs list --sort M`)."""
 
-    def resolve_command(self, ctx: click.Context, args: list[str]):
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
             args = ["list", *args]
-        return super().resolve_command(ctx, args)
+        return super().parse_args(ctx, args)
 
 
 @main.group(cls=_ListsByDefault)

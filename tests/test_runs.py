@@ -461,3 +461,11 @@ def test_compare_refuses_a_run_given_twice_and_tells_long_default_envs_apart(thr
     first, second = _comparison_env(sweep[:3]), _comparison_env(sweep[:2] + sweep[3:])
     assert first != second and len(first) == len(second) == 80
     assert _comparison_env(["a", "b"]) == "compare_a_b"
+
+
+def test_runs_with_options_and_no_subcommand_lists_as_runs_list_does(three_runs):
+    listed_out = CliRunner().invoke(main, ["runs", "list", "--sort", "loss/train", "--where", "batch=16",
+                                           str(three_runs)])
+    short = CliRunner().invoke(main, ["runs", "--sort", "loss/train", "--where", "batch=16", str(three_runs)])
+    assert short.exit_code == listed_out.exit_code == 0 and short.output == listed_out.output
+    assert "broken" in short.output and "killed" not in short.output
