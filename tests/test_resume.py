@@ -1,6 +1,7 @@
 """resume(): what it could not restore, and a monitor of another env, said plainly."""
 from __future__ import annotations
 
+import signal
 
 import pytest
 import torch
@@ -139,6 +140,8 @@ def _validating_run(folder, validated, kill=None):
             monitor.after_backward()
             if kill == ("next step", monitor.state.step):
                 raise _Killed
+            if kill == ("SIGTERM", monitor.state.step):  # a scheduler's pre-emption, mid-step
+                signal.raise_signal(signal.SIGTERM)
             optimizer.step()
             optimizer.zero_grad()
             monitor.step_end(loss=1.0)
@@ -147,21 +150,30 @@ def _validating_run(folder, validated, kill=None):
                     loss = sum(model(v).sum().item() * (i + 1) for i, (v,) in enumerate(validation))
                 if kill == ("validation", monitor.state.step):
                     raise _Killed
-                monitor.validation_end({"loss": loss})
                 validated.append((monitor.state.step, loss))
+                monitor.validation_end({"loss": loss})
     monitor.train_end()
     return [p.detach().clone() for p in model.parameters()]
 
 
-@pytest.mark.parametrize("kill", [("validation", 4), ("next step", 5), ("validation", 10)],
-                         ids=["during-a-validation", "after-it", "during-one-in-the-next-epoch"])
+@pytest.mark.parametrize("kill", [("validation", 4), ("next step", 5), ("validation", 10), ("SIGTERM", 4)],
+                         ids=["during-a-validation", "after-it", "during-one-in-the-next-epoch",
+                              "sigterm-in-a-validating-step"])
 def test_a_run_killed_during_or_after_a_validation_that_follows_a_step_s_checkpoint_resumes_exactly(tmp_path,
                                                                                                     kill):
     straight: list = []
     expected = _validating_run(tmp_path / "straight", straight)
     validated: list = []
-    with pytest.raises(_Killed):
-        _validating_run(tmp_path / "killed", validated, kill)
+    # A run "killed" here keeps its handlers: the signals as a fresh process has them.
+    previous = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        with pytest.raises(SystemExit if kill[0] == "SIGTERM" else _Killed):
+            _validating_run(tmp_path / "killed", validated, kill)
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if kill[0] == "SIGTERM":  # it stopped once the step's validation was done
+        assert validated[-1][0] == 4
     weights = _validating_run(tmp_path / "killed", validated)
     assert validated == straight  # each validation once, with the same loss: the same numbers drawn
     assert all(torch.equal(a, b) for a, b in zip(weights, expected))

@@ -54,7 +54,7 @@ class Checkpoint(Callback):
     move to ``DIR/earlier/<run id>/``. ``extend=True`` continues a finished run too: train it
     further by raising ``monitor.epochs(n)`` and running the command again. With ``resume``,
     SIGTERM or SIGUSR1 (a scheduler's pre-emption) saves a checkpoint at the next step's end
-    and exits with status 75 (``REQUEUE_EXIT_STATUS``), for the job to be run again
+    (after its validation, where the loop validates inside its batches loop) and exits with status 75 (``REQUEUE_EXIT_STATUS``), for the job to be run again
     (single-process runs; a signal the program handles itself is left to it).
 
     A write that fails raises :class:`monitor.checkpoint.CheckpointWriteError` out of the hook.
@@ -108,6 +108,7 @@ class Checkpoint(Callback):
         self.start: ResumePoint | None = None  # where a resume continues (resume or fresh only)
         self._saved: dict[str, Any] | None = None  # the checkpoint train_start restores
         self._stop_signal: int | None = None
+        self._stopping: str | None = None  # the signal's name, once its step's checkpoint is written
         self._handlers: dict[int, Any] = {}
         self._set_aside = False  # a new run: the folder's earlier checkpoints move at train_start
         self.run_id: str | None = None
@@ -170,13 +171,16 @@ class Checkpoint(Callback):
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._point_at_written()
+        self._exit_if_stopping()
         self._epoch_done = False
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         self._point_at_written()  # the next step has begun: no validation of the last one follows
+        self._exit_if_stopping()
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         self._point_at_written()  # a loop without after_backward
+        self._exit_if_stopping()
         self._epoch_done = False
         if self.metric_from == "step":
             self._note_metric(state.metrics, state.loss)
@@ -195,9 +199,11 @@ class Checkpoint(Callback):
             # again on a resume, as the rest of the epoch does.)
             self._validates_after_saving = True
             self.save()
+        self._exit_if_stopping()
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
         self._point_at_written()  # a resume from the last step's checkpoint ends the epoch again
+        self._exit_if_stopping()
         self._epoch_done = True
         if self.metric_from == "epoch":
             self._note_metric(state.metrics)
@@ -206,9 +212,11 @@ class Checkpoint(Callback):
 
     def on_exception(self, state: LoopState, log: Log, error: BaseException) -> None:
         self._aborted = True  # the loop may be half-way through a step: nothing consistent to save
+        self._stopping = None
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         self._release_signals()
+        self._stopping = None  # the signal came in the last step: the run is done
         position = [state.step, state.epoch, self._epoch_done]
         if self.at_end and not self._aborted and position != self._last_saved:
             self.save()
@@ -391,15 +399,23 @@ class Checkpoint(Callback):
         self._handlers.clear()
 
     def _stop_for_requeue(self, state: LoopState) -> None:
-        name = signal.Signals(self._stop_signal).name
+        self._stopping = signal.Signals(self._stop_signal).name
         self._stop_signal = None  # a second signal while saving changes nothing
         if self._last_saved != [state.step, state.epoch, self._epoch_done]:
-            self.save()
+            self._save(point=False)
+        if not (self._validates_after_saving and self._monitor.in_batches):
+            self._exit_if_stopping()
+        # else at the next hook: a validation of this step goes into its checkpoint first
+
+    def _exit_if_stopping(self) -> None:
+        if self._stopping is None:
+            return
+        name, self._stopping = self._stopping, None
         self._point_at_written()
         self._monitor.flush(timeout=2.0)  # a scheduler's grace period is short; the run log has it all
         self._release_signals()
         _log.warning("monitor: %s: checkpoint of step %d saved in %s; exiting with status %d to be run again",
-                     name, state.step, self.directory, REQUEUE_EXIT_STATUS)
+                     name, self._last_saved[0], self.directory, REQUEUE_EXIT_STATUS)
         raise SystemExit(REQUEUE_EXIT_STATUS)
 
     def _lock_directory(self) -> None:
