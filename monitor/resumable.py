@@ -64,9 +64,13 @@ class Resumable:
         self.calls += 1
         # Only the loader the steps drew from takes the batches done: the same call of the same
         # epoch (a validation loader iterated first in an epoch is another call).
-        skip, rng = (self.skip, self.rng) if (epoch, call) == (self.skip_epoch, self.skip_call) else (0, None)
+        continued = (epoch, call) == (self.skip_epoch, self.skip_call)  # the loader the checkpoint's steps drew from
+        skip, rng = (self.skip, self.rng) if continued else (0, None)
         if skip:
             self.skip, self.rng = 0, None
+        at_epoch_start = continued and not skip and self.order_rng is not None  # resumed at its start
+        if continued:
+            self.skip_epoch = None  # once
         shape = _shape(loader)
         if skip and self.skip_of is not None and tuple(self.skip_of) != shape:
             skip = _skip_in(skip, tuple(self.skip_of), shape)
@@ -90,6 +94,15 @@ class Resumable:
             torch.set_rng_state(self.order_rng["torch"])
             if own is not None and self.order_rng.get("loader") is not None:
                 own.set_state(self.order_rng["loader"])
+        elif at_epoch_start and persistent and not kept:
+            # The interrupted run's workers, started in an earlier epoch, draw no seed now: started
+            # here, they must not move the generators the epoch's order is drawn from.
+            before = torch.get_rng_state(), own.get_state() if own is not None else None
+            iter(loader)
+            kept = True
+            torch.set_rng_state(before[0])
+            if own is not None:
+                own.set_state(before[1])
         order = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None,
                  "kept_workers": kept}
         iterator = iter(loader)  # a DataLoader draws its order here, and its workers' seed unless kept

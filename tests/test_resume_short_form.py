@@ -185,6 +185,19 @@ def test_a_run_with_persistent_loader_workers_killed_and_run_again_ends_as_if_ne
     assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)
 
 
+def test_a_run_with_persistent_loader_workers_resumed_at_an_epoch_s_start_ends_as_if_never_stopped(
+        visdom_server, tmp_path):
+    # The straight run's workers, started in its first epoch, drew their seed from torch's
+    # generator then; a run resumed at a later epoch's start must not draw it again before the order.
+    options = ("--workers", "2", "--persistent")
+    straight = Job(visdom_server, tmp_path, "persistent-whole")
+    assert straight.run(*options) == list(range(1, STEPS + 1))
+    job = Job(visdom_server, tmp_path, "persistent-extended")
+    assert job.run(*options, "--epochs", "2") == list(range(1, 13))
+    assert job.run(*options, "--epochs", "4", "--extend") == list(range(13, STEPS + 1))
+    assert _same(job.weights(), straight.weights())
+
+
 def test_a_run_resumed_with_another_batch_size_goes_on_after_the_samples_done(visdom_server, tmp_path):
     # Out of memory at 16 a batch: the user halves it and runs again; the epoch's order is the same.
     job = Job(visdom_server, tmp_path, "halved")
