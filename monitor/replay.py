@@ -31,18 +31,23 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
     is called while reading (stage "read", in bytes) and sending (stage "send", in windows).
     Raises DashboardError when the server cannot take a window.
     """
+    given = env
     if env is not None:
         checks.name("env", env, path=True)
     sender = Connection(**connection)  # bad settings fail before a long read
     windows = Windows(points_per_trace, run_dir=run_dir_of(path))
     total = os.path.getsize(path)
     on_bytes = (lambda done: progress("read", done, total)) if progress else None
+    run_id = None
     for entry in RunLog.read(path, progress=on_bytes):
         if entry.get("k") == "run":
             env = env if env is not None else entry.get("env")
+            run_id = run_id or entry.get("run_id")
         windows.apply([entry])
     if not env:
         raise ValueError(f"env must be given: the run log {path} names none")
+    if given is None:
+        _refuse_an_earlier_run_into_the_current_one(Path(path), env, run_id)
     shown = windows.changed()  # in their order on the page, as the live run placed them
     try:
         for done, window in enumerate(shown, 1):
@@ -56,6 +61,17 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
 
 
 _log = logging.getLogger("monitor")
+
+
+def _refuse_an_earlier_run_into_the_current_one(path: Path, env: str, run_id: str | None) -> None:
+    """A run log set aside in ``runs/ENV/earlier/`` would fill the env the folder's current run shows."""
+    current = path.parent.parent / RunLog.FILENAME
+    if path.parent.name != RunDir.EARLIER or not current.is_file():
+        return
+    header = next(iter(RunLog.read(current)), {})
+    if header.get("env") == env and header.get("run_id") != run_id:
+        raise ValueError(f"env must be given to replay an earlier run: env {env!r} shows the run of {current} "
+                         f"now, which this would overwrite; for instance --env '{env} {(run_id or 'earlier')[:8]}'")
 
 
 def rebuild(runs: str | os.PathLike, **connection: Any) -> dict[str, str]:

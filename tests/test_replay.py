@@ -103,3 +103,20 @@ def test_replay_of_a_log_that_names_no_env_needs_one(visdom_server, tmp_path):
     assert result.exit_code == 1 and "Error: env must be given: the run log" in result.output
     assert CliRunner().invoke(cli, ["replay", str(log.path), "--env", "named",
                                     "--port", str(visdom_server.port)]).exit_code == 0
+
+
+def test_replaying_an_earlier_run_into_the_env_of_the_current_one_needs_an_env(visdom_server, tmp_path,
+                                                                              read_window):
+    from monitor import Monitor, Scalars
+
+    for losses in ([1.0, 0.5, 0.25], [2.0]):  # a second run of the env sets the first aside
+        with Monitor([Scalars()], env="again", run_dir=tmp_path / "again", port=visdom_server.port) as monitor:
+            for loss in losses:
+                monitor.step_end(loss=loss)
+    (earlier,) = (tmp_path / "again" / "earlier").iterdir()
+    refused = CliRunner().invoke(cli, ["replay", str(earlier), "--port", str(visdom_server.port)])
+    assert refused.exit_code == 1 and "Error: env must be given to replay an earlier run: env 'again' shows" \
+        in refused.output
+    assert read_window(visdom_server, "again", "loss")["train"] == ([1], [2.0])  # the current run's, untouched
+    done = CliRunner().invoke(cli, ["replay", str(earlier), "--env", "again-first", "--port", str(visdom_server.port)])
+    assert done.exit_code == 0 and read_window(visdom_server, "again-first", "loss")["train"][1] == [1.0, 0.5, 0.25]
