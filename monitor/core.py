@@ -432,6 +432,9 @@ class Monitor:
         self._end[0] = record
 
     def __enter__(self) -> Monitor:
+        if self._ended:
+            raise RuntimeError(f"this Monitor of env {self.sink.env!r} was closed: what it logged now would be "
+                               f"dropped; build a new Monitor for each run (each `with` block)")
         return self
 
     def __exit__(self, kind, error, traceback) -> None:

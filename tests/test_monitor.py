@@ -128,3 +128,12 @@ def test_an_epoch_a_loop_failed_in_is_not_ended():
             for _ in monitor.epochs(5):
                 raise RuntimeError("a bug in the loop")
     assert ended == []
+
+
+def test_a_closed_monitor_entered_again_says_so_instead_of_dropping_the_run():
+    monitor, sink = monitor_with(Scalars())
+    with monitor:
+        monitor.step_end(loss=1.0)
+    with pytest.raises(RuntimeError, match="this Monitor of env .* was closed: what it logged now would be dropped"):
+        with monitor:
+            monitor.step_end(loss=2.0)
