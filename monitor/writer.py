@@ -135,6 +135,8 @@ class SummaryWriter:
         ``bins="tensorflow"`` (the default) and explicit edges are binned on the tensor's
         device; numpy's rules (``"auto"``, a number of bins) and ``max_bins`` by the sink.
         """
+        if isinstance(values, (int, float, np.generic)):  # one number, as TensorBoard takes it
+            values = np.asarray(values)
         tensor = _tensor(values, "values")
         if tensor.dtype == torch.bool:  # numpy counts them as 0 and 1
             tensor = tensor.to(torch.uint8)

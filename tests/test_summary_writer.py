@@ -60,6 +60,7 @@ def _calls(writer, step: int) -> None:
     writer.add_histogram("weights", torch.randn(1000, generator=g) * (step + 1), step)
     writer.add_histogram("sizes", np.random.default_rng(step).random(300), step, bins=np.linspace(0, 1, 11))
     writer.add_histogram("auto", torch.randn(500, generator=g), step, bins="auto", max_bins=7)
+    writer.add_histogram("one", 0.5 + step, step)  # a plain number
     writer.add_image("image", torch.rand(3, 10, 12, generator=g), step)
     writer.add_image("hwc", (torch.rand(10, 12, 3, generator=g) * 255).to(torch.uint8), step, dataformats="HWC")
     writer.add_images("batch", torch.rand(4, 1, 8, 8, generator=g) * 1.4 - 0.2, step)
@@ -114,7 +115,7 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
         env = "side-by-side"
         shown = {window: read_window(visdom_server, env, window) for window in ("Loss", "lr", "accuracy")}
         panes = {window: read_window_raw(visdom_server, env, window)
-                 for window in ("image", "hwc", "batch", "notes", "figure", "weights", "sizes", "auto", "pr")}
+                 for window in ("image", "hwc", "batch", "notes", "figure", "weights", "sizes", "auto", "one", "pr")}
     events = tensorboard[""]
 
     # Scalars: every value at every step (TensorBoard keeps float32).
@@ -130,7 +131,7 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
 
     # Histograms: the same counts in the same bins at every step; the window draws the latest.
     entries = list(RunLog.read(Path("runs/side-by-side", RunLog.FILENAME)))
-    for tag in ("weights", "sizes", "auto"):
+    for tag in ("weights", "sizes", "auto", "one"):
         ours = [e for e in entries if e.get("k") == "histogram" and e["win"] == tag]
         theirs = events.Histograms(tag)
         assert [e["x"] for e in ours] == [e.step for e in theirs] == list(range(STEPS))
