@@ -54,8 +54,9 @@ class Checkpoint(Callback):
     move to ``DIR/earlier/<run id>/``. ``extend=True`` continues a finished run too: train it
     further by raising ``monitor.epochs(n)`` and running the command again. With ``resume``,
     SIGTERM or SIGUSR1 (a scheduler's pre-emption) saves a checkpoint at the next step's end
-    (after its validation, where the loop validates inside its batches loop) and exits with status 75 (``REQUEUE_EXIT_STATUS``), for the job to be run again
-    (single-process runs; a signal the program handles itself is left to it).
+    (after its validation, where the loop validates inside its batches loop) and exits with
+    status 75 (``REQUEUE_EXIT_STATUS``), for the job to be run again (single-process runs; a
+    signal the program handles itself is left to it).
 
     A write that fails raises :class:`monitor.checkpoint.CheckpointWriteError` out of the hook.
     It is not an ``Exception``, so the Monitor's containment of callback errors lets it through
