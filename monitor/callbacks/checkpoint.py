@@ -175,12 +175,10 @@ class Checkpoint(Callback):
         self._exit_if_stopping()
         self._epoch_done = False
 
-    def on_after_backward(self, state: LoopState, log: Log) -> None:
-        self._point_at_written()  # the next step has begun: no validation of the last one follows
-        self._exit_if_stopping()
-
     def on_step_end(self, state: LoopState, log: Log) -> None:
-        self._point_at_written()  # a loop without after_backward
+        # The step before is over, its validation included. (Not at after_backward: a hook there
+        # would cost every step of every loop; a kill in this step goes back one step further.)
+        self._point_at_written()
         self._exit_if_stopping()
         self._epoch_done = False
         if self.metric_from == "step":
@@ -254,8 +252,8 @@ class Checkpoint(Callback):
 
         A ``validation_end`` inside a ``monitor.batches`` loop, at the step of a checkpoint the
         hooks wrote, writes it again with the validation done; from then on, such a checkpoint
-        becomes the latest (in ``latest.json``) only once the loop goes on past its step, so a
-        run killed during the validation resumes from the checkpoint before and validates again.
+        becomes the latest (in ``latest.json``) only at the next step's end, so a run killed
+        during the validation resumes from the checkpoint before and validates again.
         """
         return self._save(point=True)
 
