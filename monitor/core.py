@@ -410,11 +410,12 @@ class Monitor:
     def close(self, timeout: float | None = 10.0) -> bool:
         """Delivers what is pending (for up to ``timeout`` s), then stops the sink; safe to call twice.
 
-        Called from a ``finally`` or ``except`` block while the loop's exception is on its way,
-        it records that exception as :meth:`exception` does.
+        Called between ``train_start`` and ``train_end`` from a ``finally`` or ``except`` block
+        while the loop's exception is on its way, it records that exception as :meth:`exception`
+        does (a run that reached ``train_end``, or a ``with`` block that ended well, finished).
         """
         error = sys.exc_info()[1]
-        if not self._ended and not self._failed and error is not None:
+        if self._started and not self._ended and not self._failed and error is not None:
             self.exception(error)
         if not self._ended:  # the run log says how the run ended (a killed run says nothing)
             self._ended = True

@@ -170,3 +170,22 @@ def test_under_ddp_a_loss_gone_bad_on_one_rank_stops_every_rank_at_that_step(tmp
     assert done.returncode == 0, done.stderr[-3000:]  # a rank left alone fails at the group's timeout
     stopped = [json.loads((tmp_path / f"rank{rank}.json").read_text())["stopped"] for rank in (0, 1)]
     assert stopped == [30, 30]
+
+
+def test_a_nan_in_the_step_after_a_checkpoint_that_waits_for_its_validation_resumes_from_that_checkpoint(tmp_path):
+    # Once the loop validated after a save step, a step's checkpoint becomes the latest at the next
+    # step's end; a Guard stopping that next step must still leave the run at that checkpoint.
+    directory = tmp_path / "ckpt"
+    model = nn.Linear(2, 1)
+    monitor = Monitor([Guard(action="stop", grads=False), Checkpoint(directory, every_steps=2, keep_last=1,
+                                                                     at_end=False, resume=True)],
+                      sink=NullSink(), raise_errors=True)
+    with pytest.raises(TrainingDiverged):
+        with monitor:
+            monitor.train_start(model, torch.optim.SGD(model.parameters(), 0.1))
+            for _ in monitor.batches(range(20)):
+                step = monitor.state.step + 1
+                monitor.step_end(loss=float("nan") if step == 7 else 1.0)
+                if step % 4 == 0:
+                    monitor.validation_end({"loss": 0.5})
+    assert json.loads((directory / "latest.json").read_text())["latest"] == "step-000000006.pt"

@@ -421,6 +421,7 @@ def test_the_final_metrics_add_hparams_gives_rank_and_compare_runs_as_their_curv
 def test_close_from_a_finally_or_except_block_records_the_exception_on_its_way(tmp_path):
     def trial(env: str, close_in: str) -> None:
         monitor = Monitor([Scalars()], env=env, run_dir=tmp_path / env, port=1, timeout=0.2)
+        monitor.train_start()
         try:
             try:
                 monitor.step_end(loss=1.0)
@@ -439,6 +440,13 @@ def test_close_from_a_finally_or_except_block_records_the_exception_on_its_way(t
     for env in ("finally", "except"):
         run = described(tmp_path / env)
         assert (run.status, run.error) == ("crashed", "RuntimeError: out of memory")
+    try:  # a run that ended well inside a handler of something else
+        raise ImportError("an optional package")
+    except ImportError:
+        with Monitor([Scalars()], env="handled", run_dir=tmp_path / "handled", port=1, timeout=0.2) as monitor:
+            monitor.train_start()
+            monitor.step_end(loss=1.0)
+    assert described(tmp_path / "handled").status == "finished"
 
 
 def test_hparams_given_to_train_start_are_recorded_without_a_summary_callback(tmp_path):

@@ -212,6 +212,8 @@ class Checkpoint(Callback):
     def on_exception(self, state: LoopState, log: Log, error: BaseException) -> None:
         self._aborted = True  # the loop may be half-way through a step: nothing consistent to save
         self._stopping = None
+        if self._last_saved is not None and state.step > self._last_saved[0]:
+            self._point_at_written()  # a later step failed: the one written is over, its validation too
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         self._release_signals()
