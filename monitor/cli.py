@@ -280,7 +280,8 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
 
 
 @runs.command("list")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), metavar="[DIR]")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("runs"),
+                metavar="[DIR]")
 @click.option("--sort", metavar="METRIC", help="Best first by METRIC (window/trace, e.g. loss/validation).")
 @MODE
 @click.option("--where", multiple=True, metavar="NAME=VALUE", help="Only runs with this hparam value (repeatable).")
@@ -346,7 +347,8 @@ def runs_rm(run_dirs: tuple[Path, ...], yes: bool, server: str | None, port: int
 
 
 @runs.command("gc")
-@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"), metavar="[DIR]")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("runs"),
+                metavar="[DIR]")
 @click.option("--older-than", type=click.DateTime(), default=None, metavar="DATE",
               help="Finished runs started before DATE (YYYY-MM-DD).")
 @click.option("--keep-best", type=click.IntRange(min=0), default=None, metavar="N",
@@ -419,6 +421,9 @@ def runs_export(run: Path, form: str, windows: tuple[str, ...]) -> None:
 def _rebuild(runs: Path, server) -> None:
     from monitor.replay import rebuild
 
+    if not runs.is_dir():
+        click.echo(f"No runs yet in {runs}: runs started there will be listed as they start.")
+        return
     outcome = rebuild(runs, server=server.url)
     rebuilt = sorted(env for env, what in outcome.items() if what == "rebuilt")
     live = sorted(env for env, what in outcome.items() if what == "live")

@@ -67,3 +67,23 @@ def test_rebuild_leaves_a_live_run_to_its_own_sink(visdom_server, tmp_path):
     finally:
         holder.unlock()
     assert rebuild(runs, port=visdom_server.port) == {"rebuild-live": "rebuilt"}
+
+
+def test_serve_runs_on_a_folder_not_made_yet_says_so_and_lists_runs_once_they_start(monitor_serve, tmp_path):
+    import visdom
+
+    from monitor import Monitor, Scalars
+    from monitor.runs import RunsPane
+
+    runs = tmp_path / "runs"
+    serving = monitor_serve("--port", "0", "--env-path", str(tmp_path / "envs"), "--runs", str(runs))
+    serving.url()
+    assert f"No runs yet in {runs}" in _wait_for_line(serving, "No runs yet")
+    port = int(serving.url().rsplit(":", 1)[1])
+    with Monitor([Scalars()], env="later", port=port, run_dir=runs / "later") as monitor:
+        monitor.step_end(loss=1.0)
+    client = visdom.Visdom(port=port, raise_exceptions=True, use_incoming_socket=False)
+    deadline = time.monotonic() + 30
+    while "later" not in client.get_window_data(None, RunsPane.ENV):
+        assert time.monotonic() < deadline, "the run never reached the runs pane"
+        time.sleep(0.2)

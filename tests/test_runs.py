@@ -132,6 +132,12 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     assert bad.exit_code == 2 and "must be NAME=VALUE, got 'lr'" in bad.output
 
 
+@pytest.mark.parametrize("command", [["list"], ["gc", "--older-than", "2000-01-01"]])
+def test_a_runs_folder_that_does_not_exist_is_an_error_not_an_empty_list(tmp_path, command):
+    done = CliRunner().invoke(main, ["runs", *command, str(tmp_path / "runz")])
+    assert done.exit_code == 2 and "does not exist" in done.output and "runz" in done.output
+
+
 def test_compare_puts_a_trace_per_run_in_each_shared_window_on_a_server_that_never_saw_them(
         three_runs, fresh_server, read_window, read_window_raw):
     root = three_runs
