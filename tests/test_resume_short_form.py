@@ -151,6 +151,24 @@ def test_sigterm_in_mid_epoch_saves_that_step_exits_for_requeue_and_the_rerun_co
     assert read_env(visdom_server, job.env) == straight["shuffle"][1]
 
 
+def test_a_second_sigterm_while_the_job_exits_for_requeue_leaves_the_requeue_status(visdom_server, tmp_path,
+                                                                                    straight):
+    # A scheduler may signal twice (a time-limit warning, then its stop; srun forwarding one to the
+    # step): a requeue script that tests for status 75 must still see it.
+    job = Job(visdom_server, tmp_path, "twice")
+    process = job.start()
+    _wait_for_step(process, 7)
+    process.send_signal(signal.SIGTERM)
+    for line in process.stderr:
+        if "SIGTERM: checkpoint of step" in line:
+            break
+    process.send_signal(signal.SIGTERM)  # while it flushes, closes and exits
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == REQUEUE_EXIT_STATUS, stderr[-3000:]
+    job.run()
+    assert _same(job.weights(), straight["shuffle"][0])
+
+
 def test_sigterm_to_the_job_s_process_group_with_loader_workers_saves_and_requeues_all_the_same(
         visdom_server, read_env, tmp_path, straight):
     # A scheduler (SLURM's scancel or pre-emption, Kubernetes) signals every process of the job:

@@ -414,7 +414,10 @@ class Checkpoint(Callback):
         name, self._stopping = self._stopping, None
         self._point_at_written()
         self._monitor.flush(timeout=2.0)  # a scheduler's grace period is short; the run log has it all
-        self._release_signals()
+        for number in self._handlers:  # a scheduler's second signal must not turn the requeue status into a kill
+            signal.signal(number, signal.SIG_IGN)
+        self._handlers.clear()
+        preemption.caught = False
         _log.warning("monitor: %s: checkpoint of step %d saved in %s; exiting with status %d to be run again",
                      name, self._last_saved[0], self.directory, REQUEUE_EXIT_STATUS)
         raise SystemExit(REQUEUE_EXIT_STATUS)
