@@ -93,6 +93,10 @@ def test_scalars_checks_what_to_average() -> None:
     assert Scalars(average=["loss"]).average == {"loss"}
     with pytest.raises(TypeError, match=r"average must be True, False or metric names such as \("):
         Scalars(average="loss")
+    with pytest.raises(ValueError, match=r"average_validation=True averages the names of average.*got average=False"):
+        Scalars(average_validation=True)
+    with pytest.raises(TypeError, match="average_validation"):
+        Scalars(average=True, average_validation="yes")
 
 
 def test_the_sampler_checks_its_rank() -> None:
@@ -301,3 +305,26 @@ def test_a_checkpoint_of_either_example_resumes_the_other(both_examples, visdom_
         for key, value in weights.items():  # and where training both epochs in one example ends
             assert torch.allclose(value, final["single"][key], rtol=1e-4, atol=1e-5), (name, key)
             assert torch.allclose(final["ddp"][key], final["single"][key], rtol=1e-4, atol=1e-5), key
+
+
+# --- validation: on rank 0 alone, or on every rank ---------------------------------------------
+VALIDATION_SCRIPT = Path(__file__).parent / "helpers" / "ddp_validation.py"
+
+
+@pytest.mark.parametrize("every_rank", [False, True], ids=["on-rank-0-alone", "on-every-rank-averaged"])
+def test_a_validation_inside_the_batches_loop_after_a_step_s_checkpoint_runs_where_the_loop_says(
+        every_rank, visdom_server, read_window, tmp_path) -> None:
+    # `if rank == 0: validate()` is how many DDP loops validate: a collective there (averaging its
+    # metrics, writing the step's checkpoint again) would pair with DDP's next all_reduce on rank 1.
+    env = f"ddp-validation-{'every' if every_rank else 'rank0'}"
+    out = tmp_path / "out"
+    run([*TORCHRUN, str(VALIDATION_SCRIPT), "--env", env, "--port", str(visdom_server.port), "--run-dir",
+         str(tmp_path / "runs"), "--out", str(out), *(["--every-rank"] if every_rank else [])], tmp_path,
+        timeout=120)
+    ranks = [json.loads((out / f"validation-rank{rank}.json").read_text()) for rank in (0, 1)]
+    xs, ys = read_window(visdom_server, env, "loss")["validation"]
+    assert xs == [2, 4, 6, 8]
+    if every_rank:
+        assert ranks[0] != ranks[1] and ys == pytest.approx([(a + b) / 2 for a, b in zip(*ranks)])
+    else:
+        assert ranks[1] == [] and ys == pytest.approx(ranks[0])

@@ -191,7 +191,8 @@ class Checkpoint(Callback):
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if self.metric_from == "validation":
             self._note_metric(state.metrics)
-        if self._last_saved == [state.step, state.epoch, self._epoch_done] and self._monitor.in_batches:
+        if self._last_saved == [state.step, state.epoch, self._epoch_done] and self._monitor.in_batches and \
+                self._monitor.world_size == 1:  # under DDP a validation may run on rank 0 alone: no collective
             # A validation inside the epoch's batches loop, after the step's checkpoint: that
             # again, with the validation (its random numbers, its point, the metric it ranks by),
             # or a resume would go on with the next batch and skip it. (One after the loop runs

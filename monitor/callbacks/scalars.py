@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from monitor.callbacks._every import is_due
-from monitor.checks import one_of, positive_int, scalar
+from monitor.checks import boolean, one_of, positive_int, scalar
 from monitor.core import Callback, LoopState, Monitor
 from monitor.distributed import mean_across_ranks
 from monitor.log import Log
@@ -36,16 +36,26 @@ class Scalars(Callback):
     Under torch.distributed each rank sees its own batches; ``average=("loss", "accuracy")``
     (or ``True`` for every name) plots those names' mean over the ranks instead of rank 0's
     value. It costs one ``all_reduce`` per logged step, for all the names together (and one per
-    ``validation_end`` or ``epoch_end`` with metrics), none in a single process or without
-    ``average``; every rank must then pass the same names::
+    ``epoch_end`` with metrics), none in a single process or without ``average``; every rank
+    must then pass the same names::
 
         monitor = Monitor([Scalars(average=("loss", "accuracy"))], env="ddp")   # on every rank
+
+    ``validation_end`` takes part in no collective: a validation run on rank 0 alone (``if rank
+    == 0:``) logs rank 0's values. ``average_validation=True`` averages the names of
+    ``average`` there too, for a validation that every rank runs on its own share: it must then
+    be called on every rank.
     """
 
-    def __init__(self, every: int = 1, x: str = "step", average: bool | Iterable[str] = False) -> None:
+    def __init__(self, every: int = 1, x: str = "step", average: bool | Iterable[str] = False,
+                 average_validation: bool = False) -> None:
         self.every = positive_int("every", every)
         self.x = one_of("x", x, ("step", "epoch"))
         self.average = _names_to_average(average)
+        self.average_validation = boolean("average_validation", average_validation)
+        if self.average_validation and self.average is False:
+            raise ValueError("average_validation=True averages the names of average: give them, e.g. "
+                             "Scalars(average=True, average_validation=True), got average=False")
         self._world_size = 1
         self._sums: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
@@ -99,7 +109,7 @@ class Scalars(Callback):
             x = state.step
         else:
             x = state.epoch + 1 if state.batch else state.epoch
-        self._write(log, x, "validation", self._averaged(state.metrics))
+        self._write(log, x, "validation", self._averaged(state.metrics) if self.average_validation else state.metrics)
 
     def _averaged(self, values: Mapping[str, Any]) -> Mapping[str, Any]:
         """``values`` (not copied), or a copy with those named in ``average`` averaged over the ranks."""
