@@ -102,7 +102,11 @@ def _by_fx(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:
 
 def _by_hooks(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:
     nodes = [Node(f"input {i}", "input", "", 0, _shape(x), ()) for i, x in enumerate(inputs)]
-    leaves = [(path, m) for path, m in model.named_modules() if not any(True for _ in m.children())]
+    scripted = [path for path, m in model.named_modules() if isinstance(m, torch.jit.ScriptModule)]
+    # A TorchScript module takes no hooks: it is left out, its output the input of the box after it.
+    leaves = [(path, m) for path, m in model.named_modules()
+              if not any(path.startswith(f"{s}.") or path == s for s in scripted)
+              and not any(True for _ in m.children())]
 
     def record(path: str, module: torch.nn.Module):
         def hook(_, __, output) -> None:
@@ -111,8 +115,9 @@ def _by_hooks(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:
                               sum(p.numel() for p in module.parameters()), _shape(output), previous))
         return hook
 
-    handles = [m.register_forward_hook(record(path, m)) for path, m in leaves]
-    try:
+    handles = []
+    try:  # a hook left on the model would grow its list at every forward of the training
+        handles.extend(m.register_forward_hook(record(path, m)) for path, m in leaves)
         output = model(*inputs)
     finally:
         for handle in handles:

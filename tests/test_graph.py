@@ -96,6 +96,27 @@ def test_a_model_fx_cannot_trace_is_drawn_from_its_modules_and_tracing_changes_n
     assert model.training and torch.equal(model.norm.running_mean, before)
 
 
+def test_torchscript_modules_are_drawn_without_hooks_and_no_hook_is_left_on_the_model():
+    # A ScriptModule refuses forward hooks: hooking the modules before it and then failing left
+    # their hooks on the model, growing a list at every training forward after.
+    class PartlyScripted(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = nn.Linear(4, 4), torch.jit.script(nn.Linear(4, 2))
+
+        def forward(self, x):
+            h = self.fc(x)
+            return self.head(h if h.sum() > -1e9 else -h)  # control flow on values: no fx
+
+    model = PartlyScripted()
+    nodes, how = traced(model, (torch.ones(3, 4),))
+    assert how == "hooks" and [(n.name, n.shape) for n in nodes] == [
+        ("input 0", "[3, 4]"), ("fc", "[3, 4]"), ("output", "[3, 2]")]
+    assert not model.fc._forward_hooks
+    scripted = torch.jit.script(nn.Sequential(nn.Linear(4, 4), nn.ReLU()))
+    assert [n.name for n in traced(scripted, (torch.ones(3, 4),))[0]] == ["input 0", "output"]
+
+
 def test_tracing_leaves_frozen_modules_in_eval_and_the_random_generators_where_they_were():
     class Noisy(nn.Module):  # a VAE's reparameterisation: the forward pass draws noise
         def __init__(self):
