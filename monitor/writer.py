@@ -98,10 +98,10 @@ class SummaryWriter:
         else:
             if not log_dir:  # None or "", as TensorBoard reads it
                 comment = checks.text("comment", comment) if comment else ""
-                log_dir = Path("runs") / (time.strftime("%b%d_%H-%M-%S_") + socket.gethostname() + comment)
+                log_dir = os.path.join("runs", time.strftime("%b%d_%H-%M-%S_") + socket.gethostname() + comment)
             if purge_step is not None:
                 checks.integer("purge_step", purge_step, minimum=0)
-            self.log_dir = str(log_dir)
+            self.log_dir = log_dir if isinstance(log_dir, os.PathLike) else str(log_dir)  # as given, as TensorBoard
             self._sink_options = sink_options
             self._open(purge_step)
         self._steps: Counter[str] = Counter()  # calls without a global_step, per tag
@@ -225,13 +225,14 @@ class SummaryWriter:
 
     def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
                   dataformats: str = "CHW") -> None:
-        """One image (``dataformats``: CHW, HWC, HW, ...); floats are taken as 0-1, as TensorBoard does."""
-        self._images(tag, img_tensor, global_step, dataformats, batch=False)
+        """One image (``dataformats``: CHW, HWC, HW, ..., or with N a grid); floats are taken as 0-1, as
+        TensorBoard does."""
+        self._show(tag, global_step, self._pixels(img_tensor, dataformats))
 
     def add_images(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
                    dataformats: str = "NCHW") -> None:
         """A batch of images as one grid (``dataformats``: NCHW, NHWC, ...)."""
-        self._images(tag, img_tensor, global_step, dataformats, batch=True)
+        self._show(tag, global_step, self._pixels(img_tensor, dataformats))
 
     def add_image_with_boxes(self, tag: str, img_tensor: Any, box_tensor: Any, global_step: int | None = None,
                              walltime: float | None = None, rescale: float = 1, dataformats: str = "CHW",
@@ -247,7 +248,7 @@ class SummaryWriter:
             raise ValueError(f"rescale must be a number in (0, 16], got {rescale!r}")
         from monitor.imaging import with_boxes  # PIL, only where boxes are drawn
 
-        pixels = self._pixels(img_tensor, dataformats, batch=False)
+        pixels = self._pixels(img_tensor, dataformats)
         drawn = with_boxes(pixels[0], boxes * rescale, None if labels is None else [str(x) for x in labels], rescale)
         self._show(tag, global_step, drawn)
 
@@ -268,7 +269,8 @@ class SummaryWriter:
         from monitor import figures as matplotlib_figures
         matplotlib_figures.require_matplotlib()
         figures = list(figure) if isinstance(figure, (list, tuple)) else [figure]
-        close = checks.boolean("close", close)
+        if not figures:
+            raise ValueError("figure must be a matplotlib figure or a non-empty list of them, got an empty list")
         window = self._lay_out(tag, "images", Order.IMAGES)
         self.log.images(window, self._step(tag, global_step),
                         torch.stack([matplotlib_figures.rendered(f) for f in figures]))
@@ -311,7 +313,7 @@ class SummaryWriter:
         only makes what it logged durable). A writer left open is closed at the script's exit."""
         self._close("finished", None)
 
-    def get_logdir(self) -> str:
+    def get_logdir(self) -> str | os.PathLike:
         return self.log_dir
 
     def __enter__(self) -> SummaryWriter:
@@ -319,6 +321,19 @@ class SummaryWriter:
 
     def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
         self._close(*ending_of(error))
+
+    @property
+    def file_writer(self) -> _FileWriter:
+        """For scripts that write TensorBoard summaries themselves, as ``file_writer.add_summary(exp)``
+        for the ``hparams()`` summaries of ``torch.utils.tensorboard.summary``."""
+        return _FileWriter(self)
+
+    @property
+    def all_writers(self) -> dict[str, _FileWriter]:
+        return {str(self.log_dir): self.file_writer}
+
+    def _get_file_writer(self) -> _FileWriter:
+        return self.file_writer
 
     def __getattr__(self, name: str) -> Any:
         if name in _NOT_DRAWN:
@@ -346,6 +361,11 @@ class SummaryWriter:
             return self._steps[tag] + (self._run.next_step if self._run is not None else 0)
         if isinstance(global_step, (torch.Tensor, np.ndarray, np.generic)) and global_step.ndim <= 1:
             global_step = global_step.item()  # one element, or item() says how many it has
+        elif isinstance(global_step, str):  # TensorBoard's event takes int(global_step)
+            try:
+                global_step = int(global_step)
+            except ValueError:
+                raise ValueError(f"global_step must be a step number, got {global_step!r}") from None
         return checks.finite("global_step", global_step)
 
     def _stepped(self, tag: str, global_step: Any) -> None:
@@ -374,9 +394,6 @@ class SummaryWriter:
             self.log.window(window, order=order, title=window, **opts)
         return window
 
-    def _images(self, tag: str, img_tensor: Any, global_step: Any, dataformats: str, batch: bool) -> None:
-        self._show(tag, global_step, self._pixels(img_tensor, dataformats, batch))
-
     def _show(self, tag: str, global_step: Any, pixels: torch.Tensor) -> None:
         """Logs ``pixels`` (NCHW) as the grid of ``tag``'s image window at its step."""
         window = self._lay_out(tag, "images", Order.IMAGES)
@@ -384,20 +401,65 @@ class SummaryWriter:
         self._stepped(tag, global_step)
 
     @staticmethod
-    def _pixels(img_tensor: Any, dataformats: str, batch: bool) -> torch.Tensor:
+    def _pixels(img_tensor: Any, dataformats: str) -> torch.Tensor:
         """The images as uint8 NCHW, 1 or 3 channels, by TensorBoard's rules."""
-        pixels = _as_nchw(_tensor(img_tensor, "img_tensor"), dataformats, batch)
+        pixels = _as_nchw(_tensor(img_tensor, "img_tensor"), dataformats)
         if pixels.dtype != torch.uint8:  # TensorBoard's rule: 0-1 floats times 255, clipped, truncated
             pixels = (pixels.to(torch.float32) * 255).clamp_(0, 255).to(torch.uint8)
-        if pixels.shape[1] == 4:  # RGBA: laid over white, as a page shows a transparent PNG
-            alpha = pixels[:, 3:].to(torch.float32) / 255
-            pixels = (pixels[:, :3] * alpha + 255 * (1 - alpha)).round_().to(torch.uint8)
+        if pixels.shape[1] in (2, 4):  # grey or RGB with alpha: laid over white, as a page shows a PNG
+            alpha = pixels[:, -1:].to(torch.float32) / 255
+            pixels = (pixels[:, :-1] * alpha + 255 * (1 - alpha)).round_().to(torch.uint8)
         return pixels
 
     def _not_drawn(self, method: str) -> None:
         if method not in self._said:
             self._said.add(method)
             _log.warning("monitor: SummaryWriter.%s is accepted but not drawn on the dashboard yet", method)
+
+
+class _FileWriter:
+    """TensorBoard's ``writer.file_writer`` for summaries a script makes itself: a summary's scalars
+    and the hyper-parameters of ``hparams()``'s session start are drawn, other summaries said once."""
+
+    def __init__(self, writer: SummaryWriter) -> None:
+        self._writer = writer
+
+    def add_summary(self, summary: Any, global_step: int | None = None, walltime: float | None = None) -> None:
+        for value in getattr(summary, "value", ()):
+            plugin = value.metadata.plugin_data.plugin_name
+            if value.WhichOneof("value") == "simple_value":
+                self._writer.add_scalar(value.tag, value.simple_value, global_step)
+            elif plugin == "scalars" and value.WhichOneof("value") == "tensor":  # new_style=True
+                number = value.tensor.float_val or value.tensor.double_val
+                self._writer.add_scalar(value.tag, number[0], global_step)
+            elif plugin == "hparams":
+                self._hparams(value.metadata.plugin_data.content, global_step)
+            else:
+                self._writer._not_drawn(f"file_writer.add_summary of {plugin or value.WhichOneof('value')}")
+
+    def _hparams(self, content: bytes, global_step: int | None) -> None:
+        from tensorboard.plugins.hparams import plugin_data_pb2  # there: the script made the summary with it
+
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.WhichOneof("data") == "session_start_info":  # the experiment and the session's end add nothing
+            given = data.session_start_info.hparams
+            hparams = {name: getattr(v, v.WhichOneof("kind")) for name, v in given.items() if v.WhichOneof("kind")}
+            self._writer.add_hparams(hparams, {}, global_step=global_step)
+
+    def add_event(self, event: Any, step: int | None = None, walltime: float | None = None) -> None:
+        self._writer._not_drawn("file_writer.add_event")
+
+    def add_graph(self, graph_profile: Any, walltime: float | None = None) -> None:
+        self._writer._not_drawn("file_writer.add_graph")
+
+    def get_logdir(self) -> str | os.PathLike:
+        return self._writer.get_logdir()
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 class _Run:
@@ -561,6 +623,11 @@ def _number(value: Any, argument: str) -> Any:
         value = value.item()  # float(array) refuses a 1-d array of one element in numpy 2
     if isinstance(value, bool):
         return float(value)
+    if isinstance(value, str):  # argparse without type=float: TensorBoard takes float(value) too
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{argument} must be a number, got {value!r}") from None
     if isinstance(value, torch.Tensor) and value.dtype == torch.bool and value.numel() == 1:
         return value.to(torch.float32)
     return checks.scalar(argument, value)
@@ -618,15 +685,13 @@ def _tensor(value: Any, argument: str) -> torch.Tensor:
     raise TypeError(f"{argument} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
 
 
-def _as_nchw(tensor: torch.Tensor, dataformats: str, batch: bool) -> torch.Tensor:
+def _as_nchw(tensor: torch.Tensor, dataformats: str) -> torch.Tensor:
     """``tensor`` laid out as ``dataformats`` says, as NCHW (a missing C is 1, a missing N is 1)."""
     letters = checks.text("dataformats", dataformats).upper()
-    allowed = "NCHW" if batch else "CHW"
-    if len(set(letters)) != len(letters) or not set(letters) <= set(allowed) or not {"H", "W"} <= set(letters) \
-            or batch and "N" not in letters or tensor.dim() != len(letters):
+    if len(set(letters)) != len(letters) or not set(letters) <= set("NCHW") or not {"H", "W"} <= set(letters) \
+            or tensor.dim() != len(letters):
         raise ValueError(f"dataformats must name each of the tensor's {tensor.dim()} dimensions once with "
-                         f"{', '.join(allowed)} (H and W{' and N' if batch else ''} required), got "
-                         f"{dataformats!r} for shape {tuple(tensor.shape)}")
+                         f"N, C, H, W (H and W required), got {dataformats!r} for shape {tuple(tensor.shape)}")
     for letter in "NCHW":
         if letter not in letters:
             tensor, letters = tensor.unsqueeze(-1), letters + letter

@@ -30,7 +30,7 @@ from monitor import Monitor, Scalars, SummaryWriter, embedding, pr_curve
 from monitor.imaging import PAD, _font
 from monitor.entries import encode
 from monitor.graph import traced
-from monitor.records import Embedding, Histogram, Hparams, ImageGrid, Layout, PrCurve, Text
+from monitor.records import Embedding, Histogram, Hparams, ImageGrid, Layout, Points, PrCurve, Text
 from monitor.runlog import RunLog
 from monitor.windows import Windows
 from monitor.writer import split_tag
@@ -236,7 +236,7 @@ def test_bad_image_layouts_are_named(tmp_path):
     with pytest.raises(ValueError, match=r"dataformats must name .* got 'CHW' for shape \(4, 4\)"):
         writer.add_image("x", torch.rand(4, 4))
     with pytest.raises(ValueError, match="dataformats"):
-        writer.add_images("x", torch.rand(3, 4, 4), dataformats="CHW")
+        writer.add_images("x", torch.rand(3, 4, 4), dataformats="NCHW")
     with pytest.raises(TypeError, match="img_tensor must be a torch.Tensor or a numpy array, got str"):
         writer.add_image("x", "cat.png")
     writer.add_image("x", np.random.rand(4, 4), dataformats="HW")
@@ -398,6 +398,59 @@ def test_what_tensorboard_also_takes_a_reused_figure_rgba_numpy_ints_and_bools()
     assert list(counts) == [1, 2] and n == 3
 
 
+def test_what_tensorboard_also_takes_numbers_and_steps_as_text_any_layout_in_either_image_call(tmp_path):
+    # Each of these raised here and not in TensorBoard: a script switched by its import crashed.
+    sink = ListSink()
+    writer = SummaryWriter(monitor=Monitor([], sink=sink))
+    writer.add_scalar("lr", "0.5", "6")  # argparse without type=float
+    writer.add_hparams({"lr": "0.5"}, {"hparam/accuracy": "0.75"})
+    assert [(p.x, dict(zip(p.traces, p.values))) for p in sink.of(Points, "lr")] == [(6, {"lr": 0.5})]
+    assert sink.of(Hparams)[-1].metrics == {"hparam/accuracy": 0.75}
+    with pytest.raises(ValueError, match="scalar_value must be a number, got 'fast'"):
+        writer.add_scalar("lr", "fast", 7)
+    with pytest.raises(ValueError, match="global_step must be a step number, got 'seven'"):
+        writer.add_scalar("lr", 0.1, "seven")
+    writer.add_image("batch", torch.rand(4, 3, 5, 6), dataformats="NCHW")  # a grid, as add_images
+    writer.add_image("batch-last", torch.rand(2, 5, 6, 3), dataformats="NHWC")
+    writer.add_images("one", torch.rand(3, 5, 6), dataformats="CHW")  # one image, as add_image
+    assert [sink.of(ImageGrid, tag)[-1].pixels.shape for tag in ("batch", "batch-last", "one")] == [
+        (4, 3, 5, 6), (2, 3, 5, 6), (1, 3, 5, 6)]
+    grey_alpha = torch.zeros(2, 2, 2)
+    grey_alpha[1, 0] = 1.0  # black, opaque in the top row and transparent below (PNG's LA)
+    writer.add_image("la", grey_alpha)
+    assert sink.of(ImageGrid, "la")[-1].pixels[0, 0].tolist() == [[0, 0], [255, 255]]
+    figure = pyplot.figure(figsize=(1, 1), dpi=20)
+    writer.add_figure("kept", figure, close=0)  # any truth value, as TensorBoard's `if close:`
+    assert pyplot.fignum_exists(figure.number)
+    pyplot.close(figure)
+    with pytest.raises(ValueError, match="figure must be a matplotlib figure or a non-empty list of them"):
+        writer.add_figure("none", [])
+
+
+def test_a_path_log_dir_is_given_back_as_it_was_given(tmp_path, monkeypatch):
+    monkeypatch.setenv("VISDOM_PORT", "1")
+    with SummaryWriter(tmp_path / "run") as writer:
+        assert writer.get_logdir() == writer.log_dir == tmp_path / "run"  # writer.log_dir / "model.pt" works
+    with SummaryWriter(str(tmp_path / "other")) as writer:
+        assert writer.get_logdir() == str(tmp_path / "other")
+
+
+def test_summaries_a_script_writes_itself_through_file_writer_draw_their_scalars_and_hparams(tmp_path):
+    # The recipe for hparams in the run's own folder: hparams() summaries through file_writer.
+    from torch.utils.tensorboard.summary import hparams, scalar
+
+    sink = ListSink()
+    writer = SummaryWriter(monitor=Monitor([], sink=sink))
+    for summary in hparams({"lr": 0.1, "optimizer": "sgd"}, {"hparam/accuracy": 0}):
+        writer.file_writer.add_summary(summary)
+    writer.file_writer.add_summary(scalar("hparam/accuracy", 0.75), global_step=3)
+    writer._get_file_writer().add_summary(scalar("loss", 0.5, new_style=True), 4)
+    assert sink.of(Hparams)[-1].hparams == {"lr": 0.1, "optimizer": "sgd"}
+    assert [(p.x, dict(zip(p.traces, p.values))) for p in sink.of(Points, "hparam")] == [(3, {"accuracy": 0.75})]
+    assert [(p.x, dict(zip(p.traces, p.values))) for p in sink.of(Points, "loss")] == [(4, {"loss": 0.5})]
+    assert list(writer.all_writers.values())[0].get_logdir() == writer.get_logdir()
+
+
 def test_add_figure_without_matplotlib_names_the_extra(monkeypatch):
     writer = SummaryWriter(monitor=Monitor([], sink=ListSink()))
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # what a machine without it does on import
@@ -550,16 +603,16 @@ def test_tensorboard_s_bins_and_steps_are_checked_at_the_call_and_errors_name_it
                           ([3, 2, 1], r"bins must be .* increasing bin edges, got \[3, 2, 1\]")):
         with pytest.raises(ValueError, match=message):
             writer.add_histogram("h", torch.randn(10), 0, bins=bins)
-    with pytest.raises(TypeError, match="global_step must be a finite number, got 'five'"):
+    with pytest.raises(ValueError, match="global_step must be a step number, got 'five'"):
         writer.add_histogram("h", torch.randn(10), "five", bins="auto")
-    with pytest.raises(TypeError, match="scalar_value must be a number or a one-element tensor, got 'abc'"):
+    with pytest.raises(ValueError, match="scalar_value must be a number, got 'abc'"):
         writer.add_scalar("x", "abc")
-    with pytest.raises(TypeError, match=r"tag_scalar_dict\['a'\] must be a number"):
+    with pytest.raises(ValueError, match=r"tag_scalar_dict\['a'\] must be a number"):
         writer.add_scalars("x", {"a": "abc"})
     with pytest.raises(TypeError, match="hparam_dict must be a dict of name to value, got list"):
         writer.add_hparams([], {})
     writer.add_scalar("y", 0.5)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError):
         writer.add_scalar("y", "refused")
     writer.add_scalar("y", torch.tensor(True))
     assert sink.points("y") == {"y": [(0, 0.5), (1, 1.0)]}  # a refused call takes no step
