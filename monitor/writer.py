@@ -26,6 +26,7 @@ from monitor import checks, embedding, pr_curve
 from monitor.host import on_host
 from monitor.log import Log
 from monitor.records import Embedding, Histogram, Order, PrCurve, RunEnd, ending_of
+from monitor.rundir import RunDir
 from monitor.runlog import RunLog
 
 _log = logging.getLogger("monitor")
@@ -65,8 +66,9 @@ class SummaryWriter:
     path below ``runs/`` with ``_`` for ``/`` (``runs/resnet/train``: ``resnet_train``), else
     its last part, shortened with a hash past 100 characters. As with TensorBoard's event files,
     a ``log_dir`` keeps what was written to it: writers open on it in one process share its run,
-    and a writer opened on it later (a resumed script) continues that run's curves; with
-    ``purge_step`` the run log is cut at the first point logged at that step or later. Logging
+    and a writer opened on it later (a resumed script) continues that run's curves;
+    ``purge_step`` first takes every entry at that step or later out of the run log, as
+    TensorBoard hides them. Logging
     after ``close()`` opens the run again. ``close()`` (or leaving a ``with`` block) records
     that the run finished, or crashed with the block's exception. ``monitor=`` writes to that
     Monitor's env instead (its sink, its run). Other keyword arguments go to
@@ -468,7 +470,9 @@ class _Run:
     def __init__(self, path: Path, purge_step: int | None, sink_options: dict[str, Any], taken: set[str]) -> None:
         from monitor.sink_process import SinkProcess
         self.key = path.resolve()
-        position, self.next_step, self.kinds, env = _continued(path / RunLog.FILENAME, purge_step)
+        if purge_step is not None and not RunDir(path).is_live():
+            _purge(path / RunLog.FILENAME, purge_step)
+        position, self.next_step, self.kinds, env = _continued(path / RunLog.FILENAME)
         self.env = env or _env_apart(_env_of(path), taken, path)
         self.log = Log(SinkProcess(env=self.env, run_dir=path, rewind_to=position, **sink_options))
         self.writers = 0
@@ -520,10 +524,28 @@ _KINDS = {"points": "scalars", "histogram": "histogram", "image": "images", "tex
           "pr_curve": "pr_curve", "embedding": "embedding"}
 
 
-def _continued(log: Path, purge_step: int | None) -> tuple[int | None, float, dict[str, str], str | None]:
-    """How a writer continues the run log of a log_dir: where (its end, or its first point at
-    ``purge_step`` or later; None: no run there yet), the step after the last one logged (where
-    ``global_step=None`` counts from), the kind of data each window shows, and the run's env."""
+def _purge(log: Path, purge_step: int) -> None:
+    """Takes out of a run log every entry at step ``purge_step`` or later, as TensorBoard hides a
+    resumed run's events from there on: those logged after them at earlier steps (an epoch's
+    point, a text at step 0) stay."""
+    def purged(entry: dict) -> bool:
+        x = entry.get("x") if entry.get("k") != "run" else None
+        return isinstance(x, (int, float)) and x >= purge_step
+
+    if not log.is_file() or not any(map(purged, RunLog.read(log))):
+        return
+    kept = log.with_name(f"{log.name}.purged")
+    kept.unlink(missing_ok=True)
+    writer = RunLog(kept)
+    writer.append(entry for entry in RunLog.read(log) if not purged(entry))  # compacted again as written
+    writer.close()
+    os.replace(kept, log)
+
+
+def _continued(log: Path) -> tuple[int | None, float, dict[str, str], str | None]:
+    """How a writer continues the run log of a log_dir: where (its end; None: no run there yet),
+    the step after the last one logged (where ``global_step=None`` counts from), the kind of
+    data each window shows, and the run's env."""
     if not log.is_file():
         return None, 0, {}, None
     end, position, last, kinds, env = RunLog.end_of(log), 0, -1.0, {}, None
@@ -533,8 +555,6 @@ def _continued(log: Path, purge_step: int | None) -> tuple[int | None, float, di
                 break
             entry = json.loads(line) if line.strip() else {}
             x = entry.get("x") if entry.get("k") != "run" else None
-            if purge_step is not None and isinstance(x, (int, float)) and x >= purge_step:
-                break
             position += len(line)
             if isinstance(x, (int, float)):
                 last = max(last, x)

@@ -563,6 +563,30 @@ def test_a_log_dir_keeps_what_every_writer_wrote_to_it_as_tensorboard_s_folders_
     assert described(Path("runs/exp1")).status == "finished"
 
 
+def test_purge_step_takes_out_what_tensorboard_hides_and_keeps_earlier_steps_logged_later(
+        visdom_server, tmp_path, read_window, monkeypatch):
+    # An epoch-indexed tag and a text at step 0, logged after iteration 5: TensorBoard keeps them
+    # (its EventAccumulator, reading these calls' event files: the points expected below).
+    monkeypatch.chdir(tmp_path)
+    writer = SummaryWriter("runs/purged", port=visdom_server.port)
+    for step in range(10):
+        writer.add_scalar("it/loss", float(step), step)
+        if step % 5 == 4:
+            writer.add_scalar("ep/acc", float(step // 5), step // 5)
+    writer.add_text("final", "done", 0)
+    writer.close()
+    writer = SummaryWriter("runs/purged", purge_step=5, port=visdom_server.port)  # resumed from iteration 5
+    for step in (5, 6):
+        writer.add_scalar("it/loss", 100.0 + step, step)
+    writer.close()
+    expected = {("it", "loss"): [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 105.0), (6, 106.0)],
+                ("ep", "acc"): [(0, 0.0), (1, 1.0)]}
+    for (window, trace), points in expected.items():
+        assert _points(Path("runs/purged"), window, trace) == points
+        assert read_window(visdom_server, "purged", window) == {trace: tuple(map(list, zip(*points)))}
+    assert [e["x"] for e in RunLog.read("runs/purged/runlog.jsonl") if e["k"] == "text"] == [0]
+
+
 def test_runs_in_nested_folders_get_envs_of_their_own(visdom_server, tmp_path, read_window, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for model, value in (("resnet", 1.0), ("vgg", 2.0)):
