@@ -142,7 +142,8 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
     if isinstance(record, Hparams):
         metrics = {k: float(v) for k, v in record.metrics.items()}
         json.dumps(record.hparams)  # plain values only
-        return {"k": "hparams", "win": record.window, "x": x, "hparams": dict(record.hparams), "metrics": metrics}
+        entry = {"k": "hparams", "win": record.window, "x": x, "hparams": dict(record.hparams), "metrics": metrics}
+        return entry if record.trial is None else {**entry, "trial": record.trial}
     if isinstance(record, Histogram):
         edges, counts, n = record.values
         edges, counts = trimmed(edges, counts)

@@ -212,13 +212,15 @@ class Log:
         self.sink.put(Text(self._name("window", window), _x(x), text))
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, Any] | None = None, x: float = 0, *,
-                window: str = "hparams") -> None:
+                window: str = "hparams", trial: str | None = None) -> None:
         """The run's hyper-parameters and the metrics it reached, as a table in pane ``window`` and
         as one ``hparams`` entry of the run log (what a comparison of runs reads).
 
         Numpy scalars and one-element CPU tensors are numbers; other values that are not numbers,
         strings, booleans or None are shown as their ``str``;
         metrics are numbers or one-element tensors (one on an accelerator is read by the sink).
+        A pane shows a row per ``trial`` (a writer's ``add_hparams`` call), or without one per set
+        of hyper-parameters (a run updating its own).
         """
         for argument, value in (("hparams", hparams), ("metrics", metrics or {})):
             if not isinstance(value, Mapping):
@@ -226,7 +228,7 @@ class Log:
         plain = {str(k): _plain(v) for k, v in hparams.items()}
         numbers = {str(k): _snapshot(v, "metrics", k) for k, v in (metrics or {}).items()}
         self.window(window, order=Order.SUMMARY, title=window)
-        self.sink.put(Hparams(window, _x(x), plain, numbers))
+        self.sink.put(Hparams(window, _x(x), plain, numbers, trial))
 
     def window(self, window: str, order: int = Order.METRICS, **opts: Any) -> None:
         """Sets a window's display options (``xlabel``, ``ylabel``, ``ytype="log"``...) and place.

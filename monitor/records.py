@@ -115,12 +115,15 @@ class Embedding(NamedTuple):
 
 
 class Hparams(NamedTuple):
-    """A run's hyper-parameters (JSON values) and the metrics it ended with (numbers); the newest counts."""
+    """A run's hyper-parameters (JSON values) and the metrics it ended with (numbers); the newest
+    counts. ``trial`` names one of several trials a pane shows (a writer's ``add_hparams`` call);
+    without it, the hyper-parameters do."""
 
     window: str
     x: float
     hparams: dict
     metrics: dict
+    trial: str | None = None
 
 
 class RunEnd(NamedTuple):

@@ -199,7 +199,7 @@ class Window:
         self.grid: heatmap.Grid | None = None  # in the heatmap form: every trace, steps in columns
         self.history: list[dict[str, Any]] = []  # the kept image entries of a history pane, oldest first
         self.curves: list[dict[str, Any]] = []  # a PR-curve pane's latest entries, oldest first
-        self.trials: dict[str, dict[str, Any]] = {}  # an hparams pane's latest entry per set of hparams
+        self.trials: dict[str, dict[str, Any]] = {}  # an hparams pane's latest entry per trial
         self.on_server: list[int] | None = None  # the grid numbers the server's history pane holds
         self._sending: list[int] = []  # what the server's pane holds once the latest messages are taken
         self.changed = True
@@ -235,7 +235,7 @@ class Window:
                     refused.append(Backwards(self.name, name, entry["x"], trace.last[1]))
         elif kind == "hparams":  # a text pane: the hparams and metrics, a row per trial when several
             trials = self.trials
-            trials[json.dumps(entry["hparams"], sort_keys=True, default=str)] = entry
+            trials[entry.get("trial") or json.dumps(entry["hparams"], sort_keys=True, default=str)] = entry
             if len(trials) > TRIALS:
                 del trials[next(iter(trials))]
             self.kind, self.content = "text", {**entry, "html": _hparams_html(list(trials.values()))}

@@ -284,13 +284,16 @@ class SummaryWriter:
     def add_hparams(self, hparam_dict: Mapping[str, Any], metric_dict: Mapping[str, Any],
                     hparam_domain_discrete: Any = None, run_name: str | None = None,
                     global_step: int | None = None) -> None:
-        """The run's hyper-parameters and final metrics: pane ``hparams`` and an entry of the run log."""
+        """A trial's hyper-parameters and final metrics: a row of pane ``hparams`` (each call its own,
+        as TensorBoard makes each a run; a ``run_name`` given again updates its row) and an entry of
+        the run log."""
         for argument, given in (("hparam_dict", hparam_dict), ("metric_dict", metric_dict)):
             if not isinstance(given, Mapping):
                 raise TypeError(f"{argument} must be a dict of name to value, got {type(given).__name__}")
         metrics = {k: _number(v, f"metric_dict[{k!r}]") for k, v in metric_dict.items()}
         window = self._claim("hparams", "hparams")
-        self.log.hparams(hparam_dict, metrics, self._step("hparams", global_step), window=window)
+        trial = str(run_name) if run_name else str(time.time())  # a call, a trial: TensorBoard's run folder
+        self.log.hparams(hparam_dict, metrics, self._step("hparams", global_step), window=window, trial=trial)
         self._stepped("hparams", global_step)
 
     def add_graph(self, model: torch.nn.Module, input_to_model: Any = None, verbose: bool = False,

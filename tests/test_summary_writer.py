@@ -521,20 +521,24 @@ def test_scalars_logged_at_one_step_are_all_drawn_as_tensorboard_records_them(vi
     assert list(zip(xs, ys)) == [(x, pytest.approx(y)) for x, y in logged]
 
 
-def test_add_hparams_once_per_trial_shows_a_row_per_trial_as_tensorboard_s_table(visdom_server, tmp_path,
-                                                                                  read_window_raw):
+def test_add_hparams_once_per_trial_shows_a_row_per_call_as_tensorboard_s_table(visdom_server, tmp_path,
+                                                                                 read_window_raw):
     with SummaryWriter(tmp_path / "sweep", port=visdom_server.port) as writer:  # TensorBoard's documented example
         for i in range(5):
             writer.add_hparams({"lr": 0.1 * i, "bsize": i}, {"hparam/accuracy": 10 * i, "hparam/loss": 10 * i})
-        writer.add_hparams({"lr": 0.1 * 4, "bsize": 4}, {"hparam/accuracy": 45, "hparam/loss": 40})  # trial 4 again
+        writer.add_hparams({"lr": 0.1 * 4, "bsize": 4}, {"hparam/accuracy": 45, "hparam/loss": 40})  # another seed
+        writer.add_hparams({"lr": 0.5, "bsize": 5}, {"hparam/accuracy": 1, "hparam/loss": 1}, run_name="named")
+        writer.add_hparams({"lr": 0.5, "bsize": 5}, {"hparam/accuracy": 50, "hparam/loss": 50}, run_name="named")
     html = read_window_raw(visdom_server, "sweep", "hparams")["content"]
     rows = re.findall(r"<tr>(.*?)</tr>", html)
     cells = [re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in rows]
     assert cells[0] == ["lr", "bsize", "hparam/accuracy", "hparam/loss"]
-    assert [row[1] for row in cells[1:]] == ["0", "1", "2", "3", "4"]  # one row a trial, the latest metrics
-    assert cells[-1][2:] == ["45.0", "40.0"]
+    # A row a call, as TensorBoard makes a run of each (the same hparams twice: two seeds, say);
+    # a run_name given again is that run's row, with its latest metrics.
+    assert [row[1] for row in cells[1:]] == ["0", "1", "2", "3", "4", "4", "5"]
+    assert cells[-2][2:] == ["45.0", "40.0"] and cells[-1][2:] == ["50.0", "50.0"]
     entries = [e for e in RunLog.read(tmp_path / "sweep" / "runlog.jsonl") if e["k"] == "hparams"]
-    assert len(entries) == 6  # every call in the run log
+    assert len(entries) == 8  # every call in the run log
 
 
 def test_a_log_dir_keeps_what_every_writer_wrote_to_it_as_tensorboard_s_folders_do(
