@@ -73,7 +73,9 @@ class _Summary:
 
 
 class Backwards(NamedTuple):
-    """A point not drawn because its x is before its trace's last x (a zigzag otherwise)."""
+    """A point whose x is before its trace's last x: a run that went back to an earlier step (a
+    resumed script, a notebook cell run again). The trace goes on from it, without the points
+    at or after its x (a zigzag otherwise); the run log keeps them."""
 
     window: str
     trace: str
@@ -82,7 +84,8 @@ class Backwards(NamedTuple):
 
     def __str__(self) -> str:
         return (f"window {self.window!r}, trace {self.trace!r}: x={self.x} is before the trace's last "
-                f"x={self.last}; the point is kept in the run log but not drawn")
+                f"x={self.last}; the trace goes on from x={self.x}, its points from there on taken off the "
+                f"plot (the run log keeps them)")
 
 
 class Trace:
@@ -127,6 +130,14 @@ class Trace:
             self.partial = _Summary()
         self._fit()
         return True
+
+    def before(self, x: float) -> Trace:
+        """A trace of this one's points before ``x``, as drawn now, to go on from ``x``."""
+        trace = Trace(self.budget)
+        for kept_x, kept_y in zip(*self.points()):
+            if kept_x < x:
+                trace.add(kept_x, kept_y)
+        return trace
 
     def shrink(self, budget: int) -> None:
         """Shows at most ``budget`` points from now on (a window that gained traces shares its points)."""
@@ -206,8 +217,8 @@ class Window:
         self.sent = False
 
     def apply(self, entry: dict[str, Any]) -> list[Backwards]:
-        """Takes in a run-log entry; returns the points refused for going back in x (none, mostly)."""
-        refused = []
+        """Takes in a run-log entry; returns the points that went back in x (none, mostly)."""
+        went_back = []
         kind = entry["k"]
         if kind == "points":
             self.kind = "line"
@@ -220,8 +231,11 @@ class Window:
                 trace = self.traces.get(name)
                 if trace is None:
                     trace = self._new_trace(name)
-                if not trace.add(x, None if y is None else float(y)):
-                    refused.append(Backwards(self.name, name, x, trace.last[1]))
+                y = None if y is None else float(y)
+                if not trace.add(x, y):
+                    went_back.append(Backwards(self.name, name, x, trace.last[1]))
+                    self.traces[name] = trace = trace.before(x)
+                    trace.add(x, y)
         elif kind == "image" and "file" in entry:  # a grid in the image store: a pane to step through
             self.kind = "history"
             self.history.append(entry)
@@ -232,7 +246,9 @@ class Window:
             for name, y in distribution.bands(entry).items():
                 trace = self.traces.get(name) or self._new_trace(name)
                 if not trace.add(entry["x"], y):
-                    refused.append(Backwards(self.name, name, entry["x"], trace.last[1]))
+                    went_back.append(Backwards(self.name, name, entry["x"], trace.last[1]))
+                    self.traces[name] = trace = trace.before(entry["x"])
+                    trace.add(entry["x"], y)
         elif kind == "hparams":  # a text pane: the hparams and metrics, a row per trial when several
             trials = self.trials
             trials[entry.get("trial") or json.dumps(entry["hparams"], sort_keys=True, default=str)] = entry
@@ -253,7 +269,7 @@ class Window:
             if self.opts.get("form") == "heatmap" and self.grid is None:
                 self.grid = heatmap.Grid()
         self.changed = True
-        return refused
+        return went_back
 
     def _new_trace(self, name: str) -> Trace:
         if self.grid is not None:  # the total, beside the grid
@@ -414,8 +430,8 @@ class Windows:
         self.by_name: dict[str, Window] = {}
 
     def apply(self, entries: Iterable[dict[str, Any]]) -> list[Backwards]:
-        """Takes in run-log entries; returns the points refused for going back in x."""
-        refused = []
+        """Takes in run-log entries; returns the points that went back in x."""
+        went_back = []
         for entry in entries:
             name = entry.get("win")
             if name is None:
@@ -423,8 +439,8 @@ class Windows:
             window = self.by_name.get(name)
             if window is None:
                 window = self.by_name[name] = Window(name, self.points_per_trace, self.run_dir)
-            refused += window.apply(entry)
-        return refused
+            went_back += window.apply(entry)
+        return went_back
 
     def changed(self) -> list[Window]:
         """The windows to send, in their order on the page."""

@@ -7,6 +7,7 @@ import torch
 from monitor import Monitor
 from monitor.log import Log, NullSink
 from monitor.replay import replay
+from monitor.runlog import RunLog
 from monitor.server import VisdomServer
 from monitor.sink import VisdomSink
 
@@ -22,18 +23,30 @@ def test_text_arrives_escaped_unless_html_is_asked_for(visdom_server, read_windo
     assert read_window_raw(visdom_server, "escaped-text", "markup")["content"] == "<b>bold</b>"
 
 
-def test_a_point_that_goes_back_in_x_is_reported_once_and_not_drawn(visdom_server, read_window, tmp_path, caplog):
+def test_a_trace_that_goes_back_in_x_goes_on_from_there_reported_once(visdom_server, read_window, tmp_path,
+                                                                       caplog):
+    # A script resumed from step 3's checkpoint (or a notebook cell run again) logs from step 3
+    # again: the curve goes on from there, as the run that goes on sees it, without a zigzag.
     sink = VisdomSink("backwards", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
     log = Log(sink)
-    for x, y in [(1, 1.0), (5, 0.5), (3, 0.7), (4, 0.6), (6, 0.4)]:
+    for x, y in [(1, 1.0), (2, 0.8), (5, 0.5), (3, 0.7), (4, 0.6), (6, 0.4), (2, 0.9)]:
         log.scalar("loss", "train", x, y)
+    log.histogram("weights", 4, torch.arange(10.0))
+    log.histogram("weights", 1, torch.arange(10.0) * 2)  # percentile bands are traces too
     log.scalar("loss", "validation", 2, 0.9)  # another trace keeps its own order
     assert sink.close(timeout=10)
-    assert read_window(visdom_server, "backwards", "loss") == {"train": ([1, 5, 6], [1.0, 0.5, 0.4]),
+    assert read_window(visdom_server, "backwards", "loss") == {"train": ([1, 2], [1.0, 0.9]),
                                                               "validation": ([2], [0.9])}
+    bands = {name: xs for name, (xs, _) in read_window(visdom_server, "backwards", "weights").items()
+             if not name.startswith("step ")}  # beside the latest histogram
+    assert len(bands) == 9 and all(xs == [1] for xs in bands.values())
     reports = [r.getMessage() for r in caplog.records if "is before" in r.getMessage()]
-    assert reports == ["monitor: window 'loss', trace 'train': x=3 is before the trace's last x=5; "
-                       "the point is kept in the run log but not drawn (reported once)"]
+    assert reports[0] == ("monitor: window 'loss', trace 'train': x=3 is before the trace's last x=5; the trace goes "
+                          "on from x=3, its points from there on taken off the plot (the run log keeps them) "
+                          "(reported once)")
+    assert len(reports) == 1 + len(bands)  # once a trace
+    assert [e["x"] for e in RunLog.read(tmp_path / RunLog.FILENAME) if e.get("win") == "loss"][:7] == [
+        1, 2, 5, 3, 4, 6, 2]
 
 
 BAD_NAMES = ["../x", "/abs", "a/b", "a\\b", "..", "a\0b", "tab\tin", "x" * 300, "日" * 90, "", " "]

@@ -591,6 +591,20 @@ def test_purge_step_takes_out_what_tensorboard_hides_and_keeps_earlier_steps_log
     assert [e["x"] for e in RunLog.read("runs/purged/runlog.jsonl") if e["k"] == "text"] == [0]
 
 
+def test_a_script_resumed_without_purge_step_shows_its_new_values_from_the_step_it_went_back_to(
+        visdom_server, tmp_path, read_window, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with SummaryWriter("runs/requeued", port=visdom_server.port) as writer:
+        for step in range(10):
+            writer.add_scalar("loss", float(step), step)
+    with SummaryWriter("runs/requeued", port=visdom_server.port) as writer:  # from step 5's checkpoint
+        for step in range(5, 12):
+            writer.add_scalar("loss", 100.0 + step, step)
+    assert read_window(visdom_server, "requeued", "loss") == {
+        "loss": (list(range(12)), [0.0, 1.0, 2.0, 3.0, 4.0, *(100.0 + step for step in range(5, 12))])}
+    assert len(_points(Path("runs/requeued"), "loss", "loss")) == 17  # the run log keeps both
+
+
 def test_runs_in_nested_folders_get_envs_of_their_own(visdom_server, tmp_path, read_window, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for model, value in (("resnet", 1.0), ("vgg", 2.0)):
