@@ -170,7 +170,8 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
                 "labels": labels, "hover": hover}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
-    return {"k": "text", "win": record.window, "x": x, "html": record.html}
+    entry = {"k": "text", "win": record.window, "x": x, "html": record.html}
+    return entry if record.keep == 1 else {**entry, "keep": record.keep}
 
 
 def _plain_json(value: Any) -> bool:

@@ -195,8 +195,10 @@ class Log:
             raise ValueError("values must hold at least one number, got none")
         self.sink.put(Histogram(self._name("window", window), _x(x), (edges, counts, n)))
 
-    def text(self, window: str, x: float, text: str, *, html: bool = False, markdown: bool = False) -> None:
-        """A text pane; a later call for the same window replaces it.
+    def text(self, window: str, x: float, text: str, *, html: bool = False, markdown: bool = False,
+             keep: int = 1) -> None:
+        """A text pane; a later call for the same window replaces it, or with ``keep`` > 1 the pane
+        shows the latest ``keep`` texts, newest first, each under its step (TensorBoard's text view).
 
         ``text`` is shown as written: escaped, with its line breaks kept, so a string from a
         dataset or a config cannot inject markup into the dashboard. ``markdown=True`` renders
@@ -209,7 +211,7 @@ class Log:
             text = _markdown().render(text)
         elif not checks.boolean("html", html):
             text = escape(text).replace("\n", "<br>")
-        self.sink.put(Text(self._name("window", window), _x(x), text))
+        self.sink.put(Text(self._name("window", window), _x(x), text, checks.positive_int("keep", keep)))
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, Any] | None = None, x: float = 0, *,
                 window: str = "hparams", trial: str | None = None) -> None:

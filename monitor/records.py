@@ -77,11 +77,13 @@ class LabelCaptions:
 
 
 class Text(NamedTuple):
-    """An HTML text pane; a newer one replaces the older."""
+    """An HTML text pane; a newer one replaces the older, or with ``keep`` > 1 joins the latest
+    ``keep`` of them shown newest first, each under its step."""
 
     window: str
     x: float
     html: str
+    keep: int = 1
 
 
 class Histogram(NamedTuple):

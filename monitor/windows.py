@@ -210,6 +210,7 @@ class Window:
         self.grid: heatmap.Grid | None = None  # in the heatmap form: every trace, steps in columns
         self.history: list[dict[str, Any]] = []  # the kept image entries of a history pane, oldest first
         self.curves: list[dict[str, Any]] = []  # a PR-curve pane's latest entries, oldest first
+        self.texts: list[dict[str, Any]] = []  # a text pane's latest entries when it keeps several, oldest first
         self.trials: dict[str, dict[str, Any]] = {}  # an hparams pane's latest entry per trial
         self.on_server: list[int] | None = None  # the grid numbers the server's history pane holds
         self._sending: list[int] = []  # what the server's pane holds once the latest messages are taken
@@ -261,6 +262,10 @@ class Window:
                 self.curves = [*(c for c in self.curves if c.get("run") != entry["run"]), entry]
             else:
                 self.curves = [*self.curves[1 - pr_curve.CURVES:], entry]
+        elif kind == "text" and entry.get("keep", 1) > 1:  # the latest few, newest first
+            self.texts = [*self.texts[1 - entry["keep"]:], entry]
+            html = "".join(f"<h5>step {t['x']:g}</h5>{t['html']}" for t in reversed(self.texts))
+            self.kind, self.content = "text", {**entry, "html": html}
         elif kind in ("image", "text", "embedding"):  # the latest
             self.kind, self.content = kind, entry
         elif kind == "layout":

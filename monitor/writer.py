@@ -42,6 +42,8 @@ del _edge
 _TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one tensor: copied to a device once
 
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
+TEXTS = 10  # the texts of a tag shown, as TensorBoard's text view keeps 10 samples
+
 _NOT_DRAWN = ("add_audio", "add_video", "add_mesh",
               "add_custom_scalars", "add_custom_scalars_multilinechart", "add_custom_scalars_marginchart",
               "add_onnx_graph", "add_histogram_raw", "add_tensor")
@@ -256,9 +258,10 @@ class SummaryWriter:
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
                  walltime: float | None = None) -> None:
-        """A text pane rendered from Markdown as TensorBoard does (any HTML in it escaped); a later call replaces it."""
+        """A text pane rendered from Markdown as TensorBoard does (any HTML in it escaped): the tag's
+        latest 10 texts, newest first, each under its step, as TensorBoard's text view samples them."""
         window = self._lay_out(tag, "text", Order.METRICS)
-        self.log.text(window, self._step(tag, global_step), text_string, markdown=True)
+        self.log.text(window, self._step(tag, global_step), text_string, markdown=True, keep=TEXTS)
         self._stepped(tag, global_step)
 
     def add_figure(self, tag: str, figure: Any, global_step: int | None = None, close: bool = True,

@@ -187,6 +187,23 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
     html = panes["notes"]["content"]
     assert f"step {STEPS - 1}: <strong>bold</strong> &lt;b&gt;not bold&lt;/b&gt;" in html
     assert "<table>" in html and f"<td>{STEPS - 1}</td>" in html
+    # Every step's text, as TensorBoard's text view lists them (up to 10): newest first, under its step.
+    steps = [e.step for e in events.Tensors("notes/text_summary")]
+    assert re.findall(r"<h5>step (\d+)</h5><p>step (\d+):", html) == [(str(s), str(s)) for s in reversed(steps)]
+
+
+def test_a_text_tag_shows_its_latest_ten_texts_and_a_callback_s_text_pane_its_latest():
+    sink = ListSink()
+    monitor = Monitor([], sink=sink)
+    writer = SummaryWriter(monitor=monitor)
+    for step in range(12):
+        writer.add_text("samples", f"sample {step}", step)
+        monitor.log.text("status", step, f"status {step}")
+    windows = Windows()
+    windows.apply([encode(record) for record in sink.of(Text)])
+    samples = windows.by_name["samples"].message("env")[1]["data"][0]["content"]
+    assert re.findall(r"<h5>step (\d+)</h5>", samples) == [str(step) for step in range(11, 1, -1)]
+    assert windows.by_name["status"].message("env")[1]["data"][0]["content"] == "status 11"
 
 
 def test_a_tag_names_a_window_and_a_trace():
