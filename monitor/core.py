@@ -408,15 +408,22 @@ class Monitor:
         return self.sink.flush(timeout)
 
     def close(self, timeout: float | None = 10.0) -> bool:
-        """Delivers what is pending (for up to ``timeout`` s), then stops the sink; safe to call twice.
+        """Ends training as leaving a ``with`` block does, delivers what is pending (for up to
+        ``timeout`` s), then stops the sink; safe to call twice.
 
-        Called between ``train_start`` and ``train_end`` from a ``finally`` or ``except`` block
-        while the loop's exception is on its way, it records that exception as :meth:`exception`
+        Called after ``train_start`` without ``train_end``, it calls ``train_end`` (the summary's
+        final metrics, a Checkpoint's last save); from a ``finally`` or ``except`` block while
+        the loop's exception is on its way, it first records that exception as :meth:`exception`
         does (a run that reached ``train_end``, or a ``with`` block that ended well, finished).
         """
         error = sys.exc_info()[1]
         if self._started and not self._ended and not self._failed and error is not None:
             self.exception(error)
+        if self._started and not self._ended:
+            self.train_end()
+        return self._close(timeout)
+
+    def _close(self, timeout: float | None) -> bool:
         if not self._ended:  # the run log says how the run ended (a killed run says nothing)
             self._ended = True
             _unclosed.discard(self)
@@ -544,7 +551,7 @@ def _close_unclosed() -> None:
         if not monitor._failed:
             monitor._ending = ending_of(error)
         try:
-            monitor.close(timeout=2.0)
+            monitor._close(timeout=2.0)  # no train_end: the loop may have stopped half-way through a step
         except Exception:  # the interpreter is going: nothing to raise into
             pass
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from monitor import GradNorms, Monitor, Scalars
+from monitor import GradNorms, Monitor, Scalars, Summary
 from monitor.cli import main
 from monitor.runlog import RunLog
 from monitor.runs import described, exported, listed, selected
@@ -453,6 +453,25 @@ def test_close_from_a_finally_or_except_block_records_the_exception_on_its_way(t
             monitor.train_start()
             monitor.step_end(loss=1.0)
     assert described(tmp_path / "handled").status == "finished"
+
+
+def test_close_without_a_with_block_ends_training_as_the_block_does(tmp_path):
+    # The summary's final metrics come at train_end: a loop that closes without calling it lost them.
+    for form in ("with", "close"):
+        monitor = Monitor([Summary(), Scalars()], env=form, run_dir=tmp_path / form, port=1, timeout=0.2)
+        if form == "with":
+            with monitor:
+                monitor.train_start(hparams={"lr": 0.1})
+                monitor.step_end(loss=0.5)
+                monitor.validation_end({"accuracy": 0.7})
+        else:
+            monitor.train_start(hparams={"lr": 0.1})
+            monitor.step_end(loss=0.5)
+            monitor.validation_end({"accuracy": 0.7})
+            monitor.close()
+    for form in ("with", "close"):
+        *_, last = (e for e in RunLog.read(tmp_path / form / RunLog.FILENAME) if e["k"] == "hparams")
+        assert last["metrics"] == {"accuracy": 0.7} and described(tmp_path / form).status == "finished", form
 
 
 def test_hparams_given_to_train_start_are_recorded_without_a_summary_callback(tmp_path):
