@@ -47,6 +47,11 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
     if not env:
         raise ValueError(f"env must be given: the run log {path} names none")
     if given is None:
+        try:  # a log from elsewhere names what it likes: held to the rules of an env given here
+            checks.name("env", env, path=True)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"the run log {path} names an env that cannot be used ({error}): pass one with "
+                             f"--env (env=)") from None
         _refuse_an_earlier_run_into_the_current_one(Path(path), env, run_id)
     shown = windows.changed()  # in their order on the page, as the live run placed them
     try:

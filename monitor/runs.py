@@ -430,15 +430,19 @@ def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Po
     """Every point of the run, in the order logged: ``{window: {trace: [(x, y), ...]}}``."""
     wanted = None if windows is None else set(windows)
     points: Points = {}
+    every: dict[str, None] = {}  # the windows of points, in order
     for entry in RunLog.read(run_log_of(run)):
-        if entry.get("k") != "points" or wanted is not None and entry["win"] not in wanted:
+        if entry.get("k") != "points":
+            continue
+        every[entry["win"]] = None
+        if wanted is not None and entry["win"] not in wanted:
             continue
         traces = points.setdefault(entry["win"], {})
         for trace, y in entry["y"].items():
             traces.setdefault(trace, []).append((entry["x"], y))
     if wanted is not None and wanted - set(points):
         raise ValueError(f"windows must name windows of the run's points, got {sorted(wanted - set(points))}; "
-                         f"it has {sorted(points)}")
+                         f"it has {sorted(every)}")
     return points
 
 

@@ -105,6 +105,16 @@ def test_replay_of_a_log_that_names_no_env_needs_one(visdom_server, tmp_path):
                                     "--port", str(visdom_server.port)]).exit_code == 0
 
 
+def test_replay_of_a_log_naming_an_env_that_is_no_plain_name_needs_one(visdom_server, tmp_path):
+    # A run log from elsewhere: the env it names is held to the rules of one given with --env.
+    log = RunLog(tmp_path / RunLog.FILENAME)
+    log.append([{"k": "run", "env": "../../etc", "run_id": "x"}, {"k": "points", "win": "loss", "x": 1,
+                                                                  "y": {"train": 1.0}}])
+    log.close()
+    result = CliRunner().invoke(cli, ["replay", str(log.path), "--port", str(visdom_server.port)])
+    assert result.exit_code == 1 and "names an env that cannot be used" in result.output
+
+
 def test_replaying_an_earlier_run_into_the_env_of_the_current_one_needs_an_env(visdom_server, tmp_path,
                                                                               read_window):
     from monitor import Monitor, Scalars

@@ -48,6 +48,8 @@ def test_export_gives_every_point_of_every_window_as_the_run_log_holds_it(tmp_pa
     exported = json.loads(done.output)
     assert list(exported) == ["loss"] and exported["loss"]["train"]["x"] == list(range(1, 1501))
     assert exported["loss"]["validation"]["y"] == [None]  # NaN as null: strict JSON
+    done = CliRunner().invoke(main, ["runs", "export", str(tmp_path / "run"), "--window", "los"])
+    assert done.exit_code == 1 and "got ['los']; it has ['grad norm', 'loss']" in done.output
 
 
 def test_export_names_what_is_missing(tmp_path):
