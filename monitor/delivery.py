@@ -140,7 +140,9 @@ class Delivery:
             if force:
                 self._verify_reopened(limit, settle=True)
         except DashboardError as error:
-            self._unreachable = error.status is None
+            # Visdom answers 500 for a window or env it lacks (the next try mends it); nothing at
+            # all, another program on the port (404, 501) or a refused login (400) will not get better
+            self._unreachable = error.status != 500
             self._went_down(str(error))
             return
         finally:
@@ -159,8 +161,9 @@ class Delivery:
 
     @property
     def unreachable(self) -> bool:
-        """Whether the latest try found no server answering (not one that answered an error,
-        such as a restarted server's for an env it lost, which the next try mends)."""
+        """Whether the latest try found no Visdom server to wait for: nothing answering, another
+        program on the port, a login refused (not Visdom's answer for an env it lost, which the
+        next try mends)."""
         return self._down_since is not None and self._unreachable
 
     def _pace(self, name: str, seconds: float, size: int) -> None:

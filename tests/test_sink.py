@@ -562,6 +562,26 @@ def test_close_gives_a_server_that_is_not_there_one_try_not_its_whole_timeout(tm
     assert any("monitor replay" in r for r in warnings_in(caplog))
 
 
+def test_another_program_on_the_port_is_not_waited_for_as_a_dashboard_would_be(tmp_path, caplog):
+    # A plain web server (a notebook's, a docs preview) answers 404/501: no later try gets better.
+    import http.server
+    import threading
+
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        sink = VisdomSink("elsewhere", port=other.server_address[1], run_dir=tmp_path, **FAST)
+        Log(sink).scalar("loss", "train", 1, 1.0)
+        started = time.monotonic()
+        assert sink.flush(timeout=30) is False and sink.close(timeout=30) is False
+        assert time.monotonic() - started < 5
+    finally:
+        other.shutdown()
+        other.server_close()
+    assert [e["y"] for e in RunLog.read(sink.runlog.path) if e["k"] == "points"] == [{"train": 1.0}]
+    assert any("answered HTTP 501" in r for r in warnings_in(caplog))
+
+
 def test_close_while_a_request_hangs_on_a_stopped_server_waits_for_that_request_only(fresh_server, tmp_path):
     sink = VisdomSink("hung", port=fresh_server.port, run_dir=tmp_path, flush_every=0.05, timeout=3.0)
     log = Log(sink)
