@@ -43,7 +43,7 @@ class RunLog:
     def __init__(self, path: str | os.PathLike, rewind_to: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "ab+")
+        self._file = open(self.path, "ab+", buffering=0)  # each append one write: none left half in a buffer
         end = _last_complete_line_end(self._file)
         if rewind_to is not None:
             if not 0 <= rewind_to <= end:
@@ -55,12 +55,21 @@ class RunLog:
         self._traces: dict[str, tuple[str, ...]] = {}  # per window: the traces of its last wide entry written
 
     def append(self, entries: Iterable[dict[str, Any]]) -> None:
-        """Writes the entries and hands them to the operating system (a crash of ours loses none)."""
-        data = "".join(_ENCODER.encode(self._compact(e)) + "\n" for e in entries).encode()
-        if data:
-            self._file.write(data)
-            self._file.flush()
-            self.position += len(data)
+        """Writes the entries and hands them to the operating system (a crash of ours loses none).
+
+        A write the disk refuses (full) raises OSError and leaves the log as it was before the call.
+        """
+        data = memoryview("".join(_ENCODER.encode(self._compact(e)) + "\n" for e in entries).encode())
+        written = 0
+        try:
+            while written < len(data):
+                written += self._file.write(data[written:])
+        except OSError:
+            self._traces.clear()  # a wide entry that names its traces may be among those taken back
+            if written:
+                self._file.truncate(self.position)  # no half line for the next entries to follow
+            raise
+        self.position += len(data)
 
     def _compact(self, entry: dict[str, Any]) -> dict[str, Any]:
         kind = entry.get("k")
@@ -81,7 +90,6 @@ class RunLog:
 
     def close(self) -> None:
         if not self._file.closed:
-            self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
 

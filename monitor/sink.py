@@ -120,6 +120,7 @@ class VisdomSink:
         self._closed = False
         self._replaced = False  # closed by a newer sink of its run folder in this process
         self._stopping = False
+        self.missing_from_runlog = 0  # records the run log could not take (a full disk)
         self._asked = False  # a flush() or close() arrived since the last send
         self._lock = threading.Lock()
         self._waiting: list[_Waiter] = []
@@ -237,7 +238,11 @@ class VisdomSink:
         self._logged.wait()  # a local append: even a backlog of thousands of records takes well under a second
         self._worker.join(None if timeout is None else max(0.0, timeout - (time.monotonic() - started)))
         delivered = self.delivered and not self._queue
-        if not delivered:
+        if self.missing_from_runlog:
+            self.reports.once("close-runlog", f"{self.missing_from_runlog} records of env {self.env!r} could not be "
+                                              f"written to {self.runlog.path} (a full disk?)" +
+                              ("" if delivered else f"; some did not reach {self.connection.url} either"))
+        elif not delivered:
             self.reports.once("close", f"some windows of env {self.env!r} did not reach {self.connection.url}; "
                                        f"everything is in {self.runlog.path} - send it later with "
                                        f"`monitor replay {self.runlog.path}`")
@@ -277,7 +282,13 @@ class VisdomSink:
         timeout = max(0.0, self._next_send - time.monotonic())
         entries = self._drain(timeout)
         if entries:
-            self.runlog.append(entries)
+            try:
+                self.runlog.append(entries)
+            except OSError as error:  # a full disk: the dashboard still gets them
+                self.missing_from_runlog += len(entries)
+                self.reports.once("runlog", f"the run log {self.runlog.path} could not be written ({error}): "
+                                            f"what is logged from now on may be missing from it; the dashboard "
+                                            f"still gets it")
             for point in self.windows.apply(entries):
                 self.reports.once(("backwards", point.window, point.trace), str(point))
         if self._stopping:

@@ -562,6 +562,34 @@ def test_close_gives_a_server_that_is_not_there_one_try_not_its_whole_timeout(tm
     assert any("monitor replay" in r for r in warnings_in(caplog))
 
 
+FULL_DISK = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))  # writes past 20 kB fail as on a full disk
+from monitor.log import Log
+from monitor.sink import VisdomSink
+sink = VisdomSink("full-disk", port=int(sys.argv[1]), run_dir=sys.argv[2], flush_every=0.05)
+log = Log(sink)
+for step in range(1, 2001):
+    log.scalar("loss", "train", step, 1.0 / step)
+print(sink.close(timeout=30))
+"""
+
+
+def test_a_full_disk_still_lets_the_dashboard_get_everything_and_leaves_a_readable_run_log(
+        visdom_server, read_window, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(visdom_server.port), str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr[-2000:]
+    xs, _ = read_window(visdom_server, "full-disk", "loss")["train"]
+    assert xs[0] == 1 and xs[-1] == 2000
+    logged = [e["x"] for e in RunLog.read(tmp_path / RunLog.FILENAME) if e["k"] == "points"]  # no torn line inside
+    assert 0 < len(logged) < 2000 and logged == sorted(set(logged)) and logged[0] == 1  # what the disk took
+    assert "could not be written" in done.stderr and "records of env 'full-disk' could not be written" in done.stderr
+
+
 def test_another_program_on_the_port_is_not_waited_for_as_a_dashboard_would_be(tmp_path, caplog):
     # A plain web server (a notebook's, a docs preview) answers 404/501: no later try gets better.
     import http.server
