@@ -382,7 +382,7 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
 
 
 def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
-    from monitor.runs import check_removable, holds_other_runs, remove
+    from monitor.runs import check_removable, holds_other_runs, remove, shares_env
 
     doomed = list({run.path.resolve(): run for run in doomed}.values())  # a run named twice goes once
     try:
@@ -394,6 +394,8 @@ def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
         click.echo(f"{run.path}  (env {run.env}, {run.status}, {run.checkpoints} checkpoint files)")
         for other in holds_other_runs(run):
             click.echo(f"  with the run in it: {other}")
+        for other in shares_env(run):
+            click.echo(f"  its env stays on the dashboard: the run in {other} shows there too")
     if not yes:
         click.confirm(f"Delete these {len(doomed)} run(s), their checkpoints and their envs?", abort=True)
     kept_envs = [run.env for run in doomed if not remove(run, server=server, port=port)]

@@ -290,8 +290,9 @@ def _empty_for_comparison(sender: Any, env: str) -> None:
 
 def remove(run: Run, dashboard: bool = True, **connection: Any) -> bool:
     """Deletes the run's folder (run log, images, checkpoints kept in it, and any run inside it:
-    see :func:`holds_other_runs`) and its env on the server; returns False where the server
-    could not be reached (its env is still there).
+    see :func:`holds_other_runs`) and its env on the server, unless another run beside it shows
+    there (:func:`shares_env`); returns False where the server could not be reached (its env is
+    still there).
 
     Refuses a running run, or a folder with a running run inside. ``connection`` takes
     Connection's arguments; ``dashboard=False`` leaves the server alone. Visdom answers an
@@ -303,7 +304,7 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> bool:
 
     check_removable(run)
     reached = True
-    if dashboard:
+    if dashboard and not shares_env(run):
         sender = Connection(**connection)
         try:
             sender.post("delete_env", {"eid": run.env})
@@ -340,6 +341,22 @@ def collectable(runs: list[Run], older_than: float | None = None, keep_best: int
         ranked = selected([run for run in finished if metric in run.metrics], sort=metric, mode=mode)
         doomed |= {run.path for run in ranked[keep_best:]}
     return [run for run in finished if run.path in doomed]
+
+
+def shares_env(run: Run) -> list[Path]:
+    """The folders beside the run's (below its parent) of other runs that show in its env (a run
+    folder copied): its env stays on the server when it is removed."""
+    shared = []
+    for log in sorted(run.path.resolve().parent.rglob(RunLog.FILENAME)):
+        if log.parent.is_relative_to(run.path.resolve()):
+            continue
+        try:
+            header = next(RunLog.read(log), {})
+        except (OSError, ValueError):
+            continue
+        if header.get("k") == "run" and header.get("env") == run.env:
+            shared.append(log.parent)
+    return shared
 
 
 def holds_other_runs(run: Run) -> list[Path]:

@@ -185,6 +185,18 @@ def test_rm_leaves_no_folder_no_checkpoints_and_no_env(visdom_server, tmp_path, 
     assert not (root / "doomed").exists() and "doomed" not in connect_client(visdom_server).get_env_list()
 
 
+def test_rm_of_a_copied_run_folder_leaves_the_env_the_original_still_shows_in(visdom_server, tmp_path,
+                                                                                connect_client):
+    import shutil
+
+    root = tmp_path / "runs"
+    _finished(root, "original", visdom_server.port, 0.5)
+    shutil.copytree(root / "original", root / "copy")  # its run log names env "original" too
+    done = CliRunner().invoke(main, ["runs", "rm", str(root / "copy"), "--yes", "--port", str(visdom_server.port)])
+    assert done.exit_code == 0 and f"the run in {(root / 'original').resolve()} shows there too" in done.output
+    assert not (root / "copy").exists() and "original" in connect_client(visdom_server).get_env_list()
+
+
 def test_gc_keeps_the_best_finished_runs_and_every_other_run(visdom_server, tmp_path):
     root = tmp_path / "runs"
     for env, loss in (("first", 0.3), ("second", 0.1), ("third", 0.2)):
