@@ -446,7 +446,7 @@ class Monitor:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if error is not None:
+        if error is not None and not self._failed:  # a callback's own exit (a pre-emption) said it already
             self.exception(error)
         if self._started:
             self.train_end()

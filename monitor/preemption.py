@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's stop, SLURM's time-limit warning
 caught = False  # whether a Checkpoint catches SIGNALS in this process now
+ignored_while_exiting: dict[int, Any] = {}  # SIGNALS a Checkpoint exiting for requeue ignores: what they were
 
 
 class WorkerInit:

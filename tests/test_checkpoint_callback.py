@@ -458,3 +458,62 @@ def test_a_script_ends_while_its_shielded_loader_workers_still_run(tmp_path, wor
     done = subprocess.run([sys.executable, "-c", _HELD_ITERATOR, str(tmp_path), workers], capture_output=True,
                           text=True, timeout=60)  # multiprocessing's exit waited forever on workers ignoring SIGTERM
     assert done.returncode == 0 and "trained" in done.stdout, done.stderr[-2000:]
+
+
+PRE_EMPTED_WITHOUT_WITH = """
+import os, signal, sys, torch
+from monitor import Checkpoint, Monitor, Scalars
+model = torch.nn.Linear(2, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+monitor = Monitor([Scalars(), Checkpoint(sys.argv[1] + "/ckpt", every_steps=100, resume=True)], env="pre-empted",
+                  run_dir=sys.argv[1] + "/run", port=1, timeout=0.2)
+monitor.train_start(model, optimizer)
+for step in range(10):
+    loss = model(torch.ones(1, 2)).sum()
+    optimizer.zero_grad()
+    loss.backward()
+    monitor.after_backward()
+    optimizer.step()
+    if step == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    monitor.step_end(loss=loss)
+"""
+
+
+def test_a_pre_empted_loop_without_a_with_block_is_recorded_as_interrupted_with_its_status(tmp_path):
+    # The exit hook that closes an unclosed Monitor cannot see a SystemExit's status.
+    import subprocess
+    import sys
+
+    from monitor.callbacks.checkpoint import REQUEUE_EXIT_STATUS
+    from monitor.runs import described
+
+    done = subprocess.run([sys.executable, "-c", PRE_EMPTED_WITHOUT_WITH, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == REQUEUE_EXIT_STATUS, done.stderr[-2000:]
+    run = described(tmp_path / "run")
+    assert (run.status, run.error) == ("interrupted", f"SystemExit: {REQUEUE_EXIT_STATUS}")
+
+
+def test_a_trial_that_exited_for_requeue_in_a_process_that_goes_on_leaves_the_next_one_the_signals(tmp_path):
+    # A sweep running trials in one process, catching SystemExit: the next trial's Checkpoint
+    # takes the stop signals the one that exited ignored while it exited.
+    import signal
+
+    before = {number: signal.signal(number, signal.SIG_DFL) for number in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        parts = build()
+        first = Monitor([Checkpoint(tmp_path / "a", resume=True, scheduler=parts.scheduler)], sink=NullSink())
+        first.train_start(parts.model, parts.optimizer)
+        signal.raise_signal(signal.SIGTERM)
+        with pytest.raises(SystemExit):
+            first.step_end(loss=1.0)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # a second signal while it exits
+        second = Monitor([Checkpoint(tmp_path / "b", resume=True, scheduler=parts.scheduler)], sink=NullSink())
+        second.train_start(parts.model, parts.optimizer)
+        assert signal.getsignal(signal.SIGTERM) == second.callbacks[-1]._note_signal
+        second.train_end()
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        for number, handler in before.items():
+            signal.signal(number, handler)

@@ -386,8 +386,12 @@ class Checkpoint(Callback):
         if threading.current_thread() is not threading.main_thread() or self._monitor.world_size > 1:
             return
         for number in preemption.SIGNALS:
-            if signal.getsignal(number) is signal.SIG_DFL:  # never take a signal the program handles itself
-                self._handlers[number] = signal.signal(number, self._note_signal)
+            previous = signal.getsignal(number)
+            if previous is signal.SIG_IGN and number in preemption.ignored_while_exiting:  # a trial of this
+                previous = preemption.ignored_while_exiting.pop(number)  # process that exited for requeue
+            if previous is signal.SIG_DFL:  # never take a signal the program handles itself
+                signal.signal(number, self._note_signal)
+                self._handlers[number] = previous
         preemption.caught = preemption.caught or bool(self._handlers)  # loaders' workers leave them to us
 
     def _note_signal(self, number: int, frame: Any) -> None:
@@ -415,13 +419,16 @@ class Checkpoint(Callback):
         name, self._stopping = self._stopping, None
         self._point_at_written()
         self._monitor.flush(timeout=2.0)  # a scheduler's grace period is short; the run log has it all
-        for number in self._handlers:  # a scheduler's second signal must not turn the requeue status into a kill
-            signal.signal(number, signal.SIG_IGN)
+        for number, previous in self._handlers.items():  # a scheduler's second signal must not turn the
+            signal.signal(number, signal.SIG_IGN)         # requeue status into a kill
+            preemption.ignored_while_exiting[number] = previous
         self._handlers.clear()
         preemption.caught = False
         _log.warning("monitor: %s: checkpoint of step %d saved in %s; exiting with status %d to be run again",
                      name, self._last_saved[0], self.directory, REQUEUE_EXIT_STATUS)
-        raise SystemExit(REQUEUE_EXIT_STATUS)
+        stop = SystemExit(REQUEUE_EXIT_STATUS)
+        self._monitor.exception(stop)  # said here: the exit hook of a loop without `with` cannot see the status
+        raise stop
 
     def _lock_directory(self) -> None:
         if self._lock.fd is None:
