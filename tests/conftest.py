@@ -28,6 +28,19 @@ from helpers.commands import ServeCommand
 from monitor.server import VisdomServer, start
 
 
+@pytest.fixture(autouse=True)
+def _stop_signals_given_back() -> Iterator[None]:
+    """A run "killed" in a test (an exception) leaves its Checkpoint's SIGTERM and SIGUSR1
+    handlers, as a killed process would not: each test gets the signals back as they were."""
+    from monitor import preemption
+
+    before = {number: signal.getsignal(number) for number in preemption.SIGNALS}
+    yield
+    for number, handler in before.items():
+        signal.signal(number, handler)
+    preemption.caught = False
+
+
 @pytest.fixture(scope="session")
 def visdom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VisdomServer]:
     """A real server shared by the session; isolate tests by env name."""

@@ -9,18 +9,6 @@ import torch
 from helpers.checkpoint_loop import build, trained_folder
 from monitor import Monitor, resume
 from monitor.log import NullSink
-from monitor import preemption
-
-
-@pytest.fixture(autouse=True)
-def _stop_signals_given_back():
-    """A run "killed" here (an exception) leaves its Checkpoint's handlers, as a killed process
-    would not: later tests get the signals back as they were."""
-    before = {number: signal.getsignal(number) for number in preemption.SIGNALS}
-    yield
-    for number, handler in before.items():
-        signal.signal(number, handler)
-    preemption.caught = False
 
 
 def test_resume_says_which_parts_it_could_not_restore(tmp_path):
