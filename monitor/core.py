@@ -419,9 +419,12 @@ class Monitor:
         error = sys.exc_info()[1]
         if self._started and not self._ended and not self._failed and error is not None:
             self.exception(error)
-        if self._started and not self._ended:
-            self.train_end()
-        return self._close(timeout)
+        try:
+            if self._started and not self._ended:
+                self.train_end()
+        finally:  # a final save that failed still leaves the run log complete
+            delivered = self._close(timeout)
+        return delivered
 
     def _close(self, timeout: float | None) -> bool:
         if not self._ended:  # the run log says how the run ended (a killed run says nothing)
@@ -448,9 +451,11 @@ class Monitor:
     def __exit__(self, kind, error, traceback) -> None:
         if error is not None and not self._failed:  # a callback's own exit (a pre-emption) said it already
             self.exception(error)
-        if self._started:
-            self.train_end()
-        self.close()
+        try:
+            if self._started:
+                self.train_end()
+        finally:  # a final save that failed still leaves the run log complete
+            self._close(10.0)
 
     # --- callback state, for checkpoints ------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -137,3 +137,27 @@ def test_a_closed_monitor_entered_again_says_so_instead_of_dropping_the_run():
     with pytest.raises(RuntimeError, match="this Monitor of env .* was closed: what it logged now would be dropped"):
         with monitor:
             monitor.step_end(loss=2.0)
+
+
+@pytest.mark.parametrize("form", ["with", "close"])
+def test_a_train_end_that_raises_still_closes_the_run(tmp_path, form):
+    # A Checkpoint's last save on a full disk raises from train_end: the run log must still end.
+    from monitor import Monitor
+    from monitor.runs import described
+
+    class FailsAtEnd(Callback):
+        def on_train_end(self, state, log):
+            raise OSError("No space left on device")
+
+    monitor = Monitor([Scalars(), FailsAtEnd()], env="ends", run_dir=tmp_path, port=1, timeout=0.2,
+                      raise_errors=True)
+    with pytest.raises(OSError, match="No space left"):
+        if form == "with":
+            with monitor:
+                monitor.train_start()
+                monitor.step_end(loss=1.0)
+        else:
+            monitor.train_start()
+            monitor.step_end(loss=1.0)
+            monitor.close()
+    assert monitor.sink.pending == 0 and described(tmp_path).status in ("finished", "crashed")
