@@ -103,6 +103,15 @@ class FolderLock:
             return False
         return False
 
+    def held_for(self, pid: int) -> bool:
+        """Whether the lock names ``pid``, on this host, as its training process (held by a sink
+        of that process that is ending: one whose close a Ctrl-C interrupted lets go on its own)."""
+        try:
+            facts = json.loads(self.path.read_text())
+            return facts["host"] == socket.gethostname() and int(facts["pid"]) == pid
+        except (OSError, ValueError, KeyError, TypeError):
+            return False
+
     def is_held(self) -> bool:
         """Whether a live process holds the lock."""
         try:
@@ -145,12 +154,13 @@ class RunDir:
 
         A holder whose training process has ended (killed: its sink's process still writes and
         sends what it was handed) is waited for, up to ``ENDING`` seconds: a killed job started
-        again at once continues its run.
+        again at once continues its run. So is one of this process's own sinks, still ending.
         """
         facts = {"run_id": run_id, "pid": pid or os.getpid()}
         deadline = time.monotonic() + self.ENDING
         holder = self._lock.take(facts)
-        while holder is not None and time.monotonic() < deadline and self.training_ended():
+        while holder is not None and time.monotonic() < deadline and (
+                self.training_ended() or self._lock.held_for(facts["pid"])):
             time.sleep(0.1)
             holder = self._lock.take(facts)
         if holder is not None:

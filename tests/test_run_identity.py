@@ -168,3 +168,27 @@ def test_a_new_run_whose_env_the_server_never_had_is_delivered_without_trouble(v
     assert later.close(timeout=10)  # closing the earlier run's windows, which the server never had, is no trouble
     assert read_window(visdom_server, "never-there", "loss") == {"train": ([1], [0.5])}
     assert not [r for r in caplog.records if "trouble" in r.getMessage()]
+
+
+def test_a_monitor_whose_close_was_interrupted_is_waited_for_by_the_next_one_of_its_env(fresh_server, tmp_path):
+    # A notebook cell interrupted (Ctrl-C) while its new Monitor closed the previous one: that
+    # sink's process still ends its run, under this process's pid; the cell run again waits for it.
+    from monitor.sink import open_sinks
+    from monitor.sink_process import SinkProcess
+
+    first = SinkProcess("interrupted", port=fresh_server.port, run_dir=tmp_path, timeout=2.0)
+    Log(first).scalar("loss", "train", 1, 1.0)
+    assert first.flush(timeout=10)
+    fresh_server.pause()  # its last send hangs for its 2 s timeout
+    Log(first).scalar("loss", "train", 2, 0.5)
+    open_sinks.discard(first)  # where an interrupted replacement leaves it: ending, no longer listed
+    closing = threading.Thread(target=first.close, kwargs={"timeout": 5.0})
+    closing.start()
+    try:
+        time.sleep(0.3)
+        with Monitor([Scalars()], env="interrupted", port=fresh_server.port, run_dir=tmp_path) as monitor:
+            monitor.step_end(loss=0.25)
+    finally:
+        fresh_server.resume()
+        closing.join()
+    assert len(list((tmp_path / "earlier").glob("*.jsonl"))) == 1  # the first run, whole, set aside
