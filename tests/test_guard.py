@@ -168,8 +168,12 @@ def test_under_ddp_a_loss_gone_bad_on_one_rank_stops_every_rank_at_that_step(tmp
                            str(script), "--out", str(tmp_path), "--bad", bad], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]  # a rank left alone fails at the group's timeout
-    stopped = [json.loads((tmp_path / f"rank{rank}.json").read_text())["stopped"] for rank in (0, 1)]
-    assert stopped == [30, 30]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["stopped"] for r in ranks] == [30, 30]
+    # Rank 0 holds the list of checkpoints and says which one is kept, once; rank 1 points there.
+    assert ranks[0]["message"].endswith("at step 30; checkpoint step-000000020.pt is kept to replay it; training stopped")
+    assert ranks[1]["message"].endswith("at step 30; rank 0 says which checkpoint is kept; training stopped")
+    assert done.stderr.count("monitor: Guard:") == 1
 
 
 def test_a_nan_in_the_step_after_a_checkpoint_that_waits_for_its_validation_resumes_from_that_checkpoint(tmp_path):

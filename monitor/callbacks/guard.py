@@ -65,11 +65,13 @@ class Guard(Callback):
         self._pending: deque = deque()  # (step, names, values on host memory, event) from a device
         self._taken: int | None = None  # the step whose values were checked or queued last
         self._agree = False  # several ranks, which must stop together: watch the loss averaged over them
+        self._main = True  # rank 0, or the only process: the one that says it and knows the checkpoints
 
     def on_attach(self, monitor: Monitor) -> None:
         from monitor.callbacks.checkpoint import Checkpoint
 
         self._agree = monitor.world_size > 1 and self.action == "stop"
+        self._main = monitor.rank == 0
         self._checkpoint = next((c for c in monitor.callbacks if isinstance(c, Checkpoint)), None)
         if self._checkpoint is not None:  # whichever comes first in the list: a save sees this step checked
             self._checkpoint.before_save.append(lambda: self._take(monitor.state, monitor.log, settle=True))
@@ -142,9 +144,11 @@ class Guard(Callback):
         log.scalar("loss", MARKER, step, at)
         kept = self._checkpoint.keep_before(step, f"last good step before step {step}") \
             if self._checkpoint is not None else None
-        message = (f"monitor: Guard: {reason} at step {step}; "
-                   + (f"checkpoint {kept} is kept to replay it" if kept else "no checkpoint from before it to keep"))
-        _log.warning(message)
+        message = f"monitor: Guard: {reason} at step {step}; " + (
+            f"checkpoint {kept} is kept to replay it" if kept else "no checkpoint from before it to keep"
+            if self._main else "rank 0 says which checkpoint is kept")  # the others hold no list of them
+        if self._main:
+            _log.warning(message)
         if self.action == "stop":
             raise TrainingDiverged(message.removeprefix("monitor: ") + "; training stopped")
 
