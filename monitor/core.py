@@ -461,8 +461,13 @@ class Monitor:
     def state_dict(self) -> dict[str, Any]:
         """The loop position and every callback's own state, keyed by ``state_key``."""
         return {"step": self.state.step, "epoch": self.state.epoch, "batch": self.state.batch,
-                **self._resumable.state_dict(),
+                **self.batches_position(),
                 "callbacks": {c.state_key: c.state_dict() for c in self.callbacks}}
+
+    def batches_position(self) -> dict[str, Any]:
+        """Where this process is in its epoch's ``monitor.batches``: which call, the batches it
+        gave, the random state they were drawn from (each rank its own, under torch.distributed)."""
+        return self._resumable.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Puts back a loop position and the callbacks' states; ``epoch_done``, ``batches_drawn``,

@@ -182,6 +182,13 @@ def _skip_in(skip: int, then: tuple, now: tuple) -> int:
 _END = object()
 
 
+def position_of_rank(loop: Mapping[str, Any], rank: int, world_size: int) -> Mapping[str, Any]:
+    """A checkpoint's loop position as rank ``rank`` of a job of ``world_size`` continues from:
+    its own where the checkpoint holds each rank's (``loop["ranks"]``) and the job is as big."""
+    ranks = loop.get("ranks") or []
+    return {**loop, **ranks[rank]} if len(ranks) == world_size and rank < world_size else loop
+
+
 def batches_done(loop: Mapping[str, Any]) -> int:
     """The batches of its epoch a checkpoint's loop position had used: none once the epoch was
     done; those ``monitor.batches`` gave (more than the steps under gradient accumulation); else,

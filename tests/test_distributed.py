@@ -311,20 +311,40 @@ def test_a_checkpoint_of_either_example_resumes_the_other(both_examples, visdom_
 VALIDATION_SCRIPT = Path(__file__).parent / "helpers" / "ddp_validation.py"
 
 
-@pytest.mark.parametrize("every_rank", [False, True], ids=["on-rank-0-alone", "on-every-rank-averaged"])
-def test_a_validation_inside_the_batches_loop_after_a_step_s_checkpoint_runs_where_the_loop_says(
-        every_rank, visdom_server, read_window, tmp_path) -> None:
+@pytest.mark.parametrize("where", ["on-rank-0-alone", "on-every-rank-averaged", "at-epoch-start-on-rank-0"])
+def test_a_validation_runs_where_the_loop_says_and_a_job_killed_after_it_resumes_as_if_never_stopped(
+        where, visdom_server, read_window, connect_client, tmp_path) -> None:
     # `if rank == 0: validate()` is how many DDP loops validate: a collective there (averaging its
     # metrics, writing the step's checkpoint again) would pair with DDP's next all_reduce on rank 1.
-    env = f"ddp-validation-{'every' if every_rank else 'rank0'}"
-    out = tmp_path / "out"
-    run([*TORCHRUN, str(VALIDATION_SCRIPT), "--env", env, "--port", str(visdom_server.port), "--run-dir",
-         str(tmp_path / "runs"), "--out", str(out), *(["--every-rank"] if every_rank else [])], tmp_path,
-        timeout=120)
-    ranks = [json.loads((out / f"validation-rank{rank}.json").read_text()) for rank in (0, 1)]
-    xs, ys = read_window(visdom_server, env, "loss")["validation"]
-    assert xs == [2, 4, 6, 8]
-    if every_rank:
-        assert ranks[0] != ranks[1] and ys == pytest.approx([(a + b) / 2 for a, b in zip(*ranks)])
+    # Killed after step 6's validation (after its checkpoint), the job resumes from that checkpoint
+    # with the validation in it; a validation loader that rank 0 alone iterates through
+    # monitor.batches leaves each rank continuing its own epoch's loader.
+    option = {"on-rank-0-alone": [], "on-every-rank-averaged": ["--every-rank"],
+              "at-epoch-start-on-rank-0": ["--at-epoch-start"]}[where]
+
+    def command(env: str, out: Path, *more: str) -> list[str]:
+        return [*TORCHRUN, str(VALIDATION_SCRIPT), "--env", env, "--port", str(visdom_server.port), "--run-dir",
+                str(tmp_path / env), "--out", str(out), *option, *more]
+
+    straight, killed, resumed = tmp_path / "straight", tmp_path / "killed", tmp_path / "resumed"
+    run(command(f"ddp-validation-{where}", straight), tmp_path, timeout=120)
+    ranks = [json.loads((straight / f"validation-rank{rank}.json").read_text()) for rank in (0, 1)]
+    xs, ys = read_window(visdom_server, f"ddp-validation-{where}", "loss")["validation"]
+    if where == "on-every-rank-averaged":
+        assert xs == [2, 4, 6, 8] and ranks[0] != ranks[1] and ys == pytest.approx([(a + b) / 2 for a, b in zip(*ranks)])
     else:
+        assert xs == ([4] if where == "at-epoch-start-on-rank-0" else [2, 4, 6, 8])
         assert ranks[1] == [] and ys == pytest.approx(ranks[0])
+
+    env = f"ddp-validation-{where}-resumed"
+    (killed / "ckpt").mkdir(parents=True)
+    kill_when_paused(command(env, killed, "--pause-at", "6"), tmp_path / "first", killed)
+    (resumed / "ckpt").parent.mkdir()
+    (killed / "ckpt").rename(resumed / "ckpt")
+    run(command(env, resumed), tmp_path / "second", timeout=120)
+    for rank in (0, 1):
+        assert _equal(torch.load(straight / f"final-rank{rank}.pt", weights_only=True),
+                      torch.load(resumed / f"final-rank{rank}.pt", weights_only=True)), rank
+    if where != "at-epoch-start-on-rank-0":  # (that loop validates again when it resumes in an epoch)
+        assert windows(visdom_server, env, connect_client) == windows(
+            visdom_server, f"ddp-validation-{where}", connect_client)

@@ -123,6 +123,8 @@ class Checkpoint(Callback):
         self._unpointed = False  # a scheduled checkpoint written, latest.json not yet at it (every rank)
         self._validates_after_saving = False  # seen a validation_end at the step of a scheduled save
         self._pointer: tuple | None = None  # what latest.json is to say of it (rank 0)
+        self._every_rank_validates = False
+        self._ranks: list[tuple] | None = None  # every rank's (random state, batches position) at the last save (rank 0)
         self._aborted = False
         self._claimed = False
         self._lock = FolderLock(self.directory / LOCK)  # held by the writing process while the run lasts
@@ -159,7 +161,9 @@ class Checkpoint(Callback):
     # --- hooks --------------------------------------------------------------------------------
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._aborted = False
-        self._require_monitor()
+        monitor = self._require_monitor()
+        # Under DDP, a validation every rank runs (said by averaging it) lets every rank save at its end.
+        self._every_rank_validates = any(getattr(c, "average_validation", False) for c in monitor.callbacks)
         if self._saved is not None:
             self._restore(state)
         if self._set_aside:
@@ -184,21 +188,23 @@ class Checkpoint(Callback):
         if self.metric_from == "step":
             self._note_metric(state.metrics, state.loss)
         if self.every_steps and state.step % self.every_steps == 0:
-            self._save(point=not self._validates_after_saving)
+            self._save(point=None)
         if self._stop_signal is not None:
             self._stop_for_requeue(state)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if self.metric_from == "validation":
             self._note_metric(state.metrics)
-        if self._last_saved == [state.step, state.epoch, self._epoch_done] and self._monitor.in_batches and \
-                self._monitor.world_size == 1:  # under DDP a validation may run on rank 0 alone: no collective
+        if self._last_saved == [state.step, state.epoch, self._epoch_done] and self._monitor.in_batches:
             # A validation inside the epoch's batches loop, after the step's checkpoint: that
             # again, with the validation (its random numbers, its point, the metric it ranks by),
             # or a resume would go on with the next batch and skip it. (One after the loop runs
             # again on a resume, as the rest of the epoch does.)
             self._validates_after_saving = True
-            self.save()
+            if self._monitor.world_size == 1 or self._every_rank_validates:
+                self.save()  # under DDP a collective, as Scalars' averaging of the validation is
+            elif self._monitor.rank == 0:  # a validation that may run on rank 0 alone: no collective
+                self._write_again_alone()
         self._exit_if_stopping()
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
@@ -208,7 +214,7 @@ class Checkpoint(Callback):
         if self.metric_from == "epoch":
             self._note_metric(state.metrics)
         if self.every_epochs and (state.epoch + 1) % self.every_epochs == 0:
-            self._save(point=not self._validates_after_saving)
+            self._save(point=None)
 
     def on_exception(self, state: LoopState, log: Log, error: BaseException) -> None:
         self._aborted = True  # the loop may be half-way through a step: nothing consistent to save
@@ -260,22 +266,40 @@ class Checkpoint(Callback):
         """
         return self._save(point=True)
 
-    def _save(self, point: bool) -> Path:
+    def _save(self, point: bool | None) -> Path:
+        """Writes a checkpoint on rank 0; ``point`` None: latest.json at it unless validations
+        follow the saves (then at the next step's end), as rank 0 knows (it may validate alone)."""
         monitor = self._require_monitor()
         for hook in self.before_save:
             hook()
         state = monitor.state
         # On every rank, so that all of them agree on whether train_end still has to save.
         self._last_saved = [state.step, state.epoch, self._epoch_done]
-        rng = capture_rng()
-        if monitor.world_size > 1:
-            every_rank = gather_on_main(rng)
+        rng, positions = capture_rng(), None
+        if monitor.world_size > 1:  # each rank's own random state and place in its epoch's batches
+            every_rank = gather_on_main((rng, monitor.batches_position()))
             if every_rank is not None:
-                every_rank[0] = rng  # the same tensors as the top level: stored once
-                rng = {**rng, "ranks": every_rank}
-        path = on_main(lambda: self._write(monitor, rng, point))
-        self._unpointed = not point
+                self._ranks = every_rank  # for a rewrite at a validation on rank 0 alone
+                rng = {**rng, "ranks": [rng] + [r for r, _ in every_rank[1:]]}  # rank 0's stored once
+                positions = [p for _, p in every_rank]
+
+        def write() -> tuple[Path, bool]:
+            pointed = not self._validates_after_saving if point is None else point
+            return self._write(monitor, rng, pointed, positions), pointed
+
+        path, pointed = on_main(write)
+        self._unpointed = not pointed
         return path
+
+    def _write_again_alone(self) -> None:
+        """Rank 0 writes the step's checkpoint again after a validation no other rank may share
+        (no collective): with its own random state now and the other ranks' as saved."""
+        monitor = self._require_monitor()
+        rng = capture_rng()
+        if self._ranks is not None:
+            rng = {**rng, "ranks": [rng] + [r for r, _ in self._ranks[1:]]}
+        positions = [monitor.batches_position()] + [p for _, p in self._ranks[1:]] if self._ranks else None
+        self._write(monitor, rng, True, positions)
 
     def keep_before(self, step: int, reason: str) -> str | None:
         """Keeps the latest checkpoint from before ``step`` out of pruning for good; returns its file name."""
@@ -288,7 +312,8 @@ class Checkpoint(Callback):
             mark_kept(self.directory, self._records)
         return record["file"]
 
-    def _write(self, monitor: Monitor, rng: dict[str, Any], point: bool) -> Path:
+    def _write(self, monitor: Monitor, rng: dict[str, Any], point: bool,
+               positions: list[dict[str, Any]] | None = None) -> Path:
         self._claim_directory()
         state = monitor.state
         if state.model is None:
@@ -318,7 +343,7 @@ class Checkpoint(Callback):
             checkpoint = build_checkpoint(
                 model=state.model, optimizer=_optimizers(state), scheduler=self.scheduler,
                 scaler=self.scaler or state.scaler,
-                loop={**loop, "epoch_done": self._epoch_done}, rng=rng, callbacks=loop["callbacks"],
+                loop={**loop, "epoch_done": self._epoch_done, "ranks": positions}, rng=rng, callbacks=loop["callbacks"],
                 run={"env": monitor.sink.env, "run_id": self.run_id, "runlog_position": position},
                 metric={"name": self.metric, "value": metric, "mode": self.mode},
                 extras=self._extras())

@@ -3,14 +3,17 @@
 The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
 
     format, version, time, torch      what wrote it, and when
-    loop        {"epoch", "step", "batch", "epoch_done", "order_rng", "batches_drawn", "batches_call", "batches_of"}:
+    loop        {"epoch", "step", "batch", "epoch_done", "order_rng", "batches_drawn", "batches_call", "batches_of",
+                "ranks"}:
                 where the loop was ("batch": the epoch's steps; "batches_drawn": the batches
                 monitor.batches gave in it, more than its steps under gradient accumulation, None
                 for a loop that iterates its loader itself; "batches_call": which of the epoch's
                 monitor.batches calls gave them, 0 for the first, None as for batches_drawn;
                 "batches_of": [samples in that loader's dataset, its batch size], each None if unknown),
                 and the random state its epoch's batches were drawn from ({"torch", "loader", "kept_workers":
-                whether a persistent loader's workers were already there}; None if unknown)
+                whether a persistent loader's workers were already there}; None if unknown); under
+                torch.distributed those four are rank 0's, and "ranks" holds every rank's, by rank (a
+                validation loader that rank 0 alone iterates makes them differ), else None
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
     optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) or
                 schedulers (a warm-up's and a plateau's) are a dict of their state_dicts by name
@@ -100,7 +103,7 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
     checkpoint = {
         "format": FORMAT, "version": VERSION, "time": time.time(), "torch": str(torch.__version__),
         "loop": {**{key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
-                 **{key: loop.get(key) for key in RESUME_KEYS}},
+                 **{key: loop.get(key) for key in RESUME_KEYS}, "ranks": loop.get("ranks")},
         "model": model.state_dict(),
         "optimizer": _state_of(optimizer),
         "scheduler": _state_of(scheduler),

@@ -13,7 +13,7 @@ from monitor.models import unwrap_model
 from monitor.checkpoint.folder import find_checkpoint
 from monitor.core import Monitor
 from monitor.distributed import on_main, rank_and_world_size
-from monitor.resumable import batches_done
+from monitor.resumable import batches_done, position_of_rank
 from monitor.checkpoint.rng import restore_rng, rng_of_rank
 
 
@@ -114,7 +114,7 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
     if path is None:
         return ResumePoint(path=None), None
     checkpoint = chosen.get("checkpoint") or load_checkpoint(path, trust=trust)
-    loop, run = checkpoint["loop"], checkpoint["run"]
+    loop, run = position_of_rank(checkpoint["loop"], *rank_and_world_size()), checkpoint["run"]
     done = bool(loop["epoch_done"])
     point = ResumePoint(
         path=path, epoch=loop["epoch"] + done, skip_batches=batches_done(loop), step=loop["step"],
