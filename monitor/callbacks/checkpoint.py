@@ -422,11 +422,16 @@ class Checkpoint(Callback):
     def _note_signal(self, number: int, frame: Any) -> None:
         self._stop_signal = number
 
-    def _release_signals(self) -> None:
+    def _release_signals(self, exiting: bool = False) -> None:
+        """Gives the stop signals back; ``exiting`` for requeue ignores them instead (a scheduler's
+        second signal must not turn the requeue status into a kill) and leaves them to the next
+        Checkpoint of this process."""
         if self._handlers:
             preemption.caught = False
         for number, previous in self._handlers.items():
-            signal.signal(number, previous)
+            signal.signal(number, signal.SIG_IGN if exiting else previous)
+            if exiting:
+                preemption.ignored_while_exiting[number] = previous
         self._handlers.clear()
 
     def _stop_for_requeue(self, state: LoopState) -> None:
@@ -444,11 +449,7 @@ class Checkpoint(Callback):
         name, self._stopping = self._stopping, None
         self._point_at_written()
         self._monitor.flush(timeout=2.0)  # a scheduler's grace period is short; the run log has it all
-        for number, previous in self._handlers.items():  # a scheduler's second signal must not turn the
-            signal.signal(number, signal.SIG_IGN)         # requeue status into a kill
-            preemption.ignored_while_exiting[number] = previous
-        self._handlers.clear()
-        preemption.caught = False
+        self._release_signals(exiting=True)
         _log.warning("monitor: %s: checkpoint of step %d saved in %s; exiting with status %d to be run again",
                      name, self._last_saved[0], self.directory, REQUEUE_EXIT_STATUS)
         stop = SystemExit(REQUEUE_EXIT_STATUS)
