@@ -123,8 +123,8 @@ class Checkpoint(Callback):
         self._unpointed = False  # a scheduled checkpoint written, latest.json not yet at it (every rank)
         self._validates_after_saving = False  # seen a validation_end at the step of a scheduled save
         self._pointer: tuple | None = None  # what latest.json is to say of it (rank 0)
-        self._every_rank_validates = False
-        self._ranks: list[tuple] | None = None  # every rank's (random state, batches position) at the last save (rank 0)
+        self._every_rank_validates = False  # under DDP: said by Scalars(average_validation=True)
+        self._ranks: list[tuple] | None = None  # (random state, batches position) of every rank at the last save
         self._aborted = False
         self._claimed = False
         self._lock = FolderLock(self.directory / LOCK)  # held by the writing process while the run lasts
@@ -277,11 +277,8 @@ class Checkpoint(Callback):
         self._last_saved = [state.step, state.epoch, self._epoch_done]
         rng, positions = capture_rng(), None
         if monitor.world_size > 1:  # each rank's own random state and place in its epoch's batches
-            every_rank = gather_on_main((rng, monitor.batches_position()))
-            if every_rank is not None:
-                self._ranks = every_rank  # for a rewrite at a validation on rank 0 alone
-                rng = {**rng, "ranks": [rng] + [r for r, _ in every_rank[1:]]}  # rank 0's stored once
-                positions = [p for _, p in every_rank]
+            self._ranks = gather_on_main((rng, monitor.batches_position()))
+            rng, positions = self._of_every_rank(rng)
 
         def write() -> tuple[Path, bool]:
             pointed = not self._validates_after_saving if point is None else point
@@ -294,12 +291,17 @@ class Checkpoint(Callback):
     def _write_again_alone(self) -> None:
         """Rank 0 writes the step's checkpoint again after a validation no other rank may share
         (no collective): with its own random state now and the other ranks' as saved."""
-        monitor = self._require_monitor()
-        rng = capture_rng()
-        if self._ranks is not None:
-            rng = {**rng, "ranks": [rng] + [r for r, _ in self._ranks[1:]]}
-        positions = [monitor.batches_position()] + [p for _, p in self._ranks[1:]] if self._ranks else None
-        self._write(monitor, rng, True, positions)
+        rng, positions = self._of_every_rank(capture_rng())
+        self._write(self._require_monitor(), rng, True, positions)
+
+    def _of_every_rank(self, rng: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+        """(rank 0's random state ``rng`` with every rank's under ``ranks``, every rank's batches
+        position): rank 0's now, the others' as gathered at the last save (rank 0)."""
+        if self._ranks is None:
+            return rng, None
+        others = self._ranks[1:]
+        return ({**rng, "ranks": [rng] + [r for r, _ in others]},  # rank 0's tensors stored once
+                [self._monitor.batches_position()] + [p for _, p in others])
 
     def keep_before(self, step: int, reason: str) -> str | None:
         """Keeps the latest checkpoint from before ``step`` out of pruning for good; returns its file name."""
@@ -343,7 +345,8 @@ class Checkpoint(Callback):
             checkpoint = build_checkpoint(
                 model=state.model, optimizer=_optimizers(state), scheduler=self.scheduler,
                 scaler=self.scaler or state.scaler,
-                loop={**loop, "epoch_done": self._epoch_done, "ranks": positions}, rng=rng, callbacks=loop["callbacks"],
+                loop={**loop, "epoch_done": self._epoch_done, "ranks": positions}, rng=rng,
+                callbacks=loop["callbacks"],
                 run={"env": monitor.sink.env, "run_id": self.run_id, "runlog_position": position},
                 metric={"name": self.metric, "value": metric, "mode": self.mode},
                 extras=self._extras())
