@@ -159,6 +159,17 @@ def test_a_spike_and_bad_arguments():
         Guard(action="halt")
     with pytest.raises(ValueError, match="spike must be a number of standard deviations > 0 or None, got -1"):
         Guard(spike=-1)
+    with pytest.raises(ValueError, match="window must be at least 10 steps .* got 5"):  # would never see a spike
+        Guard(spike=4.0, window=5)
+
+
+def test_a_loss_of_many_values_is_named_and_a_guard_without_checkpoints_says_none_of_them(caplog):
+    monitor = Monitor([Guard(grads=False)], sink=NullSink(), raise_errors=True)
+    with pytest.raises(ValueError, match=r"loss must be a number or a one-element tensor, got a tensor of shape \(8,\)"):
+        monitor.step_end(loss=torch.ones(8))  # a loss_fn(reduction="none")
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.step_end(loss=float("nan"))
+    assert [r.getMessage() for r in caplog.records] == ["monitor: Guard: the loss is nan at step 2"]
 
 
 @pytest.mark.parametrize("bad", ["nan", "spike"])

@@ -25,6 +25,9 @@ class TrainingDiverged(BaseException):
     not an ``Exception``, so the Monitor's containment of callback errors lets it end the loop."""
 
 
+SPIKE_STEPS = 10  # good steps before a spike is looked for
+
+
 class Guard(Callback):
     """Watches the loss and the gradients for non-finite values (and, optionally, spikes).
 
@@ -36,7 +39,8 @@ class Guard(Callback):
     evidence: resuming from it replays the failing step exactly), logs a warning, and then goes
     on (``action="warn"``) or raises :class:`TrainingDiverged` (``"stop"``). Bad means a loss or,
     with ``grads=True``, a total gradient norm that is NaN or infinite, or with ``spike=k`` a loss
-    more than k standard deviations above the mean of the last ``window`` good steps.
+    more than k standard deviations above the mean of the last ``window`` good steps (at least
+    10, the fewest a spike is looked for after).
     ``grads=True`` takes the norm of every gradient once a step (what GradNorms costs);
     ``grads=False`` watches the loss alone, at almost no cost. Under a GradScaler given to
     ``train_start`` the gradients are not watched: an overflow there is the scaler's to skip.
@@ -57,6 +61,9 @@ class Guard(Callback):
             raise ValueError(f"spike must be a number of standard deviations > 0 or None, got {spike!r}")
         self.spike = spike
         self.window = positive_int("window", window)
+        if self.window < SPIKE_STEPS:
+            raise ValueError(f"window must be at least {SPIKE_STEPS} steps (a spike is measured against their "
+                             f"mean and spread), got {window}")
         self.grads = bool(grads)
         self.bad_step: int | None = None
         self._checkpoint: Any = None
@@ -95,6 +102,8 @@ class Guard(Callback):
             return
         self._taken = state.step
         loss = state.loss
+        if isinstance(loss, torch.Tensor) and loss.numel() != 1:
+            raise ValueError(f"loss must be a number or a one-element tensor, got a tensor of shape {tuple(loss.shape)}")
         if self._agree and loss is not None:  # a collective: every rank takes each step once, here
             loss = mean_across_ranks({"loss": loss})["loss"]
         watched = {name: v for name, v in (("loss", loss), ("grads", self._grad_norm)) if v is not None}
@@ -127,7 +136,7 @@ class Guard(Callback):
             reason = f"the loss is {loss}"
         elif not math.isfinite(values.get("grads", 0.0)):
             reason = "a gradient is not finite"
-        elif loss is not None and self.spike is not None and len(self._history) >= 10:
+        elif loss is not None and self.spike is not None and len(self._history) >= SPIKE_STEPS:
             mean, spread = statistics.fmean(self._history), statistics.pstdev(self._history)
             # A constant loss (clamped, a plateau) has no spread: a thousandth of its level stands
             # in, so a jump from it counts, and a loss held at 0 (a buffer filling) is left alone.
@@ -144,9 +153,10 @@ class Guard(Callback):
         log.scalar("loss", MARKER, step, at)
         kept = self._checkpoint.keep_before(step, f"last good step before step {step}") \
             if self._checkpoint is not None else None
-        message = f"monitor: Guard: {reason} at step {step}; " + (
-            f"checkpoint {kept} is kept to replay it" if kept else "no checkpoint from before it to keep"
-            if self._main else "rank 0 says which checkpoint is kept")  # the others hold no list of them
+        message = f"monitor: Guard: {reason} at step {step}" + (
+            "" if self._checkpoint is None else f"; checkpoint {kept} is kept to replay it" if kept
+            else "; no checkpoint from before it to keep" if self._main
+            else "; rank 0 says which checkpoint is kept")  # the others hold no list of them
         if self._main:
             _log.warning(message)
         if self.action == "stop":
