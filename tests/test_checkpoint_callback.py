@@ -165,6 +165,41 @@ def test_a_multistep_scheduler_and_what_else_weights_only_loads_are_saved_and_re
     assert again.milestones == Counter({2: 1, 4: 1}) and again.last_epoch == 3
 
 
+class _WarmUp:
+    """A LambdaLR's callable object, as users write them: its state (``__dict__``) holds NumPy numbers."""
+
+    def __init__(self, peak, steps) -> None:
+        self.peak, self.steps = peak, steps
+
+    def __call__(self, step: int):
+        return self.peak * min(1.0, (step + 1) / self.steps)
+
+
+def test_numpy_numbers_python_computes_alike_are_saved_as_python_numbers_others_refused(tmp_path):
+    import numpy as np
+
+    parts = build()
+    warm_up = torch.optim.lr_scheduler.LambdaLR(parts.optimizer, _WarmUp(np.float64(0.5), np.int64(4)))
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=2, scheduler=warm_up)
+    monitor = Monitor([checkpoint], sink=NullSink(), raise_errors=True)
+    monitor.train_start(parts.model, parts.optimizer)
+    for _ in range(2):
+        parts.optimizer.step()
+        warm_up.step()
+        monitor.step_end(loss=1.0)
+    saved = load_checkpoint(tmp_path / "ckpt" / checkpoint_name(2))  # weights_only
+    assert saved["scheduler"]["lr_lambdas"][0] == {"peak": 0.5, "steps": 4}
+    again = torch.optim.lr_scheduler.LambdaLR(parts.optimizer, _WarmUp(0.1, 1))
+    resume(tmp_path / "ckpt", parts.model, parts.optimizer, again)
+    assert again.get_last_lr() == warm_up.get_last_lr() and again.lr_lambdas[0].peak == 0.5
+
+    warm_up.lr_lambdas[0].peak = np.float32(0.5)  # float32 arithmetic: as a Python float it would differ
+    with pytest.raises(CheckpointWriteError, match=r"\['lr_lambdas'\]\[0\]\['peak'\] must hold only tensors .* "
+                                                   r"got numpy.float32"):
+        monitor.step_end(loss=1.0)
+        monitor.step_end(loss=1.0)
+
+
 def test_a_checkpoint_used_without_a_monitor_refuses_to_save(tmp_path):
     checkpoint = Checkpoint(tmp_path / "ckpt")
     with pytest.raises(CheckpointWriteError, match=r"give it to Monitor\(\[\.\.\., checkpoint\]\)"):

@@ -32,6 +32,7 @@ refused with the reason, unless ``trust=True``. The seed notes of this project c
 """
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 import time
@@ -41,6 +42,7 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from monitor.atomic import write_atomic
@@ -52,11 +54,12 @@ VERSION = 1
 RESUME_KEYS = ("order_rng", "batches_drawn", "batches_call", "batches_of")  # loop keys a resume reads, if any
 KEYS = ("format", "version", "time", "torch", "loop", "model", "optimizer", "scheduler", "scaler", "classes",
         "rng", "callbacks", "run", "metric", "extras")
-# Exact types: a subclass (numpy.float64, defaultdict, a namedtuple) pickles as a global that
+# Exact types: a subclass (numpy.float32, defaultdict, a namedtuple) pickles as a global that
 # weights_only refuses.
 # What torch.load(weights_only=True) takes (complex and bytearray; a Counter: MultiStepLR's milestones).
 _PLAIN = {type(None), bool, int, float, complex, str, bytes, bytearray, torch.Tensor, torch.nn.Parameter,
           torch.dtype, torch.device, torch.Size}
+_NUMPY_EXACT = {np.float64, np.int64, np.bool_}  # arithmetic as Python's float, int and bool
 
 
 class CheckpointError(Exception):
@@ -114,8 +117,7 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
         "metric": {"name": metric.get("name"), "value": metric.get("value"), "mode": metric.get("mode", "min")},
         "extras": dict(extras or {}),
     }
-    _check_plain(checkpoint, "checkpoint")
-    return checkpoint
+    return _plain(checkpoint, "checkpoint")
 
 
 def _state_of(part: Any) -> Any:
@@ -202,7 +204,7 @@ def load_file(path: str | os.PathLike, *, trust: bool = False, map_location: Any
         if trust:
             raise DamagedCheckpointError(f"{path} could not be unpickled: {error}") from None
         raise UnsafeCheckpointError(f"refused to load {path}: {describe_unsafe(path)}; loading it would run "
-                                    f"code from the file. Load it with trust=True (--trust) only if you "
+                                    f"code from the file. Load it with trust=True (`monitor checkpoints inspect --trust`) only if you "
                                     f"trust its source") from None
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise DamagedCheckpointError(f"{path} is damaged and cannot be read: {error}") from None
@@ -218,17 +220,30 @@ def _verify_zip(path: Path) -> None:
         raise DamagedCheckpointError(f"{path} is damaged: its entry {bad!r} fails its CRC check")
 
 
-def _check_plain(value: Any, where: str) -> None:
+def _plain(value: Any, where: str) -> Any:
+    """``value``, its NumPy float64, int64 and bool scalars (a scheduler's lambda may hold one) as
+    the Python numbers they equal; raises TypeError naming the first value that is neither a
+    tensor nor a primitive. A container is copied (its attributes too: a state_dict's
+    ``_metadata``) only where something in it changed."""
     kind = type(value)
     if kind in _PLAIN:
-        return
+        return value
+    if kind in _NUMPY_EXACT:
+        return value.item()
     if kind in (list, tuple, set):
-        for i, item in enumerate(value):
-            _check_plain(item, f"{where}[{i}]")
-    elif kind in (dict, OrderedDict, Counter):
+        items = [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        return value if all(a is b for a, b in zip(items, value)) else kind(items)
+    if kind in (dict, OrderedDict, Counter):
+        changed = {}
         for key, item in value.items():
-            _check_plain(key, f"{where} key {key!r}")
-            _check_plain(item, f"{where}[{key!r}]")
-    else:
-        raise TypeError(f"{where} must hold only tensors and primitives (so the checkpoint loads with "
-                        f"weights_only=True), got {kind.__module__}.{kind.__qualname__}")
+            _plain(key, f"{where} key {key!r}")
+            plain = _plain(item, f"{where}[{key!r}]")
+            if plain is not item:
+                changed[key] = plain
+        if not changed:
+            return value
+        copied = copy.copy(value)
+        copied.update(changed)
+        return copied
+    raise TypeError(f"{where} must hold only tensors and primitives (so the checkpoint loads with "
+                    f"weights_only=True), got {kind.__module__}.{kind.__qualname__}")
