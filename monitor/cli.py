@@ -269,7 +269,7 @@ def profile_command(run_dir: Path, top: int) -> None:
 @main.group(cls=_ListsByDefault, invoke_without_command=True)
 @click.pass_context
 def runs(context: click.Context) -> None:
-    """The runs on disk: list them (the default: `monitor runs [DIR]`), export a run's points."""
+    """The runs on disk: list them (the default: `monitor runs [DIR]`), compare, export, rm and gc them."""
     if context.invoked_subcommand is None:
         context.invoke(runs_list)
 
