@@ -81,7 +81,7 @@ def test_learning_rate_that_is_not_a_number_is_named_in_the_error():
         monitor.step_end()
 
 
-def test_learning_rate_gives_a_group_added_mid_run_its_own_trace():
+def test_learning_rate_gives_a_group_added_mid_run_its_own_trace_and_the_first_goes_on():
     model = small_model()
     optimizer = torch.optim.SGD(model[0].parameters(), lr=0.1)
     monitor, sink = monitor_with(LearningRate())
@@ -89,7 +89,11 @@ def test_learning_rate_gives_a_group_added_mid_run_its_own_trace():
     monitor.step_end()
     optimizer.add_param_group({"params": model[3].parameters(), "lr": 0.5, "name": "head"})
     monitor.step_end()
-    assert sink.points("learning rate") == {"lr": [(1, 0.1)], "group 0": [(2, 0.1)], "head": [(2, 0.5)]}
+    optimizer.add_param_group({"params": model[1].parameters(), "lr": 0.2})  # no name: numbered
+    monitor.epoch_start(1)  # named again at an epoch's start: the same names
+    monitor.step_end()
+    assert sink.points("learning rate") == {"lr": [(1, 0.1), (2, 0.1), (3, 0.1)], "head": [(2, 0.5), (3, 0.5)],
+                                            "group 2": [(3, 0.2)]}
 
 
 def test_learning_rate_without_an_optimizer_says_where_to_pass_it():

@@ -33,6 +33,7 @@ class LearningRate(Callback):
         self.every = positive_int("every", every)
         self._logged_step: int | None = None
         self._names: list[str] = []  # the groups' traces as last named
+        self._kept: list[str] = []  # ... before they are named again at an epoch's start
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         if self._logged_step != state.step:  # several backward passes or micro-batches: the first
@@ -43,10 +44,10 @@ class LearningRate(Callback):
             self._write(state, log)
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
-        self._names = []  # maybe another optimizer: name its groups again
+        self._names = self._kept = []  # maybe another optimizer: name its groups again
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
-        self._names = []  # a group may have been renamed: name them again
+        self._names, self._kept = [], self._names  # a group may have been renamed: name them again
 
     def _write(self, state: LoopState, log: Log) -> None:
         if self.every != 1 and not is_due(state.step, self.every):
@@ -60,7 +61,7 @@ class LearningRate(Callback):
         if state.optimizer is not None:
             groups = state.optimizer.param_groups
             if len(groups) != len(self._names):  # first step, train_start, epoch_start, add_param_group()
-                self._names = _trace_names(groups)
+                self._names = _trace_names(groups, self._names or self._kept)
             if len(groups) == 1 and type(groups[0]["lr"]) is float:  # the usual case, kept cheap
                 log.scalar(WINDOW, self._names[0], state.step, groups[0]["lr"])
                 return
@@ -73,13 +74,14 @@ class LearningRate(Callback):
         log.scalars(WINDOW, state.step, {name: group["lr"] for name, group in zip(self._names, groups)})
 
 
-def _trace_names(groups: Sequence[dict[str, Any]]) -> list[str]:
-    """Each group's own name where it has one (so a group added later leaves the curves there
-    alone); ``lr`` for a single group without one, else ``group N``."""
+def _trace_names(groups: Sequence[dict[str, Any]], before: Sequence[str] = ()) -> list[str]:
+    """Each group's own name where it has one; ``lr`` for a single group without one, else
+    ``group N``; a group without one that had a trace ``before`` keeps it (a fine-tuning loop's
+    ``add_param_group`` leaves curve ``lr`` going on, the new group beside it as ``group 1``)."""
     own = [g.get("name") if isinstance(g.get("name"), str) and g.get("name") else None for g in groups]
     if len(groups) == 1:
-        return [own[0] or "lr"]
-    names = [name or f"group {i}" for i, name in enumerate(own)]
+        return [own[0] or (before[0] if before else "lr")]
+    names = [name or (before[i] if i < len(before) else f"group {i}") for i, name in enumerate(own)]
     if len(set(names)) != len(names):  # two groups named alike: numbers keep them apart
         names = [f"group {i}" for i in range(len(groups))]
     return names
