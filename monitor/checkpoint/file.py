@@ -234,16 +234,13 @@ def _plain(value: Any, where: str) -> Any:
         items = [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
         return value if all(a is b for a, b in zip(items, value)) else kind(items)
     if kind in (dict, OrderedDict, Counter):
-        changed = {}
-        for key, item in value.items():
-            _plain(key, f"{where} key {key!r}")
-            plain = _plain(item, f"{where}[{key!r}]")
-            if plain is not item:
-                changed[key] = plain
-        if not changed:
+        items = [(_plain(key, f"{where} key {key!r}"), _plain(item, f"{where}[{key!r}]"))
+                 for key, item in value.items()]
+        if all(a is key and b is item for (a, b), (key, item) in zip(items, value.items())):
             return value
         copied = copy.copy(value)
-        copied.update(changed)
+        copied.clear()
+        copied.update(items)
         return copied
     raise TypeError(f"{where} must hold only tensors and primitives (so the checkpoint loads with "
                     f"weights_only=True), got {kind.__module__}.{kind.__qualname__}")
