@@ -166,6 +166,7 @@ class Monitor:
                     optimizer.step()
                     monitor.step_end(loss=loss, inputs=x, targets=y)
                 monitor.validation_end({"loss": val_loss, "accuracy": val_acc})
+                monitor.epoch_end()
 
     ``sink`` defaults to a :class:`monitor.SinkProcess` of ``env`` (a :class:`monitor.VisdomSink`
     in a process of its own; pass ``sink=VisdomSink(...)`` to keep it in this one), configured by the other
