@@ -10,6 +10,9 @@ import click
 from monitor.cli import server_options
 
 
+COMMAND_SETTINGS = {"help_option_names": ["-h", "--help"]}  # as `monitor` takes them
+
+
 def example_options(env: str, epochs: int, samples: int) -> Callable:
     """Adds the common options, with this example's defaults, to a click command."""
     options = [

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from monitor import (Checkpoint, EpochBatchSampler, GradNorms, Images, LearningRate, Monitor, Scalars,
                      Summary)
 from monitor.checkpoint import CheckpointWriteError
-from options import example_options
+from options import COMMAND_SETTINGS, example_options
 from shapes import CLASSES, Shapes
 
 
@@ -124,7 +124,7 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
     return model
 
 
-@click.command()
+@click.command(context_settings=COMMAND_SETTINGS)
 @example_options(env="shapes-custom-module", epochs=6, samples=8000)
 def main(**options) -> None:
     """Train a custom nn.Module on the Shapes dataset with a live Visdom dashboard."""

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from monitor import (Checkpoint, EpochBatchSampler, GradNorms, Images, LearningRate, Monitor, Scalars,
                      Summary)
 from monitor.checkpoint import CheckpointWriteError
-from options import example_options
+from options import COMMAND_SETTINGS, example_options
 from shapes import CLASSES, Shapes
 from train_sequential import build_model, evaluate
 
@@ -97,7 +97,7 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
     return model.module
 
 
-@click.command()
+@click.command(context_settings=COMMAND_SETTINGS)
 @example_options(env="shapes-ddp", epochs=6, samples=8000)
 def main(**options) -> None:
     """Train the Sequential example with DistributedDataParallel; start it with torchrun."""

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from monitor import (Checkpoint, EpochBatchSampler, GradNorms, Images, LearningRate, Monitor, Scalars,
                      Summary)
 from monitor.checkpoint import CheckpointWriteError
-from options import example_options
+from options import COMMAND_SETTINGS, example_options
 from shapes import CLASSES, Shapes
 
 
@@ -107,7 +107,7 @@ def train(*, epochs: int = 6, samples: int = 8000, server: str | None = None, po
     return model
 
 
-@click.command()
+@click.command(context_settings=COMMAND_SETTINGS)
 @example_options(env="shapes-sequential", epochs=6, samples=8000)
 def main(**options) -> None:
     """Train an nn.Sequential on the Shapes dataset with a live Visdom dashboard."""

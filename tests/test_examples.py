@@ -174,6 +174,13 @@ def test_fresh_needs_a_checkpoint_dir(visdom_server, tmp_path) -> None:
     assert result.stderr.strip().endswith("Error: --fresh needs --checkpoint-dir DIR, the folder of the checkpoints")
 
 
+@pytest.mark.parametrize("example", ["train_sequential.py", "train_custom_module.py", "train_ddp.py"])
+def test_each_example_takes_h_for_help_as_the_monitor_command_does(example) -> None:
+    result = subprocess.run([sys.executable, str(EXAMPLES / example), "-h"], capture_output=True, text=True,
+                            timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and result.stdout.startswith(f"Usage: {example} [OPTIONS]"), result.stderr
+
+
 def test_a_finished_example_run_again_starts_a_new_run_and_keeps_the_earlier_checkpoints(visdom_server, read_window,
                                                                                          tmp_path) -> None:
     args = ("--samples", "64", "--epochs", "1", "--checkpoint-dir", "checkpoints")
