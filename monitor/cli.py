@@ -285,8 +285,10 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
 @click.option("--sort", metavar="METRIC", help="Best first by METRIC (window/trace, e.g. loss/validation).")
 @MODE
 @click.option("--where", multiple=True, metavar="NAME=VALUE", help="Only runs with this hparam value (repeatable).")
+@click.option("--metrics", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
+              help="Metric columns shown: the --sort one first, then the loss, the rest by name.")
 def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tuple[str, ...] = (),
-              mode: str | None = None) -> None:
+              mode: str | None = None, metrics: int = 4) -> None:
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
     from monitor.runs import check_metric, listed, selected, table
 
@@ -309,7 +311,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
     if not found:
         click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else ""))
         return
-    click.echo(table(found, first=sort))
+    click.echo(table(found, metrics, first=sort))
 
 
 @runs.command("compare")

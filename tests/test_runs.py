@@ -342,6 +342,9 @@ def test_list_shows_the_sorted_metric_and_what_a_crash_raised_and_refuses_an_unk
     assert short.exit_code == 0 and short.output == done.output
     bad = CliRunner().invoke(main, ["runs", "list", str(three_runs), "--sort", "bogus"])
     assert bad.exit_code == 2 and "must be one of the runs' metrics" in bad.output
+    one = CliRunner().invoke(main, ["runs", "list", str(three_runs), "--sort", "accuracy/train", "--metrics", "1"])
+    assert one.exit_code == 0 and [h for h in re.split(r"\s{2,}", one.output.splitlines()[0]) if "(best)" in h] == [
+        "accuracy/train last (best)"]  # as many metric columns as asked (4 by default)
 
 
 def test_list_says_which_run_log_it_could_not_read_instead_of_hiding_it(three_runs, tmp_path):
