@@ -186,7 +186,7 @@ def position_of_rank(loop: Mapping[str, Any], rank: int, world_size: int) -> Map
     """A checkpoint's loop position as rank ``rank`` of a job of ``world_size`` continues from:
     its own where the checkpoint holds each rank's (``loop["ranks"]``) and the job is as big."""
     ranks = loop.get("ranks") or []
-    return {**loop, **ranks[rank]} if len(ranks) == world_size and rank < world_size else loop
+    return {**loop, **ranks[rank]} if len(ranks) == world_size else loop
 
 
 def batches_done(loop: Mapping[str, Any]) -> int:

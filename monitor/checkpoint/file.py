@@ -204,8 +204,8 @@ def load_file(path: str | os.PathLike, *, trust: bool = False, map_location: Any
         if trust:
             raise DamagedCheckpointError(f"{path} could not be unpickled: {error}") from None
         raise UnsafeCheckpointError(f"refused to load {path}: {describe_unsafe(path)}; loading it would run "
-                                    f"code from the file. Load it with trust=True (`monitor checkpoints inspect --trust`) only if you "
-                                    f"trust its source") from None
+                                    f"code from the file. Load it with trust=True (`monitor checkpoints inspect "
+                                    f"--trust`) only if you trust its source") from None
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise DamagedCheckpointError(f"{path} is damaged and cannot be read: {error}") from None
 
