@@ -97,8 +97,10 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embe
         return record._replace(values=(points.tolist() if hasattr(points, "tolist") else points,
                                        [float(v) for v in explained], *texts))
     if isinstance(record, Text):
-        html = record.html
-        return record._replace(html=str.__str__(html)) if type(html) is not str and isinstance(html, str) else record
+        html = record.html() if callable(record.html) else record.html
+        if type(html) is not str and isinstance(html, str):
+            html = str.__str__(html)
+        return record if html is record.html else record._replace(html=html)
     if isinstance(record, Hparams):
         metrics = {str(k): float(_on_host(v).item() if checks._is_tensor(v) else v) for k, v in record.metrics.items()}
         hparams = record.hparams if _plain_json(record.hparams) else json.loads(json.dumps(record.hparams))
@@ -134,7 +136,7 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
                 raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
         return {"k": "points", "win": record.window, "x": x, "y": dict(zip(record.traces, map(float, values)))}
     if isinstance(record, ImageGrid):
-        png = encode_grid(record.pixels, record.captions, heading=f"step {_number(x)}")
+        png = encode_grid(record.pixels, record.captions, heading=f"step {_number(x)}", fps=record.fps)
         if images is not None:
             n, file = images.add(record.window, png)
             return {"k": "image", "win": record.window, "x": x, "n": n, "file": file}

@@ -25,7 +25,7 @@ CAPTION_ROOM = 64       # a tile narrower than this is widened up to it (or to 2
 
 
 def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | None = None,
-                columns: int | None = None, heading: str | None = None) -> bytes:
+                columns: int | None = None, heading: str | None = None, fps: float | None = None) -> bytes:
     """PNG bytes of ``pixels`` (NCHW, 1 or 3 channels: a tensor of any dtype and device, or a
     numpy array) tiled in a grid.
 
@@ -35,22 +35,41 @@ def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | N
     caption is drawn under its tile, which is widened for it up to twice its width (or 64
     pixels); a caption longer than that is cut and ends in "..". ``heading`` (e.g. "step 50")
     is drawn in a band above the grid.
+
+    With ``fps``, ``pixels`` are N videos (NTCHW, each stretched as one image) and the PNG is
+    animated: at each of the T frames, a grid of the videos' frame, played at ``fps`` in a loop
+    (an APNG, which browsers play wherever they show a PNG).
     """
-    if not (checks._is_tensor(pixels) or isinstance(pixels, np.ndarray)) or pixels.ndim != 4 \
-            or pixels.shape[1] not in (1, 3) or 0 in pixels.shape:
+    dims = 4 if fps is None else 5
+    if not (checks._is_tensor(pixels) or isinstance(pixels, np.ndarray)) or pixels.ndim != dims \
+            or pixels.shape[-3] not in (1, 3) or 0 in pixels.shape:
         got = tuple(pixels.shape) if hasattr(pixels, "shape") else type(pixels).__name__
-        raise ValueError(f"pixels must be a non-empty NCHW tensor or array with 1 or 3 channels, got {got}")
-    count, channels, height, width = pixels.shape
+        raise ValueError(f"pixels must be a non-empty {'NCHW' if fps is None else 'NTCHW'} tensor or array "
+                         f"with 1 or 3 channels, got {got}")
+    count = pixels.shape[0]
     if captions is not None and len(captions) != count:
         raise ValueError(f"captions must have one entry per image ({count}), got {len(captions)}")
     if columns is None:
         columns = math.ceil(math.sqrt(count))
     else:
         checks.positive_int("columns", columns)
-    columns = min(columns, count)
-    rows = math.ceil(count / columns)
+    values = display_values(pixels)
+    frames = [values] if fps is None else values.swapaxes(0, 1)
+    images = [_grid(frame, captions, min(columns, count), heading) for frame in frames]
+    buffer = io.BytesIO()
+    if len(images) == 1:
+        images[0].save(buffer, format="PNG", compress_level=1)
+    else:
+        images[0].save(buffer, format="PNG", compress_level=1, save_all=True, append_images=images[1:],
+                       duration=max(1, round(1000 / fps)), loop=0)
+    return buffer.getvalue()
 
-    tiles = display_values(pixels).transpose(0, 2, 3, 1)  # NHWC
+
+def _grid(values: np.ndarray, captions: Sequence[str] | None, columns: int, heading: str | None) -> Image.Image:
+    """Display values (uint8 NCHW) tiled ``columns`` wide, with their captions and heading."""
+    count, channels, height, width = values.shape
+    rows = math.ceil(count / columns)
+    tiles = values.transpose(0, 2, 3, 1)  # NHWC
     font = _font()
     cell_width, band = width, 0
     if captions:
@@ -77,9 +96,7 @@ def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | N
             top, left = _corner(i, columns, cell_width, cell_height, top_band)
             left += (cell_width - math.ceil(font.getlength(text))) // 2
             draw.text((left, top + height + PAD), text, fill=ink, font=font)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
+    return image
 
 
 def with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | None, rescale: float) -> torch.Tensor:

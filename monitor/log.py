@@ -173,6 +173,25 @@ class Log:
         self.sink.put(ImageGrid(self._name("window", window), _x(x),
                                 batch.detach().clone() if shrunk is batch else shrunk, captions))
 
+    def video(self, window: str, x: float, videos: torch.Tensor, fps: float = 4) -> None:
+        """A grid of ``videos`` (NTCHW: N videos of T frames, 1 or 3 channels) playing at ``fps``
+        frames a second, in a loop; values as in :meth:`images`, each video stretched as one image.
+        A frame's grid of more than ``MOST_PIXELS`` is shrunk as a batch of images is.
+        """
+        if not isinstance(videos, torch.Tensor):
+            raise TypeError(f"videos must be a torch.Tensor (NTCHW), got {type(videos).__name__}")
+        checks.real_tensor("videos", videos)
+        if videos.dim() != 5 or videos.shape[2] not in (1, 3) or 0 in videos.shape:
+            raise ValueError(f"videos must be NTCHW with 1 or 3 channels and no empty dimension, "
+                             f"got shape {tuple(videos.shape)}")
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps <= 1000:
+            raise ValueError(f"fps must be a number of frames a second in (0, 1000], got {fps!r}")
+        count, frames, channels, height, width = videos.shape
+        shrunk = _shrunk(videos.reshape(count, frames * channels, height, width))
+        snapshot = videos.detach().clone() if shrunk.data_ptr() == videos.data_ptr() else \
+            shrunk.reshape(count, frames, channels, *shrunk.shape[2:])
+        self.sink.put(ImageGrid(self._name("window", window), _x(x), snapshot, None, float(fps)))
+
     def histogram(self, window: str, x: float, values: torch.Tensor | Sequence[torch.Tensor],
                   bins: int | Sequence[float] = 30) -> None:
         """The distribution of ``values`` (a tensor, or several pooled: a model's gradients) at ``x``.

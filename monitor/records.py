@@ -27,12 +27,14 @@ class Points(NamedTuple):
 
 class ImageGrid(NamedTuple):
     """A batch of images (NCHW snapshot, any dtype and range) shown as one grid; ``pixels`` may be a
-    function of no arguments the sink calls to get them (a figure to draw)."""
+    function of no arguments the sink calls to get them (a figure to draw). With ``fps``, the
+    pixels are videos (NTCHW), shown as a grid that plays their frames at ``fps``."""
 
     window: str
     x: float
     pixels: Any
     captions: Sequence[str] | LabelCaptions | None
+    fps: float | None = None
 
 
 class LabelCaptions:
@@ -78,7 +80,8 @@ class LabelCaptions:
 
 class Text(NamedTuple):
     """An HTML text pane; a newer one replaces the older, or with ``keep`` > 1 joins the latest
-    ``keep`` of them shown newest first, each under its step."""
+    ``keep`` of them shown newest first, each under its step. ``html`` may be a function of no
+    arguments the sink calls to get it (a sound to encode)."""
 
     window: str
     x: float

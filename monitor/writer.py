@@ -6,7 +6,9 @@ through the same non-blocking, lossless sink and run log as the callbacks.
 from __future__ import annotations
 
 import atexit
+import base64
 import hashlib
+import io
 import json
 import logging
 import os
@@ -15,6 +17,7 @@ import socket
 import sys
 import threading
 import time
+import wave
 from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,7 +28,7 @@ import torch
 from monitor import checks, embedding, pr_curve
 from monitor.host import on_host
 from monitor.log import Log
-from monitor.records import Embedding, Histogram, Order, PrCurve, RunEnd, ending_of
+from monitor.records import Embedding, Histogram, Order, PrCurve, RunEnd, Text, ending_of
 from monitor.rundir import RunDir
 from monitor.runlog import RunLog
 
@@ -44,9 +47,8 @@ _TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one t
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
 TEXTS = 10  # the texts of a tag shown, as TensorBoard's text view keeps 10 samples
 
-_NOT_DRAWN = ("add_audio", "add_video", "add_mesh",
-              "add_custom_scalars", "add_custom_scalars_multilinechart", "add_custom_scalars_marginchart",
-              "add_onnx_graph", "add_histogram_raw", "add_tensor")
+_NOT_DRAWN = ("add_mesh", "add_custom_scalars", "add_custom_scalars_multilinechart",
+              "add_custom_scalars_marginchart", "add_onnx_graph", "add_tensor")
 
 
 class SummaryWriter:
@@ -85,7 +87,7 @@ class SummaryWriter:
     ``filename_suffix``, ``new_style``, ``double_precision`` and ``hparam_domain_discrete`` are
     accepted and change nothing (the sink sends within a second and writes one run log), as are
     ``add_graph``'s ``verbose`` and ``use_strict_trace``. TensorBoard methods not drawn here
-    (audio, video, meshes, custom scalars) are accepted and say so once.
+    (meshes, custom scalars, ONNX graphs, raw tensors) are accepted and say so once.
     """
 
     def __init__(self, log_dir: str | os.PathLike | None = None, comment: str = "", purge_step: int | None = None,
@@ -158,6 +160,30 @@ class SummaryWriter:
         else:
             snapshot = tensor.detach().clone()  # read by the sink, as numpy reads it for TensorBoard
             self.log.sink.put(Histogram(window, step, lambda: _numpy_histogram(snapshot, bins, max_bins)))
+        self._stepped(tag, global_step)
+
+    def add_histogram_raw(self, tag: str, min: float, max: float, num: int, sum: float, sum_squares: float,
+                          bucket_limits: Any, bucket_counts: Any, global_step: int | None = None,
+                          walltime: float | None = None) -> None:
+        """A distribution binned by the loop: ``bucket_counts[i]`` values up to ``bucket_limits[i]``,
+        the first bucket from ``min`` and the last up to ``max``, as TensorBoard reads them
+        (``sum`` and ``sum_squares`` are not drawn)."""
+        limits = [float(v) for v in _tensor(bucket_limits, "bucket_limits").reshape(-1).tolist()]
+        counts = [float(v) for v in _tensor(bucket_counts, "bucket_counts").reshape(-1).tolist()]
+        if not counts or len(limits) != len(counts):
+            raise ValueError(f"bucket_limits and bucket_counts must have one entry a bucket, at least one, got "
+                             f"{len(limits)} and {len(counts)}")
+        if not all(math.isfinite(c) and c >= 0 for c in counts):
+            raise ValueError(f"bucket_counts must be counts (numbers >= 0), got {counts[:5]}")
+        low, high = (checks.finite(name, value) for name, value in (("min", min), ("max", max)))
+        filled = [i for i, c in enumerate(counts) if c]
+        first, last = (filled[0], filled[-1]) if filled else (0, len(counts) - 1)
+        edges = [low, *limits[first:last], high]  # empty buckets past min and max hold nothing to draw
+        if any(b < a for a, b in zip(edges, edges[1:])):
+            raise ValueError(f"bucket_limits must increase from min ({low:g}) to max ({high:g}), got {limits[:5]}")
+        window = self._lay_out(tag, "histogram", Order.GRADIENTS, xlabel="step", ylabel="value")
+        n = int(num.item() if isinstance(num, (torch.Tensor, np.generic)) else num)
+        self.log.sink.put(Histogram(window, self._step(tag, global_step), (edges, counts[first:last + 1], n)))
         self._stepped(tag, global_step)
 
     def add_pr_curve(self, tag: str, labels: Any, predictions: Any, global_step: int | None = None,
@@ -255,6 +281,37 @@ class SummaryWriter:
         pixels = self._pixels(img_tensor, dataformats)
         drawn = with_boxes(pixels[0], boxes * rescale, None if labels is None else [str(x) for x in labels], rescale)
         self._show(tag, global_step, drawn)
+
+    def add_video(self, tag: str, vid_tensor: Any, global_step: int | None = None, fps: float = 4,
+                  walltime: float | None = None) -> None:
+        """Videos (N x T x C x H x W: uint8, or floats taken as 0-1) as one grid playing their
+        frames at ``fps`` in a loop, where TensorBoard shows a GIF of that grid."""
+        videos = _tensor(vid_tensor, "vid_tensor")
+        if videos.dim() != 5 or 0 in videos.shape:
+            raise ValueError(f"vid_tensor must be N x T x C x H x W, got shape {tuple(videos.shape)}")
+        count, frames = videos.shape[:2]
+        pixels = self._pixels(videos.reshape(count * frames, *videos.shape[2:]), "NCHW")
+        window = self._lay_out(tag, "video", Order.IMAGES)
+        self.log.video(window, self._step(tag, global_step), pixels.reshape(count, frames, *pixels.shape[1:]),
+                       fps.item() if isinstance(fps, np.generic) else fps)
+        self._stepped(tag, global_step)
+
+    def add_audio(self, tag: str, snd_tensor: Any, global_step: int | None = None, sample_rate: int = 44100,
+                  walltime: float | None = None) -> None:
+        """A sound (one channel: L or 1 x L samples, -1 to 1, clipped as TensorBoard clips them) as a
+        player in a text pane, under its step; the WAV is made by the sink."""
+        sound = _tensor(snd_tensor, "snd_tensor").detach().squeeze()
+        checks.real_tensor("snd_tensor", sound)
+        if sound.dim() != 1 or sound.numel() == 0:
+            raise ValueError(f"snd_tensor must hold one channel (L or 1 x L samples), got shape "
+                             f"{tuple(_tensor(snd_tensor, 'snd_tensor').shape)}")
+        rate = checks.positive_int("sample_rate", int(sample_rate) if isinstance(sample_rate, np.integer)
+                                   else sample_rate)
+        window = self._lay_out(tag, "audio", Order.IMAGES)
+        step = self._step(tag, global_step)
+        snapshot = sound.clone()
+        self.log.sink.put(Text(window, step, lambda: _audio_html(snapshot, rate, step)))
+        self._stepped(tag, global_step)
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
                  walltime: float | None = None) -> None:
@@ -687,6 +744,20 @@ def _label(value: Any) -> str:
     if isinstance(value, (torch.Tensor, np.generic)):
         value = value.item()
     return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _audio_html(sound: torch.Tensor, rate: int, step: float) -> str:
+    """A player of ``sound`` (samples -1 to 1, clipped) as 16-bit WAV, under its step."""
+    samples = (_numpy(sound.to(torch.float32)).clip(-1, 1) * 32767).astype("<i2")
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as file:
+        file.setnchannels(1)
+        file.setsampwidth(2)
+        file.setframerate(rate)
+        file.writeframes(samples.tobytes())
+    seconds = len(samples) / rate
+    return (f"<p>step {step:g} &middot; {seconds:.2f} s at {rate} Hz</p><audio controls "
+            f"src=\"data:audio/wav;base64,{base64.b64encode(buffer.getvalue()).decode()}\"></audio>")
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:

@@ -315,6 +315,37 @@ def test_distributions_show_percentile_bands_over_the_steps_and_the_latest_histo
     _screenshot_without_console_errors(browser, "distribution.png")
 
 
+def test_a_video_plays_in_its_pane_and_a_sound_has_a_player(visdom_server, tmp_path, browser):
+    import time
+
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import SummaryWriter
+
+    frames = torch.zeros(1, 2, 3, 48, 48)  # a black frame, then a white one, at 4 frames a second
+    frames[:, 1] = 1
+    with SummaryWriter(log_dir=tmp_path / "media_check", port=visdom_server.port) as writer:
+        writer.add_video("rollout", frames, 0, fps=4)
+        writer.add_audio("voice", torch.sin(torch.arange(8000) / 3), 0, sample_rate=8000)
+        writer.flush()
+
+    browser.get(f"{visdom_server.url}/env/media_check")
+    wait = WebDriverWait(browser, 30)
+    image = wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "img[src^='data:image/png']"))[0]
+    wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image))
+    shots = set()
+    for _ in range(8):  # two seconds: both frames, if it plays
+        shots.add(image.screenshot_as_png)
+        time.sleep(0.25)
+    assert len(shots) >= 2, "the video's pane shows one still image"
+    seconds = wait.until(lambda d: d.execute_script(
+        "const a = document.querySelector('audio'); return a && a.readyState >= 1 && a.duration"))
+    assert seconds == pytest.approx(1.0, abs=0.01)
+    _screenshot_without_console_errors(browser, "media.png")
+
+
 def test_pr_curves_show_the_latest_steps_with_recall_and_precision_axes(visdom_server, tmp_path, browser):
     import torch
     from selenium.webdriver.common.by import By

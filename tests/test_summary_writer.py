@@ -5,6 +5,7 @@ from the Visdom server (and, for what a window draws from, the run log).
 """
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -14,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+import wave
 from pathlib import Path
 
 import matplotlib
@@ -74,6 +76,10 @@ def _calls(writer, step: int) -> None:
     counts = np.array([[9, 5, 2], [9, 3, 0], [0, 6, 9], [0, 4, 7]], dtype=float)  # TP, FP, TN, FN
     writer.add_pr_curve_raw("pr/raw", *counts, counts[0] / (counts[0] + counts[1] + 1e-7),
                             counts[0] / (counts[0] + counts[3]), step, num_thresholds=3)
+    writer.add_audio("voice", torch.sin(torch.arange(400) * (step + 1) / 7) * 1.3, step, sample_rate=8000)  # clipped
+    writer.add_histogram_raw("raw", min=-1.5 - step, max=2.5, num=10 + step, sum=1.0, sum_squares=5.0,
+                             bucket_limits=[-1.0, 0.0, 1.0, 2.0, 3.0], bucket_counts=[2 + step, 3, 4, 1, 0],
+                             global_step=step)
 
 
 HPARAMS, METRICS = {"lr": 0.1, "optimizer": "sgd", "batch_size": 16}, {"hparam/accuracy": 0.9}
@@ -86,7 +92,7 @@ def _tensorboard(path: Path) -> dict:
         writer.add_hparams(HPARAMS, METRICS)
     read = {}
     for folder in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:  # add_scalars writes sub-runs
-        events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "histograms": 0,
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0, "histograms": 0, "audio": 0,
                                                               "tensors": 0})
         events.Reload()
         read[folder.name if folder != path else ""] = events
@@ -115,7 +121,8 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
         env = "side-by-side"
         shown = {window: read_window(visdom_server, env, window) for window in ("Loss", "lr", "accuracy")}
         panes = {window: read_window_raw(visdom_server, env, window)
-                 for window in ("image", "hwc", "batch", "notes", "figure", "weights", "sizes", "auto", "one", "pr")}
+                 for window in ("image", "hwc", "batch", "notes", "figure", "weights", "sizes", "auto", "one", "pr",
+                                "voice", "raw")}
     events = tensorboard[""]
 
     # Scalars: every value at every step (TensorBoard keeps float32).
@@ -142,6 +149,25 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
             assert {edge: count for edge, count in zip(entry["edges"][1:], entry["counts"]) if count} == expected
         bars = panes[tag]["content"]["data"][-1]
         assert bars["type"] == "bar" and sum(bars["y"]) == pytest.approx(sum(ours[-1]["counts"]), abs=0.1)
+
+    # A histogram the loop binned: TensorBoard's buckets, the first from min, the last up to max.
+    ours = [e for e in entries if e.get("k") == "histogram" and e["win"] == "raw"]
+    theirs = [e.histogram_value for e in events.Histograms("raw")]
+    assert [e["x"] for e in ours] == list(range(STEPS)) and len(theirs) == STEPS
+    for entry, value in zip(ours, theirs):
+        filled = [i for i, count in enumerate(value.bucket) if count]
+        assert entry["edges"] == [value.min, *value.bucket_limit[:filled[-1]], value.max]
+        assert entry["counts"] == [value.bucket[i] for i in range(filled[-1] + 1)] and entry["n"] == value.num
+    assert panes["raw"]["content"]["data"][-1]["type"] == "bar"
+
+    # Audio: the same 16-bit samples at the same rate, in a player under its step.
+    wav = re.search(r'<p>step (\d+)[^<]*</p><audio controls src="data:audio/wav;base64,([^"]+)"',
+                    panes["voice"]["content"])
+    assert wav and wav.group(1) == str(STEPS - 1)
+    with wave.open(io.BytesIO(base64.b64decode(wav.group(2)))) as ours_wav, \
+            wave.open(io.BytesIO(events.Audio("voice")[-1].encoded_audio_string)) as theirs_wav:
+        assert ours_wav.getframerate() == theirs_wav.getframerate() == 8000
+        assert ours_wav.readframes(10 ** 6) == theirs_wav.readframes(10 ** 6)
 
     # PR curves: the same counts, precision and recall at every threshold of every step; the pane
     # draws the latest steps' curves, the latest last.
@@ -192,6 +218,41 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
     assert re.findall(r"<h5>step (\d+)</h5><p>step (\d+):", html) == [(str(s), str(s)) for s in reversed(steps)]
 
 
+def test_add_video_plays_the_frames_of_every_video_as_one_grid_at_its_fps(visdom_server, tmp_path, read_window_raw,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    videos = torch.rand(2, 3, 3, 6, 5, generator=torch.Generator().manual_seed(0))  # N T C H W, floats 0-1
+    with SummaryWriter(log_dir="runs/video", port=visdom_server.port) as writer:
+        writer.add_video("clip", videos, 4, fps=5)
+        writer.add_video("grey", torch.full((1, 2, 1, 4, 4), 255, dtype=torch.uint8), 4)
+        writer.flush()
+        pane = read_window_raw(visdom_server, "video", "clip")
+    shown = Image.open(io.BytesIO(shown_grid(pane)))
+    assert shown.n_frames == 3 and shown.info["duration"] == 200 and shown.info["loop"] == 0
+    expected = (videos * 255).clamp(0, 255).to(torch.uint8).permute(1, 0, 3, 4, 2).numpy()  # TensorBoard's rule
+    for frame in range(3):
+        shown.seek(frame)
+        png = io.BytesIO()
+        shown.convert("RGB").save(png, format="PNG")
+        for i in range(2):
+            assert np.array_equal(_tile(png.getvalue(), i, 2, 6, 5), expected[frame, i])
+    # In the run log as any grid is (replayed, resumed, exported alike).
+    [entry] = [e for e in RunLog.read(Path("runs/video", RunLog.FILENAME))
+               if e.get("k") == "image" and e["win"] == "clip"]
+    assert Image.open(Path("runs/video", entry["file"])).n_frames == 3
+
+    monitor = Monitor([], sink=ListSink())
+    with pytest.raises(ValueError, match=r"vid_tensor must be N x T x C x H x W, got shape \(3, 6, 5\)"):
+        SummaryWriter(monitor=monitor).add_video("clip", torch.rand(3, 6, 5))
+    with pytest.raises(ValueError, match="fps must be a number of frames a second in \\(0, 1000\\], got 0"):
+        monitor.log.video("clip", 0, torch.rand(1, 2, 3, 4, 4), fps=0)
+    with pytest.raises(ValueError, match=r"videos must be NTCHW with 1 or 3 channels.*got shape \(1, 2, 2, 4, 4\)"):
+        monitor.log.video("clip", 0, torch.rand(1, 2, 2, 4, 4))
+    monitor.log.video("big", 0, torch.zeros(2, 3, 1, 2048, 2048, dtype=torch.uint8))  # frames shrunk, as images are
+    [grid] = [r for r in monitor.sink.of(ImageGrid) if r.window == "big"]
+    assert grid.pixels.shape == (2, 3, 1, 1448, 1448) and grid.pixels.dtype == torch.uint8 and grid.fps == 4
+
+
 def test_a_text_tag_shows_its_latest_ten_texts_and_a_callback_s_text_pane_its_latest():
     sink = ListSink()
     monitor = Monitor([], sink=sink)
@@ -235,10 +296,10 @@ def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, c
     writer.add_hparams({"lr": 0.1, "optimizer": "<sgd>"}, {"hparam/accuracy": 0.9}, hparam_domain_discrete={},
                        run_name="x")
     with caplog.at_level(logging.WARNING, logger="monitor"):
-        writer.add_video("clip", torch.rand(1, 2, 3, 4, 4))
-        writer.add_video("clip", torch.rand(1, 2, 3, 4, 4))
-        writer.add_audio("sound", torch.rand(1, 100))
-    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_video", "add_audio"]
+        writer.add_mesh("mesh", torch.rand(1, 4, 3))
+        writer.add_mesh("mesh", torch.rand(1, 4, 3))
+        writer.add_custom_scalars({})
+    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_mesh", "add_custom_scalars"]
     [record] = monitor.sink.of(Hparams)
     assert record.hparams == {"lr": 0.1, "optimizer": "<sgd>"} and record.metrics == {"hparam/accuracy": 0.9}
     windows = Windows()
