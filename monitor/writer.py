@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import math
+import re
 import socket
 import sys
 import threading
@@ -20,7 +21,7 @@ import time
 import wave
 from collections import Counter
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -47,8 +48,7 @@ _TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one t
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
 TEXTS = 10  # the texts of a tag shown, as TensorBoard's text view keeps 10 samples
 
-_NOT_DRAWN = ("add_mesh", "add_custom_scalars", "add_custom_scalars_multilinechart",
-              "add_custom_scalars_marginchart", "add_onnx_graph", "add_tensor")
+_NOT_DRAWN = ("add_mesh", "add_onnx_graph", "add_tensor")
 
 
 class SummaryWriter:
@@ -87,7 +87,7 @@ class SummaryWriter:
     ``filename_suffix``, ``new_style``, ``double_precision`` and ``hparam_domain_discrete`` are
     accepted and change nothing (the sink sends within a second and writes one run log), as are
     ``add_graph``'s ``verbose`` and ``use_strict_trace``. TensorBoard methods not drawn here
-    (meshes, custom scalars, ONNX graphs, raw tensors) are accepted and say so once.
+    (meshes, ONNX graphs, raw tensors) are accepted and say so once.
     """
 
     def __init__(self, log_dir: str | os.PathLike | None = None, comment: str = "", purge_step: int | None = None,
@@ -113,6 +113,8 @@ class SummaryWriter:
         self._steps: Counter[str] = Counter()  # calls without a global_step, per tag
         self._said: set[str] = set()
         self._closed = False
+        self._charts: list[tuple[str, list[Callable[[str], Any]]]] = []  # add_custom_scalars: window, matchers
+        self._chart_of: dict[str, list[str]] = {}  # a tag's chart windows, found once
 
     # --- TensorBoard's methods ----------------------------------------------------------------
     def add_scalar(self, tag: str, scalar_value: Any, global_step: int | None = None, walltime: float | None = None,
@@ -121,7 +123,10 @@ class SummaryWriter:
         window, trace = split_tag(tag)
         value = _number(scalar_value, "scalar_value")
         window = self._lay_out(window, "scalars", Order.METRICS, xlabel="step")
-        self.log.scalar(window, _window_name(trace), self._step(tag, global_step), value)
+        x = self._step(tag, global_step)
+        self.log.scalar(window, _window_name(trace), x, value)
+        if self._charts:
+            self._chart(tag, tag, x, value)
         self._stepped(tag, global_step)
 
     def add_scalars(self, main_tag: str, tag_scalar_dict: Mapping[str, Any], global_step: int | None = None,
@@ -131,8 +136,46 @@ class SummaryWriter:
             raise TypeError(f"tag_scalar_dict must be a dict of name to number, got {type(tag_scalar_dict).__name__}")
         values = {_window_name(str(k)): _number(v, f"tag_scalar_dict[{k!r}]") for k, v in tag_scalar_dict.items()}
         window = self._lay_out(main_tag, "scalars", Order.METRICS, xlabel="step")
-        self.log.scalars(window, self._step(main_tag, global_step), values)
+        x = self._step(main_tag, global_step)
+        self.log.scalars(window, x, values)
+        for key, value in values.items() if self._charts else ():  # TensorBoard's run of each key
+            self._chart(main_tag, f"{main_tag}_{key}", x, value)
         self._stepped(main_tag, global_step)
+
+    def add_custom_scalars(self, layout: Mapping[str, Mapping[str, Any]]) -> None:
+        """Charts that gather scalars, ``{category: {title: [kind, tags]}}``: a ``"Multiline"``
+        chart draws each scalar whose tag matches one of its regular expressions (from the tag's
+        start, as TensorBoard matches them) as a trace of window ``title``; a ``"Margin"`` chart
+        draws its three tags (value, lower, upper). Scalars logged from this call on are drawn there.
+        """
+        if not isinstance(layout, Mapping) or not all(isinstance(charts, Mapping) for charts in layout.values()):
+            raise TypeError(f"layout must be a dict of category to a dict of chart title to [kind, tags], got "
+                            f"{layout!r}")
+        for category, charts in layout.items():
+            for title, chart in charts.items():
+                kind, tags = chart if isinstance(chart, (list, tuple)) and len(chart) == 2 else (None, None)
+                if kind not in ("Multiline", "Margin") or not isinstance(tags, (list, tuple)) or \
+                        not all(isinstance(t, str) for t in tags) or kind == "Margin" and len(tags) != 3:
+                    raise ValueError(f"layout[{category!r}][{title!r}] must be ['Multiline', [tag regex, ...]] or "
+                                     f"['Margin', [value tag, lower tag, upper tag]], got {chart!r}")
+                try:
+                    match = [re.compile(t).match for t in tags] if kind == "Multiline" else [tags.__contains__]
+                except re.error as error:
+                    raise ValueError(f"layout[{category!r}][{title!r}] has a tag that is not a regular "
+                                     f"expression: {error}") from None
+                window = self._lay_out(str(title), "scalars", Order.METRICS, xlabel="step")
+                self._charts.append((window, match))
+        self._chart_of.clear()
+
+    def add_custom_scalars_multilinechart(self, tags: list[str], category: str = "default",
+                                          title: str = "untitled") -> None:
+        """A chart of the scalars whose tags match ``tags`` (``add_custom_scalars``' Multiline)."""
+        self.add_custom_scalars({category: {title: ["Multiline", tags]}})
+
+    def add_custom_scalars_marginchart(self, tags: list[str], category: str = "default",
+                                       title: str = "untitled") -> None:
+        """A chart of three scalars: value, lower and upper (``add_custom_scalars``' Margin)."""
+        self.add_custom_scalars({category: {title: ["Margin", tags]}})
 
     def add_histogram(self, tag: str, values: Any, global_step: int | None = None, bins: Any = "tensorflow",
                       walltime: float | None = None, max_bins: int | None = None) -> None:
@@ -436,6 +479,14 @@ class SummaryWriter:
     def _stepped(self, tag: str, global_step: Any) -> None:
         if global_step is None:
             self._steps[tag] += 1
+
+    def _chart(self, tag: str, trace: str, x: float, value: Any) -> None:
+        """Draws a scalar in the custom charts its ``tag`` matches, as trace ``trace``."""
+        windows = self._chart_of.get(tag)
+        if windows is None:
+            windows = self._chart_of[tag] = [w for w, match in self._charts if any(m(tag) for m in match)]
+        for window in windows:
+            self.log.scalar(window, _window_name(trace), x, value)
 
     def _claim(self, window: str, kind: str) -> str:
         """The window of ``kind`` for a tag: the tag itself, unless another kind drew there first.

@@ -253,6 +253,38 @@ def test_add_video_plays_the_frames_of_every_video_as_one_grid_at_its_fps(visdom
     assert grid.pixels.shape == (2, 3, 1, 1448, 1448) and grid.pixels.dtype == torch.uint8 and grid.fps == 4
 
 
+def test_custom_scalars_gather_the_scalars_whose_tags_their_expressions_match_as_tensorboard_s_charts(
+        visdom_server, tmp_path, read_window, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with SummaryWriter(log_dir="runs/custom", port=visdom_server.port) as writer:
+        writer.add_custom_scalars({"Losses": {"losses": ["Multiline", ["loss/", "aux"]]},
+                                   "Bands": {"accuracy": ["Margin", ["acc", "acc/low", "acc/high"]]}})
+        writer.add_custom_scalars_multilinechart(["lr$"], title="rates")
+        for step in range(3):
+            writer.add_scalar("loss/train", 1 / (step + 1), step)
+            writer.add_scalar("loss/test", 2 / (step + 1), step)
+            writer.add_scalar("aux_loss", 0.5 * step, step)
+            writer.add_scalar("other/loss", 5.0, step)  # matched from the tag's start, as TensorBoard matches
+            writer.add_scalars("aux", {"a": 1.0, "b": 2.0}, step)  # TensorBoard's runs aux_a and aux_b, tag aux
+            for tag, value in (("acc", 0.5), ("acc/low", 0.4), ("acc/high", 0.6), ("acc/other", 0.0), ("lr", 0.1)):
+                writer.add_scalar(tag, value + step, step)
+        writer.flush()
+        losses, band, rates = (read_window(visdom_server, "custom", w) for w in ("losses", "accuracy", "rates"))
+        assert read_window(visdom_server, "custom", "loss")["train"] == ([0, 1, 2], [1.0, 0.5, 1 / 3])  # as before
+    assert set(losses) == {"loss/train", "loss/test", "aux_loss", "aux_a", "aux_b"}
+    assert losses["loss/test"] == ([0, 1, 2], [2.0, 1.0, 2 / 3]) and losses["aux_b"] == ([0, 1, 2], [2.0] * 3)
+    assert band == {"acc": ([0, 1, 2], [0.5, 1.5, 2.5]), "acc/low": ([0, 1, 2], [0.4, 1.4, 2.4]),
+                    "acc/high": ([0, 1, 2], [0.6, 1.6, 2.6])}
+    assert set(rates) == {"lr"}
+
+    writer = SummaryWriter(monitor=Monitor([], sink=ListSink()))
+    with pytest.raises(ValueError, match=r"layout\['a'\]\['b'\] must be \['Multiline', \[tag regex, ...\]\] or "
+                                         r"\['Margin', \[value tag, lower tag, upper tag\]\], got \['Margin', \['x'\]\]"):
+        writer.add_custom_scalars({"a": {"b": ["Margin", ["x"]]}})
+    with pytest.raises(ValueError, match=r"layout\['a'\]\['b'\] has a tag that is not a regular expression"):
+        writer.add_custom_scalars({"a": {"b": ["Multiline", ["loss("]]}})
+
+
 def test_a_text_tag_shows_its_latest_ten_texts_and_a_callback_s_text_pane_its_latest():
     sink = ListSink()
     monitor = Monitor([], sink=sink)
@@ -298,8 +330,8 @@ def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, c
     with caplog.at_level(logging.WARNING, logger="monitor"):
         writer.add_mesh("mesh", torch.rand(1, 4, 3))
         writer.add_mesh("mesh", torch.rand(1, 4, 3))
-        writer.add_custom_scalars({})
-    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_mesh", "add_custom_scalars"]
+        writer.add_onnx_graph("model.onnx")
+    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_mesh", "add_onnx_graph"]
     [record] = monitor.sink.of(Hparams)
     assert record.hparams == {"lr": 0.1, "optimizer": "<sgd>"} and record.metrics == {"hparam/accuracy": 0.9}
     windows = Windows()
