@@ -48,6 +48,13 @@ def seconds(argument: str, value: Any) -> float:
     return float(value)
 
 
+def smoothing_weight(argument: str, value: Any) -> float:
+    """``value`` as a float if it is a smoothing weight: a real number from 0 (none) up to, not including, 1."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value < 1:
+        raise ValueError(f"{argument} must be a number from 0 (no smoothing) up to 1 (not included), got {value!r}")
+    return float(value)
+
+
 def boolean(argument: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{argument} must be True or False, got {value!r}")

@@ -56,7 +56,7 @@ def precision_recall(entry: dict[str, Any]) -> tuple[list[float], list[float]]:
 
 def figure(entries: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Plotly traces and layout: precision against recall for each entry (a step), the latest
-    opaque, or for each run of a comparison (entries with a ``run`` label); hovering a point
+    in colour and the earlier ones in fading grey, or for each run of a comparison (entries with a ``run`` label); hovering a point
     shows its threshold and counts."""
     data = []
     for age, entry in enumerate(reversed(entries)):
@@ -65,9 +65,12 @@ def figure(entries: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dic
         text = [f"threshold {i / thresholds:.3f}<br>TP {tp:g}, FP {fp:g}, TN {tn:g}, FN {fn:g}"
                 for i, (tp, fp, tn, fn) in enumerate(zip(entry["tp"], entry["fp"], entry["tn"], entry["fn"]))]
         name = f"step {_number(entry['x'])}" if "run" not in entry else f"{entry['run']}, step {_number(entry['x'])}"
-        data.append({"x": recall, "y": precision, "text": text, "name": name, "type": "scatter", "mode": "lines",
-                     "opacity": 1.0 if age == 0 or "run" in entry else 0.6 - 0.1 * age,
-                     "hovertemplate": "recall %{x:.3f}, precision %{y:.3f}<br>%{text}<extra>%{fullData.name}</extra>"})
+        trace = {"x": recall, "y": precision, "text": text, "name": name, "type": "scatter", "mode": "lines",
+                 "marker": {"line": {"width": 0}},  # what Visdom's smoothing button writes to: without it the page fails
+                 "hovertemplate": "recall %{x:.3f}, precision %{y:.3f}<br>%{text}<extra>%{fullData.name}</extra>"}
+        if age and "run" not in entry:  # an earlier step: grey, fainter with age (Visdom resets a trace's opacity)
+            trace["line"] = {"color": f"rgba(127,127,127,{0.6 - 0.1 * age:.1f})"}
+        data.append(trace)
     data.reverse()  # the latest last: drawn on top
     layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
               "xaxis": {"title": "recall", "range": [0, 1.02]},

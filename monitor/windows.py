@@ -30,6 +30,9 @@ Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
 
 TRIALS = 500  # rows of an hparams pane (the run log keeps every entry)
 WINDOW_POINTS = 12_000  # points a line window shows in all: its message stays under about 300 KB
+SMOOTHED_POINTS = 1_000  # a smoothed curve's points: it has no extremes to keep
+_COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # Plotly's: a trace and its smoothed curve
 _MIN_TRACE_POINTS = 10
 
 
@@ -187,6 +190,29 @@ class Trace:
             if kept[-1] != self.last:
                 kept.append(self.last)
         return [p[1] for p in kept], [p[2] for p in kept]
+
+
+def smoothed(xs: list[float], ys: list[float | None], weight: float) -> tuple[list[float], list[float | None]]:
+    """The curve as TensorBoard's scalars view smooths it: an exponential moving average with
+    ``weight`` (0 to 1) given to the past, debiased at the start; a gap stays a gap, a constant
+    curve stays as it is. Thinned to ``SMOOTHED_POINTS`` evenly spread points, the last kept."""
+    finite = [y for y in ys if y is not None]
+    if not finite or all(y == finite[0] for y in finite):
+        out = list(ys)
+    else:
+        out, last, count = [], 0.0, 0
+        for y in ys:
+            if y is None:
+                out.append(None)
+                continue
+            last, count = last * weight + (1 - weight) * y, count + 1
+            out.append(last / (1 - weight ** count))
+    if len(xs) <= SMOOTHED_POINTS:
+        return list(xs), out
+    step = len(xs) / SMOOTHED_POINTS
+    gaps = {i for i, y in enumerate(out) if y is None}
+    keep = sorted({int(i * step) for i in range(SMOOTHED_POINTS)} | {len(xs) - 1} | gaps)
+    return [xs[i] for i in keep], [out[i] for i in keep]
 
 
 class Window:
@@ -367,7 +393,9 @@ class Window:
                 return self._heatmap_message(env, title)
             if not self.traces:
                 return None
-            data = [self._line(name) for name in self.traces]
+            smoothing = self.opts.get("smoothing", 0)
+            data = [line for i, name in enumerate(self.traces) for line in (
+                    self._smoothed(name, i, smoothing) if smoothing else (self._line(name),))]
             # No title inside the plot: the pane's header shows it, where Visdom's toolbar would cover it.
             layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
                       "xaxis": {"title": self.opts.get("xlabel", "step")},
@@ -411,14 +439,31 @@ class Window:
         if name in self.opts.get("markers", ()):  # marks on steps (a Guard's), not a curve
             return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "markers",
                     "marker": {"symbol": "x", "size": 12, "color": "#d62728"}}
-        return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines"}
+        # A marker line is what Visdom's smoothing button (a pane's "~") writes to: without one (Plotly drops an
+        # empty one) the page fails.
+        return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines", "marker": {"line": {"width": 0}}}
+
+    def _smoothed(self, name: str, index: int, weight: float) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The trace smoothed as TensorBoard smooths it, in the legend, and the trace itself faint
+        behind it, in its colour (read back by name, the trace itself comes last)."""
+        line = self._line(name)
+        if line["mode"] != "lines":  # marks, not a curve
+            return (line,)
+        red, green, blue = _COLORS[index % len(_COLORS)]
+        xs, ys = smoothed(line["x"], line["y"], weight)
+        # Faint by its colour: Visdom sets every line's opacity to 1 while its own smoothing is off.
+        return ({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines", "legendgroup": name,
+                 "line": {"color": f"rgb({red},{green},{blue})"}, "marker": {"line": {"width": 0}},
+                 "hovertemplate": "%{y:.6g} smoothed"},
+                {**line, "legendgroup": name, "showlegend": False,
+                 "line": {"color": f"rgba({red},{green},{blue},0.3)"}})
 
     def _heatmap_message(self, env: str, title: str) -> tuple[str, dict[str, Any]]:
         grid = self.grid
         lines = [self._line("total")] if "total" in self.traces else []
         for name in heatmap.top(grid.latest, self.opts.get("top", 5)):
             xs, ys = grid.points(name)
-            lines.append({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines"})
+            lines.append({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines", "marker": {"line": {"width": 0}}})
         data, layout = heatmap.figure(grid, lines, self.opts)
         if self.nonfinite:
             layout["legend"]["title"] = {"text": f"{self.nonfinite} non-finite shown as gaps"}

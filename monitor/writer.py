@@ -81,6 +81,10 @@ class SummaryWriter:
     **Windows.** A tag used for two kinds of data (a scalar ``weights/norm`` and a histogram
     ``weights``) gets a window for each, the later one named ``weights (histogram)``.
 
+    **Smoothing.** Scalar curves are drawn smoothed as TensorBoard's scalars view smooths them
+    by default (``smoothing=0.6``, the weight of the past; 0 for none), the values themselves
+    faint behind them; the run log keeps the values as logged.
+
     **Steps.** ``global_step=None``: TensorBoard records step 0 and draws the values in their
     order; here each tag counts its own calls (0, 1, 2, ...). ``walltime`` is accepted and not
     shown (the run log keeps the order). ``max_queue``, ``flush_secs``,
@@ -92,7 +96,9 @@ class SummaryWriter:
 
     def __init__(self, log_dir: str | os.PathLike | None = None, comment: str = "", purge_step: int | None = None,
                  max_queue: int = 10, flush_secs: int = 120, filename_suffix: str = "", *,
-                 monitor: Any = None, **sink_options: Any) -> None:
+                 monitor: Any = None, smoothing: float = 0.6, **sink_options: Any) -> None:
+        weight = checks.smoothing_weight("smoothing", smoothing)
+        self._scalar_opts = {"xlabel": "step", **({"smoothing": weight} if weight else {})}
         if monitor is not None:
             if log_dir is not None or sink_options:
                 raise TypeError(f"a writer on a Monitor's env writes to its run: pass log_dir and sink options "
@@ -122,7 +128,7 @@ class SummaryWriter:
         """One point: window and trace from ``tag`` (``Loss/train``: window ``Loss``, trace ``train``)."""
         window, trace = split_tag(tag)
         value = _number(scalar_value, "scalar_value")
-        window = self._lay_out(window, "scalars", Order.METRICS, xlabel="step")
+        window = self._lay_out(window, "scalars", Order.METRICS, **self._scalar_opts)
         x = self._step(tag, global_step)
         self.log.scalar(window, _window_name(trace), x, value)
         if self._charts:
@@ -135,7 +141,7 @@ class SummaryWriter:
         if not isinstance(tag_scalar_dict, Mapping):
             raise TypeError(f"tag_scalar_dict must be a dict of name to number, got {type(tag_scalar_dict).__name__}")
         values = {_window_name(str(k)): _number(v, f"tag_scalar_dict[{k!r}]") for k, v in tag_scalar_dict.items()}
-        window = self._lay_out(main_tag, "scalars", Order.METRICS, xlabel="step")
+        window = self._lay_out(main_tag, "scalars", Order.METRICS, **self._scalar_opts)
         x = self._step(main_tag, global_step)
         self.log.scalars(window, x, values)
         for key, value in values.items() if self._charts else ():  # TensorBoard's run of each key
@@ -163,7 +169,7 @@ class SummaryWriter:
                 except re.error as error:
                     raise ValueError(f"layout[{category!r}][{title!r}] has a tag that is not a regular "
                                      f"expression: {error}") from None
-                window = self._lay_out(str(title), "scalars", Order.METRICS, xlabel="step")
+                window = self._lay_out(str(title), "scalars", Order.METRICS, **self._scalar_opts)
                 self._charts.append((window, match))
         self._chart_of.clear()
 

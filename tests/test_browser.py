@@ -315,6 +315,41 @@ def test_distributions_show_percentile_bands_over_the_steps_and_the_latest_histo
     _screenshot_without_console_errors(browser, "distribution.png")
 
 
+def test_curves_are_smoothed_as_in_tensorboard_and_visdom_s_own_smoothing_slider_works_on_every_pane(
+        visdom_server, tmp_path, browser):
+    import time
+
+    import torch
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import SummaryWriter
+
+    noise = torch.Generator().manual_seed(0)
+    with SummaryWriter(log_dir=tmp_path / "smoothing_check", port=visdom_server.port) as writer:
+        for step in range(60):
+            writer.add_scalar("Loss/train", 1 / (step + 1) + 0.1 * torch.rand(1, generator=noise).item(), step)
+            writer.add_histogram("weights", torch.randn(500, generator=noise), step)
+            labels = torch.randint(0, 2, (100,), generator=noise)
+            writer.add_pr_curve("pr", labels, torch.rand(100, generator=noise) * 0.5 + labels * 0.5, step)
+        writer.flush()
+
+    browser.get(f"{visdom_server.url}/env/smoothing_check")
+    wait = WebDriverWait(browser, 30)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg.main-svg")) >= 3)
+    legend = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "g.legend text.legendtext")]
+    assert legend.count("train") == 1  # the smoothed curve in the legend, the values faint behind it
+    panes = len(browser.find_elements(By.CSS_SELECTOR, "svg.main-svg"))
+    for i in range(len(browser.find_elements(By.CSS_SELECTOR, "button[title='smooth lines']"))):
+        browser.find_elements(By.CSS_SELECTOR, "button[title='smooth lines']")[i].click()
+        for _ in range(3):  # the widget is drawn again at each step of its slider
+            browser.find_elements(By.CSS_SELECTOR, "input[type=range]")[-1].send_keys(Keys.ARROW_RIGHT)
+            time.sleep(0.2)
+    assert len(browser.find_elements(By.CSS_SELECTOR, "svg.main-svg")) == panes  # the page still draws them all
+    _screenshot_without_console_errors(browser, "smoothing.png")
+
+
 def test_a_video_plays_in_its_pane_and_a_sound_has_a_player(visdom_server, tmp_path, browser):
     import time
 

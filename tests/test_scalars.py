@@ -100,7 +100,8 @@ def test_scalars_set_each_windows_title_and_axis_labels_once():
         monitor.validation_end({"accuracy": 0.5})
     layouts = sink.of(Layout)
     assert sorted(r.window for r in layouts) == ["accuracy", "loss"]
-    assert {r.window: r.opts for r in layouts}["loss"] == {"title": "loss", "xlabel": "epoch", "ylabel": "loss"}
+    assert {r.window: r.opts for r in layouts}["loss"] == {"title": "loss", "xlabel": "epoch", "ylabel": "loss",
+                                                           "smoothing": 0.6}
     for layout in layouts:  # each before its window's first points
         first = next(i for i, r in enumerate(sink.records) if isinstance(r, Points) and r.window == layout.window)
         assert sink.records.index(layout) < first

@@ -63,6 +63,29 @@ def test_a_line_window_is_sent_whole_with_every_trace_and_counts_its_gaps():
     assert message["layout"]["yaxis"]["type"] == "log"
 
 
+def test_a_smoothed_window_draws_each_trace_smoothed_as_tensorboard_does_with_the_values_faint_behind():
+    window = Window("loss", 5000)
+    window.apply({"k": "layout", "win": "loss", "opts": {"title": "loss", "smoothing": 0.6}})
+    for x, (train, validation) in enumerate([(1.0, 3.0), (2.0, 3.0), (math.nan, None), (3.0, None)]):
+        window.apply({"k": "points", "win": "loss", "x": x, "y": {"train": train, **(
+            {"validation": validation} if validation else {})}})
+    smooth, raw, flat, flat_raw = window.message("e")[1]["data"]
+    # TensorBoard's moving average, debiased: 0.4 * 1 / (1 - 0.6), then (0.24 + 0.8) / (1 - 0.36), ...
+    assert (smooth["name"], smooth["x"]) == ("train", [0, 1, 2, 3])
+    assert smooth["y"] == pytest.approx([1.0, 1.625, None, 1.824 / 0.784])
+    assert (raw["name"], raw["x"], raw["y"]) == ("train", [0, 1, 2, 3], [1.0, 2.0, None, 3.0])  # read back by name
+    assert smooth.get("showlegend", True) and raw["showlegend"] is False
+    assert (smooth["line"]["color"], raw["line"]["color"]) == ("rgb(31,119,180)", "rgba(31,119,180,0.3)")  # faint
+    assert flat["line"]["color"] == "rgb(255,127,14)" and smooth["legendgroup"] == raw["legendgroup"] == "train"
+    assert flat["y"] == flat_raw["y"] == [3.0, 3.0]  # a constant curve stays as it is
+
+    for x in range(4, 20_000):
+        window.apply({"k": "points", "win": "loss", "x": x, "y": {"train": float(x % 7)}})
+    smooth, raw = window.message("e")[1]["data"][:2]  # thinned: 1,000 points, the last and the gap
+    assert len(smooth["x"]) <= 1000 + 2 and smooth["x"][-1] == raw["x"][-1] == 19_999 and None in smooth["y"]
+    assert all(0 <= y <= 6 for y in smooth["y"] if y is not None)
+
+
 def test_a_window_with_only_its_layout_has_nothing_to_send():
     windows = Windows(1000)
     windows.apply([{"k": "run", "env": "e"}, {"k": "layout", "win": "loss", "opts": {"xlabel": "epoch"}}])

@@ -6,7 +6,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from monitor.callbacks._every import is_due
-from monitor.checks import boolean, one_of, positive_int, scalar
+from monitor.checks import boolean, one_of, positive_int, scalar, smoothing_weight
 from monitor.core import Callback, LoopState, Monitor
 from monitor.distributed import mean_across_ranks
 from monitor.log import Log
@@ -21,6 +21,9 @@ class Scalars(Callback):
         monitor.validation_end({"accuracy": val_acc})              # same window, trace "validation"
 
     ``x="step"`` plots every ``every``-th step (1, 1 + every, ...) at its step number.
+    Each curve is drawn smoothed as TensorBoard's scalars view smooths it (``smoothing``, the
+    weight of the past in a moving average: 0.6 as there, 0 for none), the values themselves
+    faint behind it; the run log and every reading of the window keep the values as logged.
     ``x="epoch"`` plots the mean of the epoch's steps (every ``every``-th one) at its epoch_end,
     at x = the number of epochs done (1 after the first epoch, as TensorBoard and Keras users
     read it); a validation is plotted at the number of epochs done when it ran, counting the
@@ -48,8 +51,9 @@ class Scalars(Callback):
     """
 
     def __init__(self, every: int = 1, x: str = "step", average: bool | Iterable[str] = False,
-                 average_validation: bool = False) -> None:
+                 average_validation: bool = False, smoothing: float = 0.6) -> None:
         self.every = positive_int("every", every)
+        self.smoothing = smoothing_weight("smoothing", smoothing)
         self.x = one_of("x", x, ("step", "epoch"))
         self.average = _names_to_average(average)
         self.average_validation = boolean("average_validation", average_validation)
@@ -133,7 +137,7 @@ class Scalars(Callback):
         try:
             if name not in log.layouts:  # laid out once: the training thread's path stays short
                 log.window(name, order=Order.LOSS if name == "loss" else Order.METRICS, title=name, xlabel=self.x,
-                           ylabel=name)
+                           ylabel=name, **({"smoothing": self.smoothing} if self.smoothing else {}))
             log.scalar(name, trace, x, value)
         except (TypeError, ValueError) as error:
             raise type(error)(f"metric {name!r}: {error}") from None
