@@ -37,7 +37,7 @@ from monitor.distribution import trimmed
 from monitor.imagestore import ImageStore
 from monitor.imaging import display_values, encode_grid
 from monitor.layer_sums import LayerNorms
-from monitor.records import Embedding, Histogram, Hparams, ImageGrid, RunEnd, Layout, Points, PrCurve, Text
+from monitor.records import Embedding, Histogram, Hparams, ImageGrid, RunEnd, Layout, Mesh, Points, PrCurve, Text
 
 
 def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
@@ -96,6 +96,8 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embe
         texts = [None if part is None else [str(text) for text in part] for part in (labels, hover)]
         return record._replace(values=(points.tolist() if hasattr(points, "tolist") else points,
                                        [float(v) for v in explained], *texts))
+    if isinstance(record, Mesh):
+        return record._replace(values=record.values()) if callable(record.values) else record
     if isinstance(record, Text):
         html = record.html() if callable(record.html) else record.html
         if type(html) is not str and isinstance(html, str):
@@ -170,6 +172,14 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
                 raise ValueError(f"{name} must have one text per point ({len(points)}), got {len(texts)}")
         return {"k": "embedding", "win": record.window, "x": x, "points": points, "explained": explained,
                 "labels": labels, "hover": hover}
+    if isinstance(record, Mesh):
+        vertices, faces, colors = record.values
+        if type(vertices) is not list or not all(type(v) is list and len(v) == 3 for v in vertices):
+            raise ValueError("a mesh needs a list of 3 coordinates per vertex")
+        for name, part in (("faces", faces), ("colors", colors)):
+            if part is not None and (type(part) is not list or not all(type(v) is list and len(v) == 3 for v in part)):
+                raise ValueError(f"a mesh's {name} must be a list of 3 numbers each")
+        return {"k": "mesh", "win": record.window, "x": x, "vertices": vertices, "faces": faces, "colors": colors}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     entry = {"k": "text", "win": record.window, "x": x, "html": record.html}

@@ -55,9 +55,9 @@ def precision_recall(entry: dict[str, Any]) -> tuple[list[float], list[float]]:
 
 
 def figure(entries: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Plotly traces and layout: precision against recall for each entry (a step), the latest
-    in colour and the earlier ones in fading grey, or for each run of a comparison (entries with a ``run`` label); hovering a point
-    shows its threshold and counts."""
+    """Plotly traces and layout: precision against recall for each entry (a step), the latest in
+    colour and the earlier ones in fading grey, or for each run of a comparison (entries with a
+    ``run`` label); hovering a point shows its threshold and counts."""
     data = []
     for age, entry in enumerate(reversed(entries)):
         precision, recall = ([v if math.isfinite(v) else None for v in part] for part in precision_recall(entry))
@@ -66,7 +66,7 @@ def figure(entries: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], dic
                 for i, (tp, fp, tn, fn) in enumerate(zip(entry["tp"], entry["fp"], entry["tn"], entry["fn"]))]
         name = f"step {_number(entry['x'])}" if "run" not in entry else f"{entry['run']}, step {_number(entry['x'])}"
         trace = {"x": recall, "y": precision, "text": text, "name": name, "type": "scatter", "mode": "lines",
-                 "marker": {"line": {"width": 0}},  # what Visdom's smoothing button writes to: without it the page fails
+                 "marker": {"line": {"width": 0}},  # Visdom's smoothing button writes there (monitor.windows)
                  "hovertemplate": "recall %{x:.3f}, precision %{y:.3f}<br>%{text}<extra>%{fullData.name}</extra>"}
         if age and "run" not in entry:  # an earlier step: grey, fainter with age (Visdom resets a trace's opacity)
             trace["line"] = {"color": f"rgba(127,127,127,{0.6 - 0.1 * age:.1f})"}

@@ -119,6 +119,15 @@ class Embedding(NamedTuple):
     values: Any
 
 
+class Mesh(NamedTuple):
+    """A mesh or point cloud at one step: ``values`` is (vertices N x 3, faces F x 3 or None, colours
+    N x 3 or None) as lists (``mesh.drawn``), or a function of no arguments the sink calls to get them."""
+
+    window: str
+    x: float
+    values: Any
+
+
 class Hparams(NamedTuple):
     """A run's hyper-parameters (JSON values) and the metrics it ended with (numbers); the newest
     counts. ``trial`` names one of several trials a pane shows (a writer's ``add_hparams`` call);

@@ -31,7 +31,7 @@ from urllib.parse import quote
 from monitor import checks
 from monitor.connection import Connection
 from monitor.delivery import SPREAD, Delivery, FlushTiming
-from monitor.records import Embedding, Histogram, Hparams, ImageGrid, Layout, Points, PrCurve, RunEnd, Text
+from monitor.records import Embedding, Histogram, Hparams, ImageGrid, Layout, Mesh, Points, PrCurve, RunEnd, Text
 from monitor.reports import Reports
 from monitor.rundir import RunDir
 from monitor.entries import encode, header, windows_after
@@ -43,7 +43,7 @@ __all__ = ["FlushTiming", "VisdomSink"]
 
 _log = logging.getLogger("monitor")
 _STOP = object()
-RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Embedding, Hparams, RunEnd)
+RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Embedding, Hparams, RunEnd, Mesh)
 # The worker works in short slices and pauses between them while a backlog remains: it shares
 # the GIL with the training thread, and a long burst (or being preempted in one) makes a hook
 # that releases the GIL (any tensor op) wait for it. Measured here: after a 5 s outage, a

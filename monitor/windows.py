@@ -22,7 +22,7 @@ from typing import Any, Iterable, NamedTuple
 
 from pathlib import Path
 
-from monitor import checks, distribution, embedding, heatmap, pr_curve
+from monitor import checks, distribution, embedding, heatmap, mesh, pr_curve
 from monitor.imagestore import KEEP, kept
 from monitor.records import Order
 
@@ -292,7 +292,7 @@ class Window:
             self.texts = [*self.texts[1 - entry["keep"]:], entry]
             html = "".join(f"<h5>step {t['x']:g}</h5>{t['html']}" for t in reversed(self.texts))
             self.kind, self.content = "text", {**entry, "html": html}
-        elif kind in ("image", "text", "embedding"):  # the latest
+        elif kind in ("image", "text", "embedding", "mesh"):  # the latest
             self.kind, self.content = kind, entry
         elif kind == "layout":
             self.opts.update(entry["opts"])
@@ -415,8 +415,8 @@ class Window:
             data, layout = pr_curve.figure(self.curves)
             return "events", {"data": data, "win": self.name, "eid": env, "layout": layout,
                               "opts": {**self.opts, "title": title}}
-        if self.kind == "embedding":
-            data, layout = embedding.figure(self.content)
+        if self.kind in ("embedding", "mesh"):
+            data, layout = (embedding if self.kind == "embedding" else mesh).figure(self.content)
             return "events", {"data": data, "win": self.name, "eid": env, "layout": layout,
                               "opts": {"height": 480, "width": 560, **self.opts, "title": title}}
         if self.kind == "image":
@@ -463,7 +463,8 @@ class Window:
         lines = [self._line("total")] if "total" in self.traces else []
         for name in heatmap.top(grid.latest, self.opts.get("top", 5)):
             xs, ys = grid.points(name)
-            lines.append({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines", "marker": {"line": {"width": 0}}})
+            lines.append({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines",
+                          "marker": {"line": {"width": 0}}})
         data, layout = heatmap.figure(grid, lines, self.opts)
         if self.nonfinite:
             layout["legend"]["title"] = {"text": f"{self.nonfinite} non-finite shown as gaps"}

@@ -26,10 +26,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from monitor import checks, embedding, pr_curve
+from monitor import checks, embedding, mesh, pr_curve
 from monitor.host import on_host
 from monitor.log import Log
-from monitor.records import Embedding, Histogram, Order, PrCurve, RunEnd, Text, ending_of
+from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of
 from monitor.rundir import RunDir
 from monitor.runlog import RunLog
 
@@ -48,7 +48,7 @@ _TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one t
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
 TEXTS = 10  # the texts of a tag shown, as TensorBoard's text view keeps 10 samples
 
-_NOT_DRAWN = ("add_mesh", "add_onnx_graph", "add_tensor")
+_NOT_DRAWN = ("add_onnx_graph", "add_tensor")
 
 
 class SummaryWriter:
@@ -91,7 +91,7 @@ class SummaryWriter:
     ``filename_suffix``, ``new_style``, ``double_precision`` and ``hparam_domain_discrete`` are
     accepted and change nothing (the sink sends within a second and writes one run log), as are
     ``add_graph``'s ``verbose`` and ``use_strict_trace``. TensorBoard methods not drawn here
-    (meshes, ONNX graphs, raw tensors) are accepted and say so once.
+    (ONNX graphs, raw tensors) are accepted and say so once.
     """
 
     def __init__(self, log_dir: str | os.PathLike | None = None, comment: str = "", purge_step: int | None = None,
@@ -340,7 +340,7 @@ class SummaryWriter:
             raise ValueError(f"vid_tensor must be N x T x C x H x W, got shape {tuple(videos.shape)}")
         count, frames = videos.shape[:2]
         pixels = self._pixels(videos.reshape(count * frames, *videos.shape[2:]), "NCHW")
-        window = self._lay_out(tag, "video", Order.IMAGES)
+        window = self._lay_out(tag, "images", Order.IMAGES)  # its entries are image grids: "images" on resume too
         self.log.video(window, self._step(tag, global_step), pixels.reshape(count, frames, *pixels.shape[1:]),
                        fps.item() if isinstance(fps, np.generic) else fps)
         self._stepped(tag, global_step)
@@ -356,10 +356,39 @@ class SummaryWriter:
                              f"{tuple(_tensor(snd_tensor, 'snd_tensor').shape)}")
         rate = checks.positive_int("sample_rate", int(sample_rate) if isinstance(sample_rate, np.integer)
                                    else sample_rate)
-        window = self._lay_out(tag, "audio", Order.IMAGES)
+        window = self._lay_out(tag, "text", Order.IMAGES)  # its entries are texts: "text" on resume too
         step = self._step(tag, global_step)
         snapshot = sound.clone()
         self.log.sink.put(Text(window, step, lambda: _audio_html(snapshot, rate, step)))
+        self._stepped(tag, global_step)
+
+    def add_mesh(self, tag: str, vertices: Any, colors: Any = None, faces: Any = None, config_dict: Any = None,
+                 global_step: int | None = None, walltime: float | None = None) -> None:
+        """A mesh (``faces``: B x F x 3 vertex indices) or a point cloud (without faces) in 3-D, its
+        ``vertices`` B x N x 3 and ``colors`` B x N x 3 (0-255) as TensorBoard takes them; the
+        first of the batch is drawn, and of a large one 20,000 vertices as points (``monitor.mesh``).
+        ``config_dict`` (camera, lights) is accepted and not used."""
+        parts = {"vertices": _tensor(vertices, "vertices")}
+        for name, value in (("colors", colors), ("faces", faces)):
+            if value is not None:
+                parts[name] = _tensor(value, name)
+        for name, part in parts.items():
+            if part.dim() != 3 or part.shape[-1] != 3 or part.shape[0] == 0:
+                raise ValueError(f"{name} must be B x {'F' if name == 'faces' else 'N'} x 3, got shape "
+                                 f"{tuple(part.shape)}")
+            checks.real_tensor(name, part)
+        count = parts["vertices"].shape[1]
+        if "colors" in parts and parts["colors"].shape[1] != count:
+            raise ValueError(f"colors must have one colour per vertex ({count}), got {parts['colors'].shape[1]}")
+        faces_here = parts.get("faces")
+        if faces_here is not None and faces_here.is_cpu and faces_here.numel() and \
+                not 0 <= int(faces_here.min()) <= int(faces_here.max()) < count:  # on a device: by the sink
+            raise ValueError(f"faces must hold vertex indices from 0 to {count - 1}, got "
+                             f"{int(faces_here.min())} to {int(faces_here.max())}")
+        snapshot = {name: part[0].detach().clone() for name, part in parts.items()}  # read by the sink
+        window = self._lay_out(tag, "mesh", Order.METRICS)
+        self.log.sink.put(Mesh(window, self._step(tag, global_step), lambda: mesh.drawn(
+            *(None if name not in snapshot else _numpy(snapshot[name]) for name in ("vertices", "faces", "colors")))))
         self._stepped(tag, global_step)
 
     def add_text(self, tag: str, text_string: str, global_step: int | None = None,
@@ -641,7 +670,7 @@ def _end_open_runs() -> None:
 
 
 _KINDS = {"points": "scalars", "histogram": "histogram", "image": "images", "text": "text", "hparams": "hparams",
-          "pr_curve": "pr_curve", "embedding": "embedding"}
+          "pr_curve": "pr_curve", "embedding": "embedding", "mesh": "mesh"}
 
 
 def _purge(log: Path, purge_step: int) -> None:
@@ -813,7 +842,7 @@ def _audio_html(sound: torch.Tensor, rate: int, step: float) -> str:
         file.setframerate(rate)
         file.writeframes(samples.tobytes())
     seconds = len(samples) / rate
-    return (f"<p>step {step:g} &middot; {seconds:.2f} s at {rate} Hz</p><audio controls "
+    return (f"<p>step {step:g} &middot; {seconds:.2f} s at {rate} Hz</p><audio controls style=\"width: 100%\" "
             f"src=\"data:audio/wav;base64,{base64.b64encode(buffer.getvalue()).decode()}\"></audio>")
 
 

@@ -350,7 +350,7 @@ def test_curves_are_smoothed_as_in_tensorboard_and_visdom_s_own_smoothing_slider
     _screenshot_without_console_errors(browser, "smoothing.png")
 
 
-def test_a_video_plays_in_its_pane_and_a_sound_has_a_player(visdom_server, tmp_path, browser):
+def test_a_video_plays_in_its_pane_a_sound_has_a_player_and_a_mesh_is_drawn_in_3d(visdom_server, tmp_path, browser):
     import time
 
     import torch
@@ -364,6 +364,8 @@ def test_a_video_plays_in_its_pane_and_a_sound_has_a_player(visdom_server, tmp_p
     with SummaryWriter(log_dir=tmp_path / "media_check", port=visdom_server.port) as writer:
         writer.add_video("rollout", frames, 0, fps=4)
         writer.add_audio("voice", torch.sin(torch.arange(8000) / 3), 0, sample_rate=8000)
+        writer.add_mesh("shape", torch.tensor([[[1.0, 1, 1], [-1, -1, 1], [1, -1, -1], [-1, 1, -1]]]),
+                        faces=torch.tensor([[[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]]]))
         writer.flush()
 
     browser.get(f"{visdom_server.url}/env/media_check")
@@ -378,6 +380,7 @@ def test_a_video_plays_in_its_pane_and_a_sound_has_a_player(visdom_server, tmp_p
     seconds = wait.until(lambda d: d.execute_script(
         "const a = document.querySelector('audio'); return a && a.readyState >= 1 && a.duration"))
     assert seconds == pytest.approx(1.0, abs=0.01)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "div.gl-container canvas"))  # WebGL drew the mesh
     _screenshot_without_console_errors(browser, "media.png")
 
 

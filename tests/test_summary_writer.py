@@ -161,7 +161,7 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
     assert panes["raw"]["content"]["data"][-1]["type"] == "bar"
 
     # Audio: the same 16-bit samples at the same rate, in a player under its step.
-    wav = re.search(r'<p>step (\d+)[^<]*</p><audio controls src="data:audio/wav;base64,([^"]+)"',
+    wav = re.search(r'<p>step (\d+)[^<]*</p><audio controls [^>]*src="data:audio/wav;base64,([^"]+)"',
                     panes["voice"]["content"])
     assert wav and wav.group(1) == str(STEPS - 1)
     with wave.open(io.BytesIO(base64.b64decode(wav.group(2)))) as ours_wav, \
@@ -253,6 +253,39 @@ def test_add_video_plays_the_frames_of_every_video_as_one_grid_at_its_fps(visdom
     assert grid.pixels.shape == (2, 3, 1, 1448, 1448) and grid.pixels.dtype == torch.uint8 and grid.fps == 4
 
 
+def test_add_mesh_draws_the_first_mesh_of_the_batch_or_its_points_in_3d(visdom_server, tmp_path, read_window_raw,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    vertices = torch.tensor([[[1, 1, 1], [-1, -1, 1], [1, -1, -1], [-1, 1, -1]]], dtype=torch.float32)  # a tetrahedron
+    colors = torch.tensor([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 255]]], dtype=torch.int32)
+    faces = torch.tensor([[[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]]], dtype=torch.int32)
+    cloud = torch.randn(2, 30_000, 3, generator=torch.Generator().manual_seed(0))
+    with SummaryWriter(log_dir="runs/mesh", port=visdom_server.port) as writer:
+        writer.add_mesh("tetrahedron", vertices=vertices, colors=colors, faces=faces, global_step=2,
+                        config_dict={"camera": {"cls": "PerspectiveCamera", "fov": 75}})
+        writer.add_mesh("cloud", vertices=cloud, global_step=2)
+        writer.flush()
+        solid, points = (read_window_raw(visdom_server, "mesh", w)["content"]["data"] for w in ("tetrahedron", "cloud"))
+    [solid] = solid
+    assert solid["type"] == "mesh3d" and [solid[a] for a in "xyz"] == vertices[0].T.tolist()
+    assert [solid[a] for a in "ijk"] == faces[0].T.tolist()
+    assert solid["vertexcolor"] == ["rgb(255,0,0)", "rgb(0,255,0)", "rgb(0,0,255)", "rgb(255,255,255)"]
+    [points] = points  # the first of the batch, 20,000 of its 30,000 points, evenly spread, as a cloud
+    assert points["type"] == "scatter3d" and len(points["x"]) == 20_000
+    assert points["x"][-1] == pytest.approx(cloud[0, -1, 0].item(), rel=1e-5)
+    [entry] = [e for e in RunLog.read(Path("runs/mesh", RunLog.FILENAME)) if e.get("win") == "tetrahedron"
+               and e["k"] == "mesh"]
+    assert entry["x"] == 2 and entry["faces"] == faces[0].tolist()
+
+    writer = SummaryWriter(monitor=Monitor([], sink=ListSink()))
+    with pytest.raises(ValueError, match=r"vertices must be B x N x 3, got shape \(4, 3\)"):
+        writer.add_mesh("m", vertices[0])
+    with pytest.raises(ValueError, match="faces must hold vertex indices from 0 to 3, got 0 to 4"):
+        writer.add_mesh("m", vertices, faces=faces + (faces == 3).int())
+    with pytest.raises(ValueError, match=r"colors must have one colour per vertex \(4\), got 3"):
+        writer.add_mesh("m", vertices, colors=colors[:, :3])
+
+
 def test_custom_scalars_gather_the_scalars_whose_tags_their_expressions_match_as_tensorboard_s_charts(
         visdom_server, tmp_path, read_window, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -328,10 +361,10 @@ def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, c
     writer.add_hparams({"lr": 0.1, "optimizer": "<sgd>"}, {"hparam/accuracy": 0.9}, hparam_domain_discrete={},
                        run_name="x")
     with caplog.at_level(logging.WARNING, logger="monitor"):
-        writer.add_mesh("mesh", torch.rand(1, 4, 3))
-        writer.add_mesh("mesh", torch.rand(1, 4, 3))
+        writer.add_tensor("raw", torch.rand(4, 3))
+        writer.add_tensor("raw", torch.rand(4, 3))
         writer.add_onnx_graph("model.onnx")
-    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_mesh", "add_onnx_graph"]
+    assert [r.getMessage().split(".")[1].split(" ")[0] for r in caplog.records] == ["add_tensor", "add_onnx_graph"]
     [record] = monitor.sink.of(Hparams)
     assert record.hparams == {"lr": 0.1, "optimizer": "<sgd>"} and record.metrics == {"hparam/accuracy": 0.9}
     windows = Windows()
@@ -790,7 +823,11 @@ def test_a_continued_log_dir_counts_on_from_its_last_step_and_keeps_its_windows_
     from monitor.server import VisdomServer
     monkeypatch.chdir(tmp_path)
     port = VisdomServer(0).port  # no dashboard needed: the run log says it all
+    media = {"add_video": torch.rand(1, 2, 3, 4, 4), "add_audio": torch.rand(10),
+             "add_mesh": torch.rand(1, 4, 3)}
     with SummaryWriter("runs/counted", port=port) as writer:
+        for method, value in media.items():
+            getattr(writer, method)(method, value)
         for value in (3.0, 2.0):
             writer.add_scalar("w", value)  # no global_step: 0, 1
         writer.add_histogram("w", torch.randn(10))  # "w (histogram)"
@@ -799,7 +836,10 @@ def test_a_continued_log_dir_counts_on_from_its_last_step_and_keeps_its_windows_
     with SummaryWriter("runs/counted", port=port) as again:  # the script run again
         again.add_histogram("w", torch.randn(10))
         again.add_scalar("w", 1.0)
+        for method, value in media.items():
+            getattr(again, method)(method, value)
     entries = list(RunLog.read(Path("runs/counted", RunLog.FILENAME)))
+    assert {e["win"] for e in entries if e.get("k") in ("image", "text", "mesh")} == set(media)  # the same windows
     # Calls without a global_step count per tag (0, 1, 2), then on from the run's last step (3, 4).
     assert [(e["x"], e["y"]["w"]) for e in entries if e["k"] == "points"] == [(0, 3.0), (1, 2.0), (4, 1.0)]
     assert [(e["win"], e["x"]) for e in entries if e["k"] == "histogram"] == [("w (histogram)", 2),
