@@ -9,6 +9,7 @@ the pane's message stays within a window's budget.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ SHOWN = 20_000  # vertices in the run log and the pane
 
 def drawn(vertices: Any, faces: Any = None, colors: Any = None
           ) -> tuple[list[list[float]], list[list[int]] | None, list[list[int]] | None]:
-    """One mesh as lists: vertices (N x 3 floats, six significant digits), faces (F x 3 vertex
+    """One mesh as lists: vertices (N x 3 floats, six significant digits of the largest), faces (F x 3 vertex
     indices) and colours (N x 3, 0-255), the latter two None where not given or not kept."""
     points = np.asarray(vertices, dtype=np.float64)
     if not np.isfinite(points).all():
@@ -33,7 +34,9 @@ def drawn(vertices: Any, faces: Any = None, colors: Any = None
         raise ValueError(f"faces must hold vertex indices from 0 to {len(points) - 1}, got "
                          f"{triangles.min()} to {triangles.max()}")
     triangles = None if triangles is None else triangles.tolist()
-    return [[float(f"{v:.6g}") for v in row] for row in points.tolist()], triangles, rgb
+    largest = float(np.abs(points).max()) if points.size else 0.0
+    digits = 5 - math.floor(math.log10(largest)) if largest > 0 else 0  # six significant digits of the largest
+    return np.round(points, digits).tolist(), triangles, rgb
 
 
 def figure(entry: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
