@@ -14,7 +14,7 @@ import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
 
 import torch
 
@@ -402,6 +402,11 @@ class Monitor:
     def in_batches(self) -> bool:
         """Whether the loop is inside a ``monitor.batches`` loop, with batches still to come."""
         return self._resumable.iterating > 0
+
+    def at_next_batch(self, action: Callable[[], None] | None) -> None:
+        """Calls ``action`` once, before the ``monitor.batches`` loop (not one inside it) takes its
+        next batch; None takes back an action not yet called."""
+        self._resumable.at_next_batch = action
 
     # --- lifetime -----------------------------------------------------------------------------
     def flush(self, timeout: float | None = 10.0) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -41,6 +41,7 @@ class Resumable:
         self.skip_of: tuple[int | None, int | None] | None = None  # ... from a loader of (samples, batch size)
         self.calls = 0                            # monitor.batches calls made this epoch
         self.iterating = 0                        # monitor.batches generators started and not ended
+        self.at_next_batch: Callable[[], None] | None = None  # called once, before the outermost loop's next batch
         # (batches given, the random state they were drawn from: torch's CPU state and the loader's
         # own generator's as the iteration began, which call of the epoch it is, the loader's
         # samples and batch size) of the
@@ -120,6 +121,9 @@ class Resumable:
         self.iterating += 1
         try:
             while True:  # the wait for each batch is the step's data wait (Timing shows it)
+                if self.at_next_batch is not None and self.iterating == 1:  # not a validation loader's
+                    action, self.at_next_batch = self.at_next_batch, None
+                    action()
                 began = time.perf_counter()
                 batch = next(iterator, _END)
                 state.data_wait = time.perf_counter() - began

@@ -151,6 +151,24 @@ def test_sigterm_in_mid_epoch_saves_that_step_exits_for_requeue_and_the_rerun_co
     assert read_env(visdom_server, job.env) == straight["shuffle"][1]
 
 
+def test_sigterm_in_the_first_step_that_validates_saves_its_validation_too_and_the_rerun_continues(
+        visdom_server, read_env, tmp_path):
+    # A loop that validates inside its batches loop every 6 steps, a checkpoint every 3: the
+    # signal comes during step 6, the run's first validation, which the rerun must not skip.
+    straight = Job(visdom_server, tmp_path, "validating-straight")
+    assert straight.run("--validate-every", "6") == list(range(1, STEPS + 1))
+    job = Job(visdom_server, tmp_path, "validating-sigterm")
+    process = job.start("--validate-every", "6")
+    _wait_for_step(process, 5)
+    process.send_signal(signal.SIGTERM)  # in step 5's sleep or step 6: its step_end takes it
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == REQUEUE_EXIT_STATUS and "SIGTERM: checkpoint of step 6" in stderr, stderr[-3000:]
+    assert _steps(stdout) == []  # it exits at step 6's validation_end, once the validation is in its checkpoint
+    assert job.run("--validate-every", "6")[0] == 7
+    assert _same(job.weights(), straight.weights())
+    assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)
+
+
 def test_a_second_sigterm_while_the_job_exits_for_requeue_leaves_the_requeue_status(visdom_server, tmp_path,
                                                                                     straight):
     # A scheduler may signal twice (a time-limit warning, then its stop; srun forwarding one to the

@@ -442,14 +442,16 @@ class Checkpoint(Callback):
         self._stop_signal = None  # a second signal while saving changes nothing
         if self._last_saved != [state.step, state.epoch, self._epoch_done]:
             self._save(point=False)
-        if not (self._validates_after_saving and self._monitor.in_batches):
+        if self._monitor.in_batches:  # a validation of this step may follow: it goes into its checkpoint first
+            self._monitor.at_next_batch(self._exit_if_stopping)  # or else the exit comes before the next batch
+        else:
             self._exit_if_stopping()
-        # else at the next hook: a validation of this step goes into its checkpoint first
 
     def _exit_if_stopping(self) -> None:
         if self._stopping is None:
             return
         name, self._stopping = self._stopping, None
+        self._monitor.at_next_batch(None)
         self._point_at_written()
         self._monitor.flush(timeout=2.0)  # a scheduler's grace period is short; the run log has it all
         self._release_signals(exiting=True)

@@ -2,12 +2,13 @@
 
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
         --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
-        [--validate-first] [--workers 2 [--persistent]] [--batch 8] [--epochs 2] [--extend]
+        [--validate-first] [--validate-every 6] [--workers 2 [--persistent]] [--batch 8] [--epochs 2] [--extend]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
 ``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
 test knows when to kill it. ``--validate-first`` validates at the start of each epoch instead of
-its end, on a shuffled loader iterated through ``monitor.batches`` too.
+its end, on a shuffled loader iterated through ``monitor.batches`` too; ``--validate-every N`` validates
+so inside the batches loop after every N-th step.
 """
 from __future__ import annotations
 
@@ -43,16 +44,19 @@ def train(options: argparse.Namespace) -> None:
                             resume=True, fresh=options.fresh, extend=options.extend)
     monitor = Monitor([Scalars(), LearningRate(), GradNorms(), checkpoint], env=options.env, port=options.port,
                       run_dir=options.run_dir, flush_every=0.05)
+    def validate() -> None:  # a shuffled loader: its iteration draws from torch's random numbers
+        model.eval()
+        with torch.no_grad():
+            losses = [loss_fn(model(x), y).item() for x, y in
+                      monitor.batches(DataLoader(held_out, batch_size=8, shuffle=True))]
+        monitor.validation_end({"loss": sum(losses) / len(losses)})
+        model.train()
+
     with monitor:
         monitor.train_start(model, optimizer)
         for epoch in monitor.epochs(options.epochs):
             if options.validate_first:
-                model.eval()
-                with torch.no_grad():
-                    losses = [loss_fn(model(x), y).item() for x, y in
-                              monitor.batches(DataLoader(held_out, batch_size=8, shuffle=True))]
-                monitor.validation_end({"loss": sum(losses) / len(losses)})
-                model.train()
+                validate()
             for x, y in monitor.batches(loader):
                 loss = loss_fn(model(x), y)
                 optimizer.zero_grad()
@@ -61,6 +65,8 @@ def train(options: argparse.Namespace) -> None:
                 optimizer.step()
                 scheduler.step()
                 monitor.step_end(loss=loss)
+                if options.validate_every and monitor.state.step % options.validate_every == 0:
+                    validate()  # inside the batches loop, right after a step (a checkpoint's, every 6)
                 print(f"step {monitor.state.step}", flush=True)
                 time.sleep(options.sleep)
             if not options.validate_first:
@@ -88,4 +94,5 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=BATCH, help="the shuffled loader's batch size")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--extend", action="store_true", help="continue a finished run too")
+    parser.add_argument("--validate-every", type=int, default=0, help="validate every N steps, in the batches loop")
     train(parser.parse_args())
