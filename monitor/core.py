@@ -477,12 +477,13 @@ class Monitor:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Puts back a loop position and the callbacks' states; ``epoch_done``, ``batches_drawn``,
-        ``batches_call``, ``batches_of``, ``order_rng`` and ``rng`` (optional) tell :meth:`epochs` and :meth:`batches`
-        where to continue."""
+        ``batches_call``, ``batches_of``, ``batches_again``, ``order_rng`` and ``rng`` (optional) tell
+        :meth:`epochs` and :meth:`batches` where to continue."""
         self.state.step, self.state.epoch, self.state.batch = state["step"], state["epoch"], state["batch"]
         done = bool(state.get("epoch_done", False))
         self._resumable.continue_from(state["epoch"] + done, batches_done(state), state.get("order_rng"),
-                                      state.get("rng"), state.get("batches_call"), state.get("batches_of"))
+                                      state.get("rng"), state.get("batches_call"), state.get("batches_of"),
+                                      state.get("batches_again", False))
         saved = state.get("callbacks", {})
         for callback in self.callbacks:
             if callback.state_key in saved:

@@ -39,17 +39,20 @@ class Resumable:
         self.skip_epoch = 0                       # that epoch
         self.skip_call = 0                        # ... and which of its monitor.batches calls gave them
         self.skip_of: tuple[int | None, int | None] | None = None  # ... from a loader of (samples, batch size)
+        self.skip_again = False                   # ... that the epoch had iterated before: the next like it goes on
+        self.resumed_from: tuple[int | None, int | None] | None = None  # (samples, batch size): the resumed epoch's
         self.calls = 0                            # monitor.batches calls made this epoch
         self.iterating = 0                        # monitor.batches generators started and not ended
         self.at_next_batch: Callable[[], None] | None = None  # called once, before the outermost loop's next batch
         # (batches given, the random state they were drawn from: torch's CPU state and the loader's
         # own generator's as the iteration began, which call of the epoch it is, the loader's
-        # samples and batch size) of the
+        # samples and batch size, whether the epoch's steps before it came from a loader of that
+        # shape: another pass) of the
         # monitor.batches generator that yielded last, and as it was at the latest step_end: what a
         # checkpoint keeps (None: monitor.batches not used this epoch). A validation loader's
         # generator in between, or a save at validation_end, leaves it be.
-        self.drawn: tuple[int, dict[str, torch.Tensor | None], int, tuple] | None = None
-        self.drawn_at_step: tuple[int, dict[str, torch.Tensor | None], int, tuple] | None = None
+        self.drawn: tuple[int, dict[str, torch.Tensor | None], int, tuple, bool] | None = None
+        self.drawn_at_step: tuple[int, dict[str, torch.Tensor | None], int, tuple, bool] | None = None
         self.order_rng: dict[str, torch.Tensor | None] | None = None  # the interrupted epoch's, to resume
         self.rng: Mapping[str, Any] | None = None  # every generator, as the checkpoint left it
 
@@ -61,18 +64,26 @@ class Resumable:
     def batches(self, monitor: Monitor, loader: Iterable) -> Iterator[Any]:
         from monitor.sampler import EpochBatchSampler
 
-        epoch, call = monitor.state.epoch, self.calls
+        epoch, call, shape = monitor.state.epoch, self.calls, _shape(loader)
         self.calls += 1
         # Only the loader the steps drew from takes the batches done: the same call of the same
-        # epoch (a validation loader iterated first in an epoch is another call).
-        continued = (epoch, call) == (self.skip_epoch, self.skip_call)  # the loader the checkpoint's steps drew from
+        # epoch (a validation loader iterated first in an epoch is another call); in a loop of
+        # passes without epochs, the first call with its shape (the passes before are not run again).
+        if self.skip_again:
+            continued = epoch == self.skip_epoch and self.skip_of is not None and shape == tuple(self.skip_of)
+        else:
+            continued = (epoch, call) == (self.skip_epoch, self.skip_call)
+        if continued:
+            again = self.skip_again
+        else:  # another pass over the loader the epoch's steps came from: a loop of passes without epochs
+            steps_from = self.drawn_at_step[3] if self.drawn_at_step is not None else self.resumed_from
+            again = steps_from == shape
         skip, rng = (self.skip, self.rng) if continued else (0, None)
         if skip:
             self.skip, self.rng = 0, None
         at_epoch_start = continued and not skip and self.order_rng is not None  # resumed at its start
         if continued:
             self.skip_epoch = None  # once
-        shape = _shape(loader)
         if skip and self.skip_of is not None and tuple(self.skip_of) != shape:
             skip = _skip_in(skip, tuple(self.skip_of), shape)
         drawn = skip
@@ -132,7 +143,7 @@ class Resumable:
                     return
                 state.batch_index = drawn
                 drawn += 1
-                self.drawn = (drawn, order, call, shape)
+                self.drawn = (drawn, order, call, shape, again)
                 yield batch
         finally:
             self.iterating -= 1
@@ -141,18 +152,20 @@ class Resumable:
 
     def new_epoch(self) -> None:
         self.drawn = self.drawn_at_step = None  # until monitor.batches draws this epoch's
+        self.resumed_from = None
         self.calls = 0
 
     def state_dict(self) -> dict[str, Any]:
-        drawn, order, call, shape = self.drawn_at_step or (None, None, None, None)
+        drawn, order, call, shape, again = self.drawn_at_step or (None, None, None, None, False)
         return {"order_rng": order, "batches_drawn": drawn, "batches_call": call,
-                "batches_of": None if shape is None else list(shape)}
+                "batches_of": None if shape is None else list(shape), "batches_again": again}
 
     def continue_from(self, epoch: int, skip: int, order_rng: dict[str, torch.Tensor | None] | None,
                       rng: Mapping[str, Any] | None, call: int | None = None,
-                      batches_of: Sequence[int | None] | None = None) -> None:
+                      batches_of: Sequence[int | None] | None = None, again: bool = False) -> None:
         self.first_epoch, self.skip, self.order_rng, self.rng = epoch, skip, order_rng, rng
-        self.skip_epoch, self.skip_call, self.skip_of = epoch, call or 0, batches_of
+        self.skip_epoch, self.skip_call, self.skip_of, self.skip_again = epoch, call or 0, batches_of, bool(again)
+        self.resumed_from = tuple(batches_of) if batches_of is not None and skip else None
 
 
 def _shape(loader: Iterable) -> tuple[int | None, int | None]:

@@ -102,6 +102,26 @@ def test_killed_at_five_random_moments_and_rerun_with_the_same_command_ends_as_i
         assert trace[0] == sorted(set(trace[0])), about
 
 
+def test_a_step_based_loop_of_passes_without_epochs_killed_at_random_moments_ends_as_if_never_killed(
+        visdom_server, read_env, tmp_path):
+    # while step < steps: for x, y in monitor.batches(loader): ... (epoch 0 throughout, a call a pass)
+    reference = Job(visdom_server, tmp_path, "passes")
+    assert reference.run("--passes") == list(range(1, STEPS + 1))
+    seed = random.SystemRandom().randrange(10**6)
+    chooser = random.Random(seed)
+    job = Job(visdom_server, tmp_path, "passes-killed")
+    for target in sorted(chooser.sample(range(8, STEPS), 3)):  # in the second pass or later
+        process = job.start("--passes")
+        _wait_for_step(process, target)
+        time.sleep(chooser.uniform(0, 0.05))
+        process.kill()
+        process.communicate()
+    job.run("--passes")
+    about = f"kills from random seed {seed}"
+    assert _same(job.weights(), reference.weights()), about
+    assert read_env(visdom_server, job.env) == read_env(visdom_server, reference.env), about
+
+
 def test_a_loop_that_validates_through_monitor_batches_first_each_epoch_resumes_exactly(
         visdom_server, tmp_path):
     reference = Job(visdom_server, tmp_path, "validated")

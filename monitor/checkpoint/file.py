@@ -4,12 +4,14 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
 
     format, version, time, torch      what wrote it, and when
     loop        {"epoch", "step", "batch", "epoch_done", "order_rng", "batches_drawn", "batches_call", "batches_of",
-                "ranks"}:
+                "batches_again", "ranks"}:
                 where the loop was ("batch": the epoch's steps; "batches_drawn": the batches
                 monitor.batches gave in it, more than its steps under gradient accumulation, None
                 for a loop that iterates its loader itself; "batches_call": which of the epoch's
                 monitor.batches calls gave them, 0 for the first, None as for batches_drawn;
-                "batches_of": [samples in that loader's dataset, its batch size], each None if unknown),
+                "batches_of": [samples in that loader's dataset, its batch size], each None if unknown;
+                "batches_again": whether the epoch's earlier steps came from a call of that shape, a
+                loop of passes without epochs, whose resume goes on with the first call of that shape),
                 and the random state its epoch's batches were drawn from ({"torch", "loader", "kept_workers":
                 whether a persistent loader's workers were already there}; None if unknown); under
                 torch.distributed those four are rank 0's, and "ranks" holds every rank's, by rank (a
@@ -51,7 +53,7 @@ from monitor.checkpoint.pickle_scan import describe_unsafe
 
 FORMAT = "monitor.checkpoint"
 VERSION = 1
-RESUME_KEYS = ("order_rng", "batches_drawn", "batches_call", "batches_of")  # loop keys a resume reads, if any
+RESUME_KEYS = ("order_rng", "batches_drawn", "batches_call", "batches_of", "batches_again")  # loop keys a resume reads
 KEYS = ("format", "version", "time", "torch", "loop", "model", "optimizer", "scheduler", "scaler", "classes",
         "rng", "callbacks", "run", "metric", "extras")
 # Exact types: a subclass (numpy.float32, defaultdict, a namedtuple) pickles as a global that

@@ -2,13 +2,15 @@
 
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
         --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
-        [--validate-first] [--validate-every 6] [--workers 2 [--persistent]] [--batch 8] [--epochs 2] [--extend]
+        [--validate-first] [--validate-every 6] [--passes] [--workers 2 [--persistent]] [--batch 8] [--epochs 2]
+        [--extend]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
 ``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
 test knows when to kill it. ``--validate-first`` validates at the start of each epoch instead of
 its end, on a shuffled loader iterated through ``monitor.batches`` too; ``--validate-every N`` validates
-so inside the batches loop after every N-th step.
+so inside the batches loop after every N-th step. ``--passes`` trains in a step-based loop without
+epochs: ``while step < steps: for x, y in monitor.batches(loader)``.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ def train(options: argparse.Namespace) -> None:
                             resume=True, fresh=options.fresh, extend=options.extend)
     monitor = Monitor([Scalars(), LearningRate(), GradNorms(), checkpoint], env=options.env, port=options.port,
                       run_dir=options.run_dir, flush_every=0.05)
+
     def validate() -> None:  # a shuffled loader: its iteration draws from torch's random numbers
         model.eval()
         with torch.no_grad():
@@ -52,23 +55,33 @@ def train(options: argparse.Namespace) -> None:
         monitor.validation_end({"loss": sum(losses) / len(losses)})
         model.train()
 
+    def step(x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        monitor.after_backward()
+        optimizer.step()
+        scheduler.step()
+        monitor.step_end(loss=loss)
+        if options.validate_every and monitor.state.step % options.validate_every == 0:
+            validate()  # inside the batches loop, right after a step (a checkpoint's, every 6)
+        print(f"step {monitor.state.step}", flush=True)
+        time.sleep(options.sleep)
+
     with monitor:
         monitor.train_start(model, optimizer)
-        for epoch in monitor.epochs(options.epochs):
+        if options.passes:  # a step-based loop: passes over the loader until the steps are done, no epochs
+            steps = options.epochs * len(loader)
+            while monitor.state.step < steps:
+                for x, y in monitor.batches(loader):
+                    step(x, y)
+                    if monitor.state.step == steps:
+                        break
+        for epoch in monitor.epochs(0 if options.passes else options.epochs):
             if options.validate_first:
                 validate()
             for x, y in monitor.batches(loader):
-                loss = loss_fn(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                monitor.after_backward()
-                optimizer.step()
-                scheduler.step()
-                monitor.step_end(loss=loss)
-                if options.validate_every and monitor.state.step % options.validate_every == 0:
-                    validate()  # inside the batches loop, right after a step (a checkpoint's, every 6)
-                print(f"step {monitor.state.step}", flush=True)
-                time.sleep(options.sleep)
+                step(x, y)
             if not options.validate_first:
                 model.eval()
                 with torch.no_grad():
@@ -95,4 +108,5 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--extend", action="store_true", help="continue a finished run too")
     parser.add_argument("--validate-every", type=int, default=0, help="validate every N steps, in the batches loop")
+    parser.add_argument("--passes", action="store_true", help="a while loop of passes over the loader, no epochs")
     train(parser.parse_args())
