@@ -183,7 +183,8 @@ def _lost(windows: dict[str, dict], run: int, steps: int) -> int:
     by_title = {w.get("title") or name: w for name, w in windows.items()}
     for name in WINDOWS:
         traces = by_title.get(name, {}).get("content", {}).get("data", [])
-        held = dict(zip(traces[0].get("x", []), traces[0].get("y", []))) if traces else {}
+        # The values are the trace's last line of its name (a smoothed curve of that name comes first).
+        held = dict(zip(traces[-1].get("x", []), traces[-1].get("y", []))) if traces else {}
         for step in range(1, steps + 1):
             y = held.get(step)
             if y is None or not math.isclose(y, _values(run, step)[name], rel_tol=1e-12):

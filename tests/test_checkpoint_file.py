@@ -22,7 +22,8 @@ def test_a_checkpoint_has_the_fixed_schema_and_loads_with_weights_only(tmp_path)
     assert tuple(data) == KEYS
     assert (data["format"], data["version"]) == ("monitor.checkpoint", 1)
     assert data["loop"] == {"epoch": 1, "step": 10, "batch": 5, "epoch_done": True, "order_rng": None,
-                            "batches_drawn": None, "batches_call": None, "batches_of": None, "ranks": None}
+                            "batches_drawn": None, "batches_call": None, "batches_of": None, "batches_again": False,
+                            "ranks": None}
     assert list(data["model"]) == ["0.weight", "0.bias", "3.weight", "3.bias"]
     assert data["classes"] == {"model": "Sequential", "optimizer": "SGD", "scheduler": "ExponentialLR", "scaler": None}
     assert data["optimizer"]["param_groups"][0]["momentum"] == 0.9 and data["scaler"] is None
