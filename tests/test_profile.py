@@ -85,3 +85,15 @@ def test_a_run_that_ends_inside_the_window_shows_the_steps_it_profiled(tmp_path)
     assert [p["step"] for p in json.loads((tmp_path / "table.json").read_text())["phases"]] == [3, 4, 5]
     assert (tmp_path / "trace-steps-3-5.json").is_file()
     assert not torch.autograd.profiler._is_profiler_enabled
+
+
+def test_a_loop_that_runs_its_own_profiler_keeps_it_and_profile_says_so(tmp_path, caplog):
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as own:  # around the whole loop, as torch's recipes do
+        monitor = Monitor([Profile(steps=(2, 3), directory=tmp_path)], sink=NullSink())
+        _train(monitor, steps=5)
+        monitor.train_end()
+    assert len(own.key_averages()) > 0  # the loop's profile is whole (it was empty, or the process crashed)
+    assert not (tmp_path / "table.json").exists()
+    assert "another torch.profiler is running in this process" in caplog.text

@@ -53,16 +53,21 @@ class Profile(Callback):
     def on_train_start(self, state: LoopState, log: Log) -> None:
         if self._done or self._profiler is not None or state.step >= self.last:
             return
+        if torch._C._autograd._profiler_enabled():
+            self._done = True  # the loop's own profiler is running: two at once crash torch
+            raise RuntimeError("another torch.profiler is running in this process: Profile leaves it alone and "
+                               "profiles nothing")
         from torch.profiler import ProfilerActivity, profile, schedule
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         ahead = self.first - 1 - state.step  # profiler steps before the first profiled one
         warmup = 1 if ahead >= 1 else 0
-        self._profiler = profile(activities=activities, record_shapes=True,
-                                 schedule=schedule(wait=max(ahead - warmup, 0), warmup=warmup,
-                                                   active=self.last - max(self.first, state.step + 1) + 1, repeat=1),
-                                 on_trace_ready=lambda p: self._ready(p, state, log))
-        self._profiler.start()
+        profiler = profile(activities=activities, record_shapes=True,
+                           schedule=schedule(wait=max(ahead - warmup, 0), warmup=warmup,
+                                             active=self.last - max(self.first, state.step + 1) + 1, repeat=1),
+                           on_trace_ready=lambda p: self._ready(p, state, log))
+        profiler.start()
+        self._profiler = profiler  # only once started: stopping one that never started crashes torch
         self._began = time.perf_counter()
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
