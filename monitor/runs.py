@@ -212,7 +212,7 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
 
     from monitor import checks
     from monitor.connection import Connection
-    from monitor.windows import Windows
+    from monitor.windows import TABLE, Windows
 
     if len(runs) < 2:
         raise ValueError(f"runs must name at least two runs to compare, got {len(runs)}")
@@ -246,7 +246,7 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     rows = [[label, run.env, run.status, str(run.steps)] + [str(run.hparams.get(k, "-")) for k in differing]
             + [f"{run.metrics[m][0]:.4g}" if m in run.metrics else "-" for m in head[4 + len(differing):]]
             for label, run in zip(named, found)]
-    html = "<table>" + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
+    html = TABLE + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
                                for row in [head, *rows]) + "</table>"
     windows.apply([{"k": "layout", "win": "runs", "opts": {"title": "runs (last values)"}, "order": Order.SUMMARY},
                    {"k": "text", "win": "runs", "x": 0, "html": html}])
@@ -431,6 +431,8 @@ def runs_html(runs: list[Run], metrics: int = 3) -> str:
     from html import escape
     from urllib.parse import quote
 
+    from monitor.windows import TABLE
+
     names = _shown_metrics(runs, metrics)
     head = "".join(f"<th>{escape(h)}</th>" for h in ["env", "status", "steps", "started", *names, "hparams"])
     rows = []
@@ -440,7 +442,7 @@ def runs_html(runs: list[Run], metrics: int = 3) -> str:
         cells += [f"{run.metrics[m][0]:.4g}" if m in run.metrics else "-" for m in names]
         cells.append(escape(" ".join(f"{k}={v}" for k, v in run.hparams.items())))
         rows.append('<tr class="run">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f'<table><tr>{head}</tr>{"".join(rows)}</table>' if runs else "<p>no runs yet</p>"
+    return f'{TABLE}<tr>{head}</tr>{"".join(rows)}</table>' if runs else "<p>no runs yet</p>"
 
 
 def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Points:

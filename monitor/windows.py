@@ -30,6 +30,9 @@ Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
 
 TRIALS = 500  # rows of an hparams pane (the run log keeps every entry)
 WINDOW_POINTS = 12_000  # points a line window shows in all: its message stays under about 300 KB
+# A table as the text panes show one: cells apart (a pane's page gives them no padding).
+TABLE = ('<style>table.monitor td, table.monitor th {padding: 1px 8px; text-align: left; vertical-align: top}'
+         '</style><table class="monitor">')
 SMOOTHED_POINTS = 1_000  # a smoothed curve's points: it has no extremes to keep
 _COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # Plotly's: a trace and its smoothed curve
@@ -515,7 +518,7 @@ def _hparams_html(trials: list[dict[str, Any]]) -> str:
         def table(rows: dict[str, Any]) -> str:
             cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>"
                             for k, v in rows.items())
-            return f"<table>{cells}</table>"
+            return f"{TABLE}{cells}</table>"
 
         (entry,) = trials
         return f"<h4>Hyper-parameters</h4>{table(entry['hparams'])}<h4>Metrics</h4>{table(entry['metrics'])}"
@@ -525,7 +528,7 @@ def _hparams_html(trials: list[dict[str, Any]]) -> str:
     rows = "".join("<tr>" + "".join(f"<td>{escape(str(trial[part].get(name, '-')))}</td>"
                                     for part, names in (("hparams", hparams), ("metrics", metrics)) for name in names)
                    + "</tr>" for trial in trials)
-    return f"<h4>Trials ({len(trials)})</h4><table><tr>{head}</tr>{rows}</table>"
+    return f"<h4>Trials ({len(trials)})</h4>{TABLE}<tr>{head}</tr>{rows}</table>"
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from monitor import checks
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.records import Order
+from monitor.windows import TABLE
 
 WINDOW = "profile"
 TOP = 15
@@ -164,4 +165,4 @@ def text_table(table: dict[str, Any], top: int = TOP) -> str:
 def _html_table(head: list[str], rows: list[list[str]]) -> str:
     header = "".join(f"<th>{escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table style="font-size:11px"><tr>{header}</tr>{body}</table>'
+    return f'{TABLE[:-1]} style="font-size:11px"><tr>{header}</tr>{body}</table>'

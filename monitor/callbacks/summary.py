@@ -13,6 +13,7 @@ from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.records import Order
+from monitor.windows import TABLE
 
 WINDOW = "summary"
 
@@ -92,5 +93,5 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
 
 def _table(rows: list[tuple[Any, Any]]) -> str:
     cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>" for k, v in rows)
-    return f"<table>{cells}</table>"
+    return f"{TABLE}{cells}</table>"
 
