@@ -205,3 +205,14 @@ def test_complex_parameters_are_binned_by_their_real_and_imaginary_parts(recwarn
     assert entry["n"] == sum(entry["counts"]) == 12
     assert entry["edges"][0] == pytest.approx(parts.min().item()) and entry["edges"][-1] == pytest.approx(parts.max().item())
     assert not [w for w in recwarn if "ComplexHalf" in str(w.message) or "imaginary" in str(w.message)]
+
+
+def test_integer_and_boolean_parameters_are_not_weights():
+    model = torch.nn.Linear(4, 2)
+    model.seen = torch.nn.Parameter(torch.tensor(100_000), requires_grad=False)  # a counter kept in the state_dict
+    model.mask = torch.nn.Parameter(torch.ones(3, dtype=torch.bool), requires_grad=False)
+    monitor, sink = monitor_with(Histograms(every=1, of=("weights",)))
+    monitor.train_start(model)
+    monitor.step_end()
+    entry = encode(sink.of(Histogram)[0])
+    assert entry["n"] == 10 and entry["edges"][-1] < 1  # the 10 weights, binned over their own range

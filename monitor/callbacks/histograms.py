@@ -72,11 +72,13 @@ class Histograms(Callback):
         so a head added later, weights loaded with ``assign=True`` and lazy modules once
         initialized are the ones shown."""
         model = unwrap_model(state.model)
+        # Real-valued ones only: an integer or boolean parameter (a counter, a mask) is not a
+        # weight, and one counter of 100,000 put every weight in one bin.
         if self.layers is None:
-            self._groups = {"": [p for p in model.parameters() if not is_lazy(p)]}
+            self._groups = {"": [p for p in model.parameters() if _weight(p)]}
         else:
             modules = dict(model.named_modules())
-            self._groups = {f" {name}": [p for p in modules[name].parameters() if not is_lazy(p)]
+            self._groups = {f" {name}": [p for p in modules[name].parameters() if _weight(p)]
                             for name in self.layers if name in modules}
         return self._groups
 
@@ -111,3 +113,7 @@ def _histogram(window: str, step: int, tensors: list[torch.Tensor], bins: int,
         if scale is not None:
             edges = edges / scale
     return Histogram(window, step, (edges, counts, n))
+
+
+def _weight(parameter: torch.nn.Parameter) -> bool:
+    return not is_lazy(parameter) and (parameter.is_floating_point() or parameter.is_complex())
