@@ -44,6 +44,7 @@ class Resumable:
         self.calls = 0                            # monitor.batches calls made this epoch
         self.iterating = 0                        # monitor.batches generators started and not ended
         self.at_next_batch: Callable[[], None] | None = None  # called once, before the outermost loop's next batch
+        self.waited_in: int | None = None         # state.batch (steps of the epoch) at the latest batch's wait
         # (batches given, the random state they were drawn from: torch's CPU state and the loader's
         # own generator's as the iteration began, which call of the epoch it is, the loader's
         # samples and batch size, whether the epoch's steps before it came from a loader of that
@@ -131,15 +132,19 @@ class Resumable:
         outer = (state.batch_index, self.drawn) if self.iterating else None
         self.iterating += 1
         try:
-            while True:  # the wait for each batch is the step's data wait (Timing shows it)
-                if self.at_next_batch is not None and self.iterating == 1:  # not a validation loader's
+            while True:  # the waits for a step's batches are its data wait (Timing shows it)
+                outermost = self.iterating == 1  # not a validation loader's inside it
+                if self.at_next_batch is not None and outermost:
                     action, self.at_next_batch = self.at_next_batch, None
                     action()
                 began = time.perf_counter()
                 batch = next(iterator, _END)
-                state.data_wait = time.perf_counter() - began
+                if outermost:  # each micro-batch's wait added up, under gradient accumulation
+                    wait = time.perf_counter() - began
+                    state.data_wait = None if batch is _END else \
+                        wait + state.data_wait if self.waited_in == state.batch and state.data_wait else wait
+                    self.waited_in = state.batch
                 if batch is _END:
-                    state.data_wait = None
                     return
                 state.batch_index = drawn
                 drawn += 1

@@ -80,3 +80,25 @@ def test_without_the_loader_wrapper_or_inputs_there_is_no_data_wait_and_steps_pe
     assert set(sink.points("throughput")) == {"steps"}
     with pytest.raises(ValueError, match="every must be"):
         Timing(every=0)
+
+
+def test_under_gradient_accumulation_the_data_wait_is_every_micro_batch_s_and_a_validation_inside_keeps_it(
+        visdom_server, tmp_path, read_window):
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    env = "timing-accumulation"
+    with Monitor([Timing(every=1)], env=env, port=visdom_server.port, run_dir=tmp_path) as monitor:
+        monitor.train_start(model, optimizer)
+        for epoch in monitor.epochs(1):
+            for x, y in monitor.batches(DataLoader(SlowData(), batch_size=BATCH)):  # 50 ms a batch
+                nn.functional.cross_entropy(model(x), y).backward()
+                if monitor.state.batch_index % 2 == 1:  # two micro-batches a step
+                    monitor.after_backward()
+                    if monitor.state.step % 2 == 0:  # a validation inside the step, on a loader of its own
+                        list(monitor.batches(DataLoader(SlowData(), batch_size=30)))
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    monitor.step_end()
+        assert monitor.flush()
+        steps, waits = read_window(visdom_server, env, "step time")["data wait"]
+    assert steps == list(range(2, 7)) and all(abs(w - 100) <= 20 for w in waits), waits  # two batches' waits
