@@ -132,7 +132,7 @@ class SummaryWriter:
         x = self._step(tag, global_step)
         self.log.scalar(window, _window_name(trace), x, value)
         if self._charts:
-            self._chart(tag, tag, x, value)
+            self._chart(tag, tag, x, value, drawn_in=window)
         self._stepped(tag, global_step)
 
     def add_scalars(self, main_tag: str, tag_scalar_dict: Mapping[str, Any], global_step: int | None = None,
@@ -145,7 +145,7 @@ class SummaryWriter:
         x = self._step(main_tag, global_step)
         self.log.scalars(window, x, values)
         for key, value in values.items() if self._charts else ():  # TensorBoard's run of each key
-            self._chart(main_tag, f"{main_tag}_{key}", x, value)
+            self._chart(main_tag, f"{main_tag}_{key}", x, value, drawn_in=window)
         self._stepped(main_tag, global_step)
 
     def add_custom_scalars(self, layout: Mapping[str, Mapping[str, Any]]) -> None:
@@ -515,11 +515,14 @@ class SummaryWriter:
         if global_step is None:
             self._steps[tag] += 1
 
-    def _chart(self, tag: str, trace: str, x: float, value: Any) -> None:
-        """Draws a scalar in the custom charts its ``tag`` matches, as trace ``trace``."""
+    def _chart(self, tag: str, trace: str, x: float, value: Any, drawn_in: str) -> None:
+        """Draws a scalar in the custom charts its ``tag`` matches, as trace ``trace``; not in the
+        window ``drawn_in`` that already shows it (a chart titled as its tags' window, as in
+        PyTorch's own example: ``"loss": ["Multiline", ["loss/train", ...]]``)."""
         windows = self._chart_of.get(tag)
         if windows is None:
-            windows = self._chart_of[tag] = [w for w, match in self._charts if any(m(tag) for m in match)]
+            windows = self._chart_of[tag] = [w for w, match in self._charts
+                                             if w != drawn_in and any(m(tag) for m in match)]
         for window in windows:
             self.log.scalar(window, _window_name(trace), x, value)
 

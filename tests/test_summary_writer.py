@@ -293,6 +293,7 @@ def test_custom_scalars_gather_the_scalars_whose_tags_their_expressions_match_as
         writer.add_custom_scalars({"Losses": {"losses": ["Multiline", ["loss/", "aux"]]},
                                    "Bands": {"accuracy": ["Margin", ["acc", "acc/low", "acc/high"]]}})
         writer.add_custom_scalars_multilinechart(["lr$"], title="rates")
+        writer.add_custom_scalars({"Losses": {"loss": ["Multiline", ["loss/"]]}})  # titled as the tags' window
         for step in range(3):
             writer.add_scalar("loss/train", 1 / (step + 1), step)
             writer.add_scalar("loss/test", 2 / (step + 1), step)
@@ -304,6 +305,7 @@ def test_custom_scalars_gather_the_scalars_whose_tags_their_expressions_match_as
         writer.flush()
         losses, band, rates = (read_window(visdom_server, "custom", w) for w in ("losses", "accuracy", "rates"))
         assert read_window(visdom_server, "custom", "loss")["train"] == ([0, 1, 2], [1.0, 0.5, 1 / 3])  # as before
+        assert set(read_window(visdom_server, "custom", "loss")) == {"train", "test"}  # each curve once
     assert set(losses) == {"loss/train", "loss/test", "aux_loss", "aux_a", "aux_b"}
     assert losses["loss/test"] == ([0, 1, 2], [2.0, 1.0, 2 / 3]) and losses["aux_b"] == ([0, 1, 2], [2.0] * 3)
     assert band == {"acc": ([0, 1, 2], [0.5, 1.5, 2.5]), "acc/low": ([0, 1, 2], [0.4, 1.4, 2.4]),
