@@ -187,9 +187,10 @@ class Log:
         if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps <= 1000:
             raise ValueError(f"fps must be a number of frames a second in (0, 1000], got {fps!r}")
         count, frames, channels, height, width = videos.shape
-        shrunk = _shrunk(videos.reshape(count, frames * channels, height, width))
-        snapshot = videos.detach().clone() if shrunk.data_ptr() == videos.data_ptr() else \
-            shrunk.reshape(count, frames, channels, *shrunk.shape[2:])
+        flat = videos.reshape(count, frames * channels, height, width)  # each frame's grid shrunk alike
+        shrunk = _shrunk(flat)
+        snapshot = videos.detach().clone() if shrunk is flat else shrunk.reshape(count, frames, channels,
+                                                                                  *shrunk.shape[2:])
         self.sink.put(ImageGrid(self._name("window", window), _x(x), snapshot, None, float(fps)))
 
     def histogram(self, window: str, x: float, values: torch.Tensor | Sequence[torch.Tensor],

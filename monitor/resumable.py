@@ -139,10 +139,14 @@ class Resumable:
                     action()
                 began = time.perf_counter()
                 batch = next(iterator, _END)
-                if outermost:  # each micro-batch's wait added up, under gradient accumulation
+                if outermost:
                     wait = time.perf_counter() - began
-                    state.data_wait = None if batch is _END else \
-                        wait + state.data_wait if self.waited_in == state.batch and state.data_wait else wait
+                    if batch is _END:
+                        state.data_wait = None
+                    elif self.waited_in == state.batch and state.data_wait:  # another micro-batch of this step
+                        state.data_wait += wait
+                    else:
+                        state.data_wait = wait
                     self.waited_in = state.batch
                 if batch is _END:
                     return

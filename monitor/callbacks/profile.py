@@ -165,4 +165,4 @@ def text_table(table: dict[str, Any], top: int = TOP) -> str:
 def _html_table(head: list[str], rows: list[list[str]]) -> str:
     header = "".join(f"<th>{escape(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-    return f'{TABLE[:-1]} style="font-size:11px"><tr>{header}</tr>{body}</table>'
+    return f'<div style="font-size:11px">{TABLE}<tr>{header}</tr>{body}</table></div>'
