@@ -29,6 +29,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -55,17 +56,21 @@ _KIND = {kind: number for number, kind in enumerate(RECORDS)}
 
 
 _pipe_ends: set[int] = set()  # this process's ends of the pipes to its sinks' processes, open
+_forwarding: weakref.WeakSet[SinkProcess] = weakref.WeakSet()  # sinks whose forwarder runs in this process
 
 
 def _let_go_in_fork() -> None:
     """In a forked child (a DataLoader's or a Pool's worker): /dev/null where the parent holds the
     pipes to its sinks' processes. Holding them, it would keep the sink of a killed training process
-    waiting for their end for as long as it lives."""
+    waiting for their end for as long as it lives. The child's copies of the sinks are closed."""
     if _pipe_ends:
         null = os.open(os.devnull, os.O_RDWR)
         for end in _pipe_ends:
             os.dup2(null, end, inheritable=False)
         os.close(null)
+    for sink in list(_forwarding):
+        sink._left_in_fork()
+    _forwarding.clear()
 
 
 os.register_at_fork(after_in_child=_let_go_in_fork)
@@ -113,6 +118,7 @@ class SinkProcess:
         self._closed = False
         self._closing: _Request | None = None
         self._replaced = False
+        self._forked = False  # a forked child's copy: closed, its forwarder stayed in the parent
         self._asked: dict[int, _Request] = {}  # sent to the child, not answered yet, by number
         self._numbers = itertools.count()
         self._status: dict[str, Any] = {}
@@ -128,6 +134,7 @@ class SinkProcess:
         self._forwarder = threading.Thread(target=self._forward, name=f"monitor-forward-{self.env}", daemon=True)
         self._forwarder.start()
         open_sinks.add(self)
+        _forwarding.add(self)
 
     def _start(self) -> subprocess.Popen | None:
         """The child, once it holds the run (None where it could not start); raises what it raised."""
@@ -197,7 +204,12 @@ class SinkProcess:
         if not isinstance(record, RECORDS):
             raise not_a_record(record)
         if self._closed:
-            if not isinstance(record, RunEnd):
+            if isinstance(record, RunEnd):
+                pass
+            elif self._forked:
+                self.reports.once("forked", f"a record was logged in a forked process (pid {os.getpid()}) and is "
+                                  f"dropped: only the process that opened env {self.env!r} delivers its records")
+            else:
                 self.reports.once("closed", "a record was logged after close() and is dropped" + (
                     f": a newer monitor of env {self.env!r} in this process took its run folder"
                     if self._replaced else ""))
@@ -222,6 +234,8 @@ class SinkProcess:
         """Delivers what is pending (for up to ``timeout`` seconds), then stops; idempotent.
         Everything put before it is in the run log when it returns. Returns whether the server
         holds everything."""
+        if self._forked:  # the process that opened it closes it
+            return False
         with self._lock:
             if self._closing is None:
                 self._closed = True
@@ -233,6 +247,10 @@ class SinkProcess:
         self._closing.event.wait(None if deadline is None else deadline - time.monotonic())
         self._join(None if deadline is None else max(0.1, deadline - time.monotonic()))
         return bool(self._closing.result)
+
+    def _left_in_fork(self) -> None:
+        self._lock = threading.Lock()  # the parent's forwarder may have held it at the fork
+        self._closed = self._forked = True
 
     def _ask(self, kind: str, timeout: float | None) -> Any:
         request = _Request(kind, timeout)

@@ -516,7 +516,7 @@ def _hparams_html(trials: list[dict[str, Any]]) -> str:
     ``add_hparams`` per trial, as in TensorBoard's HPARAMS table): a row each, oldest first."""
     if len(trials) == 1:
         def table(rows: dict[str, Any]) -> str:
-            cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(str(v))}</td></tr>"
+            cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(_value(v))}</td></tr>"
                             for k, v in rows.items())
             return f"{TABLE}{cells}</table>"
 
@@ -525,10 +525,16 @@ def _hparams_html(trials: list[dict[str, Any]]) -> str:
     hparams = list(dict.fromkeys(k for trial in trials for k in trial["hparams"]))
     metrics = list(dict.fromkeys(k for trial in trials for k in trial["metrics"]))
     head = "".join(f"<th>{escape(str(name))}</th>" for name in hparams + metrics)
-    rows = "".join("<tr>" + "".join(f"<td>{escape(str(trial[part].get(name, '-')))}</td>"
+    rows = "".join("<tr>" + "".join(f"<td>{escape(_value(trial[part].get(name, '-')))}</td>"
                                     for part, names in (("hparams", hparams), ("metrics", metrics)) for name in names)
                    + "</tr>" for trial in trials)
     return f"<h4>Trials ({len(trials)})</h4>{TABLE}<tr>{head}</tr>{rows}</table>"
+
+
+def _value(value: Any) -> str:
+    """A table's value; a float to 12 significant digits, without arithmetic's last-digit noise
+    (``0.1 * 3`` shows as 0.3)."""
+    return repr(float(f"{value:.12g}")) if isinstance(value, float) else str(value)
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:

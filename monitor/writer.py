@@ -28,7 +28,8 @@ import torch
 
 from monitor import checks, embedding, mesh, pr_curve
 from monitor.host import on_host
-from monitor.log import Log
+from monitor.distributed import rank_and_world_size
+from monitor.log import Log, NullSink
 from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of
 from monitor.rundir import RunDir
 from monitor.runlog import RunLog
@@ -75,7 +76,8 @@ class SummaryWriter:
     TensorBoard hides them. Logging
     after ``close()`` opens the run again. ``close()`` (or leaving a ``with`` block) records
     that the run finished, or crashed with the block's exception. ``monitor=`` writes to that
-    Monitor's env instead (its sink, its run). Other keyword arguments go to
+    Monitor's env instead (its sink, its run). Under ``torch.distributed`` only rank 0's writer
+    writes (the other ranks' take what they log and drop it), as a Monitor does. Other keyword arguments go to
     :class:`monitor.SinkProcess` (``server``, ``port``, ...), for the first writer of a ``log_dir``.
 
     **Windows.** A tag used for two kinds of data (a scalar ``weights/norm`` and a histogram
@@ -485,6 +487,9 @@ class SummaryWriter:
 
     # --- the rest ---------------------------------------------------------------------------------
     def _open(self, purge_step: int | None) -> None:
+        if rank_and_world_size()[0] != 0:  # under torch.distributed only rank 0 writes, as a Monitor's does
+            self._run, self.log, self._kinds = None, Log(NullSink()), {}
+            return
         self._run = _run_of(Path(self.log_dir), purge_step, self._sink_options)
         self.log, self._kinds = self._run.log, self._run.kinds
 
@@ -643,6 +648,16 @@ class _Run:
 
 _runs: dict[Path, _Run] = {}
 _runs_lock = threading.Lock()
+
+
+def _forget_runs_in_fork() -> None:
+    """A forked child neither ends its parent's runs at its exit nor waits for them."""
+    global _runs_lock
+    _runs.clear()
+    _runs_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_runs_in_fork)
 
 
 def _run_of(path: Path, purge_step: int | None, sink_options: dict[str, Any]) -> _Run:

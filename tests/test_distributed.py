@@ -131,6 +131,30 @@ def test_two_ranks_show_one_set_of_curves(two_ranks_and_one, visdom_server, conn
     assert len(logged) == STEPS + 3  # each step and validation once: rank 1 wrote nothing
 
 
+WRITER_ON_EVERY_RANK = """
+import sys, torch, torch.distributed as dist
+from monitor import SummaryWriter
+dist.init_process_group("gloo")
+writer = SummaryWriter("runs/ddp", port=int(sys.argv[1]))  # made on every rank, as many DDP scripts do
+for step in range(3):
+    loss = torch.tensor([float(step + dist.get_rank())])
+    writer.add_scalar("rank", dist.get_rank(), step)  # every rank logs this one
+    dist.all_reduce(loss)
+    if dist.get_rank() == 0:
+        writer.add_scalar("Loss/train", loss.item(), step)
+writer.close()
+dist.destroy_process_group()
+"""
+
+
+def test_a_tensorboard_writer_made_on_every_rank_writes_rank_0_s_run(visdom_server, read_window, tmp_path) -> None:
+    (tmp_path / "train.py").write_text(WRITER_ON_EVERY_RANK)
+    run([*TORCHRUN, "train.py", str(visdom_server.port)], tmp_path)  # rank 1 stopped: its run folder was taken
+    assert read_window(visdom_server, "ddp", "Loss")["train"] == ([0, 1, 2], [1.0, 3.0, 5.0])
+    assert read_window(visdom_server, "ddp", "rank")["rank"] == ([0, 1, 2], [0.0, 0.0, 0.0])  # rank 1's dropped
+    assert [p.parent for p in tmp_path.rglob(RunLog.FILENAME)] == [tmp_path / "runs" / "ddp"]
+
+
 def test_an_averaged_metric_is_the_mean_of_the_ranks_values_from_one_all_reduce_a_step(
         two_ranks_and_one, visdom_server, read_window) -> None:
     ranks = [steps_of(two_ranks_and_one["ddp"], rank) for rank in (0, 1)]

@@ -681,6 +681,7 @@ def test_add_hparams_once_per_trial_shows_a_row_per_call_as_tensorboard_s_table(
     # A row a call, as TensorBoard makes a run of each (the same hparams twice: two seeds, say);
     # a run_name given again is that run's row, with its latest metrics.
     assert [row[1] for row in cells[1:]] == ["0", "1", "2", "3", "4", "4", "5"]
+    assert [row[0] for row in cells[1:]] == ["0.0", "0.1", "0.2", "0.3", "0.4", "0.4", "0.5"]  # 0.1 * 3 as 0.3
     assert cells[-2][2:] == ["45.0", "40.0"] and cells[-1][2:] == ["50.0", "50.0"]
     entries = [e for e in RunLog.read(tmp_path / "sweep" / "runlog.jsonl") if e["k"] == "hparams"]
     assert len(entries) == 8  # every call in the run log
@@ -914,3 +915,32 @@ def test_boxes_are_drawn_on_the_image_with_their_labels(visdom_server, tmp_path,
     assert boxes[25, 15].tolist() == [0, 0, 0]  # inside it, the image
     assert (boxes[:15, 4:30] == red).all(axis=-1).sum() > 20  # the label's band, above the box
     assert doubled[16, 10].tolist() == doubled[36, 10].tolist() == red  # the image and its boxes scaled by 2
+
+
+FORKING_SCRIPT = """
+import os, sys, time
+from monitor import SummaryWriter
+writer = SummaryWriter("runs/forked", port=int(sys.argv[1]))
+writer.add_scalar("loss", 1.0, 0)
+began = time.monotonic()
+if os.fork() == 0:  # a worker forked by the script (a Pool's), which logs and ends through the exit hooks
+    writer.add_scalar("loss", 99.0, 7)
+    writer.close()
+    sys.exit(0)
+os.wait()
+print(f"{time.monotonic() - began:.1f}", flush=True)
+writer.add_scalar("loss", 2.0, 1)
+writer.close()
+"""
+
+
+def test_a_forked_child_with_the_writer_neither_waits_at_its_exit_nor_ends_the_parent_s_run(visdom_server, tmp_path,
+                                                                                            read_window):
+    (tmp_path / "train.py").write_text(FORKING_SCRIPT)
+    done = subprocess.run([sys.executable, "train.py", str(visdom_server.port)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) < 5  # the child closed its copy of the run at once (it waited 32 s)
+    assert "logged in a forked process" in done.stderr and "dropped" in done.stderr  # said once, in the child
+    assert _points(tmp_path / "runs" / "forked", "loss", "loss") == [(0, 1.0), (1, 2.0)]
+    assert read_window(visdom_server, "forked", "loss")["loss"] == ([0, 1], [1.0, 2.0])
