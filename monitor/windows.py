@@ -33,7 +33,7 @@ WINDOW_POINTS = 12_000  # points a line window shows in all: its message stays u
 # A table as the text panes show one: cells apart (a pane's page gives them no padding).
 TABLE = ('<style>table.monitor td, table.monitor th {padding: 1px 8px; text-align: left; vertical-align: top}'
          '</style><table class="monitor">')
-SMOOTHED_POINTS = 1_000  # a smoothed curve's points: it has no extremes to keep
+SMOOTHED_POINTS = 500  # a smoothed curve's points: it has no extremes to keep, and a pane is about as wide
 _COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # Plotly's: a trace and its smoothed curve
 _MIN_TRACE_POINTS = 10
@@ -198,7 +198,8 @@ class Trace:
 def smoothed(xs: list[float], ys: list[float | None], weight: float) -> tuple[list[float], list[float | None]]:
     """The curve as TensorBoard's scalars view smooths it: an exponential moving average with
     ``weight`` (0 to 1) given to the past, debiased at the start; a gap stays a gap, a constant
-    curve stays as it is. Thinned to ``SMOOTHED_POINTS`` evenly spread points, the last kept."""
+    curve stays as it is; six significant digits. Thinned to ``SMOOTHED_POINTS`` evenly spread
+    points, the last kept."""
     finite = [y for y in ys if y is not None]
     if not finite or all(y == finite[0] for y in finite):
         out = list(ys)
@@ -209,7 +210,7 @@ def smoothed(xs: list[float], ys: list[float | None], weight: float) -> tuple[li
                 out.append(None)
                 continue
             last, count = last * weight + (1 - weight) * y, count + 1
-            out.append(last / (1 - weight ** count))
+            out.append(float(f"{last / (1 - weight ** count):.6g}"))  # as drawn: half the digits to send
     if len(xs) <= SMOOTHED_POINTS:
         return list(xs), out
     step = len(xs) / SMOOTHED_POINTS
