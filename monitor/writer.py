@@ -33,6 +33,7 @@ from monitor.log import Log, NullSink
 from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of
 from monitor.rundir import RunDir
 from monitor.runlog import RunLog
+from monitor.sink import open_sinks
 
 _log = logging.getLogger("monitor")
 
@@ -76,7 +77,8 @@ class SummaryWriter:
     TensorBoard hides them. Logging
     after ``close()`` opens the run again. ``close()`` (or leaving a ``with`` block) records
     that the run finished, or crashed with the block's exception. ``monitor=`` writes to that
-    Monitor's env instead (its sink, its run). Under ``torch.distributed`` only rank 0's writer
+    Monitor's env instead (its sink, its run), as does a ``log_dir`` that a Monitor of this
+    process writes (its ``run_dir``). Under ``torch.distributed`` only rank 0's writer
     writes (the other ranks' take what they log and drop it), as a Monitor does. Other keyword arguments go to
     :class:`monitor.SinkProcess` (``server``, ``port``, ...), for the first writer of a ``log_dir``.
 
@@ -490,6 +492,10 @@ class SummaryWriter:
         if rank_and_world_size()[0] != 0:  # under torch.distributed only rank 0 writes, as a Monitor's does
             self._run, self.log, self._kinds = None, Log(NullSink()), {}
             return
+        monitors = _monitor_sink_of(Path(self.log_dir))
+        if monitors is not None:  # a Monitor of this process writes that folder: beside it, as with monitor=
+            self._run, self.log, self._kinds = None, Log(monitors), {}
+            return
         self._run = _run_of(Path(self.log_dir), purge_step, self._sink_options)
         self.log, self._kinds = self._run.log, self._run.kinds
 
@@ -648,6 +654,13 @@ class _Run:
 
 _runs: dict[Path, _Run] = {}
 _runs_lock = threading.Lock()
+
+
+def _monitor_sink_of(path: Path) -> Any:
+    """The open sink of a Monitor in this process whose run folder is ``path`` (None: none)."""
+    writers = {id(run.log.sink) for run in list(_runs.values())}
+    return next((sink for sink in list(open_sinks) if id(sink) not in writers and not sink._closed
+                 and sink.run_dir.resolve() == path.resolve()), None)
 
 
 def _forget_runs_in_fork() -> None:

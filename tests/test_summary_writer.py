@@ -353,7 +353,13 @@ def test_steps_left_out_count_per_tag_and_a_monitor_shares_its_env(visdom_server
     assert read_window(visdom_server, "shared-writer", "extra")["extra"] == ([0, 1, 2], [3.0, 2.0, 1.0])
     assert read_window(visdom_server, "shared-writer", "other")["other"] == ([0], [5.0])
     assert read_window(visdom_server, "shared-writer", "loss")["train"] == ([1], [0.5])
+    beside = SummaryWriter(tmp_path / "run", port=visdom_server.port)  # the Monitor's run folder: its run
+    beside.add_scalar("beside", 4.0, 3)
+    beside.close()
+    monitor.log.scalar("loss", "train", 2, 0.25)  # the Monitor's run goes on (a writer of its own took it over)
     monitor.close()
+    assert _points(tmp_path / "run", "loss", "train") == [(1, 0.5), (2, 0.25)]
+    assert _points(tmp_path / "run", "beside", "beside") == [(3, 4.0)]
 
 
 def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, caplog):
