@@ -82,7 +82,14 @@ def test_a_run_that_ends_inside_the_window_shows_the_steps_it_profiled(tmp_path)
     monitor = Monitor([Profile(steps=(3, 50), directory=tmp_path)], sink=NullSink())
     _train(monitor, steps=5)
     monitor.train_end()
-    assert [p["step"] for p in json.loads((tmp_path / "table.json").read_text())["phases"]] == [3, 4, 5]
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert [p["step"] for p in table["phases"]] == [3, 4, 5] and table["steps"] == 3  # not the unfinished 6th
+    assert all(p["data wait"] is None for p in table["phases"])  # not measured: no monitor.batches
+    printed = CliRunner().invoke(main, ["profile", str(tmp_path)])
+    assert printed.exit_code == 0, printed.output
+    assert "\n     3          - " in printed.output  # shown as not measured, not as 0.00
+    assert "ProfilerStep" not in printed.output and all(len(line.split("  ")[0]) <= 32 for line in
+                                                        printed.output.splitlines()[2:5])
     assert (tmp_path / "trace-steps-3-5.json").is_file()
     assert not torch.autograd.profiler._is_profiler_enabled
 
@@ -97,3 +104,19 @@ def test_a_loop_that_runs_its_own_profiler_keeps_it_and_profile_says_so(tmp_path
     assert len(own.key_averages()) > 0  # the loop's profile is whole (it was empty, or the process crashed)
     assert not (tmp_path / "table.json").exists()
     assert "another torch.profiler is running in this process" in caplog.text
+
+
+def test_a_validation_between_two_profiled_steps_is_in_neither_s_phases(tmp_path):
+    import time
+    model = _conv_net()
+    monitor = Monitor([Profile(steps=(2, 4), directory=tmp_path)], sink=NullSink())
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    for step in range(1, 6):
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+        monitor.after_backward()
+        monitor.step_end()
+        if step == 2:  # an evaluation every N steps
+            time.sleep(0.3)
+            monitor.validation_end({"accuracy": 0.5})
+    phases = {p["step"]: p for p in json.loads((tmp_path / "table.json").read_text())["phases"]}
+    assert phases[3]["forward and backward"] + phases[3]["optimizer and the rest"] < 150, phases[3]  # not 300 ms

@@ -102,3 +102,17 @@ def test_under_gradient_accumulation_the_data_wait_is_every_micro_batch_s_and_a_
         assert monitor.flush()
         steps, waits = read_window(visdom_server, env, "step time")["data wait"]
     assert steps == list(range(2, 7)) and all(abs(w - 100) <= 20 for w in waits), waits  # two batches' waits
+
+
+def test_a_validation_between_two_steps_is_not_charged_to_the_next_step():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Timing(every=1))
+    monitor.train_start(model, optimizer)
+    for step in range(1, 5):
+        monitor.step_end(loss=torch.tensor(1.0))
+        if step == 2:  # an evaluation every N steps, as a step-based loop runs it
+            time.sleep(0.3)
+            monitor.validation_end({"loss": 0.5})
+    times = dict(sink.points("step time")["step"])
+    assert sorted(times) == [2, 3, 4] and times[3] < 100, times  # it was 300 ms: the validation's

@@ -33,7 +33,7 @@ class Profile(Callback):
     prints. The table lists the operators with the most self time (self and total CPU time,
     device time where there is a device, calls, input shapes); the phases are each step's data
     wait (with ``monitor.batches``), up to ``after_backward`` (forward and backward), and the
-    rest (the optimizer). Writing the trace takes the training thread a moment, once.
+    rest (the optimizer); a validation between two steps is in neither. Writing the trace takes the training thread a moment, once.
     """
 
     def __init__(self, steps: Sequence[int] = (10, 14), directory: str | os.PathLike | None = None,
@@ -75,6 +75,10 @@ class Profile(Callback):
         if self._profiler is not None:
             self._backward = time.perf_counter()
 
+    def on_validation_end(self, state: LoopState, log: Log) -> None:
+        if self._profiler is not None:
+            self._began = time.perf_counter()  # a validation between two steps is neither's phases
+
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if self._profiler is None:
             return
@@ -82,7 +86,7 @@ class Profile(Callback):
         if self.first <= state.step <= self.last:
             wait = state.data_wait or 0.0
             backward = self._backward if self._backward > self._began else now
-            self._phases.append({"step": state.step, "data wait": wait * 1000,
+            self._phases.append({"step": state.step, "data wait": None if state.data_wait is None else wait * 1000,
                                  "forward and backward": (backward - self._began - wait) * 1000,
                                  "optimizer and the rest": (now - backward) * 1000})
         self._profiler.step()  # calls _ready after the last profiled step
@@ -120,7 +124,9 @@ def operator_table(profiler: Any, phases: list[dict[str, float]], trace: str) ->
                      "cpu_ms": event.cpu_time_total / 1000, "device_ms": device / 1000, "calls": event.count,
                      "input_shapes": str(event.input_shapes) if event.input_shapes else ""})
     rows.sort(key=lambda r: -r["self_cpu_ms"])
-    steps = [e for e in profiler.events() if e.name.startswith("ProfilerStep")]
+    steps = sorted((e for e in profiler.events() if e.name.startswith("ProfilerStep")), key=lambda e: e.time_range.start)
+    if phases:  # a run that ended inside the window: not the step it began and never ended
+        steps = steps[:len(phases)]
     profiled_ms = sum(e.time_range.elapsed_us() for e in steps) / 1000
     outside = profiled_ms - sum(r["self_cpu_ms"] for r in rows)  # Python, and gaps between operators
     return {"trace": trace, "profiled_ms": profiled_ms, "outside_operators_ms": outside, "steps": len(steps),
@@ -137,7 +143,7 @@ def table_html(table: dict[str, Any], top: int = TOP) -> str:
             ([f"{r['device_ms']:.3f}"] if device else []) + [str(r["calls"]), r["input_shapes"]]
         rows.append(cells)
     parts = ("data wait", "forward and backward", "optimizer and the rest")
-    phases = [[str(p["step"])] + [f"{p[k]:.2f}" for k in parts] for p in table["phases"]]
+    phases = [[str(p["step"])] + [_ms(p[k]) for k in parts] for p in table["phases"]]
     return (f"<p>{table['steps']} steps profiled, {table['profiled_ms']:.1f} ms, of which "
             f"{table['outside_operators_ms']:.1f} ms outside any operator (Python, gaps); trace (Perfetto, "
             f"chrome://tracing): <code>{escape(table['trace'])}</code></p>"
@@ -152,14 +158,20 @@ def text_table(table: dict[str, Any], top: int = TOP) -> str:
              f"{table['outside_operators_ms']:.1f} ms outside any operator; trace: {table['trace']}",
              f"{'operator':<32} {'self CPU ms':>12} {'CPU ms':>10} {'device ms':>10} {'calls':>7}  input shapes"]
     for r in table["operators"][:top]:
-        lines.append(f"{r['name'][:32]:<32} {r['self_cpu_ms']:>12.3f} {r['cpu_ms']:>10.3f} {r['device_ms']:>10.3f} "
+        name = r["name"] if len(r["name"]) <= 32 else r["name"][:30] + ".."
+        lines.append(f"{name:<32} {r['self_cpu_ms']:>12.3f} {r['cpu_ms']:>10.3f} {r['device_ms']:>10.3f} "
                      f"{r['calls']:>7}  {r['input_shapes']}")
     lines.append("")
     lines.append(f"{'step':>6} {'data wait':>10} {'forward+backward':>17} {'optimizer+rest':>15}  (ms)")
     for p in table["phases"]:
-        lines.append(f"{p['step']:>6} {p['data wait']:>10.2f} {p['forward and backward']:>17.2f} "
+        lines.append(f"{p['step']:>6} {_ms(p['data wait']):>10} {p['forward and backward']:>17.2f} "
                      f"{p['optimizer and the rest']:>15.2f}")
     return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    """A phase's milliseconds; "-" where it was not measured (no ``monitor.batches``: no data wait)."""
+    return "-" if value is None else f"{value:.2f}"
 
 
 def _html_table(head: list[str], rows: list[list[str]]) -> str:

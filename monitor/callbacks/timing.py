@@ -25,7 +25,8 @@ class Timing(Callback):
             ...; monitor.step_end(loss=loss, inputs=x)
 
     Windows: ``step time`` (ms; trace ``step``, from one ``step_end`` to the next, and ``data
-    wait``, the time ``monitor.batches(loader)`` spent getting the batch: with a loop that
+    wait``, the time ``monitor.batches(loader)`` spent getting the batch; a validation between
+    two steps is not part of the next one's time: with a loop that
     iterates its loader itself there is no data wait trace); ``throughput`` (samples per second,
     from the first dimension of ``inputs`` given to ``step_end``; steps per second without
     them); ``memory`` (MB: the process's resident memory and, on CUDA, memory allocated,
@@ -52,6 +53,9 @@ class Timing(Callback):
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._last = self._event = None  # validation and the epoch's end are not a step's time
+
+    def on_validation_end(self, state: LoopState, log: Log) -> None:
+        self._last, self._event = time.perf_counter(), None  # the next step's time starts after it
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         now = time.perf_counter()
