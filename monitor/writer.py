@@ -63,8 +63,9 @@ class SummaryWriter:
 
     **Tags.** A scalar's tag is split at its last ``/``: the window, then the trace, so
     ``Loss/train`` and ``Loss/test`` are two curves of window ``Loss``; a tag without ``/`` is
-    both. ``add_scalars(main_tag, {"train": ..., "test": ...})`` draws the dict's keys as traces
-    of window ``main_tag``. Images, histograms, texts, figures, PR curves and embeddings use the
+    both; a split's name leading it is the trace (``train/loss`` and ``eval/loss``: window
+    ``loss``). ``add_scalars(main_tag, {"train": ..., "test": ...})`` draws the dict's keys as
+    traces of window ``main_tag``. Images, histograms, texts, figures, PR curves and embeddings use the
     whole tag as window.
 
     **Runs.** ``log_dir`` is the run's folder (its run log, images, checkpoints), by default
@@ -810,11 +811,21 @@ def _checked_bins(bins: Any) -> Any:
     return bins
 
 
+SPLITS = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "eval", "evaluation",
+                    "dev"})  # the data a metric was taken on: a trace, wherever a tag names it
+
+
 def split_tag(tag: str) -> tuple[str, str]:
-    """Window and trace of a scalar's tag: ``"Loss/train"`` -> ``("Loss", "train")``, ``"lr"`` -> ``("lr", "lr")``."""
+    """Window and trace of a scalar's tag: ``"Loss/train"`` -> ``("Loss", "train")``, ``"lr"`` ->
+    ``("lr", "lr")``; a split leading the tag is the trace: ``"eval/loss"`` -> ``("loss", "eval")``."""
     checks.text("tag", tag)
     window, _, trace = tag.rpartition("/")
-    return (window, trace) if window and trace else (tag, tag)
+    if not window or not trace:
+        return tag, tag
+    split, _, rest = tag.partition("/")
+    if split.lower() in SPLITS and trace.lower() not in SPLITS:
+        return rest, split
+    return window, trace
 
 
 def _number(value: Any, argument: str) -> Any:

@@ -339,6 +339,10 @@ def test_a_tag_names_a_window_and_a_trace():
     assert split_tag("model/fc1/grad") == ("model/fc1", "grad")
     assert split_tag("lr") == ("lr", "lr")
     assert split_tag("odd/") == ("odd/", "odd/")
+    # Hugging Face's tags: the split leads; train and eval share a plot, the rate gets its own.
+    assert [split_tag(t) for t in ("train/loss", "eval/loss", "train/learning_rate", "Test/Accuracy/top1")] == [
+        ("loss", "train"), ("loss", "eval"), ("learning_rate", "train"), ("Accuracy/top1", "Test")]
+    assert split_tag("train/val") == ("train", "val")  # a split at the end still wins
 
 
 def test_steps_left_out_count_per_tag_and_a_monitor_shares_its_env(visdom_server, tmp_path, read_window):
