@@ -124,6 +124,7 @@ class SummaryWriter:
         self._steps: Counter[str] = Counter()  # calls without a global_step, per tag
         self._said: set[str] = set()
         self._closed = False
+        self._flushed = -math.inf  # when flush() last waited for the dashboard
         self._charts: list[tuple[str, list[Callable[[str], Any]]]] = []  # add_custom_scalars: window, matchers
         self._chart_of: dict[str, list[str]] = {}  # a tag's chart windows, found once
 
@@ -453,8 +454,13 @@ class SummaryWriter:
 
     def flush(self) -> None:
         """Waits (up to 10 s) until what was logged is in the run log and on the dashboard; not for
-        a dashboard that cannot be reached."""
+        a dashboard that cannot be reached. A loop that flushes every step (TensorBoard's writer
+        holds events up to ``flush_secs``) waits at most every half second: between, the sink
+        sends within that time anyway."""
+        if time.monotonic() - self._flushed < _FLUSH_GAP:
+            return
         self.log.sink.flush()
+        self._flushed = time.monotonic()
 
     def close(self) -> None:
         """Delivers what is pending and records that the run finished (a writer on a Monitor's env
@@ -653,6 +659,7 @@ class _Run:
         self.log.sink.close()
 
 
+_FLUSH_GAP = 0.5  # seconds: flush() waits for the dashboard at most this often (the sink's flush_every)
 _runs: dict[Path, _Run] = {}
 _runs_lock = threading.Lock()
 

@@ -954,3 +954,20 @@ def test_a_forked_child_with_the_writer_neither_waits_at_its_exit_nor_ends_the_p
     assert "logged in a forked process" in done.stderr and "dropped" in done.stderr  # said once, in the child
     assert _points(tmp_path / "runs" / "forked", "loss", "loss") == [(0, 1.0), (1, 2.0)]
     assert read_window(visdom_server, "forked", "loss")["loss"] == ([0, 1], [1.0, 2.0])
+
+
+def test_a_loop_that_flushes_every_step_waits_for_the_dashboard_at_most_every_half_second(visdom_server, tmp_path,
+                                                                                          read_window):
+    writer = SummaryWriter(tmp_path / "flushing", port=visdom_server.port)
+    waits, flush = [], writer.log.sink.flush
+    writer.log.sink.flush = lambda *a, **k: waits.append(1) or flush(*a, **k)  # counts the real flushes
+    began = time.monotonic()
+    for step in range(200):  # as TensorBoard scripts do, its writer holding events up to flush_secs
+        for k in range(10):
+            writer.add_scalar(f"m{k}/train", float(step), step)
+        writer.flush()
+    assert len(waits) <= 2 + (time.monotonic() - began) / 0.5  # each waited for 10 windows (7 ms a step)
+    time.sleep(0.5)
+    writer.flush()  # half a second on: it waits
+    assert read_window(visdom_server, "flushing", "m9")["train"][0] == list(range(200))
+    writer.close()
