@@ -18,6 +18,7 @@ import atexit
 import math
 import os
 import secrets
+import sys
 import logging
 import threading
 import time
@@ -372,7 +373,10 @@ def default_env() -> str:
 
 
 def replace_earlier(run_dir: Path) -> None:
-    """A notebook cell run again: the previous sink of ``run_dir`` in this process ends."""
+    """A notebook cell run again: the previous sink of ``run_dir`` in this process ends (an open
+    SummaryWriter's is not: refused)."""
+    if (writers := sys.modules.get("monitor.writer")) is not None:  # none without the module
+        writers.refuse_to_replace(run_dir)
     for other in list(open_sinks):
         if other.run_dir.resolve() == run_dir.resolve():
             _log.info("monitor: closing the previous monitor of env %r in this process", other.env)

@@ -31,7 +31,7 @@ from monitor.host import on_host
 from monitor.distributed import rank_and_world_size
 from monitor.log import Log, NullSink
 from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of
-from monitor.rundir import RunDir
+from monitor.rundir import RunDir, RunInUseError
 from monitor.runlog import RunLog
 from monitor.sink import open_sinks
 
@@ -669,6 +669,16 @@ def _monitor_sink_of(path: Path) -> Any:
     writers = {id(run.log.sink) for run in list(_runs.values())}
     return next((sink for sink in list(open_sinks) if id(sink) not in writers and not sink._closed
                  and sink.run_dir.resolve() == path.resolve()), None)
+
+
+def refuse_to_replace(run_dir: Path) -> None:
+    """Raises RunInUseError where an open writer of this process writes ``run_dir``: a Monitor
+    made there would end the writer's run, and drop what it logs next."""
+    run = _runs.get(Path(run_dir).resolve())
+    if run is not None:
+        raise RunInUseError(f"run folder {run_dir} is written by an open SummaryWriter of this process: make the "
+                            f"Monitor first (a writer on its run folder writes beside it), pass "
+                            f"SummaryWriter(monitor=monitor), or use another env")
 
 
 def _forget_runs_in_fork() -> None:

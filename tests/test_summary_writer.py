@@ -971,3 +971,19 @@ def test_a_loop_that_flushes_every_step_waits_for_the_dashboard_at_most_every_ha
     writer.flush()  # half a second on: it waits
     assert read_window(visdom_server, "flushing", "m9")["train"][0] == list(range(200))
     writer.close()
+
+
+def test_a_monitor_made_on_an_open_writer_s_run_folder_is_refused_naming_what_to_do(tmp_path, monkeypatch):
+    from monitor.rundir import RunInUseError
+    from monitor.server import VisdomServer
+    monkeypatch.chdir(tmp_path)
+    port = VisdomServer(0).port  # the run log says it all
+    writer = SummaryWriter("runs/mixed", port=port)
+    writer.add_scalar("extra", 1.0, 0)
+    with pytest.raises(RunInUseError, match=r"runs/mixed is written by an open SummaryWriter .* make the Monitor "
+                                            r"first .* SummaryWriter\(monitor=monitor\)"):
+        Monitor([Scalars()], env="mixed", port=port)
+    writer.add_scalar("extra", 2.0, 1)  # the writer's run goes on (it was ended, and this dropped)
+    writer.close()
+    assert _points(Path("runs/mixed"), "extra", "extra") == [(0, 1.0), (1, 2.0)]
+    Monitor([Scalars()], env="mixed", port=port).close()  # once the writer closed, the env is free
