@@ -48,6 +48,20 @@ def test_images_of_outputs_go_to_window_outputs_without_captions_when_none_fit()
     assert sink.of(ImageRecord)[0].captions is None
 
 
+@pytest.mark.parametrize("classes", [2, 21])
+def test_a_segmentation_s_class_scores_show_each_pixel_s_class_in_its_colour(classes):
+    from monitor.callbacks.images import class_colours
+    monitor, sink = monitor_with(Images(source="outputs", count=2))
+    classes_of = torch.randint(0, classes, (4, 6, 6))
+    scores = torch.nn.functional.one_hot(classes_of, classes).permute(0, 3, 1, 2).float()
+    logits = scores * 5 + torch.rand(4, classes, 6, 6)
+    monitor.step_end(outputs=logits.requires_grad_())  # a model's output, still in its graph
+    (record,) = sink.of(ImageRecord, "outputs")
+    assert record.pixels.dtype == torch.uint8 and torch.equal(record.pixels, class_colours(classes_of[:2]))
+    palette = class_colours(torch.arange(4096).reshape(1, 64, 64)).flatten(2)[0].T
+    assert len({tuple(colour.tolist()) for colour in palette}) == 4096 and palette[0].sum() == 0  # 0: black
+
+
 @pytest.mark.parametrize("shape, logged", [((6, 3, 5, 7), (4, 3, 5, 7)), ((3, 5, 7), (1, 3, 5, 7)),
                                            ((6, 5, 7), (4, 1, 5, 7)), ((5, 7), (1, 1, 5, 7))])
 def test_images_accept_nchw_chw_nhw_and_hw(shape, logged):

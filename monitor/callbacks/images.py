@@ -25,7 +25,9 @@ class Images(Callback):
     labels, else one CHW image. Only the first ``count`` are copied. ``captions`` is
     ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
     over dim 1 of 2-d outputs, or 1-d outputs as they are), ``"both"`` or None; a source that
-    is not one label per image (masks, None) gives no caption. Integer labels are looked up in
+    is not one label per image (masks, None) gives no caption. ``source="outputs"`` of 2 or more
+    than 3 channels (a segmentation's class scores) shows each pixel's most likely class in a
+    colour of its own (:func:`class_colours`). Integer labels are looked up in
     ``class_names`` (a sequence or a mapping) when given. Labels are copied on their device and
     turned into captions by the sink, so logging a grid never waits for the device.
     """
@@ -57,6 +59,8 @@ class Images(Callback):
             images = images[: self.count]  # a view: Log copies only these
             if images.dim() == 3:  # NHW: say so, or the first 3 would read as one RGB image
                 images = images[:, None]
+            elif self.source == "outputs" and images.shape[1] not in (1, 3):  # a segmentation's class scores
+                images = class_colours(images.detach().argmax(1))
         count = images.shape[0] if batched else 1
         log.window(self.source, order=Order.IMAGES, title=self.source)
         log.images(self.source, state.step, images, self._caption(state, count))
@@ -72,6 +76,19 @@ class Images(Callback):
             parts.append(_labels(outputs, count))
         parts = [labels for labels in parts if labels is not None]
         return LabelCaptions(parts, self.class_names, count) if parts else None
+
+
+def class_colours(labels: torch.Tensor) -> torch.Tensor:
+    """Maps of class indices (N, H, W) as uint8 RGB images (N, 3, H, W), on their device: class 0
+    black, the first classes far apart (index bits 0, 1, 2 add 160 to red, green, blue; bits
+    3, 4, 5 add 64; then 24, then 6); indices repeat past 4095.
+
+        class_colours(torch.tensor([[[0, 1], [2, 3]]]))[0, :, 1, 1]   # class 3: tensor([160, 160, 0])
+    """
+    bits = (labels.long() % 4096)[..., None] >> torch.arange(12, device=labels.device)  # (N, H, W, 12)
+    levels = torch.tensor([160, 64, 24, 6], device=labels.device)
+    rgb = ((bits & 1).unflatten(-1, (4, 3)) * levels[:, None]).sum(-2)  # (N, H, W, 3)
+    return rgb.to(torch.uint8).permute(0, 3, 1, 2)
 
 
 def _one_label_each(targets: Any, count: int) -> bool:
