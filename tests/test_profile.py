@@ -120,3 +120,11 @@ def test_a_validation_between_two_profiled_steps_is_in_neither_s_phases(tmp_path
             monitor.validation_end({"accuracy": 0.5})
     phases = {p["step"]: p for p in json.loads((tmp_path / "table.json").read_text())["phases"]}
     assert phases[3]["forward and backward"] + phases[3]["optimizer and the rest"] < 150, phases[3]  # not 300 ms
+
+
+def test_a_run_that_ends_before_the_window_says_nothing_was_profiled(tmp_path, caplog):
+    monitor = Monitor([Profile(steps=(10, 14), directory=tmp_path)], sink=NullSink())
+    _train(monitor, steps=5)
+    monitor.train_end()
+    assert "the run ended at step 5, before Profile's first step 10: nothing was profiled" in caplog.text
+    assert not (tmp_path / "table.json").exists() and not torch.autograd.profiler._is_profiler_enabled

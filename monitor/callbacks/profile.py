@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from html import escape
@@ -15,6 +16,8 @@ from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.records import Order
 from monitor.windows import TABLE
+
+_log = logging.getLogger("monitor")
 
 WINDOW = "profile"
 TOP = 15
@@ -100,6 +103,10 @@ class Profile(Callback):
         if self._profiler is not None:  # the run ended inside the window: the steps done are shown
             self._profiler.stop()
             self._profiler = None
+        if not self._done and state.step < self.first:
+            self._done = True
+            _log.warning("monitor: the run ended at step %d, before Profile's first step %d: nothing was profiled "
+                         "(pass steps=(first, last) within the run)", state.step, self.first)
 
     def _ready(self, profiler: Any, state: LoopState, log: Log) -> None:
         self._done = True
