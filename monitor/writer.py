@@ -65,8 +65,8 @@ class SummaryWriter:
     ``Loss/train`` and ``Loss/test`` are two curves of window ``Loss``; a tag without ``/`` is
     both; a split's name leading it is the trace (``train/loss`` and ``eval/loss``: window
     ``loss``). ``add_scalars(main_tag, {"train": ..., "test": ...})`` draws the dict's keys as
-    traces of window ``main_tag``. Images, histograms, texts, figures, PR curves and embeddings use the
-    whole tag as window.
+    traces of window ``main_tag``. Images, histograms, texts, figures, PR curves and embeddings
+    use the whole tag as window.
 
     **Runs.** ``log_dir`` is the run's folder (its run log, images, checkpoints), by default
     ``runs/<Mon><DD>_<HH>-<MM>-<SS>_<host><comment>`` as TensorBoard names it. The env is its
@@ -79,9 +79,10 @@ class SummaryWriter:
     after ``close()`` opens the run again. ``close()`` (or leaving a ``with`` block) records
     that the run finished, or crashed with the block's exception. ``monitor=`` writes to that
     Monitor's env instead (its sink, its run), as does a ``log_dir`` that a Monitor of this
-    process writes (its ``run_dir``). Under ``torch.distributed`` only rank 0's writer
-    writes (the other ranks' take what they log and drop it), as a Monitor does. Other keyword arguments go to
-    :class:`monitor.SinkProcess` (``server``, ``port``, ...), for the first writer of a ``log_dir``.
+    process writes (its ``run_dir``). Under ``torch.distributed`` only rank 0's writer writes
+    (the other ranks' take what they log and drop it), as a Monitor does. Other keyword
+    arguments go to :class:`monitor.SinkProcess` (``server``, ``port``, ...), for the first
+    writer of a ``log_dir``.
 
     **Windows.** A tag used for two kinds of data (a scalar ``weights/norm`` and a histogram
     ``weights``) gets a window for each, the later one named ``weights (histogram)``.
