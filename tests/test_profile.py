@@ -128,3 +128,11 @@ def test_a_run_that_ends_before_the_window_says_nothing_was_profiled(tmp_path, c
     monitor.train_end()
     assert "the run ended at step 5, before Profile's first step 10: nothing was profiled" in caplog.text
     assert not (tmp_path / "table.json").exists() and not torch.autograd.profiler._is_profiler_enabled
+
+
+def test_a_window_from_the_first_step_profiles_it_without_torch_s_warm_up_warning(tmp_path, recwarn):
+    monitor = Monitor([Profile(steps=(1, 2), directory=tmp_path)], sink=NullSink())
+    _train(monitor, steps=3)
+    monitor.train_end()
+    assert [p["step"] for p in json.loads((tmp_path / "table.json").read_text())["phases"]] == [1, 2]
+    assert not [w for w in recwarn if "warmup" in str(w.message)]

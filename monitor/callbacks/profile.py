@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from html import escape
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,7 +31,7 @@ class Profile(Callback):
         # pane "profile": the top operators, the time per step by phase, and where the trace is
 
     The steps before ``first`` are the profiler's wait and (one step) warm-up, as in
-    ``torch.profiler.schedule``. When the last step ends, the Chrome trace is written to
+    ``torch.profiler.schedule``; a window from step 1 has none, so its first step is slower. When the last step ends, the Chrome trace is written to
     ``directory`` (default: the run's folder, ``runs/ENV/profile/``; open it in Perfetto or
     chrome://tracing) with ``table.json``, the pane's table, which ``monitor profile RUN_DIR``
     prints. The table lists the operators with the most self time (self and total CPU time,
@@ -67,9 +68,11 @@ class Profile(Callback):
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
         ahead = self.first - 1 - state.step  # profiler steps before the first profiled one
         warmup = 1 if ahead >= 1 else 0
-        profiler = profile(activities=activities, record_shapes=True,
-                           schedule=schedule(wait=max(ahead - warmup, 0), warmup=warmup,
-                                             active=self.last - max(self.first, state.step + 1) + 1, repeat=1),
+        with warnings.catch_warnings():  # a window from step 1 has no step to warm up on: said in the docstring
+            warnings.filterwarnings("ignore", "Profiler won't be using warmup")
+            steps = schedule(wait=max(ahead - warmup, 0), warmup=warmup,
+                             active=self.last - max(self.first, state.step + 1) + 1, repeat=1)
+        profiler = profile(activities=activities, record_shapes=True, schedule=steps,
                            on_trace_ready=lambda p: self._ready(p, state, log))
         profiler.start()
         self._profiler = profiler  # only once started: stopping one that never started crashes torch
