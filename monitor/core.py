@@ -492,9 +492,14 @@ class Monitor:
     # --- internals ----------------------------------------------------------------------------
     def _fire(self, hook: str, *args: Any) -> None:
         state, log = self.state, self.log
+        marked = _profiling()  # a profiler's trace and table show the callbacks' time apart from the loop's
         for callback, method in self._subscribers[hook]:
             try:
-                method(state, log, *args)
+                if marked:
+                    with torch.profiler.record_function(f"monitor.{type(callback).__name__}.{hook}"):
+                        method(state, log, *args)
+                else:
+                    method(state, log, *args)
             except Exception as error:
                 if self.raise_errors:
                     raise
@@ -504,6 +509,9 @@ class Monitor:
         name = type(callback).__name__
         self._reports.once((name, hook), f"callback {name} failed in {hook}: {type(error).__name__}: {error}. "
                                          f"Training goes on, and {name} is called again at the next {hook}")
+
+
+_profiling = torch._C._autograd._profiler_enabled  # whether a torch.profiler records, now
 
 
 Optimizers = Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer], Mapping[str, torch.optim.Optimizer]]

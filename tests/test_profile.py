@@ -136,3 +136,11 @@ def test_a_window_from_the_first_step_profiles_it_without_torch_s_warm_up_warnin
     monitor.train_end()
     assert [p["step"] for p in json.loads((tmp_path / "table.json").read_text())["phases"]] == [1, 2]
     assert not [w for w in recwarn if "warmup" in str(w.message)]
+
+
+def test_the_callbacks_time_is_marked_apart_from_the_loop_s_in_the_profile(tmp_path):
+    from monitor import GradNorms, Histograms
+    monitor = Monitor([Profile(steps=(2, 3), directory=tmp_path), GradNorms(), Histograms(every=1)], sink=NullSink())
+    _train(monitor, steps=4)
+    names = {r["name"] for r in json.loads((tmp_path / "table.json").read_text())["operators"]}
+    assert {"monitor.GradNorms.on_after_backward", "monitor.Histograms.on_step_end"} <= names, sorted(names)[:20]

@@ -37,7 +37,8 @@ class Profile(Callback):
     prints. The table lists the operators with the most self time (self and total CPU time,
     device time where there is a device, calls, input shapes); the phases are each step's data
     wait (with ``monitor.batches``), up to ``after_backward`` (forward and backward), and the
-    rest (the optimizer); a validation between two steps is in neither. Writing the trace takes
+    rest (the optimizer); a validation between two steps is in neither. The callbacks' work is
+    under ``monitor.<callback>.<hook>`` (in any profiler's trace, the loop's own too). Writing the trace takes
     the training thread a moment, once.
     """
 
