@@ -248,8 +248,9 @@ def replay_command(run_log: Path, env: str | None, server: str | None, port: int
 
 @main.command("profile")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="RUN_DIR")
-@click.option("--top", type=click.IntRange(min=1), default=15, show_default=True, help="Operators to list.")
-def profile_command(run_dir: Path, top: int) -> None:
+@click.option("--top", type=click.IntRange(min=1), default=None,
+              help="Operators to list.  [default: the Profile callback's top]")
+def profile_command(run_dir: Path, top: int | None) -> None:
     """Print the table a Profile callback wrote: the top operators and the time per step.
 
     RUN_DIR is the run's folder (runs/ENV) or the profile folder in it.
@@ -260,7 +261,8 @@ def profile_command(run_dir: Path, top: int) -> None:
 
     for path in (run_dir / "profile" / "table.json", run_dir / "table.json"):
         if path.is_file():
-            click.echo(text_table(json.loads(path.read_text()), top))
+            table = json.loads(path.read_text())
+            click.echo(text_table(table, top or table.get("top", 15)))
             return
     raise click.ClickException(f"no profile in {run_dir}: expected {run_dir / 'profile' / 'table.json'}, which "
                                f"the Profile callback writes when its last step ends")

@@ -79,7 +79,7 @@ def test_bad_steps_are_named():
 
 
 def test_a_run_that_ends_inside_the_window_shows_the_steps_it_profiled(tmp_path):
-    monitor = Monitor([Profile(steps=(3, 50), directory=tmp_path)], sink=NullSink())
+    monitor = Monitor([Profile(steps=(3, 50), directory=tmp_path, top=3)], sink=NullSink())
     _train(monitor, steps=5)
     monitor.train_end()
     table = json.loads((tmp_path / "table.json").read_text())
@@ -90,6 +90,9 @@ def test_a_run_that_ends_inside_the_window_shows_the_steps_it_profiled(tmp_path)
     assert "\n     3          - " in printed.output  # shown as not measured, not as 0.00
     assert "ProfilerStep" not in printed.output and all(len(line.split("  ")[0]) <= 32 for line in
                                                         printed.output.splitlines()[2:5])
+    assert printed.output.splitlines()[5] == ""  # the callback's top=3 rows, unless --top says otherwise
+    more = CliRunner().invoke(main, ["profile", str(tmp_path), "--top", "4"])
+    assert more.output.splitlines()[6] == "" and more.output.splitlines()[5]
     assert (tmp_path / "trace-steps-3-5.json").is_file()
     assert not torch.autograd.profiler._is_profiler_enabled
 

@@ -119,7 +119,7 @@ class Profile(Callback):
         first, last = (self._phases[0]["step"], self._phases[-1]["step"]) if self._phases else (self.first, self.last)
         trace = directory / f"trace-steps-{first}-{last}.json"
         profiler.export_chrome_trace(str(trace))
-        table = operator_table(profiler, self._phases, str(trace))
+        table = {**operator_table(profiler, self._phases, str(trace)), "top": self.top}
         (directory / "table.json").write_text(json.dumps(table, indent=1))
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW, width=760, height=560)
         log.text(WINDOW, state.step, table_html(table, self.top), html=True)
