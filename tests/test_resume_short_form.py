@@ -189,6 +189,24 @@ def test_sigterm_in_the_first_step_that_validates_saves_its_validation_too_and_t
     assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)
 
 
+def test_a_job_killed_in_its_first_validation_at_a_checkpoint_s_step_validates_again_when_rerun(
+        visdom_server, read_env, tmp_path):
+    # Validations every 4 steps inside the batches loop, a checkpoint every 3: the first at a
+    # checkpoint's step is step 12's, the run's third; SIGKILL during it, then the same command.
+    straight = Job(visdom_server, tmp_path, "killed-validating-straight")
+    assert straight.run("--validate-every", "4") == list(range(1, STEPS + 1))
+    job = Job(visdom_server, tmp_path, "killed-validating")
+    process = job.start("--validate-every", "4", "--hang-validating", "12")
+    for line in process.stdout:
+        if line.startswith("validating 12"):
+            break
+    process.kill()
+    process.wait()
+    assert job.run("--validate-every", "4")[0] == 10  # from step 9's checkpoint: step 12's was not the latest yet
+    assert _same(job.weights(), straight.weights())  # the validation's shuffled loader drew as in the straight run
+    assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)
+
+
 def test_a_second_sigterm_while_the_job_exits_for_requeue_leaves_the_requeue_status(visdom_server, tmp_path,
                                                                                     straight):
     # A scheduler may signal twice (a time-limit warning, then its stop; srun forwarding one to the

@@ -2,7 +2,7 @@
 
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
         --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
-        [--validate-first] [--validate-every 6] [--passes] [--workers 2 [--persistent]] [--batch 8] [--epochs 2]
+        [--validate-first] [--validate-every 6 [--hang-validating 12]] [--passes] [--workers 2 [--persistent]] [--batch 8] [--epochs 2]
         [--extend]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
@@ -52,6 +52,9 @@ def train(options: argparse.Namespace) -> None:
         with torch.no_grad():
             losses = [loss_fn(model(x), y).item() for x, y in
                       monitor.batches(DataLoader(held_out, batch_size=8, shuffle=True))]
+        if monitor.state.step == options.hang_validating:  # a job killed during this validation
+            print(f"validating {monitor.state.step}", flush=True)
+            time.sleep(120)
         monitor.validation_end({"loss": sum(losses) / len(losses)})
         model.train()
 
@@ -108,5 +111,6 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--extend", action="store_true", help="continue a finished run too")
     parser.add_argument("--validate-every", type=int, default=0, help="validate every N steps, in the batches loop")
+    parser.add_argument("--hang-validating", type=int, default=0, help="wait in step N's validation (to be killed)")
     parser.add_argument("--passes", action="store_true", help="a while loop of passes over the loader, no epochs")
     train(parser.parse_args())
