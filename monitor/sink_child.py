@@ -74,7 +74,10 @@ def main() -> None:
     except BaseException as error:
         send(("failed", error))
         return
-    send(("ready", status(sink)))
+    try:
+        send(("ready", status(sink)))
+    except OSError:  # the training process died while the run opened: the pipe's end below closes the sink
+        pass
     waiting: list[threading.Thread] = []  # flushes and syncs: answered apart, so that reading goes on
 
     def answer(number: int, kind: str, timeout: float | None) -> None:

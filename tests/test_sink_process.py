@@ -318,3 +318,30 @@ def test_a_monitor_let_go_of_without_close_ends_its_run_and_its_sink_s_process(v
     assert child.wait(timeout=20) == 0  # not at the script's exit: a sweep of 64 does not keep 64 processes
     assert [e["status"] for e in RunLog.read(tmp_path / "runlog.jsonl") if e["k"] == "end"] == ["finished"]
     assert read_window(visdom_server, "let-go", "loss")["train"][0] == [1, 2, 3]
+
+
+KILLED_WHILE_OPENING = textwrap.dedent("""
+    import os, signal, sys, threading, time
+
+    def kill_once_the_sink_s_process_runs():
+        me = os.getpid()
+        while not open(f"/proc/{me}/task/{me}/children").read().split():
+            time.sleep(0.002)
+        time.sleep(0.05)  # it was sent "open": killed before it answers "ready"
+        os.kill(me, signal.SIGKILL)
+
+    threading.Thread(target=kill_once_the_sink_s_process_runs, daemon=True).start()
+    from monitor import SinkProcess
+    SinkProcess("killed-opening", port=int(sys.argv[1]), run_dir=sys.argv[2])
+    time.sleep(30)
+""")
+
+
+def test_a_training_process_killed_while_its_sink_opens_the_run_leaves_no_traceback(visdom_server, tmp_path):
+    (tmp_path / "train.py").write_text(KILLED_WHILE_OPENING)
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    done = subprocess.run([sys.executable, str(tmp_path / "train.py"), str(visdom_server.port), str(tmp_path / "run")],
+                          env=environment, capture_output=True, text=True, timeout=60)  # until the sink's process ends
+    assert done.returncode == -signal.SIGKILL
+    assert "Traceback" not in done.stderr, done.stderr  # its "ready" met a broken pipe
+    assert [e["k"] for e in RunLog.read(tmp_path / "run" / "runlog.jsonl")][0] == "run"  # the run log is whole
