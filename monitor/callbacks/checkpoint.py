@@ -195,17 +195,18 @@ class Checkpoint(Callback):
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if self.metric_from == "validation":
             self._note_metric(state.metrics)
-        if self._monitor.in_batches:  # a loop that validates inside its batches loop, at a save's step or not:
-            self._validates_after_saving = True  # from now on a step's checkpoint waits for the next step's end
-        if self._last_saved == [state.step, state.epoch, self._epoch_done] and self._monitor.in_batches:
-            # A validation inside the epoch's batches loop, after the step's checkpoint: that
-            # again, with the validation (its random numbers, its point, the metric it ranks by),
-            # or a resume would go on with the next batch and skip it. (One after the loop runs
-            # again on a resume, as the rest of the epoch does.)
-            if self._monitor.world_size == 1 or self._every_rank_validates:
-                self.save()  # under DDP a collective, as Scalars' averaging of the validation is
-            elif self._monitor.rank == 0:  # a validation that may run on rank 0 alone: no collective
-                self._write_again_alone()
+        if self._monitor.in_batches:
+            # A loop that validates inside its batches loop (at a save's step or not): from now on
+            # a step's checkpoint becomes the latest at the next step's end, after any validation.
+            self._validates_after_saving = True
+            if self._last_saved == [state.step, state.epoch, self._epoch_done]:
+                # After the step's checkpoint: that again, with the validation (its random numbers,
+                # its point, the metric it ranks by), or a resume would go on with the next batch and
+                # skip it. (One after the loop runs again on a resume, as the rest of the epoch does.)
+                if self._monitor.world_size == 1 or self._every_rank_validates:
+                    self.save()  # under DDP a collective, as Scalars' averaging of the validation is
+                elif self._monitor.rank == 0:  # a validation that may run on rank 0 alone: no collective
+                    self._write_again_alone()
         self._exit_if_stopping()
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
