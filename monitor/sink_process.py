@@ -204,9 +204,9 @@ class SinkProcess:
         if not isinstance(record, RECORDS):
             raise not_a_record(record)
         if self._closed:
-            if isinstance(record, RunEnd):
-                pass
-            elif self._forked:
+            if isinstance(record, RunEnd):  # a run's end after its close, or in a fork: nothing to say
+                return
+            if self._forked:
                 self.reports.once("forked", f"a record was logged in a forked process (pid {os.getpid()}) and is "
                                   f"dropped: only the process that opened env {self.env!r} delivers its records")
             else:

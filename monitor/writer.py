@@ -49,6 +49,7 @@ _TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one t
 
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
 TEXTS = 10  # the texts of a tag shown, as TensorBoard's text view keeps 10 samples
+_FLUSH_GAP = 0.5  # seconds: flush() waits for the dashboard at most this often (the sink's flush_every)
 
 _NOT_DRAWN = ("add_onnx_graph", "add_tensor")
 
@@ -660,16 +661,16 @@ class _Run:
         self.log.sink.close()
 
 
-_FLUSH_GAP = 0.5  # seconds: flush() waits for the dashboard at most this often (the sink's flush_every)
 _runs: dict[Path, _Run] = {}
 _runs_lock = threading.Lock()
 
 
 def _monitor_sink_of(path: Path) -> Any:
     """The open sink of a Monitor in this process whose run folder is ``path`` (None: none)."""
-    writers = {id(run.log.sink) for run in list(_runs.values())}
-    return next((sink for sink in list(open_sinks) if id(sink) not in writers and not sink._closed
-                 and sink.run_dir.resolve() == path.resolve()), None)
+    key = path.resolve()
+    if key in _runs:  # a writer's run: the writers share it
+        return None
+    return next((sink for sink in list(open_sinks) if not sink._closed and sink.run_dir.resolve() == key), None)
 
 
 def refuse_to_replace(run_dir: Path) -> None:
