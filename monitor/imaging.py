@@ -26,26 +26,27 @@ CAPTION_ROOM = 64       # a tile narrower than this is widened up to it (or to 2
 
 def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | None = None,
                 columns: int | None = None, heading: str | None = None, fps: float | None = None) -> bytes:
-    """PNG bytes of ``pixels`` (NCHW, 1 or 3 channels: a tensor of any dtype and device, or a
+    """PNG bytes of ``pixels`` (NCHW, 1, 3 or 4 channels: a tensor of any dtype and device, or a
     numpy array) tiled in a grid.
 
     Display values: uint8 as is; floats (or bools) whose finite values lie in [0, 1] times 255;
     anything else stretched to 0-255 per image from its finite min and max (a constant image
-    is mid grey). Non-finite pixels are black. ``columns`` defaults to ceil(sqrt(N)); each
-    caption is drawn under its tile, which is widened for it up to twice its width (or 64
-    pixels); a caption longer than that is cut and ends in "..". ``heading`` (e.g. "step 50")
-    is drawn in a band above the grid.
+    is mid grey). Non-finite pixels are black. A fourth channel is alpha, by the same rules on
+    its own: the image is laid over white, as a page shows a transparent PNG. ``columns``
+    defaults to ceil(sqrt(N)); each caption is drawn under its tile, which is widened for it up
+    to twice its width (or 64 pixels); a caption longer than that is cut and ends in "..".
+    ``heading`` (e.g. "step 50") is drawn in a band above the grid.
 
     With ``fps``, ``pixels`` are N videos (NTCHW, each stretched as one image) and the PNG is
     animated: at each of the T frames, a grid of the videos' frame, played at ``fps`` in a loop
     (an APNG, which browsers play wherever they show a PNG).
     """
-    dims = 4 if fps is None else 5
+    dims, channels, said = (4, (1, 3, 4), "NCHW tensor or array with 1, 3 or 4") if fps is None else \
+        (5, (1, 3), "NTCHW tensor or array with 1 or 3")
     if not (checks._is_tensor(pixels) or isinstance(pixels, np.ndarray)) or pixels.ndim != dims \
-            or pixels.shape[-3] not in (1, 3) or 0 in pixels.shape:
+            or pixels.shape[-3] not in channels or 0 in pixels.shape:
         got = tuple(pixels.shape) if hasattr(pixels, "shape") else type(pixels).__name__
-        raise ValueError(f"pixels must be a non-empty {'NCHW' if fps is None else 'NTCHW'} tensor or array "
-                         f"with 1 or 3 channels, got {got}")
+        raise ValueError(f"pixels must be a non-empty {said} channels, got {got}")
     count = pixels.shape[0]
     if captions is not None and len(captions) != count:
         raise ValueError(f"captions must have one entry per image ({count}), got {len(captions)}")
@@ -118,7 +119,11 @@ def with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | Non
 
 
 def display_values(pixels: "torch.Tensor | np.ndarray") -> np.ndarray:
-    """``pixels`` (N, ...) as uint8 display values on the CPU, by the rules of :func:`encode_grid`."""
+    """``pixels`` (N, ...) as uint8 display values on the CPU, by the rules of :func:`encode_grid`
+    (NCHW with 4 channels: 3, the colours laid over white by their alpha)."""
+    if pixels.ndim == 4 and pixels.shape[1] == 4:
+        colours, alpha = display_values(pixels[:, :3]), display_values(pixels[:, 3:]) / np.float32(255)
+        return np.rint(colours * alpha + BACKGROUND * (1 - alpha)).astype(np.uint8)
     if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8:
         return pixels  # display values already: what a record brings to the sink's process
     import torch

@@ -155,7 +155,8 @@ class Log:
 
     def images(self, window: str, x: float, images: torch.Tensor,
                captions: Sequence[str] | None = None) -> None:
-        """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels; any float or uint8 range.
+        """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels (NCHW also 4: RGBA, laid
+        over white as TensorBoard's PNG shows on a page); any float, uint8 or bool range.
 
         A batch of more than ``MOST_PIXELS`` pixels (2048 x 2048) is shrunk to fit, each image
         by the same factor (each pixel the average of those it covers), on its device, before
@@ -343,7 +344,8 @@ def _bins(bins: Any) -> int | torch.Tensor:
 def _as_nchw(images: Any) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"images must be a torch.Tensor (NCHW, CHW, NHW or HW), got {type(images).__name__}")
-    checks.real_tensor("images", images)
+    if images.dtype is not torch.bool:  # a mask: black and white
+        checks.real_tensor("images", images)
     shape = tuple(images.shape)
     if images.dim() == 2:  # HW
         images = images[None, None]
@@ -351,6 +353,7 @@ def _as_nchw(images: Any) -> torch.Tensor:
         images = images[None] if shape[0] in (1, 3) else images[:, None]
     elif images.dim() != 4:
         raise ValueError(f"images must be NCHW, CHW, NHW or HW, got shape {shape}")
-    if images.shape[1] not in (1, 3) or images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
-        raise ValueError(f"images must have 1 or 3 channels and a non-empty batch, got shape {shape}")
+    if images.shape[1] not in ((1, 3, 4) if len(shape) == 4 else (1, 3)) or 0 in images.shape:
+        raise ValueError(f"images must have 1 or 3 channels (NCHW also 4, RGBA) and a non-empty batch, "
+                         f"got shape {shape}")
     return images

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from monitor import Images, Scalars
-from monitor.imaging import encode_grid
+from monitor.imaging import PAD, encode_grid
 from monitor.records import ImageGrid as ImageRecord, Layout
 from helpers.monitors import live_monitor, model_and_data, monitor_with, shown_grid
 
@@ -84,10 +84,10 @@ def test_a_grayscale_nhw_batch_stays_a_batch_whatever_its_length(count, batch, t
 
 
 @pytest.mark.parametrize("inputs, error, match", [
-    (torch.rand(2, 4, 5, 5), ValueError, "1 or 3 channels"),
+    (torch.rand(2, 5, 5, 5), ValueError, "1 or 3 channels"),
     (torch.rand(2, 1, 1, 5, 5), ValueError, "NCHW, CHW, NHW or HW"),
     ([[0.0, 1.0]], TypeError, "must be a torch.Tensor"),
-    (torch.ones(2, 3, 4, 4, dtype=torch.bool), TypeError, "real numbers"),
+    (torch.ones(2, 3, 4, 4, dtype=torch.complex64), TypeError, "real numbers"),
     (None, ValueError, r"pass inputs= to monitor.step_end"),
 ])
 def test_images_reject_what_is_not_an_image_batch(inputs, error, match):
@@ -160,3 +160,28 @@ def test_one_grayscale_image_with_its_label_is_one_captioned_image():
     monitor.step_end(inputs=torch.rand(1, 8, 8), targets=torch.tensor(2))
     (record,) = sink.of(ImageRecord)
     assert tuple(record.pixels.shape) == (1, 1, 8, 8) and list(record.captions) == ["2"]
+
+
+def test_rgba_images_are_laid_over_white_and_bool_masks_are_black_and_white(visdom_server, read_window_raw, tmp_path):
+    # TensorBoard's add_images takes both: a sprite sheet's RGBA, a segmentation's masks.
+    rgba = torch.rand(3, 4, 5, 5)
+    rgba[0, 3] = 0.0   # fully transparent: white
+    rgba[1, 3] = 1.0   # opaque: its colours
+    masks = torch.rand(4, 5, 5) > 0.5  # NHW: four masks
+    with live_monitor(visdom_server, "live-rgba", tmp_path, Images(every=1, count=3, captions=None)) as monitor:
+        monitor.step_end(inputs=rgba)
+        monitor.log.window("masks", title="masks")
+        monitor.log.images("masks", 1, masks)
+        assert monitor.flush(timeout=10)
+    from test_imaging import decode, tile
+    grid = decode(shown_grid(read_window_raw(visdom_server, "live-rgba", "inputs")))
+    heading = grid.shape[0] - (PAD + 2 * (5 + PAD))  # two rows of two under the step's heading
+    tiles = [tile(grid[heading:], i, 2, 5, 5).astype(float) for i in range(3)]
+    colours, alpha = (rgba[:, :3] * 255).round().permute(0, 2, 3, 1).numpy(), rgba[:, 3, :, :, None].numpy()
+    assert grid.shape[2] == 3 and (tiles[0] == 255).all()
+    assert np.abs(tiles[1] - colours[1]).max() <= 1
+    assert np.abs(tiles[2] - (colours[2] * alpha[2] + 255 * (1 - alpha[2]))).max() <= 1.5
+    shown = decode(shown_grid(read_window_raw(visdom_server, "live-rgba", "masks")))
+    heading = shown.shape[0] - (PAD + 2 * (5 + PAD))
+    assert all(np.array_equal(tile(shown[heading:], i, 2, 5, 5), masks[i].numpy().astype(np.uint8) * 255)
+               for i in range(4))

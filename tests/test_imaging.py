@@ -91,8 +91,8 @@ def test_non_contiguous_pixels_are_read_as_they_look():
 
 
 @pytest.mark.parametrize("pixels, captions, columns, match", [
-    (torch.rand(3, 4, 4), None, None, "NCHW tensor or array with 1 or 3 channels, got \\(3, 4, 4\\)"),
-    (torch.rand(2, 4, 4, 4), None, None, "1 or 3 channels, got \\(2, 4, 4, 4\\)"),
+    (torch.rand(3, 4, 4), None, None, "NCHW tensor or array with 1, 3 or 4 channels, got \\(3, 4, 4\\)"),
+    (torch.rand(2, 2, 4, 4), None, None, "1, 3 or 4 channels, got \\(2, 2, 4, 4\\)"),
     (torch.rand(0, 3, 4, 4), None, None, "non-empty"),
     ([[0.5]], None, None, "got list"),
     (torch.rand(2, 3, 4, 4), ["one"], None, "one entry per image \\(2\\), got 1"),
