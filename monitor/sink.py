@@ -185,6 +185,9 @@ class VisdomSink:
         return self.delivery.timings
 
     # --- the training thread's side ----------------------------------------------------------
+    def __reduce__(self) -> Any:
+        raise not_sent_elsewhere(self.env)
+
     def put(self, record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
         if not isinstance(record, RECORDS):
@@ -357,6 +360,15 @@ def not_a_record(record: Any) -> TypeError:
     """The error for a put of something that is not a record, naming the kinds there are."""
     kinds = ", ".join(kind.__name__ for kind in RECORDS if kind is not RunEnd)
     return TypeError(f"record must be a monitor.records {kinds}; got {type(record).__name__}")
+
+
+def not_sent_elsewhere(env: str | None) -> TypeError:
+    """The error for pickling or copying a sink: its records would not reach its run."""
+    return TypeError(f"a monitor's sink (env {env!r}) cannot be pickled or copied: it delivers the records of "
+                     f"the process that made it, and a copy in another process would deliver none. Make the "
+                     f"Monitor or SummaryWriter in the process that trains (inside the function "
+                     f"torch.multiprocessing.spawn runs, not before it), and log in the loop what a "
+                     f"DataLoader worker returns")
 
 
 def report_unreadable(reports: Reports, record: Any, error: Exception) -> None:

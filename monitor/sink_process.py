@@ -40,8 +40,8 @@ from monitor.entries import read
 from monitor.records import RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
-from monitor.sink import (RECORDS, VisdomSink, default_env, not_a_record, open_sinks, replace_earlier,
-                          report_unreadable)
+from monitor.sink import (RECORDS, VisdomSink, default_env, not_a_record, not_sent_elsewhere, open_sinks,
+                          replace_earlier, report_unreadable)
 from monitor.sink_child import LAUNCH
 
 __all__ = ["SinkProcess"]
@@ -199,6 +199,9 @@ class SinkProcess:
         return list(self._local.timings) if self._local is not None else list(self._status.get("timings", ()))
 
     # --- the training thread's side ----------------------------------------------------------
+    def __reduce__(self) -> Any:
+        raise not_sent_elsewhere(self.env)
+
     def put(self, record: Any) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
         if not isinstance(record, RECORDS):

@@ -161,3 +161,40 @@ def test_a_train_end_that_raises_still_closes_the_run(tmp_path, form):
             monitor.step_end(loss=1.0)
             monitor.close()
     assert monitor.sink.pending == 0 and described(tmp_path).status in ("finished", "crashed")
+
+
+class _LoggingDataset(torch.utils.data.Dataset):
+    """A user's dataset that holds the run's logger, to log from __getitem__."""
+
+    def __init__(self, logger):
+        self.logger = logger
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        return torch.zeros(2)
+
+
+def _train_in_spawned_process(rank, logger):
+    logger.add_scalar("loss", 1.0, rank)
+
+
+@pytest.mark.parametrize("how", ["mp.spawn", "spawned DataLoader worker"])
+@pytest.mark.parametrize("kind", ["Monitor", "SummaryWriter"])
+def test_a_monitor_or_writer_sent_to_another_process_is_refused_saying_where_to_make_it(tmp_path, how, kind):
+    # Pickled into a spawned process, its sink would deliver nothing: a clear error instead of
+    # "cannot pickle '_thread.lock' object".
+    from monitor import Monitor, SummaryWriter
+    logger = Monitor([Scalars()], env="sent", run_dir=tmp_path, port=1, timeout=0.2) if kind == "Monitor" \
+        else SummaryWriter(tmp_path / "sent", port=1, timeout=0.2)
+    expected = r"sink \(env 'sent'\) cannot be pickled or copied.*inside the function torch.multiprocessing.spawn runs"
+    try:
+        with pytest.raises(TypeError, match=expected):
+            if how == "mp.spawn":
+                torch.multiprocessing.spawn(_train_in_spawned_process, args=(logger,), nprocs=1)
+            else:
+                next(iter(torch.utils.data.DataLoader(_LoggingDataset(logger), num_workers=1,
+                                                      multiprocessing_context="spawn")))
+    finally:
+        logger.close()
