@@ -21,8 +21,8 @@ import torch
 def scale_of(scaler: Any, optimizers: Iterable[torch.optim.Optimizer]) -> float | torch.Tensor | None:
     """The scale the gradients of ``optimizers`` are multiplied by now, or None if they are not.
 
-    A float for a scaler on the CPU; on an accelerator a copy of its scale tensor (taken on the
-    device, read later), since ``scaler.update()`` changes the scale in place after the step.
+    A float for a scaler on the CPU; on an accelerator a 0-d copy of its scale tensor (taken on
+    the device, read later), since ``scaler.update()`` changes the scale in place after the step.
     """
     if scaler is None or not scaler.is_enabled():
         return None
@@ -35,7 +35,7 @@ def scale_of(scaler: Any, optimizers: Iterable[torch.optim.Optimizer]) -> float 
     optimizers = list(optimizers)
     if optimizers and all(id(o) in states and states[id(o)]["stage"] is not OptState.READY for o in optimizers):
         return None  # unscale_ (or step) already divided them
-    return float(scale) if scale.device.type == "cpu" else scale.detach().clone()
+    return float(scale) if scale.device.type == "cpu" else scale.detach().reshape(()).clone()
 
 
 def current_scale(scaler: Any) -> float | torch.Tensor | None:

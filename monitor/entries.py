@@ -66,11 +66,16 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embe
             record = record._replace(traces=tuple(map(str, record.traces)))
         values = record.values
         if type(values) is LayerNorms:
-            if set(map(type, values.norms)) <= _PLAIN:
-                return record  # a CPU's norms: added up where the entry is made (encode)
+            scale = values.scale
+            if set(map(type, values.norms)) <= _PLAIN and (scale is None or type(scale) is float):
+                return record  # read: added up where the entry is made (encode)
             from monitor.norms import read as read_norms  # torch: device norms, read here
 
-            return record._replace(values=values.layer_sums(read_norms(values.norms)))
+            if checks._is_tensor(scale):
+                scale = scale.reshape(())  # a GradScaler's has one element
+            norms = read_norms(values.norms if scale is None else [*values.norms, scale])  # one read of the device
+            return record._replace(values=values._replace(norms=norms[:len(values.norms)],
+                                                          scale=None if scale is None else float(norms[-1])))
         if callable(values):
             values = values()
         if checks._is_tensor(values):
@@ -108,6 +113,54 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embe
         hparams = record.hparams if _plain_json(record.hparams) else json.loads(json.dumps(record.hparams))
         return record._replace(metrics=metrics, hparams=hparams)
     return record
+
+
+def with_scalars_read(records: list) -> list:
+    """The records, with the device scalars they hold (a GPU step's loss, its gradient norms and
+    scale) read in one copy per device for all of them; ``read`` does the rest, record by record.
+
+    Read a record at a time, each cost the sink's forwarder a copy, a wait for the device and
+    the GIL time of a dozen tensor calls, in the training process. Records whose scalars cannot
+    be read together are left as they were, for ``read`` to read or report one by one.
+    """
+    held = []  # (position, the record's scalars) of each record holding a tensor
+    for position, record in enumerate(records):
+        if type(record) is Points:
+            values = record.values
+            if type(values) is LayerNorms:
+                scalars = values.norms if values.scale is None else [*values.norms, values.scale]
+            elif type(values) is tuple:
+                scalars = values
+            else:
+                continue
+            if not set(map(type, scalars)) <= _PLAIN:
+                held.append((position, scalars))
+    if not held:
+        return records
+    try:
+        import torch  # a tensor is here: torch is
+
+        by_device: dict[Any, dict[int, Any]] = {}  # each device's 0-d tensors, by id
+        for _, scalars in held:
+            for value in scalars:
+                if isinstance(value, torch.Tensor) and value.dim() == 0:
+                    by_device.setdefault(value.device, {})[id(value)] = value
+        number_of: dict[int, float] = {}
+        for tensors in by_device.values():
+            number_of.update(zip(tensors, _on_host(torch.stack(list(tensors.values()))).tolist()))
+    except Exception:  # mixed kinds of tensor, a device gone: read says which record, one by one
+        return records
+    records = list(records)
+    for position, scalars in held:
+        plain = [value if type(value) in _PLAIN else number_of.get(id(value), value) for value in scalars]
+        values = records[position].values
+        if type(values) is LayerNorms:
+            values = values._replace(norms=plain[:len(values.norms)],
+                                     scale=None if values.scale is None else plain[-1])
+        else:
+            values = tuple(plain)
+        records[position] = records[position]._replace(values=values)
+    return records
 
 
 def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams | RunEnd,

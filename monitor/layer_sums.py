@@ -8,7 +8,7 @@ Needs numpy alone: a CPU's norms are added up in the sink's process, not the tra
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,10 +54,13 @@ class LayerSums:
 
 class LayerNorms(NamedTuple):
     """A step's layer norms to add up later (``GradNorms`` logs it; the sink calls it): the
-    parameters' norms as floats, and how they make layers."""
+    parameters' norms, how they make layers, and the GradScaler's scale they are divided by.
+    Norms and scale left on a device (tensors) are read by the sink first (``entries.read``)."""
 
-    norms: list[float]
+    norms: list
     layer_sums: LayerSums
+    scale: Any = None
 
     def __call__(self) -> list[float]:
-        return self.layer_sums(self.norms)
+        added = self.layer_sums(self.norms)
+        return added if self.scale is None else [value / self.scale for value in added]

@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 
 from monitor import checks, pipe
 from monitor.delivery import FlushTiming
-from monitor.entries import read
+from monitor.entries import read, with_scalars_read
 from monitor.records import RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
@@ -284,16 +284,14 @@ class SinkProcess:
                 while self._queue:
                     item = self._queue.popleft()
                     if type(item) is _Request:
-                        self._hand_on(records)
+                        self._hand_on(self._read(records))
                         records = []
                         self._request(item)
                         if item.kind == "close":
                             return
                     else:
-                        plain = self._read(item)
-                        if plain is not None:
-                            records.append(plain)
-                self._hand_on(records)
+                        records.append(item)
+                self._hand_on(self._read(records))
                 if self._broken and self._local is None:
                     self._fall_back([])
         except Exception as error:  # a bug here must not leave a flush or a close waiting forever
@@ -303,14 +301,17 @@ class SinkProcess:
         finally:
             open_sinks.discard(self)
 
-    def _read(self, record: Any) -> Any:
+    def _read(self, records: list) -> list:
+        """The records with plain values; one that cannot be read is reported and left out."""
         if self._local is not None:
-            return record  # the VisdomSink here reads it (and reports what it cannot read)
-        try:
-            return read(record)
-        except Exception as error:  # a bad record must not stop the others
-            report_unreadable(self.reports, record, error)
-            return None
+            return records  # the VisdomSink here reads them (and reports what it cannot read)
+        plain = []
+        for record in with_scalars_read(records):
+            try:
+                plain.append(read(record))
+            except Exception as error:  # a bad record must not stop the others
+                report_unreadable(self.reports, record, error)
+        return plain
 
     def _hand_on(self, records: list) -> None:
         if not records or self._fell_back and self._local is None:  # no sink left: reported once

@@ -4,6 +4,8 @@ Meta tensors stand in for a GPU: reading one (.item(), .tolist(), float()) raise
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -74,3 +76,64 @@ def test_the_final_metrics_of_a_run_are_read_by_the_worker():
     monitor.train_end()
     record = sink.of(Hparams)[-1]  # the one at train_end (the one at train_start has no metrics)
     assert record.metrics["loss"].device.type == "meta"
+
+
+def _as_a_gpu_run_logs(steps: int, tensor=torch.tensor) -> list:
+    """The records of ``steps`` GPU steps, with CPU tensors standing in: a 0-d loss, a learning
+    rate read as a float, and four float64 parameter norms with a GradScaler's float32 scale."""
+    from monitor.layer_sums import LayerNorms, LayerSums
+
+    layers = LayerSums(((0, 1), (2, 3)))
+    records = []
+    for step in range(1, steps + 1):
+        records.append(Points("loss", step, ("train",), (tensor(1.0 / step),)))
+        records.append(Points("learning rate", step, ("lr",), (0.1,)))
+        norms = [tensor(float(step * i), dtype=torch.float64) for i in (3, 4, 12, 5)]
+        records.append(Points("grad norm", step, ("0.Linear", "1.Linear", "total"),
+                              LayerNorms(norms, layers, tensor(2.0 * step))))
+    return records
+
+
+def test_the_forwarder_reads_the_device_scalars_of_a_batch_in_one_copy(monkeypatch):
+    # Read a record at a time, a GPU step's loss and norms each cost the forwarder a copy to the
+    # host, a wait for the device and a dozen tensor calls, all holding the training process's GIL.
+    import monitor.host
+    import monitor.norms
+    from monitor.entries import read, with_scalars_read
+
+    copies = []
+
+    def counted(tensor):
+        copies.append(tuple(tensor.shape))
+        return tensor.cpu()
+
+    monkeypatch.setattr(monitor.host, "on_host", counted)
+    monkeypatch.setattr(monitor.norms, "on_host", counted)
+    records = _as_a_gpu_run_logs(100)
+    one_by_one = [read(record) for record in records]
+    assert len(copies) == 200  # a loss and a step's norms and scale: two copies a step
+    copies.clear()
+    together = [read(record) for record in with_scalars_read(records)]
+    assert copies == [(600,)]  # 100 losses, 400 norms, 100 scales
+    values = [list(r.values() if callable(r.values) else r.values) for r in together]
+    assert values == [list(r.values() if callable(r.values) else r.values) for r in one_by_one]
+    assert values[2] == [2.5, 6.5, math.hypot(3, 4, 12, 5) / 2]  # each layer's norm and the total, unscaled
+
+
+def test_a_batch_s_scalars_that_cannot_be_read_together_are_read_or_reported_one_by_one(
+        visdom_server, read_window, tmp_path, caplog):
+    from monitor.layer_sums import LayerNorms, LayerSums
+
+    with Monitor([], env="device-batch", server="http://127.0.0.1", port=visdom_server.port,
+                 run_dir=tmp_path) as monitor:
+        for record in _as_a_gpu_run_logs(3):
+            monitor.sink.put(record)
+        monitor.sink.put(Points("pair", 1, ("a",), (torch.tensor([1.0, 2.0]),)))  # two values for one trace
+        monitor.sink.put(Points("grad norm", 4, ("0.Linear", "total"),
+                                LayerNorms([torch.tensor(3.0), torch.tensor(4.0)], LayerSums(((0, 1),)),
+                                           torch.tensor([2.0]))))  # a scale of shape (1,): read alone
+        assert monitor.flush(timeout=10)
+    norms = read_window(visdom_server, "device-batch", "grad norm")
+    assert norms["total"] == ([1, 2, 3, 4], [pytest.approx(math.hypot(3, 4, 12, 5) / 2)] * 3 + [2.5])
+    assert read_window(visdom_server, "device-batch", "loss")["train"] == ([1, 2, 3], [1.0, 0.5, pytest.approx(1 / 3)])
+    assert "pair" in caplog.text and "skipped" in caplog.text

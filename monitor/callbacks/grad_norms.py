@@ -79,7 +79,7 @@ class GradNorms(Callback):
         self.top = positive_int("top", top)
         self.weights, self.update_ratio = boolean("weights", weights), boolean("update_ratio", update_ratio)
         self.loss_scale = boolean("loss_scale", loss_scale)
-        self._pending: dict[str, tuple[str, tuple[str, ...], Callable[[], list[float]]]] = {}  # window: kind, ...
+        self._pending: dict[str, tuple[str, tuple[str, ...], LayerNorms]] = {}  # window: kind, traces, values
         self._forms: dict[str, str] = {}  # each window's form as last laid out
         self._passes: dict[str, tuple[int, ...]] = {}  # an optimizer's parameters, as indices into _params
         self._wrapped: torch.nn.Module | None = None   # the model as passed, maybe in a wrapper
@@ -176,9 +176,9 @@ class GradNorms(Callback):
             with torch.no_grad():
                 norms = each_norm(tensors, stacks)
         # The norms are floats or new tensors nothing else holds: adding them up can wait, a
-        # CPU's until the sink's process (a 161-layer model's took the training process 70 us).
-        values = LayerNorms(norms, groups) if tensors[0].is_cpu else partial(_layer_norms, norms, groups)
-        self._pending[kind + suffix] = (kind, traces, values if scale is None else partial(_unscaled, values, scale))
+        # CPU's until the sink's process (a 161-layer model's took the training process 70 us),
+        # and a device's are read by the sink with the other records' in one copy.
+        self._pending[kind + suffix] = (kind, traces, LayerNorms(norms, groups, scale))
 
     def _put(self, log: Log, window: str, ylabel: str, x: int, traces: tuple[str, ...],
              values: Callable[[], list[float]]) -> None:
@@ -260,16 +260,6 @@ class GradNorms(Callback):
 
 
 _Grouping = tuple[tuple[str, ...], "LayerSums", "Stacks | None"]
-
-
-def _unscaled(values: Callable[[], list[float]], scale: float | torch.Tensor) -> list[float]:
-    divisor = float(scale)
-    return [v / divisor for v in values()]
-
-
-def _layer_norms(norms: Norms, layer_sums: LayerSums) -> list[float]:
-    """Each layer's L2 norm, then the total, from each parameter's norm; run by the sink."""
-    return layer_sums(read(norms))
 
 
 def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums) -> list[float]:
