@@ -128,6 +128,8 @@ def with_scalars_read(records: list) -> list:
         if type(record) is Points:
             values = record.values
             if type(values) is LayerNorms:
+                if type(values.norms[0]) in _PLAIN and type(values.scale) in _SCALES:
+                    continue  # a CPU's, read already: a device leaves all its norms as tensors
                 scalars = values.norms if values.scale is None else [*values.norms, values.scale]
             elif type(values) is tuple:
                 scalars = values
@@ -266,7 +268,7 @@ def _on_host(tensor: Any) -> Any:
     return on_host(tensor)
 
 
-_FLOATS, _NAMES, _PLAIN = {float}, {str}, {float, int}
+_FLOATS, _NAMES, _PLAIN, _SCALES = {float}, {str}, {float, int}, {float, type(None)}
 _PR_KEYS = ("tp", "fp", "tn", "fn", "precision", "recall")
 
 
