@@ -128,7 +128,7 @@ def with_scalars_read(records: list) -> list:
         if type(record) is Points:
             values = record.values
             if type(values) is LayerNorms:
-                if type(values.norms[0]) in _PLAIN and type(values.scale) in _SCALES:
+                if type(values.norms[0] if values.norms else 0.0) in _PLAIN and type(values.scale) in _SCALES:
                     continue  # a CPU's, read already: a device leaves all its norms as tensors
                 scalars = values.norms if values.scale is None else [*values.norms, values.scale]
             elif type(values) is tuple:
@@ -142,15 +142,15 @@ def with_scalars_read(records: list) -> list:
     try:
         import torch  # a tensor is here: torch is
 
-        by_device: dict[Any, dict[int, Any]] = {}  # each device's 0-d tensors, by id
+        by_device: dict[Any, dict[int, Any]] = {}  # each device's 0-d floating-point tensors, by id
         for _, scalars in held:
-            for value in scalars:
-                if isinstance(value, torch.Tensor) and value.dim() == 0:
+            for value in scalars:  # stacked, floats of any width are exact; an int or a bool is read alone
+                if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
                     by_device.setdefault(value.device, {})[id(value)] = value
         number_of: dict[int, float] = {}
         for tensors in by_device.values():
             number_of.update(zip(tensors, _on_host(torch.stack(list(tensors.values()))).tolist()))
-    except Exception:  # mixed kinds of tensor, a device gone: read says which record, one by one
+    except Exception:  # a device gone, say: read says which record, one by one
         return records
     records = list(records)
     for position, scalars in held:

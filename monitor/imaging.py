@@ -31,8 +31,9 @@ def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | N
 
     Display values: uint8 as is; floats (or bools) whose finite values lie in [0, 1] times 255;
     anything else stretched to 0-255 per image from its finite min and max (a constant image
-    is mid grey). Non-finite pixels are black. A fourth channel is alpha, by the same rules on
-    its own: the image is laid over white, as a page shows a transparent PNG. ``columns``
+    is mid grey). Non-finite pixels are black. A fourth channel is alpha, the opacity of the
+    image laid over white (as a page shows a transparent PNG): uint8 as is, values up to 1 times
+    255, larger ones as 0-255 (clipped), non-finite ones opaque. ``columns``
     defaults to ceil(sqrt(N)); each caption is drawn under its tile, which is widened for it up
     to twice its width (or 64 pixels); a caption longer than that is cut and ends in "..".
     ``heading`` (e.g. "step 50") is drawn in a band above the grid.
@@ -121,16 +122,23 @@ def with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | Non
 def display_values(pixels: "torch.Tensor | np.ndarray") -> np.ndarray:
     """``pixels`` (N, ...) as uint8 display values on the CPU, by the rules of :func:`encode_grid`
     (NCHW with 4 channels: 3, the colours laid over white by their alpha)."""
-    if pixels.ndim == 4 and pixels.shape[1] == 4:
-        colours, alpha = display_values(pixels[:, :3]), display_values(pixels[:, 3:]) / np.float32(255)
-        return np.rint(colours * alpha + BACKGROUND * (1 - alpha)).astype(np.uint8)
-    if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8:
+    if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and not _with_alpha(pixels):
         return pixels  # display values already: what a record brings to the sink's process
     import torch
 
     from monitor.host import on_host
 
     pixels = on_host(torch.as_tensor(pixels).detach())
+    if _with_alpha(pixels):
+        alpha = pixels[:, 3:]
+        if alpha.dtype != torch.uint8:
+            alpha, finite = alpha.to(torch.float64), alpha.isfinite()
+            if bool((alpha[finite] <= 1).all()):
+                alpha = alpha * 255
+            alpha = torch.where(finite, alpha, 255.0).clamp(0, 255)
+        opacity = alpha.numpy() / 255.0
+        colours = display_values(pixels[:, :3])
+        return np.rint(colours * opacity + BACKGROUND * (1 - opacity)).astype(np.uint8)
     if pixels.dtype == torch.uint8:
         return pixels.numpy()
     wide = pixels.dtype in (torch.float64, torch.int64, torch.int32)
@@ -148,6 +156,10 @@ def display_values(pixels: "torch.Tensor | np.ndarray") -> np.ndarray:
             scaled = np.where(span > 0, (values - low.reshape(shape)) / span * 255.0, 128.0)
     scaled = np.where(finite, scaled, 0.0)
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _with_alpha(pixels: "torch.Tensor | np.ndarray") -> bool:
+    return pixels.ndim == 4 and pixels.shape[1] == 4
 
 
 def _corner(i: int, columns: int, cell_width: int, cell_height: int, top: int) -> tuple[int, int]:

@@ -305,8 +305,12 @@ class SinkProcess:
         """The records with plain values; one that cannot be read is reported and left out."""
         if self._local is not None:
             return records  # the VisdomSink here reads them (and reports what it cannot read)
+        try:
+            records = with_scalars_read(records)
+        except Exception:  # a record it did not foresee: each is read alone below
+            pass
         plain = []
-        for record in with_scalars_read(records):
+        for record in records:
             try:
                 plain.append(read(record))
             except Exception as error:  # a bad record must not stop the others

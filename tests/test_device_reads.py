@@ -129,6 +129,9 @@ def test_a_batch_s_scalars_that_cannot_be_read_together_are_read_or_reported_one
         for record in _as_a_gpu_run_logs(3):
             monitor.sink.put(record)
         monitor.sink.put(Points("pair", 1, ("a",), (torch.tensor([1.0, 2.0]),)))  # two values for one trace
+        monitor.sink.put(Points("count", 1, ("n",), (torch.tensor(2 ** 24 + 1),)))  # not rounded to a float32
+        monitor.sink.put(Points("complex", 1, ("z",), (torch.tensor(1 + 2j),)))  # reported, not stacked with the rest
+        monitor.sink.put(Points("no norms", 1, ("total",), LayerNorms([], LayerSums(()))))  # the batch goes on
         monitor.sink.put(Points("grad norm", 4, ("0.Linear", "total"),
                                 LayerNorms([torch.tensor(3.0), torch.tensor(4.0)], LayerSums(((0, 1),)),
                                            torch.tensor([2.0]))))  # a scale of shape (1,): read alone
@@ -136,4 +139,6 @@ def test_a_batch_s_scalars_that_cannot_be_read_together_are_read_or_reported_one
     norms = read_window(visdom_server, "device-batch", "grad norm")
     assert norms["total"] == ([1, 2, 3, 4], [pytest.approx(math.hypot(3, 4, 12, 5) / 2)] * 3 + [2.5])
     assert read_window(visdom_server, "device-batch", "loss")["train"] == ([1, 2, 3], [1.0, 0.5, pytest.approx(1 / 3)])
-    assert "pair" in caplog.text and "skipped" in caplog.text
+    assert read_window(visdom_server, "device-batch", "count")["n"] == ([1], [2 ** 24 + 1])
+    assert read_window(visdom_server, "device-batch", "no norms")["total"] == ([1], [0.0])
+    assert "'pair'" in caplog.text and "'complex'" in caplog.text and "skipped" in caplog.text

@@ -110,3 +110,18 @@ def test_a_heading_is_drawn_in_a_band_above_the_tiles():
     assert band > 0 and headed.shape[1] == plain.shape[1]
     assert np.array_equal(headed[band:], plain)  # the grid itself is unchanged, below the band
     assert (headed[:band] < 128).any()  # the heading's ink
+
+
+def test_a_fourth_channel_is_the_opacity_over_white_whatever_its_range():
+    colours = torch.tensor([0.0, 100.0, 200.0]).reshape(1, 3, 1, 1)  # a 0-255 image: stretched
+    opaque = tile(decode(encode_grid(colours)), 0, 1, 1, 1)[0, 0].astype(float)  # [0, 128, 255]
+    for alpha, opacity in [(255.0, 1.0),           # a 0-255 image's alpha
+                           (1.0, 1.0),             # a [0, 1] alpha beside 0-255 colours
+                           (float("nan"), 1.0),    # not finite: opaque
+                           (0.5, 0.5), (-3.0, 0.0)]:
+        pixels = torch.cat([colours, torch.full((1, 1, 1, 1), alpha)], 1)
+        shown = tile(decode(encode_grid(pixels)), 0, 1, 1, 1)[0, 0]
+        assert np.abs(shown - (opaque * opacity + 255 * (1 - opacity))).max() <= 1, (alpha, shown)
+    uint8 = torch.tensor([0, 100, 200, 51], dtype=torch.uint8).reshape(1, 4, 1, 1)  # as is: 20% opaque
+    shown = tile(decode(encode_grid(uint8)), 0, 1, 1, 1)[0, 0]
+    assert np.abs(shown - (np.array([0, 100, 200]) * 0.2 + 255 * 0.8)).max() <= 1
