@@ -71,6 +71,19 @@ class RunLog:
             raise
         self.position += len(data)
 
+    def append_what_fits(self, entries: list[dict[str, Any]]) -> int:
+        """Appends the entries one at a time until the disk refuses one; returns how many it took.
+
+        After ``append`` failed on a full disk: the earliest entries of the batch are kept, each
+        whole, rather than none of them.
+        """
+        for taken, entry in enumerate(entries):
+            try:
+                self.append([entry])
+            except OSError:
+                return taken
+        return len(entries)
+
     def _compact(self, entry: dict[str, Any]) -> dict[str, Any]:
         kind = entry.get("k")
         if kind == "histogram" and len(entry["edges"]) >= WIDE:

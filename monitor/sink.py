@@ -289,7 +289,7 @@ class VisdomSink:
             try:
                 self.runlog.append(entries)
             except OSError as error:  # a full disk: the dashboard still gets them
-                self.missing_from_runlog += len(entries)
+                self.missing_from_runlog += len(entries) - self.runlog.append_what_fits(entries)
                 self.reports.once("runlog", f"the run log {self.runlog.path} could not be written ({error}): "
                                             f"what is logged from now on may be missing from it; the dashboard "
                                             f"still gets it")
