@@ -39,8 +39,12 @@ def scale_of(scaler: Any, optimizers: Iterable[torch.optim.Optimizer]) -> float 
 
 
 def current_scale(scaler: Any) -> float | torch.Tensor | None:
-    """The scaler's scale as it is now (after ``update()``), without a device sync; None if disabled."""
+    """The scaler's scale as it is now (after ``update()``), without a device sync; None if disabled.
+
+    On an accelerator, the scaler's own one-element tensor, which ``update()`` changes in place:
+    log it at once (``Log.scalar`` copies it on its device).
+    """
     if scaler is None or not scaler.is_enabled() or getattr(scaler, "_scale", None) is None:
         return None
     scale = scaler._scale
-    return float(scale) if scale.device.type == "cpu" else scale.detach().reshape(1).to(torch.float32, copy=True)
+    return float(scale) if scale.device.type == "cpu" else scale

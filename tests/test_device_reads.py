@@ -12,6 +12,7 @@ from torch import nn
 
 from monitor import Checkpoint, GradNorms, Images, LearningRate, Monitor, Scalars, Summary, Timing
 from monitor.log import NullSink
+from monitor.layer_sums import LayerNorms
 from monitor.records import ImageGrid as ImageRecord, Points
 from helpers.monitors import monitor_with, small_model
 
@@ -40,11 +41,14 @@ def test_callbacks_never_read_accelerator_tensors_on_the_training_thread():
     """Meta tensors stand in for a GPU: reading one (.item(), .tolist(), float()) raises."""
     model = small_model().to("meta")
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler._scale = torch.full((1,), 2.0 ** 16, device="meta")  # as a GPU's scaler holds it, after scale()
     for x in ("step", "epoch"):
-        monitor, sink = monitor_with(Scalars(x=x), LearningRate(), GradNorms(weights=True, update_ratio=True),
+        monitor, sink = monitor_with(Scalars(x=x), LearningRate(),
+                                     GradNorms(weights=True, update_ratio=True, loss_scale=True),
                                      Images(every=1, captions="both", class_names=["a", "b"]), Summary(),
                                      Timing(every=1))
-        monitor.train_start(model, optimizer)
+        monitor.train_start(model, optimizer, scaler=scaler)
         monitor.epoch_start(0)
         batch = torch.randn(8, 4, device="meta")
         for _ in range(3):
@@ -59,9 +63,14 @@ def test_callbacks_never_read_accelerator_tensors_on_the_training_thread():
                              targets=labels, outputs=outputs)
         monitor.epoch_end()
         monitor.validation_end({"loss": loss})
-        values = [r.values for r in sink.of(Points) if r.window in ("loss", "grad norm", "update ratio")]
-        assert values and all(v.device.type == "meta" for v in values if isinstance(v, torch.Tensor))
-        assert any(callable(v) for v in values)  # norms added up later, by the worker
+        values = [r.values for r in sink.of(Points)
+                  if r.window in ("loss", "grad norm", "update ratio", "loss scale")]
+        left = [v for value in values for v in ((value.scale, *value.norms) if isinstance(value, LayerNorms) else
+                                                  value if isinstance(value, tuple) else (value,))]
+        assert values and all(v.device.type == "meta" for v in left if isinstance(v, torch.Tensor))
+        assert any(isinstance(v, LayerNorms) for v in values)  # norms added up later, by the worker
+        scales = [r.values for r in sink.of(Points) if r.window == "loss scale"]  # 0-d: read with the step's others
+        assert [(type(v), v[0].device.type, v[0].dim()) for v in scales] == [(tuple, "meta", 0)] * 3
         captions = [r.captions for r in sink.of(ImageRecord)]
         assert captions and all(p.device.type == "meta" for c in captions for p in c.parts)  # read later
 
