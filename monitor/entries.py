@@ -120,8 +120,9 @@ def with_scalars_read(records: list) -> list:
     scale) read in one copy per device for all of them; ``read`` does the rest, record by record.
 
     Read a record at a time, each cost the sink's forwarder a copy, a wait for the device and
-    the GIL time of a dozen tensor calls, in the training process. Records whose scalars cannot
-    be read together are left as they were, for ``read`` to read or report one by one.
+    the GIL time of a dozen tensor calls, in the training process. Only 0-d floating-point
+    tensors are read together; other values are left for ``read``. Raises what the read raises
+    (a device gone): the caller then reads the records one by one.
     """
     held = []  # (position, the record's scalars) of each record holding a tensor
     for position, record in enumerate(records):
@@ -139,19 +140,16 @@ def with_scalars_read(records: list) -> list:
                 held.append((position, scalars))
     if not held:
         return records
-    try:
-        import torch  # a tensor is here: torch is
+    import torch  # a tensor is here: torch is
 
-        by_device: dict[Any, dict[int, Any]] = {}  # each device's 0-d floating-point tensors, by id
-        for _, scalars in held:
-            for value in scalars:  # stacked, floats of any width are exact; an int or a bool is read alone
-                if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
-                    by_device.setdefault(value.device, {})[id(value)] = value
-        number_of: dict[int, float] = {}
-        for tensors in by_device.values():
-            number_of.update(zip(tensors, _on_host(torch.stack(list(tensors.values()))).tolist()))
-    except Exception:  # a device gone, say: read says which record, one by one
-        return records
+    by_device: dict[Any, dict[int, Any]] = {}  # each device's 0-d floating-point tensors, by id
+    for _, scalars in held:
+        for value in scalars:  # stacked, floats of any width are exact; an int or a bool is read alone
+            if isinstance(value, torch.Tensor) and value.dim() == 0 and value.is_floating_point():
+                by_device.setdefault(value.device, {})[id(value)] = value
+    number_of: dict[int, float] = {}
+    for tensors in by_device.values():
+        number_of.update(zip(tensors, _on_host(torch.stack(list(tensors.values()))).tolist()))
     records = list(records)
     for position, scalars in held:
         plain = [value if type(value) in _PLAIN else number_of.get(id(value), value) for value in scalars]

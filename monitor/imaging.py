@@ -33,10 +33,11 @@ def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | N
     anything else stretched to 0-255 per image from its finite min and max (a constant image
     is mid grey). Non-finite pixels are black. A fourth channel is alpha, the opacity of the
     image laid over white (as a page shows a transparent PNG): uint8 as is, values up to 1 times
-    255, larger ones as 0-255 (clipped), non-finite ones opaque. ``columns``
-    defaults to ceil(sqrt(N)); each caption is drawn under its tile, which is widened for it up
-    to twice its width (or 64 pixels); a caption longer than that is cut and ends in "..".
-    ``heading`` (e.g. "step 50") is drawn in a band above the grid.
+    255, larger ones as 0-255 (clipped), non-finite ones opaque.
+
+    ``columns`` defaults to ceil(sqrt(N)); each caption is drawn under its tile, which is
+    widened for it up to twice its width (or 64 pixels); a caption longer than that is cut and
+    ends in "..". ``heading`` (e.g. "step 50") is drawn in a band above the grid.
 
     With ``fps``, ``pixels`` are N videos (NTCHW, each stretched as one image) and the PNG is
     animated: at each of the T frames, a grid of the videos' frame, played at ``fps`` in a loop

@@ -307,7 +307,7 @@ class SinkProcess:
             return records  # the VisdomSink here reads them (and reports what it cannot read)
         try:
             records = with_scalars_read(records)
-        except Exception:  # a record it did not foresee: each is read alone below
+        except Exception:  # a device gone, say: each record is read (or reported) alone below
             pass
         plain = []
         for record in records:

@@ -151,7 +151,7 @@ class GradNorms(Callback):
         if self.loss_scale and is_due(state.step, self.every) and (scale := current_scale(state.scaler)) is not None:
             log.window("loss scale", order=Order.GRADIENTS, title="loss scale", xlabel="step",
                        ylabel=_YLABELS["loss scale"], ytype="log")
-            log.scalar("loss scale", "scale", state.step, scale)  # a device's: copied there, read with the step's others
+            log.scalar("loss scale", "scale", state.step, scale)  # a device's: copied there, read later
         before, self._before = self._before, None
         if before is None or not is_due(state.step, self.every):
             return

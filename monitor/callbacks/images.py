@@ -21,8 +21,8 @@ class Images(Callback):
         # window "inputs": 8 images captioned "cat / dog" (target / predicted)
 
     Images are NCHW, CHW, NHW or HW, with 1 or 3 channels (NCHW also 4: RGBA, laid over white),
-    float or uint8 in any range (the sink normalises them for display), or bool masks; a 3-d batch of 3 is three NHW images where the targets give 3
-    labels, else one CHW image. Only the first ``count`` are copied. ``captions`` is
+    float or uint8 in any range (the sink normalises them for display), or bool masks; a 3-d
+    batch of 3 is three NHW images where the targets give 3 labels, else one CHW image. Only the first ``count`` are copied. ``captions`` is
     ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
     over dim 1 of 2-d outputs, or 1-d outputs as they are), ``"both"`` or None; a source that
     is not one label per image (masks, None) gives no caption. ``source="outputs"`` of 2 or more

@@ -31,15 +31,16 @@ class Profile(Callback):
         # pane "profile": the top operators, the time per step by phase, and where the trace is
 
     The steps before ``first`` are the profiler's wait and (one step) warm-up, as in
-    ``torch.profiler.schedule``; a window from step 1 has none, so its first step is slower. When the last step ends, the Chrome trace is written to
-    ``directory`` (default: the run's folder, ``runs/ENV/profile/``; open it in Perfetto or
-    chrome://tracing) with ``table.json``, the pane's table, which ``monitor profile RUN_DIR``
-    prints. The table lists the operators with the most self time (self and total CPU time,
-    device time where there is a device, calls, input shapes); the phases are each step's data
-    wait (with ``monitor.batches``), up to ``after_backward`` (forward and backward), and the
-    rest (the optimizer); a validation between two steps is in neither. The callbacks' work is
-    under ``monitor.<callback>.<hook>`` (in any profiler's trace, the loop's own too). Writing the trace takes
-    the training thread a moment, once.
+    ``torch.profiler.schedule``; a window from step 1 has none, so its first step is slower.
+    When the last step ends, the Chrome trace is written to ``directory`` (default: the run's
+    folder, ``runs/ENV/profile/``; open it in Perfetto or chrome://tracing) with ``table.json``,
+    the pane's table, which ``monitor profile RUN_DIR`` prints. The table lists the operators
+    with the most self time (self and total CPU time, device time where there is a device,
+    calls, input shapes); the phases are each step's data wait (with ``monitor.batches``), up
+    to ``after_backward`` (forward and backward), and the rest (the optimizer); a validation
+    between two steps is in neither. The callbacks' work is under
+    ``monitor.<callback>.<hook>`` (in any profiler's trace, the loop's own too). Writing the
+    trace takes the training thread a moment, once.
     """
 
     def __init__(self, steps: Sequence[int] = (10, 14), directory: str | os.PathLike | None = None,
