@@ -122,3 +122,19 @@ def test_a_named_group_keeps_its_curve_when_the_backbone_is_unfrozen_into_the_op
     optimizer.add_param_group({"params": model[0].parameters(), "lr": 1e-3, "name": "backbone"})  # unfreeze
     monitor.step_end()
     assert sink.points("learning rate") == {"head": [(1, 1e-2), (2, 1e-2)], "backbone": [(2, 1e-3)]}
+
+
+def test_with_several_optimizers_a_group_added_mid_run_leaves_the_optimizer_s_curve_going_on():
+    model = small_model()
+    generator = torch.optim.SGD(model[0].parameters(), lr=0.1)
+    critic = torch.optim.SGD(model[2].parameters(), lr=0.01)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, {"G": generator, "D": critic})
+    monitor.step_end()
+    critic.add_param_group({"params": model[3].parameters(), "lr": 0.001})  # D's body unfrozen
+    monitor.step_end()
+    critic.add_param_group({"params": [torch.nn.Parameter(torch.zeros(1))], "lr": 0.5, "name": "head"})
+    monitor.epoch_start(1)  # named again at an epoch's start: the same names
+    monitor.step_end()
+    assert sink.points("learning rate") == {"G": [(1, 0.1), (2, 0.1), (3, 0.1)], "D": [(1, 0.01), (2, 0.01), (3, 0.01)],
+                                            "D/group 1": [(2, 0.001), (3, 0.001)], "D/head": [(3, 0.5)]}

@@ -34,6 +34,8 @@ class LearningRate(Callback):
         self._logged_step: int | None = None
         self._names: list[str] = []  # the groups' traces as last named
         self._kept: list[str] = []  # ... before they are named again at an epoch's start
+        self._each: dict[str, list[str]] = {}  # with several optimizers, each one's traces
+        self._kept_each: dict[str, list[str]] = {}
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         if self._logged_step != state.step:  # several backward passes or micro-batches: the first
@@ -45,9 +47,11 @@ class LearningRate(Callback):
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._names = self._kept = []  # maybe another optimizer: name its groups again
+        self._each = self._kept_each = {}
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._names, self._kept = [], self._names  # a group may have been renamed: name them again
+        self._each, self._kept_each = {}, self._each
 
     def _write(self, state: LoopState, log: Log) -> None:
         if self.every != 1 and not is_due(state.step, self.every):
@@ -68,9 +72,10 @@ class LearningRate(Callback):
         else:
             groups = [g for optimizer in state.optimizers.values() for g in optimizer.param_groups]
             if len(groups) != len(self._names):
-                self._names = [name if len(optimizer.param_groups) == 1 else f"{name}/{group}"
-                               for name, optimizer in state.optimizers.items()
-                               for group in _trace_names(optimizer.param_groups)]
+                before = self._each or self._kept_each
+                self._each = {name: _optimizer_traces(name, optimizer.param_groups, before.get(name, ()))
+                              for name, optimizer in state.optimizers.items()}
+                self._names = [trace for traces in self._each.values() for trace in traces]
         log.scalars(WINDOW, state.step, {name: group["lr"] for name, group in zip(self._names, groups)})
 
 
@@ -78,10 +83,29 @@ def _trace_names(groups: Sequence[dict[str, Any]], before: Sequence[str] = ()) -
     """Each group's own name where it has one; ``lr`` for a single group without one, else
     ``group N``; a group without one that had a trace ``before`` keeps it (a fine-tuning loop's
     ``add_param_group`` leaves curve ``lr`` going on, the new group beside it as ``group 1``)."""
-    own = [g.get("name") if isinstance(g.get("name"), str) and g.get("name") else None for g in groups]
+    own = [_own_name(g) for g in groups]
     if len(groups) == 1:
         return [own[0] or (before[0] if before else "lr")]
     names = [name or (before[i] if i < len(before) else f"group {i}") for i, name in enumerate(own)]
     if len(set(names)) != len(names):  # two groups named alike: numbers keep them apart
         names = [f"group {i}" for i in range(len(groups))]
     return names
+
+
+def _optimizer_traces(optimizer: str, groups: Sequence[dict[str, Any]], before: Sequence[str] = ()) -> list[str]:
+    """The traces of one of several optimizers' groups: the optimizer's name for a single group,
+    else ``NAME/`` and the group's (``D/backbone``, ``D/group 1``). A group traced ``before``
+    keeps its trace unless it has been named since: ``D`` goes on when ``add_param_group`` adds
+    ``D/group 1`` beside it."""
+    if len(groups) == 1:
+        return [optimizer]
+    names = [before[i] if i < len(before) and (before[i] == optimizer or _own_name(group) is None)
+             else f"{optimizer}/{label}" for i, (group, label) in enumerate(zip(groups, _trace_names(groups)))]
+    if len(set(names)) != len(names):
+        names = [f"{optimizer}/group {i}" for i in range(len(groups))]
+    return names
+
+
+def _own_name(group: dict[str, Any]) -> str | None:
+    name = group.get("name")
+    return name if isinstance(name, str) and name else None
