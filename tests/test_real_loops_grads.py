@@ -221,6 +221,31 @@ def test_the_update_ratio_of_a_gan_covers_both_optimizers_steps():
     assert all(v > 0 for _, v in ratios["D"]) and all(v > 0 for _, v in ratios["G"])  # D was 0 before its fix
 
 
+def test_a_discriminator_whose_body_is_unfrozen_mid_run_has_its_body_in_its_norms():
+    sink = ListSink()
+    torch.manual_seed(0)
+    generator, body, head = nn.Linear(4, 6), nn.Linear(6, 6), nn.Linear(6, 1)
+    model = nn.ModuleDict({"generator": generator, "body": body, "head": head})
+    body.requires_grad_(False)
+    opt_g, opt_d = torch.optim.SGD(generator.parameters(), lr=0.1), torch.optim.SGD(head.parameters(), lr=0.1)
+    monitor = Monitor([GradNorms()], sink=sink, raise_errors=True)
+    monitor.train_start(model, {"G": opt_g, "D": opt_d})
+    clipped = []
+    for step in range(1, 4):
+        if step == 2:
+            body.requires_grad_(True)
+            opt_d.add_param_group({"params": body.parameters()})
+        opt_d.zero_grad()
+        head(body(generator(torch.randn(8, 4)).detach())).mean().backward()
+        monitor.after_backward("D")
+        clipped.append(nn.utils.clip_grad_norm_([p for g in opt_d.param_groups for p in g["params"]], 1e30).item())
+        opt_d.step()
+        monitor.step_end()
+    norms = sink.points("grad norm D")
+    assert [v for _, v in norms["total"]] == pytest.approx(clipped)
+    assert [x for x, _ in norms["body"]] == [2, 3]
+
+
 def test_resuming_a_one_optimizer_checkpoint_with_two_says_what_it_holds(tmp_path):
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

@@ -81,7 +81,7 @@ class GradNorms(Callback):
         self.loss_scale = boolean("loss_scale", loss_scale)
         self._pending: dict[str, tuple[str, tuple[str, ...], LayerNorms]] = {}  # window: kind, traces, values
         self._forms: dict[str, str] = {}  # each window's form as last laid out
-        self._passes: dict[str, tuple[int, ...]] = {}  # an optimizer's parameters, as indices into _params
+        self._passes: dict[str, tuple[int, tuple[int, ...]]] = {}  # an optimizer's groups, its parameters' indices
         self._wrapped: torch.nn.Module | None = None   # the model as passed, maybe in a wrapper
         self._model: torch.nn.Module | None = None
         self._params: list[torch.nn.Parameter] = []
@@ -192,13 +192,15 @@ class GradNorms(Callback):
         log.vector(window, x, traces, values)
 
     def _pass(self, state: LoopState, name: str) -> tuple[int, ...]:
-        """The indices in ``_params`` of the parameters optimizer ``name`` updates."""
-        if name not in self._passes:
+        """The indices in ``_params`` of the parameters optimizer ``name`` updates, found again
+        when it gains a group (``add_param_group``: a discriminator's body unfrozen)."""
+        groups = state.optimizers[name].param_groups
+        known = self._passes.get(name)
+        if known is None or known[0] != len(groups):
             index = {id(p): i for i, p in enumerate(self._params)}
-            found = {index[id(p)] for group in state.optimizers[name].param_groups for p in group["params"]
-                     if id(p) in index}
-            self._passes[name] = tuple(sorted(found))
-        return self._passes[name]
+            found = {index[id(p)] for group in groups for p in group["params"] if id(p) in index}
+            known = self._passes[name] = (len(groups), tuple(sorted(found)))
+        return known[1]
 
     def _parameters(self, state: LoopState) -> list[torch.nn.Parameter]:
         """The model's parameters; the layer grouping is rebuilt when they change."""
