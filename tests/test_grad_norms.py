@@ -154,6 +154,35 @@ def test_grad_norms_optionally_show_weight_norms_and_the_update_to_weight_ratio(
     assert set(sink.points("update ratio")) == {"0.Linear", "2.0.Linear", "3.Linear", "total"}
 
 
+def test_with_lbfgs_the_weight_norm_is_before_the_step_and_a_frozen_layer_has_no_update_ratio():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    model[0].requires_grad_(False)  # a frozen stem
+    optimizer = torch.optim.LBFGS([p for p in model.parameters() if p.requires_grad], max_iter=4)
+    monitor, sink = monitor_with(GradNorms(weights=True, update_ratio=True))
+    monitor.train_start(model, optimizer)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    weights, ratios = [], []
+
+    def closure():
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        monitor.after_backward()  # at each of the step's evaluations
+        return loss
+
+    for _ in range(2):
+        head = torch.cat([p.detach().flatten() for p in model[2].parameters()])
+        optimizer.step(closure)
+        moved = torch.cat([p.detach().flatten() for p in model[2].parameters()]) - head
+        weights.append(torch.linalg.vector_norm(head).item())
+        ratios.append(torch.linalg.vector_norm(moved).item() / weights[-1])
+        monitor.step_end()
+    assert [v for _, v in sink.points("weight norm")["2.Linear"]] == pytest.approx(weights, rel=1e-5)
+    assert set(sink.points("update ratio")) == {"2.Linear", "total"}  # the frozen 0.Linear left out
+    assert [v for _, v in sink.points("update ratio")["total"]] == pytest.approx(ratios, rel=1e-4)
+
+
 def test_the_update_ratio_of_a_layer_whose_weights_are_zero_is_infinite_not_an_error():
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 3))
     nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)
@@ -200,8 +229,8 @@ def test_grad_norms_of_parameters_on_several_devices_read_only_the_cpu_ones_on_t
 def test_the_update_ratio_of_a_layer_that_neither_has_weights_nor_moves_is_nan():
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 3))
     nn.init.zeros_(model[0].weight), nn.init.zeros_(model[0].bias)
-    model[0].requires_grad_(False)  # frozen at zero: no update, no weights
-    optimizer = torch.optim.SGD(model[1].parameters(), lr=0.1)
+    optimizer = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0},  # no update, no weights
+                                 {"params": model[1].parameters(), "lr": 0.1}])
     monitor, sink = monitor_with(GradNorms(update_ratio=True))
     monitor.train_start(model, optimizer)
     train(monitor, model, optimizer, 1)

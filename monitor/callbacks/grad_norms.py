@@ -45,9 +45,11 @@ class GradNorms(Callback):
     CPU; the sink reads the others and adds them all up into layers and the total. A sparse
     gradient (``nn.Embedding(sparse=True)``) counts each value it stores.
 
-    ``weights=True`` adds ``weight norm``; ``update_ratio=True`` adds ``update ratio``,
-    ||w_after - w_before|| / ||w_before|| per layer, which costs a copy of the weights on the
-    device between after_backward and step_end on the steps it logs.
+    ``weights=True`` adds ``weight norm``, the weights at the step's first ``after_backward``
+    (before its update, also when an LBFGS closure calls it several times); ``update_ratio=True``
+    adds ``update ratio``, ||w_after - w_before|| / ||w_before|| per layer that had gradients
+    (a frozen layer is left out), which costs a copy of the weights on the device between
+    after_backward and step_end on the steps it logs.
 
     The norms are taken at ``after_backward`` and logged at ``step_end``, one point a step: with
     gradient accumulation the last call of the step counts (the accumulated gradients), whether
@@ -90,7 +92,8 @@ class GradNorms(Callback):
         self._all: tuple[int, ...] = ()     # every parameter's index: the usual set present
         self._all_grouping: _Grouping | None = None  # its grouping
         self._groupings: dict[tuple[int, ...], _Grouping] = {}
-        self._before: list[torch.Tensor] | None = None
+        self._before: list[torch.Tensor] | None = None  # the weights at the step's first after_backward
+        self._moved: set[int] = set()  # the parameters with a gradient at one of the step's after_backward
         self._stale = True  # the parameters may have changed since the grouping was built
         self._hooks: list = []
 
@@ -137,12 +140,16 @@ class GradNorms(Callback):
             optimizers = state.optimizers.values() if name is None else (state.optimizers[name],)
             scale = scale_of(state.scaler, optimizers) if state.scaler is not None else None
             self._write("grad norm", suffix, grads, present, scale)
-        if self.weights:
+        if self.weights and "weight norm" + suffix not in self._pending:  # before any of the step's updates
             weights = params if indices is self._all else [params[i] for i in indices]
             self._write("weight norm", suffix, weights, indices, None)
-        if self.update_ratio and self._before is None:  # before any of the step's updates
-            with torch.no_grad():
-                self._before = torch._foreach_mul(params, 1.0)
+        if self.update_ratio:
+            if self._before is None:  # before any of the step's updates
+                with torch.no_grad():
+                    self._before = torch._foreach_mul(params, 1.0)
+                self._moved = set(present)
+            else:
+                self._moved.update(present)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         pending, self._pending = self._pending, {}
@@ -153,11 +160,15 @@ class GradNorms(Callback):
                        ylabel=_YLABELS["loss scale"], ytype="log")
             log.scalar("loss scale", "scale", state.step, scale)  # a device's: copied there, read later
         before, self._before = self._before, None
-        if before is None or not is_due(state.step, self.every):
+        if before is None or not is_due(state.step, self.every) or not self._moved:
             return
-        traces, groups, stacks = self._grouping(self._all)
+        moved = self._all if len(self._moved) == len(self._all) else tuple(sorted(self._moved))
+        params = self._params
+        if moved is not self._all:  # frozen layers left out: their 0 has no place on a log axis
+            params, before = [params[i] for i in moved], [before[i] for i in moved]
+        traces, groups, stacks = self._grouping(moved)
         with torch.no_grad():
-            updates = each_norm(torch._foreach_sub(self._params, before), stacks)
+            updates = each_norm(torch._foreach_sub(params, before), stacks)
             before = each_norm(before, stacks)
         self._put(log, "update ratio", _YLABELS["update ratio"], state.step, traces,
                   partial(_update_ratios, updates, before, groups))
