@@ -282,6 +282,14 @@ def test_a_checkpoint_is_ranked_by_the_value_measured_for_it_and_the_mode_follow
     assert [r.getMessage() for r in caplog.records if "metric" in r.getMessage()] == [
         "monitor: Checkpoint's metric 'val_loss' is not among the metrics the loop passed at validation, got "
         "['accuracy', 'loss']: its checkpoints are not ranked"]
+    caplog.clear()
+    seen = Checkpoint(tmp_path / "d", every_epochs=1, metric="loss")
+    monitor = Monitor([seen], sink=NullSink(), raise_errors=True)
+    monitor.train_start(parts.model, parts.optimizer)
+    with caplog.at_level("WARNING", logger="monitor"):
+        _epochs(monitor, [0.5, 0.3])
+        monitor.validation_end({"swa_loss": 0.2})  # an averaged model's, once: no warning
+    assert not [r for r in caplog.records if "metric" in r.getMessage()]
 
 
 def test_a_validation_after_a_step_s_checkpoint_ranks_that_checkpoint(tmp_path):

@@ -117,7 +117,7 @@ class Checkpoint(Callback):
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
-        self._told_missing = False  # that the metric is not among those the loop passes
+        self._told_missing = False  # that the metric is not among those the loop passes, or was seen
         self._epoch_done = False
         self._last_saved: list | None = None
         self._unpointed = False  # a scheduled checkpoint written, latest.json not yet at it (every rank)
@@ -492,6 +492,7 @@ class Checkpoint(Callback):
             _log.warning("monitor: Checkpoint's metric %r is not among the metrics the loop passed at %s, got %s: "
                          "its checkpoints are not ranked", self.metric, self.metric_from, sorted(map(str, metrics)))
         if value is not None:
+            self._told_missing = True  # a later validation of other metrics (an SWA model's) is no news
             if isinstance(value, torch.Tensor) and not value.is_cpu:
                 # Read when a checkpoint is written, never here: a read would wait for the device every step.
                 self._metric_value = value.detach().reshape(()).to(torch.float32, copy=True)
