@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 import torch
@@ -560,3 +561,45 @@ def test_a_trial_that_exited_for_requeue_in_a_process_that_goes_on_leaves_the_ne
     finally:
         for number, handler in before.items():
             signal.signal(number, handler)
+
+
+def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_resumes_so(tmp_path):
+    def job(crash_at: int | None) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        backbone = model[0].requires_grad_(False)
+        optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1, momentum=0.9)
+        checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)
+        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+            unfreeze = lambda: (backbone.requires_grad_(True),
+                                optimizer.add_param_group({"params": backbone.parameters(), "lr": 0.01}))
+            if checkpoint.start.epoch >= 1:  # as README says: the groups again before train_start
+                unfreeze()
+            monitor.train_start(model, optimizer)
+            for epoch in monitor.epochs(2):
+                if epoch == 1 and len(optimizer.param_groups) == 1:
+                    unfreeze()
+                for _ in monitor.batches(range(3)):
+                    torch.manual_seed(monitor.state.step)
+                    model(torch.randn(5, 4)).square().mean().backward()
+                    monitor.after_backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    monitor.step_end()
+                    if monitor.state.step == crash_at:
+                        raise KeyboardInterrupt
+        return model, optimizer, checkpoint.start.step
+
+    with pytest.raises(KeyboardInterrupt):
+        job(crash_at=5)
+    with pytest.raises(CheckpointResumeError, match=r"optimizer must have the 2 parameter groups it had at step 5 "
+                                                    r"\(epoch 1\), .* got 1: .* adds them again before train_start"):
+        resumed = Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)
+        with Monitor([resumed], sink=NullSink(), raise_errors=True) as monitor:
+            model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+            monitor.train_start(model, torch.optim.SGD(model[2].parameters(), lr=0.1, momentum=0.9))
+    model, optimizer, resumed_at = job(crash_at=None)
+    shutil.rmtree(tmp_path / "ckpt")
+    straight, _, _ = job(crash_at=None)
+    assert resumed_at == 5 and len(optimizer.param_groups) == 2
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), straight.state_dict().values()))

@@ -163,6 +163,12 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
         elif part is not None and saved_class != type(part).__name__:
             warnings.warn(f"{path} holds a {saved_class} {name} state, loaded into a {type(part).__name__}",
                           stacklevel=stacklevel)
+    optimizers = parts["optimizer"] if isinstance(parts["optimizer"], Mapping) else {None: parts["optimizer"]}
+    for key, one in optimizers.items():
+        saved = checkpoint["optimizer"] if key is None else checkpoint["optimizer"][key]
+        if one is not None and saved is not None and len(saved["param_groups"]) > len(one.param_groups):
+            raise ValueError(_groups_added_mid_run(path, checkpoint["loop"], key, len(one.param_groups),
+                                                   len(saved["param_groups"])))
     unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
     for name, part in parts.items():
         if isinstance(part, Mapping):
@@ -178,3 +184,12 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
                 raise ValueError(f"{name} must be a {saved_class} to take the {name} state {path} holds, got a "
                                  f"{type(part).__name__} ({type(error).__name__}: {error})") from error
     restore_rng(rng_of_rank(checkpoint["rng"], *rank_and_world_size()))
+
+
+def _groups_added_mid_run(path: Path, loop: Mapping[str, Any], name: str | None, groups: int, saved: int) -> str:
+    which = "optimizer" if name is None else f"optimizer {name!r}"
+    return (f"{which} must have the {saved} parameter groups it had at step {loop['step']} (epoch "
+            f"{loop['epoch']}), where {path} was saved, got {groups}: a loop that adds groups mid-run "
+            f"(add_param_group, unfreezing layers) adds them again before train_start when it resumes, "
+            f"e.g. `if checkpoint.start.epoch >= unfreeze_epoch:` (a Checkpoint's start is known once "
+            f"its Monitor is made)")
