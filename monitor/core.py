@@ -21,7 +21,7 @@ import torch
 from monitor import checks
 from monitor.distributed import rank_and_world_size
 from monitor.log import Log, NullSink, Sink
-from monitor.records import RunEnd, ending_of
+from monitor.records import RunEnd, ending_of, exit_error
 from monitor.reports import Reports
 from monitor.resumable import Resumable, batches_done
 
@@ -571,7 +571,7 @@ def _end_dropped(sink: Sink, end: list[RunEnd], pid: int) -> None:
 
 
 def _close_unclosed() -> None:
-    error = getattr(sys, "last_value", None)  # what ended the script, if an exception did
+    error = exit_error()  # what ended the script, if an exception did
     for monitor in list(_unclosed):
         if not monitor._failed:
             monitor._ending = ending_of(error)

@@ -7,6 +7,7 @@ never waits for the device.
 """
 from __future__ import annotations
 
+import sys
 from numbers import Integral, Real
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
 
@@ -154,6 +155,20 @@ def ending_of(error: BaseException | None) -> RunEnd:
         return RunEnd("finished")
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
     return RunEnd("interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "crashed", text)
+
+
+def exit_error() -> BaseException | None:
+    """At the interpreter's exit, the uncaught exception that ended the script, if one did.
+
+    An interactive session (``python -i``, IPython, a Jupyter kernel) keeps the last error it
+    showed at its prompt (a typo, a Ctrl-C the user went on from), which ended nothing.
+    """
+    if hasattr(sys, "ps1"):
+        return None
+    ipython = sys.modules.get("IPython")
+    if ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None:
+        return None
+    return getattr(sys, "last_value", None)
 
 
 class Order:

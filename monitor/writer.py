@@ -15,7 +15,6 @@ import os
 import math
 import re
 import socket
-import sys
 import threading
 import time
 import wave
@@ -30,7 +29,7 @@ from monitor import checks, embedding, mesh, pr_curve
 from monitor.host import on_host
 from monitor.distributed import rank_and_world_size
 from monitor.log import Log, NullSink
-from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of
+from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of, exit_error
 from monitor.rundir import RunDir, RunInUseError
 from monitor.runlog import RunLog
 from monitor.sink import open_sinks
@@ -716,7 +715,7 @@ def _end_open_runs() -> None:
         runs = list(_runs.values())
         _runs.clear()
     for run in runs:
-        run.log.sink.put(ending_of(getattr(sys, "last_value", None)))
+        run.log.sink.put(ending_of(exit_error()))
         run.log.sink.close(timeout=2.0)
 
 
