@@ -309,6 +309,8 @@ class Monitor:
     def step_end(self, loss: Any = None, metrics: Mapping[str, Any] | None = None,
                  inputs: Any = None, targets: Any = None, outputs: Any = None) -> None:
         """Call after ``optimizer.step()`` with this step's loss, metrics and (optionally) batch."""
+        if metrics is not None and type(metrics) is not dict:
+            _check_metrics(metrics)
         state = self.state
         if not self._in_step:  # a loop that does not call after_backward
             state.step += 1
@@ -326,13 +328,14 @@ class Monitor:
 
     def validation_end(self, metrics: Mapping[str, Any]) -> None:
         """Call after validation with its results, e.g. ``{"loss": 0.41, "accuracy": 0.87}``."""
-        if not isinstance(metrics, Mapping):
-            raise TypeError(f"metrics must be a mapping of name to number, got {type(metrics).__name__}")
+        _check_metrics(metrics)
         self.state.metrics = dict(metrics)
         self._fire("on_validation_end")
 
     def epoch_end(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Call at the end of each epoch, optionally with metrics of the epoch."""
+        if metrics is not None:
+            _check_metrics(metrics)
         self._epoch_open = False
         self.state.metrics = dict(metrics) if metrics else {}
         self._fire("on_epoch_end")
@@ -579,6 +582,12 @@ def _close_unclosed() -> None:
             monitor._close(timeout=2.0)  # no train_end: the loop may have stopped half-way through a step
         except Exception:  # the interpreter is going: nothing to raise into
             pass
+
+
+def _check_metrics(metrics: Any) -> None:
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"metrics must be a mapping of name to number, e.g. {{'accuracy': 0.9}}, got "
+                        f"{type(metrics).__name__}")
 
 
 def _has_state(callback: Callback) -> bool:

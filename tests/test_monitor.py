@@ -198,3 +198,17 @@ def test_a_monitor_or_writer_sent_to_another_process_is_refused_saying_where_to_
                                                       multiprocessing_context="spawn")))
     finally:
         logger.close()
+
+
+@pytest.mark.parametrize("metrics", [0.5, "accuracy", [("accuracy", 0.9)], torch.tensor(0.5)])
+def test_metrics_that_are_not_a_mapping_are_refused_before_the_step_is_counted(metrics):
+    monitor, sink = monitor_with(Scalars(smoothing=0))
+    monitor.train_start()
+    for hook in (lambda: monitor.step_end(loss=0.9, metrics=metrics), lambda: monitor.epoch_end(metrics),
+                 lambda: monitor.validation_end(metrics)):
+        with pytest.raises(TypeError, match=r"metrics must be a mapping of name to number, e\.g\. "
+                                            rf"\{{'accuracy': 0\.9\}}, got {type(metrics).__name__}"):
+            hook()
+    monitor.step_end(loss=0.5)
+    assert (monitor.state.step, monitor.state.batch, monitor.state.loss) == (1, 1, None)
+    assert sink.points("loss") == {"train": [(1, 0.5)]}
