@@ -232,6 +232,7 @@ class Monitor:
         self.raise_errors = raise_errors
         self._in_step = False
         self._started = False
+        self._train_ended: int | None = None  # the step train_end was last called at
         self._epoch_open = False
         self._failed = False
         self._ended = False
@@ -270,6 +271,7 @@ class Monitor:
         state.optimizer = next(iter(optimizers.values())) if len(optimizers) == 1 else None
         self.state.hparams = dict(hparams or {})
         self._started, self._failed, self._ending = True, False, RunEnd("finished")
+        self._train_ended = None
         if state.hparams and not any(c.records_hparams for c in self.callbacks):
             try:  # the run's record for comparing runs (monitor runs --where, compare), pane hparams
                 self.log.hparams(state.hparams, {}, state.step)
@@ -341,7 +343,11 @@ class Monitor:
         self._fire("on_epoch_end")
 
     def train_end(self) -> None:
-        """Call once after training; the sink keeps delivering until :meth:`close`."""
+        """Call once after training; the sink keeps delivering until :meth:`close`. Called again
+        with no step since (a notebook's last cell run twice), it does nothing."""
+        if self._train_ended == self.state.step:
+            return
+        self._train_ended = self.state.step
         if self._epoch_open and not self._failed:  # a loop that broke out of monitor.epochs()
             self.epoch_end()
         self._fire("on_train_end")

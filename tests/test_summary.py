@@ -106,3 +106,21 @@ def test_the_final_metrics_are_the_latest_passed_even_when_epoch_end_passes_none
     monitor.train_end()
     record = [r for r in sink.records if isinstance(r, Hparams)][-1]
     assert record.metrics == {"acc32": 0.75, "n64": 3.0, "arr": 0.25, "t": 0.75, "train_loss": 0.125}
+
+
+def test_train_end_called_again_with_no_step_since_keeps_the_final_metrics():
+    from monitor.records import Hparams
+    from helpers.monitors import monitor_with
+
+    model = small_model()
+    monitor, sink = monitor_with(Summary(hparams={"lr": 0.1}))
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    monitor.step_end(loss=0.5)
+    monitor.validation_end({"accuracy": 0.9})
+    monitor.train_end()
+    monitor.train_end()  # a notebook's last cell run again
+    assert [r.metrics for r in sink.records if isinstance(r, Hparams)] == [{}, {"accuracy": 0.9}]
+    monitor.step_end(loss=0.4)  # trained on, then ended again: the new end counts
+    monitor.validation_end({"accuracy": 0.95})
+    monitor.train_end()
+    assert [r.metrics for r in sink.records if isinstance(r, Hparams)][-1] == {"accuracy": 0.95}
