@@ -236,6 +236,7 @@ class Monitor:
         self._epoch_open = False
         self._failed = False
         self._ended = False
+        self._entered = False  # in a `with` block
         self._resumable = Resumable()
         self._reports = Reports()
         # Only the callbacks that override a hook are called for it, through bound methods.
@@ -260,6 +261,7 @@ class Monitor:
         ``{"G": opt_g, "D": opt_d}``); ``scaler`` the ``torch.amp.GradScaler`` of a mixed-precision
         loop, so that gradient norms are those of the true, unscaled gradients.
         """
+        self._refuse_if_closed()
         if model is not None and not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         optimizers = _named_optimizers(optimizer)
@@ -441,6 +443,13 @@ class Monitor:
             delivered = self._close(timeout)
         return delivered
 
+    def _refuse_if_closed(self) -> None:
+        if self._ended or getattr(self.sink, "replaced", False):
+            why = ("a newer Monitor of its env in this process replaced it"
+                   if getattr(self.sink, "replaced", False) else "it was closed")
+            raise RuntimeError(f"this Monitor of env {self.sink.env!r} cannot log any more, {why}: what it logged "
+                               f"now would be dropped; build a new Monitor for each run (each `with` block)")
+
     def _close(self, timeout: float | None) -> bool:
         if not self._ended:  # the run log says how the run ended (a killed run says nothing)
             self._ended = True
@@ -458,12 +467,15 @@ class Monitor:
         self._end[0] = record
 
     def __enter__(self) -> Monitor:
-        if self._ended:
-            raise RuntimeError(f"this Monitor of env {self.sink.env!r} was closed: what it logged now would be "
-                               f"dropped; build a new Monitor for each run (each `with` block)")
+        self._refuse_if_closed()
+        if self._entered:
+            raise RuntimeError(f"this Monitor of env {self.sink.env!r} is in a `with` block already, whose end "
+                               f"closes it: enter it once")
+        self._entered = True
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
+        self._entered = False
         if error is not None and not self._failed:  # a callback's own exit (a pre-emption) said it already
             self.exception(error)
         try:

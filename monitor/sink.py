@@ -224,6 +224,11 @@ class VisdomSink:
                 return None
         return self.runlog.position
 
+    @property
+    def replaced(self) -> bool:
+        """Whether a newer sink of its run folder in this process closed it (a notebook cell run again)."""
+        return self._replaced
+
     def close(self, timeout: float | None = 10.0) -> bool:
         """Delivers what is pending (for up to ``timeout`` seconds), then stops. Idempotent.
 

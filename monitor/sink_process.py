@@ -233,6 +233,11 @@ class SinkProcess:
             return self.position
         return self._ask("sync", timeout)
 
+    @property
+    def replaced(self) -> bool:
+        """Whether a newer sink of its run folder in this process closed it (a notebook cell run again)."""
+        return self._replaced
+
     def close(self, timeout: float | None = 10.0) -> bool:
         """Delivers what is pending (for up to ``timeout`` seconds), then stops; idempotent.
         Everything put before it is in the run log when it returns. Returns whether the server

@@ -130,13 +130,36 @@ def test_an_epoch_a_loop_failed_in_is_not_ended():
     assert ended == []
 
 
-def test_a_closed_monitor_entered_again_says_so_instead_of_dropping_the_run():
+def test_a_closed_monitor_entered_again_or_started_again_says_so_instead_of_dropping_the_run():
     monitor, sink = monitor_with(Scalars())
     with monitor:
         monitor.step_end(loss=1.0)
-    with pytest.raises(RuntimeError, match="this Monitor of env .* was closed: what it logged now would be dropped"):
+        with pytest.raises(RuntimeError, match="is in a `with` block already, whose end closes it: enter it once"):
+            with monitor:
+                pass
+        monitor.step_end(loss=1.5)  # the outer block goes on
+    assert sink.points("loss")["train"] == [(1, 1.0), (2, 1.5)]
+    closed = "this Monitor of env .* cannot log any more, it was closed: what it logged now would be dropped"
+    with pytest.raises(RuntimeError, match=closed):
         with monitor:
             monitor.step_end(loss=2.0)
+    with pytest.raises(RuntimeError, match=closed):
+        monitor.train_start()
+
+
+def test_a_monitor_replaced_by_a_newer_one_of_its_env_refuses_a_cell_run_on_it_again(visdom_server, tmp_path):
+    from monitor import Monitor
+
+    options = {"env": "replaced", "port": visdom_server.port, "run_dir": tmp_path / "runs"}
+    old = Monitor([Scalars()], **options)
+    new = Monitor([Scalars()], **options)  # the setup cell run again, the old object still held
+    with pytest.raises(RuntimeError, match="cannot log any more, a newer Monitor of its env in this process "
+                                           "replaced it"):
+        with old:
+            old.train_start()
+    with new:
+        new.train_start()
+        new.step_end(loss=0.5)
 
 
 @pytest.mark.parametrize("form", ["with", "close"])
