@@ -119,7 +119,7 @@ class VisdomSink:
         self._queue: deque = deque()  # append and popleft are atomic: no lock, no wake-up
         self._wake = threading.Event()
         self._closed = False
-        self._replaced = False  # closed by a newer sink of its run folder in this process
+        self.replaced = False  # closed by a newer sink of its run folder in this process (a notebook cell run again)
         self._stopping = False
         self.missing_from_runlog = 0  # records the run log could not take (a full disk)
         self._asked = False  # a flush() or close() arrived since the last send
@@ -196,7 +196,7 @@ class VisdomSink:
             if isinstance(record, RunEnd):  # its owner closing after the sink was: the log says how it ended
                 return
             self.reports.once("closed", "a record was logged after close() and is dropped" + (
-                f": a newer monitor of env {self.env!r} in this process took its run folder" if self._replaced else ""))
+                f": a newer monitor of env {self.env!r} in this process took its run folder" if self.replaced else ""))
             return
         self._queue.append(record)
 
@@ -224,11 +224,6 @@ class VisdomSink:
                 return None
         return self.runlog.position
 
-    @property
-    def replaced(self) -> bool:
-        """Whether a newer sink of its run folder in this process closed it (a notebook cell run again)."""
-        return self._replaced
-
     def close(self, timeout: float | None = 10.0) -> bool:
         """Delivers what is pending (for up to ``timeout`` seconds), then stops. Idempotent.
 
@@ -252,9 +247,10 @@ class VisdomSink:
                                               f"written to {self.runlog.path} (a full disk?)" +
                               ("" if delivered else f"; some did not reach {self.connection.url} either"))
         elif not delivered:
+            # A replaced run's log is set aside by the run that replaced it, under its run id.
+            kept = self.folder.path / RunDir.EARLIER / f"{self.run_id}.jsonl" if self.replaced else self.runlog.path
             self.reports.once("close", f"some windows of env {self.env!r} did not reach {self.connection.url}; "
-                                       f"everything is in {self.runlog.path} - send it later with "
-                                       f"`monitor replay {self.runlog.path}`")
+                                       f"everything is in {kept} - send it later with `monitor replay {kept}`")
         return delivered
 
     def _join(self, timeout: float | None) -> None:
@@ -398,7 +394,7 @@ def replace_earlier(run_dir: Path) -> None:
         if other.run_dir.resolve() == run_dir.resolve():
             _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
             other.put(RunEnd("interrupted", "a newer run of its env in this process replaced it"))
-            other._replaced = True
+            other.replaced = True
             other.close(timeout=2.0)
             other._join(5.0)  # its last request (at most the close's 2 s) and the folder's lock
 

@@ -97,6 +97,9 @@ def main() -> None:
             for record in message[1]:
                 sink.put(RECORDS[record[0]]._make(record[1:]))
             continue
+        if message[0] == "replaced":  # a newer run of the env in the training process: it sets this log aside
+            sink.replaced = True
+            continue
         _, number, kind, timeout = message
         if kind != "close":
             waiting = [thread for thread in waiting if thread.is_alive()]

@@ -117,7 +117,7 @@ class SinkProcess:
         self._lock = threading.Lock()
         self._closed = False
         self._closing: _Request | None = None
-        self._replaced = False
+        self.replaced = False  # closed by a newer sink of its run folder in this process (a notebook cell run again)
         self._forked = False  # a forked child's copy: closed, its forwarder stayed in the parent
         self._asked: dict[int, _Request] = {}  # sent to the child, not answered yet, by number
         self._numbers = itertools.count()
@@ -215,7 +215,7 @@ class SinkProcess:
             else:
                 self.reports.once("closed", "a record was logged after close() and is dropped" + (
                     f": a newer monitor of env {self.env!r} in this process took its run folder"
-                    if self._replaced else ""))
+                    if self.replaced else ""))
             return
         self._queue.append(record)
 
@@ -232,11 +232,6 @@ class SinkProcess:
         if self._closed:
             return self.position
         return self._ask("sync", timeout)
-
-    @property
-    def replaced(self) -> bool:
-        """Whether a newer sink of its run folder in this process closed it (a notebook cell run again)."""
-        return self._replaced
 
     def close(self, timeout: float | None = 10.0) -> bool:
         """Delivers what is pending (for up to ``timeout`` seconds), then stops; idempotent.
@@ -341,6 +336,8 @@ class SinkProcess:
             number = next(self._numbers)
             self._asked[number] = request
             try:
+                if request.kind == "close" and self.replaced:
+                    pipe.send(self._child.stdin, ("replaced",))
                 pipe.send(self._child.stdin, ("ask", number, request.kind, request.timeout))
                 if request.kind == "close":
                     _let_go(self._child.stdin)  # the child exits once it answered
@@ -354,6 +351,7 @@ class SinkProcess:
         if self._local is None:  # no sink at all: the child died and none could start here
             request.result = False if request.kind != "sync" else None
         else:
+            self._local.replaced = self.replaced
             request.result = getattr(self._local, request.kind)(request.timeout)
         request.event.set()
 

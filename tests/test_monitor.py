@@ -235,3 +235,19 @@ def test_metrics_that_are_not_a_mapping_are_refused_before_the_step_is_counted(m
     monitor.step_end(loss=0.5)
     assert (monitor.state.step, monitor.state.batch, monitor.state.loss) == (1, 1, None)
     assert sink.points("loss") == {"train": [(1, 0.5)]}
+
+
+def test_a_run_replaced_while_the_dashboard_is_down_names_where_its_log_is_kept(tmp_path, caplog):
+    from helpers.probes import free_port
+    from monitor import Monitor
+
+    options = {"env": "replaced-offline", "port": free_port(), "run_dir": tmp_path / "runs", "timeout": 0.2}
+    with caplog.at_level("WARNING", logger="monitor"):
+        old = Monitor([Scalars()], **options)
+        old.step_end(loss=0.5)
+        old.flush(timeout=0.5)
+        new = Monitor([Scalars()], **options)  # the setup cell run again while the server is down
+        new.close(timeout=0.5)
+    kept = tmp_path / "runs" / "earlier" / f"{old.sink.run_id}.jsonl"
+    hints = [r.getMessage() for r in caplog.records if "monitor replay" in r.getMessage()]
+    assert kept.exists() and any(f"monitor replay {kept}`" in hint for hint in hints), hints
