@@ -603,3 +603,38 @@ def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_res
     straight, _, _ = job(crash_at=None)
     assert resumed_at == 5 and len(optimizer.param_groups) == 2
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), straight.state_dict().values()))
+
+
+def test_a_job_killed_twice_between_a_file_and_its_pointer_still_resumes(tmp_path, monkeypatch):
+    import monitor.callbacks.checkpoint as callback
+
+    written = callback.write_manifest
+
+    def job(killed_at_save_of: int | None) -> int:
+        def write_manifest(directory, **fields):
+            if fields["latest"] == checkpoint_name(killed_at_save_of or 0):
+                raise KeyboardInterrupt  # SIGKILL after the file's os.replace, before latest.json's
+            written(directory, **fields)
+
+        monkeypatch.setattr(callback, "write_manifest", write_manifest)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=2, keep_last=1, resume=True)
+        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+            monitor.train_start(model, optimizer)
+            for _ in monitor.batches(range(8)):
+                model(torch.ones(4, 3)).sum().backward()
+                monitor.after_backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                monitor.step_end()
+        return checkpoint.start.step
+
+    for step in (2, 4):
+        with pytest.raises(KeyboardInterrupt):
+            job(killed_at_save_of=step)
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*.pt")) == [checkpoint_name(2), checkpoint_name(4)]
+    assert not (tmp_path / "ckpt" / MANIFEST).exists()
+    assert job(killed_at_save_of=None) == 4  # not refused as another run's folder
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*.pt")) == [checkpoint_name(8)]

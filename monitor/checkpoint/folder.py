@@ -87,11 +87,24 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
     records = [r for r in records if r["file"] in present]
     foreign = sorted(present - {r["file"] for r in records})
     if foreign and (manifest is None or manifest.get("run_id") != run_id):
+        # Files this run left behind: killed between saving one and the pointer's update twice,
+        # it had let go of the older file but not yet deleted it. The next save prunes them.
+        foreign = [name for name in foreign if _run_id_of(directory / name) != run_id]
+    if foreign and (manifest is None or manifest.get("run_id") != run_id):
         raise CheckpointWriteError(
             f"directory must be empty or hold this run's checkpoints, got {directory} with "
             f"{len(foreign)} checkpoint(s) of another run ({', '.join(foreign[:3])}...; see its {MANIFEST}): "
             f"continue that run with Checkpoint(..., resume=True), start a new one with fresh=True, or choose another folder")
     return records
+
+
+def _run_id_of(path: Path) -> str | None:
+    """The run id a checkpoint file names (its tensors left on disk); None if it cannot be read."""
+    try:
+        run = load_checkpoint(path, verify=False, mmap=True)["run"]
+    except (OSError, CheckpointError, RuntimeError, ValueError):
+        return None
+    return run.get("run_id") if isinstance(run, dict) else None
 
 
 def prune(directory: Path, keep: set[str]) -> None:
