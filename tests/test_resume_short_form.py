@@ -189,6 +189,22 @@ def test_sigterm_in_the_first_step_that_validates_saves_its_validation_too_and_t
     assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)
 
 
+def test_sigterm_in_the_validation_after_an_epoch_s_batches_saves_the_epoch_and_trains_no_further(
+        visdom_server, read_env, tmp_path, straight):
+    job = Job(visdom_server, tmp_path, "sigterm-epoch-validation")
+    process = job.start("--pause-validating", "6")  # epoch 1's validation, after its 6 steps
+    for line in process.stdout:
+        if line.startswith("validating 6"):
+            break
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == REQUEUE_EXIT_STATUS and "SIGTERM: checkpoint of step 6" in stderr, stderr[-3000:]
+    assert _steps(stdout) == []  # no step of the next epoch in the grace period
+    assert job.run()[0] == 7
+    assert _same(job.weights(), straight["shuffle"][0])
+    assert read_env(visdom_server, job.env) == straight["shuffle"][1]
+
+
 def test_a_job_killed_in_its_first_validation_at_a_checkpoint_s_step_validates_again_when_rerun(
         visdom_server, read_env, tmp_path):
     # Validations every 4 steps inside the batches loop, a checkpoint every 3: the first at a

@@ -217,6 +217,8 @@ class Checkpoint(Callback):
             self._note_metric(state.metrics)
         if self.every_epochs and (state.epoch + 1) % self.every_epochs == 0:
             self._save(point=None)
+        if self._stop_signal is not None:  # came after the epoch's last step, in its validation: saved with it
+            self._stop_for_requeue(state)
 
     def on_exception(self, state: LoopState, log: Log, error: BaseException) -> None:
         self._aborted = True  # the loop may be half-way through a step: nothing consistent to save

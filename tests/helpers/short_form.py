@@ -89,6 +89,9 @@ def train(options: argparse.Namespace) -> None:
                 model.eval()
                 with torch.no_grad():
                     inputs, targets = held_out.tensors
+                    if monitor.state.step == options.pause_validating:  # a job signalled during it
+                        print(f"validating {monitor.state.step}", flush=True)
+                        time.sleep(2)
                     monitor.validation_end({"loss": loss_fn(model(inputs), targets).item()})
                 model.train()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, options.out)
@@ -112,5 +115,7 @@ if __name__ == "__main__":
     parser.add_argument("--extend", action="store_true", help="continue a finished run too")
     parser.add_argument("--validate-every", type=int, default=0, help="validate every N steps, in the batches loop")
     parser.add_argument("--hang-validating", type=int, default=0, help="wait in step N's validation (to be killed)")
+    parser.add_argument("--pause-validating", type=int, default=0,
+                        help="pause 2 s in the validation after the batches loop at step N (to be signalled)")
     parser.add_argument("--passes", action="store_true", help="a while loop of passes over the loader, no epochs")
     train(parser.parse_args())
