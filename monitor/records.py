@@ -7,6 +7,7 @@ never waits for the device.
 """
 from __future__ import annotations
 
+import math
 import sys
 from numbers import Integral, Real
 from typing import Any, Iterator, Mapping, NamedTuple, Sequence
@@ -69,6 +70,9 @@ class LabelCaptions:
 
     def _name(self, label: Any) -> str:
         names = self.class_names
+        if names is not None and isinstance(label, Real) and not isinstance(label, Integral) \
+                and math.isfinite(label) and float(label).is_integer():  # a BCE loss's float targets
+            label = int(label)
         if isinstance(label, Integral) and names is not None:
             if isinstance(names, Mapping):
                 return str(names.get(label, label))

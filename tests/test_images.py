@@ -36,6 +36,18 @@ def test_images_caption_predictions_or_both_targets_and_predictions():
         assert list(sink.of(ImageRecord)[0].captions) == expected
 
 
+@pytest.mark.parametrize("scores", ["logits", "probabilities"])
+def test_a_binary_classifier_s_one_score_and_float_targets_are_captioned_by_class_name(scores):
+    logits = torch.tensor([[-0.3], [0.2], [1.5], [-2.0]])  # BCEWithLogitsLoss's (N, 1)
+    outputs = logits if scores == "logits" else torch.sigmoid(logits)
+    monitor, sink = monitor_with(Images(captions="both", class_names=["cat", "dog"]))
+    monitor.step_end(inputs=torch.rand(4, 3, 4, 4), targets=torch.tensor([0.0, 1.0, 1.0, 0.0]), outputs=outputs)
+    assert list(sink.of(ImageRecord)[0].captions) == ["cat / cat", "dog / dog", "dog / dog", "cat / cat"]
+    regression, sink = monitor_with(Images(captions="predictions"))  # no two class names: the value itself
+    regression.step_end(inputs=torch.rand(2, 3, 4, 4), outputs=torch.tensor([[0.25], [3.5]]))
+    assert list(sink.of(ImageRecord)[0].captions) == ["0.25", "3.5"]
+
+
 def test_images_of_outputs_go_to_window_outputs_without_captions_when_none_fit():
     monitor, sink = monitor_with(Images(source="outputs", count=2))
     outputs = torch.randn(5, 3, 6, 6)

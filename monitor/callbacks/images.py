@@ -24,7 +24,9 @@ class Images(Callback):
     float or uint8 in any range (the sink normalises them for display), or bool masks; a 3-d
     batch of 3 is three NHW images where the targets give 3 labels, else one CHW image. Only the first ``count`` are copied. ``captions`` is
     ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
-    over dim 1 of 2-d outputs, or 1-d outputs as they are), ``"both"`` or None; a source that
+    over dim 1 of 2-d outputs, or 1-d outputs as they are; with two ``class_names``, one score
+    per image is a binary classifier's: a logit above 0, or a probability above 0.5 where all
+    are in [0, 1]), ``"both"`` or None; a source that
     is not one label per image (masks, None) gives no caption. ``source="outputs"`` of 2 or more
     than 3 channels (a segmentation's class scores) shows each pixel's most likely class in a
     colour of its own (:func:`class_colours`). Integer labels are looked up in
@@ -44,6 +46,7 @@ class Images(Callback):
             raise TypeError(f"class_names must be a sequence or a mapping of label to name, "
                             f"got {type(class_names).__name__}")
         self.class_names = class_names
+        self._binary = class_names is not None and len(class_names) == 2  # one score per image: which class
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if (state.step - 1) % self.every:  # is_due, inline: most steps end here
@@ -73,6 +76,9 @@ class Images(Callback):
             outputs = state.outputs
             if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.shape[1] > 1:
                 outputs = outputs[:count].detach().argmax(1)
+            elif self._binary and isinstance(outputs, torch.Tensor) and outputs.is_floating_point() and (
+                    outputs.dim() == 1 or outputs.dim() == 2 and outputs.shape[1] == 1):
+                outputs = _binary(outputs[:count].detach().reshape(-1))
             parts.append(_labels(outputs, count))
         parts = [labels for labels in parts if labels is not None]
         return LabelCaptions(parts, self.class_names, count) if parts else None
@@ -89,6 +95,13 @@ def class_colours(labels: torch.Tensor) -> torch.Tensor:
     levels = torch.tensor([160, 64, 24, 6], device=labels.device)
     rgb = ((bits & 1).unflatten(-1, (4, 3)) * levels[:, None]).sum(-2)  # (N, H, W, 3)
     return rgb.to(torch.uint8).permute(0, 3, 1, 2)
+
+
+def _binary(scores: torch.Tensor) -> torch.Tensor:
+    """A binary classifier's class per image, on the device: probabilities (all in [0, 1], as
+    after a sigmoid) above 0.5, else logits (BCEWithLogitsLoss's) above 0."""
+    probabilities = (scores.min() >= 0) & (scores.max() <= 1)
+    return torch.where(probabilities, scores > 0.5, scores > 0).long()
 
 
 def _one_label_each(targets: Any, count: int) -> bool:
