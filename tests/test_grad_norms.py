@@ -310,3 +310,20 @@ def test_a_layer_with_a_non_finite_gradient_shows_it_and_the_total_follows_torch
     for step, torch_s in zip(shown, expected):
         assert step == pytest.approx(torch_s, rel=1e-5, nan_ok=True)
     assert [str(step[3]) for step in shown] == ["inf", "nan", "nan"]
+
+
+def test_a_loop_whose_model_never_has_gradients_is_told_once_why_grad_norm_is_empty(caplog):
+    model = small_model()
+    weights = {name: p.detach().clone().requires_grad_() for name, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(weights.values(), lr=0.1)  # the stateless style: copies trained
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model, optimizer)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for _ in range(3):
+            torch.func.functional_call(model, weights, (torch.randn(2, 4),)).sum().backward()
+            monitor.after_backward()
+            optimizer.step()
+            monitor.step_end()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "found no gradient on the model's parameters at after_backward (step 1)" in said[0]
+    assert "functional_call" in said[0] and not sink.points("grad norm")

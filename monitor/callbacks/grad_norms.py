@@ -1,6 +1,7 @@
 """GradNorms: the L2 norm of each layer's gradients and of all of them, at after_backward."""
 from __future__ import annotations
 
+import logging
 import math
 import weakref
 from functools import partial
@@ -19,6 +20,8 @@ from monitor.log import Log
 from monitor.norms import Norms, Stacks, each_norm, read, stacks_of
 from monitor.layer_sums import LayerNorms, LayerSums
 from monitor.records import Order
+
+_log = logging.getLogger("monitor")
 
 LINES_UP_TO = 16  # layers drawn as lines by form="auto"; more make a heatmap
 _YLABELS = {"grad norm": "L2 norm of the gradients", "weight norm": "L2 norm of the weights",
@@ -96,6 +99,7 @@ class GradNorms(Callback):
         self._moved: set[int] = set()  # the parameters with a gradient at one of the step's after_backward
         self._stale = True  # the parameters may have changed since the grouping was built
         self._hooks: list = []
+        self._said_no_gradients = False
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         if not self._hooks:
@@ -136,6 +140,13 @@ class GradNorms(Callback):
                 grads = [g for g in grads if g is not None]
                 break
         suffix = "" if name is None else f" {name}"
+        if not grads and not self._said_no_gradients:
+            self._said_no_gradients = True
+            _log.warning("monitor: GradNorms found no gradient on the model's parameters at after_backward "
+                         "(step %d), nothing to plot in window 'grad norm%s': call after_backward after "
+                         "loss.backward(), for the model whose parameters the optimizer updates (a loop "
+                         "that trains copies of them, as with torch.func.functional_call, has none)",
+                         state.step, suffix)
         if grads:
             optimizers = state.optimizers.values() if name is None else (state.optimizers[name],)
             scale = scale_of(state.scaler, optimizers) if state.scaler is not None else None
