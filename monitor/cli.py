@@ -289,8 +289,9 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
 @click.option("--where", multiple=True, metavar="NAME=VALUE", help="Only runs with this hparam value (repeatable).")
 @click.option("--metrics", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
               help="Metric columns shown: the --sort one first, then the loss, the rest by name.")
+@click.option("--earlier", is_flag=True, help="Also the earlier runs of each env (set aside in its earlier/).")
 def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tuple[str, ...] = (),
-              mode: str | None = None, metrics: int = 4) -> None:
+              mode: str | None = None, metrics: int = 4, earlier: bool = False) -> None:
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
     from monitor.runs import check_metric, listed, selected, table
 
@@ -301,7 +302,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
             raise click.BadParameter(f"must be NAME=VALUE, got {condition!r}", param_hint="--where")
         conditions[name] = value
     unreadable: list[str] = []
-    every = listed(directory, unreadable)
+    every = listed(directory, unreadable, earlier=earlier)
     for message in unreadable:
         click.echo(f"monitor: left out {message}", err=True)
     if sort is not None and every:

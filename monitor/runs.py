@@ -80,15 +80,20 @@ class NoRunYet(ValueError):
     """A run log without its header line (torn at its first line): not a run yet."""
 
 
-def listed(root: str | os.PathLike = "runs", unreadable: list[str] | None = None) -> list[Run]:
-    """Every run under ``root``: each folder with a run log (the earlier runs set aside in a
-    folder's ``earlier/`` are not listed; :func:`described` reads one given its log). A log that
-    cannot be read is left out and, given ``unreadable``, said there (one torn at its first
-    line is no run yet)."""
+def listed(root: str | os.PathLike = "runs", unreadable: list[str] | None = None,
+           earlier: bool = False) -> list[Run]:
+    """Every run under ``root``: each folder with a run log, and with ``earlier`` (or when
+    ``root`` is an ``earlier/`` folder) the earlier runs a newer run of their env set aside there
+    (:func:`described` reads one given its log). A log that cannot be read is left out and,
+    given ``unreadable``, said there (one torn at its first line is no run yet)."""
+    root = Path(root)
+    logs = sorted(root.rglob(RunLog.FILENAME))
+    if earlier or root.name == RunDir.EARLIER:
+        logs += sorted(root.glob("*.jsonl") if root.name == RunDir.EARLIER else root.rglob(f"{RunDir.EARLIER}/*.jsonl"))
     runs = []
-    for path in sorted(Path(root).rglob(RunLog.FILENAME)):
+    for path in logs:
         try:
-            runs.append(described(path.parent))
+            runs.append(described(path if path.name != RunLog.FILENAME else path.parent))
         except NoRunYet:
             continue
         except (OSError, ValueError, KeyError) as error:
@@ -125,7 +130,8 @@ def described(run: str | os.PathLike) -> Run:
     if header is None:
         raise NoRunYet(f"{log} has no run header")
     run_dir = RunDir(folder)
-    if run_dir.is_live() and not run_dir.training_ended():  # a killed run's sink may still be sending
+    current = log.name == RunLog.FILENAME  # not an earlier run's log, set aside by a newer run of its env
+    if current and run_dir.is_live() and not run_dir.training_ended():  # a killed run's sink may still be sending
         status = "running"
     else:
         status = end["status"] if end is not None else "killed"
@@ -137,7 +143,7 @@ def described(run: str | os.PathLike) -> Run:
     for name, value in declared.items():  # add_hparams' final metrics; a curve of that name goes first
         if name not in metrics and value is not None and math.isfinite(value):
             metrics[name] = (value, value)
-    files = [p for p in folder.rglob("*") if p.is_file()]
+    files = [p for p in folder.rglob("*") if p.is_file()] if current else [log]
     return Run(folder, header["env"], header["run_id"], header["time"], steps, status,
                end.get("error") if end is not None else None, metrics, hparams,
                sum(p.stat().st_size for p in files),
@@ -168,13 +174,14 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
     (``first`` first, then the loss, the rest by name), hparams."""
     names = _shown_metrics(runs, metrics, first)
     shared = len({run.env for run in runs}) < len(runs)
-    common = Path(os.path.commonpath([run.path for run in runs])) if shared else None
+    places = [run.path if run.log.name == RunLog.FILENAME else run.log for run in runs]  # an earlier run: its log
+    common = Path(os.path.commonpath(places)) if shared else None
     head = ["env", *(["folder"] if shared else []), "status", "steps", "started", "size", "ckpts"] + \
         [f"{m} last (best)" for m in names] + ["hparams"]
     rows = [head]
-    for run in runs:
+    for run, place in zip(runs, places):
         status = f"{run.status}: {run.error[:40]}" if run.error else run.status
-        folder = [run.path.relative_to(common).as_posix()] if common is not None else []
+        folder = [place.relative_to(common).as_posix() if place != common else place.name] if common else []
         cells = [run.env, *folder, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
                  _size(run.size), str(run.checkpoints)]
         cells += [f"{run.metrics[m][0]:.4g} ({run.metrics[m][1]:.4g})" if m in run.metrics else "-" for m in names]

@@ -134,6 +134,22 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     assert bad.exit_code == 2 and "must be NAME=VALUE, got 'lr'" in bad.output
 
 
+def test_a_sweep_reusing_one_env_lists_its_earlier_runs_when_asked(visdom_server, tmp_path):
+    root = tmp_path / "runs"
+    for lr in (0.1, 0.3, 0.5):  # each trial a new run of env "sweep": the one before is set aside
+        _finished_or_crashed(root, "sweep", visdom_server.port, lr, [0.9, lr], crash=lr == 0.3)
+    assert [run.hparams["lr"] for run in listed(root)] == [0.5]
+    every = listed(root, earlier=True)
+    assert sorted((run.hparams["lr"], run.status) for run in every) == [(0.1, "finished"), (0.3, "crashed"),
+                                                                        (0.5, "finished")]
+    assert sorted(run.hparams["lr"] for run in listed(root / "sweep" / "earlier")) == [0.1, 0.3]
+    done = CliRunner().invoke(main, ["runs", "list", str(root), "--earlier", "--sort", "loss/train"])
+    assert done.exit_code == 0, done.output
+    rows = [line.split() for line in done.output.splitlines()[1:]]
+    earlier = {run.hparams["lr"]: run.log.name for run in every if run.log.parent.name == "earlier"}
+    assert [row[1] for row in rows] == [f"earlier/{earlier[0.1]}", f"earlier/{earlier[0.3]}", "sweep"]  # lr 0.1 best
+
+
 @pytest.mark.parametrize("command", [["list"], ["gc", "--older-than", "2000-01-01"]])
 def test_a_runs_folder_that_does_not_exist_is_an_error_not_an_empty_list(tmp_path, command):
     done = CliRunner().invoke(main, ["runs", *command, str(tmp_path / "runz")])
