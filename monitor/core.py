@@ -274,6 +274,8 @@ class Monitor:
         self.state.hparams = dict(hparams or {})
         self._started, self._failed, self._ending = True, False, RunEnd("finished")
         self._train_ended = None
+        if getattr(self.sink, "ending", None) is not None:
+            self.sink.ending = None
         if state.hparams and not any(c.records_hparams for c in self.callbacks):
             try:  # the run's record for comparing runs (monitor runs --where, compare), pane hparams
                 self.log.hparams(state.hparams, {}, state.step)
@@ -354,6 +356,8 @@ class Monitor:
             self.epoch_end()
         self._fire("on_train_end")
         self._started = False
+        if hasattr(self.sink, "ending"):  # a notebook's setup cell run again after this: a run that finished
+            self.sink.ending = self._ending
 
     def exception(self, error: BaseException) -> None:
         """Call from the loop's ``except`` block (the context-manager form does this for you)."""

@@ -120,6 +120,7 @@ class VisdomSink:
         self._wake = threading.Event()
         self._closed = False
         self.replaced = False  # closed by a newer sink of its run folder in this process (a notebook cell run again)
+        self.ending: RunEnd | None = None  # how its run ended, once the loop reached train_end: what a newer run says
         self._stopping = False
         self.missing_from_runlog = 0  # records the run log could not take (a full disk)
         self._asked = False  # a flush() or close() arrived since the last send
@@ -393,7 +394,7 @@ def replace_earlier(run_dir: Path) -> None:
     for other in list(open_sinks):
         if other.run_dir.resolve() == run_dir.resolve():
             _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
-            other.put(RunEnd("interrupted", "a newer run of its env in this process replaced it"))
+            other.put(other.ending or RunEnd("interrupted", "a newer run of its env in this process replaced it"))
             other.replaced = True
             other.close(timeout=2.0)
             other._join(5.0)  # its last request (at most the close's 2 s) and the folder's lock

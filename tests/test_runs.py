@@ -150,6 +150,22 @@ def test_a_sweep_reusing_one_env_lists_its_earlier_runs_when_asked(visdom_server
     assert [row[1] for row in rows] == [f"earlier/{earlier[0.1]}", f"earlier/{earlier[0.3]}", "sweep"]  # lr 0.1 best
 
 
+def test_a_notebook_s_setup_cell_run_again_ends_the_earlier_run_as_it_stood(visdom_server, tmp_path):
+    options = {"env": "cell", "run_dir": tmp_path / "cell", "port": visdom_server.port}
+    ended = Monitor([Scalars()], **options)
+    ended.train_start()
+    ended.step_end(loss=0.5)
+    ended.train_end()  # the last cell ran, close() never called
+    halfway = Monitor([Scalars()], **options)  # the setup cell again: it replaces the run above
+    halfway.train_start()
+    halfway.step_end(loss=0.4)  # stopped mid-training
+    latest = Monitor([Scalars()], **options)
+    latest.close()
+    statuses = {run.run_id: (run.status, run.error) for run in listed(tmp_path, earlier=True)}
+    assert statuses[ended.sink.run_id] == ("finished", None)
+    assert statuses[halfway.sink.run_id] == ("interrupted", "a newer run of its env in this process replaced it")
+
+
 @pytest.mark.parametrize("command", [["list"], ["gc", "--older-than", "2000-01-01"]])
 def test_a_runs_folder_that_does_not_exist_is_an_error_not_an_empty_list(tmp_path, command):
     done = CliRunner().invoke(main, ["runs", *command, str(tmp_path / "runz")])
