@@ -85,12 +85,12 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
     manifest = read_manifest(directory, warn=False)
     present = {p.name for p in checkpoint_files(directory)}
     records = [r for r in records if r["file"] in present]
-    foreign = sorted(present - {r["file"] for r in records})
-    if foreign and (manifest is None or manifest.get("run_id") != run_id):
-        # Files this run left behind: killed between saving one and the pointer's update twice,
-        # it had let go of the older file but not yet deleted it. The next save prunes them.
-        foreign = [name for name in foreign if _run_id_of(directory / name) != run_id]
-    if foreign and (manifest is None or manifest.get("run_id") != run_id):
+    # Files the run's records lack are another run's, unless the pointer or the files say they are
+    # this run's: killed twice between saving a file and the pointer's update, it let go of the
+    # older one before deleting it. The next save prunes them.
+    foreign = [] if manifest is not None and manifest.get("run_id") == run_id else [
+        name for name in sorted(present - {r["file"] for r in records}) if _run_id_of(directory / name) != run_id]
+    if foreign:
         raise CheckpointWriteError(
             f"directory must be empty or hold this run's checkpoints, got {directory} with "
             f"{len(foreign)} checkpoint(s) of another run ({', '.join(foreign[:3])}...; see its {MANIFEST}): "
