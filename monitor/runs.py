@@ -89,7 +89,8 @@ def listed(root: str | os.PathLike = "runs", unreadable: list[str] | None = None
     root = Path(root)
     logs = sorted(root.rglob(RunLog.FILENAME))
     if earlier or root.name == RunDir.EARLIER:
-        logs += sorted(root.glob("*.jsonl") if root.name == RunDir.EARLIER else root.rglob(f"{RunDir.EARLIER}/*.jsonl"))
+        set_aside = root.glob("*.jsonl") if root.name == RunDir.EARLIER else root.rglob(f"{RunDir.EARLIER}/*.jsonl")
+        logs += sorted(set_aside)
     runs = []
     for path in logs:
         try:

@@ -120,7 +120,7 @@ class VisdomSink:
         self._wake = threading.Event()
         self._closed = False
         self.replaced = False  # closed by a newer sink of its run folder in this process (a notebook cell run again)
-        self.ending: RunEnd | None = None  # how its run ended, once the loop reached train_end: what a newer run says
+        self.ending: RunEnd | None = None  # how its run ended, once at train_end: what replacing it records
         self._stopping = False
         self.missing_from_runlog = 0  # records the run log could not take (a full disk)
         self._asked = False  # a flush() or close() arrived since the last send

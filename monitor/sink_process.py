@@ -118,7 +118,7 @@ class SinkProcess:
         self._closed = False
         self._closing: _Request | None = None
         self.replaced = False  # closed by a newer sink of its run folder in this process (a notebook cell run again)
-        self.ending: RunEnd | None = None  # how its run ended, once the loop reached train_end: what a newer run says
+        self.ending: RunEnd | None = None  # how its run ended, once at train_end: what replacing it records
         self._forked = False  # a forked child's copy: closed, its forwarder stayed in the parent
         self._asked: dict[int, _Request] = {}  # sent to the child, not answered yet, by number
         self._numbers = itertools.count()
