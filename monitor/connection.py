@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from monitor import checks
-from monitor.address import resolve_address
+from monitor.address import DEFAULT_PORT, DEFAULT_SERVER, resolve_address
 
 
 class DashboardError(Exception):
@@ -63,6 +63,9 @@ class Connection:
         path = base_url.strip().rstrip("/")
         self._path = quote(path if not path or path.startswith("/") else f"/{path}")
         self.url = f"{address}:{self.port}{self._path}"
+        # What a command line adds to reach it (`monitor replay FILE --port 8098`); nothing for the defaults.
+        self.cli_options = "" if self.url == f"{DEFAULT_SERVER}:{DEFAULT_PORT}" else \
+            (f" --server {address}" if address != DEFAULT_SERVER else "") + f" --port {self.port}"
         self._http: http.client.HTTPConnection | None = None
         self._cookie = ""  # the login's session cookie, sent with every request
 

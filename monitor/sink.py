@@ -251,7 +251,8 @@ class VisdomSink:
             # A replaced run's log is set aside by the run that replaced it, under its run id.
             kept = self.folder.path / RunDir.EARLIER / f"{self.run_id}.jsonl" if self.replaced else self.runlog.path
             self.reports.once("close", f"some windows of env {self.env!r} did not reach {self.connection.url}; "
-                                       f"everything is in {kept} - send it later with `monitor replay {kept}`")
+                                       f"everything is in {kept} - send it later with "
+                                       f"`monitor replay {kept}{self.connection.cli_options}`")
         return delivered
 
     def _join(self, timeout: float | None) -> None:

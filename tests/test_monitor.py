@@ -250,4 +250,4 @@ def test_a_run_replaced_while_the_dashboard_is_down_names_where_its_log_is_kept(
         new.close(timeout=0.5)
     kept = tmp_path / "runs" / "earlier" / f"{old.sink.run_id}.jsonl"
     hints = [r.getMessage() for r in caplog.records if "monitor replay" in r.getMessage()]
-    assert kept.exists() and any(f"monitor replay {kept}`" in hint for hint in hints), hints
+    assert kept.exists() and any(f"monitor replay {kept} --port {options['port']}`" in hint for hint in hints), hints
