@@ -661,6 +661,7 @@ class _Run:
 
 
 _runs: dict[Path, _Run] = {}
+_shown: dict[str, Path] = {}  # each env a writer of this process drew in, and its log_dir (closed ones too)
 _runs_lock = threading.Lock()
 
 
@@ -697,7 +698,9 @@ def _run_of(path: Path, purge_step: int | None, sink_options: dict[str, Any]) ->
     with _runs_lock:  # two threads opening one log_dir share one sink
         run = _runs.get(path.resolve())
         if run is None:
-            run = _runs[path.resolve()] = _Run(path, purge_step, sink_options, {r.env for r in _runs.values()})
+            taken = {env for env, key in _shown.items() if key != path.resolve()}
+            run = _runs[path.resolve()] = _Run(path, purge_step, sink_options, taken)
+            _shown[run.env] = run.key
             if not _ended_at_exit:  # registered after the sinks' own exit hook: runs before it
                 atexit.register(_end_open_runs)
                 _ended_at_exit = True
@@ -781,8 +784,8 @@ def _env_of(path: Path) -> str:
 
 
 def _env_apart(env: str, taken: set[str], path: Path) -> str:
-    """``env``, or where a run open in this process shows there already (``runs/a/b`` and
-    ``runs/a_b``), ``env (2)``, said once: two runs in one env would mix their curves."""
+    """``env``, or where another log_dir of this process shows there already, open or closed
+    (``runs/a/b`` and ``runs/a_b``), ``env (2)``, said once: two runs in one env would mix their curves."""
     if env not in taken:
         return env
     number = 2

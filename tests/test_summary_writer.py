@@ -906,6 +906,11 @@ def test_log_dirs_outside_runs_are_named_by_their_path_and_two_alike_in_one_proc
     monkeypatch.chdir(tmp_path / "logs")  # a requeued script started elsewhere: the run's env goes on
     with SummaryWriter("exp1/train", port=1, timeout=0.2) as writer:
         assert writer.log.sink.env == "logs_exp1_train"
+    monkeypatch.chdir(tmp_path)
+    with SummaryWriter("runs/c/d", port=1, timeout=0.2) as writer:
+        writer.add_scalar("loss", 1.0, 0)
+    with SummaryWriter("runs/c_d", port=1, timeout=0.2) as writer:  # the first one closed: its env stays its own
+        assert writer.log.sink.env == "c_d (2)"
 
 
 def test_boxes_are_drawn_on_the_image_with_their_labels(visdom_server, tmp_path, read_window_raw):
