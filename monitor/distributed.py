@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import zlib
 from typing import Any, Callable, Mapping, TypeVar
 
 import torch
@@ -32,7 +33,9 @@ def rank_and_world_size() -> tuple[int, int]:
 def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
     """Each value's mean over the ranks, from one ``all_reduce`` of all of them stacked (a collective).
 
-    Values are numbers or one-element tensors; the means are 0-d float64 tensors on the device
+    Every rank must pass the same names, in any order: names that differ raise a ValueError (the
+    means of a reduction on a device, never read here, are NaN instead). Values are numbers or
+    one-element tensors; the means are 0-d float64 tensors on the device
     the reduction ran on (the values' accelerator, the backend's device, else the CPU), read
     later by whoever logs them. A value that is neither (a string, a longer tensor) still takes
     part, as NaN, so every rank's collective matches; it is returned unchanged, for the caller's
@@ -40,14 +43,27 @@ def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not values:
         return {}
+    names = sorted(values)  # one order on every rank, whatever order each passed them in
     device = _device(values.values())
-    slots = [_as_scalar(value, device) for value in values.values()]
-    stacked = torch.stack([torch.full((), math.nan, dtype=torch.float64, device=device) if s is None else s
-                           for s in slots])
+    slots = [_as_scalar(values[name], device) for name in names]
+    # The names' checksum c and c * c join the sum: sum(c)^2 == world * sum(c^2) only where
+    # every rank's c is the same (Cauchy-Schwarz), so names that differ never average silently.
+    check = float(zlib.crc32("\0".join(names).encode()) % (1 << 16))  # sums exact in float64 up to 1,000 ranks
+    filled = [math.nan if s is None else s for s in slots] + [check, check * check]
+    stacked = torch.stack([torch.full((), v, dtype=torch.float64, device=device) if isinstance(v, float) else v
+                           for v in filled])
     dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
-    stacked.div_(dist.get_world_size())
-    return {name: value if slot is None else mean
-            for (name, value), slot, mean in zip(values.items(), slots, stacked.unbind())}
+    world = dist.get_world_size()
+    total, squares = stacked[-2], stacked[-1]
+    alike = total * total == world * squares
+    if device.type == "cpu":  # read at no cost: said at once
+        if not alike:
+            raise ValueError(f"the names averaged over the ranks must be the same on every rank, got "
+                             f"{names} on rank {dist.get_rank()} and others elsewhere")
+        means = stacked[:-2].div_(world)
+    else:  # a device's is never read here: names that differ make the means NaN, shown as gaps
+        means = torch.where(alike, stacked[:-2] / world, math.nan)
+    return {name: values[name] if slot is None else mean for name, slot, mean in zip(names, slots, means.unbind())}
 
 
 def gather_on_main(value: Any) -> list[Any] | None:

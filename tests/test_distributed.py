@@ -166,6 +166,29 @@ def test_an_averaged_metric_is_the_mean_of_the_ranks_values_from_one_all_reduce_
     assert all(s["all_reduces"] == 1 for rank in ranks for s in rank)  # loss and accuracy together
 
 
+NAMES_ON_EACH_RANK = """
+import sys, torch.distributed as dist
+from monitor import Monitor, Scalars
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+with Monitor([Scalars(average=True, smoothing=0)], env="ddp-names", port=int(sys.argv[1])) as monitor:
+    # the same names in another order on rank 1 (a dict filled as results come), then names of its own
+    monitor.step_end(metrics={"acc": 0.9, "top5": 0.1} if rank == 0 else {"top5": 0.3, "acc": 0.7})
+    monitor.step_end(metrics={f"acc of rank {rank}": 1.0})
+    monitor.step_end(metrics={"acc": 0.5, "top5": 0.5})
+dist.destroy_process_group()
+"""
+
+
+def test_averaged_metrics_match_by_name_and_names_that_differ_across_ranks_are_said(
+        visdom_server, read_window, tmp_path) -> None:
+    (tmp_path / "train.py").write_text(NAMES_ON_EACH_RANK)
+    done = run([*TORCHRUN, "train.py", str(visdom_server.port)], tmp_path)
+    assert read_window(visdom_server, "ddp-names", "acc")["train"] == ([1, 3], [pytest.approx(0.8), 0.5])
+    assert read_window(visdom_server, "ddp-names", "top5")["train"] == ([1, 3], [pytest.approx(0.2), 0.5])
+    assert "names averaged over the ranks must be the same on every rank, got ['acc of rank 0']" in done.stderr
+
+
 def test_grad_norms_under_ddp_equal_those_of_one_process_on_the_same_global_batches(
         two_ranks_and_one, visdom_server, read_window) -> None:
     ddp, single = (read_window(visdom_server, env, "grad norm") for env in ("ddp-averaged", "ddp-single"))
