@@ -78,11 +78,13 @@ class Delivery:
         self._reopen_at: dict[str, float] = {}  # closed windows, by name: when they may be created again
         self._reopened: dict[str, float] = {}  # windows created again, by name: when
 
-    def send(self, force: bool = False, limit: float | None = None) -> None:
+    def send(self, force: bool = False, limit: float | None = None, settle: bool = False) -> None:
         """Sends every changed window whole; on trouble keeps them all for the next try.
 
         While the server is down, waits out the backoff unless ``force`` (a flush or a close
-        asked). ``limit`` caps each request's timeout (a close's deadline).
+        asked). ``limit`` caps each request's timeout (a close's deadline). ``settle`` (a close,
+        after which no heartbeat comes) also waits until the windows created again to keep the
+        page's order are past a page's late close of them.
         """
         now = time.monotonic()
         if self._down_since is not None and now < self._retry_at and not force:
@@ -137,7 +139,7 @@ class Delivery:
                 seconds += took
                 sent += 1
                 points += sum(len(t) for t in window.traces.values())
-            if force:
+            if settle:
                 self._verify_reopened(limit, settle=True)
         except DashboardError as error:
             # Visdom answers 500 for a window or env it lacks (the next try mends it); nothing at
@@ -219,8 +221,8 @@ class Delivery:
     def _verify_reopened(self, limit: float | None, settle: bool = False) -> None:
         """Creates again the windows created again lately that a page's late close took.
 
-        ``settle`` (a flush or a close, after which no heartbeat may come) first waits until each
-        has been there ``REOPEN`` seconds, when a page's answer has arrived.
+        ``settle`` (a close, after which no heartbeat comes) first waits until each has been
+        there ``REOPEN`` seconds, when a page's answer has arrived.
         """
         for name, when in list(self._reopened.items()):
             window = self.windows.by_name.get(name)

@@ -311,7 +311,7 @@ class VisdomSink:
         if now >= self._next_send or self._asked:
             self._asked = False
             limit = self._close_deadline - time.monotonic() if self._stopping else None
-            self.delivery.send(force=bool(self._waiting) or self._stopping, limit=limit)
+            self.delivery.send(force=bool(self._waiting) or self._stopping, limit=limit, settle=self._stopping)
             self._next_send = time.monotonic() + (min(SPREAD, self.flush_every) if self.delivery.more
                                                   else self.flush_every)
             if self.delivered or self.delivery.unreachable:  # a flush does not wait on a server not there
