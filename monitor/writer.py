@@ -105,6 +105,7 @@ class SummaryWriter:
                  monitor: Any = None, smoothing: float = 0.6, **sink_options: Any) -> None:
         weight = checks.smoothing_weight("smoothing", smoothing)
         self._scalar_opts = {"xlabel": "step", **({"smoothing": weight} if weight else {})}
+        self._curves: dict[tuple[str, str], str] = {}  # (window, trace): the call that draws that curve
         if monitor is not None:
             if log_dir is not None or sink_options:
                 raise TypeError(f"a writer on a Monitor's env writes to its run: pass log_dir and sink options "
@@ -135,6 +136,8 @@ class SummaryWriter:
         """One point: window and trace from ``tag`` (``Loss/train``: window ``Loss``, trace ``train``)."""
         window, trace = split_tag(tag)
         value = _number(scalar_value, "scalar_value")
+        if self._curves.setdefault((window, trace), tag) != tag:  # add_scalars draws it: a window of its own
+            window = tag
         window = self._lay_out(window, "scalars", Order.METRICS, **self._scalar_opts)
         x = self._step(tag, global_step)
         self.log.scalar(window, _window_name(trace), x, value)
@@ -148,7 +151,10 @@ class SummaryWriter:
         if not isinstance(tag_scalar_dict, Mapping):
             raise TypeError(f"tag_scalar_dict must be a dict of name to number, got {type(tag_scalar_dict).__name__}")
         values = {_window_name(str(k)): _number(v, f"tag_scalar_dict[{k!r}]") for k, v in tag_scalar_dict.items()}
-        window = self._lay_out(main_tag, "scalars", Order.METRICS, **self._scalar_opts)
+        drawn = f"{main_tag}\0"  # TensorBoard keeps add_scalar("Loss/train") and add_scalars("Loss", {"train":})
+        clash = [key for key in values if self._curves.setdefault((main_tag, key), drawn) != drawn]
+        window = self._lay_out(f"{main_tag} (scalars)" if clash else main_tag, "scalars", Order.METRICS,
+                               **self._scalar_opts)
         x = self._step(main_tag, global_step)
         self.log.scalars(window, x, values)
         for key, value in values.items() if self._charts else ():  # TensorBoard's run of each key

@@ -345,6 +345,24 @@ def test_a_tag_names_a_window_and_a_trace():
     assert split_tag("train/val") == ("train", "val")  # a split at the end still wins
 
 
+@pytest.mark.parametrize("first", ["add_scalar", "add_scalars"])
+def test_a_tag_s_curve_and_add_scalars_of_the_same_name_keep_curves_of_their_own(tmp_path, first):
+    # PyTorch's tutorial: a step's "Loss/train", and each epoch's "Loss" with train and val.
+    with SummaryWriter(tmp_path / "run", port=1, timeout=0.2) as writer:
+        for epoch in range(2):
+            if first == "add_scalars" or epoch:
+                writer.add_scalars("Loss", {"train": 0.5 - epoch / 10, "val": 0.6 - epoch / 10}, epoch)
+            for step in range(3):
+                writer.add_scalar("Loss/train", 1.0 - step / 10, epoch * 3 + step)
+    steps = [(step, pytest.approx(1.0 - step % 3 / 10)) for step in range(6)]
+    if first == "add_scalar":  # the tag's curve came first: window Loss is its
+        assert _points(tmp_path / "run", "Loss", "train") == steps
+        assert _points(tmp_path / "run", "Loss (scalars)", "val") == [(1, pytest.approx(0.5))]
+    else:
+        assert _points(tmp_path / "run", "Loss", "val") == [(0, 0.6), (1, pytest.approx(0.5))]
+        assert _points(tmp_path / "run", "Loss/train", "train") == steps
+
+
 def test_steps_left_out_count_per_tag_and_a_monitor_shares_its_env(visdom_server, tmp_path, read_window):
     monitor = Monitor([Scalars()], env="shared-writer", port=visdom_server.port, run_dir=tmp_path / "run")
     writer = SummaryWriter(monitor=monitor)
