@@ -11,6 +11,7 @@ process (or no process group initialised) nothing here talks to anybody.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import zlib
 from typing import Any, Callable, Mapping, TypeVar
@@ -28,6 +29,24 @@ def rank_and_world_size() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def launched_rank() -> int:
+    """This process's rank: torch.distributed's, else what a launcher (torchrun) set in ``RANK``, else 0."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
+
+
+def refuse_before_init(what: str) -> None:
+    """Raises where a launcher (torchrun) started several processes and ``what`` is made before
+    ``init_process_group``: each would take itself for rank 0 of 1 and claim the same run."""
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1 and not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(f"{what} must be made after torch.distributed.init_process_group in a job of "
+                           f"{world} processes (WORLD_SIZE={world}, RANK={os.environ.get('RANK', '?')} set by "
+                           f"its launcher), so that it knows its rank and rank 0 alone writes: move it after")
 
 
 def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch
 
 from monitor import checks, embedding, mesh, pr_curve
 from monitor.host import on_host
-from monitor.distributed import rank_and_world_size
+from monitor.distributed import launched_rank
 from monitor.log import Log, NullSink
 from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of, exit_error
 from monitor.rundir import RunDir, RunInUseError
@@ -503,7 +503,7 @@ class SummaryWriter:
 
     # --- the rest ---------------------------------------------------------------------------------
     def _open(self, purge_step: int | None) -> None:
-        if rank_and_world_size()[0] != 0:  # under torch.distributed only rank 0 writes, as a Monitor's does
+        if launched_rank() != 0:  # under torch.distributed (made before its init too) only rank 0 writes
             self._run, self.log, self._kinds = None, Log(NullSink()), {}
             return
         monitors = _monitor_sink_of(Path(self.log_dir))

@@ -396,3 +396,16 @@ def test_a_validation_runs_where_the_loop_says_and_a_job_killed_after_it_resumes
     if where != "at-epoch-start-on-rank-0":  # (that loop validates again when it resumes in an epoch)
         assert windows(visdom_server, env, connect_client) == windows(
             visdom_server, f"ddp-validation-{where}", connect_client)
+
+
+def test_a_monitor_made_before_init_process_group_under_a_launcher_says_to_move_it(monkeypatch, tmp_path) -> None:
+    from monitor import Monitor, Scalars, SummaryWriter
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")  # torchrun's, before the script's init_process_group
+    with pytest.raises(RuntimeError, match=r"Monitor must be made after torch.distributed.init_process_group in "
+                                           r"a job of 2 processes \(WORLD_SIZE=2, RANK=1 set by its launcher\)"):
+        Monitor([Scalars()], env="early", run_dir=tmp_path / "m")
+    writer = SummaryWriter(tmp_path / "w")  # TensorBoard's takes it anywhere: rank 1's, as after the init
+    writer.add_scalar("loss", 1.0, 0)
+    writer.close()
+    assert not (tmp_path / "w").exists()
