@@ -638,3 +638,29 @@ def test_a_job_killed_twice_between_a_file_and_its_pointer_still_resumes(tmp_pat
     assert not (tmp_path / "ckpt" / MANIFEST).exists()
     assert job(killed_at_save_of=None) == 4  # not refused as another run's folder
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*.pt")) == [checkpoint_name(8)]
+
+
+@pytest.mark.parametrize("loop", ["monitor.batches", "its own"])
+def test_a_resumed_run_whose_loop_takes_its_own_batches_is_told_it_starts_over(tmp_path, caplog, loop):
+    def job(crash_at: int | None) -> None:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Monitor([Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)], sink=NullSink(),
+                     raise_errors=True) as monitor:
+            monitor.train_start(model, optimizer)
+            for _ in monitor.batches(range(6)) if loop == "monitor.batches" else range(6):
+                model(torch.ones(2, 3)).sum().backward()
+                monitor.after_backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                monitor.step_end()
+                if monitor.state.step == crash_at:
+                    raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        job(crash_at=3)
+    with caplog.at_level("WARNING", logger="monitor"):
+        job(crash_at=None)
+    told = [r.getMessage() for r in caplog.records if "does not take its batches" in r.getMessage()]
+    assert len(told) == (loop == "its own") and all("continues from step 3 (epoch 0)" in t for t in told)

@@ -118,6 +118,7 @@ class Checkpoint(Callback):
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
         self._told_missing = False  # that the metric is not among those the loop passes, or was seen
+        self._check_loop = False
         self._epoch_done = False
         self._last_saved: list | None = None
         self._unpointed = False  # a scheduled checkpoint written, latest.json not yet at it (every rank)
@@ -185,6 +186,14 @@ class Checkpoint(Callback):
         self._point_at_written()
         self._exit_if_stopping()
         self._epoch_done = False
+        if self._check_loop:
+            self._check_loop = False
+            if not self._monitor.in_batches:
+                _log.warning("monitor: the run continues from step %d (epoch %d), but its loop does not take its "
+                             "batches through monitor.batches(loader): unless it skips those done itself "
+                             "(checkpoint.start), it trains on them again, from its own first epoch and batch; "
+                             "iterate monitor.epochs(n) and monitor.batches(loader) to go on where it left off",
+                             self.start.step, self.start.epoch)
         if self.metric_from == "step":
             self._note_metric(state.metrics, state.loss)
         if self.every_steps and state.step % self.every_steps == 0:
@@ -405,6 +414,7 @@ class Checkpoint(Callback):
             raise CheckpointResumeError(f"the run could not be put back from {self.start.path}: "
                                         f"{type(error).__name__}: {error}") from error
         _log.info("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
+        self._check_loop = True  # at the first step: does the loop go on where the run left off?
 
     def _set_earlier_aside(self) -> None:
         earlier = set_aside(self.directory)
