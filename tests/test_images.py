@@ -48,6 +48,16 @@ def test_a_binary_classifier_s_one_score_and_float_targets_are_captioned_by_clas
     assert list(sink.of(ImageRecord)[0].captions) == ["0.25", "3.5"]
 
 
+def test_predictions_asked_of_a_model_s_dict_are_said_once_to_be_missing(caplog):
+    monitor, sink = monitor_with(Images(every=1, captions="both", class_names=["cat", "dog"]))
+    with caplog.at_level(logging.WARNING, logger="monitor"):
+        for _ in range(2):
+            monitor.step_end(inputs=torch.rand(2, 3, 4, 4), targets=[0, 1], outputs={"logits": torch.rand(2, 2)})
+    assert [list(r.captions) for r in sink.of(ImageRecord)] == [["cat", "dog"]] * 2  # the targets still
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "shows no predictions" in said[0] and "got a dict" in said[0]
+
+
 def test_images_of_outputs_go_to_window_outputs_without_captions_when_none_fit():
     monitor, sink = monitor_with(Images(source="outputs", count=2))
     outputs = torch.randn(5, 3, 6, 6)

@@ -1,6 +1,7 @@
 """Images: a grid of the first images of a batch, captioned with their labels or predictions."""
 from __future__ import annotations
 
+import logging
 import numbers
 from typing import Any, Mapping, Sequence
 
@@ -11,6 +12,8 @@ from monitor.checks import one_of, positive_int
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.records import LabelCaptions, Order
+
+_log = logging.getLogger("monitor")
 
 
 class Images(Callback):
@@ -47,6 +50,7 @@ class Images(Callback):
                             f"got {type(class_names).__name__}")
         self.class_names = class_names
         self._binary = class_names is not None and len(class_names) == 2  # one score per image: which class
+        self._said_no_predictions = False
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if (state.step - 1) % self.every:  # is_due, inline: most steps end here
@@ -79,7 +83,13 @@ class Images(Callback):
             elif self._binary and isinstance(outputs, torch.Tensor) and outputs.is_floating_point() and (
                     outputs.dim() == 1 or outputs.dim() == 2 and outputs.shape[1] == 1):
                 outputs = _binary(outputs[:count].detach().reshape(-1))
-            parts.append(_labels(outputs, count))
+            predicted = _labels(outputs, count)
+            if predicted is None and isinstance(outputs, (Mapping, tuple, list)) and not self._said_no_predictions:
+                self._said_no_predictions = True  # a model's dict or tuple (a tensor of maps: no caption, as masks)
+                _log.warning("monitor: Images(captions=%r) shows no predictions: outputs must be class scores "
+                             "(N, C) or one label or score per image, got a %s: pass the scores, e.g. "
+                             "outputs=out['logits']", self.captions, type(outputs).__name__)
+            parts.append(predicted)
         parts = [labels for labels in parts if labels is not None]
         return LabelCaptions(parts, self.class_names, count) if parts else None
 
