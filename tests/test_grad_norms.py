@@ -327,3 +327,20 @@ def test_a_loop_whose_model_never_has_gradients_is_told_once_why_grad_norm_is_em
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "found no gradient on the model's parameters at after_backward (step 1)" in said[0]
     assert "functional_call" in said[0] and not sink.points("grad norm")
+
+
+def test_a_parametrized_layer_is_one_trace_with_its_weight_s_parametrization():
+    from torch.nn.utils.parametrizations import spectral_norm, weight_norm
+    torch.manual_seed(0)
+    model = nn.Sequential(weight_norm(nn.Linear(4, 8)), nn.ReLU(), spectral_norm(nn.Linear(8, 2)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model, optimizer)
+    model(torch.randn(5, 4)).sum().backward()
+    monitor.after_backward()
+    norms = {name: torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in layer.parameters()])).item()
+             for name, layer in (("0.Linear", model[0]), ("2.Linear", model[2]))}
+    monitor.step_end()
+    points = sink.points("grad norm")
+    assert set(points) == {"0.Linear", "2.Linear", "total"}
+    assert {name: points[name][0][1] for name in norms} == pytest.approx(norms, rel=1e-5)

@@ -8,6 +8,7 @@ from functools import partial
 from typing import Callable
 
 import torch
+from torch.nn.utils import parametrize
 from torch.nn.modules.module import (register_module_module_registration_hook,
                                      register_module_parameter_registration_hook)
 
@@ -245,14 +246,17 @@ class GradNorms(Callback):
         self._passes.clear()
         self._before = None
         seen: set[int] = set()
+        layers: dict[str, list[torch.nn.Parameter]] = {}  # by the name of the module that uses them
         for name, module in model.named_modules():
             owned = [p for p in module.parameters(recurse=False) if id(p) not in seen]
-            if not owned:
-                continue
             seen.update(id(p) for p in owned)
+            if owned:  # a parametrization's (weight_norm's original0 and 1) are its module's
+                layers.setdefault(name.partition(".parametrizations.")[0] if ".parametrizations." in name
+                                  else name, []).extend(owned)
+        for name, owned in layers.items():
             self._params.extend(owned)
             self._layer_of.extend([len(self._layers)] * len(owned))
-            self._layers.append(_trace_name(name, module))
+            self._layers.append(_trace_name(name, model.get_submodule(name)))
         self._all = tuple(range(len(self._params)))
 
     def _grouping(self, present: tuple[int, ...]) -> _Grouping:
@@ -292,8 +296,10 @@ def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums) -> list
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:
     # A lazy module is named as what it becomes (LazyLinear: Linear), so a run resumed with the
-    # module initialized continues the same curves.
-    kind = (getattr(module, "cls_to_become", None) or type(module)).__name__
+    # module initialized continues the same curves; a parametrized one as what it was (torch's
+    # ParametrizedLinear: Linear).
+    cls = getattr(module, "cls_to_become", None) or type(module)
+    kind = (cls.__bases__[0] if parametrize.is_parametrized(module) else cls).__name__
     if not name:
         return kind
     if name.rsplit(".", 1)[-1].isdigit() or name == "total":
