@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import os
 import multiprocessing.util  # noqa: F401  (registers its exit hook on import: _end_shielded_workers, later, runs first)
 import signal
 from typing import Any, Callable
@@ -23,6 +24,16 @@ from typing import Any, Callable
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's stop, SLURM's time-limit warning
 caught = False  # whether a Checkpoint catches SIGNALS in this process now
 ignored_while_exiting: dict[int, Any] = {}  # SIGNALS a Checkpoint exiting for requeue ignores: what they were
+
+
+def requeued() -> str | None:
+    """The scheduler's word that this job runs again after a stop (``SLURM_RESTART_COUNT=1``,
+    torchrun's ``TORCHELASTIC_RESTART_COUNT``), or None for a first run or a command run by hand."""
+    for name in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"):
+        count = os.environ.get(name, "0")
+        if count.isdigit() and int(count) > 0:
+            return f"{name}={count}"
+    return None
 
 
 class WorkerInit:

@@ -326,6 +326,20 @@ def test_a_finished_run_rerun_starts_fresh_and_keeps_the_earlier_run(visdom_serv
     assert [p.name for p in (job.folder / "runs" / "earlier").iterdir()] == [f"{earlier.name}.jsonl"]
 
 
+def test_a_finished_run_requeued_by_its_scheduler_continues_with_nothing_left_to_train(
+        visdom_server, read_env, tmp_path, straight, monkeypatch):
+    # SLURM requeued a job stopped after training, in the script's own last work (saving, testing).
+    job = Job(visdom_server, tmp_path, "requeued-finished")
+    assert job.run() == list(range(1, STEPS + 1))
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    done = subprocess.run(job.command, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and _steps(done.stdout) == [], done.stderr[-3000:]
+    assert "had finished and this job was requeued (SLURM_RESTART_COUNT=1): it continues that run" in done.stderr
+    assert not (job.folder / "ckpt" / "earlier").exists()
+    assert _same(job.weights(), straight["shuffle"][0])
+    assert read_env(visdom_server, job.env) == straight["shuffle"][1]
+
+
 def test_fresh_starts_a_new_run_even_after_a_kill(visdom_server, read_env, tmp_path, straight):
     job = Job(visdom_server, tmp_path, "fresh")
     process = job.start()

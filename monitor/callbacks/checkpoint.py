@@ -139,12 +139,24 @@ class Checkpoint(Callback):
         if not (self.resume or self.fresh):
             return None
         on_main(self._lock_directory)  # before reading it: another live job's checkpoints are not ours to take
-        self._set_aside = on_main(lambda: self.fresh or is_finished(self.directory) and not self.extend)
+        self._set_aside = on_main(self._starts_a_new_run)
         if self._set_aside:
             self.start, self._saved = ResumePoint(path=None), None
         else:
             self.start, self._saved = find_start(self.directory, missing_ok=True)
         return Continuation(self.start.env, self.start.runlog_position or 0)
+
+    def _starts_a_new_run(self) -> bool:
+        """``fresh``, or a run that finished: the command run again trains anew, unless ``extend``,
+        or a scheduler requeued the job (stopped after training, in the script's own last work)."""
+        if self.fresh or self.extend or not is_finished(self.directory):
+            return self.fresh
+        again = preemption.requeued()
+        if again is not None:
+            _log.warning("monitor: the run in %s had finished and this job was requeued (%s): it continues that "
+                         "run, with nothing left to train, instead of training anew (fresh=True starts over)",
+                         self.directory, again)
+        return again is None
 
     def on_attach(self, monitor: Monitor) -> None:
         """Lets this callback save the state of ``monitor``'s loop and of all its callbacks."""
