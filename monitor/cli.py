@@ -302,7 +302,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
             raise click.BadParameter(f"must be NAME=VALUE, got {condition!r}", param_hint="--where")
         conditions[name] = value
     unreadable: list[str] = []
-    every = listed(directory, unreadable, earlier=earlier)
+    every = listed(directory, unreadable, earlier=earlier or directory.name == "earlier")
     for message in unreadable:
         click.echo(f"monitor: left out {message}", err=True)
     if sort is not None and every:

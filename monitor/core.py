@@ -337,6 +337,7 @@ class Monitor:
         """Call after validation with its results, e.g. ``{"loss": 0.41, "accuracy": 0.87}``."""
         _check_metrics(metrics)
         self.state.metrics = dict(metrics)
+        self._train_ended = None  # a test after train_end: the next train_end records it
         self._fire("on_validation_end")
 
     def epoch_end(self, metrics: Mapping[str, Any] | None = None) -> None:
@@ -344,12 +345,13 @@ class Monitor:
         if metrics is not None:
             _check_metrics(metrics)
         self._epoch_open = False
+        self._train_ended = None
         self.state.metrics = dict(metrics) if metrics else {}
         self._fire("on_epoch_end")
 
     def train_end(self) -> None:
         """Call once after training; the sink keeps delivering until :meth:`close`. Called again
-        with no step since (a notebook's last cell run twice), it does nothing."""
+        with no step, validation or epoch end since (a notebook's last cell run twice), it does nothing."""
         if self._train_ended == self.state.step:
             return
         self._train_ended = self.state.step

@@ -82,13 +82,14 @@ class NoRunYet(ValueError):
 
 def listed(root: str | os.PathLike = "runs", unreadable: list[str] | None = None,
            earlier: bool = False) -> list[Run]:
-    """Every run under ``root``: each folder with a run log, and with ``earlier`` (or when
-    ``root`` is an ``earlier/`` folder) the earlier runs a newer run of their env set aside there
-    (:func:`described` reads one given its log). A log that cannot be read is left out and,
-    given ``unreadable``, said there (one torn at its first line is no run yet)."""
+    """Every run under ``root``: each folder with a run log, and with ``earlier`` the earlier
+    runs a newer run of their env set aside in its ``earlier/`` (:func:`described` reads one
+    given its log; they are not folders of their own, for ``rm`` or ``gc``). A log that cannot
+    be read is left out and, given ``unreadable``, said there (one torn at its first line is
+    no run yet)."""
     root = Path(root)
     logs = sorted(root.rglob(RunLog.FILENAME))
-    if earlier or root.name == RunDir.EARLIER:
+    if earlier:
         set_aside = root.glob("*.jsonl") if root.name == RunDir.EARLIER else root.rglob(f"{RunDir.EARLIER}/*.jsonl")
         logs += sorted(set_aside)
     runs = []

@@ -344,3 +344,9 @@ def test_a_parametrized_layer_is_one_trace_with_its_weight_s_parametrization():
     points = sink.points("grad norm")
     assert set(points) == {"0.Linear", "2.Linear", "total"}
     assert {name: points[name][0][1] for name in norms} == pytest.approx(norms, rel=1e-5)
+    alone, sink = monitor_with(GradNorms())  # the model itself parametrized
+    alone.train_start(weight_norm(nn.Linear(4, 2)), optimizer)
+    alone.state.model(torch.randn(3, 4)).sum().backward()
+    alone.after_backward()
+    alone.step_end()
+    assert set(sink.points("grad norm")) == {"Linear", "total"}

@@ -258,6 +258,12 @@ def test_resuming_a_one_optimizer_checkpoint_with_two_says_what_it_holds(tmp_pat
     from monitor import resume
     with pytest.raises(ValueError, match=r"optimizer must be the optimizers .* holds \(one SGD, not named\), got G, D"):
         resume(tmp_path / "ckpt", model, {"G": optimizer, "D": torch.optim.SGD(model.parameters(), lr=0.1)})
+    two = {"G": optimizer, "D": torch.optim.SGD(model.parameters(), lr=0.1)}
+    monitor = Monitor([Checkpoint(tmp_path / "two", every_steps=1)], sink=NullSink(), raise_errors=True)
+    monitor.train_start(model, two)
+    monitor.step_end()
+    with pytest.raises(ValueError, match=r"optimizer must be a \{'G': 'SGD', 'D': 'SGD'\} to take the optimizer"):
+        resume(tmp_path / "two", model, optimizer)
 
 
 def test_a_float64_model_s_norms_are_taken_in_float64():

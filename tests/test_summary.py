@@ -120,7 +120,11 @@ def test_train_end_called_again_with_no_step_since_keeps_the_final_metrics():
     monitor.train_end()
     monitor.train_end()  # a notebook's last cell run again
     assert [r.metrics for r in sink.records if isinstance(r, Hparams)] == [{}, {"accuracy": 0.9}]
-    monitor.step_end(loss=0.4)  # trained on, then ended again: the new end counts
-    monitor.validation_end({"accuracy": 0.95})
+    monitor.validation_end({"test accuracy": 0.95})  # a test set after training: the next end records it
     monitor.train_end()
-    assert [r.metrics for r in sink.records if isinstance(r, Hparams)][-1] == {"accuracy": 0.95}
+    assert [r.metrics for r in sink.records if isinstance(r, Hparams)][-1] == {"accuracy": 0.9, "test accuracy": 0.95}
+    monitor.step_end(loss=0.4)  # trained on, then ended again: the new end counts
+    monitor.validation_end({"accuracy": 0.97})
+    monitor.train_end()
+    assert [r.metrics for r in sink.records if isinstance(r, Hparams)][-1] == {"accuracy": 0.97,
+                                                                                "test accuracy": 0.95}

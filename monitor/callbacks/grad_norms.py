@@ -251,8 +251,9 @@ class GradNorms(Callback):
             owned = [p for p in module.parameters(recurse=False) if id(p) not in seen]
             seen.update(id(p) for p in owned)
             if owned:  # a parametrization's (weight_norm's original0 and 1) are its module's
-                layers.setdefault(name.partition(".parametrizations.")[0] if ".parametrizations." in name
-                                  else name, []).extend(owned)
+                if isinstance(module, parametrize.ParametrizationList):  # at NAME.parametrizations.weight
+                    name = name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
+                layers.setdefault(name, []).extend(owned)
         for name, owned in layers.items():
             self._params.extend(owned)
             self._layer_of.extend([len(self._layers)] * len(owned))

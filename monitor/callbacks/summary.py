@@ -41,6 +41,7 @@ class Summary(Callback):
         self._metrics: dict[str, Any] = {}  # the latest number of each metric validation_end or epoch_end passed
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
+        self._metrics = {}
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW)
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
         hparams = {**self.hparams, **state.hparams}
@@ -55,7 +56,7 @@ class Summary(Callback):
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         hparams = {**self.hparams, **state.hparams}
-        metrics, self._metrics = self._metrics, {}
+        metrics = dict(self._metrics)  # a test after train_end adds to them for a second train_end
         if hparams:  # a run given no hyper-parameters gets no pane of them
             log.hparams(hparams, metrics, state.step)
 

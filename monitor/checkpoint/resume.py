@@ -165,10 +165,10 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
                           stacklevel=stacklevel)
     optimizers = parts["optimizer"] if isinstance(parts["optimizer"], Mapping) else {None: parts["optimizer"]}
     for key, one in optimizers.items():
-        saved = checkpoint["optimizer"] if key is None else checkpoint["optimizer"][key]
-        if one is not None and saved is not None and len(saved["param_groups"]) > len(one.param_groups):
-            raise ValueError(_groups_added_mid_run(path, checkpoint["loop"], key, len(one.param_groups),
-                                                   len(saved["param_groups"])))
+        saved = checkpoint["optimizer"] if key is None else checkpoint["optimizer"].get(key)
+        groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
+        if one is not None and isinstance(groups, list) and len(groups) > len(one.param_groups):
+            raise ValueError(_groups_added_mid_run(path, checkpoint["loop"], key, len(one.param_groups), len(groups)))
     unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
     for name, part in parts.items():
         if isinstance(part, Mapping):
