@@ -21,7 +21,7 @@ import torch
 from monitor import checks
 from monitor.distributed import rank_and_world_size, refuse_before_init
 from monitor.log import Log, NullSink, Sink
-from monitor.records import RunEnd, ending_of, exit_error
+from monitor.records import RunEnd, ending_of, exit_error, interactive
 from monitor.reports import Reports
 from monitor.resumable import Resumable, batches_done
 
@@ -238,6 +238,7 @@ class Monitor:
         self._failed = False
         self._ended = False
         self._entered = False  # in a `with` block
+        self._error_shown: tuple[BaseException | None, int] | None = None  # an interactive session's, at a step
         self._resumable = Resumable()
         self._reports = Reports()
         # Only the callbacks that override a hook are called for it, through bound methods.
@@ -583,6 +584,8 @@ def _watch_until_exit(watched: Monitor) -> None:
         importlib.import_module("monitor.sink")  # registers its exit hook first: it runs after ours
         atexit.register(_close_unclosed)
         _closed_at_exit = True
+        if interactive():
+            _note_errors_shown()
     _unclosed.add(watched)
     watched._dropped = weakref.finalize(watched, _end_dropped, watched.sink, watched._end, os.getpid())
     watched._dropped.atexit = False  # at the exit, _close_unclosed closes those still there
@@ -598,11 +601,39 @@ def _end_dropped(sink: Sink, end: list[RunEnd], pid: int) -> None:
     threading.Thread(target=sink.close, name="monitor-close-dropped", daemon=True).start()
 
 
+def _note_errors_shown() -> None:
+    """In an interactive session, each error shown at the prompt is noted by every open monitor
+    with its step: at the exit, the last one counts for a run whose loop it stopped (no step
+    since, no train_end), not for one that went on after it (a typo, a Ctrl-C, then training)."""
+    def note(error: BaseException | None) -> None:
+        for monitor in list(_unclosed):
+            monitor._error_shown = (error, monitor.state.step)
+
+    previous = sys.excepthook  # python -i shows errors through it
+
+    def shown(kind: type, error: BaseException, traceback: Any) -> None:
+        note(error)
+        previous(kind, error, traceback)
+
+    sys.excepthook = shown
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    if shell is not None:  # IPython and Jupyter show them themselves
+        shell.events.register("post_run_cell", lambda result: result.error_in_exec is not None and
+                              note(result.error_in_exec))
+
+
+def _how_it_ended(monitor: Monitor) -> BaseException | None:
+    shown = monitor._error_shown
+    if shown is not None and monitor._started and shown[1] == monitor.state.step:
+        return shown[0]  # the last error the session showed stopped its loop
+    return exit_error()
+
+
 def _close_unclosed() -> None:
-    error = exit_error()  # what ended the script, if an exception did
     for monitor in list(_unclosed):
-        if not monitor._failed:
-            monitor._ending = ending_of(error)
+        if not monitor._failed:  # how the script ended, if an exception did
+            monitor._ending = ending_of(_how_it_ended(monitor))
         try:
             monitor._close(timeout=2.0)  # no train_end: the loop may have stopped half-way through a step
         except Exception:  # the interpreter is going: nothing to raise into

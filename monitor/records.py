@@ -165,14 +165,16 @@ def exit_error() -> BaseException | None:
     """At the interpreter's exit, the uncaught exception that ended the script, if one did.
 
     An interactive session (``python -i``, IPython, a Jupyter kernel) keeps the last error it
-    showed at its prompt (a typo, a Ctrl-C the user went on from), which ended nothing.
+    showed at its prompt, which ended nothing: a typo, or a Ctrl-C the user went on from.
     """
-    if hasattr(sys, "ps1"):
-        return None
+    return None if interactive() else getattr(sys, "last_value", None)
+
+
+def interactive() -> bool:
+    """Whether this is an interactive session: ``python -i``, a prompt, IPython or a Jupyter kernel."""
     ipython = sys.modules.get("IPython")
-    if ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None:
-        return None
-    return getattr(sys, "last_value", None)
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive) or \
+        ipython is not None and getattr(ipython, "get_ipython", lambda: None)() is not None
 
 
 class Order:

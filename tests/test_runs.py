@@ -300,23 +300,32 @@ def test_a_script_s_exit_records_how_its_run_ended_whether_or_not_it_closed_the_
     assert (run.status, run.error) == ENDINGS[ending], done.stderr[-2000:]
 
 
-def test_an_interactive_session_s_last_error_at_the_prompt_does_not_end_its_runs(visdom_server, tmp_path):
+def test_an_interactive_session_s_last_error_ends_a_run_only_where_it_stopped_its_loop(visdom_server, tmp_path):
     import subprocess
     import sys
 
-    typed = ("from monitor import Monitor, Scalars, SummaryWriter\n"
-             f"monitor = Monitor([Scalars()], env='typed', run_dir={str(tmp_path / 'm')!r}, port={visdom_server.port})\n"
-             f"writer = SummaryWriter({str(tmp_path / 'w')!r}, port={visdom_server.port})\n"
-             "monitor.step_end(loss=0.5)\n"
-             "printt('a typo')\n"  # NameError at the prompt: the session goes on
-             "monitor.step_end(loss=0.4); writer.add_scalar('loss', 0.4, 1)\n")
-    done = subprocess.run([sys.executable, "-i"], input=typed, capture_output=True, text=True, timeout=60)
+    def session(typed: str) -> str:  # python -i, as a person types at its prompt
+        done = subprocess.run([sys.executable, "-i"], input="from monitor import Monitor, Scalars, SummaryWriter\n"
+                              + typed, capture_output=True, text=True, timeout=60)
+        return done.stderr
+
+    went_on = session(f"monitor = Monitor([Scalars()], env='typo', run_dir={str(tmp_path / 'm')!r}, "
+                      f"port={visdom_server.port})\n"
+                      f"writer = SummaryWriter({str(tmp_path / 'w')!r}, port={visdom_server.port})\n"
+                      "monitor.train_start(); monitor.step_end(loss=0.5)\n"
+                      "printt('a typo')\n"  # NameError at the prompt: the session goes on, and so does training
+                      "monitor.step_end(loss=0.4); writer.add_scalar('loss', 0.4, 1)\n")
+    stopped = session(f"monitor = Monitor([Scalars()], env='oom', run_dir={str(tmp_path / 's')!r}, "
+                      f"port={visdom_server.port})\n"
+                      "monitor.train_start(); monitor.step_end(loss=0.3); raise RuntimeError('out of memory')\n")
     from monitor.runs import described
 
-    assert "NameError" in done.stderr
+    assert "NameError" in went_on and "RuntimeError" in stopped
     for name in ("m", "w"):
         run = described(tmp_path / name)
-        assert (run.status, run.error) == ("finished", None), done.stderr[-2000:]
+        assert (run.status, run.error) == ("finished", None), went_on[-2000:]
+    run = described(tmp_path / "s")  # its loop raised and nothing came after: that error ended it
+    assert (run.status, run.error) == ("crashed", "RuntimeError: out of memory"), stopped[-2000:]
 
 
 def test_compare_reads_each_run_log_it_is_given_even_two_in_one_folder(three_runs, fresh_server, read_window,
