@@ -418,6 +418,11 @@ class Monitor:
         return self._resumable.batches(self, loader)
 
     @property
+    def in_epochs(self) -> bool:
+        """Whether the loop is inside an epoch of a ``monitor.epochs`` loop."""
+        return self._epoch_open
+
+    @property
     def in_batches(self) -> bool:
         """Whether the loop is inside a ``monitor.batches`` loop, with batches still to come."""
         return self._resumable.iterating > 0

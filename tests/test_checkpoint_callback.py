@@ -640,27 +640,35 @@ def test_a_job_killed_twice_between_a_file_and_its_pointer_still_resumes(tmp_pat
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*.pt")) == [checkpoint_name(8)]
 
 
-@pytest.mark.parametrize("loop", ["monitor.batches", "its own"])
-def test_a_resumed_run_whose_loop_takes_its_own_batches_is_told_it_starts_over(tmp_path, caplog, loop):
+@pytest.mark.parametrize("loop, every, told", [
+    ("monitor.epochs and monitor.batches", "steps", None),
+    ("monitor.epochs, its own batches", "steps", "continues from step 3 (epoch 0, 3 batches done), but its loop "
+                                                 "takes its own batches"),
+    ("monitor.epochs, its own batches", "epochs", None),  # from an epoch's end: the next begins as it would
+    ("its own epochs and batches", "steps", "continues from step 3 (epoch 0, 3 batches done), but its loop takes "
+                                            "its own epochs and batches")])
+def test_a_resumed_run_whose_loop_takes_its_own_batches_is_told_it_trains_on_them_again(tmp_path, caplog, loop,
+                                                                                         every, told):
     def job(crash_at: int | None) -> None:
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 1)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        with Monitor([Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)], sink=NullSink(),
-                     raise_errors=True) as monitor:
+        checkpoint = Checkpoint(tmp_path / "ckpt", resume=True, **{f"every_{every}": 1})
+        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
             monitor.train_start(model, optimizer)
-            for _ in monitor.batches(range(6)) if loop == "monitor.batches" else range(6):
-                model(torch.ones(2, 3)).sum().backward()
-                monitor.after_backward()
-                optimizer.step()
-                optimizer.zero_grad()
-                monitor.step_end()
-                if monitor.state.step == crash_at:
-                    raise KeyboardInterrupt
+            for _ in monitor.epochs(2) if loop.startswith("monitor.epochs") else range(2):
+                for _ in monitor.batches(range(4)) if loop.endswith("monitor.batches") else range(4):
+                    model(torch.ones(2, 3)).sum().backward()
+                    monitor.after_backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    monitor.step_end()
+                    if monitor.state.step == crash_at:
+                        raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        job(crash_at=3)
+        job(crash_at=3 if every == "steps" else 5)  # mid-epoch; in epoch 1, after epoch 0's checkpoint
     with caplog.at_level("WARNING", logger="monitor"):
         job(crash_at=None)
-    told = [r.getMessage() for r in caplog.records if "does not take its batches" in r.getMessage()]
-    assert len(told) == (loop == "its own") and all("continues from step 3 (epoch 0)" in t for t in told)
+    said = [r.getMessage() for r in caplog.records if "iterate monitor.epochs(n)" in r.getMessage()]
+    assert said == [] if told is None else len(said) == 1 and told in said[0], said

@@ -200,12 +200,13 @@ class Checkpoint(Callback):
         self._epoch_done = False
         if self._check_loop:
             self._check_loop = False
-            if not self._monitor.in_batches:
-                _log.warning("monitor: the run continues from step %d (epoch %d), but its loop does not take its "
-                             "batches through monitor.batches(loader): unless it skips those done itself "
-                             "(checkpoint.start), it trains on them again, from its own first epoch and batch; "
+            monitor = self._monitor
+            if not monitor.in_batches and (self.start.skip_batches or not monitor.in_epochs):
+                _log.warning("monitor: the run continues from step %d (epoch %d, %d batches done), but its loop takes "
+                             "%s: unless it skips what was done itself (checkpoint.start), it trains on it again; "
                              "iterate monitor.epochs(n) and monitor.batches(loader) to go on where it left off",
-                             self.start.step, self.start.epoch)
+                             self.start.step, self.start.epoch, self.start.skip_batches,
+                             "its own batches" if monitor.in_epochs else "its own epochs and batches")
         if self.metric_from == "step":
             self._note_metric(state.metrics, state.loss)
         if self.every_steps and state.step % self.every_steps == 0:
