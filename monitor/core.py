@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 import torch
 
 from monitor import checks
-from monitor.distributed import rank_and_world_size, refuse_before_init
+from monitor.distributed import rank_and_world_size, warn_before_init
 from monitor.log import Log, NullSink, Sink
 from monitor.records import RunEnd, ending_of, exit_error, interactive
 from monitor.reports import Reports
@@ -205,7 +205,7 @@ class Monitor:
             ("server", server), ("port", port), ("username", username), ("password", password),
             ("run_dir", run_dir), ("flush_every", flush_every), ("points_per_trace", points_per_trace),
             ("timeout", timeout), ("rewind_to", rewind_to)) if value is not None}
-        refuse_before_init("Monitor")
+        warn_before_init("Monitor")
         self.rank, self.world_size = rank_and_world_size()
         continued = [p for c in self.callbacks if (p := c.continues_run()) is not None]
         if continued and rewind_to is None and sink is None:

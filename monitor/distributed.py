@@ -10,6 +10,7 @@ process (or no process group initialised) nothing here talks to anybody.
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import pickle
@@ -22,6 +23,7 @@ import torch.distributed as dist
 from monitor.checks import is_scalar
 
 T = TypeVar("T")
+_log = logging.getLogger("monitor")
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -39,14 +41,15 @@ def launched_rank() -> int:
     return int(rank) if rank.isdigit() else 0
 
 
-def refuse_before_init(what: str) -> None:
-    """Raises where a launcher (torchrun) started several processes and ``what`` is made before
-    ``init_process_group``: each would take itself for rank 0 of 1 and claim the same run."""
+def warn_before_init(what: str) -> None:
+    """Warns where a launcher (torchrun) started several processes and ``what`` is made while
+    torch.distributed is not initialized: each process takes itself for the only one."""
     world = os.environ.get("WORLD_SIZE", "1")
     if world.isdigit() and int(world) > 1 and not (dist.is_available() and dist.is_initialized()):
-        raise RuntimeError(f"{what} must be made after torch.distributed.init_process_group in a job of "
-                           f"{world} processes (WORLD_SIZE={world}, RANK={os.environ.get('RANK', '?')} set by "
-                           f"its launcher), so that it knows its rank and rank 0 alone writes: move it after")
+        _log.warning("monitor: %s made while torch.distributed is not initialized, in a job of %s processes "
+                     "(WORLD_SIZE=%s, RANK=%s from its launcher): it takes itself for the only process. In a DDP "
+                     "job make it after init_process_group (one dashboard, rank 0's); processes that train apart "
+                     "need an env each", what, world, world, os.environ.get("RANK", "?"))
 
 
 def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
