@@ -10,6 +10,7 @@ process (or no process group initialised) nothing here talks to anybody.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -70,7 +71,7 @@ def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
     slots = [_as_scalar(values[name], device) for name in names]
     # The names' checksum c and c * c join the sum: sum(c)^2 == world * sum(c^2) only where
     # every rank's c is the same (Cauchy-Schwarz), so names that differ never average silently.
-    check = float(zlib.crc32("\0".join(names).encode()) % (1 << 16))  # sums exact in float64 up to 1,000 ranks
+    check = _checksum(tuple(names))
     filled = [math.nan if s is None else s for s in slots] + [check, check * check]
     stacked = torch.stack([torch.full((), v, dtype=torch.float64, device=device) if isinstance(v, float) else v
                            for v in filled])
@@ -86,6 +87,12 @@ def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
     else:  # a device's is never read here: names that differ make the means NaN, shown as gaps
         means = torch.where(alike, stacked[:-2] / world, math.nan)
     return {name: values[name] if slot is None else mean for name, slot, mean in zip(names, slots, means.unbind())}
+
+
+@functools.lru_cache(maxsize=64)
+def _checksum(names: tuple[str, ...]) -> float:
+    """The names as a number below 2**16: the sums of it and its square stay exact in float64 up to 1,000 ranks."""
+    return float(zlib.crc32("\0".join(names).encode()) % (1 << 16))
 
 
 def gather_on_main(value: Any) -> list[Any] | None:
@@ -143,4 +150,4 @@ def _as_scalar(value: Any, device: torch.device) -> torch.Tensor | None:
         return None
     if isinstance(value, torch.Tensor):
         return value.detach().reshape(()).to(device=device, dtype=torch.float64)
-    return torch.tensor(float(value), dtype=torch.float64, device=device)
+    return torch.full((), float(value), dtype=torch.float64, device=device)  # a fill: no copy from the host to wait on
