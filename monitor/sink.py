@@ -103,7 +103,7 @@ class VisdomSink:
         self.windows = Windows(points_per_trace, run_dir=self.run_dir)
         if rewind_to is not None:
             checks.integer("rewind_to", rewind_to, minimum=0)
-        replace_earlier(self.run_dir)
+        replace_earlier(self.run_dir, continues=rewind_to is not None)
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
         self.pid = pid or os.getpid()
@@ -119,7 +119,7 @@ class VisdomSink:
         self._queue: deque = deque()  # append and popleft are atomic: no lock, no wake-up
         self._wake = threading.Event()
         self._closed = False
-        self.replaced = False  # closed by a newer sink of its run folder in this process (a notebook cell run again)
+        self.replaced: str | None = None  # "continued" or "set aside" by a newer sink of its run folder in this process
         self.ending: RunEnd | None = None  # how its run ended, once at train_end: what replacing it records
         self._stopping = False
         self.missing_from_runlog = 0  # records the run log could not take (a full disk)
@@ -248,12 +248,19 @@ class VisdomSink:
                                               f"written to {self.runlog.path} (a full disk?)" +
                               ("" if delivered else f"; some did not reach {self.connection.url} either"))
         elif not delivered:
-            # A replaced run's log is set aside by the run that replaced it, under its run id.
-            kept = self.folder.path / RunDir.EARLIER / f"{self.run_id}.jsonl" if self.replaced else self.runlog.path
             self.reports.once("close", f"some windows of env {self.env!r} did not reach {self.connection.url}; "
-                                       f"everything is in {kept} - send it later with "
-                                       f"`monitor replay {kept}{self.connection.cli_options}`")
+                                       + self._where_to_replay())
         return delivered
+
+    def _where_to_replay(self) -> str:
+        if self.replaced == "continued":
+            return "the newer monitor of the env continues this run from its checkpoint, and sends it"
+        if self.replaced:  # set aside by the run that replaced it, under its run id: replayed into an env apart
+            kept = self.folder.path / RunDir.EARLIER / f"{self.run_id}.jsonl"
+            return (f"everything is in {kept} - send it later with `monitor replay {kept} --env "
+                    f"{self.env}-{self.run_id[:8]}{self.connection.cli_options}`")
+        return (f"everything is in {self.runlog.path} - send it later with "
+                f"`monitor replay {self.runlog.path}{self.connection.cli_options}`")
 
     def _join(self, timeout: float | None) -> None:
         """Waits for the worker to end (the run folder is free then)."""
@@ -387,16 +394,17 @@ def default_env() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def replace_earlier(run_dir: Path) -> None:
+def replace_earlier(run_dir: Path, continues: bool = False) -> None:
     """A notebook cell run again: the previous sink of ``run_dir`` in this process ends (an open
-    SummaryWriter's is not: refused)."""
+    SummaryWriter's is not: refused); the newer one ``continues`` its run (a resume) or sets its
+    log aside."""
     if (writers := sys.modules.get("monitor.writer")) is not None:  # none without the module
         writers.refuse_to_replace(run_dir)
     for other in list(open_sinks):
         if other.run_dir.resolve() == run_dir.resolve():
             _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
             other.put(other.ending or RunEnd("interrupted", "a newer run of its env in this process replaced it"))
-            other.replaced = True
+            other.replaced = "continued" if continues else "set aside"
             other.close(timeout=2.0)
             other._join(5.0)  # its last request (at most the close's 2 s) and the folder's lock
 

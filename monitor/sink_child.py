@@ -98,7 +98,7 @@ def main() -> None:
                 sink.put(RECORDS[record[0]]._make(record[1:]))
             continue
         if message[0] == "replaced":  # a newer run of the env in the training process: it sets this log aside
-            sink.replaced = True
+            sink.replaced = message[1]
             continue
         _, number, kind, timeout = message
         if kind != "close":

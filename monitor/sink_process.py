@@ -117,7 +117,7 @@ class SinkProcess:
         self._lock = threading.Lock()
         self._closed = False
         self._closing: _Request | None = None
-        self.replaced = False  # closed by a newer sink of its run folder in this process (a notebook cell run again)
+        self.replaced: str | None = None  # "continued" or "set aside" by a newer sink of its run folder in this process
         self.ending: RunEnd | None = None  # how its run ended, once at train_end: what replacing it records
         self._forked = False  # a forked child's copy: closed, its forwarder stayed in the parent
         self._asked: dict[int, _Request] = {}  # sent to the child, not answered yet, by number
@@ -126,7 +126,7 @@ class SinkProcess:
         self._broken = False  # the child ended without being asked to
         self._fell_back = False
         self._local: VisdomSink | None = None
-        replace_earlier(self.run_dir)
+        replace_earlier(self.run_dir, continues=self._options.get("rewind_to") is not None)
         self._child = self._start()
         if self._child is None:
             self._local = VisdomSink(**self._options)
@@ -338,7 +338,7 @@ class SinkProcess:
             self._asked[number] = request
             try:
                 if request.kind == "close" and self.replaced:
-                    pipe.send(self._child.stdin, ("replaced",))
+                    pipe.send(self._child.stdin, ("replaced", self.replaced))
                 pipe.send(self._child.stdin, ("ask", number, request.kind, request.timeout))
                 if request.kind == "close":
                     _let_go(self._child.stdin)  # the child exits once it answered

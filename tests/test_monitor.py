@@ -211,7 +211,7 @@ def test_a_monitor_or_writer_sent_to_another_process_is_refused_saying_where_to_
     from monitor import Monitor, SummaryWriter
     logger = Monitor([Scalars()], env="sent", run_dir=tmp_path, port=1, timeout=0.2) if kind == "Monitor" \
         else SummaryWriter(tmp_path / "sent", port=1, timeout=0.2)
-    expected = r"sink \(env 'sent'\) cannot be pickled or copied.*inside the function torch.multiprocessing.spawn runs"
+    expected = r"sink \(env 'sent( \(\d\))?'\) cannot be pickled or copied.*inside the function torch.multiprocessing.spawn runs"  # (2): a log_dir apart
     try:
         with pytest.raises(TypeError, match=expected):
             if how == "mp.spawn":
@@ -250,4 +250,5 @@ def test_a_run_replaced_while_the_dashboard_is_down_names_where_its_log_is_kept(
         new.close(timeout=0.5)
     kept = tmp_path / "runs" / "earlier" / f"{old.sink.run_id}.jsonl"
     hints = [r.getMessage() for r in caplog.records if "monitor replay" in r.getMessage()]
-    assert kept.exists() and any(f"monitor replay {kept} --port {options['port']}`" in hint for hint in hints), hints
+    replay = f"monitor replay {kept} --env replaced-offline-{old.sink.run_id[:8]} --port {options['port']}"
+    assert kept.exists() and any(f"{replay}`" in hint for hint in hints), hints
