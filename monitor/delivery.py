@@ -97,7 +97,11 @@ class Delivery:
             for name in sorted(self._stale):
                 self._close(name, limit)
                 self._stale.discard(name)
-            for window in self._placed_in_order(limit):
+            changed = self._placed_in_order(limit)
+            if not force:  # new panes in page order; then the update due longest: each window gets its turn
+                changed = [w for w in changed if not w.sent] + sorted(
+                    (w for w in changed if w.sent), key=lambda w: self._due.get(w.name, 0.0))
+            for window in changed:
                 if not force and window.sent and now < self._due.get(window.name, 0.0):
                     continue  # paced: its latest state goes out when its turn comes
                 if sent and not force and window.sent:

@@ -35,3 +35,27 @@ def test_a_large_window_waits_in_proportion_to_its_size_while_small_ones_keep_th
         logged = expected.by_name[name].message("pacing")[1]["data"]
         assert [(t["name"], t["x"], t["y"]) for t in sent] == [(t["name"], t["x"], t["y"]) for t in logged]
         assert sent[0]["x"][-1] == 300
+
+
+def test_every_window_of_many_changing_every_step_gets_its_turn_between_flushes(visdom_server, connect_client,
+                                                                                   tmp_path):
+    # Sends go one window at a time, SPREAD apart: taken in page order, the first four windows
+    # were due again before the fifth's turn came, and the others froze until a flush.
+    import time
+
+    sink = VisdomSink("turns", port=visdom_server.port, run_dir=tmp_path / "run")  # sends every 0.5 s
+    log = Log(sink)
+    names = [f"metric {i}" for i in range(10)]
+    began, step, logged_at = time.monotonic(), 0, {}
+    while time.monotonic() - began < 8:
+        step += 1
+        for name in names:
+            log.scalar(name, "train", step, float(step))
+        logged_at[step] = time.monotonic()
+        time.sleep(0.02)
+    shown = json.loads(connect_client(visdom_server).get_window_data(None, "turns"))  # before any flush
+    sink.close(timeout=30)
+    recent = max(s for s, t in logged_at.items() if t <= logged_at[step] - 4)  # logged 4 s before the end
+    last = {name: (json.loads(shown[name]) if isinstance(shown[name], str) else shown[name])
+            ["content"]["data"][-1]["x"][-1] for name in names}
+    assert all(x >= recent for x in last.values()), (recent, last)
