@@ -360,6 +360,7 @@ class Monitor:
             self.epoch_end()
         self._fire("on_train_end")
         self._started = False
+        self.sink.put(self._ending)  # said now: a notebook idle after training, or killed, reads finished
         if hasattr(self.sink, "ending"):  # a notebook's setup cell run again after this: a run that finished
             self.sink.ending = self._ending
 
@@ -636,11 +637,17 @@ def _how_it_ended(monitor: Monitor) -> BaseException | None:
 
 
 def _close_unclosed() -> None:
-    for monitor in list(_unclosed):
+    monitors = list(_unclosed)
+    for monitor in monitors:  # every run's end queued first: closing one may wait on a slow dashboard
         if not monitor._failed:  # how the script ended, if an exception did
             monitor._ending = ending_of(_how_it_ended(monitor))
+        monitor._ended = True
+        _unclosed.discard(monitor)
+        monitor._dropped.detach()
+        monitor.sink.put(monitor._ending)
+    for monitor in monitors:
         try:
-            monitor._close(timeout=2.0)  # no train_end: the loop may have stopped half-way through a step
+            monitor.sink.close(timeout=2.0)  # no train_end: the loop may have stopped half-way through a step
         except Exception:  # the interpreter is going: nothing to raise into
             pass
 

@@ -133,7 +133,7 @@ def described(run: str | os.PathLike) -> Run:
         raise NoRunYet(f"{log} has no run header")
     run_dir = RunDir(folder)
     current = log.name == RunLog.FILENAME  # not an earlier run's log, set aside by a newer run of its env
-    if current and run_dir.is_live() and not run_dir.training_ended():  # a killed run's sink may still be sending
+    if current and end is None and run_dir.is_live() and not run_dir.training_ended():  # a killed run's sink sends on
         status = "running"
     else:
         status = end["status"] if end is not None else "killed"

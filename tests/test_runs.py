@@ -328,6 +328,23 @@ def test_an_interactive_session_s_last_error_ends_a_run_only_where_it_stopped_it
     assert (run.status, run.error) == ("crashed", "RuntimeError: out of memory"), stopped[-2000:]
 
 
+def test_a_run_reads_finished_from_its_train_end_while_its_process_lives_on(visdom_server, tmp_path):
+    from monitor.runs import described
+    monitor = Monitor([Scalars()], env="idle", run_dir=tmp_path / "idle", port=visdom_server.port)
+    monitor.train_start()
+    monitor.step_end(loss=0.5)
+    monitor.flush()
+    assert described(tmp_path / "idle").status == "running"
+    monitor.train_end()  # a notebook's kernel idle after training, or killed then
+    monitor.flush()
+    assert (described(tmp_path / "idle").status, described(tmp_path / "idle").steps) == ("finished", 1)
+    monitor.step_end(loss=0.4)  # trained on: running again until it ends
+    monitor.flush()
+    assert described(tmp_path / "idle").status == "running"
+    monitor.close()
+    assert described(tmp_path / "idle").status == "finished"
+
+
 def test_compare_reads_each_run_log_it_is_given_even_two_in_one_folder(three_runs, fresh_server, read_window,
                                                                        tmp_path):
     import shutil
