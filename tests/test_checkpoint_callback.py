@@ -672,3 +672,22 @@ def test_a_resumed_run_whose_loop_takes_its_own_batches_is_told_it_trains_on_the
         job(crash_at=None)
     said = [r.getMessage() for r in caplog.records if "iterate monitor.epochs(n)" in r.getMessage()]
     assert said == [] if told is None else len(said) == 1 and told in said[0], said
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_is_an_interrupt_not_a_failed_write(tmp_path, monkeypatch):
+    import monitor.callbacks.checkpoint as callback
+
+    def interrupted(path, checkpoint):  # torch's zip writer fails on its own while the interrupt unwinds it
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7808 vs 7760")
+
+    monkeypatch.setattr(callback, "save_checkpoint", interrupted)
+    model = torch.nn.Linear(3, 1)
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=1)], sink=NullSink(), raise_errors=True)
+    with pytest.raises(KeyboardInterrupt):
+        with monitor:
+            monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            monitor.step_end()
+    assert monitor._ending.status == "interrupted"

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 
@@ -378,7 +378,10 @@ class Checkpoint(Callback):
                 extras=self._extras())
             save_checkpoint(path, checkpoint)
         except Exception as error:
-            cause = _os_error_in(error) or error  # a full disk shows as torch's own error around it
+            interrupt = _raised_in(error, KeyboardInterrupt)
+            if interrupt is not None:  # Ctrl-C in torch's zip writer, which then failed on its own
+                raise interrupt from None
+            cause = _raised_in(error, OSError) or error  # a full disk shows as torch's own error around it
             raise CheckpointWriteError(f"checkpoint {path} could not be written: {type(cause).__name__}: "
                                        f"{cause}") from error
         self._pointer = (path, checkpoint["run"]["env"], last, best, kept)
@@ -402,7 +405,7 @@ class Checkpoint(Callback):
             write_manifest(self.directory, run_id=self.run_id, latest=path.name, env=env,
                            metric={"name": self.metric, "mode": self.mode}, last=last, best=best, records=kept)
         except Exception as error:
-            cause = _os_error_in(error) or error
+            cause = _raised_in(error, OSError) or error
             raise CheckpointWriteError(f"{self.directory / MANIFEST} could not be written to point at {path}: "
                                        f"{type(cause).__name__}: {cause}") from error
         prune(self.directory, {r["file"] for r in kept})
@@ -544,11 +547,15 @@ def _optimizers(state: LoopState) -> Any:
     return state.optimizers if len(state.optimizers) > 1 else state.optimizer
 
 
-def _os_error_in(error: BaseException) -> OSError | None:
-    """The OSError (a full disk, a read-only folder) an error was raised from or while handling."""
+E = TypeVar("E", bound=BaseException)
+
+
+def _raised_in(error: BaseException, kind: type[E]) -> E | None:
+    """The error of ``kind`` (an OSError: a full disk, a read-only folder) that ``error`` was raised
+    from or while handling, or is."""
     seen = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, OSError):
+        if isinstance(error, kind):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
