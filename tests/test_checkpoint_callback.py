@@ -691,3 +691,22 @@ def test_ctrl_c_while_a_checkpoint_is_written_is_an_interrupt_not_a_failed_write
             monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
             monitor.step_end()
     assert monitor._ending.status == "interrupted"
+
+
+def test_a_stop_signal_in_a_jupyter_kernel_leaves_the_next_one_to_end_it(tmp_path, monkeypatch):
+    # IPython catches the SystemExit(75) of a cell: the kernel lives on, and must not go on ignoring SIGTERM.
+    import os
+    import signal
+    import monitor.callbacks.checkpoint as callback
+
+    monkeypatch.setattr(callback, "interactive", lambda: True)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    model = torch.nn.Linear(3, 1)
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=5, resume=True)], sink=NullSink(), raise_errors=True)
+    with pytest.raises(SystemExit) as stopped:
+        with monitor:
+            monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by the Checkpoint: saved at this step's end
+            monitor.step_end()
+    assert stopped.value.code == 75 and (tmp_path / "ckpt" / "step-000000001.pt").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

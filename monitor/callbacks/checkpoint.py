@@ -21,6 +21,7 @@ from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers,
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
 from monitor.log import Log
+from monitor.records import interactive
 from monitor.rundir import FolderLock
 from monitor.checkpoint.rng import capture_rng
 
@@ -484,7 +485,8 @@ class Checkpoint(Callback):
         self._monitor.at_next_batch(None)
         self._point_at_written()
         self._monitor.flush(timeout=2.0)  # a scheduler's grace period is short; the run log has it all
-        self._release_signals(exiting=True)
+        # A Jupyter kernel catches the SystemExit and lives on: the next stop signal must end it.
+        self._release_signals(exiting=not interactive())
         _log.warning("monitor: %s: checkpoint of step %d saved in %s; exiting with status %d to be run again",
                      name, self._last_saved[0], self.directory, REQUEUE_EXIT_STATUS)
         stop = SystemExit(REQUEUE_EXIT_STATUS)
