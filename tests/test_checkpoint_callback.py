@@ -563,6 +563,18 @@ def test_a_trial_that_exited_for_requeue_in_a_process_that_goes_on_leaves_the_ne
             signal.signal(number, handler)
 
 
+def _step(monitor: Monitor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, inputs: torch.Tensor,
+          crash_at: int | None = None) -> None:
+    """One step as a loop writes it; a KeyboardInterrupt (the job killed) after step ``crash_at``."""
+    model(inputs).square().mean().backward()
+    monitor.after_backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    monitor.step_end()
+    if monitor.state.step == crash_at:
+        raise KeyboardInterrupt
+
+
 def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_resumes_so(tmp_path):
     def job(crash_at: int | None) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
         torch.manual_seed(0)
@@ -581,13 +593,7 @@ def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_res
                     unfreeze()
                 for _ in monitor.batches(range(3)):
                     torch.manual_seed(monitor.state.step)
-                    model(torch.randn(5, 4)).square().mean().backward()
-                    monitor.after_backward()
-                    optimizer.step()
-                    optimizer.zero_grad()
-                    monitor.step_end()
-                    if monitor.state.step == crash_at:
-                        raise KeyboardInterrupt
+                    _step(monitor, model, optimizer, torch.randn(5, 4), crash_at)
         return model, optimizer, checkpoint.start.step
 
     with pytest.raises(KeyboardInterrupt):
@@ -624,11 +630,7 @@ def test_a_job_killed_twice_between_a_file_and_its_pointer_still_resumes(tmp_pat
         with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
             monitor.train_start(model, optimizer)
             for _ in monitor.batches(range(8)):
-                model(torch.ones(4, 3)).sum().backward()
-                monitor.after_backward()
-                optimizer.step()
-                optimizer.zero_grad()
-                monitor.step_end()
+                _step(monitor, model, optimizer, torch.ones(4, 3))
         return checkpoint.start.step
 
     for step in (2, 4):
@@ -658,13 +660,7 @@ def test_a_resumed_run_whose_loop_takes_its_own_batches_is_told_it_trains_on_the
             monitor.train_start(model, optimizer)
             for _ in monitor.epochs(2) if loop.startswith("monitor.epochs") else range(2):
                 for _ in monitor.batches(range(4)) if loop.endswith("monitor.batches") else range(4):
-                    model(torch.ones(2, 3)).sum().backward()
-                    monitor.after_backward()
-                    optimizer.step()
-                    optimizer.zero_grad()
-                    monitor.step_end()
-                    if monitor.state.step == crash_at:
-                        raise KeyboardInterrupt
+                    _step(monitor, model, optimizer, torch.ones(2, 3), crash_at)
 
     with pytest.raises(KeyboardInterrupt):
         job(crash_at=3 if every == "steps" else 5)  # mid-epoch; in epoch 1, after epoch 0's checkpoint

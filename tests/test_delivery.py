@@ -42,7 +42,16 @@ def test_panes_come_in_the_order_a_person_reads_a_run(visdom_server, connect_cli
 
 
 def test_a_window_that_comes_later_still_takes_its_place_on_the_page(visdom_server, connect_client, read_window,
-                                                                      tmp_path):
+                                                                      monkeypatch, tmp_path):
+    # Placed before "learning rate", "loss" has it closed and created again REOPEN later. A flush
+    # waits for that, not for a page's late close of it too (the heartbeat after the flush checks);
+    # a close, with no heartbeat after it, waits for both.
+    from monitor.delivery import Delivery
+
+    settled = []
+    verify = Delivery._verify_reopened
+    monkeypatch.setattr(Delivery, "_verify_reopened",
+                        lambda self, limit, settle=False: (settled.append(settle), verify(self, limit, settle))[1])
     sink = VisdomSink("late-window", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
     log = Log(sink)
     log.window("learning rate", order=30)
@@ -50,33 +59,14 @@ def test_a_window_that_comes_later_still_takes_its_place_on_the_page(visdom_serv
     assert sink.flush(timeout=10)
     log.window("loss", order=10)
     log.scalar("loss", "train", 1, 2.0)
-    log.scalar("learning rate", "lr", 2, 0.05)
-    assert sink.close(timeout=10)
-    assert env_windows(visdom_server, "late-window", connect_client) == ["loss", "learning rate"]
-    assert read_window(visdom_server, "late-window", "learning rate") == {"lr": ([1, 2], [0.1, 0.05])}
-
-
-def test_a_flush_waits_for_a_window_created_again_but_only_a_close_for_the_page_s_late_close(
-        visdom_server, connect_client, monkeypatch, tmp_path):
-    # A flush every step met a new window placed before sent ones and waited REOPEN twice (2 s):
-    # for the window to be created again, then for a page's late close; the heartbeat that
-    # follows a flush checks the latter, a close has none after it.
-    from monitor.delivery import Delivery
-
-    settled = []
-    verify = Delivery._verify_reopened
-    monkeypatch.setattr(Delivery, "_verify_reopened",
-                        lambda self, limit, settle=False: (settled.append(settle), verify(self, limit, settle))[1])
-    sink = VisdomSink("flush-reorder", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
-    log = Log(sink)
-    log.window("learning rate", order=30)
-    log.scalar("learning rate", "lr", 1, 0.1)
-    assert sink.flush(timeout=10)
-    log.window("loss", order=10)
-    log.scalar("loss", "train", 1, 2.0)
     assert sink.flush(timeout=10) and True not in settled
-    assert env_windows(visdom_server, "flush-reorder", connect_client) == ["loss", "learning rate"]
+    assert env_windows(visdom_server, "late-window", connect_client) == ["loss", "learning rate"]
+    log.scalar("learning rate", "lr", 2, 0.05)
+    log.window("epoch time", order=5)  # before both
+    log.scalar("epoch time", "train", 1, 3.0)
     assert sink.close(timeout=10) and settled[-1] is True
+    assert env_windows(visdom_server, "late-window", connect_client) == ["epoch time", "loss", "learning rate"]
+    assert read_window(visdom_server, "late-window", "learning rate") == {"lr": ([1, 2], [0.1, 0.05])}
 
 
 def test_a_window_created_again_survives_the_page_s_late_close(visdom_server, connect_client, read_window,
