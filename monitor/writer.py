@@ -136,7 +136,8 @@ class SummaryWriter:
         """One point: window and trace from ``tag`` (``Loss/train``: window ``Loss``, trace ``train``)."""
         window, trace = split_tag(tag)
         value = _number(scalar_value, "scalar_value")
-        if self._curves.setdefault((window, trace), tag) != tag:  # add_scalars draws it: a window of its own
+        if window != tag and (self._kinds.get(tag) == "scalars"  # drawn apart before (a requeued script)
+                              or self._curves.setdefault((window, trace), tag) != tag):  # add_scalars draws it
             window = tag
         window = self._lay_out(window, "scalars", Order.METRICS, **self._scalar_opts)
         x = self._step(tag, global_step)
@@ -151,10 +152,10 @@ class SummaryWriter:
         if not isinstance(tag_scalar_dict, Mapping):
             raise TypeError(f"tag_scalar_dict must be a dict of name to number, got {type(tag_scalar_dict).__name__}")
         values = {_window_name(str(k)): _number(v, f"tag_scalar_dict[{k!r}]") for k, v in tag_scalar_dict.items()}
-        drawn = f"{main_tag}\0"  # TensorBoard keeps add_scalar("Loss/train") and add_scalars("Loss", {"train":})
-        clash = [key for key in values if self._curves.setdefault((main_tag, key), drawn) != drawn]
-        window = self._lay_out(f"{main_tag} (scalars)" if clash else main_tag, "scalars", Order.METRICS,
-                               **self._scalar_opts)
+        drawn, apart = f"{main_tag}\0", f"{main_tag} (scalars)"  # TensorBoard keeps add_scalar("Loss/train")
+        clash = self._kinds.get(apart) == "scalars" or any(  # and add_scalars("Loss", {"train": ...}) apart
+            [self._curves.setdefault((main_tag, key), drawn) != drawn for key in values])
+        window = self._lay_out(apart if clash else main_tag, "scalars", Order.METRICS, **self._scalar_opts)
         x = self._step(main_tag, global_step)
         self.log.scalars(window, x, values)
         for key, value in values.items() if self._charts else ():  # TensorBoard's run of each key

@@ -355,12 +355,17 @@ def test_a_tag_s_curve_and_add_scalars_of_the_same_name_keep_curves_of_their_own
             for step in range(3):
                 writer.add_scalar("Loss/train", 1.0 - step / 10, epoch * 3 + step)
     steps = [(step, pytest.approx(1.0 - step % 3 / 10)) for step in range(6)]
+    with SummaryWriter(tmp_path / "run", port=1, timeout=0.2) as writer:  # requeued: the other call comes first
+        if first == "add_scalar":
+            writer.add_scalars("Loss", {"train": 0.3, "val": 0.4}, 2)
+        writer.add_scalar("Loss/train", 0.7, 6)
+        writer.add_scalars("Loss", {"train": 0.3, "val": 0.4}, 2)
     if first == "add_scalar":  # the tag's curve came first: window Loss is its
-        assert _points(tmp_path / "run", "Loss", "train") == steps
-        assert _points(tmp_path / "run", "Loss (scalars)", "val") == [(1, pytest.approx(0.5))]
+        assert _points(tmp_path / "run", "Loss", "train") == steps + [(6, 0.7)]
+        assert _points(tmp_path / "run", "Loss (scalars)", "val") == [(1, pytest.approx(0.5)), (2, 0.4), (2, 0.4)]
     else:
-        assert _points(tmp_path / "run", "Loss", "val") == [(0, 0.6), (1, pytest.approx(0.5))]
-        assert _points(tmp_path / "run", "Loss/train", "train") == steps
+        assert _points(tmp_path / "run", "Loss", "val") == [(0, 0.6), (1, pytest.approx(0.5)), (2, 0.4)]
+        assert _points(tmp_path / "run", "Loss/train", "train") == steps + [(6, 0.7)]
 
 
 def test_steps_left_out_count_per_tag_and_a_monitor_shares_its_env(visdom_server, tmp_path, read_window):
