@@ -458,19 +458,22 @@ class Monitor:
         return delivered
 
     def _refuse_if_closed(self) -> None:
-        if self._ended or getattr(self.sink, "replaced", False):
-            why = ("a newer Monitor of its env in this process replaced it"
-                   if getattr(self.sink, "replaced", False) else "it was closed")
+        replaced = getattr(self.sink, "replaced", None)
+        if self._ended or replaced:
+            why = "a newer Monitor of its env in this process replaced it" if replaced else "it was closed"
             raise RuntimeError(f"this Monitor of env {self.sink.env!r} cannot log any more, {why}: what it logged "
                                f"now would be dropped; build a new Monitor for each run (each `with` block)")
 
     def _close(self, timeout: float | None) -> bool:
+        self._put_end()
+        return self.sink.close(timeout)
+
+    def _put_end(self) -> None:
         if not self._ended:  # the run log says how the run ended (a killed run says nothing)
             self._ended = True
             _unclosed.discard(self)
             self._dropped.detach()
             self.sink.put(self._ending)
-        return self.sink.close(timeout)
 
     @property
     def _ending(self) -> RunEnd:
@@ -624,9 +627,12 @@ def _note_errors_shown() -> None:
     sys.excepthook = shown
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None and hasattr(ipython, "get_ipython") else None
+    def ran(result: Any) -> None:
+        if result.error_in_exec is not None:
+            note(result.error_in_exec)
+
     if shell is not None:  # IPython and Jupyter show them themselves
-        shell.events.register("post_run_cell", lambda result: result.error_in_exec is not None and
-                              note(result.error_in_exec))
+        shell.events.register("post_run_cell", ran)
 
 
 def _how_it_ended(monitor: Monitor) -> BaseException | None:
@@ -641,10 +647,7 @@ def _close_unclosed() -> None:
     for monitor in monitors:  # every run's end queued first: closing one may wait on a slow dashboard
         if not monitor._failed:  # how the script ended, if an exception did
             monitor._ending = ending_of(_how_it_ended(monitor))
-        monitor._ended = True
-        _unclosed.discard(monitor)
-        monitor._dropped.detach()
-        monitor.sink.put(monitor._ending)
+        monitor._put_end()
     for monitor in monitors:
         try:
             monitor.sink.close(timeout=2.0)  # no train_end: the loop may have stopped half-way through a step

@@ -72,9 +72,8 @@ def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
     # The names' checksum c and c * c join the sum: sum(c)^2 == world * sum(c^2) only where
     # every rank's c is the same (Cauchy-Schwarz), so names that differ never average silently.
     check = _checksum(tuple(names))
-    filled = [math.nan if s is None else s for s in slots] + [check, check * check]
-    stacked = torch.stack([torch.full((), v, dtype=torch.float64, device=device) if isinstance(v, float) else v
-                           for v in filled])
+    stacked = torch.stack([_filled(math.nan, device) if s is None else s for s in slots]
+                          + [_filled(check, device), _filled(check * check, device)])
     dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
     world = dist.get_world_size()
     total, squares = stacked[-2], stacked[-1]
@@ -150,4 +149,9 @@ def _as_scalar(value: Any, device: torch.device) -> torch.Tensor | None:
         return None
     if isinstance(value, torch.Tensor):
         return value.detach().reshape(()).to(device=device, dtype=torch.float64)
-    return torch.full((), float(value), dtype=torch.float64, device=device)  # a fill: no copy from the host to wait on
+    return _filled(float(value), device)
+
+
+def _filled(value: float, device: torch.device) -> torch.Tensor:
+    """``value`` as a 0-d float64 tensor made on ``device``: a fill, no copy from the host to wait on."""
+    return torch.full((), value, dtype=torch.float64, device=device)

@@ -56,6 +56,11 @@ class Run(NamedTuple):
     checkpoints: int        # checkpoint files in its folder (not those of earlier runs, set aside)
     log: Path               # the run log it was read from (runlog.jsonl, or an earlier run's log)
 
+    @property
+    def place(self) -> Path:
+        """Where the run is: its folder, or an earlier run's log (set aside in ``earlier/``)."""
+        return self.path if self.log.name == RunLog.FILENAME else self.log
+
 
 def best_is_lowest(metric: str) -> bool:
     """Whether lower is better: losses and errors; anything else (accuracy, F1, ...) is best highest."""
@@ -176,13 +181,13 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
     (``first`` first, then the loss, the rest by name), hparams."""
     names = _shown_metrics(runs, metrics, first)
     shared = len({run.env for run in runs}) < len(runs)
-    places = [run.path if run.log.name == RunLog.FILENAME else run.log for run in runs]  # an earlier run: its log
-    common = Path(os.path.commonpath(places)) if shared else None
+    common = Path(os.path.commonpath([run.place for run in runs])) if shared else None
     head = ["env", *(["folder"] if shared else []), "status", "steps", "started", "size", "ckpts"] + \
         [f"{m} last (best)" for m in names] + ["hparams"]
     rows = [head]
-    for run, place in zip(runs, places):
+    for run in runs:
         status = f"{run.status}: {run.error[:40]}" if run.error else run.status
+        place = run.place
         folder = [place.relative_to(common).as_posix() if place != common else place.name] if common else []
         cells = [run.env, *folder, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
                  _size(run.size), str(run.checkpoints)]
