@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import pickle
 import select
@@ -37,7 +38,7 @@ from typing import Any, BinaryIO
 from monitor import checks, pipe
 from monitor.delivery import FlushTiming
 from monitor.entries import read, with_scalars_read
-from monitor.records import RunEnd
+from monitor.records import Points, RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
 from monitor.sink import (RECORDS, VisdomSink, default_env, not_a_record, not_sent_elsewhere, open_sinks,
@@ -50,9 +51,16 @@ _log = logging.getLogger("monitor")
 _POLL = 0.1  # seconds between the forwarder's looks at the queue (at once for flush, sync, close)
 _START = 300.0  # seconds a child may take to open the run (a resume reads the log); then the sink runs here
 _BACKLOG = 30.0  # seconds beyond its timeout a close waits for the child to write its backlog to the run log
-# Records cross the pipe as plain tuples, (kind, *fields): pickle reduces a NamedTuple through
-# Python (its __getnewargs__), several times a tuple's cost, on the forwarder's GIL time.
+# Records wait in the queue and cross the pipe as plain tuples, (kind, *fields). Pickle reduces a
+# NamedTuple through Python (its __getnewargs__), several times a tuple's cost, on the forwarder's
+# GIL time. And the garbage collector keeps tracking a NamedTuple however plain its fields, but
+# stops tracking a plain tuple of numbers and strings once it sees it: NamedTuples that waited
+# in the queue through a collection or two (a tenth of a second of records) were moved to the
+# oldest generation, and its full collections, over everything the process holds, came every
+# few hundred steps in a loop of many add_scalar calls (bench/README.md, "What the numbers say").
 _KIND = {kind: number for number, kind in enumerate(RECORDS)}
+_POINTS, _RUN_END = _KIND[Points], _KIND[RunEnd]
+_NAMES, _NUMBERS = {str}, {float, int}
 
 
 _pipe_ends: set[int] = set()  # this process's ends of the pipes to its sinks' processes, open
@@ -205,10 +213,13 @@ class SinkProcess:
 
     def put(self, record: Any) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
-        if not isinstance(record, RECORDS):
-            raise not_a_record(record)
+        kind = _KIND.get(type(record))
+        if kind is None:
+            if not isinstance(record, RECORDS):
+                raise not_a_record(record)
+            kind = _kind_of(record)
         if self._closed:
-            if isinstance(record, RunEnd):  # a run's end after its close, or in a fork: nothing to say
+            if kind == _RUN_END:  # a run's end after its close, or in a fork: nothing to say
                 return
             if self._forked:
                 self.reports.once("forked", f"a record was logged in a forked process (pid {os.getpid()}) and is "
@@ -218,7 +229,7 @@ class SinkProcess:
                     f": a newer monitor of env {self.env!r} in this process took its run folder"
                     if self.replaced else ""))
             return
-        self._queue.append(record)
+        self._queue.append((kind, *record))  # see _KIND
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Waits until everything put so far is in the run log and on the server (False if not
@@ -302,35 +313,45 @@ class SinkProcess:
         finally:
             open_sinks.discard(self)
 
-    def _read(self, records: list) -> list:
-        """The records with plain values; one that cannot be read is reported and left out."""
-        if self._local is not None:
-            return records  # the VisdomSink here reads them (and reports what it cannot read)
+    def _read(self, queued: list[tuple]) -> list[tuple]:
+        """The queued records with plain values; one that cannot be read is reported and left out.
+
+        Most are read already (a number logged on a CPU): they are handed on as they came.
+        """
+        if self._local is not None:  # the VisdomSink here reads them (and reports what it cannot read)
+            return queued
+        unread = [RECORDS[item[0]]._make(item[1:]) for item in queued if not _read_already(item)]
+        if not unread:
+            return queued
         try:
-            records = with_scalars_read(records)
+            unread = with_scalars_read(unread)
         except Exception:  # a device gone, say: each record is read (or reported) alone below
             pass
+        records = iter(unread)
         plain = []
-        for record in records:
+        for item in queued:
+            if _read_already(item):
+                plain.append(item)
+                continue
+            record = next(records)
             try:
-                plain.append(read(record))
+                plain.append((item[0], *read(record)))
             except Exception as error:  # a bad record must not stop the others
                 report_unreadable(self.reports, record, error)
         return plain
 
-    def _hand_on(self, records: list) -> None:
+    def _hand_on(self, records: list[tuple]) -> None:
         if not records or self._fell_back and self._local is None:  # no sink left: reported once
             return
         if self._local is None:
             try:
-                _send_records(self._child.stdin, [(_KIND[type(r)] if type(r) in _KIND else _kind_of(r), *r)
-                                                      for r in records], self.reports)
+                _send_records(self._child.stdin, records, self.reports)
                 return
             except OSError:  # the child is gone
                 self._fall_back(records)
                 return
         for record in records:
-            self._local.put(record)
+            self._local.put(RECORDS[record[0]]._make(record[1:]))
 
     def _request(self, request: _Request) -> None:
         if self._local is None and not self._fell_back:
@@ -386,7 +407,7 @@ class SinkProcess:
                 open_sinks.add(self)
         if self._local is not None:
             for record in records:
-                self._local.put(record)
+                self._local.put(RECORDS[record[0]]._make(record[1:]))
         for number in sorted(self._asked):
             request = self._asked.pop(number, None)  # the reader may have had its answer meanwhile
             if request is not None:
@@ -433,6 +454,16 @@ def _send_records(end: BinaryIO, records: list, reports: Reports) -> None:
                                                f"process and is skipped: {type(error).__name__}: {error}")
         data = pickle.dumps(("records", kept), protocol=pickle.HIGHEST_PROTOCOL)
     pipe.write(end, data)
+
+
+def _read_already(item: tuple) -> bool:
+    """Whether a queued record is as ``entries.read`` would make it: points of plain numbers (the
+    usual record, checked in the forwarder without a NamedTuple made for it)."""
+    if item[0] != _POINTS or type(item[1]) is not str or type(item[4]) is not tuple:
+        return False
+    x = item[2]
+    return (type(x) is int or type(x) is float and math.isfinite(x)) and \
+        set(map(type, item[4])) <= _NUMBERS and set(map(type, item[3])) == _NAMES
 
 
 def _kind_of(record: Any) -> int:
