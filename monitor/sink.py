@@ -45,6 +45,15 @@ __all__ = ["FlushTiming", "VisdomSink"]
 _log = logging.getLogger("monitor")
 _STOP = object()
 RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Embedding, Hparams, RunEnd, Mesh)
+# Records wait in a sink's queue as plain tuples, (kind, *fields), the kind a number: the garbage
+# collector keeps tracking a NamedTuple however plain its fields, but stops tracking a tuple of
+# numbers and strings once it sees it. NamedTuples that waited a tenth of a second for the
+# worker went through the young generations into the oldest, and its full collections, over
+# everything the process holds, came every few hundred steps of a loop of many add_scalar calls
+# (bench/README.md, "What the numbers say"). They cross a pipe so too (pickle reduces a
+# NamedTuple through Python, several times a tuple's cost).
+KIND = {kind: number for number, kind in enumerate(RECORDS)}
+RUN_END = KIND[RunEnd]
 # The worker works in short slices and pauses between them while a backlog remains: it shares
 # the GIL with the training thread, and a long burst (or being preempted in one) makes a hook
 # that releases the GIL (any tensor op) wait for it. Measured here: after a 5 s outage, a
@@ -191,15 +200,14 @@ class VisdomSink:
 
     def put(self, record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
-        if not isinstance(record, RECORDS):
-            raise not_a_record(record)
+        item = queued(record)
         if self._closed:
-            if isinstance(record, RunEnd):  # its owner closing after the sink was: the log says how it ended
+            if item[0] == RUN_END:  # its owner closing after the sink was: the log says how it ended
                 return
             self.reports.once("closed", "a record was logged after close() and is dropped" + (
                 f": a newer monitor of env {self.env!r} in this process took its run folder" if self.replaced else ""))
             return
-        self._queue.append(record)
+        self._queue.append(item)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Waits until everything put so far is in the run log and on the server.
@@ -346,7 +354,7 @@ class VisdomSink:
                     self._waiting.append(item)
                     self._asked = self._asked or not item.durable
                 else:
-                    entry = self._entry(item)
+                    entry = self._entry(RECORDS[item[0]]._make(item[1:]))
                     if entry is not None:
                         entries.append(entry)
                 taken += 1
@@ -364,6 +372,16 @@ class VisdomSink:
         except Exception as error:  # a bad record must not stop the worker
             report_unreadable(self.reports, record, error)
             return None
+
+
+def queued(record: Any) -> tuple:
+    """The record as it waits in a queue, (kind, *fields) (see ``KIND``); TypeError if it is none."""
+    kind = KIND.get(type(record))
+    if kind is None:  # a subclass of one, or no record
+        if not isinstance(record, RECORDS):
+            raise not_a_record(record)
+        kind = next(number for number, kind in enumerate(RECORDS) if isinstance(record, kind))
+    return kind, *record
 
 
 def not_a_record(record: Any) -> TypeError:

@@ -41,7 +41,7 @@ from monitor.entries import read, with_scalars_read
 from monitor.records import Points, RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
-from monitor.sink import (RECORDS, VisdomSink, default_env, not_a_record, not_sent_elsewhere, open_sinks,
+from monitor.sink import (KIND, RECORDS, RUN_END, VisdomSink, default_env, not_sent_elsewhere, open_sinks, queued,
                           replace_earlier, report_unreadable)
 from monitor.sink_child import LAUNCH
 
@@ -51,15 +51,7 @@ _log = logging.getLogger("monitor")
 _POLL = 0.1  # seconds between the forwarder's looks at the queue (at once for flush, sync, close)
 _START = 300.0  # seconds a child may take to open the run (a resume reads the log); then the sink runs here
 _BACKLOG = 30.0  # seconds beyond its timeout a close waits for the child to write its backlog to the run log
-# Records wait in the queue and cross the pipe as plain tuples, (kind, *fields). Pickle reduces a
-# NamedTuple through Python (its __getnewargs__), several times a tuple's cost, on the forwarder's
-# GIL time. And the garbage collector keeps tracking a NamedTuple however plain its fields, but
-# stops tracking a plain tuple of numbers and strings once it sees it: NamedTuples that waited
-# in the queue through a collection or two (a tenth of a second of records) were moved to the
-# oldest generation, and its full collections, over everything the process holds, came every
-# few hundred steps in a loop of many add_scalar calls (bench/README.md, "What the numbers say").
-_KIND = {kind: number for number, kind in enumerate(RECORDS)}
-_POINTS, _RUN_END = _KIND[Points], _KIND[RunEnd]
+_POINTS = KIND[Points]  # records wait in the queue, and cross the pipe, as sink.queued makes them
 _NAMES, _NUMBERS = {str}, {float, int}
 
 
@@ -213,13 +205,9 @@ class SinkProcess:
 
     def put(self, record: Any) -> None:
         """Queues a record; never blocks. Records put after close() are dropped with a warning."""
-        kind = _KIND.get(type(record))
-        if kind is None:
-            if not isinstance(record, RECORDS):
-                raise not_a_record(record)
-            kind = _kind_of(record)
+        item = queued(record)
         if self._closed:
-            if kind == _RUN_END:  # a run's end after its close, or in a fork: nothing to say
+            if item[0] == RUN_END:  # a run's end after its close, or in a fork: nothing to say
                 return
             if self._forked:
                 self.reports.once("forked", f"a record was logged in a forked process (pid {os.getpid()}) and is "
@@ -229,7 +217,7 @@ class SinkProcess:
                     f": a newer monitor of env {self.env!r} in this process took its run folder"
                     if self.replaced else ""))
             return
-        self._queue.append((kind, *record))  # see _KIND
+        self._queue.append(item)
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Waits until everything put so far is in the run log and on the server (False if not
@@ -464,11 +452,6 @@ def _read_already(item: tuple) -> bool:
     x = item[2]
     return (type(x) is int or type(x) is float and math.isfinite(x)) and \
         set(map(type, item[4])) <= _NUMBERS and set(map(type, item[3])) == _NAMES
-
-
-def _kind_of(record: Any) -> int:
-    """The number of a record's kind, for a record of a subclass of one."""
-    return next(number for number, kind in enumerate(RECORDS) if isinstance(record, kind))
 
 
 def _let_go(*ends: BinaryIO) -> None:
