@@ -21,12 +21,14 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # writes NaN/Infinity as Python's json does; json.loads reads them
+_POINTS_WINDOW = re.compile(rb'\{"k":"points","win":("(?:[^"\\]|\\.)*")')  # how _ENCODER begins a points entry
 WIDE = 16  # traces: a points entry with as many or more names them once, then gives values alone
 
 
@@ -113,16 +115,20 @@ class RunLog:
             return _last_complete_line_end(file)
 
     @staticmethod
-    def read(path: str | os.PathLike, end: int | None = None,
-             progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+    def read(path: str | os.PathLike, end: int | None = None, progress: Callable[[int], None] | None = None,
+             windows: Callable[[str], bool] | None = None) -> Iterator[dict[str, Any]]:
         """The entries of a log, up to byte ``end`` if given; a torn last line is skipped.
 
         Reads line by line (a log full of images need not fit in memory); ``progress(bytes)`` is
-        told how far it got, about every MiB and at the end. A line that is not JSON raises
-        ValueError naming the file and the line.
+        told how far it got, about every MiB and at the end. ``windows(name)``, given, is asked
+        once per window, at its first points, whether its points are wanted: those of a window it
+        refuses are passed over unparsed, and come as ``{"k": "points", "win": name}`` alone
+        (listing long runs reads their loss and metrics, not every step's gradient norms). A
+        line that is not JSON raises ValueError naming the file and the line.
         """
         done, told = 0, 0
         traces: dict[str, tuple[str, ...]] = {}  # per window: the traces of its last wide entry
+        wanted: dict[bytes, tuple[str, bool]] = {}  # per window: its name, and what ``windows`` said
         with open(path, "rb") as file:
             for number, line in enumerate(file, 1):
                 if end is not None and done + len(line) > end:
@@ -130,6 +136,15 @@ class RunLog:
                 done += len(line)
                 if not line.endswith(b"\n"):
                     break  # torn by a crash
+                if windows is not None and (found := _POINTS_WINDOW.match(line)) is not None:
+                    name = found.group(1)  # the window's, as JSON: parsed once
+                    if name not in wanted:
+                        window = json.loads(name)
+                        wanted[name] = (window, bool(windows(window)))
+                    window, keep = wanted[name]
+                    if not keep:
+                        yield {"k": "points", "win": window}  # that it came, without its values
+                        line = b""
                 if line.strip():
                     try:
                         entry = json.loads(line)

@@ -115,9 +115,13 @@ def described(run: str | os.PathLike) -> Run:
     folder = log.parent
     header, end, hparams, declared = None, None, {}, {}
     orders: dict[str, int] = {}
-    curves: dict[str, list[float]] = {}
+    curves: dict[str, list] = {}  # "window/trace": [last value, best finite value or None, lowest is best]
     steps = 0
-    for entry in RunLog.read(log):
+
+    def curve_window(window: str) -> bool:  # laid out before its first points, as every writer does
+        return orders.get(window, Order.METRICS) in (Order.LOSS, Order.METRICS)
+
+    for entry in RunLog.read(log, windows=curve_window):
         kind = entry.get("k")
         if end is not None and kind != "end":  # the run went on after an end (a writer opened it again)
             end = None
@@ -125,9 +129,14 @@ def described(run: str | os.PathLike) -> Run:
             header = entry
         elif kind == "layout":
             orders[entry["win"]] = entry.get("order", Order.METRICS)
-        elif kind == "points" and orders.get(entry["win"], Order.METRICS) in (Order.LOSS, Order.METRICS):
+        elif kind == "points" and "y" in entry and curve_window(entry["win"]):  # the reader passes over the others
             for trace, y in entry["y"].items():
-                curves.setdefault(f"{entry['win']}/{trace}", []).append(y)
+                name = f"{entry['win']}/{trace}"
+                curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name)])
+                curve[0] = y
+                if y is not None and math.isfinite(y) and (curve[1] is None or (y < curve[1] if curve[2]
+                                                                                  else y > curve[1])):
+                    curve[1] = y
             if float(entry["x"]).is_integer():
                 steps = max(steps, int(entry["x"]))
         elif kind == "hparams":
@@ -142,11 +151,7 @@ def described(run: str | os.PathLike) -> Run:
         status = "running"
     else:
         status = end["status"] if end is not None else "killed"
-    metrics = {}
-    for name, values in curves.items():
-        finite = [v for v in values if v is not None and math.isfinite(v)]
-        if finite:
-            metrics[name] = (values[-1], min(finite) if best_is_lowest(name) else max(finite))
+    metrics = {name: (last, best) for name, (last, best, _) in curves.items() if best is not None}
     for name, value in declared.items():  # add_hparams' final metrics; a curve of that name goes first
         if name not in metrics and value is not None and math.isfinite(value):
             metrics[name] = (value, value)
@@ -464,11 +469,11 @@ def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Po
     wanted = None if windows is None else set(windows)
     points: Points = {}
     every: dict[str, None] = {}  # the windows of points, in order
-    for entry in RunLog.read(run_log_of(run)):
+    for entry in RunLog.read(run_log_of(run), windows=None if wanted is None else wanted.__contains__):
         if entry.get("k") != "points":
             continue
         every[entry["win"]] = None
-        if wanted is not None and entry["win"] not in wanted:
+        if wanted is not None and entry["win"] not in wanted:  # passed over unread, as the log's writer writes it
             continue
         traces = points.setdefault(entry["win"], {})
         for trace, y in entry["y"].items():

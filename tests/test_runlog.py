@@ -129,3 +129,26 @@ def test_a_histogram_of_many_edges_writes_them_as_bytes_and_reads_them_back_exac
     older = tmp_path / "older.jsonl"  # a log written before: edges as JSON text
     older.write_text(json.dumps(wide) + "\n")
     assert list(RunLog.read(older)) == [wide]
+
+
+def test_points_of_windows_a_reader_does_not_want_are_passed_over_unparsed(tmp_path):
+    names = [f"{i}.Linear" for i in range(20)]
+    entries = [{"k": "run", "env": "e"}]
+    for x in range(1, 4):
+        entries += [{"k": "points", "win": 'grad "norm"', "x": x, "y": {n: x / (i + 1) for i, n in enumerate(names)}},
+                    {"k": "points", "win": "loss", "x": x, "y": {"train": 1 / x}}]
+    path = tmp_path / RunLog.FILENAME
+    log = RunLog(path)
+    log.append(entries)
+    log.close()
+    asked = []
+    read = list(RunLog.read(path, windows=lambda window: asked.append(window) or window == "loss"))
+    assert asked == ['grad "norm"', "loss"]  # once each
+    assert read == [entry if entry.get("win") != 'grad "norm"' else {"k": "points", "win": 'grad "norm"'}
+                    for entry in entries]
+    # unparsed: a line of theirs that is not JSON past its window's name is not noticed
+    path.write_bytes(path.read_bytes().replace(b'"x":2,', b'"x":2,,', 1))
+    assert [e for e in RunLog.read(path, windows="loss".__eq__) if "y" in e] == [e for e in entries if "y" in e
+                                                                                 and e["win"] == "loss"]
+    with pytest.raises(ValueError, match="line 4 is not a JSON entry"):
+        list(RunLog.read(path))
