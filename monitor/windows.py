@@ -34,6 +34,7 @@ WINDOW_POINTS = 12_000  # points a line window shows in all: its message stays u
 TABLE = ('<style>table.monitor td, table.monitor th {padding: 1px 8px; text-align: left; vertical-align: top}'
          '</style><table class="monitor">')
 SMOOTHED_POINTS = 500  # a smoothed curve's points: it has no extremes to keep, and a pane is about as wide
+SMOOTHED_WINDOW_POINTS = 3_000  # a window's smoothed curves' points in all, beside its WINDOW_POINTS
 _COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # Plotly's: a trace and its smoothed curve
 _MIN_TRACE_POINTS = 10
@@ -195,11 +196,12 @@ class Trace:
         return [p[1] for p in kept], [p[2] for p in kept]
 
 
-def smoothed(xs: list[float], ys: list[float | None], weight: float) -> tuple[list[float], list[float | None]]:
+def smoothed(xs: list[float], ys: list[float | None], weight: float,
+             points: int = SMOOTHED_POINTS) -> tuple[list[float], list[float | None]]:
     """The curve as TensorBoard's scalars view smooths it: an exponential moving average with
     ``weight`` (0 to 1) given to the past, debiased at the start; a gap stays a gap, a constant
-    curve stays as it is; six significant digits. Thinned to ``SMOOTHED_POINTS`` evenly spread
-    points, the last kept."""
+    curve stays as it is; six significant digits. Thinned to ``points`` evenly spread points,
+    the last and the gaps kept."""
     finite = [y for y in ys if y is not None]
     if not finite or all(y == finite[0] for y in finite):
         out = list(ys)
@@ -211,11 +213,11 @@ def smoothed(xs: list[float], ys: list[float | None], weight: float) -> tuple[li
                 continue
             last, count = last * weight + (1 - weight) * y, count + 1
             out.append(float(f"{last / (1 - weight ** count):.6g}"))  # as drawn: half the digits to send
-    if len(xs) <= SMOOTHED_POINTS:
+    if len(xs) <= points:
         return list(xs), out
-    step = len(xs) / SMOOTHED_POINTS
+    step = len(xs) / points
     gaps = {i for i, y in enumerate(out) if y is None}
-    keep = sorted({int(i * step) for i in range(SMOOTHED_POINTS)} | {len(xs) - 1} | gaps)
+    keep = sorted({int(i * step) for i in range(points)} | {len(xs) - 1} | gaps)
     return [xs[i] for i in keep], [out[i] for i in keep]
 
 
@@ -454,7 +456,9 @@ class Window:
         if line["mode"] != "lines":  # marks, not a curve
             return (line,)
         red, green, blue = _COLORS[index % len(_COLORS)]
-        xs, ys = smoothed(line["x"], line["y"], weight)
+        # Many traces share the smoothed curves' points as they share the window's (40: 75 each).
+        points = min(SMOOTHED_POINTS, max(_MIN_TRACE_POINTS, SMOOTHED_WINDOW_POINTS // len(self.traces)))
+        xs, ys = smoothed(line["x"], line["y"], weight, points)
         # Faint by its colour: Visdom sets every line's opacity to 1 while its own smoothing is off.
         return ({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines", "legendgroup": name,
                  "line": {"color": f"rgb({red},{green},{blue})"}, "marker": {"line": {"width": 0}},

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from monitor.windows import Trace, Window, Windows
+from monitor.windows import WINDOW_POINTS, Trace, Window, Windows
 
 
 def test_a_trace_is_exact_up_to_its_budget():
@@ -85,6 +85,20 @@ def test_a_smoothed_window_draws_each_trace_smoothed_as_tensorboard_does_with_th
     assert len(smooth["x"]) <= 500 + 2 and smooth["x"][-1] == raw["x"][-1] == 19_999 and None in smooth["y"]
     assert all(0 <= y <= 6 for y in smooth["y"] if y is not None)
     assert all(len(repr(y)) <= 12 for y in smooth["y"] if y is not None)  # six digits: drawn, not read back
+
+
+def test_the_smoothed_curves_of_many_traces_share_their_points_as_the_traces_share_the_window_s():
+    import json
+
+    window = Window("metrics", 1000)
+    window.apply({"k": "layout", "win": "metrics", "opts": {"smoothing": 0.9}})
+    for x in range(3000):
+        window.apply({"k": "points", "win": "metrics", "x": x, "y": {f"m{i}": (x * i % 97) / 7 for i in range(40)}})
+    data = window.message("e")[1]["data"]
+    smooth = [line for line in data if "showlegend" not in line]
+    assert len(smooth) == 40 and all(len(line["x"]) <= 3000 // 40 + 1 for line in smooth)
+    assert sum(len(line["x"]) for line in data) <= WINDOW_POINTS + 3000 + 40
+    assert len(json.dumps(data)) < 300_000  # 370 KB when each smoothed curve had up to 500 points
 
 
 def test_a_window_with_only_its_layout_has_nothing_to_send():
