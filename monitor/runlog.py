@@ -120,52 +120,95 @@ class RunLog:
         """The entries of a log, up to byte ``end`` if given; a torn last line is skipped.
 
         Reads line by line (a log full of images need not fit in memory); ``progress(bytes)`` is
-        told how far it got, about every MiB and at the end. ``windows(name)``, given, is asked
-        once per window, at its first points, whether its points are wanted: those of a window it
-        refuses are passed over unparsed, and come as ``{"k": "points", "win": name}`` alone
-        (listing long runs reads their loss and metrics, not every step's gradient norms). A
+        told how far it got, about every MiB and at the end. ``windows``: see :class:`Reader`. A
         line that is not JSON raises ValueError naming the file and the line.
         """
-        done, told = 0, 0
-        traces: dict[str, tuple[str, ...]] = {}  # per window: the traces of its last wide entry
-        wanted: dict[bytes, tuple[str, bool]] = {}  # per window: its name, and what ``windows`` said
-        with open(path, "rb") as file:
-            for number, line in enumerate(file, 1):
+        return Reader(path, windows).entries(end, progress)
+
+
+class Reader:
+    """Reads a log that grows: each ``entries()`` gives those appended since the one before.
+
+        reader = Reader("runs/mnist/runlog.jsonl")
+        first = list(reader.entries())
+        later = list(reader.entries())   # only the newer lines; a torn last line waits for its end
+        reader.continues()               # False once the log was cut back (a resumed run): read anew
+
+    ``windows(name)``, given, is asked once per window, at its first points, whether its points
+    are wanted: those of a window it refuses are passed over unparsed, and come as ``{"k":
+    "points", "win": name}`` alone (listing long runs reads their loss and metrics, not every
+    step's gradient norms).
+    """
+
+    def __init__(self, path: str | os.PathLike, windows: Callable[[str], bool] | None = None) -> None:
+        self.path, self.windows = Path(path), windows
+        self.position = 0  # bytes read, up to the end of the last whole line
+        self._lines = 0
+        self._last = b""  # the last line read: still there, at the same place, while the log only grew
+        self._traces: dict[str, tuple[str, ...]] = {}  # per window: the traces of its last wide entry
+        self._wanted: dict[bytes, tuple[str, bool]] = {}  # per window: its name, and what ``windows`` said
+
+    def continues(self) -> bool:
+        """Whether the log still holds what was read, at the same place (it only grew since)."""
+        if not self.position:
+            return True
+        try:
+            with open(self.path, "rb") as file:
+                file.seek(self.position - len(self._last))
+                return file.read(len(self._last)) == self._last
+        except OSError:
+            return False
+
+    def entries(self, end: int | None = None,
+                progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
+        """The entries after those read before, up to byte ``end`` if given (see ``RunLog.read``)."""
+        done, told = self.position, self.position
+        with open(self.path, "rb") as file:
+            file.seek(self.position)
+            for line in file:
                 if end is not None and done + len(line) > end:
                     break
-                done += len(line)
                 if not line.endswith(b"\n"):
-                    break  # torn by a crash
-                if windows is not None and (found := _POINTS_WINDOW.match(line)) is not None:
-                    name = found.group(1)  # the window's, as JSON: parsed once
-                    if name not in wanted:
-                        window = json.loads(name)
-                        wanted[name] = (window, bool(windows(window)))
-                    window, keep = wanted[name]
-                    if not keep:
-                        yield {"k": "points", "win": window}  # that it came, without its values
-                        line = b""
-                if line.strip():
-                    try:
-                        entry = json.loads(line)
-                        if entry.get("k") == "points":
-                            if "f64" in entry:
-                                values = np.frombuffer(base64.b64decode(entry.pop("f64")), dtype="<f8").tolist()
-                                entry["y"] = dict(zip(traces[entry["win"]], values, strict=True))
-                            elif "v" in entry:  # a log written before the values were bytes
-                                entry["y"] = dict(zip(traces[entry["win"]], entry.pop("v"), strict=True))
-                            elif len(entry["y"]) >= WIDE:
-                                traces[entry["win"]] = tuple(entry["y"])
-                        elif "e64" in entry:
-                            entry["edges"] = np.frombuffer(base64.b64decode(entry.pop("e64")), dtype="<f8").tolist()
-                    except (ValueError, KeyError, AttributeError, TypeError) as error:
-                        raise ValueError(f"run log {path} line {number} is not a JSON entry: {error}") from None
+                    break  # torn by a crash, or still being written
+                done += len(line)
+                self._lines += 1
+                self.position, self._last = done, line
+                entry = self._entry(line)
+                if entry is not None:
                     yield entry
                 if progress is not None and done - told >= 1 << 20:
                     progress(done)
                     told = done
         if progress is not None:
             progress(done)
+
+    def _entry(self, line: bytes) -> dict[str, Any] | None:
+        if self.windows is not None and (found := _POINTS_WINDOW.match(line)) is not None:
+            name = found.group(1)  # the window's, as JSON: parsed once
+            if name not in self._wanted:
+                window = json.loads(name)
+                self._wanted[name] = (window, bool(self.windows(window)))
+            window, keep = self._wanted[name]
+            if not keep:
+                return {"k": "points", "win": window}  # that it came, without its values
+        if not line.strip():
+            return None
+        traces = self._traces
+        try:
+            entry = json.loads(line)
+            if entry.get("k") == "points":
+                if "f64" in entry:
+                    values = np.frombuffer(base64.b64decode(entry.pop("f64")), dtype="<f8").tolist()
+                    entry["y"] = dict(zip(traces[entry["win"]], values, strict=True))
+                elif "v" in entry:  # a log written before the values were bytes
+                    entry["y"] = dict(zip(traces[entry["win"]], entry.pop("v"), strict=True))
+                elif len(entry["y"]) >= WIDE:
+                    traces[entry["win"]] = tuple(entry["y"])
+            elif "e64" in entry:
+                entry["edges"] = np.frombuffer(base64.b64decode(entry.pop("e64")), dtype="<f8").tolist()
+        except (ValueError, KeyError, AttributeError, TypeError) as error:
+            raise ValueError(f"run log {self.path} line {self._lines} is not a JSON entry: {error}") from None
+        return entry
 
 
 def _as_bytes(entry: dict[str, Any], key: str, as_key: str) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import IO, Any, Iterable, NamedTuple
 
 from monitor.records import Order
 from monitor.rundir import RunDir
-from monitor.runlog import RunLog
+from monitor.runlog import Reader, RunLog
 
 Points = dict[str, dict[str, list[tuple[float, float]]]]
 _log = logging.getLogger("monitor")
@@ -111,55 +111,87 @@ def listed(root: str | os.PathLike = "runs", unreadable: list[str] | None = None
 
 def described(run: str | os.PathLike) -> Run:
     """What one run's folder says: its header, curves, hparams, how it ended, its size."""
-    log = run_log_of(run)
-    folder = log.parent
-    header, end, hparams, declared = None, None, {}, {}
-    orders: dict[str, int] = {}
-    curves: dict[str, list] = {}  # "window/trace": [last value, best finite value or None, lowest is best]
-    steps = 0
+    reading = Reading(run_log_of(run))
+    reading.read_on()
+    return reading.run()
 
-    def curve_window(window: str) -> bool:  # laid out before its first points, as every writer does
-        return orders.get(window, Order.METRICS) in (Order.LOSS, Order.METRICS)
 
-    for entry in RunLog.read(log, windows=curve_window):
-        kind = entry.get("k")
-        if end is not None and kind != "end":  # the run went on after an end (a writer opened it again)
-            end = None
-        if kind == "run" and header is None:
-            header = entry
-        elif kind == "layout":
-            orders[entry["win"]] = entry.get("order", Order.METRICS)
-        elif kind == "points" and "y" in entry and curve_window(entry["win"]):  # the reader passes over the others
-            for trace, y in entry["y"].items():
-                name = f"{entry['win']}/{trace}"
-                curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name)])
-                curve[0] = y
-                if y is not None and math.isfinite(y) and (curve[1] is None or (y < curve[1] if curve[2]
-                                                                                  else y > curve[1])):
-                    curve[1] = y
-            if float(entry["x"]).is_integer():
-                steps = max(steps, int(entry["x"]))
-        elif kind == "hparams":
-            hparams, declared = entry["hparams"], entry.get("metrics") or {}
-        elif kind == "end":
-            end = entry
-    if header is None:
-        raise NoRunYet(f"{log} has no run header")
-    run_dir = RunDir(folder)
-    current = log.name == RunLog.FILENAME  # not an earlier run's log, set aside by a newer run of its env
-    if current and end is None and run_dir.is_live() and not run_dir.training_ended():  # a killed run's sink sends on
-        status = "running"
-    else:
-        status = end["status"] if end is not None else "killed"
-    metrics = {name: (last, best) for name, (last, best, _) in curves.items() if best is not None}
-    for name, value in declared.items():  # add_hparams' final metrics; a curve of that name goes first
-        if name not in metrics and value is not None and math.isfinite(value):
-            metrics[name] = (value, value)
-    files = [p for p in folder.rglob("*") if p.is_file()] if current else [log]
-    return Run(folder, header["env"], header["run_id"], header["time"], steps, status,
-               end.get("error") if end is not None else None, metrics, hparams,
-               sum(p.stat().st_size for p in files),
-               sum(1 for p in files if p.suffix == ".pt" and "earlier" not in p.relative_to(folder).parts), log)
+class Reading:
+    """What a run log says so far, read on as it grows: ``monitor serve --runs`` keeps one per run.
+
+        reading = Reading(Path("runs/mnist/runlog.jsonl"))
+        reading.read_on()      # the lines appended since (all of them, the first time)
+        reading.run()          # -> Run
+
+    A log cut back (a resumed run rewinds it) is read again from its start.
+    """
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+        self._start()
+
+    def _start(self) -> None:
+        self.reader = Reader(self.log, windows=self._curve_window)
+        self.header: dict | None = None
+        self.end: dict | None = None
+        self.hparams: dict[str, Any] = {}
+        self.declared: dict[str, Any] = {}
+        self.orders: dict[str, int] = {}
+        self.curves: dict[str, list] = {}  # "window/trace": [last value, best finite value or None, lowest is best]
+        self.steps = 0
+
+    def _curve_window(self, window: str) -> bool:  # laid out before its first points, as every writer does
+        return self.orders.get(window, Order.METRICS) in (Order.LOSS, Order.METRICS)
+
+    def read_on(self) -> None:
+        """Takes in the entries appended since the last call."""
+        if not self.reader.continues():
+            self._start()
+        curves = self.curves
+        for entry in self.reader.entries():
+            kind = entry.get("k")
+            if self.end is not None and kind != "end":  # the run went on after an end (a writer opened it again)
+                self.end = None
+            if kind == "run" and self.header is None:
+                self.header = entry
+            elif kind == "layout":
+                self.orders[entry["win"]] = entry.get("order", Order.METRICS)
+            elif kind == "points" and "y" in entry and self._curve_window(entry["win"]):  # the reader passes over the others
+                for trace, y in entry["y"].items():
+                    name = f"{entry['win']}/{trace}"
+                    curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name)])
+                    curve[0] = y
+                    if y is not None and math.isfinite(y) and (curve[1] is None or (y < curve[1] if curve[2]
+                                                                                      else y > curve[1])):
+                        curve[1] = y
+                if float(entry["x"]).is_integer():
+                    self.steps = max(self.steps, int(entry["x"]))
+            elif kind == "hparams":
+                self.hparams, self.declared = entry["hparams"], entry.get("metrics") or {}
+            elif kind == "end":
+                self.end = entry
+
+    def run(self) -> Run:
+        """The run as read so far, its status and size as they are now; NoRunYet before its header."""
+        header, end, log = self.header, self.end, self.log
+        if header is None:
+            raise NoRunYet(f"{log} has no run header")
+        folder = log.parent
+        run_dir = RunDir(folder)
+        current = log.name == RunLog.FILENAME  # not an earlier run's log, set aside by a newer run of its env
+        if current and end is None and run_dir.is_live() and not run_dir.training_ended():  # a killed run's sink sends on
+            status = "running"
+        else:
+            status = end["status"] if end is not None else "killed"
+        metrics = {name: (last, best) for name, (last, best, _) in self.curves.items() if best is not None}
+        for name, value in self.declared.items():  # add_hparams' final metrics; a curve of that name goes first
+            if name not in metrics and value is not None and math.isfinite(value):
+                metrics[name] = (value, value)
+        files = [p for p in folder.rglob("*") if p.is_file()] if current else [log]
+        return Run(folder, header["env"], header["run_id"], header["time"], self.steps, status,
+                   end.get("error") if end is not None else None, metrics, self.hparams,
+                   sum(p.stat().st_size for p in files),
+                   sum(1 for p in files if p.suffix == ".pt" and "earlier" not in p.relative_to(folder).parts), log)
 
 
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
@@ -389,8 +421,9 @@ class RunsPane:
         pane = RunsPane("runs", server="http://127.0.0.1:8097")
         pane.start()     # a daemon thread looks every ``every`` seconds; pane.stop() ends it
 
-    Each row links to the run's env. A run log is read again only when it has grown, so a
-    folder of long runs costs a look at their sizes. ``monitor serve --runs DIR`` runs one.
+    Each row links to the run's env. A run log is read on from where it stopped when it has
+    grown (from its start if it was cut back), so a folder of long runs costs a look at their
+    sizes and their new lines. ``monitor serve --runs DIR`` runs one.
     """
 
     ENV = WINDOW = "runs"
@@ -399,7 +432,7 @@ class RunsPane:
         import threading
 
         self.root, self.every, self.connection = Path(root), every, connection
-        self._cache: dict[Path, tuple[tuple, Run]] = {}
+        self._cache: dict[Path, tuple[tuple, Reading, Run]] = {}
         self._shown: str | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="monitor-runs-pane", daemon=True)
@@ -413,10 +446,14 @@ class RunsPane:
             try:
                 stat = log.stat()
                 key = (stat.st_size, stat.st_mtime_ns, RunDir(log.parent).is_live())
-                if self._cache.get(log, (None,))[0] != key:
-                    self._cache[log] = (key, described(log.parent))
-                runs.append(self._cache[log][1])
+                known = self._cache.get(log)
+                if known is None or known[0] != key:
+                    reading = known[1] if known is not None else Reading(log)
+                    reading.read_on()  # what was appended since: a growing log is not read again
+                    self._cache[log] = known = (key, reading, reading.run())
+                runs.append(known[2])
             except (OSError, ValueError, KeyError):
+                self._cache.pop(log, None)  # read anew next time
                 continue
         html = runs_html(runs)
         if html == self._shown:

@@ -599,3 +599,43 @@ def test_runs_with_options_and_no_subcommand_lists_as_runs_list_does(three_runs)
     short = CliRunner().invoke(main, ["runs", "--sort", "loss/train", "--where", "batch=16", str(three_runs)])
     assert short.exit_code == listed_out.exit_code == 0 and short.output == listed_out.output
     assert "broken" in short.output and "killed" not in short.output
+
+
+def test_a_run_read_on_as_its_log_grows_takes_the_new_lines_only_and_a_log_cut_back_anew(tmp_path):
+    from monitor.runs import Reading, described
+
+    path = tmp_path / "growing" / RunLog.FILENAME
+    log = RunLog(path)
+    log.append([{"k": "run", "env": "growing", "run_id": "r", "time": 0.0, "pid": 1, "host": "h"},
+                {"k": "points", "win": "loss", "x": 1, "y": {"train": 1.0}},
+                {"k": "text", "win": "notes", "x": 1, "html": "the last line read"}])
+    reading = Reading(path)
+    reading.read_on()
+    assert (reading.run().steps, reading.run().metrics) == (1, {"loss/train": (1.0, 1.0)})
+    cut = log.position
+    log.append([{"k": "points", "win": "loss", "x": 2, "y": {"train": 0.5}}])
+    first = path.read_bytes().index(b'"x":1')
+    with open(path, "r+b") as file:  # an old line spoilt in place: read on, it is not read again
+        file.seek(first)
+        file.write(b'"x":!')
+    reading.read_on()
+    assert (reading.run().steps, reading.run().metrics) == (2, {"loss/train": (0.5, 0.5)})
+    with pytest.raises(ValueError, match="line 2 is not a JSON entry"):
+        described(path.parent)
+    with open(path, "r+b") as file:
+        file.seek(first)
+        file.write(b'"x":1')
+    with open(path, "ab") as file:  # a line being written: taken once it is whole
+        file.write(b'{"k":"points","win":"loss","x":3,')
+    reading.read_on()
+    assert reading.run().steps == 2
+    with open(path, "ab") as file:
+        file.write(b'"y":{"train":0.25}}\n')
+    reading.read_on()
+    assert (reading.run().steps, reading.run().metrics) == (3, {"loss/train": (0.25, 0.25)})
+    log.close()
+    resumed = RunLog(path, rewind_to=cut)  # a resumed run cuts its log back to its checkpoint: read anew
+    resumed.append([{"k": "points", "win": "loss", "x": 2, "y": {"train": 3.0}}])
+    resumed.close()
+    reading.read_on()
+    assert (reading.run().steps, reading.run().metrics) == (2, {"loss/train": (3.0, 1.0)})
