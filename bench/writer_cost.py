@@ -83,13 +83,13 @@ def run_mode(mode: str, steps: int, tags: int, port: int) -> dict[str, float]:
             "longest_full_ms": 1e3 * max(full, default=0.0)}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8000)
     parser.add_argument("--tags", type=int, default=82, help="add_scalar calls a step")
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # a child's
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.mode:
         print(json.dumps(run_mode(args.mode, args.steps, args.tags, args.port)))
         return

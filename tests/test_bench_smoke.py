@@ -23,6 +23,7 @@ import overhead  # noqa: E402
 import run_all  # noqa: E402
 import server_scaling  # noqa: E402
 import timing_cost  # noqa: E402
+import writer_cost  # noqa: E402
 
 # visdom 0.2.4 warns about "PyTorch less than 0.4" whenever it is handed a tensor; ignite and
 # tensorboard import torch.jit helpers that torch 2.13 calls deprecated.
@@ -69,6 +70,12 @@ def test_timing_cost_reports_both_workloads(capsys):
     timing_cost.main(["--calls", "50", "--steps", "10"])
     table = capsys.readouterr().out
     assert "| Timing(every=1) |" in table and "| Timing(every=10) |" in table and table.count("% of") == 4
+
+
+def test_writer_cost_runs_every_mode_in_a_process_of_its_own(capsys):
+    writer_cost.main(["--steps", "30", "--tags", "4"])
+    table = capsys.readouterr().out
+    assert all(f"| {mode} |" in table for mode in writer_cost.MODES), table
 
 
 def test_run_all_rewrites_only_the_results_section(tmp_path):
