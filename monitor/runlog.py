@@ -132,71 +132,91 @@ class Reader:
         reader = Reader("runs/mnist/runlog.jsonl")
         first = list(reader.entries())
         later = list(reader.entries())   # only the newer lines; a torn last line waits for its end
-        reader.continues()               # False once the log was cut back (a resumed run): read anew
+        reader.continues()               # False once the log was cut back or replaced: read anew
 
-    ``windows(name)``, given, is asked once per window, at its first points, whether its points
-    are wanted: those of a window it refuses are passed over unparsed, and come as ``{"k":
-    "points", "win": name}`` alone (listing long runs reads their loss and metrics, not every
-    step's gradient norms).
+    ``windows(name)``, given, is asked whether a window's points are wanted, at its first points
+    and again after ``reconsider(name)``: those of a window it refuses are passed over unparsed,
+    and come as ``{"k": "points", "win": name}`` alone (listing long runs reads their loss and
+    metrics, not every step's gradient norms).
     """
 
     def __init__(self, path: str | os.PathLike, windows: Callable[[str], bool] | None = None) -> None:
         self.path, self.windows = Path(path), windows
         self.position = 0  # bytes read, up to the end of the last whole line
         self._lines = 0
-        self._last = b""  # the last line read: still there, at the same place, while the log only grew
+        self._file: tuple[int, int] | None = None  # the log's device and inode, at the first read
+        self._first = self._last = b""  # lines that stay where they are while the log only grows
         self._traces: dict[str, tuple[str, ...]] = {}  # per window: the traces of its last wide entry
         self._wanted: dict[bytes, tuple[str, bool]] = {}  # per window: its name, and what ``windows`` said
+        self._passed_over: set[str] = set()  # windows some of whose points were not read
 
     def continues(self) -> bool:
-        """Whether the log still holds what was read, at the same place (it only grew since)."""
+        """Whether the log still holds what was read, at the same place: it only grew since (not
+        cut back by a resumed run, nor set aside for a new run's log)."""
         if not self.position:
             return True
         try:
             with open(self.path, "rb") as file:
+                stat = os.fstat(file.fileno())
+                if (stat.st_dev, stat.st_ino) != self._file or file.readline() != self._first:
+                    return False
                 file.seek(self.position - len(self._last))
                 return file.read(len(self._last)) == self._last
         except OSError:
             return False
 
+    def reconsider(self, window: str) -> None:
+        """Asks ``windows`` again about ``window`` at its next points (a layout changed)."""
+        self._wanted = {name: said for name, said in self._wanted.items() if said[0] != window}
+
     def entries(self, end: int | None = None,
                 progress: Callable[[int], None] | None = None) -> Iterator[dict[str, Any]]:
         """The entries after those read before, up to byte ``end`` if given (see ``RunLog.read``)."""
-        done, told = self.position, self.position
+        done = told = reached = self.position
         with open(self.path, "rb") as file:
+            if self._file is None:
+                stat = os.fstat(file.fileno())
+                self._file = (stat.st_dev, stat.st_ino)
             file.seek(self.position)
             for line in file:
                 if end is not None and done + len(line) > end:
                     break
                 if not line.endswith(b"\n"):
+                    reached += len(line)
                     break  # torn by a crash, or still being written
-                done += len(line)
+                entry = self._entry(line, self._lines + 1)
+                done = reached = done + len(line)
                 self._lines += 1
                 self.position, self._last = done, line
-                entry = self._entry(line)
+                if self._lines == 1:
+                    self._first = line
                 if entry is not None:
                     yield entry
                 if progress is not None and done - told >= 1 << 20:
                     progress(done)
                     told = done
         if progress is not None:
-            progress(done)
+            progress(reached)
 
-    def _entry(self, line: bytes) -> dict[str, Any] | None:
-        if self.windows is not None and (found := _POINTS_WINDOW.match(line)) is not None:
-            name = found.group(1)  # the window's, as JSON: parsed once
-            if name not in self._wanted:
-                window = json.loads(name)
-                self._wanted[name] = (window, bool(self.windows(window)))
-            window, keep = self._wanted[name]
-            if not keep:
-                return {"k": "points", "win": window}  # that it came, without its values
-        if not line.strip():
-            return None
-        traces = self._traces
+    def _entry(self, line: bytes, number: int) -> dict[str, Any] | None:
         try:
+            if self.windows is not None and (found := _POINTS_WINDOW.match(line)) is not None:
+                name = found.group(1)  # the window's, as JSON: parsed once
+                if name not in self._wanted:
+                    window = json.loads(name)
+                    self._wanted[name] = (window, bool(self.windows(window)))
+                window, keep = self._wanted[name]
+                if not keep:
+                    self._passed_over.add(window)
+                    return {"k": "points", "win": window}  # that it came, without its values
+            if not line.strip():
+                return None
+            traces = self._traces
             entry = json.loads(line)
             if entry.get("k") == "points":
+                if ("f64" in entry or "v" in entry) and entry["win"] not in traces \
+                        and entry["win"] in self._passed_over:  # its traces were named in a line passed over
+                    return {"k": "points", "win": entry["win"]}
                 if "f64" in entry:
                     values = np.frombuffer(base64.b64decode(entry.pop("f64")), dtype="<f8").tolist()
                     entry["y"] = dict(zip(traces[entry["win"]], values, strict=True))
@@ -207,7 +227,7 @@ class Reader:
             elif "e64" in entry:
                 entry["edges"] = np.frombuffer(base64.b64decode(entry.pop("e64")), dtype="<f8").tolist()
         except (ValueError, KeyError, AttributeError, TypeError) as error:
-            raise ValueError(f"run log {self.path} line {self._lines} is not a JSON entry: {error}") from None
+            raise ValueError(f"run log {self.path} line {number} is not a JSON entry: {error}") from None
         return entry
 
 

@@ -140,7 +140,7 @@ class Reading:
         self.curves: dict[str, list] = {}  # "window/trace": [last value, best finite value or None, lowest is best]
         self.steps = 0
 
-    def _curve_window(self, window: str) -> bool:  # laid out before its first points, as every writer does
+    def _curve_window(self, window: str) -> bool:
         return self.orders.get(window, Order.METRICS) in (Order.LOSS, Order.METRICS)
 
     def read_on(self) -> None:
@@ -155,7 +155,10 @@ class Reading:
             if kind == "run" and self.header is None:
                 self.header = entry
             elif kind == "layout":
-                self.orders[entry["win"]] = entry.get("order", Order.METRICS)
+                window, was = entry["win"], self._curve_window(entry["win"])
+                self.orders[window] = entry.get("order", Order.METRICS)
+                if self._curve_window(window) != was:  # its points from here on read, or passed over
+                    self.reader.reconsider(window)
             elif kind == "points" and "y" in entry and self._curve_window(entry["win"]):  # the reader passes over the others
                 for trace, y in entry["y"].items():
                     name = f"{entry['win']}/{trace}"

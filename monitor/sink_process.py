@@ -308,17 +308,18 @@ class SinkProcess:
         """
         if self._local is not None:  # the VisdomSink here reads them (and reports what it cannot read)
             return queued
-        unread = [RECORDS[item[0]]._make(item[1:]) for item in queued if not _read_already(item)]
-        if not unread:
+        done = [_read_already(item) for item in queued]
+        if all(done):
             return queued
+        unread = [RECORDS[item[0]]._make(item[1:]) for item, read_already in zip(queued, done) if not read_already]
         try:
             unread = with_scalars_read(unread)
         except Exception:  # a device gone, say: each record is read (or reported) alone below
             pass
         records = iter(unread)
         plain = []
-        for item in queued:
-            if _read_already(item):
+        for item, read_already in zip(queued, done):
+            if read_already:
                 plain.append(item)
                 continue
             record = next(records)

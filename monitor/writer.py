@@ -806,9 +806,13 @@ def _env_apart(env: str, taken: set[str], path: Path) -> str:
     return f"{env} ({number})"
 
 
-@functools.lru_cache(maxsize=4096)  # a loop's few tags, checked at every call: 3 us each, 0.1 from here
 def _window_name(name: str, argument: str = "tag") -> str:
     """A tag as a usable env, window or trace name: control characters as spaces, at most 100 characters."""
+    # A loop's few tags, checked at every call: 3 us each, 0.1 once known (a plain str: no other is cached).
+    return _known_name(name, argument) if type(name) is str else _usable_name(name, argument)
+
+
+def _usable_name(name: str, argument: str) -> str:
     if any(map(checks.is_control, name)):
         name = "".join(" " if checks.is_control(c) else c for c in name)
     checks.text(argument, name)
@@ -816,6 +820,9 @@ def _window_name(name: str, argument: str = "tag") -> str:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         name = f"{name[:checks.MAX_NAME - 9]}-{digest}"
     return name
+
+
+_known_name = functools.lru_cache(maxsize=4096)(_usable_name)  # bounded: tags made of a step number
 
 
 _ESTIMATORS = ("tensorflow", "auto", "fd", "doane", "scott", "stone", "rice", "sturges", "sqrt")

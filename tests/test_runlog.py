@@ -60,6 +60,11 @@ def test_reading_reports_progress_in_bytes(tmp_path):
     seen = []
     list(RunLog.read(log.path, progress=seen.append))
     assert seen[-1] == log.path.stat().st_size
+    with open(log.path, "ab") as file:  # a crashed run's torn last line: read through all the same
+        file.write(b'{"k": "points", "win"')
+    seen = []
+    list(RunLog.read(log.path, progress=seen.append))
+    assert seen[-1] == log.path.stat().st_size
 
 
 def test_a_line_that_is_not_json_is_named(tmp_path):

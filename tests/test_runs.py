@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from monitor import GradNorms, Monitor, Scalars, Summary
 from monitor.cli import main
+from monitor.records import Order
 from monitor.runlog import RunLog
 from monitor.runs import described, exported, listed, selected
 from helpers.monitors import small_model, train
@@ -639,3 +640,31 @@ def test_a_run_read_on_as_its_log_grows_takes_the_new_lines_only_and_a_log_cut_b
     resumed.close()
     reading.read_on()
     assert (reading.run().steps, reading.run().metrics) == (2, {"loss/train": (3.0, 1.0)})
+
+
+def test_a_run_read_on_sees_its_log_replaced_and_a_window_that_becomes_a_curve(tmp_path):
+    from monitor.runs import Reading, described
+
+    path = tmp_path / "replaced" / RunLog.FILENAME
+
+    def write(run_id: str, entries: list[dict]) -> None:
+        log = RunLog(path)
+        log.append([{"k": "run", "env": "replaced", "run_id": run_id, "time": 0.0, "pid": 1, "host": "h"}, *entries])
+        log.close()
+
+    points = [{"k": "points", "win": "loss", "x": x, "y": {"train": 1.0}} for x in (1, 2)]
+    write("a" * 32, points)
+    reading = Reading(path)
+    reading.read_on()
+    path.rename(path.with_name("set-aside.jsonl"))  # a new run of the env: the same lines after a new header
+    write("b" * 32, [*points, {"k": "points", "win": "loss", "x": 3, "y": {"train": 0.5}}])
+    reading.read_on()
+    assert (reading.run().run_id, reading.run().steps) == ("b" * 32, 3)
+
+    path.unlink()
+    write("c" * 32, [{"k": "layout", "win": "g", "opts": {}, "order": Order.GRADIENTS},
+                     {"k": "points", "win": "g", "x": 1, "y": {"a": 1.0}},
+                     {"k": "layout", "win": "g", "opts": {}, "order": Order.METRICS},  # a curve from here on
+                     {"k": "points", "win": "g", "x": 7, "y": {"a": 2.0}}])
+    run = described(path.parent)
+    assert (run.steps, run.metrics) == (7, {"g/a": (2.0, 2.0)})

@@ -345,6 +345,15 @@ def test_a_tag_names_a_window_and_a_trace():
     assert split_tag("train/val") == ("train", "val")  # a split at the end still wins
 
 
+def test_a_tag_that_is_no_str_is_named_in_the_error_and_odd_characters_become_spaces_every_time(tmp_path):
+    with SummaryWriter(tmp_path / "tags", port=1) as writer:  # no server: names are checked here
+        for _ in range(2):  # the first check and the remembered one
+            with pytest.raises(TypeError, match=r"tag must be a non-empty str, got \['a'\]"):
+                writer.add_text(["a"], "x")
+            writer.add_scalar("odd\ttag", 1.0, 0)
+        assert "odd tag" in writer.log.layouts
+
+
 @pytest.mark.parametrize("first", ["add_scalar", "add_scalars"])
 def test_a_tag_s_curve_and_add_scalars_of_the_same_name_keep_curves_of_their_own(tmp_path, first):
     # PyTorch's tutorial: a step's "Loss/train", and each epoch's "Loss" with train and val.
