@@ -123,7 +123,8 @@ class Reading:
         reading.read_on()      # the lines appended since (all of them, the first time)
         reading.run()          # -> Run
 
-    A log cut back (a resumed run rewinds it) is read again from its start.
+    A log cut back (a resumed run rewinds it) or replaced (a new run of the env) is read again
+    from its start.
     """
 
     def __init__(self, log: Path) -> None:
@@ -159,7 +160,7 @@ class Reading:
                 self.orders[window] = entry.get("order", Order.METRICS)
                 if self._curve_window(window) != was:  # its points from here on read, or passed over
                     self.reader.reconsider(window)
-            elif kind == "points" and "y" in entry and self._curve_window(entry["win"]):  # the reader passes over the others
+            elif kind == "points" and "y" in entry and self._curve_window(entry["win"]):  # others: passed over
                 for trace, y in entry["y"].items():
                     name = f"{entry['win']}/{trace}"
                     curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name)])
@@ -182,7 +183,8 @@ class Reading:
         folder = log.parent
         run_dir = RunDir(folder)
         current = log.name == RunLog.FILENAME  # not an earlier run's log, set aside by a newer run of its env
-        if current and end is None and run_dir.is_live() and not run_dir.training_ended():  # a killed run's sink sends on
+        # Running while its sink holds the folder and the loop has not ended (a killed run's sink sends on).
+        if current and end is None and run_dir.is_live() and not run_dir.training_ended():
             status = "running"
         else:
             status = end["status"] if end is not None else "killed"

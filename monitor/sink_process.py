@@ -301,24 +301,24 @@ class SinkProcess:
         finally:
             open_sinks.discard(self)
 
-    def _read(self, queued: list[tuple]) -> list[tuple]:
+    def _read(self, items: list[tuple]) -> list[tuple]:
         """The queued records with plain values; one that cannot be read is reported and left out.
 
         Most are read already (a number logged on a CPU): they are handed on as they came.
         """
         if self._local is not None:  # the VisdomSink here reads them (and reports what it cannot read)
-            return queued
-        done = [_read_already(item) for item in queued]
+            return items
+        done = [_read_already(item) for item in items]
         if all(done):
-            return queued
-        unread = [RECORDS[item[0]]._make(item[1:]) for item, read_already in zip(queued, done) if not read_already]
+            return items
+        unread = [RECORDS[item[0]]._make(item[1:]) for item, read_already in zip(items, done) if not read_already]
         try:
             unread = with_scalars_read(unread)
         except Exception:  # a device gone, say: each record is read (or reported) alone below
             pass
         records = iter(unread)
         plain = []
-        for item, read_already in zip(queued, done):
+        for item, read_already in zip(items, done):
             if read_already:
                 plain.append(item)
                 continue
