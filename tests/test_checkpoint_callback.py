@@ -95,6 +95,15 @@ def test_resuming_from_an_older_checkpoint_prunes_the_later_ones_it_abandons(tmp
     assert files(directory) <= kept_then | {checkpoint_name(stop_at)}
 
 
+def test_where_a_resume_continues_shows_briefly_in_a_notebook(tmp_path):
+    run_and_check(build(), tmp_path / "ckpt", "min", stop_at=6)
+    parts = build()
+    start = resume(tmp_path / "ckpt", parts.model, parts.optimizer, parts.scheduler)
+    shown = repr(start)  # what a notebook cell ending in `checkpoint.start` prints
+    assert "step=6" in shown and "runlog_position" in shown and len(shown) < 1000, shown
+    assert "rng" in start.monitor_state  # kept, only not shown: the whole RNG state ran to 17,840 characters
+
+
 def test_saves_every_n_steps_every_n_epochs_and_once_at_the_end(tmp_path):
     parts = build()
     checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=3, every_epochs=2, keep_last=100)

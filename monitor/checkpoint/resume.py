@@ -41,7 +41,7 @@ class ResumePoint:
     run_id: str | None = None
     runlog_position: int | None = 0
     extras: dict[str, Any] = field(default_factory=dict)
-    monitor_state: dict[str, Any] = field(default_factory=dict)
+    monitor_state: dict[str, Any] = field(default_factory=dict, repr=False)  # RNG states: 17,840 characters shown
 
     def batches_done(self, epoch: int) -> int:
         """The batches of ``epoch`` done before the checkpoint (0 for every later epoch)."""
