@@ -25,7 +25,6 @@ import base64
 import json
 import math
 import os
-import re
 import socket
 import time
 from numbers import Integral, Real
@@ -38,6 +37,7 @@ from monitor.imagestore import ImageStore
 from monitor.imaging import display_values, encode_grid
 from monitor.layer_sums import LayerNorms
 from monitor.records import Embedding, Histogram, Hparams, ImageGrid, RunEnd, Layout, Mesh, Points, PrCurve, Text
+from monitor.runlog import HEAD
 
 
 def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
@@ -279,15 +279,12 @@ def windows_after(path: str | os.PathLike, position: int) -> set[str]:
     with open(path, "rb") as file:
         file.seek(position)
         for line in file:
-            head = _WINDOW.match(line)  # entries start with their kind and window: no need to parse an image
+            head = HEAD.match(line)  # no need to parse an image
             try:
-                names.add(json.loads(head.group(1)) if head else json.loads(line)["win"])
+                names.add(json.loads(head[2]) if head else json.loads(line)["win"])
             except (ValueError, KeyError, TypeError):
                 pass  # the header, or a line torn by a crash
     return names
-
-
-_WINDOW = re.compile(rb'^\{"k":"[a-z_]+","win":("(?:[^"\\]|\\.)*")')
 
 
 def _number(x: float) -> str:

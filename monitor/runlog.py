@@ -28,7 +28,9 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # writes NaN/Infinity as Python's json does; json.loads reads them
-_POINTS_WINDOW = re.compile(rb'\{"k":"points","win":("(?:[^"\\]|\\.)*")')  # how _ENCODER begins a points entry
+# How _ENCODER begins an entry of a window: its kind and the window's name (as JSON), read without
+# parsing the line (an image's, a wide gradient norm's).
+HEAD = re.compile(rb'\{"k":"([a-z_]+)","win":("(?:[^"\\]|\\.)*")')
 WIDE = 16  # traces: a points entry with as many or more names them once, then gives values alone
 
 
@@ -200,8 +202,8 @@ class Reader:
 
     def _entry(self, line: bytes, number: int) -> dict[str, Any] | None:
         try:
-            if self.windows is not None and (found := _POINTS_WINDOW.match(line)) is not None:
-                name = found.group(1)  # the window's, as JSON: parsed once
+            if self.windows is not None and (found := HEAD.match(line)) is not None and found[1] == b"points":
+                name = found[2]  # the window's, as JSON: parsed once
                 if name not in self._wanted:
                     window = json.loads(name)
                     self._wanted[name] = (window, bool(self.windows(window)))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import atexit
 import base64
-import hashlib
 import functools
+import hashlib
 import io
 import json
 import logging
