@@ -9,6 +9,7 @@ from torch import nn
 
 from monitor import Callback, GradNorms, Images, LearningRate, Scalars
 from monitor.imaging import encode_grid
+from monitor.windows import float32_digits
 from helpers.monitors import live_monitor, model_and_data, monitor_with, shown_grid
 
 
@@ -57,7 +58,7 @@ def test_tensors_changed_in_place_after_logging_arrive_as_they_were_logged(
             p.grad.zero_()
         batch_buffer.fill_(0.0)
         assert monitor.flush(timeout=10)
-    assert read_window(visdom_server, "live-snapshots", "loss")["train"] == ([1, 2, 3], logged_losses)
+    assert read_window(visdom_server, "live-snapshots", "loss")["train"] == ([1, 2, 3], float32_digits(logged_losses))
     assert read_window(visdom_server, "live-snapshots", "grad norm")["total"][1] == pytest.approx(
         logged_total, rel=1e-5)
     shown = shown_grid(read_window_raw(visdom_server, "live-snapshots", "inputs"))
@@ -91,9 +92,9 @@ def test_a_plain_loop_shows_every_scalar_once_in_step_order_in_its_window_and_tr
             monitor.validation_end({"accuracy": validation[-1]})
         assert monitor.flush(timeout=10)
     steps = list(range(1, 13))
-    assert read_window(visdom_server, "live-scalars", "loss") == {"train": (steps, losses)}
+    assert read_window(visdom_server, "live-scalars", "loss") == {"train": (steps, float32_digits(losses))}
     assert read_window(visdom_server, "live-scalars", "accuracy") == {
-        "train": (steps, accuracies), "validation": ([6, 12], validation)}
+        "train": (steps, float32_digits(accuracies)), "validation": ([6, 12], validation)}
     assert read_window(visdom_server, "live-scalars", "learning rate") == {"lr": (steps, rates)}
 
 

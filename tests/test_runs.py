@@ -16,6 +16,7 @@ from monitor.cli import main
 from monitor.records import Order
 from monitor.runlog import RunLog
 from monitor.runs import described, exported, listed, selected
+from monitor.windows import float32_digits
 from helpers.monitors import small_model, train
 
 
@@ -188,7 +189,7 @@ def test_compare_puts_a_trace_per_run_in_each_shared_window_on_a_server_that_nev
     for env, label in labels.items():
         for window, traces in exported(root / env, ["loss"]).items():
             for trace, points in traces.items():
-                expected[f"{label}/{trace}"] = ([x for x, _ in points], [y for _, y in points])
+                expected[f"{label}/{trace}"] = ([x for x, _ in points], float32_digits([y for _, y in points]))
     assert shown == expected
     table = read_window_raw(fresh_server, "cmp", "runs")["content"]
     header = table.split("</tr>")[0]
@@ -360,7 +361,7 @@ def test_compare_reads_each_run_log_it_is_given_even_two_in_one_folder(three_run
     shown = read_window(fresh_server, "cmp-files", "loss")
     for label, env in (("lr=0.1", "good"), ("lr=0.3", "broken")):  # each label shows its own run's curves
         for trace, points in exported(three_runs / env, ["loss"])["loss"].items():
-            assert shown[f"{label}/{trace}"] == ([x for x, _ in points], [y for _, y in points])
+            assert shown[f"{label}/{trace}"] == ([x for x, _ in points], float32_digits([y for _, y in points]))
 
 
 def test_gc_and_rm_never_take_a_run_they_keep_with_the_folder_of_one_they_delete(visdom_server, tmp_path):

@@ -1,12 +1,13 @@
 """Windows: what a pane shows is exact up to its point budget, then thinned but true to its extremes."""
 from __future__ import annotations
 
+import json
 import math
 import random
 
 import pytest
 
-from monitor.windows import WINDOW_POINTS, Trace, Window, Windows
+from monitor.windows import WINDOW_POINTS, Trace, Window, Windows, float32_digits
 
 
 def test_a_trace_is_exact_up_to_its_budget():
@@ -61,6 +62,30 @@ def test_a_line_window_is_sent_whole_with_every_trace_and_counts_its_gaps():
     assert message["opts"]["title"] == "training loss"  # stable: compare views match windows by title
     assert message["layout"]["legend"]["title"]["text"] == "1 non-finite shown as gaps"
     assert message["layout"]["yaxis"]["type"] == "log"
+
+
+def test_a_float32_value_is_sent_in_the_fewest_digits_that_give_it_and_any_other_value_as_it_is():
+    import numpy as np
+    import torch
+
+    logged = [torch.tensor(v).item() for v in (0.9, 2.3025851, 1e-40, -3.4e38)]  # float32 tensors' values
+    assert logged[0] == 0.8999999761581421
+    sent = float32_digits([*logged, 0.1, 1 / 3, 1e300, 3, None, -0.0])
+    assert sent[:4] == [0.9, 2.3025851, 1e-40, -3.4e38]
+    assert [np.float32(v) for v in sent[:4]] == [np.float32(v) for v in logged]  # the same float32
+    assert sent[4:] == [0.1, 1 / 3, 1e300, 3.0, None, -0.0]  # doubles a float32 does not hold: as they are
+    rng = random.Random(0)
+    values = [float(np.float32(rng.uniform(-10, 10) * 10 ** rng.randint(-30, 30))) for _ in range(2000)]
+    assert [np.float32(v) for v in float32_digits(values)] == [np.float32(v) for v in values]
+    losses = [float(np.float32(rng.uniform(0, 5))) for _ in range(1000)]
+    assert len(json.dumps(float32_digits(losses))) < 0.6 * len(json.dumps(losses))  # 17 digits become 7-8
+
+
+def test_a_window_sends_a_float32_loss_in_float32_digits():
+    window = Window("loss", 1000)
+    window.apply({"k": "layout", "win": "loss", "opts": {"title": "loss"}})
+    window.apply({"k": "points", "win": "loss", "x": 1, "y": {"train": 0.8999999761581421}})
+    assert window.message("e")[1]["data"][0]["y"] == [0.9]
 
 
 def test_a_smoothed_window_draws_each_trace_smoothed_as_tensorboard_does_with_the_values_faint_behind():
