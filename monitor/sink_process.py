@@ -38,6 +38,7 @@ from typing import Any, BinaryIO
 from monitor import checks, pipe
 from monitor.delivery import FlushTiming
 from monitor.entries import read, with_scalars_read
+from monitor.layer_sums import LayerNorms
 from monitor.records import Points, RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
@@ -52,7 +53,7 @@ _POLL = 0.1  # seconds between the forwarder's looks at the queue (at once for f
 _START = 300.0  # seconds a child may take to open the run (a resume reads the log); then the sink runs here
 _BACKLOG = 30.0  # seconds beyond its timeout a close waits for the child to write its backlog to the run log
 _POINTS = KIND[Points]  # records wait in the queue, and cross the pipe, as sink.queued makes them
-_NAMES, _NUMBERS = {str}, {float, int}
+_NAMES, _NUMBERS, _SCALES = {str}, {float, int}, {float, type(None)}
 
 
 _pipe_ends: set[int] = set()  # this process's ends of the pipes to its sinks' processes, open
@@ -446,13 +447,17 @@ def _send_records(end: BinaryIO, records: list, reports: Reports) -> None:
 
 
 def _read_already(item: tuple) -> bool:
-    """Whether a queued record is as ``entries.read`` would make it: points of plain numbers (the
-    usual record, checked in the forwarder without a NamedTuple made for it)."""
-    if item[0] != _POINTS or type(item[1]) is not str or type(item[4]) is not tuple:
+    """Whether a queued record is as ``entries.read`` would make it: points of plain numbers, or
+    a CPU's layer norms to add up (the usual records, checked in the forwarder without a
+    NamedTuple made for them)."""
+    if item[0] != _POINTS or type(item[1]) is not str:
         return False
-    x = item[2]
-    return (type(x) is int or type(x) is float and math.isfinite(x)) and \
-        set(map(type, item[4])) <= _NUMBERS and set(map(type, item[3])) == _NAMES
+    x, values = item[2], item[4]
+    if not (type(x) is int or type(x) is float and math.isfinite(x)) or set(map(type, item[3])) != _NAMES:
+        return False
+    if type(values) is tuple:
+        return set(map(type, values)) <= _NUMBERS
+    return type(values) is LayerNorms and set(map(type, values.norms)) <= _NUMBERS and type(values.scale) in _SCALES
 
 
 def _let_go(*ends: BinaryIO) -> None:
