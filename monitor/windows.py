@@ -489,7 +489,7 @@ class Window:
         lines = [self._line("total")] if "total" in self.traces else []
         for name in heatmap.top(grid.latest, self.opts.get("top", 5)):
             xs, ys = grid.points(name)
-            lines.append({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines",
+            lines.append({"x": xs, "y": float32_digits(ys), "name": name, "type": "scatter", "mode": "lines",
                           "marker": {"line": {"width": 0}}})
         data, layout = heatmap.figure(grid, lines, self.opts)
         if self.nonfinite:
