@@ -157,6 +157,8 @@ class Log:
                captions: Sequence[str] | None = None) -> None:
         """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels (NCHW also 4: RGBA, laid
         over white as TensorBoard's PNG shows on a page); any float, uint8 or bool range.
+        Channels last (NHWC, HWC: a numpy or PIL image) are taken where the channels can only be
+        the last dim (``channels_first``).
 
         A batch of more than ``MOST_PIXELS`` pixels (2048 x 2048) is shrunk to fit, each image
         by the same factor (each pixel the average of those it covers), on its device, before
@@ -347,13 +349,26 @@ def _as_nchw(images: Any) -> torch.Tensor:
     if images.dtype is not torch.bool:  # a mask: black and white
         checks.real_tensor("images", images)
     shape = tuple(images.shape)
+    images = channels_first(images)
     if images.dim() == 2:  # HW
         images = images[None, None]
     elif images.dim() == 3:  # CHW with 1 or 3 channels, else NHW
-        images = images[None] if shape[0] in (1, 3) else images[:, None]
+        images = images[None] if images.shape[0] in (1, 3) else images[:, None]
     elif images.dim() != 4:
         raise ValueError(f"images must be NCHW, CHW, NHW or HW, got shape {shape}")
-    if images.shape[1] not in ((1, 3, 4) if len(shape) == 4 else (1, 3)) or 0 in images.shape:
-        raise ValueError(f"images must have 1 or 3 channels (NCHW also 4, RGBA) and a non-empty batch, "
-                         f"got shape {shape}")
+    if images.shape[1] not in (1, 3, 4) or 0 in images.shape:
+        raise ValueError(f"images must have 1 or 3 channels (NCHW also 4, RGBA; NHWC and HWC as well, the "
+                         f"channels last) and a non-empty batch, got shape {shape}")
+    return images
+
+
+def channels_first(images: torch.Tensor) -> torch.Tensor:
+    """Channels-last images (NHWC, HWC: numpy's and PIL's layout, a Dataset without ToTensor) as
+    NCHW, where the last dim can only be the channels: 1, 3 or 4 there (HWC: 3 or 4), and dim 1
+    (HWC: dim 0) is not. Others as they are."""
+    shape = images.shape
+    if images.dim() == 4 and shape[1] not in (1, 3, 4) and shape[3] in (1, 3, 4):
+        return images.permute(0, 3, 1, 2)
+    if images.dim() == 3 and shape[0] not in (1, 3, 4) and shape[2] in (3, 4):
+        return images.permute(2, 0, 1)[None]
     return images

@@ -92,6 +92,18 @@ def test_images_accept_nchw_chw_nhw_and_hw(shape, logged):
     assert tuple(sink.of(ImageRecord)[0].pixels.shape) == logged
 
 
+@pytest.mark.parametrize("layout", ["NHWC", "HWC", "HWC RGBA", "NHWC grey"])
+def test_channels_last_images_from_a_dataset_without_to_tensor_are_shown_as_they_look(layout):
+    # numpy's and PIL's layout: a batch was drawn as 32 grey stripes 3 pixels tall, or refused
+    monitor, sink = monitor_with(Images(count=4, captions=None))
+    channels = {"HWC RGBA": 4, "NHWC grey": 1}.get(layout, 3)
+    nchw = torch.randint(0, 255, (6, channels, 32, 48), dtype=torch.uint8)
+    inputs = nchw.permute(0, 2, 3, 1) if layout.startswith("NHWC") else nchw[0].permute(1, 2, 0)
+    monitor.step_end(inputs=inputs)
+    (record,) = sink.of(ImageRecord)
+    assert torch.equal(record.pixels, nchw[:4] if layout.startswith("NHWC") else nchw[:1])
+
+
 @pytest.mark.parametrize("count, batch, targets, logged", [
     (3, 16, torch.arange(16), (3, 1, 28, 28)),  # the first 3 of an NHW batch: three images, three captions
     (8, 3, torch.arange(3), (3, 1, 28, 28)),    # a last batch of 3, told apart by its 3 labels

@@ -10,7 +10,7 @@ import torch
 from monitor.callbacks._every import is_due
 from monitor.checks import one_of, positive_int
 from monitor.core import Callback, LoopState
-from monitor.log import Log
+from monitor.log import Log, channels_first
 from monitor.records import LabelCaptions, Order
 
 _log = logging.getLogger("monitor")
@@ -24,6 +24,7 @@ class Images(Callback):
         # window "inputs": 8 images captioned "cat / dog" (target / predicted)
 
     Images are NCHW, CHW, NHW or HW, with 1 or 3 channels (NCHW also 4: RGBA, laid over white),
+    or channels last (NHWC, HWC: a Dataset without ``ToTensor``) where the last dim can only be the channels,
     float or uint8 in any range (the sink normalises them for display), or bool masks; a 3-d
     batch of 3 is three NHW images where the targets give 3 labels, else one CHW image. Only the first ``count`` are copied. ``captions`` is
     ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
@@ -59,6 +60,8 @@ class Images(Callback):
         if images is None:
             raise ValueError(f"Images needs the batch: pass {self.source}= to monitor.step_end(...), "
                              f"got {self.source}=None")
+        if isinstance(images, torch.Tensor):
+            images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
             images.dim() == 4 or images.dim() == 3 and (images.shape[0] not in (1, 3) or
                                                           _one_label_each(state.targets, images.shape[0])))
