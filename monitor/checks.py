@@ -99,7 +99,7 @@ def name(argument: str, value: Any, *, path: bool = False) -> str:
     if any(map(is_control, value)):
         raise ValueError(f"{argument} must have no control characters, got {value!r}")
     if path and ("/" in value or "\\" in value or value in (".", "..")):
-        raise ValueError(f"{argument} must not be a path (no '/', '\\', '.' or '..'): it names a folder, "
+        raise ValueError(f"{argument} must not be a path (no '/' or '\\', and not '.' or '..'): it names a folder, "
                          f"got {value!r}")
     if path and len(value.encode()) > MAX_PATH_BYTES:
         raise ValueError(f"{argument} must be at most {MAX_PATH_BYTES} bytes in UTF-8 (it names a folder), "

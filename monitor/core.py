@@ -114,6 +114,10 @@ class Callback:
         """
         return None
 
+    def check_among(self, callbacks: list[Callback]) -> None:
+        """Raises where this callback cannot work among the Monitor's ``callbacks``. Asked before
+        the Monitor builds its sink, so that a Monitor refused leaves the env's last run as it was."""
+
     def on_attach(self, monitor: Monitor) -> None:
         """Called once by the Monitor this callback was given to (e.g. to save its whole state)."""
 
@@ -201,6 +205,8 @@ class Monitor:
         if duplicates:
             raise ValueError(f"callbacks that keep state must have distinct state_key values, got "
                              f"{duplicates} more than once: give each its own state_key")
+        for callback in self.callbacks:
+            callback.check_among(self.callbacks)
         options = {name: value for name, value in (
             ("server", server), ("port", port), ("username", username), ("password", password),
             ("run_dir", run_dir), ("flush_every", flush_every), ("points_per_trace", points_per_trace),

@@ -13,6 +13,7 @@ from monitor import Checkpoint, Monitor, Scalars, resume
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, load_checkpoint
 from monitor.checkpoint.folder import LOCK, MANIFEST, checkpoint_name
 from monitor.log import NullSink
+from monitor.runlog import RunLog
 
 
 def files(directory) -> set[str]:
@@ -216,10 +217,17 @@ def test_a_checkpoint_used_without_a_monitor_refuses_to_save(tmp_path):
         checkpoint.save()
 
 
-def test_a_checkpoint_must_be_the_last_callback(tmp_path):
+def test_a_checkpoint_must_be_the_last_callback_and_a_monitor_refused_so_leaves_the_env_s_last_run(tmp_path):
     checkpoint = Checkpoint(tmp_path / "ckpt")
     with pytest.raises(ValueError, match="must be the last of the monitor's callbacks.*got it at index 0 of 2"):
         Monitor([checkpoint, Scalars()], sink=NullSink())
+    with Monitor([Scalars()], env="refused", run_dir=tmp_path / "runs", port=1) as monitor:  # no server: the log
+        monitor.step_end(loss=0.5)
+    log = tmp_path / "runs" / RunLog.FILENAME
+    kept = log.read_text()
+    with pytest.raises(ValueError, match="must be the last"):  # refused before its sink opened a run
+        Monitor([Checkpoint(tmp_path / "ckpt"), Scalars()], env="refused", run_dir=tmp_path / "runs", port=1)
+    assert log.read_text() == kept and not (tmp_path / "runs" / "earlier").exists()
 
 def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_them(tmp_path):
     parts = build()

@@ -159,15 +159,18 @@ class Checkpoint(Callback):
                          self.directory, again)
         return again is None
 
+    def check_among(self, callbacks: list[Callback]) -> None:
+        if not callbacks or callbacks[-1] is not self:
+            where = next((i for i, c in enumerate(callbacks) if c is self), None)
+            raise ValueError(f"this Checkpoint must be the last of the monitor's callbacks, so that a checkpoint "
+                             f"holds what the others logged for its step; got it at index {where} of "
+                             f"{len(callbacks)}")
+
     def on_attach(self, monitor: Monitor) -> None:
         """Lets this callback save the state of ``monitor``'s loop and of all its callbacks."""
         if not isinstance(monitor, Monitor):
             raise TypeError(f"monitor must be a monitor.Monitor, got {type(monitor).__name__}")
-        if not monitor.callbacks or monitor.callbacks[-1] is not self:
-            where = next((i for i, c in enumerate(monitor.callbacks) if c is self), None)
-            raise ValueError(f"this Checkpoint must be the last of the monitor's callbacks, so that a checkpoint "
-                             f"holds what the others logged for its step; got it at index {where} of "
-                             f"{len(monitor.callbacks)}")
+        self.check_among(monitor.callbacks)
         self._monitor = monitor
         if self.start is not None and self.start.path is not None:
             self.start.restore(monitor)
