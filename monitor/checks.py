@@ -116,8 +116,8 @@ def real_tensor(argument: str, value: torch.Tensor) -> torch.Tensor:
 
 def scalar(argument: str, value: Any) -> Any:
     """``value`` if it is a real number or a one-element real tensor (which is not read here); a
-    0-d numpy array (``loss.detach().numpy()``) as the number it holds."""
-    if _is_array_0d(value):
+    one-element numpy array (``loss.detach().numpy()``, ``np.array([0.25])``) as the number it holds."""
+    if _is_array_1(value):
         return value.item()
     if _is_tensor(value):
         if value.numel() != 1:
@@ -133,7 +133,7 @@ def scalar(argument: str, value: Any) -> Any:
 
 def is_scalar(value: Any) -> bool:
     """Whether :func:`scalar` would accept ``value``."""
-    if _is_array_0d(value):
+    if _is_array_1(value):
         return True
     if _is_tensor(value):
         return value.numel() == 1 and not value.is_complex() and value.dtype is not _torch().bool
@@ -170,6 +170,6 @@ def _int_range(minimum: int | None, maximum: int | None) -> str:
     return "an int"
 
 
-def _is_array_0d(value: Any) -> bool:
-    """A 0-d numpy array of real numbers (numpy is not imported for it)."""
-    return type(value).__name__ == "ndarray" and value.ndim == 0 and value.dtype.kind in "iuf"
+def _is_array_1(value: Any) -> bool:
+    """A numpy array of one real number, as a one-element tensor is taken (numpy is not imported for it)."""
+    return type(value).__name__ == "ndarray" and value.size == 1 and value.dtype.kind in "iuf"

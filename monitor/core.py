@@ -550,9 +550,11 @@ class Monitor:
                 self._report(callback, hook, error)
 
     def _report(self, callback: Callback, hook: str, error: Exception) -> None:
+        """Once per callback and hook, or per what the error is ``about`` (the metrics Scalars refused)."""
         name = type(callback).__name__
-        self._reports.once((name, hook), f"callback {name} failed in {hook}: {type(error).__name__}: {error}. "
-                                         f"Training goes on, and {name} is called again at the next {hook}")
+        self._reports.once((name, hook, getattr(error, "about", None)),
+                           f"callback {name} failed in {hook}: {type(error).__name__}: {error}. "
+                           f"Training goes on, and {name} is called again at the next {hook}")
 
 
 _profiling = torch._C._autograd._profiler_enabled  # whether a torch.profiler records, now

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import torch
 import torch.distributed as dist
 
-from monitor.checks import is_scalar
+from monitor.checks import is_scalar, scalar
 
 T = TypeVar("T")
 _log = logging.getLogger("monitor")
@@ -149,7 +149,7 @@ def _as_scalar(value: Any, device: torch.device) -> torch.Tensor | None:
         return None
     if isinstance(value, torch.Tensor):
         return value.detach().reshape(()).to(device=device, dtype=torch.float64)
-    return _filled(float(value), device)
+    return _filled(float(scalar("value", value)), device)  # a one-element numpy array: its number
 
 
 def _filled(value: float, device: torch.device) -> torch.Tensor:

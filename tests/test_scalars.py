@@ -5,6 +5,7 @@ import io
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -133,6 +134,23 @@ def test_scalars_unknown_metric_is_reported_once_and_training_goes_on(caplog):
             monitor.step_end(loss=1.0, metrics={"note": "warming up"})
     assert len(caplog.records) == 1 and "metric 'note'" in caplog.text
     assert len(sink.points("loss")["train"]) == 5
+
+
+def test_a_metric_that_goes_bad_later_is_reported_too_each_set_of_names_once(caplog):
+    monitor, sink = monitor_with(Scalars(), raise_errors=False)
+    with caplog.at_level(logging.WARNING, logger="monitor"):
+        for step in range(10):
+            monitor.step_end(loss=1.0, metrics={"a": None if step == 0 else 0.5,
+                                                "b": torch.ones(2) if step >= 5 else 0.25})
+    assert [("'a'" in r.getMessage(), "'b'" in r.getMessage()) for r in caplog.records] == [(True, False), (False, True)]
+    assert len(sink.points("b")["train"]) == 5 and len(sink.points("a")["train"]) == 9
+
+
+@pytest.mark.parametrize("value", [np.array([0.25]), np.array(0.25), np.float32(0.25), np.array([[1]], dtype=np.int64)])
+def test_a_one_element_numpy_array_is_a_metric_as_a_one_element_tensor_is(value):
+    monitor, sink = monitor_with(Scalars())
+    monitor.step_end(loss=1.0, metrics={"m": value})
+    assert sink.points("m")["train"] == [(1, float(value.item()))]
 
 
 def test_scalars_keep_the_loss_value_of_logging_time_when_the_loop_changes_it_in_place():

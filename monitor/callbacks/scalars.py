@@ -31,7 +31,7 @@ class Scalars(Callback):
     ``epoch_end`` are plotted at the epoch's last step in trace ``epoch`` (``x="step"``), or
     replace that epoch's mean in trace ``train`` (``x="epoch"``).
 
-    Values are numbers or one-element tensors; a tensor on an accelerator is summed and copied
+    Values are numbers or one-element tensors (or numpy arrays); a tensor on an accelerator is summed and copied
     on its device, never read here. NaN and Inf are passed on: the sink shows them as gaps and
     counts them. A value of another type (a string, a list, a tensor of several elements)
     raises, naming the metric, once the call's other names are written; the Monitor reports it.
@@ -92,7 +92,7 @@ class Scalars(Callback):
             try:
                 self._sums[name] = _add(self._sums.get(name), value, name)
             except (TypeError, ValueError) as error:
-                failures.append(error)
+                failures.append((name, error))
                 continue
             self._counts[name] = self._counts.get(name, 0) + 1
         _raise_together(failures)
@@ -129,7 +129,7 @@ class Scalars(Callback):
             try:
                 self._write_one(log, x, trace, name, value)
             except (TypeError, ValueError) as error:
-                failures.append(error)
+                failures.append((name, error))
         _raise_together(failures)
 
     def _write_one(self, log: Log, x: float, trace: str, name: str, value: Any) -> None:
@@ -143,10 +143,13 @@ class Scalars(Callback):
             raise type(error)(f"metric {name!r}: {error}") from None
 
 
-def _raise_together(failures: list[Exception]) -> None:
-    """One error naming every bad metric of a call (the Monitor reports a hook's failure once)."""
+def _raise_together(failures: list[tuple[str, Exception]]) -> None:
+    """One error naming every bad metric of a call; the Monitor reports it once for these names
+    (``about``), so a metric that goes bad later is reported too."""
     if failures:
-        raise type(failures[0])("; ".join(map(str, failures)))
+        error = type(failures[0][1])("; ".join(str(error) for _, error in failures))
+        error.about = tuple(sorted({name for name, _ in failures}))
+        raise error
 
 
 def _names_to_average(average: Any) -> bool | frozenset[str]:
