@@ -33,7 +33,8 @@ class Timing(Callback):
     reserved and the peak allocated, as ``torch.cuda.max_memory_allocated`` says: never reset
     here, so a loop's own ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
     time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
-    worker: the training thread never synchronizes. Logged every ``every`` steps.
+    worker: the training thread never synchronizes. Logged every ``every`` steps (1, 1 + every, ...)
+    but an epoch's first, which has no ``step_end`` before it to time from: the first points are at 1 + every.
     """
 
     def __init__(self, every: int = 10) -> None:
