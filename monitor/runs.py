@@ -138,6 +138,7 @@ class Reading:
         self.hparams: dict[str, Any] = {}
         self.declared: dict[str, Any] = {}
         self.orders: dict[str, int] = {}
+        self.markers: dict[str, tuple] = {}  # each window's traces of marks (a Guard's), not curves
         self.curves: dict[str, list] = {}  # "window/trace": [last value, best finite value or None, lowest is best]
         self.steps = 0
 
@@ -158,10 +159,16 @@ class Reading:
             elif kind == "layout":
                 window, was = entry["win"], self._curve_window(entry["win"])
                 self.orders[window] = entry.get("order", Order.METRICS)
+                marks = (entry.get("opts") or {}).get("markers")
+                if marks is not None:  # as a window's options add up
+                    self.markers[window] = tuple(marks)
                 if self._curve_window(window) != was:  # its points from here on read, or passed over
                     self.reader.reconsider(window)
             elif kind == "points" and "y" in entry and self._curve_window(entry["win"]):  # others: passed over
+                marks = self.markers.get(entry["win"], ())
                 for trace, y in entry["y"].items():
+                    if trace in marks:
+                        continue
                     name = f"{entry['win']}/{trace}"
                     curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name)])
                     curve[0] = y

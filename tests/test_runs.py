@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from monitor import GradNorms, Monitor, Scalars, Summary
+from monitor import GradNorms, Guard, Monitor, Scalars, Summary
 from monitor.cli import main
 from monitor.records import Order
 from monitor.runlog import RunLog
@@ -52,6 +52,14 @@ def test_export_gives_every_point_of_every_window_as_the_run_log_holds_it(tmp_pa
     assert exported["loss"]["validation"]["y"] == [None]  # NaN as null: strict JSON
     done = CliRunner().invoke(main, ["runs", "export", str(tmp_path / "run"), "--window", "los"])
     assert done.exit_code == 1 and "got ['los']; it has ['grad norm', 'loss']" in done.output
+
+
+def test_a_guard_s_mark_on_the_loss_window_is_not_listed_as_a_metric(tmp_path):
+    with Monitor([Scalars(), Guard(action="warn")], env="guarded", run_dir=tmp_path / "run", port=1,
+                 timeout=0.2) as monitor:  # no server: the run log is written all the same
+        for step in range(6):
+            monitor.step_end(loss=float("nan") if step == 3 else 1.0 / (step + 1))
+    assert described(tmp_path / "run").metrics == {"loss/train": (1 / 6, 1 / 6)}
 
 
 def test_export_names_what_is_missing(tmp_path):
