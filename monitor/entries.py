@@ -85,7 +85,7 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embe
         return record if values is record.values else record._replace(values=values)
     if isinstance(record, ImageGrid):
         pixels = record.pixels() if callable(record.pixels) else record.pixels
-        captions = None if record.captions is None else [str(c) for c in record.captions]
+        captions = None if record.captions is None else [str(c) for c in record.captions] or None  # none to show
         return record._replace(pixels=display_values(pixels), captions=captions)
     if isinstance(record, Histogram):
         edges, counts, n = record.values() if callable(record.values) else record.values

@@ -46,7 +46,11 @@ class LabelCaptions:
         # iterates (in the sink) as "cat / dog", "dog / dog", ...
 
     Each part holds one label per image (a tensor snapshot or a list); an image's parts are
-    joined with " / ", and integer labels are named through ``class_names`` when given.
+    joined with " / ", and integer labels are named through ``class_names`` when given. A first
+    part of rows (N, K) is multi-hot labels where every value is 0 or 1: each image's classes
+    that are 1, joined with ", ", and a later part of rows their predictions (scores above 0,
+    or above 0.5 where all are in [0, 1]); rows of other values are no labels (left out), and
+    their predictions are the highest score's class.
     """
 
     __slots__ = ("parts", "class_names", "count")
@@ -65,10 +69,15 @@ class LabelCaptions:
 
         lists = [on_host(part).tolist() if isinstance(part, torch.Tensor) else
                  part.tolist() if hasattr(part, "tolist") else list(part) for part in self.parts]
+        multi_hot = bool(lists) and _is_rows(lists[0]) and all(v in (0, 1) for row in lists[0] for v in row)
+        lists = [_classes(part, multi_hot, labels=i == 0) if _is_rows(part) else part for i, part in enumerate(lists)]
+        lists = [part for part in lists if part is not None]
         for labels in zip(*lists):
             yield " / ".join(self._name(label) for label in labels)
 
     def _name(self, label: Any) -> str:
+        if isinstance(label, tuple):  # a multi-hot image's classes
+            return ", ".join(map(self._name, label)) or "none"
         names = self.class_names
         if names is not None and isinstance(label, Real) and not isinstance(label, Integral) \
                 and math.isfinite(label) and float(label).is_integer():  # a BCE loss's float targets
@@ -81,6 +90,19 @@ class LabelCaptions:
         if isinstance(label, Real) and not isinstance(label, Integral):
             return f"{label:.3g}"
         return str(label)
+
+
+def _is_rows(part: list) -> bool:
+    return bool(part) and isinstance(part[0], list)
+
+
+def _classes(rows: list[list], multi_hot: bool, labels: bool) -> list | None:
+    """Each row's classes: where the labels are multi-hot, a tuple of those present (labels) or
+    scored as present (predictions); else none for the labels, the highest score's for predictions."""
+    if not multi_hot:
+        return None if labels else [max(range(len(row)), key=row.__getitem__) for row in rows]
+    cut = 0.5 if labels or all(0 <= v <= 1 for row in rows for v in row) else 0.0
+    return [tuple(k for k, v in enumerate(row) if v > cut) for row in rows]
 
 
 class Text(NamedTuple):

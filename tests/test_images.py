@@ -48,6 +48,31 @@ def test_a_binary_classifier_s_one_score_and_float_targets_are_captioned_by_clas
     assert list(sink.of(ImageRecord)[0].captions) == ["0.25", "3.5"]
 
 
+@pytest.mark.parametrize("scores", ["logits", "probabilities"])
+def test_a_multi_label_classifier_s_images_are_captioned_with_each_class_present(scores):
+    # BCEWithLogitsLoss over K classes: targets (N, K) of 0 and 1; argmax made one class of each
+    names = ["cat", "car", "tree"]
+    targets = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, -2.0, 4.0], [-1.0, -1.0, -1.0]])
+    outputs = logits if scores == "logits" else torch.sigmoid(logits)
+    for captions, expected in (("targets", ["cat, car", "tree", "none"]),
+                               ("both", ["cat, car / cat, tree", "tree / tree", "none / none"])):
+        monitor, sink = monitor_with(Images(captions=captions, class_names=names))
+        monitor.step_end(inputs=torch.rand(3, 3, 4, 4), targets=targets, outputs=outputs)
+        assert list(sink.of(ImageRecord)[0].captions) == expected
+
+
+def test_targets_of_several_values_that_are_not_multi_hot_are_no_captions_and_predictions_stay_the_argmax():
+    boxes = torch.tensor([[0.1, 0.2, 0.5, 0.9], [0.3, 0.3, 0.4, 0.8]])  # a box per image, or soft labels
+    monitor, sink = monitor_with(Images(captions="both"))
+    monitor.step_end(inputs=torch.rand(2, 3, 4, 4), targets=boxes, outputs=torch.tensor([[0.0, 0.0, 0.0, 1.0],
+                                                                                         [0.0, 2.0, 0.0, 1.0]]))
+    assert list(sink.of(ImageRecord)[0].captions) == ["3", "1"]
+    alone, sink = monitor_with(Images(captions="targets"))
+    alone.step_end(inputs=torch.rand(2, 3, 4, 4), targets=boxes)
+    assert list(sink.of(ImageRecord)[0].captions) == []  # read as none: the grid has no captions
+
+
 def test_predictions_asked_of_a_model_s_dict_are_said_once_to_be_missing(caplog):
     monitor, sink = monitor_with(Images(every=1, captions="both", class_names=["cat", "dog"]))
     with caplog.at_level(logging.WARNING, logger="monitor"):

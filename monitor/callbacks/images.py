@@ -30,7 +30,8 @@ class Images(Callback):
     ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
     over dim 1 of 2-d outputs, or 1-d outputs as they are; with two ``class_names``, one score
     per image is a binary classifier's: a logit above 0, or a probability above 0.5 where all
-    are in [0, 1]), ``"both"`` or None; a source that
+    are in [0, 1]), ``"both"`` or None; multi-label targets (N, K of 0 and 1) give each image
+    its classes, and with ``"both"`` those predicted (scored above 0, 0.5 for probabilities); a source that
     is not one label per image (masks, None) gives no caption. ``source="outputs"`` of 2 or more
     than 3 channels (a segmentation's class scores) shows each pixel's most likely class in a
     colour of its own (:func:`class_colours`). Integer labels are looked up in
@@ -77,9 +78,15 @@ class Images(Callback):
 
     def _caption(self, state: LoopState, count: int) -> LabelCaptions | None:
         parts = []
+        # Targets of K scores an image (N, K floats): multi-hot labels, told apart from other
+        # vectors (boxes, soft labels) by the sink, where the values are read.
+        rows = _rows(state.targets, count)
         if self.captions in ("targets", "both"):
-            parts.append(_labels(state.targets, count))
-        if self.captions in ("predictions", "both"):
+            parts.append(rows if rows is not None else _labels(state.targets, count))
+        if self.captions == "both" and rows is not None and _rows(state.outputs, count) is not None \
+                and state.outputs.shape[1] == rows.shape[1]:
+            parts.append(_rows(state.outputs, count))  # multi-label scores, or one class each: the sink sees which
+        elif self.captions in ("predictions", "both"):
             outputs = state.outputs
             if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.shape[1] > 1:
                 outputs = outputs[:count].detach().argmax(1)
@@ -115,6 +122,15 @@ def _binary(scores: torch.Tensor) -> torch.Tensor:
     after a sigmoid) above 0.5, else logits (BCEWithLogitsLoss's) above 0."""
     probabilities = (scores.min() >= 0) & (scores.max() <= 1)
     return torch.where(probabilities, scores > 0.5, scores > 0).long()
+
+
+def _rows(source: Any, count: int) -> torch.Tensor | None:
+    """The first ``count`` rows of a 2-d floating-point or bool tensor of more than one column (a
+    copy on its device), else None."""
+    if isinstance(source, torch.Tensor) and source.dim() == 2 and source.shape[1] > 1 and \
+            source.shape[0] >= count and (source.is_floating_point() or source.dtype is torch.bool):
+        return source[:count].detach().clone()
+    return None
 
 
 def _one_label_each(targets: Any, count: int) -> bool:
