@@ -47,10 +47,10 @@ class LabelCaptions:
 
     Each part holds one label per image (a tensor snapshot or a list); an image's parts are
     joined with " / ", and integer labels are named through ``class_names`` when given. A first
-    part of rows (N, K) is multi-hot labels where every value is 0 or 1: each image's classes
-    that are 1, joined with ", ", and a later part of rows their predictions (scores above 0,
-    or above 0.5 where all are in [0, 1]); rows of other values are no labels (left out), and
-    their predictions are the highest score's class.
+    part of rows (N, K) is multi-hot labels where every value is 0 or 1 and some row has other
+    than one 1: each image's classes that are 1, joined with ", ", and a later part of rows their
+    predictions (scores above 0, or above 0.5 where all are in [0, 1]). Otherwise a row's class
+    is its highest score's, and rows of other values than 0 and 1 are no labels (left out).
     """
 
     __slots__ = ("parts", "class_names", "count")
@@ -69,8 +69,10 @@ class LabelCaptions:
 
         lists = [on_host(part).tolist() if isinstance(part, torch.Tensor) else
                  part.tolist() if hasattr(part, "tolist") else list(part) for part in self.parts]
-        multi_hot = bool(lists) and _is_rows(lists[0]) and all(v in (0, 1) for row in lists[0] for v in row)
-        lists = [_classes(part, multi_hot, labels=i == 0) if _is_rows(part) else part for i, part in enumerate(lists)]
+        hot = bool(lists) and _is_rows(lists[0]) and all(v in (0, 1) for row in lists[0] for v in row)
+        multi_hot = hot and any(sum(row) != 1 for row in lists[0])  # one-hot rows: one class each
+        lists = [_classes(part, hot, multi_hot, labels=i == 0) if _is_rows(part) else part
+                 for i, part in enumerate(lists)]
         lists = [part for part in lists if part is not None]
         for labels in zip(*lists):
             yield " / ".join(self._name(label) for label in labels)
@@ -96,11 +98,12 @@ def _is_rows(part: list) -> bool:
     return bool(part) and isinstance(part[0], list)
 
 
-def _classes(rows: list[list], multi_hot: bool, labels: bool) -> list | None:
+def _classes(rows: list[list], hot: bool, multi_hot: bool, labels: bool) -> list | None:
     """Each row's classes: where the labels are multi-hot, a tuple of those present (labels) or
-    scored as present (predictions); else none for the labels, the highest score's for predictions."""
+    scored as present (predictions); else the highest score's, and no labels where they are
+    not one-hot (boxes, soft labels)."""
     if not multi_hot:
-        return None if labels else [max(range(len(row)), key=row.__getitem__) for row in rows]
+        return None if labels and not hot else [max(range(len(row)), key=row.__getitem__) for row in rows]
     cut = 0.5 if labels or all(0 <= v <= 1 for row in rows for v in row) else 0.0
     return [tuple(k for k, v in enumerate(row) if v > cut) for row in rows]
 

@@ -62,6 +62,14 @@ def test_a_multi_label_classifier_s_images_are_captioned_with_each_class_present
         assert list(sink.of(ImageRecord)[0].captions) == expected
 
 
+def test_one_hot_targets_are_one_class_each_and_their_predictions_the_argmax():
+    targets = torch.nn.functional.one_hot(torch.tensor([2, 0]), 3).float()  # CrossEntropyLoss takes them too
+    monitor, sink = monitor_with(Images(captions="both", class_names=["cat", "car", "tree"]))
+    monitor.step_end(inputs=torch.rand(2, 3, 4, 4), targets=targets, outputs=torch.tensor([[-2.0, -1.0, -0.5],
+                                                                                           [0.1, 3.0, 2.0]]))
+    assert list(sink.of(ImageRecord)[0].captions) == ["tree / tree", "cat / car"]
+
+
 def test_targets_of_several_values_that_are_not_multi_hot_are_no_captions_and_predictions_stay_the_argmax():
     boxes = torch.tensor([[0.1, 0.2, 0.5, 0.9], [0.3, 0.3, 0.4, 0.8]])  # a box per image, or soft labels
     monitor, sink = monitor_with(Images(captions="both"))

@@ -80,12 +80,12 @@ class Images(Callback):
         parts = []
         # Targets of K scores an image (N, K floats): multi-hot labels, told apart from other
         # vectors (boxes, soft labels) by the sink, where the values are read.
-        rows = _rows(state.targets, count)
+        rows = _rows(state.targets, count) if self.captions in ("targets", "both") else None
         if self.captions in ("targets", "both"):
             parts.append(rows if rows is not None else _labels(state.targets, count))
-        if self.captions == "both" and rows is not None and _rows(state.outputs, count) is not None \
-                and state.outputs.shape[1] == rows.shape[1]:
-            parts.append(_rows(state.outputs, count))  # multi-label scores, or one class each: the sink sees which
+        scores = _rows(state.outputs, count) if rows is not None and self.captions == "both" else None
+        if scores is not None and scores.shape[1] == rows.shape[1]:
+            parts.append(scores)  # multi-label scores, or one class each: the sink sees which
         elif self.captions in ("predictions", "both"):
             outputs = state.outputs
             if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.shape[1] > 1:
