@@ -91,6 +91,21 @@ def test_predictions_asked_of_a_model_s_dict_are_said_once_to_be_missing(caplog)
     assert len(said) == 1 and "shows no predictions" in said[0] and "got a dict" in said[0]
 
 
+@pytest.mark.parametrize("names, said", [(["cat", "dog", "car"], "classes 3 to 4 are captioned by number"),
+                                         (list("abcdef"), "in the order of the scores")])
+def test_class_names_not_one_a_class_of_the_scores_are_said_once(caplog, names, said):
+    monitor, sink = monitor_with(Images(every=1, captions="both", class_names=names))
+    with caplog.at_level(logging.WARNING, logger="monitor"):
+        for _ in range(2):
+            monitor.step_end(inputs=torch.rand(2, 3, 4, 4), targets=[0, 4],
+                             outputs=torch.tensor([[9.0, 0, 0, 0, 0], [0, 0, 0, 0, 9.0]]))
+    fifth = names[4] if len(names) > 4 else "4"
+    assert list(sink.of(ImageRecord)[0].captions) == [f"{names[0]} / {names[0]}", f"{fifth} / {fifth}"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and f"has {len(names)} class_names but the outputs score 5 classes" in messages[0]
+    assert said in messages[0]
+
+
 def test_images_of_outputs_go_to_window_outputs_without_captions_when_none_fit():
     monitor, sink = monitor_with(Images(source="outputs", count=2))
     outputs = torch.randn(5, 3, 6, 6)

@@ -53,6 +53,7 @@ class Images(Callback):
         self.class_names = class_names
         self._binary = class_names is not None and len(class_names) == 2  # one score per image: which class
         self._said_no_predictions = False
+        self._said_names = False
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if (state.step - 1) % self.every:  # is_due, inline: most steps end here
@@ -89,6 +90,7 @@ class Images(Callback):
         elif self.captions in ("predictions", "both"):
             outputs = state.outputs
             if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.shape[1] > 1:
+                self._check_names(outputs.shape[1])
                 outputs = outputs[:count].detach().argmax(1)
             elif self._binary and isinstance(outputs, torch.Tensor) and outputs.is_floating_point() and (
                     outputs.dim() == 1 or outputs.dim() == 2 and outputs.shape[1] == 1):
@@ -102,6 +104,17 @@ class Images(Callback):
             parts.append(predicted)
         parts = [labels for labels in parts if labels is not None]
         return LabelCaptions(parts, self.class_names, count) if parts else None
+
+    def _check_names(self, classes: int) -> None:
+        """Says once where a sequence of class names is not one name per class of the scores."""
+        names = self.class_names
+        if self._said_names or names is None or isinstance(names, Mapping) or len(names) == classes:
+            return
+        self._said_names = True
+        _log.warning("monitor: Images has %d class_names but the outputs score %d classes: %s",
+                     len(names), classes,
+                     f"classes {len(names)} to {classes - 1} are captioned by number" if len(names) < classes
+                     else "check that the names are in the order of the scores")
 
 
 def class_colours(labels: torch.Tensor) -> torch.Tensor:
