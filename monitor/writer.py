@@ -70,8 +70,9 @@ class SummaryWriter:
     use the whole tag as window.
 
     **Runs.** ``log_dir`` is the run's folder (its run log, images, checkpoints), by default
-    ``runs/<Mon><DD>_<HH>-<MM>-<SS>_<host><comment>`` as TensorBoard names it. The env is its
-    path below ``runs/`` with ``_`` for ``/`` (``runs/resnet/train``: ``resnet_train``), else
+    ``runs/<Mon><DD>_<HH>-<MM>-<SS>_<host><comment>`` as TensorBoard names it, with ``_2``,
+    ``_3`` added for writers opened in the same second (a run each, where TensorBoard mixes
+    them). The env is its path below ``runs/`` with ``_`` for ``/`` (``runs/resnet/train``: ``resnet_train``), else
     its last part, shortened with a hash past 100 characters. As with TensorBoard's event files,
     a ``log_dir`` keeps what was written to it: writers open on it in one process share its run,
     and a writer opened on it later (a resumed script) continues that run's curves;
@@ -119,6 +120,8 @@ class SummaryWriter:
             if not log_dir:  # None or "", as TensorBoard reads it
                 comment = checks.text("comment", comment) if comment else ""
                 log_dir = os.path.join("runs", time.strftime("%b%d_%H-%M-%S_") + socket.gethostname() + comment)
+                if launched_rank() == 0:
+                    log_dir = _new_folder(log_dir)
             if purge_step is not None:
                 checks.integer("purge_step", purge_step, minimum=0)
             self.log_dir = log_dir if isinstance(log_dir, os.PathLike) else str(log_dir)  # as given, as TensorBoard
@@ -673,6 +676,20 @@ class _Run:
 _runs: dict[Path, _Run] = {}
 _shown: dict[str, Path] = {}  # each env a writer of this process drew in, and its log_dir (closed ones too)
 _runs_lock = threading.Lock()
+
+
+def _new_folder(name: str) -> str:
+    """``name``, else ``name_2``, ``name_3``, ...: the first folder that did not exist, made now, so
+    that writers opened in the same second (a sweep's processes, runs in a loop) each have a run."""
+    os.makedirs(os.path.dirname(name), exist_ok=True)
+    folder, number = name, 1
+    while True:
+        try:
+            os.mkdir(folder)
+            return folder
+        except FileExistsError:
+            number += 1
+            folder = f"{name}_{number}"
 
 
 def _monitor_sink_of(path: Path) -> Any:

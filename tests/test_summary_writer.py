@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -1024,3 +1025,22 @@ def test_a_monitor_made_on_an_open_writer_s_run_folder_is_refused_naming_what_to
     writer.close()
     assert _points(Path("runs/mixed"), "extra", "extra") == [(0, 1.0), (1, 2.0)]
     Monitor([Scalars()], env="mixed", port=port).close()  # once the writer closed, the env is free
+
+
+def test_writers_opened_in_the_same_second_each_get_a_run_of_their_own(tmp_path, monkeypatch):
+    """TensorBoard's default folder names the second only: a sweep's processes started at once
+    shared one, where the second process stopped at RunInUseError, and runs in a loop mixed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(time, "strftime", lambda form, *when: "Dec06_09-30-46_")
+    first = SummaryWriter(port=1)  # still open, as another process's would be
+    with SummaryWriter(port=1) as second, SummaryWriter(comment="-lr0.1", port=1) as other:
+        second.add_scalar("loss", 2.0, 0)
+        other.add_scalar("loss", 3.0, 0)
+    first.add_scalar("loss", 1.0, 0)
+    first.close()
+    with SummaryWriter(port=1) as third:  # closed ones keep their folders too
+        third.add_scalar("loss", 4.0, 0)
+    name = f"runs/Dec06_09-30-46_{socket.gethostname()}"
+    writers = (first, second, other, third)
+    assert [w.log_dir for w in writers] == [name, f"{name}_2", f"{name}-lr0.1", f"{name}_3"]
+    assert [_points(Path(w.log_dir), "loss", "loss") for w in writers] == [[(0, v)] for v in (1.0, 2.0, 3.0, 4.0)]
