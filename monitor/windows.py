@@ -465,20 +465,20 @@ class Window:
                     "marker": {"symbol": "x", "size": 12, "color": "#d62728"}}
         # A marker line is what Visdom's smoothing button (a pane's "~") writes to: without one (Plotly drops an
         # empty one) the page fails.
-        return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines", "marker": {"line": {"width": 0}}}
+        return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(xs), "marker": {"line": {"width": 0}}}
 
     def _smoothed(self, name: str, index: int, weight: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """The trace smoothed as TensorBoard smooths it, in the legend, and the trace itself faint
         behind it, in its colour (read back by name, the trace itself comes last)."""
         line = self._line(name)
-        if line["mode"] != "lines":  # marks, not a curve
+        if line["mode"] == "markers":  # marks, not a curve
             return (line,)
         red, green, blue = _COLORS[index % len(_COLORS)]
         # Many traces share the smoothed curves' points as they share the window's (40: 75 each).
         points = min(SMOOTHED_POINTS, max(_MIN_TRACE_POINTS, SMOOTHED_WINDOW_POINTS // len(self.traces)))
         xs, ys = smoothed(line["x"], line["y"], weight, points)
         # Faint by its colour: Visdom sets every line's opacity to 1 while its own smoothing is off.
-        return ({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines", "legendgroup": name,
+        return ({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(xs), "legendgroup": name,
                  "line": {"color": f"rgb({red},{green},{blue})"}, "marker": {"line": {"width": 0}},
                  "hovertemplate": "%{y:.6g} smoothed"},
                 {**line, "legendgroup": name, "showlegend": False,
@@ -489,7 +489,7 @@ class Window:
         lines = [self._line("total")] if "total" in self.traces else []
         for name in heatmap.top(grid.latest, self.opts.get("top", 5)):
             xs, ys = grid.points(name)
-            lines.append({"x": xs, "y": float32_digits(ys), "name": name, "type": "scatter", "mode": "lines",
+            lines.append({"x": xs, "y": float32_digits(ys), "name": name, "type": "scatter", "mode": _mode(xs),
                           "marker": {"line": {"width": 0}}})
         data, layout = heatmap.figure(grid, lines, self.opts)
         if self.nonfinite:
@@ -558,6 +558,12 @@ def _value(value: Any) -> str:
     """A table's value; a float to 12 significant digits, without arithmetic's last-digit noise
     (``0.1 * 3`` shows as 0.3)."""
     return repr(float(f"{value:.12g}")) if isinstance(value, float) else str(value)
+
+
+def _mode(xs: list) -> str:
+    """A curve's Plotly mode: a line, with a dot while it has one point (a line of one point is
+    not drawn: a first validation, a test accuracy logged once)."""
+    return "lines" if len(xs) != 1 else "lines+markers"
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:

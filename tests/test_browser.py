@@ -497,3 +497,30 @@ def test_the_runs_pane_lists_each_run_and_its_link_opens_the_run(fresh_server, m
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "svg.main-svg"))  # the run's own loss pane
     titles = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".window .bar div.pull-right")}
     assert "loss" in titles, titles
+
+
+def test_a_curve_of_one_point_shows_as_a_dot_until_it_has_two(visdom_server, tmp_path, browser, read_window_raw):
+    """Plotly draws no line through one point: a first epoch's validation loss was an empty pane."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import Monitor, Scalars
+
+    with Monitor([Scalars()], env="one_point", run_dir=tmp_path, port=visdom_server.port) as monitor:
+        for step in range(3):
+            monitor.step_end(loss=1.0 / (step + 1), metrics={"accuracy": 0.5})
+        monitor.validation_end({"loss": 0.8, "test accuracy": 0.9})
+        monitor.flush()
+        browser.get(f"{visdom_server.url}/env/one_point")
+        panes = "svg.main-svg"
+        WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, panes)) >= 4)
+        dots = "g.scatterlayer g.trace g.points path.point"
+        WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, dots)) >= 3)
+        modes = {name: {t["name"]: t["mode"] for t in read_window_raw(visdom_server, "one_point", name)["content"]["data"]}
+                 for name in ("loss", "test accuracy")}
+        _screenshot_without_console_errors(browser, "one_point.png")
+        monitor.validation_end({"loss": 0.7})
+    assert modes["test accuracy"] == {"validation": "lines+markers"}
+    assert set(modes["loss"].values()) == {"lines", "lines+markers"}  # the train curve, the validation dot
+    assert {t["name"]: t["mode"] for t in read_window_raw(visdom_server, "one_point", "loss")["content"]["data"]
+            } == {"train": "lines", "validation": "lines"}
