@@ -65,7 +65,12 @@ class Run(NamedTuple):
 def best_is_lowest(metric: str) -> bool:
     """Whether lower is better: losses and errors; anything else (accuracy, F1, ...) is best highest."""
     name = metric.lower()
-    return any(word in name for word in ("loss", "error", "perplexity", "mse", "mae"))
+    return any(word in name for word in _LOWEST_BEST)
+
+
+# Losses and errors, in English and as Chinese, Japanese and Korean write them (损失 loss, 误差 error, ...).
+_LOWEST_BEST = ("loss", "error", "perplexity", "mse", "mae", "损失", "误差", "错误", "困惑度", "損失", "誤差",
+                "손실", "오차", "오류")
 
 
 def best_mode(metric: str, mode: str | None = None) -> str:

@@ -868,7 +868,8 @@ def _checked_bins(bins: Any) -> Any:
 
 
 SPLITS = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "eval", "evaluation",
-                    "dev"})  # the data a metric was taken on: a trace, wherever a tag names it
+                    "dev", "训练", "验证", "测试", "评估", "訓練", "学習", "検証", "評価", "テスト", "학습", "검증",
+                    "평가", "테스트"})  # the data a metric was taken on: a trace, wherever a tag names it
 
 
 def split_tag(tag: str) -> tuple[str, str]:

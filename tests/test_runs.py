@@ -15,7 +15,7 @@ from monitor import GradNorms, Guard, Monitor, Scalars, Summary
 from monitor.cli import main
 from monitor.records import Order
 from monitor.runlog import RunLog
-from monitor.runs import described, exported, listed, selected
+from monitor.runs import best_mode, described, exported, listed, selected
 from monitor.windows import float32_digits
 from helpers.monitors import small_model, train
 
@@ -60,6 +60,12 @@ def test_a_guard_s_mark_on_the_loss_window_is_not_listed_as_a_metric(tmp_path):
         for step in range(6):
             monitor.step_end(loss=float("nan") if step == 3 else 1.0 / (step + 1))
     assert described(tmp_path / "run").metrics == {"loss/train": (1 / 6, 1 / 6)}
+
+
+def test_losses_and_errors_are_best_lowest_in_the_languages_users_name_them():
+    lowest = ["val_loss", "Top1 Error", "perplexity", "验证损失", "训练/误差率", "错误率", "検証損失", "손실"]
+    highest = ["accuracy", "准确率", "f1", "正解率"]
+    assert [best_mode(name) for name in lowest + highest] == ["min"] * len(lowest) + ["max"] * len(highest)
 
 
 def test_export_names_what_is_missing(tmp_path):

@@ -344,6 +344,8 @@ def test_a_tag_names_a_window_and_a_trace():
     assert [split_tag(t) for t in ("train/loss", "eval/loss", "train/learning_rate", "Test/Accuracy/top1")] == [
         ("loss", "train"), ("loss", "eval"), ("learning_rate", "train"), ("Accuracy/top1", "Test")]
     assert split_tag("train/val") == ("train", "val")  # a split at the end still wins
+    assert [split_tag(t) for t in ("训练/准确率", "验证/准确率", "損失/検証")] == [  # Chinese, Japanese
+        ("准确率", "训练"), ("准确率", "验证"), ("損失", "検証")]
 
 
 def test_a_tag_that_is_no_str_is_named_in_the_error_and_odd_characters_become_spaces_every_time(tmp_path):
