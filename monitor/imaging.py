@@ -9,7 +9,6 @@ need only numpy and PIL, so a sink in a process of its own draws them without to
 """
 from __future__ import annotations
 
-import functools
 import io
 import math
 from typing import Sequence
@@ -18,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from monitor import checks
+from monitor.fonts import font_for
 
 PAD = 2                 # pixels between tiles and around the grid
 BACKGROUND = 255        # white padding and caption bands, black caption text
@@ -73,7 +73,7 @@ def _grid(values: np.ndarray, captions: Sequence[str] | None, columns: int, head
     count, channels, height, width = values.shape
     rows = math.ceil(count / columns)
     tiles = values.transpose(0, 2, 3, 1)  # NHWC
-    font = _font()
+    font = font_for([*map(str, captions or ()), heading or ""])
     cell_width, band = width, 0
     if captions:
         widest = max(font.getlength(str(c)) for c in captions)
@@ -109,7 +109,7 @@ def with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | Non
     picture = Image.fromarray(image.detach().cpu().expand(3, -1, -1).permute(1, 2, 0).numpy())
     if rescale != 1:
         picture = picture.resize((max(1, round(picture.width * rescale)), max(1, round(picture.height * rescale))))
-    draw, font = ImageDraw.Draw(picture), _font()
+    draw, font = ImageDraw.Draw(picture), font_for(labels or ())
     for i, (x1, y1, x2, y2) in enumerate(boxes.tolist()):
         draw.rectangle((x1, y1, x2, y2), outline=(255, 0, 0), width=2)
         if labels is not None and labels[i]:
@@ -175,7 +175,3 @@ def _fit(text: str, font: ImageFont.ImageFont, width: int) -> str:
         text = text[:-1]
     return text + ".."
 
-
-@functools.lru_cache(maxsize=1)
-def _font() -> ImageFont.ImageFont:
-    return ImageFont.load_default()

@@ -125,3 +125,41 @@ def test_a_fourth_channel_is_the_opacity_over_white_whatever_its_range():
     uint8 = torch.tensor([0, 100, 200, 51], dtype=torch.uint8).reshape(1, 4, 1, 1)  # as is: 20% opaque
     shown = tile(decode(encode_grid(uint8)), 0, 1, 1, 1)[0, 0]
     assert np.abs(shown - (np.array([0, 100, 200]) * 0.2 + 255 * 0.8)).max() <= 1
+
+
+@pytest.fixture
+def no_fonts_found(monkeypatch):
+    """The fonts module as a fresh process finds it: no system font loaded yet."""
+    from monitor import fonts
+
+    monkeypatch.setattr(fonts, "_found", [])
+    monkeypatch.setattr(fonts, "_said", False)
+    return fonts
+
+
+def test_captions_beyond_ascii_are_drawn_in_a_system_font_that_has_their_characters(no_fonts_found, monkeypatch):
+    """Pillow's own font drew 'Straße' and '猫' as boxes."""
+    fonts = no_fonts_found
+    assert not fonts.has(fonts.pillows(), "ß") and fonts.has(fonts.pillows(), "s")
+    path = fonts._fontconfig(frozenset("ßк"))
+    if path is None:
+        pytest.skip("no fontconfig (fc-match) on this machine")
+    monkeypatch.setenv("MONITOR_FONT", path)  # a font file given, as fontconfig would pick it
+    font = fonts.font_for(["Straße", "кошка", "step 5"])
+    assert font is not fonts.pillows() and all(fonts.has(font, c) for c in "Straßeкошка")
+    assert fonts.font_for(["cat", "step 5"]) is fonts.pillows()  # ASCII: Pillow's, as before
+    drawn, missing = (decode(encode_grid(torch.zeros(1, 3, 8, 8), captions=[c])) for c in ("ß", "\uffff"))
+    assert not np.array_equal(drawn, missing)  # a letter, not the box of a glyph no font has
+
+
+def test_characters_no_font_has_are_said_once_and_drawn_as_pillow_s_boxes(no_fonts_found, monkeypatch, caplog):
+    fonts = no_fonts_found
+    monkeypatch.delenv("MONITOR_FONT", raising=False)
+    monkeypatch.setattr(fonts, "_fontconfig", lambda wanted: None)
+    monkeypatch.setattr(fonts, "_KNOWN", ())
+    with caplog.at_level("WARNING", logger="monitor"):
+        for _ in range(2):
+            assert fonts.font_for(["猫 / 狗"]) is fonts.pillows()
+            encode_grid(torch.zeros(2, 3, 8, 8), captions=["猫", "狗"])
+    assert len(caplog.records) == 1 and "no font of this system has 狗猫" in caplog.text
+    assert "MONITOR_FONT" in caplog.text

@@ -30,7 +30,8 @@ from tensorboard.util import tensor_util
 from torch.utils.tensorboard import SummaryWriter as TensorBoardWriter
 
 from monitor import Monitor, Scalars, SummaryWriter, embedding, pr_curve
-from monitor.imaging import PAD, _font
+from monitor.fonts import pillows
+from monitor.imaging import PAD
 from monitor.entries import encode
 from monitor.graph import traced
 from monitor.records import Embedding, Histogram, Hparams, ImageGrid, Layout, Points, PrCurve, Text
@@ -104,7 +105,7 @@ def _tile(png: bytes, index: int, count: int, height: int, width: int) -> np.nda
     """Image ``index`` of a grid of ``count`` (no captions, a heading), cut out of our PNG."""
     columns = int(np.ceil(np.sqrt(count)))
     row, column = divmod(index, columns)
-    top = _font().getbbox("Ag")[3] + PAD + PAD + row * (height + PAD)
+    top = pillows().getbbox("Ag")[3] + PAD + PAD + row * (height + PAD)
     left = PAD + column * (width + PAD)
     pixels = np.asarray(Image.open(io.BytesIO(png)))
     return pixels[top:top + height, left:left + width]
