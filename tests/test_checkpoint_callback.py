@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from helpers.checkpoint_loop import BATCHES, attach, build, train
-from monitor import Checkpoint, Monitor, Scalars, resume
+from helpers.monitors import ListSink
+from monitor import Checkpoint, LearningRate, Monitor, Scalars, resume
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, load_checkpoint
 from monitor.checkpoint.folder import LOCK, MANIFEST, checkpoint_name
 from monitor.log import NullSink
@@ -593,13 +594,16 @@ def _step(monitor: Monitor, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_resumes_so(tmp_path):
+    sink = ListSink()
+
     def job(crash_at: int | None) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
+        sink.records.clear()
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         backbone = model[0].requires_grad_(False)
         optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1, momentum=0.9)
         checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)
-        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+        with Monitor([LearningRate(), checkpoint], sink=sink, raise_errors=True) as monitor:
             unfreeze = lambda: (backbone.requires_grad_(True),
                                 optimizer.add_param_group({"params": backbone.parameters(), "lr": 0.01}))
             if checkpoint.start.epoch >= 1:  # as README says: the groups again before train_start
@@ -622,6 +626,8 @@ def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_res
             model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
             monitor.train_start(model, torch.optim.SGD(model[2].parameters(), lr=0.1, momentum=0.9))
     model, optimizer, resumed_at = job(crash_at=None)
+    # The head's curve goes on as lr, not group 0 (LearningRate's trace names are in the checkpoint).
+    assert sink.points("learning rate") == {"lr": [(6, 0.1)], "group 1": [(6, 0.01)]}
     shutil.rmtree(tmp_path / "ckpt")
     straight, _, _ = job(crash_at=None)
     assert resumed_at == 5 and len(optimizer.param_groups) == 2

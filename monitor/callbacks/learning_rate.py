@@ -36,6 +36,16 @@ class LearningRate(Callback):
         self._kept: list[str] = []  # ... before they are named again at an epoch's start
         self._each: dict[str, list[str]] = {}  # with several optimizers, each one's traces
         self._kept_each: dict[str, list[str]] = {}
+        self._resumed: dict[str, Any] | None = None  # a checkpoint's traces, named again at train_start
+
+    def state_dict(self) -> dict[str, Any]:
+        """The groups' traces, so that a resumed run's groups keep theirs (``lr`` beside a group
+        added mid-run is not renamed ``group 0``)."""
+        return {"names": list(self._names or self._kept),
+                "each": {name: list(traces) for name, traces in (self._each or self._kept_each).items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resumed = state
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         if self._logged_step != state.step:  # several backward passes or micro-batches: the first
@@ -46,8 +56,9 @@ class LearningRate(Callback):
             self._write(state, log)
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
-        self._names = self._kept = []  # maybe another optimizer: name its groups again
-        self._each = self._kept_each = {}
+        self._names, self._each = [], {}  # maybe another optimizer: name its groups again
+        resumed, self._resumed = self._resumed or {}, None
+        self._kept, self._kept_each = list(resumed.get("names", [])), dict(resumed.get("each", {}))
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._names, self._kept = [], self._names  # a group may have been renamed: name them again
