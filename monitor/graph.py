@@ -38,11 +38,14 @@ def traced(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], s
     """The nodes of one forward pass of ``model`` on ``inputs``, and how they were traced ("fx", "hooks").
 
     The model runs in eval mode without gradients (so no running statistics change), each module
-    is put back in the mode it was in (a frozen BatchNorm stays in eval), and the random number
+    is put back in the mode it was in (a frozen BatchNorm stays in eval), its buffers are put
+    back as they were (quantization observers record in eval mode too), and the random number
     generators are left as they were: a forward pass that draws noise must not move the loop's
     RNG, or a resumed run would no longer repeat the one it continues.
     """
     modes = [(module, module.training) for module in model.modules()]
+    buffers = [(module, name, buffer, buffer.clone()) for module in model.modules()
+               for name, buffer in module._buffers.items() if buffer is not None]
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     python_state, numpy_state = random.getstate(), numpy.random.get_state()
     model.eval()
@@ -57,6 +60,10 @@ def traced(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], s
         for module, training in modes:
             if module.training != training:
                 module.train(training)
+        with torch.no_grad():
+            for module, name, buffer, value in buffers:  # the same tensors: a resized observer's too
+                buffer.resize_(value.shape).copy_(value)
+                module._buffers[name] = buffer
         random.setstate(python_state)
         numpy.random.set_state(numpy_state)
 

@@ -136,6 +136,27 @@ def test_tracing_leaves_frozen_modules_in_eval_and_the_random_generators_where_t
     assert [*torch.rand(3).tolist(), random.random(), numpy.random.rand()] == expected
 
 
+@pytest.mark.parametrize("fx", [True, False])
+def test_tracing_leaves_a_quantization_aware_model_s_observers_as_they_were(fx, monkeypatch):
+    """Observers record in eval mode too: the traced pass moved a QAT model's ranges, and so its training."""
+    import torch.ao.quantization as quantization
+
+    if not fx:
+        monkeypatch.setattr("monitor.graph._by_fx", lambda model, inputs: 1 / 0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 2))
+    model.qconfig = quantization.get_default_qat_qconfig("x86")
+    model = quantization.prepare_qat(model.train())
+    model(torch.randn(16, 8))
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    buffers = dict(model.named_buffers())
+    traced(model, (torch.randn(16, 8) * 10,))
+    after = model.state_dict()
+    assert all(torch.equal(before[name], after[name]) for name in before), [
+        name for name in before if not torch.equal(before[name], after[name])]
+    assert all(buffer is buffers[name] for name, buffer in model.named_buffers())  # the same tensors, put back
+
+
 def test_the_graph_callback_draws_the_first_step_s_inputs_once():
     model = SkipNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
