@@ -28,6 +28,33 @@ def test_grad_norms_equal_vector_norm_of_gradients_per_layer_and_in_total():
         assert [v for _, v in points] == pytest.approx([s[trace] for s in seen], rel=1e-5)
 
 
+def test_a_submodule_compiled_on_its_own_is_named_as_in_the_model_compiled_whole():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone, self.head = nn.Sequential(nn.Linear(4, 8), nn.ReLU()), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.head(self.backbone(x))
+
+    names = []
+    for compiled in ("whole", "backbone"):
+        torch.manual_seed(0)
+        model = Net()
+        if compiled == "backbone":
+            model.backbone = torch.compile(model.backbone, backend="eager")  # not backbone._orig_mod.0
+        else:
+            model = torch.compile(model, backend="eager")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor, sink = monitor_with(GradNorms())
+        monitor.train_start(model, optimizer)
+        model(torch.ones(3, 4)).sum().backward()
+        monitor.after_backward()
+        monitor.step_end()
+        names.append(list(sink.points("grad norm")))
+    assert names[0] == names[1] == ["backbone.0.Linear", "head", "total"]
+
+
 def test_grad_norms_are_one_record_per_logged_step_added_up_by_the_worker():
     model = small_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)

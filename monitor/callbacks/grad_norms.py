@@ -257,7 +257,7 @@ class GradNorms(Callback):
         for name, owned in layers.items():
             self._params.extend(owned)
             self._layer_of.extend([len(self._layers)] * len(owned))
-            self._layers.append(_trace_name(name, model.get_submodule(name)))
+            self._layers.append(_trace_name(_uncompiled(name), model.get_submodule(name)))
         self._all = tuple(range(len(self._params)))
 
     def _grouping(self, present: tuple[int, ...]) -> _Grouping:
@@ -293,6 +293,12 @@ def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums) -> list
     values = read(updates + before)  # one read of the device for both
     ratios = zip(layer_sums(values[:len(updates)]), layer_sums(values[len(updates):]))
     return [u / w if w else (math.inf if u else math.nan) for u, w in ratios]
+
+
+def _uncompiled(name: str) -> str:
+    """A module's name without torch.compile's wrappers: ``backbone.0`` for ``backbone._orig_mod.0``
+    (a submodule compiled on its own), as a model compiled whole is named."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod") if "_orig_mod" in name else name
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:
