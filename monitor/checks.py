@@ -90,8 +90,9 @@ def name(argument: str, value: Any, *, path: bool = False) -> str:
     """``value`` if it is a usable name: a str of 1 to 100 characters, not blank, no control characters.
 
     ``path=True`` (an env, which names a folder of the run and a file of the server) also
-    refuses what could lead out of a folder: ``/``, ``\\``, ``.`` and ``..``, and more than 200
-    bytes in UTF-8 (what a file system takes in a name, less room for the server's suffix).
+    refuses what could lead out of a folder: ``/``, ``\\``, ``.`` and ``..``, what ends an address
+    (``#``, ``?``: Visdom's page of the env would be empty), and more than 200 bytes in UTF-8
+    (what a file system takes in a name, less room for the server's suffix).
     """
     text(argument, value)
     if len(value) > MAX_NAME:
@@ -101,6 +102,9 @@ def name(argument: str, value: Any, *, path: bool = False) -> str:
     if path and ("/" in value or "\\" in value or value in (".", "..")):
         raise ValueError(f"{argument} must not be a path (no '/' or '\\', and not '.' or '..'): it names a folder, "
                          f"got {value!r}")
+    if path and ("#" in value or "?" in value):
+        raise ValueError(f"{argument} must have no '#' or '?': the dashboard's address of an env ends at either, "
+                         f"so its page would be empty, got {value!r}")
     if path and len(value.encode()) > MAX_PATH_BYTES:
         raise ValueError(f"{argument} must be at most {MAX_PATH_BYTES} bytes in UTF-8 (it names a folder), "
                          f"got {len(value.encode())}: {value[:20]!r}...")

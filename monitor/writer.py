@@ -806,8 +806,11 @@ def _env_of(path: Path) -> str:
         below = resolved.relative_to(Path.cwd().resolve()).parts or parts[-1:]
     else:
         below = parts[-1:]
-    name = "_".join(below).replace("/", "_").replace("\\", "_")
+    name = "_".join(below).translate(_NOT_IN_ENVS)
     return _window_name(name if name.strip("._ ") else "runs", "log_dir")
+
+
+_NOT_IN_ENVS = str.maketrans({"/": "_", "\\": "_", "#": "_", "?": "_"})  # a folder's separators, an address's ends
 
 
 def _env_apart(env: str, taken: set[str], path: Path) -> str:

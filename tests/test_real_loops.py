@@ -49,7 +49,7 @@ def test_a_trace_that_goes_back_in_x_goes_on_from_there_reported_once(visdom_ser
         1, 2, 5, 3, 4, 6, 2]
 
 
-BAD_NAMES = ["../x", "/abs", "a/b", "a\\b", "..", "a\0b", "tab\tin", "x" * 300, "日" * 90, "", " "]
+BAD_NAMES = ["../x", "/abs", "a/b", "a\\b", "..", "a\0b", "tab\tin", "x" * 300, "日" * 90, "", " ", "实验#1", "问?号"]
 
 
 @pytest.mark.parametrize("bad", BAD_NAMES)

@@ -920,6 +920,7 @@ def test_odd_log_dirs_still_name_an_env(tmp_path, monkeypatch):
     (tmp_path / "runs").mkdir()
     assert _env_of(Path("runs/a/b")) == "a_b" and _env_of(Path("runs")) == "runs"
     assert _env_of(Path("/")) == "runs" and _env_of(Path("runs/x\\y")) == "x_y"
+    assert _env_of(Path("runs/实验#1?")) == "实验_1_"  # what ends an address: the env's page would be empty
     assert _env_of(Path("runs/..")) == tmp_path.name  # resolved: the folder it names
     with pytest.raises(ValueError, match="log_dir must be a non-empty str"):
         _env_of(Path("runs/\t"))
