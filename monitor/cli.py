@@ -177,6 +177,7 @@ def checkpoints_list(directory: Path) -> None:
     import time
 
     from monitor.checkpoint.listing import list_checkpoints
+    from monitor.runs import padded
 
     try:
         infos = list_checkpoints(directory)
@@ -191,7 +192,8 @@ def checkpoints_list(directory: Path) -> None:
         kept = [w for w, on in (("latest", info.latest), (f"best #{info.best_rank}", info.best_rank),
                                 ("last", info.last)) if on]
         epoch = "-" if info.epoch is None else info.epoch
-        click.echo(f"{info.path.name:<20} {info.step:>8} {epoch:>5} {metric:>18} {info.size:>10,}  {when:<19}  "
+        click.echo(f"{info.path.name:<20} {info.step:>8} {epoch:>5} {padded(metric, 18, right=True)} {info.size:>10,}  "
+                   f"{when:<19}  "
                    + (f"UNREADABLE: {info.problem}" if info.problem else ", ".join(kept) or "-"))
 
 
@@ -422,7 +424,7 @@ def runs_export(run: Path, form: str, windows: tuple[str, ...]) -> None:
         points = exported(run, windows or None)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    (write_csv if form == "csv" else write_json)(points, sys.stdout)
+    (write_csv if form == "csv" else write_json)(points, click.get_text_stream("stdout"))
 
 
 def _rebuild(runs: Path, server) -> None:

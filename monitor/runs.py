@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import time
+import unicodedata
 from pathlib import Path
 from typing import IO, Any, Iterable, NamedTuple
 
@@ -248,8 +249,22 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
         cells += [f"{run.metrics[m][0]:.4g} ({run.metrics[m][1]:.4g})" if m in run.metrics else "-" for m in names]
         cells.append(" ".join(f"{k}={v}" for k, v in run.hparams.items()))
         rows.append(cells)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    widths = [max(columns(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(padded(cell, width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def columns(text: str) -> int:
+    """The columns ``text`` takes in a terminal: two for a wide character (Chinese, Japanese,
+    Korean), none for a combining one."""
+    if text.isascii():
+        return len(text)
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def padded(text: str, width: int, right: bool = False) -> str:
+    """``text`` padded with spaces to ``width`` terminal columns, on its right (or its left: ``right``-aligned)."""
+    room = " " * max(0, width - columns(text))
+    return room + text if right else text + room
 
 
 def labels(runs: list[Run]) -> tuple[list[str], list[str]]:

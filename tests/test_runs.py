@@ -68,6 +68,30 @@ def test_losses_and_errors_are_best_lowest_in_the_languages_users_name_them():
     assert [best_mode(name) for name in lowest + highest] == ["min"] * len(lowest) + ["max"] * len(highest)
 
 
+def test_the_runs_table_lines_up_names_in_wide_characters(tmp_path):
+    from monitor.runs import columns, table
+
+    for env, loss in (("猫狗分类-实验一", [0.9, 0.5]), ("a", [0.8])):
+        _finished_or_crashed(tmp_path, env, 1, 0.1, loss, crash=False)  # no server: the run logs alone
+    lines = table(listed(tmp_path)).splitlines()
+    starts = {columns(line[:line.index(word)]) for line, word in zip(lines, ("status", "finished", "finished"))}
+    assert len(starts) == 1 and columns("猫狗分类-实验一") == 15 and columns("e\u0301") == 1
+
+
+def test_export_prints_names_beyond_ascii_where_python_s_stdout_is_ascii(tmp_path):
+    import os
+    import subprocess
+
+    from helpers.commands import MONITOR_COMMAND
+
+    with Monitor([Scalars()], env="实验", run_dir=tmp_path / "实验", port=1) as monitor:  # no server: the log
+        monitor.step_end(loss=0.5, metrics={"准确率": 0.75})
+    printed = subprocess.run([*MONITOR_COMMAND, "runs", "export", str(tmp_path / "实验")],
+                             capture_output=True, timeout=120, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert printed.returncode == 0, printed.stderr.decode(errors="replace")[-2000:]
+    assert "准确率,train,1,0.75" in printed.stdout.decode()  # was a UnicodeEncodeError
+
+
 def test_export_names_what_is_missing(tmp_path):
     done = CliRunner().invoke(main, ["runs", "export", str(tmp_path)])
     assert done.exit_code != 0 and "run must be a run folder holding runlog.jsonl" in done.output
