@@ -21,6 +21,8 @@ from typing import Any, NamedTuple, Sequence
 import numpy
 import torch
 
+from monitor.runs import columns
+
 
 class Node(NamedTuple):
     """One step of the forward pass: a module call, a function, an input or the output."""
@@ -288,4 +290,9 @@ def _clusters(nodes: list[Node]) -> list[tuple[str, int, int, int]]:
 
 
 def _fit(text: str, limit: int = 34) -> str:
-    return text if len(text) <= limit else text[:limit - 2] + ".."
+    """``text`` cut to ``limit`` columns (a Chinese character takes two), ending in ".." where cut."""
+    if columns(text) <= limit:
+        return text
+    while columns(text) > limit - 2:
+        text = text[:-1]
+    return text + ".."

@@ -48,6 +48,17 @@ def test_a_skip_connection_is_an_edge_that_jumps_and_modules_are_boxed_in_their_
     assert svg.count(">blocks.0<") == 1 and svg.count(">blocks<") == 1 and " C" in svg  # boxes, an arc
 
 
+def test_a_long_name_in_wide_characters_is_cut_to_fit_its_box():
+    from monitor.runs import columns
+
+    model = nn.Sequential()
+    model.add_module("特征提取主干网络", nn.Sequential())
+    model.特征提取主干网络.add_module("第一个三乘三卷积层", nn.Linear(4, 4))
+    svg = drawn(traced(model, (torch.randn(2, 4),))[0])
+    label = next(t for t in svg.split('font-size="12">')[1:] if t.startswith("特征")).split("</text>")[0]
+    assert label.endswith("..") and 32 <= columns(label) <= 34  # was 34 characters: 64 columns, out of the box
+
+
 def test_two_inputs_both_feed_the_model():
     _, model, inputs = models_and_inputs()[2]
     nodes, _ = traced(model, inputs)
