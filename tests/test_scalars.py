@@ -173,3 +173,16 @@ def test_non_finite_values_arrive_as_gaps_at_their_step(visdom_server, read_wind
     xs, ys = read_window(visdom_server, "live-gaps", "loss")["train"]
     assert xs == [1, 2, 3, 4] and ys[0] == 1.0 and ys[3] == 0.5
     assert all(y is None or not math.isfinite(y) for y in ys[1:3])
+
+
+def test_scalars_given_to_a_monitor_per_fold_average_each_fold_s_epochs_alone():
+    """Fold 0 given up mid-epoch: its unfinished sums were added into fold 1's first epoch."""
+    scalars = Scalars(x="epoch")
+    for fold, losses in enumerate(([100.0, 100.0, 100.0], [1.0, 3.0])):
+        monitor, sink = monitor_with(scalars)
+        monitor.epoch_start(0)
+        for loss in losses:
+            monitor.step_end(loss=loss)
+        if fold == 1:
+            monitor.epoch_end()
+    assert sink.points("loss") == {"train": [(1, 2.0)]}

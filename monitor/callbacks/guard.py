@@ -79,6 +79,10 @@ class Guard(Callback):
 
         self._agree = monitor.world_size > 1 and self.action == "stop"
         self._main = monitor.rank == 0
+        # Given to another Monitor (a list of callbacks reused for each fold): a run of its own.
+        self.bad_step, self._taken = None, None
+        self._history.clear()
+        self._pending.clear()
         self._checkpoint = next((c for c in monitor.callbacks if isinstance(c, Checkpoint)), None)
         if self._checkpoint is not None:  # whichever comes first in the list: a save sees this step checked
             self._checkpoint.before_save.append(lambda: self._take(monitor.state, monitor.log, settle=True))

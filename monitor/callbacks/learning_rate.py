@@ -56,7 +56,7 @@ class LearningRate(Callback):
             self._write(state, log)
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
-        self._names, self._each = [], {}  # maybe another optimizer: name its groups again
+        self._names, self._each, self._logged_step = [], {}, None  # maybe another optimizer: name its groups again
         resumed, self._resumed = self._resumed or {}, None
         self._kept, self._kept_each = list(resumed.get("names", [])), dict(resumed.get("each", {}))
 

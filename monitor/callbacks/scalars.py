@@ -73,6 +73,8 @@ class Scalars(Callback):
 
     def on_attach(self, monitor: Monitor) -> None:
         self._world_size = monitor.world_size
+        self._sums.clear()  # given to another Monitor (a list of callbacks reused for each fold): its own epochs
+        self._counts.clear()
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if self.every != 1 and not is_due(state.step, self.every):
