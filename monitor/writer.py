@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 import wave
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -476,7 +477,8 @@ class SummaryWriter:
 
     def close(self) -> None:
         """Delivers what is pending and records that the run finished (a writer on a Monitor's env
-        only makes what it logged durable). A writer left open is closed at the script's exit."""
+        only makes what it logged durable). A writer the script lets go of unclosed ends its run
+        then; one still open, at the script's exit."""
         self._close("finished", None)
 
     def get_logdir(self) -> str | os.PathLike:
@@ -517,6 +519,9 @@ class SummaryWriter:
             return
         self._run = _run_of(Path(self.log_dir), purge_step, self._sink_options)
         self.log, self._kinds = self._run.log, self._run.kinds
+        # Let go of without close() (a trial's writer in a sweep): its run ends then, not at the exit.
+        self._dropped = weakref.finalize(self, _leave_dropped, self._run, os.getpid())
+        self._dropped.atexit = False  # at the exit, _end_open_runs ends those still open
 
     def _close(self, status: str, error: str | None) -> None:
         if self._closed:
@@ -525,6 +530,7 @@ class SummaryWriter:
         if self._run is None:
             self.log.sink.sync()
         else:
+            self._dropped.detach()
             self._run.leave(status, error)
 
     def _step(self, tag: str, global_step: Any) -> float:
@@ -671,6 +677,13 @@ class _Run:
                 del _runs[self.key]
         self.log.sink.put(RunEnd(status, error))
         self.log.sink.close()
+
+
+def _leave_dropped(run: _Run, pid: int) -> None:
+    """A writer the script let go of without close(): it leaves its run as close() would, the
+    run's sink closing in the background (its process, its threads), not at the script's exit."""
+    if os.getpid() == pid:  # not a fork's copy of it
+        threading.Thread(target=run.leave, args=("finished", None), name="monitor-close-dropped", daemon=True).start()
 
 
 _runs: dict[Path, _Run] = {}

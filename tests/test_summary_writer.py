@@ -1048,3 +1048,23 @@ def test_writers_opened_in_the_same_second_each_get_a_run_of_their_own(tmp_path,
     writers = (first, second, other, third)
     assert [w.log_dir for w in writers] == [name, f"{name}_2", f"{name}-lr0.1", f"{name}_3"]
     assert [_points(Path(w.log_dir), "loss", "loss") for w in writers] == [[(0, v)] for v in (1.0, 2.0, 3.0, 4.0)]
+
+
+def test_a_writer_let_go_of_without_close_ends_its_run_and_its_sink_s_process(visdom_server, read_window, tmp_path):
+    """A sweep's trials each with a writer never closed kept a process each until the exit (800 MB for 20)."""
+    import gc
+
+    writer = SummaryWriter(tmp_path / "trial", port=visdom_server.port)
+    child = writer.log.sink._child
+    for step in range(3):
+        writer.add_scalar("loss", float(step), step)
+    del writer
+    gc.collect()
+    assert child.wait(timeout=20) == 0
+    assert [e["status"] for e in RunLog.read(tmp_path / "trial" / RunLog.FILENAME) if e["k"] == "end"] == ["finished"]
+    assert read_window(visdom_server, "trial", "loss")["loss"][0] == [0, 1, 2]
+    with SummaryWriter(tmp_path / "closed", port=visdom_server.port) as closed:  # closed: ends its run once
+        closed.add_scalar("loss", 1.0, 0)
+    del closed
+    gc.collect()
+    assert [e["k"] for e in RunLog.read(tmp_path / "closed" / RunLog.FILENAME)].count("end") == 1
