@@ -82,6 +82,9 @@ class Log:
         self.layouts: dict[str, tuple[int, dict[str, Any]]] = {}
         self._names: set[str] = set()  # window and trace names already checked
         self._checked_traces: tuple[str, ...] = ()
+        # The metrics given to hparams() so far, by window (not a writer's trials): a run's final
+        # test metrics, which Summary's record at train_end keeps beside the validation's.
+        self.final_metrics: dict[str, dict[str, Any]] = {}
 
     def _name(self, argument: str, value: Any) -> str:
         """``value`` if it is a usable window or trace name (checked once per name)."""
@@ -252,6 +255,8 @@ class Log:
                 raise TypeError(f"{argument} must be a mapping of name to value, got {type(value).__name__}")
         plain = {str(k): _plain(v) for k, v in hparams.items()}
         numbers = {str(k): _snapshot(v, "metrics", k) for k, v in (metrics or {}).items()}
+        if numbers and trial is None:
+            self.final_metrics.setdefault(window, {}).update(numbers)
         self.window(window, order=Order.SUMMARY, title=window)
         self.sink.put(Hparams(window, _x(x), plain, numbers, trial))
 

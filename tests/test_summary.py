@@ -1,8 +1,8 @@
 """Summary: one pane with the model, its counts, the hyper-parameters and versions."""
 from __future__ import annotations
 
-
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -128,3 +128,21 @@ def test_train_end_called_again_with_no_step_since_keeps_the_final_metrics():
     monitor.train_end()
     assert [r.metrics for r in sink.records if isinstance(r, Hparams)][-1] == {"accuracy": 0.97,
                                                                                 "test accuracy": 0.95}
+
+
+def test_test_metrics_the_loop_gives_log_hparams_stay_in_the_run_s_final_record(tmp_path):
+    """A k-fold script's last line, log.hparams(..., {"test_loss": ...}), was replaced at train_end by
+    Summary's record of the validation metrics alone: runs list showed test_loss as -."""
+    from monitor import Monitor, Scalars
+    from monitor.runs import described
+
+    model = small_model()
+    with Monitor([Summary(), Scalars()], env="fold3", run_dir=tmp_path, port=1) as monitor:  # no server: the log
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1), hparams={"fold": 3})
+        monitor.step_end(loss=0.6)
+        monitor.validation_end({"val_loss": 0.54, "val_acc": 0.825})
+        monitor.log.hparams({"fold": 3}, {"test_loss": torch.tensor(0.49), "test_acc": 0.815})
+    run = described(tmp_path)
+    assert run.hparams == {"fold": 3}
+    finals = {name: last for name, (last, _) in run.metrics.items() if "/" not in name}  # those given with hparams
+    assert finals == {"val_loss": 0.54, "val_acc": 0.825, "test_loss": pytest.approx(0.49), "test_acc": 0.815}

@@ -56,9 +56,13 @@ class Summary(Callback):
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         hparams = {**self.hparams, **state.hparams}
-        metrics = dict(self._metrics)  # a test after train_end adds to them for a second train_end
+        # The last validation's, and a test's the loop gave log.hparams (which win: given last, on purpose).
+        # A test after train_end adds to them for a second train_end.
+        given = dict(log.final_metrics.get("hparams", {}))
+        metrics = {**self._metrics, **given}
         if hparams:  # a run given no hyper-parameters gets no pane of them
             log.hparams(hparams, metrics, state.step)
+            log.final_metrics["hparams"] = given  # this record is not the loop's: a later validation still counts
 
 
 def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.optim.Optimizer],
