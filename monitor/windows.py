@@ -392,15 +392,18 @@ class Window:
         requests, self._sending = [], [] if fresh else list(held)
         for entry in self.history if fresh else [e for e in self.history if e["n"] > held[-1]]:
             try:
-                png = (self.run_dir / entry["file"]).read_bytes()
+                png = on_slider_pane((self.run_dir / entry["file"]).read_bytes())
             except (OSError, TypeError):  # removed since (a resumed run, a copied log): not shown
                 continue
             content = {"content": {"src": "data:image/png;base64," + base64.b64encode(png).decode()},
                        "type": "image_history"}
             if not self._sending:
-                width, height = _png_size(base64.b64encode(png[:24]).decode())
+                width, height = struct.unpack(">II", png[16:24])
+                # Visdom fits the image to the pane's whole width or height, the slider drawn over it:
+                # as wide as the pane, it leaves the slider its own room below.
+                pane_width = max(width + _IMAGE_MARGIN, _SLIDER_WIDTH)
                 opts = {**self.opts, "title": self.opts.get("title", self.name), "show_slider": True,
-                        "width": max(width + _IMAGE_MARGIN, _SLIDER_WIDTH), "height": height + _IMAGE_MARGIN + _SLIDER}
+                        "width": pane_width, "height": math.ceil((pane_width + 1) * height / width) + _SLIDER}
                 requests.append(("events", {"data": [content], "win": self.name, "eid": env, "opts": opts}))
             else:
                 requests.append(("update", {"data": [content], "win": self.name, "eid": env}))
@@ -530,7 +533,7 @@ class Windows:
 
 _IMAGE_MARGIN = 32  # pixels
 PANE_GRIDS = 2 * (KEEP + 1)  # grids a history pane on the server holds at most
-_SLIDER = 40  # pixels: a history pane's slider below the grid
+_SLIDER = 92  # pixels: a history pane's title bar and slider, the grid centred between (twice the 45 they take)
 _SLIDER_WIDTH = 320  # pixels: a history pane is at least this wide, for its slider to be usable
 
 
@@ -564,6 +567,31 @@ def _mode(xs: list) -> str:
     """A curve's Plotly mode: a line, with a dot while it has one point (a line of one point is
     not drawn: a first validation, a test accuracy logged once)."""
     return "lines" if len(xs) != 1 else "lines+markers"
+
+
+def on_slider_pane(png: bytes) -> bytes:
+    """A grid as a history pane shows it: one narrower than the pane's slider centred on white as
+    wide as that, so that Visdom, which fits an image to the pane's width, does not blow it up."""
+    width = struct.unpack(">I", png[16:20])[0]
+    if width >= _SLIDER_WIDTH - _IMAGE_MARGIN:
+        return png
+    import io
+
+    from PIL import Image
+
+    from PIL.PngImagePlugin import PngInfo
+
+    with Image.open(io.BytesIO(png)) as grid:
+        if getattr(grid, "is_animated", False):  # a video's frames: as they are
+            return png
+        wide = Image.new(grid.mode, (_SLIDER_WIDTH - _IMAGE_MARGIN, grid.height), "white")
+        left = (wide.width - width) // 2
+        wide.paste(grid, (left, 0))
+    said = PngInfo()
+    said.add_text("grid", f"{left},{width}")  # where the grid is: its left column and width
+    buffer = io.BytesIO()
+    wide.save(buffer, format="PNG", compress_level=1, pnginfo=said)
+    return buffer.getvalue()
 
 
 def _png_size(png_base64: str) -> tuple[int, int]:

@@ -186,7 +186,7 @@ def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_
     from selenium.webdriver.support.ui import WebDriverWait
 
     from monitor import Images, Monitor
-    from monitor.windows import PANE_GRIDS
+    from monitor.windows import PANE_GRIDS, on_slider_pane
 
     monitor = Monitor([Images(every=1, count=1, captions=None)], env="history_check", port=visdom_server.port,
                       run_dir=tmp_path, raise_errors=True)
@@ -196,7 +196,7 @@ def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_
 
     def sources() -> list[str]:
         files = sorted(tmp_path.joinpath("images").rglob("*.png"))
-        return ["data:image/png;base64," + base64.b64encode(p.read_bytes()).decode() for p in files]
+        return ["data:image/png;base64," + base64.b64encode(on_slider_pane(p.read_bytes())).decode() for p in files]
 
     browser.get(f"{visdom_server.url}/env/history_check")
     wait = WebDriverWait(browser, 30)
@@ -205,6 +205,10 @@ def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_
     wait.until(lambda d: d.execute_script(shown) == kept[-1])  # opens at the latest grid
     slider = browser.find_element(By.CSS_SELECTOR, "input[type=range]")
     assert int(slider.get_attribute("max")) == len(kept) - 1
+    drawn = "const i = document.querySelector('img.content-image'); return i.complete && i.naturalWidth > 0"
+    wait.until(lambda d: d.execute_script(drawn))
+    image = browser.find_element(By.CSS_SELECTOR, "img.content-image").rect
+    assert image["y"] + image["height"] <= slider.rect["y"]  # the grid's last row above the slider, not under it
     width = slider.size["width"]  # the pane takes keys for itself: the slider is clicked, as a person would
     ActionChains(browser).move_to_element_with_offset(slider, -width // 2 + 1, 0).click().perform()
     wait.until(lambda d: d.execute_script(shown) == kept[0])  # the earliest kept grid

@@ -5,7 +5,7 @@ import base64
 
 import torch
 
-from helpers.monitors import shown_grid
+from helpers.monitors import shown_grid, unpadded
 from monitor import Images, Monitor, VisdomSink
 from monitor.imagestore import KEEP, ImageStore, kept
 from monitor.replay import replay
@@ -98,7 +98,7 @@ def test_the_pane_grows_by_appends_and_is_created_again_only_past_its_bound(visd
 def grids_of(pane_or_files) -> list[bytes]:
     """The PNGs of a history pane read back from the server, or of image files, in order."""
     if isinstance(pane_or_files, dict):
-        return [base64.b64decode(c["src"].split(",", 1)[1]) for c in pane_or_files["content"]]
+        return [unpadded(base64.b64decode(c["src"].split(",", 1)[1])) for c in pane_or_files["content"]]
     return [path.read_bytes() for path in pane_or_files]
 
 

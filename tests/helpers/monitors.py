@@ -88,4 +88,21 @@ def shown_grid(window: dict) -> bytes:
     content = window["content"]
     if window["type"] == "image_history":
         content = content[window["selected"]]
-    return base64.b64decode(content["src"].split(",", 1)[1])
+    return unpadded(base64.b64decode(content["src"].split(",", 1)[1]))
+
+
+def unpadded(png: bytes) -> bytes:
+    """A grid as it was drawn, from the PNG a history pane shows (``windows.on_slider_pane``
+    centres a narrow grid on white and says where)."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as shown:
+        if "grid" not in shown.info:
+            return png
+        left, width = map(int, shown.info["grid"].split(","))
+        grid = shown.crop((left, 0, left + width, shown.height))
+    buffer = io.BytesIO()
+    grid.save(buffer, format="PNG", compress_level=1)  # as encode_grid saves it
+    return buffer.getvalue()
