@@ -99,20 +99,19 @@ def listed(root: str | os.PathLike = "runs", unreadable: list[str] | None = None
     be read is left out and, given ``unreadable``, said there (one torn at its first line is
     no run yet)."""
     root = Path(root)
-    logs = sorted(root.rglob(RunLog.FILENAME))
-    if earlier:
-        set_aside = root.glob("*.jsonl") if root.name == RunDir.EARLIER else root.rglob(f"{RunDir.EARLIER}/*.jsonl")
-        logs += sorted(set_aside)
-    runs = []
-    for path in logs:
-        try:
-            runs.append(described(path if path.name != RunLog.FILENAME else path.parent))
-        except NoRunYet:
-            continue
-        except (OSError, ValueError, KeyError) as error:
-            if unreadable is not None:
-                unreadable.append(f"{path.parent}: {type(error).__name__}: {error}")
-    return runs
+    set_aside = [] if not earlier else \
+        root.glob("*.jsonl") if root.name == RunDir.EARLIER else root.rglob(f"{RunDir.EARLIER}/*.jsonl")
+    runs: list[list[Run]] = [[], []]  # the folders' runs, by folder; the earlier runs, by when they started
+    for kind, logs in enumerate((sorted(root.rglob(RunLog.FILENAME)), set_aside)):
+        for path in logs:
+            try:
+                runs[kind].append(described(path if path.name != RunLog.FILENAME else path.parent))
+            except NoRunYet:
+                continue
+            except (OSError, ValueError, KeyError) as error:
+                if unreadable is not None:
+                    unreadable.append(f"{path.parent}: {type(error).__name__}: {error}")
+    return runs[0] + sorted(runs[1], key=lambda run: run.started)
 
 
 def described(run: str | os.PathLike) -> Run:

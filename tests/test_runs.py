@@ -182,7 +182,8 @@ def test_a_sweep_reusing_one_env_lists_its_earlier_runs_when_asked(visdom_server
     every = listed(root, earlier=True)
     assert sorted((run.hparams["lr"], run.status) for run in every) == [(0.1, "finished"), (0.3, "crashed"),
                                                                         (0.5, "finished")]
-    assert sorted(run.hparams["lr"] for run in listed(root / "sweep" / "earlier", earlier=True)) == [0.1, 0.3]
+    assert [run.hparams["lr"] for run in every] == [0.5, 0.1, 0.3]  # the folder's, then the earlier ones in order
+    assert [run.hparams["lr"] for run in listed(root / "sweep" / "earlier", earlier=True)] == [0.1, 0.3]
     assert not listed(root / "sweep" / "earlier")  # what gc and rm see: no folder of a run of its own
     shown = CliRunner().invoke(main, ["runs", "list", str(root / "sweep" / "earlier")])
     assert shown.exit_code == 0 and len(shown.output.splitlines()) == 3, shown.output
