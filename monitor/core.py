@@ -21,6 +21,7 @@ import torch
 from monitor import checks
 from monitor.distributed import rank_and_world_size, warn_before_init
 from monitor.log import Log, NullSink, Sink
+from monitor.models import unwrap_model
 from monitor.records import RunEnd, ending_of, exit_error, interactive
 from monitor.reports import Reports
 from monitor.resumable import Resumable, batches_done
@@ -277,6 +278,10 @@ class Monitor:
                                           for name in ("scale", "unscale_", "get_scale", "is_enabled")):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         state = self.state
+        if model is not None and state.model is not None and unwrap_model(model) is not unwrap_model(state.model):
+            self._reports.once("another model", f"train_start was given another model: it goes on with this run, "
+                                                f"from step {state.step}; make a Monitor for each run (a fold, a "
+                                                f"trial) for a run of its own")
         state.model, state.optimizers, state.scaler = model, optimizers, scaler
         state.optimizer = next(iter(optimizers.values())) if len(optimizers) == 1 else None
         self.state.hparams = dict(hparams or {})

@@ -224,6 +224,22 @@ def test_a_monitor_or_writer_sent_to_another_process_is_refused_saying_where_to_
         logger.close()
 
 
+def test_train_start_given_another_model_says_once_that_the_run_goes_on(caplog):
+    """One Monitor for every fold of a cross-validation: the folds were one run, silently."""
+    monitor, _ = monitor_with(Scalars())
+    model = nn.Linear(2, 1)
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        monitor.step_end(loss=1.0)
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))  # the same model again: a resume
+        assert caplog.text == ""
+        for fold in range(2):
+            model = nn.Linear(2, 1)
+            monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "train_start was given another model: it goes on with this run, from step 1" in said[0]
+
+
 @pytest.mark.parametrize("metrics", [0.5, "accuracy", [("accuracy", 0.9)], torch.tensor(0.5)])
 def test_metrics_that_are_not_a_mapping_are_refused_before_the_step_is_counted(metrics):
     monitor, sink = monitor_with(Scalars(smoothing=0))
