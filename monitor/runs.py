@@ -306,17 +306,24 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     named, differing = labels(found)
     env = checks.name("into", into or _comparison_env([run.env for run in found]), path=True)
     entries = [list(RunLog.read(run.log)) for run in found]
-    lines = [{e["win"] for e in log if e.get("k") == "points"} - {e["win"] for e in log if e.get("k") == "layout"
-                                                                 and e["opts"].get("form") == "heatmap"}
-             for log in entries]
+    lines = set.intersection(*({e["win"] for e in log if e.get("k") == "points"} for log in entries))
+    # A deep model's layers as a heatmap in some run: their total alone (the layers differ between models).
+    totals = {e["win"] for log in entries for e in log if e.get("k") == "layout" and e["opts"].get("form") == "heatmap"}
     curves = set.intersection(*({e["win"] for e in log if e.get("k") == "pr_curve"} for log in entries))
-    shared = set.intersection(*lines) | curves
+    shared = lines | curves
     windows = Windows()
     for label, log in zip(named, entries):
         latest = {}  # each PR-curve window's last entry
         for entry in log:
             if entry.get("win") not in shared:
                 continue
+            if entry["win"] in totals:
+                if entry["k"] == "layout":
+                    entry = {**entry, "opts": {k: v for k, v in entry["opts"].items() if k not in ("form", "top")}}
+                elif entry["k"] == "points":
+                    if "total" not in entry["y"]:
+                        continue
+                    entry = {**entry, "y": {"total": entry["y"]["total"]}}
             if entry["k"] == "points":
                 entry = {**entry, "y": {f"{label}/{trace}": y for trace, y in entry["y"].items()}}
             if entry["k"] in ("points", "layout"):

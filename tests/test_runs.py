@@ -237,6 +237,29 @@ def test_compare_puts_a_trace_per_run_in_each_shared_window_on_a_server_that_nev
         read_window(fresh_server, "cmp", "accuracy")  # the killed run logged no accuracy
 
 
+def test_compare_draws_the_total_grad_norm_of_runs_whose_layers_are_a_heatmap(tmp_path, fresh_server, read_window):
+    """The grad-norm window of a deep model is a heatmap: compare left the window out, total too."""
+    from monitor import GradNorms
+
+    for env, form in (("deep", "heatmap"), ("shallow", "lines")):
+        model = small_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Monitor([Scalars(), GradNorms(form=form)], env=env, run_dir=tmp_path / env, port=1) as monitor:
+            monitor.train_start(model, optimizer)  # no server: the run logs alone
+            for _ in range(3):
+                model(torch.ones(2, 4)).sum().backward()
+                monitor.after_backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                monitor.step_end(loss=1.0)
+    done = CliRunner().invoke(main, ["runs", "compare", str(tmp_path / "deep"), str(tmp_path / "shallow"),
+                                     "--into", "cmp-deep", "--port", str(fresh_server.port)])
+    assert done.exit_code == 0, done.output
+    shown = read_window(fresh_server, "cmp-deep", "grad norm")
+    assert sorted(shown) == ["deep/total", "shallow/total"] and shown["deep/total"][0] == [1, 2, 3]
+    assert shown["deep/total"][1] == shown["shallow/total"][1]  # the same model, seed and batches
+
+
 def _finished(root, env: str, port: int, loss: float) -> None:
     from monitor import Checkpoint
 
