@@ -683,7 +683,13 @@ def _leave_dropped(run: _Run, pid: int) -> None:
     """A writer the script let go of without close(): it leaves its run as close() would, the
     run's sink closing in the background (its process, its threads), not at the script's exit."""
     if os.getpid() == pid:  # not a fork's copy of it
-        threading.Thread(target=run.leave, args=("finished", None), name="monitor-close-dropped", daemon=True).start()
+        leaving = threading.Thread(target=run.leave, args=("finished", None), name="monitor-close-dropped",
+                                   daemon=True)
+        _leaving[run.key] = leaving
+        leaving.start()
+
+
+_leaving: dict[Path, threading.Thread] = {}  # runs of writers let go of, ending: a writer opened there waits
 
 
 _runs: dict[Path, _Run] = {}
@@ -727,6 +733,7 @@ def _forget_runs_in_fork() -> None:
     """A forked child neither ends its parent's runs at its exit nor waits for them."""
     global _runs_lock
     _runs.clear()
+    _leaving.clear()
     _runs_lock = threading.Lock()
 
 
@@ -735,6 +742,9 @@ os.register_at_fork(after_in_child=_forget_runs_in_fork)
 
 def _run_of(path: Path, purge_step: int | None, sink_options: dict[str, Any]) -> _Run:
     global _ended_at_exit
+    leaving = _leaving.pop(path.resolve(), None)
+    if leaving is not None:  # its sink still writes the run log this writer would continue
+        leaving.join()
     with _runs_lock:  # two threads opening one log_dir share one sink
         run = _runs.get(path.resolve())
         if run is None:

@@ -1063,6 +1063,14 @@ def test_a_writer_let_go_of_without_close_ends_its_run_and_its_sink_s_process(vi
     assert child.wait(timeout=20) == 0
     assert [e["status"] for e in RunLog.read(tmp_path / "trial" / RunLog.FILENAME) if e["k"] == "end"] == ["finished"]
     assert read_window(visdom_server, "trial", "loss")["loss"][0] == [0, 1, 2]
+    for step in range(6):  # a trial's function, its writer never closed, each on one folder: nothing lost
+        trial = SummaryWriter(tmp_path / "trials", port=visdom_server.port)
+        trial.add_scalar("loss", float(step), step)
+        child = trial.log.sink._child
+        del trial
+        gc.collect()
+    assert child.wait(timeout=20) == 0
+    assert [e["x"] for e in RunLog.read(tmp_path / "trials" / RunLog.FILENAME) if e["k"] == "points"] == list(range(6))
     with SummaryWriter(tmp_path / "closed", port=visdom_server.port) as closed:  # closed: ends its run once
         closed.add_scalar("loss", 1.0, 0)
     del closed
