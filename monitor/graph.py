@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy
 import torch
+from torch.nn.parameter import is_lazy
 
 from monitor.runs import columns
 
@@ -47,7 +48,7 @@ def traced(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], s
     """
     modes = [(module, module.training) for module in model.modules()]
     buffers = [(module, name, buffer, buffer.clone()) for module in model.modules()
-               for name, buffer in module._buffers.items() if buffer is not None]
+               for name, buffer in module._buffers.items() if buffer is not None and not is_lazy(buffer)]
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     python_state, numpy_state = random.getstate(), numpy.random.get_state()
     model.eval()
@@ -63,9 +64,11 @@ def traced(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], s
             if module.training != training:
                 module.train(training)
         with torch.no_grad():
-            for module, name, buffer, value in buffers:  # the same tensors: a resized observer's too
-                buffer.resize_(value.shape).copy_(value)
-                module._buffers[name] = buffer
+            for module, name, buffer, value in buffers:  # the same tensors where they can be: a resized observer's too
+                try:
+                    module._buffers[name] = buffer.resize_(value.shape).copy_(value)
+                except RuntimeError:  # one that requires grad, an inference tensor: the copy instead
+                    module._buffers[name] = value
         random.setstate(python_state)
         numpy.random.set_state(numpy_state)
 

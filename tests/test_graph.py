@@ -168,6 +168,17 @@ def test_tracing_leaves_a_quantization_aware_model_s_observers_as_they_were(fx, 
     assert all(buffer is buffers[name] for name, buffer in model.named_buffers())  # the same tensors, put back
 
 
+def test_a_lazy_model_and_odd_buffers_are_traced_as_before():
+    """Buffers put back after the trace: a lazy one (no values yet), one that requires grad, an inference tensor."""
+    lazy = nn.Sequential(nn.LazyLinear(4), nn.LazyBatchNorm1d())
+    assert traced(lazy, (torch.randn(3, 5),))[0] and lazy[1].running_mean.shape == (4,)  # made real by the pass
+    with torch.inference_mode():
+        frozen = nn.BatchNorm1d(4)
+    frozen.register_buffer("scale", torch.ones(2, requires_grad=True))
+    traced(frozen, (torch.randn(3, 4) * 5,))
+    assert torch.equal(frozen.running_var, torch.ones(4)) and frozen.scale.requires_grad
+
+
 def test_the_graph_callback_draws_the_first_step_s_inputs_once():
     model = SkipNet()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
