@@ -352,7 +352,7 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
 
 def _comparison_env(envs: list[str]) -> str:
     """``compare_`` and the envs joined; past 80 characters, cut and told apart by a hash of them all."""
-    name = "compare_" + "_".join(envs)
+    name = ("compare_" + "_".join(envs)).translate({ord("#"): "_", ord("?"): "_"})  # envs before they were refused
     if len(name) <= 80:
         return name
     return f"{name[:71]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"

@@ -663,7 +663,7 @@ class _Run:
         if purge_step is not None and not RunDir(path).is_live():
             _purge(path / RunLog.FILENAME, purge_step)
         position, self.next_step, self.kinds, env = _continued(path / RunLog.FILENAME)
-        self.env = env or _env_apart(_env_of(path), taken, path)
+        self.env = env.translate(_NOT_IN_ENVS) if env else _env_apart(_env_of(path), taken, path)  # '#': an old run's
         self.log = Log(SinkProcess(env=self.env, run_dir=path, rewind_to=position, **sink_options))
         self.writers = 0
 

@@ -921,6 +921,16 @@ def test_odd_log_dirs_still_name_an_env(tmp_path, monkeypatch):
     assert _env_of(Path("runs/a/b")) == "a_b" and _env_of(Path("runs")) == "runs"
     assert _env_of(Path("/")) == "runs" and _env_of(Path("runs/x\\y")) == "x_y"
     assert _env_of(Path("runs/实验#1?")) == "实验_1_"  # what ends an address: the env's page would be empty
+    from monitor.runs import _comparison_env
+    assert _comparison_env(["lr#1", "b"]) == "compare_lr_1_b"
+    old = tmp_path / "runs" / "lr#1"  # a run written before such envs were refused: it goes on, in env lr_1
+    old.mkdir()
+    (old / RunLog.FILENAME).write_text('{"k":"run","env":"lr#1","run_id":"' + "a" * 32 + '","time":1.0}\n'
+                                       '{"k":"points","win":"loss","x":0,"y":{"loss":1.0}}\n')
+    with SummaryWriter(old, port=1) as writer:  # no server: the log
+        writer.add_scalar("loss", 0.5, 1)
+    assert writer.log.sink.env == "lr_1"
+    assert [e["x"] for e in RunLog.read(old / RunLog.FILENAME) if e["k"] == "points"] == [0, 1]
     assert _env_of(Path("runs/..")) == tmp_path.name  # resolved: the folder it names
     with pytest.raises(ValueError, match="log_dir must be a non-empty str"):
         _env_of(Path("runs/\t"))
