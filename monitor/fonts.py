@@ -21,8 +21,10 @@ from PIL import ImageFont
 _log = logging.getLogger("monitor")
 
 SIZE = 12  # pixels: a system font's glyphs as tall as Pillow's own at its size 10
-_KNOWN = ("/System/Library/Fonts/PingFang.ttc", "/System/Library/Fonts/Hiragino Sans GB.ttc",
-          "/Library/Fonts/Arial Unicode.ttf", "C:/Windows/Fonts/msyh.ttc", "C:/Windows/Fonts/arialuni.ttf")
+_WINDOWS_FONTS = os.path.join(os.environ.get("WINDIR", "C:/Windows"), "Fonts")
+_KNOWN = ("/System/Library/Fonts/Supplemental/Arial Unicode.ttf", "/Library/Fonts/Arial Unicode.ttf",
+          "/System/Library/Fonts/STHeiti Light.ttc", "/System/Library/Fonts/AppleSDGothicNeo.ttc",
+          *(os.path.join(_WINDOWS_FONTS, name) for name in ("msyh.ttc", "msgothic.ttc", "malgun.ttf", "arialuni.ttf")))
 _found: list[ImageFont.FreeTypeFont] = []  # system fonts loaded for earlier text, tried first
 _said = False
 
@@ -79,7 +81,9 @@ def _candidates(wanted: frozenset[str]) -> Iterable[ImageFont.ImageFont]:
 def _load(path: str) -> ImageFont.FreeTypeFont | None:
     try:
         return ImageFont.truetype(path, SIZE)
-    except OSError:  # not there, or not a font
+    except OSError as error:  # not there, or not a font
+        if path == os.environ.get("MONITOR_FONT"):
+            _log.warning("monitor: MONITOR_FONT must be a font file (.ttf, .otf, .ttc), got %r: %s", path, error)
         return None
 
 

@@ -309,6 +309,7 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
     lines = set.intersection(*({e["win"] for e in log if e.get("k") == "points"} for log in entries))
     # A deep model's layers as a heatmap in some run: their total alone (the layers differ between models).
     totals = {e["win"] for log in entries for e in log if e.get("k") == "layout" and e["opts"].get("form") == "heatmap"}
+    totals &= {e["win"] for log in entries for e in log if e.get("k") == "points" and "total" in e["y"]}
     curves = set.intersection(*({e["win"] for e in log if e.get("k") == "pr_curve"} for log in entries))
     shared = lines | curves
     windows = Windows()

@@ -582,7 +582,7 @@ def on_slider_pane(png: bytes) -> bytes:
     from PIL.PngImagePlugin import PngInfo
 
     with Image.open(io.BytesIO(png)) as grid:
-        if getattr(grid, "is_animated", False):  # a video's frames: as they are
+        if getattr(grid, "is_animated", False) or grid.mode not in ("L", "RGB"):  # a video's frames: as they are
             return png
         wide = Image.new(grid.mode, (_SLIDER_WIDTH - _IMAGE_MARGIN, grid.height), "white")
         left = (wide.width - width) // 2

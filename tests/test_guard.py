@@ -119,17 +119,20 @@ def test_without_a_loss_the_gradients_alone_are_watched_and_no_spike_is_read_int
     assert guard.bad_step == 31
 
 
-def test_a_guard_given_to_a_monitor_per_fold_watches_each_fold_afresh():
+def test_a_guard_given_to_a_monitor_per_fold_watches_each_fold_afresh(tmp_path):
     """A list of callbacks built once for every fold's Monitor: a Guard tripped in fold 0 said
     nothing of fold 1's NaN."""
-    guard = Guard()
-    for bad_at in (5, 6):
+    guard, checkpoint = Guard(), None
+    for fold, bad_at in enumerate((5, 6)):
         model = nn.Linear(4, 1)
-        monitor = Monitor([Scalars(), guard], sink=NullSink())
+        fresh = Checkpoint(tmp_path / f"fold{fold}", every_steps=100)
+        checkpoint = checkpoint or fresh  # one Checkpoint reused too: its checks before a save are this fold's
+        monitor = Monitor([Scalars(), guard, checkpoint], sink=NullSink())
         monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
         for step in range(1, 8):
             monitor.step_end(loss=torch.tensor(float("nan") if step == bad_at else 1.0))
-        assert guard.bad_step == bad_at
+        assert guard.bad_step == bad_at and len(checkpoint.before_save) == 1
+        monitor.close()
 
 
 def test_overflowing_gradients_under_a_grad_scaler_are_the_scaler_s_to_skip():

@@ -67,6 +67,7 @@ class Guard(Callback):
         self.grads = bool(grads)
         self.bad_step: int | None = None
         self._checkpoint: Any = None
+        self._check_before_save: Any = None  # what the checkpoint calls before each save
         self._history: deque[float] = deque(maxlen=self.window)
         self._grad_norm: Any = None
         self._pending: deque = deque()  # (step, names, values on host memory, event) from a device
@@ -83,9 +84,14 @@ class Guard(Callback):
         self.bad_step, self._taken = None, None
         self._history.clear()
         self._pending.clear()
+        self._grad_norm = None
+        earlier = self._checkpoint.before_save if self._checkpoint is not None else []
+        if self._check_before_save in earlier:  # the last Monitor's: its model, its state
+            earlier.remove(self._check_before_save)
         self._checkpoint = next((c for c in monitor.callbacks if isinstance(c, Checkpoint)), None)
         if self._checkpoint is not None:  # whichever comes first in the list: a save sees this step checked
-            self._checkpoint.before_save.append(lambda: self._take(monitor.state, monitor.log, settle=True))
+            self._check_before_save = lambda: self._take(monitor.state, monitor.log, settle=True)
+            self._checkpoint.before_save.append(self._check_before_save)
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         if not self.grads or self.bad_step is not None or state.model is None or \
