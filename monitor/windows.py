@@ -428,6 +428,9 @@ class Window:
                       "yaxis": {"title": self.opts.get("ylabel", ""), "type": self.opts.get("ytype", "linear")}}
             if self.nonfinite:  # said in the legend: the title stays the name, which compare views match on
                 layout["legend"] = {"title": {"text": f"{self.nonfinite} non-finite shown as gaps"}}
+            flat = _one_value([line["y"] for line in data])
+            if flat and layout["yaxis"]["type"] == "linear":  # Plotly's range is the value +- 1: 0.001 read as 0
+                layout["yaxis"]["range"] = [flat - abs(flat) / 2, flat + abs(flat) / 2]
             opts = {**self.opts, "title": title}
             return "events", {"data": data, "win": self.name, "eid": env, "layout": layout, "opts": opts}
         if self.kind == "distribution":
@@ -561,6 +564,12 @@ def _value(value: Any) -> str:
     """A table's value; a float to 12 significant digits, without arithmetic's last-digit noise
     (``0.1 * 3`` shows as 0.3)."""
     return repr(float(f"{value:.12g}")) if isinstance(value, float) else str(value)
+
+
+def _one_value(series: list[list]) -> float | None:
+    """The one value every finite point of the curves has (a constant learning rate), else None."""
+    values = {y for ys in series for y in ys if y is not None and math.isfinite(y)}
+    return values.pop() if len(values) == 1 else None
 
 
 def _mode(xs: list) -> str:

@@ -512,7 +512,7 @@ def test_a_curve_of_one_point_shows_as_a_dot_until_it_has_two(visdom_server, tmp
 
     with Monitor([Scalars()], env="one_point", run_dir=tmp_path, port=visdom_server.port) as monitor:
         for step in range(3):
-            monitor.step_end(loss=1.0 / (step + 1), metrics={"accuracy": 0.5})
+            monitor.step_end(loss=1.0 / (step + 1), metrics={"accuracy": 0.5, "lr": 0.001})
         monitor.validation_end({"loss": 0.8, "test accuracy": 0.9})
         monitor.flush()
         browser.get(f"{visdom_server.url}/env/one_point")
@@ -522,6 +522,8 @@ def test_a_curve_of_one_point_shows_as_a_dot_until_it_has_two(visdom_server, tmp
         WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, dots)) >= 3)
         modes = {name: {t["name"]: t["mode"] for t in read_window_raw(visdom_server, "one_point", name)["content"]["data"]}
                  for name in ("loss", "test accuracy")}
+        ticks = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.ytick text")]
+        assert "0.001" in ticks and "\u22121" not in ticks  # a constant 0.001 about its value, not on Plotly's -1 to 1
         _screenshot_without_console_errors(browser, "one_point.png")
         monitor.validation_end({"loss": 0.7})
     assert modes["test accuracy"] == {"validation": "lines+markers"}
