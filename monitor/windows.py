@@ -568,8 +568,15 @@ def _value(value: Any) -> str:
 
 def _one_value(series: list[list]) -> float | None:
     """The one value every finite point of the curves has (a constant learning rate), else None."""
-    values = {y for ys in series for y in ys if y is not None and math.isfinite(y)}
-    return values.pop() if len(values) == 1 else None
+    one = None
+    for ys in series:
+        for y in ys:
+            if y is not None and math.isfinite(y):
+                if one is None:
+                    one = y
+                elif y != one:  # a curve that changes: at once, most often
+                    return None
+    return one
 
 
 def _mode(xs: list) -> str:
