@@ -471,7 +471,7 @@ class Window:
                     "marker": {"symbol": "x", "size": 12, "color": "#d62728"}}
         # A marker line is what Visdom's smoothing button (a pane's "~") writes to: without one (Plotly drops an
         # empty one) the page fails.
-        return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(xs), "marker": {"line": {"width": 0}}}
+        return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(ys), "marker": {"line": {"width": 0}}}
 
     def _smoothed(self, name: str, index: int, weight: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """The trace smoothed as TensorBoard smooths it, in the legend, and the trace itself faint
@@ -484,7 +484,7 @@ class Window:
         points = min(SMOOTHED_POINTS, max(_MIN_TRACE_POINTS, SMOOTHED_WINDOW_POINTS // len(self.traces)))
         xs, ys = smoothed(line["x"], line["y"], weight, points)
         # Faint by its colour: Visdom sets every line's opacity to 1 while its own smoothing is off.
-        return ({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(xs), "legendgroup": name,
+        return ({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(ys), "legendgroup": name,
                  "line": {"color": f"rgb({red},{green},{blue})"}, "marker": {"line": {"width": 0}},
                  "hovertemplate": "%{y:.6g} smoothed"},
                 {**line, "legendgroup": name, "showlegend": False,
@@ -495,7 +495,7 @@ class Window:
         lines = [self._line("total")] if "total" in self.traces else []
         for name in heatmap.top(grid.latest, self.opts.get("top", 5)):
             xs, ys = grid.points(name)
-            lines.append({"x": xs, "y": float32_digits(ys), "name": name, "type": "scatter", "mode": _mode(xs),
+            lines.append({"x": xs, "y": float32_digits(ys), "name": name, "type": "scatter", "mode": _mode(ys),
                           "marker": {"line": {"width": 0}}})
         data, layout = heatmap.figure(grid, lines, self.opts)
         if self.nonfinite:
@@ -579,10 +579,16 @@ def _one_value(series: list[list]) -> float | None:
     return one
 
 
-def _mode(xs: list) -> str:
-    """A curve's Plotly mode: a line, with a dot while it has one point (a line of one point is
-    not drawn: a first validation, a test accuracy logged once)."""
-    return "lines" if len(xs) != 1 else "lines+markers"
+def _mode(ys: list) -> str:
+    """A curve's Plotly mode: a line, with a dot while it has one finite point (a line of one
+    point is not drawn: a first validation, a test accuracy logged once, one after a NaN)."""
+    finite = 0
+    for y in ys:
+        if y is not None and math.isfinite(y):
+            finite += 1
+            if finite > 1:
+                return "lines"
+    return "lines+markers" if finite else "lines"
 
 
 def on_slider_pane(png: bytes) -> bytes:

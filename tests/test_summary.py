@@ -146,3 +146,12 @@ def test_test_metrics_the_loop_gives_log_hparams_stay_in_the_run_s_final_record(
     assert run.hparams == {"fold": 3}
     finals = {name: last for name, (last, _) in run.metrics.items() if "/" not in name}  # those given with hparams
     assert finals == {"val_loss": 0.54, "val_acc": 0.825, "test_loss": pytest.approx(0.49), "test_acc": 0.815}
+
+    from monitor.records import Hparams
+    monitor, sink = monitor_with(Summary(hparams={"lr": 0.1}))
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    monitor.validation_end({"val_loss": 0.6})
+    monitor.log.hparams({"lr": 0.1}, {"val_loss": 0.6, "note": 1.0})  # an interim record, each epoch
+    monitor.validation_end({"val_loss": 0.5})  # later: the latest value counts
+    monitor.train_end()
+    assert [r for r in sink.records if isinstance(r, Hparams)][-1].metrics == {"val_loss": 0.5, "note": 1.0}

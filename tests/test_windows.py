@@ -64,6 +64,22 @@ def test_a_line_window_is_sent_whole_with_every_trace_and_counts_its_gaps():
     assert message["layout"]["yaxis"]["type"] == "log"
 
 
+def test_a_curve_with_one_finite_point_is_a_dot_and_a_constant_is_scaled_about_its_value():
+    window = Window("accuracy", 1000)
+    window.apply({"k": "points", "win": "accuracy", "x": 1, "y": {"train": math.nan, "test": 0.9}})
+    window.apply({"k": "points", "win": "accuracy", "x": 2, "y": {"train": 0.5}})  # one after a NaN
+    modes = {t["name"]: t["mode"] for t in window.message("e")[1]["data"]}
+    assert modes == {"train": "lines+markers", "test": "lines+markers"}
+    window.apply({"k": "points", "win": "accuracy", "x": 3, "y": {"train": 0.5, "test": 0.5}})
+    _, message = window.message("e")
+    assert {t["name"]: t["mode"] for t in message["data"]} == {"train": "lines", "test": "lines"}
+    assert "range" not in message["layout"]["yaxis"]  # 0.9 and 0.5: Plotly's own range
+    lr = Window("learning rate", 1000)
+    lr.apply({"k": "points", "win": "learning rate", "x": 1, "y": {"lr": 0.001}})
+    lr.apply({"k": "points", "win": "learning rate", "x": 2, "y": {"lr": 0.001}})
+    assert lr.message("e")[1]["layout"]["yaxis"]["range"] == [0.0005, 0.0015]
+
+
 def test_a_float32_value_is_sent_in_the_fewest_digits_that_give_it_and_any_other_value_as_it_is():
     import numpy as np
     import torch

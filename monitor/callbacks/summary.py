@@ -50,7 +50,11 @@ class Summary(Callback):
             log.hparams(hparams, {}, state.step)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
-        self._metrics.update((name, value) for name, value in state.metrics.items() if is_scalar(value))
+        latest = {name: value for name, value in state.metrics.items() if is_scalar(value)}
+        self._metrics.update(latest)
+        given = log.final_metrics.get("hparams", {})
+        for name in latest.keys() & given.keys():  # given to log.hparams before this: the latest counts
+            del given[name]
 
     on_epoch_end = on_validation_end  # an epoch_end() without metrics leaves them as they were
 
