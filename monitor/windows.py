@@ -398,7 +398,7 @@ class Window:
             content = {"content": {"src": "data:image/png;base64," + base64.b64encode(png).decode()},
                        "type": "image_history"}
             if not self._sending:
-                width, height = struct.unpack(">II", png[16:24])
+                width, height = _png_size(png)
                 # Visdom fits the image to the pane's whole width or height, the slider drawn over it:
                 # as wide as the pane, it leaves the slider its own room below.
                 pane_width = max(width + _IMAGE_MARGIN, _SLIDER_WIDTH)
@@ -450,7 +450,7 @@ class Window:
                               "opts": {"height": 480, "width": 560, **self.opts, "title": title}}
         if self.kind == "image":
             png = self.content["png"]
-            width, height = _png_size(png)
+            width, height = _png_size(base64.b64decode(png[:32]))
             # The step is drawn in the grid: Visdom would show a caption twice, above and below it.
             content = {"src": "data:image/png;base64," + png}
             # Room for the pane's own margins: sized to the PNG alone, Visdom cuts off its last rows.
@@ -594,13 +594,12 @@ def _mode(ys: list) -> str:
 def on_slider_pane(png: bytes) -> bytes:
     """A grid as a history pane shows it: one narrower than the pane's slider centred on white as
     wide as that, so that Visdom, which fits an image to the pane's width, does not blow it up."""
-    width = struct.unpack(">I", png[16:20])[0]
+    width = _png_size(png)[0]
     if width >= _SLIDER_WIDTH - _IMAGE_MARGIN:
         return png
     import io
 
     from PIL import Image
-
     from PIL.PngImagePlugin import PngInfo
 
     with Image.open(io.BytesIO(png)) as grid:
@@ -616,7 +615,7 @@ def on_slider_pane(png: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def _png_size(png_base64: str) -> tuple[int, int]:
-    header = base64.b64decode(png_base64[:32])
-    return struct.unpack(">II", header[16:24])
+def _png_size(png: bytes) -> tuple[int, int]:
+    """A PNG's width and height, from its header (its first 24 bytes)."""
+    return struct.unpack(">II", png[16:24])
 

@@ -60,13 +60,11 @@ class Summary(Callback):
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         hparams = {**self.hparams, **state.hparams}
-        # The last validation's, and a test's the loop gave log.hparams (which win: given last, on purpose).
-        # A test after train_end adds to them for a second train_end.
-        given = dict(log.final_metrics.get("hparams", {}))
-        metrics = {**self._metrics, **given}
+        # The last validation's, and a test's given to log.hparams since (on_validation_end drops one given
+        # before). A test after train_end adds to them for a second train_end.
+        metrics = {**self._metrics, **log.final_metrics.get("hparams", {})}
         if hparams:  # a run given no hyper-parameters gets no pane of them
             log.hparams(hparams, metrics, state.step)
-            log.final_metrics["hparams"] = given  # this record is not the loop's: a later validation still counts
 
 
 def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.optim.Optimizer],
