@@ -382,7 +382,8 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> bool:
     """Deletes the run's folder (run log, images, checkpoints kept in it, and any run inside it:
     see :func:`holds_other_runs`) and its env on the server, unless another run beside it shows
     there (:func:`shares_env`); returns False where the server could not be reached (its env is
-    still there).
+    still there). An env that also holds windows the runs did not make (the user's own Visdom
+    calls) keeps them: only the runs' windows are closed.
 
     Refuses a running run, or a folder with a running run inside. ``connection`` takes
     Connection's arguments; ``dashboard=False`` leaves the server alone. Visdom answers an
@@ -397,13 +398,55 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> bool:
     if dashboard and not shares_env(run):
         sender = Connection(**connection)
         try:
-            sender.post("delete_env", {"eid": run.env})
+            _remove_from_dashboard(sender, run)
         except DashboardError as error:
             reached = error.status is not None  # an answer: not on the server, or not saved there
         finally:
             sender.close()
     shutil.rmtree(run.path)
     return reached
+
+
+def _remove_from_dashboard(sender: Any, run: Run) -> None:
+    """Deletes the run's env, or where it holds windows of others, closes the windows of the run
+    and of the earlier runs in its folder, and saves the env as it is left (a saved copy with
+    the run's windows would bring them back at the server's restart)."""
+    from monitor.connection import DashboardError
+
+    try:
+        held = set(json.loads(sender.post("win_data", {"win": None, "eid": run.env})))
+    except DashboardError as error:
+        if error.status is None:
+            raise
+        held = set()  # no such env: Visdom answers an error page
+    ours = set().union(*(windows_of(log, run.env) for log in [run.log, *holds_other_runs(run)]))
+    if not held - ours:
+        sender.post("delete_env", {"eid": run.env})
+        return
+    for window in sorted(held & ours):
+        sender.post("close", {"win": window, "eid": run.env})
+    sender.post("save", {"data": [run.env]})
+
+
+def windows_of(log: Path, env: str) -> set[str]:
+    """The names of the windows a run log draws in ``env`` (none if its run is of another env),
+    read without decoding its points; an unreadable log draws none."""
+    names: set[str] = set()
+
+    def seen(window: str) -> bool:
+        names.add(window)
+        return False
+
+    try:
+        entries = RunLog.read(log, windows=seen)
+        if next(entries, {}).get("env") != env:
+            return set()
+        for entry in entries:
+            if "win" in entry:
+                names.add(entry["win"])
+    except (OSError, ValueError):
+        return set()
+    return names
 
 
 def check_removable(run: Run) -> None:

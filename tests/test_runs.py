@@ -296,6 +296,18 @@ def test_rm_of_a_copied_run_folder_leaves_the_env_the_original_still_shows_in(vi
     assert not (root / "copy").exists() and "original" in connect_client(visdom_server).get_env_list()
 
 
+def test_rm_closes_only_the_run_s_windows_where_the_env_holds_the_user_s_own(visdom_server, tmp_path,
+                                                                              connect_client):
+    client = connect_client(visdom_server)
+    client.text("my notes", win="notes", env="mine")  # the user's own Visdom call, in the run's env
+    root = tmp_path / "runs"
+    _finished(root, "mine", visdom_server.port, 0.5)
+    assert set(json.loads(client.get_window_data(env="mine"))) == {"notes", "loss"}
+    done = CliRunner().invoke(main, ["runs", "rm", str(root / "mine"), "--yes", "--port", str(visdom_server.port)])
+    assert done.exit_code == 0, done.output
+    assert not (root / "mine").exists() and set(json.loads(client.get_window_data(env="mine"))) == {"notes"}
+
+
 def test_gc_keeps_the_best_finished_runs_and_every_other_run(visdom_server, tmp_path):
     root = tmp_path / "runs"
     for env, loss in (("first", 0.3), ("second", 0.1), ("third", 0.2)):
