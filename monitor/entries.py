@@ -8,6 +8,8 @@
     {"k": "text", "win": "summary", "x": 0, "html": "<pre>...</pre>"}
     {"k": "hparams", "win": "hparams", "x": 0, "hparams": {"lr": 0.1}, "metrics": {"accuracy": 0.91}}
     {"k": "end", "status": "crashed", "error": "RuntimeError: CUDA out of memory", "time": 1764300500.0}
+    {"k": "rest_of_step", "from": 48213}   (a checkpoint taken at byte 48213, in a batches loop)
+    {"k": "continues", "from": 48213}      (its step's code is over: a run resumed from it goes on here)
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
     {"k": "pr_curve", "win": "pr/cat", "x": 3, "tp": [5, 4, 0], "fp": [5, 1, 0], "tn": [0, 4, 5], "fn": [0, 1, 5]}
     {"k": "embedding", "win": "features", "x": 3, "points": [[0.1, 0.0, 0.2], ...], "explained": [0.5, 0.2, 0.1],
@@ -17,7 +19,7 @@
 named), off the training thread; ``encode`` makes the entry of a record read so, encoding image
 grids. A sink in a process of its own reads in the training process and encodes in its own,
 which never imports torch. ``windows_after`` says which windows a part of a log wrote (what a
-rewind takes off the dashboard).
+rewind takes off the dashboard); ``resumes_at`` where a rewind to a checkpoint cuts the log.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ from monitor.distribution import trimmed
 from monitor.imagestore import ImageStore
 from monitor.imaging import display_values, encode_grid
 from monitor.layer_sums import LayerNorms
-from monitor.records import Embedding, Histogram, Hparams, ImageGrid, RunEnd, Layout, Mesh, Points, PrCurve, Text
+from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, Mesh, Points, PrCurve, RunEnd,
+                             StepMark, Text)
 from monitor.runlog import HEAD
 
 
@@ -52,7 +55,7 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embe
     numbers as int or float, trace names and captions as strings, pixels as uint8 display values.
     Runs off the training thread, where torch is; what it returns unpickles anywhere (without
     torch, or a class only the training script defines). Raises TypeError or ValueError."""
-    if isinstance(record, RunEnd):
+    if isinstance(record, (RunEnd, StepMark)):
         return record
     if type(record.window) is not str and isinstance(record.window, str):  # a str Enum, say
         record = record._replace(window=str.__str__(record.window))
@@ -173,6 +176,8 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
     """
     if isinstance(record, RunEnd):
         return {"k": "end", "status": record.status, "error": record.error, "time": time.time()}
+    if isinstance(record, StepMark):
+        return {"k": record.kind, "from": record.position}
     if not isinstance(record.window, str) or not record.window:
         raise TypeError(f"window must be a non-empty str, got {record.window!r}")
     if isinstance(record, Layout):
@@ -285,6 +290,40 @@ def windows_after(path: str | os.PathLike, position: int) -> set[str]:
             except (ValueError, KeyError, TypeError):
                 pass  # the header, or a line torn by a crash
     return names
+
+
+def resumes_at(path: str | os.PathLike, position: int) -> tuple[int, bool]:
+    """Where a run resumed from the checkpoint taken at byte ``position`` of its log goes on, and
+    whether its ``continues`` mark is still to be written there.
+
+    After a checkpoint written in a batches loop (``rest_of_step`` at ``position``), the rest of
+    its step's code is never run again, so what it logged stays: up to the ``continues`` mark of
+    the next batch, or to the log's end where the run was killed before it (the resumed run
+    writes the mark then, or a second resume would keep its steps too). Else at ``position``.
+    """
+    with open(path, "rb") as file:
+        file.seek(position)
+        end = position
+        for line in file:
+            if not line.endswith(b"\n"):  # torn by the kill
+                break
+            end += len(line)
+            if end - len(line) == position:
+                if not _marks(line, b"rest_of_step", position):
+                    return position, False
+            elif _marks(line, b"continues", position):
+                return end, False
+    return end, end > position
+
+
+def _marks(line: bytes, kind: bytes, position: int) -> bool:
+    """Whether a run-log line is the step mark ``kind`` of the checkpoint at ``position``."""
+    if not line.startswith(b'{"k":"' + kind + b'"'):
+        return False
+    try:
+        return json.loads(line).get("from") == position
+    except ValueError:
+        return False
 
 
 def _number(x: float) -> str:

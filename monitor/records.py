@@ -170,6 +170,16 @@ class Hparams(NamedTuple):
     trial: str | None = None
 
 
+class StepMark(NamedTuple):
+    """Marks in the run log around the rest of a checkpointed step's code (what the loop logs
+    after the ``step_end`` that saved, a validation inside the batches loop), which a resume from
+    the checkpoint taken at byte ``position`` keeps: ``"rest_of_step"`` at that position, as the
+    checkpoint is written, and ``"continues"`` where the loop takes its next batch."""
+
+    kind: str  # "rest_of_step" or "continues"
+    position: int
+
+
 class RunEnd(NamedTuple):
     """How the run ended: "finished", or "crashed" or "interrupted" with the error (a killed run leaves none)."""
 

@@ -32,10 +32,11 @@ from urllib.parse import quote
 from monitor import checks
 from monitor.connection import Connection
 from monitor.delivery import SPREAD, Delivery, FlushTiming
-from monitor.records import Embedding, Histogram, Hparams, ImageGrid, Layout, Mesh, Points, PrCurve, RunEnd, Text
+from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, Mesh, Points, PrCurve, RunEnd,
+                             StepMark, Text)
 from monitor.reports import Reports
 from monitor.rundir import RunDir
-from monitor.entries import encode, header, windows_after
+from monitor.entries import encode, header, resumes_at, windows_after
 from monitor.imagestore import ImageStore
 from monitor.runlog import RunLog
 from monitor.windows import Windows
@@ -44,7 +45,7 @@ __all__ = ["FlushTiming", "VisdomSink"]
 
 _log = logging.getLogger("monitor")
 _STOP = object()
-RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Embedding, Hparams, RunEnd, Mesh)
+RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Embedding, Hparams, RunEnd, Mesh, StepMark)
 # Records wait in a sink's queue as plain tuples, (kind, *fields), the kind a number: the garbage
 # collector keeps tracking a NamedTuple however plain its fields, but stops tracking a tuple of
 # numbers and strings once it sees it. NamedTuples that waited a tenth of a second for the
@@ -152,8 +153,11 @@ class VisdomSink:
                          "curves of env %r start over from here", path, size, rewind_to, self.env)
             rewind_to = None
         if rewind_to:  # a resume: the run goes on, from its checkpoint's position in the log
+            checkpoint, (rewind_to, unmarked) = rewind_to, resumes_at(path, rewind_to)  # the step's rest stays
             dropped = windows_after(path, rewind_to)  # before the log is cut there
             self.runlog = RunLog(path, rewind_to=rewind_to)
+            if unmarked:
+                self.runlog.append([encode(StepMark("continues", checkpoint))])
             entries = RunLog.read(path, end=self.runlog.position)
             self.run_id = next(entries, {}).get("run_id") or self.run_id
             self.windows.apply(entries)
@@ -386,7 +390,7 @@ def queued(record: Any) -> tuple:
 
 def not_a_record(record: Any) -> TypeError:
     """The error for a put of something that is not a record, naming the kinds there are."""
-    kinds = ", ".join(kind.__name__ for kind in RECORDS if kind is not RunEnd)
+    kinds = ", ".join(kind.__name__ for kind in RECORDS if kind not in (RunEnd, StepMark))
     return TypeError(f"record must be a monitor.records {kinds}; got {type(record).__name__}")
 
 

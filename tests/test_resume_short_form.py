@@ -102,6 +102,30 @@ def test_killed_at_five_random_moments_and_rerun_with_the_same_command_ends_as_i
         assert trace[0] == sorted(set(trace[0])), about
 
 
+def test_what_a_checkpoint_s_step_logs_after_its_hooks_stays_through_two_kills_at_that_step(
+        visdom_server, read_env, tmp_path):
+    # Step 6 saves in step_end; the loop then logs its own point of step 6 and is killed before
+    # its next batch: the re-run resumes from step 6's checkpoint, keeps that point and logs no
+    # step twice; killed again at step 7, the next re-run from the same checkpoint drops step 7's.
+    straight = Job(visdom_server, tmp_path, "after-hooks-straight")
+    assert straight.run("--log-after-hooks") == list(range(1, STEPS + 1))
+    job = Job(visdom_server, tmp_path, "after-hooks")
+    for target in (6, 7):
+        process = job.start("--log-after-hooks", "--sleep", "0.5")  # killed in that step, before the next
+        _wait_for_step(process, target)  # printed after the step's own point was logged
+        job_log = job.folder / "runs" / "runlog.jsonl"
+        deadline = time.monotonic() + 10
+        while f'"win":"after step_end","x":{target},' not in job_log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.01)  # in the run log (the sink writes it within 0.1 s)
+        process.kill()
+        process.communicate()
+    assert job.run("--log-after-hooks")[0] == 7
+    assert _same(job.weights(), straight.weights())
+    shown = read_env(visdom_server, job.env)
+    assert shown["after step_end"]["step"][0] == list(range(1, STEPS + 1))
+    assert shown == read_env(visdom_server, straight.env)
+
+
 def test_a_step_based_loop_of_passes_without_epochs_killed_at_random_moments_ends_as_if_never_killed(
         visdom_server, read_env, tmp_path):
     # while step < steps: for x, y in monitor.batches(loader): ... (epoch 0 throughout, a call a pass)

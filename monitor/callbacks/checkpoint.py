@@ -21,7 +21,7 @@ from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers,
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
 from monitor.log import Log
-from monitor.records import interactive
+from monitor.records import StepMark, interactive
 from monitor.rundir import FolderLock
 from monitor.checkpoint.rng import capture_rng
 
@@ -125,6 +125,8 @@ class Checkpoint(Callback):
         self._unpointed = False  # a scheduled checkpoint written, latest.json not yet at it (every rank)
         self._validates_after_saving = False  # seen a validation_end at the step of a scheduled save
         self._pointer: tuple | None = None  # what latest.json is to say of it (rank 0)
+        self._continues_from: int | None = None  # the run-log position of a save in a batches loop, until
+                                                 # the loop's next batch says its step's code is over (rank 0)
         self._every_rank_validates = False  # under DDP: said by Scalars(average_validation=True)
         self._ranks: list[tuple] | None = None  # (random state, batches position) of every rank at the last save
         self._aborted = False
@@ -391,7 +393,20 @@ class Checkpoint(Callback):
         self._pointer = (path, checkpoint["run"]["env"], last, best, kept)
         if point:
             self._point()
+        if position is not None and monitor.in_batches:
+            # What the rest of the step's code logs (a clip norm, a text sample) is never logged again
+            # by a run resumed from this checkpoint: marked, it stays in the log (entries.resumes_at).
+            monitor.sink.put(StepMark("rest_of_step", position))
+            self._continues_from = position
+            monitor.at_next_batch(self._at_next_batch)
         return path
+
+    def _at_next_batch(self) -> None:
+        """Before the batches loop's next batch (or its end): the saved step's code is over."""
+        if self._continues_from is not None:
+            self._monitor.sink.put(StepMark("continues", self._continues_from))
+            self._continues_from = None
+        self._exit_if_stopping()
 
     def _point_at_written(self) -> None:
         """Makes the checkpoint written last the latest, if it is not yet (every rank calls it)."""
@@ -477,7 +492,7 @@ class Checkpoint(Callback):
         if self._last_saved != [state.step, state.epoch, self._epoch_done]:
             self._save(point=False)
         if self._monitor.in_batches:  # a validation of this step may follow: it goes into its checkpoint first
-            self._monitor.at_next_batch(self._exit_if_stopping)  # or else the exit comes before the next batch
+            self._monitor.at_next_batch(self._at_next_batch)  # or else the exit comes before the next batch
         else:
             self._exit_if_stopping()
 

@@ -60,7 +60,8 @@ class ResumePoint:
             if self.env is not None and env is not None and env != self.env:
                 warnings.warn(f"the monitor writes to env {env!r}, the checkpoint's run to {self.env!r}: the "
                               f"curves start over there instead of continuing", stacklevel=2)
-            elif self.runlog_position is not None and position is not None and position != self.runlog_position:
+            elif self.runlog_position is not None and position is not None and position != self.runlog_position \
+                    and position != _resumed_at(monitor, self.runlog_position):
                 warnings.warn(f"the monitor's run log ends at byte {position}, the checkpoint at "
                               f"{self.runlog_position}: build the Monitor with rewind_to=start.runlog_position, "
                               f"or curves may repeat steps", stacklevel=2)
@@ -193,3 +194,16 @@ def _groups_added_mid_run(path: Path, loop: Mapping[str, Any], name: str | None,
             f"(add_param_group, unfreezing layers) adds them again before train_start when it resumes, "
             f"e.g. `if checkpoint.start.epoch >= unfreeze_epoch:` (a Checkpoint's start is known once "
             f"its Monitor is made)")
+
+
+def _resumed_at(monitor: Monitor, position: int) -> int | None:
+    """Where ``monitor``'s run log would have been cut for a checkpoint at ``position``: past what
+    the checkpointed step logged after it (``entries.resumes_at``); None where it cannot say."""
+    from monitor.entries import resumes_at
+    from monitor.runlog import RunLog
+
+    run_dir = getattr(monitor.sink, "run_dir", None)
+    try:
+        return resumes_at(Path(run_dir) / RunLog.FILENAME, position)[0] if run_dir is not None else None
+    except OSError:
+        return None

@@ -3,11 +3,12 @@
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
         --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
         [--validate-first] [--validate-every 6 [--hang-validating 12]] [--passes] [--workers 2 [--persistent]] [--batch 8] [--epochs 2]
-        [--extend]
+        [--extend] [--log-after-hooks]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
 ``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
-test knows when to kill it. ``--validate-first`` validates at the start of each epoch instead of
+test knows when to kill it (``--log-after-hooks``: after logging a point of its own, window
+``after step_end``, as a loop logs what it measures itself). ``--validate-first`` validates at the start of each epoch instead of
 its end, on a shuffled loader iterated through ``monitor.batches`` too; ``--validate-every N`` validates
 so inside the batches loop after every N-th step. ``--passes`` trains in a step-based loop without
 epochs: ``while step < steps: for x, y in monitor.batches(loader)``.
@@ -68,6 +69,8 @@ def train(options: argparse.Namespace) -> None:
         monitor.step_end(loss=loss)
         if options.validate_every and monitor.state.step % options.validate_every == 0:
             validate()  # inside the batches loop, right after a step (a checkpoint's, every 6)
+        if options.log_after_hooks:  # as a loop logs what it measures itself (a clip norm, a sample)
+            monitor.log.scalar("after step_end", "step", monitor.state.step, float(monitor.state.step))
         print(f"step {monitor.state.step}", flush=True)
         time.sleep(options.sleep)
 
@@ -113,6 +116,7 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=BATCH, help="the shuffled loader's batch size")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--extend", action="store_true", help="continue a finished run too")
+    parser.add_argument("--log-after-hooks", action="store_true", help="log a point of each step after step_end")
     parser.add_argument("--validate-every", type=int, default=0, help="validate every N steps, in the batches loop")
     parser.add_argument("--hang-validating", type=int, default=0, help="wait in step N's validation (to be killed)")
     parser.add_argument("--pause-validating", type=int, default=0,
