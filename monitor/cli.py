@@ -312,6 +312,13 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
             check_metric(every, sort, "sort")
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--sort") from None
+    if mode is not None and sort is None:
+        raise click.UsageError("--mode says how --sort ranks: give --sort METRIC too")
+    named = sorted({name for run in every for name in run.hparams})
+    unknown = [name for name in conditions if name not in named]
+    if unknown and every:
+        raise click.BadParameter(f"no run under {directory} has hparam {', '.join(map(repr, unknown))}; they have "
+                                 f"{', '.join(named) or 'none'}", param_hint="--where")
     found = selected(every, conditions, sort, mode)
     if not found:
         click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else ""))
@@ -389,7 +396,7 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
 
 
 def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
-    from monitor.runs import check_removable, holds_other_runs, remove, shares_env
+    from monitor.runs import check_removable, holds_other_runs, not_the_monitor_s, remove, shares_env
 
     doomed = list({run.path.resolve(): run for run in doomed}.values())  # a run named twice goes once
     try:
@@ -403,12 +410,21 @@ def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
             click.echo(f"  with the run in it: {other}")
         for other in shares_env(run):
             click.echo(f"  its env stays on the dashboard: the run in {other} shows there too")
+        yours = not_the_monitor_s(run.path)
+        if yours:
+            click.echo(f"  kept, with the folder: {', '.join(_shown(p, run.path) for p in yours)}")
     if not yes:
         click.confirm(f"Delete these {len(doomed)} run(s), their checkpoints and their envs?", abort=True)
-    kept_envs = [run.env for run in doomed if not remove(run, server=server, port=port)]
+    troubles = [(run.env, remove(run, server=server, port=port)) for run in doomed]
     click.echo(f"Deleted {len(doomed)} run(s).")
-    if kept_envs:
-        click.echo(f"The dashboard could not be reached: env(s) {', '.join(kept_envs)} are still on it.", err=True)
+    for env, trouble in troubles:
+        if trouble is not None:
+            click.echo(f"Env {env} is still on the dashboard: {trouble}.", err=True)
+
+
+def _shown(path: Path, below: Path) -> str:
+    """``path`` below ``below``, a folder with a trailing ``/``."""
+    return str(path.relative_to(below)) + ("/" if path.is_dir() else "")
 
 
 @runs.command("export")

@@ -20,6 +20,7 @@ import unicodedata
 from pathlib import Path
 from typing import IO, Any, Iterable, NamedTuple
 
+from monitor.imagestore import FOLDER as IMAGES
 from monitor.records import Order
 from monitor.rundir import RunDir
 from monitor.runlog import Reader, RunLog
@@ -54,7 +55,8 @@ class Run(NamedTuple):
                                              # and the final metrics given with its hparams
     hparams: dict[str, Any]
     size: int               # bytes in its folder
-    checkpoints: int        # checkpoint files in its folder (not those of earlier runs, set aside)
+    checkpoints: int        # checkpoint files in checkpoint folders in its folder (not those of earlier runs,
+                            # set aside)
     log: Path               # the run log it was read from (runlog.jsonl, or an earlier run's log)
 
     @property
@@ -208,7 +210,8 @@ class Reading:
         return Run(folder, header["env"], header["run_id"], header["time"], self.steps, status,
                    end.get("error") if end is not None else None, metrics, self.hparams,
                    sum(p.stat().st_size for p in files),
-                   sum(1 for p in files if p.suffix == ".pt" and "earlier" not in p.relative_to(folder).parts), log)
+                   sum(1 for p in files if p.suffix == ".pt" and "earlier" not in p.relative_to(folder).parts
+                       and any((p.parent / name).exists() for name in _CHECKPOINT_FOLDER)), log)
 
 
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
@@ -378,33 +381,66 @@ def _empty_for_comparison(sender: Any, env: str) -> None:
             pass
 
 
-def remove(run: Run, dashboard: bool = True, **connection: Any) -> bool:
-    """Deletes the run's folder (run log, images, checkpoints kept in it, and any run inside it:
-    see :func:`holds_other_runs`) and its env on the server, unless another run beside it shows
-    there (:func:`shares_env`); returns False where the server could not be reached (its env is
-    still there). An env that also holds windows the runs did not make (the user's own Visdom
-    calls) keeps them: only the runs' windows are closed.
+def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
+    """Deletes the run's folder (run log, images, checkpoint folders kept in it, and any run
+    inside it: see :func:`holds_other_runs`) and its env on the server, unless another run beside
+    it shows there (:func:`shares_env`). Files and folders the monitor did not write (a final
+    model, notes: :func:`not_the_monitor_s`) stay, and the folder with them. An env that also
+    holds windows the runs did not make (the user's own Visdom calls) keeps them: only the runs'
+    windows are closed. Returns None, or why the env is still on the server (not reached, a
+    login refused).
 
     Refuses a running run, or a folder with a running run inside. ``connection`` takes
-    Connection's arguments; ``dashboard=False`` leaves the server alone. Visdom answers an
-    error for an env it never saved to disk even as it drops it, so that answer is not checked.
+    Connection's arguments; ``dashboard=False`` leaves the server alone. Visdom answers HTTP
+    500 for an env it does not hold (or never saved to disk, even as it drops it): no trouble.
     """
     import shutil
 
     from monitor.connection import Connection, DashboardError
 
     check_removable(run)
-    reached = True
+    trouble = None
     if dashboard and not shares_env(run):
         sender = Connection(**connection)
         try:
             _remove_from_dashboard(sender, run)
         except DashboardError as error:
-            reached = error.status is not None  # an answer: not on the server, or not saved there
+            if error.status != 500:
+                trouble = "the dashboard could not be reached" if error.status is None else str(error)
         finally:
             sender.close()
-    shutil.rmtree(run.path)
-    return reached
+    kept = not_the_monitor_s(run.path)
+    if not kept:
+        shutil.rmtree(run.path)
+        return trouble
+    holding = {folder for path in kept for folder in path.parents if folder.is_relative_to(run.path)}
+    for folder in holding:  # what the monitor wrote in each folder that holds something kept
+        for entry in folder.iterdir():
+            if entry not in kept and entry not in holding:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    return trouble
+
+
+_OWNED = {RunLog.FILENAME, RunDir.LOCK, RunDir.EARLIER, IMAGES}  # what a run folder holds of the monitor's
+_CHECKPOINT_FOLDER = ("latest.json", ".checkpoints.lock")  # monitor.checkpoint.folder's MANIFEST, LOCK (not
+                                                            # imported: it imports torch)
+
+
+def not_the_monitor_s(folder: Path) -> list[Path]:
+    """What a run folder holds that the monitor did not write (a final model, notes), in the
+    folder or a run's folder below it; a checkpoint folder counts as the monitor's."""
+    found = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name in _OWNED or entry.name.startswith(RunLog.FILENAME):  # its log, or one being purged
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            if any((entry / name).exists() for name in _CHECKPOINT_FOLDER):
+                continue
+            if (entry / RunLog.FILENAME).is_file():
+                found += not_the_monitor_s(entry)
+                continue
+        found.append(entry)
+    return found
 
 
 def _remove_from_dashboard(sender: Any, run: Run) -> None:

@@ -172,6 +172,11 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     assert lines[0].startswith("env") and [line.split()[0] for line in lines[1:]] == ["good", "broken"]
     bad = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "lr"])
     assert bad.exit_code == 2 and "must be NAME=VALUE, got 'lr'" in bad.output
+    typo = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "LR=0.1"])
+    assert typo.exit_code == 2 and "no run under" in typo.output and "has hparam 'LR'; they have batch, lr, optimizer" \
+        in typo.output.replace("\n", " ").replace("  ", " "), typo.output
+    alone = CliRunner().invoke(main, ["runs", "list", str(root), "--mode", "max"])
+    assert alone.exit_code == 2 and "give --sort METRIC too" in alone.output
 
 
 def test_a_sweep_reusing_one_env_lists_its_earlier_runs_when_asked(visdom_server, tmp_path):
@@ -306,6 +311,40 @@ def test_rm_closes_only_the_run_s_windows_where_the_env_holds_the_user_s_own(vis
     done = CliRunner().invoke(main, ["runs", "rm", str(root / "mine"), "--yes", "--port", str(visdom_server.port)])
     assert done.exit_code == 0, done.output
     assert not (root / "mine").exists() and set(json.loads(client.get_window_data(env="mine"))) == {"notes"}
+
+
+def test_rm_keeps_the_user_s_own_files_in_a_run_folder_and_says_so_before_asking(visdom_server, tmp_path):
+    root = tmp_path / "runs"
+    _finished(root, "mine", visdom_server.port, 0.5)
+    torch.save({"w": torch.zeros(2)}, root / "mine" / "final_model.pt")  # saved beside the run log
+    (root / "mine" / "analysis").mkdir()
+    (root / "mine" / "analysis" / "notes.md").write_text("lr too high")
+    _finished(root / "mine", "inner", visdom_server.port, 0.4)  # a run inside, with a file of its own
+    (root / "mine" / "inner" / "inner.yaml").write_text("lr: 0.1")
+    assert described(root / "mine").checkpoints == 2  # its and the inner run's, not the user's model
+    done = CliRunner().invoke(main, ["runs", "rm", str(root / "mine"), "--port", str(visdom_server.port)],
+                              input="y\n")
+    assert done.exit_code == 0, done.output
+    assert "kept, with the folder: analysis/, final_model.pt, inner/inner.yaml" in done.output
+    left = sorted(str(p.relative_to(root / "mine")) for p in (root / "mine").rglob("*"))
+    assert left == ["analysis", "analysis/notes.md", "final_model.pt", "inner", "inner/inner.yaml"]
+
+
+def test_rm_says_the_env_stays_where_the_server_refused_its_login(tmp_path, monkeypatch):
+    from monitor.server import start
+
+    credentials = {"username": "ada", "password": "a long passphrase"}
+    with start(port=0, env_path=tmp_path / "visdom", login=True, **credentials) as server:
+        model = small_model()
+        with Monitor([Scalars()], env="guarded", run_dir=tmp_path / "guarded", port=server.port,
+                     **credentials) as monitor:
+            monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            monitor.step_end(loss=torch.tensor(0.5))
+        monkeypatch.delenv("VISDOM_USERNAME", raising=False)
+        monkeypatch.delenv("VISDOM_PASSWORD", raising=False)
+        done = CliRunner().invoke(main, ["runs", "rm", str(tmp_path / "guarded"), "--yes", "--port", str(server.port)])
+    assert done.exit_code == 0 and not (tmp_path / "guarded").exists()
+    assert "Env guarded is still on the dashboard: " in done.output and "HTTP 400" in done.output, done.output
 
 
 def test_gc_keeps_the_best_finished_runs_and_every_other_run(visdom_server, tmp_path):
@@ -470,7 +509,7 @@ def test_rm_refuses_a_running_run_before_asking_and_deletes_nothing(visdom_serve
         live.close()
     gone = CliRunner().invoke(main, ["runs", "rm", str(root / "done"), "--yes", "--port", "1"])
     assert gone.exit_code == 0 and not (root / "done").exists()
-    assert "could not be reached: env(s) done are still on it" in gone.output
+    assert "Env done is still on the dashboard: the dashboard could not be reached." in gone.output
 
 
 def test_gc_keep_best_ranks_only_runs_with_the_metric_and_refuses_one_no_run_has(visdom_server, tmp_path):
