@@ -542,7 +542,8 @@ _SLIDER_WIDTH = 320  # pixels: a history pane is at least this wide, for its sli
 
 def _hparams_html(trials: list[dict[str, Any]]) -> str:
     """One trial: its hparams and metrics as two tables of name and value. Several (one writer's
-    ``add_hparams`` per trial, as in TensorBoard's HPARAMS table): a row each, oldest first."""
+    ``add_hparams`` per trial, as in TensorBoard's HPARAMS table): a row each, oldest first, the
+    first column its run (``run_name``, else the time of the call, as TensorBoard names its run)."""
     if len(trials) == 1:
         def table(rows: dict[str, Any]) -> str:
             cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(_value(v))}</td></tr>"
@@ -550,12 +551,15 @@ def _hparams_html(trials: list[dict[str, Any]]) -> str:
             return f"{TABLE}{cells}</table>"
 
         (entry,) = trials
-        return f"<h4>Hyper-parameters</h4>{table(entry['hparams'])}<h4>Metrics</h4>{table(entry['metrics'])}"
+        run = f" of run {escape(entry['trial'])}" if entry.get("trial") else ""
+        return f"<h4>Hyper-parameters{run}</h4>{table(entry['hparams'])}<h4>Metrics</h4>{table(entry['metrics'])}"
     hparams = list(dict.fromkeys(k for trial in trials for k in trial["hparams"]))
     metrics = list(dict.fromkeys(k for trial in trials for k in trial["metrics"]))
-    head = "".join(f"<th>{escape(str(name))}</th>" for name in hparams + metrics)
-    rows = "".join("<tr>" + "".join(f"<td>{escape(_value(trial[part].get(name, '-')))}</td>"
-                                    for part, names in (("hparams", hparams), ("metrics", metrics)) for name in names)
+    named = any(trial.get("trial") for trial in trials)
+    head = "<th>run</th>" * named + "".join(f"<th>{escape(str(name))}</th>" for name in hparams + metrics)
+    rows = "".join("<tr>" + f"<td>{escape(str(trial.get('trial') or '-'))}</td>" * named
+                   + "".join(f"<td>{escape(_value(trial[part].get(name, '-')))}</td>"
+                             for part, names in (("hparams", hparams), ("metrics", metrics)) for name in names)
                    + "</tr>" for trial in trials)
     return f"<h4>Trials ({len(trials)})</h4>{TABLE}<tr>{head}</tr>{rows}</table>"
 

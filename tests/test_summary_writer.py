@@ -723,12 +723,14 @@ def test_add_hparams_once_per_trial_shows_a_row_per_call_as_tensorboard_s_table(
     html = read_window_raw(visdom_server, "sweep", "hparams")["content"]
     rows = re.findall(r"<tr>(.*?)</tr>", html)
     cells = [re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in rows]
-    assert cells[0] == ["lr", "bsize", "hparam/accuracy", "hparam/loss"]
-    # A row a call, as TensorBoard makes a run of each (the same hparams twice: two seeds, say);
-    # a run_name given again is that run's row, with its latest metrics.
-    assert [row[1] for row in cells[1:]] == ["0", "1", "2", "3", "4", "4", "5"]
-    assert [row[0] for row in cells[1:]] == ["0.0", "0.1", "0.2", "0.3", "0.4", "0.4", "0.5"]  # 0.1 * 3 as 0.3
-    assert cells[-2][2:] == ["45.0", "40.0"] and cells[-1][2:] == ["50.0", "50.0"]
+    assert cells[0] == ["run", "lr", "bsize", "hparam/accuracy", "hparam/loss"]
+    # A row a call, as TensorBoard makes a run of each (the same hparams twice: two seeds, say),
+    # named by its run_name or the time of the call; a run_name given again is that run's row,
+    # with its latest metrics.
+    assert [row[2] for row in cells[1:]] == ["0", "1", "2", "3", "4", "4", "5"]
+    assert [row[1] for row in cells[1:]] == ["0.0", "0.1", "0.2", "0.3", "0.4", "0.4", "0.5"]  # 0.1 * 3 as 0.3
+    assert cells[-2][3:] == ["45.0", "40.0"] and cells[-1][3:] == ["50.0", "50.0"]
+    assert cells[-1][0] == "named" and all(float(row[0]) > 1.7e9 for row in cells[1:-1])
     entries = [e for e in RunLog.read(tmp_path / "sweep" / "runlog.jsonl") if e["k"] == "hparams"]
     assert len(entries) == 8  # every call in the run log
 
