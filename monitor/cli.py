@@ -396,7 +396,7 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
 
 
 def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
-    from monitor.runs import check_removable, holds_other_runs, not_the_monitor_s, remove, shares_env
+    from monitor.runs import check_removable, holds_other_runs, not_written_by_monitor, remove, shares_env
 
     doomed = list({run.path.resolve(): run for run in doomed}.values())  # a run named twice goes once
     try:
@@ -410,7 +410,7 @@ def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
             click.echo(f"  with the run in it: {other}")
         for other in shares_env(run):
             click.echo(f"  its env stays on the dashboard: the run in {other} shows there too")
-        yours = not_the_monitor_s(run.path)
+        yours = not_written_by_monitor(run.path)
         if yours:
             click.echo(f"  kept, with the folder: {', '.join(_shown(p, run.path) for p in yours)}")
     if not yes:

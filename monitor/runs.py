@@ -385,7 +385,7 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
     """Deletes the run's folder (run log, images, checkpoint folders kept in it, and any run
     inside it: see :func:`holds_other_runs`) and its env on the server, unless another run beside
     it shows there (:func:`shares_env`). Files and folders the monitor did not write (a final
-    model, notes: :func:`not_the_monitor_s`) stay, and the folder with them. An env that also
+    model, notes: :func:`not_written_by_monitor`) stay, and the folder with them. An env that also
     holds windows the runs did not make (the user's own Visdom calls) keeps them: only the runs'
     windows are closed. Returns None, or why the env is still on the server (not reached, a
     login refused).
@@ -409,7 +409,7 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
                 trouble = "the dashboard could not be reached" if error.status is None else str(error)
         finally:
             sender.close()
-    kept = not_the_monitor_s(run.path)
+    kept = not_written_by_monitor(run.path)
     if not kept:
         shutil.rmtree(run.path)
         return trouble
@@ -426,7 +426,7 @@ _CHECKPOINT_FOLDER = ("latest.json", ".checkpoints.lock")  # monitor.checkpoint.
                                                             # imported: it imports torch)
 
 
-def not_the_monitor_s(folder: Path) -> list[Path]:
+def not_written_by_monitor(folder: Path) -> list[Path]:
     """What a run folder holds that the monitor did not write (a final model, notes), in the
     folder or a run's folder below it; a checkpoint folder counts as the monitor's."""
     found = []
@@ -437,7 +437,7 @@ def not_the_monitor_s(folder: Path) -> list[Path]:
             if any((entry / name).exists() for name in _CHECKPOINT_FOLDER):
                 continue
             if (entry / RunLog.FILENAME).is_file():
-                found += not_the_monitor_s(entry)
+                found += not_written_by_monitor(entry)
                 continue
         found.append(entry)
     return found
@@ -452,9 +452,9 @@ def _remove_from_dashboard(sender: Any, run: Run) -> None:
     try:
         held = set(json.loads(sender.post("win_data", {"win": None, "eid": run.env})))
     except DashboardError as error:
-        if error.status is None:
+        if error.status != 500:  # not reached, or a login refused
             raise
-        held = set()  # no such env: Visdom answers an error page
+        held = set()  # no such env: Visdom answers HTTP 500
     ours = set().union(*(windows_of(log, run.env) for log in [run.log, *holds_other_runs(run)]))
     if not held - ours:
         sender.post("delete_env", {"eid": run.env})
