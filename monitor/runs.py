@@ -541,7 +541,9 @@ class RunsPane:
 
     Each row links to the run's env. A run log is read on from where it stopped when it has
     grown (from its start if it was cut back), so a folder of long runs costs a look at their
-    sizes and their new lines. ``monitor serve --runs DIR`` runs one.
+    sizes and their new lines. A run that ends after the first look (its process gone) has its
+    env checked: one its sink could not fill (the server hung or down as it closed) is sent
+    again from its log. ``monitor serve --runs DIR`` runs one.
     """
 
     ENV = WINDOW = "runs"
@@ -552,6 +554,9 @@ class RunsPane:
         self.root, self.every, self.connection = Path(root), every, connection
         self._cache: dict[Path, tuple[tuple, Reading, Run]] = {}
         self._shown: str | None = None
+        self._over: dict[Path, bool] = {}  # each run log's run at the last look: whether it was over
+        self._looked = False  # once: what ends from then on has its env checked
+        self._to_check: set[Path] = set()  # runs over since the first look whose env is still to check
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="monitor-runs-pane", daemon=True)
 
@@ -570,9 +575,19 @@ class RunsPane:
                     reading.read_on()  # what was appended since: a growing log is not read again
                     self._cache[log] = known = (key, reading, reading.run())
                 runs.append(known[2])
+                over = not key[2] and known[2].status != "running"
+                if over and self._looked and not self._over.get(log, False):  # ended, or new and over
+                    self._to_check.add(log)
+                self._over[log] = over
             except (OSError, ValueError, KeyError):
                 self._cache.pop(log, None)  # read anew next time
                 continue
+        self._looked = True
+        for log in sorted(self._to_check):
+            try:
+                self._fill(log)
+            except Exception as error:  # the server cannot say now: checked again at the next look
+                _log.debug("monitor: the env of %s was not checked: %s", log, error)
         html = runs_html(runs)
         if html == self._shown:
             return False
@@ -584,6 +599,25 @@ class RunsPane:
             sender.close()
         self._shown = html
         return True
+
+    def _fill(self, log: Path) -> None:
+        """Sends the run of ``log`` again if its env lacks a window of it; left to check again when
+        the server cannot say."""
+        from monitor.connection import Connection
+        from monitor.replay import replay
+
+        env = self._cache[log][2].env
+        sender = Connection(**self.connection)
+        try:
+            missing = [w for w in sorted(windows_of(log, env))
+                       if sender.post("win_exists", {"win": w, "eid": env}) != "true"]
+        finally:
+            sender.close()
+        if missing:
+            _log.info("monitor: env %r lacks windows of its run (%s): sending them from %s", env,
+                      ", ".join(missing), log)
+            replay(log, **self.connection)
+        self._to_check.discard(log)
 
     def start(self) -> None:
         self._thread.start()

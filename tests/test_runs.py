@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 import re
 
@@ -372,6 +373,29 @@ def test_the_runs_pane_changes_only_when_a_run_does(visdom_server, tmp_path, rea
     assert pane.update() and not pane.update()
     html = read_window_raw(visdom_server, "runs", "runs")["content"]
     assert '<a href="first">first</a>' in html and "finished" in html
+
+
+def test_the_runs_pane_sends_again_a_run_that_ended_without_reaching_the_dashboard(visdom_server, tmp_path,
+                                                                                    read_window, caplog,
+                                                                                    connect_client):
+    # A trial that closes while the server hangs (or is down) leaves its env unfilled; the pane of
+    # `monitor serve --runs` fills it from the run log once the run is over and the server answers.
+    from monitor.runs import RunsPane
+
+    root = tmp_path / "runs"
+    _finished(root, "before", 1, 0.3)  # there at the first look: serve's start-up rebuild is its
+    pane = RunsPane(root, port=visdom_server.port)
+    pane.update()
+    _finished(root, "delivered", visdom_server.port, 0.4)
+    with Monitor([Scalars()], env="unreached", run_dir=root / "unreached", port=1, timeout=0.2) as monitor:
+        for loss in (0.9, 0.5):
+            monitor.step_end(loss=torch.tensor(loss))
+    with caplog.at_level(logging.INFO, logger="monitor"):
+        assert pane.update()
+    assert read_window(visdom_server, "unreached", "loss") == {"train": ([1, 2], [0.9, 0.5])}
+    sent = [r.getMessage() for r in caplog.records if "lacks windows" in r.getMessage()]
+    assert len(sent) == 1 and "'unreached'" in sent[0]  # the delivered run was checked and left as it was
+    assert "before" not in connect_client(visdom_server).get_env_list()
 
 
 def test_a_run_that_went_on_after_an_end_and_stopped_without_one_was_killed(tmp_path):
