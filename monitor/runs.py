@@ -26,6 +26,10 @@ from monitor.rundir import RunDir
 from monitor.runlog import Reader, RunLog
 
 Points = dict[str, dict[str, list[tuple[float, float]]]]
+# The data a metric was taken on, as traces name it (a SummaryWriter tag's split, in several languages).
+TRAINING = frozenset({"train", "training", "训练", "訓練", "学習", "학습"})
+HELD_OUT = frozenset({"val", "valid", "validation", "test", "testing", "eval", "evaluation", "dev", "验证", "测试",
+                      "评估", "検証", "評価", "テスト", "검증", "평가", "테스트"})
 _log = logging.getLogger("monitor")
 
 
@@ -694,12 +698,19 @@ def write_json(points: Points, out: IO[str]) -> None:
 
 
 def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> list[str]:
-    """The metrics a table has room for: ``first``, then losses, then the most common, by name."""
+    """The metrics a table has room for: ``first``, then the curves of held-out data (what a sweep
+    is judged by), of training data, the rest (final metrics given with the hparams, which repeat
+    the validation's); in each, losses first, then the most common, by name."""
     seen: dict[str, int] = {}
     for run in runs:
         for name in run.metrics:
             seen[name] = seen.get(name, 0) + 1
-    ranked = sorted(seen, key=lambda name: (name != first, not best_is_lowest(name), -seen[name], name))
+
+    def data(name: str) -> int:
+        split = name.rpartition("/")[2].lower()
+        return 0 if split in HELD_OUT else 1 if split in TRAINING else 2
+
+    ranked = sorted(seen, key=lambda name: (name != first, data(name), not best_is_lowest(name), -seen[name], name))
     return ranked[:count]
 
 

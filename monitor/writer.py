@@ -34,6 +34,7 @@ from monitor.log import Log, NullSink
 from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of, exit_error
 from monitor.rundir import RunDir, RunInUseError
 from monitor.runlog import RunLog
+from monitor.runs import HELD_OUT, TRAINING
 from monitor.sink import open_sinks
 
 _log = logging.getLogger("monitor")
@@ -893,9 +894,7 @@ def _checked_bins(bins: Any) -> Any:
     return bins
 
 
-SPLITS = frozenset({"train", "training", "val", "valid", "validation", "test", "testing", "eval", "evaluation",
-                    "dev", "训练", "验证", "测试", "评估", "訓練", "学習", "検証", "評価", "テスト", "학습", "검증",
-                    "평가", "테스트"})  # the data a metric was taken on: a trace, wherever a tag names it
+SPLITS = TRAINING | HELD_OUT  # the data a metric was taken on: a trace, wherever a tag names it
 
 
 def split_tag(tag: str) -> tuple[str, str]:
