@@ -344,13 +344,12 @@ def runs_compare(run_dirs: tuple[Path, ...], into: str | None, server: str | Non
 
 
 @runs.command("rm")
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-                metavar="RUN...")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="RUN...")
 @click.option("--yes", is_flag=True, help="Do not ask for a confirmation.")
 @server_options()
 def runs_rm(run_dirs: tuple[Path, ...], yes: bool, server: str | None, port: int | None) -> None:
     """Delete RUN... (runs/ENV): the folder with its run log, images and checkpoints, and the env on
-    the server."""
+    the server; or an earlier run (runs/ENV/earlier/ID.jsonl), with its images and checkpoints."""
     from monitor.runs import described
 
     try:
@@ -398,14 +397,16 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
 def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
     from monitor.runs import check_removable, holds_other_runs, not_written_by_monitor, remove, shares_env
 
-    doomed = list({run.path.resolve(): run for run in doomed}.values())  # a run named twice goes once
+    doomed = list({run.place.resolve(): run for run in doomed}.values())  # a run named twice goes once
     try:
         for run in doomed:  # all of them, before anything is asked or deleted
             check_removable(run)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     for run in doomed:
-        click.echo(f"{run.path}  (env {run.env}, {run.status}, {run.checkpoints} checkpoint files)")
+        click.echo(f"{run.place}  (env {run.env}, {run.status}, {run.checkpoints} checkpoint files)")
+        if run.place != run.path:  # an earlier run's log: its folder and env are the current run's
+            continue
         for other in holds_other_runs(run):
             click.echo(f"  with the run in it: {other}")
         for other in shares_env(run):

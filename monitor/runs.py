@@ -394,6 +394,9 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
     windows are closed. Returns None, or why the env is still on the server (not reached, a
     login refused).
 
+    An earlier run (its log set aside in ``earlier/``) goes with its images and the checkpoints
+    set aside for it; the env, which shows the folder's current run, stays.
+
     Refuses a running run, or a folder with a running run inside. ``connection`` takes
     Connection's arguments; ``dashboard=False`` leaves the server alone. Visdom answers HTTP
     500 for an env it does not hold (or never saved to disk, even as it drops it): no trouble.
@@ -403,6 +406,15 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
     from monitor.connection import Connection, DashboardError
 
     check_removable(run)
+    if run.place != run.path:  # an earlier run, set aside: its env shows the folder's current run
+        folder = run.log.parent.parent
+        run.log.unlink(missing_ok=True)  # its folder named too, and gone first
+        for path in [folder / IMAGES / run.run_id, *(checkpoints / RunDir.EARLIER / run.run_id
+                                                      for checkpoints in folder.rglob("*")
+                                                      if any((checkpoints / name).exists() for name in _CHECKPOINT_FOLDER))]:
+            if path.is_dir():
+                shutil.rmtree(path)
+        return None
     trouble = None
     if dashboard and not shares_env(run):
         sender = Connection(**connection)

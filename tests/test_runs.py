@@ -180,7 +180,7 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     assert alone.exit_code == 2 and "give --sort METRIC too" in alone.output
 
 
-def test_a_sweep_reusing_one_env_lists_its_earlier_runs_when_asked(visdom_server, tmp_path):
+def test_a_sweep_reusing_one_env_lists_its_earlier_runs_when_asked(visdom_server, tmp_path, connect_client):
     root = tmp_path / "runs"
     for lr in (0.1, 0.3, 0.5):  # each trial a new run of env "sweep": the one before is set aside
         _finished_or_crashed(root, "sweep", visdom_server.port, lr, [0.9, lr], crash=lr == 0.3)
@@ -198,6 +198,13 @@ def test_a_sweep_reusing_one_env_lists_its_earlier_runs_when_asked(visdom_server
     rows = [line.split() for line in done.output.splitlines()[1:]]
     earlier = {run.hparams["lr"]: run.log.name for run in every if run.log.parent.name == "earlier"}
     assert [row[1] for row in rows] == [f"earlier/{earlier[0.1]}", f"earlier/{earlier[0.3]}", "sweep"]  # lr 0.1 best
+
+    # One earlier run deleted alone: its log goes; the folder's run, the other one and the env stay.
+    crashed = next(run for run in every if run.hparams["lr"] == 0.3)
+    gone = CliRunner().invoke(main, ["runs", "rm", str(crashed.log), "--yes", "--port", str(visdom_server.port)])
+    assert gone.exit_code == 0 and f"{crashed.log}  (env sweep, crashed" in gone.output, gone.output
+    assert sorted(run.hparams["lr"] for run in listed(root, earlier=True)) == [0.1, 0.5]
+    assert (root / "sweep" / RunLog.FILENAME).is_file() and "sweep" in connect_client(visdom_server).get_env_list()
 
 
 def test_a_notebook_s_setup_cell_run_again_ends_the_earlier_run_as_it_stood(visdom_server, tmp_path):
