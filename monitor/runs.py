@@ -55,8 +55,9 @@ class Run(NamedTuple):
     status: str             # running, finished, crashed (an exception), interrupted (Ctrl-C, sys.exit(N)),
                             # or killed (never closed)
     error: str | None       # what a crashed or interrupted run raised
-    metrics: dict[str, tuple[float, float]]  # "window/trace": (last, best) of its loss and metric curves,
-                                             # and the final metrics given with its hparams
+    metrics: dict[str, tuple[float, float]]  # "window/trace": (last, best) of its loss and metric curves
+                                             # (best NaN where no value was finite), and the final metrics
+                                             # given with its hparams
     hparams: dict[str, Any]
     size: int               # bytes in its folder
     checkpoints: int        # checkpoint files in checkpoint folders in its folder (not those of earlier runs,
@@ -206,7 +207,9 @@ class Reading:
             status = "running"
         else:
             status = end["status"] if end is not None else "killed"
-        metrics = {name: (last, best) for name, (last, best, _) in self.curves.items() if best is not None}
+        # A curve with no finite value (a diverged trial) has NaN for its best: listed, ranked last.
+        metrics = {name: (last, math.nan if best is None else best) for name, (last, best, _) in self.curves.items()
+                   if last is not None or best is not None}
         for name, value in self.declared.items():  # add_hparams' final metrics; a curve of that name goes first
             if name not in metrics and value is not None and math.isfinite(value):
                 metrics[name] = (value, value)
@@ -221,7 +224,8 @@ class Reading:
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
              mode: str | None = None) -> list[Run]:
     """The runs whose hparams match ``where`` (values compared as text, or as numbers when both
-    are), best first by metric ``sort`` (``window/trace``; runs without it last): lowest first
+    are), best first by metric ``sort`` (``window/trace``; runs where it was never finite, a
+    diverged trial's, next to last, runs without it last): lowest first
     with ``mode="min"``, highest with ``"max"``, by default as :func:`best_is_lowest` guesses."""
     def matches(run: Run) -> bool:
         for name, wanted in (where or {}).items():
@@ -232,7 +236,11 @@ def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | N
     kept = [run for run in runs if matches(run)]
     if sort is not None:
         sign = 1.0 if best_mode(sort, mode) == "min" else -1.0
-        kept.sort(key=lambda r: (sort not in r.metrics, sign * r.metrics[sort][1] if sort in r.metrics else 0.0))
+        def rank(run: Run) -> tuple:
+            best = run.metrics[sort][1] if sort in run.metrics else math.nan
+            return sort not in run.metrics, not math.isfinite(best), sign * best if math.isfinite(best) else 0.0
+
+        kept.sort(key=rank)
     return kept
 
 

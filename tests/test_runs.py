@@ -63,6 +63,20 @@ def test_a_guard_s_mark_on_the_loss_window_is_not_listed_as_a_metric(tmp_path):
     assert described(tmp_path / "run").metrics == {"loss/train": (1 / 6, 1 / 6)}
 
 
+def test_a_trial_that_diverged_is_listed_with_nan_ranked_last_and_collected_by_keep_best(visdom_server, tmp_path):
+    root = tmp_path / "runs"
+    for env, losses in (("good", [0.5, 0.3]), ("bad", [0.6, 0.4]), ("diverged", [float("nan"), float("inf")])):
+        _finished_or_crashed(root, env, visdom_server.port, 0.1, losses, crash=False)
+    assert described(root / "diverged").metrics["loss/train"][1] != described(root / "diverged").metrics[
+        "loss/train"][1]  # NaN: no finite value
+    done = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "loss/train"])
+    assert [line.split()[0] for line in done.output.splitlines()[1:]] == ["good", "bad", "diverged"]
+    assert "inf (nan)" in done.output.splitlines()[-1]
+    gone = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "2", "--metric", "loss/train", "--yes",
+                                     "--port", str(visdom_server.port)])
+    assert gone.exit_code == 0 and sorted(p.name for p in root.iterdir()) == ["bad", "good"], gone.output
+
+
 def test_losses_and_errors_are_best_lowest_in_the_languages_users_name_them():
     lowest = ["val_loss", "Top1 Error", "perplexity", "验证损失", "训练/误差率", "错误率", "検証損失", "손실"]
     highest = ["accuracy", "准确率", "f1", "正解率"]
