@@ -542,7 +542,10 @@ class SummaryWriter:
         if type(global_step) is int:  # the usual step, kept cheap
             return global_step
         if isinstance(global_step, (torch.Tensor, np.ndarray, np.generic)) and global_step.ndim <= 1:
-            global_step = global_step.item()  # one element, or item() says how many it has
+            if global_step.size != 1 if isinstance(global_step, (np.ndarray, np.generic)) else global_step.numel() != 1:
+                raise ValueError(f"global_step must be a step number, got a {type(global_step).__name__} of "
+                                 f"shape {tuple(global_step.shape)}")
+            global_step = global_step.item()
         elif isinstance(global_step, str):  # TensorBoard's event takes int(global_step)
             try:
                 global_step = int(global_step)
@@ -596,7 +599,13 @@ class SummaryWriter:
     @staticmethod
     def _pixels(img_tensor: Any, dataformats: str) -> torch.Tensor:
         """The images as uint8 NCHW, 1 or 3 channels, by TensorBoard's rules."""
-        pixels = _as_nchw(_tensor(img_tensor, "img_tensor"), dataformats)
+        given = _tensor(img_tensor, "img_tensor")
+        pixels = _as_nchw(given, dataformats)
+        n, c, h, w = pixels.shape
+        if c not in (1, 2, 3, 4) or not (n and h and w):  # said of the shape the loop passed, not of NCHW
+            raise ValueError(f"img_tensor must hold images laid out as dataformats={dataformats!r} says, with 1 or 3 "
+                             f"channels (2 or 4 with alpha) and no empty side, got shape {tuple(given.shape)}: "
+                             f"N={n}, C={c}, H={h}, W={w}")
         if pixels.dtype != torch.uint8:  # TensorBoard's rule: 0-1 floats times 255, clipped, truncated
             pixels = (pixels.to(torch.float32) * 255).clamp_(0, 255).to(torch.uint8)
         if pixels.shape[1] in (2, 4):  # grey or RGB with alpha: laid over white, as a page shows a PNG
@@ -857,6 +866,8 @@ def _window_name(name: str, argument: str = "tag") -> str:
 
 
 def _usable_name(name: str, argument: str) -> str:
+    if not isinstance(name, str):
+        checks.text(argument, name)  # its error: what it must be, what it got
     if any(map(checks.is_control, name)):
         name = "".join(" " if checks.is_control(c) else c for c in name)
     checks.text(argument, name)

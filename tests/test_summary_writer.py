@@ -601,6 +601,15 @@ def test_what_tensorboard_also_takes_numbers_and_steps_as_text_any_layout_in_eit
         writer.add_scalar("lr", "fast", 7)
     with pytest.raises(ValueError, match="global_step must be a step number, got 'seven'"):
         writer.add_scalar("lr", 0.1, "seven")
+    with pytest.raises(ValueError, match=r"global_step must be a step number, got a Tensor of shape \(2,\)"):
+        writer.add_scalar("lr", 0.1, torch.tensor([1, 2]))
+    with pytest.raises(TypeError, match="tag must be a non-empty str, got None"):
+        writer.add_text(None, "x", 0)
+    # said of the shape the loop passed, in its dataformats
+    with pytest.raises(ValueError, match=r"laid out as dataformats='HWC' says.*got shape \(3, 8, 12\): N=1, C=12, H=3"):
+        writer.add_image("bad", torch.rand(3, 8, 12), dataformats="HWC")
+    with pytest.raises(ValueError, match=r"no empty side, got shape \(3, 0, 5\): N=1, C=3, H=0, W=5"):
+        writer.add_image("bad", np.zeros((3, 0, 5)))
     writer.add_image("batch", torch.rand(4, 3, 5, 6), dataformats="NCHW")  # a grid, as add_images
     writer.add_image("batch-last", torch.rand(2, 5, 6, 3), dataformats="NHWC")
     writer.add_images("one", torch.rand(3, 5, 6), dataformats="CHW")  # one image, as add_image
