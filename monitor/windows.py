@@ -566,8 +566,12 @@ def _hparams_html(trials: list[dict[str, Any]]) -> str:
 
 def _value(value: Any) -> str:
     """A table's value; a float to 12 significant digits, without arithmetic's last-digit noise
-    (``0.1 * 3`` shows as 0.3)."""
-    return repr(float(f"{value:.12g}")) if isinstance(value, float) else str(value)
+    (``0.1 * 3`` shows as 0.3), or one a float32 holds in its fewest digits (a float32 tensor's
+    0.7, read as 0.699999988079071)."""
+    if not isinstance(value, float):
+        return str(value)
+    short = float32_digits([value])[0]
+    return repr(short if short != value else float(f"{value:.12g}"))
 
 
 def _one_value(series: list[list]) -> float | None:

@@ -181,3 +181,12 @@ def test_a_window_of_161_traces_stays_under_300_kb_and_keeps_every_trace_s_extre
     for trace in message["data"]:
         assert min(trace["y"]) == lowest[trace["name"]] and max(trace["y"]) == highest[trace["name"]]
         assert trace["x"][0] == 1 and trace["x"][-1] == 5000
+
+
+def test_a_table_shows_a_float32_tensor_s_value_in_its_fewest_digits_and_arithmetic_without_its_noise():
+    import numpy as np
+
+    from monitor.windows import _value
+
+    assert _value(float(np.float32(0.7))) == "0.7"  # add_hparams({"lr": torch.tensor(0.7)})
+    assert _value(0.1 * 3) == "0.3" and _value(0.123456789012345) == "0.123456789012" and _value(3) == "3"
