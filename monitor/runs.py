@@ -610,6 +610,9 @@ class RunsPane:
         for log in sorted(self._to_check):
             try:
                 self._fill(log)
+            except (OSError, ValueError, KeyError) as error:  # gone (runs rm), or a log replay refuses
+                self._to_check.discard(log)
+                _log.debug("monitor: the env of %s is not checked: %s", log, error)
             except Exception as error:  # the server cannot say now: checked again at the next look
                 _log.debug("monitor: the env of %s was not checked: %s", log, error)
         html = runs_html(runs)
