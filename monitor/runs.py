@@ -245,11 +245,12 @@ def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | N
 
 
 def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
-    """The runs as a plain-text table: env (and the folder, where two runs share an env), status
-    (and what a crashed run raised), steps, start, size, checkpoints, ``metrics`` metrics
-    (``first`` first, then the loss, the rest by name), hparams."""
+    """The runs as a plain-text table: env (and the folder, where two runs share an env or a
+    folder is not named as its env: moved, renamed, a SummaryWriter's ``runs/a/b``), status (and
+    what a crashed run raised), steps, start, size, checkpoints, ``metrics`` metrics (``first``
+    first, then the loss, the rest by name), hparams."""
     names = _shown_metrics(runs, metrics, first)
-    shared = len({run.env for run in runs}) < len(runs)
+    shared = len({run.env for run in runs}) < len(runs) or any(run.path.name != run.env for run in runs)
     common = Path(os.path.commonpath([run.place for run in runs])) if shared else None
     head = ["env", *(["folder"] if shared else []), "status", "steps", "started", "size", "ckpts"] + \
         [f"{m} last (best)" for m in names] + ["hparams"]

@@ -77,6 +77,17 @@ def test_a_trial_that_diverged_is_listed_with_nan_ranked_last_and_collected_by_k
     assert gone.exit_code == 0 and sorted(p.name for p in root.iterdir()) == ["bad", "good"], gone.output
 
 
+def test_list_names_the_folder_of_a_run_moved_to_another_name_so_rm_can_be_given_it(tmp_path):
+    for env in ("kept", "moved"):  # no server: the run logs are written all the same
+        with Monitor([Scalars()], env=env, run_dir=tmp_path / "runs" / env, port=1, timeout=0.2) as monitor:
+            monitor.step_end(loss=torch.tensor(0.5))
+    (tmp_path / "runs" / "moved").rename(tmp_path / "runs" / "renamed")
+    done = CliRunner().invoke(main, ["runs", "list", str(tmp_path / "runs")])
+    head, *rows = done.output.splitlines()
+    assert head.split()[:2] == ["env", "folder"] and [row.split()[:2] for row in rows] == [["kept", "kept"],
+                                                                                          ["moved", "renamed"]]
+
+
 def test_losses_and_errors_are_best_lowest_in_the_languages_users_name_them():
     lowest = ["val_loss", "Top1 Error", "perplexity", "验证损失", "训练/误差率", "错误率", "検証損失", "손실"]
     highest = ["accuracy", "准确率", "f1", "正解率"]
