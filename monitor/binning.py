@@ -22,7 +22,9 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
     ``bins`` is a number of equal bins over the finite values' range (one unit wide around a
     constant, as ``numpy.histogram`` does), or the edges themselves (1-d, increasing). A value
     is in bin i when ``edges[i] <= value < edges[i + 1]``, the last bin closed on the right, as
-    in ``numpy.histogram``; values outside the edges and non-finite values are in none. A sparse
+    in ``numpy.histogram``; values outside the edges and non-finite values are in none. Given
+    edges come back with the bins holding the smallest and the largest value cut to them, as
+    TensorBoard draws its first bucket from the minimum and its last to the maximum. A sparse
     tensor (``nn.Embedding(sparse=True)``'s gradient) gives the values it stores; a complex one, its
     real and imaginary parts.
     """
@@ -38,13 +40,7 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
     elif not tensors:
         edges = torch.linspace(-0.5, 0.5, bins + 1, dtype=dtype, device=device)
     else:
-        lows, highs = [], []
-        for tensor in tensors:
-            flat = tensor.reshape(-1).to(dtype)
-            finite = torch.isfinite(flat)
-            lows.append(torch.where(finite, flat, math.inf).amin())
-            highs.append(torch.where(finite, flat, -math.inf).amax())
-        low, high = torch.stack(lows).amin(), torch.stack(highs).amax()
+        low, high = _finite_range(tensors, dtype)
         same = low == high
         low, high = torch.where(same, low - 0.5, low), torch.where(same, high + 0.5, high)
         steps = torch.linspace(0, 1, bins + 1, dtype=dtype, device=device)
@@ -59,7 +55,25 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
         inside = (flat >= edges[0]) & (flat <= edges[-1])  # False for NaN
         index = torch.where(inside, index, count)
         counts.scatter_add_(0, index, torch.ones_like(index))
+    if given and tensors:
+        low, high = _finite_range(tensors, dtype)
+        # No bin is made empty of width: the highest value on an edge keeps its bin's end.
+        following = torch.cat([edges[1:], edges[-1:]])  # each edge's next one (the last: itself)
+        edges = torch.where((edges < low) & (following > low), low, edges)  # the lowest value's bin starts at it
+        preceding = torch.cat([edges[:1], edges[:-1]])  # and the one before (the first: itself)
+        edges = torch.where((edges > high) & (preceding < high), high, edges)  # the highest's ends at it
     return edges, counts[:count], n
+
+
+def _finite_range(tensors: Sequence[torch.Tensor], dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The smallest and the largest finite value of the tensors (inf and -inf where there is none)."""
+    lows, highs = [], []
+    for tensor in tensors:
+        flat = tensor.reshape(-1).to(dtype)
+        finite = torch.isfinite(flat)
+        lows.append(torch.where(finite, flat, math.inf).amin())
+        highs.append(torch.where(finite, flat, -math.inf).amax())
+    return torch.stack(lows).amin(), torch.stack(highs).amax()
 
 
 def _real(tensor: torch.Tensor) -> torch.Tensor:

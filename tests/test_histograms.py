@@ -216,3 +216,17 @@ def test_integer_and_boolean_parameters_are_not_weights():
     monitor.step_end()
     entry = encode(sink.of(Histogram)[0])
     assert entry["n"] == 10 and entry["edges"][-1] < 1  # the 10 weights, binned over their own range
+
+
+def test_given_edges_start_the_lowest_value_s_bin_at_it_and_end_the_highest_s_at_it_without_empty_widths():
+    # TensorBoard draws its first bucket from the minimum and its last to the maximum: so do the bands
+    from monitor.binning import binned
+
+    edges = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
+    cases = {(-0.5, 0.2, 1.5): ([-2.0, -0.5, 0.0, 1.0, 1.5, 3.0], [0, 1, 1, 1, 0]),
+             (0.5, 0.5): ([-2.0, -1.0, 0.5, 1.0, 2.0, 3.0], [0, 0, 2, 0, 0]),  # one value: its bin keeps a width
+             (0.0, 1.0): ([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0], [0, 0, 1, 1, 0]),  # the highest on an edge: as it was
+             (5.0,): ([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0], [0, 0, 0, 0, 0])}  # outside the edges: in no bin
+    for values, (cut, counts) in cases.items():
+        got, binned_counts, n = binned([torch.tensor(values)], edges)
+        assert (got.tolist(), binned_counts.tolist(), n) == (cut, counts, len(values)), values
