@@ -32,6 +32,7 @@ from monitor.host import on_host
 from monitor.distributed import launched_rank
 from monitor.log import Log, NullSink
 from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of, exit_error
+from monitor.env_claims import claim
 from monitor.rundir import RunDir, RunInUseError
 from monitor.runlog import RunLog
 from monitor.runs import HELD_OUT, TRAINING
@@ -673,7 +674,7 @@ class _Run:
         if purge_step is not None and not RunDir(path).is_live():
             _purge(path / RunLog.FILENAME, purge_step)
         position, self.next_step, self.kinds, env = _continued(path / RunLog.FILENAME)
-        self.env = env.translate(_NOT_IN_ENVS) if env else _env_apart(_env_of(path), taken, path)  # '#': an old run's
+        self.env = env.translate(_NOT_IN_ENVS) if env else _env_apart(_envs_of(path), taken, path)  # '#': an old run's
         self.log = Log(SinkProcess(env=self.env, run_dir=path, rewind_to=position, **sink_options))
         self.writers = 0
 
@@ -828,35 +829,35 @@ def _continued(log: Path) -> tuple[int | None, float, dict[str, str], str | None
     return position or None, math.floor(last) + 1, kinds, env if position else None
 
 
-def _env_of(path: Path) -> str:
-    """The env of a new log_dir: its path below ``runs/``, else below the working directory,
-    joined with ``_``; else its last part (``logs/exp1/train``: ``logs_exp1_train``)."""
+def _envs_of(path: Path) -> list[str]:
+    """The envs a new log_dir may show in, first choice first: its path below ``runs/``, else
+    below the working directory, joined with ``_``, else its last part (``logs/exp1/train``:
+    ``logs_exp1_train``); then with one more of its folders before each time (``b_exp``,
+    ``data_b_exp``), for a log_dir whose name another folder shows in already."""
     resolved = path.resolve()
-    parts = resolved.parts
+    parts = resolved.parts[1:] or ("runs",)
     if "runs" in parts[:-1]:
-        below = parts[len(parts) - parts[::-1].index("runs"):]
-    elif resolved.is_relative_to(Path.cwd().resolve()):
-        below = resolved.relative_to(Path.cwd().resolve()).parts or parts[-1:]
+        below = len(parts) - parts[::-1].index("runs")
+    elif resolved.is_relative_to(Path.cwd().resolve()) and resolved != Path.cwd().resolve():
+        below = len(parts) - len(resolved.relative_to(Path.cwd().resolve()).parts)
     else:
-        below = parts[-1:]
-    name = "_".join(below).translate(_NOT_IN_ENVS)
-    return _window_name(name if name.strip("._ ") else "runs", "log_dir")
+        below = len(parts) - 1
+    names = ["_".join(parts[start:]).translate(_NOT_IN_ENVS) for start in range(below, -1, -1)]
+    return [_window_name(name if name.strip("._ ") else "runs", "log_dir") for name in names]
 
 
 _NOT_IN_ENVS = str.maketrans({"/": "_", "\\": "_", "#": "_", "?": "_"})  # a folder's separators, an address's ends
 
 
-def _env_apart(env: str, taken: set[str], path: Path) -> str:
-    """``env``, or where another log_dir of this process shows there already, open or closed
-    (``runs/a/b`` and ``runs/a_b``), ``env (2)``, said once: two runs in one env would mix their curves."""
-    if env not in taken:
-        return env
-    number = 2
-    while f"{env} ({number})" in taken:
-        number += 1
-    _log.warning("monitor: log_dir %s would show in env %r, where another SummaryWriter of this process "
-                 "draws: it shows in env %r", path, env, f"{env} ({number})")
-    return f"{env} ({number})"
+def _env_apart(envs: list[str], taken: set[str], path: Path) -> str:
+    """The first of ``envs`` that no other folder of this machine shows in (``env_claims``), nor
+    another log_dir of this process (open or closed: ``runs/a/b`` and ``runs/a_b``), said once:
+    two runs in one env would mix their curves."""
+    env = claim(path, envs, taken)
+    if env != envs[0]:
+        _log.warning("monitor: log_dir %s would show in env %r, where another folder's run shows: it "
+                     "shows in env %r", path, envs[0], env)
+    return env
 
 
 def _window_name(name: str, argument: str = "tag") -> str:

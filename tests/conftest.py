@@ -41,6 +41,13 @@ def _stop_signals_given_back() -> Iterator[None]:
     preemption.caught = False
 
 
+@pytest.fixture(autouse=True)
+def _home_of_each_test(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test its own ``$MONITOR_HOME`` (the envs claimed by log_dirs, a served env folder),
+    the scripts it starts included: none reads another's, nor the user's ``~/.monitor``."""
+    monkeypatch.setenv("MONITOR_HOME", str(tmp_path_factory.mktemp("home")))
+
+
 @pytest.fixture(scope="session")
 def visdom_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VisdomServer]:
     """A real server shared by the session; isolate tests by env name."""

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -931,12 +932,12 @@ def test_writers_opened_together_in_threads_share_one_run(tmp_path, monkeypatch)
 
 
 def test_odd_log_dirs_still_name_an_env(tmp_path, monkeypatch):
-    from monitor.writer import _env_of
+    from monitor.writer import _envs_of
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
-    assert _env_of(Path("runs/a/b")) == "a_b" and _env_of(Path("runs")) == "runs"
-    assert _env_of(Path("/")) == "runs" and _env_of(Path("runs/x\\y")) == "x_y"
-    assert _env_of(Path("runs/实验#1?")) == "实验_1_"  # what ends an address: the env's page would be empty
+    assert _envs_of(Path("runs/a/b"))[0] == "a_b" and _envs_of(Path("runs"))[0] == "runs"
+    assert _envs_of(Path("/"))[0] == "runs" and _envs_of(Path("runs/x\\y"))[0] == "x_y"
+    assert _envs_of(Path("runs/实验#1?"))[0] == "实验_1_"  # what ends an address: the env's page would be empty
     from monitor.runs import _comparison_env
     assert _comparison_env(["lr#1", "b"]) == "compare_lr_1_b"
     old = tmp_path / "runs" / "lr#1"  # a run written before such envs were refused: it goes on, in env lr_1
@@ -947,9 +948,12 @@ def test_odd_log_dirs_still_name_an_env(tmp_path, monkeypatch):
         writer.add_scalar("loss", 0.5, 1)
     assert writer.log.sink.env == "lr_1"
     assert [e["x"] for e in RunLog.read(old / RunLog.FILENAME) if e["k"] == "points"] == [0, 1]
-    assert _env_of(Path("runs/..")) == tmp_path.name  # resolved: the folder it names
+    assert _envs_of(Path("runs/.."))[0] == tmp_path.name  # resolved: the folder it names
     with pytest.raises(ValueError, match="log_dir must be a non-empty str"):
-        _env_of(Path("runs/\t"))
+        _envs_of(Path("runs/\t"))
+    assert _envs_of(tmp_path / "x" / "exp")[:3] == ["x_exp", f"{tmp_path.name}_x_exp", f"{tmp_path.parent.name}_{tmp_path.name}_x_exp"]
+    monkeypatch.chdir(tmp_path / "runs")
+    assert _envs_of(tmp_path / "x" / "exp")[:2] == ["exp", "x_exp"]  # not below the working directory: its name
 
 
 def test_log_dirs_outside_runs_are_named_by_their_path_and_two_alike_in_one_process_get_envs_apart(
@@ -962,8 +966,9 @@ def test_log_dirs_outside_runs_are_named_by_their_path_and_two_alike_in_one_proc
         envs[place] = writer
     assert {place: w.log.sink.env for place, w in envs.items()} == {
         "logs/exp1/train": "logs_exp1_train", "logs/exp2/train": "logs_exp2_train", "runs/a/b": "a_b",
-        "runs/a_b": "a_b (2)"}
-    assert "log_dir runs/a_b would show in env 'a_b'" in caplog.text
+        "runs/a_b": "runs_a_b"}
+    assert "log_dir runs/a_b would show in env 'a_b', where another folder's run shows: it shows in env 'runs_a_b'" \
+        in caplog.text
     for writer in envs.values():
         writer.close()
     monkeypatch.chdir(tmp_path / "logs")  # a requeued script started elsewhere: the run's env goes on
@@ -973,7 +978,7 @@ def test_log_dirs_outside_runs_are_named_by_their_path_and_two_alike_in_one_proc
     with SummaryWriter("runs/c/d", port=1, timeout=0.2) as writer:
         writer.add_scalar("loss", 1.0, 0)
     with SummaryWriter("runs/c_d", port=1, timeout=0.2) as writer:  # the first one closed: its env stays its own
-        assert writer.log.sink.env == "c_d (2)"
+        assert writer.log.sink.env == "runs_c_d"
 
 
 def test_boxes_are_drawn_on_the_image_with_their_labels(visdom_server, tmp_path, read_window_raw):
@@ -1102,3 +1107,47 @@ def test_a_writer_let_go_of_without_close_ends_its_run_and_its_sink_s_process(vi
     del closed
     gc.collect()
     assert [e["k"] for e in RunLog.read(tmp_path / "closed" / RunLog.FILENAME)].count("end") == 1
+
+
+SWEEP_TRIAL = """
+import sys, time
+from pathlib import Path
+from monitor import SummaryWriter
+trial, port = int(sys.argv[1]), int(sys.argv[2])
+with SummaryWriter("tb", port=port) as writer:  # as in each working directory of a Hydra sweep
+    writer.add_scalar("loss", float(trial), 0)
+    Path(f"../started{trial}").touch()
+    while not all(Path(f"../started{t}").exists() for t in (0, 1)):  # both trials live at once
+        time.sleep(0.05)
+    writer.add_scalar("loss", float(trial), 1)
+print(writer.log.sink.env)
+"""
+
+
+def test_log_dirs_named_alike_in_two_processes_show_in_envs_apart_until_the_first_folder_is_gone(
+        visdom_server, tmp_path, read_window):
+    for trial in (0, 1, 2):
+        (tmp_path / str(trial)).mkdir()
+    (tmp_path / "train.py").write_text(SWEEP_TRIAL)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+
+    def trial(number: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "../train.py", str(number), str(visdom_server.port)],
+                                cwd=tmp_path / str(number), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    trials = [trial(0)]
+    while not (tmp_path / "started0").exists():  # the first one claims "tb"
+        assert trials[0].poll() is None, trials[0].communicate()
+        time.sleep(0.05)
+    trials.append(trial(1))
+    (out0, err0), (out1, err1) = (t.communicate(timeout=120) for t in trials)
+    assert (out0.strip(), out1.strip()) == ("tb", "1_tb"), (err0, err1)
+    assert "log_dir tb would show in env 'tb', where another folder's run shows: it shows in env '1_tb'" in err1
+    assert read_window(visdom_server, "tb", "loss")["loss"] == ([0, 1], [0.0, 0.0])
+    assert read_window(visdom_server, "1_tb", "loss")["loss"] == ([0, 1], [1.0, 1.0])
+    shutil.rmtree(tmp_path / "0")  # a trial deleted: its env is free for the next
+    (tmp_path / "started0").touch()
+    out2, err2 = trial(2).communicate(timeout=120)
+    assert out2.strip() == "tb" and "would show" not in err2
+    assert read_window(visdom_server, "tb", "loss")["loss"] == ([0, 1], [2.0, 2.0])
