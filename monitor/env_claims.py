@@ -1,13 +1,16 @@
-"""Which folder shows in each env a SummaryWriter names, on this machine: folders named alike get envs apart.
+"""Which folder shows in each env, on this machine: two runs' curves never mix in one env unseen.
 
-A writer names its env after its log_dir, and folders far apart can give one name: ``tb`` in each
-working directory of a Hydra sweep, ``/data/a/exp`` and ``/data/b/exp``. Drawn in one env, their
-curves would mix. The first folder to show in an env keeps it, by a claim kept in
-``$MONITOR_HOME/envs`` (default ``~/.monitor/envs``); another folder takes the next name it is
-offered (the writer offers the folder's name with more of its path). A claim whose folder is gone
-(deleted by hand or by ``monitor runs rm``) is free again.
+Folders far apart can give one env: a SummaryWriter's ``tb`` in each working directory of a
+Hydra sweep, ``/data/a/exp`` and ``/data/b/exp``, or a Monitor's ``env="mnist"`` started from
+two places. The folder that last started a run in an env holds a claim on it, kept in
+``$MONITOR_HOME/envs`` (default ``~/.monitor/envs``). A writer, which names its env after its
+folder, takes the first name no other existing folder holds (``b_exp``); a Monitor, whose env
+the loop names, takes its env over unless a live run of another folder holds it. A claim whose
+folder is gone (deleted by hand or by ``monitor runs rm``) is free.
 
     env = claim(Path("/data/b/exp"), ["exp", "b_exp", "data_b_exp"])   # "b_exp" where /data/a/exp has "exp"
+    other = take("mnist", Path("runs/mnist"), lock)   # None: taken, lock() called; else the live run's folder
+    holder("mnist")                             # the folder that shows in env "mnist", if it is there
 """
 from __future__ import annotations
 
@@ -16,10 +19,12 @@ import hashlib
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Container, Sequence
+from typing import Callable, Container, Iterator, Sequence
 
 from monitor.atomic import write_atomic
+from monitor.rundir import RunDir
 
 _log = logging.getLogger("monitor")
 _said_trouble = False
@@ -31,38 +36,79 @@ def claims_folder() -> Path:
 
 
 def claim(folder: Path, names: Sequence[str], taken: Container[str] = ()) -> str:
-    """The first of ``names`` that no other existing folder claims and that is not in ``taken``
-    (this process's other writers' envs), claimed for ``folder``; past them all, the first name
-    numbered (``exp (2)``). Where the claims cannot be kept (a read-only home), ``taken`` alone decides."""
+    """The first of ``names`` that no other existing folder holds and that is not in ``taken``
+    (this process's other writers' envs), claimed for ``folder`` (made if missing); past them
+    all, the first name numbered (``exp (2)``)."""
     folder = folder.resolve()
-    numbered = (f"{names[0]} ({number})" for number in range(2, 1_000_000))
+    offered = [*names, *(f"{names[0]} ({number})" for number in range(2, 100))]
+    with _claims() as store:
+        if store is not None:
+            folder.mkdir(parents=True, exist_ok=True)  # a claim holds while its folder is there
+            for name in offered:
+                other = _holder(store, name)
+                if name not in taken and (other is None or other == folder or not other.is_dir()):
+                    if other != folder:
+                        _write(store, name, folder)
+                    return name
+    return next(name for name in offered if name not in taken)
+
+
+def take(env: str, folder: Path, lock: Callable[[], None]) -> Path | None:
+    """Claims ``env`` for ``folder`` and calls ``lock`` (which takes the folder for the run),
+    unless another folder's run showing in ``env`` is live: returns that folder then. Two
+    processes starting at once cannot both pass: the claims stay locked until ``lock`` returns."""
+    folder = folder.resolve()
+    with _claims() as store:
+        other = _holder(store, env) if store is not None else None
+        if other is not None and other != folder and other.is_dir() and RunDir(other).is_live():
+            return other
+        lock()
+        if store is not None and other != folder:
+            _write(store, env, folder)
+    return None
+
+
+def holder(env: str) -> Path | None:
+    """The folder whose run last started in ``env``, if it is still there."""
+    with _claims() as store:
+        other = _holder(store, env) if store is not None else None
+    return other if other is not None and other.is_dir() else None
+
+
+@contextmanager
+def _claims() -> Iterator[Path | None]:
+    """The claims' folder, locked against the other processes of a sweep started at once; None
+    where it cannot be kept (a read-only home), said once: then envs are as named."""
+    global _said_trouble
+    store = claims_folder()
     try:
-        folder.mkdir(parents=True, exist_ok=True)  # a claim holds while its folder is there
-        store = claims_folder()
         store.mkdir(parents=True, exist_ok=True)
-        with open(store / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # the processes of a sweep started at once
-            for name in (*names, *numbered):
-                if name in taken:
-                    continue
-                path = store / (hashlib.sha1(name.encode()).hexdigest()[:24] + ".json")
-                holder = _holder(path)
-                if holder is not None and holder != folder and holder.is_dir():
-                    continue
-                if holder != folder:
-                    write_atomic(path, lambda file: file.write(json.dumps({"env": name, "folder": str(folder)}).encode()))
-                return name
+        lock = open(store / ".lock", "a")
     except OSError as error:
-        global _said_trouble
         if not _said_trouble:
             _said_trouble = True
-            _log.warning("monitor: cannot keep which folder shows in which env in %s (%s): two log_dirs named "
-                         "alike on this machine may show in one env", claims_folder(), error)
-    return next(name for name in (*names, *numbered) if name not in taken)
+            _log.warning("monitor: cannot keep which folder shows in which env in %s (%s): runs of two folders "
+                         "on this machine may show in one env", store, error)
+        yield None
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield store
 
 
-def _holder(path: Path) -> Path | None:
+def _path(store: Path, env: str) -> Path:
+    return store / (hashlib.sha1(env.encode()).hexdigest()[:24] + ".json")
+
+
+def _holder(store: Path, env: str) -> Path | None:
     try:
-        return Path(json.loads(path.read_text())["folder"])
+        return Path(json.loads(_path(store, env).read_text())["folder"])
     except (OSError, ValueError, KeyError, TypeError):  # none, or a claim cut short: free
         return None
+
+
+def _write(store: Path, env: str, folder: Path) -> None:
+    try:
+        write_atomic(_path(store, env), lambda file: file.write(json.dumps({"env": env, "folder": str(folder)}).encode()))
+    except OSError:  # a full disk: the claim is not kept, the run goes on
+        pass

@@ -20,6 +20,7 @@ import unicodedata
 from pathlib import Path
 from typing import IO, Any, Iterable, NamedTuple
 
+from monitor import env_claims
 from monitor.imagestore import FOLDER as IMAGES
 from monitor.records import Order
 from monitor.rundir import RunDir
@@ -538,11 +539,14 @@ def collectable(runs: list[Run], older_than: float | None = None, keep_best: int
 
 
 def shares_env(run: Run) -> list[Path]:
-    """The folders beside the run's (below its parent) of other runs that show in its env (a run
-    folder copied): its env stays on the server when it is removed."""
+    """The folders of other runs that show in the run's env, beside it (below its parent: a run
+    folder copied) or the one that last started a run there (``env_claims``, anywhere on this
+    machine: the run is a copy, or was followed in its env): its env stays on the server when it is removed."""
     shared = []
-    for log in sorted(run.path.resolve().parent.rglob(RunLog.FILENAME)):
-        if log.parent.is_relative_to(run.path.resolve()):
+    here = run.path.resolve()
+    claimed = env_claims.holder(run.env)
+    for log in sorted(here.parent.rglob(RunLog.FILENAME)) + ([claimed / RunLog.FILENAME] if claimed else []):
+        if log.parent.is_relative_to(here) or log.parent in shared:
             continue
         try:
             header = next(RunLog.read(log), {})

@@ -35,7 +35,8 @@ from monitor.delivery import SPREAD, Delivery, FlushTiming
 from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, Mesh, Points, PrCurve, RunEnd,
                              StepMark, Text)
 from monitor.reports import Reports
-from monitor.rundir import RunDir
+from monitor.env_claims import take
+from monitor.rundir import RunDir, RunInUseError
 from monitor.entries import encode, header, resumes_at, windows_after
 from monitor.imagestore import ImageStore
 from monitor.runlog import RunLog
@@ -90,7 +91,9 @@ class VisdomSink:
     ``env`` names the run's one env (default: ``run-<date>-<time>-<random>``). ``run_dir``
     (default ``runs/<env>``) keeps the run log (:class:`monitor.rundir.RunDir`): a new run sets
     the log of the env's earlier run aside and closes its windows; ``rewind_to`` (a checkpoint's
-    position in the log) continues the run instead, cut back to that point. Each window keeps at
+    position in the log) continues the run instead, cut back to that point. An env shows one
+    live run: a live run of another folder in it is refused, by name (:mod:`monitor.env_claims`),
+    as is a second live process on the same folder. Each window keeps at
     most ``points_per_trace`` points per trace on the server. ``server``, ``port``,
     ``base_url``, ``username``, ``password`` and ``timeout`` (per request) are
     :class:`Connection`'s. ``timings`` keeps the request time of the latest 1000 sends. ``pid``
@@ -117,7 +120,10 @@ class VisdomSink:
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
         self.pid = pid or os.getpid()
-        self.folder.lock(self.run_id, self.env, self.pid)
+        other = take(self.env, self.run_dir, lambda: self.folder.lock(self.run_id, self.env, self.pid))
+        if other is not None:
+            raise RunInUseError(f"env {self.env!r} must have one live run at a time, got another one writing to "
+                                f"{other}; stop it, or use another env")
         try:
             stale = self._open_runlog(rewind_to)
         except BaseException:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from monitor import Checkpoint, Monitor, Scalars
 from monitor.checkpoint import load_checkpoint
 from monitor.log import Log
 from monitor.replay import replay
+from monitor import env_claims
 from monitor.rundir import RunInUseError
 from monitor.runlog import RunLog
 from monitor.runs import described
@@ -108,6 +110,31 @@ def test_a_second_live_process_on_one_env_is_refused_naming_the_first(visdom_ser
     with Monitor([Scalars()], env="busy", port=visdom_server.port, run_dir=tmp_path) as monitor:  # killed: free
         monitor.step_end(loss=1.0)
     assert len(list((tmp_path / "earlier").glob("*.jsonl"))) == 1
+
+
+def test_a_live_run_of_another_folder_in_the_env_is_refused_naming_it_and_a_finished_one_is_followed(
+        visdom_server, tmp_path, read_window):
+    """Two working directories (a Hydra sweep's trials, run at once) with Monitor(env="sweep"):
+    both drew into one env; now the second is refused, as a second process on one folder is."""
+    first = subprocess.Popen([sys.executable, str(HELPER), "--env", "sweep", "--port", str(visdom_server.port),
+                              "--run-dir", str(tmp_path / "a"), "--sleep", "5"])
+    try:
+        deadline = time.monotonic() + 60
+        log = tmp_path / "a" / "runlog.jsonl"
+        while not (log.exists() and log.read_bytes().count(b"\n") > 1):
+            assert time.monotonic() < deadline and first.poll() is None
+            time.sleep(0.1)
+        with pytest.raises(RunInUseError, match=rf"env 'sweep' must have one live run at a time, got another one "
+                                                rf"writing to {re.escape(str(tmp_path / 'a'))}; stop it, or use another env"):
+            Monitor([Scalars()], env="sweep", port=visdom_server.port, run_dir=tmp_path / "b")
+        assert not (tmp_path / "b" / "runlog.jsonl").exists()
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    with Monitor([Scalars()], env="sweep", port=visdom_server.port, run_dir=tmp_path / "b") as monitor:  # ended: followed
+        monitor.step_end(loss=0.25)
+    assert read_window(visdom_server, "sweep", "loss") == {"train": ([1], [0.25])}
+    assert env_claims.holder("sweep") == tmp_path / "b"
 
 
 def test_data_loader_workers_that_outlive_a_run_do_not_keep_its_env_locked(visdom_server, tmp_path):

@@ -332,6 +332,11 @@ def test_rm_of_a_copied_run_folder_leaves_the_env_the_original_still_shows_in(vi
     done = CliRunner().invoke(main, ["runs", "rm", str(root / "copy"), "--yes", "--port", str(visdom_server.port)])
     assert done.exit_code == 0 and f"the run in {(root / 'original').resolve()} shows there too" in done.output
     assert not (root / "copy").exists() and "original" in connect_client(visdom_server).get_env_list()
+    backup = tmp_path / "elsewhere" / "backup" / "original"  # not beside it: the env's claim names the original
+    shutil.copytree(root / "original", backup)
+    done = CliRunner().invoke(main, ["runs", "rm", str(backup), "--yes", "--port", str(visdom_server.port)])
+    assert done.exit_code == 0 and f"the run in {(root / 'original').resolve()} shows there too" in done.output
+    assert not backup.exists() and "original" in connect_client(visdom_server).get_env_list()
 
 
 def test_rm_closes_only_the_run_s_windows_where_the_env_holds_the_user_s_own(visdom_server, tmp_path,
