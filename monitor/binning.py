@@ -22,9 +22,10 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
     ``bins`` is a number of equal bins over the finite values' range (one unit wide around a
     constant, as ``numpy.histogram`` does), or the edges themselves (1-d, increasing). A value
     is in bin i when ``edges[i] <= value < edges[i + 1]``, the last bin closed on the right, as
-    in ``numpy.histogram``; values outside the edges and non-finite values are in none. Given
+    in ``numpy.histogram``; values outside the edges and non-finite values are in none. The
     edges come back with the bins holding the smallest and the largest value cut to them, as
-    TensorBoard draws its first bucket from the minimum and its last to the maximum. A sparse
+    TensorBoard draws its first bucket from the minimum and its last to the maximum (a bin of
+    one value, a constant's, has no width). A sparse
     tensor (``nn.Embedding(sparse=True)``'s gradient) gives the values it stores; a complex one, its
     real and imaginary parts.
     """
@@ -42,10 +43,10 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
     else:
         low, high = _finite_range(tensors, dtype)
         same = low == high
-        low, high = torch.where(same, low - 0.5, low), torch.where(same, high + 0.5, high)
+        start, end = torch.where(same, low - 0.5, low), torch.where(same, high + 0.5, high)
         steps = torch.linspace(0, 1, bins + 1, dtype=dtype, device=device)
-        edges = low * (1 - steps) + high * steps  # not low + (high - low) * steps: that overflows a wide range
-        edges[-1] = high
+        edges = start * (1 - steps) + end * steps  # not start + (end - start) * steps: that overflows a wide range
+        edges[-1] = end
     count = edges.numel() - 1
     counts = torch.zeros(count + 1, dtype=torch.int64, device=device)  # the last: values in no bin
     for tensor in tensors:
@@ -55,13 +56,15 @@ def binned(tensors: Sequence[torch.Tensor], bins: int | torch.Tensor) -> tuple[t
         inside = (flat >= edges[0]) & (flat <= edges[-1])  # False for NaN
         index = torch.where(inside, index, count)
         counts.scatter_add_(0, index, torch.ones_like(index))
-    if given and tensors:
-        low, high = _finite_range(tensors, dtype)
-        # No bin is made empty of width: the highest value on an edge keeps its bin's end.
+    if tensors:
+        if given:
+            low, high = _finite_range(tensors, dtype)
+        # The lowest value's bin starts at it and the highest's ends at it, with no width where
+        # it holds one value only (a constant: TensorBoard draws every percentile there).
         following = torch.cat([edges[1:], edges[-1:]])  # each edge's next one (the last: itself)
-        edges = torch.where((edges < low) & (following > low), low, edges)  # the lowest value's bin starts at it
         preceding = torch.cat([edges[:1], edges[:-1]])  # and the one before (the first: itself)
-        edges = torch.where((edges > high) & (preceding < high), high, edges)  # the highest's ends at it
+        edges = torch.where((edges < low) & (following > low), low, edges)
+        edges = torch.where((edges > high) & (preceding <= high), high, edges)
     return edges, counts[:count], n
 
 

@@ -6,7 +6,8 @@
 A histogram entry of the run log holds the bins that have values (``edges`` one longer than
 ``counts``) and ``n``, the number of values given (those outside the edges or not finite are
 not in a bin). A window of histograms draws, over the steps, the bands between the percentiles
-TensorBoard's distributions view draws (0, 7, 16, 31, 50, 69, 84, 93, 100), as line traces
+TensorBoard's distributions view draws (0, 6.68, 15.87, 30.85, 50, 69.15, 84.13, 93.32, 100: a
+normal distribution's -inf, -1.5, -1, -0.5, 0, ... sigma, named 7%, 16%, ...), as line traces
 thinned like any other, so the window stays within its budget however long the run; below
 them, the latest histogram as bars.
 """
@@ -15,8 +16,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-BANDS = {"min": 0.0, "7%": 0.07, "16%": 0.16, "31%": 0.31, "median": 0.5, "69%": 0.69, "84%": 0.84,
-         "93%": 0.93, "max": 1.0}
+BANDS = {"min": 0.0, "7%": 0.0668, "16%": 0.1587, "31%": 0.3085, "median": 0.5, "69%": 0.6915, "84%": 0.8413,
+         "93%": 0.9332, "max": 1.0}  # TensorBoard's: the normal distribution's -inf, -1.5, -1, -0.5, 0, ... sigma
 
 
 def trimmed(edges: Sequence[float], counts: Sequence[int]) -> tuple[list[float], list[int]]:
@@ -29,19 +30,24 @@ def trimmed(edges: Sequence[float], counts: Sequence[int]) -> tuple[list[float],
 
 
 def bands(entry: Mapping[str, Any]) -> dict[str, float]:
-    """The percentiles of a histogram entry (linear within a bin), by band name; none when it is empty."""
+    """The percentiles of a histogram entry by band name, as TensorBoard's distributions view
+    takes them: linear within the first bin whose values reach past the share, a share that
+    falls between two bins taken at the start of the next; none when the entry is empty."""
     edges, counts = entry["edges"], entry["counts"]
     total = sum(counts)
     if not total:
         return {}
-    values, below, i = {}, 0, 0
+    values, reached, i = {}, 0, -1  # reached: the values in the bins up to i
     for name, share in BANDS.items():
         target = share * total
-        while i < len(counts) - 1 and below + counts[i] < target:
-            below += counts[i]
+        while i < len(counts) - 1 and reached <= target:
             i += 1
-        inside = (target - below) / counts[i] if counts[i] else 0.0
-        values[name] = edges[i] + min(max(inside, 0.0), 1.0) * (edges[i + 1] - edges[i])
+            reached += counts[i]
+        if reached <= target:  # past every bin: the highest value
+            values[name] = edges[-1]
+            continue
+        before = reached - counts[i]
+        values[name] = edges[i] + (target - before) / counts[i] * (edges[i + 1] - edges[i])
     return values
 
 
@@ -54,8 +60,11 @@ def evenly(edges: list[float], counts: list[int], bins: int = 30) -> tuple[list[
     they are, or merged into ``_MOST_BARS`` when there are more."""
     if not counts:
         return edges, counts
-    widths = [b - a for a, b in zip(edges, edges[1:])]
     low, high = edges[0], edges[-1]
+    if low == high:  # one value: a bar a hundredth of its size wide, to be seen
+        half = abs(low) / 200 or 0.005
+        return [low - half, high + half], counts
+    widths = [b - a for a, b in zip(edges, edges[1:])]
     if max(widths) - min(widths) <= 1e-6 * (high - low):
         if len(counts) <= _MOST_BARS:
             return edges, counts
@@ -65,7 +74,11 @@ def evenly(edges: list[float], counts: list[int], bins: int = 30) -> tuple[list[
     for a, b, count in zip(edges, edges[1:], counts):
         if not count:
             continue
-        for k in range(min(int((a - low) / step), bins - 1), min(int((b - low) / step), bins - 1) + 1):
+        first, last = (min(int((v - low) / step), bins - 1) for v in (a, b))
+        if a == b:  # a bin of one value (the lowest or the highest)
+            spread[first] += count
+            continue
+        for k in range(first, last + 1):
             overlap = min(b, low + (k + 1) * step) - max(a, low + k * step)
             spread[k] += count * max(overlap, 0.0) / (b - a)
     return [low + k * step for k in range(bins)] + [high], [round(c, 3) for c in spread]

@@ -1028,4 +1028,8 @@ def _numpy_histogram(values: torch.Tensor, bins: Any, max_bins: int | None) -> t
         group = len(counts) // max_bins
         counts = np.pad(counts, (0, (-len(counts)) % group)).reshape(-1, group).sum(axis=1)
         edges = np.append(edges[:-1:group][:len(counts)], edges[-1])
+    used, finite = np.flatnonzero(counts), array[np.isfinite(array)]
+    if used.size:  # the lowest value's bin from it, the highest's to it (a constant's: numpy's unit-wide bin, a point)
+        edges[used[0]] = max(edges[used[0]], finite.min())
+        edges[used[-1] + 1] = min(edges[used[-1] + 1], finite.max())
     return edges.tolist(), counts.tolist(), array.size

@@ -28,7 +28,8 @@ def test_counts_sum_to_numel_and_equal_numpy_on_the_same_edges(values):
     sink = ListSink()
     Log(sink).histogram("h", 1, values, bins=17)
     edges, counts, n = sink.records[0].values
-    expected, _ = np.histogram(values.double().numpy(), bins=edges.double().numpy())
+    constant = values.min() == values.max()  # its one bin cut to a point: numpy's own bins around it
+    expected, _ = np.histogram(values.double().numpy(), bins=17 if constant else edges.double().numpy())
     assert counts.tolist() == expected.tolist()
     assert sum(encode(sink.records[0])["counts"]) == n == values.numel()
 
@@ -140,14 +141,20 @@ def test_percentile_bands_follow_the_histogram():
     values = bands(entry)
     assert list(values) == list(BANDS)
     assert values["min"] == 0.0 and values["max"] == 4.0 and values["median"] == 2.0
-    assert values["16%"] == pytest.approx(0.64) and values["84%"] == pytest.approx(3.36)
+    assert values["16%"] == pytest.approx(0.6348) and values["84%"] == pytest.approx(3.3652)  # 15.87%, 84.13%
     assert bands({"edges": [], "counts": [], "n": 3}) == {}
+    # A share between two bins is taken at the next one's start, as TensorBoard takes it.
+    assert bands({"edges": [1.0, 1.5, 1.9, 2.0], "counts": [1, 0, 1], "n": 2})["median"] == 1.9
+    assert set(bands({"edges": [3.0, 3.0], "counts": [5], "n": 5}).values()) == {3.0}
 
 
 def test_uneven_bins_are_drawn_over_even_ones_and_even_bins_as_they_are():
     assert evenly([0, 1, 2], [3, 4], bins=2) == ([0, 1, 2], [3, 4])
     edges, counts = evenly([0.0, 1.0, 4.0], [2, 6], bins=4)
     assert edges == [0.0, 1.0, 2.0, 3.0, 4.0] and counts == [2, 2, 2, 2]
+    edges, counts = evenly([0.0, 0.0, 1.0, 4.0, 4.0], [3, 2, 6, 1], bins=4)  # the extremes' bins, points
+    assert edges == [0.0, 1.0, 2.0, 3.0, 4.0] and counts == [5, 2, 2, 3]
+    assert evenly([3.0, 3.0], [100]) == ([2.985, 3.015], [100])  # a constant: a bar wide enough to be seen
 
 
 def test_many_even_bins_are_drawn_merged():
@@ -218,14 +225,14 @@ def test_integer_and_boolean_parameters_are_not_weights():
     assert entry["n"] == 10 and entry["edges"][-1] < 1  # the 10 weights, binned over their own range
 
 
-def test_given_edges_start_the_lowest_value_s_bin_at_it_and_end_the_highest_s_at_it_without_empty_widths():
+def test_given_edges_start_the_lowest_value_s_bin_at_it_and_end_the_highest_s_at_it_a_point_for_one_value():
     # TensorBoard draws its first bucket from the minimum and its last to the maximum: so do the bands
     from monitor.binning import binned
 
     edges = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0])
     cases = {(-0.5, 0.2, 1.5): ([-2.0, -0.5, 0.0, 1.0, 1.5, 3.0], [0, 1, 1, 1, 0]),
-             (0.5, 0.5): ([-2.0, -1.0, 0.5, 1.0, 2.0, 3.0], [0, 0, 2, 0, 0]),  # one value: its bin keeps a width
-             (0.0, 1.0): ([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0], [0, 0, 1, 1, 0]),  # the highest on an edge: as it was
+             (0.5, 0.5): ([-2.0, -1.0, 0.5, 0.5, 2.0, 3.0], [0, 0, 2, 0, 0]),  # one value: its bin a point
+             (0.0, 1.0): ([-2.0, -1.0, 0.0, 1.0, 1.0, 3.0], [0, 0, 1, 1, 0]),  # the highest on an edge: a point
              (5.0,): ([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0], [0, 0, 0, 0, 0])}  # outside the edges: in no bin
     for values, (cut, counts) in cases.items():
         got, binned_counts, n = binned([torch.tensor(values)], edges)

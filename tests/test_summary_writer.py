@@ -1151,3 +1151,31 @@ def test_log_dirs_named_alike_in_two_processes_show_in_envs_apart_until_the_firs
     out2, err2 = trial(2).communicate(timeout=120)
     assert out2.strip() == "tb" and "would show" not in err2
     assert read_window(visdom_server, "tb", "loss")["loss"] == ([0, 1], [2.0, 2.0])
+
+
+def test_a_distribution_s_bands_are_tensorboard_s_and_a_constant_s_are_its_value(visdom_server, tmp_path,
+                                                                                  read_window_raw):
+    """TensorBoard's distributions view (its compressed histograms) from the same add_histogram
+    calls: a constant drawn as a band up to 0.9% above its value, a one-parameter bias 6.6%."""
+    from monitor import distribution
+
+    torch.manual_seed(0)
+    cases = {"constant": torch.full((100,), 3.0), "bias": torch.tensor([0.019013]), "two": torch.tensor([1.0, 2.0]),
+             "normal": torch.randn(1000), "skewed": torch.rand(500) ** 4, "on an edge": torch.tensor([0.0, 1.0, 1.0])}
+    with TensorBoardWriter(log_dir=str(tmp_path / "tensorboard")) as tensorboard, \
+            SummaryWriter(tmp_path / "runs" / "bands", port=visdom_server.port) as writer:
+        for tag, values in cases.items():
+            tensorboard.add_histogram(tag, values, 0)
+            writer.add_histogram(tag, values, 0)
+            writer.add_histogram(f"{tag} in numpy's bins", values, 0, bins="auto")
+    events = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"histograms": 0})
+    events.Reload()
+    entries = {e["win"]: e for e in RunLog.read(tmp_path / "runs" / "bands" / RunLog.FILENAME) if e["k"] == "histogram"}
+    for tag, values in cases.items():
+        expected = [value for _, value in events.CompressedHistograms(tag)[0].compressed_histogram_values]
+        assert list(distribution.bands(entries[tag]).values()) == pytest.approx(expected, rel=1e-6, abs=1e-9), tag
+        shown = distribution.bands(entries[f"{tag} in numpy's bins"])
+        assert (shown["min"], shown["max"]) == (values.min().item(), values.max().item()), tag
+    constant = read_window_raw(visdom_server, "bands", "constant")["content"]["data"]
+    assert {trace["name"]: trace["y"] for trace in constant[:-1]} == {name: [3.0] for name in distribution.BANDS}
+    assert constant[-1]["y"] == [100] and constant[-1]["x"] == [3.0] and 0 < constant[-1]["width"][0] < 0.1
