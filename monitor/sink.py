@@ -40,7 +40,7 @@ from monitor.rundir import RunDir, RunInUseError
 from monitor.entries import encode, header, resumes_at, windows_after
 from monitor.imagestore import ImageStore
 from monitor.runlog import RunLog
-from monitor.windows import Windows
+from monitor.windows import Backwards, Windows
 
 __all__ = ["FlushTiming", "VisdomSink"]
 
@@ -321,8 +321,10 @@ class VisdomSink:
                 self.reports.once("runlog", f"the run log {self.runlog.path} could not be written ({error}): "
                                             f"what is logged from now on may be missing from it; the dashboard "
                                             f"still gets it")
-            for point in self.windows.apply(entries):
-                self.reports.once(("backwards", point.window, point.trace), str(point))
+            went_back = [p for p in self.windows.apply(entries) if ("backwards", p.window) not in self.reports.seen]
+            if went_back:  # once a window, those of one batch in one line
+                self.reports.seen.update(("backwards", p.window) for p in went_back)
+                self.reports.once(("backwards", went_back[0]), Backwards.said(went_back))
         if self._stopping:
             self._logged.set()
         durable = [w for w in self._waiting if w.durable]

@@ -91,10 +91,18 @@ class Backwards(NamedTuple):
     x: float
     last: float
 
-    def __str__(self) -> str:
-        return (f"window {self.window!r}, trace {self.trace!r}: x={self.x} is before the trace's last "
-                f"x={self.last}; the trace goes on from x={self.x}, its points from there on taken off the "
-                f"plot (the run log keeps them)")
+    @staticmethod
+    def said(points: list["Backwards"]) -> str:
+        """One line for the windows that went back together (a script run again on its run
+        folder: every window), each named once, its first trace that went back."""
+        first: dict[str, Backwards] = {}
+        for point in points:
+            first.setdefault(point.window, point)
+        named = [f"{p.window!r} (trace {p.trace!r}: x={p.x}, after x={p.last})" for p in list(first.values())[:3]]
+        more = f" and {len(first) - 3} more" if len(first) > 3 else ""
+        return (f"{'window' if len(first) == 1 else f'{len(first)} windows'} went back to an earlier x: "
+                f"{', '.join(named)}{more}; {'its' if len(first) == 1 else 'their'} curves go on from there, the "
+                f"points after it taken off the plot (the run log keeps them)")
 
 
 class Trace:

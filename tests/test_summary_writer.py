@@ -1179,3 +1179,26 @@ def test_a_distribution_s_bands_are_tensorboard_s_and_a_constant_s_are_its_value
     constant = read_window_raw(visdom_server, "bands", "constant")["content"]["data"]
     assert {trace["name"]: trace["y"] for trace in constant[:-1]} == {name: [3.0] for name in distribution.BANDS}
     assert constant[-1]["y"] == [100] and constant[-1]["x"] == [3.0] and 0 < constant[-1]["width"][0] < 0.1
+
+
+RUN_TWICE = """
+import torch
+from monitor import SummaryWriter
+for seed in (0, 1):  # the script, then the same script again
+    with SummaryWriter("gan", port=1, timeout=0.2) as writer:
+        for step in range(4):
+            for layer in range(12):
+                writer.add_histogram(f"G/layer{layer}.weight", torch.randn(50) + seed, step)
+            writer.add_scalars("loss", {"D": 1.0, "G": 2.0}, step)
+"""
+
+
+def test_a_script_run_again_on_its_log_dir_says_its_windows_went_back_in_a_line_or_two(tmp_path):
+    """TensorBoard is silent there; once a trace (a histogram's nine bands) was ~200 lines for a GAN."""
+    (tmp_path / "train.py").write_text(RUN_TWICE)
+    done = subprocess.run([sys.executable, "train.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    said = [line for line in done.stderr.splitlines() if "went back" in line]
+    assert done.returncode == 0 and 1 <= len(said) <= 2, done.stderr
+    assert sum(int(re.search(r"(\d+) windows", line).group(1)) if "windows" in line else 1 for line in said) == 13
+    assert "'G/layer0.weight' (trace 'min': x=0, after x=3)" in said[0]
