@@ -298,6 +298,7 @@ class Monitor:
 
     def epoch_start(self, epoch: int | None = None) -> None:
         """Call at the start of each epoch; ``epoch`` is 0-based (default: the next one)."""
+        self._refuse_if_closed()
         if epoch is not None:
             self.state.epoch = checks.integer("epoch", epoch, minimum=0)
             if epoch < self._resumable.first_epoch:  # a resumed run whose loop counts its own epochs
@@ -318,6 +319,8 @@ class Monitor:
         own. With gradient accumulation, calling it after every micro-batch or only after the
         last gives the same single point per step: the last call's, the accumulated gradients.
         """
+        if self._ended:
+            self._refuse_if_closed()
         state = self.state
         state.backward_pass = None if optimizer is None else self._pass_of(optimizer)
         if not self._in_step:
@@ -330,6 +333,8 @@ class Monitor:
         """Call after ``optimizer.step()`` with this step's loss, metrics and (optionally) batch."""
         if metrics is not None and type(metrics) is not dict:
             _check_metrics(metrics)
+        if self._ended:
+            self._refuse_if_closed()
         state = self.state
         if not self._in_step:  # a loop that does not call after_backward
             state.step += 1
@@ -347,6 +352,7 @@ class Monitor:
 
     def validation_end(self, metrics: Mapping[str, Any]) -> None:
         """Call after validation with its results, e.g. ``{"loss": 0.41, "accuracy": 0.87}``."""
+        self._refuse_if_closed()
         _check_metrics(metrics)
         self.state.metrics = dict(metrics)
         self._train_ended = None  # a test after train_end: the next train_end records it
@@ -354,6 +360,7 @@ class Monitor:
 
     def epoch_end(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Call at the end of each epoch, optionally with metrics of the epoch."""
+        self._refuse_if_closed()
         if metrics is not None:
             _check_metrics(metrics)
         self._epoch_open = False
@@ -473,7 +480,9 @@ class Monitor:
         if self._ended or replaced:
             why = "a newer Monitor of its env in this process replaced it" if replaced else "it was closed"
             raise RuntimeError(f"this Monitor of env {self.sink.env!r} cannot log any more, {why}: what it logged "
-                               f"now would be dropped; build a new Monitor for each run (each `with` block)")
+                               f"now would be dropped; build a new Monitor for each run (each `with` block), or "
+                               f"to go on with one run over several notebook cells, call its hooks without `with` "
+                               f"and close() it after the last")
 
     def _close(self, timeout: float | None) -> bool:
         self._put_end()

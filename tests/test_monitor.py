@@ -146,6 +146,15 @@ def test_a_closed_monitor_entered_again_or_started_again_says_so_instead_of_drop
             monitor.step_end(loss=2.0)
     with pytest.raises(RuntimeError, match=closed):
         monitor.train_start()
+    # A notebook's training cell run again after its `with` cell: every hook says so, where 64
+    # steps were trained with nothing logged, said once as a dropped record, and flush() True.
+    for hook in (monitor.epoch_start, monitor.after_backward, lambda: monitor.step_end(loss=3.0),
+                 lambda: monitor.validation_end({"loss": 3.0}), monitor.epoch_end):
+        with pytest.raises(RuntimeError, match=closed + r".* call its hooks without `with` and close\(\) it after "
+                                                        r"the last"):
+            hook()
+    monitor.train_end()  # as close() did already: nothing to say
+    assert sink.points("loss")["train"] == [(1, 1.0), (2, 1.5)]
 
 
 def test_a_monitor_replaced_by_a_newer_one_of_its_env_refuses_a_cell_run_on_it_again(visdom_server, tmp_path):
