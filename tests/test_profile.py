@@ -147,3 +147,53 @@ def test_the_callbacks_time_is_marked_apart_from_the_loop_s_in_the_profile(tmp_p
     _train(monitor, steps=4)
     names = {r["name"] for r in json.loads((tmp_path / "table.json").read_text())["operators"]}
     assert {"monitor.GradNorms.on_after_backward", "monitor.Histograms.on_step_end"} <= names, sorted(names)[:20]
+
+
+OWN_SCHEDULED_PROFILER = """
+import sys, torch
+from torch import nn
+from monitor import Monitor, Profile
+from monitor.log import NullSink
+torch.set_num_threads(1)
+started_at = int(sys.argv[1])  # the loop's profiler: before the Monitor (-1), or at that step
+model = nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), 0.1)
+traces = []
+own = torch.profiler.profile(schedule=torch.profiler.schedule(wait=1, warmup=1, active=3, repeat=1),
+                             on_trace_ready=lambda p: traces.append(len(p.key_averages())))
+if started_at < 0:
+    own.start()
+monitor = Monitor([Profile(steps=(6, 8), directory=sys.argv[2])], sink=NullSink())
+monitor.train_start(model, optimizer)
+for step in range(12):
+    if step == started_at:
+        own.start()
+    loss = model(torch.randn(8, 4)).pow(2).mean()
+    optimizer.zero_grad(); loss.backward(); monitor.after_backward(); optimizer.step()
+    monitor.step_end(loss=loss)
+    if started_at <= step:
+        own.step()
+own.stop()
+monitor.train_end()
+print(traces)
+"""
+
+
+@pytest.mark.parametrize("started_at", [-1, 2])
+def test_a_loop_s_own_scheduled_profiler_in_its_wait_steps_is_found_and_kept(tmp_path, started_at):
+    """In its wait steps a scheduled profiler records nothing, and Profile took the process for
+    free: the loop's warm-up then stopped it with "Profiler is already enabled on this thread",
+    or crashed it (SIGSEGV)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "train.py").write_text(OWN_SCHEDULED_PROFILER)
+    done = subprocess.run([sys.executable, "train.py", str(started_at), str(tmp_path / "profile")], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() not in ("[]", "[0]")  # the loop's profile, whole
+    said = "another torch.profiler is running" if started_at < 0 else "another torch.profiler started"
+    assert said in done.stderr and not (tmp_path / "profile" / "table.json").exists()

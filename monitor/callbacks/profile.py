@@ -1,6 +1,7 @@
 """Profile: torch.profiler over a few steps; the top operators in a pane, the trace in the run dir."""
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch.profiler import ProfilerAction
 
 from monitor import checks
 from monitor.core import Callback, LoopState
@@ -22,6 +24,7 @@ _log = logging.getLogger("monitor")
 
 WINDOW = "profile"
 TOP = 15
+_WAITING = ProfilerAction.NONE  # a scheduled profiler's wait steps
 
 
 class Profile(Callback):
@@ -61,7 +64,7 @@ class Profile(Callback):
     def on_train_start(self, state: LoopState, log: Log) -> None:
         if self._done or self._profiler is not None or state.step >= self.last:
             return
-        if torch._C._autograd._profiler_enabled():
+        if _running_elsewhere(None):
             self._done = True  # the loop's own profiler is running: two at once crash torch
             raise RuntimeError("another torch.profiler is running in this process: Profile leaves it alone and "
                                "profiles nothing")
@@ -98,7 +101,14 @@ class Profile(Callback):
             self._phases.append({"step": state.step, "data wait": None if state.data_wait is None else wait * 1000,
                                  "forward and backward": (backward - self._began - wait) * 1000,
                                  "optimizer and the rest": (now - backward) * 1000})
-        self._profiler.step()  # calls _ready after the last profiled step
+        profiler = self._profiler
+        if profiler.current_action is _WAITING and profiler.schedule(profiler.step_num + 1) is not _WAITING \
+                and _running_elsewhere(profiler):  # the loop's own, started since train_start
+            profiler.stop()  # in its wait: nothing to undo
+            self._profiler, self._done = None, True
+            raise RuntimeError("another torch.profiler started in this process: Profile leaves it alone and "
+                               "profiles nothing")
+        profiler.step()  # calls _ready after the last profiled step
         self._began = time.perf_counter()
         if self._done:
             self._profiler.stop()
@@ -124,6 +134,17 @@ class Profile(Callback):
         (directory / "table.json").write_text(json.dumps(table, indent=1))
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW, width=760, height=560)
         log.text(WINDOW, state.step, table_html(table, self.top), html=True)
+
+
+def _running_elsewhere(mine: Any) -> bool:
+    """Whether a profiler other than ``mine`` runs in this process: recording now, or started on a
+    schedule and in its wait steps (recording nothing yet: found among the live objects, once or
+    twice a run; its warm-up during Profile's steps crashed the process)."""
+    if torch._C._autograd._profiler_enabled():
+        return True
+    from torch.profiler import profile
+
+    return any(isinstance(o, profile) and o is not mine and o.step_rec_fn is not None for o in gc.get_objects())
 
 
 def operator_table(profiler: Any, phases: list[dict[str, float]], trace: str) -> dict[str, Any]:
