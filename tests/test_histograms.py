@@ -237,3 +237,23 @@ def test_given_edges_start_the_lowest_value_s_bin_at_it_and_end_the_highest_s_at
     for values, (cut, counts) in cases.items():
         got, binned_counts, n = binned([torch.tensor(values)], edges)
         assert (got.tolist(), binned_counts.tolist(), n) == (cut, counts, len(values)), values
+
+
+def test_a_cpu_bins_given_edges_as_numpy_does_in_float64_whatever_the_values_dtype():
+    """A CPU compares float32 values with the edges rounded up to float32: the same bins as
+    float64 comparisons, values on an edge, past the last, not finite and large integers included."""
+    from monitor.binning import binned
+
+    edges = torch.tensor([-1e-12, 0.1, 1 / 3, 0.7, 1.0], dtype=torch.float64)  # 0.1, 1/3: no float32 holds them
+    third = torch.tensor(1 / 3, dtype=torch.float32)
+    values = torch.cat([torch.tensor([0.1, 1.0, 1.5, -2.0, float("nan"), float("inf"), -float("inf"), 0.0]),
+                        torch.nextafter(third, torch.tensor(0.0)).reshape(1), third.reshape(1),
+                        torch.nextafter(third, torch.tensor(1.0)).reshape(1), torch.rand(1000)])
+    for tensor in (values, values.half(), values.bfloat16(), values.double(),
+                   torch.tensor([2**24, 2**24 + 1, 0], dtype=torch.int64)):
+        wide = tensor.double().numpy()
+        expected, _ = np.histogram(wide[np.isfinite(wide)], bins=edges.numpy())
+        _, counts, n = binned([tensor], edges)
+        assert counts.tolist() == expected.tolist() and n == tensor.numel(), tensor.dtype
+    int_edges = torch.tensor([0.0, 2.0**24 + 0.5, 2.0**25], dtype=torch.float64)  # an int64 past float32's precision
+    assert binned([torch.tensor([2**24, 2**24 + 1])], int_edges)[1].tolist() == [1, 1]
