@@ -7,8 +7,9 @@ every trace as a row of a heatmap over the steps, on a log colour scale, and abo
 
 The heatmap's columns stay within a cell budget however long the run: up to it, a column is a
 step; beyond, neighbouring columns merge, and a cell shows the highest value of its steps (an
-exploding layer is never averaged away). The lines are the window's usual traces, thinned as
-in any line window, extremes kept.
+exploding layer is never averaged away). The lines come from a finer grid of their own, a
+column per step up to half the window's points per trace, then thinned as in any line window,
+extremes kept (from the heatmap's columns, 322 layers gave a layer's line 40 points in 300 steps).
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ class Grid:
     is a few array operations (on the sink's worker, whose time a Python-heavy loop shares).
     """
 
-    def __init__(self, cells: int = HEATMAP_CELLS) -> None:
+    def __init__(self, cells: int = HEATMAP_CELLS, columns: int | None = None) -> None:
         self.cells = cells
+        self.columns = columns  # a fixed number of columns instead (the lines' grid: finer)
         self.traces: dict[str, int] = {}  # every trace seen, in order: its row
         self.width = 1  # steps per column
         self.xs: list[float] = []  # each column's first x
@@ -56,6 +58,8 @@ class Grid:
     @property
     def limit(self) -> int:
         """The columns this grid may hold, given how many traces it has."""
+        if self.columns is not None:
+            return self.columns
         return max(_MIN_COLUMNS, min(_MAX_COLUMNS, self.cells // max(1, len(self.traces))))
 
     @property

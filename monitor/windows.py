@@ -265,6 +265,7 @@ class Window:
         self.content: Any = None  # the latest image or text entry
         self.order = Order.METRICS  # its place on the page
         self.grid: heatmap.Grid | None = None  # in the heatmap form: every trace, steps in columns
+        self.lines: heatmap.Grid | None = None  # ... and in finer columns, for the largest layers' lines
         self.history: list[dict[str, Any]] = []  # the kept image entries of a history pane, oldest first
         self.curves: list[dict[str, Any]] = []  # a PR-curve pane's latest entries, oldest first
         self.texts: list[dict[str, Any]] = []  # a text pane's latest entries when it keeps several, oldest first
@@ -282,8 +283,9 @@ class Window:
             self.kind = "line"
             x = entry["x"]
             values = entry["y"]
-            if self.grid is not None:  # every trace in the grid; only the total as a line of its own
+            if self.grid is not None:  # every trace in the grids; only the total as a line of its own
                 self.grid.add(x, values)
+                self.lines.add(x, values)
                 values = {"total": values["total"]} if "total" in values else {}
             for name, y in values.items():
                 trace = self.traces.get(name)
@@ -329,7 +331,9 @@ class Window:
             self.opts.update(entry["opts"])
             self.order = entry.get("order", self.order)
             if self.opts.get("form") == "heatmap" and self.grid is None:
+                lines = 1 + self.opts.get("top", 5)  # the total's and the largest layers'
                 self.grid = heatmap.Grid()
+                self.lines = heatmap.Grid(columns=max(10, min(self.budget, WINDOW_POINTS // lines) // 2))
         self.changed = True
         return went_back
 
@@ -502,7 +506,7 @@ class Window:
         grid = self.grid
         lines = [self._line("total")] if "total" in self.traces else []
         for name in heatmap.top(grid.latest, self.opts.get("top", 5)):
-            xs, ys = grid.points(name)
+            xs, ys = self.lines.points(name)
             lines.append({"x": xs, "y": float32_digits(ys), "name": name, "type": "scatter", "mode": _mode(ys),
                           "marker": {"line": {"width": 0}}})
         data, layout = heatmap.figure(grid, lines, self.opts)

@@ -78,6 +78,24 @@ def test_a_161_layer_window_stays_under_300_kb_and_every_layer_keeps_its_highest
         assert max(v for v in row if v is not None) == round(math.log10(highest[name]), 3)
     assert [line["name"] for line in lines][0] == "total" and len(lines) == 4
     assert all(line["x"][-1] == 20_000 for line in lines)
+    total = len(lines[0]["x"])  # thinned as any line (the total's), not to the heatmap's 62 columns
+    assert total > 500 and all(abs(len(line["x"]) - total) < 0.1 * total for line in lines)
+
+
+def test_the_largest_layers_lines_keep_every_step_while_a_line_window_would():
+    """322 layers: the heatmap's 31 columns had given a layer's line 40 points in 300 steps."""
+    names = [f"blocks.{i}.{kind}" for i in range(161) for kind in ("Linear", "LayerNorm")]
+    windows = Windows(1000)
+    windows.apply([{"k": "layout", "win": "grad norm", "opts": {"ytype": "log", "form": "heatmap"}}])
+    for step in range(1, 301):
+        values = {n: (i + 1) * (1 + step % 7) for i, n in enumerate(names)}
+        windows.apply([{"k": "points", "win": "grad norm", "x": step, "y": {**values, "total": 1.0}}])
+    *lines, cells = windows.by_name["grad norm"].message("e")[1]["data"]
+    assert len(cells["x"]) < 40  # the heatmap's columns merge
+    assert [line["name"] for line in lines] == ["total", *names[::-1][:5]]
+    for line in lines[1:]:
+        row = names.index(line["name"]) + 1
+        assert line["x"] == list(range(1, 301)) and line["y"] == [row * (1 + step % 7) for step in range(1, 301)]
 
 
 def test_the_lines_above_the_heatmap_are_the_layers_largest_at_the_latest_step():
