@@ -37,7 +37,8 @@ def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | N
 
     ``columns`` defaults to ceil(sqrt(N)); each caption is drawn under its tile, which is
     widened for it up to twice its width (or 64 pixels); a caption longer than that is cut and
-    ends in "..". ``heading`` (e.g. "step 50") is drawn in a band above the grid.
+    ends in "..". ``heading`` (e.g. "step 50") is drawn in a band above the grid, which is
+    widened for it where the images are smaller.
 
     With ``fps``, ``pixels`` are N videos (NTCHW, each stretched as one image) and the PNG is
     animated: at each of the T frames, a grid of the videos' frame, played at ``fps`` in a loop
@@ -81,8 +82,9 @@ def _grid(values: np.ndarray, captions: Sequence[str] | None, columns: int, head
         band = font.getbbox("Ag")[3] + 2 * PAD
     cell_height = height + band
     top_band = font.getbbox("Ag")[3] + PAD if heading else 0
-    canvas = np.full((top_band + PAD + rows * (cell_height + PAD), PAD + columns * (cell_width + PAD), channels),
-                     BACKGROUND, dtype=np.uint8)
+    wide = math.ceil(font.getlength(heading)) + 2 * PAD if heading else 0  # a small image's heading whole
+    canvas = np.full((top_band + PAD + rows * (cell_height + PAD), max(PAD + columns * (cell_width + PAD), wide),
+                      channels), BACKGROUND, dtype=np.uint8)
     for i in range(count):
         top, left = _corner(i, columns, cell_width, cell_height, top_band)
         left += (cell_width - width) // 2

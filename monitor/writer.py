@@ -109,6 +109,9 @@ class SummaryWriter:
                  max_queue: int = 10, flush_secs: int = 120, filename_suffix: str = "", *,
                  monitor: Any = None, smoothing: float = 0.6, **sink_options: Any) -> None:
         weight = checks.smoothing_weight("smoothing", smoothing)
+        # As TensorBoard's writer keeps them (read by scripts that make another writer alike).
+        self.purge_step, self.max_queue, self.flush_secs = purge_step, max_queue, flush_secs
+        self.filename_suffix = filename_suffix
         self._scalar_opts = {"xlabel": "step", **({"smoothing": weight} if weight else {})}
         self._curves: dict[tuple[str, str], str] = {}  # (window, trace): the call that draws that curve
         if monitor is not None:

@@ -104,12 +104,18 @@ def test_bad_pixels_captions_or_columns_raise(pixels, captions, columns, match):
 
 
 def test_a_heading_is_drawn_in_a_band_above_the_tiles():
-    pixels = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    pixels = torch.zeros(4, 1, 32, 32, dtype=torch.uint8)
     plain, headed = decode(encode_grid(pixels)), decode(encode_grid(pixels, heading="step 50"))
     band = headed.shape[0] - plain.shape[0]
     assert band > 0 and headed.shape[1] == plain.shape[1]
     assert np.array_equal(headed[band:], plain)  # the grid itself is unchanged, below the band
     assert (headed[:band] < 128).any()  # the heading's ink
+    small = torch.zeros(1, 1, 16, 16, dtype=torch.uint8)  # a 16 x 16 sample had "st.." above it
+    plain, headed = decode(encode_grid(small)), decode(encode_grid(small, heading="step 30"))
+    assert headed.shape[1] > 1.5 * plain.shape[1] and np.array_equal(headed[band:, :plain.shape[1]], plain)
+    assert (headed[band:, plain.shape[1]:] == 255).all()  # the grid widened to the right, with background
+    inked = np.flatnonzero((headed[:band] < 128).any(axis=0))
+    assert inked[-1] - inked[0] > 25  # "step 30" whole
 
 
 def test_a_fourth_channel_is_the_opacity_over_white_whatever_its_range():

@@ -426,6 +426,10 @@ def test_tensorboard_arguments_that_change_nothing_here_are_accepted(tmp_path, c
     assert "&lt;sgd&gt;" in windows.by_name["hparams"].message("env")[1]["data"][0]["content"]
     with pytest.raises(AttributeError, match="add_nothing"):
         writer.add_nothing
+    given = SummaryWriter(tmp_path / "given", purge_step=3, max_queue=5, flush_secs=30, filename_suffix=".x", port=1,
+                          timeout=0.2)
+    assert (given.purge_step, given.max_queue, given.flush_secs, given.filename_suffix) == (3, 5, 30, ".x")
+    given.close()
 
 
 def test_bad_image_layouts_are_named(tmp_path):
