@@ -19,6 +19,7 @@ import torch
 
 from monitor import Monitor, Scalars
 from monitor.callbacks.checkpoint import REQUEUE_EXIT_STATUS
+from monitor.runs import described
 
 SCRIPT = Path(__file__).parent / "helpers" / "short_form.py"
 STEPS = 24  # 4 epochs of 6 batches, a checkpoint every 3 steps
@@ -413,3 +414,27 @@ def test_a_resume_whose_run_log_is_gone_starts_the_curves_over_and_trains_on(vis
     steps = job.run()
     assert steps[0] - 1 in (9, 12) and steps[-1] == STEPS  # continued from its latest checkpoint
     assert read_env(visdom_server, job.env)["loss"]["train"][0] == list(range(steps[0], STEPS + 1))
+
+
+def test_sigterm_to_the_job_during_a_validation_loader_s_workers_requeues_from_the_last_checkpoint(
+        visdom_server, read_env, tmp_path):
+    """A validation's own DataLoader (not through monitor.batches): its workers die of the
+    scheduler's SIGTERM and torch raises in the loop. That was a crash, status 1, and a scheduler
+    does not requeue a failed job; now it exits 75 and the job goes on from its last checkpoint."""
+    options = ("--validation-workers", "2")
+    straight = Job(visdom_server, tmp_path, "validation-workers-straight")
+    straight.run(*options)
+    job = Job(visdom_server, tmp_path, "validation-workers")
+    process = job.start(*options, "--pause-validating", "12", session=True)
+    for line in process.stdout:
+        if line.startswith("validating 12"):
+            break
+    os.killpg(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == REQUEUE_EXIT_STATUS, stderr[-3000:]
+    assert "SIGTERM killed the workers of a DataLoader not iterated through monitor.batches" in stderr
+    assert "the job goes on from the checkpoint of step 12" in stderr
+    assert described(job.folder / "runs").status == "interrupted"
+    assert job.run(*options)[0] == 13
+    assert _same(job.weights(), straight.weights())
+    assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)

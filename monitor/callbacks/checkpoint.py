@@ -253,6 +253,24 @@ class Checkpoint(Callback):
         self._stopping = None
         if self._last_saved is not None and state.step > self._last_saved[0]:
             self._point_at_written()  # a later step failed: the one written is over, its validation too
+        if self._stop_signal is not None and isinstance(error, RuntimeError) and \
+                str(error).startswith("DataLoader worker"):
+            self._requeue_after_workers_died(signal.Signals(self._stop_signal).name, error)
+
+    def _requeue_after_workers_died(self, name: str, error: RuntimeError) -> None:
+        """The scheduler's signal reached the workers of a loader not iterated through
+        ``monitor.batches`` (a validation's), which died, and torch raised in the loop wherever it
+        was: no state to save, but the job goes on from its latest checkpoint if requeued."""
+        self._stop_signal = None
+        self._monitor.flush(timeout=2.0)
+        self._release_signals(exiting=not interactive())
+        since = f"the checkpoint of step {self._last_saved[0]}" if self._last_saved else "its start (no checkpoint yet)"
+        _log.warning("monitor: %s killed the workers of a DataLoader not iterated through monitor.batches (%s), "
+                     "which stopped the loop: the job goes on from %s; exiting with status %d to be run again",
+                     name, error, since, REQUEUE_EXIT_STATUS)
+        stop = SystemExit(REQUEUE_EXIT_STATUS)
+        self._monitor.exception(stop)  # the run's end says so, not the workers' error
+        raise stop from error
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         self._release_signals()

@@ -3,7 +3,7 @@
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
         --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
         [--validate-first] [--validate-every 6 [--hang-validating 12]] [--passes] [--workers 2 [--persistent]] [--batch 8] [--epochs 2]
-        [--extend] [--log-after-hooks]
+        [--extend] [--log-after-hooks] [--validation-workers 2 [--pause-validating 12]]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
 ``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
@@ -88,7 +88,18 @@ def train(options: argparse.Namespace) -> None:
                 validate()
             for x, y in monitor.batches(loader):
                 step(x, y)
-            if not options.validate_first:
+            if not options.validate_first and options.validation_workers:  # a loader not through monitor.batches
+                model.eval()
+                with torch.no_grad():
+                    losses = []
+                    for x, y in DataLoader(held_out, batch_size=8, num_workers=options.validation_workers):
+                        if monitor.state.step == options.pause_validating and not losses:  # a job signalled in it
+                            print(f"validating {monitor.state.step}", flush=True)
+                            time.sleep(2)
+                        losses.append(loss_fn(model(x), y).item())
+                    monitor.validation_end({"loss": sum(losses) / len(losses)})
+                model.train()
+            elif not options.validate_first:
                 model.eval()
                 with torch.no_grad():
                     inputs, targets = held_out.tensors
@@ -121,5 +132,7 @@ if __name__ == "__main__":
     parser.add_argument("--hang-validating", type=int, default=0, help="wait in step N's validation (to be killed)")
     parser.add_argument("--pause-validating", type=int, default=0,
                         help="pause 2 s in the validation after the batches loop at step N (to be signalled)")
+    parser.add_argument("--validation-workers", type=int, default=0,
+                        help="validate at each epoch's end on a loader of its own with N workers, not monitor.batches")
     parser.add_argument("--passes", action="store_true", help="a while loop of passes over the loader, no epochs")
     train(parser.parse_args())
