@@ -36,8 +36,8 @@ def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | N
     255, larger ones as 0-255 (clipped), non-finite ones opaque.
 
     ``columns`` defaults to ceil(sqrt(N)); each caption is drawn under its tile, which is
-    widened for it up to twice its width (or 64 pixels); a caption longer than that is cut and
-    ends in "..". ``heading`` (e.g. "step 50") is drawn in a band above the grid, which is
+    widened for it up to twice its width (or 64 pixels); a caption longer than that has its
+    parts ("cat / dog") on lines of their own, and a line still longer is cut and ends in "..". ``heading`` (e.g. "step 50") is drawn in a band above the grid, which is
     widened for it where the images are smaller.
 
     With ``fps``, ``pixels`` are N videos (NTCHW, each stretched as one image) and the PNG is
@@ -75,11 +75,13 @@ def _grid(values: np.ndarray, captions: Sequence[str] | None, columns: int, head
     rows = math.ceil(count / columns)
     tiles = values.transpose(0, 2, 3, 1)  # NHWC
     font = font_for([*map(str, captions or ()), heading or ""])
-    cell_width, band = width, 0
+    cell_width, band, lines = width, 0, []
+    line_height = font.getbbox("Ag")[3]
     if captions:
         widest = max(font.getlength(str(c)) for c in captions)
         cell_width = max(width, min(math.ceil(widest) + 2 * PAD, max(2 * width, CAPTION_ROOM)))
-        band = font.getbbox("Ag")[3] + 2 * PAD
+        lines = [_caption_lines(str(c), font, cell_width) for c in captions]
+        band = max(map(len, lines)) * line_height + 2 * PAD
     cell_height = height + band
     top_band = font.getbbox("Ag")[3] + PAD if heading else 0
     wide = math.ceil(font.getlength(heading)) + 2 * PAD if heading else 0  # a small image's heading whole
@@ -95,13 +97,21 @@ def _grid(values: np.ndarray, captions: Sequence[str] | None, columns: int, head
     ink = 0 if channels == 1 else (0, 0, 0)
     if heading:
         draw.text((PAD, PAD), _fit(heading, font, canvas.shape[1] - 2 * PAD), fill=ink, font=font)
-    if captions:
-        for i, caption in enumerate(captions):
-            text = _fit(str(caption), font, cell_width)
-            top, left = _corner(i, columns, cell_width, cell_height, top_band)
-            left += (cell_width - math.ceil(font.getlength(text))) // 2
-            draw.text((left, top + height + PAD), text, fill=ink, font=font)
+    for i, texts in enumerate(lines):
+        top, left = _corner(i, columns, cell_width, cell_height, top_band)
+        for line, text in enumerate(texts):
+            draw.text((left + (cell_width - math.ceil(font.getlength(text))) // 2,
+                       top + height + PAD + line * line_height), text, fill=ink, font=font)
     return image
+
+
+def _caption_lines(caption: str, font: ImageFont.ImageFont, width: int) -> list[str]:
+    """A caption as drawn under its tile: one line, or where it is too wide, its parts (``cat /``,
+    ``dog``: a label and its prediction) on lines of their own, each cut to fit."""
+    if font.getlength(caption) <= width or " / " not in caption:
+        return [_fit(caption, font, width)]
+    *labels, last = caption.split(" / ")
+    return [_fit(part, font, width) for part in [*(label + " /" for label in labels), last]]
 
 
 def with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | None, rescale: float) -> torch.Tensor:

@@ -84,6 +84,20 @@ def test_a_long_caption_is_cut_to_its_tile():
     assert grid.shape[1] <= PAD + 64 + PAD
 
 
+def test_a_label_and_its_prediction_too_wide_for_a_small_tile_go_on_two_lines_not_cut():
+    """CIFAR's 32 x 32: "automobile / horse" was drawn "automobile / ..", the prediction gone."""
+    from monitor.imaging import _caption_lines
+    from monitor.fonts import font_for
+
+    font = font_for(["automobile / horse"])
+    assert _caption_lines("automobile / horse", font, 64) == ["automobile /", "horse"]
+    assert _caption_lines("cat / dog", font, 64) == ["cat / dog"]  # fits: one line
+    pixels = torch.ones(2, 3, 32, 32)
+    one_line = decode(encode_grid(pixels, ["cat / dog", "dog / dog"]))
+    two_lines = decode(encode_grid(pixels, ["automobile / horse", "cat / dog"]))
+    assert two_lines.shape[1] <= PAD + 2 * (64 + PAD) and two_lines.shape[0] > one_line.shape[0]
+
+
 def test_non_contiguous_pixels_are_read_as_they_look():
     pixels = torch.rand(4, 3, 8, 8, device="cpu").permute(0, 1, 3, 2)  # not contiguous
     expected = (pixels[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
