@@ -438,3 +438,22 @@ def test_sigterm_to_the_job_during_a_validation_loader_s_workers_requeues_from_t
     assert job.run(*options)[0] == 13
     assert _same(job.weights(), straight.weights())
     assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)
+
+
+def test_a_job_stopped_after_training_in_its_own_last_work_continues_and_one_that_ended_well_starts_anew(
+        visdom_server, tmp_path, straight):
+    """Any scheduler's requeue, not only SLURM's and torchrun's (which say so): a run is finished
+    once its script ends well, not at train_end, so a stop in the script's own last work (a test
+    set, an export) does not train it all again."""
+    job = Job(visdom_server, tmp_path, "after-training")
+    process = job.start("--work-after-training", "60")
+    for line in process.stdout:
+        if line.startswith("trained"):
+            break
+    process.send_signal(signal.SIGTERM)  # the Checkpoint gave the signal back at train_end: it ends the script
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM
+    assert job.run() == []  # the same command: nothing left to train, its last work done again
+    assert _same(job.weights(), straight["shuffle"][0])
+    assert job.run() == list(range(1, 25))  # ended well: run again, a new run
+    assert len(list((job.folder / "ckpt" / "earlier").iterdir())) == 1

@@ -15,7 +15,7 @@ import torch
 from monitor import preemption
 from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
-from monitor.checkpoint.folder import (LOCK, MANIFEST, checkpoint_name, claim, is_finished, mark_finished,
+from monitor.checkpoint.folder import (LOCK, MANIFEST, checkpoint_name, claim, finish, is_finished,
                                        mark_kept, prune, retain, set_aside, write_manifest)
 from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers, restore_parts
 from monitor.core import Callback, Continuation, LoopState, Monitor
@@ -280,8 +280,8 @@ class Checkpoint(Callback):
             self.save()
         elif not self._aborted:
             self._point_at_written()
-        if not self._aborted:  # a re-run of the command starts a new run
-            on_main(lambda: self._claimed and mark_finished(self.directory))
+        if not self._aborted:  # a re-run of the command starts a new run (once this script ends well)
+            on_main(lambda: self._claimed and finish(self.directory))
         self._lock.release()
 
     def _say_what_is_not_kept(self, state: LoopState) -> None:

@@ -13,6 +13,7 @@ back to the previous good one and warns, naming the bad file.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from typing import Any, Iterable
 
 from monitor.atomic import write_atomic
 from monitor.checkpoint.file import CheckpointError, CheckpointWriteError, DamagedCheckpointError, load_checkpoint
+from monitor.records import exit_error, interactive
 
 _log = logging.getLogger("monitor")
 
@@ -140,10 +142,39 @@ def mark_finished(directory: Path) -> None:
         _write_manifest(directory, {**manifest, "finished": True})
 
 
+def finish(directory: Path) -> None:
+    """The run in ``directory`` reached ``train_end``: marked finished at once in an interactive
+    session, and in a script when it exits without an error. A script stopped after training,
+    in its own last work (a scheduler's SIGTERM, a kill, an evaluation that fails), is not
+    finished: the same command run again continues it, with nothing left to train, instead of
+    training anew; any scheduler's requeue, not only those that say so (``preemption.requeued``)."""
+    if interactive():
+        mark_finished(directory)
+        return
+    if not _finishing:
+        atexit.register(_finish_at_exit)
+    _finishing.add(directory.resolve())
+
+
 def is_finished(directory: Path) -> bool:
-    """Whether ``directory`` holds the checkpoints of a run that finished."""
+    """Whether ``directory`` holds the checkpoints of a run that finished (or that reached its
+    ``train_end`` in this process)."""
+    if directory.resolve() in _finishing:
+        return True
     manifest = read_manifest(directory, warn=False)
     return bool(manifest and manifest.get("finished"))
+
+
+_finishing: set[Path] = set()  # the runs of this script that reached train_end: finished at a clean exit
+
+
+def _finish_at_exit() -> None:
+    if exit_error() is None:
+        for directory in _finishing:
+            try:
+                mark_finished(directory)
+            except OSError:  # the folder is gone: nothing to mark
+                pass
 
 
 def set_aside(directory: Path) -> Path | None:
@@ -152,6 +183,7 @@ def set_aside(directory: Path) -> Path | None:
     What a new run in the folder keeps of the earlier one, instead of deleting it. None when
     there was nothing to move.
     """
+    _finishing.discard(directory.resolve())  # the earlier run's: the folder's next one is not finished
     files = [*checkpoint_files(directory), *[p for p in (directory / MANIFEST,) if p.is_file()]] \
         if directory.is_dir() else []
     if not files:

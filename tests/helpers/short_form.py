@@ -4,6 +4,7 @@
         --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
         [--validate-first] [--validate-every 6 [--hang-validating 12]] [--passes] [--workers 2 [--persistent]] [--batch 8] [--epochs 2]
         [--extend] [--log-after-hooks] [--validation-workers 2 [--pause-validating 12]]
+        [--work-after-training 30]
 
 Against the usual monitor lines it adds ``resume=True`` to the Checkpoint and iterates
 ``monitor.epochs(...)`` and ``monitor.batches(loader)``. Prints ``step N`` after each step, so a
@@ -109,6 +110,9 @@ def train(options: argparse.Namespace) -> None:
                     monitor.validation_end({"loss": loss_fn(model(inputs), targets).item()})
                 model.train()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, options.out)
+    if options.work_after_training:  # the script's own last work (a test set, an export), where a job is stopped
+        print("trained", flush=True)
+        time.sleep(options.work_after_training)
 
 
 if __name__ == "__main__":
@@ -134,5 +138,6 @@ if __name__ == "__main__":
                         help="pause 2 s in the validation after the batches loop at step N (to be signalled)")
     parser.add_argument("--validation-workers", type=int, default=0,
                         help="validate at each epoch's end on a loader of its own with N workers, not monitor.batches")
+    parser.add_argument("--work-after-training", type=float, default=0.0, help="seconds of work after the loop")
     parser.add_argument("--passes", action="store_true", help="a while loop of passes over the loader, no epochs")
     train(parser.parse_args())
