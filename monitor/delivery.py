@@ -155,7 +155,7 @@ class Delivery:
             if sent:
                 self.timings.append(FlushTiming(time.monotonic(), sent, points, seconds))
         if self._down_since is not None:
-            _log.info("monitor: %s is reachable again; the dashboard is being brought up to date",
+            _log.warning("monitor: %s is reachable again; the dashboard is being brought up to date",
                       self.connection.url)
         self._down_since, self._backoff = None, self.interval
 
