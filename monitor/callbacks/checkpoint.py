@@ -175,7 +175,9 @@ class Checkpoint(Callback):
         self.check_among(monitor.callbacks)
         self._monitor = monitor
         if self.start is not None and self.start.path is not None:
-            self.start.restore(monitor)
+            # The Monitor was built on the checkpoint's run-log position, and its sink said so where
+            # the log is shorter (gone, another working directory): no advice for the manual form.
+            self.start.restore(monitor, check_runlog=False)
 
     # --- hooks --------------------------------------------------------------------------------
     def on_train_start(self, state: LoopState, log: Log) -> None:

@@ -47,11 +47,12 @@ class ResumePoint:
         """The batches of ``epoch`` done before the checkpoint (0 for every later epoch)."""
         return self.skip_batches if epoch == self.epoch else 0
 
-    def restore(self, monitor: Monitor) -> None:
+    def restore(self, monitor: Monitor, *, check_runlog: bool = True) -> None:
         """Gives ``monitor`` its loop position and its callbacks' states back.
 
-        Warns (the dashboard is not the training) when the monitor writes to another env, or its
-        run log was not cut back to the checkpoint with ``rewind_to=start.runlog_position``.
+        Warns (the dashboard is not the training) when the monitor writes to another env, or
+        (``check_runlog``) its run log was not cut back to the checkpoint with
+        ``rewind_to=start.runlog_position``.
         """
         if not isinstance(monitor, Monitor):
             raise TypeError(f"monitor must be a monitor.Monitor, got {type(monitor).__name__}")
@@ -60,7 +61,8 @@ class ResumePoint:
             if self.env is not None and env is not None and env != self.env:
                 warnings.warn(f"the monitor writes to env {env!r}, the checkpoint's run to {self.env!r}: the "
                               f"curves start over there instead of continuing", stacklevel=2)
-            elif self.runlog_position is not None and position is not None and position != self.runlog_position \
+            elif check_runlog and self.runlog_position is not None and position is not None \
+                    and position != self.runlog_position \
                     and position != _resumed_at(monitor, self.runlog_position):
                 warnings.warn(f"the monitor's run log ends at byte {position}, the checkpoint at "
                               f"{self.runlog_position}: build the Monitor with rewind_to=start.runlog_position, "
