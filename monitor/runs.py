@@ -432,7 +432,7 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
             _remove_from_dashboard(sender, run)
         except DashboardError as error:
             if error.status != 500:
-                trouble = "the dashboard could not be reached" if error.status is None else str(error)
+                trouble = f"the dashboard at {sender.url} could not be reached" if error.status is None else str(error)
         finally:
             sender.close()
     kept = not_written_by_monitor(run.path)

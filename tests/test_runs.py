@@ -570,7 +570,7 @@ def test_rm_refuses_a_running_run_before_asking_and_deletes_nothing(visdom_serve
         live.close()
     gone = CliRunner().invoke(main, ["runs", "rm", str(root / "done"), "--yes", "--port", "1"])
     assert gone.exit_code == 0 and not (root / "done").exists()
-    assert "Env done is still on the dashboard: the dashboard could not be reached." in gone.output
+    assert "Env done is still on the dashboard: the dashboard at http://127.0.0.1:1 could not be reached." in gone.output
 
 
 def test_gc_keep_best_ranks_only_runs_with_the_metric_and_refuses_one_no_run_has(visdom_server, tmp_path):
