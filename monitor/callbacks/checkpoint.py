@@ -110,6 +110,7 @@ class Checkpoint(Callback):
         self.start: ResumePoint | None = None  # where a resume continues (resume or fresh only)
         self._saved: dict[str, Any] | None = None  # the checkpoint train_start restores
         self._stop_signal: int | None = None
+        self._requeue: SystemExit | None = None  # the exit for requeue, once the run is closed
         self._stopping: str | None = None  # the signal's name, once its step's checkpoint is written
         self._handlers: dict[int, Any] = {}
         self._set_aside = False  # a new run: the folder's earlier checkpoints move at train_start
@@ -262,20 +263,20 @@ class Checkpoint(Callback):
     def _requeue_after_workers_died(self, name: str, error: RuntimeError) -> None:
         """The scheduler's signal reached the workers of a loader not iterated through
         ``monitor.batches`` (a validation's), which died, and torch raised in the loop wherever it
-        was: no state to save, but the job goes on from its latest checkpoint if requeued."""
+        was: no state to save, but the job goes on from its latest checkpoint if requeued. The
+        exit for requeue comes at train_end, once the run is closed (the Checkpoint is the last
+        callback: every other has had its train_end)."""
         self._stop_signal = None
-        self._monitor.flush(timeout=2.0)
-        self._release_signals(exiting=not interactive())
         since = f"the checkpoint of step {self._last_saved[0]}" if self._last_saved else "its start (no checkpoint yet)"
         _log.warning("monitor: %s killed the workers of a DataLoader not iterated through monitor.batches (%s), "
                      "which stopped the loop: the job goes on from %s; exiting with status %d to be run again",
                      name, error, since, REQUEUE_EXIT_STATUS)
-        stop = SystemExit(REQUEUE_EXIT_STATUS)
-        self._monitor.exception(stop)  # the run's end says so, not the workers' error
-        raise stop from error
+        self._requeue = SystemExit(REQUEUE_EXIT_STATUS)
+        self._requeue.__cause__ = error
+        self._monitor.exception(self._requeue)  # the run's end says so, not the workers' error
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
-        self._release_signals()
+        self._release_signals(exiting=self._requeue is not None and not interactive())
         self._stopping = None  # the signal came in the last step: the run is done
         position = [state.step, state.epoch, self._epoch_done]
         if self.at_end and not self._aborted and position != self._last_saved:
@@ -285,6 +286,9 @@ class Checkpoint(Callback):
         if not self._aborted:  # a re-run of the command starts a new run (once this script ends well)
             on_main(lambda: self._claimed and finish(self.directory))
         self._lock.release()
+        requeue, self._requeue = self._requeue, None
+        if requeue is not None:
+            raise requeue
 
     def _say_what_is_not_kept(self, state: LoopState) -> None:
         """Warns of state the loop has and no checkpoint will hold: a GAN's ``train_start(G, {"G":
