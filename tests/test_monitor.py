@@ -13,7 +13,7 @@ from monitor.windows import float32_digits
 from helpers.monitors import live_monitor, model_and_data, monitor_with, shown_grid
 
 
-def test_the_monitor_keeps_no_batch_or_loss_alive_after_step_end():
+def test_the_monitor_keeps_no_batch_loss_or_metric_alive_after_step_end():
     seen = []
 
     class Peek(Callback):
@@ -23,12 +23,14 @@ def test_the_monitor_keeps_no_batch_or_loss_alive_after_step_end():
     monitor, _ = monitor_with(Peek())
     inputs = torch.rand(4, 3)
     loss = inputs.sum()
-    monitor.step_end(loss=loss, inputs=inputs)
+    weight = torch.ones(3, requires_grad=True)
+    error = (inputs * weight).abs().mean()  # a metric with its graph, as a loop computes it
+    monitor.step_end(loss=loss, inputs=inputs, metrics={"error": error})
     assert seen == [(id(loss), id(inputs))]  # the callbacks see this step's
-    batch = weakref.ref(inputs)
-    del inputs, loss
-    assert batch() is None
-    assert (monitor.state.loss, monitor.state.inputs) == (None, None)
+    batch, metric = weakref.ref(inputs), weakref.ref(error)
+    del inputs, loss, error
+    assert batch() is None and metric() is None  # the metric's graph went with it, not at the next step_end
+    assert (monitor.state.loss, monitor.state.inputs, monitor.state.metrics) == (None, None, {})
 
 
 # --- on a real server ---------------------------------------------------------------------------
@@ -62,7 +64,7 @@ def test_tensors_changed_in_place_after_logging_arrive_as_they_were_logged(
     assert read_window(visdom_server, "live-snapshots", "grad norm")["total"][1] == pytest.approx(
         logged_total, rel=1e-5)
     shown = shown_grid(read_window_raw(visdom_server, "live-snapshots", "inputs"))
-    assert shown == encode_grid(x[:2] + 2, heading="step 1")
+    assert shown == encode_grid(x[:2] + 2, heading="step 3")  # the latest step's batch, headed whole
 
 
 def test_a_plain_loop_shows_every_scalar_once_in_step_order_in_its_window_and_trace(
