@@ -109,6 +109,7 @@ def _holder(store: Path, env: str) -> Path | None:
 
 def _write(store: Path, env: str, folder: Path) -> None:
     try:
-        write_atomic(_path(store, env), lambda file: file.write(json.dumps({"env": env, "folder": str(folder)}).encode()))
+        claimed = json.dumps({"env": env, "folder": str(folder)}).encode()
+        write_atomic(_path(store, env), lambda file: file.write(claimed))
     except OSError:  # a full disk: the claim is not kept, the run goes on
         pass

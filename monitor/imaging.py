@@ -37,8 +37,9 @@ def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | N
 
     ``columns`` defaults to ceil(sqrt(N)); each caption is drawn under its tile, which is
     widened for it up to twice its width (or 64 pixels); a caption longer than that has its
-    parts ("cat / dog") on lines of their own, and a line still longer is cut and ends in "..". ``heading`` (e.g. "step 50") is drawn in a band above the grid, which is
-    widened for it where the images are smaller.
+    parts ("cat / dog") on lines of their own, and a line still longer is cut and ends in "..".
+    ``heading`` (e.g. "step 50") is drawn in a band above the grid, widened for it where the
+    images are smaller.
 
     With ``fps``, ``pixels`` are N videos (NTCHW, each stretched as one image) and the PNG is
     animated: at each of the T frames, a grid of the videos' frame, played at ``fps`` in a loop
