@@ -219,7 +219,7 @@ class Reading:
                    end.get("error") if end is not None else None, metrics, self.hparams,
                    sum(p.stat().st_size for p in files),
                    sum(1 for p in files if p.suffix == ".pt" and "earlier" not in p.relative_to(folder).parts
-                       and any((p.parent / name).exists() for name in _CHECKPOINT_FOLDER)), log)
+                       and _is_checkpoint_folder(p.parent)), log)
 
 
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
@@ -421,7 +421,7 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
         run.log.unlink(missing_ok=True)  # its folder named too, and gone first
         for path in [folder / IMAGES / run.run_id, *(checkpoints / RunDir.EARLIER / run.run_id
                                                       for checkpoints in folder.rglob("*")
-                                                      if any((checkpoints / name).exists() for name in _CHECKPOINT_FOLDER))]:
+                                                      if _is_checkpoint_folder(checkpoints))]:
             if path.is_dir():
                 shutil.rmtree(path)
         return None
@@ -452,6 +452,10 @@ _CHECKPOINT_FOLDER = ("latest.json", ".checkpoints.lock")  # monitor.checkpoint.
                                                             # imported: it imports torch)
 
 
+def _is_checkpoint_folder(folder: Path) -> bool:
+    return any((folder / name).exists() for name in _CHECKPOINT_FOLDER)
+
+
 def not_written_by_monitor(folder: Path) -> list[Path]:
     """What a run folder holds that the monitor did not write (a final model, notes), in the
     folder or a run's folder below it; a checkpoint folder counts as the monitor's."""
@@ -460,7 +464,7 @@ def not_written_by_monitor(folder: Path) -> list[Path]:
         if entry.name in _OWNED or entry.name.startswith(RunLog.FILENAME):  # its log, or one being purged
             continue
         if entry.is_dir() and not entry.is_symlink():
-            if any((entry / name).exists() for name in _CHECKPOINT_FOLDER):
+            if _is_checkpoint_folder(entry):
                 continue
             if (entry / RunLog.FILENAME).is_file():
                 found += not_written_by_monitor(entry)
