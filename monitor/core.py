@@ -299,6 +299,7 @@ class Monitor:
     def epoch_start(self, epoch: int | None = None) -> None:
         """Call at the start of each epoch; ``epoch`` is 0-based (default: the next one)."""
         self._refuse_if_closed()
+        self._step_over()
         if epoch is not None:
             self.state.epoch = checks.integer("epoch", epoch, minimum=0)
             if epoch < self._resumable.first_epoch:  # a resumed run whose loop counts its own epochs
@@ -324,6 +325,8 @@ class Monitor:
         state = self.state
         state.backward_pass = None if optimizer is None else self._pass_of(optimizer)
         if not self._in_step:
+            if self._resumable.at_next_batch is not None:
+                self._step_over()
             self._in_step = True
             state.step += 1
         self._fire("on_after_backward")
@@ -336,10 +339,12 @@ class Monitor:
         if self._ended:
             self._refuse_if_closed()
         state = self.state
+        resumable = self._resumable
         if not self._in_step:  # a loop that does not call after_backward
+            if resumable.at_next_batch is not None:
+                self._step_over()
             state.step += 1
         state.batch += 1
-        resumable = self._resumable
         resumable.drawn_at_step = resumable.drawn  # the batches this step and those before it took
         state.loss, state.inputs, state.targets, state.outputs = loss, inputs, targets, outputs
         state.metrics = dict(metrics) if metrics else {}
@@ -376,6 +381,7 @@ class Monitor:
         if self._train_ended == self.state.step:
             return
         self._train_ended = self.state.step
+        self._step_over()
         if self._epoch_open and not self._failed:  # a loop that broke out of monitor.epochs()
             self.epoch_end()
         self._fire("on_train_end")
@@ -449,9 +455,16 @@ class Monitor:
         return self._resumable.iterating > 0
 
     def at_next_batch(self, action: Callable[[], None] | None) -> None:
-        """Calls ``action`` once, before the ``monitor.batches`` loop (not one inside it) takes its
-        next batch; None takes back an action not yet called."""
+        """Calls ``action`` once, when the step's code is over: before the ``monitor.batches``
+        loop (not one inside it) takes its next batch, or in a loop that takes its own, when its
+        next step, epoch or ``train_end`` begins; None takes back an action not yet called."""
         self._resumable.at_next_batch = action
+
+    def _step_over(self) -> None:
+        """Runs the action ``at_next_batch`` left, if any: the step before is over."""
+        action, self._resumable.at_next_batch = self._resumable.at_next_batch, None
+        if action is not None:
+            action()
 
     # --- lifetime -----------------------------------------------------------------------------
     def flush(self, timeout: float | None = 10.0) -> bool:

@@ -568,8 +568,9 @@ def test_a_trial_that_exited_for_requeue_in_a_process_that_goes_on_leaves_the_ne
         first = Monitor([Checkpoint(tmp_path / "a", resume=True, scheduler=parts.scheduler)], sink=NullSink())
         first.train_start(parts.model, parts.optimizer)
         signal.raise_signal(signal.SIGTERM)
+        first.step_end(loss=1.0)  # saved; the exit waits for the rest of the step's code
         with pytest.raises(SystemExit):
-            first.step_end(loss=1.0)
+            first.step_end(loss=1.0)  # the next step begins
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN  # a second signal while it exits
         second = Monitor([Checkpoint(tmp_path / "b", resume=True, scheduler=parts.scheduler)], sink=NullSink())
         second.train_start(parts.model, parts.optimizer)
@@ -667,11 +668,11 @@ def test_a_job_killed_twice_between_a_file_and_its_pointer_still_resumes(tmp_pat
 
 @pytest.mark.parametrize("loop, every, told", [
     ("monitor.epochs and monitor.batches", "steps", None),
-    ("monitor.epochs, its own batches", "steps", "continues from step 3 (epoch 0, 3 batches done), but its loop "
-                                                 "takes its own batches"),
+    ("monitor.epochs, its own batches", "steps", "continues from step 3 (epoch 0, 3 batches done) in a loop "
+                                                 "that takes its own batches"),
     ("monitor.epochs, its own batches", "epochs", None),  # from an epoch's end: the next begins as it would
-    ("its own epochs and batches", "steps", "continues from step 3 (epoch 0, 3 batches done), but its loop takes "
-                                            "its own epochs and batches")])
+    ("its own epochs and batches", "steps", "continues from step 3 (epoch 0, 3 batches done) in a loop that "
+                                            "takes its own epochs and batches")])
 def test_a_resumed_run_whose_loop_takes_its_own_batches_is_told_it_trains_on_them_again(tmp_path, caplog, loop,
                                                                                          every, told):
     def job(crash_at: int | None) -> None:

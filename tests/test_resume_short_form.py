@@ -22,6 +22,7 @@ from monitor.callbacks.checkpoint import REQUEUE_EXIT_STATUS
 from monitor.runs import described
 
 SCRIPT = Path(__file__).parent / "helpers" / "short_form.py"
+ROLLOUTS = Path(__file__).parent / "helpers" / "rollouts.py"  # a loop with no loader (RL's)
 STEPS = 24  # 4 epochs of 6 batches, a checkpoint every 3 steps
 
 pytestmark = pytest.mark.slow
@@ -30,11 +31,11 @@ pytestmark = pytest.mark.slow
 class Job:
     """One run folder and env, and the one command that (re)runs its job."""
 
-    def __init__(self, server, root: Path, name: str, loader: str = "shuffle") -> None:
+    def __init__(self, server, root: Path, name: str, loader: str = "shuffle", script: Path = SCRIPT) -> None:
         self.env, self.folder = f"short-{name}-{loader}", root / name
-        self.command = [sys.executable, str(SCRIPT), "--env", self.env, "--port", str(server.port),
+        self.command = [sys.executable, str(script), "--env", self.env, "--port", str(server.port),
                         "--run-dir", str(self.folder / "runs"), "--checkpoints", str(self.folder / "ckpt"),
-                        "--out", str(self.folder / "final.pt"), "--loader", loader]
+                        "--out", str(self.folder / "final.pt"), *(("--loader", loader) if script == SCRIPT else ())]
 
     def run(self, *extra: str) -> list[int]:
         done = subprocess.run([*self.command, *extra], capture_output=True, text=True, timeout=180)
@@ -124,6 +125,56 @@ def test_what_a_checkpoint_s_step_logs_after_its_hooks_stays_through_two_kills_a
     assert _same(job.weights(), straight.weights())
     shown = read_env(visdom_server, job.env)
     assert shown["after step_end"]["step"][0] == list(range(1, STEPS + 1))
+    assert shown == read_env(visdom_server, straight.env)
+
+
+def _wait_for_point(job: Job, window: str, x: int) -> None:
+    """Until the run log holds ``window``'s point at ``x`` (the sink writes it within 0.1 s)."""
+    log, deadline = job.folder / "runs" / "runlog.jsonl", time.monotonic() + 10
+    while f'"win":"{window}","x":{x},' not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_loop_without_a_loader_keeps_what_a_checkpoint_s_step_logged_after_step_end_through_kills(
+        visdom_server, read_env, tmp_path):
+    # Update 6 saves in step_end, then evaluates and logs its episode return; killed after
+    # that, the re-run resumes from update 6's checkpoint and keeps both; killed again in
+    # update 7, the next re-run from the same checkpoint drops update 7's points.
+    straight = Job(visdom_server, tmp_path, "rollouts-straight", script=ROLLOUTS)
+    assert straight.run() == list(range(1, 13))
+    job = Job(visdom_server, tmp_path, "rollouts", script=ROLLOUTS)
+    for target in (6, 7):
+        process = job.start("--sleep", "0.5")  # killed in that update, before the next
+        _wait_for_step(process, target)
+        _wait_for_point(job, "episode return", target)
+        process.kill()
+        process.communicate()
+    assert job.run()[0] == 7
+    assert _same(job.weights(), straight.weights())
+    shown = read_env(visdom_server, job.env)
+    assert shown["loss"]["validation"][0] == [3, 6, 9, 12]
+    assert shown["episode return"]["train"][0] == list(range(1, 13))
+    assert shown == read_env(visdom_server, straight.env)
+
+
+def test_sigterm_in_a_loop_without_a_loader_exits_once_the_update_s_own_logging_is_done(
+        visdom_server, read_env, tmp_path):
+    # The exit for requeue waits for the loop's next update: what the signalled update logs
+    # after step_end (its evaluation, its episode return) is in the run, and the re-run goes on.
+    straight = Job(visdom_server, tmp_path, "rollouts-straight", script=ROLLOUTS)
+    assert straight.run() == list(range(1, 13))
+    job = Job(visdom_server, tmp_path, "rollouts-term", script=ROLLOUTS)
+    process = job.start("--sleep", "0.3")
+    _wait_for_step(process, 4)
+    process.send_signal(signal.SIGTERM)  # in update 5's sleep: saved at its end
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == REQUEUE_EXIT_STATUS, err[-3000:]
+    last = _steps(out)[-1]
+    assert last in (4, 5), out
+    assert job.run()[0] == last + 1
+    assert _same(job.weights(), straight.weights())
+    shown = read_env(visdom_server, job.env)
+    assert shown["episode return"]["train"][0] == list(range(1, 13))
     assert shown == read_env(visdom_server, straight.env)
 
 

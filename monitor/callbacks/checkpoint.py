@@ -126,8 +126,8 @@ class Checkpoint(Callback):
         self._unpointed = False  # a scheduled checkpoint written, latest.json not yet at it (every rank)
         self._validates_after_saving = False  # seen a validation_end at the step of a scheduled save
         self._pointer: tuple | None = None  # what latest.json is to say of it (rank 0)
-        self._continues_from: int | None = None  # the run-log position of a save in a batches loop, until
-                                                 # the loop's next batch says its step's code is over (rank 0)
+        self._continues_from: int | None = None  # the run-log position of a save, until the loop's next
+                                                 # batch, step or epoch says its step's code is over (rank 0)
         self._every_rank_validates = False  # under DDP: said by Scalars(average_validation=True)
         self._ranks: list[tuple] | None = None  # (random state, batches position) of every rank at the last save
         self._aborted = False
@@ -211,9 +211,10 @@ class Checkpoint(Callback):
             self._check_loop = False
             monitor = self._monitor
             if not monitor.in_batches and (self.start.skip_batches or not monitor.in_epochs):
-                _log.warning("monitor: the run continues from step %d (epoch %d, %d batches done), but its loop takes "
-                             "%s: unless it skips what was done itself (checkpoint.start), it trains on it again; "
-                             "iterate monitor.epochs(n) and monitor.batches(loader) to go on where it left off",
+                _log.warning("monitor: the run continues from step %d (epoch %d, %d batches done) in a loop that takes "
+                             "%s: one that counts on from monitor.state.step or checkpoint.start goes on where it "
+                             "left off, one that counts from 0 again trains on what was done again (iterate "
+                             "monitor.epochs(n) and monitor.batches(loader) to skip it)",
                              self.start.step, self.start.epoch, self.start.skip_batches,
                              "its own batches" if monitor.in_epochs else "its own epochs and batches")
         if self.metric_from == "step":
@@ -417,16 +418,19 @@ class Checkpoint(Callback):
         self._pointer = (path, checkpoint["run"]["env"], last, best, kept)
         if point:
             self._point()
-        if position is not None and monitor.in_batches:
-            # What the rest of the step's code logs (a clip norm, a text sample) is never logged again
-            # by a run resumed from this checkpoint: marked, it stays in the log (entries.resumes_at).
+        if position is not None:
+            # What the rest of the step's code logs (a clip norm, a validation, an episode's return)
+            # is never logged again by a run resumed from this checkpoint: marked, it stays in the
+            # log (entries.resumes_at).
+            if self._continues_from is not None:  # saved again at a later point of the step (its epoch's end)
+                monitor.sink.put(StepMark("continues", self._continues_from))
             monitor.sink.put(StepMark("rest_of_step", position))
             self._continues_from = position
             monitor.at_next_batch(self._at_next_batch)
         return path
 
     def _at_next_batch(self) -> None:
-        """Before the batches loop's next batch (or its end): the saved step's code is over."""
+        """Before the loop's next batch, step or epoch (or its end): the saved step's code is over."""
         if self._continues_from is not None:
             self._monitor.sink.put(StepMark("continues", self._continues_from))
             self._continues_from = None
@@ -515,10 +519,9 @@ class Checkpoint(Callback):
         self._stop_signal = None  # a second signal while saving changes nothing
         if self._last_saved != [state.step, state.epoch, self._epoch_done]:
             self._save(point=False)
-        if self._monitor.in_batches:  # a validation of this step may follow: it goes into its checkpoint first
-            self._monitor.at_next_batch(self._at_next_batch)  # or else the exit comes before the next batch
-        else:
-            self._exit_if_stopping()
+        # The exit comes when the step's code is over (a validation of this step goes into its
+        # checkpoint first, in a batches loop): before the next batch, step or epoch.
+        self._monitor.at_next_batch(self._at_next_batch)
 
     def _exit_if_stopping(self) -> None:
         if self._stopping is None:
