@@ -594,7 +594,11 @@ def _step(monitor: Monitor, model: torch.nn.Module, optimizer: torch.optim.Optim
         raise KeyboardInterrupt
 
 
-def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_resumes_so(tmp_path):
+@pytest.mark.parametrize("every_steps, crash_at, resumed_at", [
+    (1, 5, 5),  # from a checkpoint after the unfreeze
+    (3, 4, 3)])  # from the epoch's end before it, which continues in the unfreeze's epoch
+def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_resumes_so(tmp_path, every_steps,
+                                                                                         crash_at, resumed_at):
     sink = ListSink()
 
     def job(crash_at: int | None) -> tuple[torch.nn.Module, torch.optim.Optimizer, int]:
@@ -603,11 +607,11 @@ def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_res
         model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
         backbone = model[0].requires_grad_(False)
         optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1, momentum=0.9)
-        checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)
+        checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=every_steps, every_epochs=1, resume=True)
         with Monitor([LearningRate(), checkpoint], sink=sink, raise_errors=True) as monitor:
             unfreeze = lambda: (backbone.requires_grad_(True),
                                 optimizer.add_param_group({"params": backbone.parameters(), "lr": 0.01}))
-            if checkpoint.start.epoch >= 1:  # as README says: the groups again before train_start
+            if checkpoint.start.began(1):  # as README says: the groups again before train_start
                 unfreeze()
             monitor.train_start(model, optimizer)
             for epoch in monitor.epochs(2):
@@ -619,19 +623,25 @@ def test_a_run_that_unfroze_layers_into_its_optimizer_says_how_to_resume_and_res
         return model, optimizer, checkpoint.start.step
 
     with pytest.raises(KeyboardInterrupt):
-        job(crash_at=5)
-    with pytest.raises(CheckpointResumeError, match=r"optimizer must have the 2 parameter groups it had at step 5 "
-                                                    r"\(epoch 1\), .* got 1: .* adds them again before train_start"):
+        job(crash_at=crash_at)
+    groups = 2 if resumed_at == 5 else 1
+    with pytest.raises(CheckpointResumeError, match=rf"optimizer must have the {groups} parameter groups? it had at "
+                                                    rf"step {resumed_at} \(epoch \d\), .* got {3 - groups}: .* adds "
+                                                    rf"them again before train_start when the run it resumes had"):
         resumed = Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)
         with Monitor([resumed], sink=NullSink(), raise_errors=True) as monitor:
             model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-            monitor.train_start(model, torch.optim.SGD(model[2].parameters(), lr=0.1, momentum=0.9))
-    model, optimizer, resumed_at = job(crash_at=None)
+            optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1, momentum=0.9)
+            if groups == 1:  # the groups added one checkpoint too early
+                optimizer.add_param_group({"params": model[0].parameters(), "lr": 0.01})
+            monitor.train_start(model, optimizer)
+    model, optimizer, resumed_from = job(crash_at=None)
     # The head's curve goes on as lr, not group 0 (LearningRate's trace names are in the checkpoint).
-    assert sink.points("learning rate") == {"lr": [(6, 0.1)], "group 1": [(6, 0.01)]}
+    steps = range(resumed_at + 1, 7)
+    assert sink.points("learning rate") == {"lr": [(s, 0.1) for s in steps], "group 1": [(s, 0.01) for s in steps]}
     shutil.rmtree(tmp_path / "ckpt")
     straight, _, _ = job(crash_at=None)
-    assert resumed_at == 5 and len(optimizer.param_groups) == 2
+    assert resumed_from == resumed_at and len(optimizer.param_groups) == 2
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), straight.state_dict().values()))
 
 
@@ -730,3 +740,34 @@ def test_a_stop_signal_in_a_jupyter_kernel_leaves_the_next_one_to_end_it(tmp_pat
             monitor.step_end()
     assert stopped.value.code == 75 and (tmp_path / "ckpt" / "step-000000001.pt").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_resumed_run_trains_the_layers_its_checkpoint_trained_whatever_the_loop_froze_at_its_start(tmp_path):
+    # requires_grad is in no state_dict: a loop that adds an unfrozen backbone's group again
+    # but leaves it frozen, as at its start, would train on without it, and say nothing.
+    def job(crash_at: int | None) -> torch.nn.Module:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+        backbone = model[0].requires_grad_(False)
+        optimizer = torch.optim.SGD(model[2].parameters(), lr=0.1)
+        checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, resume=True)
+        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+            if checkpoint.start.began(1):
+                optimizer.add_param_group({"params": backbone.parameters(), "lr": 0.01})  # requires_grad left out
+            monitor.train_start(model, optimizer)
+            for epoch in monitor.epochs(2):
+                if epoch == 1 and len(optimizer.param_groups) == 1:
+                    optimizer.add_param_group({"params": backbone.requires_grad_(True).parameters(), "lr": 0.01})
+                for _ in monitor.batches(range(3)):
+                    torch.manual_seed(monitor.state.step)
+                    _step(monitor, model, optimizer, torch.randn(5, 4), crash_at)
+        return model
+
+    with pytest.raises(KeyboardInterrupt):
+        job(crash_at=5)
+    with pytest.warns(UserWarning, match=r"requires_grad of 2 parameters of the model set as at step 5, .*: "
+                                         r"0.weight True, 0.bias True$"):
+        resumed = job(crash_at=None)
+    shutil.rmtree(tmp_path / "ckpt")
+    straight = job(crash_at=None)
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()))

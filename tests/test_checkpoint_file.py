@@ -55,6 +55,19 @@ def test_the_model_is_saved_unwrapped_from_ddp_and_torch_compile_and_resumes_int
         dist.destroy_process_group()
 
 
+def test_a_checkpoint_from_before_requires_grad_was_kept_loads_and_resumes(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    model[0].requires_grad_(False)
+    checkpoint = build_checkpoint(model=model, loop={"epoch": 0, "step": 4, "batch": 4, "epoch_done": False},
+                                  rng=capture_rng(), callbacks={}, run={}, metric={})
+    assert checkpoint["frozen"] == ["0.weight", "0.bias"]
+    del checkpoint["frozen"]  # as written before it was kept
+    save_checkpoint(tmp_path / "step-000000004.pt", checkpoint)
+    fresh = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
+    assert resume(tmp_path / "step-000000004.pt", fresh).step == 4
+    assert all(p.requires_grad for p in fresh.parameters())  # nothing said of it: left as it is
+
+
 class Payload:
     """Unpickling this would create a file: the proof that code from the file ran."""
 

@@ -61,8 +61,10 @@ class LearningRate(Callback):
         self._kept, self._kept_each = list(resumed.get("names", [])), dict(resumed.get("each", {}))
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
-        self._names, self._kept = [], self._names  # a group may have been renamed: name them again
-        self._each, self._kept_each = {}, self._each
+        # A group may have been renamed: name them again (an epoch a resumed run begins with has
+        # named none yet, and keeps the checkpoint's names).
+        self._names, self._kept = [], self._names or self._kept
+        self._each, self._kept_each = {}, self._each or self._kept_each
 
     def _write(self, state: LoopState, log: Log) -> None:
         if self.every != 1 and not is_due(state.step, self.every):

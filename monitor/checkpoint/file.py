@@ -1,6 +1,6 @@
 """One checkpoint file: its fixed schema, an atomic write, and a load that runs no code.
 
-The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
+The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time (``ADDED_KEYS`` since they were added):
 
     format, version, time, torch      what wrote it, and when
     loop        {"epoch", "step", "batch", "epoch_done", "order_rng", "batches_drawn", "batches_call", "batches_of",
@@ -17,6 +17,8 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time:
                 torch.distributed those four are rank 0's, and "ranks" holds every rank's, by rank (a
                 validation loader that rank 0 alone iterates makes them differ), else None
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
+    frozen      the names of the model's parameters with requires_grad=False, which no state_dict
+                holds (absent from files written before it was kept)
     optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) or
                 schedulers (a warm-up's and a plateau's) are a dict of their state_dicts by name
     classes     the class names of model, optimizer, scheduler, scaler (for people and checks)
@@ -54,8 +56,9 @@ from monitor.checkpoint.pickle_scan import describe_unsafe
 FORMAT = "monitor.checkpoint"
 VERSION = 1
 RESUME_KEYS = ("order_rng", "batches_drawn", "batches_call", "batches_of", "batches_again")  # loop keys a resume reads
-KEYS = ("format", "version", "time", "torch", "loop", "model", "optimizer", "scheduler", "scaler", "classes",
-        "rng", "callbacks", "run", "metric", "extras")
+KEYS = ("format", "version", "time", "torch", "loop", "model", "frozen", "optimizer", "scheduler", "scaler",
+        "classes", "rng", "callbacks", "run", "metric", "extras")
+ADDED_KEYS = ("frozen",)  # keys of the schema that files written before them lack
 # Exact types: a subclass (numpy.float32, defaultdict, a namedtuple) pickles as a global that
 # weights_only refuses.
 # What torch.load(weights_only=True) takes (complex and bytearray; a Counter: MultiStepLR's milestones).
@@ -110,6 +113,7 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
         "loop": {**{key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
                  **{key: loop.get(key) for key in RESUME_KEYS}, "ranks": loop.get("ranks")},
         "model": model.state_dict(),
+        "frozen": [name for name, parameter in model.named_parameters() if not parameter.requires_grad],
         "optimizer": _state_of(optimizer),
         "scheduler": _state_of(scheduler),
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -171,7 +175,7 @@ def check_schema(data: Any, path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(data.get("version"), int) or data["version"] > VERSION:
         raise CheckpointError(f"path must be a checkpoint of format version <= {VERSION}, got version "
                               f"{data.get('version')!r} in {path}: upgrade monitor to read it")
-    missing = [key for key in KEYS if key not in data]
+    missing = [key for key in KEYS if key not in data and key not in ADDED_KEYS]
     if missing:
         raise CheckpointError(f"path must be a checkpoint with every key of the schema, got {path} "
                               f"without {missing}")

@@ -47,6 +47,15 @@ class ResumePoint:
         """The batches of ``epoch`` done before the checkpoint (0 for every later epoch)."""
         return self.skip_batches if epoch == self.epoch else 0
 
+    def began(self, epoch: int) -> bool:
+        """Whether the checkpointed run had begun ``epoch`` (what the loop does at its start, such
+        as unfreezing layers into the optimizer, is then in the checkpoint, and done again first):
+
+            if checkpoint.start.began(unfreeze_epoch):
+                unfreeze()                              # before train_start restores the optimizer
+        """
+        return self.path is not None and (self.epoch > epoch or (self.epoch == epoch and self.skip_batches > 0))
+
     def restore(self, monitor: Monitor, *, check_runlog: bool = True) -> None:
         """Gives ``monitor`` its loop position and its callbacks' states back.
 
@@ -170,9 +179,11 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
     for key, one in optimizers.items():
         saved = checkpoint["optimizer"] if key is None else checkpoint["optimizer"].get(key)
         groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
-        if one is not None and isinstance(groups, list) and len(groups) > len(one.param_groups):
+        if one is not None and isinstance(groups, list) and len(groups) != len(one.param_groups):
             raise ValueError(_groups_added_mid_run(path, checkpoint["loop"], key, len(one.param_groups), len(groups)))
     unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
+    if isinstance(checkpoint.get("frozen"), list):  # left out by checkpoints before it was kept
+        _freeze_as_saved(path, checkpoint["loop"], unwrap_model(model), set(checkpoint["frozen"]), stacklevel + 1)
     for name, part in parts.items():
         if isinstance(part, Mapping):
             for key, one in part.items():
@@ -189,13 +200,30 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
     restore_rng(rng_of_rank(checkpoint["rng"], *rank_and_world_size()))
 
 
+def _freeze_as_saved(path: Path, loop: Mapping[str, Any], model: torch.nn.Module, frozen: set[str],
+                     stacklevel: int) -> None:
+    """Gives each parameter the ``requires_grad`` it had when the checkpoint was saved: no
+    state_dict holds it, and a fine-tuning loop that froze its backbone at the start and
+    unfroze it mid-run would otherwise train on with the backbone frozen, saying nothing."""
+    changed = [(name, p) for name, p in model.named_parameters() if p.requires_grad == (name in frozen)]
+    if not changed:
+        return
+    for name, parameter in changed:
+        parameter.requires_grad_(name not in frozen)
+    shown = ", ".join(f"{name} {name not in frozen}" for name, _ in changed[:4])
+    warnings.warn(f"requires_grad of {len(changed)} parameter{'s' if len(changed) != 1 else ''} of the model set "
+                  f"as at step {loop['step']}, where {path} was saved (no state_dict holds it; a loop that "
+                  f"unfreezes layers mid-run does it again before train_start when it resumes): "
+                  f"{shown}{', ...' if len(changed) > 4 else ''}", stacklevel=stacklevel)
+
+
 def _groups_added_mid_run(path: Path, loop: Mapping[str, Any], name: str | None, groups: int, saved: int) -> str:
     which = "optimizer" if name is None else f"optimizer {name!r}"
-    return (f"{which} must have the {saved} parameter groups it had at step {loop['step']} (epoch "
-            f"{loop['epoch']}), where {path} was saved, got {groups}: a loop that adds groups mid-run "
-            f"(add_param_group, unfreezing layers) adds them again before train_start when it resumes, "
-            f"e.g. `if checkpoint.start.epoch >= unfreeze_epoch:` (a Checkpoint's start is known once "
-            f"its Monitor is made)")
+    return (f"{which} must have the {saved} parameter group{'s' if saved != 1 else ''} it had at step "
+            f"{loop['step']} (epoch {loop['epoch']}), where {path} was saved, got {groups}: a loop that adds "
+            f"groups mid-run (add_param_group, unfreezing layers) adds them again before train_start when the "
+            f"run it resumes had added them, e.g. `if checkpoint.start.began(unfreeze_epoch): unfreeze()` (a "
+            f"Checkpoint's start is known once its Monitor is made)")
 
 
 def _resumed_at(monitor: Monitor, position: int) -> int | None:
