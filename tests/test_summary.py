@@ -24,6 +24,23 @@ def test_summary_shows_model_counts_hparams_and_versions_in_one_pane():
     assert torch.__version__ in pane.html and "<td>cpu</td>" in pane.html and "SGD" in pane.html
 
 
+def test_the_summary_is_written_again_at_the_end_of_an_epoch_that_unfroze_layers():
+    model = small_model()
+    model[0].requires_grad_(False)
+    optimizer = torch.optim.SGD(model[2:].parameters(), lr=0.1)
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, optimizer)
+    monitor.epoch_start(0)
+    monitor.epoch_end()  # nothing changed: not written again
+    monitor.epoch_start(1)
+    optimizer.add_param_group({"params": model[0].requires_grad_(True).parameters(), "lr": 0.01})
+    monitor.epoch_end()
+    first, second = sink.of(Text, "summary")
+    total, frozen = sum(p.numel() for p in model.parameters()), 4 * 8 + 8
+    assert f"({total - frozen:,} trainable)" in first.html and "<td>SGD</td>" in first.html
+    assert f"({total:,} trainable)" in second.html and "<td>SGD (2 parameter groups)</td>" in second.html
+
+
 def test_summary_escapes_everything_the_user_supplied():
     class Odd(nn.Module):
         def extra_repr(self):

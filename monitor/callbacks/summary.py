@@ -1,4 +1,5 @@
-"""Summary: what was trained, with what, on what: one text pane written at train start."""
+"""Summary: what was trained, with what, on what: one text pane written at train start, and
+again at an epoch's end where what trains changed (a backbone unfrozen, a parameter group added)."""
 from __future__ import annotations
 
 import platform
@@ -25,6 +26,8 @@ class Summary(Callback):
         monitor.train_start(model, optimizer, hparams={"lr": 0.1})
         # pane "summary": the model, 1,199,882 parameters (all trainable), batch_size and lr, ...
 
+    The pane is written again at an epoch's end where what trains changed since: a backbone's
+    layers unfrozen (the trainable count), a parameter group added (the optimizer's groups).
     ``hparams`` given here are merged with those given to ``train_start``, which win on a clash.
     They are the run's record for comparing runs from ``train_start`` on (pane ``hparams`` and
     the run log's ``hparams`` entry, so a killed run keeps them); ``train_end`` records them
@@ -39,13 +42,13 @@ class Summary(Callback):
             raise TypeError(f"hparams must be a mapping of name to value, got {type(hparams).__name__}")
         self.hparams = dict(hparams or {})
         self._metrics: dict[str, Any] = {}  # the latest number of each metric validation_end or epoch_end passed
+        self._shown: tuple | None = None  # what the pane says trains: trainable count, each optimizer's groups
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._metrics = {}
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW)
-        model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
         hparams = {**self.hparams, **state.hparams}
-        log.text(WINDOW, state.step, _summary_html(model, state.optimizers, hparams), html=True)
+        self._write(state, log)
         if hparams:  # the run's record from the start: a run killed before train_end still has its hparams
             log.hparams(hparams, {}, state.step)
 
@@ -56,7 +59,16 @@ class Summary(Callback):
         for name in latest.keys() & given.keys():  # given to log.hparams before this: the latest counts
             del given[name]
 
-    on_epoch_end = on_validation_end  # an epoch_end() without metrics leaves them as they were
+    def on_epoch_end(self, state: LoopState, log: Log) -> None:
+        self.on_validation_end(state, log)  # an epoch_end() without metrics leaves them as they were
+        if _trained(state) != self._shown:  # layers unfrozen, groups added in the epoch
+            self._write(state, log)
+
+    def _write(self, state: LoopState, log: Log) -> None:
+        model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
+        self._shown = _trained(state)
+        log.text(WINDOW, state.step, _summary_html(model, state.optimizers, {**self.hparams, **state.hparams}),
+                 html=True)
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         hparams = {**self.hparams, **state.hparams}
@@ -65,6 +77,13 @@ class Summary(Callback):
         metrics = {**self._metrics, **log.final_metrics.get("hparams", {})}
         if hparams:  # a run given no hyper-parameters gets no pane of them
             log.hparams(hparams, metrics, state.step)
+
+
+def _trained(state: LoopState) -> tuple:
+    """What trains: the model's trainable parameter count and each optimizer's number of groups."""
+    count = sum(p.numel() for p in state.model.parameters() if p.requires_grad and not is_lazy(p)) \
+        if state.model is not None else 0
+    return count, tuple(len(o.param_groups) for o in state.optimizers.values())
 
 
 def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.optim.Optimizer],
@@ -85,9 +104,9 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
         for device in sorted({p.device for p in params if p.device.type == "cuda"}, key=str):
             facts.append((str(device), torch.cuda.get_device_name(device)))
     if len(optimizers) == 1:
-        facts.append(("optimizer", type(next(iter(optimizers.values()))).__name__))
+        facts.append(("optimizer", _described(next(iter(optimizers.values())))))
     elif optimizers:
-        facts.append(("optimizers", ", ".join(f"{name}: {type(o).__name__}" for name, o in optimizers.items())))
+        facts.append(("optimizers", ", ".join(f"{name}: {_described(o)}" for name, o in optimizers.items())))
     facts.append(("torch", torch.__version__))
     facts.append(("python", platform.python_version()))
     parts = ["<h4>Run</h4>", _table(facts)]
@@ -96,6 +115,12 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
     if model is not None:
         parts += ["<h4>Model</h4>", f"<pre>{escape(repr(model))}</pre>"]
     return "\n".join(parts)
+
+
+def _described(optimizer: torch.optim.Optimizer) -> str:
+    """``AdamW``, or ``AdamW (3 parameter groups)``."""
+    groups = len(optimizer.param_groups)
+    return type(optimizer).__name__ + (f" ({groups} parameter groups)" if groups > 1 else "")
 
 
 def _table(rows: list[tuple[Any, Any]]) -> str:
