@@ -52,7 +52,7 @@ class Run(NamedTuple):
     env: str
     run_id: str
     started: float          # seconds since the epoch
-    steps: int              # the highest step of its loss and metric curves
+    steps: int              # the highest step of its loss and metric curves (those whose x is the step)
     status: str             # running, finished, crashed (an exception), interrupted (Ctrl-C, sys.exit(N)),
                             # or killed (never closed)
     error: str | None       # what a crashed or interrupted run raised
@@ -64,6 +64,13 @@ class Run(NamedTuple):
     checkpoints: int        # checkpoint files in checkpoint folders in its folder (not those of earlier runs,
                             # set aside)
     log: Path               # the run log it was read from (runlog.jsonl, or an earlier run's log)
+    diverged: float | None = None  # the step a Guard marked its loss or gradients bad at (None: never)
+
+    @property
+    def shown_status(self) -> str:
+        """The status as a listing shows it: ``finished, diverged at step 300`` for a run a Guard
+        marked and let go on."""
+        return self.status if self.diverged is None else f"{self.status}, diverged at step {self.diverged:g}"
 
     @property
     def place(self) -> Path:
@@ -152,6 +159,8 @@ class Reading:
         self.declared: dict[str, Any] = {}
         self.orders: dict[str, int] = {}
         self.markers: dict[str, tuple] = {}  # each window's traces of marks (a Guard's), not curves
+        self.flagged: float | None = None  # the step of the first mark (a Guard's: the loss went bad)
+        self.other_x: set[str] = set()  # windows whose x is not the step (xlabel "episode", "epoch")
         self.curves: dict[str, list] = {}  # "window/trace": [last value, best finite value or None, lowest is best]
         self.steps = 0
 
@@ -175,12 +184,19 @@ class Reading:
                 marks = (entry.get("opts") or {}).get("markers")
                 if marks is not None:  # as a window's options add up
                     self.markers[window] = tuple(marks)
+                xlabel = (entry.get("opts") or {}).get("xlabel")
+                if xlabel == "step":
+                    self.other_x.discard(window)
+                elif xlabel is not None:
+                    self.other_x.add(window)
                 if self._curve_window(window) != was:  # its points from here on read, or passed over
                     self.reader.reconsider(window)
             elif kind == "points" and "y" in entry and self._curve_window(entry["win"]):  # others: passed over
                 marks = self.markers.get(entry["win"], ())
                 for trace, y in entry["y"].items():
                     if trace in marks:
+                        if self.flagged is None:
+                            self.flagged = entry["x"]
                         continue
                     name = f"{entry['win']}/{trace}"
                     curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name)])
@@ -188,7 +204,7 @@ class Reading:
                     if y is not None and math.isfinite(y) and (curve[1] is None or (y < curve[1] if curve[2]
                                                                                       else y > curve[1])):
                         curve[1] = y
-                if float(entry["x"]).is_integer():
+                if float(entry["x"]).is_integer() and entry["win"] not in self.other_x:
                     self.steps = max(self.steps, int(entry["x"]))
             elif kind == "hparams":
                 self.hparams, self.declared = entry["hparams"], entry.get("metrics") or {}
@@ -219,7 +235,7 @@ class Reading:
                    end.get("error") if end is not None else None, metrics, self.hparams,
                    sum(p.stat().st_size for p in files),
                    sum(1 for p in files if p.suffix == ".pt" and "earlier" not in p.relative_to(folder).parts
-                       and _is_checkpoint_folder(p.parent)), log)
+                       and _is_checkpoint_folder(p.parent)), log, self.flagged)
 
 
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
@@ -257,7 +273,7 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
         [f"{m} last (best)" for m in names] + ["hparams"]
     rows = [head]
     for run in runs:
-        status = f"{run.status}: {run.error[:40]}" if run.error else run.status
+        status = f"{run.shown_status}: {run.error[:40]}" if run.error else run.shown_status
         place = run.place
         folder = [place.relative_to(common).as_posix() if place != common else place.name] if common else []
         cells = [run.env, *folder, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
@@ -350,7 +366,7 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
                 latest[entry["win"]] = {**entry, "run": label}
         windows.apply(list(latest.values()))
     head = ["run", "env", "status", "steps"] + differing + sorted({m for run in found for m in run.metrics})
-    rows = [[label, run.env, run.status, str(run.steps)] + [str(run.hparams.get(k, "-")) for k in differing]
+    rows = [[label, run.env, run.shown_status, str(run.steps)] + [str(run.hparams.get(k, "-")) for k in differing]
             + [f"{run.metrics[m][0]:.4g}" if m in run.metrics else "-" for m in head[4 + len(differing):]]
             for label, run in zip(named, found)]
     html = TABLE + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
@@ -681,7 +697,7 @@ def runs_html(runs: list[Run], metrics: int = 3) -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in ["env", "status", "steps", "started", *names, "hparams"])
     rows = []
     for run in sorted(runs, key=lambda r: -r.started):
-        cells = [f'<a href="{quote(run.env)}">{escape(run.env)}</a>', escape(run.status), str(run.steps),
+        cells = [f'<a href="{quote(run.env)}">{escape(run.env)}</a>', escape(run.shown_status), str(run.steps),
                  time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started))]
         cells += [f"{run.metrics[m][0]:.4g}" if m in run.metrics else "-" for m in names]
         cells.append(escape(" ".join(f"{k}={v}" for k, v in run.hparams.items())))

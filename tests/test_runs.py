@@ -843,3 +843,31 @@ def test_a_run_read_on_sees_its_log_replaced_and_a_window_that_becomes_a_curve(t
                      {"k": "points", "win": "g", "x": 7, "y": {"a": 2.0}}])
     run = described(path.parent)
     assert (run.steps, run.metrics) == (7, {"g/a": (2.0, 2.0)})
+
+
+def test_a_run_s_steps_are_those_of_the_windows_whose_x_is_the_step(tmp_path):
+    # An RL loop's own window at its environment steps, or one at episodes, says nothing of the updates.
+    from monitor.runs import described
+
+    log = RunLog(tmp_path / "rl" / RunLog.FILENAME)
+    log.append([{"k": "run", "env": "rl", "run_id": "r", "time": 0.0, "pid": 1, "host": "h"},
+                {"k": "points", "win": "loss", "x": 50, "y": {"train": 1.0}},
+                {"k": "layout", "win": "return", "opts": {"xlabel": "environment steps"}, "order": Order.METRICS},
+                {"k": "points", "win": "return", "x": 1600, "y": {"train": 3.0}},
+                {"k": "points", "win": "length", "x": 40, "y": {"train": 9.0}}])
+    assert described(tmp_path / "rl").steps == 50
+
+
+def test_a_run_a_guard_marked_and_let_go_on_is_listed_as_diverged_there(tmp_path):
+    from monitor.runs import described, table
+
+    log = RunLog(tmp_path / "nan" / RunLog.FILENAME)
+    log.append([{"k": "run", "env": "nan", "run_id": "r", "time": 0.0, "pid": 1, "host": "h"},
+                {"k": "points", "win": "loss", "x": 299, "y": {"train": 0.5}},
+                {"k": "layout", "win": "loss", "opts": {"markers": ["guard"]}, "order": Order.LOSS},
+                {"k": "points", "win": "loss", "x": 300, "y": {"guard": 0.5}},
+                {"k": "points", "win": "loss", "x": 300, "y": {"train": math.nan}},
+                {"k": "end", "status": "finished", "error": None, "time": 1.0}])
+    run = described(tmp_path / "nan")
+    assert (run.status, run.diverged, run.metrics["loss/train"][1]) == ("finished", 300, 0.5)
+    assert "finished, diverged at step 300" in table([run])
