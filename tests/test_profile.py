@@ -133,12 +133,14 @@ def test_a_run_that_ends_before_the_window_says_nothing_was_profiled(tmp_path, c
     assert not (tmp_path / "table.json").exists() and not torch.autograd.profiler._is_profiler_enabled
 
 
-def test_a_window_from_the_first_step_profiles_it_without_torch_s_warm_up_warning(tmp_path, recwarn):
+def test_a_window_from_the_first_step_profiles_it_without_a_warning(tmp_path, recwarn):
+    # Neither torch's about its warm-up nor one that the look for the loop's own profiler
+    # touched off among the live objects (torch.distributed.reduce_op's, "deprecated").
     monitor = Monitor([Profile(steps=(1, 2), directory=tmp_path)], sink=NullSink())
     _train(monitor, steps=3)
     monitor.train_end()
     assert [p["step"] for p in json.loads((tmp_path / "table.json").read_text())["phases"]] == [1, 2]
-    assert not [w for w in recwarn if "warmup" in str(w.message)]
+    assert not [w for w in recwarn if "warmup" in str(w.message) or "deprecated" in str(w.message)]
 
 
 def test_the_callbacks_time_is_marked_apart_from_the_loop_s_in_the_profile(tmp_path):
