@@ -31,10 +31,12 @@ HOOKS = ("on_train_start", "on_epoch_start", "on_after_backward", "on_step_end",
 
 
 class Continuation(NamedTuple):
-    """Where a continued run's log goes on: its env (None: a new run names its own) and byte position."""
+    """Where a continued run's log goes on: its env (None: a new run names its own), byte position
+    and run id (None: unknown), so that another run's log of that env is not cut there."""
 
     env: str | None
     position: int
+    run_id: str | None = None
 
 
 @dataclass
@@ -217,6 +219,8 @@ class Monitor:
         continued = [p for c in self.callbacks if (p := c.continues_run()) is not None]
         if continued and rewind_to is None and sink is None:
             options["rewind_to"] = continued[0].position
+            if continued[0].run_id is not None:
+                options["continues"] = continued[0].run_id
             env = env if env is not None else continued[0].env
         if sink is not None:
             if env is not None or options:

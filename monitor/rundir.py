@@ -202,6 +202,27 @@ class RunDir:
         os.replace(self.log_path, kept)
         return kept
 
+    def run_id(self) -> str | None:
+        """The run id in the latest run's log header; None without a log (or a header)."""
+        try:
+            with open(self.log_path, "rb") as file:
+                header = json.loads(file.readline())
+        except (OSError, ValueError):
+            return None
+        return header.get("run_id") if isinstance(header, dict) else None
+
+    def earlier_log(self, run_id: str) -> Path | None:
+        """The log of the earlier run ``run_id``, if the folder keeps it."""
+        kept = self.path / self.EARLIER / f"{run_id}.jsonl"
+        return kept if run_id.isalnum() and kept.is_file() else None
+
+    def bring_back(self, kept: Path) -> Path | None:
+        """Makes an earlier run's log (``earlier_log``) the latest again, a run resumed after a
+        later run of its env began: the latest run's is set aside first; returns where (None: no run)."""
+        later = self.set_aside()
+        os.replace(kept, self.log_path)
+        return later
+
     def earlier(self) -> list[Path]:
         """The logs of the env's earlier runs, oldest first."""
         folder = self.path / self.EARLIER

@@ -91,7 +91,10 @@ class VisdomSink:
     ``env`` names the run's one env (default: ``run-<date>-<time>-<random>``). ``run_dir``
     (default ``runs/<env>``) keeps the run log (:class:`monitor.rundir.RunDir`): a new run sets
     the log of the env's earlier run aside and closes its windows; ``rewind_to`` (a checkpoint's
-    position in the log) continues the run instead, cut back to that point. An env shows one
+    position in the log) continues the run instead, cut back to that point; ``continues`` (the
+    run id of that run, where known) keeps another run's log of the env whole: a later run of the
+    env (a cross-validation's next fold) is set aside and the run's own log brought back from
+    ``earlier/``, or, where it is not there, the curves start over. An env shows one
     live run: a live run of another folder in it is refused, by name (:mod:`monitor.env_claims`),
     as is a second live process on the same folder. Each window keeps at
     most ``points_per_trace`` points per trace on the server. ``server``, ``port``,
@@ -105,7 +108,7 @@ class VisdomSink:
                  base_url: str = "", username: str | None = None, password: str | None = None,
                  run_dir: str | os.PathLike | None = None, flush_every: float = 0.5,
                  points_per_trace: int = 1000, timeout: float = 5.0, rewind_to: int | None = None,
-                 pid: int | None = None) -> None:
+                 continues: str | None = None, pid: int | None = None) -> None:
         if env is not None:
             checks.name("env", env, path=True)
         self.flush_every = checks.seconds("flush_every", flush_every)
@@ -125,7 +128,7 @@ class VisdomSink:
             raise RunInUseError(f"env {self.env!r} must have one live run at a time, got another one writing to "
                                 f"{other}; stop it, or use another env")
         try:
-            stale = self._open_runlog(rewind_to)
+            stale = self._open_runlog(rewind_to, continues)
         except BaseException:
             self.folder.unlock()
             raise
@@ -150,9 +153,21 @@ class VisdomSink:
         self._worker.start()
         open_sinks.add(self)
 
-    def _open_runlog(self, rewind_to: int | None) -> set[str]:
+    def _open_runlog(self, rewind_to: int | None, continues: str | None = None) -> set[str]:
         """Continues the run (``rewind_to`` > 0) or starts a new one; returns the windows to close."""
         path = self.folder.log_path
+        other: set[str] = set()  # the windows of a later run of the env, set aside for the run continued
+        if rewind_to and continues is not None and self.folder.run_id() not in (None, continues):
+            kept = self.folder.earlier_log(continues)
+            if kept is None:
+                _log.warning("monitor: the run log %s is another run's, and run %s continued from a checkpoint is not "
+                             "among the env's earlier runs: the curves of env %r start over from here", path,
+                             continues, self.env)
+                rewind_to = None
+            else:
+                later = self.folder.bring_back(kept)
+                _log.info("monitor: env %r continues run %s; the run since is kept in %s", self.env, continues, later)
+                other = windows_after(later, 0) if later is not None else set()
         size = path.stat().st_size if path.is_file() else 0
         if rewind_to and size < rewind_to:  # moved, deleted, or another working directory
             _log.warning("monitor: the run log %s holds %d bytes, the checkpoint continues it at byte %d: the "
@@ -170,7 +185,7 @@ class VisdomSink:
             self.images = ImageStore(self.run_dir, self.run_id)
             self.images.restore({w.name: w.history[-1]["n"] if w.history else 0
                                  for w in self.windows.by_name.values() if w.kind == "history"})
-            return dropped
+            return dropped | (other - set(self.windows.by_name))
         earlier = self.folder.set_aside()  # a new run: the env's earlier one is kept aside, its windows closed
         if earlier is not None:
             _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)

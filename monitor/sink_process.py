@@ -103,7 +103,8 @@ class SinkProcess:
     def __init__(self, env: str | None = None, *, server: str | None = None, port: int | None = None,
                  base_url: str = "", username: str | None = None, password: str | None = None,
                  run_dir: str | os.PathLike | None = None, flush_every: float = 0.5,
-                 points_per_trace: int = 1000, timeout: float = 5.0, rewind_to: int | None = None) -> None:
+                 points_per_trace: int = 1000, timeout: float = 5.0, rewind_to: int | None = None,
+                 continues: str | None = None) -> None:
         if env is not None:
             checks.name("env", env, path=True)
         self.env = env or default_env()
@@ -111,7 +112,7 @@ class SinkProcess:
         self._options = dict(env=self.env, server=server, port=port, base_url=base_url, username=username,
                              password=password, run_dir=str(self.run_dir.absolute()), flush_every=flush_every,
                              points_per_trace=points_per_trace, timeout=timeout, rewind_to=rewind_to,
-                             pid=os.getpid())
+                             continues=continues, pid=os.getpid())
         self.reports = Reports()
         self._queue: deque = deque()
         self._wake = threading.Event()

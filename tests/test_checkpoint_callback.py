@@ -230,16 +230,22 @@ def test_a_checkpoint_must_be_the_last_callback_and_a_monitor_refused_so_leaves_
         Monitor([Checkpoint(tmp_path / "ckpt"), Scalars()], env="refused", run_dir=tmp_path / "runs", port=1)
     assert log.read_text() == kept and not (tmp_path / "runs" / "earlier").exists()
 
-def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_them(tmp_path):
+def test_a_new_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_them_and_its_env(tmp_path):
+    # Refused when the Monitor is made, before its sink starts a run in the env: the finished
+    # run's curves stay on its dashboard (a script run again without resume=True).
     parts = build()
-    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=5)
-    train(parts, monitor, start, epochs=1)
-    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK}
-    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=5)
-    monitor = Monitor([checkpoint], sink=NullSink())
-    with pytest.raises(CheckpointWriteError, match="directory must be empty or hold this run's checkpoints"):
+    with Monitor([Scalars(), Checkpoint(tmp_path / "ckpt", every_steps=1)], env="kept", run_dir=tmp_path / "runs",
+                 port=1) as monitor:  # no server: the log
         monitor.train_start(parts.model, parts.optimizer)
+        monitor.step_end(loss=0.5)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK}
+    log = tmp_path / "runs" / RunLog.FILENAME
+    kept = log.read_text()
+    with pytest.raises(CheckpointWriteError, match="directory must be empty or hold this run's checkpoints"):
+        Monitor([Scalars(), Checkpoint(tmp_path / "ckpt", every_steps=1)], env="kept", run_dir=tmp_path / "runs",
+                port=1)
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK} == before
+    assert log.read_text() == kept and not (tmp_path / "runs" / "earlier").exists()
 
 
 @pytest.mark.parametrize("options, message", [
@@ -771,3 +777,53 @@ def test_a_resumed_run_trains_the_layers_its_checkpoint_trained_whatever_the_loo
     shutil.rmtree(tmp_path / "ckpt")
     straight = job(crash_at=None)
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()))
+
+
+def _fold(root, name: str, steps: int, crash_at: int | None = None) -> None:
+    """A cross-validation's fold in env "folds", its checkpoints in ``root / name``."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpoint = Checkpoint(root / name, every_steps=2, resume=True)
+    with Monitor([Scalars(), checkpoint], env="folds", run_dir=root / "runs", port=1) as monitor:  # no server
+        monitor.train_start(model, optimizer)
+        while monitor.state.step < steps:
+            loss = model(torch.ones(2, 3)).square().mean()
+            loss.backward()
+            monitor.after_backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            monitor.step_end(loss=loss)
+            if monitor.state.step == crash_at:
+                raise KeyboardInterrupt
+
+
+def _loss_steps(log) -> list:
+    return [e["x"] for e in RunLog.read(log) if e.get("win") == "loss" and e["k"] == "points"]
+
+
+def test_a_fold_resumed_after_a_later_fold_of_its_env_goes_on_in_its_own_log_and_keeps_the_later_one(tmp_path):
+    # One env for every fold: fold a killed at step 5 (saved at 4), fold b trained since, then
+    # fold a run again. Its log, set aside by b's, comes back and goes on; b's stays whole.
+    with pytest.raises(KeyboardInterrupt):
+        _fold(tmp_path, "a", 6, crash_at=5)
+    _fold(tmp_path, "b", 9)
+    _fold(tmp_path, "a", 6)
+    runs = tmp_path / "runs"
+    (later,) = (runs / "earlier").iterdir()
+    assert _loss_steps(later) == list(range(1, 10))
+    assert json.loads((tmp_path / "b" / MANIFEST).read_text())["run_id"] == later.stem
+    log = runs / RunLog.FILENAME
+    assert next(RunLog.read(log))["run_id"] == json.loads((tmp_path / "a" / MANIFEST).read_text())["run_id"]
+    assert _loss_steps(log) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_that_reached_train_end_is_finished_once_the_script_begins_another(tmp_path):
+    # A cross-validation killed in its second fold: run again, the first starts anew rather than
+    # training further from its last checkpoint (an early-stopped fold had epochs left).
+    _fold(tmp_path, "a", 2)
+    assert not json.loads((tmp_path / "a" / MANIFEST).read_text())["finished"]  # a script's: at its clean exit
+    with pytest.raises(KeyboardInterrupt):
+        _fold(tmp_path, "b", 4, crash_at=3)
+    assert json.loads((tmp_path / "a" / MANIFEST).read_text())["finished"]
+    assert not json.loads((tmp_path / "b" / MANIFEST).read_text())["finished"]

@@ -15,8 +15,8 @@ import torch
 from monitor import preemption
 from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
-from monitor.checkpoint.folder import (LOCK, MANIFEST, checkpoint_name, claim, finish, is_finished,
-                                       mark_kept, prune, retain, set_aside, write_manifest)
+from monitor.checkpoint.folder import (LOCK, MANIFEST, checkpoint_name, claim, finish, finish_earlier, is_finished,
+                                       mark_kept, prune, refuse_another_run, retain, set_aside, write_manifest)
 from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers, restore_parts
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
@@ -141,6 +141,8 @@ class Checkpoint(Callback):
         sink holds the run's folder: a second process of a live run moves nothing.
         """
         if not (self.resume or self.fresh):
+            if not self._claimed:  # refused before the Monitor's sink starts a run in the env, which stays as it was
+                on_main(lambda: refuse_another_run(self.directory, self.run_id, self._records))
             return None
         on_main(self._lock_directory)  # before reading it: another live job's checkpoints are not ours to take
         self._set_aside = on_main(self._starts_a_new_run)
@@ -148,7 +150,7 @@ class Checkpoint(Callback):
             self.start, self._saved = ResumePoint(path=None), None
         else:
             self.start, self._saved = find_start(self.directory, missing_ok=True)
-        return Continuation(self.start.env, self.start.runlog_position or 0)
+        return Continuation(self.start.env, self.start.runlog_position or 0, self.start.run_id)
 
     def _starts_a_new_run(self) -> bool:
         """``fresh``, or a run that finished: the command run again trains anew, unless ``extend``,
@@ -192,6 +194,7 @@ class Checkpoint(Callback):
             self._set_aside = False
             on_main(self._set_earlier_aside)
         on_main(self._claim_directory)  # another run's folder stops every rank, not just rank 0
+        on_main(lambda: finish_earlier(self.directory))
         self._say_what_is_not_kept(state)
         if self.resume:
             self._catch_preemption()

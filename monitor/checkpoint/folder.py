@@ -84,14 +84,21 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
         probe.unlink()
     except OSError as error:
         raise CheckpointWriteError(f"directory {directory} cannot hold checkpoints: {error}") from error
+    return refuse_another_run(directory, run_id, records)
+
+
+def refuse_another_run(directory: Path, run_id: str | None, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Raises CheckpointWriteError where ``directory`` holds checkpoints of a run other than
+    ``run_id`` (None: a run that has none yet); else returns ``records`` whose files are present."""
     manifest = read_manifest(directory, warn=False)
-    present = {p.name for p in checkpoint_files(directory)}
+    present = {p.name for p in checkpoint_files(directory)} if directory.is_dir() else set()
     records = [r for r in records if r["file"] in present]
     # Files the run's records lack are another run's, unless the pointer or the files say they are
     # this run's: killed twice between saving a file and the pointer's update, it let go of the
     # older one before deleting it. The next save prunes them.
-    foreign = [] if manifest is not None and manifest.get("run_id") == run_id else [
-        name for name in sorted(present - {r["file"] for r in records}) if _run_id_of(directory / name) != run_id]
+    foreign = [] if manifest is not None and run_id is not None and manifest.get("run_id") == run_id else [
+        name for name in sorted(present - {r["file"] for r in records})
+        if run_id is None or _run_id_of(directory / name) != run_id]
     if foreign:
         raise CheckpointWriteError(
             f"directory must be empty or hold this run's checkpoints, got {directory} with "
@@ -154,6 +161,19 @@ def finish(directory: Path) -> None:
     if not _finishing:
         atexit.register(_finish_at_exit)
     _finishing.add(directory.resolve())
+
+
+def finish_earlier(directory: Path) -> None:
+    """A run of this script begins in ``directory``: those that reached ``train_end`` before it in
+    other folders (a cross-validation's earlier folds) are over, their own last work included,
+    and marked finished now, so that the script run again after a kill in a later run starts
+    them anew instead of training them further."""
+    for earlier in _finishing - {directory.resolve()}:
+        _finishing.discard(earlier)
+        try:
+            mark_finished(earlier)
+        except OSError:  # the folder is gone: nothing to mark
+            pass
 
 
 def is_finished(directory: Path) -> bool:
