@@ -132,6 +132,34 @@ def test_a_segmentation_s_class_scores_show_each_pixel_s_class_in_its_colour(cla
     assert len({tuple(colour.tolist()) for colour in palette}) == 4096 and palette[0].sum() == 0  # 0: black
 
 
+@pytest.mark.parametrize("channels", [3, 1])
+def test_class_scores_beside_masks_as_targets_show_each_pixel_s_class_whatever_their_number(channels):
+    # Three classes (background and two) would read as RGB, one as grey: the masks say which.
+    from monitor.callbacks.images import class_colours
+    monitor, sink = monitor_with(Images(source="outputs", count=2))
+    masks = torch.randint(0, max(channels, 2), (4, 6, 6))
+    if channels == 3:
+        logits = torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float() * 5
+    else:
+        logits = (masks[:, None].float() - 0.5) * 4  # BCEWithLogitsLoss's: above 0 is the class
+    monitor.step_end(outputs=logits, targets=masks.bool() if channels == 1 else masks)
+    (record,) = sink.of(ImageRecord, "outputs")
+    assert torch.equal(record.pixels, class_colours(masks[:2])) and record.captions is None
+
+
+def test_a_batch_of_three_grey_images_with_their_masks_stays_three_images():
+    monitor, sink = monitor_with(Images(count=8))
+    monitor.step_end(inputs=torch.rand(3, 28, 28), targets=torch.randint(0, 4, (3, 28, 28)))
+    assert tuple(sink.of(ImageRecord)[0].pixels.shape) == (3, 1, 28, 28)
+
+
+def test_a_model_s_dict_of_outputs_as_images_is_refused_naming_its_keys():
+    monitor, _ = monitor_with(Images(source="outputs", captions=None), raise_errors=True)
+    with pytest.raises(TypeError, match=r"got a dict of \['mask', 'box'\]: pass one of them, e.g. "
+                                        r"step_end\(outputs=out\['mask'\]\)"):
+        monitor.step_end(outputs={"mask": torch.rand(2, 3, 4, 4), "box": torch.rand(2, 4)})
+
+
 @pytest.mark.parametrize("shape, logged", [((6, 3, 5, 7), (4, 3, 5, 7)), ((3, 5, 7), (1, 3, 5, 7)),
                                            ((6, 5, 7), (4, 1, 5, 7)), ((5, 7), (1, 1, 5, 7))])
 def test_images_accept_nchw_chw_nhw_and_hw(shape, logged):

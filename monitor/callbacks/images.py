@@ -26,15 +26,18 @@ class Images(Callback):
     Images are NCHW, CHW, NHW or HW, with 1 or 3 channels (NCHW also 4: RGBA, laid over white),
     or channels last (NHWC, HWC: a Dataset without ``ToTensor``) where the last dim can only be the channels,
     float or uint8 in any range (the sink normalises them for display), or bool masks; a 3-d
-    batch of 3 is three NHW images where the targets give 3 labels, else one CHW image. Only the first ``count`` are copied. ``captions`` is
+    batch of 3 is three NHW images where the targets give 3 labels or 3 masks, else one CHW
+    image. Only the first ``count`` are copied. ``captions`` is
     ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
     over dim 1 of 2-d outputs, or 1-d outputs as they are; with two ``class_names``, one score
     per image is a binary classifier's: a logit above 0, or a probability above 0.5 where all
     are in [0, 1]), ``"both"`` or None; multi-label targets (N, K of 0 and 1) give each image
     its classes, and with ``"both"`` those predicted (scored above 0, 0.5 for probabilities); a source that
     is not one label per image (masks, None) gives no caption. ``source="outputs"`` of 2 or more
-    than 3 channels (a segmentation's class scores) shows each pixel's most likely class in a
-    colour of its own (:func:`class_colours`). Integer labels are looked up in
+    than 3 channels (a segmentation's class scores), or of any number beside masks (N, H, W
+    integers or bools) as targets, shows each pixel's most likely class in a colour of its own
+    (:func:`class_colours`; one channel: a binary segmentation's logit above 0, or probability
+    above 0.5). Integer labels are looked up in
     ``class_names`` (a sequence or a mapping) when given. Labels are copied on their device and
     turned into captions by the sink, so logging a grid never waits for the device.
     """
@@ -62,17 +65,25 @@ class Images(Callback):
         if images is None:
             raise ValueError(f"Images needs the batch: pass {self.source}= to monitor.step_end(...), "
                              f"got {self.source}=None")
+        if isinstance(images, Mapping) or hasattr(images, "_fields"):  # a model's dict or namedtuple of outputs
+            names = list(images.keys() if isinstance(images, Mapping) else images._fields)
+            raise TypeError(f"Images(source={self.source!r}) needs images, got a {type(images).__name__} of "
+                            f"{names}: pass one of them, e.g. step_end({self.source}=out[{names[0]!r}])")
         if isinstance(images, torch.Tensor):
             images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
             images.dim() == 4 or images.dim() == 3 and (images.shape[0] not in (1, 3) or
-                                                          _one_label_each(state.targets, images.shape[0])))
+                                                          _one_label_each(state.targets, images.shape[0]) or
+                                                          _masks(state.targets, images.shape)))
         if batched:
             images = images[: self.count]  # a view: Log copies only these
             if images.dim() == 3:  # NHW: say so, or the first 3 would read as one RGB image
                 images = images[:, None]
-            elif self.source == "outputs" and images.shape[1] not in (1, 3):  # a segmentation's class scores
-                images = class_colours(images.detach().argmax(1))
+            if self.source == "outputs" and (images.shape[1] not in (1, 3) or _masks(state.targets, images.shape)):
+                # A segmentation's class scores (2 or more than 3 classes, or any number beside masks
+                # as targets): each pixel's most likely class; one channel: a binary one's.
+                scores = images.detach()
+                images = class_colours(scores.argmax(1) if scores.shape[1] > 1 else _binary(scores[:, 0]))
         count = images.shape[0] if batched else 1
         log.window(self.source, order=Order.IMAGES, title=self.source)
         log.images(self.source, state.step, images, self._caption(state, count))
@@ -144,6 +155,13 @@ def _rows(source: Any, count: int) -> torch.Tensor | None:
             source.shape[0] >= count and (source.is_floating_point() or source.dtype is torch.bool):
         return source[:count].detach().clone()
     return None
+
+
+def _masks(targets: Any, shape: torch.Size) -> bool:
+    """Whether ``targets`` are a segmentation's masks for images of ``shape`` (N, [C,] H, W):
+    integer or bool maps (N, H, W) of the images' height and width."""
+    return isinstance(targets, torch.Tensor) and targets.dim() == 3 and not targets.is_floating_point() and \
+        targets.shape[0] >= shape[0] and tuple(targets.shape[1:]) == tuple(shape[-2:])
 
 
 def _one_label_each(targets: Any, count: int) -> bool:
