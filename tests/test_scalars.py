@@ -186,3 +186,13 @@ def test_scalars_given_to_a_monitor_per_fold_average_each_fold_s_epochs_alone():
         if fold == 1:
             monitor.epoch_end()
     assert sink.points("loss") == {"train": [(1, 2.0)]}
+
+
+def test_a_loss_given_in_parts_is_refused_saying_how_to_plot_the_parts():
+    monitor, sink = monitor_with(Scalars())
+    with pytest.raises(TypeError, match=r"metric 'loss': .*: pass their total as loss= and the parts as traces of "
+                                        r"the loss window, monitor.log.scalars\('loss', step, \{...\}\)"):
+        monitor.step_end(loss={"ce": torch.tensor(1.0), "dice": torch.tensor(0.5)})
+    monitor.step_end(loss=torch.tensor(1.5))
+    monitor.log.scalars("loss", monitor.state.step, {"ce": 1.0, "dice": 0.5})
+    assert sink.points("loss") == {"train": [(2, 1.5)], "ce": [(2, 1.0)], "dice": [(2, 0.5)]}

@@ -142,7 +142,11 @@ class Scalars(Callback):
                            ylabel=name, **({"smoothing": self.smoothing} if self.smoothing else {}))
             log.scalar(name, trace, x, value)
         except (TypeError, ValueError) as error:
-            raise type(error)(f"metric {name!r}: {error}") from None
+            parts = ""
+            if name == "loss" and isinstance(value, Mapping):  # a loss in parts (cross-entropy and Dice)
+                parts = (f": pass their total as loss= and the parts as traces of the loss window, "
+                         f"monitor.log.scalars('loss', step, {{...}})")
+            raise type(error)(f"metric {name!r}: {error}{parts}") from None
 
 
 def _raise_together(failures: list[tuple[str, Exception]]) -> None:
