@@ -428,6 +428,9 @@ class Monitor:
         """
         checks.integer("count", count, minimum=0)
         first, began = self._resumable.start()
+        if self._resumable.trained:  # resumed after its train_end (killed in its own last work, an early stop)
+            self._resumable.trained = False
+            return
         for epoch in range(first, count):
             if epoch == first and began:
                 self.state.epoch = epoch
@@ -553,11 +556,12 @@ class Monitor:
         return self._resumable.state_dict()
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Puts back a loop position and the callbacks' states; ``epoch_done``, ``batches_drawn``,
-        ``batches_call``, ``batches_of``, ``batches_again``, ``order_rng`` and ``rng`` (optional) tell
-        :meth:`epochs` and :meth:`batches` where to continue."""
+        """Puts back a loop position and the callbacks' states; ``epoch_done``, ``trained``,
+        ``batches_drawn``, ``batches_call``, ``batches_of``, ``batches_again``, ``order_rng`` and
+        ``rng`` (optional) tell :meth:`epochs` and :meth:`batches` where to continue."""
         self.state.step, self.state.epoch, self.state.batch = state["step"], state["epoch"], state["batch"]
         done = bool(state.get("epoch_done", False))
+        self._resumable.trained = bool(state.get("trained", False))
         self._resumable.continue_from(state["epoch"] + done, batches_done(state), state.get("order_rng"),
                                       state.get("rng"), state.get("batches_call"), state.get("batches_of"),
                                       state.get("batches_again", False))

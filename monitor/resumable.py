@@ -44,6 +44,7 @@ class Resumable:
         self.calls = 0                            # monitor.batches calls made this epoch
         self.iterating = 0                        # monitor.batches generators started and not ended
         self.at_next_batch: Callable[[], None] | None = None  # called once, before the outermost loop's next batch
+        self.trained = False                      # resumed from the checkpoint of its train_end: no epochs left
         self.waited_in: int | None = None         # state.batch (steps of the epoch) at the latest batch's wait
         # (batches given, the random state they were drawn from: torch's CPU state and the loader's
         # own generator's as the iteration began, which call of the epoch it is, the loader's

@@ -827,3 +827,30 @@ def test_a_run_that_reached_train_end_is_finished_once_the_script_begins_another
         _fold(tmp_path, "b", 4, crash_at=3)
     assert json.loads((tmp_path / "a" / MANIFEST).read_text())["finished"]
     assert not json.loads((tmp_path / "b" / MANIFEST).read_text())["finished"]
+
+
+def test_an_early_stopped_run_killed_in_its_own_last_work_resumes_with_no_epochs_left(tmp_path):
+    from monitor.checkpoint import folder
+
+    def job(**options) -> list[int]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        steps = []
+        checkpoint = Checkpoint(tmp_path / "ckpt", every_epochs=1, resume=True, **options)
+        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+            monitor.train_start(model, optimizer)
+            for epoch in monitor.epochs(4):
+                for _ in monitor.batches(range(3)):
+                    _step(monitor, model, optimizer, torch.ones(2, 3))
+                    steps.append(monitor.state.step)
+                if epoch == 1 and not options:
+                    break  # early stopping, with two epochs left
+        folder._finishing.discard((tmp_path / "ckpt").resolve())  # the script killed after training: not finished
+        return steps
+
+    assert job() == [1, 2, 3, 4, 5, 6]
+    manifest = json.loads((tmp_path / "ckpt" / MANIFEST).read_text())
+    assert manifest["trained"] == 6 and not manifest["finished"]
+    assert job() == []  # run again: the test after training runs again, nothing is trained further
+    assert job(extend=True) == [7, 8, 9, 10, 11, 12]  # trained further on purpose: the epochs left

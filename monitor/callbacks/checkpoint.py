@@ -16,7 +16,8 @@ from monitor import preemption
 from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
 from monitor.checkpoint.folder import (LOCK, MANIFEST, checkpoint_name, claim, finish, finish_earlier, is_finished,
-                                       mark_kept, prune, refuse_another_run, retain, set_aside, write_manifest)
+                                       mark_kept, mark_trained, prune, refuse_another_run, retain, set_aside,
+                                       write_manifest)
 from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers, restore_parts
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
@@ -178,6 +179,8 @@ class Checkpoint(Callback):
         self.check_among(monitor.callbacks)
         self._monitor = monitor
         if self.start is not None and self.start.path is not None:
+            if self.extend:  # a run trained further: its epochs go on past its train_end
+                self.start.monitor_state["trained"] = False
             # The Monitor was built on the checkpoint's run-log position, and its sink said so where
             # the log is shorter (gone, another working directory): no advice for the manual form.
             self.start.restore(monitor, check_runlog=False)
@@ -287,12 +290,19 @@ class Checkpoint(Callback):
             self.save()
         elif not self._aborted:
             self._point_at_written()
-        if not self._aborted:  # a re-run of the command starts a new run (once this script ends well)
-            on_main(lambda: self._claimed and finish(self.directory))
+        if not self._aborted:
+            on_main(lambda: self._trained(state.step))
         self._lock.release()
         requeue, self._requeue = self._requeue, None
         if requeue is not None:
             raise requeue
+
+    def _trained(self, step: int) -> None:
+        """At train_end: a resume from this step's checkpoint has no epochs left to run, and a re-run
+        of the command starts a new run (once this script ends well, or begins another run)."""
+        if self._claimed:
+            mark_trained(self.directory, step)
+            finish(self.directory)
 
     def _say_what_is_not_kept(self, state: LoopState) -> None:
         """Warns of state the loop has and no checkpoint will hold: a GAN's ``train_start(G, {"G":

@@ -149,6 +149,15 @@ def mark_finished(directory: Path) -> None:
         _write_manifest(directory, {**manifest, "finished": True})
 
 
+def mark_trained(directory: Path, step: int) -> None:
+    """Records in ``latest.json`` that the run reached ``train_end`` at ``step``: resumed from that
+    step's checkpoint (killed in its own last work, requeued), ``monitor.epochs`` has nothing
+    left to run, an early-stopped run's remaining epochs included. A later save drops it."""
+    manifest = read_manifest(directory, warn=False)
+    if manifest is not None and manifest.get("trained") != step:
+        _write_manifest(directory, {**manifest, "trained": step})
+
+
 def finish(directory: Path) -> None:
     """The run in ``directory`` reached ``train_end``: marked finished at once in an interactive
     session, and in a script when it exits without an error. A script stopped after training,

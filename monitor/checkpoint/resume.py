@@ -10,7 +10,7 @@ import torch
 
 from monitor.checkpoint.file import RESUME_KEYS, load_checkpoint
 from monitor.models import unwrap_model
-from monitor.checkpoint.folder import find_checkpoint
+from monitor.checkpoint.folder import find_checkpoint, read_manifest
 from monitor.core import Monitor
 from monitor.distributed import on_main, rank_and_world_size
 from monitor.resumable import batches_done, position_of_rank
@@ -30,7 +30,8 @@ class ResumePoint:
     ``monitor.epoch_start(epoch)`` as usual; when it is not, the epoch had started before the
     checkpoint, so the loop skips ``epoch_start`` and those batches (EpochBatchSampler does).
     ``runlog_position`` is where the run log is cut back to (``rewind_to``): 0 on a fresh
-    start, which clears a log left by a run that never saved a checkpoint.
+    start, which clears a log left by a run that never saved a checkpoint. ``trained``: the
+    checkpoint is the one of the run's ``train_end`` (``monitor.epochs`` then runs no epoch).
     """
 
     path: Path | None
@@ -41,6 +42,7 @@ class ResumePoint:
     run_id: str | None = None
     runlog_position: int | None = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    trained: bool = False  # saved at the run's train_end: monitor.epochs has nothing left to run
     monitor_state: dict[str, Any] = field(default_factory=dict, repr=False)  # RNG states: 17,840 characters shown
 
     def batches_done(self, epoch: int) -> int:
@@ -128,11 +130,14 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
     checkpoint = chosen.get("checkpoint") or load_checkpoint(path, trust=trust)
     loop, run = position_of_rank(checkpoint["loop"], *rank_and_world_size()), checkpoint["run"]
     done = bool(loop["epoch_done"])
+    manifest = read_manifest(path.parent, warn=False) if Path(source).is_dir() else None
+    trained = manifest is not None and manifest.get("trained") == loop["step"] and manifest.get("latest") == path.name
     point = ResumePoint(
         path=path, epoch=loop["epoch"] + done, skip_batches=batches_done(loop), step=loop["step"],
         env=run["env"], run_id=run["run_id"], runlog_position=run["runlog_position"],
-        extras=checkpoint["extras"],
+        extras=checkpoint["extras"], trained=trained,
         monitor_state={"step": loop["step"], "epoch": loop["epoch"], "batch": loop["batch"], "epoch_done": done,
+                       "trained": trained,
                        **{key: loop.get(key) for key in RESUME_KEYS},
                        "rng": rng_of_rank(checkpoint["rng"], *rank_and_world_size()),
                        "callbacks": checkpoint["callbacks"]})
