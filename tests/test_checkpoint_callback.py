@@ -854,3 +854,19 @@ def test_an_early_stopped_run_killed_in_its_own_last_work_resumes_with_no_epochs
     assert manifest["trained"] == 6 and not manifest["finished"]
     assert job() == []  # run again: the test after training runs again, nothing is trained further
     assert job(extend=True) == [7, 8, 9, 10, 11, 12]  # trained further on purpose: the epochs left
+
+
+def test_the_best_checkpoint_s_file_is_at_hand_to_load_the_best_weights_after_training(tmp_path):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_epochs=1, metric="auc", mode="max")
+    assert checkpoint.best_path is None
+    with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+        monitor.train_start(model, optimizer)
+        for _, auc in zip(monitor.epochs(3), (0.5, 0.9, 0.7)):
+            for _ in monitor.batches(range(2)):
+                _step(monitor, model, optimizer, torch.ones(2, 3))
+            monitor.validation_end({"auc": auc})
+    best = torch.load(checkpoint.best_path, weights_only=True)
+    assert (best["loop"]["step"], best["metric"]["value"]) == (4, 0.9)

@@ -43,6 +43,7 @@ class Checkpoint(Callback):
     default "min" for a loss or an error, by its name, else "max"), read from the metrics the
     loop passes at ``metric_from``: "validation", "step" (where "loss" is the step's loss) or
     "epoch"; a checkpoint gets the value measured since the one before it, if any.
+    ``best_path`` is the best one's file, for the best weights after training (an early stop's).
     ``scheduler`` is one lr scheduler or several (a list, a warm-up's and a plateau's, or a dict
     by name). ``extras()`` returns the user's own tensors and primitives to keep. A folder
     belongs to one run: a fresh run refuses a folder that holds another run's checkpoints
@@ -134,6 +135,16 @@ class Checkpoint(Callback):
         self._aborted = False
         self._claimed = False
         self._lock = FolderLock(self.directory / LOCK)  # held by the writing process while the run lasts
+
+    @property
+    def best_path(self) -> Path | None:
+        """The file of the best checkpoint written so far by ``metric`` (None before one, or
+        without a metric), to load the best weights after training:
+
+            model.load_state_dict(torch.load(checkpoint.best_path, weights_only=True)["model"])
+        """
+        best = retain(self._records, self.keep_last, self.keep_best, self.mode)[2]
+        return self.directory / best[0] if best else None
 
     def continues_run(self) -> Continuation | None:
         """With ``resume`` or ``fresh``: finds where the run continues, and says where its run log does.
