@@ -870,3 +870,7 @@ def test_the_best_checkpoint_s_file_is_at_hand_to_load_the_best_weights_after_tr
             monitor.validation_end({"auc": auc})
     best = torch.load(checkpoint.best_path, weights_only=True)
     assert (best["loop"]["step"], best["metric"]["value"]) == (4, 0.9)
+    # The script run again (a cross-validation's fold done before a kill): skipped, its best at hand.
+    again = Checkpoint(tmp_path / "ckpt", every_epochs=1, metric="auc", mode="max", resume=True)
+    assert again.finished and again.best_path == checkpoint.best_path
+    assert not Checkpoint(tmp_path / "other", resume=True).finished

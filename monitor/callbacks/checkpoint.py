@@ -16,8 +16,8 @@ from monitor import preemption
 from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
 from monitor.checkpoint.folder import (LOCK, MANIFEST, checkpoint_name, claim, finish, finish_earlier, is_finished,
-                                       mark_kept, mark_trained, prune, refuse_another_run, retain, set_aside,
-                                       write_manifest)
+                                       mark_kept, mark_trained, prune, read_manifest, refuse_another_run, retain,
+                                       set_aside, write_manifest)
 from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers, restore_parts
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
@@ -138,13 +138,27 @@ class Checkpoint(Callback):
 
     @property
     def best_path(self) -> Path | None:
-        """The file of the best checkpoint written so far by ``metric`` (None before one, or
-        without a metric), to load the best weights after training:
+        """The file of the best checkpoint by ``metric`` (None before one, or without a metric):
+        this run's, or before it has written one, the folder's (a finished run's), to load the
+        best weights after training:
 
             model.load_state_dict(torch.load(checkpoint.best_path, weights_only=True)["model"])
         """
-        best = retain(self._records, self.keep_last, self.keep_best, self.mode)[2]
+        if self._records:
+            best = retain(self._records, self.keep_last, self.keep_best, self.mode)[2]
+        else:
+            best = (read_manifest(self.directory, warn=False) or {}).get("best") or []
         return self.directory / best[0] if best else None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the folder holds a run that finished: a script that trains several runs in
+        turn (a cross-validation's folds), run again after a kill, skips those done:
+
+            if checkpoint.finished:
+                model.load_state_dict(torch.load(checkpoint.best_path, weights_only=True)["model"])
+        """
+        return is_finished(self.directory)
 
     def continues_run(self) -> Continuation | None:
         """With ``resume`` or ``fresh``: finds where the run continues, and says where its run log does.
