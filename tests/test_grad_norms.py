@@ -105,6 +105,32 @@ def test_grad_norms_leave_out_parameters_without_gradients_that_step():
     assert values_of(record) == pytest.approx([expected[t] for t in record.traces], rel=1e-5)
 
 
+def test_grad_norms_leave_out_a_frozen_teacher_s_gradients_left_from_before_and_take_an_unfrozen_layer():
+    # A distiller module: the teacher, trained earlier in the process, keeps its old gradients;
+    # only what the optimizer updates is this step's (the total clip_grad_norm_ would clip).
+    torch.manual_seed(0)
+    teacher, student = small_model(), nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    teacher(torch.randn(5, 4)).sum().backward()
+    teacher.requires_grad_(False)
+    bundle = nn.ModuleDict({"student": student, "teacher": teacher})
+    optimizer = torch.optim.SGD(student[2].parameters(), lr=0.1)
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(bundle, optimizer)
+    for step in range(2):
+        if step == 1:  # the student's first layer unfrozen into the optimizer
+            optimizer.add_param_group({"params": student[0].parameters()})
+        student(torch.randn(5, 4)).sum().backward()
+        monitor.after_backward()
+        clipped = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1e9)
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step_end()
+    first, second = sink.of(Points, "grad norm")
+    assert first.traces == ("student.2.Linear", "total")
+    assert second.traces == ("student.0.Linear", "student.2.Linear", "total")
+    assert values_of(second)[-1] == pytest.approx(clipped.item(), rel=1e-5)
+
+
 def test_grad_norms_follow_a_model_whose_parameters_changed():
     model = small_model()
     monitor, sink = monitor_with(GradNorms())

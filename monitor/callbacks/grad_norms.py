@@ -63,7 +63,9 @@ class GradNorms(Callback):
     before or after ``scaler.unscale_``; a step the scaler skips (inf or NaN gradients) shows as
     a gap, counted in the legend, and ``loss_scale=True`` plots the scale in ``loss scale``.
     With several optimizers, ``after_backward(optimizer=name)`` gives each backward pass its own
-    window, ``grad norm NAME``, holding only that optimizer's parameters.
+    window, ``grad norm NAME``, holding only that optimizer's parameters; without a name, those
+    of every optimizer (a frozen teacher's in the same module, which keeps gradients from
+    before, is left out).
 
     ``form`` chooses how the layers are drawn: ``"lines"``, a curve per layer; ``"heatmap"``,
     layers x steps on a log colour scale (each cell the highest norm of its steps), with
@@ -88,6 +90,8 @@ class GradNorms(Callback):
         self._pending: dict[str, tuple[str, tuple[str, ...], LayerNorms]] = {}  # window: kind, traces, values
         self._forms: dict[str, str] = {}  # each window's form as last laid out
         self._passes: dict[str, tuple[int, tuple[int, ...]]] = {}  # an optimizer's groups, its parameters' indices
+        self._updated_key: int | None = None  # the optimizers' groups, when _updated_indices was found
+        self._updated_indices: tuple[int, ...] = ()  # the parameters some optimizer updates
         self._wrapped: torch.nn.Module | None = None   # the model as passed, maybe in a wrapper
         self._model: torch.nn.Module | None = None
         self._params: list[torch.nn.Parameter] = []
@@ -115,6 +119,7 @@ class GradNorms(Callback):
                            register_module_parameter_registration_hook(registered)]
         self._stale = True
         self._passes.clear()  # maybe other optimizers
+        self._updated_key = None
         self._parameters(state)
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
@@ -132,7 +137,7 @@ class GradNorms(Callback):
         if not params:
             return
         name = state.backward_pass
-        indices = self._all if name is None else self._pass(state, name)
+        indices = self._updated(state) if name is None else self._pass(state, name)
         grads = [p.grad for p in params] if indices is self._all else [params[i].grad for i in indices]
         present = indices
         for grad in grads:  # a plain loop: `None in grads` would call Tensor.__eq__
@@ -225,6 +230,20 @@ class GradNorms(Callback):
             known = self._passes[name] = (len(groups), tuple(sorted(found)))
         return known[1]
 
+    def _updated(self, state: LoopState) -> tuple[int, ...]:
+        """The indices in ``_params`` of the parameters the optimizers update: every one (``_all``),
+        the usual case; not a frozen teacher's, nor an EMA copy's, whose gradients are left from
+        before (found again when a group is added); every one where no optimizer holds any."""
+        optimizer = state.optimizer
+        key = len(optimizer.param_groups) if optimizer is not None else \
+            sum(len(o.param_groups) for o in state.optimizers.values())
+        if key != self._updated_key:
+            self._updated_key = key
+            ids = {id(p) for o in state.optimizers.values() for group in o.param_groups for p in group["params"]}
+            found = tuple(i for i, p in enumerate(self._params) if id(p) in ids)
+            self._updated_indices = self._all if len(found) in (0, len(self._all)) else found
+        return self._updated_indices
+
     def _parameters(self, state: LoopState) -> list[torch.nn.Parameter]:
         """The model's parameters; the layer grouping is rebuilt when they change."""
         if state.model is None:
@@ -244,6 +263,7 @@ class GradNorms(Callback):
         self._groupings.clear()
         self._all_grouping = None
         self._passes.clear()
+        self._updated_key = None
         self._before = None
         seen: set[int] = set()
         layers: dict[str, list[torch.nn.Parameter]] = {}  # by the name of the module that uses them
