@@ -230,22 +230,16 @@ def test_a_checkpoint_must_be_the_last_callback_and_a_monitor_refused_so_leaves_
         Monitor([Checkpoint(tmp_path / "ckpt"), Scalars()], env="refused", run_dir=tmp_path / "runs", port=1)
     assert log.read_text() == kept and not (tmp_path / "runs" / "earlier").exists()
 
-def test_a_new_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_them_and_its_env(tmp_path):
-    # Refused when the Monitor is made, before its sink starts a run in the env: the finished
-    # run's curves stay on its dashboard (a script run again without resume=True).
+def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints_and_leaves_them(tmp_path):
     parts = build()
-    with Monitor([Scalars(), Checkpoint(tmp_path / "ckpt", every_steps=1)], env="kept", run_dir=tmp_path / "runs",
-                 port=1) as monitor:  # no server: the log
-        monitor.train_start(parts.model, parts.optimizer)
-        monitor.step_end(loss=0.5)
+    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=5)
+    train(parts, monitor, start, epochs=1)
     before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK}
-    log = tmp_path / "runs" / RunLog.FILENAME
-    kept = log.read_text()
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=5)
+    monitor = Monitor([checkpoint], sink=NullSink())
     with pytest.raises(CheckpointWriteError, match="directory must be empty or hold this run's checkpoints"):
-        Monitor([Scalars(), Checkpoint(tmp_path / "ckpt", every_steps=1)], env="kept", run_dir=tmp_path / "runs",
-                port=1)
+        monitor.train_start(parts.model, parts.optimizer)
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK} == before
-    assert log.read_text() == kept and not (tmp_path / "runs" / "earlier").exists()
 
 
 @pytest.mark.parametrize("options, message", [

@@ -84,21 +84,14 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
         probe.unlink()
     except OSError as error:
         raise CheckpointWriteError(f"directory {directory} cannot hold checkpoints: {error}") from error
-    return refuse_another_run(directory, run_id, records)
-
-
-def refuse_another_run(directory: Path, run_id: str | None, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Raises CheckpointWriteError where ``directory`` holds checkpoints of a run other than
-    ``run_id`` (None: a run that has none yet); else returns ``records`` whose files are present."""
     manifest = read_manifest(directory, warn=False)
-    present = {p.name for p in checkpoint_files(directory)} if directory.is_dir() else set()
+    present = {p.name for p in checkpoint_files(directory)}
     records = [r for r in records if r["file"] in present]
     # Files the run's records lack are another run's, unless the pointer or the files say they are
     # this run's: killed twice between saving a file and the pointer's update, it let go of the
     # older one before deleting it. The next save prunes them.
-    foreign = [] if manifest is not None and run_id is not None and manifest.get("run_id") == run_id else [
-        name for name in sorted(present - {r["file"] for r in records})
-        if run_id is None or _run_id_of(directory / name) != run_id]
+    foreign = [] if manifest is not None and manifest.get("run_id") == run_id else [
+        name for name in sorted(present - {r["file"] for r in records}) if _run_id_of(directory / name) != run_id]
     if foreign:
         raise CheckpointWriteError(
             f"directory must be empty or hold this run's checkpoints, got {directory} with "
