@@ -226,8 +226,9 @@ class Log:
         """A text pane; a later call for the same window replaces it, or with ``keep`` > 1 the pane
         shows the latest ``keep`` texts, newest first, each under its step (TensorBoard's text view).
 
-        ``text`` is shown as written: escaped, with its line breaks kept, so a string from a
-        dataset or a config cannot inject markup into the dashboard. ``markdown=True`` renders
+        ``text`` is shown as written: escaped, with its line breaks and runs of spaces and tabs
+        kept (a character model's sample, a table of columns), so a string from a dataset or a
+        config cannot inject markup into the dashboard. ``markdown=True`` renders
         it as Markdown (CommonMark and tables, as TensorBoard's text view does), any HTML in it
         still escaped. ``html=True`` sends it as HTML, for markup you wrote yourself.
         """
@@ -236,7 +237,9 @@ class Log:
         if checks.boolean("markdown", markdown):
             text = _markdown().render(text)
         elif not checks.boolean("html", html):
-            text = escape(text).replace("\n", "<br>")
+            text = escape(text)
+            text = f'<div style="white-space: pre-wrap">{text}</div>' if "  " in text or "\t" in text \
+                else text.replace("\n", "<br>")
         self.sink.put(Text(self._name("window", window), _x(x), text, checks.positive_int("keep", keep)))
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, Any] | None = None, x: float = 0, *,
