@@ -131,7 +131,10 @@ def scalar(argument: str, value: Any) -> Any:
             raise TypeError(f"{argument} must be a real number, got a tensor of dtype {value.dtype}")
         return value
     if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"{argument} must be a number or a one-element tensor, got {value!r}")
+        shown = " ".join(repr(value).split())  # a model's output holds tensors: their values cut short
+        shown = shown if len(shown) <= 80 else f"{shown[:77]}..."
+        hint = ": pass its .loss" if _is_tensor(getattr(value, "loss", None)) else ""  # Hugging Face's outputs
+        raise TypeError(f"{argument} must be a number or a one-element tensor, got {shown}{hint}")
     return value
 
 

@@ -1,6 +1,7 @@
 """Images: a grid of the batch's first images, captioned."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -81,14 +82,17 @@ def test_targets_of_several_values_that_are_not_multi_hot_are_no_captions_and_pr
     assert list(sink.of(ImageRecord)[0].captions) == []  # read as none: the grid has no captions
 
 
-def test_predictions_asked_of_a_model_s_dict_are_said_once_to_be_missing(caplog):
+@pytest.mark.parametrize("kind", ["dict", "dataclass"])
+def test_predictions_asked_of_a_model_s_dict_are_said_once_to_be_missing(caplog, kind):
     monitor, sink = monitor_with(Images(every=1, captions="both", class_names=["cat", "dog"]))
+    output = {"logits": torch.rand(2, 2)} if kind == "dict" else \
+        dataclasses.make_dataclass("ModelOutput", ["logits"])(torch.rand(2, 2))  # Hugging Face's style
     with caplog.at_level(logging.WARNING, logger="monitor"):
         for _ in range(2):
-            monitor.step_end(inputs=torch.rand(2, 3, 4, 4), targets=[0, 1], outputs={"logits": torch.rand(2, 2)})
+            monitor.step_end(inputs=torch.rand(2, 3, 4, 4), targets=[0, 1], outputs=output)
     assert [list(r.captions) for r in sink.of(ImageRecord)] == [["cat", "dog"]] * 2  # the targets still
     said = [r.getMessage() for r in caplog.records]
-    assert len(said) == 1 and "shows no predictions" in said[0] and "got a dict" in said[0]
+    assert len(said) == 1 and "shows no predictions" in said[0] and f"got a {type(output).__name__}" in said[0]
 
 
 @pytest.mark.parametrize("names, said", [(["cat", "dog", "car"], "classes 3 to 4 are captioned by number"),
@@ -154,10 +158,13 @@ def test_a_batch_of_three_grey_images_with_their_masks_stays_three_images():
 
 
 def test_a_model_s_dict_of_outputs_as_images_is_refused_naming_its_keys():
-    monitor, _ = monitor_with(Images(source="outputs", captions=None), raise_errors=True)
+    monitor, _ = monitor_with(Images(every=1, source="outputs", captions=None), raise_errors=True)
     with pytest.raises(TypeError, match=r"got a dict of \['mask', 'box'\]: pass one of them, e.g. "
                                         r"step_end\(outputs=out\['mask'\]\)"):
         monitor.step_end(outputs={"mask": torch.rand(2, 3, 4, 4), "box": torch.rand(2, 4)})
+    output = dataclasses.make_dataclass("SegmenterOutput", ["mask", "loss"])(torch.rand(2, 3, 4, 4), torch.ones(()))
+    with pytest.raises(TypeError, match=r"got a SegmenterOutput of \['mask', 'loss'\]: .* step_end\(outputs=out.mask\)"):
+        monitor.step_end(outputs=output)
 
 
 @pytest.mark.parametrize("shape, logged", [((6, 3, 5, 7), (4, 3, 5, 7)), ((3, 5, 7), (1, 3, 5, 7)),

@@ -196,3 +196,15 @@ def test_a_loss_given_in_parts_is_refused_saying_how_to_plot_the_parts():
     monitor.step_end(loss=torch.tensor(1.5))
     monitor.log.scalars("loss", monitor.state.step, {"ce": 1.0, "dice": 0.5})
     assert sink.points("loss") == {"train": [(2, 1.5)], "ce": [(2, 1.0)], "dice": [(2, 0.5)]}
+
+
+def test_a_model_s_output_object_given_as_the_loss_is_refused_in_a_line_pointing_at_its_loss():
+    import dataclasses
+
+    output = dataclasses.make_dataclass("Output", ["logits", "loss"])(torch.randn(32, 4), torch.tensor(1.0))
+    monitor, _ = monitor_with(Scalars())
+    with pytest.raises(TypeError) as refused:
+        monitor.step_end(loss=output)
+    message = str(refused.value)
+    assert message.startswith("metric 'loss': value must be a number or a one-element tensor, got Output(logits=")
+    assert message.endswith("...: pass its .loss") and len(message) < 200

@@ -1,6 +1,7 @@
 """Images: a grid of the first images of a batch, captioned with their labels or predictions."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import numbers
 from typing import Any, Mapping, Sequence
@@ -65,10 +66,12 @@ class Images(Callback):
         if images is None:
             raise ValueError(f"Images needs the batch: pass {self.source}= to monitor.step_end(...), "
                              f"got {self.source}=None")
-        if isinstance(images, Mapping) or hasattr(images, "_fields"):  # a model's dict or namedtuple of outputs
-            names = list(images.keys() if isinstance(images, Mapping) else images._fields)
+        names = _output_names(images)
+        if names is not None:  # a model's dict, namedtuple or dataclass of outputs
+            first = names[0] if names else "logits"
+            part = f"out[{first!r}]" if isinstance(images, Mapping) else f"out.{first}"
             raise TypeError(f"Images(source={self.source!r}) needs images, got a {type(images).__name__} of "
-                            f"{names}: pass one of them, e.g. step_end({self.source}=out[{names[0]!r}])")
+                            f"{names}: pass one of them, e.g. step_end({self.source}={part})")
         if isinstance(images, torch.Tensor):
             images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
@@ -107,7 +110,8 @@ class Images(Callback):
                     outputs.dim() == 1 or outputs.dim() == 2 and outputs.shape[1] == 1):
                 outputs = _binary(outputs[:count].detach().reshape(-1))
             predicted = _labels(outputs, count)
-            if predicted is None and isinstance(outputs, (Mapping, tuple, list)) and not self._said_no_predictions:
+            if predicted is None and (isinstance(outputs, (tuple, list)) or _output_names(outputs) is not None) \
+                    and not self._said_no_predictions:
                 self._said_no_predictions = True  # a model's dict or tuple (a tensor of maps: no caption, as masks)
                 _log.warning("monitor: Images(captions=%r) shows no predictions: outputs must be class scores "
                              "(N, C) or one label or score per image, got a %s: pass the scores, e.g. "
@@ -154,6 +158,18 @@ def _rows(source: Any, count: int) -> torch.Tensor | None:
     if isinstance(source, torch.Tensor) and source.dim() == 2 and source.shape[1] > 1 and \
             source.shape[0] >= count and (source.is_floating_point() or source.dtype is torch.bool):
         return source[:count].detach().clone()
+    return None
+
+
+def _output_names(outputs: Any) -> list[str] | None:
+    """The names of the parts of a model's dict, namedtuple or dataclass of outputs (Hugging
+    Face's ModelOutput is a dict), else None."""
+    if isinstance(outputs, Mapping):
+        return list(outputs)
+    if hasattr(outputs, "_fields"):
+        return list(outputs._fields)
+    if dataclasses.is_dataclass(outputs) and not isinstance(outputs, type):
+        return [field.name for field in dataclasses.fields(outputs)]
     return None
 
 
