@@ -62,7 +62,8 @@ class LoopState:
     the latest ``after_backward(optimizer=...)`` said are ready (None: the model's, all of them).
     ``scaler`` is the loop's ``torch.amp.GradScaler``, if it gave one. ``data_wait`` is the
     seconds ``monitor.batches(loader)`` waited for the current batch (None for a loop that
-    iterates its loader itself).
+    iterates its loader itself). ``validation`` is the trace the latest ``validation_end`` named
+    (``"validation"`` unless told: an EMA copy's).
     """
 
     model: torch.nn.Module | None = None
@@ -81,6 +82,7 @@ class LoopState:
     outputs: Any = None
     data_wait: float | None = None
     batch_index: int | None = None
+    validation: str = "validation"
 
 
 class Callback:
@@ -361,10 +363,16 @@ class Monitor:
             state.loss = state.inputs = state.targets = state.outputs = None
             state.metrics = {}
 
-    def validation_end(self, metrics: Mapping[str, Any]) -> None:
-        """Call after validation with its results, e.g. ``{"loss": 0.41, "accuracy": 0.87}``."""
+    def validation_end(self, metrics: Mapping[str, Any], trace: str = "validation") -> None:
+        """Call after validation with its results, e.g. ``{"loss": 0.41, "accuracy": 0.87}``.
+
+        A second validation of the step (an EMA copy's, another data set's) names its own
+        trace of the same windows, ``validation_end(ema_metrics, trace="ema")``: the checkpoint's
+        ranking and the run's final metrics stay the first's.
+        """
         self._refuse_if_closed()
         _check_metrics(metrics)
+        self.state.validation = checks.name("trace", trace)
         self.state.metrics = dict(metrics)
         self._train_ended = None  # a test after train_end: the next train_end records it
         self._fire("on_validation_end")

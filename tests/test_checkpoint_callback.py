@@ -868,3 +868,27 @@ def test_the_best_checkpoint_s_file_is_at_hand_to_load_the_best_weights_after_tr
     again = Checkpoint(tmp_path / "ckpt", every_epochs=1, metric="auc", mode="max", resume=True)
     assert again.finished and again.best_path == checkpoint.best_path
     assert not Checkpoint(tmp_path / "other", resume=True).finished
+
+
+def test_a_second_validation_named_apart_is_its_own_trace_and_leaves_the_ranking_to_the_first(tmp_path):
+    # A distillation loop validating the student, then its EMA copy, at each epoch's end.
+    from monitor import Summary
+    from monitor.records import Hparams
+
+    sink = ListSink()
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_epochs=1, metric="loss")
+    with Monitor([Summary(hparams={"lr": 0.1}), Scalars(), checkpoint], sink=sink, raise_errors=True) as monitor:
+        monitor.train_start(model, optimizer)
+        for _, (student, ema) in zip(monitor.epochs(2), [(0.5, 0.4), (0.3, 0.6)]):
+            for _ in monitor.batches(range(2)):
+                _step(monitor, model, optimizer, torch.ones(2, 3))
+            monitor.validation_end({"loss": student})
+            monitor.validation_end({"loss": ema}, trace="ema")
+    assert sink.points("loss") == {"validation": [(2, 0.5), (4, 0.3)], "ema": [(2, 0.4), (4, 0.6)]}
+    assert torch.load(checkpoint.best_path, weights_only=True)["metric"]["value"] == 0.3
+    assert [r.metrics for r in sink.records if isinstance(r, Hparams)][-1] == {"loss": 0.3}
+    with pytest.raises(ValueError, match="trace must be"):
+        Monitor([Scalars()], sink=NullSink()).validation_end({"loss": 0.1}, trace="")

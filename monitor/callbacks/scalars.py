@@ -115,7 +115,8 @@ class Scalars(Callback):
             x = state.step
         else:
             x = state.epoch + 1 if state.batch else state.epoch
-        self._write(log, x, "validation", self._averaged(state.metrics) if self.average_validation else state.metrics)
+        values = self._averaged(state.metrics) if self.average_validation else state.metrics
+        self._write(log, x, state.validation, values)
 
     def _averaged(self, values: Mapping[str, Any]) -> Mapping[str, Any]:
         """``values`` (not copied), or a copy with those named in ``average`` averaged over the ranks."""

@@ -53,16 +53,20 @@ class Summary(Callback):
             log.hparams(hparams, {}, state.step)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
+        if state.validation == "validation":  # not a second model's (an EMA copy's): the run's are the first's
+            self._note_metrics(state, log)
+
+    def on_epoch_end(self, state: LoopState, log: Log) -> None:
+        self._note_metrics(state, log)  # an epoch_end() without metrics leaves them as they were
+        if _trained(state) != self._shown:  # layers unfrozen, groups added in the epoch
+            self._write(state, log)
+
+    def _note_metrics(self, state: LoopState, log: Log) -> None:
         latest = {name: value for name, value in state.metrics.items() if is_scalar(value)}
         self._metrics.update(latest)
         given = log.final_metrics.get("hparams", {})
         for name in latest.keys() & given.keys():  # given to log.hparams before this: the latest counts
             del given[name]
-
-    def on_epoch_end(self, state: LoopState, log: Log) -> None:
-        self.on_validation_end(state, log)  # an epoch_end() without metrics leaves them as they were
-        if _trained(state) != self._shown:  # layers unfrozen, groups added in the epoch
-            self._write(state, log)
 
     def _write(self, state: LoopState, log: Log) -> None:
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
