@@ -186,6 +186,8 @@ class VisdomSink:
             self.images.restore({w.name: w.history[-1]["n"] if w.history else 0
                                  for w in self.windows.by_name.values() if w.kind == "history"})
             return dropped | (other - set(self.windows.by_name))
+        if continues is not None:  # a continued run whose log is gone: its curves start over, under its id
+            self.run_id = continues
         earlier = self.folder.set_aside()  # a new run: the env's earlier one is kept aside, its windows closed
         if earlier is not None:
             _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)

@@ -892,3 +892,21 @@ def test_a_second_validation_named_apart_is_its_own_trace_and_leaves_the_ranking
     assert [r.metrics for r in sink.records if isinstance(r, Hparams)][-1] == {"loss": 0.3}
     with pytest.raises(ValueError, match="trace must be"):
         Monitor([Scalars()], sink=NullSink()).validation_end({"loss": 0.1}, trace="")
+
+
+def test_a_fold_whose_own_log_is_gone_starts_its_curves_over_under_its_run_id_and_goes_on_in_them(tmp_path, caplog):
+    with pytest.raises(KeyboardInterrupt):
+        _fold(tmp_path, "a", 6, crash_at=5)  # saved at 4
+    _fold(tmp_path, "b", 9)
+    for log in (tmp_path / "runs" / "earlier").iterdir():
+        log.unlink()  # fold a's log, deleted
+    with caplog.at_level("WARNING", logger="monitor"), pytest.raises(KeyboardInterrupt):
+        _fold(tmp_path, "a", 8, crash_at=7)  # from 4: curves start over; saved at 6
+    assert any("is another run's" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monitor"):
+        _fold(tmp_path, "a", 8)  # from 6, in the log the run before began
+    assert not any("start over" in r.getMessage() for r in caplog.records)
+    log = tmp_path / "runs" / RunLog.FILENAME
+    assert next(RunLog.read(log))["run_id"] == json.loads((tmp_path / "a" / MANIFEST).read_text())["run_id"]
+    assert _loss_steps(log) == [5, 6, 7, 8]
