@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from monitor import Checkpoint, GradNorms, Monitor, Scalars
+from short_form import job_parser  # beside this file
 
 UPDATES = 12
 
@@ -54,11 +55,6 @@ def train(options: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--env", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--run-dir", required=True)
-    parser.add_argument("--checkpoints", required=True)
-    parser.add_argument("--out", required=True)
+    parser = job_parser()
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds per update (a run that lasts)")
     train(parser.parse_args())

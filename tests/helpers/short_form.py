@@ -115,13 +115,20 @@ def train(options: argparse.Namespace) -> None:
         time.sleep(options.work_after_training)
 
 
-if __name__ == "__main__":
+def job_parser() -> argparse.ArgumentParser:
+    """The options every job of the resume tests takes: its env and server, where it logs, saves
+    its checkpoints and its final weights."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--env", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--checkpoints", required=True)
     parser.add_argument("--out", required=True)
+    return parser
+
+
+if __name__ == "__main__":
+    parser = job_parser()
     parser.add_argument("--loader", choices=("shuffle", "sampler", "generator"), default="shuffle")
     parser.add_argument("--fresh", action="store_true", help="start a new run even after a kill")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds per step (a run that lasts)")
