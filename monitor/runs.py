@@ -159,7 +159,7 @@ class Reading:
         self.declared: dict[str, Any] = {}
         self.orders: dict[str, int] = {}
         self.markers: dict[str, tuple] = {}  # each window's traces of marks (a Guard's), not curves
-        self.flagged: float | None = None  # the step of the first mark (a Guard's: the loss went bad)
+        self.diverged: float | None = None  # the step of the first mark (a Guard's: the loss went bad)
         self.other_x: set[str] = set()  # windows whose x is not the step (xlabel "episode", "epoch")
         self.curves: dict[str, list] = {}  # "window/trace": [last value, best finite value or None, lowest is best]
         self.steps = 0
@@ -195,8 +195,8 @@ class Reading:
                 marks = self.markers.get(entry["win"], ())
                 for trace, y in entry["y"].items():
                     if trace in marks:
-                        if self.flagged is None:
-                            self.flagged = entry["x"]
+                        if self.diverged is None:
+                            self.diverged = entry["x"]
                         continue
                     name = f"{entry['win']}/{trace}"
                     curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name)])
@@ -235,7 +235,7 @@ class Reading:
                    end.get("error") if end is not None else None, metrics, self.hparams,
                    sum(p.stat().st_size for p in files),
                    sum(1 for p in files if p.suffix == ".pt" and "earlier" not in p.relative_to(folder).parts
-                       and _is_checkpoint_folder(p.parent)), log, self.flagged)
+                       and _is_checkpoint_folder(p.parent)), log, self.diverged)
 
 
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,

@@ -239,8 +239,7 @@ class GradNorms(Callback):
             sum(len(o.param_groups) for o in state.optimizers.values())
         if key != self._updated_key:
             self._updated_key = key
-            ids = {id(p) for o in state.optimizers.values() for group in o.param_groups for p in group["params"]}
-            found = tuple(i for i, p in enumerate(self._params) if id(p) in ids)
+            found = tuple(sorted({i for name in state.optimizers for i in self._pass(state, name)}))
             self._updated_indices = self._all if len(found) in (0, len(self._all)) else found
         return self._updated_indices
 

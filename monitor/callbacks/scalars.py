@@ -145,8 +145,8 @@ class Scalars(Callback):
         except (TypeError, ValueError) as error:
             parts = ""
             if name == "loss" and isinstance(value, Mapping):  # a loss in parts (cross-entropy and Dice)
-                parts = (f": pass their total as loss= and the parts as traces of the loss window, "
-                         f"monitor.log.scalars('loss', step, {{...}})")
+                parts = (": pass their total as loss= and the parts as traces of the loss window, "
+                         "monitor.log.scalars('loss', step, {...})")
             raise type(error)(f"metric {name!r}: {error}{parts}") from None
 
 

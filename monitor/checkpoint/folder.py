@@ -172,10 +172,7 @@ def finish_earlier(directory: Path) -> None:
     them anew instead of training them further."""
     for earlier in _finishing - {directory.resolve()}:
         _finishing.discard(earlier)
-        try:
-            mark_finished(earlier)
-        except OSError:  # the folder is gone: nothing to mark
-            pass
+        _finish_now(earlier)
 
 
 def is_finished(directory: Path) -> bool:
@@ -193,10 +190,14 @@ _finishing: set[Path] = set()  # the runs of this script that reached train_end:
 def _finish_at_exit() -> None:
     if exit_error() is None:
         for directory in _finishing:
-            try:
-                mark_finished(directory)
-            except OSError:  # the folder is gone: nothing to mark
-                pass
+            _finish_now(directory)
+
+
+def _finish_now(directory: Path) -> None:
+    try:
+        mark_finished(directory)
+    except OSError:  # the folder is gone: nothing to mark
+        pass
 
 
 def set_aside(directory: Path) -> Path | None:
