@@ -4,6 +4,7 @@
         runlog.jsonl            the run in progress (or the latest one)
         earlier/<run id>.jsonl  earlier runs of this env, set aside when a new run started
         .lock                   held by the live process writing runlog.jsonl
+        checkpoints.json        the checkpoint folders outside it that its runs saved in
 
 One env is one run at a time: a new run in an env starts its windows afresh and sets the
 earlier run's log aside instead of appending to it (running a script twice with the same env
@@ -22,6 +23,7 @@ import socket
 import time
 from pathlib import Path
 
+from monitor.atomic import write_atomic
 from monitor.runlog import RunLog
 
 
@@ -141,6 +143,7 @@ class RunDir:
 
     EARLIER = "earlier"
     LOCK = ".lock"
+    CHECKPOINTS = "checkpoints.json"
     ENDING = 15.0  # seconds: a sink whose training process ended sends for at most 10 s (twice its timeout)
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -222,6 +225,24 @@ class RunDir:
         later = self.set_aside()
         os.replace(kept, self.log_path)
         return later
+
+    def note_checkpoints(self, folder: Path) -> None:
+        """Records that a run of this env saves checkpoints in ``folder``, where it is not inside
+        this one (``Checkpoint("ckpt/")``): ``monitor runs`` counts them from here."""
+        folder = folder.absolute()
+        if folder.is_relative_to(self.path.absolute()) or folder in self.checkpoint_folders():
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        listed = [str(path) for path in self.checkpoint_folders()] + [str(folder)]
+        write_atomic(self.path / self.CHECKPOINTS, lambda file: file.write(json.dumps(listed).encode()))
+
+    def checkpoint_folders(self) -> list[Path]:
+        """The checkpoint folders outside this one that its runs saved in (:meth:`note_checkpoints`)."""
+        try:
+            listed = json.loads((self.path / self.CHECKPOINTS).read_text())
+        except (OSError, ValueError):
+            return []
+        return [Path(entry) for entry in listed if isinstance(entry, str)] if isinstance(listed, list) else []
 
     def earlier(self) -> list[Path]:
         """The logs of the env's earlier runs, oldest first."""

@@ -61,8 +61,8 @@ class Run(NamedTuple):
                                              # given with its hparams
     hparams: dict[str, Any]
     size: int               # bytes in its folder
-    checkpoints: int        # checkpoint files in checkpoint folders in its folder (not those of earlier runs,
-                            # set aside)
+    checkpoints: int        # its checkpoint files: in checkpoint folders in its folder or noted outside it
+                            # (RunDir.checkpoint_folders); an earlier run's, those set aside for it
     log: Path               # the run log it was read from (runlog.jsonl, or an earlier run's log)
     diverged: float | None = None  # the step a Guard marked its loss or gradients bad at (None: never)
 
@@ -233,9 +233,8 @@ class Reading:
         files = [p for p in folder.rglob("*") if p.is_file()] if current else [log]
         return Run(folder, header["env"], header["run_id"], header["time"], self.steps, status,
                    end.get("error") if end is not None else None, metrics, self.hparams,
-                   sum(p.stat().st_size for p in files),
-                   sum(1 for p in files if p.suffix == ".pt" and "earlier" not in p.relative_to(folder).parts
-                       and _is_checkpoint_folder(p.parent)), log, self.diverged)
+                   sum(p.stat().st_size for p in files), _checkpoints(run_dir if current else RunDir(folder.parent), header["run_id"], current),
+                   log, self.diverged)
 
 
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
@@ -463,13 +462,41 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
     return trouble
 
 
-_OWNED = {RunLog.FILENAME, RunDir.LOCK, RunDir.EARLIER, IMAGES}  # what a run folder holds of the monitor's
+_OWNED = {RunLog.FILENAME, RunDir.LOCK, RunDir.EARLIER, RunDir.CHECKPOINTS, IMAGES}  # what a run folder holds of the monitor's
 _CHECKPOINT_FOLDER = ("latest.json", ".checkpoints.lock")  # monitor.checkpoint.folder's MANIFEST, LOCK (not
                                                             # imported: it imports torch)
 
 
 def _is_checkpoint_folder(folder: Path) -> bool:
     return any((folder / name).exists() for name in _CHECKPOINT_FOLDER)
+
+
+def _checkpoints(run_dir: RunDir, run_id: Any, current: bool) -> int:
+    """The checkpoint files of run ``run_id`` of the folder: in the checkpoint folders inside it
+    and those outside it that its runs noted, or for an earlier run those set aside for it there."""
+    inside = []
+    for parent, folders, _ in os.walk(run_dir.path):
+        for name in list(folders):
+            path = Path(parent, name)
+            if name in (RunDir.EARLIER, IMAGES) or _is_checkpoint_folder(path):
+                folders.remove(name)  # nothing of the current run's below
+                inside += [path] if name not in (RunDir.EARLIER, IMAGES) else []
+    count = 0
+    for folder in [*inside, *run_dir.checkpoint_folders()]:
+        if not current:
+            kept = folder / RunDir.EARLIER / str(run_id)
+            count += sum(1 for _ in kept.glob("*.pt")) if kept.is_dir() else 0
+        elif folder in inside or _manifest_run_id(folder) == run_id:  # a folder outside may hold a later run's
+            count += sum(1 for _ in folder.glob("*.pt"))
+    return count
+
+
+def _manifest_run_id(folder: Path) -> Any:
+    try:
+        manifest = json.loads((folder / _CHECKPOINT_FOLDER[0]).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest.get("run_id") if isinstance(manifest, dict) else None
 
 
 def not_written_by_monitor(folder: Path) -> list[Path]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from monitor import GradNorms, Guard, Monitor, Scalars, Summary
+from monitor import Checkpoint, GradNorms, Guard, Monitor, Scalars, Summary
 from monitor.cli import main
 from monitor.records import Order
 from monitor.runlog import RunLog
@@ -871,3 +871,22 @@ def test_a_run_a_guard_marked_and_let_go_on_is_listed_as_diverged_there(tmp_path
     run = described(tmp_path / "nan")
     assert (run.status, run.diverged, run.metrics["loss/train"][1]) == ("finished", 300, 0.5)
     assert "finished, diverged at step 300" in table([run])
+
+
+def test_checkpoints_saved_outside_the_run_folder_are_counted_for_their_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a script's Checkpoint("ckpt") beside runs/, as most loops write it
+    for steps in (6, 4):  # the second run (fresh) sets the first one's checkpoints aside
+        model = small_model()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Monitor([Scalars(), Checkpoint("ckpt", every_steps=2, keep_last=5, fresh=steps == 4)], env="outside",
+                     port=1, timeout=0.2) as monitor:  # no server: the run log is written all the same
+            monitor.train_start(model, optimizer)
+            train(monitor, model, optimizer, steps=steps)
+            monitor.train_end()
+    assert json.loads((tmp_path / "runs" / "outside" / "checkpoints.json").read_text()) == [str(tmp_path / "ckpt")]
+    current, = listed(tmp_path / "runs")
+    earlier = [run for run in listed(tmp_path / "runs", earlier=True) if run.place != run.path]
+    assert (current.checkpoints, [run.checkpoints for run in earlier]) == (2, [3])  # steps 2, 4 and 2, 4, 6
+    done = CliRunner().invoke(main, ["runs", "list", str(tmp_path / "runs"), "--earlier"])
+    column = done.output.splitlines()[0].index("ckpts")
+    assert [line[column:].split()[0] for line in done.output.splitlines()[1:]] == ["2", "3"], done.output

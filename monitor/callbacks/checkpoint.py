@@ -23,7 +23,7 @@ from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
 from monitor.log import Log
 from monitor.records import StepMark, interactive
-from monitor.rundir import FolderLock
+from monitor.rundir import FolderLock, RunDir
 from monitor.checkpoint.rng import capture_rng
 
 _log = logging.getLogger("monitor")
@@ -587,6 +587,13 @@ class Checkpoint(Callback):
             self.run_id = self.run_id or self._monitor.sink.run_id or uuid.uuid4().hex
             self._records = claim(self.directory, self.run_id, self._records)
             self._claimed = True
+            run_dir = getattr(self._monitor.sink, "run_dir", None)
+            if run_dir is not None:
+                try:
+                    RunDir(run_dir).note_checkpoints(self.directory)
+                except OSError as error:  # only `monitor runs`' count of checkpoints misses them
+                    _log.warning("monitor: could not note checkpoint folder %s in %s: %s", self.directory, run_dir,
+                                 error)
 
     def _require_monitor(self) -> Monitor:
         if self._monitor is None:
