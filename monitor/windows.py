@@ -209,15 +209,19 @@ class Trace:
 def float32_digits(values: list[float | None]) -> list[float | None]:
     """The values to send: each that a float32 holds exactly (what ``.item()`` of a float32
     tensor gives, most logged values) in the fewest digits that read back as that float32,
-    the others as they are. TensorBoard keeps every scalar as a float32; here the run log keeps
+    the others to 15 significant digits (a scheduler's 0.0006000000000000001 shows as 0.0006,
+    its hover too). TensorBoard keeps every scalar as a float32; here the run log keeps
     the values as logged, and a loss curve's message is half as long (1,000 points: 17 KB of
     values become 9), so the delivery's pacing by size holds it back half as long."""
     exact = np.array(values, dtype=np.float64)  # None: NaN
     with np.errstate(over="ignore"):
         narrow = exact.astype(np.float32)
     out = list(values)
-    for i in np.flatnonzero((narrow == exact) & np.isfinite(exact)).tolist():
+    finite = np.isfinite(exact)
+    for i in np.flatnonzero((narrow == exact) & finite).tolist():
         out[i] = float(str(narrow[i]))  # numpy writes a float32 in its fewest digits
+    for i in np.flatnonzero((narrow != exact) & finite).tolist():
+        out[i] = float(f"{out[i]:.15g}")  # float64 arithmetic's last-digit noise
     return out
 
 
@@ -579,11 +583,13 @@ def _hparams_html(trials: list[dict[str, Any]]) -> str:
 def _value(value: Any) -> str:
     """A table's value; a float to 12 significant digits, without arithmetic's last-digit noise
     (``0.1 * 3`` shows as 0.3), or one a float32 holds in its fewest digits (a float32 tensor's
-    0.7, read as 0.699999988079071)."""
+    0.7, read as 0.699999988079071); a whole number without ``.0``, as a page shows a number
+    (a metric ``best_epoch`` of 4, which the run log holds as 4.0)."""
     if not isinstance(value, float):
         return str(value)
     short = float32_digits([value])[0]
-    return repr(short if short != value else float(f"{value:.12g}"))
+    text = repr(short if short != value else float(f"{value:.12g}"))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _one_value(series: list[list]) -> float | None:

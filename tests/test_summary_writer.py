@@ -312,10 +312,10 @@ def test_custom_scalars_gather_the_scalars_whose_tags_their_expressions_match_as
                 writer.add_scalar(tag, value + step, step)
         writer.flush()
         losses, band, rates = (read_window(visdom_server, "custom", w) for w in ("losses", "accuracy", "rates"))
-        assert read_window(visdom_server, "custom", "loss")["train"] == ([0, 1, 2], [1.0, 0.5, 1 / 3])  # as before
+        assert read_window(visdom_server, "custom", "loss")["train"] == ([0, 1, 2], [1.0, 0.5, 0.333333333333333])  # as before, to 15 digits
         assert set(read_window(visdom_server, "custom", "loss")) == {"train", "test"}  # each curve once
     assert set(losses) == {"loss/train", "loss/test", "aux_loss", "aux_a", "aux_b"}
-    assert losses["loss/test"] == ([0, 1, 2], [2.0, 1.0, 2 / 3]) and losses["aux_b"] == ([0, 1, 2], [2.0] * 3)
+    assert losses["loss/test"] == ([0, 1, 2], [2.0, 1.0, 0.666666666666667]) and losses["aux_b"] == ([0, 1, 2], [2.0] * 3)
     assert band == {"acc": ([0, 1, 2], [0.5, 1.5, 2.5]), "acc/low": ([0, 1, 2], [0.4, 1.4, 2.4]),
                     "acc/high": ([0, 1, 2], [0.6, 1.6, 2.6])}
     assert set(rates) == {"lr"}
@@ -747,8 +747,8 @@ def test_add_hparams_once_per_trial_shows_a_row_per_call_as_tensorboard_s_table(
     # named by its run_name or the time of the call; a run_name given again is that run's row,
     # with its latest metrics.
     assert [row[2] for row in cells[1:]] == ["0", "1", "2", "3", "4", "4", "5"]
-    assert [row[1] for row in cells[1:]] == ["0.0", "0.1", "0.2", "0.3", "0.4", "0.4", "0.5"]  # 0.1 * 3 as 0.3
-    assert cells[-2][3:] == ["45.0", "40.0"] and cells[-1][3:] == ["50.0", "50.0"]
+    assert [row[1] for row in cells[1:]] == ["0", "0.1", "0.2", "0.3", "0.4", "0.4", "0.5"]  # 0.1 * 3 as 0.3
+    assert cells[-2][3:] == ["45", "40"] and cells[-1][3:] == ["50", "50"]
     assert cells[-1][0] == "named" and all(float(row[0]) > 1.7e9 for row in cells[1:-1])
     entries = [e for e in RunLog.read(tmp_path / "sweep" / "runlog.jsonl") if e["k"] == "hparams"]
     assert len(entries) == 8  # every call in the run log
