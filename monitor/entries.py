@@ -303,13 +303,15 @@ def resumes_at(path: str | os.PathLike, position: int) -> tuple[int, bool]:
     """
     with open(path, "rb") as file:
         file.seek(position)
-        end = position
-        for line in file:
+        end = mark = position  # where the rest_of_step mark is: at position, or after the continues mark
+        for line in file:      # of the step's earlier checkpoint, in logs written before 2026-12-07
             if not line.endswith(b"\n"):  # torn by the kill
                 break
             end += len(line)
-            if end - len(line) == position:
-                if not _marks(line, b"rest_of_step", position):
+            if end - len(line) == mark:
+                if mark == position and line.startswith(b'{"k":"continues"'):
+                    mark = end
+                elif not _marks(line, b"rest_of_step", position):
                     return position, False
             elif _marks(line, b"continues", position):
                 return end, False

@@ -128,6 +128,23 @@ def test_what_a_checkpoint_s_step_logs_after_its_hooks_stays_through_two_kills_a
     assert shown == read_env(visdom_server, straight.env)
 
 
+def test_what_a_checkpoint_s_step_logs_after_its_validation_stays_through_a_kill(visdom_server, read_env, tmp_path):
+    # Step 6 saves at step_end and again after its validation (inside the batches loop); the
+    # loop then logs its own point (a text sample's place) and is killed before its next batch.
+    straight = Job(visdom_server, tmp_path, "after-validation-straight")
+    assert straight.run("--log-after-hooks", "--validate-every", "6") == list(range(1, STEPS + 1))
+    job = Job(visdom_server, tmp_path, "after-validation")
+    process = job.start("--log-after-hooks", "--validate-every", "6", "--sleep", "0.5")
+    _wait_for_step(process, 6)
+    _wait_for_point(job, "after step_end", 6)
+    process.kill()
+    process.communicate()
+    assert job.run("--log-after-hooks", "--validate-every", "6")[0] == 7
+    shown = read_env(visdom_server, job.env)
+    assert shown["after step_end"]["step"][0] == list(range(1, STEPS + 1))
+    assert shown == read_env(visdom_server, straight.env)
+
+
 def _wait_for_point(job: Job, window: str, x: int) -> None:
     """Until the run log holds ``window``'s point at ``x`` (the sink writes it within 0.1 s)."""
     log, deadline = job.folder / "runs" / "runlog.jsonl", time.monotonic() + 10

@@ -429,6 +429,9 @@ class Checkpoint(Callback):
         kept, last, best = retain([*self._records, record], self.keep_last, self.keep_best, self.mode)
         # This checkpoint's own state must already say what the folder holds once it is written.
         self._records = kept
+        if self._continues_from is not None:  # saved again at a later point of the step (after its validation):
+            monitor.sink.put(StepMark("continues", self._continues_from))  # the mark goes before this one's position
+            self._continues_from = None
         try:
             position = monitor.sink.sync()
             if position is None and monitor.sink.position is not None:
@@ -458,8 +461,6 @@ class Checkpoint(Callback):
             # What the rest of the step's code logs (a clip norm, a validation, an episode's return)
             # is never logged again by a run resumed from this checkpoint: marked, it stays in the
             # log (entries.resumes_at).
-            if self._continues_from is not None:  # saved again at a later point of the step (its epoch's end)
-                monitor.sink.put(StepMark("continues", self._continues_from))
             monitor.sink.put(StepMark("rest_of_step", position))
             self._continues_from = position
             monitor.at_next_batch(self._at_next_batch)
