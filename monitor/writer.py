@@ -78,9 +78,11 @@ class SummaryWriter:
     them). The env is its path below ``runs/`` with ``_`` for ``/`` (``runs/resnet/train``: ``resnet_train``), else
     its last part, shortened with a hash past 100 characters. As with TensorBoard's event files,
     a ``log_dir`` keeps what was written to it: writers open on it in one process share its run,
-    and a writer opened on it later (a resumed script) continues that run's curves;
+    and a writer opened on it later (a resumed script) continues that run's curves, unless that
+    run finished in another process (a script run again: a new run, the earlier one set aside);
     ``purge_step`` first takes every entry at that step or later out of the run log, as
-    TensorBoard hides them. Logging
+    TensorBoard hides them, and continues even a finished run. A ``log_dir`` another live
+    process writes is not shared: this writer writes a folder beside it (``exp1_2``). Logging
     after ``close()`` opens the run again. ``close()`` (or leaving a ``with`` block) records
     that the run finished, or crashed with the block's exception. ``monitor=`` writes to that
     Monitor's env instead (its sink, its run), as does a ``log_dir`` that a Monitor of this
@@ -672,14 +674,28 @@ class _Run:
     """A log_dir's run in this process: its sink, and the writers open on it."""
 
     def __init__(self, path: Path, purge_step: int | None, sink_options: dict[str, Any], taken: set[str]) -> None:
-        from monitor.sink_process import SinkProcess
         self.key = path.resolve()
+        self.writers = 0
+        try:
+            self._open(path, purge_step, sink_options, taken)
+        except RunInUseError as error:  # another process's (an eval job's): as TensorBoard's writers each
+            beside = Path(_new_folder(str(path)))  # write a file of their own, this one writes a folder beside it
+            self._open(beside, None, sink_options, taken)
+            _log.warning("monitor: log_dir %s is written by another live process (%s): this writer writes %s, env %r",
+                         path, str(error).split(": ", 1)[-1].split(";")[0], beside, self.env)
+
+    def _open(self, path: Path, purge_step: int | None, sink_options: dict[str, Any], taken: set[str]) -> None:
+        from monitor.sink_process import SinkProcess
         if purge_step is not None and not RunDir(path).is_live():
             _purge(path / RunLog.FILENAME, purge_step)
-        position, self.next_step, self.kinds, env = _continued(path / RunLog.FILENAME)
+        position, self.next_step, self.kinds, env, finished = _continued(path / RunLog.FILENAME)
+        if finished and purge_step is None and path.resolve() not in _shown.values() and not RunDir(path).is_live():
+            # The script run again: a new run, as a Monitor's, not a zigzag of both (TensorBoard's)
+            _log.warning("monitor: log_dir %s holds a run that finished: this writer starts a new run there, the "
+                         "earlier one kept in its earlier/ (purge_step=N continues it from step N instead)", path)
+            position, self.next_step, self.kinds = None, 0, {}
         self.env = env.translate(_NOT_IN_ENVS) if env else _env_apart(_envs_of(path), taken, path)  # '#': an old run's
         self.log = Log(SinkProcess(env=self.env, run_dir=path, rewind_to=position, **sink_options))
-        self.writers = 0
 
     def leave(self, status: str, error: str | None) -> None:
         """One writer closed; the last one ends the run."""
@@ -808,13 +824,13 @@ def _purge(log: Path, purge_step: int) -> None:
     os.replace(kept, log)
 
 
-def _continued(log: Path) -> tuple[int | None, float, dict[str, str], str | None]:
+def _continued(log: Path) -> tuple[int | None, float, dict[str, str], str | None, bool]:
     """How a writer continues the run log of a log_dir: where (its end; None: no run there yet),
     the step after the last one logged (where ``global_step=None`` counts from), the kind of
-    data each window shows, and the run's env."""
+    data each window shows, the run's env, and whether the run finished."""
     if not log.is_file():
-        return None, 0, {}, None
-    end, position, last, kinds, env = RunLog.end_of(log), 0, -1.0, {}, None
+        return None, 0, {}, None, False
+    end, position, last, kinds, env, finished = RunLog.end_of(log), 0, -1.0, {}, None, False
     with open(log, "rb") as file:
         for line in file:
             if position + len(line) > end:
@@ -827,9 +843,12 @@ def _continued(log: Path) -> tuple[int | None, float, dict[str, str], str | None
             kind = _KINDS.get(entry.get("k"))
             if kind is not None:
                 kinds.setdefault(entry["win"], "graph" if entry["win"] == "graph" and kind == "text" else kind)
+                finished = False  # logged after its end: running again
             elif entry.get("k") == "run" and env is None:
                 env = entry.get("env")
-    return position or None, math.floor(last) + 1, kinds, env if position else None
+            elif entry.get("k") == "end":
+                finished = entry.get("status") == "finished"
+    return position or None, math.floor(last) + 1, kinds, env if position else None, finished
 
 
 def _envs_of(path: Path) -> list[str]:

@@ -1206,3 +1206,54 @@ def test_a_script_run_again_on_its_log_dir_says_its_windows_went_back_in_a_line_
     assert done.returncode == 0 and 1 <= len(said) <= 2, done.stderr
     assert sum(int(re.search(r"(\d+) windows", line).group(1)) if "windows" in line else 1 for line in said) == 13
     assert "'G/layer0.weight' (trace 'min': x=0, after x=3)" in said[0]
+
+
+RERUN = """
+import sys, time
+from monitor import SummaryWriter
+steps, pause = int(sys.argv[1]), float(sys.argv[2])
+with SummaryWriter("runs/exp1") as writer:
+    for step in range(steps):
+        writer.add_scalar("loss/train", 10.0 * steps + step, step)
+        writer.flush()
+        time.sleep(pause)
+print("wrote", writer.log.sink.run_dir, flush=True)
+"""
+
+
+def _rerun(tmp_path: Path, port: int, steps: int, pause: float = 0.0) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "rerun.py", str(steps), str(pause)], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "VISDOM_PORT": str(port),
+                                 "PYTHONPATH": str(Path(__file__).parent.parent)})
+
+
+def test_a_script_run_again_on_a_finished_log_dir_starts_a_new_run_and_keeps_the_earlier(visdom_server, tmp_path,
+                                                                                          read_window):
+    # TensorBoard draws both runs over each other; a Monitor's re-run starts afresh: so does a writer's
+    (tmp_path / "rerun.py").write_text(RERUN)
+    for steps in (5, 3):
+        out, err = _rerun(tmp_path, visdom_server.port, steps).communicate(timeout=120)
+        assert out.startswith("wrote"), err
+    assert "holds a run that finished: this writer starts a new run there" in err
+    assert _points(tmp_path / "runs/exp1", "loss", "train") == [(0, 30.0), (1, 31.0), (2, 32.0)]
+    assert read_window(visdom_server, "exp1", "loss") == {"train": ([0, 1, 2], [30.0, 31.0, 32.0])}
+    from monitor.runs import listed
+    runs = listed(tmp_path / "runs", earlier=True)
+    assert sorted((run.steps, run.status) for run in runs) == [(2, "finished"), (4, "finished")]
+
+
+def test_a_second_process_on_a_live_log_dir_writes_a_folder_beside_it_instead_of_failing(visdom_server, tmp_path,
+                                                                                          read_window):
+    # TensorBoard's writers each write a file of their own in it (a training and an eval job)
+    (tmp_path / "rerun.py").write_text(RERUN)
+    first = _rerun(tmp_path, visdom_server.port, 20, 0.1)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "runs/exp1" / RunLog.FILENAME).is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    out, err = _rerun(tmp_path, visdom_server.port, 3).communicate(timeout=120)
+    assert out.strip() == f"wrote {Path('runs/exp1_2')}", err
+    assert f"log_dir runs/exp1 is written by another live process (pid {first.pid}" in err
+    assert first.communicate(timeout=120)[0].startswith("wrote")
+    assert read_window(visdom_server, "exp1_2", "loss") == {"train": ([0, 1, 2], [30.0, 31.0, 32.0])}
+    assert len(read_window(visdom_server, "exp1", "loss")["train"][0]) == 20
