@@ -161,8 +161,10 @@ class Reading:
         self.markers: dict[str, tuple] = {}  # each window's traces of marks (a Guard's), not curves
         self.diverged: float | None = None  # the step of the first mark (a Guard's: the loss went bad)
         self.other_x: set[str] = set()  # windows whose x is not the step (xlabel "episode", "epoch")
+        self.step_x: set[str] = set()  # windows laid out with xlabel "step" (the loss's, a writer's scalars)
         self.curves: dict[str, list] = {}  # "window/trace": [last value, best finite value or None, lowest is best]
-        self.steps = 0
+        self.steps = 0  # the highest x of the step_x windows, else of any window not in other_x
+        self.unlabelled_steps = 0  # ... of windows not laid out (the loop's own log.scalar("tokens", ...))
 
     def _curve_window(self, window: str) -> bool:
         return self.orders.get(window, Order.METRICS) in (Order.LOSS, Order.METRICS)
@@ -187,8 +189,10 @@ class Reading:
                 xlabel = (entry.get("opts") or {}).get("xlabel")
                 if xlabel == "step":
                     self.other_x.discard(window)
+                    self.step_x.add(window)
                 elif xlabel is not None:
                     self.other_x.add(window)
+                    self.step_x.discard(window)
                 if self._curve_window(window) != was:  # its points from here on read, or passed over
                     self.reader.reconsider(window)
             elif kind == "points" and "y" in entry and self._curve_window(entry["win"]):  # others: passed over
@@ -205,7 +209,10 @@ class Reading:
                                                                                       else y > curve[1])):
                         curve[1] = y
                 if float(entry["x"]).is_integer() and entry["win"] not in self.other_x:
-                    self.steps = max(self.steps, int(entry["x"]))
+                    if entry["win"] in self.step_x:
+                        self.steps = max(self.steps, int(entry["x"]))
+                    else:
+                        self.unlabelled_steps = max(self.unlabelled_steps, int(entry["x"]))
             elif kind == "hparams":
                 self.hparams, self.declared = entry["hparams"], entry.get("metrics") or {}
             elif kind == "end":
@@ -231,7 +238,8 @@ class Reading:
             if name not in metrics and value is not None and math.isfinite(value):
                 metrics[name] = (value, value)
         files = [p for p in folder.rglob("*") if p.is_file()] if current else [log]
-        return Run(folder, header["env"], header["run_id"], header["time"], self.steps, status,
+        return Run(folder, header["env"], header["run_id"], header["time"],
+                   self.steps if self.step_x else self.unlabelled_steps, status,
                    end.get("error") if end is not None else None, metrics, self.hparams,
                    sum(p.stat().st_size for p in files), _checkpoints(run_dir if current else RunDir(folder.parent), header["run_id"], current),
                    log, self.diverged)

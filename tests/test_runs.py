@@ -856,6 +856,14 @@ def test_a_run_s_steps_are_those_of_the_windows_whose_x_is_the_step(tmp_path):
                 {"k": "points", "win": "return", "x": 1600, "y": {"train": 3.0}},
                 {"k": "points", "win": "length", "x": 40, "y": {"train": 9.0}}])
     assert described(tmp_path / "rl").steps == 50
+    # Beside Scalars' loss (laid out at x = step), a window the loop never laid out (a language
+    # model's loss at tokens seen) is not the step either
+    log = RunLog(tmp_path / "lm" / RunLog.FILENAME)
+    log.append([{"k": "run", "env": "lm", "run_id": "r", "time": 0.0, "pid": 1, "host": "h"},
+                {"k": "layout", "win": "loss", "opts": {"xlabel": "step"}, "order": Order.LOSS},
+                {"k": "points", "win": "loss", "x": 150, "y": {"train": 1.0}},
+                {"k": "points", "win": "loss vs tokens", "x": 9600, "y": {"train": 1.0}}])
+    assert described(tmp_path / "lm").steps == 150
 
 
 def test_a_run_a_guard_marked_and_let_go_on_is_listed_as_diverged_there(tmp_path):
