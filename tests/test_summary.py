@@ -41,6 +41,21 @@ def test_the_summary_is_written_again_at_the_end_of_an_epoch_that_unfroze_layers
     assert f"({total:,} trainable)" in second.html and "<td>SGD (2 parameter groups)</td>" in second.html
 
 
+def test_an_ema_copy_inside_the_model_is_not_counted_as_trainable():
+    class WithEma(nn.Module):  # a loop that keeps its EMA on the model, to save and load it with it
+        def __init__(self) -> None:
+            super().__init__()
+            self.student = small_model()
+            self.ema = torch.optim.swa_utils.AveragedModel(self.student)  # its copies require grad too
+
+    model = WithEma()
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, torch.optim.SGD(model.student.parameters(), lr=0.1))
+    student = sum(p.numel() for p in model.student.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    assert f"{total:,} ({student:,} trainable)" in sink.of(Text, "summary")[0].html
+
+
 def test_summary_escapes_everything_the_user_supplied():
     class Odd(nn.Module):
         def extra_repr(self):

@@ -85,9 +85,15 @@ class Summary(Callback):
 
 def _trained(state: LoopState) -> tuple:
     """What trains: the model's trainable parameter count and each optimizer's number of groups."""
-    count = sum(p.numel() for p in state.model.parameters() if p.requires_grad and not is_lazy(p)) \
-        if state.model is not None else 0
+    count = _trainable(list(state.model.parameters()), state.optimizers) if state.model is not None else 0
     return count, tuple(len(o.param_groups) for o in state.optimizers.values())
+
+
+def _trainable(params: list[torch.nn.Parameter], optimizers: Mapping[str, torch.optim.Optimizer]) -> int:
+    """The elements of the parameters that train: those with ``requires_grad`` that an optimizer
+    holds, where the loop gave any (an EMA copy inside the model has ``requires_grad`` too)."""
+    held = {id(p) for o in optimizers.values() for group in o.param_groups for p in group["params"]}
+    return sum(p.numel() for p in params if p.requires_grad and not is_lazy(p) and (not held or id(p) in held))
 
 
 def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.optim.Optimizer],
@@ -98,7 +104,7 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
         params = list(model.parameters())
         lazy = sum(1 for p in params if is_lazy(p))  # nn.LazyLinear's, until the first forward pass
         total = sum(p.numel() for p in params if not is_lazy(p))
-        trainable = sum(p.numel() for p in params if p.requires_grad and not is_lazy(p))
+        trainable = _trainable(params, optimizers)
         facts.append(("model", type(model).__name__))
         facts.append(("parameters", f"{total:,} ({trainable:,} trainable)"
                       + (f", and {lazy} lazy tensors not yet initialized" if lazy else "")))
