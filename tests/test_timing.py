@@ -116,3 +116,21 @@ def test_a_validation_between_two_steps_is_not_charged_to_the_next_step():
             monitor.validation_end({"loss": 0.5})
     times = dict(sink.points("step time")["step"])
     assert sorted(times) == [2, 3, 4] and times[3] < 100, times  # it was 300 ms: the validation's
+
+
+def test_a_point_every_n_steps_is_the_mean_of_those_steps_and_their_throughput():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Timing(every=5))
+    monitor.train_start(model, optimizer)
+    ends = [time.perf_counter()]
+    for step in range(1, 12):
+        time.sleep(0.1 if step == 8 else 0.01)  # one slow step among the ten shown
+        monitor.step_end(loss=torch.tensor(1.0), inputs=torch.zeros(BATCH, 4))
+        ends.append(time.perf_counter())
+    times = dict(sink.points("step time")["step"])
+    assert sorted(times) == [6, 11]
+    own = (ends[11] - ends[6]) * 1000 / 5  # steps 7 to 11, timed by the loop
+    assert abs(times[11] - own) <= 2 and times[11] > 25, times  # a tenth of the slow step, not one 10 ms step
+    throughput = dict(sink.points("throughput")["samples"])
+    assert throughput[11] == pytest.approx(BATCH * 1000 / times[11])

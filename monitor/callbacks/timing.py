@@ -35,13 +35,17 @@ class Timing(Callback):
     time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
     worker: the training thread never synchronizes. Logged every ``every`` steps (1, 1 + every, ...)
     but an epoch's first, which has no ``step_end`` before it to time from: the first points are at 1 + every.
+    Each point is the mean over the steps since the one before (their samples over their time
+    for the throughput), as a progress bar's rate is: one slow step in ten shows as a tenth.
     """
 
     def __init__(self, every: int = 10) -> None:
         self.every = positive_int("every", every)
         self._last: float | None = None  # perf_counter at the previous step_end
         self._event: Any = None  # the CUDA event recorded at the previous step_end
+        self._start: Any = None  # ... at the last point's step_end, while no validation or epoch came between
         self._device: torch.device | None = None
+        self._timed = [0, 0.0, 0.0, 0, 0]  # since the last point: steps, seconds, data wait, waits, samples
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._last = None
@@ -53,32 +57,45 @@ class Timing(Callback):
         log.window("memory", order=Order.TIMING, title="memory", xlabel="step", ylabel="MB")
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
-        self._last = self._event = None  # validation and the epoch's end are not a step's time
+        self._last = self._event = self._start = None  # validation and the epoch's end are not a step's time
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
-        self._last, self._event = time.perf_counter(), None  # the next step's time starts after it
+        self._last, self._event, self._start = time.perf_counter(), None, None  # the next step's starts after it
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         now = time.perf_counter()
         last, self._last = self._last, now
+        timed = self._timed
+        if last is not None:
+            timed[0] += 1
+            timed[1] += now - last
+            if state.data_wait is not None:
+                timed[2] += state.data_wait
+                timed[3] += 1
+            timed[4] += _batch_size(state.inputs) or 0
         due = is_due(state.step, self.every)
         event = previous = None
         if self._device is not None and (due or is_due(state.step + 1, self.every)):
             event = torch.cuda.Event(enable_timing=True)
             event.record(torch.cuda.current_stream(self._device))  # the model's device, whichever is current
             previous, self._event = self._event, event
-        if not due or last is None:
+        if not due:
             return
-        seconds = now - last
-        times = {"step": seconds * 1000}
-        if state.data_wait is not None:
-            times["data wait"] = state.data_wait * 1000
+        start, self._start = self._start, event
+        steps, seconds, waited, waits, samples = timed
+        self._timed = [0, 0.0, 0.0, 0, 0]
+        if not steps:
+            return
+        times = {"step": seconds * 1000 / steps}
+        if waits:
+            times["data wait"] = waited * 1000 / waits
         log.scalars("step time", state.step, times)
-        if previous is not None:
+        if start is not None:  # the steps since the last point, with nothing between them
+            log.vector("step time", state.step, ("device",), lambda: [_elapsed_ms(start, event) / self.every])
+        elif previous is not None:  # this step alone
             log.vector("step time", state.step, ("device",), lambda: [_elapsed_ms(previous, event)])
-        count = _batch_size(state.inputs)
-        trace = "samples" if count else "steps"
-        log.scalar("throughput", trace, state.step, (count or 1) / seconds if seconds > 0 else float("nan"))
+        trace = "samples" if samples else "steps"
+        log.scalar("throughput", trace, state.step, (samples or steps) / seconds if seconds > 0 else float("nan"))
         device = self._device
         log.vector("memory", state.step, _MEMORY_TRACES[device is not None], lambda: _memory_mb(device))
 
