@@ -52,6 +52,14 @@ def projected(vectors: Any) -> tuple[list[list[float]], list[float]]:
     return np.round(points, digits).tolist(), explained
 
 
+def _label_order(label: str) -> tuple:
+    """Numbers first, by value, then names alphabetically."""
+    try:
+        return 0, float(label), ""
+    except ValueError:
+        return 1, 0.0, label
+
+
 def figure(entry: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Plotly traces and layout: the entry's points in 3-D, a trace per label (up to ``COLOURED``),
     each point's label (or its ``hover`` text) on hover."""
@@ -62,6 +70,7 @@ def figure(entry: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]
         groups.setdefault("points" if labels is None else _short(labels[i]), []).append(i)
     if len(groups) > COLOURED:
         groups = {"points": shown}
+    groups = dict(sorted(groups.items(), key=lambda group: _label_order(group[0])))  # the legend: 0, 1, 2, ... 10
     texts = hover if hover is not None else labels if len(groups) == 1 else None  # else the trace's name says it
     data = []
     for name, rows in groups.items():
