@@ -119,6 +119,29 @@ def test_without_a_loss_the_gradients_alone_are_watched_and_no_spike_is_read_int
     assert guard.bad_step == 31
 
 
+def test_a_gan_s_gradient_gone_bad_is_named_by_its_backward_pass(caplog):
+    torch.manual_seed(0)
+    generator, discriminator = nn.Linear(4, 4), nn.Linear(4, 1)
+    model = nn.ModuleDict({"G": generator, "D": discriminator})
+    optimizers = {"G": torch.optim.SGD(generator.parameters(), lr=0.1),
+                  "D": torch.optim.SGD(discriminator.parameters(), lr=0.1)}
+    monitor = Monitor([Guard()], sink=NullSink())
+    monitor.train_start(model, optimizers)
+    for step in range(1, 4):
+        fake = generator(torch.randn(8, 4))
+        optimizers["D"].zero_grad()
+        discriminator(fake.detach()).mean().backward()
+        monitor.after_backward("D")
+        optimizers["D"].step()
+        optimizers["G"].zero_grad()
+        (discriminator(fake).mean() * (float("inf") if step == 3 else 1.0)).backward()
+        monitor.after_backward("G")  # D's gradients are now inf too, but its pass was over before
+        optimizers["G"].step()
+        monitor.step_end()
+    assert monitor.callbacks[0].bad_step == 3
+    assert "Guard: a gradient is not finite (in the backward pass of G) at step 3" in caplog.text
+
+
 def test_a_guard_given_to_a_monitor_per_fold_watches_each_fold_afresh(tmp_path):
     """A list of callbacks built once for every fold's Monitor: a Guard tripped in fold 0 said
     nothing of fold 1's NaN."""

@@ -69,7 +69,7 @@ class Guard(Callback):
         self._checkpoint: Any = None
         self._check_before_save: Any = None  # what the checkpoint calls before each save
         self._history: deque[float] = deque(maxlen=self.window)
-        self._grad_norm: Any = None
+        self._grad_norms: dict[str, Any] = {}  # the step's total norm, per pass ("grads D") where it names them
         self._pending: deque = deque()  # (step, names, values on host memory, event) from a device
         self._taken: int | None = None  # the step whose values were checked or queued last
         self._agree = False  # several ranks, which must stop together: watch the loss averaged over them
@@ -84,7 +84,7 @@ class Guard(Callback):
         self.bad_step, self._taken = None, None
         self._history.clear()
         self._pending.clear()
-        self._grad_norm = None
+        self._grad_norms = {}
         earlier = self._checkpoint.before_save if self._checkpoint is not None else []
         if self._check_before_save in earlier:  # the last Monitor's: its model, its state
             earlier.remove(self._check_before_save)
@@ -97,10 +97,14 @@ class Guard(Callback):
         if not self.grads or self.bad_step is not None or state.model is None or \
                 state.scaler is not None and state.scaler.is_enabled():
             return
-        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
+        named = state.backward_pass  # a GAN's after_backward("D"): that optimizer's parameters
+        params = state.model.parameters() if named is None else \
+            (p for group in state.optimizers[named].param_groups for p in group["params"])
+        grads = [p.grad for p in params if p.grad is not None]
         if grads:
             with torch.no_grad():  # in float32: a float16 norm overflows long before the gradients do
-                self._grad_norm = torch.linalg.vector_norm(torch.stack(foreach_norm(grads)))
+                self._grad_norms["grads" if named is None else f"grads {named}"] = \
+                    torch.linalg.vector_norm(torch.stack(foreach_norm(grads)))
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         self._take(state, log, settle=False)
@@ -117,8 +121,8 @@ class Guard(Callback):
                              f"{tuple(loss.shape)}")
         if self._agree and loss is not None:  # a collective: every rank takes each step once, here
             loss = mean_across_ranks({"loss": loss})["loss"]
-        watched = {name: v for name, v in (("loss", loss), ("grads", self._grad_norm)) if v is not None}
-        self._grad_norm = None
+        watched = {"loss": loss, **self._grad_norms} if loss is not None else self._grad_norms
+        self._grad_norms = {}
         device = next((v.device for v in watched.values() if isinstance(v, torch.Tensor) and v.device.type != "cpu"),
                       None)
         if watched and device is None:  # on the CPU: read at once
@@ -145,8 +149,10 @@ class Guard(Callback):
         reason = None
         if loss is not None and not math.isfinite(loss):
             reason = f"the loss is {loss}"
-        elif not math.isfinite(values.get("grads", 0.0)):
-            reason = "a gradient is not finite"
+        elif any(not math.isfinite(v) for name, v in values.items() if name != "loss"):
+            passes = [name.removeprefix("grads ") for name, v in values.items()
+                      if name.startswith("grads ") and not math.isfinite(v)]
+            reason = "a gradient is not finite" + (f" (in the backward pass of {', '.join(passes)})" if passes else "")
         elif loss is not None and self.spike is not None and len(self._history) >= SPIKE_STEPS:
             mean, spread = statistics.fmean(self._history), statistics.pstdev(self._history)
             # A constant loss (clamped, a plateau) has no spread: a thousandth of its level stands
