@@ -241,7 +241,8 @@ class Reading:
         return Run(folder, header["env"], header["run_id"], header["time"],
                    self.steps if self.step_x else self.unlabelled_steps, status,
                    end.get("error") if end is not None else None, metrics, self.hparams,
-                   sum(p.stat().st_size for p in files), _checkpoints(run_dir if current else RunDir(folder.parent), header["run_id"], current),
+                   sum(p.stat().st_size for p in files),
+                   _checkpoints(run_dir if current else RunDir(folder.parent), header["run_id"], current),
                    log, self.diverged)
 
 
@@ -470,7 +471,8 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
     return trouble
 
 
-_OWNED = {RunLog.FILENAME, RunDir.LOCK, RunDir.EARLIER, RunDir.CHECKPOINTS, IMAGES}  # what a run folder holds of the monitor's
+# What a run folder holds of the monitor's
+_OWNED = {RunLog.FILENAME, RunDir.LOCK, RunDir.EARLIER, RunDir.CHECKPOINTS, IMAGES}
 _CHECKPOINT_FOLDER = ("latest.json", ".checkpoints.lock")  # monitor.checkpoint.folder's MANIFEST, LOCK (not
                                                             # imported: it imports torch)
 

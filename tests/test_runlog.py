@@ -166,10 +166,12 @@ def test_a_resume_keeps_the_rest_of_the_step_of_a_log_that_marked_its_earlier_ch
     # save's "continues" mark at the second save's position, its "rest_of_step" after it.
     lines = [b'{"k":"points","win":"loss","x":40,"y":{"train":1.0}}\n']
     first = len(lines[0])
-    lines += [b'{"k":"rest_of_step","from":%d}\n' % first, b'{"k":"points","win":"loss","x":40,"y":{"validation":0.5}}\n']
+    lines += [b'{"k":"rest_of_step","from":%d}\n' % first,
+              b'{"k":"points","win":"loss","x":40,"y":{"validation":0.5}}\n']
     second = sum(map(len, lines))
     lines += [b'{"k":"continues","from":%d}\n' % first, b'{"k":"rest_of_step","from":%d}\n' % second,
-              b'{"k":"text","win":"samples","x":40,"html":"a sample","keep":10}\n', b'{"k":"continues","from":%d}\n' % second]
+              b'{"k":"text","win":"samples","x":40,"html":"a sample","keep":10}\n',
+              b'{"k":"continues","from":%d}\n' % second]
     path = tmp_path / "runlog.jsonl"
     path.write_bytes(b"".join(lines))
     assert resumes_at(path, second) == (len(path.read_bytes()), False)  # the sample stays

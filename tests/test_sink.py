@@ -174,7 +174,8 @@ def test_a_server_that_lost_the_env_gets_every_window_again_even_while_others_ch
             assert time.monotonic() < deadline, "the unchanged window never came back"
     assert sink.close(timeout=5)
     steps = list(range(1, step + 1))
-    assert read_window(visdom_server, "lost-env", "loss") == {"train": (steps, float32_digits([1.0 / s for s in steps]))}
+    assert read_window(visdom_server, "lost-env", "loss") == {
+        "train": (steps, float32_digits([1.0 / s for s in steps]))}
 
 
 def test_a_server_stopped_for_5_s_leaves_the_loop_running_and_gets_everything_after(

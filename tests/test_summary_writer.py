@@ -312,10 +312,12 @@ def test_custom_scalars_gather_the_scalars_whose_tags_their_expressions_match_as
                 writer.add_scalar(tag, value + step, step)
         writer.flush()
         losses, band, rates = (read_window(visdom_server, "custom", w) for w in ("losses", "accuracy", "rates"))
-        assert read_window(visdom_server, "custom", "loss")["train"] == ([0, 1, 2], [1.0, 0.5, 0.333333333333333])  # as before, to 15 digits
+        assert read_window(visdom_server, "custom", "loss")["train"] == (  # as before, to 15 digits
+            [0, 1, 2], [1.0, 0.5, 0.333333333333333])
         assert set(read_window(visdom_server, "custom", "loss")) == {"train", "test"}  # each curve once
     assert set(losses) == {"loss/train", "loss/test", "aux_loss", "aux_a", "aux_b"}
-    assert losses["loss/test"] == ([0, 1, 2], [2.0, 1.0, 0.666666666666667]) and losses["aux_b"] == ([0, 1, 2], [2.0] * 3)
+    assert losses["loss/test"] == ([0, 1, 2], [2.0, 1.0, 0.666666666666667])
+    assert losses["aux_b"] == ([0, 1, 2], [2.0] * 3)
     assert band == {"acc": ([0, 1, 2], [0.5, 1.5, 2.5]), "acc/low": ([0, 1, 2], [0.4, 1.4, 2.4]),
                     "acc/high": ([0, 1, 2], [0.6, 1.6, 2.6])}
     assert set(rates) == {"lr"}
