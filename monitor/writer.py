@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import datetime
 import functools
 import hashlib
 import io
@@ -456,7 +457,8 @@ class SummaryWriter:
                 raise TypeError(f"{argument} must be a dict of name to value, got {type(given).__name__}")
         metrics = {k: _number(v, f"metric_dict[{k!r}]") for k, v in metric_dict.items()}
         window = self._claim("hparams", "hparams")
-        trial = str(run_name) if run_name else str(time.time())  # a call, a trial: TensorBoard's run folder
+        # A call, a trial, as TensorBoard's run folder named by the time (there str(time.time())), readable
+        trial = str(run_name) if run_name else datetime.datetime.now().isoformat(" ", "microseconds")
         self.log.hparams(hparam_dict, metrics, self._step("hparams", global_step), window=window, trial=trial)
         self._stepped("hparams", global_step)
 
