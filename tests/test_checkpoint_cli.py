@@ -48,6 +48,22 @@ def test_checkpoints_inspect_shows_the_schema_summary(tmp_path):
     assert rows["rng"] == "python, numpy, torch CPU, 0 CUDA device(s)"
 
 
+def test_inspect_counts_tied_weights_once_as_the_model_s_parameters_do(tmp_path):
+    from monitor import Checkpoint, Monitor
+    from monitor.log import NullSink
+
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight  # the output layer tied to the embedding, as language models do
+    with Monitor([Checkpoint(tmp_path / "ckpt")], sink=NullSink()) as monitor:
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        monitor.train_end()
+    [saved] = (tmp_path / "ckpt").glob("step-*.pt")
+    result = CliRunner().invoke(main, ["checkpoints", "inspect", str(saved)])
+    rows = dict(line.split(None, 1) for line in result.output.splitlines())
+    assert sum(p.numel() for p in model.parameters()) == 40
+    assert rows["model"] == "Sequential: 1 tensor (2 names: tied weights), 40 numbers (float32), 160 B"
+
+
 def test_inspect_refuses_a_whole_pickled_model_saying_why_and_trust_loads_it(tmp_path):
     torch.save(nn.Linear(3, 2), tmp_path / "model.pt")
     refused = CliRunner().invoke(main, ["checkpoints", "inspect", str(tmp_path / "model.pt")])

@@ -92,11 +92,17 @@ def describe_checkpoint(path: str | Path, *, trust: bool = False) -> list[tuple[
 
 
 def _tensors(state: dict[str, Any]) -> str:
-    tensors = [t for t in state.values() if isinstance(t, torch.Tensor)]
+    """How many tensors, numbers and bytes; tied weights (an embedding shared with the output
+    layer: two names, one tensor, as the file keeps them) counted once, as the model's parameters are."""
+    named = [t for t in state.values() if isinstance(t, torch.Tensor)]
+    tensors = list({(t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape), t.stride()): t
+                    for t in named}.values())
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in tensors})
     count = sum(t.numel() for t in tensors)
     size = sum(t.numel() * t.element_size() for t in tensors)
-    return f"{len(tensors)} tensors, {count:,} numbers ({', '.join(dtypes) or 'none'}), {_size(size)}"
+    tied = f" ({len(named)} names: tied weights)" if len(named) > len(tensors) else ""
+    plural = "" if len(tensors) == 1 else "s"
+    return f"{len(tensors)} tensor{plural}{tied}, {count:,} numbers ({', '.join(dtypes) or 'none'}), {_size(size)}"
 
 
 def _part(name: Any, state: Any) -> str:
