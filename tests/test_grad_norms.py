@@ -86,8 +86,31 @@ def test_grad_norms_name_traces_after_the_modules_that_own_the_parameters():
     model(torch.randn(2, 4)).sum().backward()
     monitor.after_backward()
     monitor.step_end()  # the norms taken at after_backward are logged at step_end
-    assert sink.of(Points, "grad norm")[0].traces == ("Net", "fc1", "blocks.0.Linear", "blocks.1.LayerNorm",
+    # The model's own parameter beside its layers goes by its name
+    assert sink.of(Points, "grad norm")[0].traces == ("scale", "fc1", "blocks.0.Linear", "blocks.1.LayerNorm",
                                                       "head", "total")
+
+
+def test_a_weight_tied_to_another_layer_s_names_both_and_a_one_layer_model_its_class():
+    class LanguageModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.body = nn.Linear(4, 4)
+            self.lm_head = nn.Linear(4, 10, bias=False)
+            self.lm_head.weight = self.embed.weight  # as GPT-2 ties them
+
+        def forward(self, x):
+            return self.lm_head(self.body(self.embed(x)))
+
+    for model, traces in ((LanguageModel(), ("embed (also lm_head)", "body", "total")),
+                          (nn.Linear(4, 2), ("Linear", "total"))):
+        monitor, sink = monitor_with(GradNorms())
+        monitor.train_start(model)
+        model(torch.randint(0, 4, (2,)) if traces[0].startswith("embed") else torch.randn(2, 4)).sum().backward()
+        monitor.after_backward()
+        monitor.step_end()
+        assert sink.of(Points, "grad norm")[0].traces == traces
 
 
 def test_grad_norms_leave_out_parameters_without_gradients_that_step():

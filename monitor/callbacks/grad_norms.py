@@ -38,8 +38,10 @@ class GradNorms(Callback):
 
     A layer is a module that owns parameters directly; its trace is the module's qualified name
     (``fc1``, ``encoder.attn``), with the class added where the name ends in a number, as in
-    ``nn.Sequential`` (``0.Linear``, ``layers.3.Conv2d``); the root module's own parameters go
-    under its class name. Trace ``total`` is the norm of all gradients, as
+    ``nn.Sequential`` (``0.Linear``, ``layers.3.Conv2d``); a model's own parameters beside its
+    layers each go by their name (``pos_embed``), a model that is one layer by its class
+    (``Linear``), and a weight tied to another module's names both (``embed (also lm_head)``,
+    as a language model's output layer shares its embedding). Trace ``total`` is the norm of all gradients, as
     ``clip_grad_norm_`` computes it. Parameters whose ``grad`` is None are left out that step.
     The grouping is built at train_start and rebuilt when a module or parameter is registered
     (a new head, a grown network); a module deleted mid-epoch is noticed at the next epoch_start.
@@ -264,19 +266,31 @@ class GradNorms(Callback):
         self._passes.clear()
         self._updated_key = None
         self._before = None
-        seen: set[int] = set()
+        seen: dict[int, str] = {}  # each parameter's layer
         layers: dict[str, list[torch.nn.Parameter]] = {}  # by the name of the module that uses them
+        tied: dict[str, list[str]] = {}  # a layer's parameters other modules use too (an output layer tied to it)
         for name, module in model.named_modules():
-            owned = [p for p in module.parameters(recurse=False) if id(p) not in seen]
-            seen.update(id(p) for p in owned)
-            if owned:  # a parametrization's (weight_norm's original0 and 1) are its module's
-                if isinstance(module, parametrize.ParametrizationList):  # at NAME.parametrizations.weight
-                    name = name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
-                layers.setdefault(name, []).extend(owned)
+            if isinstance(module, parametrize.ParametrizationList):  # at NAME.parametrizations.weight: its module's
+                name = name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
+            elif not _uncompiled(name) and any(n != "parametrizations" for n, _ in module.named_children()):
+                # A model's own parameters beside its layers (a position embedding): one trace each
+                for key, p in module.named_parameters(recurse=False):
+                    if id(p) not in seen:
+                        seen[id(p)] = "." + key
+                        layers["." + key] = [p]
+                continue
+            for p in module.parameters(recurse=False):
+                if id(p) not in seen:
+                    seen[id(p)] = name
+                    layers.setdefault(name, []).append(p)
+                elif seen[id(p)] != name and name not in tied.setdefault(seen[id(p)], []):
+                    tied[seen[id(p)]].append(name)
         for name, owned in layers.items():
             self._params.extend(owned)
             self._layer_of.extend([len(self._layers)] * len(owned))
-            self._layers.append(_trace_name(_uncompiled(name), model.get_submodule(name)))
+            trace = name[1:] if name.startswith(".") else _trace_name(_uncompiled(name), model.get_submodule(name))
+            also = [_trace_name(_uncompiled(other), model.get_submodule(other)) for other in tied.get(name, ())]
+            self._layers.append(f"{trace} (also {', '.join(also)})" if also else trace)
         self._all = tuple(range(len(self._params)))
 
     def _grouping(self, present: tuple[int, ...]) -> _Grouping:
