@@ -329,18 +329,26 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
 @runs.command("compare")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="RUN...")
 @click.option("--into", default=None, metavar="ENV", help="Env to fill.  [default: compare_ and the runs' envs]")
+@click.option("--follow", is_flag=True, help="Keep the env up to date while the runs go on (every 2 s), until "
+                                             "none is running; Ctrl-C stops.")
 @server_options()
-def runs_compare(run_dirs: tuple[Path, ...], into: str | None, server: str | None, port: int | None) -> None:
+def runs_compare(run_dirs: tuple[Path, ...], into: str | None, follow: bool, server: str | None,
+                 port: int | None) -> None:
     """Fill an env with RUN... side by side: a trace per run in each window they share, named by
     the hparams that differ, and a table of the runs. Built from the run logs alone."""
     from monitor.connection import DashboardError
     from monitor.runs import compare
 
+    if follow:
+        click.echo(f"Comparing {len(run_dirs)} runs as they go on; Ctrl-C stops.")
     try:
-        env = compare(list(run_dirs), into, server=server, port=port)
+        env = compare(list(run_dirs), into, follow=follow, server=server, port=port)
     except (DashboardError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(f"Compared {len(run_dirs)} runs in env {env!r}.")
+    except KeyboardInterrupt:
+        click.echo("Stopped.")
+        return
+    click.echo(f"Compared {len(run_dirs)} runs in env {env!r}" + (", until they ended." if follow else "."))
 
 
 @runs.command("rm")

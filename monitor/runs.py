@@ -322,31 +322,72 @@ def labels(runs: list[Run]) -> tuple[list[str], list[str]]:
     return named, differing
 
 
-def compare(runs: list[str | os.PathLike], into: str | None = None, **connection: Any) -> str:
+def compare(runs: list[str | os.PathLike], into: str | None = None, follow: bool = False, every: float = 2.0,
+            **connection: Any) -> str:
     """Fills env ``into`` with the runs side by side, from their run logs; returns the env.
 
     Each line window the runs share holds one trace per run and original trace, named
     ``LABEL/TRACE`` (:func:`labels`); each PR-curve window they share, each run's latest curve;
     pane ``runs`` is a table of the runs, the hparams that differ and their final metrics.
     ``connection`` takes :class:`monitor.connection.Connection`'s arguments. The server needs none
-    of the runs' envs (a restarted server is fine).
+    of the runs' envs (a restarted server is fine). ``follow=True`` keeps the env up to date as
+    the runs go on (TensorBoard's live view of ``runs/exp/train`` beside ``runs/exp/val``): the
+    logs are read on every ``every`` seconds and the windows that changed sent again, until no run
+    is running any more.
     """
-    from html import escape
-
     from monitor import checks
     from monitor.connection import Connection
-    from monitor.windows import TABLE, Windows
 
     if len(runs) < 2:
         raise ValueError(f"runs must name at least two runs to compare, got {len(runs)}")
-    found = [described(run) for run in runs]
-    logs = [run.log.resolve() for run in found]
-    twice = next((run for run, log in zip(found, logs) if logs.count(log) > 1), None)
+    readings = [Reading(run_log_of(run)) for run in runs]
+    logs = [reading.log.resolve() for reading in readings]
+    twice = next((log for log in logs if logs.count(log) > 1), None)
     if twice is not None:
-        raise ValueError(f"runs must name each run once, got the run log {twice.log} twice")
-    named, differing = labels(found)
+        raise ValueError(f"runs must name each run once, got the run log {twice} twice")
+    for reading in readings:
+        reading.read_on()
+    found = [reading.run() for reading in readings]
     env = checks.name("into", into or _comparison_env([run.env for run in found]), path=True)
-    entries = [list(RunLog.read(run.log)) for run in found]
+    readers = [Reader(log) for log in logs]
+    entries: list[list[dict[str, Any]]] = [[] for _ in logs]
+    sent: dict[str, str] = {}  # each window's last message, as sent
+    sender = Connection(**connection)
+    try:
+        _empty_for_comparison(sender, env)
+        while True:
+            grew = False
+            for i, reader in enumerate(readers):
+                if not reader.continues():  # a resumed run cut its log back: read it anew
+                    reader = readers[i] = Reader(logs[i])
+                    entries[i] = []
+                new = list(reader.entries())
+                entries[i] += new
+                grew = grew or bool(new)
+            if grew or not sent:
+                for reading in readings:
+                    reading.read_on()
+                found = [reading.run() for reading in readings]
+                for window in _comparison(found, entries).changed():
+                    for message in window.messages(env):
+                        text = json.dumps(message, sort_keys=True, default=str)
+                        if sent.get(window.name) != text:
+                            sender.post(*message)
+                            sent[window.name] = text
+            if not follow or not grew and not any(run.status == "running" for run in found):
+                return env
+            time.sleep(every)
+    finally:
+        sender.close()
+
+
+def _comparison(found: list[Run], entries: list[list[dict[str, Any]]]) -> Any:
+    """The comparison's windows (:class:`monitor.windows.Windows`) from the runs' log entries."""
+    from html import escape
+
+    from monitor.windows import TABLE, Windows
+
+    named, differing = labels(found)
     lines = set.intersection(*({e["win"] for e in log if e.get("k") == "points"} for log in entries))
     # A deep model's layers as a heatmap in some run: their total alone (the layers differ between models).
     totals = {e["win"] for log in entries for e in log if e.get("k") == "layout" and e["opts"].get("form") == "heatmap"}
@@ -381,15 +422,7 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, **connection
                                for row in [head, *rows]) + "</table>"
     windows.apply([{"k": "layout", "win": "runs", "opts": {"title": "runs (last values)"}, "order": Order.SUMMARY},
                    {"k": "text", "win": "runs", "x": 0, "html": html}])
-    sender = Connection(**connection)
-    try:
-        _empty_for_comparison(sender, env)
-        for window in windows.changed():
-            for message in window.messages(env):
-                sender.post(*message)
-    finally:
-        sender.close()
-    return env
+    return windows
 
 
 def _comparison_env(envs: list[str]) -> str:

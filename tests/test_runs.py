@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import re
+import time
 
 import pytest
 import torch
@@ -898,3 +899,43 @@ def test_checkpoints_saved_outside_the_run_folder_are_counted_for_their_run(tmp_
     done = CliRunner().invoke(main, ["runs", "list", str(tmp_path / "runs"), "--earlier"])
     column = done.output.splitlines()[0].index("ckpts")
     assert [line[column:].split()[0] for line in done.output.splitlines()[1:]] == ["2", "3"], done.output
+
+
+def test_compare_follow_keeps_train_and_val_writers_in_one_chart_live_until_they_end(visdom_server, tmp_path,
+                                                                                       read_window, monkeypatch):
+    # TensorBoard's habit: SummaryWriter("runs/exp/train") and ("runs/exp/val"), one "loss" chart live
+    import threading
+
+    from monitor import SummaryWriter
+    from monitor.runs import compare
+
+    monkeypatch.chdir(tmp_path)
+    writers = {name: SummaryWriter(f"runs/exp/{name}", port=visdom_server.port) for name in ("train", "val")}
+    for name, writer in writers.items():
+        writer.add_scalar("loss", 1.0 if name == "train" else 2.0, 0)
+        writer.flush()
+    done: list[str] = []
+    following = threading.Thread(target=lambda: done.append(compare(["runs/exp/train", "runs/exp/val"], into="live",
+                                                                    follow=True, every=0.2,
+                                                                    port=visdom_server.port)))
+    following.start()
+    for step in range(1, 4):
+        for name, writer in writers.items():
+            writer.add_scalar("loss", step + (1.0 if name == "train" else 2.0), step)
+            writer.flush()
+        deadline = time.monotonic() + 20  # each step shows while the runs go on
+        while time.monotonic() < deadline:
+            try:
+                if read_window(visdom_server, "live", "loss")["exp_train/loss"][0][-1] == step:
+                    break
+            except (LookupError, KeyError):
+                pass
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"step {step} never showed")
+    for writer in writers.values():
+        writer.close()
+    following.join(timeout=30)
+    assert done == ["live"] and not following.is_alive()  # it ended with the runs
+    assert read_window(visdom_server, "live", "loss") == {"exp_train/loss": ([0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0]),
+                                                          "exp_val/loss": ([0, 1, 2, 3], [2.0, 3.0, 4.0, 5.0])}
