@@ -330,7 +330,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="RUN...")
 @click.option("--into", default=None, metavar="ENV", help="Env to fill.  [default: compare_ and the runs' envs]")
 @click.option("--follow", is_flag=True, help="Keep the env up to date while the runs go on (every 2 s), until "
-                                             "none is running; Ctrl-C stops.")
+                                             "each has ended (a killed run may be run again); Ctrl-C stops.")
 @server_options()
 def runs_compare(run_dirs: tuple[Path, ...], into: str | None, follow: bool, server: str | None,
                  port: int | None) -> None:

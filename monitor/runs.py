@@ -332,8 +332,8 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, follow: bool
     ``connection`` takes :class:`monitor.connection.Connection`'s arguments. The server needs none
     of the runs' envs (a restarted server is fine). ``follow=True`` keeps the env up to date as
     the runs go on (TensorBoard's live view of ``runs/exp/train`` beside ``runs/exp/val``): the
-    logs are read on every ``every`` seconds and the windows that changed sent again, until no run
-    is running any more.
+    logs are read on every ``every`` seconds and the windows that changed sent again, until every
+    run has ended (finished, crashed or interrupted: a killed run may be run again, and is followed).
     """
     from monitor import checks
     from monitor.connection import Connection
@@ -374,11 +374,14 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, follow: bool
                         if sent.get(window.name) != text:
                             sender.post(*message)
                             sent[window.name] = text
-            if not follow or not grew and not any(run.status == "running" for run in found):
+            if not follow or not grew and all(run.status in _ENDED for run in found):
                 return env
             time.sleep(every)
     finally:
         sender.close()
+
+
+_ENDED = ("finished", "crashed", "interrupted")  # a run that said how it ended (a killed one said nothing)
 
 
 def _comparison(found: list[Run], entries: list[list[dict[str, Any]]]) -> Any:
@@ -615,9 +618,9 @@ def collectable(runs: list[Run], older_than: float | None = None, keep_best: int
 
     Running, crashed, interrupted and killed runs are kept, and so is a run whose folder holds
     another run (an earlier run of its env, a run in a folder below it): deleting the folder
-    would take that run too.
+    would take that run too. Such a run still counts among the ``keep_best`` best.
     """
-    finished = [run for run in runs if run.status == "finished" and not holds_other_runs(run)]
+    finished = [run for run in runs if run.status == "finished"]
     doomed = {run.path for run in finished if older_than is not None and run.started < older_than}
     if keep_best is not None:
         if metric is None:
@@ -625,7 +628,7 @@ def collectable(runs: list[Run], older_than: float | None = None, keep_best: int
         check_metric(runs, metric)
         ranked = selected([run for run in finished if metric in run.metrics], sort=metric, mode=mode)
         doomed |= {run.path for run in ranked[keep_best:]}
-    return [run for run in finished if run.path in doomed]
+    return [run for run in finished if run.path in doomed and not holds_other_runs(run)]
 
 
 def shares_env(run: Run) -> list[Path]:

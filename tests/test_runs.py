@@ -558,6 +558,17 @@ def test_gc_and_rm_never_take_a_run_they_keep_with_the_folder_of_one_they_delete
     assert "Deleted 1 run(s)." in asked.output and not (root / "sweep").exists()
 
 
+def test_gc_keep_best_counts_a_best_run_whose_folder_holds_an_earlier_one_among_the_best(visdom_server, tmp_path):
+    root = tmp_path / "runs"
+    _finished_or_crashed(root, "rerun", visdom_server.port, 0.1, [0.9], crash=False)  # run again by mistake:
+    for env, loss in (("rerun", 0.2), ("second", 0.3), ("third", 0.4)):             # set aside in earlier/
+        _finished(root, env, visdom_server.port, loss)
+    done = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1", "--metric", "loss/train", "--yes",
+                                     "--port", str(visdom_server.port)])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in root.iterdir()) == ["rerun"]  # the best, kept; not the second best with it
+
+
 def test_rm_refuses_a_running_run_before_asking_and_deletes_nothing(visdom_server, tmp_path):
     root = tmp_path / "runs"
     _finished(root, "done", visdom_server.port, 0.5)
