@@ -278,6 +278,10 @@ def runs(context: click.Context) -> None:
         context.invoke(runs_list)
 
 
+KEEP_ENVS = click.option("--keep-envs", is_flag=True,
+                         help="Delete the files alone, leaving the runs' envs on the dashboard.")
+
+
 MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
                     help="Whether the lowest or the highest METRIC is best.  [default: lowest for losses and "
                          "errors, by their name, else highest]")
@@ -354,8 +358,9 @@ def runs_compare(run_dirs: tuple[Path, ...], into: str | None, follow: bool, ser
 @runs.command("rm")
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="RUN...")
 @click.option("--yes", is_flag=True, help="Do not ask for a confirmation.")
+@KEEP_ENVS
 @server_options()
-def runs_rm(run_dirs: tuple[Path, ...], yes: bool, server: str | None, port: int | None) -> None:
+def runs_rm(run_dirs: tuple[Path, ...], yes: bool, keep_envs: bool, server: str | None, port: int | None) -> None:
     """Delete RUN... (runs/ENV): the folder with its run log, images and checkpoints, and the env on
     the server; or an earlier run (runs/ENV/earlier/ID.jsonl), with its images and checkpoints."""
     from monitor.runs import described
@@ -364,7 +369,7 @@ def runs_rm(run_dirs: tuple[Path, ...], yes: bool, server: str | None, port: int
         doomed = [described(path) for path in run_dirs]
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    _remove(doomed, yes, server, port)
+    _remove(doomed, yes, keep_envs, server, port)
 
 
 @runs.command("gc")
@@ -377,9 +382,10 @@ def runs_rm(run_dirs: tuple[Path, ...], yes: bool, server: str | None, port: int
 @click.option("--metric", default=None, metavar="METRIC", help="window/trace ranking --keep-best.")
 @MODE
 @click.option("--yes", is_flag=True, help="Do not ask for a confirmation.")
+@KEEP_ENVS
 @server_options()
 def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | None, mode: str | None, yes: bool,
-            server: str | None, port: int | None) -> None:
+            keep_envs: bool, server: str | None, port: int | None) -> None:
     """Delete finished runs under DIR that are older than a date or beyond the N best (crashed,
     interrupted, killed and running runs are kept, and so are runs without --metric and folders
     holding other runs)."""
@@ -399,10 +405,11 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
     if not doomed:
         click.echo("nothing to collect")
         return
-    _remove(doomed, yes, server, port)
+    _remove(doomed, yes, keep_envs, server, port)
 
 
-def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
+def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | None) -> None:
+    from monitor.connection import Connection, answers
     from monitor.runs import check_removable, holds_other_runs, not_written_by_monitor, remove, shares_env
 
     doomed = list({run.place.resolve(): run for run in doomed}.values())  # a run named twice goes once
@@ -422,9 +429,15 @@ def _remove(doomed, yes: bool, server: str | None, port: int | None) -> None:
         yours = not_written_by_monitor(run.path)
         if yours:
             click.echo(f"  kept, with the folder: {', '.join(_shown(p, run.path) for p in yours)}")
+    envs = sorted({run.env for run in doomed if run.place == run.path and not shares_env(run)})
+    url = Connection(server, port).url
+    if envs and not keep_envs and not answers(url):  # once the folders are gone no command finds the envs
+        raise click.ClickException(f"the dashboard at {url} could not be reached, and env(s) {', '.join(envs)} "
+                                   f"would stay on it: give its --port (or --server), or --keep-envs to delete "
+                                   f"the files alone. Nothing was deleted.")
     if not yes:
         click.confirm(f"Delete these {len(doomed)} run(s), their checkpoints and their envs?", abort=True)
-    troubles = [(run.env, remove(run, server=server, port=port)) for run in doomed]
+    troubles = [(run.env, remove(run, dashboard=not keep_envs, server=server, port=port)) for run in doomed]
     click.echo(f"Deleted {len(doomed)} run(s).")
     for env, trouble in troubles:
         if trouble is not None:

@@ -580,9 +580,13 @@ def test_rm_refuses_a_running_run_before_asking_and_deletes_nothing(visdom_serve
         assert (root / "done").exists()  # nothing deleted: the check comes first
     finally:
         live.close()
-    gone = CliRunner().invoke(main, ["runs", "rm", str(root / "done"), "--yes", "--port", "1"])
-    assert gone.exit_code == 0 and not (root / "done").exists()
-    assert "Env done is still on the dashboard: the dashboard at http://127.0.0.1:1 could not be reached." in gone.output
+    # A dashboard not reached: once the folder is gone no command would find its env to delete
+    kept = CliRunner().invoke(main, ["runs", "rm", str(root / "done"), "--yes", "--port", "1"])
+    assert kept.exit_code == 1 and (root / "done").exists()
+    assert ("the dashboard at http://127.0.0.1:1 could not be reached, and env(s) done would stay on it: give its "
+            "--port (or --server), or --keep-envs to delete the files alone. Nothing was deleted.") in kept.output
+    gone = CliRunner().invoke(main, ["runs", "rm", str(root / "done"), "--yes", "--port", "1", "--keep-envs"])
+    assert gone.exit_code == 0 and not (root / "done").exists() and "dashboard" not in gone.output
 
 
 def test_gc_keep_best_ranks_only_runs_with_the_metric_and_refuses_one_no_run_has(visdom_server, tmp_path):
