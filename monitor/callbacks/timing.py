@@ -45,7 +45,9 @@ class Timing(Callback):
         self._event: Any = None  # the CUDA event recorded at the previous step_end
         self._start: Any = None  # ... at the last point's step_end, while no validation or epoch came between
         self._device: torch.device | None = None
-        self._timed = [0, 0.0, 0.0, 0, 0]  # since the last point: steps, seconds, data wait, waits, samples
+        # Since the last point: the steps timed, their seconds, data waits and samples
+        self._steps = self._waits = self._samples = 0
+        self._seconds = self._waited = 0.0
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._last = None
@@ -65,14 +67,16 @@ class Timing(Callback):
     def on_step_end(self, state: LoopState, log: Log) -> None:
         now = time.perf_counter()
         last, self._last = self._last, now
-        timed = self._timed
         if last is not None:
-            timed[0] += 1
-            timed[1] += now - last
+            self._steps += 1
+            self._seconds += now - last
             if state.data_wait is not None:
-                timed[2] += state.data_wait
-                timed[3] += 1
-            timed[4] += _batch_size(state.inputs) or 0
+                self._waited += state.data_wait
+                self._waits += 1
+            inputs = state.inputs
+            if inputs is not None:
+                self._samples += inputs.shape[0] if type(inputs) is torch.Tensor and inputs.dim() \
+                    else _batch_size(inputs) or 0
         due = is_due(state.step, self.every)
         event = previous = None
         if self._device is not None and (due or is_due(state.step + 1, self.every)):
@@ -82,8 +86,9 @@ class Timing(Callback):
         if not due:
             return
         start, self._start = self._start, event
-        steps, seconds, waited, waits, samples = timed
-        self._timed = [0, 0.0, 0.0, 0, 0]
+        steps, seconds, waited, waits, samples = self._steps, self._seconds, self._waited, self._waits, self._samples
+        self._steps = self._waits = self._samples = 0
+        self._seconds = self._waited = 0.0
         if not steps:
             return
         times = {"step": seconds * 1000 / steps}
