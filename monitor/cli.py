@@ -290,9 +290,11 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
 @runs.command("list")
 @click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("runs"),
                 metavar="[DIR]")
-@click.option("--sort", metavar="METRIC", help="Best first by METRIC (window/trace, e.g. loss/validation).")
+@click.option("--sort", metavar="METRIC", help="Best first by METRIC's best value (window/trace, e.g. "
+                                               "loss/validation), or in the order of an hparam (lr).")
 @MODE
-@click.option("--where", multiple=True, metavar="NAME=VALUE", help="Only runs with this hparam value (repeatable).")
+@click.option("--where", multiple=True, metavar="NAME=VALUE",
+              help="Only runs with this hparam value, or one of several (lr=0.1,0.3) (repeatable).")
 @click.option("--metrics", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
               help="Metric columns shown: the --sort one first, then the loss, the rest by name.")
 @click.option("--earlier", is_flag=True, help="Also the earlier runs of each env (set aside in its earlier/).")
@@ -313,7 +315,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
         click.echo(f"monitor: left out {message}", err=True)
     if sort is not None and every:
         try:
-            check_metric(every, sort, "sort")
+            check_metric(every, sort, "sort", hparams=True)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--sort") from None
     if mode is not None and sort is None:

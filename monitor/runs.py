@@ -94,11 +94,14 @@ def best_mode(metric: str, mode: str | None = None) -> str:
     return mode or ("min" if best_is_lowest(metric) else "max")
 
 
-def check_metric(runs: list[Run], metric: str, argument: str = "metric") -> str:
-    """``metric`` if some run has it; ValueError naming ``argument`` and the metrics the runs have."""
+def check_metric(runs: list[Run], metric: str, argument: str = "metric", hparams: bool = False) -> str:
+    """``metric`` if some run has it (or, with ``hparams``, an hparam of that name); ValueError
+    naming ``argument`` and the metrics (and hparams) the runs have."""
     known = sorted({m for run in runs for m in run.metrics})
-    if metric not in known:
-        raise ValueError(f"{argument} must be one of the runs' metrics ({', '.join(known) or 'none'}), got {metric!r}")
+    named = sorted({h for run in runs for h in run.hparams}) if hparams else []
+    if metric not in known and metric not in named:
+        raise ValueError(f"{argument} must be one of the runs' metrics ({', '.join(known) or 'none'})"
+                         + (f" or hparams ({', '.join(named)})" if named else "") + f", got {metric!r}")
     return metric
 
 
@@ -249,16 +252,23 @@ class Reading:
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
              mode: str | None = None) -> list[Run]:
     """The runs whose hparams match ``where`` (values compared as text, or as numbers when both
-    are), best first by metric ``sort`` (``window/trace``; runs where it was never finite, a
-    diverged trial's, next to last, runs without it last): lowest first
-    with ``mode="min"``, highest with ``"max"``, by default as :func:`best_is_lowest` guesses."""
+    are; ``"0.1,0.3"``: either), best first by metric ``sort`` (``window/trace``, by its best
+    value; runs where it was never finite, a diverged trial's, next to last, runs without it
+    last): lowest first with ``mode="min"``, highest with ``"max"``, by default as
+    :func:`best_is_lowest` guesses. A ``sort`` that is no run's metric but an hparam orders the
+    runs by it, lowest first (``mode="max"``: highest), numbers before text, runs without it last."""
     def matches(run: Run) -> bool:
         for name, wanted in (where or {}).items():
-            if name not in run.hparams or not _same(run.hparams[name], wanted):
+            if name not in run.hparams or not (_same(run.hparams[name], wanted) or "," in wanted and any(
+                    _same(run.hparams[name], one.strip()) for one in wanted.split(","))):
                 return False
         return True
 
     kept = [run for run in runs if matches(run)]
+    if sort is not None and not any(sort in run.metrics for run in runs) and any(sort in run.hparams for run in runs):
+        present = [run for run in kept if sort in run.hparams]
+        present.sort(key=lambda run: _hparam_order(run.hparams[sort]), reverse=mode == "max")
+        return present + [run for run in kept if sort not in run.hparams]
     if sort is not None:
         sign = 1.0 if best_mode(sort, mode) == "min" else -1.0
         def rank(run: Run) -> tuple:
@@ -833,6 +843,13 @@ def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> lis
 
     ranked = sorted(seen, key=lambda name: (name != first, data(name), not best_is_lowest(name), -seen[name], name))
     return ranked[:count]
+
+
+def _hparam_order(value: Any) -> tuple:
+    """Numbers by value, then the rest by their text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return 0, float(value), ""
+    return 1, 0.0, str(value)
 
 
 def _same(value: Any, wanted: str) -> bool:

@@ -192,6 +192,8 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     assert [r.env for r in selected(list(runs.values()), sort="loss/train")] == ["killed", "broken", "good"]
     assert [r.env for r in selected(list(runs.values()), sort="accuracy/train")] == ["broken", "good", "killed"]
     assert [r.env for r in selected(list(runs.values()), where={"lr": "0.10"})] == ["good"]
+    assert [r.env for r in selected(list(runs.values()), where={"lr": "0.1, 0.3"}, sort="lr")] == ["good", "broken"]
+    assert [r.env for r in selected(list(runs.values()), sort="lr", mode="max")] == ["broken", "good", "killed"]
 
     done = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "loss/validation", "--where", "batch=16"])
     assert done.exit_code == 0, done.output
@@ -199,6 +201,10 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     assert lines[0].startswith("env") and [line.split()[0] for line in lines[1:]] == ["good", "broken"]
     bad = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "lr"])
     assert bad.exit_code == 2 and "must be NAME=VALUE, got 'lr'" in bad.output
+    by_lr = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "lr", "--where", "lr=0.3,0.1"])
+    assert [line.split()[0] for line in by_lr.output.splitlines()[1:]] == ["good", "broken"], by_lr.output
+    unknown = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "loss/valid"])
+    assert "or hparams (batch, lr, optimizer), got 'loss/valid'" in unknown.output.replace("\n", " "), unknown.output
     typo = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "LR=0.1"])
     assert typo.exit_code == 2 and "no run under" in typo.output and "has hparam 'LR'; they have batch, lr, optimizer" \
         in typo.output.replace("\n", " ").replace("  ", " "), typo.output
