@@ -429,7 +429,7 @@ def test_an_embedding_shows_as_a_3d_scatter_coloured_by_label(visdom_server, tmp
     wait = WebDriverWait(browser, 30)
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "div.gl-container canvas"))  # WebGL drew the scene
     legend = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.legend text.legendtext")]
-    assert legend == ["cat", "dog", "bird"], legend
+    assert legend == ["bird", "cat", "dog"], legend  # in order, not as the points first had them
     notes = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg.main-svg g.annotation text")]
     assert notes == ["step 0: PCA of 300 vectors"], notes
     _screenshot_without_console_errors(browser, "embedding.png")
