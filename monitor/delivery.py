@@ -17,11 +17,12 @@ or a close sends everything at once. The HTTP is
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections import deque
-from typing import Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple
 
 from monitor.connection import Connection, DashboardError
 from monitor.reports import Reports
@@ -54,12 +55,16 @@ class Delivery:
         delivery.delivered          # True once the server holds every window as it is here
 
     ``stale`` names windows to close on the server (those only a rewound run log wrote).
-    ``kept_in`` is where the records are safe meanwhile, for the outage warning.
+    ``kept_in`` is where the records are safe meanwhile, for the outage warning. ``lock``, held
+    while the windows are read or marked and never during a request, lets another thread apply
+    entries to them meanwhile (the sink's worker, which must never wait on the server).
     """
 
     def __init__(self, connection: Connection, windows: Windows, env: str, *, interval: float,
-                 stale: Iterable[str] = (), reports: Reports | None = None, kept_in: object = None) -> None:
+                 stale: Iterable[str] = (), reports: Reports | None = None, kept_in: object = None,
+                 lock: Any = None) -> None:
         self.connection, self.windows, self.env = connection, windows, env
+        self._lock = lock if lock is not None else contextlib.nullcontext()
         self.interval = interval
         self.heartbeat = 2.0  # seconds between checks that the server still holds the env
         self.timings: deque[FlushTiming] = deque(maxlen=1000)  # the latest sends, for benchmarks
@@ -107,7 +112,9 @@ class Delivery:
                 if sent and not force and window.sent:
                     self.more = True  # one update per send, SPREAD apart: one redraw per page task
                     continue  # (new panes all go now, in their order on the page)
-                if window.sent and window.must_reopen():
+                with self._lock:
+                    reopen = window.sent and window.must_reopen()
+                if reopen:
                     self._reopen(window, limit)
                 wait = self._reopen_at.get(window.name, 0.0) - time.monotonic()
                 if wait > 0:
@@ -117,9 +124,12 @@ class Delivery:
                     time.sleep(wait if limit is None else min(wait, limit))
                 if self._reopen_at.pop(window.name, None) is not None:
                     self._reopened[window.name] = time.monotonic()
-                messages = window.messages(self.env)
+                with self._lock:
+                    messages, version = window.messages(self.env), window.version
+                    held = sum(len(t) for t in window.traces.values())
                 if not messages:
-                    window.mark_skipped()
+                    with self._lock:
+                        window.mark_skipped(version)
                     continue
                 took, size, gone = 0.0, 0, False
                 try:
@@ -132,17 +142,20 @@ class Delivery:
                 except (TypeError, ValueError) as error:  # e.g. opts that are not JSON
                     self.reports.once(f"window-{window.name}", f"window {window.name!r} cannot be sent and "
                                                                f"is skipped: {error}")
-                    window.mark_skipped()
+                    with self._lock:
+                        window.mark_skipped(version)
                     continue
                 if gone:
-                    window.mark_closed()  # created whole at the next send
+                    with self._lock:
+                        window.mark_closed()  # created whole at the next send
                     self.more = True
                     continue
-                window.mark_sent()
+                with self._lock:
+                    window.mark_sent(version)
                 self._pace(window.name, took, size)
                 seconds += took
                 sent += 1
-                points += sum(len(t) for t in window.traces.values())
+                points += held
             if settle:
                 self._verify_reopened(limit, settle=True)
         except DashboardError as error:
@@ -163,7 +176,7 @@ class Delivery:
     def delivered(self) -> bool:
         """Whether the server holds every window as it is here (nothing changed since it took it)."""
         return self._down_since is None and not self._stale and \
-            not any(window.changed for window in self.windows.by_name.values())
+            not any(window.changed for window in list(self.windows.by_name.values()))
 
     @property
     def unreachable(self) -> bool:
@@ -180,13 +193,14 @@ class Delivery:
     def _placed_in_order(self, limit: float | None = None) -> list[Window]:
         """The changed windows, in page order; sent windows that a new one must precede are
         closed first, so that they are created again after it (Visdom adds a pane at the end)."""
-        changed = self.windows.changed()
-        new = [w for w in changed if not w.sent]
-        if new:
-            after = [w for w in self.windows.by_name.values() if w.sent and w.order > new[0].order]
-            for window in after:
-                self._reopen(window, limit)
-            if after:
+        with self._lock:
+            changed = self.windows.changed()
+            new = [w for w in changed if not w.sent]
+            after = [w for w in self.windows.by_name.values() if w.sent and w.order > new[0].order] if new else []
+        for window in after:
+            self._reopen(window, limit)
+        if after:
+            with self._lock:
                 changed = self.windows.changed()
         return changed
 
@@ -198,7 +212,8 @@ class Delivery:
         heartbeat checks for a while that a window created again is still there.
         """
         self._close(window.name, limit)
-        window.mark_closed()
+        with self._lock:
+            window.mark_closed()
         self._reopen_at[window.name] = time.monotonic() + REOPEN
 
     def _close(self, window: str, limit: float | None) -> None:
@@ -217,10 +232,12 @@ class Delivery:
         """
         self._last_check = time.monotonic()
         self._verify_reopened(limit)
-        probe: Window | None = next((w for w in self.windows.by_name.values() if w.sent and not w.changed), None)
+        with self._lock:
+            probe: Window | None = next((w for w in self.windows.by_name.values() if w.sent and not w.changed), None)
         if probe is not None and self.connection.post(
                 "win_exists", {"win": probe.name, "eid": self.env}, timeout=limit) != "true":
-            self.windows.mark_all_changed()
+            with self._lock:
+                self.windows.mark_all_changed()
 
     def _verify_reopened(self, limit: float | None, settle: bool = False) -> None:
         """Creates again the windows created again lately that a page's late close took.
@@ -238,10 +255,12 @@ class Delivery:
                 time.sleep(max(0.0, wait if limit is None else min(wait, limit)))
             if window.sent and self.connection.post(
                     "win_exists", {"win": name, "eid": self.env}, timeout=limit) != "true":
-                window.mark_closed()  # created again at the next send
+                with self._lock:
+                    window.mark_closed()  # created again at the next send
 
     def _went_down(self, reason: str) -> None:
-        self.windows.mark_all_changed()  # what the server holds is unknown now
+        with self._lock:
+            self.windows.mark_all_changed()  # what the server holds is unknown now
         now = self.failed_at = time.monotonic()
         if self._down_since is None:
             self._down_since = now

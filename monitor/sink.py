@@ -133,8 +133,10 @@ class VisdomSink:
             self.folder.unlock()
             raise
         self.reports = Reports()
+        self._windows_lock = threading.Lock()  # the worker applies entries while the sender reads the windows
         self.delivery = Delivery(self.connection, self.windows, self.env, interval=self.flush_every,
-                                 stale=stale, reports=self.reports, kept_in=self.runlog.path)
+                                 stale=stale, reports=self.reports, kept_in=self.runlog.path,
+                                 lock=self._windows_lock)
         self._queue: deque = deque()  # append and popleft are atomic: no lock, no wake-up
         self._wake = threading.Event()
         self._closed = False
@@ -144,13 +146,20 @@ class VisdomSink:
         self.missing_from_runlog = 0  # records the run log could not take (a full disk)
         self._asked = False  # a flush() or close() arrived since the last send
         self._lock = threading.Lock()
-        self._waiting: list[_Waiter] = []
+        self._waiting: list[_Waiter] = []  # the worker's: drained this cycle
+        self._flushes: list[_Waiter] = []  # the sender's: flushes whose records are in the windows
         self._next_send = 0.0
         self._close_deadline = math.inf
         self._close_asked = math.inf  # when close() was called
         self._logged = threading.Event()  # set once everything put before close() is in the run log
+        self._send_wake = threading.Event()
+        # Two threads: the worker writes the run log and the windows (and answers a checkpoint's
+        # sync at once), the sender brings the server up to date; a server that hangs a request
+        # (stopped, overloaded) holds up only the sender.
         self._worker = threading.Thread(target=self._run, name=f"monitor-sink-{self.env}", daemon=True)
+        self._sender = threading.Thread(target=self._send_all, name=f"monitor-send-{self.env}", daemon=True)
         self._worker.start()
+        self._sender.start()
         open_sinks.add(self)
 
     def _open_runlog(self, rewind_to: int | None, continues: str | None = None) -> set[str]:
@@ -242,7 +251,7 @@ class VisdomSink:
         Returns False if that did not happen within ``timeout`` seconds, or at once when the
         server could not be reached (the worker keeps trying).
         """
-        if self._closed or not self._worker.is_alive():
+        if self._closed or not self._sender.is_alive():
             return self.delivered and self.pending == 0
         waiter = _Waiter(timeout)
         self._queue.append(waiter)
@@ -276,7 +285,7 @@ class VisdomSink:
                 self._wake.set()
         started = time.monotonic()
         self._logged.wait()  # a local append: even a backlog of thousands of records takes well under a second
-        self._worker.join(None if timeout is None else max(0.0, timeout - (time.monotonic() - started)))
+        self._sender.join(None if timeout is None else max(0.0, timeout - (time.monotonic() - started)))
         delivered = self.delivered and not self._queue
         if self.missing_from_runlog:
             self.reports.once("close-runlog", f"{self.missing_from_runlog} records of env {self.env!r} could not be "
@@ -298,17 +307,15 @@ class VisdomSink:
                 f"`monitor replay {self.runlog.path}{self.connection.cli_options}`")
 
     def _join(self, timeout: float | None) -> None:
-        """Waits for the worker to end (the run folder is free then)."""
+        """Waits for the worker and the sender to end (the run folder is free then)."""
         self._worker.join(timeout)
+        self._sender.join(timeout)
 
     # --- the worker ---------------------------------------------------------------------------
     def _run(self) -> None:
+        """The worker: what is put goes into the run log and the windows, until close()."""
         try:
-            # A close does not wait out its timeout for a server that is not there (its forced
-            # send, in the cycle that took the close, found none): the run log keeps everything,
-            # and `monitor replay` or `monitor serve --runs` sends it later.
-            while not (self._stopping and (self.delivered or self.delivery.unreachable
-                                           or time.monotonic() >= self._close_deadline)):
+            while not self._logged.is_set():
                 try:
                     self._cycle()
                 except Exception as error:  # a bug or a full disk must not end delivery
@@ -316,20 +323,12 @@ class VisdomSink:
                                       f"the sink's worker hit {type(error).__name__}: {error}; it goes on")
                     time.sleep(min(self.flush_every, 0.5))
         finally:
-            for close in (self.runlog.close, self.connection.close, self.folder.unlock):
-                try:
-                    close()
-                except Exception as error:
-                    self.reports.once("closing", f"closing the sink failed: {error}")
-            for waiter in self._waiting:
-                waiter.event.set()
             self._logged.set()
-            open_sinks.discard(self)  # only now: its run folder is free once this thread ends
+            self._send_wake.set()
 
     def _cycle(self) -> None:
-        """Takes what is queued into the run log and the windows; sends when it is time."""
-        timeout = max(0.0, self._next_send - time.monotonic())
-        entries = self._drain(timeout)
+        """Takes what is queued into the run log and the windows; answers syncs, hands flushes on."""
+        entries = self._drain(_POLL)
         if entries:
             try:
                 self.runlog.append(entries)
@@ -338,32 +337,78 @@ class VisdomSink:
                 self.reports.once("runlog", f"the run log {self.runlog.path} could not be written ({error}): "
                                             f"what is logged from now on may be missing from it; the dashboard "
                                             f"still gets it")
-            went_back = [p for p in self.windows.apply(entries) if ("backwards", p.window) not in self.reports.seen]
+            with self._windows_lock:
+                went_back = [p for p in self.windows.apply(entries)
+                             if ("backwards", p.window) not in self.reports.seen]
             if went_back:  # once a window, those of one batch in one line
                 self.reports.seen.update(("backwards", p.window) for p in went_back)
                 self.reports.once(("backwards", went_back[0]), Backwards.said(went_back))
-        if self._stopping:
-            self._logged.set()
-        durable = [w for w in self._waiting if w.durable]
-        if durable:
+        waiting, self._waiting = self._waiting, []
+        if any(w.durable for w in waiting):
             self.runlog.sync()
-        now = time.monotonic()
-        for waiter in [w for w in self._waiting if w.durable or w.deadline < now]:
-            waiter.event.set()  # a flush whose caller gave up no longer forces sends
-            self._waiting.remove(waiter)
-        # A new flush() or close() sends at once; while one waits, retries keep the flush pace.
-        if now >= self._next_send or self._asked:
-            self._asked = False
-            limit = self._close_deadline - time.monotonic() if self._stopping else None
-            self.delivery.send(force=bool(self._waiting) or self._stopping, limit=limit, settle=self._stopping)
-            self._next_send = time.monotonic() + (min(SPREAD, self.flush_every) if self.delivery.more
-                                                  else self.flush_every)
-            if self.delivered or self.delivery.unreachable:  # a flush does not wait on a server not there
-                for waiter in self._waiting:
-                    waiter.event.set()
-                self._waiting.clear()
+        flushes = [w for w in waiting if not w.durable]
+        for waiter in waiting:
+            if waiter.durable:
+                waiter.event.set()
+        if flushes or self._stopping:
+            with self._lock:
+                self._flushes += flushes
+            if self._stopping:
+                self._logged.set()
+            self._send_wake.set()
         if self._queue:
             time.sleep(_PAUSE)
+
+    def _send_all(self) -> None:
+        """The sender: sends when it is time, at once for a flush or a close; ends after a close
+        once the server holds everything, cannot be reached, or the close's time is up."""
+        try:
+            while True:
+                logged = self._logged.is_set()  # close(): everything put before it is in the windows
+                # A server found unreachable after close() was called had its one try
+                if logged and (self.delivered or time.monotonic() >= self._close_deadline or
+                               self.delivery.unreachable and self.delivery.failed_at >= self._close_asked):
+                    break
+                wait = self._next_send - time.monotonic()
+                if wait > 0 and not self._asked and not self._flushes:
+                    self._send_wake.wait(min(wait, _POLL))
+                    self._send_wake.clear()
+                    continue
+                try:
+                    self._send(logged)
+                except Exception as error:
+                    self.reports.once(f"sender-{type(error).__name__}",
+                                      f"the sink's sender hit {type(error).__name__}: {error}; it goes on")
+                    time.sleep(min(self.flush_every, 0.5))
+        finally:
+            self._worker.join()
+            for close in (self.runlog.close, self.connection.close, self.folder.unlock):
+                try:
+                    close()
+                except Exception as error:
+                    self.reports.once("closing", f"closing the sink failed: {error}")
+            with self._lock:
+                for waiter in [*self._waiting, *self._flushes]:
+                    waiter.event.set()
+            open_sinks.discard(self)  # only now: its run folder is free once this thread ends
+
+    def _send(self, closing: bool) -> None:
+        with self._lock:
+            flushes = self._flushes = [w for w in self._flushes if not w.event.is_set()]
+            now = time.monotonic()
+            for waiter in [w for w in flushes if w.deadline < now]:
+                waiter.event.set()  # a flush whose caller gave up no longer forces sends
+            flushes = self._flushes = [w for w in flushes if w.deadline >= now]
+            self._asked = False
+        limit = self._close_deadline - time.monotonic() if closing else None
+        self.delivery.send(force=bool(flushes) or closing, limit=limit, settle=closing)
+        self._next_send = time.monotonic() + (min(SPREAD, self.flush_every) if self.delivery.more
+                                              else self.flush_every)
+        if self.delivered or self.delivery.unreachable:  # a flush does not wait on a server not there
+            with self._lock:
+                for waiter in self._flushes:
+                    waiter.event.set()
+                self._flushes = []
 
     def _drain(self, timeout: float) -> list[dict[str, Any]]:
         """Takes queued items for one slice (looking again within ``timeout`` if there are none)."""

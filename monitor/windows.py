@@ -278,6 +278,7 @@ class Window:
         self._sending: list[int] = []  # what the server's pane holds once the latest messages are taken
         self.changed = True
         self.sent = False
+        self.version = 0  # counts the changes: a send marks the window sent as of the version it took
 
     def apply(self, entry: dict[str, Any]) -> list[Backwards]:
         """Takes in a run-log entry; returns the points that went back in x (none, mostly)."""
@@ -339,6 +340,7 @@ class Window:
                 self.grid = heatmap.Grid()
                 self.lines = heatmap.Grid(columns=max(10, min(self.budget, WINDOW_POINTS // lines) // 2))
         self.changed = True
+        self.version += 1
         return went_back
 
     def _new_trace(self, name: str) -> Trace:
@@ -351,23 +353,26 @@ class Window:
         trace = self.traces[name] = Trace(share)
         return trace
 
-    def mark_sent(self) -> None:
-        """The server took this window's latest messages."""
-        self.changed, self.sent = False, True
+    def mark_sent(self, version: int | None = None) -> None:
+        """The server took this window's messages made at ``version`` (None: the latest); a
+        window that changed since they were made stays changed."""
+        self.changed, self.sent = version is not None and version != self.version, True
         if self.kind == "history":
             self.on_server = self._sending
 
-    def mark_skipped(self) -> None:
+    def mark_skipped(self, version: int | None = None) -> None:
         """Nothing to send until this window changes again (it is empty, or its message is not JSON)."""
-        self.changed = False
+        self.changed = version is not None and version != self.version
 
     def mark_changed(self) -> None:
         """The server's copy may differ from this one (it lost the env, or went down)."""
         self.changed, self.on_server = True, None
+        self.version += 1
 
     def mark_closed(self) -> None:
         """The server no longer has this window (it was closed to be placed again)."""
         self.changed, self.sent, self.on_server = True, False, None
+        self.version += 1
 
     def must_reopen(self) -> bool:
         """The server's history pane cannot take the new grids as appends: it must be closed and

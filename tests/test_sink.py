@@ -633,6 +633,30 @@ def test_close_while_a_request_hangs_on_a_stopped_server_waits_for_that_request_
     assert [e["x"] for e in RunLog.read(sink.runlog.path) if e["k"] == "points"] == [1, 2]
 
 
+@pytest.mark.parametrize("kind", ["here", "process"])
+def test_a_checkpoint_s_sync_is_answered_while_a_request_hangs_on_a_stopped_server(fresh_server, tmp_path, kind):
+    # A DDP user's job stalled 5 s at each checkpoint while the dashboard was stopped: the sync
+    # waited behind the worker's send. Writing the run log never waits on the server.
+    from monitor.sink_process import SinkProcess
+
+    make = VisdomSink if kind == "here" else SinkProcess
+    sink = make("hung-sync", port=fresh_server.port, run_dir=tmp_path, flush_every=0.05, timeout=30.0)
+    log = Log(sink)
+    log.scalar("loss", "train", 1, 1.0)
+    assert sink.flush(timeout=10)
+    fresh_server.pause()  # SIGSTOP: connections are taken, never answered
+    try:
+        log.scalar("loss", "train", 2, 0.5)
+        time.sleep(0.5)  # the send of it waits on the stopped server, for up to 30 s
+        log.scalar("loss", "train", 3, 0.25)
+        position = sink.sync(timeout=10)  # what Checkpoint asks before it writes
+        assert position is not None and position == (tmp_path / RunLog.FILENAME).stat().st_size
+        assert [e["x"] for e in RunLog.read(tmp_path / RunLog.FILENAME) if e["k"] == "points"] == [1, 2, 3]
+    finally:
+        fresh_server.resume()
+    assert sink.close(timeout=30)
+
+
 def test_a_base_url_is_a_path_with_or_without_its_slash():
     assert Connection("http://127.0.0.1", 8097, base_url="visdom").url == "http://127.0.0.1:8097/visdom"
     assert Connection("http://127.0.0.1", 8097, base_url="/visdom/").url == "http://127.0.0.1:8097/visdom"
