@@ -413,3 +413,31 @@ def test_a_monitor_made_before_init_process_group_under_a_launcher_says_to_move_
     writer.add_scalar("loss", 1.0, 0)
     writer.close()
     assert not (tmp_path / "w").exists()
+
+
+def test_a_job_of_another_size_resumed_mid_epoch_is_told_its_epoch_is_dealt_anew(tmp_path) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from monitor import Checkpoint, Monitor
+    from monitor.checkpoint import load_checkpoint, save_checkpoint
+    from monitor.checkpoint.resume import find_start
+    from monitor.log import NullSink
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loader = DataLoader(TensorDataset(torch.randn(16, 2), torch.randn(16, 1)), batch_size=4)
+    with Monitor([Checkpoint(tmp_path, every_steps=2, at_end=False)], sink=NullSink()) as monitor:
+        monitor.train_start(model, optimizer)
+        for _ in monitor.epochs(1):
+            for step, (x, y) in enumerate(monitor.batches(loader)):
+                monitor.step_end(loss=1.0)
+                if step == 1:
+                    break  # killed after step 2's checkpoint, halfway through the epoch
+    saved = tmp_path / "step-000000002.pt"
+    checkpoint = load_checkpoint(saved)
+    position = {key: checkpoint["loop"][key] for key in ("batch", "batches_drawn") if key in checkpoint["loop"]}
+    checkpoint["loop"]["ranks"] = [position, position]  # as a job of two processes writes it
+    save_checkpoint(saved, checkpoint)
+    with pytest.warns(UserWarning, match="written by a job of 2 process.*middle of epoch 0, and this job has 1: "
+                                         "a DistributedSampler deals"):
+        find_start(tmp_path)

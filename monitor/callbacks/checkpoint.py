@@ -513,7 +513,8 @@ class Checkpoint(Callback):
         except Exception as error:
             raise CheckpointResumeError(f"the run could not be put back from {self.start.path}: "
                                         f"{type(error).__name__}: {error}") from error
-        _log.warning("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
+        if self._monitor.rank == 0:  # said once for the job
+            _log.warning("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
         self._check_loop = True  # at the first step: does the loop go on where the run left off?
 
     def _set_earlier_aside(self) -> None:

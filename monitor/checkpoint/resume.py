@@ -128,8 +128,15 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
     if path is None:
         return ResumePoint(path=None), None
     checkpoint = chosen.get("checkpoint") or load_checkpoint(path, trust=trust)
-    loop, run = position_of_rank(checkpoint["loop"], *rank_and_world_size()), checkpoint["run"]
+    rank, world_size = rank_and_world_size()
+    loop, run = position_of_rank(checkpoint["loop"], rank, world_size), checkpoint["run"]
     done = bool(loop["epoch_done"])
+    saved_by = len(checkpoint["loop"].get("ranks") or [None])  # the saving job's processes
+    if saved_by != world_size and batches_done(loop) and rank == 0:
+        warnings.warn(f"{path.name} was written by a job of {saved_by} process(es) in the middle of epoch "
+                      f"{loop['epoch']}, and this job has {world_size}: a DistributedSampler deals an epoch's samples "
+                      f"to the ranks by their number, so the rest of this epoch repeats or skips some of them "
+                      f"(a checkpoint at an epoch's end, every_epochs, changes the world size exactly)", stacklevel=2)
     manifest = read_manifest(path.parent, warn=False) if Path(source).is_dir() else None
     trained = manifest is not None and manifest.get("trained") == loop["step"] and manifest.get("latest") == path.name
     point = ResumePoint(
@@ -139,7 +146,7 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
         monitor_state={"step": loop["step"], "epoch": loop["epoch"], "batch": loop["batch"], "epoch_done": done,
                        "trained": trained,
                        **{key: loop.get(key) for key in RESUME_KEYS},
-                       "rng": rng_of_rank(checkpoint["rng"], *rank_and_world_size()),
+                       "rng": rng_of_rank(checkpoint["rng"], rank, world_size, warn=False),  # said at restore
                        "callbacks": checkpoint["callbacks"]})
     return point, checkpoint
 

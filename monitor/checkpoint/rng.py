@@ -55,15 +55,15 @@ def restore_rng(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(device_state, device)
 
 
-def rng_of_rank(state: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+def rng_of_rank(state: dict[str, Any], rank: int, world_size: int, warn: bool = True) -> dict[str, Any]:
     """The state rank ``rank`` restores from a checkpoint's ``rng`` entry.
 
     A job of another size than the one that saved it gets rank ``rank``'s state where there is
-    one and rank 0's otherwise, with a warning (from rank 0): its random draws will not repeat
-    the saving job's.
+    one and rank 0's otherwise, with a warning (from rank 0, unless not ``warn``): its random
+    draws will not repeat the saving job's.
     """
     ranks = state.get("ranks") or [state]
-    if len(ranks) != world_size and rank == 0:
+    if len(ranks) != world_size and rank == 0 and warn:
         warnings.warn(f"the checkpoint holds the random state of {len(ranks)} process(es), this job has "
                       f"{world_size}: ranks without a state of their own restore rank 0's, so random draws "
                       f"differ from the saving job's", stacklevel=3)
