@@ -10,13 +10,15 @@ process (or no process group initialised) nothing here talks to anybody.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
 import pickle
+import threading
 import zlib
-from typing import Any, Callable, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Mapping, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -25,6 +27,7 @@ from monitor.checks import is_scalar, scalar
 
 T = TypeVar("T")
 _log = logging.getLogger("monitor")
+WAITED = 30.0  # seconds a rank waits for the others at a checkpoint's collective before it says so
 
 
 def rank_and_world_size() -> tuple[int, int]:
@@ -125,12 +128,31 @@ def on_main(action: Callable[[], T]) -> T:
                 pickle.loads(pickle.dumps(error))
             except Exception:
                 outcome[1] = RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
-            dist.broadcast_object_list(outcome, src=0)
+            with _said_if_long(rank):
+                dist.broadcast_object_list(outcome, src=0)
             raise
-    dist.broadcast_object_list(outcome, src=0)
+    with _said_if_long(rank):
+        dist.broadcast_object_list(outcome, src=0)
     if outcome[1] is not None:
         raise outcome[1]
     return outcome[0]
+
+
+@contextlib.contextmanager
+def _said_if_long(rank: int) -> Iterator[None]:
+    """Says once, after ``WAITED`` seconds, that this rank waits for the others: a Monitor made
+    under ``if rank == 0:`` (or a rank stuck elsewhere) would otherwise leave the job hanging
+    in silence until the process group's timeout (30 minutes for gloo)."""
+    timer = threading.Timer(WAITED, _log.warning, args=(
+        "monitor: rank %d has waited %.0f s for the other ranks at a checkpoint (it goes on waiting). If this "
+        "does not end, a rank does not call the Monitor: every rank must make it and call its hooks; one made "
+        "under `if rank == 0:` waits for the others forever", rank, WAITED))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _device(values: Any) -> torch.device:

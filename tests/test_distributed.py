@@ -441,3 +441,12 @@ def test_a_job_of_another_size_resumed_mid_epoch_is_told_its_epoch_is_dealt_anew
     with pytest.warns(UserWarning, match="written by a job of 2 process.*middle of epoch 0, and this job has 1: "
                                          "a DistributedSampler deals"):
         find_start(tmp_path)
+
+
+def test_a_rank_kept_waiting_at_a_checkpoint_s_collective_says_so(tmp_path) -> None:
+    late = Path(__file__).parent / "helpers" / "ddp_late_rank.py"
+    done = run([*TORCHRUN, str(late), str(tmp_path / "ckpt")], tmp_path)
+    assert "rank 0 went on" in done.stdout and "rank 1 went on" in done.stdout
+    said = [line for line in done.stderr.splitlines() if "has waited" in line]
+    assert len(said) == 1 and said[0].startswith("monitor: rank 0 has waited 1 s for the other ranks at a "
+                                                 "checkpoint (it goes on waiting)"), done.stderr[-3000:]
