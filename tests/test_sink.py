@@ -422,7 +422,7 @@ def test_flush_and_close_deliver_what_is_pending_then_stop_and_are_idempotent(
     assert read_window(visdom_server, "closing", "loss") == {"train": ([1], [1.0])}
     log.scalar("loss", "train", 2, 0.5)
     assert sink.close(timeout=5) and sink.close(timeout=5) and sink.flush(timeout=5)
-    assert not sink._worker.is_alive()
+    assert not sink._worker.is_alive() and not sink._sender.is_alive()
     assert read_window(visdom_server, "closing", "loss") == {"train": ([1, 2], [1.0, 0.5])}  # never deleted
     log.scalar("loss", "train", 3, 0.1)
     log.scalar("loss", "train", 4, 0.1)
