@@ -5,6 +5,7 @@ restarted; a few tests start their own (never started until late, with login).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -12,6 +13,7 @@ import re
 import statistics
 import time
 from pathlib import Path
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -615,20 +617,28 @@ def test_another_program_on_the_port_is_not_waited_for_as_a_dashboard_would_be(t
     assert any("answered HTTP 501" in r for r in warnings_in(caplog))
 
 
-def test_close_while_a_request_hangs_on_a_stopped_server_waits_for_that_request_only(fresh_server, tmp_path):
-    sink = VisdomSink("hung", port=fresh_server.port, run_dir=tmp_path, flush_every=0.05, timeout=3.0)
+@contextlib.contextmanager
+def _a_request_hung(server: VisdomServer, sink: Any) -> Iterator[Log]:
+    """Point 1 delivered, then the server stopped (SIGSTOP: connections taken, never answered)
+    and point 2 logged: its send waits on the stopped server until the block ends."""
     log = Log(sink)
     log.scalar("loss", "train", 1, 1.0)
     assert sink.flush(timeout=10)
-    fresh_server.pause()  # SIGSTOP: connections are taken, never answered
+    server.pause()
     try:
         log.scalar("loss", "train", 2, 0.5)
-        time.sleep(0.5)  # the worker's send of it waits on the stopped server
+        time.sleep(0.5)  # the send of it is in flight
+        yield log
+    finally:
+        server.resume()
+
+
+def test_close_while_a_request_hangs_on_a_stopped_server_waits_for_that_request_only(fresh_server, tmp_path):
+    sink = VisdomSink("hung", port=fresh_server.port, run_dir=tmp_path, flush_every=0.05, timeout=3.0)
+    with _a_request_hung(fresh_server, sink):
         started = time.monotonic()
         assert sink.close(timeout=30) is False
         took = time.monotonic() - started
-    finally:
-        fresh_server.resume()
     assert took < 4.5  # the request in flight (3 s at most) was the one try; a second one made it 5.5
     assert [e["x"] for e in RunLog.read(sink.runlog.path) if e["k"] == "points"] == [1, 2]
 
@@ -641,19 +651,11 @@ def test_a_checkpoint_s_sync_is_answered_while_a_request_hangs_on_a_stopped_serv
 
     make = VisdomSink if kind == "here" else SinkProcess
     sink = make("hung-sync", port=fresh_server.port, run_dir=tmp_path, flush_every=0.05, timeout=30.0)
-    log = Log(sink)
-    log.scalar("loss", "train", 1, 1.0)
-    assert sink.flush(timeout=10)
-    fresh_server.pause()  # SIGSTOP: connections are taken, never answered
-    try:
-        log.scalar("loss", "train", 2, 0.5)
-        time.sleep(0.5)  # the send of it waits on the stopped server, for up to 30 s
+    with _a_request_hung(fresh_server, sink) as log:  # for up to 30 s
         log.scalar("loss", "train", 3, 0.25)
         position = sink.sync(timeout=10)  # what Checkpoint asks before it writes
         assert position is not None and position == (tmp_path / RunLog.FILENAME).stat().st_size
         assert [e["x"] for e in RunLog.read(tmp_path / RunLog.FILENAME) if e["k"] == "points"] == [1, 2, 3]
-    finally:
-        fresh_server.resume()
     assert sink.close(timeout=30)
 
 
