@@ -365,7 +365,9 @@ class VisdomSink:
         try:
             while True:
                 logged = self._logged.is_set()  # close(): everything put before it is in the windows
-                # A server found unreachable after close() was called had its one try
+                # A close does not wait out its timeout for a server that is not there: one found
+                # unreachable after close() was called had its one try (the run log keeps
+                # everything; `monitor replay` or `monitor serve --runs` sends it later).
                 if logged and (self.delivered or time.monotonic() >= self._close_deadline or
                                self.delivery.unreachable and self.delivery.failed_at >= self._close_asked):
                     break
@@ -394,11 +396,11 @@ class VisdomSink:
 
     def _send(self, closing: bool) -> None:
         with self._lock:
-            flushes = self._flushes = [w for w in self._flushes if not w.event.is_set()]
             now = time.monotonic()
-            for waiter in [w for w in flushes if w.deadline < now]:
-                waiter.event.set()  # a flush whose caller gave up no longer forces sends
-            flushes = self._flushes = [w for w in flushes if w.deadline >= now]
+            for waiter in self._flushes:
+                if waiter.deadline < now:
+                    waiter.event.set()  # a flush whose caller gave up no longer forces sends
+            self._flushes = flushes = [w for w in self._flushes if not w.event.is_set()]
             self._asked = False
         limit = self._close_deadline - time.monotonic() if closing else None
         self.delivery.send(force=bool(flushes) or closing, limit=limit, settle=closing)
