@@ -144,7 +144,7 @@ class VisdomSink:
         self.ending: RunEnd | None = None  # how its run ended, once at train_end: what replacing it records
         self._stopping = False
         self.missing_from_runlog = 0  # records the run log could not take (a full disk)
-        self._asked = False  # a flush() or close() arrived since the last send
+        self._asked = False  # close() arrived since the last send: the sender sends at once
         self._lock = threading.Lock()
         self._waiting: list[_Waiter] = []  # the worker's: drained this cycle
         self._flushes: list[_Waiter] = []  # the sender's: flushes whose records are in the windows
@@ -426,9 +426,8 @@ class VisdomSink:
                 if item is _STOP:  # a request in flight when close() came that found no server was its one try
                     self._stopping = True
                     self._asked = not (self.delivery.unreachable and self.delivery.failed_at >= self._close_asked)
-                elif isinstance(item, _Waiter):
-                    self._waiting.append(item)
-                    self._asked = self._asked or not item.durable
+                elif isinstance(item, _Waiter):  # answered (a sync) or handed to the sender (a flush) once
+                    self._waiting.append(item)     # the records before it are in the windows
                 else:
                     entry = self._entry(RECORDS[item[0]]._make(item[1:]))
                     if entry is not None:

@@ -278,7 +278,7 @@ class Window:
         self._sending: list[int] = []  # what the server's pane holds once the latest messages are taken
         self.changed = True
         self.sent = False
-        self.version = 0  # counts the changes: a send marks the window sent as of the version it took
+        self.version = 0  # counts the entries taken in: a send marks the window sent as of the version it took
 
     def apply(self, entry: dict[str, Any]) -> list[Backwards]:
         """Takes in a run-log entry; returns the points that went back in x (none, mostly)."""
@@ -367,12 +367,10 @@ class Window:
     def mark_changed(self) -> None:
         """The server's copy may differ from this one (it lost the env, or went down)."""
         self.changed, self.on_server = True, None
-        self.version += 1
 
     def mark_closed(self) -> None:
         """The server no longer has this window (it was closed to be placed again)."""
         self.changed, self.sent, self.on_server = True, False, None
-        self.version += 1
 
     def must_reopen(self) -> bool:
         """The server's history pane cannot take the new grids as appends: it must be closed and

@@ -266,30 +266,32 @@ class GradNorms(Callback):
         self._passes.clear()
         self._updated_key = None
         self._before = None
-        seen: dict[int, str] = {}  # each parameter's layer
-        layers: dict[str, list[torch.nn.Parameter]] = {}  # by the name of the module that uses them
-        tied: dict[str, list[str]] = {}  # a layer's parameters other modules use too (an output layer tied to it)
+        seen: dict[int, str] = {}  # each parameter's trace
+        layers: dict[str, list[torch.nn.Parameter]] = {}  # by trace: the module that uses them, or the model's own
+        tied: dict[str, list[str]] = {}  # the other modules that use a trace's parameters (an output layer)
         for name, module in model.named_modules():
+            layer = module  # the module a trace is named after
             if isinstance(module, parametrize.ParametrizationList):  # at NAME.parametrizations.weight: its module's
                 name = name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
+                layer = model.get_submodule(name)
             elif not _uncompiled(name) and any(n != "parametrizations" for n, _ in module.named_children()):
                 # A model's own parameters beside its layers (a position embedding): one trace each
                 for key, p in module.named_parameters(recurse=False):
                     if id(p) not in seen:
-                        seen[id(p)] = "." + key
-                        layers["." + key] = [p]
+                        seen[id(p)] = key
+                        layers[key] = [p]
                 continue
+            trace = _trace_name(_uncompiled(name), layer)
             for p in module.parameters(recurse=False):
                 if id(p) not in seen:
-                    seen[id(p)] = name
-                    layers.setdefault(name, []).append(p)
-                elif seen[id(p)] != name and name not in tied.setdefault(seen[id(p)], []):
-                    tied[seen[id(p)]].append(name)
-        for name, owned in layers.items():
+                    seen[id(p)] = trace
+                    layers.setdefault(trace, []).append(p)
+                elif seen[id(p)] != trace and trace not in tied.setdefault(seen[id(p)], []):
+                    tied[seen[id(p)]].append(trace)
+        for trace, owned in layers.items():
             self._params.extend(owned)
             self._layer_of.extend([len(self._layers)] * len(owned))
-            trace = name[1:] if name.startswith(".") else _trace_name(_uncompiled(name), model.get_submodule(name))
-            also = [_trace_name(_uncompiled(other), model.get_submodule(other)) for other in tied.get(name, ())]
+            also = tied.get(trace)
             self._layers.append(f"{trace} (also {', '.join(also)})" if also else trace)
         self._all = tuple(range(len(self._params)))
 
