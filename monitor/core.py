@@ -63,7 +63,9 @@ class LoopState:
     ``scaler`` is the loop's ``torch.amp.GradScaler``, if it gave one. ``data_wait`` is the
     seconds ``monitor.batches(loader)`` waited for the current batch (None for a loop that
     iterates its loader itself). ``validation`` is the trace the latest ``validation_end`` named
-    (``"validation"`` unless told: an EMA copy's).
+    (``"validation"`` unless told: an EMA copy's, ``"val/clean"``); ``main_validation`` says
+    whether it is the run's own: the step's first validation, or another of the step under that
+    trace (False for an EMA copy's after it), whose metrics a checkpoint ranks by and the run ends with.
     """
 
     model: torch.nn.Module | None = None
@@ -83,6 +85,7 @@ class LoopState:
     data_wait: float | None = None
     batch_index: int | None = None
     validation: str = "validation"
+    main_validation: bool = True
 
 
 class Callback:
@@ -247,6 +250,7 @@ class Monitor:
         self._in_step = False
         self._started = False
         self._train_ended: int | None = None  # the step train_end was last called at
+        self._first_validation: tuple[int, str] | None = None  # the step of the latest validation, and its first's trace
         self._epoch_open = False
         self._failed = False
         self._ended = False
@@ -368,11 +372,17 @@ class Monitor:
 
         A second validation of the step (an EMA copy's, another data set's) names its own
         trace of the same windows, ``validation_end(ema_metrics, trace="ema")``: the checkpoint's
-        ranking and the run's final metrics stay the first's.
+        ranking and the run's final metrics stay the first's, whatever its trace
+        (``trace="val/clean"`` and then ``trace="val/noisy"``: the clean set's).
         """
         self._refuse_if_closed()
         _check_metrics(metrics)
-        self.state.validation = checks.name("trace", trace)
+        state = self.state
+        state.validation = trace = checks.name("trace", trace)
+        first = self._first_validation
+        if first is None or first[0] != state.step:
+            self._first_validation = first = (state.step, trace)
+        state.main_validation = trace == first[1]
         self.state.metrics = dict(metrics)
         self._train_ended = None  # a test after train_end: the next train_end records it
         self._fire("on_validation_end")

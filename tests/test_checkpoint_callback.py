@@ -870,8 +870,11 @@ def test_the_best_checkpoint_s_file_is_at_hand_to_load_the_best_weights_after_tr
     assert not Checkpoint(tmp_path / "other", resume=True).finished
 
 
-def test_a_second_validation_named_apart_is_its_own_trace_and_leaves_the_ranking_to_the_first(tmp_path):
-    # A distillation loop validating the student, then its EMA copy, at each epoch's end.
+@pytest.mark.parametrize("first, second", [("validation", "ema"), ("val/clean", "val/noisy")])
+def test_a_second_validation_named_apart_is_its_own_trace_and_leaves_the_ranking_to_the_first(tmp_path, first,
+                                                                                             second):
+    # A distillation loop validating the student, then its EMA copy, at each epoch's end; an
+    # evaluation loop validating on two data sets, each under its own name.
     from monitor import Summary
     from monitor.records import Hparams
 
@@ -885,9 +888,9 @@ def test_a_second_validation_named_apart_is_its_own_trace_and_leaves_the_ranking
         for _, (student, ema) in zip(monitor.epochs(2), [(0.5, 0.4), (0.3, 0.6)]):
             for _ in monitor.batches(range(2)):
                 _step(monitor, model, optimizer, torch.ones(2, 3))
-            monitor.validation_end({"loss": student})
-            monitor.validation_end({"loss": ema}, trace="ema")
-    assert sink.points("loss") == {"validation": [(2, 0.5), (4, 0.3)], "ema": [(2, 0.4), (4, 0.6)]}
+            monitor.validation_end({"loss": student}, trace=first)
+            monitor.validation_end({"loss": ema}, trace=second)
+    assert sink.points("loss") == {first: [(2, 0.5), (4, 0.3)], second: [(2, 0.4), (4, 0.6)]}
     assert torch.load(checkpoint.best_path, weights_only=True)["metric"]["value"] == 0.3
     assert [r.metrics for r in sink.records if isinstance(r, Hparams)][-1] == {"loss": 0.3}
     with pytest.raises(ValueError, match="trace must be"):

@@ -254,7 +254,7 @@ class Checkpoint(Callback):
             self._stop_for_requeue(state)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
-        if self.metric_from == "validation" and state.validation == "validation":  # not an EMA copy's
+        if self.metric_from == "validation" and state.main_validation:  # not an EMA copy's after it
             self._note_metric(state.metrics)
         if self._monitor.in_batches:
             # A loop that validates inside its batches loop (at a save's step or not): from now on

@@ -53,7 +53,7 @@ class Summary(Callback):
             log.hparams(hparams, {}, state.step)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
-        if state.validation == "validation":  # not a second model's (an EMA copy's): the run's are the first's
+        if state.main_validation:  # not a second model's after it (an EMA copy's): the run's are the first's
             self._note_metrics(state, log)
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
