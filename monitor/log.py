@@ -83,8 +83,10 @@ class Log:
         self._names: set[str] = set()  # window and trace names already checked
         self._checked_traces: tuple[str, ...] = ()
         # The metrics given to hparams() so far, by window (not a writer's trials): a run's final
-        # test metrics, which Summary's record at train_end keeps beside the validation's.
+        # test metrics, which Summary's record at train_end keeps beside the validation's; and
+        # the hyper-parameters they were given with.
         self.final_metrics: dict[str, dict[str, Any]] = {}
+        self._final_hparams: dict[str, dict[str, Any]] = {}
 
     def _name(self, argument: str, value: Any) -> str:
         """``value`` if it is a usable window or trace name (checked once per name)."""
@@ -251,15 +253,19 @@ class Log:
         strings, booleans or None are shown as their ``str``;
         metrics are numbers or one-element tensors (one on an accelerator is read by the sink).
         A pane shows a row per ``trial`` (a writer's ``add_hparams`` call), or without one per set
-        of hyper-parameters (a run updating its own).
+        of hyper-parameters (a run updating its own). Without a trial, metrics add to those given
+        before with the same hyper-parameters (a test set's after the validation's that
+        ``Summary`` recorded at ``train_end``); a call with none starts the row again.
         """
         for argument, value in (("hparams", hparams), ("metrics", metrics or {})):
             if not isinstance(value, Mapping):
                 raise TypeError(f"{argument} must be a mapping of name to value, got {type(value).__name__}")
         plain = {str(k): _plain(v) for k, v in hparams.items()}
         numbers = {str(k): _snapshot(v, "metrics", k) for k, v in (metrics or {}).items()}
-        if numbers and trial is None:
-            self.final_metrics.setdefault(window, {}).update(numbers)
+        if trial is None:
+            if numbers and self._final_hparams.get(window) == plain:
+                numbers = {**self.final_metrics.get(window, {}), **numbers}
+            self.final_metrics[window], self._final_hparams[window] = dict(numbers), plain
         self.window(window, order=Order.SUMMARY, title=window)
         self.sink.put(Hparams(window, _x(x), plain, numbers, trial))
 

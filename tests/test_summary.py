@@ -187,3 +187,18 @@ def test_test_metrics_the_loop_gives_log_hparams_stay_in_the_run_s_final_record(
     monitor.validation_end({"val_loss": 0.5})  # later: the latest value counts
     monitor.train_end()
     assert [r for r in sink.records if isinstance(r, Hparams)][-1].metrics == {"val_loss": 0.5, "note": 1.0}
+    # The test set after training, the usual order: its metrics join the validation's record.
+    monitor.log.hparams({"lr": 0.1}, {"test_loss": 0.45})
+    assert [r for r in sink.records if isinstance(r, Hparams)][-1].metrics == {"val_loss": 0.5, "note": 1.0,
+                                                                                 "test_loss": 0.45}
+    monitor.log.hparams({"lr": 0.2}, {"test_loss": 0.4})  # other hyper-parameters: a row of their own
+    assert [r for r in sink.records if isinstance(r, Hparams)][-1].metrics == {"test_loss": 0.4}
+
+    with Monitor([Summary(), Scalars()], env="fold4", run_dir=tmp_path / "after", port=1) as monitor:
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1), hparams={"fold": 4})
+        monitor.step_end(loss=0.6)
+        monitor.validation_end({"val_loss": 0.54})
+        monitor.train_end()
+        monitor.log.hparams({"fold": 4}, {"test_loss": 0.49})
+    finals = {name: last for name, (last, _) in described(tmp_path / "after").metrics.items() if "/" not in name}
+    assert finals == {"val_loss": 0.54, "test_loss": 0.49}
