@@ -837,9 +837,11 @@ def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> lis
         for name in run.metrics:
             seen[name] = seen.get(name, 0) + 1
 
-    def data(name: str) -> int:
-        split = name.rpartition("/")[2].lower()
-        return 0 if split in HELD_OUT else 1 if split in TRAINING else 2
+    def data(name: str) -> int:  # by the trace's last part, or the one before: "loss/val/clean" is held out
+        for split in name.lower().split("/")[:0:-1][:2]:
+            if split in HELD_OUT or split in TRAINING:
+                return 0 if split in HELD_OUT else 1
+        return 2
 
     ranked = sorted(seen, key=lambda name: (name != first, data(name), not best_is_lowest(name), -seen[name], name))
     return ranked[:count]

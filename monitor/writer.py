@@ -935,7 +935,9 @@ SPLITS = TRAINING | HELD_OUT  # the data a metric was taken on: a trace, whereve
 
 def split_tag(tag: str) -> tuple[str, str]:
     """Window and trace of a scalar's tag: ``"Loss/train"`` -> ``("Loss", "train")``, ``"lr"`` ->
-    ``("lr", "lr")``; a split leading the tag is the trace: ``"eval/loss"`` -> ``("loss", "eval")``."""
+    ``("lr", "lr")``; a split leading the tag is the trace: ``"eval/loss"`` -> ``("loss", "eval")``;
+    one inside it starts the trace: ``"Loss/val/clean"`` -> ``("Loss", "val/clean")``, beside
+    ``"Loss/train"``."""
     checks.text("tag", tag)
     window, _, trace = tag.rpartition("/")
     if not window or not trace:
@@ -943,6 +945,11 @@ def split_tag(tag: str) -> tuple[str, str]:
     split, _, rest = tag.partition("/")
     if split.lower() in SPLITS and trace.lower() not in SPLITS:
         return rest, split
+    if trace.lower() not in SPLITS:
+        parts = tag.split("/")
+        for i in range(1, len(parts) - 1):
+            if parts[i].lower() in SPLITS and parts[i - 1]:
+                return "/".join(parts[:i]), "/".join(parts[i:])
     return window, trace
 
 

@@ -8,6 +8,7 @@ import logging
 import math
 import re
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from monitor import Checkpoint, GradNorms, Guard, Monitor, Scalars, Summary
 from monitor.cli import main
 from monitor.records import Order
 from monitor.runlog import RunLog
-from monitor.runs import best_mode, described, exported, listed, selected
+from monitor.runs import Run, best_mode, described, exported, listed, selected
 from monitor.windows import float32_digits
 from helpers.monitors import small_model, train
 
@@ -960,3 +961,14 @@ def test_compare_follow_keeps_train_and_val_writers_in_one_chart_live_until_they
     assert done == ["live"] and not following.is_alive()  # it ended with the runs
     assert read_window(visdom_server, "live", "loss") == {"exp_train/loss": ([0, 1, 2, 3], [1.0, 2.0, 3.0, 4.0]),
                                                           "exp_val/loss": ([0, 1, 2, 3], [2.0, 3.0, 4.0, 5.0])}
+
+
+def test_the_table_puts_curves_of_held_out_data_first_also_a_named_validation_set_s():
+    from monitor.runs import table
+
+    run = Run(Path("runs/eval"), "eval", "1", 0.0, 39, "finished", None,
+              {"loss/train": (0.3, 0.2), "loss/val/clean": (0.5, 0.4), "accuracy/val/noisy": (0.6, 0.7),
+               "accuracy/train": (0.9, 0.9), "test_f1": (0.6, 0.6)}, {}, 0, 0, Path("runs/eval/runlog.jsonl"))
+    head = re.split(r"\s{2,}", table([run], metrics=3).splitlines()[0])
+    assert [h.split(" last")[0] for h in head if "(best)" in h] == ["loss/val/clean", "accuracy/val/noisy",
+                                                                      "loss/train"]

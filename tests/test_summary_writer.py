@@ -353,6 +353,9 @@ def test_a_tag_names_a_window_and_a_trace():
     assert [split_tag(t) for t in ("train/loss", "eval/loss", "train/learning_rate", "Test/Accuracy/top1")] == [
         ("loss", "train"), ("loss", "eval"), ("learning_rate", "train"), ("Accuracy/top1", "Test")]
     assert split_tag("train/val") == ("train", "val")  # a split at the end still wins
+    # A split inside the tag starts the trace: two validation sets beside the training curve.
+    assert [split_tag(t) for t in ("Loss/val/clean", "Loss/val/noisy", "acc/test/top5")] == [
+        ("Loss", "val/clean"), ("Loss", "val/noisy"), ("acc", "test/top5")]
     assert [split_tag(t) for t in ("训练/准确率", "验证/准确率", "損失/検証")] == [  # Chinese, Japanese
         ("准确率", "训练"), ("准确率", "验证"), ("損失", "検証")]
 
@@ -1250,7 +1253,7 @@ def test_a_second_process_on_a_live_log_dir_writes_a_folder_beside_it_instead_of
                                                                                           read_window):
     # TensorBoard's writers each write a file of their own in it (a training and an eval job)
     (tmp_path / "rerun.py").write_text(RERUN)
-    first = _rerun(tmp_path, visdom_server.port, 20, 0.1)
+    first = _rerun(tmp_path, visdom_server.port, 20, 0.3)  # still writing when the second has started, under load too
     deadline = time.monotonic() + 60
     while not (tmp_path / "runs/exp1" / RunLog.FILENAME).is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
