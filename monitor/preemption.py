@@ -1,6 +1,8 @@
 """A scheduler's stop signals and the DataLoader's worker processes.
 
     shield_workers(loader)   # in monitor.batches: its workers leave SIGTERM and SIGUSR1 to the loop
+    with workers_starting(loader):
+        iterator = iter(loader)
 
 A scheduler (SLURM's pre-emption or ``scancel``, Kubernetes) signals every process of a job.
 The Checkpoint callback catches SIGTERM and SIGUSR1 in the training process, saves at the step's
@@ -8,18 +10,23 @@ end and exits for requeue. A DataLoader worker would die at once instead (torch'
 SIGTERM not sent by its parent into its death, and SIGUSR1 kills by default), and the loader
 would then raise in the loop before it saved. So while a Checkpoint catches them, the workers
 of a loader iterated through ``monitor.batches`` ignore both: the loop shuts them down as it
-exits, as it does at every epoch's end. Workers still running at the interpreter's exit
+exits, as it does at every epoch's end. A spawned worker starts a new interpreter, which would
+die of the signal in the second it takes to import torch, before it is told to ignore it: the
+loop's thread holds the signals back while it starts workers, a worker inherits that and lets
+them go once it ignores them (any that came meanwhile are dropped), and the training process
+gets one sent meanwhile through another thread (or once they have started). Workers still running at the interpreter's exit
 (persistent ones, or those of an iterator the script still holds) would get ``multiprocessing``'s
 SIGTERM, which they ignore, and be waited for forever: an exit hook ends them first.
 """
 from __future__ import annotations
 
 import atexit
+import contextlib
 import multiprocessing
 import os
 import multiprocessing.util  # noqa: F401  (registers its exit hook on import: _end_shielded_workers, later, runs first)
 import signal
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)  # a scheduler's stop, SLURM's time-limit warning
 caught = False  # whether a Checkpoint catches SIGNALS in this process now
@@ -46,6 +53,8 @@ class WorkerInit:
     def __call__(self, worker_id: int) -> None:
         for number in SIGNALS:
             signal.signal(number, signal.SIG_IGN)
+        if hasattr(signal, "pthread_sigmask"):
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # held back while it started (workers_starting)
         if self.init is not None:
             self.init(worker_id)
 
@@ -60,6 +69,19 @@ def shield_workers(loader: Any) -> None:
         if not _ending_at_exit:  # registered after multiprocessing's exit hook: runs before it
             atexit.register(_end_shielded_workers)
             _ending_at_exit = True
+
+
+@contextlib.contextmanager
+def workers_starting(loader: Any) -> Iterator[None]:
+    """Holds SIGNALS back from this thread while ``loader``'s shielded workers start (``iter(loader)``)."""
+    if not isinstance(getattr(loader, "worker_init_fn", None), WorkerInit) or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _end_shielded_workers() -> None:

@@ -351,6 +351,39 @@ def test_sigterm_to_the_job_s_process_group_with_loader_workers_saves_and_requeu
     assert read_env(visdom_server, job.env) == straight["shuffle"][1]
 
 
+def test_sigterm_to_the_job_s_process_group_while_spawned_loader_workers_start_saves_and_requeues(
+        visdom_server, tmp_path, straight):
+    # A spawned worker imports torch for a second or so before its worker_init_fn can ignore the
+    # signal; without persistent workers new ones start every epoch: the job is signalled then.
+    job = Job(visdom_server, tmp_path, "spawning")
+    process = job.start("--workers", "2", "--start", "spawn", session=True)
+    _wait_for_step(process, 1)  # the first epoch's workers have started: wait for the second's
+    first = set(_spawned_workers(process.pid))
+    deadline = time.monotonic() + 60
+    while not set(_spawned_workers(process.pid)) - first and time.monotonic() < deadline:
+        time.sleep(0.002)
+    os.killpg(process.pid, signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == REQUEUE_EXIT_STATUS, stderr[-3000:]
+    assert "SIGTERM: checkpoint of step" in stderr and "killed the workers" not in stderr, stderr[-3000:]
+    saved = max(int(p.stem.split("-")[1]) for p in (job.folder / "ckpt").glob("step-*.pt"))
+    assert job.run("--workers", "2", "--start", "spawn")[0] == saved + 1
+    assert _same(job.weights(), straight["shuffle"][0])
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The children of process ``pid`` that multiprocessing spawned (not its resource tracker)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    found.append(int(child))
+            except OSError:  # ended meanwhile
+                pass
+    return found
+
+
 def test_a_run_with_persistent_loader_workers_killed_and_run_again_ends_as_if_never_killed(visdom_server, read_env,
                                                                                           tmp_path):
     # persistent_workers=True: the workers' seed is drawn once, before the first epoch's order, not each

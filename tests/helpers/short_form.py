@@ -2,7 +2,7 @@
 
     python tests/helpers/short_form.py --env my-run --port 8097 --run-dir runs/my-run \
         --checkpoints runs/my-run/checkpoints --out final.pt [--loader sampler|generator] [--fresh] \
-        [--validate-first] [--validate-every 6 [--hang-validating 12]] [--passes] [--workers 2 [--persistent]] [--batch 8] [--epochs 2]
+        [--validate-first] [--validate-every 6 [--hang-validating 12]] [--passes] [--workers 2 [--persistent] [--start spawn]] [--batch 8] [--epochs 2]
         [--extend] [--log-after-hooks] [--validation-workers 2 [--pause-validating 12]]
         [--work-after-training 30]
 
@@ -38,7 +38,7 @@ def train(options: argparse.Namespace) -> None:
         loader = DataLoader(data, batch_size=BATCH, shuffle=True, generator=torch.Generator().manual_seed(7))
     else:
         loader = DataLoader(data, batch_size=options.batch, shuffle=True, num_workers=options.workers,
-                            persistent_workers=options.persistent)
+                            persistent_workers=options.persistent, multiprocessing_context=options.start)
     model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 3))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.7)
@@ -135,6 +135,8 @@ if __name__ == "__main__":
     parser.add_argument("--validate-first", action="store_true", help="validate at each epoch's start")
     parser.add_argument("--workers", type=int, default=0, help="the shuffled loader's worker processes")
     parser.add_argument("--persistent", action="store_true", help="the workers last the run")
+    parser.add_argument("--start", choices=("fork", "spawn", "forkserver"), default=None,
+                        help="how the workers start (the platform's default unless told)")
     parser.add_argument("--batch", type=int, default=BATCH, help="the shuffled loader's batch size")
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--extend", action="store_true", help="continue a finished run too")
