@@ -74,9 +74,13 @@ class FolderLock:
             holder = os.read(fd, 4096).decode(errors="replace")
             os.close(fd)
             return _describe(holder)
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), **facts,
-                                 "since": time.time()}).encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), **facts,
+                                     "since": time.time()}).encode())
+        except OSError as error:  # a full disk: os.write's error names no file
+            os.close(fd)
+            raise OSError(error.errno, error.strerror, str(self.path)) from error
         self.fd = fd
         _held.add(fd)
         FolderLock._mine[self.path.resolve()] = self

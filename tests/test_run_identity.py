@@ -1,6 +1,7 @@
 """One env, one run at a time: a script run again starts afresh, the earlier run is kept aside."""
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -135,6 +136,26 @@ def test_a_live_run_of_another_folder_in_the_env_is_refused_naming_it_and_a_fini
         monitor.step_end(loss=0.25)
     assert read_window(visdom_server, "sweep", "loss") == {"train": ([1], [0.25])}
     assert env_claims.holder("sweep") == tmp_path / "b"
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.RLIM_INFINITY))  # no byte more may be written: a full disk
+from monitor import Monitor
+try:
+    Monitor([], env="full", run_dir=sys.argv[1], port=1)
+except OSError as error:
+    print(error)
+"""
+
+
+def test_a_run_folder_that_cannot_be_written_is_named_in_the_error(tmp_path):
+    # ENOSPC from os.write names no file: the user was left with "[Errno 28] No space left on device".
+    done = subprocess.run([sys.executable, "-c", FULL_DISK, str(tmp_path / "runs")], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)})
+    assert done.stdout.strip() == f"[Errno {errno.EFBIG}] File too large: '{tmp_path / 'runs' / '.lock'}'", \
+        done.stderr[-3000:]
 
 
 def test_data_loader_workers_that_outlive_a_run_do_not_keep_its_env_locked(visdom_server, tmp_path):
