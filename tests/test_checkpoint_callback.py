@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from helpers.checkpoint_loop import BATCHES, attach, build, train
-from helpers.monitors import ListSink
+from helpers.monitors import ListSink, says
 from monitor import Checkpoint, LearningRate, Monitor, Scalars, resume
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, load_checkpoint
 from monitor.checkpoint.folder import LOCK, MANIFEST, checkpoint_name
@@ -742,7 +742,7 @@ def test_a_stop_signal_in_a_jupyter_kernel_leaves_the_next_one_to_end_it(tmp_pat
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
-def test_a_resumed_run_trains_the_layers_its_checkpoint_trained_whatever_the_loop_froze_at_its_start(tmp_path):
+def test_a_resumed_run_trains_the_layers_its_checkpoint_trained_whatever_the_loop_froze_at_its_start(tmp_path, caplog):
     # requires_grad is in no state_dict: a loop that adds an unfrozen backbone's group again
     # but leaves it frozen, as at its start, would train on without it, and say nothing.
     def job(crash_at: int | None) -> torch.nn.Module:
@@ -765,8 +765,8 @@ def test_a_resumed_run_trains_the_layers_its_checkpoint_trained_whatever_the_loo
 
     with pytest.raises(KeyboardInterrupt):
         job(crash_at=5)
-    with pytest.warns(UserWarning, match=r"requires_grad of 2 parameters of the model set as at step 5, .*: "
-                                         r"0.weight True, 0.bias True$"):
+    with says(caplog, r"requires_grad of 2 parameters of the model set as at step 5, .*: "
+                      r"0.weight True, 0.bias True$"):
         resumed = job(crash_at=None)
     shutil.rmtree(tmp_path / "ckpt")
     straight = job(crash_at=None)

@@ -22,6 +22,7 @@ from monitor.checkpoint.rng import rng_of_rank
 from monitor.runlog import RunLog
 from monitor.sampler import EpochBatchSampler
 from monitor.windows import float32_digits
+from helpers.monitors import says
 
 pytestmark = pytest.mark.slow
 
@@ -79,14 +80,14 @@ def test_the_ranks_batches_together_are_the_single_process_batches(size, drop_la
             assert (first + second)[:len(batch)] == batch  # the last one padded with the epoch's first
 
 
-def test_each_rank_restores_its_own_random_state_and_a_job_of_another_size_is_warned() -> None:
+def test_each_rank_restores_its_own_random_state_and_a_job_of_another_size_is_warned(caplog) -> None:
     states = [{"torch": torch.tensor([rank])} for rank in range(2)]
     saved = {**states[0], "ranks": states}
     assert [rng_of_rank(saved, rank, 2) for rank in (0, 1)] == states
-    with pytest.warns(UserWarning, match="random state of 1 process.*this job has 2"):
+    with says(caplog, "random state of 1 process.*this job has 2"):
         assert rng_of_rank(states[0], 0, 2) is states[0]
     assert rng_of_rank(states[0], 1, 2) is states[0]  # the same draws on every rank, said once by rank 0
-    with pytest.warns(UserWarning, match="random state of 2 process.*this job has 1"):
+    with says(caplog, "random state of 2 process.*this job has 1"):
         assert rng_of_rank(saved, 0, 1) is states[0]
 
 
@@ -415,7 +416,7 @@ def test_a_monitor_made_before_init_process_group_under_a_launcher_says_to_move_
     assert not (tmp_path / "w").exists()
 
 
-def test_a_job_of_another_size_resumed_mid_epoch_is_told_its_epoch_is_dealt_anew(tmp_path) -> None:
+def test_a_job_of_another_size_resumed_mid_epoch_is_told_its_epoch_is_dealt_anew(tmp_path, caplog) -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
     from monitor import Checkpoint, Monitor
@@ -438,8 +439,8 @@ def test_a_job_of_another_size_resumed_mid_epoch_is_told_its_epoch_is_dealt_anew
     position = {key: checkpoint["loop"][key] for key in ("batch", "batches_drawn") if key in checkpoint["loop"]}
     checkpoint["loop"]["ranks"] = [position, position]  # as a job of two processes writes it
     save_checkpoint(saved, checkpoint)
-    with pytest.warns(UserWarning, match="written by a job of 2 process.*middle of epoch 0, and this job has 1: "
-                                         "a DistributedSampler deals"):
+    with says(caplog, "written by a job of 2 process.*middle of epoch 0, and this job has 1: "
+                      "a DistributedSampler deals"):
         find_start(tmp_path)
 
 

@@ -7,20 +7,21 @@ import pytest
 import torch
 
 from helpers.checkpoint_loop import build, trained_folder
+from helpers.monitors import says
 from monitor import Monitor, resume
 from monitor.log import NullSink
 
 
-def test_resume_says_which_parts_it_could_not_restore(tmp_path):
+def test_resume_says_which_parts_it_could_not_restore(tmp_path, caplog):
     folder = trained_folder(tmp_path, epochs=1)
     parts = build()
-    with pytest.warns(UserWarning, match="holds a ExponentialLR scheduler state that is not restored"):
+    with says(caplog, "holds a ExponentialLR scheduler state that is not restored"):
         resume(folder, parts.model, parts.optimizer)
     with pytest.raises(ValueError, match="scaler must be None for .* which holds no scaler state, got a GradScaler"):
         resume(folder, parts.model, parts.optimizer, parts.scheduler, torch.amp.GradScaler("cpu"))
 
 
-def test_restoring_a_monitor_with_another_env_warns_that_curves_start_over(tmp_path):
+def test_restoring_a_monitor_with_another_env_warns_that_curves_start_over(tmp_path, caplog):
     folder = trained_folder(tmp_path, epochs=1)
     parts = build()
     start = resume(folder, parts.model, parts.optimizer, parts.scheduler)
@@ -30,7 +31,7 @@ def test_restoring_a_monitor_with_another_env_warns_that_curves_start_over(tmp_p
         env = "mnist"
 
     monitor = Monitor([], sink=Sink())
-    with pytest.warns(UserWarning, match="writes to env 'mnist', the checkpoint's run to 'elsewhere'"):
+    with says(caplog, "writes to env 'mnist', the checkpoint's run to 'elsewhere'"):
         start.restore(monitor)
     assert monitor.state.step == start.step == 5
 

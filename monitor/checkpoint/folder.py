@@ -19,7 +19,6 @@ import logging
 import math
 import re
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -246,7 +245,7 @@ def read_manifest(directory: Path, *, warn: bool = True) -> dict[str, Any] | Non
         return None
     except (OSError, ValueError) as error:
         if warn:
-            warnings.warn(f"{path} is damaged ({error}); looking for checkpoints by step instead", stacklevel=3)
+            _log.warning("monitor: %s is damaged (%s); looking for checkpoints by step instead", path, error)
         return None
 
 
@@ -273,14 +272,14 @@ def find_checkpoint(path: str | Path, *, trust: bool = False,
             return candidate, load_checkpoint(candidate, trust=trust)
         except (FileNotFoundError, DamagedCheckpointError) as error:
             skipped.append(f"{candidate.name} ({error})")
-            warnings.warn(f"checkpoint {candidate} cannot be used ({error}); falling back to the previous one",
-                          stacklevel=3)
+            _log.warning("monitor: checkpoint %s cannot be used (%s); falling back to the previous one", candidate,
+                         error)
         except CheckpointError as error:
             if type(error) is not CheckpointError:
                 raise  # unsafe files are refused, not skipped
             skipped.append(f"{candidate.name} ({error})")
-            warnings.warn(f"checkpoint {candidate} is not a checkpoint ({error}); falling back to the previous one",
-                          stacklevel=3)
+            _log.warning("monitor: checkpoint %s is not a checkpoint (%s); falling back to the previous one",
+                         candidate, error)
     raise DamagedCheckpointError(f"{path} holds no usable checkpoint; tried {'; '.join(skipped)}")
 
 

@@ -1,7 +1,7 @@
 """resume(): puts a run back exactly where its checkpoint left it, and says where the loop goes on."""
 from __future__ import annotations
 
-import warnings
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -15,6 +15,8 @@ from monitor.core import Monitor
 from monitor.distributed import on_main, rank_and_world_size
 from monitor.resumable import batches_done, position_of_rank
 from monitor.checkpoint.rng import restore_rng, rng_of_rank
+
+_log = logging.getLogger("monitor")
 
 
 @dataclass(frozen=True)
@@ -70,14 +72,14 @@ class ResumePoint:
         if self.path is not None:
             env, position = monitor.sink.env, monitor.sink.position
             if self.env is not None and env is not None and env != self.env:
-                warnings.warn(f"the monitor writes to env {env!r}, the checkpoint's run to {self.env!r}: the "
-                              f"curves start over there instead of continuing", stacklevel=2)
+                _log.warning("monitor: the monitor writes to env %r, the checkpoint's run to %r: the curves start "
+                             "over there instead of continuing", env, self.env)
             elif check_runlog and self.runlog_position is not None and position is not None \
                     and position != self.runlog_position \
                     and position != _resumed_at(monitor, self.runlog_position):
-                warnings.warn(f"the monitor's run log ends at byte {position}, the checkpoint at "
-                              f"{self.runlog_position}: build the Monitor with rewind_to=start.runlog_position, "
-                              f"or curves may repeat steps", stacklevel=2)
+                _log.warning("monitor: the monitor's run log ends at byte %d, the checkpoint at %d: build the "
+                             "Monitor with rewind_to=start.runlog_position, or curves may repeat steps", position,
+                             self.runlog_position)
             monitor.load_state_dict(self.monitor_state)
 
 
@@ -104,7 +106,7 @@ def resume(source: str | Path, model: torch.nn.Module, optimizer: torch.optim.Op
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     point, checkpoint = find_start(source, missing_ok=missing_ok, trust=trust)
     if checkpoint is not None:
-        restore_parts(point.path, checkpoint, model, optimizer, scheduler, scaler, strict=strict, stacklevel=3)
+        restore_parts(point.path, checkpoint, model, optimizer, scheduler, scaler, strict=strict)
     if monitor is not None:
         point.restore(monitor)
     return point
@@ -133,10 +135,10 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
     done = bool(loop["epoch_done"])
     saved_by = len(checkpoint["loop"].get("ranks") or [None])  # the saving job's processes
     if saved_by != world_size and batches_done(loop) and rank == 0:
-        warnings.warn(f"{path.name} was written by a job of {saved_by} process(es) in the middle of epoch "
-                      f"{loop['epoch']}, and this job has {world_size}: a DistributedSampler deals an epoch's samples "
-                      f"to the ranks by their number, so the rest of this epoch repeats or skips some of them "
-                      f"(a checkpoint at an epoch's end, every_epochs, changes the world size exactly)", stacklevel=2)
+        _log.warning("monitor: %s was written by a job of %d process(es) in the middle of epoch %s, and this job has "
+                     "%d: a DistributedSampler deals an epoch's samples to the ranks by their number, so the rest of "
+                     "this epoch repeats or skips some of them (a checkpoint at an epoch's end, every_epochs, changes "
+                     "the world size exactly)", path.name, saved_by, loop["epoch"], world_size)
     manifest = read_manifest(path.parent, warn=False) if Path(source).is_dir() else None
     trained = manifest is not None and manifest.get("trained") == loop["step"] and manifest.get("latest") == path.name
     point = ResumePoint(
@@ -163,7 +165,7 @@ def named_schedulers(scheduler: Any) -> Any:
 
 
 def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module, optimizer: Any = None,
-                  scheduler: Any = None, scaler: Any = None, *, strict: bool = True, stacklevel: int = 2) -> None:
+                  scheduler: Any = None, scaler: Any = None, *, strict: bool = True) -> None:
     """Loads ``checkpoint`` (read from ``path``) into the parts given, and this rank's random state."""
     parts = {"optimizer": optimizer, "scheduler": named_schedulers(scheduler), "scaler": scaler}
     if isinstance(optimizer, Mapping) and len(optimizer) == 1 and not isinstance(checkpoint["classes"].get("optimizer"), dict):
@@ -182,11 +184,11 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
             raise ValueError(f"{name} must be None for {path}, which holds no {name} state, "
                              f"got a {type(part).__name__}")
         if part is None and checkpoint[name] is not None:
-            warnings.warn(f"{path} holds a {saved_class} {name} state that is not restored: pass {name}=",
-                          stacklevel=stacklevel)
+            _log.warning("monitor: %s holds a %s %s state that is not restored: pass %s=", path, saved_class, name,
+                         name)
         elif part is not None and saved_class != type(part).__name__:
-            warnings.warn(f"{path} holds a {saved_class} {name} state, loaded into a {type(part).__name__}",
-                          stacklevel=stacklevel)
+            _log.warning("monitor: %s holds a %s %s state, loaded into a %s", path, saved_class, name,
+                         type(part).__name__)
     optimizers = parts["optimizer"] if isinstance(parts["optimizer"], Mapping) else {None: parts["optimizer"]}
     for key, one in optimizers.items():
         saved = checkpoint["optimizer"] if key is None else checkpoint["optimizer"].get(key)
@@ -195,7 +197,7 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
             raise ValueError(_groups_added_mid_run(path, checkpoint["loop"], key, len(one.param_groups), len(groups)))
     unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
     if isinstance(checkpoint.get("frozen"), list):  # left out by checkpoints before it was kept
-        _freeze_as_saved(path, checkpoint["loop"], unwrap_model(model), set(checkpoint["frozen"]), stacklevel + 1)
+        _freeze_as_saved(path, checkpoint["loop"], unwrap_model(model), set(checkpoint["frozen"]))
     for name, part in parts.items():
         if isinstance(part, Mapping):
             for key, one in part.items():
@@ -212,8 +214,7 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
     restore_rng(rng_of_rank(checkpoint["rng"], *rank_and_world_size()))
 
 
-def _freeze_as_saved(path: Path, loop: Mapping[str, Any], model: torch.nn.Module, frozen: set[str],
-                     stacklevel: int) -> None:
+def _freeze_as_saved(path: Path, loop: Mapping[str, Any], model: torch.nn.Module, frozen: set[str]) -> None:
     """Gives each parameter the ``requires_grad`` it had when the checkpoint was saved: no
     state_dict holds it, and a fine-tuning loop that froze its backbone at the start and
     unfroze it mid-run would otherwise train on with the backbone frozen, saying nothing."""
@@ -223,10 +224,10 @@ def _freeze_as_saved(path: Path, loop: Mapping[str, Any], model: torch.nn.Module
     for name, parameter in changed:
         parameter.requires_grad_(name not in frozen)
     shown = ", ".join(f"{name} {name not in frozen}" for name, _ in changed[:4])
-    warnings.warn(f"requires_grad of {len(changed)} parameter{'s' if len(changed) != 1 else ''} of the model set "
-                  f"as at step {loop['step']}, where {path} was saved (no state_dict holds it; a loop that "
-                  f"unfreezes layers mid-run does it again before train_start when it resumes): "
-                  f"{shown}{', ...' if len(changed) > 4 else ''}", stacklevel=stacklevel)
+    _log.warning("monitor: requires_grad of %d parameter%s of the model set as at step %s, where %s was saved (no "
+                 "state_dict holds it; a loop that unfreezes layers mid-run does it again before train_start when it "
+                 "resumes): %s%s", len(changed), "s" if len(changed) != 1 else "", loop["step"], path, shown,
+                 ", ..." if len(changed) > 4 else "")
 
 
 def _groups_added_mid_run(path: Path, loop: Mapping[str, Any], name: str | None, groups: int, saved: int) -> str:

@@ -10,11 +10,13 @@ each gets its own state back (:func:`rng_of_rank`).
 """
 from __future__ import annotations
 
+import logging
 import random
-import warnings
 from typing import Any
 
 import torch
+
+_log = logging.getLogger("monitor")
 
 
 def capture_rng() -> dict[str, Any]:
@@ -44,13 +46,13 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     saved = state.get("cuda") or []
     if saved and not torch.cuda.is_available():
-        warnings.warn(f"the checkpoint holds the random state of {len(saved)} CUDA device(s) but CUDA is "
-                      "not available here; GPU random draws will not repeat the interrupted run's", stacklevel=3)
+        _log.warning("monitor: the checkpoint holds the random state of %d CUDA device(s) but CUDA is not "
+                     "available here; GPU random draws will not repeat the interrupted run's", len(saved))
     elif saved:
         count = torch.cuda.device_count()
         if count != len(saved):
-            warnings.warn(f"the checkpoint holds the random state of {len(saved)} CUDA device(s), this machine "
-                          f"has {count}; the first {min(count, len(saved))} are restored", stacklevel=3)
+            _log.warning("monitor: the checkpoint holds the random state of %d CUDA device(s), this machine has %d; "
+                         "the first %d are restored", len(saved), count, min(count, len(saved)))
         for device, device_state in enumerate(saved[:count]):
             torch.cuda.set_rng_state(device_state, device)
 
@@ -64,9 +66,9 @@ def rng_of_rank(state: dict[str, Any], rank: int, world_size: int, warn: bool = 
     """
     ranks = state.get("ranks") or [state]
     if len(ranks) != world_size and rank == 0 and warn:
-        warnings.warn(f"the checkpoint holds the random state of {len(ranks)} process(es), this job has "
-                      f"{world_size}: ranks without a state of their own restore rank 0's, so random draws "
-                      f"differ from the saving job's", stacklevel=3)
+        _log.warning("monitor: the checkpoint holds the random state of %d process(es), this job has %d: ranks "
+                     "without a state of their own restore rank 0's, so random draws differ from the saving job's",
+                     len(ranks), world_size)
     return ranks[rank] if rank < len(ranks) else ranks[0]
 
 

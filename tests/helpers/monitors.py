@@ -3,6 +3,9 @@ monitor on a real server."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import re
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -106,3 +109,13 @@ def unpadded(png: bytes) -> bytes:
     buffer = io.BytesIO()
     grid.save(buffer, format="PNG", compress_level=1)  # as encode_grid saves it
     return buffer.getvalue()
+
+
+@contextlib.contextmanager
+def says(caplog, pattern: str) -> Iterator[None]:
+    """Asserts that the block logs a warning through the ``monitor`` logger matching ``pattern``."""
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monitor"):
+        yield
+    said = [record.getMessage() for record in caplog.records if record.name == "monitor"]
+    assert any(re.search(pattern, message) for message in said), said
