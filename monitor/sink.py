@@ -143,6 +143,7 @@ class VisdomSink:
         self.replaced: str | None = None  # "continued" or "set aside" by a newer sink of its run folder in this process
         self.ending: RunEnd | None = None  # how its run ended, once at train_end: what replacing it records
         self._stopping = False
+        self._ended_as: tuple | None = None  # the latest record taken, if a RunEnd: its status and error
         self.missing_from_runlog = 0  # records the run log could not take (a full disk)
         self._asked = False  # close() arrived since the last send: the sender sends at once
         self._lock = threading.Lock()
@@ -428,10 +429,13 @@ class VisdomSink:
                     self._asked = not (self.delivery.unreachable and self.delivery.failed_at >= self._close_asked)
                 elif isinstance(item, _Waiter):  # answered (a sync) or handed to the sender (a flush) once
                     self._waiting.append(item)     # the records before it are in the windows
+                elif item[0] == RUN_END and item[1:] == self._ended_as:
+                    pass  # close()'s after train_end's, nothing between: the log says it once
                 else:
                     entry = self._entry(RECORDS[item[0]]._make(item[1:]))
                     if entry is not None:
                         entries.append(entry)
+                    self._ended_as = item[1:] if item[0] == RUN_END else None
                 taken += 1
                 if taken % 16 == 0 and time.perf_counter() > ends:
                     break

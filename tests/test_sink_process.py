@@ -376,3 +376,18 @@ def test_records_waiting_for_the_forwarder_do_not_bring_on_full_garbage_collecti
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "0"
     assert len(_points(tmp_path / "run", "window 0")) == 30000  # 10 traces a step, each its own record
+
+
+def test_a_finished_run_s_log_says_it_ended_once_and_again_only_after_more_was_logged(visdom_server, tmp_path):
+    # train_end's record and close()'s were two identical lines at the end of every finished run.
+    with Monitor([Scalars()], env="ended-once", port=visdom_server.port, run_dir=tmp_path) as monitor:
+        monitor.step_end(loss=1.0)
+        monitor.train_end()
+        monitor.flush()
+    assert [e["status"] for e in RunLog.read(tmp_path / "runlog.jsonl") if e["k"] == "end"] == ["finished"]
+    with Monitor([Scalars()], env="ended-twice", port=visdom_server.port, run_dir=tmp_path / "again") as monitor:
+        monitor.step_end(loss=1.0)
+        monitor.train_end()
+        monitor.step_end(loss=0.5)  # a notebook trains on: running again, then ended again
+        monitor.train_end()
+    assert [e["k"] for e in RunLog.read(tmp_path / "again" / "runlog.jsonl")][-4:] == ["points", "end", "points", "end"]
