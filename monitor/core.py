@@ -383,7 +383,7 @@ class Monitor:
         if first is None or first[0] != state.step:
             self._first_validation = first = (state.step, trace)
         state.main_validation = trace == first[1]
-        self.state.metrics = dict(metrics)
+        state.metrics = dict(metrics)
         self._train_ended = None  # a test after train_end: the next train_end records it
         self._fire("on_validation_end")
 

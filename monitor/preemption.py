@@ -14,9 +14,10 @@ exits, as it does at every epoch's end. A spawned worker starts a new interprete
 die of the signal in the second it takes to import torch, before it is told to ignore it: the
 loop's thread holds the signals back while it starts workers, a worker inherits that and lets
 them go once it ignores them (any that came meanwhile are dropped), and the training process
-gets one sent meanwhile through another thread (or once they have started). Workers still running at the interpreter's exit
-(persistent ones, or those of an iterator the script still holds) would get ``multiprocessing``'s
-SIGTERM, which they ignore, and be waited for forever: an exit hook ends them first.
+gets one sent meanwhile through another thread (or once they have started). Workers still
+running at the interpreter's exit (persistent ones, or those of an iterator the script still
+holds) would get ``multiprocessing``'s SIGTERM, which they ignore, and be waited for forever:
+an exit hook ends them first.
 """
 from __future__ import annotations
 
