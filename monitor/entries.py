@@ -12,6 +12,7 @@
     {"k": "continues", "from": 48213}      (its step's code is over: a run resumed from it goes on here)
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
     {"k": "pr_curve", "win": "pr/cat", "x": 3, "tp": [5, 4, 0], "fp": [5, 1, 0], "tn": [0, 4, 5], "fn": [0, 1, 5]}
+    {"k": "heatmap", "win": "confusion", "x": 40, "z": [[9, 1], [2, 8]], "rows": ["cat", "dog"], "columns": null}
     {"k": "embedding", "win": "features", "x": 3, "points": [[0.1, 0.0, 0.2], ...], "explained": [0.5, 0.2, 0.1],
      "labels": ["cat", ...], "hover": null}
 
@@ -38,8 +39,8 @@ from monitor.distribution import trimmed
 from monitor.imagestore import ImageStore
 from monitor.imaging import display_values, encode_grid
 from monitor.layer_sums import LayerNorms
-from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, Mesh, Points, PrCurve, RunEnd,
-                             StepMark, Text)
+from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, Matrix, Mesh, Points, PrCurve,
+                             RunEnd, StepMark, Text)
 from monitor.runlog import HEAD
 
 
@@ -106,6 +107,11 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embe
                                        [float(v) for v in explained], *texts))
     if isinstance(record, Mesh):
         return record._replace(values=record.values()) if callable(record.values) else record
+    if isinstance(record, Matrix):
+        values = record.values
+        values = _on_host(values).tolist() if checks._is_tensor(values) else \
+            values.tolist() if hasattr(values, "tolist") else [list(row) for row in values]  # numpy, or rows
+        return record._replace(values=values)
     if isinstance(record, Text):
         html = record.html() if callable(record.html) else record.html
         if type(html) is not str and isinstance(html, str):
@@ -230,6 +236,21 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
                 raise ValueError(f"{name} must have one text per point ({len(points)}), got {len(texts)}")
         return {"k": "embedding", "win": record.window, "x": x, "points": points, "explained": explained,
                 "labels": labels, "hover": hover}
+    if isinstance(record, Matrix):
+        z = record.values
+        if type(z) is not list or not z or not all(type(row) is list and len(row) == len(z[0]) for row in z) \
+                or not z[0]:
+            raise ValueError("a heatmap needs rows of numbers, as many in each, at least one")
+        for value in (v for row in z for v in row):
+            if isinstance(value, bool) or not isinstance(value, Real):
+                raise TypeError(f"a heatmap's values must be numbers, got {value!r}")
+        z = [[float(v) for v in row] for row in z]
+        for name, names, count in (("rows", record.rows, len(z)), ("columns", record.columns, len(z[0]))):
+            if names is not None and len(names) != count:
+                raise ValueError(f"{name} must name each of the {count} {name}, got {len(names)} names")
+        return {"k": "heatmap", "win": record.window, "x": x, "z": z,
+                "rows": None if record.rows is None else [str(n) for n in record.rows],
+                "columns": None if record.columns is None else [str(n) for n in record.columns]}
     if isinstance(record, Mesh):
         vertices, faces, colors = record.values
         if type(vertices) is not list or not all(type(v) is list and len(v) == 3 for v in vertices):

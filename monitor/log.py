@@ -18,7 +18,7 @@ import torch
 
 from monitor import checks
 from monitor.binning import binned
-from monitor.records import Histogram, Hparams, ImageGrid, LabelCaptions, Layout, Order, Points, Text
+from monitor.records import Histogram, Hparams, ImageGrid, LabelCaptions, Layout, Matrix, Order, Points, Text
 
 
 @runtime_checkable
@@ -222,6 +222,43 @@ class Log:
         if not n:
             raise ValueError("values must hold at least one number, got none")
         self.sink.put(Histogram(self._name("window", window), _x(x), (edges, counts, n)))
+
+    def heatmap(self, window: str, x: float, values: Any, rows: Sequence[Any] | None = None,
+                columns: Sequence[Any] | None = None) -> None:
+        """A matrix at ``x`` (a confusion matrix, attention weights), as a heatmap of its latest value.
+
+        ``values`` is a 2-d tensor (copied on its device, read by the sink), a numpy array or
+        rows of numbers; ``rows`` and ``columns`` name its rows and columns (numbered if not
+        given), drawn with row 0 at the top. ``log.window(window, xlabel="predicted",
+        ylabel="true")`` names the axes. A matrix of at most 20 x 20 has its values written in it.
+        """
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) or hasattr(values, "shape") else None
+        if shape is None:
+            if not isinstance(values, Sequence) or isinstance(values, str) or not values or \
+                    not all(isinstance(row, Sequence) and not isinstance(row, str) for row in values):
+                raise TypeError(f"values must be a 2-d tensor, a numpy array or rows of numbers, got "
+                                f"{type(values).__name__}")
+            shape = (len(values), len(values[0]))
+            if any(len(row) != shape[1] for row in values):
+                raise ValueError(f"values must have as many numbers in each row, got rows of "
+                                 f"{sorted({len(row) for row in values})}")
+            for value in (v for row in values for v in row):
+                if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                    raise TypeError(f"values must be numbers, got {value!r}")
+            values = [[float(v) for v in row] for row in values]
+        elif isinstance(values, torch.Tensor):
+            checks.real_tensor("values", values)
+            values = values.detach().clone()
+        else:
+            values = np.array(values, dtype=np.float64)  # a copy, as numbers
+        if len(shape) != 2 or not shape[0] or not shape[1]:
+            raise ValueError(f"values must be a matrix of at least one row and column, got shape {shape}")
+        names = []
+        for argument, given, count in (("rows", rows, shape[0]), ("columns", columns, shape[1])):
+            if given is not None and (isinstance(given, str) or len(given) != count):
+                raise ValueError(f"{argument} must name each of the {count} {argument}, got {given!r}")
+            names.append(None if given is None else tuple(str(name) for name in given))
+        self.sink.put(Matrix(self._name("window", window), _x(x), values, *names))
 
     def text(self, window: str, x: float, text: str, *, html: bool = False, markdown: bool = False,
              keep: int = 1) -> None:

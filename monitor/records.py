@@ -158,6 +158,17 @@ class Mesh(NamedTuple):
     values: Any
 
 
+class Matrix(NamedTuple):
+    """A matrix at one step (a confusion matrix): ``values`` is a 2-d tensor snapshot, maybe on its
+    device, or rows of numbers; ``rows`` and ``columns`` name them (None: numbered)."""
+
+    window: str
+    x: float
+    values: Any
+    rows: tuple[str, ...] | None
+    columns: tuple[str, ...] | None
+
+
 class Hparams(NamedTuple):
     """A run's hyper-parameters (JSON values) and the metrics it ended with (numbers); the newest
     counts. ``trial`` names one of several trials a pane shows (a writer's ``add_hparams`` call);

@@ -32,8 +32,8 @@ from urllib.parse import quote
 from monitor import checks
 from monitor.connection import Connection
 from monitor.delivery import SPREAD, Delivery, FlushTiming
-from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, Mesh, Points, PrCurve, RunEnd,
-                             StepMark, Text)
+from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, Matrix, Mesh, Points, PrCurve,
+                             RunEnd, StepMark, Text)
 from monitor.reports import Reports
 from monitor.env_claims import take
 from monitor.rundir import RunDir, RunInUseError
@@ -46,7 +46,7 @@ __all__ = ["FlushTiming", "VisdomSink"]
 
 _log = logging.getLogger("monitor")
 _STOP = object()
-RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Embedding, Hparams, RunEnd, Mesh, StepMark)
+RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Embedding, Hparams, RunEnd, Mesh, StepMark, Matrix)
 # Records wait in a sink's queue as plain tuples, (kind, *fields), the kind a number: the garbage
 # collector keeps tracking a NamedTuple however plain its fields, but stops tracking a tuple of
 # numbers and strings once it sees it. NamedTuples that waited a tenth of a second for the

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from monitor import checks, distribution, embedding, heatmap, mesh, pr_curve
+from monitor import checks, distribution, embedding, heatmap, matrix, mesh, pr_curve
 from monitor.imagestore import KEEP, kept
 from monitor.records import Order
 
@@ -330,7 +330,7 @@ class Window:
             self.texts = [*self.texts[1 - entry["keep"]:], entry]
             html = "".join(f"<h5>step {t['x']:g}</h5>{t['html']}" for t in reversed(self.texts))
             self.kind, self.content = "text", {**entry, "html": html}
-        elif kind in ("image", "text", "embedding", "mesh"):  # the latest
+        elif kind in ("image", "text", "embedding", "mesh", "heatmap"):  # the latest
             self.kind, self.content = kind, entry
         elif kind == "layout":
             self.opts.update(entry["opts"])
@@ -465,6 +465,10 @@ class Window:
                               "opts": {**self.opts, "title": title}}
         if self.kind in ("embedding", "mesh"):
             data, layout = (embedding if self.kind == "embedding" else mesh).figure(self.content)
+            return "events", {"data": data, "win": self.name, "eid": env, "layout": layout,
+                              "opts": {"height": 480, "width": 560, **self.opts, "title": title}}
+        if self.kind == "heatmap":
+            data, layout = matrix.figure(self.content, self.opts)
             return "events", {"data": data, "win": self.name, "eid": env, "layout": layout,
                               "opts": {"height": 480, "width": 560, **self.opts, "title": title}}
         if self.kind == "image":
