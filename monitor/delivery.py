@@ -18,6 +18,7 @@ or a close sends everything at once. The HTTP is
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -36,6 +37,16 @@ SPREAD = 0.15  # seconds between two windows' sends, unless a flush or a close a
 REOPEN = 1.0  # seconds a closed window waits before it is created again (see Delivery._reopen)
 _GONE = "win does not exist"  # Visdom's answer to an append to a window it does not have
 _VERIFY = 10.0  # seconds after its creation again that the heartbeat checks a window is still there
+
+
+_PLOTS = ("line", "distribution", "pr_curve", "embedding", "mesh", "heatmap")  # the kinds drawn by Plotly
+
+
+def tagged(message: tuple[str, dict[str, Any]], run: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The request with ``run`` (id, host, pid) in its plot's layout, Plotly's ``meta``: whose it is."""
+    if run is not None and "layout" in message[1]:
+        message[1]["layout"]["meta"] = {"monitor_run": run}
+    return message
 
 
 class FlushTiming(NamedTuple):
@@ -58,11 +69,15 @@ class Delivery:
     ``kept_in`` is where the records are safe meanwhile, for the outage warning. ``lock``, held
     while the windows are read or marked and never during a request, lets another thread apply
     entries to them meanwhile (the sink's worker, which must never wait on the server).
+    ``run`` (its id, host and pid) is written into each plot's layout (``meta``); every
+    ``owner_check`` seconds a window the server should hold as sent is read back, and one a
+    run of another id wrote since is said once: two machines (or two ``MONITOR_HOME``s) running
+    one env, which no lock on either can see.
     """
 
     def __init__(self, connection: Connection, windows: Windows, env: str, *, interval: float,
                  stale: Iterable[str] = (), reports: Reports | None = None, kept_in: object = None,
-                 lock: Any = None) -> None:
+                 lock: Any = None, run: dict[str, Any] | None = None) -> None:
         self.connection, self.windows, self.env = connection, windows, env
         self._lock = lock if lock is not None else contextlib.nullcontext()
         self.interval = interval
@@ -82,6 +97,9 @@ class Delivery:
         self._due: dict[str, float] = {}
         self._reopen_at: dict[str, float] = {}  # closed windows, by name: when they may be created again
         self._reopened: dict[str, float] = {}  # windows created again, by name: when
+        self.run = run
+        self.owner_check = 30.0  # seconds between reading back whether another run wrote this env
+        self._owner_checked = time.monotonic()
 
     def send(self, force: bool = False, limit: float | None = None, settle: bool = False) -> None:
         """Sends every changed window whole; on trouble keeps them all for the next try.
@@ -134,7 +152,7 @@ class Delivery:
                 took, size, gone = 0.0, 0, False
                 try:
                     for message in messages:
-                        answer = self.connection.post(*message, timeout=limit)
+                        answer = self.connection.post(*tagged(message, self.run), timeout=limit)
                         took, size = took + self.connection.last_seconds, size + self.connection.last_bytes
                         if message[0] == "update" and answer == _GONE:  # closed on the page, or the env lost
                             gone = True
@@ -238,6 +256,28 @@ class Delivery:
                 "win_exists", {"win": probe.name, "eid": self.env}, timeout=limit) != "true":
             with self._lock:
                 self.windows.mark_all_changed()
+        elif self.run is not None and self._last_check - self._owner_checked >= self.owner_check:
+            self._owner_checked = self._last_check
+            self._check_owner(limit)
+
+    def _check_owner(self, limit: float | None) -> None:
+        """Says once that another run wrote a window this one sent (the server's copy is the last
+        run's to send it: changed here since or not)."""
+        with self._lock:
+            name = next((w.name for w in self.windows.by_name.values() if w.sent and w.kind in _PLOTS), None)
+        if name is None:
+            return
+        try:
+            shown = json.loads(self.connection.post("win_data", {"win": name, "eid": self.env}, timeout=limit))
+            other = shown["content"]["layout"]["meta"]["monitor_run"]
+        except (DashboardError, ValueError, LookupError, TypeError):  # closed on the page meanwhile; untagged
+            return
+        if isinstance(other, dict) and other.get("id") != self.run["id"]:
+            self.reports.once("another run", f"env {self.env!r} on {self.connection.url} is drawn by another run "
+                                             f"too (run {str(other.get('id'))[:8]} on {other.get('host')}, pid "
+                                             f"{other.get('pid')}): their windows take turns; give each run an env "
+                                             f"of its own (a second run of an env is refused only where both use "
+                                             f"one MONITOR_HOME)")
 
     def _verify_reopened(self, limit: float | None, settle: bool = False) -> None:
         """Creates again the windows created again lately that a page's late close took.

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from monitor import checks
 from monitor.connection import Connection, DashboardError
+from monitor.delivery import tagged
 from monitor.imagestore import run_dir_of
 from monitor.rundir import RunDir
 from monitor.runlog import RunLog
@@ -38,11 +39,12 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
     windows = Windows(points_per_trace, run_dir=run_dir_of(path))
     total = os.path.getsize(path)
     on_bytes = (lambda done: progress("read", done, total)) if progress else None
-    run_id = None
+    run_id = run = None
     for entry in RunLog.read(path, progress=on_bytes):
         if entry.get("k") == "run":
             env = env if env is not None else entry.get("env")
             run_id = run_id or entry.get("run_id")
+            run = run or {"id": run_id, "host": entry.get("host"), "pid": entry.get("pid")}  # as its sink tagged it
         windows.apply([entry])
     if not env:
         raise ValueError(f"env must be given: the run log {path} names none")
@@ -57,7 +59,7 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
     try:
         for done, window in enumerate(shown, 1):
             for message in window.messages(env):  # first sends: nothing to close
-                sender.post(*message)
+                sender.post(*tagged(message, run))
             if progress:
                 progress("send", done, len(shown))
     finally:

@@ -18,6 +18,7 @@ import atexit
 import math
 import os
 import secrets
+import socket
 import sys
 import logging
 import threading
@@ -136,7 +137,8 @@ class VisdomSink:
         self._windows_lock = threading.Lock()  # the worker applies entries while the sender reads the windows
         self.delivery = Delivery(self.connection, self.windows, self.env, interval=self.flush_every,
                                  stale=stale, reports=self.reports, kept_in=self.runlog.path,
-                                 lock=self._windows_lock)
+                                 lock=self._windows_lock,
+                                 run={"id": self.run_id, "host": socket.gethostname(), "pid": self.pid})
         self._queue: deque = deque()  # append and popleft are atomic: no lock, no wake-up
         self._wake = threading.Event()
         self._closed = False

@@ -113,6 +113,45 @@ def test_a_second_live_process_on_one_env_is_refused_naming_the_first(visdom_ser
     assert len(list((tmp_path / "earlier").glob("*.jsonl"))) == 1
 
 
+def test_two_machines_drawing_one_env_on_a_shared_server_are_each_told_once(visdom_server, tmp_path, monkeypatch,
+                                                                          caplog):
+    # Teammates on two machines (or two MONITOR_HOMEs): no lock or claim of either sees the
+    # other, and their windows took turns on the team's dashboard without a word.
+    sinks = []
+    for name in ("alice", "bob"):
+        monkeypatch.setenv("MONITOR_HOME", str(tmp_path / name / "home"))
+        sinks.append(VisdomSink("shared", port=visdom_server.port, run_dir=tmp_path / name / "runs", flush_every=0.05))
+    for sink in sinks:
+        sink.delivery.owner_check, sink.delivery.heartbeat = 0.3, 0.1
+    logs = [Log(sink) for sink in sinks]
+    with caplog.at_level("WARNING", logger="monitor"):
+        deadline = time.monotonic() + 30
+        step = 0
+        while sum("drawn by another run" in r.getMessage() for r in caplog.records) < 2:
+            assert time.monotonic() < deadline, caplog.text
+            step += 1
+            for log, scale in zip(logs, (1.0, 2.0)):
+                log.scalar("loss", "train", step, scale / step)
+            time.sleep(0.05)
+        for sink in sinks:
+            assert sink.close(timeout=10)
+    said = sorted(r.getMessage() for r in caplog.records if "drawn by another run" in r.getMessage())
+    assert len(said) == 2 and all(f"(run {sink.run_id[:8]} on " in " ".join(said) for sink in sinks)
+    assert said[0].startswith(f"monitor: env 'shared' on http://127.0.0.1:{visdom_server.port} is drawn by another "
+                              f"run too")
+
+    with caplog.at_level("WARNING", logger="monitor"):  # one run at a time, and a replay of it: nothing to say
+        caplog.clear()
+        alone = VisdomSink("alone", port=visdom_server.port, run_dir=tmp_path / "alone", flush_every=0.05)
+        alone.delivery.owner_check, alone.delivery.heartbeat = 0.3, 0.1
+        for step in range(1, 30):
+            Log(alone).scalar("loss", "train", step, 1.0 / step)
+            time.sleep(0.05)
+        assert alone.close(timeout=10)
+        replay(tmp_path / "alone" / "runlog.jsonl", "alone", port=visdom_server.port)
+    assert not [r for r in caplog.records if "another run" in r.getMessage()]
+
+
 def test_a_live_run_of_another_folder_in_the_env_is_refused_naming_it_and_a_finished_one_is_followed(
         visdom_server, tmp_path, read_window):
     """Two working directories (a Hydra sweep's trials, run at once) with Monitor(env="sweep"):
