@@ -128,7 +128,7 @@ class Connection:
         if answer.status == 400:
             self.close()
             raise DashboardError(f"{self.url} refused the login of {self.username!r} "
-                                 f"(HTTP 400): check VISDOM_USERNAME/VISDOM_PASSWORD")
+                                 f"(HTTP 400): check VISDOM_USERNAME/VISDOM_PASSWORD", 400)
         # Any other answer (a server without login answers 500) leaves the data requests to say
         # whether a login was needed.
         cookies = SimpleCookie(", ".join(answer.headers.get_all("Set-Cookie") or []))

@@ -376,7 +376,9 @@ def test_rm_keeps_the_user_s_own_files_in_a_run_folder_and_says_so_before_asking
     assert left == ["analysis", "analysis/notes.md", "final_model.pt", "inner", "inner/inner.yaml"]
 
 
-def test_rm_says_the_env_stays_where_the_server_refused_its_login(tmp_path, monkeypatch):
+def test_rm_deletes_nothing_where_the_server_refuses_its_login_and_all_with_it(tmp_path, monkeypatch):
+    # It used to delete the folder, then say the env stayed because the dashboard "could not be
+    # reached", and exit 0: no command could find that env again.
     from monitor.server import start
 
     credentials = {"username": "ada", "password": "a long passphrase"}
@@ -386,11 +388,24 @@ def test_rm_says_the_env_stays_where_the_server_refused_its_login(tmp_path, monk
                      **credentials) as monitor:
             monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
             monitor.step_end(loss=torch.tensor(0.5))
+        command = ["runs", "rm", str(tmp_path / "guarded"), "--yes", "--port", str(server.port)]
         monkeypatch.delenv("VISDOM_USERNAME", raising=False)
         monkeypatch.delenv("VISDOM_PASSWORD", raising=False)
-        done = CliRunner().invoke(main, ["runs", "rm", str(tmp_path / "guarded"), "--yes", "--port", str(server.port)])
-    assert done.exit_code == 0 and not (tmp_path / "guarded").exists()
-    assert "Env guarded is still on the dashboard: " in done.output and "HTTP 400" in done.output, done.output
+        anonymous = CliRunner().invoke(main, command)
+        monkeypatch.setenv("VISDOM_USERNAME", "ada")
+        monkeypatch.setenv("VISDOM_PASSWORD", "wrong")
+        wrong = CliRunner().invoke(main, command)
+        assert (tmp_path / "guarded").exists()
+        monkeypatch.setenv("VISDOM_PASSWORD", credentials["password"])
+        done = CliRunner().invoke(main, command)
+        from monitor.connection import Connection
+
+        gone = Connection(port=server.port, **credentials).post("win_exists", {"win": "loss", "eid": "guarded"})
+    assert anonymous.exit_code == 1 and "answered HTTP 400 (a server with login" in anonymous.output
+    assert wrong.exit_code == 1 and "refused the login of 'ada' (HTTP 400)" in wrong.output, wrong.output
+    assert "would stay on it: give its --port (or --server), or --keep-envs" in wrong.output
+    assert "Nothing was deleted." in wrong.output
+    assert done.exit_code == 0 and not (tmp_path / "guarded").exists() and gone == "false", done.output
 
 
 def test_gc_keeps_the_best_finished_runs_and_every_other_run(visdom_server, tmp_path):
