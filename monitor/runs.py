@@ -32,6 +32,7 @@ TRAINING = frozenset({"train", "training", "训练", "訓練", "学習", "학습
 HELD_OUT = frozenset({"val", "valid", "validation", "test", "testing", "eval", "evaluation", "dev", "验证", "测试",
                       "评估", "検証", "評価", "テスト", "검증", "평가", "테스트"})
 _log = logging.getLogger("monitor")
+COMPARED = "runs (last values)"  # the title of a comparison's table, which tells its env from others
 
 
 def run_log_of(run: str | os.PathLike) -> Path:
@@ -433,7 +434,7 @@ def _comparison(found: list[Run], entries: list[list[dict[str, Any]]]) -> Any:
             for label, run in zip(named, found)]
     html = TABLE + "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>"
                                for row in [head, *rows]) + "</table>"
-    windows.apply([{"k": "layout", "win": "runs", "opts": {"title": "runs (last values)"}, "order": Order.SUMMARY},
+    windows.apply([{"k": "layout", "win": "runs", "opts": {"title": COMPARED}, "order": Order.SUMMARY},
                    {"k": "text", "win": "runs", "x": 0, "html": html}])
     return windows
 
@@ -455,7 +456,8 @@ def _empty_for_comparison(sender: Any, env: str) -> None:
         held = json.loads(sender.post("win_data", {"win": None, "eid": env}))
     except (DashboardError, ValueError):  # no such env: Visdom answers an error page
         return
-    if held and "runs" not in held:
+    table = held.get("runs") if isinstance(held, dict) else None
+    if held and (not isinstance(table, dict) or table.get("title") != COMPARED):  # serve --runs' is "runs in DIR"
         raise ValueError(f"into must be a new env or an earlier comparison's, got {env!r}, which holds "
                          f"{len(held)} other windows")
     if held:

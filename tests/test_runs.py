@@ -674,6 +674,12 @@ def test_compare_again_into_an_env_replaces_the_earlier_comparison_and_refuses_a
                                         "--port", str(visdom_server.port)])  # the live run's own env
     assert refused.exit_code != 0 and "into must be a new env or an earlier comparison's, got 'good'" in refused.output
     assert read_window(visdom_server, "good", "loss")  # untouched
+    from monitor.runs import RunsPane
+
+    RunsPane(root, port=fresh_server.port).update()  # serve --runs' table, in env "runs", window "runs" too
+    table = CliRunner().invoke(main, ["runs", "compare", str(root / "good"), str(root / "broken"), "--into", "runs",
+                                      *port])
+    assert table.exit_code != 0 and "got 'runs', which holds 1 other windows" in table.output, table.output
 
 
 def test_compare_tells_apart_two_runs_of_one_env_in_two_folders(three_runs, tmp_path):
