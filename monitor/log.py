@@ -232,7 +232,7 @@ class Log:
         given), drawn with row 0 at the top. ``log.window(window, xlabel="predicted",
         ylabel="true")`` names the axes. A matrix of at most 20 x 20 has its values written in it.
         """
-        shape = tuple(values.shape) if isinstance(values, torch.Tensor) or hasattr(values, "shape") else None
+        shape = tuple(values.shape) if hasattr(values, "shape") else None  # a tensor's or an array's
         if shape is None:
             if not isinstance(values, Sequence) or isinstance(values, str) or not values or \
                     not all(isinstance(row, Sequence) and not isinstance(row, str) for row in values):
@@ -250,7 +250,10 @@ class Log:
             checks.real_tensor("values", values)
             values = values.detach().clone()
         else:
-            values = np.array(values, dtype=np.float64)  # a copy, as numbers
+            try:
+                values = np.array(values, dtype=np.float64)  # a copy, as numbers
+            except (TypeError, ValueError):
+                raise TypeError(f"values must be numbers, got an array of {values.dtype}") from None
         if len(shape) != 2 or not shape[0] or not shape[1]:
             raise ValueError(f"values must be a matrix of at least one row and column, got shape {shape}")
         names = []
