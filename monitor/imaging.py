@@ -29,9 +29,10 @@ def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | N
     """PNG bytes of ``pixels`` (NCHW, 1, 3 or 4 channels: a tensor of any dtype and device, or a
     numpy array) tiled in a grid.
 
-    Display values: uint8 as is; floats (or bools) whose finite values lie in [0, 1] times 255;
-    anything else stretched to 0-255 per image from its finite min and max (a constant image
-    is mid grey). Non-finite pixels are black. A fourth channel is alpha, the opacity of the
+    Display values: uint8 as is; floats (or bools) whose finite values all lie in [0, 1] times
+    255; else in [-1, 1] (a generator's tanh, images normalised with mean and std 0.5) from -1
+    black to 1 white, so a dark sample looks dark; anything else stretched to 0-255 per image
+    from its finite min and max (a constant image is mid grey). Non-finite pixels are black. A fourth channel is alpha, the opacity of the
     image laid over white (as a page shows a transparent PNG): uint8 as is, values up to 1 times
     255, larger ones as 0-255 (clipped), non-finite ones opaque.
 
@@ -163,6 +164,8 @@ def display_values(pixels: "torch.Tensor | np.ndarray") -> np.ndarray:
     high = np.where(finite, values, -np.inf).reshape(len(values), -1).max(axis=1)
     if unit_range and (low >= 0).all() and (high <= 1).all():
         scaled = values * 255.0
+    elif unit_range and (low >= -1).all() and (high <= 1).all():  # tanh's range, Normalize(0.5, 0.5)'s
+        scaled = (values + 1.0) * 127.5
     else:
         shape = (-1,) + (1,) * (values.ndim - 1)
         span = (high - low).reshape(shape)

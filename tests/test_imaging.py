@@ -183,3 +183,15 @@ def test_characters_no_font_has_are_said_once_and_drawn_as_pillow_s_boxes(no_fon
             encode_grid(torch.zeros(2, 3, 8, 8), captions=["猫", "狗"])
     assert len(caplog.records) == 1 and "no font of this system has 狗猫" in caplog.text
     assert "MONITOR_FONT" in caplog.text
+
+
+def test_floats_in_minus_one_to_one_are_shown_from_black_to_white_not_stretched():
+    # A diffusion model's samples (images normalised to [-1, 1]): a dim red square on black
+    # showed as full red, an all-black sample as mid grey.
+    dim_red = torch.full((3, 2, 2), -1.0)
+    dim_red[0, 0, 0] = -0.6
+    black = torch.full((3, 2, 2), -1.0)
+    grid = decode(encode_grid(torch.stack([dim_red, black, torch.zeros(3, 2, 2), torch.ones(3, 2, 2)])))
+    assert tile(grid, 0, 2, 2, 2)[0, 0].tolist() == [51, 0, 0] and tile(grid, 0, 2, 2, 2)[1, 1].tolist() == [0, 0, 0]
+    assert tile(grid, 1, 2, 2, 2).max() == 0
+    assert tile(grid, 2, 2, 2, 2).tolist() == [[[128] * 3] * 2] * 2 and tile(grid, 3, 2, 2, 2).min() == 255
