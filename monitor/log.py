@@ -161,7 +161,9 @@ class Log:
     def images(self, window: str, x: float, images: torch.Tensor,
                captions: Sequence[str] | None = None) -> None:
         """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels (NCHW also 4: RGBA, laid
-        over white as TensorBoard's PNG shows on a page); any float, uint8 or bool range.
+        over white as TensorBoard's PNG shows on a page); any float, uint8 or bool range; or a
+        list of CHW or HW images of their own sizes (a detection batch), each padded with zeros
+        to the largest.
         Channels last (NHWC, HWC: a numpy or PIL image) are taken where the channels can only be
         the last dim (``channels_first``).
 
@@ -398,8 +400,11 @@ def _bins(bins: Any) -> int | torch.Tensor:
 
 
 def _as_nchw(images: Any) -> torch.Tensor:
+    if isinstance(images, (list, tuple)) and images and all(isinstance(i, torch.Tensor) for i in images):
+        return _padded([_as_nchw(image) for image in images])
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor (NCHW, CHW, NHW or HW), got {type(images).__name__}")
+        raise TypeError(f"images must be a torch.Tensor (NCHW, CHW, NHW or HW) or a list of images (CHW or HW, "
+                        f"of any sizes), got {type(images).__name__}")
     if images.dtype is not torch.bool:  # a mask: black and white
         checks.real_tensor("images", images)
     shape = tuple(images.shape)
@@ -414,6 +419,22 @@ def _as_nchw(images: Any) -> torch.Tensor:
         raise ValueError(f"images must have 1 or 3 channels (NCHW also 4, RGBA; NHWC and HWC as well, the "
                          f"channels last) and a non-empty batch, got shape {shape}")
     return images
+
+
+def _padded(batches: list[torch.Tensor]) -> torch.Tensor:
+    """NCHW batches of any sizes (a detection batch's images) as one, each padded with zeros to
+    the largest height and width; grey ones as RGB where others are in colour."""
+    channels = {batch.shape[1] for batch in batches}
+    if len(channels) > 1 and channels != {1, 3}:
+        raise ValueError(f"images must all have 1 or 3 channels, or all 4, got {sorted(channels)}")
+    if len({(batch.dtype, batch.device) for batch in batches}) > 1:
+        raise ValueError(f"images must have one dtype and device, got "
+                         f"{sorted({f'{b.dtype} on {b.device}' for b in batches})}")
+    height, width = max(b.shape[2] for b in batches), max(b.shape[3] for b in batches)
+    colour = max(channels)
+    return torch.cat([torch.nn.functional.pad(b.expand(-1, colour, -1, -1),
+                                              (0, width - b.shape[3], 0, height - b.shape[2]))
+                      for b in batches])
 
 
 def channels_first(images: torch.Tensor) -> torch.Tensor:

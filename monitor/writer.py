@@ -355,7 +355,9 @@ class SummaryWriter:
         from monitor.imaging import with_boxes  # PIL, only where boxes are drawn
 
         pixels = self._pixels(img_tensor, dataformats)
-        drawn = with_boxes(pixels[0], boxes * rescale, None if labels is None else [str(x) for x in labels], rescale)
+        labels = None if labels is None else [str(x.item() if isinstance(x, (torch.Tensor, np.generic)) else x)
+                                              for x in labels]  # a tensor of class numbers: their numbers
+        drawn = with_boxes(pixels[0], boxes * rescale, labels, rescale)
         self._show(tag, global_step, drawn)
 
     def add_video(self, tag: str, vid_tensor: Any, global_step: int | None = None, fps: float = 4,
@@ -1033,7 +1035,14 @@ def _tensor(value: Any, argument: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value
     if isinstance(value, (np.ndarray, list, tuple)):
-        return torch.as_tensor(np.asarray(value))
+        try:
+            return torch.as_tensor(np.asarray(value))
+        except (ValueError, TypeError, RuntimeError):  # numpy's "inhomogeneous shape": images of several sizes
+            shapes = sorted({tuple(getattr(v, "shape", ())) for v in value}) if not isinstance(value, np.ndarray) \
+                else None
+            raise ValueError(f"{argument} must be a torch.Tensor or a numpy array of one shape, got a "
+                             f"{type(value).__name__} of {len(value)} items" +
+                             (f" of shapes {shapes[:4]}" if shapes else "")) from None
     raise TypeError(f"{argument} must be a torch.Tensor or a numpy array, got {type(value).__name__}")
 
 

@@ -302,3 +302,21 @@ def test_rgba_images_are_laid_over_white_and_bool_masks_are_black_and_white(visd
     heading = shown.shape[0] - (PAD + 2 * (5 + PAD))
     assert all(np.array_equal(tile(shown[heading:], i, 2, 5, 5), masks[i].numpy().astype(np.uint8) * 255)
                for i in range(4))
+
+
+def test_a_detection_batch_of_images_of_their_own_sizes_is_shown_padded_to_the_largest():
+    # torchvision's detection collate gives a tuple of CHW images: refused before ("got tuple").
+    monitor, sink = monitor_with(Images(every=1, count=2))
+    images = (torch.rand(3, 20, 30), torch.rand(3, 24, 16), torch.rand(3, 8, 8))
+    targets = tuple({"boxes": torch.zeros(1, 4), "labels": torch.tensor([1])} for _ in images)
+    monitor.step_end(loss=1.0, inputs=images, targets=targets)
+    (grid,) = sink.of(ImageRecord)
+    assert tuple(grid.pixels.shape) == (2, 3, 24, 30)
+    assert torch.equal(grid.pixels[1, :, :24, :16], images[1]) and not grid.pixels[1, :, :, 16:].any()
+    pixels = monitor.log  # the Log takes a list too, grey beside colour as colour
+    pixels.images("mixed", 1, [torch.rand(1, 4, 4), torch.rand(3, 6, 2), torch.rand(5, 5)])
+    assert tuple(sink.of(ImageRecord)[-1].pixels.shape) == (3, 3, 6, 5)
+    with pytest.raises(ValueError, match=r"images must all have 1 or 3 channels, or all 4, got \[3, 4\]"):
+        pixels.images("bad", 1, [torch.rand(3, 4, 4), torch.rand(1, 4, 4, 4)])  # an RGBA batch of one
+    with pytest.raises(TypeError, match="or a list of images .CHW or HW, of any sizes., got str"):
+        pixels.images("bad", 1, "cat.png")

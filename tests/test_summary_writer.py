@@ -1003,6 +1003,15 @@ def test_boxes_are_drawn_on_the_image_with_their_labels(visdom_server, tmp_path,
             writer.add_image_with_boxes("x", image, torch.zeros(4))
         with pytest.raises(ValueError, match=r"labels must be a list of 1 labels, one a box, got 'cat'"):
             writer.add_image_with_boxes("x", image, torch.zeros(1, 4), labels="cat")
+        # A detection model's class numbers as a tensor are their numbers, not "tensor(3)".
+        writer.add_image_with_boxes("numbered", image, torch.tensor([[4, 16, 30, 36]]), 0, labels=torch.tensor([3]))
+        writer.add_image_with_boxes("named", image, torch.tensor([[4, 16, 30, 36]]), 0, labels=["3"])
+        assert writer.log.sink.flush()  # writer.flush() within 0.5 s of the last one does not wait
+        assert shown_grid(read_window_raw(visdom_server, "boxes", "numbered")) == \
+            shown_grid(read_window_raw(visdom_server, "boxes", "named"))
+        with pytest.raises(ValueError, match=r"img_tensor must be a torch.Tensor or a numpy array of one shape, got "
+                                             r"a list of 2 items of shapes \[\(3, 4, 4\), \(3, 5, 5\)\]"):
+            writer.add_images("x", [torch.zeros(3, 4, 4), torch.zeros(3, 5, 5)], 0)
     red = [255, 0, 0]
     assert boxes[16, 10].tolist() == boxes[36, 10].tolist() == boxes[25, 4].tolist() == red  # the box's edges
     assert boxes[25, 15].tolist() == [0, 0, 0]  # inside it, the image

@@ -134,3 +134,15 @@ def test_a_point_every_n_steps_is_the_mean_of_those_steps_and_their_throughput()
     assert abs(times[11] - own) <= 2 and times[11] > 25, times  # a tenth of the slow step, not one 10 ms step
     throughput = dict(sink.points("throughput")["samples"])
     assert throughput[11] == pytest.approx(BATCH * 1000 / times[11])
+
+
+def test_throughput_counts_a_detection_batch_s_images_and_a_batch_in_parts_by_its_first():
+    # A tuple of images of their own sizes (torchvision's detection collate) counted its first
+    # image's channels (3) as the batch; a tuple of ids and a mask is one batch of 4.
+    from monitor.callbacks.timing import _batch_size
+
+    assert _batch_size((torch.zeros(3, 20, 30), torch.zeros(3, 24, 16), torch.zeros(3, 8, 8))) == 3
+    assert _batch_size([torch.zeros(1, 32, 32)] * 8) == 8  # grey images of one size
+    assert _batch_size((torch.zeros(4, 16, dtype=torch.long), torch.ones(4, 16))) == 4
+    assert _batch_size((torch.zeros(5, 3, 8, 8), torch.zeros(5))) == 5  # images and labels
+    assert _batch_size([torch.zeros(7), torch.zeros(9)]) == 2  # sequences of their own lengths

@@ -72,6 +72,12 @@ class Images(Callback):
             part = f"out[{first!r}]" if isinstance(images, Mapping) else f"out.{first}"
             raise TypeError(f"Images(source={self.source!r}) needs images, got a {type(images).__name__} of "
                             f"{names}: pass one of them, e.g. step_end({self.source}={part})")
+        if isinstance(images, (list, tuple)) and images and all(
+                isinstance(i, torch.Tensor) and i.dim() in (2, 3) for i in images):
+            images = list(images[: self.count])  # a detection batch: images of their own sizes, padded by Log
+            log.window(self.source, order=Order.IMAGES, title=self.source)
+            log.images(self.source, state.step, images, self._caption(state, len(images)))
+            return
         if isinstance(images, torch.Tensor):
             images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
