@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 _ENCODER = json.JSONEncoder(separators=(",", ":"))  # writes NaN/Infinity as Python's json does; json.loads reads them
+_decode = json.JSONDecoder().decode  # of str: json.loads(bytes) guesses their encoding each time
 # How _ENCODER begins an entry of a window: its kind and the window's name (as JSON), read without
 # parsing the line (an image's, a wide gradient norm's).
 HEAD = re.compile(rb'\{"k":"([a-z_]+)","win":("(?:[^"\\]|\\.)*")')
@@ -214,7 +215,7 @@ class Reader:
             if not line.strip():
                 return None
             traces = self._traces
-            entry = json.loads(line)
+            entry = _decode(line.decode())
             if entry.get("k") == "points":
                 if ("f64" in entry or "v" in entry) and entry["win"] not in traces \
                         and entry["win"] in self._passed_over:  # its traces were named in a line passed over
