@@ -55,6 +55,37 @@ def test_the_model_is_saved_unwrapped_from_ddp_and_torch_compile_and_resumes_int
         dist.destroy_process_group()
 
 
+def test_a_model_with_a_submodule_compiled_in_place_is_saved_named_plain_and_resumes_either_way(tmp_path):
+    # A multi-task loop's model.encoder = torch.compile(model.encoder): its checkpoint said
+    # encoder._orig_mod.0.weight, so the best one did not load into the model built plain, and a
+    # run killed without compile could not resume with it.
+    def build(compiled: bool) -> nn.Module:
+        torch.manual_seed(0)
+        model = nn.Module()
+        model.encoder, model.head = nn.Sequential(nn.Linear(3, 4), nn.ReLU()), nn.Linear(4, 2)
+        model.encoder[0].requires_grad_(False)
+        if compiled:
+            model.encoder = torch.compile(model.encoder, backend="eager")
+        return model
+
+    for saved_compiled, resumed_compiled in ((True, False), (False, True), (True, True)):
+        model = build(saved_compiled)
+        checkpoint = build_checkpoint(model=model, loop={"epoch": 0, "step": 3, "batch": 3, "epoch_done": False},
+                                      rng=capture_rng(), callbacks={}, run={}, metric={})
+        assert sorted(checkpoint["model"]) == ["encoder.0.bias", "encoder.0.weight", "head.bias", "head.weight"]
+        assert checkpoint["frozen"] == ["encoder.0.weight", "encoder.0.bias"]
+        save_checkpoint(tmp_path / "step-000000003.pt", checkpoint)
+        fresh = build(resumed_compiled)
+        with torch.no_grad():
+            for parameter in fresh.parameters():
+                parameter.zero_().requires_grad_(True)
+        resume(tmp_path / "step-000000003.pt", fresh)
+        assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+        assert [p.requires_grad for p in fresh.parameters()] == [False, False, True, True]
+    plain = build(False)
+    plain.load_state_dict(torch.load(tmp_path / "step-000000003.pt", weights_only=True)["model"])  # the user's own
+
+
 def test_a_checkpoint_from_before_requires_grad_was_kept_loads_and_resumes(tmp_path):
     model = nn.Sequential(nn.Linear(3, 2), nn.Linear(2, 1))
     model[0].requires_grad_(False)

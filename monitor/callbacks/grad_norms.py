@@ -15,7 +15,7 @@ from torch.nn.modules.module import (register_module_module_registration_hook,
 from monitor.amp import current_scale, scale_of
 from monitor.callbacks._every import is_due
 from monitor.checks import boolean, one_of, positive_int
-from monitor.models import unwrap_model
+from monitor.models import uncompiled, unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.norms import Norms, Stacks, each_norm, read, stacks_of
@@ -274,14 +274,14 @@ class GradNorms(Callback):
             if isinstance(module, parametrize.ParametrizationList):  # at NAME.parametrizations.weight: its module's
                 name = name.rsplit(".", 2)[0] if name.count(".") >= 2 else ""
                 layer = model.get_submodule(name)
-            elif not _uncompiled(name) and any(n != "parametrizations" for n, _ in module.named_children()):
+            elif not uncompiled(name) and any(n != "parametrizations" for n, _ in module.named_children()):
                 # A model's own parameters beside its layers (a position embedding): one trace each
                 for key, p in module.named_parameters(recurse=False):
                     if id(p) not in seen:
                         seen[id(p)] = key
                         layers[key] = [p]
                 continue
-            trace = _trace_name(_uncompiled(name), layer)
+            trace = _trace_name(uncompiled(name), layer)
             for p in module.parameters(recurse=False):
                 if id(p) not in seen:
                     seen[id(p)] = trace
@@ -328,12 +328,6 @@ def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums) -> list
     values = read(updates + before)  # one read of the device for both
     ratios = zip(layer_sums(values[:len(updates)]), layer_sums(values[len(updates):]))
     return [u / w if w else (math.inf if u else math.nan) for u, w in ratios]
-
-
-def _uncompiled(name: str) -> str:
-    """A module's name without torch.compile's wrappers: ``backbone.0`` for ``backbone._orig_mod.0``
-    (a submodule compiled on its own), as a model compiled whole is named."""
-    return ".".join(part for part in name.split(".") if part != "_orig_mod") if "_orig_mod" in name else name
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:

@@ -16,7 +16,8 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time (``A
                 whether a persistent loader's workers were already there}; None if unknown); under
                 torch.distributed those four are rank 0's, and "ranks" holds every rank's, by rank (a
                 validation loader that rank 0 alone iterates makes them differ), else None
-    model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod)
+    model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod, also of a
+                submodule compiled on its own: named as the model built plain)
     frozen      the names of the model's parameters with requires_grad=False, which no state_dict
                 holds (absent from files written before it was kept)
     optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) or
@@ -50,7 +51,7 @@ import numpy as np
 import torch
 
 from monitor.atomic import write_atomic
-from monitor.models import unwrap_model
+from monitor.models import plain_state, uncompiled, unwrap_model
 from monitor.checkpoint.pickle_scan import describe_unsafe
 
 FORMAT = "monitor.checkpoint"
@@ -112,8 +113,8 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
         "format": FORMAT, "version": VERSION, "time": time.time(), "torch": str(torch.__version__),
         "loop": {**{key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
                  **{key: loop.get(key) for key in RESUME_KEYS}, "ranks": loop.get("ranks")},
-        "model": model.state_dict(),
-        "frozen": [name for name, parameter in model.named_parameters() if not parameter.requires_grad],
+        "model": plain_state(model),
+        "frozen": [uncompiled(name) for name, parameter in model.named_parameters() if not parameter.requires_grad],
         "optimizer": _state_of(optimizer),
         "scheduler": _state_of(scheduler),
         "scaler": scaler.state_dict() if scaler is not None else None,

@@ -9,7 +9,7 @@ from typing import Any, Mapping
 import torch
 
 from monitor.checkpoint.file import RESUME_KEYS, load_checkpoint
-from monitor.models import unwrap_model
+from monitor.models import load_plain_state, uncompiled, unwrap_model
 from monitor.checkpoint.folder import find_checkpoint, read_manifest
 from monitor.core import Monitor
 from monitor.distributed import on_main, rank_and_world_size
@@ -195,7 +195,7 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
         groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
         if one is not None and isinstance(groups, list) and len(groups) != len(one.param_groups):
             raise ValueError(_groups_added_mid_run(path, checkpoint["loop"], key, len(one.param_groups), len(groups)))
-    unwrap_model(model).load_state_dict(checkpoint["model"], strict=strict)
+    load_plain_state(unwrap_model(model), checkpoint["model"], strict=strict)
     if isinstance(checkpoint.get("frozen"), list):  # left out by checkpoints before it was kept
         _freeze_as_saved(path, checkpoint["loop"], unwrap_model(model), set(checkpoint["frozen"]))
     for name, part in parts.items():
@@ -218,7 +218,9 @@ def _freeze_as_saved(path: Path, loop: Mapping[str, Any], model: torch.nn.Module
     """Gives each parameter the ``requires_grad`` it had when the checkpoint was saved: no
     state_dict holds it, and a fine-tuning loop that froze its backbone at the start and
     unfroze it mid-run would otherwise train on with the backbone frozen, saying nothing."""
-    changed = [(name, p) for name, p in model.named_parameters() if p.requires_grad == (name in frozen)]
+    frozen = {uncompiled(name) for name in frozen}  # a checkpoint from before names were kept plain
+    changed = [(uncompiled(name), p) for name, p in model.named_parameters()
+               if p.requires_grad == (uncompiled(name) in frozen)]
     if not changed:
         return
     for name, parameter in changed:
