@@ -43,6 +43,7 @@ class Resumable:
         self.resumed_from: tuple[int | None, int | None] | None = None  # (samples, batch size): the resumed epoch's
         self.calls = 0                            # monitor.batches calls made this epoch
         self.iterating = 0                        # monitor.batches generators started and not ended
+        self.said_interleaved = False             # that two were iterated in turn (a zip), not one inside the other
         self.at_next_batch: Callable[[], None] | None = None  # called once, before the outermost loop's next batch
         self.trained = False                      # resumed from the checkpoint of its train_end: no epochs left
         self.waited_in: int | None = None         # state.batch (steps of the epoch) at the latest batch's wait
@@ -135,8 +136,15 @@ class Resumable:
         # the outer loader's position as it found it: its batch_index, and what a checkpoint keeps.
         outer = (state.batch_index, self.drawn) if self.iterating else None
         self.iterating += 1
+        depth = self.iterating
         try:
             while True:  # the waits for a step's batches are its data wait (Timing shows it)
+                if self.iterating > depth and not self.said_interleaved:  # another one, not ended, not inside
+                    self.said_interleaved = True
+                    _log.warning("monitor: two loaders are iterated through monitor.batches at once (a zip of "
+                                 "them?): a checkpoint keeps the position of one, so a resume repeats or skips "
+                                 "batches; iterate them as one, monitor.batches(zip(loader_a, "
+                                 "itertools.cycle(loader_b)))")
                 outermost = self.iterating == 1  # not a validation loader's inside it
                 if self.at_next_batch is not None and outermost:
                     action, self.at_next_batch = self.at_next_batch, None

@@ -180,3 +180,30 @@ def test_a_run_killed_during_or_after_a_validation_that_follows_a_step_s_checkpo
     weights = _validating_run(tmp_path / "killed", validated)
     assert validated == straight  # each validation once, with the same loss: the same numbers drawn
     assert all(torch.equal(a, b) for a, b in zip(weights, expected))
+
+
+def test_two_loaders_through_monitor_batches_at_once_are_said_once_and_one_zip_of_them_is_not(caplog):
+    # A multi-task loop's zip(monitor.batches(a), cycle(monitor.batches(b))): its checkpoints kept
+    # b's position, and a resumed run trained 20 steps more than one never killed, saying nothing.
+    import itertools
+
+    from torch.utils.data import DataLoader
+
+    a, b = DataLoader(torch.arange(20.0), batch_size=4), DataLoader(torch.arange(8.0), batch_size=4)
+    for interleaved in (True, False):
+        monitor = Monitor([], sink=NullSink())
+        monitor.train_start(torch.nn.Linear(1, 1))
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="monitor"):
+            for _ in monitor.epochs(2):
+                batches = zip(monitor.batches(a), itertools.cycle(monitor.batches(b))) if interleaved else \
+                    monitor.batches(zip(a, itertools.cycle(b)))  # one position: resumed exactly
+                for _ in batches:
+                    for _ in monitor.batches(b):  # a loader inside the step's code, as a validation's
+                        pass
+                    monitor.step_end(loss=1.0)
+        said = [r.getMessage() for r in caplog.records if "at once" in r.getMessage()]
+        assert said == (["monitor: two loaders are iterated through monitor.batches at once (a zip of them?): a "
+                         "checkpoint keeps the position of one, so a resume repeats or skips batches; iterate them "
+                         "as one, monitor.batches(zip(loader_a, itertools.cycle(loader_b)))"] if interleaved else [])
+        assert monitor.state.step == 10
