@@ -32,9 +32,10 @@ def encode_grid(pixels: "torch.Tensor | np.ndarray", captions: Sequence[str] | N
     Display values: uint8 as is; floats (or bools) whose finite values all lie in [0, 1] times
     255; else in [-1, 1] (a generator's tanh, images normalised with mean and std 0.5) from -1
     black to 1 white, so a dark sample looks dark; anything else stretched to 0-255 per image
-    from its finite min and max (a constant image is mid grey). Non-finite pixels are black. A fourth channel is alpha, the opacity of the
-    image laid over white (as a page shows a transparent PNG): uint8 as is, values up to 1 times
-    255, larger ones as 0-255 (clipped), non-finite ones opaque.
+    from its finite min and max (a constant image is mid grey). Non-finite pixels are black. A
+    fourth channel is alpha, the opacity of the image laid over white (as a page shows a
+    transparent PNG): uint8 as is, values up to 1 times 255, larger ones as 0-255 (clipped),
+    non-finite ones opaque.
 
     ``columns`` defaults to ceil(sqrt(N)); each caption is drawn under its tile, which is
     widened for it up to twice its width (or 64 pixels); a caption longer than that has its

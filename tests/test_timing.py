@@ -143,6 +143,7 @@ def test_throughput_counts_a_detection_batch_s_images_and_a_batch_in_parts_by_it
 
     assert _batch_size((torch.zeros(3, 20, 30), torch.zeros(3, 24, 16), torch.zeros(3, 8, 8))) == 3
     assert _batch_size([torch.zeros(1, 32, 32)] * 8) == 8  # grey images of one size
+    assert _batch_size((torch.zeros(4, 128, 80), torch.zeros(4, 128, 80))) == 4  # features and their mask
     assert _batch_size((torch.zeros(4, 16, dtype=torch.long), torch.ones(4, 16))) == 4
     assert _batch_size((torch.zeros(5, 3, 8, 8), torch.zeros(5))) == 5  # images and labels
     assert _batch_size([torch.zeros(7), torch.zeros(9)]) == 2  # sequences of their own lengths

@@ -28,10 +28,10 @@ class Timing(Callback):
     wait``, the time ``monitor.batches(loader)`` spent getting the batch; a validation between
     two steps is not part of the next one's time: with a loop that
     iterates its loader itself there is no data wait trace); ``throughput`` (samples per second,
-    from the first dimension of ``inputs`` given to ``step_end``, of its first tensor where it is
+    from the first dimension of ``inputs`` given to ``step_end``: of its first tensor where it is
     a tuple of parts, its length where it is a tuple of samples: a detection batch's images;
-    steps per second without them); ``memory`` (MB: the process's resident memory and, on CUDA, memory allocated,
-    reserved and the peak allocated, as ``torch.cuda.max_memory_allocated`` says: never reset
+    steps per second without them); ``memory`` (MB: the process's resident memory and, on CUDA,
+    memory allocated, reserved and the peak allocated, as ``torch.cuda.max_memory_allocated`` says: never reset
     here, so a loop's own ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
     time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
     worker: the training thread never synchronizes. Logged every ``every`` steps (1, 1 + every, ...)
@@ -148,9 +148,11 @@ def _batch_size(inputs: Any) -> int | None:
 
 
 def _samples_each(inputs: tuple | list) -> bool:
-    """Whether ``inputs`` holds a tensor a sample (images of their own sizes, CHW images; sequences
-    of their own lengths) rather than parts of one batch (ids and a mask: dim 0 the batch)."""
+    """Whether ``inputs`` holds a tensor a sample rather than parts of one batch (ids and a mask,
+    features and labels: dim 0 the batch in each): CHW images, grey or colour (a detection batch),
+    or 1-d or 2-d tensors of their own sizes (sequences, HW images)."""
     if not all(isinstance(t, torch.Tensor) for t in inputs) or len({t.dim() for t in inputs}) != 1:
         return False
-    first = inputs[0]
-    return len({t.shape for t in inputs}) > 1 or first.dim() == 3 and first.shape[0] in (1, 3, 4)
+    dims = inputs[0].dim()
+    return all(t.shape[0] in (1, 3) for t in inputs) if dims == 3 else \
+        dims in (1, 2) and len({t.shape for t in inputs}) > 1
