@@ -430,8 +430,8 @@ class Window:
         return requests
 
     def message(self, env: str) -> tuple[str, dict[str, Any]] | None:
-        """The request that makes the server's line, distribution, PR-curve, embedding, image or text window
-        equal this one (None: nothing)."""
+        """The request that makes the server's line, distribution, PR-curve, embedding, mesh,
+        heatmap, image or text window equal this one (None: nothing)."""
         title = self.opts.get("title", self.name)
         if self.kind == "line":
             if self.grid is not None and self.grid.traces:
