@@ -411,7 +411,8 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
 
 
 def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | None) -> None:
-    from monitor.runs import check_removable, holds_other_runs, not_written_by_monitor, remove, shares_env
+    from monitor.runs import (check_removable, holds_other_runs, not_written_by_monitor, remove, removal_trouble,
+                              shares_env)
 
     doomed = list({run.place.resolve(): run for run in doomed}.values())  # a run named twice goes once
     try:
@@ -431,7 +432,7 @@ def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | 
         if yours:
             click.echo(f"  kept, with the folder: {', '.join(_shown(p, run.path) for p in yours)}")
     envs = sorted({run.env for run in doomed if run.place == run.path and not shares_env(run)})
-    trouble = None if not envs or keep_envs else _dashboard_trouble(server, port, envs[0])
+    trouble = None if not envs or keep_envs else removal_trouble(envs[0], server=server, port=port)
     if trouble is not None:  # once the folders are gone no command finds the envs
         raise click.ClickException(f"{trouble}, and env(s) {', '.join(envs)} would stay on it: give its --port "
                                    f"(or --server), or --keep-envs to delete the files alone. "
@@ -443,21 +444,6 @@ def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | 
     for env, trouble in troubles:
         if trouble is not None:
             click.echo(f"Env {env} is still on the dashboard: {trouble}.", err=True)
-
-
-def _dashboard_trouble(server: str | None, port: int | None, env: str) -> str | None:
-    """Why the envs of runs to delete could not be deleted from the dashboard (not reached, a
-    login refused), asked before anything is deleted; None when it answers as a deletion needs."""
-    from monitor.connection import Connection, DashboardError
-
-    connection = Connection(server, port)
-    try:
-        connection.post("win_exists", {"win": "runs", "eid": env}, timeout=2.0)
-    except DashboardError as error:
-        return f"the dashboard at {connection.url} could not be reached" if error.status is None else str(error)
-    finally:
-        connection.close()
-    return None
 
 
 def _shown(path: Path, below: Path) -> str:

@@ -1,8 +1,7 @@
 """A scheduler's stop signals and the DataLoader's worker processes.
 
     shield_workers(loader)   # in monitor.batches: its workers leave SIGTERM and SIGUSR1 to the loop
-    with workers_starting(loader):
-        iterator = iter(loader)
+    iterator = started(loader)  # iter(loader), its workers starting with the signals held back
 
 A scheduler (SLURM's pre-emption or ``scancel``, Kubernetes) signals every process of a job.
 The Checkpoint callback catches SIGTERM and SIGUSR1 in the training process, saves at the step's
@@ -22,7 +21,6 @@ an exit hook ends them first.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import multiprocessing
 import os
 import multiprocessing.util  # noqa: F401  (registers its exit hook on import: _end_shielded_workers, later, runs first)
@@ -55,7 +53,7 @@ class WorkerInit:
         for number in SIGNALS:
             signal.signal(number, signal.SIG_IGN)
         if hasattr(signal, "pthread_sigmask"):
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # held back while it started (workers_starting)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # held back while it started (started())
         if self.init is not None:
             self.init(worker_id)
 
@@ -72,15 +70,13 @@ def shield_workers(loader: Any) -> None:
             _ending_at_exit = True
 
 
-@contextlib.contextmanager
-def workers_starting(loader: Any) -> Iterator[None]:
-    """Holds SIGNALS back from this thread while ``loader``'s shielded workers start (``iter(loader)``)."""
+def started(loader: Any) -> Iterator[Any]:
+    """``iter(loader)``, SIGNALS held back from this thread while its shielded workers start."""
     if not isinstance(getattr(loader, "worker_init_fn", None), WorkerInit) or not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
+        return iter(loader)
     held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     try:
-        yield
+        return iter(loader)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Se
 
 import torch
 
-from monitor.preemption import shield_workers, workers_starting
+from monitor.preemption import shield_workers, started
 
 if TYPE_CHECKING:
     from monitor.core import Monitor
@@ -104,8 +104,7 @@ class Resumable:
         kept = persistent and getattr(loader, "_iterator", None) is not None  # its workers draw no seed now
         if resuming and self.order_rng is not None:  # the order the interrupted epoch was drawn in
             if self.order_rng.get("kept_workers") and persistent and not kept:
-                with workers_starting(loader):
-                    iter(loader)  # the workers start, drawing their seed, as in the interrupted run's first epoch
+                started(loader)  # the workers start, drawing their seed, as in the interrupted run's first epoch
                 kept = True
             torch.set_rng_state(self.order_rng["torch"])
             if own is not None and self.order_rng.get("loader") is not None:
@@ -114,16 +113,14 @@ class Resumable:
             # The interrupted run's workers, started in an earlier epoch, draw no seed now: started
             # here, they must not move the generators the epoch's order is drawn from.
             before = torch.get_rng_state(), own.get_state() if own is not None else None
-            with workers_starting(loader):
-                iter(loader)
+            started(loader)
             kept = True
             torch.set_rng_state(before[0])
             if own is not None:
                 own.set_state(before[1])
         order = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None,
                  "kept_workers": kept}
-        with workers_starting(loader):
-            iterator = iter(loader)  # a DataLoader draws its order here, and its workers' seed unless kept
+        iterator = started(loader)  # a DataLoader draws its order here, and its workers' seed unless kept
         for _ in range(skip):
             if next(iterator, _END) is _END:
                 break

@@ -467,6 +467,26 @@ def _empty_for_comparison(sender: Any, env: str) -> None:
             pass
 
 
+def removal_trouble(env: str, **connection: Any) -> str | None:
+    """Why :func:`remove` could not delete ``env`` from the dashboard (not reached, a login
+    refused), asked before anything is deleted; None when the server answers as a deletion needs.
+    ``connection`` takes Connection's arguments."""
+    from monitor.connection import Connection, DashboardError
+
+    sender = Connection(**connection)
+    try:
+        sender.post("win_exists", {"win": "runs", "eid": env}, timeout=2.0)
+    except DashboardError as error:
+        return _trouble(sender, error)
+    finally:
+        sender.close()
+    return None
+
+
+def _trouble(sender: Any, error: Any) -> str:
+    return f"the dashboard at {sender.url} could not be reached" if error.status is None else str(error)
+
+
 def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
     """Deletes the run's folder (run log, images, checkpoint folders kept in it, and any run
     inside it: see :func:`holds_other_runs`) and its env on the server, unless another run beside
@@ -504,7 +524,7 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
             _remove_from_dashboard(sender, run)
         except DashboardError as error:
             if error.status != 500:
-                trouble = f"the dashboard at {sender.url} could not be reached" if error.status is None else str(error)
+                trouble = _trouble(sender, error)
         finally:
             sender.close()
     kept = not_written_by_monitor(run.path)

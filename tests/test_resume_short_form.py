@@ -375,13 +375,19 @@ def _spawned_workers(pid: int) -> list[int]:
     """The children of process ``pid`` that multiprocessing spawned (not its resource tracker)."""
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
-                    found.append(int(child))
-            except OSError:  # ended meanwhile
-                pass
+        try:  # a thread, or a child, may end meanwhile
+            children = (task / "children").read_text().split()
+            found += [int(child) for child in children if b"spawn_main" in _cmdline(child)]
+        except OSError:
+            pass
     return found
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # ended meanwhile
+        return b""
 
 
 def test_a_run_with_persistent_loader_workers_killed_and_run_again_ends_as_if_never_killed(visdom_server, read_env,
