@@ -138,3 +138,20 @@ def test_with_several_optimizers_a_group_added_mid_run_leaves_the_optimizer_s_cu
     monitor.step_end()
     assert sink.points("learning rate") == {"G": [(1, 0.1), (2, 0.1), (3, 0.1)], "D": [(1, 0.01), (2, 0.01), (3, 0.01)],
                                             "D/group 1": [(2, 0.001), (3, 0.001)], "D/head": [(3, 0.5)]}
+
+
+def test_groups_named_alike_keep_their_names_told_apart_by_number():
+    model = small_model()
+    decay = dict(weight_decay=0.01, name="decay")
+    optimizer = torch.optim.AdamW([{"params": [model[0].weight], **decay},
+                                   {"params": [model[0].bias, model[3].bias], "name": "no_decay", "lr": 0.5},
+                                   {"params": [model[3].weight], **decay}], lr=0.01)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    monitor.step_end()
+    assert sink.points("learning rate") == {"decay (group 0)": [(1, 0.01)], "no_decay": [(1, 0.5)],
+                                            "decay (group 2)": [(1, 0.01)]}
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, {"G": optimizer, "D": torch.optim.SGD(model.parameters(), lr=0.1)})
+    monitor.step_end()
+    assert set(sink.points("learning rate")) == {"G/decay (group 0)", "G/no_decay", "G/decay (group 2)", "D"}

@@ -22,7 +22,8 @@ class LearningRate(Callback):
     The rate is read at ``after_backward``, before ``optimizer.step()`` uses it, so a scheduler
     stepped before ``step_end`` does not shift the curve by one step; a loop that does not call
     ``after_backward`` gets the rate at ``step_end``. A group's trace is its own ``name`` entry
-    where the loop set one (``{"params": ..., "name": "backbone"}``); otherwise one group gives
+    where the loop set one (``{"params": ..., "name": "backbone"}``; two named alike are told apart by
+    number, ``decay (group 0)``); otherwise one group gives
     trace ``lr`` and several ``group 0``, ``group 1``, ...; with several optimizers each trace starts with the
     optimizer's name (``G``, ``D/backbone``). One point a step, however many times the loop
     calls ``after_backward`` in it. A tensor ``lr`` (capturable optimizers) is copied on its
@@ -99,10 +100,13 @@ def _trace_names(groups: Sequence[dict[str, Any]], before: Sequence[str] = ()) -
     own = [_own_name(g) for g in groups]
     if len(groups) == 1:
         return [own[0] or (before[0] if before else "lr")]
-    names = [name or (before[i] if i < len(before) else f"group {i}") for i, name in enumerate(own)]
-    if len(set(names)) != len(names):  # two groups named alike: numbers keep them apart
-        names = [f"group {i}" for i in range(len(groups))]
-    return names
+    return _apart([name or (before[i] if i < len(before) else f"group {i}") for i, name in enumerate(own)])
+
+
+def _apart(names: list[str]) -> list[str]:
+    """Groups named alike (``decay`` twice) kept apart by their numbers: ``decay (group 0)``,
+    ``decay (group 2)``; the others keep their names."""
+    return [f"{name} (group {i})" if names.count(name) > 1 else name for i, name in enumerate(names)]
 
 
 def _optimizer_traces(optimizer: str, groups: Sequence[dict[str, Any]], before: Sequence[str] = ()) -> list[str]:
@@ -112,11 +116,8 @@ def _optimizer_traces(optimizer: str, groups: Sequence[dict[str, Any]], before: 
     ``D/group 1`` beside it."""
     if len(groups) == 1:
         return [optimizer]
-    names = [before[i] if i < len(before) and (before[i] == optimizer or _own_name(group) is None)
-             else f"{optimizer}/{label}" for i, (group, label) in enumerate(zip(groups, _trace_names(groups)))]
-    if len(set(names)) != len(names):
-        names = [f"{optimizer}/group {i}" for i in range(len(groups))]
-    return names
+    return _apart([before[i] if i < len(before) and (before[i] == optimizer or _own_name(group) is None)
+                   else f"{optimizer}/{label}" for i, (group, label) in enumerate(zip(groups, _trace_names(groups)))])
 
 
 def _own_name(group: dict[str, Any]) -> str | None:
