@@ -147,3 +147,32 @@ def test_throughput_counts_a_detection_batch_s_images_and_a_batch_in_parts_by_it
     assert _batch_size((torch.zeros(4, 16, dtype=torch.long), torch.ones(4, 16))) == 4
     assert _batch_size((torch.zeros(5, 3, 8, 8), torch.zeros(5))) == 5  # images and labels
     assert _batch_size([torch.zeros(7), torch.zeros(9)]) == 2  # sequences of their own lengths
+
+
+def test_throughput_of_a_batch_in_parts_of_their_own_first_sizes_counts_the_labels():
+    # A graph batch as a dict (node features, edges, each node's graph) counted 550 nodes as
+    # samples, and a table's columns of two widths counted as 2 samples: one label a sample says.
+    from monitor.callbacks.timing import _batch_size
+
+    graphs = {"x": torch.zeros(550, 8), "edge_index": torch.zeros(2, 1800, dtype=torch.long),
+              "batch": torch.zeros(550, dtype=torch.long)}
+    assert _batch_size(graphs, torch.zeros(32)) == 32
+    assert _batch_size({**graphs, "y": torch.zeros(32)}, torch.zeros(32)) == 32
+    columns = (torch.zeros(64, 2, dtype=torch.long), torch.zeros(64, 3))
+    assert _batch_size(columns, torch.zeros(64)) == 64
+    assert _batch_size(columns + (torch.zeros(64),), None) == 64
+    # Labels of another length beside parts that agree (CTC's targets, concatenated) are not the count
+    assert _batch_size((torch.zeros(4, 16000), torch.full((4,), 16000)), torch.zeros(57)) == 4
+    assert _batch_size((torch.zeros(3, 20, 30), torch.zeros(3, 24, 16)), [{"boxes": None}] * 2) == 2
+
+
+def test_throughput_of_a_graph_batch_counts_its_graphs():
+    model = small_model()
+    monitor, sink = monitor_with(Timing(every=2))
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    for _ in range(3):
+        batch = {"x": torch.zeros(550, 8), "edge_index": torch.zeros(2, 1800, dtype=torch.long)}
+        monitor.step_end(loss=torch.tensor(1.0), inputs=batch, targets=torch.zeros(32))
+    (step, samples_per_second), = sink.points("throughput")["samples"]
+    seconds = dict(sink.points("step time")["step"])[3] / 1000
+    assert step == 3 and samples_per_second * seconds == pytest.approx(32, rel=1e-6)

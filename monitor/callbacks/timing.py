@@ -28,9 +28,10 @@ class Timing(Callback):
     wait``, the time ``monitor.batches(loader)`` spent getting the batch; a validation between
     two steps is not part of the next one's time: with a loop that
     iterates its loader itself there is no data wait trace); ``throughput`` (samples per second,
-    from the first dimension of ``inputs`` given to ``step_end``: of its first tensor where it is
-    a tuple of parts, its length where it is a tuple of samples: a detection batch's images;
-    steps per second without them); ``memory`` (MB: the process's resident memory and, on CUDA,
+    from the first dimension of ``inputs`` given to ``step_end``; for a tuple or dict of parts, of
+    ``targets`` where its first dimension is one of theirs or theirs disagree (a graph batch:
+    nodes, edges, one label a graph), else of its first tensor, or its length where it is a tuple
+    of samples: a detection batch's images; steps per second without them); ``memory`` (MB: the process's resident memory and, on CUDA,
     memory allocated, reserved and the peak allocated, as ``torch.cuda.max_memory_allocated`` says: never reset
     here, so a loop's own ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
     time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
@@ -77,7 +78,7 @@ class Timing(Callback):
             inputs = state.inputs
             if inputs is not None:
                 self._samples += inputs.shape[0] if type(inputs) is torch.Tensor and inputs.dim() \
-                    else _batch_size(inputs) or 0
+                    else _batch_size(inputs, state.targets) or 0
         due = is_due(state.step, self.every)
         event = previous = None
         if self._device is not None and (due or is_due(state.step + 1, self.every)):
@@ -135,16 +136,21 @@ def _resident_bytes() -> float:
         return peak if sys.platform == "darwin" else peak * 1024
 
 
-def _batch_size(inputs: Any) -> int | None:
-    if isinstance(inputs, (tuple, list)) and inputs:
-        if _samples_each(inputs):  # a detection batch: a tuple of images, one a sample
-            return len(inputs)
-        inputs = inputs[0]
-    elif isinstance(inputs, dict) and inputs:
-        inputs = next(iter(inputs.values()))
-    if isinstance(inputs, torch.Tensor) and inputs.dim() > 0:
-        return inputs.shape[0]
-    return None
+def _batch_size(inputs: Any, targets: Any = None) -> int | None:
+    """The samples in a batch given as a tuple or dict of tensors: the targets' first dimension
+    where it is one of the parts' or the parts' disagree (a graph batch's nodes, edges and graph
+    ids beside one label a graph; table columns of their own widths); else a tuple of samples'
+    length (a detection batch's images); else the first part's first dimension (ids and a mask)."""
+    values = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else ()
+    parts = [t for t in values if isinstance(t, torch.Tensor) and t.dim() > 0]
+    if not parts:
+        return None
+    firsts = {t.shape[0] for t in parts}
+    if isinstance(targets, torch.Tensor) and targets.dim() > 0 and (targets.shape[0] in firsts or len(firsts) > 1):
+        return targets.shape[0]
+    if isinstance(inputs, (tuple, list)) and _samples_each(inputs):
+        return len(inputs)
+    return parts[0].shape[0]
 
 
 def _samples_each(inputs: tuple | list) -> bool:
