@@ -167,6 +167,18 @@ def test_a_model_s_dict_of_outputs_as_images_is_refused_naming_its_keys():
         monitor.step_end(outputs=output)
 
 
+@pytest.mark.parametrize("batch", ["columns", "images and labels"])
+def test_a_tuple_of_a_batch_s_parts_as_images_is_refused_naming_their_shapes(batch):
+    # Refused naming only its last part's shape ("got shape (64,)"), or its dtypes, not the tuple
+    monitor, _ = monitor_with(Images(every=1, captions=None), raise_errors=True)
+    inputs = (torch.zeros(64, 2, dtype=torch.long), torch.zeros(64, 3)) if batch == "columns" else \
+        (torch.rand(64, 3, 8, 8), torch.zeros(64))
+    shapes = r"\(64, 2\), \(64, 3\)" if batch == "columns" else r"\(64, 3, 8, 8\), \(64,\)"
+    with pytest.raises(TypeError, match=rf"Images\(source='inputs'\) needs images .* got a tuple of 2: "
+                                        rf"{shapes}; pass the images alone, e.g. step_end\(inputs=batch\[0\]\)"):
+        monitor.step_end(inputs=inputs)
+
+
 @pytest.mark.parametrize("shape, logged", [((6, 3, 5, 7), (4, 3, 5, 7)), ((3, 5, 7), (1, 3, 5, 7)),
                                            ((6, 5, 7), (4, 1, 5, 7)), ((5, 7), (1, 1, 5, 7))])
 def test_images_accept_nchw_chw_nhw_and_hw(shape, logged):
@@ -203,7 +215,7 @@ def test_a_grayscale_nhw_batch_stays_a_batch_whatever_its_length(count, batch, t
 @pytest.mark.parametrize("inputs, error, match", [
     (torch.rand(2, 5, 5, 5), ValueError, "1 or 3 channels"),
     (torch.rand(2, 1, 1, 5, 5), ValueError, "NCHW, CHW, NHW or HW"),
-    ([[0.0, 1.0]], TypeError, "must be a torch.Tensor"),
+    ([[0.0, 1.0]], TypeError, "needs images .* got a list of 1: list;"),
     (torch.ones(2, 3, 4, 4, dtype=torch.complex64), TypeError, "real numbers"),
     (None, ValueError, r"pass inputs= to monitor.step_end"),
 ])

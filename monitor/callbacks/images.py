@@ -72,8 +72,14 @@ class Images(Callback):
             part = f"out[{first!r}]" if isinstance(images, Mapping) else f"out.{first}"
             raise TypeError(f"Images(source={self.source!r}) needs images, got a {type(images).__name__} of "
                             f"{names}: pass one of them, e.g. step_end({self.source}={part})")
-        if isinstance(images, (list, tuple)) and images and all(
-                isinstance(i, torch.Tensor) and i.dim() in (2, 3) for i in images):
+        if isinstance(images, (list, tuple)):
+            if not (images and all(isinstance(i, torch.Tensor) and i.dim() in (2, 3) for i in images)
+                    and len({(i.dtype, i.device) for i in images}) == 1):  # not a detection batch's images
+                parts = ", ".join(str(tuple(i.shape)) if isinstance(i, torch.Tensor) else type(i).__name__
+                                  for i in images[:4]) + (", ..." if len(images) > 4 else "")
+                raise TypeError(f"Images(source={self.source!r}) needs images (a tensor, or a list of CHW or HW "
+                                f"images of one dtype), got a {type(images).__name__} of {len(images)}: {parts}; "
+                                f"pass the images alone, e.g. step_end({self.source}=batch[0])")
             images = list(images[: self.count])  # a detection batch: images of their own sizes, padded by Log
             log.window(self.source, order=Order.IMAGES, title=self.source)
             log.images(self.source, state.step, images, self._caption(state, len(images)))
