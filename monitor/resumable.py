@@ -121,6 +121,12 @@ class Resumable:
         order = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None,
                  "kept_workers": kept}
         iterator = started(loader)  # a DataLoader draws its order here, and its workers' seed unless kept
+        if skip:
+            stream = isinstance(getattr(loader, "dataset", None), torch.utils.data.IterableDataset)
+            _log.warning("monitor: %s the %d batch%s done before the checkpoint%s", "reading the stream again from "
+                         "its start and dropping" if stream else "loading and dropping", skip,
+                         "" if skip == 1 else "es", "" if stream else
+                         " (a DataLoader(batch_sampler=EpochBatchSampler(...)) skips them without loading)")
         for _ in range(skip):
             if next(iterator, _END) is _END:
                 break
