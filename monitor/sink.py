@@ -120,6 +120,7 @@ class VisdomSink:
         self.windows = Windows(points_per_trace, run_dir=self.run_dir)
         if rewind_to is not None:
             checks.integer("rewind_to", rewind_to, minimum=0)
+        self.made_in = threading.current_thread()  # a newer sink of its folder made in another thread is refused
         replace_earlier(self.run_dir, continues=rewind_to is not None)
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
@@ -495,12 +496,18 @@ def default_env() -> str:
 
 def replace_earlier(run_dir: Path, continues: bool = False) -> None:
     """A notebook cell run again: the previous sink of ``run_dir`` in this process ends (an open
-    SummaryWriter's is not: refused); the newer one ``continues`` its run (a resume) or sets its
-    log aside."""
+    SummaryWriter's is not: refused, nor one made in another thread still running: a thread
+    pool's trials of one env); the newer one ``continues`` its run (a resume) or sets its log aside."""
     if (writers := sys.modules.get("monitor.writer")) is not None:  # none without the module
         writers.refuse_to_replace(run_dir)
     for other in list(open_sinks):
         if other.run_dir.resolve() == run_dir.resolve():
+            owner = other.made_in
+            if owner is not threading.current_thread() and owner.is_alive():
+                raise RunInUseError(f"env {other.env!r} must have one live run at a time, got another one writing "
+                                    f"to {run_dir} from thread {owner.name!r} of this process (run "
+                                    f"{getattr(other, 'run_id', '?')}); close() it first, or give each thread's "
+                                    f"run an env of its own (env=f\"trial-{{number}}\")")
             _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
             other.put(other.ending or RunEnd("interrupted", "a newer run of its env in this process replaced it"))
             other.replaced = "continued" if continues else "set aside"

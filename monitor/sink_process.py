@@ -128,6 +128,7 @@ class SinkProcess:
         self._broken = False  # the child ended without being asked to
         self._fell_back = False
         self._local: VisdomSink | None = None
+        self.made_in = threading.current_thread()  # a newer sink of its folder made in another thread is refused
         replace_earlier(self.run_dir, continues=self._options.get("rewind_to") is not None)
         self._child = self._start()
         if self._child is None:

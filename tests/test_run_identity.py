@@ -1,6 +1,7 @@
 """One env, one run at a time: a script run again starts afresh, the earlier run is kept aside."""
 from __future__ import annotations
 
+import concurrent.futures
 import errno
 import importlib.util
 import json
@@ -111,6 +112,44 @@ def test_a_second_live_process_on_one_env_is_refused_naming_the_first(visdom_ser
     with Monitor([Scalars()], env="busy", port=visdom_server.port, run_dir=tmp_path) as monitor:  # killed: free
         monitor.step_end(loss=1.0)
     assert len(list((tmp_path / "earlier").glob("*.jsonl"))) == 1
+
+
+def test_a_thread_pool_s_second_trial_of_one_env_is_refused_while_the_first_trains(visdom_server, tmp_path):
+    # Two threads sharing an env: the second Monitor either waited for the first trial's end or
+    # replaced it mid-run (its next hook raised, blaming a notebook cell), by chance.
+    training, finish = threading.Event(), threading.Event()
+
+    def trial() -> None:
+        with Monitor([Scalars()], env="pool", port=visdom_server.port, run_dir=tmp_path) as monitor:
+            monitor.step_end(loss=1.0)
+            training.set()
+            finish.wait(30)
+            monitor.step_end(loss=0.5)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(trial)
+        assert training.wait(30)
+        with pytest.raises(RunInUseError, match=r"env 'pool' must have one live run at a time, got another one "
+                                                r"writing to .* from thread 'ThreadPoolExecutor-\d+_0' of this "
+                                                r"process .* close\(\) it first, or give each thread's run an env"):
+            Monitor([Scalars()], env="pool", port=visdom_server.port, run_dir=tmp_path)
+        finish.set()
+        first.result(timeout=60)  # the first trial was left alone
+    with Monitor([Scalars()], env="pool", port=visdom_server.port, run_dir=tmp_path) as monitor:  # ended: free
+        monitor.step_end(loss=2.0)
+    (earlier,) = (tmp_path / "earlier").glob("*.jsonl")
+    assert [e["y"]["train"] for e in map(json.loads, earlier.read_text().splitlines()) if e.get("x") is not None] == [1.0, 0.5]
+
+
+def test_a_monitor_left_open_by_a_thread_that_ended_is_replaced(visdom_server, tmp_path):
+    left = []
+    thread = threading.Thread(target=lambda: left.append(
+        Monitor([Scalars()], env="left", port=visdom_server.port, run_dir=tmp_path)))
+    thread.start()
+    thread.join()
+    with Monitor([Scalars()], env="left", port=visdom_server.port, run_dir=tmp_path) as monitor:
+        monitor.step_end(loss=1.0)
+    assert left[0].sink.replaced == "set aside"
 
 
 def test_two_machines_drawing_one_env_on_a_shared_server_are_each_told_once(visdom_server, tmp_path, monkeypatch,
