@@ -192,7 +192,8 @@ class StepMark(NamedTuple):
 
 
 class RunEnd(NamedTuple):
-    """How the run ended: "finished", or "crashed" or "interrupted" with the error (a killed run leaves none)."""
+    """How the run ended: "finished", or "crashed", "interrupted" or "pruned" with the error (a
+    killed run leaves none)."""
 
     status: str
     error: str | None = None
@@ -200,11 +201,14 @@ class RunEnd(NamedTuple):
 
 def ending_of(error: BaseException | None) -> RunEnd:
     """How a run that raised ``error`` (None: nothing) ended: ``sys.exit(0)`` finishes it; Ctrl-C
-    and another ``sys.exit`` (a pre-empted job's 75) interrupt it; anything else crashes it."""
+    and another ``sys.exit`` (a pre-empted job's 75) interrupt it; a ``TrialPruned`` (Optuna's,
+    or a search's own of that name) prunes it; anything else crashes it."""
     if error is None or isinstance(error, SystemExit) and error.code in (0, None):
         return RunEnd("finished")
     text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    return RunEnd("interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "crashed", text)
+    status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else \
+        "pruned" if type(error).__name__ == "TrialPruned" else "crashed"
+    return RunEnd(status, text)
 
 
 def exit_error() -> BaseException | None:

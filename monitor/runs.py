@@ -55,8 +55,8 @@ class Run(NamedTuple):
     started: float          # seconds since the epoch
     steps: int              # the highest step of its loss and metric curves (those whose x is the step)
     status: str             # running, finished, crashed (an exception), interrupted (Ctrl-C, sys.exit(N)),
-                            # or killed (never closed)
-    error: str | None       # what a crashed or interrupted run raised
+                            # pruned (a TrialPruned raised: a search stopped it), or killed (never closed)
+    error: str | None       # what a crashed, interrupted or pruned run raised
     metrics: dict[str, tuple[float, float]]  # "window/trace": (last, best) of its loss and metric curves
                                              # (best NaN where no value was finite), and the final metrics
                                              # given with its hparams
@@ -292,7 +292,7 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
         [f"{m} last (best)" for m in names] + ["hparams"]
     rows = [head]
     for run in runs:
-        status = f"{run.shown_status}: {run.error[:40]}" if run.error else run.shown_status
+        status = f"{run.shown_status}: {_cut(run.error, 40)}" if run.error else run.shown_status
         place = run.place
         folder = [place.relative_to(common).as_posix() if place != common else place.name] if common else []
         cells = [run.env, *folder, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
@@ -302,6 +302,10 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
         rows.append(cells)
     widths = [max(columns(row[i]) for row in rows) for i in range(len(head))]
     return "\n".join("  ".join(padded(cell, width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def _cut(text: str, most: int) -> str:
+    return text if len(text) <= most else text[: most - 1] + "\u2026"
 
 
 def columns(text: str) -> int:
@@ -392,7 +396,7 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, follow: bool
         sender.close()
 
 
-_ENDED = ("finished", "crashed", "interrupted")  # a run that said how it ended (a killed one said nothing)
+_ENDED = ("finished", "crashed", "interrupted", "pruned")  # a run that said how it ended (a killed one said nothing)
 
 
 def _comparison(found: list[Run], entries: list[list[dict[str, Any]]]) -> Any:
@@ -645,21 +649,24 @@ def check_removable(run: Run) -> None:
 
 def collectable(runs: list[Run], older_than: float | None = None, keep_best: int | None = None,
                 metric: str | None = None, mode: str | None = None) -> list[Run]:
-    """The finished runs to clean up: started before ``older_than`` (seconds since the epoch), or
-    with ``metric`` and not among the ``keep_best`` best by it (``mode`` as in :func:`selected`).
+    """The finished (and pruned) runs to clean up: started before ``older_than`` (seconds since
+    the epoch), or with ``metric`` and not among the ``keep_best`` best by it (``mode`` as in
+    :func:`selected`; a pruned run, stopped early, is never among them).
 
     Running, crashed, interrupted and killed runs are kept, and so is a run whose folder holds
     another run (an earlier run of its env, a run in a folder below it): deleting the folder
     would take that run too. Such a run still counts among the ``keep_best`` best.
     """
-    finished = [run for run in runs if run.status == "finished"]
+    finished = [run for run in runs if run.status in ("finished", "pruned")]
     doomed = {run.path for run in finished if older_than is not None and run.started < older_than}
     if keep_best is not None:
         if metric is None:
             raise ValueError("metric must be given with keep_best, got None")
         check_metric(runs, metric)
-        ranked = selected([run for run in finished if metric in run.metrics], sort=metric, mode=mode)
+        ranked = selected([run for run in finished if metric in run.metrics and run.status == "finished"],
+                          sort=metric, mode=mode)
         doomed |= {run.path for run in ranked[keep_best:]}
+        doomed |= {run.path for run in finished if run.status == "pruned"}  # stopped early: never among the best
     return [run for run in finished if run.path in doomed and not holds_other_runs(run)]
 
 

@@ -18,7 +18,7 @@ from monitor import Checkpoint, GradNorms, Guard, Monitor, Scalars, Summary
 from monitor.cli import main
 from monitor.records import Order
 from monitor.runlog import RunLog
-from monitor.runs import Run, best_mode, described, exported, listed, selected
+from monitor.runs import Run, best_mode, described, exported, listed, selected, table
 from monitor.windows import float32_digits
 from helpers.monitors import small_model, train
 
@@ -413,10 +413,22 @@ def test_gc_keeps_the_best_finished_runs_and_every_other_run(visdom_server, tmp_
     for env, loss in (("first", 0.3), ("second", 0.1), ("third", 0.2)):
         _finished(root, env, visdom_server.port, loss)
     _finished_or_crashed(root, "crashed", visdom_server.port, 0.3, [0.9], crash=True)
+
+    class TrialPruned(Exception):  # a search's (Optuna's) way to stop a trial doing badly
+        pass
+
+    with pytest.raises(TrialPruned):
+        with Monitor([Scalars()], env="pruned", run_dir=root / "pruned", port=visdom_server.port) as monitor:
+            monitor.step_end(loss=torch.tensor(0.05))
+            raise TrialPruned("trial 4 pruned at step 1 because its intermediate value was poor")
+    (pruned,) = [run for run in listed(root) if run.env == "pruned"]
+    assert (pruned.status, pruned.error) == ("pruned", "TrialPruned: trial 4 pruned at step 1 because its "
+                                                       "intermediate value was poor")
+    assert "pruned: TrialPruned: trial 4 pruned at step 1 b\u2026  " in table([pruned])  # cut, and said to be
     done = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1", "--metric", "loss/train", "--yes",
                                      "--port", str(visdom_server.port)])
     assert done.exit_code == 0, done.output
-    assert sorted(p.name for p in root.iterdir()) == ["crashed", "second"]
+    assert sorted(p.name for p in root.iterdir()) == ["crashed", "second"]  # a pruned trial is no best to keep
     nothing = CliRunner().invoke(main, ["runs", "gc", str(root), "--older-than", "2000-01-01", "--yes"])
     assert "nothing to collect" in nothing.output
     bad = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1"])
@@ -474,6 +486,8 @@ ENDINGS = {  # a script's last lines -> (status, error) in the run log
     "monitor.train_end()": ("finished", None),  # and no close(): the script's exit closes it
     "raise RuntimeError('the data ran out')": ("crashed", "RuntimeError: the data ran out"),
     "raise KeyboardInterrupt": ("interrupted", "KeyboardInterrupt"),
+    "class TrialPruned(Exception): pass\nwith monitor:\n    raise TrialPruned('trial 3 pruned at step 1')":
+        ("pruned", "TrialPruned: trial 3 pruned at step 1"),  # Optuna's, or a search's own
     "with monitor:\n    sys.exit(0)": ("finished", None),
     "monitor = None  # let go of, never closed (a sweep's loop)\nimport gc; gc.collect()": ("finished", None),
     "with monitor:\n    sys.exit(75)": ("interrupted", "SystemExit: 75"),  # a pre-empted job, to run again
