@@ -61,7 +61,7 @@ class Run(NamedTuple):
                                              # (best NaN where no value was finite), and the final metrics
                                              # given with its hparams
     hparams: dict[str, Any]
-    size: int               # bytes in its folder
+    size: int               # bytes of its log, images and other files in its folder (not its earlier runs')
     checkpoints: int        # its checkpoint files: in checkpoint folders in its folder or noted outside it
                             # (RunDir.checkpoint_folders); an earlier run's, those set aside for it
     log: Path               # the run log it was read from (runlog.jsonl, or an earlier run's log)
@@ -241,13 +241,22 @@ class Reading:
         for name, value in self.declared.items():  # add_hparams' final metrics; a curve of that name goes first
             if name not in metrics and value is not None and math.isfinite(value):
                 metrics[name] = (value, value)
-        files = [p for p in folder.rglob("*") if p.is_file()] if current else [log]
+        files = _own_files(folder, header["run_id"]) if current else \
+            [log, *(p for p in (folder.parent / IMAGES / header["run_id"]).rglob("*") if p.is_file())]
         return Run(folder, header["env"], header["run_id"], header["time"],
                    self.steps if self.step_x else self.unlabelled_steps, status,
                    end.get("error") if end is not None else None, metrics, self.hparams,
                    sum(p.stat().st_size for p in files),
                    _checkpoints(run_dir if current else RunDir(folder.parent), header["run_id"], current),
                    log, self.diverged)
+
+
+def _own_files(folder: Path, run_id: str) -> list[Path]:
+    """The files of a folder's current run: all but its earlier runs' (their logs, images and
+    checkpoints, set aside in ``earlier/`` folders)."""
+    images = folder / IMAGES
+    return [p for p in folder.rglob("*") if p.is_file() and RunDir.EARLIER not in p.relative_to(folder).parts[:-1]
+            and not (p.is_relative_to(images) and p.relative_to(images).parts[0] != run_id)]
 
 
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,

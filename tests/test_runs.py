@@ -1007,3 +1007,25 @@ def test_the_table_puts_curves_of_held_out_data_first_also_a_named_validation_se
     head = re.split(r"\s{2,}", table([run], metrics=3).splitlines()[0])
     assert [h.split(" last")[0] for h in head if "(best)" in h] == ["loss/val/clean", "accuracy/val/noisy",
                                                                       "loss/train"]
+
+
+def test_a_run_s_size_is_its_own_not_its_earlier_runs(tmp_path):
+    # A trial of a shared env was listed at the folder's 67.6 KB, its own log being 8.6 KB
+    from monitor import Images
+
+    sizes = []
+    for trial in range(3):
+        with Monitor([Scalars(), Images(every=1)], env="shared", run_dir=tmp_path / "shared", port=1,
+                     timeout=0.2) as monitor:
+            for _ in range(20 * (trial + 1)):
+                monitor.step_end(loss=torch.tensor(0.5), inputs=torch.rand(4, 3, 16, 16))
+        folder = tmp_path / "shared"
+        sizes.append(described(folder).size)
+    current, *earlier = sorted(listed(tmp_path, earlier=True), key=lambda run: run.started, reverse=True)
+    own = (tmp_path / "shared" / RunLog.FILENAME).stat().st_size + sum(
+        p.stat().st_size for p in (tmp_path / "shared" / "images" / current.run_id).rglob("*") if p.is_file())
+    whole = sum(p.stat().st_size for p in (tmp_path / "shared").rglob("*") if p.is_file())
+    assert own <= current.size == sizes[-1] <= own + 512 < whole / 1.5  # the folder's lock file beside them
+    for run in earlier:
+        assert run.size == run.log.stat().st_size + sum(
+            p.stat().st_size for p in (tmp_path / "shared" / "images" / run.run_id).rglob("*") if p.is_file())
