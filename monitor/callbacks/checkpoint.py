@@ -520,8 +520,8 @@ class Checkpoint(Callback):
     def _set_earlier_aside(self) -> None:
         earlier = set_aside(self.directory)
         if earlier is not None:  # said louder than info: a re-run that meant to go on starts from scratch here
-            _log.warning("monitor: a new run in %s (the earlier run %s); its checkpoints are in %s%s", self.directory,
-                         "was started afresh" if self.fresh else "had finished", earlier,
+            _log.warning("monitor: a new run in %s (%s); the earlier run's checkpoints are in %s%s", self.directory,
+                         "fresh=True" if self.fresh else "the earlier run had finished", earlier,
                          "" if self.fresh else ": to train a finished run further, pass Checkpoint(extend=True)")
 
     def _catch_preemption(self) -> None:
