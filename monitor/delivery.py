@@ -120,7 +120,7 @@ class Delivery:
             for name in sorted(self._stale):
                 self._close(name, limit)
                 self._stale.discard(name)
-            changed = self._placed_in_order(limit)
+            changed = self._placed_in_order(limit, reorder=not settle)
             if not force:  # new panes in page order; then the update due longest: each window gets its turn
                 changed = [w for w in changed if not w.sent] + sorted(
                     (w for w in changed if w.sent), key=lambda w: self._due.get(w.name, 0.0))
@@ -208,13 +208,17 @@ class Delivery:
         self.pacing[name] = max(self.interval, seconds / _SERVER_SHARE, size / _BYTES_PER_SECOND)
         self._due[name] = time.monotonic() + self.pacing[name]
 
-    def _placed_in_order(self, limit: float | None = None) -> list[Window]:
+    def _placed_in_order(self, limit: float | None = None, reorder: bool = True) -> list[Window]:
         """The changed windows, in page order; sent windows that a new one must precede are
-        closed first, so that they are created again after it (Visdom adds a pane at the end)."""
+        closed first, so that they are created again after it (Visdom adds a pane at the end).
+        Not ``reorder`` (a close): new panes go at the end, since moving the others would hold
+        the close for their creation again and a page's late close of them (2 s), and blank
+        them on an open page (hparams or a test set's metrics logged as a run ends)."""
         with self._lock:
             changed = self.windows.changed()
             new = [w for w in changed if not w.sent]
-            after = [w for w in self.windows.by_name.values() if w.sent and w.order > new[0].order] if new else []
+            after = [w for w in self.windows.by_name.values() if w.sent and w.order > new[0].order] \
+                if new and reorder else []
         for window in after:
             self._reopen(window, limit)
         if after:

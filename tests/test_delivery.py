@@ -45,7 +45,8 @@ def test_a_window_that_comes_later_still_takes_its_place_on_the_page(visdom_serv
                                                                       monkeypatch, tmp_path):
     # Placed before "learning rate", "loss" has it closed and created again REOPEN later. A flush
     # waits for that, not for a page's late close of it too (the heartbeat after the flush checks);
-    # a close, with no heartbeat after it, waits for both.
+    # a close, with no heartbeat after it, waits for both. A pane new at the close goes last:
+    # moving the others held every run that gave its hparams at the end 2 s.
     from monitor.delivery import Delivery
 
     settled = []
@@ -64,8 +65,13 @@ def test_a_window_that_comes_later_still_takes_its_place_on_the_page(visdom_serv
     log.scalar("learning rate", "lr", 2, 0.05)
     log.window("epoch time", order=5)  # before both
     log.scalar("epoch time", "train", 1, 3.0)
-    assert sink.close(timeout=10) and settled[-1] is True
+    assert sink.flush(timeout=10)
     assert env_windows(visdom_server, "late-window", connect_client) == ["epoch time", "loss", "learning rate"]
+    log.window("hparams", order=0)  # as the run ends
+    log.text("hparams", 0, "lr 0.1")
+    assert sink.close(timeout=10) and settled[-1] is True
+    assert env_windows(visdom_server, "late-window", connect_client) == ["epoch time", "loss", "learning rate",
+                                                                         "hparams"]
     assert read_window(visdom_server, "late-window", "learning rate") == {"lr": ([1, 2], [0.1, 0.05])}
 
 
