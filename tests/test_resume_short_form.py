@@ -568,3 +568,40 @@ def test_a_job_stopped_after_training_in_its_own_last_work_continues_and_one_tha
     assert _same(job.weights(), straight["shuffle"][0])
     assert job.run() == list(range(1, 25))  # ended well: run again, a new run
     assert len(list((job.folder / "ckpt" / "earlier").iterdir())) == 1
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """A stream of items: one way to resume is to read it again from its start."""
+
+    def __iter__(self):
+        return iter([torch.full((2,), float(i)) for i in range(3)])
+
+
+@pytest.mark.parametrize("data", ["stream", "dataset"])
+def test_a_resume_says_it_reads_the_batches_done_again_to_drop_them(visdom_server, read_env, tmp_path, caplog,
+                                                                    data):
+    # A stream resumed exactly, but read again up to the checkpoint without a word
+    from helpers.monitors import says
+    from monitor import Checkpoint, Monitor, Scalars
+
+    def run(stop_at: int | None) -> None:
+        monitor = Monitor([Scalars(), Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True)], env=f"said-{data}",
+                          port=visdom_server.port, run_dir=tmp_path / "runs", flush_every=0.05)
+        model = torch.nn.Linear(2, 1)
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        items = _Stream() if data == "stream" else [torch.full((2,), float(i)) for i in range(3)]
+        for _ in monitor.epochs(2):
+            for x in monitor.batches(torch.utils.data.DataLoader(items, batch_size=1)):
+                monitor.step_end(loss=model(x).sum())
+                if monitor.state.step == stop_at:
+                    monitor.flush()
+                    return  # killed: no train_end
+        monitor.close()
+
+    run(stop_at=5)
+    said = ("reading the stream again from its start and dropping the 1 batch done" if data == "stream" else
+            r"loading and dropping the 1 batch done before the checkpoint \(a DataLoader\(batch_sampler="
+            r"EpochBatchSampler\(...\)\) skips them without loading\)")
+    with says(caplog, said):
+        run(stop_at=None)
+    assert read_env(visdom_server, f"said-{data}")["loss"]["train"][0] == [1, 2, 3, 4, 5, 6]
