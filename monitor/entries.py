@@ -1,6 +1,6 @@
 """The run log's entries: the schema, and the one place that makes entries from records.
 
-    {"k": "run", "env": "mnist", "run_id": "5f2a...", "time": 1764300000.0, "pid": 4242, "host": "gpu1"}
+    {"k": "run", "env": "mnist", "run_id": "5f2a...", "time": 1764300000.0, "pid": 4242, "host": "gpu1", "format": 1}
     {"k": "layout", "win": "loss", "opts": {"xlabel": "step"}, "order": 10}
     {"k": "points", "win": "loss", "x": 12, "y": {"train": 0.53, "validation": NaN}}
     {"k": "image", "win": "inputs", "x": 50, "n": 1, "file": "images/5f2a.../inputs/0000001.png"}
@@ -11,6 +11,7 @@
     {"k": "rest_of_step", "from": 48213}   (a checkpoint taken at byte 48213, in a batches loop)
     {"k": "continues", "from": 48213}      (its step's code is over: a run resumed from it goes on here)
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
+                                           (as "e64" on disk where wide: see monitor.runlog)
     {"k": "pr_curve", "win": "pr/cat", "x": 3, "tp": [5, 4, 0], "fp": [5, 1, 0], "tn": [0, 4, 5], "fn": [0, 1, 5]}
     {"k": "heatmap", "win": "confusion", "x": 40, "z": [[9, 1], [2, 8]], "rows": ["cat", "dog"], "columns": null}
     {"k": "embedding", "win": "features", "x": 3, "points": [[0.1, 0.0, 0.2], ...], "explained": [0.5, 0.2, 0.1],
@@ -41,13 +42,13 @@ from monitor.imaging import display_values, encode_grid
 from monitor.layer_sums import LayerNorms
 from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, Matrix, Mesh, Points, PrCurve,
                              RunEnd, StepMark, Text)
-from monitor.runlog import HEAD
+from monitor.runlog import FORMAT, HEAD
 
 
 def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
     """The first entry of a run's log: which run, where (``pid``: the training process, by default this one), since when."""
     return {"k": "run", "env": env, "run_id": run_id, "time": time.time(), "pid": pid or os.getpid(),
-            "host": socket.gethostname()}
+            "host": socket.gethostname(), "format": FORMAT}
 
 
 def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams | RunEnd

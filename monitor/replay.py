@@ -39,13 +39,16 @@ def replay(path: str | os.PathLike, env: str | None = None, *,
     windows = Windows(points_per_trace, run_dir=run_dir_of(path))
     total = os.path.getsize(path)
     on_bytes = (lambda done: progress("read", done, total)) if progress else None
-    run_id = run = None
+    run_id = run = head = None
     for entry in RunLog.read(path, progress=on_bytes):
         if entry.get("k") == "run":
             env = env if env is not None else entry.get("env")
             run_id = run_id or entry.get("run_id")
             run = run or {"id": run_id, "host": entry.get("host"), "pid": entry.get("pid")}  # as its sink tagged it
+            head = head or entry
         windows.apply([entry])
+    if (unread := windows.unread(path, head)) is not None:
+        _log.warning("monitor: %s", unread)
     if not env:
         raise ValueError(f"env must be given: the run log {path} names none")
     if given is None:

@@ -33,6 +33,9 @@ _decode = json.JSONDecoder().decode  # of str: json.loads(bytes) guesses their e
 # parsing the line (an image's, a wide gradient norm's).
 HEAD = re.compile(rb'\{"k":"([a-z_]+)","win":("(?:[^"\\]|\\.)*")')
 WIDE = 16  # traces: a points entry with as many or more names them once, then gives values alone
+# The log's format, in its header ("format"; none before 1): raised where an entry changes so that
+# an earlier monitor would read it wrong, so that one can say the log is newer than it.
+FORMAT = 1
 
 
 class RunLog:

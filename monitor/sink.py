@@ -193,8 +193,11 @@ class VisdomSink:
             if unmarked:
                 self.runlog.append([encode(StepMark("continues", checkpoint))])
             entries = RunLog.read(path, end=self.runlog.position)
-            self.run_id = next(entries, {}).get("run_id") or self.run_id
+            head = next(entries, {})
+            self.run_id = head.get("run_id") or self.run_id
             self.windows.apply(entries)
+            if (unread := self.windows.unread(path, head)) is not None:
+                _log.warning("monitor: %s", unread)
             self.images = ImageStore(self.run_dir, self.run_id)
             self.images.restore({w.name: w.history[-1]["n"] if w.history else 0
                                  for w in self.windows.by_name.values() if w.kind == "history"})

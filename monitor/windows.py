@@ -27,6 +27,7 @@ import numpy as np
 from monitor import checks, distribution, embedding, heatmap, matrix, mesh, pr_curve
 from monitor.imagestore import KEEP, kept
 from monitor.records import Order
+from monitor.runlog import FORMAT
 
 Point = tuple[int, float, Any]  # (arrival number, x, y); y is None for a gap
 
@@ -307,8 +308,9 @@ class Window:
             stays = set(kept([e["n"] for e in self.history]))
             self.history = [e for e in self.history if e["n"] in stays]
         elif kind == "histogram":  # percentile bands as traces, and the latest histogram
+            bands = distribution.bands(entry)
             self.kind, self.content = "distribution", entry
-            for name, y in distribution.bands(entry).items():
+            for name, y in bands.items():
                 trace = self.traces.get(name) or self._new_trace(name)
                 if not trace.add(entry["x"], y):
                     went_back.append(Backwards(self.name, name, entry["x"], trace.last[1]))
@@ -534,19 +536,41 @@ class Windows:
         self.points_per_trace = checks.integer("points_per_trace", points_per_trace, minimum=10)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.by_name: dict[str, Window] = {}
+        self.unreadable = 0  # entries skipped: another version's (a newer one's kind or fields)
+        self.first_unreadable: str | None = None
 
     def apply(self, entries: Iterable[dict[str, Any]]) -> list[Backwards]:
-        """Takes in run-log entries; returns the points that went back in x."""
+        """Takes in run-log entries; returns the points that went back in x. An entry it cannot
+        read (another version of monitor wrote it) is counted in ``unreadable`` and skipped."""
         went_back = []
         for entry in entries:
             name = entry.get("win")
             if name is None:
                 continue  # the run header
             window = self.by_name.get(name)
-            if window is None:
+            new = window is None
+            if new:
                 window = self.by_name[name] = Window(name, self.points_per_trace, self.run_dir)
-            went_back += window.apply(entry)
+            try:
+                went_back += window.apply(entry)
+            except (KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+                if new:
+                    del self.by_name[name]  # no empty pane for it
+                self.unreadable += 1
+                self.first_unreadable = self.first_unreadable or \
+                    f"a {entry.get('k')!r} entry of window {name!r}: {type(error).__name__}: {error}"[:300]
         return went_back
+
+    def unread(self, path: str | Path, header: dict[str, Any] | None) -> str | None:
+        """What to say of the entries of log ``path`` that could not be read, if any."""
+        if not self.unreadable:
+            return None
+        written = header.get("format", 0) if isinstance(header, dict) else 0
+        newer = f"; it was written by a newer monitor (run log format {written}, this one reads up to " \
+                f"{FORMAT}): upgrade monitor to see them" if isinstance(written, int) and written > FORMAT else \
+                " (written by another version of monitor?)"
+        return f"{self.unreadable} entr{'y' if self.unreadable == 1 else 'ies'} of {path} could not be read and " \
+               f"{'is' if self.unreadable == 1 else 'are'} not shown, the first {self.first_unreadable}{newer}"
 
     def changed(self) -> list[Window]:
         """The windows to send, in their order on the page."""

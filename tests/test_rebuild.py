@@ -87,3 +87,32 @@ def test_serve_runs_on_a_folder_not_made_yet_says_so_and_lists_runs_once_they_st
     while "later" not in client.get_window_data(None, RunsPane.ENV):
         assert time.monotonic() < deadline, "the run never reached the runs pane"
         time.sleep(0.2)
+
+
+def test_an_entry_of_a_newer_monitor_is_skipped_and_said_and_the_runs_are_rebuilt(visdom_server, tmp_path, caplog,
+                                                                                   read_window, connect_client):
+    # One histogram entry in a newer format stopped `monitor serve --runs` for good (KeyError:
+    # 'edges'), with no dashboard for any run; replay and a resume raised it too.
+    from monitor.log import Log
+    from monitor.runlog import FORMAT
+    from monitor.sink import VisdomSink
+
+    runs = tmp_path / "runs"
+    for env in ("newer", "plain"):
+        sink = VisdomSink(env, port=1, run_dir=runs / env, timeout=0.2)
+        Log(sink).scalar("loss", "train", 1, 0.5)
+        Log(sink).scalar("loss", "train", 2, 0.25)
+        sink.close(timeout=0.2)
+    log = runs / "newer" / "runlog.jsonl"
+    header, *rest = log.read_text().splitlines()
+    header = json.dumps({**json.loads(header), "format": FORMAT + 1})
+    future = json.dumps({"k": "histogram", "win": "weights", "x": 2, "counts": [1, 2], "n": 3, "z64": "AAAA"})
+    log.write_text("\n".join([header, rest[0], future, *rest[1:]]) + "\n")
+    with caplog.at_level("WARNING", logger="monitor"):
+        assert rebuild(runs, port=visdom_server.port) == {"newer": "rebuilt", "plain": "rebuilt"}
+    said = [r.getMessage() for r in caplog.records if "could not be read" in r.getMessage()]
+    assert len(said) == 1 and f"1 entry of {log} could not be read and is not shown, the first a 'histogram' " \
+        f"entry of window 'weights': KeyError: 'edges'; it was written by a newer monitor (run log format " \
+        f"{FORMAT + 1}, this one reads up to {FORMAT}): upgrade monitor to see them" in said[0], said
+    assert read_window(visdom_server, "newer", "loss") == {"train": ([1, 2], [0.5, 0.25])}
+    assert "weights" not in json.loads(connect_client(visdom_server).get_window_data(None, "newer"))
