@@ -154,6 +154,33 @@ def test_grad_norms_leave_out_a_frozen_teacher_s_gradients_left_from_before_and_
     assert values_of(second)[-1] == pytest.approx(clipped.item(), rel=1e-5)
 
 
+def test_parameters_an_optimizer_updates_outside_the_model_are_a_trace_of_their_group_and_in_the_total():
+    # A meta-learned inner rate (the largest gradient) was in no trace, and total was 2.63 where
+    # clip_grad_norm_ over the optimizer's parameters gave 11.96; a group added later holding
+    # learned loss weights is found too.
+    torch.manual_seed(0)
+    model = small_model()
+    inner_lr = nn.Parameter(torch.tensor(0.1))
+    log_vars = nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.Adam([{"params": model.parameters()}, {"params": [inner_lr], "name": "inner_lr"}])
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model, optimizer)
+    for step in range(2):
+        if step == 1:
+            optimizer.add_param_group({"params": [log_vars]})  # its gradient of both steps: 2 x (1, 2)
+        (model(torch.randn(5, 4)).sum() * inner_lr * 50 + (log_vars * torch.tensor([1.0, 2.0])).sum()).backward()
+        monitor.after_backward()
+        inner = abs(inner_lr.grad.item())
+        clipped = torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], 1e9)
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step_end()
+    first, second = sink.of(Points, "grad norm")
+    assert first.traces == ("0.Linear", "2.0.Linear", "3.Linear", "inner_lr", "total")
+    assert second.traces == ("0.Linear", "2.0.Linear", "3.Linear", "inner_lr", "group 2", "total")
+    assert values_of(second)[4] == pytest.approx(20 ** 0.5) and values_of(second)[-1] == pytest.approx(clipped.item())
+
+
 def test_grad_norms_follow_a_model_whose_parameters_changed():
     model = small_model()
     monitor, sink = monitor_with(GradNorms())

@@ -41,7 +41,9 @@ class GradNorms(Callback):
     ``nn.Sequential`` (``0.Linear``, ``layers.3.Conv2d``); a model's own parameters beside its
     layers each go by their name (``pos_embed``), a model that is one layer by its class
     (``Linear``), and a weight tied to another module's names both (``embed (also lm_head)``,
-    as a language model's output layer shares its embedding). Trace ``total`` is the norm of all gradients, as
+    as a language model's output layer shares its embedding); parameters an optimizer updates that
+    the model does not hold (a learned loss weight, a meta-learned inner rate) by their group's
+    ``name`` (else ``group N``). Trace ``total`` is the norm of all gradients, as
     ``clip_grad_norm_`` computes it. Parameters whose ``grad`` is None are left out that step.
     The grouping is built at train_start and rebuilt when a module or parameter is registered
     (a new head, a grown network); a module deleted mid-epoch is noticed at the next epoch_start.
@@ -135,11 +137,13 @@ class GradNorms(Callback):
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         if self.every != 1 and not is_due(state.step, self.every):
             return
-        params = self._params if state.model is self._wrapped and not self._stale else self._parameters(state)
-        if not params:
-            return
+        if state.model is not self._wrapped or self._stale:
+            self._parameters(state)
         name = state.backward_pass
         indices = self._updated(state) if name is None else self._pass(state, name)
+        params = self._params  # as the optimizers' groups found them (a group added may hold new ones)
+        if not params:
+            return
         grads = [p.grad for p in params] if indices is self._all else [params[i].grad for i in indices]
         present = indices
         for grad in grads:  # a plain loop: `None in grads` would call Tensor.__eq__
@@ -228,6 +232,10 @@ class GradNorms(Callback):
         known = self._passes.get(name)
         if known is None or known[0] != len(groups):
             index = {id(p): i for i, p in enumerate(self._params)}
+            if any(id(p) not in index for group in groups for p in group["params"]):
+                self._stale = True  # a group added may hold parameters outside the model
+                self._parameters(state)
+                index = {id(p): i for i, p in enumerate(self._params)}
             found = {index[id(p)] for group in groups for p in group["params"] if id(p) in index}
             known = self._passes[name] = (len(groups), tuple(sorted(found)))
         return known[1]
@@ -240,8 +248,8 @@ class GradNorms(Callback):
         key = len(optimizer.param_groups) if optimizer is not None else \
             sum(len(o.param_groups) for o in state.optimizers.values())
         if key != self._updated_key:
-            self._updated_key = key
             found = tuple(sorted({i for name in state.optimizers for i in self._pass(state, name)}))
+            self._updated_key = key
             self._updated_indices = self._all if len(found) in (0, len(self._all)) else found
         return self._updated_indices
 
@@ -254,12 +262,14 @@ class GradNorms(Callback):
             self._stale = False
             self._wrapped, model = state.model, unwrap_model(state.model)
             current = list(model.parameters())
+            outside = _outside(current, state.optimizers)
+            current += [p for _, params in outside for p in params]
             if model is not self._model or len(current) != len(self._params) or \
                     any(a is not b for a, b in zip(current, self._params)):
-                self._build(model)
+                self._build(model, outside)
         return self._params
 
-    def _build(self, model: torch.nn.Module) -> None:
+    def _build(self, model: torch.nn.Module, outside: list[tuple[str, list[torch.nn.Parameter]]] = ()) -> None:
         self._model, self._params, self._layer_of, self._layers = model, [], [], []
         self._groupings.clear()
         self._all_grouping = None
@@ -288,6 +298,8 @@ class GradNorms(Callback):
                     layers.setdefault(trace, []).append(p)
                 elif seen[id(p)] != trace and trace not in tied.setdefault(seen[id(p)], []):
                     tied[seen[id(p)]].append(trace)
+        for trace, owned in outside:  # an optimizer's parameters the model does not hold: by their group's name
+            layers[trace if trace not in layers else f"{trace} (optimizer)"] = owned
         for trace, owned in layers.items():
             self._params.extend(owned)
             self._layer_of.extend([len(self._layers)] * len(owned))
@@ -321,6 +333,27 @@ class GradNorms(Callback):
 
 
 _Grouping = tuple[tuple[str, ...], "LayerSums", "Stacks | None"]
+
+
+def _outside(held: list[torch.nn.Parameter], optimizers: dict[str, torch.optim.Optimizer]
+             ) -> list[tuple[str, list[torch.nn.Parameter]]]:
+    """The parameters the optimizers update that the model does not hold (a learned loss weight,
+    a meta-learned inner rate), by group: the group's ``name``, else ``group N``, after the
+    optimizer's name where there are several (``D/group 1``). None where the optimizers update
+    none of the model's (copies trained through ``functional_call``: not the model's gradients)."""
+    seen = {id(p) for p in held}
+    if not any(id(p) in seen for optimizer in optimizers.values() for group in optimizer.param_groups
+               for p in group["params"]):
+        return []
+    found = []
+    for optimizer_name, optimizer in optimizers.items():
+        for i, group in enumerate(optimizer.param_groups):
+            params = [p for p in group["params"] if id(p) not in seen]
+            if params:
+                seen.update(id(p) for p in params)
+                name = group.get("name") if isinstance(group.get("name"), str) and group.get("name") else f"group {i}"
+                found.append((f"{optimizer_name}/{name}" if len(optimizers) > 1 else name, params))
+    return found
 
 
 def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums) -> list[float]:
