@@ -408,7 +408,19 @@ def test_a_gan_s_optimizer_outside_the_model_is_reported_and_a_read_only_folder_
         monitor.train_start(generator, optimizers)  # the model is G alone: D's weights are in no checkpoint
     assert [r.getMessage() for r in caplog.records] == [
         "monitor: optimizer D updates parameters outside the model given to train_start: their values are not in "
-        "the checkpoints (give train_start a module holding them all)"]
+        "the checkpoints (give train_start a module holding them all, or keep them in Checkpoint(extras=lambda: "
+        "{...}) and set them back from checkpoint.start.extras)"]
+    # A meta-learned rate in a group of its own: named; kept through extras=, nothing to say
+    model, inner_lr = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.tensor(0.1))
+    optimizer = torch.optim.Adam([{"params": model.parameters()}, {"params": [inner_lr], "name": "inner_lr"}])
+    for extras, said in ((None, ["monitor: optimizer Adam's group 'inner_lr' updates parameters outside the model"]),
+                         (lambda: {"inner_lr": inner_lr, "best": 0.5}, [])):
+        caplog.clear()
+        monitor = Monitor([Checkpoint(tmp_path / f"meta-{bool(extras)}", every_steps=1, extras=extras)],
+                          sink=NullSink(), raise_errors=True)
+        with caplog.at_level("WARNING", logger="monitor"):
+            monitor.train_start(model, optimizer)
+        assert [r.getMessage()[:len(said[0])] if said else r.getMessage() for r in caplog.records] == said
 
     def read_only(self, data):  # as root here, a chmod cannot make a folder read-only
         raise OSError(30, "Read-only file system")

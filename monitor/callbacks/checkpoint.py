@@ -331,13 +331,20 @@ class Checkpoint(Callback):
         """Warns of state the loop has and no checkpoint will hold: a GAN's ``train_start(G, {"G":
         opt_g, "D": opt_d})`` (D's weights), a scheduler the Checkpoint was not given."""
         if state.model is not None:
-            held = {id(p) for p in state.model.parameters()}
-            outside = [name for name, optimizer in state.optimizers.items()
-                       if any(id(p) not in held for group in optimizer.param_groups for p in group["params"])]
+            held = {id(p) for p in state.model.parameters()} | {id(t) for t in self._extra_tensors()}
+            outside = []
+            for name, optimizer in state.optimizers.items():
+                groups = [repr(group["name"]) if group.get("name") else str(i)
+                          for i, group in enumerate(optimizer.param_groups)
+                          if any(id(p) not in held for p in group["params"])]
+                if groups:
+                    outside.append(f"optimizer {name}" if len(groups) == len(optimizer.param_groups) else
+                                   f"optimizer {name}'s group{'s' if len(groups) > 1 else ''} {', '.join(groups)}")
             if outside:
-                _log.warning("monitor: optimizer %s updates parameters outside the model given to train_start: "
-                             "their values are not in the checkpoints (give train_start a module holding them all)",
-                             ", ".join(outside))
+                _log.warning("monitor: %s updates parameters outside the model given to train_start: their values "
+                             "are not in the checkpoints (give train_start a module holding them all, or keep them "
+                             "in Checkpoint(extras=lambda: {...}) and set them back from checkpoint.start.extras)",
+                             "; ".join(outside))
         scheduled = [name for name, optimizer in state.optimizers.items()
                      if any("initial_lr" in group for group in optimizer.param_groups)]  # an LRScheduler's mark
         if scheduled and self.scheduler is None:
@@ -493,6 +500,15 @@ class Checkpoint(Callback):
             raise CheckpointWriteError(f"{self.directory / MANIFEST} could not be written to point at {path}: "
                                        f"{type(cause).__name__}: {cause}") from error
         prune(self.directory, {r["file"] for r in kept})
+
+    def _extra_tensors(self) -> list[Any]:
+        """The tensors ``extras()`` returns now, at its top level (a learned loss weight kept so)."""
+        try:
+            extras = self.extras() if self.extras is not None else {}
+        except Exception:  # not ready before the first step: it says so when a checkpoint is saved
+            return []
+        return [value for value in extras.values() if isinstance(value, torch.Tensor)] \
+            if isinstance(extras, Mapping) else []
 
     def _extras(self) -> dict[str, Any] | None:
         if self.extras is None:
