@@ -351,7 +351,8 @@ def _outside(held: list[torch.nn.Parameter], optimizers: dict[str, torch.optim.O
             params = [p for p in group["params"] if id(p) not in seen]
             if params:
                 seen.update(id(p) for p in params)
-                name = group.get("name") if isinstance(group.get("name"), str) and group.get("name") else f"group {i}"
+                name = group.get("name")
+                name = name if isinstance(name, str) and name else f"group {i}"
                 found.append((f"{optimizer_name}/{name}" if len(optimizers) > 1 else name, params))
     return found
 

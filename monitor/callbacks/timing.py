@@ -31,9 +31,10 @@ class Timing(Callback):
     from the first dimension of ``inputs`` given to ``step_end``; for a tuple or dict of parts, of
     ``targets`` where its first dimension is one of theirs or theirs disagree (a graph batch:
     nodes, edges, one label a graph), else of its first tensor, or its length where it is a tuple
-    of samples: a detection batch's images; steps per second without them); ``memory`` (MB: the process's resident memory and, on CUDA,
-    memory allocated, reserved and the peak allocated, as ``torch.cuda.max_memory_allocated`` says: never reset
-    here, so a loop's own ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
+    of samples: a detection batch's images; steps per second without them); ``memory`` (MB: the
+    process's resident memory and, on CUDA, memory allocated, reserved and the peak allocated, as
+    ``torch.cuda.max_memory_allocated`` says: never reset here, so a loop's own
+    ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
     time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
     worker: the training thread never synchronizes. Logged every ``every`` steps (1, 1 + every, ...)
     but an epoch's first, which has no ``step_end`` before it to time from: the first points are at 1 + every.
