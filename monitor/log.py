@@ -6,7 +6,9 @@ device and read later by the sink, off the training thread).
 """
 from __future__ import annotations
 
+import collections
 import functools
+import logging
 import math
 import numbers
 from collections.abc import Mapping
@@ -65,6 +67,10 @@ class NullSink:
 MOST_PIXELS = 2048 * 2048  # in one grid: a batch with more is shrunk, each image alike, before it is logged
 
 
+_log = logging.getLogger("monitor")
+_BEHIND = 8  # image grids of one window waiting for the sink: said once each time it gets so far behind
+
+
 class Log:
     """Writes scalars, image grids and text panes to a sink, as snapshots taken now.
 
@@ -87,6 +93,24 @@ class Log:
         # the hyper-parameters they were given with.
         self.final_metrics: dict[str, dict[str, Any]] = {}
         self._final_hparams: dict[str, dict[str, Any]] = {}
+        self._images_put: collections.Counter[str] = collections.Counter()  # image grids put, by window
+
+    def _put_image(self, window: str) -> None:
+        self._images_put[window] += 1
+        hurry = getattr(self.sink, "hurry", None)
+        if hurry is not None:  # taken in now, not at the sink's next poll: the next grid need not skip
+            hurry()
+        if self.images_waiting(window) == _BEHIND:  # once a backlog: it says where memory goes
+            _log.warning("monitor: %d image grids of window %r wait for the sink to read them: they are logged "
+                         "faster than it takes them in, each held in memory meanwhile; log them less often or "
+                         "smaller", _BEHIND, window)
+
+    def images_waiting(self, window: str) -> int:
+        """The image grids of ``window`` put and not yet taken in by the sink (read and handed on):
+        more than none, and a loop logging grids faster than the sink can take them in would hold
+        them all in memory (a sink that does not count them: none)."""
+        taken = getattr(self.sink, "images_taken", None)
+        return self._images_put[window] - taken[window] if taken is not None else 0
 
     def _name(self, argument: str, value: Any) -> str:
         """``value`` if it is a usable window or trace name (checked once per name)."""
@@ -180,8 +204,9 @@ class Log:
                 raise ValueError(f"captions must have one entry per image ({batch.shape[0]}), "
                                  f"got {len(captions)}")
         shrunk = _shrunk(batch)
-        self.sink.put(ImageGrid(self._name("window", window), _x(x),
-                                batch.detach().clone() if shrunk is batch else shrunk, captions))
+        window = self._name("window", window)
+        self.sink.put(ImageGrid(window, _x(x), batch.detach().clone() if shrunk is batch else shrunk, captions))
+        self._put_image(window)
 
     def video(self, window: str, x: float, videos: torch.Tensor, fps: float = 4) -> None:
         """A grid of ``videos`` (NTCHW: N videos of T frames, 1 or 3 channels) playing at ``fps``
@@ -201,7 +226,9 @@ class Log:
         shrunk = _shrunk(flat)
         snapshot = videos.detach().clone() if shrunk is flat else shrunk.reshape(count, frames, channels,
                                                                                   *shrunk.shape[2:])
-        self.sink.put(ImageGrid(self._name("window", window), _x(x), snapshot, None, float(fps)))
+        window = self._name("window", window)
+        self.sink.put(ImageGrid(window, _x(x), snapshot, None, float(fps)))
+        self._put_image(window)
 
     def histogram(self, window: str, x: float, values: torch.Tensor | Sequence[torch.Tensor],
                   bins: int | Sequence[float] = 30) -> None:

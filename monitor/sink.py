@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -57,6 +57,7 @@ RECORDS = (Points, ImageGrid, Text, Layout, Histogram, PrCurve, Embedding, Hpara
 # NamedTuple through Python, several times a tuple's cost).
 KIND = {kind: number for number, kind in enumerate(RECORDS)}
 RUN_END = KIND[RunEnd]
+IMAGE = KIND[ImageGrid]
 # The worker works in short slices and pauses between them while a backlog remains: it shares
 # the GIL with the training thread, and a long burst (or being preempted in one) makes a hook
 # that releases the GIL (any tensor op) wait for it. Measured here: after a 5 s outage, a
@@ -148,6 +149,7 @@ class VisdomSink:
         self._stopping = False
         self._ended_as: tuple | None = None  # the latest record taken, if a RunEnd: its status and error
         self.missing_from_runlog = 0  # records the run log could not take (a full disk)
+        self.images_taken: Counter[str] = Counter()  # image grids encoded, by window (Log.images_waiting)
         self._asked = False  # close() arrived since the last send: the sender sends at once
         self._lock = threading.Lock()
         self._waiting: list[_Waiter] = []  # the worker's: drained this cycle
@@ -251,6 +253,10 @@ class VisdomSink:
                 f": a newer monitor of env {self.env!r} in this process took its run folder" if self.replaced else ""))
             return
         self._queue.append(item)
+
+    def hurry(self) -> None:
+        """Has the worker look at the queue now, not at its next poll: an image grid waits in it."""
+        self._wake.set()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Waits until everything put so far is in the run log and on the server.
@@ -442,6 +448,8 @@ class VisdomSink:
                     if entry is not None:
                         entries.append(entry)
                     self._ended_as = item[1:] if item[0] == RUN_END else None
+                    if item[0] == IMAGE:
+                        self.images_taken[item[1]] += 1
                 taken += 1
                 if taken % 16 == 0 and time.perf_counter() > ends:
                     break

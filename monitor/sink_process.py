@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -42,7 +42,7 @@ from monitor.layer_sums import LayerNorms
 from monitor.records import Points, RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
-from monitor.sink import (KIND, RECORDS, RUN_END, VisdomSink, default_env, not_sent_elsewhere, open_sinks, queued,
+from monitor.sink import (IMAGE, KIND, RECORDS, RUN_END, VisdomSink, default_env, not_sent_elsewhere, open_sinks, queued,
                           replace_earlier, report_unreadable)
 from monitor.sink_child import LAUNCH
 
@@ -128,6 +128,7 @@ class SinkProcess:
         self._broken = False  # the child ended without being asked to
         self._fell_back = False
         self._local: VisdomSink | None = None
+        self._images_taken: Counter[str] = Counter()
         self.made_in = threading.current_thread()  # a newer sink of its folder made in another thread is refused
         replace_earlier(self.run_dir, continues=self._options.get("rewind_to") is not None)
         self._child = self._start()
@@ -181,6 +182,11 @@ class SinkProcess:
         return child
 
     @property
+    def images_taken(self) -> Counter[str]:
+        """Image grids read and handed on (to the child, or a sink here), by window (``Log.images_waiting``)."""
+        return self._images_taken
+
+    @property
     def pending(self) -> int:
         """Records put and not yet handed to the child (approximate)."""
         return self._local.pending if self._local is not None else len(self._queue)
@@ -221,6 +227,10 @@ class SinkProcess:
                     if self.replaced else ""))
             return
         self._queue.append(item)
+
+    def hurry(self) -> None:
+        """Has the forwarder look at the queue now, not at its next poll: an image grid waits in it."""
+        self._wake.set()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
         """Waits until everything put so far is in the run log and on the server (False if not
@@ -288,6 +298,7 @@ class SinkProcess:
                     item = self._queue.popleft()
                     if type(item) is _Request:
                         self._hand_on(self._read(records))
+                        self._count_images(records)
                         records = []
                         self._request(item)
                         if item.kind == "close":
@@ -295,6 +306,7 @@ class SinkProcess:
                     else:
                         records.append(item)
                 self._hand_on(self._read(records))
+                self._count_images(records)
                 if self._broken and self._local is None:
                     self._fall_back([])
         except Exception as error:  # a bug here must not leave a flush or a close waiting forever
@@ -303,6 +315,11 @@ class SinkProcess:
                 request.event.set()
         finally:
             open_sinks.discard(self)
+
+    def _count_images(self, items: list[tuple]) -> None:
+        for item in items:
+            if item[0] == IMAGE:
+                self._images_taken[item[1]] += 1
 
     def _read(self, items: list[tuple]) -> list[tuple]:
         """The queued records with plain values; one that cannot be read is reported and left out.

@@ -185,12 +185,14 @@ def test_the_image_history_pane_steps_through_the_kept_grids(visdom_server, tmp_
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.support.ui import WebDriverWait
 
+    from helpers.monitors import grid_taken
     from monitor import Images, Monitor
     from monitor.windows import PANE_GRIDS, on_slider_pane
 
     monitor = Monitor([Images(every=1, count=1, captions=None)], env="history_check", port=visdom_server.port,
                       run_dir=tmp_path, raise_errors=True)
     for step in range(1, 41):  # 40 grids: 10 kept (every 4th, the latest among them)
+        grid_taken(monitor)  # a grid each step, not one skipped for the sink
         monitor.step_end(inputs=torch.full((1, 1, 16, 16), step / 80))
     assert monitor.flush(timeout=10)
 

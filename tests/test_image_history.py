@@ -5,7 +5,7 @@ import base64
 
 import torch
 
-from helpers.monitors import shown_grid, unpadded
+from helpers.monitors import grid_taken, shown_grid, unpadded
 from monitor import Images, Monitor, VisdomSink
 from monitor.imagestore import KEEP, ImageStore, kept
 from monitor.replay import replay
@@ -44,6 +44,7 @@ def test_100k_steps_of_grids_stay_within_a_fixed_size_and_the_pane_ends_at_the_l
                  run_dir=run_dir, raise_errors=True) as monitor:
         for step in range(1, 100_001):
             if (step - 1) % 50 == 0:  # Images(every=50) logs steps 1, 51, 101, ...
+                grid_taken(monitor)  # steps this fast would skip grids the sink is behind on
                 monitor.step_end(inputs=torch.full((2, 1, 8, 8), (step // 50 % 256) / 255.0))
             else:
                 monitor.state.step += 1  # a step that logs nothing: only the step count matters here
@@ -112,6 +113,7 @@ def test_a_server_that_lost_the_env_gets_the_whole_history_again(fresh_server, r
     with Monitor([Images(every=1, count=1, captions=None)], env="history-lost", port=fresh_server.port,
                  run_dir=tmp_path, raise_errors=True) as monitor:
         for step in range(1, 6):
+            grid_taken(monitor)
             monitor.step_end(inputs=torch.rand(1, 1, 4, 4))
         assert monitor.flush(timeout=10)
         before = read_window_raw(fresh_server, "history-lost", "inputs")["content"]

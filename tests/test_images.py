@@ -332,3 +332,26 @@ def test_a_detection_batch_of_images_of_their_own_sizes_is_shown_padded_to_the_l
         pixels.images("bad", 1, [torch.rand(3, 4, 4), torch.rand(1, 4, 4, 4)])  # an RGBA batch of one
     with pytest.raises(TypeError, match="or a list of images .CHW or HW, of any sizes., got str"):
         pixels.images("bad", 1, "cat.png")
+
+
+def test_grids_too_large_to_read_every_step_are_skipped_while_one_waits_not_queued(tmp_path, caplog):
+    # 8 random 512 x 512 images every step: the training process queued every grid, growing to
+    # 7.5 GB in 300 steps, each step 5x slower, and close() ran out of time with points unsent.
+    from monitor import Monitor, Scalars
+    from monitor.runlog import RunLog
+
+    batch = torch.rand(8, 3, 512, 512)
+    waiting = []
+    with caplog.at_level("WARNING", logger="monitor"):
+        with Monitor([Scalars(), Images(every=1, captions=None)], env="large-grids", run_dir=tmp_path, port=1,
+                     timeout=0.2) as monitor:
+            for step in range(40):
+                monitor.step_end(loss=1.0 / (step + 1), inputs=batch)
+                waiting.append(monitor.log.images_waiting("inputs"))
+    assert max(waiting) <= 1  # one grid in memory at a time, not a backlog
+    entries = list(RunLog.read(tmp_path / RunLog.FILENAME))
+    grids = [e["x"] for e in entries if e.get("k") == "image"]
+    assert 1 <= len(grids) < 40 and grids[0] == 1
+    assert [e["x"] for e in entries if e.get("win") == "loss" and e.get("k") == "points"] == list(range(1, 41))
+    said = [r.getMessage() for r in caplog.records if "skips step" in r.getMessage()]
+    assert len(said) == 1 and "Images(source='inputs') skips step" in said[0] and "every=1" in said[0]

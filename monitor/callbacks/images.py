@@ -28,7 +28,9 @@ class Images(Callback):
     or channels last (NHWC, HWC: a Dataset without ``ToTensor``) where the last dim can only be the channels,
     float or uint8 in any range (the sink normalises them for display), or bool masks; a 3-d
     batch of 3 is three NHW images where the targets give 3 labels or 3 masks, else one CHW
-    image. Only the first ``count`` are copied. ``captions`` is
+    image. Only the first ``count`` are copied, and only once the sink has taken in the grid
+    before (images too large to read every ``every`` steps come less often, said once, instead
+    of waiting in memory). ``captions`` is
     ``"targets"`` (one label per image: a 1-d tensor or a list), ``"predictions"`` (the argmax
     over dim 1 of 2-d outputs, or 1-d outputs as they are; with two ``class_names``, one score
     per image is a binary classifier's: a logit above 0, or a probability above 0.5 where all
@@ -58,9 +60,18 @@ class Images(Callback):
         self._binary = class_names is not None and len(class_names) == 2  # one score per image: which class
         self._said_no_predictions = False
         self._said_names = False
+        self._said_behind = False
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if (state.step - 1) % self.every:  # is_due, inline: most steps end here
+            return
+        if log.images_waiting(self.source):  # the sink is still taking in the last grid: skip, not queue
+            if not self._said_behind:
+                self._said_behind = True
+                _log.warning("monitor: Images(source=%r) skips step %d: its previous grid is still being read by the "
+                             "sink (large images this often outpace it), so grids come less often than every=%d, "
+                             "each once the one before is taken in; the loop is not held up (reported once)",
+                             self.source, state.step, self.every)
             return
         images = getattr(state, self.source)
         if images is None:

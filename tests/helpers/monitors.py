@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import re
+import time
 from typing import Iterator
 
 import torch
@@ -119,3 +120,10 @@ def says(caplog, pattern: str) -> Iterator[None]:
         yield
     said = [record.getMessage() for record in caplog.records if record.name == "monitor"]
     assert any(re.search(pattern, message) for message in said), said
+
+
+def grid_taken(monitor: Monitor, window: str = "inputs") -> None:
+    """Waits until the sink has taken in the window's last image grid: ``Images`` skips a due step
+    while it has not, as a loop faster than the sink reads grids would."""
+    while monitor.log.images_waiting(window):
+        time.sleep(0.001)
