@@ -26,6 +26,7 @@ rewind takes off the dashboard); ``resumes_at`` where a rewind to a checkpoint c
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import math
 import os
@@ -262,8 +263,16 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
         return {"k": "mesh", "win": record.window, "x": x, "vertices": vertices, "faces": faces, "colors": colors}
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
-    entry = {"k": "text", "win": record.window, "x": x, "html": record.html}
+    entry = {"k": "text", "win": record.window, "x": x,
+             "html": _markdown().render(record.html) if record.markdown else record.html}
     return entry if record.keep == 1 else {**entry, "keep": record.keep}
+
+
+@functools.lru_cache(maxsize=1)
+def _markdown() -> Any:
+    from markdown_it import MarkdownIt
+
+    return MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML is escaped
 
 
 def _plain_json(value: Any) -> bool:

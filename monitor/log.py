@@ -7,7 +7,6 @@ device and read later by the sink, off the training thread).
 from __future__ import annotations
 
 import collections
-import functools
 import logging
 import math
 import numbers
@@ -305,13 +304,13 @@ class Log:
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if checks.boolean("markdown", markdown):
-            text = _markdown().render(text)
-        elif not checks.boolean("html", html):
+        markdown = checks.boolean("markdown", markdown)  # rendered by the sink
+        if not markdown and not checks.boolean("html", html):
             text = escape(text)
             text = f'<div style="white-space: pre-wrap">{text}</div>' if "  " in text or "\t" in text \
                 else text.replace("\n", "<br>")
-        self.sink.put(Text(self._name("window", window), _x(x), text, checks.positive_int("keep", keep)))
+        self.sink.put(Text(self._name("window", window), _x(x), str(text), checks.positive_int("keep", keep),
+                           markdown))
 
     def hparams(self, hparams: Mapping[str, Any], metrics: Mapping[str, Any] | None = None, x: float = 0, *,
                 window: str = "hparams", trial: str | None = None) -> None:
@@ -376,13 +375,6 @@ def _snapshot(value: Any, argument: str, key: str | None = None) -> Any:
         checks.scalar(argument if key is None else f"{argument}[{key!r}]", value)
         return value.detach().reshape(()).to(torch.float32).clone()
     return float(checks.scalar(argument if key is None else f"{argument}[{key!r}]", value))
-
-
-@functools.lru_cache(maxsize=1)
-def _markdown() -> Any:
-    from markdown_it import MarkdownIt
-
-    return MarkdownIt("commonmark", {"html": False}).enable("table")  # raw HTML is escaped
 
 
 def _shrunk(batch: torch.Tensor) -> torch.Tensor:

@@ -111,12 +111,14 @@ def _classes(rows: list[list], hot: bool, multi_hot: bool, labels: bool) -> list
 class Text(NamedTuple):
     """An HTML text pane; a newer one replaces the older, or with ``keep`` > 1 joins the latest
     ``keep`` of them shown newest first, each under its step. ``html`` may be a function of no
-    arguments the sink calls to get it (a sound to encode)."""
+    arguments the sink calls to get it (a sound to encode), or with ``markdown`` Markdown the
+    sink renders (a long text's rendering is no time of the loop's)."""
 
     window: str
     x: float
     html: str
     keep: int = 1
+    markdown: bool = False
 
 
 class Histogram(NamedTuple):

@@ -344,6 +344,18 @@ def test_a_text_tag_shows_its_latest_ten_texts_and_a_callback_s_text_pane_its_la
     assert windows.by_name["status"].message("env")[1]["data"][0]["content"] == "status 11"
 
 
+def test_markdown_is_rendered_by_the_sink_not_on_the_training_thread():
+    # A 100 KB generated sample rendered at add_text took the loop 90-105 ms each call
+    sink = ListSink()
+    monitor = Monitor([], sink=sink)
+    text = "# Sample\n\n| a | b |\n|---|---|\n| 1 | <b>2</b> |\n\n" + "word " * 20_000
+    SummaryWriter(monitor=monitor).add_text("samples", text, 3)
+    (record,) = sink.of(Text)
+    assert record.html == text and record.markdown  # as given: rendered when the sink encodes it
+    html = encode(record)["html"]
+    assert html.startswith("<h1>Sample</h1>") and "<td>&lt;b&gt;2&lt;/b&gt;</td>" in html  # its HTML escaped
+
+
 def test_a_tag_names_a_window_and_a_trace():
     assert split_tag("Loss/train") == ("Loss", "train")
     assert split_tag("model/fc1/grad") == ("model/fc1", "grad")
