@@ -67,6 +67,7 @@ _PAUSE = 0.0005  # seconds between slices while the queue is not empty
 # Records do not wake the worker: it looks at the queue every _POLL seconds (at once for
 # flush/sync/close). Waking it for each record cost the MLP benchmark's loop 200-300 us of
 # worker CPU and GIL hand-offs per step; polling costs ~50-90 us (bench/README.md).
+MANY_WINDOWS = 100  # in one env: said once past it
 _POLL = 0.1
 open_sinks: "weakref.WeakSet[Any]" = weakref.WeakSet()  # sinks of this process not closed yet
 os.register_at_fork(after_in_child=open_sinks.clear)  # a fork neither owns nor closes them
@@ -356,6 +357,8 @@ class VisdomSink:
             if went_back:  # once a window, those of one batch in one line
                 self.reports.seen.update(("backwards", p.window) for p in went_back)
                 self.reports.once(("backwards", went_back[0]), Backwards.said(went_back))
+            if len(self.windows.by_name) > MANY_WINDOWS:
+                self.reports.once("many windows", many_windows(self.env, len(self.windows.by_name)))
         waiting, self._waiting = self._waiting, []
         if any(w.durable for w in waiting):
             self.runlog.sync()
@@ -481,6 +484,14 @@ def not_a_record(record: Any) -> TypeError:
     """The error for a put of something that is not a record, naming the kinds there are."""
     kinds = ", ".join(kind.__name__ for kind in RECORDS if kind not in (RunEnd, StepMark))
     return TypeError(f"record must be a monitor.records {kinds}; got {type(record).__name__}")
+
+
+def many_windows(env: str, count: int) -> str:
+    """What to say of an env of more than ``MANY_WINDOWS`` windows."""
+    return (f"env {env!r} has {count} windows: a page draws each as a pane, and slows down past about "
+            f"{MANY_WINDOWS} (1000 froze one for minutes), while each gets its turn to be sent 0.15 s apart; "
+            f"put values that belong together as traces of one window, e.g. per-class metrics with "
+            f"monitor.log.scalars(\"accuracy per class\", step, {{name: value, ...}})")
 
 
 def not_sent_elsewhere(env: str | None) -> TypeError:

@@ -684,3 +684,18 @@ def test_the_url_of_an_env_with_a_space_opens_that_env(visdom_server, tmp_path):
     assert sink.url.endswith("/env/run%201%20%28retry%29")  # quoted ('#' and '?' are refused: the page shows none)
     with urlopen(sink.url, timeout=10) as page:
         assert page.status == 200
+
+
+def test_an_env_of_more_windows_than_a_page_draws_well_is_said_once(tmp_path, caplog):
+    # 1000 per-class metrics, each its own window: the page froze for minutes, without a word
+    from monitor.sink import MANY_WINDOWS
+
+    sink = VisdomSink("per-class", port=1, run_dir=tmp_path, timeout=0.2)
+    log = Log(sink)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for window in range(MANY_WINDOWS + 20):
+            log.scalar(f"acc/{window}", "validation", 1, 0.5)
+        sink.close(timeout=0.2)
+    said = [r.getMessage() for r in caplog.records if "windows:" in r.getMessage()]
+    assert len(said) == 1 and re.search(r"env 'per-class' has 1\d\d windows: a page draws each as a pane.* "
+                                        r"traces of one window", said[0]), said  # counted in the worker's batches
