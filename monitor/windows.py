@@ -508,11 +508,12 @@ class Window:
         # Many traces share the smoothed curves' points as they share the window's (40: 75 each).
         points = min(SMOOTHED_POINTS, max(_MIN_TRACE_POINTS, SMOOTHED_WINDOW_POINTS // len(self.traces)))
         xs, ys = smoothed(line["x"], line["y"], weight, points)
+        at = f"{self.opts.get('xlabel') or 'x'} %{{x}}"  # the hover names the step (or epoch) as TensorBoard's does
         # Faint by its colour: Visdom sets every line's opacity to 1 while its own smoothing is off.
         return ({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(ys), "legendgroup": name,
                  "line": {"color": f"rgb({red},{green},{blue})"}, "marker": {"line": {"width": 0}},
-                 "hovertemplate": "%{y:.6g} smoothed"},
-                {**line, "legendgroup": name, "showlegend": False,
+                 "hovertemplate": f"{at}: %{{y:.6g}} smoothed"},
+                {**line, "legendgroup": name, "showlegend": False, "hovertemplate": f"{at}: %{{y:.6g}}",
                  "line": {"color": f"rgba({red},{green},{blue},0.3)"}})
 
     def _heatmap_message(self, env: str, title: str) -> tuple[str, dict[str, Any]]:

@@ -120,6 +120,10 @@ def test_a_smoothed_window_draws_each_trace_smoothed_as_tensorboard_does_with_th
     assert (smooth["line"]["color"], raw["line"]["color"]) == ("rgb(31,119,180)", "rgba(31,119,180,0.3)")  # faint
     assert flat["line"]["color"] == "rgb(255,127,14)" and smooth["legendgroup"] == raw["legendgroup"] == "train"
     assert flat["y"] == flat_raw["y"] == [3.0, 3.0]  # a constant curve stays as it is
+    # Hovered, each names its x as the window does (the tooltip read "0.391460 smoothed" alone)
+    assert (smooth["hovertemplate"], raw["hovertemplate"]) == ("x %{x}: %{y:.6g} smoothed", "x %{x}: %{y:.6g}")
+    window.apply({"k": "layout", "win": "loss", "opts": {"xlabel": "step"}})
+    assert window.message("e")[1]["data"][0]["hovertemplate"] == "step %{x}: %{y:.6g} smoothed"
 
     for x in range(4, 20_000):
         window.apply({"k": "points", "win": "loss", "x": x, "y": {"train": float(x % 7)}})
