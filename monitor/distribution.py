@@ -95,7 +95,8 @@ def figure(lines: dict[str, tuple[list, list]], latest: Mapping[str, Any], opts:
     for i, name in enumerate(names):
         xs, ys = lines[name]
         middle = abs(BANDS[name] - 0.5)  # bands nearer the median are darker
-        trace = {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "lines", "showlegend": False,
+        trace = {"x": xs, "y": ys, "name": name, "type": "scatter", "showlegend": False,
+                 "mode": "lines" if len(xs) > 1 else "markers",  # a line of one step is not drawn
                  "marker": {"line": {"width": 0}},  # Visdom's smoothing button writes there (monitor.windows)
                  "line": {"width": 2 if name == "median" else 0.5, "color": _BAND_COLOUR.format(1.0)},
                  "hovertemplate": f"{name}: %{{y:.4g}}<br>step %{{x}}<extra></extra>"}

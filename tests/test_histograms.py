@@ -148,6 +148,17 @@ def test_percentile_bands_follow_the_histogram():
     assert set(bands({"edges": [3.0, 3.0], "counts": [5], "n": 5}).values()) == {3.0}
 
 
+def test_the_bands_of_a_single_step_are_drawn_as_points_then_as_lines():
+    # One histogram logged: bands of one point each as lines drew nothing (the pane looked empty)
+    from monitor.distribution import figure
+
+    latest = {"edges": [0.0, 1.0, 2.0], "counts": [3, 1], "n": 4, "x": 1}
+    one = {name: ([1], [value]) for name, value in bands(latest).items()}
+    two = {name: ([1, 2], [value, value]) for name, value in bands(latest).items()}
+    assert {t["mode"] for t in figure(one, latest, {})[0] if t["type"] == "scatter"} == {"markers"}
+    assert {t["mode"] for t in figure(two, latest, {})[0] if t["type"] == "scatter"} == {"lines"}
+
+
 def test_uneven_bins_are_drawn_over_even_ones_and_even_bins_as_they_are():
     assert evenly([0, 1, 2], [3, 4], bins=2) == ([0, 1, 2], [3, 4])
     edges, counts = evenly([0.0, 1.0, 4.0], [2, 6], bins=4)
