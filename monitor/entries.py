@@ -30,6 +30,7 @@ import functools
 import json
 import math
 import os
+import re
 import socket
 import time
 from numbers import Integral, Real
@@ -264,8 +265,20 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
     if not isinstance(record.html, str):
         raise TypeError(f"html must be a str, got {type(record.html).__name__}")
     entry = {"k": "text", "win": record.window, "x": x,
-             "html": _markdown().render(record.html) if record.markdown else record.html}
+             "html": _rendered(record.html) if record.markdown else record.html}
     return entry if record.keep == 1 else {**entry, "keep": record.keep}
+
+
+def _rendered(markdown: str) -> str:
+    """Markdown as HTML (CommonMark and tables, raw HTML escaped), tables ruled and padded as
+    TensorBoard's text view draws them (a page's plain table ran its cells together)."""
+    html = _markdown().render(markdown).replace("<table>", f'<table style="{_TABLE}">')
+    return _CELLS.sub(lambda cell: f'<{cell[1]} style="{_CELL}{cell[2] or ""}">', html)  # an alignment kept
+
+
+_TABLE = "border-collapse: collapse; margin: 4px 0;"
+_CELL = "border: 1px solid #ccc; padding: 2px 8px; "
+_CELLS = re.compile(r'<(th|td)(?: style="([^"]*)")?>')  # markdown-it's own cells: the text's HTML is escaped
 
 
 @functools.lru_cache(maxsize=1)

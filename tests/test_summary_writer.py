@@ -220,7 +220,7 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
     assert text.startswith(f"step {STEPS - 1}: **bold**")
     html = panes["notes"]["content"]
     assert f"step {STEPS - 1}: <strong>bold</strong> &lt;b&gt;not bold&lt;/b&gt;" in html
-    assert "<table>" in html and f"<td>{STEPS - 1}</td>" in html
+    assert "<table style=" in html and f"px; \">{STEPS - 1}</td>" in html
     # Every step's text, as TensorBoard's text view lists them (up to 10): newest first, under its step.
     steps = [e.step for e in events.Tensors("notes/text_summary")]
     assert re.findall(r"<h5>step (\d+)</h5><p>step (\d+):", html) == [(str(s), str(s)) for s in reversed(steps)]
@@ -353,7 +353,9 @@ def test_markdown_is_rendered_by_the_sink_not_on_the_training_thread():
     (record,) = sink.of(Text)
     assert record.html == text and record.markdown  # as given: rendered when the sink encodes it
     html = encode(record)["html"]
-    assert html.startswith("<h1>Sample</h1>") and "<td>&lt;b&gt;2&lt;/b&gt;</td>" in html  # its HTML escaped
+    assert html.startswith("<h1>Sample</h1>") and ">&lt;b&gt;2&lt;/b&gt;</td>" in html  # its HTML escaped
+    # Tables ruled and padded (a page's plain table read "epochs4")
+    assert '<table style="border-collapse: collapse;' in html and '<td style="border: 1px solid #ccc;' in html
 
 
 def test_a_tag_names_a_window_and_a_trace():
