@@ -47,7 +47,7 @@ def main() -> None:
               help="Interface to bind: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface, "
                    "reachable from other machines; prints a warning).")
 @click.option("--env-path", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Folder where the server keeps its envs.  [default: ~/.monitor/visdom]")
+              help="Folder where the server keeps its envs.  [default: $MONITOR_HOME/visdom, ~/.monitor/visdom]")
 @click.option("--login", is_flag=True,
               help="Require a login; the credentials come from $VISDOM_USERNAME and $VISDOM_PASSWORD.")
 @click.option("--runs", type=click.Path(path_type=Path, file_okay=False), default=None, metavar="DIR",
@@ -103,7 +103,7 @@ def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs:
 @server_options(port_zero="starts a local server on a free port")
 @click.option("--env", default="demo", show_default=True, metavar="ENV", help="Env (dashboard page) of the run.")
 @click.option("--env-path", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Where a server started by the demo keeps its envs.  [default: ~/.monitor/visdom]")
+              help="Where a server started by the demo keeps its envs.  [default: $MONITOR_HOME/visdom, ~/.monitor/visdom]")
 @click.option("--keep/--no-keep", default=True, show_default=True,
               help="Keep a server started by the demo up after training, until Ctrl-C.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, hidden=True)

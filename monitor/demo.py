@@ -69,6 +69,9 @@ def run_demo(server: str | None = None, port: int | None = None, *, env: str = D
             echo(f"Starting a local Visdom server on port {port} (nothing answered there)...")
             local.start()
             _rebuild(Path("runs"), f"{base}:{port}", echo)
+        else:
+            echo(f"Using the Visdom server already answering at {base}:{port} (another port: --port or "
+                 f"$VISDOM_PORT).")
         options = {k: v for k, v in (("epochs", epochs), ("samples", samples)) if v is not None}
         echo("Training an nn.Sequential on the Shapes dataset (examples/train_sequential.py)...")
         example.train(server=base, port=port, env=env, **options)

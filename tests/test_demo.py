@@ -70,6 +70,8 @@ def test_the_demo_uses_a_server_that_answers_and_leaves_it_running(visdom_server
     assert code == 0, stderr
     assert demo.lines[0] == f"Dashboard: {visdom_server.url}/env/demo-existing\n"
     assert not any("Starting a local" in line for line in demo.lines)
+    assert demo.lines[1] == f"Using the Visdom server already answering at {visdom_server.url} (another port: " \
+                            f"--port or $VISDOM_PORT).\n"  # someone else's on 8097 took the demo silently
     traces = read_window(visdom_server, "demo-existing", "loss")
     assert traces["train"][0] == [1, 2] and traces["validation"][0] == [2]
     assert answers(visdom_server.url)
