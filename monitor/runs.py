@@ -787,8 +787,8 @@ class RunsPane:
         finally:
             sender.close()
         if missing:
-            _log.info("monitor: env %r lacks windows of its run (%s): sending them from %s", env,
-                      ", ".join(missing), log)
+            _log.info("monitor: env %r on this server lacks windows of its run (%s: it drew on another server, "
+                      "or ended before they reached this one): sending them from %s", env, ", ".join(missing), log)
             replay(log, **self.connection)
         self._to_check.discard(log)
 
