@@ -121,6 +121,15 @@ class RunLog:
             return _last_complete_line_end(file)
 
     @staticmethod
+    def ended(path: str | os.PathLike) -> bool:
+        """Whether the log's last complete line says how its run ended (a killed run's does not)."""
+        with open(path, "rb") as file:
+            end = _last_complete_line_end(file)
+            file.seek(max(0, end - 65536))
+            lines = file.read(end - file.tell()).splitlines()
+        return bool(lines) and lines[-1].startswith(b'{"k":"end"')
+
+    @staticmethod
     def read(path: str | os.PathLike, end: int | None = None, progress: Callable[[int], None] | None = None,
              windows: Callable[[str], bool] | None = None) -> Iterator[dict[str, Any]]:
         """The entries of a log, up to byte ``end`` if given; a torn last line is skipped.

@@ -208,8 +208,12 @@ class VisdomSink:
         if continues is not None:  # a continued run whose log is gone: its curves start over, under its id
             self.run_id = continues
         earlier = self.folder.set_aside()  # a new run: the env's earlier one is kept aside, its windows closed
-        if earlier is not None:
+        if earlier is not None and RunLog.ended(earlier):
             _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)
+        elif earlier is not None:  # a re-run of a killed script that meant to go on learns it starts over
+            _log.warning("monitor: env %r starts a new run from step 0; the earlier run stopped without ending "
+                         "(killed) and is not continued: only a run with a checkpoint to resume from is "
+                         "(Checkpoint(..., resume=True)); its log is kept in %s", self.env, earlier)
         self.runlog = RunLog(path)
         self.runlog.append([header(self.env, self.run_id, self.pid)])
         self.images = ImageStore(self.run_dir, self.run_id)

@@ -318,3 +318,23 @@ def test_a_monitor_whose_close_was_interrupted_is_waited_for_by_the_next_one_of_
         fresh_server.resume()
         closing.join()
     assert len(list((tmp_path / "earlier").glob("*.jsonl"))) == 1  # the first run, whole, set aside
+
+
+@pytest.mark.parametrize("ending", [None, {"k": "end", "status": "finished", "error": None, "time": 1.0}])
+def test_a_new_run_after_a_killed_one_says_the_killed_run_is_not_continued(tmp_path, caplog, ending):
+    # A killed script re-run before its first checkpoint started over without a word
+    log = RunLog(tmp_path / RunLog.FILENAME)
+    log.append([{"k": "run", "env": "again", "run_id": "r1", "time": 0.0, "pid": 1, "host": "h"},
+                {"k": "points", "win": "loss", "x": 84, "y": {"train": 0.5}}, *([ending] if ending else [])])
+    log.close()
+    with caplog.at_level("INFO", logger="monitor"):
+        VisdomSink("again", port=1, run_dir=tmp_path, timeout=0.2).close(timeout=0.2)
+    said = [(r.levelname, r.getMessage()) for r in caplog.records if "earlier run" in r.getMessage()]
+    if ending is None:
+        assert said == [("WARNING", f"monitor: env 'again' starts a new run from step 0; the earlier run stopped "
+                                    f"without ending (killed) and is not continued: only a run with a checkpoint "
+                                    f"to resume from is (Checkpoint(..., resume=True)); its log is kept in "
+                                    f"{tmp_path / 'earlier' / 'r1.jsonl'}")]
+    else:
+        assert said == [("INFO", f"monitor: env 'again' starts a new run; the earlier run's log is kept in "
+                                 f"{tmp_path / 'earlier' / 'r1.jsonl'}")]
