@@ -65,10 +65,11 @@ IMAGE = KIND[ImageGrid]
 _SLICE = 0.002  # seconds of draining per cycle
 _PAUSE = 0.0005  # seconds between slices while the queue is not empty
 # Records do not wake the worker: it looks at the queue every _POLL seconds (at once for
-# flush/sync/close). Waking it for each record cost the MLP benchmark's loop 200-300 us of
-# worker CPU and GIL hand-offs per step; polling costs ~50-90 us (bench/README.md).
-MANY_WINDOWS = 100  # in one env: said once past it
+# flush/sync/close, and an image grid: hurry()). Waking it for each record cost the MLP
+# benchmark's loop 200-300 us of worker CPU and GIL hand-offs per step; polling costs ~50-90 us
+# (bench/README.md).
 _POLL = 0.1
+MANY_WINDOWS = 100  # in one env: said once past it (a page slows down drawing more panes)
 open_sinks: "weakref.WeakSet[Any]" = weakref.WeakSet()  # sinks of this process not closed yet
 os.register_at_fork(after_in_child=open_sinks.clear)  # a fork neither owns nor closes them
 
