@@ -278,6 +278,15 @@ def runs(context: click.Context) -> None:
         context.invoke(runs_list)
 
 
+def _runs_folder(context: click.Context, parameter: click.Parameter, value: Path) -> Path:
+    """A folder of runs that exists, or an error that says where runs are written."""
+    if not value.is_dir():
+        raise click.BadParameter(f"folder '{value}' does not exist: a script's runs are written in runs/ENV of "
+                                 f"the folder it ran in (or its Monitor's run_dir=); run this there, or give "
+                                 f"that folder")
+    return value
+
+
 KEEP_ENVS = click.option("--keep-envs", is_flag=True,
                          help="Delete the files alone, leaving the runs' envs on the dashboard.")
 
@@ -288,8 +297,8 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
 
 
 @runs.command("list")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("runs"),
-                metavar="[DIR]")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+                metavar="[DIR]", callback=_runs_folder)
 @click.option("--sort", metavar="METRIC", help="Best first by METRIC's best value (window/trace, e.g. "
                                                "loss/validation), or in the order of an hparam (lr).")
 @MODE
@@ -302,6 +311,8 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
               mode: str | None = None, metrics: int = 4, earlier: bool = False) -> None:
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
     from monitor.runs import check_metric, listed, selected, table
+
+    _runs_folder(click.get_current_context(), None, directory)  # `monitor runs` alone passes no argument
 
     conditions = {}
     for condition in where:
@@ -375,8 +386,8 @@ def runs_rm(run_dirs: tuple[Path, ...], yes: bool, keep_envs: bool, server: str 
 
 
 @runs.command("gc")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path), default=Path("runs"),
-                metavar="[DIR]")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
+                metavar="[DIR]", callback=_runs_folder)
 @click.option("--older-than", type=click.DateTime(), default=None, metavar="DATE",
               help="Finished runs started before DATE (YYYY-MM-DD).")
 @click.option("--keep-best", type=click.IntRange(min=0), default=None, metavar="N",

@@ -260,6 +260,13 @@ def test_a_notebook_s_setup_cell_run_again_ends_the_earlier_run_as_it_stood(visd
 def test_a_runs_folder_that_does_not_exist_is_an_error_not_an_empty_list(tmp_path, command):
     done = CliRunner().invoke(main, ["runs", *command, str(tmp_path / "runz")])
     assert done.exit_code == 2 and "does not exist" in done.output and "runz" in done.output
+    assert "runs are written in runs/ENV of the folder it ran in" in done.output  # where to look
+
+
+def test_monitor_runs_alone_where_no_runs_folder_is_says_where_runs_are(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a newcomer in another folder than the script's
+    done = CliRunner().invoke(main, ["runs"])
+    assert done.exit_code == 2 and "folder 'runs' does not exist: a script's runs are written in runs/ENV" in done.output
 
 
 def test_compare_puts_a_trace_per_run_in_each_shared_window_on_a_server_that_never_saw_them(
