@@ -103,7 +103,8 @@ def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs:
 @server_options(port_zero="starts a local server on a free port")
 @click.option("--env", default="demo", show_default=True, metavar="ENV", help="Env (dashboard page) of the run.")
 @click.option("--env-path", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Where a server started by the demo keeps its envs.  [default: $MONITOR_HOME/visdom, ~/.monitor/visdom]")
+              help="Where a server started by the demo keeps its envs.  "
+                   "[default: $MONITOR_HOME/visdom, ~/.monitor/visdom]")
 @click.option("--keep/--no-keep", default=True, show_default=True,
               help="Keep a server started by the demo up after training, until Ctrl-C.")
 @click.option("--epochs", type=click.IntRange(min=1), default=None, hidden=True)
@@ -298,7 +299,7 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
 
 @runs.command("list")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path), default=Path("runs"),
-                metavar="[DIR]", callback=_runs_folder)
+                metavar="[DIR]")
 @click.option("--sort", metavar="METRIC", help="Best first by METRIC's best value (window/trace, e.g. "
                                                "loss/validation), or in the order of an hparam (lr).")
 @MODE
@@ -312,7 +313,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
     from monitor.runs import check_metric, listed, selected, table
 
-    _runs_folder(click.get_current_context(), None, directory)  # `monitor runs` alone passes no argument
+    _runs_folder(click.get_current_context(), None, directory)  # here, not a callback: `monitor runs` alone too
 
     conditions = {}
     for condition in where:

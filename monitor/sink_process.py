@@ -42,8 +42,8 @@ from monitor.layer_sums import LayerNorms
 from monitor.records import Points, RunEnd
 from monitor.reports import Reports
 from monitor.runlog import RunLog
-from monitor.sink import (IMAGE, KIND, RECORDS, RUN_END, VisdomSink, default_env, not_sent_elsewhere, open_sinks, queued,
-                          replace_earlier, report_unreadable)
+from monitor.sink import (IMAGE, KIND, RECORDS, RUN_END, VisdomSink, default_env, not_sent_elsewhere, open_sinks,
+                          queued, replace_earlier, report_unreadable)
 from monitor.sink_child import LAUNCH
 
 __all__ = ["SinkProcess"]
@@ -128,7 +128,7 @@ class SinkProcess:
         self._broken = False  # the child ended without being asked to
         self._fell_back = False
         self._local: VisdomSink | None = None
-        self._images_taken: Counter[str] = Counter()
+        self.images_taken: Counter[str] = Counter()  # image grids read and handed on, by window (Log.images_waiting)
         self.made_in = threading.current_thread()  # a newer sink of its folder made in another thread is refused
         replace_earlier(self.run_dir, continues=self._options.get("rewind_to") is not None)
         self._child = self._start()
@@ -180,11 +180,6 @@ class SinkProcess:
                                         name=f"monitor-answers-{self.env}", daemon=True)
         self._reader.start()
         return child
-
-    @property
-    def images_taken(self) -> Counter[str]:
-        """Image grids read and handed on (to the child, or a sink here), by window (``Log.images_waiting``)."""
-        return self._images_taken
 
     @property
     def pending(self) -> int:
@@ -319,7 +314,7 @@ class SinkProcess:
     def _count_images(self, items: list[tuple]) -> None:
         for item in items:
             if item[0] == IMAGE:
-                self._images_taken[item[1]] += 1
+                self.images_taken[item[1]] += 1
 
     def _read(self, items: list[tuple]) -> list[tuple]:
         """The queued records with plain values; one that cannot be read is reported and left out.
