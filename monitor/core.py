@@ -252,6 +252,7 @@ class Monitor:
         self._train_ended: int | None = None  # the step train_end was last called at
         self._first_validation: tuple[int, str] | None = None  # the step of the latest validation, and its first's trace
         self._epoch_open = False
+        self._in_steps = False  # in a monitor.steps loop
         self._failed = False
         self._ended = False
         self._entered = False  # in a `with` block
@@ -459,6 +460,34 @@ class Monitor:
             if self._epoch_open:
                 self.epoch_end()
 
+    def steps(self, count: int) -> Iterator[int]:
+        """The steps of a loop with no loader to resume (reinforcement learning's rollouts and
+        updates, a stream): yields the number of steps done, from where a resumed run left off,
+        until ``count`` are done.
+
+            for update in monitor.steps(1000):
+                rollout = collect(env, agent)     # the episode returns it logs belong to this step
+                ...; loss.backward(); monitor.after_backward(); optimizer.step()
+                monitor.step_end(loss=loss)
+
+        Each iteration begins a step, so what it logs before ``after_backward`` (a rollout's
+        episode returns) is that step's: a resumed run logs it again in place of what the killed
+        run logged, not beside it, as in ``while monitor.state.step < count:``, where the step
+        begins at ``after_backward``. An iteration that ends no step (a replay buffer still
+        filling) is not counted: the next one yields the same number.
+        """
+        checks.integer("count", count, minimum=0)
+        if self._resumable.trained:  # resumed after its train_end (killed in its own last work, an early stop)
+            self._resumable.trained = False
+            return
+        self._in_steps = True
+        try:
+            while self.state.step < count:
+                self._step_over()
+                yield self.state.step
+        finally:
+            self._in_steps = False
+
     def batches(self, loader: Iterable) -> Iterator[Any]:
         """Iterates ``loader`` for this epoch, from the batch a resumed run continues with.
 
@@ -473,6 +502,11 @@ class Monitor:
     def in_epochs(self) -> bool:
         """Whether the loop is inside an epoch of a ``monitor.epochs`` loop."""
         return self._epoch_open
+
+    @property
+    def in_steps(self) -> bool:
+        """Whether the loop is inside a ``monitor.steps`` loop."""
+        return self._in_steps
 
     @property
     def in_batches(self) -> bool:

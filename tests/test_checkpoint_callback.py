@@ -862,6 +862,35 @@ def test_an_early_stopped_run_killed_in_its_own_last_work_resumes_with_no_epochs
     assert job(extend=True) == [7, 8, 9, 10, 11, 12]  # trained further on purpose: the epochs left
 
 
+def test_a_steps_loop_resumes_at_the_step_after_its_checkpoint_and_an_early_stopped_one_trains_no_further(
+        tmp_path, caplog):
+    from monitor.checkpoint import folder
+
+    def job(crash_at: int | None = None, stop_at: int | None = None, **options) -> list[int]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        done = []
+        checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True, **options)
+        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+            monitor.train_start(model, optimizer)
+            for update in monitor.steps(8):
+                done.append(update)
+                _step(monitor, model, optimizer, torch.ones(2, 3), crash_at)
+                if monitor.state.step == stop_at:
+                    break  # early stopping
+        folder._finishing.discard((tmp_path / "ckpt").resolve())  # the script killed after training
+        return done
+
+    with pytest.raises(KeyboardInterrupt):
+        job(crash_at=5)  # saved at step 4
+    with caplog.at_level("WARNING", logger="monitor"):
+        assert job(stop_at=6) == [4, 5]  # the steps done before each: updates 5 and 6
+    assert not [r for r in caplog.records if "trains on what was done again" in r.getMessage()]
+    assert job() == []  # run again after the early stop: nothing trained further
+    assert job(extend=True) == [6, 7]
+
+
 def test_the_best_checkpoint_s_file_is_at_hand_to_load_the_best_weights_after_training(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from monitor import Callback, GradNorms, Images, LearningRate, Scalars
+from monitor import Callback, GradNorms, Images, LearningRate, Monitor, Scalars
 from monitor.imaging import encode_grid
 from monitor.windows import float32_digits
 from helpers.monitors import grid_taken, live_monitor, model_and_data, monitor_with, shown_grid
@@ -281,3 +281,18 @@ def test_a_run_replaced_while_the_dashboard_is_down_names_where_its_log_is_kept(
     hints = [r.getMessage() for r in caplog.records if "monitor replay" in r.getMessage()]
     replay = f"monitor replay {kept} --env replaced-offline-{old.sink.run_id[:8]} --port {options['port']}"
     assert kept.exists() and any(f"{replay}`" in hint for hint in hints), hints
+
+
+def test_steps_yields_the_steps_done_until_count_and_counts_only_iterations_that_end_a_step():
+    from monitor.log import NullSink
+
+    with Monitor([], sink=NullSink(), raise_errors=True) as monitor:
+        seen = []
+        for done in monitor.steps(3):
+            assert monitor.in_steps
+            seen.append(done)
+            if len(seen) != 2:  # the second iteration ends no step: a replay buffer still filling
+                monitor.step_end(loss=1.0)
+        assert seen == [0, 1, 1, 2] and not monitor.in_steps
+        with pytest.raises(ValueError, match="count must be an int >= 0, got -1"):
+            next(monitor.steps(-1))

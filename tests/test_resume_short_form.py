@@ -19,7 +19,7 @@ import torch
 
 from monitor import Monitor, Scalars
 from monitor.callbacks.checkpoint import REQUEUE_EXIT_STATUS
-from monitor.runs import described
+from monitor.runs import described, exported
 
 SCRIPT = Path(__file__).parent / "helpers" / "short_form.py"
 ROLLOUTS = Path(__file__).parent / "helpers" / "rollouts.py"  # a loop with no loader (RL's)
@@ -193,6 +193,35 @@ def test_sigterm_in_a_loop_without_a_loader_exits_once_the_update_s_own_logging_
     shown = read_env(visdom_server, job.env)
     assert shown["episode return"]["train"][0] == list(range(1, 13))
     assert shown == read_env(visdom_server, straight.env)
+
+
+def test_a_loop_of_monitor_steps_killed_in_a_rollout_logs_that_rollout_once_when_run_again(
+        visdom_server, read_env, tmp_path):
+    # Update 7 logs its rollout's episodes before its backward; killed there (update 6 saved
+    # last, its evaluation and episode return logged after its step_end), the re-run does update
+    # 7 again: every point is in the run once, as in a run never killed, and nothing is said of
+    # a loop that trains on what was done again.
+    straight = Job(visdom_server, tmp_path, "steps-straight", script=ROLLOUTS)
+    straight.command.append("--steps-loop")
+    assert straight.run() == list(range(1, 13))
+    job = Job(visdom_server, tmp_path, "steps", script=ROLLOUTS)
+    job.command.append("--steps-loop")
+    process = job.start("--sleep", "0.5")
+    for line in process.stdout:
+        if line.startswith("rollout 7"):
+            break
+    _wait_for_point(job, "episode length", 64 * 6 + 64)
+    process.kill()
+    process.communicate()
+    again = subprocess.run(job.command, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _steps(again.stdout)[0] == 7
+    assert "went back" not in again.stderr and "trains on what was done again" not in again.stderr, again.stderr
+    assert _same(job.weights(), straight.weights())
+    logged = exported(job.folder / "runs")
+    assert logged["episode length"]["train"] == [(32 * n, 32) for n in range(1, 25)]
+    assert logged == exported(straight.folder / "runs")
+    assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)
 
 
 def test_a_step_based_loop_of_passes_without_epochs_killed_at_random_moments_ends_as_if_never_killed(

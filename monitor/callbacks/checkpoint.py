@@ -239,11 +239,12 @@ class Checkpoint(Callback):
         if self._check_loop:
             self._check_loop = False
             monitor = self._monitor
-            if not monitor.in_batches and (self.start.skip_batches or not monitor.in_epochs):
+            if not (monitor.in_batches or monitor.in_steps) and (self.start.skip_batches or not monitor.in_epochs):
                 _log.warning("monitor: the run continues from step %d (epoch %d, %d batches done) in a loop that takes "
                              "%s: one that counts on from monitor.state.step or checkpoint.start goes on where it "
                              "left off, one that counts from 0 again trains on what was done again (iterate "
-                             "monitor.epochs(n) and monitor.batches(loader) to skip it)",
+                             "monitor.epochs(n) and monitor.batches(loader) to skip it, or monitor.steps(n) in a "
+                             "loop without a loader)",
                              self.start.step, self.start.epoch, self.start.skip_batches,
                              "its own batches" if monitor.in_epochs else "its own epochs and batches")
         if self.metric_from == "step":
@@ -256,8 +257,8 @@ class Checkpoint(Callback):
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if self.metric_from == "validation" and state.main_validation:  # not an EMA copy's after it
             self._note_metric(state.metrics)
-        if self._monitor.in_batches:
-            # A loop that validates inside its batches loop (at a save's step or not): from now on
+        if self._monitor.in_batches or self._monitor.in_steps:
+            # A loop that validates inside its batches (or steps) loop (at a save's step or not): from now on
             # a step's checkpoint becomes the latest at the next step's end, after any validation.
             self._validates_after_saving = True
             if self._last_saved == [state.step, state.epoch, self._epoch_done]:
