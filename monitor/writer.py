@@ -92,8 +92,10 @@ class SummaryWriter:
     arguments go to :class:`monitor.SinkProcess` (``server``, ``port``, ...), for the first
     writer of a ``log_dir``.
 
-    **Windows.** A tag used for two kinds of data (a scalar ``weights/norm`` and a histogram
-    ``weights``) gets a window for each, the later one named ``weights (histogram)``.
+    **Windows.** A scalar's tag is a window of its own, as TensorBoard draws it, unless a split
+    names its trace (``Loss/train`` beside ``Loss/test``: :func:`split_tag`). A tag used for two
+    kinds of data (a scalar ``weights/train`` and a histogram ``weights``) gets a window for
+    each, the later one named ``weights (histogram)``.
 
     **Smoothing.** Scalar curves are drawn smoothed as TensorBoard's scalars view smooths them
     by default (``smoothing=0.6``, the weight of the past; 0 for none), the values themselves
@@ -936,23 +938,26 @@ SPLITS = TRAINING | HELD_OUT  # the data a metric was taken on: a trace, whereve
 
 
 def split_tag(tag: str) -> tuple[str, str]:
-    """Window and trace of a scalar's tag: ``"Loss/train"`` -> ``("Loss", "train")``, ``"lr"`` ->
-    ``("lr", "lr")``; a split leading the tag is the trace: ``"eval/loss"`` -> ``("loss", "eval")``;
-    one inside it starts the trace: ``"Loss/val/clean"`` -> ``("Loss", "val/clean")``, beside
-    ``"Loss/train"``."""
+    """Window and trace of a scalar's tag. A split (``train``, ``val``, ``test``, ...) names the
+    trace: ``"Loss/train"`` -> ``("Loss", "train")``, beside ``"Loss/test"``; one leading the tag
+    too, ``"eval/loss"`` -> ``("loss", "eval")``; one inside it starts the trace,
+    ``"Loss/val/clean"`` -> ``("Loss", "val/clean")``. Any other tag is a plot of its own, as
+    TensorBoard draws it, its trace named by its last part: ``"charts/SPS"`` ->
+    ``("charts/SPS", "SPS")``, ``"lr"`` -> ``("lr", "lr")``."""
     checks.text("tag", tag)
     window, _, trace = tag.rpartition("/")
     if not window or not trace:
         return tag, tag
+    if trace.lower() in SPLITS:
+        return window, trace
     split, _, rest = tag.partition("/")
-    if split.lower() in SPLITS and trace.lower() not in SPLITS:
+    if split.lower() in SPLITS:
         return rest, split
-    if trace.lower() not in SPLITS:
-        parts = tag.split("/")
-        for i in range(1, len(parts) - 1):
-            if parts[i].lower() in SPLITS and parts[i - 1]:
-                return "/".join(parts[:i]), "/".join(parts[i:])
-    return window, trace
+    parts = tag.split("/")
+    for i in range(1, len(parts) - 1):
+        if parts[i].lower() in SPLITS and parts[i - 1]:
+            return "/".join(parts[:i]), "/".join(parts[i:])
+    return tag, trace
 
 
 def _number(value: Any, argument: str) -> Any:

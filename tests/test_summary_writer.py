@@ -360,7 +360,10 @@ def test_markdown_is_rendered_by_the_sink_not_on_the_training_thread():
 
 def test_a_tag_names_a_window_and_a_trace():
     assert split_tag("Loss/train") == ("Loss", "train")
-    assert split_tag("model/fc1/grad") == ("model/fc1", "grad")
+    # Any other tag a plot of its own, as TensorBoard draws it: CleanRL's charts/ and losses/
+    # tags, whose scales (1e-3 to 1e3) cannot share an axis.
+    assert [split_tag(t) for t in ("charts/episodic_return", "charts/SPS", "model/fc1/grad")] == [
+        ("charts/episodic_return", "episodic_return"), ("charts/SPS", "SPS"), ("model/fc1/grad", "grad")]
     assert split_tag("lr") == ("lr", "lr")
     assert split_tag("odd/") == ("odd/", "odd/")
     # Hugging Face's tags: the split leads; train and eval share a plot, the rate gets its own.
@@ -675,7 +678,7 @@ def test_summaries_a_script_writes_itself_through_file_writer_draw_their_scalars
     writer.file_writer.add_summary(scalar("hparam/accuracy", 0.75), global_step=3)
     writer._get_file_writer().add_summary(scalar("loss", 0.5, new_style=True), 4)
     assert sink.of(Hparams)[-1].hparams == {"lr": 0.1, "optimizer": "sgd"}
-    assert [(p.x, dict(zip(p.traces, p.values))) for p in sink.of(Points, "hparam")] == [(3, {"accuracy": 0.75})]
+    assert [(p.x, dict(zip(p.traces, p.values))) for p in sink.of(Points, "hparam/accuracy")] == [(3, {"accuracy": 0.75})]
     assert [(p.x, dict(zip(p.traces, p.values))) for p in sink.of(Points, "loss")] == [(4, {"loss": 0.5})]
     assert list(writer.all_writers.values())[0].get_logdir() == writer.get_logdir()
 
@@ -816,8 +819,8 @@ def test_purge_step_takes_out_what_tensorboard_hides_and_keeps_earlier_steps_log
     for step in (5, 6):
         writer.add_scalar("it/loss", 100.0 + step, step)
     writer.close()
-    expected = {("it", "loss"): [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 105.0), (6, 106.0)],
-                ("ep", "acc"): [(0, 0.0), (1, 1.0)]}
+    expected = {("it/loss", "loss"): [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 105.0), (6, 106.0)],
+                ("ep/acc", "acc"): [(0, 0.0), (1, 1.0)]}
     for (window, trace), points in expected.items():
         assert _points(Path("runs/purged"), window, trace) == points
         assert read_window(visdom_server, "purged", window) == {trace: tuple(map(list, zip(*points)))}
@@ -862,7 +865,7 @@ def test_runs_in_nested_folders_get_envs_of_their_own(visdom_server, tmp_path, r
 def test_a_tag_used_for_two_kinds_of_data_gets_a_window_for_each(tmp_path):
     sink = ListSink()
     writer = SummaryWriter(monitor=Monitor([], sink=sink))
-    writer.add_scalar("weights/norm", 1.0, 0)
+    writer.add_scalar("weights/train", 1.0, 0)
     writer.add_histogram("weights", torch.randn(100), 0)
     writer.add_text("hparams", "my notes", 0)
     writer.add_hparams({"lr": 0.1}, {"acc": 0.5})
