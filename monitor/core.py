@@ -242,6 +242,9 @@ class Monitor:
             from monitor.sink_process import SinkProcess
             sink = SinkProcess(env=env, **options)
         self.sink = sink
+        for other in list(_unclosed):  # a notebook's Monitor cell run again: the sink replaced said how its run ended
+            if getattr(other.sink, "replaced", None):
+                other._let_go()  # and every hook of the Monitor replaced is refused, the per-step ones too
         self._end = [RunEnd("finished")]  # what close() records (exception() changes it), shared with _end_dropped
         _watch_until_exit(self)
         self.log = Log(sink)
@@ -564,10 +567,14 @@ class Monitor:
 
     def _put_end(self) -> None:
         if not self._ended:  # the run log says how the run ended (a killed run says nothing)
-            self._ended = True
-            _unclosed.discard(self)
-            self._dropped.detach()
+            self._let_go()
             self.sink.put(self._ending)
+
+    def _let_go(self) -> None:
+        """Ends this Monitor for good, its hooks refused; whoever calls it records how the run ended."""
+        self._ended = True
+        _unclosed.discard(self)
+        self._dropped.detach()
 
     @property
     def _ending(self) -> RunEnd:

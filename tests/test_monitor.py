@@ -170,6 +170,9 @@ def test_a_monitor_replaced_by_a_newer_one_of_its_env_refuses_a_cell_run_on_it_a
                                            "replaced it"):
         with old:
             old.train_start()
+    for hook in (old.after_backward, lambda: old.step_end(loss=0.5), old.epoch_end):  # the per-step ones too
+        with pytest.raises(RuntimeError, match="a newer Monitor of its env in this process replaced it"):
+            hook()
     with new:
         new.train_start()
         new.step_end(loss=0.5)

@@ -248,8 +248,7 @@ def test_data_loader_workers_that_outlive_a_run_do_not_keep_its_env_locked(visdo
         assert described(tmp_path).status == "finished"  # not "running": nothing holds the lock
 
 
-def test_a_notebook_cell_run_again_closes_the_previous_monitor_and_starts_clean(visdom_server, read_window, tmp_path,
-                                                                              caplog):
+def test_a_notebook_cell_run_again_closes_the_previous_monitor_and_starts_clean(visdom_server, read_window, tmp_path):
     def cell() -> Monitor:  # a cell that builds a monitor and trains, never closing it
         monitor = Monitor([Scalars()], env="notebook", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
         for _ in range(3):
@@ -266,8 +265,8 @@ def test_a_notebook_cell_run_again_closes_the_previous_monitor_and_starts_clean(
     [earlier] = (tmp_path / "earlier").glob("*.jsonl")
     [end] = [e for e in RunLog.read(earlier) if e["k"] == "end"]  # the first run says why it ended
     assert (end["status"], end["error"]) == ("interrupted", "a newer run of its env in this process replaced it")
-    first.step_end(loss=torch.tensor(1.0))  # the first cell's monitor, still referenced, logs again
-    assert "a newer monitor of env 'notebook' in this process took its run folder" in caplog.text
+    with pytest.raises(RuntimeError, match="a newer Monitor of its env in this process replaced it"):
+        first.step_end(loss=torch.tensor(1.0))  # the first cell's monitor, still referenced, logs again
     second.close()
 
 
