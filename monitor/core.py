@@ -584,6 +584,11 @@ class Monitor:
     def _ending(self, record: RunEnd) -> None:
         self._end[0] = record
 
+    def __repr__(self) -> str:  # a notebook cell's output: where the dashboard is
+        url = getattr(self.sink, "url", None)
+        where = f" at {url}" if url else ""
+        return f"<Monitor of env {self.sink.env!r}{where}, {'closed' if self._ended else f'step {self.state.step}'}>"
+
     def __enter__(self) -> Monitor:
         self._refuse_if_closed()
         if self._entered:

@@ -299,3 +299,14 @@ def test_steps_yields_the_steps_done_until_count_and_counts_only_iterations_that
         assert seen == [0, 1, 1, 2] and not monitor.in_steps
         with pytest.raises(ValueError, match="count must be an int >= 0, got -1"):
             next(monitor.steps(-1))
+
+
+def test_a_monitor_shows_its_env_s_dashboard_page_and_its_step_in_a_notebook_cell_s_output(tmp_path):
+    from monitor.log import NullSink
+
+    monitor = Monitor([], env="repr", port=1, run_dir=tmp_path)  # no server: the page it would be on
+    monitor.step_end(loss=1.0)
+    assert repr(monitor) == "<Monitor of env 'repr' at http://127.0.0.1:1/env/repr, step 1>"
+    monitor.close(timeout=0)
+    assert repr(monitor).endswith(", closed>")
+    assert repr(Monitor([], sink=NullSink())).startswith("<Monitor of env ")
