@@ -120,17 +120,18 @@ def real_tensor(argument: str, value: torch.Tensor) -> torch.Tensor:
 
 def scalar(argument: str, value: Any) -> Any:
     """``value`` if it is a real number or a one-element real tensor (which is not read here); a
-    one-element numpy array (``loss.detach().numpy()``, ``np.array([0.25])``) as the number it holds."""
+    one-element numpy array (``loss.detach().numpy()``, ``np.array([0.25])``) or numpy scalar as
+    the number it holds. A bool counts as 0 or 1, as TensorBoard takes it (an episode's success)."""
     if _is_array_1(value):
         return value.item()
     if _is_tensor(value):
         if value.numel() != 1:
             raise ValueError(f"{argument} must be a number or a one-element tensor, "
                              f"got a tensor of shape {tuple(value.shape)}")
-        if value.is_complex() or value.dtype is _torch().bool:
+        if value.is_complex():
             raise TypeError(f"{argument} must be a real number, got a tensor of dtype {value.dtype}")
         return value
-    if isinstance(value, bool) or not isinstance(value, Real):
+    if not isinstance(value, Real):
         shown = " ".join(repr(value).split())  # a model's output holds tensors: their values cut short
         shown = shown if len(shown) <= 80 else f"{shown[:77]}..."
         hint = ": pass its .loss" if _is_tensor(getattr(value, "loss", None)) else ""  # Hugging Face's outputs
@@ -143,8 +144,8 @@ def is_scalar(value: Any) -> bool:
     if _is_array_1(value):
         return True
     if _is_tensor(value):
-        return value.numel() == 1 and not value.is_complex() and value.dtype is not _torch().bool
-    return isinstance(value, Real) and not isinstance(value, bool)
+        return value.numel() == 1 and not value.is_complex()
+    return isinstance(value, Real)
 
 
 def finite(argument: str, value: Any) -> float:
@@ -178,5 +179,6 @@ def _int_range(minimum: int | None, maximum: int | None) -> str:
 
 
 def _is_array_1(value: Any) -> bool:
-    """A numpy array of one real number, as a one-element tensor is taken (numpy is not imported for it)."""
-    return type(value).__name__ == "ndarray" and value.size == 1 and value.dtype.kind in "iuf"
+    """A numpy array of one real number or bool, or a numpy scalar (``np.bool_``), as a
+    one-element tensor is taken (numpy is not imported for it)."""
+    return type(value).__module__ == "numpy" and getattr(value, "size", None) == 1 and value.dtype.kind in "iufb"

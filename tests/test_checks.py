@@ -56,9 +56,13 @@ def test_the_checks_say_what_was_expected_and_what_came():
         text("env", "")
     with pytest.raises(ValueError, match=r"value must be a number or a one-element tensor, got a tensor of shape \(2,\)"):
         scalar("value", torch.zeros(2))
-    with pytest.raises(TypeError, match=r"value must be a real number, got a tensor of dtype torch.bool"):
-        scalar("value", torch.tensor(True))
-    assert is_scalar(torch.tensor([0.5])) and is_scalar(3) and not is_scalar(True) and not is_scalar("1")
+    with pytest.raises(TypeError, match=r"value must be a real number, got a tensor of dtype torch.complex64"):
+        scalar("value", torch.tensor(1j))
+    assert is_scalar(torch.tensor([0.5])) and is_scalar(3) and not is_scalar("1")
+    # A bool is 0 or 1, as TensorBoard takes it: an episode's success, whatever holds it
+    import numpy as np
+    assert [float(scalar("value", v)) for v in (True, np.bool_(False), np.array([True]))] == [1.0, 0.0, 1.0]
+    assert all(map(is_scalar, (True, np.bool_(True), torch.tensor(True))))
 
 
 def test_a_sink_that_cannot_say_where_its_run_log_ends_is_refused():

@@ -146,11 +146,26 @@ def test_a_metric_that_goes_bad_later_is_reported_too_each_set_of_names_once(cap
     assert len(sink.points("b")["train"]) == 5 and len(sink.points("a")["train"]) == 9
 
 
+@pytest.mark.parametrize("x", ["step", "epoch"])
 @pytest.mark.parametrize("value", [np.array([0.25]), np.array(0.25), np.float32(0.25), np.array([[1]], dtype=np.int64)])
-def test_a_one_element_numpy_array_is_a_metric_as_a_one_element_tensor_is(value):
-    monitor, sink = monitor_with(Scalars())
+def test_a_one_element_numpy_array_is_a_metric_as_a_one_element_tensor_is(value, x):
+    monitor, sink = monitor_with(Scalars(x=x))
     monitor.step_end(loss=1.0, metrics={"m": value})
+    monitor.epoch_end()
     assert sink.points("m")["train"] == [(1, float(value.item()))]
+
+
+@pytest.mark.parametrize("x", ["step", "epoch"])
+def test_a_bool_metric_is_0_or_1_as_tensorboard_draws_it(x):
+    # An RL loop's info["is_success"], whatever holds it; the epoch's mean is the success rate.
+    monitor, sink = monitor_with(Scalars(x=x))
+    monitor.epoch_start(0)
+    for solved in (True, np.bool_(False), torch.tensor(True), np.array([True])):
+        monitor.step_end(metrics={"solved": solved})
+    monitor.epoch_end()
+    monitor.log.scalar("episode", "success", 7, False)
+    assert sink.points("solved")["train"] == ([(1, 1.0), (2, 0.0), (3, 1.0), (4, 1.0)] if x == "step" else [(1, 0.75)])
+    assert sink.points("episode")["success"] == [(7, 0.0)]
 
 
 def test_scalars_keep_the_loss_value_of_logging_time_when_the_loop_changes_it_in_place():

@@ -171,7 +171,7 @@ def _names_to_average(average: Any) -> bool | frozenset[str]:
 
 def _add(total: Any, value: Any, name: str) -> Any:
     """``total + value`` without reading the device: tensors stay tensors, numbers floats."""
-    scalar(f"metric {name!r}", value)
+    value = scalar(f"metric {name!r}", value)  # a numpy array's number: float() refuses a 1-d one
     if not isinstance(value, torch.Tensor):
         value = float(value)
     elif value.device.type == "cpu":
