@@ -286,7 +286,9 @@ class Monitor:
         """
         self._refuse_if_closed()
         if model is not None and not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            several = (": several models go in as one, nn.ModuleDict({'actor': actor, 'critic': critic})"
+                       if isinstance(model, (list, tuple, dict)) else "")
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}{several}")
         optimizers = _named_optimizers(optimizer)
         if scaler is not None and not all(callable(getattr(scaler, name, None))
                                           for name in ("scale", "unscale_", "get_scale", "is_enabled")):

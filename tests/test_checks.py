@@ -65,6 +65,13 @@ def test_the_checks_say_what_was_expected_and_what_came():
     assert all(map(is_scalar, (True, np.bool_(True), torch.tensor(True))))
 
 
+def test_several_models_given_as_the_model_are_told_how_to_go_in_as_one():
+    actor, critic = torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)
+    with pytest.raises(TypeError, match=r"model must be a torch.nn.Module, got list: several models go in as one, "
+                                        r"nn.ModuleDict\(\{'actor': actor, 'critic': critic\}\)"):
+        Monitor([], sink=NullSink()).train_start([actor, critic])
+
+
 def test_a_sink_that_cannot_say_where_its_run_log_ends_is_refused():
     class PrintingSink:  # put, flush and close, but no sync/env/position: checkpoints could not rewind it
         def put(self, record):
