@@ -55,9 +55,15 @@ def traced(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], s
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=devices):
             try:
-                return _by_fx(model, inputs), "fx"
-            except Exception:  # control flow on values, unsupported calls: the modules as they run
-                return _by_hooks(model, inputs), "hooks"
+                return _traced_once(model, inputs)
+            except RuntimeError:
+                half = next((p.dtype for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)), None)
+                if half is None:
+                    raise
+                # A model that runs under torch.autocast only (a bfloat16 base beside float32
+                # adapters): traced so too, outside the loop's autocast block.
+                with torch.autocast(next(model.parameters()).device.type, dtype=half):
+                    return _traced_once(model, inputs)
     finally:
         model.train(modes[0][1])  # the model's own train() may do more than set the flag
         for module, training in modes:
@@ -71,6 +77,13 @@ def traced(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], s
                     module._buffers[name] = value
         random.setstate(python_state)
         numpy.random.set_state(numpy_state)
+
+
+def _traced_once(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[Node], str]:
+    try:
+        return _by_fx(model, inputs), "fx"
+    except Exception:  # control flow on values, unsupported calls: the modules as they run
+        return _by_hooks(model, inputs), "hooks"
 
 
 def _by_fx(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:

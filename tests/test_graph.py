@@ -214,3 +214,35 @@ def test_a_forward_with_an_argument_left_out_is_drawn_without_a_traceback_on_std
     nodes, how = traced(Masked(), (torch.ones(3, 4),))
     assert how == "hooks" and [n.name for n in nodes] == ["input 0", "fc", "output"]
     assert capfd.readouterr().err == ""
+
+
+class _BfloatBase(nn.Module):
+    """A frozen bfloat16 base beside a float32 adapter, as a LoRA loop keeps them: it runs under autocast only."""
+
+    def __init__(self):
+        super().__init__()
+        self.base = nn.Linear(8, 8).to(torch.bfloat16).requires_grad_(False)
+        self.adapter = nn.Linear(8, 8, bias=False)
+
+    def forward(self, x):
+        return self.base(x) + self.adapter(x)
+
+
+def test_a_model_that_runs_under_autocast_only_is_drawn_and_one_that_cannot_run_is_said_once(caplog):
+    monitor, sink = monitor_with(Graph())
+    monitor.train_start(_BfloatBase())
+    for _ in range(2):
+        monitor.step_end(loss=1.0, inputs=torch.randn(4, 8))
+    (pane,) = sink.of(Text, "graph")
+    assert "adapter" in pane.html and "[4, 8]" in pane.html
+
+    monitor, sink = monitor_with(Graph())  # errors raised, were any
+    monitor.train_start(nn.Linear(3, 3))
+    with caplog.at_level("WARNING", logger="monitor"):
+        for _ in range(3):  # inputs the model cannot take: tried once, not each step
+            monitor.step_end(loss=1.0, inputs=torch.randn(4, 5))
+    (said,) = [r.getMessage() for r in caplog.records if "Graph" in r.getMessage()]
+    assert said.startswith("monitor: Graph could not run the model on the inputs of step 1 and draws no pane "
+                           "'graph': RuntimeError: ") and said.endswith("Graph(inputs=...) traces it at "
+                                                                        "train_start on inputs of your choosing")
+    assert sink.of(Text, "graph") == []

@@ -1,6 +1,7 @@
 """Graph: the model drawn as a diagram in pane ``graph``, traced from one forward pass."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -12,6 +13,7 @@ from monitor.models import unwrap_model
 from monitor.records import Order
 
 WINDOW = "graph"
+_log = logging.getLogger("monitor")
 
 
 class Graph(Callback):
@@ -41,7 +43,13 @@ class Graph(Callback):
         self._drawn = True
         if state.model is None:
             raise ValueError("Graph needs the model: pass it to monitor.train_start(model, optimizer), got None")
-        show(log, unwrap_model(state.model), inputs, state.step)
+        try:
+            show(log, unwrap_model(state.model), inputs, state.step)
+        except Exception as error:  # tried once: the trace runs the model, which each step would pay for
+            _log.warning("monitor: Graph could not run the model on the %s and draws no pane %r: %s: %s; "
+                         "Graph(inputs=...) traces it at train_start on inputs of your choosing",
+                         "inputs given" if inputs is self.inputs else f"inputs of step {state.step}", WINDOW,
+                         type(error).__name__, error)
 
 
 def show(log: Log, model: torch.nn.Module, inputs: tuple, x: float = 0, window: str = WINDOW) -> None:
