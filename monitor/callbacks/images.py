@@ -26,7 +26,8 @@ class Images(Callback):
 
     Images are NCHW, CHW, NHW or HW, with 1 or 3 channels (NCHW also 4: RGBA, laid over white),
     or channels last (NHWC, HWC: a Dataset without ``ToTensor``) where the last dim can only be the channels,
-    float or uint8 in any range (the sink normalises them for display), or bool masks; a 3-d
+    float or uint8 in any range (the sink normalises them for display), or bool masks (a 2-d
+    batch of vectors, token ids or a table's rows, is refused saying so); a 3-d
     batch of 3 is three NHW images where the targets give 3 labels or 3 masks, else one CHW
     image. Only the first ``count`` are copied, and only once the sink has taken in the grid
     before (images too large to read every ``every`` steps come less often, said once, instead
@@ -96,6 +97,12 @@ class Images(Callback):
             log.images(self.source, state.step, images, self._caption(state, len(images)))
             return
         if isinstance(images, torch.Tensor):
+            if images.dim() == 2 and (images.dtype not in _IMAGE_INTEGERS and not images.is_floating_point()
+                                      or _one_label_each(state.targets, images.shape[0])):
+                raise TypeError(f"Images(source={self.source!r}) needs images, got a batch of {images.shape[0]} "
+                                f"vectors of {images.shape[1]} values ({images.dtype}: token ids, features, "
+                                f"scores?): pass images shaped N x C x H x W, e.g. step_end({self.source}="
+                                f"x.view(-1, 1, 28, 28)), or leave Images out")
             images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
             images.dim() == 4 or images.dim() == 3 and (images.shape[0] not in (1, 3) or
@@ -201,6 +208,9 @@ def _masks(targets: Any, shape: torch.Size) -> bool:
     integer or bool maps (N, H, W) of the images' height and width."""
     return isinstance(targets, torch.Tensor) and targets.dim() == 3 and not targets.is_floating_point() and \
         targets.shape[0] >= shape[0] and tuple(targets.shape[1:]) == tuple(shape[-2:])
+
+
+_IMAGE_INTEGERS = (torch.uint8, torch.bool)  # the integer dtypes of images; others hold labels or token ids
 
 
 def _one_label_each(targets: Any, count: int) -> bool:
