@@ -85,6 +85,9 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embe
                                                           scale=None if scale is None else float(norms[-1])))
         if callable(values):
             values = values()
+            if type(values) is dict:  # values for some of the traces: the others have none at this x
+                record = record._replace(traces=tuple(values))
+                values = list(values.values())
         if checks._is_tensor(values):
             values = _on_host(values).tolist()
         elif type(values) not in (list, tuple) or not set(map(type, values)) <= _PLAIN:

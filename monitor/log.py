@@ -156,8 +156,9 @@ class Log:
         A CPU tensor is read now; one on an accelerator is copied on its device and read by the
         sink (``copy=False`` skips the copy, for a tensor made for this call that
         nothing changes afterwards). A function of no arguments is called by the sink
-        and returns the values (floats or a 1-d tensor): work that can wait, kept off the
-        training thread; it must only use what nothing changes afterwards.
+        and returns the values (floats or a 1-d tensor, or a dict of trace to value for those
+        of ``traces`` that have one): work that can wait, kept off the training thread; it must
+        only use what nothing changes afterwards.
         """
         if callable(values):
             if type(window) is not str or window not in self._names:

@@ -18,7 +18,7 @@ class Points(NamedTuple):
 
     ``values`` is a tuple of floats, a 1-d tensor snapshot read by the sink, or a function of
     no arguments the sink calls to get either (work that can wait, such as adding up a step's
-    gradient norms into layers).
+    gradient norms into layers), or a dict of trace to value for the traces that have one.
     """
 
     window: str

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import weakref
 from functools import partial
 from typing import Callable
@@ -194,7 +193,7 @@ class GradNorms(Callback):
             updates = each_norm(torch._foreach_sub(params, before), stacks)
             before = each_norm(before, stacks)
         self._put(log, "update ratio", _YLABELS["update ratio"], state.step, traces,
-                  partial(_update_ratios, updates, before, groups))
+                  partial(_update_ratios, updates, before, groups, traces))
 
     def _write(self, kind: str, suffix: str, tensors: list[torch.Tensor], present: tuple[int, ...],
                scale: float | torch.Tensor | None) -> None:
@@ -357,11 +356,12 @@ def _outside(held: list[torch.nn.Parameter], optimizers: dict[str, torch.optim.O
     return found
 
 
-def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums) -> list[float]:
-    """||update|| / ||weights before it||, per layer and in total; inf or NaN where the weights are 0."""
+def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums, traces: tuple[str, ...]) -> dict[str, float]:
+    """||update|| / ||weights before it||, per layer and in total; none for a layer whose weights
+    were all 0 (LoRA's B at its start), where it means nothing."""
     values = read(updates + before)  # one read of the device for both
-    ratios = zip(layer_sums(values[:len(updates)]), layer_sums(values[len(updates):]))
-    return [u / w if w else (math.inf if u else math.nan) for u, w in ratios]
+    ratios = zip(traces, layer_sums(values[:len(updates)]), layer_sums(values[len(updates):]))
+    return {trace: u / w for trace, u, w in ratios if w}
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:

@@ -28,7 +28,7 @@ class ListSink(NullSink):
         traces: dict[str, list] = {}
         for r in self.records:
             if isinstance(r, Points) and r.window == window:
-                for trace, value in zip(r.traces, values_of(r)):
+                for trace, value in valued(r).items():
                     traces.setdefault(trace, []).append((r.x, float(value)))
         return traces
 
@@ -40,6 +40,14 @@ def values_of(record: Points) -> list[float]:
     """A record's values as the sink's worker reads them (it calls a function, reads a tensor)."""
     values = record.values() if callable(record.values) else record.values
     return values.tolist() if isinstance(values, torch.Tensor) else list(values)
+
+
+def valued(record: Points) -> dict[str, float]:
+    """``{trace: value}`` of a record, as the sink's worker reads it (a function may give some traces none)."""
+    values = record.values() if callable(record.values) else record.values
+    if isinstance(values, dict):
+        return values
+    return dict(zip(record.traces, values.tolist() if isinstance(values, torch.Tensor) else values))
 
 
 def monitor_with(*callbacks, raise_errors: bool = True) -> tuple[Monitor, ListSink]:
