@@ -891,6 +891,43 @@ def test_a_steps_loop_resumes_at_the_step_after_its_checkpoint_and_an_early_stop
     assert job(extend=True) == [6, 7]
 
 
+def test_a_fine_tuning_run_that_leaves_its_frozen_base_out_of_its_checkpoints_resumes_exactly(tmp_path):
+    # LoRA's way: the pretrained base loaded from its own file, frozen; the checkpoints hold the
+    # adapter (and the optimizer, the RNG, ...) alone, a fraction of the size.
+    torch.manual_seed(0)
+    torch.save(torch.nn.Linear(64, 64).state_dict(), tmp_path / "base.pt")
+
+    def job(crash_at: int | None = None) -> tuple[torch.nn.Module, list[int]]:
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 1))
+        model[0].load_state_dict(torch.load(tmp_path / "base.pt", weights_only=True))  # the base
+        model[0].requires_grad_(False)
+        optimizer = torch.optim.AdamW(model[1].parameters(), lr=0.1)
+        checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True, save_frozen=False)
+        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+            monitor.train_start(model, optimizer)
+            done = []
+            for update in monitor.steps(6):
+                done.append(update)
+                _step(monitor, model, optimizer, torch.randn(4, 64), crash_at)
+        return model, done
+
+    straight, _ = job()
+    with pytest.raises(KeyboardInterrupt):
+        job(crash_at=5)  # a new run (the one before finished), saved at step 4
+    resumed, done = job()
+    assert done == [4, 5]
+    assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()))
+    saved = torch.load(sorted((tmp_path / "ckpt").glob("step-*.pt"))[-1], weights_only=True)
+    assert list(saved["model"]) == ["1.weight", "1.bias"] and saved["frozen"] == ["0.weight", "0.bias"]
+
+    grown = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 1), torch.nn.Linear(1, 1))
+    grown[0].requires_grad_(False)
+    with pytest.raises(RuntimeError, match=r"missing keys \['2.weight', '2.bias'\], unexpected keys \[\] \(the 2 "
+                                           r"frozen parameters left out of the checkpoint are not missing\)"):
+        resume(tmp_path / "ckpt", grown)
+
+
 def test_the_best_checkpoint_s_file_is_at_hand_to_load_the_best_weights_after_training(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Linear(3, 1)

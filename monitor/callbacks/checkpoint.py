@@ -45,7 +45,10 @@ class Checkpoint(Callback):
     "epoch"; a checkpoint gets the value measured since the one before it, if any.
     ``best_path`` is the best one's file, for the best weights after training (an early stop's).
     ``scheduler`` is one lr scheduler or several (a list, a warm-up's and a plateau's, or a dict
-    by name). ``extras()`` returns the user's own tensors and primitives to keep. A folder
+    by name). ``extras()`` returns the user's own tensors and primitives to keep.
+    ``save_frozen=False`` leaves the frozen parameters (``requires_grad=False``) out of the
+    files: a fine-tuning loop's pretrained base, which it loads itself before ``train_start``,
+    as LoRA adapters are kept apart from their base. A folder
     belongs to one run: a fresh run refuses a folder that holds another run's checkpoints
     instead of mixing with or deleting them.
 
@@ -74,7 +77,7 @@ class Checkpoint(Callback):
                  at_end: bool = True, keep_last: int = 2, keep_best: int | None = None, metric: str | None = None,
                  mode: str | None = None, metric_from: str = "validation", scheduler: Any = None, scaler: Any = None,
                  extras: Callable[[], Mapping[str, Any]] | None = None, resume: bool = False,
-                 fresh: bool = False, extend: bool = False) -> None:
+                 fresh: bool = False, extend: bool = False, save_frozen: bool = True) -> None:
         if not isinstance(directory, (str, Path)) or not str(directory):
             raise TypeError(f"directory must be a non-empty str or Path, got {directory!r}")
         self.directory = Path(directory).absolute()  # a later chdir (Hydra's) must not move it
@@ -106,6 +109,7 @@ class Checkpoint(Callback):
         self.scheduler, self.scaler, self.extras = scheduler, scaler, extras
         self.resume, self.fresh = boolean("resume", resume), boolean("fresh", fresh)
         self.extend = boolean("extend", extend)
+        self.save_frozen = boolean("save_frozen", save_frozen)
         if self.extend and (self.fresh or not self.resume):
             raise ValueError(f"extend continues a finished run: it needs resume=True and not fresh, got "
                              f"resume={self.resume}, fresh={self.fresh}")
@@ -452,7 +456,7 @@ class Checkpoint(Callback):
                 loop={**loop, "epoch_done": self._epoch_done, "ranks": positions}, rng=rng,
                 callbacks=loop["callbacks"],
                 run={"env": monitor.sink.env, "run_id": self.run_id, "runlog_position": position},
-                metric={"name": self.metric, "value": metric, "mode": self.mode},
+                metric={"name": self.metric, "value": metric, "mode": self.mode}, save_frozen=self.save_frozen,
                 extras=self._extras())
             save_checkpoint(path, checkpoint)
         except Exception as error:

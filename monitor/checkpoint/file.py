@@ -17,9 +17,12 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time (``A
                 torch.distributed those four are rank 0's, and "ranks" holds every rank's, by rank (a
                 validation loader that rank 0 alone iterates makes them differ), else None
     model       the state_dict, unwrapped from DDP (.module) and torch.compile (._orig_mod, also of a
-                submodule compiled on its own: named as the model built plain)
+                submodule compiled on its own: named as the model built plain); without the frozen
+                parameters where they were left out (``save_frozen=False``: a fine-tuned model's
+                pretrained base, which the loop loads itself)
     frozen      the names of the model's parameters with requires_grad=False, which no state_dict
-                holds (absent from files written before it was kept)
+                holds (absent from files written before it was kept); those ``model`` lacks were
+                left out
     optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) or
                 schedulers (a warm-up's and a plateau's) are a dict of their state_dicts by name
     classes     the class names of model, optimizer, scheduler, scaler (for people and checks)
@@ -101,20 +104,26 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
                      scheduler: Any = None, scaler: Any = None, rng: Mapping[str, Any],
                      callbacks: Mapping[str, Any] | None = None, run: Mapping[str, Any] | None = None,
                      metric: Mapping[str, Any] | None = None,
-                     extras: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                     extras: Mapping[str, Any] | None = None, save_frozen: bool = True) -> dict[str, Any]:
     """The schema's dict; raises TypeError naming the first value that is not a tensor or primitive.
 
     ``run`` and ``metric`` may leave out keys (they become None; the mode "min").
+    ``save_frozen=False`` leaves the frozen parameters out of ``model``.
     """
     run, metric = run or {}, metric or {}
     model = unwrap_model(model)
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
+    frozen = [uncompiled(name) for name, parameter in model.named_parameters() if not parameter.requires_grad]
+    state = plain_state(model)
+    if not save_frozen:
+        left_out = set(frozen)
+        state = {name: value for name, value in state.items() if name not in left_out}
     checkpoint = {
         "format": FORMAT, "version": VERSION, "time": time.time(), "torch": str(torch.__version__),
         "loop": {**{key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
                  **{key: loop.get(key) for key in RESUME_KEYS}, "ranks": loop.get("ranks")},
-        "model": plain_state(model),
-        "frozen": [uncompiled(name) for name, parameter in model.named_parameters() if not parameter.requires_grad],
+        "model": state,
+        "frozen": frozen,
         "optimizer": _state_of(optimizer),
         "scheduler": _state_of(scheduler),
         "scaler": scaler.state_dict() if scaler is not None else None,

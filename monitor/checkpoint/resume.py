@@ -195,7 +195,7 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
         groups = saved.get("param_groups") if isinstance(saved, Mapping) else None
         if one is not None and isinstance(groups, list) and len(groups) != len(one.param_groups):
             raise ValueError(_groups_added_mid_run(path, checkpoint["loop"], key, len(one.param_groups), len(groups)))
-    load_plain_state(unwrap_model(model), checkpoint["model"], strict=strict)
+    _load_model(unwrap_model(model), checkpoint, strict)
     if isinstance(checkpoint.get("frozen"), list):  # left out by checkpoints before it was kept
         _freeze_as_saved(path, checkpoint["loop"], unwrap_model(model), set(checkpoint["frozen"]))
     for name, part in parts.items():
@@ -212,6 +212,19 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
                 raise ValueError(f"{name} must be a {saved_class} to take the {name} state {path} holds, got a "
                                  f"{type(part).__name__} ({type(error).__name__}: {error})") from error
     restore_rng(rng_of_rank(checkpoint["rng"], *rank_and_world_size()))
+
+
+def _load_model(model: torch.nn.Module, checkpoint: dict[str, Any], strict: bool) -> None:
+    """The model's state from the checkpoint; the frozen parameters it left out (``save_frozen=False``)
+    stay as the loop loaded them, and only they may be missing."""
+    saved = checkpoint["model"]
+    left_out = {name for name in checkpoint.get("frozen") or () if name not in saved}
+    result = load_plain_state(model, saved, strict=strict and not left_out)
+    missing = [name for name in result.missing_keys if uncompiled(name) not in left_out]
+    if strict and (missing or result.unexpected_keys):
+        raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__}: missing keys {missing}, "
+                           f"unexpected keys {result.unexpected_keys} (the {len(left_out)} frozen parameters "
+                           f"left out of the checkpoint are not missing)")
 
 
 def _freeze_as_saved(path: Path, loop: Mapping[str, Any], model: torch.nn.Module, frozen: set[str]) -> None:
