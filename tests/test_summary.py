@@ -37,8 +37,24 @@ def test_the_summary_is_written_again_at_the_end_of_an_epoch_that_unfroze_layers
     monitor.epoch_end()
     first, second = sink.of(Text, "summary")
     total, frozen = sum(p.numel() for p in model.parameters()), 4 * 8 + 8
-    assert f"({total - frozen:,} trainable)" in first.html and "<td>SGD</td>" in first.html
-    assert f"({total:,} trainable)" in second.html and "<td>SGD (2 parameter groups)</td>" in second.html
+    assert f"({total - frozen:,} trainable)" in first.html and "<td>SGD (lr 0.1)</td>" in first.html
+    assert f"({total:,} trainable)" in second.html
+    assert f"<td>SGD (2 parameter groups: group 0: {total - frozen:,} parameters, lr 0.1; group 1: 40, lr 0.01)</td>" \
+        in second.html
+
+
+def test_the_summary_names_each_parameter_group_as_its_learning_rate_curve_with_its_settings():
+    # A fine-tuning loop's named groups, their decay, and the lr a warm-up schedule starts from.
+    model = small_model()
+    optimizer = torch.optim.AdamW([{"params": model[0].parameters(), "name": "lora", "lr": 1e-3},
+                                   {"params": model[3].parameters(), "name": "head", "weight_decay": 0.0}],
+                                  lr=1e-4, weight_decay=0.01)
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: step / 100)  # lr 0 at first
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, optimizer)
+    (pane,) = sink.of(Text, "summary")
+    assert ("<td>AdamW (2 parameter groups: lora: 40 parameters, lr 0.001, weight_decay 0.01; head: 27, lr 0.0001)"
+            "</td>") in pane.html
 
 
 def test_an_ema_copy_inside_the_model_is_not_counted_as_trainable():

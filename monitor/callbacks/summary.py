@@ -10,6 +10,7 @@ import torch
 from torch.nn.parameter import is_lazy
 
 from monitor.checks import is_scalar
+from monitor.callbacks.learning_rate import _trace_names
 from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
@@ -128,9 +129,23 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
 
 
 def _described(optimizer: torch.optim.Optimizer) -> str:
-    """``AdamW``, or ``AdamW (3 parameter groups)``."""
-    groups = len(optimizer.param_groups)
-    return type(optimizer).__name__ + (f" ({groups} parameter groups)" if groups > 1 else "")
+    """``AdamW (lr 0.001)``, or each group by the name of its learning-rate curve:
+    ``AdamW (2 parameter groups: lora: 2,048 parameters, lr 0.001; head: 130, lr 0.0001, weight_decay 0.01)``;
+    the lr a scheduler started from (a warm-up's first is less)."""
+    groups = optimizer.param_groups
+
+    def settings(group: Mapping[str, Any]) -> str:
+        lr = group.get("initial_lr", group.get("lr"))
+        decay = group.get("weight_decay")
+        return ", ".join([f"lr {lr:g}" if isinstance(lr, (int, float)) else f"lr {lr}"]
+                         + ([f"weight_decay {decay:g}"] if isinstance(decay, (int, float)) and decay else []))
+
+    if len(groups) == 1:
+        return f"{type(optimizer).__name__} ({settings(groups[0])})"
+    parts = [f"{name}: {sum(p.numel() for p in group['params'] if not is_lazy(p)):,}"
+             f"{' parameters' if i == 0 else ''}, {settings(group)}"
+             for i, (name, group) in enumerate(zip(_trace_names(groups), groups))]
+    return f"{type(optimizer).__name__} ({len(groups)} parameter groups: {'; '.join(parts)})"
 
 
 def _table(rows: list[tuple[Any, Any]]) -> str:
