@@ -44,7 +44,9 @@ class LoopState:
     """What the loop is doing now; callbacks read it, only the Monitor writes it.
 
     ``step`` is the 1-based number of the optimizer step in progress or just finished (the x of
-    per-step curves); ``epoch`` is 0-based, as in ``for epoch in range(epochs)``; ``batch`` counts
+    per-step curves): a step begins at its ``after_backward`` (at ``step_end`` in a loop that
+    calls none), so a value the loop logs itself between the two goes at ``state.step`` there,
+    and before ``after_backward`` at ``state.step + 1``; ``epoch`` is 0-based, as in ``for epoch in range(epochs)``; ``batch`` counts
     the steps of the current epoch. ``batch_index`` is the 0-based index in its epoch of the batch
     ``monitor.batches(loader)`` gave last, counted as in a run never stopped: after a resume,
     where ``enumerate`` counts from 0 again, it goes on from the batches done, counted in batches
