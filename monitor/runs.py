@@ -90,6 +90,14 @@ _LOWEST_BEST = ("loss", "error", "perplexity", "mse", "mae", "损失", "误差",
                 "손실", "오차", "오류")
 
 
+def metric_name(window: str, trace: str) -> str:
+    """A curve's name in a table of runs: ``window/trace`` (``loss/validation``), or the window
+    where the trace only repeats its last part (a TensorBoard tag's, ``charts/SPS``, ``lr``)."""
+    if trace == window or window.endswith("/" + trace):
+        return window
+    return f"{window}/{trace}"
+
+
 def best_mode(metric: str, mode: str | None = None) -> str:
     """``mode`` ("min": lowest is best, "max"), or the one :func:`best_is_lowest` guesses for ``metric``."""
     return mode or ("min" if best_is_lowest(metric) else "max")
@@ -166,7 +174,7 @@ class Reading:
         self.diverged: float | None = None  # the step of the first mark (a Guard's: the loss went bad)
         self.other_x: set[str] = set()  # windows whose x is not the step (xlabel "episode", "epoch")
         self.step_x: set[str] = set()  # windows laid out with xlabel "step" (the loss's, a writer's scalars)
-        self.curves: dict[str, list] = {}  # "window/trace": [last value, best finite value or None, lowest is best]
+        self.curves: dict[str, list] = {}  # metric_name: [last value, best finite value or None, lowest is best]
         self.steps = 0  # the highest x of the step_x windows, else of any window not in other_x
         self.unlabelled_steps = 0  # ... of windows not laid out (the loop's own log.scalar("tokens", ...))
 
@@ -206,7 +214,7 @@ class Reading:
                         if self.diverged is None:
                             self.diverged = entry["x"]
                         continue
-                    name = f"{entry['win']}/{trace}"
+                    name = metric_name(entry["win"], trace)
                     curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name)])
                     curve[0] = y
                     if y is not None and math.isfinite(y) and (curve[1] is None or (y < curve[1] if curve[2]

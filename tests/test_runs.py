@@ -748,10 +748,10 @@ def test_the_final_metrics_add_hparams_gives_rank_and_compare_runs_as_their_curv
     for lr, accuracy in ((0.1, 0.81), (0.3, 0.92), (1.0, 0.55)):
         with SummaryWriter(root / f"lr{lr}", port=1, timeout=0.2) as writer:
             writer.add_scalar("loss", 1.0 / lr, 0)
-            writer.add_hparams({"lr": lr}, {"hparam/accuracy": accuracy, "loss/loss": 99.0})
+            writer.add_hparams({"lr": lr}, {"hparam/accuracy": accuracy, "loss": 99.0})
     runs = {run.env: run for run in listed(root)}
     assert runs["lr0.3"].metrics["hparam/accuracy"] == (0.92, 0.92)
-    assert runs["lr0.3"].metrics["loss/loss"] == (1.0 / 0.3, 1.0 / 0.3)  # its curve goes first
+    assert runs["lr0.3"].metrics["loss"] == (1.0 / 0.3, 1.0 / 0.3)  # its curve, named as its tag, goes first
     done = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "hparam/accuracy"])
     assert done.exit_code == 0, done.output
     assert [line.split()[0] for line in done.output.splitlines()[1:]] == ["lr0.3", "lr0.1", "lr1.0"]
