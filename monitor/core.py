@@ -46,8 +46,8 @@ class LoopState:
     ``step`` is the 1-based number of the optimizer step in progress or just finished (the x of
     per-step curves): a step begins at its ``after_backward`` (at ``step_end`` in a loop that
     calls none), so a value the loop logs itself between the two goes at ``state.step`` there,
-    and before ``after_backward`` at ``state.step + 1``; ``epoch`` is 0-based, as in ``for epoch in range(epochs)``; ``batch`` counts
-    the steps of the current epoch. ``batch_index`` is the 0-based index in its epoch of the batch
+    and before ``after_backward`` at ``state.step + 1``. ``epoch`` is 0-based, as in ``for epoch
+    in range(epochs)``; ``batch`` counts the steps of the current epoch. ``batch_index`` is the 0-based index in its epoch of the batch
     ``monitor.batches(loader)`` gave last, counted as in a run never stopped: after a resume,
     where ``enumerate`` counts from 0 again, it goes on from the batches done, counted in batches
     of the size the loop now draws. It is None for a loop that iterates its loader itself, and
