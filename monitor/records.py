@@ -62,6 +62,12 @@ class LabelCaptions:
     def __len__(self) -> int:
         return self.count
 
+    def repeated(self, times: int) -> LabelCaptions:
+        """Each image's caption ``times`` over, for as many views of each image."""
+        parts = [part.repeat_interleave(times, 0) if hasattr(part, "repeat_interleave")
+                 else [label for label in part for _ in range(times)] for part in self.parts]
+        return LabelCaptions(parts, self.class_names, self.count * times)
+
     def __iter__(self) -> Iterator[str]:
         import torch  # only where a record is read
 

@@ -369,3 +369,16 @@ def test_grids_too_large_to_read_every_step_are_skipped_while_one_waits_not_queu
     assert [e["x"] for e in entries if e.get("win") == "loss" and e.get("k") == "points"] == list(range(1, 41))
     said = [r.getMessage() for r in caplog.records if "skips step" in r.getMessage()]
     assert len(said) == 1 and "Images(source='inputs') skips step" in said[0] and "every=1" in said[0]
+
+
+def test_views_of_one_batch_show_each_sample_s_views_side_by_side_each_captioned_with_its_label():
+    # A contrastive loop's batch: two augmentations of each image, one label each.
+    monitor, sink = monitor_with(Images(every=1, count=8, class_names=["cat", "dog", "car", "ship", "bird"]))
+    first, second = torch.rand(32, 3, 8, 8), torch.rand(32, 3, 8, 8)
+    monitor.step_end(inputs=(first, second), targets=torch.arange(32) % 5)
+    (grid,) = sink.of(ImageRecord)
+    pixels = grid.pixels() if callable(grid.pixels) else grid.pixels
+    assert torch.equal(pixels, torch.stack([first[:4], second[:4]], 1).flatten(0, 1))
+    assert list(grid.captions) == ["cat", "cat", "dog", "dog", "car", "car", "ship", "ship"]
+    monitor.step_end(inputs=[first, second, first])  # three views, no labels: two samples' in 8 places
+    assert sink.of(ImageRecord)[-1].pixels.shape[0] == 6 and sink.of(ImageRecord)[-1].captions is None

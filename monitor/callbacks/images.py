@@ -27,7 +27,9 @@ class Images(Callback):
     Images are NCHW, CHW, NHW or HW, with 1 or 3 channels (NCHW also 4: RGBA, laid over white),
     or channels last (NHWC, HWC: a Dataset without ``ToTensor``) where the last dim can only be the channels,
     float or uint8 in any range (the sink normalises them for display), or bool masks (a 2-d
-    batch of vectors, token ids or a table's rows, is refused saying so); a 3-d
+    batch of vectors, token ids or a table's rows, is refused saying so); a tuple of NCHW
+    batches of one shape is views of one batch (a contrastive loop's augmentations), each
+    sample's shown side by side; a 3-d
     batch of 3 is three NHW images where the targets give 3 labels or 3 masks, else one CHW
     image. Only the first ``count`` are copied, and only once the sink has taken in the grid
     before (images too large to read every ``every`` steps come less often, said once, instead
@@ -84,6 +86,14 @@ class Images(Callback):
             part = f"out[{first!r}]" if isinstance(images, Mapping) else f"out.{first}"
             raise TypeError(f"Images(source={self.source!r}) needs images, got a {type(images).__name__} of "
                             f"{names}: pass one of them, e.g. step_end({self.source}={part})")
+        if isinstance(images, (list, tuple)) and _views(images):
+            # Views of one batch (a contrastive loop's two augmentations): each sample's side by side
+            samples = min(max(1, self.count // len(images)), len(images[0]))  # whole samples: all their views
+            grid = torch.stack([view[:samples] for view in images], 1).flatten(0, 1)
+            captions = self._caption(state, samples)
+            log.window(self.source, order=Order.IMAGES, title=self.source)
+            log.images(self.source, state.step, grid, captions and captions.repeated(len(images)))
+            return
         if isinstance(images, (list, tuple)):
             if not (images and all(isinstance(i, torch.Tensor) and i.dim() in (2, 3) for i in images)
                     and len({(i.dtype, i.device) for i in images}) == 1):  # not a detection batch's images
@@ -208,6 +218,13 @@ def _masks(targets: Any, shape: torch.Size) -> bool:
     integer or bool maps (N, H, W) of the images' height and width."""
     return isinstance(targets, torch.Tensor) and targets.dim() == 3 and not targets.is_floating_point() and \
         targets.shape[0] >= shape[0] and tuple(targets.shape[1:]) == tuple(shape[-2:])
+
+
+def _views(parts: Sequence[Any]) -> bool:
+    """Whether ``parts`` are views of one batch: two or more NCHW batches of one shape and dtype."""
+    first = parts[0] if parts else None
+    return len(parts) > 1 and isinstance(first, torch.Tensor) and first.dim() == 4 and all(
+        isinstance(p, torch.Tensor) and p.shape == first.shape and p.dtype == first.dtype for p in parts)
 
 
 _IMAGE_INTEGERS = (torch.uint8, torch.bool)  # the integer dtypes of images; others hold labels or token ids
