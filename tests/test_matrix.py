@@ -44,6 +44,22 @@ def test_a_confusion_matrix_shows_its_latest_counts_named_row_0_on_top_each_writ
     assert read_window_raw(visdom_server, "confusion-replayed", "confusion")["content"] == shown
 
 
+def test_attention_over_a_sentence_that_repeats_a_token_keeps_a_row_and_a_column_for_each_token(
+        visdom_server, tmp_path, read_window_raw):
+    # Plotly places a category once: "the" twice made one column, cells landing on each other.
+    source, target = ["the", "cat", "sat", "on", "the", "mat", " "], ["le", "chat", "sur", "le", "tapis"]
+    with Monitor([], env="attention", port=visdom_server.port, run_dir=tmp_path / "run") as monitor:
+        monitor.log.heatmap("attention", 1, torch.eye(5, 7), rows=target, columns=source)
+        assert monitor.flush()
+    shown = read_window_raw(visdom_server, "attention", "attention")["content"]
+    (cells,) = shown["data"]
+    assert len(set(cells["x"])) == 7 and len(set(cells["y"])) == 5
+    assert [label.rstrip("\u200b") for label in cells["x"]] == [*source[:-1], "' '"]  # a space token, quoted
+    assert [label.rstrip("\u200b") for label in cells["y"]] == target
+    ones = {(a["y"], a["x"]) for a in shown["layout"]["annotations"] if a["text"] == "1"}
+    assert ones == {(cells["y"][i], cells["x"][i]) for i in range(5)}  # the diagonal, each in its own cell
+
+
 def test_a_heatmap_of_rows_keeps_gaps_and_bad_input_is_named():
     log = Monitor([], sink=NullSink()).log
     log.heatmap("rows", 1, [[1, float("nan")], [3, 4]])
