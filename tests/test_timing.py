@@ -176,3 +176,13 @@ def test_throughput_of_a_graph_batch_counts_its_graphs():
     (step, samples_per_second), = sink.points("throughput")["samples"]
     seconds = dict(sink.points("step time")["step"])[3] / 1000
     assert step == 3 and samples_per_second * seconds == pytest.approx(32, rel=1e-6)
+
+
+def test_throughput_of_time_major_sequences_beside_their_lengths_counts_the_sequences():
+    # pad_sequence and nn.GRU default to (T, B): the padded length T was counted as the batch.
+    from monitor.callbacks.timing import _batch_size
+
+    padded, lengths = torch.zeros(50, 8, dtype=torch.long), torch.full((8,), 50)
+    assert _batch_size((padded, lengths), torch.zeros(50, 8, dtype=torch.long)) == 8
+    assert _batch_size({"input_ids": torch.zeros(30, 4, dtype=torch.long), "lengths": torch.full((4,), 30)}) == 4
+    assert _batch_size((torch.zeros(8, 50), torch.full((8,), 50)), torch.zeros(8, 50)) == 8  # batch first

@@ -28,7 +28,8 @@ class Timing(Callback):
     wait``, the time ``monitor.batches(loader)`` spent getting the batch; a validation between
     two steps is not part of the next one's time: with a loop that
     iterates its loader itself there is no data wait trace); ``throughput`` (samples per second,
-    from the first dimension of ``inputs`` given to ``step_end``; for a tuple or dict of parts, of
+    from the first dimension of ``inputs`` given to ``step_end``; for a tuple or dict of parts,
+    the lengths of time-major (T, B) sequences beside them (``(padded, lengths)``), else of
     ``targets`` where its first dimension is one of theirs or theirs disagree (a graph batch:
     nodes, edges, one label a graph), else of its first tensor, or its length where it is a tuple
     of samples: a detection batch's images; steps per second without them); ``memory`` (MB: the
@@ -138,15 +139,25 @@ def _resident_bytes() -> float:
 
 
 def _batch_size(inputs: Any, targets: Any = None) -> int | None:
-    """The samples in a batch given as a tuple or dict of tensors: the targets' first dimension
-    where it is one of the parts' or the parts' disagree (a graph batch's nodes, edges and graph
-    ids beside one label a graph; table columns of their own widths); else a tuple of samples'
-    length (a detection batch's images); else the first part's first dimension (ids and a mask)."""
+    """The samples in a batch given as a tuple or dict of tensors: where the parts' first
+    dimensions disagree, a 1-d part's length that is the others' second dimension (time-major
+    sequences beside their lengths); the targets' first dimension where it is one of the parts'
+    or the parts' disagree (a graph batch's nodes, edges and graph ids beside one label a graph;
+    table columns of their own widths); else a tuple of samples' length (a detection batch's
+    images); else the first part's first dimension (ids and a mask)."""
     values = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else ()
     parts = [t for t in values if isinstance(t, torch.Tensor) and t.dim() > 0]
     if not parts:
         return None
     firsts = {t.shape[0] for t in parts}
+    if len(firsts) > 1 and not (isinstance(targets, torch.Tensor) and targets.dim() == 1):
+        # Time-major (T, B) parts beside their lengths (B): pad_sequence's and nn.GRU's default
+        seconds = {t.shape[1] for t in parts if t.dim() > 1}
+        if isinstance(targets, torch.Tensor) and targets.dim() > 1:
+            seconds &= {targets.shape[1]}
+        lengths = [t.shape[0] for t in parts if t.dim() == 1 and t.shape[0] in seconds]
+        if lengths:
+            return lengths[0]
     if isinstance(targets, torch.Tensor) and targets.dim() > 0 and (targets.shape[0] in firsts or len(firsts) > 1):
         return targets.shape[0]
     if isinstance(inputs, (tuple, list)) and _samples_each(inputs):
