@@ -314,7 +314,7 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
         folder = [place.relative_to(common).as_posix() if place != common else place.name] if common else []
         cells = [run.env, *folder, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
                  _size(run.size), str(run.checkpoints)]
-        cells += [f"{run.metrics[m][0]:.4g} ({run.metrics[m][1]:.4g})" if m in run.metrics else "-" for m in names]
+        cells += [_last_and_best(*run.metrics[m]) if m in run.metrics else "-" for m in names]
         cells.append(" ".join(f"{k}={v}" for k, v in run.hparams.items()))
         rows.append(cells)
     widths = [max(columns(row[i]) for row in rows) for i in range(len(head))]
@@ -891,6 +891,11 @@ def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> lis
 
     ranked = sorted(seen, key=lambda name: (name != first, data(name), not best_is_lowest(name), -seen[name], name))
     return ranked[:count]
+
+
+def _last_and_best(last: float, best: float) -> str:
+    """``0.31 (0.29)``; a curve with no finite value (inf perplexities, a diverged trial) has no best: ``inf (-)``."""
+    return f"{last:.4g} ({'-' if math.isnan(best) else f'{best:.4g}'})"
 
 
 def _hparam_order(value: Any) -> tuple:

@@ -73,7 +73,7 @@ def test_a_trial_that_diverged_is_listed_with_nan_ranked_last_and_collected_by_k
         "loss/train"][1]  # NaN: no finite value
     done = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "loss/train"])
     assert [line.split()[0] for line in done.output.splitlines()[1:]] == ["good", "bad", "diverged"]
-    assert "inf (nan)" in done.output.splitlines()[-1]
+    assert "inf (-)" in done.output.splitlines()[-1]  # no best: no finite value
     gone = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "2", "--metric", "loss/train", "--yes",
                                      "--port", str(visdom_server.port)])
     assert gone.exit_code == 0 and sorted(p.name for p in root.iterdir()) == ["bad", "good"], gone.output
