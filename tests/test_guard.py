@@ -208,7 +208,9 @@ def test_a_loss_of_many_values_is_named_and_a_guard_without_checkpoints_says_non
         monitor.step_end(loss=torch.ones(8))  # a loss_fn(reduction="none")
     with caplog.at_level("WARNING", logger="monitor"):
         monitor.step_end(loss=float("nan"))
-    assert [r.getMessage() for r in caplog.records] == ["monitor: Guard: the loss is nan at step 2"]
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: Guard: the loss is nan at step 2; training goes on, said once (Guard(action='stop') stops it "
+        "here; a lower learning rate or clip_grad_norm_ is the usual cure)"]
 
 
 @pytest.mark.parametrize("bad", ["nan", "spike"])

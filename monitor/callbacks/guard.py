@@ -174,8 +174,10 @@ class Guard(Callback):
             "" if self._checkpoint is None else f"; checkpoint {kept} is kept to replay it" if kept
             else "; no checkpoint from before it to keep" if self._main
             else "; rank 0 says which checkpoint is kept")  # the others hold no list of them
-        if self._main:
-            _log.warning(message)
+        if self._main:  # said once: a loss gone NaN stays NaN, and the mark shows where it went
+            _log.warning(message + ("" if self.action == "stop" else
+                                    "; training goes on, said once (Guard(action='stop') stops it here; a lower "
+                                    "learning rate or clip_grad_norm_ is the usual cure)"))
         if self.action == "stop":
             raise TrainingDiverged(message.removeprefix("monitor: ") + "; training stopped")
 
