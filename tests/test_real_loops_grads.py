@@ -146,7 +146,7 @@ def test_a_gan_is_summarised_and_checkpointed_with_both_optimizers_and_its_scale
                         scaler=scaler)
     _gan_steps(monitor, generator, discriminator, opt_g, opt_d, steps=2)
     summary = [r for r in sink.records if isinstance(r, Text)][-1]
-    assert "optimizers" in summary.html and "G: Adam, D: SGD" in summary.html
+    assert "optimizers" in summary.html and "G: Adam (lr 0.0002), D: SGD (lr 0.001)" in summary.html
     saved = load_checkpoint(tmp_path / "ckpt" / "step-000000002.pt")
     assert set(saved["optimizer"]) == {"G", "D"} and saved["classes"]["optimizer"] == {"G": "Adam", "D": "SGD"}
     assert saved["optimizer"]["G"]["state"] and saved["scaler"]["scale"] == 1024.0
