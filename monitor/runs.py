@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import unicodedata
 from pathlib import Path
@@ -80,14 +81,18 @@ class Run(NamedTuple):
 
 
 def best_is_lowest(metric: str) -> bool:
-    """Whether lower is better: losses and errors; anything else (accuracy, F1, ...) is best highest."""
+    """Whether lower is better: losses, errors, distances and times; anything else (accuracy, F1,
+    ...) is best highest."""
     name = metric.lower()
-    return any(word in name for word in _LOWEST_BEST)
+    return any(word in name for word in _LOWEST_BEST) or not _LOWEST_WORDS.isdisjoint(re.split(r"[^a-z0-9]+", name))
 
 
 # Losses and errors, in English and as Chinese, Japanese and Korean write them (损失 loss, 误差 error, ...).
 _LOWEST_BEST = ("loss", "error", "perplexity", "mse", "mae", "损失", "误差", "错误", "困惑度", "損失", "誤差",
                 "손실", "오차", "오류")
+# ... and those named in short, as words of the name (top1_err, val/nll, fid): not inside others (precision)
+_LOWEST_WORDS = frozenset(("err", "nll", "wer", "cer", "ppl", "rmse", "fid", "kid", "ece", "kl", "bpd", "bpc",
+                           "regret", "latency", "distance", "miss", "ms", "seconds", "time"))
 
 
 def metric_name(window: str, trace: str) -> str:

@@ -91,8 +91,9 @@ def test_list_names_the_folder_of_a_run_moved_to_another_name_so_rm_can_be_given
 
 
 def test_losses_and_errors_are_best_lowest_in_the_languages_users_name_them():
-    lowest = ["val_loss", "Top1 Error", "perplexity", "验证损失", "训练/误差率", "错误率", "検証損失", "손실"]
-    highest = ["accuracy", "准确率", "f1", "正解率"]
+    lowest = ["val_loss", "Top1 Error", "perplexity", "验证损失", "训练/误差率", "错误率", "検証損失", "손실",
+              "wer/validation", "top1_err", "nll", "fid", "kl", "latency_ms", "miss_rate", "step time/step"]
+    highest = ["accuracy", "准确率", "f1", "正解率", "precision", "recall", "episodic_return", "bleu", "auc"]
     assert [best_mode(name) for name in lowest + highest] == ["min"] * len(lowest) + ["max"] * len(highest)
 
 
