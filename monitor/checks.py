@@ -148,6 +148,20 @@ def is_scalar(value: Any) -> bool:
     return isinstance(value, Real)
 
 
+def value_range(argument: str, value: Any) -> tuple[float, float] | None:
+    """``value`` as (low, high) floats, two finite numbers, low below high; or None."""
+    if value is None:
+        return None
+    try:
+        low, high = (float(finite(argument, v)) for v in value)
+    except (TypeError, ValueError):
+        low = high = None
+    if low is None or not low < high:
+        raise ValueError(f"{argument} must be (low, high), two finite numbers, low below high, e.g. (-1, 1), "
+                         f"got {value!r}")
+    return low, high
+
+
 def finite(argument: str, value: Any) -> float:
     """``value`` if it is a finite real number."""
     if isinstance(value, bool) or not isinstance(value, Real):

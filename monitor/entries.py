@@ -96,7 +96,7 @@ def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embe
     if isinstance(record, ImageGrid):
         pixels = record.pixels() if callable(record.pixels) else record.pixels
         captions = None if record.captions is None else [str(c) for c in record.captions] or None  # none to show
-        return record._replace(pixels=display_values(pixels), captions=captions)
+        return record._replace(pixels=display_values(pixels, record.value_range), captions=captions, value_range=None)
     if isinstance(record, Histogram):
         edges, counts, n = record.values() if callable(record.values) else record.values
         edges, counts = (_on_host(v).tolist() if checks._is_tensor(v) else v for v in (edges, counts))

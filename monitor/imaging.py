@@ -135,9 +135,11 @@ def with_boxes(image: torch.Tensor, boxes: torch.Tensor, labels: list[str] | Non
     return torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).unsqueeze(0)
 
 
-def display_values(pixels: "torch.Tensor | np.ndarray") -> np.ndarray:
+def display_values(pixels: "torch.Tensor | np.ndarray", value_range: tuple[float, float] | None = None
+                   ) -> np.ndarray:
     """``pixels`` (N, ...) as uint8 display values on the CPU, by the rules of :func:`encode_grid`
-    (NCHW with 4 channels: 3, the colours laid over white by their alpha)."""
+    (NCHW with 4 channels: 3, the colours laid over white by their alpha), or from ``value_range``'s
+    low (black) to its high (white), values beyond them clipped."""
     if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and not _with_alpha(pixels):
         return pixels  # display values already: what a record brings to the sink's process
     import torch
@@ -153,7 +155,7 @@ def display_values(pixels: "torch.Tensor | np.ndarray") -> np.ndarray:
                 alpha = alpha * 255
             alpha = torch.where(finite, alpha, 255.0).clamp(0, 255)
         opacity = alpha.numpy() / 255.0
-        colours = display_values(pixels[:, :3])
+        colours = display_values(pixels[:, :3], value_range)
         return np.rint(colours * opacity + BACKGROUND * (1 - opacity)).astype(np.uint8)
     if pixels.dtype == torch.uint8:
         return pixels.numpy()
@@ -163,7 +165,9 @@ def display_values(pixels: "torch.Tensor | np.ndarray") -> np.ndarray:
     finite = np.isfinite(values)
     low = np.where(finite, values, np.inf).reshape(len(values), -1).min(axis=1)
     high = np.where(finite, values, -np.inf).reshape(len(values), -1).max(axis=1)
-    if unit_range and (low >= 0).all() and (high <= 1).all():
+    if value_range is not None:
+        scaled = (values - value_range[0]) / (value_range[1] - value_range[0]) * 255.0
+    elif unit_range and (low >= 0).all() and (high <= 1).all():
         scaled = values * 255.0
     elif unit_range and (low >= -1).all() and (high <= 1).all():  # tanh's range, Normalize(0.5, 0.5)'s
         scaled = (values + 1.0) * 127.5

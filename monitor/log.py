@@ -183,7 +183,7 @@ class Log:
         self.sink.put(Points(self._name("window", window), _x(x), self._traces(traces), values))
 
     def images(self, window: str, x: float, images: torch.Tensor,
-               captions: Sequence[str] | None = None) -> None:
+               captions: Sequence[str] | None = None, *, value_range: tuple[float, float] | None = None) -> None:
         """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels (NCHW also 4: RGBA, laid
         over white as TensorBoard's PNG shows on a page); any float, uint8 or bool range; or a
         list of CHW or HW images of their own sizes (a detection batch), each padded with zeros
@@ -195,7 +195,12 @@ class Log:
         by the same factor (each pixel the average of those it covers), on its device, before
         the copy: a grid of 8 images of 2048 x 2048 made a 100 MB PNG that no browser page
         draws. A figure or a photo of a few megapixels is kept whole.
+
+        ``value_range=(-1, 1)`` shows -1 black and 1 white whatever the batch holds (a
+        generator's samples, which may overshoot), values beyond clipped; by default a float
+        batch within [0, 1] or [-1, 1] is shown so, any other stretched image by image.
         """
+        value_range = checks.value_range("value_range", value_range)
         batch = _as_nchw(images)
         if captions is not None:
             if not isinstance(captions, LabelCaptions):  # those are read by the sink
@@ -205,14 +210,19 @@ class Log:
                                  f"got {len(captions)}")
         shrunk = _shrunk(batch)
         window = self._name("window", window)
-        self.sink.put(ImageGrid(window, _x(x), batch.detach().clone() if shrunk is batch else shrunk, captions))
+        self.sink.put(ImageGrid(window, _x(x), batch.detach().clone() if shrunk is batch else shrunk, captions,
+                                value_range=value_range))
         self._put_image(window)
 
-    def video(self, window: str, x: float, videos: torch.Tensor, fps: float = 4) -> None:
+    def video(self, window: str, x: float, videos: torch.Tensor, fps: float = 4, *,
+              value_range: tuple[float, float] | None = None) -> None:
         """A grid of ``videos`` (NTCHW: N videos of T frames, 1 or 3 channels) playing at ``fps``
-        frames a second, in a loop; values as in :meth:`images`, each video stretched as one image.
+        frames a second, in a loop; values as in :meth:`images`, each video as one image (a
+        denoising from noise to an image in [-1, 1] wants ``value_range=(-1, 1)``, or its noise
+        sets the range and the image shows grey).
         A frame's grid of more than ``MOST_PIXELS`` is shrunk as a batch of images is.
         """
+        value_range = checks.value_range("value_range", value_range)
         if not isinstance(videos, torch.Tensor):
             raise TypeError(f"videos must be a torch.Tensor (NTCHW), got {type(videos).__name__}")
         checks.real_tensor("videos", videos)
@@ -227,7 +237,7 @@ class Log:
         snapshot = videos.detach().clone() if shrunk is flat else shrunk.reshape(count, frames, channels,
                                                                                   *shrunk.shape[2:])
         window = self._name("window", window)
-        self.sink.put(ImageGrid(window, _x(x), snapshot, None, float(fps)))
+        self.sink.put(ImageGrid(window, _x(x), snapshot, None, float(fps), value_range))
         self._put_image(window)
 
     def histogram(self, window: str, x: float, values: torch.Tensor | Sequence[torch.Tensor],

@@ -30,13 +30,15 @@ class Points(NamedTuple):
 class ImageGrid(NamedTuple):
     """A batch of images (NCHW snapshot, any dtype and range) shown as one grid; ``pixels`` may be a
     function of no arguments the sink calls to get them (a figure to draw). With ``fps``, the
-    pixels are videos (NTCHW), shown as a grid that plays their frames at ``fps``."""
+    pixels are videos (NTCHW), shown as a grid that plays their frames at ``fps``. With
+    ``value_range`` (low, high), low is black and high white, values beyond them clipped."""
 
     window: str
     x: float
     pixels: Any
     captions: Sequence[str] | LabelCaptions | None
     fps: float | None = None
+    value_range: tuple[float, float] | None = None
 
 
 class LabelCaptions:

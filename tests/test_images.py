@@ -382,3 +382,32 @@ def test_views_of_one_batch_show_each_sample_s_views_side_by_side_each_captioned
     assert list(grid.captions) == ["cat", "cat", "dog", "dog", "car", "car", "ship", "ship"]
     monitor.step_end(inputs=[first, second, first])  # three views, no labels: two samples' in 8 places
     assert sink.of(ImageRecord)[-1].pixels.shape[0] == 6 and sink.of(ImageRecord)[-1].captions is None
+
+
+def test_a_value_range_shows_a_generator_s_samples_alike_whatever_they_overshoot_or_lack():
+    # [-1, 1] samples: one pixel at 1.01 made the grid stretch image by image (the same dim
+    # sample shown 0 / 255, then 0 / 160), and a batch with no negative value read as [0, 1]
+    # (its mid-grey background black). With value_range the same value is the same grey.
+    from monitor.entries import read
+
+    dim = torch.full((2, 1, 4, 4), -0.9)
+    dim[:, :, 1:3, 1:3] = 0.3
+    over = dim.clone()
+    over[1, 0, 0, 0] = 1.01
+    monitor, sink = monitor_with(Images(every=1, count=2, captions=None, value_range=(-1, 1)))
+    for batch in (dim, over, torch.zeros(2, 1, 4, 4)):
+        monitor.step_end(inputs=batch)
+    shown = [read(record).pixels for record in sink.of(ImageRecord)]
+    grey = {value: round((value + 1) * 127.5) for value in (-0.9, 0.3, 0.0)}  # 13, 166, 128
+    for pixels in shown[:2]:
+        assert pixels[0, 0, 0, 0] == grey[-0.9] and pixels[0, 0, 1, 1] == grey[0.3]
+    assert shown[1][1, 0, 0, 0] == 255 and (shown[2] == grey[0.0]).all()
+    videos = torch.linspace(-3, 1, 8).reshape(1, 8, 1, 1, 1).expand(1, 8, 1, 2, 2)  # noise, then the image
+    monitor.log.video("denoising", 1, videos, value_range=(-1, 1))
+    frames = read(sink.of(ImageRecord, "denoising")[0]).pixels
+    assert frames[0, -1].max() == 255 and frames[0, 0].max() == 0  # the last frame white, the noise clipped
+    with pytest.raises(ValueError, match=r"value_range must be \(low, high\), two finite numbers, low below high, "
+                                         r"e.g. \(-1, 1\), got \(1, -1\)"):
+        Images(value_range=(1, -1))
+    with pytest.raises(ValueError, match=r"value_range must be .* got 'wide'"):
+        monitor.log.video("v", 0, torch.rand(1, 2, 1, 4, 4), value_range="wide")

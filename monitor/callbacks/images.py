@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from monitor.callbacks._every import is_due
-from monitor.checks import one_of, positive_int
+from monitor.checks import one_of, positive_int, value_range as checked_range
 from monitor.core import Callback, LoopState
 from monitor.log import Log, channels_first
 from monitor.records import LabelCaptions, Order
@@ -46,11 +46,14 @@ class Images(Callback):
     above 0.5). Integer labels are looked up in
     ``class_names`` (a sequence or a mapping) when given. Labels are copied on their device and
     turned into captions by the sink, so logging a grid never waits for the device.
+    ``value_range=(-1, 1)`` shows -1 black and 1 white whatever a batch holds (a generator's
+    samples that overshoot, a dim batch with no negative value): see :meth:`Log.images`.
     """
 
     def __init__(self, every: int = 50, count: int = 8, source: str = "inputs",
                  captions: str | None = "targets",
-                 class_names: Sequence[str] | Mapping[int, str] | None = None) -> None:
+                 class_names: Sequence[str] | Mapping[int, str] | None = None,
+                 value_range: tuple[float, float] | None = None) -> None:
         self.every = positive_int("every", every)
         self.count = positive_int("count", count)
         self.source = one_of("source", source, ("inputs", "outputs"))
@@ -60,6 +63,7 @@ class Images(Callback):
             raise TypeError(f"class_names must be a sequence or a mapping of label to name, "
                             f"got {type(class_names).__name__}")
         self.class_names = class_names
+        self.value_range = checked_range("value_range", value_range)
         self._binary = class_names is not None and len(class_names) == 2  # one score per image: which class
         self._said_no_predictions = False
         self._said_names = False
@@ -92,7 +96,8 @@ class Images(Callback):
             grid = torch.stack([view[:samples] for view in images], 1).flatten(0, 1)
             captions = self._caption(state, samples)
             log.window(self.source, order=Order.IMAGES, title=self.source)
-            log.images(self.source, state.step, grid, captions and captions.repeated(len(images)))
+            log.images(self.source, state.step, grid, captions and captions.repeated(len(images)),
+                       value_range=self.value_range)
             return
         if isinstance(images, (list, tuple)):
             if not (images and all(isinstance(i, torch.Tensor) and i.dim() in (2, 3) for i in images)
@@ -104,7 +109,7 @@ class Images(Callback):
                                 f"pass the images alone, e.g. step_end({self.source}=batch[0])")
             images = list(images[: self.count])  # a detection batch: images of their own sizes, padded by Log
             log.window(self.source, order=Order.IMAGES, title=self.source)
-            log.images(self.source, state.step, images, self._caption(state, len(images)))
+            log.images(self.source, state.step, images, self._caption(state, len(images)), value_range=self.value_range)
             return
         if isinstance(images, torch.Tensor):
             if images.dim() == 2 and (images.dtype not in _IMAGE_INTEGERS and not images.is_floating_point()
@@ -129,7 +134,7 @@ class Images(Callback):
                 images = class_colours(scores.argmax(1) if scores.shape[1] > 1 else _binary(scores[:, 0]))
         count = images.shape[0] if batched else 1
         log.window(self.source, order=Order.IMAGES, title=self.source)
-        log.images(self.source, state.step, images, self._caption(state, count))
+        log.images(self.source, state.step, images, self._caption(state, count), value_range=self.value_range)
 
     def _caption(self, state: LoopState, count: int) -> LabelCaptions | None:
         parts = []
