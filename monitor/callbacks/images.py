@@ -76,7 +76,7 @@ class Images(Callback):
             if not self._said_behind:
                 self._said_behind = True
                 _log.warning("monitor: Images(source=%r) skips step %d: its previous grid is still being read by the "
-                             "sink (large images this often outpace it), so grids come less often than every=%d, "
+                             "sink (grids this large this often outpace it), so grids come less often than every=%d, "
                              "each once the one before is taken in; the loop is not held up (reported once)",
                              self.source, state.step, self.every)
             return
