@@ -454,6 +454,9 @@ def _comparison(found: list[Run], entries: list[list[dict[str, Any]]]) -> Any:
             elif entry["k"] == "pr_curve":
                 latest[entry["win"]] = {**entry, "run": label}
         windows.apply(list(latest.values()))
+    for name in lines:  # each run in a colour of its own, its traces (train, validation) in dashes
+        if name in windows.by_name:
+            windows.by_name[name].opts["runs"] = list(named)
     head = ["run", "env", "status", "steps"] + differing + sorted({m for run in found for m in run.metrics})
     rows = [[label, run.env, run.shown_status, str(run.steps)] + [str(run.hparams.get(k, "-")) for k in differing]
             + [f"{run.metrics[m][0]:.4g}" if m in run.metrics else "-" for m in head[4 + len(differing):]]

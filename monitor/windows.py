@@ -40,6 +40,7 @@ SMOOTHED_POINTS = 500  # a smoothed curve's points: it has no extremes to keep, 
 SMOOTHED_WINDOW_POINTS = 3_000  # a window's smoothed curves' points in all, beside its WINDOW_POINTS
 _COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # Plotly's: a trace and its smoothed curve
+_DASHES = ("solid", "dash", "dot", "dashdot", "longdash")  # a compared run's traces (train, validation, ...)
 _MIN_TRACE_POINTS = 10
 
 
@@ -442,7 +443,7 @@ class Window:
                 return None
             smoothing = self.opts.get("smoothing", 0)
             data = [line for i, name in enumerate(self.traces) for line in (
-                    self._smoothed(name, i, smoothing) if smoothing else (self._line(name),))]
+                    self._smoothed(name, i, smoothing) if smoothing else (self._line(name, i),))]
             # No title inside the plot: the pane's header shows it, where Visdom's toolbar would cover it.
             layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
                       "xaxis": {"title": self.opts.get("xlabel", "step")},
@@ -488,7 +489,7 @@ class Window:
         return None
 
 
-    def _line(self, name: str) -> dict[str, Any]:
+    def _line(self, name: str, index: int = 0) -> dict[str, Any]:
         xs, ys = self.traces[name].points()
         ys = float32_digits(ys)
         if name in self.opts.get("markers", ()):  # marks on steps (a Guard's), not a curve
@@ -496,7 +497,24 @@ class Window:
                     "marker": {"symbol": "x", "size": 12, "color": "#d62728"}}
         # A marker line is what Visdom's smoothing button (a pane's "~") writes to: without one (Plotly drops an
         # empty one) the page fails.
-        return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(ys), "marker": {"line": {"width": 0}}}
+        line = {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(ys), "marker": {"line": {"width": 0}}}
+        if self.opts.get("runs"):  # a comparison: each run its colour, whatever its traces
+            (red, green, blue), dash = self._style(name, index)
+            line["line"] = {"color": f"rgb({red},{green},{blue})", **({"dash": dash} if dash else {})}
+        return line
+
+    def _style(self, name: str, index: int) -> tuple[tuple[int, int, int], str | None]:
+        """A trace's colour and dash: by its place (Plotly's own dash); in a comparison (opts
+        ``runs``, the runs' labels), by its run, each of a run's traces (train, validation) in a
+        dash of its own."""
+        runs = self.opts.get("runs") or ()
+        run = next((i for i, label in enumerate(runs) if name.startswith(label + "/")), None)
+        if run is None:
+            return _COLORS[index % len(_COLORS)], None
+        kinds = list(dict.fromkeys(trace[len(label) + 1:] for trace in self.traces
+                                   for label in runs if trace.startswith(label + "/")))
+        kind = kinds.index(name[len(runs[run]) + 1:])
+        return _COLORS[run % len(_COLORS)], _DASHES[kind % len(_DASHES)]
 
     def _smoothed(self, name: str, index: int, weight: float) -> tuple[dict[str, Any], dict[str, Any]]:
         """The trace smoothed as TensorBoard smooths it, in the legend, and the trace itself faint
@@ -504,14 +522,15 @@ class Window:
         line = self._line(name)
         if line["mode"] == "markers":  # marks, not a curve
             return (line,)
-        red, green, blue = _COLORS[index % len(_COLORS)]
+        (red, green, blue), dash = self._style(name, index)
         # Many traces share the smoothed curves' points as they share the window's (40: 75 each).
         points = min(SMOOTHED_POINTS, max(_MIN_TRACE_POINTS, SMOOTHED_WINDOW_POINTS // len(self.traces)))
         xs, ys = smoothed(line["x"], line["y"], weight, points)
         at = f"{self.opts.get('xlabel') or 'x'} %{{x}}"  # the hover names the step (or epoch) as TensorBoard's does
         # Faint by its colour: Visdom sets every line's opacity to 1 while its own smoothing is off.
         return ({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(ys), "legendgroup": name,
-                 "line": {"color": f"rgb({red},{green},{blue})"}, "marker": {"line": {"width": 0}},
+                 "line": {"color": f"rgb({red},{green},{blue})", **({"dash": dash} if dash else {})},
+                 "marker": {"line": {"width": 0}},
                  "hovertemplate": f"{at}: %{{y:.6g}} smoothed"},
                 {**line, "legendgroup": name, "showlegend": False, "hovertemplate": f"{at}: %{{y:.6g}}",
                  "line": {"color": f"rgba({red},{green},{blue},0.3)"}})

@@ -284,6 +284,15 @@ def test_compare_puts_a_trace_per_run_in_each_shared_window_on_a_server_that_nev
             for trace, points in traces.items():
                 expected[f"{label}/{trace}"] = ([x for x, _ in points], float32_digits([y for _, y in points]))
     assert shown == expected
+    # Each run in a colour of its own, its traces (train, validation) told apart by dashes: with
+    # a colour a trace, six runs' twelve traces reused Plotly's ten colours.
+    drawn = [line for line in read_window_raw(fresh_server, "cmp", "loss")["content"]["data"]
+             if line.get("showlegend", True)]
+    styles = {line["name"]: (line["line"]["color"], line["line"].get("dash", "solid")) for line in drawn}
+    colours = {label: {styles[name][0] for name in styles if name.startswith(label + "/")} for label in labels.values()}
+    assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == 3, styles
+    dashes = {name.split("/", 1)[1]: styles[name][1] for name in styles}
+    assert dashes == {"train": "solid", "validation": "dash"}, styles
     table = read_window_raw(fresh_server, "cmp", "runs")["content"]
     header = table.split("</tr>")[0]
     assert "<td>lr</td>" in header and "batch" not in header and "optimizer" not in header
