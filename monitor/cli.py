@@ -407,6 +407,8 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
 
     if older_than is None and keep_best is None:
         raise click.UsageError("say what to collect: --older-than DATE and/or --keep-best N --metric METRIC")
+    if keep_best is not None and metric is None:
+        raise click.UsageError(f"--keep-best {keep_best} ranks the runs by a metric: give --metric METRIC too")
     try:
         doomed = collectable(listed(directory), older_than.timestamp() if older_than else None, keep_best, metric,
                              mode)

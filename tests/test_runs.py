@@ -650,6 +650,8 @@ def test_gc_keep_best_ranks_only_runs_with_the_metric_and_refuses_one_no_run_has
         monitor.step_end(metrics={"wer": 0.3})  # no loss: not ranked by it, so kept
     typo = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1", "--metric", "loss/valid"])
     assert typo.exit_code == 2 and "metric must be one of the runs' metrics (loss/train, wer/train)" in typo.output
+    bare = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1"])  # CLI flags, not Python's names
+    assert bare.exit_code == 2 and "--keep-best 1 ranks the runs by a metric: give --metric METRIC too" in bare.output
     done = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1", "--metric", "loss/train",
                                      "--mode", "max", "--yes", "--port", str(visdom_server.port)])
     assert done.exit_code == 0, done.output
