@@ -405,7 +405,13 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, follow: bool
                 for reading in readings:
                     reading.read_on()
                 found = [reading.run() for reading in readings]
-                for window in _comparison(found, entries).changed():
+                windows = _comparison(found, entries)
+                if not sent and list(windows.by_name) == ["runs"]:
+                    _log.warning("monitor: the runs share no window to draw side by side, only their table: %s "
+                                 "(a Monitor's 'loss' and a writer's 'Loss/train' are windows 'loss' and 'Loss')",
+                                 "; ".join(f"{run.env}: {', '.join(_point_windows(log)[:4]) or 'none'}"
+                                           for run, log in zip(found, entries)))
+                for window in windows.changed():
                     for message in window.messages(env):
                         text = json.dumps(message, sort_keys=True, default=str)
                         if sent.get(window.name) != text:
@@ -416,6 +422,11 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, follow: bool
             time.sleep(every)
     finally:
         sender.close()
+
+
+def _point_windows(log: list[dict[str, Any]]) -> list[str]:
+    """The windows of a run's points, in the order they came."""
+    return list(dict.fromkeys(e["win"] for e in log if e.get("k") == "points"))
 
 
 _ENDED = ("finished", "crashed", "interrupted", "pruned")  # a run that said how it ended (a killed one said nothing)

@@ -18,7 +18,7 @@ from monitor import Checkpoint, GradNorms, Guard, Monitor, Scalars, Summary
 from monitor.cli import main
 from monitor.records import Order
 from monitor.runlog import RunLog
-from monitor.runs import Run, best_mode, described, exported, listed, selected, table
+from monitor.runs import Run, best_mode, compare, described, exported, listed, selected, table
 from monitor.windows import float32_digits
 from helpers.monitors import small_model, train
 
@@ -1048,3 +1048,19 @@ def test_a_run_s_size_is_its_own_not_its_earlier_runs(tmp_path):
     for run in earlier:
         assert run.size == run.log.stat().st_size + sum(
             p.stat().st_size for p in (tmp_path / "shared" / "images" / run.run_id).rglob("*") if p.is_file())
+
+
+def test_compare_of_runs_that_share_no_window_says_so_naming_each_run_s(fresh_server, tmp_path, caplog):
+    # A Monitor's "loss" beside a writer's "Loss/train": compare filled the table alone, silently.
+    from monitor import SummaryWriter
+
+    root = tmp_path / "runs"
+    with Monitor([Scalars()], env="callbacks", run_dir=root / "callbacks", port=fresh_server.port) as monitor:
+        monitor.step_end(loss=0.5)
+    with SummaryWriter(root / "writer", port=fresh_server.port) as writer:
+        writer.add_scalar("Loss/train", 0.5, 1)
+    with caplog.at_level("WARNING", logger="monitor"):
+        compare([root / "callbacks", root / "writer"], into="cmp_none", port=fresh_server.port)
+    said = [r.getMessage() for r in caplog.records if "share no window" in r.getMessage()]
+    assert said == ["monitor: the runs share no window to draw side by side, only their table: callbacks: loss; "
+                    "writer: Loss (a Monitor's 'loss' and a writer's 'Loss/train' are windows 'loss' and 'Loss')"]
