@@ -983,7 +983,6 @@ def test_compare_follow_keeps_train_and_val_writers_in_one_chart_live_until_they
     import threading
 
     from monitor import SummaryWriter
-    from monitor.runs import compare
 
     monkeypatch.chdir(tmp_path)
     writers = {name: SummaryWriter(f"runs/exp/{name}", port=visdom_server.port) for name in ("train", "val")}
