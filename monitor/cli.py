@@ -217,11 +217,11 @@ def checkpoints_inspect(file: Path, trust: bool) -> None:
 
 
 @main.command("replay")
-@click.argument("run_log", type=click.Path(exists=True, dir_okay=False, path_type=Path), metavar="RUN_LOG")
+@click.argument("run_log", type=click.Path(exists=True, path_type=Path), metavar="RUN")
 @click.option("--env", default=None, metavar="ENV", help="Env to fill.  [default: the env named in the run log]")
 @server_options()
 def replay_command(run_log: Path, env: str | None, server: str | None, port: int | None) -> None:
-    """Send a run log (runs/ENV/runlog.jsonl) to a Visdom server.
+    """Send a run log (runs/ENV/runlog.jsonl, or its folder runs/ENV) to a Visdom server.
 
     For a run trained without a dashboard, or an env the server lost. Windows are sent whole, so
     replaying twice leaves the same windows. A server with login takes $VISDOM_USERNAME and
@@ -229,7 +229,12 @@ def replay_command(run_log: Path, env: str | None, server: str | None, port: int
     """
     from monitor.connection import DashboardError
     from monitor.replay import replay
+    from monitor.runs import run_log_of
 
+    try:
+        run_log = run_log_of(run_log)  # a run folder, as export, compare and rm take
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="RUN") from None
     bars: dict[str, object] = {}
 
     def progress(stage: str, done: int, total: int) -> None:

@@ -48,7 +48,7 @@ def test_replay_twice_leaves_the_same_windows_and_shows_progress(
     assert "Reading runlog.jsonl" in first.output and "Sending 4 window(s)" in first.output
     assert "Replayed" in first.output and "'replayed-twice'" in first.output
     once = shown(visdom_server, "replayed-twice", read_window_raw)
-    second = CliRunner().invoke(cli, args)
+    second = CliRunner().invoke(cli, ["replay", str(offline_run.runlog.path.parent), *args[2:]])  # its folder
     assert second.exit_code == 0, second.output
     assert shown(visdom_server, "replayed-twice", read_window_raw) == once
     loss = once["loss"][0]["data"]
