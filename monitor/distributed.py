@@ -77,7 +77,13 @@ def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
     check = _checksum(tuple(names))
     stacked = torch.stack([_filled(math.nan, device) if s is None else s for s in slots]
                           + [_filled(check, device), _filled(check * check, device)])
-    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    global _averaged
+    if _averaged:
+        dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    else:  # the first: where a Monitor made under `if rank == 0:` waits (a timer a step would cost the loop)
+        with _said_if_long(dist.get_rank(), "averaging metrics (Scalars(average=...))"):
+            dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+        _averaged = True
     world = dist.get_world_size()
     total, squares = stacked[-2], stacked[-1]
     alike = total * total == world * squares
@@ -89,6 +95,9 @@ def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
     else:  # a device's is never read here: names that differ make the means NaN, shown as gaps
         means = torch.where(alike, stacked[:-2] / world, math.nan)
     return {name: values[name] if slot is None else mean for name, slot, mean in zip(names, slots, means.unbind())}
+
+
+_averaged = False  # whether this process averaged once already
 
 
 @functools.lru_cache(maxsize=64)
@@ -128,10 +137,10 @@ def on_main(action: Callable[[], T]) -> T:
                 pickle.loads(pickle.dumps(error))
             except Exception:
                 outcome[1] = RuntimeError(f"rank 0 failed: {type(error).__name__}: {error}")
-            with _said_if_long(rank):
+            with _said_if_long(rank, "a checkpoint"):
                 dist.broadcast_object_list(outcome, src=0)
             raise
-    with _said_if_long(rank):
+    with _said_if_long(rank, "a checkpoint"):
         dist.broadcast_object_list(outcome, src=0)
     if outcome[1] is not None:
         raise outcome[1]
@@ -139,14 +148,14 @@ def on_main(action: Callable[[], T]) -> T:
 
 
 @contextlib.contextmanager
-def _said_if_long(rank: int) -> Iterator[None]:
-    """Says once, after ``WAITED`` seconds, that this rank waits for the others: a Monitor made
-    under ``if rank == 0:`` (or a rank stuck elsewhere) would otherwise leave the job hanging
-    in silence until the process group's timeout (30 minutes for gloo)."""
+def _said_if_long(rank: int, at: str) -> Iterator[None]:
+    """Says once, after ``WAITED`` seconds, that this rank waits for the others ``at`` something:
+    a Monitor made under ``if rank == 0:`` (or a rank stuck elsewhere) would otherwise leave the
+    job hanging in silence until the process group's timeout (30 minutes for gloo)."""
     timer = threading.Timer(WAITED, _log.warning, args=(
-        "monitor: rank %d has waited %.0f s for the other ranks at a checkpoint (it goes on waiting). If this "
+        "monitor: rank %d has waited %.0f s for the other ranks at %s (it goes on waiting). If this "
         "does not end, a rank does not call the Monitor: every rank must make it and call its hooks; one made "
-        "under `if rank == 0:` waits for the others forever", rank, WAITED))
+        "under `if rank == 0:` waits for the others forever", rank, WAITED, at))
     timer.daemon = True
     timer.start()
     try:
