@@ -121,7 +121,7 @@ class Resumable:
         order = {"torch": torch.get_rng_state(), "loader": own.get_state() if own is not None else None,
                  "kept_workers": kept}
         iterator = started(loader)  # a DataLoader draws its order here, and its workers' seed unless kept
-        if skip:
+        if skip and monitor.rank == 0:  # every rank drops its own share: said once, for the job
             stream = isinstance(getattr(loader, "dataset", None), torch.utils.data.IterableDataset)
             _log.warning("monitor: %s the %d batch%s done before the checkpoint%s", "reading the stream again from "
                          "its start and dropping" if stream else "loading and dropping", skip,
