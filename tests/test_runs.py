@@ -449,7 +449,7 @@ def test_gc_keeps_the_best_finished_runs_and_every_other_run(visdom_server, tmp_
     nothing = CliRunner().invoke(main, ["runs", "gc", str(root), "--older-than", "2000-01-01", "--yes"])
     assert "nothing to collect" in nothing.output
     bad = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1"])
-    assert bad.exit_code == 2 and "metric must be given with keep_best" in bad.output
+    assert bad.exit_code == 2 and "--keep-best 1 ranks the runs by a metric: give --metric METRIC too" in bad.output
 
 
 def test_the_runs_pane_changes_only_when_a_run_does(visdom_server, tmp_path, read_window_raw):
