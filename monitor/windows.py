@@ -441,9 +441,10 @@ class Window:
                 return self._heatmap_message(env, title)
             if not self.traces:
                 return None
-            smoothing = self.opts.get("smoothing", 0)
+            smoothing, styles = self.opts.get("smoothing", 0), self._run_styles()
             data = [line for i, name in enumerate(self.traces) for line in (
-                    self._smoothed(name, i, smoothing) if smoothing else (self._line(name, i),))]
+                    self._smoothed(name, i, smoothing, styles.get(name)) if smoothing
+                    else (self._line(name, styles.get(name)),))]
             # No title inside the plot: the pane's header shows it, where Visdom's toolbar would cover it.
             layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
                       "xaxis": {"title": self.opts.get("xlabel", "step")},
@@ -489,7 +490,7 @@ class Window:
         return None
 
 
-    def _line(self, name: str, index: int = 0) -> dict[str, Any]:
+    def _line(self, name: str, style: tuple[tuple[int, int, int], str] | None = None) -> dict[str, Any]:
         xs, ys = self.traces[name].points()
         ys = float32_digits(ys)
         if name in self.opts.get("markers", ()):  # marks on steps (a Guard's), not a curve
@@ -498,31 +499,30 @@ class Window:
         # A marker line is what Visdom's smoothing button (a pane's "~") writes to: without one (Plotly drops an
         # empty one) the page fails.
         line = {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(ys), "marker": {"line": {"width": 0}}}
-        if self.opts.get("runs"):  # a comparison: each run its colour, whatever its traces
-            (red, green, blue), dash = self._style(name, index)
-            line["line"] = {"color": f"rgb({red},{green},{blue})", **({"dash": dash} if dash else {})}
+        if style is not None:  # a comparison's: each run its colour, whatever its traces
+            (red, green, blue), dash = style
+            line["line"] = {"color": f"rgb({red},{green},{blue})", "dash": dash}
         return line
 
-    def _style(self, name: str, index: int) -> tuple[tuple[int, int, int], str | None]:
-        """A trace's colour and dash: by its place (Plotly's own dash); in a comparison (opts
-        ``runs``, the runs' labels), by its run, each of a run's traces (train, validation) in a
-        dash of its own."""
-        runs = self.opts.get("runs") or ()
-        run = next((i for i, label in enumerate(runs) if name.startswith(label + "/")), None)
-        if run is None:
-            return _COLORS[index % len(_COLORS)], None
-        kinds = list(dict.fromkeys(trace[len(label) + 1:] for trace in self.traces
-                                   for label in runs if trace.startswith(label + "/")))
-        kind = kinds.index(name[len(runs[run]) + 1:])
-        return _COLORS[run % len(_COLORS)], _DASHES[kind % len(_DASHES)]
+    def _run_styles(self) -> dict[str, tuple[tuple[int, int, int], str]]:
+        """In a comparison (opts ``runs``, the runs' labels), each trace's colour, its run's, and
+        dash, one for each of a run's traces (train, validation); elsewhere none."""
+        runs, styles, kinds = self.opts.get("runs") or (), {}, {}
+        for name in self.traces:
+            run = next((i for i, label in enumerate(runs) if name.startswith(label + "/")), None)
+            if run is not None:
+                kind = kinds.setdefault(name[len(runs[run]) + 1:], len(kinds))
+                styles[name] = (_COLORS[run % len(_COLORS)], _DASHES[kind % len(_DASHES)])
+        return styles
 
-    def _smoothed(self, name: str, index: int, weight: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _smoothed(self, name: str, index: int, weight: float,
+                  style: tuple[tuple[int, int, int], str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
         """The trace smoothed as TensorBoard smooths it, in the legend, and the trace itself faint
         behind it, in its colour (read back by name, the trace itself comes last)."""
         line = self._line(name)
         if line["mode"] == "markers":  # marks, not a curve
             return (line,)
-        (red, green, blue), dash = self._style(name, index)
+        (red, green, blue), dash = style or (_COLORS[index % len(_COLORS)], None)
         # Many traces share the smoothed curves' points as they share the window's (40: 75 each).
         points = min(SMOOTHED_POINTS, max(_MIN_TRACE_POINTS, SMOOTHED_WINDOW_POINTS // len(self.traces)))
         xs, ys = smoothed(line["x"], line["y"], weight, points)

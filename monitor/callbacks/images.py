@@ -8,8 +8,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from monitor import checks
 from monitor.callbacks._every import is_due
-from monitor.checks import one_of, positive_int, value_range as checked_range
+from monitor.checks import one_of, positive_int
 from monitor.core import Callback, LoopState
 from monitor.log import Log, channels_first
 from monitor.records import LabelCaptions, Order
@@ -63,7 +64,7 @@ class Images(Callback):
             raise TypeError(f"class_names must be a sequence or a mapping of label to name, "
                             f"got {type(class_names).__name__}")
         self.class_names = class_names
-        self.value_range = checked_range("value_range", value_range)
+        self.value_range = checks.value_range("value_range", value_range)
         self._binary = class_names is not None and len(class_names) == 2  # one score per image: which class
         self._said_no_predictions = False
         self._said_names = False
@@ -95,9 +96,7 @@ class Images(Callback):
             samples = min(max(1, self.count // len(images)), len(images[0]))  # whole samples: all their views
             grid = torch.stack([view[:samples] for view in images], 1).flatten(0, 1)
             captions = self._caption(state, samples)
-            log.window(self.source, order=Order.IMAGES, title=self.source)
-            log.images(self.source, state.step, grid, captions and captions.repeated(len(images)),
-                       value_range=self.value_range)
+            self._show(log, state.step, grid, captions and captions.repeated(len(images)))
             return
         if isinstance(images, (list, tuple)):
             if not (images and all(isinstance(i, torch.Tensor) and i.dim() in (2, 3) for i in images)
@@ -108,8 +107,7 @@ class Images(Callback):
                                 f"images of one dtype), got a {type(images).__name__} of {len(images)}: {parts}; "
                                 f"pass the images alone, e.g. step_end({self.source}=batch[0])")
             images = list(images[: self.count])  # a detection batch: images of their own sizes, padded by Log
-            log.window(self.source, order=Order.IMAGES, title=self.source)
-            log.images(self.source, state.step, images, self._caption(state, len(images)), value_range=self.value_range)
+            self._show(log, state.step, images, self._caption(state, len(images)))
             return
         if isinstance(images, torch.Tensor):
             if images.dim() == 2 and (images.dtype not in _IMAGE_INTEGERS and not images.is_floating_point()
@@ -132,9 +130,11 @@ class Images(Callback):
                 # as targets): each pixel's most likely class; one channel: a binary one's.
                 scores = images.detach()
                 images = class_colours(scores.argmax(1) if scores.shape[1] > 1 else _binary(scores[:, 0]))
-        count = images.shape[0] if batched else 1
+        self._show(log, state.step, images, self._caption(state, images.shape[0] if batched else 1))
+
+    def _show(self, log: Log, step: int, images: Any, captions: LabelCaptions | None) -> None:
         log.window(self.source, order=Order.IMAGES, title=self.source)
-        log.images(self.source, state.step, images, self._caption(state, count), value_range=self.value_range)
+        log.images(self.source, step, images, captions, value_range=self.value_range)
 
     def _caption(self, state: LoopState, count: int) -> LabelCaptions | None:
         parts = []

@@ -79,7 +79,7 @@ class LearningRate(Callback):
         if state.optimizer is not None:
             groups = state.optimizer.param_groups
             if len(groups) != len(self._names):  # first step, train_start, epoch_start, add_param_group()
-                self._names = _trace_names(groups, self._names or self._kept)
+                self._names = trace_names(groups, self._names or self._kept)
             if len(groups) == 1 and type(groups[0]["lr"]) is float:  # the usual case, kept cheap
                 log.scalar(WINDOW, self._names[0], state.step, groups[0]["lr"])
                 return
@@ -93,7 +93,7 @@ class LearningRate(Callback):
         log.scalars(WINDOW, state.step, {name: group["lr"] for name, group in zip(self._names, groups)})
 
 
-def _trace_names(groups: Sequence[dict[str, Any]], before: Sequence[str] = ()) -> list[str]:
+def trace_names(groups: Sequence[dict[str, Any]], before: Sequence[str] = ()) -> list[str]:
     """Each group's own name where it has one; ``lr`` for a single group without one, else
     ``group N``; a group without one that had a trace ``before`` keeps it (a fine-tuning loop's
     ``add_param_group`` leaves curve ``lr`` going on, the new group beside it as ``group 1``)."""
@@ -117,7 +117,7 @@ def _optimizer_traces(optimizer: str, groups: Sequence[dict[str, Any]], before: 
     if len(groups) == 1:
         return [optimizer]
     return _apart([before[i] if i < len(before) and (before[i] == optimizer or _own_name(group) is None)
-                   else f"{optimizer}/{label}" for i, (group, label) in enumerate(zip(groups, _trace_names(groups)))])
+                   else f"{optimizer}/{label}" for i, (group, label) in enumerate(zip(groups, trace_names(groups)))])
 
 
 def _own_name(group: dict[str, Any]) -> str | None:

@@ -10,7 +10,7 @@ import torch
 from torch.nn.parameter import is_lazy
 
 from monitor.checks import is_scalar
-from monitor.callbacks.learning_rate import _trace_names
+from monitor.callbacks.learning_rate import trace_names
 from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
@@ -144,7 +144,7 @@ def _described(optimizer: torch.optim.Optimizer) -> str:
         return f"{type(optimizer).__name__} ({settings(groups[0])})"
     parts = [f"{name}: {sum(p.numel() for p in group['params'] if not is_lazy(p)):,}"
              f"{' parameters' if i == 0 else ''}, {settings(group)}"
-             for i, (name, group) in enumerate(zip(_trace_names(groups), groups))]
+             for i, (name, group) in enumerate(zip(trace_names(groups), groups))]
     return f"{type(optimizer).__name__} ({len(groups)} parameter groups: {'; '.join(parts)})"
 
 
