@@ -12,6 +12,7 @@ from helpers.checkpoint_loop import BATCHES, attach, build, train
 from helpers.monitors import ListSink, says
 from monitor import Checkpoint, LearningRate, Monitor, Scalars, resume
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, load_checkpoint
+from monitor.checkpoint.listing import list_checkpoints
 from monitor.checkpoint.folder import LOCK, MANIFEST, checkpoint_name
 from monitor.log import NullSink
 from monitor.runlog import RunLog
@@ -327,6 +328,38 @@ def test_a_validation_after_a_step_s_checkpoint_ranks_that_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "ckpt" / checkpoint_name(4))["metric"]["value"] == 1.0
 
 
+@pytest.mark.parametrize("every, validated", [("every_epochs", "after epoch_end"), ("every_steps", "after epoch_end"),
+                                              ("every_steps", "before epoch_end"), ("every_steps", "left to epochs")])
+def test_a_validation_after_the_epoch_s_checkpoint_ranks_that_checkpoint_also_after_a_resume(tmp_path, every,
+                                                                                               validated):
+    parts = build()
+    losses = [5.0, 9.0, 1.0, 7.0]
+
+    def train(checkpoint: Checkpoint, epochs: int) -> None:
+        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+            monitor.train_start(parts.model, parts.optimizer)
+            for epoch in monitor.epochs(epochs):
+                for _ in monitor.batches(range(2)):
+                    monitor.step_end(loss=1.0)
+                if validated == "after epoch_end":  # a scheduler and early stopping after it, as many loops have
+                    monitor.epoch_end()
+                monitor.validation_end({"loss": losses[epoch]})  # measured on the weights just saved
+                if validated == "before epoch_end":
+                    monitor.epoch_end()
+
+    options = {every: 1 if every == "every_epochs" else 2, "keep_last": 1, "keep_best": 1, "metric": "loss",
+               "at_end": False, "resume": True}  # (a save at train_end would rank the last one itself)
+    first = Checkpoint(tmp_path / "ckpt", **options)
+    train(first, 3)
+    listed = {info.path.name: info.metric for info in list_checkpoints(tmp_path / "ckpt")}
+    assert first.best_path.name == checkpoint_name(6) and listed == {checkpoint_name(6): 1.0}
+    # Resumed from the step-6 file, whose own records had no value for it yet, it keeps its rank.
+    again = Checkpoint(tmp_path / "ckpt", extend=True, **options)
+    train(again, 4)
+    assert again.best_path.name == checkpoint_name(6)
+    assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*.pt")) == [checkpoint_name(6), checkpoint_name(8)]
+
+
 def test_extras_that_are_not_a_dict_and_a_full_disk_say_what_went_wrong(tmp_path, monkeypatch):
     parts = build()
     monitor = Monitor([Checkpoint(tmp_path / "a", every_steps=1, extras=lambda: 5)], sink=NullSink())
@@ -368,8 +401,21 @@ def test_resuming_into_an_optimizer_of_another_class_names_both(tmp_path):
     parts.optimizer.step()  # SGD's momentum buffers: no state AdamW can take
     monitor.step_end(loss=1.0)
     other = torch.optim.AdamW(parts.model.parameters())
-    with pytest.raises(Exception, match="optimizer must be a SGD to take the optimizer state .* got a AdamW"):
+    with pytest.raises(ValueError, match="optimizer must be of the class whose state .* holds, SGD, got AdamW"):
         resume(tmp_path / "ckpt", parts.model, other)
+    # An Adam's state loads into an LBFGS (whose step then fails, its groups holding Adam's options): refused too.
+    monitor = Monitor([Checkpoint(tmp_path / "adam", every_steps=1)], sink=NullSink(), raise_errors=True)
+    adam = torch.optim.Adam(parts.model.parameters())
+    monitor.train_start(parts.model, adam)
+    parts.model(torch.ones(2, 4)).sum().backward()
+    adam.step()
+    monitor.step_end(loss=1.0)
+    lbfgs = torch.optim.LBFGS(parts.model.parameters())
+    before = [p.clone() for p in parts.model.parameters()]
+    with pytest.raises(ValueError, match=r"optimizer must be of the class whose state .* holds, Adam, got LBFGS \(a loop "
+                                         r"that changes its optimizer mid-run passes train_start both"):
+        resume(tmp_path / "adam", parts.model, lbfgs)
+    assert all(torch.equal(a, b) for a, b in zip(before, parts.model.parameters()))  # nothing half put back
 
 
 def test_a_scheduler_not_given_to_the_checkpoint_and_a_loop_that_counts_its_own_epochs_are_told(tmp_path, caplog):
@@ -822,6 +868,22 @@ def test_a_fold_resumed_after_a_later_fold_of_its_env_goes_on_in_its_own_log_and
     log = runs / RunLog.FILENAME
     assert next(RunLog.read(log))["run_id"] == json.loads((tmp_path / "a" / MANIFEST).read_text())["run_id"]
     assert _loss_steps(log) == [1, 2, 3, 4, 5, 6]
+
+
+def test_one_resumable_run_refuses_a_second_model_a_second_fold_whose_checkpoint_a_re_run_would_mix_up(tmp_path):
+    first, second = build(0), build(1)
+    monitor = Monitor([Checkpoint(tmp_path / "cv", every_steps=1, resume=True)], sink=NullSink())
+    monitor.train_start(first.model, first.optimizer, hparams={"fold": 0})
+    monitor.step_end(loss=1.0)
+    monitor.train_start(first.model, torch.optim.Adam(first.model.parameters()))  # the same model trained on
+    with pytest.raises(CheckpointResumeError, match="train_start was given another model in a run whose Checkpoint "
+                                                    "resumes: .* give each model .* a Checkpoint folder of its own"):
+        monitor.train_start(second.model, second.optimizer, hparams={"fold": 1})
+    monitor.close()
+    plain = Monitor([Checkpoint(tmp_path / "plain", every_steps=1)], sink=NullSink(), raise_errors=True)
+    plain.train_start(first.model, first.optimizer)
+    plain.train_start(second.model, second.optimizer)  # not resumed: told once by the Monitor, and goes on
+    plain.close()
 
 
 def test_a_run_that_reached_train_end_is_finished_once_the_script_begins_another(tmp_path):

@@ -22,6 +22,7 @@ from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers,
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
 from monitor.log import Log
+from monitor.models import unwrap_model
 from monitor.records import StepMark, interactive
 from monitor.rundir import FolderLock, RunDir
 from monitor.checkpoint.rng import capture_rng
@@ -42,7 +43,8 @@ class Checkpoint(Callback):
     ``keep_last`` files and the best ``keep_best`` by ``metric`` (``mode`` "min" or "max"; by
     default "min" for a loss or an error, by its name, else "max"), read from the metrics the
     loop passes at ``metric_from``: "validation", "step" (where "loss" is the step's loss) or
-    "epoch"; a checkpoint gets the value measured since the one before it, if any.
+    "epoch"; a checkpoint gets the value measured since the one before it, if any, or that of a
+    validation right after it (after the batches loop or ``epoch_end``, before the next step).
     ``best_path`` is the best one's file, for the best weights after training (an early stop's).
     ``scheduler`` is one lr scheduler or several (a list, a warm-up's and a plateau's, or a dict
     by name). ``extras()`` returns the user's own tensors and primitives to keep.
@@ -122,6 +124,7 @@ class Checkpoint(Callback):
         self._set_aside = False  # a new run: the folder's earlier checkpoints move at train_start
         self.run_id: str | None = None
         self._monitor: Monitor | None = None
+        self._model: torch.nn.Module | None = None  # the model the run trains, unwrapped (one per resumable run)
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
@@ -205,6 +208,7 @@ class Checkpoint(Callback):
             raise TypeError(f"monitor must be a monitor.Monitor, got {type(monitor).__name__}")
         self.check_among(monitor.callbacks)
         self._monitor = monitor
+        self._model = None
         if self.start is not None and self.start.path is not None:
             if self.extend:  # a run trained further: its epochs go on past its train_end
                 self.start.monitor_state["trained"] = False
@@ -216,6 +220,13 @@ class Checkpoint(Callback):
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._aborted = False
         monitor = self._require_monitor()
+        model = unwrap_model(state.model) if state.model is not None else None
+        if self.resume and model is not None and self._model is not None and model is not self._model:
+            raise CheckpointResumeError(
+                f"train_start was given another model in a run whose Checkpoint resumes: run again, the command "
+                f"would put the latest checkpoint in {self.directory}, this model's, back into the first model; "
+                f"give each model (a fold, a trial) a Monitor and a Checkpoint folder of its own")
+        self._model = model
         # Under DDP, a validation every rank runs (said by averaging it) lets every rank save at its end.
         self._every_rank_validates = any(getattr(c, "average_validation", False) for c in monitor.callbacks)
         if self._saved is not None:
@@ -273,6 +284,11 @@ class Checkpoint(Callback):
                     self.save()  # under DDP a collective, as Scalars' averaging of the validation is
                 elif self._monitor.rank == 0:  # a validation that may run on rank 0 alone: no collective
                     self._write_again_alone()
+        elif self._metric_value is not None and self._last_saved is not None and self._last_saved[0] == state.step:
+            # A validation after the batches loop or epoch_end, at the step of the checkpoint written
+            # last (no step since): it measured that checkpoint's weights, so it ranks that one.
+            metric, self._metric_value = float(self._metric_value), None  # a save has just read the device
+            on_main(lambda: self._rank_latest(checkpoint_name(state.step), metric))
         self._exit_if_stopping()
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
@@ -505,6 +521,20 @@ class Checkpoint(Callback):
             raise CheckpointWriteError(f"{self.directory / MANIFEST} could not be written to point at {path}: "
                                        f"{type(cause).__name__}: {cause}") from error
         prune(self.directory, {r["file"] for r in kept})
+
+    def _rank_latest(self, name: str, metric: float) -> None:
+        """Gives the checkpoint written last, ``name``, the metric of the validation that followed it
+        (rank 0): in the records its later checkpoints hold, and in ``latest.json`` now."""
+        record = next((r for r in self._records if r["file"] == name), None)
+        if record is None:
+            return
+        record["metric"] = metric if math.isfinite(metric) else None
+        kept, last, best = retain(self._records, self.keep_last, self.keep_best, self.mode)
+        self._records = kept
+        pending = self._pointer is not None  # latest.json moves to it at the next step's end
+        self._pointer = (self.directory / name, self._monitor.sink.env, last, best, kept)
+        if not pending:
+            self._point()
 
     def _extra_tensors(self) -> list[Any]:
         """The tensors ``extras()`` returns now, at its top level (a learned loss weight kept so)."""

@@ -86,6 +86,10 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
     manifest = read_manifest(directory, warn=False)
     present = {p.name for p in checkpoint_files(directory)}
     records = [r for r in records if r["file"] in present]
+    if manifest is not None and manifest.get("run_id") == run_id:  # a validation after a file ranked it later
+        ranked = {r["file"]: r.get("metric") for r in manifest.get("checkpoints") or []}
+        records = [{**r, "metric": ranked[r["file"]]} if r.get("metric") is None and ranked.get(r["file"]) is not None
+                   else r for r in records]
     # Files the run's records lack are another run's, unless the pointer or the files say they are
     # this run's: killed twice between saving a file and the pointer's update, it let go of the
     # older one before deleting it. The next save prunes them.

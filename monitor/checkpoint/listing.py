@@ -41,6 +41,7 @@ def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
         raise FileNotFoundError(f"directory must be a folder of checkpoints, got {str(directory)!r}, which is {what}")
     manifest = read_manifest(directory) or {}
     best, last = list(manifest.get("best") or []), list(manifest.get("last") or [])
+    ranked = {r.get("file"): r.get("metric") for r in manifest.get("checkpoints") or [] if isinstance(r, dict)}
     infos = []
     for path in checkpoint_files(directory):
         step = int(path.name[len("step-"):-len(".pt")])
@@ -49,6 +50,8 @@ def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
             data = load_checkpoint(path, verify=False, mmap=True)
             step, epoch, when = data["loop"]["step"], data["loop"]["epoch"], data["time"]
             name, value = data["metric"]["name"], data["metric"]["value"]
+            if value is None:  # ranked by the validation that followed it
+                value = ranked.get(path.name)
         except (CheckpointError, OSError) as error:
             problem = str(error)
         infos.append(CheckpointInfo(path, step, epoch, name, value, path.stat().st_size, when,

@@ -179,16 +179,17 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
     for name, part in parts.items():
         saved_class = checkpoint["classes"].get(name)
         if isinstance(part, Mapping):
+            for key, one in part.items():
+                _check_class(path, f"{name} {key!r}", saved_class.get(key), one)
             continue
         if part is not None and checkpoint[name] is None:
             raise ValueError(f"{name} must be None for {path}, which holds no {name} state, "
                              f"got a {type(part).__name__}")
         if part is None and checkpoint[name] is not None:
-            _log.warning("monitor: %s holds a %s %s state that is not restored: pass %s=", path, saved_class, name,
-                         name)
-        elif part is not None and saved_class != type(part).__name__:
-            _log.warning("monitor: %s holds a %s %s state, loaded into a %s", path, saved_class, name,
-                         type(part).__name__)
+            _log.warning("monitor: %s holds the %s's state (%s), which is not restored: pass %s=", path, name,
+                         saved_class, name)
+        elif part is not None:
+            _check_class(path, name, saved_class, part)
     optimizers = parts["optimizer"] if isinstance(parts["optimizer"], Mapping) else {None: parts["optimizer"]}
     for key, one in optimizers.items():
         saved = checkpoint["optimizer"] if key is None else checkpoint["optimizer"].get(key)
@@ -203,15 +204,21 @@ def restore_parts(path: Path, checkpoint: dict[str, Any], model: torch.nn.Module
             for key, one in part.items():
                 one.load_state_dict(checkpoint[name][key])
         elif part is not None:
-            try:
-                part.load_state_dict(checkpoint[name])
-            except (KeyError, ValueError, TypeError, RuntimeError) as error:
-                saved_class = checkpoint["classes"].get(name)
-                if saved_class == type(part).__name__:
-                    raise
-                raise ValueError(f"{name} must be a {saved_class} to take the {name} state {path} holds, got a "
-                                 f"{type(part).__name__} ({type(error).__name__}: {error})") from error
+            part.load_state_dict(checkpoint[name])
     restore_rng(rng_of_rank(checkpoint["rng"], *rank_and_world_size()))
+
+
+def _check_class(path: Path, name: str, saved_class: str | None, part: Any) -> None:
+    """Refuses a part of another class than the one saved: its state would load (an Adam's into an
+    LBFGS, whose groups then lack ``max_iter``; an Adam's into an AdamW, which then decays as Adam
+    does) and fail or train otherwise later."""
+    given = type(part).__name__
+    if isinstance(saved_class, dict):
+        raise ValueError(f"{name} must be the {name}s {path} holds, by name ({', '.join(saved_class)}), got one {given}")
+    if saved_class is not None and saved_class != given:
+        hint = (" (a loop that changes its optimizer mid-run passes train_start both from the start, as a "
+                "dict: {'adam': adam, 'lbfgs': lbfgs})" if name.startswith("optimizer") else "")
+        raise ValueError(f"{name} must be of the class whose state {path} holds, {saved_class}, got {given}{hint}")
 
 
 def _load_model(model: torch.nn.Module, checkpoint: dict[str, Any], strict: bool) -> None:
