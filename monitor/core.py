@@ -264,6 +264,7 @@ class Monitor:
         self._error_shown: tuple[BaseException | None, int] | None = None  # an interactive session's, at a step
         self._resumable = Resumable()
         self._reports = Reports()
+        self._watched: dict[int, tuple] = {}  # the hooks on LBFGS optimizers, by id
         # Only the callbacks that override a hook are called for it, through bound methods.
         self._subscribers = {hook: [(c, getattr(c, hook)) for c in self.callbacks
                                     if getattr(type(c), hook) is not getattr(Callback, hook)]
@@ -302,17 +303,43 @@ class Monitor:
                                                 f"trial) for a run of its own")
         state.model, state.optimizers, state.scaler = model, optimizers, scaler
         state.optimizer = next(iter(optimizers.values())) if len(optimizers) == 1 else None
-        self.state.hparams = dict(hparams or {})
+        for one in optimizers.values():
+            if isinstance(one, torch.optim.LBFGS):
+                self._watch_closure(one)
+        recorded = hparams is not None or not self._started  # a second train_start (an LBFGS after an Adam)
+        if recorded:                                         # given none keeps the run's
+            state.hparams = dict(hparams or {})
         self._started, self._failed, self._ending = True, False, RunEnd("finished")
         self._train_ended = None
         if getattr(self.sink, "ending", None) is not None:
             self.sink.ending = None
-        if state.hparams and not any(c.records_hparams for c in self.callbacks):
+        if recorded and state.hparams and not any(c.records_hparams for c in self.callbacks):
             try:  # the run's record for comparing runs (monitor runs --where, compare), pane hparams
                 self.log.hparams(state.hparams, {}, state.step)
             except (TypeError, ValueError) as error:
                 self._reports.once("hparams", f"the hparams given to train_start are not recorded: {error}")
         self._fire("on_train_start")
+
+    def _watch_closure(self, optimizer: torch.optim.Optimizer) -> None:
+        """An LBFGS calls its closure several times a step: a ``step_end`` in the closure would count
+        each call a step (a ``monitor.steps(n)`` loop ending early), said once after the step."""
+        if id(optimizer) in self._watched:
+            return
+        me, started_at = weakref.ref(self), [0]
+
+        def before(*_: Any) -> None:
+            if (monitor := me()) is not None:
+                started_at[0] = monitor.state.step
+
+        def after(*_: Any) -> None:
+            if (monitor := me()) is not None and monitor.state.step > started_at[0] + 1:
+                monitor._reports.once("closure", f"step_end was called {monitor.state.step - started_at[0]} times "
+                                      f"in one step of {type(optimizer).__name__}, which calls its closure several "
+                                      f"times a step: call step_end after optimizer.step(closure), not in the "
+                                      f"closure (after_backward may go in it: the last call's gradients count)")
+
+        self._watched[id(optimizer)] = (optimizer.register_step_pre_hook(before),
+                                        optimizer.register_step_post_hook(after))
 
     def epoch_start(self, epoch: int | None = None) -> None:
         """Call at the start of each epoch; ``epoch`` is 0-based (default: the next one)."""

@@ -155,3 +155,22 @@ def test_groups_named_alike_keep_their_names_told_apart_by_number():
     monitor.train_start(model, {"G": optimizer, "D": torch.optim.SGD(model.parameters(), lr=0.1)})
     monitor.step_end()
     assert set(sink.points("learning rate")) == {"G/decay (group 0)", "G/no_decay", "G/decay (group 2)", "D"}
+
+
+def test_with_several_optimizers_each_one_s_rate_is_plotted_at_the_steps_it_stepped_with_the_rate_it_used():
+    model = small_model()
+    generator = torch.optim.Adam(model[0].parameters(), lr=1e-3)
+    critic = torch.optim.SGD(model[3].parameters(), lr=0.1)
+    decay = torch.optim.lr_scheduler.StepLR(critic, step_size=1, gamma=0.5)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, {"G": generator, "D": critic})
+    for step in range(1, 7):  # a WGAN's critic every step, its generator every third
+        model(torch.randn(2, 4)).sum().backward()
+        monitor.after_backward()
+        critic.step()
+        decay.step()
+        if step % 3 == 0:
+            generator.step()
+        monitor.step_end()
+    assert sink.points("learning rate") == {"D": [(s, 0.1 * 0.5 ** (s - 1)) for s in range(1, 7)],
+                                            "G": [(3, 1e-3), (6, 1e-3)]}

@@ -316,3 +316,36 @@ def test_sparse_embedding_gradients_are_normed_as_their_dense_equivalent():
     traces = sink.points("grad norm")
     for name in ("users", "items", "head"):
         assert [v for _, v in traces[name]] == pytest.approx([s[name] for s in seen], rel=1e-5)
+
+
+@pytest.mark.parametrize("where", ["after the step", "in the closure"])
+def test_an_lbfgs_closure_s_step_end_belongs_after_the_step_and_one_in_the_closure_is_told(caplog, where):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 16), nn.Tanh(), nn.Linear(16, 1))
+    x = torch.linspace(-1, 1, 64).unsqueeze(1)
+    lbfgs = torch.optim.LBFGS(model.parameters(), max_iter=5)
+    monitor = Monitor([GradNorms()], sink=ListSink(), raise_errors=True)
+    monitor.train_start(model, lbfgs)
+
+    def closure():
+        lbfgs.zero_grad()
+        loss = (model(x) - torch.sin(3 * x)).pow(2).mean()
+        loss.backward()
+        monitor.after_backward()  # many calls a step: the last one's gradients count
+        if where == "in the closure":
+            monitor.step_end(loss=loss)
+        return loss
+
+    with caplog.at_level("WARNING", logger="monitor"):
+        for _ in monitor.steps(3):
+            loss = lbfgs.step(closure)
+            if where == "after the step":
+                monitor.step_end(loss=loss)
+    said = [r.getMessage() for r in caplog.records]
+    if where == "after the step":
+        assert monitor.state.step == 3 and not said
+        assert [x for x, _ in monitor.sink.points("grad norm")["total"]] == [1, 2, 3]
+    else:
+        assert len(said) == 1 and said[0].startswith("monitor: step_end was called 5 times in one step of LBFGS, "
+                                                     "which calls its closure several times a step: call step_end "
+                                                     "after optimizer.step(closure), not in the closure")

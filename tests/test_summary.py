@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from monitor import Summary
-from monitor.records import Text
+from monitor.records import Hparams, Text
 from helpers.monitors import live_monitor, model_and_data, monitor_with, small_model
 
 
@@ -218,3 +218,18 @@ def test_test_metrics_the_loop_gives_log_hparams_stay_in_the_run_s_final_record(
         monitor.log.hparams({"fold": 4}, {"test_loss": 0.49})
     finals = {name: last for name, (last, _) in described(tmp_path / "after").metrics.items() if "/" not in name}
     assert finals == {"val_loss": 0.54, "test_loss": 0.49}
+
+
+@pytest.mark.parametrize("summary", [True, False])
+def test_a_second_train_start_for_another_optimizer_keeps_the_run_s_hparams_and_records_them_once(summary):
+    model = small_model()
+    adam = torch.optim.Adam(model.parameters())
+    monitor, sink = monitor_with(*([Summary(hparams={"nu": 0.01})] if summary else []))
+    monitor.train_start(model, adam, hparams={"adam_steps": 300})
+    monitor.step_end(loss=1.0)
+    monitor.train_start(model, torch.optim.LBFGS(model.parameters()))  # the switch, given no hparams
+    assert monitor.state.hparams == {"adam_steps": 300}
+    expected = {"nu": 0.01, "adam_steps": 300} if summary else {"adam_steps": 300}
+    assert [(r.x, r.hparams) for r in sink.of(Hparams)] == [(0, expected)]
+    monitor.train_start(model, adam, hparams={"adam_steps": 200})  # given anew: recorded anew
+    assert [r.hparams["adam_steps"] for r in sink.of(Hparams)] == [300, 200]

@@ -1,7 +1,11 @@
 """LearningRate: what the optimizer's schedule actually did, one trace per parameter group."""
 from __future__ import annotations
 
+import weakref
+from functools import partial
 from typing import Any, Sequence
+
+import torch
 
 from monitor.callbacks._every import is_due
 from monitor.checks import positive_int
@@ -26,7 +30,9 @@ class LearningRate(Callback):
     number, ``decay (group 0)``); otherwise one group gives
     trace ``lr`` and several ``group 0``, ``group 1``, ...; with several optimizers each trace starts with the
     optimizer's name (``G``, ``D/backbone``). One point a step, however many times the loop
-    calls ``after_backward`` in it. A tensor ``lr`` (capturable optimizers) is copied on its
+    calls ``after_backward`` in it. With several optimizers, each one's rates are those its
+    ``step()`` used, at the steps it stepped (a WGAN's generator every fifth step, an LBFGS after
+    an Adam's phase; a step in which none stepped shows them all, as they are at ``step_end``). A tensor ``lr`` (capturable optimizers) is copied on its
     device, not read here.
     """
 
@@ -38,6 +44,8 @@ class LearningRate(Callback):
         self._each: dict[str, list[str]] = {}  # with several optimizers, each one's traces
         self._kept_each: dict[str, list[str]] = {}
         self._resumed: dict[str, Any] | None = None  # a checkpoint's traces, named again at train_start
+        self._used: dict[str, list[Any]] = {}  # several optimizers: the rates each step() used in the step
+        self._hooks: list[Any] = []
 
     def state_dict(self) -> dict[str, Any]:
         """The groups' traces, so that a resumed run's groups keep theirs (``lr`` beside a group
@@ -49,7 +57,7 @@ class LearningRate(Callback):
         self._resumed = state
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
-        if self._logged_step != state.step:  # several backward passes or micro-batches: the first
+        if self._logged_step != state.step and not self._hooks:  # several passes or micro-batches: the first
             self._write(state, log)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
@@ -60,6 +68,20 @@ class LearningRate(Callback):
         self._names, self._each, self._logged_step = [], {}, None  # maybe another optimizer: name its groups again
         resumed, self._resumed = self._resumed or {}, None
         self._kept, self._kept_each = list(resumed.get("names", [])), dict(resumed.get("each", {}))
+        self._unhook()
+        if state.optimizer is None and len(state.optimizers) > 1:
+            me = weakref.ref(self)
+            self._hooks = [optimizer.register_step_pre_hook(partial(_note_rates, me, name))
+                           for name, optimizer in state.optimizers.items()
+                           if callable(getattr(optimizer, "register_step_pre_hook", None))]
+
+    def on_train_end(self, state: LoopState, log: Log) -> None:
+        self._unhook()
+
+    def _unhook(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks, self._used = [], {}
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         # A group may have been renamed: name them again (an epoch a resumed run begins with has
@@ -90,7 +112,20 @@ class LearningRate(Callback):
                 self._each = {name: _optimizer_traces(name, optimizer.param_groups, before.get(name, ()))
                               for name, optimizer in state.optimizers.items()}
                 self._names = [trace for traces in self._each.values() for trace in traces]
+            if self._used:  # the optimizers that stepped, at the rates they stepped with
+                used, self._used = self._used, {}
+                log.scalars(WINDOW, state.step, {trace: lr for name, lrs in used.items()
+                                                 for trace, lr in zip(self._each[name], lrs)})
+                return
         log.scalars(WINDOW, state.step, {name: group["lr"] for name, group in zip(self._names, groups)})
+
+
+def _note_rates(me: weakref.ref, name: str, optimizer: Any, *_: Any) -> None:
+    """A step pre-hook of one of several optimizers: the rates its step is about to use."""
+    owner = me()
+    if owner is not None:
+        owner._used[name] = [lr.detach().clone() if isinstance(lr, torch.Tensor) else lr  # a scheduler may
+                             for lr in (group["lr"] for group in optimizer.param_groups)]  # change it in place
 
 
 def trace_names(groups: Sequence[dict[str, Any]], before: Sequence[str] = ()) -> list[str]:

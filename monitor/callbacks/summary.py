@@ -12,7 +12,7 @@ from torch.nn.parameter import is_lazy
 from monitor.checks import is_scalar
 from monitor.callbacks.learning_rate import trace_names
 from monitor.models import unwrap_model
-from monitor.core import Callback, LoopState
+from monitor.core import Callback, LoopState, Monitor
 from monitor.log import Log
 from monitor.records import Order
 from monitor.windows import TABLE
@@ -44,14 +44,19 @@ class Summary(Callback):
         self.hparams = dict(hparams or {})
         self._metrics: dict[str, Any] = {}  # the latest number of each metric validation_end or epoch_end passed
         self._shown: tuple | None = None  # what the pane says trains: trainable count, each optimizer's groups
+        self._recorded: dict[str, Any] | None = None  # the hparams recorded by this run's train_start
+
+    def on_attach(self, monitor: Monitor) -> None:
+        self._recorded = None
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._metrics = {}
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW)
         hparams = {**self.hparams, **state.hparams}
         self._write(state, log)
-        if hparams:  # the run's record from the start: a run killed before train_end still has its hparams
-            log.hparams(hparams, {}, state.step)
+        if hparams and hparams != self._recorded:  # the run's record from the start: a run killed before
+            self._recorded = hparams               # train_end still has its hparams (once, not at every
+            log.hparams(hparams, {}, state.step)   # train_start of one run: an optimizer switched)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if state.main_validation:  # not a second model's after it (an EMA copy's): the run's are the first's
