@@ -108,6 +108,8 @@ class GradNorms(Callback):
         self._stale = True  # the parameters may have changed since the grouping was built
         self._hooks: list = []
         self._said_no_gradients = False
+        self._backward_seen = False  # an after_backward since train_start, or said that none came
+        self._started_at = 0  # the step train_start came at (a resumed run's)
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         if not self._hooks:
@@ -121,6 +123,7 @@ class GradNorms(Callback):
             self._hooks = [register_module_module_registration_hook(registered),
                            register_module_parameter_registration_hook(registered)]
         self._stale = True
+        self._started_at = state.step
         self._passes.clear()  # maybe other optimizers
         self._updated_key = None
         self._parameters(state)
@@ -128,12 +131,24 @@ class GradNorms(Callback):
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._stale = True
 
+    def on_epoch_end(self, state: LoopState, log: Log) -> None:
+        self._say_if_no_backward(state, f"the end of epoch {state.epoch}")
+
     def on_train_end(self, state: LoopState, log: Log) -> None:
+        self._say_if_no_backward(state, "train_end")
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
 
+    def _say_if_no_backward(self, state: LoopState, when: str) -> None:
+        if not self._backward_seen and state.step > self._started_at:
+            self._backward_seen = True
+            _log.warning("monitor: GradNorms was given no after_backward() by %s (step %d): window 'grad norm' "
+                         "stays empty until the loop calls monitor.after_backward() after loss.backward(), "
+                         "before optimizer.step()", when, state.step)
+
     def on_after_backward(self, state: LoopState, log: Log) -> None:
+        self._backward_seen = True
         if self.every != 1 and not is_due(state.step, self.every):
             return
         if state.model is not self._wrapped or self._stale:
