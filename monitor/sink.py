@@ -34,7 +34,7 @@ from monitor import checks
 from monitor.connection import Connection
 from monitor.delivery import SPREAD, Delivery, FlushTiming
 from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, Matrix, Mesh, Points, PrCurve,
-                             RunEnd, StepMark, Text)
+                             RunEnd, StepMark, Text, interactive)
 from monitor.reports import Reports
 from monitor.env_claims import take
 from monitor.rundir import RunDir, RunInUseError
@@ -71,6 +71,8 @@ _PAUSE = 0.0005  # seconds between slices while the queue is not empty
 _POLL = 0.1
 MANY_WINDOWS = 100  # in one env: said once past it (a page slows down drawing more panes)
 open_sinks: "weakref.WeakSet[Any]" = weakref.WeakSet()  # sinks of this process not closed yet
+_ran_here: set[Path] = set()  # the run folders this process has had a run in
+_told_set_aside: set[Path] = set()  # those of them a new run set aside a run in, said once
 os.register_at_fork(after_in_child=open_sinks.clear)  # a fork neither owns nor closes them
 
 
@@ -213,8 +215,9 @@ class VisdomSink:
             _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)
         elif earlier is not None:  # a re-run of a killed script that meant to go on learns it starts over
             _log.warning("monitor: env %r starts a new run from step 0; the earlier run stopped without ending "
-                         "(killed) and is not continued: only a run with a checkpoint to resume from is "
-                         "(Checkpoint(..., resume=True)); its log is kept in %s", self.env, earlier)
+                         "(killed) and is not continued, as no checkpoint of it was found to resume from (Checkpoint(..., "
+                         "resume=True) writes them: this run had none yet, or none was asked for); its log is kept in "
+                         "%s", self.env, earlier)
         self.runlog = RunLog(path)
         self.runlog.append([header(self.env, self.run_id, self.pid)])
         self.images = ImageStore(self.run_dir, self.run_id)
@@ -527,6 +530,14 @@ def replace_earlier(run_dir: Path, continues: bool = False) -> None:
     pool's trials of one env); the newer one ``continues`` its run (a resume) or sets its log aside."""
     if (writers := sys.modules.get("monitor.writer")) is not None:  # none without the module
         writers.refuse_to_replace(run_dir)
+    folder = run_dir.resolve()
+    if folder in _ran_here and folder not in _told_set_aside and not continues and not interactive() and \
+            not any(other.run_dir.resolve() == folder for other in open_sinks):
+        _told_set_aside.add(folder)
+        _log.warning("monitor: a new run in %s sets aside the one this process ran there before: the dashboard and "
+                     "`monitor runs` show the new one only (the earlier one's log goes to earlier/); give each run "
+                     "(a fold, a trial) an env of its own, env=f\"cv-fold{k}\"", run_dir)
+    _ran_here.add(folder)
     for other in list(open_sinks):
         if other.run_dir.resolve() == run_dir.resolve():
             owner = other.made_in

@@ -66,10 +66,20 @@ def check_two_runs(server, env, run_dir: Path, read_window) -> None:
     assert_the_dashboard_shows_exactly(server, f"{env}-first", first, read_window)
 
 
-def test_the_quick_start_run_twice_in_one_process_shows_only_the_second_run(visdom_server, read_window, tmp_path):
-    for seed in (1, 2):
-        quick_start.train("twice-in-process", visdom_server.port, str(tmp_path), seed)
+def test_the_quick_start_run_twice_in_one_process_shows_only_the_second_run_and_says_so_once(
+        visdom_server, read_window, tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="monitor"):
+        for seed in (1, 2):  # a cross-validation's folds given one env by mistake
+            quick_start.train("twice-in-process", visdom_server.port, str(tmp_path), seed)
     check_two_runs(visdom_server, "twice-in-process", tmp_path, read_window)
+    said = [r.getMessage() for r in caplog.records if "sets aside" in r.getMessage()]
+    assert said == [f"monitor: a new run in {tmp_path} sets aside the one this process ran there before: the "
+                    f"dashboard and `monitor runs` show the new one only (the earlier one's log goes to earlier/); "
+                    f"give each run (a fold, a trial) an env of its own, env=f\"cv-fold{{k}}\""]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monitor"):
+        quick_start.train("twice-in-process", visdom_server.port, str(tmp_path), 3)
+    assert not [r for r in caplog.records if "sets aside" in r.getMessage()]  # said once
 
 
 def test_the_quick_start_run_twice_as_two_processes_shows_only_the_second_run(visdom_server, read_window, tmp_path):
@@ -331,8 +341,9 @@ def test_a_new_run_after_a_killed_one_says_the_killed_run_is_not_continued(tmp_p
     said = [(r.levelname, r.getMessage()) for r in caplog.records if "earlier run" in r.getMessage()]
     if ending is None:
         assert said == [("WARNING", f"monitor: env 'again' starts a new run from step 0; the earlier run stopped "
-                                    f"without ending (killed) and is not continued: only a run with a checkpoint "
-                                    f"to resume from is (Checkpoint(..., resume=True)); its log is kept in "
+                                    f"without ending (killed) and is not continued, as no checkpoint of it was found "
+                                    f"to resume from (Checkpoint(..., resume=True) writes them: this run had none "
+                                    f"yet, or none was asked for); its log is kept in "
                                     f"{tmp_path / 'earlier' / 'r1.jsonl'}")]
     else:
         assert said == [("INFO", f"monitor: env 'again' starts a new run; the earlier run's log is kept in "
