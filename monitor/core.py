@@ -68,6 +68,8 @@ class LoopState:
     (``"validation"`` unless told: an EMA copy's, ``"val/clean"``); ``main_validation`` says
     whether it is the run's own: the step's first validation, or another of the step under that
     trace (False for an EMA copy's after it), whose metrics a checkpoint ranks by and the run ends with.
+    ``batch_drawn``, where a callback sets it, is called with each batch ``monitor.batches`` draws
+    for the loop (Timing counts the samples of a step's micro-batches so); it must not keep them.
     """
 
     model: torch.nn.Module | None = None
@@ -88,6 +90,7 @@ class LoopState:
     batch_index: int | None = None
     validation: str = "validation"
     main_validation: bool = True
+    batch_drawn: Callable[[Any], None] | None = None
 
 
 class Callback:

@@ -168,6 +168,8 @@ class Resumable:
                 state.batch_index = drawn
                 drawn += 1
                 self.drawn = (drawn, order, call, shape, again)
+                if state.batch_drawn is not None and outermost:
+                    state.batch_drawn(batch)
                 yield batch
         finally:
             self.iterating -= 1

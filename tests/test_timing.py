@@ -186,3 +186,23 @@ def test_throughput_of_time_major_sequences_beside_their_lengths_counts_the_sequ
     assert _batch_size((padded, lengths), torch.zeros(50, 8, dtype=torch.long)) == 8
     assert _batch_size({"input_ids": torch.zeros(30, 4, dtype=torch.long), "lengths": torch.full((4,), 30)}) == 4
     assert _batch_size((torch.zeros(8, 50), torch.full((8,), 50)), torch.zeros(8, 50)) == 8  # batch first
+
+
+def test_under_gradient_accumulation_the_throughput_counts_every_micro_batch_of_the_step():
+    # A bucketing sampler's micro-batches of their own sizes: the last one (step_end's inputs) held 11 of 42.
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Timing(every=1))
+    monitor.train_start(model, optimizer)
+    sizes = [10, 1, 20, 11] * 3
+    loader = [(torch.zeros(n, 4), torch.zeros(n, dtype=torch.long)) for n in sizes]
+    for epoch in monitor.epochs(1):
+        for x, y in monitor.batches(loader):
+            if monitor.state.batch_index % 4 == 3:
+                time.sleep(0.02)
+                monitor.step_end(loss=1.0, inputs=x, targets=y)
+        list(monitor.batches(loader[:2]))  # a validation's batches are no step's
+        monitor.validation_end({"loss": 1.0})
+    times, throughput = dict(sink.points("step time")["step"]), dict(sink.points("throughput")["samples"])
+    assert sorted(throughput) == [2, 3]
+    assert all(throughput[s] == pytest.approx(42 * 1000 / times[s]) for s in (2, 3)), (throughput, times)

@@ -32,7 +32,9 @@ class Timing(Callback):
     the lengths of time-major (T, B) sequences beside them (``(padded, lengths)``), else of
     ``targets`` where its first dimension is one of theirs or theirs disagree (a graph batch:
     nodes, edges, one label a graph), else of its first tensor, or its length where it is a tuple
-    of samples: a detection batch's images; steps per second without them); ``memory`` (MB: the
+    of samples: a detection batch's images; steps per second without them; where a step drew
+    several batches through ``monitor.batches`` (micro-batches of gradient accumulation), the
+    samples of all of them); ``memory`` (MB: the
     process's resident memory and, on CUDA, memory allocated, reserved and the peak allocated, as
     ``torch.cuda.max_memory_allocated`` says: never reset here, so a loop's own
     ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
@@ -52,9 +54,12 @@ class Timing(Callback):
         # Since the last point: the steps timed, their seconds, data waits and samples
         self._steps = self._waits = self._samples = 0
         self._seconds = self._waited = 0.0
+        self._drawn = [0, 0]  # the batches monitor.batches drew since the last step_end, and their samples
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._last = None
+        self._drawn = [0, 0]
+        state.batch_drawn = self._count
         parameter = next(state.model.parameters(), None) if state.model is not None else None
         self._device = parameter.device if parameter is not None and parameter.device.type == "cuda" else None
         log.window("step time", order=Order.TIMING, title="step time", xlabel="step", ylabel="milliseconds")
@@ -64,13 +69,21 @@ class Timing(Callback):
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._last = self._event = self._start = None  # validation and the epoch's end are not a step's time
+        self._drawn = [0, 0]
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         self._last, self._event, self._start = time.perf_counter(), None, None  # the next step's starts after it
+        self._drawn = [0, 0]  # a validation loader's batches are no step's
+
+    def _count(self, batch: Any) -> None:
+        drawn = self._drawn
+        drawn[0] += 1
+        drawn[1] += batch.shape[0] if type(batch) is torch.Tensor and batch.dim() else _batch_size(batch) or 0
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         now = time.perf_counter()
         last, self._last = self._last, now
+        drawn, self._drawn = self._drawn, [0, 0]
         if last is not None:
             self._steps += 1
             self._seconds += now - last
@@ -78,7 +91,9 @@ class Timing(Callback):
                 self._waited += state.data_wait
                 self._waits += 1
             inputs = state.inputs
-            if inputs is not None:
+            if drawn[0] > 1:  # micro-batches: the step's samples are all of theirs, not the last one's
+                self._samples += drawn[1]
+            elif inputs is not None:
                 self._samples += inputs.shape[0] if type(inputs) is torch.Tensor and inputs.dim() \
                     else _batch_size(inputs, state.targets) or 0
         due = is_due(state.step, self.every)
