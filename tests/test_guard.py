@@ -211,6 +211,14 @@ def test_a_loss_of_many_values_is_named_and_a_guard_without_checkpoints_says_non
     assert [r.getMessage() for r in caplog.records] == [
         "monitor: Guard: the loss is nan at step 2; training goes on, said once (Guard(action='stop') stops it "
         "here; a lower learning rate or clip_grad_norm_ is the usual cure)"]
+    caplog.clear()
+    monitor = Monitor([Guard(grads=False)], sink=NullSink(), raise_errors=True)
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.step_end(loss=float("inf"))  # a CTC loss of an utterance too short for its labels
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: Guard: the loss is inf at step 1; training goes on, said once (Guard(action='stop') stops it "
+        "here; an inf from the loss itself (a CTC loss's impossible alignment, a log of 0) wants the loss mended, "
+        "nn.CTCLoss(zero_infinity=True) or a clamp; a diverging run a lower learning rate or clip_grad_norm_)"]
 
 
 @pytest.mark.parametrize("bad", ["nan", "spike"])

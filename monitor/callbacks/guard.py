@@ -175,9 +175,12 @@ class Guard(Callback):
             else "; no checkpoint from before it to keep" if self._main
             else "; rank 0 says which checkpoint is kept")  # the others hold no list of them
         if self._main:  # said once: a loss gone NaN stays NaN, and the mark shows where it went
+            cure = ("an inf from the loss itself (a CTC loss's impossible alignment, a log of 0) wants the loss "
+                    "mended, nn.CTCLoss(zero_infinity=True) or a clamp; a diverging run a lower learning rate or "
+                    "clip_grad_norm_" if loss is not None and math.isinf(loss) else
+                    "a lower learning rate or clip_grad_norm_ is the usual cure")
             _log.warning(message + ("" if self.action == "stop" else
-                                    "; training goes on, said once (Guard(action='stop') stops it here; a lower "
-                                    "learning rate or clip_grad_norm_ is the usual cure)"))
+                                    f"; training goes on, said once (Guard(action='stop') stops it here; {cure})"))
         if self.action == "stop":
             raise TrainingDiverged(message.removeprefix("monitor: ") + "; training stopped")
 
