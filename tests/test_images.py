@@ -165,6 +165,10 @@ def test_a_model_s_dict_of_outputs_as_images_is_refused_naming_its_keys():
     output = dataclasses.make_dataclass("SegmenterOutput", ["mask", "loss"])(torch.rand(2, 3, 4, 4), torch.ones(()))
     with pytest.raises(TypeError, match=r"got a SegmenterOutput of \['mask', 'loss'\]: .* step_end\(outputs=out.mask\)"):
         monitor.step_end(outputs=output)
+    inputs, _ = monitor_with(Images(every=1, captions=None), raise_errors=True)
+    with pytest.raises(TypeError, match=r"got a dict of \['feats', 'lengths'\]: pass one of them, e.g. "
+                                        r"step_end\(inputs=batch\['feats'\]\)"):  # a collate_fn's dict batch
+        inputs.step_end(inputs={"feats": torch.rand(2, 80, 50), "lengths": torch.tensor([50, 40])})
 
 
 @pytest.mark.parametrize("batch", ["columns", "images and labels"])

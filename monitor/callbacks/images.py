@@ -88,7 +88,8 @@ class Images(Callback):
         names = _output_names(images)
         if names is not None:  # a model's dict, namedtuple or dataclass of outputs
             first = names[0] if names else "logits"
-            part = f"out[{first!r}]" if isinstance(images, Mapping) else f"out.{first}"
+            holder = "out" if self.source == "outputs" else "batch"  # a model's outputs, or a dict batch
+            part = f"{holder}[{first!r}]" if isinstance(images, Mapping) else f"{holder}.{first}"
             raise TypeError(f"Images(source={self.source!r}) needs images, got a {type(images).__name__} of "
                             f"{names}: pass one of them, e.g. step_end({self.source}={part})")
         if isinstance(images, (list, tuple)) and _views(images):
