@@ -927,6 +927,8 @@ def _hparam_order(value: Any) -> tuple:
 def _same(value: Any, wanted: str) -> bool:
     if str(value) == wanted:
         return True
+    if isinstance(value, bool) or value is None:  # as a command line or JSON writes them: true, null
+        return wanted.lower() in ({"true", "1"} if value else {"false", "0"} if value is False else {"none", "null"})
     try:
         return float(value) == float(wanted)
     except (TypeError, ValueError):

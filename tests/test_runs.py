@@ -196,6 +196,10 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     assert [r.env for r in selected(list(runs.values()), where={"lr": "0.10"})] == ["good"]
     assert [r.env for r in selected(list(runs.values()), where={"lr": "0.1, 0.3"}, sort="lr")] == ["good", "broken"]
     assert [r.env for r in selected(list(runs.values()), sort="lr", mode="max")] == ["broken", "good", "killed"]
+    flags = [runs["good"]._replace(env=f"double={flag}", hparams={"double": flag}) for flag in
+             (True, False, None)]  # a command line and JSON write them true, false, null
+    assert [[r.env for r in selected(flags, where={"double": wanted})] for wanted in ("true", "False", "0", "null")] \
+        == [["double=True"], ["double=False"], ["double=False"], ["double=None"]]
 
     done = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "loss/validation", "--where", "batch=16"])
     assert done.exit_code == 0, done.output
