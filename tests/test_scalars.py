@@ -121,8 +121,10 @@ def test_scalars_pass_nan_and_inf_through_for_the_sink_to_show_as_gaps():
 def test_scalars_reject_unknown_metric_types_naming_the_metric_after_logging_the_rest(x, bad, error):
     monitor, sink = monitor_with(Scalars(x=x))
     monitor.epoch_start(0)
-    with pytest.raises(error, match="metric 'mood'.*; metric 'phase'"):  # every bad one, in one report
+    with pytest.raises(error, match="metric 'mood'.*; metric 'phase'") as refused:  # every bad one, in one report
         monitor.step_end(loss=1.0, metrics={"mood": bad, "accuracy": 0.5, "phase": bad})
+    if x == "step":  # the good ones are logged, and the report says so
+        assert str(refused.value).endswith(" (not logged; the call's other 2 were)")
     monitor.epoch_end()
     assert sink.points("accuracy")["train"] == [(1, 0.5)]
 

@@ -133,7 +133,7 @@ class Scalars(Callback):
                 self._write_one(log, x, trace, name, value)
             except (TypeError, ValueError) as error:
                 failures.append((name, error))
-        _raise_together(failures)
+        _raise_together(failures, logged=len(values) - len(failures))
 
     def _write_one(self, log: Log, x: float, trace: str, name: str, value: Any) -> None:
         """One point of metric ``name`` in its window (laid out the first time), naming it in errors."""
@@ -150,11 +150,12 @@ class Scalars(Callback):
             raise type(error)(f"metric {name!r}: {error}{parts}") from None
 
 
-def _raise_together(failures: list[tuple[str, Exception]]) -> None:
-    """One error naming every bad metric of a call; the Monitor reports it once for these names
-    (``about``), so a metric that goes bad later is reported too."""
+def _raise_together(failures: list[tuple[str, Exception]], logged: int = 0) -> None:
+    """One error naming every bad metric of a call, and that the ``logged`` others were; the
+    Monitor reports it once for these names (``about``), so a metric that goes bad later is reported too."""
     if failures:
-        error = type(failures[0][1])("; ".join(str(error) for _, error in failures))
+        others = f" (not logged; the call's other {logged} were)" if logged else ""
+        error = type(failures[0][1])("; ".join(str(error) for _, error in failures) + others)
         error.about = tuple(sorted({name for name, _ in failures}))
         raise error
 
