@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import sys
+from decimal import Decimal
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
@@ -132,6 +133,8 @@ def scalar(argument: str, value: Any) -> Any:
             raise TypeError(f"{argument} must be a real number, got a tensor of dtype {value.dtype}")
         return value
     if not isinstance(value, Real):
+        if isinstance(value, Decimal):  # a number, though not a Real: as the float it is logged as
+            return float(value)
         shown = " ".join(repr(value).split())  # a model's output holds tensors: their values cut short
         shown = shown if len(shown) <= 80 else f"{shown[:77]}..."
         hint = ": pass its .loss" if _is_tensor(getattr(value, "loss", None)) else ""  # Hugging Face's outputs
@@ -145,7 +148,7 @@ def is_scalar(value: Any) -> bool:
         return True
     if _is_tensor(value):
         return value.numel() == 1 and not value.is_complex()
-    return isinstance(value, Real)
+    return isinstance(value, (Real, Decimal))
 
 
 def value_range(argument: str, value: Any) -> tuple[float, float] | None:
