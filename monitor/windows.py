@@ -443,7 +443,7 @@ class Window:
                 return None
             smoothing, styles = self.opts.get("smoothing", 0), self._run_styles()
             data = [line for i, name in enumerate(self.traces) for line in (
-                    self._smoothed(name, i, smoothing, styles.get(name)) if smoothing
+                    self._smoothed(name, i, smoothing, styles.get(name)) if smoothing and self._smooths(name)
                     else (self._line(name, styles.get(name)),))]
             # No title inside the plot: the pane's header shows it, where Visdom's toolbar would cover it.
             layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
@@ -503,6 +503,15 @@ class Window:
             (red, green, blue), dash = style
             line["line"] = {"color": f"rgb({red},{green},{blue})", "dash": dash}
         return line
+
+    def _smooths(self, name: str) -> bool:
+        """Whether trace ``name`` is drawn smoothed: every one, or those named in opts ``smoothed``
+        (Scalars' ``train``; in a comparison, each run's ``train``)."""
+        only = self.opts.get("smoothed")
+        if only is None:
+            return True
+        run = next((label for label in self.opts.get("runs") or () if name.startswith(label + "/")), None)
+        return (name if run is None else name[len(run) + 1:]) in only
 
     def _run_styles(self) -> dict[str, tuple[tuple[int, int, int], str]]:
         """In a comparison (opts ``runs``, the runs' labels), each trace's colour, its run's, and

@@ -101,11 +101,15 @@ def test_scalars_set_each_windows_title_and_axis_labels_once():
         monitor.validation_end({"accuracy": 0.5})
     layouts = sink.of(Layout)
     assert sorted(r.window for r in layouts) == ["accuracy", "loss"]
-    assert {r.window: r.opts for r in layouts}["loss"] == {"title": "loss", "xlabel": "epoch", "ylabel": "loss",
-                                                           "smoothing": 0.6}
+    # Each point an epoch's mean: none smoothed; by step, the steps' curve alone
+    assert {r.window: r.opts for r in layouts}["loss"] == {"title": "loss", "xlabel": "epoch", "ylabel": "loss"}
     for layout in layouts:  # each before its window's first points
         first = next(i for i, r in enumerate(sink.records) if isinstance(r, Points) and r.window == layout.window)
         assert sink.records.index(layout) < first
+    by_step, laid_out = monitor_with(Scalars())
+    by_step.step_end(loss=1.0)
+    assert laid_out.of(Layout)[0].opts == {"title": "loss", "xlabel": "step", "ylabel": "loss", "smoothing": 0.6,
+                                           "smoothed": ["train"]}
 
 
 def test_scalars_pass_nan_and_inf_through_for_the_sink_to_show_as_gaps():

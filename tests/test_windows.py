@@ -133,6 +133,23 @@ def test_a_smoothed_window_draws_each_trace_smoothed_as_tensorboard_does_with_th
     assert all(len(repr(y)) <= 12 for y in smooth["y"] if y is not None)  # six digits: drawn, not read back
 
 
+def test_a_window_that_names_its_smoothed_traces_draws_the_others_as_they_are_in_a_comparison_too():
+    # Scalars smooths the steps' curve only: a few validation means smoothed lag behind their minimum.
+    window = Window("loss", 5000)
+    window.apply({"k": "layout", "win": "loss", "opts": {"smoothing": 0.6, "smoothed": ["train"]}})
+    for x, (train, validation) in enumerate([(1.0, 0.9), (2.0, 0.5), (3.0, 0.7)]):
+        window.apply({"k": "points", "win": "loss", "x": x, "y": {"train": train, "validation": validation}})
+    data = window.message("e")[1]["data"]
+    assert [line["name"] for line in data] == ["train", "train", "validation"]
+    assert data[-1]["y"] == [0.9, 0.5, 0.7]
+    compared = Window("loss", 5000)
+    compared.apply({"k": "layout", "win": "loss", "opts": {"smoothing": 0.6, "smoothed": ["train"]}})
+    compared.apply({"k": "points", "win": "loss", "x": 1, "y": {"lr=0.1/train": 1.0, "lr=0.1/validation": 0.9}})
+    compared.opts["runs"] = ["lr=0.1"]
+    assert [line["name"] for line in compared.message("e")[1]["data"]] == ["lr=0.1/train", "lr=0.1/train",
+                                                                            "lr=0.1/validation"]
+
+
 def test_the_smoothed_curves_of_many_traces_share_their_points_as_the_traces_share_the_window_s():
     import json
 

@@ -139,8 +139,12 @@ class Scalars(Callback):
         """One point of metric ``name`` in its window (laid out the first time), naming it in errors."""
         try:
             if name not in log.layouts:  # laid out once: the training thread's path stays short
+                # Only the steps' curve is smoothed: a validation's or an epoch's point is a mean already,
+                # and smoothed over a few of them it lags behind (the minimum early stopping looks for).
+                smoothed = {"smoothing": self.smoothing, "smoothed": ["train"]} \
+                    if self.smoothing and self.x == "step" else {}
                 log.window(name, order=Order.LOSS if name == "loss" else Order.METRICS, title=name, xlabel=self.x,
-                           ylabel=name, **({"smoothing": self.smoothing} if self.smoothing else {}))
+                           ylabel=name, **smoothed)
             log.scalar(name, trace, x, value)
         except (TypeError, ValueError) as error:
             parts = ""
