@@ -140,6 +140,8 @@ class SummaryWriter:
             self._open(purge_step)
         self._steps: Counter[str] = Counter()  # calls without a global_step, per tag
         self._said: set[str] = set()
+        self._range_checked: dict[str, int] = {}  # the images of each tag looked at for values outside 0-1
+        self._finite_checked: dict[str, int] = {}  # the histograms of each tag looked at for values not finite
         self._closed = False
         self._flushed = -math.inf  # when flush() last waited for the dashboard
         self._charts: list[tuple[str, list[Callable[[str], Any]]]] = []  # add_custom_scalars: window, matchers
@@ -229,6 +231,7 @@ class SummaryWriter:
         if tensor.numel() == 0:
             raise ValueError("values must hold at least one number, got an empty tensor")
         bins = _checked_bins(bins)
+        self._say_if_not_finite(tag, tensor)
         if max_bins is not None:
             checks.positive_int("max_bins", int(max_bins) if isinstance(max_bins, np.integer) else max_bins)
         window = self._lay_out(tag, "histogram", Order.GRADIENTS, xlabel="step", ylabel="value")
@@ -334,12 +337,14 @@ class SummaryWriter:
     def add_image(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
                   dataformats: str = "CHW") -> None:
         """One image (``dataformats``: CHW, HWC, HW, ..., or with N a grid); floats are taken as 0-1, as
-        TensorBoard does."""
+        TensorBoard does (said once for a tag whose values mostly fall outside, a log spectrogram's)."""
+        self._say_if_out_of_range(tag, img_tensor)
         self._show(tag, global_step, self._pixels(img_tensor, dataformats))
 
     def add_images(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
                    dataformats: str = "NCHW") -> None:
         """A batch of images as one grid (``dataformats``: NCHW, NHWC, ...)."""
+        self._say_if_out_of_range(tag, img_tensor)
         self._show(tag, global_step, self._pixels(img_tensor, dataformats))
 
     def add_image_with_boxes(self, tag: str, img_tensor: Any, box_tensor: Any, global_step: int | None = None,
@@ -624,6 +629,37 @@ class SummaryWriter:
             alpha = pixels[:, -1:].to(torch.float32) / 255
             pixels = (pixels[:, :-1] * alpha + 255 * (1 - alpha)).round_().to(torch.uint8)
         return pixels
+
+    def _say_if_not_finite(self, tag: str, tensor: torch.Tensor) -> None:
+        """Says once for ``tag`` that values not finite are left out of its bins (TensorBoard's
+        writer raises on them), looked at in a tag's first histograms, on the CPU: no device read."""
+        checked = self._finite_checked.get(tag, 0)
+        if checked >= 3 or not tensor.is_cpu or not tensor.is_floating_point():
+            return
+        self._finite_checked[tag] = checked + 1
+        left_out = tensor.numel() - int(torch.isfinite(tensor).sum())
+        if left_out:
+            self._finite_checked[tag] = 3
+            _log.warning("monitor: add_histogram(%r): %d of its %d values are not finite (inf or NaN) and are left "
+                         "out of its bins", tag, left_out, tensor.numel())
+
+    def _say_if_out_of_range(self, tag: str, img_tensor: Any) -> None:
+        """Says once for ``tag`` that most of its float values fall outside 0-1 and are drawn
+        clipped, black or white (looked at in a tag's first images, on the CPU: no device read)."""
+        checked = self._range_checked.get(tag, 0)
+        if checked >= 3 or not isinstance(img_tensor, (torch.Tensor, np.ndarray)):
+            return
+        self._range_checked[tag] = checked + 1
+        values = torch.as_tensor(img_tensor)
+        if not values.is_floating_point() or not values.is_cpu or not values.numel():
+            return
+        outside = ((values < 0) | (values > 1)).float().mean().item()
+        if outside > 0.5:
+            self._range_checked[tag] = 3
+            _log.warning("monitor: add_image(%r): %.0f%% of its values are outside 0-1, drawn clipped (black below 0, "
+                         "white above 1) as TensorBoard draws them: scale them to 0-1 first, or draw them with "
+                         "monitor.log.images(..., value_range=(low, high)), or stretched per image, without it",
+                         tag, 100 * outside)
 
     def _not_drawn(self, method: str) -> None:
         if method not in self._said:

@@ -466,6 +466,22 @@ def test_bad_image_layouts_are_named(tmp_path):
     writer.add_images("y", torch.rand(4, 4, 2), dataformats="HWN")
 
 
+def test_images_mostly_outside_0_1_and_histograms_of_values_not_finite_are_told_once_a_tag(caplog):
+    # A log-mel spectrogram through add_image came out 89% black; a histogram of CTC losses lost its infs.
+    writer = SummaryWriter(monitor=Monitor([], sink=ListSink()))
+    with caplog.at_level("WARNING", logger="monitor"):
+        for step in range(3):
+            writer.add_image("spec", torch.full((80, 120), -6.0), step, dataformats="HW")
+            writer.add_images("fine", torch.rand(2, 1, 4, 4), step)
+            writer.add_histogram("losses", torch.tensor([1.0, 2.0, math.inf, 3.0]), step)
+            writer.add_histogram("weights", torch.randn(100), step)
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: add_image('spec'): 100% of its values are outside 0-1, drawn clipped (black below 0, white above "
+        "1) as TensorBoard draws them: scale them to 0-1 first, or draw them with monitor.log.images(..., "
+        "value_range=(low, high)), or stretched per image, without it",
+        "monitor: add_histogram('losses'): 1 of its 4 values are not finite (inf or NaN) and are left out of its bins"]
+
+
 def test_pr_curves_name_bad_arguments_and_count_the_values_as_they_were_at_the_call():
     monitor = Monitor([], sink=ListSink())
     writer = SummaryWriter(monitor=monitor)
