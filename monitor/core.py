@@ -511,7 +511,9 @@ class Monitor:
         episode returns) is that step's: a resumed run logs it again in place of what the killed
         run logged, not beside it, as in ``while monitor.state.step < count:``, where the step
         begins at ``after_backward``. An iteration that ends no step (a replay buffer still
-        filling) is not counted: the next one yields the same number.
+        filling) is not counted: the next one yields the same number. ``monitor.state.step``
+        counts the step from its ``after_backward`` on: values logged by hand before it belong at
+        ``update + 1``, the step's number.
         """
         checks.integer("count", count, minimum=0)
         if self._resumable.trained:  # resumed after its train_end (killed in its own last work, an early stop)

@@ -233,3 +233,31 @@ def test_the_readme_quick_start_and_custom_callback_run_as_written(visdom_server
     assert read_window_raw(visdom_server, "my-timed-run", "notes")["content"] == "baseline, lr 0.1"
     xs, ys = read_window(visdom_server, "my-timed-run", "epoch time")["seconds"]
     assert xs == [1] and ys[0] >= 0
+
+
+def test_the_readme_cross_validation_runs_as_written_and_skips_its_finished_folds_when_run_again(
+        visdom_server, read_window, tmp_path, monkeypatch) -> None:
+    import math
+    import textwrap
+
+    from monitor import Checkpoint, Monitor, Scalars
+
+    (block,) = (textwrap.dedent(b) for b in readme_python_blocks() if "cv-fold" in b)  # in a list item
+    block = block.replace("...  ", "monitor.step_end(loss=1.0)  ", 1)  # its training, a step an epoch
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VISDOM_SERVER_URL", "http://127.0.0.1")
+    monkeypatch.setenv("VISDOM_PORT", str(visdom_server.port))
+    made = []
+
+    def make_model():
+        made.append(torch.nn.Linear(2, 1))
+        return made[-1]
+
+    names = {"folds": [([0], [1]), ([1], [0])], "make_model": make_model, "epochs": 6, "patience": 2,
+             "make_optimizer": lambda: torch.optim.SGD(made[-1].parameters(), lr=0.1), "val_loss": 0.5,
+             "math": math, "Checkpoint": Checkpoint, "Monitor": Monitor, "Scalars": Scalars}
+    exec(block, dict(names))
+    assert len(made) == 2  # a model a fold, each stopped early: no better loss for two epochs
+    assert read_window(visdom_server, "cv-fold1", "loss")["validation"][0] == [1, 2, 3]
+    exec(block, dict(names))  # run again: both folds finished
+    assert len(made) == 2
