@@ -215,9 +215,9 @@ class VisdomSink:
             _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)
         elif earlier is not None:  # a re-run of a killed script that meant to go on learns it starts over
             _log.warning("monitor: env %r starts a new run from step 0; the earlier run stopped without ending "
-                         "(killed) and is not continued, as no checkpoint of it was found to resume from (Checkpoint(..., "
-                         "resume=True) writes them: this run had none yet, or none was asked for); its log is kept in "
-                         "%s", self.env, earlier)
+                         "(killed) and is not continued, as no checkpoint of it was found to resume from "
+                         "(Checkpoint(..., resume=True) writes them: this run had none yet, or none was asked for); "
+                         "its log is kept in %s", self.env, earlier)
         self.runlog = RunLog(path)
         self.runlog.append([header(self.env, self.run_id, self.pid)])
         self.images = ImageStore(self.run_dir, self.run_id)

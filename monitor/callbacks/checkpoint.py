@@ -288,7 +288,8 @@ class Checkpoint(Callback):
             # A validation after the batches loop or epoch_end, at the step of the checkpoint written
             # last (no step since): it measured that checkpoint's weights, so it ranks that one.
             metric, self._metric_value = float(self._metric_value), None  # a save has just read the device
-            on_main(lambda: self._rank_latest(checkpoint_name(state.step), metric))
+            if self._monitor.rank == 0:  # its records and folder: no collective (it may validate alone)
+                self._rank_latest(checkpoint_name(state.step), metric)
         self._exit_if_stopping()
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:

@@ -32,8 +32,8 @@ class LearningRate(Callback):
     optimizer's name (``G``, ``D/backbone``). One point a step, however many times the loop
     calls ``after_backward`` in it. With several optimizers, each one's rates are those its
     ``step()`` used, at the steps it stepped (a WGAN's generator every fifth step, an LBFGS after
-    an Adam's phase; a step in which none stepped shows them all, as they are at ``step_end``). A tensor ``lr`` (capturable optimizers) is copied on its
-    device, not read here.
+    an Adam's phase; a step in which none stepped shows them all, as they are at ``step_end``).
+    A tensor ``lr`` (capturable optimizers) is copied on its device, not read here.
     """
 
     def __init__(self, every: int = 1) -> None:

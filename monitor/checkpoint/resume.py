@@ -214,7 +214,8 @@ def _check_class(path: Path, name: str, saved_class: str | None, part: Any) -> N
     does) and fail or train otherwise later."""
     given = type(part).__name__
     if isinstance(saved_class, dict):
-        raise ValueError(f"{name} must be the {name}s {path} holds, by name ({', '.join(saved_class)}), got one {given}")
+        raise ValueError(f"{name} must be the {name}s {path} holds, by name ({', '.join(saved_class)}), "
+                         f"got one {given}")
     if saved_class is not None and saved_class != given:
         hint = (" (a loop that changes its optimizer mid-run passes train_start both from the start, as a "
                 "dict: {'adam': adam, 'lbfgs': lbfgs})" if name.startswith("optimizer") else "")
