@@ -15,7 +15,7 @@ from monitor.log import NullSink
 def test_resume_says_which_parts_it_could_not_restore(tmp_path, caplog):
     folder = trained_folder(tmp_path, epochs=1)
     parts = build()
-    with says(caplog, "holds the scheduler's state (ExponentialLR), which is not restored"):
+    with says(caplog, r"holds the scheduler's state \(ExponentialLR\), which is not restored"):
         resume(folder, parts.model, parts.optimizer)
     with pytest.raises(ValueError, match="scaler must be None for .* which holds no scaler state, got a GradScaler"):
         resume(folder, parts.model, parts.optimizer, parts.scheduler, torch.amp.GradScaler("cpu"))
