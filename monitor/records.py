@@ -52,7 +52,9 @@ class LabelCaptions:
     part of rows (N, K) is multi-hot labels where every value is 0 or 1 and some row has other
     than one 1: each image's classes that are 1, joined with ", ", and a later part of rows their
     predictions (scores above 0, or above 0.5 where all are in [0, 1]). Otherwise a row's class
-    is its highest score's, and rows of other values than 0 and 1 are no labels (left out).
+    is its highest score's; a first part of soft labels (MixUp's, CutMix's: rows of weights that
+    sum to 1) names each class of a tenth of the weight or more, ``cat 0.7 + dog 0.3``; rows of
+    other values are no labels (left out).
     """
 
     __slots__ = ("parts", "class_names", "count")
@@ -86,6 +88,8 @@ class LabelCaptions:
             yield " / ".join(self._name(label) for label in labels)
 
     def _name(self, label: Any) -> str:
+        if isinstance(label, tuple) and label and isinstance(label[0], tuple):  # soft labels: (class, weight)s
+            return " + ".join(f"{self._name(k)} {weight:.2g}" for k, weight in label)
         if isinstance(label, tuple):  # a multi-hot image's classes
             return ", ".join(map(self._name, label)) or "none"
         names = self.class_names
@@ -111,7 +115,11 @@ def _classes(rows: list[list], hot: bool, multi_hot: bool, labels: bool) -> list
     scored as present (predictions); else the highest score's, and no labels where they are
     not one-hot (boxes, soft labels)."""
     if not multi_hot:
-        return None if labels and not hot else [max(range(len(row)), key=row.__getitem__) for row in rows]
+        if labels and not hot:
+            soft = all(min(row) >= 0 and abs(sum(row) - 1) < 1e-3 for row in rows)
+            return [tuple(sorted(((k, v) for k, v in enumerate(row) if v >= 0.1), key=lambda kv: -kv[1]))
+                    for row in rows] if soft else None
+        return [max(range(len(row)), key=row.__getitem__) for row in rows]
     cut = 0.5 if labels or all(0 <= v <= 1 for row in rows for v in row) else 0.0
     return [tuple(k for k, v in enumerate(row) if v > cut) for row in rows]
 

@@ -82,6 +82,14 @@ def test_targets_of_several_values_that_are_not_multi_hot_are_no_captions_and_pr
     assert list(sink.of(ImageRecord)[0].captions) == []  # read as none: the grid has no captions
 
 
+def test_soft_targets_of_mixup_and_cutmix_are_captioned_with_their_classes_weights():
+    # A MixUp batch's targets (N, C) of weights: captioned with the prediction alone, it read as the true label.
+    soft = torch.tensor([[0.7, 0.0, 0.3], [0.0, 1.0, 0.0], [0.9333, 0.0333, 0.0334]])  # label smoothing, last
+    monitor, sink = monitor_with(Images(captions="both", class_names=["fish", "cat", "dog"]))
+    monitor.step_end(inputs=torch.rand(3, 3, 4, 4), targets=soft, outputs=torch.eye(3))
+    assert list(sink.of(ImageRecord)[0].captions) == ["fish 0.7 + dog 0.3 / fish", "cat 1 / cat", "fish 0.93 / dog"]
+
+
 @pytest.mark.parametrize("kind", ["dict", "dataclass"])
 def test_predictions_asked_of_a_model_s_dict_are_said_once_to_be_missing(caplog, kind):
     monitor, sink = monitor_with(Images(every=1, captions="both", class_names=["cat", "dog"]))
