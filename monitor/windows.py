@@ -616,39 +616,44 @@ _SLIDER = 92  # pixels: a history pane's title bar and slider, the grid centred 
 _SLIDER_WIDTH = 320  # pixels: a history pane is at least this wide, for its slider to be usable
 
 
+METRIC_DIGITS = 6  # a metric's significant digits in a table (a mean of float32 values: 1.33475914001465)
+
+
 def _hparams_html(trials: list[dict[str, Any]]) -> str:
     """One trial: its hparams and metrics as two tables of name and value. Several (one writer's
     ``add_hparams`` per trial, as in TensorBoard's HPARAMS table): a row each, oldest first, the
     first column its run (``run_name``, else the time of the call, as TensorBoard names its run)."""
     if len(trials) == 1:
-        def table(rows: dict[str, Any]) -> str:
-            cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(_value(v))}</td></tr>"
+        def table(rows: dict[str, Any], digits: int) -> str:
+            cells = "".join(f"<tr><td><b>{escape(str(k))}</b></td><td>{escape(_value(v, digits))}</td></tr>"
                             for k, v in rows.items())
             return f"{TABLE}{cells}</table>"
 
         (entry,) = trials
         run = f" of run {escape(entry['trial'])}" if entry.get("trial") else ""
-        return f"<h4>Hyper-parameters{run}</h4>{table(entry['hparams'])}<h4>Metrics</h4>{table(entry['metrics'])}"
+        return (f"<h4>Hyper-parameters{run}</h4>{table(entry['hparams'], 12)}"
+                f"<h4>Metrics</h4>{table(entry['metrics'], METRIC_DIGITS)}")
     hparams = list(dict.fromkeys(k for trial in trials for k in trial["hparams"]))
     metrics = list(dict.fromkeys(k for trial in trials for k in trial["metrics"]))
     named = any(trial.get("trial") for trial in trials)
     head = "<th>run</th>" * named + "".join(f"<th>{escape(str(name))}</th>" for name in hparams + metrics)
     rows = "".join("<tr>" + f"<td>{escape(str(trial.get('trial') or '-'))}</td>" * named
-                   + "".join(f"<td>{escape(_value(trial[part].get(name, '-')))}</td>"
-                             for part, names in (("hparams", hparams), ("metrics", metrics)) for name in names)
+                   + "".join(f"<td>{escape(_value(trial[part].get(name, '-'), digits))}</td>"
+                             for part, names, digits in (("hparams", hparams, 12), ("metrics", metrics, METRIC_DIGITS))
+                             for name in names)
                    + "</tr>" for trial in trials)
     return f"<h4>Trials ({len(trials)})</h4>{TABLE}<tr>{head}</tr>{rows}</table>"
 
 
-def _value(value: Any) -> str:
-    """A table's value; a float to 12 significant digits, without arithmetic's last-digit noise
-    (``0.1 * 3`` shows as 0.3), or one a float32 holds in its fewest digits (a float32 tensor's
+def _value(value: Any, digits: int = 12) -> str:
+    """A table's value; a float to ``digits`` significant digits, without arithmetic's last-digit
+    noise (``0.1 * 3`` shows as 0.3), or one a float32 holds in its fewest digits (a float32 tensor's
     0.7, read as 0.699999988079071); a whole number without ``.0``, as a page shows a number
     (a metric ``best_epoch`` of 4, which the run log holds as 4.0)."""
     if not isinstance(value, float):
         return str(value)
     short = float32_digits([value])[0]
-    text = repr(short if short != value else float(f"{value:.12g}"))
+    text = repr(short if short != value else float(f"{value:.{digits}g}"))
     return text[:-2] if text.endswith(".0") else text
 
 
