@@ -300,6 +300,11 @@ class Monitor:
                                           for name in ("scale", "unscale_", "get_scale", "is_enabled")):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         state = self.state
+        if isinstance(model, torch.optim.swa_utils.AveragedModel):
+            self._reports.once("averaged", "train_start was given an AveragedModel (an EMA or SWA copy): give it the "
+                                           "model the optimizer trains, validate the copy with validation_end(..., "
+                                           "trace='ema') and keep it in Checkpoint(extras=lambda: {'ema': "
+                                           "ema.state_dict()})")
         if model is not None and state.model is not None and unwrap_model(model) is not unwrap_model(state.model):
             self._reports.once("another model", f"train_start was given another model: it goes on with this run, "
                                                 f"from step {state.step}; make a Monitor for each run (a fold, a "

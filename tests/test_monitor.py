@@ -255,6 +255,18 @@ def test_train_start_given_another_model_says_once_that_the_run_goes_on(caplog):
     assert len(said) == 1 and "train_start was given another model: it goes on with this run, from step 1" in said[0]
 
 
+def test_an_ema_copy_given_to_train_start_is_told_what_to_give_instead(caplog):
+    model = nn.Linear(2, 1)
+    ema = torch.optim.swa_utils.AveragedModel(model)
+    monitor, _ = monitor_with()
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.train_start(ema, torch.optim.SGD(model.parameters(), lr=0.1))
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: train_start was given an AveragedModel (an EMA or SWA copy): give it the model the optimizer "
+        "trains, validate the copy with validation_end(..., trace='ema') and keep it in Checkpoint(extras=lambda: "
+        "{'ema': ema.state_dict()}) (reported once)"]
+
+
 @pytest.mark.parametrize("metrics", [0.5, "accuracy", [("accuracy", 0.9)], torch.tensor(0.5)])
 def test_metrics_that_are_not_a_mapping_are_refused_before_the_step_is_counted(metrics):
     monitor, sink = monitor_with(Scalars(smoothing=0))
