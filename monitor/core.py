@@ -518,7 +518,9 @@ class Monitor:
         begins at ``after_backward``. An iteration that ends no step (a replay buffer still
         filling) is not counted: the next one yields the same number. ``monitor.state.step``
         counts the step from its ``after_backward`` on: values logged by hand before it belong at
-        ``update + 1``, the step's number.
+        ``update + 1``, the step's number. A DataLoader the loop reads (a stream) goes through
+        ``batches = iter(monitor.batches(loader))``, ``next(batches)`` each step, to go on after
+        the batches done when resumed.
         """
         checks.integer("count", count, minimum=0)
         if self._resumable.trained:  # resumed after its train_end (killed in its own last work, an early stop)

@@ -1,6 +1,7 @@
 """The Checkpoint callback in a loop: when it saves, what it keeps, and how it fails loudly."""
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import shutil
@@ -951,6 +952,45 @@ def test_a_steps_loop_resumes_at_the_step_after_its_checkpoint_and_an_early_stop
     assert not [r for r in caplog.records if "trains on what was done again" in r.getMessage()]
     assert job() == []  # run again after the early stop: nothing trained further
     assert job(extend=True) == [6, 7]
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        yield from (torch.full((3,), float(n)) for n in itertools.count())
+
+
+@pytest.mark.parametrize("through", ["monitor.batches", "its own iterator"])
+def test_a_resumed_steps_loop_over_a_stream_goes_on_after_its_batches_through_monitor_batches_or_is_told(
+        tmp_path, caplog, through):
+    def job(crash_at: int | None = None) -> list[float]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        firsts = []
+        loader = torch.utils.data.DataLoader(_Stream(), batch_size=2)
+        with Monitor([Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True)], sink=NullSink(),
+                     raise_errors=True) as monitor:
+            monitor.train_start(model, optimizer)
+            batches = iter(monitor.batches(loader) if through == "monitor.batches" else loader)
+            for _ in monitor.steps(6):
+                x = next(batches)
+                firsts.append(float(x[0, 0]))
+                _step(monitor, model, optimizer, x, crash_at)
+        return firsts
+
+    with pytest.raises(KeyboardInterrupt):
+        job(crash_at=5)  # saved at step 4
+    with caplog.at_level("WARNING", logger="monitor"):
+        firsts = job()
+    told = [r.getMessage() for r in caplog.records if "in a monitor.steps loop that reads a DataLoader" in r.getMessage()]
+    if through == "monitor.batches":
+        assert firsts == [8.0, 10.0] and not told  # steps 5 and 6 get the stream's 5th and 6th batches
+    else:
+        assert firsts == [0.0, 2.0] and told == [
+            "monitor: the run continues from step 4 in a monitor.steps loop that reads a DataLoader itself: the "
+            "loader starts over from its first batch (a stream's too), so the batches of the steps done are trained "
+            "on again; draw them through monitor.batches, batches = iter(monitor.batches(loader)) and next(batches) "
+            "each step, to go on after them"]
 
 
 def test_a_fine_tuning_run_that_leaves_its_frozen_base_out_of_its_checkpoints_resumes_exactly(tmp_path):

@@ -1,6 +1,7 @@
 """Checkpoint: saves everything a run needs to continue exactly, atomically, keeping the last and best few."""
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import signal
@@ -262,6 +263,12 @@ class Checkpoint(Callback):
                              "loop without a loader)",
                              self.start.step, self.start.epoch, self.start.skip_batches,
                              "its own batches" if monitor.in_epochs else "its own epochs and batches")
+            elif monitor.in_steps and not monitor.in_batches and _reads_a_loader():
+                _log.warning("monitor: the run continues from step %d in a monitor.steps loop that reads a DataLoader "
+                             "itself: the loader starts over from its first batch (a stream's too), so the batches "
+                             "of the steps done are trained on again; draw them through monitor.batches, batches = "
+                             "iter(monitor.batches(loader)) and next(batches) each step, to go on after them",
+                             self.start.step)
         if self.metric_from == "step":
             self._note_metric(state.metrics, state.loss)
         if self.every_steps and state.step % self.every_steps == 0:
@@ -684,6 +691,15 @@ class Checkpoint(Callback):
         self._last_saved = list(state["last_saved"]) if state["last_saved"] is not None else None
         self._validates_after_saving = state.get("validates_after_saving", False)
         self._claimed = False
+
+
+def _reads_a_loader() -> bool:
+    """Whether a DataLoader is being iterated in this process (its iterator alive): looked for
+    once, at a resumed steps loop's first step, among the objects the collector tracks."""
+    from torch.utils.data.dataloader import _BaseDataLoaderIter
+
+    # By type(), not isinstance(): an object's __class__ may be a property that warns (torch's deprecated ones).
+    return any(issubclass(type(thing), _BaseDataLoaderIter) for thing in gc.get_objects())
 
 
 def _optimizers(state: LoopState) -> Any:
