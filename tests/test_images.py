@@ -304,6 +304,19 @@ def test_one_image_is_captioned_with_its_one_label(targets):
     assert list(sink.of(ImageRecord)[0].captions) == ["horse"]
 
 
+def test_a_batch_of_one_squeezed_is_captioned_with_the_argmax_of_its_squeezed_scores():
+    # x.squeeze(), y.squeeze(), out.squeeze() of a last batch of one: its 10 scores read as 10 images' labels
+    names = ["plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    monitor, sink = monitor_with(Images(every=1, captions="both", class_names=names))
+    scores = torch.full((10,), -6.0)
+    scores[2] = 1.0
+    monitor.step_end(inputs=torch.rand(28, 28), targets=torch.tensor(3), outputs=scores)
+    assert list(sink.of(ImageRecord)[0].captions) == ["cat / bird"]
+    binary, sink = monitor_with(Images(every=1, count=1, captions="predictions", class_names=["no", "yes"]))
+    binary.step_end(inputs=torch.rand(4, 1, 8, 8), outputs=torch.tensor([2.0, -1.0, -1.0, -1.0]))  # a score each
+    assert list(sink.of(ImageRecord)[0].captions) == ["yes"]
+
+
 def test_labels_in_a_numpy_array_caption_the_images():
     monitor, sink = monitor_with(Images(every=1, count=2))
     monitor.step_end(inputs=torch.rand(4, 1, 8, 8), targets=np.array([3, 1, 4, 1]))

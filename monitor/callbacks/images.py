@@ -131,13 +131,15 @@ class Images(Callback):
                 # as targets): each pixel's most likely class; one channel: a binary one's.
                 scores = images.detach()
                 images = class_colours(scores.argmax(1) if scores.shape[1] > 1 else _binary(scores[:, 0]))
-        self._show(log, state.step, images, self._caption(state, images.shape[0] if batched else 1))
+        self._show(log, state.step, images, self._caption(state, images.shape[0] if batched else 1, not batched))
 
     def _show(self, log: Log, step: int, images: Any, captions: LabelCaptions | None) -> None:
         log.window(self.source, order=Order.IMAGES, title=self.source)
         log.images(self.source, step, images, captions, value_range=self.value_range)
 
-    def _caption(self, state: LoopState, count: int) -> LabelCaptions | None:
+    def _caption(self, state: LoopState, count: int, one_image: bool = False) -> LabelCaptions | None:
+        """The captions of ``count`` images; ``one_image``: a single image not in a batch (a batch of
+        one squeezed), whose outputs squeezed alike are its class scores."""
         parts = []
         # Targets of K scores an image (N, K floats): multi-hot labels, told apart from other
         # vectors (boxes, soft labels) by the sink, where the values are read.
@@ -149,6 +151,9 @@ class Images(Callback):
             parts.append(scores)  # multi-label scores, or one class each: the sink sees which
         elif self.captions in ("predictions", "both"):
             outputs = state.outputs
+            if one_image and isinstance(outputs, torch.Tensor) and outputs.dim() == 1 and outputs.shape[0] > 1 \
+                    and outputs.is_floating_point():  # out.squeeze() of a batch of one: its class scores
+                outputs = outputs[None]
             if isinstance(outputs, torch.Tensor) and outputs.dim() == 2 and outputs.shape[1] > 1:
                 self._check_names(outputs.shape[1])
                 outputs = outputs[:count].detach().argmax(1)
