@@ -396,6 +396,19 @@ def test_grids_too_large_to_read_every_step_are_skipped_while_one_waits_not_queu
     assert len(said) == 1 and "Images(source='inputs') skips step" in said[0] and "every=1" in said[0]
 
 
+def test_small_grids_of_a_quick_loop_every_step_are_all_kept_while_the_sink_starts(tmp_path, caplog):
+    # A student's every=1 on four 28 x 28 images: 1 to 3 grids of 3 arrived, "grids this large" blamed.
+    from monitor import Monitor
+    from monitor.runlog import RunLog
+
+    with caplog.at_level("WARNING", logger="monitor"):
+        with Monitor([Images(every=1, count=4)], env="small-grids", run_dir=tmp_path, port=1, timeout=0.2) as monitor:
+            for step in range(6):
+                monitor.step_end(loss=1.0, inputs=torch.rand(4, 1, 28, 28), targets=torch.arange(4))
+    grids = [e["x"] for e in RunLog.read(tmp_path / RunLog.FILENAME) if e.get("k") == "image"]
+    assert grids == [1, 2, 3, 4, 5, 6] and not [r for r in caplog.records if "skips step" in r.getMessage()]
+
+
 def test_views_of_one_batch_show_each_sample_s_views_side_by_side_each_captioned_with_its_label():
     # A contrastive loop's batch: two augmentations of each image, one label each.
     monitor, sink = monitor_with(Images(every=1, count=8, class_names=["cat", "dog", "car", "ship", "bird"]))

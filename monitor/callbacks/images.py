@@ -18,6 +18,10 @@ from monitor.records import LabelCaptions, Order
 _log = logging.getLogger("monitor")
 
 
+WAITING_BYTES = 16 * 2**20  # the grids a window may have waiting for the sink, in bytes and in number: small
+WAITING_GRIDS = 8           # ones queue (a quick loop's every=1), large ones wait for the one before
+
+
 class Images(Callback):
     """Shows the first ``count`` images of ``state.inputs`` (or ``outputs``) every ``every`` steps.
 
@@ -69,17 +73,20 @@ class Images(Callback):
         self._said_no_predictions = False
         self._said_names = False
         self._said_behind = False
+        self._grid_bytes = 0  # the last grid's, as logged
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if (state.step - 1) % self.every:  # is_due, inline: most steps end here
             return
-        if log.images_waiting(self.source):  # the sink is still taking in the last grid: skip, not queue
+        waiting = log.images_waiting(self.source)
+        if waiting and (waiting * self._grid_bytes >= WAITING_BYTES or waiting >= WAITING_GRIDS):
+            # The sink has not taken in the grids before (large ones, or a sink starting): skip, not queue
             if not self._said_behind:
                 self._said_behind = True
-                _log.warning("monitor: Images(source=%r) skips step %d: its previous grid is still being read by the "
-                             "sink (grids this large this often outpace it), so grids come less often than every=%d, "
-                             "each once the one before is taken in; the loop is not held up (reported once)",
-                             self.source, state.step, self.every)
+                _log.warning("monitor: Images(source=%r) skips step %d: %d grid(s) of %.1f MB before it are still "
+                             "being read by the sink, so grids come less often than every=%d, each once those before "
+                             "are taken in; the loop is not held up (reported once)",
+                             self.source, state.step, waiting, self._grid_bytes / 2**20, self.every)
             return
         images = getattr(state, self.source)
         if images is None:
@@ -134,6 +141,8 @@ class Images(Callback):
         self._show(log, state.step, images, self._caption(state, images.shape[0] if batched else 1, not batched))
 
     def _show(self, log: Log, step: int, images: Any, captions: LabelCaptions | None) -> None:
+        self._grid_bytes = sum(i.numel() * i.element_size() for i in images) if isinstance(images, list) else \
+            images.numel() * images.element_size()
         log.window(self.source, order=Order.IMAGES, title=self.source)
         log.images(self.source, step, images, captions, value_range=self.value_range)
 
