@@ -550,6 +550,12 @@ class Monitor:
         return self._epoch_open
 
     @property
+    def in_step(self) -> bool:
+        """Whether a step is in progress: begun by ``after_backward``, not yet ended by ``step_end``
+        (still True while the callbacks' ``on_step_end`` run)."""
+        return self._in_step
+
+    @property
     def in_steps(self) -> bool:
         """Whether the loop is inside a ``monitor.steps`` loop."""
         return self._in_steps

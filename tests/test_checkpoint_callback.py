@@ -954,6 +954,30 @@ def test_a_steps_loop_resumes_at_the_step_after_its_checkpoint_and_an_early_stop
     assert job(extend=True) == [6, 7]
 
 
+@pytest.mark.parametrize("order", ["step, step_end", "step_end, step"])
+def test_an_optimizer_step_after_step_end_is_told_once_as_the_step_s_checkpoint_lacks_its_update(tmp_path, caplog,
+                                                                                                  order):
+    parts = build()
+    with caplog.at_level("WARNING", logger="monitor"):
+        with Monitor([Checkpoint(tmp_path / "ckpt", every_steps=2)], sink=NullSink(), raise_errors=True) as monitor:
+            monitor.train_start(parts.model, parts.optimizer)
+            for _ in range(4):
+                parts.model(torch.ones(2, 4)).sum().backward()
+                monitor.after_backward()
+                if order == "step, step_end":
+                    parts.optimizer.step()
+                    monitor.step_end()
+                else:
+                    monitor.step_end()
+                    parts.optimizer.step()  # a student's order: the checkpoint of step 2 missed step 2's update
+                parts.optimizer.zero_grad()
+    told = [r.getMessage() for r in caplog.records if "came after step_end" in r.getMessage()]
+    assert told == ([] if order == "step, step_end" else [
+        "monitor: optimizer.step() came after step_end (step 1) and before the next after_backward: where it is the "
+        "step's own update, the step's checkpoints hold the weights from before it, and a resume from one loses it; "
+        "call after_backward before optimizer.step() and step_end after it"])
+
+
 class _Stream(torch.utils.data.IterableDataset):
     def __iter__(self):
         yield from (torch.full((3,), float(n)) for n in itertools.count())

@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
@@ -126,6 +127,9 @@ class Checkpoint(Callback):
         self.run_id: str | None = None
         self._monitor: Monitor | None = None
         self._model: torch.nn.Module | None = None  # the model the run trains, unwrapped (one per resumable run)
+        self._step_hooks: list[Any] = []  # on the optimizers: a step after step_end is said once
+        self._ended_begun_step = False  # the last step_end ended a step after_backward began
+        self._said_late_step = False
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
@@ -228,6 +232,7 @@ class Checkpoint(Callback):
                 f"would put the latest checkpoint in {self.directory}, this model's, back into the first model; "
                 f"give each model (a fold, a trial) a Monitor and a Checkpoint folder of its own")
         self._model = model
+        self._watch_optimizer_steps(state)
         # Under DDP, a validation every rank runs (said by averaging it) lets every rank save at its end.
         self._every_rank_validates = any(getattr(c, "average_validation", False) for c in monitor.callbacks)
         if self._saved is not None:
@@ -252,6 +257,7 @@ class Checkpoint(Callback):
         self._point_at_written()
         self._exit_if_stopping()
         self._epoch_done = False
+        self._ended_begun_step = self._monitor.in_step
         if self._check_loop:
             self._check_loop = False
             monitor = self._monitor
@@ -344,6 +350,7 @@ class Checkpoint(Callback):
             self._point_at_written()
         if not self._aborted:
             on_main(lambda: self._trained(state.step))
+        self._unwatch_optimizer_steps()
         self._lock.release()
         requeue, self._requeue = self._requeue, None
         if requeue is not None:
@@ -355,6 +362,30 @@ class Checkpoint(Callback):
         if self._claimed:
             mark_trained(self.directory, step)
             finish(self.directory)
+
+    def _watch_optimizer_steps(self, state: LoopState) -> None:
+        """Hooks the optimizers' steps: one that comes after the step_end of a step after_backward
+        began means the step's checkpoint holds its weights before the update (said once)."""
+        self._unwatch_optimizer_steps()
+        me = weakref.ref(self)
+
+        def stepped(*_: Any) -> None:
+            owner = me()
+            if owner is not None and owner._ended_begun_step and not owner._said_late_step and \
+                    owner._monitor is not None and not owner._monitor.in_step:
+                owner._said_late_step = True
+                _log.warning("monitor: optimizer.step() came after step_end (step %d) and before the next "
+                             "after_backward: where it is the step's own update, the step's checkpoints hold the "
+                             "weights from before it, and a resume from one loses it; call after_backward before "
+                             "optimizer.step() and step_end after it", owner._monitor.state.step)
+
+        self._step_hooks = [optimizer.register_step_post_hook(stepped) for optimizer in state.optimizers.values()
+                            if callable(getattr(optimizer, "register_step_post_hook", None))]
+
+    def _unwatch_optimizer_steps(self) -> None:
+        for hook in self._step_hooks:
+            hook.remove()
+        self._step_hooks = []
 
     def _say_what_is_not_kept(self, state: LoopState) -> None:
         """Warns of state the loop has and no checkpoint will hold: a GAN's ``train_start(G, {"G":
