@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -73,6 +75,18 @@ def test_inspect_refuses_a_whole_pickled_model_saying_why_and_trust_loads_it(tmp
     trusted = CliRunner().invoke(main, ["checkpoints", "inspect", "--trust", str(tmp_path / "model.pt")])
     assert trusted.exit_code == 0, trusted.output
     assert "a whole pickled Linear model with 8 parameters, not a monitor checkpoint" in trusted.output
+
+
+def test_inspect_with_trust_of_a_model_whose_class_was_its_script_s_says_so_in_a_line(tmp_path):
+    saved = tmp_path / "whole_model.pt"
+    subprocess.run([sys.executable, "-c", "import sys, torch\n"
+                    "class Net(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+                    "        self.fc = torch.nn.Linear(2, 1)\n"
+                    f"torch.save(Net(), {str(saved)!r})"], check=True, timeout=120)
+    trusted = CliRunner().invoke(main, ["checkpoints", "inspect", "--trust", str(saved)])
+    assert trusted.exit_code == 1 and "Traceback" not in trusted.output
+    assert "needs code that is not here to load (" in trusted.output and "'Net'" in trusted.output
+    assert "save model.state_dict() instead" in trusted.output
 
 
 def test_inspect_refuses_a_malicious_pickle_and_runs_nothing_from_it(tmp_path):

@@ -224,6 +224,11 @@ def load_file(path: str | os.PathLike, *, trust: bool = False, map_location: Any
                                     f"--trust`) only if you trust its source") from None
     except (RuntimeError, EOFError, ValueError, OSError) as error:
         raise DamagedCheckpointError(f"{path} is damaged and cannot be read: {error}") from None
+    except (AttributeError, ImportError) as error:  # trusted: a class the file names is not to be found here
+        raise UnsafeCheckpointError(f"{path} needs code that is not here to load ({error}): a model pickled whole, "
+                                    f"torch.save(model), loads only where its class imports as it did when saved "
+                                    f"(one defined in the script that saved it, __main__, only in that script); "
+                                    f"save model.state_dict() instead") from None
 
 
 def _verify_zip(path: Path) -> None:
