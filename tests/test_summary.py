@@ -43,6 +43,13 @@ def test_the_summary_is_written_again_at_the_end_of_an_epoch_that_unfroze_layers
         in second.html
 
 
+def test_a_tensor_learning_rate_is_shown_as_its_value_not_its_float32_noise():
+    model = small_model()
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=torch.tensor(0.05), momentum=0.9))
+    assert "<td>SGD (lr 0.05)</td>" in sink.of(Text, "summary")[0].html  # was 0.05000000074505806
+
+
 def test_the_summary_names_each_parameter_group_as_its_learning_rate_curve_with_its_settings():
     # A fine-tuning loop's named groups, their decay, and the lr a warm-up schedule starts from.
     model = small_model()
