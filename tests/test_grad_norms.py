@@ -441,7 +441,7 @@ def test_a_loop_whose_model_never_has_gradients_is_told_once_why_grad_norm_is_em
     assert "functional_call" in said[0] and not sink.points("grad norm")
 
 
-@pytest.mark.parametrize("loop", ["epochs", "steps"])
+@pytest.mark.parametrize("loop", ["epochs", "steps", "long steps"])
 def test_a_loop_that_never_calls_after_backward_is_told_once_by_its_first_epoch_s_end_or_train_end(caplog, loop):
     model = small_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -449,7 +449,7 @@ def test_a_loop_that_never_calls_after_backward_is_told_once_by_its_first_epoch_
     monitor.train_start(model, optimizer)
     with caplog.at_level("WARNING", logger="monitor"):
         for epoch in range(2):
-            for _ in range(3):
+            for _ in range(3 if loop != "long steps" else 60):
                 model(torch.randn(2, 4)).sum().backward()
                 optimizer.step()
                 monitor.step_end(loss=1.0)
@@ -457,7 +457,7 @@ def test_a_loop_that_never_calls_after_backward_is_told_once_by_its_first_epoch_
                 monitor.epoch_end()
         monitor.train_end()
     said = [r.getMessage() for r in caplog.records]
-    when = "the end of epoch 0 (step 3)" if loop == "epochs" else "train_end (step 6)"
+    when = {"epochs": "the end of epoch 0 (step 3)", "steps": "train_end (step 6)", "long steps": "step 100"}[loop]
     assert said == [f"monitor: GradNorms was given no after_backward() by {when}: window 'grad norm' stays empty "
                     f"until the loop calls monitor.after_backward() after loss.backward(), before optimizer.step()"]
     resumed, _ = monitor_with(GradNorms())

@@ -28,6 +28,9 @@ _YLABELS = {"grad norm": "L2 norm of the gradients", "weight norm": "L2 norm of 
             "update ratio": "norm of the update / norm of the weights", "loss scale": "GradScaler's scale"}
 
 
+NO_BACKWARD_STEPS = 100  # steps with no after_backward, in a loop that ends no epoch, before it is said
+
+
 class GradNorms(Callback):
     """Plots per-layer and total gradient norms at ``after_backward``, in window ``grad norm``.
 
@@ -132,10 +135,10 @@ class GradNorms(Callback):
         self._stale = True
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
-        self._say_if_no_backward(state, f"the end of epoch {state.epoch}")
+        self._say_if_no_backward(state, f"the end of epoch {state.epoch} (step {state.step})")
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
-        self._say_if_no_backward(state, "train_end")
+        self._say_if_no_backward(state, f"train_end (step {state.step})")
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
@@ -143,9 +146,9 @@ class GradNorms(Callback):
     def _say_if_no_backward(self, state: LoopState, when: str) -> None:
         if not self._backward_seen and state.step > self._started_at:
             self._backward_seen = True
-            _log.warning("monitor: GradNorms was given no after_backward() by %s (step %d): window 'grad norm' "
+            _log.warning("monitor: GradNorms was given no after_backward() by %s: window 'grad norm' "
                          "stays empty until the loop calls monitor.after_backward() after loss.backward(), "
-                         "before optimizer.step()", when, state.step)
+                         "before optimizer.step()", when)
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         self._backward_seen = True
@@ -170,7 +173,7 @@ class GradNorms(Callback):
             self._said_no_gradients = True
             _log.warning("monitor: GradNorms found no gradient on the model's parameters at after_backward "
                          "(step %d), nothing to plot in window 'grad norm%s': call after_backward after "
-                         "loss.backward(), for the model whose parameters the optimizer updates (a loop "
+                         "loss.backward() and before optimizer.zero_grad(), for the model whose parameters the optimizer updates (a loop "
                          "that trains copies of them, as with torch.func.functional_call, has none)",
                          state.step, suffix)
         if grads:
@@ -190,6 +193,8 @@ class GradNorms(Callback):
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         pending, self._pending = self._pending, {}
+        if not pending and not self._backward_seen and state.step - self._started_at >= NO_BACKWARD_STEPS:
+            self._say_if_no_backward(state, f"step {state.step}")
         for window, (kind, traces, values) in pending.items():  # the step's last after_backward counts
             self._put(log, window, _YLABELS[kind], state.step, traces, values)
         if self.loss_scale and is_due(state.step, self.every) and (scale := current_scale(state.scaler)) is not None:
