@@ -212,7 +212,11 @@ class VisdomSink:
             self.run_id = continues
         earlier = self.folder.set_aside()  # a new run: the env's earlier one is kept aside, its windows closed
         if earlier is not None and RunLog.ended(earlier):
-            _log.info("monitor: env %r starts a new run; the earlier run's log is kept in %s", self.env, earlier)
+            # Said where another process ran it (a script run again: its curves leave the page); one
+            # this process ran before is said by replace_earlier, with advice for a sweep.
+            said = _log.info if next(RunLog.read(earlier), {}).get("pid") == self.pid else _log.warning
+            said("monitor: env %r starts a new run; the earlier run's log is kept in %s (monitor runs --earlier "
+                 "lists it, monitor replay shows it again)", self.env, earlier)
         elif earlier is not None:  # a re-run of a killed script that meant to go on learns it starts over
             _log.warning("monitor: env %r starts a new run from step 0; the earlier run stopped without ending "
                          "(killed) and is not continued, as no checkpoint of it was found to resume from "

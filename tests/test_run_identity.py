@@ -345,6 +345,7 @@ def test_a_new_run_after_a_killed_one_says_the_killed_run_is_not_continued(tmp_p
                                     f"to resume from (Checkpoint(..., resume=True) writes them: this run had none "
                                     f"yet, or none was asked for); its log is kept in "
                                     f"{tmp_path / 'earlier' / 'r1.jsonl'}")]
-    else:
-        assert said == [("INFO", f"monitor: env 'again' starts a new run; the earlier run's log is kept in "
-                                 f"{tmp_path / 'earlier' / 'r1.jsonl'}")]
+    else:  # a script run again: its earlier curves leave the page, said where they went
+        assert said == [("WARNING", f"monitor: env 'again' starts a new run; the earlier run's log is kept in "
+                                    f"{tmp_path / 'earlier' / 'r1.jsonl'} (monitor runs --earlier lists it, monitor "
+                                    f"replay shows it again)")]
