@@ -128,7 +128,7 @@ def test_scalars_reject_unknown_metric_types_naming_the_metric_after_logging_the
     with pytest.raises(error, match="metric 'mood'.*; metric 'phase'") as refused:  # every bad one, in one report
         monitor.step_end(loss=1.0, metrics={"mood": bad, "accuracy": 0.5, "phase": bad})
     if x == "step":  # the good ones are logged, and the report says so
-        assert str(refused.value).endswith(" (not logged; the call's other 2 were)")
+        assert str(refused.value).endswith(" (not logged; the call's 2 other metrics were)")
     monitor.epoch_end()
     assert sink.points("accuracy")["train"] == [(1, 0.5)]
 
@@ -229,3 +229,13 @@ def test_a_model_s_output_object_given_as_the_loss_is_refused_in_a_line_pointing
     message = str(refused.value)
     assert message.startswith("metric 'loss': value must be a number or a one-element tensor, got Output(logits=")
     assert message.endswith("...: pass its .loss") and len(message) < 200
+
+
+def test_a_loss_of_each_sample_is_refused_saying_to_pass_its_mean_and_one_good_metric_beside_it_counted_in_words():
+    monitor, sink = monitor_with(Scalars())
+    with pytest.raises(ValueError) as refused:
+        monitor.step_end(loss=torch.ones(8), metrics={"accuracy": 0.5})  # a loss_fn(reduction="none")
+    assert str(refused.value) == ("metric 'loss': value must be a number or a one-element tensor, got a tensor of "
+                                  "shape (8,): pass its mean, .mean() (a value for each sample, as "
+                                  "reduction='none' gives) (not logged; the call's other metric was)")
+    assert sink.points("accuracy") == {"train": [(1, 0.5)]}

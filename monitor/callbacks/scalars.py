@@ -151,6 +151,8 @@ class Scalars(Callback):
             if name == "loss" and isinstance(value, Mapping):  # a loss in parts (cross-entropy and Dice)
                 parts = (": pass their total as loss= and the parts as traces of the loss window, "
                          "monitor.log.scalars('loss', step, {...})")
+            elif isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() > 1:
+                parts = ": pass its mean, .mean() (a value for each sample, as reduction='none' gives)"
             raise type(error)(f"metric {name!r}: {error}{parts}") from None
 
 
@@ -158,7 +160,8 @@ def _raise_together(failures: list[tuple[str, Exception]], logged: int = 0) -> N
     """One error naming every bad metric of a call, and that the ``logged`` others were; the
     Monitor reports it once for these names (``about``), so a metric that goes bad later is reported too."""
     if failures:
-        others = f" (not logged; the call's other {logged} were)" if logged else ""
+        others = "" if not logged else " (not logged; the call's other metric was)" if logged == 1 else \
+            f" (not logged; the call's {logged} other metrics were)"
         error = type(failures[0][1])("; ".join(str(error) for _, error in failures) + others)
         error.about = tuple(sorted({name for name, _ in failures}))
         raise error
