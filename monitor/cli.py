@@ -346,7 +346,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
     if not found:
         click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else ""))
         return
-    click.echo(table(found, metrics, first=sort))
+    click.echo(table(found, metrics, first=sort, mode=mode))
 
 
 @runs.command("compare")

@@ -67,6 +67,16 @@ class Run(NamedTuple):
                             # (RunDir.checkpoint_folders); an earlier run's, those set aside for it
     log: Path               # the run log it was read from (runlog.jsonl, or an earlier run's log)
     diverged: float | None = None  # the step a Guard marked its loss or gradients bad at (None: never)
+    extremes: dict[str, tuple[float, float]] | None = None  # each metric's lowest and highest finite values
+                                                            # (NaN where none), for a best by --mode
+
+    def best(self, metric: str, mode: str | None = None) -> float:
+        """Metric ``metric``'s best value: its lowest with ``mode="min"``, highest with ``"max"``,
+        by default as its name says (:func:`best_is_lowest`); NaN where it was never finite."""
+        if mode is None or not self.extremes or metric not in self.extremes:
+            return self.metrics[metric][1]
+        lowest, highest = self.extremes[metric]
+        return lowest if mode == "min" else highest
 
     @property
     def shown_status(self) -> str:
@@ -92,7 +102,10 @@ _LOWEST_BEST = ("loss", "error", "perplexity", "mse", "mae", "损失", "误差",
                 "손실", "오차", "오류")
 # ... and those named in short, as words of the name (top1_err, val/nll, fid): not inside others (precision)
 _LOWEST_WORDS = frozenset(("err", "nll", "wer", "cer", "ppl", "rmse", "fid", "kid", "ece", "kl", "bpd", "bpc",
-                           "regret", "latency", "distance", "miss", "ms", "seconds", "time"))
+                           "regret", "latency", "distance", "miss", "ms", "seconds", "time",
+                           # forecasting's errors (sMAPE, MASE, CRPS, pinball loss), a few more
+                           "mape", "smape", "wmape", "mase", "rmsse", "wape", "crps", "pinball", "msle", "mad",
+                           "sse", "huber"))
 
 
 def metric_name(window: str, trace: str) -> str:
@@ -179,7 +192,8 @@ class Reading:
         self.diverged: float | None = None  # the step of the first mark (a Guard's: the loss went bad)
         self.other_x: set[str] = set()  # windows whose x is not the step (xlabel "episode", "epoch")
         self.step_x: set[str] = set()  # windows laid out with xlabel "step" (the loss's, a writer's scalars)
-        self.curves: dict[str, list] = {}  # metric_name: [last value, best finite value or None, lowest is best]
+        self.curves: dict[str, list] = {}  # metric_name: [last value, best finite value or None, lowest is best,
+                                           # lowest finite value or None, highest]
         self.steps = 0  # the highest x of the step_x windows, else of any window not in other_x
         self.unlabelled_steps = 0  # ... of windows not laid out (the loop's own log.scalar("tokens", ...))
 
@@ -220,11 +234,14 @@ class Reading:
                             self.diverged = entry["x"]
                         continue
                     name = metric_name(entry["win"], trace)
-                    curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name)])
+                    curve = curves.get(name) or curves.setdefault(name, [y, None, best_is_lowest(name), None, None])
                     curve[0] = y
-                    if y is not None and math.isfinite(y) and (curve[1] is None or (y < curve[1] if curve[2]
-                                                                                      else y > curve[1])):
-                        curve[1] = y
+                    if y is not None and math.isfinite(y):
+                        if curve[3] is None or y < curve[3]:
+                            curve[3] = y
+                        if curve[4] is None or y > curve[4]:
+                            curve[4] = y
+                        curve[1] = curve[3] if curve[2] else curve[4]
                 if float(entry["x"]).is_integer() and entry["win"] not in self.other_x:
                     if entry["win"] in self.step_x:
                         self.steps = max(self.steps, int(entry["x"]))
@@ -249,11 +266,14 @@ class Reading:
         else:
             status = end["status"] if end is not None else "killed"
         # A curve with no finite value (a diverged trial) has NaN for its best: listed, ranked last.
-        metrics = {name: (last, math.nan if best is None else best) for name, (last, best, _) in self.curves.items()
+        metrics = {name: (last, math.nan if best is None else best) for name, (last, best, *_) in self.curves.items()
                    if last is not None or best is not None}
+        extremes = {name: (math.nan if low is None else low, math.nan if high is None else high)
+                    for name, (*_, low, high) in self.curves.items() if name in metrics}
         for name, value in self.declared.items():  # add_hparams' final metrics; a curve of that name goes first
             if name not in metrics and value is not None and math.isfinite(value):
                 metrics[name] = (value, value)
+                extremes[name] = (value, value)
         files = _own_files(folder, header["run_id"]) if current else \
             [log, *(p for p in (folder.parent / IMAGES / header["run_id"]).rglob("*") if p.is_file())]
         return Run(folder, header["env"], header["run_id"], header["time"],
@@ -261,7 +281,7 @@ class Reading:
                    end.get("error") if end is not None else None, metrics, self.hparams,
                    sum(p.stat().st_size for p in files),
                    _checkpoints(run_dir if current else RunDir(folder.parent), header["run_id"], current),
-                   log, self.diverged)
+                   log, self.diverged, extremes)
 
 
 def _own_files(folder: Path, run_id: str) -> list[Path]:
@@ -295,18 +315,18 @@ def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | N
     if sort is not None:
         sign = 1.0 if best_mode(sort, mode) == "min" else -1.0
         def rank(run: Run) -> tuple:
-            best = run.metrics[sort][1] if sort in run.metrics else math.nan
+            best = run.best(sort, mode) if sort in run.metrics else math.nan
             return sort not in run.metrics, not math.isfinite(best), sign * best if math.isfinite(best) else 0.0
 
         kept.sort(key=rank)
     return kept
 
 
-def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
+def table(runs: list[Run], metrics: int = 4, first: str | None = None, mode: str | None = None) -> str:
     """The runs as a plain-text table: env (and the folder, where two runs share an env or a
     folder is not named as its env: moved, renamed, a SummaryWriter's ``runs/a/b``), status (and
     what a crashed run raised), steps, start, size, checkpoints, ``metrics`` metrics (``first``
-    first, then the loss, the rest by name), hparams."""
+    first, its best by ``mode``, then the loss, the rest by name), hparams."""
     names = _shown_metrics(runs, metrics, first)
     shared = len({run.env for run in runs}) < len(runs) or any(run.path.name != run.env for run in runs)
     common = Path(os.path.commonpath([run.place for run in runs])) if shared else None
@@ -319,7 +339,8 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None) -> str:
         folder = [place.relative_to(common).as_posix() if place != common else place.name] if common else []
         cells = [run.env, *folder, status, str(run.steps), time.strftime("%Y-%m-%d %H:%M", time.localtime(run.started)),
                  _size(run.size), str(run.checkpoints)]
-        cells += [_last_and_best(*run.metrics[m]) if m in run.metrics else "-" for m in names]
+        cells += [_last_and_best(run.metrics[m][0], run.best(m, mode if m == first else None))
+                  if m in run.metrics else "-" for m in names]
         cells.append(" ".join(f"{k}={v}" for k, v in run.hparams.items()))
         rows.append(cells)
     widths = [max(columns(row[i]) for row in rows) for i in range(len(head))]

@@ -18,7 +18,7 @@ from monitor import Checkpoint, GradNorms, Guard, Monitor, Scalars, Summary
 from monitor.cli import main
 from monitor.records import Order
 from monitor.runlog import RunLog
-from monitor.runs import Run, best_mode, compare, described, exported, listed, selected, table
+from monitor.runs import Run, best_mode, collectable, compare, described, exported, listed, selected, table
 from monitor.windows import float32_digits
 from helpers.monitors import small_model, train
 
@@ -92,8 +92,10 @@ def test_list_names_the_folder_of_a_run_moved_to_another_name_so_rm_can_be_given
 
 def test_losses_and_errors_are_best_lowest_in_the_languages_users_name_them():
     lowest = ["val_loss", "Top1 Error", "perplexity", "验证损失", "训练/误差率", "错误率", "検証損失", "손실",
-              "wer/validation", "top1_err", "nll", "fid", "kl", "latency_ms", "miss_rate", "step time/step"]
-    highest = ["accuracy", "准确率", "f1", "正解率", "precision", "recall", "episodic_return", "bleu", "auc"]
+              "wer/validation", "top1_err", "nll", "fid", "kl", "latency_ms", "miss_rate", "step time/step",
+              "smape", "val_mase", "MAPE", "crps/validation", "pinball_q90", "rmsse", "wape"]  # forecasting's
+    highest = ["accuracy", "准确率", "f1", "正解率", "precision", "recall", "episodic_return", "bleu", "auc",
+               "map", "mAP@0.5"]  # a detector's mean average precision
     assert [best_mode(name) for name in lowest + highest] == ["min"] * len(lowest) + ["max"] * len(highest)
 
 
@@ -1067,3 +1069,25 @@ def test_compare_of_runs_that_share_no_window_says_so_naming_each_run_s(fresh_se
     said = [r.getMessage() for r in caplog.records if "share no window" in r.getMessage()]
     assert said == ["monitor: the runs share no window to draw side by side, only their table: callbacks: loss; "
                     "writer: Loss (a Monitor's 'loss' and a writer's 'Loss/train' are windows 'loss' and 'Loss')"]
+
+
+def test_mode_ranks_lists_and_collects_by_the_lowest_or_highest_value_not_the_best_its_name_guessed(tmp_path):
+    # Two runs on "Δε" (guessed highest-is-best): --mode min sorted by each run's highest value, so
+    # gc --keep-best 1 --mode min listed the run with the lowest value for deletion.
+    root = tmp_path / "runs"
+    for env, values in (("a", [1.0, 5.0]), ("b", [2.0, 2.0])):
+        log = RunLog(root / env / RunLog.FILENAME)
+        log.append([{"k": "run", "env": env, "run_id": env, "time": 0.0, "pid": 1, "host": "h"},
+                    {"k": "layout", "win": "Δε", "opts": {"xlabel": "step"}, "order": Order.METRICS},
+                    *({"k": "points", "win": "Δε", "x": x + 1, "y": {"validation": y}} for x, y in enumerate(values)),
+                    {"k": "end", "status": "finished", "error": None, "time": 1.0}])
+        log.close()
+    runs = listed(root)
+    assert [r.env for r in selected(runs, sort="Δε/validation", mode="min")] == ["a", "b"]
+    assert [r.env for r in selected(runs, sort="Δε/validation", mode="max")] == ["a", "b"]  # 5 beats 2
+    assert [r.env for r in selected(runs, sort="Δε/validation")] == ["a", "b"]
+    assert [r.env for r in collectable(runs, keep_best=1, metric="Δε/validation", mode="min")] == ["b"]
+    lines = table(selected(runs, sort="Δε/validation", mode="min"), first="Δε/validation", mode="min").splitlines()
+    assert "5 (1)" in lines[1] and "2 (2)" in lines[2]
+    shown = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "Δε/validation", "--mode", "min"])
+    assert "5 (1)" in shown.output, shown.output
