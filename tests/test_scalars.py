@@ -239,3 +239,31 @@ def test_a_loss_of_each_sample_is_refused_saying_to_pass_its_mean_and_one_good_m
                                   "shape (8,): pass its mean, .mean() (a value for each sample, as "
                                   "reduction='none' gives) (not logged; the call's other metric was)")
     assert sink.points("accuracy") == {"train": [(1, 0.5)]}
+
+
+@pytest.mark.parametrize("x", ["step", "epoch"])
+def test_a_loss_given_as_loss_and_in_metrics_keeps_both_and_says_so_once(caplog, x):
+    monitor, sink = monitor_with(Scalars(x=x))
+    monitor.epoch_start(0)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for _ in range(2):
+            monitor.step_end(loss=1.0, metrics={"loss": 3.0})  # the batch's mean and the loop's own sum
+    monitor.epoch_end()
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: step_end was given a loss twice at step 1, as loss= and as metrics['loss']: the metric is logged "
+        "as 'loss (metrics)'; name it apart, e.g. metrics={'loss_sum': ...}"]
+    assert sink.points("loss (metrics)") == ({"train": [(1, 3.0), (2, 3.0)]} if x == "step" else {"train": [(1, 3.0)]})
+
+
+def test_a_second_data_set_validated_under_the_same_trace_is_told_once_and_metrics_split_over_calls_are_not(caplog):
+    monitor, sink = monitor_with(Scalars())
+    with caplog.at_level("WARNING", logger="monitor"):
+        for _ in range(2):
+            monitor.step_end(loss=1.0)
+            monitor.validation_end({"loss": 0.5})
+            monitor.validation_end({"accuracy": 0.9})  # one validation, given in two calls: fine
+            monitor.validation_end({"loss": 0.7})  # the test set's, with no trace of its own
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: validation_end gave 'loss' again at step 1, in trace 'validation': the second data set's (a test "
+        "set's) goes in a trace of its own, validation_end(metrics, trace='test'), or its points zigzag with the "
+        "first's"]

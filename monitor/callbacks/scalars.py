@@ -1,6 +1,7 @@
 """Scalars: the loss and the loop's metrics as curves, train and validation in one window."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Mapping
 
 import torch
@@ -11,6 +12,8 @@ from monitor.core import Callback, LoopState, Monitor
 from monitor.distributed import mean_across_ranks
 from monitor.log import Log
 from monitor.records import Order
+
+_log = logging.getLogger("monitor")
 
 
 class Scalars(Callback):
@@ -63,6 +66,9 @@ class Scalars(Callback):
         self._world_size = 1
         self._sums: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
+        self._told_loss_twice = False
+        self._validated: tuple | None = None  # the latest validation's step, trace and metric names
+        self._told_twice = False
 
     def state_dict(self) -> dict[str, Any]:
         """The running sums of a checkpoint taken mid-epoch (``x="epoch"``), as plain floats."""
@@ -85,6 +91,9 @@ class Scalars(Callback):
                 self._write_one(log, state.step, "train", "loss", state.loss)
             return
         values = state.metrics if state.loss is None else {**state.metrics, "loss": state.loss}
+        if state.loss is not None and "loss" in state.metrics:  # the metric would vanish under loss=
+            values = {**values, "loss (metrics)": state.metrics["loss"]}
+            self._said_loss_twice(state.step)
         values = self._averaged(values)  # per step, so a checkpoint's running sums are every rank's
         if self.x == "step":
             self._write(log, state.step, "train", values)
@@ -98,6 +107,12 @@ class Scalars(Callback):
                 continue
             self._counts[name] = self._counts.get(name, 0) + 1
         _raise_together(failures)
+
+    def _said_loss_twice(self, step: int) -> None:
+        if not self._told_loss_twice:
+            self._told_loss_twice = True
+            _log.warning("monitor: step_end was given a loss twice at step %d, as loss= and as metrics['loss']: the "
+                         "metric is logged as 'loss (metrics)'; name it apart, e.g. metrics={'loss_sum': ...}", step)
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
         metrics = self._averaged(state.metrics)
@@ -116,6 +131,17 @@ class Scalars(Callback):
         else:
             x = state.epoch + 1 if state.batch else state.epoch
         values = self._averaged(state.metrics) if self.average_validation else state.metrics
+        seen = self._validated
+        if seen is not None and seen[:2] == (state.step, state.validation) and not self._told_twice and \
+                seen[2] & values.keys():
+            self._told_twice = True
+            _log.warning("monitor: validation_end gave %s again at step %d, in trace %r: the second data set's (a "
+                         "test set's) goes in a trace of its own, validation_end(metrics, trace='test'), or its "
+                         "points zigzag with the first's", ", ".join(map(repr, sorted(seen[2] & values.keys()))),
+                         state.step, state.validation)
+        self._validated = (state.step, state.validation,
+                           values.keys() | (seen[2] if seen is not None and seen[:2] == (state.step, state.validation)
+                                            else set()))
         self._write(log, x, state.validation, values)
 
     def _averaged(self, values: Mapping[str, Any]) -> Mapping[str, Any]:
