@@ -653,7 +653,7 @@ def _value(value: Any, digits: int = 12) -> str:
     if not isinstance(value, float):
         return str(value)
     short = float32_digits([value])[0]
-    text = repr(short if short != value else float(f"{value:.{digits}g}"))
+    text = repr(float(f"{value:.{digits}g}") if digits < 12 or short == value else short)
     return text[:-2] if text.endswith(".0") else text
 
 
