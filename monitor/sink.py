@@ -126,7 +126,7 @@ class VisdomSink:
         if rewind_to is not None:
             checks.integer("rewind_to", rewind_to, minimum=0)
         self.made_in = threading.current_thread()  # a newer sink of its folder made in another thread is refused
-        replace_earlier(self.run_dir, continues=rewind_to is not None)
+        replace_earlier(self.run_dir, continues=rewind_to is not None, resumes=continues is not None)
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
         self.pid = pid or os.getpid()
@@ -528,14 +528,15 @@ def default_env() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def replace_earlier(run_dir: Path, continues: bool = False) -> None:
+def replace_earlier(run_dir: Path, continues: bool = False, resumes: bool = False) -> None:
     """A notebook cell run again: the previous sink of ``run_dir`` in this process ends (an open
     SummaryWriter's is not: refused, nor one made in another thread still running: a thread
-    pool's trials of one env); the newer one ``continues`` its run (a resume) or sets its log aside."""
+    pool's trials of one env); the newer one ``continues`` its run (a resume) or sets its log aside.
+    A new run (not one that ``resumes`` a checkpoint's) in a folder this process ran before says so."""
     if (writers := sys.modules.get("monitor.writer")) is not None:  # none without the module
         writers.refuse_to_replace(run_dir)
     folder = run_dir.resolve()
-    if folder in _ran_here and folder not in _told_set_aside and not continues and not interactive() and \
+    if folder in _ran_here and folder not in _told_set_aside and not resumes and not interactive() and \
             not any(other.run_dir.resolve() == folder for other in open_sinks):
         _told_set_aside.add(folder)
         _log.warning("monitor: a new run in %s sets aside the one this process ran there before: the dashboard and "
