@@ -616,6 +616,41 @@ def test_a_pre_empted_loop_without_a_with_block_is_recorded_as_interrupted_with_
     assert (run.status, run.error) == ("interrupted", f"SystemExit: {REQUEUE_EXIT_STATUS}")
 
 
+SIGTERM_WHILE_EXITING = """
+import atexit, os, signal, sys, time, torch
+from monitor import Checkpoint, Monitor
+
+def stopped_late():  # registered first, so it runs last: the scheduler's SIGTERM as the interpreter winds down
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+
+atexit.register(stopped_late)
+model = torch.nn.Linear(2, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+with Monitor([Checkpoint(sys.argv[1] + "/ckpt", every_steps=2, resume=True)], env="late", run_dir=sys.argv[1] + "/run",
+             port=1, timeout=0.2) as monitor:
+    monitor.train_start(model, optimizer)
+    for step in range(4):
+        model(torch.ones(1, 2)).sum().backward()
+        monitor.after_backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step_end()
+"""
+
+
+def test_a_stop_signal_while_a_script_that_ended_well_exits_leaves_its_status_0_for_a_run_marked_finished(tmp_path):
+    # A SIGTERM in the ~1 s the interpreter takes to wind down gave status 143 for a run latest.json called
+    # finished: a requeue then trained anew from scratch.
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SIGTERM_WHILE_EXITING, str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert json.loads((tmp_path / "ckpt" / MANIFEST).read_text())["finished"] is True
+
+
 def test_a_trial_that_exited_for_requeue_in_a_process_that_goes_on_leaves_the_next_one_the_signals(tmp_path):
     # A sweep running trials in one process, catching SystemExit: the next trial's Checkpoint
     # takes the stop signals the one that exited ignored while it exited.

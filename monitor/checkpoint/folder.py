@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import re
+import signal
 import uuid
 from pathlib import Path
 from typing import Any, Iterable
@@ -191,7 +192,14 @@ _finishing: set[Path] = set()  # the runs of this script that reached train_end:
 
 
 def _finish_at_exit() -> None:
-    if exit_error() is None:
+    if exit_error() is None and _finishing:
+        # The script ended well: a stop signal from here on (a scheduler's SIGTERM while the interpreter
+        # winds down) would make the job's status 143 for a run marked finished, and its requeue train anew.
+        from monitor.preemption import SIGNALS
+
+        for number in SIGNALS:
+            if signal.getsignal(number) is signal.SIG_DFL:
+                signal.signal(number, signal.SIG_IGN)
         for directory in _finishing:
             _finish_now(directory)
 
