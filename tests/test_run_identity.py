@@ -349,3 +349,16 @@ def test_a_new_run_after_a_killed_one_says_the_killed_run_is_not_continued(tmp_p
         assert said == [("WARNING", f"monitor: env 'again' starts a new run; the earlier run's log is kept in "
                                     f"{tmp_path / 'earlier' / 'r1.jsonl'} (monitor runs --earlier lists it, monitor "
                                     f"replay shows it again)")]
+
+
+def test_splits_each_with_a_resumable_checkpoint_in_one_env_are_told_once_they_set_each_other_aside(tmp_path, caplog):
+    # A walk-forward forecaster's splits: each a fresh run under Checkpoint(resume=True), one env for all
+    with caplog.at_level("WARNING", logger="monitor"):
+        for split in range(3):
+            model = torch.nn.Linear(2, 1)
+            with Monitor([Scalars(), Checkpoint(tmp_path / f"ckpt{split}", resume=True)], env="walk-forward",
+                         run_dir=tmp_path / "run", port=1, timeout=0.2) as monitor:
+                monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+                monitor.step_end(loss=1.0)
+    said = [r.getMessage() for r in caplog.records if "sets aside the one this process ran there before" in r.getMessage()]
+    assert len(said) == 1
