@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import atexit
 import importlib
+import logging
 import os
 import sys
 import threading
 import weakref
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Sequence, Union
 
 import torch
@@ -26,17 +28,21 @@ from monitor.records import RunEnd, ending_of, exit_error, interactive
 from monitor.reports import Reports
 from monitor.resumable import Resumable, batches_done
 
+_log = logging.getLogger("monitor")
+
 HOOKS = ("on_train_start", "on_epoch_start", "on_after_backward", "on_step_end",
          "on_validation_end", "on_epoch_end", "on_train_end", "on_exception")
 
 
 class Continuation(NamedTuple):
     """Where a continued run's log goes on: its env (None: a new run names its own), byte position
-    and run id (None: unknown), so that another run's log of that env is not cut there."""
+    and run id (None: unknown), so that another run's log of that env is not cut there, and the
+    run folder it was written in (absolute; None: unknown)."""
 
     env: str | None
     position: int
     run_id: str | None = None
+    run_dir: str | None = None
 
 
 @dataclass
@@ -232,6 +238,8 @@ class Monitor:
             if continued[0].run_id is not None:
                 options["continues"] = continued[0].run_id
             env = env if env is not None else continued[0].env
+            if run_dir is None and env is not None and (where := _run_folder_of(continued[0], env)) is not None:
+                options["run_dir"] = where
         if sink is not None:
             if env is not None or options:
                 raise TypeError(f"env and sink options are the sink's: pass them to the sink, not with "
@@ -711,6 +719,21 @@ _profiling = torch._C._autograd._profiler_enabled  # whether a torch.profiler re
 
 
 Optimizers = Union[torch.optim.Optimizer, Sequence[torch.optim.Optimizer], Mapping[str, torch.optim.Optimizer]]
+
+
+def _run_folder_of(continued: Continuation, env: str) -> str | None:
+    """The folder a resumed run's log is in, where it is not ``runs/ENV`` here: a job that starts in a
+    working directory of its own (Hydra's outputs/DATE/TIME) would begin its curves again there."""
+    from monitor.runlog import RunLog
+
+    default = (Path("runs") / env).absolute()
+    saved = Path(continued.run_dir) if continued.run_dir else None
+    if saved is None or saved == default or (default / RunLog.FILENAME).exists() or \
+            not (saved / RunLog.FILENAME).is_file():
+        return None
+    _log.warning("monitor: the run continues in its run folder %s, where its checkpoint says its log is, not in %s "
+                 "(this job's working directory is another: pass run_dir= to choose)", saved, default)
+    return str(saved)
 
 
 def _named_optimizers(optimizer: Optimizers | None) -> dict[str, torch.optim.Optimizer]:

@@ -1013,6 +1013,42 @@ def test_an_optimizer_step_after_step_end_is_told_once_as_the_step_s_checkpoint_
         "call after_backward before optimizer.step() and step_end after it"])
 
 
+def test_a_job_that_starts_in_a_working_directory_of_its_own_each_time_continues_its_run_log_where_it_was(
+        tmp_path, monkeypatch, caplog):
+    # Hydra's chdir into outputs/DATE/TIME: the default runs/ENV was another folder at each requeue,
+    # so the resumed run's log was gone and its curves began again (1 point a curve after 7 requeues).
+    from monitor.runs import exported
+
+    def job(workdir: str, crash_at: int | None = None) -> None:
+        (tmp_path / workdir).mkdir()
+        monkeypatch.chdir(tmp_path / workdir)
+        torch.manual_seed(0)
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        with Monitor([Scalars(), Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True)], env="hydra", port=1,
+                     timeout=0.2) as monitor:
+            monitor.train_start(model, optimizer)
+            for update in monitor.steps(6):
+                model(torch.ones(2, 3)).square().mean().backward()
+                monitor.after_backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                monitor.step_end(loss=float(update + 1))  # a loss point a step, its step's number
+                if monitor.state.step == crash_at:
+                    raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        job("first", crash_at=3)  # saved at step 2
+    with caplog.at_level("WARNING", logger="monitor"):
+        job("second")
+    said = [r.getMessage() for r in caplog.records if "continues in its run folder" in r.getMessage()]
+    assert said == [f"monitor: the run continues in its run folder {tmp_path / 'first' / 'runs' / 'hydra'}, where its "
+                    f"checkpoint says its log is, not in {tmp_path / 'second' / 'runs' / 'hydra'} (this job's "
+                    f"working directory is another: pass run_dir= to choose)"]
+    steps = [x for x, _ in exported(tmp_path / "first" / "runs" / "hydra")["loss"]["train"]]
+    assert steps == [1, 2, 3, 4, 5, 6] and not (tmp_path / "second" / "runs").exists()
+
+
 class _Stream(torch.utils.data.IterableDataset):
     def __iter__(self):
         yield from (torch.full((3,), float(n)) for n in itertools.count())

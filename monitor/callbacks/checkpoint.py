@@ -186,7 +186,7 @@ class Checkpoint(Callback):
             self.start, self._saved = ResumePoint(path=None), None
         else:
             self.start, self._saved = find_start(self.directory, missing_ok=True)
-        return Continuation(self.start.env, self.start.runlog_position or 0, self.start.run_id)
+        return Continuation(self.start.env, self.start.runlog_position or 0, self.start.run_id, self.start.run_dir)
 
     def _starts_a_new_run(self) -> bool:
         """``fresh``, or a run that finished: the command run again trains anew, unless ``extend``,
@@ -510,7 +510,8 @@ class Checkpoint(Callback):
                 scaler=self.scaler or state.scaler,
                 loop={**loop, "epoch_done": self._epoch_done, "ranks": positions}, rng=rng,
                 callbacks=loop["callbacks"],
-                run={"env": monitor.sink.env, "run_id": self.run_id, "runlog_position": position},
+                run={"env": monitor.sink.env, "run_id": self.run_id, "runlog_position": position,
+                     "run_dir": _absolute(getattr(monitor.sink, "run_dir", None))},
                 metric={"name": self.metric, "value": metric, "mode": self.mode}, save_frozen=self.save_frozen,
                 extras=self._extras())
             save_checkpoint(path, checkpoint)
@@ -731,6 +732,10 @@ def _reads_a_loader() -> bool:
 
     # By type(), not isinstance(): an object's __class__ may be a property that warns (torch's deprecated ones).
     return any(issubclass(type(thing), _BaseDataLoaderIter) for thing in gc.get_objects())
+
+
+def _absolute(folder: Any) -> str | None:
+    return str(Path(folder).absolute()) if folder is not None else None
 
 
 def _optimizers(state: LoopState) -> Any:

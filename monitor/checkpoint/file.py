@@ -29,7 +29,8 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time (``A
     rng         monitor.checkpoint.rng.capture_rng(): Python, NumPy, torch CPU and every CUDA device; under
                 torch.distributed rank 0's, plus ``ranks``: every rank's, by rank (restored per rank)
     callbacks   each callback's state_dict, by state_key (Monitor.state_dict()["callbacks"])
-    run         {"env", "run_id", "runlog_position"}: the dashboard run it continues
+    run         {"env", "run_id", "runlog_position", "run_dir"}: the dashboard run it continues, and the
+                absolute run folder its log is in (None in files written before it was kept)
     metric      {"name", "value", "mode"}: what best-k retention ranks it by
     extras      the user's own tensors and primitives
 
@@ -129,7 +130,7 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
         "scaler": scaler.state_dict() if scaler is not None else None,
         "classes": {name: _class_of(part) for name, part in parts.items()},
         "rng": dict(rng), "callbacks": dict(callbacks or {}),
-        "run": {key: run.get(key) for key in ("env", "run_id", "runlog_position")},
+        "run": {key: run.get(key) for key in ("env", "run_id", "runlog_position", "run_dir")},
         "metric": {"name": metric.get("name"), "value": metric.get("value"), "mode": metric.get("mode", "min")},
         "extras": dict(extras or {}),
     }

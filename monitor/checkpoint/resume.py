@@ -43,6 +43,7 @@ class ResumePoint:
     env: str | None = None
     run_id: str | None = None
     runlog_position: int | None = 0
+    run_dir: str | None = None  # the run folder its log was written in (absolute), where the checkpoint says
     extras: dict[str, Any] = field(default_factory=dict)
     trained: bool = False  # saved at the run's train_end: monitor.epochs has nothing left to run
     monitor_state: dict[str, Any] = field(default_factory=dict, repr=False)  # RNG states: 17,840 characters shown
@@ -143,7 +144,7 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
     trained = manifest is not None and manifest.get("trained") == loop["step"] and manifest.get("latest") == path.name
     point = ResumePoint(
         path=path, epoch=loop["epoch"] + done, skip_batches=batches_done(loop), step=loop["step"],
-        env=run["env"], run_id=run["run_id"], runlog_position=run["runlog_position"],
+        env=run["env"], run_id=run["run_id"], runlog_position=run["runlog_position"], run_dir=run.get("run_dir"),
         extras=checkpoint["extras"], trained=trained,
         monitor_state={"step": loop["step"], "epoch": loop["epoch"], "batch": loop["batch"], "epoch_done": done,
                        "trained": trained,
