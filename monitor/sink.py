@@ -328,9 +328,12 @@ class VisdomSink:
         if self.replaced:  # set aside by the run that replaced it, under its run id: replayed into an env apart
             kept = self.folder.path / RunDir.EARLIER / f"{self.run_id}.jsonl"
             return (f"everything is in {kept} - send it later with `monitor replay {kept} --env "
-                    f"{self.env}-{self.run_id[:8]}{self.connection.cli_options}`")
+                    f"{self.env}-{self.run_id[:8]}{self.connection.cli_options}`{self._login_note()}")
         return (f"everything is in {self.runlog.path} - send it later with "
-                f"`monitor replay {self.runlog.path}{self.connection.cli_options}`")
+                f"`monitor replay {self.runlog.path}{self.connection.cli_options}`{self._login_note()}")
+
+    def _login_note(self) -> str:
+        return " (the server's login in VISDOM_USERNAME and VISDOM_PASSWORD)" if self.connection.username else ""
 
     def _join(self, timeout: float | None) -> None:
         """Waits for the worker and the sender to end (the run folder is free then)."""

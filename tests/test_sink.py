@@ -699,3 +699,15 @@ def test_an_env_of_more_windows_than_a_page_draws_well_is_said_once(tmp_path, ca
     said = [r.getMessage() for r in caplog.records if "windows:" in r.getMessage()]
     assert len(said) == 1 and re.search(r"env 'per-class' has 1\d\d windows: a page draws each as a pane.* "
                                         r"traces of one window", said[0]), said  # counted in the worker's batches
+
+
+def test_the_replay_command_said_for_a_server_with_a_login_says_where_the_login_goes(tmp_path, caplog):
+    from monitor.sink import VisdomSink
+
+    sink = VisdomSink("login-down", port=1, run_dir=tmp_path, username="ops", password="secret", timeout=0.2)
+    sink.put(Points("loss", 1, ("train",), (0.5,)))
+    with caplog.at_level("WARNING", logger="monitor"):
+        sink.close(timeout=0.2)
+    said = [r.getMessage() for r in caplog.records if "send it later with" in r.getMessage()]
+    assert said and said[0].endswith(f"`monitor replay {tmp_path / RunLog.FILENAME} --port 1` (the server's login in "
+                                     f"VISDOM_USERNAME and VISDOM_PASSWORD) (reported once)"), said
