@@ -113,3 +113,23 @@ def test_a_missing_folder_or_a_file_that_is_not_a_checkpoint_is_a_one_line_error
     text = CliRunner().invoke(main, ["checkpoints", "inspect", str(tmp_path / "notes.txt")])
     assert text.exit_code == 1 and "must be a file written by torch.save" in text.output
     assert "Traceback" not in missing.output + empty.output + text.output
+
+
+def test_a_checkpoint_pruned_while_the_folder_is_listed_is_left_out_not_an_error(tmp_path, monkeypatch):
+    # monitor checkpoints DIR of a live run: "[Errno 2] No such file or directory: .../step-000000040.pt"
+    from monitor.checkpoint import listing
+
+    parts = build()
+    checkpoint, monitor, start = attach(parts, tmp_path / "ckpt", every_steps=1, keep_last=3)
+    train(parts, monitor, start, epochs=1)
+    first, *rest = sorted((tmp_path / "ckpt").glob("step-*.pt"))
+    load = listing.load_checkpoint
+
+    def pruned_meanwhile(path, **options):
+        if path == first:
+            path.unlink()  # the live run's save pruned it after the folder was listed
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return load(path, **options)
+
+    monkeypatch.setattr(listing, "load_checkpoint", pruned_meanwhile)
+    assert [info.path for info in listing.list_checkpoints(tmp_path / "ckpt")] == rest

@@ -52,9 +52,12 @@ def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
             name, value = data["metric"]["name"], data["metric"]["value"]
             if value is None:  # ranked by the validation that followed it
                 value = ranked.get(path.name)
+            size = path.stat().st_size
         except (CheckpointError, OSError) as error:
-            problem = str(error)
-        infos.append(CheckpointInfo(path, step, epoch, name, value, path.stat().st_size, when,
+            if not path.exists():  # pruned since the folder was listed: a live run's
+                continue
+            problem, size = str(error), path.stat().st_size
+        infos.append(CheckpointInfo(path, step, epoch, name, value, size, when,
                                     manifest.get("latest") == path.name,
                                     best.index(path.name) + 1 if path.name in best else None,
                                     path.name in last, problem))
