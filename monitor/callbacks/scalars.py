@@ -177,8 +177,11 @@ class Scalars(Callback):
             if name == "loss" and isinstance(value, Mapping):  # a loss in parts (cross-entropy and Dice)
                 parts = (": pass their total as loss= and the parts as traces of the loss window, "
                          "monitor.log.scalars('loss', step, {...})")
-            elif isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() > 1:
+            elif name == "loss" and isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() > 1:
                 parts = ": pass its mean, .mean() (a value for each sample, as reduction='none' gives)"
+            elif hasattr(value, "__len__") and not isinstance(value, (str, Mapping)):
+                parts = (f": one number a metric; several (one a target) each go in under a name of their own, "
+                         f"{{f'{name}/{{i}}': v for i, v in enumerate(values)}}")
             raise type(error)(f"metric {name!r}: {error}{parts}") from None
 
 
