@@ -929,8 +929,14 @@ def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> lis
                 return 0 if split in HELD_OUT else 1
         return 2
 
-    ranked = sorted(seen, key=lambda name: (name != first, data(name), not best_is_lowest(name), -seen[name], name))
+    ranked = sorted(seen, key=lambda name: (name != first, data(name), not best_is_lowest(name), -seen[name],
+                                            _natural(name)))
     return ranked[:count]
+
+
+def _natural(name: str) -> list:
+    """``name`` ordered as people count: ``mae_h6`` before ``mae_h12``."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
 def _last_and_best(last: float, best: float) -> str:

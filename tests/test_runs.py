@@ -1091,3 +1091,13 @@ def test_mode_ranks_lists_and_collects_by_the_lowest_or_highest_value_not_the_be
     assert "5 (1)" in lines[1] and "2 (2)" in lines[2]
     shown = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "Δε/validation", "--mode", "min"])
     assert "5 (1)" in shown.output, shown.output
+
+
+def test_a_table_s_metrics_of_numbered_names_come_in_the_order_people_count():
+    # mae_h6 was left out of 4 columns: h12 and h24 sort before h6 as text
+    from types import SimpleNamespace
+
+    from monitor.runs import _shown_metrics
+
+    run = SimpleNamespace(metrics={f"mae_h{h}/validation": (1.0, 1.0) for h in (24, 12, 6, 1)})
+    assert _shown_metrics([run], 3) == ["mae_h1/validation", "mae_h6/validation", "mae_h12/validation"]
