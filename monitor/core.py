@@ -275,7 +275,7 @@ class Monitor:
         self._error_shown: tuple[BaseException | None, int] | None = None  # an interactive session's, at a step
         self._resumable = Resumable()
         self._reports = Reports()
-        self._watched: dict[int, tuple] = {}  # the hooks on LBFGS optimizers, by id
+        self._watched: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # LBFGS optimizers: their hooks
         # Only the callbacks that override a hook are called for it, through bound methods.
         self._subscribers = {hook: [(c, getattr(c, hook)) for c in self.callbacks
                                     if getattr(type(c), hook) is not getattr(Callback, hook)]
@@ -339,7 +339,7 @@ class Monitor:
     def _watch_closure(self, optimizer: torch.optim.Optimizer) -> None:
         """An LBFGS calls its closure several times a step: a ``step_end`` in the closure would count
         each call a step (a ``monitor.steps(n)`` loop ending early), said once after the step."""
-        if id(optimizer) in self._watched:
+        if optimizer in self._watched:
             return
         me, started_at = weakref.ref(self), [0]
 
@@ -354,8 +354,8 @@ class Monitor:
                                       f"times a step: call step_end after optimizer.step(closure), not in the "
                                       f"closure (after_backward may go in it: the last call's gradients count)")
 
-        self._watched[id(optimizer)] = (optimizer.register_step_pre_hook(before),
-                                        optimizer.register_step_post_hook(after))
+        self._watched[optimizer] = (optimizer.register_step_pre_hook(before),
+                                    optimizer.register_step_post_hook(after))
 
     def epoch_start(self, epoch: int | None = None) -> None:
         """Call at the start of each epoch; ``epoch`` is 0-based (default: the next one)."""

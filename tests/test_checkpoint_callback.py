@@ -1077,7 +1077,8 @@ def test_a_resumed_steps_loop_over_a_stream_goes_on_after_its_batches_through_mo
         job(crash_at=5)  # saved at step 4
     with caplog.at_level("WARNING", logger="monitor"):
         firsts = job()
-    told = [r.getMessage() for r in caplog.records if "in a monitor.steps loop that reads a DataLoader" in r.getMessage()]
+    told = [r.getMessage() for r in caplog.records
+            if "in a monitor.steps loop that reads a DataLoader" in r.getMessage()]
     if through == "monitor.batches":
         assert firsts == [8.0, 10.0] and not told  # steps 5 and 6 get the stream's 5th and 6th batches
     else:

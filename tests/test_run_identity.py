@@ -360,5 +360,6 @@ def test_splits_each_with_a_resumable_checkpoint_in_one_env_are_told_once_they_s
                          run_dir=tmp_path / "run", port=1, timeout=0.2) as monitor:
                 monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
                 monitor.step_end(loss=1.0)
-    said = [r.getMessage() for r in caplog.records if "sets aside the one this process ran there before" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records
+            if "sets aside the one this process ran there before" in r.getMessage()]
     assert len(said) == 1

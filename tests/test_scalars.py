@@ -271,7 +271,7 @@ def test_a_second_data_set_validated_under_the_same_trace_is_told_once_and_metri
 
 def test_a_metric_of_several_values_is_refused_saying_how_each_goes_in_under_a_name_of_its_own():
     monitor, _ = monitor_with(Scalars())
-    with pytest.raises(ValueError, match=r"metric 'mae': .* got a tensor of shape \(12,\): one number a metric; several "
-                                         r"\(one a target\) each go in under a name of their own, "
+    with pytest.raises(ValueError, match=r"metric 'mae': .* got a tensor of shape \(12,\): one number a metric; "
+                                         r"several \(one a target\) each go in under a name of their own, "
                                          r"\{f'mae/\{i\}': v for i, v in enumerate\(values\)\}"):
         monitor.validation_end({"mae": torch.rand(12)})  # a regression's MAE for each of 12 targets

@@ -215,7 +215,7 @@ def test_a_table_shows_a_float32_tensor_s_value_in_its_fewest_digits_and_arithme
     assert _value(0.1 * 3) == "0.3" and _value(0.123456789012345) == "0.123456789012" and _value(3) == "3"
     # A metric (a mean of float32 losses, held as a float64) to 6 digits in the hparams pane
     from monitor.windows import _hparams_html
-    html = _hparams_html([{"hparams": {"lr": 0.000316227766017},
-                           "metrics": {"loss": 1.33475914001465, "mase": 1.49221535225199, "acc": float(np.float32(0.7))}}])
+    metrics = {"loss": 1.33475914001465, "mase": 1.49221535225199, "acc": float(np.float32(0.7))}
+    html = _hparams_html([{"hparams": {"lr": 0.000316227766017}, "metrics": metrics}])
     assert "<td>0.000316227766017</td>" in html and "<td>1.33476</td>" in html and "<td>1.49222</td>" in html
     assert "<td>0.7</td>" in html

@@ -173,8 +173,9 @@ class GradNorms(Callback):
             self._said_no_gradients = True
             _log.warning("monitor: GradNorms found no gradient on the model's parameters at after_backward "
                          "(step %d), nothing to plot in window 'grad norm%s': call after_backward after "
-                         "loss.backward() and before optimizer.zero_grad(), for the model whose parameters the optimizer updates (a loop "
-                         "that trains copies of them, as with torch.func.functional_call, has none)",
+                         "loss.backward() and before optimizer.zero_grad(), for the model whose parameters the "
+                         "optimizer updates (a loop that trains copies of them, as with torch.func.functional_call, "
+                         "has none)",
                          state.step, suffix)
         if grads:
             optimizers = state.optimizers.values() if name is None else (state.optimizers[name],)
