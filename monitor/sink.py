@@ -126,7 +126,7 @@ class VisdomSink:
         if rewind_to is not None:
             checks.integer("rewind_to", rewind_to, minimum=0)
         self.made_in = threading.current_thread()  # a newer sink of its folder made in another thread is refused
-        replace_earlier(self.run_dir, continues=rewind_to is not None, resumes=continues is not None)
+        replace_earlier(self.run_dir, continues=rewind_to is not None, resumes=continues is not None or bool(rewind_to))
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
         self.pid = pid or os.getpid()
@@ -535,7 +535,8 @@ def replace_earlier(run_dir: Path, continues: bool = False, resumes: bool = Fals
     """A notebook cell run again: the previous sink of ``run_dir`` in this process ends (an open
     SummaryWriter's is not: refused, nor one made in another thread still running: a thread
     pool's trials of one env); the newer one ``continues`` its run (a resume) or sets its log aside.
-    A new run (not one that ``resumes`` a checkpoint's) in a folder this process ran before says so."""
+    A new run (not one that ``resumes`` a checkpoint's, or goes on after a log's end: a writer
+    opened again) in a folder this process ran before says so."""
     if (writers := sys.modules.get("monitor.writer")) is not None:  # none without the module
         writers.refuse_to_replace(run_dir)
     folder = run_dir.resolve()

@@ -820,7 +820,7 @@ def test_a_log_dir_keeps_what_every_writer_wrote_to_it_as_tensorboard_s_folders_
 
 
 def test_purge_step_takes_out_what_tensorboard_hides_and_keeps_earlier_steps_logged_later(
-        visdom_server, tmp_path, read_window, monkeypatch):
+        visdom_server, tmp_path, read_window, monkeypatch, caplog):
     # An epoch-indexed tag and a text at step 0, logged after iteration 5: TensorBoard keeps them
     # (its EventAccumulator, reading these calls' event files: the points expected below).
     monkeypatch.chdir(tmp_path)
@@ -831,7 +831,9 @@ def test_purge_step_takes_out_what_tensorboard_hides_and_keeps_earlier_steps_log
             writer.add_scalar("ep/acc", float(step // 5), step // 5)
     writer.add_text("final", "done", 0)
     writer.close()
-    writer = SummaryWriter("runs/purged", purge_step=5, port=visdom_server.port)  # resumed from iteration 5
+    with caplog.at_level("WARNING", logger="monitor"):
+        writer = SummaryWriter("runs/purged", purge_step=5, port=visdom_server.port)  # resumed from iteration 5
+    assert not [r for r in caplog.records if "sets aside" in r.getMessage()]  # it goes on: nothing set aside
     for step in (5, 6):
         writer.add_scalar("it/loss", 100.0 + step, step)
     writer.close()
