@@ -251,6 +251,7 @@ class Order:
     SUMMARY = 0
     LOSS = 10
     METRICS = 20  # also the windows a loop lays out itself
+    CHARTS = 25  # a writer's custom-scalar charts: copies of curves, which a table of runs leaves out
     LEARNING_RATE = 30
     TIMING = 35
     GRADIENTS = 40

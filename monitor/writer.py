@@ -200,7 +200,7 @@ class SummaryWriter:
                 except re.error as error:
                     raise ValueError(f"layout[{category!r}][{title!r}] has a tag that is not a regular "
                                      f"expression: {error}") from None
-                window = self._lay_out(str(title), "scalars", Order.METRICS, **self._scalar_opts)
+                window = self._lay_out(str(title), "scalars", Order.CHARTS, **self._scalar_opts)
                 self._charts.append((window, match))
         self._chart_of.clear()
 
