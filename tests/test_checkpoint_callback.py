@@ -651,6 +651,43 @@ def test_a_stop_signal_while_a_script_that_ended_well_exits_leaves_its_status_0_
     assert json.loads((tmp_path / "ckpt" / MANIFEST).read_text())["finished"] is True
 
 
+LOGS_AFTER_STEP_END = """
+import os, sys, torch
+from monitor import Checkpoint, Monitor, Scalars
+torch.manual_seed(0)
+model = torch.nn.Linear(4, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+loader = [torch.randn(8, 4) for _ in range(8)]
+with Monitor([Scalars(), Checkpoint(sys.argv[1] + "/ckpt", every_steps=4, resume=True)], env="after", port=1,
+             run_dir=sys.argv[1] + "/run", timeout=0.2) as monitor:
+    monitor.train_start(model, optimizer)
+    for epoch in monitor.epochs(3):
+        for x in monitor.batches(loader):
+            loss = model(x).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            monitor.after_backward()
+            optimizer.step()
+            monitor.step_end(loss=loss)
+            monitor.log.histogram("latent", monitor.state.step, x.abs())  # the step's, after its step_end
+            if monitor.state.step == int(sys.argv[2]):
+                os._exit(9)  # SIGKILL's way: nothing flushed
+"""
+
+
+def test_what_a_checkpoint_s_step_logged_after_step_end_survives_a_kill_two_steps_later(tmp_path):
+    # A VAE's histogram logged after step_end at the checkpoint's step 12 was gone after a kill at 14: it
+    # was still in the training process's queue, and the step mark that keeps it was not on disk either.
+    import subprocess
+    import sys
+
+    for kill_at in (14, 0):
+        subprocess.run([sys.executable, "-c", LOGS_AFTER_STEP_END, str(tmp_path), str(kill_at)], capture_output=True,
+                       timeout=120)
+    logged = [e["x"] for e in RunLog.read(tmp_path / "run" / RunLog.FILENAME) if e.get("k") == "histogram"]
+    assert logged == list(range(1, 25))
+
+
 def test_a_trial_that_exited_for_requeue_in_a_process_that_goes_on_leaves_the_next_one_the_signals(tmp_path):
     # A sweep running trials in one process, catching SystemExit: the next trial's Checkpoint
     # takes the stop signals the one that exited ignored while it exited.

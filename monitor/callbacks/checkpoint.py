@@ -530,6 +530,7 @@ class Checkpoint(Callback):
             # is never logged again by a run resumed from this checkpoint: marked, it stays in the
             # log (entries.resumes_at).
             monitor.sink.put(StepMark("rest_of_step", position))
+            monitor.sink.sync()  # the mark on disk: a kill in the rest of the step keeps what reached the log
             self._continues_from = position
             monitor.at_next_batch(self._at_next_batch)
         return path
@@ -539,6 +540,9 @@ class Checkpoint(Callback):
         if self._continues_from is not None:
             self._monitor.sink.put(StepMark("continues", self._continues_from))
             self._continues_from = None
+            # What the saved step's code logged after the save (never run again by a resume) is in the
+            # run log before the next step trains: a kill from here on keeps it.
+            self._monitor.sink.sync()
         self._exit_if_stopping()
 
     def _point_at_written(self) -> None:
