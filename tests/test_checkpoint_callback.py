@@ -1086,6 +1086,36 @@ def test_a_job_that_starts_in_a_working_directory_of_its_own_each_time_continues
     assert steps == [1, 2, 3, 4, 5, 6] and not (tmp_path / "second" / "runs").exists()
 
 
+def test_a_run_resumed_with_another_learning_rate_is_told_it_trains_at_the_checkpoint_s(tmp_path, caplog):
+    # Guard's cure, a lower lr, given on the command line of the re-run: the checkpoint put 0.1 back silently
+    def job(lr: float, crash_at: int | None = None) -> float:
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 4))
+        with Monitor([Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True, scheduler=warmup)], sink=NullSink(),
+                     raise_errors=True) as monitor:
+            monitor.train_start(model, optimizer)
+            for _ in monitor.steps(6):
+                _step(monitor, model, optimizer, torch.ones(2, 3), crash_at)
+                warmup.step()
+        return optimizer.param_groups[0]["initial_lr"]
+
+    with pytest.raises(KeyboardInterrupt):
+        job(0.1, crash_at=3)
+    with caplog.at_level("WARNING", logger="monitor"):
+        assert job(0.1) == 0.1  # the same command: its warm-up's first lr differs, and nothing is said
+    assert not [r for r in caplog.records if "learning rate" in r.getMessage()]
+    caplog.clear()
+    shutil.rmtree(tmp_path / "ckpt")
+    with pytest.raises(KeyboardInterrupt):
+        job(0.1, crash_at=3)
+    with caplog.at_level("WARNING", logger="monitor"):
+        job(0.001)
+    assert [r.getMessage() for r in caplog.records if "learning rate" in r.getMessage()] == [
+        "monitor: the optimizer's learning rate 0.001, as given, is the checkpoint's 0.1 again: a resume trains at "
+        "the rates it saved; to change them, set each group's lr (and a scheduler's base_lrs) after train_start"]
+
+
 class _Stream(torch.utils.data.IterableDataset):
     def __iter__(self):
         yield from (torch.full((3,), float(n)) for n in itertools.count())

@@ -93,9 +93,10 @@ def test_list_names_the_folder_of_a_run_moved_to_another_name_so_rm_can_be_given
 def test_losses_and_errors_are_best_lowest_in_the_languages_users_name_them():
     lowest = ["val_loss", "Top1 Error", "perplexity", "验证损失", "训练/误差率", "错误率", "検証損失", "손실",
               "wer/validation", "top1_err", "nll", "fid", "kl", "latency_ms", "miss_rate", "step time/step",
-              "smape", "val_mase", "MAPE", "crps/validation", "pinball_q90", "rmsse", "wape"]  # forecasting's
+              "smape", "val_mase", "MAPE", "crps/validation", "pinball_q90", "rmsse", "wape",  # forecasting's
+              "bits/dim", "bits_per_dim", "nelbo", "neg_elbo", "recon"]  # a generative model's
     highest = ["accuracy", "准确率", "f1", "正解率", "precision", "recall", "episodic_return", "bleu", "auc",
-               "map", "mAP@0.5"]  # a detector's mean average precision
+               "map", "mAP@0.5", "elbo"]  # a detector's mean average precision; the ELBO itself
     assert [best_mode(name) for name in lowest + highest] == ["min"] * len(lowest) + ["max"] * len(highest)
 
 

@@ -602,6 +602,7 @@ class Checkpoint(Callback):
         if state.model is None:
             raise CheckpointResumeError(f"resuming from {self.start.path} needs the model: pass it to "
                                         f"monitor.train_start(model, optimizer), got None")
+        given = _rates(state)
         try:
             restore_parts(self.start.path, checkpoint, state.model, _optimizers(state), self.scheduler,
                           self.scaler or state.scaler)
@@ -610,6 +611,10 @@ class Checkpoint(Callback):
                                         f"{type(error).__name__}: {error}") from error
         if self._monitor.rank == 0:  # said once for the job
             _log.warning("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
+            if (restored := _rates(state)) != given:  # a run resumed to try another lr (Guard's cure)
+                _log.warning("monitor: the optimizer's learning rate %s, as given, is the checkpoint's %s again: a "
+                             "resume trains at the rates it saved; to change them, set each group's lr (and a "
+                             "scheduler's base_lrs) after train_start", _shown(given), _shown(restored))
         self._check_loop = True  # at the first step: does the loop go on where the run left off?
 
     def _set_earlier_aside(self) -> None:
@@ -736,6 +741,18 @@ def _reads_a_loader() -> bool:
 
     # By type(), not isinstance(): an object's __class__ may be a property that warns (torch's deprecated ones).
     return any(issubclass(type(thing), _BaseDataLoaderIter) for thing in gc.get_objects())
+
+
+def _rates(state: LoopState) -> list[float | None]:
+    """Every group's lr as the loop set it (a scheduler's starting one, ``initial_lr``, where it has
+    one: a warm-up's first lr is no choice), where it is a number (a tensor's is not read)."""
+    return [rate if isinstance(rate := g.get("initial_lr", g.get("lr")), (int, float)) else None
+            for optimizer in state.optimizers.values() for g in optimizer.param_groups]
+
+
+def _shown(rates: list[float | None]) -> str:
+    shown = ", ".join("-" if rate is None else f"{rate:g}" for rate in rates)
+    return shown if len(rates) == 1 else f"[{shown}]"
 
 
 def _absolute(folder: Any) -> str | None:
