@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import numbers
 from typing import Any, Mapping, Sequence
 
@@ -123,7 +124,7 @@ class Images(Callback):
                 raise TypeError(f"Images(source={self.source!r}) needs images, got a batch of {images.shape[0]} "
                                 f"vectors of {images.shape[1]} values ({images.dtype}: token ids, features, "
                                 f"scores?): pass images shaped N x C x H x W, e.g. step_end({self.source}="
-                                f"x.view(-1, 1, 28, 28)), or leave Images out")
+                                f"x.view({_image_shape(images.shape[1])})), or leave Images out")
             images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
             images.dim() == 4 or images.dim() == 3 and (images.shape[0] not in (1, 3) or
@@ -203,6 +204,16 @@ def class_colours(labels: torch.Tensor) -> torch.Tensor:
     levels = torch.tensor([160, 64, 24, 6], device=labels.device)
     rgb = ((bits & 1).unflatten(-1, (4, 3)) * levels[:, None]).sum(-2)  # (N, H, W, 3)
     return rgb.to(torch.uint8).permute(0, 3, 1, 2)
+
+
+def _image_shape(values: int) -> str:
+    """The view a flattened image of ``values`` most likely had: -1, C, H, W of a square grey or
+    colour image (784: -1, 1, 28, 28; 3072: -1, 3, 32, 32), else MNIST's."""
+    for channels in (1, 3):
+        side = math.isqrt(values // channels)
+        if channels * side * side == values:
+            return f"-1, {channels}, {side}, {side}"
+    return "-1, 1, 28, 28"
 
 
 def _binary(scores: torch.Tensor) -> torch.Tensor:
