@@ -434,6 +434,10 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, follow: bool
                                  "(a Monitor's 'loss' and a writer's 'Loss/train' are windows 'loss' and 'Loss')",
                                  "; ".join(f"{run.env}: {', '.join(_point_windows(log)[:4]) or 'none'}"
                                            for run, log in zip(found, entries)))
+                elif not sent and (apart := [w for w in dict.fromkeys(w for log in entries for w in _point_windows(log))
+                                             if w not in windows.by_name]):
+                    _log.warning("monitor: %d window(s) not in every run are left out of the comparison: %s",
+                                 len(apart), ", ".join(apart[:8]) + (", ..." if len(apart) > 8 else ""))
                 for window in windows.changed():
                     for message in window.messages(env):
                         text = json.dumps(message, sort_keys=True, default=str)

@@ -278,11 +278,14 @@ def test_monitor_runs_alone_where_no_runs_folder_is_says_where_runs_are(tmp_path
 
 
 def test_compare_puts_a_trace_per_run_in_each_shared_window_on_a_server_that_never_saw_them(
-        three_runs, fresh_server, read_window, read_window_raw):
+        three_runs, fresh_server, read_window, read_window_raw, caplog):
     root = three_runs
-    done = CliRunner().invoke(main, ["runs", "compare", str(root / "good"), str(root / "broken"), str(root / "killed"),
-                                     "--into", "cmp", "--port", str(fresh_server.port)])
+    with caplog.at_level("WARNING", logger="monitor"):
+        done = CliRunner().invoke(main, ["runs", "compare", str(root / "good"), str(root / "broken"),
+                                         str(root / "killed"), "--into", "cmp", "--port", str(fresh_server.port)])
     assert done.exit_code == 0, done.output
+    assert [r.getMessage() for r in caplog.records if "left out of the comparison" in r.getMessage()] == [
+        "monitor: 1 window(s) not in every run are left out of the comparison: accuracy"]  # the killed run has none
     shown = read_window(fresh_server, "cmp", "loss")
     labels = {"good": "lr=0.1", "broken": "lr=0.3", "killed": "killed"}
     expected = {}
