@@ -126,7 +126,7 @@ class VisdomSink:
         if rewind_to is not None:
             checks.integer("rewind_to", rewind_to, minimum=0)
         self.made_in = threading.current_thread()  # a newer sink of its folder made in another thread is refused
-        replace_earlier(self.run_dir, continues=rewind_to is not None, resumes=continues is not None or bool(rewind_to))
+        replace_earlier(self.run_dir, rewind_to, continues)
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
         self.pid = pid or os.getpid()
@@ -531,12 +531,13 @@ def default_env() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S-") + secrets.token_hex(2)
 
 
-def replace_earlier(run_dir: Path, continues: bool = False, resumes: bool = False) -> None:
+def replace_earlier(run_dir: Path, rewind_to: int | None = None, continues: str | None = None) -> None:
     """A notebook cell run again: the previous sink of ``run_dir`` in this process ends (an open
     SummaryWriter's is not: refused, nor one made in another thread still running: a thread
-    pool's trials of one env); the newer one ``continues`` its run (a resume) or sets its log aside.
-    A new run (not one that ``resumes`` a checkpoint's, or goes on after a log's end: a writer
-    opened again) in a folder this process ran before says so."""
+    pool's trials of one env); the newer one continues its run (``rewind_to`` given: a resume) or
+    sets its log aside. A new run (not one that resumes a checkpoint's step, or ``continues`` a
+    log after its end: a writer opened again) in a folder this process ran before says so."""
+    resumes = continues is not None or bool(rewind_to)
     if (writers := sys.modules.get("monitor.writer")) is not None:  # none without the module
         writers.refuse_to_replace(run_dir)
     folder = run_dir.resolve()
@@ -557,7 +558,7 @@ def replace_earlier(run_dir: Path, continues: bool = False, resumes: bool = Fals
                                     f"run an env of its own (env=f\"trial-{{number}}\")")
             _log.info("monitor: closing the previous monitor of env %r in this process", other.env)
             other.put(other.ending or RunEnd("interrupted", "a newer run of its env in this process replaced it"))
-            other.replaced = "continued" if continues else "set aside"
+            other.replaced = "continued" if rewind_to is not None else "set aside"
             other.close(timeout=2.0)
             other._join(5.0)  # its last request (at most the close's 2 s) and the folder's lock
 

@@ -130,8 +130,7 @@ class SinkProcess:
         self._local: VisdomSink | None = None
         self.images_taken: Counter[str] = Counter()  # image grids read and handed on, by window (Log.images_waiting)
         self.made_in = threading.current_thread()  # a newer sink of its folder made in another thread is refused
-        replace_earlier(self.run_dir, continues=self._options.get("rewind_to") is not None,
-                        resumes=self._options.get("continues") is not None or bool(self._options.get("rewind_to")))
+        replace_earlier(self.run_dir, self._options.get("rewind_to"), self._options.get("continues"))
         self._child = self._start()
         if self._child is None:
             self._local = VisdomSink(**self._options)

@@ -88,7 +88,7 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
     present = {p.name for p in checkpoint_files(directory)}
     records = [r for r in records if r["file"] in present]
     if manifest is not None and manifest.get("run_id") == run_id:  # a validation after a file ranked it later
-        ranked = {r["file"]: r.get("metric") for r in manifest.get("checkpoints") or []}
+        ranked = ranked_later(manifest)
         records = [{**r, "metric": ranked[r["file"]]} if r.get("metric") is None and ranked.get(r["file"]) is not None
                    else r for r in records]
     # Files the run's records lack are another run's, unless the pointer or the files say they are
@@ -102,6 +102,11 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
             f"{len(foreign)} checkpoint(s) of another run ({', '.join(foreign[:3])}...; see its {MANIFEST}): "
             f"continue that run with Checkpoint(..., resume=True), start a new one with fresh=True, or choose another folder")
     return records
+
+
+def ranked_later(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The metric of each file the manifest lists (a validation after a save ranks that save), by name."""
+    return {r.get("file"): r.get("metric") for r in manifest.get("checkpoints") or [] if isinstance(r, dict)}
 
 
 def _run_id_of(path: Path) -> str | None:

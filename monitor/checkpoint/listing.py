@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from monitor.checkpoint.file import FORMAT, CheckpointError, check_schema, load_checkpoint, load_file
-from monitor.checkpoint.folder import checkpoint_files, read_manifest
+from monitor.checkpoint.folder import checkpoint_files, ranked_later, read_manifest
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
         raise FileNotFoundError(f"directory must be a folder of checkpoints, got {str(directory)!r}, which is {what}")
     manifest = read_manifest(directory) or {}
     best, last = list(manifest.get("best") or []), list(manifest.get("last") or [])
-    ranked = {r.get("file"): r.get("metric") for r in manifest.get("checkpoints") or [] if isinstance(r, dict)}
+    ranked = ranked_later(manifest)
     infos = []
     for path in checkpoint_files(directory):
         step = int(path.name[len("step-"):-len(".pt")])
