@@ -89,7 +89,7 @@ class Backwards(NamedTuple):
     at or after its x (a zigzag otherwise); the run log keeps them."""
 
     window: str
-    trace: str
+    trace: str | None  # None: an image pane's grids
     x: float
     last: float
 
@@ -100,11 +100,14 @@ class Backwards(NamedTuple):
         first: dict[str, Backwards] = {}
         for point in points:
             first.setdefault(point.window, point)
-        named = [f"{p.window!r} (trace {p.trace!r}: x={p.x}, after x={p.last})" for p in list(first.values())[:3]]
+        named = [f"{p.window!r} ({'' if p.trace is None else f'trace {p.trace!r}: '}x={p.x}, after x={p.last})"
+                 for p in list(first.values())[:3]]
         more = f" and {len(first) - 3} more" if len(first) > 3 else ""
+        grids = any(p.trace is None for p in first.values())
         return (f"{'window' if len(first) == 1 else f'{len(first)} windows'} went back to an earlier x: "
-                f"{', '.join(named)}{more}; {'its' if len(first) == 1 else 'their'} curves go on from there, the "
-                f"points after it taken off the plot (the run log keeps them)")
+                f"{', '.join(named)}{more}; {'its' if len(first) == 1 else 'their'} "
+                f"{'curves and image grids' if grids else 'curves'} go on from there, the "
+                f"{'points and grids' if grids else 'points'} after it taken off the plot (the run log keeps them)")
 
 
 class Trace:
@@ -278,6 +281,7 @@ class Window:
         self.trials: dict[str, dict[str, Any]] = {}  # an hparams pane's latest entry per trial
         self.on_server: list[int] | None = None  # the grid numbers the server's history pane holds
         self._sending: list[int] = []  # what the server's pane holds once the latest messages are taken
+        self._taken_back: set[int] = set()  # the grid numbers at or after an x the run went back to
         self.changed = True
         self.sent = False
         self.version = 0  # counts the entries taken in: a send marks the window sent as of the version it took
@@ -305,6 +309,10 @@ class Window:
                     trace.add(x, y)
         elif kind == "image" and "file" in entry:  # a grid in the image store: a pane to step through
             self.kind = "history"
+            if self.history and entry["x"] < self.history[-1]["x"]:  # as a curve goes on from an earlier x
+                went_back.append(Backwards(self.name, None, entry["x"], self.history[-1]["x"]))
+                self._taken_back.update(e["n"] for e in self.history if e["x"] >= entry["x"])
+                self.history = [e for e in self.history if e["x"] < entry["x"]]
             self.history.append(entry)
             stays = set(kept([e["n"] for e in self.history]))
             self.history = [e for e in self.history if e["n"] in stays]
@@ -391,7 +399,8 @@ class Window:
         if not held:
             return held is None
         new = [e["n"] for e in self.history if e["n"] > held[-1]]
-        return self.history[-1]["n"] < held[-1] or len(held) + len(new) > PANE_GRIDS
+        return self.history[-1]["n"] < held[-1] or len(held) + len(new) > PANE_GRIDS or \
+            not self._taken_back.isdisjoint(held)
 
     @property
     def nonfinite(self) -> int:

@@ -137,3 +137,24 @@ def test_a_pane_closed_on_the_page_comes_back_with_the_next_grid(visdom_server, 
         assert monitor.flush(timeout=10)
         pane = read_window_raw(visdom_server, "history-closed", "inputs")
         assert grids_of(pane) == grids_of(sorted((tmp_path / "images").rglob("*.png")))  # all four, at once
+
+
+def test_a_script_resumed_from_its_own_checkpoint_takes_the_grids_after_it_off_the_pane(
+        visdom_server, read_window_raw, tmp_path, caplog):
+    """A TensorBoard-style script requeued from its own torch.save at step 40 logs steps 40 and 50
+    again: the killed run's grids there were shown beside the new ones, the slider going back."""
+    from monitor import SummaryWriter
+
+    run_dir = tmp_path / "runs" / "ddpm"
+    for start, stop in ((0, 60), (40, 100)):  # killed after step 50, resumed from its step-40 checkpoint
+        with SummaryWriter(run_dir, port=visdom_server.port) as writer:
+            writer.flush()  # the resumed run's pane holds the killed run's grids before it goes back
+            for step in range(start, stop, 10):
+                writer.add_images("samples", torch.full((2, 1, 4, 4), step / 100), step)
+    store = sorted((run_dir / "images").rglob("*.png"))
+    expected = [path.read_bytes() for path in store[:4] + store[6:]]  # steps 0-30, then 40-90 of the resumed run
+    assert len(store) == 12 and grids_of(read_window_raw(visdom_server, "ddpm", "samples")) == expected
+    assert any("'samples' (x=40, after x=50)" in r.getMessage() and "image grids go on from there" in r.getMessage()
+               for r in caplog.records)
+    replay(run_dir / RunLog.FILENAME, "ddpm-replayed", port=visdom_server.port)
+    assert grids_of(read_window_raw(visdom_server, "ddpm-replayed", "samples")) == expected
