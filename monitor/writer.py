@@ -338,13 +338,13 @@ class SummaryWriter:
                   dataformats: str = "CHW") -> None:
         """One image (``dataformats``: CHW, HWC, HW, ..., or with N a grid); floats are taken as 0-1, as
         TensorBoard does (said once for a tag whose values mostly fall outside, a log spectrogram's)."""
-        self._say_if_out_of_range(tag, img_tensor)
+        self._say_if_out_of_range("add_image", tag, img_tensor)
         self._show(tag, global_step, self._pixels(img_tensor, dataformats))
 
     def add_images(self, tag: str, img_tensor: Any, global_step: int | None = None, walltime: float | None = None,
                    dataformats: str = "NCHW") -> None:
         """A batch of images as one grid (``dataformats``: NCHW, NHWC, ...)."""
-        self._say_if_out_of_range(tag, img_tensor)
+        self._say_if_out_of_range("add_images", tag, img_tensor)
         self._show(tag, global_step, self._pixels(img_tensor, dataformats))
 
     def add_image_with_boxes(self, tag: str, img_tensor: Any, box_tensor: Any, global_step: int | None = None,
@@ -643,9 +643,10 @@ class SummaryWriter:
             _log.warning("monitor: add_histogram(%r): %d of its %d values are not finite (inf or NaN) and are left "
                          "out of its bins", tag, left_out, tensor.numel())
 
-    def _say_if_out_of_range(self, tag: str, img_tensor: Any) -> None:
-        """Says once for ``tag`` that most of its float values fall outside 0-1 and are drawn
-        clipped, black or white (looked at in a tag's first images, on the CPU: no device read)."""
+    def _say_if_out_of_range(self, method: str, tag: str, img_tensor: Any) -> None:
+        """Says once for ``tag`` that its float values are in -1..1 (a tanh's, a diffusion model's
+        samples) or mostly outside 0-1, and are drawn clipped, black or white (looked at in a tag's
+        first images, on the CPU: no device read)."""
         checked = self._range_checked.get(tag, 0)
         if checked >= 3 or not isinstance(img_tensor, (torch.Tensor, np.ndarray)):
             return
@@ -653,13 +654,17 @@ class SummaryWriter:
         values = torch.as_tensor(img_tensor)
         if not values.is_floating_point() or not values.is_cpu or not values.numel():
             return
-        outside = ((values < 0) | (values > 1)).float().mean().item()
-        if outside > 0.5:
+        below, outside = (values < 0).float().mean().item(), ((values < 0) | (values > 1)).float().mean().item()
+        if below > 0.1 and values.min() >= -1 and values.max() <= 1:
             self._range_checked[tag] = 3
-            _log.warning("monitor: add_image(%r): %.0f%% of its values are outside 0-1, drawn clipped (black below 0, "
+            _log.warning("monitor: %s(%r): its values are in -1..1 (%.0f%% below 0), drawn clipped to 0-1 (black below "
+                         "0) as TensorBoard draws them: pass (x + 1) / 2", method, tag, 100 * below)
+        elif outside > 0.5:
+            self._range_checked[tag] = 3
+            _log.warning("monitor: %s(%r): %.0f%% of its values are outside 0-1, drawn clipped (black below 0, "
                          "white above 1) as TensorBoard draws them: scale them to 0-1 first, or draw them with "
                          "monitor.log.images(..., value_range=(low, high)), or stretched per image, without it",
-                         tag, 100 * outside)
+                         method, tag, 100 * outside)
 
     def _not_drawn(self, method: str) -> None:
         if method not in self._said:

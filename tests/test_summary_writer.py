@@ -475,12 +475,15 @@ def test_images_mostly_outside_0_1_and_histograms_of_values_not_finite_are_told_
         for step in range(3):
             writer.add_image("spec", torch.full((80, 120), -6.0), step, dataformats="HW")
             writer.add_images("fine", torch.rand(2, 1, 4, 4), step)
+            writer.add_images("samples", torch.linspace(-0.9, 0.9, 32).reshape(2, 1, 4, 4), step)  # a diffusion model's, in -1..1
             writer.add_histogram("losses", torch.tensor([1.0, 2.0, math.inf, 3.0]), step)
             writer.add_histogram("weights", torch.randn(100), step)
     assert [r.getMessage() for r in caplog.records] == [
         "monitor: add_image('spec'): 100% of its values are outside 0-1, drawn clipped (black below 0, white above "
         "1) as TensorBoard draws them: scale them to 0-1 first, or draw them with monitor.log.images(..., "
         "value_range=(low, high)), or stretched per image, without it",
+        "monitor: add_images('samples'): its values are in -1..1 (50% below 0), drawn clipped to 0-1 (black below 0) "
+        "as TensorBoard draws them: pass (x + 1) / 2",
         "monitor: add_histogram('losses'): 1 of its 4 values are not finite (inf or NaN) and are left out of its bins"]
 
 
