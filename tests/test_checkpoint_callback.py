@@ -812,26 +812,45 @@ def test_a_job_killed_twice_between_a_file_and_its_pointer_still_resumes(tmp_pat
     ("monitor.epochs, its own batches", "steps", "continues from step 3 (epoch 0, 3 batches done) in a loop "
                                                  "that takes its own batches"),
     ("monitor.epochs, its own batches", "epochs", None),  # from an epoch's end: the next begins as it would
-    ("its own epochs and batches", "steps", "continues from step 3 (epoch 0, 3 batches done) in a loop that "
-                                            "takes its own epochs and batches")])
+    ("its own epochs and batches", "steps", "continues from step 3 in a loop that takes its own batches"),
+    ("its own epochs and batches", "steps, in epoch 1", "continues from step 5 (epoch 1, 1 batches done) in a loop "
+                                                        "that takes its own epochs and batches"),
+    ("its own steps", "steps", "continues from step 3 in a loop that takes its own batches: one that counts on"),
+    ("its own steps, monitor.batches cycled", "steps", None)])
 def test_a_resumed_run_whose_loop_takes_its_own_batches_is_told_it_trains_on_them_again(tmp_path, caplog, loop,
                                                                                          every, told):
     def job(crash_at: int | None) -> None:
         torch.manual_seed(0)
         model = torch.nn.Linear(3, 1)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        checkpoint = Checkpoint(tmp_path / "ckpt", resume=True, **{f"every_{every}": 1})
+        checkpoint = Checkpoint(tmp_path / "ckpt", resume=True, **{f"every_{every.split(',')[0]}": 1})
         with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
             monitor.train_start(model, optimizer)
-            for _ in monitor.epochs(2) if loop.startswith("monitor.epochs") else range(2):
+            if loop.startswith("its own steps"):  # a diffusion model's: an endless iterator over the loader
+                def forever():  # as README shows it
+                    while True:
+                        yield from monitor.batches(range(4))
+
+                batches = forever() if loop.endswith("cycled") else itertools.chain.from_iterable(
+                    itertools.repeat(range(4)))
+                for _ in range(monitor.state.step, 8):
+                    drawn.append(next(batches))
+                    _step(monitor, model, optimizer, torch.ones(2, 3), crash_at)
+                return
+            for epoch in monitor.epochs(2) if loop.startswith("monitor.epochs") else range(2):
+                if every == "steps, in epoch 1":
+                    monitor.epoch_start(epoch)
                 for _ in monitor.batches(range(4)) if loop.endswith("monitor.batches") else range(4):
                     _step(monitor, model, optimizer, torch.ones(2, 3), crash_at)
 
+    drawn = []
     with pytest.raises(KeyboardInterrupt):
-        job(crash_at=3 if every == "steps" else 5)  # mid-epoch; in epoch 1, after epoch 0's checkpoint
+        job(crash_at=5 if every != "steps" else 3)  # mid-epoch; in epoch 1, after epoch 0's checkpoint
     with caplog.at_level("WARNING", logger="monitor"):
         job(crash_at=None)
-    said = [r.getMessage() for r in caplog.records if "iterate monitor.epochs(n)" in r.getMessage()]
+    if loop == "its own steps, monitor.batches cycled":
+        assert drawn == [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3][:3] + [3, 0, 1, 2, 3]  # on after the batches done
+    said = [r.getMessage() for r in caplog.records if "trains on what was done again" in r.getMessage()]
     assert said == [] if told is None else len(said) == 1 and told in said[0], said
 
 

@@ -262,13 +262,16 @@ class Checkpoint(Callback):
             self._check_loop = False
             monitor = self._monitor
             if not (monitor.in_batches or monitor.in_steps) and (self.start.skip_batches or not monitor.in_epochs):
-                _log.warning("monitor: the run continues from step %d (epoch %d, %d batches done) in a loop that takes "
-                             "%s: one that counts on from monitor.state.step or checkpoint.start goes on where it "
-                             "left off, one that counts from 0 again trains on what was done again (iterate "
-                             "monitor.epochs(n) and monitor.batches(loader) to skip it, or monitor.steps(n) in a "
-                             "loop without a loader)",
-                             self.start.step, self.start.epoch, self.start.skip_batches,
-                             "its own batches" if monitor.in_epochs else "its own epochs and batches")
+                start = self.start  # a loop counted in steps (no epochs) is at an epoch 0 of all its steps
+                where = f"step {start.step}" + (f" (epoch {start.epoch}, {start.skip_batches} batches done)"
+                                                if start.epoch or monitor.in_epochs else "")
+                _log.warning("monitor: the run continues from %s in a loop that takes %s: one that counts on from "
+                             "monitor.state.step or checkpoint.start goes on where it left off, one that counts from 0 "
+                             "again trains on what was done again (iterate monitor.epochs(n) and "
+                             "monitor.batches(loader) to skip it; a loop counted in steps, `for batch in "
+                             "monitor.batches(loader):` inside `while True:`; monitor.steps(n) in a loop without a "
+                             "loader)", where,
+                             "its own batches" if monitor.in_epochs or not start.epoch else "its own epochs and batches")
             elif monitor.in_steps and not monitor.in_batches and _reads_a_loader():
                 _log.warning("monitor: the run continues from step %d in a monitor.steps loop that reads a DataLoader "
                              "itself: the loader starts over from its first batch (a stream's too), so the batches "
