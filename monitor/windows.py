@@ -505,12 +505,10 @@ class Window:
         if name in self.opts.get("markers", ()):  # marks on steps (a Guard's), not a curve
             return {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": "markers",
                     "marker": {"symbol": "x", "size": 12, "color": "#d62728"}}
-        # A marker line is what Visdom's smoothing button (a pane's "~") writes to: without one (Plotly drops an
-        # empty one) the page fails.
-        line = {"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(ys), "marker": {"line": {"width": 0}}}
-        if style is not None:  # a comparison's: each run its colour, whatever its traces
-            (red, green, blue), dash = style
-            line["line"] = {"color": f"rgb({red},{green},{blue})", "dash": dash}
+        color = None if style is None else "rgb({},{},{})".format(*style[0])  # a comparison's: a colour a run
+        line = {"x": xs, "y": ys, "name": name, "type": "scatter", **_drawn(ys, color)}
+        if style is not None:
+            line["line"] = {"color": color, "dash": style[1]}
         return line
 
     def _smooths(self, name: str) -> bool:
@@ -546,20 +544,19 @@ class Window:
         xs, ys = smoothed(line["x"], line["y"], weight, points)
         at = f"{self.opts.get('xlabel') or 'x'} %{{x}}"  # the hover names the step (or epoch) as TensorBoard's does
         # Faint by its colour: Visdom sets every line's opacity to 1 while its own smoothing is off.
-        return ({"x": xs, "y": ys, "name": name, "type": "scatter", "mode": _mode(ys), "legendgroup": name,
-                 "line": {"color": f"rgb({red},{green},{blue})", **({"dash": dash} if dash else {})},
-                 "marker": {"line": {"width": 0}},
+        faint = f"rgba({red},{green},{blue},0.3)"
+        return ({"x": xs, "y": ys, "name": name, "type": "scatter", **_drawn(ys, f"rgb({red},{green},{blue})"),
+                 "legendgroup": name, "line": {"color": f"rgb({red},{green},{blue})", **({"dash": dash} if dash else {})},
                  "hovertemplate": f"{at}: %{{y:.6g}} smoothed"},
-                {**line, "legendgroup": name, "showlegend": False, "hovertemplate": f"{at}: %{{y:.6g}}",
-                 "line": {"color": f"rgba({red},{green},{blue},0.3)"}})
+                {**line, **_drawn(line["y"], faint), "legendgroup": name, "showlegend": False,
+                 "hovertemplate": f"{at}: %{{y:.6g}}", "line": {"color": faint}})
 
     def _heatmap_message(self, env: str, title: str) -> tuple[str, dict[str, Any]]:
         grid = self.grid
         lines = [self._line("total")] if "total" in self.traces else []
         for name in heatmap.top(grid.latest, self.opts.get("top", 5)):
             xs, ys = self.lines.points(name)
-            lines.append({"x": xs, "y": float32_digits(ys), "name": name, "type": "scatter", "mode": _mode(ys),
-                          "marker": {"line": {"width": 0}}})
+            lines.append({"x": xs, "y": float32_digits(ys), "name": name, "type": "scatter", **_drawn(ys)})
         data, layout = heatmap.figure(grid, lines, self.opts)
         if self.nonfinite:
             layout["legend"]["title"] = {"text": f"{self.nonfinite} non-finite shown as gaps"}
@@ -679,16 +676,23 @@ def _one_value(series: list[list]) -> float | None:
     return one
 
 
-def _mode(ys: list) -> str:
-    """A curve's Plotly mode: a line, with a dot while it has one finite point (a line of one
-    point is not drawn: a first validation, a test accuracy logged once, one after a NaN)."""
-    finite = 0
-    for y in ys:
-        if y is not None and math.isfinite(y):
-            finite += 1
-            if finite > 1:
-                return "lines"
-    return "lines+markers" if finite else "lines"
+def _drawn(ys: list, color: str | None = None) -> dict[str, Any]:
+    """A curve's Plotly mode and markers: a line, with a dot (in ``color``, the line's) on each
+    finite point that has no finite neighbour (a line of one point is not drawn: a first
+    validation, a test accuracy logged once, one after a NaN, an episode's return logged at the
+    few updates that ended one)."""
+    finite = np.isfinite(np.array(ys, dtype=np.float64))  # None: NaN
+    alone = finite & ~np.r_[False, finite[:-1]] & ~np.r_[finite[1:], False]
+    # A marker line is what Visdom's smoothing button (a pane's "~") writes to: without one (Plotly
+    # drops an empty one) the page fails.
+    marker: dict[str, Any] = {"line": {"width": 0}}
+    if not alone.any():
+        return {"mode": "lines", "marker": marker}
+    if color is not None:
+        marker["color"] = color
+    if not (alone == finite).all():  # dots on the lone points only; every finite point alone (one): all
+        marker["size"] = np.where(alone, 6, 0).tolist()
+    return {"mode": "lines+markers", "marker": marker}
 
 
 def on_slider_pane(png: bytes) -> bytes:

@@ -7,6 +7,7 @@ tests/test_browser.py -k demo`` runs the demo at full length and saves it there.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
@@ -533,3 +534,33 @@ def test_a_curve_of_one_point_shows_as_a_dot_until_it_has_two(visdom_server, tmp
     assert set(modes["loss"].values()) == {"lines", "lines+markers"}  # the train curve, the validation dot
     assert {t["name"]: t["mode"] for t in read_window_raw(visdom_server, "one_point", "loss")["content"]["data"]
             } == {"train": "lines", "validation": "lines"}
+
+
+def test_a_curve_finite_only_at_a_few_steps_shows_a_dot_at_each_of_them(visdom_server, tmp_path, browser, read_window_raw):
+    """An A2C loop's mean return of the episodes a rollout ended is NaN at most updates: its 14
+    finite values, each between NaNs, were an empty pane (Plotly draws no line through one point)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from monitor import Monitor, Scalars
+
+    with Monitor([Scalars()], env="sparse", run_dir=tmp_path, port=visdom_server.port) as monitor:
+        for update in range(40):
+            returns = [10.0 + update] if update % 3 == 0 else []
+            monitor.step_end(metrics={"episode_return": np.mean(returns) if returns else math.nan,
+                                      "entropy": math.nan if update in (10, 20) else 1.0 - update / 100})
+        assert monitor.flush(timeout=10)
+        browser.get(f"{visdom_server.url}/env/sparse")
+        WebDriverWait(browser, 30).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg.main-svg")) >= 2)
+
+        def dots(title: str) -> int:  # the markers drawn with a size, in the pane of that title
+            pane = next(w for w in browser.find_elements(By.CSS_SELECTOR, ".window")
+                        if w.find_element(By.CSS_SELECTOR, ".bar div.pull-right").text == title)
+            return sum(1 for p in pane.find_elements(By.CSS_SELECTOR, "g.points path.point")
+                       if p.get_attribute("d") not in (None, "", "M0,0Z"))
+
+        WebDriverWait(browser, 30).until(lambda d: dots("episode_return") >= 2 * 14)  # the smoothed and the faint
+        assert dots("entropy") == 0  # a NaN between points that have neighbours: a gap, no dots
+        _screenshot_without_console_errors(browser, "sparse_curve.png")
+    traces = read_window_raw(visdom_server, "sparse", "episode_return")["content"]["data"]
+    assert [t["mode"] for t in traces] == ["lines+markers", "lines+markers"]
