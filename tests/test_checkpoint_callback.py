@@ -698,6 +698,7 @@ def test_a_trial_that_exited_for_requeue_in_a_process_that_goes_on_leaves_the_ne
         parts = build()
         first = Monitor([Checkpoint(tmp_path / "a", resume=True, scheduler=parts.scheduler)], sink=NullSink())
         first.train_start(parts.model, parts.optimizer)
+        first.step_end(loss=1.0)  # a step trained: a stop signal waits for the next step's end
         signal.raise_signal(signal.SIGTERM)
         first.step_end(loss=1.0)  # saved; the exit waits for the rest of the step's code
         with pytest.raises(SystemExit):
@@ -886,9 +887,10 @@ def test_a_stop_signal_in_a_jupyter_kernel_leaves_the_next_one_to_end_it(tmp_pat
     with pytest.raises(SystemExit) as stopped:
         with monitor:
             monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            monitor.step_end()
             os.kill(os.getpid(), signal.SIGTERM)  # caught by the Checkpoint: saved at this step's end
             monitor.step_end()
-    assert stopped.value.code == 75 and (tmp_path / "ckpt" / "step-000000001.pt").exists()
+    assert stopped.value.code == 75 and (tmp_path / "ckpt" / "step-000000002.pt").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
@@ -1275,3 +1277,68 @@ def test_a_fold_whose_own_log_is_gone_starts_its_curves_over_under_its_run_id_an
     log = tmp_path / "runs" / RunLog.FILENAME
     assert next(RunLog.read(log))["run_id"] == json.loads((tmp_path / "a" / MANIFEST).read_text())["run_id"]
     assert _loss_steps(log) == [5, 6, 7, 8]
+
+
+WARM_UP = """
+import sys, time, torch
+from monitor import Checkpoint, Monitor
+torch.manual_seed(0)
+model = torch.nn.Linear(3, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+warm_up, updates, pause = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+with Monitor([Checkpoint("ckpt", every_steps=1, resume=True)], env="dqn", run_dir="runs") as monitor:
+    monitor.train_start(model, optimizer)
+    print("filling the replay buffer from step", monitor.state.step, flush=True)
+    for _ in range(warm_up):  # a DQN's learning_starts: no update yet
+        time.sleep(0.1)
+    for update in monitor.steps(updates):
+        loss = model(torch.ones(2, 3)).square().mean()
+        loss.backward()
+        monitor.after_backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step_end(loss=loss)
+        print("step", monitor.state.step, flush=True)
+        time.sleep(pause)
+"""
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_a_stop_signal_before_the_run_trained_a_step_exits_for_requeue_at_once(visdom_server, tmp_path, resumed):
+    """A DQN filling its replay buffer got SIGTERM and said nothing; it exited at its first update,
+    21 s later: a scheduler's grace period of 30 s would have killed a longer warm-up."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    from monitor.callbacks.checkpoint import REQUEUE_EXIT_STATUS
+
+    (tmp_path / "dqn.py").write_text(WARM_UP)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent), "VISDOM_PORT": str(visdom_server.port)}
+
+    def start(*args: int | float) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "dqn.py", *map(str, args)], cwd=tmp_path, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    if resumed:  # killed after its third step: the re-run fills its buffer again from there
+        first = start(0, 10, 0.5)
+        for line in first.stdout:
+            if line.strip() == "step 3":
+                break
+        first.kill()
+        first.communicate()
+    job = start(300, 10, 0)  # 30 s of filling before its first update
+    assert job.stdout.readline().strip() == f"filling the replay buffer from step {3 if resumed else 0}"
+    began = time.monotonic()
+    job.send_signal(signal.SIGTERM)
+    out, err = job.communicate(timeout=60)
+    assert job.returncode == REQUEUE_EXIT_STATUS and time.monotonic() - began < 10, err[-3000:]
+    since = "the checkpoint of step 3" if resumed else "its start"
+    assert f"monitor: SIGTERM before this run trained a step: nothing to save since {since}; exiting with status " \
+           f"75 to be run again" in err, err[-3000:]
+    again = start(0, 6, 0)
+    out, err = again.communicate(timeout=120)
+    assert again.returncode == 0 and out.split("\n")[:2] == [
+        f"filling the replay buffer from step {3 if resumed else 0}", f"step {4 if resumed else 1}"], err[-3000:]

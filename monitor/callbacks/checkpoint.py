@@ -130,6 +130,7 @@ class Checkpoint(Callback):
         self._step_hooks: list[Any] = []  # on the optimizers: a step after step_end is said once
         self._ended_begun_step = False  # the last step_end ended a step after_backward began
         self._said_late_step = False
+        self._trained_here = False  # a step ended, or an optimizer stepped, in this process
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
@@ -257,6 +258,7 @@ class Checkpoint(Callback):
         self._point_at_written()
         self._exit_if_stopping()
         self._epoch_done = False
+        self._trained_here = True
         self._ended_begun_step = self._monitor.in_step
         if self._check_loop:
             self._check_loop = False
@@ -374,6 +376,8 @@ class Checkpoint(Callback):
 
         def stepped(*_: Any) -> None:
             owner = me()
+            if owner is not None:
+                owner._trained_here = True
             if owner is not None and owner._ended_begun_step and not owner._said_late_step and \
                     owner._monitor is not None and not owner._monitor.in_step:
                 owner._said_late_step = True
@@ -642,6 +646,19 @@ class Checkpoint(Callback):
 
     def _note_signal(self, number: int, frame: Any) -> None:
         self._stop_signal = number
+        if not self._trained_here and self._monitor is not None and not self._monitor.in_step:
+            # Before this process trained anything (a replay buffer filling, a first validation): nothing
+            # to save, and the first step_end may be further off than the scheduler waits. Out now.
+            self._stop_signal = None
+            self._monitor.flush(timeout=2.0)
+            self._release_signals(exiting=not interactive())
+            start = self.start
+            since = "its start" if start is None or start.path is None else f"the checkpoint of step {start.step}"
+            _log.warning("monitor: %s before this run trained a step: nothing to save since %s; exiting with status "
+                         "%d to be run again", signal.Signals(number).name, since, REQUEUE_EXIT_STATUS)
+            stop = SystemExit(REQUEUE_EXIT_STATUS)
+            self._monitor.exception(stop)
+            raise stop
 
     def _release_signals(self, exiting: bool = False) -> None:
         """Gives the stop signals back; ``exiting`` for requeue ignores them instead (a scheduler's
