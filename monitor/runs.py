@@ -107,7 +107,16 @@ _LOWEST_WORDS = frozenset(("err", "nll", "wer", "cer", "ppl", "rmse", "fid", "ki
                            "mape", "smape", "wmape", "mase", "rmsse", "wape", "crps", "pinball", "msle", "mad",
                            "sse", "huber",
                            # a generative model's: bits/dim, the negative ELBO, the reconstruction term
-                           "bits", "nelbo", "recon"))
+                           "bits", "nelbo", "recon",
+                           # a scientist's: norms of an error (rel_l2), residuals, drifts, misfits
+                           "l1", "l2", "linf", "residual", "drift", "misfit", "rmsd", "chi2", "divergence",
+                           "violation", "cost", "penalty"))
+# Scores, by name, best highest: a name in neither list is ranked highest best on a guess.
+_HIGHEST_BEST = ("acc", "precision", "recall", "score", "reward", "return", "similarity", "correlation",
+                 "likelihood", "elbo", "准确率", "正解率", "精度", "召回")
+_HIGHEST_WORDS = frozenset(("f1", "auc", "auroc", "auprc", "ap", "map", "iou", "miou", "dice", "psnr", "ssim", "bleu",
+                            "rouge", "meteor", "r2", "top1", "top5", "ndcg", "mrr", "hit", "hits", "kappa", "mcc",
+                            "success", "win", "sharpe", "jaccard", "coverage", "sps", "throughput", "fps"))
 
 
 def metric_name(window: str, trace: str) -> str:
@@ -116,6 +125,13 @@ def metric_name(window: str, trace: str) -> str:
     if trace == window or window.endswith("/" + trace):
         return window
     return f"{window}/{trace}"
+
+
+def named_a_score(metric: str) -> bool:
+    """Whether ``metric``'s name says it is best highest (accuracy, F1, mAP, return), not only
+    that it is no loss's or error's."""
+    name = metric.lower()
+    return any(word in name for word in _HIGHEST_BEST) or not _HIGHEST_WORDS.isdisjoint(re.split(r"[^a-z0-9]+", name))
 
 
 def best_mode(metric: str, mode: str | None = None) -> str:

@@ -293,8 +293,16 @@ def test_a_checkpoint_is_ranked_by_the_value_measured_for_it_and_the_mode_follow
     _epochs(monitor, [0.5, 0.3, 0.4, 0.2])
     # The best three are the epochs' saves at 16, 8 and 12; step 9, saved after the 0.3 of step 8, has no value.
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("step-*.pt")) == [checkpoint_name(s) for s in (8, 12, 16)]
-    assert Checkpoint(tmp_path / "a", metric="accuracy").mode == "max"
-    assert Checkpoint(tmp_path / "b", metric="val_loss").mode == "min"
+    with caplog.at_level("WARNING", logger="monitor"):
+        assert Checkpoint(tmp_path / "a", metric="accuracy").mode == "max"
+        assert Checkpoint(tmp_path / "b", metric="val_loss").mode == "min"
+        assert Checkpoint(tmp_path / "b", metric="rel_l2").mode == "min"  # a relative L2 error
+        assert Checkpoint(tmp_path / "b", metric="nusselt").mode == "max"  # a guess: said
+        assert Checkpoint(tmp_path / "b", metric="nusselt", mode="max").mode == "max"
+    assert [r.getMessage() for r in caplog.records if "best" in r.getMessage()] == [
+        "monitor: Checkpoint(metric='nusselt') keeps the highest as best: its name is neither a loss's or an error's "
+        "nor a score's; pass mode='min' if lower is better (mode='max' says this is right)"]
+    caplog.clear()
     named = Checkpoint(tmp_path / "c", every_epochs=1, metric="val_loss")
     monitor = Monitor([named], sink=NullSink(), raise_errors=True)
     monitor.train_start(parts.model, parts.optimizer)

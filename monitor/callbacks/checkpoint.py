@@ -98,8 +98,12 @@ class Checkpoint(Callback):
             raise ValueError(f"metric must be given to rank checkpoints for keep_best={keep_best}, got None")
         self.keep_best, self.metric = keep_best, metric
         if mode is None and metric is not None:  # as `monitor runs` ranks: losses and errors lowest, by name
-            from monitor.runs import best_mode
+            from monitor.runs import best_mode, named_a_score
             mode = best_mode(metric)
+            if mode == "max" and not named_a_score(metric):
+                _log.warning("monitor: Checkpoint(metric=%r) keeps the highest as best: its name is neither a loss's "
+                             "or an error's nor a score's; pass mode='min' if lower is better (mode='max' says "
+                             "this is right)", metric)
         self.mode = one_of("mode", mode or "min", ("min", "max"))
         self.metric_from = one_of("metric_from", metric_from, ("validation", "step", "epoch"))
         scheduler = named_schedulers(scheduler)
