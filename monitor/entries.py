@@ -194,7 +194,8 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
         raise TypeError(f"window must be a non-empty str, got {record.window!r}")
     if isinstance(record, Layout):
         json.dumps(record.opts, allow_nan=False)
-        return {"k": "layout", "win": record.window, "opts": dict(record.opts), "order": record.order}
+        entry = {"k": "layout", "win": record.window, "opts": dict(record.opts)}
+        return entry if record.order is None else {**entry, "order": record.order}
     record = read(record)
     x = record.x
     if isinstance(record, Points):

@@ -82,9 +82,10 @@ class Log:
 
     def __init__(self, sink: Sink) -> None:
         self.sink = sink
-        # What window() sent last, by window: a callback that lays a window out once looks here
-        # (``name in log.layouts``) instead of calling window() every step.
-        self.layouts: dict[str, tuple[int, dict[str, Any]]] = {}
+        # What window() sent last, by window; and the windows a callback laid out (lay_out), which
+        # it looks up (``name in log.laid_out``) instead of laying them out every step.
+        self.layouts: dict[str, tuple[int | None, dict[str, Any]]] = {}
+        self.laid_out: set[str] = set()
         self._names: set[str] = set()  # window and trace names already checked
         self._checked_traces: tuple[str, ...] = ()
         # The metrics given to hparams() so far, by window (not a writer's trials): a run's final
@@ -348,17 +349,28 @@ class Log:
         self.window(window, order=Order.SUMMARY, title=window)
         self.sink.put(Hparams(window, _x(x), plain, numbers, trial))
 
-    def window(self, window: str, order: int = Order.METRICS, **opts: Any) -> None:
-        """Sets a window's display options (``xlabel``, ``ylabel``, ``ytype="log"``...) and place.
+    def window(self, window: str, order: int | None = None, **opts: Any) -> None:
+        """Sets a window's display options (``xlabel``, ``ylabel``, ``ytype="log"``...) and place;
+        they add up with those it has, a callback's included (before or after its first point).
 
         ``order`` places it on the page (:class:`monitor.records.Order`: summary, loss, metrics,
-        learning rate, gradients, images). Calling it again with the same options sends
-        nothing, so a callback may call it wherever it writes to the window.
+        learning rate, gradients, images; None: where it is, a new window among the metrics).
+        Calling it again with the same options sends nothing.
         """
         if self.layouts.get(window) == (order, opts):
             return
         self.layouts[self._name("window", window)] = (order, opts)
-        self.sink.put(Layout(window, dict(opts), checks.integer("order", order)))
+        self.sink.put(Layout(window, dict(opts), None if order is None else checks.integer("order", order)))
+
+    def lay_out(self, window: str, order: int, **opts: Any) -> None:
+        """A callback's layout of its window, once (it looks in ``laid_out`` first): its options
+        and place, under those the loop gave it before (``log.window(name, ytype="log")``)."""
+        self.laid_out.add(window)
+        given = self.layouts.get(window)
+        if given is not None:
+            order = order if given[0] is None else given[0]
+            opts = {**opts, **given[1]}
+        self.window(window, order, **opts)
 
 
 

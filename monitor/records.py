@@ -263,4 +263,4 @@ class Layout(NamedTuple):
 
     window: str
     opts: dict
-    order: int = Order.METRICS
+    order: int | None = Order.METRICS  # None: where it is (a new window: among the metrics)

@@ -231,7 +231,7 @@ class Reading:
                 self.header = entry
             elif kind == "layout":
                 window, was = entry["win"], self._curve_window(entry["win"])
-                self.orders[window] = entry.get("order", Order.METRICS)
+                self.orders[window] = entry.get("order", self.orders.get(window, Order.METRICS))
                 marks = (entry.get("opts") or {}).get("markers")
                 if marks is not None:  # as a window's options add up
                     self.markers[window] = tuple(marks)

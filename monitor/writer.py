@@ -603,8 +603,8 @@ class SummaryWriter:
 
     def _lay_out(self, window: str, kind: str, order: int, **opts: Any) -> str:
         window = self._claim(window, kind)
-        if window not in self.log.layouts:
-            self.log.window(window, order=order, title=window, **opts)
+        if window not in self.log.laid_out:
+            self.log.lay_out(window, order, title=window, **opts)
         return window
 
     def _show(self, tag: str, global_step: Any, pixels: torch.Tensor) -> None:

@@ -275,3 +275,32 @@ def test_a_metric_of_several_values_is_refused_saying_how_each_goes_in_under_a_n
                                          r"several \(one a target\) each go in under a name of their own, "
                                          r"\{f'mae/\{i\}': v for i, v in enumerate\(values\)\}"):
         monitor.validation_end({"mae": torch.rand(12)})  # a regression's MAE for each of 12 targets
+
+
+def test_options_the_loop_gives_a_callback_s_window_add_up_with_the_callback_s_before_or_after_its_first_point(
+        visdom_server, read_window_raw, tmp_path):
+    """A scientist's log y axis set before the loop stopped Scalars from laying out the window
+    (no smoothing, no y label), and set after it moved the learning rate among the metrics."""
+    from monitor import LearningRate
+    from monitor.records import Order
+    from monitor.runlog import RunLog
+    from monitor.windows import Windows
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with live_monitor(visdom_server, "log-axes", tmp_path, Scalars(), LearningRate()) as monitor:
+        monitor.log.window("rel_l2", ytype="log", ylabel="relative L2 error")  # before the first point
+        monitor.train_start(model, optimizer)
+        for step in range(3):
+            monitor.step_end(loss=1.0 / (step + 1), metrics={"rel_l2": 10.0 ** -step})
+            monitor.log.window("learning rate", ytype="log")  # after it
+        monitor.flush()
+        rel_l2 = read_window_raw(visdom_server, "log-axes", "rel_l2")["content"]
+        lr = read_window_raw(visdom_server, "log-axes", "learning rate")["content"]
+    assert rel_l2["layout"]["yaxis"]["type"] == "log" and rel_l2["layout"]["yaxis"]["title"] == "relative L2 error"
+    assert rel_l2["layout"]["xaxis"]["title"] == "step" and len(rel_l2["data"]) == 2  # smoothed, and faint behind
+    assert lr["layout"]["yaxis"]["type"] == "log" and lr["layout"]["yaxis"]["title"] == "learning rate"
+    windows = Windows()
+    windows.apply(RunLog.read(tmp_path / "log-axes" / RunLog.FILENAME))
+    orders = {name: window.order for name, window in windows.by_name.items()}
+    assert (orders["rel_l2"], orders["learning rate"]) == (Order.METRICS, Order.LEARNING_RATE)

@@ -96,8 +96,8 @@ class LearningRate(Callback):
         if state.optimizer is None and not state.optimizers:
             raise ValueError("LearningRate needs the optimizer: pass it to "
                              "monitor.train_start(model, optimizer), got optimizer=None")
-        if WINDOW not in log.layouts:
-            log.window(WINDOW, order=Order.LEARNING_RATE, title=WINDOW, xlabel="step", ylabel="learning rate")
+        if WINDOW not in log.laid_out:
+            log.lay_out(WINDOW, Order.LEARNING_RATE, title=WINDOW, xlabel="step", ylabel="learning rate")
         if state.optimizer is not None:
             groups = state.optimizer.param_groups
             if len(groups) != len(self._names):  # first step, train_start, epoch_start, add_param_group()

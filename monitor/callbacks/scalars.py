@@ -164,13 +164,13 @@ class Scalars(Callback):
     def _write_one(self, log: Log, x: float, trace: str, name: str, value: Any) -> None:
         """One point of metric ``name`` in its window (laid out the first time), naming it in errors."""
         try:
-            if name not in log.layouts:  # laid out once: the training thread's path stays short
+            if name not in log.laid_out:  # laid out once: the training thread's path stays short
                 # Only the steps' curve is smoothed: a validation's or an epoch's point is a mean already,
                 # and smoothed over a few of them it lags behind (the minimum early stopping looks for).
                 smoothed = {"smoothing": self.smoothing, "smoothed": ["train"]} \
                     if self.smoothing and self.x == "step" else {}
-                log.window(name, order=Order.LOSS if name == "loss" else Order.METRICS, title=name, xlabel=self.x,
-                           ylabel=name, **smoothed)
+                log.lay_out(name, Order.LOSS if name == "loss" else Order.METRICS, title=name, xlabel=self.x,
+                            ylabel=name, **smoothed)
             log.scalar(name, trace, x, value)
         except (TypeError, ValueError) as error:
             parts = ""
