@@ -378,12 +378,14 @@ class Checkpoint(Callback):
         self._unwatch_optimizer_steps()
         me = weakref.ref(self)
 
-        def stepped(*_: Any) -> None:
+        def stepped(optimizer: Any, args: tuple, kwargs: dict) -> None:
             owner = me()
             if owner is not None:
                 owner._trained_here = True
+            # A closure's step (LBFGS; args hold the optimizer, then the closure) may come before
+            # after_backward, which then follows it.
             if owner is not None and owner._ended_begun_step and not owner._said_late_step and \
-                    owner._monitor is not None and not owner._monitor.in_step:
+                    owner._monitor is not None and not owner._monitor.in_step and len(args) < 2 and not kwargs:
                 owner._said_late_step = True
                 _log.warning("monitor: optimizer.step() came after step_end (step %d) and before the next "
                              "after_backward: where it is the step's own update, the step's checkpoints hold the "
