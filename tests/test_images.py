@@ -242,15 +242,20 @@ def test_images_reject_what_is_not_an_image_batch(inputs, error, match):
     (torch.rand(64, 784), torch.zeros(64, dtype=torch.long), "-1, 1, 28, 28"),  # flattened images, labelled
     (torch.rand(16, 1024), torch.zeros(16, dtype=torch.long), "-1, 1, 32, 32"),  # a VAE's 32 x 32
     (torch.rand(8, 3072), torch.zeros(8, dtype=torch.long), "-1, 3, 32, 32"),  # CIFAR's, flattened
+    (torch.rand(16, 3, dtype=torch.float64), torch.rand(16, 8, 8), "-1, 1, 28, 28"),  # a simulation's parameters
+    (torch.rand(16, 3), None, "-1, 1, 28, 28"),  # three numbers a row: no image
 ])
 def test_a_batch_of_vectors_is_refused_as_images_saying_how_to_pass_images(inputs, targets, view):
     monitor, sink = monitor_with(Images(every=1, captions=None))
     with pytest.raises(TypeError, match=rf"Images\(source='inputs'\) needs images, got a batch of {inputs.shape[0]} "
                                         rf"vectors of {inputs.shape[1]} values \({inputs.dtype}: token ids, .*"
-                                        rf"step_end\(inputs=x.view\({view}\)\), or leave Images out"):
+                                        rf"step_end\(inputs=x.view\({view}\)\), "
+                                        rf"{'draw the targets, ' if targets is not None and targets.dim() == 3 else ''}"
+                                        rf"{'.*' if targets is not None and targets.dim() == 3 else ''}or leave Images out"):
         monitor.step_end(inputs=inputs, targets=targets)
     monitor.step_end(inputs=torch.rand(28, 28), targets=3)  # one image, its label, is still one
-    assert len(sink.of(ImageRecord)) == 1
+    monitor.step_end(inputs=torch.rand(28, 28), targets=torch.rand(28, 28) > 0.5)  # ... and its mask
+    assert len(sink.of(ImageRecord)) == 2
 
 
 def test_images_that_are_not_images_are_reported_once_and_training_goes_on(caplog):

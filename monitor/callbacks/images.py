@@ -120,11 +120,17 @@ class Images(Callback):
             return
         if isinstance(images, torch.Tensor):
             if images.dim() == 2 and (images.dtype not in _IMAGE_INTEGERS and not images.is_floating_point()
-                                      or _one_label_each(state.targets, images.shape[0])):
+                                      or _one_label_each(state.targets, images.shape[0])
+                                      or _one_target_each(state.targets, images.shape) or images.shape[1] <= 4):
+                other = next((name for name in ("outputs", "targets") if name != self.source and
+                              isinstance(getattr(state, name), torch.Tensor) and getattr(state, name).dim() >= 3),
+                             None)  # a regression's fields: images to draw
                 raise TypeError(f"Images(source={self.source!r}) needs images, got a batch of {images.shape[0]} "
                                 f"vectors of {images.shape[1]} values ({images.dtype}: token ids, features, "
-                                f"scores?): pass images shaped N x C x H x W, e.g. step_end({self.source}="
-                                f"x.view({_image_shape(images.shape[1])})), or leave Images out")
+                                f"scores, parameters?): pass images shaped N x C x H x W, e.g. step_end("
+                                f"{self.source}=x.view({_image_shape(images.shape[1])})), " +
+                                (f"draw the {other}, Images(source={other!r}), " if other else "") +
+                                "or leave Images out")
             images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
             images.dim() == 4 or images.dim() == 3 and (images.shape[0] not in (1, 3) or
@@ -211,7 +217,7 @@ def _image_shape(values: int) -> str:
     colour image (784: -1, 1, 28, 28; 3072: -1, 3, 32, 32), else MNIST's."""
     for channels in (1, 3):
         side = math.isqrt(values // channels)
-        if channels * side * side == values:
+        if channels * side * side == values and side >= 8:  # not 3 numbers as one colour pixel
             return f"-1, {channels}, {side}, {side}"
     return "-1, 1, 28, 28"
 
@@ -259,6 +265,13 @@ def _views(parts: Sequence[Any]) -> bool:
 
 
 _IMAGE_INTEGERS = (torch.uint8, torch.bool)  # the integer dtypes of images; others hold labels or token ids
+
+
+def _one_target_each(targets: Any, shape: torch.Size) -> bool:
+    """Whether ``targets`` hold a value of several numbers (a regression's field) for each of
+    ``shape[0]`` rows, not a mask of an image of ``shape``."""
+    return isinstance(targets, torch.Tensor) and targets.dim() >= 2 and targets.shape[0] == shape[0] and \
+        targets.shape != shape
 
 
 def _one_label_each(targets: Any, count: int) -> bool:
