@@ -114,7 +114,10 @@ def name(argument: str, value: Any, *, path: bool = False) -> str:
 
 def real_tensor(argument: str, value: torch.Tensor) -> torch.Tensor:
     """``value`` if the tensor holds real numbers (not bool, not complex)."""
-    if value.is_complex() or value.dtype is _torch().bool:
+    if value.is_complex():
+        raise TypeError(f"{argument} must hold real numbers, got a tensor of dtype {value.dtype}: pass its "
+                        f"magnitude, .abs(), its phase, .angle(), or its .real part")
+    if value.dtype is _torch().bool:
         raise TypeError(f"{argument} must hold real numbers, got a tensor of dtype {value.dtype}")
     return value
 

@@ -329,7 +329,9 @@ def wait_for_worker(sink: VisdomSink) -> None:
     (lambda log: log.images("inputs", 1, torch.rand(2, 5, 8, 8)), r"images must have 1 or 3 channels"),
     (lambda log: log.images("inputs", 1, torch.rand(8)), r"images must be NCHW, CHW, NHW or HW, got shape \(8,\)"),
     (lambda log: log.images("inputs", 1, "a picture"), r"images must be a torch.Tensor"),
-    (lambda log: log.images("inputs", 1, torch.ones(2, 2, dtype=torch.complex64)), r"images must hold real numbers"),
+    (lambda log: log.images("inputs", 1, torch.ones(2, 2, dtype=torch.complex64)),
+     r"images must hold real numbers, got a tensor of dtype torch.complex64: pass its magnitude, \.abs\(\), its "
+     r"phase, \.angle\(\), or its \.real part"),
     (lambda log: log.vector("grad norm", 1, ["a", "b"], torch.ones(3)), r"values must be a 1-d tensor of 2 elements"),
     (lambda log: log.vector("grad norm", 1, ["a"], torch.ones(1, dtype=torch.bool)), r"values must hold real numbers"),
     (lambda log: log.text("notes", 1, 42), r"text must be a str, got int"),
