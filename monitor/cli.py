@@ -82,6 +82,9 @@ def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         click.echo(f"Visdom dashboard at {server.url} (envs in {server.env_path}); Ctrl-C to stop.")
+        if server.port != resolve_address()[1]:  # not where a script sends by default: say how to get there
+            click.echo(f"Scripts send to port {resolve_address()[1]} unless told: run them with "
+                       f"VISDOM_PORT={server.port} (or Monitor(..., port={server.port})).")
         if runs is not None:
             from monitor.runs import RunsPane
 

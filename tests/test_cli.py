@@ -54,6 +54,17 @@ def test_serve_takes_the_port_from_visdom_port_and_stops_on_sigterm(monitor_serv
     code, stderr = running.finish(signal.SIGTERM)
     assert code == 0 and "Traceback" not in stderr
     assert not answers(url)
+    assert not [line for line in running.lines if "Scripts send to port" in line]  # where they look already
+
+
+def test_serve_on_a_port_scripts_do_not_look_at_says_how_to_send_there(monitor_serve, tmp_path: Path) -> None:
+    # A shared login node's 8097 was someone else's: a script without VISDOM_PORT would write there.
+    port = free_port()
+    running = monitor_serve("--port", str(port), "--env-path", str(tmp_path), env={"VISDOM_PORT": ""})
+    running.url()
+    running.finish(signal.SIGTERM)
+    assert f"Scripts send to port 8097 unless told: run them with VISDOM_PORT={port} (or Monitor(..., port={port})).\n" \
+        in running.lines, running.lines
 
 
 def test_serve_takes_the_port_from_visdom_server_url_where_clients_look(monitor_serve, tmp_path: Path) -> None:
