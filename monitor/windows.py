@@ -659,6 +659,14 @@ def _value(value: Any, digits: int = 12) -> str:
     if not isinstance(value, float):
         return str(value)
     short = float32_digits([value])[0]
+    if digits < 12 and value.is_integer() and abs(value) < 1e15:  # a count: whole
+        return str(int(value))
+    if digits < 12:
+        rounded = f"{value:.{digits}g}"
+        if float(rounded) != value and len(rounded.split("e")[0].strip("-").replace(".", "").strip("0")) < digits:
+            return _value(value, 12)  # the digits left out made it: an energy ratio of 1.000000000123, not 1
+        if float(rounded) != value and abs(value) >= 10 ** digits:
+            return rounded  # 6.53461e+08: rounded, not a whole number 653461000
     text = repr(float(f"{value:.{digits}g}") if digits < 12 or short == value else short)
     return text[:-2] if text.endswith(".0") else text
 
