@@ -323,8 +323,8 @@ class Monitor:
             if isinstance(one, torch.optim.LBFGS):
                 self._watch_closure(one)
         recorded = hparams is not None or not self._started  # a second train_start (an LBFGS after an Adam)
-        if recorded:                                         # given none keeps the run's
-            state.hparams = dict(hparams or {})
+        if recorded:                                         # given none keeps the run's, given some adds them
+            state.hparams = {**state.hparams, **hparams} if self._started and hparams else dict(hparams or {})
         self._started, self._failed, self._ending = True, False, RunEnd("finished")
         self._train_ended = None
         if getattr(self.sink, "ending", None) is not None:

@@ -541,12 +541,12 @@ def replace_earlier(run_dir: Path, rewind_to: int | None = None, continues: str 
     if (writers := sys.modules.get("monitor.writer")) is not None:  # none without the module
         writers.refuse_to_replace(run_dir)
     folder = run_dir.resolve()
-    if folder in _ran_here and folder not in _told_set_aside and not resumes and not interactive() and \
-            not any(other.run_dir.resolve() == folder for other in open_sinks):
+    if folder in _ran_here and folder not in _told_set_aside and not resumes and not interactive():
         _told_set_aside.add(folder)
         _log.warning("monitor: a new run in %s sets aside the one this process ran there before: the dashboard and "
                      "`monitor runs` show the new one only (the earlier one's log goes to earlier/); give each run "
-                     "(a fold, a trial) an env of its own, env=f\"cv-fold{k}\"", run_dir)
+                     "(a fold, a trial, a phase: a linear probe after pretraining) an env of its own, "
+                     "env=f\"cv-fold{k}\"", run_dir)
     _ran_here.add(folder)
     for other in list(open_sinks):
         if other.run_dir.resolve() == run_dir.resolve():

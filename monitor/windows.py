@@ -327,6 +327,10 @@ class Window:
                     trace.add(entry["x"], y)
         elif kind == "hparams":  # a text pane: the hparams and metrics, a row per trial when several
             trials = self.trials
+            if entry.get("trial") is None:  # a run's own, updated (a second phase's train_start, adding
+                given = entry["hparams"].keys()  # or changing some): it takes the row of the set it covers
+                for key in [k for k, t in trials.items() if t.get("trial") is None and t["hparams"].keys() <= given]:
+                    del trials[key]
             trials[entry.get("trial") or json.dumps(entry["hparams"], sort_keys=True, default=str)] = entry
             if len(trials) > TRIALS:
                 del trials[next(iter(trials))]

@@ -75,11 +75,26 @@ def test_the_quick_start_run_twice_in_one_process_shows_only_the_second_run_and_
     said = [r.getMessage() for r in caplog.records if "sets aside" in r.getMessage()]
     assert said == [f"monitor: a new run in {tmp_path} sets aside the one this process ran there before: the "
                     f"dashboard and `monitor runs` show the new one only (the earlier one's log goes to earlier/); "
-                    f"give each run (a fold, a trial) an env of its own, env=f\"cv-fold{{k}}\""]
+                    f"give each run (a fold, a trial, a phase: a linear probe after pretraining) an env of its "
+                    f"own, env=f\"cv-fold{{k}}\""]
     caplog.clear()
     with caplog.at_level("WARNING", logger="monitor"):
         quick_start.train("twice-in-process", visdom_server.port, str(tmp_path), 3)
     assert not [r for r in caplog.records if "sets aside" in r.getMessage()]  # said once
+
+
+def test_a_second_phase_s_monitor_of_the_env_the_first_still_has_open_is_said_once(visdom_server, tmp_path, caplog):
+    """Pretraining, then a linear probe with a new Monitor of the same env inside the first's
+    with-block: the pretraining's curves left the dashboard, nothing said, the script exited 0."""
+    from monitor import Monitor, Scalars
+
+    with caplog.at_level("WARNING", logger="monitor"):
+        with Monitor([Scalars()], env="phases", port=visdom_server.port, run_dir=tmp_path) as pretraining:
+            pretraining.step_end(loss=3.9)
+            with Monitor([Scalars()], env="phases", port=visdom_server.port, run_dir=tmp_path) as probe:
+                probe.step_end(loss=0.3)
+    said = [r.getMessage() for r in caplog.records if "sets aside" in r.getMessage()]
+    assert len(said) == 1 and "a linear probe after pretraining" in said[0], said
 
 
 def test_the_quick_start_run_twice_as_two_processes_shows_only_the_second_run(visdom_server, read_window, tmp_path):

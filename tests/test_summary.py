@@ -8,6 +8,7 @@ from torch import nn
 
 from monitor import Summary
 from monitor.records import Hparams, Text
+from monitor.windows import Window
 from helpers.monitors import live_monitor, model_and_data, monitor_with, small_model
 
 
@@ -240,3 +241,11 @@ def test_a_second_train_start_for_another_optimizer_keeps_the_run_s_hparams_and_
     assert [(r.x, r.hparams) for r in sink.of(Hparams)] == [(0, expected)]
     monitor.train_start(model, adam, hparams={"adam_steps": 200})  # given anew: recorded anew
     assert [r.hparams["adam_steps"] for r in sink.of(Hparams)] == [300, 200]
+    head = torch.nn.Linear(3, 2)  # a linear probe after pretraining: its hparams add to the run's
+    monitor.train_start(head, torch.optim.SGD(head.parameters(), lr=0.1), hparams={"probe_lr": 0.1})
+    assert monitor.state.hparams == {"adam_steps": 200, "probe_lr": 0.1}
+    assert sink.of(Hparams)[-1].hparams == {**expected, "adam_steps": 200, "probe_lr": 0.1}
+    window = Window("hparams", 1000)  # one run: one row, its latest set
+    for record in sink.of(Hparams):
+        window.apply({"k": "hparams", "win": "hparams", "x": record.x, "hparams": record.hparams, "metrics": {}})
+    assert list(window.trials.values())[0]["hparams"]["probe_lr"] == 0.1 and "Trials" not in window.content["html"]
