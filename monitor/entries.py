@@ -209,7 +209,8 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
                 raise TypeError(f"the value of trace {trace!r} must be a number, got {value!r}")
         return {"k": "points", "win": record.window, "x": x, "y": dict(zip(record.traces, map(float, values)))}
     if isinstance(record, ImageGrid):
-        png = encode_grid(record.pixels, record.captions, heading=f"step {_number(x)}", fps=record.fps)
+        png = encode_grid(record.pixels, record.captions, columns=record.columns, heading=f"step {_number(x)}",
+                          fps=record.fps)
         if images is not None:
             n, file = images.add(record.window, png)
             return {"k": "image", "win": record.window, "x": x, "n": n, "file": file}

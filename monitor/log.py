@@ -184,7 +184,8 @@ class Log:
         self.sink.put(Points(self._name("window", window), _x(x), self._traces(traces), values))
 
     def images(self, window: str, x: float, images: torch.Tensor,
-               captions: Sequence[str] | None = None, *, value_range: tuple[float, float] | None = None) -> None:
+               captions: Sequence[str] | None = None, *, value_range: tuple[float, float] | None = None,
+               columns: int | None = None) -> None:
         """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels (NCHW also 4: RGBA, laid
         over white as TensorBoard's PNG shows on a page); any float, uint8 or bool range; or a
         list of CHW or HW images of their own sizes (a detection batch), each padded with zeros
@@ -200,8 +201,12 @@ class Log:
         ``value_range=(-1, 1)`` shows -1 black and 1 white whatever the batch holds (a
         generator's samples, which may overshoot), values beyond clipped; by default a float
         batch within [0, 1] or [-1, 1] is shown so, any other stretched image by image.
+        ``columns`` images a row (``make_grid``'s ``nrow``: 8 samples in a row); by default about
+        as many as rows.
         """
         value_range = checks.value_range("value_range", value_range)
+        if columns is not None:
+            checks.positive_int("columns", columns)
         batch = _as_nchw(images)
         if captions is not None:
             if not isinstance(captions, LabelCaptions):  # those are read by the sink
@@ -212,7 +217,7 @@ class Log:
         shrunk = _shrunk(batch)
         window = self._name("window", window)
         self.sink.put(ImageGrid(window, _x(x), batch.detach().clone() if shrunk is batch else shrunk, captions,
-                                value_range=value_range))
+                                value_range=value_range, columns=columns))
         self._put_image(window)
 
     def video(self, window: str, x: float, videos: torch.Tensor, fps: float = 4, *,

@@ -31,7 +31,8 @@ class ImageGrid(NamedTuple):
     """A batch of images (NCHW snapshot, any dtype and range) shown as one grid; ``pixels`` may be a
     function of no arguments the sink calls to get them (a figure to draw). With ``fps``, the
     pixels are videos (NTCHW), shown as a grid that plays their frames at ``fps``. With
-    ``value_range`` (low, high), low is black and high white, values beyond them clipped."""
+    ``value_range`` (low, high), low is black and high white, values beyond them clipped;
+    ``columns``: tiles a row (None: about as many as rows)."""
 
     window: str
     x: float
@@ -39,6 +40,7 @@ class ImageGrid(NamedTuple):
     captions: Sequence[str] | LabelCaptions | None
     fps: float | None = None
     value_range: tuple[float, float] | None = None
+    columns: int | None = None
 
 
 class LabelCaptions:

@@ -425,8 +425,10 @@ def test_views_of_one_batch_show_each_sample_s_views_side_by_side_each_captioned
     pixels = grid.pixels() if callable(grid.pixels) else grid.pixels
     assert torch.equal(pixels, torch.stack([first[:4], second[:4]], 1).flatten(0, 1))
     assert list(grid.captions) == ["cat", "cat", "dog", "dog", "car", "car", "ship", "ship"]
+    assert grid.columns == 4  # two samples' pairs a row: none split over two rows (3 columns did)
     monitor.step_end(inputs=[first, second, first])  # three views, no labels: two samples' in 8 places
     assert sink.of(ImageRecord)[-1].pixels.shape[0] == 6 and sink.of(ImageRecord)[-1].captions is None
+    assert sink.of(ImageRecord)[-1].columns == 3
 
 
 def test_a_value_range_shows_a_generator_s_samples_alike_whatever_they_overshoot_or_lack():

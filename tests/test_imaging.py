@@ -195,3 +195,13 @@ def test_floats_in_minus_one_to_one_are_shown_from_black_to_white_not_stretched(
     assert tile(grid, 0, 2, 2, 2)[0, 0].tolist() == [51, 0, 0] and tile(grid, 0, 2, 2, 2)[1, 1].tolist() == [0, 0, 0]
     assert tile(grid, 1, 2, 2, 2).max() == 0
     assert tile(grid, 2, 2, 2, 2).tolist() == [[[128] * 3] * 2] * 2 and tile(grid, 3, 2, 2, 2).min() == 255
+
+
+def test_a_grid_given_its_columns_lays_out_that_many_images_a_row():
+    from helpers.monitors import monitor_with
+
+    square, row = (Image.open(io.BytesIO(encode_grid(torch.rand(8, 1, 10, 10), columns=c))).size for c in (None, 8))
+    assert row[0] > 2 * square[0] and row[1] < square[1]  # 8 in a row (make_grid's nrow): wide, one row high
+    monitor, _ = monitor_with()
+    with pytest.raises(ValueError, match="columns must be an int >= 1, got 0"):
+        monitor.log.images("samples", 1, torch.rand(8, 1, 4, 4), columns=0)

@@ -105,7 +105,9 @@ class Images(Callback):
             samples = min(max(1, self.count // len(images)), len(images[0]))  # whole samples: all their views
             grid = torch.stack([view[:samples] for view in images], 1).flatten(0, 1)
             captions = self._caption(state, samples)
-            self._show(log, state.step, grid, captions and captions.repeated(len(images)))
+            views = len(images)  # a row holds whole samples, about as many rows as tiles a row
+            self._show(log, state.step, grid, captions and captions.repeated(views),
+                       views * math.ceil(math.sqrt(samples * views) / views))
             return
         if isinstance(images, (list, tuple)):
             if not (images and all(isinstance(i, torch.Tensor) and i.dim() in (2, 3) for i in images)
@@ -147,11 +149,12 @@ class Images(Callback):
                 images = class_colours(scores.argmax(1) if scores.shape[1] > 1 else _binary(scores[:, 0]))
         self._show(log, state.step, images, self._caption(state, images.shape[0] if batched else 1, not batched))
 
-    def _show(self, log: Log, step: int, images: Any, captions: LabelCaptions | None) -> None:
+    def _show(self, log: Log, step: int, images: Any, captions: LabelCaptions | None,
+              columns: int | None = None) -> None:
         self._grid_bytes = sum(i.numel() * i.element_size() for i in images) if isinstance(images, list) else \
             images.numel() * images.element_size()
         log.window(self.source, order=Order.IMAGES, title=self.source)
-        log.images(self.source, step, images, captions, value_range=self.value_range)
+        log.images(self.source, step, images, captions, value_range=self.value_range, columns=columns)
 
     def _caption(self, state: LoopState, count: int, one_image: bool = False) -> LabelCaptions | None:
         """The captions of ``count`` images; ``one_image``: a single image not in a batch (a batch of
