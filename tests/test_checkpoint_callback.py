@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 import shutil
 
@@ -1155,8 +1156,25 @@ def test_a_run_resumed_with_another_learning_rate_is_told_it_trains_at_the_check
     with caplog.at_level("WARNING", logger="monitor"):
         job(0.001)
     assert [r.getMessage() for r in caplog.records if "learning rate" in r.getMessage()] == [
-        "monitor: the optimizer's learning rate 0.001, as given, is the checkpoint's 0.1 again: a resume trains at "
-        "the rates it saved; to change them, set each group's lr (and a scheduler's base_lrs) after train_start"]
+        "monitor: the optimizer was given learning rate 0.001, the run 0.1: a resume trains at the rates its "
+        "checkpoint saved (0.1); to change them, set each group's lr (and a scheduler's base_lrs) after train_start"]
+
+    def by_hand(crash_at: int | None = None) -> None:  # a cosine schedule set each step, no scheduler
+        model = torch.nn.Linear(3, 1)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        with Monitor([Checkpoint(tmp_path / "by-hand", every_steps=2, resume=True)], sink=NullSink(),
+                     raise_errors=True) as monitor:
+            monitor.train_start(model, optimizer)
+            for update in monitor.steps(6):
+                optimizer.param_groups[0]["lr"] = 1e-3 * (1 + math.cos(math.pi * update / 6)) / 2
+                _step(monitor, model, optimizer, torch.ones(2, 3), crash_at)
+
+    with pytest.raises(KeyboardInterrupt):
+        by_hand(crash_at=3)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="monitor"):
+        by_hand()  # the same command: the checkpoint's lr is the schedule's, not another choice
+    assert not [r for r in caplog.records if "learning rate" in r.getMessage()]
 
 
 class _Stream(torch.utils.data.IterableDataset):

@@ -135,6 +135,7 @@ class Checkpoint(Callback):
         self._ended_begun_step = False  # the last step_end ended a step after_backward began
         self._said_late_step = False
         self._trained_here = False  # a step ended, or an optimizer stepped, in this process
+        self._given_rates: list[float | None] | None = None  # the lr the run's first train_start was given
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
@@ -237,6 +238,8 @@ class Checkpoint(Callback):
                 f"would put the latest checkpoint in {self.directory}, this model's, back into the first model; "
                 f"give each model (a fold, a trial) a Monitor and a Checkpoint folder of its own")
         self._model = model
+        if self._given_rates is None:  # a resumed run's are its checkpoint's
+            self._given_rates = _rates(state)
         self._watch_optimizer_steps(state)
         # Under DDP, a validation every rank runs (said by averaging it) lets every rank save at its end.
         self._every_rank_validates = any(getattr(c, "average_validation", False) for c in monitor.callbacks)
@@ -624,10 +627,12 @@ class Checkpoint(Callback):
                                         f"{type(error).__name__}: {error}") from error
         if self._monitor.rank == 0:  # said once for the job
             _log.warning("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
-            if (restored := _rates(state)) != given:  # a run resumed to try another lr (Guard's cure)
-                _log.warning("monitor: the optimizer's learning rate %s, as given, is the checkpoint's %s again: a "
-                             "resume trains at the rates it saved; to change them, set each group's lr (and a "
-                             "scheduler's base_lrs) after train_start", _shown(given), _shown(restored))
+            restored, first = _rates(state), self._given_rates
+            if given != (restored if first is None else first):  # resumed to try another lr (Guard's cure)
+                _log.warning("monitor: the optimizer was given learning rate %s, the run %s: a resume trains at the "
+                             "rates its checkpoint saved (%s); to change them, set each group's lr (and a "
+                             "scheduler's base_lrs) after train_start", _shown(given),
+                             _shown(restored if first is None else first), _shown(restored))
         self._check_loop = True  # at the first step: does the loop go on where the run left off?
 
     def _set_earlier_aside(self) -> None:
@@ -750,13 +755,14 @@ class Checkpoint(Callback):
         metric = float(self._metric_value) if isinstance(self._metric_value, torch.Tensor) else self._metric_value
         return {"run_id": self.run_id, "records": [dict(r) for r in self._records], "metric": metric,
                 "epoch_done": self._epoch_done, "last_saved": self._last_saved,
-                "validates_after_saving": self._validates_after_saving}
+                "validates_after_saving": self._validates_after_saving, "given_rates": self._given_rates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.run_id, self._records = state["run_id"], [dict(r) for r in state["records"]]
         self._metric_value, self._epoch_done = state["metric"], state["epoch_done"]
         self._last_saved = list(state["last_saved"]) if state["last_saved"] is not None else None
         self._validates_after_saving = state.get("validates_after_saving", False)
+        self._given_rates = state.get("given_rates")  # None in older checkpoints
         self._claimed = False
 
 
