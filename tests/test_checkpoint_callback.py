@@ -1382,3 +1382,20 @@ def test_a_stop_signal_before_the_run_trained_a_step_exits_for_requeue_at_once(v
     out, err = again.communicate(timeout=120)
     assert again.returncode == 0 and out.split("\n")[:2] == [
         f"filling the replay buffer from step {3 if resumed else 0}", f"step {4 if resumed else 1}"], err[-3000:]
+
+
+def test_a_resumable_run_trained_in_a_thread_is_told_a_stop_signal_cannot_save_its_step(tmp_path, caplog):
+    # A loop run from a thread pool: SIGTERM ended the job with 143 and no checkpoint, nothing said.
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    def train() -> None:
+        model = torch.nn.Linear(3, 1)
+        with Monitor([Checkpoint(tmp_path / "ckpt", resume=True)], sink=NullSink(), raise_errors=True) as monitor:
+            monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            _step(monitor, model, monitor.state.optimizer, torch.ones(2, 3))
+
+    with caplog.at_level("WARNING", logger="monitor"), ThreadPoolExecutor(1, thread_name_prefix="trainer") as pool:
+        pool.submit(train).result()
+    said = [r.getMessage() for r in caplog.records if "not the main thread" in r.getMessage()]
+    assert len(said) == 1 and "'trainer_0'" in said[0] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

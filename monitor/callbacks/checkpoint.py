@@ -644,7 +644,13 @@ class Checkpoint(Callback):
 
     def _catch_preemption(self) -> None:
         # Under torch.distributed the ranks would have to agree on the step to stop at: not yet.
-        if threading.current_thread() is not threading.main_thread() or self._monitor.world_size > 1:
+        if self._monitor.world_size > 1:
+            return
+        if threading.current_thread() is not threading.main_thread():  # Python signals reach the main thread only
+            _log.warning("monitor: Checkpoint(resume=True) trains in thread %r, not the main thread, where Python "
+                         "takes signals: a scheduler's SIGTERM or SIGUSR1 ends the job without a checkpoint of its "
+                         "step (it resumes from the latest one); train in the main thread to save at the stop",
+                         threading.current_thread().name)
             return
         for number in preemption.SIGNALS:
             previous = signal.getsignal(number)
