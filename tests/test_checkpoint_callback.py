@@ -1399,3 +1399,22 @@ def test_a_resumable_run_trained_in_a_thread_is_told_a_stop_signal_cannot_save_i
         pool.submit(train).result()
     said = [r.getMessage() for r in caplog.records if "not the main thread" in r.getMessage()]
     assert len(said) == 1 and "'trainer_0'" in said[0] and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_a_loop_s_own_stop_handler_that_saves_and_exits_75_has_the_next_job_continue(tmp_path):
+    # Its handler set a flag and the loop broke out: the run ended as finished, the requeue began anew.
+    def job(stop_after: int | None) -> int:
+        model = torch.nn.Linear(3, 1)
+        checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=100, resume=True)
+        with Monitor([checkpoint], sink=NullSink(), raise_errors=True) as monitor:
+            monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            for _ in monitor.steps(6):
+                _step(monitor, model, monitor.state.optimizer, torch.ones(2, 3))
+                if monitor.state.step == stop_after:  # the flag its SIGTERM handler set
+                    checkpoint.save()
+                    raise SystemExit(75)  # as README says: inside the with block
+        return checkpoint.start.step
+
+    with pytest.raises(SystemExit):
+        job(stop_after=3)
+    assert job(stop_after=None) == 3
