@@ -623,8 +623,13 @@ class Checkpoint(Callback):
             restore_parts(self.start.path, checkpoint, state.model, _optimizers(state), self.scheduler,
                           self.scaler or state.scaler)
         except Exception as error:
+            text = str(error)
+            grown = "size mismatch" in text or "Unexpected key(s)" in text or "Missing key(s)" in text
+            advice = (": the model differs from the checkpoint's (a layer added or widened since the run began); "
+                      "build it as the run had it before train_start, e.g. from what Checkpoint(extras=...) kept, "
+                      "checkpoint.start.extras" if grown else "")
             raise CheckpointResumeError(f"the run could not be put back from {self.start.path}: "
-                                        f"{type(error).__name__}: {error}") from error
+                                        f"{type(error).__name__}: {text}{advice}") from error
         if self._monitor.rank == 0:  # said once for the job
             _log.warning("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
             restored, first = _rates(state), self._given_rates
