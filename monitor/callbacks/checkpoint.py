@@ -623,7 +623,7 @@ class Checkpoint(Callback):
             restore_parts(self.start.path, checkpoint, state.model, _optimizers(state), self.scheduler,
                           self.scaler or state.scaler)
         except Exception as error:
-            text = str(error)
+            text = str(error).rstrip(". \n")
             grown = "size mismatch" in text or "Unexpected key(s)" in text or "Missing key(s)" in text
             advice = (": the model differs from the checkpoint's (a layer added or widened since the run began); "
                       "build it as the run had it before train_start, e.g. from what Checkpoint(extras=...) kept, "
