@@ -354,6 +354,14 @@ class Window:
                 lines = 1 + self.opts.get("top", 5)  # the total's and the largest layers'
                 self.grid = heatmap.Grid()
                 self.lines = heatmap.Grid(columns=max(10, min(self.budget, WINDOW_POINTS // lines) // 2))
+                # Drawn as lines until now (a model that grew past their number): its steps so far, as shown
+                steps: dict[float, dict[str, float | None]] = {}
+                for name, trace in self.traces.items():
+                    for x, y in zip(*trace.points()):
+                        steps.setdefault(x, {})[name] = y
+                for x in sorted(steps):
+                    self.grid.add(x, steps[x])
+                    self.lines.add(x, steps[x])
         self.changed = True
         self.version += 1
         return went_back

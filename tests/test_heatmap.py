@@ -149,6 +149,39 @@ def test_a_deep_model_s_heatmap_on_the_dashboard_equals_a_replay_of_its_run_log(
     assert len(live["data"][-1]["y"]) == 121 and live["data"][-1]["x"] == list(range(1, 41))
 
 
+def test_a_model_grown_past_the_lines_keeps_its_layers_earlier_steps_in_the_heatmap_and_stays_one(
+        visdom_server, read_window_raw, tmp_path):
+    """A progressive network's new column took it past 16 layers at step 21: the heatmap began
+    there, each layer's steps 1-20 gone from the pane; experts that idle some steps made it flip
+    between lines and a heatmap every step."""
+    from monitor.runlog import RunLog
+
+    model = deep_model(7)  # 15 layers
+    x, y = torch.randn(4, 8), torch.randint(0, 3, (4,))
+    with live_monitor(visdom_server, "grown", tmp_path, GradNorms()) as monitor:
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.01))
+        for step in range(1, 31):
+            if step == 21:  # a new task's column
+                model = nn.Sequential(*model, nn.Linear(3, 8), nn.LayerNorm(8), nn.Linear(8, 3))
+                monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.01))
+            model.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            if step > 21 and step % 2:  # the new head idles at odd steps: fewer layers than the lines hold
+                for p in model[-3:].parameters():
+                    p.grad = None
+            monitor.after_backward()
+            monitor.state.optimizer.step()
+            monitor.step_end()
+        assert monitor.flush(timeout=10)
+        run_log = monitor.sink.run_dir / RunLog.FILENAME
+    heatmap = read_window_raw(visdom_server, "grown", "grad norm")["content"]["data"][-1]
+    assert heatmap["type"] == "heatmap" and heatmap["x"] == list(range(1, 31))
+    first = heatmap["y"].index("0.Linear")
+    assert all(value is not None for value in heatmap["z"][first][:20])  # the steps before it grew
+    forms = [e["opts"].get("form") for e in RunLog.read(run_log) if e["k"] == "layout" and e["win"] == "grad norm"]
+    assert forms == [None, "heatmap"]  # laid out again once, not at every step
+
+
 def test_grad_norms_name_a_bad_form():
     with pytest.raises(ValueError, match="form must be 'auto' or 'lines' or 'heatmap', got 'bars'"):
         GradNorms(form="bars")

@@ -233,7 +233,8 @@ class GradNorms(Callback):
 
     def _put(self, log: Log, window: str, ylabel: str, x: int, traces: tuple[str, ...],
              values: Callable[[], list[float]]) -> None:
-        form = self.form if self.form != "auto" else "heatmap" if len(traces) > LINES_UP_TO + 1 else "lines"
+        form = self.form if self.form != "auto" else "heatmap" if len(traces) > LINES_UP_TO + 1 or \
+            self._forms.get(window) == "heatmap" else "lines"  # once a heatmap, one for good (experts that idle)
         if self._forms.get(window) == form and window in log.layouts:  # laid out as it is already
             log.vector(window, x, traces, values)
             return
