@@ -81,6 +81,23 @@ def test_the_histograms_follow_the_model_s_parameters_as_they_are_at_each_step_l
     assert entries[-1]["edges"][0] <= 7.0 <= entries[-1]["edges"][-1] and entries[-1]["counts"] == [23]
 
 
+def test_the_gradients_binned_are_those_the_optimizers_step_with_not_a_frozen_column_s_stale_ones():
+    # A progressive network: the first task's column frozen, a new optimizer for the second's
+    # column only: its gradients (340 values) were binned with the frozen one's, left from task 1.
+    columns = torch.nn.ModuleList([torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)])
+    monitor, sink = monitor_with(Histograms(every=1, of=("grads",)))
+    monitor.train_start(columns, torch.optim.SGD(columns[0].parameters(), lr=0.1))
+    columns[0](torch.ones(2, 4)).sum().backward()
+    monitor.after_backward()
+    monitor.step_end()
+    columns[0].requires_grad_(False)  # frozen; its .grad stays
+    monitor.train_start(columns, torch.optim.SGD(columns[1].parameters(), lr=0.1))
+    columns[1](torch.ones(2, 4)).sum().backward()
+    monitor.after_backward()
+    monitor.step_end()
+    assert [encode(record)["n"] for record in sink.of(Histogram)] == [20, 10]
+
+
 def test_gradients_under_a_grad_scaler_are_shown_unscaled():
     torch.manual_seed(0)
     model = small_model()

@@ -61,8 +61,12 @@ class Histograms(Callback):
     def on_after_backward(self, state: LoopState, log: Log) -> None:
         if "grads" not in self.of or not is_due(state.step, self.every):
             return
+        # The gradients the optimizers step with, as GradNorms takes them: a frozen column's stay
+        # on its parameters, stale, once a new task's optimizer holds the others only.
+        held = {id(p) for optimizer in state.optimizers.values() for group in optimizer.param_groups
+                for p in group["params"]} if state.optimizers else None
         for suffix, params in self._group(state).items():
-            grads = [p.grad for p in params if p.grad is not None]
+            grads = [p.grad for p in params if p.grad is not None and (held is None or id(p) in held)]
             if grads:  # kept until step_end: a later after_backward of the step replaces it
                 self._pending[suffix] = _histogram(_KINDS["grads"][0] + suffix, state.step, grads, self.bins,
                                                    scale_of(state.scaler, state.optimizers.values()))
