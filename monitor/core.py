@@ -535,9 +535,18 @@ class Monitor:
             self._resumable.trained = False
             return
         self._in_steps = True
+        idle, last = 0, None  # iterations in a row that ended no step
         try:
             while self.state.step < count:
                 self._step_over()
+                idle = idle + 1 if self.state.step == last else 0
+                last = self.state.step
+                if idle == 10_000:
+                    self._reports.once("steps-idle", f"monitor.steps({count}) yielded {last} 10,000 times: it counts "
+                                       f"the steps that end (step_end), not the iterations; a loop that steps an "
+                                       f"environment each iteration and trains now and then (a replay buffer "
+                                       f"filling, learning_starts) counts them itself, for global_step in "
+                                       f"range(total), and calls the hooks at its updates")
                 yield self.state.step
         finally:
             self._in_steps = False

@@ -313,6 +313,21 @@ def test_steps_yields_the_steps_done_until_count_and_counts_only_iterations_that
             next(monitor.steps(-1))
 
 
+def test_a_steps_loop_that_takes_the_number_for_its_environment_steps_is_told_once_it_never_moves(caplog):
+    # CleanRL's `for global_step in range(total)` made monitor.steps(total): its learning_starts
+    # guard was never true, the loop ran 2.9M iterations at 0 and said nothing.
+    from monitor.log import NullSink
+
+    with caplog.at_level("WARNING", logger="monitor"), Monitor([], sink=NullSink(), raise_errors=True) as monitor:
+        for iterations, global_step in enumerate(monitor.steps(100)):
+            if global_step > 50:  # learning_starts: an update, never reached
+                monitor.step_end(loss=1.0)
+            if iterations == 25_000:
+                break
+    said = [r.getMessage() for r in caplog.records if "monitor.steps(100) yielded 0 10,000 times" in r.getMessage()]
+    assert len(said) == 1 and "for global_step in range(total)" in said[0]
+
+
 def test_a_monitor_shows_its_env_s_dashboard_page_and_its_step_in_a_notebook_cell_s_output(tmp_path):
     from monitor.log import NullSink
 
