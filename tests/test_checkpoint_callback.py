@@ -150,13 +150,27 @@ def test_a_failed_write_stops_the_loop_although_the_monitor_contains_callback_er
     assert (tmp_path / "ckpt" / MANIFEST).read_bytes() == good
 
 
-def test_extras_that_are_not_tensors_or_primitives_are_refused_when_saving(tmp_path):
+def test_extras_that_are_not_tensors_or_primitives_are_refused_at_train_start_or_when_saving(tmp_path):
+    import collections
+    import numpy as np
+
     parts = build()
     checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=1, extras=lambda: {"callback": print})
     monitor = Monitor([checkpoint], sink=NullSink())
-    monitor.train_start(parts.model, parts.optimizer)
     with pytest.raises(CheckpointWriteError, match=r"checkpoint\['extras'\]\['callback'\] must hold only tensors "
                                                    r"and primitives .* got builtins.builtin_function_or_method"):
+        monitor.train_start(parts.model, parts.optimizer)  # not at the first save, 250 steps on
+    # What an RL loop keeps: each refused with what to keep instead
+    for value, hint in ((np.zeros(3), r"keep torch.from_numpy\(array\)"), (collections.deque([1]), r"keep list\(queue\)"),
+                        (np.random.default_rng(0), "keep generator.bit_generator.state")):
+        monitor = Monitor([Checkpoint(tmp_path / "rl", extras=lambda: {"buffer": value})], sink=NullSink())
+        with pytest.raises(CheckpointWriteError, match=rf"extras cannot be saved: .*\['buffer'\] .*{hint}"):
+            monitor.train_start(parts.model, parts.optimizer)
+    later = Checkpoint(tmp_path / "later", every_steps=1, extras=lambda: {"buffer": buffer})  # made after train_start
+    monitor = Monitor([later], sink=NullSink())
+    monitor.train_start(parts.model, parts.optimizer)
+    buffer = np.zeros(3)
+    with pytest.raises(CheckpointWriteError, match=r"torch.from_numpy"):
         monitor.step_end(loss=1.0)
 
 

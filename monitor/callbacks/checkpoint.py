@@ -17,6 +17,7 @@ import torch
 from monitor import preemption
 from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
+from monitor.checkpoint.file import plain_value
 from monitor.checkpoint.folder import (LOCK, MANIFEST, checkpoint_name, claim, finish, finish_earlier, is_finished,
                                        mark_kept, mark_trained, prune, read_manifest, retain, set_aside,
                                        write_manifest)
@@ -238,6 +239,7 @@ class Checkpoint(Callback):
                 f"would put the latest checkpoint in {self.directory}, this model's, back into the first model; "
                 f"give each model (a fold, a trial) a Monitor and a Checkpoint folder of its own")
         self._model = model
+        self._check_extras()
         if self._given_rates is None:  # a resumed run's are its checkpoint's
             self._given_rates = _rates(state)
         self._watch_optimizer_steps(state)
@@ -604,6 +606,19 @@ class Checkpoint(Callback):
             return []
         return [value for value in extras.values() if isinstance(value, torch.Tensor)] \
             if isinstance(extras, Mapping) else []
+
+    def _check_extras(self) -> None:
+        """What ``extras()`` returns at train_start, checked as a save would (a save may be far off:
+        a replay buffer's numpy arrays ended an RL run at its first save, step 250). One that
+        cannot be called yet (a buffer made after train_start) waits for the first save."""
+        try:
+            extras = self._extras()
+        except Exception:  # noqa: BLE001 - not ready before the loop: checked when saved
+            return
+        try:
+            plain_value(extras, "checkpoint['extras']")
+        except TypeError as error:
+            raise CheckpointWriteError(f"extras cannot be saved: {error}") from None
 
     def _extras(self) -> dict[str, Any] | None:
         if self.extras is None:

@@ -242,6 +242,12 @@ def _verify_zip(path: Path) -> None:
         raise DamagedCheckpointError(f"{path} is damaged: its entry {bad!r} fails its CRC check")
 
 
+def plain_value(value: Any, where: str) -> Any:
+    """``value`` as a checkpoint keeps it; TypeError naming where the first value is neither a
+    tensor nor a primitive (``where``: its place, ``checkpoint['extras']``)."""
+    return _plain(value, where)
+
+
 def _plain(value: Any, where: str) -> Any:
     """``value``, its NumPy float64, int64 and bool scalars (a scheduler's lambda may hold one) as
     the Python numbers they equal; raises TypeError naming the first value that is neither a
@@ -264,5 +270,16 @@ def _plain(value: Any, where: str) -> Any:
         copied.clear()
         copied.update(items)
         return copied
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    hint = _AS_PLAIN.get(name)
     raise TypeError(f"{where} must hold only tensors and primitives (so the checkpoint loads with "
-                    f"weights_only=True), got {kind.__module__}.{kind.__qualname__}")
+                    f"weights_only=True), got {name}" + (f": keep {hint}" if hint else ""))
+
+
+# What a loop keeps in extras, and what to keep instead (an RL loop's replay buffer and generators).
+_AS_PLAIN = {
+    "numpy.ndarray": "torch.from_numpy(array), and array = tensor.numpy() at the resume",
+    "collections.deque": "list(queue), and deque(items, maxlen=...) at the resume",
+    "numpy.random._generator.Generator": "generator.bit_generator.state, and set it back at the resume",
+    "random.Random": "rng.getstate(), and rng.setstate(state) at the resume",
+}
