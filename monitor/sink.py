@@ -126,6 +126,7 @@ class VisdomSink:
         if rewind_to is not None:
             checks.integer("rewind_to", rewind_to, minimum=0)
         self.made_in = threading.current_thread()  # a newer sink of its folder made in another thread is refused
+        self.resumed = bool(rewind_to)  # a checkpoint's run going on: a curve that goes back is a counter's
         replace_earlier(self.run_dir, rewind_to, continues)
         self.folder = RunDir(self.run_dir)
         self.run_id = uuid.uuid4().hex
@@ -371,7 +372,10 @@ class VisdomSink:
                              if ("backwards", p.window) not in self.reports.seen]
             if went_back:  # once a window, those of one batch in one line
                 self.reports.seen.update(("backwards", p.window) for p in went_back)
-                self.reports.once(("backwards", went_back[0]), Backwards.said(went_back))
+                self.reports.once(("backwards", went_back[0]), Backwards.said(went_back) + (
+                    "; in a run resumed from a checkpoint, an x the loop counts itself (an episode number) starts "
+                    "over unless the checkpoint keeps it: Checkpoint(extras=lambda: {'episode': episode}) and "
+                    "checkpoint.start.extras" if self.resumed else ""))
             if len(self.windows.by_name) > MANY_WINDOWS:
                 self.reports.once("many windows", many_windows(self.env, len(self.windows.by_name)))
         waiting, self._waiting = self._waiting, []

@@ -1433,3 +1433,42 @@ def test_a_loop_s_own_stop_handler_that_saves_and_exits_75_has_the_next_job_cont
     with pytest.raises(SystemExit):
         job(stop_after=3)
     assert job(stop_after=None) == 3
+
+
+EPISODES = """
+import sys, torch
+from monitor import Checkpoint, Monitor
+model = torch.nn.Linear(3, 1)
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+with Monitor([Checkpoint("ckpt", every_steps=2, resume=True)], env="dqn", port=1, timeout=0.2) as monitor:
+    monitor.train_start(model, optimizer)
+    episode = 0  # counted by the loop, not kept in the checkpoint
+    for update in monitor.steps(8):
+        model(torch.ones(2, 3)).sum().backward()
+        monitor.after_backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        monitor.step_end()
+        episode += 1
+        monitor.log.scalar("episode return", "train", episode, float(update))
+        if monitor.state.step == int(sys.argv[1]):
+            raise KeyboardInterrupt  # killed
+"""
+
+
+def test_a_curve_that_goes_back_in_a_resumed_run_names_the_loop_s_own_counter(tmp_path):
+    """A DQN's episode counter, not in the checkpoint, started at 1 again: 105 episodes left the
+    plot, and the line that said so did not connect it with the resume."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "dqn.py").write_text(EPISODES)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)}
+    runs = [subprocess.run([sys.executable, "dqn.py", kill], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120) for kill in ("5", "0")]
+    said = [line for line in runs[1].stderr.splitlines() if "went back" in line]
+    assert len(said) == 1 and "'episode return' (trace 'train': x=1, after x=4)" in said[0], runs[1].stderr
+    assert "an x the loop counts itself (an episode number) starts over unless the checkpoint keeps it" in said[0]
+    assert not [line for line in runs[0].stderr.splitlines() if "went back" in line]
