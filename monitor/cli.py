@@ -433,6 +433,7 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
 
 
 def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | None) -> None:
+    from monitor.runlog import RunLog
     from monitor.runs import (check_removable, holds_other_runs, not_written_by_monitor, remove, removal_trouble,
                               shares_env)
 
@@ -454,7 +455,8 @@ def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | 
         if yours:
             click.echo(f"  kept, with the folder: {', '.join(_shown(p, run.path) for p in yours)}")
     envs = sorted({run.env for run in doomed if run.place == run.path and not shares_env(run)})
-    trouble = None if not envs or keep_envs else removal_trouble(envs[0], server=server, port=port)
+    sent_to = {run.env: next(RunLog.read(run.log), {}).get("server") for run in doomed if run.env in envs}
+    trouble = None if not envs or keep_envs else removal_trouble(sent_to, server=server, port=port)
     if trouble is not None:  # once the folders are gone no command finds the envs
         raise click.ClickException(f"{trouble}, and env(s) {', '.join(envs)} would stay on it: give its --port "
                                    f"(or --server), or --keep-envs to delete the files alone. "

@@ -1,6 +1,7 @@
 """The run log's entries: the schema, and the one place that makes entries from records.
 
-    {"k": "run", "env": "mnist", "run_id": "5f2a...", "time": 1764300000.0, "pid": 4242, "host": "gpu1", "format": 1}
+    {"k": "run", "env": "mnist", "run_id": "5f2a...", "time": 1764300000.0, "pid": 4242, "host": "gpu1", "format": 1,
+     "server": "http://127.0.0.1:8097"}
     {"k": "layout", "win": "loss", "opts": {"xlabel": "step"}, "order": 10}
     {"k": "points", "win": "loss", "x": 12, "y": {"train": 0.53, "validation": NaN}}
     {"k": "image", "win": "inputs", "x": 50, "n": 1, "file": "images/5f2a.../inputs/0000001.png"}
@@ -47,10 +48,12 @@ from monitor.records import (Embedding, Histogram, Hparams, ImageGrid, Layout, M
 from monitor.runlog import FORMAT, HEAD
 
 
-def header(env: str, run_id: str, pid: int | None = None) -> dict[str, Any]:
-    """The first entry of a run's log: which run, where (``pid``: the training process, by default this one), since when."""
-    return {"k": "run", "env": env, "run_id": run_id, "time": time.time(), "pid": pid or os.getpid(),
-            "host": socket.gethostname(), "format": FORMAT}
+def header(env: str, run_id: str, pid: int | None = None, server: str | None = None) -> dict[str, Any]:
+    """The first entry of a run's log: which run, where (``pid``: the training process, by default
+    this one; ``server``: the dashboard it is sent to), since when."""
+    entry = {"k": "run", "env": env, "run_id": run_id, "time": time.time(), "pid": pid or os.getpid(),
+             "host": socket.gethostname(), "format": FORMAT}
+    return entry if server is None else {**entry, "server": server}
 
 
 def read(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Embedding | Hparams | RunEnd

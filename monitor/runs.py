@@ -19,7 +19,7 @@ import re
 import time
 import unicodedata
 from pathlib import Path
-from typing import IO, Any, Iterable, NamedTuple
+from typing import IO, Any, Iterable, Mapping, NamedTuple
 
 from monitor import env_claims
 from monitor.imagestore import FOLDER as IMAGES
@@ -550,15 +550,23 @@ def _empty_for_comparison(sender: Any, env: str) -> None:
             pass
 
 
-def removal_trouble(env: str, **connection: Any) -> str | None:
-    """Why :func:`remove` could not delete ``env`` from the dashboard (not reached, a login
-    refused), asked before anything is deleted; None when the server answers as a deletion needs.
-    ``connection`` takes Connection's arguments."""
+def removal_trouble(envs: Mapping[str, str | None], **connection: Any) -> str | None:
+    """Why :func:`remove` could not delete ``envs`` from the dashboard (not reached, a login
+    refused, another server than the one a run was sent to, its env not there), asked before
+    anything is deleted; None when the server answers as a deletion needs. ``envs``: each env
+    and the server its run log says it was sent to (None: not said, an older run); ``connection``
+    takes Connection's arguments."""
     from monitor.connection import Connection, DashboardError
 
     sender = Connection(**connection)
     try:
-        sender.post("win_exists", {"win": "runs", "eid": env}, timeout=2.0)
+        sender.post("win_exists", {"win": "runs", "eid": next(iter(envs))}, timeout=2.0)
+        elsewhere = {env: url for env, url in envs.items() if url is not None and url != sender.url}
+        if elsewhere:
+            held = set(json.loads(sender.post("env_state", {}, timeout=2.0)))
+            env, url = next(((env, url) for env, url in elsewhere.items() if env not in held), (None, None))
+            if env is not None:
+                return f"the dashboard at {sender.url} has no env {env!r}, whose run was sent to {url}"
     except DashboardError as error:
         return _trouble(sender, error)
     finally:

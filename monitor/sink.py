@@ -224,7 +224,7 @@ class VisdomSink:
                          "(Checkpoint(..., resume=True) writes them: this run had none yet, or none was asked for); "
                          "its log is kept in %s", self.env, earlier)
         self.runlog = RunLog(path)
-        self.runlog.append([header(self.env, self.run_id, self.pid)])
+        self.runlog.append([header(self.env, self.run_id, self.pid, self.connection.url)])
         self.images = ImageStore(self.run_dir, self.run_id)
         return windows_after(earlier, 0) if earlier is not None else set()
 

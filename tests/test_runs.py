@@ -358,6 +358,23 @@ def test_rm_leaves_no_folder_no_checkpoints_and_no_env(visdom_server, tmp_path, 
     assert not (root / "doomed").exists() and "doomed" not in connect_client(visdom_server).get_env_list()
 
 
+def test_rm_given_another_live_server_than_the_run_s_deletes_nothing_and_names_the_run_s(visdom_server, tmp_path,
+                                                                                          connect_client):
+    # A second server on the port given (a teammate's, another sweep's): the folder went, "Deleted",
+    # and the env stayed on the run's own dashboard where no command could find it again.
+    from monitor.server import start
+
+    root = tmp_path / "runs"
+    _finished(root, "trial04", visdom_server.port, 0.5)
+    with start(port=0, env_path=tmp_path / "other") as other:
+        refused = CliRunner().invoke(main, ["runs", "rm", str(root / "trial04"), "--yes", "--port", str(other.port)])
+    assert refused.exit_code == 1 and (root / "trial04").exists(), refused.output
+    assert f"the dashboard at http://127.0.0.1:{other.port} has no env 'trial04', whose run was sent to " \
+           f"http://127.0.0.1:{visdom_server.port}, and env(s) trial04 would stay on it" in refused.output
+    done = CliRunner().invoke(main, ["runs", "rm", str(root / "trial04"), "--yes", "--port", str(visdom_server.port)])
+    assert done.exit_code == 0 and "trial04" not in connect_client(visdom_server).get_env_list(), done.output
+
+
 def test_rm_of_a_copied_run_folder_leaves_the_env_the_original_still_shows_in(visdom_server, tmp_path,
                                                                                 connect_client):
     import shutil
