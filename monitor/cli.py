@@ -220,24 +220,39 @@ def checkpoints_inspect(file: Path, trust: bool) -> None:
 
 
 @main.command("replay")
-@click.argument("run_log", type=click.Path(exists=True, path_type=Path), metavar="RUN")
-@click.option("--env", default=None, metavar="ENV", help="Env to fill.  [default: the env named in the run log]")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="RUN...")
+@click.option("--env", default=None, metavar="ENV",
+              help="Env to fill (one RUN only).  [default: the env named in the run log]")
 @server_options()
-def replay_command(run_log: Path, env: str | None, server: str | None, port: int | None) -> None:
-    """Send a run log (runs/ENV/runlog.jsonl, or its folder runs/ENV) to a Visdom server.
+def replay_command(runs: tuple[Path, ...], env: str | None, server: str | None, port: int | None) -> None:
+    """Send run logs (runs/ENV/runlog.jsonl, its folder runs/ENV, or a folder of runs such as
+    runs/) to a Visdom server.
 
-    For a run trained without a dashboard, or an env the server lost. Windows are sent whole, so
-    replaying twice leaves the same windows. A server with login takes $VISDOM_USERNAME and
-    $VISDOM_PASSWORD.
+    For runs trained without a dashboard (a sweep's trials that ended before the server was up),
+    or envs the server lost. Windows are sent whole, so replaying twice leaves the same windows.
+    A server with login takes $VISDOM_USERNAME and $VISDOM_PASSWORD.
     """
+    from monitor.runs import listed, run_log_of
+
+    logs = []
+    for run in runs:
+        try:
+            logs.append(run_log_of(run))  # a run folder, as export, compare and rm take
+        except ValueError as exc:
+            found = [one.log for one in listed(run)] if run.is_dir() else []  # a folder of runs
+            if not found:
+                raise click.BadParameter(f"{exc}, nor a folder of runs", param_hint="RUN") from None
+            logs += found
+    if env is not None and len(logs) > 1:
+        raise click.UsageError(f"--env fills one env, got {len(logs)} runs to replay")
+    for run_log in logs:
+        _replay_one(run_log, env, server, port)
+
+
+def _replay_one(run_log: Path, env: str | None, server: str | None, port: int | None) -> None:
     from monitor.connection import DashboardError
     from monitor.replay import replay
-    from monitor.runs import run_log_of
 
-    try:
-        run_log = run_log_of(run_log)  # a run folder, as export, compare and rm take
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="RUN") from None
     bars: dict[str, object] = {}
 
     def progress(stage: str, done: int, total: int) -> None:

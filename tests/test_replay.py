@@ -130,3 +130,24 @@ def test_replaying_an_earlier_run_into_the_env_of_the_current_one_needs_an_env(v
     assert read_window(visdom_server, "again", "loss")["train"] == ([1], [2.0])  # the current run's, untouched
     done = CliRunner().invoke(cli, ["replay", str(earlier), "--env", "again-first", "--port", str(visdom_server.port)])
     assert done.exit_code == 0 and read_window(visdom_server, "again-first", "loss")["train"][1] == [1.0, 0.5, 0.25]
+
+
+def test_replay_takes_several_runs_and_a_folder_of_runs(visdom_server, read_window, tmp_path):
+    """A sweep's trials that ended before the server was up took a shell loop, one replay a trial."""
+    for trial in range(3):
+        sink = VisdomSink(f"late-trial{trial}", port=VisdomServer(0).port, run_dir=tmp_path / "runs" / f"late-trial{trial}")
+        Log(sink).scalar("loss", "train", 1, float(trial))
+        assert sink.close(timeout=0.2) is False
+    port = ["--port", str(visdom_server.port)]
+    folder = CliRunner().invoke(cli, ["replay", str(tmp_path / "runs"), *port])
+    assert folder.exit_code == 0 and folder.output.count("Replayed") == 3, folder.output
+    assert [read_window(visdom_server, f"late-trial{t}", "loss") for t in range(3)] == [
+        {"train": ([1], [float(t)])} for t in range(3)]
+    two = CliRunner().invoke(cli, ["replay", *(str(tmp_path / "runs" / f"late-trial{t}") for t in (0, 1)), *port])
+    assert two.exit_code == 0 and two.output.count("Replayed") == 2, two.output
+    named = CliRunner().invoke(cli, ["replay", str(tmp_path / "runs"), "--env", "one", *port])
+    assert named.exit_code == 2 and "--env fills one env, got 3 runs to replay" in named.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    nothing = CliRunner().invoke(cli, ["replay", str(empty), *port])
+    assert nothing.exit_code == 2 and "nor a folder of runs" in nothing.output
