@@ -423,20 +423,25 @@ def runs_rm(run_dirs: tuple[Path, ...], yes: bool, keep_envs: bool, server: str 
 @server_options()
 def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | None, mode: str | None, yes: bool,
             keep_envs: bool, server: str | None, port: int | None) -> None:
-    """Delete finished runs under DIR that are older than a date or beyond the N best (crashed,
-    interrupted, killed and running runs are kept, and so are runs without --metric and folders
-    holding other runs)."""
-    from monitor.runs import best_mode, collectable, listed
+    """Delete finished and pruned runs under DIR that are older than a date or beyond the N best
+    (crashed, interrupted, killed and running runs are kept, and so are runs without --metric and
+    folders holding other runs, said)."""
+    from monitor.runs import best_mode, gc_candidates, holds_other_runs, listed
 
     if older_than is None and keep_best is None:
         raise click.UsageError("say what to collect: --older-than DATE and/or --keep-best N --metric METRIC")
     if keep_best is not None and metric is None:
         raise click.UsageError(f"--keep-best {keep_best} ranks the runs by a metric: give --metric METRIC too")
     try:
-        doomed = collectable(listed(directory), older_than.timestamp() if older_than else None, keep_best, metric,
-                             mode)
+        candidates = gc_candidates(listed(directory), older_than.timestamp() if older_than else None, keep_best,
+                                   metric, mode)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--metric") from None
+    doomed = [run for run in candidates if not holds_other_runs(run)]
+    if len(doomed) < len(candidates):  # a search run again in its folders: every one holds its earlier run
+        click.echo(f"{len(candidates) - len(doomed)} run(s) kept as their folders hold other runs (an earlier run "
+                   f"of the env: see `monitor runs {directory} --earlier`, delete one with `monitor runs rm "
+                   f"RUN/earlier/ID.jsonl`)")
     if keep_best is not None and metric is not None:
         lowest = best_mode(metric, mode) == "min"
         click.echo(f"Best by {metric}: the {'lowest' if lowest else 'highest'}"

@@ -744,6 +744,12 @@ def collectable(runs: list[Run], older_than: float | None = None, keep_best: int
     another run (an earlier run of its env, a run in a folder below it): deleting the folder
     would take that run too. Such a run still counts among the ``keep_best`` best.
     """
+    return [run for run in gc_candidates(runs, older_than, keep_best, metric, mode) if not holds_other_runs(run)]
+
+
+def gc_candidates(runs: list[Run], older_than: float | None = None, keep_best: int | None = None,
+                  metric: str | None = None, mode: str | None = None) -> list[Run]:
+    """The runs :func:`collectable` would take were their folders to hold no other run."""
     finished = [run for run in runs if run.status in ("finished", "pruned")]
     doomed = {run.path for run in finished if older_than is not None and run.started < older_than}
     if keep_best is not None:
@@ -754,7 +760,7 @@ def collectable(runs: list[Run], older_than: float | None = None, keep_best: int
                           sort=metric, mode=mode)
         doomed |= {run.path for run in ranked[keep_best:]}
         doomed |= {run.path for run in finished if run.status == "pruned"}  # stopped early: never among the best
-    return [run for run in finished if run.path in doomed and not holds_other_runs(run)]
+    return [run for run in finished if run.path in doomed]
 
 
 def shares_env(run: Run) -> list[Path]:

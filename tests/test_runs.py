@@ -631,6 +631,8 @@ def test_gc_and_rm_never_take_a_run_they_keep_with_the_folder_of_one_they_delete
                                      "--port", str(visdom_server.port)])
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in root.iterdir()) == ["again", "sweep"]  # only the plain one was all finished
+    assert "2 run(s) kept as their folders hold other runs (an earlier run of the env: see `monitor runs " \
+           f"{root} --earlier`" in done.output  # a search run again: each folder holds its earlier run, said
     assert list((root / "again" / "earlier").glob("*.jsonl")) and (root / "sweep" / "trial1").is_dir()
     asked = CliRunner().invoke(main, ["runs", "rm", str(root / "sweep"), str(root / "sweep"),
                                       "--port", str(visdom_server.port)], input="y\n")  # named twice
