@@ -327,7 +327,8 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
                                                "loss/validation), or in the order of an hparam (lr).")
 @MODE
 @click.option("--where", multiple=True, metavar="NAME=VALUE",
-              help="Only runs with this hparam value, or one of several (lr=0.1,0.3) (repeatable).")
+              help="Only runs with this hparam value, or one of several (lr=0.1,0.3), or status=crashed,pruned "
+                   "(repeatable).")
 @click.option("--metrics", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
               help="Metric columns shown: the --sort one first, then the loss, the rest by name.")
 @click.option("--earlier", is_flag=True, help="Also the earlier runs of each env (set aside in its earlier/).")
@@ -356,7 +357,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
     if mode is not None and sort is None:
         raise click.UsageError("--mode says how --sort ranks: give --sort METRIC too")
     named = sorted({name for run in every for name in run.hparams})
-    unknown = [name for name in conditions if name not in named]
+    unknown = [name for name in conditions if name not in named and name != "status"]
     if unknown and every:
         raise click.BadParameter(f"no run under {directory} has hparam {', '.join(map(repr, unknown))}; they have "
                                  f"{', '.join(named) or 'none'}", param_hint="--where")

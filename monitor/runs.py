@@ -310,18 +310,24 @@ def _own_files(folder: Path, run_id: str) -> list[Path]:
             and not (p.is_relative_to(images) and p.relative_to(images).parts[0] != run_id)]
 
 
+_MISSING = object()
+
+
 def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
              mode: str | None = None) -> list[Run]:
     """The runs whose hparams match ``where`` (values compared as text, or as numbers when both
-    are; ``"0.1,0.3"``: either), best first by metric ``sort`` (``window/trace``, by its best
+    are; ``"0.1,0.3"``: either; ``status``, unless an hparam, how the run ended), best first by metric ``sort`` (``window/trace``, by its best
     value; runs where it was never finite, a diverged trial's, next to last, runs without it
     last): lowest first with ``mode="min"``, highest with ``"max"``, by default as
     :func:`best_is_lowest` guesses. A ``sort`` that is no run's metric but an hparam orders the
     runs by it, lowest first (``mode="max"``: highest), numbers before text, runs without it last."""
     def matches(run: Run) -> bool:
         for name, wanted in (where or {}).items():
-            if name not in run.hparams or not (_same(run.hparams[name], wanted) or "," in wanted and any(
-                    _same(run.hparams[name], one.strip()) for one in wanted.split(","))):
+            # status, where no run has an hparam of that name: how the run ended (status=crashed,pruned)
+            value = run.status if name == "status" and not any("status" in r.hparams for r in runs) else \
+                run.hparams.get(name, _MISSING)
+            if value is _MISSING or not (_same(value, wanted) or "," in wanted and any(
+                    _same(value, one.strip()) for one in wanted.split(","))):
                 return False
         return True
 

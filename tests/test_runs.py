@@ -220,6 +220,9 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
         in typo.output.replace("\n", " ").replace("  ", " "), typo.output
     alone = CliRunner().invoke(main, ["runs", "list", str(root), "--mode", "max"])
     assert alone.exit_code == 2 and "give --sort METRIC too" in alone.output
+    ended = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "status=crashed,killed"])  # a search's
+    assert [line.split()[0] for line in ended.output.splitlines()[1:]] == ["broken", "killed"], ended.output
+    assert [r.env for r in selected(list(runs.values()), where={"status": "finished"})] == ["good"]
 
 
 def test_a_sweep_reusing_one_env_lists_its_earlier_runs_when_asked(visdom_server, tmp_path, connect_client):
