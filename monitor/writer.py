@@ -474,13 +474,14 @@ class SummaryWriter:
     def add_graph(self, model: torch.nn.Module, input_to_model: Any = None, verbose: bool = False,
                   use_strict_trace: bool = True) -> None:
         """The model as a diagram in pane ``graph`` (see :class:`monitor.Graph`), traced on ``input_to_model``."""
-        from monitor.callbacks.graph import _as_tuple, show
+        from monitor.callbacks.graph import _calls, show
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if input_to_model is None:
             raise ValueError("input_to_model must be a tensor or a tuple of tensors to trace the model with, got None")
         window = self._claim("graph", "graph")
-        show(self.log, model, _as_tuple(input_to_model, "input_to_model"), self._step("graph", None), window)
+        parts = _calls(input_to_model, "input_to_model")[-1]  # a list's tensors, as TensorBoard's, several inputs
+        show(self.log, model, parts, self._step("graph", None), window)
         self._stepped("graph", None)
 
     def flush(self) -> None:

@@ -192,7 +192,7 @@ def test_the_graph_callback_draws_the_first_step_s_inputs_once():
         monitor.step_end(loss=loss, inputs=x)
     panes = sink.of(Text, "graph")
     assert len(panes) == 1 and "<svg" in panes[0].html and "[4, 8]" in panes[0].html
-    with pytest.raises(TypeError, match=r"inputs must be a tensor or a tuple of tensors .* got \['str'\]"):
+    with pytest.raises(TypeError, match=r"inputs must be a tensor, a tuple of tensors .* got \['str'\]"):
         Graph(inputs="x")
     writer = SummaryWriter(monitor=monitor)
     with pytest.raises(ValueError, match="input_to_model must be a tensor"):
@@ -246,3 +246,23 @@ def test_a_model_that_runs_under_autocast_only_is_drawn_and_one_that_cannot_run_
                            "'graph': RuntimeError: ") and said.endswith("Graph(inputs=...) traces it at "
                                                                         "train_start on inputs of your choosing")
     assert sink.of(Text, "graph") == []
+
+
+def test_a_detection_model_given_a_list_of_images_of_their_own_sizes_is_drawn():
+    # Its 8 images were passed as 8 arguments ("takes from 2 to 3 positional arguments but 9 were
+    # given"), and Graph(inputs=...) refused the list: no form of the batch drew the model.
+    class Detector(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, images: list[torch.Tensor], targets: list | None = None) -> torch.Tensor:
+            return torch.stack([self.backbone(image[None]).mean((2, 3))[0] for image in images])
+
+    images = [torch.rand(3, 48 + 8 * i, 64) for i in range(3)]
+    for graph, inputs in ((Graph(), images), (Graph(inputs=images), None)):
+        monitor, sink = monitor_with(graph)
+        monitor.train_start(Detector(), None)
+        monitor.step_end(loss=1.0, inputs=inputs)
+        (pane,) = sink.of(Text, "graph")
+        assert "Conv2d" in pane.html and "backbone" in pane.html

@@ -28,7 +28,7 @@ class Graph(Callback):
     """
 
     def __init__(self, inputs: Any = None) -> None:
-        self.inputs = None if inputs is None else _as_tuple(inputs, "inputs")
+        self.inputs = None if inputs is None else _calls(inputs, "inputs")
         self._drawn = False
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
@@ -37,19 +37,22 @@ class Graph(Callback):
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if not self._drawn and state.inputs is not None:
-            self._draw(state, log, _as_tuple(state.inputs, "step_end(inputs=...)"))
+            self._draw(state, log, _calls(state.inputs, "step_end(inputs=...)"))
 
-    def _draw(self, state: LoopState, log: Log, inputs: tuple) -> None:
+    def _draw(self, state: LoopState, log: Log, calls: list[tuple]) -> None:
         self._drawn = True
         if state.model is None:
             raise ValueError("Graph needs the model: pass it to monitor.train_start(model, optimizer), got None")
-        try:
-            show(log, unwrap_model(state.model), inputs, state.step)
-        except Exception as error:  # tried once: the trace runs the model, which each step would pay for
-            _log.warning("monitor: Graph could not run the model on the %s and draws no pane %r: %s: %s; "
-                         "Graph(inputs=...) traces it at train_start on inputs of your choosing",
-                         "inputs given" if inputs is self.inputs else f"inputs of step {state.step}", WINDOW,
-                         type(error).__name__, error)
+        for inputs in calls:  # tried once: the trace runs the model, which each step would pay for
+            try:
+                show(log, unwrap_model(state.model), inputs, state.step)
+                return
+            except Exception as error:
+                failed = error
+        _log.warning("monitor: Graph could not run the model on the %s and draws no pane %r: %s: %s; "
+                     "Graph(inputs=...) traces it at train_start on inputs of your choosing",
+                     "inputs given" if calls is self.inputs else f"inputs of step {state.step}", WINDOW,
+                     type(failed).__name__, failed)
 
 
 def show(log: Log, model: torch.nn.Module, inputs: tuple, x: float = 0, window: str = WINDOW) -> None:
@@ -62,12 +65,14 @@ def show(log: Log, model: torch.nn.Module, inputs: tuple, x: float = 0, window: 
     log.text(window, x, f'<div style="overflow:auto">{svg}</div>', html=True)
 
 
-def _as_tuple(inputs: Any, argument: str) -> tuple:
-    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    if not inputs or not all(isinstance(i, torch.Tensor) for i in inputs):
-        raise TypeError(f"{argument} must be a tensor or a tuple of tensors to trace the model with, "
-                        f"got {[type(i).__name__ for i in inputs]}")
-    return inputs
+def _calls(inputs: Any, argument: str) -> list[tuple]:
+    """The arguments to try the model with, in order: a tensor's, a tuple's parts, or a list (a
+    detection model's images of their own sizes) as one argument, then as its parts."""
+    parts = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    if not parts or not all(isinstance(i, torch.Tensor) for i in parts):
+        raise TypeError(f"{argument} must be a tensor, a tuple of tensors (one an input) or a list of them (one "
+                        f"input) to trace the model with, got {[type(i).__name__ for i in parts]}")
+    return [(list(inputs),), parts] if isinstance(inputs, list) else [parts]
 
 
 def _size(svg: str, attribute: str) -> int:
