@@ -177,6 +177,10 @@ def test_a_model_s_dict_of_outputs_as_images_is_refused_naming_its_keys():
     with pytest.raises(TypeError, match=r"got a dict of \['feats', 'lengths'\]: pass one of them, e.g. "
                                         r"step_end\(inputs=batch\['feats'\]\)"):  # a collate_fn's dict batch
         inputs.step_end(inputs={"feats": torch.rand(2, 80, 50), "lengths": torch.tensor([50, 40])})
+    losses = {"loss_cls": torch.tensor(0.7), "loss_box": torch.tensor(0.2)}  # a detector's outputs in training
+    with pytest.raises(TypeError, match=r"got a dict of 2 numbers \(loss_cls, loss_box: losses\?\); pass images, or "
+                                        r"draw the inputs, Images\(source='inputs'\)"):
+        monitor.step_end(outputs=losses)
 
 
 @pytest.mark.parametrize("batch", ["columns", "images and labels"])

@@ -94,6 +94,11 @@ class Images(Callback):
             raise ValueError(f"Images needs the batch: pass {self.source}= to monitor.step_end(...), "
                              f"got {self.source}=None")
         names = _output_names(images)
+        if isinstance(images, Mapping) and images and all(
+                isinstance(v, torch.Tensor) and v.dim() == 0 for v in images.values()):  # a detector's losses
+            raise TypeError(f"Images(source={self.source!r}) needs images, got a dict of {len(images)} numbers "
+                            f"({', '.join(map(str, list(images)[:4]))}: losses?); pass images"
+                            + (", or draw the inputs, Images(source='inputs')" if self.source != "inputs" else ""))
         if names is not None:  # a model's dict, namedtuple or dataclass of outputs
             first = names[0] if names else "logits"
             holder = "out" if self.source == "outputs" else "batch"  # a model's outputs, or a dict batch
