@@ -133,6 +133,16 @@ def test_scalars_reject_unknown_metric_types_naming_the_metric_after_logging_the
     assert sink.points("accuracy")["train"] == [(1, 0.5)]
 
 
+def test_a_dict_of_metrics_under_one_name_is_refused_saying_how_to_flatten_it():
+    # A detector's COCO evaluation: {"AP": {"small": ..., "large": ...}} was refused with no way named.
+    monitor, sink = monitor_with(Scalars())
+    with pytest.raises(TypeError, match=r"metric 'AP': .*a dict of them goes in flattened, \{f'AP/\{k\}': v for k, v "
+                                        r"in AP.items\(\)\}, or as traces of one window, "
+                                        r"monitor.log.scalars\('AP', step, AP\)"):
+        monitor.validation_end({"AP": {"small": 0.2, "large": 0.6}, "mAP": 0.4})
+    assert sink.points("mAP")["validation"] == [(0, 0.4)]
+
+
 def test_scalars_unknown_metric_is_reported_once_and_training_goes_on(caplog):
     monitor, sink = monitor_with(Scalars(), raise_errors=False)
     with caplog.at_level(logging.WARNING, logger="monitor"):

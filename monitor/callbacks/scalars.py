@@ -177,6 +177,9 @@ class Scalars(Callback):
             if name == "loss" and isinstance(value, Mapping):  # a loss in parts (cross-entropy and Dice)
                 parts = (": pass their total as loss= and the parts as traces of the loss window, "
                          "monitor.log.scalars('loss', step, {...})")
+            elif isinstance(value, Mapping):  # COCO's AP by object size
+                parts = (f": one number a metric; a dict of them goes in flattened, {{f'{name}/{{k}}': v for k, v in "
+                         f"{name}.items()}}, or as traces of one window, monitor.log.scalars({name!r}, step, {name})")
             elif name == "loss" and isinstance(value, torch.Tensor) and value.dim() == 1 and value.numel() > 1:
                 parts = ": pass its mean, .mean() (a value for each sample, as reduction='none' gives)"
             elif hasattr(value, "__len__") and not isinstance(value, (str, Mapping)):
