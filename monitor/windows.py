@@ -649,8 +649,8 @@ def _hparams_html(trials: list[dict[str, Any]]) -> str:
 
         (entry,) = trials
         run = f" of run {escape(entry['trial'])}" if entry.get("trial") else ""
-        return (f"<h4>Hyper-parameters{run}</h4>{table(entry['hparams'], 12)}"
-                f"<h4>Metrics</h4>{table(entry['metrics'], METRIC_DIGITS)}")
+        metrics = f"<h4>Metrics</h4>{table(entry['metrics'], METRIC_DIGITS)}" if entry["metrics"] else ""
+        return f"<h4>Hyper-parameters{run}</h4>{table(entry['hparams'], 12)}{metrics}"
     hparams = list(dict.fromkeys(k for trial in trials for k in trial["hparams"]))
     metrics = list(dict.fromkeys(k for trial in trials for k in trial["metrics"]))
     named = any(trial.get("trial") for trial in trials)

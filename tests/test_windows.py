@@ -219,6 +219,7 @@ def test_a_table_shows_a_float32_tensor_s_value_in_its_fewest_digits_and_arithme
     html = _hparams_html([{"hparams": {"lr": 0.000316227766017}, "metrics": metrics}])
     assert "<td>0.000316227766017</td>" in html and "<td>1.33476</td>" in html and "<td>1.49222</td>" in html
     assert "<td>0.7</td>" in html
+    assert "Metrics" not in _hparams_html([{"hparams": {"lr": 0.1}, "metrics": {}}])  # pretraining, no validation
     # ... unless those 6 hide it: a physicist's conserved energy ratio read as exactly 1, a drift as a whole number
     metrics = {"energy_ratio": 1.000000000123, "drift": 653461230.3, "rel_l2": 1.2345678e-9, "steps": 1234567.0}
     html = _hparams_html([{"hparams": {}, "metrics": metrics}])
