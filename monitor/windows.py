@@ -535,13 +535,15 @@ class Window:
     def _run_styles(self) -> dict[str, tuple[tuple[int, int, int], str]]:
         """In a comparison (opts ``runs``, the runs' labels), each trace's colour, its run's, and
         dash, one for each of a run's traces (train, validation); elsewhere none."""
-        runs, styles, kinds = self.opts.get("runs") or (), {}, {}
+        runs, at, kinds = self.opts.get("runs") or (), {}, {}
         for name in self.traces:
             run = next((i for i, label in enumerate(runs) if name.startswith(label + "/")), None)
             if run is not None:
-                kind = kinds.setdefault(name[len(runs[run]) + 1:], len(kinds))
-                styles[name] = (_COLORS[run % len(_COLORS)], _DASHES[kind % len(_DASHES)])
-        return styles
+                at[name] = (run, kinds.setdefault(name[len(runs[run]) + 1:], len(kinds)))
+        # More traces a run than dashes (a multi-task model's twelve) and few runs: a colour a trace, a dash a run
+        swap = len(kinds) > len(_DASHES) and len(runs) <= len(_DASHES)
+        return {name: (_COLORS[(kind if swap else run) % len(_COLORS)], _DASHES[(run if swap else kind) % len(_DASHES)])
+                for name, (run, kind) in at.items()}
 
     def _smoothed(self, name: str, index: int, weight: float,
                   style: tuple[tuple[int, int, int], str] | None = None) -> tuple[dict[str, Any], dict[str, Any]]:

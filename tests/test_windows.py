@@ -225,3 +225,17 @@ def test_a_table_shows_a_float32_tensor_s_value_in_its_fewest_digits_and_arithme
     html = _hparams_html([{"hparams": {}, "metrics": metrics}])
     for shown in ("1.00000000012", "6.53461e+08", "1.23457e-09", "1234567"):
         assert f"<td>{shown}</td>" in html, html
+
+
+def test_a_comparison_of_runs_with_more_traces_each_than_dashes_gives_each_trace_a_colour_and_each_run_a_dash():
+    # Twelve tasks' accuracies a run, two runs: a colour a run and five dashes made tasks 0, 5 and 10 one look.
+    window = Window("acc", 1000)
+    window.apply({"k": "layout", "win": "acc", "opts": {"runs": ["a", "b"]}})
+    for x in (1, 2):
+        window.apply({"k": "points", "win": "acc", "x": x,
+                      "y": {f"{run}/task{t}": 0.1 * t for run in ("a", "b") for t in range(12)}})
+    styles = {t["name"]: (t["line"]["color"], t["line"]["dash"]) for t in window.message("e")[1]["data"]
+              if t.get("showlegend", True)}
+    assert len({styles[f"a/task{t}"][0] for t in range(10)}) == 10  # Plotly's ten colours, then again
+    assert {styles[f"a/task{t}"][1] for t in range(12)} == {"solid"} and {styles[f"b/task{t}"][1] for t in range(12)} \
+        == {"dash"} and styles["a/task3"][0] == styles["b/task3"][0]
