@@ -98,6 +98,22 @@ def test_the_gradients_binned_are_those_the_optimizers_step_with_not_a_frozen_co
     assert [encode(record)["n"] for record in sink.of(Histogram)] == [20, 10]
 
 
+def test_a_layer_named_before_the_model_has_it_is_said_once_and_drawn_once_it_is_there(caplog):
+    # A progressive network's third column: Histograms(layers=["cols.2"]) "failed" at train_start,
+    # "called again at the next on_train_start", which never came.
+    columns = torch.nn.ModuleDict({"a": torch.nn.Linear(2, 2)})
+    monitor, sink = monitor_with(Histograms(every=1, of=("weights",), layers=["a", "b"]), raise_errors=True)
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.train_start(columns, torch.optim.SGD(columns.parameters(), lr=0.1))
+        monitor.step_end()
+        columns["b"] = torch.nn.Linear(2, 3)  # the next task's column
+        monitor.step_end()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "names ['b'], not modules of the model (yet): drawn once the model has them" in said[0]
+    assert [record.window for record in sink.of(Histogram)] == ["weight distribution a", "weight distribution a",
+                                                                 "weight distribution b"]
+
+
 def test_gradients_under_a_grad_scaler_are_shown_unscaled():
     torch.manual_seed(0)
     model = small_model()

@@ -1,6 +1,7 @@
 """Histograms: how the model's gradients and weights are distributed, over the steps."""
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import torch
@@ -14,6 +15,8 @@ from monitor.binning import binned
 from monitor.log import Log
 from monitor.models import unwrap_model
 from monitor.records import Histogram, Order
+
+_log = logging.getLogger("monitor")
 
 _KINDS = {"grads": ("grad distribution", "gradient value"), "weights": ("weight distribution", "weight value")}
 
@@ -46,6 +49,7 @@ class Histograms(Callback):
         self.bins = checks.positive_int("bins", bins)
         self._groups: dict[str, list[torch.nn.Parameter]] = {}  # window suffix: parameters
         self._pending: dict[str, Histogram] = {}
+        self._told_missing = False
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         if state.model is None:
@@ -53,9 +57,11 @@ class Histograms(Callback):
                              "got model=None")
         modules = dict(unwrap_model(state.model).named_modules())
         missing = [name for name in self.layers or () if name not in modules]
-        if missing:
+        if missing and not self._told_missing:  # a typo, or a module added later (a new task's column)
+            self._told_missing = True
             known = [name for name in modules if name][:8]
-            raise ValueError(f"layers must name modules of the model, got {missing}; it has {known}...")
+            _log.warning("monitor: Histograms(layers=...) names %s, not modules of the model (yet): drawn once the "
+                         "model has them; it has %s...", missing, known)
         self._group(state)
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
