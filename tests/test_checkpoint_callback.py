@@ -1472,3 +1472,20 @@ def test_a_curve_that_goes_back_in_a_resumed_run_names_the_loop_s_own_counter(tm
     assert len(said) == 1 and "'episode return' (trace 'train': x=1, after x=4)" in said[0], runs[1].stderr
     assert "an x the loop counts itself (an episode number) starts over unless the checkpoint keeps it" in said[0]
     assert not [line for line in runs[0].stderr.splitlines() if "went back" in line]
+
+
+def test_a_new_optimizer_not_given_to_train_start_is_said_after_50_steps_in_which_none_given_stepped(tmp_path, caplog):
+    # A continual-learning loop made a new task's optimizer and went on: the learning rate, the
+    # gradient norms and the checkpoints followed the old one, frozen, with nothing said.
+    columns = torch.nn.ModuleList([torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)])
+    first = torch.optim.SGD(columns[0].parameters(), lr=0.1)
+    with caplog.at_level("WARNING", logger="monitor"):
+        with Monitor([Checkpoint(tmp_path / "ckpt", every_steps=1000)], sink=NullSink(), raise_errors=True) as monitor:
+            monitor.train_start(columns, first)
+            optimizer = first
+            for step in range(1, 120):
+                if step == 40:
+                    optimizer = torch.optim.SGD(columns[1].parameters(), lr=0.05)  # task 2, not given
+                _step(monitor, columns[1 if step >= 40 else 0], optimizer, torch.ones(2, 3))
+    said = [r.getMessage() for r in caplog.records if "no optimizer given to train_start" in r.getMessage()]
+    assert len(said) == 1 and "in the last 50 steps (to step 89)" in said[0], said

@@ -136,6 +136,7 @@ class Checkpoint(Callback):
         self._ended_begun_step = False  # the last step_end ended a step after_backward began
         self._said_late_step = False
         self._trained_here = False  # a step ended, or an optimizer stepped, in this process
+        self._steps_unstepped = 0  # step_ends in a row with no step of an optimizer train_start was given
         self._given_rates: list[float | None] | None = None  # the lr the run's first train_start was given
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
@@ -269,6 +270,12 @@ class Checkpoint(Callback):
         self._epoch_done = False
         self._trained_here = True
         self._ended_begun_step = self._monitor.in_step
+        self._steps_unstepped += 1
+        if self._steps_unstepped == 51 and self._step_hooks:  # the step whose optimizer stepped counts 1
+            _log.warning("monitor: no optimizer given to train_start has stepped in the last 50 steps (to step %d): "
+                         "where the loop made a new one (a new task's, a phase's), give it to "
+                         "monitor.train_start(model, optimizer) again: the learning rate, gradient norms and "
+                         "checkpoints follow the optimizers it was given", state.step)
         if self._check_loop:
             self._check_loop = False
             monitor = self._monitor
@@ -381,12 +388,13 @@ class Checkpoint(Callback):
         """Hooks the optimizers' steps: one that comes after the step_end of a step after_backward
         began means the step's checkpoint holds its weights before the update (said once)."""
         self._unwatch_optimizer_steps()
+        self._steps_unstepped = 0
         me = weakref.ref(self)
 
         def stepped(optimizer: Any, args: tuple, kwargs: dict) -> None:
             owner = me()
             if owner is not None:
-                owner._trained_here = True
+                owner._trained_here, owner._steps_unstepped = True, 0
             # A closure's step (LBFGS; args hold the optimizer, then the closure) may come before
             # after_backward, which then follows it.
             if owner is not None and owner._ended_begun_step and not owner._said_late_step and \
