@@ -622,10 +622,14 @@ class Monitor:
         replaced = getattr(self.sink, "replaced", None)
         if self._ended or replaced:
             why = "a newer Monitor of its env in this process replaced it" if replaced else "it was closed"
-            raise RuntimeError(f"this Monitor of env {self.sink.env!r} cannot log any more, {why}: what it logged "
-                               f"now would be dropped; build a new Monitor for each run (each `with` block), or "
-                               f"to go on with one run over several notebook cells, call its hooks without `with` "
-                               f"and close() it after the last")
+            made_in = getattr(self.sink, "made_in", None)
+            late = "" if made_in in (None, threading.current_thread()) else (
+                f" (a thread of its own, {threading.current_thread().name!r}, that the loop did not join before "
+                f"the end of its `with` block?)")
+            raise RuntimeError(f"this Monitor of env {self.sink.env!r} cannot log any more, {why}{late}: what it "
+                               f"logged now would be dropped; build a new Monitor for each run (each `with` block), "
+                               f"or to go on with one run over several notebook cells, call its hooks without "
+                               f"`with` and close() it after the last")
 
     def _close(self, timeout: float | None) -> bool:
         self._put_end()

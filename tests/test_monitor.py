@@ -160,6 +160,29 @@ def test_a_closed_monitor_entered_again_or_started_again_says_so_instead_of_drop
     assert sink.points("loss")["train"] == [(1, 1.0), (2, 1.5)]
 
 
+def test_a_thread_the_loop_did_not_join_logging_after_the_with_block_is_told_so(tmp_path):
+    # A background evaluation finished after the run's end: the advice spoke of notebook cells.
+    import threading
+
+    with Monitor([Scalars()], env="late", port=1, run_dir=tmp_path, timeout=0.2) as monitor:
+        monitor.step_end(loss=1.0)
+    raised = []
+    evaluation = threading.Thread(target=lambda: raised.append(_raised(monitor.validation_end, {"loss": 0.5})),
+                                  name="eval-worker")
+    evaluation.start()
+    evaluation.join()
+    assert "(a thread of its own, 'eval-worker', that the loop did not join before the end of its `with` block?)" \
+        in raised[0]
+
+
+def _raised(call, *args) -> str:
+    try:
+        call(*args)
+    except RuntimeError as error:
+        return str(error)
+    return ""
+
+
 def test_a_monitor_replaced_by_a_newer_one_of_its_env_refuses_a_cell_run_on_it_again(visdom_server, tmp_path):
     from monitor import Monitor
 
