@@ -14,7 +14,9 @@ replace, and a replace is idempotent, so a retry can never duplicate a point).
 from __future__ import annotations
 
 import base64
+import bisect
 import json
+from collections import deque
 from html import escape
 import math
 import struct
@@ -42,6 +44,7 @@ _COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # Plotly's: a trace and its smoothed curve
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")  # a compared run's traces (train, validation, ...)
 _MIN_TRACE_POINTS = 10
+_RECENT = 8  # the latest points among which one that comes late takes its place (threads' evaluations)
 
 
 class _Summary:
@@ -127,6 +130,7 @@ class Trace:
         self.last: Point | None = None
         self.count = 0  # raw points seen
         self.nonfinite = 0
+        self.recent: deque[float] = deque(maxlen=_RECENT)  # the x of the latest raw points
 
     def add(self, x: float, y: float | None) -> bool:
         """Adds a point at or after the last one's x; one before it is refused (False).
@@ -142,6 +146,7 @@ class Trace:
             y = None
         point = (self.count, x, y)
         self.last = point
+        self.recent.append(x)
         if self.first is None:
             self.first = point
         self.partial.add(point)
@@ -152,6 +157,21 @@ class Trace:
             self.partial = _Summary()
         self._fit()
         return True
+
+    def takes_late(self, x: float) -> bool:
+        """Whether ``x``, before the last point's, came late (evaluations that finished out of
+        order, in threads of their own): among the latest points' x, not one of them; not a run
+        that went back to an x it had logged (a resumed script's), or before all of them."""
+        return x not in self.recent and (x > self.recent[0] or len(self.recent) < _RECENT)
+
+    def with_late(self, x: float, y: float | None) -> Trace:
+        """This trace with the late point at its place among the points shown."""
+        xs, ys = self.points()
+        at = bisect.bisect(xs, x)
+        trace = Trace(self.budget)
+        for kept_x, kept_y in zip(xs[:at] + [x] + xs[at:], ys[:at] + [y] + ys[at:]):
+            trace.add(kept_x, kept_y)
+        return trace
 
     def before(self, x: float) -> Trace:
         """A trace of this one's points before ``x``, as drawn now, to go on from ``x``."""
@@ -304,6 +324,9 @@ class Window:
                     trace = self._new_trace(name)
                 y = None if y is None else float(y)
                 if not trace.add(x, y):
+                    if trace.takes_late(x):
+                        self.traces[name] = trace.with_late(x, y)
+                        continue
                     went_back.append(Backwards(self.name, name, x, trace.last[1]))
                     self.traces[name] = trace = trace.before(x)
                     trace.add(x, y)

@@ -239,3 +239,21 @@ def test_a_comparison_of_runs_with_more_traces_each_than_dashes_gives_each_trace
     assert len({styles[f"a/task{t}"][0] for t in range(10)}) == 10  # Plotly's ten colours, then again
     assert {styles[f"a/task{t}"][1] for t in range(12)} == {"solid"} and {styles[f"b/task{t}"][1] for t in range(12)} \
         == {"dash"} and styles["a/task3"][0] == styles["b/task3"][0]
+
+
+def test_a_point_that_comes_late_takes_its_place_and_a_run_that_goes_back_is_cut_where_it_went_back():
+    # Two evaluation threads finished steps 20, 10, 40, 30, ...: each late one cut the curve back
+    # to it, and the pane kept x 10, 30, 50, 70, 90 of ten evaluations.
+    late = Window("bg val loss", 1000)
+    for x in (20, 10, 40, 30, 60, 50, 80, 70, 100, 90):
+        assert late.apply({"k": "points", "win": "bg val loss", "x": x, "y": {"validation": x / 100}}) == []
+    assert late.traces["validation"].points() == ([10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+                                                 [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    resumed = Window("loss", 1000)  # a script resumed from step 40 logs 40 again: the killed run's 40-55 go
+    for x in [*range(0, 56), *range(40, 60)]:
+        resumed.apply({"k": "points", "win": "loss", "x": x, "y": {"train": float(x)}})
+    assert resumed.traces["train"].points()[0] == list(range(60))
+    restarted = Window("episode return", 1000)  # an episode counter not kept by the checkpoint starts at 1
+    for x in [*range(1, 106), *range(1, 4)]:
+        went_back = restarted.apply({"k": "points", "win": "episode return", "x": x, "y": {"train": 1.0}})
+    assert restarted.traces["train"].points()[0] == [1, 2, 3] and went_back == []
