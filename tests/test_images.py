@@ -433,6 +433,12 @@ def test_views_of_one_batch_show_each_sample_s_views_side_by_side_each_captioned
     monitor.step_end(inputs=[first, second, first])  # three views, no labels: two samples' in 8 places
     assert sink.of(ImageRecord)[-1].pixels.shape[0] == 6 and sink.of(ImageRecord)[-1].captions is None
     assert sink.of(ImageRecord)[-1].columns == 3
+    local = torch.rand(32, 3, 4, 4)  # DINO's multi-crop: two global crops and a smaller local one
+    monitor.step_end(inputs=(first, second, local), targets=torch.arange(32) % 5)
+    crops = sink.of(ImageRecord)[-1]
+    assert crops.columns == 3 and crops.pixels.shape == (6, 3, 8, 8)  # two samples' crops, padded to the largest
+    assert torch.equal(crops.pixels[2, :, :4, :4], local[0]) and crops.pixels[2, :, 4:].eq(0).all()
+    assert list(crops.captions) == ["cat", "cat", "cat", "dog", "dog", "dog"]
 
 
 def test_a_value_range_shows_a_generator_s_samples_alike_whatever_they_overshoot_or_lack():

@@ -107,8 +107,11 @@ class Images(Callback):
                             f"{names}: pass one of them, e.g. step_end({self.source}={part})")
         if isinstance(images, (list, tuple)) and _views(images):
             # Views of one batch (a contrastive loop's two augmentations): each sample's side by side
-            samples = min(max(1, self.count // len(images)), len(images[0]))  # whole samples: all their views
-            grid = torch.stack([view[:samples] for view in images], 1).flatten(0, 1)
+            samples = min(max(1, self.count // len(images)), *map(len, images))  # whole samples: all their views
+            if len({view.shape[2:] for view in images}) == 1:
+                grid = torch.stack([view[:samples] for view in images], 1).flatten(0, 1)
+            else:  # multi-crop (DINO's global and local crops): each sample's crops padded to the largest
+                grid = [view[i] for i in range(samples) for view in images]
             captions = self._caption(state, samples)
             views = len(images)  # a row holds whole samples, about as many rows as tiles a row
             self._show(log, state.step, grid, captions and captions.repeated(views),
@@ -266,10 +269,12 @@ def _masks(targets: Any, shape: torch.Size) -> bool:
 
 
 def _views(parts: Sequence[Any]) -> bool:
-    """Whether ``parts`` are views of one batch: two or more NCHW batches of one shape and dtype."""
+    """Whether ``parts`` are views of one batch: two or more NCHW batches of one size, channels
+    and dtype (crops of their own height and width too: multi-crop)."""
     first = parts[0] if parts else None
     return len(parts) > 1 and isinstance(first, torch.Tensor) and first.dim() == 4 and all(
-        isinstance(p, torch.Tensor) and p.shape == first.shape and p.dtype == first.dtype for p in parts)
+        isinstance(p, torch.Tensor) and p.dim() == 4 and p.shape[:2] == first.shape[:2] and p.dtype == first.dtype
+        for p in parts)
 
 
 _IMAGE_INTEGERS = (torch.uint8, torch.bool)  # the integer dtypes of images; others hold labels or token ids
