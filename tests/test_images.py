@@ -441,6 +441,16 @@ def test_views_of_one_batch_show_each_sample_s_views_side_by_side_each_captioned
     assert list(crops.captions) == ["cat", "cat", "cat", "dog", "dog", "dog"]
 
 
+def test_a_phase_without_images_after_the_run_drew_some_is_not_a_failure(caplog):
+    # A linear probe after SimCLR's pretraining passes no inputs: Images "failed in on_step_end".
+    monitor, sink = monitor_with(Images(every=1, captions=None), raise_errors=False)
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.step_end(loss=3.9, inputs=torch.rand(2, 1, 4, 4))
+        for _ in range(3):
+            monitor.step_end(loss=0.3)
+    assert len(sink.of(ImageRecord)) == 1 and not caplog.records
+
+
 def test_a_value_range_shows_a_generator_s_samples_alike_whatever_they_overshoot_or_lack():
     # [-1, 1] samples: one pixel at 1.01 made the grid stretch image by image (the same dim
     # sample shown 0 / 255, then 0 / 160), and a batch with no negative value read as [0, 1]

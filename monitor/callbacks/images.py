@@ -74,7 +74,11 @@ class Images(Callback):
         self._said_no_predictions = False
         self._said_names = False
         self._said_behind = False
+        self._drew = False  # a grid drawn this run: a step without the batch then is a phase without images
         self._grid_bytes = 0  # the last grid's, as logged
+
+    def on_attach(self, monitor: Any) -> None:
+        self._drew = False  # given to another Monitor (a fold's): its run's grids
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if (state.step - 1) % self.every:  # is_due, inline: most steps end here
@@ -91,6 +95,8 @@ class Images(Callback):
             return
         images = getattr(state, self.source)
         if images is None:
+            if self._drew:  # a linear probe after the pretraining's images: nothing to draw
+                return
             raise ValueError(f"Images needs the batch: pass {self.source}= to monitor.step_end(...), "
                              f"got {self.source}=None")
         names = _output_names(images)
@@ -163,6 +169,7 @@ class Images(Callback):
             images.numel() * images.element_size()
         log.window(self.source, order=Order.IMAGES, title=self.source)
         log.images(self.source, step, images, captions, value_range=self.value_range, columns=columns)
+        self._drew = True
 
     def _caption(self, state: LoopState, count: int, one_image: bool = False) -> LabelCaptions | None:
         """The captions of ``count`` images; ``one_image``: a single image not in a batch (a batch of
