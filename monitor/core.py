@@ -459,9 +459,10 @@ class Monitor:
             self.epoch_end()
         self._fire("on_train_end")
         self._started = False
-        self.sink.put(self._ending)  # said now: a notebook idle after training, or killed, reads finished
+        ending = self._ending._replace(step=self.state.step)
+        self.sink.put(ending)  # said now: a notebook idle after training, or killed, reads finished
         if hasattr(self.sink, "ending"):  # a notebook's setup cell run again after this: a run that finished
-            self.sink.ending = self._ending
+            self.sink.ending = ending
 
     def exception(self, error: BaseException) -> None:
         """Call from the loop's ``except`` block (the context-manager form does this for you)."""
@@ -638,7 +639,7 @@ class Monitor:
     def _put_end(self) -> None:
         if not self._ended:  # the run log says how the run ended (a killed run says nothing)
             self._let_go()
-            self.sink.put(self._ending)
+            self.sink.put(self._ending._replace(step=self.state.step))
 
     def _let_go(self) -> None:
         """Ends this Monitor for good, its hooks refused; whoever calls it records how the run ended."""

@@ -8,7 +8,7 @@
     {"k": "image", "win": "inputs", "x": 50, "png": "<base64>"}       (without an image store)
     {"k": "text", "win": "summary", "x": 0, "html": "<pre>...</pre>"}
     {"k": "hparams", "win": "hparams", "x": 0, "hparams": {"lr": 0.1}, "metrics": {"accuracy": 0.91}}
-    {"k": "end", "status": "crashed", "error": "RuntimeError: CUDA out of memory", "time": 1764300500.0}
+    {"k": "end", "status": "crashed", "error": "RuntimeError: CUDA out of memory", "time": 1764300500.0, "step": 1200}
     {"k": "rest_of_step", "from": 48213}   (a checkpoint taken at byte 48213, in a batches loop)
     {"k": "continues", "from": 48213}      (its step's code is over: a run resumed from it goes on here)
     {"k": "histogram", "win": "weights", "x": 100, "edges": [-0.5, 0, 0.5], "counts": [40, 24], "n": 64}
@@ -190,7 +190,8 @@ def encode(record: Points | ImageGrid | Text | Layout | Histogram | PrCurve | Em
     a function left to the worker may return anything); raises TypeError or ValueError.
     """
     if isinstance(record, RunEnd):
-        return {"k": "end", "status": record.status, "error": record.error, "time": time.time()}
+        entry = {"k": "end", "status": record.status, "error": record.error, "time": time.time()}
+        return entry if record.step is None else {**entry, "step": record.step}
     if isinstance(record, StepMark):
         return {"k": record.kind, "from": record.position}
     if not isinstance(record.window, str) or not record.window:

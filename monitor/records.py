@@ -217,6 +217,7 @@ class RunEnd(NamedTuple):
 
     status: str
     error: str | None = None
+    step: int | None = None  # the steps the run had trained (a Monitor's; a writer's: None)
 
 
 def ending_of(error: BaseException | None) -> RunEnd:

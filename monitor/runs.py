@@ -54,7 +54,8 @@ class Run(NamedTuple):
     env: str
     run_id: str
     started: float          # seconds since the epoch
-    steps: int              # the highest step of its loss and metric curves (those whose x is the step)
+    steps: int              # the steps it trained, as its end says (a Monitor's), else the highest step of
+                            # its loss and metric curves (those whose x is the step)
     status: str             # running, finished, crashed (an exception), interrupted (Ctrl-C, sys.exit(N)),
                             # pruned (a TrialPruned raised: a search stopped it), or killed (never closed)
     error: str | None       # what a crashed, interrupted or pruned run raised
@@ -294,8 +295,10 @@ class Reading:
                 extremes[name] = (value, value)
         files = _own_files(folder, header["run_id"]) if current else \
             [log, *(p for p in (folder.parent / IMAGES / header["run_id"]).rglob("*") if p.is_file())]
-        return Run(folder, header["env"], header["run_id"], header["time"],
-                   self.steps if self.step_x else self.unlabelled_steps, status,
+        # The steps its end says it trained (a Monitor's), else the highest step its curves reached
+        steps = end.get("step") if end is not None and end.get("step") else \
+            self.steps if self.step_x else self.unlabelled_steps
+        return Run(folder, header["env"], header["run_id"], header["time"], steps, status,
                    end.get("error") if end is not None else None, metrics, self.hparams,
                    sum(p.stat().st_size for p in files),
                    _checkpoints(run_dir if current else RunDir(folder.parent), header["run_id"], current),

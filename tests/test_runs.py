@@ -1128,3 +1128,24 @@ def test_a_table_s_metrics_of_numbered_names_come_in_the_order_people_count():
 
     run = SimpleNamespace(metrics={f"mae_h{h}/validation": (1.0, 1.0) for h in (24, 12, 6, 1)})
     assert _shown_metrics([run], 3) == ["mae_h1/validation", "mae_h6/validation", "mae_h12/validation"]
+
+
+@pytest.mark.parametrize("callbacks", ["grad norms only", "scalars by epoch"])
+def test_a_run_lists_the_steps_it_trained_whatever_its_curves_x(tmp_path, callbacks):
+    # A run with GradNorms alone, and a cross-validation's Scalars(x="epoch"), were listed as 0 steps.
+    from monitor import GradNorms
+
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    chosen = [GradNorms()] if callbacks == "grad norms only" else [Scalars(x="epoch")]
+    with Monitor(chosen, env="steps", run_dir=tmp_path / "steps", port=1, timeout=0.2) as monitor:
+        monitor.train_start(model, optimizer)
+        for epoch in monitor.epochs(2):
+            for _ in range(3):
+                model(torch.randn(4, 4)).sum().backward()
+                monitor.after_backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                monitor.step_end(loss=1.0)
+            monitor.validation_end({"loss": 0.5})
+    assert described(tmp_path / "steps").steps == 6
