@@ -259,9 +259,9 @@ class Monitor:
             if getattr(other.sink, "replaced", None):
                 other._let_go()  # and every hook of the Monitor replaced is refused, the per-step ones too
         self._end = [RunEnd("finished")]  # what close() records (exception() changes it), shared with _end_dropped
+        self.state = LoopState()
         _watch_until_exit(self)
         self.log = Log(sink)
-        self.state = LoopState()
         self.raise_errors = raise_errors
         self._in_step = False
         self._started = False
@@ -791,17 +791,18 @@ def _watch_until_exit(watched: Monitor) -> None:
         if interactive():
             _note_errors_shown()
     _unclosed.add(watched)
-    watched._dropped = weakref.finalize(watched, _end_dropped, watched.sink, watched._end, os.getpid())
+    watched._dropped = weakref.finalize(watched, _end_dropped, watched.sink, watched._end, watched.state,
+                                        os.getpid())
     watched._dropped.atexit = False  # at the exit, _close_unclosed closes those still there
 
 
-def _end_dropped(sink: Sink, end: list[RunEnd], pid: int) -> None:
+def _end_dropped(sink: Sink, end: list[RunEnd], state: LoopState, pid: int) -> None:
     """A monitor the script let go of without close() (a sweep making one a trial, a function's
-    own): its run log records how it ended, as close() would, and its sink closes in the
-    background (its process, its run folder), not at the script's exit."""
+    own): its run log records how it ended, and its steps, as close() would, and its sink closes
+    in the background (its process, its run folder), not at the script's exit."""
     if os.getpid() != pid:  # a fork's copy of it
         return
-    sink.put(end[0])
+    sink.put(end[0]._replace(step=state.step))
     threading.Thread(target=sink.close, name="monitor-close-dropped", daemon=True).start()
 
 
