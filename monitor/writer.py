@@ -507,7 +507,7 @@ class SummaryWriter:
         return self
 
     def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
-        self._close(*ending_of(error))
+        self._close(*ending_of(error)[:2])  # its status and error
 
     @property
     def file_writer(self) -> _FileWriter:
