@@ -174,3 +174,22 @@ def test_with_several_optimizers_each_one_s_rate_is_plotted_at_the_steps_it_step
         monitor.step_end()
     assert sink.points("learning rate") == {"D": [(s, 0.1 * 0.5 ** (s - 1)) for s in range(1, 7)],
                                             "G": [(3, 1e-3), (6, 1e-3)]}
+
+
+def test_a_group_without_a_learning_rate_is_left_out_said_once_beside_the_others(caplog):
+    # Prodigy, D-Adaptation: groups with no 'lr' key, or lr None, and a 'd' they adapt: KeyError: 'lr' at every
+    # step, no window; lr=None was told as "values['lr'] must be a number".
+    model = torch.nn.Linear(2, 1)
+    adaptive = torch.optim.SGD(model.parameters(), lr=0.1)
+    del adaptive.param_groups[0]["lr"]
+    monitor, sink = monitor_with(LearningRate(), raise_errors=True)
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.train_start(model, adaptive)
+        monitor.step_end()
+        adaptive.param_groups[0]["lr"] = None
+        monitor.step_end()
+        adaptive.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))], "lr": 0.01})
+        monitor.step_end()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "LearningRate leaves out 'lr': no learning rate in its group" in said[0], said
+    assert sink.points("learning rate") == {"group 1": [(3, 0.01)]}

@@ -1,6 +1,7 @@
 """LearningRate: what the optimizer's schedule actually did, one trace per parameter group."""
 from __future__ import annotations
 
+import logging
 import weakref
 from functools import partial
 from typing import Any, Sequence
@@ -14,6 +15,7 @@ from monitor.log import Log
 from monitor.records import Order
 
 WINDOW = "learning rate"
+_log = logging.getLogger("monitor")
 
 
 class LearningRate(Callback):
@@ -46,6 +48,7 @@ class LearningRate(Callback):
         self._resumed: dict[str, Any] | None = None  # a checkpoint's traces, named again at train_start
         self._used: dict[str, list[Any]] = {}  # several optimizers: the rates each step() used in the step
         self._hooks: list[Any] = []
+        self._told_unset = False  # that a group without an lr is left out
 
     def state_dict(self) -> dict[str, Any]:
         """The groups' traces, so that a resumed run's groups keep theirs (``lr`` beside a group
@@ -102,7 +105,7 @@ class LearningRate(Callback):
             groups = state.optimizer.param_groups
             if len(groups) != len(self._names):  # first step, train_start, epoch_start, add_param_group()
                 self._names = trace_names(groups, self._names or self._kept)
-            if len(groups) == 1 and type(groups[0]["lr"]) is float:  # the usual case, kept cheap
+            if len(groups) == 1 and type(groups[0].get("lr")) is float:  # the usual case, kept cheap
                 log.scalar(WINDOW, self._names[0], state.step, groups[0]["lr"])
                 return
         else:
@@ -114,10 +117,24 @@ class LearningRate(Callback):
                 self._names = [trace for traces in self._each.values() for trace in traces]
             if self._used:  # the optimizers that stepped, at the rates they stepped with
                 used, self._used = self._used, {}
-                log.scalars(WINDOW, state.step, {trace: lr for name, lrs in used.items()
-                                                 for trace, lr in zip(self._each[name], lrs)})
+                self._scalars(log, state.step, {trace: lr for name, lrs in used.items()
+                                                for trace, lr in zip(self._each[name], lrs)})
                 return
-        log.scalars(WINDOW, state.step, {name: group["lr"] for name, group in zip(self._names, groups)})
+        self._scalars(log, state.step, {name: group.get("lr") for name, group in zip(self._names, groups)})
+
+    def _scalars(self, log: Log, step: int, rates: dict[str, Any]) -> None:
+        """The rates drawn, those of groups without one (no 'lr', or None) left out, said once."""
+        if None in rates.values():
+            unset = [name for name, rate in rates.items() if rate is None]
+            rates = {name: rate for name, rate in rates.items() if rate is not None}
+            if not self._told_unset:
+                self._told_unset = True
+                _log.warning("monitor: LearningRate leaves out %s: no learning rate in its group ('lr' missing or "
+                             "None: an optimizer that sets its own step size, as Prodigy's d); draw the step it "
+                             "takes with monitor.log.scalar(%r, name, step, group['d'] * group['lr']) or the "
+                             "like", ", ".join(map(repr, unset)), WINDOW)
+        if rates:
+            log.scalars(WINDOW, step, rates)
 
 
 def _note_rates(me: weakref.ref, name: str, optimizer: Any, *_: Any) -> None:
@@ -125,7 +142,7 @@ def _note_rates(me: weakref.ref, name: str, optimizer: Any, *_: Any) -> None:
     owner = me()
     if owner is not None:
         owner._used[name] = [lr.detach().clone() if isinstance(lr, torch.Tensor) else lr  # a scheduler may
-                             for lr in (group["lr"] for group in optimizer.param_groups)]  # change it in place
+                             for lr in (group.get("lr") for group in optimizer.param_groups)]  # change it in place
 
 
 def trace_names(groups: Sequence[dict[str, Any]], before: Sequence[str] = ()) -> list[str]:
