@@ -137,6 +137,7 @@ class Checkpoint(Callback):
         self._said_late_step = False
         self._trained_here = False  # a step ended, or an optimizer stepped, in this process
         self._steps_unstepped = 0  # step_ends in a row with no step of an optimizer train_start was given
+        self._looked_inside = False  # whether an optimizer's own inner optimizer (SAM's) was looked at
         self._given_rates: list[float | None] | None = None  # the lr the run's first train_start was given
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
@@ -507,6 +508,9 @@ class Checkpoint(Callback):
         if state.model is None:
             raise CheckpointWriteError("a checkpoint needs the model: pass it to monitor.train_start(model, "
                                        "optimizer), got None")
+        if not self._looked_inside:  # once its optimizers have state: after their first step
+            self._looked_inside = True
+            _say_what_wrappers_leave_out(state.optimizers)
         path = self.directory / checkpoint_name(state.step)
         # The value measured since the last save is this checkpoint's; a save after it, before the
         # next measurement, has none (it would claim a validation it was not given).
@@ -823,6 +827,22 @@ def _shown(rates: list[float | None]) -> str:
 
 def _absolute(folder: Any) -> str | None:
     return str(Path(folder).absolute()) if folder is not None else None
+
+
+def _say_what_wrappers_leave_out(optimizers: Mapping[str, Any]) -> None:
+    """Warns of an optimizer that holds another (SAM's base_optimizer) whose state its own
+    state_dict() leaves out (SGD's momentum): a resume would start that afresh."""
+    for name, optimizer in optimizers.items():
+        kept = {key for entry in optimizer.state_dict().get("state", {}).values() for key in entry}
+        for attribute, inner in vars(optimizer).items():
+            if isinstance(inner, torch.optim.Optimizer) and inner is not optimizer and inner.state:
+                missing = sorted({key for entry in inner.state.values() for key in entry} - kept)
+                if missing:
+                    _log.warning("monitor: optimizer %s (%s) holds another, %s (%s), whose state (%s) its "
+                                 "state_dict() leaves out: a resume starts that afresh; keep it in Checkpoint("
+                                 "extras=lambda: {%r: optimizer.%s.state_dict()}) and load it back from "
+                                 "checkpoint.start.extras", name, type(optimizer).__name__, attribute,
+                                 type(inner).__name__, ", ".join(missing), attribute, attribute)
 
 
 def _optimizers(state: LoopState) -> Any:
