@@ -9,6 +9,7 @@ keeps every point at full resolution, whatever the dashboard shows.
 """
 from __future__ import annotations
 
+import collections
 import csv
 import hashlib
 import json
@@ -461,7 +462,7 @@ def compare(runs: list[str | os.PathLike], into: str | None = None, follow: bool
                                            for run, log in zip(found, entries)))
                 elif not sent and (apart := [w for w in dict.fromkeys(w for log in entries for w in _point_windows(log))
                                              if w not in windows.by_name]):
-                    _log.warning("monitor: %d window(s) not in every run are left out of the comparison: %s",
+                    _log.warning("monitor: %d window(s) of one run only are left out of the comparison: %s",
                                  len(apart), ", ".join(apart[:8]) + (", ..." if len(apart) > 8 else ""))
                 for window in windows.changed():
                     for message in window.messages(env):
@@ -491,11 +492,14 @@ def _comparison(found: list[Run], entries: list[list[dict[str, Any]]]) -> Any:
     from monitor.windows import TABLE, Windows
 
     named, differing = labels(found)
-    lines = set.intersection(*({e["win"] for e in log if e.get("k") == "points"} for log in entries))
+    # Windows of two runs or more (one the others lack, an lr window of an optimizer that has none: each
+    # run that has it), of every run where there is one run
+    least = min(2, len(entries))
+    lines = _in_runs([{e["win"] for e in log if e.get("k") == "points"} for log in entries], least)
     # A deep model's layers as a heatmap in some run: their total alone (the layers differ between models).
     totals = {e["win"] for log in entries for e in log if e.get("k") == "layout" and e["opts"].get("form") == "heatmap"}
     totals &= {e["win"] for log in entries for e in log if e.get("k") == "points" and "total" in e["y"]}
-    curves = set.intersection(*({e["win"] for e in log if e.get("k") == "pr_curve"} for log in entries))
+    curves = _in_runs([{e["win"] for e in log if e.get("k") == "pr_curve"} for log in entries], least)
     shared = lines | curves
     windows = Windows()
     for label, log in zip(named, entries):
@@ -529,6 +533,12 @@ def _comparison(found: list[Run], entries: list[list[dict[str, Any]]]) -> Any:
     windows.apply([{"k": "layout", "win": "runs", "opts": {"title": COMPARED}, "order": Order.SUMMARY},
                    {"k": "text", "win": "runs", "x": 0, "html": html}])
     return windows
+
+
+def _in_runs(each: list[set[str]], least: int) -> set[str]:
+    """The names in at least ``least`` of the sets."""
+    counts = collections.Counter(name for names in each for name in names)
+    return {name for name, count in counts.items() if count >= least}
 
 
 def _comparison_env(envs: list[str]) -> str:
