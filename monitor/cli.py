@@ -483,7 +483,9 @@ def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | 
                                    f"(or --server), or --keep-envs to delete the files alone. "
                                    f"Nothing was deleted.")
     if not yes:
-        click.confirm(f"Delete these {len(doomed)} run(s), their checkpoints and their envs?", abort=True)
+        envs_too = "" if keep_envs or not envs else (" and their envs" if len(envs) == len(doomed) else
+                                                     f" and {len(envs)} of their envs (those said to stay, stay)")
+        click.confirm(f"Delete these {len(doomed)} run(s), their checkpoints{envs_too}?", abort=True)
     troubles = [(run.env, remove(run, dashboard=not keep_envs, server=server, port=port)) for run in doomed]
     click.echo(f"Deleted {len(doomed)} run(s).")
     for env, trouble in troubles:
