@@ -332,7 +332,7 @@ class VisdomSink:
                     f"{self.env}-{self.run_id[:8]}{self.connection.cli_options}`{self._login_note()}")
         return (f"everything is in {self.runlog.path} - send it later with "
                 f"`monitor replay {self.runlog.path}{self.connection.cli_options}` (a sweep's runs at once: "
-                f"`monitor replay {self.folder.path.parent}`){self._login_note()}")
+                f"`monitor replay {self.folder.path.parent}{self.connection.cli_options}`){self._login_note()}")
 
     def _login_note(self) -> str:
         return " (the server's login in VISDOM_USERNAME and VISDOM_PASSWORD)" if self.connection.username else ""

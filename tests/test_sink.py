@@ -712,5 +712,5 @@ def test_the_replay_command_said_for_a_server_with_a_login_says_where_the_login_
         sink.close(timeout=0.2)
     said = [r.getMessage() for r in caplog.records if "send it later with" in r.getMessage()]
     assert said and said[0].endswith(f"`monitor replay {tmp_path / RunLog.FILENAME} --port 1` (a sweep's runs at once: "
-                                     f"`monitor replay {tmp_path.parent}`) (the server's login in "
+                                     f"`monitor replay {tmp_path.parent} --port 1`) (the server's login in "
                                      f"VISDOM_USERNAME and VISDOM_PASSWORD) (reported once)"), said

@@ -134,7 +134,7 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
         "metric": {"name": metric.get("name"), "value": metric.get("value"), "mode": metric.get("mode", "min")},
         "extras": dict(extras or {}),
     }
-    return _plain(checkpoint, "checkpoint")
+    return plain_value(checkpoint, "checkpoint")
 
 
 def _state_of(part: Any) -> Any:
@@ -243,12 +243,6 @@ def _verify_zip(path: Path) -> None:
 
 
 def plain_value(value: Any, where: str) -> Any:
-    """``value`` as a checkpoint keeps it; TypeError naming where the first value is neither a
-    tensor nor a primitive (``where``: its place, ``checkpoint['extras']``)."""
-    return _plain(value, where)
-
-
-def _plain(value: Any, where: str) -> Any:
     """``value``, its NumPy float64, int64 and bool scalars (a scheduler's lambda may hold one) as
     the Python numbers they equal; raises TypeError naming the first value that is neither a
     tensor nor a primitive. A container is copied (its attributes too: a state_dict's
@@ -259,10 +253,10 @@ def _plain(value: Any, where: str) -> Any:
     if kind in _NUMPY_EXACT:
         return value.item()
     if kind in (list, tuple, set):
-        items = [_plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
+        items = [plain_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
         return value if all(a is b for a, b in zip(items, value)) else kind(items)
     if kind in (dict, OrderedDict, Counter):
-        items = [(_plain(key, f"{where} key {key!r}"), _plain(item, f"{where}[{key!r}]"))
+        items = [(plain_value(key, f"{where} key {key!r}"), plain_value(item, f"{where}[{key!r}]"))
                  for key, item in value.items()]
         if all(a is key and b is item for (a, b), (key, item) in zip(items, value.items())):
             return value
