@@ -123,8 +123,9 @@ _HIGHEST_WORDS = frozenset(("f1", "auc", "auroc", "auprc", "ap", "map", "iou", "
 
 def metric_name(window: str, trace: str) -> str:
     """A curve's name in a table of runs: ``window/trace`` (``loss/validation``), or the window
-    where the trace only repeats its last part (a TensorBoard tag's, ``charts/SPS``, ``lr``)."""
-    if trace == window or window.endswith("/" + trace):
+    where the trace only repeats its first or last part (a TensorBoard tag's, ``charts/SPS``,
+    ``lr``; a metric the loop named ``train/task0/acc``, trace ``train``)."""
+    if trace == window or window.endswith("/" + trace) or window.startswith(trace + "/"):
         return window
     return f"{window}/{trace}"
 

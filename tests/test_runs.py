@@ -1169,3 +1169,12 @@ def test_compare_draws_a_window_two_runs_have_and_leaves_out_one_of_a_single_run
     assert set(read_window(fresh_server, "opt", "learning rate")) == {"sgd/train", "adam/train"}
     assert [r.getMessage() for r in caplog.records if "left out of the comparison" in r.getMessage()] == [
         "monitor: 1 window(s) of one run only are left out of the comparison: d"]
+
+
+def test_a_curve_is_named_without_its_trace_where_the_window_already_says_it():
+    # A multi-task run's step_end(metrics={"train/task0/acc": ...}) was listed as train/task0/acc/train.
+    from monitor.runs import metric_name
+
+    assert [metric_name(w, t) for w, t in (("loss", "validation"), ("charts/SPS", "SPS"), ("lr", "lr"),
+                                           ("train/task0/acc", "train"), ("task0/acc", "train"))] == [
+        "loss/validation", "charts/SPS", "lr", "train/task0/acc", "task0/acc/train"]
