@@ -632,7 +632,7 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
     if dashboard and not shares_env(run):
         sender = Connection(**connection)
         try:
-            _remove_from_dashboard(sender, run)
+            trouble = _remove_from_dashboard(sender, run)
         except DashboardError as error:
             if error.status != 500:
                 trouble = _trouble(sender, error)
@@ -705,25 +705,45 @@ def not_written_by_monitor(folder: Path) -> list[Path]:
     return found
 
 
-def _remove_from_dashboard(sender: Any, run: Run) -> None:
+def _remove_from_dashboard(sender: Any, run: Run) -> str | None:
     """Deletes the run's env, or where it holds windows of others, closes the windows of the run
     and of the earlier runs in its folder, and saves the env as it is left (a saved copy with
-    the run's windows would bring them back at the server's restart)."""
+    the run's windows would bring them back at the server's restart). Windows of its names that
+    another run drew last (their plots' mark: a run of another folder and MONITOR_HOME in the env)
+    stay; returns why the env stays, then."""
     from monitor.connection import DashboardError
 
     try:
-        held = set(json.loads(sender.post("win_data", {"win": None, "eid": run.env})))
+        shown = json.loads(sender.post("win_data", {"win": None, "eid": run.env}))
     except DashboardError as error:
         if error.status != 500:  # not reached, or a login refused
             raise
-        held = set()  # no such env: Visdom answers HTTP 500
-    ours = set().union(*(windows_of(log, run.env) for log in [run.log, *holds_other_runs(run)]))
-    if not held - ours:
+        shown = {}  # no such env: Visdom answers HTTP 500
+    held = set(shown)
+    others = [log for log in holds_other_runs(run)]
+    ours = set().union(*(windows_of(log, run.env) for log in [run.log, *others]))
+    ids = {run.run_id, *(next(RunLog.read(log), {}).get("run_id") for log in others)}
+    theirs = {name: mark for name in held & ours if (mark := _run_mark(shown[name])) and mark.get("id") not in ids}
+    if not held - ours and not theirs:
         sender.post("delete_env", {"eid": run.env})
-        return
-    for window in sorted(held & ours):
+        return None
+    for window in sorted(held & ours - set(theirs)):
         sender.post("close", {"win": window, "eid": run.env})
     sender.post("save", {"data": [run.env]})
+    if theirs:
+        other = next(iter(theirs.values()))
+        return (f"it shows another run now (run {str(other.get('id'))[:8]} on {other.get('host')}, pid "
+                f"{other.get('pid')}), whose windows stay")
+    return None
+
+
+def _run_mark(window: Any) -> dict[str, Any] | None:
+    """The run that drew a window last, as its plot's mark says (None: not a monitor's plot)."""
+    try:
+        mark = window["content"]["layout"]["meta"]["monitor_run"]
+    except (KeyError, TypeError):
+        return None
+    return mark if isinstance(mark, dict) else None
 
 
 def windows_of(log: Path, env: str) -> set[str]:

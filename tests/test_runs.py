@@ -1178,3 +1178,21 @@ def test_a_curve_is_named_without_its_trace_where_the_window_already_says_it():
     assert [metric_name(w, t) for w, t in (("loss", "validation"), ("charts/SPS", "SPS"), ("lr", "lr"),
                                            ("train/task0/acc", "train"), ("task0/acc", "train"))] == [
         "loss/validation", "charts/SPS", "lr", "train/task0/acc", "task0/acc/train"]
+
+
+def test_rm_keeps_the_windows_another_run_of_another_home_drew_in_its_env(visdom_server, tmp_path, monkeypatch,
+                                                                         read_window, connect_client):
+    # Two students named their env lab1, in folders of their own with homes of their own: the
+    # teacher's rm of student 9's run deleted the env that showed student 10's.
+    root = tmp_path / "class"
+    monkeypatch.setenv("MONITOR_HOME", str(tmp_path / "home9"))
+    _finished(root / "s9", "lab1", visdom_server.port, 0.5)
+    monkeypatch.setenv("MONITOR_HOME", str(tmp_path / "home10"))
+    _finished(root / "s10", "lab1", visdom_server.port, 0.25)
+    shown = read_window(visdom_server, "lab1", "loss")
+    monkeypatch.setenv("MONITOR_HOME", str(tmp_path / "home9"))
+    done = CliRunner().invoke(main, ["runs", "rm", str(root / "s9" / "lab1"), "--yes",
+                                    "--port", str(visdom_server.port)])
+    assert done.exit_code == 0 and not (root / "s9" / "lab1").exists(), done.output
+    assert "Env lab1 is still on the dashboard: it shows another run now (run " in done.output
+    assert "lab1" in connect_client(visdom_server).get_env_list() and read_window(visdom_server, "lab1", "loss") == shown
