@@ -82,7 +82,8 @@ class Connection:
         self.last_seconds = time.perf_counter() - started
         if status != 200:
             self.close()
-            hint = " (a server with login: check VISDOM_USERNAME/VISDOM_PASSWORD)" if status == 400 else ""
+            hint = "" if status != 400 else " (a server with login: check VISDOM_USERNAME/VISDOM_PASSWORD)" \
+                if self.username else " (a server with login? VISDOM_USERNAME and VISDOM_PASSWORD are not set)"
             raise DashboardError(f"{self.url}/{endpoint} answered HTTP {status}{hint}", status)
         return text
 

@@ -448,7 +448,8 @@ def test_rm_deletes_nothing_where_the_server_refuses_its_login_and_all_with_it(t
         from monitor.connection import Connection
 
         gone = Connection(port=server.port, **credentials).post("win_exists", {"win": "loss", "eid": "guarded"})
-    assert anonymous.exit_code == 1 and "answered HTTP 400 (a server with login" in anonymous.output
+    assert anonymous.exit_code == 1 and "answered HTTP 400 (a server with login? VISDOM_USERNAME and " \
+        "VISDOM_PASSWORD are not set)" in anonymous.output
     assert wrong.exit_code == 1 and "refused the login of 'ada' (HTTP 400)" in wrong.output, wrong.output
     assert "would stay on it: give its --port (or --server), or --keep-envs" in wrong.output
     assert "Nothing was deleted." in wrong.output
