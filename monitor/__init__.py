@@ -43,7 +43,14 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
-        raise AttributeError(f"module 'monitor' has no attribute {name!r}")
+        try:  # a module of the package, as README writes them: monitor.runs.exported(...) after `import monitor`
+            value = importlib.import_module(f"monitor.{name}")
+        except ModuleNotFoundError as error:
+            if error.name != f"monitor.{name}":
+                raise
+            raise AttributeError(f"module 'monitor' has no attribute {name!r}") from None
+        globals()[name] = value
+        return value
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

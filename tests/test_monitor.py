@@ -360,3 +360,16 @@ def test_a_monitor_shows_its_env_s_dashboard_page_and_its_step_in_a_notebook_cel
     monitor.close(timeout=0)
     assert repr(monitor).endswith(", closed>")
     assert repr(Monitor([], sink=NullSink())).startswith("<Monitor of env ")
+
+
+def test_the_package_s_modules_are_reached_from_import_monitor_as_readme_writes_them():
+    # README's `monitor.runs.exported("runs/my-run")` raised AttributeError after `import monitor`.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import monitor; monitor.runs.exported; monitor.replay.replay; monitor.checkpoint.load_checkpoint\n"
+            "try:\n    monitor.nothing\nexcept AttributeError as error:\n    print(error)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parent.parent)
+    assert done.returncode == 0 and done.stdout == "module 'monitor' has no attribute 'nothing'\n", done.stderr
