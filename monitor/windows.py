@@ -48,15 +48,17 @@ _RECENT = 8  # the latest points among which one that comes late takes its place
 
 
 class _Summary:
-    """A bucket of raw points reduced to its lowest, highest and first non-finite point."""
+    """A bucket of raw points reduced to its lowest, highest and first non-finite point, and the
+    sums of its finite points' x and y (its mean, which the smoothed curve is drawn from)."""
 
-    __slots__ = ("low", "high", "gap", "count")
+    __slots__ = ("low", "high", "gap", "count", "finite", "sum_x", "sum_y")
 
     def __init__(self) -> None:
         self.low: Point | None = None
         self.high: Point | None = None
         self.gap: Point | None = None
         self.count = 0  # raw points it stands for
+        self.finite, self.sum_x, self.sum_y = 0, 0.0, 0.0
 
     def add(self, point: Point) -> None:
         self.count += 1
@@ -65,14 +67,25 @@ class _Summary:
             if self.gap is None:
                 self.gap = point
         else:
+            self.finite, self.sum_x, self.sum_y = self.finite + 1, self.sum_x + point[1], self.sum_y + y
             if self.low is None or y < self.low[2]:
                 self.low = point
             if self.high is None or y > self.high[2]:
                 self.high = point
 
+    def means(self) -> list[tuple[float, float | None, int]]:
+        """(x, mean y, finite points) of the bucket's finite points, and (x, None, 0) at its
+        first non-finite one, in x order: a gap stays a gap in the smoothed curve too."""
+        parts = [(self.sum_x / self.finite, self.sum_y / self.finite, self.finite)] if self.finite else []
+        if self.gap is not None:
+            parts.append((self.gap[1], None, 0))
+        return sorted(parts, key=lambda part: part[0])
+
     def merge(self, other: _Summary) -> None:
         """Takes in a later bucket: the result is the summary of both buckets' raw points."""
         self.count += other.count
+        self.finite, self.sum_x, self.sum_y = (self.finite + other.finite, self.sum_x + other.sum_x,
+                                               self.sum_y + other.sum_y)
         if other.gap is not None and self.gap is None:
             self.gap = other.gap
         if other.low is not None and (self.low is None or other.low[2] < self.low[2]):
@@ -124,6 +137,7 @@ class Trace:
         self.budget = budget
         self.width = 1  # raw points per bucket
         self.buckets: list[list[Point]] = []
+        self.means: list[_Summary] = []  # each bucket's summary: its mean, for the smoothed curve
         self.kept = 0  # points in self.buckets
         self.partial = _Summary()  # the bucket being filled
         self.first: Point | None = None
@@ -153,6 +167,7 @@ class Trace:
         if self.partial.count == self.width:
             done = self.partial.points()
             self.buckets.append(done)
+            self.means.append(self.partial)
             self.kept += len(done)
             self.partial = _Summary()
         self._fit()
@@ -193,21 +208,16 @@ class Trace:
 
     def _merge(self) -> None:
         """Merges neighbouring buckets: twice the width, half the buckets."""
-        summaries = []
-        for bucket in self.buckets:
-            summary = _Summary()
-            for point in bucket:
-                summary.add(point)
-            summaries.append(summary)
+        summaries = self.means
         if len(summaries) % 2:  # the odd one out is a part of a bucket at the new width
             odd = summaries.pop()
-            odd.count = self.width
             odd.merge(self.partial)
             self.partial = odd
-        self.buckets = []
+        self.buckets, self.means = [], []
         for first, second in zip(summaries[::2], summaries[1::2]):
             first.merge(second)
             self.buckets.append(first.points())
+            self.means.append(first)
         self.kept = sum(len(b) for b in self.buckets)
         self.width *= 2
 
@@ -219,6 +229,15 @@ class Trace:
         head = self.buckets[0][0] if self.buckets else partial[0]
         tail = partial[-1] if partial else self.buckets[-1][-1]
         return self.kept + len(partial) + (head != self.first) + (tail != self.last)
+
+    def bucket_means(self) -> list[tuple[float, float | None, int]]:
+        """Each bucket's (x, mean y, finite points), oldest first: what its raw points average, which
+        the lowest and highest it shows do not (a noisy loss's mean 1.0 drew at 3.3 smoothed). The
+        first and the last are placed at the first and the latest x, as the curve spans the run."""
+        means = [part for summary in [*self.means, self.partial] for part in summary.means()]
+        if means:
+            means[0], means[-1] = (self.first[1], *means[0][1:]), (self.last[1], *means[-1][1:])
+        return means
 
     def points(self) -> tuple[list, list]:
         """The x and y lists to draw (y is None at a gap)."""
@@ -250,22 +269,24 @@ def float32_digits(values: list[float | None]) -> list[float | None]:
     return out
 
 
-def smoothed(xs: list[float], ys: list[float | None], weight: float,
-             points: int = SMOOTHED_POINTS) -> tuple[list[float], list[float | None]]:
+def smoothed(xs: list[float], ys: list[float | None], weight: float, points: int = SMOOTHED_POINTS,
+             counts: list[int] | None = None) -> tuple[list[float], list[float | None]]:
     """The curve as TensorBoard's scalars view smooths it: an exponential moving average with
     ``weight`` (0 to 1) given to the past, debiased at the start; a gap stays a gap, a constant
-    curve stays as it is; six significant digits. Thinned to ``points`` evenly spread points,
-    the last and the gaps kept."""
+    curve stays as it is; six significant digits. ``counts``: each y the mean of that many raw
+    points (a long curve's buckets), taken in as they would be one by one. Thinned to
+    ``points`` evenly spread points, the last and the gaps kept."""
     finite = [y for y in ys if y is not None]
     if not finite or all(y == finite[0] for y in finite):
         out = list(ys)
     else:
         out, last, count = [], 0.0, 0
-        for y in ys:
+        for y, n in zip(ys, counts or [1] * len(ys)):
             if y is None:
                 out.append(None)
                 continue
-            last, count = last * weight + (1 - weight) * y, count + 1
+            decay = weight ** n
+            last, count = last * decay + (1 - decay) * y, count + n
             out.append(float(f"{last / (1 - weight ** count):.6g}"))  # as drawn: half the digits to send
     if len(xs) <= points:
         return list(xs), out
@@ -578,7 +599,8 @@ class Window:
         (red, green, blue), dash = style or (_COLORS[index % len(_COLORS)], None)
         # Many traces share the smoothed curves' points as they share the window's (40: 75 each).
         points = min(SMOOTHED_POINTS, max(_MIN_TRACE_POINTS, SMOOTHED_WINDOW_POINTS // len(self.traces)))
-        xs, ys = smoothed(line["x"], line["y"], weight, points)
+        means = self.traces[name].bucket_means()  # of the raw points: not of the extremes shown
+        xs, ys = smoothed([m[0] for m in means], [m[1] for m in means], weight, points, [m[2] for m in means])
         at = f"{self.opts.get('xlabel') or 'x'} %{{x}}"  # the hover names the step (or epoch) as TensorBoard's does
         # Faint by its colour: Visdom sets every line's opacity to 1 while its own smoothing is off.
         faint = f"rgba({red},{green},{blue},0.3)"

@@ -257,3 +257,19 @@ def test_a_point_that_comes_late_takes_its_place_and_a_run_that_goes_back_is_cut
     for x in [*range(1, 106), *range(1, 4)]:
         went_back = restarted.apply({"k": "points", "win": "episode return", "x": x, "y": {"train": 1.0}})
     assert restarted.traces["train"].points()[0] == [1, 2, 3] and went_back == []
+
+
+def test_a_long_noisy_curve_is_smoothed_from_its_values_not_from_the_extremes_it_shows():
+    # 200,000 steps of a loss of mean 1.0 with a long tail: the thinned curve keeps each stretch's
+    # lowest and highest, and smoothing those drew the loss at about 3.3, never under 1.24.
+    import random
+
+    rng = random.Random(0)
+    window = Window("loss", 1000)
+    window.apply({"k": "layout", "win": "loss", "opts": {"smoothing": 0.6}})
+    for x in range(1, 200_001):
+        window.apply({"k": "points", "win": "loss", "x": x, "y": {"train": rng.expovariate(1.0)}})
+    smooth, raw = window.message("e")[1]["data"][:2]
+    assert max(raw["y"]) > 10 and min(raw["y"]) < 0.001  # the extremes still shown, faint
+    assert smooth["x"][0] == 1 and smooth["x"][-1] == 200_000
+    assert all(0.8 < y < 1.2 for y in smooth["y"][10:]), smooth["y"][:20]
