@@ -137,7 +137,7 @@ class Trace:
         self.budget = budget
         self.width = 1  # raw points per bucket
         self.buckets: list[list[Point]] = []
-        self.means: list[_Summary] = []  # each bucket's summary: its mean, for the smoothed curve
+        self.summaries: list[_Summary] = []  # each bucket's, beside its points: its mean, for the smoothed curve
         self.kept = 0  # points in self.buckets
         self.partial = _Summary()  # the bucket being filled
         self.first: Point | None = None
@@ -167,7 +167,7 @@ class Trace:
         if self.partial.count == self.width:
             done = self.partial.points()
             self.buckets.append(done)
-            self.means.append(self.partial)
+            self.summaries.append(self.partial)
             self.kept += len(done)
             self.partial = _Summary()
         self._fit()
@@ -208,16 +208,16 @@ class Trace:
 
     def _merge(self) -> None:
         """Merges neighbouring buckets: twice the width, half the buckets."""
-        summaries = self.means
+        summaries = self.summaries
         if len(summaries) % 2:  # the odd one out is a part of a bucket at the new width
             odd = summaries.pop()
             odd.merge(self.partial)
             self.partial = odd
-        self.buckets, self.means = [], []
+        self.buckets, self.summaries = [], []
         for first, second in zip(summaries[::2], summaries[1::2]):
             first.merge(second)
             self.buckets.append(first.points())
-            self.means.append(first)
+            self.summaries.append(first)
         self.kept = sum(len(b) for b in self.buckets)
         self.width *= 2
 
@@ -234,7 +234,7 @@ class Trace:
         """Each bucket's (x, mean y, finite points), oldest first: what its raw points average, which
         the lowest and highest it shows do not (a noisy loss's mean 1.0 drew at 3.3 smoothed). The
         first and the last are placed at the first and the latest x, as the curve spans the run."""
-        means = [part for summary in [*self.means, self.partial] for part in summary.means()]
+        means = [part for summary in [*self.summaries, self.partial] for part in summary.means()]
         if means:
             means[0], means[-1] = (self.first[1], *means[0][1:]), (self.last[1], *means[-1][1:])
         return means
