@@ -110,8 +110,10 @@ def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs:
                    "[default: $MONITOR_HOME/visdom, ~/.monitor/visdom]")
 @click.option("--keep/--no-keep", default=True, show_default=True,
               help="Keep a server started by the demo up after training, until Ctrl-C.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, hidden=True)
-@click.option("--samples", type=click.IntRange(min=2), default=None, hidden=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Epochs to train (fewer for a quicker look on a slow machine).  [default: the example's 6]")
+@click.option("--samples", type=click.IntRange(min=2), default=None, metavar="N",
+              help="Images in its training set.  [default: the example's 8000]")
 def demo(server: str | None, port: int | None, env: str, env_path: Path | None, keep: bool,
          epochs: int | None, samples: int | None) -> None:
     """Train a small model live on a Visdom dashboard (about a minute on a CPU).

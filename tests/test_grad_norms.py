@@ -458,7 +458,7 @@ def test_a_loop_that_never_calls_after_backward_is_told_once_by_its_first_epoch_
         monitor.train_end()
     said = [r.getMessage() for r in caplog.records]
     when = {"epochs": "the end of epoch 0 (step 3)", "steps": "train_end (step 6)", "long steps": "step 100"}[loop]
-    assert said == [f"monitor: GradNorms was given no after_backward() by {when}: window 'grad norm' stays empty "
+    assert said == [f"monitor: GradNorms was given no after_backward() by {when}: no window 'grad norm' "
                     f"until the loop calls monitor.after_backward() after loss.backward(), before optimizer.step()"]
     resumed, _ = monitor_with(GradNorms())
     resumed.state.step = 6  # a resumed run with nothing left to train: no steps, nothing to say

@@ -146,8 +146,8 @@ class GradNorms(Callback):
     def _say_if_no_backward(self, state: LoopState, when: str) -> None:
         if not self._backward_seen and state.step > self._started_at:
             self._backward_seen = True
-            _log.warning("monitor: GradNorms was given no after_backward() by %s: window 'grad norm' "
-                         "stays empty until the loop calls monitor.after_backward() after loss.backward(), "
+            _log.warning("monitor: GradNorms was given no after_backward() by %s: no window 'grad norm' "
+                         "until the loop calls monitor.after_backward() after loss.backward(), "
                          "before optimizer.step()", when)
 
     def on_after_backward(self, state: LoopState, log: Log) -> None:
