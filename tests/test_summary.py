@@ -51,6 +51,16 @@ def test_a_tensor_learning_rate_is_shown_as_its_value_not_its_float32_noise():
     assert "<td>SGD (lr 0.05)</td>" in sink.of(Text, "summary")[0].html  # was 0.05000000074505806
 
 
+def test_a_one_cycle_schedule_s_learning_rate_is_shown_from_its_start_up_to_its_peak():
+    # The example's summary read "Adam (lr 0.0002)" beside hparams lr=0.005: OneCycleLR's start and its max_lr.
+    model = small_model()
+    adam = torch.optim.Adam(model.parameters(), lr=0.005)
+    torch.optim.lr_scheduler.OneCycleLR(adam, max_lr=0.005, total_steps=100)
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, adam, hparams={"lr": 0.005})
+    assert "<td>Adam (lr 0.0002 up to 0.005)</td>" in sink.of(Text, "summary")[0].html
+
+
 def test_the_summary_names_each_parameter_group_as_its_learning_rate_curve_with_its_settings():
     # A fine-tuning loop's named groups, their decay, and the lr a warm-up schedule starts from.
     model = small_model()

@@ -143,8 +143,11 @@ def _described(optimizer: torch.optim.Optimizer) -> str:
         lr = group.get("initial_lr", group.get("lr"))
         if isinstance(lr, torch.Tensor) and lr.is_cpu and lr.numel() == 1:  # a tensor lr, read as its float32 is
             lr = lr.item()  # (0.05, not 0.05000000074505806); a device's is shown as it is, not read
-        decay = group.get("weight_decay")
-        return ", ".join([f"lr {lr:g}" if isinstance(lr, (int, float)) else f"lr {lr}"]
+        decay, peak = group.get("weight_decay"), group.get("max_lr")  # OneCycleLR's: from lr up to max_lr
+        shown = f"lr {lr:g}" if isinstance(lr, (int, float)) else f"lr {lr}"
+        if isinstance(peak, (int, float)) and isinstance(lr, (int, float)) and peak != lr:
+            shown += f" up to {peak:g}"
+        return ", ".join([shown]
                          + ([f"weight_decay {decay:g}"] if isinstance(decay, (int, float)) and decay else []))
 
     if len(groups) == 1:
