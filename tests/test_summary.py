@@ -259,3 +259,19 @@ def test_a_second_train_start_for_another_optimizer_keeps_the_run_s_hparams_and_
     for record in sink.of(Hparams):
         window.apply({"k": "hparams", "win": "hparams", "x": record.x, "hparams": record.hparams, "metrics": {}})
     assert list(window.trials.values())[0]["hparams"]["probe_lr"] == 0.1 and "Trials" not in window.content["html"]
+
+
+@pytest.mark.parametrize("error, said", [(RuntimeError("CUDA error: an illegal memory access"),
+                                          "crashed at step 2: RuntimeError: CUDA error: an illegal memory access"),
+                                         (KeyboardInterrupt(), "interrupted at step 2: KeyboardInterrupt")])
+def test_the_summary_pane_says_how_a_run_that_did_not_finish_ended(error, said):
+    # A search's crashed and pruned trials looked, on their own pages, like short finished runs.
+    model = small_model()
+    monitor, sink = monitor_with(Summary())
+    with pytest.raises(type(error)):
+        with monitor:
+            monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+            monitor.step_end(loss=1.0)
+            monitor.step_end(loss=1.0)
+            raise error
+    assert said in sink.of(Text, "summary")[-1].html

@@ -14,7 +14,7 @@ from monitor.callbacks.learning_rate import trace_names
 from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState, Monitor
 from monitor.log import Log
-from monitor.records import Order
+from monitor.records import Order, ending_of
 from monitor.windows import TABLE
 
 WINDOW = "summary"
@@ -74,10 +74,18 @@ class Summary(Callback):
         for name in latest.keys() & given.keys():  # given to log.hparams before this: the latest counts
             del given[name]
 
-    def _write(self, state: LoopState, log: Log) -> None:
+    def on_exception(self, state: LoopState, log: Log, error: BaseException) -> None:
+        """The pane says how the run ended, above the rest: a crashed or pruned trial's curves
+        only stop, as a run still training's do."""
+        ending = ending_of(error)
+        if ending.status != "finished" and state.model is not None:
+            said = f"{ending.status} at step {state.step}" + (f": {ending.error}" if ending.error else "")
+            self._write(state, log, f'<p style="color:#d62728"><b>{escape(said[:300])}</b></p>')
+
+    def _write(self, state: LoopState, log: Log, head: str = "") -> None:
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
         self._shown = _trained(state)
-        log.text(WINDOW, state.step, _summary_html(model, state.optimizers, {**self.hparams, **state.hparams}),
+        log.text(WINDOW, state.step, head + _summary_html(model, state.optimizers, {**self.hparams, **state.hparams}),
                  html=True)
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
