@@ -720,7 +720,7 @@ def _remove_from_dashboard(sender: Any, run: Run) -> str | None:
             raise
         shown = {}  # no such env: Visdom answers HTTP 500
     held = set(shown)
-    others = [log for log in holds_other_runs(run)]
+    others = holds_other_runs(run)
     ours = set().union(*(windows_of(log, run.env) for log in [run.log, *others]))
     ids = {run.run_id, *(next(RunLog.read(log), {}).get("run_id") for log in others)}
     theirs = {name: mark for name in held & ours if (mark := _run_mark(shown[name])) and mark.get("id") not in ids}

@@ -12,7 +12,7 @@ import torch
 from monitor import checks
 from monitor.callbacks._every import is_due
 from monitor.checks import one_of, positive_int
-from monitor.core import Callback, LoopState
+from monitor.core import Callback, LoopState, Monitor
 from monitor.log import Log, channels_first
 from monitor.records import LabelCaptions, Order
 
@@ -77,7 +77,7 @@ class Images(Callback):
         self._drew = False  # a grid drawn this run: a step without the batch then is a phase without images
         self._grid_bytes = 0  # the last grid's, as logged
 
-    def on_attach(self, monitor: Any) -> None:
+    def on_attach(self, monitor: Monitor) -> None:
         self._drew = False  # given to another Monitor (a fold's): its run's grids
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
