@@ -74,6 +74,8 @@ class LoopState:
     (``"validation"`` unless told: an EMA copy's, ``"val/clean"``); ``main_validation`` says
     whether it is the run's own: the step's first validation, or another of the step under that
     trace (False for an EMA copy's after it), whose metrics a checkpoint ranks by and the run ends with.
+    ``validated_step`` is None for a validation of the loop's own, at ``step``; for one off the loop
+    (called from another thread than train_start's, or given ``step=``) the step it measured.
     ``batch_drawn``, where a callback sets it, is called with each batch ``monitor.batches`` draws
     for the loop (Timing counts the samples of a step's micro-batches so); it must not keep them.
     """
@@ -96,6 +98,7 @@ class LoopState:
     batch_index: int | None = None
     validation: str = "validation"
     main_validation: bool = True
+    validated_step: int | None = None
     batch_drawn: Callable[[Any], None] | None = None
 
 
@@ -266,6 +269,8 @@ class Monitor:
         self._in_step = False
         self._started = False
         self._train_ended: int | None = None  # the step train_end was last called at
+        self._hooks = threading.RLock()  # a validation in a thread of its own waits for the loop's hook to end
+        self._loop_thread: int | None = None  # the thread that called train_start
         self._first_validation: tuple[int, str] | None = None  # the step of the latest validation, and its first's trace
         self._epoch_open = False
         self._in_steps = False  # in a monitor.steps loop
@@ -326,6 +331,7 @@ class Monitor:
         if recorded:                                         # given none keeps the run's, given some adds them
             state.hparams = {**state.hparams, **hparams} if self._started and hparams else dict(hparams or {})
         self._started, self._failed, self._ending = True, False, RunEnd("finished")
+        self._loop_thread = threading.get_ident()
         self._train_ended = None
         if getattr(self.sink, "ending", None) is not None:
             self.sink.ending = None
@@ -359,19 +365,20 @@ class Monitor:
 
     def epoch_start(self, epoch: int | None = None) -> None:
         """Call at the start of each epoch; ``epoch`` is 0-based (default: the next one)."""
-        self._refuse_if_closed()
-        self._step_over()
-        if epoch is not None:
-            self.state.epoch = checks.integer("epoch", epoch, minimum=0)
-            if epoch < self._resumable.first_epoch:  # a resumed run whose loop counts its own epochs
-                self._reports.once("epoch-back", f"epoch_start({epoch}) goes back from epoch "
-                                   f"{self._resumable.first_epoch}, where the resumed run continues: iterate "
-                                   f"monitor.epochs(n) and monitor.batches(loader) to continue there")
-        elif self._started and self.state.batch:
-            self.state.epoch += 1
-        self.state.batch, self.state.batch_index = 0, None
-        self._resumable.new_epoch()
-        self._fire("on_epoch_start")
+        with self._hooks:
+            self._refuse_if_closed()
+            self._step_over()
+            if epoch is not None:
+                self.state.epoch = checks.integer("epoch", epoch, minimum=0)
+                if epoch < self._resumable.first_epoch:  # a resumed run whose loop counts its own epochs
+                    self._reports.once("epoch-back", f"epoch_start({epoch}) goes back from epoch "
+                                       f"{self._resumable.first_epoch}, where the resumed run continues: iterate "
+                                       f"monitor.epochs(n) and monitor.batches(loader) to continue there")
+            elif self._started and self.state.batch:
+                self.state.epoch += 1
+            self.state.batch, self.state.batch_index = 0, None
+            self._resumable.new_epoch()
+            self._fire("on_epoch_start")
 
     def after_backward(self, optimizer: str | torch.optim.Optimizer | None = None) -> None:
         """Call after ``loss.backward()`` and before ``optimizer.step()`` / ``zero_grad()``.
@@ -381,94 +388,114 @@ class Monitor:
         own. With gradient accumulation, calling it after every micro-batch or only after the
         last gives the same single point per step: the last call's, the accumulated gradients.
         """
-        if self._ended:
-            self._refuse_if_closed()
-        state = self.state
-        state.backward_pass = None if optimizer is None else self._pass_of(optimizer)
-        if not self._in_step:
-            if self._resumable.at_next_batch is not None:
-                self._step_over()
-            self._in_step = True
-            state.step += 1
-        self._fire("on_after_backward")
+        with self._hooks:
+            if self._ended:
+                self._refuse_if_closed()
+            state = self.state
+            state.backward_pass = None if optimizer is None else self._pass_of(optimizer)
+            if not self._in_step:
+                if self._resumable.at_next_batch is not None:
+                    self._step_over()
+                self._in_step = True
+                state.step += 1
+            self._fire("on_after_backward")
 
     def step_end(self, loss: Any = None, metrics: Mapping[str, Any] | None = None,
                  inputs: Any = None, targets: Any = None, outputs: Any = None) -> None:
         """Call after ``optimizer.step()`` with this step's loss, metrics and (optionally) batch."""
-        if metrics is not None and type(metrics) is not dict:
-            _check_metrics(metrics)
-        if self._ended:
-            self._refuse_if_closed()
-        state = self.state
-        resumable = self._resumable
-        if not self._in_step:  # a loop that does not call after_backward
-            if resumable.at_next_batch is not None:
-                self._step_over()
-            state.step += 1
-        state.batch += 1
-        resumable.drawn_at_step = resumable.drawn  # the batches this step and those before it took
-        state.loss, state.inputs, state.targets, state.outputs = loss, inputs, targets, outputs
-        state.metrics = dict(metrics) if metrics else {}
-        try:
-            self._fire("on_step_end")
-        finally:
-            self._in_step = False
-            # Keep no batch, output or graph alive past the hook: the loop decides their lifetime
-            # (a metric tensor with its graph, freed at the next step_end, took a 322-layer model 0.3 ms there).
-            state.loss = state.inputs = state.targets = state.outputs = None
-            state.metrics = {}
+        with self._hooks:
+            if metrics is not None and type(metrics) is not dict:
+                _check_metrics(metrics)
+            if self._ended:
+                self._refuse_if_closed()
+            state = self.state
+            resumable = self._resumable
+            if not self._in_step:  # a loop that does not call after_backward
+                if resumable.at_next_batch is not None:
+                    self._step_over()
+                state.step += 1
+            state.batch += 1
+            resumable.drawn_at_step = resumable.drawn  # the batches this step and those before it took
+            state.loss, state.inputs, state.targets, state.outputs = loss, inputs, targets, outputs
+            state.metrics = dict(metrics) if metrics else {}
+            try:
+                self._fire("on_step_end")
+            finally:
+                self._in_step = False
+                # Keep no batch, output or graph alive past the hook: the loop decides their lifetime
+                # (a metric tensor with its graph, freed at the next step_end, took a 322-layer model 0.3 ms there).
+                state.loss = state.inputs = state.targets = state.outputs = None
+                state.metrics = {}
 
-    def validation_end(self, metrics: Mapping[str, Any], trace: str = "validation") -> None:
+    def validation_end(self, metrics: Mapping[str, Any], trace: str = "validation", *,
+                       step: int | None = None) -> None:
         """Call after validation with its results, e.g. ``{"loss": 0.41, "accuracy": 0.87}``.
 
         A second validation of the step (an EMA copy's, another data set's) names its own
         trace of the same windows, ``validation_end(ema_metrics, trace="ema")``: the checkpoint's
         ranking and the run's final metrics stay the first's, whatever its trace
         (``trace="val/clean"`` and then ``trace="val/noisy"``: the clean set's).
+
+        An evaluation in a thread of its own, of a copy of the weights of an earlier step, says
+        which: ``validation_end(metrics, step=8)`` draws its points at step 8, and a Checkpoint
+        ranks the checkpoint of step 8 by it, if one was written; the loop goes on meanwhile.
         """
-        self._refuse_if_closed()
-        _check_metrics(metrics)
-        state = self.state
-        state.validation = trace = checks.name("trace", trace)
-        first = self._first_validation
-        if first is None or first[0] != state.step:
-            self._first_validation = first = (state.step, trace)
-        state.main_validation = trace == first[1]
-        state.metrics = dict(metrics)
-        self._train_ended = None  # a test after train_end: the next train_end records it
-        self._fire("on_validation_end")
+        with self._hooks:
+            self._refuse_if_closed()
+            _check_metrics(metrics)
+            state = self.state
+            if step is not None:
+                checks.integer("step", step, minimum=0)
+                if step > state.step:
+                    raise ValueError(f"step must be the step whose weights the validation measured, at most the "
+                                     f"loop's step {state.step}, got {step}")
+            in_loop = (step is None or step == state.step) and \
+                self._loop_thread in (None, threading.get_ident())
+            state.validated_step = None if in_loop else state.step if step is None else step
+            at = state.step if in_loop else state.validated_step
+            state.validation = trace = checks.name("trace", trace)
+            first = self._first_validation
+            if first is None or first[0] != at:
+                self._first_validation = first = (at, trace)
+            state.main_validation = trace == first[1]
+            state.metrics = dict(metrics)
+            self._train_ended = None  # a test after train_end: the next train_end records it
+            self._fire("on_validation_end")
 
     def epoch_end(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Call at the end of each epoch, optionally with metrics of the epoch."""
-        self._refuse_if_closed()
-        if metrics is not None:
-            _check_metrics(metrics)
-        self._epoch_open = False
-        self._train_ended = None
-        self.state.metrics = dict(metrics) if metrics else {}
-        self._fire("on_epoch_end")
+        with self._hooks:
+            self._refuse_if_closed()
+            if metrics is not None:
+                _check_metrics(metrics)
+            self._epoch_open = False
+            self._train_ended = None
+            self.state.metrics = dict(metrics) if metrics else {}
+            self._fire("on_epoch_end")
 
     def train_end(self) -> None:
         """Call once after training; the sink keeps delivering until :meth:`close`. Called again
         with no step, validation or epoch end since (a notebook's last cell run twice), it does nothing."""
-        if self._train_ended == self.state.step:
-            return
-        self._train_ended = self.state.step
-        self._step_over()
-        if self._epoch_open and not self._failed:  # a loop that broke out of monitor.epochs()
-            self.epoch_end()
-        self._fire("on_train_end")
-        self._started = False
-        ending = self._ending._replace(step=self.state.step)
-        self.sink.put(ending)  # said now: a notebook idle after training, or killed, reads finished
-        if hasattr(self.sink, "ending"):  # a notebook's setup cell run again after this: a run that finished
-            self.sink.ending = ending
+        with self._hooks:
+            if self._train_ended == self.state.step:
+                return
+            self._train_ended = self.state.step
+            self._step_over()
+            if self._epoch_open and not self._failed:  # a loop that broke out of monitor.epochs()
+                self.epoch_end()
+            self._fire("on_train_end")
+            self._started = False
+            ending = self._ending._replace(step=self.state.step)
+            self.sink.put(ending)  # said now: a notebook idle after training, or killed, reads finished
+            if hasattr(self.sink, "ending"):  # a notebook's setup cell run again after this: a run that finished
+                self.sink.ending = ending
 
     def exception(self, error: BaseException) -> None:
         """Call from the loop's ``except`` block (the context-manager form does this for you)."""
-        self._failed = True
-        self._ending = ending_of(error)
-        self._fire("on_exception", error)
+        with self._hooks:
+            self._failed = True
+            self._ending = ending_of(error)
+            self._fire("on_exception", error)
 
     def _pass_of(self, optimizer: str | torch.optim.Optimizer | None) -> str | None:
         if optimizer is None:

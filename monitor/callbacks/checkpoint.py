@@ -305,6 +305,9 @@ class Checkpoint(Callback):
             self._stop_for_requeue(state)
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
+        if state.validated_step is not None:  # off the loop (a thread's evaluation of an earlier copy)
+            self._rank_off_the_loop(state)
+            return
         if self.metric_from == "validation" and state.main_validation:  # not an EMA copy's after it
             self._note_metric(state.metrics)
         if self._monitor.in_batches or self._monitor.in_steps:
@@ -324,7 +327,7 @@ class Checkpoint(Callback):
             # last (no step since): it measured that checkpoint's weights, so it ranks that one.
             metric, self._metric_value = float(self._metric_value), None  # a save has just read the device
             if self._monitor.rank == 0:  # its records and folder: no collective (it may validate alone)
-                self._rank_latest(checkpoint_name(state.step), metric)
+                self._rank(checkpoint_name(state.step), metric)
         self._exit_if_stopping()
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
@@ -596,18 +599,28 @@ class Checkpoint(Callback):
                                        f"{type(cause).__name__}: {cause}") from error
         prune(self.directory, {r["file"] for r in kept})
 
-    def _rank_latest(self, name: str, metric: float) -> None:
-        """Gives the checkpoint written last, ``name``, the metric of the validation that followed it
-        (rank 0): in the records its later checkpoints hold, and in ``latest.json`` now."""
+    def _rank_off_the_loop(self, state: LoopState) -> None:
+        """A validation of the weights of ``state.validated_step``, made while the loop went on,
+        ranks the checkpoint of that step, if one was written; the next save's metric is its own."""
+        if self.metric_from != "validation" or not state.main_validation or self._monitor.rank != 0:
+            return
+        value = state.metrics.get(self.metric) if self.metric else None
+        if value is not None:
+            self._rank(checkpoint_name(state.validated_step), float(value))
+
+    def _rank(self, name: str, metric: float) -> None:
+        """Gives checkpoint ``name`` (rank 0) ``metric``: in the records its later checkpoints hold,
+        and in ``latest.json`` now, which stays at the checkpoint written last."""
         record = next((r for r in self._records if r["file"] == name), None)
         if record is None:
             return
         record["metric"] = metric if math.isfinite(metric) else None
         kept, last, best = retain(self._records, self.keep_last, self.keep_best, self.mode)
         self._records = kept
-        pending = self._pointer is not None  # latest.json moves to it at the next step's end
-        self._pointer = (self.directory / name, self._monitor.sink.env, last, best, kept)
-        if not pending:
+        pending = self._pointer
+        latest = pending[0] if pending is not None else self.directory / checkpoint_name(self._last_saved[0])
+        self._pointer = (latest, self._monitor.sink.env, last, best, kept)
+        if pending is None:  # else latest.json moves to the one written at the next step's end
             self._point()
 
     def _extra_tensors(self) -> list[Any]:

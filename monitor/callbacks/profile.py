@@ -88,7 +88,7 @@ class Profile(Callback):
             self._backward = time.perf_counter()
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
-        if self._profiler is not None:
+        if self._profiler is not None and state.validated_step is None:
             self._began = time.perf_counter()  # a validation between two steps is neither's phases
 
     def on_step_end(self, state: LoopState, log: Log) -> None:

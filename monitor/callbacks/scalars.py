@@ -127,7 +127,7 @@ class Scalars(Callback):
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if self.x == "step":
-            x = state.step
+            x = state.step if state.validated_step is None else state.validated_step
         else:
             x = state.epoch + 1 if state.batch else state.epoch
         values = self._averaged(state.metrics) if self.average_validation else state.metrics

@@ -72,6 +72,8 @@ class Timing(Callback):
         self._drawn = [0, 0]
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
+        if state.validated_step is not None:  # in a thread of its own: the loop's steps go on meanwhile
+            return
         self._last, self._event, self._start = time.perf_counter(), None, None  # the next step's starts after it
         self._drawn = [0, 0]  # a validation loader's batches are no step's
 
