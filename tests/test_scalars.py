@@ -291,26 +291,32 @@ def test_options_the_loop_gives_a_callback_s_window_add_up_with_the_callback_s_b
         visdom_server, read_window_raw, tmp_path):
     """A scientist's log y axis set before the loop stopped Scalars from laying out the window
     (no smoothing, no y label), and set after it moved the learning rate among the metrics."""
-    from monitor import LearningRate
+    from monitor import GradNorms, LearningRate
     from monitor.records import Order
     from monitor.runlog import RunLog
     from monitor.windows import Windows
 
     model = torch.nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with live_monitor(visdom_server, "log-axes", tmp_path, Scalars(), LearningRate()) as monitor:
+    with live_monitor(visdom_server, "log-axes", tmp_path, Scalars(), LearningRate(), GradNorms()) as monitor:
         monitor.log.window("rel_l2", ytype="log", ylabel="relative L2 error")  # before the first point
+        monitor.log.window("grad norm", ytype="linear")
         monitor.train_start(model, optimizer)
         for step in range(3):
+            model(torch.ones(1, 2)).sum().backward()
+            monitor.after_backward()
             monitor.step_end(loss=1.0 / (step + 1), metrics={"rel_l2": 10.0 ** -step})
             monitor.log.window("learning rate", ytype="log")  # after it
         monitor.flush()
         rel_l2 = read_window_raw(visdom_server, "log-axes", "rel_l2")["content"]
         lr = read_window_raw(visdom_server, "log-axes", "learning rate")["content"]
+        norms = read_window_raw(visdom_server, "log-axes", "grad norm")["content"]
     assert rel_l2["layout"]["yaxis"]["type"] == "log" and rel_l2["layout"]["yaxis"]["title"] == "relative L2 error"
     assert rel_l2["layout"]["xaxis"]["title"] == "step" and len(rel_l2["data"]) == 2  # smoothed, and faint behind
     assert lr["layout"]["yaxis"]["type"] == "log" and lr["layout"]["yaxis"]["title"] == "learning rate"
+    assert norms["layout"]["yaxis"]["type"] == "linear" and norms["layout"]["yaxis"]["title"] == "L2 norm of the gradients"
     windows = Windows()
     windows.apply(RunLog.read(tmp_path / "log-axes" / RunLog.FILENAME))
     orders = {name: window.order for name, window in windows.by_name.items()}
-    assert (orders["rel_l2"], orders["learning rate"]) == (Order.METRICS, Order.LEARNING_RATE)
+    assert (orders["rel_l2"], orders["learning rate"], orders["grad norm"]) == (Order.METRICS, Order.LEARNING_RATE,
+                                                                                Order.GRADIENTS)

@@ -199,8 +199,9 @@ class GradNorms(Callback):
         for window, (kind, traces, values) in pending.items():  # the step's last after_backward counts
             self._put(log, window, _YLABELS[kind], state.step, traces, values)
         if self.loss_scale and is_due(state.step, self.every) and (scale := current_scale(state.scaler)) is not None:
-            log.window("loss scale", order=Order.GRADIENTS, title="loss scale", xlabel="step",
-                       ylabel=_YLABELS["loss scale"], ytype="log")
+            if "loss scale" not in log.laid_out:
+                log.lay_out("loss scale", Order.GRADIENTS, title="loss scale", xlabel="step",
+                            ylabel=_YLABELS["loss scale"], ytype="log")
             log.scalar("loss scale", "scale", state.step, scale)  # a device's: copied there, read later
         before, self._before = self._before, None
         if before is None or not is_due(state.step, self.every) or not self._moved:
@@ -235,15 +236,12 @@ class GradNorms(Callback):
              values: Callable[[], list[float]]) -> None:
         form = self.form if self.form != "auto" else "heatmap" if len(traces) > LINES_UP_TO + 1 or \
             self._forms.get(window) == "heatmap" else "lines"  # once a heatmap, one for good (experts that idle)
-        if self._forms.get(window) == form and window in log.layouts:  # laid out as it is already
+        if self._forms.get(window) == form and window in log.laid_out:  # laid out as it is already
             log.vector(window, x, traces, values)
             return
         self._forms[window] = form
-        if form == "heatmap":
-            log.window(window, order=Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log",
-                       form="heatmap", top=self.top)
-        else:
-            log.window(window, order=Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log")
+        heatmap = {"form": "heatmap", "top": self.top} if form == "heatmap" else {}
+        log.lay_out(window, Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log", **heatmap)
         log.vector(window, x, traces, values)
 
     def _pass(self, state: LoopState, name: str) -> tuple[int, ...]:

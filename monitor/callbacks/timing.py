@@ -62,10 +62,9 @@ class Timing(Callback):
         state.batch_drawn = self._count
         parameter = next(state.model.parameters(), None) if state.model is not None else None
         self._device = parameter.device if parameter is not None and parameter.device.type == "cuda" else None
-        log.window("step time", order=Order.TIMING, title="step time", xlabel="step", ylabel="milliseconds")
-        log.window("throughput", order=Order.TIMING, title="throughput", xlabel="step",
-                   ylabel="samples per second")
-        log.window("memory", order=Order.TIMING, title="memory", xlabel="step", ylabel="MB")
+        for window, ylabel in (("step time", "milliseconds"), ("throughput", "samples per second"), ("memory", "MB")):
+            if window not in log.laid_out:
+                log.lay_out(window, Order.TIMING, title=window, xlabel="step", ylabel=ylabel)
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
         self._last = self._event = self._start = None  # validation and the epoch's end are not a step's time
