@@ -416,6 +416,7 @@ class Monitor:
                 state.step += 1
             state.batch += 1
             resumable.drawn_at_step = resumable.drawn  # the batches this step and those before it took
+            resumable.begun_at_step = resumable.begun
             state.loss, state.inputs, state.targets, state.outputs = loss, inputs, targets, outputs
             state.metrics = dict(metrics) if metrics else {}
             try:
@@ -575,6 +576,7 @@ class Monitor:
                                        f"environment each iteration and trains now and then (a replay buffer "
                                        f"filling, learning_starts) counts them itself, for global_step in "
                                        f"range(total), and calls the hooks at its updates")
+                self._resumable.begun += 1
                 yield self.state.step
         finally:
             self._in_steps = False
@@ -604,6 +606,13 @@ class Monitor:
     def in_steps(self) -> bool:
         """Whether the loop is inside a ``monitor.steps`` loop."""
         return self._in_steps
+
+    @property
+    def in_ended_step(self) -> bool:
+        """Whether a ``monitor.batches`` or ``monitor.steps`` loop is still in the iteration of the
+        step that ended last (a validation after its ``step_end``), not at the top of the next
+        one (nanoGPT's evaluation, before the step: a resumed run runs it again)."""
+        return self._resumable.begun == self._resumable.begun_at_step
 
     @property
     def in_batches(self) -> bool:

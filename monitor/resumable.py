@@ -45,6 +45,8 @@ class Resumable:
         self.iterating = 0                        # monitor.batches generators started and not ended
         self.said_interleaved = False             # that two were iterated in turn (a zip), not one inside the other
         self.at_next_batch: Callable[[], None] | None = None  # called once, before the outermost loop's next batch
+        self.begun = 0                            # iterations the outermost monitor.batches or monitor.steps began
+        self.begun_at_step = 0                    # ... as the latest step_end found it
         self.trained = False                      # resumed from the checkpoint of its train_end: no epochs left
         self.waited_in: int | None = None         # state.batch (steps of the epoch) at the latest batch's wait
         # (batches given, the random state they were drawn from: torch's CPU state and the loader's
@@ -168,8 +170,10 @@ class Resumable:
                 state.batch_index = drawn
                 drawn += 1
                 self.drawn = (drawn, order, call, shape, again)
-                if state.batch_drawn is not None and outermost:
-                    state.batch_drawn(batch)
+                if outermost:
+                    self.begun += 1
+                    if state.batch_drawn is not None:
+                        state.batch_drawn(batch)
                 yield batch
         finally:
             self.iterating -= 1

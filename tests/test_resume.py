@@ -207,3 +207,56 @@ def test_two_loaders_through_monitor_batches_at_once_are_said_once_and_one_zip_o
                          "checkpoint keeps the position of one, so a resume repeats or skips batches; iterate them "
                          "as one, monitor.batches(zip(loader_a, itertools.cycle(loader_b)))"] if interleaved else [])
         assert monitor.state.step == 10
+
+
+def _evaluating_first_run(server, folder, validated, kill=None):
+    """nanoGPT's shape: each iteration of ``monitor.steps`` evaluates the weights of the steps done
+    at its top, before its step (random batches, no loader); a checkpoint every second step."""
+    from helpers.monitors import live_monitor
+    from monitor import Checkpoint, Scalars
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = live_monitor(server, f"eval-first-{folder.name}", folder, Scalars(),
+                           Checkpoint(folder / "ckpt", every_steps=2, resume=True))
+    monitor.train_start(model, optimizer)
+    try:
+        for it in monitor.steps(8):
+            if it % 2 == 0:
+                with torch.no_grad():
+                    loss = model(torch.rand(4, 1)).pow(2).mean().item()
+                if kill == ("validation", it):
+                    raise _Killed
+                validated.append((it, loss))
+                monitor.validation_end({"loss": loss})
+            model(torch.rand(2, 1)).pow(2).mean().backward()
+            monitor.after_backward()
+            if kill == ("step", monitor.state.step):
+                raise _Killed
+            optimizer.step()
+            optimizer.zero_grad()
+            monitor.step_end(loss=1.0)
+        monitor.train_end()
+    finally:
+        monitor.close()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("kill", [("step", 5), ("validation", 4)], ids=["after-the-evaluation", "during-it"])
+def test_a_loop_evaluating_at_the_top_of_its_iteration_resumes_exactly_with_each_evaluation_once(
+        visdom_server, read_window, tmp_path, kill):
+    """The evaluation after step 4's checkpoint was saved into it again, random numbers and
+    all, as one that ends step 4's code is: the resumed run, which runs that iteration again,
+    evaluated from other random numbers and drew other batches, and the point was there twice."""
+    straight: list = []
+    expected = _evaluating_first_run(visdom_server, tmp_path / "straight", straight)
+    validated: list = []
+    with pytest.raises(_Killed):
+        _evaluating_first_run(visdom_server, tmp_path / "killed", validated, kill)
+    again: list = []
+    weights = _evaluating_first_run(visdom_server, tmp_path / "killed", again)
+    assert again == straight[2:]  # from the iteration of step 4's checkpoint on, the same numbers
+    assert all(torch.equal(a, b) for a, b in zip(weights, expected))
+    xs, ys = read_window(visdom_server, "eval-first-killed", "loss")["validation"]
+    assert xs == [0, 2, 4, 6] and ys == pytest.approx([loss for _, loss in straight])

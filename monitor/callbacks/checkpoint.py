@@ -310,9 +310,10 @@ class Checkpoint(Callback):
             return
         if self.metric_from == "validation" and state.main_validation:  # not an EMA copy's after it
             self._note_metric(state.metrics)
-        if self._monitor.in_batches or self._monitor.in_steps:
-            # A loop that validates inside its batches (or steps) loop (at a save's step or not): from now on
-            # a step's checkpoint becomes the latest at the next step's end, after any validation.
+        if (self._monitor.in_batches or self._monitor.in_steps) and self._monitor.in_ended_step:
+            # A loop that validates inside its batches (or steps) loop, after a step_end (at a save's step or
+            # not): from now on a step's checkpoint becomes the latest at the next step's end, after any
+            # validation. (One at the top of the next iteration, nanoGPT's, is run again by a resume.)
             self._validates_after_saving = True
             if self._last_saved == [state.step, state.epoch, self._epoch_done]:
                 # After the step's checkpoint: that again, with the validation (its random numbers,
