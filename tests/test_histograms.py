@@ -98,6 +98,29 @@ def test_the_gradients_binned_are_those_the_optimizers_step_with_not_a_frozen_co
     assert [encode(record)["n"] for record in sink.of(Histogram)] == [20, 10]
 
 
+def test_a_gan_s_named_passes_bin_each_optimizer_s_gradients_in_windows_of_their_own():
+    # The generator's loss flows back through the critic too: at G's pass D's .grad holds a
+    # gradient no optimizer steps with, which was binned into one window with G's.
+    nets = torch.nn.ModuleDict({"G": torch.nn.Linear(2, 4), "D": torch.nn.Linear(4, 1)})
+    opt_g = torch.optim.Adam(nets["G"].parameters())
+    opt_d = torch.optim.Adam(nets["D"].parameters())
+    monitor, sink = monitor_with(Histograms(every=1, of=("grads",)))
+    monitor.train_start(nets, {"G": opt_g, "D": opt_d})
+    for _ in range(2):
+        fake = nets["G"](torch.randn(8, 2))
+        opt_d.zero_grad()
+        nets["D"](fake.detach()).mean().backward()
+        monitor.after_backward("D")
+        opt_d.step()
+        opt_g.zero_grad()
+        (-nets["D"](fake).mean()).backward()
+        monitor.after_backward("G")
+        opt_g.step()
+        monitor.step_end()
+    assert [(r.window, encode(r)["n"]) for r in sink.of(Histogram)] == [
+        ("grad distribution D", 5), ("grad distribution G", 12)] * 2
+
+
 def test_a_layer_named_before_the_model_has_it_is_said_once_and_drawn_once_it_is_there(caplog):
     # A progressive network's third column: Histograms(layers=["cols.2"]) "failed" at train_start,
     # "called again at the next on_train_start", which never came.

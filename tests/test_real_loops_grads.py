@@ -199,7 +199,7 @@ def test_after_backward_names_an_optimizer_given_to_train_start():
         monitor.train_start(model, scaler=65536.0)
 
 
-def test_the_update_ratio_of_a_gan_covers_both_optimizers_steps():
+def test_the_update_ratio_of_a_gan_is_each_optimizer_s_in_a_window_of_its_own():
     sink = ListSink()
     torch.manual_seed(0)
     generator, discriminator = nn.Linear(4, 6), nn.Linear(6, 1)
@@ -217,8 +217,10 @@ def test_the_update_ratio_of_a_gan_covers_both_optimizers_steps():
         monitor.after_backward("G")
         opt_g.step()
         monitor.step_end()
-    ratios = sink.points("update ratio")
-    assert all(v > 0 for _, v in ratios["D"]) and all(v > 0 for _, v in ratios["G"])  # D was 0 before its fix
+    # One window held both networks' layers and one total over both: a ratio of no optimizer's.
+    d, g = sink.points("update ratio D"), sink.points("update ratio G")
+    assert not sink.points("update ratio") and set(d) == {"D", "total"} and set(g) == {"G", "total"}
+    assert all(v > 0 for _, v in d["D"] + g["G"]) and [x for x, _ in d["D"]] == [1, 2]  # D's was 0 once
 
 
 def test_a_discriminator_whose_body_is_unfrozen_mid_run_has_its_body_in_its_norms():

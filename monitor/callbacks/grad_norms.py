@@ -107,7 +107,8 @@ class GradNorms(Callback):
         self._all_grouping: _Grouping | None = None  # its grouping
         self._groupings: dict[tuple[int, ...], _Grouping] = {}
         self._before: list[torch.Tensor] | None = None  # the weights at the step's first after_backward
-        self._moved: set[int] = set()  # the parameters with a gradient at one of the step's after_backward
+        # The parameters with a gradient at one of the step's after_backward, by pass (None: unnamed).
+        self._moved: dict[str | None, set[int]] = {}
         self._stale = True  # the parameters may have changed since the grouping was built
         self._hooks: list = []
         self._said_no_gradients = False
@@ -188,9 +189,9 @@ class GradNorms(Callback):
             if self._before is None:  # before any of the step's updates
                 with torch.no_grad():
                     self._before = torch._foreach_mul(params, 1.0)
-                self._moved = set(present)
+                self._moved = {name: set(present)}
             else:
-                self._moved.update(present)
+                self._moved.setdefault(name, set()).update(present)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         pending, self._pending = self._pending, {}
@@ -204,9 +205,15 @@ class GradNorms(Callback):
                             ylabel=_YLABELS["loss scale"], ytype="log")
             log.scalar("loss scale", "scale", state.step, scale)  # a device's: copied there, read later
         before, self._before = self._before, None
-        if before is None or not is_due(state.step, self.every) or not self._moved:
+        if before is None or not is_due(state.step, self.every):
             return
-        moved = self._all if len(self._moved) == len(self._all) else tuple(sorted(self._moved))
+        for name, indices in self._moved.items():  # each optimizer's update apart, as its gradients are
+            if indices:
+                self._put_update_ratio(log, state.step, "" if name is None else f" {name}", indices, before)
+
+    def _put_update_ratio(self, log: Log, step: int, suffix: str, indices: set[int],
+                          before: list[torch.Tensor]) -> None:
+        moved = self._all if len(indices) == len(self._all) else tuple(sorted(indices))
         params = self._params
         if moved is not self._all:  # frozen layers left out: their 0 has no place on a log axis
             params, before = [params[i] for i in moved], [before[i] for i in moved]
@@ -214,7 +221,7 @@ class GradNorms(Callback):
         with torch.no_grad():
             updates = each_norm(torch._foreach_sub(params, before), stacks)
             before = each_norm(before, stacks)
-        self._put(log, "update ratio", _YLABELS["update ratio"], state.step, traces,
+        self._put(log, "update ratio" + suffix, _YLABELS["update ratio"], step, traces,
                   partial(_update_ratios, updates, before, groups, traces))
 
     def _write(self, kind: str, suffix: str, tensors: list[torch.Tensor], present: tuple[int, ...],

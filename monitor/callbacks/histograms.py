@@ -30,7 +30,8 @@ class Histograms(Callback):
 
     Windows ``grad distribution`` and ``weight distribution`` pool every parameter of the model;
     ``layers=["encoder", "head"]`` gives each named module (as in ``model.named_modules()``) its
-    own windows instead, e.g. ``grad distribution encoder``. ``of`` picks the kinds. Each
+    own windows instead, e.g. ``grad distribution encoder``; the gradients of a pass named by
+    ``after_backward("D")`` (a GAN's) are that optimizer's, in ``grad distribution D``. ``of`` picks the kinds. Each
     histogram has ``bins`` equal bins over the values' range and is binned on the parameters'
     device: nothing is read on the training thread. As with GradNorms, with gradient
     accumulation the last ``after_backward`` of a step counts, and under a GradScaler given to
@@ -68,14 +69,18 @@ class Histograms(Callback):
         if "grads" not in self.of or not is_due(state.step, self.every):
             return
         # The gradients the optimizers step with, as GradNorms takes them: a frozen column's stay
-        # on its parameters, stale, once a new task's optimizer holds the others only.
-        held = {id(p) for optimizer in state.optimizers.values() for group in optimizer.param_groups
+        # on its parameters, stale, once a new task's optimizer holds the others only; after a
+        # named pass (a GAN's after_backward("D")), that optimizer's alone, in windows of their own.
+        name = state.backward_pass
+        stepping = state.optimizers.values() if name is None else (state.optimizers[name],)
+        held = {id(p) for optimizer in stepping for group in optimizer.param_groups
                 for p in group["params"]} if state.optimizers else None
         for suffix, params in self._group(state).items():
             grads = [p.grad for p in params if p.grad is not None and (held is None or id(p) in held)]
-            if grads:  # kept until step_end: a later after_backward of the step replaces it
-                self._pending[suffix] = _histogram(_KINDS["grads"][0] + suffix, state.step, grads, self.bins,
-                                                   scale_of(state.scaler, state.optimizers.values()))
+            if grads:  # kept until step_end: a later after_backward of the step (of the pass) replaces it
+                window = _KINDS["grads"][0] + suffix + ("" if name is None else f" {name}")
+                self._pending[window] = _histogram(window, state.step, grads, self.bins,
+                                                   scale_of(state.scaler, stepping))
 
     def _group(self, state: LoopState) -> dict[str, list[torch.nn.Parameter]]:
         """The parameters of each window, as the model has them now: asked at each step logged,
@@ -97,8 +102,9 @@ class Histograms(Callback):
         if not is_due(state.step, self.every):
             return
         self._group(state)
-        if pending or "weights" in self.of:
-            self._lay_out(log)
+        if "weights" in self.of:
+            self._lay_out(log, [_KINDS["weights"][0] + suffix for suffix in self._groups])
+        self._lay_out(log, list(pending))
         for record in pending.values():
             log.sink.put(record)
         if "weights" in self.of:
@@ -106,12 +112,11 @@ class Histograms(Callback):
                 if params:
                     log.sink.put(_histogram(_KINDS["weights"][0] + suffix, state.step, params, self.bins))
 
-    def _lay_out(self, log: Log) -> None:
-        for kind in self.of:
-            window, ylabel = _KINDS[kind]
-            for suffix in self._groups:
-                log.window(window + suffix, order=Order.GRADIENTS, title=window + suffix, xlabel="step",
-                           ylabel=ylabel)
+    def _lay_out(self, log: Log, windows: list[str]) -> None:
+        for window in windows:
+            if window not in log.laid_out:
+                ylabel = _KINDS["grads" if window.startswith(_KINDS["grads"][0]) else "weights"][1]
+                log.lay_out(window, Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel)
 
 
 def _histogram(window: str, step: int, tensors: list[torch.Tensor], bins: int,
