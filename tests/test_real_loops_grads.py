@@ -351,3 +351,26 @@ def test_an_lbfgs_closure_s_step_end_belongs_after_the_step_and_one_in_the_closu
         assert len(said) == 1 and said[0].startswith("monitor: step_end was called 5 times in one step of LBFGS, "
                                                      "which calls its closure several times a step: call step_end "
                                                      "after optimizer.step(closure), not in the closure")
+
+
+def test_a_pass_left_unnamed_beside_named_ones_is_said_once(caplog):
+    # A GAN's D pass left plain pooled G's gradients of the step before into its total, silently.
+    generator, discriminator = nn.Linear(4, 6), nn.Linear(6, 1)
+    opt_g, opt_d = torch.optim.SGD(generator.parameters(), lr=0.1), torch.optim.SGD(discriminator.parameters(), lr=0.1)
+    monitor = Monitor([GradNorms()], sink=NullSink(), raise_errors=True)
+    monitor.train_start(nn.ModuleDict({"G": generator, "D": discriminator}), {"G": opt_g, "D": opt_d})
+    with caplog.at_level("WARNING", logger="monitor"):
+        for _ in range(3):
+            opt_d.zero_grad()
+            discriminator(generator(torch.randn(8, 4)).detach()).mean().backward()
+            monitor.after_backward()
+            opt_d.step()
+            opt_g.zero_grad()
+            discriminator(generator(torch.randn(8, 4))).mean().backward()
+            monitor.after_backward("G")
+            opt_g.step()
+            monitor.step_end()
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: after_backward() names no optimizer in a run whose other passes name theirs: its window "
+        "'grad norm' takes the gradients of every optimizer, those left from the others' passes too; name the "
+        "one stepping next, after_backward('D') or after_backward(opt_d)"]
