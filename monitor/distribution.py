@@ -109,7 +109,8 @@ def figure(lines: dict[str, tuple[list, list]], latest: Mapping[str, Any], opts:
                  "name": f"step {latest['x']:g}", "showlegend": False, "marker": {"color": _BAND_COLOUR.format(0.8)},
                  "hovertemplate": "%{x:.4g}: %{y}<extra></extra>"})
     outside = latest["n"] - sum(latest["counts"])
-    caption = f"latest histogram, step {latest['x']:g}" + (f" ({outside} values in no bin)" if outside else "")
+    caption = f"latest histogram, step {latest['x']:g}" + (
+        f" ({outside:,} of {latest['n']:,} values not finite or outside the bins)" if outside else "")
     layout = {"showlegend": False, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
               "xaxis": {"title": opts.get("xlabel", "step"), "anchor": "y"},
               "yaxis": {"title": opts.get("ylabel", "value"), "domain": [0.45, 1]},

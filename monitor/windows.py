@@ -362,6 +362,8 @@ class Window:
             self.history = [e for e in self.history if e["n"] in stays]
         elif kind == "histogram":  # percentile bands as traces, and the latest histogram
             bands = distribution.bands(entry)
+            if 2 * sum(entry["counts"]) < entry["n"]:  # most values in no bin: not finite (a diverged model's)
+                bands = dict.fromkeys(self.traces or distribution.BANDS)  # a gap, as a NaN loss is
             self.kind, self.content = "distribution", entry
             for name, y in bands.items():
                 trace = self.traces.get(name) or self._new_trace(name)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -266,6 +267,29 @@ def test_the_histograms_callback_draws_bands_and_the_latest_histogram(visdom_ser
     final = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
     assert weights["data"][0]["y"][-1] == pytest.approx(final.min().item())
     assert weights["data"][-2]["y"][-1] == pytest.approx(final.max().item())
+    monitor.close()
+
+
+def test_the_steps_of_a_diverged_model_are_gaps_in_the_bands_and_the_histogram_says_why(
+        visdom_server, tmp_path, read_window_raw):
+    # All but one weight NaN: every band was drawn at that one value, a crisp line; all NaN: no point.
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor([Histograms(every=1)], env="diverged", port=visdom_server.port, run_dir=tmp_path / "run")
+    monitor.train_start(model, optimizer)
+    for step in range(1, 5):
+        loss = model(torch.randn(2, 4)).pow(2).mean() * (math.nan if step >= 3 else 1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        monitor.after_backward()
+        optimizer.step()
+        monitor.step_end(loss=loss)
+    assert monitor.flush()
+    for window in ("grad distribution", "weight distribution"):
+        shown = read_window_raw(visdom_server, "diverged", window)["content"]
+        median = next(t for t in shown["data"] if t.get("name") == "median")
+        assert median["x"] == [1, 2, 3, 4] and median["y"][2:] == [None, None] and None not in median["y"][:2]
+        assert "not finite or outside the bins" in shown["layout"]["xaxis2"]["title"]
     monitor.close()
 
 
