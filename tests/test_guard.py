@@ -142,6 +142,30 @@ def test_a_gan_s_gradient_gone_bad_is_named_by_its_backward_pass(caplog):
     assert "Guard: a gradient is not finite (in the backward pass of G) at step 3" in caplog.text
 
 
+def test_a_gan_whose_critic_went_nan_names_its_pass_beside_the_loss(caplog):
+    # The loss given to step_end (G's) went NaN after D's did: only "the loss is nan" was said.
+    torch.manual_seed(0)
+    generator, discriminator = nn.Linear(4, 4), nn.Linear(4, 1)
+    model = nn.ModuleDict({"G": generator, "D": discriminator})
+    optimizers = {"G": torch.optim.SGD(generator.parameters(), lr=0.1),
+                  "D": torch.optim.SGD(discriminator.parameters(), lr=0.1)}
+    monitor = Monitor([Guard()], sink=NullSink())
+    monitor.train_start(model, optimizers)
+    for step in range(1, 4):
+        fake = generator(torch.randn(8, 4))
+        optimizers["D"].zero_grad()
+        (discriminator(fake.detach()).mean() * (float("nan") if step == 2 else 1.0)).backward()
+        monitor.after_backward("D")
+        optimizers["D"].step()
+        optimizers["G"].zero_grad()
+        g_loss = -discriminator(fake).mean()
+        g_loss.backward()
+        monitor.after_backward("G")
+        optimizers["G"].step()
+        monitor.step_end(loss=g_loss)
+    assert "Guard: the loss is nan, a gradient too (in the backward pass of D" in caplog.text
+
+
 def test_a_guard_given_to_a_monitor_per_fold_watches_each_fold_afresh(tmp_path):
     """A list of callbacks built once for every fold's Monitor: a Guard tripped in fold 0 said
     nothing of fold 1's NaN."""

@@ -147,12 +147,13 @@ class Guard(Callback):
     def _check(self, step: int, values: dict[str, float], log: Log) -> None:
         loss = values.get("loss")
         reason = None
+        passes = [name.removeprefix("grads ") for name, v in values.items()
+                  if name.startswith("grads ") and not math.isfinite(v)]
+        where = f" (in the backward pass of {', '.join(passes)})" if passes else ""
         if loss is not None and not math.isfinite(loss):
-            reason = f"the loss is {loss}"
+            reason = f"the loss is {loss}" + (f", a gradient too{where}" if passes else "")
         elif any(not math.isfinite(v) for name, v in values.items() if name != "loss"):
-            passes = [name.removeprefix("grads ") for name, v in values.items()
-                      if name.startswith("grads ") and not math.isfinite(v)]
-            reason = "a gradient is not finite" + (f" (in the backward pass of {', '.join(passes)})" if passes else "")
+            reason = "a gradient is not finite" + where
         elif loss is not None and self.spike is not None and len(self._history) >= SPIKE_STEPS:
             mean, spread = statistics.fmean(self._history), statistics.pstdev(self._history)
             # A constant loss (clamped, a plateau) has no spread: a thousandth of its level stands
