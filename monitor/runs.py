@@ -112,7 +112,9 @@ _LOWEST_WORDS = frozenset(("err", "nll", "wer", "cer", "ppl", "rmse", "fid", "ki
                            "bits", "nelbo", "recon",
                            # a scientist's: norms of an error (rel_l2), residuals, drifts, misfits
                            "l1", "l2", "linf", "residual", "drift", "misfit", "rmsd", "chi2", "divergence",
-                           "violation", "cost", "penalty"))
+                           "violation", "cost", "penalty",
+                           # a GAN's: WGAN-GP's gradient penalty, its critic's estimate of the distance
+                           "gp", "wasserstein", "emd"))
 # Scores, by name, best highest: a name in neither list is ranked highest best on a guess.
 _HIGHEST_BEST = ("acc", "precision", "recall", "score", "reward", "return", "similarity", "correlation",
                  "likelihood", "elbo", "准确率", "正解率", "精度", "召回")
