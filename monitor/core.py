@@ -8,6 +8,7 @@ fails is reported once, by name, and training goes on.
 from __future__ import annotations
 
 import atexit
+import html
 import importlib
 import logging
 import os
@@ -273,6 +274,7 @@ class Monitor:
         self._loop_thread: int | None = None  # the thread that called train_start
         self._first_validation: tuple[int, str] | None = None  # the step of the latest validation, and its first's trace
         self._epoch_open = False
+        self._epochs_ran = False  # monitor.epochs has yielded in this run
         self._in_steps = False  # in a monitor.steps loop
         self._failed = False
         self._ended = False
@@ -369,11 +371,19 @@ class Monitor:
             self._refuse_if_closed()
             self._step_over()
             if epoch is not None:
-                self.state.epoch = checks.integer("epoch", epoch, minimum=0)
+                state = self.state
+                checks.integer("epoch", epoch, minimum=0)
+                reached = state.epoch + (1 if state.batch else 0)  # the epochs this run has begun
+                state.epoch = epoch
                 if epoch < self._resumable.first_epoch:  # a resumed run whose loop counts its own epochs
                     self._reports.once("epoch-back", f"epoch_start({epoch}) goes back from epoch "
                                        f"{self._resumable.first_epoch}, where the resumed run continues: iterate "
                                        f"monitor.epochs(n) and monitor.batches(loader) to continue there")
+                elif self._started and epoch < reached:  # a notebook's training cell run again
+                    self._reports.once("epoch-back", f"epoch_start({epoch}) goes back from epoch {reached - 1}, "
+                                       f"which this run has trained in: its epochs' points and checkpoints take "
+                                       f"the numbers given again; epoch_start() with no number counts on (a "
+                                       f"notebook's training cell run again), as monitor.epochs(n) does")
             elif self._started and self.state.batch:
                 self.state.epoch += 1
             self.state.batch, self.state.batch_index = 0, None
@@ -529,6 +539,13 @@ class Monitor:
         if self._resumable.trained:  # resumed after its train_end (killed in its own last work, an early stop)
             self._resumable.trained = False
             return
+        if self._epochs_ran and not (first or began):  # a notebook's cell run again: as a resume would go on
+            first, began = self._go_on_here()
+            if first >= count:
+                self._reports.once("epochs-done", f"monitor.epochs({count}) has no epoch left: the run has done "
+                                   f"{first} (a cell run again goes on with the run's epochs, as a resumed run "
+                                   f"does); ask for more, monitor.epochs({first + count})")
+        self._epochs_ran = True
         for epoch in range(first, count):
             if epoch == first and began:
                 self.state.epoch = epoch
@@ -538,6 +555,21 @@ class Monitor:
             yield epoch
             if self._epoch_open:
                 self.epoch_end()
+
+    def _go_on_here(self) -> tuple[int, bool]:
+        """(the epoch to run first, whether it began before): where this process left its epochs,
+        the rest of an interrupted one's batches in the order it drew them."""
+        from monitor.checkpoint.rng import capture_rng
+
+        state, resumable = self.state, self._resumable
+        done = not self._epoch_open
+        position = resumable.state_dict()
+        resumable.stopped()
+        skip = 0 if done else batches_done({**position, "batch": state.batch})
+        resumable.continue_from(state.epoch + done, skip, position["order_rng"], capture_rng() if skip else None,
+                                position["batches_call"], position["batches_of"], position["batches_again"],
+                                since="the loop stopped")
+        return resumable.start()
 
     def steps(self, count: int) -> Iterator[int]:
         """The steps of a loop with no loader to resume (reinforcement learning's rollouts and
@@ -695,6 +727,11 @@ class Monitor:
         url = getattr(self.sink, "url", None)
         where = f" at {url}" if url else ""
         return f"<Monitor of env {self.sink.env!r}{where}, {'closed' if self._ended else f'step {self.state.step}'}>"
+
+    def _repr_html_(self) -> str:  # Jupyter's: the dashboard's address as a link
+        url = getattr(self.sink, "url", None)
+        text = html.escape(repr(self))
+        return f'<a href="{html.escape(url)}" target="_blank">{text}</a>' if url else text
 
     def __enter__(self) -> Monitor:
         self._refuse_if_closed()

@@ -36,6 +36,7 @@ class Resumable:
     def __init__(self) -> None:
         self.first_epoch = 0
         self.skip = 0                             # batches of the first epoch done before the checkpoint
+        self.skip_since = "the checkpoint"        # ... or before the loop was stopped, in this process
         self.skip_epoch = 0                       # that epoch
         self.skip_call = 0                        # ... and which of its monitor.batches calls gave them
         self.skip_of: tuple[int | None, int | None] | None = None  # ... from a loader of (samples, batch size)
@@ -43,6 +44,7 @@ class Resumable:
         self.resumed_from: tuple[int | None, int | None] | None = None  # (samples, batch size): the resumed epoch's
         self.calls = 0                            # monitor.batches calls made this epoch
         self.iterating = 0                        # monitor.batches generators started and not ended
+        self.generation = 0                       # ... since the loop was stopped (a notebook's stop button)
         self.said_interleaved = False             # that two were iterated in turn (a zip), not one inside the other
         self.at_next_batch: Callable[[], None] | None = None  # called once, before the outermost loop's next batch
         self.begun = 0                            # iterations the outermost monitor.batches or monitor.steps began
@@ -125,9 +127,9 @@ class Resumable:
         iterator = started(loader)  # a DataLoader draws its order here, and its workers' seed unless kept
         if skip and monitor.rank == 0:  # every rank drops its own share: said once, for the job
             stream = isinstance(getattr(loader, "dataset", None), torch.utils.data.IterableDataset)
-            _log.warning("monitor: %s the %d batch%s done before the checkpoint%s", "reading the stream again from "
+            _log.warning("monitor: %s the %d batch%s done before %s%s", "reading the stream again from "
                          "its start and dropping" if stream else "loading and dropping", skip,
-                         "" if skip == 1 else "es", "" if stream else
+                         "" if skip == 1 else "es", self.skip_since, "" if stream else
                          " (a DataLoader(batch_sampler=EpochBatchSampler(...)) skips them without loading)")
         for _ in range(skip):
             if next(iterator, _END) is _END:
@@ -140,6 +142,7 @@ class Resumable:
         # A loader iterated inside another's loop (validation in the middle of a step, say) leaves
         # the outer loader's position as it found it: its batch_index, and what a checkpoint keeps.
         outer = (state.batch_index, self.drawn) if self.iterating else None
+        generation = self.generation
         self.iterating += 1
         depth = self.iterating
         try:
@@ -176,9 +179,16 @@ class Resumable:
                         state.batch_drawn(batch)
                 yield batch
         finally:
-            self.iterating -= 1
+            if generation == self.generation:  # not one the stopped loop left (its traceback holds it)
+                self.iterating -= 1
             if outer is not None:
                 state.batch_index, self.drawn = outer
+
+    def stopped(self) -> None:
+        """The loop was stopped (a KeyboardInterrupt) and starts again in this process: the
+        generators it left are over, whenever they are collected."""
+        self.generation += 1
+        self.iterating = self.calls = 0
 
     def new_epoch(self) -> None:
         self.drawn = self.drawn_at_step = None  # until monitor.batches draws this epoch's
@@ -192,8 +202,10 @@ class Resumable:
 
     def continue_from(self, epoch: int, skip: int, order_rng: dict[str, torch.Tensor | None] | None,
                       rng: Mapping[str, Any] | None, call: int | None = None,
-                      batches_of: Sequence[int | None] | None = None, again: bool = False) -> None:
+                      batches_of: Sequence[int | None] | None = None, again: bool = False,
+                      since: str = "the checkpoint") -> None:
         self.first_epoch, self.skip, self.order_rng, self.rng = epoch, skip, order_rng, rng
+        self.skip_since = since
         self.skip_epoch, self.skip_call, self.skip_of, self.skip_again = epoch, call or 0, batches_of, bool(again)
         self.resumed_from = tuple(batches_of) if batches_of is not None and skip else None
 

@@ -9,6 +9,7 @@ import atexit
 import base64
 import datetime
 import functools
+import html
 import hashlib
 import io
 import json
@@ -146,6 +147,15 @@ class SummaryWriter:
         self._flushed = -math.inf  # when flush() last waited for the dashboard
         self._charts: list[tuple[str, list[Callable[[str], Any]]]] = []  # add_custom_scalars: window, matchers
         self._chart_of: dict[str, list[str]] = {}  # a tag's chart windows, found once
+
+    def __repr__(self) -> str:  # a notebook cell's output: which env it draws in, and where
+        url = getattr(self.log.sink, "url", None)
+        return f"<SummaryWriter of env {self.log.sink.env!r}" + (f" at {url}>" if url else ">")
+
+    def _repr_html_(self) -> str:  # Jupyter's: the dashboard's address as a link
+        url = getattr(self.log.sink, "url", None)
+        text = html.escape(repr(self))
+        return f'<a href="{html.escape(url)}" target="_blank">{text}</a>' if url else text
 
     # --- TensorBoard's methods ----------------------------------------------------------------
     def add_scalar(self, tag: str, scalar_value: Any, global_step: int | None = None, walltime: float | None = None,

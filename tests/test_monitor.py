@@ -9,6 +9,7 @@ from torch import nn
 
 from monitor import Callback, GradNorms, Images, LearningRate, Monitor, Scalars
 from monitor.imaging import encode_grid
+from monitor.log import NullSink
 from monitor.windows import float32_digits
 from helpers.monitors import grid_taken, live_monitor, model_and_data, monitor_with, shown_grid
 
@@ -357,6 +358,8 @@ def test_a_monitor_shows_its_env_s_dashboard_page_and_its_step_in_a_notebook_cel
     monitor = Monitor([], env="repr", port=1, run_dir=tmp_path)  # no server: the page it would be on
     monitor.step_end(loss=1.0)
     assert repr(monitor) == "<Monitor of env 'repr' at http://127.0.0.1:1/env/repr, step 1>"
+    assert monitor._repr_html_() == ('<a href="http://127.0.0.1:1/env/repr" target="_blank">&lt;Monitor of env '
+                                     '&#x27;repr&#x27; at http://127.0.0.1:1/env/repr, step 1&gt;</a>')  # Jupyter's link
     monitor.close(timeout=0)
     assert repr(monitor).endswith(", closed>")
     assert repr(Monitor([], sink=NullSink())).startswith("<Monitor of env ")
@@ -373,3 +376,74 @@ def test_the_package_s_modules_are_reached_from_import_monitor_as_readme_writes_
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=Path(__file__).parent.parent)
     assert done.returncode == 0 and done.stdout == "module 'monitor' has no attribute 'nothing'\n", done.stderr
+
+
+def _cells(monitor, model, optimizer, loader, seen, epochs=3, stop_at=None):
+    """A notebook's training cell: monitor.epochs over monitor.batches, the stop button pressed
+    after step ``stop_at``."""
+    for epoch in monitor.epochs(epochs):
+        for (x,) in monitor.batches(loader):
+            seen.append((epoch, x.flatten().tolist()))
+            model(x).pow(2).mean().backward()
+            monitor.after_backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            monitor.step_end(loss=1.0)
+            if monitor.state.step == stop_at:
+                raise KeyboardInterrupt
+
+
+def test_a_notebook_cell_of_monitor_epochs_run_again_goes_on_with_the_run_s_epochs_as_a_resume_does(caplog):
+    """Run again after the stop button (step 5, in epoch 1), the cell trained three whole epochs
+    more, numbered 0, 1, 2 again, leaving epoch 1's other batches out; after a kernel restart
+    the resume trained the rest of epoch 1 and epoch 2."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def kernel():
+        torch.manual_seed(0)
+        loader = DataLoader(TensorDataset(torch.arange(8.0).unsqueeze(1)), batch_size=2, shuffle=True)
+        model = torch.nn.Linear(1, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+        monitor = Monitor([], sink=NullSink(), raise_errors=True)
+        monitor.train_start(model, optimizer)
+        return monitor, model, optimizer, loader
+
+    straight: list = []
+    monitor, model, optimizer, loader = kernel()
+    _cells(monitor, model, optimizer, loader, straight)
+    expected = [p.detach().clone() for p in model.parameters()]
+    seen: list = []
+    monitor, model, optimizer, loader = kernel()
+    with pytest.raises(KeyboardInterrupt):
+        _cells(monitor, model, optimizer, loader, seen, stop_at=5)
+    with caplog.at_level("WARNING", logger="monitor"):
+        _cells(monitor, model, optimizer, loader, seen)  # the cell run again
+    assert seen == straight and monitor.state.step == 12
+    assert "monitor: loading and dropping the 1 batch done before the loop stopped" in caplog.text
+    caplog.clear()
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), expected))
+    with caplog.at_level("WARNING", logger="monitor"):
+        _cells(monitor, model, optimizer, loader, seen)  # and again: no epoch left
+        _cells(monitor, model, optimizer, loader, seen)
+    assert len(seen) == len(straight) and [r.getMessage() for r in caplog.records] == [
+        "monitor: monitor.epochs(3) has no epoch left: the run has done 3 (a cell run again goes on with the run's "
+        "epochs, as a resumed run does); ask for more, monitor.epochs(6) (reported once)"]
+    _cells(monitor, model, optimizer, loader, seen, epochs=4)
+    assert {epoch for epoch, _ in seen[len(straight):]} == {3} and monitor.state.step == 16
+
+
+def test_epoch_start_going_back_to_an_epoch_the_run_trained_in_is_said_once(caplog):
+    # A notebook's `for epoch in range(3): monitor.epoch_start(epoch)` cell run again: epochs 0..2
+    # once more, Scalars(x="epoch") drawing over the first ones, checkpoints numbered so.
+    monitor = Monitor([], sink=NullSink(), raise_errors=True)
+    monitor.train_start()
+    with caplog.at_level("WARNING", logger="monitor"):
+        for _ in range(2):  # the cell, twice
+            for epoch in range(3):
+                monitor.epoch_start(epoch)
+                monitor.step_end(loss=1.0)
+                monitor.epoch_end()
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: epoch_start(0) goes back from epoch 2, which this run has trained in: its epochs' points and "
+        "checkpoints take the numbers given again; epoch_start() with no number counts on (a notebook's training "
+        "cell run again), as monitor.epochs(n) does (reported once)"]

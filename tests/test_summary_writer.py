@@ -1312,3 +1312,10 @@ def test_a_second_process_on_a_live_log_dir_writes_a_folder_beside_it_instead_of
     assert first.communicate(timeout=120)[0].startswith("wrote")
     assert read_window(visdom_server, "exp1_2", "loss") == {"train": ([0, 1, 2], [30.0, 31.0, 32.0])}
     assert len(read_window(visdom_server, "exp1", "loss")["train"][0]) == 20
+
+
+def test_a_writer_in_a_notebook_cell_s_output_shows_its_env_and_where_its_dashboard_is(tmp_path):
+    # It showed <monitor.writer.SummaryWriter object at 0x7f...>: neither the env nor the page.
+    with SummaryWriter(tmp_path / "tb_nb", port=1, timeout=0.2) as writer:
+        assert repr(writer) == "<SummaryWriter of env 'tb_nb' at http://127.0.0.1:1/env/tb_nb>"
+        assert writer._repr_html_().startswith('<a href="http://127.0.0.1:1/env/tb_nb" target="_blank">')
