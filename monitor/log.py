@@ -461,7 +461,9 @@ def _as_nchw(images: Any) -> torch.Tensor:
     elif images.dim() == 3:  # CHW with 1 or 3 channels, else NHW
         images = images[None] if images.shape[0] in (1, 3) else images[:, None]
     elif images.dim() != 4:
-        raise ValueError(f"images must be NCHW, CHW, NHW or HW, got shape {shape}")
+        raise ValueError(f"images must be NCHW, CHW, NHW or HW, got shape {shape}" + (
+            ": a volume's middle slice, x[:, :, x.shape[2] // 2], or its slices as a video, "
+            "log.video(window, x, v.transpose(1, 2))" if images.dim() == 5 else ""))
     if images.shape[1] not in (1, 3, 4) or 0 in images.shape:
         raise ValueError(f"images must have 1 or 3 channels (NCHW also 4, RGBA; NHWC and HWC as well, the "
                          f"channels last) and a non-empty batch, got shape {shape}")

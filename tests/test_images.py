@@ -159,6 +159,37 @@ def test_class_scores_beside_masks_as_targets_show_each_pixel_s_class_whatever_t
     assert torch.equal(record.pixels, class_colours(masks[:2])) and record.captions is None
 
 
+@pytest.mark.parametrize("targets", ["masks", None])
+def test_a_predicted_label_map_shows_each_pixel_s_class_in_its_colour(targets):
+    # logits.argmax(1) as outputs beside masks: a logit above 0 was the class, so the rare class 2
+    # (a lesion) was drawn as class 1; with no targets, grey stretched per image.
+    from monitor.callbacks.images import class_colours
+    monitor, sink = monitor_with(Images(source="outputs", count=2))
+    predicted = torch.randint(0, 3, (4, 6, 6))
+    monitor.step_end(outputs=predicted, targets=predicted.clone() if targets else None)
+    (record,) = sink.of(ImageRecord, "outputs")
+    assert torch.equal(record.pixels, class_colours(predicted[:2]))
+
+
+def test_a_3d_model_s_volumes_show_their_middle_slice_its_masks_too_said_once(caplog):
+    from monitor.callbacks.images import class_colours
+    monitor, sink = monitor_with(Images(every=1, source="outputs", count=2), Images(every=1, count=2))
+    masks = torch.randint(0, 3, (4, 16, 8, 8))  # N x D x H x W
+    logits = torch.nn.functional.one_hot(masks, 3).permute(0, 4, 1, 2, 3).float() * 5  # N x 3 x D x H x W
+    volumes = torch.rand(4, 1, 16, 8, 8)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for _ in range(2):
+            monitor.step_end(inputs=volumes, outputs=logits, targets=masks)
+    (outputs, _), (inputs, _) = sink.of(ImageRecord, "outputs"), sink.of(ImageRecord, "inputs")
+    assert torch.equal(outputs.pixels, class_colours(masks[:2, 8]))  # three classes, beside their masks: not RGB
+    assert torch.equal(inputs.pixels, volumes[:2, :, 8])
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: Images(source='outputs') draws slice 8 of the 16 along dim 2 of its 5-d outputs, shape "
+        "(4, 3, 16, 8, 8) (monitor.log.video shows them all)",
+        "monitor: Images(source='inputs') draws slice 8 of the 16 along dim 2 of its 5-d inputs, shape "
+        "(4, 1, 16, 8, 8) (monitor.log.video shows them all)"]
+
+
 def test_a_batch_of_three_grey_images_with_their_masks_stays_three_images():
     monitor, sink = monitor_with(Images(count=8))
     monitor.step_end(inputs=torch.rand(3, 28, 28), targets=torch.randint(0, 4, (3, 28, 28)))
@@ -230,7 +261,7 @@ def test_a_grayscale_nhw_batch_stays_a_batch_whatever_its_length(count, batch, t
 
 @pytest.mark.parametrize("inputs, error, match", [
     (torch.rand(2, 5, 5, 5), ValueError, "1 or 3 channels"),
-    (torch.rand(2, 1, 1, 5, 5), ValueError, "NCHW, CHW, NHW or HW"),
+    (torch.rand(2, 1, 1, 1, 5, 5), ValueError, "NCHW, CHW, NHW or HW"),
     ([[0.0, 1.0]], TypeError, "needs images .* got a list of 1: list;"),
     (torch.ones(2, 3, 4, 4, dtype=torch.complex64), TypeError, "real numbers"),
     (None, ValueError, r"pass inputs= to monitor.step_end"),

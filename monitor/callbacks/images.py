@@ -74,6 +74,7 @@ class Images(Callback):
         self._said_no_predictions = False
         self._said_names = False
         self._said_behind = False
+        self._said_slice = False
         self._drew = False  # a grid drawn this run: a step without the batch then is a phase without images
         self._grid_bytes = 0  # the last grid's, as logged
 
@@ -134,6 +135,9 @@ class Images(Callback):
             images = list(images[: self.count])  # a detection batch: images of their own sizes, padded by Log
             self._show(log, state.step, images, self._caption(state, len(images)))
             return
+        targets = state.targets
+        if isinstance(images, torch.Tensor) and images.dim() == 5:  # a volume's (N, C, D, H, W): its middle slice
+            images, targets = self._middle_slice(images, targets)
         if isinstance(images, torch.Tensor):
             if images.dim() == 2 and (images.dtype not in _IMAGE_INTEGERS and not images.is_floating_point()
                                       or _one_label_each(state.targets, images.shape[0])
@@ -150,18 +154,36 @@ class Images(Callback):
             images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
             images.dim() == 4 or images.dim() == 3 and (images.shape[0] not in (1, 3) or
-                                                          _one_label_each(state.targets, images.shape[0]) or
-                                                          _masks(state.targets, images.shape)))
+                                                          _one_label_each(targets, images.shape[0]) or
+                                                          _masks(targets, images.shape) or _label_maps(images)))
         if batched:
             images = images[: self.count]  # a view: Log copies only these
-            if images.dim() == 3:  # NHW: say so, or the first 3 would read as one RGB image
-                images = images[:, None]
-            if self.source == "outputs" and (images.shape[1] not in (1, 3) or _masks(state.targets, images.shape)):
-                # A segmentation's class scores (2 or more than 3 classes, or any number beside masks
-                # as targets): each pixel's most likely class; one channel: a binary one's.
-                scores = images.detach()
-                images = class_colours(scores.argmax(1) if scores.shape[1] > 1 else _binary(scores[:, 0]))
+            if _label_maps(images):  # a segmentation's predicted classes (argmax), or its masks: their colours
+                images = class_colours(images.detach())
+            else:
+                if images.dim() == 3:  # NHW: say so, or the first 3 would read as one RGB image
+                    images = images[:, None]
+                if self.source == "outputs" and (images.shape[1] not in (1, 3) or _masks(targets, images.shape)):
+                    # A segmentation's class scores (2 or more than 3 classes, or any number beside
+                    # masks as targets): each pixel's most likely class; one channel: a binary one's.
+                    scores = images.detach()
+                    images = class_colours(scores.argmax(1) if scores.shape[1] > 1 else _binary(scores[:, 0]))
         self._show(log, state.step, images, self._caption(state, images.shape[0] if batched else 1, not batched))
+
+    def _middle_slice(self, volumes: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Any]:
+        """The middle slice of a 3-d model's volumes, N x C x D x H x W (a video's, N x T x C x H x W,
+        its middle frame), and of the targets' masks (N x D x H x W) alike; said once."""
+        depth_at = 1 if volumes.shape[1] not in (1, 3) and volumes.shape[2] in (1, 3) else 2
+        middle = volumes.shape[depth_at] // 2
+        if not self._said_slice:
+            self._said_slice = True
+            _log.warning("monitor: Images(source=%r) draws slice %d of the %d along dim %d of its 5-d %s, shape %s "
+                         "(monitor.log.video shows them all)", self.source, middle, volumes.shape[depth_at],
+                         depth_at, self.source, tuple(volumes.shape))
+        if isinstance(targets, torch.Tensor) and targets.dim() == 4 and \
+                targets.shape[1:] == volumes.shape[2:] and not targets.is_floating_point():
+            targets = targets[:, middle]
+        return volumes.select(depth_at, middle), targets
 
     def _show(self, log: Log, step: int, images: Any, captions: LabelCaptions | None,
               columns: int | None = None) -> None:
@@ -273,6 +295,13 @@ def _masks(targets: Any, shape: torch.Size) -> bool:
     integer or bool maps (N, H, W) of the images' height and width."""
     return isinstance(targets, torch.Tensor) and targets.dim() == 3 and not targets.is_floating_point() and \
         targets.shape[0] >= shape[0] and tuple(targets.shape[1:]) == tuple(shape[-2:])
+
+
+def _label_maps(images: torch.Tensor) -> bool:
+    """Whether ``images`` (N, H, W) are maps of class indices (a segmentation's argmax, its
+    masks): integers that are not an image's bytes (uint8) or a mask's bools."""
+    return images.dim() == 3 and not images.is_floating_point() and not images.is_complex() and \
+        images.dtype not in _IMAGE_INTEGERS
 
 
 def _views(parts: Sequence[Any]) -> bool:
