@@ -378,3 +378,29 @@ def test_splits_each_with_a_resumable_checkpoint_in_one_env_are_told_once_they_s
     said = [r.getMessage() for r in caplog.records
             if "sets aside the one this process ran there before" in r.getMessage()]
     assert len(said) == 1
+
+
+def test_a_notebook_s_setup_cell_run_again_onto_a_checkpoint_folder_of_the_run_is_refused_before_replacing_it(
+        visdom_server, read_window, tmp_path):
+    """The new Monitor set the run aside and blanked its env, then its train_start refused the
+    folder; the run's curves were gone and a run of 0 steps stood in its place (a notebook's
+    setup cell run again; a cross-validation script run again for a second experiment)."""
+    from monitor import Checkpoint
+    from monitor.checkpoint import CheckpointWriteError
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    first = Monitor([Scalars(), Checkpoint(tmp_path / "ckpt", every_steps=2)], env="cell", port=visdom_server.port,
+                    run_dir=tmp_path / "run")
+    first.train_start(model, optimizer)
+    for step in range(4):
+        first.step_end(loss=float(step))
+    assert first.flush()
+    with pytest.raises(CheckpointWriteError, match="directory must be empty or hold this run's checkpoints"):
+        Monitor([Scalars(), Checkpoint(tmp_path / "ckpt", every_steps=2)], env="cell", port=visdom_server.port,
+                run_dir=tmp_path / "run")
+    first.step_end(loss=4.0)  # the run goes on, its curve on the page
+    assert first.flush()
+    assert read_window(visdom_server, "cell", "loss")["train"][0] == [1, 2, 3, 4, 5]
+    assert not (tmp_path / "run" / "earlier").exists()
+    first.close()

@@ -19,8 +19,8 @@ from monitor.checks import boolean, integer, one_of, positive_int, text
 from monitor.checkpoint import CheckpointResumeError, CheckpointWriteError, build_checkpoint, save_checkpoint
 from monitor.checkpoint.file import plain_value
 from monitor.checkpoint.folder import (LOCK, MANIFEST, checkpoint_name, claim, finish, finish_earlier, is_finished,
-                                       mark_kept, mark_trained, prune, read_manifest, retain, set_aside,
-                                       write_manifest)
+                                       mark_kept, mark_trained, prune, read_manifest, refuse_another_run, retain,
+                                       set_aside, write_manifest)
 from monitor.checkpoint.resume import ResumePoint, find_start, named_schedulers, restore_parts
 from monitor.core import Callback, Continuation, LoopState, Monitor
 from monitor.distributed import gather_on_main, on_main, rank_and_world_size
@@ -188,6 +188,7 @@ class Checkpoint(Callback):
         sink holds the run's folder: a second process of a live run moves nothing.
         """
         if not (self.resume or self.fresh):
+            refuse_another_run(self.directory)  # now, before the Monitor sets the env's earlier run aside
             return None
         on_main(self._lock_directory)  # before reading it: another live job's checkpoints are not ours to take
         self._set_aside = on_main(self._starts_a_new_run)

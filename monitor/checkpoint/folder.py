@@ -97,11 +97,29 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
     foreign = [] if manifest is not None and manifest.get("run_id") == run_id else [
         name for name in sorted(present - {r["file"] for r in records}) if _run_id_of(directory / name) != run_id]
     if foreign:
-        raise CheckpointWriteError(
-            f"directory must be empty or hold this run's checkpoints, got {directory} with "
-            f"{len(foreign)} checkpoint(s) of another run ({', '.join(foreign[:3])}...; see its {MANIFEST}): "
-            f"continue that run with Checkpoint(..., resume=True), start a new one with fresh=True, or choose another folder")
+        raise another_run_s(directory, foreign)
     return records
+
+
+continued_runs: set[str] = set()  # the runs resume() found a checkpoint of, in this process
+
+
+def refuse_another_run(directory: Path) -> None:
+    """Before a new run begins (and its Monitor sets the env's earlier run aside): CheckpointWriteError
+    if ``directory`` holds checkpoints of a run that no ``resume()`` of this process continues."""
+    manifest = read_manifest(directory, warn=False)
+    if manifest is not None and manifest.get("run_id") not in continued_runs:
+        files = [path.name for path in checkpoint_files(directory)]
+        if files:
+            raise another_run_s(directory, files)
+
+
+def another_run_s(directory: Path, files: list[str]) -> CheckpointWriteError:
+    listed = ", ".join(files[:3]) + ("..." if len(files) > 3 else "")
+    return CheckpointWriteError(
+        f"directory must be empty or hold this run's checkpoints, got {directory} with {len(files)} checkpoint(s) of "
+        f"another run ({listed}; see its {MANIFEST}): continue that run with Checkpoint(..., resume=True), start a "
+        f"new one with fresh=True, or choose another folder")
 
 
 def ranked_later(manifest: dict[str, Any]) -> dict[str, Any]:

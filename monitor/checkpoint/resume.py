@@ -10,7 +10,7 @@ import torch
 
 from monitor.checkpoint.file import RESUME_KEYS, load_checkpoint
 from monitor.models import load_plain_state, uncompiled, unwrap_model
-from monitor.checkpoint.folder import find_checkpoint, read_manifest
+from monitor.checkpoint.folder import continued_runs, find_checkpoint, read_manifest
 from monitor.core import Monitor
 from monitor.distributed import on_main, rank_and_world_size
 from monitor.resumable import batches_done, position_of_rank
@@ -133,6 +133,7 @@ def find_start(source: str | Path, *, missing_ok: bool = False,
     checkpoint = chosen.get("checkpoint") or load_checkpoint(path, trust=trust)
     rank, world_size = rank_and_world_size()
     loop, run = position_of_rank(checkpoint["loop"], rank, world_size), checkpoint["run"]
+    continued_runs.add(run["run_id"])  # a Checkpoint of its folder goes on with it
     done = bool(loop["epoch_done"])
     saved_by = len(checkpoint["loop"].get("ranks") or [None])  # the saving job's processes
     if saved_by != world_size and batches_done(loop) and rank == 0:
