@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,9 @@ class LoopState:
     trace (False for an EMA copy's after it), whose metrics a checkpoint ranks by and the run ends with.
     ``validated_step`` is None for a validation of the loop's own, at ``step``; for one off the loop
     (called from another thread than train_start's, or given ``step=``) the step it measured.
+    ``step_began`` is the ``time.perf_counter()`` at which the loop's code of the next step began:
+    after the hooks of the ``step_end``, ``validation_end`` or ``epoch_start`` before it (a
+    checkpoint's save is in no step), None before any; kept only where a callback ``times_steps``.
     ``batch_drawn``, where a callback sets it, is called with each batch ``monitor.batches`` draws
     for the loop (Timing counts the samples of a step's micro-batches so); it must not keep them.
     """
@@ -100,6 +104,7 @@ class LoopState:
     validation: str = "validation"
     main_validation: bool = True
     validated_step: int | None = None
+    step_began: float | None = None
     batch_drawn: Callable[[Any], None] | None = None
 
 
@@ -119,6 +124,7 @@ class Callback:
     """
 
     records_hparams = False  # whether it records train_start's hparams itself (Summary); else the Monitor does
+    times_steps = False  # whether it reads state.step_began (Timing); else the Monitor does not keep it
 
     @property
     def state_key(self) -> str:
@@ -284,6 +290,7 @@ class Monitor:
         self._reports = Reports()
         self._watched: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # LBFGS optimizers: their hooks
         # Only the callbacks that override a hook are called for it, through bound methods.
+        self._times_steps = any(c.times_steps for c in self.callbacks)
         self._subscribers = {hook: [(c, getattr(c, hook)) for c in self.callbacks
                                     if getattr(type(c), hook) is not getattr(Callback, hook)]
                              for hook in HOOKS}
@@ -333,6 +340,7 @@ class Monitor:
         if recorded:                                         # given none keeps the run's, given some adds them
             state.hparams = {**state.hparams, **hparams} if self._started and hparams else dict(hparams or {})
         self._started, self._failed, self._ending = True, False, RunEnd("finished")
+        state.step_began = None
         self._loop_thread = threading.get_ident()
         self._train_ended = None
         if getattr(self.sink, "ending", None) is not None:
@@ -389,6 +397,8 @@ class Monitor:
             self.state.batch, self.state.batch_index = 0, None
             self._resumable.new_epoch()
             self._fire("on_epoch_start")
+            if self._times_steps:
+                self.state.step_began = time.perf_counter()
 
     def after_backward(self, optimizer: str | torch.optim.Optimizer | None = None) -> None:
         """Call after ``loss.backward()`` and before ``optimizer.step()`` / ``zero_grad()``.
@@ -432,6 +442,8 @@ class Monitor:
             try:
                 self._fire("on_step_end")
             finally:
+                if self._times_steps:
+                    state.step_began = time.perf_counter()
                 self._in_step = False
                 # Keep no batch, output or graph alive past the hook: the loop decides their lifetime
                 # (a metric tensor with its graph, freed at the next step_end, took a 322-layer model 0.3 ms there).
@@ -472,6 +484,8 @@ class Monitor:
             state.metrics = dict(metrics)
             self._train_ended = None  # a test after train_end: the next train_end records it
             self._fire("on_validation_end")
+            if self._times_steps and in_loop:
+                state.step_began = time.perf_counter()
 
     def epoch_end(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Call at the end of each epoch, optionally with metrics of the epoch."""

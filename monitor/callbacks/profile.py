@@ -185,7 +185,7 @@ def table_html(table: dict[str, Any], top: int = TOP) -> str:
             f"chrome://tracing): <code>{escape(table['trace'])}</code></p>"
             + _html_table(head, rows)
             + "<h4>Time per step (ms)</h4>"
-            + _html_table(["step", "data wait", "forward and backward", "optimizer and the rest"], phases))
+            + _html_table(["step", "data wait", _computing(table), "optimizer and the rest"], phases))
 
 
 def text_table(table: dict[str, Any], top: int = TOP) -> str:
@@ -198,11 +198,19 @@ def text_table(table: dict[str, Any], top: int = TOP) -> str:
         lines.append(f"{name:<32} {r['self_cpu_ms']:>12.3f} {r['cpu_ms']:>10.3f} {r['device_ms']:>10.3f} "
                      f"{r['calls']:>7}  {r['input_shapes']}")
     lines.append("")
-    lines.append(f"{'step':>6} {'data wait':>10} {'forward+backward':>17} {'optimizer+rest':>15}  (ms)")
+    computing = _computing(table).replace(" and ", "+").replace(", ", "+")
+    lines.append(f"{'step':>6} {'data wait':>10} {computing:>22} {'optimizer+rest':>15}  (ms)")
     for p in table["phases"]:
-        lines.append(f"{p['step']:>6} {_ms(p['data wait']):>10} {p['forward and backward']:>17.2f} "
+        lines.append(f"{p['step']:>6} {_ms(p['data wait']):>10} {p['forward and backward']:>22.2f} "
                      f"{p['optimizer and the rest']:>15.2f}")
     return "\n".join(lines)
+
+
+def _computing(table: dict[str, Any]) -> str:
+    """The name of the phase up to ``after_backward``: a loop that reads its loader itself (no
+    ``monitor.batches``) has its wait for the batch in it."""
+    measured = any(p["data wait"] is not None for p in table["phases"])
+    return "forward and backward" if measured or not table["phases"] else "data, forward and backward"
 
 
 def _ms(value: float | None) -> str:

@@ -24,10 +24,12 @@ class Timing(Callback):
         for x, y in monitor.batches(loader):     # the wait for each batch is timed here
             ...; monitor.step_end(loss=loss, inputs=x)
 
-    Windows: ``step time`` (ms; trace ``step``, from one ``step_end`` to the next, and ``data
-    wait``, the time ``monitor.batches(loader)`` spent getting the batch; a validation between
-    two steps is not part of the next one's time: with a loop that
-    iterates its loader itself there is no data wait trace); ``throughput`` (samples per second,
+    Windows: ``step time`` (ms; trace ``step``, from the end of one ``step_end`` (its callbacks
+    done: a checkpoint's save is in no step) to the next, an epoch's first from ``epoch_start``
+    (its data wait holds the start of a loader's workers), and ``data wait``, the time
+    ``monitor.batches(loader)`` spent getting the batch; a validation between two steps is not
+    part of the next one's time: with a loop that iterates its loader itself there is no data
+    wait trace); ``throughput`` (samples per second,
     from the first dimension of ``inputs`` given to ``step_end``; for a tuple or dict of parts,
     the lengths of time-major (T, B) sequences beside them (``(padded, lengths)``), else of
     ``targets`` where its first dimension is one of theirs or theirs disagree (a graph batch:
@@ -39,15 +41,16 @@ class Timing(Callback):
     ``torch.cuda.max_memory_allocated`` says: never reset here, so a loop's own
     ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
     time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
-    worker: the training thread never synchronizes. Logged every ``every`` steps (1, 1 + every, ...)
-    but an epoch's first, which has no ``step_end`` before it to time from: the first points are at 1 + every.
+    worker: the training thread never synchronizes. Logged every ``every`` steps (1, 1 + every,
+    ...; a loop with no ``epoch_start`` has no time for its first step, and its points begin at 1 + every).
     Each point is the mean over the steps since the one before (their samples over their time
     for the throughput), as a progress bar's rate is: one slow step in ten shows as a tenth.
     """
 
+    times_steps = True
+
     def __init__(self, every: int = 10) -> None:
         self.every = positive_int("every", every)
-        self._last: float | None = None  # perf_counter at the previous step_end
         self._event: Any = None  # the CUDA event recorded at the previous step_end
         self._start: Any = None  # ... at the last point's step_end, while no validation or epoch came between
         self._device: torch.device | None = None
@@ -57,7 +60,6 @@ class Timing(Callback):
         self._drawn = [0, 0]  # the batches monitor.batches drew since the last step_end, and their samples
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
-        self._last = None
         self._drawn = [0, 0]
         state.batch_drawn = self._count
         parameter = next(state.model.parameters(), None) if state.model is not None else None
@@ -67,13 +69,13 @@ class Timing(Callback):
                 log.lay_out(window, Order.TIMING, title=window, xlabel="step", ylabel=ylabel)
 
     def on_epoch_start(self, state: LoopState, log: Log) -> None:
-        self._last = self._event = self._start = None  # validation and the epoch's end are not a step's time
+        self._event = self._start = None  # validation and the epoch's end are not a step's time
         self._drawn = [0, 0]
 
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if state.validated_step is not None:  # in a thread of its own: the loop's steps go on meanwhile
             return
-        self._last, self._event, self._start = time.perf_counter(), None, None  # the next step's starts after it
+        self._event = self._start = None  # the next step's starts after it
         self._drawn = [0, 0]  # a validation loader's batches are no step's
 
     def _count(self, batch: Any) -> None:
@@ -83,11 +85,11 @@ class Timing(Callback):
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         now = time.perf_counter()
-        last, self._last = self._last, now
+        began = state.step_began  # after the hooks before it: a save, a validation is in no step
         drawn, self._drawn = self._drawn, [0, 0]
-        if last is not None:
+        if began is not None:
             self._steps += 1
-            self._seconds += now - last
+            self._seconds += now - began
             if state.data_wait is not None:
                 self._waited += state.data_wait
                 self._waits += 1
