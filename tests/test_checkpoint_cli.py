@@ -43,7 +43,7 @@ def test_checkpoints_inspect_shows_the_schema_summary(tmp_path):
     assert result.exit_code == 0, result.output
     rows = dict(line.split(None, 1) for line in result.output.splitlines())
     assert rows["format"].startswith("monitor.checkpoint version 1, written by torch")
-    assert rows["loop"] == "epoch 2, step 15, batch 5 of the epoch (epoch done)"
+    assert rows["loop"] == "epoch 2, step 15 (5 of the epoch, epoch done)"
     assert rows["model"] == "Sequential: 4 tensors, 58 numbers (float32), 232 B"
     assert rows["optimizer"] == "SGD: 1 parameter group(s), state for 4 tensors"
     assert rows["callbacks"] == "Checkpoint" and rows["metric"].startswith("loss = ")
@@ -133,3 +133,18 @@ def test_a_checkpoint_pruned_while_the_folder_is_listed_is_left_out_not_an_error
 
     monkeypatch.setattr(listing, "load_checkpoint", pruned_meanwhile)
     assert [info.path for info in listing.list_checkpoints(tmp_path / "ckpt")] == rest
+
+
+def test_checkpoints_inspect_gives_a_loop_counted_in_steps_its_step_alone(tmp_path):
+    # A GAN's monitor.steps loop cycling its loader read "epoch 0, step 60, batch 60 of the epoch".
+    from monitor import Checkpoint, Monitor
+    from monitor.log import NullSink
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor([Checkpoint(tmp_path, every_steps=3, at_end=False)], sink=NullSink()) as monitor:
+        monitor.train_start(model, optimizer)
+        for _ in monitor.steps(3):
+            monitor.step_end(loss=1.0)
+    result = CliRunner().invoke(main, ["checkpoints", "inspect", str(tmp_path / "step-000000003.pt")])
+    assert dict(line.split(None, 1) for line in result.output.splitlines())["loop"] == "step 3"

@@ -81,8 +81,7 @@ def describe_checkpoint(path: str | Path, *, trust: bool = False) -> list[tuple[
     rows = head + [
         ("format", f"{data['format']} version {data['version']}, written by torch {data['torch']} "
                    f"at {_when(data['time'])}"),
-        ("loop", f"epoch {loop['epoch']}, step {loop['step']}, batch {loop['batch']} of the epoch"
-                 f"{' (epoch done)' if loop['epoch_done'] else ''}"),
+        ("loop", _position(loop)),
         ("run", f"env {run['env']!r}, run id {run['run_id']}, run log at byte {run['runlog_position']}"),
         ("metric", f"{metric['name']} = {metric['value']} ({metric['mode']})" if metric["name"] else "none"),
         ("model", f"{classes['model']}: {_tensors(data['model'])}"),
@@ -119,6 +118,13 @@ def _part(name: Any, state: Any) -> str:
     if isinstance(state, dict) and "param_groups" in state:
         return f"{name}: {len(state['param_groups'])} parameter group(s), state for {len(state.get('state', {}))} tensors"
     return f"{name}: {', '.join(map(str, state))[:120]}" if isinstance(state, dict) else str(name)
+
+
+def _position(loop: dict[str, Any]) -> str:
+    """Where the loop was: a loop counted in steps alone (no epoch, each step a batch of it) by its step."""
+    if loop["epoch"] == 0 and loop["batch"] == loop["step"] and not loop["epoch_done"]:
+        return f"step {loop['step']}"
+    return f"epoch {loop['epoch']}, step {loop['step']} ({loop['batch']} of the epoch{', epoch done' * loop['epoch_done']})"
 
 
 def _foreign(data: Any) -> str:
