@@ -48,7 +48,7 @@ def test_a_tensor_learning_rate_is_shown_as_its_value_not_its_float32_noise():
     model = small_model()
     monitor, sink = monitor_with(Summary())
     monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=torch.tensor(0.05), momentum=0.9))
-    assert "<td>SGD (lr 0.05)</td>" in sink.of(Text, "summary")[0].html  # was 0.05000000074505806
+    assert "<td>SGD (lr 0.05, momentum 0.9)</td>" in sink.of(Text, "summary")[0].html  # was 0.05000000074505806
 
 
 def test_a_one_cycle_schedule_s_learning_rate_is_shown_from_its_start_up_to_its_peak():
@@ -71,8 +71,22 @@ def test_the_summary_names_each_parameter_group_as_its_learning_rate_curve_with_
     monitor, sink = monitor_with(Summary())
     monitor.train_start(model, optimizer)
     (pane,) = sink.of(Text, "summary")
-    assert ("<td>AdamW (2 parameter groups: lora: 40 parameters, lr 0.001, weight_decay 0.01; head: 27, lr 0.0001)"
-            "</td>") in pane.html
+    # weight_decay 0 is said beside another group's (AdamW's default is 0.01, not 0)
+    assert ("<td>AdamW (2 parameter groups: lora: 40 parameters, lr 0.001, weight_decay 0.01; head: 27, lr 0.0001, "
+            "weight_decay 0)</td>") in pane.html
+
+
+def test_the_summary_shows_momentum_and_betas_where_they_are_not_the_optimizer_s_defaults():
+    # What a GAN run is told apart by: Adam's betas (0.5, 0.999) against the default (0.9, 0.999).
+    model = small_model()
+    for optimizer, shown in ((torch.optim.Adam(model.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+                              "Adam (lr 0.0002, betas (0.5, 0.999))"),
+                             (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                              "SGD (lr 0.1, momentum 0.9)"),
+                             (torch.optim.Adam(model.parameters()), "Adam (lr 0.001)")):
+        monitor, sink = monitor_with(Summary())
+        monitor.train_start(model, optimizer)
+        assert f"<td>{shown}</td>" in sink.of(Text, "summary")[0].html
 
 
 def test_an_ema_copy_inside_the_model_is_not_counted_as_trainable():

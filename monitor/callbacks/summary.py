@@ -2,6 +2,7 @@
 again at an epoch's end where what trains changed (a backbone unfrozen, a parameter group added)."""
 from __future__ import annotations
 
+import inspect
 import platform
 from html import escape
 from typing import Any, Mapping
@@ -144,8 +145,12 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
 def _described(optimizer: torch.optim.Optimizer) -> str:
     """``AdamW (lr 0.001)``, or each group by the name of its learning-rate curve:
     ``AdamW (2 parameter groups: lora: 2,048 parameters, lr 0.001; head: 130, lr 0.0001, weight_decay 0.01)``;
-    the lr a scheduler started from (a warm-up's first is less)."""
+    the lr a scheduler started from (a warm-up's first is less); a group's weight decay of 0 where
+    another's is not (a no-decay group), momentum and betas where not the class's defaults (a GAN's
+    Adam, betas (0.5, 0.999))."""
     groups = optimizer.param_groups
+    decays = {group.get("weight_decay") for group in groups}
+    defaults = _signature_defaults(type(optimizer))
 
     def settings(group: Mapping[str, Any]) -> str:
         lr = group.get("initial_lr", group.get("lr"))
@@ -155,8 +160,13 @@ def _described(optimizer: torch.optim.Optimizer) -> str:
         shown = f"lr {lr:g}" if isinstance(lr, (int, float)) else f"lr {lr}"
         if isinstance(peak, (int, float)) and isinstance(lr, (int, float)) and peak != lr:
             shown += f" up to {peak:g}"
-        return ", ".join([shown]
-                         + ([f"weight_decay {decay:g}"] if isinstance(decay, (int, float)) and decay else []))
+        if isinstance(decay, (int, float)) and (decay or len(decays) > 1):
+            shown += f", weight_decay {decay:g}"
+        for key in ("momentum", "betas") if "max_momentum" not in group else ():  # not a cycling schedule's
+            value = group.get(key)
+            if value is not None and key in defaults and _plain(value) != _plain(defaults[key]):
+                shown += f", {key} {_plain(value)}"
+        return shown
 
     if len(groups) == 1:
         return f"{type(optimizer).__name__} ({settings(groups[0])})"
@@ -164,6 +174,23 @@ def _described(optimizer: torch.optim.Optimizer) -> str:
              f"{' parameters' if i == 0 else ''}, {settings(group)}"
              for i, (name, group) in enumerate(zip(trace_names(groups), groups))]
     return f"{type(optimizer).__name__} ({len(groups)} parameter groups: {'; '.join(parts)})"
+
+
+def _signature_defaults(kind: type) -> dict[str, Any]:
+    try:
+        parameters = inspect.signature(kind.__init__).parameters.values()
+    except (TypeError, ValueError):  # a C extension's optimizer
+        return {}
+    return {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+
+
+def _plain(value: Any) -> Any:
+    """A setting as it reads: a tuple of floats (betas), a float; a tensor's as its numbers."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return tuple(float(v) if isinstance(v, (int, float)) else v for v in value)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
 def _table(rows: list[tuple[Any, Any]]) -> str:
