@@ -17,7 +17,7 @@ from monitor import GradNorms, Images, LearningRate, Scalars, Summary
     (lambda: GradNorms(update_ratio=1), TypeError, "update_ratio must be True or False, got 1"),
     (lambda: Images(every=0), ValueError, "every must be an int >= 1, got 0"),
     (lambda: Images(count=0), ValueError, "count must be an int >= 1, got 0"),
-    (lambda: Images(source="targets"), ValueError, "source must be 'inputs' or 'outputs', got 'targets'"),
+    (lambda: Images(source="labels"), ValueError, "source must be 'inputs' or 'outputs' or 'targets', got 'labels'"),
     (lambda: Images(captions="labels"), ValueError, "captions must be 'targets' or .* got 'labels'"),
     (lambda: Images(class_names="cat dog"), TypeError, "class_names must be a sequence or a mapping"),
     (lambda: Summary(hparams=[("lr", 0.1)]), TypeError, "hparams must be a mapping of name to value, got list"),

@@ -171,6 +171,17 @@ def test_a_predicted_label_map_shows_each_pixel_s_class_in_its_colour(targets):
     assert torch.equal(record.pixels, class_colours(predicted[:2]))
 
 
+def test_the_targets_masks_are_drawn_in_the_colours_of_the_predicted_classes():
+    # Input | ground truth | prediction: source="targets" was refused, and a mask drawn by hand
+    # stretched each image's classes to its own greys.
+    from monitor.callbacks.images import class_colours
+    monitor, sink = monitor_with(Images(source="targets", count=2), Images(source="outputs", count=2))
+    masks = torch.randint(0, 3, (4, 6, 6))
+    monitor.step_end(inputs=torch.rand(4, 1, 6, 6), targets=masks, outputs=masks.clone())
+    (truth,), (predicted,) = sink.of(ImageRecord, "targets"), sink.of(ImageRecord, "outputs")
+    assert torch.equal(truth.pixels, class_colours(masks[:2])) and torch.equal(truth.pixels, predicted.pixels)
+
+
 def test_a_3d_model_s_volumes_show_their_middle_slice_its_masks_too_said_once(caplog):
     from monitor.callbacks.images import class_colours
     monitor, sink = monitor_with(Images(every=1, source="outputs", count=2), Images(every=1, count=2))

@@ -45,7 +45,8 @@ class Images(Callback):
     per image is a binary classifier's: a logit above 0, or a probability above 0.5 where all
     are in [0, 1]), ``"both"`` or None; multi-label targets (N, K of 0 and 1) give each image
     its classes, and with ``"both"`` those predicted (scored above 0, 0.5 for probabilities); a source that
-    is not one label per image (masks, None) gives no caption. ``source="outputs"`` of 2 or more
+    is not one label per image (masks, None) gives no caption. ``source="targets"`` draws a
+    segmentation's masks in their classes' colours. ``source="outputs"`` of 2 or more
     than 3 channels (a segmentation's class scores), or of any number beside masks (N, H, W
     integers or bools) as targets, shows each pixel's most likely class in a colour of its own
     (:func:`class_colours`; one channel: a binary segmentation's logit above 0, or probability
@@ -62,7 +63,7 @@ class Images(Callback):
                  value_range: tuple[float, float] | None = None) -> None:
         self.every = positive_int("every", every)
         self.count = positive_int("count", count)
-        self.source = one_of("source", source, ("inputs", "outputs"))
+        self.source = one_of("source", source, ("inputs", "outputs", "targets"))
         self.captions = one_of("captions", captions, ("targets", "predictions", "both", None))
         if class_names is not None and (isinstance(class_names, (str, bytes))
                                         or not isinstance(class_names, (Sequence, Mapping))):
@@ -163,7 +164,8 @@ class Images(Callback):
             else:
                 if images.dim() == 3:  # NHW: say so, or the first 3 would read as one RGB image
                     images = images[:, None]
-                if self.source == "outputs" and (images.shape[1] not in (1, 3) or _masks(targets, images.shape)):
+                if self.source == "outputs" and (images.shape[1] not in (1, 3) or _masks(targets, images.shape)) \
+                        or self.source == "targets" and images.shape[1] not in (1, 3):  # one-hot masks
                     # A segmentation's class scores (2 or more than 3 classes, or any number beside
                     # masks as targets): each pixel's most likely class; one channel: a binary one's.
                     scores = images.detach()
