@@ -501,19 +501,30 @@ def _shown(path: Path, below: Path) -> str:
 
 
 @runs.command("export")
-@click.argument("run", type=click.Path(exists=True, path_type=Path), metavar="RUN")
+@click.argument("runs_given", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path), metavar="RUN...")
 @click.option("--format", "form", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
-              help="csv: window,trace,x,y rows; json: {window: {trace: {x: [...], y: [...]}}}.")
+              help="csv: window,trace,x,y rows; json: {window: {trace: {x: [...], y: [...]}}}; several runs: "
+                   "a run column first, {run: {window: ...}}.")
 @click.option("--window", "windows", multiple=True, metavar="WINDOW", help="Only this window (repeatable).")
-def runs_export(run: Path, form: str, windows: tuple[str, ...]) -> None:
-    """Print every point of RUN (runs/ENV or its run log) at full resolution."""
+def runs_export(runs_given: tuple[Path, ...], form: str, windows: tuple[str, ...]) -> None:
+    """Print every point of each RUN (runs/ENV or its run log) at full resolution: several (a
+    cross-validation's folds, runs/cv-fold*) in one table, each row naming its run."""
     from monitor.runs import exported, write_csv, write_json
 
     try:
-        points = exported(run, windows or None)
+        points = {_run_name(run): exported(run, windows or None) for run in runs_given}
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
-    (write_csv if form == "csv" else write_json)(points, click.get_text_stream("stdout"))
+    out = click.get_text_stream("stdout")
+    if len(points) == 1:
+        (write_csv if form == "csv" else write_json)(next(iter(points.values())), out)
+    else:
+        (write_csv if form == "csv" else write_json)(points, out, by_run=True)
+
+
+def _run_name(run: Path) -> str:
+    """A run's name in an export of several: its folder's (runs/cv-fold0: cv-fold0)."""
+    return (run.parent if run.is_file() else run).name
 
 
 def _rebuild(runs: Path, server) -> None:

@@ -972,23 +972,28 @@ def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Po
     return points
 
 
-def write_csv(points: Points, out: IO[str]) -> None:
-    """One row per point: window, trace, x, y (non-finite values as nan, inf, -inf)."""
+def write_csv(points: Points | dict[str, Points], out: IO[str], by_run: bool = False) -> None:
+    """One row per point: window, trace, x, y (non-finite values as nan, inf, -inf); ``by_run``:
+    ``points`` of several runs by name, each row naming its run first."""
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["window", "trace", "x", "y"])
-    for window, traces in points.items():
-        for trace, values in traces.items():
-            for x, y in values:
-                writer.writerow([window, trace, _number(x), _number(y)])
+    writer.writerow(["run", "window", "trace", "x", "y"] if by_run else ["window", "trace", "x", "y"])
+    for run, one in (points.items() if by_run else [(None, points)]):
+        first = [run] if by_run else []
+        for window, traces in one.items():
+            for trace, values in traces.items():
+                for x, y in values:
+                    writer.writerow([*first, window, trace, _number(x), _number(y)])
 
 
-def write_json(points: Points, out: IO[str]) -> None:
-    """``{window: {trace: {"x": [...], "y": [...]}}}``; non-finite values as null (strict JSON)."""
-    shaped = {window: {trace: {"x": [x for x, _ in values],
-                               "y": [y if math.isfinite(y) else None for _, y in values]}
-                       for trace, values in traces.items()}
-              for window, traces in points.items()}
-    json.dump(shaped, out, allow_nan=False)
+def write_json(points: Points | dict[str, Points], out: IO[str], by_run: bool = False) -> None:
+    """``{window: {trace: {"x": [...], "y": [...]}}}`` (``by_run``: ``{run: {window: ...}}``);
+    non-finite values as null (strict JSON)."""
+    def shaped(one: Points) -> dict[str, Any]:
+        return {window: {trace: {"x": [x for x, _ in values], "y": [y if math.isfinite(y) else None for _, y in values]}
+                         for trace, values in traces.items()}
+                for window, traces in one.items()}
+
+    json.dump({run: shaped(one) for run, one in points.items()} if by_run else shaped(points), out, allow_nan=False)
     out.write("\n")
 
 

@@ -126,6 +126,25 @@ def test_export_prints_names_beyond_ascii_where_python_s_stdout_is_ascii(tmp_pat
     assert "准确率,train,1,0.75" in printed.stdout.decode()  # was a UnicodeEncodeError
 
 
+def test_export_of_a_cross_validation_s_folds_is_one_table_each_row_naming_its_fold(tmp_path, monkeypatch):
+    # One CSV for a paper's table took a shell loop, and its rows had no run column.
+    monkeypatch.setenv("VISDOM_PORT", "1")
+    for fold in range(2):
+        with Monitor([Scalars()], env=f"cv-fold{fold}", run_dir=tmp_path / f"cv-fold{fold}", timeout=0.2) as monitor:
+            monitor.step_end(loss=float(fold))
+            monitor.validation_end({"auc": 0.5 + fold / 10})
+    done = CliRunner().invoke(main, ["runs", "export", str(tmp_path / "cv-fold0"), str(tmp_path / "cv-fold1"),
+                                     "--window", "auc"])
+    assert done.exit_code == 0, done.output
+    assert list(csv.reader(io.StringIO(done.output))) == [
+        ["run", "window", "trace", "x", "y"], ["cv-fold0", "auc", "validation", "1", "0.5"],
+        ["cv-fold1", "auc", "validation", "1", "0.6"]]
+    done = CliRunner().invoke(main, ["runs", "export", str(tmp_path / "cv-fold0"), str(tmp_path / "cv-fold1"),
+                                     "--format", "json", "--window", "loss"])
+    assert json.loads(done.output) == {f"cv-fold{k}": {"loss": {"train": {"x": [1], "y": [float(k)]}}}
+                                       for k in range(2)}
+
+
 def test_export_names_what_is_missing(tmp_path):
     done = CliRunner().invoke(main, ["runs", "export", str(tmp_path)])
     assert done.exit_code != 0 and "run must be a run folder holding runlog.jsonl" in done.output
