@@ -334,10 +334,13 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
 @click.option("--metrics", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
               help="Metric columns shown: the --sort one first, then the loss, the rest by name.")
 @click.option("--earlier", is_flag=True, help="Also the earlier runs of each env (set aside in its earlier/).")
+@click.option("--mean-over", "over", multiple=True, metavar="HPARAM",
+              help="One row per group of runs differing only in HPARAM (a cross-validation's fold, a seed): each "
+                   "metric's best as mean ± std over them (repeatable).")
 def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tuple[str, ...] = (),
-              mode: str | None = None, metrics: int = 4, earlier: bool = False) -> None:
+              mode: str | None = None, metrics: int = 4, earlier: bool = False, over: tuple[str, ...] = ()) -> None:
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
-    from monitor.runs import check_metric, listed, selected, table
+    from monitor.runs import check_metric, grouped_table, listed, selected, table
 
     _runs_folder(click.get_current_context(), None, directory)  # here, not a callback: `monitor runs` alone too
 
@@ -359,15 +362,17 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
     if mode is not None and sort is None:
         raise click.UsageError("--mode says how --sort ranks: give --sort METRIC too")
     named = sorted({name for run in every for name in run.hparams})
-    unknown = [name for name in conditions if name not in named and name != "status"]
-    if unknown and every:
-        raise click.BadParameter(f"no run under {directory} has hparam {', '.join(map(repr, unknown))}; they have "
-                                 f"{', '.join(named) or 'none'}", param_hint="--where")
+    for hint, names in (("--where", [n for n in conditions if n != "status"]), ("--mean-over", over)):
+        unknown = [name for name in names if name not in named]
+        if unknown and every:
+            raise click.BadParameter(f"no run under {directory} has hparam {', '.join(map(repr, unknown))}; they "
+                                     f"have {', '.join(named) or 'none'}", param_hint=hint)
     found = selected(every, conditions, sort, mode)
     if not found:
         click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else ""))
         return
-    click.echo(table(found, metrics, first=sort, mode=mode))
+    click.echo(grouped_table(found, over, metrics, first=sort, mode=mode) if over else
+               table(found, metrics, first=sort, mode=mode))
 
 
 @runs.command("compare")

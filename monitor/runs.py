@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import re
+import statistics
 import time
 import unicodedata
 from pathlib import Path
@@ -375,6 +376,31 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None, mode: str
         cells.append(" ".join(f"{k}={v}" for k, v in run.hparams.items()))
         rows.append(cells)
     widths = [max(columns(row[i]) for row in rows) for i in range(len(head))]
+    return "\n".join("  ".join(padded(cell, width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def grouped_table(runs: list[Run], over: Iterable[str], metrics: int = 4, first: str | None = None,
+                  mode: str | None = None) -> str:
+    """One row per group of runs whose hparams differ only in those named ``over`` (a
+    cross-validation's ``fold``, a ``seed``): how many, their envs, and each metric's best value
+    as the mean and standard deviation over them (as numpy's, ``ddof=0``), then the hparams."""
+    over = set(over)
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        rest = {k: v for k, v in run.hparams.items() if k not in over}
+        groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
+    names = _shown_metrics(runs, metrics, first)
+    rows = [["runs", "envs"] + [f"{m} best: mean ± std" for m in names] + ["hparams"]]
+    for members in groups.values():
+        cells = [str(len(members)), _cut(" ".join(run.env for run in members), 40)]
+        for m in names:
+            values = [run.best(m, mode if m == first else None) for run in members if m in run.metrics]
+            values = [v for v in values if math.isfinite(v)]
+            cells.append(f"{statistics.fmean(values):.4g} ± {statistics.pstdev(values):.2g} ({len(values)})"
+                         if values else "-")
+        cells.append(" ".join(f"{k}={v}" for k, v in members[0].hparams.items() if k not in over))
+        rows.append(cells)
+    widths = [max(columns(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(padded(cell, width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 

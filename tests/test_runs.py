@@ -1217,3 +1217,24 @@ def test_rm_keeps_the_windows_another_run_of_another_home_drew_in_its_env(visdom
     assert done.exit_code == 0 and not (root / "s9" / "lab1").exists(), done.output
     assert "Env lab1 is still on the dashboard: it shows another run now (run " in done.output
     assert "lab1" in connect_client(visdom_server).get_env_list() and read_window(visdom_server, "lab1", "loss") == shown
+
+
+def test_a_cross_validation_s_folds_are_summed_up_as_mean_and_std_per_experiment(tmp_path, monkeypatch):
+    # Two experiments of two folds each: "CV AUC 0.9466 ± 0.0141" per experiment took a script.
+    monkeypatch.setenv("VISDOM_PORT", "1")
+    for lr, aucs in ((0.1, (0.8, 0.9)), (0.3, (0.6, 0.6))):
+        for fold, auc in enumerate(aucs):
+            env = f"cv-lr{lr}-fold{fold}"
+            with Monitor([Scalars()], env=env, run_dir=tmp_path / env, timeout=0.2) as monitor:
+                monitor.train_start(hparams={"lr": lr, "fold": fold})
+                for value in (auc - 0.1, auc):
+                    monitor.step_end(loss=1.0)
+                    monitor.validation_end({"auc": value})
+    done = CliRunner().invoke(main, ["runs", str(tmp_path), "--mean-over", "fold", "--sort", "auc/validation"])
+    assert done.exit_code == 0, done.output
+    head, first, second = done.output.splitlines()
+    assert head.split()[:2] == ["runs", "envs"] and "auc/validation best: mean ± std" in head
+    assert first.split()[:4] == ["2", "cv-lr0.1-fold1", "cv-lr0.1-fold0", "0.85"] and "± 0.05 (2)" in first
+    assert first.endswith("lr=0.1") and "0.6 ± 0 (2)" in second and second.endswith("lr=0.3")
+    wrong = CliRunner().invoke(main, ["runs", str(tmp_path), "--mean-over", "folds"])
+    assert wrong.exit_code == 2 and "no run under" in wrong.output and "has hparam 'folds'; they have fold, lr" in wrong.output
