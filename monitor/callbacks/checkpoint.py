@@ -188,7 +188,7 @@ class Checkpoint(Callback):
         sink holds the run's folder: a second process of a live run moves nothing.
         """
         if not (self.resume or self.fresh):
-            refuse_another_run(self.directory)  # now, before the Monitor sets the env's earlier run aside
+            refuse_another_run(self.directory, self.run_id)  # now, before the Monitor sets the env's run aside
             return None
         on_main(self._lock_directory)  # before reading it: another live job's checkpoints are not ours to take
         self._set_aside = on_main(self._starts_a_new_run)

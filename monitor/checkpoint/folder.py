@@ -104,11 +104,12 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
 continued_runs: set[str] = set()  # the runs resume() found a checkpoint of, in this process
 
 
-def refuse_another_run(directory: Path) -> None:
+def refuse_another_run(directory: Path, run_id: str | None) -> None:
     """Before a new run begins (and its Monitor sets the env's earlier run aside): CheckpointWriteError
-    if ``directory`` holds checkpoints of a run that no ``resume()`` of this process continues."""
+    if ``directory`` holds checkpoints of a run other than ``run_id`` (the Checkpoint's, given to
+    one Monitor after another) that no ``resume()`` of this process continues."""
     manifest = read_manifest(directory, warn=False)
-    if manifest is not None and manifest.get("run_id") not in continued_runs:
+    if manifest is not None and manifest.get("run_id") not in continued_runs | {run_id}:
         files = [path.name for path in checkpoint_files(directory)]
         if files:
             raise another_run_s(directory, files)
