@@ -435,6 +435,8 @@ class Monitor:
                     self._step_over()
                 state.step += 1
             state.batch += 1
+            if resumable.drawn is resumable.drawn_at_step and resumable.drawn is not None:
+                resumable.steps_share_batches = True  # a second step of one batch: truncated BPTT's chunks
             resumable.drawn_at_step = resumable.drawn  # the batches this step and those before it took
             resumable.begun_at_step = resumable.begun
             state.loss, state.inputs, state.targets, state.outputs = loss, inputs, targets, outputs
@@ -652,6 +654,12 @@ class Monitor:
     def in_steps(self) -> bool:
         """Whether the loop is inside a ``monitor.steps`` loop."""
         return self._in_steps
+
+    @property
+    def steps_share_batches(self) -> bool:
+        """Whether the loop took several steps from one batch of ``monitor.batches`` (truncated
+        backpropagation through time's chunks of a batch of series)."""
+        return self._resumable.steps_share_batches
 
     @property
     def in_ended_step(self) -> bool:

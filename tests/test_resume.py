@@ -260,3 +260,20 @@ def test_a_loop_evaluating_at_the_top_of_its_iteration_resumes_exactly_with_each
     assert all(torch.equal(a, b) for a, b in zip(weights, expected))
     xs, ys = read_window(visdom_server, "eval-first-killed", "loss")["validation"]
     assert xs == [0, 2, 4, 6] and ys == pytest.approx([loss for _, loss in straight])
+
+
+def test_a_loop_taking_several_steps_from_one_batch_is_told_a_resume_cannot_go_back_into_it(tmp_path, caplog):
+    """Truncated BPTT: four steps a batch of series; a resume from the checkpoint of the batch's
+    first step dropped the batch whole, its other chunks untrained, without a word."""
+    loader, _, model, optimizer, monitor = _resumable_loop(tmp_path, samples=8)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for epoch in monitor.epochs(1):
+            for (x,) in monitor.batches(loader):
+                for chunk in range(2):
+                    model(x).sum().backward()
+                    monitor.after_backward()
+                    optimizer.step()
+                    optimizer.zero_grad()
+                    monitor.step_end(loss=1.0)
+    said = [r.getMessage() for r in caplog.records if "several steps from one batch" in r.getMessage()]
+    assert len(said) == 1 and "draw each chunk through monitor.batches" in said[0]

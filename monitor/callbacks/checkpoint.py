@@ -143,6 +143,7 @@ class Checkpoint(Callback):
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
         self._told_missing = False  # that the metric is not among those the loop passes, or was seen
+        self._told_shared = False  # that a resume cannot go back into the middle of a batch
         self._check_loop = False
         self._epoch_done = False
         self._last_saved: list | None = None
@@ -465,6 +466,13 @@ class Checkpoint(Callback):
         for hook in self.before_save:
             hook()
         state = monitor.state
+        if monitor.steps_share_batches and not self._told_shared and monitor.rank == 0:
+            self._told_shared = True
+            _log.warning("monitor: the loop takes several steps from one batch of monitor.batches (truncated "
+                         "backpropagation through time's chunks?): a run resumed from a checkpoint of a step in the "
+                         "middle of a batch goes on with the next batch, the rest of this one untrained; draw each "
+                         "chunk through monitor.batches, `for chunk in monitor.batches(chunks(loader)):`, and keep "
+                         "the hidden state in extras, to resume exactly")
         # On every rank, so that all of them agree on whether train_end still has to save.
         self._last_saved = [state.step, state.epoch, self._epoch_done]
         rng, positions = capture_rng(), None
