@@ -1026,7 +1026,7 @@ def write_json(points: Points | dict[str, Points], out: IO[str], by_run: bool = 
 def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> list[str]:
     """The metrics a table has room for: ``first``, then the curves of held-out data (what a sweep
     is judged by), of training data, the rest (final metrics given with the hparams, which repeat
-    the validation's); in each, losses first, then the most common, by name."""
+    the validation's); in each, losses (a name with "loss" in it) first, then other errors, then the most common, by name."""
     seen: dict[str, int] = {}
     for run in runs:
         for name in run.metrics:
@@ -1038,8 +1038,8 @@ def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> lis
                 return 0 if split in HELD_OUT else 1
         return 2
 
-    ranked = sorted(seen, key=lambda name: (name != first, data(name), not best_is_lowest(name), -seen[name],
-                                            _natural(name)))
+    ranked = sorted(seen, key=lambda name: (name != first, data(name), "loss" not in name.lower(),
+                                            not best_is_lowest(name), -seen[name], _natural(name)))
     return ranked[:count]
 
 

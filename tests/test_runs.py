@@ -1238,3 +1238,15 @@ def test_a_cross_validation_s_folds_are_summed_up_as_mean_and_std_per_experiment
     assert first.endswith("lr=0.1") and "0.6 ± 0 (2)" in second and second.endswith("lr=0.3")
     wrong = CliRunner().invoke(main, ["runs", str(tmp_path), "--mean-over", "folds"])
     assert wrong.exit_code == 2 and "no run under" in wrong.output and "has hparam 'folds'; they have fold, lr" in wrong.output
+
+
+def test_the_validation_loss_comes_before_other_errors_in_the_default_columns(tmp_path, monkeypatch):
+    # A forecaster's twelve horizon errors filled the columns, best lowest as a loss is: no loss/validation.
+    from monitor.runs import table
+
+    monkeypatch.setenv("VISDOM_PORT", "1")
+    with Monitor([Scalars()], env="horizons", run_dir=tmp_path / "horizons", timeout=0.2) as monitor:
+        monitor.step_end(loss=1.0)
+        monitor.validation_end({"loss": 0.5, **{f"horizon/mape_h{h}": 0.1 * h for h in range(1, 13)}})
+    head = table(listed(tmp_path), metrics=2).splitlines()[0]
+    assert "loss/validation last (best)" in head and "loss/train last (best)" not in head
