@@ -9,6 +9,7 @@ keeps every point at full resolution, whatever the dashboard shows.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import csv
 import hashlib
@@ -28,6 +29,7 @@ from monitor.imagestore import FOLDER as IMAGES
 from monitor.records import Order
 from monitor.rundir import RunDir
 from monitor.runlog import Reader, RunLog
+from monitor.windows import RECENT
 
 Points = dict[str, dict[str, list[tuple[float, float]]]]
 # The data a metric was taken on, as traces name it (a SummaryWriter tag's split, in several languages).
@@ -979,7 +981,11 @@ def runs_html(runs: list[Run], metrics: int = 3) -> str:
 
 
 def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Points:
-    """Every point of the run, in the order logged: ``{window: {trace: [(x, y), ...]}}``."""
+    """Every point of the run the dashboard draws, in the order of x: ``{window: {trace: [(x, y), ...]}}``.
+
+    As on the dashboard, a curve that goes back to an x it had (a script run again from its
+    start) goes on from there, the points after it left out, and a point that came late (an
+    evaluation in a thread of its own) takes its place among the latest."""
     wanted = None if windows is None else set(windows)
     points: Points = {}
     every: dict[str, None] = {}  # the windows of points, in order
@@ -990,8 +996,16 @@ def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Po
         if wanted is not None and entry["win"] not in wanted:  # passed over unread, as the log's writer writes it
             continue
         traces = points.setdefault(entry["win"], {})
+        x = entry["x"]
         for trace, y in entry["y"].items():
-            traces.setdefault(trace, []).append((entry["x"], y))
+            values = traces.setdefault(trace, [])
+            if values and x < values[-1][0]:
+                recent = [kept for kept, _ in values[-RECENT:]]
+                if x not in recent and (x > recent[0] or len(recent) < RECENT):  # late: among the latest
+                    values.insert(bisect.bisect(recent, x) + len(values) - len(recent), (x, y))
+                    continue
+                del values[bisect.bisect_left([kept for kept, _ in values], x):]  # went back: goes on from x
+            values.append((x, y))
     if wanted is not None and wanted - set(points):
         raise ValueError(f"windows must name windows of the run's points, got {sorted(wanted - set(points))}; "
                          f"it has {sorted(every)}")

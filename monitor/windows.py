@@ -44,7 +44,7 @@ _COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # Plotly's: a trace and its smoothed curve
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")  # a compared run's traces (train, validation, ...)
 _MIN_TRACE_POINTS = 10
-_RECENT = 8  # the latest points among which one that comes late takes its place (threads' evaluations)
+RECENT = 8  # the latest points among which one that comes late takes its place (threads' evaluations)
 
 
 class _Summary:
@@ -144,7 +144,7 @@ class Trace:
         self.last: Point | None = None
         self.count = 0  # raw points seen
         self.nonfinite = 0
-        self.recent: deque[float] = deque(maxlen=_RECENT)  # the x of the latest raw points
+        self.recent: deque[float] = deque(maxlen=RECENT)  # the x of the latest raw points
 
     def add(self, x: float, y: float | None) -> bool:
         """Adds a point at or after the last one's x; one before it is refused (False).
@@ -177,7 +177,7 @@ class Trace:
         """Whether ``x``, before the last point's, came late (evaluations that finished out of
         order, in threads of their own): among the latest points' x, not one of them; not a run
         that went back to an x it had logged (a resumed script's), or before all of them."""
-        return x not in self.recent and (x > self.recent[0] or len(self.recent) < _RECENT)
+        return x not in self.recent and (x > self.recent[0] or len(self.recent) < RECENT)
 
     def with_late(self, x: float, y: float | None) -> Trace:
         """This trace with the late point at its place among the points shown."""

@@ -1250,3 +1250,20 @@ def test_the_validation_loss_comes_before_other_errors_in_the_default_columns(tm
         monitor.validation_end({"loss": 0.5, **{f"horizon/mape_h{h}": 0.1 * h for h in range(1, 13)}})
     head = table(listed(tmp_path), metrics=2).splitlines()[0]
     assert "loss/validation last (best)" in head and "loss/train last (best)" not in head
+
+
+def test_export_gives_the_points_the_dashboard_draws_after_a_curve_went_back_or_a_point_came_late(
+        visdom_server, read_window, tmp_path):
+    # A TensorBoard script run again without purge_step: export repeated steps 3 and 4 where the
+    # dashboard, compare and TensorBoard went on from 3.
+    with Monitor([], env="went-back", port=visdom_server.port, run_dir=tmp_path / "run") as monitor:
+        for x in (1, 2, 3, 4, 5, 3, 4):  # run again from step 3
+            monitor.log.scalar("loss", "train", x, float(x))
+        for x in (10, 20, 40, 30):  # 30's evaluation finished after 40's
+            monitor.log.scalar("auc", "validation", x, x / 100)
+        assert monitor.flush()
+        shown = {window: read_window(visdom_server, "went-back", window) for window in ("loss", "auc")}
+    points = exported(tmp_path / "run")
+    assert points["loss"]["train"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
+    assert points["auc"]["validation"] == [(10, 0.1), (20, 0.2), (30, 0.3), (40, 0.4)]
+    assert all([x for x, _ in points[w][t]] == xs for w in shown for t, (xs, _) in shown[w].items())
