@@ -367,6 +367,8 @@ class Window:
             self.kind, self.content = "distribution", entry
             for name, y in bands.items():
                 trace = self.traces.get(name) or self._new_trace(name)
+                if trace.last is not None and trace.last[1] == entry["x"]:  # one histogram a step: a resumed
+                    self.traces[name] = trace = trace.before(entry["x"])    # run's takes the killed run's place
                 if not trace.add(entry["x"], y):
                     went_back.append(Backwards(self.name, name, entry["x"], trace.last[1]))
                     self.traces[name] = trace = trace.before(entry["x"])

@@ -216,6 +216,15 @@ def test_the_bands_of_a_single_step_are_drawn_as_points_then_as_lines():
     assert {t["mode"] for t in figure(two, latest, {})[0] if t["type"] == "scatter"} == {"lines"}
 
 
+def test_a_histogram_logged_again_at_its_step_takes_the_earlier_one_s_place():
+    # A TensorBoard script resumed at step 20: the bands held x = 0, 10, 20, 20, 30.
+    windows = Windows()
+    for x in (0, 10, 20, 20, 30):
+        windows.apply([{"k": "histogram", "win": "w", "x": x, "edges": [0.0, float(x + 1)], "counts": [2], "n": 2}])
+    xs, ys = windows.by_name["w"].traces["max"].points()
+    assert xs == [0, 10, 20, 30] and ys == [1.0, 11.0, 21.0, 31.0]
+
+
 def test_uneven_bins_are_drawn_over_even_ones_and_even_bins_as_they_are():
     assert evenly([0, 1, 2], [3, 4], bins=2) == ([0, 1, 2], [3, 4])
     edges, counts = evenly([0.0, 1.0, 4.0], [2, 6], bins=4)
