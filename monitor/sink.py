@@ -158,6 +158,8 @@ class VisdomSink:
         self._asked = False  # close() arrived since the last send: the sender sends at once
         self._lock = threading.Lock()
         self._waiting: list[_Waiter] = []  # the worker's: drained this cycle
+        self._went_back: list[Backwards] = []  # windows that went back, said together once a second passes
+        self._went_back_at = 0.0
         self._flushes: list[_Waiter] = []  # the sender's: flushes whose records are in the windows
         self._next_send = 0.0
         self._close_deadline = math.inf
@@ -371,12 +373,18 @@ class VisdomSink:
             with self._windows_lock:
                 went_back = [p for p in self.windows.apply(entries)
                              if ("backwards", p.window) not in self.reports.seen]
-            if went_back:  # once a window, those of one batch in one line
+            if went_back:  # once a window; those going back within a second of each other in one line
                 self.reports.seen.update(("backwards", p.window) for p in went_back)
-                self.reports.once(("backwards", went_back[0]), Backwards.said(went_back) + (
-                    "; in a run resumed from a checkpoint, an x the loop counts itself (an episode number) starts "
-                    "over unless the checkpoint keeps it: Checkpoint(extras=lambda: {'episode': episode}) and "
-                    "checkpoint.start.extras" if self.resumed else ""))
+                self._went_back += went_back
+                self._went_back_at = time.monotonic()
+        if self._went_back and (self._stopping or time.monotonic() - self._went_back_at > 1.0):
+            went_back, self._went_back = self._went_back, []
+            self.reports.once(("backwards", went_back[0]), Backwards.said(went_back) + (
+                "; in a run resumed from a checkpoint, an x the loop counts itself (an episode number) starts "
+                "over unless the checkpoint keeps it: Checkpoint(extras=lambda: {'episode': episode}) and "
+                "checkpoint.start.extras; a SummaryWriter script run again from its checkpoint of step N gives "
+                "SummaryWriter(log_dir, purge_step=N)" if self.resumed else ""))
+        if entries:
             if len(self.windows.by_name) > MANY_WINDOWS:
                 self.reports.once("many windows", many_windows(self.env, len(self.windows.by_name)))
         waiting, self._waiting = self._waiting, []

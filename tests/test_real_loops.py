@@ -23,6 +23,25 @@ def test_text_arrives_escaped_unless_html_is_asked_for(visdom_server, read_windo
     assert read_window_raw(visdom_server, "escaped-text", "markup")["content"] == "<b>bold</b>"
 
 
+def test_windows_going_back_one_after_another_as_a_restarted_script_logs_them_are_said_in_one_line(
+        visdom_server, tmp_path, caplog):
+    # A TensorBoard script run again: seven lines, one a batch the sink took in, each window's first
+    # point going back as the script reached it.
+    import time
+
+    sink = VisdomSink("backwards-apart", port=visdom_server.port, run_dir=tmp_path, flush_every=0.05)
+    log = Log(sink)
+    for window in ("loss", "accuracy", "lr"):
+        for x in (1, 2, 3):
+            log.scalar(window, "train", x, 1.0)
+    for window in ("loss", "accuracy", "lr"):  # run again: each window's first point 0.2 s apart
+        log.scalar(window, "train", 1, 1.0)
+        time.sleep(0.2)
+    assert sink.close(timeout=10)
+    reports = [r.getMessage() for r in caplog.records if "went back" in r.getMessage()]
+    assert len(reports) == 1 and reports[0].startswith("monitor: 3 windows went back to an earlier x"), reports
+
+
 def test_a_trace_that_goes_back_in_x_goes_on_from_there_reported_once(visdom_server, read_window, tmp_path,
                                                                        caplog):
     # A script resumed from step 3's checkpoint (or a notebook cell run again) logs from step 3
