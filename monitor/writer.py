@@ -333,10 +333,16 @@ class SummaryWriter:
         coloured by ``metadata`` (a label per row; with ``metadata_header``, a row of columns per
         vector, coloured by the first and all of them on hover). Projected from a snapshot off the
         training thread (metadata given as a tensor is read at the call, as TensorBoard reads it);
-        ``label_img`` is accepted and not drawn."""
+        ``label_img`` (N x C x H x W, one image a row, as TensorBoard checks it) is not drawn, said once."""
         matrix = _array(mat, "mat")
         if matrix.dim() != 2 or matrix.shape[0] == 0 or matrix.shape[1] == 0:
             raise ValueError(f"mat must be a matrix of one vector per row (N x D), got shape {tuple(matrix.shape)}")
+        if label_img is not None:
+            shape = tuple(getattr(label_img, "shape", ()))
+            if len(shape) != 4 or shape[0] != matrix.shape[0]:
+                raise ValueError(f"label_img must be N x C x H x W, an image for each of mat's {matrix.shape[0]} "
+                                 f"rows, got shape {shape}")
+            self._not_drawn("add_embedding's label_img")
         labels, hover = _embedding_labels(metadata, metadata_header, matrix.shape[0])
         snapshot = matrix.detach().clone()
         window = self._lay_out("embedding" if tag == "default" else tag, "embedding", Order.METRICS)

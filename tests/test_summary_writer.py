@@ -554,7 +554,7 @@ def test_pr_curve_counts_equal_tensorboard_s_on_awkward_inputs(case):
 
 
 def test_add_embedding_draws_the_principal_components_of_what_tensorboard_stores_coloured_by_label(
-        visdom_server, tmp_path, read_window_raw, monkeypatch):
+        visdom_server, tmp_path, read_window_raw, monkeypatch, caplog):
     monkeypatch.chdir(tmp_path)
     g = torch.Generator().manual_seed(0)
     coordinates = torch.randn(200, 3, generator=g) * torch.tensor([5.0, 2.0, 0.5])
@@ -587,6 +587,10 @@ def test_add_embedding_draws_the_principal_components_of_what_tensorboard_stores
         writer.add_embedding(torch.rand(4))
     with pytest.raises(ValueError, match=r"metadata must have one label per row of mat \(4\), got 3"):
         writer.add_embedding(torch.rand(4, 2), metadata=["a", "b", "c"])
+    with pytest.raises(ValueError, match=r"label_img must be N x C x H x W, an image for each of mat's 4 rows, got "
+                                         r"shape \(3, 1, 4, 4\)"):  # TensorBoard raises too
+        writer.add_embedding(torch.rand(4, 2), label_img=torch.rand(3, 1, 4, 4))
+    assert "SummaryWriter.add_embedding's label_img is accepted but not drawn" in caplog.text
 
 
 def test_embedding_metadata_columns_tiny_scales_and_non_finite_vectors():
