@@ -554,6 +554,9 @@ class SummaryWriter:
             return
         self._run = _run_of(Path(self.log_dir), purge_step, self._sink_options)
         self.log, self._kinds = self._run.log, self._run.kinds
+        if self._run.path != Path(self.log_dir):  # get_logdir() names the folder written (exp1_2)
+            self.log_dir = type(self.log_dir)(self._run.path) if isinstance(self.log_dir, os.PathLike) \
+                else str(self._run.path)
         # Let go of without close() (a trial's writer in a sweep): its run ends then, not at the exit.
         self._dropped = weakref.finalize(self, _leave_dropped, self._run, os.getpid())
         self._dropped.atexit = False  # at the exit, _end_open_runs ends those still open
@@ -759,6 +762,7 @@ class _Run:
                          "earlier one kept in its earlier/ (purge_step=N continues it from step N instead)", path)
             position, self.next_step, self.kinds = None, 0, {}
         self.env = env.translate(_NOT_IN_ENVS) if env else _env_apart(_envs_of(path), taken, path)  # '#': an old run's
+        self.path = path  # the folder written: beside the one asked for where another process writes that
         self.log = Log(SinkProcess(env=self.env, run_dir=path, rewind_to=position, **sink_options))
 
     def leave(self, status: str, error: str | None) -> None:

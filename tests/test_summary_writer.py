@@ -1276,7 +1276,7 @@ with SummaryWriter("runs/exp1") as writer:
         writer.add_scalar("loss/train", 10.0 * steps + step, step)
         writer.flush()
         time.sleep(pause)
-print("wrote", writer.log.sink.run_dir, flush=True)
+print("wrote", writer.log.sink.run_dir, "logdir", writer.get_logdir(), flush=True)
 """
 
 
@@ -1311,7 +1311,7 @@ def test_a_second_process_on_a_live_log_dir_writes_a_folder_beside_it_instead_of
     while not (tmp_path / "runs/exp1" / RunLog.FILENAME).is_file() and time.monotonic() < deadline:
         time.sleep(0.05)
     out, err = _rerun(tmp_path, visdom_server.port, 3).communicate(timeout=120)
-    assert out.strip() == f"wrote {Path('runs/exp1_2')}", err
+    assert out.strip() == f"wrote {Path('runs/exp1_2')} logdir runs/exp1_2", err  # files saved beside it go there
     assert f"log_dir runs/exp1 is written by another live process (pid {first.pid}" in err
     assert first.communicate(timeout=120)[0].startswith("wrote")
     assert read_window(visdom_server, "exp1_2", "loss") == {"train": ([0, 1, 2], [30.0, 31.0, 32.0])}
