@@ -490,3 +490,22 @@ def test_a_parametrized_layer_is_one_trace_with_its_weight_s_parametrization():
     alone.after_backward()
     alone.step_end()
     assert set(sink.points("grad norm")) == {"Linear", "total"}
+
+
+def test_a_recurrent_layer_s_input_and_hidden_weights_of_each_layer_are_traces_of_their_own():
+    # Exploding gradients show in weight_hh first: a 2-layer LSTM was one trace.
+    torch.manual_seed(0)
+    lstm, head = nn.LSTM(3, 8, num_layers=2), nn.Linear(8, 1)
+    model = nn.ModuleDict({"encoder": lstm, "head": head})
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+    head(lstm(torch.randn(5, 2, 3))[0][-1]).sum().backward()
+    monitor.after_backward()
+    monitor.step_end()
+    norms = {trace: values[0][1] for trace, values in sink.points("grad norm").items()}
+    assert list(norms) == ["encoder ih_l0", "encoder hh_l0", "encoder ih_l1", "encoder hh_l1", "head", "total"]
+    for layer in range(2):
+        for kind in ("ih", "hh"):
+            grads = [getattr(lstm, f"{part}_{kind}_l{layer}").grad for part in ("weight", "bias")]
+            assert norms[f"encoder {kind}_l{layer}"] == pytest.approx(torch.cat([g.flatten() for g in grads]).norm().item())
+    assert norms["total"] == pytest.approx(sum(v * v for k, v in norms.items() if k != "total") ** 0.5)

@@ -43,7 +43,9 @@ class GradNorms(Callback):
     ``nn.Sequential`` (``0.Linear``, ``layers.3.Conv2d``); a model's own parameters beside its
     layers each go by their name (``pos_embed``), a model that is one layer by its class
     (``Linear``), and a weight tied to another module's names both (``embed (also lm_head)``,
-    as a language model's output layer shares its embedding); parameters an optimizer updates that
+    as a language model's output layer shares its embedding); an RNN's (``nn.LSTM``, ``nn.GRU``)
+    input and hidden weights of each layer apart, each with its bias (``encoder ih_l0``,
+    ``encoder hh_l0``: exploding gradients show in the hidden ones); parameters an optimizer updates that
     the model does not hold (a learned loss weight, a meta-learned inner rate) by their group's
     ``name`` (else ``group N``). Trace ``total`` is the norm of all gradients, as
     ``clip_grad_norm_`` computes it. Parameters whose ``grad`` is None are left out that step.
@@ -332,8 +334,10 @@ class GradNorms(Callback):
                         seen[id(p)] = key
                         layers[key] = [p]
                 continue
-            trace = _trace_name(uncompiled(name), layer)
-            for p in module.parameters(recurse=False):
+            module_trace = _trace_name(uncompiled(name), layer)
+            recurrent = isinstance(module, torch.nn.RNNBase)  # its layers' input and hidden weights apart
+            for key, p in module.named_parameters(recurse=False):
+                trace = f"{module_trace} {key.split('_', 1)[1]}" if recurrent and "_" in key else module_trace
                 if id(p) not in seen:
                     seen[id(p)] = trace
                     layers.setdefault(trace, []).append(p)
