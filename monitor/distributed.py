@@ -56,7 +56,7 @@ def warn_before_init(what: str) -> None:
                      "need an env each", what, world, world, os.environ.get("RANK", "?"))
 
 
-def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
+def mean_across_ranks(values: Mapping[str, Any], waiting_at: str | None = None) -> dict[str, Any]:
     """Each value's mean over the ranks, from one ``all_reduce`` of all of them stacked (a collective).
 
     Every rank must pass the same names, in any order: names that differ raise a ValueError (the
@@ -65,7 +65,8 @@ def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
     the reduction ran on (the values' accelerator, the backend's device, else the CPU), read
     later by whoever logs them. A value that is neither (a string, a longer tensor) still takes
     part, as NaN, so every rank's collective matches; it is returned unchanged, for the caller's
-    own check to name it.
+    own check to name it. ``waiting_at`` (a validation's, once an epoch) says, after 30 s of
+    waiting for the other ranks, where this rank waits; the first averaging of a process always does.
     """
     if not values:
         return {}
@@ -78,10 +79,10 @@ def mean_across_ranks(values: Mapping[str, Any]) -> dict[str, Any]:
     stacked = torch.stack([_filled(math.nan, device) if s is None else s for s in slots]
                           + [_filled(check, device), _filled(check * check, device)])
     global _averaged
-    if _averaged:
+    if _averaged and waiting_at is None:
         dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
-    else:  # the first: where a Monitor made under `if rank == 0:` waits (a timer a step would cost the loop)
-        with _said_if_long(dist.get_rank(), "averaging metrics (Scalars(average=...))"):
+    else:  # the first (a Monitor made under `if rank == 0:` waits there), or one not every step: a timer
+        with _said_if_long(dist.get_rank(), waiting_at or "averaging metrics (Scalars(average=...))"):
             dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
         _averaged = True
     world = dist.get_world_size()

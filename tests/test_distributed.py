@@ -444,12 +444,15 @@ def test_a_job_of_another_size_resumed_mid_epoch_is_told_its_epoch_is_dealt_anew
         find_start(tmp_path)
 
 
-@pytest.mark.parametrize("at", ["a checkpoint", "averaging metrics (Scalars(average=...))"])
+@pytest.mark.parametrize("at", ["a checkpoint", "averaging metrics (Scalars(average=...))",
+                                "averaging a validation's metrics (Scalars(average_validation=True): a validation run "
+                                "on rank 0 alone wants average_validation=False)"])
 def test_a_rank_kept_waiting_at_a_checkpoint_s_or_an_average_s_collective_says_so(tmp_path, at) -> None:
-    # Averaging (README's advice under DDP) waited in silence: the timer was the checkpoint's alone.
+    # Averaging (README's advice under DDP) waited in silence: the timer was the checkpoint's alone; then
+    # it was the first averaging's alone, and a validation on rank 0 alone hung without a word (a DDP trial).
     late = Path(__file__).parent / "helpers" / "ddp_late_rank.py"
-    done = run([*TORCHRUN, str(late), str(tmp_path / "ckpt"), *(["average"] if at.startswith("averaging") else [])],
-               tmp_path)
+    mode = ["validation"] if "validation" in at else ["average"] if at.startswith("averaging") else []
+    done = run([*TORCHRUN, str(late), str(tmp_path / "ckpt"), *mode], tmp_path)
     assert "rank 0 went on" in done.stdout and "rank 1 went on" in done.stdout
     said = [line for line in done.stderr.splitlines() if "has waited" in line]
     assert len(said) == 1 and said[0].startswith(f"monitor: rank 0 has waited 1 s for the other ranks at {at} "

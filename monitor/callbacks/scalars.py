@@ -130,7 +130,9 @@ class Scalars(Callback):
             x = state.step if state.validated_step is None else state.validated_step
         else:
             x = state.epoch + 1 if state.batch else state.epoch
-        values = self._averaged(state.metrics) if self.average_validation else state.metrics
+        values = self._averaged(state.metrics, "averaging a validation's metrics (Scalars(average_validation=True): "
+                                               "a validation run on rank 0 alone wants average_validation=False)") \
+            if self.average_validation else state.metrics
         seen = self._validated
         if seen is not None and seen[:2] == (state.step, state.validation) and not self._told_twice and \
                 seen[2] & values.keys():
@@ -144,12 +146,13 @@ class Scalars(Callback):
                                             else set()))
         self._write(log, x, state.validation, values)
 
-    def _averaged(self, values: Mapping[str, Any]) -> Mapping[str, Any]:
-        """``values`` (not copied), or a copy with those named in ``average`` averaged over the ranks."""
+    def _averaged(self, values: Mapping[str, Any], waiting_at: str | None = None) -> Mapping[str, Any]:
+        """``values`` (not copied), or a copy with those named in ``average`` averaged over the ranks
+        (``waiting_at``: where a rank waiting 30 s for the others says it waits)."""
         if self._world_size == 1 or self.average is False:
             return values
         chosen = {name: value for name, value in values.items() if self.average is True or name in self.average}
-        return {**values, **mean_across_ranks(chosen)} if chosen else values
+        return {**values, **mean_across_ranks(chosen, waiting_at)} if chosen else values
 
     def _write(self, log: Log, x: float, trace: str, values: Mapping[str, Any]) -> None:
         """One point per name; the bad values are raised together after the good ones are written."""
