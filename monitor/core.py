@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple, Seque
 import torch
 
 from monitor import checks
-from monitor.distributed import rank_and_world_size, warn_before_init
+from monitor.distributed import label_ranks, rank_and_world_size, warn_before_init
 from monitor.log import Log, NullSink, Sink
 from monitor.models import unwrap_model
 from monitor.records import RunEnd, ending_of, exit_error, interactive
@@ -242,6 +242,7 @@ class Monitor:
             ("timeout", timeout), ("rewind_to", rewind_to)) if value is not None}
         warn_before_init("Monitor")
         self.rank, self.world_size = rank_and_world_size()
+        label_ranks(self.rank, self.world_size)
         continued = [p for c in self.callbacks if (p := c.continues_run()) is not None]
         if continued and rewind_to is None and sink is None:
             options["rewind_to"] = continued[0].position

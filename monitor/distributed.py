@@ -37,6 +37,28 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
+class RankLabel(logging.Filter):
+    """Names the rank in each of the monitor's messages of a process of several (``monitor (rank
+    1): ...``): every rank says what it sees, and the same line from two ranks is two ranks'."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("monitor: ") and \
+                not record.msg.startswith("monitor: rank "):  # one that names its rank itself
+            record.msg = f"monitor (rank {self.rank}): " + record.msg[len("monitor: "):]
+        return True
+
+
+def label_ranks(rank: int, world_size: int) -> None:
+    """Under torch.distributed, the monitor's messages name this process's rank, once a process."""
+    logger = logging.getLogger("monitor")
+    if world_size > 1 and not any(isinstance(f, RankLabel) for f in logger.filters):
+        logger.addFilter(RankLabel(rank))
+
+
 def launched_rank() -> int:
     """This process's rank: torch.distributed's, else what a launcher (torchrun) set in ``RANK``, else 0."""
     if dist.is_available() and dist.is_initialized():

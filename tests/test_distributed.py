@@ -189,6 +189,9 @@ def test_averaged_metrics_match_by_name_and_names_that_differ_across_ranks_are_s
     assert read_window(visdom_server, "ddp-names", "acc")["train"] == ([1, 3], [pytest.approx(0.8), 0.5])
     assert read_window(visdom_server, "ddp-names", "top5")["train"] == ([1, 3], [pytest.approx(0.2), 0.5])
     assert "names averaged over the ranks must be the same on every rank, got ['acc of rank 0']" in done.stderr
+    # Each rank says what it sees, naming itself: the same line twice, each "(reported once)", read as a bug.
+    said = sorted(line.split(":", 1)[0] for line in done.stderr.splitlines() if "must be the same on every" in line)
+    assert said == ["monitor (rank 0)", "monitor (rank 1)"], done.stderr[-3000:]
 
 
 def test_grad_norms_under_ddp_equal_those_of_one_process_on_the_same_global_batches(
