@@ -815,6 +815,10 @@ class Monitor:
             except Exception as error:
                 if self.raise_errors:
                     raise
+                if self.world_size > 1 and _peer_gone(error):  # no step goes on without the other ranks
+                    raise RuntimeError(f"{type(callback).__name__}.{hook} could not reach the other ranks: another "
+                                       f"rank stopped (its own error is in its output): {type(error).__name__}: "
+                                       f"{error}") from error
                 self._report(callback, hook, error)
 
     def _report(self, callback: Callback, hook: str, error: Exception) -> None:
@@ -844,6 +848,12 @@ def _run_folder_of(continued: Continuation, env: str) -> str | None:
     _log.warning("monitor: the run continues in its run folder %s, where its checkpoint says its log is, not in %s "
                  "(this job's working directory is another: pass run_dir= to choose)", saved, default)
     return str(saved)
+
+
+def _peer_gone(error: Exception) -> bool:
+    """Whether ``error`` is a collective's that failed because a rank of the job is gone."""
+    return isinstance(error, torch.distributed.DistError) or isinstance(error, RuntimeError) and any(
+        sign in str(error) for sign in ("Connection closed by peer", "Connection reset by peer", "gloo/transport"))
 
 
 def _named_optimizers(optimizer: Optimizers | None) -> dict[str, torch.optim.Optimizer]:

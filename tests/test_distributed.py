@@ -460,3 +460,29 @@ def test_a_rank_kept_waiting_at_a_checkpoint_s_or_an_average_s_collective_says_s
     said = [line for line in done.stderr.splitlines() if "has waited" in line]
     assert len(said) == 1 and said[0].startswith(f"monitor: rank 0 has waited 1 s for the other ranks at {at} "
                                                  "(it goes on waiting)"), done.stderr[-3000:]
+
+
+PEER_CRASHES = """
+import sys, torch.distributed as dist
+from monitor import Monitor, Scalars
+dist.init_process_group("gloo")
+with Monitor([Scalars(average=True)], env="ddp-crash", port=int(sys.argv[1])) as monitor:
+    for step in range(1, 6):
+        if step == 3 and dist.get_rank() == 1:
+            raise RuntimeError("rank 1 ran out of data")
+        monitor.step_end(loss=1.0)
+"""
+
+
+def test_a_rank_whose_peer_crashed_stops_saying_another_rank_stopped_not_that_training_goes_on(
+        visdom_server, tmp_path) -> None:
+    # Rank 0 said Scalars failed and "Training goes on", and its run was recorded with gloo's error alone.
+    from monitor.runs import listed
+
+    (tmp_path / "train.py").write_text(PEER_CRASHES)
+    done = subprocess.run([*TORCHRUN, "train.py", str(visdom_server.port)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=180, stdin=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode != 0 and "Training goes on" not in done.stderr, done.stderr[-3000:]
+    (run,) = listed(tmp_path / "runs")
+    assert run.status == "crashed" and run.error.startswith(
+        "RuntimeError: Scalars.on_step_end could not reach the other ranks: another rank stopped"), run.error
