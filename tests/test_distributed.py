@@ -464,9 +464,10 @@ def test_a_rank_kept_waiting_at_a_checkpoint_s_or_an_average_s_collective_says_s
 
 PEER_CRASHES = """
 import sys, torch.distributed as dist
-from monitor import Monitor, Scalars
+from monitor import Monitor, Scalars, Summary
 dist.init_process_group("gloo")
-with Monitor([Scalars(average=True)], env="ddp-crash", port=int(sys.argv[1])) as monitor:
+with Monitor([Summary(), Scalars(average=True)], env="ddp-crash", port=int(sys.argv[1])) as monitor:
+    monitor.train_start()
     for step in range(1, 6):
         if step == 3 and dist.get_rank() == 1:
             raise RuntimeError("rank 1 ran out of data")
@@ -475,7 +476,7 @@ with Monitor([Scalars(average=True)], env="ddp-crash", port=int(sys.argv[1])) as
 
 
 def test_a_rank_whose_peer_crashed_stops_saying_another_rank_stopped_not_that_training_goes_on(
-        visdom_server, tmp_path) -> None:
+        visdom_server, read_window_raw, tmp_path) -> None:
     # Rank 0 said Scalars failed and "Training goes on", and its run was recorded with gloo's error alone.
     from monitor.runs import listed
 
@@ -486,3 +487,5 @@ def test_a_rank_whose_peer_crashed_stops_saying_another_rank_stopped_not_that_tr
     (run,) = listed(tmp_path / "runs")
     assert run.status == "crashed" and run.error.startswith(
         "RuntimeError: Scalars.on_step_end could not reach the other ranks: another rank stopped"), run.error
+    summary = read_window_raw(visdom_server, "ddp-crash", "summary")["content"]
+    assert "<td><b>distributed</b></td><td>2 processes (gloo)</td>" in summary  # the job's size, in its pane

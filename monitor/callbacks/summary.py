@@ -11,6 +11,7 @@ import torch
 from torch.nn.parameter import is_lazy
 
 from monitor.checks import is_scalar
+from monitor.distributed import rank_and_world_size
 from monitor.callbacks.learning_rate import trace_names
 from monitor.models import unwrap_model
 from monitor.core import Callback, LoopState, Monitor
@@ -132,6 +133,9 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
         facts.append(("optimizer", _described(next(iter(optimizers.values())))))
     elif optimizers:
         facts.append(("optimizers", ", ".join(f"{name}: {_described(o)}" for name, o in optimizers.items())))
+    _, world_size = rank_and_world_size()
+    if world_size > 1:  # a DDP job: its size and backend, the first things its runs are told apart by
+        facts.append(("distributed", f"{world_size} processes ({torch.distributed.get_backend()})"))
     facts.append(("torch", torch.__version__))
     facts.append(("python", platform.python_version()))
     parts = ["<h4>Run</h4>", _table(facts)]
