@@ -22,7 +22,8 @@ def test_a_thread_s_evaluation_of_an_earlier_step_lands_at_that_step_and_ranks_i
     model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Linear(16, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     inputs, targets = torch.randn(64, 4), torch.randn(64, 1)
-    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=4, keep_last=1, keep_best=1, metric="loss")
+    # keep_last holds the checkpoints whose evaluation is still running (one pruned first is not ranked)
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=4, keep_last=3, keep_best=1, metric="loss")
     evaluations: queue.Queue = queue.Queue()
     losses = {4: 0.9, 8: 0.2, 12: 0.5}  # what the evaluation "measures": step 8's weights are the best
 
