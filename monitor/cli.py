@@ -281,7 +281,7 @@ def _replay_one(run_log: Path, env: str | None, server: str | None, port: int | 
 def profile_command(run_dir: Path, top: int | None) -> None:
     """Print the table a Profile callback wrote: the top operators and the time per step.
 
-    RUN_DIR is the run's folder (runs/ENV) or the profile folder in it.
+    RUN_DIR is the run's folder (runs/ENV) or the profile folder in it (Profile(directory=...)'s).
     """
     import json
 
@@ -293,7 +293,8 @@ def profile_command(run_dir: Path, top: int | None) -> None:
             click.echo(text_table(table, top or table.get("top", 15)))
             return
     raise click.ClickException(f"no profile in {run_dir}: expected {run_dir / 'profile' / 'table.json'}, which "
-                               f"the Profile callback writes when its last step ends")
+                               f"the Profile callback writes when its last step ends (one given directory=... "
+                               f"writes table.json there: give that folder)")
 
 
 @main.group(cls=_ListsByDefault, invoke_without_command=True)

@@ -142,6 +142,10 @@ def test_a_point_every_n_steps_is_the_mean_of_those_steps_and_their_throughput()
     assert abs(times[11] - own) <= 2 and times[11] > 25, times  # a tenth of the slow step, not one 10 ms step
     throughput = dict(sink.points("throughput")["samples"])
     assert throughput[11] == pytest.approx(BATCH * 1000 / times[11])
+    for _ in range(2):  # every=5's last steps: at train_end, not left out
+        monitor.step_end(loss=torch.tensor(1.0), inputs=torch.zeros(BATCH, 4))
+    monitor.train_end()
+    assert sorted(dict(sink.points("step time")["step"])) == [6, 11, 13]
 
 
 def test_throughput_counts_a_detection_batch_s_images_and_a_batch_in_parts_by_its_first():

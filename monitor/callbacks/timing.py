@@ -42,7 +42,8 @@ class Timing(Callback):
     ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
     time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
     worker: the training thread never synchronizes. Logged every ``every`` steps (1, 1 + every,
-    ...; a loop with no ``epoch_start`` has no time for its first step, and its points begin at 1 + every).
+    ...; a loop with no ``epoch_start`` has no time for its first step, and its points begin at
+    1 + every), and at ``train_end`` for the steps since the last point.
     Each point is the mean over the steps since the one before (their samples over their time
     for the throughput), as a progress bar's rate is: one slow step in ten shows as a tenth.
     """
@@ -108,6 +109,15 @@ class Timing(Callback):
         if not due:
             return
         start, self._start = self._start, event
+        self._point(log, state.step, start, event, previous)
+
+    def on_train_end(self, state: LoopState, log: Log) -> None:
+        self._point(log, state.step)  # the steps since the last point: every=N's last ones
+        self._event = self._start = None
+
+    def _point(self, log: Log, step: int, start: Any = None, event: Any = None, previous: Any = None) -> None:
+        """The mean of the steps since the last point, at ``step``; ``start``/``previous`` and
+        ``event``: CUDA events the device's time is read between (by the sink)."""
         steps, seconds, waited, waits, samples = self._steps, self._seconds, self._waited, self._waits, self._samples
         self._steps = self._waits = self._samples = 0
         self._seconds = self._waited = 0.0
@@ -116,15 +126,15 @@ class Timing(Callback):
         times = {"step": seconds * 1000 / steps}
         if waits:
             times["data wait"] = waited * 1000 / waits
-        log.scalars("step time", state.step, times)
+        log.scalars("step time", step, times)
         if start is not None:  # the steps since the last point, with nothing between them
-            log.vector("step time", state.step, ("device",), lambda: [_elapsed_ms(start, event) / self.every])
+            log.vector("step time", step, ("device",), lambda: [_elapsed_ms(start, event) / self.every])
         elif previous is not None:  # this step alone
-            log.vector("step time", state.step, ("device",), lambda: [_elapsed_ms(previous, event)])
+            log.vector("step time", step, ("device",), lambda: [_elapsed_ms(previous, event)])
         trace = "samples" if samples else "steps"
-        log.scalar("throughput", trace, state.step, (samples or steps) / seconds if seconds > 0 else float("nan"))
+        log.scalar("throughput", trace, step, (samples or steps) / seconds if seconds > 0 else float("nan"))
         device = self._device
-        log.vector("memory", state.step, _MEMORY_TRACES[device is not None], lambda: _memory_mb(device))
+        log.vector("memory", step, _MEMORY_TRACES[device is not None], lambda: _memory_mb(device))
 
 
 _MEMORY_TRACES = {False: ("resident",), True: ("resident", "allocated", "reserved", "peak")}
