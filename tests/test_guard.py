@@ -119,50 +119,39 @@ def test_without_a_loss_the_gradients_alone_are_watched_and_no_spike_is_read_int
     assert guard.bad_step == 31
 
 
-def test_a_gan_s_gradient_gone_bad_is_named_by_its_backward_pass(caplog):
+def _guarded_gan(d_scale: dict[int, float], g_scale: dict[int, float], loss: bool = False) -> Monitor:
+    """Three steps of a GAN under a Guard, D's and G's losses multiplied at the steps given."""
     torch.manual_seed(0)
     generator, discriminator = nn.Linear(4, 4), nn.Linear(4, 1)
-    model = nn.ModuleDict({"G": generator, "D": discriminator})
     optimizers = {"G": torch.optim.SGD(generator.parameters(), lr=0.1),
                   "D": torch.optim.SGD(discriminator.parameters(), lr=0.1)}
     monitor = Monitor([Guard()], sink=NullSink())
-    monitor.train_start(model, optimizers)
+    monitor.train_start(nn.ModuleDict({"G": generator, "D": discriminator}), optimizers)
     for step in range(1, 4):
         fake = generator(torch.randn(8, 4))
         optimizers["D"].zero_grad()
-        discriminator(fake.detach()).mean().backward()
+        (discriminator(fake.detach()).mean() * d_scale.get(step, 1.0)).backward()
         monitor.after_backward("D")
         optimizers["D"].step()
         optimizers["G"].zero_grad()
-        (discriminator(fake).mean() * (float("inf") if step == 3 else 1.0)).backward()
-        monitor.after_backward("G")  # D's gradients are now inf too, but its pass was over before
+        g_loss = -discriminator(fake).mean() * g_scale.get(step, 1.0)
+        g_loss.backward()
+        monitor.after_backward("G")
         optimizers["G"].step()
-        monitor.step_end()
+        monitor.step_end(loss=g_loss if loss else None)
+    return monitor
+
+
+def test_a_gan_s_gradient_gone_bad_is_named_by_its_backward_pass(caplog):
+    # G's loss inf at step 3: D's gradients are inf too then, but its pass was over before
+    monitor = _guarded_gan({}, {3: float("inf")})
     assert monitor.callbacks[0].bad_step == 3
     assert "Guard: a gradient is not finite (in the backward pass of G) at step 3" in caplog.text
 
 
 def test_a_gan_whose_critic_went_nan_names_its_pass_beside_the_loss(caplog):
     # The loss given to step_end (G's) went NaN after D's did: only "the loss is nan" was said.
-    torch.manual_seed(0)
-    generator, discriminator = nn.Linear(4, 4), nn.Linear(4, 1)
-    model = nn.ModuleDict({"G": generator, "D": discriminator})
-    optimizers = {"G": torch.optim.SGD(generator.parameters(), lr=0.1),
-                  "D": torch.optim.SGD(discriminator.parameters(), lr=0.1)}
-    monitor = Monitor([Guard()], sink=NullSink())
-    monitor.train_start(model, optimizers)
-    for step in range(1, 4):
-        fake = generator(torch.randn(8, 4))
-        optimizers["D"].zero_grad()
-        (discriminator(fake.detach()).mean() * (float("nan") if step == 2 else 1.0)).backward()
-        monitor.after_backward("D")
-        optimizers["D"].step()
-        optimizers["G"].zero_grad()
-        g_loss = -discriminator(fake).mean()
-        g_loss.backward()
-        monitor.after_backward("G")
-        optimizers["G"].step()
-        monitor.step_end(loss=g_loss)
+    _guarded_gan({2: float("nan")}, {}, loss=True)
     assert "Guard: the loss is nan, a gradient too (in the backward pass of D" in caplog.text
 
 

@@ -199,24 +199,28 @@ def test_after_backward_names_an_optimizer_given_to_train_start():
         monitor.train_start(model, scaler=65536.0)
 
 
-def test_the_update_ratio_of_a_gan_is_each_optimizer_s_in_a_window_of_its_own():
-    sink = ListSink()
+def _two_passes(callback, sink, steps: int, d_pass: str | None = "D") -> None:
+    """A GAN of two Linear layers, each optimizer's backward pass named (D's as ``d_pass``)."""
     torch.manual_seed(0)
     generator, discriminator = nn.Linear(4, 6), nn.Linear(6, 1)
-    model = nn.ModuleDict({"G": generator, "D": discriminator})
     opt_g, opt_d = torch.optim.SGD(generator.parameters(), lr=0.1), torch.optim.SGD(discriminator.parameters(), lr=0.1)
-    monitor = Monitor([GradNorms(update_ratio=True)], sink=sink, raise_errors=True)
-    monitor.train_start(model, {"G": opt_g, "D": opt_d})
-    for _ in range(2):
+    monitor = Monitor([callback], sink=sink, raise_errors=True)
+    monitor.train_start(nn.ModuleDict({"G": generator, "D": discriminator}), {"G": opt_g, "D": opt_d})
+    for _ in range(steps):
         opt_d.zero_grad()
         discriminator(generator(torch.randn(8, 4)).detach()).mean().backward()
-        monitor.after_backward("D")
+        monitor.after_backward(d_pass)
         opt_d.step()
         opt_g.zero_grad()
         discriminator(generator(torch.randn(8, 4))).mean().backward()
         monitor.after_backward("G")
         opt_g.step()
         monitor.step_end()
+
+
+def test_the_update_ratio_of_a_gan_is_each_optimizer_s_in_a_window_of_its_own():
+    sink = ListSink()
+    _two_passes(GradNorms(update_ratio=True), sink, steps=2)
     # One window held both networks' layers and one total over both: a ratio of no optimizer's.
     d, g = sink.points("update ratio D"), sink.points("update ratio G")
     assert not sink.points("update ratio") and set(d) == {"D", "total"} and set(g) == {"G", "total"}
@@ -355,21 +359,8 @@ def test_an_lbfgs_closure_s_step_end_belongs_after_the_step_and_one_in_the_closu
 
 def test_a_pass_left_unnamed_beside_named_ones_is_said_once(caplog):
     # A GAN's D pass left plain pooled G's gradients of the step before into its total, silently.
-    generator, discriminator = nn.Linear(4, 6), nn.Linear(6, 1)
-    opt_g, opt_d = torch.optim.SGD(generator.parameters(), lr=0.1), torch.optim.SGD(discriminator.parameters(), lr=0.1)
-    monitor = Monitor([GradNorms()], sink=NullSink(), raise_errors=True)
-    monitor.train_start(nn.ModuleDict({"G": generator, "D": discriminator}), {"G": opt_g, "D": opt_d})
     with caplog.at_level("WARNING", logger="monitor"):
-        for _ in range(3):
-            opt_d.zero_grad()
-            discriminator(generator(torch.randn(8, 4)).detach()).mean().backward()
-            monitor.after_backward()
-            opt_d.step()
-            opt_g.zero_grad()
-            discriminator(generator(torch.randn(8, 4))).mean().backward()
-            monitor.after_backward("G")
-            opt_g.step()
-            monitor.step_end()
+        _two_passes(GradNorms(), NullSink(), steps=3, d_pass=None)
     assert [r.getMessage() for r in caplog.records] == [
         "monitor: after_backward() names no optimizer in a run whose other passes name theirs: its window "
         "'grad norm' takes the gradients of every optimizer, those left from the others' passes too; name the "
