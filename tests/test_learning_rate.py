@@ -193,3 +193,18 @@ def test_a_group_without_a_learning_rate_is_left_out_said_once_beside_the_others
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "LearningRate leaves out 'lr': no learning rate in its group" in said[0], said
     assert sink.points("learning rate") == {"group 1": [(3, 0.01)]}
+
+
+def test_a_step_the_stop_button_interrupted_and_a_cell_ran_again_has_one_learning_rate_point():
+    # The notebook's cell calls train_start again and redoes step 2 from after_backward: lr 2 was there twice.
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(LearningRate())
+    monitor.train_start(model, optimizer)
+    monitor.after_backward()
+    monitor.step_end()
+    monitor.after_backward()  # step 2, stopped before its step_end
+    monitor.train_start(model, optimizer)  # the cell run again
+    monitor.after_backward()
+    monitor.step_end()
+    assert [x for x, _ in sink.points("learning rate")["lr"]] == [1, 2]

@@ -68,7 +68,9 @@ class LearningRate(Callback):
             self._write(state, log)
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
-        self._names, self._each, self._logged_step = [], {}, None  # maybe another optimizer: name its groups again
+        # Maybe another optimizer: name its groups again. (The step logged stays: a notebook's training
+        # cell run again after the stop button came in the middle of a step, which goes on there.)
+        self._names, self._each = [], {}
         resumed, self._resumed = self._resumed or {}, None
         self._kept, self._kept_each = list(resumed.get("names", [])), dict(resumed.get("each", {}))
         self._unhook()
