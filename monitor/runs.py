@@ -555,7 +555,8 @@ def _comparison(found: list[Run], entries: list[list[dict[str, Any]]]) -> Any:
     for name in lines:  # each run in a colour of its own, its traces (train, validation) in dashes
         if name in windows.by_name:
             windows.by_name[name].opts["runs"] = list(named)
-    head = ["run", "env", "status", "steps"] + differing + sorted({m for run in found for m in run.metrics})
+    head = ["run", "env", "status", "steps"] + differing + sorted({m for run in found for m in run.metrics},
+                                                                  key=_natural)  # h2 before h10
     rows = [[label, run.env, run.shown_status, str(run.steps)] + [str(run.hparams.get(k, "-")) for k in differing]
             + [f"{run.metrics[m][0]:.4g}" if m in run.metrics else "-" for m in head[4 + len(differing):]]
             for label, run in zip(named, found)]

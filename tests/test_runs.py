@@ -1267,3 +1267,18 @@ def test_export_gives_the_points_the_dashboard_draws_after_a_curve_went_back_or_
     assert points["loss"]["train"] == [(1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0)]
     assert points["auc"]["validation"] == [(10, 0.1), (20, 0.2), (30, 0.3), (40, 0.4)]
     assert all([x for x, _ in points[w][t]] == xs for w in shown for t, (xs, _) in shown[w].items())
+
+
+def test_a_comparison_s_table_orders_its_columns_as_people_count(tmp_path, monkeypatch):
+    # A forecaster's horizons read h=1, h=10, h=11, h=12, h=2: ordered as text.
+    from monitor.runs import _comparison
+
+    monkeypatch.setenv("VISDOM_PORT", "1")
+    for cell in ("lstm", "gru"):
+        with Monitor([Scalars()], env=cell, run_dir=tmp_path / cell, timeout=0.2) as monitor:
+            monitor.train_start(hparams={"cell": cell})
+            monitor.validation_end({f"mae_h{h}": 0.1 * h for h in (1, 2, 10)})
+    found = [described(tmp_path / cell) for cell in ("lstm", "gru")]
+    windows = _comparison(found, [list(RunLog.read(tmp_path / cell / RunLog.FILENAME)) for cell in ("lstm", "gru")])
+    html = windows.by_name["runs"].content["html"]
+    assert html.index("mae_h2/") < html.index("mae_h10/")
