@@ -370,7 +370,10 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
                                      f"have {', '.join(named) or 'none'}", param_hint=hint)
     found = selected(every, conditions, sort, mode)
     if not found:
-        click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else ""))
+        events = not every and next(directory.rglob("events.out.tfevents.*"), None) is not None
+        click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else "") + (
+            ": it holds TensorBoard's event files, which the monitor does not read (a script writes runs "
+            "here through `from monitor import SummaryWriter`)" if events else ""))
         return
     click.echo(grouped_table(found, over, metrics, first=sort, mode=mode) if over else
                table(found, metrics, first=sort, mode=mode))

@@ -1282,3 +1282,10 @@ def test_a_comparison_s_table_orders_its_columns_as_people_count(tmp_path, monke
     windows = _comparison(found, [list(RunLog.read(tmp_path / cell / RunLog.FILENAME)) for cell in ("lstm", "gru")])
     html = windows.by_name["runs"].content["html"]
     assert html.index("mae_h2/") < html.index("mae_h10/")
+
+
+def test_a_folder_of_tensorboard_event_files_is_said_to_hold_them(tmp_path):
+    (tmp_path / "tbruns" / "exp1").mkdir(parents=True)
+    (tmp_path / "tbruns" / "exp1" / "events.out.tfevents.1700000000.host.1.0").write_bytes(b"")
+    done = CliRunner().invoke(main, ["runs", str(tmp_path / "tbruns")])
+    assert done.exit_code == 0 and "it holds TensorBoard's event files, which the monitor does not read" in done.output
