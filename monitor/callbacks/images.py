@@ -30,7 +30,8 @@ class Images(Callback):
         monitor.step_end(loss=loss, inputs=x, targets=y, outputs=logits)
         # window "inputs": 8 images captioned "cat / dog" (target / predicted)
 
-    Images are NCHW, CHW, NHW or HW, with 1 or 3 channels (NCHW also 4: RGBA, laid over white),
+    Images are NCHW, CHW, NHW or HW (a 3-d model's N x C x D x H x W: its middle slice), with 1 or
+    3 channels (NCHW also 4: RGBA, laid over white),
     or channels last (NHWC, HWC: a Dataset without ``ToTensor``) where the last dim can only be the channels,
     float or uint8 in any range (the sink normalises them for display), or bool masks (a 2-d
     batch of vectors, token ids or a table's rows, is refused saying so); a tuple of NCHW

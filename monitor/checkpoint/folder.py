@@ -97,7 +97,7 @@ def claim(directory: Path, run_id: str, records: list[dict[str, Any]]) -> list[d
     foreign = [] if manifest is not None and manifest.get("run_id") == run_id else [
         name for name in sorted(present - {r["file"] for r in records}) if _run_id_of(directory / name) != run_id]
     if foreign:
-        raise another_run_s(directory, foreign)
+        raise foreign_checkpoints(directory, foreign)
     return records
 
 
@@ -112,10 +112,11 @@ def refuse_another_run(directory: Path, run_id: str | None) -> None:
     if manifest is not None and manifest.get("run_id") not in continued_runs | {run_id}:
         files = [path.name for path in checkpoint_files(directory)]
         if files:
-            raise another_run_s(directory, files)
+            raise foreign_checkpoints(directory, files)
 
 
-def another_run_s(directory: Path, files: list[str]) -> CheckpointWriteError:
+def foreign_checkpoints(directory: Path, files: list[str]) -> CheckpointWriteError:
+    """The refusal of ``directory``, which holds ``files`` of another run."""
     listed = ", ".join(files[:3]) + ("..." if len(files) > 3 else "")
     return CheckpointWriteError(
         f"directory must be empty or hold this run's checkpoints, got {directory} with {len(files)} checkpoint(s) of "
