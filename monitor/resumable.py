@@ -48,8 +48,8 @@ class Resumable:
         self.said_interleaved = False             # that two were iterated in turn (a zip), not one inside the other
         self.at_next_batch: Callable[[], None] | None = None  # called once, before the outermost loop's next batch
         self.begun = 0                            # iterations the outermost monitor.batches or monitor.steps began
-        self.steps_share_batches = False          # two step_ends came with one batch of monitor.batches
         self.begun_at_step = 0                    # ... as the latest step_end found it
+        self.steps_share_batches = False          # two step_ends came with one batch of monitor.batches
         self.trained = False                      # resumed from the checkpoint of its train_end: no epochs left
         self.waited_in: int | None = None         # state.batch (steps of the epoch) at the latest batch's wait
         # (batches given, the random state they were drawn from: torch's CPU state and the loader's

@@ -29,7 +29,7 @@ from monitor.imagestore import FOLDER as IMAGES
 from monitor.records import Order
 from monitor.rundir import RunDir
 from monitor.runlog import Reader, RunLog
-from monitor.windows import RECENT
+from monitor.windows import RECENT, came_late
 
 Points = dict[str, dict[str, list[tuple[float, float]]]]
 # The data a metric was taken on, as traces name it (a SummaryWriter tag's split, in several languages).
@@ -377,8 +377,7 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None, mode: str
                   if m in run.metrics else "-" for m in names]
         cells.append(" ".join(f"{k}={v}" for k, v in run.hparams.items()))
         rows.append(cells)
-    widths = [max(columns(row[i]) for row in rows) for i in range(len(head))]
-    return "\n".join("  ".join(padded(cell, width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+    return _aligned(rows)
 
 
 def grouped_table(runs: list[Run], over: Iterable[str], metrics: int = 4, first: str | None = None,
@@ -402,6 +401,11 @@ def grouped_table(runs: list[Run], over: Iterable[str], metrics: int = 4, first:
                          if values else "-")
         cells.append(" ".join(f"{k}={v}" for k, v in members[0].hparams.items() if k not in over))
         rows.append(cells)
+    return _aligned(rows)
+
+
+def _aligned(rows: list[list[str]]) -> str:
+    """The rows as plain text, each column as wide as its widest cell in a terminal."""
     widths = [max(columns(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(padded(cell, width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
@@ -1002,7 +1006,7 @@ def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Po
             values = traces.setdefault(trace, [])
             if values and x < values[-1][0]:
                 recent = [kept for kept, _ in values[-RECENT:]]
-                if x not in recent and (x > recent[0] or len(recent) < RECENT):  # late: among the latest
+                if came_late(recent, x):  # takes its place among the latest
                     values.insert(bisect.bisect(recent, x) + len(values) - len(recent), (x, y))
                     continue
                 del values[bisect.bisect_left([kept for kept, _ in values], x):]  # went back: goes on from x

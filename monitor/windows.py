@@ -20,7 +20,7 @@ from collections import deque
 from html import escape
 import math
 import struct
-from typing import Any, Iterable, NamedTuple
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from pathlib import Path
 
@@ -126,6 +126,13 @@ class Backwards(NamedTuple):
                 f"{'points and grids' if grids else 'points'} after it taken off the plot (the run log keeps them)")
 
 
+def came_late(recent: Sequence[float], x: float) -> bool:
+    """Whether ``x``, before the last of the ``recent`` points' x (the latest ``RECENT``), came
+    late (evaluations that finished out of order, in threads of their own): among them, not one
+    of them; not a run that went back to an x it had logged (a resumed script's), or before all of them."""
+    return x not in recent and (x > recent[0] or len(recent) < RECENT)
+
+
 class Trace:
     """One curve: exact up to ``budget`` points, then min/max buckets that stay within it.
 
@@ -174,10 +181,8 @@ class Trace:
         return True
 
     def takes_late(self, x: float) -> bool:
-        """Whether ``x``, before the last point's, came late (evaluations that finished out of
-        order, in threads of their own): among the latest points' x, not one of them; not a run
-        that went back to an x it had logged (a resumed script's), or before all of them."""
-        return x not in self.recent and (x > self.recent[0] or len(self.recent) < RECENT)
+        """Whether ``x``, before the last point's, came late (see :func:`came_late`)."""
+        return came_late(self.recent, x)
 
     def with_late(self, x: float, y: float | None) -> Trace:
         """This trace with the late point at its place among the points shown."""

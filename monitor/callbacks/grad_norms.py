@@ -114,8 +114,7 @@ class GradNorms(Callback):
         self._stale = True  # the parameters may have changed since the grouping was built
         self._hooks: list = []
         self._said_no_gradients = False
-        self._said_mixed = False
-        self._pass_kinds: set[bool] = set()  # whether after_backward named its optimizer, as it did
+        self._pass_kinds: set[bool] = set()  # whether after_backward named its optimizer: both, said once
         self._backward_seen = False  # an after_backward since train_start, or said that none came
         self._started_at = 0  # the step train_start came at (a resumed run's)
 
@@ -162,7 +161,7 @@ class GradNorms(Callback):
         if state.model is not self._wrapped or self._stale:
             self._parameters(state)
         name = state.backward_pass
-        if len(state.optimizers) > 1 and not self._said_mixed:
+        if len(state.optimizers) > 1 and len(self._pass_kinds) < 2:
             self._say_if_mixed(name)
         indices = self._updated(state) if name is None else self._pass(state, name)
         params = self._params  # as the optimizers' groups found them (a group added may hold new ones)
@@ -262,7 +261,6 @@ class GradNorms(Callback):
         plain), whose window pools every optimizer's gradients, those left from the others' passes."""
         self._pass_kinds.add(name is None)
         if len(self._pass_kinds) == 2:
-            self._said_mixed = True
             _log.warning("monitor: after_backward() names no optimizer in a run whose other passes name theirs: "
                          "its window 'grad norm' takes the gradients of every optimizer, those left from the "
                          "others' passes too; name the one stepping next, after_backward('D') or "
