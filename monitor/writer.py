@@ -33,6 +33,7 @@ from monitor import checks, embedding, mesh, pr_curve
 from monitor.host import on_host
 from monitor.distributed import launched_rank
 from monitor.log import Log, NullSink
+from monitor.norms import stored_values
 from monitor.records import Embedding, Histogram, Mesh, Order, PrCurve, RunEnd, Text, ending_of, exit_error
 from monitor.env_claims import claim
 from monitor.rundir import RunDir, RunInUseError
@@ -54,6 +55,7 @@ _TENSORFLOW_EDGES = torch.tensor(_TENSORFLOW_BINS, dtype=torch.float64)  # one t
 
 # What TensorBoard's writer also offers and the dashboard does not draw (yet): accepted, said once.
 TEXTS = 10  # the texts of a tag shown, as TensorBoard's text view keeps 10 samples
+SOUND_BYTES = 2_000_000  # of 16-bit samples a sound pane holds: its latest TEXTS clips, fewer long ones
 _FLUSH_GAP = 0.5  # seconds: flush() waits for the dashboard at most this often (the sink's flush_every)
 
 _NOT_DRAWN = ("add_onnx_graph", "add_tensor")
@@ -143,6 +145,8 @@ class SummaryWriter:
         self._said: set[str] = set()
         self._range_checked: dict[str, int] = {}  # the images of each tag looked at for values outside 0-1
         self._finite_checked: dict[str, int] = {}  # the histograms of each tag looked at for values not finite
+        self._sounds_said: set[str] = set()  # tags whose samples were said to be clipped or not finite
+        self._said_pr: set[str] = set()  # tags whose predictions were said to be outside 0-1
         self._closed = False
         self._flushed = -math.inf  # when flush() last waited for the dashboard
         self._charts: list[tuple[str, list[Callable[[str], Any]]]] = []  # add_custom_scalars: window, matchers
@@ -226,14 +230,15 @@ class SummaryWriter:
 
     def add_histogram(self, tag: str, values: Any, global_step: int | None = None, bins: Any = "tensorflow",
                       walltime: float | None = None, max_bins: int | None = None) -> None:
-        """The distribution of ``values`` with TensorBoard's bins: the same counts as its event file.
+        """The distribution of ``values`` with TensorBoard's bins: the same counts as its event file
+        (of a sparse tensor, ``nn.Embedding(sparse=True)``'s gradient, the values it stores).
 
         ``bins="tensorflow"`` (the default) and explicit edges are binned on the tensor's
         device; numpy's rules (``"auto"``, a number of bins) and ``max_bins`` by the sink.
         """
         if isinstance(values, (int, float, np.generic)):  # one number, as TensorBoard takes it
             values = np.asarray(values)
-        tensor = _tensor(values, "values")
+        tensor = stored_values(_tensor(values, "values").detach())  # a sparse gradient's: those it stores
         if tensor.dtype == torch.bool:  # numpy counts them as 0 and 1
             tensor = tensor.to(torch.uint8)
         if isinstance(bins, np.integer):
@@ -283,7 +288,9 @@ class SummaryWriter:
         (0/1 or bools) at ``num_thresholds`` thresholds (at most 127, as TensorBoard), each
         prediction counted ``weights`` times (broadcast to the predictions' shape): window ``tag``,
         the latest steps' curves. Counted from a snapshot off the training thread, as TensorBoard
-        counts them; labels that are not 0 to 1 are reported then, once per window."""
+        counts them. On the CPU, labels outside 0-1 (class indices) are refused at the call, and
+        predictions outside 0-1 (logits), which count at no threshold, said once a tag; a device's
+        are not read here (the sink reports such labels, once per window)."""
         labels, predictions = _array(labels, "labels"), _array(predictions, "predictions")
         if labels.numel() != predictions.numel():
             raise ValueError(f"labels and predictions must have as many values, got {labels.numel()} and "
@@ -301,6 +308,7 @@ class SummaryWriter:
                 raise ValueError(f"weights must be one number or broadcast to the predictions' shape "
                                  f"{tuple(predictions.shape)}, got shape {tuple(weights.shape)}")
         labels, predictions = labels.detach().clone(), predictions.detach().clone()  # as they are now
+        self._check_pr_inputs(tag, labels, predictions)
         window = self._lay_out(tag, "pr_curve", Order.METRICS)
         self.log.sink.put(PrCurve(window, self._step(tag, global_step), lambda: pr_curve.counts(
             _numpy(labels), _numpy(predictions), thresholds, None if weights is None else _numpy(weights))))
@@ -399,19 +407,26 @@ class SummaryWriter:
 
     def add_audio(self, tag: str, snd_tensor: Any, global_step: int | None = None, sample_rate: int = 44100,
                   walltime: float | None = None) -> None:
-        """A sound (one channel: L or 1 x L samples, -1 to 1, clipped as TensorBoard clips them) as a
-        player in a text pane, under its step; the WAV is made by the sink."""
+        """A sound (one channel: L or 1 x L samples) as a player under its step, in a pane of the tag's
+        latest 10 (fewer long ones: about 2 MB of samples in all), as TensorBoard's audio view
+        keeps 10. Floats are -1 to 1, clipped as TensorBoard clips them (said once a tag, as are
+        samples not finite, played as silence); integers are PCM, as a WAV file holds them
+        (``torchaudio.load(normalize=False)``'s int16, 8-bit's uint8 around 128). The WAV is made
+        by the sink."""
         sound = _tensor(snd_tensor, "snd_tensor").detach().squeeze()
         checks.real_tensor("snd_tensor", sound)
         if sound.dim() != 1 or sound.numel() == 0:
             raise ValueError(f"snd_tensor must hold one channel (L or 1 x L samples), got shape "
                              f"{tuple(_tensor(snd_tensor, 'snd_tensor').shape)}")
+        if isinstance(sample_rate, (float, np.floating)) and math.isfinite(sample_rate):
+            sample_rate = round(sample_rate)  # 22050.0 from a config, as TensorBoard's wave module rounds it
         rate = checks.positive_int("sample_rate", int(sample_rate) if isinstance(sample_rate, np.integer)
                                    else sample_rate)
         window = self._lay_out(tag, "text", Order.IMAGES)  # its entries are texts: "text" on resume too
         step = self._step(tag, global_step)
-        snapshot = sound.clone()
-        self.log.sink.put(Text(window, step, lambda: _audio_html(snapshot, rate, step)))
+        snapshot, keep = sound.clone(), max(1, min(TEXTS, SOUND_BYTES // (2 * sound.numel())))
+        self.log.sink.put(Text(window, step, lambda: _audio_html(snapshot, rate, functools.partial(self._say_of_sound, tag)),
+                               keep))
         self._stepped(tag, global_step)
 
     def add_mesh(self, tag: str, vertices: Any, colors: Any = None, faces: Any = None, config_dict: Any = None,
@@ -683,8 +698,33 @@ class SummaryWriter:
             self._range_checked[tag] = 3
             _log.warning("monitor: %s(%r): %.0f%% of its values are outside 0-1, drawn clipped (black below 0, "
                          "white above 1) as TensorBoard draws them: scale them to 0-1 first, or draw them with "
-                         "monitor.log.images(..., value_range=(low, high)), or stretched per image, without it",
+                         "writer.log.images(tag, step, images, value_range=(low, high)) (each image stretched to "
+                         "its own range without value_range)",
                          method, tag, 100 * outside)
+
+    def _check_pr_inputs(self, tag: str, labels: torch.Tensor, predictions: torch.Tensor) -> None:
+        """Refuses labels outside 0-1, and says once for ``tag`` that predictions are outside 0-1,
+        where they are on the CPU (a device's are the sink's to look at)."""
+        if labels.is_cpu and labels.numel() and not labels.is_complex():
+            outside = labels[~((labels >= 0) & (labels <= 1))]
+            if outside.numel():
+                raise ValueError(f"labels must be 0 to 1 (0/1 or bools: which are positives), got "
+                                 f"{outside[:5].tolist()}: for class k of class indices, pass labels == k")
+        if predictions.is_cpu and predictions.numel() and tag not in self._said_pr and \
+                predictions.dtype != torch.bool and not predictions.is_complex():
+            values = predictions.float()
+            outside = ((values < 0) | (values > 1)).float().mean().item()
+            if outside:
+                self._said_pr.add(tag)
+                _log.warning("monitor: add_pr_curve(%r): %.0f%% of its predictions are outside 0-1 (logits?) and "
+                             "count at no threshold: pass probabilities, torch.sigmoid(logits) or "
+                             "logits.softmax(1)[:, k]", tag, 100 * outside)
+
+    def _say_of_sound(self, tag: str, trouble: str) -> None:
+        """Says once for ``tag`` what its samples lost (called by the sink, which makes the WAV)."""
+        if tag not in self._sounds_said:
+            self._sounds_said.add(tag)
+            _log.warning("monitor: add_audio(%r): %s", tag, trouble)
 
     def _not_drawn(self, method: str) -> None:
         if method not in self._said:
@@ -1070,17 +1110,32 @@ def _label(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _audio_html(sound: torch.Tensor, rate: int, step: float) -> str:
-    """A player of ``sound`` (samples -1 to 1, clipped) as 16-bit WAV, under its step."""
-    samples = (_numpy(sound.to(torch.float32)).clip(-1, 1) * 32767).astype("<i2")
+def _audio_html(sound: torch.Tensor, rate: int, tell: Callable[[str], None]) -> str:
+    """A player of ``sound`` as 16-bit WAV: floats -1 to 1 (clipped, not finite as silence, each
+    said through ``tell``), integers as PCM."""
+    samples = _numpy(sound if not sound.is_floating_point() else sound.to(torch.float32))
+    if np.issubdtype(samples.dtype, np.integer):
+        info = np.iinfo(samples.dtype)
+        half = (int(info.max) + 1) // 2 if info.min == 0 else int(info.max) + 1
+        samples = (samples.astype(np.float64) - (half if info.min == 0 else 0)) / half
+    elif np.issubdtype(samples.dtype, np.bool_):
+        samples = samples.astype(np.float64)
+    finite = np.isfinite(samples)
+    if not finite.all():
+        tell(f"{int((~finite).sum())} of its {samples.size} samples are not finite (NaN or inf), played as silence")
+        samples = np.where(finite, samples, 0.0)
+    loud = np.abs(samples) > 1
+    if loud.any():
+        tell(f"{100 * loud.mean():.0f}% of its samples are outside -1..1, clipped as TensorBoard clips them: "
+             f"pass x / x.abs().max() to hear them whole")
+    pcm = (samples.clip(-1, 1) * 32767).astype("<i2")
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as file:
         file.setnchannels(1)
         file.setsampwidth(2)
         file.setframerate(rate)
-        file.writeframes(samples.tobytes())
-    seconds = len(samples) / rate
-    return (f"<p>step {step:g} &middot; {seconds:.2f} s at {rate} Hz</p><audio controls style=\"width: 100%\" "
+        file.writeframes(pcm.tobytes())
+    return (f"<p>{len(pcm) / rate:.2f} s at {rate} Hz</p><audio controls style=\"width: 100%\" "
             f"src=\"data:audio/wav;base64,{base64.b64encode(buffer.getvalue()).decode()}\"></audio>")
 
 

@@ -169,9 +169,10 @@ def test_the_same_calls_show_what_tensorboard_records(visdom_server, tmp_path, r
     assert panes["raw"]["content"]["data"][-1]["type"] == "bar"
 
     # Audio: the same 16-bit samples at the same rate, in a player under its step.
-    wav = re.search(r'<p>step (\d+)[^<]*</p><audio controls [^>]*src="data:audio/wav;base64,([^"]+)"',
-                    panes["voice"]["content"])
+    wav = re.search(r'<h5>step (\d+)</h5><p>[^<]*</p><audio controls [^>]*src="data:audio/wav;base64,([^"]+)"',
+                    panes["voice"]["content"])  # the newest first
     assert wav and wav.group(1) == str(STEPS - 1)
+    assert re.findall(r"<h5>step (\d+)</h5>", panes["voice"]["content"]) == [str(s) for s in reversed(range(STEPS))]
     with wave.open(io.BytesIO(base64.b64decode(wav.group(2)))) as ours_wav, \
             wave.open(io.BytesIO(events.Audio("voice")[-1].encoded_audio_string)) as theirs_wav:
         assert ours_wav.getframerate() == theirs_wav.getframerate() == 8000
@@ -480,11 +481,51 @@ def test_images_mostly_outside_0_1_and_histograms_of_values_not_finite_are_told_
             writer.add_histogram("weights", torch.randn(100), step)
     assert [r.getMessage() for r in caplog.records] == [
         "monitor: add_image('spec'): 100% of its values are outside 0-1, drawn clipped (black below 0, white above "
-        "1) as TensorBoard draws them: scale them to 0-1 first, or draw them with monitor.log.images(..., "
-        "value_range=(low, high)), or stretched per image, without it",
+        "1) as TensorBoard draws them: scale them to 0-1 first, or draw them with writer.log.images(tag, step, "
+        "images, value_range=(low, high)) (each image stretched to its own range without value_range)",
         "monitor: add_images('samples'): its values are in -1..1 (50% below 0), drawn clipped to 0-1 (black below 0) "
         "as TensorBoard draws them: pass (x + 1) / 2",
         "monitor: add_histogram('losses'): 1 of its 4 values are not finite (inf or NaN) and are left out of its bins"]
+
+
+def test_sounds_sparse_gradients_and_logits_are_taken_as_an_audio_or_recommender_script_gives_them(caplog):
+    # An audio researcher's clips (too loud, int16 from a WAV file, NaN, a rate from a config) and a
+    # recommender's sparse embedding gradient through add_histogram, which crashed the loop.
+    monitor = Monitor([], sink=ListSink())
+    writer = SummaryWriter(monitor=monitor)
+    wave_ = torch.sin(torch.arange(800) / 5)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for step in range(2):
+            writer.add_audio("loud", 3 * wave_, step, sample_rate=8000.0)
+        pcm = (wave_.numpy() * 16384).astype(np.int16)  # as a WAV file holds it
+        writer.add_audio("pcm", pcm, 0, sample_rate=np.float64(8000))
+        writer.add_audio("nan", torch.where(torch.arange(800) < 200, math.nan, wave_), 0, sample_rate=8000)
+        writer.add_audio("long", torch.zeros(400_000), 0, sample_rate=8000)
+        texts = {}
+        for record in monitor.sink.of(Text):
+            texts.setdefault(record.window, []).append((record.keep, record.html()))
+        emb = torch.nn.Embedding(50, 4, sparse=True)
+        emb(torch.tensor([1, 2, 2])).sum().backward()
+        writer.add_histogram("user.weight.grad", emb.weight.grad, 0)
+        writer.add_pr_curve("pr/logits", torch.tensor([0, 1, 1, 0]), torch.tensor([-2.0, 3.0, 0.5, 0.1]), 0)
+        writer.add_pr_curve("pr/logits", torch.tensor([0, 1]), torch.tensor([-2.0, 3.0]), 1)
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: add_audio('loud'): 78% of its samples are outside -1..1, clipped as TensorBoard clips them: pass "
+        "x / x.abs().max() to hear them whole",
+        "monitor: add_audio('nan'): 200 of its 800 samples are not finite (NaN or inf), played as silence",
+        "monitor: add_pr_curve('pr/logits'): 50% of its predictions are outside 0-1 (logits?) and count at no "
+        "threshold: pass probabilities, torch.sigmoid(logits) or logits.softmax(1)[:, k]"]
+
+    def samples(html: str) -> np.ndarray:
+        encoded = re.search(r'<p>0.10 s at 8000 Hz</p><audio [^>]*src="data:audio/wav;base64,([^"]+)"', html)
+        with wave.open(io.BytesIO(base64.b64decode(encoded.group(1)))) as file:
+            return np.frombuffer(file.readframes(10 ** 6), dtype="<i2")
+
+    assert [keep for keep, _ in texts["loud"]] == [10, 10] and texts["long"][0][0] == 2  # about 2 MB of samples
+    assert np.abs(samples(texts["pcm"][0][1]) - pcm.astype(float) * 32767 / 32768).max() <= 1  # PCM: as it was
+    assert (samples(texts["nan"][0][1])[:200] == 0).all()
+    (histogram,) = monitor.sink.of(Histogram)
+    assert encode(histogram)["n"] == 8  # the two rows the batch looked up, coalesced
 
 
 def test_pr_curves_name_bad_arguments_and_count_the_values_as_they_were_at_the_call():
@@ -501,15 +542,17 @@ def test_pr_curves_name_bad_arguments_and_count_the_values_as_they_were_at_the_c
     labels, predictions = torch.tensor([1, 0, 1, 0]), torch.tensor([0.9, 0.8, 0.3, 0.1])
     writer.add_pr_curve("pr", labels, predictions, 0, num_thresholds=3)
     predictions.fill_(0.0)  # after the call: not what the curve counts
-    writer.add_pr_curve("classes", torch.tensor([0, 2, 1]), torch.rand(3), 0)  # class indices, not 0/1
+    with pytest.raises(ValueError, match=r"labels must be 0 to 1 .*got \[2\]: for class k of class indices, pass "
+                                         r"labels == k"):
+        writer.add_pr_curve("classes", torch.tensor([0, 2, 1]), torch.rand(3), 0)  # class indices, not 0/1
     writer.add_pr_curve_raw("raw", [2, 1, 0], [2, 0, 0], [0, 2, 2], [0, 1, 2], [0.5, 1.0, math.nan],
                             [1.0, 0.5, 0.0], 0, num_thresholds=3)
-    good, wrong, raw = monitor.sink.of(PrCurve)
+    good, raw = monitor.sink.of(PrCurve)
     # thresholds 0, 0.5, 1: buckets floor(p * 2) = 1, 1, 0, 0
     assert encode(good) == {"k": "pr_curve", "win": "pr", "x": 0, "tp": [2.0, 1.0, 0.0], "fp": [2.0, 1.0, 0.0],
                             "tn": [0.0, 1.0, 2.0], "fn": [0.0, 1.0, 2.0]}
     with pytest.raises(ValueError, match=r"labels must be 0 to 1 \(0/1 or bools: which are positives\), got \[2\]"):
-        encode(wrong)  # counted off the training thread: the sink reports it once and goes on
+        pr_curve.counts(np.array([0, 2, 1]), np.random.rand(3))  # a device's, counted by the sink: reported once
     entry = encode(raw)
     assert entry["precision"][:2] == [0.5, 1.0] and math.isnan(entry["precision"][2])
     data, _ = pr_curve.figure([entry])
