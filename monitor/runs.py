@@ -994,8 +994,11 @@ def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Po
     wanted = None if windows is None else set(windows)
     points: Points = {}
     every: dict[str, None] = {}  # the windows of points, in order
+    other_kinds: dict[str, str] = {}  # the windows of other entries (a PR curve, a histogram), their kind
     for entry in RunLog.read(run_log_of(run), windows=None if wanted is None else wanted.__contains__):
         if entry.get("k") != "points":
+            if entry.get("k") not in (None, "layout") and "win" in entry:
+                other_kinds.setdefault(entry["win"], entry["k"])
             continue
         every[entry["win"]] = None
         if wanted is not None and entry["win"] not in wanted:  # passed over unread, as the log's writer writes it
@@ -1012,8 +1015,11 @@ def exported(run: str | os.PathLike, windows: Iterable[str] | None = None) -> Po
                 del values[bisect.bisect_left([kept for kept, _ in values], x):]  # went back: goes on from x
             values.append((x, y))
     if wanted is not None and wanted - set(points):
-        raise ValueError(f"windows must name windows of the run's points, got {sorted(wanted - set(points))}; "
-                         f"it has {sorted(every)}")
+        missing = sorted(wanted - set(points))
+        kinds = "".join(f"; {w!r} holds {other_kinds[w].replace('_', ' ')}s, which export does not take"
+                        for w in missing if w in other_kinds and w not in every)
+        raise ValueError(f"windows must name windows of the run's points (curves), got {missing}{kinds}; "
+                         f"its windows of points: {sorted(every)}")
     return points
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from monitor import Checkpoint, GradNorms, Guard, Monitor, Scalars, Summary
+from monitor import Checkpoint, GradNorms, Guard, Monitor, Scalars, Summary, SummaryWriter
 from monitor.cli import main
 from monitor.records import Order
 from monitor.runlog import RunLog
@@ -54,7 +54,13 @@ def test_export_gives_every_point_of_every_window_as_the_run_log_holds_it(tmp_pa
     assert list(exported) == ["loss"] and exported["loss"]["train"]["x"] == list(range(1, 1501))
     assert exported["loss"]["validation"]["y"] == [None]  # NaN as null: strict JSON
     done = CliRunner().invoke(main, ["runs", "export", str(tmp_path / "run"), "--window", "los"])
-    assert done.exit_code == 1 and "got ['los']; it has ['grad norm', 'loss']" in done.output
+    assert done.exit_code == 1 and "got ['los']; its windows of points: ['grad norm', 'loss']" in done.output
+    with SummaryWriter(str(tmp_path / "tb"), port=1) as writer:  # a PR curve, beside a curve
+        writer.add_scalar("loss", 0.5, 0)
+        writer.add_pr_curve("pr/cat", torch.tensor([0, 1, 1]), torch.tensor([0.2, 0.9, 0.6]), 0)
+    done = CliRunner().invoke(main, ["runs", "export", str(tmp_path / "tb"), "--window", "pr/cat"])
+    assert done.exit_code == 1 and "got ['pr/cat']; 'pr/cat' holds pr curves, which export does not take; its " \
+        "windows of points: ['loss']" in done.output, done.output
 
 
 def test_a_guard_s_mark_on_the_loss_window_is_not_listed_as_a_metric(tmp_path):
