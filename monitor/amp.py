@@ -48,3 +48,27 @@ def current_scale(scaler: Any) -> float | torch.Tensor | None:
         return None
     scale = scaler._scale
     return float(scale) if scale.device.type == "cpu" else scale
+
+
+def scaler_near(frame: Any) -> str | None:
+    """The name of a GradScaler in use (enabled, its loss scaled already) among the names the
+    loop's code sees: those of the first frame outside this package, its module's, and its
+    ``self``'s attributes (a trainer class's ``self.scaler``); None where there is none.
+
+    A look at one frame's names, taken once a run: what a loop that never gave ``train_start``
+    its scaler would otherwise show only as norms 65,536 times too large.
+    """
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == __package__:
+        frame = frame.f_back
+    if frame is None:
+        return None
+    owner = frame.f_locals.get("self")
+    places = [("", frame.f_locals), ("", frame.f_globals)]
+    if owner is not None and isinstance(getattr(owner, "__dict__", None), dict):
+        places.append(("self.", vars(owner)))
+    for prefix, names in places:
+        for name, value in list(names.items()):
+            if isinstance(value, torch.amp.GradScaler) and value.is_enabled() and \
+                    getattr(value, "_scale", None) is not None:
+                return prefix + name
+    return None

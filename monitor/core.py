@@ -24,6 +24,7 @@ import torch
 
 from monitor import checks
 from monitor.distributed import label_ranks, rank_and_world_size, warn_before_init
+from monitor.amp import scaler_near
 from monitor.log import Log, NullSink, Sink
 from monitor.models import unwrap_model
 from monitor.records import RunEnd, ending_of, exit_error, interactive
@@ -125,6 +126,11 @@ class Callback:
 
     records_hparams = False  # whether it records train_start's hparams itself (Summary); else the Monitor does
     times_steps = False  # whether it reads state.step_began (Timing); else the Monitor does not keep it
+
+    def without_scaler(self) -> str | None:
+        """What this callback gets wrong in a loop that scales its loss with a GradScaler it did
+        not give ``train_start`` (said once a run, at the first ``after_backward``); None: nothing."""
+        return None
 
     @property
     def state_key(self) -> str:
@@ -288,6 +294,7 @@ class Monitor:
         self._entered = False  # in a `with` block
         self._error_shown: tuple[BaseException | None, int] | None = None  # an interactive session's, at a step
         self._resumable = Resumable()
+        self._scaler_looked_for = False  # for a GradScaler train_start was not given (once a run)
         self._reports = Reports()
         self._watched: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # LBFGS optimizers: their hooks
         # Only the callbacks that override a hook are called for it, through bound methods.
@@ -341,6 +348,7 @@ class Monitor:
         if recorded:                                         # given none keeps the run's, given some adds them
             state.hparams = {**state.hparams, **hparams} if self._started and hparams else dict(hparams or {})
         self._started, self._failed, self._ending = True, False, RunEnd("finished")
+        self._scaler_looked_for = scaler is not None
         state.step_began = None
         self._loop_thread = threading.get_ident()
         self._train_ended = None
@@ -419,6 +427,8 @@ class Monitor:
                     self._step_over()
                 self._in_step = True
                 state.step += 1
+            if not self._scaler_looked_for:
+                self._say_if_scaler_not_given()
             self._fire("on_after_backward")
 
     def step_end(self, loss: Any = None, metrics: Mapping[str, Any] | None = None,
@@ -452,6 +462,19 @@ class Monitor:
                 # (a metric tensor with its graph, freed at the next step_end, took a 322-layer model 0.3 ms there).
                 state.loss = state.inputs = state.targets = state.outputs = None
                 state.metrics = {}
+
+    def _say_if_scaler_not_given(self) -> None:
+        """Once a run: a GradScaler the loop scales its loss with, which train_start was not given,
+        found among the names of the loop's code (``amp.scaler_near``), and what it costs."""
+        self._scaler_looked_for = True
+        wrong = [said for said in (c.without_scaler() for c in self.callbacks) if said]
+        if self.state.scaler is not None or not wrong:
+            return
+        name = scaler_near(sys._getframe(1))
+        if name is not None:
+            self._reports.once("scaler", f"the loop scales its loss with GradScaler {name}, which train_start was not "
+                                         f"given: {'; '.join(wrong)}; pass monitor.train_start(model, optimizer, "
+                                         f"scaler={name})")
 
     def validation_end(self, metrics: Mapping[str, Any], trace: str = "validation", *,
                        step: int | None = None) -> None:

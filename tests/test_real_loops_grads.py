@@ -60,6 +60,49 @@ def test_amp_norms_are_of_the_unscaled_gradients_whichever_the_order(order, devi
     assert [v for _, v in logged] == pytest.approx(clipped, rel=1e-5)
 
 
+class _Trainer:
+    """A trainer class as people write one: its GradScaler an attribute, never given to train_start."""
+
+    def __init__(self, callbacks: list, tmp_path) -> None:
+        self.model = _model()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01)
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+        self.monitor = Monitor(callbacks, sink=ListSink())
+
+    def fit(self, steps: int) -> None:
+        self.monitor.train_start(self.model, self.optimizer)
+        for _ in range(steps):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = self.model(torch.randn(8, 6)).float().square().mean()
+            self.optimizer.zero_grad()
+            self.scaler.scale(loss).backward()
+            self.monitor.after_backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.monitor.step_end(loss=loss)
+
+
+def test_a_grad_scaler_the_loop_uses_and_train_start_was_not_given_is_named_with_what_it_costs(tmp_path, caplog):
+    # A port of an AMP loop dropped scaler=: the norms came out 2**20 too large and a resumed run's
+    # scale went back to init_scale, both unsaid.
+    with caplog.at_level("WARNING", logger="monitor"):
+        trainer = _Trainer([GradNorms(), Checkpoint(tmp_path / "ckpt", every_steps=100)], tmp_path)
+        trainer.fit(3)
+        trainer.monitor.close()
+        _Trainer([GradNorms(), Checkpoint(tmp_path / "other", scaler=trainer.scaler)], tmp_path).fit(2)
+        _Trainer([Summary()], tmp_path).fit(2)  # nothing it logs depends on the scale
+    said = [r.getMessage() for r in caplog.records if "GradScaler" in r.getMessage()]
+    assert said == [
+        "monitor: the loop scales its loss with GradScaler self.scaler, which train_start was not given: its "
+        "gradient norms are those of the scaled gradients (times the scale); its checkpoints leave the scale out (a "
+        "resumed run starts again from init_scale); pass monitor.train_start(model, optimizer, scaler=self.scaler) "
+        "(reported once)",
+        "monitor: the loop scales its loss with GradScaler self.scaler, which train_start was not given: its "
+        "gradient norms are those of the scaled gradients (times the scale); pass monitor.train_start(model, "
+        "optimizer, scaler=self.scaler) (reported once)"]
+    assert trainer.monitor.sink.points("grad norm")["total"][0][1] > 1000  # what it warned of
+
+
 @pytest.mark.parametrize("pattern", ["after every micro-batch", "after the last micro-batch"])
 def test_accumulation_gives_one_point_a_step_holding_the_accumulated_gradients(pattern):
     model = _model()

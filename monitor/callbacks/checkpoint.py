@@ -218,6 +218,10 @@ class Checkpoint(Callback):
                              f"holds what the others logged for its step; got it at index {where} of "
                              f"{len(callbacks)}")
 
+    def without_scaler(self) -> str | None:
+        return None if self.scaler is not None else \
+            "its checkpoints leave the scale out (a resumed run starts again from init_scale)"
+
     def on_attach(self, monitor: Monitor) -> None:
         """Lets this callback save the state of ``monitor``'s loop and of all its callbacks."""
         if not isinstance(monitor, Monitor):

@@ -118,6 +118,9 @@ class GradNorms(Callback):
         self._backward_seen = False  # an after_backward since train_start, or said that none came
         self._started_at = 0  # the step train_start came at (a resumed run's)
 
+    def without_scaler(self) -> str | None:
+        return "its gradient norms are those of the scaled gradients (times the scale)"
+
     def on_train_start(self, state: LoopState, log: Log) -> None:
         if not self._hooks:
             me = weakref.ref(self)
