@@ -360,6 +360,15 @@ class Monitor:
             except (TypeError, ValueError) as error:
                 self._reports.once("hparams", f"the hparams given to train_start are not recorded: {error}")
         self._fire("on_train_start")
+        self._hand_on_now()
+
+    def _hand_on_now(self) -> None:
+        """Has the sink take what was logged now, not at its next poll (within 0.1 s): a run's
+        record (hparams, summary) and a validation, which a SIGKILL in between would lose (a
+        sweep's trial killed 43 ms after train_start was a run of nothing)."""
+        hurry = getattr(self.sink, "hurry", None)
+        if hurry is not None:
+            hurry()
 
     def _watch_closure(self, optimizer: torch.optim.Optimizer) -> None:
         """An LBFGS calls its closure several times a step: a ``step_end`` in the closure would count
@@ -510,6 +519,7 @@ class Monitor:
             state.metrics = dict(metrics)
             self._train_ended = None  # a test after train_end: the next train_end records it
             self._fire("on_validation_end")
+            self._hand_on_now()
             if self._times_steps and in_loop:
                 state.step_began = time.perf_counter()
 

@@ -97,6 +97,43 @@ def test_a_training_process_killed_with_sigkill_leaves_what_it_handed_on_in_the_
     assert _points(tmp_path / "run", "grad norm") == list(range(1, 41))
 
 
+# A sweep's trial killed moments after train_start, and after a validation: each kept its hparams
+# only where the forwarder happened to poll (every 0.1 s) before the kill.
+KILLED_EARLY = textwrap.dedent("""
+    import os, signal, sys, time
+    import torch
+    from monitor import Monitor, Scalars
+
+    monitor = Monitor([Scalars()], env=sys.argv[2], port=1, run_dir=sys.argv[1], timeout=0.2)
+    model = torch.nn.Linear(3, 1)
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1), hparams={"lr": 0.1, "width": 64})
+    if sys.argv[3] == "validated":
+        for step in range(3):
+            monitor.step_end(loss=1.0)
+        time.sleep(0.3)
+        monitor.validation_end({"loss": 0.5})
+    time.sleep(0.02)  # the forwarder's poll: 0.1 s
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+@pytest.mark.parametrize("when", ["started", "validated"])
+def test_a_run_killed_just_after_train_start_or_a_validation_keeps_its_hparams_and_the_validation(tmp_path, when):
+    script = tmp_path / "trial.py"
+    script.write_text(KILLED_EARLY)
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), f"killed-{when}", when],
+                          capture_output=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL
+    wanted = {"hparams"} if when == "started" else {"hparams", "validation"}
+
+    def kept() -> set[str]:
+        entries = list(RunLog.read(tmp_path / "run" / "runlog.jsonl"))
+        return {e["k"] for e in entries if e["k"] == "hparams"} | \
+            {"validation" for e in entries if e["k"] == "points" and "validation" in e["y"]}
+
+    _until(lambda: kept() == wanted)
+
+
 def test_a_ctrl_c_to_the_job_s_process_group_ends_the_loop_and_the_sink_still_delivers(visdom_server, read_window,
                                                                                      tmp_path):
     loop = _start(tmp_path, visdom_server, "ctrl-c-loop", steps=30)
