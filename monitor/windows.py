@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import bisect
+import colorsys
 import json
 from collections import deque
 from html import escape
@@ -43,6 +44,16 @@ SMOOTHED_WINDOW_POINTS = 3_000  # a window's smoothed curves' points in all, bes
 _COLORS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207))  # Plotly's: a trace and its smoothed curve
 _DASHES = ("solid", "dash", "dot", "dashdot", "longdash")  # a compared run's traces (train, validation, ...)
+
+
+def _colour(index: int, count: int) -> tuple[int, int, int]:
+    """Colour ``index`` of ``count`` compared runs: Plotly's ten, and past ten (a sweep's 64, which
+    shared ten), hues a golden-ratio turn apart, alternately dark and light: none twice."""
+    if count <= len(_COLORS):
+        return _COLORS[index]
+    red, green, blue = colorsys.hls_to_rgb(index * 0.6180339887 % 1, 0.35 if index % 2 else 0.55, 0.8)
+    return round(red * 255), round(green * 255), round(blue * 255)
+
 _MIN_TRACE_POINTS = 10
 RECENT = 8  # the latest points among which one that comes late takes its place (threads' evaluations)
 
@@ -595,7 +606,8 @@ class Window:
                 at[name] = (run, kinds.setdefault(name[len(runs[run]) + 1:], len(kinds)))
         # More traces a run than dashes (a multi-task model's twelve) and few runs: a colour a trace, a dash a run
         swap = len(kinds) > len(_DASHES) and len(runs) <= len(_DASHES)
-        return {name: (_COLORS[(kind if swap else run) % len(_COLORS)], _DASHES[(run if swap else kind) % len(_DASHES)])
+        colours = len(kinds) if swap else len(runs)
+        return {name: (_colour(kind if swap else run, colours), _DASHES[(run if swap else kind) % len(_DASHES)])
                 for name, (run, kind) in at.items()}
 
     def _smoothed(self, name: str, index: int, weight: float,

@@ -236,9 +236,24 @@ def test_a_comparison_of_runs_with_more_traces_each_than_dashes_gives_each_trace
                       "y": {f"{run}/task{t}": 0.1 * t for run in ("a", "b") for t in range(12)}})
     styles = {t["name"]: (t["line"]["color"], t["line"]["dash"]) for t in window.message("e")[1]["data"]
               if t.get("showlegend", True)}
-    assert len({styles[f"a/task{t}"][0] for t in range(10)}) == 10  # Plotly's ten colours, then again
+    assert len({styles[f"a/task{t}"][0] for t in range(12)}) == 12  # past Plotly's ten, none twice
     assert {styles[f"a/task{t}"][1] for t in range(12)} == {"solid"} and {styles[f"b/task{t}"][1] for t in range(12)} \
         == {"dash"} and styles["a/task3"][0] == styles["b/task3"][0]
+
+
+def test_a_comparison_of_a_sweep_s_64_runs_gives_each_run_a_colour_of_its_own():
+    # 64 trials' validation losses compared: Plotly's ten colours made six runs share each.
+    runs = [f"sweep-{i:02d}" for i in range(64)]
+    window = Window("loss", 12000)
+    window.apply({"k": "layout", "win": "loss", "opts": {"runs": runs}})
+    window.apply({"k": "points", "win": "loss", "x": 1, "y": {f"{run}/validation": 1.0 for run in runs}})
+    colours = [t["line"]["color"] for t in window.message("e")[1]["data"] if t.get("showlegend", True)]
+    assert len(colours) == len(set(colours)) == 64
+    few = Window("loss", 1000)  # ten or fewer: Plotly's own, in its order
+    few.apply({"k": "layout", "win": "loss", "opts": {"runs": ["a", "b"]}})
+    few.apply({"k": "points", "win": "loss", "x": 1, "y": {"a/train": 1.0, "b/train": 2.0}})
+    assert [t["line"]["color"] for t in few.message("e")[1]["data"] if t.get("showlegend", True)] == \
+        ["rgb(31,119,180)", "rgb(255,127,14)"]
 
 
 def test_a_point_that_comes_late_takes_its_place_and_a_run_that_goes_back_is_cut_where_it_went_back():
