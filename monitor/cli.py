@@ -8,6 +8,7 @@ To add a command, write a function decorated with ``@main.command()`` below.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import warnings
@@ -330,8 +331,12 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
                                                "loss/validation), or in the order of an hparam (lr).")
 @MODE
 @click.option("--where", multiple=True, metavar="NAME=VALUE",
-              help="Only runs with this hparam value, or one of several (lr=0.1,0.3), or status=crashed,pruned "
-                   "(repeatable).")
+              help="Only runs with this hparam value, or one of several (lr=0.1,0.3), or status=crashed,pruned; "
+                   "also NAME<VALUE, <=, >, >= (numbers) and != (repeatable: 'lr>=0.001' 'lr<0.1').")
+@click.option("--top", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Only the first N runs (with --sort, the N best).")
+@click.option("--format", "form", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="csv or json: a row a run for a script, every metric's last and best value and every hparam.")
 @click.option("--metrics", type=click.IntRange(min=0), default=4, show_default=True, metavar="N",
               help="Metric columns shown: the --sort one first, then the loss, the rest by name.")
 @click.option("--earlier", is_flag=True, help="Also the earlier runs of each env (set aside in its earlier/).")
@@ -339,18 +344,28 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
               help="One row per group of runs differing only in HPARAM (a cross-validation's fold, a seed): each "
                    "metric's best as mean ± std over them (repeatable).")
 def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tuple[str, ...] = (),
-              mode: str | None = None, metrics: int = 4, earlier: bool = False, over: tuple[str, ...] = ()) -> None:
+              mode: str | None = None, metrics: int = 4, earlier: bool = False, over: tuple[str, ...] = (),
+              top: int | None = None, form: str = "table") -> None:
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
-    from monitor.runs import check_metric, grouped_table, listed, selected, table
+    from monitor.runs import check_metric, grouped_table, listed, selected, table, write_runs
 
     _runs_folder(click.get_current_context(), None, directory)  # here, not a callback: `monitor runs` alone too
+    if over and form != "table":
+        raise click.UsageError("--mean-over makes a table: leave --format out")
 
-    conditions = {}
+    conditions = []
     for condition in where:
-        name, equals, value = condition.partition("=")
-        if not equals or not name:
-            raise click.BadParameter(f"must be NAME=VALUE, got {condition!r}", param_hint="--where")
-        conditions[name] = value
+        parsed = re.fullmatch(r"([^<>=!]+)(<=|>=|!=|<|>|=)(.*)", condition)
+        if parsed is None:
+            raise click.BadParameter(f"must be NAME=VALUE (or NAME<VALUE, <=, >, >=, !=), got {condition!r}",
+                                     param_hint="--where")
+        name, op, value = parsed.group(1).strip(), parsed.group(2), parsed.group(3).strip()
+        if op in ("<", "<=", ">", ">="):
+            try:
+                float(value)
+            except ValueError:
+                raise click.BadParameter(f"{op} compares numbers, got {condition!r}", param_hint="--where") from None
+        conditions.append((name, value if op == "=" else op + value))
     unreadable: list[str] = []
     every = listed(directory, unreadable, earlier=earlier or directory.name == "earlier")
     for message in unreadable:
@@ -363,12 +378,15 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
     if mode is not None and sort is None:
         raise click.UsageError("--mode says how --sort ranks: give --sort METRIC too")
     named = sorted({name for run in every for name in run.hparams})
-    for hint, names in (("--where", [n for n in conditions if n != "status"]), ("--mean-over", over)):
+    for hint, names in (("--where", [n for n, _ in conditions if n != "status"]), ("--mean-over", over)):
         unknown = [name for name in names if name not in named]
         if unknown and every:
             raise click.BadParameter(f"no run under {directory} has hparam {', '.join(map(repr, unknown))}; they "
                                      f"have {', '.join(named) or 'none'}", param_hint=hint)
-    found = selected(every, conditions, sort, mode)
+    found = selected(every, conditions, sort, mode)[:top]
+    if form != "table":
+        write_runs(found, sys.stdout, form, first=sort)
+        return
     if not found:
         events = not every and next(directory.rglob("events.out.tfevents.*"), None) is not None
         click.echo(f"no runs under {directory}" + (" matching " + " ".join(where) if where else "") + (

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import collections
 import csv
+import datetime
 import hashlib
 import json
 import logging
@@ -323,21 +324,24 @@ def _own_files(folder: Path, run_id: str) -> list[Path]:
 _MISSING = object()
 
 
-def selected(runs: list[Run], where: dict[str, str] | None = None, sort: str | None = None,
-             mode: str | None = None) -> list[Run]:
+def selected(runs: list[Run], where: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
+             sort: str | None = None, mode: str | None = None) -> list[Run]:
     """The runs whose hparams match ``where`` (values compared as text, or as numbers when both
-    are; ``"0.1,0.3"``: either; ``status``, unless an hparam, how the run ended), best first by metric ``sort`` (``window/trace``, by its best
+    are; ``"0.1,0.3"``: either; ``"<0.01"``, ``">=64"``, ``"!=adam"``: compared so, the order
+    ones as numbers; pairs, to give a name twice; ``status``, unless an hparam, how the run
+    ended), best first by metric ``sort`` (``window/trace``, by its best
     value; runs where it was never finite, a diverged trial's, next to last, runs without it
     last): lowest first with ``mode="min"``, highest with ``"max"``, by default as
     :func:`best_is_lowest` guesses. A ``sort`` that is no run's metric but an hparam orders the
     runs by it, lowest first (``mode="max"``: highest), numbers before text, runs without it last."""
+    conditions = list(where.items() if isinstance(where, Mapping) else where or ())
+
     def matches(run: Run) -> bool:
-        for name, wanted in (where or {}).items():
+        for name, wanted in conditions:
             # status, where no run has an hparam of that name: how the run ended (status=crashed,pruned)
             value = run.status if name == "status" and not any("status" in r.hparams for r in runs) else \
                 run.hparams.get(name, _MISSING)
-            if value is _MISSING or not (_same(value, wanted) or "," in wanted and any(
-                    _same(value, one.strip()) for one in wanted.split(","))):
+            if value is _MISSING or not _meets(value, wanted):
                 return False
         return True
 
@@ -1048,6 +1052,39 @@ def write_json(points: Points | dict[str, Points], out: IO[str], by_run: bool = 
     out.write("\n")
 
 
+def write_runs(runs: list[Run], out: IO[str], form: str, first: str | None = None) -> None:
+    """The runs for a script: ``form`` ``"json"``, a list of ``{"env", "path", "status",
+    "error", "steps", "started", "metrics": {name: {"last", "best"}}, "hparams"}`` (non-finite
+    values as null), or ``"csv"``, a row a run: those, each metric's last value and its best
+    (``NAME best``), then the hparams; metrics in the table's order (``first`` first)."""
+    names = _shown_metrics(runs, len({m for run in runs for m in run.metrics}), first)
+    hparams = sorted({name for run in runs for name in run.hparams}, key=_natural)
+
+    def finite(value: float) -> float | None:
+        return value if math.isfinite(value) else None
+
+    def described(run: Run) -> dict[str, Any]:
+        return {"env": run.env, "path": str(run.path), "status": run.status, "error": run.error, "steps": run.steps,
+                "started": datetime.datetime.fromtimestamp(run.started).isoformat(timespec="seconds"),
+                "metrics": {m: {"last": finite(run.metrics[m][0]), "best": finite(run.metrics[m][1])}
+                            for m in names if m in run.metrics},
+                "hparams": run.hparams}
+
+    if form == "json":
+        json.dump([described(run) for run in runs], out, allow_nan=False, default=str)
+        out.write("\n")
+        return
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["env", "path", "status", "error", "steps", "started",
+                     *(f"{m}{end}" for m in names for end in ("", " best")), *hparams])
+    for run in runs:
+        row = described(run)
+        writer.writerow([*(row[k] if row[k] is not None else "" for k in ("env", "path", "status", "error", "steps",
+                                                                          "started")),
+                         *(_number(run.metrics[m][i]) if m in run.metrics else "" for m in names for i in (0, 1)),
+                         *(run.hparams.get(h, "") for h in hparams)])
+
+
 def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> list[str]:
     """The metrics a table has room for: ``first``, then the curves of held-out data (what a sweep
     is judged by), of training data, the rest (final metrics given with the hparams, which repeat
@@ -1083,6 +1120,27 @@ def _hparam_order(value: Any) -> tuple:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return 0, float(value), ""
     return 1, 0.0, str(value)
+
+
+COMPARISONS = ("<=", ">=", "!=", "<", ">")  # what --where takes beside NAME=VALUE
+
+
+def _meets(value: Any, wanted: str) -> bool:
+    """Whether an hparam's value meets ``wanted``: a value (or several, ``0.1,0.3``), or one after
+    an operator of ``COMPARISONS`` (an order compared as numbers: no other value meets it)."""
+    op = next((op for op in COMPARISONS if wanted.startswith(op)), None)
+    if op is None:
+        return _same(value, wanted) or "," in wanted and any(_same(value, one.strip()) for one in wanted.split(","))
+    wanted = wanted[len(op):].strip()
+    if op == "!=":
+        return not _same(value, wanted)
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return False
+    try:
+        have, bound = float(value), float(wanted)
+    except ValueError:
+        return False
+    return {"<": have < bound, "<=": have <= bound, ">": have > bound, ">=": have >= bound}[op]
 
 
 def _same(value: Any, wanted: str) -> bool:

@@ -236,7 +236,7 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     lines = done.output.splitlines()
     assert lines[0].startswith("env") and [line.split()[0] for line in lines[1:]] == ["good", "broken"]
     bad = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "lr"])
-    assert bad.exit_code == 2 and "must be NAME=VALUE, got 'lr'" in bad.output
+    assert bad.exit_code == 2 and "must be NAME=VALUE (or NAME<VALUE, <=, >, >=, !=), got 'lr'" in bad.output
     by_lr = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "lr", "--where", "lr=0.3,0.1"])
     assert [line.split()[0] for line in by_lr.output.splitlines()[1:]] == ["good", "broken"], by_lr.output
     unknown = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "loss/valid"])
@@ -249,6 +249,31 @@ def test_list_tells_finished_killed_and_crashed_runs_apart_and_sorts_and_filters
     ended = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "status=crashed,killed"])  # a search's
     assert [line.split()[0] for line in ended.output.splitlines()[1:]] == ["broken", "killed"], ended.output
     assert [r.env for r in selected(list(runs.values()), where={"status": "finished"})] == ["good"]
+
+
+def test_a_sweep_s_runs_are_picked_by_ranges_and_given_to_a_script_as_csv_or_json(three_runs):
+    # A platform engineer picking the best of 64 trials from a script parsed the text table: no
+    # lr<0.01, no --top, no machine-readable list.
+    root = three_runs
+    runs = list(listed(root))
+    assert [r.env for r in selected(runs, where=[("lr", ">0.05"), ("lr", "<=0.3")], sort="lr")] == ["good", "broken"]
+    assert [r.env for r in selected(runs, where={"lr": "<0.2"})] == ["good"]
+    assert [r.env for r in selected(runs, where={"optimizer": "!=adam", "lr": "!=0.1"})] == ["broken"]
+    assert [r.env for r in selected(runs, where={"optimizer": ">1"})] == []  # text has no order
+    done = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "lr>=0.1", "--where", "lr<0.3",
+                                     "--format", "json"])
+    assert done.exit_code == 0, done.output
+    (good,) = json.loads(done.output)
+    assert good["env"] == "good" and good["status"] == "finished" and good["steps"] == 4 and good["error"] is None
+    assert good["metrics"]["loss/train"] == pytest.approx({"last": 0.4, "best": 0.3})
+    assert good["hparams"] == {"lr": 0.1, "batch": 16, "optimizer": "sgd"}
+    best = CliRunner().invoke(main, ["runs", "list", str(root), "--sort", "loss/train", "--top", "2", "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(best.output)))
+    assert [row["env"] for row in rows] == ["killed", "broken"] and rows[1]["error"] == "RuntimeError: the data ran out"
+    assert list(rows[0])[:8] == ["env", "path", "status", "error", "steps", "started", "loss/train", "loss/train best"]
+    assert float(rows[1]["loss/train best"]) == pytest.approx(0.2) and rows[1]["lr"] == "0.3" and rows[0]["lr"] == ""
+    bad = CliRunner().invoke(main, ["runs", "list", str(root), "--where", "optimizer<sgd"])
+    assert bad.exit_code == 2 and "< compares numbers, got 'optimizer<sgd'" in bad.output
 
 
 def test_a_sweep_reusing_one_env_lists_its_earlier_runs_when_asked(visdom_server, tmp_path, connect_client):
