@@ -456,15 +456,15 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
     """Delete finished and pruned runs under DIR that are older than a date or beyond the N best
     (crashed, interrupted, killed and running runs are kept, and so are runs without --metric and
     folders holding other runs, said)."""
-    from monitor.runs import best_mode, gc_candidates, holds_other_runs, listed
+    from monitor.runs import best_mode, gc_candidates, holds_other_runs, listed, selected
 
     if older_than is None and keep_best is None:
         raise click.UsageError("say what to collect: --older-than DATE and/or --keep-best N --metric METRIC")
     if keep_best is not None and metric is None:
         raise click.UsageError(f"--keep-best {keep_best} ranks the runs by a metric: give --metric METRIC too")
+    every = listed(directory)
     try:
-        candidates = gc_candidates(listed(directory), older_than.timestamp() if older_than else None, keep_best,
-                                   metric, mode)
+        candidates = gc_candidates(every, older_than.timestamp() if older_than else None, keep_best, metric, mode)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--metric") from None
     doomed = [run for run in candidates if not holds_other_runs(run)]
@@ -476,13 +476,18 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
         lowest = best_mode(metric, mode) == "min"
         click.echo(f"Best by {metric}: the {'lowest' if lowest else 'highest'}"
                    + ("" if mode else f" (guessed from its name; --mode {'max' if lowest else 'min'} says otherwise)"))
+        best = selected([run for run in every if run.status == "finished" and metric in run.metrics], sort=metric,
+                        mode=mode)[:keep_best]
+        for run in best:  # what the cut keeps, to check it before answering
+            click.echo(f"  kept: {run.place}  ({metric} {run.best(metric, mode):.6g})")
     if not doomed:
         click.echo("nothing to collect")
         return
-    _remove(doomed, yes, keep_envs, server, port)
+    _remove(doomed, yes, keep_envs, server, port, (metric, mode) if keep_best is not None else None)
 
 
-def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | None) -> None:
+def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | None,
+            ranked_by: tuple[str, str | None] | None = None) -> None:
     from monitor.runlog import RunLog
     from monitor.runs import (check_removable, holds_other_runs, not_written_by_monitor, remove, removal_trouble,
                               shares_env)
@@ -494,7 +499,9 @@ def _remove(doomed, yes: bool, keep_envs: bool, server: str | None, port: int | 
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
     for run in doomed:
-        click.echo(f"{run.place}  (env {run.env}, {run.status}, {run.checkpoints} checkpoint files)")
+        value = "" if ranked_by is None or ranked_by[0] not in run.metrics else \
+            f", {ranked_by[0]} {run.best(*ranked_by):.6g}"
+        click.echo(f"{run.place}  (env {run.env}, {run.status}{value}, {run.checkpoints} checkpoint files)")
         if run.place != run.path:  # an earlier run's log: its folder and env are the current run's
             continue
         for other in holds_other_runs(run):

@@ -528,6 +528,9 @@ def test_gc_keeps_the_best_finished_runs_and_every_other_run(visdom_server, tmp_
                                      "--port", str(visdom_server.port)])
     assert done.exit_code == 0, done.output
     assert sorted(p.name for p in root.iterdir()) == ["crashed", "second"]  # a pruned trial is no best to keep
+    # The cut, checkable before answering: what it keeps and the value it ranked each run by.
+    assert f"  kept: {root / 'second'}  (loss/train 0.1)" in done.output
+    assert f"{root / 'third'}  (env third, finished, loss/train 0.2, 1 checkpoint files)" in done.output
     nothing = CliRunner().invoke(main, ["runs", "gc", str(root), "--older-than", "2000-01-01", "--yes"])
     assert "nothing to collect" in nothing.output
     bad = CliRunner().invoke(main, ["runs", "gc", str(root), "--keep-best", "1"])
