@@ -89,6 +89,18 @@ def test_the_summary_shows_momentum_and_betas_where_they_are_not_the_optimizer_s
         assert f"<td>{shown}</td>" in sink.of(Text, "summary")[0].html
 
 
+def test_a_mixed_precision_run_is_told_apart_from_its_float32_twin_by_its_grad_scaler():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, optimizer, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**40, growth_interval=3))
+    assert "<td><b>mixed precision</b></td><td>GradScaler (init_scale 1099511627776, x2 every 3 steps without inf, x0.5 at " \
+        "one)</td>" in sink.of(Text, "summary")[0].html
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, optimizer, scaler=torch.amp.GradScaler("cpu", enabled=False))  # bf16: none used
+    assert "mixed precision" not in sink.of(Text, "summary")[0].html
+
+
 def test_an_ema_copy_inside_the_model_is_not_counted_as_trainable():
     class WithEma(nn.Module):  # a loop that keeps its EMA on the model, to save and load it with it
         def __init__(self) -> None:

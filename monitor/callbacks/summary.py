@@ -87,8 +87,8 @@ class Summary(Callback):
     def _write(self, state: LoopState, log: Log, head: str = "") -> None:
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
         self._shown = _trained(state)
-        log.text(WINDOW, state.step, head + _summary_html(model, state.optimizers, {**self.hparams, **state.hparams}),
-                 html=True)
+        log.text(WINDOW, state.step, head + _summary_html(model, state.optimizers, {**self.hparams, **state.hparams},
+                                                          state.scaler), html=True)
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         hparams = {**self.hparams, **state.hparams}
@@ -113,7 +113,7 @@ def _trainable(params: list[torch.nn.Parameter], optimizers: Mapping[str, torch.
 
 
 def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.optim.Optimizer],
-                 hparams: Mapping[str, Any]) -> str:
+                 hparams: Mapping[str, Any], scaler: Any = None) -> str:
     """The pane's HTML: facts as a table, the model's repr in ``<pre>``."""
     facts: list[tuple[str, Any]] = []
     if model is not None:
@@ -133,6 +133,8 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
         facts.append(("optimizer", _described(next(iter(optimizers.values())))))
     elif optimizers:
         facts.append(("optimizers", ", ".join(f"{name}: {_described(o)}" for name, o in optimizers.items())))
+    if scaler is not None and scaler.is_enabled():  # what tells an fp16 run from its float32 twin
+        facts.append(("mixed precision", _scaling(scaler)))
     _, world_size = rank_and_world_size()
     if world_size > 1:  # a DDP job: its size and backend, the first things its runs are told apart by
         facts.append(("distributed", f"{world_size} processes ({torch.distributed.get_backend()})"))
@@ -144,6 +146,17 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
     if model is not None:
         parts += ["<h4>Model</h4>", f"<pre>{escape(repr(model))}</pre>"]
     return "\n".join(parts)
+
+
+def _scaling(scaler: Any) -> str:
+    """A GradScaler's settings, as its constructor takes them: ``GradScaler (init_scale 65536,
+    x2 every 2000 steps without inf, x0.5 at one)``."""
+    init = getattr(scaler, "_init_scale", None)
+    if isinstance(init, float) and init.is_integer():
+        init = int(init)  # 2.0**40 exactly, as a power of two reads
+    return (f"GradScaler ({f'init_scale {init}, ' if isinstance(init, (int, float)) else ''}"
+            f"x{scaler.get_growth_factor():g} every {scaler.get_growth_interval()} steps without inf, "
+            f"x{scaler.get_backoff_factor():g} at one)")
 
 
 def _described(optimizer: torch.optim.Optimizer) -> str:
