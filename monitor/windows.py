@@ -484,6 +484,15 @@ class Window:
             return self.grid.nonfinite
         return sum(t.nonfinite for t in self.traces.values())
 
+    def gaps_said(self) -> str | None:
+        """The legend's count of gaps: the steps a window's ``steps_of`` trace lost (GradNorms'
+        ``total``: a step a GradScaler skipped), else the points of every trace."""
+        counted = self.traces.get(self.opts.get("steps_of", ""))
+        if counted is not None:
+            return f"{counted.nonfinite} step{'s' * (counted.nonfinite != 1)} not finite, shown as gaps" \
+                if counted.nonfinite else None
+        return f"{self.nonfinite} non-finite shown as gaps" if self.nonfinite else None
+
     def messages(self, env: str) -> list[tuple[str, dict[str, Any]]]:
         """The requests that make the server's window equal this one (none: nothing to show).
 
@@ -534,8 +543,8 @@ class Window:
             layout = {"showlegend": True, "margin": {"l": 60, "r": 30, "t": 30, "b": 50},
                       "xaxis": {"title": self.opts.get("xlabel", "step")},
                       "yaxis": {"title": self.opts.get("ylabel", ""), "type": self.opts.get("ytype", "linear")}}
-            if self.nonfinite:  # said in the legend: the title stays the name, which compare views match on
-                layout["legend"] = {"title": {"text": f"{self.nonfinite} non-finite shown as gaps"}}
+            if said := self.gaps_said():  # in the legend: the title stays the name, which compare views match on
+                layout["legend"] = {"title": {"text": said}}
             flat = _one_value([line["y"] for line in data])
             if flat and layout["yaxis"]["type"] == "linear":  # Plotly's range is the value +- 1: 0.001 read as 0
                 layout["yaxis"]["range"] = [flat - abs(flat) / 2, flat + abs(flat) / 2]
@@ -638,8 +647,8 @@ class Window:
             xs, ys = self.lines.points(name)
             lines.append({"x": xs, "y": float32_digits(ys), "name": name, "type": "scatter", **_drawn(ys)})
         data, layout = heatmap.figure(grid, lines, self.opts)
-        if self.nonfinite:
-            layout["legend"]["title"] = {"text": f"{self.nonfinite} non-finite shown as gaps"}
+        if said := self.gaps_said():
+            layout["legend"]["title"] = {"text": said}
         opts = {"height": 640, "width": 720, **self.opts, "title": title}
         return "events", {"data": data, "win": self.name, "eid": env, "layout": layout, "opts": opts}
 

@@ -225,7 +225,7 @@ def test_an_overflow_step_is_a_counted_gap_and_the_loss_scale_drops_at_it(visdom
     norms = read_window(visdom_server, "amp-overflow", "grad norm")
     assert norms["total"][0] == [1, 2, 3, 4, 5] and norms["total"][1][2] is None  # a gap at step 3
     layout = read_window_raw(visdom_server, "amp-overflow", "grad norm")["content"]["layout"]
-    assert layout["legend"]["title"]["text"] == "2 non-finite shown as gaps"  # 0.Linear and total
+    assert layout["legend"]["title"]["text"] == "1 step not finite, shown as gaps"  # the step skipped, not 2 points
     xs, scales = read_window(visdom_server, "amp-overflow", "loss scale")["scale"]
     assert xs == [1, 2, 3, 4, 5] and scales[2] == scales[1] / 2 == 2.0**15
 

@@ -256,7 +256,8 @@ class GradNorms(Callback):
             return
         self._forms[window] = form
         heatmap = {"form": "heatmap", "top": self.top} if form == "heatmap" else {}
-        log.lay_out(window, Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log", **heatmap)
+        log.lay_out(window, Order.GRADIENTS, title=window, xlabel="step", ylabel=ylabel, ytype="log",
+                    steps_of="total", **heatmap)  # the legend counts the steps lost (skipped by a GradScaler)
         log.vector(window, x, traces, values)
 
     def _say_if_mixed(self, name: str | None) -> None:
