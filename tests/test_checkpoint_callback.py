@@ -292,6 +292,46 @@ def test_a_resume_that_cannot_put_the_run_back_stops_the_loop_and_leaves_the_fol
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK} == before
 
 
+def test_a_run_pruned_before_its_kill_is_resumed_into_a_model_pruned_alike_and_the_refusal_says_so(tmp_path):
+    # A compression researcher pruned at step 3 and was killed after the checkpoint of step 4: the
+    # resume blamed "a layer added or widened" where weight_orig and weight_mask said pruning.
+    from torch.nn.utils import prune
+
+    def net() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+
+    def steps(monitor, model, optimizer, count: int) -> None:
+        for _ in range(count):
+            optimizer.zero_grad()
+            model(torch.randn(4, 6)).square().mean().backward()
+            optimizer.step()
+            monitor.step_end(loss=1.0)
+
+    model = net()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=4)], sink=NullSink())
+    monitor.train_start(model, optimizer)
+    steps(monitor, model, optimizer, 3)
+    prune.l1_unstructured(model[0], "weight", amount=0.5)
+    steps(monitor, model, optimizer, 1)  # the checkpoint of step 4, pruned; then killed
+    pruned = (model[0].weight_orig * model[0].weight_mask).detach()  # as the next forward computes `weight`
+
+    again = net()
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=4, resume=True)
+    monitor = Monitor([checkpoint], sink=NullSink())
+    with pytest.raises(CheckpointResumeError, match="pruned with torch.nn.utils.prune, which keeps weight_orig and "
+                                                    r"weight_mask: prune the same modules first, prune.identity\(module, "
+                                                    "'weight'\) on each"):
+        monitor.train_start(again, torch.optim.SGD(again.parameters(), lr=0.1))
+    monitor.close()
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=4, resume=True)], sink=NullSink())
+    prune.identity(again[0], "weight")  # as the advice says
+    monitor.train_start(again, torch.optim.SGD(again.parameters(), lr=0.1))
+    resumed = again[0].weight_orig * again[0].weight_mask
+    assert torch.equal(resumed, pruned) and int((resumed == 0).sum()) == 24
+
+
 def _epochs(monitor: Monitor, losses: list[float], steps: int = 4) -> None:
     for epoch, loss in enumerate(losses):
         monitor.epoch_start(epoch)

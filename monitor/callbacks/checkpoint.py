@@ -4,6 +4,7 @@ from __future__ import annotations
 import gc
 import logging
 import math
+import re
 import signal
 import threading
 import time
@@ -679,9 +680,9 @@ class Checkpoint(Callback):
         except Exception as error:
             text = str(error).rstrip(". \n")
             grown = "size mismatch" in text or "Unexpected key(s)" in text or "Missing key(s)" in text
-            advice = (": the model differs from the checkpoint's (a layer added or widened since the run began); "
-                      "build it as the run had it before train_start, e.g. from what Checkpoint(extras=...) kept, "
-                      "checkpoint.start.extras" if grown else "")
+            advice = (": the model differs from the checkpoint's (" + _changed_since(text) + "); build it as the run "
+                      "had it before train_start (when checkpoint.start is past the step that changed it), e.g. from "
+                      "what Checkpoint(extras=...) kept, checkpoint.start.extras" if grown else "")
             raise CheckpointResumeError(f"the run could not be put back from {self.start.path}: "
                                         f"{type(error).__name__}: {text}{advice}") from error
         if self._monitor.rank == 0:  # said once for the job
@@ -838,6 +839,19 @@ def _reads_a_loader() -> bool:
 
     # By type(), not isinstance(): an object's __class__ may be a property that warns (torch's deprecated ones).
     return any(issubclass(type(thing), _BaseDataLoaderIter) for thing in gc.get_objects())
+
+
+def _changed_since(error: str) -> str:
+    """What changed the model since the checkpoint, as its unexpected keys show it: torch's
+    pruning (``weight_orig``, ``weight_mask``), quantization-aware training's fake-quant modules,
+    else a layer added or widened."""
+    unexpected = error.partition("Unexpected key(s) in state_dict:")[2].partition("Missing key(s)")[0]
+    if re.search(r'_orig"|_mask"', unexpected):
+        return ("pruned with torch.nn.utils.prune, which keeps weight_orig and weight_mask: prune the same "
+                "modules first, prune.identity(module, 'weight') on each, and let the checkpoint's masks in")
+    if "fake_quant" in unexpected or "activation_post_process" in unexpected:
+        return "prepared for quantization-aware training: call torch.ao.quantization.prepare_qat(model) first"
+    return "a layer added or widened since the run began"
 
 
 def _rates(state: LoopState) -> list[float | None]:
