@@ -41,3 +41,30 @@ def load_plain_state(model: torch.nn.Module, state: Mapping[str, Any], strict: b
     own = {uncompiled(name): name for name in model.state_dict()}
     return model.load_state_dict({own.get(uncompiled(name), name): value for name, value in state.items()},
                                  strict=strict)
+
+
+Masks = dict[int, tuple[torch.nn.Module, str]]  # a pruned parameter's id: its module and mask buffer's name
+
+
+def pruning_masks(model: torch.nn.Module) -> Masks:
+    """The parameters ``torch.nn.utils.prune`` masks (``weight_orig``), by id: the module and the
+    name of its mask buffer (``weight_mask``), read when used: pruning again registers a new one."""
+    from torch.nn.utils.prune import BasePruningMethod
+
+    found: Masks = {}
+    for module in model.modules():
+        for hook in module._forward_pre_hooks.values():  # how prune itself finds its methods
+            if isinstance(hook, BasePruningMethod):
+                orig = module._parameters.get(f"{hook._tensor_name}_orig")
+                if orig is not None:
+                    found[id(orig)] = (module, f"{hook._tensor_name}_mask")
+    return found
+
+
+def as_used(params: list[torch.Tensor], masks: Masks) -> list[torch.Tensor]:
+    """The weights the forward pass uses: a pruned parameter masked (``weight_orig * weight_mask``,
+    a new tensor), the others as they are."""
+    if not masks:
+        return params
+    with torch.no_grad():
+        return [p * getattr(*masks[id(p)]) if id(p) in masks else p for p in params]

@@ -509,3 +509,40 @@ def test_a_recurrent_layer_s_input_and_hidden_weights_of_each_layer_are_traces_o
             grads = [getattr(lstm, f"{part}_{kind}_l{layer}").grad for part in ("weight", "bias")]
             assert norms[f"encoder {kind}_l{layer}"] == pytest.approx(torch.cat([g.flatten() for g in grads]).norm().item())
     assert norms["total"] == pytest.approx(sum(v * v for k, v in norms.items() if k != "total") ** 0.5)
+
+
+def test_pruned_weights_are_shown_as_the_forward_pass_uses_them_and_a_frozen_teacher_s_are_left_out():
+    # A compression researcher pruned 50% of a layer: weight norm and the weight histogram went on
+    # with the dense weight_orig (0 zeros binned where half were masked), the teacher's binned too.
+    from torch.nn.utils import prune
+
+    from monitor import Histograms
+    from monitor.entries import encode
+    from monitor.records import Histogram
+
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    teacher = nn.Linear(6, 2).requires_grad_(False)
+    model = nn.ModuleDict({"student": student, "teacher": teacher})
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+    monitor, sink = monitor_with(GradNorms(weights=True, update_ratio=True), Histograms(every=1, of=["weights"]))
+    monitor.train_start(model, optimizer)
+    used = []
+    for step in range(1, 5):
+        if step == 3:
+            prune.l1_unstructured(student[0], "weight", amount=0.5)
+        optimizer.zero_grad()
+        (student(torch.randn(4, 6)).square().mean() + teacher(torch.randn(4, 6)).sum() * 0).backward()
+        monitor.after_backward()
+        weight = student[0].weight_orig * student[0].weight_mask if step >= 3 else student[0].weight
+        used.append(torch.cat([weight.detach().flatten(), student[0].bias.detach()]).norm().item())
+        optimizer.step()
+        monitor.step_end(loss=1.0)
+    norms = sink.points("weight norm")
+    assert [v for _, v in norms["student.0.Linear"]] == pytest.approx(used, rel=1e-6)
+    assert "teacher" not in norms and "teacher" not in sink.points("update ratio")
+    latest = encode([r for r in sink.of(Histogram) if r.window == "weight distribution"][-1])
+    assert latest["n"] == sum(p.numel() for p in student.parameters())  # the student's alone
+    edges, counts = latest["edges"], latest["counts"]
+    at_zero = next(i for i in range(len(counts)) if edges[i] <= 0.0 <= edges[i + 1])
+    assert counts[at_zero] >= 24  # the 24 masked weights of 48, each 0

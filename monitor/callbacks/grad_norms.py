@@ -14,7 +14,7 @@ from torch.nn.modules.module import (register_module_module_registration_hook,
 from monitor.amp import current_scale, scale_of
 from monitor.callbacks._every import is_due
 from monitor.checks import boolean, one_of, positive_int
-from monitor.models import uncompiled, unwrap_model
+from monitor.models import Masks, as_used, pruning_masks, uncompiled, unwrap_model
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.norms import Norms, Stacks, each_norm, read, stacks_of
@@ -58,6 +58,7 @@ class GradNorms(Callback):
     gradient (``nn.Embedding(sparse=True)``) counts each value it stores.
 
     ``weights=True`` adds ``weight norm``, the weights at the step's first ``after_backward``
+    (those the forward pass uses: a ``torch.nn.utils.prune``-d one's masked)
     (before its update, also when an LBFGS closure calls it several times); ``update_ratio=True``
     adds ``update ratio``, ||w_after - w_before|| / ||w_before|| per layer that had gradients
     (a frozen layer is left out), which costs a copy of the weights on the device between
@@ -103,6 +104,7 @@ class GradNorms(Callback):
         self._wrapped: torch.nn.Module | None = None   # the model as passed, maybe in a wrapper
         self._model: torch.nn.Module | None = None
         self._params: list[torch.nn.Parameter] = []
+        self._masks: Masks = {}  # the parameters torch.nn.utils.prune masks: their weights are shown masked
         self._layer_of: list[int] = []      # self._params[i] belongs to layer self._layer_of[i]
         self._layers: list[str] = []        # trace names, one per layer
         self._all: tuple[int, ...] = ()     # every parameter's index: the usual set present
@@ -192,11 +194,11 @@ class GradNorms(Callback):
             self._write("grad norm", suffix, grads, present, scale)
         if self.weights and "weight norm" + suffix not in self._pending:  # before any of the step's updates
             weights = params if indices is self._all else [params[i] for i in indices]
-            self._write("weight norm", suffix, weights, indices, None)
+            self._write("weight norm", suffix, as_used(weights, self._masks), indices, None)
         if self.update_ratio:
             if self._before is None:  # before any of the step's updates
                 with torch.no_grad():
-                    self._before = torch._foreach_mul(params, 1.0)
+                    self._before = torch._foreach_mul(as_used(params, self._masks), 1.0)
                 self._moved = {name: set(present)}
             else:
                 self._moved.setdefault(name, set()).update(present)
@@ -222,7 +224,7 @@ class GradNorms(Callback):
     def _put_update_ratio(self, log: Log, step: int, suffix: str, indices: set[int],
                           before: list[torch.Tensor]) -> None:
         moved = self._all if len(indices) == len(self._all) else tuple(sorted(indices))
-        params = self._params
+        params = as_used(self._params, self._masks)
         if moved is not self._all:  # frozen layers left out: their 0 has no place on a log axis
             params, before = [params[i] for i in moved], [before[i] for i in moved]
         traces, groups, stacks = self._grouping(moved)
@@ -312,6 +314,7 @@ class GradNorms(Callback):
             if model is not self._model or len(current) != len(self._params) or \
                     any(a is not b for a, b in zip(current, self._params)):
                 self._build(model, outside)
+            self._masks = pruning_masks(model)  # pruned (weight_orig, same tensor, maybe same place) or not
         return self._params
 
     def _build(self, model: torch.nn.Module, outside: list[tuple[str, list[torch.nn.Parameter]]] = ()) -> None:

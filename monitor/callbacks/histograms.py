@@ -13,7 +13,7 @@ from monitor.callbacks._every import is_due
 from monitor.core import Callback, LoopState
 from monitor.binning import binned
 from monitor.log import Log
-from monitor.models import unwrap_model
+from monitor.models import as_used, pruning_masks, unwrap_model
 from monitor.records import Histogram, Order
 
 _log = logging.getLogger("monitor")
@@ -28,7 +28,9 @@ class Histograms(Callback):
         loss.backward(); monitor.after_backward()      # the gradients are binned here
         optimizer.step(); monitor.step_end(loss=loss)  # the weights here, after the update
 
-    Windows ``grad distribution`` and ``weight distribution`` pool every parameter of the model;
+    Windows ``grad distribution`` and ``weight distribution`` pool the model's parameters the
+    optimizers update (not a distiller's frozen teacher's; a pruned weight masked, as the forward
+    pass uses it);
     ``layers=["encoder", "head"]`` gives each named module (as in ``model.named_modules()``) its
     own windows instead, e.g. ``grad distribution encoder``; the gradients of a pass named by
     ``after_backward("D")`` (a GAN's) are that optimizer's, in ``grad distribution D``. ``of`` picks the kinds. Each
@@ -108,9 +110,15 @@ class Histograms(Callback):
         for record in pending.values():
             log.sink.put(record)
         if "weights" in self.of:
+            masks = pruning_masks(unwrap_model(state.model))  # a pruned weight as the forward pass uses it
+            held = {id(p) for optimizer in state.optimizers.values() for group in optimizer.param_groups
+                    for p in group["params"]}
             for suffix, params in self._groups.items():
+                if not suffix and held and any(id(p) in held for p in params):  # pooled: not a frozen teacher's
+                    params = [p for p in params if id(p) in held]
                 if params:
-                    log.sink.put(_histogram(_KINDS["weights"][0] + suffix, state.step, params, self.bins))
+                    log.sink.put(_histogram(_KINDS["weights"][0] + suffix, state.step, as_used(params, masks),
+                                            self.bins))
 
     def _lay_out(self, log: Log, windows: list[str]) -> None:
         for window in windows:
