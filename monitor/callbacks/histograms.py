@@ -28,9 +28,9 @@ class Histograms(Callback):
         loss.backward(); monitor.after_backward()      # the gradients are binned here
         optimizer.step(); monitor.step_end(loss=loss)  # the weights here, after the update
 
-    Windows ``grad distribution`` and ``weight distribution`` pool the model's parameters the
-    optimizers update (not a distiller's frozen teacher's; a pruned weight masked, as the forward
-    pass uses it);
+    Windows ``grad distribution`` and ``weight distribution`` pool the model's parameters that
+    train (not a distiller's frozen teacher's, which no optimizer holds; a pruned weight masked,
+    as the forward pass uses it);
     ``layers=["encoder", "head"]`` gives each named module (as in ``model.named_modules()``) its
     own windows instead, e.g. ``grad distribution encoder``; the gradients of a pass named by
     ``after_backward("D")`` (a GAN's) are that optimizer's, in ``grad distribution D``. ``of`` picks the kinds. Each
@@ -114,8 +114,8 @@ class Histograms(Callback):
             held = {id(p) for optimizer in state.optimizers.values() for group in optimizer.param_groups
                     for p in group["params"]}
             for suffix, params in self._groups.items():
-                if not suffix and held and any(id(p) in held for p in params):  # pooled: not a frozen teacher's
-                    params = [p for p in params if id(p) in held]
+                if not suffix:  # pooled: not a frozen teacher's (no gradient, no optimizer)
+                    params = [p for p in params if p.requires_grad or id(p) in held] or params
                 if params:
                     log.sink.put(_histogram(_KINDS["weights"][0] + suffix, state.step, as_used(params, masks),
                                             self.bins))
