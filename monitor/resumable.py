@@ -146,6 +146,8 @@ class Resumable:
         generation = self.generation
         self.iterating += 1
         depth = self.iterating
+        if depth == 1 and state.step_began is None:  # a resumed epoch's first step, which had no epoch_start
+            state.step_began = time.perf_counter()
         try:
             while True:  # the waits for a step's batches are its data wait (Timing shows it)
                 if self.iterating > depth and not self.said_interleaved:  # another one, not ended, not inside

@@ -218,3 +218,53 @@ def test_under_gradient_accumulation_the_throughput_counts_every_micro_batch_of_
     times, throughput = dict(sink.points("step time")["step"]), dict(sink.points("throughput")["samples"])
     assert sorted(throughput) == [1, 2, 3]  # the epoch's first step timed from epoch_start
     assert all(throughput[s] == pytest.approx(42 * 1000 / times[s]) for s in (1, 2, 3)), (throughput, times)
+
+
+def test_a_language_model_s_throughput_is_in_tokens_when_asked_every_micro_batch_s():
+    # An LM's throughput was sequences a second: 312 where the loop's own count was 19,750 tokens.
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Timing(every=1, unit="tokens"))
+    monitor.train_start(model, optimizer)
+    loader = [torch.randint(0, 256, (8, 64)) for _ in range(4)]
+    for epoch in monitor.epochs(1):
+        for ids in monitor.batches(loader):
+            if monitor.state.batch_index % 2 == 1:  # two micro-batches a step
+                time.sleep(0.02)
+                monitor.step_end(loss=1.0, inputs=ids)
+    times, throughput = dict(sink.points("step time")["step"]), dict(sink.points("throughput")["tokens"])
+    assert sorted(throughput) == [1, 2]
+    assert all(throughput[s] == pytest.approx(2 * 8 * 64 * 1000 / times[s]) for s in (1, 2)), (throughput, times)
+    monitor, sink = monitor_with(Timing(every=1, unit="tokens"))  # no monitor.batches: step_end's inputs
+    monitor.train_start(model, optimizer)
+    for _ in range(2):
+        monitor.step_end(loss=1.0, inputs={"input_ids": torch.zeros(4, 32, dtype=torch.long),
+                                           "attention_mask": torch.ones(4, 32)})
+    assert set(sink.points("throughput")) == {"tokens"} and len(sink.points("throughput")["tokens"]) == 1
+    with pytest.raises(ValueError, match="unit must be 'samples' or 'tokens', got 'words'"):
+        Timing(unit="words")
+
+
+def test_a_run_resumed_in_the_middle_of_an_epoch_times_its_first_step(tmp_path):
+    # A requeued LM run lost step 31's point in step time, throughput and memory: the resumed epoch
+    # had no epoch_start to time its first step from.
+    from monitor import Checkpoint
+
+    loader = [torch.zeros(2, 4)] * 6
+
+    def run(stop_at: int | None = None):
+        model = small_model()
+        monitor, sink = monitor_with(Timing(every=1), Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True))
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        for epoch in monitor.epochs(1):
+            for x in monitor.batches(loader):
+                monitor.step_end(loss=1.0, inputs=x)
+                if monitor.state.step == stop_at:
+                    return sink  # killed here
+        monitor.close()
+        return sink
+
+    run(stop_at=3)
+    resumed = run()
+    assert [x for x, _ in resumed.points("step time")["step"]] == [3, 4, 5, 6]  # from the checkpoint of step 2
+    assert [x for x, _ in resumed.points("memory")["resident"]] == [3, 4, 5, 6]

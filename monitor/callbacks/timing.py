@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from monitor.callbacks._every import is_due
-from monitor.checks import positive_int
+from monitor.checks import one_of, positive_int
 from monitor.core import Callback, LoopState
 from monitor.log import Log
 from monitor.records import Order
@@ -36,22 +36,25 @@ class Timing(Callback):
     nodes, edges, one label a graph), else of its first tensor, or its length where it is a tuple
     of samples: a detection batch's images; steps per second without them; where a step drew
     several batches through ``monitor.batches`` (micro-batches of gradient accumulation), the
-    samples of all of them); ``memory`` (MB: the
+    samples of all of them; ``unit="tokens"``: tokens per second, a language model's, every
+    element of the token ids, ``inputs`` (B x T) or the first tensor of its parts); ``memory`` (MB: the
     process's resident memory and, on CUDA, memory allocated, reserved and the peak allocated, as
     ``torch.cuda.max_memory_allocated`` says: never reset here, so a loop's own
     ``reset_peak_memory_stats`` keeps its meaning). On CUDA the trace ``device`` is the
     time between CUDA events recorded at consecutive ``step_end`` calls, read by the sink's
     worker: the training thread never synchronizes. Logged every ``every`` steps (1, 1 + every,
-    ...; a loop with no ``epoch_start`` has no time for its first step, and its points begin at
-    1 + every), and at ``train_end`` for the steps since the last point.
+    ...; the first step is timed from ``epoch_start``, or from where ``monitor.batches`` began
+    drawing a resumed epoch's batches; a loop with neither has no time for its first step, and
+    its points begin at 1 + every), and at ``train_end`` for the steps since the last point.
     Each point is the mean over the steps since the one before (their samples over their time
     for the throughput), as a progress bar's rate is: one slow step in ten shows as a tenth.
     """
 
     times_steps = True
 
-    def __init__(self, every: int = 10) -> None:
+    def __init__(self, every: int = 10, unit: str = "samples") -> None:
         self.every = positive_int("every", every)
+        self.unit = one_of("unit", unit, ("samples", "tokens"))
         self._event: Any = None  # the CUDA event recorded at the previous step_end
         self._start: Any = None  # ... at the last point's step_end, while no validation or epoch came between
         self._device: torch.device | None = None
@@ -62,10 +65,11 @@ class Timing(Callback):
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._drawn = [0, 0]
-        state.batch_drawn = self._count
+        state.batch_drawn = self._count if self.unit == "samples" else self._count_tokens
         parameter = next(state.model.parameters(), None) if state.model is not None else None
         self._device = parameter.device if parameter is not None and parameter.device.type == "cuda" else None
-        for window, ylabel in (("step time", "milliseconds"), ("throughput", "samples per second"), ("memory", "MB")):
+        for window, ylabel in (("step time", "milliseconds"), ("throughput", f"{self.unit} per second"),
+                               ("memory", "MB")):
             if window not in log.laid_out:
                 log.lay_out(window, Order.TIMING, title=window, xlabel="step", ylabel=ylabel)
 
@@ -84,6 +88,10 @@ class Timing(Callback):
         drawn[0] += 1
         drawn[1] += batch.shape[0] if type(batch) is torch.Tensor and batch.dim() else _batch_size(batch) or 0
 
+    def _count_tokens(self, batch: Any) -> None:
+        self._drawn[0] += 1
+        self._drawn[1] += _tokens(batch)
+
     def on_step_end(self, state: LoopState, log: Log) -> None:
         now = time.perf_counter()
         began = state.step_began  # after the hooks before it: a save, a validation is in no step
@@ -97,6 +105,8 @@ class Timing(Callback):
             inputs = state.inputs
             if drawn[0] > 1:  # micro-batches: the step's samples are all of theirs, not the last one's
                 self._samples += drawn[1]
+            elif inputs is not None and self.unit == "tokens":
+                self._samples += _tokens(inputs)
             elif inputs is not None:
                 self._samples += inputs.shape[0] if type(inputs) is torch.Tensor and inputs.dim() \
                     else _batch_size(inputs, state.targets) or 0
@@ -131,7 +141,7 @@ class Timing(Callback):
             log.vector("step time", step, ("device",), lambda: [_elapsed_ms(start, event) / self.every])
         elif previous is not None:  # this step alone
             log.vector("step time", step, ("device",), lambda: [_elapsed_ms(previous, event)])
-        trace = "samples" if samples else "steps"
+        trace = self.unit if samples else "steps"
         log.scalar("throughput", trace, step, (samples or steps) / seconds if seconds > 0 else float("nan"))
         device = self._device
         log.vector("memory", step, _MEMORY_TRACES[device is not None], lambda: _memory_mb(device))
@@ -164,6 +174,15 @@ def _resident_bytes() -> float:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _tokens(batch: Any) -> int:
+    """The tokens of a language model's batch: every element of its token ids (B x T), the
+    first tensor of a tuple or dict of parts (ids, then a mask or the targets)."""
+    if isinstance(batch, torch.Tensor):
+        return batch.numel()
+    values = batch.values() if isinstance(batch, dict) else batch if isinstance(batch, (tuple, list)) else ()
+    return next((t.numel() for t in values if isinstance(t, torch.Tensor)), 0)
 
 
 def _batch_size(inputs: Any, targets: Any = None) -> int | None:
