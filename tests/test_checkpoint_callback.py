@@ -332,6 +332,32 @@ def test_a_run_pruned_before_its_kill_is_resumed_into_a_model_pruned_alike_and_t
     assert torch.equal(resumed, pruned) and int((resumed == 0).sum()) == 24
 
 
+def test_a_kill_after_validation_end_while_the_loop_logs_its_samples_validates_again(tmp_path):
+    # An LM fine-tune validated at step 30, then logged a generated sample and saved its adapters:
+    # killed there, the re-run went on from step 30's checkpoint, and step 30's sample was never logged.
+    loader = [torch.zeros(2, 3)] * 8
+
+    def run(kill_after_validating_at: int | None = None) -> tuple[int, list[int]]:
+        checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True)
+        monitor = Monitor([checkpoint], sink=ListSink())
+        model = torch.nn.Linear(3, 1)
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        sampled = []
+        for epoch in monitor.epochs(1):
+            for x in monitor.batches(loader):
+                monitor.step_end(loss=1.0)
+                if monitor.state.step % 2 == 0:
+                    monitor.validation_end({"loss": 1.0})
+                    if monitor.state.step == kill_after_validating_at:
+                        return checkpoint.start.step, sampled  # killed while it generates the sample
+                    sampled.append(monitor.state.step)  # the sample, logged after validation_end
+        monitor.close()
+        return checkpoint.start.step, sampled
+
+    assert run(kill_after_validating_at=4) == (0, [2])
+    assert run() == (2, [4, 6, 8])  # from step 2's checkpoint: step 4 validated and sampled again
+
+
 def _epochs(monitor: Monitor, losses: list[float], steps: int = 4) -> None:
     for epoch, loss in enumerate(losses):
         monitor.epoch_start(epoch)

@@ -154,6 +154,7 @@ class Checkpoint(Callback):
         self._continues_from: int | None = None  # the run-log position of a save, until the loop's next
                                                  # batch, step or epoch says its step's code is over (rank 0)
         self._every_rank_validates = False  # under DDP: said by Scalars(average_validation=True)
+        self._point_at_next_batch = False  # the step's checkpoint written again at validation_end: latest then
         self._ranks: list[tuple] | None = None  # (random state, batches position) of every rank at the last save
         self._aborted = False
         self._claimed = False
@@ -326,8 +327,12 @@ class Checkpoint(Callback):
                 # After the step's checkpoint: that again, with the validation (its random numbers,
                 # its point, the metric it ranks by), or a resume would go on with the next batch and
                 # skip it. (One after the loop runs again on a resume, as the rest of the epoch does.)
+                # The latest once the loop goes on to its next batch (or step, or the epoch's end): what
+                # it does after validation_end (a language model's samples, its adapters saved) is the
+                # validation's too, and a kill in it validates again.
                 if self._monitor.world_size == 1 or self._every_rank_validates:
-                    self.save()  # under DDP a collective, as Scalars' averaging of the validation is
+                    self._save(point=False)  # under DDP a collective, as Scalars' averaging of the validation is
+                    self._point_at_next_batch = True
                 elif self._monitor.rank == 0:  # a validation that may run on rank 0 alone: no collective
                     self._write_again_alone()
         elif self._metric_value is not None and self._last_saved is not None and self._last_saved[0] == state.step:
@@ -591,6 +596,9 @@ class Checkpoint(Callback):
             # What the saved step's code logged after the save (never run again by a resume) is in the
             # run log before the next step trains: a kill from here on keeps it.
             self._monitor.sink.sync()
+        if self._point_at_next_batch:  # the validation written with it is over, and what followed it
+            self._point_at_next_batch = False
+            self._point_at_written()
         self._exit_if_stopping()
 
     def _point_at_written(self) -> None:
