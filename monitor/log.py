@@ -339,8 +339,8 @@ class Log:
         metrics are numbers or one-element tensors (one on an accelerator is read by the sink).
         A pane shows a row per ``trial`` (a writer's ``add_hparams`` call), or without one per set
         of hyper-parameters (a run updating its own). Without a trial, metrics add to those given
-        before with the same hyper-parameters (a test set's after the validation's that
-        ``Summary`` recorded at ``train_end``); a call with none starts the row again.
+        before with the same hyper-parameters, or some of them, or none (a test set's after the
+        validation's that ``Summary`` recorded at ``train_end``); a call with none starts the row again.
         """
         for argument, value in (("hparams", hparams), ("metrics", metrics or {})):
             if not isinstance(value, Mapping):
@@ -348,8 +348,11 @@ class Log:
         plain = {str(k): _plain(v) for k, v in hparams.items()}
         numbers = {str(k): _snapshot(v, "metrics", k) for k, v in (metrics or {}).items()}
         if trial is None:
-            if numbers and self._final_hparams.get(window) == plain:
-                numbers = {**self.final_metrics.get(window, {}), **numbers}
+            recorded = self._final_hparams.get(window)
+            if numbers and recorded is not None and plain.items() <= recorded.items():
+                # The run's own, given again in part or not at all (a test set's metrics after
+                # training, with the hparams that matter): they join its record.
+                plain, numbers = recorded, {**self.final_metrics.get(window, {}), **numbers}
             self.final_metrics[window], self._final_hparams[window] = dict(numbers), plain
         self.window(window, order=Order.SUMMARY, title=window)
         self.sink.put(Hparams(window, _x(x), plain, numbers, trial))

@@ -254,6 +254,23 @@ def test_test_metrics_the_loop_gives_log_hparams_stay_in_the_run_s_final_record(
     monitor.log.hparams({"lr": 0.2}, {"test_loss": 0.4})  # other hyper-parameters: a row of their own
     assert [r for r in sink.records if isinstance(r, Hparams)][-1].metrics == {"test_loss": 0.4}
 
+    # A Lightning user's loop: the epoch's training mean through epoch_end beside the validation's
+    # loss (the final record's loss was the training mean), and the test metrics given with some of
+    # the hparams (they made a second row, and runs lost batch_size).
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1), hparams={"lr": 0.05, "batch_size": 32})
+    monitor.validation_end({"loss": 1.62, "accuracy": 0.34})
+    monitor.epoch_end({"loss": 1.18})  # on_epoch=True: the training loss's epoch mean
+    monitor.train_end()
+    record = [r for r in sink.records if isinstance(r, Hparams)][-1]
+    assert record.metrics == {"loss": 1.62, "accuracy": 0.34}
+    monitor.log.hparams({"lr": 0.05}, {"test_loss": 1.36})
+    record = [r for r in sink.records if isinstance(r, Hparams)][-1]
+    assert record.hparams == {"lr": 0.05, "batch_size": 32} and record.metrics == {"loss": 1.62, "accuracy": 0.34,
+                                                                                  "test_loss": 1.36}
+    monitor.log.hparams({}, {"test_accuracy": 0.43})  # none: the run's too
+    assert [r for r in sink.records if isinstance(r, Hparams)][-1].hparams == {"lr": 0.05, "batch_size": 32}
+
     with Monitor([Summary(), Scalars()], env="fold4", run_dir=tmp_path / "after", port=1) as monitor:
         monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1), hparams={"fold": 4})
         monitor.step_end(loss=0.6)

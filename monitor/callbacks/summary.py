@@ -47,12 +47,13 @@ class Summary(Callback):
         self._metrics: dict[str, Any] = {}  # the latest number of each metric validation_end or epoch_end passed
         self._shown: tuple | None = None  # what the pane says trains: trainable count, each optimizer's groups
         self._recorded: dict[str, Any] | None = None  # the hparams recorded by this run's train_start
+        self._validated: set[str] = set()  # the metrics validation_end gave: an epoch's mean does not replace them
 
     def on_attach(self, monitor: Monitor) -> None:
         self._recorded = None
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
-        self._metrics = {}
+        self._metrics, self._validated = {}, set()
         log.window(WINDOW, order=Order.SUMMARY, title=WINDOW)
         hparams = {**self.hparams, **state.hparams}
         self._write(state, log)
@@ -63,14 +64,17 @@ class Summary(Callback):
     def on_validation_end(self, state: LoopState, log: Log) -> None:
         if state.main_validation:  # not a second model's after it (an EMA copy's): the run's are the first's
             self._note_metrics(state, log)
+            self._validated.update(state.metrics)
 
     def on_epoch_end(self, state: LoopState, log: Log) -> None:
-        self._note_metrics(state, log)  # an epoch_end() without metrics leaves them as they were
+        # An epoch_end() without metrics leaves them as they were; one with a training epoch's mean
+        # of a name the validation gave (a Lightning loop's loss, on_epoch=True) does not replace it.
+        self._note_metrics(state, log, skip=self._validated)
         if _trained(state) != self._shown:  # layers unfrozen, groups added in the epoch
             self._write(state, log)
 
-    def _note_metrics(self, state: LoopState, log: Log) -> None:
-        latest = {name: value for name, value in state.metrics.items() if is_scalar(value)}
+    def _note_metrics(self, state: LoopState, log: Log, skip: set[str] = frozenset()) -> None:
+        latest = {name: value for name, value in state.metrics.items() if is_scalar(value) and name not in skip}
         self._metrics.update(latest)
         given = log.final_metrics.get("hparams", {})
         for name in latest.keys() & given.keys():  # given to log.hparams before this: the latest counts
