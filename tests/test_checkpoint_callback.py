@@ -358,6 +358,31 @@ def test_a_kill_after_validation_end_while_the_loop_logs_its_samples_validates_a
     assert run() == (2, [4, 6, 8])  # from step 2's checkpoint: step 4 validated and sampled again
 
 
+@pytest.mark.parametrize("order", ["epoch_end, then the scheduler", "the scheduler at the body's end"])
+def test_a_scheduler_stepped_after_epoch_end_wrote_the_checkpoint_is_said_once(tmp_path, caplog, order):
+    # A Lightning user logged the epoch's mean with epoch_end(), then stepped StepLR: resumed, the
+    # run trained the rest of its schedule an epoch behind, unsaid.
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_epochs=1, scheduler=scheduler)], sink=NullSink())
+    monitor.train_start(model, optimizer)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for epoch in monitor.epochs(3):
+            for x in monitor.batches([torch.zeros(2, 3)] * 2):
+                optimizer.step()
+                monitor.step_end(loss=1.0)
+            if order.startswith("epoch_end"):
+                monitor.epoch_end({"loss": 0.5})
+            scheduler.step()
+        monitor.close()
+    said = [r.getMessage() for r in caplog.records if "scheduler stepped after epoch_end" in r.getMessage()]
+    assert said == ([] if order.startswith("the scheduler") else [
+        "monitor: the lr scheduler stepped after epoch_end() wrote the epoch's checkpoint (step 2): a run resumed "
+        "from it trains the rest of the schedule a step behind; step the scheduler (and update what "
+        "Checkpoint(extras=...) keeps, an early stop's best) before monitor.epoch_end(...)"])
+
+
 def _epochs(monitor: Monitor, losses: list[float], steps: int = 4) -> None:
     for epoch, loss in enumerate(losses):
         monitor.epoch_start(epoch)

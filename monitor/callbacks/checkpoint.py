@@ -155,6 +155,8 @@ class Checkpoint(Callback):
                                                  # batch, step or epoch says its step's code is over (rank 0)
         self._every_rank_validates = False  # under DDP: said by Scalars(average_validation=True)
         self._point_at_next_batch = False  # the step's checkpoint written again at validation_end: latest then
+        self._schedule_saved_at: int | None = None  # the scheduler's last_epoch in the epoch_end checkpoint
+        self._said_late_schedule = False
         self._ranks: list[tuple] | None = None  # (random state, batches position) of every rank at the last save
         self._aborted = False
         self._claimed = False
@@ -270,6 +272,21 @@ class Checkpoint(Callback):
         self._point_at_written()
         self._exit_if_stopping()
         self._epoch_done = False
+        self._say_if_scheduled_after_saving()
+
+    def _say_if_scheduled_after_saving(self) -> None:
+        """Once: the scheduler stepped after epoch_end wrote the epoch's checkpoint (Lightning's
+        order: the epoch's logging, then the scheduler and early stopping's bookkeeping), so a
+        resume from it runs the rest of the schedule a step behind."""
+        saved_at, self._schedule_saved_at = self._schedule_saved_at, None
+        if saved_at is None or self._said_late_schedule:
+            return
+        if getattr(self.scheduler, "last_epoch", saved_at) != saved_at and self._monitor.rank == 0:
+            self._said_late_schedule = True
+            _log.warning("monitor: the lr scheduler stepped after epoch_end() wrote the epoch's checkpoint (step %d): "
+                         "a run resumed from it trains the rest of the schedule a step behind; step the scheduler "
+                         "(and update what Checkpoint(extras=...) keeps, an early stop's best) before "
+                         "monitor.epoch_end(...)", self._last_saved[0] if self._last_saved else 0)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         # The step before is over, its validation included. (Not at after_backward: a hook there
@@ -351,6 +368,7 @@ class Checkpoint(Callback):
             self._note_metric(state.metrics)
         if self.every_epochs and (state.epoch + 1) % self.every_epochs == 0:
             self._save(point=None)
+            self._schedule_saved_at = getattr(self.scheduler, "last_epoch", None)
         if self._stop_signal is not None:  # came after the epoch's last step, in its validation: saved with it
             self._stop_for_requeue(state)
 
