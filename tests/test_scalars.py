@@ -277,6 +277,15 @@ def test_a_second_data_set_validated_under_the_same_trace_is_told_once_and_metri
         "monitor: validation_end gave 'loss' again at step 1, in trace 'validation': the second data set's (a test "
         "set's) goes in a trace of its own, validation_end(metrics, trace='test'), or its points zigzag with the "
         "first's"]
+    monitor, sink = monitor_with(Scalars())  # every N steps and at the epoch's end, on one step: the same set twice
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.step_end(loss=1.0)
+        monitor.validation_end({"loss": 0.5, "accuracy": torch.tensor(0.9)})
+        monitor.validation_end({"loss": 0.5, "accuracy": torch.tensor(0.9)})
+    assert caplog.records[-1].getMessage() == (
+        "monitor: validation_end gave 'accuracy', 'loss' again at step 1, in trace 'validation': the same values: one "
+        "data set validated twice (every N steps and at the epoch's end, when they fall on one step?): skip one, e.g. "
+        "at the epoch's last batch, monitor.state.batch_index + 1 == len(loader)")
 
 
 def test_a_metric_of_several_values_is_refused_saying_how_each_goes_in_under_a_name_of_its_own():

@@ -67,7 +67,7 @@ class Scalars(Callback):
         self._sums: dict[str, Any] = {}
         self._counts: dict[str, int] = {}
         self._told_loss_twice = False
-        self._validated: tuple | None = None  # the latest validation's step, trace and metric names
+        self._validated: tuple | None = None  # the latest validation's step, trace and metrics (of that step)
         self._told_twice = False
 
     def state_dict(self) -> dict[str, Any]:
@@ -134,16 +134,21 @@ class Scalars(Callback):
                                                "a validation run on rank 0 alone wants average_validation=False)") \
             if self.average_validation else state.metrics
         seen = self._validated
-        if seen is not None and seen[:2] == (state.step, state.validation) and not self._told_twice and \
-                seen[2] & values.keys():
+        same_step = seen is not None and seen[:2] == (state.step, state.validation)
+        if same_step and not self._told_twice and seen[2].keys() & values.keys():
             self._told_twice = True
-            _log.warning("monitor: validation_end gave %s again at step %d, in trace %r: the second data set's (a "
-                         "test set's) goes in a trace of its own, validation_end(metrics, trace='test'), or its "
-                         "points zigzag with the first's", ", ".join(map(repr, sorted(seen[2] & values.keys()))),
-                         state.step, state.validation)
-        self._validated = (state.step, state.validation,
-                           values.keys() | (seen[2] if seen is not None and seen[:2] == (state.step, state.validation)
-                                            else set()))
+            again = sorted(seen[2].keys() & values.keys())
+            if all(_number(seen[2][name]) is not None and _number(seen[2][name]) == _number(values[name])
+                   for name in again):  # the same values: one validation run twice
+                cure = ("the same values: one data set validated twice (every N steps and at the epoch's end, "
+                        "when they fall on one step?): skip one, e.g. at the epoch's last batch, "
+                        "monitor.state.batch_index + 1 == len(loader)")
+            else:
+                cure = ("the second data set's (a test set's) goes in a trace of its own, validation_end(metrics, "
+                        "trace='test'), or its points zigzag with the first's")
+            _log.warning("monitor: validation_end gave %s again at step %d, in trace %r: %s",
+                         ", ".join(map(repr, again)), state.step, state.validation, cure)
+        self._validated = (state.step, state.validation, {**(seen[2] if same_step else {}), **values})
         self._write(log, x, state.validation, values)
 
     def _averaged(self, values: Mapping[str, Any], waiting_at: str | None = None) -> Mapping[str, Any]:
@@ -226,3 +231,12 @@ def _add(total: Any, value: Any, name: str) -> Any:
     if isinstance(total, torch.Tensor) and isinstance(value, torch.Tensor) and total.device != value.device:
         value = value.to(total.device)
     return total + value
+
+
+def _number(value: Any) -> float | None:
+    """A metric's number where reading it costs nothing (a float, a CPU tensor's); else None."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.numel() == 1:
+        return float(value.item())
+    return None
