@@ -693,6 +693,7 @@ def remove(run: Run, dashboard: bool = True, **connection: Any) -> str | None:
 _OWNED = {RunLog.FILENAME, RunDir.LOCK, RunDir.EARLIER, RunDir.CHECKPOINTS, IMAGES}
 _CHECKPOINT_FOLDER = ("latest.json", ".checkpoints.lock")  # monitor.checkpoint.folder's MANIFEST, LOCK (not
                                                             # imported: it imports torch)
+_CHECKPOINT = "step-[0-9]*.pt"  # its checkpoint files' names: not the loop's own files beside them (adapters)
 
 
 def _is_checkpoint_folder(folder: Path) -> bool:
@@ -713,9 +714,9 @@ def _checkpoints(run_dir: RunDir, run_id: Any, current: bool) -> int:
     for folder in [*inside, *run_dir.checkpoint_folders()]:
         if not current:
             kept = folder / RunDir.EARLIER / str(run_id)
-            count += sum(1 for _ in kept.glob("*.pt")) if kept.is_dir() else 0
+            count += sum(1 for _ in kept.glob(_CHECKPOINT)) if kept.is_dir() else 0
         elif folder in inside or _manifest_run_id(folder) == run_id:  # a folder outside may hold a later run's
-            count += sum(1 for _ in folder.glob("*.pt"))
+            count += sum(1 for _ in folder.glob(_CHECKPOINT))
     return count
 
 

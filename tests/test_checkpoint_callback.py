@@ -383,6 +383,25 @@ def test_a_scheduler_stepped_after_epoch_end_wrote_the_checkpoint_is_said_once(t
         "Checkpoint(extras=...) keeps, an early stop's best) before monitor.epoch_end(...)"])
 
 
+def test_a_new_run_in_a_finished_run_s_folder_names_the_loop_s_own_files_it_leaves_there(tmp_path, caplog):
+    # A LoRA script saved adapters-step-N.pt beside the checkpoints: the next run set the
+    # checkpoints aside and wrote over the earlier run's adapters, unsaid.
+    def run() -> None:
+        monitor = Monitor([Checkpoint(tmp_path, every_steps=1, resume=True)], sink=NullSink())
+        model = torch.nn.Linear(3, 1)
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        monitor.step_end(loss=1.0)
+        torch.save(model.state_dict(), tmp_path / "adapters-step-0001.pt")
+        monitor.close()
+
+    run()
+    with caplog.at_level("WARNING", logger="monitor"):
+        run()
+    (said,) = [r.getMessage() for r in caplog.records if "a new run in" in r.getMessage()]
+    assert said.endswith("; the loop's own files stay in the folder, where this run may write over them: "
+                         "adapters-step-0001.pt (move them first, or name them by run)"), said
+
+
 def _epochs(monitor: Monitor, losses: list[float], steps: int = 4) -> None:
     for epoch, loss in enumerate(losses):
         monitor.epoch_start(epoch)

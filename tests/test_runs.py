@@ -465,7 +465,9 @@ def test_rm_keeps_the_user_s_own_files_in_a_run_folder_and_says_so_before_asking
     (root / "mine" / "analysis" / "notes.md").write_text("lr too high")
     _finished(root / "mine", "inner", visdom_server.port, 0.4)  # a run inside, with a file of its own
     (root / "mine" / "inner" / "inner.yaml").write_text("lr: 0.1")
-    assert described(root / "mine").checkpoints == 2  # its and the inner run's, not the user's model
+    folder = next(p.parent for p in (root / "mine").rglob("latest.json") if "inner" not in p.parts)
+    torch.save({"w": torch.zeros(2)}, folder / "adapters-step-0001.pt")  # the loop's own, beside the checkpoints
+    assert described(root / "mine").checkpoints == 2  # its and the inner run's, not the user's model nor adapters
     done = CliRunner().invoke(main, ["runs", "rm", str(root / "mine"), "--port", str(visdom_server.port)],
                               input="y\n")
     assert done.exit_code == 0, done.output

@@ -724,9 +724,15 @@ class Checkpoint(Callback):
     def _set_earlier_aside(self) -> None:
         earlier = set_aside(self.directory)
         if earlier is not None:  # said louder than info: a re-run that meant to go on starts from scratch here
-            _log.warning("monitor: a new run in %s (%s); the earlier run's checkpoints are in %s%s", self.directory,
+            own = sorted(p.name for p in self.directory.iterdir() if p.is_file() and p.name != LOCK)
+            left = "" if not own else (
+                f"; the loop's own files stay in the folder, where this run may write over them: "
+                f"{', '.join(own[:3])}{f' and {len(own) - 3} more' if len(own) > 3 else ''} (move them first, or "
+                f"name them by run)")
+            _log.warning("monitor: a new run in %s (%s); the earlier run's checkpoints are in %s%s%s", self.directory,
                          "fresh=True" if self.fresh else "the earlier run had finished", earlier,
-                         "" if self.fresh else ": to train a finished run further, pass Checkpoint(extend=True)")
+                         "" if self.fresh else ": to train a finished run further, pass Checkpoint(extend=True)",
+                         left)
 
     def _catch_preemption(self) -> None:
         # Under torch.distributed the ranks would have to agree on the step to stop at: not yet.
