@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from functools import partial
 from typing import Callable
@@ -407,12 +408,14 @@ def _outside(held: list[torch.nn.Parameter], optimizers: dict[str, torch.optim.O
     return found
 
 
-def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums, traces: tuple[str, ...]) -> dict[str, float]:
-    """||update|| / ||weights before it||, per layer and in total; none for a layer whose weights
-    were all 0 (LoRA's B at its start), where it means nothing."""
+def _update_ratios(updates: Norms, before: Norms, layer_sums: LayerSums,
+                   traces: tuple[str, ...]) -> dict[str, float]:
+    """||update|| / ||weights before it||, per layer and in total; a gap (NaN) for a layer whose
+    weights were all 0 (LoRA's B at its start), where it means nothing: its trace keeps its place
+    among the layers, in the model's order as in ``grad norm``."""
     values = read(updates + before)  # one read of the device for both
     ratios = zip(traces, layer_sums(values[:len(updates)]), layer_sums(values[len(updates):]))
-    return {trace: u / w for trace, u, w in ratios if w}
+    return {trace: u / w if w else math.nan for trace, u, w in ratios}
 
 
 def _trace_name(name: str, module: torch.nn.Module) -> str:
