@@ -1342,16 +1342,17 @@ def test_a_resumed_steps_loop_over_a_stream_goes_on_after_its_batches_through_mo
             "each step, to go on after them"]
 
 
-def test_a_fine_tuning_run_that_leaves_its_frozen_base_out_of_its_checkpoints_resumes_exactly(tmp_path):
+def test_a_fine_tuning_run_that_leaves_its_frozen_base_out_of_its_checkpoints_resumes_exactly(tmp_path, caplog):
     # LoRA's way: the pretrained base loaded from its own file, frozen; the checkpoints hold the
     # adapter (and the optimizer, the RNG, ...) alone, a fraction of the size.
     torch.manual_seed(0)
     torch.save(torch.nn.Linear(64, 64).state_dict(), tmp_path / "base.pt")
+    torch.save(torch.nn.Linear(64, 64).state_dict(), tmp_path / "other-base.pt")
 
-    def job(crash_at: int | None = None) -> tuple[torch.nn.Module, list[int]]:
+    def job(crash_at: int | None = None, base: str = "base.pt") -> tuple[torch.nn.Module, list[int]]:
         torch.manual_seed(1)
         model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 1))
-        model[0].load_state_dict(torch.load(tmp_path / "base.pt", weights_only=True))  # the base
+        model[0].load_state_dict(torch.load(tmp_path / base, weights_only=True))  # the base
         model[0].requires_grad_(False)
         optimizer = torch.optim.AdamW(model[1].parameters(), lr=0.1)
         checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True, save_frozen=False)
@@ -1371,6 +1372,16 @@ def test_a_fine_tuning_run_that_leaves_its_frozen_base_out_of_its_checkpoints_re
     assert all(torch.equal(a, b) for a, b in zip(resumed.state_dict().values(), straight.state_dict().values()))
     saved = torch.load(sorted((tmp_path / "ckpt").glob("step-*.pt"))[-1], weights_only=True)
     assert list(saved["model"]) == ["1.weight", "1.bias"] and saved["frozen"] == ["0.weight", "0.bias"]
+    assert not [r for r in caplog.records if "not those the model holds now" in r.getMessage()]
+    # Requeued on another base file: the adapters were trained on the first (perplexity 106 -> 202, unsaid).
+    with pytest.raises(KeyboardInterrupt):
+        job(crash_at=5)
+    with caplog.at_level("WARNING", logger="monitor"):
+        job(base="other-base.pt")
+    assert [r.getMessage() for r in caplog.records if "not those the model holds now" in r.getMessage()] == [
+        "monitor: the frozen parameters the checkpoint left out (save_frozen=False) are not those the model holds "
+        "now: 2 of 2 differ (0.weight, 0.bias), where the run trained on another base; load the base the run began "
+        "with before train_start"]
 
     grown = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 1), torch.nn.Linear(1, 1))
     grown[0].requires_grad_(False)

@@ -23,6 +23,8 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time (``A
     frozen      the names of the model's parameters with requires_grad=False, which no state_dict
                 holds (absent from files written before it was kept); those ``model`` lacks were
                 left out
+    frozen_sums of each frozen parameter left out, a sum of some of its values (``sampled_sum``):
+                what a resume checks the base the loop loaded against (absent before it was kept)
     optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) or
                 schedulers (a warm-up's and a plateau's) are a dict of their state_dicts by name
     classes     the class names of model, optimizer, scheduler, scaler (for people and checks)
@@ -61,9 +63,9 @@ from monitor.checkpoint.pickle_scan import describe_unsafe
 FORMAT = "monitor.checkpoint"
 VERSION = 1
 RESUME_KEYS = ("order_rng", "batches_drawn", "batches_call", "batches_of", "batches_again")  # loop keys a resume reads
-KEYS = ("format", "version", "time", "torch", "loop", "model", "frozen", "optimizer", "scheduler", "scaler",
-        "classes", "rng", "callbacks", "run", "metric", "extras")
-ADDED_KEYS = ("frozen",)  # keys of the schema that files written before them lack
+KEYS = ("format", "version", "time", "torch", "loop", "model", "frozen", "frozen_sums", "optimizer", "scheduler",
+        "scaler", "classes", "rng", "callbacks", "run", "metric", "extras")
+ADDED_KEYS = ("frozen", "frozen_sums")  # keys of the schema that files written before them lack
 # Exact types: a subclass (numpy.float32, defaultdict, a namedtuple) pickles as a global that
 # weights_only refuses.
 # What torch.load(weights_only=True) takes (complex and bytearray; a Counter: MultiStepLR's milestones).
@@ -116,15 +118,18 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler, "scaler": scaler}
     frozen = [uncompiled(name) for name, parameter in model.named_parameters() if not parameter.requires_grad]
     state = plain_state(model)
+    sums = {}
     if not save_frozen:
         left_out = set(frozen)
         state = {name: value for name, value in state.items() if name not in left_out}
+        sums = sampled_sums({uncompiled(name): p for name, p in model.named_parameters() if not p.requires_grad})
     checkpoint = {
         "format": FORMAT, "version": VERSION, "time": time.time(), "torch": str(torch.__version__),
         "loop": {**{key: loop[key] for key in ("epoch", "step", "batch", "epoch_done")},
                  **{key: loop.get(key) for key in RESUME_KEYS}, "ranks": loop.get("ranks")},
         "model": state,
         "frozen": frozen,
+        "frozen_sums": sums,
         "optimizer": _state_of(optimizer),
         "scheduler": _state_of(scheduler),
         "scaler": scaler.state_dict() if scaler is not None else None,
@@ -135,6 +140,25 @@ def build_checkpoint(*, model: torch.nn.Module, loop: Mapping[str, Any], optimiz
         "extras": dict(extras or {}),
     }
     return plain_value(checkpoint, "checkpoint")
+
+
+SAMPLED = 256  # values of a frozen parameter its sum takes, spread over it
+
+
+def sampled_sums(tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Each tensor's sum of ``SAMPLED`` of its values, evenly spread (all of a small one's), in
+    float64: a base loaded from another file differs in them, and taking them reads little (one
+    read of the device per device)."""
+    sums: dict[str, float] = {}
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
+    with torch.no_grad():
+        for name, tensor in tensors.items():
+            flat = tensor.detach().reshape(-1)
+            sample = flat[::max(1, flat.numel() // SAMPLED)][:SAMPLED]
+            by_device.setdefault(tensor.device, []).append((name, sample.to(torch.float64).sum()))
+        for parts in by_device.values():
+            sums.update(zip((name for name, _ in parts), torch.stack([s for _, s in parts]).cpu().tolist()))
+    return sums
 
 
 def _state_of(part: Any) -> Any:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from monitor.checkpoint.file import RESUME_KEYS, load_checkpoint
+from monitor.checkpoint.file import RESUME_KEYS, load_checkpoint, sampled_sums
 from monitor.models import load_plain_state, uncompiled, unwrap_model
 from monitor.checkpoint.folder import continued_runs, find_checkpoint, read_manifest
 from monitor.core import Monitor
@@ -229,12 +230,28 @@ def _load_model(model: torch.nn.Module, checkpoint: dict[str, Any], strict: bool
     stay as the loop loaded them, and only they may be missing."""
     saved = checkpoint["model"]
     left_out = {name for name in checkpoint.get("frozen") or () if name not in saved}
+    _say_if_another_base(model, checkpoint.get("frozen_sums") or {})
     result = load_plain_state(model, saved, strict=strict and not left_out)
     missing = [name for name in result.missing_keys if uncompiled(name) not in left_out]
     if strict and (missing or result.unexpected_keys):
         raise RuntimeError(f"Error(s) in loading state_dict for {type(model).__name__}: missing keys {missing}, "
                            f"unexpected keys {result.unexpected_keys} (the {len(left_out)} frozen parameters "
                            f"left out of the checkpoint are not missing)")
+
+
+def _say_if_another_base(model: torch.nn.Module, saved: Mapping[str, float]) -> None:
+    """Warns where the frozen parameters a checkpoint left out (``save_frozen=False``) are not
+    those the loop loaded now: adapters trained on one base, resumed on another."""
+    if not saved:
+        return
+    now = sampled_sums({uncompiled(name): p for name, p in model.named_parameters() if uncompiled(name) in saved})
+    differ = [name for name, value in saved.items()
+              if name in now and not math.isclose(now[name], value, rel_tol=1e-9, abs_tol=1e-12)]
+    if differ:
+        _log.warning("monitor: the frozen parameters the checkpoint left out (save_frozen=False) are not those the "
+                     "model holds now: %d of %d differ (%s%s), where the run trained on another base; load the "
+                     "base the run began with before train_start", len(differ), len(saved), ", ".join(differ[:3]),
+                     ", ..." if len(differ) > 3 else "")
 
 
 def _freeze_as_saved(path: Path, loop: Mapping[str, Any], model: torch.nn.Module, frozen: set[str]) -> None:
