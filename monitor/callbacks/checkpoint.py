@@ -344,12 +344,15 @@ class Checkpoint(Callback):
                 # After the step's checkpoint: that again, with the validation (its random numbers,
                 # its point, the metric it ranks by), or a resume would go on with the next batch and
                 # skip it. (One after the loop runs again on a resume, as the rest of the epoch does.)
-                # The latest once the loop goes on to its next batch (or step, or the epoch's end): what
-                # it does after validation_end (a language model's samples, its adapters saved) is the
-                # validation's too, and a kill in it validates again.
-                if self._monitor.world_size == 1 or self._every_rank_validates:
-                    self._save(point=False)  # under DDP a collective, as Scalars' averaging of the validation is
+                # In one process, the latest once the loop goes on to its next batch (or step, or the
+                # epoch's end): what it does after validation_end (a language model's samples, its
+                # adapters saved) is the validation's too, and a kill in it validates again. (Under DDP
+                # at once: rank 0 alone takes the next batch's action, and pointing is a collective.)
+                if self._monitor.world_size == 1:
+                    self._save(point=False)
                     self._point_at_next_batch = True
+                elif self._every_rank_validates:
+                    self.save()  # a collective, as Scalars' averaging of the validation is
                 elif self._monitor.rank == 0:  # a validation that may run on rank 0 alone: no collective
                     self._write_again_alone()
         elif self._metric_value is not None and self._last_saved is not None and self._last_saved[0] == state.step:
