@@ -266,3 +266,17 @@ def test_a_detection_model_given_a_list_of_images_of_their_own_sizes_is_drawn():
         monitor.step_end(loss=1.0, inputs=inputs)
         (pane,) = sink.of(Text, "graph")
         assert "Conv2d" in pane.html and "backbone" in pane.html
+
+
+def test_a_graph_given_no_inputs_anywhere_says_so_once(caplog):
+    # A QAT script used Graph() and never passed inputs= to step_end: no pane, no word.
+    model = nn.Sequential(nn.Linear(4, 3))
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor, sink = monitor_with(Graph())
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        for epoch in monitor.epochs(2):
+            monitor.step_end(loss=1.0)
+        monitor.train_end()
+    assert [r.getMessage() for r in caplog.records] == [
+        "monitor: Graph was given no inputs by the end of epoch 0, and draws no pane 'graph': pass the batch, "
+        "monitor.step_end(loss=loss, inputs=x), or Graph(inputs=example)"]

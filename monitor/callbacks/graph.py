@@ -30,14 +30,29 @@ class Graph(Callback):
     def __init__(self, inputs: Any = None) -> None:
         self.inputs = None if inputs is None else _calls(inputs, "inputs")
         self._drawn = False
+        self._started_at = 0  # the step train_start came at: a run with no step since has no inputs to trace
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
+        self._started_at = state.step
         if self.inputs is not None and not self._drawn:
             self._draw(state, log, self.inputs)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         if not self._drawn and state.inputs is not None:
             self._draw(state, log, _calls(state.inputs, "step_end(inputs=...)"))
+
+    def on_epoch_end(self, state: LoopState, log: Log) -> None:
+        self._say_if_not_drawn(state, f"the end of epoch {state.epoch}")
+
+    def on_train_end(self, state: LoopState, log: Log) -> None:
+        self._say_if_not_drawn(state, "train_end")
+
+    def _say_if_not_drawn(self, state: LoopState, when: str) -> None:
+        """Once: a run with steps and no inputs to trace the model on (none given anywhere)."""
+        if not self._drawn and state.step > self._started_at:
+            self._drawn = True
+            _log.warning("monitor: Graph was given no inputs by %s, and draws no pane %r: pass the batch, "
+                         "monitor.step_end(loss=loss, inputs=x), or Graph(inputs=example)", when, WINDOW)
 
     def _draw(self, state: LoopState, log: Log, calls: list[tuple]) -> None:
         self._drawn = True
