@@ -103,7 +103,17 @@ def test_a_weight_tied_to_another_layer_s_names_both_and_a_one_layer_model_its_c
         def forward(self, x):
             return self.lm_head(self.body(self.embed(x)))
 
+    class Tied(nn.Module):  # fc3 shares fc2's weight and has a bias of its own: `fc3` alone read as the layer
+        def __init__(self):
+            super().__init__()
+            self.fc2, self.fc3 = nn.Linear(4, 4), nn.Linear(4, 4)
+            self.fc3.weight = self.fc2.weight
+
+        def forward(self, x):
+            return self.fc3(self.fc2(x))
+
     for model, traces in ((LanguageModel(), ("embed (also lm_head)", "body", "total")),
+                          (Tied(), ("fc2 (also fc3)", "fc3 bias", "total")),
                           (nn.Linear(4, 2), ("Linear", "total"))):
         monitor, sink = monitor_with(GradNorms())
         monitor.train_start(model)

@@ -44,7 +44,8 @@ class GradNorms(Callback):
     ``nn.Sequential`` (``0.Linear``, ``layers.3.Conv2d``); a model's own parameters beside its
     layers each go by their name (``pos_embed``), a model that is one layer by its class
     (``Linear``), and a weight tied to another module's names both (``embed (also lm_head)``,
-    as a language model's output layer shares its embedding); an RNN's (``nn.LSTM``, ``nn.GRU``)
+    as a language model's output layer shares its embedding; what the other has of its own, by
+    its name: ``fc3 bias``); an RNN's (``nn.LSTM``, ``nn.GRU``)
     input and hidden weights of each layer apart, each with its bias (``encoder ih_l0``,
     ``encoder hh_l0``: exploding gradients show in the hidden ones); parameters an optimizer updates that
     the model does not hold (a learned loss weight, a meta-learned inner rate) by their group's
@@ -342,8 +343,12 @@ class GradNorms(Callback):
                 continue
             module_trace = _trace_name(uncompiled(name), layer)
             recurrent = isinstance(module, torch.nn.RNNBase)  # its layers' input and hidden weights apart
-            for key, p in module.named_parameters(recurse=False):
-                trace = f"{module_trace} {key.split('_', 1)[1]}" if recurrent and "_" in key else module_trace
+            own = list(module.named_parameters(recurse=False))
+            # A module whose weight another one owns (tied) names what is its own: `fc3 bias`, not `fc3`
+            shares = any(id(p) in seen for _, p in own)
+            for key, p in own:
+                trace = f"{module_trace} {key.split('_', 1)[1]}" if recurrent and "_" in key else \
+                    f"{module_trace} {key}" if shares and id(p) not in seen else module_trace
                 if id(p) not in seen:
                     seen[id(p)] = trace
                     layers.setdefault(trace, []).append(p)
