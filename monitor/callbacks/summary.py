@@ -13,7 +13,7 @@ from torch.nn.parameter import is_lazy
 from monitor.checks import is_scalar
 from monitor.distributed import rank_and_world_size
 from monitor.callbacks.learning_rate import trace_names
-from monitor.models import unwrap_model
+from monitor.models import pruning_masks, unwrap_model
 from monitor.core import Callback, LoopState, Monitor
 from monitor.log import Log
 from monitor.records import Order, ending_of
@@ -30,7 +30,9 @@ class Summary(Callback):
         # pane "summary": the model, 1,199,882 parameters (all trainable), batch_size and lr, ...
 
     The pane is written again at an epoch's end where what trains changed since: a backbone's
-    layers unfrozen (the trainable count), a parameter group added (the optimizer's groups).
+    layers unfrozen (the trainable count), a parameter group added (the optimizer's groups), the
+    model's modules swapped (``prepare_qat``) or pruned again (``torch.nn.utils.prune``: the
+    weights masked, counted).
     ``hparams`` given here are merged with those given to ``train_start``, which win on a clash.
     They are the run's record for comparing runs from ``train_start`` on (pane ``hparams`` and
     the run log's ``hparams`` entry, so a killed run keeps them); ``train_end`` records them
@@ -104,9 +106,14 @@ class Summary(Callback):
 
 
 def _trained(state: LoopState) -> tuple:
-    """What trains: the model's trainable parameter count and each optimizer's number of groups."""
-    count = _trainable(list(state.model.parameters()), state.optimizers) if state.model is not None else 0
-    return count, tuple(len(o.param_groups) for o in state.optimizers.values())
+    """What trains: the model's trainable parameter count, each optimizer's number of groups, the
+    model's modules (swapped by prepare_qat) and pruning masks (a new one each time it prunes)."""
+    if state.model is None:
+        return 0, tuple(len(o.param_groups) for o in state.optimizers.values())
+    model = unwrap_model(state.model)
+    masks = tuple(id(getattr(*place)) for place in pruning_masks(model).values())
+    return (_trainable(list(model.parameters()), state.optimizers),
+            tuple(len(o.param_groups) for o in state.optimizers.values()), sum(1 for _ in model.modules()), masks)
 
 
 def _trainable(params: list[torch.nn.Parameter], optimizers: Mapping[str, torch.optim.Optimizer]) -> int:
@@ -128,6 +135,11 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
         facts.append(("model", type(model).__name__))
         facts.append(("parameters", f"{total:,} ({trainable:,} trainable)"
                       + (f", and {lazy} lazy tensors not yet initialized" if lazy else "")))
+        masks = [getattr(*place) for place in pruning_masks(model).values()]
+        if masks:  # read at the pane's writing only (train_start, an epoch's end that pruned)
+            masked, count = sum(int((mask == 0).sum()) for mask in masks), sum(mask.numel() for mask in masks)
+            facts.append(("pruned", f"{masked:,} of {count:,} weights masked ({100 * masked / count:.1f}%; "
+                                    f"torch.nn.utils.prune, {len(masks)} tensors)"))
         devices = sorted({str(p.device) for p in params})
         facts.append(("devices", ", ".join(devices) or "none (no parameters)"))
         facts.append(("dtypes", ", ".join(sorted({str(p.dtype).replace("torch.", "") for p in params}))))
