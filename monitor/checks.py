@@ -82,6 +82,30 @@ MAX_NAME = 100  # characters in an env, window or trace name
 MAX_PATH_BYTES = 200  # bytes of an env in UTF-8: a folder's name, and with ".json" a server's file (255 at most)
 
 
+def hparams(argument: str, value: Any) -> dict[str, Any]:
+    """Hyper-parameters as a flat dict: a mapping, an ``argparse.Namespace`` or a dataclass (a
+    config object), nested ones flattened with dots (``{"optim": {"lr": 0.1}}``: ``optim.lr``),
+    as ``monitor runs --where optim.lr=0.1`` then finds them."""
+    import argparse
+    import dataclasses
+    from collections.abc import Mapping
+
+    if isinstance(value, argparse.Namespace):
+        value = vars(value)
+    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{argument} must be a mapping of name to value (or an argparse.Namespace, a dataclass), "
+                        f"got {type(value).__name__}")
+    flat: dict[str, Any] = {}
+    for key, item in value.items():
+        if isinstance(item, Mapping) and item:
+            flat.update({f"{key}.{inner}": v for inner, v in hparams(argument, item).items()})
+        else:
+            flat[str(key)] = item
+    return flat
+
+
 def is_control(character: str) -> bool:
     """Whether a character is a control character (C0, DEL or C1), which no name may hold."""
     return ord(character) < 32 or 127 <= ord(character) < 160

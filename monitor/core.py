@@ -317,8 +317,9 @@ class Monitor:
         """Call once before the first epoch (and again after a resume).
 
         ``optimizer`` is one optimizer, a list of them, or a mapping of names to them (a GAN's
-        ``{"G": opt_g, "D": opt_d}``); ``scaler`` the ``torch.amp.GradScaler`` of a mixed-precision
-        loop, so that gradient norms are those of the true, unscaled gradients.
+        ``{"G": opt_g, "D": opt_d}``); ``hparams`` a mapping, an ``argparse.Namespace`` or a
+        dataclass (nested ones flattened: ``optim.lr``); ``scaler`` the ``torch.amp.GradScaler`` of a
+        mixed-precision loop, so that gradient norms are those of the true, unscaled gradients.
         """
         self._refuse_if_closed()
         if model is not None and not isinstance(model, torch.nn.Module):
@@ -326,6 +327,7 @@ class Monitor:
                        if isinstance(model, (list, tuple, dict)) else "")
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}{several}")
         optimizers = _named_optimizers(optimizer)
+        hparams = None if hparams is None else checks.hparams("hparams", hparams)  # before anything changes
         if scaler is not None and not all(callable(getattr(scaler, name, None))
                                           for name in ("scale", "unscale_", "get_scale", "is_enabled")):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
@@ -593,7 +595,8 @@ class Monitor:
             first, began = self._go_on_here()
             if first >= count:
                 self._reports.once("epochs-done", f"monitor.epochs({count}) has no epoch left: the run has done "
-                                   f"{first} (a cell run again goes on with the run's epochs, as a resumed run "
+                                   f"{first}, and monitor.epochs counts the run's epochs (a cell run again, or a "
+                                   f"later phase after train_start again, goes on with them, as a resumed run "
                                    f"does); ask for more, monitor.epochs({first + count})")
         self._epochs_ran = True
         for epoch in range(first, count):

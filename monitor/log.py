@@ -342,10 +342,9 @@ class Log:
         before with the same hyper-parameters, or some of them, or none (a test set's after the
         validation's that ``Summary`` recorded at ``train_end``); a call with none starts the row again.
         """
-        for argument, value in (("hparams", hparams), ("metrics", metrics or {})):
-            if not isinstance(value, Mapping):
-                raise TypeError(f"{argument} must be a mapping of name to value, got {type(value).__name__}")
-        plain = {str(k): _plain(v) for k, v in hparams.items()}
+        if not isinstance(metrics or {}, Mapping):
+            raise TypeError(f"metrics must be a mapping of name to value, got {type(metrics).__name__}")
+        plain = {k: _plain(v) for k, v in checks.hparams("hparams", hparams).items()}
         numbers = {str(k): _snapshot(v, "metrics", k) for k, v in (metrics or {}).items()}
         if trial is None:
             recorded = self._final_hparams.get(window)

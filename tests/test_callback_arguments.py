@@ -20,7 +20,7 @@ from monitor import GradNorms, Images, LearningRate, Scalars, Summary
     (lambda: Images(source="labels"), ValueError, "source must be 'inputs' or 'outputs' or 'targets', got 'labels'"),
     (lambda: Images(captions="labels"), ValueError, "captions must be 'targets' or .* got 'labels'"),
     (lambda: Images(class_names="cat dog"), TypeError, "class_names must be a sequence or a mapping"),
-    (lambda: Summary(hparams=[("lr", 0.1)]), TypeError, "hparams must be a mapping of name to value, got list"),
+    (lambda: Summary(hparams=[("lr", 0.1)]), TypeError, r"hparams must be a mapping of name to value \(or an argparse.Namespace, a dataclass\), got list"),
 ])
 def test_callbacks_check_their_arguments_at_the_door(make, error, match):
     with pytest.raises(error, match=match):

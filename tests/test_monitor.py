@@ -426,8 +426,9 @@ def test_a_notebook_cell_of_monitor_epochs_run_again_goes_on_with_the_run_s_epoc
         _cells(monitor, model, optimizer, loader, seen)  # and again: no epoch left
         _cells(monitor, model, optimizer, loader, seen)
     assert len(seen) == len(straight) and [r.getMessage() for r in caplog.records] == [
-        "monitor: monitor.epochs(3) has no epoch left: the run has done 3 (a cell run again goes on with the run's "
-        "epochs, as a resumed run does); ask for more, monitor.epochs(6) (reported once)"]
+        "monitor: monitor.epochs(3) has no epoch left: the run has done 3, and monitor.epochs counts the run's "
+        "epochs (a cell run again, or a later phase after train_start again, goes on with them, as a resumed run "
+        "does); ask for more, monitor.epochs(6) (reported once)"]
     _cells(monitor, model, optimizer, loader, seen, epochs=4)
     assert {epoch for epoch, _ in seen[len(straight):]} == {3} and monitor.state.step == 16
 

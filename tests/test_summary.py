@@ -119,6 +119,33 @@ def test_a_model_pruned_in_an_epoch_is_summarised_again_with_its_weights_masked(
            "1 tensors)</td>" in panes[1]
 
 
+def test_hparams_from_argparse_a_dataclass_config_or_nested_dicts_are_taken_flat():
+    # A Trainer passed hparams=args (TypeError: 'Namespace' object is not iterable, from inside
+    # train_start) and a nested config, shown as dict reprs and out of reach of runs --where.
+    import argparse
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Optim:
+        lr: float = 0.05
+        betas: tuple = (0.9, 0.99)
+
+    @dataclasses.dataclass
+    class Config:
+        width: int = 32
+        optim: Optim = dataclasses.field(default_factory=Optim)
+
+    model = small_model()
+    monitor, sink = monitor_with(Summary(hparams=argparse.Namespace(seed=1, data={"batch_size": 64})))
+    monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1), hparams=Config())
+    (record,) = sink.of(Hparams)
+    assert record.hparams == {"seed": 1, "data.batch_size": 64, "width": 32, "optim.lr": 0.05,
+                              "optim.betas": "(0.9, 0.99)"}
+    with pytest.raises(TypeError, match=r"hparams must be a mapping of name to value \(or an argparse.Namespace, "
+                                        r"a dataclass\), got list"):
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1), hparams=[("lr", 0.1)])
+
+
 def test_an_ema_copy_inside_the_model_is_not_counted_as_trainable():
     class WithEma(nn.Module):  # a loop that keeps its EMA on the model, to save and load it with it
         def __init__(self) -> None:

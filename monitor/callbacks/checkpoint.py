@@ -139,7 +139,7 @@ class Checkpoint(Callback):
         self._trained_here = False  # a step ended, or an optimizer stepped, in this process
         self._steps_unstepped = 0  # step_ends in a row with no step of an optimizer train_start was given
         self._looked_inside = False  # whether an optimizer's own inner optimizer (SAM's) was looked at
-        self._given_rates: list[float | None] | None = None  # the lr the run's first train_start was given
+        self._given_rates: list[float | None] | None = None  # the lr the run's latest train_start was given
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
@@ -252,8 +252,8 @@ class Checkpoint(Callback):
                 f"give each model (a fold, a trial) a Monitor and a Checkpoint folder of its own")
         self._model = model
         self._check_extras()
-        if self._given_rates is None:  # a resumed run's are its checkpoint's
-            self._given_rates = _rates(state)
+        if self._given_rates is None or self._saved is None:  # a resumed run's are its checkpoint's
+            self._given_rates = _rates(state)  # a new phase's optimizer (train_start again): its own
         self._watch_optimizer_steps(state)
         # Under DDP, a validation every rank runs (said by averaging it) lets every rank save at its end.
         self._every_rank_validates = any(getattr(c, "average_validation", False) for c in monitor.callbacks)

@@ -10,6 +10,7 @@ from typing import Any, Mapping
 import torch
 from torch.nn.parameter import is_lazy
 
+from monitor import checks
 from monitor.checks import is_scalar
 from monitor.distributed import rank_and_world_size
 from monitor.callbacks.learning_rate import trace_names
@@ -43,9 +44,7 @@ class Summary(Callback):
     records_hparams = True
 
     def __init__(self, hparams: Mapping[str, Any] | None = None) -> None:
-        if hparams is not None and not isinstance(hparams, Mapping):
-            raise TypeError(f"hparams must be a mapping of name to value, got {type(hparams).__name__}")
-        self.hparams = dict(hparams or {})
+        self.hparams = {} if hparams is None else checks.hparams("hparams", hparams)
         self._metrics: dict[str, Any] = {}  # the latest number of each metric validation_end or epoch_end passed
         self._shown: tuple | None = None  # what the pane says trains: trainable count, each optimizer's groups
         self._recorded: dict[str, Any] | None = None  # the hparams recorded by this run's train_start

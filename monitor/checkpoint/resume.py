@@ -221,7 +221,9 @@ def _check_class(path: Path, name: str, saved_class: str | None, part: Any) -> N
                          f"got one {given}")
     if saved_class is not None and saved_class != given:
         hint = (" (a loop that changes its optimizer mid-run passes train_start both from the start, as a "
-                "dict: {'adam': adam, 'lbfgs': lbfgs})" if name.startswith("optimizer") else "")
+                "dict: {'adam': adam, 'lbfgs': lbfgs}; one whose later phase makes a new optimizer, or a new "
+                "head, builds them before train_start where checkpoint.start says the run is in that phase: "
+                "if checkpoint.start.began(phase2_epoch))" if name.startswith("optimizer") else "")
         raise ValueError(f"{name} must be of the class whose state {path} holds, {saved_class}, got {given}{hint}")
 
 
