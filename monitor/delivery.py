@@ -33,6 +33,7 @@ _log = logging.getLogger("monitor")
 
 _SERVER_SHARE = 0.1  # of the server's time that one window may take, at most
 _BYTES_PER_SECOND = 30_000  # of one window's messages, at most: a 90 KB window every 3 s
+_SLOW_PANE = 20.0  # seconds between a window's sends, from its size, beyond which its lag is said
 SPREAD = 0.15  # seconds between two windows' sends, unless a flush or a close asks for all at once
 REOPEN = 1.0  # seconds a closed window waits before it is created again (see Delivery._reopen)
 _GONE = "win does not exist"  # Visdom's answer to an append to a window it does not have
@@ -204,9 +205,16 @@ class Delivery:
         return self._down_since is not None and self._unreachable
 
     def _pace(self, name: str, seconds: float, size: int) -> None:
-        """The window waits in proportion to what its requests cost: the server's time and bytes."""
+        """The window waits in proportion to what its requests cost: the server's time and bytes
+        (a pane whose every update is an open page's download of megabytes: said once)."""
         self.pacing[name] = max(self.interval, seconds / _SERVER_SHARE, size / _BYTES_PER_SECOND)
         self._due[name] = time.monotonic() + self.pacing[name]
+        if self.pacing[name] > _SLOW_PANE and size / _BYTES_PER_SECOND >= self.pacing[name]:
+            self.reports.once(f"slow-{name}", f"window {name!r} is a {size / 2**20:.1f} MB message, sent at most "
+                                              f"every {self.pacing[name]:.0f} s so that an open page keeps up: "
+                                              f"what it shows lags the run (the run log has everything); smaller "
+                                              f"or fewer images a grid (Images(count=16), a smaller size) "
+                                              f"update it sooner")
 
     def _placed_in_order(self, limit: float | None = None, reorder: bool = True) -> list[Window]:
         """The changed windows, in page order; sent windows that a new one must precede are
