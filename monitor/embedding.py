@@ -61,26 +61,33 @@ def _label_order(label: str) -> tuple:
 
 
 def figure(entry: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Plotly traces and layout: the entry's points in 3-D, a trace per label (up to ``COLOURED``),
-    each point's label (or its ``hover`` text) on hover."""
+    """Plotly traces and layout: the entry's points in 3-D, a trace per label (beyond ``COLOURED``
+    labels, the most common ones, the rest in one trace ``other``), each point's label (or its
+    ``hover`` text) on hover."""
     points, labels, hover = entry["points"], entry.get("labels"), entry.get("hover")
     shown = np.linspace(0, len(points) - 1, min(len(points), SHOWN)).round().astype(int).tolist() if points else []
     groups: dict[str, list[int]] = {}
     for i in shown:
         groups.setdefault("points" if labels is None else _short(labels[i]), []).append(i)
-    if len(groups) > COLOURED:
-        groups = {"points": shown}
+    other: list[int] = []
+    if len(groups) > COLOURED:  # the most common labels a colour each, the rest one trace (100 classes' CIFAR)
+        common = sorted(groups, key=lambda name: -len(groups[name]))[:COLOURED - 1]
+        other = sorted(i for name, rows in groups.items() if name not in common for i in rows)
+        groups = {name: groups[name] for name in common}
     groups = dict(sorted(groups.items(), key=lambda group: _label_order(group[0])))  # the legend: 0, 1, 2, ... 10
-    texts = hover if hover is not None else labels if len(groups) == 1 else None  # else the trace's name says it
+    if other:
+        groups[f"other ({len({labels[i] for i in other})} labels)"] = other
     data = []
     for name, rows in groups.items():
         trace = {"type": "scatter3d", "mode": "markers", "name": name, "marker": {"size": 3},
                  "x": [points[i][0] for i in rows], "y": [points[i][1] for i in rows],
                  "z": [points[i][2] for i in rows], "hoverinfo": "name"}
+        # Each point's own text where the trace's name does not say it
+        texts = hover if hover is not None else labels if len(groups) == 1 or rows is other else None
         if texts is not None:
             trace.update(text=[_short(texts[i]) for i in rows], hoverinfo="text")
         data.append(trace)
-    axes = {f"{axis}axis": {"title": f"PC{n} ({share:.0%})"}
+    axes = {f"{axis}axis": {"title": f"PC{n} ({share:.1%})"}
             for n, (axis, share) in enumerate(zip("xyz", entry["explained"]), 1)}
     note = "" if len(shown) == len(points) else f", {len(shown)} of {len(points)} shown"
     layout = {"showlegend": len(data) > 1, "margin": {"l": 0, "r": 0, "t": 30, "b": 0}, "scene": axes,

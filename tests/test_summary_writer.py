@@ -657,6 +657,14 @@ def test_embedding_metadata_columns_tiny_scales_and_non_finite_vectors():
         encode(broken)  # projected off the training thread: the sink reports it once for the window
     long = {**entry, "labels": None, "hover": ["x" * 300] * 30}
     assert {len(text) for text in embedding.figure(long)[0][0]["text"]} == {embedding.LABEL_CHARS}
+    # 25 classes (a metric-learning set's): one grey trace with no legend; now the 19 most common a
+    # colour each and the rest one trace, each point's label on hover, the axes' shares to a tenth.
+    many = {**entry, "hover": None, "labels": [f"class{i % 25}" for i in range(100)] + ["class0"] * 5,
+            "points": [[float(i), 0.0, 0.0] for i in range(105)], "explained": [0.996, 0.004, 0.0]}
+    data, layout = embedding.figure(many)
+    assert len(data) == 20 and data[0]["name"] == "class0" and len(data[0]["x"]) == 9
+    assert data[-1]["name"] == "other (6 labels)" and len(data[-1]["x"]) == 24 and data[-1]["text"][0] == "class19"
+    assert layout["scene"]["yaxis"]["title"] == "PC2 (0.4%)"
 
 
 def test_pr_curve_weights_that_do_not_fit_the_predictions_are_named_at_the_call():
