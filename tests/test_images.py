@@ -447,6 +447,7 @@ def test_grids_too_large_to_read_every_step_are_skipped_while_one_waits_not_queu
     assert [e["x"] for e in entries if e.get("win") == "loss" and e.get("k") == "points"] == list(range(1, 41))
     said = [r.getMessage() for r in caplog.records if "skips step" in r.getMessage()]
     assert len(said) == 1 and "Images(source='inputs') skips step" in said[0] and "every=1" in said[0]
+    assert " MB each, are still being read by the sink" in said[0]
 
 
 def test_small_grids_of_a_quick_loop_every_step_are_all_kept_while_the_sink_starts(tmp_path, caplog):

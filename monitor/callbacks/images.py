@@ -91,9 +91,9 @@ class Images(Callback):
             # The sink has not taken in the grids before (large ones, or a sink starting): skip, not queue
             if not self._said_behind:
                 self._said_behind = True
-                _log.warning("monitor: Images(source=%r) skips step %d: %d grid(s) of %.1f MB before it are still "
-                             "being read by the sink, so grids come less often than every=%d, each once those before "
-                             "are taken in; the loop is not held up (reported once)",
+                _log.warning("monitor: Images(source=%r) skips step %d: %d grid(s) before it, of %.1f MB each, are "
+                             "still being read by the sink, so grids come less often than every=%d, each once those "
+                             "before are taken in; the loop is not held up (reported once)",
                              self.source, state.step, waiting, self._grid_bytes / 2**20, self.every)
             return
         images = getattr(state, self.source)
