@@ -155,7 +155,7 @@ class Checkpoint(Callback):
                                                  # batch, step or epoch says its step's code is over (rank 0)
         self._every_rank_validates = False  # under DDP: said by Scalars(average_validation=True)
         self._point_at_next_batch = False  # the step's checkpoint written again at validation_end: latest then
-        self._schedule_saved_at: int | None = None  # the scheduler's last_epoch in the epoch_end checkpoint
+        self._schedule_saved_at: tuple | None = None  # the scheduler in the epoch_end checkpoint, its last_epoch
         self._said_late_schedule = False
         self._ranks: list[tuple] | None = None  # (random state, batches position) of every rank at the last save
         self._aborted = False
@@ -281,7 +281,9 @@ class Checkpoint(Callback):
         saved_at, self._schedule_saved_at = self._schedule_saved_at, None
         if saved_at is None or self._said_late_schedule:
             return
-        if getattr(self.scheduler, "last_epoch", saved_at) != saved_at and self._monitor.rank == 0:
+        scheduler, last_epoch = saved_at
+        if scheduler is self.scheduler and getattr(scheduler, "last_epoch", last_epoch) != last_epoch and \
+                self._monitor.rank == 0:  # the same scheduler (not a later phase's, set since), stepped
             self._said_late_schedule = True
             _log.warning("monitor: the lr scheduler stepped after epoch_end() wrote the epoch's checkpoint (step %d): "
                          "a run resumed from it trains the rest of the schedule a step behind; step the scheduler "
@@ -371,7 +373,7 @@ class Checkpoint(Callback):
             self._note_metric(state.metrics)
         if self.every_epochs and (state.epoch + 1) % self.every_epochs == 0:
             self._save(point=None)
-            self._schedule_saved_at = getattr(self.scheduler, "last_epoch", None)
+            self._schedule_saved_at = (self.scheduler, getattr(self.scheduler, "last_epoch", None))
         if self._stop_signal is not None:  # came after the epoch's last step, in its validation: saved with it
             self._stop_for_requeue(state)
 
