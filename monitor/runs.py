@@ -104,14 +104,16 @@ def best_is_lowest(metric: str) -> bool:
 
 
 # Losses and errors, in English and as Chinese, Japanese and Korean write them (损失 loss, 误差 error, ...).
-_LOWEST_BEST = ("loss", "error", "perplexity", "mse", "mae", "neg_elbo", "损失", "误差", "错误", "困惑度", "損失",
-                "誤差", "손실", "오차", "오류")
+_LOWEST_BEST = ("loss", "error", "perplexity", "mse", "mae", "neg_elbo", "cross_entropy", "crossentropy", "损失",
+                "误差", "错误", "困惑度", "損失", "誤差", "손실", "오차", "오류")
 # ... and those named in short, as words of the name (top1_err, val/nll, fid): not inside others (precision)
 _LOWEST_WORDS = frozenset(("err", "nll", "wer", "cer", "ppl", "rmse", "fid", "kid", "ece", "kl", "bpd", "bpc",
                            "regret", "latency", "distance", "miss", "ms", "seconds", "time",
                            # forecasting's errors (sMAPE, MASE, CRPS, pinball loss), a few more
                            "mape", "smape", "wmape", "mase", "rmsse", "wape", "crps", "pinball", "msle", "mad",
                            "sse", "huber",
+                           # tabular and Kaggle's: Brier score, RMSLE, (binary) cross-entropy, deviance, median_ae
+                           "brier", "rmsle", "bce", "ce", "xent", "deviance", "ae",
                            # a generative model's: bits/dim, the negative ELBO, the reconstruction term
                            "bits", "nelbo", "recon",
                            # a scientist's: norms of an error (rel_l2), residuals, drifts, misfits

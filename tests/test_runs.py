@@ -102,9 +102,10 @@ def test_losses_and_errors_are_best_lowest_in_the_languages_users_name_them():
               "smape", "val_mase", "MAPE", "crps/validation", "pinball_q90", "rmsse", "wape",  # forecasting's
               "bits/dim", "bits_per_dim", "nelbo", "neg_elbo", "recon",  # a generative model's
               "rel_l2", "energy_drift", "residual", "chi2", "rmsd",  # a scientist's
-              "gp", "loss_gp", "wasserstein"]  # a WGAN-GP's
+              "gp", "loss_gp", "wasserstein",  # a WGAN-GP's
+              "brier", "brier_score", "rmsle", "cross_entropy", "bce", "deviance", "median_ae", "ce"]  # tabular's
     highest = ["accuracy", "准确率", "f1", "正解率", "precision", "recall", "episodic_return", "bleu", "auc",
-               "map", "mAP@0.5", "elbo"]  # a detector's mean average precision; the ELBO itself
+               "map", "mAP@0.5", "elbo", "r2", "dice"]  # a detector's mean average precision; the ELBO itself
     assert [best_mode(name) for name in lowest + highest] == ["min"] * len(lowest) + ["max"] * len(highest)
 
 
