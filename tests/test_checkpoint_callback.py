@@ -376,11 +376,34 @@ def test_a_scheduler_stepped_after_epoch_end_wrote_the_checkpoint_is_said_once(t
                 monitor.epoch_end({"loss": 0.5})
             scheduler.step()
         monitor.close()
-    said = [r.getMessage() for r in caplog.records if "scheduler stepped after epoch_end" in r.getMessage()]
+    said = [r.getMessage() for r in caplog.records if "after epoch_end() wrote" in r.getMessage()]
     assert said == ([] if order.startswith("the scheduler") else [
         "monitor: the lr scheduler stepped after epoch_end() wrote the epoch's checkpoint (step 2): a run resumed "
-        "from it trains the rest of the schedule a step behind; step the scheduler (and update what "
-        "Checkpoint(extras=...) keeps, an early stop's best) before monitor.epoch_end(...)"])
+        "from it goes on a step behind; step the scheduler and update what extras keeps (an early stop's best and "
+        "patience) before monitor.epoch_end(...)"])
+
+
+def test_an_early_stop_s_count_updated_after_epoch_end_wrote_the_checkpoint_is_said_once(tmp_path, caplog):
+    # A tabular loop counted its epochs without improvement after epoch_end(metrics): resumed, it
+    # went on with the count one epoch stale and stopped an epoch later than the run never killed.
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    bad = 0
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_epochs=1, extras=lambda: {"bad": bad, "note": "x"})
+    monitor = Monitor([checkpoint], sink=NullSink())
+    monitor.train_start(model, optimizer)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for epoch in monitor.epochs(3):
+            for x in monitor.batches([torch.zeros(2, 3)] * 2):
+                monitor.step_end(loss=1.0)
+            monitor.validation_end({"loss": 1.0})
+            monitor.epoch_end({"loss": 0.5})
+            bad += 1  # no better: one more epoch of patience spent
+        monitor.close()
+    assert [r.getMessage() for r in caplog.records if "after epoch_end() wrote" in r.getMessage()] == [
+        "monitor: Checkpoint(extras=...) changed (bad: 0 then 1) after epoch_end() wrote the epoch's checkpoint "
+        "(step 2): a run resumed from it goes on a step behind; step the scheduler and update what extras keeps (an "
+        "early stop's best and patience) before monitor.epoch_end(...)"]
 
 
 def test_a_new_run_in_a_finished_run_s_folder_names_the_loop_s_own_files_it_leaves_there(tmp_path, caplog):

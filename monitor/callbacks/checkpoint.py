@@ -155,7 +155,7 @@ class Checkpoint(Callback):
                                                  # batch, step or epoch says its step's code is over (rank 0)
         self._every_rank_validates = False  # under DDP: said by Scalars(average_validation=True)
         self._point_at_next_batch = False  # the step's checkpoint written again at validation_end: latest then
-        self._schedule_saved_at: tuple | None = None  # the scheduler in the epoch_end checkpoint, its last_epoch
+        self._schedule_saved_at: tuple | None = None  # in the epoch_end checkpoint: its scheduler, last_epoch, extras
         self._said_late_schedule = False
         self._ranks: list[tuple] | None = None  # (random state, batches position) of every rank at the last save
         self._aborted = False
@@ -275,20 +275,29 @@ class Checkpoint(Callback):
         self._say_if_scheduled_after_saving()
 
     def _say_if_scheduled_after_saving(self) -> None:
-        """Once: the scheduler stepped after epoch_end wrote the epoch's checkpoint (Lightning's
-        order: the epoch's logging, then the scheduler and early stopping's bookkeeping), so a
-        resume from it runs the rest of the schedule a step behind."""
+        """Once: the scheduler stepped, or ``extras`` changed, after epoch_end wrote the epoch's
+        checkpoint (Lightning's order: the epoch's logging, then the scheduler and early stopping's
+        bookkeeping), so a resume from it goes on a step behind them."""
         saved_at, self._schedule_saved_at = self._schedule_saved_at, None
-        if saved_at is None or self._said_late_schedule:
+        if saved_at is None or self._said_late_schedule or self._monitor.rank != 0:
             return
-        scheduler, last_epoch = saved_at
-        if scheduler is self.scheduler and getattr(scheduler, "last_epoch", last_epoch) != last_epoch and \
-                self._monitor.rank == 0:  # the same scheduler (not a later phase's, set since), stepped
+        scheduler, last_epoch, extras = saved_at
+        late = []
+        if scheduler is self.scheduler and getattr(scheduler, "last_epoch", last_epoch) != last_epoch:
+            late.append("the lr scheduler stepped")  # the same scheduler, not a later phase's set since
+        try:
+            now = _plain_values(self._extras())
+        except Exception:  # said where a save calls it
+            now = {}
+        changed = sorted(name for name in extras.keys() & now.keys() if extras[name] != now[name])
+        if changed:
+            late.append(f"Checkpoint(extras=...) changed ({', '.join(f'{n}: {extras[n]!r} then {now[n]!r}' for n in changed[:3])})")
+        if late:
             self._said_late_schedule = True
-            _log.warning("monitor: the lr scheduler stepped after epoch_end() wrote the epoch's checkpoint (step %d): "
-                         "a run resumed from it trains the rest of the schedule a step behind; step the scheduler "
-                         "(and update what Checkpoint(extras=...) keeps, an early stop's best) before "
-                         "monitor.epoch_end(...)", self._last_saved[0] if self._last_saved else 0)
+            _log.warning("monitor: %s after epoch_end() wrote the epoch's checkpoint (step %d): a run resumed from it "
+                         "goes on a step behind; step the scheduler and update what extras keeps (an early stop's "
+                         "best and patience) before monitor.epoch_end(...)", " and ".join(late),
+                         self._last_saved[0] if self._last_saved else 0)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         # The step before is over, its validation included. (Not at after_backward: a hook there
@@ -373,7 +382,8 @@ class Checkpoint(Callback):
             self._note_metric(state.metrics)
         if self.every_epochs and (state.epoch + 1) % self.every_epochs == 0:
             self._save(point=None)
-            self._schedule_saved_at = (self.scheduler, getattr(self.scheduler, "last_epoch", None))
+            self._schedule_saved_at = (self.scheduler, getattr(self.scheduler, "last_epoch", None),
+                                       _plain_values(self._extras()))
         if self._stop_signal is not None:  # came after the epoch's last step, in its validation: saved with it
             self._stop_for_requeue(state)
 
@@ -876,6 +886,12 @@ def _reads_a_loader() -> bool:
 
     # By type(), not isinstance(): an object's __class__ may be a property that warns (torch's deprecated ones).
     return any(issubclass(type(thing), _BaseDataLoaderIter) for thing in gc.get_objects())
+
+
+def _plain_values(extras: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The numbers, strings and booleans of ``extras`` (a counter, a best score), to tell whether
+    the loop changed them; tensors and the rest are left out (no device read, no copy)."""
+    return {name: value for name, value in (extras or {}).items() if type(value) in (int, float, str, bool)}
 
 
 def _changed_since(error: str) -> str:
