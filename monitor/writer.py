@@ -425,8 +425,8 @@ class SummaryWriter:
         window = self._lay_out(tag, "text", Order.IMAGES)  # its entries are texts: "text" on resume too
         step = self._step(tag, global_step)
         snapshot, keep = sound.clone(), max(1, min(TEXTS, SOUND_BYTES // (2 * sound.numel())))
-        self.log.sink.put(Text(window, step, lambda: _audio_html(snapshot, rate, functools.partial(self._say_of_sound, tag)),
-                               keep))
+        tell = functools.partial(self._say_of_sound, tag)
+        self.log.sink.put(Text(window, step, lambda: _audio_html(snapshot, rate, tell), keep))
         self._stepped(tag, global_step)
 
     def add_mesh(self, tag: str, vertices: Any, colors: Any = None, faces: Any = None, config_dict: Any = None,

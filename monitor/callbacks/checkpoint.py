@@ -155,8 +155,8 @@ class Checkpoint(Callback):
                                                  # batch, step or epoch says its step's code is over (rank 0)
         self._every_rank_validates = False  # under DDP: said by Scalars(average_validation=True)
         self._point_at_next_batch = False  # the step's checkpoint written again at validation_end: latest then
-        self._schedule_saved_at: tuple | None = None  # in the epoch_end checkpoint: its scheduler, last_epoch, extras
-        self._said_late_schedule = False
+        self._saved_at_epoch_end: tuple | None = None  # in the epoch_end checkpoint: its scheduler, last_epoch, extras
+        self._said_changed_after = False
         self._ranks: list[tuple] | None = None  # (random state, batches position) of every rank at the last save
         self._aborted = False
         self._claimed = False
@@ -272,14 +272,14 @@ class Checkpoint(Callback):
         self._point_at_written()
         self._exit_if_stopping()
         self._epoch_done = False
-        self._say_if_scheduled_after_saving()
+        self._say_if_changed_after_saving()
 
-    def _say_if_scheduled_after_saving(self) -> None:
+    def _say_if_changed_after_saving(self) -> None:
         """Once: the scheduler stepped, or ``extras`` changed, after epoch_end wrote the epoch's
         checkpoint (Lightning's order: the epoch's logging, then the scheduler and early stopping's
         bookkeeping), so a resume from it goes on a step behind them."""
-        saved_at, self._schedule_saved_at = self._schedule_saved_at, None
-        if saved_at is None or self._said_late_schedule or self._monitor.rank != 0:
+        saved_at, self._saved_at_epoch_end = self._saved_at_epoch_end, None
+        if saved_at is None or self._said_changed_after or self._monitor.rank != 0:
             return
         scheduler, last_epoch, extras = saved_at
         late = []
@@ -289,11 +289,13 @@ class Checkpoint(Callback):
             now = _plain_values(self._extras())
         except Exception:  # said where a save calls it
             now = {}
-        changed = sorted(name for name in extras.keys() & now.keys() if extras[name] != now[name])
+        changed = sorted(name for name in extras.keys() & now.keys()
+                         if extras[name] != now[name] and extras[name] == extras[name])  # NaN stays NaN
         if changed:
-            late.append(f"Checkpoint(extras=...) changed ({', '.join(f'{n}: {extras[n]!r} then {now[n]!r}' for n in changed[:3])})")
+            shown = ", ".join(f"{name}: {extras[name]!r} then {now[name]!r}" for name in changed[:3])
+            late.append(f"Checkpoint(extras=...) changed ({shown})")
         if late:
-            self._said_late_schedule = True
+            self._said_changed_after = True
             _log.warning("monitor: %s after epoch_end() wrote the epoch's checkpoint (step %d): a run resumed from it "
                          "goes on a step behind; step the scheduler and update what extras keeps (an early stop's "
                          "best and patience) before monitor.epoch_end(...)", " and ".join(late),
@@ -382,7 +384,7 @@ class Checkpoint(Callback):
             self._note_metric(state.metrics)
         if self.every_epochs and (state.epoch + 1) % self.every_epochs == 0:
             self._save(point=None)
-            self._schedule_saved_at = (self.scheduler, getattr(self.scheduler, "last_epoch", None),
+            self._saved_at_epoch_end = (self.scheduler, getattr(self.scheduler, "last_epoch", None),
                                        _plain_values(self._extras()))
         if self._stop_signal is not None:  # came after the epoch's last step, in its validation: saved with it
             self._stop_for_requeue(state)
