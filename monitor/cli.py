@@ -347,7 +347,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
               mode: str | None = None, metrics: int = 4, earlier: bool = False, over: tuple[str, ...] = (),
               top: int | None = None, form: str = "table") -> None:
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
-    from monitor.runs import check_metric, grouped_table, listed, selected, table, write_runs
+    from monitor.runs import COMPARISONS, check_metric, grouped_table, listed, selected, table, write_runs
 
     _runs_folder(click.get_current_context(), None, directory)  # here, not a callback: `monitor runs` alone too
     if over and form != "table":
@@ -355,7 +355,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
 
     conditions = []
     for condition in where:
-        parsed = re.fullmatch(r"([^<>=!]+)(<=|>=|!=|<|>|=)(.*)", condition)
+        parsed = re.fullmatch(rf"([^<>=!]+)({'|'.join(COMPARISONS)}|=)(.*)", condition)
         if parsed is None:
             raise click.BadParameter(f"must be NAME=VALUE (or NAME<VALUE, <=, >, >=, !=), got {condition!r}",
                                      param_hint="--where")
@@ -456,7 +456,7 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
     """Delete finished and pruned runs under DIR that are older than a date or beyond the N best
     (crashed, interrupted, killed and running runs are kept, and so are runs without --metric and
     folders holding other runs, said)."""
-    from monitor.runs import best_mode, gc_candidates, holds_other_runs, listed, selected
+    from monitor.runs import best_mode, best_runs, gc_candidates, holds_other_runs, listed
 
     if older_than is None and keep_best is None:
         raise click.UsageError("say what to collect: --older-than DATE and/or --keep-best N --metric METRIC")
@@ -476,9 +476,7 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
         lowest = best_mode(metric, mode) == "min"
         click.echo(f"Best by {metric}: the {'lowest' if lowest else 'highest'}"
                    + ("" if mode else f" (guessed from its name; --mode {'max' if lowest else 'min'} says otherwise)"))
-        best = selected([run for run in every if run.status == "finished" and metric in run.metrics], sort=metric,
-                        mode=mode)[:keep_best]
-        for run in best:  # what the cut keeps, to check it before answering
+        for run in best_runs(every, metric, mode)[:keep_best]:  # what the cut keeps, to check it before answering
             click.echo(f"  kept: {run.place}  ({metric} {run.best(metric, mode):.6g})")
     if not doomed:
         click.echo("nothing to collect")

@@ -479,7 +479,7 @@ class Monitor:
         found among the names of the loop's code (``amp.scaler_near``), and what it costs."""
         self._scaler_looked_for = True
         wrong = [said for said in (c.without_scaler() for c in self.callbacks) if said]
-        if self.state.scaler is not None or not wrong:
+        if not wrong:  # (a scaler given to train_start is never looked for)
             return
         name = scaler_near(sys._getframe(1))
         if name is not None:

@@ -829,6 +829,12 @@ def collectable(runs: list[Run], older_than: float | None = None, keep_best: int
     return [run for run in gc_candidates(runs, older_than, keep_best, metric, mode) if not holds_other_runs(run)]
 
 
+def best_runs(runs: list[Run], metric: str, mode: str | None = None) -> list[Run]:
+    """The finished runs that have ``metric``, best first: what ``gc --keep-best`` ranks."""
+    return selected([run for run in runs if run.status == "finished" and metric in run.metrics], sort=metric,
+                    mode=mode)
+
+
 def gc_candidates(runs: list[Run], older_than: float | None = None, keep_best: int | None = None,
                   metric: str | None = None, mode: str | None = None) -> list[Run]:
     """The runs :func:`collectable` would take were their folders to hold no other run."""
@@ -838,9 +844,7 @@ def gc_candidates(runs: list[Run], older_than: float | None = None, keep_best: i
         if metric is None:
             raise ValueError("metric must be given with keep_best, got None")
         check_metric(runs, metric)
-        ranked = selected([run for run in finished if metric in run.metrics and run.status == "finished"],
-                          sort=metric, mode=mode)
-        doomed |= {run.path for run in ranked[keep_best:]}
+        doomed |= {run.path for run in best_runs(runs, metric, mode)[keep_best:]}
         doomed |= {run.path for run in finished if run.status == "pruned"}  # stopped early: never among the best
     return [run for run in finished if run.path in doomed]
 

@@ -23,7 +23,7 @@ The schema (``FORMAT``, ``VERSION``) has the same top-level keys every time (``A
     frozen      the names of the model's parameters with requires_grad=False, which no state_dict
                 holds (absent from files written before it was kept); those ``model`` lacks were
                 left out
-    frozen_sums of each frozen parameter left out, a sum of some of its values (``sampled_sum``):
+    frozen_sums of each frozen parameter left out, a sum of some of its values (``sampled_sums``):
                 what a resume checks the base the loop loaded against (absent before it was kept)
     optimizer, scheduler, scaler      their state_dicts, or None; several optimizers (a GAN's) or
                 schedulers (a warm-up's and a plateau's) are a dict of their state_dicts by name
