@@ -22,6 +22,7 @@ import numpy
 import torch
 from torch.nn.parameter import is_lazy
 
+from monitor.models import uncompiled, unwrap_model
 from monitor.runs import columns
 
 
@@ -87,7 +88,18 @@ def _traced_once(model: torch.nn.Module, inputs: Sequence[Any]) -> tuple[list[No
 
 
 def _by_fx(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:
-    from torch.fx import Interpreter, symbolic_trace
+    from torch.fx import GraphModule, Interpreter, Tracer
+
+    class ThroughCompiled(Tracer):
+        """fx's tracer, stepping into a submodule compiled on its own as into the module it
+        compiled: that module's code is traced, and no compiled code runs without gradients
+        (a recompile the loop would pay for)."""
+
+        def call_module(self, m: torch.nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+            inner = getattr(m, "_orig_mod", None)
+            if isinstance(inner, torch.nn.Module):
+                return self.call_module(inner, inner.forward, args, kwargs)
+            return super().call_module(m, forward, args, kwargs)
 
     class Shapes(Interpreter):
         """Runs the traced module, noting each node's output shape: fx's ShapeProp, without the
@@ -98,7 +110,7 @@ def _by_fx(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:
             node.meta["shape"] = _shape(result)
             return result
 
-    module = symbolic_trace(model)
+    module = GraphModule(model, ThroughCompiled().trace(model))
     Shapes(module).run(*inputs)
     nodes: list[Node] = []
     index: dict[Any, int] = {}
@@ -110,15 +122,15 @@ def _by_fx(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:
             kind, path, count = "output", "", 0
         elif node.op == "call_module":
             sub = module.get_submodule(node.target)
-            kind, path, count = type(sub).__name__, str(node.target), sum(p.numel() for p in sub.parameters())
+            kind, path, count = type(sub).__name__, uncompiled(node.target), sum(p.numel() for p in sub.parameters())
         elif node.op in ("call_function", "call_method") and shape:
             stack = list((node.meta.get("nn_module_stack") or {}).values())
-            owner = str(stack[-1][0]) if stack else ""  # the module whose forward called it
+            owner = uncompiled(str(stack[-1][0])) if stack else ""  # the module whose forward called it
             kind, path, count = getattr(node.target, "__name__", str(node.target)), "", 0
             path = f"{owner}.{node.name}" if owner else ""
         else:  # attributes, sizes: not tensors flowing through the model
             continue
-        name = str(node.target) if node.op in ("placeholder", "call_module") else node.name
+        name = node.target if node.op == "placeholder" else path if node.op == "call_module" else node.name
         inputs_of = tuple(index[n] for n in node.all_input_nodes if n in index)
         index[node] = len(nodes)
         nodes.append(Node(name, kind, path, count, shape, inputs_of))
@@ -136,7 +148,7 @@ def _by_hooks(model: torch.nn.Module, inputs: Sequence[Any]) -> list[Node]:
     def record(path: str, module: torch.nn.Module):
         def hook(_, __, output) -> None:
             previous = (len(nodes) - 1,) if len(nodes) > len(inputs) else tuple(range(len(inputs)))
-            nodes.append(Node(path or type(module).__name__, type(module).__name__, path,
+            nodes.append(Node(uncompiled(path) or type(module).__name__, type(module).__name__, uncompiled(path),
                               sum(p.numel() for p in module.parameters()), _shape(output), previous))
         return hook
 
@@ -202,7 +214,7 @@ def collapsed(nodes: list[Node], depth: int, model: torch.nn.Module) -> list[Nod
             folded.append(nodes[members[0]]._replace(inputs=inputs))
             continue
         try:
-            module = model.get_submodule(key)
+            module = unwrap_model(model.get_submodule(key))
             kind, parameters = type(module).__name__, sum(p.numel() for p in module.parameters())
         except AttributeError:  # a path that names no module (a model traced by hooks under other names)
             kind, parameters = "module", 0

@@ -29,6 +29,26 @@ def uncompiled(name: str) -> str:
     return ".".join(part for part in name.split(".") if part != "_orig_mod") if "_orig_mod" in name else name
 
 
+def compiled_parts(model: torch.nn.Module) -> dict[str, str]:
+    """The parts of ``model`` wrapped by torch.compile, named plain (``""``: the whole model), each
+    with its backend's name where torch tells it (``{"enc": "inductor"}``)."""
+    outer = []  # DDP's and torch.compile's wrappers around the whole model
+    while model is not unwrap_model(model):
+        outer.append(("", model))
+        model = model._orig_mod if isinstance(getattr(model, "_orig_mod", None), torch.nn.Module) else model.module
+    parts = {}
+    for path, module in [*outer, *model.named_modules()]:
+        if isinstance(getattr(module, "_orig_mod", None), torch.nn.Module) and uncompiled(path) not in parts:
+            backend = getattr(getattr(module, "dynamo_ctx", None), "callback", None)
+            for _ in range(5):  # torch's wrappers of the backend, the name on one of them
+                name = getattr(backend, "_compiler_name", None) or getattr(backend, "compiler_name", None)
+                if isinstance(name, str) or backend is None:
+                    break
+                backend = getattr(backend, "_torchdynamo_orig_backend", None)
+            parts[uncompiled(path)] = name if isinstance(name, str) else "torch.compile"
+    return parts
+
+
 def plain_state(model: torch.nn.Module) -> dict[str, Any]:
     """``model.state_dict()`` named without torch.compile's wrappers: a checkpoint of a model
     whose encoder was compiled in place loads into the model built plain, and back."""

@@ -201,6 +201,31 @@ def test_the_graph_callback_draws_the_first_step_s_inputs_once():
     assert len(sink.of(Text, "graph")) == 2
 
 
+def test_a_submodule_compiled_on_its_own_is_drawn_plain_from_its_code_without_compiling_it_again():
+    compiles = []
+
+    def counting(graph_module, example_inputs):  # a torch.compile backend that runs the graph as it is
+        compiles.append(1)
+        return graph_module.forward
+
+    model = nn.Sequential(nn.Sequential(nn.Conv1d(1, 4, 3), nn.ReLU()), nn.Flatten(), nn.Linear(4 * 14, 2))
+    model[0] = torch.compile(model[0], backend=counting)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Graph())
+    monitor.train_start(model, optimizer)
+    for _ in range(2):
+        x = torch.randn(4, 1, 16)
+        loss = model(x).sum()
+        loss.backward()
+        optimizer.step()
+        monitor.step_end(loss=loss, inputs=x)
+    assert len(compiles) == 1  # traced without gradients, the compiled code had compiled again (grad_mode)
+    nodes, how = traced(model, (x,))
+    assert how == "fx" and [n.name for n in nodes] == ["input", "0.0", "0.1", "1", "2", "output"]
+    html = sink.of(Text, "graph")[0].html
+    assert "_orig_mod" not in html and ">0.0: Conv1d<" in html and "Sequential" in html and "hooks" not in html
+
+
 def test_a_forward_with_an_argument_left_out_is_drawn_without_a_traceback_on_stderr(capfd):
     class Masked(nn.Module):
         def __init__(self):

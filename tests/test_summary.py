@@ -101,6 +101,21 @@ def test_a_mixed_precision_run_is_told_apart_from_its_float32_twin_by_its_grad_s
     assert "mixed precision" not in sink.of(Text, "summary")[0].html
 
 
+def test_the_summary_says_which_parts_are_compiled_and_by_which_backend():
+    model = small_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(torch.compile(model, backend="eager"), optimizer)
+    assert "<td><b>compiled</b></td><td>the whole model (eager)</td>" in sink.of(Text, "summary")[0].html
+    model[0] = torch.compile(model[0], backend="aot_eager")
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, optimizer)
+    assert "<td><b>compiled</b></td><td>0 (aot_eager)</td>" in sink.of(Text, "summary")[0].html
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(small_model(), optimizer)
+    assert "compiled" not in sink.of(Text, "summary")[0].html
+
+
 def test_a_model_pruned_in_an_epoch_is_summarised_again_with_its_weights_masked():
     # A compression researcher pruned 5,705 of 9,604 weights: the pane said 9,604 before and after.
     from torch.nn.utils import prune

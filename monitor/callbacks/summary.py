@@ -14,7 +14,7 @@ from monitor import checks
 from monitor.checks import is_scalar
 from monitor.distributed import rank_and_world_size
 from monitor.callbacks.learning_rate import trace_names
-from monitor.models import pruning_masks, unwrap_model
+from monitor.models import compiled_parts, pruning_masks, unwrap_model
 from monitor.core import Callback, LoopState, Monitor
 from monitor.log import Log
 from monitor.records import Order, ending_of
@@ -93,7 +93,8 @@ class Summary(Callback):
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
         self._shown = _trained(state)
         log.text(WINDOW, state.step, head + _summary_html(model, state.optimizers, {**self.hparams, **state.hparams},
-                                                          state.scaler), html=True)
+                                                          state.scaler, compiled_parts(state.model) if model else {}),
+                 html=True)
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         hparams = {**self.hparams, **state.hparams}
@@ -123,7 +124,7 @@ def _trainable(params: list[torch.nn.Parameter], optimizers: Mapping[str, torch.
 
 
 def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.optim.Optimizer],
-                 hparams: Mapping[str, Any], scaler: Any = None) -> str:
+                 hparams: Mapping[str, Any], scaler: Any = None, compiled: Mapping[str, str] | None = None) -> str:
     """The pane's HTML: facts as a table, the model's repr in ``<pre>``."""
     facts: list[tuple[str, Any]] = []
     if model is not None:
@@ -139,6 +140,9 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
             masked, count = sum(int((mask == 0).sum()) for mask in masks), sum(mask.numel() for mask in masks)
             facts.append(("pruned", f"{masked:,} of {count:,} weights masked ({100 * masked / count:.1f}%; "
                                     f"torch.nn.utils.prune, {len(masks)} tensors)"))
+        if compiled:  # torch.compile's wrapper is not in the model's repr when it holds the whole model
+            facts.append(("compiled", ", ".join(f"{path or 'the whole model'} ({backend})"
+                                                for path, backend in compiled.items())))
         devices = sorted({str(p.device) for p in params})
         facts.append(("devices", ", ".join(devices) or "none (no parameters)"))
         facts.append(("dtypes", ", ".join(sorted({str(p.dtype).replace("torch.", "") for p in params}))))
