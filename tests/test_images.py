@@ -304,6 +304,18 @@ def test_a_batch_of_vectors_is_refused_as_images_saying_how_to_pass_images(input
     assert len(sink.of(ImageRecord)) == 2
 
 
+@pytest.mark.parametrize("signals", [torch.randn(32, 1, 128), torch.randn(4, 2, 16000)])
+def test_a_batch_of_one_dimensional_signals_is_refused_as_images_saying_how_to_draw_them(signals):
+    monitor, sink = monitor_with(Images(every=1, captions=None))
+    with pytest.raises(TypeError, match=rf"needs images, got a batch of {signals.shape[0]} series of "
+                                        rf"{signals.shape[1]} channels? x {signals.shape[2]} values \(N x C x L: "
+                                        rf".*add_figure\(tag, figure, step\), .*add_audio.*or leave Images out"):
+        monitor.step_end(inputs=signals)
+    monitor.step_end(inputs=torch.rand(8, 4, 28))  # a batch of small images four pixels high is still one
+    monitor.step_end(inputs=torch.rand(8, 28, 28))
+    assert len(sink.of(ImageRecord)) == 2
+
+
 def test_images_that_are_not_images_are_reported_once_and_training_goes_on(caplog):
     monitor, sink = monitor_with(Images(every=1), Scalars(), raise_errors=False)
     with caplog.at_level(logging.WARNING, logger="monitor"):

@@ -153,6 +153,12 @@ class Images(Callback):
                                 f"{self.source}=x.view({_image_shape(images.shape[1])})), " +
                                 (f"draw the {other}, Images(source={other!r}), " if other else "") +
                                 "or leave Images out")
+            if images.dim() == 3 and images.shape[1] <= 4 and images.shape[2] >= 8 * images.shape[1]:
+                raise TypeError(f"Images(source={self.source!r}) needs images, got a batch of {images.shape[0]} "
+                                f"series of {images.shape[1]} channel{'s' if images.shape[1] > 1 else ''} x "
+                                f"{images.shape[2]} values (N x C x L: a Conv1d's signals, audio): draw a few as "
+                                f"curves, SummaryWriter(monitor=monitor).add_figure(tag, figure, step), listen to "
+                                f"them, add_audio(tag, x[0, 0], step, sample_rate), or leave Images out")
             images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
             images.dim() == 4 or images.dim() == 3 and (images.shape[0] not in (1, 3) or
