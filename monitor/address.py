@@ -7,6 +7,7 @@ reads its address here, the way Visdom's own client does: ``$VISDOM_SERVER_URL``
 
     resolve_address("http://10.0.0.2:9000")   # ("http://10.0.0.2", 9000)
     resolve_address(port=8098)                 # ("http://127.0.0.1", 8098) unless $VISDOM_SERVER_URL says otherwise
+    base_path("https://lab.example:443/visdom")  # "/visdom": a server behind a proxy's path (Visdom's -base_url)
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def resolve_address(server: str | None = None, port: int | str | None = None,
     except ValueError:
         url_port = -1
     if parsed.scheme not in ("http", "https") or not parsed.hostname or url_port == -1 or \
-            "://" not in server and (parsed.path or parsed.query):  # "htp:/x": a scheme misspelt, not a host
+            "://" not in server and not url_port and (parsed.path or parsed.query):  # "htp:/x": a scheme misspelt
         raise ValueError(f"{server_from} must be a URL like http://127.0.0.1, got {server!r}")
     port_from = "port"
     if port is None:
@@ -48,3 +49,10 @@ def resolve_address(server: str | None = None, port: int | str | None = None,
         raise ValueError(f"{port_from} must be an int, got {port!r}") from None
     host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
     return f"{parsed.scheme}://{host}", port
+
+
+def base_path(server: str | None = None) -> str:
+    """The path in ``server`` (else in ``$VISDOM_SERVER_URL``): where a server started with
+    ``-base_url`` (or behind a proxy) answers, ``"/visdom"``; ``""`` for none."""
+    server = server or os.environ.get("VISDOM_SERVER_URL") or DEFAULT_SERVER
+    return urlparse(server if "://" in server else f"http://{server}").path.rstrip("/")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import signal
 import sys
 import warnings
@@ -55,7 +56,10 @@ def main() -> None:
               help="Rebuild the env of every run under DIR (DIR/ENV/runlog.jsonl) once the server answers: "
                    "a restarted server shows finished runs again; env 'runs' lists them, updated as runs "
                    "start and end.")
-def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs: Path | None) -> None:
+@click.option("--base-url", default="", metavar="PATH",
+              help="Serve under PATH (e.g. /visdom, behind a proxy); scripts then give it in their server's "
+                   "URL: Monitor(server='http://HOST:PORT/visdom').")
+def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs: Path | None, base_url: str) -> None:
     """Start a Visdom server and keep it running until Ctrl-C.
 
     Serves where clients look by default: the port in $VISDOM_PORT or $VISDOM_SERVER_URL.
@@ -74,7 +78,7 @@ def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            server = start(port=port, host=host, env_path=env_path, login=login)
+            server = start(port=port, host=host, env_path=env_path, login=login, base_url=base_url)
         except (ServerError, AssetsError) as exc:
             raise click.ClickException(str(exc)) from None
     for warning in caught:
@@ -83,7 +87,10 @@ def serve(port: int | None, host: str, env_path: Path | None, login: bool, runs:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         click.echo(f"Visdom dashboard at {server.url} (envs in {server.env_path}); Ctrl-C to stop.")
-        if server.port != resolve_address()[1]:  # not where a script sends by default: say how to get there
+        if server.base_url:  # under a path: scripts must be told it
+            click.echo(f"Scripts reach it at its path: run them with VISDOM_SERVER_URL={server.url} "
+                       f"(or Monitor(..., server={server.url!r})).")
+        elif server.port != resolve_address()[1]:  # not where a script sends by default: say how to get there
             click.echo(f"Scripts send to port {resolve_address()[1]} unless told: run them with "
                        f"VISDOM_PORT={server.port} (or Monitor(..., port={server.port})).")
         if runs is not None:
@@ -470,7 +477,7 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
     doomed = [run for run in candidates if not holds_other_runs(run)]
     if len(doomed) < len(candidates):  # a search run again in its folders: every one holds its earlier run
         click.echo(f"{len(candidates) - len(doomed)} run(s) kept as their folders hold other runs (an earlier run "
-                   f"of the env: see `monitor runs {directory} --earlier`, delete one with `monitor runs rm "
+                   f"of the env: see `monitor runs {shlex.quote(str(directory))} --earlier`, delete one with `monitor runs rm "
                    f"RUN/earlier/ID.jsonl`)")
     if keep_best is not None and metric is not None:
         lowest = best_mode(metric, mode) == "min"

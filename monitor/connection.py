@@ -13,6 +13,7 @@ import http.client
 import json
 import os
 import select
+import shlex
 import time
 from functools import partial
 from http.cookies import SimpleCookie
@@ -20,7 +21,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from monitor import checks
-from monitor.address import DEFAULT_PORT, DEFAULT_SERVER, resolve_address
+from monitor.address import DEFAULT_PORT, DEFAULT_SERVER, base_path, resolve_address
 
 
 class DashboardError(Exception):
@@ -60,12 +61,12 @@ class Connection:
         self.last_seconds = 0.0  # wall time of the latest request
         self.last_bytes = 0  # size of the latest request's body
         self._open = partial(_http, f"{address}:{self.port}")
-        path = base_url.strip().rstrip("/")
+        path = (base_url or base_path(server)).strip().rstrip("/")
         self._path = quote(path if not path or path.startswith("/") else f"/{path}")
         self.url = f"{address}:{self.port}{self._path}"
         # What a command line adds to reach it (`monitor replay FILE --port 8098`); nothing for the defaults.
         self.cli_options = "" if self.url == f"{DEFAULT_SERVER}:{DEFAULT_PORT}" else \
-            (f" --server {address}" if address != DEFAULT_SERVER else "") + f" --port {self.port}"
+            (f" --server {shlex.quote(address + self._path)}" if address != DEFAULT_SERVER or self._path else "") + f" --port {self.port}"
         self._http: http.client.HTTPConnection | None = None
         self._cookie = ""  # the login's session cookie, sent with every request
 

@@ -80,6 +80,7 @@ class VisdomServer:
         password: str | None = None,
         wait: float = 60.0,
         log_level: str = "WARNING",
+        base_url: str = "",
     ) -> None:
         if host not in (*_LOOPBACK_HOSTS, _ALL_INTERFACES):
             raise ServerError(
@@ -90,6 +91,7 @@ class VisdomServer:
         if wait <= 0:
             raise ServerError(f"wait must be > 0 seconds, got {wait!r}")
         self.host = host
+        self.base_url = "/" + base_url.strip().strip("/") if base_url.strip().strip("/") else ""
         self.port = port or _free_port()
         self.env_path = Path(env_path if env_path is not None else default_env_path()).expanduser().absolute()
         self.login = login
@@ -101,7 +103,7 @@ class VisdomServer:
     @property
     def url(self) -> str:
         """Where a browser or client reaches the dashboard (loopback even when bound to 0.0.0.0)."""
-        return f"http://{'localhost' if self.host == 'localhost' else '127.0.0.1'}:{self.port}"
+        return f"http://{'localhost' if self.host == 'localhost' else '127.0.0.1'}:{self.port}{self.base_url}"
 
     @property
     def log_path(self) -> Path:
@@ -130,6 +132,8 @@ class VisdomServer:
                 "-logging_level", self.log_level]
         if self.host != _ALL_INTERFACES:
             args.append("-bind_local")
+        if self.base_url:  # behind a proxy's path: every page and request under it
+            args += ["-base_url", self.base_url]
         env = dict(os.environ, MONITOR_SERVER_PARENT=str(os.getpid()), **self._home(state))
         if self._credentials:
             args.append("-enable_login")
@@ -257,6 +261,7 @@ def start(
     password: str | None = None,
     wait: float = 60.0,
     log_level: str = "WARNING",
+    base_url: str = "",
 ) -> VisdomServer:
     """Start a Visdom server and return its handle once it answers HTTP.
 
@@ -264,11 +269,12 @@ def start(
     connections from other machines (warns). ``env_path`` defaults to :func:`default_env_path`.
     With ``login``, ``username``/``password`` default to ``$VISDOM_USERNAME``/``$VISDOM_PASSWORD``;
     they reach the server through its environment, never its command line. ``wait`` is how many
-    seconds to wait for the first HTTP answer. Raises :class:`ServerError` (port in use, env_path
+    seconds to wait for the first HTTP answer. ``base_url`` serves under a path (``"/visdom"``, a
+    proxy's), in ``server.url``; clients give it in their server's URL. Raises :class:`ServerError` (port in use, env_path
     not writable, server died on start) or :class:`monitor.assets.AssetsError`.
     """
     server = VisdomServer(port, host, env_path, login=login, username=username, password=password,
-                          wait=wait, log_level=log_level)
+                          wait=wait, log_level=log_level, base_url=base_url)
     return server.start()
 
 

@@ -18,6 +18,7 @@ import atexit
 import math
 import os
 import secrets
+import shlex
 import socket
 import sys
 import logging
@@ -319,9 +320,10 @@ class VisdomSink:
         if self.missing_from_runlog:
             self.reports.once("close-runlog", f"{self.missing_from_runlog} records of env {self.env!r} could not be "
                                               f"written to {self.runlog.path} (a full disk?)" +
-                              ("" if delivered else f"; some did not reach {self.connection.url} either"))
+                              ("" if delivered else f"; some were not confirmed by {self.connection.url} either"))
         elif not delivered:
-            self.reports.once("close", f"some windows of env {self.env!r} did not reach {self.connection.url}; "
+            self.reports.once("close", f"some windows of env {self.env!r} were not confirmed by {self.connection.url} "
+                                       f"(down, or too slow to answer in time); "
                                        + self._where_to_replay())
         return delivered
 
@@ -330,11 +332,12 @@ class VisdomSink:
             return "the newer monitor of the env continues this run from its checkpoint, and sends it"
         if self.replaced:  # set aside by the run that replaced it, under its run id: replayed into an env apart
             kept = self.folder.path / RunDir.EARLIER / f"{self.run_id}.jsonl"
-            return (f"everything is in {kept} - send it later with `monitor replay {kept} --env "
-                    f"{self.env}-{self.run_id[:8]}{self.connection.cli_options}`{self._login_note()}")
+            return (f"everything is in {kept} - send it later with `monitor replay {shlex.quote(str(kept))} --env "
+                    f"{shlex.quote(f'{self.env}-{self.run_id[:8]}')}{self.connection.cli_options}`{self._login_note()}")
         return (f"everything is in {self.runlog.path} - send it later with "
-                f"`monitor replay {self.runlog.path}{self.connection.cli_options}` (a sweep's runs at once: "
-                f"`monitor replay {self.folder.path.parent}{self.connection.cli_options}`){self._login_note()}")
+                f"`monitor replay {shlex.quote(str(self.runlog.path))}{self.connection.cli_options}` (a sweep's runs at "
+                f"once: `monitor replay {shlex.quote(str(self.folder.path.parent))}{self.connection.cli_options}`)"
+                f"{self._login_note()}")
 
     def _login_note(self) -> str:
         return " (the server's login in VISDOM_USERNAME and VISDOM_PASSWORD)" if self.connection.username else ""

@@ -60,15 +60,19 @@ def browser() -> Iterator[object]:
             driver.quit()
 
 
-def test_served_dashboard_renders_a_plot_and_an_image(monitor_serve, tmp_path: Path, browser) -> None:
+@pytest.mark.parametrize("base_url", ["", "/visdom"])  # the second: served under a proxy's path
+def test_served_dashboard_renders_a_plot_and_an_image(monitor_serve, tmp_path: Path, browser, base_url) -> None:
+    from urllib.parse import urlparse
+
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
     from visdom import Visdom
 
-    command = monitor_serve("--port", "0", "--env-path", str(tmp_path))
+    command = monitor_serve("--port", "0", "--env-path", str(tmp_path), *(["--base-url", base_url] if base_url else []))
     url = command.url()
-    port = int(url.rsplit(":", 1)[1])
-    client = Visdom(server="http://127.0.0.1", port=port, use_incoming_socket=False, raise_exceptions=True)
+    assert urlparse(url).path == base_url
+    client = Visdom(server="http://127.0.0.1", port=urlparse(url).port, base_url=base_url, use_incoming_socket=False,
+                    raise_exceptions=True)
     steps = np.arange(50)
     client.line(X=steps, Y=np.exp(-steps / 20), win="loss", env=ENV, opts={"title": "loss", "legend": ["train"]})
     ramp = np.linspace(0, 1, 64)
@@ -84,7 +88,7 @@ def test_served_dashboard_renders_a_plot_and_an_image(monitor_serve, tmp_path: P
     assert browser.find_elements(By.CSS_SELECTOR, "svg.main-svg path.js-line")  # the trace was drawn
 
     ARTIFACTS.mkdir(exist_ok=True)
-    browser.save_screenshot(str(ARTIFACTS / "dashboard.png"))
+    browser.save_screenshot(str(ARTIFACTS / f"dashboard{base_url.replace('/', '-')}.png"))
     severe = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert severe == [], "console errors (missing assets?):\n" + "\n".join(severe)
 

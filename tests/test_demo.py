@@ -37,7 +37,7 @@ def test_with_no_server_running_the_demo_starts_one_prints_its_url_first_and_no_
     assert demo.lines[0] == f"Dashboard: http://127.0.0.1:{port}/env/demo\n"
     assert "Starting a local Visdom server" in demo.lines[1]
     assert any("epoch 1/1" in line for line in demo.lines)  # the example's progress bar
-    assert "did not reach" not in stderr and "Traceback" not in stderr  # every window was delivered
+    assert "not confirmed" not in stderr and "Traceback" not in stderr  # every window was delivered
     assert run_log_windows(tmp_path, "demo") == WINDOWS
     assert not answers(f"http://127.0.0.1:{port}")  # --no-keep: the server it started is gone
 

@@ -247,6 +247,18 @@ def test_login_refuses_data_without_credentials_and_serves_them_with(
     assert not (fake_home / ".visdom").exists()  # the cookie secret lives under env_path
 
 
+def test_a_server_under_a_path_is_reached_by_a_monitor_given_the_path_in_its_url(tmp_path: Path, read_window) -> None:
+    from monitor import Monitor, Scalars
+
+    with start(port=0, env_path=tmp_path / "envs", base_url="visdom/") as server:  # behind a proxy's /visdom
+        assert server.url == f"http://127.0.0.1:{server.port}/visdom" and b"visdom" in _get(server.url)[1].lower()
+        with Monitor([Scalars()], env="proxied", server=server.url, run_dir=tmp_path / "run") as monitor:
+            for step in range(3):
+                monitor.step_end(loss=1.0 / 2 ** step)
+        assert monitor.sink.url == f"{server.url}/env/proxied"  # was the address without its path: HTTP 404 at every send
+        assert read_window(server, "proxied", "loss", base_url="/visdom")["train"] == ([1, 2, 3], [1.0, 0.5, 0.25])
+
+
 def test_login_without_credentials_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("VISDOM_USERNAME", raising=False)
     monkeypatch.setenv("VISDOM_PASSWORD", "pw")

@@ -703,6 +703,21 @@ def test_an_env_of_more_windows_than_a_page_draws_well_is_said_once(tmp_path, ca
                                         r"traces of one window", said[0]), said  # counted in the worker's batches
 
 
+def test_a_server_s_path_is_taken_from_its_url_and_said_in_the_replay_command_quoted_for_a_shell(tmp_path, caplog):
+    assert Connection("http://127.0.0.1:1/vis/").url == "http://127.0.0.1:1/vis"
+    assert Connection("127.0.0.1:1/vis").url == "http://127.0.0.1:1/vis"  # was refused as a misspelt scheme
+    assert Connection("http://127.0.0.1:1/vis", base_url="/other").url == "http://127.0.0.1:1/other"
+    folder = tmp_path / "runs" / "lr 0.1 (v1)"
+    sink = VisdomSink("lr 0.1 (v1)", server="http://127.0.0.1:1/vis", run_dir=folder, timeout=0.2)
+    sink.put(Points("loss", 1, ("train",), (0.5,)))
+    with caplog.at_level("WARNING", logger="monitor"):
+        sink.close(timeout=0.2)
+    said = [r.getMessage() for r in caplog.records if "send it later with" in r.getMessage()]
+    assert said and "were not confirmed by http://127.0.0.1:1/vis (down, or too slow to answer in time)" in said[0]
+    assert f"`monitor replay '{folder / RunLog.FILENAME}' --server http://127.0.0.1/vis --port 1` (a sweep's " \
+           f"runs at once: `monitor replay {folder.parent} --server http://127.0.0.1/vis --port 1`)" in said[0], said
+
+
 def test_the_replay_command_said_for_a_server_with_a_login_says_where_the_login_goes(tmp_path, caplog):
     from monitor.sink import VisdomSink
 

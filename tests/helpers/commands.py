@@ -32,7 +32,7 @@ class ServeCommand:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.lines:
-                if match := re.search(r"http://127\.0\.0\.1:\d+", line):
+                if match := re.search(r"http://127\.0\.0\.1:\d+[^\s(]*(?= )", line):  # and its path, if any
                     return match.group(0)
             if self.process.poll() is not None:
                 raise AssertionError(f"monitor serve exited {self.process.returncode}: {self.process.stderr.read()}")
