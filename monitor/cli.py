@@ -477,8 +477,8 @@ def runs_gc(directory: Path, older_than, keep_best: int | None, metric: str | No
     doomed = [run for run in candidates if not holds_other_runs(run)]
     if len(doomed) < len(candidates):  # a search run again in its folders: every one holds its earlier run
         click.echo(f"{len(candidates) - len(doomed)} run(s) kept as their folders hold other runs (an earlier run "
-                   f"of the env: see `monitor runs {shlex.quote(str(directory))} --earlier`, delete one with `monitor runs rm "
-                   f"RUN/earlier/ID.jsonl`)")
+                   f"of the env: see `monitor runs {shlex.quote(str(directory))} --earlier`, delete one with "
+                   f"`monitor runs rm RUN/earlier/ID.jsonl`)")
     if keep_best is not None and metric is not None:
         lowest = best_mode(metric, mode) == "min"
         click.echo(f"Best by {metric}: the {'lowest' if lowest else 'highest'}"

@@ -65,8 +65,9 @@ class Connection:
         self._path = quote(path if not path or path.startswith("/") else f"/{path}")
         self.url = f"{address}:{self.port}{self._path}"
         # What a command line adds to reach it (`monitor replay FILE --port 8098`); nothing for the defaults.
+        server_option = f" --server {shlex.quote(address + self._path)}"
         self.cli_options = "" if self.url == f"{DEFAULT_SERVER}:{DEFAULT_PORT}" else \
-            (f" --server {shlex.quote(address + self._path)}" if address != DEFAULT_SERVER or self._path else "") + f" --port {self.port}"
+            (server_option if address != DEFAULT_SERVER or self._path else "") + f" --port {self.port}"
         self._http: http.client.HTTPConnection | None = None
         self._cookie = ""  # the login's session cookie, sent with every request
 

@@ -270,8 +270,9 @@ def start(
     With ``login``, ``username``/``password`` default to ``$VISDOM_USERNAME``/``$VISDOM_PASSWORD``;
     they reach the server through its environment, never its command line. ``wait`` is how many
     seconds to wait for the first HTTP answer. ``base_url`` serves under a path (``"/visdom"``, a
-    proxy's), in ``server.url``; clients give it in their server's URL. Raises :class:`ServerError` (port in use, env_path
-    not writable, server died on start) or :class:`monitor.assets.AssetsError`.
+    proxy's), in ``server.url``; clients give it in their server's URL. Raises
+    :class:`ServerError` (port in use, env_path not writable, server died on start) or
+    :class:`monitor.assets.AssetsError`.
     """
     server = VisdomServer(port, host, env_path, login=login, username=username, password=password,
                           wait=wait, log_level=log_level, base_url=base_url)

@@ -335,8 +335,9 @@ class VisdomSink:
             return (f"everything is in {kept} - send it later with `monitor replay {shlex.quote(str(kept))} --env "
                     f"{shlex.quote(f'{self.env}-{self.run_id[:8]}')}{self.connection.cli_options}`{self._login_note()}")
         return (f"everything is in {self.runlog.path} - send it later with "
-                f"`monitor replay {shlex.quote(str(self.runlog.path))}{self.connection.cli_options}` (a sweep's runs at "
-                f"once: `monitor replay {shlex.quote(str(self.folder.path.parent))}{self.connection.cli_options}`)"
+                f"`monitor replay {shlex.quote(str(self.runlog.path))}{self.connection.cli_options}` (a sweep's "
+                f"runs at once: `monitor replay {shlex.quote(str(self.folder.path.parent))}"
+                f"{self.connection.cli_options}`)"
                 f"{self._login_note()}")
 
     def _login_note(self) -> str:
