@@ -1094,8 +1094,8 @@ def write_runs(runs: list[Run], out: IO[str], form: str, first: str | None = Non
 
 def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> list[str]:
     """The metrics a table has room for: ``first``, then the curves of held-out data (what a sweep
-    is judged by), of training data, the rest (final metrics given with the hparams, which repeat
-    the validation's); in each, losses (a name with "loss" in it) first, then other errors, then the most common, by name."""
+    is judged by), of training data, the rest (final metrics given with the hparams; one that
+    only repeats a curve's last value, Summary's ``loss`` of ``loss/validation``, left out); in each, losses (a name with "loss" in it) first, then other errors, then the most common, by name."""
     seen: dict[str, int] = {}
     for run in runs:
         for name in run.metrics:
@@ -1107,8 +1107,13 @@ def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> lis
                 return 0 if split in HELD_OUT else 1
         return 2
 
-    ranked = sorted(seen, key=lambda name: (name != first, data(name), "loss" not in name.lower(),
-                                            not best_is_lowest(name), -seen[name], _natural(name)))
+    def repeated(name: str) -> bool:  # a final metric that is a curve's last value in every run ("loss": "loss/validation"'s)
+        return all(any(other.startswith(f"{name}/") and run.metrics[other][0] == run.metrics[name][0]
+                       for other in run.metrics) for run in runs if name in run.metrics)
+
+    ranked = sorted((name for name in seen if name == first or not repeated(name)),
+                    key=lambda name: (name != first, data(name), "loss" not in name.lower(),
+                                      not best_is_lowest(name), -seen[name], _natural(name)))
     return ranked[:count]
 
 

@@ -1289,6 +1289,25 @@ def test_the_validation_loss_comes_before_other_errors_in_the_default_columns(tm
     assert "loss/validation last (best)" in head and "loss/train last (best)" not in head
 
 
+def test_a_final_metric_that_repeats_a_curve_s_last_value_takes_no_column(tmp_path, monkeypatch):
+    # Summary's final "loss" beside "loss/validation": the same 4.28 twice, its "best" only the last
+    from monitor.runs import table
+
+    monkeypatch.setenv("VISDOM_PORT", "1")
+    with Monitor([Scalars(), Summary(hparams={"lr": 0.1})], env="fedavg", run_dir=tmp_path / "fedavg",
+                 timeout=0.2) as monitor:
+        monitor.train_start(torch.nn.Linear(2, 1), hparams={"clients": 8})
+        for loss in (3.0, 4.28):
+            monitor.step_end(loss=1.0)
+            monitor.validation_end({"loss": loss})
+        monitor.train_end()
+        monitor.log.hparams({}, {"test_accuracy": 0.5})  # a test's, given once: its own column
+    run = listed(tmp_path)[0]
+    assert run.metrics["loss"] == (4.28, 4.28)  # still there to sort and select by
+    head = table([run]).splitlines()[0]
+    assert "loss/validation last (best)" in head and "test_accuracy" in head and " loss last" not in head
+
+
 def test_export_gives_the_points_the_dashboard_draws_after_a_curve_went_back_or_a_point_came_late(
         visdom_server, read_window, tmp_path):
     # A TensorBoard script run again without purge_step: export repeated steps 3 and 4 where the
