@@ -5,6 +5,7 @@ import itertools
 import json
 import math
 import random
+import re
 import shutil
 
 import pytest
@@ -322,7 +323,7 @@ def test_a_run_pruned_before_its_kill_is_resumed_into_a_model_pruned_alike_and_t
     monitor = Monitor([checkpoint], sink=NullSink())
     with pytest.raises(CheckpointResumeError, match="pruned with torch.nn.utils.prune, which keeps weight_orig and "
                                                     r"weight_mask: prune the same modules first, prune.identity\(module, "
-                                                    "'weight'\) on each"):
+                                                    r"'weight'\) on each"):
         monitor.train_start(again, torch.optim.SGD(again.parameters(), lr=0.1))
     monitor.close()
     monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=4, resume=True)], sink=NullSink())
@@ -1667,3 +1668,32 @@ def test_an_optimizer_that_holds_another_whose_state_it_leaves_out_is_said_at_th
     said = [r.getMessage() for r in caplog.records if "holds another" in r.getMessage()]
     assert len(said) == 1 and "(_SAM) holds another, base_optimizer (SGD), whose state (momentum_buffer) its " \
         "state_dict() leaves out" in said[0] and "optimizer.base_optimizer.state_dict()" in said[0], said
+
+
+def test_two_monitors_of_one_loop_each_resuming_from_a_checkpoint_of_its_own_are_told_once(tmp_path, caplog,
+                                                                                            monkeypatch):
+    # A federated simulation's Monitor per client: each put the process's random state back in turn,
+    # and a kill between their saves left them at different rounds.
+    import monitor.callbacks.checkpoint as checkpoint_module
+
+    monkeypatch.setattr(checkpoint_module, "_said_together", False)
+    models = [torch.nn.Linear(4, 1) for _ in range(3)]
+
+    def session(steps: int, clients: int = 3) -> list[Monitor]:
+        monitors = [Monitor([Checkpoint(tmp_path / f"client{i}", every_steps=1, resume=True)], sink=NullSink(),
+                            raise_errors=True) for i in range(clients)]
+        optimizers = [torch.optim.SGD(model.parameters(), lr=0.1) for model in models[:clients]]
+        for monitor, model, optimizer in zip(monitors, models, optimizers):
+            monitor.train_start(model, optimizer)
+        for _ in range(steps):
+            for monitor, model, optimizer in zip(monitors, models, optimizers):
+                _step(monitor, model, optimizer, torch.ones(2, 4))
+        return monitors
+
+    session(2)  # killed: runs to continue
+    with caplog.at_level("WARNING", logger="monitor"):
+        for monitor in session(1):
+            monitor.close()
+    said = [r.getMessage() for r in caplog.records if "two Monitors of this process" in r.getMessage()]
+    assert len(said) == 1 and re.search(r"continue from checkpoints of their own \(env .* from step 2, env .* from "
+                                        r"step 2\).*train_start\(nn.ModuleDict", said[0]), said

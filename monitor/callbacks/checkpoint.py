@@ -32,6 +32,10 @@ from monitor.rundir import FolderLock, RunDir
 from monitor.checkpoint.rng import capture_rng
 
 _log = logging.getLogger("monitor")
+# The Checkpoints of this process that put a run back, while their Monitor lives: two at once
+# (a Monitor per model of one loop) restore the process's random state in turn, from files
+# that a kill between their saves left at different points of the loop.
+_RESUMED: weakref.WeakSet = weakref.WeakSet()
 
 REQUEUE_EXIT_STATUS = 75  # EX_TEMPFAIL: "try again", what a job saved on a pre-emption signal exits with
 
@@ -728,6 +732,10 @@ class Checkpoint(Callback):
                       "what Checkpoint(extras=...) kept, checkpoint.start.extras" if grown else "")
             raise CheckpointResumeError(f"the run could not be put back from {self.start.path}: "
                                         f"{type(error).__name__}: {text}{advice}") from error
+        others = [c for c in _RESUMED if c._monitor is not self._monitor and not c._monitor._ended]
+        _RESUMED.add(self)
+        if others and self._monitor.rank == 0 and not _said_together:
+            _say_resumed_together(others[0], self)
         if self._monitor.rank == 0:  # said once for the job
             _log.warning("monitor: continuing from %s (step %d)", self.start.path, self.start.step)
             restored, first = _rates(state), self._given_rates
@@ -959,3 +967,18 @@ def _raised_in(error: BaseException, kind: type[E]) -> E | None:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+_said_together = False
+
+
+def _say_resumed_together(first: Checkpoint, second: Checkpoint) -> None:
+    """Once a process: two live Monitors continue runs of their own (a Monitor per model of one loop)."""
+    global _said_together
+    _said_together = True
+    _log.warning("monitor: two Monitors of this process continue from checkpoints of their own (env %r from step "
+                 "%d, env %r from step %d): each puts back the process's random state, the last one's wins, and a "
+                 "kill between their saves leaves them at different points of the loop; keep every model and "
+                 "optimizer of one loop in one Monitor, train_start(nn.ModuleDict({...}), {name: optimizer, ...}), "
+                 "for them to be saved and resumed together", getattr(first._monitor.sink, "env", "?"), first.start.step,
+                 getattr(second._monitor.sink, "env", "?"), second.start.step)
