@@ -986,11 +986,21 @@ def _close_unclosed() -> None:
         if not monitor._failed:  # how the script ended, if an exception did
             monitor._ending = ending_of(_how_it_ended(monitor))
         monitor._put_end()
-    for monitor in monitors:
-        try:
-            monitor.sink.close(timeout=2.0)  # no train_end: the loop may have stopped half-way through a step
-        except Exception:  # the interpreter is going: nothing to raise into
-            pass
+    # Closed together: each may wait on a slow dashboard, and a process of many (a Monitor per
+    # model, per trial) would wait that long for each in turn.
+    closing = [threading.Thread(target=_close_quietly, args=(monitor.sink,), name="monitor-close-at-exit")
+               for monitor in monitors]
+    for thread in closing:
+        thread.start()
+    for thread in closing:
+        thread.join()
+
+
+def _close_quietly(sink: Sink) -> None:
+    try:
+        sink.close(timeout=2.0)  # no train_end: the loop may have stopped half-way through a step
+    except Exception:  # the interpreter is going: nothing to raise into
+        pass
 
 
 def _check_metrics(metrics: Any) -> None:

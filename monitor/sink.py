@@ -583,5 +583,9 @@ def replace_earlier(run_dir: Path, rewind_to: int | None = None, continues: str 
 @atexit.register
 def _close_open_sinks() -> None:
     """A run that forgot close() still gets its last records into the run log and, briefly, sent."""
-    for sink in list(open_sinks):
-        sink.close(timeout=2.0)
+    closing = [threading.Thread(target=sink.close, kwargs={"timeout": 2.0}, name="monitor-close-at-exit")
+               for sink in list(open_sinks)]  # together: each may wait on a slow dashboard
+    for thread in closing:
+        thread.start()
+    for thread in closing:
+        thread.join()
