@@ -456,6 +456,30 @@ def test_a_loop_whose_model_never_has_gradients_is_told_once_why_grad_norm_is_em
     assert "functional_call" in said[0] and not sink.points("grad norm")
 
 
+def test_optimizers_of_copies_the_model_given_does_not_hold_are_told_once_to_give_the_module_holding_them(caplog):
+    # FedAvg: train_start(global_model, {client optimizers}); every 'grad norm clientN' was missing
+    global_model, clients = small_model(), [small_model() for _ in range(3)]
+    optimizers = {f"client{i}": torch.optim.SGD(c.parameters(), lr=0.1) for i, c in enumerate(clients)}
+    monitor, sink = monitor_with(GradNorms())
+    monitor.train_start(global_model, optimizers)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for i, client in enumerate(clients):
+            client(torch.randn(2, 4)).sum().backward()
+            monitor.after_backward(f"client{i}")
+            optimizers[f"client{i}"].step()
+        monitor.step_end()
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "optimizer 'client0' updates none of the model's parameters" in said[0] and \
+        "nor for any other optimizer like it" in said[0] and "nn.ModuleDict" in said[0], said
+    monitor, sink = monitor_with(GradNorms())  # given the module that holds them all: a window each
+    monitor.train_start(torch.nn.ModuleDict({"global": global_model, **dict(zip(optimizers, clients))}), optimizers)
+    for i, client in enumerate(clients):
+        client(torch.randn(2, 4)).sum().backward()
+        monitor.after_backward(f"client{i}")
+    monitor.step_end()
+    assert all(sink.points(f"grad norm client{i}") for i in range(3))
+
+
 @pytest.mark.parametrize("loop", ["epochs", "steps", "long steps"])
 def test_a_loop_that_never_calls_after_backward_is_told_once_by_its_first_epoch_s_end_or_train_end(caplog, loop):
     model = small_model()

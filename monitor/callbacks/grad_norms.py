@@ -182,6 +182,12 @@ class GradNorms(Callback):
                 grads = [g for g in grads if g is not None]
                 break
         suffix = "" if name is None else f" {name}"
+        if not indices and name is not None and not self._said_no_gradients:
+            self._said_no_gradients = True  # a client's copy of the model, trained beside it
+            _log.warning("monitor: GradNorms: optimizer %r updates none of the model's parameters, nothing to plot in "
+                         "window 'grad norm%s' (nor for any other optimizer like it): give train_start the module "
+                         "that holds the parameters each optimizer updates, e.g. nn.ModuleDict({'global': net, "
+                         "'client0': client_0, ...})", name, suffix)
         if not grads and not self._said_no_gradients:
             self._said_no_gradients = True
             _log.warning("monitor: GradNorms found no gradient on the model's parameters at after_backward "
