@@ -29,7 +29,7 @@ from monitor.log import Log, NullSink, Sink
 from monitor.models import unwrap_model
 from monitor.records import RunEnd, ending_of, exit_error, interactive
 from monitor.reports import Reports
-from monitor.resumable import Resumable, batches_done
+from monitor.resumable import Batches, Resumable, batches_done
 
 _log = logging.getLogger("monitor")
 
@@ -666,13 +666,14 @@ class Monitor:
         finally:
             self._in_steps = False
 
-    def batches(self, loader: Iterable) -> Iterator[Any]:
+    def batches(self, loader: Iterable) -> Batches:
         """Iterates ``loader`` for this epoch, from the batch a resumed run continues with.
 
         Tells the loader's sampler the epoch (``EpochBatchSampler``, ``DistributedSampler``).
         After a resume in the middle of an epoch it skips the batches done, in the order the
         interrupted run drew them, ``DataLoader(shuffle=True)`` included (see
-        :mod:`monitor.resumable`).
+        :mod:`monitor.resumable`). Its ``len()`` is the batches it will give, for a progress bar:
+        ``tqdm(monitor.batches(loader))``.
         """
         return self._resumable.batches(self, loader)
 

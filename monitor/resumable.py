@@ -69,18 +69,33 @@ class Resumable:
         first, self.first_epoch = self.first_epoch, 0
         return first, self.skip > 0
 
-    def batches(self, monitor: Monitor, loader: Iterable) -> Iterator[Any]:
+    def batches(self, monitor: Monitor, loader: Iterable) -> Batches:
+        return Batches(self, monitor, loader)
+
+    def continues(self, epoch: int, call: int, shape: tuple) -> bool:
+        """Whether the ``call``-th monitor.batches of ``epoch``, over a loader of ``shape``, is the
+        one to take the batches done. Only the loader the steps drew from takes them: the same call
+        of the same epoch (a validation loader iterated first in an epoch is another call); in a loop
+        of passes without epochs, the first call with its shape (the passes before are not run again)."""
+        if self.skip_again:
+            return epoch == self.skip_epoch and self.skip_of is not None and shape == tuple(self.skip_of)
+        return (epoch, call) == (self.skip_epoch, self.skip_call)
+
+    def to_skip(self, monitor: Monitor, loader: Iterable) -> int:
+        """The batches the next monitor.batches(loader) will drop (a resumed epoch's done ones)."""
+        shape = _shape(loader)
+        if not self.skip or not self.continues(monitor.state.epoch, self.calls, shape):
+            return 0
+        if self.skip_of is not None and tuple(self.skip_of) != shape:
+            return _skip_in(self.skip, tuple(self.skip_of), shape, say=False)
+        return self.skip
+
+    def iterate(self, monitor: Monitor, loader: Iterable) -> Iterator[Any]:
         from monitor.sampler import EpochBatchSampler
 
         epoch, call, shape = monitor.state.epoch, self.calls, _shape(loader)
         self.calls += 1
-        # Only the loader the steps drew from takes the batches done: the same call of the same
-        # epoch (a validation loader iterated first in an epoch is another call); in a loop of
-        # passes without epochs, the first call with its shape (the passes before are not run again).
-        if self.skip_again:
-            continued = epoch == self.skip_epoch and self.skip_of is not None and shape == tuple(self.skip_of)
-        else:
-            continued = (epoch, call) == (self.skip_epoch, self.skip_call)
+        continued = self.continues(epoch, call, shape)
         if continued:
             again = self.skip_again
         else:  # another pass over the loader the epoch's steps came from: a loop of passes without epochs
@@ -223,7 +238,7 @@ def _shape(loader: Iterable) -> tuple[int | None, int | None]:
     return samples, size if isinstance(size, int) else None
 
 
-def _skip_in(skip: int, then: tuple, now: tuple) -> int:
+def _skip_in(skip: int, then: tuple, now: tuple, say: bool = True) -> int:
     """The batches to skip of a loader of ``now`` (samples, batch size) for ``skip`` batches of one
     of ``then``: by samples where only the batch size changed (the samples' order is drawn the
     same), else as many batches as before, the order no longer the interrupted one's."""
@@ -231,14 +246,44 @@ def _skip_in(skip: int, then: tuple, now: tuple) -> int:
     if samples == samples_now and size and size_now:
         done = min(skip * size, samples)
         batches = done // size_now
-        _log.warning("monitor: the resumed epoch's loader has batches of %d, the interrupted one's had %d: "
-                     "it goes on after the %d samples done (%d batches now%s)", size_now, size, done, batches,
-                     f"; {done - batches * size_now} of them are trained again" if done % size_now else "")
+        if say:
+            _log.warning("monitor: the resumed epoch's loader has batches of %d, the interrupted one's had %d: "
+                         "it goes on after the %d samples done (%d batches now%s)", size_now, size, done, batches,
+                         f"; {done - batches * size_now} of them are trained again" if done % size_now else "")
         return batches
-    _log.warning("monitor: the resumed epoch's loader holds %s samples in batches of %s, the interrupted one's "
-                 "held %s in batches of %s: it skips the %d batches done as before, but its order is not the "
-                 "interrupted one's", samples_now, size_now, samples, size, skip)
+    if say:
+        _log.warning("monitor: the resumed epoch's loader holds %s samples in batches of %s, the interrupted "
+                     "one's held %s in batches of %s: it skips the %d batches done as before, but its order is "
+                     "not the interrupted one's", samples_now, size_now, samples, size, skip)
     return skip
+
+
+class Batches:
+    """What ``monitor.batches(loader)`` gives: the loader's batches from where a resumed epoch
+    goes on, and, for a progress bar (``tqdm(monitor.batches(loader))``), their number: the
+    loader's length less the batches a resumed epoch drops (a TypeError for a loader of no length)."""
+
+    def __init__(self, resumable: Resumable, monitor: Monitor, loader: Iterable) -> None:
+        self._resumable, self._monitor, self._loader = resumable, monitor, loader
+        self._iterator: Iterator[Any] | None = None
+        self._length: int | None = None
+
+    def __iter__(self) -> Batches:
+        return self
+
+    def __next__(self) -> Any:
+        if self._iterator is None:
+            try:
+                len(self)  # counted before the first batch: drawing it moves what the count reads
+            except Exception:  # a loader of no length (a stream, a generator): len() says so when asked
+                pass
+            self._iterator = self._resumable.iterate(self._monitor, self._loader)
+        return next(self._iterator)
+
+    def __len__(self) -> int:
+        if self._length is None:
+            self._length = max(len(self._loader) - self._resumable.to_skip(self._monitor, self._loader), 0)
+        return self._length
 
 
 _END = object()

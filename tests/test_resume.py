@@ -277,3 +277,38 @@ def test_a_loop_taking_several_steps_from_one_batch_is_told_a_resume_cannot_go_b
                     monitor.step_end(loss=1.0)
     said = [r.getMessage() for r in caplog.records if "several steps from one batch" in r.getMessage()]
     assert len(said) == 1 and "draw each chunk through monitor.batches" in said[0]
+
+
+def test_monitor_batches_has_the_length_of_the_batches_it_gives_for_a_progress_bar(tmp_path):
+    # tqdm(monitor.batches(loader)) showed no total: a generator has no len()
+    def run(kill_at_step=None):
+        loader, validation, model, optimizer, monitor = _resumable_loop(tmp_path / "run", samples=14)
+        counted = []
+        for epoch in monitor.epochs(2):
+            batches = monitor.batches(loader)
+            told, given = len(batches), 0
+            for (x,) in batches:
+                given += 1
+                assert len(batches) == told  # asked again, mid-epoch: the same total
+                with torch.no_grad():
+                    validated = monitor.batches(validation)
+                    assert len(validated) == 3 and len(list(validated)) == 3
+                model(x).sum().backward()
+                monitor.after_backward()
+                optimizer.step()
+                optimizer.zero_grad()
+                monitor.step_end(loss=1.0)
+                if monitor.state.step == kill_at_step:
+                    raise _Killed
+            counted.append((told, given))
+        monitor.train_end()
+        return counted
+
+    with pytest.raises(_Killed):
+        run(kill_at_step=3)
+    assert run() == [(4, 4), (7, 7)]  # the resumed epoch's 4 batches left of 7, then a whole one
+    monitor = Monitor([], sink=NullSink())
+    stream = monitor.batches(iter(range(3)))
+    with pytest.raises(TypeError):
+        len(stream)
+    assert list(stream) == [0, 1, 2]
