@@ -62,8 +62,8 @@ def _label_order(label: str) -> tuple:
 
 def figure(entry: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Plotly traces and layout: the entry's points in 3-D, a trace per label (beyond ``COLOURED``
-    labels, the most common ones, the rest in one trace ``other``), each point's label (or its
-    ``hover`` text) on hover."""
+    labels, the most common ones of those on more than one point, the rest in one trace
+    ``other``), each point's label (or its ``hover`` text) on hover."""
     points, labels, hover = entry["points"], entry.get("labels"), entry.get("hover")
     shown = np.linspace(0, len(points) - 1, min(len(points), SHOWN)).round().astype(int).tolist() if points else []
     groups: dict[str, list[int]] = {}
@@ -71,12 +71,14 @@ def figure(entry: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]]
         groups.setdefault("points" if labels is None else _short(labels[i]), []).append(i)
     other: list[int] = []
     if len(groups) > COLOURED:  # the most common labels a colour each, the rest one trace (100 classes' CIFAR)
-        common = sorted(groups, key=lambda name: -len(groups[name]))[:COLOURED - 1]
+        # ... of those that label more than one point: words, each its own label, are one trace
+        common = [name for name in sorted(groups, key=lambda name: -len(groups[name]))[:COLOURED - 1]
+                  if len(groups[name]) > 1]
         other = sorted(i for name, rows in groups.items() if name not in common for i in rows)
         groups = {name: groups[name] for name in common}
     groups = dict(sorted(groups.items(), key=lambda group: _label_order(group[0])))  # the legend: 0, 1, 2, ... 10
     if other:
-        groups[f"other ({len({labels[i] for i in other})} labels)"] = other
+        groups[f"{'other (' if groups else '('}{len({labels[i] for i in other})} labels)"] = other
     data = []
     for name, rows in groups.items():
         trace = {"type": "scatter3d", "mode": "markers", "name": name, "marker": {"size": 3},

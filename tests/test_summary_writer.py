@@ -665,6 +665,13 @@ def test_embedding_metadata_columns_tiny_scales_and_non_finite_vectors():
     assert len(data) == 20 and data[0]["name"] == "class0" and len(data[0]["x"]) == 9
     assert data[-1]["name"] == "other (6 labels)" and len(data[-1]["x"]) == 24 and data[-1]["text"][0] == "class19"
     assert layout["scene"]["yaxis"]["title"] == "PC2 (0.4%)"
+    # 500 word vectors, each its token: no 19 of them coloured at random, one trace, each word on hover
+    words = {**many, "labels": [f"w{i}" for i in range(500)] + ["w7"], "points": [[float(i), 0.0, 0.0] for i in range(501)]}
+    data, layout = embedding.figure(words)
+    assert [(t["name"], len(t["x"])) for t in data] == [("w7", 2), ("other (499 labels)", 499)]
+    words["labels"] = [f"w{i}" for i in range(501)]
+    data, layout = embedding.figure(words)
+    assert [t["name"] for t in data] == ["(501 labels)"] and data[0]["text"][3] == "w3" and not layout["showlegend"]
 
 
 def test_pr_curve_weights_that_do_not_fit_the_predictions_are_named_at_the_call():
