@@ -366,7 +366,8 @@ def test_a_scheduler_stepped_after_epoch_end_wrote_the_checkpoint_is_said_once(t
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_epochs=1, scheduler=scheduler)], sink=NullSink())
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)  # two, as a list: looked at both
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_epochs=1, scheduler=[warmup, scheduler])], sink=NullSink())
     monitor.train_start(model, optimizer)
     with caplog.at_level("WARNING", logger="monitor"):
         for epoch in monitor.epochs(3):
@@ -382,6 +383,42 @@ def test_a_scheduler_stepped_after_epoch_end_wrote_the_checkpoint_is_said_once(t
         "monitor: the lr scheduler stepped after epoch_end() wrote the epoch's checkpoint (step 2): a run resumed "
         "from it goes on a step behind; step the scheduler and update what extras keeps (an early stop's best and "
         "patience) before monitor.epoch_end(...)"])
+
+
+@pytest.mark.parametrize("loop", ["PPO: annealed after an iteration's last update", "stepped before step_end",
+                                  "per epoch, after the batches loop"])
+def test_a_scheduler_stepped_after_a_step_s_checkpoint_in_the_rest_of_the_step_is_said_once(tmp_path, caplog, loop):
+    # PPO annealed both optimizers' rates after the 32nd update's step_end, which had written the
+    # checkpoint: resumed, the run trained a schedule step behind to its end, unsaid.
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    schedulers = {"policy": torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: 1 - i / 10),
+                  "value": torch.optim.lr_scheduler.StepLR(optimizer, step_size=1)}
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=4, scheduler=schedulers)], env="ppo",
+                      run_dir=tmp_path / "run", port=1, timeout=0.2)  # a run log: what a resume goes back to
+    monitor.train_start(model, optimizer)
+    with caplog.at_level("WARNING", logger="monitor"):
+        if loop.startswith("per epoch"):
+            for epoch in monitor.epochs(3):
+                for x in monitor.batches([torch.zeros(2, 3)] * 4):
+                    optimizer.step()
+                    monitor.step_end(loss=1.0)
+                schedulers["policy"].step()  # runs again on a resume from the epoch's last step
+        else:
+            for update in monitor.steps(12):
+                optimizer.step()
+                if loop.startswith("stepped before") and update % 4 == 3:
+                    schedulers["policy"].step()
+                monitor.step_end(loss=1.0)
+                if loop.startswith("PPO") and update % 4 == 3:
+                    schedulers["policy"].step()
+        monitor.close()
+    said = [r.getMessage() for r in caplog.records if "stepped after step_end()" in r.getMessage()]
+    assert said == ([] if not loop.startswith("PPO") else [
+        "monitor: the lr scheduler stepped after step_end() wrote the checkpoint of step 4, before the loop's next "
+        "batch: a run resumed from it goes on a schedule step behind (what a saved step does after its step_end is "
+        "not run again); step the scheduler before monitor.step_end(...), or, at a validation there, before "
+        "monitor.validation_end(...)"])
 
 
 def test_an_early_stop_s_count_updated_after_epoch_end_wrote_the_checkpoint_is_said_once(tmp_path, caplog):

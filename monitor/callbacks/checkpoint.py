@@ -159,6 +159,7 @@ class Checkpoint(Callback):
                                                  # batch, step or epoch says its step's code is over (rank 0)
         self._every_rank_validates = False  # under DDP: said by Scalars(average_validation=True)
         self._point_at_next_batch = False  # the step's checkpoint written again at validation_end: latest then
+        self._schedule_at_save: tuple | None = None  # (scheduler, its position, epoch) at a step's save
         self._saved_at_epoch_end: tuple | None = None  # in the epoch_end checkpoint: its scheduler, last_epoch, extras
         self._said_changed_after = False
         self._ranks: list[tuple] | None = None  # (random state, batches position) of every rank at the last save
@@ -287,7 +288,7 @@ class Checkpoint(Callback):
             return
         scheduler, last_epoch, extras = saved_at
         late = []
-        if scheduler is self.scheduler and getattr(scheduler, "last_epoch", last_epoch) != last_epoch:
+        if scheduler is self.scheduler and _schedule(scheduler) != last_epoch:
             late.append("the lr scheduler stepped")  # the same scheduler, not a later phase's set since
         try:
             now = _plain_values(self._extras())
@@ -303,6 +304,25 @@ class Checkpoint(Callback):
             _log.warning("monitor: %s after epoch_end() wrote the epoch's checkpoint (step %d): a run resumed from it "
                          "goes on a step behind; step the scheduler and update what extras keeps (an early stop's "
                          "best and patience) before monitor.epoch_end(...)", " and ".join(late),
+                         self._last_saved[0] if self._last_saved else 0)
+
+    def _say_if_stepped_after_step_end(self) -> None:
+        """Once: the scheduler stepped after a step's checkpoint was written, before the loop's next
+        batch of the same epoch (PPO's annealing after an iteration's last update), so a resume
+        from it goes on a schedule step behind. Code after the batches loop runs again on a resume
+        (the epoch's end follows the last step's checkpoint again): not said for it."""
+        saved, self._schedule_at_save = self._schedule_at_save, None
+        monitor = self._monitor
+        if saved is None or self._said_changed_after or monitor.rank != 0 or self._epoch_done or \
+                not (monitor.in_batches or monitor.in_steps):
+            return
+        scheduler, position, epoch = saved
+        if scheduler is self.scheduler and epoch == monitor.state.epoch and _schedule(scheduler) != position:
+            self._said_changed_after = True
+            _log.warning("monitor: the lr scheduler stepped after step_end() wrote the checkpoint of step %d, before "
+                         "the loop's next batch: a run resumed from it goes on a schedule step behind (what a saved "
+                         "step does after its step_end is not run again); step the scheduler before "
+                         "monitor.step_end(...), or, at a validation there, before monitor.validation_end(...)",
                          self._last_saved[0] if self._last_saved else 0)
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
@@ -388,7 +408,7 @@ class Checkpoint(Callback):
             self._note_metric(state.metrics)
         if self.every_epochs and (state.epoch + 1) % self.every_epochs == 0:
             self._save(point=None)
-            self._saved_at_epoch_end = (self.scheduler, getattr(self.scheduler, "last_epoch", None),
+            self._saved_at_epoch_end = (self.scheduler, _schedule(self.scheduler),
                                        _plain_values(self._extras()))
         if self._stop_signal is not None:  # came after the epoch's last step, in its validation: saved with it
             self._stop_for_requeue(state)
@@ -624,11 +644,16 @@ class Checkpoint(Callback):
             monitor.sink.put(StepMark("rest_of_step", position))
             monitor.sink.sync()  # the mark on disk: a kill in the rest of the step keeps what reached the log
             self._continues_from = position
+            # Where a step's (not an epoch's) checkpoint left the schedule: the rest of the step is
+            # never run again by a resume, so a scheduler stepped in it is a step behind.
+            self._schedule_at_save = None if self._epoch_done else (self.scheduler, _schedule(self.scheduler),
+                                                                    state.epoch)
             monitor.at_next_batch(self._at_next_batch)
         return path
 
     def _at_next_batch(self) -> None:
         """Before the loop's next batch, step or epoch (or its end): the saved step's code is over."""
+        self._say_if_stepped_after_step_end()
         if self._continues_from is not None:
             self._monitor.sink.put(StepMark("continues", self._continues_from))
             self._continues_from = None
@@ -970,6 +995,14 @@ def _raised_in(error: BaseException, kind: type[E]) -> E | None:
 
 
 _said_together = False
+
+
+def _schedule(scheduler: Any) -> Any:
+    """Where a scheduler (or each of several) is: its ``last_epoch`` (a plateau's counts it too)."""
+    named = named_schedulers(scheduler)
+    if isinstance(named, Mapping):
+        return tuple(getattr(one, "last_epoch", None) for one in named.values())
+    return getattr(named, "last_epoch", None)
 
 
 def _say_resumed_together(first: Checkpoint, second: Checkpoint) -> None:
