@@ -337,6 +337,9 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
 @click.option("--sort", metavar="METRIC", help="Best first by METRIC's best value (window/trace, e.g. "
                                                "loss/validation), or in the order of an hparam (lr).")
 @MODE
+@click.option("--by", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="Which value of a metric --sort ranks by and --mean-over averages: its best, or its last (a "
+                   "noisy return's final one rather than its luckiest).")
 @click.option("--where", multiple=True, metavar="NAME=VALUE",
               help="Only runs with this hparam value, or one of several (lr=0.1,0.3), or status=crashed,pruned; "
                    "also NAME<VALUE, <=, >, >= (numbers) and != (repeatable: 'lr>=0.001' 'lr<0.1').")
@@ -352,7 +355,7 @@ MODE = click.option("--mode", type=click.Choice(["min", "max"]), default=None,
                    "metric's best as mean ± std over them (repeatable).")
 def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tuple[str, ...] = (),
               mode: str | None = None, metrics: int = 4, earlier: bool = False, over: tuple[str, ...] = (),
-              top: int | None = None, form: str = "table") -> None:
+              top: int | None = None, form: str = "table", by: str = "best") -> None:
     """One row per run under DIR (default runs/): status, steps, metrics (last and best), hparams."""
     from monitor.runs import COMPARISONS, check_metric, grouped_table, listed, selected, table, write_runs
 
@@ -384,13 +387,15 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
             raise click.BadParameter(str(exc), param_hint="--sort") from None
     if mode is not None and sort is None:
         raise click.UsageError("--mode says how --sort ranks: give --sort METRIC too")
+    if by != "best" and sort is None and not over:
+        raise click.UsageError("--by says what --sort ranks by and --mean-over averages: give either too")
     named = sorted({name for run in every for name in run.hparams})
     for hint, names in (("--where", [n for n, _ in conditions if n != "status"]), ("--mean-over", over)):
         unknown = [name for name in names if name not in named]
         if unknown and every:
             raise click.BadParameter(f"no run under {directory} has hparam {', '.join(map(repr, unknown))}; they "
                                      f"have {', '.join(named) or 'none'}", param_hint=hint)
-    found = selected(every, conditions, sort, mode)[:top]
+    found = selected(every, conditions, sort, mode, by)[:top]
     if form != "table":
         write_runs(found, sys.stdout, form, first=sort)
         return
@@ -400,7 +405,7 @@ def runs_list(directory: Path = Path("runs"), sort: str | None = None, where: tu
             ": it holds TensorBoard's event files, which the monitor does not read (a script writes runs "
             "here through `from monitor import SummaryWriter`)" if events else ""))
         return
-    click.echo(grouped_table(found, over, metrics, first=sort, mode=mode) if over else
+    click.echo(grouped_table(found, over, metrics, first=sort, mode=mode, by=by) if over else
                table(found, metrics, first=sort, mode=mode))
 
 

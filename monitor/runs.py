@@ -327,14 +327,15 @@ _MISSING = object()
 
 
 def selected(runs: list[Run], where: Mapping[str, str] | Iterable[tuple[str, str]] | None = None,
-             sort: str | None = None, mode: str | None = None) -> list[Run]:
+             sort: str | None = None, mode: str | None = None, by: str = "best") -> list[Run]:
     """The runs whose hparams match ``where`` (values compared as text, or as numbers when both
     are; ``"0.1,0.3"``: either; ``"<0.01"``, ``">=64"``, ``"!=adam"``: compared so, the order
     ones as numbers; pairs, to give a name twice; ``status``, unless an hparam, how the run
     ended), best first by metric ``sort`` (``window/trace``, by its best
     value; runs where it was never finite, a diverged trial's, next to last, runs without it
     last): lowest first with ``mode="min"``, highest with ``"max"``, by default as
-    :func:`best_is_lowest` guesses. A ``sort`` that is no run's metric but an hparam orders the
+    :func:`best_is_lowest` guesses (``by="last"``: by its last value instead, a noisy return's
+    final one rather than its luckiest). A ``sort`` that is no run's metric but an hparam orders the
     runs by it, lowest first (``mode="max"``: highest), numbers before text, runs without it last."""
     conditions = list(where.items() if isinstance(where, Mapping) else where or ())
 
@@ -355,7 +356,9 @@ def selected(runs: list[Run], where: Mapping[str, str] | Iterable[tuple[str, str
     if sort is not None:
         sign = 1.0 if best_mode(sort, mode) == "min" else -1.0
         def rank(run: Run) -> tuple:
-            best = run.best(sort, mode) if sort in run.metrics else math.nan
+            best = math.nan if sort not in run.metrics else run.metrics[sort][0] if by == "last" else \
+                run.best(sort, mode)
+            best = math.nan if best is None else best
             return sort not in run.metrics, not math.isfinite(best), sign * best if math.isfinite(best) else 0.0
 
         kept.sort(key=rank)
@@ -387,22 +390,24 @@ def table(runs: list[Run], metrics: int = 4, first: str | None = None, mode: str
 
 
 def grouped_table(runs: list[Run], over: Iterable[str], metrics: int = 4, first: str | None = None,
-                  mode: str | None = None) -> str:
+                  mode: str | None = None, by: str = "best") -> str:
     """One row per group of runs whose hparams differ only in those named ``over`` (a
     cross-validation's ``fold``, a ``seed``): how many, their envs, and each metric's best value
-    as the mean and standard deviation over them (as numpy's, ``ddof=0``), then the hparams."""
+    (``by="last"``: its last) as the mean and standard deviation over them (as numpy's,
+    ``ddof=0``), then the hparams."""
     over = set(over)
     groups: dict[str, list[Run]] = {}
     for run in runs:
         rest = {k: v for k, v in run.hparams.items() if k not in over}
         groups.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
     names = _shown_metrics(runs, metrics, first)
-    rows = [["runs", "envs"] + [f"{m} best: mean ± std" for m in names] + ["hparams"]]
+    rows = [["runs", "envs"] + [f"{m} {by}: mean ± std" for m in names] + ["hparams"]]
     for members in groups.values():
         cells = [str(len(members)), _cut(" ".join(run.env for run in members), 40)]
         for m in names:
-            values = [run.best(m, mode if m == first else None) for run in members if m in run.metrics]
-            values = [v for v in values if math.isfinite(v)]
+            values = [run.metrics[m][0] if by == "last" else run.best(m, mode if m == first else None)
+                      for run in members if m in run.metrics]
+            values = [v for v in values if v is not None and math.isfinite(v)]
             cells.append(f"{statistics.fmean(values):.4g} ± {statistics.pstdev(values):.2g} ({len(values)})"
                          if values else "-")
         cells.append(" ".join(f"{k}={v}" for k, v in members[0].hparams.items() if k not in over))

@@ -1277,6 +1277,26 @@ def test_a_cross_validation_s_folds_are_summed_up_as_mean_and_std_per_experiment
     assert wrong.exit_code == 2 and "no run under" in wrong.output and "has hparam 'folds'; they have fold, lr" in wrong.output
 
 
+def test_seeds_are_ranked_and_averaged_by_their_last_return_with_by_last(tmp_path, monkeypatch):
+    # PPO's seed 2 ranked first on one lucky spike of 187 though it ended at 138, below seed 1's 162
+    monkeypatch.setenv("VISDOM_PORT", "1")
+    for seed, returns in ((0, (153.3, 106.7)), (1, (150.0, 162.0)), (2, (187.3, 137.7))):
+        with Monitor([], env=f"ppo-seed{seed}", run_dir=tmp_path / f"ppo-seed{seed}", timeout=0.2) as monitor:
+            monitor.train_start(hparams={"seed": seed})
+            for x, value in enumerate(returns):
+                monitor.log.scalar("episode return", "train", 512 * (x + 1), value)
+    def envs(*options):
+        done = CliRunner().invoke(main, ["runs", str(tmp_path), "--sort", "episode return/train", *options])
+        assert done.exit_code == 0, done.output
+        return [line.split()[0] for line in done.output.splitlines()[1:]]
+    assert envs() == ["ppo-seed2", "ppo-seed1", "ppo-seed0"]  # by the best, higher first for a return
+    assert envs("--by", "last") == ["ppo-seed1", "ppo-seed2", "ppo-seed0"]
+    done = CliRunner().invoke(main, ["runs", str(tmp_path), "--mean-over", "seed", "--by", "last"])
+    assert "episode return/train last: mean ± std" in done.output.splitlines()[0] and "135.5 ± 23 (3)" in done.output
+    done = CliRunner().invoke(main, ["runs", str(tmp_path), "--by", "last"])
+    assert done.exit_code == 2 and "--by says what --sort ranks by" in done.output
+
+
 def test_the_validation_loss_comes_before_other_errors_in_the_default_columns(tmp_path, monkeypatch):
     # A forecaster's twelve horizon errors filled the columns, best lowest as a loss is: no loss/validation.
     from monitor.runs import table
