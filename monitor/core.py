@@ -662,6 +662,8 @@ class Monitor:
                                        f"filling, learning_starts) counts them itself, for global_step in "
                                        f"range(total), and calls the hooks at its updates")
                 self._resumable.begun += 1
+                if self.state.step_began is None and self._times_steps:  # its first step, a resumed run's: timed
+                    self.state.step_began = time.perf_counter()
                 yield self.state.step
         finally:
             self._in_steps = False

@@ -268,3 +268,23 @@ def test_a_run_resumed_in_the_middle_of_an_epoch_times_its_first_step(tmp_path):
     resumed = run()
     assert [x for x, _ in resumed.points("step time")["step"]] == [3, 4, 5, 6]  # from the checkpoint of step 2
     assert [x for x, _ in resumed.points("memory")["resident"]] == [3, 4, 5, 6]
+
+
+def test_a_steps_loop_times_its_first_step_and_a_resumed_run_s_first(tmp_path):
+    # PPO in monitor.steps: step time had no point for step 1, nor for the step each resume began at
+    from monitor import Checkpoint
+
+    def run(stop_at: int | None = None):
+        model = small_model()
+        monitor, sink = monitor_with(Timing(every=1), Checkpoint(tmp_path / "ckpt", every_steps=2, resume=True))
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1))
+        for update in monitor.steps(6):
+            monitor.step_end(loss=1.0)
+            if monitor.state.step == stop_at:
+                return sink  # killed here
+        monitor.close()
+        return sink
+
+    assert [x for x, _ in run(stop_at=3).points("step time")["step"]] == [1, 2, 3]
+    assert [x for x, _ in run().points("step time")["step"]] == [3, 4, 5, 6]  # from the checkpoint of step 2
+
