@@ -268,7 +268,9 @@ def test_a_second_job_on_a_live_job_s_checkpoint_folder_is_refused_before_it_tak
         _wait_for_step(process, 4)  # it holds its folder, a checkpoint is in it
         before = sorted((job.folder / "ckpt").glob("step-*.pt"))
         with pytest.raises(CheckpointWriteError, match=rf"directory must be used by one live run at a time, got "
-                                                       rf".*ckpt in use by pid {process.pid} "):
+                                                       rf".*ckpt in use by pid {process.pid} .*: this job's earlier "
+                                                       rf"run, still alive \(let it end, or kill it\), or another "
+                                                       rf"job's"):
             Monitor([Scalars(), Checkpoint(job.folder / "ckpt", resume=True)], env="another-sweep-point",
                     port=visdom_server.port, run_dir=tmp_path / "other")
         assert before and all(p.exists() for p in before)

@@ -860,7 +860,8 @@ class Checkpoint(Callback):
             holder = self._lock.take({}, take_over=True)  # held by this process already: a notebook cell run again
             if holder is not None:
                 raise CheckpointWriteError(f"directory must be used by one live run at a time, got {self.directory} "
-                                           f"in use by {holder}: give each job a folder of its own")
+                                           f"in use by {holder}: this job's earlier run, still alive (let it "
+                                           f"end, or kill it), or another job's (give each job a folder of its own)")
 
     def _claim_directory(self) -> None:
         self._lock_directory()
