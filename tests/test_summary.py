@@ -72,8 +72,19 @@ def test_the_summary_names_each_parameter_group_as_its_learning_rate_curve_with_
     monitor.train_start(model, optimizer)
     (pane,) = sink.of(Text, "summary")
     # weight_decay 0 is said beside another group's (AdamW's default is 0.01, not 0)
-    assert ("<td>AdamW (2 parameter groups: lora: 40 parameters, lr 0.001, weight_decay 0.01; head: 27, lr 0.0001, "
-            "weight_decay 0)</td>") in pane.html
+    assert ("<td>AdamW (2 parameter groups: lora: 40 parameters, base lr 0.001, weight_decay 0.01; head: 27, base lr "
+            "0.0001, weight_decay 0)</td>") in pane.html  # the schedule's base: its warm-up starts at 0
+
+
+def test_several_optimizers_are_each_summarised_with_the_parameters_they_hold():
+    # A 50k-word LM's SparseAdam for its embedding beside AdamW for the rest: which held what was unsaid
+    model = small_model()
+    dense = torch.optim.AdamW(model[3].parameters(), lr=3e-3)
+    sparse = torch.optim.SGD(model[0].parameters(), lr=1e-2)
+    monitor, sink = monitor_with(Summary())
+    monitor.train_start(model, {"dense": dense, "sparse": sparse})
+    assert "<td>dense: AdamW (27 parameters, lr 0.003, weight_decay 0.01), sparse: SGD (40 parameters, lr 0.01)</td>" in \
+        sink.of(Text, "summary")[0].html
 
 
 def test_the_summary_shows_momentum_and_betas_where_they_are_not_the_optimizer_s_defaults():

@@ -3,6 +3,7 @@ again at an epoch's end where what trains changed (a backbone unfrozen, a parame
 from __future__ import annotations
 
 import inspect
+import math
 import platform
 from html import escape
 from typing import Any, Mapping
@@ -151,7 +152,7 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
     if len(optimizers) == 1:
         facts.append(("optimizer", _described(next(iter(optimizers.values())))))
     elif optimizers:
-        facts.append(("optimizers", ", ".join(f"{name}: {_described(o)}" for name, o in optimizers.items())))
+        facts.append(("optimizers", ", ".join(f"{name}: {_described(o, sized=True)}" for name, o in optimizers.items())))
     if scaler is not None and scaler.is_enabled():  # what tells an fp16 run from its float32 twin
         facts.append(("mixed precision", _scaling(scaler)))
     _, world_size = rank_and_world_size()
@@ -178,10 +179,11 @@ def _scaling(scaler: Any) -> str:
             f"x{scaler.get_backoff_factor():g} at one)")
 
 
-def _described(optimizer: torch.optim.Optimizer) -> str:
+def _described(optimizer: torch.optim.Optimizer, sized: bool = False) -> str:
     """``AdamW (lr 0.001)``, or each group by the name of its learning-rate curve:
-    ``AdamW (2 parameter groups: lora: 2,048 parameters, lr 0.001; head: 130, lr 0.0001, weight_decay 0.01)``;
-    the lr a scheduler started from (a warm-up's first is less); a group's weight decay of 0 where
+    ``AdamW (2 parameter groups: lora: 2,048 parameters, lr 0.001; head: 130, lr 0.0001, weight_decay 0.01)``
+    (``sized``: one group's size too, beside other optimizers); the lr a scheduler started from,
+    ``base lr`` where the rate is elsewhere now (a warm-up's first is less); a group's weight decay of 0 where
     another's is not (a no-decay group), momentum and betas where not the class's defaults (a GAN's
     Adam, betas (0.5, 0.999))."""
     groups = optimizer.param_groups
@@ -193,7 +195,10 @@ def _described(optimizer: torch.optim.Optimizer) -> str:
         if isinstance(lr, torch.Tensor) and lr.is_cpu and lr.numel() == 1:  # a tensor lr, read as its float32 is
             lr = lr.item()  # (0.05, not 0.05000000074505806); a device's is shown as it is, not read
         decay, peak = group.get("weight_decay"), group.get("max_lr")  # OneCycleLR's: from lr up to max_lr
-        shown = f"lr {lr:g}" if isinstance(lr, (int, float)) else f"lr {lr}"
+        now = group.get("lr")  # a scheduler's base where it is not the rate now (a warm-up's start is less)
+        base = "base " if "initial_lr" in group and isinstance(now, (int, float)) and isinstance(lr, (int, float)) \
+            and not math.isclose(now, lr, rel_tol=1e-6) else ""
+        shown = f"{base}lr {lr:g}" if isinstance(lr, (int, float)) else f"lr {lr}"
         if isinstance(peak, (int, float)) and isinstance(lr, (int, float)) and peak != lr:
             shown += f" up to {peak:g}"
         if isinstance(decay, (int, float)) and (decay or len(decays) > 1):
@@ -204,8 +209,9 @@ def _described(optimizer: torch.optim.Optimizer) -> str:
                 shown += f", {key} {_plain(value)}"
         return shown
 
-    if len(groups) == 1:
-        return f"{type(optimizer).__name__} ({settings(groups[0])})"
+    if len(groups) == 1:  # sized: beside other optimizers, what each holds
+        size = f"{sum(p.numel() for p in groups[0]['params'] if not is_lazy(p)):,} parameters, " if sized else ""
+        return f"{type(optimizer).__name__} ({size}{settings(groups[0])})"
     parts = [f"{name}: {sum(p.numel() for p in group['params'] if not is_lazy(p)):,}"
              f"{' parameters' if i == 0 else ''}, {settings(group)}"
              for i, (name, group) in enumerate(zip(trace_names(groups), groups))]
