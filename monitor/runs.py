@@ -1099,7 +1099,7 @@ def write_runs(runs: list[Run], out: IO[str], form: str, first: str | None = Non
 
 def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> list[str]:
     """The metrics a table has room for: ``first``, then the curves of held-out data (what a sweep
-    is judged by), of training data, the rest (final metrics given with the hparams; one that
+    is judged by; a reinforcement learner's return or reward too), of training data, the rest (final metrics given with the hparams; one that
     only repeats a curve's last value, Summary's ``loss`` of ``loss/validation``, left out); in each, losses (a name with "loss" in it) first, then other errors, then the most common, by name."""
     seen: dict[str, int] = {}
     for run in runs:
@@ -1107,6 +1107,8 @@ def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> lis
             seen[name] = seen.get(name, 0) + 1
 
     def data(name: str) -> int:  # by the trace's last part, or the one before: "loss/val/clean" is held out
+        if any(word in name.lower().split("/")[0] for word in ("return", "reward")):  # RL's: what a run is judged by
+            return 0
         for split in name.lower().split("/")[:0:-1][:2]:
             if split in HELD_OUT or split in TRAINING:
                 return 0 if split in HELD_OUT else 1

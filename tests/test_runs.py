@@ -1281,9 +1281,10 @@ def test_seeds_are_ranked_and_averaged_by_their_last_return_with_by_last(tmp_pat
     # PPO's seed 2 ranked first on one lucky spike of 187 though it ended at 138, below seed 1's 162
     monkeypatch.setenv("VISDOM_PORT", "1")
     for seed, returns in ((0, (153.3, 106.7)), (1, (150.0, 162.0)), (2, (187.3, 137.7))):
-        with Monitor([], env=f"ppo-seed{seed}", run_dir=tmp_path / f"ppo-seed{seed}", timeout=0.2) as monitor:
+        with Monitor([Scalars()], env=f"ppo-seed{seed}", run_dir=tmp_path / f"ppo-seed{seed}", timeout=0.2) as monitor:
             monitor.train_start(hparams={"seed": seed})
             for x, value in enumerate(returns):
+                monitor.step_end(loss=1.0, metrics={"approx kl": 0.01})
                 monitor.log.scalar("episode return", "train", 512 * (x + 1), value)
     def envs(*options):
         done = CliRunner().invoke(main, ["runs", str(tmp_path), "--sort", "episode return/train", *options])
@@ -1295,6 +1296,8 @@ def test_seeds_are_ranked_and_averaged_by_their_last_return_with_by_last(tmp_pat
     assert "episode return/train last: mean ± std" in done.output.splitlines()[0] and "135.5 ± 23 (3)" in done.output
     done = CliRunner().invoke(main, ["runs", str(tmp_path), "--by", "last"])
     assert done.exit_code == 2 and "--by says what --sort ranks by" in done.output
+    done = CliRunner().invoke(main, ["runs", str(tmp_path), "--metrics", "1"])  # the return: RL's headline
+    assert "episode return/train last (best)" in done.output.splitlines()[0]
 
 
 def test_the_validation_loss_comes_before_other_errors_in_the_default_columns(tmp_path, monkeypatch):
