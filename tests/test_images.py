@@ -201,6 +201,21 @@ def test_a_3d_model_s_volumes_show_their_middle_slice_its_masks_too_said_once(ca
         "(4, 1, 16, 8, 8) (monitor.log.video shows them all)"]
 
 
+def test_a_3d_segmentation_s_label_volumes_as_targets_show_the_inputs_middle_slice_in_class_colours():
+    # Images(source="targets") took (N, D, H, W) labels for N x 16-channel images: colours by depth
+    from monitor.callbacks.images import class_colours
+    masks = torch.randint(0, 3, (4, 16, 8, 8))
+    volumes = torch.rand(4, 1, 16, 8, 8)
+    for given in (masks, masks[:, None]):  # as cross_entropy takes them, and with a channel
+        monitor, sink = monitor_with(Images(every=1, source="targets", count=2))
+        monitor.step_end(inputs=volumes, targets=given)
+        assert torch.equal(sink.of(ImageRecord, "targets")[0].pixels, class_colours(masks[:2, 8]))
+    monitor, sink = monitor_with(Images(every=1, source="targets", count=2))
+    maps = torch.randint(0, 3, (4, 8, 8))
+    monitor.step_end(inputs=torch.rand(4, 3, 8, 8), targets=maps)  # a 2-d segmentation's: as before
+    assert torch.equal(sink.of(ImageRecord, "targets")[0].pixels, class_colours(maps[:2]))
+
+
 def test_a_batch_of_three_grey_images_with_their_masks_stays_three_images():
     monitor, sink = monitor_with(Images(count=8))
     monitor.step_end(inputs=torch.rand(3, 28, 28), targets=torch.randint(0, 4, (3, 28, 28)))

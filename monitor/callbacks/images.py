@@ -138,8 +138,14 @@ class Images(Callback):
             self._show(log, state.step, images, self._caption(state, len(images)))
             return
         targets = state.targets
+        volumes = state.inputs if isinstance(state.inputs, torch.Tensor) and state.inputs.dim() == 5 else None
+        if volumes is not None and self.source == "targets" and isinstance(images, torch.Tensor) and \
+                images.dim() == 4 and _label_maps(images[:, 0]) and images.shape[1:] == volumes.shape[2:]:
+            images = images[:, images.shape[1] // 2]  # a 3-d segmentation's labels (N, D, H, W): the inputs' slice
         if isinstance(images, torch.Tensor) and images.dim() == 5:  # a volume's (N, C, D, H, W): its middle slice
             images, targets = self._middle_slice(images, targets)
+            if images.shape[1] == 1 and _label_maps(images[:, 0]):  # labels given as (N, 1, D, H, W): their colours
+                images = images[:, 0]
         if isinstance(images, torch.Tensor):
             if images.dim() == 2 and (images.dtype not in _IMAGE_INTEGERS and not images.is_floating_point()
                                       or _one_label_each(state.targets, images.shape[0])
