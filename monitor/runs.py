@@ -104,7 +104,8 @@ def best_is_lowest(metric: str) -> bool:
 
 
 # Losses and errors, in English and as Chinese, Japanese and Korean write them (损失 loss, 误差 error, ...).
-_LOWEST_BEST = ("loss", "error", "perplexity", "mse", "mae", "neg_elbo", "cross_entropy", "crossentropy", "损失",
+_LOWEST_BEST = ("loss", "error", "perplexity", "mse", "mae", "neg_elbo", "cross_entropy", "crossentropy", "hausdorff",
+                "false_pos", "false_neg", "损失",
                 "误差", "错误", "困惑度", "損失", "誤差", "손실", "오차", "오류")
 # ... and those named in short, as words of the name (top1_err, val/nll, fid): not inside others (precision)
 _LOWEST_WORDS = frozenset(("err", "nll", "wer", "cer", "ppl", "rmse", "fid", "kid", "ece", "kl", "bpd", "bpc",
@@ -120,7 +121,9 @@ _LOWEST_WORDS = frozenset(("err", "nll", "wer", "cer", "ppl", "rmse", "fid", "ki
                            "l1", "l2", "linf", "residual", "drift", "misfit", "rmsd", "chi2", "divergence",
                            "violation", "cost", "penalty",
                            # a GAN's: WGAN-GP's gradient penalty, its critic's estimate of the distance
-                           "gp", "wasserstein", "emd"))
+                           "gp", "wasserstein", "emd",
+                           # a segmentation's surface distances (HD95, ASSD), a detector's or verifier's false rates
+                           "hd", "hd95", "assd", "asd", "msd", "ravd", "fpr", "fnr", "eer", "fp", "fn"))
 # Scores, by name, best highest: a name in neither list is ranked highest best on a guess.
 _HIGHEST_BEST = ("acc", "precision", "recall", "score", "reward", "return", "similarity", "correlation",
                  "likelihood", "elbo", "准确率", "正解率", "精度", "召回")

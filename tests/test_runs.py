@@ -103,9 +103,10 @@ def test_losses_and_errors_are_best_lowest_in_the_languages_users_name_them():
               "bits/dim", "bits_per_dim", "nelbo", "neg_elbo", "recon",  # a generative model's
               "rel_l2", "energy_drift", "residual", "chi2", "rmsd",  # a scientist's
               "gp", "loss_gp", "wasserstein",  # a WGAN-GP's
-              "brier", "brier_score", "rmsle", "cross_entropy", "bce", "deviance", "median_ae", "ce"]  # tabular's
+              "brier", "brier_score", "rmsle", "cross_entropy", "bce", "deviance", "median_ae", "ce",  # tabular's
+              "hd95", "hausdorff95", "hausdorff", "assd", "asd/tumour", "ravd", "fpr", "eer", "false_positives"]
     highest = ["accuracy", "准确率", "f1", "正解率", "precision", "recall", "episodic_return", "bleu", "auc",
-               "map", "mAP@0.5", "elbo", "r2", "dice"]  # a detector's mean average precision; the ELBO itself
+               "map", "mAP@0.5", "elbo", "r2", "dice", "mean_dice", "fps", "fp16_accuracy"]  # a detector's mean average precision; the ELBO itself
     assert [best_mode(name) for name in lowest + highest] == ["min"] * len(lowest) + ["max"] * len(highest)
 
 
