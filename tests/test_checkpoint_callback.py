@@ -657,10 +657,14 @@ def test_a_gan_s_optimizer_outside_the_model_is_reported_and_a_read_only_folder_
     # A meta-learned rate in a group of its own: named; kept through extras=, nothing to say
     model, inner_lr = torch.nn.Linear(2, 2), torch.nn.Parameter(torch.tensor(0.1))
     optimizer = torch.optim.Adam([{"params": model.parameters()}, {"params": [inner_lr], "name": "inner_lr"}])
-    for extras, said in ((None, ["monitor: optimizer Adam's group 'inner_lr' updates parameters outside the model"]),
-                         (lambda: {"inner_lr": inner_lr, "best": 0.5}, [])):
+    rates = torch.nn.ParameterDict({"fc": inner_lr})
+    for n, (extras, said) in enumerate((
+            (None, ["monitor: optimizer Adam's group 'inner_lr' updates parameters outside the model"]),
+            (lambda: {"inner_lr": inner_lr, "best": 0.5}, []),
+            (lambda: {"inner_lrs": rates.state_dict()}, []),  # MAML's: as README keeps an EMA, was said all the same
+            (lambda: {"meta": [{"fc": inner_lr.detach()}]}, []))):
         caplog.clear()
-        monitor = Monitor([Checkpoint(tmp_path / f"meta-{bool(extras)}", every_steps=1, extras=extras)],
+        monitor = Monitor([Checkpoint(tmp_path / f"meta-{n}", every_steps=1, extras=extras)],
                           sink=NullSink(), raise_errors=True)
         with caplog.at_level("WARNING", logger="monitor"):
             monitor.train_start(model, optimizer)

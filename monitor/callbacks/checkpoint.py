@@ -493,12 +493,14 @@ class Checkpoint(Callback):
         """Warns of state the loop has and no checkpoint will hold: a GAN's ``train_start(G, {"G":
         opt_g, "D": opt_d})`` (D's weights), a scheduler the Checkpoint was not given."""
         if state.model is not None:
-            held = {id(p) for p in state.model.parameters()} | {id(t) for t in self._extra_tensors()}
+            kept = self._extra_tensors()
+            held = {id(p) for p in state.model.parameters()} | {id(t) for t in kept}
+            copied = {_place(t) for t in kept}  # a state_dict()'s detached tensors: the parameters' own memory
             outside = []
             for name, optimizer in state.optimizers.items():
                 groups = [repr(group["name"]) if group.get("name") else str(i)
                           for i, group in enumerate(optimizer.param_groups)
-                          if any(id(p) not in held for p in group["params"])]
+                          if any(id(p) not in held and _place(p) not in copied for p in group["params"])]
                 if groups:
                     outside.append(f"optimizer {name}" if len(groups) == len(optimizer.param_groups) else
                                    f"optimizer {name}'s group{'s' if len(groups) > 1 else ''} {', '.join(groups)}")
@@ -711,13 +713,22 @@ class Checkpoint(Callback):
             self._point()
 
     def _extra_tensors(self) -> list[Any]:
-        """The tensors ``extras()`` returns now, at its top level (a learned loss weight kept so)."""
+        """The tensors ``extras()`` returns now, in it or its dicts and lists (a learned loss weight,
+        a ``state_dict()`` of learned inner rates)."""
         try:
             extras = self.extras() if self.extras is not None else {}
         except Exception:  # not ready before the first step: it says so when a checkpoint is saved
             return []
-        return [value for value in extras.values() if isinstance(value, torch.Tensor)] \
-            if isinstance(extras, Mapping) else []
+        found, pending = [], [extras] if isinstance(extras, Mapping) else []
+        while pending:
+            value = pending.pop()
+            if isinstance(value, torch.Tensor):
+                found.append(value)
+            elif isinstance(value, Mapping):
+                pending.extend(value.values())
+            elif isinstance(value, (list, tuple)):
+                pending.extend(value)
+        return found
 
     def _check_extras(self) -> None:
         """What ``extras()`` returns at train_start, checked as a save would (a save may be far off:
@@ -996,6 +1007,14 @@ def _raised_in(error: BaseException, kind: type[E]) -> E | None:
 
 
 _said_together = False
+
+
+def _place(tensor: torch.Tensor) -> tuple:
+    """Where a tensor's values are (a detached copy's are its parameter's), or its id if it has none yet."""
+    try:
+        return tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.dtype
+    except RuntimeError:  # a lazy parameter: no memory yet
+        return (id(tensor),)
 
 
 def _schedule(scheduler: Any) -> Any:
