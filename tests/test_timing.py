@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from monitor import Callback, Monitor, Timing
+from monitor.records import Layout
 from helpers.devices import DEVICES, never_synchronizing
 from helpers.monitors import monitor_with, small_model
 
@@ -86,6 +87,7 @@ def test_without_the_loader_wrapper_or_inputs_there_is_no_data_wait_and_steps_pe
     assert set(sink.points("step time")) == {"step"}
     assert [x for x, _ in sink.points("step time")["step"]] == [3, 5]
     assert set(sink.points("throughput")) == {"steps"}
+    assert [r.opts["ylabel"] for r in sink.of(Layout, "throughput")][-1] == "steps per second"  # was samples
     with pytest.raises(ValueError, match="every must be"):
         Timing(every=0)
 

@@ -62,6 +62,7 @@ class Timing(Callback):
         self._steps = self._waits = self._samples = 0
         self._seconds = self._waited = 0.0
         self._drawn = [0, 0]  # the batches monitor.batches drew since the last step_end, and their samples
+        self._steps_axis = False  # whether the throughput's axis was said to be steps per second
 
     def on_train_start(self, state: LoopState, log: Log) -> None:
         self._drawn = [0, 0]
@@ -142,6 +143,9 @@ class Timing(Callback):
         elif previous is not None:  # this step alone
             log.vector("step time", step, ("device",), lambda: [_elapsed_ms(previous, event)])
         trace = self.unit if samples else "steps"
+        if not samples and not self._steps_axis:  # a loop with no batches to count (a monitor.steps one)
+            self._steps_axis = True
+            log.window("throughput", ylabel="steps per second")
         log.scalar("throughput", trace, step, (samples or steps) / seconds if seconds > 0 else float("nan"))
         device = self._device
         log.vector("memory", step, _MEMORY_TRACES[device is not None], lambda: _memory_mb(device))
