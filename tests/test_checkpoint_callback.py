@@ -163,7 +163,9 @@ def test_extras_that_are_not_tensors_or_primitives_are_refused_at_train_start_or
         monitor.train_start(parts.model, parts.optimizer)  # not at the first save, 250 steps on
     # What an RL loop keeps: each refused with what to keep instead
     for value, hint in ((np.zeros(3), r"keep torch.from_numpy\(array\)"), (collections.deque([1]), r"keep list\(queue\)"),
-                        (np.random.default_rng(0), "keep generator.bit_generator.state")):
+                        (np.random.default_rng(0), "keep generator.bit_generator.state"),
+                        (torch.Generator(), r"keep generator.get_state\(\)"),  # a task sampler's own
+                        (torch.optim.swa_utils.AveragedModel(torch.nn.Linear(2, 2)), r"keep its state_dict\(\)")):
         monitor = Monitor([Checkpoint(tmp_path / "rl", extras=lambda: {"buffer": value})], sink=NullSink())
         with pytest.raises(CheckpointWriteError, match=rf"extras cannot be saved: .*\['buffer'\] .*{hint}"):
             monitor.train_start(parts.model, parts.optimizer)

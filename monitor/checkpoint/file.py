@@ -289,7 +289,9 @@ def plain_value(value: Any, where: str) -> Any:
         copied.update(items)
         return copied
     name = f"{kind.__module__}.{kind.__qualname__}"
-    hint = _AS_PLAIN.get(name)
+    hint = _AS_PLAIN.get(name) or (  # a module (an EMA's AveragedModel), an optimizer, a scheduler
+        "its state_dict(), and load_state_dict(state) at the resume" if callable(getattr(value, "state_dict", None))
+        else None)
     raise TypeError(f"{where} must hold only tensors and primitives (so the checkpoint loads with "
                     f"weights_only=True), got {name}" + (f": keep {hint}" if hint else ""))
 
@@ -300,4 +302,5 @@ _AS_PLAIN = {
     "collections.deque": "list(queue), and deque(items, maxlen=...) at the resume",
     "numpy.random._generator.Generator": "generator.bit_generator.state, and set it back at the resume",
     "random.Random": "rng.getstate(), and rng.setstate(state) at the resume",
+    "torch._C.Generator": "generator.get_state(), and generator.set_state(state) at the resume",
 }
