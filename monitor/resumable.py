@@ -273,10 +273,14 @@ class Batches:
 
     def __next__(self) -> Any:
         if self._iterator is None:
-            try:
-                len(self)  # counted before the first batch: drawing it moves what the count reads
-            except Exception:  # a loader of no length (a stream, a generator): len() says so when asked
-                pass
+            # Counted before the first batch, drawing which moves what the count reads; not for a
+            # stream (a DataLoader asked its IterableDataset's length warns when more comes).
+            if hasattr(self._loader, "__len__") and \
+                    not isinstance(getattr(self._loader, "dataset", None), torch.utils.data.IterableDataset):
+                try:
+                    len(self)
+                except Exception:  # noqa: BLE001 - len() says so when asked
+                    pass
             self._iterator = self._resumable.iterate(self._monitor, self._loader)
         return next(self._iterator)
 

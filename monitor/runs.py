@@ -1102,8 +1102,10 @@ def write_runs(runs: list[Run], out: IO[str], form: str, first: str | None = Non
 
 def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> list[str]:
     """The metrics a table has room for: ``first``, then the curves of held-out data (what a sweep
-    is judged by; a reinforcement learner's return or reward too), of training data, the rest (final metrics given with the hparams; one that
-    only repeats a curve's last value, Summary's ``loss`` of ``loss/validation``, left out); in each, losses (a name with "loss" in it) first, then other errors, then the most common, by name."""
+    is judged by; a reinforcement learner's return or reward too), of training data, the rest
+    (final metrics given with the hparams; one that only repeats a curve's last value, Summary's
+    ``loss`` of ``loss/validation``, left out); in each, losses (a name with "loss" in it) first,
+    then other errors, then the most common, by name."""
     seen: dict[str, int] = {}
     for run in runs:
         for name in run.metrics:
@@ -1117,7 +1119,7 @@ def _shown_metrics(runs: list[Run], count: int, first: str | None = None) -> lis
                 return 0 if split in HELD_OUT else 1
         return 2
 
-    def repeated(name: str) -> bool:  # a final metric that is a curve's last value in every run ("loss": "loss/validation"'s)
+    def repeated(name: str) -> bool:  # a final metric that is a curve's last value in every run (Summary's loss)
         return all(any(other.startswith(f"{name}/") and run.metrics[other][0] == run.metrics[name][0]
                        for other in run.metrics) for run in runs if name in run.metrics)
 

@@ -312,3 +312,15 @@ def test_monitor_batches_has_the_length_of_the_batches_it_gives_for_a_progress_b
     with pytest.raises(TypeError):
         len(stream)
     assert list(stream) == [0, 1, 2]
+
+    class Shards(torch.utils.data.IterableDataset):  # a stream whose length is a guess (a DDP shard's)
+        def __iter__(self):
+            return iter(range(3))
+
+        def __len__(self):
+            return 2
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked its length unbidden, the DataLoader warns when more comes
+        assert [x for x in monitor.batches(torch.utils.data.DataLoader(Shards(), batch_size=None))] == [0, 1, 2]

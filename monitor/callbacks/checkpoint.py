@@ -1033,5 +1033,5 @@ def _say_resumed_together(first: Checkpoint, second: Checkpoint) -> None:
                  "%d, env %r from step %d): each puts back the process's random state, the last one's wins, and a "
                  "kill between their saves leaves them at different points of the loop; keep every model and "
                  "optimizer of one loop in one Monitor, train_start(nn.ModuleDict({...}), {name: optimizer, ...}), "
-                 "for them to be saved and resumed together", getattr(first._monitor.sink, "env", "?"), first.start.step,
-                 getattr(second._monitor.sink, "env", "?"), second.start.step)
+                 "for them to be saved and resumed together", getattr(first._monitor.sink, "env", "?"),
+                 first.start.step, getattr(second._monitor.sink, "env", "?"), second.start.step)

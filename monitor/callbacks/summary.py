@@ -152,7 +152,8 @@ def _summary_html(model: torch.nn.Module | None, optimizers: Mapping[str, torch.
     if len(optimizers) == 1:
         facts.append(("optimizer", _described(next(iter(optimizers.values())))))
     elif optimizers:
-        facts.append(("optimizers", ", ".join(f"{name}: {_described(o, sized=True)}" for name, o in optimizers.items())))
+        facts.append(("optimizers", ", ".join(f"{name}: {_described(o, sized=True)}"
+                                              for name, o in optimizers.items())))
     if scaler is not None and scaler.is_enabled():  # what tells an fp16 run from its float32 twin
         facts.append(("mixed precision", _scaling(scaler)))
     _, world_size = rank_and_world_size()
