@@ -25,7 +25,7 @@ import torch
 from monitor import checks
 from monitor.distributed import label_ranks, rank_and_world_size, warn_before_init
 from monitor.amp import scaler_near
-from monitor.log import Log, NullSink, Sink
+from monitor.log import Log, NullSink, Sink, close_together
 from monitor.models import unwrap_model
 from monitor.records import RunEnd, ending_of, exit_error, interactive
 from monitor.reports import Reports
@@ -989,21 +989,8 @@ def _close_unclosed() -> None:
         if not monitor._failed:  # how the script ended, if an exception did
             monitor._ending = ending_of(_how_it_ended(monitor))
         monitor._put_end()
-    # Closed together: each may wait on a slow dashboard, and a process of many (a Monitor per
-    # model, per trial) would wait that long for each in turn.
-    closing = [threading.Thread(target=_close_quietly, args=(monitor.sink,), name="monitor-close-at-exit")
-               for monitor in monitors]
-    for thread in closing:
-        thread.start()
-    for thread in closing:
-        thread.join()
-
-
-def _close_quietly(sink: Sink) -> None:
-    try:
-        sink.close(timeout=2.0)  # no train_end: the loop may have stopped half-way through a step
-    except Exception:  # the interpreter is going: nothing to raise into
-        pass
+    # No train_end: the loop may have stopped half-way through a step.
+    close_together([monitor.sink for monitor in monitors], timeout=2.0)
 
 
 def _check_metrics(metrics: Any) -> None:

@@ -41,6 +41,7 @@ from monitor.env_claims import take
 from monitor.rundir import RunDir, RunInUseError
 from monitor.entries import encode, header, resumes_at, windows_after
 from monitor.imagestore import ImageStore
+from monitor.log import close_together
 from monitor.runlog import RunLog
 from monitor.windows import Backwards, Windows
 
@@ -583,9 +584,4 @@ def replace_earlier(run_dir: Path, rewind_to: int | None = None, continues: str 
 @atexit.register
 def _close_open_sinks() -> None:
     """A run that forgot close() still gets its last records into the run log and, briefly, sent."""
-    closing = [threading.Thread(target=sink.close, kwargs={"timeout": 2.0}, name="monitor-close-at-exit")
-               for sink in list(open_sinks)]  # together: each may wait on a slow dashboard
-    for thread in closing:
-        thread.start()
-    for thread in closing:
-        thread.join()
+    close_together(list(open_sinks), timeout=2.0)

@@ -182,20 +182,19 @@ class GradNorms(Callback):
                 grads = [g for g in grads if g is not None]
                 break
         suffix = "" if name is None else f" {name}"
-        if not indices and name is not None and not self._said_no_gradients:
-            self._said_no_gradients = True  # a client's copy of the model, trained beside it
-            _log.warning("monitor: GradNorms: optimizer %r updates none of the model's parameters, nothing to plot in "
-                         "window 'grad norm%s' (nor for any other optimizer like it): give train_start the module "
-                         "that holds the parameters each optimizer updates, e.g. nn.ModuleDict({'global': net, "
-                         "'client0': client_0, ...})", name, suffix)
         if not grads and not self._said_no_gradients:
             self._said_no_gradients = True
-            _log.warning("monitor: GradNorms found no gradient on the model's parameters at after_backward "
-                         "(step %d), nothing to plot in window 'grad norm%s': call after_backward after "
-                         "loss.backward() and before optimizer.zero_grad(), for the model whose parameters the "
-                         "optimizer updates (a loop that trains copies of them, as with torch.func.functional_call, "
-                         "has none)",
-                         state.step, suffix)
+            if not indices and name is not None:  # a client's copy of the model, trained beside it
+                _log.warning("monitor: GradNorms: optimizer %r updates none of the model's parameters, nothing to plot "
+                             "in window 'grad norm%s' (nor for any other optimizer like it): give train_start the "
+                             "module that holds the parameters each optimizer updates, e.g. nn.ModuleDict({'global': "
+                             "net, 'client0': client_0, ...})", name, suffix)
+            else:
+                _log.warning("monitor: GradNorms found no gradient on the model's parameters at after_backward "
+                             "(step %d), nothing to plot in window 'grad norm%s': call after_backward after "
+                             "loss.backward() and before optimizer.zero_grad(), for the model whose parameters the "
+                             "optimizer updates (a loop that trains copies of them, as with "
+                             "torch.func.functional_call, has none)", state.step, suffix)
         if grads:
             optimizers = state.optimizers.values() if name is None else (state.optimizers[name],)
             scale = scale_of(state.scaler, optimizers) if state.scaler is not None else None

@@ -93,9 +93,9 @@ class Summary(Callback):
     def _write(self, state: LoopState, log: Log, head: str = "") -> None:
         model = unwrap_model(state.model) if state.model is not None else None  # the model, not its DDP wrapper
         self._shown = _trained(state)
+        compiled = compiled_parts(state.model) if state.model is not None else None
         log.text(WINDOW, state.step, head + _summary_html(model, state.optimizers, {**self.hparams, **state.hparams},
-                                                          state.scaler, compiled_parts(state.model) if model else {}),
-                 html=True)
+                                                          state.scaler, compiled), html=True)
 
     def on_train_end(self, state: LoopState, log: Log) -> None:
         hparams = {**self.hparams, **state.hparams}
