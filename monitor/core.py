@@ -25,7 +25,7 @@ import torch
 from monitor import checks
 from monitor.distributed import label_ranks, rank_and_world_size, warn_before_init
 from monitor.amp import scaler_near
-from monitor.log import Log, NullSink, Sink, close_together
+from monitor.log import Log, NullSink, Sink
 from monitor.models import unwrap_model
 from monitor.records import RunEnd, ending_of, exit_error, interactive
 from monitor.reports import Reports
@@ -989,6 +989,8 @@ def _close_unclosed() -> None:
         if not monitor._failed:  # how the script ended, if an exception did
             monitor._ending = ending_of(_how_it_ended(monitor))
         monitor._put_end()
+    from monitor.sink import close_together  # imported by now: its exit hook runs after this one
+
     # No train_end: the loop may have stopped half-way through a step.
     close_together([monitor.sink for monitor in monitors], timeout=2.0)
 

@@ -10,7 +10,6 @@ import collections
 import logging
 import math
 import numbers
-import threading
 from collections.abc import Mapping
 from html import escape
 from typing import Any, Callable, Protocol, Sequence, runtime_checkable
@@ -62,23 +61,6 @@ class NullSink:
 
     def close(self, timeout: float | None = 10.0) -> bool:
         return True
-
-
-def close_together(sinks: Sequence[Sink], timeout: float) -> None:
-    """Closes ``sinks`` at once, each in a thread, at the interpreter's exit: each may wait on a
-    slow dashboard, and a process of many (a Monitor per model, per trial) would wait that long
-    for each in turn. An error has nothing to be raised into: the interpreter is going."""
-    def close(sink: Sink) -> None:
-        try:
-            sink.close(timeout=timeout)
-        except Exception:  # noqa: BLE001
-            pass
-
-    closing = [threading.Thread(target=close, args=(sink,), name="monitor-close-at-exit") for sink in sinks]
-    for thread in closing:
-        thread.start()
-    for thread in closing:
-        thread.join()
 
 
 MOST_PIXELS = 2048 * 2048  # in one grid: a batch with more is shrunk, each image alike, before it is logged

@@ -41,7 +41,6 @@ from monitor.env_claims import take
 from monitor.rundir import RunDir, RunInUseError
 from monitor.entries import encode, header, resumes_at, windows_after
 from monitor.imagestore import ImageStore
-from monitor.log import close_together
 from monitor.runlog import RunLog
 from monitor.windows import Backwards, Windows
 
@@ -579,6 +578,23 @@ def replace_earlier(run_dir: Path, rewind_to: int | None = None, continues: str 
             other.replaced = "continued" if rewind_to is not None else "set aside"
             other.close(timeout=2.0)
             other._join(5.0)  # its last request (at most the close's 2 s) and the folder's lock
+
+
+def close_together(sinks: list[Any], timeout: float) -> None:
+    """Closes ``sinks`` at once, each in a thread, at the interpreter's exit: each may wait on a
+    slow dashboard, and a process of many (a Monitor per model, per trial) would wait that long
+    for each in turn. An error has nothing to be raised into: the interpreter is going."""
+    def close(sink: Any) -> None:
+        try:
+            sink.close(timeout=timeout)
+        except Exception:  # noqa: BLE001
+            pass
+
+    closing = [threading.Thread(target=close, args=(sink,), name="monitor-close-at-exit") for sink in sinks]
+    for thread in closing:
+        thread.start()
+    for thread in closing:
+        thread.join()
 
 
 @atexit.register
