@@ -183,13 +183,13 @@ class Log:
                 values = values.clone()  # a third of the cost of .to(..., copy=True) here
         self.sink.put(Points(self._name("window", window), _x(x), self._traces(traces), values))
 
-    def images(self, window: str, x: float, images: torch.Tensor,
+    def images(self, window: str, x: float, images: torch.Tensor | np.ndarray,
                captions: Sequence[str] | None = None, *, value_range: tuple[float, float] | None = None,
                columns: int | None = None) -> None:
-        """A grid of ``images``: NCHW, CHW, NHW or HW; 1 or 3 channels (NCHW also 4: RGBA, laid
-        over white as TensorBoard's PNG shows on a page); any float, uint8 or bool range; or a
-        list of CHW or HW images of their own sizes (a detection batch), each padded with zeros
-        to the largest.
+        """A grid of ``images``, a tensor or numpy array: NCHW, CHW, NHW or HW; 1 or 3 channels
+        (NCHW also 4: RGBA, laid over white as TensorBoard's PNG shows on a page); any float,
+        uint8 or bool range; or a list of CHW or HW images of their own sizes (a detection
+        batch), each padded with zeros to the largest.
         Channels last (NHWC, HWC: a numpy or PIL image) are taken where the channels can only be
         the last dim (``channels_first``).
 
@@ -449,11 +449,13 @@ def _bins(bins: Any) -> int | torch.Tensor:
 
 
 def _as_nchw(images: Any) -> torch.Tensor:
-    if isinstance(images, (list, tuple)) and images and all(isinstance(i, torch.Tensor) for i in images):
+    if isinstance(images, (list, tuple)) and images and all(_is_image(i) for i in images):
         return _padded([_as_nchw(image) for image in images])
+    if not isinstance(images, torch.Tensor) and hasattr(images, "__array_interface__"):
+        images = _from_array(images)  # a numpy array (librosa's spectrogram) or a PIL image
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor (NCHW, CHW, NHW or HW) or a list of images (CHW or HW, "
-                        f"of any sizes), got {type(images).__name__}")
+        raise TypeError(f"images must be a torch.Tensor or numpy array (NCHW, CHW, NHW or HW) or a list of images "
+                        f"(CHW or HW, of any sizes), got {type(images).__name__}")
     if images.dtype is not torch.bool:  # a mask: black and white
         checks.real_tensor("images", images)
     shape = tuple(images.shape)
@@ -470,6 +472,20 @@ def _as_nchw(images: Any) -> torch.Tensor:
         raise ValueError(f"images must have 1 or 3 channels (NCHW also 4, RGBA; NHWC and HWC as well, the "
                          f"channels last) and a non-empty batch, got shape {shape}")
     return images
+
+
+def _is_image(value: Any) -> bool:
+    return isinstance(value, torch.Tensor) or hasattr(value, "__array_interface__")
+
+
+def _from_array(images: Any) -> Any:
+    """A numpy array or PIL image as a tensor of its own (the array may change after the call);
+    left as it is where torch has no dtype for it, for the TypeError to name."""
+    array = np.array(images)
+    try:
+        return torch.from_numpy(array)
+    except TypeError:
+        return array
 
 
 def _padded(batches: list[torch.Tensor]) -> torch.Tensor:

@@ -359,6 +359,25 @@ def test_the_image_grid_arrives_with_its_captions(visdom_server, read_window_raw
     assert png == encode_grid(x[:4], [names[i] for i in y[:4].tolist()], heading="step 1")
 
 
+def test_a_numpy_spectrogram_and_a_pil_image_arrive_as_the_same_tensors_would(visdom_server, read_window_raw,
+                                                                               tmp_path):
+    # librosa's mel_db is a numpy array; a dataset without ToTensor hands PIL images (HWC).
+    from PIL import Image
+    mel_db = np.linspace(-80, 0, 40 * 30, dtype=np.float32).reshape(40, 30)
+    as_tensor = torch.from_numpy(mel_db.copy())
+    photo = Image.fromarray(np.arange(5 * 6 * 3, dtype=np.uint8).reshape(5, 6, 3))
+    with live_monitor(visdom_server, "live-arrays", tmp_path) as monitor:
+        monitor.log.images("spectrogram", 1, mel_db, value_range=(-80, 0))
+        mel_db[:] = 0  # the loop's buffer, used again: the grid keeps the values of the call
+        monitor.log.images("spectrogram tensor", 1, as_tensor, value_range=(-80, 0))
+        monitor.log.images("photo", 1, photo)
+        monitor.log.images("photo tensor", 1, torch.from_numpy(np.array(photo)).permute(2, 0, 1))
+        assert monitor.flush(timeout=10)
+    for window in ("spectrogram", "photo"):
+        assert shown_grid(read_window_raw(visdom_server, "live-arrays", window)) == \
+            shown_grid(read_window_raw(visdom_server, "live-arrays", f"{window} tensor"))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 def test_a_grid_of_more_than_the_most_pixels_is_shrunk_before_it_is_copied_and_a_big_figure_is_not(dtype):
     from monitor.log import MOST_PIXELS
