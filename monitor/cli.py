@@ -187,7 +187,8 @@ def checkpoints() -> None:
 @checkpoints.command("list")
 @click.argument("directory", type=click.Path(path_type=Path), metavar="DIR")
 def checkpoints_list(directory: Path) -> None:
-    """List the checkpoints in DIR: step, epoch, metric, size, time, and which are latest/best/last."""
+    """List the checkpoints in DIR: step, epoch, metric, size, time, and which are latest/best/last
+    or kept for good (Guard's last good step before a divergence)."""
     import time
 
     from monitor.checkpoint.listing import list_checkpoints
@@ -204,7 +205,7 @@ def checkpoints_list(directory: Path) -> None:
         metric = f"{info.metric_name}={info.metric:.6g}" if info.metric is not None else "-"
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.time)) if info.time else "-"
         kept = [w for w, on in (("latest", info.latest), (f"best #{info.best_rank}", info.best_rank),
-                                ("last", info.last)) if on]
+                                ("last", info.last), (f"kept: {info.kept}", info.kept)) if on]
         epoch = "-" if info.epoch is None else info.epoch
         click.echo(f"{info.path.name:<20} {info.step:>8} {epoch:>5} {padded(metric, 18, right=True)} {info.size:>10,}  "
                    f"{when:<19}  "

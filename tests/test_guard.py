@@ -7,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from click.testing import CliRunner
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from monitor import Checkpoint, Guard, Monitor, Scalars, TrainingDiverged
+from monitor.cli import main
 from monitor.log import NullSink
 from helpers.devices import DEVICES
 
@@ -81,6 +83,9 @@ def test_the_last_good_checkpoint_survives_later_pruning(tmp_path, caplog):
     files = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*.pt"))
     assert files == ["step-000000030.pt", "step-000000060.pt"]
     assert sum("Guard: the loss is nan at step 37" in r.getMessage() for r in caplog.records) == 1
+    listed = CliRunner().invoke(main, ["checkpoints", "list", str(tmp_path / "checkpoints")]).output
+    kept_line = next(line for line in listed.splitlines() if line.startswith("step-000000030.pt"))
+    assert kept_line.endswith("kept: last good step before step 37")  # not "-", which reads as prunable
 
 
 def test_a_nan_at_a_saving_step_keeps_the_checkpoint_before_it(tmp_path):

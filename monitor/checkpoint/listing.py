@@ -27,6 +27,7 @@ class CheckpointInfo:
     best_rank: int | None  # 1 for the best
     last: bool
     problem: str | None = None
+    kept: str | None = None  # why it is kept for good, e.g. Guard's "last good step before step 16"
 
 
 def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
@@ -42,6 +43,7 @@ def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
     manifest = read_manifest(directory) or {}
     best, last = list(manifest.get("best") or []), list(manifest.get("last") or [])
     ranked = ranked_later(manifest)
+    kept = {r.get("file"): r["kept"] for r in manifest.get("checkpoints") or [] if isinstance(r, dict) and r.get("kept")}
     infos = []
     for path in checkpoint_files(directory):
         step = int(path.name[len("step-"):-len(".pt")])
@@ -60,7 +62,7 @@ def list_checkpoints(directory: str | Path) -> list[CheckpointInfo]:
         infos.append(CheckpointInfo(path, step, epoch, name, value, size, when,
                                     manifest.get("latest") == path.name,
                                     best.index(path.name) + 1 if path.name in best else None,
-                                    path.name in last, problem))
+                                    path.name in last, problem, kept.get(path.name)))
     return infos
 
 
