@@ -389,6 +389,8 @@ class VisdomSink:
                 "checkpoint.start.extras; a SummaryWriter script run again from its checkpoint of step N gives "
                 "SummaryWriter(log_dir, purge_step=N)" if self.resumed else ""))
         if entries:
+            if "not finite" not in self.reports.seen:
+                self._say_if_not_finite(entries)
             if len(self.windows.by_name) > MANY_WINDOWS:
                 self.reports.once("many windows", many_windows(self.env, len(self.windows.by_name)))
         waiting, self._waiting = self._waiting, []
@@ -406,6 +408,25 @@ class VisdomSink:
             self._send_wake.set()
         if self._queue:
             time.sleep(_PAUSE)
+
+    def _say_if_not_finite(self, entries: list[dict[str, Any]]) -> None:
+        """Once a run: the first value logged that is not finite (a loss gone inf), which a
+        window draws as a gap and only its legend's title counts. Not a gradient norm's: a
+        GradScaler's skipped step has one by design."""
+        for entry in entries:
+            if entry["k"] != "points":
+                continue
+            for trace, y in entry["y"].items():
+                if type(y) is float and not math.isfinite(y):
+                    window = self.windows.by_name.get(entry["win"])
+                    if window is None or window.opts.get("steps_of"):
+                        break
+                    self.reports.once("not finite", f"window {entry['win']!r} trace {trace!r} got {y} at "
+                                                    f"{window.opts.get('xlabel') or 'x'} {entry['x']:g}: drawn as a "
+                                                    f"gap, counted in the legend's title, kept in the run log; "
+                                                    f"Guard() says at once which step went bad and keeps a checkpoint "
+                                                    f"to replay it")
+                    return
 
     def _send_all(self) -> None:
         """The sender: sends when it is time, at once for a flush or a close; ends after a close

@@ -206,7 +206,8 @@ def test_a_gan_is_summarised_and_checkpointed_with_both_optimizers_and_its_scale
 
 
 def test_an_overflow_step_is_a_counted_gap_and_the_loss_scale_drops_at_it(visdom_server, read_window,
-                                                                          read_window_raw, tmp_path):
+                                                                          read_window_raw, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="monitor")
     model = _model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
@@ -225,6 +226,7 @@ def test_an_overflow_step_is_a_counted_gap_and_the_loss_scale_drops_at_it(visdom
         scaler.update()
         monitor.step_end(loss=loss)
     assert sink.close(timeout=10)
+    assert not [r for r in caplog.records if "drawn as a gap" in r.getMessage()]  # the scaler's skip is no news
     norms = read_window(visdom_server, "amp-overflow", "grad norm")
     assert norms["total"][0] == [1, 2, 3, 4, 5] and norms["total"][1][2] is None  # a gap at step 3
     layout = read_window_raw(visdom_server, "amp-overflow", "grad norm")["content"]["layout"]

@@ -369,12 +369,18 @@ def test_a_function_left_to_the_worker_may_give_its_values_as_any_iterable(visdo
 
 
 def test_non_finite_values_show_as_gaps_and_are_counted_in_the_legend_not_the_title(
-        visdom_server, read_window_raw, tmp_path):
+        visdom_server, read_window_raw, tmp_path, caplog):
+    caplog.set_level("WARNING", logger="monitor")
     sink = sink_for(visdom_server, "non-finite", tmp_path)
     log = Log(sink)
+    log.lay_out("loss", 0, title="loss", xlabel="step")
     for step, value in enumerate([1.0, math.nan, math.inf, -math.inf, 0.5], 1):
         log.scalar("loss", "train", step, torch.tensor(value))
     assert sink.close(timeout=10)
+    said = [r.getMessage() for r in caplog.records if "drawn as a gap" in r.getMessage()]
+    assert said == ["monitor: window 'loss' trace 'train' got nan at step 2: drawn as a gap, counted in the legend's "
+                    "title, kept in the run log; Guard() says at once which step went bad and keeps a checkpoint to "
+                    "replay it (reported once)"]  # once a run, however many follow
     window = read_window_raw(visdom_server, "non-finite", "loss")
     assert window["content"]["data"][0]["y"] == [1.0, None, None, None, 0.5]
     assert window["title"] == "loss"
