@@ -643,6 +643,27 @@ def test_a_scheduler_not_given_to_the_checkpoint_and_a_loop_that_counts_its_own_
         "monitor.epochs(n) and monitor.batches(loader) to continue there (reported once)"]
 
 
+@pytest.mark.parametrize("given, said", [("plateau", True), ("both", False), ("sequential", False)])
+def test_a_warm_up_beside_the_plateau_given_to_the_checkpoint_is_told_its_schedule_starts_over(tmp_path, caplog,
+                                                                                             given, said):
+    # A forecaster's loop: a LambdaLR warm-up stepped each batch, a ReduceLROnPlateau each epoch.
+    from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau, SequentialLR
+    model = torch.nn.Linear(4, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    warmup = LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / 30))
+    plateau = ReduceLROnPlateau(optimizer, patience=1)
+    scheduler = {"plateau": plateau, "both": [warmup, plateau],
+                 "sequential": SequentialLR(optimizer, [warmup, LambdaLR(optimizer, lambda s: 1.0)], [30])}[given]
+    monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=1, scheduler=scheduler)], sink=NullSink(),
+                      raise_errors=True)
+    with caplog.at_level("WARNING", logger="monitor"):
+        monitor.train_start(model, optimizer)
+    assert [r.getMessage() for r in caplog.records] == ([
+        "monitor: an lr scheduler steps optimizer AdamW, and Checkpoint(scheduler=...) does not hold it (a "
+        "ReduceLROnPlateau aside): its state is not saved, so a resumed run starts its schedule over (a warm-up starts "
+        "again); give every scheduler the loop steps, e.g. scheduler=[warmup, plateau]"] if said else [])
+
+
 def test_a_gan_s_optimizer_outside_the_model_is_reported_and_a_read_only_folder_fails_at_train_start(
         tmp_path, caplog, monkeypatch):
     from pathlib import Path

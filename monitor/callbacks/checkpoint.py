@@ -514,6 +514,16 @@ class Checkpoint(Callback):
         if scheduled and self.scheduler is None:
             _log.warning("monitor: an lr scheduler steps optimizer %s, and Checkpoint was given no scheduler=: "
                          "its state is not saved, so a resumed run starts its schedule over", ", ".join(scheduled))
+        elif scheduled:
+            held = _schedulers_in(self.scheduler)
+            unheld = [name for name in scheduled if not any(
+                getattr(one, "optimizer", None) is state.optimizers[name]
+                and not isinstance(one, torch.optim.lr_scheduler.ReduceLROnPlateau) for one in held)]
+            if unheld:  # a warm-up's LambdaLR beside the plateau given
+                _log.warning("monitor: an lr scheduler steps optimizer %s, and Checkpoint(scheduler=...) does not "
+                             "hold it (a ReduceLROnPlateau aside): its state is not saved, so a resumed run starts its "
+                             "schedule over (a warm-up starts again); give every scheduler the loop steps, e.g. "
+                             "scheduler=[warmup, plateau]", ", ".join(unheld))
 
     # --- saving -------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -1015,6 +1025,15 @@ def _place(tensor: torch.Tensor) -> tuple:
         return tensor.device, tensor.data_ptr(), tuple(tensor.shape), tensor.dtype
     except RuntimeError:  # a lazy parameter: no memory yet
         return (id(tensor),)
+
+
+def _schedulers_in(scheduler: Any) -> list[Any]:
+    """Every scheduler given, those a SequentialLR or ChainedScheduler runs too."""
+    named = named_schedulers(scheduler)
+    found = []
+    for one in named.values() if isinstance(named, Mapping) else [named]:
+        found += [one, *_schedulers_in(list(getattr(one, "_schedulers", None) or []))]
+    return found
 
 
 def _schedule(scheduler: Any) -> Any:
