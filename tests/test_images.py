@@ -331,6 +331,18 @@ def test_a_batch_of_one_dimensional_signals_is_refused_as_images_saying_how_to_d
     assert len(sink.of(ImageRecord)) == 2
 
 
+@pytest.mark.parametrize("targets", [torch.randn(64, 8, 3), torch.randint(0, 2, (64,))])
+def test_a_batch_first_batch_of_sequences_is_refused_as_images_and_one_photo_is_not(targets):
+    # nn.TransformerEncoder(batch_first=True)'s windows, (N, L, C): once drawn as one RGB picture of noise.
+    monitor, sink = monitor_with(Images(every=1, captions=None))
+    with pytest.raises(TypeError, match=r"needs images, got a batch of 64 series of 32 steps x 3 features \(N x L x C: "
+                                        r"batch_first sequences.*add_figure\(tag, figure, step\), or leave Images out"):
+        monitor.step_end(inputs=torch.randn(64, 32, 3), targets=targets)
+    monitor.step_end(inputs=torch.rand(32, 48, 3), targets=torch.tensor(1))  # one HWC photo and its label
+    monitor.step_end(inputs=torch.rand(32, 48, 3))
+    assert len(sink.of(ImageRecord)) == 2
+
+
 def test_images_that_are_not_images_are_reported_once_and_training_goes_on(caplog):
     monitor, sink = monitor_with(Images(every=1), Scalars(), raise_errors=False)
     with caplog.at_level(logging.WARNING, logger="monitor"):

@@ -165,6 +165,13 @@ class Images(Callback):
                                 f"{images.shape[2]} values (N x C x L: a Conv1d's signals, audio): draw a few as "
                                 f"curves, SummaryWriter(monitor=monitor).add_figure(tag, figure, step), listen to "
                                 f"them, add_audio(tag, x[0, 0], step, sample_rate), or leave Images out")
+            if images.dim() == 3 and images.shape[2] <= 4 and images.shape[1] >= 8 * images.shape[2] and \
+                    _shares_batch(state, self.source, images.shape[0]):  # not one HWC image: a batch of its size
+                raise TypeError(f"Images(source={self.source!r}) needs images, got a batch of {images.shape[0]} "
+                                f"series of {images.shape[1]} steps x {images.shape[2]} feature"
+                                f"{'s' if images.shape[2] > 1 else ''} (N x L x C: batch_first sequences, a "
+                                f"forecaster's windows): draw a few as curves, SummaryWriter(monitor=monitor)"
+                                f".add_figure(tag, figure, step), or leave Images out")
             images = channels_first(images)  # a view: Log copies only the first count
         batched = isinstance(images, torch.Tensor) and (
             images.dim() == 4 or images.dim() == 3 and (images.shape[0] not in (1, 3) or
@@ -336,6 +343,12 @@ def _one_target_each(targets: Any, shape: torch.Size) -> bool:
     ``shape[0]`` rows, not a mask of an image of ``shape``."""
     return isinstance(targets, torch.Tensor) and targets.dim() >= 2 and targets.shape[0] == shape[0] and \
         targets.shape != shape
+
+
+def _shares_batch(state: LoopState, source: str, count: int) -> bool:
+    """Whether another of the step's inputs, targets and outputs is a tensor of ``count`` first."""
+    return any(isinstance(other := getattr(state, name), torch.Tensor) and other.dim() >= 1
+               and other.shape[0] == count for name in ("inputs", "targets", "outputs") if name != source)
 
 
 def _one_label_each(targets: Any, count: int) -> bool:
