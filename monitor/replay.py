@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 from pathlib import Path
 from typing import Any, Callable
 
@@ -81,7 +82,8 @@ def _refuse_an_earlier_run_into_the_current_one(path: Path, env: str, run_id: st
     header = next(iter(RunLog.read(current)), {})
     if header.get("env") == env and header.get("run_id") != run_id:
         raise ValueError(f"env must be given to replay an earlier run: env {env!r} shows the run of {current} "
-                         f"now, which this would overwrite; for instance --env '{env} {(run_id or 'earlier')[:8]}'")
+                         f"now, which this would overwrite; for instance "
+                         f"--env {shlex.quote(checks.fitted(env, ' ' + (run_id or 'earlier')[:8]))}")
 
 
 def rebuild(runs: str | os.PathLike, **connection: Any) -> dict[str, str]:

@@ -333,7 +333,8 @@ class VisdomSink:
         if self.replaced:  # set aside by the run that replaced it, under its run id: replayed into an env apart
             kept = self.folder.path / RunDir.EARLIER / f"{self.run_id}.jsonl"
             return (f"everything is in {kept} - send it later with `monitor replay {shlex.quote(str(kept))} --env "
-                    f"{shlex.quote(f'{self.env}-{self.run_id[:8]}')}{self.connection.cli_options}`{self._login_note()}")
+                    f"{shlex.quote(checks.fitted(self.env, '-' + self.run_id[:8]))}{self.connection.cli_options}`"
+                    f"{self._login_note()}")
         return (f"everything is in {self.runlog.path} - send it later with "
                 f"`monitor replay {shlex.quote(str(self.runlog.path))}{self.connection.cli_options}` (a sweep's "
                 f"runs at once: `monitor replay {shlex.quote(str(self.folder.path.parent))}"

@@ -973,7 +973,7 @@ def _envs_of(path: Path) -> list[str]:
     else:
         below = len(parts) - 1
     names = ["_".join(parts[start:]).translate(_NOT_IN_ENVS) for start in range(below, -1, -1)]
-    return [_window_name(name if name.strip("._ ") else "runs", "log_dir") for name in names]
+    return [checks.fitted(_window_name(name if name.strip("._ ") else "runs", "log_dir")) for name in names]
 
 
 _NOT_IN_ENVS = str.maketrans({"/": "_", "\\": "_", "#": "_", "?": "_"})  # a folder's separators, an address's ends

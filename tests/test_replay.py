@@ -117,19 +117,24 @@ def test_replay_of_a_log_naming_an_env_that_is_no_plain_name_needs_one(visdom_se
 
 def test_replaying_an_earlier_run_into_the_env_of_the_current_one_needs_an_env(visdom_server, tmp_path,
                                                                               read_window):
+    import shlex
+
     from monitor import Monitor, Scalars
 
+    env = "l'été $HOME " + "é" * 85  # a quote and a $ to paste into a shell; no room for the suggestion's suffix
     for losses in ([1.0, 0.5, 0.25], [2.0]):  # a second run of the env sets the first aside
-        with Monitor([Scalars()], env="again", run_dir=tmp_path / "again", port=visdom_server.port) as monitor:
+        with Monitor([Scalars()], env=env, run_dir=tmp_path / "again", port=visdom_server.port) as monitor:
             for loss in losses:
                 monitor.step_end(loss=loss)
     (earlier,) = (tmp_path / "again" / "earlier").iterdir()
     refused = CliRunner().invoke(cli, ["replay", str(earlier), "--port", str(visdom_server.port)])
-    assert refused.exit_code == 1 and "Error: env must be given to replay an earlier run: env 'again' shows" \
+    assert refused.exit_code == 1 and f"Error: env must be given to replay an earlier run: env {env!r} shows" \
         in refused.output
-    assert read_window(visdom_server, "again", "loss")["train"] == ([1], [2.0])  # the current run's, untouched
-    done = CliRunner().invoke(cli, ["replay", str(earlier), "--env", "again-first", "--port", str(visdom_server.port)])
-    assert done.exit_code == 0 and read_window(visdom_server, "again-first", "loss")["train"][1] == [1.0, 0.5, 0.25]
+    assert read_window(visdom_server, env, "loss")["train"] == ([1], [2.0])  # the current run's, untouched
+    suggested = shlex.split(refused.output.split("for instance ")[1])  # as a shell reads it, pasted
+    done = CliRunner().invoke(cli, ["replay", str(earlier), *suggested, "--port", str(visdom_server.port)])
+    assert done.exit_code == 0, done.output
+    assert read_window(visdom_server, suggested[1], "loss")["train"][1] == [1.0, 0.5, 0.25]
 
 
 def test_replay_takes_several_runs_and_a_folder_of_runs(visdom_server, read_window, tmp_path):

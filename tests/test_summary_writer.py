@@ -30,7 +30,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import SummaryWriter as TensorBoardWriter
 
-from monitor import Monitor, Scalars, SummaryWriter, embedding, pr_curve
+from monitor import Monitor, Scalars, SummaryWriter, checks, embedding, pr_curve
 from monitor.fonts import pillows
 from monitor.imaging import PAD
 from monitor.entries import encode
@@ -1050,6 +1050,9 @@ def test_odd_log_dirs_still_name_an_env(tmp_path, monkeypatch):
     assert _envs_of(Path("runs/a/b"))[0] == "a_b" and _envs_of(Path("runs"))[0] == "runs"
     assert _envs_of(Path("/"))[0] == "runs" and _envs_of(Path("runs/x\\y"))[0] == "x_y"
     assert _envs_of(Path("runs/实验#1?"))[0] == "实验_1_"  # what ends an address: the env's page would be empty
+    for long in ("x" * 120, "長" * 80):  # too many characters; 80 characters but 240 bytes, too many for a folder
+        env = _envs_of(Path("runs") / long)[0]
+        assert env.startswith(long[:50]) and env == checks.name("env", env, path=True)
     from monitor.runs import _comparison_env
     assert _comparison_env(["lr#1", "b"]) == "compare_lr_1_b"
     old = tmp_path / "runs" / "lr#1"  # a run written before such envs were refused: it goes on, in env lr_1
