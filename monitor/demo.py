@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Callable
-from urllib.parse import urlparse
+from urllib.parse import quote, urlparse
 
 from monitor.address import resolve_address
 from monitor.connection import answers, is_visdom
@@ -62,7 +62,7 @@ def run_demo(server: str | None = None, port: int | None = None, *, env: str = D
     elif not is_visdom(f"{base}:{port}", timeout=2.0):
         raise DemoError(f"server must be a Visdom server, got something else answering at {base}:{port}: "
                         f"give the demo another --port")
-    url = f"{base}:{port}/env/{env}"
+    url = f"{base}:{port}/env/{quote(env, safe='')}"  # a terminal's link ends at a space
     echo(f"Dashboard: {url}")
     try:
         if local is not None:

@@ -64,15 +64,15 @@ def test_the_demo_keeps_the_server_it_started_until_ctrl_c(tmp_path, read_window
 
 
 def test_the_demo_uses_a_server_that_answers_and_leaves_it_running(visdom_server, read_window, tmp_path):
-    demo = DemoCommand("--env", "demo-existing", *SHORT, cwd=tmp_path,
+    demo = DemoCommand("--env", "démo existing", *SHORT, cwd=tmp_path,
                        env={"VISDOM_SERVER_URL": "http://127.0.0.1", "VISDOM_PORT": str(visdom_server.port)})
     code, stderr = demo.finish(None)  # without --no-keep too: the server is not the demo's to keep
     assert code == 0, stderr
-    assert demo.lines[0] == f"Dashboard: {visdom_server.url}/env/demo-existing\n"
+    assert demo.lines[0] == f"Dashboard: {visdom_server.url}/env/d%C3%A9mo%20existing\n"  # a link to the end
     assert not any("Starting a local" in line for line in demo.lines)
     assert demo.lines[1] == f"Using the Visdom server already answering at {visdom_server.url} (another port: " \
                             f"--port or $VISDOM_PORT).\n"  # someone else's on 8097 took the demo silently
-    traces = read_window(visdom_server, "demo-existing", "loss")
+    traces = read_window(visdom_server, "démo existing", "loss")
     assert traces["train"][0] == [1, 2] and traces["validation"][0] == [2]
     assert answers(visdom_server.url)
 
