@@ -122,7 +122,7 @@ class VisdomSink:
         self.env = env or default_env()
         self.connection = Connection(server, port, base_url=base_url, username=username,
                                      password=password, timeout=timeout)
-        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.env
+        self.run_dir = Path(run_dir).expanduser() if run_dir is not None else Path("runs") / self.env
         self.windows = Windows(points_per_trace, run_dir=self.run_dir)
         if rewind_to is not None:
             checks.integer("rewind_to", rewind_to, minimum=0)

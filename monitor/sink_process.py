@@ -108,7 +108,7 @@ class SinkProcess:
         if env is not None:
             checks.name("env", env, path=True)
         self.env = env or default_env()
-        self.run_dir = Path(run_dir) if run_dir is not None else Path("runs") / self.env
+        self.run_dir = Path(run_dir).expanduser() if run_dir is not None else Path("runs") / self.env
         self._options = dict(env=self.env, server=server, port=port, base_url=base_url, username=username,
                              password=password, run_dir=str(self.run_dir.absolute()), flush_every=flush_every,
                              points_per_trace=points_per_trace, timeout=timeout, rewind_to=rewind_to,

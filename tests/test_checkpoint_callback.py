@@ -1761,3 +1761,17 @@ def test_two_monitors_of_one_loop_each_resuming_from_a_checkpoint_of_its_own_are
     said = [r.getMessage() for r in caplog.records if "two Monitors of this process" in r.getMessage()]
     assert len(said) == 1 and re.search(r"continue from checkpoints of their own \(env .* from step 2, env .* from "
                                         r"step 2\).*train_start\(nn.ModuleDict", said[0]), said
+
+
+def test_a_folder_under_the_home_is_there_not_in_a_folder_named_tilde(tmp_path, monkeypatch):
+    # Checkpoint("~/ckpt") made ./~/ckpt, which a later `rm -rf ~` meant to clean up would not spare.
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with Monitor([Checkpoint("~/ckpt", every_steps=1)], env="tilde", run_dir="~/runs/tilde", port=1) as monitor:
+        monitor.train_start(model, optimizer)
+        monitor.step_end(loss=1.0)
+    assert (tmp_path / "home" / "ckpt" / "step-000000001.pt").is_file()
+    assert (tmp_path / "home" / "runs" / "tilde" / "runlog.jsonl").is_file()
+    assert not (tmp_path / "~").exists()

@@ -90,7 +90,7 @@ class Checkpoint(Callback):
                  fresh: bool = False, extend: bool = False, save_frozen: bool = True) -> None:
         if not isinstance(directory, (str, Path)) or not str(directory):
             raise TypeError(f"directory must be a non-empty str or Path, got {directory!r}")
-        self.directory = Path(directory).absolute()  # a later chdir (Hydra's) must not move it
+        self.directory = Path(directory).expanduser().absolute()  # a later chdir (Hydra's) must not move it
         self.every_steps = positive_int("every_steps", every_steps) if every_steps is not None else None
         self.every_epochs = positive_int("every_epochs", every_epochs) if every_epochs is not None else None
         if self.every_steps is None and self.every_epochs is None and not at_end:
