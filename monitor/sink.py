@@ -392,6 +392,11 @@ class VisdomSink:
         if entries:
             if "not finite" not in self.reports.seen:
                 self._say_if_not_finite(entries)
+            for name, (first, then) in self.windows.mixed.items():
+                self.reports.once(("mixed", name), f"window {name!r} was given {_KINDS.get(first, first)} and then "
+                                                   f"{_KINDS.get(then, then)}: its pane shows one kind, so one of "
+                                                   f"them is not on the dashboard (the run log keeps both); give "
+                                                   f"each its own window name")
             if len(self.windows.by_name) > MANY_WINDOWS:
                 self.reports.once("many windows", many_windows(self.env, len(self.windows.by_name)))
         waiting, self._waiting = self._waiting, []
@@ -522,6 +527,11 @@ class VisdomSink:
         except Exception as error:  # a bad record must not stop the worker
             report_unreadable(self.reports, record, error)
             return None
+
+
+_KINDS = {"points": "points", "image": "an image grid", "text": "text", "histogram": "a histogram",
+          "heatmap": "a heatmap", "pr_curve": "a PR curve", "embedding": "an embedding", "mesh": "a mesh",
+          "hparams": "hyper-parameters"}  # a run-log entry's kind, as a message names it
 
 
 def queued(record: Any) -> tuple:

@@ -662,6 +662,8 @@ class Windows:
         self.by_name: dict[str, Window] = {}
         self.unreadable = 0  # entries skipped: another version's (a newer one's kind or fields)
         self.first_unreadable: str | None = None
+        self.kinds: dict[str, str] = {}  # each window's first kind of entry ("points", "image", ...)
+        self.mixed: dict[str, tuple[str, str]] = {}  # windows given another kind since: (first, other)
 
     def apply(self, entries: Iterable[dict[str, Any]]) -> list[Backwards]:
         """Takes in run-log entries; returns the points that went back in x. An entry it cannot
@@ -671,6 +673,9 @@ class Windows:
             name = entry.get("win")
             if name is None:
                 continue  # the run header
+            kind = entry["k"]
+            if kind != "layout" and self.kinds.setdefault(name, kind) != kind and name not in self.mixed:
+                self.mixed[name] = (self.kinds[name], kind)  # one pane shows one kind: log.scalar, then log.images
             window = self.by_name.get(name)
             new = window is None
             if new:

@@ -387,6 +387,21 @@ def test_non_finite_values_show_as_gaps_and_are_counted_in_the_legend_not_the_ti
     assert window["content"]["layout"]["legend"]["title"]["text"] == "3 non-finite shown as gaps"
 
 
+def test_a_window_given_points_and_then_images_is_said_once(visdom_server, tmp_path, caplog):
+    # One pane shows one kind: the grid, in the run log, was silently missing from the dashboard.
+    caplog.set_level("WARNING", logger="monitor")
+    sink = sink_for(visdom_server, "kinds", tmp_path)
+    log = Log(sink)
+    log.scalar("samples", "train", 1, 0.5)
+    log.images("samples", 2, torch.rand(2, 3, 8, 8))
+    log.scalar("samples", "train", 3, 0.4)
+    log.images("samples", 4, torch.rand(2, 3, 8, 8))
+    assert sink.close(timeout=10)
+    assert [r.getMessage() for r in caplog.records if "window 'samples'" in r.getMessage()] == [
+        "monitor: window 'samples' was given points and then an image grid: its pane shows one kind, so one of them "
+        "is not on the dashboard (the run log keeps both); give each its own window name (reported once)"]
+
+
 def test_a_callback_logging_bad_input_never_crashes_the_loop(visdom_server, read_window, tmp_path, caplog):
     class Careless(Callback):
         def on_step_end(self, state, log):
