@@ -121,6 +121,12 @@ class Resumable:
         own = generator if isinstance(generator, torch.Generator) else None
         shield_workers(loader)  # a scheduler's SIGTERM to the whole job is the loop's to act on
         persistent = bool(getattr(loader, "persistent_workers", False) and getattr(loader, "num_workers", 0))
+        if persistent and (resuming or at_epoch_start) and monitor.rank == 0:
+            _log.warning("monitor: the resumed run's loader has persistent_workers=True: its batches come in the "
+                         "interrupted run's order, but its workers' random streams start anew, so what the dataset "
+                         "draws at random in them (augmentation) differs from the interrupted run's from here on; "
+                         "for an exact resume, persistent_workers=False (workers started each epoch are seeded "
+                         "again), or draw from a generator seeded by (seed, epoch, index)")
         kept = persistent and getattr(loader, "_iterator", None) is not None  # its workers draw no seed now
         if resuming and self.order_rng is not None:  # the order the interrupted epoch was drawn in
             if self.order_rng.get("kept_workers") and persistent and not kept:

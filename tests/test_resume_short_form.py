@@ -40,6 +40,7 @@ class Job:
     def run(self, *extra: str) -> list[int]:
         done = subprocess.run([*self.command, *extra], capture_output=True, text=True, timeout=180)
         assert done.returncode == 0, done.stderr[-3000:]
+        self.stderr = done.stderr
         return _steps(done.stdout)
 
     def start(self, *extra: str, session: bool = False) -> subprocess.Popen:
@@ -436,6 +437,9 @@ def test_a_run_with_persistent_loader_workers_killed_and_run_again_ends_as_if_ne
     assert job.run(*options)[0] in (13, 14, 15, 16)
     assert _same(job.weights(), straight.weights())
     assert read_env(visdom_server, job.env) == read_env(visdom_server, straight.env)
+    # Its dataset draws nothing at random; one that does (augmentation) would differ, and is told so.
+    said = "the resumed run's loader has persistent_workers=True: its batches come in the interrupted run's order"
+    assert said in job.stderr and said not in straight.stderr
 
 
 def test_a_run_with_persistent_loader_workers_resumed_at_an_epoch_s_start_ends_as_if_never_stopped(
@@ -449,6 +453,7 @@ def test_a_run_with_persistent_loader_workers_resumed_at_an_epoch_s_start_ends_a
     assert job.run(*options, "--epochs", "2") == list(range(1, 13))
     assert job.run(*options, "--epochs", "4", "--extend") == list(range(13, STEPS + 1))
     assert _same(job.weights(), straight.weights())
+    assert "the resumed run's loader has persistent_workers=True" in job.stderr
 
 
 def test_a_run_resumed_with_another_batch_size_goes_on_after_the_samples_done(visdom_server, tmp_path):
