@@ -233,8 +233,10 @@ class Log:
             raise TypeError(f"videos must be a torch.Tensor (NTCHW), got {type(videos).__name__}")
         checks.real_tensor("videos", videos)
         if videos.dim() != 5 or videos.shape[2] not in (1, 3) or 0 in videos.shape:
+            conv3d = videos.dim() == 5 and videos.shape[1] in (1, 3) and videos.shape[2] not in (1, 3)
             raise ValueError(f"videos must be NTCHW with 1 or 3 channels and no empty dimension, "
-                             f"got shape {tuple(videos.shape)}")
+                             f"got shape {tuple(videos.shape)}" + (
+                                 ": a Conv3d's N x C x T x H x W, pass videos.permute(0, 2, 1, 3, 4)" if conv3d else ""))
         if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps <= 1000:
             raise ValueError(f"fps must be a number of frames a second in (0, 1000], got {fps!r}")
         count, frames, channels, height, width = videos.shape

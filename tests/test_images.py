@@ -196,9 +196,11 @@ def test_a_3d_model_s_volumes_show_their_middle_slice_its_masks_too_said_once(ca
     assert torch.equal(inputs.pixels, volumes[:2, :, 8])
     assert [r.getMessage() for r in caplog.records] == [
         "monitor: Images(source='outputs') draws slice 8 of the 16 along dim 2 of its 5-d outputs, shape "
-        "(4, 3, 16, 8, 8) (monitor.log.video shows them all)",
+        "(4, 3, 16, 8, 8) (monitor.log.video shows them all, N x T x C x H x W: a Conv3d's batch as "
+        "x.permute(0, 2, 1, 3, 4))",
         "monitor: Images(source='inputs') draws slice 8 of the 16 along dim 2 of its 5-d inputs, shape "
-        "(4, 1, 16, 8, 8) (monitor.log.video shows them all)"]
+        "(4, 1, 16, 8, 8) (monitor.log.video shows them all, N x T x C x H x W: a Conv3d's batch as "
+        "x.permute(0, 2, 1, 3, 4))"]
 
 
 def test_a_3d_segmentation_s_label_volumes_as_targets_show_the_inputs_middle_slice_in_class_colours():

@@ -257,6 +257,9 @@ def test_add_video_plays_the_frames_of_every_video_as_one_grid_at_its_fps(visdom
         monitor.log.video("clip", 0, torch.rand(1, 2, 3, 4, 4), fps=0)
     with pytest.raises(ValueError, match=r"videos must be NTCHW with 1 or 3 channels.*got shape \(1, 2, 2, 4, 4\)"):
         monitor.log.video("clip", 0, torch.rand(1, 2, 2, 4, 4))
+    with pytest.raises(ValueError, match=r"got shape \(4, 3, 8, 32, 32\): a Conv3d's N x C x T x H x W, pass "
+                                         r"videos.permute\(0, 2, 1, 3, 4\)"):
+        monitor.log.video("clip", 0, torch.rand(4, 3, 8, 32, 32))
     monitor.log.video("big", 0, torch.zeros(2, 3, 1, 2048, 2048, dtype=torch.uint8))  # frames shrunk, as images are
     [grid] = [r for r in monitor.sink.of(ImageGrid) if r.window == "big"]
     assert grid.pixels.shape == (2, 3, 1, 1448, 1448) and grid.pixels.dtype == torch.uint8 and grid.fps == 4

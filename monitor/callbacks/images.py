@@ -200,7 +200,8 @@ class Images(Callback):
         if not self._said_slice:
             self._said_slice = True
             _log.warning("monitor: Images(source=%r) draws slice %d of the %d along dim %d of its 5-d %s, shape %s "
-                         "(monitor.log.video shows them all)", self.source, middle, volumes.shape[depth_at],
+                         "(monitor.log.video shows them all, N x T x C x H x W: a Conv3d's batch as "
+                         "x.permute(0, 2, 1, 3, 4))", self.source, middle, volumes.shape[depth_at],
                          depth_at, self.source, tuple(volumes.shape))
         if isinstance(targets, torch.Tensor) and targets.dim() == 4 and \
                 targets.shape[1:] == volumes.shape[2:] and not targets.is_floating_point():
