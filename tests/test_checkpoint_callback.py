@@ -423,6 +423,34 @@ def test_a_scheduler_stepped_after_a_step_s_checkpoint_in_the_rest_of_the_step_i
         "monitor.validation_end(...)"])
 
 
+@pytest.mark.parametrize("drawn", ["after step_end", "before step_end"])
+def test_a_generator_kept_in_extras_drawn_from_after_a_step_s_checkpoint_is_said_once(tmp_path, caplog, drawn):
+    # An RLHF loop sampled text after step_end from a generator kept in extras: resumed, its first
+    # sample repeated the killed run's last one, the generator put back to before those draws.
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sampling = torch.Generator().manual_seed(1234)
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_steps=4, extras=lambda: {"sampling": sampling.get_state()})
+    monitor = Monitor([checkpoint], env="rlhf", run_dir=tmp_path / "run", port=1, timeout=0.2)
+    monitor.train_start(model, optimizer)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for step in monitor.steps(12):
+            optimizer.step()
+            if drawn.startswith("before"):
+                torch.randint(100, (8,), generator=sampling)
+            monitor.step_end(loss=1.0)
+            if drawn.startswith("after"):
+                torch.randint(100, (8,), generator=sampling)
+        monitor.close()
+    said = [r.getMessage() for r in caplog.records if "changed after step_end()" in r.getMessage()]
+    assert said == ([] if drawn.startswith("before") else [
+        "monitor: Checkpoint(extras=...) changed after step_end() wrote the checkpoint of step 4, before the loop's "
+        "next batch (sampling): a run resumed from it goes on from their values before that (what a saved step does "
+        "after its step_end is not run again; a generator kept there draws the same numbers again); change them "
+        "before monitor.step_end(...), or draw samples from a generator seeded by the step, "
+        "torch.Generator().manual_seed(seed + monitor.state.step)"])
+
+
 def test_an_early_stop_s_count_updated_after_epoch_end_wrote_the_checkpoint_is_said_once(tmp_path, caplog):
     # A tabular loop counted its epochs without improvement after epoch_end(metrics): resumed, it
     # went on with the count one epoch stale and stopped an epoch later than the run never killed.

@@ -316,14 +316,27 @@ class Checkpoint(Callback):
         if saved is None or self._said_changed_after or monitor.rank != 0 or self._epoch_done or \
                 not (monitor.in_batches or monitor.in_steps):
             return
-        scheduler, position, epoch = saved
-        if scheduler is self.scheduler and epoch == monitor.state.epoch and _schedule(scheduler) != position:
+        scheduler, position, epoch, extras = saved
+        if epoch != monitor.state.epoch:
+            return
+        if scheduler is self.scheduler and _schedule(scheduler) != position:
             self._said_changed_after = True
             _log.warning("monitor: the lr scheduler stepped after step_end() wrote the checkpoint of step %d, before "
                          "the loop's next batch: a run resumed from it goes on a schedule step behind (what a saved "
                          "step does after its step_end is not run again); step the scheduler before "
                          "monitor.step_end(...), or, at a validation there, before monitor.validation_end(...)",
                          self._last_saved[0] if self._last_saved else 0)
+            return
+        now = _watched(self._extras)
+        changed = sorted(name for name in extras.keys() & now.keys() if not _same(extras[name], now[name]))
+        if changed:
+            self._said_changed_after = True
+            _log.warning("monitor: Checkpoint(extras=...) changed after step_end() wrote the checkpoint of step %d, "
+                         "before the loop's next batch (%s): a run resumed from it goes on from their values before "
+                         "that (what a saved step does after its step_end is not run again; a generator kept there "
+                         "draws the same numbers again); change them before monitor.step_end(...), or draw "
+                         "samples from a generator seeded by the step, torch.Generator().manual_seed(seed + "
+                         "monitor.state.step)", self._last_saved[0] if self._last_saved else 0, ", ".join(changed[:3]))
 
     def on_step_end(self, state: LoopState, log: Log) -> None:
         # The step before is over, its validation included. (Not at after_backward: a hook there
@@ -659,7 +672,7 @@ class Checkpoint(Callback):
             # Where a step's (not an epoch's) checkpoint left the schedule: the rest of the step is
             # never run again by a resume, so a scheduler stepped in it is a step behind.
             self._schedule_at_save = None if self._epoch_done else (self.scheduler, _schedule(self.scheduler),
-                                                                    state.epoch)
+                                                                    state.epoch, _watched(self._extras))
             monitor.at_next_batch(self._at_next_batch)
         return path
 
@@ -943,6 +956,26 @@ def _reads_a_loader() -> bool:
 
     # By type(), not isinstance(): an object's __class__ may be a property that warns (torch's deprecated ones).
     return any(issubclass(type(thing), _BaseDataLoaderIter) for thing in gc.get_objects())
+
+
+def _watched(extras: Callable[[], Mapping[str, Any] | None]) -> dict[str, Any]:
+    """What of ``extras`` a step's code may change after its checkpoint, to tell whether it did:
+    the plain values, and copies of small CPU tensors (a generator's ``get_state()``)."""
+    try:
+        given = extras() or {}
+    except Exception:  # said where a save calls it
+        return {}
+    watched = _plain_values(given)
+    for name, value in given.items():
+        if isinstance(value, torch.Tensor) and value.device.type == "cpu" and value.numel() <= 65536:
+            watched[name] = value.detach().clone()
+    return watched
+
+
+def _same(before: Any, now: Any) -> bool:
+    if isinstance(before, torch.Tensor):
+        return isinstance(now, torch.Tensor) and before.shape == now.shape and torch.equal(before, now)
+    return before == now or before != before  # NaN stays NaN
 
 
 def _plain_values(extras: Mapping[str, Any] | None) -> dict[str, Any]:
