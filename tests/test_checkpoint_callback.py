@@ -1803,3 +1803,26 @@ def test_a_folder_under_the_home_is_there_not_in_a_folder_named_tilde(tmp_path, 
     assert (tmp_path / "home" / "ckpt" / "step-000000001.pt").is_file()
     assert (tmp_path / "home" / "runs" / "tilde" / "runlog.jsonl").is_file()
     assert not (tmp_path / "~").exists()
+
+
+@pytest.mark.parametrize("validated", ["epoch % 10 == 0", "(epoch + 1) % 10 == 0"])
+def test_a_checkpoint_ranked_by_a_validation_of_earlier_weights_is_said_once(tmp_path, caplog, validated):
+    # A GCN's full-batch loop (a step an epoch) validated at epochs 0, 10, 20 and saved after epochs
+    # 9, 19, 29: each file was ranked by weights 9 updates older, and the best kept was the worse.
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpoint = Checkpoint(tmp_path / "ckpt", every_epochs=10, metric="accuracy", mode="max")
+    monitor = Monitor([checkpoint], sink=NullSink())
+    monitor.train_start(model, optimizer)
+    with caplog.at_level("WARNING", logger="monitor"):
+        for epoch in monitor.epochs(30):
+            optimizer.step()
+            monitor.step_end(loss=1.0)
+            if eval(validated):
+                monitor.validation_end({"accuracy": 0.5 + epoch / 100})
+    said = [r.getMessage() for r in caplog.records if "more updates" in r.getMessage()]
+    assert said == ([] if validated.startswith("(") else [
+        "monitor: the checkpoint of step 10 is ranked by the validation of step 1 (accuracy 0.5): its weights had 9 "
+        "more updates, which nothing measured, so the checkpoint kept as best may not hold the best weights; "
+        "validate at the steps checkpoints are written (every_epochs=10 writes after epochs 9, 19, ...: validate "
+        "when (epoch + 1) % 10 == 0), or write one after the validation, checkpoint.save()"])

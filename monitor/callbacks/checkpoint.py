@@ -147,6 +147,8 @@ class Checkpoint(Callback):
         self._records: list[dict[str, Any]] = []
         self.before_save: list[Callable[[], None]] = []  # run first by every save (a Guard's last check)
         self._metric_value: float | torch.Tensor | None = None  # a device tensor is read only when saving
+        self._metric_at: int | None = None  # the step whose weights it measured
+        self._said_unvalidated = False
         self._told_missing = False  # that the metric is not among those the loop passes, or was seen
         self._told_shared = False  # that a resume cannot go back into the middle of a batch
         self._check_loop = False
@@ -622,8 +624,20 @@ class Checkpoint(Callback):
         # The value measured since the last save is this checkpoint's; a save after it, before the
         # next measurement, has none (it would claim a validation it was not given).
         metric, self._metric_value = self._metric_value, None
+        measured_at, self._metric_at = self._metric_at, None
         if isinstance(metric, torch.Tensor):  # saving reads the device anyway
             metric = float(metric)
+        if metric is not None and measured_at is not None and measured_at != state.step and \
+                not self._said_unvalidated and self._monitor.rank == 0:
+            self._said_unvalidated = True
+            n = self.every_epochs or self.every_steps
+            when = (f" (every_epochs={n} writes after epochs {n - 1}, {2 * n - 1}, ...: validate when (epoch + 1) % "
+                    f"{n} == 0)" if self.every_epochs else f" (every_steps={n}: steps {n}, {2 * n}, ...)" if n else "")
+            _log.warning("monitor: the checkpoint of step %d is ranked by the %s of step %d (%s %.6g): its weights "
+                         "had %d more updates, which nothing measured, so the checkpoint kept as best may not hold "
+                         "the best weights; validate at the steps checkpoints are written%s, or write one after the "
+                         "validation, checkpoint.save()", state.step, self.metric_from, measured_at, self.metric,
+                         metric, state.step - measured_at, when)
         if metric is None:  # the step's checkpoint written again (its epoch_end after its validation)
             metric = next((r["metric"] for r in self._records if r["file"] == path.name), None)
         record = {"file": path.name, "step": state.step, "epoch": state.epoch, "batch": state.batch,
@@ -927,6 +941,7 @@ class Checkpoint(Callback):
                          "its checkpoints are not ranked", self.metric, self.metric_from, sorted(map(str, metrics)))
         if value is not None:
             self._told_missing = True  # a later validation of other metrics (an SWA model's) is no news
+            self._metric_at = self._monitor.state.step
             if isinstance(value, torch.Tensor) and not value.is_cpu:
                 # Read when a checkpoint is written, never here: a read would wait for the device every step.
                 self._metric_value = value.detach().reshape(()).to(torch.float32, copy=True)
