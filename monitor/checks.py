@@ -76,7 +76,7 @@ def text(argument: str, value: Any) -> str:
         return value
     if not isinstance(value, str):
         raise TypeError(f"{argument} must be a non-empty str, got {value!r}")
-    raise ValueError(f"{argument} must be a non-empty str, got {value!r}")
+    raise ValueError(f"{argument} must be a non-empty str" + (", not blank" if value else "") + f", got {value!r}")
 
 
 MAX_NAME = 100  # characters in an env, window or trace name

@@ -255,9 +255,12 @@ def test_the_readme_cross_validation_runs_as_written_and_skips_its_finished_fold
 
     names = {"folds": [([0], [1]), ([1], [0])], "make_model": make_model, "epochs": 6, "patience": 2,
              "make_optimizer": lambda: torch.optim.SGD(made[-1].parameters(), lr=0.1), "val_loss": 0.5,
-             "math": math, "Checkpoint": Checkpoint, "Monitor": Monitor, "Scalars": Scalars}
+             "math": math, "Checkpoint": Checkpoint, "Monitor": Monitor, "Scalars": Scalars,
+             "evaluate": lambda model, rows: 0.25, "test_rows": [2]}
     exec(block, dict(names))
     assert len(made) == 2  # a model a fold, each stopped early: no better loss for two epochs
     assert read_window(visdom_server, "cv-fold1", "loss")["validation"][0] == [1, 2, 3]
+    from monitor.runs import listed
+    assert [run.metrics["test_loss"][0] for run in listed(tmp_path / "runs")] == [0.25, 0.25]  # after train_end
     exec(block, dict(names))  # run again: both folds finished
     assert len(made) == 2

@@ -514,7 +514,7 @@ def test_each_run_has_one_env_named_or_generated(visdom_server, tmp_path, monkey
     assert first.runlog.path == Path("runs") / first.env / "runlog.jsonl"
     assert first.url == f"http://127.0.0.1:{visdom_server.port}/env/{first.env}"
     assert first.close() and second.close()
-    with pytest.raises(ValueError, match=r"env must be a non-empty str, got ' '"):
+    with pytest.raises(ValueError, match=r"env must be a non-empty str, not blank, got ' '"):
         VisdomSink(" ", port=visdom_server.port)
     with pytest.raises(ValueError, match=r"flush_every must be a number of seconds > 0, got 0"):
         VisdomSink("x", port=visdom_server.port, flush_every=0)
