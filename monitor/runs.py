@@ -30,7 +30,7 @@ from monitor.imagestore import FOLDER as IMAGES
 from monitor.records import Order
 from monitor.rundir import RunDir
 from monitor.runlog import Reader, RunLog
-from monitor.windows import RECENT, came_late
+from monitor.windows import RECENT, came_late, joins
 
 Points = dict[str, dict[str, list[tuple[float, float]]]]
 # The data a metric was taken on, as traces name it (a SummaryWriter tag's split, in several languages).
@@ -280,7 +280,11 @@ class Reading:
                     else:
                         self.unlabelled_steps = max(self.unlabelled_steps, int(entry["x"]))
             elif kind == "hparams":
-                self.hparams, self.declared = entry["hparams"], entry.get("metrics") or {}
+                given, metrics = entry["hparams"], entry.get("metrics") or {}
+                if joins(entry, self.hparams):  # a test's metrics added later, by another process
+                    self.declared = {**self.declared, **metrics}
+                else:
+                    self.hparams, self.declared = given, metrics
             elif kind == "end":
                 self.end = entry
 

@@ -391,8 +391,14 @@ class Window:
                     trace.add(entry["x"], y)
         elif kind == "hparams":  # a text pane: the hparams and metrics, a row per trial when several
             trials = self.trials
-            if entry.get("trial") is None:  # a run's own, updated (a second phase's train_start, adding
-                given = entry["hparams"].keys()  # or changing some): it takes the row of the set it covers
+            if entry.get("trial") is None:  # a run's own
+                own = next((t for t in reversed(trials.values())
+                            if t.get("trial") is None and joins(entry, t["hparams"])), None)
+                if own is not None:  # its metrics given later, with some of its hparams or none
+                    entry = {**entry, "hparams": own["hparams"],
+                             "metrics": {**(own.get("metrics") or {}), **entry["metrics"]}}
+                # Updated (a second phase's train_start, adding or changing some): it takes the row of the set it covers.
+                given = entry["hparams"].keys()
                 for key in [k for k, t in trials.items() if t.get("trial") is None and t["hparams"].keys() <= given]:
                     del trials[key]
             trials[entry.get("trial") or json.dumps(entry["hparams"], sort_keys=True, default=str)] = entry
@@ -651,6 +657,14 @@ class Window:
             layout["legend"]["title"] = {"text": said}
         opts = {"height": 640, "width": 720, **self.opts, "title": title}
         return "events", {"data": data, "win": self.name, "eid": env, "layout": layout, "opts": opts}
+
+
+def joins(entry: dict[str, Any], hparams: dict[str, Any]) -> bool:
+    """Whether hparams ``entry`` adds metrics to a run's record of ``hparams``: the run's own (no
+    trial), with metrics, given some of its hyper-parameters or none (``log.hparams({}, {"test_acc":
+    acc})`` after training, in this process or another)."""
+    return entry.get("trial") is None and bool(entry.get("metrics")) and bool(hparams) and \
+        entry["hparams"].items() <= hparams.items()
 
 
 class Windows:

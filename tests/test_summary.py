@@ -352,6 +352,27 @@ def test_test_metrics_the_loop_gives_log_hparams_stay_in_the_run_s_final_record(
     assert finals == {"val_loss": 0.54, "test_loss": 0.49}
 
 
+def test_a_finished_run_s_test_metrics_added_by_another_process_join_its_record(visdom_server, tmp_path,
+                                                                                 read_window_raw):
+    # A deploy script, after training: the int8 model's accuracy added to the finished run through a
+    # writer continuing it. Its record of {} made the run's hparams {}: --where seed=2 found nothing.
+    from monitor import Monitor, Scalars, SummaryWriter
+    from monitor.runs import described
+
+    model = small_model()
+    with Monitor([Summary(), Scalars()], env="deployed", run_dir=tmp_path, port=visdom_server.port) as monitor:
+        monitor.train_start(model, torch.optim.SGD(model.parameters(), lr=0.1), hparams={"seed": 2})
+        monitor.step_end(loss=0.6)
+        monitor.validation_end({"accuracy": 0.79})
+    with SummaryWriter(tmp_path, port=visdom_server.port, purge_step=2) as writer:  # the step after the last
+        writer.log.hparams({}, {"int8_accuracy": 0.78})
+    run = described(tmp_path)
+    assert run.hparams == {"seed": 2}
+    assert {n: last for n, (last, _) in run.metrics.items() if "/" not in n} == {"accuracy": 0.79, "int8_accuracy": 0.78}
+    html = read_window_raw(visdom_server, "deployed", "hparams")["content"]
+    assert "int8_accuracy" in html and "Trials" not in html  # one row, the run's
+
+
 @pytest.mark.parametrize("summary", [True, False])
 def test_a_second_train_start_for_another_optimizer_keeps_the_run_s_hparams_and_records_them_once(summary):
     model = small_model()
