@@ -270,17 +270,19 @@ def float32_digits(values: list[float | None]) -> list[float | None]:
     """The values to send: each that a float32 holds exactly (what ``.item()`` of a float32
     tensor gives, most logged values) in the fewest digits that read back as that float32,
     the others to 15 significant digits (a scheduler's 0.0006000000000000001 shows as 0.0006,
-    its hover too). TensorBoard keeps every scalar as a float32; here the run log keeps
+    its hover too); whole numbers as they are. TensorBoard keeps every scalar as a float32; here the run log keeps
     the values as logged, and a loss curve's message is half as long (1,000 points: 17 KB of
     values become 9), so the delivery's pacing by size holds it back half as long."""
     exact = np.array(values, dtype=np.float64)  # None: NaN
     with np.errstate(over="ignore"):
         narrow = exact.astype(np.float32)
     out = list(values)
-    finite = np.isfinite(exact)
-    for i in np.flatnonzero((narrow == exact) & finite).tolist():
+    fractions = np.isfinite(exact)
+    counts = fractions & (np.abs(np.where(fractions, exact, 0)) < 2.0**53)
+    fractions[counts] = np.floor(exact[counts]) != exact[counts]  # a count of 64,000,192 as it is
+    for i in np.flatnonzero((narrow == exact) & fractions).tolist():
         out[i] = float(str(narrow[i]))  # numpy writes a float32 in its fewest digits
-    for i in np.flatnonzero((narrow != exact) & finite).tolist():
+    for i in np.flatnonzero((narrow != exact) & fractions).tolist():
         out[i] = float(f"{out[i]:.15g}")  # float64 arithmetic's last-digit noise
     return out
 

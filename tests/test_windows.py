@@ -91,6 +91,8 @@ def test_a_float32_value_is_sent_in_the_fewest_digits_that_give_it_and_any_other
     assert [np.float32(v) for v in sent[:4]] == [np.float32(v) for v in logged]  # the same float32
     # Doubles a float32 does not hold: to 15 digits, a scheduler's last-digit noise gone from the hover
     assert sent[4:] == [0.1, 0.333333333333333, 1e300, 3.0, None, -0.0, 0.0006]
+    # Whole numbers as they are: a count above 2**24 that a float32 holds was sent as 64000190.
+    assert float32_digits([64000192.0, 192000192.0, 2.0**40]) == [64000192.0, 192000192.0, 2.0**40]
     rng = random.Random(0)
     values = [float(np.float32(rng.uniform(-10, 10) * 10 ** rng.randint(-30, 30))) for _ in range(2000)]
     assert [np.float32(v) for v in float32_digits(values)] == [np.float32(v) for v in values]
