@@ -1075,7 +1075,8 @@ def write_runs(runs: list[Run], out: IO[str], form: str, first: str | None = Non
     """The runs for a script: ``form`` ``"json"``, a list of ``{"env", "path", "status",
     "error", "steps", "started", "metrics": {name: {"last", "best"}}, "hparams"}`` (non-finite
     values as null), or ``"csv"``, a row a run: those, each metric's last value and its best
-    (``NAME best``), then the hparams; metrics in the table's order (``first`` first)."""
+    (``NAME best``; non-finite values as empty), then the hparams; metrics in the table's order
+    (``first`` first)."""
     names = _shown_metrics(runs, len({m for run in runs for m in run.metrics}), first)
     hparams = sorted({name for run in runs for name in run.hparams}, key=_natural)
 
@@ -1100,7 +1101,8 @@ def write_runs(runs: list[Run], out: IO[str], form: str, first: str | None = Non
         row = described(run)
         writer.writerow([*(row[k] if row[k] is not None else "" for k in ("env", "path", "status", "error", "steps",
                                                                           "started")),
-                         *(_number(run.metrics[m][i]) if m in run.metrics else "" for m in names for i in (0, 1)),
+                         *(_number(run.metrics[m][i]) if m in run.metrics and math.isfinite(run.metrics[m][i])
+                           else "" for m in names for i in (0, 1)),
                          *(run.hparams.get(h, "") for h in hparams)])
 
 

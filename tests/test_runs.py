@@ -1369,3 +1369,15 @@ def test_a_folder_of_tensorboard_event_files_is_said_to_hold_them(tmp_path):
     (tmp_path / "tbruns" / "exp1" / "events.out.tfevents.1700000000.host.1.0").write_bytes(b"")
     done = CliRunner().invoke(main, ["runs", str(tmp_path / "tbruns")])
     assert done.exit_code == 0 and "it holds TensorBoard's event files, which the monitor does not read" in done.output
+
+
+def test_a_csv_of_the_runs_leaves_values_that_are_not_finite_empty_as_readme_says(tmp_path):
+    # A diverged trial's row in a sweep's CSV held a literal nan (its JSON: null).
+    run = tmp_path / "runs" / "diverged"
+    run.mkdir(parents=True)
+    (run / RunLog.FILENAME).write_text('{"k":"run","env":"diverged","run_id":"' + "a" * 32 + '","time":1.0}\n'
+                                       '{"k":"points","win":"loss","x":1,"y":{"train":NaN}}\n'
+                                       '{"k":"points","win":"loss","x":2,"y":{"train":Infinity}}\n')
+    done = CliRunner().invoke(main, ["runs", "list", str(tmp_path / "runs"), "--format", "csv"])
+    (row,) = list(csv.DictReader(io.StringIO(done.output)))
+    assert row["loss/train"] == row["loss/train best"] == ""
