@@ -74,6 +74,8 @@ def text(argument: str, value: Any) -> str:
     """``value`` if it is a str with something in it besides spaces."""
     if type(value) is str and value.strip():  # the usual case, kept cheap
         return value
+    if isinstance(value, str) and value.strip():  # numpy's str_ (a DataFrame's column names): a str
+        return str(value)
     if not isinstance(value, str):
         raise TypeError(f"{argument} must be a non-empty str, got {value!r}")
     raise ValueError(f"{argument} must be a non-empty str" + (", not blank" if value else "") + f", got {value!r}")
@@ -133,7 +135,7 @@ def name(argument: str, value: Any, *, path: bool = False) -> str:
     (``#``, ``?``: Visdom's page of the env would be empty), and more than 200 bytes in UTF-8
     (what a file system takes in a name, less room for the server's suffix).
     """
-    text(argument, value)
+    value = text(argument, value)
     if len(value) > MAX_NAME:
         raise ValueError(f"{argument} must be at most {MAX_NAME} characters, got {len(value)}: {value[:20]!r}...")
     if any(map(is_control, value)):

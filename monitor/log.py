@@ -116,15 +116,17 @@ class Log:
         """``value`` if it is a usable window or trace name (checked once per name)."""
         if type(value) is str and value in self._names:  # the usual case, kept cheap
             return value
-        self._names.add(checks.name(argument, value))
+        value = checks.name(argument, value)  # a plain str (numpy's str_ made one)
+        self._names.add(value)
         return value
 
     def _traces(self, traces: Sequence[str]) -> tuple[str, ...]:
         """``traces`` as a checked tuple; a caller that passes the same tuple again is not checked again."""
         if traces is not self._checked_traces:
-            traces = tuple(traces)
-            for trace in traces:
-                self._name("trace", trace)
+            traces = tuple(traces)  # the same tuple, where it is one: found again by the test above
+            named = tuple(self._name("trace", trace) for trace in traces)
+            if any(type(trace) is not str for trace in traces):  # numpy's str_: plain ones from here on
+                traces = named
             self._checked_traces = traces
         return traces
 
@@ -134,7 +136,7 @@ class Log:
             value = _snapshot(value, "value")
         names = self._names
         if type(window) is not str or window not in names or type(trace) is not str or trace not in names:
-            self._name("window", window), self._name("trace", trace)  # checked once per name
+            window, trace = self._name("window", window), self._name("trace", trace)  # checked once per name
         self.sink.put(Points(window, x if type(x) is int else _x(x), (trace,), (value,)))
 
     def scalars(self, window: str, x: float, values: Mapping[str, Any]) -> None:
@@ -163,7 +165,7 @@ class Log:
         """
         if callable(values):
             if type(window) is not str or window not in self._names:
-                self._name("window", window)
+                window = self._name("window", window)
             if traces is not self._checked_traces:
                 traces = self._traces(traces)
             self.sink.put(Points(window, x if type(x) is int else _x(x), traces, values))

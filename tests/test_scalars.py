@@ -329,3 +329,18 @@ def test_options_the_loop_gives_a_callback_s_window_add_up_with_the_callback_s_b
     orders = {name: window.order for name, window in windows.by_name.items()}
     assert (orders["rel_l2"], orders["learning rate"], orders["grad norm"]) == (Order.METRICS, Order.LEARNING_RATE,
                                                                                 Order.GRADIENTS)
+
+
+def test_names_from_a_numpy_array_of_column_names_are_names():
+    # np.str_ is a str: a DataFrame's columns were refused as "must be a non-empty str, not blank",
+    # and a validation's np.str_ key was dropped.
+    monitor, sink = monitor_with(Scalars())
+    features = np.array(["age", "income"])
+    monitor.log.scalars("importance", 1, dict(zip(features, np.array([0.25, 0.75], dtype=np.float32))))
+    monitor.log.vector("importance by vector", 1, features, torch.tensor([0.25, 0.75]))
+    monitor.step_end(loss=1.0, metrics={np.str_("accuracy"): np.float64(0.5)})
+    monitor.validation_end({np.str_("auc"): np.float64(0.75)})
+    points = sink.of(Points)
+    assert {p.window for p in points} >= {"importance", "importance by vector", "accuracy", "auc"}
+    assert all(type(p.window) is str and all(type(t) is str for t in p.traces) for p in points)  # plain, to pickle
+    assert [p.values for p in points if p.window == "auc"] == [(0.75,)]
