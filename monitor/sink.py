@@ -193,8 +193,10 @@ class VisdomSink:
                 other = windows_after(later, 0) if later is not None else set()
         size = path.stat().st_size if path.is_file() else 0
         if rewind_to and size < rewind_to:  # moved, deleted, or another working directory
-            _log.warning("monitor: the run log %s holds %d bytes, the checkpoint continues it at byte %d: the "
-                         "curves of env %r start over from here", path, size, rewind_to, self.env)
+            held = f"holds {size} bytes" if path.is_file() else "is not there (moved or deleted)"
+            _log.warning("monitor: the run log %s %s, the checkpoint continues it at byte %d: the curves of env %r "
+                         "start over from the checkpoint's step, their points before it gone from the dashboard",
+                         path, held, rewind_to, self.env)
             rewind_to = None
         if rewind_to:  # a resume: the run goes on, from its checkpoint's position in the log
             checkpoint, (rewind_to, unmarked) = rewind_to, resumes_at(path, rewind_to)  # the step's rest stays

@@ -557,7 +557,8 @@ def test_a_resume_whose_run_log_is_gone_starts_the_curves_over_and_trains_on(vis
     done = subprocess.run(job.command, capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr[-3000:]
     steps = _steps(done.stdout)
-    assert "the curves of env" in done.stderr and "start over from here" in done.stderr
+    assert "runlog.jsonl is not there (moved or deleted), the checkpoint continues it at byte" in done.stderr
+    assert "start over from the checkpoint's step, their points before it gone from the dashboard" in done.stderr
     assert "rewind_to=start.runlog_position" not in done.stderr  # advice for the manual form, not this one
     assert steps[0] - 1 in (9, 12) and steps[-1] == STEPS  # continued from its latest checkpoint
     assert read_env(visdom_server, job.env)["loss"]["train"][0] == list(range(steps[0], STEPS + 1))
