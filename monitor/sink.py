@@ -377,6 +377,8 @@ class VisdomSink:
                 self.reports.once("runlog", f"the run log {self.runlog.path} could not be written ({error}): "
                                             f"what is logged from now on may be missing from it; the dashboard "
                                             f"still gets it")
+            if self.resumed and "resumed hparams" not in self.reports.seen:
+                self._say_if_resumed_with_other_hparams(entries)  # before the pane takes them
             with self._windows_lock:
                 went_back = [p for p in self.windows.apply(entries)
                              if ("backwards", p.window) not in self.reports.seen]
@@ -416,6 +418,28 @@ class VisdomSink:
             self._send_wake.set()
         if self._queue:
             time.sleep(_PAUSE)
+
+    def _say_if_resumed_with_other_hparams(self, entries: list[dict[str, Any]]) -> None:
+        """Once: a run continued from its checkpoint given hyper-parameters other than those it
+        began with (a script run again with another lr or batch size, resume on): one run's
+        record shows the new ones, which only part of it trained with."""
+        for entry in entries:
+            pane = self.windows.by_name.get(entry.get("win")) if entry["k"] == "hparams" else None
+            if pane is None or entry.get("trial") is not None:
+                continue
+            rows = [row["hparams"] for row in pane.trials.values() if row.get("trial") is None]
+            before = rows[-1] if rows else {}
+            changed = [f"{name}: {before[name]!r} then {value!r}" for name, value in entry["hparams"].items()
+                       if name in before and before[name] != value]
+            if not changed:  # the continued run's first record: a later phase's changes are its own
+                self.reports.seen.add("resumed hparams")
+                return
+            self.reports.once("resumed hparams", f"the run continued from its checkpoint was given other "
+                              f"hyper-parameters than it began with ({'; '.join(changed[:4])}): its record shows "
+                              f"the new ones from here, though what the checkpoint put back (weights, the "
+                              f"optimizer's rates) trains on as saved; a run of the new ones is a new run, "
+                              f"Checkpoint(..., fresh=True)")
+            return
 
     def _say_if_not_finite(self, entries: list[dict[str, Any]]) -> None:
         """Once a run: the first value logged that is not finite (a loss gone inf), which a

@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -642,3 +643,34 @@ def test_a_resume_says_it_reads_the_batches_done_again_to_drop_them(visdom_serve
     with says(caplog, said):
         run(stop_at=None)
     assert read_env(visdom_server, f"said-{data}")["loss"]["train"][0] == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_run_continued_with_other_hyper_parameters_says_so(visdom_server, tmp_path):
+    # A student ran the script again with another lr, resume on: the run went on at the saved rate
+    # while its record said the new one, without a word.
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, signal, sys
+        import torch
+        from monitor import Checkpoint, Monitor, Scalars
+        lr, kill_at = float(sys.argv[1]), int(sys.argv[2])
+        model = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+        with Monitor([Scalars(), Checkpoint("ckpt", every_steps=2, resume=True)], env="changed",
+                     port={visdom_server.port}) as monitor:
+            monitor.train_start(model, optimizer, hparams={{"lr": lr, "batch": 16}})
+            for step in monitor.steps(6):
+                optimizer.step()
+                monitor.step_end(loss=1.0)
+                if monitor.state.step == kill_at:
+                    monitor.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+        """))
+    first = subprocess.run([sys.executable, str(script), "0.1", "3"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    again = subprocess.run([sys.executable, str(script), "0.01", "0"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "the run continued from its checkpoint was given other hyper-parameters than it began with (lr: 0.1 " \
+           "then 0.01): its record shows the new ones from here" in again.stderr
