@@ -170,7 +170,7 @@ def scalar(argument: str, value: Any) -> Any:
         return value.item()
     if _is_tensor(value):
         if value.numel() != 1:
-            raise ValueError(f"{argument} must be a number or a one-element tensor, "
+            raise ValueError(f"{argument} must be a number or a one-element tensor or numpy array, "
                              f"got a tensor of shape {tuple(value.shape)}")
         if value.is_complex():
             raise TypeError(f"{argument} must be a real number, got a tensor of dtype {value.dtype}")
@@ -181,7 +181,7 @@ def scalar(argument: str, value: Any) -> Any:
         shown = " ".join(repr(value).split())  # a model's output holds tensors: their values cut short
         shown = shown if len(shown) <= 80 else f"{shown[:77]}..."
         hint = ": pass its .loss" if _is_tensor(getattr(value, "loss", None)) else ""  # Hugging Face's outputs
-        raise TypeError(f"{argument} must be a number or a one-element tensor, got {shown}{hint}")
+        raise TypeError(f"{argument} must be a number or a one-element tensor or numpy array, got {shown}{hint}")
     return value
 
 

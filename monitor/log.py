@@ -131,7 +131,7 @@ class Log:
         return traces
 
     def scalar(self, window: str, trace: str, x: float, value: Any) -> None:
-        """One point of one trace; ``value`` is a number or a one-element tensor."""
+        """One point of one trace; ``value`` is a number or a one-element tensor or numpy array."""
         if type(value) is not float:
             value = _snapshot(value, "value")
         names = self._names
@@ -152,9 +152,10 @@ class Log:
         self.sink.put(Points(self._name("window", window), _x(x), tuple(traces), tuple(snapshots)))
 
     def vector(self, window: str, x: float, traces: Sequence[str],
-               values: torch.Tensor | Callable[[], Sequence[float] | torch.Tensor], *,
+               values: torch.Tensor | np.ndarray | Callable[[], Sequence[float] | torch.Tensor], *,
                copy: bool = True) -> None:
-        """One point per trace: ``values[i]`` for ``traces[i]``, from a 1-d real tensor or a function.
+        """One point per trace: ``values[i]`` for ``traces[i]``, from a 1-d real tensor (or numpy
+        array) or a function.
 
         A CPU tensor is read now; one on an accelerator is copied on its device and read by the
         sink (``copy=False`` skips the copy, for a tensor made for this call that
@@ -170,6 +171,8 @@ class Log:
                 traces = self._traces(traces)
             self.sink.put(Points(window, x if type(x) is int else _x(x), traces, values))
             return
+        if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":  # feature importances from numpy
+            values = torch.from_numpy(values.astype(np.float64))
         if not isinstance(values, torch.Tensor) or values.dim() != 1 or values.numel() != len(traces):
             got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"values must be a 1-d tensor of {len(traces)} elements, got {got}")
@@ -236,9 +239,9 @@ class Log:
         checks.real_tensor("videos", videos)
         if videos.dim() != 5 or videos.shape[2] not in (1, 3) or 0 in videos.shape:
             conv3d = videos.dim() == 5 and videos.shape[1] in (1, 3) and videos.shape[2] not in (1, 3)
+            hint = ": a Conv3d's N x C x T x H x W, pass videos.permute(0, 2, 1, 3, 4)" if conv3d else ""
             raise ValueError(f"videos must be NTCHW with 1 or 3 channels and no empty dimension, "
-                             f"got shape {tuple(videos.shape)}" + (
-                                 ": a Conv3d's N x C x T x H x W, pass videos.permute(0, 2, 1, 3, 4)" if conv3d else ""))
+                             f"got shape {tuple(videos.shape)}{hint}")
         if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps <= 1000:
             raise ValueError(f"fps must be a number of frames a second in (0, 1000], got {fps!r}")
         count, frames, channels, height, width = videos.shape

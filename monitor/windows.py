@@ -399,7 +399,7 @@ class Window:
                 if own is not None:  # its metrics given later, with some of its hparams or none
                     entry = {**entry, "hparams": own["hparams"],
                              "metrics": {**(own.get("metrics") or {}), **entry["metrics"]}}
-                # Updated (a second phase's train_start, adding or changing some): it takes the row of the set it covers.
+                # Updated (a second phase's train_start, adding or changing some): the row of the set it covers.
                 given = entry["hparams"].keys()
                 for key in [k for k, t in trials.items() if t.get("trial") is None and t["hparams"].keys() <= given]:
                     del trials[key]

@@ -54,7 +54,7 @@ def test_the_checks_say_what_was_expected_and_what_came():
         seconds("timeout", -1)
     with pytest.raises(ValueError, match=r"^env must be a non-empty str, got ''$"):
         text("env", "")
-    with pytest.raises(ValueError, match=r"value must be a number or a one-element tensor, got a tensor of shape \(2,\)"):
+    with pytest.raises(ValueError, match=r"value must be a number or a one-element tensor or numpy array, got a tensor of shape \(2,\)"):
         scalar("value", torch.zeros(2))
     with pytest.raises(TypeError, match=r"value must be a real number, got a tensor of dtype torch.complex64"):
         scalar("value", torch.tensor(1j))

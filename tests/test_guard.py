@@ -222,7 +222,7 @@ def test_a_spike_and_bad_arguments():
 
 def test_a_loss_of_many_values_is_named_and_a_guard_without_checkpoints_says_none_of_them(caplog):
     monitor = Monitor([Guard(grads=False)], sink=NullSink(), raise_errors=True)
-    with pytest.raises(ValueError, match=r"loss must be a number or a one-element tensor, got a tensor of shape \(8,\)"):
+    with pytest.raises(ValueError, match=r"loss must be a number or a one-element tensor or numpy array, got a tensor of shape \(8,\)"):
         monitor.step_end(loss=torch.ones(8))  # a loss_fn(reduction="none")
     with caplog.at_level("WARNING", logger="monitor"):
         monitor.step_end(loss=float("nan"))

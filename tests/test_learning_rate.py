@@ -77,7 +77,7 @@ def test_learning_rate_that_is_not_a_number_is_named_in_the_error():
     optimizer.param_groups[0]["lr"] = "fast"
     monitor, _ = monitor_with(LearningRate())
     monitor.train_start(model, optimizer)
-    with pytest.raises(TypeError, match=r"values\['lr'\] must be a number or a one-element tensor, got 'fast'"):
+    with pytest.raises(TypeError, match=r"values\['lr'\] must be a number or a one-element tensor or numpy array, got 'fast'"):
         monitor.step_end()
 
 

@@ -237,7 +237,7 @@ def test_a_model_s_output_object_given_as_the_loss_is_refused_in_a_line_pointing
     with pytest.raises(TypeError) as refused:
         monitor.step_end(loss=output)
     message = str(refused.value)
-    assert message.startswith("metric 'loss': value must be a number or a one-element tensor, got Output(logits=")
+    assert message.startswith("metric 'loss': value must be a number or a one-element tensor or numpy array, got Output(logits=")
     assert message.endswith("...: pass its .loss") and len(message) < 200
 
 
@@ -245,7 +245,7 @@ def test_a_loss_of_each_sample_is_refused_saying_to_pass_its_mean_and_one_good_m
     monitor, sink = monitor_with(Scalars())
     with pytest.raises(ValueError) as refused:
         monitor.step_end(loss=torch.ones(8), metrics={"accuracy": 0.5})  # a loss_fn(reduction="none")
-    assert str(refused.value) == ("metric 'loss': value must be a number or a one-element tensor, got a tensor of "
+    assert str(refused.value) == ("metric 'loss': value must be a number or a one-element tensor or numpy array, got a tensor of "
                                   "shape (8,): pass its mean, .mean() (a value for each sample, as "
                                   "reduction='none' gives) (not logged; the call's other metric was)")
     assert sink.points("accuracy") == {"train": [(1, 0.5)]}
@@ -337,10 +337,11 @@ def test_names_from_a_numpy_array_of_column_names_are_names():
     monitor, sink = monitor_with(Scalars())
     features = np.array(["age", "income"])
     monitor.log.scalars("importance", 1, dict(zip(features, np.array([0.25, 0.75], dtype=np.float32))))
-    monitor.log.vector("importance by vector", 1, features, torch.tensor([0.25, 0.75]))
+    monitor.log.vector("importance by vector", 1, features, np.array([0.25, 0.75], dtype=np.float32))
     monitor.step_end(loss=1.0, metrics={np.str_("accuracy"): np.float64(0.5)})
     monitor.validation_end({np.str_("auc"): np.float64(0.75)})
     points = sink.of(Points)
     assert {p.window for p in points} >= {"importance", "importance by vector", "accuracy", "auc"}
     assert all(type(p.window) is str and all(type(t) is str for t in p.traces) for p in points)  # plain, to pickle
     assert [p.values for p in points if p.window == "auc"] == [(0.75,)]
+    assert [p.values for p in points if p.window == "importance by vector"] == [(0.25, 0.75)]

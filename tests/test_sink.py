@@ -320,7 +320,7 @@ def wait_for_worker(sink: VisdomSink) -> None:
 
 # --- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("call, message", [
-    (lambda log: log.scalar("loss", "train", 1, "0.5"), r"value must be a number or a one-element tensor, got '0.5'"),
+    (lambda log: log.scalar("loss", "train", 1, "0.5"), r"value must be a number or a one-element tensor or numpy array, got '0.5'"),
     (lambda log: log.scalar("loss", "train", 1, torch.ones(3)), r"value must be a number .* shape \(3,\)"),
     (lambda log: log.scalar("loss", "train", 1, torch.tensor(1 + 2j)), r"value must be a real number, got .*complex"),
     (lambda log: log.scalar("loss", "train", math.nan, 1.0), r"x must be a finite number"),

@@ -117,7 +117,7 @@ class Guard(Callback):
         self._taken = state.step
         loss = state.loss
         if isinstance(loss, torch.Tensor) and loss.numel() != 1:
-            raise ValueError(f"loss must be a number or a one-element tensor, got a tensor of shape "
+            raise ValueError(f"loss must be a number or a one-element tensor or numpy array, got a tensor of shape "
                              f"{tuple(loss.shape)}")
         if self._agree and loss is not None:  # a collective: every rank takes each step once, here
             loss = mean_across_ranks({"loss": loss})["loss"]
