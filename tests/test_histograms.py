@@ -82,6 +82,24 @@ def test_the_histograms_follow_the_model_s_parameters_as_they_are_at_each_step_l
     assert entries[-1]["edges"][0] <= 7.0 <= entries[-1]["edges"][-1] and entries[-1]["counts"] == [23]
 
 
+@pytest.mark.parametrize("steps, logged", [(7, [1, 4, 7]), (8, [1, 4, 7, 8])])
+def test_the_trained_weights_are_drawn_at_train_end_where_the_last_step_was_not_due(steps, logged):
+    # 300 epochs, every=50: the bars ended at step 251's weights, never the model the run ended with.
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor, sink = monitor_with(Histograms(every=3))
+    monitor.train_start(model, optimizer)
+    for _ in range(steps):
+        model(torch.ones(2, 3)).sum().backward()
+        monitor.after_backward()
+        optimizer.step()
+        monitor.step_end()
+    monitor.train_end()
+    monitor.train_end()  # again, with no step since: nothing more
+    assert [r.x for r in sink.of(Histogram) if r.window == "weight distribution"] == logged
+    assert [r.x for r in sink.of(Histogram) if r.window == "grad distribution"] == [1, 4, 7]
+
+
 def test_the_gradients_binned_are_those_the_optimizers_step_with_not_a_frozen_column_s_stale_ones():
     # A progressive network: the first task's column frozen, a new optimizer for the second's
     # column only: its gradients (340 values) were binned with the frozen one's, left from task 1.

@@ -110,15 +110,25 @@ class Histograms(Callback):
         for record in pending.values():
             log.sink.put(record)
         if "weights" in self.of:
-            masks = pruning_masks(unwrap_model(state.model))  # a pruned weight as the forward pass uses it
-            held = {id(p) for optimizer in state.optimizers.values() for group in optimizer.param_groups
-                    for p in group["params"]}
-            for suffix, params in self._groups.items():
-                if not suffix:  # pooled: not a frozen teacher's (no gradient, no optimizer)
-                    params = [p for p in params if p.requires_grad or id(p) in held] or params
-                if params:
-                    log.sink.put(_histogram(_KINDS["weights"][0] + suffix, state.step, as_used(params, masks),
-                                            self.bins))
+            self._put_weights(state, log)
+
+    def on_train_end(self, state: LoopState, log: Log) -> None:
+        """The trained weights, where the last step was not one of every ``every``th: a run of 300
+        steps, every=50, ended at the weights of step 251 before."""
+        if "weights" in self.of and state.step and not is_due(state.step, self.every) and state.model is not None:
+            self._group(state)
+            self._lay_out(log, [_KINDS["weights"][0] + suffix for suffix in self._groups])
+            self._put_weights(state, log)
+
+    def _put_weights(self, state: LoopState, log: Log) -> None:
+        masks = pruning_masks(unwrap_model(state.model))  # a pruned weight as the forward pass uses it
+        held = {id(p) for optimizer in state.optimizers.values() for group in optimizer.param_groups
+                for p in group["params"]}
+        for suffix, params in self._groups.items():
+            if not suffix:  # pooled: not a frozen teacher's (no gradient, no optimizer)
+                params = [p for p in params if p.requires_grad or id(p) in held] or params
+            if params:
+                log.sink.put(_histogram(_KINDS["weights"][0] + suffix, state.step, as_used(params, masks), self.bins))
 
     def _lay_out(self, log: Log, windows: list[str]) -> None:
         for window in windows:
