@@ -290,7 +290,8 @@ def test_a_resume_that_cannot_put_the_run_back_stops_the_loop_and_leaves_the_fol
     monitor = Monitor([Checkpoint(tmp_path / "ckpt", every_steps=5, scheduler=parts.scheduler, resume=True)],
                       sink=NullSink())
     with pytest.raises(CheckpointResumeError, match="(?s)could not be put back from .*step-000000005.pt: RuntimeError.*"
-                                                    "build it as the run had it before train_start"):
+                                                    "build it as the run had it before train_start.*; or, for a new "
+                                                    r"run of this model, Checkpoint\(\.\.\., fresh=True\)"):
         monitor.train_start(torch.nn.Linear(3, 3), parts.optimizer)  # another model (a grown one's shapes)
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir() if p.name != LOCK} == before
 

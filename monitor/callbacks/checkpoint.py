@@ -802,7 +802,8 @@ class Checkpoint(Callback):
             grown = "size mismatch" in text or "Unexpected key(s)" in text or "Missing key(s)" in text
             advice = (": the model differs from the checkpoint's (" + _changed_since(text) + "); build it as the run "
                       "had it before train_start (when checkpoint.start is past the step that changed it), e.g. from "
-                      "what Checkpoint(extras=...) kept, checkpoint.start.extras" if grown else "")
+                      "what Checkpoint(extras=...) kept, checkpoint.start.extras; or, for a new run of this model, "
+                      "Checkpoint(..., fresh=True), which sets the run's checkpoints aside" if grown else "")
             raise CheckpointResumeError(f"the run could not be put back from {self.start.path}: "
                                         f"{type(error).__name__}: {text}{advice}") from error
         others = [c for c in _RESUMED if c._monitor is not self._monitor and not c._monitor._ended]
