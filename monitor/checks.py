@@ -85,15 +85,16 @@ MAX_NAME = 100  # characters in an env, window or trace name
 MAX_PATH_BYTES = 200  # bytes of an env in UTF-8: a folder's name, and with ".json" a server's file (255 at most)
 
 
-def fitted(name: str, suffix: str = "") -> str:
-    """``name + suffix`` within an env's limits (100 characters, 200 bytes in UTF-8), the name cut
-    and marked with a hash of it where it does not fit: ``"résumé run 1-fc7682d0"``."""
+def fitted(name: str, suffix: str = "", *, path: bool = True) -> str:
+    """``name + suffix`` within a name's 100 characters (``path``: an env's, also 200 bytes in
+    UTF-8), the name cut and marked with a hash of it where it does not fit: ``"résumé run 1-fc7682d0"``."""
+    most_bytes = MAX_PATH_BYTES if path else math.inf
     whole = name + suffix
-    if len(whole) <= MAX_NAME and len(whole.encode()) <= MAX_PATH_BYTES:
+    if len(whole) <= MAX_NAME and len(whole.encode()) <= most_bytes:
         return whole
     mark = "-" + hashlib.sha1(name.encode()).hexdigest()[:8] + suffix
     cut = name[:MAX_NAME - len(mark)]
-    while len((cut + mark).encode()) > MAX_PATH_BYTES:
+    while len((cut + mark).encode()) > most_bytes:
         cut = cut[:-1]
     return cut + mark
 

@@ -124,9 +124,10 @@ class Log:
         """``traces`` as a checked tuple; a caller that passes the same tuple again is not checked again."""
         if traces is not self._checked_traces:
             traces = tuple(traces)  # the same tuple, where it is one: found again by the test above
-            named = tuple(self._name("trace", trace) for trace in traces)
-            if any(type(trace) is not str for trace in traces):  # numpy's str_: plain ones from here on
-                traces = named
+            for trace in traces:
+                if self._name("trace", trace) is not trace:  # numpy's str_: plain ones from here on
+                    traces = tuple(self._name("trace", trace) for trace in traces)
+                    break
             self._checked_traces = traces
         return traces
 

@@ -10,7 +10,6 @@ import base64
 import datetime
 import functools
 import html
-import hashlib
 import io
 import json
 import logging
@@ -1002,10 +1001,7 @@ def _usable_name(name: str, argument: str) -> str:
     if any(map(checks.is_control, name)):
         name = "".join(" " if checks.is_control(c) else c for c in name)
     checks.text(argument, name)
-    if len(name) > checks.MAX_NAME:
-        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-        name = f"{name[:checks.MAX_NAME - 9]}-{digest}"
-    return name
+    return checks.fitted(name, path=False)
 
 
 _known_name = functools.lru_cache(maxsize=4096)(_usable_name)  # bounded: tags made of a step number

@@ -296,8 +296,7 @@ class Checkpoint(Callback):
             now = _plain_values(self._extras())
         except Exception:  # said where a save calls it
             now = {}
-        changed = sorted(name for name in extras.keys() & now.keys()
-                         if extras[name] != now[name] and extras[name] == extras[name])  # NaN stays NaN
+        changed = sorted(name for name in extras.keys() & now.keys() if not _same(extras[name], now[name]))
         if changed:
             shown = ", ".join(f"{name}: {extras[name]!r} then {now[name]!r}" for name in changed[:3])
             late.append(f"Checkpoint(extras=...) changed ({shown})")
